@@ -1,0 +1,112 @@
+package store
+
+// This file pins the types that the rest of moongate (gateway, sync, API) is
+// written against. Their shape may grow; it must not break.
+
+// InboxEntry is one accepted unit of work: an event for one function. The
+// gateway fans an event out into one entry per matching function when it
+// accepts it, so that each (event, function) pair is consumed exactly once.
+type InboxEntry struct {
+	Seq      uint64 // assigned by Enqueue; strictly increasing
+	Function string
+	Key      string // ordering key (device, or topic): same key, same order
+	Event    []byte // opaque, encoded by the gateway
+}
+
+// Record is a function result or an emitted record, stored locally and
+// routed to upstream outboxes.
+type Record struct {
+	Seq         uint64 // assigned at commit
+	ID          string // stable id: gateway id + "-" + sequence, assigned at commit
+	Stream      string
+	Function    string
+	Device      string
+	EventID     string
+	EventTS     int64 // ms, as received
+	ProcessedTS int64 // ms
+	ClockSynced bool
+	Data        []byte   // JSON
+	Targets     []string // upstream outboxes to route to (may be empty)
+}
+
+// StateChange is one change to a function's state, applied in order at commit.
+type StateChange struct {
+	Function string
+	Op       StateOp
+	Key      string
+	Value    []byte  // StateSet
+	Delta    float64 // StateIncr: added to the stored JSON number (missing = 0)
+}
+
+// StateOp is the kind of a StateChange.
+type StateOp int
+
+// State operations.
+const (
+	StateSet StateOp = iota + 1
+	StateDelete
+	StateIncr
+)
+
+// Publish is a local MQTT publish to perform after commit (the publish outbox).
+type Publish struct {
+	Seq     uint64 // assigned at commit
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+}
+
+// DeadLetter is an event whose function failed for good.
+type DeadLetter struct {
+	Seq      uint64 // assigned at commit
+	Function string
+	Key      string
+	Event    []byte
+	Error    string
+	Attempts int
+	TS       int64 // ms
+}
+
+// LogRecord is one invocation log line kept with short retention.
+type LogRecord struct {
+	Seq          uint64
+	Function     string
+	InvocationID string
+	Level        string
+	Msg          string
+	Fields       []byte // JSON or nil
+	TS           int64  // ms
+}
+
+// Usage is the metering of one invocation, aggregated by the store per
+// function and time bucket.
+type Usage struct {
+	Function    string
+	TS          int64 // ms
+	Invocations int64
+	Errors      int64
+	Steps       int64
+	WallMicros  int64
+	BytesIn     int64
+	BytesOut    int64
+}
+
+// Commit is everything one processed inbox entry produced. Store.Commit
+// applies it all-or-nothing and durably.
+type Commit struct {
+	InboxSeq   uint64 // consumed inbox entry; 0 when there is none (invoke, timer)
+	Records    []Record
+	State      []StateChange
+	Publishes  []Publish
+	DeadLetter *DeadLetter
+	Logs       []LogRecord
+	Usage      *Usage
+}
+
+// OutboxEntry is a record waiting for delivery to one upstream target.
+type OutboxEntry struct {
+	Seq    uint64 // per-target sequence
+	Record Record
+	Size   int
+}
