@@ -20,6 +20,7 @@ type Limits struct {
 	MaxEffects     int           // effects per invocation (default 100)
 	MaxEffectBytes int           // payload bytes of one effect (default 256 KiB)
 	MaxLogLines    int           // captured log lines (default 100)
+	MaxStateOps    int           // state.set/delete/incr calls (default 100)
 }
 
 // HTTPRequest is the request part of an event from an HTTP trigger.
@@ -54,6 +55,7 @@ type Spec struct {
 	MaxConcurrency int            // concurrent invocations (default 4)
 	IdleTimeout    time.Duration  // idle instances reclaimed after (default 60s)
 	QueueTimeout   time.Duration  // wait for a free instance before ErrBusy (default 5s)
+	MaxWaiting     int            // callers allowed to wait for an instance (default 4*MaxConcurrency)
 }
 
 // StateReader is how a function reads its state. Writes are not made through

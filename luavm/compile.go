@@ -1,0 +1,285 @@
+package luavm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	lua "github.com/yuin/gopher-lua"
+	"github.com/yuin/gopher-lua/ast"
+	"github.com/yuin/gopher-lua/parse"
+)
+
+// Program is a compiled function: an instrumented, shared, read-only
+// gopher-lua prototype. It is immutable and safe for concurrent use; every
+// instance creates its own closure from it.
+type Program struct {
+	name  string
+	proto *lua.FunctionProto
+	size  int
+}
+
+// Name returns the chunk name given to Compile.
+func (p *Program) Name() string { return p.name }
+
+// Names of the hidden locals the instrumentation introduces. They are not
+// valid Lua identifiers, so user code can neither read nor shadow them.
+const (
+	hidTick   = "@tick"   // @tick(n): charge n steps, check limits
+	hidConcat = "@concat" // @concat(a, b, ...): accounted a .. b .. ...
+	hidTable  = "@table"  // @table(t): account a new table, returns t
+)
+
+// Compile parses and compiles src with the default source size limit
+// (DefaultMaxSourceBytes). Errors: *CompileError (wrapping ErrCompile) with
+// line and column, ErrSourceTooLarge, ErrBytecode, ErrNoHandler.
+func Compile(name string, src []byte) (*Program, error) {
+	return compile(name, src, DefaultMaxSourceBytes)
+}
+
+func compile(name string, src []byte, maxBytes int) (*Program, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxSourceBytes
+	}
+	if len(src) > maxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrSourceTooLarge, len(src), maxBytes)
+	}
+	if bytes.HasPrefix(src, []byte("\x1bLua")) || bytes.IndexByte(src, 0x1b) == 0 {
+		return nil, fmt.Errorf("%w (%s)", ErrBytecode, name)
+	}
+	chunk, err := parse.Parse(bytes.NewReader(src), name)
+	if err != nil {
+		var pe *parse.Error
+		if errors.As(err, &pe) {
+			return nil, &CompileError{Name: name, Line: pe.Pos.Line, Column: pe.Pos.Column, Msg: strings.TrimSpace(pe.Message + " near '" + pe.Token + "'")}
+		}
+		return nil, &CompileError{Name: name, Msg: err.Error()}
+	}
+	if !definesHandle(chunk) {
+		return nil, fmt.Errorf("%w: %s must define a global function handle(event, ctx)", ErrNoHandler, name)
+	}
+	chunk = instrumentChunk(chunk)
+	proto, err := lua.Compile(chunk, name)
+	if err != nil {
+		var ce *lua.CompileError
+		if errors.As(err, &ce) {
+			return nil, &CompileError{Name: name, Line: ce.Line, Msg: ce.Message}
+		}
+		return nil, &CompileError{Name: name, Msg: err.Error()}
+	}
+	return &Program{name: name, proto: proto, size: len(src)}, nil
+}
+
+// definesHandle reports whether a top-level statement assigns the global
+// "handle" (function handle() ... end or handle = ...).
+func definesHandle(chunk []ast.Stmt) bool {
+	locals := map[string]bool{}
+	for _, st := range chunk {
+		switch s := st.(type) {
+		case *ast.LocalAssignStmt:
+			for _, n := range s.Names {
+				locals[n] = true
+			}
+		case *ast.FuncDefStmt:
+			if id, ok := s.Name.Func.(*ast.IdentExpr); ok && s.Name.Receiver == nil && id.Value == "handle" && !locals["handle"] {
+				return true
+			}
+		case *ast.AssignStmt:
+			for _, l := range s.Lhs {
+				if id, ok := l.(*ast.IdentExpr); ok && id.Value == "handle" && !locals["handle"] {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// instrumentChunk rewrites the chunk for metering (see docs/functions.md,
+// "How limits are enforced"):
+//
+//   - the chunk starts with `local @tick, @concat, @table = ...`; the runtime
+//     passes its Go hooks as the chunk's arguments;
+//   - every function body, loop body (while, repeat, numeric and generic
+//     for) and every label (the target of a backward goto) starts with
+//     @tick(n), n = 1 + number of statements of that block;
+//   - every a .. b .. c becomes @concat(a, b, c) (memory accounted);
+//   - every table constructor {...} becomes @table({...}) (table growth is
+//     accounted).
+func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
+	in := &instrumenter{}
+	body := in.block(chunk, 1)
+	line := 1
+	if len(chunk) > 0 {
+		line = chunk[0].Line()
+	}
+	va := &ast.Comma3Expr{}
+	va.SetLine(line)
+	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable}, Exprs: []ast.Expr{va}}
+	pro.SetLine(line)
+	pro.SetLastLine(line)
+	return append([]ast.Stmt{pro}, body...)
+}
+
+type instrumenter struct{}
+
+func (in *instrumenter) tickStmt(n, line int) ast.Stmt {
+	fn := &ast.IdentExpr{Value: hidTick}
+	fn.SetLine(line)
+	arg := &ast.NumberExpr{Value: fmt.Sprint(n)}
+	arg.SetLine(line)
+	call := &ast.FuncCallExpr{Func: fn, Args: []ast.Expr{arg}}
+	call.SetLine(line)
+	call.SetLastLine(line)
+	st := &ast.FuncCallStmt{Expr: call}
+	st.SetLine(line)
+	st.SetLastLine(line)
+	return st
+}
+
+// block instruments the statements of a block; ticked blocks get a tick
+// first.
+func (in *instrumenter) block(stmts []ast.Stmt, line int) []ast.Stmt {
+	return in.stmts(stmts, line, false)
+}
+
+func (in *instrumenter) ticked(stmts []ast.Stmt, line int) []ast.Stmt {
+	return in.stmts(stmts, line, true)
+}
+
+func (in *instrumenter) stmts(stmts []ast.Stmt, line int, tick bool) []ast.Stmt {
+	out := make([]ast.Stmt, 0, len(stmts)+2)
+	if tick {
+		if len(stmts) > 0 {
+			line = stmts[0].Line()
+		}
+		out = append(out, in.tickStmt(1+len(stmts), line))
+	}
+	for _, st := range stmts {
+		out = append(out, in.stmt(st))
+		if lbl, ok := st.(*ast.LabelStmt); ok {
+			out = append(out, in.tickStmt(1+len(stmts), lbl.Line()))
+		}
+	}
+	return out
+}
+
+func (in *instrumenter) stmt(st ast.Stmt) ast.Stmt {
+	switch s := st.(type) {
+	case *ast.AssignStmt:
+		in.exprs(s.Lhs)
+		in.exprs(s.Rhs)
+	case *ast.LocalAssignStmt:
+		in.exprs(s.Exprs)
+	case *ast.FuncCallStmt:
+		s.Expr = in.expr(s.Expr)
+	case *ast.DoBlockStmt:
+		s.Stmts = in.block(s.Stmts, s.Line())
+	case *ast.WhileStmt:
+		s.Condition = in.expr(s.Condition)
+		s.Stmts = in.ticked(s.Stmts, s.Line())
+	case *ast.RepeatStmt:
+		s.Condition = in.expr(s.Condition)
+		s.Stmts = in.ticked(s.Stmts, s.Line())
+	case *ast.IfStmt:
+		s.Condition = in.expr(s.Condition)
+		s.Then = in.block(s.Then, s.Line())
+		s.Else = in.block(s.Else, s.Line())
+	case *ast.NumberForStmt:
+		s.Init = in.expr(s.Init)
+		s.Limit = in.expr(s.Limit)
+		if s.Step != nil {
+			s.Step = in.expr(s.Step)
+		}
+		s.Stmts = in.ticked(s.Stmts, s.Line())
+	case *ast.GenericForStmt:
+		in.exprs(s.Exprs)
+		s.Stmts = in.ticked(s.Stmts, s.Line())
+	case *ast.FuncDefStmt:
+		s.Name.Func = in.expr(s.Name.Func)
+		if s.Name.Receiver != nil {
+			s.Name.Receiver = in.expr(s.Name.Receiver)
+		}
+		in.function(s.Func)
+	case *ast.ReturnStmt:
+		in.exprs(s.Exprs)
+	}
+	return st
+}
+
+func (in *instrumenter) function(f *ast.FunctionExpr) {
+	f.Stmts = in.ticked(f.Stmts, f.Line())
+}
+
+func (in *instrumenter) exprs(es []ast.Expr) {
+	for i, e := range es {
+		es[i] = in.expr(e)
+	}
+}
+
+func (in *instrumenter) call(name string, line int, args []ast.Expr) *ast.FuncCallExpr {
+	fn := &ast.IdentExpr{Value: name}
+	fn.SetLine(line)
+	c := &ast.FuncCallExpr{Func: fn, Args: args}
+	c.SetLine(line)
+	c.SetLastLine(line)
+	return c
+}
+
+func (in *instrumenter) expr(e ast.Expr) ast.Expr {
+	switch x := e.(type) {
+	case nil:
+		return nil
+	case *ast.AttrGetExpr:
+		x.Object = in.expr(x.Object)
+		x.Key = in.expr(x.Key)
+	case *ast.TableExpr:
+		for _, f := range x.Fields {
+			if f.Key != nil {
+				f.Key = in.expr(f.Key)
+			}
+			f.Value = in.expr(f.Value)
+		}
+		return in.call(hidTable, x.Line(), []ast.Expr{x})
+	case *ast.FuncCallExpr:
+		x.Func = in.expr(x.Func)
+		if x.Receiver != nil {
+			x.Receiver = in.expr(x.Receiver)
+		}
+		in.exprs(x.Args)
+	case *ast.LogicalOpExpr:
+		x.Lhs = in.expr(x.Lhs)
+		x.Rhs = in.expr(x.Rhs)
+	case *ast.RelationalOpExpr:
+		x.Lhs = in.expr(x.Lhs)
+		x.Rhs = in.expr(x.Rhs)
+	case *ast.ArithmeticOpExpr:
+		x.Lhs = in.expr(x.Lhs)
+		x.Rhs = in.expr(x.Rhs)
+	case *ast.StringConcatOpExpr:
+		var parts []ast.Expr
+		in.flattenConcat(x, &parts)
+		return in.call(hidConcat, x.Line(), parts)
+	case *ast.UnaryMinusOpExpr:
+		x.Expr = in.expr(x.Expr)
+	case *ast.UnaryNotOpExpr:
+		x.Expr = in.expr(x.Expr)
+	case *ast.UnaryLenOpExpr:
+		x.Expr = in.expr(x.Expr)
+	case *ast.FunctionExpr:
+		in.function(x)
+	}
+	return e
+}
+
+// flattenConcat turns the right-associative chain a .. (b .. c) into
+// [a, b, c], instrumenting each operand.
+func (in *instrumenter) flattenConcat(e ast.Expr, parts *[]ast.Expr) {
+	if c, ok := e.(*ast.StringConcatOpExpr); ok {
+		in.flattenConcat(c.Lhs, parts)
+		in.flattenConcat(c.Rhs, parts)
+		return
+	}
+	*parts = append(*parts, in.expr(e))
+}

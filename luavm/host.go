@@ -1,0 +1,471 @@
+package luavm
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+const maxLogBytes = 8 << 10 // one log message or its fields, truncated beyond
+
+func errMemory(capBytes int64, what string) error {
+	return fmt.Errorf("%w (%s over cap %d bytes)", ErrMemory, what, capBytes)
+}
+
+// openHost adds the host API modules to lib (read-only).
+func (in *instance) openHost(lib *lua.LTable, newindex *lua.LFunction) {
+	L := in.L
+	mod := func(name string, fns map[string]lua.LGFunction) *lua.LTable {
+		t := L.CreateTable(0, len(fns)+1)
+		for k, f := range fns {
+			t.RawSetString(k, L.NewFunction(f))
+		}
+		lib.RawSetString(name, in.freeze(t, newindex))
+		return t
+	}
+	in.null = L.NewUserData()
+	js := mod("json", map[string]lua.LGFunction{"encode": in.jsonEncode, "decode": in.jsonDecode, "array": in.jsonArray})
+	js.RawSetString("null", in.null)
+	mod("log", map[string]lua.LGFunction{
+		"debug": in.logFn(slog.LevelDebug), "info": in.logFn(slog.LevelInfo),
+		"warn": in.logFn(slog.LevelWarn), "error": in.logFn(slog.LevelError),
+	})
+	lib.RawSetString("print", L.NewFunction(in.print))
+	mod("time", map[string]lua.LGFunction{"now_ms": func(L *lua.LState) int {
+		L.Push(lua.LNumber(time.Now().UnixMilli()))
+		return 1
+	}})
+	mod("base64", map[string]lua.LGFunction{
+		"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(base64.StdEncoding.EncodeToString(b)), nil }),
+		"decode": in.codec(func(b []byte) ([]byte, error) { return base64.StdEncoding.DecodeString(string(b)) }),
+	})
+	mod("hex", map[string]lua.LGFunction{
+		"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(hex.EncodeToString(b)), nil }),
+		"decode": in.codec(func(b []byte) ([]byte, error) { return hex.DecodeString(string(b)) }),
+	})
+	mod("crypto", map[string]lua.LGFunction{
+		"sha256": func(L *lua.LState) int {
+			s := L.CheckString(1)
+			in.charge(L, 1+int64(len(s))/64)
+			sum := sha256.Sum256([]byte(s))
+			L.Push(lua.LString(hex.EncodeToString(sum[:])))
+			return 1
+		},
+		"hmac_sha256": func(L *lua.LState) int {
+			key, msg := L.CheckString(1), L.CheckString(2)
+			in.charge(L, 1+int64(len(msg)+len(key))/64)
+			m := hmac.New(sha256.New, []byte(key))
+			m.Write([]byte(msg))
+			L.Push(lua.LString(hex.EncodeToString(m.Sum(nil))))
+			return 1
+		},
+	})
+	mod("mqtt", map[string]lua.LGFunction{"publish": in.publish})
+	lib.RawSetString("emit", L.NewFunction(in.emit))
+	mod("state", map[string]lua.LGFunction{"get": in.stateGet, "set": in.stateSet, "delete": in.stateDelete, "incr": in.stateIncr})
+	if in.spec != nil && len(in.spec.Config) > 0 {
+		in.config = in.goToLua(in.spec.Config, newindex, 0)
+	} else {
+		in.config = in.freeze(L.CreateTable(0, 0), newindex)
+	}
+}
+
+// goToLua converts configuration values (JSON-like Go values) to frozen
+// Lua values.
+func (in *instance) goToLua(v any, newindex *lua.LFunction, depth int) lua.LValue {
+	if depth > maxJSONDepth {
+		return lua.LNil
+	}
+	L := in.L
+	switch x := v.(type) {
+	case nil:
+		return in.null
+	case bool:
+		return lua.LBool(x)
+	case string:
+		return lua.LString(x)
+	case int:
+		return lua.LNumber(x)
+	case int64:
+		return lua.LNumber(x)
+	case float64:
+		return lua.LNumber(x)
+	case float32:
+		return lua.LNumber(x)
+	case map[string]any:
+		t := L.CreateTable(0, len(x))
+		for k, e := range x {
+			t.RawSetString(k, in.goToLua(e, newindex, depth+1))
+		}
+		return in.freeze(t, newindex)
+	case []any:
+		t := L.CreateTable(len(x), 0)
+		for i, e := range x {
+			t.RawSetInt(i+1, in.goToLua(e, newindex, depth+1))
+		}
+		return in.freeze(t, newindex)
+	default:
+		return lua.LString(fmt.Sprint(x))
+	}
+}
+
+func (in *instance) markArray(t *lua.LTable) {
+	if in.inv.arrays == nil {
+		in.inv.arrays = make(map[*lua.LTable]struct{})
+	}
+	in.inv.arrays[t] = struct{}{}
+}
+
+// encodeJSON encodes v with the invocation's memory accounting; limit caps
+// the output size.
+func (in *instance) encodeJSON(L *lua.LState, v lua.LValue, limit int) ([]byte, error) {
+	e := jsonEncoder{in: in, limit: limit}
+	e.encode(v, 0)
+	if e.err != nil {
+		return nil, e.err
+	}
+	in.alloc(L, int64(len(e.buf)))
+	return e.buf, nil
+}
+
+func (in *instance) jsonEncode(L *lua.LState) int {
+	b, err := in.encodeJSON(L, L.CheckAny(1), int(in.inv.limits.MaxMemory))
+	if err != nil {
+		L.RaiseError("json.encode: %s", err.Error())
+	}
+	L.Push(lua.LString(b))
+	return 1
+}
+
+func (in *instance) decodeJSON(L *lua.LState, s []byte) (lua.LValue, error) {
+	in.alloc(L, 2*int64(len(s)))
+	d := jsonDecoder{in: in, L: L, s: s}
+	v, err := d.decodeAll()
+	if err == nil {
+		in.scanTables(L)
+	}
+	return v, err
+}
+
+func (in *instance) jsonDecode(L *lua.LState) int {
+	v, err := in.decodeJSON(L, []byte(L.CheckString(1)))
+	if err != nil {
+		L.RaiseError("json.decode: %s", err.Error())
+	}
+	L.Push(v)
+	return 1
+}
+
+func (in *instance) jsonArray(L *lua.LState) int {
+	t := L.CheckTable(1)
+	in.markArray(t)
+	L.Push(t)
+	return 1
+}
+
+func (in *instance) codec(f func([]byte) ([]byte, error)) lua.LGFunction {
+	return func(L *lua.LState) int {
+		s := L.CheckString(1)
+		in.alloc(L, 2*int64(len(s)))
+		out, err := f([]byte(s))
+		if err != nil {
+			L.RaiseError("%s", err.Error())
+		}
+		L.Push(lua.LString(out))
+		return 1
+	}
+}
+
+func (in *instance) logFn(level slog.Level) lua.LGFunction {
+	return func(L *lua.LState) int {
+		msg := lua.LVAsString(L.Get(1))
+		if msg == "" && L.Get(1).Type() != lua.LTString {
+			msg = L.ToStringMeta(L.Get(1)).String()
+		}
+		var fields []byte
+		if t, ok := L.Get(2).(*lua.LTable); ok {
+			b, err := in.encodeJSON(L, t, maxLogBytes)
+			if err != nil {
+				b = []byte(strconv.Quote("unencodable fields: " + err.Error()))
+				b = []byte(`{"error":` + string(b) + `}`)
+			}
+			fields = b
+		}
+		in.addLog(L, level, msg, fields)
+		return 0
+	}
+}
+
+func (in *instance) addLog(L *lua.LState, level slog.Level, msg string, fields []byte) {
+	in.charge(L, 1)
+	if len(msg) > maxLogBytes {
+		msg = msg[:maxLogBytes] + "...(truncated)"
+	}
+	r := in.inv.res
+	if len(r.Logs) >= in.inv.limits.MaxLogLines {
+		in.inv.logDropped++
+		return
+	}
+	in.alloc(L, int64(len(msg)+len(fields)))
+	r.Logs = append(r.Logs, LogEntry{Level: level, Msg: msg, Fields: fields, TimeMS: time.Now().UnixMilli()})
+}
+
+func (in *instance) print(L *lua.LState) int {
+	parts := make([]string, L.GetTop())
+	for i := range parts {
+		parts[i] = L.ToStringMeta(L.Get(i + 1)).String()
+	}
+	in.addLog(L, slog.LevelInfo, strings.Join(parts, "\t"), nil)
+	return 0
+}
+
+// ---- effects ----
+
+func (in *instance) addEffect(L *lua.LState, e Effect, size int) {
+	in.charge(L, 1)
+	lim := in.inv.limits
+	r := in.inv.res
+	if len(r.Effects) >= lim.MaxEffects {
+		in.raise(L, fmt.Errorf("%w (max %d)", ErrTooManyEffects, lim.MaxEffects))
+	}
+	if size > lim.MaxEffectBytes {
+		in.raise(L, fmt.Errorf("%w (%d bytes, max %d)", ErrEffectTooLarge, size, lim.MaxEffectBytes))
+	}
+	in.alloc(L, int64(size))
+	in.inv.effBytes += int64(size)
+	r.Effects = append(r.Effects, e)
+}
+
+// payloadBytes turns a payload argument into bytes: strings are raw,
+// tables are JSON-encoded.
+func (in *instance) payloadBytes(L *lua.LState, n int) []byte {
+	switch v := L.Get(n).(type) {
+	case lua.LString:
+		return []byte(v)
+	case lua.LNumber:
+		return []byte(v.String())
+	case *lua.LTable:
+		b, err := in.encodeJSON(L, v, in.inv.limits.MaxEffectBytes+1)
+		if err != nil {
+			if strings.HasPrefix(err.Error(), "output larger") {
+				in.raise(L, fmt.Errorf("%w (max %d)", ErrEffectTooLarge, in.inv.limits.MaxEffectBytes))
+			}
+			L.ArgError(n, err.Error())
+		}
+		return b
+	default:
+		L.ArgError(n, "string or table expected, got "+v.Type().String())
+	}
+	return nil
+}
+
+func (in *instance) publish(L *lua.LState) int {
+	topic := L.CheckString(1)
+	if topic == "" || strings.ContainsAny(topic, "+#\x00") {
+		L.ArgError(1, "invalid topic (empty, or contains a wildcard or NUL)")
+	}
+	payload := in.payloadBytes(L, 2)
+	e := Effect{Kind: EffectPublish, Topic: topic, Payload: payload}
+	if opts, ok := L.Get(3).(*lua.LTable); ok {
+		if q, ok := opts.RawGetString("qos").(lua.LNumber); ok {
+			if q < 0 || q > 2 || q != lua.LNumber(int(q)) {
+				L.ArgError(3, "qos must be 0, 1 or 2")
+			}
+			e.QoS = byte(q)
+		}
+		e.Retain = lua.LVAsBool(opts.RawGetString("retain"))
+	}
+	in.addEffect(L, e, len(topic)+len(payload))
+	return 0
+}
+
+func (in *instance) emit(L *lua.LState) int {
+	stream := L.CheckString(1)
+	if stream == "" {
+		L.ArgError(1, "empty stream name")
+	}
+	var rec []byte
+	switch v := L.Get(2).(type) {
+	case lua.LString:
+		b, err := in.encodeJSON(L, v, len(v)*6+2)
+		if err != nil {
+			L.ArgError(2, err.Error())
+		}
+		rec = b
+	default:
+		rec = in.payloadBytes(L, 2)
+	}
+	in.addEffect(L, Effect{Kind: EffectEmit, Stream: stream, Record: rec}, len(stream)+len(rec))
+	return 0
+}
+
+// ---- state ----
+
+func (in *instance) stateOp(L *lua.LState, op StateOp) {
+	lim := in.inv.limits
+	r := in.inv.res
+	in.charge(L, 1)
+	if len(r.State) >= lim.MaxStateOps {
+		in.raise(L, fmt.Errorf("%w (more than %d state operations)", ErrTooManyEffects, lim.MaxStateOps))
+	}
+	if len(op.Key)+len(op.Value) > lim.MaxEffectBytes {
+		in.raise(L, fmt.Errorf("%w (state value of %d bytes, max %d)", ErrEffectTooLarge, len(op.Value), lim.MaxEffectBytes))
+	}
+	in.alloc(L, int64(len(op.Key)+len(op.Value)))
+	r.State = append(r.State, op)
+	if in.inv.stateBuf == nil {
+		in.inv.stateBuf = make(map[string][]byte)
+	}
+	in.inv.stateBuf[op.Key] = op.Value
+}
+
+func checkKey(L *lua.LState) string {
+	k := L.CheckString(1)
+	if k == "" || len(k) > 512 {
+		L.ArgError(1, "key must be 1..512 bytes")
+	}
+	return k
+}
+
+// readState returns the current JSON value of key: the invocation's own
+// writes first, then the StateReader.
+func (in *instance) readState(L *lua.LState, key string) ([]byte, bool) {
+	if v, ok := in.inv.stateBuf[key]; ok {
+		return v, v != nil
+	}
+	if in.inv.state == nil {
+		return nil, false
+	}
+	in.checkTime(L)
+	v, ok, err := in.inv.state.GetState(in.inv.ctx, in.inv.function, key)
+	if err != nil {
+		L.RaiseError("state.get(%q): %s", key, err.Error())
+	}
+	if ok {
+		in.inv.res.Cost.BytesIn += int64(len(v))
+	}
+	return v, ok
+}
+
+func (in *instance) stateGet(L *lua.LState) int {
+	key := checkKey(L)
+	in.charge(L, 1)
+	raw, ok := in.readState(L, key)
+	if !ok {
+		L.Push(lua.LNil)
+		return 1
+	}
+	v, err := in.decodeJSON(L, raw)
+	if err != nil {
+		L.RaiseError("state.get(%q): stored value is not JSON: %s", key, err.Error())
+	}
+	L.Push(v)
+	return 1
+}
+
+func (in *instance) stateSet(L *lua.LState) int {
+	key := checkKey(L)
+	v := L.CheckAny(2)
+	if v == lua.LNil {
+		in.stateOp(L, StateOp{Op: StateDelete, Key: key})
+		return 0
+	}
+	b, err := in.encodeJSON(L, v, in.inv.limits.MaxEffectBytes+1)
+	if err != nil {
+		L.ArgError(2, err.Error())
+	}
+	in.stateOp(L, StateOp{Op: StateSet, Key: key, Value: b})
+	return 0
+}
+
+func (in *instance) stateDelete(L *lua.LState) int {
+	in.stateOp(L, StateOp{Op: StateDelete, Key: checkKey(L)})
+	return 0
+}
+
+// stateIncr adds delta (default 1) to a numeric value (missing = 0) and
+// returns the new value. It is recorded as a delta (StateIncr), so
+// concurrent increments commit correctly; the returned value is what this
+// invocation sees.
+func (in *instance) stateIncr(L *lua.LState) int {
+	key := checkKey(L)
+	delta := float64(L.OptNumber(2, 1))
+	cur := 0.0
+	if raw, ok := in.readState(L, key); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64)
+		if err != nil {
+			L.RaiseError("state.incr(%q): stored value is not a number", key)
+		}
+		cur = f
+	}
+	nv := cur + delta
+	e := jsonEncoder{}
+	e.number(nv)
+	if e.err != nil {
+		L.RaiseError("state.incr(%q): %s", key, e.err.Error())
+	}
+	in.stateOp(L, StateOp{Op: StateIncr, Key: key, Value: e.buf, Delta: delta})
+	L.Push(lua.LNumber(nv))
+	return 1
+}
+
+// ---- event and ctx ----
+
+func (in *instance) eventTable(ev *Event) *lua.LTable {
+	L := in.L
+	t := L.CreateTable(0, 8+len(ev.Captures))
+	keys := make([]string, 0, len(ev.Captures))
+	for k := range ev.Captures {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		t.RawSetString(k, lua.LString(ev.Captures[k]))
+	}
+	t.RawSetString("id", lua.LString(ev.ID))
+	t.RawSetString("topic", lua.LString(ev.Topic))
+	t.RawSetString("payload", lua.LString(ev.Payload))
+	t.RawSetString("ts", lua.LNumber(ev.TS))
+	t.RawSetString("qos", lua.LNumber(ev.QoS))
+	t.RawSetString("trigger", lua.LString(ev.Trigger))
+	if h := ev.HTTP; h != nil {
+		t.RawSetString("method", lua.LString(h.Method))
+		t.RawSetString("path", lua.LString(h.Path))
+		q := L.CreateTable(0, len(h.Query))
+		for k, vs := range h.Query {
+			if len(vs) > 0 {
+				q.RawSetString(k, lua.LString(vs[0]))
+			}
+		}
+		t.RawSetString("query", q)
+		hd := L.CreateTable(0, len(h.Headers))
+		for k, v := range h.Headers {
+			hd.RawSetString(strings.ToLower(k), lua.LString(v))
+		}
+		t.RawSetString("headers", hd)
+		t.RawSetString("body", lua.LString(h.Body))
+	}
+	return t
+}
+
+func (in *instance) ctxTable(id string) *lua.LTable {
+	L := in.L
+	t := L.CreateTable(0, 5)
+	t.RawSetString("function", lua.LString(in.inv.function))
+	if in.spec != nil {
+		t.RawSetString("version", lua.LNumber(in.spec.Version))
+	}
+	t.RawSetString("invocation_id", lua.LString(id))
+	t.RawSetString("deadline_ms", lua.LNumber(in.inv.deadline.UnixMilli()))
+	t.RawSetString("config", in.config)
+	return t
+}

@@ -1,0 +1,490 @@
+package luavm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+
+	"github.com/moongate-edge/moongate/luavm/internal/pm"
+)
+
+// instance is one warm Lua state of a function version. It is used by one
+// invocation at a time (the pool guarantees it) and thrown away after a
+// breach or panic.
+type instance struct {
+	L      *lua.LState
+	prog   *Program
+	spec   *Spec
+	envMT  *lua.LTable // metatable of every fresh global table: __index = lib
+	chunk  [3]lua.LValue
+	frozen map[*lua.LTable]struct{}
+	null   *lua.LUserData // json.null
+	config lua.LValue     // ctx.config (frozen)
+	pmb    pm.Budget
+
+	inv      invocation
+	broken   bool // breached or panicked: do not reuse
+	lastUsed time.Time
+}
+
+// invocation is the per-call accounting of an instance. It is reset at the
+// start of every call.
+type invocation struct {
+	ctx        context.Context
+	limits     Limits
+	deadline   time.Time
+	function   string
+	steps      int64
+	ticks      int
+	strBytes   int64 // cumulative bytes of strings built by accounted operations
+	tableBytes int64 // estimated live size of the tables created so far
+	peak       int64
+	tables     []*lua.LTable
+	nextScan   int64
+	breach     error
+	state      StateReader
+	stateBuf   map[string][]byte // nil value = deleted
+	res        *Result
+	arrays     map[*lua.LTable]struct{} // tables that json.encode writes as arrays
+	effBytes   int64
+	logDropped int
+}
+
+// Table size model (see docs/functions.md): per table, per array slot and
+// per hash entry, in accounted bytes.
+const (
+	tableBaseBytes  = 64
+	tableSlotBytes  = 16
+	tableEntryBytes = 80
+	// Between two table scans, at most scanEvery steps (plus 2 per tracked
+	// table) run.
+	scanEvery = 1024
+)
+
+var (
+	ltArray, ltDict, ltStrdict = ltableField("array"), ltableField("dict"), ltableField("strdict")
+)
+
+// ltableField finds an unexported field of lua.LTable. The field layout is
+// checked by TestTableModel; reflect only reads lengths.
+func ltableField(name string) int {
+	f, ok := reflect.TypeOf(lua.LTable{}).FieldByName(name)
+	if !ok {
+		panic("luavm: gopher-lua LTable has no field " + name)
+	}
+	return f.Index[0]
+}
+
+func tableBytes(t *lua.LTable) int64 {
+	v := reflect.ValueOf(t).Elem()
+	return tableBaseBytes + tableSlotBytes*int64(v.Field(ltArray).Cap()) +
+		tableEntryBytes*int64(v.Field(ltDict).Len()+v.Field(ltStrdict).Len())
+}
+
+// newInstance creates a sandboxed state for prog (a cold start).
+func newInstance(prog *Program, spec *Spec, limits Limits) (in *instance, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: creating instance: %v", ErrPanic, r)
+		}
+	}()
+	L := lua.NewState(lua.Options{
+		SkipOpenLibs:     true,
+		CallStackSize:    limits.MaxCallDepth + 8,
+		RegistrySize:     1024,
+		RegistryMaxSize:  64 * 1024,
+		RegistryGrowStep: 1024,
+	})
+	in = &instance{L: L, prog: prog, spec: spec, frozen: make(map[*lua.LTable]struct{}, 16)}
+	in.pmb.Hook = in.patternSteps
+	in.setup()
+	return in, nil
+}
+
+func (in *instance) close() {
+	if in.L != nil {
+		in.L.Close()
+		in.L = nil
+	}
+}
+
+// freeze returns a read-only proxy of t: reads go through __index, writes
+// (including rawset and table.insert) fail, and getmetatable hides it.
+func (in *instance) freeze(t *lua.LTable, newindex *lua.LFunction) *lua.LTable {
+	L := in.L
+	p := L.CreateTable(0, 0)
+	mt := L.CreateTable(0, 3)
+	mt.RawSetString("__index", t)
+	mt.RawSetString("__newindex", newindex)
+	mt.RawSetString("__metatable", lua.LFalse)
+	p.Metatable = mt
+	in.frozen[p] = struct{}{}
+	return p
+}
+
+// setup builds the sandbox: the library table every global environment
+// reads through, with only the allowed functions, wrapped where they can
+// allocate or run long.
+func (in *instance) setup() {
+	L := in.L
+	for _, open := range []lua.LGFunction{lua.OpenBase, lua.OpenString, lua.OpenTable, lua.OpenMath} {
+		L.Push(L.NewFunction(open))
+		L.Call(0, 0)
+	}
+	G := L.G.Global
+	lib := L.CreateTable(0, 40)
+	newindex := L.NewFunction(func(L *lua.LState) int {
+		L.RaiseError("attempt to modify a read-only table")
+		return 0
+	})
+
+	for _, name := range []string{"assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
+		"select", "setmetatable", "tonumber", "tostring", "type", "_VERSION"} {
+		lib.RawSetString(name, G.RawGetString(name))
+	}
+	lib.RawSetString("pcall", L.NewFunction(in.pcall))
+	lib.RawSetString("xpcall", L.NewFunction(in.xpcall))
+	lib.RawSetString("rawset", L.NewFunction(in.rawset))
+	lib.RawSetString("unpack", L.NewFunction(in.wrapCount(G.RawGetString("unpack").(*lua.LFunction).GFunction, 1)))
+
+	str := G.RawGetString("string").(*lua.LTable)
+	in.wrapString(str)
+	lib.RawSetString("string", in.freeze(str, newindex))
+	smt := L.CreateTable(0, 2)
+	smt.RawSetString("__index", str)
+	smt.RawSetString("__metatable", lua.LFalse)
+	L.SetMetatable(lua.LString(""), smt)
+
+	tbl := G.RawGetString("table").(*lua.LTable)
+	in.wrapTable(tbl)
+	lib.RawSetString("table", in.freeze(tbl, newindex))
+
+	math := G.RawGetString("math").(*lua.LTable)
+	math.RawSetString("randomseed", lua.LNil)
+	lib.RawSetString("math", in.freeze(math, newindex))
+
+	in.openHost(lib, newindex)
+
+	in.envMT = L.CreateTable(0, 2)
+	in.envMT.RawSetString("__index", lib)
+	in.envMT.RawSetString("__metatable", lua.LFalse)
+	in.chunk = [3]lua.LValue{L.NewFunction(in.tick), L.NewFunction(in.concat), L.NewFunction(in.table)}
+	// Cut the way back to the unrestricted globals.
+	L.G.Global = L.CreateTable(0, 0)
+	L.Env = L.G.Global
+}
+
+// ---- accounting ----
+
+// raise ends the current Lua call with err recorded as the invocation's
+// breach. Every later tick, pcall and accounted builtin re-raises it, so
+// user code cannot swallow a breach with pcall.
+func (in *instance) raise(L *lua.LState, err error) {
+	if in.inv.breach == nil {
+		in.inv.breach = err
+	}
+	L.RaiseError("%s", in.inv.breach.Error())
+}
+
+// charge adds n steps and checks every limit. It is called by @tick and by
+// every accounted builtin.
+func (in *instance) charge(L *lua.LState, n int64) {
+	iv := &in.inv
+	if iv.breach != nil {
+		in.raise(L, iv.breach)
+	}
+	iv.steps += n
+	if iv.steps > iv.limits.MaxSteps {
+		in.raise(L, fmt.Errorf("%w (%d steps)", ErrBudget, iv.limits.MaxSteps))
+	}
+	iv.ticks++
+	if iv.ticks&31 == 0 || n > 1024 {
+		in.checkTime(L)
+	}
+	if iv.steps >= iv.nextScan {
+		in.scanTables(L)
+	}
+}
+
+func (in *instance) checkTime(L *lua.LState) {
+	iv := &in.inv
+	if time.Now().After(iv.deadline) {
+		in.raise(L, fmt.Errorf("%w (%v)", ErrTimeout, iv.limits.Timeout))
+	}
+	if err := iv.ctx.Err(); err != nil {
+		in.raise(L, fmt.Errorf("%w: %w", ErrTimeout, err))
+	}
+}
+
+// alloc accounts n bytes about to be allocated by a builtin (before the
+// allocation, so a refused one never happens) and charges n/64 steps.
+func (in *instance) alloc(L *lua.LState, n int64) {
+	iv := &in.inv
+	if n < 0 || n > iv.limits.MaxMemory {
+		in.raise(L, fmt.Errorf("%w (%d bytes requested, cap %d)", ErrMemory, n, iv.limits.MaxMemory))
+	}
+	iv.strBytes += n
+	in.checkMem(L)
+	in.charge(L, 1+n/64)
+}
+
+func (in *instance) checkMem(L *lua.LState) {
+	iv := &in.inv
+	m := iv.strBytes + iv.tableBytes
+	if m > iv.peak {
+		iv.peak = m
+	}
+	if m > iv.limits.MaxMemory {
+		in.raise(L, fmt.Errorf("%w (cap %d bytes)", ErrMemory, iv.limits.MaxMemory))
+	}
+}
+
+func (in *instance) track(t *lua.LTable) {
+	in.inv.tables = append(in.inv.tables, t)
+	in.inv.tableBytes += tableBaseBytes
+}
+
+func (in *instance) scanTables(L *lua.LState) {
+	iv := &in.inv
+	var total int64
+	for _, t := range iv.tables {
+		total += tableBytes(t)
+	}
+	iv.tableBytes = total
+	iv.nextScan = iv.steps + scanEvery + 2*int64(len(iv.tables))
+	if L != nil {
+		in.checkMem(L)
+	} else if m := iv.strBytes + iv.tableBytes; m > iv.peak {
+		iv.peak = m
+	}
+}
+
+func (in *instance) patternSteps(n int) {
+	in.charge(in.L, int64(n/64))
+}
+
+// @tick(n)
+func (in *instance) tick(L *lua.LState) int {
+	n, _ := L.Get(1).(lua.LNumber)
+	in.charge(L, int64(n))
+	return 0
+}
+
+// @table(t)
+func (in *instance) table(L *lua.LState) int {
+	t := L.Get(1)
+	if tb, ok := t.(*lua.LTable); ok {
+		in.track(tb)
+		if in.inv.tableBytes+in.inv.strBytes > in.inv.limits.MaxMemory {
+			in.scanTables(L)
+		}
+	}
+	L.Push(t)
+	return 1
+}
+
+// @concat(a, b, ...)
+func (in *instance) concat(L *lua.LState) int {
+	top := L.GetTop()
+	total := 0
+	slow := false
+	for i := 1; i <= top; i++ {
+		switch v := L.Get(i).(type) {
+		case lua.LString:
+			total += len(v)
+		case lua.LNumber:
+			total += 24
+		default:
+			slow = true
+		}
+	}
+	if !slow {
+		in.alloc(L, int64(total))
+		var b strings.Builder
+		b.Grow(total)
+		for i := 1; i <= top; i++ {
+			switch v := L.Get(i).(type) {
+			case lua.LString:
+				b.WriteString(string(v))
+			case lua.LNumber:
+				b.WriteString(v.String())
+			}
+		}
+		L.Push(lua.LString(b.String()))
+		return 1
+	}
+	acc := L.Get(top)
+	for i := top - 1; i >= 1; i-- {
+		acc = in.concat2(L, L.Get(i), acc)
+	}
+	L.Push(acc)
+	return 1
+}
+
+func isStringy(v lua.LValue) bool {
+	t := v.Type()
+	return t == lua.LTString || t == lua.LTNumber
+}
+
+func (in *instance) concat2(L *lua.LState, a, b lua.LValue) lua.LValue {
+	if isStringy(a) && isStringy(b) {
+		as, bs := lua.LVAsString(a), lua.LVAsString(b)
+		in.alloc(L, int64(len(as)+len(bs)))
+		return lua.LString(as + bs)
+	}
+	mm := L.GetMetaField(a, "__concat")
+	if mm == lua.LNil {
+		mm = L.GetMetaField(b, "__concat")
+	}
+	if mm == lua.LNil {
+		bad := a
+		if isStringy(a) {
+			bad = b
+		}
+		L.RaiseError("attempt to concatenate a %s value", bad.Type().String())
+	}
+	L.Push(mm)
+	L.Push(a)
+	L.Push(b)
+	L.Call(2, 1)
+	r := L.Get(-1)
+	L.Pop(1)
+	return r
+}
+
+// ---- base library replacements ----
+
+// afterCatch is run when pcall/xpcall caught an error: breaches, panics
+// and stack overflows are re-raised so that they end the invocation.
+func (in *instance) afterCatch(L *lua.LState, err error) {
+	if in.inv.breach != nil {
+		in.raise(L, in.inv.breach)
+	}
+	var aerr *lua.ApiError
+	if errors.As(err, &aerr) {
+		if aerr.Type == lua.ApiErrorPanic {
+			in.raise(L, fmt.Errorf("%w: %v", ErrPanic, aerr.Object))
+		}
+		if s, ok := aerr.Object.(lua.LString); ok {
+			if e := stackError(string(s)); e != nil {
+				in.raise(L, e)
+			}
+		}
+	}
+}
+
+// stackError maps gopher-lua's call/value stack overflow messages to
+// ErrCallDepth.
+func stackError(msg string) error {
+	if strings.HasSuffix(msg, "stack overflow") || strings.HasSuffix(msg, "registry overflow") {
+		return fmt.Errorf("%w: %s", ErrCallDepth, msg)
+	}
+	return nil
+}
+
+func (in *instance) pcall(L *lua.LState) int {
+	in.charge(L, 1)
+	v := L.CheckAny(1)
+	if v.Type() != lua.LTFunction && L.GetMetaField(v, "__call").Type() != lua.LTFunction {
+		L.Push(lua.LFalse)
+		L.Push(lua.LString("attempt to call a " + v.Type().String() + " value"))
+		return 2
+	}
+	if err := L.PCall(L.GetTop()-1, lua.MultRet, nil); err != nil {
+		in.afterCatch(L, err)
+		L.Push(lua.LFalse)
+		L.Push(errObject(err))
+		return 2
+	}
+	L.Insert(lua.LTrue, 1)
+	return L.GetTop()
+}
+
+func errObject(err error) lua.LValue {
+	var aerr *lua.ApiError
+	if errors.As(err, &aerr) {
+		return aerr.Object
+	}
+	return lua.LString(err.Error())
+}
+
+func (in *instance) xpcall(L *lua.LState) int {
+	in.charge(L, 1)
+	fn := L.CheckFunction(1)
+	handler := L.CheckFunction(2)
+	top := L.GetTop()
+	L.Push(fn)
+	if err := L.PCall(0, lua.MultRet, nil); err != nil {
+		in.afterCatch(L, err)
+		L.SetTop(top)
+		L.Push(handler)
+		L.Push(errObject(err))
+		if herr := L.PCall(1, 1, nil); herr != nil {
+			in.afterCatch(L, herr)
+			L.Push(lua.LFalse)
+			L.Push(errObject(herr))
+			return 2
+		}
+		L.Insert(lua.LFalse, L.GetTop())
+		return 2
+	}
+	L.Insert(lua.LTrue, top+1)
+	return L.GetTop() - top
+}
+
+func (in *instance) checkWritable(L *lua.LState, t *lua.LTable) {
+	if _, ok := in.frozen[t]; ok {
+		L.RaiseError("attempt to modify a read-only table")
+	}
+}
+
+func (in *instance) rawset(L *lua.LState) int {
+	t := L.CheckTable(1)
+	in.checkWritable(L, t)
+	k := L.CheckAny(2)
+	if k == lua.LNil {
+		L.ArgError(2, "table index is nil")
+	}
+	t.RawSet(k, L.CheckAny(3))
+	L.SetTop(1)
+	return 1
+}
+
+// wrapCount guards unpack(t, i, j) and string.byte(s, i, j): the number of
+// values pushed is bounded (like Lua's "too many results") and charged.
+func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
+	return func(L *lua.LState) int {
+		var n int
+		switch v := L.Get(1).(type) {
+		case *lua.LTable:
+			n = v.Len()
+		case lua.LString:
+			n = len(v)
+		}
+		i := L.OptInt(2, defI)
+		j := L.OptInt(3, n)
+		if _, isStr := L.Get(1).(lua.LString); isStr {
+			if L.Get(3) == lua.LNil {
+				j = i
+			}
+			if i < 0 {
+				i = n + i + 1
+			}
+			if j < 0 {
+				j = n + j + 1
+			}
+		}
+		if j-i >= 8000 {
+			L.RaiseError("too many results (%d)", j-i+1)
+		}
+		if j >= i {
+			in.charge(L, 1+int64(j-i)/8)
+		}
+		return orig(L)
+	}
+}

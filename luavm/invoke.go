@@ -1,0 +1,142 @@
+package luavm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+// run executes one invocation on the instance. It never panics; after a
+// breach or panic in.broken is set and the instance must be discarded.
+func (in *instance) run(ctx context.Context, name string, ev *Event, state StateReader, limits Limits, invID string, res *Result) (err error) {
+	start := time.Now()
+	iv := &in.inv
+	tables := iv.tables[:0]
+	*iv = invocation{
+		ctx: ctx, limits: limits, function: name, state: state, res: res,
+		deadline: start.Add(limits.Timeout), tables: tables, nextScan: scanEvery,
+	}
+	if d, ok := ctx.Deadline(); ok && d.Before(iv.deadline) {
+		iv.deadline = d
+	}
+	res.Cost.BytesIn = int64(len(ev.Payload))
+	if ev.HTTP != nil {
+		res.Cost.BytesIn += int64(len(ev.HTTP.Body))
+	}
+	L := in.L
+	defer func() {
+		if r := recover(); r != nil {
+			in.broken = true
+			err = fmt.Errorf("%w: %v", ErrPanic, r)
+		}
+		if err != nil {
+			if iv.breach != nil && !errors.Is(err, ErrPanic) {
+				err = iv.breach
+			}
+			if iv.breach != nil || errors.Is(err, ErrPanic) || IsLimit(err) {
+				in.broken = true
+			}
+			res.Kind, res.Value = ResultNone, nil
+		}
+		in.scanTables(nil)
+		res.Cost.Steps = iv.steps
+		res.Cost.PeakMemory = iv.peak
+		res.Cost.Effects = len(res.Effects)
+		res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes
+		res.Cost.Wall = time.Since(start)
+		res.Cost.Outcome = outcome(err)
+		if iv.logDropped > 0 && len(res.Logs) > 0 {
+			res.Logs = append(res.Logs, LogEntry{Level: slog.LevelWarn, Msg: fmt.Sprintf("%d log lines dropped (limit %d)", iv.logDropped, limits.MaxLogLines), TimeMS: time.Now().UnixMilli()})
+		}
+		// Drop references so that the invocation's garbage can be collected.
+		clear(iv.tables)
+		if cap(iv.tables) > 4096 {
+			iv.tables = nil
+		}
+		iv.stateBuf, iv.arrays, iv.res, iv.state, iv.ctx = nil, nil, nil, nil, nil
+		if !in.broken {
+			L.SetTop(0)
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+
+	// A fresh global environment per invocation: writes stay in env,
+	// reads fall through to the read-only library.
+	env := L.CreateTable(0, 4)
+	env.Metatable = in.envMT
+	env.RawSetString("_G", env)
+	fn := L.NewFunctionFromProto(in.prog.proto)
+	fn.Env = env
+	L.Push(fn)
+	L.Push(in.chunk[0])
+	L.Push(in.chunk[1])
+	L.Push(in.chunk[2])
+	if err := L.PCall(3, 0, nil); err != nil {
+		return in.luaError(err)
+	}
+	handle, ok := env.RawGetString("handle").(*lua.LFunction)
+	if !ok {
+		return fmt.Errorf("%w: %w: handle is not a function after running the chunk", ErrRuntime, ErrNoHandler)
+	}
+	L.Push(handle)
+	L.Push(in.eventTable(ev))
+	L.Push(in.ctxTable(invID))
+	if err := L.PCall(2, 1, nil); err != nil {
+		return in.luaError(err)
+	}
+	if iv.breach != nil {
+		return iv.breach
+	}
+	ret := L.Get(-1)
+	L.Pop(1)
+	switch v := ret.(type) {
+	case *lua.LNilType:
+		res.Kind = ResultNone
+	case lua.LString:
+		if len(v) > limits.MaxResultBytes {
+			return fmt.Errorf("%w (%d bytes, max %d)", ErrResultTooLarge, len(v), limits.MaxResultBytes)
+		}
+		res.Kind, res.Value = ResultString, []byte(v)
+	case *lua.LTable:
+		e := jsonEncoder{in: in, limit: limits.MaxResultBytes}
+		e.encode(v, 0)
+		if e.err != nil {
+			return fmt.Errorf("%w: encoding the result: %w", ErrRuntime, e.err)
+		}
+		if len(e.buf) > limits.MaxResultBytes {
+			return fmt.Errorf("%w (more than %d bytes)", ErrResultTooLarge, limits.MaxResultBytes)
+		}
+		res.Kind, res.Value = ResultJSON, e.buf
+	default:
+		return fmt.Errorf("%w: handle returned a %s (want nil, a table or a string)", ErrRuntime, ret.Type().String())
+	}
+	return nil
+}
+
+// luaError classifies an error returned by PCall.
+func (in *instance) luaError(err error) error {
+	if in.inv.breach != nil {
+		return in.inv.breach
+	}
+	var aerr *lua.ApiError
+	if errors.As(err, &aerr) {
+		if aerr.Type == lua.ApiErrorPanic {
+			return fmt.Errorf("%w: %v", ErrPanic, aerr.Object)
+		}
+		msg := lua.LVAsString(aerr.Object)
+		if aerr.Object.Type() != lua.LTString && aerr.Object.Type() != lua.LTNumber {
+			msg = aerr.Object.String()
+		}
+		if e := stackError(msg); e != nil {
+			return e
+		}
+		return fmt.Errorf("%w: %s", ErrRuntime, msg)
+	}
+	return fmt.Errorf("%w: %w", ErrRuntime, err)
+}

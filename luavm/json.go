@@ -1,0 +1,463 @@
+package luavm
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+const maxJSONDepth = 100
+
+// jsonEncoder writes Lua values as JSON. Objects have sorted keys, so the
+// output is deterministic. A table is an array when its keys are exactly
+// 1..n (n >= 1) or when it was marked by json.array or decoded from a JSON
+// array; an empty unmarked table is {}.
+type jsonEncoder struct {
+	in    *instance
+	buf   []byte
+	limit int
+	err   error
+}
+
+func (e *jsonEncoder) fail(format string, args ...any) {
+	if e.err == nil {
+		e.err = fmt.Errorf(format, args...)
+	}
+}
+
+func (e *jsonEncoder) encode(v lua.LValue, depth int) {
+	if e.err != nil {
+		return
+	}
+	if len(e.buf) > e.limit {
+		e.fail("output larger than %d bytes", e.limit)
+		return
+	}
+	if depth > maxJSONDepth {
+		e.fail("nesting deeper than %d (cycle?)", maxJSONDepth)
+		return
+	}
+	switch x := v.(type) {
+	case *lua.LNilType:
+		e.buf = append(e.buf, "null"...)
+	case lua.LBool:
+		if x {
+			e.buf = append(e.buf, "true"...)
+		} else {
+			e.buf = append(e.buf, "false"...)
+		}
+	case lua.LNumber:
+		e.number(float64(x))
+	case lua.LString:
+		e.buf = appendJSONString(e.buf, string(x))
+	case *lua.LUserData:
+		if e.in != nil && x == e.in.null {
+			e.buf = append(e.buf, "null"...)
+			return
+		}
+		e.fail("cannot encode a userdata")
+	case *lua.LTable:
+		e.table(x, depth)
+	default:
+		e.fail("cannot encode a %s", v.Type().String())
+	}
+}
+
+func (e *jsonEncoder) number(f float64) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		e.fail("cannot encode %v", f)
+		return
+	}
+	if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		e.buf = strconv.AppendInt(e.buf, int64(f), 10)
+		return
+	}
+	e.buf = strconv.AppendFloat(e.buf, f, 'g', -1, 64)
+}
+
+func (e *jsonEncoder) table(t *lua.LTable, depth int) {
+	n := t.Len()
+	count := 0
+	intKeys := true
+	var skeys []string
+	var keyErr bool
+	t.ForEach(func(k, _ lua.LValue) {
+		count++
+		switch kk := k.(type) {
+		case lua.LNumber:
+			f := float64(kk)
+			if f != math.Trunc(f) || f < 1 || f > float64(n) {
+				intKeys = false
+			}
+			skeys = append(skeys, kk.String())
+		case lua.LString:
+			intKeys = false
+			skeys = append(skeys, string(kk))
+		default:
+			keyErr = true
+		}
+	})
+	if keyErr {
+		e.fail("cannot encode a table key of type other than string or number")
+		return
+	}
+	_, marked := e.arrayMarks()[t]
+	if (count > 0 && intKeys && count == n) || (count == 0 && marked) {
+		e.buf = append(e.buf, '[')
+		for i := 1; i <= n; i++ {
+			if i > 1 {
+				e.buf = append(e.buf, ',')
+			}
+			e.encode(t.RawGetInt(i), depth+1)
+		}
+		e.buf = append(e.buf, ']')
+		return
+	}
+	sort.Strings(skeys)
+	e.buf = append(e.buf, '{')
+	for i, k := range skeys {
+		if i > 0 {
+			e.buf = append(e.buf, ',')
+		}
+		e.buf = appendJSONString(e.buf, k)
+		e.buf = append(e.buf, ':')
+		v := t.RawGetString(k)
+		if v == lua.LNil {
+			if f, err := strconv.ParseFloat(k, 64); err == nil {
+				v = t.RawGet(lua.LNumber(f))
+			}
+		}
+		e.encode(v, depth+1)
+	}
+	e.buf = append(e.buf, '}')
+}
+
+func (e *jsonEncoder) arrayMarks() map[*lua.LTable]struct{} {
+	if e.in == nil {
+		return nil
+	}
+	return e.in.inv.arrays
+}
+
+const hexDigits = "0123456789abcdef"
+
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// jsonDecoder parses JSON straight into Lua values. Objects become tables
+// with string keys, arrays tables with keys 1..n (marked as arrays, so they
+// encode back as arrays even when empty), null becomes json.null, numbers
+// are Lua numbers (float64: integers above 2^53 lose precision).
+type jsonDecoder struct {
+	in  *instance
+	L   *lua.LState
+	s   []byte
+	pos int
+}
+
+type jsonSyntaxError struct {
+	msg string
+	off int
+}
+
+func (e *jsonSyntaxError) Error() string { return fmt.Sprintf("%s at offset %d", e.msg, e.off) }
+
+func (d *jsonDecoder) fail(msg string) { panic(&jsonSyntaxError{msg, d.pos}) }
+
+func (d *jsonDecoder) decodeAll() (v lua.LValue, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			se, ok := r.(*jsonSyntaxError)
+			if !ok {
+				panic(r)
+			}
+			err = se
+		}
+	}()
+	d.ws()
+	v = d.value(0)
+	d.ws()
+	if d.pos < len(d.s) {
+		d.fail(fmt.Sprintf("unexpected %q after value", d.s[d.pos]))
+	}
+	return v, nil
+}
+
+func (d *jsonDecoder) ws() {
+	for d.pos < len(d.s) {
+		switch d.s[d.pos] {
+		case ' ', '\t', '\n', '\r':
+			d.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (d *jsonDecoder) newTable(narr, nhash int) *lua.LTable {
+	t := d.L.CreateTable(narr, nhash)
+	if d.in != nil {
+		d.in.track(t)
+	}
+	return t
+}
+
+func (d *jsonDecoder) value(depth int) lua.LValue {
+	if depth > maxJSONDepth {
+		d.fail("nesting too deep")
+	}
+	if d.pos >= len(d.s) {
+		d.fail("unexpected end of input")
+	}
+	switch c := d.s[d.pos]; {
+	case c == '{':
+		d.pos++
+		t := d.newTable(0, 4)
+		d.ws()
+		if d.pos < len(d.s) && d.s[d.pos] == '}' {
+			d.pos++
+			return t
+		}
+		for {
+			d.ws()
+			if d.pos >= len(d.s) || d.s[d.pos] != '"' {
+				d.fail("expected string key")
+			}
+			k := d.str()
+			d.ws()
+			if d.pos >= len(d.s) || d.s[d.pos] != ':' {
+				d.fail("expected ':'")
+			}
+			d.pos++
+			d.ws()
+			t.RawSetString(k, d.value(depth+1))
+			d.ws()
+			if d.pos >= len(d.s) {
+				d.fail("unexpected end of input")
+			}
+			if d.s[d.pos] == ',' {
+				d.pos++
+				continue
+			}
+			if d.s[d.pos] == '}' {
+				d.pos++
+				return t
+			}
+			d.fail(fmt.Sprintf("unexpected %q in object", d.s[d.pos]))
+		}
+	case c == '[':
+		d.pos++
+		t := d.newTable(4, 0)
+		if d.in != nil {
+			d.in.markArray(t)
+		}
+		d.ws()
+		if d.pos < len(d.s) && d.s[d.pos] == ']' {
+			d.pos++
+			return t
+		}
+		for i := 1; ; i++ {
+			d.ws()
+			t.RawSetInt(i, d.value(depth+1))
+			d.ws()
+			if d.pos >= len(d.s) {
+				d.fail("unexpected end of input")
+			}
+			if d.s[d.pos] == ',' {
+				d.pos++
+				continue
+			}
+			if d.s[d.pos] == ']' {
+				d.pos++
+				return t
+			}
+			d.fail(fmt.Sprintf("unexpected %q in array", d.s[d.pos]))
+		}
+	case c == '"':
+		return lua.LString(d.str())
+	case c == 't':
+		d.lit("true")
+		return lua.LTrue
+	case c == 'f':
+		d.lit("false")
+		return lua.LFalse
+	case c == 'n':
+		d.lit("null")
+		if d.in != nil {
+			return d.in.null
+		}
+		return lua.LNil
+	case c == '-' || (c >= '0' && c <= '9'):
+		return d.number()
+	default:
+		d.fail(fmt.Sprintf("unexpected %q", c))
+	}
+	return lua.LNil
+}
+
+func (d *jsonDecoder) lit(w string) {
+	if len(d.s)-d.pos < len(w) || string(d.s[d.pos:d.pos+len(w)]) != w {
+		d.fail("invalid literal")
+	}
+	d.pos += len(w)
+}
+
+func (d *jsonDecoder) number() lua.LValue {
+	start := d.pos
+	if d.s[d.pos] == '-' {
+		d.pos++
+	}
+	digits := func() int {
+		n := 0
+		for d.pos < len(d.s) && d.s[d.pos] >= '0' && d.s[d.pos] <= '9' {
+			d.pos++
+			n++
+		}
+		return n
+	}
+	if d.pos < len(d.s) && d.s[d.pos] == '0' {
+		d.pos++
+	} else if digits() == 0 {
+		d.fail("invalid number")
+	}
+	if d.pos < len(d.s) && d.s[d.pos] == '.' {
+		d.pos++
+		if digits() == 0 {
+			d.fail("invalid number")
+		}
+	}
+	if d.pos < len(d.s) && (d.s[d.pos] == 'e' || d.s[d.pos] == 'E') {
+		d.pos++
+		if d.pos < len(d.s) && (d.s[d.pos] == '+' || d.s[d.pos] == '-') {
+			d.pos++
+		}
+		if digits() == 0 {
+			d.fail("invalid number")
+		}
+	}
+	f, err := strconv.ParseFloat(string(d.s[start:d.pos]), 64)
+	if err != nil {
+		d.pos = start
+		d.fail("number out of range")
+	}
+	return lua.LNumber(f)
+}
+
+func (d *jsonDecoder) str() string {
+	d.pos++ // opening quote
+	start := d.pos
+	for d.pos < len(d.s) {
+		c := d.s[d.pos]
+		if c == '"' {
+			s := string(d.s[start:d.pos])
+			d.pos++
+			return s
+		}
+		if c == '\\' {
+			break
+		}
+		if c < 0x20 {
+			d.fail("control character in string")
+		}
+		d.pos++
+	}
+	buf := append([]byte(nil), d.s[start:d.pos]...)
+	for {
+		if d.pos >= len(d.s) {
+			d.fail("unterminated string")
+		}
+		c := d.s[d.pos]
+		switch {
+		case c == '"':
+			d.pos++
+			return string(buf)
+		case c < 0x20:
+			d.fail("control character in string")
+		case c == '\\':
+			d.pos++
+			if d.pos >= len(d.s) {
+				d.fail("unterminated string")
+			}
+			e := d.s[d.pos]
+			d.pos++
+			switch e {
+			case '"', '\\', '/':
+				buf = append(buf, e)
+			case 'b':
+				buf = append(buf, '\b')
+			case 'f':
+				buf = append(buf, '\f')
+			case 'n':
+				buf = append(buf, '\n')
+			case 'r':
+				buf = append(buf, '\r')
+			case 't':
+				buf = append(buf, '\t')
+			case 'u':
+				r := d.hex4()
+				if utf16.IsSurrogate(r) {
+					if d.pos+1 < len(d.s) && d.s[d.pos] == '\\' && d.s[d.pos+1] == 'u' {
+						d.pos += 2
+						r = utf16.DecodeRune(r, d.hex4())
+					} else {
+						r = utf8.RuneError
+					}
+				}
+				buf = utf8.AppendRune(buf, r)
+			default:
+				d.pos--
+				d.fail("invalid escape")
+			}
+		default:
+			buf = append(buf, c)
+			d.pos++
+		}
+	}
+}
+
+func (d *jsonDecoder) hex4() rune {
+	if len(d.s)-d.pos < 4 {
+		d.fail("invalid \\u escape")
+	}
+	v, err := strconv.ParseUint(string(d.s[d.pos:d.pos+4]), 16, 32)
+	if err != nil {
+		d.fail("invalid \\u escape")
+	}
+	d.pos += 4
+	return rune(v)
+}

@@ -1,0 +1,415 @@
+package luavm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Pool defaults (see Spec).
+const (
+	DefaultMaxConcurrency = 4
+	DefaultIdleTimeout    = 60 * time.Second
+	DefaultQueueTimeout   = 5 * time.Second
+	// DefaultReclaimInterval is how often idle instances are looked for.
+	DefaultReclaimInterval = time.Second
+)
+
+// Options configure a Runtime. The zero value is usable.
+type Options struct {
+	Logger         *slog.Logger // nil: slog.Default()
+	MaxSourceBytes int          // source size limit (0: DefaultMaxSourceBytes)
+	DefaultLimits  Limits       // fills zero fields of every Spec.Limits (then the built-in defaults)
+	// ReclaimInterval is how often idle instances are reclaimed
+	// (0: DefaultReclaimInterval).
+	ReclaimInterval time.Duration
+}
+
+// PoolStats describes the pool of the current version of a function.
+type PoolStats struct {
+	Version     int64
+	Warm        int    // idle, ready instances
+	Busy        int    // instances running an invocation
+	Waiting     int    // callers waiting for an instance
+	Invocations uint64 // invocations started on this version
+	ColdStarts  uint64 // instances created for this version
+}
+
+// Runtime runs deployed functions. It is safe for concurrent use. Create it
+// with NewRuntime and release it with Close.
+type Runtime struct {
+	opts   Options
+	log    *slog.Logger
+	mu     sync.RWMutex
+	fns    map[string]*pool
+	closed bool
+	stop   chan struct{}
+	done   chan struct{}
+	idPfx  string
+	idSeq  atomic.Uint64
+}
+
+// pool is the set of instances of one function version.
+type pool struct {
+	rt     *Runtime
+	spec   Spec
+	prog   *Program
+	limits Limits
+	sem    chan struct{} // one token per running invocation
+
+	mu       sync.Mutex
+	idle     []*instance // LIFO: the most recently used is reused first
+	busy     int
+	waiting  int
+	inflight int
+	retired  bool
+
+	invocations atomic.Uint64
+	coldStarts  atomic.Uint64
+}
+
+// NewRuntime returns a Runtime with opts. It starts one goroutine that
+// reclaims idle instances; Close stops it.
+func NewRuntime(opts Options) *Runtime {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxSourceBytes <= 0 {
+		opts.MaxSourceBytes = DefaultMaxSourceBytes
+	}
+	if opts.ReclaimInterval <= 0 {
+		opts.ReclaimInterval = DefaultReclaimInterval
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	r := &Runtime{opts: opts, log: opts.Logger, fns: map[string]*pool{}, stop: make(chan struct{}), done: make(chan struct{}), idPfx: hex.EncodeToString(b[:])}
+	go r.reclaimLoop()
+	return r
+}
+
+// Compile compiles src with the runtime's source size limit.
+func (r *Runtime) Compile(name string, src []byte) (*Program, error) {
+	return compile(name, src, r.opts.MaxSourceBytes)
+}
+
+// Deploy compiles spec.Source, pre-warms spec.MinInstances instances and
+// atomically makes this version the one new invocations get. A function of
+// the same name is replaced: its in-flight invocations finish on the old
+// version, whose instances are freed once they are done. On error nothing
+// changes.
+func (r *Runtime) Deploy(ctx context.Context, spec Spec) error {
+	if spec.Name == "" {
+		return fmt.Errorf("luavm: deploy: empty function name")
+	}
+	prog, err := r.Compile(spec.Name, spec.Source)
+	if err != nil {
+		return fmt.Errorf("luavm: deploy %s v%d: %w", spec.Name, spec.Version, err)
+	}
+	if spec.MaxConcurrency <= 0 {
+		spec.MaxConcurrency = DefaultMaxConcurrency
+	}
+	if spec.MinInstances < 0 {
+		spec.MinInstances = 0
+	}
+	if spec.MinInstances > spec.MaxConcurrency {
+		spec.MinInstances = spec.MaxConcurrency
+	}
+	if spec.IdleTimeout <= 0 {
+		spec.IdleTimeout = DefaultIdleTimeout
+	}
+	if spec.QueueTimeout <= 0 {
+		spec.QueueTimeout = DefaultQueueTimeout
+	}
+	if spec.MaxWaiting <= 0 {
+		spec.MaxWaiting = 4 * spec.MaxConcurrency
+	}
+	p := &pool{rt: r, spec: spec, prog: prog, sem: make(chan struct{}, spec.MaxConcurrency)}
+	p.limits = spec.Limits.withBase(r.opts.DefaultLimits.WithDefaults())
+	for i := 0; i < spec.MinInstances; i++ {
+		if err := ctx.Err(); err != nil {
+			p.freeIdle()
+			return fmt.Errorf("luavm: deploy %s: %w", spec.Name, err)
+		}
+		in, err := p.newInstance()
+		if err != nil {
+			p.freeIdle()
+			return fmt.Errorf("luavm: deploy %s: %w", spec.Name, err)
+		}
+		in.lastUsed = time.Now()
+		p.idle = append(p.idle, in)
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		p.freeIdle()
+		return ErrClosed
+	}
+	old := r.fns[spec.Name]
+	r.fns[spec.Name] = p
+	r.mu.Unlock()
+	if old != nil {
+		old.retire()
+	}
+	r.log.Debug("luavm: deployed", "function", spec.Name, "version", spec.Version, "warm", spec.MinInstances)
+	return nil
+}
+
+// Remove undeploys a function; in-flight invocations finish first. It
+// reports whether the function was deployed.
+func (r *Runtime) Remove(name string) bool {
+	r.mu.Lock()
+	p := r.fns[name]
+	delete(r.fns, name)
+	r.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	p.retire()
+	return true
+}
+
+// Stats returns the pool statistics of the current version of name.
+func (r *Runtime) Stats(name string) (PoolStats, bool) {
+	r.mu.RLock()
+	p := r.fns[name]
+	r.mu.RUnlock()
+	if p == nil {
+		return PoolStats{}, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return PoolStats{Version: p.spec.Version, Warm: len(p.idle), Busy: p.busy, Waiting: p.waiting,
+		Invocations: p.invocations.Load(), ColdStarts: p.coldStarts.Load()}, true
+}
+
+// Close stops the runtime: later calls fail with ErrClosed, in-flight
+// invocations finish, and every instance is freed.
+func (r *Runtime) Close() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	pools := r.fns
+	r.fns = map[string]*pool{}
+	r.mu.Unlock()
+	close(r.stop)
+	<-r.done
+	for _, p := range pools {
+		p.retire()
+	}
+}
+
+// Invoke runs the current version of function name once on ev. state may
+// be nil (state.get then sees no values). It returns ErrNotFound for an
+// unknown function, ErrBusy when no instance became free in time, and the
+// invocation's error otherwise. The Result is never nil: its Cost and Logs
+// are filled even when an error is returned.
+func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state StateReader) (*Result, error) {
+	res := &Result{Function: name}
+	if ev == nil {
+		ev = &Event{}
+	}
+	start := time.Now()
+	p, err := r.acquirePool(name)
+	if err != nil {
+		res.Cost.Outcome = outcome(err)
+		return res, err
+	}
+	defer p.release()
+	res.Version = p.spec.Version
+	in, err := p.get(ctx)
+	if err != nil {
+		res.Cost.Outcome = outcome(err)
+		res.Cost.Wall = time.Since(start)
+		return res, fmt.Errorf("luavm: %s: %w", name, err)
+	}
+	p.invocations.Add(1)
+	id := r.idPfx + strconv.FormatUint(r.idSeq.Add(1), 16)
+	err = in.run(ctx, name, ev, state, p.limits, id, res)
+	p.put(in)
+	if err != nil {
+		return res, fmt.Errorf("luavm: %s v%d: %w", name, p.spec.Version, err)
+	}
+	return res, nil
+}
+
+// acquirePool returns the current pool of name with its in-flight count
+// raised; release lowers it.
+func (r *Runtime) acquirePool(name string) (*pool, error) {
+	for {
+		r.mu.RLock()
+		closed := r.closed
+		p := r.fns[name]
+		r.mu.RUnlock()
+		if closed {
+			return nil, ErrClosed
+		}
+		if p == nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		p.mu.Lock()
+		if !p.retired {
+			p.inflight++
+			p.mu.Unlock()
+			return p, nil
+		}
+		p.mu.Unlock() // swapped meanwhile: take the new one
+	}
+}
+
+func (p *pool) release() {
+	p.mu.Lock()
+	p.inflight--
+	free := p.retired && p.inflight == 0
+	p.mu.Unlock()
+	if free {
+		p.freeIdle()
+	}
+}
+
+func (p *pool) newInstance() (*instance, error) {
+	in, err := newInstance(p.prog, &p.spec, p.limits)
+	if err == nil {
+		p.coldStarts.Add(1)
+	}
+	return in, err
+}
+
+// get waits for a concurrency slot (bounded queue, QueueTimeout) and
+// returns an idle instance or a new one.
+func (p *pool) get(ctx context.Context) (*instance, error) {
+	select {
+	case p.sem <- struct{}{}:
+	default:
+		p.mu.Lock()
+		if p.waiting >= p.spec.MaxWaiting {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: %d waiting", ErrBusy, p.spec.MaxWaiting)
+		}
+		p.waiting++
+		p.mu.Unlock()
+		t := time.NewTimer(p.spec.QueueTimeout)
+		var err error
+		select {
+		case p.sem <- struct{}{}:
+		case <-t.C:
+			err = fmt.Errorf("%w: no instance free within %v", ErrBusy, p.spec.QueueTimeout)
+		case <-ctx.Done():
+			err = fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+		}
+		t.Stop()
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	p.mu.Lock()
+	p.busy++
+	if n := len(p.idle); n > 0 {
+		in := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return in, nil
+	}
+	p.mu.Unlock()
+	in, err := p.newInstance()
+	if err != nil {
+		p.mu.Lock()
+		p.busy--
+		p.mu.Unlock()
+		<-p.sem
+		return nil, err
+	}
+	return in, nil
+}
+
+// put returns an instance after an invocation; broken ones are closed.
+func (p *pool) put(in *instance) {
+	in.lastUsed = time.Now()
+	p.mu.Lock()
+	p.busy--
+	keep := !in.broken && !p.retired
+	if keep {
+		p.idle = append(p.idle, in)
+	}
+	p.mu.Unlock()
+	<-p.sem
+	if !keep {
+		in.close()
+	}
+}
+
+// retire marks the pool as replaced; its instances are freed as soon as no
+// invocation is in flight.
+func (p *pool) retire() {
+	p.mu.Lock()
+	p.retired = true
+	free := p.inflight == 0
+	p.mu.Unlock()
+	if free {
+		p.freeIdle()
+	}
+}
+
+func (p *pool) freeIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, in := range idle {
+		in.close()
+	}
+}
+
+// reclaim closes instances idle for longer than IdleTimeout, keeping
+// MinInstances.
+func (p *pool) reclaim(now time.Time) {
+	var drop []*instance
+	p.mu.Lock()
+	for len(p.idle) > p.spec.MinInstances {
+		// idle is LIFO: the oldest is first.
+		if now.Sub(p.idle[0].lastUsed) < p.spec.IdleTimeout {
+			break
+		}
+		drop = append(drop, p.idle[0])
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+	}
+	p.mu.Unlock()
+	for _, in := range drop {
+		in.close()
+	}
+}
+
+func (r *Runtime) reclaimLoop() {
+	defer close(r.done)
+	t := time.NewTicker(r.opts.ReclaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case now := <-t.C:
+			r.mu.RLock()
+			pools := make([]*pool, 0, len(r.fns))
+			for _, p := range r.fns {
+				pools = append(pools, p)
+			}
+			r.mu.RUnlock()
+			for _, p := range pools {
+				p.reclaim(now)
+			}
+		}
+	}
+}
