@@ -1,0 +1,164 @@
+package mqtt
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// User is one device account of the embedded broker.
+type User struct {
+	// Username identifies the device. It must be a valid single topic level
+	// (no '/', '+', '#'), because it is substituted into ACL filters.
+	Username string
+	// PasswordHash is a bcrypt hash, as produced by HashPassword.
+	PasswordHash string
+	// Publish lists the topic filters the user may publish to; "{username}"
+	// is replaced by Username. Empty means "devices/{username}/#".
+	Publish []string
+	// Subscribe lists the topic filters the user may subscribe to (and
+	// receive from); "{username}" is replaced by Username. Empty means
+	// "devices/{username}/#".
+	Subscribe []string
+}
+
+// DefaultACL is the filter used when a User has no Publish or Subscribe list.
+const DefaultACL = "devices/{username}/#"
+
+// HashPassword returns a bcrypt hash of pw for EmbeddedConfig.Users.
+func HashPassword(pw string) (string, error) {
+	if pw == "" {
+		return "", fmt.Errorf("%w: empty password", ErrConfig)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("mqtt: hash password: %w", err)
+	}
+	return string(h), nil
+}
+
+// account is a User with its ACL expanded.
+type account struct {
+	hash      []byte
+	publish   []string
+	subscribe []string
+}
+
+// authenticator checks credentials and ACLs. Safe for concurrent use.
+type authenticator struct {
+	accounts map[string]*account
+	sem      chan struct{} // bounds concurrent bcrypt work
+
+	mu    sync.Mutex
+	cache map[string][32]byte // username -> sha256(password) of the last success
+}
+
+func newAuthenticator(users []User) (*authenticator, error) {
+	a := &authenticator{
+		accounts: make(map[string]*account, len(users)),
+		sem:      make(chan struct{}, 2),
+		cache:    make(map[string][32]byte),
+	}
+	for i, u := range users {
+		if u.Username == "" || strings.ContainsAny(u.Username, "/+#") || ValidTopic(u.Username) != nil {
+			return nil, fmt.Errorf("%w: users[%d]: username %q must be a non-empty single topic level", ErrConfig, i, u.Username)
+		}
+		if _, dup := a.accounts[u.Username]; dup {
+			return nil, fmt.Errorf("%w: users[%d]: duplicate username %q", ErrConfig, i, u.Username)
+		}
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			return nil, fmt.Errorf("%w: users[%d] (%s): password_hash is not a bcrypt hash: %w", ErrConfig, i, u.Username, err)
+		}
+		acc := &account{hash: []byte(u.PasswordHash)}
+		var err error
+		if acc.publish, err = expandACL(u.Publish, u.Username); err != nil {
+			return nil, fmt.Errorf("%w: users[%d] (%s): publish: %w", ErrConfig, i, u.Username, err)
+		}
+		if acc.subscribe, err = expandACL(u.Subscribe, u.Username); err != nil {
+			return nil, fmt.Errorf("%w: users[%d] (%s): subscribe: %w", ErrConfig, i, u.Username, err)
+		}
+		a.accounts[u.Username] = acc
+	}
+	return a, nil
+}
+
+func expandACL(filters []string, username string) ([]string, error) {
+	if len(filters) == 0 {
+		filters = []string{DefaultACL}
+	}
+	out := make([]string, 0, len(filters))
+	for _, f := range filters {
+		f = strings.ReplaceAll(f, "{username}", username)
+		if err := ValidFilter(f); err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// check verifies a username and password.
+func (a *authenticator) check(username string, password []byte) bool {
+	acc, ok := a.accounts[username]
+	if !ok {
+		// Spend comparable time so unknown users are not distinguishable.
+		a.sem <- struct{}{}
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), password)
+		<-a.sem
+		return false
+	}
+	sum := sha256.Sum256(password)
+	a.mu.Lock()
+	cached, hit := a.cache[username]
+	a.mu.Unlock()
+	if hit && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
+		return true
+	}
+	a.sem <- struct{}{}
+	err := bcrypt.CompareHashAndPassword(acc.hash, password)
+	<-a.sem
+	if err != nil {
+		return false
+	}
+	a.mu.Lock()
+	a.cache[username] = sum
+	a.mu.Unlock()
+	return true
+}
+
+// dummyHash returns a bcrypt hash nobody knows the password of, computed on
+// first use, so unknown users cost as much time as known ones.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, err := bcrypt.GenerateFromPassword([]byte("moongate-unknown-user"), bcrypt.DefaultCost)
+	if err != nil {
+		return []byte("$2a$10$")
+	}
+	return h
+})
+
+func (a *authenticator) mayPublish(username, topic string) bool {
+	acc, ok := a.accounts[username]
+	if !ok {
+		return false
+	}
+	return matchAny(acc.publish, topic)
+}
+
+// mayRead reports whether username may subscribe to filter, or receive a
+// message on topic (a topic is a filter without wildcards).
+func (a *authenticator) mayRead(username, filterOrTopic string) bool {
+	acc, ok := a.accounts[username]
+	if !ok {
+		return false
+	}
+	for _, f := range acc.subscribe {
+		if covers(f, filterOrTopic) {
+			return true
+		}
+	}
+	return false
+}

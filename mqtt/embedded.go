@@ -1,0 +1,548 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Defaults for EmbeddedConfig fields left at their zero value.
+const (
+	DefaultListen             = "127.0.0.1:1883"
+	DefaultMaxPayload         = 256 << 10
+	DefaultMaxSessionExpiry   = time.Hour
+	DefaultMaxInflight        = 64
+	DefaultMaxQueuedPerClient = 1000
+)
+
+// EmbeddedConfig configures the embedded broker. The zero value (after
+// defaults) listens on 127.0.0.1:1883 and refuses every device, because
+// AllowAnonymous is false and there are no users.
+type EmbeddedConfig struct {
+	// Listen is the TCP address of the MQTT listener; default
+	// "127.0.0.1:1883". Port 0 picks a free port (see Embedded.Addr).
+	Listen string
+	// WebSocketListen is an optional address for MQTT over WebSocket.
+	WebSocketListen string
+	// TLSCert and TLSKey are optional PEM files; when set, both listeners
+	// use TLS.
+	TLSCert, TLSKey string
+	// AllowAnonymous lets clients without a username connect, but only
+	// through a loopback listener. Anonymous clients may publish and
+	// subscribe to any topic.
+	AllowAnonymous bool
+	// Users are the device accounts. A non-loopback listener requires at
+	// least one user (NewEmbedded fails with ErrInsecureListener otherwise).
+	Users []User
+	// MaxPayload is the largest accepted publish payload in bytes; default
+	// 256 KiB. Larger publishes are refused (and counted); packets over
+	// 4*MaxPayload+64 KiB close the connection without being read.
+	MaxPayload int
+	// MaxSessionExpiry caps how long a disconnected persistent session (and
+	// the messages queued for it) is kept; default 1h.
+	MaxSessionExpiry time.Duration
+	// MaxInflight is the receive maximum advertised to MQTT v5 clients
+	// (unacknowledged QoS>0 publishes in flight per client); default 64.
+	MaxInflight int
+	// MaxQueuedPerClient bounds the QoS>0 messages stored per client for
+	// delivery, online or offline (mochi-mqtt/server#340); default 1000.
+	// Messages beyond it are dropped for that client.
+	MaxQueuedPerClient int
+}
+
+func (c *EmbeddedConfig) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = DefaultMaxPayload
+	}
+	if c.MaxSessionExpiry == 0 {
+		c.MaxSessionExpiry = DefaultMaxSessionExpiry
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.MaxQueuedPerClient == 0 {
+		c.MaxQueuedPerClient = DefaultMaxQueuedPerClient
+	}
+}
+
+// packetLimit is the largest packet read from a client at all.
+func (c *EmbeddedConfig) packetLimit() uint32 {
+	n := int64(c.MaxPayload)*4 + 64<<10
+	if n > 256<<20 {
+		n = 256 << 20
+	}
+	return uint32(n)
+}
+
+// Embedded is an embedded MQTT broker that passes matching publishes to a
+// Handler before acknowledging them. It implements Ingest. Create it with
+// NewEmbedded; the zero value is not usable. Methods are safe for concurrent
+// use.
+type Embedded struct {
+	cfg      EmbeddedConfig
+	log      *slog.Logger
+	auth     *authenticator
+	tlsCfg   *tls.Config
+	srv      *mochi.Server
+	loopback map[string]bool // listener id -> loopback
+	filters  *filters
+	gate     *gate
+	stats    counters
+	marked   sync.Map // *mochi.Client -> struct{}: a handler call awaits OnPacketProcessed
+
+	hctx    context.Context
+	hcancel context.CancelFunc
+
+	mu        sync.Mutex
+	started   bool
+	closed    bool
+	h         Handler
+	addr      net.Addr
+	wsAddr    net.Addr
+	listeners []string
+	ready     atomic.Bool
+}
+
+var _ Ingest = (*Embedded)(nil)
+
+// NewEmbedded validates cfg and builds the broker; Start opens the
+// listeners. A non-loopback listener without users fails with
+// ErrInsecureListener; other configuration errors wrap ErrConfig.
+func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.applyDefaults()
+	switch {
+	case cfg.MaxPayload < 0:
+		return nil, fmt.Errorf("%w: max payload %d is negative", ErrConfig, cfg.MaxPayload)
+	case cfg.MaxSessionExpiry < 0:
+		return nil, fmt.Errorf("%w: max session expiry %v is negative", ErrConfig, cfg.MaxSessionExpiry)
+	case cfg.MaxInflight < 0 || cfg.MaxInflight > math.MaxUint16:
+		return nil, fmt.Errorf("%w: max inflight %d not in 1..65535", ErrConfig, cfg.MaxInflight)
+	case cfg.MaxQueuedPerClient < 0 || cfg.MaxQueuedPerClient > math.MaxUint16:
+		return nil, fmt.Errorf("%w: max queued per client %d not in 1..65535", ErrConfig, cfg.MaxQueuedPerClient)
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return nil, fmt.Errorf("%w: tls cert and key must be set together", ErrConfig)
+	}
+	e := &Embedded{cfg: cfg, log: log, loopback: map[string]bool{}, filters: newFilters(), gate: newGate()}
+	for id, addr := range map[string]string{"tcp": cfg.Listen, "ws": cfg.WebSocketListen} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("%w: listen address %q: %w", ErrConfig, addr, err)
+		}
+		e.loopback[id] = isLoopback(addr)
+		if !e.loopback[id] && len(cfg.Users) == 0 {
+			return nil, fmt.Errorf("%w: listener %s", ErrInsecureListener, addr)
+		}
+	}
+	if len(cfg.Users) == 0 && !cfg.AllowAnonymous {
+		log.Warn("embedded MQTT broker has no users and anonymous access is off: no device can connect")
+	}
+	var err error
+	if e.auth, err = newAuthenticator(cfg.Users); err != nil {
+		return nil, err
+	}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tls: %w", ErrConfig, err)
+		}
+		e.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = uint32(min(cfg.MaxSessionExpiry/time.Second, math.MaxUint32))
+	caps.MaximumPacketSize = cfg.packetLimit()
+	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
+	caps.MaximumInflight = uint16(cfg.MaxQueuedPerClient)
+	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
+	e.srv = mochi.New(&mochi.Options{
+		Capabilities:           caps,
+		InlineClient:           true,
+		SysTopicResendInterval: 30,
+		// mochi logs a warning per misbehaving client; keep only errors.
+		Logger: slog.New(minLevel{h: log.Handler(), min: slog.LevelError}),
+	})
+	if err := e.srv.AddHook(&hook{e: e}, nil); err != nil {
+		return nil, fmt.Errorf("mqtt: add hook: %w", err)
+	}
+	e.hctx, e.hcancel = context.WithCancel(context.Background())
+	return e, nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Start opens the listeners and begins intake. It returns once the
+// listeners accept connections.
+func (e *Embedded) Start(ctx context.Context, h Handler) error {
+	if h == nil {
+		return fmt.Errorf("%w: nil handler", ErrConfig)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.closed:
+		return ErrClosed
+	case e.started:
+		return ErrAlreadyStarted
+	}
+	e.h = h
+	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: e.cfg.Listen, TLSConfig: e.tlsCfg})
+	if err := e.srv.AddListener(tcp); err != nil {
+		return fmt.Errorf("mqtt: listen %s: %w", e.cfg.Listen, err)
+	}
+	e.listeners = append(e.listeners, "tcp")
+	var err error
+	if e.addr, err = net.ResolveTCPAddr("tcp", tcp.Address()); err != nil {
+		return fmt.Errorf("mqtt: listener address: %w", err)
+	}
+	if e.cfg.WebSocketListen != "" {
+		ws := &wsListener{id: "ws", address: e.cfg.WebSocketListen, tlsCfg: e.tlsCfg, readLimit: int64(e.cfg.packetLimit())}
+		if err := e.srv.AddListener(ws); err != nil {
+			e.srv.Listeners.Close("tcp", func(string) {})
+			return fmt.Errorf("mqtt: listen websocket %s: %w", e.cfg.WebSocketListen, err)
+		}
+		e.listeners = append(e.listeners, "ws")
+		e.wsAddr = ws.ln.Addr()
+	}
+	if err := e.srv.Serve(); err != nil {
+		return fmt.Errorf("mqtt: serve: %w", err)
+	}
+	e.started = true
+	e.ready.Store(true)
+	e.log.Info("embedded MQTT broker listening", "addr", e.addr.String(), "websocket", e.cfg.WebSocketListen,
+		"tls", e.tlsCfg != nil, "users", len(e.cfg.Users), "anonymous_on_loopback", e.cfg.AllowAnonymous)
+	return nil
+}
+
+// Addr returns the address of the TCP listener, or nil before Start.
+func (e *Embedded) Addr() net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.addr
+}
+
+// WebSocketAddr returns the address of the WebSocket listener, or nil if
+// there is none or before Start.
+func (e *Embedded) WebSocketAddr() net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.wsAddr
+}
+
+// SetFilters replaces the filters whose messages go to the Handler; other
+// messages are only routed to subscribers. It may be called before Start.
+func (e *Embedded) SetFilters(ctx context.Context, filters []string) error {
+	list, err := validateFilters(filters)
+	if err != nil {
+		return err
+	}
+	e.filters.set(list)
+	return nil
+}
+
+// Publish publishes a message from the gateway itself through the broker's
+// inline client, bypassing ACLs. It returns once the message has been
+// handed to every matching subscriber's queue. Messages published here are
+// not passed to the Handler.
+func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
+	if err := ValidTopic(topic); err != nil {
+		return err
+	}
+	if qos > 2 {
+		return fmt.Errorf("%w: %d", ErrInvalidQoS, qos)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	started, closed := e.started, e.closed
+	e.mu.Unlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case !started:
+		return ErrNotStarted
+	}
+	if err := e.srv.Publish(topic, payload, retain, qos); err != nil {
+		return fmt.Errorf("mqtt: publish %s: %w", topic, err)
+	}
+	e.stats.published.Add(1)
+	return nil
+}
+
+// Ready reports whether the broker is listening and not closing.
+func (e *Embedded) Ready() bool { return e.ready.Load() }
+
+// Stats returns a snapshot of the counters.
+func (e *Embedded) Stats() Stats { return e.stats.snapshot() }
+
+// Close stops accepting connections and publishes, waits for in-flight
+// handlers (their acknowledgements are still sent), then disconnects every
+// client and stops the broker. If ctx ends first, the handlers' context is
+// cancelled and Close returns ctx's error once the broker has stopped.
+func (e *Embedded) Close(ctx context.Context) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	started := e.started
+	ids := e.listeners
+	e.mu.Unlock()
+	e.ready.Store(false)
+	idle := e.gate.close()
+	defer e.hcancel()
+	if !started {
+		return nil
+	}
+	for _, id := range ids {
+		e.srv.Listeners.Close(id, func(string) {}) // stop accepting, keep clients for now
+	}
+	var ctxErr error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		ctxErr = fmt.Errorf("mqtt: close: handlers still running: %w", ctx.Err())
+		e.hcancel()
+		<-idle
+	}
+	for _, cl := range e.srv.Clients.GetAll() {
+		if !cl.Net.Inline {
+			e.disconnect(cl, packets.ErrServerShuttingDown)
+		}
+	}
+	_ = e.srv.Close()
+	e.log.Info("embedded MQTT broker stopped")
+	return ctxErr
+}
+
+// disconnect closes a client's connection; MQTT v5 clients first get a
+// DISCONNECT with the reason code (v3.1.1 has no server DISCONNECT).
+func (e *Embedded) disconnect(cl *mochi.Client, code packets.Code) {
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = e.srv.DisconnectClient(cl, code)
+		return
+	}
+	cl.Stop(code)
+}
+
+// refuse answers a publish that is refused for good: QoS 0 is dropped; QoS
+// 1 and 2 are acknowledged (with the reason code for MQTT v5, whose clients
+// see the failure; v3.1.1 has no negative acknowledgement) and dropped.
+func (e *Embedded) refuse(cl *mochi.Client, pk packets.Packet, code packets.Code) (packets.Packet, error) {
+	if pk.FixedHeader.Qos > 0 {
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+		if pk.FixedHeader.Qos == 2 {
+			ack.FixedHeader.Type = packets.Pubrec
+		}
+		if cl.Properties.ProtocolVersion == 5 {
+			ack.ReasonCode = code.Code
+			ack.Properties.ReasonString = code.Reason
+		}
+		_ = cl.WritePacket(ack)
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// handle runs the Handler for one device publish and decides its fate.
+func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	username := string(cl.Properties.Username)
+	topic := pk.TopicName
+	if ValidTopic(topic) != nil || topic[0] == '$' {
+		e.stats.invalidTopic.Add(1)
+		return e.refuse(cl, pk, packets.ErrTopicNameInvalid)
+	}
+	if username != "" && !e.auth.mayPublish(username, topic) {
+		e.stats.unauthorized.Add(1)
+		e.log.Debug("mqtt publish refused by ACL", "client", cl.ID, "username", username, "topic", topic)
+		return e.refuse(cl, pk, packets.ErrNotAuthorized)
+	}
+	if len(pk.Payload) > e.cfg.MaxPayload {
+		e.stats.oversize.Add(1)
+		e.log.Debug("mqtt publish too large", "client", cl.ID, "topic", topic, "bytes", len(pk.Payload))
+		return e.refuse(cl, pk, packets.ErrPacketTooLarge)
+	}
+	list, ok := e.filters.wait(e.hctx, e.gate.closingC)
+	if !ok {
+		e.disconnect(cl, packets.ErrServerShuttingDown)
+		return pk, packets.ErrRejectPacket
+	}
+	if !matchAny(list, topic) {
+		e.stats.ignored.Add(1)
+		return pk, nil
+	}
+	if !e.gate.enter() {
+		e.disconnect(cl, packets.ErrServerShuttingDown)
+		return pk, packets.ErrRejectPacket
+	}
+	e.marked.Store(cl, struct{}{}) // left in OnPacketProcessed, after the ack is written
+	m := &Message{
+		Topic: topic, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
+		ClientID: cl.ID, Username: username, Duplicate: pk.FixedHeader.Dup, Received: time.Now(),
+	}
+	err := e.h(e.hctx, m)
+	switch {
+	case err == nil:
+		e.stats.accepted.Add(1)
+		return pk, nil
+	case errors.Is(err, ErrReject):
+		e.stats.handlerRejections.Add(1)
+		e.log.Debug("mqtt message rejected by handler", "client", cl.ID, "topic", topic, "error", err)
+		return e.refuse(cl, pk, packets.ErrImplementationSpecificError)
+	default:
+		e.stats.handlerRejections.Add(1)
+		e.log.Debug("mqtt message not accepted; disconnecting client so it resends", "client", cl.ID, "topic", topic, "error", err)
+		if pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket // QoS 0 cannot be retried
+		}
+		code := packets.ErrUnspecifiedError
+		if e.hctx.Err() != nil || e.gate.isClosing() {
+			code = packets.ErrServerShuttingDown
+		}
+		e.disconnect(cl, code)
+		return pk, packets.ErrRejectPacket
+	}
+}
+
+// hook connects the broker to the Embedded.
+type hook struct {
+	mochi.HookBase
+	e *Embedded
+}
+
+func (h *hook) ID() string { return "moongate-ingest" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
+		mochi.OnPacketProcessed, mochi.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
+	username := string(pk.Connect.Username)
+	if username == "" && len(pk.Connect.Password) == 0 {
+		if h.e.cfg.AllowAnonymous && h.e.loopback[cl.Net.Listener] {
+			return true
+		}
+		h.e.stats.authFailures.Add(1)
+		return false
+	}
+	if !h.e.auth.check(username, pk.Connect.Password) {
+		h.e.stats.authFailures.Add(1)
+		h.e.log.Debug("mqtt connection refused: bad credentials", "client", cl.ID, "username", username, "remote", cl.Net.Remote)
+		return false
+	}
+	return true
+}
+
+// OnACLCheck allows every publish here (publishes are checked in OnPublish,
+// after topic aliases are resolved, so refusals are answered uniformly) and
+// checks subscriptions and deliveries against the user's subscribe ACL.
+func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	if write || cl.Net.Inline {
+		return true
+	}
+	username := string(cl.Properties.Username)
+	if username == "" {
+		return true // only anonymous clients on loopback listeners get here
+	}
+	return h.e.auth.mayRead(username, topic)
+}
+
+// OnPacketRead counts inbound publishes and closes the connection of a
+// client publishing to an invalid or '$' topic (a protocol error).
+func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
+		return pk, nil
+	}
+	h.e.stats.received.Add(1)
+	t := pk.TopicName
+	if t == "" && pk.Properties.TopicAlias > 0 {
+		return pk, nil // MQTT v5 topic alias; checked after resolution
+	}
+	if ValidTopic(t) != nil || t[0] == '$' {
+		h.e.stats.invalidTopic.Add(1)
+		h.e.log.Debug("mqtt publish to invalid topic; closing connection", "client", cl.ID, "topic", t)
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
+}
+
+func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	return h.e.handle(cl, pk)
+}
+
+func (h *hook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {
+	if _, ok := h.e.marked.LoadAndDelete(cl); ok {
+		h.e.gate.leave()
+	}
+}
+
+// OnDisconnect counts publishes that were refused while being read: too
+// large to read, or a topic that is not valid UTF-8.
+func (h *hook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
+	switch {
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		h.e.stats.received.Add(1)
+		h.e.stats.oversize.Add(1)
+	case errors.Is(err, packets.ErrMalformedTopic):
+		h.e.stats.received.Add(1)
+		h.e.stats.invalidTopic.Add(1)
+	}
+	if _, ok := h.e.marked.LoadAndDelete(cl); ok {
+		h.e.gate.leave()
+	}
+}
+
+// minLevel is a slog.Handler that drops records below min.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h: m.h.WithAttrs(a), min: m.min}
+}
+func (m minLevel) WithGroup(n string) slog.Handler { return minLevel{h: m.h.WithGroup(n), min: m.min} }

@@ -1,0 +1,40 @@
+package mqtt
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Errors returned by this package wrap one of these, so
+// callers can branch with errors.Is.
+var (
+	// ErrInvalidTopic reports a topic name that breaks the MQTT rules
+	// (empty, too long, invalid UTF-8, NUL, or a wildcard character).
+	ErrInvalidTopic = errors.New("mqtt: invalid topic")
+	// ErrInvalidFilter reports a topic filter that breaks the MQTT rules.
+	ErrInvalidFilter = errors.New("mqtt: invalid topic filter")
+	// ErrConfig reports an invalid configuration.
+	ErrConfig = errors.New("mqtt: invalid configuration")
+	// ErrInsecureListener reports a non-loopback embedded listener without
+	// users; it wraps ErrConfig.
+	ErrInsecureListener = fmt.Errorf("%w: a non-loopback listener requires users (device authentication)", ErrConfig)
+	// ErrNotStarted is returned by calls that need Start to have succeeded.
+	ErrNotStarted = errors.New("mqtt: not started")
+	// ErrAlreadyStarted is returned by a second call to Start.
+	ErrAlreadyStarted = errors.New("mqtt: already started")
+	// ErrClosed is returned by calls made after Close.
+	ErrClosed = errors.New("mqtt: closed")
+	// ErrNotConnected is returned by External.Publish while the client is
+	// not connected to the broker.
+	ErrNotConnected = errors.New("mqtt: not connected to broker")
+	// ErrPayloadTooLarge reports a payload over the configured maximum.
+	ErrPayloadTooLarge = errors.New("mqtt: payload too large")
+	// ErrInvalidQoS reports a QoS other than 0, 1 or 2.
+	ErrInvalidQoS = errors.New("mqtt: invalid QoS")
+	// ErrSubscribe reports a subscription the broker refused.
+	ErrSubscribe = errors.New("mqtt: subscription refused by broker")
+	// ErrReject may be wrapped by a Handler's error to refuse a message for
+	// good: the message is acknowledged and dropped instead of redelivered
+	// (counted in Stats.RejectedHandler).
+	ErrReject = errors.New("mqtt: message rejected by handler")
+)

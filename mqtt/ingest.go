@@ -1,0 +1,206 @@
+package mqtt
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Message is one inbound MQTT publish. The Handler may keep it and its
+// Payload after returning; nothing else modifies them.
+type Message struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Retain   bool
+	ClientID string // embedded mode: the publishing device's client id; external mode: ""
+	Username string // embedded mode: the publishing device's username; external mode: ""
+	// Duplicate is set when the sender marked the publish as a possible
+	// redelivery (MQTT DUP flag).
+	Duplicate bool
+	Received  time.Time
+}
+
+// Handler is called for every inbound message on an accepted topic. It must
+// return nil only once the message is durable; only then is the message
+// acknowledged to its sender. A non-nil error means "not accepted" (see the
+// package documentation for what the sender sees); an error wrapping
+// ErrReject refuses the message for good. The Handler may block for
+// backpressure: that stalls intake from that connection instead of dropping
+// messages or growing memory. It should return promptly once ctx is done.
+// Handlers are called concurrently for different clients and messages, but
+// never twice for the same message within one connection.
+type Handler func(ctx context.Context, m *Message) error
+
+// Ingest is the one interface the gateway sees; Embedded and External
+// implement it. Implementations are safe for concurrent use.
+type Ingest interface {
+	// Start begins intake and returns once it is ready (listening, or
+	// connected and subscribed) or ctx is done. ctx bounds only the start-up;
+	// intake runs until Close.
+	Start(ctx context.Context, h Handler) error
+	// SetFilters replaces the set of topic filters (MQTT syntax with + and #)
+	// whose messages go to the Handler. Until the first call, inbound
+	// messages wait (flow control) rather than being dropped, so call it
+	// before or right after Start.
+	SetFilters(ctx context.Context, filters []string) error
+	// Publish sends a message and returns when it was sent (QoS 0) or
+	// acknowledged (QoS 1 and 2).
+	Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
+	// Ready reports whether intake is running (listening, or connected and
+	// subscribed).
+	Ready() bool
+	// Close stops intake first, then waits for in-flight handlers (until ctx
+	// is done, when it cancels their context), then closes.
+	Close(ctx context.Context) error
+}
+
+// Stats are cumulative counters since construction. The zero value is all
+// zeros.
+type Stats struct {
+	Received uint64 // inbound publishes seen
+	Accepted uint64 // passed to the Handler, which returned nil
+	Ignored  uint64 // matched no filter (embedded: only routed to subscribers; external: acknowledged and dropped)
+	Rejected uint64 // sum of the Rejected* counters below
+	// RejectedOversize counts payloads over the maximum (embedded mode).
+	RejectedOversize uint64
+	// RejectedInvalidTopic counts publishes with an invalid topic name.
+	RejectedInvalidTopic uint64
+	// RejectedUnauthorized counts publishes outside the sender's ACL.
+	RejectedUnauthorized uint64
+	// RejectedHandler counts messages the Handler returned an error for.
+	RejectedHandler uint64
+	// AuthFailures counts connections refused for bad credentials
+	// (embedded mode).
+	AuthFailures uint64
+	// Published counts successful Publish calls.
+	Published uint64
+	// Reconnects counts connections to the broker after the first
+	// (external mode).
+	Reconnects uint64
+}
+
+type counters struct {
+	received, accepted, ignored                             atomic.Uint64
+	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
+	authFailures, published, reconnects                     atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	s := Stats{
+		Received:             c.received.Load(),
+		Accepted:             c.accepted.Load(),
+		Ignored:              c.ignored.Load(),
+		RejectedOversize:     c.oversize.Load(),
+		RejectedInvalidTopic: c.invalidTopic.Load(),
+		RejectedUnauthorized: c.unauthorized.Load(),
+		RejectedHandler:      c.handlerRejections.Load(),
+		AuthFailures:         c.authFailures.Load(),
+		Published:            c.published.Load(),
+		Reconnects:           c.reconnects.Load(),
+	}
+	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
+	return s
+}
+
+// validateFilters checks every filter and returns a de-duplicated copy.
+func validateFilters(filters []string) ([]string, error) {
+	out := make([]string, 0, len(filters))
+	seen := make(map[string]bool, len(filters))
+	for _, f := range filters {
+		if err := ValidFilter(f); err != nil {
+			return nil, err
+		}
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// gate tracks in-flight handler calls and lets Close stop new ones and wait
+// for the running ones.
+type gate struct {
+	mu       sync.Mutex
+	n        int
+	closing  bool
+	idle     chan struct{} // closed when closing and n == 0
+	closingC chan struct{} // closed when closing starts
+}
+
+func newGate() *gate {
+	return &gate{idle: make(chan struct{}), closingC: make(chan struct{})}
+}
+
+// enter registers one handler call; false once closing.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return false
+	}
+	g.n++
+	return true
+}
+
+func (g *gate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.closing && g.n == 0 {
+		close(g.idle)
+	}
+}
+
+func (g *gate) isClosing() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closing
+}
+
+// close stops new calls; it returns a channel closed once none is in flight.
+func (g *gate) close() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.closing {
+		g.closing = true
+		close(g.closingC)
+		if g.n == 0 {
+			close(g.idle)
+		}
+	}
+	return g.idle
+}
+
+// filters holds the current filter set; the channel is closed on the first
+// SetFilters so waiting messages proceed.
+type filters struct {
+	cur  atomic.Pointer[[]string]
+	once sync.Once
+	setC chan struct{}
+}
+
+func newFilters() *filters { return &filters{setC: make(chan struct{})} }
+
+func (f *filters) set(list []string) {
+	f.cur.Store(&list)
+	f.once.Do(func() { close(f.setC) })
+}
+
+// wait returns the current filters once set; ok is false if stop or ctx
+// ended first.
+func (f *filters) wait(ctx context.Context, stop <-chan struct{}) (list []string, ok bool) {
+	if p := f.cur.Load(); p != nil {
+		return *p, true
+	}
+	select {
+	case <-f.setC:
+		return *f.cur.Load(), true
+	case <-stop:
+		return nil, false
+	case <-ctx.Done():
+		return nil, false
+	}
+}

@@ -1,0 +1,173 @@
+package mqtt
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxTopicLen is the MQTT limit on the encoded length of a topic or filter.
+const maxTopicLen = 65535
+
+const sharePrefix = "$share/"
+
+// ValidTopic reports whether topic is a valid MQTT topic name for a publish:
+// 1 to 65535 bytes of UTF-8 without NUL and without the wildcard characters
+// '+' and '#'. The error wraps ErrInvalidTopic.
+func ValidTopic(topic string) error {
+	if err := validString(topic); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidTopic, err)
+	}
+	if i := strings.IndexAny(topic, "+#"); i >= 0 {
+		return fmt.Errorf("%w: wildcard %q at byte %d", ErrInvalidTopic, topic[i], i)
+	}
+	return nil
+}
+
+// ValidFilter reports whether filter is a valid MQTT topic filter: 1 to 65535
+// bytes of UTF-8 without NUL, '+' only as a whole level, '#' only as the whole
+// last level, and for a shared subscription ("$share/GROUP/FILTER") a
+// non-empty group without wildcards and a valid FILTER. The error wraps
+// ErrInvalidFilter.
+func ValidFilter(filter string) error {
+	if err := validString(filter); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidFilter, err)
+	}
+	f := filter
+	if strings.HasPrefix(f, sharePrefix) {
+		rest := f[len(sharePrefix):]
+		group, sub, ok := strings.Cut(rest, "/")
+		if !ok || group == "" || sub == "" {
+			return fmt.Errorf("%w: %q: shared subscription needs $share/GROUP/FILTER", ErrInvalidFilter, filter)
+		}
+		if strings.ContainsAny(group, "+#") {
+			return fmt.Errorf("%w: %q: wildcard in share group", ErrInvalidFilter, filter)
+		}
+		f = sub
+	}
+	for i, level := 0, ""; f != ""; i++ {
+		level, f, _ = strings.Cut(f, "/")
+		switch {
+		case level == "#":
+			if f != "" {
+				return fmt.Errorf("%w: %q: '#' must be the last level", ErrInvalidFilter, filter)
+			}
+			return nil
+		case level == "+":
+		case strings.ContainsAny(level, "+#"):
+			return fmt.Errorf("%w: %q: wildcard must occupy a whole level (level %d)", ErrInvalidFilter, filter, i)
+		}
+	}
+	return nil
+}
+
+func validString(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("empty")
+	case len(s) > maxTopicLen:
+		return fmt.Errorf("%d bytes, over the MQTT limit of %d", len(s), maxTopicLen)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("not valid UTF-8")
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("contains NUL")
+	}
+	return nil
+}
+
+// Match reports whether the MQTT topic filter matches topic. '+' matches
+// exactly one level (which may be empty), '#' matches the parent level and
+// any number of child levels, and a filter starting with a wildcard does not
+// match a topic starting with '$'. A shared subscription filter
+// ("$share/GROUP/FILTER") matches like its FILTER. Match does not validate
+// its arguments: an invalid filter (such as "a/#/b") or a topic containing
+// wildcards simply does not match. It does not allocate.
+func Match(filter, topic string) bool {
+	if strings.HasPrefix(filter, sharePrefix) {
+		rest := filter[len(sharePrefix):]
+		i := strings.IndexByte(rest, '/')
+		if i <= 0 {
+			return false
+		}
+		filter = rest[i+1:]
+	}
+	if filter == "" || topic == "" || strings.ContainsAny(topic, "+#") {
+		return false
+	}
+	if topic[0] == '$' && (filter[0] == '+' || filter[0] == '#') {
+		return false
+	}
+	for {
+		var fl, tl string
+		var fmore, tmore bool
+		fl, filter, fmore = strings.Cut(filter, "/")
+		if fl == "#" {
+			return !fmore
+		}
+		tl, topic, tmore = strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		switch {
+		case !fmore && !tmore:
+			return true
+		case !tmore:
+			// Topic ended; "a/#" still matches "a".
+			return filter == "#"
+		case !fmore:
+			return false
+		}
+	}
+}
+
+// covers reports whether every topic matched by sub is also matched by
+// allowed, i.e. whether a subscription to sub (a filter or a plain topic)
+// stays inside the allowed filter. Both must be valid filters.
+func covers(allowed, sub string) bool {
+	if strings.HasPrefix(sub, sharePrefix) {
+		rest := sub[len(sharePrefix):]
+		i := strings.IndexByte(rest, '/')
+		if i <= 0 {
+			return false
+		}
+		sub = rest[i+1:]
+	}
+	// A wildcard-led allowed filter does not reach '$' topics.
+	if sub != "" && sub[0] == '$' && allowed != "" && (allowed[0] == '+' || allowed[0] == '#') {
+		return false
+	}
+	for {
+		var al, sl string
+		var amore, smore bool
+		al, allowed, amore = strings.Cut(allowed, "/")
+		if al == "#" {
+			return true
+		}
+		sl, sub, smore = strings.Cut(sub, "/")
+		switch {
+		case sl == "#":
+			return false // sub reaches deeper than a non-# allowed level
+		case al == "+":
+		case al != sl:
+			return false
+		}
+		switch {
+		case !amore && !smore:
+			return true
+		case !smore:
+			return allowed == "#"
+		case !amore:
+			return false
+		}
+	}
+}
+
+// matchAny reports whether any filter in filters matches topic.
+func matchAny(filters []string, topic string) bool {
+	for _, f := range filters {
+		if Match(f, topic) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,133 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// wsListener is an MQTT-over-WebSocket listener that binds in Init, so a
+// ":0" address reports its real port (mochi's own listener binds in Serve).
+type wsListener struct {
+	id        string
+	address   string
+	tlsCfg    *tls.Config
+	readLimit int64
+
+	ln        net.Listener
+	srv       *http.Server
+	log       *slog.Logger
+	establish listeners.EstablishFn
+	end       atomic.Bool
+}
+
+func (l *wsListener) ID() string { return l.id }
+
+func (l *wsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+func (l *wsListener) Protocol() string {
+	if l.tlsCfg != nil {
+		return "wss"
+	}
+	return "ws"
+}
+
+func (l *wsListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	if l.tlsCfg != nil {
+		ln = tls.NewListener(ln, l.tlsCfg)
+	}
+	l.ln = ln
+	up := &websocket.Upgrader{Subprotocols: []string{"mqtt"}, CheckOrigin: func(*http.Request) bool { return true }}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadLimit(l.readLimit)
+		if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c}); err != nil {
+			l.log.Debug("websocket client ended", "error", err)
+		}
+	})
+	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	l.establish = establish
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
+		l.log.Error("websocket listener failed", "error", err)
+	}
+}
+
+func (l *wsListener) Close(closeClients listeners.CloseFn) {
+	if l.end.CompareAndSwap(false, true) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if l.srv != nil {
+			_ = l.srv.Shutdown(ctx)
+		}
+		closeClients(l.id)
+	}
+}
+
+// wsConn adapts a WebSocket connection carrying binary MQTT frames to
+// net.Conn.
+type wsConn struct {
+	net.Conn
+	c *websocket.Conn
+	r io.Reader // reader of the current message, or nil
+}
+
+var errWSText = errors.New("mqtt: websocket message is not binary")
+
+func (ws *wsConn) Read(p []byte) (int, error) {
+	for {
+		if ws.r == nil {
+			op, r, err := ws.c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				return 0, errWSText
+			}
+			ws.r = r
+		}
+		n, err := ws.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			ws.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (ws *wsConn) Write(p []byte) (int, error) {
+	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
