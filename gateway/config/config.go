@@ -1,0 +1,405 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+)
+
+// Environment variables that override values of the file. They are the only
+// way the environment changes the configuration: `${VAR}` in values is not
+// expanded.
+const (
+	// EnvMQTTPassword overrides mqtt.external.password.
+	EnvMQTTPassword = "MOONGATE_MQTT_PASSWORD"
+	// EnvDataDir overrides data_dir.
+	EnvDataDir = "MOONGATE_DATA_DIR"
+	// EnvGatewayID overrides gateway_id.
+	EnvGatewayID = "MOONGATE_GATEWAY_ID"
+)
+
+// Config is moongate's whole configuration. The zero value is not useful:
+// start from [Default], [Parse] or [Load].
+type Config struct {
+	// GatewayID names this gateway in record ids and the external broker's
+	// client id: [A-Za-z0-9._-], at most 64 bytes. Default: the host name.
+	GatewayID string `yaml:"gateway_id"`
+	// DataDir holds the store. Default ./moongate-data.
+	DataDir string `yaml:"data_dir"`
+	// FunctionsDir, when set, is a directory of NAME.lua + NAME.yaml
+	// function manifests, loaded at start and on change.
+	FunctionsDir string    `yaml:"functions_dir"`
+	Log          Log       `yaml:"log"`
+	MQTT         MQTT      `yaml:"mqtt"`
+	API          API       `yaml:"api"`
+	Store        Store     `yaml:"store"`
+	Pipeline     Pipeline  `yaml:"pipeline"`
+	Functions    Functions `yaml:"functions"`
+
+	file  string            // file name given to Parse, for messages
+	env   map[string]string // key path -> environment variable that set it
+	lines Lines             // key path -> line, from Parse
+}
+
+// Log configures log/slog output.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error (default info)
+	Format string `yaml:"format"` // text | json (default text)
+}
+
+// MQTT modes.
+const (
+	ModeEmbedded = "embedded"
+	ModeExternal = "external"
+)
+
+// MQTT selects and configures the broker side.
+type MQTT struct {
+	Mode       string   `yaml:"mode"`        // embedded | external (default embedded)
+	MaxPayload Size     `yaml:"max_payload"` // largest accepted payload (default 256KiB)
+	Embedded   Embedded `yaml:"embedded"`
+	External   External `yaml:"external"`
+}
+
+// Embedded configures the built-in MQTT broker.
+type Embedded struct {
+	Listen          string `yaml:"listen"`           // TCP address (default 127.0.0.1:1883)
+	WebsocketListen string `yaml:"websocket_listen"` // "" = no websocket listener
+	TLS             TLS    `yaml:"tls"`
+	// AllowAnonymous lets clients connect without credentials. It is
+	// honoured only on loopback listeners (see [Embedded.AnonymousAllowed]);
+	// setting it to true explicitly together with a non-loopback listener
+	// is a validation error. Default true.
+	AllowAnonymous     bool     `yaml:"allow_anonymous"`
+	Users              []User   `yaml:"users"`
+	MaxSessionExpiry   Duration `yaml:"max_session_expiry"`    // default 1h
+	MaxInflight        int      `yaml:"max_inflight"`          // default 64
+	MaxQueuedPerClient int      `yaml:"max_queued_per_client"` // default 1000
+}
+
+// User is a device account of the embedded broker. Publish and Subscribe
+// are MQTT topic filters in which "{username}" stands for the user's name;
+// when absent they default to ["devices/{username}/#"]. An explicit empty
+// list allows nothing.
+type User struct {
+	Username     string   `yaml:"username"`
+	PasswordHash string   `yaml:"password_hash"` // bcrypt ($2a$, $2b$ or $2y$)
+	Publish      []string `yaml:"publish"`
+	Subscribe    []string `yaml:"subscribe"`
+}
+
+// DefaultACL is the publish and subscribe filter of a user whose lists are
+// absent.
+const DefaultACL = "devices/{username}/#"
+
+// TLS is a server certificate and key (PEM files). Both or neither.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Enabled reports whether a certificate is configured.
+func (t TLS) Enabled() bool { return t.Cert != "" || t.Key != "" }
+
+// External configures the connection to an existing broker.
+type External struct {
+	Broker   string    `yaml:"broker"`    // tcp:// | mqtt:// | ssl:// | tls:// | mqtts:// | ws:// | wss://
+	ClientID string    `yaml:"client_id"` // default moongate-<gateway_id>
+	Username string    `yaml:"username"`
+	Password string    `yaml:"password"` // or MOONGATE_MQTT_PASSWORD
+	TLS      ClientTLS `yaml:"tls"`
+	// KeepAlive is the MQTT keepalive (default 30s, at least 1s).
+	KeepAlive Duration `yaml:"keepalive"`
+}
+
+// ClientTLS configures TLS towards an external broker. CA is a PEM bundle
+// trusted in addition to nothing else when set (system roots otherwise);
+// Cert and Key, both or neither, are a client certificate.
+type ClientTLS struct {
+	CA                 string `yaml:"ca"`
+	Cert               string `yaml:"cert"`
+	Key                string `yaml:"key"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// API configures the HTTP API (health endpoints and REST).
+type API struct {
+	Listen string `yaml:"listen"` // default 127.0.0.1:8080; "" disables the API
+}
+
+// Store profiles, durability modes and quota policies.
+const (
+	ProfileLowMemory = "low-memory"
+	ProfileLarge     = "large"
+
+	DurabilityAlways   = "always"
+	DurabilityInterval = "interval"
+	DurabilityNone     = "none"
+
+	PolicyDropOldest = "drop_oldest"
+	PolicyRejectNew  = "reject_new"
+)
+
+// Store configures the Badger store.
+type Store struct {
+	Profile      string   `yaml:"profile"`       // low-memory | large
+	Durability   string   `yaml:"durability"`    // always | interval | none
+	SyncInterval Duration `yaml:"sync_interval"` // for interval (default 100ms)
+	DiskReserve  Size     `yaml:"disk_reserve"`  // stop writing when free disk falls below (default 64MiB)
+	Quotas       Quotas   `yaml:"quotas"`
+}
+
+// Quotas bound each key space of the store.
+type Quotas struct {
+	Records     Quota `yaml:"records"`
+	Outbox      Quota `yaml:"outbox"`
+	Logs        Quota `yaml:"logs"`
+	Deadletters Quota `yaml:"deadletters"`
+	// Inbox holds acknowledged events: its policy must be reject_new
+	// (dropping acknowledged events would lose them).
+	Inbox Quota `yaml:"inbox"`
+}
+
+// Quota bounds one key space. A zero MaxBytes or MaxAge means no limit of
+// that kind.
+type Quota struct {
+	MaxBytes Size     `yaml:"max_bytes"`
+	MaxAge   Duration `yaml:"max_age"`
+	Policy   string   `yaml:"policy"` // drop_oldest | reject_new
+}
+
+// Pipeline configures event processing.
+type Pipeline struct {
+	Workers    int   `yaml:"workers"`     // 0 = 2 x CPUs
+	InboxLimit int   `yaml:"inbox_limit"` // backlog at which intake stops (default 10000)
+	Retry      Retry `yaml:"retry"`
+}
+
+// Retry is the retry policy of a failed event before it goes to the dead
+// letters.
+type Retry struct {
+	MaxAttempts    int      `yaml:"max_attempts"`    // default 5
+	InitialBackoff Duration `yaml:"initial_backoff"` // default 200ms
+	MaxBackoff     Duration `yaml:"max_backoff"`     // default 30s
+}
+
+// Functions holds the defaults of every function; a manifest may lower or
+// raise each within the hard caps ([MaxTimeout] ...).
+type Functions struct {
+	Timeout        Duration `yaml:"timeout"`         // default 1s
+	MaxSteps       int64    `yaml:"max_steps"`       // default 10,000,000
+	MaxMemory      Size     `yaml:"max_memory"`      // default 16MiB
+	MaxConcurrency int      `yaml:"max_concurrency"` // default 4
+	MinInstances   int      `yaml:"min_instances"`   // default 0
+	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 60s
+}
+
+// Hard caps on function limits, for the config defaults and manifests alike.
+const (
+	MaxTimeout        = 10 * time.Minute
+	MaxSteps          = int64(10_000_000_000)
+	MaxMemory         = Size(1 << 30)
+	MaxConcurrency    = 256
+	MaxIdleTimeout    = 24 * time.Hour
+	MaxMQTTPayload    = Size(268435455) // the MQTT protocol limit
+	MaxWorkers        = 1024
+	MaxInflight       = 65535
+	MaxRetryAttempts  = 1000
+	MaxGatewayIDBytes = 64
+)
+
+// Default returns the default configuration: what `moongate serve` runs
+// without a file. GatewayID is the sanitized host name.
+func Default() *Config {
+	return &Config{
+		GatewayID:    hostID(),
+		DataDir:      "./moongate-data",
+		FunctionsDir: "",
+		Log:          Log{Level: "info", Format: "text"},
+		MQTT: MQTT{
+			Mode:       ModeEmbedded,
+			MaxPayload: 256 << 10,
+			Embedded: Embedded{
+				Listen:             "127.0.0.1:1883",
+				AllowAnonymous:     true,
+				MaxSessionExpiry:   Duration(time.Hour),
+				MaxInflight:        64,
+				MaxQueuedPerClient: 1000,
+			},
+			External: External{KeepAlive: Duration(30 * time.Second)},
+		},
+		API: API{Listen: "127.0.0.1:8080"},
+		Store: Store{
+			Profile:      ProfileLowMemory,
+			Durability:   DurabilityAlways,
+			SyncInterval: Duration(100 * time.Millisecond),
+			DiskReserve:  64 << 20,
+			Quotas: Quotas{
+				Records:     Quota{MaxBytes: 256 << 20, MaxAge: Duration(720 * time.Hour), Policy: PolicyDropOldest},
+				Outbox:      Quota{MaxBytes: 128 << 20, Policy: PolicyDropOldest},
+				Logs:        Quota{MaxBytes: 16 << 20, MaxAge: Duration(72 * time.Hour), Policy: PolicyDropOldest},
+				Deadletters: Quota{MaxBytes: 64 << 20, MaxAge: Duration(720 * time.Hour), Policy: PolicyDropOldest},
+				Inbox:       Quota{Policy: PolicyRejectNew},
+			},
+		},
+		Pipeline: Pipeline{
+			Workers:    0,
+			InboxLimit: 10000,
+			Retry:      Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
+		},
+		Functions: Functions{
+			Timeout:        Duration(time.Second),
+			MaxSteps:       10_000_000,
+			MaxMemory:      16 << 20,
+			MaxConcurrency: 4,
+			MinInstances:   0,
+			IdleTimeout:    Duration(60 * time.Second),
+		},
+	}
+}
+
+var badIDChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+func hostID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "moongate"
+	}
+	h = badIDChars.ReplaceAllString(h, "-")
+	if len(h) > MaxGatewayIDBytes {
+		h = h[:MaxGatewayIDBytes]
+	}
+	return h
+}
+
+// Parse decodes a configuration file's content (name is used in messages)
+// over the defaults, fills derived defaults and validates it. It does not
+// read the environment (see [Load] and [Config.ApplyEnv]). On error the
+// returned error joins every problem found, each an *Error wrapping
+// [ErrInvalid]; the *Config is nil.
+func Parse(name string, data []byte) (*Config, error) {
+	c, err := decode(name, data)
+	if err != nil {
+		return nil, err
+	}
+	c.finish()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func decode(name string, data []byte) (*Config, error) {
+	c := Default()
+	c.file = name
+	lines, err := Unmarshal(name, data, c)
+	c.lines = lines
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// finish fills the defaults derived from other values.
+func (c *Config) finish() {
+	if c.GatewayID == "" {
+		c.GatewayID = hostID()
+	}
+	if c.MQTT.External.ClientID == "" {
+		c.MQTT.External.ClientID = "moongate-" + c.GatewayID
+	}
+	if len(c.MQTT.Embedded.Users) == 0 {
+		c.MQTT.Embedded.Users = nil
+	}
+	for i := range c.MQTT.Embedded.Users {
+		u := &c.MQTT.Embedded.Users[i]
+		if u.Publish == nil {
+			u.Publish = []string{DefaultACL}
+		}
+		if u.Subscribe == nil {
+			u.Subscribe = []string{DefaultACL}
+		}
+	}
+}
+
+// Load reads and parses the file at path, applies the environment overrides
+// and validates the result. An empty path means no file: the defaults with
+// the environment overrides. Errors reading the file are returned wrapped
+// (errors.Is(err, fs.ErrNotExist) works); content errors wrap [ErrInvalid].
+func Load(path string) (*Config, error) {
+	c := Default()
+	if path != "" {
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if st.IsDir() {
+			return nil, fmt.Errorf("config: %s is a directory", path)
+		}
+		if st.Size() > MaxFileSize {
+			return nil, &Error{File: path, Msg: fmt.Sprintf("file is %d bytes, larger than the limit of %d", st.Size(), MaxFileSize)}
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if c, err = decode(path, data); err != nil {
+			return nil, err
+		}
+	}
+	c.ApplyEnv(os.LookupEnv)
+	c.finish()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ApplyEnv applies the environment overrides ([EnvMQTTPassword],
+// [EnvDataDir], [EnvGatewayID]) found by lookup (os.LookupEnv in [Load]).
+// A variable that is set, even to "", overrides the file; validation then
+// judges the result. Call [Config.Validate] afterwards.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
+	set := func(name string, dst *string, path string) {
+		if v, ok := lookup(name); ok {
+			*dst = v
+			if c.env == nil {
+				c.env = map[string]string{}
+			}
+			c.env[path] = name
+		}
+	}
+	set(EnvMQTTPassword, &c.MQTT.External.Password, "mqtt.external.password")
+	set(EnvDataDir, &c.DataDir, "data_dir")
+	set(EnvGatewayID, &c.GatewayID, "gateway_id")
+}
+
+// File is the name the configuration was parsed from ("" for defaults).
+func (c *Config) File() string { return c.file }
+
+// EffectiveWorkers is pipeline.workers, or 2 x cpus when it is 0.
+func (p Pipeline) EffectiveWorkers(cpus int) int {
+	if p.Workers > 0 {
+		return p.Workers
+	}
+	return max(2*cpus, 1)
+}
+
+// AnonymousAllowed reports whether a client may connect without credentials
+// on the listener at addr: only when allow_anonymous is on and addr is a
+// loopback address.
+func (e Embedded) AnonymousAllowed(addr string) bool {
+	return e.AllowAnonymous && IsLoopback(addr)
+}
+
+// IsLoopback reports whether the listen address addr ("host:port") binds
+// only loopback interfaces: host "localhost" or a loopback IP. An empty host
+// (all interfaces) is not loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := splitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	return isLoopbackHost(host)
+}

@@ -1,0 +1,353 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const goodHash = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+
+func TestDefaultIsValid(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v", err)
+	}
+	if c.DataDir != "./moongate-data" || c.MQTT.Embedded.Listen != "127.0.0.1:1883" || c.API.Listen != "127.0.0.1:8080" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	if c.GatewayID == "" {
+		t.Fatal("default gateway id is empty")
+	}
+}
+
+func TestEmptyFileIsDefault(t *testing.T) {
+	for _, src := range []string{"", "\n# only a comment\n", "---\n", "mqtt:\n", "log: {}\nstore:\n  quotas:\n"} {
+		c, err := Parse("m.yaml", []byte(src))
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v", src, err)
+		}
+		want := Default()
+		want.finish()
+		c.file, c.lines, want.file, want.lines = "", nil, "", nil
+		if !reflect.DeepEqual(c, want) {
+			t.Errorf("Parse(%q) = %+v, want defaults %+v", src, c, want)
+		}
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	src := `
+gateway_id: pi-7
+data_dir: /var/lib/moongate
+functions_dir: /etc/moongate/functions
+log: {level: debug, format: json}
+mqtt:
+  mode: embedded
+  max_payload: 1MiB
+  embedded:
+    listen: 0.0.0.0:1883
+    websocket_listen: 127.0.0.1:8083
+    tls: {cert: /c.pem, key: /k.pem}
+    allow_anonymous: false
+    users:
+      - username: dev1
+        password_hash: "` + goodHash + `"
+        publish: ["devices/{username}/#"]
+      - username: dev2
+        password_hash: "` + goodHash + `"
+        subscribe: []
+    max_session_expiry: 10m
+    max_inflight: 32
+    max_queued_per_client: 500
+api:
+  listen: ":8080"
+store:
+  profile: large
+  durability: interval
+  sync_interval: 50ms
+  disk_reserve: 1GB
+  quotas:
+    records: {max_bytes: 1073741824, max_age: 24h, policy: reject_new}
+    logs: {max_bytes: "1.5 MiB"}
+pipeline:
+  workers: 3
+  inbox_limit: 500
+  retry: {max_attempts: 2, initial_backoff: 1s, max_backoff: 1m}
+functions:
+  timeout: 2s
+  max_steps: 1_000_000
+  max_memory: 32MiB
+  max_concurrency: 8
+  min_instances: 1
+  idle_timeout: 0
+`
+	c, err := Parse("m.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		got, want any
+	}{
+		{c.GatewayID, "pi-7"},
+		{c.Log.Format, "json"},
+		{c.MQTT.MaxPayload, Size(1 << 20)},
+		{c.MQTT.Embedded.AllowAnonymous, false},
+		{c.MQTT.Embedded.Users[0].Subscribe, []string{DefaultACL}},
+		{c.MQTT.Embedded.Users[1].Subscribe, []string{}},
+		{c.MQTT.Embedded.Users[1].Publish, []string{DefaultACL}},
+		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
+		{c.MQTT.External.ClientID, "moongate-pi-7"},
+		{c.Store.DiskReserve, Size(1e9)},
+		{c.Store.Quotas.Records.MaxBytes, Size(1 << 30)},
+		{c.Store.Quotas.Records.Policy, PolicyRejectNew},
+		{c.Store.Quotas.Logs.MaxBytes, Size(3 << 19)},
+		{c.Store.Quotas.Logs.MaxAge, Duration(72 * time.Hour)}, // default kept
+		{c.Store.Quotas.Outbox.MaxBytes, Size(128 << 20)},
+		{c.Pipeline.EffectiveWorkers(2), 3},
+		{c.Functions.MaxSteps, int64(1_000_000)},
+		{c.Functions.IdleTimeout, Duration(0)},
+		{c.MQTT.Embedded.AnonymousAllowed(c.MQTT.Embedded.Listen), false},
+	}
+	for i, ck := range checks {
+		if !reflect.DeepEqual(ck.got, ck.want) {
+			t.Errorf("check %d: got %#v, want %#v", i, ck.got, ck.want)
+		}
+	}
+	if Default().Pipeline.EffectiveWorkers(4) != 8 {
+		t.Error("workers 0 should be 2 x CPUs")
+	}
+}
+
+// TestErrors checks the messages of bad files: every case must produce an
+// error naming the file, the line and the key path.
+func TestErrors(t *testing.T) {
+	cases := []struct {
+		name, src string
+		want      []string // substrings of the error, each "file:line: path: ..." or similar
+	}{
+		{"unknown top-level key", "gateway_id: a\nlistn: 1\n", []string{"m.yaml:2: listn: unknown key"}},
+		{"unknown nested key", "mqtt:\n  embedded:\n    listn: x\n", []string{"m.yaml:3: mqtt.embedded.listn: unknown key (valid keys here: allow_anonymous,"}},
+		{"wrong type mapping", "mqtt: 5\n", []string{"m.yaml:1: mqtt: expected a mapping, got integer 5"}},
+		{"wrong type int", "pipeline:\n  workers: many\n", []string{`m.yaml:2: pipeline.workers: expected an integer, got string "many"`}},
+		{"wrong type bool", "mqtt:\n  embedded:\n    allow_anonymous: 1\n", []string{"m.yaml:3: mqtt.embedded.allow_anonymous: expected true or false, got integer 1"}},
+		{"wrong type string", "log:\n  level: [a]\n", []string{"m.yaml:2: log.level: expected a string, got a list"}},
+		{"wrong type list", "mqtt:\n  embedded:\n    users: dev1\n", []string{"m.yaml:3: mqtt.embedded.users: expected a list"}},
+		{"float for int", "pipeline: {workers: 1.5}\n", []string{"m.yaml:1: pipeline.workers: expected an integer, got number 1.5"}},
+		{"int overflow", "pipeline: {workers: 99999999999999999999}\n", []string{"m.yaml:1: pipeline.workers:"}},
+		{"bad size unit", "mqtt:\n  max_payload: 16MB2\n", []string{`m.yaml:2: mqtt.max_payload: invalid size "16MB2": unknown unit`}},
+		{"bad size word", "store:\n  disk_reserve: lots\n", []string{`m.yaml:2: store.disk_reserve: invalid size "lots"`}},
+		{"negative size", "store:\n  disk_reserve: -5\n", []string{"m.yaml:2: store.disk_reserve: invalid size -5: negative"}},
+		{"negative size string", "store:\n  disk_reserve: -5MiB\n", []string{`m.yaml:2: store.disk_reserve: invalid size "-5MiB": negative`}},
+		{"negative duration", "functions:\n  timeout: -1s\n", []string{`m.yaml:2: functions.timeout: invalid duration "-1s": negative`}},
+		{"duration without unit", "functions:\n  timeout: 5\n", []string{`m.yaml:2: functions.timeout: invalid duration 5: needs a unit`}},
+		{"bad duration", "functions:\n  timeout: 1 sec\n", []string{`m.yaml:2: functions.timeout: invalid duration "1 sec"`}},
+		{"bad listen address", "mqtt:\n  embedded:\n    listen: x\n", []string{`m.yaml:3: mqtt.embedded.listen: invalid address "x": missing port in address`}},
+		{"bad listen port", "api:\n  listen: 127.0.0.1:99999\n", []string{`m.yaml:2: api.listen: invalid address "127.0.0.1:99999": bad port`}},
+		{"bad websocket listen", "mqtt: {embedded: {websocket_listen: 'a b:1'}}\n", []string{`m.yaml:1: mqtt.embedded.websocket_listen: invalid address "a b:1": bad host`}},
+		{"non-loopback without users", "mqtt:\n  embedded:\n    listen: 0.0.0.0:1883\n", []string{"m.yaml:2: mqtt.embedded.users: a non-loopback listen address requires at least one user"}},
+		{"all interfaces without users", "mqtt:\n  embedded:\n    listen: :1883\n", []string{"mqtt.embedded.users: a non-loopback"}},
+		{"non-loopback websocket without users", "mqtt:\n  embedded:\n    websocket_listen: 192.168.1.2:8083\n", []string{"m.yaml:2: mqtt.embedded.users: a non-loopback"}},
+		{"explicit anonymous on LAN", "mqtt:\n  embedded:\n    listen: 0.0.0.0:1883\n    allow_anonymous: true\n    users: [{username: a, password_hash: '" + goodHash + "'}]\n", []string{"m.yaml:4: mqtt.embedded.allow_anonymous: anonymous access is only honoured on loopback"}},
+		{"user without hash", "mqtt:\n  embedded:\n    users:\n      - username: dev1\n", []string{"m.yaml:4: mqtt.embedded.users[0].password_hash: must not be empty"}},
+		{"user with plain password", "mqtt:\n  embedded:\n    users:\n      - username: dev1\n        password_hash: secret\n", []string{"m.yaml:5: mqtt.embedded.users[0].password_hash: not a bcrypt hash"}},
+		{"user with md5 crypt", "mqtt:\n  embedded:\n    users:\n      - username: dev1\n        password_hash: '$1$abc$0123456789012345678901'\n", []string{"users[0].password_hash: not a bcrypt hash"}},
+		{"bcrypt cost too low", "mqtt: {embedded: {users: [{username: a, password_hash: '$2a$03$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy'}]}}\n", []string{"bcrypt cost 3 out of range"}},
+		{"user without name", "mqtt: {embedded: {users: [{password_hash: '" + goodHash + "'}]}}\n", []string{"m.yaml:1: mqtt.embedded.users[0].username: must not be empty"}},
+		{"duplicate user", "mqtt:\n  embedded:\n    users:\n      - {username: a, password_hash: '" + goodHash + "'}\n      - {username: a, password_hash: '" + goodHash + "'}\n", []string{"m.yaml:5: mqtt.embedded.users[1].username: duplicate username"}},
+		{"user name with slash", "mqtt: {embedded: {users: [{username: a/b, password_hash: '" + goodHash + "'}]}}\n", []string{`users[0].username: invalid "a/b"`}},
+		{"bad acl", "mqtt:\n  embedded:\n    users:\n      - username: a\n        password_hash: '" + goodHash + "'\n        publish: ['a/#/b', 'x{y}']\n", []string{"m.yaml:6: mqtt.embedded.users[0].publish[0]: invalid topic filter \"a/#/b\": '#' must be the last level", "users[0].publish[1]: invalid topic filter \"x{y}\""}},
+		{"external without broker", "mqtt:\n  mode: external\n", []string{"m.yaml:1: mqtt.external.broker: required in external mode"}},
+		{"bad broker scheme", "mqtt:\n  mode: external\n  external:\n    broker: http://h:1883\n", []string{`m.yaml:4: mqtt.external.broker: invalid broker URL "http://h:1883": unsupported scheme "http"`}},
+		{"broker without port", "mqtt: {mode: external, external: {broker: 'tcp://h'}}\n", []string{"missing port"}},
+		{"broker with credentials", "mqtt: {mode: external, external: {broker: 'tcp://u:p@h:1883'}}\n", []string{"put credentials in mqtt.external.username/password"}},
+		{"tls options on tcp broker", "mqtt:\n  mode: external\n  external:\n    broker: tcp://h:1883\n    tls: {ca: /ca.pem}\n", []string{"m.yaml:5: mqtt.external.tls: TLS settings need a TLS broker URL"}},
+		{"client tls cert without key", "mqtt:\n  mode: external\n  external:\n    broker: ssl://h:8883\n    tls:\n      cert: /c.pem\n", []string{"m.yaml:5: mqtt.external.tls.key: tls.cert is set but tls.key is not"}},
+		{"server tls cert without key", "mqtt:\n  embedded:\n    tls:\n      cert: /c.pem\n", []string{"m.yaml:3: mqtt.embedded.tls.key: tls.cert is set but tls.key is not"}},
+		{"server tls key without cert", "mqtt:\n  embedded:\n    tls:\n      key: /k.pem\n", []string{"m.yaml:3: mqtt.embedded.tls.cert: tls.key is set but tls.cert is not"}},
+		{"password without username", "mqtt: {mode: external, external: {broker: 'tcp://h:1', password: x}}\n", []string{"mqtt.external.username: a password is set but no username"}},
+		{"keepalive too short", "mqtt: {mode: external, external: {broker: 'tcp://h:1', keepalive: 10ms}}\n", []string{"mqtt.external.keepalive: 10ms out of range"}},
+		{"unknown mode", "mqtt:\n  mode: embeded\n", []string{`m.yaml:2: mqtt.mode: unknown value "embeded" (valid: embedded, external)`}},
+		{"unknown log level", "log:\n  level: verbose\n", []string{`m.yaml:2: log.level: unknown value "verbose" (valid: debug, info, warn, error)`}},
+		{"unknown log format", "log: {format: xml}\n", []string{`log.format: unknown value "xml"`}},
+		{"unknown profile", "store:\n  profile: huge\n", []string{`m.yaml:2: store.profile: unknown value "huge"`}},
+		{"unknown durability", "store:\n  durability: sometimes\n", []string{`m.yaml:2: store.durability: unknown value "sometimes"`}},
+		{"unknown policy", "store:\n  quotas:\n    logs:\n      policy: keep\n", []string{`m.yaml:4: store.quotas.logs.policy: unknown value "keep"`}},
+		{"inbox may not drop", "store:\n  quotas:\n    inbox:\n      policy: drop_oldest\n", []string{"m.yaml:4: store.quotas.inbox.policy: must be reject_new"}},
+		{"zero sync interval", "store:\n  durability: interval\n  sync_interval: 0\n", []string{"m.yaml:3: store.sync_interval: 0s out of range"}},
+		{"workers negative", "pipeline:\n  workers: -1\n", []string{"m.yaml:2: pipeline.workers: -1 out of range [0, 1024]"}},
+		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
+		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
+		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},
+		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},
+		{"bad gateway id", "gateway_id: 'a b'\n", []string{`m.yaml:1: gateway_id: invalid "a b"`}},
+		{"duplicate key", "log:\n  level: info\n  level: debug\n", []string{"m.yaml:3: log.level: duplicate key"}},
+		{"alias", "log: &l {level: info}\napi: *l\n", []string{"m.yaml:2: api: YAML aliases (*l) are not supported"}},
+		{"merge key", "base: &b {listen: ':1'}\napi:\n  <<: *b\n", []string{"m.yaml:1: base: unknown key", "m.yaml:3: api: keys must be plain strings"}},
+		{"syntax error", "log:\n  level: info\n bad\n", []string{"m.yaml:2: YAML syntax:"}},
+		{"two documents", "log: {}\n---\napi: {}\n", []string{"m.yaml:2: more than one YAML document"}},
+		{"top level list", "- a\n", []string{"m.yaml:1: expected a mapping, got a list"}},
+		{"several problems reported together", "pipeline:\n  workers: -2\nlog:\n  level: loud\n", []string{"m.yaml:2: pipeline.workers:", "m.yaml:4: log.level:"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("m.yaml", []byte(tc.src))
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", c)
+			}
+			if c != nil {
+				t.Error("Parse returned a config with an error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n%v\ndoes not contain\n%s", err, w)
+				}
+			}
+			es := Errors(err)
+			if len(es) == 0 {
+				t.Fatalf("no *Error in %v", err)
+			}
+			for _, e := range es {
+				if e.File != "m.yaml" || e.Line <= 0 {
+					t.Errorf("error without file/line: %#v", e)
+				}
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]Size{"0": 0, "4096": 4096, "1B": 1, "16MiB": 16 << 20, "256KiB": 256 << 10, "256 kib": 256 << 10, "1GB": 1e9, "1kB": 1000, "2TiB": 2 << 40, "1.5MiB": 3 << 19, "0.5KB": 500}
+	for s, want := range good {
+		got, err := ParseSize(s)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "MiB", "-1", "1XB", "1.2.3MB", "0.3B", "99999999999TiB", "9223372036854775808", "1e3", "NaN"} {
+		if v, err := ParseSize(s); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", s, v)
+		}
+	}
+	for _, s := range []Size{0, 1, 1023, 1024, 16 << 20, 3 << 19} {
+		back, err := ParseSize(s.String())
+		if err != nil || back != s {
+			t.Errorf("ParseSize(%v.String()=%q) = %d, %v", int64(s), s.String(), back, err)
+		}
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "moongate.yaml")
+	if err := os.WriteFile(p, []byte("mqtt:\n  mode: external\n  external:\n    broker: tcp://127.0.0.1:1883\n    username: gw\n    password: from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvMQTTPassword, "from-env")
+	t.Setenv(EnvDataDir, "/tmp/mg-data")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.External.Password != "from-env" || c.DataDir != "/tmp/mg-data" {
+		t.Fatalf("env not applied: password %q data_dir %q", c.MQTT.External.Password, c.DataDir)
+	}
+	// ${VAR} is not expanded.
+	if err := os.WriteFile(p, []byte("data_dir: ${HOME}/x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Unsetenv(EnvDataDir)
+	t.Setenv(EnvGatewayID, "bad id")
+	_, err = Load(p)
+	if err == nil || !strings.Contains(err.Error(), "gateway_id") || !strings.Contains(err.Error(), "$"+EnvGatewayID) {
+		t.Fatalf("bad env value not reported with its variable: %v", err)
+	}
+	t.Setenv(EnvGatewayID, "gw1")
+	c, err = Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "${HOME}/x" || c.GatewayID != "gw1" || c.MQTT.External.ClientID != "moongate-gw1" {
+		t.Fatalf("got data_dir %q gateway_id %q client_id %q", c.DataDir, c.GatewayID, c.MQTT.External.ClientID)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	c, err := Load("")
+	if err != nil || c.MQTT.Mode != ModeEmbedded {
+		t.Fatalf("Load(\"\") = %v, %v", c, err)
+	}
+	_, err = Load(filepath.Join(t.TempDir(), "missing.yaml"))
+	if !errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrInvalid) {
+		t.Fatalf("missing file: %v", err)
+	}
+	if _, err := Load(t.TempDir()); err == nil {
+		t.Fatal("directory accepted as config")
+	}
+	big := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(big, make([]byte, MaxFileSize+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(big); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "larger than the limit") {
+		t.Fatalf("oversized file: %v", err)
+	}
+}
+
+func TestExampleConfig(t *testing.T) {
+	p := filepath.Join("..", "..", "deploy", "config.example.yaml")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(p, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The example documents the defaults: apart from the host-dependent
+	// gateway id, it must load to exactly Default().
+	want := Default()
+	want.finish()
+	c.GatewayID, want.GatewayID = "", ""
+	c.MQTT.External.ClientID, want.MQTT.External.ClientID = "", ""
+	c.file, c.lines, want.file, want.lines = "", nil, "", nil
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("deploy/config.example.yaml differs from Default():\n got %+v\nwant %+v", c, want)
+	}
+	// Every key of the schema appears in the example.
+	for _, path := range schemaPaths(reflect.TypeOf(Config{}), "") {
+		if !strings.Contains(string(data), lastKey(path)+":") {
+			t.Errorf("key %s is not documented in %s", path, p)
+		}
+	}
+}
+
+func lastKey(p string) string {
+	if i := strings.LastIndex(p, "."); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+func schemaPaths(t reflect.Type, prefix string) []string {
+	var out []string
+	for _, f := range structFields(t) {
+		p := joinPath(prefix, f.name)
+		out = append(out, p)
+		ft := t.Field(f.index).Type
+		if ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct {
+			out = append(out, schemaPaths(ft, p)...)
+		}
+	}
+	return out
+}

@@ -1,0 +1,376 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// validator collects problems with their positions.
+type validator struct {
+	c    *Config
+	errs []error
+}
+
+func (v *validator) add(path, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if env, ok := v.c.env[path]; ok {
+		msg += " (set by $" + env + ")"
+	}
+	v.errs = append(v.errs, &Error{File: v.c.file, Line: v.c.lines.At(path), Path: path, Msg: msg})
+}
+
+// Validate checks every value and every combination of values and returns
+// all problems joined (nil when there are none), each an *Error wrapping
+// [ErrInvalid] that names the file, the line (when the value comes from the
+// file) and the key path. Validate does not touch the file system or the
+// network.
+func (c *Config) Validate() error {
+	v := &validator{c: c}
+	v.top()
+	v.mqtt()
+	if c.API.Listen != "" {
+		v.listen("api.listen", c.API.Listen)
+	}
+	v.store()
+	v.pipeline()
+	v.functions()
+	return errors.Join(v.errs...)
+}
+
+var gatewayIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+func (v *validator) top() {
+	c := v.c
+	switch {
+	case c.GatewayID == "":
+		v.add("gateway_id", "must not be empty")
+	case len(c.GatewayID) > MaxGatewayIDBytes:
+		v.add("gateway_id", "longer than %d bytes", MaxGatewayIDBytes)
+	case !gatewayIDRE.MatchString(c.GatewayID):
+		v.add("gateway_id", "invalid %q: use only letters, digits, '.', '_' and '-'", clip(c.GatewayID))
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		v.add("data_dir", "must not be empty")
+	}
+	v.noNUL("data_dir", c.DataDir)
+	v.noNUL("functions_dir", c.FunctionsDir)
+	v.enum("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.enum("log.format", c.Log.Format, "text", "json")
+}
+
+func (v *validator) noNUL(path, s string) {
+	if strings.IndexByte(s, 0) >= 0 {
+		v.add(path, "contains a NUL byte")
+	}
+}
+
+func (v *validator) enum(path, val string, allowed ...string) bool {
+	for _, a := range allowed {
+		if val == a {
+			return true
+		}
+	}
+	v.add(path, "unknown value %q (valid: %s)", clip(val), strings.Join(allowed, ", "))
+	return false
+}
+
+func (v *validator) positive(path string, d Duration) {
+	if d <= 0 {
+		v.add(path, "must be greater than 0")
+	}
+}
+
+func (v *validator) intRange(path string, n, lo, hi int64) {
+	if n < lo || n > hi {
+		v.add(path, "%d out of range [%d, %d]", n, lo, hi)
+	}
+}
+
+func (v *validator) mqtt() {
+	m := v.c.MQTT
+	v.enum("mqtt.mode", m.Mode, ModeEmbedded, ModeExternal)
+	if m.MaxPayload <= 0 || m.MaxPayload > MaxMQTTPayload {
+		v.add("mqtt.max_payload", "%s out of range [1B, %d bytes]", m.MaxPayload, int64(MaxMQTTPayload))
+	}
+	switch m.Mode {
+	case ModeEmbedded:
+		v.embedded()
+	case ModeExternal:
+		v.external()
+	}
+}
+
+func (v *validator) embedded() {
+	e := v.c.MQTT.Embedded
+	const p = "mqtt.embedded"
+	loopback := true
+	if v.listen(p+".listen", e.Listen) && !IsLoopback(e.Listen) {
+		loopback = false
+	}
+	if e.WebsocketListen != "" && v.listen(p+".websocket_listen", e.WebsocketListen) && !IsLoopback(e.WebsocketListen) {
+		loopback = false
+	}
+	v.serverTLS(p+".tls", e.TLS)
+	if !loopback {
+		if len(e.Users) == 0 {
+			v.add(p+".users", "a non-loopback listen address requires at least one user (devices must authenticate)")
+		}
+		if _, explicit := v.c.lines[p+".allow_anonymous"]; explicit && e.AllowAnonymous {
+			v.add(p+".allow_anonymous", "anonymous access is only honoured on loopback listen addresses; remove it or set it to false")
+		}
+	}
+	seen := map[string]int{}
+	for i, u := range e.Users {
+		up := fmt.Sprintf("%s.users[%d]", p, i)
+		switch {
+		case u.Username == "":
+			v.add(up+".username", "must not be empty")
+		case !utf8.ValidString(u.Username) || strings.ContainsAny(u.Username, "/+#{}\x00") || len(u.Username) > 128:
+			v.add(up+".username", "invalid %q: at most 128 bytes of UTF-8 without '/', '+', '#', '{', '}'", clip(u.Username))
+		default:
+			if j, dup := seen[u.Username]; dup {
+				v.add(up+".username", "duplicate username %q (also users[%d])", u.Username, j)
+			}
+			seen[u.Username] = i
+		}
+		if u.PasswordHash == "" {
+			v.add(up+".password_hash", "must not be empty (a bcrypt hash, e.g. from `htpasswd -nbBC 10 USER PASS`)")
+		} else if err := CheckBcryptHash(u.PasswordHash); err != nil {
+			v.add(up+".password_hash", "%v", err)
+		}
+		for j, f := range u.Publish {
+			if err := ValidateACLFilter(f); err != nil {
+				v.add(fmt.Sprintf("%s.publish[%d]", up, j), "%v", err)
+			}
+		}
+		for j, f := range u.Subscribe {
+			if err := ValidateACLFilter(f); err != nil {
+				v.add(fmt.Sprintf("%s.subscribe[%d]", up, j), "%v", err)
+			}
+		}
+	}
+	if e.MaxSessionExpiry <= 0 {
+		v.add(p+".max_session_expiry", "must be greater than 0 (offline sessions are kept in memory)")
+	}
+	v.intRange(p+".max_inflight", int64(e.MaxInflight), 1, MaxInflight)
+	v.intRange(p+".max_queued_per_client", int64(e.MaxQueuedPerClient), 1, 1_000_000)
+}
+
+func (v *validator) serverTLS(path string, t TLS) {
+	if t.Cert != "" && t.Key == "" {
+		v.add(path+".key", "tls.cert is set but tls.key is not")
+	}
+	if t.Key != "" && t.Cert == "" {
+		v.add(path+".cert", "tls.key is set but tls.cert is not")
+	}
+}
+
+var brokerSchemes = map[string]bool{"tcp": false, "mqtt": false, "ssl": true, "tls": true, "mqtts": true, "ws": false, "wss": true}
+
+func (v *validator) external() {
+	x := v.c.MQTT.External
+	const p = "mqtt.external"
+	secure := false
+	if x.Broker == "" {
+		v.add(p+".broker", "required in external mode (e.g. tcp://127.0.0.1:1883)")
+	} else if s, err := CheckBrokerURL(x.Broker); err != nil {
+		v.add(p+".broker", "%v", err)
+	} else {
+		secure = s
+	}
+	switch {
+	case x.ClientID == "":
+		v.add(p+".client_id", "must not be empty")
+	case len(x.ClientID) > 65535 || !utf8.ValidString(x.ClientID) || strings.IndexByte(x.ClientID, 0) >= 0:
+		v.add(p+".client_id", "must be valid UTF-8 without NUL, at most 65535 bytes")
+	}
+	if x.Password != "" && x.Username == "" {
+		v.add(p+".username", "a password is set but no username")
+	}
+	t := x.TLS
+	if t.Cert != "" && t.Key == "" {
+		v.add(p+".tls.key", "tls.cert is set but tls.key is not")
+	}
+	if t.Key != "" && t.Cert == "" {
+		v.add(p+".tls.cert", "tls.key is set but tls.cert is not")
+	}
+	if x.Broker != "" && !secure && (t.CA != "" || t.Cert != "" || t.InsecureSkipVerify) {
+		v.add(p+".tls", "TLS settings need a TLS broker URL (ssl://, tls://, mqtts:// or wss://)")
+	}
+	if x.KeepAlive < Duration(time.Second) || x.KeepAlive > Duration(18*time.Hour) {
+		v.add(p+".keepalive", "%s out of range [1s, 18h]", x.KeepAlive)
+	}
+}
+
+// CheckBrokerURL checks an external broker URL (scheme tcp, mqtt, ssl, tls,
+// mqtts, ws or wss, a host and, except for websockets, a port) and reports
+// whether it uses TLS.
+func CheckBrokerURL(s string) (tls bool, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return false, fmt.Errorf("invalid broker URL %q: %w", clip(s), err)
+	}
+	secure, ok := brokerSchemes[u.Scheme]
+	if !ok {
+		return false, fmt.Errorf("invalid broker URL %q: unsupported scheme %q (use tcp, mqtt, ssl, tls, mqtts, ws or wss)", clip(s), u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return false, fmt.Errorf("invalid broker URL %q: missing host", clip(s))
+	}
+	if u.User != nil {
+		return false, fmt.Errorf("invalid broker URL %q: put credentials in mqtt.external.username/password, not in the URL", clip(s))
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return false, fmt.Errorf("invalid broker URL %q: bad port %q", clip(s), port)
+		}
+	} else if u.Scheme != "ws" && u.Scheme != "wss" {
+		return false, fmt.Errorf("invalid broker URL %q: missing port (e.g. %s://%s:1883)", clip(s), u.Scheme, u.Hostname())
+	}
+	return secure, nil
+}
+
+// listen validates a listen address and reports whether it is valid.
+func (v *validator) listen(path, addr string) bool {
+	if _, _, err := splitHostPort(addr); err != nil {
+		v.add(path, "invalid address %q: %v", clip(addr), err)
+		return false
+	}
+	return true
+}
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$`)
+
+// splitHostPort splits and checks a listen address: port 0-65535 (0 picks a
+// free port), host empty (all interfaces), an IP or a host name.
+func splitHostPort(addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return "", 0, errors.New(ae.Err)
+		}
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 0 || n > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", clip(p))
+	}
+	if h != "" {
+		if _, err := netip.ParseAddr(h); err != nil && !hostnameRE.MatchString(h) {
+			return "", 0, fmt.Errorf("bad host %q", clip(h))
+		}
+	}
+	return h, n, nil
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
+}
+
+var bcryptRE = regexp.MustCompile(`^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$`)
+
+// CheckBcryptHash checks that h looks like a bcrypt hash ("$2a$", "$2b$" or
+// "$2y$", a cost of 4 to 31, 53 characters of salt and hash). It does not
+// verify any password.
+func CheckBcryptHash(h string) error {
+	m := bcryptRE.FindStringSubmatch(h)
+	if m == nil {
+		return errors.New("not a bcrypt hash (want $2a$/$2b$/$2y$, cost, 53 characters; e.g. from `htpasswd -nbBC 10 USER PASS`)")
+	}
+	if cost, _ := strconv.Atoi(m[1]); cost < 4 || cost > 31 {
+		return fmt.Errorf("bcrypt cost %d out of range [4, 31]", cost)
+	}
+	return nil
+}
+
+// ValidateACLFilter checks an ACL topic filter: MQTT filter syntax (levels
+// separated by '/', '+' alone in a level, '#' alone in the last level),
+// where the placeholders "{username}" and "{clientid}" may stand for a whole
+// level.
+func ValidateACLFilter(f string) error {
+	if f == "" {
+		return errors.New("empty topic filter")
+	}
+	if len(f) > 65535 || !utf8.ValidString(f) || strings.IndexByte(f, 0) >= 0 {
+		return fmt.Errorf("invalid topic filter %q: must be UTF-8 without NUL, at most 65535 bytes", clip(f))
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		switch {
+		case l == "#":
+			if i != len(levels)-1 {
+				return fmt.Errorf("invalid topic filter %q: '#' must be the last level", clip(f))
+			}
+		case l == "+", l == "{username}", l == "{clientid}":
+		case strings.ContainsAny(l, "+#"):
+			return fmt.Errorf("invalid topic filter %q: '+' and '#' must fill a whole level", clip(f))
+		case strings.ContainsAny(l, "{}"):
+			return fmt.Errorf("invalid topic filter %q: only {username} and {clientid} may be used, as a whole level", clip(f))
+		}
+	}
+	return nil
+}
+
+func (v *validator) store() {
+	s := v.c.Store
+	v.enum("store.profile", s.Profile, ProfileLowMemory, ProfileLarge)
+	if v.enum("store.durability", s.Durability, DurabilityAlways, DurabilityInterval, DurabilityNone) && s.Durability == DurabilityInterval {
+		if s.SyncInterval < Duration(time.Millisecond) || s.SyncInterval > Duration(time.Minute) {
+			v.add("store.sync_interval", "%s out of range [1ms, 1m]", s.SyncInterval)
+		}
+	}
+	q := s.Quotas
+	for _, x := range []struct {
+		name string
+		q    Quota
+	}{{"records", q.Records}, {"outbox", q.Outbox}, {"logs", q.Logs}, {"deadletters", q.Deadletters}, {"inbox", q.Inbox}} {
+		v.enum("store.quotas."+x.name+".policy", x.q.Policy, PolicyDropOldest, PolicyRejectNew)
+	}
+	if q.Inbox.Policy == PolicyDropOldest {
+		v.add("store.quotas.inbox.policy", "must be reject_new: the inbox holds acknowledged events, dropping them would lose them")
+	}
+	if q.Inbox.MaxAge != 0 {
+		v.add("store.quotas.inbox.max_age", "must be 0: acknowledged events never expire from the inbox")
+	}
+}
+
+func (v *validator) pipeline() {
+	p := v.c.Pipeline
+	v.intRange("pipeline.workers", int64(p.Workers), 0, MaxWorkers)
+	v.intRange("pipeline.inbox_limit", int64(p.InboxLimit), 1, 10_000_000)
+	v.intRange("pipeline.retry.max_attempts", int64(p.Retry.MaxAttempts), 1, MaxRetryAttempts)
+	v.positive("pipeline.retry.initial_backoff", p.Retry.InitialBackoff)
+	if p.Retry.MaxBackoff < p.Retry.InitialBackoff {
+		v.add("pipeline.retry.max_backoff", "%s is less than initial_backoff %s", p.Retry.MaxBackoff, p.Retry.InitialBackoff)
+	}
+}
+
+func (v *validator) functions() {
+	f := v.c.Functions
+	const p = "functions"
+	if f.Timeout <= 0 || f.Timeout > Duration(MaxTimeout) {
+		v.add(p+".timeout", "%s out of range (0, %s]", f.Timeout, MaxTimeout)
+	}
+	v.intRange(p+".max_steps", f.MaxSteps, 1, MaxSteps)
+	if f.MaxMemory < 1<<20 || f.MaxMemory > MaxMemory {
+		v.add(p+".max_memory", "%s out of range [1MiB, %s]", f.MaxMemory, MaxMemory)
+	}
+	v.intRange(p+".max_concurrency", int64(f.MaxConcurrency), 1, MaxConcurrency)
+	v.intRange(p+".min_instances", int64(f.MinInstances), 0, int64(f.MaxConcurrency))
+	if f.IdleTimeout > Duration(MaxIdleTimeout) {
+		v.add(p+".idle_timeout", "%s longer than %s", f.IdleTimeout, MaxIdleTimeout)
+	}
+}
