@@ -68,7 +68,7 @@ type Embedded struct {
 	WebsocketListen string `yaml:"websocket_listen"` // "" = no websocket listener
 	TLS             TLS    `yaml:"tls"`
 	// AllowAnonymous lets clients connect without credentials. It is
-	// honoured only on loopback listeners (see [Embedded.AnonymousAllowed]);
+	// honoured only when every listener is on loopback (see [Embedded.AnonymousAllowed]);
 	// setting it to true explicitly together with a non-loopback listener
 	// is a validation error. Default true.
 	AllowAnonymous     bool     `yaml:"allow_anonymous"`
@@ -386,11 +386,14 @@ func (p Pipeline) EffectiveWorkers(cpus int) int {
 	return max(2*cpus, 1)
 }
 
-// AnonymousAllowed reports whether a client may connect without credentials
-// on the listener at addr: only when allow_anonymous is on and addr is a
-// loopback address.
-func (e Embedded) AnonymousAllowed(addr string) bool {
-	return e.AllowAnonymous && IsLoopback(addr)
+// AnonymousAllowed reports whether clients may connect without
+// credentials: only when allow_anonymous is on and every configured listener
+// (listen and, when set, websocket_listen) is a loopback address.
+func (e Embedded) AnonymousAllowed() bool {
+	if !e.AllowAnonymous || !IsLoopback(e.Listen) {
+		return false
+	}
+	return e.WebsocketListen == "" || IsLoopback(e.WebsocketListen)
 }
 
 // IsLoopback reports whether the listen address addr ("host:port") binds

@@ -112,12 +112,22 @@ functions:
 		{c.Pipeline.EffectiveWorkers(2), 3},
 		{c.Functions.MaxSteps, int64(1_000_000)},
 		{c.Functions.IdleTimeout, Duration(0)},
-		{c.MQTT.Embedded.AnonymousAllowed(c.MQTT.Embedded.Listen), false},
+		{c.MQTT.Embedded.AnonymousAllowed(), false},
 	}
 	for i, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
 			t.Errorf("check %d: got %#v, want %#v", i, ck.got, ck.want)
 		}
+	}
+	if !Default().MQTT.Embedded.AnonymousAllowed() {
+		t.Error("anonymous access should be allowed on the default loopback listener")
+	}
+	e := Embedded{AllowAnonymous: true, Listen: "[::1]:1883", WebsocketListen: "0.0.0.0:8083"}
+	if e.AnonymousAllowed() {
+		t.Error("anonymous access allowed with a LAN websocket listener")
+	}
+	if e.WebsocketListen = "localhost:8083"; !e.AnonymousAllowed() {
+		t.Error("anonymous access refused on loopback listeners")
 	}
 	if Default().Pipeline.EffectiveWorkers(4) != 8 {
 		t.Error("workers 0 should be 2 x CPUs")
