@@ -1,0 +1,302 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// request is one writer waiting for the group committer. fn runs on the
+// committer goroutine: it reads through b.txn, stages its writes with
+// b.set/b.del and mutates b.ctr. fn must return its "clean" errors (bad
+// input, quota, already consumed) before mutating anything; any error it
+// returns after mutating must be wrapped in fatalError, which fails the whole
+// batch and reloads the state from disk.
+type request struct {
+	fn    func(b *batch) error
+	est   int64 // upper bound of the bytes fn will stage (Badger's estimate)
+	grows bool  // adds data: refused while the disk is below its reserve
+	err   error
+	done  chan struct{}
+}
+
+type fatalError struct{ err error }
+
+func (f fatalError) Error() string { return f.err.Error() }
+func (f fatalError) Unwrap() error { return f.err }
+
+func fatal(err error) error { return fatalError{err} }
+
+type write struct {
+	key, val []byte
+	del      bool
+}
+
+// batch is the committer's working state for one group of requests.
+type batch struct {
+	s       *Store
+	txn     *badger.Txn
+	ctr     counters
+	now     int64 // wall clock ms for this batch
+	pending []write
+	size    int64 // Badger's size estimate of txn so far
+	budget  int64 // the running request's est: optional drops stop there
+	staged  int64 // estimate of pending
+	count   int64
+	inboxC  []uint64 // inbox entries consumed in this batch
+	pubA    []uint64 // publishes acked in this batch
+}
+
+func (b *batch) set(k, v []byte) {
+	b.pending = append(b.pending, write{key: k, val: v})
+	b.staged += entryEst(len(k), len(v))
+}
+
+func (b *batch) del(k []byte) {
+	b.pending = append(b.pending, write{key: k, del: true})
+	b.staged += entryEst(len(k), 0)
+}
+
+// roomFor reports whether optional writes (drops) of about n more bytes fit
+// in the running request's budget. A drop may overshoot by its real size;
+// budgets are at most half of a transaction, which leaves room for that.
+func (b *batch) roomFor(n int64) bool { return b.staged+n <= b.budget }
+
+// get reads a key through the batch's transaction (sees earlier requests of
+// the batch). Not found is (nil, false, nil).
+func (b *batch) get(k []byte) ([]byte, bool, error) {
+	item, err := b.txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fatal(err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, false, fatal(err)
+	}
+	return v, true, nil
+}
+
+func entryEst(k, v int) int64 { return int64(k+v) + 12 }
+
+// submit queues r for the committer and waits until its batch is durable
+// (as the durability mode defines it).
+func (s *Store) submit(ctx context.Context, r *request) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.done = make(chan struct{})
+	if r.est > s.maxTxnSize/2 {
+		return fmt.Errorf("%w: about %d bytes, limit %d", ErrTooLarge, r.est, s.maxTxnSize/2)
+	}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case s.reqCh <- r:
+	case <-ctx.Done():
+		s.closeMu.RUnlock()
+		return ctx.Err()
+	}
+	s.closeMu.RUnlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return fmt.Errorf("store: gave up waiting for the commit (it may still be applied): %w", ctx.Err())
+	}
+}
+
+// run is the group committer: it takes every waiting request, applies them
+// in one transaction (more when one would be too big), syncs once, and
+// releases the writers.
+func (s *Store) run() {
+	defer close(s.runDone)
+	batch := make([]*request, 0, s.opts.MaxBatch)
+	for {
+		var first *request
+		select {
+		case first = <-s.reqCh:
+		case <-s.quit:
+			for {
+				batch = batch[:0]
+			drain:
+				for len(batch) < s.opts.MaxBatch {
+					select {
+					case r := <-s.reqCh:
+						batch = append(batch, r)
+					default:
+						break drain
+					}
+				}
+				if len(batch) == 0 {
+					return
+				}
+				s.process(batch)
+			}
+		}
+		batch = append(batch[:0], first)
+	more:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r := <-s.reqCh:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		s.process(batch)
+	}
+}
+
+func (s *Store) process(reqs []*request) {
+	s.mu.RLock()
+	ctr := s.ctr.clone()
+	s.mu.RUnlock()
+	b := &batch{s: s, txn: s.db.NewTransaction(true), ctr: ctr, now: time.Now().UnixMilli()}
+	full := s.checkDisk(false)
+	failAll := func(err error) {
+		b.txn.Discard()
+		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs))
+		for _, r := range reqs {
+			if r.err == nil {
+				r.err = fmt.Errorf("store: commit failed: %w", err)
+			}
+		}
+		if rerr := s.recover(); rerr != nil {
+			s.log.Error("reload after failed commit", "err", rerr)
+		}
+		for _, r := range reqs {
+			close(r.done)
+		}
+	}
+	ok := 0
+	for _, r := range reqs {
+		if r.grows && full {
+			r.err = fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
+			continue
+		}
+		if b.count > 0 && (b.size+r.est+1024 > s.maxTxnSize || b.count+r.est/16+16 > s.maxTxnCount) {
+			if err := b.flush(); err != nil {
+				failAll(err)
+				return
+			}
+		}
+		b.pending, b.staged = b.pending[:0], 0
+		b.budget = r.est
+		r.err = r.fn(b)
+		if r.err != nil {
+			var fe fatalError
+			if errors.As(r.err, &fe) {
+				failAll(r.err)
+				return
+			}
+			continue
+		}
+		for _, w := range b.pending {
+			var err error
+			if w.del {
+				err = b.txn.Delete(w.key)
+			} else {
+				err = b.txn.Set(w.key, w.val)
+			}
+			if err != nil {
+				failAll(err)
+				return
+			}
+			b.size += entryEst(len(w.key), len(w.val))
+			b.count++
+		}
+		ok++
+	}
+	if b.count > 0 {
+		if err := b.flush(); err != nil {
+			failAll(err)
+			return
+		}
+		if s.opts.Durability == DurabilityAlways && !s.opts.InMemory {
+			if err := s.db.Sync(); err != nil {
+				failAll(err)
+				return
+			}
+			s.syncs.Add(1)
+		} else {
+			s.dirty.Store(true)
+		}
+	}
+	b.txn.Discard()
+	for _, seq := range b.inboxC {
+		if seq == b.ctr.Inbox.Head {
+			b.ctr.Inbox.Head++
+		} else {
+			s.inboxDone[seq] = struct{}{}
+		}
+	}
+	advance(&b.ctr.Inbox, s.inboxDone)
+	for _, seq := range b.pubA {
+		if seq == b.ctr.Publish.Head {
+			b.ctr.Publish.Head++
+		} else if seq > b.ctr.Publish.Head {
+			s.pubDone[seq] = struct{}{}
+		}
+	}
+	advance(&b.ctr.Publish, s.pubDone)
+	s.mu.Lock()
+	s.ctr = b.ctr
+	s.mu.Unlock()
+	s.batches.Add(1)
+	s.writes.Add(int64(ok))
+	if n := int64(len(reqs)); n > s.maxBatchSz.Load() {
+		s.maxBatchSz.Store(n)
+	}
+	for _, r := range reqs {
+		close(r.done)
+	}
+}
+
+// flush persists the counters and commits the current transaction, then
+// starts a new one.
+func (b *batch) flush() error {
+	// Heads persisted here may lag (consumed entries are folded in after the
+	// batch); recovery recomputes them from the live keys.
+	v, err := json.Marshal(&b.ctr)
+	if err != nil {
+		return err
+	}
+	if err := b.txn.Set(keyCounters, v); err != nil {
+		return err
+	}
+	if err := b.txn.Commit(); err != nil {
+		return err
+	}
+	b.txn = b.s.db.NewTransaction(true)
+	b.size, b.count = 0, 0
+	return nil
+}
+
+// syncLoop syncs at most every SyncInterval in DurabilityInterval mode.
+func (s *Store) syncLoop() {
+	t := time.NewTicker(s.opts.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			if s.dirty.Swap(false) {
+				if err := s.db.Sync(); err != nil {
+					s.log.Error("interval sync", "err", err)
+				}
+				s.syncs.Add(1)
+			}
+		}
+	}
+}

@@ -1,0 +1,42 @@
+package store
+
+import "errors"
+
+// Sentinel errors returned (usually wrapped with %w) by Store methods.
+// Callers branch on them with errors.Is.
+var (
+	// ErrClosed is returned by every method called after Close.
+	ErrClosed = errors.New("store: closed")
+	// ErrStoreFull is returned by writes that add data while the free space
+	// of the data directory is below Options.DiskReserve. Deletes and acks
+	// still work; writes resume by themselves once space returns.
+	ErrStoreFull = errors.New("store: disk space below reserve")
+	// ErrQuota is returned when a write would exceed a key space quota whose
+	// policy is RejectNew (the inbox always rejects: accepted events are
+	// never dropped), or when a single entry is larger than its quota.
+	ErrQuota = errors.New("store: quota exceeded")
+	// ErrNotFound is returned when a function, version, dead letter or
+	// inbox entry does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrAlreadyConsumed is returned by Commit when its inbox entry was
+	// already consumed by an earlier commit. The caller must skip the entry:
+	// its effects are already committed (exactly once).
+	ErrAlreadyConsumed = errors.New("store: inbox entry already consumed")
+	// ErrBadCursor is returned for a query cursor that this store did not
+	// produce or that belongs to a different query.
+	ErrBadCursor = errors.New("store: bad cursor")
+	// ErrFormatVersion is returned by Open for a database written with a
+	// newer or unknown on-disk format.
+	ErrFormatVersion = errors.New("store: unsupported format version")
+	// ErrCorrupt is returned when stored data cannot be decoded.
+	ErrCorrupt = errors.New("store: corrupt data")
+	// ErrInvalid is returned for invalid arguments: empty or over-long
+	// names, names containing a NUL byte, unknown state operations.
+	ErrInvalid = errors.New("store: invalid argument")
+	// ErrTooLarge is returned for a single write (one Commit or Enqueue)
+	// that cannot fit in one atomic Badger transaction.
+	ErrTooLarge = errors.New("store: write too large for one transaction")
+	// ErrNotNumber is returned by Commit when a StateIncr targets a stored
+	// value that is not a JSON number. The whole commit is refused.
+	ErrNotNumber = errors.New("store: state value is not a JSON number")
+)

@@ -1,0 +1,279 @@
+package store
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Durability says when a write is synced to disk. The zero value is
+// DurabilityAlways, the safe default.
+type Durability int
+
+// Durability modes.
+const (
+	// DurabilityAlways syncs every group-commit batch before any writer of
+	// the batch returns: a returned write survives power loss.
+	DurabilityAlways Durability = iota
+	// DurabilityInterval syncs at most every Options.SyncInterval; writers
+	// return once their batch is written (it survives a process crash but
+	// the last interval may be lost on power loss).
+	DurabilityInterval
+	// DurabilityNone never syncs explicitly (tests, RAM disks).
+	DurabilityNone
+)
+
+// String returns the configuration name of d: "always", "interval", "none".
+func (d Durability) String() string {
+	switch d {
+	case DurabilityAlways:
+		return "always"
+	case DurabilityInterval:
+		return "interval"
+	case DurabilityNone:
+		return "none"
+	}
+	return fmt.Sprintf("Durability(%d)", int(d))
+}
+
+// ParseDurability parses "always", "interval" or "none".
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "always", "":
+		return DurabilityAlways, nil
+	case "interval":
+		return DurabilityInterval, nil
+	case "none":
+		return DurabilityNone, nil
+	}
+	return 0, fmt.Errorf("%w: durability %q (want always, interval or none)", ErrInvalid, s)
+}
+
+// Profile selects Badger's memory sizing. The zero value "" means
+// ProfileLowMemory.
+type Profile string
+
+// Profiles.
+const (
+	// ProfileLowMemory fits a Pi Zero (512 MiB RAM, 32-bit): 4 MiB
+	// memtables x2, 4 MiB block cache, 2 MiB index cache, 16 MiB value-log
+	// files. The default.
+	ProfileLowMemory Profile = "low-memory"
+	// ProfileLarge is for 4-8 GiB boards: 32 MiB memtables x3, 64 MiB block
+	// cache, 32 MiB index cache, 64 MiB value-log files.
+	ProfileLarge Profile = "large"
+)
+
+// DropPolicy says what happens when a key space reaches its quota. The zero
+// value is DropOldest.
+type DropPolicy int
+
+// Drop policies.
+const (
+	// DropOldest deletes the oldest entries to make room and counts them.
+	DropOldest DropPolicy = iota
+	// RejectNew refuses the new write with ErrQuota.
+	RejectNew
+)
+
+// String returns "drop_oldest" or "reject_new".
+func (p DropPolicy) String() string {
+	if p == RejectNew {
+		return "reject_new"
+	}
+	return "drop_oldest"
+}
+
+// ParseDropPolicy parses "drop_oldest" (or "") and "reject_new".
+func ParseDropPolicy(s string) (DropPolicy, error) {
+	switch s {
+	case "", "drop_oldest":
+		return DropOldest, nil
+	case "reject_new":
+		return RejectNew, nil
+	}
+	return 0, fmt.Errorf("%w: drop policy %q (want drop_oldest or reject_new)", ErrInvalid, s)
+}
+
+// Quota bounds one key space. Zero MaxBytes or MaxAge means no bound. The
+// zero value means unbounded with policy DropOldest.
+type Quota struct {
+	MaxBytes int64         // bytes of stored values (approximate for values in the value log)
+	MaxAge   time.Duration // age by the wall clock at write time
+	Policy   DropPolicy
+}
+
+// Key space names used in Options.Quotas and Stats.
+const (
+	SpaceInbox       = "inbox"       // MaxBytes only; always RejectNew, never dropped
+	SpaceRecords     = "records"     // local records
+	SpaceOutbox      = "outbox"      // applies to each target; "outbox:<target>" overrides one
+	SpacePublishes   = "publishes"   // local publish outbox
+	SpaceLogs        = "logs"        // invocation logs (default 16 MiB, 24 h)
+	SpaceDeadLetters = "deadletters" // dead letters (default 32 MiB)
+)
+
+// DefaultQuotas are the quotas applied to key spaces missing from
+// Options.Quotas.
+var DefaultQuotas = map[string]Quota{
+	SpaceLogs:        {MaxBytes: 16 << 20, MaxAge: 24 * time.Hour},
+	SpaceDeadLetters: {MaxBytes: 32 << 20},
+}
+
+// Options configures Open. The zero value (plus Dir) gives the safe
+// defaults: low-memory profile, DurabilityAlways, 64 MiB disk reserve.
+type Options struct {
+	Dir          string
+	Profile      Profile
+	Durability   Durability
+	SyncInterval time.Duration // DurabilityInterval; default 100 ms
+	GatewayID    string        // prefix of record ids; default "gw"
+
+	// DiskReserve refuses growing writes with ErrStoreFull below this many
+	// free bytes in Dir; default 64 MiB, negative disables the guard.
+	DiskReserve int64
+	// DiskCheckInterval is how often the free space is read while it is
+	// above the reserve (below it, every batch re-reads it); default 250 ms.
+	DiskCheckInterval time.Duration
+	// Quotas per key space (see the Space* constants).
+	Quotas map[string]Quota
+	// Logger receives the store's and Badger's messages; default slog.Default().
+	Logger *slog.Logger
+	// FreeSpace reports free bytes of dir; default gopsutil disk.Usage.
+	FreeSpace func(dir string) (uint64, error)
+	// InMemory keeps everything in RAM (tests only); Dir is ignored.
+	InMemory bool
+
+	// RetentionInterval is the period of the age-retention pass; default 30 s.
+	RetentionInterval time.Duration
+	// GCInterval is the period of the value-log GC loop; default 5 min,
+	// negative disables it.
+	GCInterval time.Duration
+	// MaxBatch bounds the number of writers grouped into one commit; default 4096.
+	MaxBatch int
+}
+
+func (o *Options) withDefaults() error {
+	if o.Profile == "" {
+		o.Profile = ProfileLowMemory
+	}
+	if o.Profile != ProfileLowMemory && o.Profile != ProfileLarge {
+		return fmt.Errorf("%w: profile %q (want low-memory or large)", ErrInvalid, o.Profile)
+	}
+	if o.Durability < DurabilityAlways || o.Durability > DurabilityNone {
+		return fmt.Errorf("%w: durability %d", ErrInvalid, o.Durability)
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = 100 * time.Millisecond
+	}
+	if o.GatewayID == "" {
+		o.GatewayID = "gw"
+	}
+	if o.DiskReserve == 0 {
+		o.DiskReserve = 64 << 20
+	}
+	if o.DiskCheckInterval <= 0 {
+		o.DiskCheckInterval = 250 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.RetentionInterval <= 0 {
+		o.RetentionInterval = 30 * time.Second
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = 5 * time.Minute
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 4096
+	}
+	if !o.InMemory && o.Dir == "" {
+		return fmt.Errorf("%w: Options.Dir is empty", ErrInvalid)
+	}
+	for k, q := range o.Quotas {
+		if q.MaxBytes < 0 || q.MaxAge < 0 {
+			return fmt.Errorf("%w: negative quota for %q", ErrInvalid, k)
+		}
+	}
+	return nil
+}
+
+// quota returns the quota of a key space ("outbox:<target>" falls back to
+// "outbox").
+func (o *Options) quota(space string) Quota {
+	if q, ok := o.Quotas[space]; ok {
+		return q
+	}
+	if len(space) > 7 && space[:7] == "outbox:" {
+		return o.quota(SpaceOutbox)
+	}
+	return DefaultQuotas[space]
+}
+
+// badgerOptions translates the profile into Badger options.
+func (o *Options) badgerOptions() badger.Options {
+	bo := badger.DefaultOptions(o.Dir)
+	if o.InMemory {
+		bo = badger.DefaultOptions("").WithInMemory(true)
+	}
+	bo = bo.WithLogger(badgerLogger{o.Logger}).
+		WithSyncWrites(false). // we sync once per group-commit batch
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false).
+		WithCompression(options.None).
+		WithNumVersionsToKeep(1)
+	switch o.Profile {
+	case ProfileLarge:
+		bo = bo.WithMemTableSize(32 << 20).
+			WithNumMemtables(3).
+			WithNumLevelZeroTables(3).
+			WithNumLevelZeroTablesStall(8).
+			WithBaseTableSize(4 << 20).
+			WithBaseLevelSize(32 << 20).
+			WithBlockCacheSize(64 << 20).
+			WithIndexCacheSize(32 << 20).
+			WithValueLogFileSize(64 << 20).
+			WithValueThreshold(4 << 10).
+			WithNumCompactors(2).
+			WithNumGoroutines(4)
+	default:
+		bo = bo.WithMemTableSize(4 << 20).
+			WithNumMemtables(2).
+			WithNumLevelZeroTables(2).
+			WithNumLevelZeroTablesStall(5).
+			WithBaseTableSize(1 << 20).
+			WithBaseLevelSize(8 << 20).
+			WithBlockCacheSize(4 << 20).
+			WithIndexCacheSize(2 << 20).
+			WithValueLogFileSize(16 << 20).
+			WithValueThreshold(1 << 10).
+			WithNumCompactors(2).
+			WithNumGoroutines(2).
+			WithBlockSize(4 << 10)
+	}
+	return bo
+}
+
+// badgerLogger routes Badger's log lines to slog (Badger's Info is Debug here).
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error("badger: " + trimNL(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn("badger: " + trimNL(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Infof(f string, a ...any) { b.l.Debug("badger: " + trimNL(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Debug("badger: " + trimNL(fmt.Sprintf(f, a...)))
+}
+
+func trimNL(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '\n' {
+		s = s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,802 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// maxDropsPerWrite bounds how many old entries one write may drop to make
+// room; the retention pass finishes the job if more are needed.
+const maxDropsPerWrite = 64
+
+// Enqueue durably appends entries to the inbox, all or nothing, and returns
+// their sequence numbers (strictly increasing, also across restarts). It
+// returns once the group-commit batch holding them is durable. Errors:
+// ErrStoreFull, ErrQuota (inbox MaxBytes), ErrInvalid, ErrTooLarge, ErrClosed.
+func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	var est int64
+	for i := range entries {
+		if err := validName("function", entries[i].Function, false); err != nil {
+			return nil, err
+		}
+		est += entryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event))
+	}
+	seqs := make([]uint64, len(entries))
+	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
+		vals := make([][]byte, len(entries))
+		var total int64
+		for i := range entries {
+			vals[i] = encodeInbox(&entries[i], b.now)
+			total += int64(len(vals[i]))
+		}
+		if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && b.ctr.Inbox.Bytes+total > q.MaxBytes {
+			b.ctr.Rejected[SpaceInbox]++
+			return fmt.Errorf("%w: inbox holds %d bytes, quota %d", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes)
+		}
+		for i := range entries {
+			seq := b.ctr.Inbox.Next
+			b.ctr.Inbox.Next++
+			b.ctr.Inbox.add(len(vals[i]))
+			b.set(seqKey(pInbox, seq), vals[i])
+			seqs[i] = seq
+		}
+		return nil
+	}})
+	if err != nil {
+		return nil, err
+	}
+	for i := range entries {
+		entries[i].Seq = seqs[i]
+	}
+	return seqs, nil
+}
+
+// InboxPending returns up to limit (default 100) not-yet-consumed inbox
+// entries with Seq > after, in ascending order. It seeks past the consumed
+// prefix of the inbox, so its cost does not grow with the inbox's history.
+func (s *Store) InboxPending(ctx context.Context, after uint64, limit int) ([]InboxEntry, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	start := max(after+1, s.counters().Inbox.Head)
+	var out []InboxEntry
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return scanSeq(txn, pInbox, start, limit, func(seq uint64, v []byte) error {
+			e, err := decodeInbox(seq, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// InboxLen returns the number of entries waiting in the inbox.
+func (s *Store) InboxLen() int64 { return s.counters().Inbox.Count }
+
+// scanSeq iterates the sequence-keyed space prefix from seq start, calling f
+// with each value, at most limit times (limit <= 0: no limit).
+func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
+	opts := badger.IteratorOptions{Prefix: []byte{prefix}, PrefetchValues: limit > 0 && limit <= 100, PrefetchSize: max(limit, 1)}
+	it := txn.NewIterator(opts)
+	defer it.Close()
+	n := 0
+	for it.Seek(seqKey(prefix, start)); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) != 9 {
+			return fmt.Errorf("%w: key %q", ErrCorrupt, k)
+		}
+		if err := item.Value(func(v []byte) error { return f(keySeq(k), v) }); err != nil {
+			return err
+		}
+		n++
+		if limit > 0 && n >= limit {
+			return nil
+		}
+	}
+	return nil
+}
+
+// CommitResult is what Commit assigned.
+type CommitResult struct {
+	Records   []Record  // with Seq, ID, ProcessedTS and ClockSynced set
+	Publishes []Publish // with Seq set
+}
+
+// Commit applies c all or nothing, durably, in the next group-commit batch:
+// it consumes the inbox entry c.InboxSeq (ErrAlreadyConsumed if an earlier
+// commit consumed it: the caller must skip it, its effects are committed),
+// stores the records (assigning Seq and ID, indexing them, and appending each
+// to the outbox of every Record.Targets), applies the state changes in order,
+// appends the publishes to the publish outbox and stores the dead letter,
+// logs and usage. Quotas apply per key space (drop oldest or ErrQuota).
+// Other errors: ErrNotFound (InboxSeq never existed), ErrNotNumber,
+// ErrStoreFull, ErrInvalid, ErrTooLarge, ErrClosed. On error nothing of c
+// is applied, except when ctx ends while waiting: then the commit may or
+// may not be applied.
+func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
+	if c == nil {
+		return CommitResult{}, fmt.Errorf("%w: nil commit", ErrInvalid)
+	}
+	est, err := validateCommit(c)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	var res CommitResult
+	grows := len(c.Records)+len(c.Publishes)+len(c.Logs) > 0 || c.DeadLetter != nil || c.Usage != nil
+	for _, st := range c.State {
+		if st.Op != StateDelete {
+			grows = true
+		}
+	}
+	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
+		return s.applyCommit(b, c, &res)
+	}})
+	if err != nil {
+		return CommitResult{}, err
+	}
+	return res, nil
+}
+
+func validateCommit(c *Commit) (int64, error) {
+	est := int64(256)
+	for i := range c.Records {
+		r := &c.Records[i]
+		if err := validName("record stream", r.Stream, true); err != nil {
+			return 0, err
+		}
+		if err := validName("record function", r.Function, true); err != nil {
+			return 0, err
+		}
+		if err := validName("record device", r.Device, true); err != nil {
+			return 0, err
+		}
+		for _, t := range r.Targets {
+			if err := validName("record target", t, false); err != nil {
+				return 0, err
+			}
+		}
+		v := 96 + len(r.Stream) + len(r.Function) + len(r.Device) + len(r.EventID) + len(r.Data) + 64
+		for _, t := range r.Targets {
+			v += len(t) + 2
+		}
+		n := int64(1 + len(r.Targets))
+		est += n*entryEst(64, v) + 4*entryEst(48+len(r.Stream)+len(r.Function)+len(r.Device), 0)
+		// allowance for dropping old entries of the same spaces
+		est += n * maxDropsPerWrite * entryEst(64, 0) * 2
+	}
+	for _, st := range c.State {
+		if err := validName("state function", st.Function, false); err != nil {
+			return 0, err
+		}
+		if st.Op < StateSet || st.Op > StateIncr {
+			return 0, fmt.Errorf("%w: state op %d", ErrInvalid, st.Op)
+		}
+		if len(st.Key) > 64<<10 {
+			return 0, fmt.Errorf("%w: state key longer than 64 KiB", ErrInvalid)
+		}
+		est += entryEst(2+len(st.Function)+len(st.Key), len(st.Value)+32)
+	}
+	for _, p := range c.Publishes {
+		est += entryEst(9, 32+len(p.Topic)+len(p.Payload)) + maxDropsPerWrite*entryEst(9, 0)
+	}
+	if d := c.DeadLetter; d != nil {
+		if err := validName("dead letter function", d.Function, false); err != nil {
+			return 0, err
+		}
+		est += 2*entryEst(16+len(d.Function), 48+len(d.Key)+len(d.Event)+len(d.Error)) + maxDropsPerWrite*2*entryEst(64, 0)
+	}
+	for _, l := range c.Logs {
+		if err := validName("log function", l.Function, false); err != nil {
+			return 0, err
+		}
+		est += 2*entryEst(16+len(l.Function), 48+len(l.InvocationID)+len(l.Level)+len(l.Msg)+len(l.Fields)) + 2*2*entryEst(64, 0)
+	}
+	if len(c.Logs) > 0 {
+		est += maxDropsPerWrite * 2 * entryEst(64, 0)
+	}
+	if u := c.Usage; u != nil {
+		if err := validName("usage function", u.Function, false); err != nil {
+			return 0, err
+		}
+		est += entryEst(16+len(u.Function), 64)
+	}
+	return est, nil
+}
+
+func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
+	// 1. The inbox entry: exactly once.
+	var inboxSize int64
+	if c.InboxSeq != 0 {
+		if c.InboxSeq >= b.ctr.Inbox.Next {
+			return fmt.Errorf("%w: inbox entry %d", ErrNotFound, c.InboxSeq)
+		}
+		if c.InboxSeq < b.ctr.Inbox.Head {
+			return fmt.Errorf("%w: inbox entry %d", ErrAlreadyConsumed, c.InboxSeq)
+		}
+		item, err := b.txn.Get(seqKey(pInbox, c.InboxSeq))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("%w: inbox entry %d", ErrAlreadyConsumed, c.InboxSeq)
+		}
+		if err != nil {
+			return fatal(err)
+		}
+		inboxSize = item.ValueSize()
+	}
+	// 2. State changes, computed in order over an overlay (reads only).
+	type sv struct {
+		key []byte
+		val []byte // nil: delete
+	}
+	var state []sv
+	overlay := map[string]int{}
+	for _, ch := range c.State {
+		k := stateKey(ch.Function, ch.Key)
+		var nv []byte
+		switch ch.Op {
+		case StateSet:
+			nv = append([]byte{}, ch.Value...)
+			if nv == nil {
+				nv = []byte{}
+			}
+		case StateDelete:
+			nv = nil
+		case StateIncr:
+			var cur []byte
+			var found bool
+			if i, ok := overlay[string(k)]; ok {
+				cur, found = state[i].val, state[i].val != nil
+			} else {
+				v, ok, err := b.get(k)
+				if err != nil {
+					return err
+				}
+				cur, found = v, ok
+			}
+			n := 0.0
+			if found {
+				f, err := parseJSONNumber(cur)
+				if err != nil {
+					return fmt.Errorf("%w: %s/%s: %v", ErrNotNumber, ch.Function, ch.Key, err)
+				}
+				n = f
+			}
+			nv = formatJSONNumber(n + ch.Delta)
+		}
+		if i, ok := overlay[string(k)]; ok {
+			state[i].val = nv
+		} else {
+			overlay[string(k)] = len(state)
+			state = append(state, sv{key: k, val: nv})
+		}
+	}
+	// 3. Encode with the sequences they will get, then check reject_new quotas.
+	recs := make([]Record, len(c.Records))
+	recVals := make([][]byte, len(c.Records))
+	synced := s.clockSynced.Load()
+	var recBytes int64
+	tgtBytes := map[string]int64{}
+	for i := range c.Records {
+		r := c.Records[i]
+		r.Seq = b.ctr.Records.Next + uint64(i)
+		r.ID = s.opts.GatewayID + "-" + formatSeq(r.Seq)
+		if r.ProcessedTS == 0 {
+			r.ProcessedTS = b.now
+		}
+		r.ClockSynced = synced
+		r.Targets = dedupe(r.Targets)
+		recs[i] = r
+		recVals[i] = encodeRecord(&recs[i], b.now)
+		recBytes += int64(len(recVals[i]))
+		for _, t := range r.Targets {
+			tgtBytes[t] += int64(len(recVals[i]))
+		}
+	}
+	pubVals := make([][]byte, len(c.Publishes))
+	var pubBytes int64
+	for i := range c.Publishes {
+		pubVals[i] = encodePublish(&c.Publishes[i], b.now)
+		pubBytes += int64(len(pubVals[i]))
+	}
+	var deadVal []byte
+	if c.DeadLetter != nil {
+		deadVal = encodeDead(c.DeadLetter, b.now)
+	}
+	logVals := make([][]byte, len(c.Logs))
+	var logBytes int64
+	for i := range c.Logs {
+		logVals[i] = encodeLog(&c.Logs[i], b.now)
+		logBytes += int64(len(logVals[i]))
+	}
+	if err := b.checkQuota(SpaceRecords, &b.ctr.Records, recBytes); err != nil {
+		return err
+	}
+	for t, n := range tgtBytes {
+		q := b.ctr.Outbox[t]
+		if err := b.checkQuota("outbox:"+t, &q, n); err != nil {
+			return err
+		}
+	}
+	if err := b.checkQuota(SpacePublishes, &b.ctr.Publish, pubBytes); err != nil {
+		return err
+	}
+	if err := b.checkQuota(SpaceDeadLetters, &b.ctr.Dead, int64(len(deadVal))); err != nil {
+		return err
+	}
+	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
+		return err
+	}
+	// 4. Mutate: nothing below may fail except fatally.
+	if c.InboxSeq != 0 {
+		b.del(seqKey(pInbox, c.InboxSeq))
+		b.ctr.Inbox.remove(inboxSize)
+		b.ctr.Consumed++
+		b.inboxC = append(b.inboxC, c.InboxSeq)
+	}
+	for _, st := range state {
+		if st.val == nil {
+			b.del(st.key)
+		} else {
+			b.set(st.key, st.val)
+		}
+	}
+	if len(recs) > 0 {
+		first := b.ctr.Records.Next
+		for i := range recs {
+			r := &recs[i]
+			b.ctr.Records.Next++
+			b.ctr.Records.add(len(recVals[i]))
+			b.set(seqKey(pRecord, r.Seq), recVals[i])
+			for _, ik := range recordIndexKeys(r) {
+				b.set(ik, nil)
+			}
+			for _, t := range r.Targets {
+				q := b.ctr.Outbox[t]
+				if q.Next == 0 {
+					q = newQueue()
+				}
+				b.set(nameSeqKey(pOutbox, t, q.Next), recVals[i])
+				q.Next++
+				q.add(len(recVals[i]))
+				b.ctr.Outbox[t] = q
+			}
+		}
+		if err := b.enforce(SpaceRecords, first); err != nil {
+			return err
+		}
+		for t := range tgtBytes {
+			if err := b.enforceOutbox(t, b.ctr.Outbox[t].Next-uint64(countTarget(recs, t))); err != nil {
+				return err
+			}
+		}
+	}
+	if len(c.Publishes) > 0 {
+		first := b.ctr.Publish.Next
+		for i := range c.Publishes {
+			p := c.Publishes[i]
+			p.Seq = b.ctr.Publish.Next
+			b.ctr.Publish.Next++
+			b.ctr.Publish.add(len(pubVals[i]))
+			b.set(seqKey(pPublish, p.Seq), pubVals[i])
+			res.Publishes = append(res.Publishes, p)
+		}
+		if err := b.enforce(SpacePublishes, first); err != nil {
+			return err
+		}
+	}
+	if c.DeadLetter != nil {
+		seq := b.ctr.Dead.Next
+		b.ctr.Dead.Next++
+		b.ctr.Dead.add(len(deadVal))
+		b.set(seqKey(pDead, seq), deadVal)
+		b.set(nameSeqKey(pDeadIdx, c.DeadLetter.Function, seq), nil)
+		c.DeadLetter.Seq = seq
+		if err := b.enforce(SpaceDeadLetters, seq); err != nil {
+			return err
+		}
+	}
+	if len(c.Logs) > 0 {
+		first := b.ctr.Logs.Next
+		for i := range c.Logs {
+			seq := b.ctr.Logs.Next
+			b.ctr.Logs.Next++
+			b.ctr.Logs.add(len(logVals[i]))
+			b.set(seqKey(pLog, seq), logVals[i])
+			b.set(nameSeqKey(pLogIdx, c.Logs[i].Function, seq), nil)
+			c.Logs[i].Seq = seq
+		}
+		if err := b.enforce(SpaceLogs, first); err != nil {
+			return err
+		}
+	}
+	if u := c.Usage; u != nil {
+		if err := b.addUsage(u); err != nil {
+			return err
+		}
+	}
+	res.Records = recs
+	return nil
+}
+
+func countTarget(recs []Record, t string) int {
+	n := 0
+	for i := range recs {
+		for _, x := range recs[i].Targets {
+			if x == t {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func dedupe(ts []string) []string {
+	if len(ts) < 2 {
+		return ts
+	}
+	out := make([]string, 0, len(ts))
+	seen := map[string]bool{}
+	for _, t := range ts {
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// checkQuota refuses n more bytes in a RejectNew space that would exceed its
+// quota, and an entry set larger than any quota.
+func (b *batch) checkQuota(space string, q *queue, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	qt := b.s.opts.quota(space)
+	if qt.MaxBytes <= 0 {
+		return nil
+	}
+	if n > qt.MaxBytes || (qt.Policy == RejectNew && q.Bytes+n > qt.MaxBytes) {
+		b.ctr.Rejected[space]++
+		return fmt.Errorf("%w: %s holds %d bytes, quota %d, adding %d", ErrQuota, space, q.Bytes, qt.MaxBytes, n)
+	}
+	return nil
+}
+
+// enforce drops the oldest entries (below keep) of a sequence-keyed space
+// while it is over its byte quota.
+func (b *batch) enforce(space string, keep uint64) error {
+	qt := b.s.opts.quota(space)
+	if qt.MaxBytes <= 0 || qt.Policy == RejectNew {
+		return nil
+	}
+	q := b.queueOf(space)
+	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(5*entryEst(64, 0)); drops++ {
+		if err := b.dropHead(space, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *batch) enforceOutbox(t string, keep uint64) error {
+	qt := b.s.opts.quota("outbox:" + t)
+	if qt.MaxBytes <= 0 || qt.Policy == RejectNew {
+		return nil
+	}
+	q := b.ctr.Outbox[t]
+	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(entryEst(10+len(t), 0)); drops++ {
+		if err := b.dropOutboxHead(t, &q); err != nil {
+			return err
+		}
+	}
+	b.ctr.Outbox[t] = q
+	return nil
+}
+
+func (b *batch) queueOf(space string) *queue {
+	switch space {
+	case SpaceRecords:
+		return &b.ctr.Records
+	case SpacePublishes:
+		return &b.ctr.Publish
+	case SpaceLogs:
+		return &b.ctr.Logs
+	case SpaceDeadLetters:
+		return &b.ctr.Dead
+	case SpaceInbox:
+		return &b.ctr.Inbox
+	}
+	panic("store: unknown space " + space)
+}
+
+var spacePrefix = map[string]byte{SpaceRecords: pRecord, SpacePublishes: pPublish, SpaceLogs: pLog, SpaceDeadLetters: pDead}
+
+// dropHead deletes the entry at q.Head (with its index keys) and counts
+// the drop; a hole (deleted out of order) just advances the head.
+func (b *batch) dropHead(space string, q *queue) error {
+	seq := q.Head
+	k := seqKey(spacePrefix[space], seq)
+	v, ok, err := b.get(k)
+	if err != nil {
+		return err
+	}
+	q.Head++
+	if space == SpacePublishes {
+		delete(b.s.pubDone, seq)
+	}
+	if !ok {
+		return nil
+	}
+	b.del(k)
+	switch space {
+	case SpaceRecords:
+		r, err := decodeRecord(v)
+		if err != nil {
+			b.s.log.Error("dropping undecodable record", "seq", seq, "err", err)
+		} else {
+			for _, ik := range recordIndexKeys(&r) {
+				b.del(ik)
+			}
+		}
+	case SpaceLogs:
+		l, err := decodeLog(seq, v)
+		if err == nil {
+			b.del(nameSeqKey(pLogIdx, l.Function, seq))
+		}
+	case SpaceDeadLetters:
+		d, err := decodeDead(seq, v)
+		if err == nil {
+			b.del(nameSeqKey(pDeadIdx, d.Function, seq))
+		}
+	}
+	q.remove(int64(len(v)))
+	q.Drops++
+	q.DropBytes += int64(len(v))
+	return nil
+}
+
+func (b *batch) dropOutboxHead(t string, q *queue) error {
+	k := nameSeqKey(pOutbox, t, q.Head)
+	v, ok, err := b.get(k)
+	if err != nil {
+		return err
+	}
+	q.Head++
+	if !ok {
+		return nil
+	}
+	b.del(k)
+	q.remove(int64(len(v)))
+	q.Drops++
+	q.DropBytes += int64(len(v))
+	return nil
+}
+
+// recordTS is the time a record is indexed under: its event time as
+// received, or its processing time when the event had none.
+func recordTS(r *Record) int64 {
+	if r.EventTS != 0 {
+		return r.EventTS
+	}
+	return r.ProcessedTS
+}
+
+func recordIndexKeys(r *Record) [][]byte {
+	ts := recordTS(r)
+	ks := [][]byte{indexKey('t', "", ts, r.Seq)}
+	if r.Stream != "" {
+		ks = append(ks, indexKey('s', r.Stream, ts, r.Seq))
+	}
+	if r.Function != "" {
+		ks = append(ks, indexKey('f', r.Function, ts, r.Seq))
+	}
+	if r.Device != "" {
+		ks = append(ks, indexKey('d', r.Device, ts, r.Seq))
+	}
+	return ks
+}
+
+// PendingPublishes returns up to limit (default 100) publishes not yet
+// acknowledged with Seq > after, ascending.
+func (s *Store) PendingPublishes(ctx context.Context, after uint64, limit int) ([]Publish, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	start := max(after+1, s.counters().Publish.Head)
+	var out []Publish
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return scanSeq(txn, pPublish, start, limit, func(seq uint64, v []byte) error {
+			p, err := decodePublish(seq, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// AckPublishes removes performed publishes from the publish outbox. Unknown
+// or already acknowledged sequences are ignored.
+func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	for len(seqs) > 0 {
+		n := min(len(seqs), 1024)
+		chunk := seqs[:n]
+		seqs = seqs[n:]
+		err := s.submit(ctx, &request{est: int64(n) * entryEst(9, 0), fn: func(b *batch) error {
+			for _, seq := range chunk {
+				if seq < b.ctr.Publish.Head || seq >= b.ctr.Publish.Next {
+					continue
+				}
+				k := seqKey(pPublish, seq)
+				item, err := b.txn.Get(k)
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return fatal(err)
+				}
+				b.del(k)
+				b.ctr.Publish.remove(item.ValueSize())
+				b.pubA = append(b.pubA, seq)
+			}
+			return nil
+		}})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OutboxStats describes one upstream outbox.
+type OutboxStats struct {
+	Backlog   int64         // records waiting
+	Bytes     int64         // their stored size
+	OldestAge time.Duration // age of the oldest waiting record (by write time), 0 if empty
+	Dropped   int64         // records dropped by quota or age since creation
+	Head      uint64        // sequence of the oldest waiting record
+	Next      uint64        // sequence the next record will get
+}
+
+// OutboxStats returns the backlog of target's outbox (zero if unknown).
+func (s *Store) OutboxStats(target string) OutboxStats {
+	q, ok := s.counters().Outbox[target]
+	if !ok {
+		return OutboxStats{}
+	}
+	st := OutboxStats{Backlog: q.Count, Bytes: q.Bytes, Dropped: q.Drops, Head: q.Head, Next: q.Next}
+	if q.Count > 0 {
+		_ = s.view(context.Background(), func(txn *badger.Txn) error {
+			return scanName(txn, pOutbox, target, q.Head, 1, func(_ uint64, v []byte) error {
+				if ts := valueTime(v); ts > 0 {
+					st.OldestAge = max(0, time.Since(time.UnixMilli(ts)))
+				}
+				return nil
+			})
+		})
+	}
+	return st
+}
+
+// OutboxTargets lists the targets that have (or had) an outbox.
+func (s *Store) OutboxTargets() []string {
+	c := s.counters()
+	out := make([]string, 0, len(c.Outbox))
+	for t := range c.Outbox {
+		out = append(out, t)
+	}
+	return out
+}
+
+// OutboxRead returns up to limit (default 100) entries of target's outbox
+// with Seq > after, ascending, stopping before maxBytes (> 0) of values
+// would be exceeded (at least one entry is returned).
+func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, limit int, maxBytes int) ([]OutboxEntry, error) {
+	if err := validName("target", target, false); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	q := s.counters().Outbox[target]
+	start := max(after+1, q.Head)
+	var out []OutboxEntry
+	total := 0
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		return scanName(txn, pOutbox, target, start, limit, func(seq uint64, v []byte) error {
+			if maxBytes > 0 && len(out) > 0 && total+len(v) > maxBytes {
+				return errStop
+			}
+			r, err := decodeRecord(v)
+			if err != nil {
+				return fmt.Errorf("outbox %s/%d: %w", target, seq, err)
+			}
+			total += len(v)
+			out = append(out, OutboxEntry{Seq: seq, Record: r, Size: len(v)})
+			return nil
+		})
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return out, err
+}
+
+var errStop = errors.New("stop")
+
+// scanName iterates a name-keyed sequence space (prefix name 0x00 seq).
+func scanName(txn *badger.Txn, prefix byte, name string, start uint64, limit int, f func(seq uint64, v []byte) error) error {
+	p := namePrefix(prefix, name)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: limit > 0 && limit <= 100, PrefetchSize: max(limit, 1)})
+	defer it.Close()
+	n := 0
+	for it.Seek(nameSeqKey(prefix, name, start)); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) != len(p)+8 {
+			continue
+		}
+		if err := item.Value(func(v []byte) error { return f(keySeq(k), v) }); err != nil {
+			return err
+		}
+		n++
+		if limit > 0 && n >= limit {
+			return nil
+		}
+	}
+	return nil
+}
+
+// OutboxAck deletes every entry of target's outbox with Seq <= upTo: the
+// upstream has them. It walks from the outbox head, never over deleted keys.
+func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error {
+	if err := validName("target", target, false); err != nil {
+		return err
+	}
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	for {
+		q, ok := s.counters().Outbox[target]
+		if !ok || q.Head > upTo || q.Head >= q.Next {
+			return nil
+		}
+		const chunk = 1024
+		err := s.submit(ctx, &request{est: chunk * entryEst(len(target)+10, 0), fn: func(b *batch) error {
+			q := b.ctr.Outbox[target]
+			for i := 0; i < chunk && q.Head <= upTo && q.Head < q.Next; i++ {
+				k := nameSeqKey(pOutbox, target, q.Head)
+				item, err := b.txn.Get(k)
+				q.Head++
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				}
+				if err != nil {
+					return fatal(err)
+				}
+				b.del(k)
+				q.remove(item.ValueSize())
+			}
+			b.ctr.Outbox[target] = q
+			return nil
+		}})
+		if err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// retentionChunk bounds the drops of one retention request.
+const retentionChunk = 256
+
+// RunRetention applies the quotas (bytes and age) of every key space now,
+// dropping the oldest entries of drop_oldest spaces and counting every drop.
+// It returns the number of entries dropped. The background loop calls it
+// every Options.RetentionInterval.
+func (s *Store) RunRetention(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n := 0
+		if err := s.checkOpen(); err != nil {
+			return total, err
+		}
+		err := s.submit(ctx, &request{est: s.maxTxnSize / 2, fn: func(b *batch) error {
+			var err error
+			n, err = b.trimAll(retentionChunk)
+			return err
+		}})
+		total += n
+		if err != nil || n == 0 {
+			return total, err
+		}
+	}
+}
+
+// trimAll drops up to budget entries over quota or age, oldest first.
+func (b *batch) trimAll(budget int) (int, error) {
+	cutoff := func(q Quota) int64 {
+		if q.MaxAge <= 0 {
+			return 0
+		}
+		return b.now - q.MaxAge.Milliseconds()
+	}
+	n := 0
+	for _, space := range []string{SpaceRecords, SpacePublishes, SpaceLogs, SpaceDeadLetters} {
+		qt := b.s.opts.quota(space)
+		if qt.MaxBytes <= 0 && qt.MaxAge <= 0 {
+			continue
+		}
+		q := b.queueOf(space)
+		cut := cutoff(qt)
+		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
+			over := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			if !over && cut != 0 {
+				v, ok, err := b.get(seqKey(spacePrefix[space], q.Head))
+				if err != nil {
+					return n, err
+				}
+				if !ok {
+					// A hole (deleted out of order): step over it.
+					q.Head++
+					continue
+				}
+				ts := valueTime(v)
+				over = ts > 0 && ts < cut
+			}
+			if !over {
+				break
+			}
+			if err := b.dropHead(space, q); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	for t := range b.ctr.Outbox {
+		qt := b.s.opts.quota("outbox:" + t)
+		if qt.MaxBytes <= 0 && qt.MaxAge <= 0 {
+			continue
+		}
+		q := b.ctr.Outbox[t]
+		cut := cutoff(qt)
+		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
+			over := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			if !over && cut != 0 {
+				v, ok, err := b.get(nameSeqKey(pOutbox, t, q.Head))
+				if err != nil {
+					return n, err
+				}
+				if !ok {
+					q.Head++
+					continue
+				}
+				ts := valueTime(v)
+				over = ts > 0 && ts < cut
+			}
+			if !over {
+				break
+			}
+			if err := b.dropOutboxHead(t, &q); err != nil {
+				return n, err
+			}
+			n++
+		}
+		b.ctr.Outbox[t] = q
+	}
+	return n, nil
+}
+
+func (s *Store) retentionLoop() {
+	t := time.NewTicker(s.opts.RetentionInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-s.quit
+		cancel()
+	}()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			if n, err := s.RunRetention(ctx); err != nil && !errors.Is(err, ErrClosed) && ctx.Err() == nil {
+				s.log.Warn("retention pass", "err", err)
+			} else if n > 0 {
+				s.log.Info("retention dropped entries", "count", n)
+			}
+		}
+	}
+}
+
+// RunValueLogGC rewrites value-log files until Badger has nothing left to
+// rewrite (each Badger call rewrites at most one file) and returns how many
+// files it rewrote.
+func (s *Store) RunValueLogGC(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		s.closeMu.RLock()
+		if s.closed {
+			s.closeMu.RUnlock()
+			return n, ErrClosed
+		}
+		err := s.db.RunValueLogGC(0.5)
+		s.closeMu.RUnlock()
+		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("store: value-log GC: %w", err)
+		}
+		n++
+		s.gcRewrites.Add(1)
+	}
+}
+
+func (s *Store) gcLoop() {
+	t := time.NewTicker(s.opts.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-s.quit:
+				case <-ctx.Done():
+				}
+				cancel()
+			}()
+			n, err := s.RunValueLogGC(ctx)
+			cancel()
+			if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+				s.log.Warn("value-log GC", "err", err)
+			} else if n > 0 {
+				s.log.Info("value-log GC rewrote files", "files", n)
+			}
+		}
+	}
+}

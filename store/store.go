@@ -1,0 +1,465 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/shirou/gopsutil/v4/disk"
+)
+
+// FormatVersion is the on-disk format this release writes. Open refuses a
+// database with a higher version (ErrFormatVersion); a lower one would be
+// migrated here by a later release.
+const FormatVersion = 1
+
+// queue is the persisted state of one sequenced key space. Entries live at
+// sequences [Head, Next); Head only moves forward, so readers seek to Head
+// and never iterate over the deleted prefix.
+type queue struct {
+	Head      uint64 `json:"h"`
+	Next      uint64 `json:"n"`
+	Count     int64  `json:"c"`
+	Bytes     int64  `json:"b"`
+	Drops     int64  `json:"d,omitempty"`
+	DropBytes int64  `json:"db,omitempty"`
+}
+
+func newQueue() queue { return queue{Head: 1, Next: 1} }
+
+func (q *queue) add(n int) {
+	q.Count++
+	q.Bytes += int64(n)
+}
+
+func (q *queue) remove(n int64) {
+	q.Count--
+	q.Bytes -= n
+	if q.Count <= 0 || q.Bytes < 0 {
+		// Sizes of values in the value log are approximate: never drift below zero.
+		if q.Count < 0 {
+			q.Count = 0
+		}
+		if q.Count == 0 || q.Bytes < 0 {
+			q.Bytes = 0
+		}
+	}
+}
+
+// counters is everything the committer keeps in memory and persists, in the
+// same transaction as the data, under keyCounters.
+type counters struct {
+	Inbox    queue            `json:"inbox"`
+	Publish  queue            `json:"publish"`
+	Records  queue            `json:"records"`
+	Logs     queue            `json:"logs"`
+	Dead     queue            `json:"dead"`
+	Outbox   map[string]queue `json:"outbox"`
+	Consumed int64            `json:"consumed"`
+	Rejected map[string]int64 `json:"rejected,omitempty"`
+}
+
+func newCounters() counters {
+	return counters{Inbox: newQueue(), Publish: newQueue(), Records: newQueue(), Logs: newQueue(),
+		Dead: newQueue(), Outbox: map[string]queue{}, Rejected: map[string]int64{}}
+}
+
+func (c *counters) clone() counters {
+	n := *c
+	n.Outbox = make(map[string]queue, len(c.Outbox))
+	for k, v := range c.Outbox {
+		n.Outbox[k] = v
+	}
+	n.Rejected = make(map[string]int64, len(c.Rejected))
+	for k, v := range c.Rejected {
+		n.Rejected[k] = v
+	}
+	return n
+}
+
+// Store is moongate's durable store. All methods are safe for concurrent
+// use. A Store must be created with Open; after Close every method returns
+// ErrClosed.
+type Store struct {
+	opts Options
+	db   *badger.DB
+	log  *slog.Logger
+
+	closeMu sync.RWMutex // held for reading by every operation, for writing by Close
+	closed  bool
+
+	mu  sync.RWMutex // guards ctr (the committed view readers use)
+	ctr counters
+
+	reqCh   chan *request
+	quit    chan struct{}
+	runDone chan struct{}
+	bgWG    sync.WaitGroup
+
+	// committer-owned
+	inboxDone map[uint64]struct{}
+	pubDone   map[uint64]struct{}
+	diskFull  bool
+	diskAt    time.Time
+	dirty     atomic.Bool
+
+	clockSynced atomic.Bool
+	full        atomic.Bool
+	freeBytes   atomic.Uint64
+	batches     atomic.Int64
+	writes      atomic.Int64
+	maxBatchSz  atomic.Int64
+	syncs       atomic.Int64
+	gcRewrites  atomic.Int64
+
+	maxTxnSize  int64
+	maxTxnCount int64
+}
+
+// Open opens (creating if needed) the store in opts.Dir. It checks the
+// recorded format version (ErrFormatVersion for a newer or unknown one),
+// recovers the queue cursors and starts the committer and the background
+// loops (sync, retention, value-log GC, disk guard).
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if err := opts.withDefaults(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	db, err := badger.Open(opts.badgerOptions())
+	if err != nil {
+		return nil, fmt.Errorf("store: open badger in %q: %w", opts.Dir, err)
+	}
+	s := &Store{
+		opts:    opts,
+		db:      db,
+		log:     opts.Logger.With("component", "store"),
+		reqCh:   make(chan *request, opts.MaxBatch),
+		quit:    make(chan struct{}),
+		runDone: make(chan struct{}),
+	}
+	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
+	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
+	if err := s.checkFormat(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.recover(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	s.checkDisk(true)
+	go s.run()
+	if opts.Durability == DurabilityInterval {
+		s.bg(s.syncLoop)
+	}
+	s.bg(s.retentionLoop)
+	if opts.GCInterval > 0 && !opts.InMemory {
+		s.bg(s.gcLoop)
+	}
+	return s, nil
+}
+
+func (s *Store) bg(f func()) {
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		f()
+	}()
+}
+
+// checkFormat reads or writes the format version.
+func (s *Store) checkFormat() error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyFormat)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			// New database, or one that is not ours.
+			it := txn.NewIterator(badger.IteratorOptions{})
+			it.Rewind()
+			nonEmpty := it.Valid()
+			it.Close()
+			if nonEmpty {
+				return fmt.Errorf("%w: database has data but no moongate format version", ErrFormatVersion)
+			}
+			if err := txn.Set(keyFormat, []byte(strconv.Itoa(FormatVersion))); err != nil {
+				return err
+			}
+			c := newCounters()
+			b, _ := json.Marshal(&c)
+			return txn.Set(keyCounters, b)
+		}
+		if err != nil {
+			return fmt.Errorf("store: read format version: %w", err)
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return fmt.Errorf("store: read format version: %w", err)
+		}
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("%w: unreadable version %q", ErrFormatVersion, v)
+		}
+		if n > FormatVersion {
+			return fmt.Errorf("%w: database is format %d, this build reads up to %d", ErrFormatVersion, n, FormatVersion)
+		}
+		return nil
+	})
+}
+
+// recover loads the counters and rebuilds the in-memory sets of entries
+// consumed out of order (inbox, publishes), by scanning live keys from the
+// head only.
+func (s *Store) recover() error {
+	c := newCounters()
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyCounters)
+		if err != nil {
+			return fmt.Errorf("%w: counters: %v", ErrCorrupt, err)
+		}
+		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &c) }); err != nil {
+			return fmt.Errorf("%w: counters: %v", ErrCorrupt, err)
+		}
+		if c.Outbox == nil {
+			c.Outbox = map[string]queue{}
+		}
+		if c.Rejected == nil {
+			c.Rejected = map[string]int64{}
+		}
+		if item, err := txn.Get(keyClock); err == nil {
+			_ = item.Value(func(v []byte) error { s.clockSynced.Store(len(v) == 1 && v[0] == 1); return nil })
+		}
+		var e1, e2 error
+		s.inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
+		s.pubDone, e2 = holes(txn, pPublish, &c.Publish)
+		return errors.Join(e1, e2)
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ctr = c
+	s.mu.Unlock()
+	return nil
+}
+
+// holes returns the sequences in [q.Head, q.Next) that have no live key and
+// advances q.Head past the leading ones.
+func holes(txn *badger.Txn, prefix byte, q *queue) (map[uint64]struct{}, error) {
+	done := map[uint64]struct{}{}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+	defer it.Close()
+	expect := q.Head
+	for it.Seek(seqKey(prefix, q.Head)); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != 9 {
+			return nil, fmt.Errorf("%w: key %q", ErrCorrupt, k)
+		}
+		seq := keySeq(k)
+		if seq >= q.Next {
+			return nil, fmt.Errorf("%w: key %c/%d beyond next sequence %d", ErrCorrupt, prefix, seq, q.Next)
+		}
+		for ; expect < seq; expect++ {
+			done[expect] = struct{}{}
+		}
+		expect = seq + 1
+	}
+	for ; expect < q.Next; expect++ {
+		done[expect] = struct{}{}
+	}
+	advance(q, done)
+	return done, nil
+}
+
+// advance moves q.Head past consumed sequences.
+func advance(q *queue, done map[uint64]struct{}) {
+	for q.Head < q.Next {
+		if _, ok := done[q.Head]; !ok {
+			return
+		}
+		delete(done, q.Head)
+		q.Head++
+	}
+}
+
+// Close drains the writes already submitted, stops the background loops,
+// syncs and closes Badger. It is safe to call more than once; later calls
+// return nil.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.quit)
+	s.closeMu.Unlock()
+	<-s.runDone
+	s.bgWG.Wait()
+	var errs []error
+	if !s.opts.InMemory {
+		if err := s.db.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("store: sync on close: %w", err))
+		}
+	}
+	if err := s.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("store: close badger: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) checkOpen() error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// view runs f in a read-only transaction unless the store is closed.
+func (s *Store) view(ctx context.Context, f func(txn *badger.Txn) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.db.View(f)
+}
+
+func (s *Store) counters() counters {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.ctr
+}
+
+// checkDisk reads the free space when due (always while full) and updates
+// the guard. Called by the committer only (and by Open).
+func (s *Store) checkDisk(force bool) bool {
+	if s.opts.DiskReserve < 0 || (s.opts.InMemory && s.opts.FreeSpace == nil) {
+		return false
+	}
+	now := time.Now()
+	if !force && !s.diskFull && now.Sub(s.diskAt) < s.opts.DiskCheckInterval {
+		return false
+	}
+	s.diskAt = now
+	free, err := s.freeSpace()
+	if err != nil {
+		s.log.Warn("free space unknown", "dir", s.opts.Dir, "err", err)
+		return s.diskFull
+	}
+	s.freeBytes.Store(free)
+	full := free < uint64(s.opts.DiskReserve)
+	if full != s.diskFull {
+		if full {
+			s.log.Error("disk space below reserve: refusing new writes", "dir", s.opts.Dir, "free", free, "reserve", s.opts.DiskReserve)
+		} else {
+			s.log.Info("disk space back above reserve: accepting writes", "dir", s.opts.Dir, "free", free)
+		}
+	}
+	s.diskFull = full
+	s.full.Store(full)
+	return full
+}
+
+func (s *Store) freeSpace() (uint64, error) {
+	if s.opts.FreeSpace != nil {
+		return s.opts.FreeSpace(s.opts.Dir)
+	}
+	u, err := disk.Usage(s.opts.Dir)
+	if err != nil {
+		return 0, err
+	}
+	return u.Free, nil
+}
+
+// SetClockSynced records whether the system clock is known to be right
+// (NTP synced). It is persisted, and stamped into every record committed
+// afterwards (Record.ClockSynced). Errors (closed store) are logged.
+func (s *Store) SetClockSynced(ok bool) {
+	if s.clockSynced.Load() == ok {
+		return
+	}
+	s.clockSynced.Store(ok)
+	err := s.submit(context.Background(), &request{est: 64, fn: func(b *batch) error {
+		b.set(keyClock, []byte{b2u(ok)})
+		return nil
+	}})
+	if err != nil {
+		s.log.Warn("persist clock state", "err", err)
+	}
+}
+
+// ClockSynced reports the last value given to SetClockSynced (persisted).
+func (s *Store) ClockSynced() bool { return s.clockSynced.Load() }
+
+// SpaceStats describes one key space in Stats.
+type SpaceStats struct {
+	Count     int64 // live entries
+	Bytes     int64 // stored value bytes (approximate for values in the value log)
+	Drops     int64 // entries dropped by quota or age
+	DropBytes int64
+	Rejected  int64 // writes refused with ErrQuota
+}
+
+// Stats is a snapshot of the store's counters.
+type Stats struct {
+	Spaces        map[string]SpaceStats // by Space* name; outboxes as "outbox:<target>"
+	InboxLen      int64
+	Consumed      int64 // inbox entries consumed since creation
+	Batches       int64 // group-commit batches
+	Writes        int64 // write requests committed
+	MaxBatch      int64 // largest batch so far
+	Syncs         int64
+	GCRewrites    int64 // value-log files rewritten by GC
+	DiskFull      bool
+	FreeBytes     uint64
+	ClockSynced   bool
+	LSMBytes      int64
+	VLogBytes     int64
+	Durability    string
+	Profile       string
+	FormatVersion int
+}
+
+// Stats returns a snapshot of sizes, drops and commit counters.
+func (s *Store) Stats() Stats {
+	c := s.counters()
+	sp := func(q queue, name string) SpaceStats {
+		return SpaceStats{Count: q.Count, Bytes: q.Bytes, Drops: q.Drops, DropBytes: q.DropBytes, Rejected: c.Rejected[name]}
+	}
+	st := Stats{
+		Spaces: map[string]SpaceStats{
+			SpaceInbox:       sp(c.Inbox, SpaceInbox),
+			SpacePublishes:   sp(c.Publish, SpacePublishes),
+			SpaceRecords:     sp(c.Records, SpaceRecords),
+			SpaceLogs:        sp(c.Logs, SpaceLogs),
+			SpaceDeadLetters: sp(c.Dead, SpaceDeadLetters),
+		},
+		InboxLen: c.Inbox.Count, Consumed: c.Consumed,
+		Batches: s.batches.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
+		GCRewrites: s.gcRewrites.Load(), DiskFull: s.full.Load(), FreeBytes: s.freeBytes.Load(),
+		ClockSynced: s.clockSynced.Load(), Durability: s.opts.Durability.String(), Profile: string(s.opts.Profile),
+		FormatVersion: FormatVersion,
+	}
+	for t, q := range c.Outbox {
+		st.Spaces["outbox:"+t] = sp(q, "outbox:"+t)
+	}
+	s.closeMu.RLock()
+	if !s.closed {
+		st.LSMBytes, st.VLogBytes = s.db.Size()
+	}
+	s.closeMu.RUnlock()
+	return st
+}

@@ -1,0 +1,329 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openTest(t testing.TB, o Options) *Store {
+	t.Helper()
+	if o.Dir == "" && !o.InMemory {
+		o.Dir = t.TempDir()
+	}
+	if o.Logger == nil {
+		o.Logger = quietLogger()
+	}
+	s, err := Open(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func reopen(t testing.TB, s *Store) *Store {
+	t.Helper()
+	o := s.opts
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	return openTest(t, o)
+}
+
+func enqueue(t testing.TB, s *Store, fn string, n int) []uint64 {
+	t.Helper()
+	var es []InboxEntry
+	for i := 0; i < n; i++ {
+		es = append(es, InboxEntry{Function: fn, Key: "dev1", Event: []byte(fmt.Sprintf(`{"i":%d}`, i))})
+	}
+	seqs, err := s.Enqueue(context.Background(), es)
+	if err != nil {
+		t.Fatalf("Enqueue: %v", err)
+	}
+	return seqs
+}
+
+func TestEnqueueCommitExactlyOnce(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{GatewayID: "gwA"})
+	seqs := enqueue(t, s, "f1", 3)
+	if seqs[0] != 1 || seqs[2] != 3 {
+		t.Fatalf("seqs = %v", seqs)
+	}
+	if s.InboxLen() != 3 {
+		t.Fatalf("InboxLen = %d", s.InboxLen())
+	}
+	pend, err := s.InboxPending(ctx, 0, 10)
+	if err != nil || len(pend) != 3 || string(pend[1].Event) != `{"i":1}` || pend[1].Function != "f1" || pend[1].Key != "dev1" {
+		t.Fatalf("InboxPending = %+v, %v", pend, err)
+	}
+	c := &Commit{
+		InboxSeq: seqs[1],
+		Records: []Record{{Stream: "temp", Function: "f1", Device: "dev1", EventID: "e1", EventTS: 1000,
+			Data: []byte(`{"t":21.5}`), Targets: []string{"cloud", "cloud", "backup"}}},
+		State:     []StateChange{{Function: "f1", Op: StateIncr, Key: "n", Delta: 2}, {Function: "f1", Op: StateIncr, Key: "n", Delta: 0.5}},
+		Publishes: []Publish{{Topic: "out/1", Payload: []byte("x"), QoS: 1}},
+		Logs:      []LogRecord{{Function: "f1", InvocationID: "inv1", Level: "info", Msg: "hello", TS: 5}},
+		Usage:     &Usage{Function: "f1", TS: 120_001, Invocations: 1, Steps: 10},
+	}
+	res, err := s.Commit(ctx, c)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if len(res.Records) != 1 || res.Records[0].ID != "gwA-1" || res.Records[0].Seq != 1 || len(res.Records[0].Targets) != 2 {
+		t.Fatalf("records = %+v", res.Records)
+	}
+	if len(res.Publishes) != 1 || res.Publishes[0].Seq != 1 {
+		t.Fatalf("publishes = %+v", res.Publishes)
+	}
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[1]}); !errors.Is(err, ErrAlreadyConsumed) {
+		t.Fatalf("second commit err = %v, want ErrAlreadyConsumed", err)
+	}
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: 99}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown inbox seq err = %v, want ErrNotFound", err)
+	}
+	v, ok, err := s.GetState(ctx, "f1", "n")
+	if err != nil || !ok || string(v) != "2.5" {
+		t.Fatalf("state n = %q %v %v", v, ok, err)
+	}
+	if s.InboxLen() != 2 {
+		t.Fatalf("InboxLen = %d", s.InboxLen())
+	}
+	pend, _ = s.InboxPending(ctx, 0, 10)
+	if len(pend) != 2 || pend[0].Seq != 1 || pend[1].Seq != 3 {
+		t.Fatalf("pending after commit = %+v", pend)
+	}
+	for _, tgt := range []string{"cloud", "backup"} {
+		ob, err := s.OutboxRead(ctx, tgt, 0, 10, 0)
+		if err != nil || len(ob) != 1 || ob[0].Record.ID != "gwA-1" || ob[0].Seq != 1 {
+			t.Fatalf("outbox %s = %+v %v", tgt, ob, err)
+		}
+	}
+	logs, err := s.QueryLogs(ctx, "f1", "inv1", 0, 10)
+	if err != nil || len(logs) != 1 || logs[0].Msg != "hello" {
+		t.Fatalf("logs = %+v %v", logs, err)
+	}
+	us, err := s.QueryUsage(ctx, "f1", 0, 0, time.Minute)
+	if err != nil || len(us) != 1 || us[0].TS != 120_000 || us[0].Steps != 10 {
+		t.Fatalf("usage = %+v %v", us, err)
+	}
+	// Everything survives a reopen, and sequences continue.
+	s = reopen(t, s)
+	if s.InboxLen() != 2 {
+		t.Fatalf("InboxLen after reopen = %d", s.InboxLen())
+	}
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[1]}); !errors.Is(err, ErrAlreadyConsumed) {
+		t.Fatalf("commit after reopen err = %v", err)
+	}
+	more := enqueue(t, s, "f1", 1)
+	if more[0] != 4 {
+		t.Fatalf("seq after reopen = %d, want 4", more[0])
+	}
+	res, err = s.Commit(ctx, &Commit{InboxSeq: seqs[0], Records: []Record{{Stream: "temp", Data: []byte(`{}`)}}})
+	if err != nil || res.Records[0].Seq != 2 {
+		t.Fatalf("commit after reopen = %+v %v", res, err)
+	}
+	pend, _ = s.InboxPending(ctx, 0, 10)
+	if len(pend) != 2 || pend[0].Seq != 3 || pend[1].Seq != 4 {
+		t.Fatalf("pending after reopen = %+v", pend)
+	}
+}
+
+func TestCommitAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	if err := s.PutState(ctx, "f", "s", []byte(`"text"`)); err != nil {
+		t.Fatal(err)
+	}
+	seqs := enqueue(t, s, "f", 1)
+	_, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0],
+		Records: []Record{{Stream: "x", Data: []byte(`{}`), Targets: []string{"up"}}},
+		State:   []StateChange{{Function: "f", Op: StateSet, Key: "a", Value: []byte("1")}, {Function: "f", Op: StateIncr, Key: "s", Delta: 1}}})
+	if !errors.Is(err, ErrNotNumber) {
+		t.Fatalf("err = %v, want ErrNotNumber", err)
+	}
+	if s.InboxLen() != 1 {
+		t.Fatal("inbox entry consumed by a failed commit")
+	}
+	if _, ok, _ := s.GetState(ctx, "f", "a"); ok {
+		t.Fatal("state written by a failed commit")
+	}
+	if recs, _, _ := s.QueryRecords(ctx, Query{}); len(recs) != 0 {
+		t.Fatal("record written by a failed commit")
+	}
+	if ob, _ := s.OutboxRead(ctx, "up", 0, 10, 0); len(ob) != 0 {
+		t.Fatal("outbox written by a failed commit")
+	}
+	// Invalid input is refused before anything happens.
+	for _, c := range []*Commit{
+		nil,
+		{Records: []Record{{Stream: "a\x00b"}}},
+		{Records: []Record{{Targets: []string{""}}}},
+		{State: []StateChange{{Function: "f", Op: 99, Key: "k"}}},
+		{State: []StateChange{{Function: "", Op: StateSet, Key: "k"}}},
+		{DeadLetter: &DeadLetter{}},
+	} {
+		if _, err := s.Commit(ctx, c); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Commit(%+v) err = %v, want ErrInvalid", c, err)
+		}
+	}
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: ""}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Enqueue without function err = %v", err)
+	}
+	big := make([]byte, 4<<20)
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: big}}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("huge Enqueue err = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestClosedStore(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	checks := map[string]error{}
+	_, checks["Enqueue"] = s.Enqueue(ctx, []InboxEntry{{Function: "f"}})
+	_, checks["Commit"] = s.Commit(ctx, &Commit{})
+	_, checks["InboxPending"] = s.InboxPending(ctx, 0, 1)
+	_, _, checks["GetState"] = s.GetState(ctx, "f", "k")
+	_, _, checks["QueryRecords"] = s.QueryRecords(ctx, Query{})
+	_, checks["OutboxRead"] = s.OutboxRead(ctx, "t", 0, 1, 0)
+	checks["OutboxAck"] = s.OutboxAck(ctx, "t", 1)
+	_, checks["PendingPublishes"] = s.PendingPublishes(ctx, 0, 1)
+	checks["AckPublishes"] = s.AckPublishes(ctx, 1)
+	_, checks["PutFunction"] = s.PutFunction(ctx, FunctionRecord{Name: "f"})
+	_, checks["ListFunctions"] = s.ListFunctions(ctx)
+	_, checks["RunRetention"] = s.RunRetention(ctx)
+	for name, err := range checks {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+		}
+	}
+	_ = s.Stats()
+	_ = s.OutboxStats("t")
+}
+
+func TestCloseWhileWriting(t *testing.T) {
+	s := openTest(t, Options{Durability: DurabilityNone})
+	var wg sync.WaitGroup
+	var acked atomic.Int64
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				_, err := s.Enqueue(context.Background(), []InboxEntry{{Function: "f"}})
+				if errors.Is(err, ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("Enqueue: %v", err)
+					return
+				}
+				acked.Add(1)
+			}
+		}()
+	}
+	for acked.Load() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	s2 := openTest(t, s.opts)
+	if got := s2.InboxLen(); got != acked.Load() {
+		t.Fatalf("inbox has %d entries, %d were acknowledged", got, acked.Load())
+	}
+}
+
+func TestFormatVersion(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir})
+	// Pretend a newer release wrote the database.
+	if err := s.db.Update(func(txn *badgerTxn) error { return txn.Set(keyFormat, []byte("99")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	_, err := Open(context.Background(), Options{Dir: dir, Logger: quietLogger()})
+	if !errors.Is(err, ErrFormatVersion) {
+		t.Fatalf("Open of format 99: %v, want ErrFormatVersion", err)
+	}
+	// A badger directory that is not ours.
+	_, err = Open(context.Background(), Options{Dir: filepath.Join(dir, "nested", "x"), Logger: quietLogger(), Profile: "huge"})
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad profile: %v", err)
+	}
+}
+
+func TestDiskGuard(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Uint64
+	free.Store(1 << 30)
+	s := openTest(t, Options{DiskReserve: 100 << 20, DiskCheckInterval: time.Millisecond,
+		FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
+	seqs := enqueue(t, s, "f", 2)
+	free.Store(10 << 20)
+	deadline := time.Now().Add(5 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if _, err = s.Enqueue(ctx, []InboxEntry{{Function: "f"}}); errors.Is(err, ErrStoreFull) {
+			break
+		}
+	}
+	if !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("Enqueue with full disk: %v, want ErrStoreFull", err)
+	}
+	if !s.Stats().DiskFull {
+		t.Fatal("Stats().DiskFull is false")
+	}
+	n := s.InboxLen()
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0], Records: []Record{{Stream: "x"}}}); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("Commit with records on a full disk: %v", err)
+	}
+	// Consuming without new data frees space and is allowed.
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0]}); err != nil {
+		t.Fatalf("pure consume on a full disk: %v", err)
+	}
+	if s.InboxLen() != n-1 {
+		t.Fatal("consume did not happen")
+	}
+	free.Store(1 << 30)
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f"}}); err != nil {
+		t.Fatalf("Enqueue after space returned: %v", err)
+	}
+}
+
+func TestDurabilityModes(t *testing.T) {
+	for _, d := range []Durability{DurabilityAlways, DurabilityInterval, DurabilityNone} {
+		t.Run(d.String(), func(t *testing.T) {
+			s := openTest(t, Options{Durability: d, SyncInterval: 5 * time.Millisecond})
+			enqueue(t, s, "f", 10)
+			s = reopen(t, s)
+			if s.InboxLen() != 10 {
+				t.Fatalf("InboxLen = %d", s.InboxLen())
+			}
+			p, err := ParseDurability(d.String())
+			if err != nil || p != d {
+				t.Fatalf("ParseDurability(%q) = %v %v", d, p, err)
+			}
+		})
+	}
+	if _, err := ParseDurability("sometimes"); !errors.Is(err, ErrInvalid) {
+		t.Fatal("ParseDurability accepted junk")
+	}
+}
