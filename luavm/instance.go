@@ -64,6 +64,8 @@ const (
 	// Between two table scans, at most scanEvery steps (plus 2 per tracked
 	// table) run.
 	scanEvery = 1024
+	// One step is charged per patternOpsPerStep pattern-matcher operations.
+	patternOpsPerStep = 4
 )
 
 var (
@@ -265,7 +267,7 @@ func (in *instance) scanTables(L *lua.LState) {
 }
 
 func (in *instance) patternSteps(n int) {
-	in.charge(in.L, int64(n/64))
+	in.charge(in.L, int64(n/patternOpsPerStep))
 }
 
 // @tick(n)

@@ -1,0 +1,143 @@
+package luavm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// hostileLimits are the limits the hostile scripts run under: small enough
+// to keep the test fast under -race, large enough for real functions.
+var hostileLimits = Limits{MaxSteps: 1_000_000, MaxMemory: 1 << 20, Timeout: 10 * time.Second}
+
+var kindErrors = map[string]error{
+	"budget":           ErrBudget,
+	"memory":           ErrMemory,
+	"call_depth":       ErrCallDepth,
+	"timeout":          ErrTimeout,
+	"error":            ErrRuntime,
+	"panic":            ErrPanic,
+	"too_many_effects": ErrTooManyEffects,
+	"effect_too_large": ErrEffectTooLarge,
+	"result_too_large": ErrResultTooLarge,
+}
+
+// expectedKind reads the "-- expect: KIND" first line of a hostile script.
+func expectedKind(t *testing.T, src []byte) string {
+	t.Helper()
+	sc := bufio.NewScanner(bytes.NewReader(src))
+	sc.Scan()
+	kind, ok := strings.CutPrefix(sc.Text(), "-- expect: ")
+	if !ok || kindErrors[kind] == nil {
+		t.Fatalf("first line must be '-- expect: KIND', got %q", sc.Text())
+	}
+	return kind
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestHostile runs every script of testdata/hostile and checks, for each,
+// the error kind, that the breached instance is discarded, that the Go
+// heap comes back, and that a well-behaved function running concurrently
+// keeps producing correct results.
+func TestHostile(t *testing.T) {
+	files, err := filepath.Glob("testdata/hostile/*.lua")
+	if err != nil || len(files) < 30 {
+		t.Fatalf("want at least 30 hostile scripts, have %d (%v)", len(files), err)
+	}
+	rt := NewRuntime(Options{DefaultLimits: hostileLimits, ReclaimInterval: time.Hour})
+	defer rt.Close()
+	deploy(t, rt, "good", string(mustRead(t, "testdata/reference.lua")))
+
+	// The well-behaved neighbour.
+	var good, bad atomic.Int64
+	var firstBad atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res, err := rt.Invoke(context.Background(), "good", refEvent("90"), nil)
+			if err != nil || string(res.Value) != `{"hum":40,"temp":90,"temp_f":194}` || len(res.Effects) != 1 {
+				bad.Add(1)
+				firstBad.CompareAndSwap(nil, err)
+			} else {
+				good.Add(1)
+			}
+		}
+	}()
+
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".lua")
+		t.Run(name, func(t *testing.T) {
+			src := mustRead(t, f)
+			kind := expectedKind(t, src)
+			before := heapInUse()
+			goodBefore := good.Load()
+			deploy(t, rt, name, string(src))
+			res, err := rt.Invoke(context.Background(), name, refEvent("1"), nil)
+			if err == nil {
+				t.Fatalf("no error; result %s", res.Value)
+			}
+			if !errors.Is(err, kindErrors[kind]) {
+				t.Fatalf("error %v, want kind %s", err, kind)
+			}
+			if res == nil || res.Cost.Outcome != kind {
+				t.Fatalf("outcome %q, want %q", res.Cost.Outcome, kind)
+			}
+			if IsLimit(err) != (kind != "error" && kind != "panic") {
+				t.Errorf("IsLimit(%v) = %v", err, IsLimit(err))
+			}
+			if st, _ := rt.Stats(name); (IsLimit(err) || kind == "panic") && st.Warm != 0 {
+				t.Errorf("breached instance kept warm: %+v", st)
+			}
+			lim := hostileLimits
+			if res.Cost.Steps > lim.MaxSteps+1<<16 {
+				t.Errorf("steps %d beyond the budget %d", res.Cost.Steps, lim.MaxSteps)
+			}
+			if res.Cost.PeakMemory > lim.MaxMemory+1<<20 {
+				t.Errorf("peak memory %d beyond the cap %d", res.Cost.PeakMemory, lim.MaxMemory)
+			}
+			t.Logf("%v (steps %d, peak %d B, %v)", err, res.Cost.Steps, res.Cost.PeakMemory, res.Cost.Wall)
+			rt.Remove(name)
+			// The neighbour keeps working while and after the script runs.
+			deadline := time.Now().Add(10 * time.Second)
+			for good.Load() < goodBefore+3 && time.Now().Before(deadline) {
+				runtime.Gosched()
+			}
+			if good.Load() < goodBefore+3 {
+				t.Errorf("the well-behaved function made no progress")
+			}
+			after := heapInUse()
+			if after > before+4<<20 {
+				t.Errorf("heap grew from %d to %d bytes", before, after)
+			}
+		})
+	}
+	close(stop)
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("well-behaved function failed %d times (first: %v)", bad.Load(), firstBad.Load())
+	}
+	t.Logf("well-behaved function: %d correct invocations", good.Load())
+}

@@ -1,0 +1,4 @@
+-- expect: error
+function handle(event, ctx)
+  string.upper = function() return 'pwned' end
+end

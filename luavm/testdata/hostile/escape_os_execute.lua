@@ -1,0 +1,4 @@
+-- expect: error
+function handle(event, ctx)
+  return os.execute('id')
+end

@@ -1,0 +1,4 @@
+-- expect: error
+function handle(event, ctx)
+  setfenv(1, {})
+end

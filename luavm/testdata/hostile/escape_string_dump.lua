@@ -1,0 +1,4 @@
+-- expect: error
+function handle(event, ctx)
+  return string.dump(handle)
+end

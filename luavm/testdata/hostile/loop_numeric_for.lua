@@ -1,0 +1,4 @@
+-- expect: budget
+function handle(event, ctx)
+  for i = 1, math.huge do end
+end

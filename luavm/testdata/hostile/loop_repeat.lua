@@ -1,0 +1,4 @@
+-- expect: budget
+function handle(event, ctx)
+  repeat local x = 1 until false
+end

@@ -1,0 +1,5 @@
+-- expect: budget
+-- A plain infinite loop.
+function handle(event, ctx)
+  while true do end
+end

@@ -1,0 +1,5 @@
+-- expect: memory
+function handle(event, ctx)
+  local t, i = {}, 0
+  while true do i = i + 1; t[i + 0.5] = true end
+end
