@@ -1,0 +1,194 @@
+package trigger
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// MaxSourceBytes is the largest NAME.lua LoadDir reads.
+const MaxSourceBytes = 4 << 20
+
+// Function is a function loaded from a directory.
+type Function struct {
+	Manifest     *Manifest
+	Source       []byte // content of NAME.lua
+	SourcePath   string
+	ManifestPath string
+	// SHA256 is the hex SHA-256 of the manifest and the source together: it
+	// changes when either changes.
+	SHA256 string
+}
+
+// LoadDir loads the functions of dir: every NAME.yaml with its NAME.lua.
+// Files whose names start with '.' and files with other extensions are
+// ignored. A bad function (invalid name, bad manifest, missing or oversized
+// source, NAME.lua without NAME.yaml) yields a *FileError and does not stop
+// the others from loading. Functions are returned sorted by name. LoadDir
+// never panics; a directory that cannot be read yields one error.
+func LoadDir(dir string) ([]Function, []error) {
+	fns, errs, _ := loadDir(dir)
+	return fns, errs
+}
+
+// loadDir also returns a fingerprint of everything it read (names, contents,
+// errors), for Watch.
+func loadDir(dir string) ([]Function, []error, string) {
+	h := sha256.New()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		err = fmt.Errorf("%w: read functions directory: %w", ErrSource, err)
+		h.Write([]byte(err.Error()))
+		return nil, []error{err}, hex.EncodeToString(h.Sum(nil))
+	}
+	manifests := map[string]bool{}
+	sources := map[string]bool{}
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") {
+			continue
+		}
+		switch filepath.Ext(n) {
+		case ".yaml":
+			manifests[strings.TrimSuffix(n, ".yaml")] = true
+		case ".lua":
+			sources[strings.TrimSuffix(n, ".lua")] = true
+		}
+	}
+	names := make([]string, 0, len(manifests))
+	for n := range manifests {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var fns []Function
+	var errs []error
+	for _, name := range names {
+		f, err := loadOne(dir, name, h)
+		if err != nil {
+			h.Write([]byte(err.Error()))
+			errs = append(errs, err)
+			continue
+		}
+		fns = append(fns, f)
+	}
+	orphans := make([]string, 0)
+	for n := range sources {
+		if !manifests[n] {
+			orphans = append(orphans, n)
+		}
+	}
+	sort.Strings(orphans)
+	for _, n := range orphans {
+		p := filepath.Join(dir, n+".lua")
+		err := &FileError{Name: n, Path: p, Err: fmt.Errorf("%w: no manifest %s.yaml next to it", ErrSource, n)}
+		h.Write([]byte(err.Error()))
+		errs = append(errs, err)
+	}
+	return fns, errs, hex.EncodeToString(h.Sum(nil))
+}
+
+func loadOne(dir, name string, fp io.Writer) (Function, error) {
+	mpath := filepath.Join(dir, name+".yaml")
+	spath := filepath.Join(dir, name+".lua")
+	fail := func(path string, err error) (Function, error) {
+		return Function{}, &FileError{Name: name, Path: path, Err: err}
+	}
+	if !ValidFunctionName(name) {
+		return fail(mpath, fmt.Errorf("%w %q: use [a-z0-9][a-z0-9_-]{0,62}", ErrFunctionName, clip(name)))
+	}
+	mdata, err := readLimited(mpath, MaxManifestBytes)
+	if err != nil {
+		return fail(mpath, fmt.Errorf("%w: %w", ErrManifest, err))
+	}
+	src, err := readLimited(spath, MaxSourceBytes)
+	if err != nil {
+		return fail(spath, fmt.Errorf("%w: %w", ErrSource, err))
+	}
+	sum := sha256.New()
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(mdata)))
+	sum.Write(n[:])
+	sum.Write(mdata)
+	sum.Write(src)
+	hash := hex.EncodeToString(sum.Sum(nil))
+	fmt.Fprintf(fp, "%s\x00%s\x00", name, hash)
+	m, err := ParseManifest(mpath, mdata)
+	if err != nil {
+		return fail(mpath, err)
+	}
+	return Function{Manifest: m, Source: src, SourcePath: spath, ManifestPath: mpath, SHA256: hash}, nil
+}
+
+// readLimited reads a regular file of at most limit bytes.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than the limit of %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// DefaultPollInterval is Watch's interval when given 0 or less.
+const DefaultPollInterval = time.Second
+
+// Watch polls dir every interval until ctx is done and calls onChange with
+// the whole new set (as [LoadDir] returns it) when the content of the
+// directory's manifests and sources has changed since the previous call, or
+// since Watch started (Watch does not call onChange for the state it finds
+// at start: load it with LoadDir first). Changes are detected by content
+// hash, not modification time. A change is reported once the directory has
+// read the same on two consecutive polls, so a file caught half-written is
+// not reported before it is complete. Watch blocks; run it in its own
+// goroutine. onChange runs on Watch's goroutine.
+func Watch(ctx context.Context, dir string, interval time.Duration, onChange func([]Function, []error)) {
+	if interval <= 0 {
+		interval = DefaultPollInterval
+	}
+	_, _, reported := loadDir(dir)
+	pending := ""
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fns, errs, fp := loadDir(dir)
+		switch {
+		case fp == reported:
+			pending = ""
+		case fp == pending:
+			reported, pending = fp, ""
+			if ctx.Err() == nil {
+				onChange(fns, errs)
+			}
+		default:
+			pending = fp
+		}
+	}
+}
+

@@ -1,0 +1,87 @@
+package trigger
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// MinInterval is the shortest "@every" interval.
+const MinInterval = time.Second
+
+// Schedule says when a timer trigger fires next. Implementations are
+// immutable and safe for concurrent use.
+type Schedule interface {
+	// Next returns the first activation time after t, or the zero time if
+	// there is none within five years.
+	Next(t time.Time) time.Time
+}
+
+// Every fires at a fixed interval after the previous activation.
+type Every time.Duration
+
+// Next returns t + the interval.
+func (e Every) Next(t time.Time) time.Time { return t.Add(time.Duration(e)) }
+
+// String returns "@every <interval>".
+func (e Every) String() string { return "@every " + time.Duration(e).String() }
+
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ParseSchedule parses a timer specification:
+//
+//   - "@every 30s": a fixed interval, at least [MinInterval];
+//   - "@yearly" (or "@annually"), "@monthly", "@weekly", "@daily" (or
+//     "@midnight"), "@hourly";
+//   - a 5-field cron expression "minute hour day-of-month month day-of-week"
+//     ("*/5 * * * *"), optionally prefixed with "CRON_TZ=Area/City ".
+//
+// Descriptors and cron expressions are evaluated in the location of the time
+// passed to Next unless CRON_TZ is given. A schedule that never fires (for
+// example "0 0 30 2 *") is an error. Errors wrap [ErrSchedule].
+func ParseSchedule(spec string) (s Schedule, err error) {
+	spec = strings.TrimSpace(spec)
+	if spec == "" {
+		return nil, fmt.Errorf("%w: empty", ErrSchedule)
+	}
+	if len(spec) > 256 {
+		return nil, fmt.Errorf("%w: longer than 256 bytes", ErrSchedule)
+	}
+	if rest, ok := strings.CutPrefix(spec, "@every"); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(rest))
+		if err != nil || rest == "" || (rest[0] != ' ' && rest[0] != '\t') {
+			return nil, fmt.Errorf("%w %q: want \"@every <duration>\", e.g. \"@every 30s\"", ErrSchedule, clip(spec))
+		}
+		if d < MinInterval {
+			return nil, fmt.Errorf("%w %q: interval shorter than %s", ErrSchedule, clip(spec), MinInterval)
+		}
+		return Every(d), nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("%w %q: %v", ErrSchedule, clip(spec), r)
+		}
+	}()
+	cs, err := cronParser.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %v", ErrSchedule, clip(spec), err)
+	}
+	if cs.Next(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)).IsZero() {
+		return nil, fmt.Errorf("%w %q: never fires", ErrSchedule, clip(spec))
+	}
+	return cs, nil
+}
+
+// parseTimer parses the value of a "timer:" trigger: everything
+// ParseSchedule accepts, or a bare duration ("30s") meaning "@every 30s".
+func parseTimer(spec string) (Schedule, error) {
+	if d, err := time.ParseDuration(strings.TrimSpace(spec)); err == nil {
+		if d < MinInterval {
+			return nil, fmt.Errorf("%w %q: interval shorter than %s", ErrSchedule, clip(spec), MinInterval)
+		}
+		return Every(d), nil
+	}
+	return ParseSchedule(spec)
+}
