@@ -191,4 +191,3 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 		}
 	}
 }
-
