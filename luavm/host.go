@@ -72,16 +72,20 @@ func (in *instance) openHost(lib *lua.LTable, newindex *lua.LFunction) {
 	mod("mqtt", map[string]lua.LGFunction{"publish": in.publish})
 	lib.RawSetString("emit", L.NewFunction(in.emit))
 	mod("state", map[string]lua.LGFunction{"get": in.stateGet, "set": in.stateSet, "delete": in.stateDelete, "incr": in.stateIncr})
-	if in.spec != nil && len(in.spec.Config) > 0 {
-		in.config = in.goToLua(in.spec.Config, newindex, 0)
-	} else {
-		in.config = in.freeze(L.CreateTable(0, 0), newindex)
-	}
 }
 
-// goToLua converts configuration values (JSON-like Go values) to frozen
-// Lua values.
-func (in *instance) goToLua(v any, newindex *lua.LFunction, depth int) lua.LValue {
+// configTable returns ctx.config: a private copy per invocation, so a
+// function cannot change its settings for later invocations.
+func (in *instance) configTable() lua.LValue {
+	if in.spec == nil || len(in.spec.Config) == 0 {
+		return in.L.CreateTable(0, 0)
+	}
+	return in.goToLua(in.spec.Config, 0)
+}
+
+// goToLua converts configuration values (JSON-like Go values) to Lua
+// values.
+func (in *instance) goToLua(v any, depth int) lua.LValue {
 	if depth > maxJSONDepth {
 		return lua.LNil
 	}
@@ -104,15 +108,16 @@ func (in *instance) goToLua(v any, newindex *lua.LFunction, depth int) lua.LValu
 	case map[string]any:
 		t := L.CreateTable(0, len(x))
 		for k, e := range x {
-			t.RawSetString(k, in.goToLua(e, newindex, depth+1))
+			t.RawSetString(k, in.goToLua(e, depth+1))
 		}
-		return in.freeze(t, newindex)
+		return t
 	case []any:
 		t := L.CreateTable(len(x), 0)
 		for i, e := range x {
-			t.RawSetInt(i+1, in.goToLua(e, newindex, depth+1))
+			t.RawSetInt(i+1, in.goToLua(e, depth+1))
 		}
-		return in.freeze(t, newindex)
+		in.markArray(t)
+		return t
 	default:
 		return lua.LString(fmt.Sprint(x))
 	}
@@ -466,6 +471,6 @@ func (in *instance) ctxTable(id string) *lua.LTable {
 	}
 	t.RawSetString("invocation_id", lua.LString(id))
 	t.RawSetString("deadline_ms", lua.LNumber(in.inv.deadline.UnixMilli()))
-	t.RawSetString("config", in.config)
+	t.RawSetString("config", in.configTable())
 	return t
 }

@@ -24,7 +24,6 @@ type instance struct {
 	chunk  [3]lua.LValue
 	frozen map[*lua.LTable]struct{}
 	null   *lua.LUserData // json.null
-	config lua.LValue     // ctx.config (frozen)
 	pmb    pm.Budget
 
 	inv      invocation

@@ -40,13 +40,14 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 			if iv.breach != nil || errors.Is(err, ErrPanic) || IsLimit(err) {
 				in.broken = true
 			}
-			res.Kind, res.Value = ResultNone, nil
+			// Nothing of a failed invocation may be committed.
+			res.Kind, res.Value, res.Effects, res.State = ResultNone, nil, nil, nil
 		}
+		res.Cost.Effects = len(res.Effects)
 		in.scanTables(nil)
 		res.Cost.Steps = iv.steps
 		res.Cost.PeakMemory = iv.peak
-		res.Cost.Effects = len(res.Effects)
-		res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes
+				res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes
 		res.Cost.Wall = time.Since(start)
 		res.Cost.Outcome = outcome(err)
 		if iv.logDropped > 0 && len(res.Logs) > 0 {
