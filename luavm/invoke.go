@@ -47,7 +47,7 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		in.scanTables(nil)
 		res.Cost.Steps = iv.steps
 		res.Cost.PeakMemory = iv.peak
-				res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes
+		res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes
 		res.Cost.Wall = time.Since(start)
 		res.Cost.Outcome = outcome(err)
 		if iv.logDropped > 0 && len(res.Logs) > 0 {
