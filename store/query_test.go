@@ -1,0 +1,330 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"testing"
+	"time"
+)
+
+func TestQueryRecords(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	// 3 streams x 2 devices, times deliberately out of sequence order (a
+	// device's clock is behind): order is by time, ties by sequence.
+	var want []Record
+	for i := 0; i < 60; i++ {
+		ts := int64(10_000 + (i%20)*1000)
+		r := Record{Stream: fmt.Sprintf("s%d", i%3), Function: "f", Device: fmt.Sprintf("d%d", i%2), EventTS: ts,
+			Data: []byte(fmt.Sprintf(`{"temp":%d,"nested":{"x":%d},"s":"str"}`, i, i%5))}
+		res, err := s.Commit(ctx, &Commit{Records: []Record{r}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, res.Records[0])
+	}
+	match := func(q Query) []Record {
+		var out []Record
+		for _, r := range want {
+			ts := recordTS(&r)
+			if q.match(&r) && (q.From == 0 || ts >= q.From) && (q.To == 0 || ts < q.To) {
+				out = append(out, r)
+			}
+		}
+		// stable sort by (ts, seq)
+		for i := 1; i < len(out); i++ {
+			for j := i; j > 0 && (out[j].EventTS < out[j-1].EventTS || (out[j].EventTS == out[j-1].EventTS && out[j].Seq < out[j-1].Seq)); j-- {
+				out[j], out[j-1] = out[j-1], out[j]
+			}
+		}
+		if q.Desc {
+			for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+		return out
+	}
+	queries := []Query{
+		{},
+		{Stream: "s1"},
+		{Stream: "s1", Device: "d0"},
+		{Function: "f", From: 12_000, To: 15_000},
+		{Device: "d1", Desc: true},
+		{Stream: "s2", From: 20_000, Desc: true},
+		{To: 11_000, Desc: true},
+		{Stream: "nope"},
+		{From: 15_000, To: 15_000},
+	}
+	for _, q := range queries {
+		for _, limit := range []int{1, 7, 100} {
+			q.Limit = limit
+			exp := match(q)
+			var got []Record
+			cursor := ""
+			for page := 0; ; page++ {
+				q.Cursor = cursor
+				recs, next, err := s.QueryRecords(ctx, q)
+				if err != nil {
+					t.Fatalf("%+v: %v", q, err)
+				}
+				if len(recs) > limit {
+					t.Fatalf("%+v: page of %d", q, len(recs))
+				}
+				got = append(got, recs...)
+				if next == "" {
+					break
+				}
+				if page > 100 {
+					t.Fatal("no end of pages")
+				}
+				cursor = next
+			}
+			if len(got) != len(exp) {
+				t.Fatalf("%+v: got %d records, want %d", q, len(got), len(exp))
+			}
+			for i := range got {
+				if got[i].Seq != exp[i].Seq {
+					t.Fatalf("%+v: record %d is seq %d, want %d", q, i, got[i].Seq, exp[i].Seq)
+				}
+			}
+		}
+	}
+	// Cursors are checked.
+	_, next, _ := s.QueryRecords(ctx, Query{Stream: "s1", Limit: 2})
+	for _, c := range []string{"!!!", "AAAA", next + "x"} {
+		if _, _, err := s.QueryRecords(ctx, Query{Stream: "s1", Cursor: c}); !errors.Is(err, ErrBadCursor) {
+			t.Errorf("cursor %q: %v, want ErrBadCursor", c, err)
+		}
+	}
+	if _, _, err := s.QueryRecords(ctx, Query{Stream: "s2", Cursor: next}); !errors.Is(err, ErrBadCursor) {
+		t.Errorf("cursor of another query: %v, want ErrBadCursor", err)
+	}
+
+	// Aggregates: per 5 s bucket over s0.
+	aq := AggQuery{Query: Query{Stream: "s0"}, Field: "temp", Bucket: 5 * time.Second}
+	bs, err := s.Aggregate(ctx, aq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type acc struct {
+		n             int64
+		min, max, sum float64
+	}
+	exp := map[int64]*acc{}
+	for _, r := range match(aq.Query) {
+		st := r.EventTS - r.EventTS%5000
+		var v float64
+		fmt.Sscanf(string(r.Data), `{"temp":%g`, &v)
+		a := exp[st]
+		if a == nil {
+			a = &acc{min: math.Inf(1), max: math.Inf(-1)}
+			exp[st] = a
+		}
+		a.n++
+		a.sum += v
+		a.min, a.max = math.Min(a.min, v), math.Max(a.max, v)
+	}
+	if len(bs) != len(exp) {
+		t.Fatalf("%d buckets, want %d", len(bs), len(exp))
+	}
+	for i, b := range bs {
+		e := exp[b.Start]
+		if e == nil || b.Count != e.n || b.Min != e.min || b.Max != e.max || math.Abs(b.Mean-e.sum/float64(e.n)) > 1e-9 {
+			t.Fatalf("bucket %+v, want %+v", b, e)
+		}
+		if i > 0 && bs[i-1].Start >= b.Start {
+			t.Fatal("buckets not ascending")
+		}
+	}
+	// Dotted path, one bucket; non-numeric fields are skipped.
+	bs, err = s.Aggregate(ctx, AggQuery{Query: Query{}, Field: "nested.x"})
+	if err != nil || len(bs) != 1 || bs[0].Count != 60 || bs[0].Min != 0 || bs[0].Max != 4 {
+		t.Fatalf("nested.x aggregate: %+v %v", bs, err)
+	}
+	bs, err = s.Aggregate(ctx, AggQuery{Query: Query{}, Field: "s"})
+	if err != nil || len(bs) != 0 {
+		t.Fatalf("string field aggregate: %+v %v", bs, err)
+	}
+	if _, err := s.Aggregate(ctx, AggQuery{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty field: %v", err)
+	}
+}
+
+func TestStateAPI(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for i := 0; i < 25; i++ {
+		if err := s.PutState(ctx, "f", fmt.Sprintf("k/%02d", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.PutState(ctx, "f", "other", []byte("1"))
+	_ = s.PutState(ctx, "g", "k/00", []byte("1"))
+	var keys []string
+	cursor := ""
+	for {
+		kvs, next, err := s.ListState(ctx, "f", "k/", 10, cursor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			keys = append(keys, kv.Key)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(keys) != 25 || keys[0] != "k/00" || keys[24] != "k/24" {
+		t.Fatalf("keys %v", keys)
+	}
+	if _, _, err := s.ListState(ctx, "f", "zz", 10, cursor+"!"); !errors.Is(err, ErrBadCursor) {
+		t.Fatalf("bad state cursor: %v", err)
+	}
+	if err := s.DeleteState(ctx, "f", "k/00"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.GetState(ctx, "f", "k/00"); ok {
+		t.Fatal("deleted state still there")
+	}
+	if v, ok, _ := s.GetState(ctx, "g", "k/00"); !ok || string(v) != "1" {
+		t.Fatal("other function's state affected")
+	}
+	// Incr of a missing key starts at 0; set then incr in one commit.
+	_, err := s.Commit(ctx, &Commit{State: []StateChange{
+		{Function: "f", Op: StateIncr, Key: "c", Delta: 1.5},
+		{Function: "f", Op: StateSet, Key: "d", Value: []byte("10")},
+		{Function: "f", Op: StateIncr, Key: "d", Delta: -3},
+		{Function: "f", Op: StateDelete, Key: "e"},
+		{Function: "f", Op: StateIncr, Key: "e", Delta: 1},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"c": "1.5", "d": "7", "e": "1"} {
+		if v, _, _ := s.GetState(ctx, "f", k); string(v) != want {
+			t.Errorf("%s = %q, want %q", k, v, want)
+		}
+	}
+	if _, _, err := s.GetState(ctx, "", "x"); !errors.Is(err, ErrInvalid) {
+		t.Fatal("empty function accepted")
+	}
+}
+
+func TestFunctionsDeadLettersClock(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	if _, err := s.GetFunction(ctx, "f", 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing function: %v", err)
+	}
+	v1, err := s.PutFunction(ctx, FunctionRecord{Name: "f", Source: []byte("return 1"), Active: true})
+	if err != nil || v1 != 1 {
+		t.Fatalf("PutFunction: %d %v", v1, err)
+	}
+	v2, _ := s.PutFunction(ctx, FunctionRecord{Name: "f", Source: []byte("return 2")})
+	_, _ = s.PutFunction(ctx, FunctionRecord{Name: "g", Source: []byte("x")})
+	if f, _ := s.GetFunction(ctx, "f", 0); f.Version != 1 || !f.Active || string(f.Source) != "return 1" {
+		t.Fatalf("active = %+v", f)
+	}
+	if err := s.SetActive(ctx, "f", v2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetActive(ctx, "f", 9); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetActive missing version: %v", err)
+	}
+	fs, _ := s.ListFunctions(ctx)
+	if len(fs) != 2 || fs[0].Name != "f" || fs[0].Version != 2 || !fs[0].Active || fs[1].Name != "g" || fs[1].Active {
+		t.Fatalf("ListFunctions %+v", fs)
+	}
+	vs, _ := s.ListVersions(ctx, "f")
+	if len(vs) != 2 || vs[0].Active || !vs[1].Active {
+		t.Fatalf("ListVersions %+v", vs)
+	}
+	if err := s.DeleteFunction(ctx, "f"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ListVersions(ctx, "f"); !errors.Is(err, ErrNotFound) {
+		t.Fatal("deleted function still listed")
+	}
+	if v, _ := s.PutFunction(ctx, FunctionRecord{Name: "f"}); v != 1 {
+		t.Fatalf("version after delete %d", v)
+	}
+
+	// Dead letters.
+	for i := 0; i < 5; i++ {
+		fn := "a"
+		if i%2 == 1 {
+			fn = "b"
+		}
+		if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: fn, Event: []byte{byte(i)}, Error: "boom", Attempts: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dls, _ := s.ListDeadLetters(ctx, "a", 0, 10)
+	if len(dls) != 3 || dls[0].Error != "boom" || dls[0].Attempts != 3 {
+		t.Fatalf("dead letters of a: %+v", dls)
+	}
+	if err := s.DeleteDeadLetter(ctx, dls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDeadLetter(ctx, dls[0].Seq); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	if n, err := s.PurgeDeadLetters(ctx, "b"); n != 2 || err != nil {
+		t.Fatalf("purge b: %d %v", n, err)
+	}
+	all, _ := s.ListDeadLetters(ctx, "", 0, 10)
+	if len(all) != 2 || s.Stats().Spaces[SpaceDeadLetters].Count != 2 {
+		t.Fatalf("remaining dead letters %+v", all)
+	}
+
+	// Clock state: persisted and stamped into records.
+	s.SetClockSynced(true)
+	res, _ := s.Commit(ctx, &Commit{Records: []Record{{Stream: "x", ClockSynced: false}}})
+	if !res.Records[0].ClockSynced {
+		t.Fatal("record not stamped clock-synced")
+	}
+	s = reopen(t, s)
+	if !s.ClockSynced() {
+		t.Fatal("clock state not persisted")
+	}
+	s.SetClockSynced(false)
+	res, _ = s.Commit(ctx, &Commit{Records: []Record{{Stream: "x", ClockSynced: true}}})
+	if res.Records[0].ClockSynced {
+		t.Fatal("record stamped synced while the clock is not")
+	}
+	recs, _, _ := s.QueryRecords(ctx, Query{Stream: "x"})
+	if len(recs) != 2 || !recs[0].ClockSynced || recs[1].ClockSynced {
+		t.Fatalf("stored clock flags: %+v", recs)
+	}
+}
+
+func TestPublishOutbox(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for i := 0; i < 5; i++ {
+		if _, err := s.Commit(ctx, &Commit{Publishes: []Publish{{Topic: fmt.Sprint(i), Payload: []byte("p"), QoS: 1, Retain: i == 2}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps, _ := s.PendingPublishes(ctx, 0, 10)
+	if len(ps) != 5 || !ps[2].Retain || ps[0].QoS != 1 {
+		t.Fatalf("pending %+v", ps)
+	}
+	// Out-of-order acks; the head moves once the gap closes.
+	if err := s.AckPublishes(ctx, ps[1].Seq, ps[3].Seq, 999); err != nil {
+		t.Fatal(err)
+	}
+	ps2, _ := s.PendingPublishes(ctx, 0, 10)
+	if len(ps2) != 3 || ps2[1].Seq != ps[2].Seq {
+		t.Fatalf("after acks %+v", ps2)
+	}
+	s = reopen(t, s)
+	_ = s.AckPublishes(ctx, ps[0].Seq)
+	ps3, _ := s.PendingPublishes(ctx, 0, 10)
+	if len(ps3) != 2 || ps3[0].Seq != ps[2].Seq || s.counters().Publish.Head != ps[2].Seq {
+		t.Fatalf("after reopen and ack: %+v head %d", ps3, s.counters().Publish.Head)
+	}
+}

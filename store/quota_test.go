@@ -1,0 +1,175 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func commitRecords(t testing.TB, s *Store, n int, targets ...string) []Record {
+	t.Helper()
+	var out []Record
+	for i := 0; i < n; i++ {
+		res, err := s.Commit(context.Background(), &Commit{Records: []Record{{Stream: "s", Device: "d", EventTS: int64(1000 + i),
+			Data: []byte(fmt.Sprintf(`{"v":%d,"pad":"%032d"}`, i, i)), Targets: targets}}})
+		if err != nil {
+			t.Fatalf("Commit %d: %v", i, err)
+		}
+		out = append(out, res.Records...)
+	}
+	return out
+}
+
+func TestOutboxQuotaDropOldest(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	// Learn the size of one outbox entry, then set a quota of exactly 10.
+	commitRecords(t, s, 1, "probe")
+	size := s.OutboxStats("probe").Bytes
+	if size <= 0 {
+		t.Fatalf("probe size %d", size)
+	}
+	_ = s.Close()
+	o := s.opts
+	o.Quotas = map[string]Quota{"outbox:up": {MaxBytes: 10 * size}}
+	s = openTest(t, o)
+	recs := commitRecords(t, s, 25, "up", "other")
+	// The same records sit unbounded in "other": the newest suffix that fits
+	// in the quota must be exactly what "up" kept.
+	all, err := s.OutboxRead(ctx, "other", 0, 100, 0)
+	if err != nil || len(all) != 25 {
+		t.Fatalf("other: %d, %v", len(all), err)
+	}
+	kept, bytes := 0, int64(0)
+	for i := len(all) - 1; i >= 0 && bytes+int64(all[i].Size) <= 10*size; i-- {
+		kept++
+		bytes += int64(all[i].Size)
+	}
+	st := s.OutboxStats("up")
+	if kept < 9 || st.Backlog != int64(kept) || st.Dropped != int64(25-kept) || st.Bytes != bytes {
+		t.Fatalf("outbox up: %+v, want backlog %d, dropped %d, bytes %d", st, kept, 25-kept, bytes)
+	}
+	es, err := s.OutboxRead(ctx, "up", 0, 100, 0)
+	if err != nil || len(es) != kept {
+		t.Fatalf("OutboxRead: %d entries, %v", len(es), err)
+	}
+	for i, e := range es {
+		if e.Record.ID != recs[25-kept+i].ID {
+			t.Fatalf("entry %d is %s, want %s (exactly the oldest must be dropped)", i, e.Record.ID, recs[25-kept+i].ID)
+		}
+	}
+	if s.OutboxStats("other").Dropped != 0 || s.OutboxStats("other").Backlog != 25 {
+		t.Fatalf("other outbox: %+v", s.OutboxStats("other"))
+	}
+	dropped := int64(25 - kept)
+	if got := s.Stats().Spaces["outbox:up"].Drops; got != dropped {
+		t.Fatalf("Stats drops %d", got)
+	}
+	// The counters survive a restart.
+	s = reopen(t, s)
+	if st := s.OutboxStats("up"); st.Dropped != dropped || st.Backlog != int64(kept) {
+		t.Fatalf("after reopen: %+v", st)
+	}
+	// Ack is a cursor: the rest stays in order.
+	if err := s.OutboxAck(ctx, "up", es[4].Seq); err != nil {
+		t.Fatal(err)
+	}
+	es2, _ := s.OutboxRead(ctx, "up", 0, 100, 0)
+	if len(es2) != kept-5 || es2[0].Seq != es[5].Seq {
+		t.Fatalf("after ack: %d entries, first %v", len(es2), es2)
+	}
+	if st := s.OutboxStats("up"); st.Backlog != int64(kept-5) || st.Dropped != dropped {
+		t.Fatalf("after ack: %+v", st)
+	}
+	// maxBytes bounds a read, but one entry always comes.
+	if es3, _ := s.OutboxRead(ctx, "up", 0, 100, es2[0].Size+es2[1].Size); len(es3) != 2 {
+		t.Fatalf("maxBytes read: %d entries", len(es3))
+	}
+	if es3, _ := s.OutboxRead(ctx, "up", 0, 100, 1); len(es3) != 1 {
+		t.Fatalf("tiny maxBytes read: %d entries", len(es3))
+	}
+}
+
+func TestQuotaRejectNew(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone, Quotas: map[string]Quota{
+		SpaceRecords: {MaxBytes: 1000, Policy: RejectNew},
+		SpaceInbox:   {MaxBytes: 300},
+	}})
+	n := 0
+	var err error
+	for ; n < 100; n++ {
+		if _, err = s.Commit(ctx, &Commit{Records: []Record{{Stream: "s", Data: make([]byte, 100)}}}); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrQuota) || n == 0 || n > 10 {
+		t.Fatalf("after %d records: %v, want ErrQuota", n, err)
+	}
+	if st := s.Stats().Spaces[SpaceRecords]; st.Rejected != 1 || st.Drops != 0 || st.Count != int64(n) {
+		t.Fatalf("records stats %+v", st)
+	}
+	var seqs []uint64
+	for i := 0; i < 100; i++ {
+		sq, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: make([]byte, 50)}})
+		if errors.Is(err, ErrQuota) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, sq...)
+	}
+	if len(seqs) == 0 || len(seqs) > 6 {
+		t.Fatalf("inbox accepted %d entries of 50 bytes under a 300-byte quota", len(seqs))
+	}
+	// Consuming makes room again.
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: make([]byte, 50)}}); err != nil {
+		t.Fatalf("Enqueue after consuming: %v", err)
+	}
+}
+
+func TestRetentionByAgeAndBytes(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone, RetentionInterval: time.Hour, Quotas: map[string]Quota{
+		SpaceRecords: {MaxAge: 50 * time.Millisecond},
+		SpaceLogs:    {MaxBytes: 200},
+	}})
+	commitRecords(t, s, 5)
+	for i := 0; i < 10; i++ {
+		if _, err := s.Commit(ctx, &Commit{Logs: []LogRecord{{Function: "f", Msg: fmt.Sprintf("line %02d with some text", i)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats().Spaces[SpaceLogs]; st.Bytes > 200 || st.Drops == 0 {
+		t.Fatalf("logs over quota: %+v", st)
+	}
+	logs, _ := s.QueryLogs(ctx, "f", "", 0, 100)
+	if int64(len(logs)) != s.Stats().Spaces[SpaceLogs].Count || logs[len(logs)-1].Msg != "line 09 with some text" {
+		t.Fatalf("logs kept: %+v", logs)
+	}
+	// Age: wait until the records are older than MaxAge, then run a pass.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := s.RunRetention(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := s.Stats().Spaces[SpaceRecords]
+	if st.Count != 0 || st.Drops != 5 {
+		t.Fatalf("records after age retention: %+v", st)
+	}
+	if recs, _, _ := s.QueryRecords(ctx, Query{Stream: "s"}); len(recs) != 0 {
+		t.Fatalf("query still finds %d dropped records", len(recs))
+	}
+}
