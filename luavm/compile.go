@@ -52,7 +52,11 @@ func compile(name string, src []byte, maxBytes int) (*Program, error) {
 	if err != nil {
 		var pe *parse.Error
 		if errors.As(err, &pe) {
-			return nil, &CompileError{Name: name, Line: pe.Pos.Line, Column: pe.Pos.Column, Msg: strings.TrimSpace(pe.Message + " near '" + pe.Token + "'")}
+			ce := &CompileError{Name: name, Line: pe.Pos.Line, Column: pe.Pos.Column, Msg: strings.TrimSpace(pe.Message + " near '" + pe.Token + "'")}
+			if ce.Line < 0 { // at end of file
+				ce.Line, ce.Column, ce.Msg = bytes.Count(bytes.TrimRight(src, "\r\n\t "), []byte("\n"))+1, 0, pe.Message+" at end of file"
+			}
+			return nil, ce
 		}
 		return nil, &CompileError{Name: name, Msg: err.Error()}
 	}

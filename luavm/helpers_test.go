@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	lua "github.com/yuin/gopher-lua"
 )
 
 func mustRead(t testing.TB, path string) []byte {
@@ -38,3 +40,5 @@ func refEvent(temp string) *Event {
 	return &Event{ID: "e1", Topic: "devices/d1/telemetry", Payload: []byte(`{"temp":` + temp + `,"hum":40}`),
 		Captures: map[string]string{"device": "d1"}, TS: 1700000000000, QoS: 1, Trigger: "mqtt"}
 }
+
+var lvTrue = lua.LTrue

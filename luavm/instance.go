@@ -34,24 +34,25 @@ type instance struct {
 // invocation is the per-call accounting of an instance. It is reset at the
 // start of every call.
 type invocation struct {
-	ctx        context.Context
-	limits     Limits
-	deadline   time.Time
-	function   string
-	steps      int64
-	ticks      int
-	strBytes   int64 // cumulative bytes of strings built by accounted operations
-	tableBytes int64 // estimated live size of the tables created so far
-	peak       int64
-	tables     []*lua.LTable
-	nextScan   int64
-	breach     error
-	state      StateReader
-	stateBuf   map[string][]byte // nil value = deleted
-	res        *Result
-	arrays     map[*lua.LTable]struct{} // tables that json.encode writes as arrays
-	effBytes   int64
-	logDropped int
+	ctx         context.Context
+	limits      Limits
+	deadline    time.Time
+	ctxDeadline bool // deadline is the caller's context deadline
+	function    string
+	steps       int64
+	ticks       int
+	strBytes    int64 // cumulative bytes of strings built by accounted operations
+	tableBytes  int64 // estimated live size of the tables created so far
+	peak        int64
+	tables      []*lua.LTable
+	nextScan    int64
+	breach      error
+	state       StateReader
+	stateBuf    map[string][]byte // nil value = deleted
+	res         *Result
+	arrays      map[*lua.LTable]struct{} // tables that json.encode writes as arrays
+	effBytes    int64
+	logDropped  int
 }
 
 // Table size model (see docs/functions.md): per table, per array slot and
@@ -214,11 +215,14 @@ func (in *instance) charge(L *lua.LState, n int64) {
 
 func (in *instance) checkTime(L *lua.LState) {
 	iv := &in.inv
-	if time.Now().After(iv.deadline) {
-		in.raise(L, fmt.Errorf("%w (%v)", ErrTimeout, iv.limits.Timeout))
-	}
 	if err := iv.ctx.Err(); err != nil {
 		in.raise(L, fmt.Errorf("%w: %w", ErrTimeout, err))
+	}
+	if time.Now().After(iv.deadline) {
+		if iv.ctxDeadline {
+			in.raise(L, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded))
+		}
+		in.raise(L, fmt.Errorf("%w (%v)", ErrTimeout, iv.limits.Timeout))
 	}
 }
 

@@ -21,7 +21,7 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		deadline: start.Add(limits.Timeout), tables: tables, nextScan: scanEvery,
 	}
 	if d, ok := ctx.Deadline(); ok && d.Before(iv.deadline) {
-		iv.deadline = d
+		iv.deadline, iv.ctxDeadline = d, true
 	}
 	res.Cost.BytesIn = int64(len(ev.Payload))
 	if ev.HTTP != nil {

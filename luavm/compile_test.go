@@ -1,0 +1,99 @@
+package luavm
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestCompileErrors(t *testing.T) {
+	cases := []struct {
+		name, src  string
+		want       error
+		line, col  int
+		msgContain string
+	}{
+		{"syntax", "function handle(event, ctx)\n  local x = = 1\nend\n", ErrCompile, 2, 13, "="},
+		{"unclosed", "function handle(event, ctx)\n  if x then\nend\n", ErrCompile, 3, 0, ""},
+		{"bad goto", "function handle(event, ctx)\n  goto nowhere\nend\n", ErrCompile, 0, 0, "nowhere"},
+		{"no handle", "function other() end\n", ErrNoHandler, 0, 0, ""},
+		{"local handle", "local function handle() end\n", ErrNoHandler, 0, 0, ""},
+		{"method handle", "local t = {}\nfunction t.handle() end\n", ErrNoHandler, 0, 0, ""},
+		{"bytecode", "\x1bLuaQ\x00\x01\x04", ErrBytecode, 0, 0, ""},
+		{"too large", "function handle() end\n--" + strings.Repeat("x", DefaultMaxSourceBytes), ErrSourceTooLarge, 0, 0, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := Compile(c.name, []byte(c.src))
+			if p != nil || !errors.Is(err, c.want) {
+				t.Fatalf("Compile = %v, %v; want %v", p, err, c.want)
+			}
+			var ce *CompileError
+			if c.want == ErrCompile {
+				if !errors.As(err, &ce) {
+					t.Fatalf("%v is not a *CompileError", err)
+				}
+				if c.line != 0 && ce.Line != c.line {
+					t.Errorf("line %d, want %d (%v)", ce.Line, c.line, err)
+				}
+				if c.col != 0 && ce.Column != c.col {
+					t.Errorf("column %d, want %d (%v)", ce.Column, c.col, err)
+				}
+				if !strings.Contains(ce.Msg, c.msgContain) {
+					t.Errorf("message %q does not contain %q", ce.Msg, c.msgContain)
+				}
+			}
+		})
+	}
+}
+
+func TestCompileAccepts(t *testing.T) {
+	for _, src := range []string{
+		"function handle(e, c) return nil end",
+		"handle = function(e, c) return 'x' end",
+		"local helper = 1\nfunction handle(e, c) return {helper} end",
+	} {
+		if _, err := Compile("ok", []byte(src)); err != nil {
+			t.Errorf("Compile(%q): %v", src, err)
+		}
+	}
+	rt := NewRuntime(Options{MaxSourceBytes: 64})
+	defer rt.Close()
+	if _, err := rt.Compile("big", bytes.Repeat([]byte(" "), 65)); !errors.Is(err, ErrSourceTooLarge) {
+		t.Errorf("runtime source limit not applied: %v", err)
+	}
+}
+
+// TestTableModel guards the reflection on gopher-lua's LTable that table
+// accounting relies on: a table's accounted size must grow with its array
+// and hash parts.
+func TestTableModel(t *testing.T) {
+	in, err := newInstance(mustCompile(t, "function handle() end"), &Spec{}, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	tb := in.L.CreateTable(0, 0)
+	empty := tableBytes(tb)
+	for i := 1; i <= 100; i++ {
+		tb.RawSetInt(i, lvTrue)
+	}
+	arr := tableBytes(tb)
+	for i := 0; i < 100; i++ {
+		tb.RawSetString(strings.Repeat("k", i+1), lvTrue)
+	}
+	hash := tableBytes(tb)
+	if !(empty == tableBaseBytes && arr >= empty+100*tableSlotBytes && hash >= arr+100*tableEntryBytes) {
+		t.Fatalf("table model: empty %d, 100 array slots %d, +100 hash entries %d", empty, arr, hash)
+	}
+}
+
+func mustCompile(t testing.TB, src string) *Program {
+	t.Helper()
+	p, err := Compile("test", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,406 @@
+package luavm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func invoke(t testing.TB, rt *Runtime, name string, ev *Event) (*Result, error) {
+	t.Helper()
+	if ev == nil {
+		ev = &Event{Payload: []byte("{}")}
+	}
+	res, err := rt.Invoke(context.Background(), name, ev, nil)
+	if res == nil {
+		t.Fatal("nil Result")
+	}
+	return res, err
+}
+
+func TestSandboxGlobals(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "probe", `
+function handle(event, ctx)
+  local names = {"os", "io", "debug", "load", "loadstring", "dofile", "loadfile", "require", "module",
+    "collectgarbage", "getfenv", "setfenv", "newproxy", "coroutine", "channel", "gcinfo", "_GOPHER_LUA_VERSION"}
+  local present = {}
+  for _, n in ipairs(names) do if _G[n] ~= nil then present[#present + 1] = n end end
+  if string.dump ~= nil then present[#present + 1] = "string.dump" end
+  if math.randomseed ~= nil then present[#present + 1] = "math.randomseed" end
+  if ("").dump ~= nil then present[#present + 1] = "(''):dump" end
+  local mt = getmetatable("")
+  return {present = table.concat(present, ","), mt = tostring(mt), g = _G == getfenv}
+end`)
+	res, err := invoke(t, rt, "probe", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res.Value) != `{"g":false,"mt":"false","present":""}` {
+		t.Fatalf("sandbox exposes: %s", res.Value)
+	}
+}
+
+func TestFreshGlobalsPerInvocation(t *testing.T) {
+	rt := newTestRuntime(t)
+	src := `
+top = (top or 0) + 1
+function handle(event, ctx)
+  leaked = (leaked or 0) + 1
+  local okString = pcall(function() string.upper = nil end)
+  local okRaw = pcall(rawset, math, "pi", 3)
+  local okInsert = pcall(table.insert, table, 1)
+  local okMeta = pcall(setmetatable, string, {})
+  _G.print = nil
+  return {top = top, leaked = leaked, s = okString, r = okRaw, i = okInsert, m = okMeta,
+    upper = ("a"):upper(), pi = math.pi > 3.14, other = other_fn_global}
+end`
+	deploy(t, rt, "a", src, func(s *Spec) { s.MaxConcurrency = 1 })
+	deploy(t, rt, "b", `function handle() other_fn_global = "x"; return {} end`)
+	want := `{"i":false,"leaked":1,"m":false,"pi":true,"r":false,"s":false,"top":1,"upper":"A"}`
+	for i := 0; i < 3; i++ {
+		if _, err := invoke(t, rt, "b", nil); err != nil {
+			t.Fatal(err)
+		}
+		res, err := invoke(t, rt, "a", nil)
+		if err != nil || string(res.Value) != want {
+			t.Fatalf("run %d: %v %s, want %s", i, err, res.Value, want)
+		}
+	}
+	if st, _ := rt.Stats("a"); st.ColdStarts != 1 {
+		t.Fatalf("the instance was not reused: %+v", st)
+	}
+}
+
+func TestRuntimeErrorHasLine(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "boom", "function handle(event, ctx)\n  log.info('before')\n  error('boom')\nend")
+	res, err := invoke(t, rt, "boom", nil)
+	if !errors.Is(err, ErrRuntime) || !strings.Contains(err.Error(), "boom:3: boom") || IsLimit(err) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(res.Logs) != 1 || res.Cost.Outcome != "error" || res.Cost.Steps == 0 {
+		t.Fatalf("result on error: %+v", res)
+	}
+	if st, _ := rt.Stats("boom"); st.Warm != 1 {
+		t.Fatalf("a plain Lua error should keep the instance: %+v", st)
+	}
+}
+
+func TestBadReturnValues(t *testing.T) {
+	rt := newTestRuntime(t)
+	for name, body := range map[string]string{
+		"number": "return 42",
+		"bool":   "return true",
+		"fn":     "return print",
+		"cycle":  "local t = {}; t.t = t; return t",
+	} {
+		deploy(t, rt, name, "function handle() "+body+" end")
+		if _, err := invoke(t, rt, name, nil); !errors.Is(err, ErrRuntime) {
+			t.Errorf("%s: %v, want ErrRuntime", name, err)
+		}
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	rt := newTestRuntime(t)
+	lim := Limits{Timeout: 50 * time.Millisecond, MaxSteps: 1 << 50}
+	deploy(t, rt, "spin", "function handle() while true do end end", func(s *Spec) { s.Limits = lim })
+	start := time.Now()
+	res, err := invoke(t, rt, "spin", nil)
+	if !errors.Is(err, ErrTimeout) || !IsLimit(err) || res.Cost.Outcome != "timeout" {
+		t.Fatalf("err = %v, outcome %q", err, res.Cost.Outcome)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("timeout of 50ms took %v", el)
+	}
+	// The caller's context bounds the invocation too.
+	deploy(t, rt, "spin2", "function handle() while true do end end", func(s *Spec) { s.Limits = Limits{Timeout: time.Hour, MaxSteps: 1 << 50} })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := rt.Invoke(ctx, "spin2", &Event{}, nil); !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ctx deadline: %v", err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	if _, err := rt.Invoke(cctx, "spin2", &Event{}, nil); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("cancelled ctx: %v", err)
+	}
+}
+
+func TestStepsAreDeterministic(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "work", `function handle(e)
+  local s = 0
+  for i = 1, 1000 do s = s + i end
+  local parts = {}
+  for w in ("a b c d e f"):gmatch("%a") do parts[#parts + 1] = w .. s end
+  return {n = #table.concat(parts)}
+end`)
+	var steps []int64
+	for i := 0; i < 3; i++ {
+		res, err := invoke(t, rt, "work", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps = append(steps, res.Cost.Steps)
+		if res.Cost.PeakMemory <= 0 || res.Cost.BytesOut != int64(len(res.Value)) || res.Cost.Wall <= 0 {
+			t.Fatalf("cost %+v", res.Cost)
+		}
+	}
+	if steps[0] < 2000 || steps[0] != steps[1] || steps[1] != steps[2] {
+		t.Fatalf("steps %v: want equal and >= 2000", steps)
+	}
+	// The budget applies at exactly that count.
+	deploy(t, rt, "work2", string(mustRead(t, "testdata/reference.lua")), func(s *Spec) { s.Limits.MaxSteps = 3 })
+	if _, err := invoke(t, rt, "work2", refEvent("10")); !errors.Is(err, ErrBudget) {
+		t.Fatalf("tiny budget: %v", err)
+	}
+}
+
+func TestLogCap(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "chatty", "function handle() for i = 1, 10 do log.info('line ' .. i) end end", func(s *Spec) { s.Limits.MaxLogLines = 3 })
+	res, err := invoke(t, rt, "chatty", nil)
+	if err != nil || len(res.Logs) != 4 || !strings.Contains(res.Logs[3].Msg, "7 log lines dropped") {
+		t.Fatalf("%v %+v", err, res.Logs)
+	}
+}
+
+type failingState struct{}
+
+func (failingState) GetState(context.Context, string, string) ([]byte, bool, error) {
+	return nil, false, errors.New("disk on fire")
+}
+
+func TestStateReaderError(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "s", "function handle() return {v = state.get('k')} end")
+	_, err := rt.Invoke(context.Background(), "s", &Event{}, failingState{})
+	if !errors.Is(err, ErrRuntime) || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// blockingState blocks GetState until released, to hold an invocation in
+// flight.
+type blockingState struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newBlockingState() *blockingState {
+	return &blockingState{entered: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (b *blockingState) GetState(ctx context.Context, _, _ string) ([]byte, bool, error) {
+	b.entered <- struct{}{}
+	select {
+	case <-b.release:
+		return nil, false, nil
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+}
+
+const blockingSrc = `function handle() state.get("k"); return "%s" end`
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestPoolMinInstancesAndReuse(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "warm", string(mustRead(t, "testdata/reference.lua")), func(s *Spec) { s.MinInstances = 2; s.IdleTimeout = time.Millisecond })
+	st, ok := rt.Stats("warm")
+	if !ok || st.Warm != 2 || st.ColdStarts != 2 || st.Version != 1 {
+		t.Fatalf("after deploy: %+v", st)
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := invoke(t, rt, "warm", refEvent("1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Idle reclaim keeps MinInstances.
+	time.Sleep(30 * time.Millisecond)
+	st, _ = rt.Stats("warm")
+	if st.ColdStarts != 2 || st.Warm != 2 || st.Invocations != 5 {
+		t.Fatalf("after invocations: %+v", st)
+	}
+}
+
+func TestPoolIdleReclaim(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "idle", `function handle() return "ok" end`, func(s *Spec) { s.IdleTimeout = 20 * time.Millisecond })
+	if st, _ := rt.Stats("idle"); st.Warm != 0 {
+		t.Fatalf("MinInstances 0 should start cold: %+v", st)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = rt.Invoke(context.Background(), "idle", &Event{}, nil) }()
+	}
+	wg.Wait()
+	if st, _ := rt.Stats("idle"); st.Warm < 1 {
+		t.Fatalf("no warm instance after invocations: %+v", st)
+	}
+	waitFor(t, "scale to zero", func() bool { st, _ := rt.Stats("idle"); return st.Warm == 0 })
+}
+
+func TestPoolBusy(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "one", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
+		s.MaxConcurrency, s.MaxWaiting, s.QueueTimeout = 1, 1, 100*time.Millisecond
+	})
+	bs := newBlockingState()
+	first := make(chan error, 1)
+	go func() {
+		_, err := rt.Invoke(context.Background(), "one", &Event{}, bs)
+		first <- err
+	}()
+	<-bs.entered
+	second := make(chan error, 1)
+	go func() {
+		_, err := rt.Invoke(context.Background(), "one", &Event{}, nil)
+		second <- err
+	}()
+	waitFor(t, "a waiter", func() bool { st, _ := rt.Stats("one"); return st.Waiting == 1 && st.Busy == 1 })
+	// The queue is full: the third call fails at once.
+	start := time.Now()
+	res, err := rt.Invoke(context.Background(), "one", &Event{}, nil)
+	if !errors.Is(err, ErrBusy) || res.Cost.Outcome != "busy" || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("third call: %v after %v", err, time.Since(start))
+	}
+	// The waiter gives up after QueueTimeout.
+	if err := <-second; !errors.Is(err, ErrBusy) {
+		t.Fatalf("waiter: %v", err)
+	}
+	close(bs.release)
+	if err := <-first; err != nil {
+		t.Fatalf("first: %v", err)
+	}
+	// A waiter whose context ends stops waiting with ErrTimeout.
+	bs2 := newBlockingState()
+	go func() { _, _ = rt.Invoke(context.Background(), "one", &Event{}, bs2) }()
+	<-bs2.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := rt.Invoke(ctx, "one", &Event{}, nil); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("waiter with ctx: %v", err)
+	}
+	close(bs2.release)
+}
+
+func TestPoolAtomicSwap(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"))
+	rt.mu.RLock()
+	oldPool := rt.fns["fn"]
+	rt.mu.RUnlock()
+	bs := newBlockingState()
+	inflight := make(chan *Result, 1)
+	go func() {
+		res, err := rt.Invoke(context.Background(), "fn", &Event{}, bs)
+		if err != nil {
+			t.Error(err)
+		}
+		inflight <- res
+	}()
+	<-bs.entered
+	deploy(t, rt, "fn", `function handle() return "v2" end`, func(s *Spec) { s.Version = 2 })
+	res, err := invoke(t, rt, "fn", nil)
+	if err != nil || string(res.Value) != "v2" || res.Version != 2 {
+		t.Fatalf("after swap: %v %s v%d", err, res.Value, res.Version)
+	}
+	close(bs.release)
+	old := <-inflight
+	if string(old.Value) != "v1" || old.Version != 1 {
+		t.Fatalf("in-flight call: %s v%d", old.Value, old.Version)
+	}
+	oldPool.mu.Lock()
+	idle, retired := len(oldPool.idle), oldPool.retired
+	oldPool.mu.Unlock()
+	if !retired || idle != 0 {
+		t.Fatalf("old pool not drained: retired %v, idle %d", retired, idle)
+	}
+}
+
+func TestPoolSwapUnderLoad(t *testing.T) {
+	rt := newTestRuntime(t)
+	src := func(v int) string { return fmt.Sprintf(`function handle() return "v%d" end`, v) }
+	deploy(t, rt, "fn", src(1))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := rt.Invoke(context.Background(), "fn", &Event{}, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if want := fmt.Sprintf("v%d", res.Version); string(res.Value) != want {
+					errs <- fmt.Errorf("version %d returned %s", res.Version, res.Value)
+					return
+				}
+			}
+		}()
+	}
+	for v := 2; v <= 20; v++ {
+		deploy(t, rt, "fn", src(v), func(s *Spec) { s.Version = int64(v); s.MinInstances = 1 })
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	res, err := invoke(t, rt, "fn", nil)
+	if err != nil || string(res.Value) != "v20" {
+		t.Fatalf("final: %v %s", err, res.Value)
+	}
+}
+
+func TestRemoveAndClose(t *testing.T) {
+	rt := NewRuntime(Options{})
+	deploy(t, rt, "x", `function handle() return "x" end`)
+	if !rt.Remove("x") || rt.Remove("x") {
+		t.Fatal("Remove")
+	}
+	if _, err := invoke(t, rt, "x", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removed: %v", err)
+	}
+	if _, ok := rt.Stats("x"); ok {
+		t.Fatal("stats of a removed function")
+	}
+	rt.Close()
+	rt.Close()
+	if _, err := invoke(t, rt, "x", nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("closed: %v", err)
+	}
+	if err := rt.Deploy(context.Background(), Spec{Name: "y", Source: []byte("function handle() end")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("deploy after close: %v", err)
+	}
+	if err := NewRuntime(Options{}).Deploy(context.Background(), Spec{Name: "bad", Source: []byte("x = ")}); !errors.Is(err, ErrCompile) {
+		t.Fatalf("bad deploy: %v", err)
+	}
+}
