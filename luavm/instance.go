@@ -233,6 +233,10 @@ func (in *instance) alloc(L *lua.LState, n int64) {
 	if n < 0 || n > iv.limits.MaxMemory {
 		in.raise(L, fmt.Errorf("%w (%d bytes requested, cap %d)", ErrMemory, n, iv.limits.MaxMemory))
 	}
+	if iv.strBytes+iv.tableBytes+n > iv.limits.MaxMemory {
+		// Refused before it happens: the peak stays what was really used.
+		in.raise(L, fmt.Errorf("%w (%d more bytes over the cap of %d)", ErrMemory, n, iv.limits.MaxMemory))
+	}
 	iv.strBytes += n
 	in.checkMem(L)
 	in.charge(L, 1+n/64)

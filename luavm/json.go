@@ -170,7 +170,7 @@ func appendJSONString(b []byte, s string) []byte {
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && size == 1 {
-			b = append(b, `\ufffd`...)
+			b = append(b, "\uFFFD"...) // U+FFFD as UTF-8, like encoding/json
 		} else {
 			b = append(b, s[i:i+size]...)
 		}
