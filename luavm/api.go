@@ -137,8 +137,9 @@ type Cost struct {
 // Result is the outcome of one invocation. Invoke returns a non-nil Result
 // (with Logs and Cost filled) even when it also returns an error.
 type Result struct {
-	Function string
-	Version  int64
+	Function     string
+	Version      int64
+	InvocationID string // the id the function saw as ctx.invocation_id
 	Kind     ResultKind
 	Value    []byte
 	Effects  []Effect

@@ -233,6 +233,7 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 	}
 	p.invocations.Add(1)
 	id := r.idPfx + strconv.FormatUint(r.idSeq.Add(1), 16)
+	res.InvocationID = id
 	err = in.run(ctx, name, ev, state, p.limits, id, res)
 	p.put(in)
 	if err != nil {
