@@ -140,10 +140,10 @@ type Result struct {
 	Function     string
 	Version      int64
 	InvocationID string // the id the function saw as ctx.invocation_id
-	Kind     ResultKind
-	Value    []byte
-	Effects  []Effect
-	State    []StateOp
-	Logs     []LogEntry
-	Cost     Cost
+	Kind         ResultKind
+	Value        []byte
+	Effects      []Effect
+	State        []StateOp
+	Logs         []LogEntry
+	Cost         Cost
 }
