@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/moongate-edge/moongate/gateway"
+	"github.com/moongate-edge/moongate/gateway/config"
+)
+
+func init() {
+	register(&command{name: "serve", summary: "run the gateway daemon", run: runServe})
+}
+
+func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML); defaults apply when empty")
+	functions := fs.String("functions", "", "directory of function manifests (NAME.lua + NAME.yaml); overrides functions_dir")
+	dataDir := fs.String("data-dir", "", "data directory; overrides data_dir")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve: unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		return exitUsage
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
+	if *functions != "" {
+		cfg.FunctionsDir = *functions
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	log := newLogger(cfg.Log, stderr)
+	d, err := gateway.NewDaemon(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "err", err)
+		return exitFailure
+	}
+	if err := d.Run(ctx); err != nil {
+		log.Error("stopped with error", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// loadConfig reads path, or returns the defaults (with environment
+// overrides) when path is empty.
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return config.Parse("defaults", nil)
+	}
+	return config.Load(path)
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+

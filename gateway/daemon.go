@@ -1,0 +1,271 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Daemon is a whole moongate process built from a configuration: store,
+// Lua runtime, MQTT side, gateway and HTTP endpoints. Create it with
+// NewDaemon, then Run it; Run closes everything it opened when it returns.
+type Daemon struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	store   *store.Store
+	rt      *luavm.Runtime
+	ingest  Ingest
+	gw      *Gateway
+	httpLn  net.Listener
+	httpSrv *http.Server
+	mqttURL string
+
+	// FunctionsPoll is how often the functions directory is checked for
+	// changes (default 2s).
+	FunctionsPoll time.Duration
+}
+
+// NewDaemon opens the store and builds every part; nothing listens yet
+// except the HTTP endpoint (bound so that its address is known).
+func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second}
+	st, err := store.Open(ctx, storeOptions(cfg, log))
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	d.store = st
+	fail := func(err error) (*Daemon, error) {
+		d.closeAll()
+		return nil, err
+	}
+	d.rt = luavm.NewRuntime(luavm.Options{Logger: log, DefaultLimits: functionLimits(cfg)})
+	switch cfg.MQTT.Mode {
+	case config.ModeExternal:
+		x, err := mqtt.NewExternal(externalConfig(cfg), log)
+		if err != nil {
+			return fail(fmt.Errorf("mqtt: %w", err))
+		}
+		d.ingest = x
+		d.mqttURL = cfg.MQTT.External.Broker
+	default:
+		e, err := mqtt.NewEmbedded(embeddedConfig(cfg), log)
+		if err != nil {
+			return fail(fmt.Errorf("mqtt: %w", err))
+		}
+		d.ingest = e
+	}
+	gw, err := New(Options{
+		GatewayID:  cfg.GatewayID,
+		Store:      st,
+		Runtime:    d.rt,
+		Ingest:     d.ingest,
+		Logger:     log,
+		Workers:    cfg.Pipeline.Workers,
+		InboxLimit: cfg.Pipeline.InboxLimit,
+		MaxPayload: int(cfg.MQTT.MaxPayload),
+		Retry: RetryPolicy{
+			MaxAttempts:    cfg.Pipeline.Retry.MaxAttempts,
+			InitialBackoff: cfg.Pipeline.Retry.InitialBackoff.Std(),
+			MaxBackoff:     cfg.Pipeline.Retry.MaxBackoff.Std(),
+		},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	d.gw = gw
+	if cfg.API.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.API.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("api listen %s: %w", cfg.API.Listen, err))
+		}
+		d.httpLn = ln
+		d.httpSrv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	}
+	return d, nil
+}
+
+// Gateway returns the daemon's gateway.
+func (d *Daemon) Gateway() *Gateway { return d.gw }
+
+// Store returns the daemon's store.
+func (d *Daemon) Store() *store.Store { return d.store }
+
+// HTTPAddr is the bound address of the HTTP endpoint, or nil.
+func (d *Daemon) HTTPAddr() net.Addr {
+	if d.httpLn == nil {
+		return nil
+	}
+	return d.httpLn.Addr()
+}
+
+// MQTTAddr is the embedded broker's bound address, or nil in external mode.
+func (d *Daemon) MQTTAddr() net.Addr {
+	if e, ok := d.ingest.(*mqtt.Embedded); ok {
+		return e.Addr()
+	}
+	return nil
+}
+
+// Handler serves /healthz (the process is alive) and /readyz (the gateway
+// takes events).
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !d.gw.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready")
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// Run loads the functions, serves until ctx is done, then stops in order
+// and closes the store.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.closeAll()
+	if dir := d.cfg.FunctionsDir; dir != "" {
+		fns, errs := trigger.LoadDir(dir)
+		for _, err := range errs {
+			d.log.Error("function not loaded", "err", err)
+		}
+		if err := d.gw.SetFunctions(ctx, d.functionsFrom(fns)); err != nil {
+			d.log.Error("functions", "err", err)
+		}
+		go trigger.Watch(ctx, dir, d.FunctionsPoll, func(fns []trigger.Function, errs []error) {
+			for _, err := range errs {
+				d.log.Error("function not loaded", "err", err)
+			}
+			if err := d.gw.SetFunctions(ctx, d.functionsFrom(fns)); err != nil {
+				d.log.Error("functions", "err", err)
+			}
+		})
+	}
+	if d.httpSrv != nil {
+		go func() {
+			if err := d.httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("api server", "err", err)
+			}
+		}()
+		d.log.Info("api listening", "addr", d.httpLn.Addr().String())
+	}
+	return d.gw.Run(ctx)
+}
+
+func (d *Daemon) closeAll() {
+	if d.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = d.httpSrv.Shutdown(ctx)
+		cancel()
+		d.httpSrv = nil
+	} else if d.httpLn != nil {
+		_ = d.httpLn.Close()
+	}
+	if d.rt != nil {
+		d.rt.Close()
+		d.rt = nil
+	}
+	if d.store != nil {
+		if err := d.store.Close(); err != nil {
+			d.log.Error("close store", "err", err)
+		}
+		d.store = nil
+	}
+}
+
+func (d *Daemon) functionsFrom(fns []trigger.Function) []*Function {
+	out := make([]*Function, 0, len(fns))
+	for i := range fns {
+		f, err := FunctionFromManifest(&fns[i], d.cfg)
+		if err != nil {
+			d.log.Error("function not loaded", "function", fns[i].Manifest.Name, "err", err)
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
+	o := store.Options{
+		Dir:          cfg.DataDir,
+		Profile:      store.Profile(cfg.Store.Profile),
+		SyncInterval: cfg.Store.SyncInterval.Std(),
+		GatewayID:    cfg.GatewayID,
+		DiskReserve:  int64(cfg.Store.DiskReserve),
+		Logger:       log,
+		Quotas:       map[string]store.Quota{},
+	}
+	switch cfg.Store.Durability {
+	case config.DurabilityInterval:
+		o.Durability = store.DurabilityInterval
+	case config.DurabilityNone:
+		o.Durability = store.DurabilityNone
+	default:
+		o.Durability = store.DurabilityAlways
+	}
+	q := cfg.Store.Quotas
+	for name, cq := range map[string]config.Quota{"records": q.Records, "outbox": q.Outbox, "logs": q.Logs, "deadletters": q.Deadletters, "inbox": q.Inbox} {
+		sq := store.Quota{MaxBytes: int64(cq.MaxBytes), MaxAge: cq.MaxAge.Std()}
+		if cq.Policy == config.PolicyRejectNew {
+			sq.Policy = store.RejectNew
+		}
+		o.Quotas[name] = sq
+	}
+	return o
+}
+
+func functionLimits(cfg *config.Config) luavm.Limits {
+	f := cfg.Functions
+	return luavm.Limits{Timeout: f.Timeout.Std(), MaxSteps: f.MaxSteps, MaxMemory: int64(f.MaxMemory)}.WithDefaults()
+}
+
+func embeddedConfig(cfg *config.Config) mqtt.EmbeddedConfig {
+	e := cfg.MQTT.Embedded
+	users := make([]mqtt.User, len(e.Users))
+	for i, u := range e.Users {
+		users[i] = mqtt.User{Username: u.Username, PasswordHash: u.PasswordHash, Publish: u.Publish, Subscribe: u.Subscribe}
+	}
+	return mqtt.EmbeddedConfig{
+		Listen: e.Listen, WebSocketListen: e.WebsocketListen, TLSCert: e.TLS.Cert, TLSKey: e.TLS.Key,
+		AllowAnonymous: e.AnonymousAllowed(), Users: users, MaxPayload: int(cfg.MQTT.MaxPayload),
+		MaxSessionExpiry: e.MaxSessionExpiry.Std(), MaxInflight: e.MaxInflight, MaxQueuedPerClient: e.MaxQueuedPerClient,
+	}
+}
+
+func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
+	x := cfg.MQTT.External
+	id := x.ClientID
+	if id == "" {
+		id = "moongate-" + cfg.GatewayID
+	}
+	if id == "moongate-" {
+		host, _ := os.Hostname()
+		id += host
+	}
+	return mqtt.ExternalConfig{
+		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
+		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,
+		KeepAlive: x.KeepAlive.Std(),
+	}
+}

@@ -1,0 +1,212 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// job is one inbox entry on its way through a function.
+type job struct {
+	entry    store.InboxEntry
+	attempts int // failed invocations so far (in memory: a restart starts again)
+	size     int64
+}
+
+// lane holds the jobs of one ordering key (function + device, or function +
+// topic): they run one at a time, in sequence order. Different lanes run in
+// parallel on the worker pool.
+type lane struct {
+	key    string
+	q      []*job
+	queued bool // in the ready queue or held by a worker
+}
+
+// outcome of processing a job.
+type outcome int
+
+const (
+	done  outcome = iota // committed (or consumed as a dead letter): pop it
+	retry                // run it again after a backoff, lane stays blocked
+	stop                 // the dispatcher is stopping: leave it in the inbox
+)
+
+// dispatcher orders jobs per lane and runs them on a fixed pool of workers.
+// Admission is bounded in count and bytes: admit blocks intake when the
+// backlog is full, which is how flow control reaches the broker.
+type dispatcher struct {
+	process func(ctx context.Context, j *job) (outcome, time.Duration)
+
+	count *semaphore.Weighted // in-memory backlog, entries
+	bytes *semaphore.Weighted // in-memory backlog, bytes
+	maxB  int64
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	lanes   map[string]*lane
+	ready   []*lane
+	closed  bool
+	pending int // jobs queued or running
+	timers  map[*time.Timer]struct{}
+
+	wg sync.WaitGroup
+}
+
+func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.Context, *job) (outcome, time.Duration)) *dispatcher {
+	d := &dispatcher{
+		process: process,
+		count:   semaphore.NewWeighted(maxCount),
+		bytes:   semaphore.NewWeighted(maxBytes),
+		maxB:    maxBytes,
+		lanes:   make(map[string]*lane),
+		timers:  make(map[*time.Timer]struct{}),
+	}
+	d.cond = sync.NewCond(&d.mu)
+	return d
+}
+
+// admit reserves room for n jobs of the given total size, blocking while the
+// backlog is full. Every admitted job must later be pushed or released.
+func (d *dispatcher) admit(ctx context.Context, n int, size int64) error {
+	if err := d.count.Acquire(ctx, int64(n)); err != nil {
+		return err
+	}
+	if err := d.bytes.Acquire(ctx, d.clampBytes(size)); err != nil {
+		d.count.Release(int64(n))
+		return err
+	}
+	return nil
+}
+
+func (d *dispatcher) clampBytes(size int64) int64 {
+	return min(max(size, 1), d.maxB)
+}
+
+// release gives back the room of jobs that were admitted but never pushed.
+func (d *dispatcher) release(n int, size int64) {
+	d.count.Release(int64(n))
+	d.bytes.Release(d.clampBytes(size))
+}
+
+// push queues admitted jobs. Jobs of one lane are kept in sequence order
+// even when pushes race.
+func (d *dispatcher) push(laneKey string, jobs ...*job) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.lanes[laneKey]
+	if l == nil {
+		l = &lane{key: laneKey}
+		d.lanes[laneKey] = l
+	}
+	for _, j := range jobs {
+		// Insert by sequence: almost always an append.
+		i := len(l.q)
+		for i > 0 && l.q[i-1].entry.Seq > j.entry.Seq {
+			i--
+		}
+		// Never insert in front of a job a worker is running (index 0 of a queued lane).
+		if i == 0 && l.queued && len(l.q) > 0 {
+			i = 1
+		}
+		l.q = append(l.q, nil)
+		copy(l.q[i+1:], l.q[i:])
+		l.q[i] = j
+		d.pending++
+	}
+	if !l.queued && len(l.q) > 0 {
+		l.queued = true
+		d.ready = append(d.ready, l)
+		d.cond.Signal()
+	}
+}
+
+// start runs n workers until ctx is done.
+func (d *dispatcher) start(ctx context.Context, n int) {
+	for range n {
+		d.wg.Add(1)
+		go d.worker(ctx)
+	}
+	go func() {
+		<-ctx.Done()
+		d.mu.Lock()
+		d.closed = true
+		for t := range d.timers {
+			t.Stop()
+		}
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	}()
+}
+
+// wait blocks until every worker has returned (after ctx passed to start is done).
+func (d *dispatcher) wait() { d.wg.Wait() }
+
+// backlog is the number of jobs queued or running.
+func (d *dispatcher) backlog() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pending
+}
+
+func (d *dispatcher) worker(ctx context.Context) {
+	defer d.wg.Done()
+	for {
+		d.mu.Lock()
+		for len(d.ready) == 0 && !d.closed {
+			d.cond.Wait()
+		}
+		if d.closed {
+			d.mu.Unlock()
+			return
+		}
+		l := d.ready[0]
+		d.ready[0] = nil
+		d.ready = d.ready[1:]
+		j := l.q[0]
+		d.mu.Unlock()
+
+		out, backoff := d.process(ctx, j)
+
+		d.mu.Lock()
+		switch out {
+		case done:
+			l.q[0] = nil
+			l.q = l.q[1:]
+			d.pending--
+			d.count.Release(1)
+			d.bytes.Release(d.clampBytes(j.size))
+			d.requeueLocked(l)
+		case retry:
+			if d.closed {
+				break
+			}
+			var t *time.Timer
+			t = time.AfterFunc(backoff, func() {
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				delete(d.timers, t)
+				if !d.closed {
+					d.ready = append(d.ready, l)
+					d.cond.Signal()
+				}
+			})
+			d.timers[t] = struct{}{}
+		case stop:
+		}
+		d.mu.Unlock()
+	}
+}
+
+func (d *dispatcher) requeueLocked(l *lane) {
+	if len(l.q) == 0 {
+		l.queued = false
+		delete(d.lanes, l.key)
+		return
+	}
+	d.ready = append(d.ready, l)
+	d.cond.Signal()
+}

@@ -1,0 +1,17 @@
+package gateway
+
+import "errors"
+
+// Sentinel errors of the gateway. Callers branch on them with errors.Is.
+var (
+	// ErrStopped is returned for work offered after the gateway began to stop.
+	ErrStopped = errors.New("gateway: stopped")
+	// ErrNoFunction is returned when an event names a function that is not deployed.
+	ErrNoFunction = errors.New("gateway: no such function")
+	// ErrBadEvent is returned for an inbox entry whose event cannot be decoded.
+	ErrBadEvent = errors.New("gateway: malformed event")
+	// ErrInvalidTopic is returned for an inbound message whose topic is not valid UTF-8 or is otherwise unusable.
+	ErrInvalidTopic = errors.New("gateway: invalid topic")
+	// ErrPayloadTooLarge is returned for an inbound message over the configured payload limit.
+	ErrPayloadTooLarge = errors.New("gateway: payload too large")
+)

@@ -1,0 +1,160 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+)
+
+// Function is a deployed function as the gateway routes to it.
+type Function struct {
+	Name        string
+	Version     int64
+	Fingerprint string // changes when the source or manifest change
+	Patterns    []*trigger.Pattern
+	Schedules   []Schedule
+	Stream      string   // stream of the return value (default: the name)
+	Sync        []string // upstream targets of its records
+	OrderBy     string   // capture that orders its events, or trigger.OrderTopic / "" for the topic
+	Spec        luavm.Spec
+}
+
+// orderKey is the lane of an event: events with one key run in order.
+func (f *Function) orderKey(topic string, captures map[string]string) string {
+	if f.OrderBy != "" && f.OrderBy != trigger.OrderTopic {
+		if v, ok := captures[f.OrderBy]; ok {
+			return v
+		}
+	}
+	return topic
+}
+
+type funcTable struct {
+	byName map[string]*Function
+}
+
+// SetFunctions makes fns the whole set of deployed functions: new and
+// changed ones are compiled and deployed (atomically per function: in-flight
+// invocations finish on the old version), missing ones are removed. A
+// function that fails to deploy keeps its previous version; the errors are
+// returned joined.
+func (g *Gateway) SetFunctions(ctx context.Context, fns []*Function) error {
+	g.deployMu.Lock()
+	defer g.deployMu.Unlock()
+	old := g.funcs.Load().byName
+	next := make(map[string]*Function, len(fns))
+	var errs []error
+	var changed []*Function
+	for _, f := range fns {
+		if f.Stream == "" {
+			f.Stream = f.Name
+		}
+		if prev := old[f.Name]; prev != nil && prev.Fingerprint == f.Fingerprint && f.Fingerprint != "" {
+			next[f.Name] = prev
+			continue
+		}
+		f.Spec.Name = f.Name
+		f.Spec.Version = f.Version
+		if err := g.opts.Runtime.Deploy(ctx, f.Spec); err != nil {
+			errs = append(errs, fmt.Errorf("deploy %s: %w", f.Name, err))
+			if prev := old[f.Name]; prev != nil {
+				next[f.Name] = prev
+			}
+			continue
+		}
+		next[f.Name] = f
+		changed = append(changed, f)
+	}
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			g.match.Remove(name)
+			g.stopTimer(name)
+		}
+	}
+	for _, f := range changed {
+		g.match.Set(f.Name, f.Patterns)
+	}
+	g.funcs.Store(&funcTable{byName: next})
+	// Remove from the runtime only after the table no longer routes to them.
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			g.opts.Runtime.Remove(name)
+			g.log.Info("function removed", "function", name)
+		}
+	}
+	for _, f := range changed {
+		g.startTimer(f)
+		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
+	}
+	if g.ready.Load() {
+		if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
+			errs = append(errs, fmt.Errorf("subscribe: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Functions returns the deployed functions.
+func (g *Gateway) Functions() []*Function {
+	t := g.funcs.Load()
+	out := make([]*Function, 0, len(t.byName))
+	for _, f := range t.byName {
+		out = append(out, f)
+	}
+	return out
+}
+
+// FunctionFromManifest builds a deployable Function from a loaded manifest
+// and source, with the function defaults of cfg under the manifest's own
+// limits.
+func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, error) {
+	m := tf.Manifest
+	if m == nil {
+		return nil, errors.New("no manifest")
+	}
+	d := cfg.Functions
+	l := m.Limits
+	spec := luavm.Spec{
+		Name:   m.Name,
+		Source: tf.Source,
+		Limits: luavm.Limits{
+			Timeout:        pick(l.Timeout.Std(), d.Timeout.Std()),
+			MaxSteps:       pick(l.MaxSteps, d.MaxSteps),
+			MaxMemory:      pick(int64(l.MaxMemory), int64(d.MaxMemory)),
+			MaxCallDepth:   l.MaxCallDepth,
+			MaxResultBytes: int(l.MaxResultBytes),
+			MaxEffects:     l.MaxEffects,
+			MaxEffectBytes: int(l.MaxEffectBytes),
+		},
+		Config:         m.Config,
+		MinInstances:   pick(m.MinInstances, d.MinInstances),
+		MaxConcurrency: pick(m.MaxConcurrency, d.MaxConcurrency),
+		IdleTimeout:    pick(m.IdleTimeout.Std(), d.IdleTimeout.Std()),
+	}
+	f := &Function{
+		Name:        m.Name,
+		Fingerprint: tf.SHA256,
+		Patterns:    m.Patterns(),
+		Stream:      m.Stream,
+		Sync:        m.Sync,
+		OrderBy:     m.OrderBy,
+		Spec:        spec,
+	}
+	for _, s := range m.Schedules() {
+		f.Schedules = append(f.Schedules, s)
+	}
+	return f, nil
+}
+
+// pick returns v, or def when v is the zero value.
+func pick[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}

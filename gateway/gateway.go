@@ -1,0 +1,370 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Store is what the gateway needs of the durable store (*store.Store).
+type Store interface {
+	Enqueue(ctx context.Context, entries []store.InboxEntry) ([]uint64, error)
+	InboxPending(ctx context.Context, after uint64, limit int) ([]store.InboxEntry, error)
+	Commit(ctx context.Context, c *store.Commit) (store.CommitResult, error)
+	PendingPublishes(ctx context.Context, after uint64, limit int) ([]store.Publish, error)
+	AckPublishes(ctx context.Context, seqs ...uint64) error
+	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
+}
+
+// Runtime is what the gateway needs of the Lua runtime (*luavm.Runtime).
+type Runtime interface {
+	Deploy(ctx context.Context, spec luavm.Spec) error
+	Remove(name string) bool
+	Invoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error)
+}
+
+// Ingest is what the gateway needs of an MQTT side (*mqtt.Embedded or *mqtt.External).
+type Ingest interface {
+	Start(ctx context.Context, h mqtt.Handler) error
+	SetFilters(ctx context.Context, filters []string) error
+	Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
+	Ready() bool
+	Close(ctx context.Context) error
+}
+
+// RetryPolicy says how often and how patiently a failing event is retried
+// before it goes to the dead letters.
+type RetryPolicy struct {
+	MaxAttempts    int           // invocations in all (default 5)
+	InitialBackoff time.Duration // first wait (default 200ms), doubled each time
+	MaxBackoff     time.Duration // cap (default 30s)
+}
+
+// Options configure a Gateway. Store, Runtime and Ingest are required.
+type Options struct {
+	GatewayID string
+	Store     Store
+	Runtime   Runtime
+	Ingest    Ingest
+	Logger    *slog.Logger
+
+	Workers         int   // concurrent invocations (default 2 x CPUs)
+	InboxLimit      int   // in-memory backlog, entries, at which intake blocks (default 10,000)
+	MaxBacklogBytes int64 // in-memory backlog, bytes (default 16 MiB)
+	MaxPayload      int   // bytes (default 256 KiB); larger events are dead-lettered
+	Retry           RetryPolicy
+	ShutdownTimeout time.Duration // for in-flight work at stop (default 10s)
+
+	// Now is the clock (default time.Now); tests may replace it.
+	Now func() time.Time
+}
+
+func (o *Options) withDefaults() error {
+	if o.Store == nil || o.Runtime == nil || o.Ingest == nil {
+		return errors.New("gateway: Options.Store, Runtime and Ingest are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2 * runtime.NumCPU()
+	}
+	if o.InboxLimit <= 0 {
+		o.InboxLimit = 10000
+	}
+	if o.MaxBacklogBytes <= 0 {
+		o.MaxBacklogBytes = 16 << 20
+	}
+	if o.MaxPayload <= 0 {
+		o.MaxPayload = 256 << 10
+	}
+	if o.Retry.MaxAttempts <= 0 {
+		o.Retry.MaxAttempts = 5
+	}
+	if o.Retry.InitialBackoff <= 0 {
+		o.Retry.InitialBackoff = 200 * time.Millisecond
+	}
+	if o.Retry.MaxBackoff <= 0 {
+		o.Retry.MaxBackoff = 30 * time.Second
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
+}
+
+// Stats are the gateway's counters since start.
+type Stats struct {
+	Received     uint64 // messages handed over by the ingest
+	Unmatched    uint64 // messages no function wanted
+	Rejected     uint64 // messages dead-lettered at intake (oversize, invalid topic)
+	Enqueued     uint64 // inbox entries written
+	Processed    uint64 // invocations committed
+	Failed       uint64 // invocations that failed (each attempt)
+	DeadLettered uint64 // entries that went to the dead letters
+	Duplicates   uint64 // entries found already consumed (skipped: exactly once)
+	Published    uint64 // local publishes carried out
+	Backlog      int    // entries queued or running
+}
+
+// Gateway runs functions on events: it takes messages from the ingest,
+// makes them durable in the inbox (then they are acknowledged), runs the
+// matching functions in order per device and commits their outputs
+// atomically. It is safe for concurrent use; its zero value is not usable:
+// create it with New.
+type Gateway struct {
+	opts  Options
+	log   *slog.Logger
+	disp  *dispatcher
+	funcs atomic.Pointer[funcTable]
+	match *trigger.Matcher
+
+	idPrefix string
+	idSeq    atomic.Uint64
+
+	pubNotify chan struct{}
+	ready     atomic.Bool
+	stopping  atomic.Bool
+
+	deployMu sync.Mutex // serialises SetFunctions
+
+	timersMu sync.Mutex
+	timers   map[string]context.CancelFunc // function -> its timer loop
+	runCtx   context.Context               // set by Run, under timersMu
+
+	stats struct {
+		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published atomic.Uint64
+	}
+}
+
+// New returns a gateway ready to Run.
+func New(opts Options) (*Gateway, error) {
+	if err := opts.withDefaults(); err != nil {
+		return nil, err
+	}
+	var nonce [6]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, fmt.Errorf("gateway: event id nonce: %w", err)
+	}
+	g := &Gateway{
+		opts:      opts,
+		log:       opts.Logger,
+		match:     trigger.NewMatcher(),
+		idPrefix:  hex.EncodeToString(nonce[:]) + "-",
+		pubNotify: make(chan struct{}, 1),
+		timers:    make(map[string]context.CancelFunc),
+	}
+	g.funcs.Store(&funcTable{byName: map[string]*Function{}})
+	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, g.process)
+	return g, nil
+}
+
+// Ready reports whether the gateway has loaded its backlog and takes events.
+func (g *Gateway) Ready() bool { return g.ready.Load() && g.opts.Ingest.Ready() }
+
+// Stats returns a snapshot of the gateway's counters.
+func (g *Gateway) Stats() Stats {
+	return Stats{
+		Received: g.stats.received.Load(), Unmatched: g.stats.unmatched.Load(), Rejected: g.stats.rejected.Load(),
+		Enqueued: g.stats.enqueued.Load(), Processed: g.stats.processed.Load(), Failed: g.stats.failed.Load(),
+		DeadLettered: g.stats.dead.Load(), Duplicates: g.stats.dups.Load(), Published: g.stats.published.Load(),
+		Backlog: g.disp.backlog(),
+	}
+}
+
+// newEventID returns an id unique to this gateway: a random per-process
+// prefix and a counter (no wall clock: a Pi may boot into the past).
+func (g *Gateway) newEventID() string {
+	return g.idPrefix + strconv.FormatUint(g.idSeq.Add(1), 36)
+}
+
+// Run resumes the inbox backlog, starts intake and runs until ctx is done;
+// then it stops intake, lets in-flight invocations finish (their events stay
+// in the inbox otherwise), flushes local publishes and returns. It does not
+// close the store.
+func (g *Gateway) Run(ctx context.Context) error {
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	g.timersMu.Lock()
+	g.runCtx = workCtx
+	g.timersMu.Unlock()
+	g.disp.start(workCtx, g.opts.Workers)
+
+	pubDone := make(chan struct{})
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPub()
+	go func() { defer close(pubDone); g.publisher(pubCtx) }()
+
+	// The backlog goes first, all of it, so that new events of a device
+	// cannot overtake older ones.
+	n, err := g.resume(ctx)
+	if err != nil {
+		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: resume inbox: %w", err))
+	}
+	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
+		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: start ingest: %w", err))
+	}
+	if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
+		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: subscribe: %w", err))
+	}
+	g.startTimers()
+	g.ready.Store(true)
+	g.log.Info("gateway ready", "resumed", n, "functions", len(g.funcs.Load().byName), "workers", g.opts.Workers)
+
+	<-ctx.Done()
+	return g.shutdown(stopWork, stopPub, pubDone, nil)
+}
+
+func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan struct{}, cause error) error {
+	g.ready.Store(false)
+	g.stopping.Store(true)
+	g.stopTimers()
+	closeCtx, cancel := context.WithTimeout(context.Background(), g.opts.ShutdownTimeout)
+	defer cancel()
+	// Stop intake first: in-flight handlers finish (their events are durable or not acked).
+	if err := g.opts.Ingest.Close(closeCtx); err != nil {
+		g.log.Warn("ingest close", "err", err)
+	}
+	// Workers finish the invocation they are in; queued events stay in the inbox.
+	stopWork()
+	g.disp.wait()
+	// Committed publishes not yet sent stay in the publish outbox and go
+	// out after the restart.
+	stopPub()
+	<-pubDone
+	g.log.Info("gateway stopped", "backlog", g.disp.backlog())
+	return cause
+}
+
+// resume queues every unconsumed inbox entry, in sequence order.
+func (g *Gateway) resume(ctx context.Context) (int, error) {
+	var after uint64
+	total := 0
+	for {
+		entries, err := g.opts.Store.InboxPending(ctx, after, 256)
+		if err != nil {
+			return total, err
+		}
+		if len(entries) == 0 {
+			return total, nil
+		}
+		for i := range entries {
+			e := entries[i]
+			j := &job{entry: e, size: int64(len(e.Event))}
+			if err := g.disp.admit(ctx, 1, j.size); err != nil {
+				return total, err
+			}
+			g.disp.push(laneKey(e.Function, e.Key), j)
+			after = e.Seq
+			total++
+		}
+	}
+}
+
+func laneKey(function, key string) string { return function + "\x00" + key }
+
+// handle is the ingest handler: it returns nil once the message's work is
+// durable in the inbox (the ingest acknowledges it then).
+func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
+	if g.stopping.Load() {
+		return ErrStopped
+	}
+	g.stats.received.Add(1)
+	if !utf8.ValidString(m.Topic) || m.Topic == "" {
+		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %q", ErrInvalidTopic, m.Topic))
+	}
+	if len(m.Payload) > g.opts.MaxPayload {
+		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(m.Payload), g.opts.MaxPayload))
+	}
+	ft := g.funcs.Load()
+	var entries []store.InboxEntry
+	var id string
+	ts := m.Received.UnixMilli()
+	if m.Received.IsZero() {
+		ts = g.opts.Now().UnixMilli()
+	}
+	g.match.Match(m.Topic, func(function string, captures map[string]string) {
+		f := ft.byName[function]
+		if f == nil {
+			return
+		}
+		if id == "" {
+			id = g.newEventID()
+		}
+		ev := luavm.Event{ID: id, Topic: m.Topic, Payload: m.Payload, Captures: captures, TS: ts, QoS: m.QoS, Trigger: "mqtt"}
+		entries = append(entries, store.InboxEntry{Function: function, Key: f.orderKey(m.Topic, captures), Event: encodeEvent(&ev)})
+	})
+	if len(entries) == 0 {
+		g.stats.unmatched.Add(1)
+		return nil
+	}
+	return g.enqueue(ctx, entries)
+}
+
+// enqueue makes entries durable and queues them for the workers.
+func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error {
+	var size int64
+	for i := range entries {
+		size += int64(len(entries[i].Event))
+	}
+	if err := g.disp.admit(ctx, len(entries), size); err != nil {
+		return err
+	}
+	seqs, err := g.opts.Store.Enqueue(ctx, entries)
+	if err != nil {
+		g.disp.release(len(entries), size)
+		return fmt.Errorf("gateway: enqueue: %w", err)
+	}
+	g.stats.enqueued.Add(uint64(len(entries)))
+	for i := range entries {
+		entries[i].Seq = seqs[i]
+		e := entries[i]
+		g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: int64(len(e.Event))})
+	}
+	return nil
+}
+
+// rejectAtIntake records a message that cannot be processed as a dead letter
+// (so the operator sees it and nothing is lost silently) and acknowledges it:
+// redelivering it would fail the same way forever.
+func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, reason error) error {
+	g.stats.rejected.Add(1)
+	payload := m.Payload
+	if len(payload) > g.opts.MaxPayload {
+		payload = payload[:g.opts.MaxPayload] // keep the head for diagnosis, bounded
+	}
+	ev := luavm.Event{ID: g.newEventID(), Topic: m.Topic, Payload: payload, TS: g.opts.Now().UnixMilli(), QoS: m.QoS, Trigger: "mqtt"}
+	_, err := g.opts.Store.Commit(ctx, &store.Commit{DeadLetter: &store.DeadLetter{
+		Key: m.Topic, Event: encodeEvent(&ev), Error: reason.Error(), TS: ev.TS,
+	}})
+	if err != nil {
+		return fmt.Errorf("gateway: dead-letter rejected message: %w", err)
+	}
+	g.stats.dead.Add(1)
+	g.log.Debug("message rejected", "topic", m.Topic, "err", reason)
+	return nil
+}
+
+func (g *Gateway) kickPublisher() {
+	select {
+	case g.pubNotify <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,286 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+)
+
+// The gateway's tests run the daemon in-process, or as a child process (the
+// test binary re-executed with envDaemonConfig set) when it must be killed.
+const envDaemonConfig = "MOONGATE_TEST_DAEMON_CONFIG"
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(envDaemonConfig); path != "" {
+		os.Exit(runChildDaemon(path))
+	}
+	os.Exit(m.Run())
+}
+
+// runChildDaemon is the child process: a daemon on the given config that
+// prints "READY <http addr>" once it takes events and stops on SIGTERM.
+func runChildDaemon(path string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child config:", err)
+		return 1
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d, err := NewDaemon(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child start:", err)
+		return 1
+	}
+	go func() {
+		for !d.Gateway().Ready() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		fmt.Printf("READY %s\n", d.HTTPAddr())
+	}()
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "child run:", err)
+		return 1
+	}
+	return 0
+}
+
+// referenceLua is the reference transform of the docs and benchmarks.
+const referenceLua = `
+function handle(event, ctx)
+  local r = json.decode(event.payload)
+  if r.temp == nil then return nil end
+  r.temp_f = r.temp * 1.8 + 32
+  if r.temp > 80 then mqtt.publish("devices/" .. event.device .. "/cmd", json.encode({fan = "on"})) end
+  return r
+end
+`
+
+// writeFunction writes NAME.lua and NAME.yaml into dir.
+func writeFunction(t testing.TB, dir, name, src, manifest string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name+".lua"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testConfig returns a config YAML for a daemon on random loopback ports.
+// extra is appended; when it has its own top-level mqtt section, that one
+// replaces the embedded broker on a random port.
+func testConfig(dataDir, fnDir, extra string) string {
+	mqttSection := "mqtt:\n  embedded: {listen: \"127.0.0.1:0\"}\n"
+	if strings.HasPrefix(extra, "mqtt:") || strings.Contains(extra, "\nmqtt:") {
+		mqttSection = ""
+	}
+	return fmt.Sprintf("gateway_id: test\ndata_dir: %q\nfunctions_dir: %q\nlog: {level: warn}\n%sapi: {listen: \"127.0.0.1:0\"}\nstore: {durability: always}\n%s",
+		dataDir, fnDir, mqttSection, extra)
+}
+
+// externalMQTT is the config section for external mode on broker url.
+func externalMQTT(url, clientID string) string {
+	return fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: %q}\n", url, clientID)
+}
+
+type inProcess struct {
+	d      *Daemon
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startInProcess runs a daemon on cfgYAML until the test ends (or stop).
+func startInProcess(t testing.TB, cfgYAML string) *inProcess {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	d, err := NewDaemon(ctx, cfg, log)
+	if err != nil {
+		cancel()
+		t.Fatalf("daemon: %v", err)
+	}
+	p := &inProcess{d: d, cancel: cancel, done: make(chan error, 1)}
+	go func() { p.done <- d.Run(ctx) }()
+	t.Cleanup(func() { p.stop(t) })
+	waitFor(t, 20*time.Second, "daemon ready", d.Gateway().Ready)
+	return p
+}
+
+func (p *inProcess) stop(t testing.TB) {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	p.cancel = nil
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("daemon run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("daemon did not stop")
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// connect returns a connected paho client.
+func connect(t testing.TB, url, id string, clean bool) paho.Client {
+	t.Helper()
+	return connectWith(t, url, id, clean, nil)
+}
+
+// connectWith is connect with a handler run on every (re)connection.
+func connectWith(t testing.TB, url, id string, clean bool, onConnect paho.OnConnectHandler) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().SetOnConnectHandler(onConnect).
+		AddBroker(url).SetClientID(id).SetCleanSession(clean).
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
+		SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(false).SetKeepAlive(5 * time.Second)
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", url, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c
+}
+
+func publish(t testing.TB, c paho.Client, topic string, qos byte, payload []byte) {
+	t.Helper()
+	tok := c.Publish(topic, qos, false, payload)
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// child is a daemon running as a child process.
+type child struct {
+	cmd      *exec.Cmd
+	httpAddr string
+	waited   chan struct{} // closed when the process has exited
+	waitErr  error
+}
+
+// startChild runs the daemon on the config file as a child process and waits
+// until it reports ready.
+func startChild(t testing.TB, cfgPath string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envDaemonConfig+"="+cfgPath)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, waited: make(chan struct{})}
+	ready := make(chan string, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		for {
+			line, err := r.ReadString('\n')
+			if addr, ok := strings.CutPrefix(line, "READY "); ok {
+				ready <- strings.TrimSpace(addr)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() { c.waitErr = cmd.Wait(); close(c.waited) }()
+	select {
+	case c.httpAddr = <-ready:
+	case <-c.waited:
+		t.Fatalf("daemon child exited before ready: %v", c.waitErr)
+	case <-time.After(60 * time.Second):
+		c.kill()
+		t.Fatalf("daemon child not ready")
+	}
+	t.Cleanup(c.kill)
+	return c
+}
+
+// kill ends the child with SIGKILL and waits for it.
+func (c *child) kill() {
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.waited
+}
+
+// term stops the child with SIGTERM and waits for a clean exit.
+func (c *child) term(t testing.TB) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.waited:
+		if c.waitErr != nil {
+			t.Fatalf("daemon child did not exit cleanly: %v", c.waitErr)
+		}
+	case <-time.After(60 * time.Second):
+		c.kill()
+		t.Fatalf("daemon child did not stop on SIGTERM")
+	}
+}
+
+func httpGet(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

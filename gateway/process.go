@@ -1,0 +1,240 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// process runs one inbox entry through its function and commits the
+// outcome. It is called by one worker at a time per lane.
+func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) {
+	if ctx.Err() != nil {
+		return stop, 0
+	}
+	// The invocation and its commit are not cut short by a stop: the
+	// function's own timeout bounds them.
+	ictx := context.WithoutCancel(ctx)
+	e := &j.entry
+	ev, err := decodeEvent(e.Event)
+	if err != nil {
+		return g.deadLetter(ictx, j, nil, err)
+	}
+	f := g.funcs.Load().byName[e.Function]
+	if f == nil {
+		return g.deadLetter(ictx, j, nil, ErrNoFunction)
+	}
+	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.opts.Store)
+	if err != nil {
+		g.stats.failed.Add(1)
+		j.attempts++
+		if luavm.IsLimit(err) || errors.Is(err, luavm.ErrNotFound) || j.attempts >= g.opts.Retry.MaxAttempts {
+			return g.deadLetter(ictx, j, res, err)
+		}
+		if ctx.Err() != nil {
+			return stop, 0
+		}
+		g.log.Debug("invocation failed, will retry", "function", e.Function, "seq", e.Seq, "attempt", j.attempts, "err", err)
+		return retry, g.backoff(j.attempts)
+	}
+	c := g.buildCommit(f, ev, e, res)
+	cr, err := g.opts.Store.Commit(ictx, c)
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrAlreadyConsumed):
+		g.stats.dups.Add(1)
+		return done, 0
+	default:
+		// The store refused (full disk, quota): nothing was applied; try
+		// again later, the event stays in the inbox.
+		g.log.Warn("commit failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		if ctx.Err() != nil {
+			return stop, 0
+		}
+		return retry, g.backoff(max(j.attempts, 3))
+	}
+	g.stats.processed.Add(1)
+	if len(cr.Publishes) > 0 {
+		g.kickPublisher()
+	}
+	return done, 0
+}
+
+func (g *Gateway) backoff(attempt int) time.Duration {
+	d := g.opts.Retry.InitialBackoff
+	for i := 1; i < attempt && d < g.opts.Retry.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, g.opts.Retry.MaxBackoff)
+}
+
+// buildCommit turns an invocation's result into one atomic commit.
+func (g *Gateway) buildCommit(f *Function, ev *luavm.Event, e *store.InboxEntry, res *luavm.Result) *store.Commit {
+	now := g.opts.Now().UnixMilli()
+	device := ev.Captures["device"]
+	c := &store.Commit{InboxSeq: e.Seq}
+	rec := func(stream string, data []byte) store.Record {
+		return store.Record{Stream: stream, Function: f.Name, Device: device, EventID: ev.ID,
+			EventTS: ev.TS, ProcessedTS: now, Data: data, Targets: f.Sync}
+	}
+	switch res.Kind {
+	case luavm.ResultJSON:
+		c.Records = append(c.Records, rec(f.Stream, res.Value))
+	case luavm.ResultString:
+		data, _ := json.Marshal(string(res.Value)) // a string result is stored as a JSON string
+		c.Records = append(c.Records, rec(f.Stream, data))
+	}
+	for i := range res.Effects {
+		ef := &res.Effects[i]
+		switch ef.Kind {
+		case luavm.EffectEmit:
+			c.Records = append(c.Records, rec(ef.Stream, ef.Record))
+		case luavm.EffectPublish:
+			c.Publishes = append(c.Publishes, store.Publish{Topic: ef.Topic, Payload: ef.Payload, QoS: ef.QoS, Retain: ef.Retain})
+		}
+	}
+	for _, op := range res.State {
+		sc := store.StateChange{Function: f.Name, Key: op.Key, Value: op.Value, Delta: op.Delta}
+		switch op.Op {
+		case luavm.StateSet:
+			sc.Op = store.StateSet
+		case luavm.StateDelete:
+			sc.Op = store.StateDelete
+		case luavm.StateIncr:
+			sc.Op = store.StateIncr
+		}
+		c.State = append(c.State, sc)
+	}
+	c.Logs = g.logRecords(f.Name, ev, res)
+	c.Usage = usageOf(f.Name, now, res, false)
+	return c
+}
+
+func (g *Gateway) logRecords(function string, ev *luavm.Event, res *luavm.Result) []store.LogRecord {
+	if res == nil || len(res.Logs) == 0 {
+		return nil
+	}
+	out := make([]store.LogRecord, len(res.Logs))
+	for i, l := range res.Logs {
+		out[i] = store.LogRecord{Function: function, InvocationID: invocationID(ev, res), Level: levelName(l.Level),
+			Msg: l.Msg, Fields: l.Fields, TS: l.TimeMS}
+	}
+	return out
+}
+
+func levelName(l slog.Level) string {
+	switch {
+	case l >= slog.LevelError:
+		return "error"
+	case l >= slog.LevelWarn:
+		return "warn"
+	case l >= slog.LevelInfo:
+		return "info"
+	default:
+		return "debug"
+	}
+}
+
+func usageOf(function string, now int64, res *luavm.Result, failed bool) *store.Usage {
+	u := &store.Usage{Function: function, TS: now, Invocations: 1}
+	if failed {
+		u.Errors = 1
+	}
+	if res != nil {
+		u.Steps = res.Cost.Steps
+		u.WallMicros = res.Cost.Wall.Microseconds()
+		u.BytesIn = res.Cost.BytesIn
+		u.BytesOut = res.Cost.BytesOut
+	}
+	return u
+}
+
+// deadLetter consumes the entry into the dead letters, with the error.
+func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cause error) (outcome, time.Duration) {
+	e := &j.entry
+	now := g.opts.Now().UnixMilli()
+	c := &store.Commit{
+		InboxSeq: e.Seq,
+		DeadLetter: &store.DeadLetter{Function: e.Function, Key: e.Key, Event: e.Event, Error: cause.Error(),
+			Attempts: max(j.attempts, 1), TS: now},
+		Usage: usageOf(e.Function, now, res, true),
+	}
+	if res != nil {
+		if ev, err := decodeEvent(e.Event); err == nil {
+			c.Logs = g.logRecords(e.Function, ev, res)
+		}
+	}
+	_, err := g.opts.Store.Commit(ctx, c)
+	switch {
+	case err == nil:
+		g.stats.dead.Add(1)
+		g.log.Debug("event dead-lettered", "function", e.Function, "seq", e.Seq, "err", cause)
+		return done, 0
+	case errors.Is(err, store.ErrAlreadyConsumed):
+		g.stats.dups.Add(1)
+		return done, 0
+	default:
+		g.log.Warn("dead-letter commit failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		return retry, g.backoff(3)
+	}
+}
+
+// publisher carries out committed local publishes from the publish outbox,
+// oldest first, and acknowledges them in the store once sent.
+func (g *Gateway) publisher(ctx context.Context) {
+	var after uint64
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		for {
+			pubs, err := g.opts.Store.PendingPublishes(ctx, after, 256)
+			if err != nil || len(pubs) == 0 {
+				if err != nil && ctx.Err() == nil {
+					g.log.Warn("read publish outbox", "err", err)
+				}
+				break
+			}
+			seqs := make([]uint64, 0, len(pubs))
+			for _, p := range pubs {
+				if err := g.opts.Ingest.Publish(ctx, p.Topic, p.Payload, p.QoS, p.Retain); err != nil {
+					if ctx.Err() == nil {
+						g.log.Warn("local publish failed, will retry", "topic", p.Topic, "err", err)
+					}
+					break
+				}
+				seqs = append(seqs, p.Seq)
+			}
+			if len(seqs) > 0 {
+				if err := g.opts.Store.AckPublishes(context.WithoutCancel(ctx), seqs...); err != nil {
+					g.log.Warn("ack publish outbox", "err", err)
+					break
+				}
+				after = seqs[len(seqs)-1]
+				g.stats.published.Add(uint64(len(seqs)))
+			}
+			if len(seqs) < len(pubs) {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.pubNotify:
+		case <-tick.C:
+		}
+	}
+}
+
+// invocationID names one invocation in the logs: the runtime's id, or the
+// event id when the runtime gave none.
+func invocationID(ev *luavm.Event, res *luavm.Result) string {
+	if res != nil && res.InvocationID != "" {
+		return res.InvocationID
+	}
+	return ev.ID
+}
