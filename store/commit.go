@@ -115,12 +115,17 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 	}
 }
 
+// straggleWait bounds how long the committer waits for writers of the
+// previous batch to come back.
+const straggleWait = 200 * time.Microsecond
+
 // run is the group committer: it takes every waiting request, applies them
 // in one transaction (more when one would be too big), syncs once, and
 // releases the writers.
 func (s *Store) run() {
 	defer close(s.runDone)
 	batch := make([]*request, 0, s.opts.MaxBatch)
+	prev := 0
 	for {
 		var first *request
 		select {
@@ -144,15 +149,32 @@ func (s *Store) run() {
 			}
 		}
 		batch = append(batch[:0], first)
+		// Writers released by the previous batch come back a few
+		// microseconds apart: while the batch is smaller than the previous
+		// one, wait a little for them so that one sync serves them all.
+		var wait <-chan time.Time
 	more:
 		for len(batch) < s.opts.MaxBatch {
 			select {
 			case r := <-s.reqCh:
 				batch = append(batch, r)
+				continue
 			default:
+			}
+			if len(batch) >= prev {
+				break
+			}
+			if wait == nil {
+				wait = time.After(straggleWait)
+			}
+			select {
+			case r := <-s.reqCh:
+				batch = append(batch, r)
+			case <-wait:
 				break more
 			}
 		}
+		prev = len(batch)
 		s.process(batch)
 	}
 }
@@ -223,10 +245,9 @@ func (s *Store) process(reqs []*request) {
 			return
 		}
 		if s.opts.Durability == DurabilityAlways && !s.opts.InMemory {
-			if err := s.db.Sync(); err != nil {
-				failAll(err)
-				return
-			}
+			// SyncWrites: Badger synced the WAL and value log before Commit
+			// returned. (An explicit db.Sync after Commit would miss a
+			// memtable WAL rotated in between.)
 			s.syncs.Add(1)
 		} else {
 			s.dirty.Store(true)

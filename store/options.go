@@ -220,7 +220,8 @@ func (o *Options) badgerOptions() badger.Options {
 		bo = badger.DefaultOptions("").WithInMemory(true)
 	}
 	bo = bo.WithLogger(badgerLogger{o.Logger}).
-		WithSyncWrites(false). // we sync once per group-commit batch
+		// Always: Badger syncs each of our transactions (one per batch).
+		WithSyncWrites(o.Durability == DurabilityAlways).
 		WithDetectConflicts(false).
 		WithMetricsEnabled(false).
 		WithCompression(options.None).

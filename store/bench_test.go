@@ -1,0 +1,368 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Benchmarks are cheap at -benchtime 1x (the CI smoke run). Set
+// MOONGATE_BENCH_FULL=1 for the 1-million-record figures of
+// docs/performance.md.
+func benchFull() bool { return os.Getenv("MOONGATE_BENCH_FULL") == "1" }
+
+func benchProfile() Profile {
+	if p := os.Getenv("MOONGATE_BENCH_PROFILE"); p != "" {
+		return Profile(p)
+	}
+	return ProfileLowMemory
+}
+
+func smallCommit(seq uint64, i int) *Commit {
+	return &Commit{
+		InboxSeq: seq,
+		Records: []Record{{Stream: "temp", Function: "f", Device: "dev" + strconv.Itoa(i%50), EventID: strconv.Itoa(i),
+			EventTS: int64(1_700_000_000_000 + i), Data: []byte(`{"t":21.5,"h":40}`), Targets: []string{"cloud"}}},
+		State: []StateChange{{Function: "f", Op: StateIncr, Key: "n" + strconv.Itoa(i%16), Delta: 1}},
+	}
+}
+
+func fillInbox(b *testing.B, s *Store, n int) []uint64 {
+	b.Helper()
+	seqs := make([]uint64, 0, n)
+	for len(seqs) < n {
+		k := min(512, n-len(seqs))
+		es := make([]InboxEntry, k)
+		for i := range es {
+			es[i] = InboxEntry{Function: "f", Key: "dev", Event: []byte(`{"t":21.5,"h":40}`)}
+		}
+		sq, err := s.Enqueue(context.Background(), es)
+		if err != nil {
+			b.Fatal(err)
+		}
+		seqs = append(seqs, sq...)
+	}
+	return seqs
+}
+
+// runWriters runs n operations spread over w goroutines and returns ops/s.
+func runWriters(b *testing.B, w, n int, op func(i int) error) float64 {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for g := 0; g < w; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := op(i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// BenchmarkCommit: durable processing commits (consume one inbox entry,
+// store one record routed to one outbox, one state increment) in
+// DurabilityAlways mode with 1, 8 and 64 concurrent writers.
+func BenchmarkCommit(b *testing.B) {
+	for _, w := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("writers=%d", w), func(b *testing.B) {
+			s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1})
+			seqs := fillInbox(b, s, b.N)
+			b.ResetTimer()
+			rate := runWriters(b, w, b.N, func(i int) error {
+				_, err := s.Commit(context.Background(), smallCommit(seqs[i], i))
+				return err
+			})
+			b.StopTimer()
+			b.ReportMetric(rate, "commits/s")
+			st := s.Stats()
+			b.ReportMetric(float64(st.Writes)/float64(max(st.Batches, 1)), "writes/batch")
+		})
+	}
+}
+
+// BenchmarkEnqueue: durable single-event Enqueue calls (the MQTT ack path)
+// with 64 concurrent writers.
+func BenchmarkEnqueue(b *testing.B) {
+	s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1})
+	b.ResetTimer()
+	rate := runWriters(b, 64, b.N, func(i int) error {
+		_, err := s.Enqueue(context.Background(), []InboxEntry{{Function: "f", Key: "dev", Event: []byte(`{"t":21.5,"h":40}`)}})
+		return err
+	})
+	b.ReportMetric(rate, "events/s")
+}
+
+// BenchmarkOutboxDrain: reading and acknowledging an outbox in pages of 500
+// (what sync does), after history entries already went through it.
+func BenchmarkOutboxDrain(b *testing.B) {
+	history := 20_000
+	if benchFull() {
+		history = 1_000_000
+	}
+	for _, h := range []int{0, history} {
+		b.Run(fmt.Sprintf("history=%d", h), func(b *testing.B) {
+			ctx := context.Background()
+			s := openTest(b, Options{Profile: benchProfile(), Durability: DurabilityNone, GCInterval: -1})
+			fill := func(n int) {
+				for i := 0; i < n; i += 256 {
+					c := &Commit{}
+					for j := i; j < min(n, i+256); j++ {
+						c.Records = append(c.Records, smallCommit(0, j).Records[0])
+					}
+					if _, err := s.Commit(ctx, c); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			drain := func() int {
+				n := 0
+				for {
+					es, err := s.OutboxRead(ctx, "cloud", 0, 500, 0)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(es) == 0 {
+						return n
+					}
+					n += len(es)
+					if err := s.OutboxAck(ctx, "cloud", es[len(es)-1].Seq); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			fill(h)
+			drain()
+			fill(max(b.N, 1000))
+			b.ResetTimer()
+			start := time.Now()
+			n := drain()
+			b.ReportMetric(float64(n)/time.Since(start).Seconds(), "entries/s")
+		})
+	}
+}
+
+// BenchmarkInboxHead: InboxPending (first 100) after history entries were
+// enqueued and consumed: the cost must not grow with the history.
+func BenchmarkInboxHead(b *testing.B) {
+	history := 20_000
+	if benchFull() {
+		history = 1_000_000
+	}
+	for _, h := range []int{0, history} {
+		b.Run(fmt.Sprintf("history=%d", h), func(b *testing.B) {
+			ctx := context.Background()
+			s := openTest(b, Options{Profile: benchProfile(), Durability: DurabilityNone, GCInterval: -1})
+			for done := 0; done < h; done += 512 {
+				seqs := fillInbox(b, s, 512)
+				c := make([]*Commit, len(seqs))
+				for i, sq := range seqs {
+					c[i] = &Commit{InboxSeq: sq}
+				}
+				runWriters(b, 16, len(c), func(i int) error { _, err := s.Commit(ctx, c[i]); return err })
+			}
+			fillInbox(b, s, 100)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				es, err := s.InboxPending(ctx, 0, 100)
+				if err != nil || len(es) != 100 {
+					b.Fatal(len(es), err)
+				}
+			}
+		})
+	}
+}
+
+var (
+	queryFixMu sync.Mutex
+	queryFix   = map[int]*Store{}
+	fixDirs    []string
+)
+
+// queryStore returns a store with n records (10 streams, 100 devices, one
+// record per second) built once per process.
+func queryStore(b *testing.B, n int) *Store {
+	queryFixMu.Lock()
+	defer queryFixMu.Unlock()
+	if s := queryFix[n]; s != nil {
+		return s
+	}
+	dir, err := os.MkdirTemp("", "moongate-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fixDirs = append(fixDirs, dir)
+	s, err := Open(context.Background(), Options{Dir: dir, Profile: benchProfile(), Durability: DurabilityNone, GCInterval: -1, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const per = 256
+	err = nil
+	var mu sync.Mutex
+	runWriters(b, 4, (n+per-1)/per, func(k int) error {
+		c := &Commit{}
+		for i := k * per; i < min(n, (k+1)*per); i++ {
+			c.Records = append(c.Records, Record{Stream: "s" + strconv.Itoa(i%10), Function: "f", Device: "d" + strconv.Itoa(i%100),
+				EventTS: int64(i) * 1000, Data: []byte(`{"temp":` + strconv.Itoa(15+i%20) + `,"hum":40}`)})
+		}
+		_, e := s.Commit(context.Background(), c)
+		if e != nil {
+			mu.Lock()
+			err = e
+			mu.Unlock()
+		}
+		return e
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	queryFix[n] = s
+	return s
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, s := range queryFix {
+		_ = s.Close()
+	}
+	for _, d := range fixDirs {
+		_ = os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
+// BenchmarkQuery: local query latency over n records.
+func BenchmarkQuery(b *testing.B) {
+	n := 20_000
+	if benchFull() {
+		n = 1_000_000
+	}
+	s := queryStore(b, n)
+	ctx := context.Background()
+	mid := int64(n/2) * 1000
+	cases := []struct {
+		name string
+		run  func() (int, error)
+	}{
+		{"stream-newest-100", func() (int, error) {
+			r, _, err := s.QueryRecords(ctx, Query{Stream: "s3", Desc: true, Limit: 100})
+			return len(r), err
+		}},
+		{"device-1h-window", func() (int, error) {
+			r, _, err := s.QueryRecords(ctx, Query{Device: "d7", From: mid, To: mid + 3600_000, Limit: 1000})
+			return len(r), err
+		}},
+		{"all-page-100-at-middle", func() (int, error) {
+			r, _, err := s.QueryRecords(ctx, Query{From: mid, Limit: 100})
+			return len(r), err
+		}},
+		{"agg-stream-1h-5min-buckets", func() (int, error) {
+			r, err := s.Aggregate(ctx, AggQuery{Query: Query{Stream: "s3", From: mid, To: mid + 3600_000}, Field: "temp", Bucket: 5 * time.Minute})
+			return len(r), err
+		}},
+	}
+	for _, c := range cases {
+		b.Run(fmt.Sprintf("%s/records=%d", c.name, n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				k, err := c.run()
+				if err != nil || k == 0 {
+					b.Fatal(k, err)
+				}
+			}
+		})
+	}
+}
+
+func procIOWriteBytes() int64 {
+	f, err := os.Open("/proc/self/io")
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+func procStatusKB(field string) int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+// BenchmarkEventsDisk: events = Enqueue + processing Commit, 64 writers,
+// DurabilityAlways; reports bytes written to disk per event (/proc/self/io
+// write_bytes, including Badger's flushes and compactions until Close) and
+// the process RSS after writing them (run alone: -bench EventsDisk).
+func BenchmarkEventsDisk(b *testing.B) {
+	n := max(b.N, 5000)
+	if benchFull() {
+		n = 1_000_000
+	}
+	for _, p := range []Profile{ProfileLowMemory, ProfileLarge} {
+		b.Run(fmt.Sprintf("profile=%s/events=%d", p, n), func(b *testing.B) {
+			ctx := context.Background()
+			runtime.GC()
+			w0 := procIOWriteBytes()
+			s := openTest(b, Options{Profile: p, GCInterval: -1})
+			b.ResetTimer()
+			start := time.Now()
+			runWriters(b, 64, n, func(i int) error {
+				seqs, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "dev", Event: []byte(`{"t":21.5,"h":40}`)}})
+				if err != nil {
+					return err
+				}
+				_, err = s.Commit(ctx, smallCommit(seqs[0], i))
+				return err
+			})
+			el := time.Since(start)
+			b.StopTimer()
+			rss := procStatusKB("VmRSS")
+			hwm := procStatusKB("VmHWM")
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+			w1 := procIOWriteBytes()
+			b.ReportMetric(float64(n)/el.Seconds(), "events/s")
+			if w0 >= 0 && w1 >= 0 {
+				b.ReportMetric(float64(w1-w0)/float64(n), "disk-bytes/event")
+			}
+			b.ReportMetric(float64(rss)/1024, "RSS-MiB")
+			b.ReportMetric(float64(hwm)/1024, "peakRSS-MiB")
+		})
+	}
+}
