@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -428,13 +427,10 @@ func (in *instance) stateIncr(L *lua.LState) int {
 func (in *instance) eventTable(ev *Event) *lua.LTable {
 	L := in.L
 	t := L.CreateTable(0, 8+len(ev.Captures))
-	keys := make([]string, 0, len(ev.Captures))
-	for k := range ev.Captures {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		t.RawSetString(k, lua.LString(ev.Captures[k]))
+	// Captures first: the fixed fields below win over a capture of the
+	// same name.
+	for k, v := range ev.Captures {
+		t.RawSetString(k, lua.LString(v))
 	}
 	t.RawSetString("id", lua.LString(ev.ID))
 	t.RawSetString("topic", lua.LString(ev.Topic))
