@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/moongate-edge/moongate/luavm"
+)
+
+func init() {
+	register(&command{
+		name:    "fn test",
+		summary: "run a Lua function once on an event file, without a gateway",
+		run:     runFnTest,
+	})
+}
+
+const fnTestUsage = `usage: moongate fn test FILE.lua --event EVENT.json [--config CONFIG.json] [--state STATE.json] [--json]
+
+Runs the function once, sandboxed and with the default limits, and prints
+its result, effects, state changes, logs and cost. EVENT.json is an object
+with id, topic, payload, captures, ts, qos, trigger and http (method, path,
+query, headers, body); a payload that is not a JSON string is passed as its
+JSON text. CONFIG.json becomes ctx.config; STATE.json (an object of keys to
+JSON values) is what state.get sees. Exit status: 0 ok, 1 the function
+failed, 2 bad arguments.
+`
+
+func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fn test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	eventPath := fs.String("event", "", "event file (JSON)")
+	configPath := fs.String("config", "", "function config file (JSON object)")
+	statePath := fs.String("state", "", "initial state file (JSON object)")
+	asJSON := fs.Bool("json", false, "print one JSON report")
+	timeout := fs.Duration("timeout", 0, "wall-clock limit (default 1s)")
+	var files []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(stdout, fnTestUsage)
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "moongate fn test: %v\n%s", err, fnTestUsage)
+			return exitUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		files = append(files, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(files) != 1 || *eventPath == "" {
+		fmt.Fprintf(stderr, "moongate fn test: need exactly one FILE.lua and --event\n%s", fnTestUsage)
+		return exitUsage
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "moongate fn test: "+format+"\n", a...)
+		return exitFailure
+	}
+	src, err := os.ReadFile(files[0])
+	if err != nil {
+		return fail("%v", err)
+	}
+	evData, err := os.ReadFile(*eventPath)
+	if err != nil {
+		return fail("%v", err)
+	}
+	ev, err := luavm.ParseEvent(evData)
+	if err != nil {
+		return fail("%s: %v", *eventPath, err)
+	}
+	var cfg map[string]any
+	if *configPath != "" {
+		if err := readJSONObject(*configPath, &cfg); err != nil {
+			return fail("%v", err)
+		}
+	}
+	st := luavm.MemoryState()
+	if *statePath != "" {
+		var m map[string]json.RawMessage
+		if err := readJSONObject(*statePath, &m); err != nil {
+			return fail("%v", err)
+		}
+		for k, v := range m {
+			st.Set(k, v)
+		}
+	}
+	name := strings.TrimSuffix(filepath.Base(files[0]), filepath.Ext(files[0]))
+	rt := luavm.NewRuntime(luavm.Options{})
+	defer rt.Close()
+	spec := luavm.Spec{Name: name, Version: 1, Source: src, Config: cfg, Limits: luavm.Limits{Timeout: *timeout}}
+	if err := rt.Deploy(ctx, spec); err != nil {
+		return fail("%v", err)
+	}
+	res, err := rt.Invoke(ctx, name, ev, st)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(luavm.NewReport(res, err, true)); jerr != nil {
+			return fail("%v", jerr)
+		}
+	} else {
+		printReport(stdout, res, err)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "moongate fn test: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func readJSONObject(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func printReport(w io.Writer, res *luavm.Result, err error) {
+	r := luavm.NewReport(res, err, false)
+	if err != nil {
+		fmt.Fprintf(w, "error: %v\n", err)
+	}
+	switch r.Kind {
+	case "none":
+		fmt.Fprintln(w, "result: nil")
+	default:
+		fmt.Fprintf(w, "result (%s): %s\n", r.Kind, r.Result)
+	}
+	fmt.Fprintf(w, "effects (%d):\n", len(r.Effects))
+	for _, e := range r.Effects {
+		if e.Kind == "publish" {
+			fmt.Fprintf(w, "  publish %s qos=%d retain=%v: %s\n", e.Topic, e.QoS, e.Retain, e.Payload)
+		} else {
+			fmt.Fprintf(w, "  emit %s: %s\n", e.Stream, e.Record)
+		}
+	}
+	fmt.Fprintf(w, "state (%d):\n", len(r.State))
+	for _, s := range r.State {
+		switch s.Op {
+		case "incr":
+			fmt.Fprintf(w, "  incr %s by %v -> %s\n", s.Key, s.Delta, s.Value)
+		case "delete":
+			fmt.Fprintf(w, "  delete %s\n", s.Key)
+		default:
+			fmt.Fprintf(w, "  set %s = %s\n", s.Key, s.Value)
+		}
+	}
+	fmt.Fprintf(w, "logs (%d):\n", len(res.Logs))
+	for _, l := range res.Logs {
+		line := fmt.Sprintf("  %s %-5s %s", time.UnixMilli(l.TimeMS).UTC().Format("15:04:05.000"), strings.ToUpper(l.Level.String()), l.Msg)
+		if len(l.Fields) > 0 {
+			line += " " + string(l.Fields)
+		}
+		fmt.Fprintln(w, line)
+	}
+	c := res.Cost
+	fmt.Fprintf(w, "cost: outcome=%s wall=%v steps=%d peak_memory=%dB bytes_in=%d bytes_out=%d effects=%d\n",
+		c.Outcome, c.Wall, c.Steps, c.PeakMemory, c.BytesIn, c.BytesOut, c.Effects)
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const refLua = `function handle(event, ctx)
+  local r = json.decode(event.payload)
+  if r.temp == nil then return nil end
+  r.temp_f = r.temp * 1.8 + 32
+  if r.temp > ctx.config.threshold then mqtt.publish("devices/" .. event.device .. "/cmd", json.encode({fan = "on"})) end
+  log.info("converted", {device = event.device})
+  r.seen = state.incr("seen")
+  return r
+end
+`
+
+func TestFnTestText(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"ref.lua":     refLua,
+		"event.json":  `{"id": "e1", "topic": "devices/d1/t", "payload": {"temp": 85}, "captures": {"device": "d1"}, "trigger": "mqtt"}`,
+		"config.json": `{"threshold": 80}`,
+		"state.json":  `{"seen": 41}`,
+	})
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "ref.lua"), "--event", filepath.Join(dir, "event.json"),
+		"--config", filepath.Join(dir, "config.json"), "--state", filepath.Join(dir, "state.json")}, &out, &errb)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, out.String(), errb.String())
+	}
+	for _, want := range []string{
+		`result (json): {"seen":42,"temp":85,"temp_f":185}`,
+		`publish devices/d1/cmd qos=0 retain=false: {"fan":"on"}`,
+		`incr seen by 1 -> 42`,
+		`INFO  converted {"device":"d1"}`,
+		`cost: outcome=ok`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestFnTestJSONAndErrors(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"ref.lua":    refLua,
+		"fail.lua":   "function handle(event, ctx)\n  log.warn('going down')\n  error('boom')\nend\n",
+		"syntax.lua": "function handle(event, ctx)\n  return = 1\nend\n",
+		"loop.lua":   "function handle() while true do end end",
+		"event.json": `{"payload": "{\"temp\": 20}", "captures": {"device": "d2"}}`,
+		"bad.json":   `{"payload": 1, "unknown_field": true}`,
+		"cfg.json":   `{"threshold": 10}`,
+	})
+	p := func(n string) string { return filepath.Join(dir, n) }
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"fn", "test", "--json", "--event", p("event.json"), "--config", p("cfg.json"), p("ref.lua")}, &out, &errb)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var rep struct {
+		Outcome string
+		Result  map[string]any
+		Effects []map[string]any
+		Cost    map[string]any
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if rep.Outcome != "ok" || rep.Result["temp_f"] != 68.0 || len(rep.Effects) != 1 || rep.Cost["Steps"] == nil {
+		t.Fatalf("report %+v", rep)
+	}
+
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{p("fail.lua"), "--event", p("event.json")}, exitFailure, "fail:3: boom"},
+		{[]string{p("syntax.lua"), "--event", p("event.json")}, exitFailure, "syntax:2:"},
+		{[]string{p("loop.lua"), "--event", p("event.json"), "--timeout", "50ms"}, exitFailure, "timeout (50ms)"},
+		{[]string{p("ref.lua"), "--event", p("bad.json")}, exitFailure, "unknown field"},
+		{[]string{p("ref.lua")}, exitUsage, "--event"},
+		{[]string{p("ref.lua"), p("fail.lua"), "--event", p("event.json")}, exitUsage, "exactly one"},
+		{[]string{p("ref.lua"), "--event", p("event.json"), "--nope"}, exitUsage, "nope"},
+		{[]string{p("missing.lua"), "--event", p("event.json")}, exitFailure, "no such file"},
+	}
+	for _, c := range cases {
+		out.Reset()
+		errb.Reset()
+		code := run(context.Background(), append([]string{"fn", "test"}, c.args...), &out, &errb)
+		if code != c.code || !strings.Contains(errb.String()+out.String(), c.want) {
+			t.Errorf("%v: exit %d (want %d), output %s%s (want %q)", c.args, code, c.code, out.String(), errb.String(), c.want)
+		}
+	}
+	// A failing function still shows its logs and cost.
+	out.Reset()
+	run(context.Background(), []string{"fn", "test", p("fail.lua"), "--event", p("event.json")}, &out, &errb)
+	if !strings.Contains(out.String(), "WARN  going down") || !strings.Contains(out.String(), "outcome=error") {
+		t.Errorf("failure output:\n%s", out.String())
+	}
+}
