@@ -30,7 +30,7 @@ func smallCommit(seq uint64, i int) *Commit {
 	return &Commit{
 		InboxSeq: seq,
 		Records: []Record{{Stream: "temp", Function: "f", Device: "dev" + strconv.Itoa(i%50), EventID: strconv.Itoa(i),
-			EventTS: int64(1_700_000_000_000 + i), Data: []byte(`{"t":21.5,"h":40}`), Targets: []string{"cloud"}}},
+			EventTS: 1_700_000_000_000 + int64(i), Data: []byte(`{"t":21.5,"h":40}`), Targets: []string{"cloud"}}},
 		State: []StateChange{{Function: "f", Op: StateIncr, Key: "n" + strconv.Itoa(i%16), Delta: 1}},
 	}
 }

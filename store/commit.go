@@ -53,7 +53,7 @@ type batch struct {
 
 func (b *batch) set(k, v []byte) {
 	b.pending = append(b.pending, write{key: k, val: v})
-	b.staged += entryEst(len(k), len(v))
+	b.staged += b.s.vEntryEst(len(k), len(v))
 }
 
 func (b *batch) del(k []byte) {
@@ -83,7 +83,17 @@ func (b *batch) get(k []byte) ([]byte, bool, error) {
 	return v, true, nil
 }
 
+// entryEst is an upper bound of Badger's size estimate of one entry.
 func entryEst(k, v int) int64 { return int64(k+v) + 12 }
+
+// vEntryEst is Badger's estimate knowing the value threshold: values at or
+// above it are stored as a 12-byte pointer to the value log.
+func (s *Store) vEntryEst(k, v int) int64 {
+	if int64(v) >= s.valueThreshold {
+		return int64(k) + 12 + 12
+	}
+	return entryEst(k, v)
+}
 
 // submit queues r for the committer and waits until its batch is durable
 // (as the durability mode defines it).
@@ -234,7 +244,7 @@ func (s *Store) process(reqs []*request) {
 				failAll(err)
 				return
 			}
-			b.size += entryEst(len(w.key), len(w.val))
+			b.size += s.vEntryEst(len(w.key), len(w.val))
 			b.count++
 		}
 		ok++

@@ -102,7 +102,7 @@ func TestCrashChild(t *testing.T) {
 			}
 		}()
 	}
-	time.AfterFunc(30*time.Second, func() { os.Exit(7) })
+	time.AfterFunc(90*time.Second, func() { os.Exit(7) })
 	wg.Wait()
 }
 
@@ -136,7 +136,12 @@ func TestCrash(t *testing.T) {
 	start := time.Now()
 	totalAcks := 0
 	for k := 0; k < kills; k++ {
-		cmd := exec.Command(exe, "-test.run=^TestCrashChild$", "-test.count=1")
+		args := []string{"-test.run=^TestCrashChild$", "-test.count=1"}
+		cmd := exec.Command(exe, args...)
+		if w := os.Getenv("MOONGATE_STORE_EXEC_WRAPPER"); w != "" {
+			// Under qemu-arm without binfmt_misc the binary needs its emulator.
+			cmd = exec.Command(w, append([]string{exe}, args...)...)
+		}
 		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, "MOONGATE_STORE_CRASH_RUN="+strconv.Itoa(k))
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -170,7 +175,7 @@ func TestCrash(t *testing.T) {
 		var got []string
 		acks := 0
 		killed := false
-		deadline := time.After(20 * time.Second)
+		deadline := time.After(60 * time.Second)
 	loop:
 		for {
 			select {
@@ -194,7 +199,7 @@ func TestCrash(t *testing.T) {
 				killed = true
 			case <-deadline:
 				_ = cmd.Process.Kill()
-				t.Fatalf("run %d: child made no progress in 20s", k)
+				t.Fatalf("run %d: child made no progress in 60s", k)
 			}
 		}
 		werr := cmd.Wait()

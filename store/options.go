@@ -152,6 +152,9 @@ type Options struct {
 	// GCInterval is the period of the value-log GC loop; default 5 min,
 	// negative disables it.
 	GCInterval time.Duration
+	// MaxValueBytes bounds one event, record data, payload or state value
+	// (ErrTooLarge above it); default 1 MiB.
+	MaxValueBytes int
 	// MaxBatch bounds the number of writers grouped into one commit; default 4096.
 	MaxBatch int
 }
@@ -186,6 +189,9 @@ func (o *Options) withDefaults() error {
 	}
 	if o.GCInterval == 0 {
 		o.GCInterval = 5 * time.Minute
+	}
+	if o.MaxValueBytes <= 0 {
+		o.MaxValueBytes = 1 << 20
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096

@@ -26,7 +26,10 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 		if err := validName("function", entries[i].Function, false); err != nil {
 			return nil, err
 		}
-		est += entryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event))
+		if len(entries[i].Event) > s.opts.MaxValueBytes {
+			return nil, fmt.Errorf("%w: event of %d bytes, limit %d", ErrTooLarge, len(entries[i].Event), s.opts.MaxValueBytes)
+		}
+		est += s.vEntryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event))
 	}
 	seqs := make([]uint64, len(entries))
 	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
@@ -128,7 +131,7 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if c == nil {
 		return CommitResult{}, fmt.Errorf("%w: nil commit", ErrInvalid)
 	}
-	est, err := validateCommit(c)
+	est, err := validateCommit(c, s.opts.MaxValueBytes)
 	if err != nil {
 		return CommitResult{}, err
 	}
@@ -148,8 +151,34 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	return res, nil
 }
 
-func validateCommit(c *Commit) (int64, error) {
+func validateCommit(c *Commit, maxValue int) (int64, error) {
 	est := int64(256)
+	tooBig := func(what string, n int) error {
+		if n > maxValue {
+			return fmt.Errorf("%w: %s of %d bytes, limit %d", ErrTooLarge, what, n, maxValue)
+		}
+		return nil
+	}
+	for i := range c.Records {
+		if err := tooBig("record data", len(c.Records[i].Data)); err != nil {
+			return 0, err
+		}
+	}
+	for i := range c.Publishes {
+		if err := tooBig("publish payload", len(c.Publishes[i].Payload)); err != nil {
+			return 0, err
+		}
+	}
+	for i := range c.State {
+		if err := tooBig("state value", len(c.State[i].Value)); err != nil {
+			return 0, err
+		}
+	}
+	if c.DeadLetter != nil {
+		if err := tooBig("dead letter event", len(c.DeadLetter.Event)); err != nil {
+			return 0, err
+		}
+	}
 	for i := range c.Records {
 		r := &c.Records[i]
 		if err := validName("record stream", r.Stream, true); err != nil {

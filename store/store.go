@@ -119,8 +119,9 @@ type Store struct {
 	syncs       atomic.Int64
 	gcRewrites  atomic.Int64
 
-	maxTxnSize  int64
-	maxTxnCount int64
+	maxTxnSize     int64
+	valueThreshold int64
+	maxTxnCount    int64
 }
 
 // Open opens (creating if needed) the store in opts.Dir. It checks the
@@ -148,6 +149,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
+	s.valueThreshold = opts.badgerOptions().ValueThreshold
 	if err := s.checkFormat(); err != nil {
 		_ = db.Close()
 		return nil, err

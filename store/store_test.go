@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -325,5 +326,59 @@ func TestDurabilityModes(t *testing.T) {
 	}
 	if _, err := ParseDurability("sometimes"); !errors.Is(err, ErrInvalid) {
 		t.Fatal("ParseDurability accepted junk")
+	}
+}
+
+// TestValueLogFiles writes values above the value threshold across several
+// value-log files (the files a 32-bit process maps) and reads them back
+// after a reopen.
+func TestValueLogFiles(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	n, size := 5000, 8<<10 // 40 MiB: three 16 MiB value-log files
+	if testing.Short() {
+		n = 2500
+	}
+	val := make([]byte, size)
+	for i := 0; i < n; i += 50 {
+		var es []InboxEntry
+		for j := i; j < i+50; j++ {
+			val[0], val[1] = byte(j), byte(j>>8)
+			es = append(es, InboxEntry{Function: "f", Event: append([]byte(nil), val...)})
+		}
+		if _, err := s.Enqueue(ctx, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = reopen(t, s)
+	got := 0
+	for after := uint64(0); ; {
+		es, err := s.InboxPending(ctx, after, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if len(e.Event) != size || int(e.Event[0])|int(e.Event[1])<<8 != got&0xffff {
+				t.Fatalf("entry %d: wrong value", e.Seq)
+			}
+			got++
+			after = e.Seq
+		}
+	}
+	if got != n {
+		t.Fatalf("read %d entries, wrote %d", got, n)
+	}
+	var vlog int64
+	files, _ := filepath.Glob(filepath.Join(s.opts.Dir, "*.vlog"))
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil {
+			vlog += fi.Size()
+		}
+	}
+	if vlog < int64(n*size)/2 {
+		t.Fatalf("value log holds %d bytes: values did not go to the value log", vlog)
 	}
 }
