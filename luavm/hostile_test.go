@@ -16,7 +16,7 @@ import (
 
 // hostileLimits are the limits the hostile scripts run under: small enough
 // to keep the test fast under -race, large enough for real functions.
-var hostileLimits = Limits{MaxSteps: 1_000_000, MaxMemory: 1 << 20, Timeout: 10 * time.Second}
+var hostileLimits = Limits{MaxSteps: 300_000, MaxMemory: 512 << 10, Timeout: 10 * time.Second}
 
 var kindErrors = map[string]error{
 	"budget":           ErrBudget,

@@ -99,7 +99,7 @@ func newInstance(prog *Program, spec *Spec, limits Limits) (in *instance, err er
 		SkipOpenLibs:     true,
 		CallStackSize:    limits.MaxCallDepth + 8,
 		RegistrySize:     1024,
-		RegistryMaxSize:  64 * 1024,
+		RegistryMaxSize:  16 * 1024,
 		RegistryGrowStep: 1024,
 	})
 	in = &instance{L: L, prog: prog, spec: spec, frozen: make(map[*lua.LTable]struct{}, 16)}
