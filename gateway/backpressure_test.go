@@ -25,7 +25,7 @@ func TestBackpressure(t *testing.T) {
 	writeFunction(t, fnDir, "slow", `
 function handle(e)
   local x = 0
-  for i = 1, 20000 do x = x + i end
+  for i = 1, 2000 do x = x + i end
   return {len = #e.payload}
 end`, "triggers:\n  - mqtt: devices/{device}/telemetry\n")
 	p := startInProcess(t, testConfig(t.TempDir(), fnDir, fmt.Sprintf("pipeline: {inbox_limit: %d, workers: 4}\n", limit)))

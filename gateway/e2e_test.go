@@ -201,3 +201,13 @@ func TestBadInputAndFailingFunction(t *testing.T) {
 		t.Errorf("stats: %+v", s)
 	}
 }
+
+// TestExampleFunctions runs the README's walk-through on the shipped
+// example functions.
+func TestExampleFunctions(t *testing.T) {
+	p := startInProcess(t, testConfig(t.TempDir(), "../docs/examples/functions", ""))
+	if n := len(p.d.Gateway().Functions()); n != 2 {
+		t.Fatalf("example functions loaded: %d, want 2", n)
+	}
+	runReferenceFlow(t, p, "tcp://"+p.d.MQTTAddr().String())
+}

@@ -210,17 +210,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	pubDone := make(chan struct{})
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPub()
-	go func() { defer close(pubDone); g.publisher(pubCtx) }()
 
 	// The backlog goes first, all of it, so that new events of a device
 	// cannot overtake older ones.
 	n, err := g.resume(ctx)
 	if err != nil {
+		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: resume inbox: %w", err))
 	}
 	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
+		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: start ingest: %w", err))
 	}
+	// Local publishes need the ingest started.
+	go func() { defer close(pubDone); g.publisher(pubCtx) }()
 	if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
 		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: subscribe: %w", err))
 	}

@@ -202,7 +202,7 @@ func (g *Gateway) publisher(ctx context.Context) {
 			seqs := make([]uint64, 0, len(pubs))
 			for _, p := range pubs {
 				if err := g.opts.Ingest.Publish(ctx, p.Topic, p.Payload, p.QoS, p.Retain); err != nil {
-					if ctx.Err() == nil {
+					if ctx.Err() == nil && !g.stopping.Load() {
 						g.log.Warn("local publish failed, will retry", "topic", p.Topic, "err", err)
 					}
 					break

@@ -41,10 +41,11 @@ const (
 // TriggerSpec is one entry of a manifest's triggers list, a mapping with
 // exactly one key:
 //
-//   - mqtt: "devices/{device}/telemetry"   # a Pattern
-//   - timer: "@every 1m"                   # or "30s", "@hourly", a cron expression
-//   - cron: "*/5 * * * *"                  # a 5-field cron expression or a descriptor
-//   - http: {methods: [GET, POST]}         # methods default to [POST]
+//	triggers:
+//	  - mqtt: "devices/{device}/telemetry"  # a Pattern
+//	  - timer: "@every 1m"                  # or "30s", "@hourly", a cron expression
+//	  - cron: "*/5 * * * *"                 # a 5-field cron expression or a descriptor
+//	  - http: {methods: [GET, POST]}        # methods default to [POST]
 type TriggerSpec struct {
 	Kind     TriggerKind
 	Spec     string       // the text of an mqtt, timer or cron trigger
