@@ -145,21 +145,20 @@ func (d *Daemon) Handler() http.Handler {
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.closeAll()
 	if dir := d.cfg.FunctionsDir; dir != "" {
-		fns, errs := trigger.LoadDir(dir)
-		for _, err := range errs {
-			d.log.Error("function not loaded", "err", err)
-		}
-		if err := d.gw.SetFunctions(ctx, d.functionsFrom(fns)); err != nil {
-			d.log.Error("functions", "err", err)
-		}
-		go trigger.Watch(ctx, dir, d.FunctionsPoll, func(fns []trigger.Function, errs []error) {
+		// The directory is the whole set of functions; each new or changed
+		// one is also kept in the store as a new version.
+		load := func(fns []trigger.Function, errs []error) {
 			for _, err := range errs {
 				d.log.Error("function not loaded", "err", err)
 			}
-			if err := d.gw.SetFunctions(ctx, d.functionsFrom(fns)); err != nil {
+			if err := d.gw.SetFunctions(ctx, d.versioned(ctx, fns)); err != nil {
 				d.log.Error("functions", "err", err)
 			}
-		})
+		}
+		load(trigger.LoadDir(dir))
+		go trigger.Watch(ctx, dir, d.FunctionsPoll, load)
+	} else if err := d.gw.SetFunctions(ctx, d.storedFunctions(ctx)); err != nil {
+		d.log.Error("functions", "err", err)
 	}
 	if d.httpSrv != nil {
 		go func() {
@@ -170,6 +169,71 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("api listening", "addr", d.httpLn.Addr().String())
 	}
 	return d.gw.Run(ctx)
+}
+
+// versioned builds the functions loaded from the directory, storing each
+// new or changed one as the next active version.
+func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Function {
+	out := make([]*Function, 0, len(fns))
+	for i := range fns {
+		tf := &fns[i]
+		f, err := FunctionFromManifest(tf, d.cfg)
+		if err != nil {
+			d.log.Error("function not loaded", "function", tf.Manifest.Name, "err", err)
+			continue
+		}
+		cur, err := d.store.GetFunction(ctx, f.Name, 0)
+		switch {
+		case err == nil && cur.SHA256 == tf.SHA256:
+			f.Version = cur.Version
+		case err == nil || errors.Is(err, store.ErrNotFound):
+			manifest, rerr := os.ReadFile(tf.ManifestPath)
+			if rerr != nil {
+				d.log.Error("function not loaded", "function", f.Name, "err", rerr)
+				continue
+			}
+			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: manifest, SHA256: tf.SHA256, Active: true})
+			if perr != nil {
+				d.log.Error("function not stored", "function", f.Name, "err", perr)
+				continue
+			}
+			f.Version = v
+		default:
+			d.log.Error("function not loaded", "function", f.Name, "err", err)
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// storedFunctions builds the active versions kept in the store.
+func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
+	recs, err := d.store.ListFunctions(ctx)
+	if err != nil {
+		d.log.Error("list stored functions", "err", err)
+		return nil
+	}
+	var out []*Function
+	for _, r := range recs {
+		if !r.Active {
+			continue
+		}
+		m, err := trigger.ParseManifest(r.Name+".yaml", r.Manifest)
+		if err != nil {
+			d.log.Error("stored function not loaded", "function", r.Name, "version", r.Version, "err", err)
+			continue
+		}
+		m.Name = r.Name
+		f, err := FunctionFromManifest(&trigger.Function{Manifest: m, Source: r.Source, SHA256: r.SHA256}, d.cfg)
+		if err != nil {
+			d.log.Error("stored function not loaded", "function", r.Name, "err", err)
+			continue
+		}
+		f.Version = r.Version
+		out = append(out, f)
+	}
+	return out
 }
 
 func (d *Daemon) closeAll() {
@@ -191,19 +255,6 @@ func (d *Daemon) closeAll() {
 		}
 		d.store = nil
 	}
-}
-
-func (d *Daemon) functionsFrom(fns []trigger.Function) []*Function {
-	out := make([]*Function, 0, len(fns))
-	for i := range fns {
-		f, err := FunctionFromManifest(&fns[i], d.cfg)
-		if err != nil {
-			d.log.Error("function not loaded", "function", fns[i].Manifest.Name, "err", err)
-			continue
-		}
-		out = append(out, f)
-	}
-	return out
 }
 
 func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {

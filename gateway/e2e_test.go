@@ -211,3 +211,38 @@ func TestExampleFunctions(t *testing.T) {
 	}
 	runReferenceFlow(t, p, "tcp://"+p.d.MQTTAddr().String())
 }
+
+// TestFunctionVersions: a changed file is deployed as the next version
+// while the gateway runs; without a functions directory the store's active
+// versions are deployed at start.
+func TestFunctionVersions(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	src := `function handle(e, ctx) return {v = %d, version = ctx.version} end`
+	writeFunction(t, fnDir, "ver", fmt.Sprintf(src, 1), referenceManifest)
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	url := "tcp://" + p.d.MQTTAddr().String()
+	dev := connect(t, url, "dv", true)
+	publish(t, dev, "devices/dv/telemetry", 1, []byte(`{}`))
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "first record", func() bool { return len(allRecords(t, st, "ver")) == 1 })
+
+	writeFunction(t, fnDir, "ver", fmt.Sprintf(src, 2), referenceManifest)
+	waitFor(t, 10*time.Second, "version 2 deployed", func() bool {
+		fns := p.d.Gateway().Functions()
+		return len(fns) == 1 && fns[0].Version == 2
+	})
+	publish(t, dev, "devices/dv/telemetry", 1, []byte(`{}`))
+	waitFor(t, 10*time.Second, "second record", func() bool { return len(allRecords(t, st, "ver")) == 2 })
+	recs := allRecords(t, st, "ver")
+	if string(recs[0].Data) != `{"v":1,"version":1}` || string(recs[1].Data) != `{"v":2,"version":2}` {
+		t.Errorf("records %s, %s", recs[0].Data, recs[1].Data)
+	}
+	p.stop(t)
+
+	// Restart without the directory: version 2 comes from the store.
+	p2 := startInProcess(t, testConfig(dataDir, "", ""))
+	fns := p2.d.Gateway().Functions()
+	if len(fns) != 1 || fns[0].Name != "ver" || fns[0].Version != 2 {
+		t.Fatalf("functions after restart: %+v", fns)
+	}
+}

@@ -128,6 +128,7 @@ func startInProcess(t testing.TB, cfgYAML string) *inProcess {
 		cancel()
 		t.Fatalf("daemon: %v", err)
 	}
+	d.FunctionsPoll = 50 * time.Millisecond
 	p := &inProcess{d: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- d.Run(ctx) }()
 	t.Cleanup(func() { p.stop(t) })
