@@ -179,6 +179,7 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 			return 0, err
 		}
 	}
+	targets := map[string]bool{}
 	for i := range c.Records {
 		r := &c.Records[i]
 		if err := validName("record stream", r.Stream, true); err != nil {
@@ -201,8 +202,14 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 		}
 		n := int64(1 + len(r.Targets))
 		est += n*entryEst(64, v) + 4*entryEst(48+len(r.Stream)+len(r.Function)+len(r.Device), 0)
-		// allowance for dropping old entries of the same spaces
-		est += n * maxDropsPerWrite * entryEst(64, 0) * 2
+		for _, t := range r.Targets {
+			targets[t] = true
+		}
+	}
+	if len(c.Records) > 0 {
+		// allowance for dropping old records (with their index keys) and
+		// outbox entries to make room
+		est += maxDropsPerWrite * (5 + int64(len(targets))) * entryEst(64, 0)
 	}
 	for _, st := range c.State {
 		if err := validName("state function", st.Function, false); err != nil {
