@@ -344,6 +344,11 @@ func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error
 	return nil
 }
 
+// IntakeDeadLetters is the function name under which messages refused at
+// intake (before any function ran) are kept as dead letters. It is not a
+// valid function name, so it cannot clash with one.
+const IntakeDeadLetters = "_intake"
+
 // rejectAtIntake records a message that cannot be processed as a dead letter
 // (so the operator sees it and nothing is lost silently) and acknowledges it:
 // redelivering it would fail the same way forever.
@@ -355,7 +360,7 @@ func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, reason er
 	}
 	ev := luavm.Event{ID: g.newEventID(), Topic: m.Topic, Payload: payload, TS: g.opts.Now().UnixMilli(), QoS: m.QoS, Trigger: "mqtt"}
 	_, err := g.opts.Store.Commit(ctx, &store.Commit{DeadLetter: &store.DeadLetter{
-		Key: m.Topic, Event: encodeEvent(&ev), Error: reason.Error(), TS: ev.TS,
+		Function: IntakeDeadLetters, Key: m.Topic, Event: encodeEvent(&ev), Error: reason.Error(), TS: ev.TS,
 	}})
 	if err != nil {
 		return fmt.Errorf("gateway: dead-letter rejected message: %w", err)

@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+)
+
+// TestLimitBreachGoesStraightToDeadLetters: a function that breaches a
+// sandbox limit is not retried, and other functions keep running.
+func TestLimitBreachGoesStraightToDeadLetters(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "spin", `function handle(e) while true do end end`,
+		"triggers:\n  - mqtt: devices/{device}/spin\nlimits: {max_steps: 100000}\n")
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {retry: {max_attempts: 5, initial_backoff: 1s}}\n"))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "spinner", true)
+	publish(t, dev, "devices/s/spin", 1, []byte(`{}`))
+	publish(t, dev, "devices/s/telemetry", 1, []byte(`{"temp":1}`))
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+		dl, err := st.ListDeadLetters(context.Background(), "spin", 0, 10)
+		return err == nil && len(dl) == 1
+	})
+	dl, _ := st.ListDeadLetters(context.Background(), "spin", 0, 10)
+	if dl[0].Attempts != 1 || !strings.Contains(strings.ToLower(dl[0].Error), "budget") {
+		t.Errorf("dead letter: attempts %d, error %q", dl[0].Attempts, dl[0].Error)
+	}
+	waitFor(t, 10*time.Second, "the other function's record", func() bool { return len(allRecords(t, st, "reference")) == 1 })
+}
+
+// TestOversizePayloadExternal: a payload over the limit that reaches
+// moongate through an external broker is acknowledged (redelivery would
+// fail forever) and kept as a dead letter with its reason and a bounded
+// head of the payload.
+func TestOversizePayloadExternal(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, externalMQTT(m.URL(), "moongate-oversize")+"  max_payload: 64KiB\n"))
+	dev := connect(t, m.URL(), "big", true)
+	publish(t, dev, "devices/big/telemetry", 1, bytes.Repeat([]byte("x"), 1<<20))
+	publish(t, dev, "devices/big/telemetry", 1, []byte(`{"temp":3}`))
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "the normal record", func() bool { return len(allRecords(t, st, "reference")) == 1 })
+	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+		dl, err := st.ListDeadLetters(context.Background(), "", 0, 10)
+		return err == nil && len(dl) == 1
+	})
+	dl, _ := st.ListDeadLetters(context.Background(), "", 0, 10)
+	if !strings.Contains(dl[0].Error, "payload too large") || len(dl[0].Event) > 70<<10 {
+		t.Errorf("dead letter: %q, %d bytes kept", dl[0].Error, len(dl[0].Event))
+	}
+	if s := p.d.Gateway().Stats(); s.Rejected != 1 {
+		t.Errorf("rejected: %d", s.Rejected)
+	}
+}
+
+// TestOversizePayloadEmbedded: the embedded broker refuses a payload over
+// the limit before it reaches the pipeline; the gateway keeps serving.
+func TestOversizePayloadEmbedded(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "mqtt:\n  max_payload: 64KiB\n  embedded: {listen: \"127.0.0.1:0\"}\n"))
+	url := "tcp://" + p.d.MQTTAddr().String()
+	big := connect(t, url, "big", true)
+	tok := big.Publish("devices/big/telemetry", 1, false, bytes.Repeat([]byte("x"), 1<<20))
+	tok.WaitTimeout(2 * time.Second) // refused: the broker drops the client, the token may never complete
+	dev := connect(t, url, "small", true)
+	publish(t, dev, "devices/small/telemetry", 1, []byte(`{"temp":3}`))
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "the normal record", func() bool { return len(allRecords(t, st, "reference")) == 1 })
+	if r := allRecords(t, st, "reference")[0]; r.Device != "small" {
+		t.Errorf("record from %q", r.Device)
+	}
+}
+
+// TestHandleRejectsInvalidTopic: the intake check behind the brokers' own
+// (both refuse invalid UTF-8): such a message is dead-lettered, not run.
+func TestHandleRejectsInvalidTopic(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, "triggers:\n  - mqtt: \"#\"\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	g := p.d.Gateway()
+	for _, topic := range []string{"devices/\xff\xfe/telemetry", ""} {
+		if err := g.handle(context.Background(), &mqtt.Message{Topic: topic, Payload: []byte(`{"temp":1}`), QoS: 1}); err != nil {
+			t.Fatalf("handle %q: %v", topic, err)
+		}
+	}
+	dl, err := p.d.Store().ListDeadLetters(context.Background(), "", 0, 10)
+	if err != nil || len(dl) != 2 || !strings.Contains(dl[0].Error, "invalid topic") {
+		t.Fatalf("dead letters %v %+v", err, dl)
+	}
+	if n := len(allRecords(t, p.d.Store(), "reference")); n != 0 {
+		t.Errorf("records: %d", n)
+	}
+}
