@@ -126,7 +126,8 @@ type CommitResult struct {
 // Other errors: ErrNotFound (InboxSeq never existed), ErrNotNumber,
 // ErrStoreFull, ErrInvalid, ErrTooLarge, ErrClosed. On error nothing of c
 // is applied, except when ctx ends while waiting: then the commit may or
-// may not be applied.
+// may not be applied, and the byte slices of c may still be read, so they
+// must not be modified. Commit does not keep c after it returns.
 func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if c == nil {
 		return CommitResult{}, fmt.Errorf("%w: nil commit", ErrInvalid)
@@ -135,6 +136,15 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if err != nil {
 		return CommitResult{}, err
 	}
+	// The committer reads c after this call returns on a ctx error: work on
+	// a copy of what it writes back into (sequences of logs and dead letter).
+	cc := *c
+	cc.Logs = append([]LogRecord(nil), c.Logs...)
+	if c.DeadLetter != nil {
+		d := *c.DeadLetter
+		cc.DeadLetter = &d
+	}
+	c = &cc
 	var res CommitResult
 	grows := len(c.Records)+len(c.Publishes)+len(c.Logs) > 0 || c.DeadLetter != nil || c.Usage != nil
 	for _, st := range c.State {
