@@ -79,12 +79,16 @@ type Stats struct {
 	// Reconnects counts connections to the broker after the first
 	// (external mode).
 	Reconnects uint64
+	// DroppedQoS0 counts QoS 0 deliveries dropped because too many
+	// handlers were already running (external mode; QoS 0 has no flow
+	// control).
+	DroppedQoS0 uint64
 }
 
 type counters struct {
 	received, accepted, ignored                             atomic.Uint64
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
-	authFailures, published, reconnects                     atomic.Uint64
+	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -99,6 +103,7 @@ func (c *counters) snapshot() Stats {
 		AuthFailures:         c.authFailures.Load(),
 		Published:            c.published.Load(),
 		Reconnects:           c.reconnects.Load(),
+		DroppedQoS0:          c.droppedQoS0.Load(),
 	}
 	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
 	return s

@@ -1,0 +1,552 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Defaults for ExternalConfig fields left at their zero value.
+const (
+	DefaultKeepAlive            = 30 * time.Second
+	DefaultConnectTimeout       = 10 * time.Second
+	DefaultMaxReconnectInterval = 30 * time.Second
+	// maxExternalHandlers bounds concurrent handler calls in external mode.
+	// QoS 1 deliveries are also bounded by the broker's in-flight window;
+	// QoS 0 deliveries beyond this bound are dropped (Stats.DroppedQoS0).
+	maxExternalHandlers = 256
+)
+
+// ExternalConfig configures the connection to an external broker.
+type ExternalConfig struct {
+	// Broker is the broker URL: tcp://, mqtt://, ssl://, tls://, mqtts://,
+	// ws:// or wss:// with host and port.
+	Broker string
+	// ClientID is the fixed client id of the persistent session; default
+	// "moongate-HOSTNAME". Two gateways must not share it.
+	ClientID string
+	// Username and Password are optional credentials.
+	Username, Password string
+	// CAFile is an optional PEM file of CAs to verify the broker with;
+	// CertFile and KeyFile an optional client certificate.
+	CAFile, CertFile, KeyFile string
+	// InsecureSkipVerify disables broker certificate verification (tests
+	// only).
+	InsecureSkipVerify bool
+	// KeepAlive is the MQTT keep-alive; default 30s.
+	KeepAlive time.Duration
+	// ConnectTimeout bounds one connection attempt; default 10s.
+	ConnectTimeout time.Duration
+	// MaxReconnectInterval caps the reconnect backoff; default 30s.
+	MaxReconnectInterval time.Duration
+}
+
+// External consumes from an external MQTT broker with a persistent session
+// (clean session off, fixed client id), QoS 1 subscriptions and manual
+// acknowledgement after the Handler returned nil. It implements Ingest.
+// Create it with NewExternal; the zero value is not usable. Methods are safe
+// for concurrent use.
+type External struct {
+	cfg    ExternalConfig
+	log    *slog.Logger
+	client paho.Client
+
+	filters *filters
+	stats   counters
+	sem     chan struct{}
+
+	hctx    context.Context
+	hcancel context.CancelFunc
+	stopC   chan struct{} // closed when Close starts
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	h        Handler
+	started  bool
+	closed   bool
+	inflight int
+	draining bool // a handler failed: take nothing more until reconnected
+	idle     chan struct{}
+
+	subMu      sync.Mutex      // serialises subscription changes
+	subscribed map[string]bool // filters subscribed on the current connection
+	unsub      map[string]bool // removed filters still to unsubscribe
+
+	connected     atomic.Bool
+	subscribedOK  atomic.Bool
+	everConnected atomic.Bool
+	firstReady    chan struct{}
+	readyOnce     sync.Once
+	reconnectC    chan struct{}
+}
+
+var _ Ingest = (*External)(nil)
+
+// NewExternal validates cfg and prepares the client; Start connects.
+// Configuration errors wrap ErrConfig.
+func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	u, err := url.Parse(cfg.Broker)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%w: broker URL %q: want scheme://host:port", ErrConfig, cfg.Broker)
+	}
+	secure := false
+	switch strings.ToLower(u.Scheme) {
+	case "tcp", "mqtt", "ws":
+	case "ssl", "tls", "mqtts", "tcps", "wss":
+		secure = true
+	default:
+		return nil, fmt.Errorf("%w: broker URL %q: unsupported scheme %q", ErrConfig, cfg.Broker, u.Scheme)
+	}
+	if cfg.ClientID == "" {
+		host, _ := os.Hostname()
+		cfg.ClientID = "moongate-" + host
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxReconnectInterval == 0 {
+		cfg.MaxReconnectInterval = DefaultMaxReconnectInterval
+	}
+	if cfg.KeepAlive < time.Second || cfg.ConnectTimeout < 0 || cfg.MaxReconnectInterval < 0 {
+		return nil, fmt.Errorf("%w: keep alive must be >= 1s and timeouts positive", ErrConfig)
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, fmt.Errorf("%w: client cert and key must be set together", ErrConfig)
+	}
+	x := &External{
+		cfg: cfg, log: log, filters: newFilters(), sem: make(chan struct{}, maxExternalHandlers),
+		stopC: make(chan struct{}), idle: make(chan struct{}, 1),
+		subscribed: map[string]bool{}, unsub: map[string]bool{},
+		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
+	}
+	x.hctx, x.hcancel = context.WithCancel(context.Background())
+
+	o := paho.NewClientOptions().
+		AddBroker(cfg.Broker).
+		SetClientID(cfg.ClientID).
+		SetCleanSession(false).
+		SetOrderMatters(false).
+		SetAutoAckDisabled(true).
+		SetKeepAlive(cfg.KeepAlive).
+		SetPingTimeout(cfg.ConnectTimeout).
+		SetConnectTimeout(cfg.ConnectTimeout).
+		SetWriteTimeout(cfg.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(min(time.Second, cfg.MaxReconnectInterval)).
+		SetResumeSubs(false).
+		SetDefaultPublishHandler(x.onMessage).
+		SetOnConnectHandler(x.onConnect).
+		SetConnectionLostHandler(x.onLost)
+	if cfg.Username != "" {
+		o.SetUsername(cfg.Username)
+		o.SetPassword(cfg.Password)
+	}
+	if secure || cfg.CAFile != "" || cfg.CertFile != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // opt-in, documented
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("%w: ca file: %w", ErrConfig, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%w: ca file %s: no PEM certificates", ErrConfig, cfg.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+		if cfg.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("%w: client certificate: %w", ErrConfig, err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		o.SetTLSConfig(tc)
+	}
+	x.client = paho.NewClient(o)
+	return x, nil
+}
+
+// Start connects to the broker (retrying with backoff) and returns once it
+// is connected and subscribed to the filters set so far, or when ctx is done;
+// in that case it returns ctx's error but keeps connecting in the background
+// until Close.
+func (x *External) Start(ctx context.Context, h Handler) error {
+	if h == nil {
+		return fmt.Errorf("%w: nil handler", ErrConfig)
+	}
+	x.mu.Lock()
+	switch {
+	case x.closed:
+		x.mu.Unlock()
+		return ErrClosed
+	case x.started:
+		x.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	x.started = true
+	x.h = h
+	x.mu.Unlock()
+
+	x.client.Connect() // with ConnectRetry the token completes only once connected or closed
+	x.wg.Add(1)
+	go x.reconnectLoop()
+	x.log.Info("connecting to MQTT broker", "broker", x.cfg.Broker, "client_id", x.cfg.ClientID)
+	select {
+	case <-x.firstReady:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt: broker %s not ready: %w", x.cfg.Broker, ctx.Err())
+	}
+}
+
+// onConnect (re)subscribes on every connection, so a broker that lost the
+// session still sends us our topics.
+func (x *External) onConnect(c paho.Client) {
+	if x.everConnected.Swap(true) {
+		x.stats.reconnects.Add(1)
+	}
+	x.connected.Store(true)
+	x.subscribedOK.Store(false)
+	x.subMu.Lock()
+	defer x.subMu.Unlock()
+	x.subscribed = map[string]bool{}
+	p := x.filters.cur.Load()
+	if p == nil {
+		x.markReady()
+		x.log.Info("connected to MQTT broker", "broker", x.cfg.Broker)
+		return
+	}
+	if err := x.syncSubscriptions(*p); err != nil {
+		x.log.Error("MQTT subscribe after connect failed", "broker", x.cfg.Broker, "error", err)
+		return
+	}
+	x.log.Info("connected to MQTT broker and subscribed", "broker", x.cfg.Broker, "filters", len(*p))
+}
+
+func (x *External) markReady() {
+	x.subscribedOK.Store(true)
+	x.readyOnce.Do(func() { close(x.firstReady) })
+}
+
+func (x *External) onLost(c paho.Client, err error) {
+	x.connected.Store(false)
+	x.subscribedOK.Store(false)
+	x.log.Warn("lost connection to MQTT broker; reconnecting", "broker", x.cfg.Broker, "error", err)
+}
+
+// syncSubscriptions makes the broker subscriptions equal to want. subMu must
+// be held. Subscriptions are QoS 1.
+func (x *External) syncSubscriptions(want []string) error {
+	wantSet := make(map[string]bool, len(want))
+	var add []string
+	for _, f := range want {
+		wantSet[f] = true
+		if !x.subscribed[f] {
+			add = append(add, f)
+		}
+		delete(x.unsub, f)
+	}
+	for f := range x.subscribed {
+		if !wantSet[f] {
+			x.unsub[f] = true
+		}
+	}
+	if !x.client.IsConnectionOpen() {
+		return ErrNotConnected
+	}
+	if len(x.unsub) > 0 {
+		list := make([]string, 0, len(x.unsub))
+		for f := range x.unsub {
+			list = append(list, f)
+		}
+		sort.Strings(list)
+		if err := x.wait(x.client.Unsubscribe(list...)); err != nil {
+			return fmt.Errorf("mqtt: unsubscribe %v: %w", list, err)
+		}
+		for _, f := range list {
+			delete(x.unsub, f)
+			delete(x.subscribed, f)
+		}
+	}
+	if len(add) > 0 {
+		m := make(map[string]byte, len(add))
+		for _, f := range add {
+			m[f] = 1
+		}
+		t := x.client.SubscribeMultiple(m, nil) // nil callback: everything goes to the default handler, once
+		if err := x.wait(t); err != nil {
+			return fmt.Errorf("mqtt: subscribe %v: %w", add, err)
+		}
+		var refused []string
+		for f, code := range t.(*paho.SubscribeToken).Result() {
+			if code >= 0x80 {
+				refused = append(refused, f)
+				continue
+			}
+			x.subscribed[f] = true
+		}
+		if len(refused) > 0 {
+			sort.Strings(refused)
+			return fmt.Errorf("%w: %v", ErrSubscribe, refused)
+		}
+	}
+	x.markReady()
+	return nil
+}
+
+func (x *External) wait(t paho.Token) error {
+	timer := time.NewTimer(x.cfg.ConnectTimeout)
+	defer timer.Stop()
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-timer.C:
+		return fmt.Errorf("%w: broker did not answer within %v", ErrNotConnected, x.cfg.ConnectTimeout)
+	}
+}
+
+// SetFilters replaces the subscriptions (QoS 1). When connected it
+// subscribes and unsubscribes at once and returns the broker's verdict;
+// otherwise the change is applied on the next connection. It may be called
+// before Start.
+func (x *External) SetFilters(ctx context.Context, filters []string) error {
+	list, err := validateFilters(filters)
+	if err != nil {
+		return err
+	}
+	x.subMu.Lock()
+	defer x.subMu.Unlock()
+	x.filters.set(list)
+	if !x.connected.Load() {
+		return nil
+	}
+	x.subscribedOK.Store(false)
+	if err := x.syncSubscriptions(list); err != nil {
+		if errors.Is(err, ErrNotConnected) {
+			return nil // applied on reconnect
+		}
+		return err
+	}
+	return ctx.Err()
+}
+
+// onMessage receives every delivery (default publish handler, one goroutine
+// per message).
+func (x *External) onMessage(_ paho.Client, msg paho.Message) {
+	x.stats.received.Add(1)
+	select {
+	case x.sem <- struct{}{}:
+	default:
+		if msg.Qos() == 0 {
+			x.stats.droppedQoS0.Add(1)
+			return
+		}
+		select {
+		case x.sem <- struct{}{}:
+		case <-x.stopC:
+			return // not acknowledged: redelivered next session
+		}
+	}
+	defer func() { <-x.sem }()
+
+	list, ok := x.filters.wait(x.hctx, x.stopC)
+	if !ok {
+		return
+	}
+	if !matchAny(list, msg.Topic()) {
+		// A stale subscription of the persistent session: not ours any more.
+		x.stats.ignored.Add(1)
+		msg.Ack()
+		return
+	}
+	if !x.enter() {
+		return // draining or closing: not acknowledged, redelivered after reconnect
+	}
+	m := &Message{Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
+		Duplicate: msg.Duplicate(), Received: time.Now()}
+	err := x.h(x.hctx, m)
+	switch {
+	case err == nil:
+		x.stats.accepted.Add(1)
+		msg.Ack()
+	case errors.Is(err, ErrReject):
+		x.stats.handlerRejections.Add(1)
+		msg.Ack()
+	default:
+		x.stats.handlerRejections.Add(1)
+		x.log.Debug("mqtt message not accepted; will reconnect for redelivery", "topic", m.Topic, "error", err)
+		x.mu.Lock()
+		if !x.draining && !x.closed {
+			x.draining = true
+			x.log.Warn("handler refused a message; reconnecting to the broker so it is redelivered", "error", err)
+		}
+		x.mu.Unlock()
+	}
+	x.leave()
+}
+
+func (x *External) enter() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.draining || x.closed {
+		return false
+	}
+	x.inflight++
+	return true
+}
+
+func (x *External) leave() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.inflight--
+	if x.inflight == 0 {
+		if x.closed {
+			select {
+			case x.idle <- struct{}{}:
+			default:
+			}
+		} else if x.draining {
+			select {
+			case x.reconnectC <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// reconnectLoop reconnects after a handler error once the in-flight handlers
+// have finished, so the broker redelivers the unacknowledged messages.
+func (x *External) reconnectLoop() {
+	defer x.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-x.stopC:
+			return
+		case <-x.reconnectC:
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-x.stopC:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, x.cfg.MaxReconnectInterval)
+		x.client.Disconnect(250)
+		x.connected.Store(false)
+		x.subscribedOK.Store(false)
+		x.mu.Lock()
+		x.draining = false
+		x.mu.Unlock()
+		tok := x.client.Connect()
+		select {
+		case <-tok.Done():
+		case <-x.stopC:
+			return
+		}
+		if x.stats.accepted.Load() > 0 {
+			backoff = max(100*time.Millisecond, backoff/2)
+		}
+	}
+}
+
+// Publish publishes through the broker and waits until the message is sent
+// (QoS 0) or acknowledged by the broker (QoS 1 and 2), or ctx is done. While
+// the client is reconnecting, paho keeps QoS>0 messages and sends them after
+// the reconnect; a durable outbox must still not rely on the token alone.
+func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
+	if err := ValidTopic(topic); err != nil {
+		return err
+	}
+	if qos > 2 {
+		return fmt.Errorf("%w: %d", ErrInvalidQoS, qos)
+	}
+	x.mu.Lock()
+	started, closed := x.started, x.closed
+	x.mu.Unlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case !started:
+		return ErrNotStarted
+	}
+	t := x.client.Publish(topic, qos, retain, payload)
+	select {
+	case <-t.Done():
+		if err := t.Error(); err != nil {
+			return fmt.Errorf("mqtt: publish %s: %w", topic, err)
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt: publish %s: %w", topic, ctx.Err())
+	}
+	x.stats.published.Add(1)
+	return nil
+}
+
+// Ready reports whether the client is connected and subscribed to the
+// current filters.
+func (x *External) Ready() bool {
+	return x.connected.Load() && x.subscribedOK.Load() && x.client.IsConnectionOpen()
+}
+
+// Stats returns a snapshot of the counters.
+func (x *External) Stats() Stats { return x.stats.snapshot() }
+
+// Close stops taking messages (those not yet acknowledged stay in the
+// broker's session and are redelivered next time), waits for in-flight
+// handlers (cancelling their context if ctx ends first), then disconnects.
+// Subscriptions are kept in the persistent session so the broker queues
+// messages while the gateway is down.
+func (x *External) Close(ctx context.Context) error {
+	x.mu.Lock()
+	if x.closed {
+		x.mu.Unlock()
+		return nil
+	}
+	x.closed = true
+	started := x.started
+	n := x.inflight
+	x.mu.Unlock()
+	close(x.stopC)
+	defer x.hcancel()
+	if !started {
+		return nil
+	}
+	var ctxErr error
+	if n > 0 {
+		select {
+		case <-x.idle:
+		case <-ctx.Done():
+			ctxErr = fmt.Errorf("mqtt: close: handlers still running: %w", ctx.Err())
+			x.hcancel()
+			<-x.idle
+		}
+	}
+	x.client.Disconnect(250)
+	x.connected.Store(false)
+	x.wg.Wait()
+	x.log.Info("disconnected from MQTT broker", "broker", x.cfg.Broker)
+	return ctxErr
+}
