@@ -202,44 +202,81 @@ func (m *Matcher) Filters() []string {
 }
 
 // minimalFilters sorts and deduplicates fs and drops every filter that
-// another one covers.
+// another one covers. It uses a trie of the filters, so its cost is about
+// linear in the number of filters.
 func minimalFilters(fs []string) []string {
 	sort.Strings(fs)
 	fs = slices.Compact(fs)
+	root := &fnode{}
+	split := make([][]string, len(fs))
+	for i, f := range fs {
+		split[i] = strings.Split(f, "/")
+		root.insert(split[i])
+	}
 	out := fs[:0:0]
 	for i, f := range fs {
-		covered := false
-		for j, g := range fs {
-			if i != j && covers(g, f) {
-				covered = true
-				break
-			}
-		}
-		if !covered {
+		if !root.coversOther(split[i], 0, false) {
 			out = append(out, f)
 		}
 	}
 	return out
 }
 
-// covers reports whether every topic matched by filter f is matched by
-// filter g.
-func covers(g, f string) bool {
-	gl, fl := strings.Split(g, "/"), strings.Split(f, "/")
-	for i, l := range gl {
+// fnode is a trie of MQTT filters, for minimalFilters.
+type fnode struct {
+	lit  map[string]*fnode
+	plus *fnode
+	hash bool // a filter ends with "#" here
+	end  bool // a filter ends here
+}
+
+func (n *fnode) insert(levels []string) {
+	for _, l := range levels {
 		switch l {
 		case "#":
-			// A leading wildcard does not match '$' topics.
-			return i != 0 || !strings.HasPrefix(fl[0], "$")
+			n.hash = true
+			return
 		case "+":
-			if i >= len(fl) || fl[i] == "#" || (i == 0 && strings.HasPrefix(fl[0], "$")) {
-				return false
+			if n.plus == nil {
+				n.plus = &fnode{}
 			}
+			n = n.plus
 		default:
-			if i >= len(fl) || fl[i] != l {
-				return false
+			if n.lit == nil {
+				n.lit = map[string]*fnode{}
 			}
+			c := n.lit[l]
+			if c == nil {
+				c = &fnode{}
+				n.lit[l] = c
+			}
+			n = c
 		}
 	}
-	return len(fl) == len(gl)
+	n.end = true
+}
+
+// coversOther reports whether a filter in the trie other than f itself
+// (levels) covers f: matches every topic f matches. n is the node reached
+// after f's first i levels; differs records that the path so far is not f's
+// own. A leading wildcard does not cover levels starting with '$'.
+func (n *fnode) coversOther(f []string, i int, differs bool) bool {
+	dollar := i == 0 && strings.HasPrefix(f[0], "$")
+	if n.hash && !dollar && (differs || i != len(f)-1 || f[i] != "#") {
+		return true
+	}
+	if i == len(f) {
+		return n.end && differs
+	}
+	switch l := f[i]; l {
+	case "#":
+		return false // only a "#" here covers it, handled above
+	case "+":
+		return n.plus != nil && n.plus.coversOther(f, i+1, differs)
+	default:
+		if c := n.lit[l]; c != nil && c.coversOther(f, i+1, differs) {
+			return true
+		}
+		return n.plus != nil && !dollar && n.plus.coversOther(f, i+1, true)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -96,6 +97,66 @@ func TestMatcherFilters(t *testing.T) {
 	} {
 		if covers(c.g, c.f) != c.ok {
 			t.Errorf("covers(%q, %q) = %v", c.g, c.f, !c.ok)
+		}
+	}
+}
+
+// covers reports whether every topic matched by filter f is matched by
+// filter g (a direct definition, to test the trie in minimalFilters).
+func covers(g, f string) bool {
+	gl, fl := strings.Split(g, "/"), strings.Split(f, "/")
+	for i, l := range gl {
+		switch l {
+		case "#":
+			// A leading wildcard does not match '$' topics.
+			return i != 0 || !strings.HasPrefix(fl[0], "$")
+		case "+":
+			if i >= len(fl) || fl[i] == "#" || (i == 0 && strings.HasPrefix(fl[0], "$")) {
+				return false
+			}
+		default:
+			if i >= len(fl) || fl[i] != l {
+				return false
+			}
+		}
+	}
+	return len(fl) == len(gl)
+}
+
+// TestMinimalFiltersAgainstCovers compares the trie-based pruning with the
+// quadratic definition on random filters.
+func TestMinimalFiltersAgainstCovers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	levels := []string{"a", "b", "$s", "", "+"}
+	for range 300 {
+		var fs []string
+		for range 1 + rng.IntN(12) {
+			n := 1 + rng.IntN(4)
+			ls := make([]string, n)
+			for i := range ls {
+				ls[i] = levels[rng.IntN(len(levels))]
+			}
+			if rng.IntN(3) == 0 {
+				ls[n-1] = "#"
+			}
+			fs = append(fs, strings.Join(ls, "/"))
+		}
+		uniq := slices.Compact(slices.Sorted(slices.Values(fs)))
+		var want []string
+		for i, f := range uniq {
+			covered := false
+			for j, g := range uniq {
+				if i != j && covers(g, f) {
+					covered = true
+				}
+			}
+			if !covered {
+				want = append(want, f)
+			}
+		}
+		got := minimalFilters(slices.Clone(fs))
+		if !reflect.DeepEqual(got, want) && len(got)+len(want) > 0 {
+			t.Fatalf("minimalFilters(%q) = %q, want %q", fs, got, want)
 		}
 	}
 }
