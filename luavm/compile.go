@@ -18,6 +18,7 @@ type Program struct {
 	name  string
 	proto *lua.FunctionProto
 	size  int
+	usesG bool // the source mentions _G: the fresh environment gets one
 }
 
 // Name returns the chunk name given to Compile.
@@ -63,6 +64,7 @@ func compile(name string, src []byte, maxBytes int) (*Program, error) {
 	if !definesHandle(chunk) {
 		return nil, fmt.Errorf("%w: %s must define a global function handle(event, ctx)", ErrNoHandler, name)
 	}
+	usesG := bytes.Contains(src, []byte("_G"))
 	chunk = instrumentChunk(chunk)
 	proto, err := lua.Compile(chunk, name)
 	if err != nil {
@@ -72,7 +74,7 @@ func compile(name string, src []byte, maxBytes int) (*Program, error) {
 		}
 		return nil, &CompileError{Name: name, Msg: err.Error()}
 	}
-	return &Program{name: name, proto: proto, size: len(src)}, nil
+	return &Program{name: name, proto: proto, size: len(src), usesG: usesG}, nil
 }
 
 // definesHandle reports whether a top-level statement assigns the global

@@ -69,9 +69,13 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 
 	// A fresh global environment per invocation: writes stay in env,
 	// reads fall through to the read-only library.
-	env := L.CreateTable(0, 4)
+	env := L.CreateTable(0, 2)
 	env.Metatable = in.envMT
-	env.RawSetString("_G", env)
+	if in.prog.usesG {
+		// Without the name in the source there is no way to reach _G
+		// (getfenv and load are gone), so skip the field when it is absent.
+		env.RawSetString("_G", env)
+	}
 	fn := L.NewFunctionFromProto(in.prog.proto)
 	fn.Env = env
 	L.Push(fn)
