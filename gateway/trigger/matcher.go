@@ -67,6 +67,28 @@ func (m *Matcher) Set(function string, patterns []*Pattern) {
 	m.snap.Store(build(m.funcs))
 }
 
+// SetAll replaces every function's patterns at once (one rebuild instead of
+// one per function): afterwards the Matcher holds exactly funcs. Nil
+// patterns and functions without patterns are left out.
+func (m *Matcher) SetAll(funcs map[string][]*Pattern) {
+	next := make(map[string][]*Pattern, len(funcs))
+	for name, patterns := range funcs {
+		ps := make([]*Pattern, 0, len(patterns))
+		for _, p := range patterns {
+			if p != nil && len(p.segs) > 0 {
+				ps = append(ps, p)
+			}
+		}
+		if len(ps) > 0 {
+			next[name] = ps
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.funcs = next
+	m.snap.Store(build(next))
+}
+
 // Remove removes function; removing an unknown function does nothing.
 func (m *Matcher) Remove(function string) {
 	m.mu.Lock()

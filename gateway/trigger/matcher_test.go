@@ -68,6 +68,16 @@ func TestMatcherBasics(t *testing.T) {
 	if got := collect(m, "devices/d1/x"); got != nil {
 		t.Fatalf("after Set(nil): %v", got)
 	}
+	m.SetAll(map[string][]*Pattern{"x": pats("x/#"), "empty": nil})
+	if got := collect(m, "x/1"); !reflect.DeepEqual(got, []call{{"x", nil}}) {
+		t.Fatalf("after SetAll: %v", got)
+	}
+	if got := collect(m, "devices/d1/telemetry"); got != nil {
+		t.Fatalf("SetAll kept old functions: %v", got)
+	}
+	if f := m.Filters(); !reflect.DeepEqual(f, []string{"x/#"}) {
+		t.Fatalf("Filters after SetAll = %v", f)
+	}
 }
 
 func TestMatcherFilters(t *testing.T) {
@@ -340,6 +350,7 @@ func BenchmarkMatcherMatchMiss(b *testing.B) {
 		m.Set(fmt.Sprintf("fn%04d", i), pats(fmt.Sprintf("devices/{device}/m%d", i)))
 	}
 	b.ReportAllocs()
+	b.ResetTimer()
 	for range b.N {
 		m.Match("devices/dev-42/telemetry", func(string, map[string]string) { b.Fatal("matched") })
 	}
@@ -348,11 +359,14 @@ func BenchmarkMatcherMatchMiss(b *testing.B) {
 // BenchmarkMatcherSet is one copy-on-write update with 1,000 functions.
 func BenchmarkMatcherSet(b *testing.B) {
 	m := NewMatcher()
+	all := map[string][]*Pattern{}
 	for i := range 1000 {
-		m.Set(fmt.Sprintf("fn%04d", i), pats(fmt.Sprintf("devices/{device}/m%d", i)))
+		all[fmt.Sprintf("fn%04d", i)] = pats(fmt.Sprintf("devices/{device}/m%d", i))
 	}
+	m.SetAll(all)
 	p := pats("devices/{device}/x")
 	b.ReportAllocs()
+	b.ResetTimer()
 	for range b.N {
 		m.Set("fn0500", p)
 	}
