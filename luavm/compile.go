@@ -30,6 +30,7 @@ const (
 	hidTick   = "@tick"   // @tick(n): charge n steps, check limits
 	hidConcat = "@concat" // @concat(a, b, ...): accounted a .. b .. ...
 	hidTable  = "@table"  // @table(t): account a new table, returns t
+	hidFunc   = "@func"   // @func(f): account a new closure, returns f
 )
 
 // Compile parses and compiles src with the default source size limit
@@ -112,7 +113,11 @@ func definesHandle(chunk []ast.Stmt) bool {
 //     @tick(n), n = 1 + number of statements of that block;
 //   - every a .. b .. c becomes @concat(a, b, c) (memory accounted);
 //   - every table constructor {...} becomes @table({...}) (table growth is
-//     accounted).
+//     accounted);
+//   - every closure becomes @func(function ... end) (closures are
+//     accounted); `local function f` becomes `local f; f = @func(...)` and
+//     `function a.b:c()` becomes `a.b.c = @func(function(self) ...)`, as in
+//     the Lua manual's definitions of those statements.
 func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
 	in := &instrumenter{}
 	body := in.block(chunk, 1)
@@ -122,7 +127,7 @@ func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
 	}
 	va := &ast.Comma3Expr{}
 	va.SetLine(line)
-	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable}, Exprs: []ast.Expr{va}}
+	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable, hidFunc}, Exprs: []ast.Expr{va}}
 	pro.SetLine(line)
 	pro.SetLastLine(line)
 	return append([]ast.Stmt{pro}, body...)
@@ -163,6 +168,26 @@ func (in *instrumenter) stmts(stmts []ast.Stmt, line int, tick bool) []ast.Stmt 
 		out = append(out, in.tickStmt(1+len(stmts), line))
 	}
 	for _, st := range stmts {
+		if la, ok := st.(*ast.LocalAssignStmt); ok && len(la.Names) == 1 && len(la.Exprs) == 1 {
+			if f, ok := la.Exprs[0].(*ast.FunctionExpr); ok {
+				// local function f: declare f first so the body can recurse.
+				decl := &ast.LocalAssignStmt{Names: la.Names}
+				decl.SetLine(la.Line())
+				decl.SetLastLine(la.Line())
+				id := &ast.IdentExpr{Value: la.Names[0]}
+				id.SetLine(la.Line())
+				in.function(f)
+				as := &ast.AssignStmt{Lhs: []ast.Expr{id}, Rhs: []ast.Expr{in.call(hidFunc, f.Line(), []ast.Expr{f})}}
+				as.SetLine(la.Line())
+				as.SetLastLine(la.LastLine())
+				out = append(out, decl, as)
+				continue
+			}
+		}
+		if fd, ok := st.(*ast.FuncDefStmt); ok {
+			out = append(out, in.funcDef(fd))
+			continue
+		}
 		out = append(out, in.stmt(st))
 		if lbl, ok := st.(*ast.LabelStmt); ok {
 			out = append(out, in.tickStmt(1+len(stmts), lbl.Line()))
@@ -202,16 +227,33 @@ func (in *instrumenter) stmt(st ast.Stmt) ast.Stmt {
 	case *ast.GenericForStmt:
 		in.exprs(s.Exprs)
 		s.Stmts = in.ticked(s.Stmts, s.Line())
-	case *ast.FuncDefStmt:
-		s.Name.Func = in.expr(s.Name.Func)
-		if s.Name.Receiver != nil {
-			s.Name.Receiver = in.expr(s.Name.Receiver)
-		}
-		in.function(s.Func)
 	case *ast.ReturnStmt:
 		in.exprs(s.Exprs)
 	}
 	return st
+}
+
+// funcDef turns `function name() ... end` into an assignment of an
+// accounted closure (a method gets its explicit self parameter).
+func (in *instrumenter) funcDef(fd *ast.FuncDefStmt) ast.Stmt {
+	var lhs ast.Expr
+	if fd.Name.Func != nil {
+		lhs = in.expr(fd.Name.Func)
+	} else {
+		key := &ast.StringExpr{Value: fd.Name.Method}
+		key.SetLine(fd.Line())
+		get := &ast.AttrGetExpr{Object: in.expr(fd.Name.Receiver), Key: key}
+		get.SetLine(fd.Line())
+		get.SetLastLine(fd.Line())
+		lhs = get
+		// The compiler adds the implicit self only for a method FuncDefStmt.
+		fd.Func.ParList.Names = append([]string{"self"}, fd.Func.ParList.Names...)
+	}
+	in.function(fd.Func)
+	as := &ast.AssignStmt{Lhs: []ast.Expr{lhs}, Rhs: []ast.Expr{in.call(hidFunc, fd.Func.Line(), []ast.Expr{fd.Func})}}
+	as.SetLine(fd.Line())
+	as.SetLastLine(fd.LastLine())
+	return as
 }
 
 func (in *instrumenter) function(f *ast.FunctionExpr) {
@@ -275,6 +317,7 @@ func (in *instrumenter) expr(e ast.Expr) ast.Expr {
 		x.Expr = in.expr(x.Expr)
 	case *ast.FunctionExpr:
 		in.function(x)
+		return in.call(hidFunc, x.Line(), []ast.Expr{x})
 	}
 	return e
 }

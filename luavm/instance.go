@@ -21,7 +21,7 @@ type instance struct {
 	prog   *Program
 	spec   *Spec
 	envMT  *lua.LTable // metatable of every fresh global table: __index = lib
-	chunk  [3]lua.LValue
+	chunk  [4]lua.LValue
 	frozen map[*lua.LTable]struct{}
 	null   *lua.LUserData // json.null
 	pmb    pm.Budget
@@ -61,6 +61,7 @@ const (
 	tableBaseBytes  = 64
 	tableSlotBytes  = 16
 	tableEntryBytes = 80
+	closureBytes    = 128
 	// Between two table scans, at most scanEvery steps (plus 2 per tracked
 	// table) run.
 	scanEvery = 1024
@@ -175,7 +176,7 @@ func (in *instance) setup() {
 	in.envMT = L.CreateTable(0, 2)
 	in.envMT.RawSetString("__index", lib)
 	in.envMT.RawSetString("__metatable", lua.LFalse)
-	in.chunk = [3]lua.LValue{L.NewFunction(in.tick), L.NewFunction(in.concat), L.NewFunction(in.table)}
+	in.chunk = [4]lua.LValue{L.NewFunction(in.tick), L.NewFunction(in.concat), L.NewFunction(in.table), L.NewFunction(in.closure)}
 	// Cut the way back to the unrestricted globals.
 	L.G.Global = L.CreateTable(0, 0)
 	L.Env = L.G.Global
@@ -294,6 +295,14 @@ func (in *instance) table(L *lua.LState) int {
 		}
 	}
 	L.Push(t)
+	return 1
+}
+
+// @func(f): a closure is accounted as closureBytes, cumulatively.
+func (in *instance) closure(L *lua.LState) int {
+	f := L.Get(1)
+	in.alloc(L, closureBytes)
+	L.Push(f)
 	return 1
 }
 

@@ -404,3 +404,48 @@ func TestRemoveAndClose(t *testing.T) {
 		t.Fatalf("bad deploy: %v", err)
 	}
 }
+
+// TestFunctionDefinitions: the closure instrumentation keeps the meaning of
+// every form of function definition.
+func TestFunctionDefinitions(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "defs", `
+local obj = {n = 10, inner = {}}
+function obj:add(x) return self.n + x end
+function obj.inner.twice(x) return 2 * x end
+local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+local anon = function(...) return select("#", ...) end
+function global_fn() return "g" end
+function handle(event, ctx)
+  local counter = 0
+  local inc = function() counter = counter + 1; return counter end
+  inc(); inc()
+  return {add = obj:add(5), twice = obj.inner.twice(4), fact = fact(5), nargs = anon(1, nil, 3),
+    g = global_fn(), counter = counter, concat = 1 .. "-" .. 2.5 .. "-" .. "x"}
+end`)
+	res, err := invoke(t, rt, "defs", nil)
+	want := `{"add":15,"concat":"1-2.5-x","counter":2,"fact":120,"g":"g","nargs":3,"twice":8}`
+	if err != nil || string(res.Value) != want {
+		t.Fatalf("%v %s, want %s", err, res.Value, want)
+	}
+}
+
+// TestConcatMetamethod: @concat falls back to __concat like the VM.
+func TestConcatMetamethod(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "cm", `
+function handle()
+  local mt = {__concat = function(a, b)
+    local x = type(a) == "table" and a.v or a
+    local y = type(b) == "table" and b.v or b
+    return x .. "+" .. y
+  end}
+  local v = setmetatable({v = "V"}, mt)
+  local ok, err = pcall(function() return "a" .. {} end)
+  return {l = v .. "s", r = "s" .. v, chain = "a" .. v .. "b", err = err}
+end`)
+	res, err := invoke(t, rt, "cm", nil)
+	if err != nil || !strings.Contains(string(res.Value), `"chain":"aV+b","err":"cm:9: attempt to concatenate a table value","l":"V+s","r":"s+V"`) {
+		t.Fatalf("%v %s", err, res.Value)
+	}
+}
