@@ -155,19 +155,25 @@ func readLimited(path string, limit int64) ([]byte, error) {
 const DefaultPollInterval = time.Second
 
 // Watch polls dir every interval until ctx is done and calls onChange with
-// the whole new set (as [LoadDir] returns it) when the content of the
-// directory's manifests and sources has changed since the previous call, or
-// since Watch started (Watch does not call onChange for the state it finds
-// at start: load it with LoadDir first). Changes are detected by content
-// hash, not modification time. A change is reported once the directory has
-// read the same on two consecutive polls, so a file caught half-written is
-// not reported before it is complete. Watch blocks; run it in its own
-// goroutine. onChange runs on Watch's goroutine.
+// the whole set of functions (as [LoadDir] returns it): once at the start,
+// then each time the content of the directory's manifests and sources has
+// changed. Reporting the initial state leaves no window in which a change
+// could be missed between a separate LoadDir and the start of Watch; a
+// caller that loaded the directory already gets the same set again.
+// Changes are detected by content hash, not modification time. A change is
+// reported once the directory has read the same on two consecutive polls,
+// so a file caught half-written is not reported before it is complete.
+// Watch blocks; run it in its own goroutine. onChange runs on Watch's
+// goroutine, never concurrently with itself.
 func Watch(ctx context.Context, dir string, interval time.Duration, onChange func([]Function, []error)) {
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
-	_, _, reported := loadDir(dir)
+	if ctx.Err() != nil {
+		return
+	}
+	fns, errs, reported := loadDir(dir)
+	onChange(fns, errs)
 	pending := ""
 	t := time.NewTicker(interval)
 	defer t.Stop()
