@@ -473,9 +473,10 @@ func (x *External) reconnectLoop() {
 }
 
 // Publish publishes through the broker and waits until the message is sent
-// (QoS 0) or acknowledged by the broker (QoS 1 and 2), or ctx is done. While
-// the client is reconnecting, paho keeps QoS>0 messages and sends them after
-// the reconnect; a durable outbox must still not rely on the token alone.
+// (QoS 0) or acknowledged by the broker (QoS 1 and 2), or ctx is done. It
+// fails with ErrNotConnected while the client is not connected. paho may
+// complete a QoS>0 token after a reconnect without a broker acknowledgement
+// (see PITFALLS), so a durable outbox must not rely on a nil error alone.
 func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
 	if err := ValidTopic(topic); err != nil {
 		return err
@@ -491,6 +492,9 @@ func (x *External) Publish(ctx context.Context, topic string, payload []byte, qo
 		return ErrClosed
 	case !started:
 		return ErrNotStarted
+	}
+	if !x.client.IsConnectionOpen() {
+		return fmt.Errorf("mqtt: publish %s: %w", topic, ErrNotConnected)
 	}
 	t := x.client.Publish(topic, qos, retain, payload)
 	select {

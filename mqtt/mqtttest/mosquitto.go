@@ -121,6 +121,11 @@ func (m *Mosquitto) writeConfig() error {
 		"log_type warning",
 		"log_type notice",
 	}
+	if os.Geteuid() == 0 {
+		// mosquitto started as root drops to user "mosquitto", which cannot
+		// write the test's private temp dir (log, persistence).
+		lines = append(lines, "user root")
+	}
 	if m.opts.persistence {
 		lines = append(lines, "persistence true", "persistence_location "+data+"/")
 	} else {

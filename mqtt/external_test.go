@@ -1,0 +1,292 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+)
+
+func startExternal(t testing.TB, url, clientID string, h Handler, filters ...string) *External {
+	t.Helper()
+	x, err := NewExternal(ExternalConfig{Broker: url, ClientID: clientID, KeepAlive: 5 * time.Second,
+		ConnectTimeout: 3 * time.Second, MaxReconnectInterval: 500 * time.Millisecond}, testLogger(t))
+	if err != nil {
+		t.Fatalf("NewExternal: %v", err)
+	}
+	if filters != nil {
+		if err := x.SetFilters(context.Background(), filters); err != nil {
+			t.Fatalf("SetFilters: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := x.Start(ctx, h); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := x.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return x
+}
+
+// payloadSet collects distinct payloads handed to a Handler.
+type payloadSet struct {
+	mu    sync.Mutex
+	seen  map[string]int
+	order []string
+}
+
+func newPayloadSet() *payloadSet { return &payloadSet{seen: map[string]int{}} }
+
+func (p *payloadSet) add(m *Message) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen[string(m.Payload)]++
+	p.order = append(p.order, string(m.Payload))
+}
+
+func (p *payloadSet) distinct() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.seen)
+}
+
+func (p *payloadSet) has(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seen[s] > 0
+}
+
+func publishN(t testing.TB, c paho.Client, topic string, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		if err := waitToken(t, c.Publish(topic, 1, false, []byte(fmt.Sprintf("m%05d", i)))); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+}
+
+func TestExternalReceiveAckPublish(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	ps := newPayloadSet()
+	x := startExternal(t, m.URL(), "gw-basic", func(ctx context.Context, msg *Message) error { ps.add(msg); return nil }, "devices/+/t")
+	if !x.Ready() {
+		t.Fatal("not ready after Start")
+	}
+	pub := mustDial(t, m.URL(), "device")
+	publishN(t, pub, "devices/a/t", 0, 50)
+	if err := waitToken(t, pub.Publish("devices/a/other", 1, false, []byte("not ours"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "50 messages", 10*time.Second, func() bool { return ps.distinct() == 50 })
+	// Local publish through the broker.
+	got := make(chan string, 1)
+	if err := waitToken(t, pub.Subscribe("out/#", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Publish(context.Background(), "out/1", []byte("result"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-got:
+		if p != "result" {
+			t.Fatalf("got %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("local publish not received")
+	}
+	// Filters can change while connected.
+	if err := x.SetFilters(context.Background(), []string{"devices/+/other"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, pub.Publish("devices/a/other", 1, false, []byte("now ours"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "message on new filter", 5*time.Second, func() bool { return ps.has("now ours") })
+	publishN(t, pub, "devices/a/t", 1000, 1) // no longer subscribed
+	if err := waitToken(t, pub.Publish("devices/b/other", 1, false, []byte("sync"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sync message", 5*time.Second, func() bool { return ps.has("sync") })
+	if ps.has("m01000") {
+		t.Fatal("received a message on a removed filter")
+	}
+	st := x.Stats()
+	if st.Accepted != 52 || st.Published != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+	if err := x.Publish(context.Background(), "a/+", nil, 0, false); !errors.Is(err, ErrInvalidTopic) {
+		t.Fatalf("invalid topic publish: %v", err)
+	}
+}
+
+// A handler error leaves the message unacknowledged; the client reconnects
+// and the broker redelivers it, in order with the ones after it.
+func TestExternalHandlerErrorRedelivered(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	var failed atomic.Bool
+	ps := newPayloadSet()
+	x := startExternal(t, m.URL(), "gw-redeliver", func(ctx context.Context, msg *Message) error {
+		if string(msg.Payload) == "m00003" && failed.CompareAndSwap(false, true) {
+			return errors.New("inbox unavailable")
+		}
+		ps.add(msg)
+		return nil
+	}, "d/#")
+	pub := mustDial(t, m.URL(), "device")
+	publishN(t, pub, "d/1", 0, 10)
+	waitFor(t, "all 10 accepted", 15*time.Second, func() bool { return ps.distinct() == 10 })
+	st := x.Stats()
+	if st.RejectedHandler != 1 || st.Reconnects < 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+	waitFor(t, "ready again", 10*time.Second, x.Ready)
+}
+
+// Killing the broker: the client reconnects, resubscribes (the killed broker
+// lost the session) and keeps receiving.
+func TestExternalBrokerKillRestart(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	ps := newPayloadSet()
+	x := startExternal(t, m.URL(), "gw-restart", func(ctx context.Context, msg *Message) error { ps.add(msg); return nil }, "k/#")
+	pub := mustDial(t, m.URL(), "device-1")
+	publishN(t, pub, "k/1", 0, 5)
+	waitFor(t, "first batch", 10*time.Second, func() bool { return ps.distinct() == 5 })
+	m.Kill()
+	waitFor(t, "not ready after kill", 10*time.Second, func() bool { return !x.Ready() })
+	m.Restart()
+	waitFor(t, "ready after restart", 15*time.Second, x.Ready)
+	pub2 := mustDial(t, m.URL(), "device-2")
+	publishN(t, pub2, "k/1", 5, 5)
+	waitFor(t, "second batch", 10*time.Second, func() bool { return ps.distinct() == 10 })
+	if x.Stats().Reconnects < 1 {
+		t.Fatalf("stats = %+v", x.Stats())
+	}
+}
+
+// Messages published while the gateway is offline wait in its persistent
+// session, across a graceful broker restart, and arrive when it returns.
+func TestExternalOfflineMessagesDelivered(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	ps := newPayloadSet()
+	h := func(ctx context.Context, msg *Message) error { ps.add(msg); return nil }
+	x, err := NewExternal(ExternalConfig{Broker: m.URL(), ClientID: "gw-offline"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = x.SetFilters(context.Background(), []string{"o/#"})
+	if err := x.Start(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	pub := mustDial(t, m.URL(), "device")
+	publishN(t, pub, "o/1", 0, 200)
+	pub.Disconnect(50)
+	m.Stop() // SIGTERM: mosquitto writes its persistence file
+	m.Restart()
+	startExternal(t, m.URL(), "gw-offline", h, "o/#")
+	deadline := time.Now().Add(15 * time.Second)
+	for ps.distinct() < 200 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := ps.distinct(); n != 200 {
+		t.Fatalf("received %d of 200 messages published while offline; mosquitto log:\n%s", n, m.Log())
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if len(ps.order) != 200 {
+		t.Fatalf("got %d deliveries for 200 messages", len(ps.order))
+	}
+}
+
+// A blocking handler holds at most the broker's in-flight window; the rest
+// waits at the broker, and nothing is lost once it unblocks.
+func TestExternalBackpressure(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_inflight_messages 5"))
+	release := make(chan struct{})
+	var running, peak atomic.Int64
+	ps := newPayloadSet()
+	startExternal(t, m.URL(), "gw-slow", func(ctx context.Context, msg *Message) error {
+		n := running.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		<-release
+		running.Add(-1)
+		ps.add(msg)
+		return nil
+	}, "s/#")
+	pub := mustDial(t, m.URL(), "device")
+	publishN(t, pub, "s/1", 0, 300)
+	waitFor(t, "handlers saturated", 10*time.Second, func() bool { return running.Load() == 5 })
+	if p := peak.Load(); p > 5 {
+		t.Fatalf("%d handlers ran at once with a broker window of 5", p)
+	}
+	close(release)
+	waitFor(t, "all 300 delivered", 20*time.Second, func() bool { return ps.distinct() == 300 })
+	if p := peak.Load(); p > 5 {
+		t.Fatalf("peak concurrency %d > 5", p)
+	}
+}
+
+func TestExternalConfigErrors(t *testing.T) {
+	for name, cfg := range map[string]ExternalConfig{
+		"no scheme":   {Broker: "localhost:1883"},
+		"bad scheme":  {Broker: "http://localhost:1883"},
+		"empty":       {},
+		"cert no key": {Broker: "tcp://127.0.0.1:1", CertFile: "c.pem"},
+		"missing ca":  {Broker: "ssl://127.0.0.1:1", CAFile: "/nonexistent/ca.pem"},
+		"keepalive":   {Broker: "tcp://127.0.0.1:1", KeepAlive: time.Millisecond},
+	} {
+		if _, err := NewExternal(cfg, nil); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: err = %v, want ErrConfig", name, err)
+		}
+	}
+}
+
+// Start gives up when its context ends but keeps connecting; Close stops it.
+func TestExternalStartUnreachable(t *testing.T) {
+	port := freeLoopbackPort(t)
+	x, err := NewExternal(ExternalConfig{Broker: fmt.Sprintf("tcp://127.0.0.1:%d", port), ClientID: "gw-x",
+		ConnectTimeout: 200 * time.Millisecond, MaxReconnectInterval: 200 * time.Millisecond}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := x.Start(ctx, func(context.Context, *Message) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Start = %v", err)
+	}
+	if x.Ready() {
+		t.Fatal("ready without a broker")
+	}
+	if err := x.Publish(context.Background(), "a", nil, 0, false); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("publish without a broker: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- x.Close(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung while connecting")
+	}
+}
