@@ -201,6 +201,7 @@ func TestErrors(t *testing.T) {
 		{"merge key", "base: &b {listen: ':1'}\napi:\n  <<: *b\n", []string{"m.yaml:1: base: unknown key", "m.yaml:3: api: keys must be plain strings"}},
 		{"syntax error", "log:\n  level: info\n bad\n", []string{"m.yaml:2: YAML syntax:"}},
 		{"two documents", "log: {}\n---\napi: {}\n", []string{"m.yaml:2: more than one YAML document"}},
+		{"empty list item", "mqtt:\n  embedded:\n    users:\n      -\n", []string{"m.yaml:4: mqtt.embedded.users[0]: empty list item"}},
 		{"top level list", "- a\n", []string{"m.yaml:1: expected a mapping, got a list"}},
 		{"several problems reported together", "pipeline:\n  workers: -2\nlog:\n  level: loud\n", []string{"m.yaml:2: pipeline.workers:", "m.yaml:4: log.level:"}},
 	}

@@ -259,6 +259,10 @@ func (d *decoder) decode(n *yaml.Node, path string, rv reflect.Value, depth int)
 		for i, item := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
 			d.lines[p] = item.Line
+			if isNull(item) && s.Index(i).Kind() != reflect.Interface {
+				d.errorf(item, p, "empty list item")
+				continue
+			}
 			d.decode(item, p, s.Index(i), depth+1)
 		}
 		rv.Set(s)

@@ -110,6 +110,7 @@ func TestParseManifestErrors(t *testing.T) {
 		{"triggers not a list", "triggers: {mqtt: a}\n", "f.yaml:1: triggers: expected a list, got a mapping"},
 		{"trigger two keys", "triggers:\n  - {mqtt: a, timer: 1s}\n", "f.yaml:2: triggers[0]: a trigger is a mapping with one key"},
 		{"trigger scalar", "triggers:\n  - a/b\n", "f.yaml:2: triggers[0]: a trigger is a mapping"},
+		{"empty trigger", "triggers:\n  -\n", "f.yaml:2: triggers[0]: empty list item"},
 		{"unknown trigger kind", "triggers:\n  - amqp: q\n", "f.yaml:2: triggers[0].amqp: unknown trigger kind"},
 		{"bad pattern", "triggers:\n  - mqtt: ok/x\n  - mqtt: \"a/#/b\"\n", `f.yaml:3: triggers[1].mqtt: invalid trigger pattern "a/#/b": '#' must be the last level`},
 		{"mixed name", "triggers:\n  - mqtt: \"a{b}\"\n", "f.yaml:2: triggers[0].mqtt: invalid trigger pattern"},
