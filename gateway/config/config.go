@@ -1,9 +1,12 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
+	"strings"
 	"time"
 )
 
@@ -280,25 +283,59 @@ func hostID() string {
 // [ErrInvalid]; the *Config is nil.
 func Parse(name string, data []byte) (*Config, error) {
 	c, err := decode(name, data)
-	if err != nil {
+	if c == nil {
 		return nil, err
 	}
 	c.finish()
-	if err := c.Validate(); err != nil {
+	if err := c.validateAfter(err); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// decode decodes data over the defaults. When the document parsed but some
+// values were rejected, it returns the config (rejected values keep their
+// defaults) together with the errors, so that validation can report the
+// remaining problems too; on a syntax error the config is nil.
 func decode(name string, data []byte) (*Config, error) {
 	c := Default()
 	c.file = name
 	lines, err := Unmarshal(name, data, c)
 	c.lines = lines
-	if err != nil {
+	if err != nil && len(lines) == 0 {
 		return nil, err
 	}
-	return c, nil
+	return c, err
+}
+
+// validateAfter validates c and joins the result with the decoding errors,
+// leaving out validation problems under a key that already failed to
+// decode, sorted by line.
+func (c *Config) validateAfter(decodeErr error) error {
+	if decodeErr == nil {
+		return c.Validate()
+	}
+	des := Errors(decodeErr)
+	all := make([]*Error, 0, len(des))
+	all = append(all, des...)
+	for _, ve := range Errors(c.Validate()) {
+		dup := false
+		for _, de := range des {
+			if de.Path == "" || ve.Path == de.Path || strings.HasPrefix(ve.Path, de.Path+".") || strings.HasPrefix(ve.Path, de.Path+"[") {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			all = append(all, ve)
+		}
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Line < all[j].Line })
+	errs := make([]error, len(all))
+	for i, e := range all {
+		errs[i] = e
+	}
+	return errors.Join(errs...)
 }
 
 // finish fills the defaults derived from other values.
@@ -329,6 +366,7 @@ func (c *Config) finish() {
 // (errors.Is(err, fs.ErrNotExist) works); content errors wrap [ErrInvalid].
 func Load(path string) (*Config, error) {
 	c := Default()
+	var decodeErr error
 	if path != "" {
 		st, err := os.Stat(path)
 		if err != nil {
@@ -344,13 +382,15 @@ func Load(path string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
-		if c, err = decode(path, data); err != nil {
-			return nil, err
+		var derr error
+		if c, derr = decode(path, data); c == nil {
+			return nil, derr
 		}
+		decodeErr = derr
 	}
 	c.ApplyEnv(os.LookupEnv)
 	c.finish()
-	if err := c.Validate(); err != nil {
+	if err := c.validateAfter(decodeErr); err != nil {
 		return nil, err
 	}
 	return c, nil

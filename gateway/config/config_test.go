@@ -203,6 +203,7 @@ func TestErrors(t *testing.T) {
 		{"two documents", "log: {}\n---\napi: {}\n", []string{"m.yaml:2: more than one YAML document"}},
 		{"empty list item", "mqtt:\n  embedded:\n    users:\n      -\n", []string{"m.yaml:4: mqtt.embedded.users[0]: empty list item"}},
 		{"top level list", "- a\n", []string{"m.yaml:1: expected a mapping, got a list"}},
+		{"decoding and validation problems together", "log:\n  level: loud\nmqtt:\n  embedded:\n    listn: x\n    max_inflight: nope\n", []string{"m.yaml:2: log.level: unknown value", "m.yaml:5: mqtt.embedded.listn: unknown key", "m.yaml:6: mqtt.embedded.max_inflight: expected an integer"}},
 		{"several problems reported together", "pipeline:\n  workers: -2\nlog:\n  level: loud\n", []string{"m.yaml:2: pipeline.workers:", "m.yaml:4: log.level:"}},
 	}
 	for _, tc := range cases {
