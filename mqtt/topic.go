@@ -45,18 +45,21 @@ func ValidFilter(filter string) error {
 		}
 		f = sub
 	}
-	for i, level := 0, ""; f != ""; i++ {
-		level, f, _ = strings.Cut(f, "/")
+	for i := 0; ; i++ {
+		level, rest, more := strings.Cut(f, "/")
 		switch {
 		case level == "#":
-			if f != "" {
+			if more {
 				return fmt.Errorf("%w: %q: '#' must be the last level", ErrInvalidFilter, filter)
 			}
-			return nil
 		case level == "+":
 		case strings.ContainsAny(level, "+#"):
 			return fmt.Errorf("%w: %q: wildcard must occupy a whole level (level %d)", ErrInvalidFilter, filter, i)
 		}
+		if !more {
+			break
+		}
+		f = rest
 	}
 	return nil
 }
