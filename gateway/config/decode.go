@@ -314,8 +314,9 @@ func (d *decoder) decode(n *yaml.Node, path string, rv reflect.Value, depth int)
 	}
 }
 
-// decodeAny decodes free-form data (maps, lists, scalars) into an any,
-// with string keys only and no aliases.
+// decodeAny decodes free-form data into an any holding only nil, bool, int,
+// float64, string, []any and map[string]any: string keys only, no aliases,
+// no NaN or infinity, integers within int, dates kept as strings.
 func (d *decoder) decodeAny(n *yaml.Node, path string, rv reflect.Value, depth int) {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -329,18 +330,35 @@ func (d *decoder) decodeAny(n *yaml.Node, path string, rv reflect.Value, depth i
 		d.decode(n, path, sv, depth)
 		rv.Set(sv)
 	case yaml.ScalarNode:
+		if n.Tag == "!!timestamp" {
+			rv.Set(reflect.ValueOf(n.Value)) // dates stay strings
+			return
+		}
 		var x any
 		if err := n.Decode(&x); err != nil {
 			d.errorf(n, path, "bad value %s: %v", describe(n), err)
 			return
 		}
-		if f, ok := x.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
-			d.errorf(n, path, "NaN and infinity are not allowed")
+		switch v := x.(type) {
+		case nil:
+			return
+		case bool, int, string:
+		case float64:
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				d.errorf(n, path, "NaN and infinity are not allowed")
+				return
+			}
+		case int64:
+			x = int(v) // 32-bit platforms
+			if int64(x.(int)) != v {
+				d.errorf(n, path, "integer %s out of range", clip(n.Value))
+				return
+			}
+		default:
+			d.errorf(n, path, "unsupported value %s (use a string, number, boolean, list or mapping)", describe(n))
 			return
 		}
-		if x != nil {
-			rv.Set(reflect.ValueOf(x))
-		}
+		rv.Set(reflect.ValueOf(x))
 	default:
 		d.errorf(n, path, "unsupported value %s", describe(n))
 	}

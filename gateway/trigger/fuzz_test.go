@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,9 @@ func FuzzParseManifest(f *testing.F) {
 			if m.Name != "f" || m.Stream == "" || m.OrderBy == "" {
 				t.Fatalf("derived fields unset: %+v", m)
 			}
+			if err := plainData(m.Config); err != nil {
+				t.Fatalf("config holds %v", err)
+			}
 			for _, tr := range m.Triggers {
 				switch tr.Kind {
 				case KindMQTT:
@@ -156,4 +160,28 @@ func mustTime(s string) (t time.Time) {
 		panic(err)
 	}
 	return t
+}
+
+// plainData checks that v holds only nil, bool, int, float64, string, []any
+// and map[string]any.
+func plainData(v any) error {
+	switch v := v.(type) {
+	case nil, bool, int, float64, string:
+		return nil
+	case []any:
+		for _, x := range v {
+			if err := plainData(x); err != nil {
+				return err
+			}
+		}
+		return nil
+	case map[string]any:
+		for _, x := range v {
+			if err := plainData(x); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("a %T", v)
 }

@@ -38,6 +38,8 @@ config:
   threshold: 21.5
   units: [c, f]
   nested: {a: 1, b: null}
+  since: 2026-01-01
+  hex: 0x10
 `
 	m, err := ParseManifest("functions/telemetry.yaml", []byte(src))
 	if err != nil {
@@ -70,7 +72,7 @@ config:
 	if m.Limits != want || m.MinInstances != 1 || m.MaxConcurrency != 2 || m.IdleTimeout != config.Duration(5*time.Minute) {
 		t.Errorf("limits %+v", m)
 	}
-	wantCfg := map[string]any{"threshold": 21.5, "units": []any{"c", "f"}, "nested": map[string]any{"a": 1, "b": nil}}
+	wantCfg := map[string]any{"threshold": 21.5, "units": []any{"c", "f"}, "nested": map[string]any{"a": 1, "b": nil}, "since": "2026-01-01", "hex": 16}
 	if !reflect.DeepEqual(m.Config, wantCfg) {
 		t.Errorf("config = %#v", m.Config)
 	}
@@ -136,6 +138,8 @@ func TestParseManifestErrors(t *testing.T) {
 		{"concurrency over cap", "max_concurrency: 100000\n", "f.yaml:1: max_concurrency: 100000 out of range"},
 		{"wrong type", "max_concurrency: lots\n", `f.yaml:1: max_concurrency: expected an integer, got string "lots"`},
 		{"config not a map", "config: [1, 2]\n", "f.yaml:1: config: expected a mapping, got a list"},
+		{"config huge integer", "config:\n  big: 18446744073709551615\n", "f.yaml:2: config.big: unsupported value integer 18446744073709551615"},
+		{"config infinity", "config:\n  x: .inf\n", "f.yaml:2: config.x: NaN and infinity are not allowed"},
 		{"config alias", "config:\n  a: &x 1\n  b: *x\n", "f.yaml:3: config.b: YAML aliases"},
 		{"order_by missing capture", "triggers:\n  - mqtt: \"a/{x}\"\n  - mqtt: \"b/+\"\norder_by: x\n", "f.yaml:4: order_by: every mqtt trigger must capture {x}"},
 		{"order_by without mqtt", "order_by: device\n", "f.yaml:1: order_by: order_by \"device\" needs mqtt triggers"},
