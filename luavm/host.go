@@ -1,6 +1,7 @@
 package luavm
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -350,8 +351,16 @@ func (in *instance) readState(L *lua.LState, key string) ([]byte, bool) {
 		return nil, false
 	}
 	in.checkTime(L)
-	v, ok, err := in.inv.state.GetState(in.inv.ctx, in.inv.function, key)
+	iv := &in.inv
+	if iv.stateCtx == nil {
+		iv.stateCtx, iv.stateStop = context.WithDeadline(iv.ctx, iv.deadline)
+	}
+	v, ok, err := iv.state.GetState(iv.stateCtx, iv.function, key)
 	if err != nil {
+		if iv.stateCtx.Err() != nil {
+			// The read outlived the invocation's deadline or context.
+			in.raise(L, fmt.Errorf("%w: state.get(%q): %w", ErrTimeout, key, err))
+		}
 		L.RaiseError("state.get(%q): %s", key, err.Error())
 	}
 	if ok {

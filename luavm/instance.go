@@ -48,6 +48,8 @@ type invocation struct {
 	nextScan    int64
 	breach      error
 	state       StateReader
+	stateCtx    context.Context // ctx bounded by the deadline, made on first state read
+	stateStop   context.CancelFunc
 	stateBuf    map[string][]byte // nil value = deleted
 	res         *Result
 	arrays      map[*lua.LTable]struct{} // tables that json.encode writes as arrays

@@ -58,7 +58,10 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		if cap(iv.tables) > 4096 {
 			iv.tables = nil
 		}
-		iv.stateBuf, iv.arrays, iv.res, iv.state, iv.ctx = nil, nil, nil, nil, nil
+		if iv.stateStop != nil {
+			iv.stateStop()
+		}
+		iv.stateBuf, iv.arrays, iv.res, iv.state, iv.ctx, iv.stateCtx, iv.stateStop = nil, nil, nil, nil, nil, nil, nil
 		if !in.broken {
 			L.SetTop(0)
 		}

@@ -449,3 +449,16 @@ end`)
 		t.Fatalf("%v %s", err, res.Value)
 	}
 }
+
+// TestStateReadBoundedByDeadline: a store read that hangs is cut at the
+// invocation's deadline and reported as a timeout.
+func TestStateReadBoundedByDeadline(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "slow", `function handle() return {v = state.get("k")} end`, func(s *Spec) { s.Limits.Timeout = 50 * time.Millisecond })
+	bs := newBlockingState() // never released
+	start := time.Now()
+	_, err := rt.Invoke(context.Background(), "slow", &Event{}, bs)
+	if !errors.Is(err, ErrTimeout) || time.Since(start) > 5*time.Second {
+		t.Fatalf("err %v after %v", err, time.Since(start))
+	}
+}
