@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/gateway/trigger"
 )
 
 func init() {
@@ -20,12 +21,13 @@ func init() {
 
 // runCheckConfig loads FILE exactly as `serve --config FILE` would
 // (environment overrides included) and prints "FILE: ok" or every problem,
-// one per line.
+// one per line; when the file sets functions_dir it checks the function
+// manifests there as well.
 func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: moongate check-config FILE\n\nValidates FILE (with the MOONGATE_* environment overrides applied) and\nprints every problem as FILE:LINE: KEY: MESSAGE. Exit status 0 when valid,\n1 when not, 2 on bad usage.")
+		fmt.Fprintln(stderr, "usage: moongate check-config FILE\n\nValidates FILE (with the MOONGATE_* environment overrides applied) and\nprints every problem as FILE:LINE: KEY: MESSAGE. When functions_dir is set,\nthe functions there (NAME.yaml + NAME.lua) are checked too. Exit status 0\nwhen valid, 1 when not, 2 on bad usage.")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -38,7 +40,8 @@ func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 		return exitUsage
 	}
 	file := fs.Arg(0)
-	if _, err := config.Load(file); err != nil {
+	cfg, err := config.Load(file)
+	if err != nil {
 		if es := config.Errors(err); len(es) > 0 {
 			for _, e := range es {
 				fmt.Fprintln(stderr, e)
@@ -50,5 +53,18 @@ func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 		return exitFailure
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", file)
+	if cfg.FunctionsDir == "" {
+		return exitOK
+	}
+	// The function manifests are configuration too: check them the same way.
+	fns, errs := trigger.LoadDir(cfg.FunctionsDir)
+	for _, e := range errs {
+		fmt.Fprintln(stderr, e)
+	}
+	if len(errs) > 0 {
+		fmt.Fprintf(stderr, "%s: %d function(s) ok, %d problem(s)\n", cfg.FunctionsDir, len(fns), len(errs))
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "%s: %d function(s) ok\n", cfg.FunctionsDir, len(fns))
 	return exitOK
 }

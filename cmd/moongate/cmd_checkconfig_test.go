@@ -20,6 +20,22 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	example := filepath.Join("..", "..", "deploy", "config.example.yaml")
+	fdir := filepath.Join(dir, "functions")
+	if err := os.Mkdir(fdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"ok.yaml": "triggers:\n  - mqtt: \"devices/{device}/telemetry\"\n", "ok.lua": "return 1",
+		"bad.yaml": "triggers:\n  - mqtt: \"a/#/b\"\n", "bad.lua": "return 1",
+	} {
+		if err := os.WriteFile(filepath.Join(fdir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withFns := filepath.Join(dir, "fns.yaml")
+	if err := os.WriteFile(withFns, []byte("functions_dir: "+fdir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name     string
 		args     []string
@@ -35,6 +51,10 @@ func TestCheckConfig(t *testing.T) {
 			bad + ":5: mqtt.embedded.listn: unknown key",
 			bad + ": 2 problem(s)",
 		}, true},
+		{"functions", []string{"check-config", withFns}, exitFailure, []string{withFns + ": ok\n"}, []string{
+			filepath.Join(fdir, "bad.yaml") + ":2: triggers[0].mqtt: invalid trigger pattern",
+			fdir + ": 1 function(s) ok, 1 problem(s)",
+		}, false},
 		{"missing", []string{"check-config", filepath.Join(dir, "nope.yaml")}, exitFailure, nil, []string{"no such file"}, true},
 		{"no file", []string{"check-config"}, exitUsage, nil, []string{"usage: moongate check-config FILE"}, true},
 		{"two files", []string{"check-config", good, bad}, exitUsage, nil, []string{"usage:"}, true},
@@ -61,5 +81,20 @@ func TestCheckConfig(t *testing.T) {
 				t.Errorf("unexpected stdout %q", out.String())
 			}
 		})
+	}
+}
+
+func TestCheckConfigEnv(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.yaml")
+	if err := os.WriteFile(p, []byte("log: {level: info}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MOONGATE_GATEWAY_ID", "not valid")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"check-config", p}, &out, &errb); code != exitFailure {
+		t.Fatalf("exit %d with a bad MOONGATE_GATEWAY_ID (stderr %q)", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), "gateway_id") || !strings.Contains(errb.String(), "$MOONGATE_GATEWAY_ID") {
+		t.Fatalf("stderr %q does not name the variable", errb.String())
 	}
 }
