@@ -149,9 +149,17 @@ func (in *instance) setup() {
 	})
 
 	for _, name := range []string{"assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
-		"select", "setmetatable", "tonumber", "tostring", "type", "_VERSION"} {
+		"select", "tonumber", "tostring", "type", "_VERSION"} {
 		lib.RawSetString(name, G.RawGetString(name))
 	}
+	// gopher-lua's setmetatable also sets the metatable shared by all
+	// numbers, booleans or functions of the state, which would outlive the
+	// invocation: only tables are allowed, as in Lua 5.1.
+	setmt := G.RawGetString("setmetatable").(*lua.LFunction).GFunction
+	lib.RawSetString("setmetatable", L.NewFunction(func(L *lua.LState) int {
+		L.CheckTable(1)
+		return setmt(L)
+	}))
 	lib.RawSetString("pcall", L.NewFunction(in.pcall))
 	lib.RawSetString("xpcall", L.NewFunction(in.xpcall))
 	lib.RawSetString("rawset", L.NewFunction(in.rawset))

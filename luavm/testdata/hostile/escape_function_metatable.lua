@@ -1,0 +1,4 @@
+-- expect: error
+function handle(event, ctx)
+  setmetatable(print, {__index = {}})
+end
