@@ -49,5 +49,9 @@ func (e *FileError) Unwrap() error { return e.Err }
 // matches ErrManifest.
 type manifestError struct{ e *config.Error }
 
-func (m manifestError) Error() string   { return m.e.Error() }
+// Error returns the message of the underlying *config.Error.
+func (m manifestError) Error() string { return m.e.Error() }
+
+// Unwrap returns the *config.Error (which wraps config.ErrInvalid) and
+// ErrManifest.
 func (m manifestError) Unwrap() []error { return []error{m.e, ErrManifest} }

@@ -335,6 +335,24 @@ func (m *Manifest) validate(file string, lines config.Lines) error {
 	return errors.Join(errs...)
 }
 
+// CheckWith reports the problems that appear only once the manifest is
+// combined with the gateway's function defaults d (a zero manifest value
+// means "the default"): min_instances above max_concurrency. The error
+// wraps ErrManifest.
+func (m *Manifest) CheckWith(d config.Functions) error {
+	minI, maxC := m.MinInstances, m.MaxConcurrency
+	if minI == 0 {
+		minI = d.MinInstances
+	}
+	if maxC == 0 {
+		maxC = d.MaxConcurrency
+	}
+	if minI > maxC {
+		return fmt.Errorf("%w: function %s: min_instances %d is more than max_concurrency %d (after applying the gateway defaults)", ErrManifest, m.Name, minI, maxC)
+	}
+	return nil
+}
+
 func allCapture(ps []*Pattern, name string) bool {
 	for _, p := range ps {
 		if !p.Captures(name) {

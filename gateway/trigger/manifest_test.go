@@ -226,3 +226,23 @@ func mustSchedule(t *testing.T, s string) Schedule {
 	}
 	return sc
 }
+
+func TestManifestCheckWith(t *testing.T) {
+	d := config.Default().Functions // max_concurrency 4, min_instances 0
+	m, err := ParseManifest("a.yaml", []byte("min_instances: 5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CheckWith(d); !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), "min_instances 5 is more than max_concurrency 4") {
+		t.Fatalf("CheckWith = %v", err)
+	}
+	d.MinInstances = 3
+	m, _ = ParseManifest("a.yaml", []byte("max_concurrency: 2\n"))
+	if err := m.CheckWith(d); err == nil {
+		t.Fatal("default min_instances above the manifest's max_concurrency accepted")
+	}
+	m, _ = ParseManifest("a.yaml", []byte("max_concurrency: 3\n"))
+	if err := m.CheckWith(d); err != nil {
+		t.Fatal(err)
+	}
+}
