@@ -13,7 +13,6 @@ import (
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -114,6 +113,7 @@ type Embedded struct {
 	addr      net.Addr
 	wsAddr    net.Addr
 	listeners []string
+	waiters   []interface{ wait() } // listeners whose connection goroutines Close waits for
 	ready     atomic.Bool
 }
 
@@ -217,11 +217,12 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return ErrAlreadyStarted
 	}
 	e.h = h
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: e.cfg.Listen, TLSConfig: e.tlsCfg})
+	tcp := &tcpListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg}
 	if err := e.srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("mqtt: listen %s: %w", e.cfg.Listen, err)
 	}
 	e.listeners = append(e.listeners, "tcp")
+	e.waiters = append(e.waiters, tcp)
 	var err error
 	if e.addr, err = net.ResolveTCPAddr("tcp", tcp.Address()); err != nil {
 		return fmt.Errorf("mqtt: listener address: %w", err)
@@ -233,6 +234,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 			return fmt.Errorf("mqtt: listen websocket %s: %w", e.cfg.WebSocketListen, err)
 		}
 		e.listeners = append(e.listeners, "ws")
+		e.waiters = append(e.waiters, ws)
 		e.wsAddr = ws.ln.Addr()
 	}
 	if err := e.srv.Serve(); err != nil {
@@ -338,9 +340,25 @@ func (e *Embedded) Close(ctx context.Context) error {
 		e.hcancel()
 		<-idle
 	}
-	for _, cl := range e.srv.Clients.GetAll() {
-		if !cl.Net.Inline {
-			e.disconnect(cl, packets.ErrServerShuttingDown)
+	// Disconnect every client and wait for all connection goroutines; repeat
+	// the disconnect for a connection that was mid-CONNECT on the first pass.
+	conns := make(chan struct{})
+	go func() {
+		for _, w := range e.waiters {
+			w.wait()
+		}
+		close(conns)
+	}()
+	for done := false; !done; {
+		for _, cl := range e.srv.Clients.GetAll() {
+			if !cl.Net.Inline {
+				e.disconnect(cl, packets.ErrServerShuttingDown)
+			}
+		}
+		select {
+		case <-conns:
+			done = true
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	_ = e.srv.Close()
@@ -446,11 +464,20 @@ func (h *hook) ID() string { return "moongate-ingest" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
+	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
 		mochi.OnPacketProcessed, mochi.OnDisconnect:
 		return true
 	}
 	return false
+}
+
+// OnConnect refuses connections once Close has begun (no CONNACK; the
+// connection is closed).
+func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
+	if h.e.gate.isClosing() {
+		return packets.ErrServerShuttingDown
+	}
+	return nil
 }
 
 func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {

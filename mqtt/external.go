@@ -230,14 +230,14 @@ func (x *External) onConnect(c paho.Client) {
 	x.subscribedOK.Store(false)
 	x.subMu.Lock()
 	defer x.subMu.Unlock()
-	x.subscribed = map[string]bool{}
 	p := x.filters.cur.Load()
 	if p == nil {
 		x.markReady()
 		x.log.Info("connected to MQTT broker", "broker", x.cfg.Broker)
 		return
 	}
-	if err := x.syncSubscriptions(*p); err != nil {
+	// Subscribe to everything again: the broker may have lost the session.
+	if err := x.syncSubscriptions(*p, true); err != nil {
 		x.log.Error("MQTT subscribe after connect failed", "broker", x.cfg.Broker, "error", err)
 		return
 	}
@@ -255,14 +255,16 @@ func (x *External) onLost(c paho.Client, err error) {
 	x.log.Warn("lost connection to MQTT broker; reconnecting", "broker", x.cfg.Broker, "error", err)
 }
 
-// syncSubscriptions makes the broker subscriptions equal to want. subMu must
-// be held. Subscriptions are QoS 1.
-func (x *External) syncSubscriptions(want []string) error {
+// syncSubscriptions makes the broker subscriptions equal to want; with all
+// it subscribes to every filter in want, not only the new ones. Filters
+// removed while disconnected are unsubscribed on the next connection. subMu
+// must be held. Subscriptions are QoS 1.
+func (x *External) syncSubscriptions(want []string, all bool) error {
 	wantSet := make(map[string]bool, len(want))
 	var add []string
 	for _, f := range want {
 		wantSet[f] = true
-		if !x.subscribed[f] {
+		if all || !x.subscribed[f] {
 			add = append(add, f)
 		}
 		delete(x.unsub, f)
@@ -270,6 +272,7 @@ func (x *External) syncSubscriptions(want []string) error {
 	for f := range x.subscribed {
 		if !wantSet[f] {
 			x.unsub[f] = true
+			delete(x.subscribed, f)
 		}
 	}
 	if !x.client.IsConnectionOpen() {
@@ -286,7 +289,6 @@ func (x *External) syncSubscriptions(want []string) error {
 		}
 		for _, f := range list {
 			delete(x.unsub, f)
-			delete(x.subscribed, f)
 		}
 	}
 	if len(add) > 0 {
@@ -338,11 +340,8 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 	x.subMu.Lock()
 	defer x.subMu.Unlock()
 	x.filters.set(list)
-	if !x.connected.Load() {
-		return nil
-	}
 	x.subscribedOK.Store(false)
-	if err := x.syncSubscriptions(list); err != nil {
+	if err := x.syncSubscriptions(list, false); err != nil {
 		if errors.Is(err, ErrNotConnected) {
 			return nil // applied on reconnect
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ type wsListener struct {
 	log       *slog.Logger
 	establish listeners.EstablishFn
 	end       atomic.Bool
+	conns     sync.WaitGroup
 }
 
 func (l *wsListener) ID() string { return l.id }
@@ -59,12 +61,19 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	up := &websocket.Upgrader{Subprotocols: []string{"mqtt"}, CheckOrigin: func(*http.Request) bool { return true }}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if l.end.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		l.conns.Add(1)
+		defer l.conns.Done()
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
 		}
 		defer c.Close()
 		c.SetReadLimit(l.readLimit)
+		_ = c.UnderlyingConn().SetDeadline(time.Now().Add(connectTimeout))
 		if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c}); err != nil {
 			l.log.Debug("websocket client ended", "error", err)
 		}
@@ -90,6 +99,9 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 		closeClients(l.id)
 	}
 }
+
+// wait blocks until every connection goroutine has returned.
+func (l *wsListener) wait() { l.conns.Wait() }
 
 // wsConn adapts a WebSocket connection carrying binary MQTT frames to
 // net.Conn.
