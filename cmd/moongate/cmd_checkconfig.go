@@ -58,6 +58,15 @@ func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	// The function manifests are configuration too: check them the same way.
 	fns, errs := trigger.LoadDir(cfg.FunctionsDir)
+	ok := fns[:0:0]
+	for _, f := range fns {
+		if err := f.Manifest.CheckWith(cfg.Functions); err != nil {
+			errs = append(errs, &trigger.FileError{Name: f.Manifest.Name, Path: f.ManifestPath, Err: err})
+			continue
+		}
+		ok = append(ok, f)
+	}
+	fns = ok
 	for _, e := range errs {
 		fmt.Fprintln(stderr, e)
 	}

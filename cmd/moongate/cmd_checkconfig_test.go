@@ -27,6 +27,7 @@ func TestCheckConfig(t *testing.T) {
 	for name, content := range map[string]string{
 		"ok.yaml": "triggers:\n  - mqtt: \"devices/{device}/telemetry\"\n", "ok.lua": "return 1",
 		"bad.yaml": "triggers:\n  - mqtt: \"a/#/b\"\n", "bad.lua": "return 1",
+		"many.yaml": "min_instances: 9\n", "many.lua": "return 1",
 	} {
 		if err := os.WriteFile(filepath.Join(fdir, name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
@@ -53,7 +54,8 @@ func TestCheckConfig(t *testing.T) {
 		}, true},
 		{"functions", []string{"check-config", withFns}, exitFailure, []string{withFns + ": ok\n"}, []string{
 			filepath.Join(fdir, "bad.yaml") + ":2: triggers[0].mqtt: invalid trigger pattern",
-			fdir + ": 1 function(s) ok, 1 problem(s)",
+			filepath.Join(fdir, "many.yaml") + ": invalid function manifest: function many: min_instances 9 is more than max_concurrency 4",
+			fdir + ": 1 function(s) ok, 2 problem(s)",
 		}, false},
 		{"missing", []string{"check-config", filepath.Join(dir, "nope.yaml")}, exitFailure, nil, []string{"no such file"}, true},
 		{"no file", []string{"check-config"}, exitUsage, nil, []string{"usage: moongate check-config FILE"}, true},
