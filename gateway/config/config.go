@@ -415,6 +415,26 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	set(EnvGatewayID, &c.GatewayID, "gateway_id")
 }
 
+// Redacted returns a copy of c that is safe to log or print: the external
+// broker password and the users' password hashes are replaced by
+// "REDACTED" when set.
+func (c *Config) Redacted() *Config {
+	r := *c
+	if r.MQTT.External.Password != "" {
+		r.MQTT.External.Password = "REDACTED"
+	}
+	if c.MQTT.Embedded.Users != nil {
+		r.MQTT.Embedded.Users = make([]User, len(c.MQTT.Embedded.Users))
+		for i, u := range c.MQTT.Embedded.Users {
+			if u.PasswordHash != "" {
+				u.PasswordHash = "REDACTED"
+			}
+			r.MQTT.Embedded.Users[i] = u
+		}
+	}
+	return &r
+}
+
 // File is the name the configuration was parsed from ("" for defaults).
 func (c *Config) File() string { return c.file }
 

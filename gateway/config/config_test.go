@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"errors"
 	"io/fs"
 	"os"
@@ -362,4 +363,19 @@ func schemaPaths(t reflect.Type, prefix string) []string {
 		}
 	}
 	return out
+}
+
+func TestRedacted(t *testing.T) {
+	c, err := Parse("m.yaml", []byte("mqtt:\n  embedded:\n    users: [{username: a, password_hash: '"+goodHash+"'}]\n  external: {username: u, password: secret}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Redacted()
+	s := fmt.Sprintf("%+v", r)
+	if strings.Contains(s, "secret") || strings.Contains(s, goodHash) {
+		t.Fatalf("secrets in %s", s)
+	}
+	if c.MQTT.External.Password != "secret" || c.MQTT.Embedded.Users[0].PasswordHash != goodHash {
+		t.Fatal("Redacted modified the original")
+	}
 }
