@@ -379,3 +379,15 @@ func TestRedacted(t *testing.T) {
 		t.Fatal("Redacted modified the original")
 	}
 }
+
+func TestTooManyErrors(t *testing.T) {
+	var b strings.Builder
+	for i := range 5000 {
+		fmt.Fprintf(&b, "unknown%d: 1\n", i)
+	}
+	_, err := Parse("m.yaml", []byte(b.String()))
+	es := Errors(err)
+	if len(es) != MaxErrors+1 || !strings.Contains(es[MaxErrors].Msg, "4900 more problems not shown") || es[MaxErrors].Line != MaxErrors {
+		t.Fatalf("%d errors, last %v", len(es), es[len(es)-1])
+	}
+}

@@ -130,17 +130,38 @@ func DecodeNode(file, path string, n *yaml.Node, v any, lines Lines) error {
 		d.lines[path] = n.Line
 	}
 	d.decode(n, path, rv.Elem(), 0)
+	if d.dropped > 0 {
+		d.errs = append(d.errs, &Error{File: file, Line: d.errs[len(d.errs)-1].(*Error).Line, Msg: fmt.Sprintf("%d more problems not shown", d.dropped)})
+	}
 	return errors.Join(d.errs...)
 }
 
 type decoder struct {
-	file  string
-	lines Lines
-	errs  []error
+	file    string
+	lines   Lines
+	errs    []error
+	dropped int // problems beyond MaxErrors
+}
+
+// MaxErrors is the most problems one decoding reports; the rest are
+// counted in a final "more problems" error, so hostile input cannot make
+// the error list huge.
+const MaxErrors = 100
+
+func (d *decoder) add(e *Error) {
+	if len(d.errs) >= MaxErrors {
+		d.dropped++
+		return
+	}
+	d.errs = append(d.errs, e)
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
-	d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	if len(d.errs) >= MaxErrors {
+		d.dropped++
+		return
+	}
+	d.add(&Error{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
 // describe names what a node is, for "expected X, got Y" messages.
@@ -208,10 +229,10 @@ func (d *decoder) decode(n *yaml.Node, path string, rv reflect.Value, depth int)
 		if err != nil {
 			if es := Errors(err); len(es) > 0 {
 				for _, e := range es {
-					d.errs = append(d.errs, e)
+					d.add(e)
 				}
 			} else {
-				d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Path: path, Msg: err.Error(), Err: err})
+				d.add(&Error{File: d.file, Line: n.Line, Path: path, Msg: err.Error(), Err: err})
 			}
 		}
 		return
