@@ -213,6 +213,9 @@ func TestParseSchedule(t *testing.T) {
 			t.Errorf("ParseSchedule(%q) = %v, %v; want ErrSchedule", spec, s, err)
 		}
 	}
+	if next := Every(0).Next(base); !next.Equal(base.Add(MinInterval)) {
+		t.Errorf("Every(0).Next = %v", next)
+	}
 	if e, ok := mustSchedule(t, "@every 2m").(Every); !ok || e.String() != "@every 2m0s" {
 		t.Errorf("Every.String = %v", e)
 	}

@@ -19,11 +19,12 @@ type Schedule interface {
 	Next(t time.Time) time.Time
 }
 
-// Every fires at a fixed interval after the previous activation.
+// Every fires at a fixed interval after the previous activation. Intervals
+// below [MinInterval], including the zero value, count as MinInterval.
 type Every time.Duration
 
-// Next returns t + the interval.
-func (e Every) Next(t time.Time) time.Time { return t.Add(time.Duration(e)) }
+// Next returns t + the interval (at least MinInterval).
+func (e Every) Next(t time.Time) time.Time { return t.Add(max(time.Duration(e), MinInterval)) }
 
 // String returns "@every <interval>".
 func (e Every) String() string { return "@every " + time.Duration(e).String() }
