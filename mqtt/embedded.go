@@ -102,6 +102,9 @@ type Embedded struct {
 	gate     *gate
 	stats    counters
 	marked   sync.Map // *mochi.Client -> struct{}: a handler call awaits OnPacketProcessed
+	// connectTimeout bounds the wait for CONNECT on the TCP listener; zero
+	// means the package default. Tests shorten it.
+	connectTimeout time.Duration
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -217,7 +220,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return ErrAlreadyStarted
 	}
 	e.h = h
-	tcp := &tcpListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg}
+	tcp := &tcpListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg, connectTimeout: e.connectTimeout}
 	if err := e.srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("mqtt: listen %s: %w", e.cfg.Listen, err)
 	}

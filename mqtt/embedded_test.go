@@ -648,3 +648,33 @@ func TestHashPassword(t *testing.T) {
 		t.Fatalf("empty password: %v", err)
 	}
 }
+
+// A socket that never sends CONNECT is closed after the connect timeout.
+func TestEmbeddedConnectTimeout(t *testing.T) {
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.connectTimeout = 200 * time.Millisecond
+	if err := e.Start(context.Background(), func(context.Context, *Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	c, err := net.Dial("tcp", e.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	expectClosed(t, c)
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("closed after %v, before the timeout", d)
+	}
+	// A client that connects in time is not affected by the deadline later.
+	dev := mustDial(t, brokerURL(e), "dev", func(o *paho.ClientOptions) { o.SetKeepAlive(2 * time.Second) })
+	_ = e.SetFilters(context.Background(), []string{"#"})
+	time.Sleep(400 * time.Millisecond) // longer than the connect timeout, on purpose
+	if err := waitToken(t, dev.Publish("x", 1, false, []byte{})); err != nil || !dev.IsConnectionOpen() {
+		t.Fatalf("connected client hit the connect deadline: %v", err)
+	}
+}

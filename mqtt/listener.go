@@ -24,6 +24,8 @@ type tcpListener struct {
 	id      string
 	address string
 	tlsCfg  *tls.Config
+	// connectTimeout bounds the wait for CONNECT (default connectTimeout).
+	connectTimeout time.Duration
 
 	ln    net.Listener
 	log   *slog.Logger
@@ -76,7 +78,11 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		l.conns.Add(1)
 		go func() {
 			defer l.conns.Done()
-			_ = conn.SetDeadline(time.Now().Add(connectTimeout))
+			d := l.connectTimeout
+			if d <= 0 {
+				d = connectTimeout
+			}
+			_ = conn.SetDeadline(time.Now().Add(d))
 			if err := establish(l.id, conn); err != nil {
 				l.log.Debug("MQTT client connection ended", "error", err)
 			}

@@ -94,7 +94,16 @@ func Match(filter, topic string) bool {
 		}
 		filter = rest[i+1:]
 	}
-	if filter == "" || topic == "" || strings.ContainsAny(topic, "+#") {
+	if topic == "" || strings.ContainsAny(topic, "+#") {
+		return false
+	}
+	return matchLevels(filter, topic)
+}
+
+// matchLevels is Match for a non-empty topic without wildcards and a filter
+// without the $share prefix.
+func matchLevels(filter, topic string) bool {
+	if filter == "" {
 		return false
 	}
 	if topic[0] == '$' && (filter[0] == '+' || filter[0] == '#') {
@@ -167,8 +176,17 @@ func covers(allowed, sub string) bool {
 
 // matchAny reports whether any filter in filters matches topic.
 func matchAny(filters []string, topic string) bool {
+	if topic == "" || strings.ContainsAny(topic, "+#") {
+		return false
+	}
 	for _, f := range filters {
-		if Match(f, topic) {
+		if strings.HasPrefix(f, sharePrefix) {
+			if Match(f, topic) {
+				return true
+			}
+			continue
+		}
+		if matchLevels(f, topic) {
 			return true
 		}
 	}

@@ -162,6 +162,9 @@ func FuzzMatch(f *testing.F) {
 		if want := refMatch(filter, topic); got != want {
 			t.Fatalf("Match(%q, %q) = %v, reference says %v", filter, topic, got, want)
 		}
+		if any := matchAny([]string{filter, filter}, topic); any != got {
+			t.Fatalf("matchAny([%q], %q) = %v, Match = %v", filter, topic, any, got)
+		}
 		if got && (topic == "" || strings.ContainsAny(topic, "+#")) {
 			t.Fatalf("Match(%q, %q) matched a topic with wildcards", filter, topic)
 		}
