@@ -310,10 +310,6 @@ func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
 	if id == "" {
 		id = "moongate-" + cfg.GatewayID
 	}
-	if id == "moongate-" {
-		host, _ := os.Hostname()
-		id += host
-	}
 	return mqtt.ExternalConfig{
 		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
 		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,

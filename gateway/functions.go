@@ -116,6 +116,9 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 	if m == nil {
 		return nil, errors.New("no manifest")
 	}
+	if err := m.CheckWith(cfg.Functions); err != nil {
+		return nil, err
+	}
 	d := cfg.Functions
 	l := m.Limits
 	spec := luavm.Spec{
