@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -333,6 +334,9 @@ func BenchmarkEventsDisk(b *testing.B) {
 	if benchFull() {
 		n = 1_000_000
 	}
+	if v, err := strconv.Atoi(os.Getenv("MOONGATE_BENCH_EVENTS")); err == nil && v > 0 {
+		n = v
+	}
 	for _, p := range []Profile{ProfileLowMemory, ProfileLarge} {
 		b.Run(fmt.Sprintf("profile=%s/events=%d", p, n), func(b *testing.B) {
 			ctx := context.Background()
@@ -352,7 +356,18 @@ func BenchmarkEventsDisk(b *testing.B) {
 			el := time.Since(start)
 			b.StopTimer()
 			rss := procStatusKB("VmRSS")
+			anon := procStatusKB("RssAnon")
 			hwm := procStatusKB("VmHWM")
+			var ms runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			if p := os.Getenv("MOONGATE_BENCH_HEAPPROFILE"); p != "" {
+				f, err := os.Create(p)
+				if err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
+			}
 			if err := s.Close(); err != nil {
 				b.Fatal(err)
 			}
@@ -362,6 +377,8 @@ func BenchmarkEventsDisk(b *testing.B) {
 				b.ReportMetric(float64(w1-w0)/float64(n), "disk-bytes/event")
 			}
 			b.ReportMetric(float64(rss)/1024, "RSS-MiB")
+			b.ReportMetric(float64(anon)/1024, "anonRSS-MiB")
+			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heapInuse-MiB")
 			b.ReportMetric(float64(hwm)/1024, "peakRSS-MiB")
 		})
 	}

@@ -382,3 +382,43 @@ func TestValueLogFiles(t *testing.T) {
 		t.Fatalf("value log holds %d bytes: values did not go to the value log", vlog)
 	}
 }
+
+// TestValueLogGC runs the GC loop over a value log whose entries were all
+// consumed: it must end (Badger reports nothing more to rewrite) without
+// error, and refuse to run after Close.
+func TestValueLogGC(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	val := make([]byte, 4<<10)
+	var seqs []uint64
+	for i := 0; i < 40; i++ {
+		var es []InboxEntry
+		for j := 0; j < 50; j++ {
+			es = append(es, InboxEntry{Function: "f", Event: val})
+		}
+		sq, err := s.Enqueue(ctx, es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, sq...)
+	}
+	for _, sq := range seqs {
+		if _, err := s.Commit(ctx, &Commit{InboxSeq: sq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.db.Flatten(2); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.RunValueLogGC(ctx)
+	if err != nil {
+		t.Fatalf("RunValueLogGC: %v", err)
+	}
+	if s.Stats().GCRewrites != int64(n) {
+		t.Fatalf("GCRewrites %d, RunValueLogGC said %d", s.Stats().GCRewrites, n)
+	}
+	_ = s.Close()
+	if _, err := s.RunValueLogGC(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}
