@@ -31,6 +31,7 @@ const (
 	hidConcat = "@concat" // @concat(a, b, ...): accounted a .. b .. ...
 	hidTable  = "@table"  // @table(t): account a new table, returns t
 	hidFunc   = "@func"   // @func(f): account a new closure, returns f
+	hidSet    = "@set"    // @set(t, k, v): t[k] = v with the array growth accounted
 )
 
 // Compile parses and compiles src with the default source size limit
@@ -113,11 +114,16 @@ func definesHandle(chunk []ast.Stmt) bool {
 //     @tick(n), n = 1 + number of statements of that block;
 //   - every a .. b .. c becomes @concat(a, b, c) (memory accounted);
 //   - every table constructor {...} becomes @table({...}) (table growth is
-//     accounted);
+//     accounted); fields with computed keys move into arguments of @table:
+//     {a, [k] = v} becomes @table({a}, k, v);
 //   - every closure becomes @func(function ... end) (closures are
 //     accounted); `local function f` becomes `local f; f = @func(...)` and
 //     `function a.b:c()` becomes `a.b.c = @func(function(self) ...)`, as in
-//     the Lua manual's definitions of those statements.
+//     the Lua manual's definitions of those statements;
+//   - every assignment to t[k] where k is not a string constant becomes
+//     @set(t, k, v): gopher-lua pads a table's array up to an integer key,
+//     so t[60000] = 1 allocates 60000 slots in one instruction; @set charges
+//     that padding before it happens.
 func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
 	in := &instrumenter{}
 	body := in.block(chunk, 1)
@@ -127,7 +133,7 @@ func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
 	}
 	va := &ast.Comma3Expr{}
 	va.SetLine(line)
-	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable, hidFunc}, Exprs: []ast.Expr{va}}
+	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable, hidFunc, hidSet}, Exprs: []ast.Expr{va}}
 	pro.SetLine(line)
 	pro.SetLastLine(line)
 	return append([]ast.Stmt{pro}, body...)
@@ -184,6 +190,10 @@ func (in *instrumenter) stmts(stmts []ast.Stmt, line int, tick bool) []ast.Stmt 
 				continue
 			}
 		}
+		if as, ok := st.(*ast.AssignStmt); ok && hasComputedTarget(as) {
+			out = append(out, in.assignSet(as))
+			continue
+		}
 		if fd, ok := st.(*ast.FuncDefStmt); ok {
 			out = append(out, in.funcDef(fd))
 			continue
@@ -231,6 +241,69 @@ func (in *instrumenter) stmt(st ast.Stmt) ast.Stmt {
 		in.exprs(s.Exprs)
 	}
 	return st
+}
+
+// computedTarget reports whether e is t[k] with k not a string constant.
+func computedTarget(e ast.Expr) (*ast.AttrGetExpr, bool) {
+	g, ok := e.(*ast.AttrGetExpr)
+	if !ok {
+		return nil, false
+	}
+	_, str := g.Key.(*ast.StringExpr)
+	return g, !str
+}
+
+func hasComputedTarget(as *ast.AssignStmt) bool {
+	for _, l := range as.Lhs {
+		if _, ok := computedTarget(l); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// assignSet rewrites an assignment with computed targets: t[k] = v becomes
+// @set(t, k, v); a multiple assignment evaluates its values into hidden
+// locals first (Lua leaves the order of evaluation in an assignment
+// undefined).
+func (in *instrumenter) assignSet(as *ast.AssignStmt) ast.Stmt {
+	line := as.Line()
+	set := func(g *ast.AttrGetExpr, v ast.Expr) ast.Stmt {
+		c := in.call(hidSet, line, []ast.Expr{in.expr(g.Object), in.expr(g.Key), v})
+		st := &ast.FuncCallStmt{Expr: c}
+		st.SetLine(line)
+		st.SetLastLine(as.LastLine())
+		return st
+	}
+	if len(as.Lhs) == 1 && len(as.Rhs) == 1 {
+		g, _ := computedTarget(as.Lhs[0])
+		return set(g, in.expr(as.Rhs[0]))
+	}
+	names := make([]string, len(as.Lhs))
+	for i := range names {
+		names[i] = fmt.Sprintf("@v%d", i+1)
+	}
+	in.exprs(as.Rhs)
+	loc := &ast.LocalAssignStmt{Names: names, Exprs: as.Rhs}
+	loc.SetLine(line)
+	loc.SetLastLine(as.LastLine())
+	body := []ast.Stmt{loc}
+	for i, l := range as.Lhs {
+		v := &ast.IdentExpr{Value: names[i]}
+		v.SetLine(line)
+		if g, ok := computedTarget(l); ok {
+			body = append(body, set(g, v))
+			continue
+		}
+		a := &ast.AssignStmt{Lhs: []ast.Expr{in.expr(l)}, Rhs: []ast.Expr{v}}
+		a.SetLine(line)
+		a.SetLastLine(line)
+		body = append(body, a)
+	}
+	do := &ast.DoBlockStmt{Stmts: body}
+	do.SetLine(line)
+	do.SetLastLine(as.LastLine())
+	return do
 }
 
 // funcDef turns `function name() ... end` into an assignment of an
@@ -283,13 +356,23 @@ func (in *instrumenter) expr(e ast.Expr) ast.Expr {
 		x.Object = in.expr(x.Object)
 		x.Key = in.expr(x.Key)
 	case *ast.TableExpr:
+		// Fields with computed keys ({[k] = v}) are set by @table, which
+		// accounts array padding; Lua leaves the order of the assignments
+		// in a constructor undefined.
+		args := []ast.Expr{x}
+		kept := x.Fields[:0]
 		for _, f := range x.Fields {
 			if f.Key != nil {
-				f.Key = in.expr(f.Key)
+				if _, str := f.Key.(*ast.StringExpr); !str {
+					args = append(args, in.expr(f.Key), in.expr(f.Value))
+					continue
+				}
 			}
 			f.Value = in.expr(f.Value)
+			kept = append(kept, f)
 		}
-		return in.call(hidTable, x.Line(), []ast.Expr{x})
+		x.Fields = kept
+		return in.call(hidTable, x.Line(), args)
 	case *ast.FuncCallExpr:
 		x.Func = in.expr(x.Func)
 		if x.Receiver != nil {

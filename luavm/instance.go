@@ -21,7 +21,7 @@ type instance struct {
 	prog   *Program
 	spec   *Spec
 	envMT  *lua.LTable // metatable of every fresh global table: __index = lib
-	chunk  [4]lua.LValue
+	chunk  [5]lua.LValue
 	frozen map[*lua.LTable]struct{}
 	null   *lua.LUserData // json.null
 	pmb    pm.Budget
@@ -186,7 +186,7 @@ func (in *instance) setup() {
 	in.envMT = L.CreateTable(0, 2)
 	in.envMT.RawSetString("__index", lib)
 	in.envMT.RawSetString("__metatable", lua.LFalse)
-	in.chunk = [4]lua.LValue{L.NewFunction(in.tick), L.NewFunction(in.concat), L.NewFunction(in.table), L.NewFunction(in.closure)}
+	in.chunk = [5]lua.LValue{L.NewFunction(in.tick), L.NewFunction(in.concat), L.NewFunction(in.table), L.NewFunction(in.closure), L.NewFunction(in.set)}
 	// Cut the way back to the unrestricted globals.
 	L.G.Global = L.CreateTable(0, 0)
 	L.Env = L.G.Global
@@ -295,17 +295,84 @@ func (in *instance) tick(L *lua.LState) int {
 	return 0
 }
 
-// @table(t)
+// @table(t): t was just built by a constructor; its size (keyed fields
+// like {[60000] = 1} pad the array) is accounted at once.
 func (in *instance) table(L *lua.LState) int {
 	t := L.Get(1)
-	if tb, ok := t.(*lua.LTable); ok {
-		in.track(tb)
-		if in.inv.tableBytes+in.inv.strBytes > in.inv.limits.MaxMemory {
-			in.scanTables(L)
+	tb, ok := t.(*lua.LTable)
+	if !ok {
+		L.RaiseError("@table: not a table")
+	}
+	in.inv.tables = append(in.inv.tables, tb)
+	in.inv.tableBytes += tableBytes(tb)
+	in.checkMem(L)
+	top := L.GetTop()
+	for i := 2; i+1 <= top; i += 2 {
+		k, v := L.Get(i), L.Get(i+1)
+		if k == lua.LNil {
+			L.RaiseError("table index is nil")
 		}
+		if n, ok := k.(lua.LNumber); ok && n != n {
+			L.RaiseError("table index is NaN")
+		}
+		in.chargePadding(L, tb, k)
+		tb.RawSet(k, v)
 	}
 	L.Push(t)
 	return 1
+}
+
+// @set(t, k, v): t[k] = v (with metamethods, as the VM does), charging
+// before it happens the array padding gopher-lua does for an integer key
+// past the end of the array.
+func (in *instance) set(L *lua.LState) int {
+	t, k, v := L.Get(1), L.Get(2), L.Get(3)
+	if tb, ok := t.(*lua.LTable); ok {
+		in.chargePadding(L, tb, k)
+	}
+	L.SetTable(t, k, v)
+	return 0
+}
+
+// chargePadding accounts the array slots a raw set of key k would add to
+// tb (a later table scan corrects the figure if a metamethod took the
+// write instead).
+func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue) {
+	n, ok := k.(lua.LNumber)
+	if !ok {
+		return
+	}
+	i := int(n)
+	if lua.LNumber(i) != n || i < 1 || i >= lua.MaxArrayIndex {
+		return
+	}
+	alen := reflect.ValueOf(tb).Elem().Field(ltArray).Len()
+	if i <= alen+1 {
+		return
+	}
+	// A write to an absent key may go on to a __newindex table.
+	for depth := 0; depth < 8; depth++ {
+		mt, ok := tb.Metatable.(*lua.LTable)
+		if !ok {
+			break
+		}
+		next, ok := mt.RawGetString("__newindex").(*lua.LTable)
+		if !ok {
+			break
+		}
+		tb = next
+		if l := reflect.ValueOf(tb).Elem().Field(ltArray).Len(); l < alen {
+			alen = l
+		}
+	}
+	pad := int64(i-alen) * tableSlotBytes
+	iv := &in.inv
+	if iv.strBytes+iv.tableBytes+pad > iv.limits.MaxMemory {
+		in.raise(L, fmt.Errorf("%w (t[%d] would add %d array slots over the cap of %d bytes)", ErrMemory, i, i-alen, iv.limits.MaxMemory))
+	}
+	iv.tableBytes += pad
+	in.checkMem(L)
+	in.charge(L, 1+int64(i-alen)/64)
 }
 
 // @func(f): a closure is accounted as closureBytes, cumulatively.
@@ -478,6 +545,7 @@ func (in *instance) rawset(L *lua.LState) int {
 	if k == lua.LNil {
 		L.ArgError(2, "table index is nil")
 	}
+	in.chargePadding(L, t, k)
 	t.RawSet(k, L.CheckAny(3))
 	L.SetTop(1)
 	return 1

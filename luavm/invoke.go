@@ -86,7 +86,8 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 	L.Push(in.chunk[1])
 	L.Push(in.chunk[2])
 	L.Push(in.chunk[3])
-	if err := L.PCall(4, 0, nil); err != nil {
+	L.Push(in.chunk[4])
+	if err := L.PCall(5, 0, nil); err != nil {
 		return in.luaError(err)
 	}
 	handle, ok := env.RawGetString("handle").(*lua.LFunction)

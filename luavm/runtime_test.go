@@ -462,3 +462,33 @@ func TestStateReadBoundedByDeadline(t *testing.T) {
 		t.Fatalf("err %v after %v", err, time.Since(start))
 	}
 }
+
+// TestAssignmentRewrite: t[k] = v through @set and computed constructor
+// keys through @table keep Lua's meaning.
+func TestAssignmentRewrite(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "asg", `
+local function two() return "x", "y" end
+function handle()
+  local a = {1, 2, 3}
+  a[1], a[3] = a[3], a[1]
+  local t = {}
+  t[#t + 1] = "p"; t[#t + 1] = "q"
+  local k = "key"
+  t[k] = two()
+  local x, y
+  x, t[k .. 2], y = two()
+  local logged = {}
+  local proxy = setmetatable({}, {__newindex = function(_, key, v) logged[#logged + 1] = key .. "=" .. v end})
+  proxy[1] = "one"; proxy["s" .. 1] = "two"
+  local c = {"first", [k] = 1, "second", [2 + 1] = "third", n = 4, [two()] = "multi"}
+  local sparse = {}
+  sparse[100] = "far"
+  return {a = a, t = t, x = x, y = y, logged = logged, c = c, far = sparse[100], n = #c}
+end`)
+	res, err := invoke(t, rt, "asg", nil)
+	want := `{"a":[3,2,1],"c":{"1":"first","2":"second","3":"third","key":1,"n":4,"x":"multi"},"far":"far","logged":["1=one","s1=two"],"n":3,"t":{"1":"p","2":"q","key":"x","key2":"y"},"x":"x"}`
+	if err != nil || string(res.Value) != want {
+		t.Fatalf("%v\n got %s\nwant %s", err, res.Value, want)
+	}
+}

@@ -326,8 +326,15 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 	set := func(name string, f lua.LGFunction) { tbl.RawSetString(name, L.NewFunction(f)) }
 	insert, remove, sort := orig("insert"), orig("remove"), orig("sort")
 	set("insert", func(L *lua.LState) int {
-		in.checkWritable(L, L.CheckTable(1))
+		t := L.CheckTable(1)
+		in.checkWritable(L, t)
 		in.charge(L, 1)
+		if L.GetTop() >= 3 {
+			// Like Lua 5.2: a position past the end would pad the array.
+			if pos := L.CheckInt(2); pos < 1 || pos > t.Len()+1 {
+				L.ArgError(2, "position out of bounds")
+			}
+		}
 		return insert(L)
 	})
 	set("remove", func(L *lua.LState) int {
