@@ -3,7 +3,10 @@ package mqtt
 import (
 	"context"
 	"fmt"
+	"net"
+	"runtime"
 	"testing"
+	"time"
 )
 
 func BenchmarkMatch(b *testing.B) {
@@ -96,4 +99,30 @@ func BenchmarkEmbeddedQoS1Parallel(b *testing.B) {
 	if st := e.Stats(); st.Accepted != uint64(b.N) {
 		b.Fatalf("accepted %d of %d", st.Accepted, b.N)
 	}
+}
+
+// BenchmarkEmbeddedClientMemory reports heap plus goroutine stacks per connected idle
+// client (100 raw MQTT 3.1.1 clients), the figure that decides how many
+// devices fit on a small gateway. ns/op is the time to connect them all.
+func BenchmarkEmbeddedClientMemory(b *testing.B) {
+	e := startEmbedded(b, EmbeddedConfig{AllowAnonymous: true}, func(ctx context.Context, m *Message) error { return nil }, "#")
+	const clients = 100
+	var perClient float64
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		conns := make([]net.Conn, clients)
+		for j := range conns {
+			conns[j] = rawDial(b, e.Addr().String(), fmt.Sprintf("mem-%d-%d", i, j))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perClient = float64(int64(after.HeapInuse+after.StackInuse)-int64(before.HeapInuse+before.StackInuse)) / clients
+		for _, c := range conns {
+			c.Close()
+		}
+		waitFor(b, "clients gone", 10*time.Second, func() bool { return e.srv.Clients.Len() == 1 }) // the inline client stays
+	}
+	b.ReportMetric(perClient, "B/client")
 }
