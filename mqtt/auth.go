@@ -18,15 +18,16 @@ type User struct {
 	// PasswordHash is a bcrypt hash, as produced by HashPassword.
 	PasswordHash string
 	// Publish lists the topic filters the user may publish to; "{username}"
-	// is replaced by Username. Empty means "devices/{username}/#".
+	// is replaced by Username. nil means ["devices/{username}/#"]; an empty
+	// non-nil list allows nothing.
 	Publish []string
 	// Subscribe lists the topic filters the user may subscribe to (and
-	// receive from); "{username}" is replaced by Username. Empty means
-	// "devices/{username}/#".
+	// receive from); "{username}" is replaced by Username. nil means
+	// ["devices/{username}/#"]; an empty non-nil list allows nothing.
 	Subscribe []string
 }
 
-// DefaultACL is the filter used when a User has no Publish or Subscribe list.
+// DefaultACL is the filter used when a User's Publish or Subscribe list is nil.
 const DefaultACL = "devices/{username}/#"
 
 // HashPassword returns a bcrypt hash of pw for EmbeddedConfig.Users.
@@ -87,7 +88,7 @@ func newAuthenticator(users []User) (*authenticator, error) {
 }
 
 func expandACL(filters []string, username string) ([]string, error) {
-	if len(filters) == 0 {
+	if filters == nil {
 		filters = []string{DefaultACL}
 	}
 	out := make([]string, 0, len(filters))

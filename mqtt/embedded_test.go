@@ -131,6 +131,7 @@ func testUsers(t testing.TB) []User {
 	h := string(hb)
 	return []User{
 		{Username: "alice", PasswordHash: h},
+		{Username: "mute", PasswordHash: h, Publish: []string{}, Subscribe: []string{}},
 		{Username: "ops", PasswordHash: h, Publish: []string{"cmd/#"}, Subscribe: []string{"devices/+/state", "cmd/{username}/#"}},
 	}
 }
@@ -214,6 +215,18 @@ func TestEmbeddedACL(t *testing.T) {
 	tok = ops.Subscribe("cmd/ops/+", 1, nil)
 	if err := waitToken(t, tok); err != nil || tok.(*paho.SubscribeToken).Result()["cmd/ops/+"] != 1 {
 		t.Fatalf("ops subscribe: %v %v", err, tok.(*paho.SubscribeToken).Result())
+	}
+	// An explicit empty ACL allows nothing.
+	mute := mustDial(t, url, "mute", withCreds("mute", "s3cret"))
+	if err := waitToken(t, mute.Publish("devices/mute/x", 1, false, []byte{})); err != nil {
+		t.Fatal(err)
+	}
+	tok = mute.Subscribe("devices/mute/#", 1, nil)
+	if err := waitToken(t, tok); err != nil || tok.(*paho.SubscribeToken).Result()["devices/mute/#"] != 0x80 {
+		t.Fatalf("mute subscribe: %v %v", err, tok.(*paho.SubscribeToken).Result())
+	}
+	if st := e.Stats(); st.RejectedUnauthorized != 5 {
+		t.Fatalf("stats = %+v", st)
 	}
 	// Anonymous on the loopback listener may do anything.
 	anon := mustDial(t, url, "anon")

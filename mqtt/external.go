@@ -161,7 +161,10 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		o.SetUsername(cfg.Username)
 		o.SetPassword(cfg.Password)
 	}
-	if secure || cfg.CAFile != "" || cfg.CertFile != "" {
+	if !secure && (cfg.CAFile != "" || cfg.CertFile != "" || cfg.InsecureSkipVerify) {
+		return nil, fmt.Errorf("%w: TLS settings need a TLS broker URL (ssl://, tls://, mqtts://, wss://), got %q", ErrConfig, cfg.Broker)
+	}
+	if secure {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // opt-in, documented
 		if cfg.CAFile != "" {
 			pem, err := os.ReadFile(cfg.CAFile)

@@ -253,6 +253,7 @@ func TestExternalConfigErrors(t *testing.T) {
 		"cert no key": {Broker: "tcp://127.0.0.1:1", CertFile: "c.pem"},
 		"missing ca":  {Broker: "ssl://127.0.0.1:1", CAFile: "/nonexistent/ca.pem"},
 		"keepalive":   {Broker: "tcp://127.0.0.1:1", KeepAlive: time.Millisecond},
+		"tls on tcp":  {Broker: "tcp://127.0.0.1:1", CAFile: "/etc/ssl/certs/ca-certificates.crt"},
 	} {
 		if _, err := NewExternal(cfg, nil); !errors.Is(err, ErrConfig) {
 			t.Errorf("%s: err = %v, want ErrConfig", name, err)
