@@ -691,3 +691,44 @@ func TestEmbeddedConnectTimeout(t *testing.T) {
 		t.Fatalf("connected client hit the connect deadline: %v", err)
 	}
 }
+
+// An MQTT v5 device sees DISCONNECT with reason 0x80 when the handler fails,
+// and no PUBACK.
+func TestEmbeddedV5HandlerErrorDisconnects(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(ctx context.Context, m *Message) error {
+		return errors.New("inbox unavailable")
+	}, "#")
+	c, err := net.DialTimeout("tcp", e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// CONNECT v5: "MQTT", level 5, clean start, keepalive 60, no properties, id "v5dev".
+	connect := append(append(rawString("MQTT"), 5, 0x02, 0, 60, 0), rawString("v5dev")...)
+	// PUBLISH v5 QoS 1: topic, packet id 9, no properties, payload.
+	publish := append(append(rawString("devices/x/t"), 0, 9, 0), "hi"...)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(append(rawPacket(0x10, connect), rawPacket(0x32, publish)...)); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	buf := make([]byte, 512)
+	for {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	// CONNACK first, then DISCONNECT (0xE0) with reason 0x80; never PUBACK (0x40).
+	if len(got) < 2 || got[0] != 0x20 {
+		t.Fatalf("no CONNACK: % x", got)
+	}
+	rest := got[2+int(got[1]):]
+	if len(rest) < 3 || rest[0] != 0xE0 || rest[2] != 0x80 {
+		t.Fatalf("after CONNACK want DISCONNECT 0x80, got % x", rest)
+	}
+	if st := e.Stats(); st.RejectedHandler != 1 || st.Accepted != 0 {
+		t.Fatalf("stats = %+v", st)
+	}
+}

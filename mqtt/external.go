@@ -395,6 +395,8 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	case errors.Is(err, ErrReject):
 		x.stats.handlerRejections.Add(1)
 		msg.Ack()
+	case m.QoS == 0:
+		x.stats.handlerRejections.Add(1) // QoS 0 cannot be redelivered; no reconnect
 	default:
 		x.stats.handlerRejections.Add(1)
 		x.log.Debug("mqtt message not accepted; will reconnect for redelivery", "topic", m.Topic, "error", err)
@@ -441,7 +443,9 @@ func (x *External) leave() {
 // have finished, so the broker redelivers the unacknowledged messages.
 func (x *External) reconnectLoop() {
 	defer x.wg.Done()
-	backoff := 100 * time.Millisecond
+	const minBackoff = 100 * time.Millisecond
+	backoff := minBackoff
+	var acceptedAtLastReconnect uint64
 	for {
 		select {
 		case <-x.stopC:
@@ -455,7 +459,14 @@ func (x *External) reconnectLoop() {
 			return
 		case <-t.C:
 		}
-		backoff = min(backoff*2, x.cfg.MaxReconnectInterval)
+		// Back off while handlers keep failing; start small again once a
+		// message was accepted since the previous forced reconnect.
+		if n := x.stats.accepted.Load(); n != acceptedAtLastReconnect {
+			acceptedAtLastReconnect = n
+			backoff = minBackoff
+		} else {
+			backoff = min(backoff*2, x.cfg.MaxReconnectInterval)
+		}
 		x.client.Disconnect(250)
 		x.connected.Store(false)
 		x.subscribedOK.Store(false)
@@ -467,9 +478,6 @@ func (x *External) reconnectLoop() {
 		case <-tok.Done():
 		case <-x.stopC:
 			return
-		}
-		if x.stats.accepted.Load() > 0 {
-			backoff = max(100*time.Millisecond, backoff/2)
 		}
 	}
 }
