@@ -138,6 +138,10 @@ func TestEnqueueCommitExactlyOnce(t *testing.T) {
 	if len(pend) != 2 || pend[0].Seq != 3 || pend[1].Seq != 4 {
 		t.Fatalf("pending after reopen = %+v", pend)
 	}
+	// The head cursor skipped both consumed entries: readers seek past them.
+	if h := s.counters().Inbox.Head; h != 3 {
+		t.Fatalf("inbox head = %d, want 3", h)
+	}
 }
 
 func TestCommitAllOrNothing(t *testing.T) {
