@@ -308,6 +308,7 @@ func (b *batch) flush() error {
 	if err := b.txn.Commit(); err != nil {
 		return err
 	}
+	b.s.txns.Add(1)
 	b.txn = b.s.db.NewTransaction(true)
 	b.size, b.count = 0, 0
 	return nil

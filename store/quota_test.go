@@ -173,3 +173,56 @@ func TestRetentionByAgeAndBytes(t *testing.T) {
 		t.Fatalf("query still finds %d dropped records", len(recs))
 	}
 }
+
+// TestBatchSplitsIntoTransactions: a group of large commits does not fit in
+// one Badger transaction; the committer splits the group between commits
+// (never inside one) and everything arrives.
+func TestBatchSplitsIntoTransactions(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	const writers, perWriter, recs = 16, 4, 60
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		go func() {
+			for i := 0; i < perWriter; i++ {
+				c := &Commit{}
+				for j := 0; j < recs; j++ {
+					c.Records = append(c.Records, Record{Stream: "big", Device: fmt.Sprint(w), Data: make([]byte, 900), Targets: []string{"up"}})
+				}
+				if _, err := s.Commit(ctx, c); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := int64(writers * perWriter * recs)
+	if st := s.Stats(); st.Spaces[SpaceRecords].Count != want || st.Spaces["outbox:up"].Count != want {
+		t.Fatalf("stats %+v, want %d records", st.Spaces, want)
+	}
+	if st := s.Stats(); st.Writes != writers*perWriter || st.Transactions <= st.Batches {
+		t.Fatalf("%d writes, %d batches, %d transactions: no batch was split", st.Writes, st.Batches, st.Transactions)
+	}
+	s = reopen(t, s)
+	n := 0
+	for cur := ""; ; {
+		rs, next, err := s.QueryRecords(ctx, Query{Stream: "big", Limit: 1000, Cursor: cur})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(rs)
+		if next == "" {
+			break
+		}
+		cur = next
+	}
+	if int64(n) != want {
+		t.Fatalf("%d records after reopen, want %d", n, want)
+	}
+}

@@ -114,6 +114,7 @@ type Store struct {
 	full        atomic.Bool
 	freeBytes   atomic.Uint64
 	batches     atomic.Int64
+	txns        atomic.Int64
 	writes      atomic.Int64
 	maxBatchSz  atomic.Int64
 	syncs       atomic.Int64
@@ -421,6 +422,7 @@ type Stats struct {
 	InboxLen      int64
 	Consumed      int64 // inbox entries consumed since creation
 	Batches       int64 // group-commit batches
+	Transactions  int64 // Badger transactions committed (a batch too big for one uses several)
 	Writes        int64 // write requests committed
 	MaxBatch      int64 // largest batch so far
 	Syncs         int64
@@ -450,7 +452,7 @@ func (s *Store) Stats() Stats {
 			SpaceDeadLetters: sp(c.Dead, SpaceDeadLetters),
 		},
 		InboxLen: c.Inbox.Count, Consumed: c.Consumed,
-		Batches: s.batches.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
+		Batches: s.batches.Load(), Transactions: s.txns.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
 		GCRewrites: s.gcRewrites.Load(), DiskFull: s.full.Load(), FreeBytes: s.freeBytes.Load(),
 		ClockSynced: s.clockSynced.Load(), Durability: s.opts.Durability.String(), Profile: string(s.opts.Profile),
 		FormatVersion: FormatVersion,
