@@ -13,7 +13,8 @@ import (
 
 // Program is a compiled function: an instrumented, shared, read-only
 // gopher-lua prototype. It is immutable and safe for concurrent use; every
-// instance creates its own closure from it.
+// instance creates its own closure from it. Programs come from Compile; the
+// zero value is not usable.
 type Program struct {
 	name  string
 	proto *lua.FunctionProto

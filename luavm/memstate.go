@@ -11,7 +11,8 @@ import (
 
 // MemState is an in-memory StateReader for tests and `moongate fn test`.
 // It holds one flat key space (the function argument of GetState is
-// ignored: use one MemState per function). It is safe for concurrent use.
+// ignored: use one MemState per function). It is safe for concurrent use;
+// the zero value is an empty, usable MemState.
 type MemState struct {
 	mu sync.Mutex
 	m  map[string][]byte
@@ -31,6 +32,9 @@ func (s *MemState) GetState(_ context.Context, _ string, key string) ([]byte, bo
 // Set stores a JSON value.
 func (s *MemState) Set(key string, value []byte) {
 	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[string][]byte{}
+	}
 	s.m[key] = value
 	s.mu.Unlock()
 }
@@ -48,6 +52,9 @@ func (s *MemState) Snapshot() map[string][]byte {
 func (s *MemState) Apply(ops []StateOp) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string][]byte{}
+	}
 	for _, op := range ops {
 		switch op.Op {
 		case StateSet:

@@ -2,6 +2,7 @@ package luavm
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -236,6 +237,9 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 	res.InvocationID = id
 	err = in.run(ctx, name, ev, state, p.limits, id, res)
 	p.put(in)
+	if errors.Is(err, ErrPanic) {
+		r.log.Error("luavm: interpreter panic recovered; instance discarded", "function", name, "version", p.spec.Version, "err", err)
+	}
 	if err != nil {
 		return res, fmt.Errorf("luavm: %s v%d: %w", name, p.spec.Version, err)
 	}
