@@ -219,6 +219,10 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 		ev = &Event{}
 	}
 	start := time.Now()
+	if err := ctx.Err(); err != nil {
+		res.Cost.Outcome = outcome(ErrTimeout)
+		return res, fmt.Errorf("luavm: %s: %w: %w", name, ErrTimeout, err)
+	}
 	p, err := r.acquirePool(name)
 	if err != nil {
 		res.Cost.Outcome = outcome(err)
