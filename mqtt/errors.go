@@ -27,8 +27,6 @@ var (
 	// ErrNotConnected is returned by External.Publish while the client is
 	// not connected to the broker.
 	ErrNotConnected = errors.New("mqtt: not connected to broker")
-	// ErrPayloadTooLarge reports a payload over the configured maximum.
-	ErrPayloadTooLarge = errors.New("mqtt: payload too large")
 	// ErrInvalidQoS reports a QoS other than 0, 1 or 2.
 	ErrInvalidQoS = errors.New("mqtt: invalid QoS")
 	// ErrSubscribe reports a subscription the broker refused.

@@ -29,7 +29,8 @@ const (
 	maxExternalHandlers = 256
 )
 
-// ExternalConfig configures the connection to an external broker.
+// ExternalConfig configures the connection to an external broker. Broker is
+// required; other zero fields take the defaults below.
 type ExternalConfig struct {
 	// Broker is the broker URL: tcp://, mqtt://, ssl://, tls://, mqtts://,
 	// ws:// or wss:// with host and port.

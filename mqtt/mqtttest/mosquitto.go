@@ -138,7 +138,9 @@ func (m *Mosquitto) writeConfig() error {
 
 func (m *Mosquitto) start() error {
 	cmd := exec.Command(MosquittoPath, "-c", m.conf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group (a test's Ctrl-C does not hit it twice) and killed
+	// with the test process if that dies without running cleanups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
