@@ -17,6 +17,9 @@ const maxDropsPerWrite = 64
 // their sequence numbers (strictly increasing, also across restarts). It
 // returns once the group-commit batch holding them is durable. Errors:
 // ErrStoreFull, ErrQuota (inbox MaxBytes), ErrInvalid, ErrTooLarge, ErrClosed.
+// If ctx ends while waiting, the entries may or may not have been stored and
+// the committer may still read them: do not modify them. On success the Seq
+// of each entry is set too.
 func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, error) {
 	if len(entries) == 0 {
 		return nil, nil
