@@ -286,6 +286,7 @@ func (in *instance) scanTables(L *lua.LState) {
 
 func (in *instance) patternSteps(n int) {
 	in.charge(in.L, int64(n/patternOpsPerStep))
+	in.checkTime(in.L)
 }
 
 // @tick(n)

@@ -533,8 +533,10 @@ func compilePattern(p pattern, ps ...*iptr) []inst {
 // "Regular Expression Matching: the Virtual Machine Approach" (https://swtch.com/~rsc/regexp/regexp2.html)
 func recursiveVM(b *Budget, src []byte, insts []inst, pc, sp, recLevel int, ms ...*MatchData) (bool, int, *MatchData) {
 	b.n++
-	if b.n&(budgetEvery-1) == 0 && b.Hook != nil {
-		b.Hook(budgetEvery)
+	if b.n-b.last >= budgetEvery && b.Hook != nil {
+		d := b.n - b.last
+		b.last = b.n
+		b.Hook(d)
 	}
 	recLevel++
 	if recLevel > maxRecursionLevel {
@@ -585,11 +587,13 @@ redo:
 			return false, sp, m
 		}
 		count := 1
+		start := sp
 		for sp = sp + 1; sp < len(src); sp++ {
 			if int(src[sp]) == inst.Operand2 {
 				count--
 			}
 			if count == 0 {
+				b.n += sp - start // the scan is work too
 				pc++
 				sp++
 				goto redo
@@ -598,6 +602,7 @@ redo:
 				count++
 			}
 		}
+		b.n += sp - start
 		return false, sp, m
 	case opNumber:
 		idx := inst.Operand1 * 2
@@ -605,6 +610,7 @@ redo:
 			panic(newError(_UNKNOWN, "invalid capture index"))
 		}
 		capture := src[m.Capture(idx):m.Capture(idx+1)]
+		b.n += len(capture)
 		for i := 0; i < len(capture); i++ {
 			if i+sp >= len(src) || capture[i] != src[i+sp] {
 				return false, sp, m
@@ -621,12 +627,14 @@ redo:
 
 /* API {{{ */
 
-// Budget meters the matcher's work. Hook, if set, is called with the number
-// of VM steps done since the previous call, every budgetEvery steps; it stops
-// the match by panicking (the panic is not recovered here).
+// Budget meters the matcher's work (VM steps, plus characters scanned by
+// %b and back-references). Hook, if set, is called with the work done since
+// its previous call, about every budgetEvery units; it stops the match by
+// panicking (the panic is not recovered here).
 type Budget struct {
 	Hook func(steps int)
-	n    int
+	n    int // work done
+	last int // n at the last Hook call
 }
 
 const budgetEvery = 1024
