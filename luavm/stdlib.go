@@ -331,15 +331,20 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 		in.charge(L, 1)
 		if L.GetTop() >= 3 {
 			// Like Lua 5.2: a position past the end would pad the array.
-			if pos := L.CheckInt(2); pos < 1 || pos > t.Len()+1 {
+			n := t.Len()
+			pos := L.CheckInt(2)
+			if pos < 1 || pos > n+1 {
 				L.ArgError(2, "position out of bounds")
 			}
+			in.charge(L, int64(n-pos+1)/64) // the shift
 		}
 		return insert(L)
 	})
 	set("remove", func(L *lua.LState) int {
-		in.checkWritable(L, L.CheckTable(1))
-		in.charge(L, 1)
+		t := L.CheckTable(1)
+		in.checkWritable(L, t)
+		n := t.Len()
+		in.charge(L, 1+int64(n-L.OptInt(2, n))/64) // the shift
 		return remove(L)
 	})
 	set("sort", func(L *lua.LState) int {
