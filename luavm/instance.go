@@ -211,6 +211,9 @@ func (in *instance) charge(L *lua.LState, n int64) {
 	if iv.breach != nil {
 		in.raise(L, iv.breach)
 	}
+	if n < 1 {
+		n = 1 // never a refund
+	}
 	iv.steps += n
 	if iv.steps > iv.limits.MaxSteps {
 		in.raise(L, fmt.Errorf("%w (%d steps)", ErrBudget, iv.limits.MaxSteps))

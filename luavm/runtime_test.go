@@ -492,3 +492,14 @@ end`)
 		t.Fatalf("%v\n got %s\nwant %s", err, res.Value, want)
 	}
 }
+
+// TestChunkVarargsAreEmpty: the runtime's hooks are passed to the compiled
+// chunk but never reach the user's top-level `...`.
+func TestChunkVarargsAreEmpty(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "va", "local n, first = select('#', ...), ...\nfunction handle() return {n = n, first = type(first)} end")
+	res, err := invoke(t, rt, "va", nil)
+	if err != nil || string(res.Value) != `{"first":"nil","n":0}` {
+		t.Fatalf("%v %s", err, res.Value)
+	}
+}
