@@ -433,7 +433,7 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 		Topic: topic, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
 		ClientID: cl.ID, Username: username, Duplicate: pk.FixedHeader.Dup, Received: time.Now(),
 	}
-	err := e.h(e.hctx, m)
+	err := callHandler(e.hctx, e.h, m, e.log)
 	switch {
 	case err == nil:
 		e.stats.accepted.Add(1)

@@ -732,3 +732,24 @@ func TestEmbeddedV5HandlerErrorDisconnects(t *testing.T) {
 		t.Fatalf("stats = %+v", st)
 	}
 }
+
+// A panicking Handler does not crash the broker: the message is treated as
+// not accepted and redelivered.
+func TestEmbeddedHandlerPanic(t *testing.T) {
+	var calls atomic.Int32
+	var rec recorder
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(ctx context.Context, m *Message) error {
+		if calls.Add(1) == 1 {
+			panic("bug in the gateway")
+		}
+		return rec.handle(ctx, m)
+	}, "#")
+	c := mustDial(t, brokerURL(e), "dev", func(o *paho.ClientOptions) {
+		o.SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond)
+	})
+	c.Publish("p/1", 1, false, []byte("x"))
+	waitFor(t, "redelivery after panic", 10*time.Second, func() bool { return rec.len() == 1 })
+	if st := e.Stats(); st.RejectedHandler != 1 || st.Accepted != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+}

@@ -388,7 +388,7 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	}
 	m := &Message{Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
 		Duplicate: msg.Duplicate(), Received: time.Now()}
-	err := x.h(x.hctx, m)
+	err := callHandler(x.hctx, x.h, m, x.log)
 	switch {
 	case err == nil:
 		x.stats.accepted.Add(1)

@@ -2,6 +2,9 @@ package mqtt
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -208,4 +211,20 @@ func (f *filters) wait(ctx context.Context, stop <-chan struct{}) (list []string
 	case <-ctx.Done():
 		return nil, false
 	}
+}
+
+// errHandlerPanic is the error a Handler call is treated as returning when
+// it panicked; the message is then not accepted.
+var errHandlerPanic = fmt.Errorf("mqtt: handler panicked")
+
+// callHandler runs h, turning a panic into an error so a faulty Handler
+// cannot take down the broker goroutine (and with it the process).
+func callHandler(ctx context.Context, h Handler, m *Message, log *slog.Logger) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("mqtt handler panicked; message not accepted", "topic", m.Topic, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", errHandlerPanic, r)
+		}
+	}()
+	return h(ctx, m)
 }
