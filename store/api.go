@@ -11,6 +11,10 @@ type InboxEntry struct {
 	Function string
 	Key      string // ordering key (device, or topic): same key, same order
 	Event    []byte // opaque, encoded by the gateway
+	// Fingerprint, when set (FingerprintSize bytes), identifies the message
+	// the entry came from, for Store.Redelivered. Set it on one entry of a
+	// message.
+	Fingerprint []byte
 }
 
 // Record is a function result or an emitted record, stored locally and

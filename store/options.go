@@ -157,6 +157,11 @@ type Options struct {
 	MaxValueBytes int
 	// MaxBatch bounds the number of writers grouped into one commit; default 4096.
 	MaxBatch int
+	// DedupeWindow is how many recently accepted inbox entries the
+	// redelivery window remembers (see Store.Redelivered); default 16384.
+	// It must exceed what can be in flight unacknowledged between the
+	// broker and moongate (the broker's max in-flight messages).
+	DedupeWindow int
 }
 
 func (o *Options) withDefaults() error {
@@ -195,6 +200,9 @@ func (o *Options) withDefaults() error {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
+	}
+	if o.DedupeWindow <= 0 {
+		o.DedupeWindow = 16384
 	}
 	if !o.InMemory && o.Dir == "" {
 		return fmt.Errorf("%w: Options.Dir is empty", ErrInvalid)

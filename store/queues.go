@@ -29,10 +29,13 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 		if err := validName("function", entries[i].Function, false); err != nil {
 			return nil, err
 		}
+		if fp := entries[i].Fingerprint; len(fp) != 0 && len(fp) != FingerprintSize {
+			return nil, fmt.Errorf("%w: fingerprint of %d bytes, want %d", ErrInvalid, len(fp), FingerprintSize)
+		}
 		if len(entries[i].Event) > s.opts.MaxValueBytes {
 			return nil, fmt.Errorf("%w: event of %d bytes, limit %d", ErrTooLarge, len(entries[i].Event), s.opts.MaxValueBytes)
 		}
-		est += s.vEntryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event))
+		est += s.vEntryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event)) + s.vEntryEst(9, len(entries[i].Fingerprint))
 	}
 	seqs := make([]uint64, len(entries))
 	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
@@ -52,6 +55,9 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			b.ctr.Inbox.add(len(vals[i]))
 			b.set(seqKey(pInbox, seq), vals[i])
 			seqs[i] = seq
+			if len(entries[i].Fingerprint) == FingerprintSize {
+				b.set(dedupeKey(seq%s.window.size), entries[i].Fingerprint)
+			}
 		}
 		return nil
 	}})
@@ -60,6 +66,10 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 	}
 	for i := range entries {
 		entries[i].Seq = seqs[i]
+		// Durable now: only now may a redelivery be recognised.
+		if len(entries[i].Fingerprint) == FingerprintSize {
+			s.window.put(seqs[i]%s.window.size, [FingerprintSize]byte(entries[i].Fingerprint))
+		}
 	}
 	return seqs, nil
 }

@@ -110,6 +110,8 @@ type Store struct {
 	diskAt    time.Time
 	dirty     atomic.Bool
 
+	window *redeliveryWindow // redelivery window
+
 	clockSynced atomic.Bool
 	full        atomic.Bool
 	freeBytes   atomic.Uint64
@@ -147,6 +149,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		reqCh:   make(chan *request, opts.MaxBatch),
 		quit:    make(chan struct{}),
 		runDone: make(chan struct{}),
+		window:  newRedeliveryWindow(opts.DedupeWindow),
 	}
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
@@ -158,6 +161,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := s.recover(); err != nil {
 		_ = db.Close()
 		return nil, err
+	}
+	if err := s.window.load(db); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("store: load redelivery window: %w", err)
 	}
 	s.checkDisk(true)
 	go s.run()
