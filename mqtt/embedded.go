@@ -23,6 +23,7 @@ const (
 	DefaultMaxSessionExpiry   = time.Hour
 	DefaultMaxInflight        = 64
 	DefaultMaxQueuedPerClient = 1000
+	DefaultMaxClients         = 1000
 )
 
 // EmbeddedConfig configures the embedded broker. The zero value (after
@@ -58,6 +59,10 @@ type EmbeddedConfig struct {
 	// delivery, online or offline (mochi-mqtt/server#340); default 1000.
 	// Messages beyond it are dropped for that client.
 	MaxQueuedPerClient int
+	// MaxClients bounds concurrently connected clients (about 35 KB each);
+	// default 1000. Further connections get CONNACK "server unavailable"
+	// (MQTT 5: "server busy").
+	MaxClients int
 }
 
 func (c *EmbeddedConfig) applyDefaults() {
@@ -75,6 +80,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxQueuedPerClient == 0 {
 		c.MaxQueuedPerClient = DefaultMaxQueuedPerClient
+	}
+	if c.MaxClients == 0 {
+		c.MaxClients = DefaultMaxClients
 	}
 }
 
@@ -139,6 +147,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max inflight %d not in 1..65535", ErrConfig, cfg.MaxInflight)
 	case cfg.MaxQueuedPerClient < 0 || cfg.MaxQueuedPerClient > math.MaxUint16:
 		return nil, fmt.Errorf("%w: max queued per client %d not in 1..65535", ErrConfig, cfg.MaxQueuedPerClient)
+	case cfg.MaxClients < 0:
+		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, fmt.Errorf("%w: tls cert and key must be set together", ErrConfig)
 	}
@@ -176,6 +186,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
 	caps.MaximumInflight = uint16(cfg.MaxQueuedPerClient)
 	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
+	caps.MaximumClients = int64(cfg.MaxClients)
 	e.srv = mochi.New(&mochi.Options{
 		Capabilities:           caps,
 		InlineClient:           true,

@@ -753,3 +753,12 @@ func TestEmbeddedHandlerPanic(t *testing.T) {
 		t.Fatalf("stats = %+v", st)
 	}
 }
+
+func TestEmbeddedMaxClients(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxClients: 2}, func(context.Context, *Message) error { return nil }, "#")
+	mustDial(t, brokerURL(e), "c1")
+	mustDial(t, brokerURL(e), "c2")
+	if _, err := dial(t, brokerURL(e), "c3"); err == nil {
+		t.Fatal("third client accepted with MaxClients 2")
+	}
+}
