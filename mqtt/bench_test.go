@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 )
 
 func BenchmarkMatch(b *testing.B) {
@@ -125,4 +129,42 @@ func BenchmarkEmbeddedClientMemory(b *testing.B) {
 		waitFor(b, "clients gone", 10*time.Second, func() bool { return e.srv.Clients.Len() == 1 }) // the inline client stays
 	}
 	b.ReportMetric(perClient, "B/client")
+}
+
+// BenchmarkExternalQoS1Throughput measures messages per second through a
+// real mosquitto (default max_inflight_messages 20) into External: a
+// publisher sends b.N QoS 1 messages as fast as the broker acknowledges them,
+// and the clock stops when the Handler has accepted all of them.
+func BenchmarkExternalQoS1Throughput(b *testing.B) {
+	m := mqtttest.StartMosquitto(b)
+	var got atomic.Int64
+	all := make(chan struct{})
+	n := int64(b.N)
+	startExternal(b, m.URL(), "gw-bench", func(ctx context.Context, msg *Message) error {
+		if got.Add(1) == n {
+			close(all)
+		}
+		return nil
+	}, "bench/#")
+	pub := mustDial(b, m.URL(), "bench-pub", func(o *paho.ClientOptions) { o.SetMaxResumePubInFlight(100) })
+	payload := []byte(`{"temp":21.5,"hum":40}`)
+	b.ResetTimer()
+	toks := make([]paho.Token, 0, 256)
+	for i := 0; i < b.N; i++ {
+		toks = append(toks, pub.Publish("bench/dev", 1, false, payload))
+		if len(toks) == cap(toks) {
+			for _, t := range toks {
+				if err := waitToken(b, t); err != nil {
+					b.Fatal(err)
+				}
+			}
+			toks = toks[:0]
+		}
+	}
+	select {
+	case <-all:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("handler saw %d of %d", got.Load(), b.N)
+	}
+	b.StopTimer()
 }
