@@ -762,3 +762,28 @@ func TestEmbeddedMaxClients(t *testing.T) {
 		t.Fatal("third client accepted with MaxClients 2")
 	}
 }
+
+// A handler that blocks longer than 1.5x the client's keep-alive still gets
+// its PUBACK out (the connection deadline is renewed after the handler).
+func TestEmbeddedAckAfterLongBlock(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(ctx context.Context, m *Message) error {
+		time.Sleep(2 * time.Second) // longer than 1.5 x the 1 s keep-alive, on purpose
+		return nil
+	}, "#")
+	c, err := net.DialTimeout("tcp", e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(append(rawConnectKA("slow", "", "", 1), rawPublish("t", 1, 5, []byte("x"))...)); err != nil {
+		t.Fatal(err)
+	}
+	resp := make([]byte, 8)
+	if _, err := io.ReadFull(c, resp); err != nil {
+		t.Fatalf("read CONNACK+PUBACK: %v (got % x)", err, resp)
+	}
+	if resp[0] != 0x20 || resp[4] != 0x40 || resp[7] != 5 {
+		t.Fatalf("want CONNACK then PUBACK for id 5, got % x", resp)
+	}
+}

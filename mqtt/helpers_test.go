@@ -164,6 +164,10 @@ func rawPacket(typeFlags byte, body []byte) []byte {
 }
 
 func rawConnect(id, user, pass string) []byte {
+	return rawConnectKA(id, user, pass, 60)
+}
+
+func rawConnectKA(id, user, pass string, keepalive uint16) []byte {
 	var b bytes.Buffer
 	b.Write(rawString("MQTT"))
 	b.WriteByte(4)
@@ -172,7 +176,7 @@ func rawConnect(id, user, pass string) []byte {
 		flags |= 0x80 | 0x40
 	}
 	b.WriteByte(flags)
-	b.Write([]byte{0, 60})
+	b.Write([]byte{byte(keepalive >> 8), byte(keepalive)})
 	b.Write(rawString(id))
 	if user != "" {
 		b.Write(rawString(user))
