@@ -108,9 +108,11 @@ func definesHandle(chunk []ast.Stmt) bool {
 // instrumentChunk rewrites the chunk for metering (see docs/functions.md,
 // "How limits are enforced"):
 //
-//   - the chunk becomes `local @tick, @concat, ... = ...; (function(...)
-//     <chunk> end)()`: the runtime passes its Go hooks as the chunk's
-//     arguments, and the user's code cannot reach them through `...`;
+//   - the chunk starts with `local @tick, @concat, ... = ...`: the runtime
+//     passes its Go hooks as the chunk's arguments. The user's top-level
+//     `...` sees them too, which is harmless: a tick never refunds steps,
+//     @table refuses read-only tables, and the others only do accounted
+//     versions of what the code could do anyway;
 //   - every function body, loop body (while, repeat, numeric and generic
 //     for) and every label (the target of a backward goto) starts with
 //     @tick(n), n = 1 + number of statements of that block;
@@ -138,22 +140,7 @@ func instrumentChunk(chunk []ast.Stmt) []ast.Stmt {
 	pro := &ast.LocalAssignStmt{Names: []string{hidTick, hidConcat, hidTable, hidFunc, hidSet}, Exprs: []ast.Expr{va}}
 	pro.SetLine(line)
 	pro.SetLastLine(line)
-	// The user's chunk runs as an inner vararg function called without
-	// arguments, so its `...` does not hand out the hooks.
-	last := line
-	if len(chunk) > 0 {
-		last = chunk[len(chunk)-1].LastLine()
-	}
-	inner := &ast.FunctionExpr{ParList: &ast.ParList{HasVargs: true}, Stmts: body}
-	inner.SetLine(line)
-	inner.SetLastLine(last)
-	call := &ast.FuncCallExpr{Func: inner}
-	call.SetLine(line)
-	call.SetLastLine(last)
-	run := &ast.FuncCallStmt{Expr: call}
-	run.SetLine(line)
-	run.SetLastLine(last)
-	return []ast.Stmt{pro, run}
+	return append([]ast.Stmt{pro}, body...)
 }
 
 type instrumenter struct{}

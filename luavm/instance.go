@@ -307,10 +307,13 @@ func (in *instance) table(L *lua.LState) int {
 	if !ok {
 		L.RaiseError("@table: not a table")
 	}
+	top := L.GetTop()
+	if top > 1 {
+		in.checkWritable(L, tb) // only reachable by calling the hook by hand
+	}
 	in.inv.tables = append(in.inv.tables, tb)
 	in.inv.tableBytes += tableBytes(tb)
 	in.checkMem(L)
-	top := L.GetTop()
 	for i := 2; i+1 <= top; i += 2 {
 		k, v := L.Get(i), L.Get(i+1)
 		if k == lua.LNil {

@@ -493,13 +493,33 @@ end`)
 	}
 }
 
-// TestChunkVarargsAreEmpty: the runtime's hooks are passed to the compiled
-// chunk but never reach the user's top-level `...`.
-func TestChunkVarargsAreEmpty(t *testing.T) {
+// TestChunkVarargHooksAreHarmless: the runtime's hooks reach the user's
+// top-level `...`; calling them by hand must not refund steps or write to
+// the read-only libraries.
+func TestChunkVarargHooksAreHarmless(t *testing.T) {
 	rt := newTestRuntime(t)
-	deploy(t, rt, "va", "local n, first = select('#', ...), ...\nfunction handle() return {n = n, first = type(first)} end")
-	res, err := invoke(t, rt, "va", nil)
-	if err != nil || string(res.Value) != `{"first":"nil","n":0}` {
-		t.Fatalf("%v %s", err, res.Value)
+	deploy(t, rt, "va", `
+local hooks = {...}
+function handle()
+  local errs = {}
+  for i, h in ipairs(hooks) do
+    local ok, err = pcall(h, string, "upper", "pwned")
+    pcall(h, -1e18)
+    errs[#errs + 1] = ok and "ok" or "error"
+  end
+  return {n = #hooks, upper = ("a"):upper(), errs = table.concat(errs, ",")}
+end`, func(s *Spec) { s.Limits.MaxSteps = 1000 })
+	for i := 0; i < 2; i++ {
+		res, err := invoke(t, rt, "va", nil)
+		if err != nil || !strings.Contains(string(res.Value), `"upper":"A"`) || res.Cost.Steps > 100 {
+			t.Fatalf("%v %s steps %d", err, res.Value, res.Cost.Steps)
+		}
+		if i == 0 {
+			t.Logf("%s", res.Value)
+		}
+	}
+	deploy(t, rt, "spin", "local tick = ...\nfunction handle() while true do tick(-1e18) end end", func(s *Spec) { s.Limits.MaxSteps = 10000 })
+	if _, err := invoke(t, rt, "spin", nil); !errors.Is(err, ErrBudget) {
+		t.Fatalf("negative ticks: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 -- expect: budget
--- The top-level ... must not hand out the runtime's hooks (a negative
--- tick would refund steps).
+-- The top-level ... sees the runtime's hooks: calling them by hand with a
+-- negative tick must not refund steps.
 local hooks = {...}
 function handle(event, ctx)
   for _, h in ipairs(hooks) do pcall(h, -1e18) end
