@@ -21,57 +21,96 @@ func errMemory(capBytes int64, what string) error {
 	return fmt.Errorf("%w (%s over cap %d bytes)", ErrMemory, what, capBytes)
 }
 
-// openHost adds the host API modules to lib (read-only).
+// openHost makes the host API modules available in lib. They are built on
+// first use (lib's __index), so a cold start pays only for the modules the
+// function touches; once built, a module is a read-only field of lib.
 func (in *instance) openHost(lib *lua.LTable, newindex *lua.LFunction) {
 	L := in.L
-	mod := func(name string, fns map[string]lua.LGFunction) *lua.LTable {
+	in.null = L.NewUserData()
+	in.lib, in.newindex = lib, newindex
+	mt := L.CreateTable(0, 2)
+	mt.RawSetString("__index", L.NewFunction(in.libIndex))
+	lib.Metatable = mt
+}
+
+// hostModule builds the host module name, or returns nil.
+func (in *instance) hostModule(name string) lua.LValue {
+	L := in.L
+	mod := func(fns map[string]lua.LGFunction) *lua.LTable {
 		t := L.CreateTable(0, len(fns)+1)
 		for k, f := range fns {
 			t.RawSetString(k, L.NewFunction(f))
 		}
-		lib.RawSetString(name, in.freeze(t, newindex))
 		return t
 	}
-	in.null = L.NewUserData()
-	js := mod("json", map[string]lua.LGFunction{"encode": in.jsonEncode, "decode": in.jsonDecode, "array": in.jsonArray})
-	js.RawSetString("null", in.null)
-	mod("log", map[string]lua.LGFunction{
-		"debug": in.logFn(slog.LevelDebug), "info": in.logFn(slog.LevelInfo),
-		"warn": in.logFn(slog.LevelWarn), "error": in.logFn(slog.LevelError),
-	})
-	lib.RawSetString("print", L.NewFunction(in.print))
-	mod("time", map[string]lua.LGFunction{"now_ms": func(L *lua.LState) int {
-		L.Push(lua.LNumber(time.Now().UnixMilli()))
-		return 1
-	}})
-	mod("base64", map[string]lua.LGFunction{
-		"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(base64.StdEncoding.EncodeToString(b)), nil }),
-		"decode": in.codec(func(b []byte) ([]byte, error) { return base64.StdEncoding.DecodeString(string(b)) }),
-	})
-	mod("hex", map[string]lua.LGFunction{
-		"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(hex.EncodeToString(b)), nil }),
-		"decode": in.codec(func(b []byte) ([]byte, error) { return hex.DecodeString(string(b)) }),
-	})
-	mod("crypto", map[string]lua.LGFunction{
-		"sha256": func(L *lua.LState) int {
-			s := L.CheckString(1)
-			in.charge(L, 1+int64(len(s))/64)
-			sum := sha256.Sum256([]byte(s))
-			L.Push(lua.LString(hex.EncodeToString(sum[:])))
+	switch name {
+	case "json":
+		js := mod(map[string]lua.LGFunction{"encode": in.jsonEncode, "decode": in.jsonDecode, "array": in.jsonArray})
+		js.RawSetString("null", in.null)
+		return in.freeze(js, in.newindex)
+	case "log":
+		return in.freeze(mod(map[string]lua.LGFunction{
+			"debug": in.logFn(slog.LevelDebug), "info": in.logFn(slog.LevelInfo),
+			"warn": in.logFn(slog.LevelWarn), "error": in.logFn(slog.LevelError),
+		}), in.newindex)
+	case "print":
+		return L.NewFunction(in.print)
+	case "time":
+		return in.freeze(mod(map[string]lua.LGFunction{"now_ms": func(L *lua.LState) int {
+			L.Push(lua.LNumber(time.Now().UnixMilli()))
 			return 1
-		},
-		"hmac_sha256": func(L *lua.LState) int {
-			key, msg := L.CheckString(1), L.CheckString(2)
-			in.charge(L, 1+int64(len(msg)+len(key))/64)
-			m := hmac.New(sha256.New, []byte(key))
-			m.Write([]byte(msg))
-			L.Push(lua.LString(hex.EncodeToString(m.Sum(nil))))
-			return 1
-		},
-	})
-	mod("mqtt", map[string]lua.LGFunction{"publish": in.publish})
-	lib.RawSetString("emit", L.NewFunction(in.emit))
-	mod("state", map[string]lua.LGFunction{"get": in.stateGet, "set": in.stateSet, "delete": in.stateDelete, "incr": in.stateIncr})
+		}}), in.newindex)
+	case "base64":
+		return in.freeze(mod(map[string]lua.LGFunction{
+			"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(base64.StdEncoding.EncodeToString(b)), nil }),
+			"decode": in.codec(func(b []byte) ([]byte, error) { return base64.StdEncoding.DecodeString(string(b)) }),
+		}), in.newindex)
+	case "hex":
+		return in.freeze(mod(map[string]lua.LGFunction{
+			"encode": in.codec(func(b []byte) ([]byte, error) { return []byte(hex.EncodeToString(b)), nil }),
+			"decode": in.codec(func(b []byte) ([]byte, error) { return hex.DecodeString(string(b)) }),
+		}), in.newindex)
+	case "crypto":
+		return in.freeze(mod(map[string]lua.LGFunction{
+			"sha256": func(L *lua.LState) int {
+				s := L.CheckString(1)
+				in.charge(L, 1+int64(len(s))/64)
+				sum := sha256.Sum256([]byte(s))
+				L.Push(lua.LString(hex.EncodeToString(sum[:])))
+				return 1
+			},
+			"hmac_sha256": func(L *lua.LState) int {
+				key, msg := L.CheckString(1), L.CheckString(2)
+				in.charge(L, 1+int64(len(msg)+len(key))/64)
+				m := hmac.New(sha256.New, []byte(key))
+				m.Write([]byte(msg))
+				L.Push(lua.LString(hex.EncodeToString(m.Sum(nil))))
+				return 1
+			},
+		}), in.newindex)
+	case "mqtt":
+		return in.freeze(mod(map[string]lua.LGFunction{"publish": in.publish}), in.newindex)
+	case "emit":
+		return L.NewFunction(in.emit)
+	case "state":
+		return in.freeze(mod(map[string]lua.LGFunction{"get": in.stateGet, "set": in.stateSet, "delete": in.stateDelete, "incr": in.stateIncr}), in.newindex)
+	}
+	return nil
+}
+
+// libIndex is lib's __index: it builds a host module on first use.
+func (in *instance) libIndex(L *lua.LState) int {
+	name, ok := L.Get(2).(lua.LString)
+	if !ok {
+		return 0
+	}
+	v := in.hostModule(string(name))
+	if v == nil {
+		return 0
+	}
+	in.lib.RawSetString(string(name), v)
+	L.Push(v)
+	return 1
 }
 
 // configTable returns ctx.config: a private copy per invocation, so a

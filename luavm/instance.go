@@ -17,14 +17,16 @@ import (
 // invocation at a time (the pool guarantees it) and thrown away after a
 // breach or panic.
 type instance struct {
-	L      *lua.LState
-	prog   *Program
-	spec   *Spec
-	envMT  *lua.LTable // metatable of every fresh global table: __index = lib
-	chunk  [5]lua.LValue
-	frozen map[*lua.LTable]struct{}
-	null   *lua.LUserData // json.null
-	pmb    pm.Budget
+	L        *lua.LState
+	prog     *Program
+	spec     *Spec
+	envMT    *lua.LTable // metatable of every fresh global table: __index = lib
+	chunk    [5]lua.LValue
+	frozen   map[*lua.LTable]struct{}
+	null     *lua.LUserData // json.null
+	lib      *lua.LTable    // what every global environment reads through
+	newindex *lua.LFunction // __newindex of the read-only proxies
+	pmb      pm.Budget
 
 	inv      invocation
 	broken   bool // breached or panicked: do not reuse
