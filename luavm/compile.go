@@ -20,6 +20,7 @@ type Program struct {
 	proto *lua.FunctionProto
 	size  int
 	usesG bool // the source mentions _G: the fresh environment gets one
+	noCtx bool // handle provably never reads its ctx argument: none is built
 }
 
 // Name returns the chunk name given to Compile.
@@ -68,6 +69,7 @@ func compile(name string, src []byte, maxBytes int) (*Program, error) {
 		return nil, fmt.Errorf("%w: %s must define a global function handle(event, ctx)", ErrNoHandler, name)
 	}
 	usesG := bytes.Contains(src, []byte("_G"))
+	noCtx := !handleUsesCtx(chunk, usesG)
 	chunk = instrumentChunk(chunk)
 	proto, err := lua.Compile(chunk, name)
 	if err != nil {
@@ -77,7 +79,7 @@ func compile(name string, src []byte, maxBytes int) (*Program, error) {
 		}
 		return nil, &CompileError{Name: name, Msg: err.Error()}
 	}
-	return &Program{name: name, proto: proto, size: len(src), usesG: usesG}, nil
+	return &Program{name: name, proto: proto, size: len(src), usesG: usesG, noCtx: noCtx}, nil
 }
 
 // definesHandle reports whether a top-level statement assigns the global

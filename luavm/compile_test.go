@@ -97,3 +97,27 @@ func mustCompile(t testing.TB, src string) *Program {
 	}
 	return p
 }
+
+func TestHandleUsesCtx(t *testing.T) {
+	cases := map[string]bool{
+		"function handle(e, ctx) return e end":                                     false,
+		"function handle(e) return e end":                                          false,
+		"function handle(e, ctx) return ctx.version end":                           true,
+		"function handle(e, c) local f = function() return c end return f() end":   true,
+		"function handle(e, ctx, ...) return select(1, ...) end":                   true,
+		"function handle(e, ctx) return e end\nlocal h = handle":                   true,
+		"function handle(e, ctx) return e end\nfunction handle(e, c) return c end": true,
+		"handle = function(e, ctx) return e end":                                   true,
+		"function handle(e, ctx) return _G end":                                    true,
+		"function handle(e, ctx) return handle end":                                true,
+	}
+	for src, want := range cases {
+		p, err := Compile("c", []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := !p.noCtx; got != want {
+			t.Errorf("%q: uses ctx = %v, want %v", src, got, want)
+		}
+	}
+}

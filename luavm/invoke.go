@@ -96,7 +96,11 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 	}
 	L.Push(handle)
 	L.Push(in.eventTable(ev))
-	L.Push(in.ctxTable(invID))
+	if in.prog.noCtx {
+		L.Push(lua.LNil) // handle never reads it
+	} else {
+		L.Push(in.ctxTable(invID))
+	}
 	if err := L.PCall(2, 1, nil); err != nil {
 		return in.luaError(err)
 	}

@@ -237,7 +237,7 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 		return res, fmt.Errorf("luavm: %s: %w", name, err)
 	}
 	p.invocations.Add(1)
-	id := r.idPfx + strconv.FormatUint(r.idSeq.Add(1), 16)
+	id := r.invocationID()
 	res.InvocationID = id
 	err = in.run(ctx, name, ev, state, p.limits, id, res)
 	p.put(in)
@@ -248,6 +248,11 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 		return res, fmt.Errorf("luavm: %s v%d: %w", name, p.spec.Version, err)
 	}
 	return res, nil
+}
+
+// invocationID returns a new unique invocation id (ctx.invocation_id).
+func (r *Runtime) invocationID() string {
+	return r.idPfx + strconv.FormatUint(r.idSeq.Add(1), 16)
 }
 
 // acquirePool returns the current pool of name with its in-flight count
