@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -35,7 +36,7 @@ func FuzzInvoke(f *testing.F) {
 	}
 	f.Add("function handle(e) return json.decode(e.payload) end", []byte(`[1, 2, "x", {"y": false}]`))
 	f.Add("function handle(e) return e.payload:rep(3) .. #e.payload end", []byte("\x00\xff"))
-	rt := NewRuntime(Options{DefaultLimits: fuzzLimits})
+	rt := NewRuntime(Options{DefaultLimits: fuzzLimits, Logger: slog.New(slog.DiscardHandler)})
 	f.Cleanup(rt.Close)
 	f.Fuzz(func(t *testing.T, src string, payload []byte) {
 		name := fmt.Sprintf("f%d", fuzzSeq.Add(1))

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -59,7 +60,7 @@ func TestHostile(t *testing.T) {
 	if err != nil || len(files) < 30 {
 		t.Fatalf("want at least 30 hostile scripts, have %d (%v)", len(files), err)
 	}
-	rt := NewRuntime(Options{DefaultLimits: hostileLimits, ReclaimInterval: time.Hour})
+	rt := NewRuntime(Options{DefaultLimits: hostileLimits, ReclaimInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	defer rt.Close()
 	deploy(t, rt, "good", string(mustRead(t, "testdata/reference.lua")))
 
