@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,6 +30,7 @@ type Store interface {
 	PendingPublishes(ctx context.Context, after uint64, limit int) ([]store.Publish, error)
 	AckPublishes(ctx context.Context, seqs ...uint64) error
 	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
+	Redelivered(ctx context.Context, fingerprint []byte) bool
 }
 
 // Runtime is what the gateway needs of the Lua runtime (*luavm.Runtime).
@@ -120,6 +123,7 @@ type Stats struct {
 	Failed       uint64 // invocations that failed (each attempt)
 	DeadLettered uint64 // entries that went to the dead letters
 	Duplicates   uint64 // entries found already consumed (skipped: exactly once)
+	Redelivered  uint64 // MQTT redeliveries of messages already accepted (acknowledged, not run again)
 	Published    uint64 // local publishes carried out
 	Backlog      int    // entries queued or running
 }
@@ -150,7 +154,7 @@ type Gateway struct {
 	runCtx   context.Context               // set by Run, under timersMu
 
 	stats struct {
-		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published atomic.Uint64
+		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, redelivered atomic.Uint64
 	}
 }
 
@@ -185,6 +189,7 @@ func (g *Gateway) Stats() Stats {
 		Received: g.stats.received.Load(), Unmatched: g.stats.unmatched.Load(), Rejected: g.stats.rejected.Load(),
 		Enqueued: g.stats.enqueued.Load(), Processed: g.stats.processed.Load(), Failed: g.stats.failed.Load(),
 		DeadLettered: g.stats.dead.Load(), Duplicates: g.stats.dups.Load(), Published: g.stats.published.Load(),
+		Redelivered: g.stats.redelivered.Load(),
 		Backlog: g.disp.backlog(),
 	}
 }
@@ -318,7 +323,34 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 		g.stats.unmatched.Add(1)
 		return nil
 	}
+	if m.QoS > 0 {
+		fp := fingerprint(m)
+		if m.Duplicate && g.opts.Store.Redelivered(ctx, fp) {
+			// A redelivery of a message already made durable (its PUBACK
+			// was lost when moongate stopped): acknowledge it, do not run
+			// it again.
+			g.stats.redelivered.Add(1)
+			return nil
+		}
+		entries[0].Fingerprint = fp
+	}
 	return g.enqueue(ctx, entries)
+}
+
+// fingerprint identifies a QoS 1 message for redelivery detection: the
+// sender, the packet id (kept by a redelivery, different for messages in
+// flight together), topic and payload.
+func fingerprint(m *mqtt.Message) []byte {
+	h := sha256.New()
+	var pid [2]byte
+	binary.BigEndian.PutUint16(pid[:], m.PacketID)
+	h.Write([]byte(m.ClientID))
+	h.Write([]byte{0})
+	h.Write(pid[:])
+	h.Write([]byte(m.Topic))
+	h.Write([]byte{0})
+	h.Write(m.Payload)
+	return h.Sum(nil)[:store.FingerprintSize]
 }
 
 // enqueue makes entries durable and queues them for the workers.
@@ -330,7 +362,10 @@ func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error
 	if err := g.disp.admit(ctx, len(entries), size); err != nil {
 		return err
 	}
-	seqs, err := g.opts.Store.Enqueue(ctx, entries)
+	// Once submitted, the write is not abandoned: a store call given up on
+	// may still be applied, and an event made durable but refused here would
+	// come back from the device and run twice.
+	seqs, err := g.opts.Store.Enqueue(context.WithoutCancel(ctx), entries)
 	if err != nil {
 		g.disp.release(len(entries), size)
 		return fmt.Errorf("gateway: enqueue: %w", err)
@@ -359,7 +394,7 @@ func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, reason er
 		payload = payload[:g.opts.MaxPayload] // keep the head for diagnosis, bounded
 	}
 	ev := luavm.Event{ID: g.newEventID(), Topic: m.Topic, Payload: payload, TS: g.opts.Now().UnixMilli(), QoS: m.QoS, Trigger: "mqtt"}
-	_, err := g.opts.Store.Commit(ctx, &store.Commit{DeadLetter: &store.DeadLetter{
+	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{DeadLetter: &store.DeadLetter{
 		Function: IntakeDeadLetters, Key: m.Topic, Event: encodeEvent(&ev), Error: reason.Error(), TS: ev.TS,
 	}})
 	if err != nil {

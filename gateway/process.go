@@ -33,7 +33,8 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if err != nil {
 		g.stats.failed.Add(1)
 		j.attempts++
-		if luavm.IsLimit(err) || errors.Is(err, luavm.ErrNotFound) || j.attempts >= g.opts.Retry.MaxAttempts {
+		// A breached limit or a crash of the VM would happen again: no retry.
+		if luavm.IsLimit(err) || errors.Is(err, luavm.ErrPanic) || errors.Is(err, luavm.ErrNotFound) || j.attempts >= g.opts.Retry.MaxAttempts {
 			return g.deadLetter(ictx, j, res, err)
 		}
 		if ctx.Err() != nil {

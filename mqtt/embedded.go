@@ -442,7 +442,7 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 	e.marked.Store(cl, struct{}{}) // left in OnPacketProcessed, after the ack is written
 	m := &Message{
 		Topic: topic, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
-		ClientID: cl.ID, Username: username, Duplicate: pk.FixedHeader.Dup, Received: time.Now(),
+		ClientID: cl.ID, Username: username, Duplicate: pk.FixedHeader.Dup, PacketID: pk.PacketID, Received: time.Now(),
 	}
 	err := callHandler(e.hctx, e.h, m, e.log)
 	// The connection deadline was set before this packet was read; a long

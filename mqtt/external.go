@@ -23,10 +23,14 @@ const (
 	DefaultKeepAlive            = 30 * time.Second
 	DefaultConnectTimeout       = 10 * time.Second
 	DefaultMaxReconnectInterval = 30 * time.Second
-	// maxExternalHandlers bounds concurrent handler calls in external mode.
-	// QoS 1 deliveries are also bounded by the broker's in-flight window;
-	// QoS 0 deliveries beyond this bound are dropped (Stats.DroppedQoS0).
+	// maxExternalHandlers bounds concurrent handler calls in external mode
+	// (topics handled at once).
 	maxExternalHandlers = 256
+	// maxExternalQueued bounds deliveries waiting in the topic lanes. QoS 1
+	// deliveries are bounded by the broker's in-flight window (mosquitto's
+	// max_inflight_messages) anyway; QoS 0 deliveries beyond this bound are
+	// dropped (Stats.DroppedQoS0).
+	maxExternalQueued = 4096
 )
 
 // ExternalConfig configures the connection to an external broker. Broker is
@@ -67,6 +71,12 @@ type External struct {
 	filters *filters
 	stats   counters
 	sem     chan struct{}
+
+	gen     atomic.Uint64 // connection generation, bumped when a connection ends
+	acks    ackOrder      // QoS 1 acknowledgements, released in arrival order
+	lanesMu sync.Mutex
+	lanes   map[string][]laneItem // per topic, in arrival order; present = a goroutine runs it
+	queued  int
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -134,6 +144,7 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 	}
 	x := &External{
 		cfg: cfg, log: log, filters: newFilters(), sem: make(chan struct{}, maxExternalHandlers),
+		lanes: map[string][]laneItem{},
 		stopC: make(chan struct{}), idle: make(chan struct{}, 1),
 		subscribed: map[string]bool{}, unsub: map[string]bool{},
 		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
@@ -144,7 +155,7 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		AddBroker(cfg.Broker).
 		SetClientID(cfg.ClientID).
 		SetCleanSession(false).
-		SetOrderMatters(false).
+		SetOrderMatters(true).
 		SetAutoAckDisabled(true).
 		SetKeepAlive(cfg.KeepAlive).
 		SetPingTimeout(cfg.ConnectTimeout).
@@ -254,6 +265,7 @@ func (x *External) markReady() {
 }
 
 func (x *External) onLost(c paho.Client, err error) {
+	x.gen.Add(1) // what is still queued from this connection is not ours to ack
 	x.connected.Store(false)
 	x.subscribedOK.Store(false)
 	x.log.Warn("lost connection to MQTT broker; reconnecting", "broker", x.cfg.Broker, "error", err)
@@ -354,51 +366,113 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 	return ctx.Err()
 }
 
-// onMessage receives every delivery (default publish handler, one goroutine
-// per message).
+// onMessage receives every delivery. paho calls it in arrival order from
+// its router (SetOrderMatters(true)), so it must not block: it appends the
+// message to the lane of its topic. Each lane is handled by one goroutine at
+// a time, in order, so the messages of one topic are made durable (and
+// acknowledged) in the order the broker sent them, while different topics
+// are handled in parallel. What is queued is bounded by the broker's
+// in-flight window for QoS 1 (unacknowledged messages); QoS 0 beyond
+// maxExternalQueued is dropped and counted.
 func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	x.stats.received.Add(1)
-	select {
-	case x.sem <- struct{}{}:
-	default:
-		if msg.Qos() == 0 {
-			x.stats.droppedQoS0.Add(1)
+	gen := x.gen.Load()
+	item := laneItem{msg: msg, gen: gen}
+	x.lanesMu.Lock()
+	if x.queued >= maxExternalQueued && msg.Qos() == 0 {
+		x.lanesMu.Unlock()
+		x.stats.droppedQoS0.Add(1)
+		return
+	}
+	if msg.Qos() > 0 {
+		item.ack = x.acks.add(msg, gen)
+	}
+	q, running := x.lanes[msg.Topic()]
+	x.lanes[msg.Topic()] = append(q, item)
+	x.queued++
+	x.lanesMu.Unlock()
+	if !running {
+		go x.runLane(msg.Topic())
+	}
+}
+
+// laneItem is a delivery waiting in its topic's lane, with the connection
+// generation it arrived on.
+type laneItem struct {
+	msg paho.Message
+	gen uint64
+	ack *ackSlot // QoS > 0: its place in the acknowledgement order
+}
+
+// runLane handles the messages of one topic in order until its lane is empty.
+func (x *External) runLane(topic string) {
+	for {
+		x.lanesMu.Lock()
+		q := x.lanes[topic]
+		if len(q) == 0 {
+			delete(x.lanes, topic)
+			x.lanesMu.Unlock()
 			return
 		}
-		select {
-		case x.sem <- struct{}{}:
-		case <-x.stopC:
-			return // not acknowledged: redelivered next session
+		item := q[0]
+		q[0] = laneItem{}
+		x.lanes[topic] = q[1:]
+		x.queued--
+		x.lanesMu.Unlock()
+		if item.gen != x.gen.Load() {
+			// Arrived on a connection that is gone: the broker redelivers it
+			// on the new one; acknowledging it here would be wrong.
+			continue
 		}
+		x.handle(item)
+	}
+}
+
+// handle runs the handler on one delivery and acknowledges it when accepted.
+func (x *External) handle(item laneItem) {
+	msg := item.msg
+	ack := func(ok bool) {
+		if item.ack != nil {
+			x.acks.finish(item.ack, ok)
+		}
+	}
+	select {
+	case x.sem <- struct{}{}:
+	case <-x.stopC:
+		ack(false)
+		return // not acknowledged: redelivered next session
 	}
 	defer func() { <-x.sem }()
 
 	list, ok := x.filters.wait(x.hctx, x.stopC)
 	if !ok {
+		ack(false)
 		return
 	}
 	if !matchAny(list, msg.Topic()) {
 		// A stale subscription of the persistent session: not ours any more.
 		x.stats.ignored.Add(1)
-		msg.Ack()
+		ack(true)
 		return
 	}
 	if !x.enter() {
+		ack(false)
 		return // draining or closing: not acknowledged, redelivered after reconnect
 	}
 	m := &Message{Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
-		Duplicate: msg.Duplicate(), Received: time.Now()}
+		Duplicate: msg.Duplicate(), PacketID: msg.MessageID(), Received: time.Now()}
 	err := callHandler(x.hctx, x.h, m, x.log)
 	switch {
 	case err == nil:
 		x.stats.accepted.Add(1)
-		msg.Ack()
+		ack(true)
 	case errors.Is(err, ErrReject):
 		x.stats.handlerRejections.Add(1)
-		msg.Ack()
+		ack(true)
 	case m.QoS == 0:
 		x.stats.handlerRejections.Add(1) // QoS 0 cannot be redelivered; no reconnect
 	default:
+		ack(false)
 		x.stats.handlerRejections.Add(1)
 		x.log.Debug("mqtt message not accepted; will reconnect for redelivery", "topic", m.Topic, "error", err)
 		x.mu.Lock()
@@ -468,6 +542,7 @@ func (x *External) reconnectLoop() {
 		} else {
 			backoff = min(backoff*2, x.cfg.MaxReconnectInterval)
 		}
+		x.gen.Add(1)
 		x.client.Disconnect(250)
 		x.connected.Store(false)
 		x.subscribedOK.Store(false)

@@ -232,13 +232,21 @@ func TestExternalBackpressure(t *testing.T) {
 		ps.add(msg)
 		return nil
 	}, "s/#")
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	pub := mustDial(t, m.URL(), "device")
-	publishN(t, pub, "s/1", 0, 300)
+	// Ten topics: messages of one topic are handled one at a time, in
+	// order; different topics in parallel, up to the broker's window.
+	for j := range 30 {
+		for i := range 10 {
+			publishN(t, pub, fmt.Sprintf("s/%d", i), j*10+i, 1)
+		}
+	}
 	waitFor(t, "handlers saturated", 10*time.Second, func() bool { return running.Load() == 5 })
 	if p := peak.Load(); p > 5 {
 		t.Fatalf("%d handlers ran at once with a broker window of 5", p)
 	}
-	close(release)
+	once.Do(func() { close(release) })
 	waitFor(t, "all 300 delivered", 20*time.Second, func() bool { return ps.distinct() == 300 })
 	if p := peak.Load(); p > 5 {
 		t.Fatalf("peak concurrency %d > 5", p)

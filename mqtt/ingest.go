@@ -22,7 +22,10 @@ type Message struct {
 	// Duplicate is set when the sender marked the publish as a possible
 	// redelivery (MQTT DUP flag).
 	Duplicate bool
-	Received  time.Time
+	// PacketID is the MQTT packet identifier (QoS > 0). A redelivery keeps
+	// it; messages in flight together have different ones.
+	PacketID uint16
+	Received time.Time
 }
 
 // Handler is called for every inbound message on an accepted topic. It must
