@@ -190,7 +190,7 @@ func (g *Gateway) Stats() Stats {
 		Enqueued: g.stats.enqueued.Load(), Processed: g.stats.processed.Load(), Failed: g.stats.failed.Load(),
 		DeadLettered: g.stats.dead.Load(), Duplicates: g.stats.dups.Load(), Published: g.stats.published.Load(),
 		Redelivered: g.stats.redelivered.Load(),
-		Backlog: g.disp.backlog(),
+		Backlog:     g.disp.backlog(),
 	}
 }
 
