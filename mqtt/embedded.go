@@ -231,7 +231,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return ErrAlreadyStarted
 	}
 	e.h = h
-	tcp := &tcpListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg, connectTimeout: e.connectTimeout}
+	tcp := &tcpListener{boundListener: boundListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg}, connectTimeout: e.connectTimeout}
 	if err := e.srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("mqtt: listen %s: %w", e.cfg.Listen, err)
 	}
@@ -242,7 +242,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return fmt.Errorf("mqtt: listener address: %w", err)
 	}
 	if e.cfg.WebSocketListen != "" {
-		ws := &wsListener{id: "ws", address: e.cfg.WebSocketListen, tlsCfg: e.tlsCfg, readLimit: int64(e.cfg.packetLimit())}
+		ws := &wsListener{boundListener: boundListener{id: "ws", address: e.cfg.WebSocketListen, tlsCfg: e.tlsCfg}, readLimit: int64(e.cfg.packetLimit())}
 		if err := e.srv.AddListener(ws); err != nil {
 			e.srv.Listeners.Close("tcp", func(string) {})
 			return fmt.Errorf("mqtt: listen websocket %s: %w", e.cfg.WebSocketListen, err)

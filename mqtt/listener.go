@@ -16,30 +16,49 @@ import (
 // receiving its CONNECT; after that mochi applies the client's keep-alive.
 const connectTimeout = 10 * time.Second
 
+// boundListener is what the TCP and WebSocket listeners share: an id, an
+// address bound in Init (so ":0" reports its real port) and optional TLS.
+type boundListener struct {
+	id      string
+	address string
+	tlsCfg  *tls.Config
+	ln      net.Listener
+}
+
+func (l *boundListener) ID() string { return l.id }
+
+func (l *boundListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// bind listens on the address, with TLS when configured.
+func (l *boundListener) bind() error {
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	if l.tlsCfg != nil {
+		ln = tls.NewListener(ln, l.tlsCfg)
+	}
+	l.ln = ln
+	return nil
+}
+
 // tcpListener is the MQTT TCP (or TLS) listener. Unlike mochi's own, it
 // tracks its connection goroutines so Close can wait for them (mochi adds to
 // its WaitGroup inside the goroutine, which races with Server.Close), and it
 // puts a deadline on the CONNECT packet so idle sockets cannot pile up.
 type tcpListener struct {
-	id      string
-	address string
-	tlsCfg  *tls.Config
+	boundListener
 	// connectTimeout bounds the wait for CONNECT (default connectTimeout).
 	connectTimeout time.Duration
 
-	ln    net.Listener
 	log   *slog.Logger
 	conns sync.WaitGroup
 	end   atomic.Bool
-}
-
-func (l *tcpListener) ID() string { return l.id }
-
-func (l *tcpListener) Address() string {
-	if l.ln != nil {
-		return l.ln.Addr().String()
-	}
-	return l.address
 }
 
 func (l *tcpListener) Protocol() string {
@@ -51,15 +70,7 @@ func (l *tcpListener) Protocol() string {
 
 func (l *tcpListener) Init(log *slog.Logger) error {
 	l.log = log
-	ln, err := net.Listen("tcp", l.address)
-	if err != nil {
-		return err
-	}
-	if l.tlsCfg != nil {
-		ln = tls.NewListener(ln, l.tlsCfg)
-	}
-	l.ln = ln
-	return nil
+	return l.bind()
 }
 
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {

@@ -2,7 +2,6 @@ package mqtt
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -19,26 +18,14 @@ import (
 // wsListener is an MQTT-over-WebSocket listener that binds in Init, so a
 // ":0" address reports its real port (mochi's own listener binds in Serve).
 type wsListener struct {
-	id        string
-	address   string
-	tlsCfg    *tls.Config
+	boundListener
 	readLimit int64
 
-	ln        net.Listener
 	srv       *http.Server
 	log       *slog.Logger
 	establish listeners.EstablishFn
 	end       atomic.Bool
 	conns     sync.WaitGroup
-}
-
-func (l *wsListener) ID() string { return l.id }
-
-func (l *wsListener) Address() string {
-	if l.ln != nil {
-		return l.ln.Addr().String()
-	}
-	return l.address
 }
 
 func (l *wsListener) Protocol() string {
@@ -50,14 +37,9 @@ func (l *wsListener) Protocol() string {
 
 func (l *wsListener) Init(log *slog.Logger) error {
 	l.log = log
-	ln, err := net.Listen("tcp", l.address)
-	if err != nil {
+	if err := l.bind(); err != nil {
 		return err
 	}
-	if l.tlsCfg != nil {
-		ln = tls.NewListener(ln, l.tlsCfg)
-	}
-	l.ln = ln
 	up := &websocket.Upgrader{Subprotocols: []string{"mqtt"}, CheckOrigin: func(*http.Request) bool { return true }}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
