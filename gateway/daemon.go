@@ -69,14 +69,15 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		d.ingest = e
 	}
 	gw, err := New(Options{
-		GatewayID:  cfg.GatewayID,
-		Store:      st,
-		Runtime:    d.rt,
-		Ingest:     d.ingest,
-		Logger:     log,
-		Workers:    cfg.Pipeline.Workers,
-		InboxLimit: cfg.Pipeline.InboxLimit,
-		MaxPayload: int(cfg.MQTT.MaxPayload),
+		GatewayID:       cfg.GatewayID,
+		Store:           st,
+		Runtime:         d.rt,
+		Ingest:          d.ingest,
+		Logger:          log,
+		Workers:         cfg.Pipeline.Workers,
+		InboxLimit:      cfg.Pipeline.InboxLimit,
+		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
+		MaxPayload:      int(cfg.MQTT.MaxPayload),
 		Retry: RetryPolicy{
 			MaxAttempts:    cfg.Pipeline.Retry.MaxAttempts,
 			InitialBackoff: cfg.Pipeline.Retry.InitialBackoff.Std(),

@@ -174,8 +174,10 @@ type Quota struct {
 
 // Pipeline configures event processing.
 type Pipeline struct {
-	Workers    int   `yaml:"workers"`     // 0 = 2 x CPUs
-	InboxLimit int   `yaml:"inbox_limit"` // backlog at which intake stops (default 10000)
+	Workers    int `yaml:"workers"`     // 0 = 2 x CPUs
+	InboxLimit int `yaml:"inbox_limit"` // backlog at which intake stops (default 10000)
+	// InboxBytes bounds the same backlog in bytes of events (default 16MiB).
+	InboxBytes Size  `yaml:"inbox_bytes"`
 	Retry      Retry `yaml:"retry"`
 }
 
@@ -249,6 +251,7 @@ func Default() *Config {
 		Pipeline: Pipeline{
 			Workers:    0,
 			InboxLimit: 10000,
+			InboxBytes: 16 << 20,
 			Retry:      Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
 		},
 		Functions: Functions{
