@@ -69,7 +69,6 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		d.ingest = e
 	}
 	gw, err := New(Options{
-		GatewayID:       cfg.GatewayID,
 		Store:           st,
 		Runtime:         d.rt,
 		Ingest:          d.ingest,

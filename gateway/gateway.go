@@ -59,11 +59,10 @@ type RetryPolicy struct {
 
 // Options configure a Gateway. Store, Runtime and Ingest are required.
 type Options struct {
-	GatewayID string
-	Store     Store
-	Runtime   Runtime
-	Ingest    Ingest
-	Logger    *slog.Logger
+	Store   Store
+	Runtime Runtime
+	Ingest  Ingest
+	Logger  *slog.Logger
 
 	Workers         int   // concurrent invocations (default 2 x CPUs)
 	InboxLimit      int   // in-memory backlog, entries, at which intake blocks (default 10,000)
