@@ -78,14 +78,19 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 // entries with Seq > after, in ascending order. It seeks past the consumed
 // prefix of the inbox, so its cost does not grow with the inbox's history.
 func (s *Store) InboxPending(ctx context.Context, after uint64, limit int) ([]InboxEntry, error) {
+	return pending(ctx, s, pInbox, s.counters().Inbox.Head, after, limit, decodeInbox)
+}
+
+// pending reads up to limit (default 100) entries of the queue under
+// prefix with Seq > after, starting no earlier than its head cursor.
+func pending[T any](ctx context.Context, s *Store, prefix byte, head, after uint64, limit int, decode func(uint64, []byte) (T, error)) ([]T, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	start := max(after+1, s.counters().Inbox.Head)
-	var out []InboxEntry
+	var out []T
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return scanSeq(txn, pInbox, start, limit, func(seq uint64, v []byte) error {
-			e, err := decodeInbox(seq, v)
+		return scanSeq(txn, prefix, max(after+1, head), limit, func(seq uint64, v []byte) error {
+			e, err := decode(seq, v)
 			if err != nil {
 				return err
 			}
@@ -668,22 +673,7 @@ func recordIndexKeys(r *Record) [][]byte {
 // PendingPublishes returns up to limit (default 100) publishes not yet
 // acknowledged with Seq > after, ascending.
 func (s *Store) PendingPublishes(ctx context.Context, after uint64, limit int) ([]Publish, error) {
-	if limit <= 0 {
-		limit = 100
-	}
-	start := max(after+1, s.counters().Publish.Head)
-	var out []Publish
-	err := s.view(ctx, func(txn *badger.Txn) error {
-		return scanSeq(txn, pPublish, start, limit, func(seq uint64, v []byte) error {
-			p, err := decodePublish(seq, v)
-			if err != nil {
-				return err
-			}
-			out = append(out, p)
-			return nil
-		})
-	})
-	return out, err
+	return pending(ctx, s, pPublish, s.counters().Publish.Head, after, limit, decodePublish)
 }
 
 // AckPublishes removes performed publishes from the publish outbox. Unknown
