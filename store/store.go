@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,6 +139,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if !opts.InMemory {
+		if err := removeEmptyValueLogs(opts.Dir, opts.Logger); err != nil {
+			return nil, err
+		}
 	}
 	db, err := badger.Open(opts.badgerOptions())
 	if err != nil {
@@ -473,4 +480,27 @@ func (s *Store) Stats() Stats {
 	}
 	s.closeMu.RUnlock()
 	return st
+}
+
+// removeEmptyValueLogs deletes zero-length value-log files. A crash just
+// after Badger created the next value-log file leaves it empty (not even
+// its header), and Badger then refuses to open the database ("Create a new
+// file"). An empty file holds no value, so no durable key can point into
+// it: removing it loses nothing.
+func removeEmptyValueLogs(dir string, log *slog.Logger) error {
+	matches, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if err != nil {
+		return fmt.Errorf("store: list value-log files: %w", err)
+	}
+	for _, m := range matches {
+		fi, err := os.Stat(m)
+		if err != nil || fi.Size() != 0 {
+			continue
+		}
+		if err := os.Remove(m); err != nil {
+			return fmt.Errorf("store: remove empty value-log file: %w", err)
+		}
+		log.Warn("removed an empty value-log file left by a crash", "file", m)
+	}
+	return nil
 }
