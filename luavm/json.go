@@ -199,6 +199,25 @@ func (e *jsonSyntaxError) Error() string { return fmt.Sprintf("%s at offset %d",
 
 func (d *jsonDecoder) fail(msg string) { panic(&jsonSyntaxError{msg, d.pos}) }
 
+// closes consumes what follows a member of an object or array: ',' (more
+// members: false) or the closer (true); anything else is a syntax error.
+func (d *jsonDecoder) closes(closer byte, what string) bool {
+	d.ws()
+	if d.pos >= len(d.s) {
+		d.fail("unexpected end of input")
+	}
+	switch d.s[d.pos] {
+	case ',':
+		d.pos++
+		return false
+	case closer:
+		d.pos++
+		return true
+	}
+	d.fail(fmt.Sprintf("unexpected %q in %s", d.s[d.pos], what))
+	return false
+}
+
 func (d *jsonDecoder) decodeAll() (v lua.LValue, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -266,19 +285,9 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 			d.pos++
 			d.ws()
 			t.RawSetString(k, d.value(depth+1))
-			d.ws()
-			if d.pos >= len(d.s) {
-				d.fail("unexpected end of input")
-			}
-			if d.s[d.pos] == ',' {
-				d.pos++
-				continue
-			}
-			if d.s[d.pos] == '}' {
-				d.pos++
+			if d.closes('}', "object") {
 				return t
 			}
-			d.fail(fmt.Sprintf("unexpected %q in object", d.s[d.pos]))
 		}
 	case c == '[':
 		d.pos++
@@ -294,19 +303,9 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 		for i := 1; ; i++ {
 			d.ws()
 			t.RawSetInt(i, d.value(depth+1))
-			d.ws()
-			if d.pos >= len(d.s) {
-				d.fail("unexpected end of input")
-			}
-			if d.s[d.pos] == ',' {
-				d.pos++
-				continue
-			}
-			if d.s[d.pos] == ']' {
-				d.pos++
+			if d.closes(']', "array") {
 				return t
 			}
-			d.fail(fmt.Sprintf("unexpected %q in array", d.s[d.pos]))
 		}
 	case c == '"':
 		return lua.LString(d.str())
