@@ -107,6 +107,10 @@ func pending[T any](ctx context.Context, s *Store, prefix byte, head, after uint
 // InboxLen returns the number of entries waiting in the inbox.
 func (s *Store) InboxLen() int64 { return s.counters().Inbox.Count }
 
+// InboxNext returns the sequence the next inbox entry will get: every entry
+// with a lower sequence has been committed (or consumed) already.
+func (s *Store) InboxNext() uint64 { return s.counters().Inbox.Next }
+
 // scanSeq iterates the sequence-keyed space prefix from seq start, calling f
 // with each value, at most limit times (limit <= 0: no limit).
 func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
