@@ -20,16 +20,20 @@ import (
 )
 
 // jsonValue decodes stored JSON; text that is not JSON becomes a string.
+// Nothing and JSON null give nil (the field is left out).
 func jsonValue(b []byte) *structpb.Value {
 	if len(b) == 0 {
-		return structpb.NewNullValue()
+		return nil
 	}
 	v := &structpb.Value{}
 	if err := protojson.Unmarshal(b, v); err != nil {
 		if utf8.Valid(b) {
 			return structpb.NewStringValue(string(b))
 		}
-		return structpb.NewNullValue()
+		return nil
+	}
+	if _, null := v.Kind.(*structpb.Value_NullValue); null {
+		return nil
 	}
 	return v
 }

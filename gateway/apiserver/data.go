@@ -2,7 +2,10 @@ package apiserver
 
 import (
 	"context"
+	"strings"
 	"unicode/utf8"
+
+	"google.golang.org/grpc/peer"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -138,6 +141,16 @@ type stateService struct {
 // maxKeyLen bounds a state key.
 const maxKeyLen = 1024
 
+// restKey decodes the %2F that the REST mux leaves encoded in a path
+// parameter (UnescapingModeAllExceptSlash); gRPC callers' keys are taken
+// as they are.
+func restKey(ctx context.Context, key string) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
+		key = strings.ReplaceAll(strings.ReplaceAll(key, "%2F", "/"), "%2f", "/")
+	}
+	return key
+}
+
 func checkStateArgs(function, key string, needKey bool) error {
 	if !trigger.ValidFunctionName(function) {
 		return invalidf("invalid function name %q", clip(function))
@@ -152,6 +165,7 @@ func checkStateArgs(function, key string, needKey bool) error {
 }
 
 func (st *stateService) GetState(ctx context.Context, req *v1.GetStateRequest) (*v1.StateEntry, error) {
+	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
@@ -188,6 +202,7 @@ func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest)
 }
 
 func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (*v1.StateEntry, error) {
+	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
@@ -206,6 +221,7 @@ func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (
 }
 
 func (st *stateService) DeleteState(ctx context.Context, req *v1.DeleteStateRequest) (*v1.DeleteStateResponse, error) {
+	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}

@@ -251,4 +251,3 @@ func eventFrom(e *v1.Event) (*luavm.Event, error) {
 	}
 	return ev, nil
 }
-

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/grpc/metadata"
+
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/store"
@@ -54,6 +56,10 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	}
 	if req.Tail < 0 || req.Tail > maxTail {
 		return invalidf("tail %d out of range [0, %d]", req.Tail, maxTail)
+	}
+	// Headers now: the stream is established before the first line.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
 	}
 	st := l.s.cfg.Store
 	after := req.After

@@ -225,11 +225,11 @@ func (s *Server) Close() {
 	})
 }
 
-// Marshaler is the REST JSON encoding: proto field names, unpopulated
-// fields written, unknown fields refused.
+// Marshaler is the REST JSON encoding: proto field names, zero scalars
+// written (unset messages left out), unknown fields refused.
 func Marshaler() runtime.Marshaler {
 	return &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
-		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}}
 }
@@ -246,6 +246,9 @@ func (s *Server) buildREST(ctx context.Context) error {
 		}),
 		runtime.SetQueryParameterParser(strictQueryParser{}),
 		runtime.WithDisablePathLengthFallback(),
+		// A state key may hold "/": sent as %2F, it stays one segment (and
+		// encoded: restKey decodes it).
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptSlash),
 	)
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		v1.RegisterFunctionServiceHandler, v1.RegisterRecordServiceHandler, v1.RegisterStateServiceHandler,
