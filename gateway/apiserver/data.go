@@ -206,7 +206,7 @@ func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
-	if req.Value == nil {
+	if req.Value == nil || req.Value.Kind == nil {
 		return nil, invalidf("a value is required (JSON)")
 	}
 	b, err := encodeValue(req.Value)

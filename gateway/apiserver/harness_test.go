@@ -282,8 +282,12 @@ func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	route, params, err := v.router.FindRoute(req)
 	if err != nil {
-		v.t.Errorf("OpenAPI: %s %s: no route: %v", req.Method, req.URL.Path, err)
-		return v.next.RoundTrip(req)
+		// Only a path the server does not serve either may be missing.
+		resp, rerr := v.next.RoundTrip(req)
+		if rerr == nil && resp.StatusCode != http.StatusNotFound {
+			v.t.Errorf("OpenAPI: %s %s: no route in the document, but the server answered %d: %v", req.Method, req.URL.Path, resp.StatusCode, err)
+		}
+		return resp, rerr
 	}
 	calledMu.Lock()
 	calledOps[route.Operation.OperationID] = true

@@ -3,6 +3,7 @@ package apiserver
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -274,7 +275,7 @@ func (s *Server) buildMux() {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(v1.OpenAPI)
 	})
-	m.Handle("/v1/", s.limitBody(s.rest))
+	m.Handle("/v1/", s.limitBody(plainStreamErrors(s.rest)))
 	m.Handle("/fn/{name}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	m.Handle("/fn/{name}/{path...}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	if s.cfg.Health != nil {
@@ -380,4 +381,74 @@ func clip(s string) string {
 		return s[:64] + "..."
 	}
 	return s
+}
+
+// plainStreamErrors makes an error that ends a stream before its first
+// message (bad arguments, no token) a plain google.rpc.Status body like
+// every other error, instead of grpc-gateway's {"error": Status} chunk.
+func plainStreamErrors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, ":follow") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		uw := &unwrapWriter{ResponseWriter: w}
+		h.ServeHTTP(uw, r)
+		uw.finish()
+	})
+}
+
+// unwrapWriter holds back an error status until it sees the body.
+type unwrapWriter struct {
+	http.ResponseWriter
+	code    int    // error status held back
+	held    []byte // error body held back
+	started bool   // passing through
+}
+
+func (u *unwrapWriter) WriteHeader(code int) {
+	if u.started || u.code != 0 {
+		return
+	}
+	if code < 400 {
+		u.started = true
+		u.ResponseWriter.WriteHeader(code)
+		return
+	}
+	u.code = code
+}
+
+func (u *unwrapWriter) Write(b []byte) (int, error) {
+	if u.code != 0 && !u.started {
+		u.held = append(u.held, b...)
+		return len(b), nil
+	}
+	u.started = true
+	return u.ResponseWriter.Write(b)
+}
+
+func (u *unwrapWriter) Flush() {
+	if u.started {
+		if f, ok := u.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+func (u *unwrapWriter) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+func (u *unwrapWriter) finish() {
+	if u.started || u.code == 0 {
+		return
+	}
+	var chunk struct {
+		Error json.RawMessage `json:"error"`
+	}
+	body := u.held
+	if json.Unmarshal(bytes.TrimSpace(u.held), &chunk) == nil && len(chunk.Error) > 0 {
+		body = chunk.Error
+	}
+	u.ResponseWriter.Header().Del("Transfer-Encoding")
+	u.ResponseWriter.WriteHeader(u.code)
+	_, _ = u.ResponseWriter.Write(body)
 }
