@@ -47,6 +47,12 @@ func mustToken() (string, string) {
 // daemonConfig is a test configuration: embedded broker and API on random
 // loopback ports, fast retries, both test tokens unless tokens is given.
 func daemonConfig(dataDir, extra string) string {
+	return daemonConfigTokens(dataDir, "", extra)
+}
+
+// daemonConfigTokens is daemonConfig with more api.tokens entries (YAML
+// list items, each line indented by 4 spaces).
+func daemonConfigTokens(dataDir, moreTokens, extra string) string {
 	return fmt.Sprintf(`gateway_id: apitest
 data_dir: %q
 log: {level: warn}
@@ -58,10 +64,10 @@ api:
   tokens:
     - {name: admin1, scope: admin, hash: %q}
     - {name: reader, scope: read, hash: %q}
-store: {durability: interval}
+%sstore: {durability: interval}
 pipeline:
   retry: {max_attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}
-%s`, dataDir, adminHash, readHash, extra)
+%s`, dataDir, adminHash, readHash, moreTokens, extra)
 }
 
 // env is a running daemon and an HTTP client that checks every /v1 call

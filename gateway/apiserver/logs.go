@@ -58,7 +58,7 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 		return invalidf("tail %d out of range [0, %d]", req.Tail, maxTail)
 	}
 	// Headers now: the stream is established before the first line.
-	if err := stream.SendHeader(metadata.MD{}); err != nil {
+	if err := stream.SendHeader(metadata.Pairs(streamStartedMD, "1")); err != nil {
 		return err
 	}
 	st := l.s.cfg.Store

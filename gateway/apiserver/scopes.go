@@ -1,6 +1,8 @@
 package apiserver
 
 import (
+	"sort"
+
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 )
 
@@ -42,4 +44,14 @@ var methodScopes = map[string]Scope{
 func MethodScope(method string) (Scope, bool) {
 	s, ok := methodScopes[method]
 	return s, ok
+}
+
+// ScopedMethods returns every method that has a scope, sorted.
+func ScopedMethods() []string {
+	out := make([]string, 0, len(methodScopes))
+	for m := range methodScopes {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
 }

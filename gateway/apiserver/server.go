@@ -246,6 +246,7 @@ func (s *Server) buildREST(ctx context.Context) error {
 			return metadata.Pairs(peerMetadata, r.RemoteAddr)
 		}),
 		runtime.SetQueryParameterParser(strictQueryParser{}),
+		runtime.WithForwardResponseOption(startStream),
 		runtime.WithDisablePathLengthFallback(),
 		// A state key may hold "/": sent as %2F, it stays one segment (and
 		// encoded: restKey decodes it).
@@ -381,6 +382,31 @@ func clip(s string) string {
 		return s[:64] + "..."
 	}
 	return s
+}
+
+// streamStartedMD is the header metadata a streaming method sends once its
+// arguments and token are checked.
+const streamStartedMD = "moongate-stream"
+
+// startStream writes the HTTP status and headers of a REST stream as soon
+// as the gRPC stream has started (grpc-gateway would wait for the first
+// message: a follower of a quiet function would see nothing, not even a
+// 200). A stream that failed before starting is left alone: its error
+// becomes the response (see plainStreamErrors).
+func startStream(ctx context.Context, w http.ResponseWriter, msg proto.Message) error {
+	if msg != nil {
+		return nil
+	}
+	md, ok := runtime.ServerMetadataFromContext(ctx)
+	if !ok || len(md.HeaderMD.Get(streamStartedMD)) == 0 {
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	return nil
 }
 
 // plainStreamErrors makes an error that ends a stream before its first
