@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -84,6 +85,13 @@ type env struct {
 
 func startDaemon(t testing.TB, cfgYAML string) *env {
 	t.Helper()
+	return startDaemonWith(t, cfgYAML, nil)
+}
+
+// startDaemonWith is startDaemon with the client's TLS settings (for an
+// HTTPS API); nil for plain HTTP.
+func startDaemonWith(t testing.TB, cfgYAML string, tc *tls.Config) *env {
+	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -98,14 +106,20 @@ func startDaemon(t testing.TB, cfgYAML string) *env {
 		cancel()
 		t.Fatalf("daemon: %v", err)
 	}
-	e := &env{t: t, d: d, base: "http://" + d.HTTPAddr().String(), cancel: cancel, done: make(chan error, 1)}
+	scheme := "http://"
+	if tc != nil {
+		scheme = "https://"
+	}
+	e := &env{t: t, d: d, base: scheme + d.HTTPAddr().String(), cancel: cancel, done: make(chan error, 1)}
 	go func() { e.done <- d.Run(ctx) }()
 	t.Cleanup(e.stop)
 	waitFor(t, 20*time.Second, "daemon ready", d.Gateway().Ready)
 	if a := d.MQTTAddr(); a != nil {
 		e.mqtt = "tcp://" + a.String()
 	}
-	e.client = &http.Client{Transport: newValidator(t, e.base, http.DefaultTransport.(*http.Transport).Clone()), Timeout: 30 * time.Second}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	e.client = &http.Client{Transport: newValidator(t, e.base, tr), Timeout: 30 * time.Second}
 	return e
 }
 
