@@ -246,4 +246,3 @@ func TestGRPC(t *testing.T) {
 		t.Fatalf("followed: %v %v", line, err)
 	}
 }
-
