@@ -26,6 +26,7 @@ import (
 // route is one REST route of the API.
 type route struct {
 	method, path, body string
+	template           string // path template of the proto ("" for /fn)
 	grpcMethod         string // full gRPC method ("" for /fn)
 	scope              apiserver.Scope
 }
@@ -79,6 +80,7 @@ func allRoutes(t testing.TB) []route {
 				default:
 					t.Fatalf("method %s: unexpected rule %v", full, rule)
 				}
+				r.template = r.path
 				r.path = pathVar.ReplaceAllString(r.path, "t")
 				switch r.body {
 				case "":
@@ -245,4 +247,15 @@ func TestGRPC(t *testing.T) {
 	if err != nil || line.Msg != "hi" || line.Seq == 0 {
 		t.Fatalf("followed: %v %v", line, err)
 	}
+}
+
+// allRoutesTemplates returns method and path template of every proto route.
+func allRoutesTemplates(t testing.TB) [][2]string {
+	var out [][2]string
+	for _, r := range allRoutes(t) {
+		if r.template != "" {
+			out = append(out, [2]string{r.method, r.template})
+		}
+	}
+	return out
 }
