@@ -301,10 +301,19 @@ func (s *Server) Handler() http.Handler {
 }
 
 // limitBody reads the request body up front, refusing with 413 a body over
-// MaxBodyBytes (declared or actual) before anything decodes it.
+// MaxBodyBytes (declared or actual) before anything decodes it. A request
+// without a valid token is refused before its body is read (the scope is
+// checked later, by the interceptor): an anonymous client cannot make the
+// server buffer bodies.
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	limit := s.cfg.MaxBodyBytes
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.tokens.authenticate(r.Header.Get("Authorization"), ScopeRead); err != nil {
+			st, _ := status.FromError(err)
+			s.metrics.call("http", st.Code())
+			writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
+			return
+		}
 		if r.ContentLength > limit {
 			writeStatus(w, http.StatusRequestEntityTooLarge, codes.ResourceExhausted,
 				fmt.Sprintf("request body is %d bytes, larger than the limit of %d (api.max_body_bytes)", r.ContentLength, limit))
