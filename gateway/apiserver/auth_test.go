@@ -222,6 +222,10 @@ func TestGRPC(t *testing.T) {
 	if _, err := fns.DeployFunction(with(adminToken), &v1.DeployFunctionRequest{Name: "g", Source: "function handle(e, c) log.info('hi') return nil end", Manifest: "{}"}); err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
+	big := &v1.DeployFunctionRequest{Name: "g", Source: strings.Repeat("-", 2<<20), Manifest: "{}"}
+	if _, err := fns.DeployFunction(with(adminToken), big); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("oversized gRPC deploy: %v", err)
+	}
 	got, err := fns.GetFunction(with(readToken), &v1.GetFunctionRequest{Name: "g"})
 	if err != nil || got.Version != 1 || !got.Running {
 		t.Fatalf("get: %v %v", got, err)
