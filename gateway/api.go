@@ -71,6 +71,9 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 			r.Kind = luavm.ResultNone // the response, not a record
 		}
 		c = g.buildCommit(f, ev, &store.InboxEntry{}, &r)
+		// What an invocation commits triggers downstream functions like
+		// any other output (it is the origin of its chain: hop 0).
+		g.chainCommit(g.funcs.Load(), c, 0)
 	}
 	// Once submitted, the commit is not abandoned (see enqueue).
 	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
@@ -85,6 +88,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
+	g.pushChained(cr.Inbox)
 	return out, nil
 }
 
