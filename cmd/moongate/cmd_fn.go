@@ -136,7 +136,7 @@ func fmtTriggers(ts []*v1.Trigger) string {
 	for i, t := range ts {
 		s[i] = fmtTrigger(t)
 	}
-	return strings.Join(s, " ")
+	return strings.Join(s, ", ")
 }
 
 // fnStatus is "running", "active" (active but not loaded) or "inactive".
@@ -166,7 +166,7 @@ func renderFunctions(w io.Writer, resp *v1.ListFunctionsResponse) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NAME\tVERSION\tSTATUS\tTRIGGERS\tDESCRIPTION")
 	for _, f := range resp.GetFunctions() {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", f.GetName(), f.GetVersion(), fnStatus(f), fmtTriggers(f.GetTriggers()), f.GetDescription())
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", f.GetName(), f.GetVersion(), fnStatus(f), fmtTriggers(f.GetTriggers()), orDash(f.GetDescription()))
 	}
 	return tw.Flush()
 }
@@ -270,7 +270,7 @@ func renderVersions(w io.Writer, resp *v1.ListFunctionVersionsResponse) error {
 		if len(sum) > 12 {
 			sum = sum[:12]
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", f.GetVersion(), fnStatus(f), fmtTime(f.GetCreateTime()), sum, f.GetDescription())
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", f.GetVersion(), fnStatus(f), fmtTime(f.GetCreateTime()), sum, orDash(f.GetDescription()))
 	}
 	return tw.Flush()
 }

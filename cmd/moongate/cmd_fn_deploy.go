@@ -175,7 +175,7 @@ func (df *deployFlags) single(file string, structured []string) (*v1.DeployFunct
 	req := &v1.DeployFunctionRequest{Name: name, Source: string(src)}
 	manifest := df.manifest
 	sibling := strings.TrimSuffix(file, ".lua") + ".yaml"
-	if manifest == "" && len(structured) == 0 {
+	if manifest == "" {
 		if _, err := os.Stat(sibling); err == nil {
 			manifest = sibling
 		}
