@@ -154,13 +154,13 @@ func apiErr(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrFunctionsDir):
-		return fmt.Errorf("%w: %w (change the files in the directory instead)", apiserver.ErrFailedPrecondition, err)
+		return apiserver.Wrap(apiserver.ErrFailedPrecondition, fmt.Errorf("%w (change the files in the directory instead)", err))
 	case errors.Is(err, ErrInvalidFunction), errors.Is(err, ErrBadEvent):
-		return fmt.Errorf("%w: %w", apiserver.ErrInvalidArgument, err)
+		return apiserver.Wrap(apiserver.ErrInvalidArgument, err)
 	case errors.Is(err, ErrNoFunction):
-		return fmt.Errorf("%w: %w", apiserver.ErrNotFound, err)
+		return apiserver.Wrap(apiserver.ErrNotFound, err)
 	case errors.Is(err, ErrStopped):
-		return fmt.Errorf("%w: %w", apiserver.ErrUnavailable, err)
+		return apiserver.Wrap(apiserver.ErrUnavailable, err)
 	}
 	return err
 }

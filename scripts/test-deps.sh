@@ -12,6 +12,7 @@ command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+command -v curl >/dev/null 2>&1 || need+=(curl) # docs/api.md examples (gateway/apiserver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moongate tests need: ${need[*]}" >&2

@@ -26,6 +26,7 @@ import (
 // route is one REST route of the API.
 type route struct {
 	method, path, body string
+	template           string // path template of the proto ("" for /fn)
 	grpcMethod         string // full gRPC method ("" for /fn)
 	scope              apiserver.Scope
 }
@@ -79,6 +80,7 @@ func allRoutes(t testing.TB) []route {
 				default:
 					t.Fatalf("method %s: unexpected rule %v", full, rule)
 				}
+				r.template = r.path
 				r.path = pathVar.ReplaceAllString(r.path, "t")
 				switch r.body {
 				case "":
@@ -220,6 +222,10 @@ func TestGRPC(t *testing.T) {
 	if _, err := fns.DeployFunction(with(adminToken), &v1.DeployFunctionRequest{Name: "g", Source: "function handle(e, c) log.info('hi') return nil end", Manifest: "{}"}); err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
+	big := &v1.DeployFunctionRequest{Name: "g", Source: strings.Repeat("-", 2<<20), Manifest: "{}"}
+	if _, err := fns.DeployFunction(with(adminToken), big); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("oversized gRPC deploy: %v", err)
+	}
 	got, err := fns.GetFunction(with(readToken), &v1.GetFunctionRequest{Name: "g"})
 	if err != nil || got.Version != 1 || !got.Running {
 		t.Fatalf("get: %v %v", got, err)
@@ -247,3 +253,13 @@ func TestGRPC(t *testing.T) {
 	}
 }
 
+// allRoutesTemplates returns method and path template of every proto route.
+func allRoutesTemplates(t testing.TB) [][2]string {
+	var out [][2]string
+	for _, r := range allRoutes(t) {
+		if r.template != "" {
+			out = append(out, [2]string{r.method, r.template})
+		}
+	}
+	return out
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,12 @@ func TestEndToEnd(t *testing.T) {
 	if code != 200 || !strings.Contains(string(body), "moongate_invocations_committed_total ") ||
 		!strings.Contains(string(body), `moongate_api_calls_total{method="/moongate.v1.FunctionService/DeployFunction",code="OK"}`) {
 		t.Fatalf("metrics: %d\n%s", code, body)
+	}
+	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+|\+Inf|-Inf|NaN)$`)
+	for _, l := range strings.Split(strings.TrimSpace(string(body)), "\n") {
+		if !strings.HasPrefix(l, "# HELP ") && !strings.HasPrefix(l, "# TYPE ") && !sample.MatchString(l) {
+			t.Errorf("metrics: malformed line %q", l)
+		}
 	}
 
 	// Delete.

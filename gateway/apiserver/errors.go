@@ -84,3 +84,17 @@ func compileDetail(ce *luavm.CompileError) *errdetails.ErrorInfo {
 		"line": strconv.Itoa(ce.Line), "column": strconv.Itoa(ce.Column), "message": ce.Msg,
 	}}
 }
+
+// Wrap marks err as being of kind (one of this package's sentinels) for
+// the status mapping, without changing its message.
+func Wrap(kind, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &kindError{kind: kind, err: err}
+}
+
+type kindError struct{ kind, err error }
+
+func (k *kindError) Error() string   { return k.err.Error() }
+func (k *kindError) Unwrap() []error { return []error{k.kind, k.err} }

@@ -3,6 +3,8 @@ package apiserver_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +58,18 @@ func TestErrors(t *testing.T) {
 	// Body too large: 413, declared or not.
 	huge := obj{"name": "f", "source": strings.Repeat("-", 2<<20)}
 	e.expectStatus(413, "larger than the limit", "POST", "/v1/functions", adminToken, huge)
+	// Chunked, without a declared length.
+	req, _ := http.NewRequest("POST", e.base+"/v1/functions", io.MultiReader(strings.NewReader(`{"name":"f","source":"`), strings.NewReader(strings.Repeat("-", 2<<20))))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || req.ContentLength != 0 || !strings.Contains(string(b), "larger than the limit") {
+		t.Fatalf("chunked oversized body: %d %s", resp.StatusCode, b)
+	}
 
 	// Unknown JSON fields and query parameters: 400.
 	e.expectStatus(400, "unknown field", "POST", "/v1/functions", adminToken, obj{"name": "f", "source": "", "sourcee": "x"})

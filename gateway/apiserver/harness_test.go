@@ -85,12 +85,12 @@ type env struct {
 
 func startDaemon(t testing.TB, cfgYAML string) *env {
 	t.Helper()
-	return startDaemonWith(t, cfgYAML, nil)
+	return startDaemonWith(t, cfgYAML, nil, nil)
 }
 
 // startDaemonWith is startDaemon with the client's TLS settings (for an
 // HTTPS API); nil for plain HTTP.
-func startDaemonWith(t testing.TB, cfgYAML string, tc *tls.Config) *env {
+func startDaemonWith(t testing.TB, cfgYAML string, tc *tls.Config, logw io.Writer) *env {
 	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
 	if err != nil {
@@ -98,7 +98,9 @@ func startDaemonWith(t testing.TB, cfgYAML string, tc *tls.Config) *env {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	if logw != nil {
+		log = slog.New(slog.NewTextHandler(logw, nil))
+	} else if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	d, err := gateway.NewDaemon(ctx, cfg, log)

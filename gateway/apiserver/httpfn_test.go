@@ -152,7 +152,7 @@ func writeCert(t testing.TB, dir string) (certFile, keyFile string, tc *tls.Conf
 // REST (HTTP/2 by ALPN) and gRPC on the same port.
 func TestTLS(t *testing.T) {
 	certFile, keyFile, tc := writeCert(t, t.TempDir())
-	e := startDaemonWith(t, daemonConfigTokens(t.TempDir(), fmt.Sprintf("  tls: {cert: %q, key: %q}\n", certFile, keyFile), ""), tc)
+	e := startDaemonWith(t, daemonConfigTokens(t.TempDir(), fmt.Sprintf("  tls: {cert: %q, key: %q}\n", certFile, keyFile), ""), tc, nil)
 	var list obj
 	e.mustCall(200, "GET", "/v1/functions", readToken, nil, &list)
 	e.expectStatus(401, "missing bearer token", "GET", "/v1/functions", "", nil)

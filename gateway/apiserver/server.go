@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
@@ -276,7 +277,7 @@ func (s *Server) buildMux() {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(v1.OpenAPI)
 	})
-	m.Handle("/v1/", s.limitBody(plainStreamErrors(s.rest)))
+	m.Handle("/v1/", s.limitBody(plainStreamErrors(validPath(s.rest))))
 	m.Handle("/fn/{name}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	m.Handle("/fn/{name}/{path...}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	if s.cfg.Health != nil {
@@ -300,10 +301,19 @@ func (s *Server) Handler() http.Handler {
 }
 
 // limitBody reads the request body up front, refusing with 413 a body over
-// MaxBodyBytes (declared or actual) before anything decodes it.
+// MaxBodyBytes (declared or actual) before anything decodes it. A request
+// without a valid token is refused before its body is read (the scope is
+// checked later, by the interceptor): an anonymous client cannot make the
+// server buffer bodies.
 func (s *Server) limitBody(h http.Handler) http.Handler {
 	limit := s.cfg.MaxBodyBytes
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.tokens.authenticate(r.Header.Get("Authorization"), ScopeRead); err != nil {
+			st, _ := status.FromError(err)
+			s.metrics.call("http", st.Code())
+			writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
+			return
+		}
 		if r.ContentLength > limit {
 			writeStatus(w, http.StatusRequestEntityTooLarge, codes.ResourceExhausted,
 				fmt.Sprintf("request body is %d bytes, larger than the limit of %d (api.max_body_bytes)", r.ContentLength, limit))
@@ -339,9 +349,14 @@ func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg strin
 type strictQueryParser struct{}
 
 func (strictQueryParser) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
-	for key := range values {
+	for key, vs := range values {
 		if !knownField(msg.ProtoReflect().Descriptor(), key) {
 			return status.Errorf(codes.InvalidArgument, "unknown query parameter %q", clip(key))
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return status.Errorf(codes.InvalidArgument, "query parameter %q is not valid UTF-8", clip(key))
+			}
 		}
 	}
 	if err := (&runtime.DefaultQueryParser{}).Parse(msg, values, filter); err != nil {
@@ -477,4 +492,16 @@ func (u *unwrapWriter) finish() {
 	u.ResponseWriter.Header().Del("Transfer-Encoding")
 	u.ResponseWriter.WriteHeader(u.code)
 	_, _ = u.ResponseWriter.Write(body)
+}
+
+// validPath refuses a path that is not valid UTF-8 once decoded (path
+// parameters are proto strings, which must be).
+func validPath(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !utf8.ValidString(r.URL.Path) {
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "the path is not valid UTF-8")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
