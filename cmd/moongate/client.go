@@ -277,8 +277,8 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string {
-	if e.code == codes.Unknown && e.msg == "" {
-		return fmt.Sprintf("server answered %d %s", e.httpStatus, http.StatusText(e.httpStatus))
+	if e.msg == "" {
+		return fmt.Sprintf("server answered %d %s (%s)", e.httpStatus, http.StatusText(e.httpStatus), e.code)
 	}
 	return e.msg
 }
