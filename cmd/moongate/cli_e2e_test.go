@@ -3,9 +3,18 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -69,7 +78,10 @@ type cliEnv struct {
 }
 
 func (c *cliEnv) env(token string) []string {
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + c.configHome, "XDG_CONFIG_HOME=" + c.configHome, "MOONGATE_SERVER=" + c.server}
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + c.configHome, "XDG_CONFIG_HOME=" + c.configHome}
+	if c.server != "" {
+		env = append(env, "MOONGATE_SERVER="+c.server)
+	}
 	if token != "" {
 		env = append(env, "MOONGATE_TOKEN="+token)
 	}
@@ -167,13 +179,14 @@ func jlen(v any) int {
 // daemon is a running `moongate serve`.
 type daemon struct {
 	cmd  *exec.Cmd
-	api  string // http://host:port
+	api  string // host:port
 	mqtt string // tcp://host:port
 	logs *bytes.Buffer
 }
 
-// startServe starts the daemon with cfg and waits until /readyz says ready.
-func startServe(t *testing.T, bin, cfgPath string) *daemon {
+// startServe starts the daemon with cfg and waits until /readyz (over
+// HTTPS, trusting roots) says ready.
+func startServe(t *testing.T, bin, cfgPath string, roots *x509.CertPool) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin, "serve", "--config", cfgPath)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -221,7 +234,7 @@ func startServe(t *testing.T, bin, cfgPath string) *daemon {
 		case a := <-addrs:
 			switch a[0] {
 			case "api listening":
-				d.api = "http://" + a[1]
+				d.api = a[1]
 			case "embedded MQTT broker listening":
 				d.mqtt = "tcp://" + a[1]
 			}
@@ -233,8 +246,10 @@ func startServe(t *testing.T, bin, cfgPath string) *daemon {
 	}
 	// Ready when /readyz answers 200.
 	end := time.Now().Add(30 * time.Second)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	defer client.CloseIdleConnections()
 	for {
-		resp, err := http.Get(d.api + "/readyz")
+		resp, err := client.Get("https://" + d.api + "/readyz")
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
@@ -282,6 +297,37 @@ func mqttPublish(t *testing.T, c paho.Client, topic, payload string) {
 	}
 }
 
+// selfSigned writes a certificate for 127.0.0.1 and its key as PEM files
+// and returns a pool that trusts it.
+func selfSigned(t *testing.T, certFile, keyFile string) *x509.CertPool {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "moongate test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})))
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool
+}
+
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -307,16 +353,35 @@ mqtt:
   embedded: {listen: "127.0.0.1:0"}
 api:
   listen: "127.0.0.1:0"
+  tls: {cert: %q, key: %q}
   tokens:
 %s
 %s
 store: {durability: interval}
 pipeline:
   retry: {max_attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}
-`, filepath.Join(tmp, "data"), adminLine, readLine)
+`, filepath.Join(tmp, "data"), filepath.Join(tmp, "cert.pem"), filepath.Join(tmp, "key.pem"), adminLine, readLine)
+	roots := selfSigned(t, filepath.Join(tmp, "cert.pem"), filepath.Join(tmp, "key.pem"))
 	writeFile(t, filepath.Join(tmp, "moongate-config.yaml"), cfg)
-	d := startServe(t, bin, filepath.Join(tmp, "moongate-config.yaml"))
-	cli := &cliEnv{t: t, bin: bin, server: d.api, token: adminTok, configHome: filepath.Join(tmp, "home")}
+	d := startServe(t, bin, filepath.Join(tmp, "moongate-config.yaml"), roots)
+	// The CLI finds the server and its CA in its configuration file (the
+	// CA path relative to the file), the token in MOONGATE_TOKEN.
+	home := filepath.Join(tmp, "home")
+	cert, err := os.ReadFile(filepath.Join(tmp, "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, "moongate", "gw-ca.pem"), string(cert))
+	writeFile(t, filepath.Join(home, "moongate", "cli.yaml"), "server: https://"+d.api+"\nca: gw-ca.pem\n")
+	cli := &cliEnv{t: t, bin: bin, token: adminTok, configHome: home}
+	// Without the CA (another, empty configuration file) the certificate
+	// is refused: exit 5.
+	writeFile(t, filepath.Join(tmp, "empty.yaml"), "")
+	cli.server = "https://" + d.api
+	cli.extraEnv = []string{"MOONGATE_CLI_CONFIG=" + filepath.Join(tmp, "empty.yaml")}
+	cli.fails(adminTok, exitUnavailable, "certificate", "system")
+	cli.extraEnv = nil
+	cli.server = ""
 	dev := mqttConnect(t, d.mqtt)
 	proj := filepath.Join(tmp, "project")
 
