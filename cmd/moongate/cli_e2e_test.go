@@ -605,6 +605,20 @@ pipeline:
 		}
 	}
 
+	// The README's CLI walk-through (step 2).
+	if out := cli.ok("fn", "deploy", "../../docs/examples/functions/reference.lua"); !strings.Contains(out, "reference  1        deployed, running") {
+		t.Fatalf("README deploy:\n%s", out)
+	}
+	out = cli.ok("fn", "invoke", "reference", "--data", `{"temp": 85}`, "--capture", "device=greenhouse-1")
+	if !strings.Contains(out, `result (json): {"temp":85,"temp_f":185}`) || !strings.Contains(out, `publish devices/greenhouse-1/cmd qos=0 retain=false: {"fan":"on"}`) {
+		t.Fatalf("README invoke:\n%s", out)
+	}
+	mqttPublish(t, dev, "devices/greenhouse-1/telemetry", `{"temp": 21}`)
+	recs = cli.waitCLI("the README record", func(m map[string]any) bool { return jlen(m["records"]) == 1 }, "data", "query", "--stream", "reference")
+	if jfield(recs, "records.0.data.temp") != 21.0 || jfield(recs, "records.0.device") != "greenhouse-1" {
+		t.Fatalf("README record: %v", recs)
+	}
+
 	// Auth and not-found exit codes.
 	cli.fails(readTok, exitAuth, "scope", "fn", "rm", "alarm")
 	cli.fails("mgt_notatoken", exitAuth, "unknown or revoked token", "fn", "ls")
