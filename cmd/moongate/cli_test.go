@@ -388,7 +388,7 @@ func TestHelp(t *testing.T) {
 		if code := run(context.Background(), args, &out, &errb); code != exitOK {
 			t.Fatalf("%s --help: exit %d", name, code)
 		}
-		for _, want := range []string{"usage: moongate " + name, "Exit status: 0 ok; 1", "3 not found; 4", "MOONGATE_TOKEN"} {
+		for _, want := range []string{"usage: moongate " + name, "Exit status: 0 ok; 1", "3 not found; 4", "5 the server", "MOONGATE_TOKEN"} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("%s --help lacks %q:\n%s", name, want, out.String())
 			}

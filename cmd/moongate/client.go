@@ -56,9 +56,9 @@ $MOONGATE_CLI_CONFIG or $XDG_CONFIG_HOME/moongate/cli.yaml):
   --request-timeout D       per-call time limit (default 30s)
   --json                    print the API's JSON response instead of a table
 
-Exit status: 0 ok; 1 the call or the function failed; 2 bad arguments;
-3 not found; 4 no token, or the token was refused (401/403); 5 the server
-could not be reached or is unavailable.
+Exit status: 0 ok; 1 the call or the function failed; 2 bad arguments or
+input files; 3 not found; 4 no token, or the token was refused (401/403);
+5 the server could not be reached or is unavailable.
 `
 
 // Defaults of the connection settings.
@@ -204,7 +204,6 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 		return nil, &authError{msg: "the API token contains white space: check --token / MOONGATE_TOKEN"}
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.ResponseHeaderTimeout = 0
 	if base.Scheme == "https" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if caFile != "" {
