@@ -367,6 +367,8 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"usage", "--bucket", "90s"}, "whole number of minutes"},
 		{[]string{"system", "--server", "ftp://x"}, "the scheme must be http or https"},
 		{[]string{"system", "--server", "http://user:pw@x"}, "want http(s)://HOST"},
+		{[]string{"system", "--server", "https://gw:8443/v1/"}, "leave /v1 out"},
+		{[]string{"state", "put", "f", "k", "-5"}, "flag provided but not defined: -5"},
 		{[]string{"system", "--request-timeout", "-1s"}, "--request-timeout must be positive"},
 		{[]string{"system", "--ca", filepath.Join(dir, "missing.pem"), "--server", "https://127.0.0.1:1"}, "--ca"},
 		{[]string{"system", "--ca", filepath.Join(dir, "a.lua"), "--server", "https://127.0.0.1:1"}, "no PEM certificate"},
@@ -642,5 +644,17 @@ func TestLastLogs(t *testing.T) {
 	}
 	if strings.Join(queries, " ") != "function=f&limit=10000 after=3&function=f&limit=10000 after=6&function=f&limit=10000" {
 		t.Fatalf("queries %v", queries)
+	}
+}
+
+// After "--" every argument is positional, so a negative number is a value.
+func TestDoubleDash(t *testing.T) {
+	f := newFakeAPI(t)
+	f.on("PUT", "/v1/functions/f/state/k", 200, `{"key":"k","value":-5}`)
+	if out, errs, code := runCLI(t, f.URL, "state", "put", "--json", "f", "--", "k", "-5"); code != exitOK || out != `{"key":"k","value":-5}`+"\n" {
+		t.Fatalf("exit %d: %q %s", code, out, errs)
+	}
+	if r := f.requests()[0]; r.body != "-5" {
+		t.Fatalf("body %q", r.body)
 	}
 }

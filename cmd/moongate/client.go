@@ -257,6 +257,9 @@ func parseServer(s string) (*url.URL, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
+	if strings.HasSuffix(u.Path, "/v1") {
+		return nil, usagef("invalid server address %q: leave /v1 out (the commands add it)", s)
+	}
 	return u, nil
 }
 
