@@ -494,6 +494,15 @@ pipeline:
 	if m := cli.okJSON("data", "query", "--device", "d9"); jlen(m["records"]) != 1 {
 		t.Fatalf("committed invoke: %v", m)
 	}
+	// The committed invocation's log line, by invocation id and by page.
+	il := cli.okJSON("fn", "logs", "telemetry", "--invocation", inv["invocation_id"].(string))
+	if jlen(il["lines"]) != 1 || jfield(il, "lines.0.fields.temp") != 6.0 {
+		t.Fatalf("fn logs --invocation: %v", il)
+	}
+	page := cli.okJSON("fn", "logs", "--after", "1", "--limit", "2")
+	if jlen(page["lines"]) != 2 || jfield(page, "lines.0.seq") == "1" {
+		t.Fatalf("fn logs --after 1 --limit 2: %v", page)
+	}
 	cli.fails(adminTok, exitFailure, "the function failed: ", "fn", "invoke", "telemetry", "--data", `{"fail": true}`)
 	if !strings.Contains(cli.lastStdout, "cannot handle this reading") {
 		t.Fatalf("failing invoke report:\n%s", cli.lastStdout)
@@ -533,6 +542,9 @@ pipeline:
 		t.Fatalf("dead letter left: %v", m)
 	}
 	cli.fails(adminTok, exitNotFound, "dead letter", "dlq", "replay", seq)
+	if out := cli.ok("dlq", "purge", "--function", "alarm"); out != "purged 0\n" {
+		t.Fatalf("dlq purge --function: %q", out)
+	}
 	if out := cli.ok("dlq", "purge", "--all"); out != "purged 0\n" {
 		t.Fatalf("dlq purge: %q", out)
 	}
