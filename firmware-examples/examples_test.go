@@ -280,3 +280,18 @@ func TestFleet1000(t *testing.T) {
 		t.Errorf("dead letters: %+v", s)
 	}
 }
+
+// TestMaxClients: mqtt.embedded.max_clients reaches the broker: with 2
+// allowed, a third device is refused at CONNECT and keeps retrying.
+func TestMaxClients(t *testing.T) {
+	p := startDaemon(t, "devsim/functions", "    max_clients: 2\n", "")
+	r, err := devsim.Run(context.Background(), devsim.Config{Broker: p.url, Devices: 3, Rate: 20, QoS: 1,
+		Duration: 500 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 50 * time.Millisecond,
+		DevicePrefix: "max-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Connected != 2 || r.ConnectFailures == 0 || !strings.Contains(r.LastError, "CONNACK") {
+		t.Fatalf("report %+v", r)
+	}
+}
