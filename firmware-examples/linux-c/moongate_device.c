@@ -54,6 +54,7 @@ struct reading {
 static struct reading queue[QUEUE_CAP];
 static int q_head, q_len;
 static unsigned long dropped;
+static unsigned long boot_id; /* random per start: tells a resend from a restart */
 
 static atomic_int connection_lost;
 static atomic_int commands;
@@ -217,8 +218,8 @@ static int send_queue(MQTTClient c) {
 	while (q_len > 0) {
 		struct reading *r = &queue[q_head];
 		char payload[PAYLOAD_MAX];
-		int n = snprintf(payload, sizeof payload, "{\"seq\":%lu,\"ts\":%lld,\"temp\":%.2f,\"hum\":%.2f}",
-		                 r->seq, r->ts_ms, r->temp, r->hum);
+		int n = snprintf(payload, sizeof payload, "{\"seq\":%lu,\"boot\":%lu,\"ts\":%lld,\"temp\":%.2f,\"hum\":%.2f}",
+		                 r->seq, boot_id, r->ts_ms, r->temp, r->hum);
 		MQTTClient_deliveryToken dt;
 		int rc = MQTTClient_publish(c, t_telemetry, n, payload, 1, 0, &dt);
 		if (rc == MQTTCLIENT_SUCCESS)
@@ -333,6 +334,7 @@ int main(int argc, char **argv) {
 	snprintf(t_cmd, sizeof t_cmd, "devices/%s/cmd", opt.device);
 	snprintf(t_status, sizeof t_status, "devices/%s/status", opt.device);
 	srand((unsigned)now_ms(CLOCK_REALTIME) ^ (unsigned)getpid());
+	boot_id = (unsigned long)rand() & 0x3fffffff;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct sigaction sa = {0};
 	sa.sa_handler = on_signal;
