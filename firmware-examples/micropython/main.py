@@ -147,9 +147,14 @@ def mqtt_connect():
                    password=config.MQTT_PASSWORD, keepalive=60)
     c.set_last_will(T_STATUS, b"offline", retain=True, qos=1)
     c.set_callback(on_message)
-    c.connect(clean_session=False)  # persistent: commands wait for us
-    c.subscribe(T_CMD, qos=1)
-    c.publish(T_STATUS, b"online", retain=True, qos=1)
+    try:
+        c.connect(clean_session=False)  # persistent: commands wait for us
+        c.subscribe(T_CMD, qos=1)
+        c.publish(T_STATUS, b"online", retain=True, qos=1)
+    except CONN_ERRORS:
+        if c.sock:
+            c.sock.close()
+        raise
     print("mqtt: connected to %s:%d as %s" % (config.BROKER_HOST, config.BROKER_PORT, DEVICE))
     return c
 
