@@ -339,6 +339,8 @@ func TestValidate(t *testing.T) {
 		"negative rate":    func(c *Config) { c.Rate = -1 },
 		"nan rate":         func(c *Config) { c.Rate = math.NaN() },
 		"inf rate":         func(c *Config) { c.Rate = math.Inf(1) },
+		"tiny rate":        func(c *Config) { c.Rate = 1e-300 },
+		"tiny connect":     func(c *Config) { c.ConnectRate = 1e-300 },
 		"jitter":           func(c *Config) { c.Jitter = 1.5 },
 		"qos 2":            func(c *Config) { c.QoS = 2 },
 		"count":            func(c *Config) { c.Count = -1 },
