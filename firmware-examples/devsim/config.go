@@ -112,6 +112,10 @@ type Config struct {
 	// from the device's reader goroutine: it must be fast and safe for
 	// concurrent use.
 	OnAck func(Ack)
+	// OnSend, when set, is called after the first write of every telemetry
+	// message (QoS 0 or 1) with its send time, which is also the payload's
+	// ts; same rules as OnAck.
+	OnSend func(device string, seq uint64, sent time.Time)
 	// OnCommand, when set, is called for every message received on a
 	// device's cmd topic, with the same rules as OnAck. The payload is only
 	// valid during the call.

@@ -244,6 +244,9 @@ func (d *device) publish() {
 	// the reconnect. A QoS 0 message is lost, as on a real device.
 	if d.send(d.cur, pk) || cfg.QoS == 1 {
 		d.f.sent.Add(1)
+		if cfg.OnSend != nil {
+			cfg.OnSend(d.name, d.seq, now)
+		}
 	}
 }
 

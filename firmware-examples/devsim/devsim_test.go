@@ -137,13 +137,15 @@ func TestRunQoS1EveryAckWasHandled(t *testing.T) {
 
 func TestRunQoS0Duration(t *testing.T) {
 	b := startBroker(t, mqtt.EmbeddedConfig{})
-	cfg := Config{Broker: b.url, Devices: 5, Rate: 50, Duration: 300 * time.Millisecond, DevicePrefix: "q0-", PayloadBytes: 300}
+	var sends atomic.Uint64
+	cfg := Config{Broker: b.url, Devices: 5, Rate: 50, Duration: 300 * time.Millisecond, DevicePrefix: "q0-", PayloadBytes: 300,
+		OnSend: func(string, uint64, time.Time) { sends.Add(1) }}
 	r, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Sent == 0 || r.Acked != 0 || r.Latency.Count != 0 {
-		t.Fatalf("report: %+v", r)
+	if r.Sent == 0 || r.Acked != 0 || r.Latency.Count != 0 || sends.Load() != r.Sent {
+		t.Fatalf("report: %+v, OnSend %d", r, sends.Load())
 	}
 	// At most one message per interval (plus the first) per device.
 	if limit := uint64(5 * (0.3*50 + 2)); r.Sent > limit {
