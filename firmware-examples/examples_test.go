@@ -377,3 +377,55 @@ func TestFleetSurvivesGatewayRestart(t *testing.T) {
 		t.Errorf("%d distinct stored readings, want %d", len(stored), devices*count)
 	}
 }
+
+// TestLinuxCBadCommands: commands the C device cannot use (too long, not a
+// relay command, a bad "on") are reported and ignored; it keeps running and
+// still acts on a good one.
+func TestLinuxCBadCommands(t *testing.T) {
+	bin := buildLinuxC(t)
+	p := startDaemon(t, "linux-c", "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr syncBuffer
+	cmd := exec.CommandContext(ctx, bin, "--broker", p.url, "--device", "pi-3", "--count", "1", "--temp", "20",
+		"--until-cmd", "5", "--timeout-s", "60")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the device connected", func() bool { return strings.Contains(stdout.String(), "connected to") })
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(p.url).SetClientID("commander"))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(50)
+	for _, m := range []string{
+		`{"cmd":"relay","on":"` + strings.Repeat("x", 300) + `"}`,
+		`not json at all`,
+		`{"cmd":"reboot"}`,
+		`{"cmd":"relay","on":"maybe"}`,
+		`{"cmd":"relay","on":true}`,
+	} {
+		if tok := c.Publish("devices/pi-3/cmd", 1, false, m); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("device: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"command ignored: 323 bytes is too long",
+		"command ignored: not a relay command", // twice: not JSON, reboot
+		`command ignored: "on" must be true or false`,
+		"relay: on",
+		"5 commands, relay on",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "not a relay command"); n != 2 {
+		t.Errorf("%d 'not a relay command' lines:\n%s", n, out)
+	}
+}
