@@ -76,6 +76,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		Workers:         cfg.Pipeline.Workers,
 		InboxLimit:      cfg.Pipeline.InboxLimit,
 		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
+		MaxHops:         cfg.Pipeline.MaxHops,
 		MaxPayload:      int(cfg.MQTT.MaxPayload),
 		Retry: RetryPolicy{
 			MaxAttempts:    cfg.Pipeline.Retry.MaxAttempts,

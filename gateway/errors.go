@@ -12,6 +12,9 @@ var (
 	ErrBadEvent = errors.New("gateway: malformed event")
 	// ErrInvalidTopic is returned for an inbound message whose topic is not valid UTF-8 or is otherwise unusable.
 	ErrInvalidTopic = errors.New("gateway: invalid topic")
+	// ErrHopLimit is the dead-letter cause of a chained event that is more
+	// hops away from its origin than Options.MaxHops (a trigger cycle).
+	ErrHopLimit = errors.New("gateway: chained event exceeds the hop limit (trigger cycle?)")
 	// ErrPayloadTooLarge is returned for an inbound message over the configured payload limit.
 	ErrPayloadTooLarge = errors.New("gateway: payload too large")
 )

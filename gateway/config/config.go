@@ -182,6 +182,9 @@ type Pipeline struct {
 	// InboxBytes bounds the same backlog in bytes of events (default 16MiB).
 	InboxBytes Size  `yaml:"inbox_bytes"`
 	Retry      Retry `yaml:"retry"`
+	// MaxHops bounds function chains (stream and state triggers): an event
+	// more hops from its origin is dead-lettered (default 8, 1 to 1000).
+	MaxHops int `yaml:"max_hops"`
 }
 
 // Retry is the retry policy of a failed event before it goes to the dead
@@ -256,6 +259,7 @@ func Default() *Config {
 			Workers:    0,
 			InboxLimit: 10000,
 			InboxBytes: 16 << 20,
+			MaxHops:    8,
 			Retry:      Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
 		},
 		Functions: Functions{
