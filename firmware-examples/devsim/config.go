@@ -55,8 +55,9 @@ type Config struct {
 	// Rate is the messages per second of each device (default 1).
 	Rate float64
 	// Jitter, in [0, 1], spreads each interval uniformly over
-	// [1-Jitter, 1+Jitter] times 1/Rate, and each device's first message
-	// over one interval, so devices do not publish in lock step. Default 0.
+	// [1-Jitter, 1+Jitter] times 1/Rate. Default 0. Whatever Jitter is, each
+	// device's first message falls at a random moment of the first
+	// interval, so a fleet does not publish in lock step.
 	Jitter float64
 	// QoS of the telemetry: 0 or 1.
 	QoS byte
