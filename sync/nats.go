@@ -46,6 +46,7 @@ type natsTarget struct {
 	mu     gosync.Mutex
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	dead   chan struct{} // closed when nc disconnects or closes
 	closed bool
 	stop   chan struct{}
 }
@@ -112,37 +113,45 @@ func (t *natsTarget) Connected() bool {
 
 // Connect connects unless connected.
 func (t *natsTarget) Connect(ctx context.Context) error {
-	_, err := t.conn(ctx)
+	_, _, err := t.conn(ctx)
 	return err
 }
 
-func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, error) {
+func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan struct{}, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	if t.nc != nil && t.nc.IsConnected() {
-		return t.js, nil
+		return t.js, t.dead, nil
 	}
 	if t.nc != nil {
 		t.nc.Close()
 		t.nc, t.js = nil, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	nc, err := nats.Connect(t.cfg.NATS.URL, t.nopts...)
+	// Pending acknowledgements are not failed when a connection without
+	// reconnects closes: Deliver watches dead instead.
+	dead := make(chan struct{})
+	var once gosync.Once
+	gone := func() { once.Do(func() { close(dead) }) }
+	opts := append(t.nopts[:len(t.nopts):len(t.nopts)],
+		nats.ClosedHandler(func(*nats.Conn) { gone() }),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { gone() }))
+	nc, err := nats.Connect(t.cfg.NATS.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats connect: %w", err)
+		return nil, nil, fmt.Errorf("nats connect: %w", err)
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*t.cfg.Inflight), jetstream.WithPublishAsyncTimeout(t.cfg.AckTimeout))
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("nats jetstream: %w", err)
+		return nil, nil, fmt.Errorf("nats jetstream: %w", err)
 	}
-	t.nc, t.js = nc, js
-	return js, nil
+	t.nc, t.js, t.dead = nc, js, dead
+	return js, dead, nil
 }
 
 func (t *natsTarget) drop() {
@@ -170,7 +179,7 @@ func (t *natsTarget) Close() error {
 }
 
 func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
-	js, err := t.conn(ctx)
+	js, dead, err := t.conn(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -207,6 +216,8 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 			return fail(fmt.Errorf("nats publish ack: %w", err))
 		case <-timer.C:
 			return fail(ErrAckTimeout)
+		case <-dead:
+			return fail(ErrConnectionLost)
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		case <-t.stop:
