@@ -245,6 +245,13 @@ type outbox struct {
 	after   uint64              // last sequence delivered (or handed to the acker)
 	pending []store.OutboxEntry // the rest of a failed batch, retried as is
 	since   time.Time           // when a partial batch was first seen
+	ahead   chan readResult     // the batch after the one being delivered, read meanwhile
+}
+
+type readResult struct {
+	after uint64
+	ents  []store.OutboxEntry
+	err   error
 }
 
 type worker struct {
@@ -486,7 +493,19 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			if ob.pending != nil {
 				return ob, ob.pending, nil
 			}
-			ents, err := w.m.opts.Store.OutboxRead(ctx, ob.name, ob.after, w.cfg.MaxRecords, w.cfg.MaxBytes)
+			var ents []store.OutboxEntry
+			var err error
+			if ob.ahead != nil {
+				r := <-ob.ahead
+				ob.ahead = nil
+				if r.after == ob.after && r.err == nil {
+					ents = r.ents
+				} else {
+					ents, err = w.read(ctx, ob, ob.after)
+				}
+			} else {
+				ents, err = w.read(ctx, ob, ob.after)
+			}
 			if err != nil {
 				return nil, nil, err
 			}
@@ -505,6 +524,18 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			}
 			if full || ob.prio || w.cfg.MaxDelay < 0 || now.Sub(ob.since) >= w.cfg.MaxDelay {
 				ob.since = time.Time{}
+				if full && !ob.prio {
+					// A backlog: read the next batch while this one is
+					// delivered. It is used only if this one is delivered
+					// whole (the cursor then equals its last sequence).
+					ch := make(chan readResult, 1)
+					ob.ahead = ch
+					last := ents[len(ents)-1].Seq
+					go func() {
+						e, err := w.read(ctx, ob, last)
+						ch <- readResult{after: last, ents: e, err: err}
+					}()
+				}
 				return ob, ents, nil
 			}
 			wait = min(wait, w.cfg.MaxDelay-now.Sub(ob.since))
@@ -526,6 +557,10 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			return nil, nil, ctx.Err()
 		}
 	}
+}
+
+func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
+	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
 }
 
 // deadLetter stores the refused records as dead letters, in order. It
