@@ -42,6 +42,7 @@ type natsTarget struct {
 	cfg   TargetConfig
 	env   Env
 	nopts []nats.Option
+	tpl   *template
 
 	mu     gosync.Mutex
 	nc     *nats.Conn
@@ -84,25 +85,10 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 	if tlsCfg != nil {
 		opts = append(opts, nats.Secure(tlsCfg))
 	}
-	return &natsTarget{cfg: cfg, env: env, nopts: opts, stop: make(chan struct{})}, nil
+	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
 }
 
-func (t *natsTarget) subject(r *store.Record) string {
-	clean := func(s string) string {
-		if s == "" {
-			return "_"
-		}
-		return strings.Map(func(c rune) rune {
-			switch c {
-			case '.', '*', '>', ' ', '\t', '\r', '\n', 0:
-				return '_'
-			}
-			return c
-		}, s)
-	}
-	return strings.NewReplacer("{gateway}", clean(t.env.GatewayID), "{stream}", clean(r.Stream),
-		"{function}", clean(r.Function), "{device}", clean(r.Device)).Replace(t.cfg.NATS.Subject)
-}
+func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }
 
 // Connected reports whether the connection is up.
 func (t *natsTarget) Connected() bool {

@@ -119,7 +119,7 @@ type TargetConfig struct {
 	Name string // outbox name, used in function manifests' sync lists
 	Type string // mqtt | http | nats (module sync.target.<Type>)
 
-	MaxRecords int           // per batch (default 500)
+	MaxRecords int           // per batch (default 500 for http, 2000 for mqtt and nats)
 	MaxBytes   int           // of stored record values per batch (default 1 MiB)
 	MaxDelay   time.Duration // a partial batch waits at most this long for more records (default 100ms; < 0: no wait)
 	// Inflight is the window of messages awaiting an upstream
@@ -153,7 +153,12 @@ type TLSConfig struct {
 
 func (c *TargetConfig) withDefaults() {
 	if c.MaxRecords <= 0 {
+		// An HTTP batch is one request; for the message targets a batch is
+		// only the unit of the pipeline, which drains at its end.
 		c.MaxRecords = 500
+		if c.Type != "http" {
+			c.MaxRecords = 2000
+		}
 	}
 	if c.MaxBytes <= 0 {
 		c.MaxBytes = 1 << 20

@@ -51,7 +51,7 @@ type SyncTarget struct {
 
 // SyncBatch bounds a batch.
 type SyncBatch struct {
-	MaxRecords int      `yaml:"max_records"` // default 500
+	MaxRecords int      `yaml:"max_records"` // default 500 (http), 2000 (mqtt, nats)
 	MaxBytes   Size     `yaml:"max_bytes"`   // of stored records (default 1MiB)
 	MaxDelay   Duration `yaml:"max_delay"`   // a partial batch waits this long for more (default 100ms)
 }
@@ -100,7 +100,11 @@ func (c *Config) finishSync() {
 	}
 	for i := range c.Sync.Targets {
 		t := &c.Sync.Targets[i]
-		setDefault(&t.Batch.MaxRecords, 500)
+		if t.Type == SyncTypeHTTP {
+			setDefault(&t.Batch.MaxRecords, 500)
+		} else {
+			setDefault(&t.Batch.MaxRecords, 2000)
+		}
 		setDefault(&t.Batch.MaxBytes, 1<<20)
 		setDefault(&t.Batch.MaxDelay, Duration(100*time.Millisecond))
 		setDefault(&t.Inflight, 256)
