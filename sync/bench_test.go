@@ -162,4 +162,3 @@ func BenchmarkDrainMQTT(b *testing.B) {
 	tc := TargetConfig{Name: "broker", Type: "mqtt", MQTT: MQTTConfig{Broker: mq.URL()}}
 	drain(b, tc, nil) // every record was acknowledged by mosquitto (PUBACK); no subscriber counts them
 }
-
