@@ -67,7 +67,9 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	tr.MaxIdleConnsPerHost = 4
 	tr.ResponseHeaderTimeout = cfg.AckTimeout
 	return &httpTarget{cfg: cfg, env: env, gz: h.Compression != "none", closed: make(chan struct{}),
-		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout}}, nil
+		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout,
+			// A redirect would turn the POST into a GET: report it instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
 }
 
 // IdempotencyKey is the Idempotency-Key of a batch: the hex SHA-256 of its
