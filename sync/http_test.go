@@ -163,7 +163,7 @@ func TestHTTPRefusedRecordsDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dl) != 2 || dl[0].Key != want[17].ID || dl[1].Key != want[250].ID || !strings.Contains(dl[0].Error, "http 422: refused record "+want[17].ID) ||
+	if len(dl) != 2 || dl[0].Key != want[17].ID || dl[1].Key != want[250].ID || !strings.Contains(dl[0].Error, "http 400: refused record "+want[17].ID) ||
 		!strings.Contains(string(dl[0].Event), `"id":"`+want[17].ID+`"`) {
 		t.Fatalf("dead letters %+v", dl)
 	}
