@@ -533,6 +533,9 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 					last := ents[len(ents)-1].Seq
 					go func() {
 						e, err := w.read(ctx, ob, last)
+						if p, ok := w.target.(Preparer); ok && err == nil && len(e) > 0 {
+							p.Prepare(e)
+						}
 						ch <- readResult{after: last, ents: e, err: err}
 					}()
 				}

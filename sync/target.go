@@ -37,6 +37,15 @@ type Connector interface {
 	Connected() bool
 }
 
+// Preparer is implemented by targets that can do per-batch work (such as
+// encoding) ahead of Deliver: while a batch is delivered, the manager reads
+// the next one and passes it to Prepare from another goroutine. Deliver may
+// use the result only for exactly that batch. Prepare must be safe to call
+// concurrently with Deliver.
+type Preparer interface {
+	Prepare(batch []store.OutboxEntry)
+}
+
 // Result is the outcome of one Deliver call.
 type Result struct {
 	Done     int         // length of the finished prefix of the batch
