@@ -48,6 +48,9 @@ type natsTarget struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	dead   chan struct{} // closed when nc disconnects or closes
+
+	prepMu gosync.Mutex
+	prep   *preparedMsgs
 	closed bool
 	stop   chan struct{}
 }
@@ -164,11 +167,51 @@ func (t *natsTarget) Close() error {
 	return nil
 }
 
+// preparedMsgs is a batch turned into messages ahead by Prepare.
+type preparedMsgs struct {
+	first, last uint64
+	msgs        []*nats.Msg
+}
+
+func (t *natsTarget) msg(r *store.Record) *nats.Msg {
+	m := nats.NewMsg(t.subject(r))
+	m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
+	m.Header.Set(jetstream.MsgIDHeader, r.ID)
+	return m
+}
+
+// Prepare builds the messages of the batch likely delivered next (see
+// Preparer).
+func (t *natsTarget) Prepare(batch []store.OutboxEntry) {
+	if len(batch) == 0 {
+		return
+	}
+	msgs := make([]*nats.Msg, len(batch))
+	for i := range batch {
+		msgs[i] = t.msg(&batch[i].Record)
+	}
+	t.prepMu.Lock()
+	t.prep = &preparedMsgs{first: batch[0].Seq, last: batch[len(batch)-1].Seq, msgs: msgs}
+	t.prepMu.Unlock()
+}
+
+func (t *natsTarget) prepared(batch []store.OutboxEntry) []*nats.Msg {
+	t.prepMu.Lock()
+	defer t.prepMu.Unlock()
+	p := t.prep
+	if p != nil && len(p.msgs) == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+		t.prep = nil
+		return p.msgs
+	}
+	return nil
+}
+
 func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
 	js, dead, err := t.conn(ctx)
 	if err != nil {
 		return Result{}, err
 	}
+	pre := t.prepared(batch)
 	win := t.cfg.Inflight
 	futs := make([]jetstream.PubAckFuture, win)
 	timer := time.NewTimer(t.cfg.AckTimeout)
@@ -180,10 +223,12 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 	}
 	for done < len(batch) {
 		for next < len(batch) && next-done < win {
-			r := &batch[next].Record
-			m := nats.NewMsg(t.subject(r))
-			m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
-			m.Header.Set(jetstream.MsgIDHeader, r.ID)
+			var m *nats.Msg
+			if pre != nil {
+				m = pre[next]
+			} else {
+				m = t.msg(&batch[next].Record)
+			}
 			f, err := js.PublishMsgAsync(m)
 			if err != nil {
 				return fail(fmt.Errorf("nats publish: %w", err))
