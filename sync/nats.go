@@ -44,10 +44,10 @@ type natsTarget struct {
 	nopts []nats.Option
 	tpl   *template
 
-	mu     gosync.Mutex
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	dead   chan struct{} // closed when nc disconnects or closes
+	mu   gosync.Mutex
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	dead chan struct{} // closed when nc disconnects or closes
 
 	prepMu gosync.Mutex
 	prep   *preparedMsgs
