@@ -423,7 +423,8 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 
 // Redacted returns a copy of c that is safe to log or print: the external
 // broker password and the users' password hashes are replaced by
-// "REDACTED" when set.
+// "REDACTED" when set, as are the sync targets' passwords, tokens and
+// HTTP header values.
 func (c *Config) Redacted() *Config {
 	r := *c
 	if r.MQTT.External.Password != "" {
@@ -438,6 +439,7 @@ func (c *Config) Redacted() *Config {
 			r.MQTT.Embedded.Users[i] = u
 		}
 	}
+	r.Sync = c.Sync.redacted()
 	return &r
 }
 

@@ -288,3 +288,32 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		tlsPair(p+".nats.tls", t.NATS.TLS)
 	}
 }
+
+// redacted returns a copy of s without secrets: passwords, tokens and HTTP
+// header values (which usually carry credentials) become "REDACTED".
+func (s Sync) redacted() Sync {
+	if s.Targets == nil {
+		return s
+	}
+	r := s
+	r.Targets = make([]SyncTarget, len(s.Targets))
+	red := func(p *string) {
+		if *p != "" {
+			*p = "REDACTED"
+		}
+	}
+	for i, t := range s.Targets {
+		red(&t.MQTT.Password)
+		red(&t.NATS.Password)
+		red(&t.NATS.Token)
+		if t.HTTP.Headers != nil {
+			h := make(map[string]string, len(t.HTTP.Headers))
+			for k := range t.HTTP.Headers {
+				h[k] = "REDACTED"
+			}
+			t.HTTP.Headers = h
+		}
+		r.Targets[i] = t
+	}
+	return r
+}
