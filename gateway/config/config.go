@@ -419,6 +419,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	set(EnvMQTTPassword, &c.MQTT.External.Password, "mqtt.external.password")
 	set(EnvDataDir, &c.DataDir, "data_dir")
 	set(EnvGatewayID, &c.GatewayID, "gateway_id")
+	c.applySyncEnv(lookup)
 }
 
 // Redacted returns a copy of c that is safe to log or print: the external

@@ -87,3 +87,25 @@ sync:
 		t.Fatal("Redacted modified the original")
 	}
 }
+
+func TestSyncEnvSecrets(t *testing.T) {
+	c, err := Parse("m.yaml", []byte(`
+sync:
+  targets:
+    - {name: up-1, type: http, http: {url: "https://x", headers: {X-A: b}}}
+    - {name: b, type: mqtt, mqtt: {broker: "tcp://x:1", password: file}}
+    - {name: c, type: nats, nats: {url: "nats://x:1"}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"MOONGATE_SYNC_UP_1_AUTHORIZATION": "Bearer e", "MOONGATE_SYNC_B_PASSWORD": "env", "MOONGATE_SYNC_C_TOKEN": "tok"}
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	ts := c.Sync.Targets
+	if ts[0].HTTP.Headers["Authorization"] != "Bearer e" || ts[0].HTTP.Headers["X-A"] != "b" || ts[1].MQTT.Password != "env" || ts[2].NATS.Token != "tok" {
+		t.Fatalf("%+v", ts)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
