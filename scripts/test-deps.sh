@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what moongate's tests need when it is missing: Debian packages
 # for the real peers the tests start (mosquitto, nats-server) and qemu-user
-# for the 32-bit ARM store tests. As root it uses apt-get; otherwise it stops
-# with the exact command to run.
+# for the 32-bit ARM store tests, and protoc with the well-known protos for
+# `make generate-check`. As root it uses apt-get; otherwise it stops with the
+# exact command to run.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -11,6 +12,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 # Debian 12 ships 2.9.10 (the sync tests run it).
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+command -v curl >/dev/null 2>&1 || need+=(curl) # docs/api.md examples (gateway/apiserver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moongate tests need: ${need[*]}" >&2
