@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,8 @@ import (
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
+	upsync "github.com/moongate-edge/moongate/sync"
+	"go.yaml.in/yaml/v3"
 )
 
 // Daemon is a whole moongate process built from a configuration: store,
@@ -35,6 +39,8 @@ type Daemon struct {
 	mgr     manager // serialises API function changes (manage.go)
 	api     *apiserver.Server
 	syncState
+	sync    *upsync.Manager
+	forward []*Function // built-in functions of sync.forward
 
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
@@ -73,7 +79,17 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		}
 		d.ingest = e
 	}
+	sm, err := upsync.New(upsync.Options{Store: st, GatewayID: cfg.GatewayID, Logger: log, Targets: syncTargets(cfg)})
+	if err != nil {
+		return fail(fmt.Errorf("sync: %w", err))
+	}
+	d.sync = sm
+	d.SetSyncStatus(func(context.Context) ([]apiserver.SyncTarget, error) { return apiSyncTargets(sm.Status()), nil })
+	if d.forward, err = forwardFunctions(cfg); err != nil {
+		return fail(err)
+	}
 	gw, err := New(Options{
+		RouteTargets:    sm.Route,
 		Store:           st,
 		Runtime:         d.rt,
 		Ingest:          d.ingest,
@@ -126,6 +142,10 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 // Gateway returns the daemon's gateway.
 func (d *Daemon) Gateway() *Gateway { return d.gw }
 
+// Sync returns the daemon's sync manager (its Status is the per-target
+// state of the upstream targets).
+func (d *Daemon) Sync() *upsync.Manager { return d.sync }
+
 // Store returns the daemon's store.
 func (d *Daemon) Store() *store.Store { return d.store }
 
@@ -176,13 +196,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			for _, err := range errs {
 				d.log.Error("function not loaded", "err", err)
 			}
-			if err := d.gw.SetFunctions(ctx, d.versioned(ctx, fns)); err != nil {
+			if err := d.gw.SetFunctions(ctx, d.withForwards(d.versioned(ctx, fns))); err != nil {
 				d.log.Error("functions", "err", err)
 			}
 		}
 		load(trigger.LoadDir(dir))
 		go trigger.Watch(ctx, dir, d.FunctionsPoll, load)
-	} else if err := d.gw.SetFunctions(ctx, d.storedFunctions(ctx)); err != nil {
+	} else if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
 		d.log.Error("functions", "err", err)
 	}
 	if d.httpSrv != nil {
@@ -199,7 +219,124 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 		d.log.Info("api listening", "addr", d.httpLn.Addr().String())
 	}
-	return d.gw.Run(ctx)
+	// Sync runs until the gateway has stopped (its last commits are in the
+	// outboxes), then stops before the store closes.
+	syncCtx, stopSync := context.WithCancel(context.WithoutCancel(ctx))
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		if err := d.sync.Run(syncCtx); err != nil {
+			d.log.Error("sync", "err", err)
+		}
+	}()
+	err := d.gw.Run(ctx)
+	stopSync()
+	<-syncDone
+	return err
+}
+
+// warnUnknownTargets logs the sync targets of f that are not configured:
+// its records wait in that outbox (bounded by the outbox quota, visible in
+// the sync status) until a target of that name is configured.
+func (d *Daemon) warnUnknownTargets(f *Function) {
+	for _, t := range f.Sync {
+		if !d.sync.Has(t) {
+			d.log.Warn("function syncs to a target that is not configured; its records wait in that outbox", "function", f.Name, "target", t)
+		}
+	}
+}
+
+// forwardLua is the built-in function of a sync.forward entry: the raw
+// event as a record (the payload as a string, byte for byte).
+const forwardLua = `function handle(event, ctx)
+  return {topic = event.topic, payload = event.payload}
+end
+`
+
+// forwardFunctions builds the functions of sync.forward.
+func forwardFunctions(cfg *config.Config) ([]*Function, error) {
+	var out []*Function
+	for i, f := range cfg.Sync.Forward {
+		manifest, err := yaml.Marshal(map[string]any{"triggers": []map[string]string{{"mqtt": f.Trigger}}, "stream": f.Stream, "sync": f.Targets})
+		if err != nil {
+			return nil, err
+		}
+		m, err := trigger.ParseManifest(f.Name+".yaml", manifest)
+		if err != nil {
+			return nil, fmt.Errorf("sync.forward[%d]: %w", i, err)
+		}
+		sum := sha256.Sum256(append(append([]byte(nil), manifest...), forwardLua...))
+		fn, err := FunctionFromManifest(&trigger.Function{Manifest: m, Source: []byte(forwardLua), SHA256: hex.EncodeToString(sum[:])}, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("sync.forward[%d]: %w", i, err)
+		}
+		fn.Version = 1
+		out = append(out, fn)
+	}
+	return out, nil
+}
+
+// withForwards adds the sync.forward functions to fns; a loaded function
+// with the same name as a forward entry is not deployed.
+func (d *Daemon) withForwards(fns []*Function) []*Function {
+	if len(d.forward) == 0 {
+		return fns
+	}
+	names := map[string]bool{}
+	for _, f := range d.forward {
+		names[f.Name] = true
+	}
+	out := make([]*Function, 0, len(fns)+len(d.forward))
+	for _, f := range fns {
+		if names[f.Name] {
+			d.log.Error("function not loaded: its name is used by a sync.forward entry", "function", f.Name)
+			continue
+		}
+		out = append(out, f)
+	}
+	return append(out, d.forward...)
+}
+
+// apiSyncTargets converts the sync manager's status for the API.
+func apiSyncTargets(sts []upsync.TargetStatus) []apiserver.SyncTarget {
+	out := make([]apiserver.SyncTarget, len(sts))
+	for i, s := range sts {
+		kind := s.Type
+		if kind == "" {
+			kind = s.State // an outbox without a configured target: "unconfigured"
+		}
+		out[i] = apiserver.SyncTarget{Name: s.Name, Kind: kind, Connected: s.Connected, BacklogRecords: s.Backlog,
+			BacklogBytes: s.BacklogBytes, OldestPendingAge: s.OldestPending, DeliveredTotal: s.Delivered,
+			DeliveredPerSecond: s.Rate, DroppedByQuota: s.Dropped, LastError: s.LastError, LastErrorTime: s.LastErrorAt}
+	}
+	return out
+}
+
+// syncTargets converts the sync section of cfg for the sync manager.
+func syncTargets(cfg *config.Config) []upsync.TargetConfig {
+	tls := func(c config.ClientTLS) upsync.TLSConfig {
+		return upsync.TLSConfig{CA: c.CA, Cert: c.Cert, Key: c.Key, InsecureSkipVerify: c.InsecureSkipVerify}
+	}
+	out := make([]upsync.TargetConfig, 0, len(cfg.Sync.Targets))
+	for _, t := range cfg.Sync.Targets {
+		tc := upsync.TargetConfig{
+			Name: t.Name, Type: t.Type,
+			MaxRecords: t.Batch.MaxRecords, MaxBytes: int(t.Batch.MaxBytes), MaxDelay: t.Batch.MaxDelay.Std(),
+			Inflight: t.Inflight, BandwidthLimit: int64(t.BandwidthLimit), DailyBudget: int64(t.DailyBudget),
+			PriorityStreams: t.PriorityStreams, InitialBackoff: t.Backoff.Initial.Std(), MaxBackoff: t.Backoff.Max.Std(),
+			AckTimeout: t.AckTimeout.Std(),
+			MQTT: upsync.MQTTConfig{Broker: t.MQTT.Broker, ClientID: t.MQTT.ClientID, Username: t.MQTT.Username, Password: t.MQTT.Password,
+				Topic: t.MQTT.Topic, KeepAlive: t.MQTT.KeepAlive.Std(), TLS: tls(t.MQTT.TLS)},
+			HTTP: upsync.HTTPConfig{URL: t.HTTP.URL, Headers: t.HTTP.Headers, Compression: t.HTTP.Compression, TLS: tls(t.HTTP.TLS)},
+			NATS: upsync.NATSConfig{URL: t.NATS.URL, Subject: t.NATS.Subject, Username: t.NATS.Username, Password: t.NATS.Password,
+				Token: t.NATS.Token, CredsFile: t.NATS.CredsFile, TLS: tls(t.NATS.TLS)},
+		}
+		if tc.MaxDelay == 0 {
+			tc.MaxDelay = -1 // 0 in the file: send at once
+		}
+		out = append(out, tc)
+	}
+	return out
 }
 
 // versioned builds the functions loaded from the directory, storing each
@@ -233,6 +370,7 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Funct
 			d.log.Error("function not loaded", "function", f.Name, "err", err)
 			continue
 		}
+		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
 	return out
@@ -264,6 +402,7 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 		f.Version = r.Version
 		// A rollback to an identical older version still switches versions.
 		f.Fingerprint = r.SHA256 + "@" + strconv.FormatInt(r.Version, 10)
+		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
 	return out

@@ -20,8 +20,8 @@ import (
 // main package sets it before NewDaemon.
 var Version = "dev"
 
-// SyncStatusFunc reports the upstream sync targets for the API. Until sync
-// is wired in, the daemon reports none.
+// SyncStatusFunc reports the upstream sync targets for the API. NewDaemon
+// sets it to the status of its sync manager.
 type SyncStatusFunc func(ctx context.Context) ([]apiserver.SyncTarget, error)
 
 // daemonSync forwards to the daemon's current sync status source.

@@ -172,7 +172,7 @@ func (d *Daemon) FunctionsFromDir() bool { return d.cfg.FunctionsDir != "" }
 
 // reload makes the gateway's functions the active versions in the store.
 func (d *Daemon) reload(ctx context.Context) error {
-	return d.gw.SetFunctions(ctx, d.storedFunctions(ctx))
+	return d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx)))
 }
 
 // reloadCheck reloads and checks that version of name is the one running.

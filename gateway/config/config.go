@@ -39,6 +39,8 @@ type Config struct {
 	Store        Store     `yaml:"store"`
 	Pipeline     Pipeline  `yaml:"pipeline"`
 	Functions    Functions `yaml:"functions"`
+	// Sync configures the upstream targets of records (see sync.go).
+	Sync Sync `yaml:"sync"`
 
 	file  string            // file name given to Parse, for messages
 	env   map[string]string // key path -> environment variable that set it
@@ -392,6 +394,7 @@ func (c *Config) finish() {
 	if c.MQTT.External.ClientID == "" {
 		c.MQTT.External.ClientID = "moongate-" + c.GatewayID
 	}
+	c.finishSync()
 	if len(c.MQTT.Embedded.Users) == 0 {
 		c.MQTT.Embedded.Users = nil
 	}
@@ -459,11 +462,13 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	set(EnvMQTTPassword, &c.MQTT.External.Password, "mqtt.external.password")
 	set(EnvDataDir, &c.DataDir, "data_dir")
 	set(EnvGatewayID, &c.GatewayID, "gateway_id")
+	c.applySyncEnv(lookup)
 }
 
 // Redacted returns a copy of c that is safe to log or print: the external
 // broker password and the users' password hashes are replaced by
-// "REDACTED" when set.
+// "REDACTED" when set, as are the sync targets' passwords, tokens and
+// HTTP header values.
 func (c *Config) Redacted() *Config {
 	r := *c
 	if r.MQTT.External.Password != "" {
@@ -478,6 +483,7 @@ func (c *Config) Redacted() *Config {
 			r.MQTT.Embedded.Users[i] = u
 		}
 	}
+	r.Sync = c.Sync.redacted()
 	return &r
 }
 

@@ -1,0 +1,301 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// NATSConfig configures a nats target: one JetStream publish per record
+// (the AppendRecord object) with the Nats-Msg-Id header set to the record
+// id, so that the stream's duplicate window drops re-sent records. The
+// stream that captures Subject must exist upstream.
+type NATSConfig struct {
+	URL string // nats://host:4222 (comma-separated for a cluster); tls:// for TLS
+	// Subject is the subject template (default "gateways.{gateway}.{stream}");
+	// {gateway}, {stream}, {function} and {device} are replaced (an empty
+	// value becomes "_"; '.', '*', '>' and white space in a value become '_').
+	Subject   string
+	Username  string
+	Password  string
+	Token     string
+	CredsFile string // NATS credentials file (JWT + NKey)
+	TLS       TLSConfig
+}
+
+// DefaultNATSSubject is the default subject template of nats targets.
+const DefaultNATSSubject = "gateways.{gateway}.{stream}"
+
+func init() {
+	mustRegister(Module{ID: ModulePrefix + "nats", New: newNATSTarget})
+}
+
+type natsTarget struct {
+	cfg   TargetConfig
+	env   Env
+	nopts []nats.Option
+	tpl   *template
+
+	mu   gosync.Mutex
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	dead chan struct{} // closed when nc disconnects or closes
+
+	prepMu gosync.Mutex
+	prep   *preparedMsgs
+	closed bool
+	stop   chan struct{}
+}
+
+func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
+	n := cfg.NATS
+	if n.URL == "" {
+		return nil, fmt.Errorf("%w: nats url is required", ErrInvalidConfig)
+	}
+	if n.Subject == "" {
+		n.Subject = DefaultNATSSubject
+	}
+	if strings.ContainsAny(n.Subject, "*> \t") {
+		return nil, fmt.Errorf("%w: nats subject %q contains a wildcard or white space", ErrInvalidConfig, n.Subject)
+	}
+	cfg.NATS = n
+	opts := []nats.Option{
+		nats.Name("moongate-sync-" + env.GatewayID + "-" + cfg.Name),
+		nats.NoReconnect(), // the manager reconnects with its own backoff
+		nats.Timeout(cfg.AckTimeout),
+	}
+	if n.Username != "" {
+		opts = append(opts, nats.UserInfo(n.Username, n.Password))
+	}
+	if n.Token != "" {
+		opts = append(opts, nats.Token(n.Token))
+	}
+	if n.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(n.CredsFile))
+	}
+	tlsCfg, err := n.TLS.build("")
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		opts = append(opts, nats.Secure(tlsCfg))
+	}
+	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
+}
+
+func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }
+
+// Connected reports whether the connection is up.
+func (t *natsTarget) Connected() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nc != nil && t.nc.IsConnected()
+}
+
+// Connect connects unless connected.
+func (t *natsTarget) Connect(ctx context.Context) error {
+	_, _, err := t.conn(ctx)
+	return err
+}
+
+// conn returns the open connection or makes a new one, without holding mu
+// while connecting (Close never waits for it).
+func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan struct{}, error) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, nil, ErrClosed
+	}
+	if t.nc != nil && t.nc.IsConnected() {
+		js, dead := t.js, t.dead
+		t.mu.Unlock()
+		return js, dead, nil
+	}
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+	t.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	// Pending acknowledgements are not failed when a connection without
+	// reconnects closes: Deliver watches dead instead.
+	dead := make(chan struct{})
+	var once gosync.Once
+	gone := func() { once.Do(func() { close(dead) }) }
+	opts := append(t.nopts[:len(t.nopts):len(t.nopts)],
+		nats.ClosedHandler(func(*nats.Conn) { gone() }),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { gone() }))
+	// nats.Connect cannot be interrupted: wait for it in a goroutine so
+	// that a stop does not wait for a connect to a silent server.
+	type connResult struct {
+		nc  *nats.Conn
+		err error
+	}
+	ch := make(chan connResult, 1)
+	go func() {
+		nc, err := nats.Connect(t.cfg.NATS.URL, opts...)
+		ch <- connResult{nc, err}
+	}()
+	var r connResult
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, nil, ctx.Err()
+	case <-t.stop:
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, nil, ErrClosed
+	}
+	nc, err := r.nc, r.err
+	if err != nil {
+		return nil, nil, fmt.Errorf("nats connect: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*t.cfg.Inflight), jetstream.WithPublishAsyncTimeout(t.cfg.AckTimeout))
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("nats jetstream: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		nc.Close()
+		return nil, nil, ErrClosed
+	}
+	t.nc, t.js, t.dead = nc, js, dead
+	return js, dead, nil
+}
+
+func (t *natsTarget) drop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+}
+
+func (t *natsTarget) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	close(t.stop)
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+	return nil
+}
+
+// preparedMsgs is a batch turned into messages ahead by Prepare.
+type preparedMsgs struct {
+	first, last uint64
+	msgs        []*nats.Msg
+}
+
+func (t *natsTarget) msg(r *store.Record) *nats.Msg {
+	m := nats.NewMsg(t.subject(r))
+	m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
+	m.Header.Set(jetstream.MsgIDHeader, r.ID)
+	return m
+}
+
+// Prepare builds the messages of the batch likely delivered next (see
+// Preparer).
+func (t *natsTarget) Prepare(batch []store.OutboxEntry) {
+	if len(batch) == 0 {
+		return
+	}
+	msgs := make([]*nats.Msg, len(batch))
+	for i := range batch {
+		msgs[i] = t.msg(&batch[i].Record)
+	}
+	t.prepMu.Lock()
+	t.prep = &preparedMsgs{first: batch[0].Seq, last: batch[len(batch)-1].Seq, msgs: msgs}
+	t.prepMu.Unlock()
+}
+
+func (t *natsTarget) prepared(batch []store.OutboxEntry) []*nats.Msg {
+	t.prepMu.Lock()
+	defer t.prepMu.Unlock()
+	p := t.prep
+	if p != nil && len(p.msgs) == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+		t.prep = nil
+		return p.msgs
+	}
+	return nil
+}
+
+func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
+	js, dead, err := t.conn(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	pre := t.prepared(batch)
+	win := t.cfg.Inflight
+	futs := make([]jetstream.PubAckFuture, win)
+	timer := time.NewTimer(t.cfg.AckTimeout)
+	defer timer.Stop()
+	next, done := 0, 0
+	fail := func(err error) (Result, error) {
+		t.drop()
+		return Result{Done: done}, err
+	}
+	for done < len(batch) {
+		for next < len(batch) && next-done < win {
+			var m *nats.Msg
+			if pre != nil {
+				m = pre[next]
+			} else {
+				m = t.msg(&batch[next].Record)
+			}
+			f, err := js.PublishMsgAsync(m)
+			if err != nil {
+				return fail(fmt.Errorf("nats publish: %w", err))
+			}
+			futs[next%win] = f
+			next++
+		}
+		f := futs[done%win]
+		timer.Reset(t.cfg.AckTimeout)
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			if errors.Is(err, nats.ErrConnectionClosed) && ctx.Err() != nil {
+				return Result{Done: done}, ctx.Err()
+			}
+			return fail(fmt.Errorf("nats publish ack: %w", err))
+		case <-timer.C:
+			return fail(ErrAckTimeout)
+		case <-dead:
+			return fail(ErrConnectionLost)
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-t.stop:
+			return Result{Done: done}, ErrClosed
+		}
+		futs[done%win] = nil
+		done++
+	}
+	return Result{Done: done}, nil
+}
