@@ -15,6 +15,7 @@ import (
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
+	upsync "github.com/moongate-edge/moongate/sync"
 )
 
 // Daemon is a whole moongate process built from a configuration: store,
@@ -30,6 +31,7 @@ type Daemon struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	mqttURL string
+	sync    *upsync.Manager
 
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
@@ -68,7 +70,13 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		}
 		d.ingest = e
 	}
+	sm, err := upsync.New(upsync.Options{Store: st, GatewayID: cfg.GatewayID, Logger: log, Targets: syncTargets(cfg)})
+	if err != nil {
+		return fail(fmt.Errorf("sync: %w", err))
+	}
+	d.sync = sm
 	gw, err := New(Options{
+		RouteTargets:    sm.Route,
 		Store:           st,
 		Runtime:         d.rt,
 		Ingest:          d.ingest,
@@ -101,6 +109,10 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 
 // Gateway returns the daemon's gateway.
 func (d *Daemon) Gateway() *Gateway { return d.gw }
+
+// Sync returns the daemon's sync manager (its Status is the per-target
+// state of the upstream targets).
+func (d *Daemon) Sync() *upsync.Manager { return d.sync }
 
 // Store returns the daemon's store.
 func (d *Daemon) Store() *store.Store { return d.store }
@@ -169,7 +181,58 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 		d.log.Info("api listening", "addr", d.httpLn.Addr().String())
 	}
-	return d.gw.Run(ctx)
+	// Sync runs until the gateway has stopped (its last commits are in the
+	// outboxes), then stops before the store closes.
+	syncCtx, stopSync := context.WithCancel(context.WithoutCancel(ctx))
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		if err := d.sync.Run(syncCtx); err != nil {
+			d.log.Error("sync", "err", err)
+		}
+	}()
+	err := d.gw.Run(ctx)
+	stopSync()
+	<-syncDone
+	return err
+}
+
+// warnUnknownTargets logs the sync targets of f that are not configured:
+// its records wait in that outbox (bounded by the outbox quota, visible in
+// the sync status) until a target of that name is configured.
+func (d *Daemon) warnUnknownTargets(f *Function) {
+	for _, t := range f.Sync {
+		if !d.sync.Has(t) {
+			d.log.Warn("function syncs to a target that is not configured; its records wait in that outbox", "function", f.Name, "target", t)
+		}
+	}
+}
+
+// syncTargets converts the sync section of cfg for the sync manager.
+func syncTargets(cfg *config.Config) []upsync.TargetConfig {
+	tls := func(c config.ClientTLS) upsync.TLSConfig {
+		return upsync.TLSConfig{CA: c.CA, Cert: c.Cert, Key: c.Key, InsecureSkipVerify: c.InsecureSkipVerify}
+	}
+	out := make([]upsync.TargetConfig, 0, len(cfg.Sync.Targets))
+	for _, t := range cfg.Sync.Targets {
+		tc := upsync.TargetConfig{
+			Name: t.Name, Type: t.Type,
+			MaxRecords: t.Batch.MaxRecords, MaxBytes: int(t.Batch.MaxBytes), MaxDelay: t.Batch.MaxDelay.Std(),
+			Inflight: t.Inflight, BandwidthLimit: int64(t.BandwidthLimit), DailyBudget: int64(t.DailyBudget),
+			PriorityStreams: t.PriorityStreams, InitialBackoff: t.Backoff.Initial.Std(), MaxBackoff: t.Backoff.Max.Std(),
+			AckTimeout: t.AckTimeout.Std(),
+			MQTT: upsync.MQTTConfig{Broker: t.MQTT.Broker, ClientID: t.MQTT.ClientID, Username: t.MQTT.Username, Password: t.MQTT.Password,
+				Topic: t.MQTT.Topic, KeepAlive: t.MQTT.KeepAlive.Std(), TLS: tls(t.MQTT.TLS)},
+			HTTP: upsync.HTTPConfig{URL: t.HTTP.URL, Headers: t.HTTP.Headers, Compression: t.HTTP.Compression, TLS: tls(t.HTTP.TLS)},
+			NATS: upsync.NATSConfig{URL: t.NATS.URL, Subject: t.NATS.Subject, Username: t.NATS.Username, Password: t.NATS.Password,
+				Token: t.NATS.Token, CredsFile: t.NATS.CredsFile, TLS: tls(t.NATS.TLS)},
+		}
+		if tc.MaxDelay == 0 {
+			tc.MaxDelay = -1 // 0 in the file: send at once
+		}
+		out = append(out, tc)
+	}
+	return out
 }
 
 // versioned builds the functions loaded from the directory, storing each
@@ -203,6 +266,7 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Funct
 			d.log.Error("function not loaded", "function", f.Name, "err", err)
 			continue
 		}
+		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
 	return out
@@ -232,6 +296,7 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 			continue
 		}
 		f.Version = r.Version
+		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
 	return out

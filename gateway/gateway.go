@@ -78,6 +78,11 @@ type Options struct {
 
 	// Now is the clock (default time.Now); tests may replace it.
 	Now func() time.Time
+
+	// RouteTargets, when set, maps the sync targets of a record of stream
+	// to the outboxes it is written to (the sync manager's Route: priority
+	// streams go to a target's priority outbox). Nil: the targets as is.
+	RouteTargets func(stream string, targets []string) []string
 }
 
 func (o *Options) withDefaults() error {

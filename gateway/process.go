@@ -87,8 +87,12 @@ func (g *Gateway) buildCommit(f *Function, ev *luavm.Event, e *store.InboxEntry,
 	device := ev.Captures["device"]
 	c := &store.Commit{InboxSeq: e.Seq}
 	rec := func(stream string, data []byte) store.Record {
+		targets := f.Sync
+		if g.opts.RouteTargets != nil && len(targets) > 0 {
+			targets = g.opts.RouteTargets(stream, targets)
+		}
 		return store.Record{Stream: stream, Function: f.Name, Device: device, EventID: ev.ID,
-			EventTS: ev.TS, ProcessedTS: now, Data: data, Targets: f.Sync}
+			EventTS: ev.TS, ProcessedTS: now, Data: data, Targets: targets}
 	}
 	switch res.Kind {
 	case luavm.ResultJSON:

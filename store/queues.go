@@ -916,19 +916,34 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 		const chunk = 1024
 		err := s.submit(ctx, &request{est: chunk * entryEst(len(target)+10, 0), fn: func(b *batch) error {
 			q := b.ctr.Outbox[target]
-			for i := 0; i < chunk && q.Head <= upTo && q.Head < q.Next; i++ {
-				k := nameSeqKey(pOutbox, target, q.Head)
-				item, err := b.txn.Get(k)
-				q.Head++
-				if errors.Is(err, badger.ErrKeyNotFound) {
+			end := min(upTo, q.Next-1, q.Head+chunk-1)
+			if q.Head > end {
+				return nil
+			}
+			// One key-only iterator over [Head, end] instead of a point
+			// lookup per entry (a Get searches every level).
+			p := namePrefix(pOutbox, target)
+			it := b.txn.NewIterator(badger.IteratorOptions{Prefix: p})
+			var dels [][]byte
+			var sizes []int64
+			for it.Seek(nameSeqKey(pOutbox, target, q.Head)); it.Valid(); it.Next() {
+				item := it.Item()
+				k := item.Key()
+				if len(k) != len(p)+8 {
 					continue
 				}
-				if err != nil {
-					return fatal(err)
+				if keySeq(k) > end {
+					break
 				}
-				b.del(k)
-				q.remove(item.ValueSize())
+				dels = append(dels, item.KeyCopy(nil))
+				sizes = append(sizes, item.ValueSize())
 			}
+			it.Close()
+			for i, k := range dels {
+				b.del(k)
+				q.remove(sizes[i])
+			}
+			q.Head = end + 1
 			b.ctr.Outbox[target] = q
 			return nil
 		}})

@@ -39,6 +39,8 @@ type Config struct {
 	Store        Store     `yaml:"store"`
 	Pipeline     Pipeline  `yaml:"pipeline"`
 	Functions    Functions `yaml:"functions"`
+	// Sync configures the upstream targets of records (see sync.go).
+	Sync Sync `yaml:"sync"`
 
 	file  string            // file name given to Parse, for messages
 	env   map[string]string // key path -> environment variable that set it
@@ -353,6 +355,7 @@ func (c *Config) finish() {
 	if c.MQTT.External.ClientID == "" {
 		c.MQTT.External.ClientID = "moongate-" + c.GatewayID
 	}
+	c.finishSync()
 	if len(c.MQTT.Embedded.Users) == 0 {
 		c.MQTT.Embedded.Users = nil
 	}

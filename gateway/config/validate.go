@@ -42,6 +42,7 @@ func (c *Config) Validate() error {
 	v.store()
 	v.pipeline()
 	v.functions()
+	v.sync()
 	return errors.Join(v.errs...)
 }
 

@@ -1,0 +1,238 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Sync configures store-and-forward of records to upstream targets
+// (package sync). Function manifests route their records to targets by
+// name (`sync: [name]`).
+type Sync struct {
+	Targets []SyncTarget `yaml:"targets"`
+}
+
+// Sync target types.
+const (
+	SyncTypeMQTT = "mqtt"
+	SyncTypeHTTP = "http"
+	SyncTypeNATS = "nats"
+)
+
+// SyncTarget is one upstream target. Zero values take the defaults noted
+// on each field (filled in by Parse and Load).
+type SyncTarget struct {
+	Name string `yaml:"name"` // [a-z0-9][a-z0-9_-]{0,62}, as in manifests' sync lists
+	Type string `yaml:"type"` // mqtt | http | nats
+	// Batch bounds one batch (one HTTP request; a run of pipelined
+	// messages for mqtt and nats).
+	Batch SyncBatch `yaml:"batch"`
+	// Inflight is the window of messages awaiting an acknowledgement
+	// (mqtt, nats; default 256).
+	Inflight int `yaml:"inflight"`
+	// BandwidthLimit caps the upload in record bytes per second (0: none).
+	BandwidthLimit Size `yaml:"bandwidth_limit"`
+	// DailyBudget caps the record bytes sent per UTC day (0: none); the
+	// priority streams are exempt.
+	DailyBudget Size `yaml:"daily_budget"`
+	// PriorityStreams are delivered before the backlog of other streams.
+	PriorityStreams []string    `yaml:"priority_streams"`
+	Backoff         SyncBackoff `yaml:"backoff"`
+	// AckTimeout bounds one upstream acknowledgement or HTTP request
+	// (default 30s).
+	AckTimeout Duration `yaml:"ack_timeout"`
+	MQTT       SyncMQTT `yaml:"mqtt"`
+	HTTP       SyncHTTP `yaml:"http"`
+	NATS       SyncNATS `yaml:"nats"`
+}
+
+// SyncBatch bounds a batch.
+type SyncBatch struct {
+	MaxRecords int      `yaml:"max_records"` // default 500
+	MaxBytes   Size     `yaml:"max_bytes"`   // of stored records (default 1MiB)
+	MaxDelay   Duration `yaml:"max_delay"`   // a partial batch waits this long for more (default 100ms)
+}
+
+// SyncBackoff is the reconnect/retry backoff: exponential from Initial,
+// capped at Max, with full jitter.
+type SyncBackoff struct {
+	Initial Duration `yaml:"initial"` // default 500ms
+	Max     Duration `yaml:"max"`     // default 60s
+}
+
+// SyncMQTT configures an mqtt target (QoS 1, one message per record).
+type SyncMQTT struct {
+	Broker    string    `yaml:"broker"`    // tcp:// | mqtt:// | ssl:// | tls:// | mqtts:// | ws:// | wss://
+	ClientID  string    `yaml:"client_id"` // default moongate-sync-<gateway_id>-<name>
+	Username  string    `yaml:"username"`
+	Password  string    `yaml:"password"`
+	Topic     string    `yaml:"topic"`     // default gateways/{gateway}/{stream}
+	KeepAlive Duration  `yaml:"keepalive"` // default 30s
+	TLS       ClientTLS `yaml:"tls"`
+}
+
+// SyncHTTP configures an http target (batched NDJSON POST).
+type SyncHTTP struct {
+	URL         string            `yaml:"url"`
+	Headers     map[string]string `yaml:"headers"`
+	Compression string            `yaml:"compression"` // gzip (default) | none
+	TLS         ClientTLS         `yaml:"tls"`
+}
+
+// SyncNATS configures a nats target (JetStream publish per record).
+type SyncNATS struct {
+	URL       string    `yaml:"url"`
+	Subject   string    `yaml:"subject"` // default gateways.{gateway}.{stream}
+	Username  string    `yaml:"username"`
+	Password  string    `yaml:"password"`
+	Token     string    `yaml:"token"`
+	CredsFile string    `yaml:"creds_file"`
+	TLS       ClientTLS `yaml:"tls"`
+}
+
+// finishSync fills the per-target defaults.
+func (c *Config) finishSync() {
+	if len(c.Sync.Targets) == 0 {
+		c.Sync.Targets = nil
+	}
+	for i := range c.Sync.Targets {
+		t := &c.Sync.Targets[i]
+		setDefault(&t.Batch.MaxRecords, 500)
+		setDefault(&t.Batch.MaxBytes, 1<<20)
+		setDefault(&t.Batch.MaxDelay, Duration(100*time.Millisecond))
+		setDefault(&t.Inflight, 256)
+		setDefault(&t.Backoff.Initial, Duration(500*time.Millisecond))
+		setDefault(&t.Backoff.Max, Duration(time.Minute))
+		setDefault(&t.AckTimeout, Duration(30*time.Second))
+		switch t.Type {
+		case SyncTypeMQTT:
+			setDefault(&t.MQTT.Topic, "gateways/{gateway}/{stream}")
+			setDefault(&t.MQTT.KeepAlive, Duration(30*time.Second))
+			setDefault(&t.MQTT.ClientID, "moongate-sync-"+c.GatewayID+"-"+t.Name)
+		case SyncTypeHTTP:
+			setDefault(&t.HTTP.Compression, "gzip")
+		case SyncTypeNATS:
+			setDefault(&t.NATS.Subject, "gateways.{gateway}.{stream}")
+		}
+	}
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+var (
+	syncNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	syncStreamRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,127}$`)
+)
+
+func (v *validator) sync() {
+	seen := map[string]int{}
+	for i := range v.c.Sync.Targets {
+		t := &v.c.Sync.Targets[i]
+		p := fmt.Sprintf("sync.targets[%d]", i)
+		switch {
+		case !syncNameRE.MatchString(t.Name):
+			v.add(p+".name", "invalid target name %q: use [a-z0-9][a-z0-9_-]{0,62} (as in manifests' sync lists)", clip(t.Name))
+		default:
+			if j, dup := seen[t.Name]; dup {
+				v.add(p+".name", "target %q is already defined by sync.targets[%d]", t.Name, j)
+			}
+			seen[t.Name] = i
+		}
+		if v.enum(p+".type", t.Type, SyncTypeMQTT, SyncTypeHTTP, SyncTypeNATS) {
+			v.syncType(p, t)
+		}
+		v.intRange(p+".batch.max_records", int64(t.Batch.MaxRecords), 1, 100_000)
+		v.intRange(p+".batch.max_bytes", int64(t.Batch.MaxBytes), 1<<10, 64<<20)
+		if t.Batch.MaxDelay < 0 || t.Batch.MaxDelay > Duration(time.Minute) {
+			v.add(p+".batch.max_delay", "%s out of range [0, 1m]", t.Batch.MaxDelay)
+		}
+		v.intRange(p+".inflight", int64(t.Inflight), 1, MaxInflight)
+		if t.BandwidthLimit < 0 {
+			v.add(p+".bandwidth_limit", "must not be negative")
+		} else if t.BandwidthLimit > 0 && t.BandwidthLimit < 1<<10 {
+			v.add(p+".bandwidth_limit", "%s is below 1KiB per second", t.BandwidthLimit)
+		}
+		if t.DailyBudget < 0 {
+			v.add(p+".daily_budget", "must not be negative")
+		}
+		for j, s := range t.PriorityStreams {
+			if !syncStreamRE.MatchString(s) {
+				v.add(fmt.Sprintf("%s.priority_streams[%d]", p, j), "invalid stream name %q: use [a-z0-9][a-z0-9_.-]{0,127}", clip(s))
+			}
+		}
+		v.positive(p+".backoff.initial", t.Backoff.Initial)
+		if t.Backoff.Max < t.Backoff.Initial {
+			v.add(p+".backoff.max", "%s is less than backoff.initial %s", t.Backoff.Max, t.Backoff.Initial)
+		}
+		if t.AckTimeout < Duration(100*time.Millisecond) || t.AckTimeout > Duration(10*time.Minute) {
+			v.add(p+".ack_timeout", "%s out of range [100ms, 10m]", t.AckTimeout)
+		}
+	}
+}
+
+func (v *validator) syncType(p string, t *SyncTarget) {
+	set := func(name string, isSet bool) {
+		if isSet && name != t.Type {
+			v.add(p+"."+name, "set, but the target's type is %s", t.Type)
+		}
+	}
+	set(SyncTypeMQTT, t.MQTT != (SyncMQTT{}))
+	set(SyncTypeHTTP, t.HTTP.URL != "" || len(t.HTTP.Headers) > 0 || t.HTTP.Compression != "" || t.HTTP.TLS != (ClientTLS{}))
+	set(SyncTypeNATS, t.NATS != (SyncNATS{}))
+	tlsPair := func(path string, c ClientTLS) {
+		if (c.Cert == "") != (c.Key == "") {
+			v.add(path, "cert and key must be set together")
+		}
+	}
+	switch t.Type {
+	case SyncTypeMQTT:
+		if t.MQTT.Broker == "" {
+			v.add(p+".mqtt.broker", "required for an mqtt target")
+		} else if _, err := CheckBrokerURL(t.MQTT.Broker); err != nil {
+			v.add(p+".mqtt.broker", "%v", err)
+		}
+		if strings.ContainsAny(t.MQTT.Topic, "+#\x00") {
+			v.add(p+".mqtt.topic", "%q: a publish topic cannot contain wildcards", clip(t.MQTT.Topic))
+		}
+		if t.MQTT.KeepAlive < Duration(time.Second) {
+			v.add(p+".mqtt.keepalive", "%s is less than 1s", t.MQTT.KeepAlive)
+		}
+		tlsPair(p+".mqtt.tls", t.MQTT.TLS)
+	case SyncTypeHTTP:
+		u, err := url.Parse(t.HTTP.URL)
+		switch {
+		case t.HTTP.URL == "":
+			v.add(p+".http.url", "required for an http target")
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			v.add(p+".http.url", "invalid %q: want http(s)://host[:port]/path", clip(t.HTTP.URL))
+		}
+		v.enum(p+".http.compression", t.HTTP.Compression, "gzip", "none")
+		for k := range t.HTTP.Headers {
+			if k == "" || strings.ContainsAny(k, " :\r\n\x00") {
+				v.add(p+".http.headers", "invalid header name %q", clip(k))
+			}
+		}
+		tlsPair(p+".http.tls", t.HTTP.TLS)
+	case SyncTypeNATS:
+		if t.NATS.URL == "" {
+			v.add(p+".nats.url", "required for a nats target")
+		}
+		for _, s := range strings.Split(t.NATS.URL, ",") {
+			if u, err := url.Parse(strings.TrimSpace(s)); t.NATS.URL != "" && (err != nil || u.Host == "" || (u.Scheme != "nats" && u.Scheme != "tls")) {
+				v.add(p+".nats.url", "invalid %q: want nats://host:port or tls://host:port", clip(s))
+			}
+		}
+		if strings.ContainsAny(t.NATS.Subject, "*> \t\x00") {
+			v.add(p+".nats.subject", "%q: a publish subject cannot contain wildcards or white space", clip(t.NATS.Subject))
+		}
+		tlsPair(p+".nats.tls", t.NATS.TLS)
+	}
+}

@@ -1,0 +1,68 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSyncTargets(t *testing.T) {
+	c, err := Parse("m.yaml", []byte(`
+gateway_id: gw1
+sync:
+  targets:
+    - name: cloud
+      type: http
+      http: {url: "https://x.example/in", headers: {Authorization: "Bearer t"}}
+      priority_streams: [alerts]
+    - name: broker
+      type: mqtt
+      mqtt: {broker: "ssl://b.example:8883", tls: {cert: c.pem, key: k.pem}}
+      batch: {max_records: 50, max_delay: 0}
+    - name: js
+      type: nats
+      nats: {url: "nats://a:4222,nats://b:4222"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := c.Sync.Targets
+	if len(ts) != 3 {
+		t.Fatalf("%+v", ts)
+	}
+	h, m, n := ts[0], ts[1], ts[2]
+	if h.Batch.MaxRecords != 500 || h.Batch.MaxBytes != 1<<20 || h.Batch.MaxDelay != Duration(100*time.Millisecond) || h.Inflight != 256 ||
+		h.HTTP.Compression != "gzip" || h.Backoff.Initial != Duration(500*time.Millisecond) || h.Backoff.Max != Duration(time.Minute) || h.AckTimeout != Duration(30*time.Second) {
+		t.Errorf("http defaults %+v", h)
+	}
+	if m.MQTT.Topic != "gateways/{gateway}/{stream}" || m.MQTT.ClientID != "moongate-sync-gw1-broker" || m.Batch.MaxRecords != 50 || m.Batch.MaxDelay != Duration(100*time.Millisecond) {
+		t.Errorf("mqtt defaults %+v", m)
+	}
+	if n.NATS.Subject != "gateways.{gateway}.{stream}" {
+		t.Errorf("nats defaults %+v", n)
+	}
+}
+
+func TestSyncTargetErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"sync: {targets: [{name: Cloud, type: http, http: {url: 'http://x'}}]}", `m.yaml:1: sync.targets[0].name: invalid target name "Cloud"`},
+		{"sync:\n  targets:\n    - {name: a, type: http, http: {url: 'http://x'}}\n    - {name: a, type: http, http: {url: 'http://y'}}", `m.yaml:4: sync.targets[1].name: target "a" is already defined by sync.targets[0]`},
+		{"sync: {targets: [{name: a, type: kafka}]}", `sync.targets[0].type: unknown value "kafka" (valid: mqtt, http, nats)`},
+		{"sync: {targets: [{name: a, type: http}]}", `sync.targets[0].http.url: required for an http target`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'ftp://x'}}]}", `sync.targets[0].http.url: invalid "ftp://x"`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1', topic: 'a/#'}}]}", `sync.targets[0].mqtt.topic: "a/#": a publish topic cannot contain wildcards`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1'}, nats: {url: 'nats://x'}}]}", `sync.targets[0].nats: set, but the target's type is mqtt`},
+		{"sync: {targets: [{name: a, type: nats, nats: {url: 'http://x'}}]}", `sync.targets[0].nats.url: invalid "http://x"`},
+		{"sync: {targets: [{name: a, type: nats, nats: {url: 'nats://x', tls: {cert: c}}}]}", `sync.targets[0].nats.tls: cert and key must be set together`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, batch: {max_records: 0, max_bytes: 10}}]}", `sync.targets[0].batch.max_bytes: 10 out of range`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, backoff: {initial: 2s, max: 1s}}]}", `sync.targets[0].backoff.max: 1s is less than backoff.initial 2s`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, priority_streams: ['A B']}]}", `sync.targets[0].priority_streams[0]: invalid stream name "A B"`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, bandwidth_limit: 10}]}", `sync.targets[0].bandwidth_limit: 10B is below 1KiB per second`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, colour: red}]}", `sync.targets[0].colour: unknown key`},
+	} {
+		_, err := Parse("m.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s\n got %v\nwant %s", tc.yaml, err, tc.want)
+		}
+	}
+}

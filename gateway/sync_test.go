@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	gosync "sync"
+	"testing"
+	"time"
+)
+
+// TestEndToEndSyncHTTP: device event -> function -> record -> the daemon's
+// sync manager -> an HTTP upstream, with the alert stream as a priority
+// stream; the status names the target.
+func TestEndToEndSyncHTTP(t *testing.T) {
+	var mu gosync.Mutex
+	var got []map[string]any
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		sc := bufio.NewScanner(zr)
+		for sc.Scan() {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			mu.Lock()
+			got = append(got, m)
+			mu.Unlock()
+		}
+		w.WriteHeader(204)
+	}))
+	defer up.Close()
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest+"sync: [cloud]\n")
+	writeFunction(t, fnDir, "alarm", `function handle(e) emit("alerts", {device=e.device}) return nil end`,
+		referenceManifest+"sync: [cloud, missing]\n")
+	extra := fmt.Sprintf("sync:\n  targets:\n    - {name: cloud, type: http, http: {url: %q}, priority_streams: [alerts], batch: {max_delay: 0}}\n", up.URL)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, extra))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d9", true)
+	publish(t, dev, "devices/d9/telemetry", 1, []byte(`{"temp":21}`))
+	waitFor(t, 20*time.Second, "two records upstream", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 2
+	})
+	mu.Lock()
+	streams := map[string]bool{}
+	for _, m := range got {
+		streams[m["stream"].(string)] = true
+		if m["gateway"] != "test" || m["device"] != "d9" || m["id"] == "" {
+			t.Errorf("record %v", m)
+		}
+	}
+	mu.Unlock()
+	if !streams["alerts"] || !streams["reference"] {
+		t.Errorf("streams %v", streams)
+	}
+	var cloud, missing bool
+	for _, s := range p.d.Sync().Status() {
+		switch s.Name {
+		case "cloud":
+			cloud = s.Delivered == 2
+		case "missing":
+			missing = s.State == "unconfigured" && s.Backlog == 1
+		}
+	}
+	if !cloud || !missing {
+		t.Errorf("status %+v", p.d.Sync().Status())
+	}
+}

@@ -1,0 +1,214 @@
+package sync
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// HTTPConfig configures an http target: each batch is one POST of NDJSON
+// (one AppendRecord object per line) to URL.
+type HTTPConfig struct {
+	URL     string            // http:// or https://
+	Headers map[string]string // added to every request (e.g. Authorization)
+	// Compression is "gzip" (default; Content-Encoding: gzip) or "none".
+	Compression string
+	TLS         TLSConfig
+}
+
+func init() {
+	mustRegister(Module{ID: ModulePrefix + "http", New: newHTTPTarget})
+}
+
+// maxErrorBody bounds how much of a refusal's response body is kept in the
+// dead letter.
+const maxErrorBody = 4 << 10
+
+type httpTarget struct {
+	cfg     TargetConfig
+	env     Env
+	client  *http.Client
+	gz      bool
+	bufPool gosync.Pool
+	closed  chan struct{}
+	once    gosync.Once
+}
+
+func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
+	h := cfg.HTTP
+	u, err := url.Parse(h.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: http url %q: want http(s)://host/path", ErrInvalidConfig, h.URL)
+	}
+	switch h.Compression {
+	case "", "gzip", "none":
+	default:
+		return nil, fmt.Errorf("%w: http compression %q (gzip or none)", ErrInvalidConfig, h.Compression)
+	}
+	tlsCfg, err := h.TLS.build("")
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	tr.MaxIdleConnsPerHost = 4
+	tr.ResponseHeaderTimeout = cfg.AckTimeout
+	return &httpTarget{cfg: cfg, env: env, gz: h.Compression != "none", closed: make(chan struct{}),
+		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout}}, nil
+}
+
+// IdempotencyKey is the Idempotency-Key of a batch: the hex SHA-256 of its
+// record ids joined by newlines. A retried batch is the same entries, so
+// it carries the same key.
+func IdempotencyKey(batch []store.OutboxEntry) string {
+	h := sha256.New()
+	for i := range batch {
+		h.Write([]byte(batch[i].Record.ID))
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (t *httpTarget) Close() error {
+	t.once.Do(func() {
+		close(t.closed)
+		t.client.CloseIdleConnections()
+	})
+	return nil
+}
+
+func (t *httpTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
+	select {
+	case <-t.closed:
+		return Result{}, ErrClosed
+	default:
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-t.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var res Result
+	err := t.deliver(ctx, batch, 0, &res)
+	return res, err
+}
+
+// deliver posts batch (which starts at index base of the Deliver batch).
+// A refusal (4xx) of several records is split in halves to find the
+// records the upstream refuses, so that one bad record does not take its
+// neighbours to the dead letters.
+func (t *httpTarget) deliver(ctx context.Context, batch []store.OutboxEntry, base int, res *Result) error {
+	status, body, err := t.post(ctx, batch)
+	if err != nil {
+		return err
+	}
+	switch {
+	case status >= 200 && status < 300:
+		res.Done = base + len(batch)
+		return nil
+	case status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500 || status < 200 || (status >= 300 && status < 400):
+		return &RetryError{After: retryAfter(body.retryAfter, time.Now()), Err: fmt.Errorf("http %d: %s", status, body.text)}
+	}
+	if len(batch) == 1 {
+		res.Done = base + 1
+		res.Rejected = append(res.Rejected, Rejection{Index: base, Reason: fmt.Sprintf("http %d: %s", status, body.text)})
+		return nil
+	}
+	half := len(batch) / 2
+	if err := t.deliver(ctx, batch[:half], base, res); err != nil {
+		return err
+	}
+	return t.deliver(ctx, batch[half:], base+half, res)
+}
+
+type respBody struct {
+	text       string
+	retryAfter string
+}
+
+func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, respBody, error) {
+	buf, _ := t.bufPool.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
+	buf.Reset()
+	defer t.bufPool.Put(buf)
+	line := make([]byte, 0, 512)
+	var w io.Writer = buf
+	var zw *gzip.Writer
+	if t.gz {
+		zw, _ = gzip.NewWriterLevel(buf, gzip.BestSpeed)
+		w = zw
+	}
+	for i := range batch {
+		line = AppendRecord(line[:0], t.env.GatewayID, &batch[i].Record)
+		line = append(line, '\n')
+		if _, err := w.Write(line); err != nil {
+			return 0, respBody{}, err
+		}
+	}
+	if zw != nil {
+		if err := zw.Close(); err != nil {
+			return 0, respBody{}, err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.cfg.HTTP.URL, bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		return 0, respBody{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	if zw != nil {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
+	req.Header.Set("Idempotency-Key", IdempotencyKey(batch))
+	req.Header.Set("X-Moongate-Gateway", t.env.GatewayID)
+	req.Header.Set("X-Moongate-Records", strconv.Itoa(len(batch)))
+	req.Header.Set("User-Agent", "moongate-sync")
+	for k, v := range t.cfg.HTTP.Headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return 0, respBody{}, fmt.Errorf("http post: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // keep the connection reusable
+	return resp.StatusCode, respBody{text: strings.TrimSpace(string(b)), retryAfter: resp.Header.Get("Retry-After")}, nil
+}
+
+// retryAfter parses a Retry-After header (delay in seconds or an HTTP
+// date); 0 when absent or malformed, at most one hour.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return min(time.Duration(min(n, 3600))*time.Second, time.Hour)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return min(max(t.Sub(now), 0), time.Hour)
+	}
+	return 0
+}

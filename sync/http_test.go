@@ -1,0 +1,357 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	gosync "sync"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// producer commits records continuously (sustained load of function
+// results) until stopped, and returns everything it committed.
+type producer struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   gosync.Mutex
+	sent []sent
+	err  error
+}
+
+func startProducer(t testing.TB, st *store.Store, perTick int, targets ...string) *producer {
+	p := &producer{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		i := 0
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+			}
+			c := &store.Commit{}
+			for j := 0; j < perTick; j++ {
+				c.Records = append(c.Records, store.Record{Stream: fmt.Sprintf("s%d", i%3), Function: "f", Device: "d1",
+					EventID: fmt.Sprintf("e%d", i), Data: []byte(fmt.Sprintf(`{"n":%d}`, i)), Targets: targets})
+				i++
+			}
+			res, err := st.Commit(context.Background(), c)
+			if err != nil {
+				p.mu.Lock()
+				p.err = err
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Lock()
+			for _, r := range res.Records {
+				p.sent = append(p.sent, sent{ID: r.ID, Seq: r.Seq, Stream: r.Stream})
+			}
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(p.finish)
+	return p
+}
+
+func (p *producer) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sent)
+}
+
+func (p *producer) finish() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	<-p.done
+}
+
+func (p *producer) result(t testing.TB) []sent {
+	p.finish()
+	if p.err != nil {
+		t.Fatalf("producer: %v", p.err)
+	}
+	return p.sent
+}
+
+func TestHTTPDelivers(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	want := commitRecords(t, st, 1000, 3, "cloud")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL + "/ingest"
+	m, _ := startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "all records upstream", func() bool { return up.col.distinct() == len(want) })
+	if dups := checkDelivery(t, want, up.col.snapshot()); dups != 0 {
+		t.Errorf("%d duplicates without any failure", dups)
+	}
+	waitFor(t, 5*time.Second, "outbox acknowledged", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
+	s := statusOf(m, "cloud")
+	if s.State != StateConnected || s.Delivered != int64(len(want)) || s.Backlog != 0 || s.DeliveredB == 0 {
+		t.Errorf("status %+v", s)
+	}
+	if v := up.keyErr.Load(); v != nil {
+		t.Error(v)
+	}
+	// Records data arrives as the JSON the function returned.
+	if r := up.col.snapshot()[0]; !strings.HasPrefix(string(r.Data), `{"n":0,`) {
+		t.Errorf("data %s", r.Data)
+	}
+}
+
+// TestHTTPOutage: under sustained load the upstream fails with 503, then
+// drops connections mid-batch, then answers slowly, then recovers; every
+// record arrives, in order per stream, and a retried batch keeps its
+// Idempotency-Key.
+func TestHTTPOutage(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	m, _ := startManager(t, st, tc)
+	p := startProducer(t, st, 10, "cloud")
+	waitFor(t, 10*time.Second, "first deliveries", func() bool { return up.col.distinct() > 200 })
+	for _, mode := range []string{"503", "drop", "slow"} {
+		up.slow.Store(int64(20 * time.Millisecond))
+		up.setMode(mode)
+		before := p.count()
+		waitFor(t, 10*time.Second, "load during "+mode, func() bool { return p.count() > before+500 })
+		if mode != "slow" {
+			waitFor(t, 5*time.Second, "disconnected state", func() bool { return statusOf(m, "cloud").State == StateDisconnected })
+			if s := statusOf(m, "cloud"); s.LastError == "" || s.LastErrorAt.IsZero() || s.Backlog == 0 {
+				t.Errorf("status during %s: %+v", mode, s)
+			}
+		}
+		up.setMode("ok")
+		n := p.count()
+		waitFor(t, 20*time.Second, "catch up after "+mode, func() bool { return up.col.distinct() >= n })
+	}
+	want := p.result(t)
+	waitFor(t, 20*time.Second, "all records", func() bool { return up.col.distinct() == len(want) })
+	dups := checkDelivery(t, want, up.col.snapshot())
+	if v := up.keyErr.Load(); v != nil {
+		t.Error(v)
+	}
+	t.Logf("%d records, %d duplicate arrivals, %d requests", len(want), dups, up.requests.Load())
+	waitFor(t, 5*time.Second, "connected", func() bool { return statusOf(m, "cloud").State == StateConnected })
+}
+
+// TestHTTPRefusedRecordsDeadLettered: a 4xx for a batch is split until the
+// refused records are found; they go to the dead letters with the response
+// body, the rest is delivered.
+func TestHTTPRefusedRecordsDeadLettered(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	bad := map[string]bool{}
+	up.reject = func(r upRecord) bool { return bad[r.ID] }
+	want := commitRecords(t, st, 300, 2, "cloud")
+	bad[want[17].ID], bad[want[250].ID] = true, true
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	m, _ := startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "delivery", func() bool { return up.col.distinct() == len(want)-2 })
+	waitFor(t, 5*time.Second, "outbox empty", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
+	dl, err := st.ListDeadLetters(context.Background(), DeadLetterPrefix+"cloud", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dl) != 2 || dl[0].Key != want[17].ID || dl[1].Key != want[250].ID || !strings.Contains(dl[0].Error, "http 422: refused record "+want[17].ID) ||
+		!strings.Contains(string(dl[0].Event), `"id":"`+want[17].ID+`"`) {
+		t.Fatalf("dead letters %+v", dl)
+	}
+	for _, r := range up.col.snapshot() {
+		if bad[r.ID] {
+			t.Errorf("refused record %s counted as delivered", r.ID)
+		}
+	}
+	if s := statusOf(m, "cloud"); s.DeadLettered != 2 || s.Delivered != int64(len(want)) {
+		t.Errorf("status %+v", s)
+	}
+}
+
+func TestHTTPRetryAfter(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	up.setMode("429")
+	commitRecords(t, st, 10, 1, "cloud")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	startManager(t, st, tc)
+	waitFor(t, 5*time.Second, "first request", func() bool { return up.requests.Load() >= 1 })
+	first := time.Unix(0, up.lastReq.Load())
+	waitFor(t, 5*time.Second, "second request", func() bool { return up.requests.Load() >= 2 })
+	if gap := time.Unix(0, up.lastReq.Load()).Sub(first); gap < 900*time.Millisecond {
+		t.Fatalf("retried after %s despite Retry-After: 1", gap)
+	}
+	up.setMode("ok")
+	waitFor(t, 5*time.Second, "delivery", func() bool { return up.col.distinct() == 10 })
+}
+
+func TestRetryAfterParse(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Duration{
+		"": 0, "3": 3 * time.Second, "-1": 0, "abc": 0, "999999999999": time.Hour,
+		now.Add(90 * time.Second).Format(httpTimeFormat): 90 * time.Second,
+		now.Add(-time.Minute).Format(httpTimeFormat):     0,
+	} {
+		if got := retryAfter(in, now); got != want {
+			t.Errorf("retryAfter(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+const httpTimeFormat = "Mon, 02 Jan 2006 15:04:05 GMT"
+
+// TestPriorityStreams: with a backlog of telemetry waiting, records of a
+// priority stream are delivered before it.
+func TestPriorityStreams(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	up.setMode("503")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.MaxRecords = 50
+	tc.PriorityStreams = []string{"alerts"}
+	m, _ := startManager(t, st, tc)
+	commitRecords(t, st, 2000, 2, m.Route("s0", []string{"cloud"})...)
+	if got := m.Route("alerts", []string{"other", "cloud"}); got[0] != "other" || got[1] != PriorityOutbox("cloud") {
+		t.Fatalf("route %v", got)
+	}
+	res, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`{"alert":1}`), Targets: m.Route("alerts", []string{"cloud"})}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alertID := res.Records[0].ID
+	if s := statusOf(m, "cloud"); s.Backlog != 2001 {
+		t.Fatalf("backlog %d", s.Backlog)
+	}
+	up.setMode("ok")
+	waitFor(t, 10*time.Second, "all", func() bool { return up.col.distinct() == 2001 })
+	got := up.col.snapshot()
+	pos := -1
+	for i, r := range got {
+		if r.ID == alertID {
+			pos = i
+			break
+		}
+	}
+	// The telemetry batch that failed is retried first (it keeps its
+	// idempotency key); the alert must come right after it.
+	if pos < 0 || pos > tc.MaxRecords {
+		t.Fatalf("alert delivered at position %d of %d", pos, len(got))
+	}
+}
+
+// TestDailyBudget: once the day's bytes are spent the target pauses; the
+// priority stream still flows.
+func TestDailyBudget(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.MaxRecords = 10
+	tc.DailyBudget = 5000
+	tc.PriorityStreams = []string{"alerts"}
+	m, _ := startManager(t, st, tc)
+	commitRecords(t, st, 500, 1, "cloud")
+	waitFor(t, 5*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+	s := statusOf(m, "cloud")
+	if s.BudgetUsed > 5000 || s.BudgetUsed == 0 || s.Backlog == 0 || !s.Connected {
+		t.Fatalf("status %+v", s)
+	}
+	n := up.col.distinct()
+	if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`1`), Targets: m.Route("alerts", []string{"cloud"})}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "alert despite the budget", func() bool { return up.col.distinct() == n+1 })
+}
+
+// TestBandwidthLimit: the upload rate stays near the cap.
+func TestBandwidthLimit(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	want := commitRecords(t, st, 400, 1, "cloud")
+	total := st.OutboxStats("cloud").Bytes
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.MaxRecords = 20
+	// The limiter's burst is one second of bandwidth (half the backlog):
+	// the other half takes about one more second.
+	tc.BandwidthLimit = total / 2
+	tc.MaxBytes = int(total / 10)
+	start := time.Now()
+	startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "all", func() bool { return up.col.distinct() == len(want) })
+	if el := time.Since(start); el < 800*time.Millisecond {
+		t.Fatalf("%d bytes at %d bytes/s took only %s", total, tc.BandwidthLimit, el)
+	}
+}
+
+// TestQuotaDropsVisible: a target that is down long enough for its outbox
+// quota to fill shows the store's drops in its status.
+func TestQuotaDropsVisible(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), store.Options{Dir: dir, GatewayID: "gw", Durability: store.DurabilityNone, Logger: quietLogger(),
+		Quotas: map[string]store.Quota{"outbox": {MaxBytes: 20 << 10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	up := newHTTPUpstream(t)
+	up.setMode("503")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	m, _ := startManager(t, st, tc)
+	commitRecords(t, st, 1000, 1, "cloud")
+	if _, err := st.RunRetention(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s := statusOf(m, "cloud")
+	if s.Dropped == 0 || s.BacklogBytes > 20<<10 {
+		t.Fatalf("status %+v", s)
+	}
+	// An outbox nobody drains is listed too.
+	commitRecords(t, st, 5, 1, "nowhere")
+	if u := statusOf(m, "nowhere"); u.State != StateUnconfigured || u.Backlog != 5 {
+		t.Fatalf("unconfigured outbox status %+v", u)
+	}
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	h := fastTarget("a", "http")
+	h.HTTP.URL = "http://127.0.0.1:1/"
+	for name, tc := range map[string]struct {
+		targets []TargetConfig
+		want    error
+	}{
+		"duplicate":    {[]TargetConfig{h, h}, ErrDuplicateTarget},
+		"unknown type": {[]TargetConfig{{Name: "x", Type: "kafka"}}, ErrUnknownType},
+		"bad url":      {[]TargetConfig{{Name: "x", Type: "http", HTTP: HTTPConfig{URL: "ftp://x"}}}, ErrInvalidConfig},
+		"bad name":     {[]TargetConfig{{Name: "a!priority", Type: "http"}}, ErrInvalidConfig},
+		"mqtt topic":   {[]TargetConfig{{Name: "x", Type: "mqtt", MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1", Topic: "a/#"}}}, ErrInvalidConfig},
+		"nats url":     {[]TargetConfig{{Name: "x", Type: "nats"}}, ErrInvalidConfig},
+		"tls key":      {[]TargetConfig{{Name: "x", Type: "http", HTTP: HTTPConfig{URL: "https://x", TLS: TLSConfig{Cert: "c.pem"}}}}, ErrInvalidConfig},
+	} {
+		if _, err := New(Options{Store: st, Targets: tc.targets}); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", name, err, tc.want)
+		}
+	}
+	if err := Register(Module{ID: ModulePrefix + "http", New: newHTTPTarget}); !errors.Is(err, ErrDuplicateTarget) {
+		t.Errorf("duplicate module: %v", err)
+	}
+	if err := Register(Module{ID: "http", New: newHTTPTarget}); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("module outside the namespace: %v", err)
+	}
+	if got := Modules(); strings.Join(got, ",") != "sync.target.http,sync.target.mqtt,sync.target.nats" {
+		t.Errorf("modules %v", got)
+	}
+}

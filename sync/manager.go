@@ -1,0 +1,628 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	gosync "sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Store is what the manager needs from the store: the per-target outboxes
+// and Commit, for the dead letters of records an upstream refused.
+// *store.Store implements it.
+type Store interface {
+	OutboxRead(ctx context.Context, target string, after uint64, limit, maxBytes int) ([]store.OutboxEntry, error)
+	OutboxAck(ctx context.Context, target string, upTo uint64) error
+	OutboxStats(target string) store.OutboxStats
+	OutboxTargets() []string
+	Commit(ctx context.Context, c *store.Commit) (store.CommitResult, error)
+}
+
+// Options configures a Manager.
+type Options struct {
+	Store     Store
+	GatewayID string
+	Logger    *slog.Logger
+	Targets   []TargetConfig
+	// PollInterval is how often an idle target looks for new records in its
+	// outbox (default 20ms).
+	PollInterval time.Duration
+}
+
+// Target states reported in TargetStatus.State.
+const (
+	StateConnecting   = "connecting"   // not yet connected since start
+	StateConnected    = "connected"    // the last attempt succeeded
+	StateDisconnected = "disconnected" // the last attempt failed; retrying with backoff
+	StatePaused       = "paused"       // the daily byte budget is spent; priority streams still flow
+	StateStopped      = "stopped"      // the manager stopped
+	StateUnconfigured = "unconfigured" // an outbox with records but no configured target
+)
+
+// DeadLetterPrefix prefixes the Function of the dead letters the manager
+// writes for refused records: "sync:<target>".
+const DeadLetterPrefix = "sync:"
+
+// TargetStatus is the state of one target, a plain value for APIs.
+type TargetStatus struct {
+	Name          string
+	Type          string
+	State         string
+	Connected     bool
+	Backlog       int64         // records waiting (normal and priority outboxes)
+	BacklogBytes  int64         // their stored size
+	OldestPending time.Duration // age of the oldest waiting record
+	Delivered     int64         // records acknowledged upstream since start
+	DeliveredB    int64         // their stored bytes
+	Rate          float64       // records/s delivered over the last 10 s
+	DeadLettered  int64         // records refused by the upstream since start (in the dead letters)
+	Dropped       int64         // records dropped by the store's outbox quota (since the outbox exists)
+	LastError     string
+	LastErrorAt   time.Time
+	StateSince    time.Time
+	BudgetUsed    int64 // record bytes sent this UTC day (counted when DailyBudget > 0)
+}
+
+// Manager drains every configured target's outboxes, each in its own
+// goroutine with its own cursor. Create it with New, run it with Run.
+// Status and Route are safe for concurrent use; the zero value is not
+// usable.
+type Manager struct {
+	opts    Options
+	log     *slog.Logger
+	workers []*worker
+	byName  map[string]*worker
+	prio    map[string]map[string]bool // target -> priority streams
+	running atomic.Bool
+}
+
+// New checks the configuration and builds every target (connections are
+// made later, by Run). Errors: ErrDuplicateTarget, ErrUnknownType,
+// ErrInvalidConfig and the constructors' own.
+func New(opts Options) (*Manager, error) {
+	if opts.Store == nil {
+		return nil, fmt.Errorf("%w: Options.Store is required", ErrInvalidConfig)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 20 * time.Millisecond
+	}
+	m := &Manager{opts: opts, log: opts.Logger, byName: map[string]*worker{}, prio: map[string]map[string]bool{}}
+	for _, tc := range opts.Targets {
+		if tc.Name == "" || strings.ContainsAny(tc.Name, "!\x00") {
+			m.closeTargets()
+			return nil, fmt.Errorf("%w: target name %q", ErrInvalidConfig, tc.Name)
+		}
+		if _, dup := m.byName[tc.Name]; dup {
+			m.closeTargets()
+			return nil, fmt.Errorf("%w: %q", ErrDuplicateTarget, tc.Name)
+		}
+		mod, ok := lookupModule(tc.Type)
+		if !ok {
+			m.closeTargets()
+			return nil, fmt.Errorf("%w: %q (target %s; registered: %s)", ErrUnknownType, tc.Type, tc.Name, strings.Join(Modules(), ", "))
+		}
+		tc.withDefaults()
+		t, err := mod.New(tc, Env{GatewayID: opts.GatewayID, Logger: opts.Logger.With("target", tc.Name)})
+		if err != nil {
+			m.closeTargets()
+			return nil, fmt.Errorf("sync target %s: %w", tc.Name, err)
+		}
+		w := newWorker(m, tc, t)
+		m.workers = append(m.workers, w)
+		m.byName[tc.Name] = w
+		if len(tc.PriorityStreams) > 0 {
+			ps := map[string]bool{}
+			for _, s := range tc.PriorityStreams {
+				ps[s] = true
+			}
+			m.prio[tc.Name] = ps
+		}
+	}
+	return m, nil
+}
+
+func (m *Manager) closeTargets() {
+	for _, w := range m.workers {
+		_ = w.target.Close()
+	}
+}
+
+// Targets lists the configured target names in configuration order.
+func (m *Manager) Targets() []string {
+	out := make([]string, len(m.workers))
+	for i, w := range m.workers {
+		out[i] = w.cfg.Name
+	}
+	return out
+}
+
+// Has reports whether a target of that name is configured.
+func (m *Manager) Has(name string) bool { _, ok := m.byName[name]; return ok }
+
+// Route maps the targets of a record of stream to the outboxes it must be
+// written to: a target's own outbox, or its priority outbox
+// (PriorityOutbox) when stream is one of its priority streams. It returns
+// targets itself when nothing changes. A nil Manager routes nothing.
+func (m *Manager) Route(stream string, targets []string) []string {
+	if m == nil || len(m.prio) == 0 {
+		return targets
+	}
+	var out []string
+	for i, t := range targets {
+		if m.prio[t][stream] {
+			if out == nil {
+				out = append([]string(nil), targets...)
+			}
+			out[i] = PriorityOutbox(t)
+		}
+	}
+	if out == nil {
+		return targets
+	}
+	return out
+}
+
+// Run drains the outboxes until ctx ends, then stops every worker, writes
+// the last acknowledgements to the store and closes the targets. It returns
+// nil after a normal stop. Run may be called once.
+func (m *Manager) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("sync: Manager.Run called twice")
+	}
+	var wg gosync.WaitGroup
+	for _, w := range m.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(ctx)
+		}()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			for _, w := range m.workers {
+				_ = w.target.Close()
+			}
+			wg.Wait()
+			for _, w := range m.workers {
+				w.setState(StateStopped, nil)
+			}
+			return nil
+		case now := <-tick.C:
+			for _, w := range m.workers {
+				w.sample(now)
+			}
+		}
+	}
+}
+
+// Status returns the state of every configured target (in configuration
+// order), then of every outbox in the store that holds records but has no
+// configured target (State StateUnconfigured).
+func (m *Manager) Status() []TargetStatus {
+	out := make([]TargetStatus, 0, len(m.workers))
+	for _, w := range m.workers {
+		out = append(out, w.status())
+	}
+	var extra []string
+	for _, name := range m.opts.Store.OutboxTargets() {
+		base := strings.TrimSuffix(name, PrioritySuffix)
+		if m.byName[base] != nil {
+			continue
+		}
+		if st := m.opts.Store.OutboxStats(name); st.Backlog > 0 || st.Dropped > 0 {
+			extra = append(extra, name)
+		}
+	}
+	sort.Strings(extra)
+	for _, name := range extra {
+		st := m.opts.Store.OutboxStats(name)
+		out = append(out, TargetStatus{Name: name, State: StateUnconfigured, Backlog: st.Backlog, BacklogBytes: st.Bytes,
+			OldestPending: st.OldestAge, Dropped: st.Dropped})
+	}
+	return out
+}
+
+// outbox is one outbox a worker drains, with its in-memory cursor.
+type outbox struct {
+	name    string
+	prio    bool
+	after   uint64              // last sequence delivered (or handed to the acker)
+	pending []store.OutboxEntry // the rest of a failed batch, retried as is
+	since   time.Time           // when a partial batch was first seen
+	ahead   chan readResult     // the batch after the one being delivered, read meanwhile
+}
+
+type readResult struct {
+	after uint64
+	ents  []store.OutboxEntry
+	err   error
+}
+
+type worker struct {
+	m       *Manager
+	cfg     TargetConfig
+	target  Target
+	log     *slog.Logger
+	outs    []*outbox
+	limiter *rate.Limiter
+
+	ackMu   gosync.Mutex
+	ackUpTo map[string]uint64
+	ackKick chan struct{}
+
+	mu           gosync.Mutex
+	state        string
+	stateSince   time.Time
+	lastErr      string
+	lastErrAt    time.Time
+	delivered    int64
+	deliveredB   int64
+	deadLettered int64
+	budgetDay    int64 // UTC day number of budgetUsed
+	budgetUsed   int64
+	samples      [11]sample
+	nsamples     int
+
+	attempt     int
+	nextConnect time.Time
+}
+
+type sample struct {
+	t time.Time
+	n int64
+}
+
+func newWorker(m *Manager, cfg TargetConfig, t Target) *worker {
+	w := &worker{m: m, cfg: cfg, target: t, log: m.log.With("target", cfg.Name, "type", cfg.Type),
+		ackUpTo: map[string]uint64{}, ackKick: make(chan struct{}, 1), state: StateConnecting, stateSince: time.Now()}
+	if len(cfg.PriorityStreams) > 0 {
+		w.outs = append(w.outs, &outbox{name: PriorityOutbox(cfg.Name), prio: true})
+	}
+	w.outs = append(w.outs, &outbox{name: cfg.Name})
+	if cfg.BandwidthLimit > 0 {
+		w.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit, int64(cfg.MaxBytes))))
+	}
+	return w
+}
+
+func (w *worker) setState(state string, err error) {
+	w.mu.Lock()
+	prev := w.state
+	now := time.Now()
+	if err != nil {
+		w.lastErr = err.Error()
+		w.lastErrAt = now
+	}
+	changed := prev != state
+	if changed {
+		w.state = state
+		w.stateSince = now
+	}
+	w.mu.Unlock()
+	if !changed {
+		return
+	}
+	if err != nil {
+		w.log.Warn("sync target state", "from", prev, "to", state, "err", err)
+	} else {
+		w.log.Info("sync target state", "from", prev, "to", state)
+	}
+}
+
+func (w *worker) sample(now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	copy(w.samples[1:], w.samples[:len(w.samples)-1])
+	w.samples[0] = sample{t: now, n: w.delivered}
+	w.nsamples = min(w.nsamples+1, len(w.samples))
+}
+
+func (w *worker) status() TargetStatus {
+	w.mu.Lock()
+	st := TargetStatus{Name: w.cfg.Name, Type: w.cfg.Type, State: w.state, StateSince: w.stateSince,
+		Delivered: w.delivered, DeliveredB: w.deliveredB, DeadLettered: w.deadLettered,
+		LastError: w.lastErr, LastErrorAt: w.lastErrAt, Connected: w.state == StateConnected || w.state == StatePaused}
+	if w.cfg.DailyBudget > 0 && w.budgetDay == utcDay(time.Now()) {
+		st.BudgetUsed = w.budgetUsed
+	}
+	if w.nsamples >= 2 {
+		a, b := w.samples[0], w.samples[w.nsamples-1]
+		if dt := a.t.Sub(b.t).Seconds(); dt > 0 {
+			st.Rate = float64(a.n-b.n) / dt
+		}
+	}
+	w.mu.Unlock()
+	if c, ok := w.target.(Connector); ok && st.State != StateStopped {
+		st.Connected = c.Connected()
+	}
+	for _, ob := range w.outs {
+		os := w.m.opts.Store.OutboxStats(ob.name)
+		st.Backlog += os.Backlog
+		st.BacklogBytes += os.Bytes
+		st.OldestPending = max(st.OldestPending, os.OldestAge)
+		st.Dropped += os.Dropped
+	}
+	return st
+}
+
+func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
+
+// backoff is the next wait after a failure: exponential from
+// InitialBackoff, capped at MaxBackoff, with full jitter (uniform in
+// [0, cap)), at least 10ms.
+func (w *worker) backoff(after time.Duration) time.Duration {
+	c := w.cfg.InitialBackoff
+	for i := 0; i < w.attempt && c < w.cfg.MaxBackoff; i++ {
+		c *= 2
+	}
+	c = min(c, w.cfg.MaxBackoff)
+	w.attempt++
+	d := max(time.Duration(rand.Int64N(int64(c))), 10*time.Millisecond)
+	if after > 0 {
+		d = max(d, min(after, time.Hour))
+	}
+	return d
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (w *worker) run(ctx context.Context) {
+	stop, ackDone := make(chan struct{}), make(chan struct{})
+	go w.acker(stop, ackDone)
+	defer func() {
+		close(stop)
+		<-ackDone
+	}()
+	for ctx.Err() == nil {
+		ob, batch, err := w.next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.setState(StateDisconnected, fmt.Errorf("read outbox: %w", err))
+			sleepCtx(ctx, w.backoff(0))
+			continue
+		}
+		bytes := 0
+		for i := range batch {
+			bytes += batch[i].Size
+		}
+		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(int64(bytes)) {
+			w.setState(StatePaused, nil)
+			// Keep polling: priority records still flow, and the day ends.
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		if w.limiter != nil {
+			if err := w.limiter.WaitN(ctx, min(bytes, w.limiter.Burst())); err != nil {
+				return
+			}
+		}
+		res, derr := w.target.Deliver(ctx, batch)
+		res.Done = min(max(res.Done, 0), len(batch))
+		done := res.Done
+		if len(res.Rejected) > 0 {
+			if n, err := w.deadLetter(ctx, batch, res.Rejected); err != nil {
+				// Keep the refused records in the outbox: never lose them.
+				done = n
+				if derr == nil {
+					derr = fmt.Errorf("dead letter: %w", err)
+				}
+			}
+		}
+		if done > 0 {
+			ob.after = batch[done-1].Seq
+			w.ack(ob.name, ob.after)
+			b := 0
+			for i := range batch[:done] {
+				b += batch[i].Size
+			}
+			w.mu.Lock()
+			w.delivered += int64(done)
+			w.deliveredB += int64(b)
+			if w.cfg.DailyBudget > 0 {
+				w.budgetUsed += int64(b)
+			}
+			w.mu.Unlock()
+		}
+		if derr != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			ob.pending = batch[done:]
+			var re *RetryError
+			after := time.Duration(0)
+			if errors.As(derr, &re) {
+				after = re.After
+			}
+			w.setState(StateDisconnected, derr)
+			sleepCtx(ctx, w.backoff(after))
+			continue
+		}
+		ob.pending = nil
+		w.attempt = 0
+		w.setState(StateConnected, nil)
+	}
+}
+
+// budgetAllows reports whether n more bytes fit in today's budget (a batch
+// always goes when nothing was sent today, so one batch larger than the
+// budget cannot block forever).
+func (w *worker) budgetAllows(n int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	day := utcDay(time.Now())
+	if w.budgetDay != day {
+		w.budgetDay, w.budgetUsed = day, 0
+	}
+	return w.budgetUsed == 0 || w.budgetUsed+n <= w.cfg.DailyBudget
+}
+
+// next returns the next batch to send: a pending retry first, then the
+// priority outbox, then the normal outbox. A partial normal batch waits up
+// to MaxDelay for more records. While idle it connects connectors.
+func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error) {
+	for {
+		wait := w.m.opts.PollInterval
+		for _, ob := range w.outs {
+			if ob.pending != nil {
+				return ob, ob.pending, nil
+			}
+			var ents []store.OutboxEntry
+			var err error
+			if ob.ahead != nil {
+				r := <-ob.ahead
+				ob.ahead = nil
+				if r.after == ob.after && r.err == nil {
+					ents = r.ents
+				} else {
+					ents, err = w.read(ctx, ob, ob.after)
+				}
+			} else {
+				ents, err = w.read(ctx, ob, ob.after)
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(ents) == 0 {
+				ob.since = time.Time{}
+				continue
+			}
+			total := 0
+			for i := range ents {
+				total += ents[i].Size
+			}
+			full := len(ents) >= w.cfg.MaxRecords || total >= w.cfg.MaxBytes*3/4
+			now := time.Now()
+			if ob.since.IsZero() {
+				ob.since = now
+			}
+			if full || ob.prio || w.cfg.MaxDelay < 0 || now.Sub(ob.since) >= w.cfg.MaxDelay {
+				ob.since = time.Time{}
+				if full && !ob.prio {
+					// A backlog: read the next batch while this one is
+					// delivered. It is used only if this one is delivered
+					// whole (the cursor then equals its last sequence).
+					ch := make(chan readResult, 1)
+					ob.ahead = ch
+					last := ents[len(ents)-1].Seq
+					go func() {
+						e, err := w.read(ctx, ob, last)
+						ch <- readResult{after: last, ents: e, err: err}
+					}()
+				}
+				return ob, ents, nil
+			}
+			wait = min(wait, w.cfg.MaxDelay-now.Sub(ob.since))
+		}
+		if c, ok := w.target.(Connector); ok && !c.Connected() && !time.Now().Before(w.nextConnect) {
+			if err := c.Connect(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, ctx.Err()
+				}
+				w.setState(StateDisconnected, err)
+				w.nextConnect = time.Now().Add(w.backoff(0))
+			} else {
+				w.attempt = 0
+				w.setState(StateConnected, nil)
+			}
+			continue
+		}
+		if !sleepCtx(ctx, max(wait, time.Millisecond)) {
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
+	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
+}
+
+// deadLetter stores the refused records as dead letters, in order. It
+// returns how many entries of the batch are safe to acknowledge when
+// storing one fails (those before the first refused record not stored).
+func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej []Rejection) (int, error) {
+	for _, r := range rej {
+		if r.Index < 0 || r.Index >= len(batch) {
+			continue
+		}
+		rec := &batch[r.Index].Record
+		line := AppendRecord(nil, w.m.opts.GatewayID, rec)
+		_, err := w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: &store.DeadLetter{
+			Function: DeadLetterPrefix + w.cfg.Name, Key: rec.ID, Event: line,
+			Error: r.Reason, Attempts: 1, TS: time.Now().UnixMilli(),
+		}})
+		if err != nil {
+			return r.Index, err
+		}
+		w.mu.Lock()
+		w.deadLettered++
+		w.mu.Unlock()
+		w.log.Warn("sync record refused by upstream, dead-lettered", "id", rec.ID, "stream", rec.Stream, "reason", r.Reason)
+	}
+	return len(batch), nil
+}
+
+// ack hands a delivered prefix to the acker goroutine, which deletes it
+// from the store asynchronously (a crash before that only re-sends it).
+func (w *worker) ack(name string, upTo uint64) {
+	w.ackMu.Lock()
+	w.ackUpTo[name] = upTo
+	w.ackMu.Unlock()
+	select {
+	case w.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) acker(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	flush := func(ctx context.Context) {
+		w.ackMu.Lock()
+		todo := w.ackUpTo
+		w.ackUpTo = map[string]uint64{}
+		w.ackMu.Unlock()
+		for name, upTo := range todo {
+			if err := w.m.opts.Store.OutboxAck(ctx, name, upTo); err != nil {
+				w.log.Error("sync: acknowledge delivered records in the store", "outbox", name, "up_to", upTo, "err", err)
+			}
+		}
+	}
+	for {
+		select {
+		case <-w.ackKick:
+			flush(context.Background())
+		case <-stop:
+			// run returned: the last acknowledgements, with a deadline.
+			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			flush(fctx)
+			cancel()
+			return
+		}
+	}
+}

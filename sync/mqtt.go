@@ -1,0 +1,236 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	gosync "sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// MQTTConfig configures an mqtt target: one QoS 1 message per record (the
+// AppendRecord object) on a topic built from Topic.
+type MQTTConfig struct {
+	Broker   string // tcp:// mqtt:// ssl:// tls:// mqtts:// ws:// wss://
+	ClientID string // default moongate-sync-<gateway>-<target>
+	Username string
+	Password string
+	// Topic is the topic template (default "gateways/{gateway}/{stream}");
+	// {gateway}, {stream}, {function} and {device} are replaced (an empty
+	// value becomes "_"; '+', '#' and '/' in a value become '_').
+	Topic     string
+	KeepAlive time.Duration // default 30s
+	TLS       TLSConfig
+}
+
+// DefaultMQTTTopic is the default topic template of mqtt targets.
+const DefaultMQTTTopic = "gateways/{gateway}/{stream}"
+
+func init() {
+	mustRegister(Module{ID: ModulePrefix + "mqtt", New: newMQTTTarget})
+}
+
+// mqttTarget publishes with paho, QoS 1, clean session, no automatic
+// reconnect. A message counts as delivered only when its token completed
+// without error on a connection that has not been lost since the message
+// was published (paho can complete tokens after a reconnect without a
+// PUBACK): gen changes on every connect and every connection loss. After a
+// failure the client is thrown away and the next Deliver reconnects and
+// re-sends everything not confirmed.
+type mqttTarget struct {
+	cfg  TargetConfig
+	env  Env
+	opts *paho.ClientOptions
+
+	mu     gosync.Mutex
+	client paho.Client
+	closed bool
+	gen    atomic.Uint64
+	stop   chan struct{}
+}
+
+func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
+	m := cfg.MQTT
+	u, err := url.Parse(m.Broker)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%w: mqtt broker %q: want scheme://host:port", ErrInvalidConfig, m.Broker)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		return nil, fmt.Errorf("%w: mqtt broker scheme %q", ErrInvalidConfig, u.Scheme)
+	}
+	if m.Topic == "" {
+		m.Topic = DefaultMQTTTopic
+	}
+	if strings.ContainsAny(m.Topic, "+#") {
+		return nil, fmt.Errorf("%w: mqtt topic %q contains a wildcard", ErrInvalidConfig, m.Topic)
+	}
+	if m.ClientID == "" {
+		m.ClientID = "moongate-sync-" + env.GatewayID + "-" + cfg.Name
+	}
+	if m.KeepAlive <= 0 {
+		m.KeepAlive = 30 * time.Second
+	}
+	cfg.MQTT = m
+	tlsCfg, err := m.TLS.build(u.Hostname())
+	if err != nil {
+		return nil, err
+	}
+	t := &mqttTarget{cfg: cfg, env: env, stop: make(chan struct{})}
+	o := paho.NewClientOptions().AddBroker(m.Broker).SetClientID(m.ClientID).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetKeepAlive(m.KeepAlive).SetPingTimeout(min(m.KeepAlive, 10*time.Second)).
+		SetConnectTimeout(cfg.AckTimeout).SetWriteTimeout(cfg.AckTimeout).
+		SetOrderMatters(false).SetMaxResumePubInFlight(cfg.Inflight).
+		SetConnectionLostHandler(func(paho.Client, error) { t.gen.Add(1) })
+	if m.Username != "" {
+		o.SetUsername(m.Username).SetPassword(m.Password)
+	}
+	if tlsCfg != nil {
+		o.SetTLSConfig(tlsCfg)
+	}
+	t.opts = o
+	return t, nil
+}
+
+// Topic expands the target's topic template for r.
+func (t *mqttTarget) topic(r *store.Record) string {
+	clean := func(s string) string {
+		if s == "" {
+			return "_"
+		}
+		return strings.Map(func(c rune) rune {
+			if c == '+' || c == '#' || c == '/' || c == 0 {
+				return '_'
+			}
+			return c
+		}, s)
+	}
+	return strings.NewReplacer("{gateway}", clean(t.env.GatewayID), "{stream}", clean(r.Stream),
+		"{function}", clean(r.Function), "{device}", clean(r.Device)).Replace(t.cfg.MQTT.Topic)
+}
+
+// Connected reports whether the current connection is open.
+func (t *mqttTarget) Connected() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.client != nil && t.client.IsConnectionOpen()
+}
+
+// Connect makes a new connection unless one is open.
+func (t *mqttTarget) Connect(ctx context.Context) error {
+	_, err := t.conn(ctx)
+	return err
+}
+
+func (t *mqttTarget) conn(ctx context.Context) (paho.Client, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	if t.client != nil && t.client.IsConnectionOpen() {
+		return t.client, nil
+	}
+	if t.client != nil {
+		t.client.Disconnect(0)
+		t.client = nil
+	}
+	c := paho.NewClient(t.opts)
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		go c.Disconnect(0)
+		return nil, ctx.Err()
+	case <-t.stop:
+		go c.Disconnect(0)
+		return nil, ErrClosed
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("mqtt connect %s: %w", t.cfg.MQTT.Broker, err)
+	}
+	t.gen.Add(1)
+	t.client = c
+	return c, nil
+}
+
+// drop throws the connection away after a failure.
+func (t *mqttTarget) drop(c paho.Client) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gen.Add(1)
+	if t.client == c && c != nil {
+		c.Disconnect(0)
+		t.client = nil
+	}
+}
+
+func (t *mqttTarget) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	close(t.stop)
+	if t.client != nil {
+		t.client.Disconnect(250)
+		t.client = nil
+	}
+	return nil
+}
+
+func (t *mqttTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
+	c, err := t.conn(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	gen := t.gen.Load()
+	win := t.cfg.Inflight
+	toks := make([]paho.Token, win)
+	timer := time.NewTimer(t.cfg.AckTimeout)
+	defer timer.Stop()
+	payload := make([]byte, 0, 512)
+	next, done := 0, 0
+	for done < len(batch) {
+		for next < len(batch) && next-done < win {
+			r := &batch[next].Record
+			payload = AppendRecord(payload[:0], t.env.GatewayID, r)
+			toks[next%win] = c.Publish(t.topic(r), 1, false, append([]byte(nil), payload...))
+			next++
+		}
+		tok := toks[done%win]
+		timer.Reset(t.cfg.AckTimeout)
+		select {
+		case <-tok.Done():
+		case <-timer.C:
+			t.drop(c)
+			return Result{Done: done}, ErrAckTimeout
+		case <-ctx.Done():
+			t.drop(c)
+			return Result{Done: done}, ctx.Err()
+		case <-t.stop:
+			return Result{Done: done}, ErrClosed
+		}
+		if err := tok.Error(); err != nil {
+			t.drop(c)
+			return Result{Done: done}, fmt.Errorf("mqtt publish: %w", err)
+		}
+		// A token completed on a connection lost since is no proof.
+		if t.gen.Load() != gen || !c.IsConnectionOpen() {
+			t.drop(c)
+			return Result{Done: done}, ErrConnectionLost
+		}
+		toks[done%win] = nil
+		done++
+	}
+	return Result{Done: done}, nil
+}

@@ -1,0 +1,230 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// NATSConfig configures a nats target: one JetStream publish per record
+// (the AppendRecord object) with the Nats-Msg-Id header set to the record
+// id, so that the stream's duplicate window drops re-sent records. The
+// stream that captures Subject must exist upstream.
+type NATSConfig struct {
+	URL string // nats://host:4222 (comma-separated for a cluster); tls:// for TLS
+	// Subject is the subject template (default "gateways.{gateway}.{stream}");
+	// {gateway}, {stream}, {function} and {device} are replaced (an empty
+	// value becomes "_"; '.', '*', '>' and white space in a value become '_').
+	Subject   string
+	Username  string
+	Password  string
+	Token     string
+	CredsFile string // NATS credentials file (JWT + NKey)
+	TLS       TLSConfig
+}
+
+// DefaultNATSSubject is the default subject template of nats targets.
+const DefaultNATSSubject = "gateways.{gateway}.{stream}"
+
+func init() {
+	mustRegister(Module{ID: ModulePrefix + "nats", New: newNATSTarget})
+}
+
+type natsTarget struct {
+	cfg   TargetConfig
+	env   Env
+	nopts []nats.Option
+
+	mu     gosync.Mutex
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	dead   chan struct{} // closed when nc disconnects or closes
+	closed bool
+	stop   chan struct{}
+}
+
+func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
+	n := cfg.NATS
+	if n.URL == "" {
+		return nil, fmt.Errorf("%w: nats url is required", ErrInvalidConfig)
+	}
+	if n.Subject == "" {
+		n.Subject = DefaultNATSSubject
+	}
+	if strings.ContainsAny(n.Subject, "*> \t") {
+		return nil, fmt.Errorf("%w: nats subject %q contains a wildcard or white space", ErrInvalidConfig, n.Subject)
+	}
+	cfg.NATS = n
+	opts := []nats.Option{
+		nats.Name("moongate-sync-" + env.GatewayID + "-" + cfg.Name),
+		nats.NoReconnect(), // the manager reconnects with its own backoff
+		nats.Timeout(cfg.AckTimeout),
+	}
+	if n.Username != "" {
+		opts = append(opts, nats.UserInfo(n.Username, n.Password))
+	}
+	if n.Token != "" {
+		opts = append(opts, nats.Token(n.Token))
+	}
+	if n.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(n.CredsFile))
+	}
+	tlsCfg, err := n.TLS.build("")
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		opts = append(opts, nats.Secure(tlsCfg))
+	}
+	return &natsTarget{cfg: cfg, env: env, nopts: opts, stop: make(chan struct{})}, nil
+}
+
+func (t *natsTarget) subject(r *store.Record) string {
+	clean := func(s string) string {
+		if s == "" {
+			return "_"
+		}
+		return strings.Map(func(c rune) rune {
+			switch c {
+			case '.', '*', '>', ' ', '\t', '\r', '\n', 0:
+				return '_'
+			}
+			return c
+		}, s)
+	}
+	return strings.NewReplacer("{gateway}", clean(t.env.GatewayID), "{stream}", clean(r.Stream),
+		"{function}", clean(r.Function), "{device}", clean(r.Device)).Replace(t.cfg.NATS.Subject)
+}
+
+// Connected reports whether the connection is up.
+func (t *natsTarget) Connected() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nc != nil && t.nc.IsConnected()
+}
+
+// Connect connects unless connected.
+func (t *natsTarget) Connect(ctx context.Context) error {
+	_, _, err := t.conn(ctx)
+	return err
+}
+
+func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan struct{}, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, nil, ErrClosed
+	}
+	if t.nc != nil && t.nc.IsConnected() {
+		return t.js, t.dead, nil
+	}
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	// Pending acknowledgements are not failed when a connection without
+	// reconnects closes: Deliver watches dead instead.
+	dead := make(chan struct{})
+	var once gosync.Once
+	gone := func() { once.Do(func() { close(dead) }) }
+	opts := append(t.nopts[:len(t.nopts):len(t.nopts)],
+		nats.ClosedHandler(func(*nats.Conn) { gone() }),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { gone() }))
+	nc, err := nats.Connect(t.cfg.NATS.URL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nats connect: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*t.cfg.Inflight), jetstream.WithPublishAsyncTimeout(t.cfg.AckTimeout))
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("nats jetstream: %w", err)
+	}
+	t.nc, t.js, t.dead = nc, js, dead
+	return js, dead, nil
+}
+
+func (t *natsTarget) drop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+}
+
+func (t *natsTarget) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	close(t.stop)
+	if t.nc != nil {
+		t.nc.Close()
+		t.nc, t.js = nil, nil
+	}
+	return nil
+}
+
+func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
+	js, dead, err := t.conn(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	win := t.cfg.Inflight
+	futs := make([]jetstream.PubAckFuture, win)
+	timer := time.NewTimer(t.cfg.AckTimeout)
+	defer timer.Stop()
+	next, done := 0, 0
+	fail := func(err error) (Result, error) {
+		t.drop()
+		return Result{Done: done}, err
+	}
+	for done < len(batch) {
+		for next < len(batch) && next-done < win {
+			r := &batch[next].Record
+			m := nats.NewMsg(t.subject(r))
+			m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
+			m.Header.Set(jetstream.MsgIDHeader, r.ID)
+			f, err := js.PublishMsgAsync(m)
+			if err != nil {
+				return fail(fmt.Errorf("nats publish: %w", err))
+			}
+			futs[next%win] = f
+			next++
+		}
+		f := futs[done%win]
+		timer.Reset(t.cfg.AckTimeout)
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			if errors.Is(err, nats.ErrConnectionClosed) && ctx.Err() != nil {
+				return Result{Done: done}, ctx.Err()
+			}
+			return fail(fmt.Errorf("nats publish ack: %w", err))
+		case <-timer.C:
+			return fail(ErrAckTimeout)
+		case <-dead:
+			return fail(ErrConnectionLost)
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-t.stop:
+			return Result{Done: done}, ErrClosed
+		}
+		futs[done%win] = nil
+		done++
+	}
+	return Result{Done: done}, nil
+}
