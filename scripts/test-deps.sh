@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moongate's tests need when it is missing: Debian packages
-# for the real peers the tests start (mosquitto, nats-server) and qemu-user
-# for the 32-bit ARM store tests. As root it uses apt-get; otherwise it stops
+# for the real peers the tests start (mosquitto, nats-server), qemu-user
+# for the 32-bit ARM store tests, and the C toolchain, Paho MQTT C and
+# python3 for firmware-examples. As root it uses apt-get; otherwise it stops
 # with the exact command to run.
 set -euo pipefail
 need=()
@@ -9,6 +10,12 @@ command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
+# firmware-examples: the linux-c device is built with make, cc and the Paho
+# MQTT C library; the MicroPython sources are checked with python3.
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+[ -f /usr/include/MQTTClient.h ] || need+=(libpaho-mqtt-dev)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moongate tests need: ${need[*]}" >&2
