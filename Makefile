@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench fuzz-smoke
+.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short fuzz-smoke
 
 all: build
 
@@ -26,9 +26,21 @@ vet:
 test: test-deps fmt-check vet
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	$(MAKE) bench-short
 
-bench:
+# The Go benchmarks of every package.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# The end-to-end benchmark (docs/performance.md): brokers, moongate and
+# simulated devices on loopback, one table. Needs mosquitto (test-deps).
+bench: build
+	$(GO) run ./cmd/moongate-bench --binary bin/moongate
+
+# The same in its short mode (a few seconds per scenario): fails when any
+# scenario loses an acknowledged event. Part of `make test`.
+bench-short: build
+	$(GO) run ./cmd/moongate-bench --binary bin/moongate --short
 
 tidy-check:
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum

@@ -34,7 +34,9 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f == nil {
 		return g.deadLetter(ictx, j, nil, ErrNoFunction)
 	}
+	g.invoking <- struct{}{}
 	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.opts.Store)
+	<-g.invoking
 	if err != nil {
 		g.stats.failed.Add(1)
 		j.attempts++

@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Inflight, "inflight", 0, "QoS 1 messages in flight per device (default 16)")
 	fs.DurationVar(&o.Phase, "phase", 0, "duration of each load phase (default 10s, 1.5s with --short)")
 	only := fs.String("only", "", "comma-separated substrings: run only the matching scenarios (e.g. \"embedded qos1,cold\")")
+	fs.StringVar(&o.ExtraConfig, "config-extra", "", "YAML appended to moongate's configuration (top-level sections it does not set: pipeline, functions, ...)")
 	fs.StringVar(&o.Dir, "dir", "", "working directory, kept afterwards (default: a temp dir, removed)")
 	verbose := fs.Bool("v", false, "progress on stderr")
 	if err := fs.Parse(args); err != nil {

@@ -48,7 +48,7 @@ func newSubscriber(ctx context.Context, broker, clientID, filter string, qos byt
 		}
 		t.recv(sink, parts[1], seq, ts, now)
 	}
-	o := paho.NewClientOptions().AddBroker("tcp://"+broker).SetClientID(clientID).SetCleanSession(true).
+	o := paho.NewClientOptions().AddBroker("tcp://" + broker).SetClientID(clientID).SetCleanSession(true).
 		SetOrderMatters(false).SetKeepAlive(30 * time.Second).SetAutoReconnect(false).
 		SetMessageChannelDepth(100000).SetDefaultPublishHandler(handler)
 	s.c = paho.NewClient(o)
