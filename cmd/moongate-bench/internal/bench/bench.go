@@ -503,9 +503,9 @@ func (r *runner) throughput(ctx context.Context, sc scenario) (*Row, error) {
 		// before moongate sees the message: search the offered rate at
 		// which everything arrives and the completion rate keeps up.
 		offered := r.searchStart(sc)
-		up, tries := true, 4
+		up, tries := true, 5
 		if r.opts.Short {
-			tries = 2
+			tries = 3
 		}
 		for i := 0; i < tries; i++ {
 			p, err := r.load(ctx, s, sc.qos, next(), offered)
@@ -541,7 +541,7 @@ func (r *runner) throughput(ctx context.Context, sc scenario) (*Row, error) {
 			}
 		}
 		if best == nil {
-			row.Note = "no offered rate without loss"
+			row.Note = fmt.Sprintf("no offered rate without loss down to %.0f/s", offered*2)
 		}
 	}
 	after, _ := readProcStats(s.server.pid())
