@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +18,7 @@ import (
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 	upsync "github.com/moongate-edge/moongate/sync"
+	"go.yaml.in/yaml/v3"
 )
 
 // Daemon is a whole moongate process built from a configuration: store,
@@ -32,6 +35,7 @@ type Daemon struct {
 	httpSrv *http.Server
 	mqttURL string
 	sync    *upsync.Manager
+	forward []*Function // built-in functions of sync.forward
 
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
@@ -75,6 +79,9 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		return fail(fmt.Errorf("sync: %w", err))
 	}
 	d.sync = sm
+	if d.forward, err = forwardFunctions(cfg); err != nil {
+		return fail(err)
+	}
 	gw, err := New(Options{
 		RouteTargets:    sm.Route,
 		Store:           st,
@@ -164,13 +171,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			for _, err := range errs {
 				d.log.Error("function not loaded", "err", err)
 			}
-			if err := d.gw.SetFunctions(ctx, d.versioned(ctx, fns)); err != nil {
+			if err := d.gw.SetFunctions(ctx, d.withForwards(d.versioned(ctx, fns))); err != nil {
 				d.log.Error("functions", "err", err)
 			}
 		}
 		load(trigger.LoadDir(dir))
 		go trigger.Watch(ctx, dir, d.FunctionsPoll, load)
-	} else if err := d.gw.SetFunctions(ctx, d.storedFunctions(ctx)); err != nil {
+	} else if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
 		d.log.Error("functions", "err", err)
 	}
 	if d.httpSrv != nil {
@@ -206,6 +213,57 @@ func (d *Daemon) warnUnknownTargets(f *Function) {
 			d.log.Warn("function syncs to a target that is not configured; its records wait in that outbox", "function", f.Name, "target", t)
 		}
 	}
+}
+
+// forwardLua is the built-in function of a sync.forward entry: the raw
+// event as a record (the payload as a string, byte for byte).
+const forwardLua = `function handle(event, ctx)
+  return {topic = event.topic, payload = event.payload}
+end
+`
+
+// forwardFunctions builds the functions of sync.forward.
+func forwardFunctions(cfg *config.Config) ([]*Function, error) {
+	var out []*Function
+	for i, f := range cfg.Sync.Forward {
+		manifest, err := yaml.Marshal(map[string]any{"triggers": []map[string]string{{"mqtt": f.Trigger}}, "stream": f.Stream, "sync": f.Targets})
+		if err != nil {
+			return nil, err
+		}
+		m, err := trigger.ParseManifest(f.Name+".yaml", manifest)
+		if err != nil {
+			return nil, fmt.Errorf("sync.forward[%d]: %w", i, err)
+		}
+		sum := sha256.Sum256(append(append([]byte(nil), manifest...), forwardLua...))
+		fn, err := FunctionFromManifest(&trigger.Function{Manifest: m, Source: []byte(forwardLua), SHA256: hex.EncodeToString(sum[:])}, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("sync.forward[%d]: %w", i, err)
+		}
+		fn.Version = 1
+		out = append(out, fn)
+	}
+	return out, nil
+}
+
+// withForwards adds the sync.forward functions to fns; a loaded function
+// with the same name as a forward entry is not deployed.
+func (d *Daemon) withForwards(fns []*Function) []*Function {
+	if len(d.forward) == 0 {
+		return fns
+	}
+	names := map[string]bool{}
+	for _, f := range d.forward {
+		names[f.Name] = true
+	}
+	out := make([]*Function, 0, len(fns)+len(d.forward))
+	for _, f := range fns {
+		if names[f.Name] {
+			d.log.Error("function not loaded: its name is used by a sync.forward entry", "function", f.Name)
+			continue
+		}
+		out = append(out, f)
+	}
+	return append(out, d.forward...)
 }
 
 // syncTargets converts the sync section of cfg for the sync manager.

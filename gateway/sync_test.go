@@ -3,13 +3,17 @@ package gateway
 import (
 	"bufio"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	gosync "sync"
 	"testing"
 	"time"
+
+	"github.com/moongate-edge/moongate/gateway/config"
 )
 
 // TestEndToEndSyncHTTP: device event -> function -> record -> the daemon's
@@ -63,16 +67,72 @@ func TestEndToEndSyncHTTP(t *testing.T) {
 	if !streams["alerts"] || !streams["reference"] {
 		t.Errorf("streams %v", streams)
 	}
-	var cloud, missing bool
-	for _, s := range p.d.Sync().Status() {
-		switch s.Name {
-		case "cloud":
-			cloud = s.Delivered == 2
-		case "missing":
-			missing = s.State == "unconfigured" && s.Backlog == 1
+	waitFor(t, 10*time.Second, "status: cloud delivered both, missing holds one", func() bool {
+		var cloud, missing bool
+		for _, s := range p.d.Sync().Status() {
+			switch s.Name {
+			case "cloud":
+				cloud = s.Delivered == 2 && s.Backlog == 0
+			case "missing":
+				missing = s.State == "unconfigured" && s.Backlog == 1
+			}
 		}
+		return cloud && missing
+	})
+}
+
+// TestSyncForwardRawEvents: a sync.forward entry sends raw events upstream
+// without any Lua file, through the inbox and the commit like a function.
+func TestSyncForwardRawEvents(t *testing.T) {
+	var mu gosync.Mutex
+	var got []map[string]any
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		sc := bufio.NewScanner(zr)
+		for sc.Scan() {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			mu.Lock()
+			got = append(got, m)
+			mu.Unlock()
+		}
+		w.WriteHeader(204)
+	}))
+	defer up.Close()
+	extra := fmt.Sprintf("sync:\n  targets:\n    - {name: cloud, type: http, http: {url: %q}, batch: {max_delay: 0}}\n"+
+		"  forward:\n    - {name: raw, trigger: 'devices/{device}/telemetry', targets: [cloud]}\n", up.URL)
+	p := startInProcess(t, testConfig(t.TempDir(), t.TempDir(), extra))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d3", true)
+	publish(t, dev, "devices/d3/telemetry", 1, []byte("not json \x01"))
+	waitFor(t, 20*time.Second, "the raw event upstream", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	data, _ := got[0]["data"].(map[string]any)
+	if got[0]["stream"] != "raw" || got[0]["function"] != "raw" || got[0]["device"] != "d3" ||
+		data["topic"] != "devices/d3/telemetry" || data["payload"] != "not json \x01" {
+		t.Fatalf("record %v", got[0])
 	}
-	if !cloud || !missing {
-		t.Errorf("status %+v", p.d.Sync().Status())
+}
+
+func TestSyncForwardBadTrigger(t *testing.T) {
+	extra := "sync:\n  targets:\n    - {name: cloud, type: http, http: {url: 'http://127.0.0.1:1'}}\n" +
+		"  forward:\n    - {name: raw, trigger: 'devices/#/x', targets: [cloud]}\n"
+	cfg, err := config.Parse("t.yaml", []byte(testConfig(t.TempDir(), "", extra)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewDaemon(context.Background(), cfg, nil); err == nil || !strings.Contains(err.Error(), "sync.forward[0]") {
+		t.Fatalf("NewDaemon: %v", err)
 	}
 }

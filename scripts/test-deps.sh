@@ -8,6 +8,8 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# nats-server: JetStream (-js) and the stream duplicate window need >= 2.2;
+# Debian 12 ships 2.9.10 (the sync tests run it).
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
 # firmware-examples: the linux-c device is built with make, cc and the Paho

@@ -256,7 +256,7 @@ func (u *httpUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	if u.reject != nil {
 		for _, rec := range recs {
 			if u.reject(rec) {
-				http.Error(w, "refused record "+rec.ID, http.StatusUnprocessableEntity)
+				http.Error(w, "refused record "+rec.ID, http.StatusBadRequest)
 				return
 			}
 		}

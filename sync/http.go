@@ -42,7 +42,10 @@ type httpTarget struct {
 	env     Env
 	client  *http.Client
 	gz      bool
-	bufPool gosync.Pool
+	bufPool gosync.Pool // *bytes.Buffer
+	gzPool  gosync.Pool // *gzip.Writer
+	prepMu  gosync.Mutex
+	prep    *preparedBody
 	closed  chan struct{}
 	once    gosync.Once
 }
@@ -67,7 +70,9 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	tr.MaxIdleConnsPerHost = 4
 	tr.ResponseHeaderTimeout = cfg.AckTimeout
 	return &httpTarget{cfg: cfg, env: env, gz: h.Compression != "none", closed: make(chan struct{}),
-		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout}}, nil
+		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout,
+			// A redirect would turn the POST into a GET: report it instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
 }
 
 // IdempotencyKey is the Idempotency-Key of a batch: the hex SHA-256 of its
@@ -143,38 +148,93 @@ type respBody struct {
 	retryAfter string
 }
 
-func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, respBody, error) {
+// encode returns the batch as NDJSON (gzipped unless disabled) in a
+// pooled buffer.
+func (t *httpTarget) encode(batch []store.OutboxEntry) (*bytes.Buffer, error) {
 	buf, _ := t.bufPool.Get().(*bytes.Buffer)
 	if buf == nil {
 		buf = new(bytes.Buffer)
 	}
 	buf.Reset()
-	defer t.bufPool.Put(buf)
 	line := make([]byte, 0, 512)
 	var w io.Writer = buf
 	var zw *gzip.Writer
 	if t.gz {
-		zw, _ = gzip.NewWriterLevel(buf, gzip.BestSpeed)
+		zw, _ = t.gzPool.Get().(*gzip.Writer)
+		if zw == nil {
+			zw, _ = gzip.NewWriterLevel(buf, gzip.BestSpeed)
+		} else {
+			zw.Reset(buf)
+		}
+		defer t.gzPool.Put(zw)
 		w = zw
 	}
 	for i := range batch {
 		line = AppendRecord(line[:0], t.env.GatewayID, &batch[i].Record)
 		line = append(line, '\n')
 		if _, err := w.Write(line); err != nil {
-			return 0, respBody{}, err
+			return nil, err
 		}
 	}
 	if zw != nil {
 		if err := zw.Close(); err != nil {
-			return 0, respBody{}, err
+			return nil, err
 		}
 	}
+	return buf, nil
+}
+
+// Prepare encodes the batch the manager will most likely deliver next,
+// while the current one is in flight (see Preparer).
+func (t *httpTarget) Prepare(batch []store.OutboxEntry) {
+	if len(batch) == 0 {
+		return
+	}
+	buf, err := t.encode(batch)
+	if err != nil {
+		return
+	}
+	t.prepMu.Lock()
+	old := t.prep
+	t.prep = &preparedBody{first: batch[0].Seq, last: batch[len(batch)-1].Seq, n: len(batch), body: buf}
+	t.prepMu.Unlock()
+	if old != nil {
+		t.bufPool.Put(old.body)
+	}
+}
+
+// preparedBody is a batch encoded ahead by Prepare.
+type preparedBody struct {
+	first, last uint64
+	n           int
+	body        *bytes.Buffer
+}
+
+// body returns the encoded batch: the prepared one if it is this batch.
+func (t *httpTarget) body(batch []store.OutboxEntry) (*bytes.Buffer, error) {
+	t.prepMu.Lock()
+	p := t.prep
+	if p != nil && p.n == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+		t.prep = nil
+		t.prepMu.Unlock()
+		return p.body, nil
+	}
+	t.prepMu.Unlock()
+	return t.encode(batch)
+}
+
+func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, respBody, error) {
+	buf, err := t.body(batch)
+	if err != nil {
+		return 0, respBody{}, err
+	}
+	defer t.bufPool.Put(buf)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.cfg.HTTP.URL, bytes.NewReader(buf.Bytes()))
 	if err != nil {
 		return 0, respBody{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	req.Header.Set("Content-Type", "application/x-ndjson")
-	if zw != nil {
+	if t.gz {
 		req.Header.Set("Content-Encoding", "gzip")
 	}
 	req.Header.Set("Idempotency-Key", IdempotencyKey(batch))

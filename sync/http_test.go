@@ -163,7 +163,7 @@ func TestHTTPRefusedRecordsDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dl) != 2 || dl[0].Key != want[17].ID || dl[1].Key != want[250].ID || !strings.Contains(dl[0].Error, "http 422: refused record "+want[17].ID) ||
+	if len(dl) != 2 || dl[0].Key != want[17].ID || dl[1].Key != want[250].ID || !strings.Contains(dl[0].Error, "http 400: refused record "+want[17].ID) ||
 		!strings.Contains(string(dl[0].Event), `"id":"`+want[17].ID+`"`) {
 		t.Fatalf("dead letters %+v", dl)
 	}
@@ -172,7 +172,7 @@ func TestHTTPRefusedRecordsDeadLettered(t *testing.T) {
 			t.Errorf("refused record %s counted as delivered", r.ID)
 		}
 	}
-	if s := statusOf(m, "cloud"); s.DeadLettered != 2 || s.Delivered != int64(len(want)) {
+	if s := statusOf(m, "cloud"); s.DeadLettered != 2 || s.Delivered != int64(len(want)-2) {
 		t.Errorf("status %+v", s)
 	}
 }
@@ -272,6 +272,9 @@ func TestDailyBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "alert despite the budget", func() bool { return up.col.distinct() == n+1 })
+	if s := statusOf(m, "cloud"); s.State != StatePaused {
+		t.Fatalf("state %s after a priority delivery, want still paused", s.State)
+	}
 }
 
 // TestBandwidthLimit: the upload rate stays near the cap.

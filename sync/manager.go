@@ -62,7 +62,7 @@ type TargetStatus struct {
 	Backlog       int64         // records waiting (normal and priority outboxes)
 	BacklogBytes  int64         // their stored size
 	OldestPending time.Duration // age of the oldest waiting record
-	Delivered     int64         // records acknowledged upstream since start
+	Delivered     int64         // records acknowledged upstream since start (not counting DeadLettered)
 	DeliveredB    int64         // their stored bytes
 	Rate          float64       // records/s delivered over the last 10 s
 	DeadLettered  int64         // records refused by the upstream since start (in the dead letters)
@@ -361,6 +361,23 @@ func (w *worker) status() TargetStatus {
 	return st
 }
 
+func (w *worker) currentState() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state
+}
+
+// countBelow counts the rejections with an index below n.
+func countBelow(rej []Rejection, n int) int {
+	c := 0
+	for _, r := range rej {
+		if r.Index < n {
+			c++
+		}
+	}
+	return c
+}
+
 func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
 
 // backoff is the next wait after a failure: exponential from
@@ -443,7 +460,7 @@ func (w *worker) run(ctx context.Context) {
 				b += batch[i].Size
 			}
 			w.mu.Lock()
-			w.delivered += int64(done)
+			w.delivered += int64(done - countBelow(res.Rejected, done))
 			w.deliveredB += int64(b)
 			if w.cfg.DailyBudget > 0 {
 				w.budgetUsed += int64(b)
@@ -455,6 +472,9 @@ func (w *worker) run(ctx context.Context) {
 				return
 			}
 			ob.pending = batch[done:]
+			if len(ob.pending) == 0 {
+				ob.pending = nil
+			}
 			var re *RetryError
 			after := time.Duration(0)
 			if errors.As(derr, &re) {
@@ -466,7 +486,9 @@ func (w *worker) run(ctx context.Context) {
 		}
 		ob.pending = nil
 		w.attempt = 0
-		w.setState(StateConnected, nil)
+		if !ob.prio || w.currentState() != StatePaused {
+			w.setState(StateConnected, nil)
+		}
 	}
 }
 
@@ -533,6 +555,9 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 					last := ents[len(ents)-1].Seq
 					go func() {
 						e, err := w.read(ctx, ob, last)
+						if p, ok := w.target.(Preparer); ok && err == nil && len(e) > 0 {
+							p.Prepare(e)
+						}
 						ch <- readResult{after: last, ents: e, err: err}
 					}()
 				}

@@ -47,6 +47,7 @@ type mqttTarget struct {
 	cfg  TargetConfig
 	env  Env
 	opts *paho.ClientOptions
+	tpl  *template
 
 	mu     gosync.Mutex
 	client paho.Client
@@ -83,7 +84,7 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &mqttTarget{cfg: cfg, env: env, stop: make(chan struct{})}
+	t := &mqttTarget{cfg: cfg, env: env, tpl: parseTemplate(m.Topic, cleanMQTT), stop: make(chan struct{})}
 	o := paho.NewClientOptions().AddBroker(m.Broker).SetClientID(m.ClientID).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
 		SetKeepAlive(m.KeepAlive).SetPingTimeout(min(m.KeepAlive, 10*time.Second)).
@@ -100,22 +101,7 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 	return t, nil
 }
 
-// Topic expands the target's topic template for r.
-func (t *mqttTarget) topic(r *store.Record) string {
-	clean := func(s string) string {
-		if s == "" {
-			return "_"
-		}
-		return strings.Map(func(c rune) rune {
-			if c == '+' || c == '#' || c == '/' || c == 0 {
-				return '_'
-			}
-			return c
-		}, s)
-	}
-	return strings.NewReplacer("{gateway}", clean(t.env.GatewayID), "{stream}", clean(r.Stream),
-		"{function}", clean(r.Function), "{device}", clean(r.Device)).Replace(t.cfg.MQTT.Topic)
-}
+func (t *mqttTarget) topic(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }
 
 // Connected reports whether the current connection is open.
 func (t *mqttTarget) Connected() bool {

@@ -42,11 +42,15 @@ type natsTarget struct {
 	cfg   TargetConfig
 	env   Env
 	nopts []nats.Option
+	tpl   *template
 
-	mu     gosync.Mutex
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	dead   chan struct{} // closed when nc disconnects or closes
+	mu   gosync.Mutex
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	dead chan struct{} // closed when nc disconnects or closes
+
+	prepMu gosync.Mutex
+	prep   *preparedMsgs
 	closed bool
 	stop   chan struct{}
 }
@@ -84,25 +88,10 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 	if tlsCfg != nil {
 		opts = append(opts, nats.Secure(tlsCfg))
 	}
-	return &natsTarget{cfg: cfg, env: env, nopts: opts, stop: make(chan struct{})}, nil
+	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
 }
 
-func (t *natsTarget) subject(r *store.Record) string {
-	clean := func(s string) string {
-		if s == "" {
-			return "_"
-		}
-		return strings.Map(func(c rune) rune {
-			switch c {
-			case '.', '*', '>', ' ', '\t', '\r', '\n', 0:
-				return '_'
-			}
-			return c
-		}, s)
-	}
-	return strings.NewReplacer("{gateway}", clean(t.env.GatewayID), "{stream}", clean(r.Stream),
-		"{function}", clean(r.Function), "{device}", clean(r.Device)).Replace(t.cfg.NATS.Subject)
-}
+func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }
 
 // Connected reports whether the connection is up.
 func (t *natsTarget) Connected() bool {
@@ -178,11 +167,51 @@ func (t *natsTarget) Close() error {
 	return nil
 }
 
+// preparedMsgs is a batch turned into messages ahead by Prepare.
+type preparedMsgs struct {
+	first, last uint64
+	msgs        []*nats.Msg
+}
+
+func (t *natsTarget) msg(r *store.Record) *nats.Msg {
+	m := nats.NewMsg(t.subject(r))
+	m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
+	m.Header.Set(jetstream.MsgIDHeader, r.ID)
+	return m
+}
+
+// Prepare builds the messages of the batch likely delivered next (see
+// Preparer).
+func (t *natsTarget) Prepare(batch []store.OutboxEntry) {
+	if len(batch) == 0 {
+		return
+	}
+	msgs := make([]*nats.Msg, len(batch))
+	for i := range batch {
+		msgs[i] = t.msg(&batch[i].Record)
+	}
+	t.prepMu.Lock()
+	t.prep = &preparedMsgs{first: batch[0].Seq, last: batch[len(batch)-1].Seq, msgs: msgs}
+	t.prepMu.Unlock()
+}
+
+func (t *natsTarget) prepared(batch []store.OutboxEntry) []*nats.Msg {
+	t.prepMu.Lock()
+	defer t.prepMu.Unlock()
+	p := t.prep
+	if p != nil && len(p.msgs) == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+		t.prep = nil
+		return p.msgs
+	}
+	return nil
+}
+
 func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
 	js, dead, err := t.conn(ctx)
 	if err != nil {
 		return Result{}, err
 	}
+	pre := t.prepared(batch)
 	win := t.cfg.Inflight
 	futs := make([]jetstream.PubAckFuture, win)
 	timer := time.NewTimer(t.cfg.AckTimeout)
@@ -194,10 +223,12 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 	}
 	for done < len(batch) {
 		for next < len(batch) && next-done < win {
-			r := &batch[next].Record
-			m := nats.NewMsg(t.subject(r))
-			m.Data = AppendRecord(make([]byte, 0, 256+len(r.Data)), t.env.GatewayID, r)
-			m.Header.Set(jetstream.MsgIDHeader, r.ID)
+			var m *nats.Msg
+			if pre != nil {
+				m = pre[next]
+			} else {
+				m = t.msg(&batch[next].Record)
+			}
 			f, err := js.PublishMsgAsync(m)
 			if err != nil {
 				return fail(fmt.Errorf("nats publish: %w", err))

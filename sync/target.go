@@ -37,6 +37,15 @@ type Connector interface {
 	Connected() bool
 }
 
+// Preparer is implemented by targets that can do per-batch work (such as
+// encoding) ahead of Deliver: while a batch is delivered, the manager reads
+// the next one and passes it to Prepare from another goroutine. Deliver may
+// use the result only for exactly that batch. Prepare must be safe to call
+// concurrently with Deliver.
+type Preparer interface {
+	Prepare(batch []store.OutboxEntry)
+}
+
 // Result is the outcome of one Deliver call.
 type Result struct {
 	Done     int         // length of the finished prefix of the batch
@@ -119,7 +128,7 @@ type TargetConfig struct {
 	Name string // outbox name, used in function manifests' sync lists
 	Type string // mqtt | http | nats (module sync.target.<Type>)
 
-	MaxRecords int           // per batch (default 500)
+	MaxRecords int           // per batch (default 500 for http, 2000 for mqtt and nats)
 	MaxBytes   int           // of stored record values per batch (default 1 MiB)
 	MaxDelay   time.Duration // a partial batch waits at most this long for more records (default 100ms; < 0: no wait)
 	// Inflight is the window of messages awaiting an upstream
@@ -153,7 +162,12 @@ type TLSConfig struct {
 
 func (c *TargetConfig) withDefaults() {
 	if c.MaxRecords <= 0 {
+		// An HTTP batch is one request; for the message targets a batch is
+		// only the unit of the pipeline, which drains at its end.
 		c.MaxRecords = 500
+		if c.Type != "http" {
+			c.MaxRecords = 2000
+		}
 	}
 	if c.MaxBytes <= 0 {
 		c.MaxBytes = 1 << 20

@@ -13,6 +13,19 @@ import (
 // name (`sync: [name]`).
 type Sync struct {
 	Targets []SyncTarget `yaml:"targets"`
+	// Forward sends raw events upstream without writing Lua: each entry
+	// becomes a built-in function (named Name) whose record is the event's
+	// topic and payload, routed to Targets. Events still go through the
+	// inbox and the atomic commit.
+	Forward []SyncForward `yaml:"forward"`
+}
+
+// SyncForward forwards the raw events of one MQTT trigger.
+type SyncForward struct {
+	Name    string   `yaml:"name"`    // the built-in function's name, [a-z0-9][a-z0-9_-]{0,62}
+	Trigger string   `yaml:"trigger"` // MQTT topic pattern, e.g. devices/{device}/telemetry
+	Stream  string   `yaml:"stream"`  // default: the name
+	Targets []string `yaml:"targets"` // configured sync targets (at least one)
 }
 
 // Sync target types.
@@ -51,7 +64,7 @@ type SyncTarget struct {
 
 // SyncBatch bounds a batch.
 type SyncBatch struct {
-	MaxRecords int      `yaml:"max_records"` // default 500
+	MaxRecords int      `yaml:"max_records"` // default 500 (http), 2000 (mqtt, nats)
 	MaxBytes   Size     `yaml:"max_bytes"`   // of stored records (default 1MiB)
 	MaxDelay   Duration `yaml:"max_delay"`   // a partial batch waits this long for more (default 100ms)
 }
@@ -98,9 +111,19 @@ func (c *Config) finishSync() {
 	if len(c.Sync.Targets) == 0 {
 		c.Sync.Targets = nil
 	}
+	if len(c.Sync.Forward) == 0 {
+		c.Sync.Forward = nil
+	}
+	for i := range c.Sync.Forward {
+		setDefault(&c.Sync.Forward[i].Stream, c.Sync.Forward[i].Name)
+	}
 	for i := range c.Sync.Targets {
 		t := &c.Sync.Targets[i]
-		setDefault(&t.Batch.MaxRecords, 500)
+		if t.Type == SyncTypeHTTP {
+			setDefault(&t.Batch.MaxRecords, 500)
+		} else {
+			setDefault(&t.Batch.MaxRecords, 2000)
+		}
 		setDefault(&t.Batch.MaxBytes, 1<<20)
 		setDefault(&t.Batch.MaxDelay, Duration(100*time.Millisecond))
 		setDefault(&t.Inflight, 256)
@@ -174,6 +197,35 @@ func (v *validator) sync() {
 		}
 		if t.AckTimeout < Duration(100*time.Millisecond) || t.AckTimeout > Duration(10*time.Minute) {
 			v.add(p+".ack_timeout", "%s out of range [100ms, 10m]", t.AckTimeout)
+		}
+	}
+	v.syncForward(seen)
+}
+
+func (v *validator) syncForward(targets map[string]int) {
+	seen := map[string]int{}
+	for i, f := range v.c.Sync.Forward {
+		p := fmt.Sprintf("sync.forward[%d]", i)
+		if !syncNameRE.MatchString(f.Name) {
+			v.add(p+".name", "invalid name %q: use [a-z0-9][a-z0-9_-]{0,62} (it names a built-in function)", clip(f.Name))
+		} else if j, dup := seen[f.Name]; dup {
+			v.add(p+".name", "%q is already used by sync.forward[%d]", f.Name, j)
+		} else {
+			seen[f.Name] = i
+		}
+		if strings.TrimSpace(f.Trigger) == "" {
+			v.add(p+".trigger", "required: an MQTT topic pattern such as devices/{device}/telemetry")
+		}
+		if !syncStreamRE.MatchString(f.Stream) {
+			v.add(p+".stream", "invalid stream name %q: use [a-z0-9][a-z0-9_.-]{0,127}", clip(f.Stream))
+		}
+		if len(f.Targets) == 0 {
+			v.add(p+".targets", "at least one sync target is required")
+		}
+		for j, t := range f.Targets {
+			if _, ok := targets[t]; !ok {
+				v.add(fmt.Sprintf("%s.targets[%d]", p, j), "%q is not a configured sync target", clip(t))
+			}
 		}
 	}
 }

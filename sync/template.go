@@ -1,0 +1,105 @@
+package sync
+
+import (
+	"strings"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// template is a parsed topic or subject template: literal text and the
+// placeholders {gateway}, {stream}, {function} and {device}. Unknown
+// {names} stay literal. It is read-only after parsing.
+type template struct {
+	parts []tplPart
+	clean func(string) string
+}
+
+type tplPart struct {
+	lit string
+	ph  byte // 0: literal; 'g', 's', 'f', 'd'
+}
+
+func parseTemplate(s string, clean func(string) string) *template {
+	t := &template{clean: clean}
+	for s != "" {
+		i := strings.IndexByte(s, '{')
+		if i < 0 {
+			t.parts = append(t.parts, tplPart{lit: s})
+			break
+		}
+		ph := byte(0)
+		rest := s[i:]
+		for _, p := range [...]struct {
+			name string
+			c    byte
+		}{{"{gateway}", 'g'}, {"{stream}", 's'}, {"{function}", 'f'}, {"{device}", 'd'}} {
+			if strings.HasPrefix(rest, p.name) {
+				ph = p.c
+				if i > 0 {
+					t.parts = append(t.parts, tplPart{lit: s[:i]})
+				}
+				t.parts = append(t.parts, tplPart{ph: ph})
+				s = rest[len(p.name):]
+				break
+			}
+		}
+		if ph == 0 {
+			t.parts = append(t.parts, tplPart{lit: s[:i+1]})
+			s = s[i+1:]
+		}
+	}
+	return t
+}
+
+// expand returns the template for record r of gateway gw.
+func (t *template) expand(gw string, r *store.Record) string {
+	var b strings.Builder
+	for _, p := range t.parts {
+		switch p.ph {
+		case 0:
+			b.WriteString(p.lit)
+		case 'g':
+			b.WriteString(t.clean(gw))
+		case 's':
+			b.WriteString(t.clean(r.Stream))
+		case 'f':
+			b.WriteString(t.clean(r.Function))
+		case 'd':
+			b.WriteString(t.clean(r.Device))
+		}
+	}
+	return b.String()
+}
+
+// cleanMQTT makes a value safe as (part of) one MQTT topic level.
+func cleanMQTT(s string) string {
+	if s == "" {
+		return "_"
+	}
+	if !strings.ContainsAny(s, "+#/\x00") {
+		return s
+	}
+	return strings.Map(func(c rune) rune {
+		if c == '+' || c == '#' || c == '/' || c == 0 {
+			return '_'
+		}
+		return c
+	}, s)
+}
+
+// cleanNATS makes a value safe as (part of) one NATS subject token.
+func cleanNATS(s string) string {
+	if s == "" {
+		return "_"
+	}
+	if !strings.ContainsAny(s, ".*> \t\r\n\x00") {
+		return s
+	}
+	return strings.Map(func(c rune) rune {
+		switch c {
+		case '.', '*', '>', ' ', '\t', '\r', '\n', 0:
+			return '_'
+		}
+		return c
+	}, s)
+}
