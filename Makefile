@@ -44,3 +44,8 @@ bench-short: build
 
 tidy-check:
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
+
+# The device fleet simulator (firmware-examples/devsim).
+.PHONY: build-devsim
+build-devsim:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/moongate-devsim ./cmd/moongate-devsim

@@ -8,15 +8,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/moongate-edge/moongate/firmware-examples/devsim"
-	"github.com/moongate-edge/moongate/mqtt"
 )
 
 // buildLinuxC builds linux-c/ with its Makefile (warnings are errors) into
@@ -42,7 +43,9 @@ func buildLinuxC(t *testing.T) string {
 // it has it. The device logs in with a password and the default ACL.
 func TestLinuxCDevice(t *testing.T) {
 	bin := buildLinuxC(t)
-	hash, err := mqtt.HashPassword("pi-secret")
+	// The lowest bcrypt cost keeps the test fast under -race.
+	hashed, err := bcrypt.GenerateFromPassword([]byte("pi-secret"), bcrypt.MinCost)
+	hash := string(hashed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +229,13 @@ func TestFleet1000(t *testing.T) {
 			mu.Lock()
 			ncmd++
 			if ncmd == devices {
-				cancel() // every device has its command: stop lingering
+				// Every device is connected and has its command: note what
+				// the whole process (gateway, broker, 1,000 simulated
+				// devices) costs, and stop lingering.
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				t.Logf("all connected: %d goroutines, Go heap in use %d MiB", runtime.NumGoroutine(), ms.HeapInuse>>20)
+				cancel()
 			}
 			mu.Unlock()
 		},
@@ -293,5 +302,130 @@ func TestMaxClients(t *testing.T) {
 	}
 	if r.Connected != 2 || r.ConnectFailures == 0 || !strings.Contains(r.LastError, "CONNACK") {
 		t.Fatalf("report %+v", r)
+	}
+}
+
+// TestFleetSurvivesGatewayRestart: the gateway stops in the middle of a
+// simulated fleet's run and comes back on the same port and store; the
+// devices reconnect with backoff and resend what was not acknowledged, and
+// every acknowledged reading is stored exactly once.
+func TestFleetSurvivesGatewayRestart(t *testing.T) {
+	const devices, count = 50, 40
+	dataDir := t.TempDir()
+	port := freePort(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	p := startDaemonData(t, dataDir, listen, "devsim/functions", "", "")
+
+	var mu sync.Mutex
+	acked := map[string]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan *devsim.Report, 1)
+	go func() {
+		r, err := devsim.Run(ctx, devsim.Config{
+			Broker: p.url, Devices: devices, Rate: 40, Jitter: 0.3, QoS: 1, Count: count, DevicePrefix: "rs-",
+			ReconnectMin: 10 * time.Millisecond, ReconnectMax: 100 * time.Millisecond, AckTimeout: time.Minute,
+			OnAck: func(a devsim.Ack) {
+				mu.Lock()
+				acked[fmt.Sprintf("%s/%d", a.Device, a.Seq)]++
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}()
+	// Stop the gateway once a quarter of the readings are acknowledged.
+	waitFor(t, time.Minute, "a quarter of the readings", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= devices*count/4
+	})
+	p.stop(t)
+	mu.Lock()
+	atStop := len(acked)
+	mu.Unlock()
+	p = startDaemonData(t, dataDir, listen, "devsim/functions", "", "")
+	r := <-done
+	t.Logf("acknowledged %d before the stop\n%s", atStop, r)
+	if r.Acked != devices*count || r.Unacked != 0 || len(acked) != devices*count || r.Reconnects < devices {
+		t.Fatalf("report %+v, distinct acks %d", r, len(acked))
+	}
+	for k, n := range acked {
+		if n != 1 {
+			t.Errorf("%s acknowledged %d times", k, n)
+		}
+	}
+	waitFor(t, 2*time.Minute, "all records", func() bool { return len(p.records(t, "fleet")) >= devices*count })
+	stored := map[string]int{}
+	for _, rec := range p.records(t, "fleet") {
+		var m struct {
+			Seq int `json:"seq"`
+		}
+		if err := json.Unmarshal(rec.Data, &m); err != nil {
+			t.Fatal(err)
+		}
+		stored[fmt.Sprintf("%s/%d", rec.Device, m.Seq)]++
+	}
+	for k := range acked {
+		if stored[k] != 1 {
+			t.Errorf("%s acknowledged, stored %d times", k, stored[k])
+		}
+	}
+	if len(stored) != devices*count {
+		t.Errorf("%d distinct stored readings, want %d", len(stored), devices*count)
+	}
+}
+
+// TestLinuxCBadCommands: commands the C device cannot use (too long, not a
+// relay command, a bad "on") are reported and ignored; it keeps running and
+// still acts on a good one.
+func TestLinuxCBadCommands(t *testing.T) {
+	bin := buildLinuxC(t)
+	p := startDaemon(t, "linux-c", "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr syncBuffer
+	cmd := exec.CommandContext(ctx, bin, "--broker", p.url, "--device", "pi-3", "--count", "1", "--temp", "20",
+		"--until-cmd", "5", "--timeout-s", "60")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the device connected", func() bool { return strings.Contains(stdout.String(), "connected to") })
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(p.url).SetClientID("commander"))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(50)
+	for _, m := range []string{
+		`{"cmd":"relay","on":"` + strings.Repeat("x", 300) + `"}`,
+		`not json at all`,
+		`{"cmd":"reboot"}`,
+		`{"cmd":"relay","on":"maybe"}`,
+		`{"cmd":"relay","on":true}`,
+	} {
+		if tok := c.Publish("devices/pi-3/cmd", 1, false, m); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("device: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"command ignored: 323 bytes is too long",
+		"command ignored: not a relay command", // twice: not JSON, reboot
+		`command ignored: "on" must be true or false`,
+		"relay: on",
+		"5 commands, relay on",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "not a relay command"); n != 2 {
+		t.Errorf("%d 'not a relay command' lines:\n%s", n, out)
 	}
 }

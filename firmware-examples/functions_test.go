@@ -156,7 +156,8 @@ func loadFunctionF(f *testing.F, rt *luavm.Runtime, dir string) string {
 }
 
 // TestMicroPythonCompiles byte-compiles the MicroPython sources with the
-// host's python3 (syntax only: the board's modules are not importable here).
+// host's python3 and checks them with pyflakes (syntax and names only: the
+// board's modules are not importable here, so nothing runs).
 func TestMicroPythonCompiles(t *testing.T) {
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -175,6 +176,22 @@ func TestMicroPythonCompiles(t *testing.T) {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("%s: %v\n%s", f, err, b)
 		}
+	}
+	// pyflakes catches what byte-compiling does not: undefined names, unused
+	// imports, shadowed definitions.
+	flakes, err := exec.LookPath("pyflakes3")
+	if err != nil {
+		t.Fatal("pyflakes3 not found: run scripts/test-deps.sh (Debian package pyflakes3)")
+	}
+	if b, err := exec.Command(flakes, files...).CombinedOutput(); err != nil {
+		t.Errorf("pyflakes3: %v\n%s", err, b)
+	}
+	undefined := filepath.Join(out, "undefined.py")
+	if err := os.WriteFile(undefined, []byte("def f():\n    return nmae\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command(flakes, undefined).Run(); err == nil {
+		t.Error("pyflakes3 accepted an undefined name")
 	}
 	// And a syntax error is caught (the check can fail).
 	bad := filepath.Join(out, "bad.py")

@@ -44,6 +44,13 @@ func startDaemonOnPort(t testing.TB, port int) *daemon {
 
 func startDaemonListen(t testing.TB, listen, functionsDir, extraEmbedded, extra string) *daemon {
 	t.Helper()
+	return startDaemonData(t, t.TempDir(), listen, functionsDir, extraEmbedded, extra)
+}
+
+// startDaemonData is startDaemonListen with the store in dataDir. The
+// daemon stops at the end of the test, or earlier with stop.
+func startDaemonData(t testing.TB, dataDir, listen, functionsDir, extraEmbedded, extra string) *daemon {
+	t.Helper()
 	yaml := fmt.Sprintf(`gateway_id: fw
 data_dir: %q
 functions_dir: %q
@@ -53,7 +60,7 @@ mqtt:
     listen: %q
 %sapi: {listen: "127.0.0.1:0"}
 store: {durability: always}
-%s`, t.TempDir(), functionsDir, listen, extraEmbedded, extra)
+%s`, dataDir, functionsDir, listen, extraEmbedded, extra)
 	cfg, err := config.Parse("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)
@@ -70,17 +77,7 @@ store: {durability: always}
 	}
 	p := &daemon{d: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		p.cancel()
-		select {
-		case err := <-p.done:
-			if err != nil {
-				t.Errorf("daemon run: %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Errorf("daemon did not stop")
-		}
-	})
+	t.Cleanup(func() { p.stop(t) })
 	waitFor(t, 30*time.Second, "daemon ready", func() bool {
 		select {
 		case err := <-p.done:
@@ -91,6 +88,23 @@ store: {durability: always}
 	})
 	p.url = "tcp://" + d.MQTTAddr().String()
 	return p
+}
+
+// stop stops the daemon (once) and waits for it.
+func (p *daemon) stop(t testing.TB) {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	p.cancel = nil
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("daemon run: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("daemon did not stop")
+	}
 }
 
 // records reads every record of a function, oldest first.

@@ -13,11 +13,13 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v qemu-arm >/dev/null 2>&1 || need+=(qemu-user)
 # firmware-examples: the linux-c device is built with make, cc and the Paho
-# MQTT C library; the MicroPython sources are checked with python3.
+# MQTT C library; the MicroPython sources are checked with python3 and
+# pyflakes3.
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ -f /usr/include/MQTTClient.h ] || need+=(libpaho-mqtt-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v pyflakes3 >/dev/null 2>&1 || need+=(pyflakes3)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moongate tests need: ${need[*]}" >&2

@@ -29,7 +29,9 @@ const (
 // Limits checked by Validate.
 const (
 	MaxDevices      = 1_000_000
-	MaxRate         = 10_000.0 // per device
+	MinRate         = 1.0 / 86400 // one message a day
+	MaxRate         = 10_000.0    // per device
+	MinConnectRate  = 0.01
 	MaxPayloadBytes = 256 << 10
 	maxNameBytes    = 128
 )
@@ -53,8 +55,9 @@ type Config struct {
 	// Rate is the messages per second of each device (default 1).
 	Rate float64
 	// Jitter, in [0, 1], spreads each interval uniformly over
-	// [1-Jitter, 1+Jitter] times 1/Rate, and each device's first message
-	// over one interval, so devices do not publish in lock step. Default 0.
+	// [1-Jitter, 1+Jitter] times 1/Rate. Default 0. Whatever Jitter is, each
+	// device's first message falls at a random moment of the first
+	// interval, so a fleet does not publish in lock step.
 	Jitter float64
 	// QoS of the telemetry: 0 or 1.
 	QoS byte
@@ -110,6 +113,10 @@ type Config struct {
 	// from the device's reader goroutine: it must be fast and safe for
 	// concurrent use.
 	OnAck func(Ack)
+	// OnSend, when set, is called after the first write of every telemetry
+	// message (QoS 0 or 1) with its send time, which is also the payload's
+	// ts; same rules as OnAck.
+	OnSend func(device string, seq uint64, sent time.Time)
 	// OnCommand, when set, is called for every message received on a
 	// device's cmd topic, with the same rules as OnAck. The payload is only
 	// valid during the call.
@@ -192,8 +199,8 @@ func (c *Config) resolve() (string, error) {
 		return bad("devices %d: must be 1..%d", c.Devices, MaxDevices)
 	case c.FirstDevice < 0 || c.FirstDevice > math.MaxInt32:
 		return bad("first device %d: must be 0..%d", c.FirstDevice, math.MaxInt32)
-	case !finite(c.Rate) || c.Rate <= 0 || c.Rate > MaxRate:
-		return bad("rate %v: must be > 0 and at most %v per device", c.Rate, MaxRate)
+	case !finite(c.Rate) || c.Rate < MinRate || c.Rate > MaxRate:
+		return bad("rate %v: must be %v..%v messages per second per device", c.Rate, MinRate, MaxRate)
 	case !finite(c.Jitter) || c.Jitter < 0 || c.Jitter > 1:
 		return bad("jitter %v: must be in [0, 1]", c.Jitter)
 	case c.QoS > 1:
@@ -206,8 +213,8 @@ func (c *Config) resolve() (string, error) {
 		return bad("payload bytes %d: must be 0..%d", c.PayloadBytes, MaxPayloadBytes)
 	case c.KeepAlive < time.Second || c.KeepAlive > 65535*time.Second:
 		return bad("keepalive %v: must be 1s..65535s", c.KeepAlive)
-	case !finite(c.ConnectRate) || c.ConnectRate <= 0:
-		return bad("connect rate %v: must be > 0", c.ConnectRate)
+	case !finite(c.ConnectRate) || c.ConnectRate < MinConnectRate:
+		return bad("connect rate %v: must be at least %v per second", c.ConnectRate, MinConnectRate)
 	case c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin:
 		return bad("reconnect backoff %v..%v: need 0 < min <= max", c.ReconnectMin, c.ReconnectMax)
 	case c.MaxInflight < 1 || c.MaxInflight > 65535:

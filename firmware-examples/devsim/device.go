@@ -79,6 +79,9 @@ const (
 
 var forever = time.Unix(1<<40, 0)
 
+// subscribeID is the packet id of the SUBSCRIBE; publishes never use it.
+const subscribeID = 65535
+
 // wait blocks until until, a signal on wake, the loss of the connection or
 // the end of ctx, sending PINGREQs while the connection is idle.
 func (d *device) wait(ctx context.Context, until time.Time, wake <-chan struct{}) int {
@@ -241,6 +244,9 @@ func (d *device) publish() {
 	// the reconnect. A QoS 0 message is lost, as on a real device.
 	if d.send(d.cur, pk) || cfg.QoS == 1 {
 		d.f.sent.Add(1)
+		if cfg.OnSend != nil {
+			cfg.OnSend(d.name, d.seq, now)
+		}
 	}
 }
 
@@ -248,7 +254,7 @@ func (d *device) publish() {
 func (d *device) allocID() uint16 {
 	for {
 		d.nextID++
-		if d.nextID == 0 {
+		if d.nextID == 0 || d.nextID == subscribeID {
 			d.nextID = 1
 		}
 		free := true
@@ -394,7 +400,7 @@ func (d *device) dial(ctx context.Context) error {
 	d.lastWrite.Store(time.Now().UnixNano())
 	go d.reader(s)
 	if !cfg.NoCommands {
-		sub := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 65535,
+		sub := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: subscribeID,
 			Filters: packets.Subscriptions{{Filter: d.cmdTopic, Qos: 1}}}
 		d.send(s, sub)
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/moongate-edge/moongate/mqtt"
 )
 
@@ -135,13 +137,15 @@ func TestRunQoS1EveryAckWasHandled(t *testing.T) {
 
 func TestRunQoS0Duration(t *testing.T) {
 	b := startBroker(t, mqtt.EmbeddedConfig{})
-	cfg := Config{Broker: b.url, Devices: 5, Rate: 50, Duration: 300 * time.Millisecond, DevicePrefix: "q0-", PayloadBytes: 300}
+	var sends atomic.Uint64
+	cfg := Config{Broker: b.url, Devices: 5, Rate: 50, Duration: 300 * time.Millisecond, DevicePrefix: "q0-", PayloadBytes: 300,
+		OnSend: func(string, uint64, time.Time) { sends.Add(1) }}
 	r, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Sent == 0 || r.Acked != 0 || r.Latency.Count != 0 {
-		t.Fatalf("report: %+v", r)
+	if r.Sent == 0 || r.Acked != 0 || r.Latency.Count != 0 || sends.Load() != r.Sent {
+		t.Fatalf("report: %+v, OnSend %d", r, sends.Load())
 	}
 	// At most one message per interval (plus the first) per device.
 	if limit := uint64(5 * (0.3*50 + 2)); r.Sent > limit {
@@ -300,7 +304,9 @@ func TestNoDeviceConnects(t *testing.T) {
 }
 
 func TestWrongPasswordIsAConnectFailure(t *testing.T) {
-	hash, err := mqtt.HashPassword("right")
+	// The lowest bcrypt cost keeps the test fast under -race.
+	hashed, err := bcrypt.GenerateFromPassword([]byte("right"), bcrypt.MinCost)
+	hash := string(hashed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +341,8 @@ func TestValidate(t *testing.T) {
 		"negative rate":    func(c *Config) { c.Rate = -1 },
 		"nan rate":         func(c *Config) { c.Rate = math.NaN() },
 		"inf rate":         func(c *Config) { c.Rate = math.Inf(1) },
+		"tiny rate":        func(c *Config) { c.Rate = 1e-300 },
+		"tiny connect":     func(c *Config) { c.ConnectRate = 1e-300 },
 		"jitter":           func(c *Config) { c.Jitter = 1.5 },
 		"qos 2":            func(c *Config) { c.QoS = 2 },
 		"count":            func(c *Config) { c.Count = -1 },

@@ -14,11 +14,15 @@ import time
 
 import machine
 import network
-from umqtt.simple import MQTTClient
+from umqtt.simple import MQTTClient, MQTTException
 
 import config
 
 QUEUE_MAX = 64
+# What a broken or refused connection raises in umqtt.simple: socket errors,
+# MQTTException (CONNACK or SUBACK refusal), AssertionError (unexpected
+# reply).
+CONN_ERRORS = (OSError, MQTTException, AssertionError)
 BACKOFF_MIN_MS = 500
 BACKOFF_MAX_MS = 60000
 
@@ -137,13 +141,20 @@ def on_message(topic, msg):
 
 
 def mqtt_connect():
-    c = MQTTClient(DEVICE, config.BROKER_HOST, port=config.BROKER_PORT, user=DEVICE,
+    # umqtt.simple sends a username only with a password.
+    user = DEVICE if config.MQTT_PASSWORD else None
+    c = MQTTClient(DEVICE, config.BROKER_HOST, port=config.BROKER_PORT, user=user,
                    password=config.MQTT_PASSWORD, keepalive=60)
     c.set_last_will(T_STATUS, b"offline", retain=True, qos=1)
     c.set_callback(on_message)
-    c.connect(clean_session=False)  # persistent: commands wait for us
-    c.subscribe(T_CMD, qos=1)
-    c.publish(T_STATUS, b"online", retain=True, qos=1)
+    try:
+        c.connect(clean_session=False)  # persistent: commands wait for us
+        c.subscribe(T_CMD, qos=1)
+        c.publish(T_STATUS, b"online", retain=True, qos=1)
+    except CONN_ERRORS:
+        if c.sock:
+            c.sock.close()
+        raise
     print("mqtt: connected to %s:%d as %s" % (config.BROKER_HOST, config.BROKER_PORT, DEVICE))
     return c
 
@@ -171,10 +182,10 @@ def main():
                 client = mqtt_connect()
                 failures = 0
                 last_io = time.ticks_ms()
-            except OSError as e:
+            except CONN_ERRORS as e:
                 failures += 1
                 wait = backoff_ms(failures)
-                print("mqtt: connect failed (%s), retrying in %d ms" % (e, wait))
+                print("mqtt: connect failed (%r), retrying in %d ms" % (e, wait))
                 retry_at = time.ticks_add(time.ticks_ms(), wait)
                 client = None
         if client is not None:
@@ -194,8 +205,8 @@ def main():
                 if time.ticks_diff(time.ticks_ms(), last_io) > 30000:
                     client.ping()
                     last_io = time.ticks_ms()
-            except OSError as e:
-                print("mqtt: connection lost (%s)" % e)
+            except CONN_ERRORS as e:
+                print("mqtt: connection lost (%r)" % (e,))
                 try:
                     client.sock.close()
                 except Exception:
