@@ -99,8 +99,8 @@ type Row struct {
 	Max         float64 `json:"max_ms"`
 	RatioP50    float64 `json:"p50_ratio,omitempty"`
 	RatioP99    float64 `json:"p99_ratio,omitempty"`
-	// ExactLatency is false when send times come from the payload's
-	// millisecond timestamp (QoS 0: no PUBACK to time).
+	// ExactLatency is false when some send times came from the payload's
+	// millisecond timestamp instead of the device's send time.
 	ExactLatency bool `json:"exact_latency"`
 	Samples      int  `json:"samples"`
 	// Events counts events checked over all phases, Lost the acknowledged
@@ -432,7 +432,8 @@ func (r *runner) load(ctx context.Context, s *setup, qos byte, first int, rate f
 		Broker: "tcp://" + s.broker, Devices: n, FirstDevice: first, Rate: perDevice, Jitter: 0.5, QoS: qos,
 		Duration: r.opts.Phase, NoStatus: true, NoCommands: true, ConnectRate: 100000,
 		MaxInflight: r.opts.Inflight, AckTimeout: 60 * time.Second,
-		OnAck: func(a devsim.Ack) { t.ack(a.Device, a.Seq, a.Sent) },
+		OnAck:  func(a devsim.Ack) { t.ack(a.Device, a.Seq, a.Sent) },
+		OnSend: t.send,
 	}
 	if rate == 0 {
 		cfg.Jitter = 0

@@ -32,6 +32,7 @@ type devTrack struct {
 	mu    sync.Mutex
 	acked []int64   // by seq-1: first send time of an acknowledged event, 0 if not acked
 	ts    []int64   // by seq-1: payload send time (ms resolution), from a receipt
+	sent  []int64   // by seq-1: first send time, from the device (devsim OnSend)
 	recv  [][]int64 // [sink][seq-1]: first receipt, 0 if none
 }
 
@@ -77,6 +78,19 @@ func (t *tracker) ack(device string, seq uint64, sent time.Time) {
 	d.mu.Lock()
 	d.acked = grow(d.acked, int(seq))
 	d.acked[seq-1] = sent.UnixNano()
+	d.mu.Unlock()
+}
+
+// send records the first send of an event.
+func (t *tracker) send(device string, seq uint64, at time.Time) {
+	i := t.index(device)
+	if i < 0 || seq == 0 || seq > 1<<31 {
+		return
+	}
+	d := &t.devs[i]
+	d.mu.Lock()
+	d.sent = grow(d.sent, int(seq))
+	d.sent[seq-1] = at.UnixNano()
 	d.mu.Unlock()
 }
 
@@ -131,7 +145,7 @@ type outcome struct {
 // are counted.
 func (t *tracker) outcome(qos1 bool) outcome {
 	var o outcome
-	o.exactLat = qos1
+	o.exactLat = true
 	o.firstSent = 1<<63 - 1
 	for di := range t.devs {
 		d := &t.devs[di]
@@ -150,6 +164,11 @@ func (t *tracker) outcome(qos1 bool) outcome {
 				o.acked++
 			} else if k < len(d.ts) {
 				sent = d.ts[k]
+			}
+			if k < len(d.sent) && d.sent[k] != 0 {
+				sent = d.sent[k] // exact
+			} else if !qos1 {
+				o.exactLat = false
 			}
 			end, ok := int64(0), true
 			for s := range d.recv {
