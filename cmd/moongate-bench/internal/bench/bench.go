@@ -514,10 +514,9 @@ func (r *runner) throughput(ctx context.Context, sc scenario) (*Row, error) {
 				return row, err
 			}
 			phases = append(phases, p)
-			got := float64(p.o.complete) / r.opts.Phase.Seconds()
-			if p.o.lastRecv > p.o.firstSent && sc.qos == 1 {
-				got = rate(p.o.complete, p.o.firstSent, p.o.lastRecv)
-			}
+			// First send to last receipt: a backlog drained after the
+			// phase counts against the rate.
+			got := rate(p.o.complete, p.o.firstSent, p.o.lastRecv)
 			all := uint64(p.o.complete) == p.report.Sent
 			if sc.qos == 1 {
 				all = p.o.missing == 0 && uint64(p.o.acked) == p.report.Sent
