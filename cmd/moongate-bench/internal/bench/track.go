@@ -26,6 +26,9 @@ type tracker struct {
 	last  atomic.Int64
 	dups  atomic.Uint64
 	stray atomic.Uint64 // receipts of unknown devices or unparsable payloads
+	// Counters for pending: acknowledged events, events at every sink,
+	// and events that are both.
+	nAcked, nComplete, nBoth atomic.Int64
 }
 
 type devTrack struct {
@@ -34,6 +37,7 @@ type devTrack struct {
 	ts    []int64   // by seq-1: payload send time (ms resolution), from a receipt
 	sent  []int64   // by seq-1: first send time, from the device (devsim OnSend)
 	recv  [][]int64 // [sink][seq-1]: first receipt, 0 if none
+	sinks []uint8   // by seq-1: sinks that received it
 }
 
 func newTracker(prefix string, first, devices, sinks int) *tracker {
@@ -77,8 +81,24 @@ func (t *tracker) ack(device string, seq uint64, sent time.Time) {
 	d := &t.devs[i]
 	d.mu.Lock()
 	d.acked = grow(d.acked, int(seq))
+	first := d.acked[seq-1] == 0
 	d.acked[seq-1] = sent.UnixNano()
+	d.sinks = grow8(d.sinks, int(seq))
+	complete := int(d.sinks[seq-1]) == t.sinks
 	d.mu.Unlock()
+	if first {
+		t.nAcked.Add(1)
+		if complete {
+			t.nBoth.Add(1)
+		}
+	}
+}
+
+func grow8(s []uint8, n int) []uint8 {
+	if n <= len(s) {
+		return s
+	}
+	return append(s, make([]uint8, n-len(s))...)
 }
 
 // send records the first send of an event.
@@ -114,10 +134,23 @@ func (t *tracker) recv(sink int, device string, seq uint64, tsMs int64, at int64
 			d.ts[seq-1] = tsMs * int64(time.Millisecond)
 		}
 	}
+	complete, acked := false, false
+	if !dup {
+		d.sinks = grow8(d.sinks, int(seq))
+		d.sinks[seq-1]++
+		complete = int(d.sinks[seq-1]) == t.sinks
+		acked = int(seq) <= len(d.acked) && d.acked[seq-1] != 0
+	}
 	d.mu.Unlock()
 	if dup {
 		t.dups.Add(1)
 		return
+	}
+	if complete {
+		t.nComplete.Add(1)
+		if acked {
+			t.nBoth.Add(1)
+		}
 	}
 	for {
 		l := t.last.Load()
@@ -206,11 +239,9 @@ func (t *tracker) outcome(qos1 bool) outcome {
 // count).
 func (t *tracker) pending(qos1 bool, sent uint64) int {
 	if qos1 {
-		o := t.outcome(true)
-		return o.missing
+		return int(t.nAcked.Load() - t.nBoth.Load())
 	}
-	o := t.outcome(false)
-	return int(sent) - o.complete
+	return int(int64(sent) - t.nComplete.Load())
 }
 
 // quantile returns the q quantile of sorted durations.
