@@ -444,10 +444,16 @@ func (r *runner) load(ctx context.Context, s *setup, qos byte, first int, rate f
 		return nil, fmt.Errorf("devsim: %w", err)
 	}
 	p.report = rep
-	// Wait until every event is at every sink, or nothing arrives for a while.
-	idle := 10 * time.Second
-	if r.opts.Short {
-		idle = 3 * time.Second
+	// Wait until every event is at every sink, or nothing arrives for a
+	// while. An acknowledged event that has not arrived is a loss, which
+	// fails the run: wait long enough that a stall of a loaded machine is
+	// not taken for one. QoS 0 events may be lost by design.
+	idle := 20 * time.Second
+	if qos == 0 {
+		idle = 10 * time.Second
+		if r.opts.Short {
+			idle = 3 * time.Second
+		}
 	}
 	lastProgress, lastPending := time.Now(), -1
 	for {
