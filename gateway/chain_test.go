@@ -256,3 +256,23 @@ func TestChainSIGKILL(t *testing.T) {
 		t.Fatalf("%d up records triggered no agg run", len(ids))
 	}
 }
+
+// TestChainFromInvoke: what a committed API invocation emits triggers the
+// downstream functions too.
+func TestChainFromInvoke(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "up", upLua, "triggers:\n  - http: {methods: [POST]}\nstream: readings\n")
+	writeFunction(t, fnDir, "agg", aggLua, "triggers:\n  - stream: readings\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	ev := &luavm.Event{Payload: []byte(`{"n":5}`), Trigger: "invoke", Captures: map[string]string{"device": "d9"}}
+	res, err := p.d.Gateway().Invoke(t.Context(), "up", ev, true)
+	if err != nil || res.Err != nil || !res.Committed {
+		t.Fatalf("invoke: %v %v", err, res)
+	}
+	st := p.d.Store()
+	waitFor(t, 20*time.Second, "the chained record", func() bool { return len(allRecords(t, st, "agg")) == 1 })
+	r := allRecords(t, st, "agg")[0]
+	if r.Device != "d9" || !strings.Contains(string(r.Data), `"source":"up"`) {
+		t.Fatalf("chained record %s device %q", r.Data, r.Device)
+	}
+}

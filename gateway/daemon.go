@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
@@ -34,6 +36,9 @@ type Daemon struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	mqttURL string
+	mgr     manager // serialises API function changes (manage.go)
+	api     *apiserver.Server
+	syncState
 	sync    *upsync.Manager
 	forward []*Function // built-in functions of sync.forward
 
@@ -79,6 +84,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		return fail(fmt.Errorf("sync: %w", err))
 	}
 	d.sync = sm
+	d.SetSyncStatus(func(context.Context) ([]apiserver.SyncTarget, error) { return apiSyncTargets(sm.Status()), nil })
 	if d.forward, err = forwardFunctions(cfg); err != nil {
 		return fail(err)
 	}
@@ -109,7 +115,26 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 			return fail(fmt.Errorf("api listen %s: %w", cfg.API.Listen, err))
 		}
 		d.httpLn = ln
-		d.httpSrv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		api, err := d.newAPI()
+		if err != nil {
+			return fail(fmt.Errorf("api: %w", err))
+		}
+		d.api = api
+		// One port for REST, gRPC and health: HTTP/2 for gRPC comes from
+		// ALPN with TLS, or unencrypted HTTP/2 (prior knowledge) without.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, Protocols: &protos}
+		if d.cfg.API.TLS.Enabled() {
+			tc, err := apiTLS(d.cfg.API.TLS)
+			if err != nil {
+				return fail(err)
+			}
+			protos.SetHTTP2(true)
+			d.httpSrv.TLSConfig = tc
+		} else {
+			protos.SetUnencryptedHTTP2(true)
+		}
 	}
 	return d, nil
 }
@@ -182,7 +207,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.httpSrv != nil {
 		go func() {
-			if err := d.httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			var err error
+			if d.httpSrv.TLSConfig != nil {
+				err = d.httpSrv.ServeTLS(d.httpLn, "", "")
+			} else {
+				err = d.httpSrv.Serve(d.httpLn)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("api server", "err", err)
 			}
 		}()
@@ -264,6 +295,21 @@ func (d *Daemon) withForwards(fns []*Function) []*Function {
 		out = append(out, f)
 	}
 	return append(out, d.forward...)
+}
+
+// apiSyncTargets converts the sync manager's status for the API.
+func apiSyncTargets(sts []upsync.TargetStatus) []apiserver.SyncTarget {
+	out := make([]apiserver.SyncTarget, len(sts))
+	for i, s := range sts {
+		kind := s.Type
+		if kind == "" {
+			kind = s.State // an outbox without a configured target: "unconfigured"
+		}
+		out[i] = apiserver.SyncTarget{Name: s.Name, Kind: kind, Connected: s.Connected, BacklogRecords: s.Backlog,
+			BacklogBytes: s.BacklogBytes, OldestPendingAge: s.OldestPending, DeliveredTotal: s.Delivered,
+			DeliveredPerSecond: s.Rate, DroppedByQuota: s.Dropped, LastError: s.LastError, LastErrorTime: s.LastErrorAt}
+	}
+	return out
 }
 
 // syncTargets converts the sync section of cfg for the sync manager.
@@ -354,6 +400,8 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 			continue
 		}
 		f.Version = r.Version
+		// A rollback to an identical older version still switches versions.
+		f.Fingerprint = r.SHA256 + "@" + strconv.FormatInt(r.Version, 10)
 		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
@@ -361,6 +409,12 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 }
 
 func (d *Daemon) closeAll() {
+	if d.api != nil {
+		// First: it ends the open streams (log follow) that would hold
+		// the HTTP server's shutdown.
+		d.api.Close()
+		d.api = nil
+	}
 	if d.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = d.httpSrv.Shutdown(ctx)

@@ -17,4 +17,12 @@ var (
 	ErrHopLimit = errors.New("gateway: chained event exceeds the hop limit (trigger cycle?)")
 	// ErrPayloadTooLarge is returned for an inbound message over the configured payload limit.
 	ErrPayloadTooLarge = errors.New("gateway: payload too large")
+	// ErrFunctionsDir is returned for a deploy, rollback or delete through the
+	// API while the functions are loaded from a directory (functions_dir),
+	// which owns them.
+	ErrFunctionsDir = errors.New("gateway: functions are managed by functions_dir")
+	// ErrInvalidFunction is returned for a deploy whose name, manifest or
+	// source is invalid; it also wraps the precise error (a
+	// *luavm.CompileError with line and column, manifest errors with line).
+	ErrInvalidFunction = errors.New("gateway: invalid function")
 )

@@ -25,6 +25,9 @@ type Function struct {
 	// StateWatches are the state changes that run the function (state triggers).
 	StateWatches []trigger.StateTrigger
 	Spec         luavm.Spec
+	// HTTPMethods are the methods of its http triggers (the API serves them
+	// at /fn/NAME/...); empty when it has none.
+	HTTPMethods []string
 }
 
 // orderKey is the lane of an event: events with one key run in order.
@@ -156,6 +159,11 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 	}
 	for _, s := range m.Schedules() {
 		f.Schedules = append(f.Schedules, s)
+	}
+	for _, t := range m.Triggers {
+		if t.Kind == trigger.KindHTTP && t.HTTP != nil {
+			f.HTTPMethods = append(f.HTTPMethods, t.HTTP.Methods...)
+		}
 	}
 	return f, nil
 }

@@ -187,6 +187,8 @@ type Gateway struct {
 
 	deployMu sync.Mutex // serialises SetFunctions
 
+	commits commitSignal // closed after each commit (Committed)
+
 	timersMu sync.Mutex
 	timers   map[string]context.CancelFunc // function -> its timer loop
 	runCtx   context.Context               // set by Run, under timersMu

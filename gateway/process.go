@@ -69,6 +69,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return retry, g.backoff(max(j.attempts, 3))
 	}
 	g.stats.processed.Add(1)
+	g.signalCommit()
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
@@ -188,6 +189,7 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 	switch {
 	case err == nil:
 		g.stats.dead.Add(1)
+		g.signalCommit()
 		g.log.Debug("event dead-lettered", "function", e.Function, "seq", e.Seq, "err", cause)
 		return done, 0
 	case errors.Is(err, store.ErrAlreadyConsumed):

@@ -79,6 +79,11 @@ func TestEndToEndSyncHTTP(t *testing.T) {
 		}
 		return cloud && missing
 	})
+	// The management API reports the same.
+	api, err := daemonSync{p.d}.SyncStatus(context.Background())
+	if err != nil || len(api) != 2 || api[0].Name != "cloud" || api[0].Kind != "http" || api[0].DeliveredTotal != 2 || api[1].Kind != "unconfigured" {
+		t.Errorf("API sync status %+v, %v", api, err)
+	}
 }
 
 // TestSyncForwardRawEvents: a sync.forward entry sends raw events upstream

@@ -153,7 +153,8 @@ func (c *crashChild) kill() {
 
 // TestCrashDuringOutage, per target: moongate (store + sync) runs under
 // load, the upstream goes down, moongate is SIGKILLed while it is down and
-// restarted (still down), then the upstream comes back. Every record
+// restarted (still down), then the upstream comes back, and moongate is
+// SIGKILLed again while it drains the backlog and restarted. Every record
 // committed (by both runs, read back from the store) reaches the upstream,
 // in order per stream; re-sent records keep their id; JetStream holds each
 // exactly once.
@@ -192,7 +193,11 @@ func TestCrashDuringOutage(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("second run did not finish producing")
 			}
-			// Every printed commit must arrive while the second run drains.
+			// Kill it once more while it drains the backlog to the
+			// upstream (batches in flight), and let a third run finish.
+			c2.kill()
+			c3 := startCrashChild(t, dir, typ, url, 0)
+			// Every printed commit must arrive while the third run drains.
 			total := c1.count() + c2.count()
 			var got []upRecord
 			waitFor(t, 60*time.Second, "upstream has every printed commit", func() bool {
@@ -208,7 +213,7 @@ func TestCrashDuringOutage(t *testing.T) {
 				}
 				return len(seen) >= total
 			})
-			c2.kill()
+			c3.kill()
 			// The store knows every committed record, including commits
 			// the first child made but was killed before printing.
 			st := openStore(t, dir, store.DurabilityAlways)
@@ -260,7 +265,7 @@ func TestCrashDuringOutage(t *testing.T) {
 			if typ == "nats" && dups != 0 {
 				t.Errorf("%d duplicates in the JetStream stream", dups)
 			}
-			t.Logf("%s: %d records over two runs, %d duplicate arrivals", typ, len(want), dups)
+			t.Logf("%s: %d records over three runs, %d duplicate arrivals", typ, len(want), dups)
 		})
 	}
 }

@@ -358,3 +358,30 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Errorf("modules %v", got)
 	}
 }
+
+// TestHTTPTimeoutRetriesSameKey: an upstream slower than ack_timeout
+// processes batches the gateway gave up on; the retries carry the same
+// Idempotency-Key and the same records (the test upstream fails the test
+// if a key comes back with other records), so the upstream can drop them.
+func TestHTTPTimeoutRetriesSameKey(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	up.slow.Store(int64(300 * time.Millisecond))
+	up.setMode("slow")
+	want := commitRecords(t, st, 600, 3, "cloud")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.AckTimeout = 100 * time.Millisecond
+	m, _ := startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "timeouts", func() bool { return up.requests.Load() >= 3 })
+	if s := statusOf(m, "cloud"); s.Delivered != 0 || !strings.Contains(s.LastError, "Timeout") && !strings.Contains(s.LastError, "deadline") {
+		t.Errorf("status while timing out: %+v", s)
+	}
+	up.setMode("ok")
+	waitFor(t, 10*time.Second, "all", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
+	dups := checkDelivery(t, want, up.col.snapshot())
+	if v := up.keyErr.Load(); v != nil {
+		t.Error(v)
+	}
+	t.Logf("%d duplicate arrivals from batches the gateway timed out on", dups)
+}

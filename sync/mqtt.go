@@ -116,19 +116,24 @@ func (t *mqttTarget) Connect(ctx context.Context) error {
 	return err
 }
 
+// conn returns the open client or connects a new one. The connection is
+// made without holding mu, so that Close never waits for it.
 func (t *mqttTarget) conn(ctx context.Context) (paho.Client, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if t.client != nil && t.client.IsConnectionOpen() {
-		return t.client, nil
+		c := t.client
+		t.mu.Unlock()
+		return c, nil
 	}
 	if t.client != nil {
 		t.client.Disconnect(0)
 		t.client = nil
 	}
+	t.mu.Unlock()
 	c := paho.NewClient(t.opts)
 	tok := c.Connect()
 	select {
@@ -142,6 +147,12 @@ func (t *mqttTarget) conn(ctx context.Context) (paho.Client, error) {
 	}
 	if err := tok.Error(); err != nil {
 		return nil, fmt.Errorf("mqtt connect %s: %w", t.cfg.MQTT.Broker, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		go c.Disconnect(0)
+		return nil, ErrClosed
 	}
 	t.gen.Add(1)
 	t.client = c

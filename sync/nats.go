@@ -106,19 +106,24 @@ func (t *natsTarget) Connect(ctx context.Context) error {
 	return err
 }
 
+// conn returns the open connection or makes a new one, without holding mu
+// while connecting (Close never waits for it).
 func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan struct{}, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		return nil, nil, ErrClosed
 	}
 	if t.nc != nil && t.nc.IsConnected() {
-		return t.js, t.dead, nil
+		js, dead := t.js, t.dead
+		t.mu.Unlock()
+		return js, dead, nil
 	}
 	if t.nc != nil {
 		t.nc.Close()
 		t.nc, t.js = nil, nil
 	}
+	t.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -130,7 +135,36 @@ func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan stru
 	opts := append(t.nopts[:len(t.nopts):len(t.nopts)],
 		nats.ClosedHandler(func(*nats.Conn) { gone() }),
 		nats.DisconnectErrHandler(func(*nats.Conn, error) { gone() }))
-	nc, err := nats.Connect(t.cfg.NATS.URL, opts...)
+	// nats.Connect cannot be interrupted: wait for it in a goroutine so
+	// that a stop does not wait for a connect to a silent server.
+	type connResult struct {
+		nc  *nats.Conn
+		err error
+	}
+	ch := make(chan connResult, 1)
+	go func() {
+		nc, err := nats.Connect(t.cfg.NATS.URL, opts...)
+		ch <- connResult{nc, err}
+	}()
+	var r connResult
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, nil, ctx.Err()
+	case <-t.stop:
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, nil, ErrClosed
+	}
+	nc, err := r.nc, r.err
 	if err != nil {
 		return nil, nil, fmt.Errorf("nats connect: %w", err)
 	}
@@ -138,6 +172,12 @@ func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan stru
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("nats jetstream: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		nc.Close()
+		return nil, nil, ErrClosed
 	}
 	t.nc, t.js, t.dead = nc, js, dead
 	return js, dead, nil

@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"net"
+	gosync "sync"
 	"testing"
 	"time"
 
@@ -87,4 +89,57 @@ func TestTwoTargetsIndependent(t *testing.T) {
 	waitFor(t, 10*time.Second, "b has all", func() bool { return b.col.distinct() == len(want) })
 	checkDelivery(t, want, a.col.snapshot())
 	checkDelivery(t, want, b.col.snapshot())
+}
+
+// TestStopWhileConnecting: an upstream that accepts TCP connections and
+// never answers does not delay the manager's stop by the ack timeout.
+func TestStopWhileConnecting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu gosync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	st := openStore(t, "", store.DurabilityNone)
+	commitRecords(t, st, 10, 1, "m", "n", "h")
+	m, h, n := fastTarget("m", "mqtt"), fastTarget("h", "http"), fastTarget("n", "nats")
+	m.MQTT.Broker = "tcp://" + ln.Addr().String()
+	h.HTTP.URL = "http://" + ln.Addr().String()
+	n.NATS.URL = "nats://" + ln.Addr().String()
+	for _, tc := range []*TargetConfig{&m, &h, &n} {
+		tc.AckTimeout = 30 * time.Second
+	}
+	_, stop := startManager(t, st, m, h, n)
+	waitFor(t, 5*time.Second, "connections to the silent upstream", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held) >= 3
+	})
+	start := time.Now()
+	stop()
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("stop took %s", el)
+	}
+	if got := st.OutboxStats("m").Backlog + st.OutboxStats("h").Backlog + st.OutboxStats("n").Backlog; got != 30 {
+		t.Fatalf("backlog %d after stop, want 30", got)
+	}
 }

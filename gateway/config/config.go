@@ -134,7 +134,42 @@ type ClientTLS struct {
 // API configures the HTTP API (health endpoints and REST).
 type API struct {
 	Listen string `yaml:"listen"` // default 127.0.0.1:8080; "" disables the API
+	// Tokens are the bearer tokens the management API accepts (none by
+	// default: every call but /healthz, /readyz and /metrics is refused).
+	// Removing a token and restarting revokes it.
+	Tokens []APIToken `yaml:"tokens"`
+	// TLS serves the API over HTTPS (certificate and key, both or neither).
+	// Required when Listen is not a loopback address, unless
+	// AllowPlaintext is set.
+	TLS TLS `yaml:"tls"`
+	// AllowPlaintext allows a non-loopback Listen address without TLS
+	// (tokens then cross the network in clear; only behind a trusted proxy).
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// MaxBodyBytes bounds a request body, a function deploy included
+	// (default 4MiB; 64KiB to 64MiB). Larger bodies get 413.
+	MaxBodyBytes Size `yaml:"max_body_bytes"`
 }
+
+// APIToken is one accepted bearer token, kept as a hash: Hash is
+// "sha256:" and the hex SHA-256 of the token (`moongate token create`
+// prints a new token and this line).
+type APIToken struct {
+	Name  string `yaml:"name"`  // shown in the audit log; unique
+	Scope string `yaml:"scope"` // ScopeAdmin or ScopeRead
+	Hash  string `yaml:"hash"`
+}
+
+// API token scopes.
+const (
+	ScopeAdmin = "admin" // everything: deploy, delete, invoke, writes
+	ScopeRead  = "read"  // queries only
+)
+
+// API body size bounds.
+const (
+	MinAPIBodyBytes = Size(64 << 10)
+	MaxAPIBodyBytes = Size(64 << 20)
+)
 
 // Store profiles, durability modes and quota policies.
 const (
@@ -243,7 +278,7 @@ func Default() *Config {
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},
-		API: API{Listen: "127.0.0.1:8080"},
+		API: API{Listen: "127.0.0.1:8080", Tokens: []APIToken{}, MaxBodyBytes: 4 << 20},
 		Store: Store{
 			Profile:      ProfileLowMemory,
 			Durability:   DurabilityAlways,
@@ -427,11 +462,13 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	set(EnvMQTTPassword, &c.MQTT.External.Password, "mqtt.external.password")
 	set(EnvDataDir, &c.DataDir, "data_dir")
 	set(EnvGatewayID, &c.GatewayID, "gateway_id")
+	c.applySyncEnv(lookup)
 }
 
 // Redacted returns a copy of c that is safe to log or print: the external
 // broker password and the users' password hashes are replaced by
-// "REDACTED" when set.
+// "REDACTED" when set, as are the sync targets' passwords, tokens and
+// HTTP header values.
 func (c *Config) Redacted() *Config {
 	r := *c
 	if r.MQTT.External.Password != "" {
@@ -446,6 +483,7 @@ func (c *Config) Redacted() *Config {
 			r.MQTT.Embedded.Users[i] = u
 		}
 	}
+	r.Sync = c.Sync.redacted()
 	return &r
 }
 

@@ -69,6 +69,10 @@ mqtt:
     max_clients: 5000
 api:
   listen: ":8080"
+  tls: {cert: /c.pem, key: /k.pem}
+  tokens:
+    - {name: ci, scope: admin, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+  max_body_bytes: 1MiB
 store:
   profile: large
   durability: interval
@@ -116,6 +120,8 @@ functions:
 		{c.Functions.MaxSteps, int64(1_000_000)},
 		{c.Functions.IdleTimeout, Duration(0)},
 		{c.MQTT.Embedded.AnonymousAllowed(), false},
+		{c.API.Tokens, []APIToken{{Name: "ci", Scope: ScopeAdmin, Hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}}},
+		{c.API.MaxBodyBytes, Size(1 << 20)},
 	}
 	for i, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
@@ -162,6 +168,15 @@ func TestErrors(t *testing.T) {
 		{"bad duration", "functions:\n  timeout: 1 sec\n", []string{`m.yaml:2: functions.timeout: invalid duration "1 sec"`}},
 		{"bad listen address", "mqtt:\n  embedded:\n    listen: x\n", []string{`m.yaml:3: mqtt.embedded.listen: invalid address "x": missing port in address`}},
 		{"bad listen port", "api:\n  listen: 127.0.0.1:99999\n", []string{`m.yaml:2: api.listen: invalid address "127.0.0.1:99999": bad port`}},
+		{"api on LAN without tls", "api:\n  listen: 0.0.0.0:8080\n", []string{"m.yaml:2: api.listen: a non-loopback address needs api.tls"}},
+		{"api tls cert only", "api:\n  tls: {cert: /c.pem}\n", []string{"api.tls.key: tls.cert is set but tls.key is not"}},
+		{"api body too small", "api:\n  max_body_bytes: 1KiB\n", []string{"m.yaml:2: api.max_body_bytes: 1KiB out of range"}},
+		{"api token bad scope", "api:\n  tokens:\n    - {name: a, scope: root, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`m.yaml:3: api.tokens[0].scope: invalid "root": admin or read`}},
+		{"api token plain", "api:\n  tokens:\n    - {name: a, scope: read, hash: secret}\n", []string{`m.yaml:3: api.tokens[0].hash: invalid`}},
+		{"api token upper-case hash", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'}\n", []string{`api.tokens[0].hash: invalid`}},
+		{"api token no name", "api:\n  tokens:\n    - {scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`api.tokens[0].name: invalid ""`}},
+		{"api token duplicate", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n    - {name: a, scope: admin, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`api.tokens[1].name: duplicate token name "a"`, "api.tokens[1].hash: same token as tokens[0]"}},
+		{"api token unknown key", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', token: x}\n", []string{"api.tokens[0].token: unknown key"}},
 		{"bad websocket listen", "mqtt: {embedded: {websocket_listen: 'a b:1'}}\n", []string{`m.yaml:1: mqtt.embedded.websocket_listen: invalid address "a b:1": bad host`}},
 		{"non-loopback without users", "mqtt:\n  embedded:\n    listen: 0.0.0.0:1883\n", []string{"m.yaml:2: mqtt.embedded.users: a non-loopback listen address requires at least one user"}},
 		{"all interfaces without users", "mqtt:\n  embedded:\n    listen: :1883\n", []string{"mqtt.embedded.users: a non-loopback"}},

@@ -288,3 +288,80 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		tlsPair(p+".nats.tls", t.NATS.TLS)
 	}
 }
+
+// redacted returns a copy of s without secrets: passwords, tokens and HTTP
+// header values (which usually carry credentials) become "REDACTED".
+func (s Sync) redacted() Sync {
+	if s.Targets == nil {
+		return s
+	}
+	r := s
+	r.Targets = make([]SyncTarget, len(s.Targets))
+	red := func(p *string) {
+		if *p != "" {
+			*p = "REDACTED"
+		}
+	}
+	for i, t := range s.Targets {
+		red(&t.MQTT.Password)
+		red(&t.NATS.Password)
+		red(&t.NATS.Token)
+		if t.HTTP.Headers != nil {
+			h := make(map[string]string, len(t.HTTP.Headers))
+			for k := range t.HTTP.Headers {
+				h[k] = "REDACTED"
+			}
+			t.HTTP.Headers = h
+		}
+		r.Targets[i] = t
+	}
+	return r
+}
+
+// SyncEnvPrefix starts the environment variables that carry a sync
+// target's secrets: MOONGATE_SYNC_<NAME>_PASSWORD (mqtt.password or
+// nats.password), MOONGATE_SYNC_<NAME>_TOKEN (nats.token) and
+// MOONGATE_SYNC_<NAME>_AUTHORIZATION (the http Authorization header), with
+// NAME the target name in upper case and '-' as '_'.
+const SyncEnvPrefix = "MOONGATE_SYNC_"
+
+// SyncEnvName is the variable that carries secret ("PASSWORD", "TOKEN",
+// "AUTHORIZATION") of target name.
+func SyncEnvName(name, secret string) string {
+	return SyncEnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_" + secret
+}
+
+func (c *Config) applySyncEnv(lookup func(string) (string, bool)) {
+	for i := range c.Sync.Targets {
+		t := &c.Sync.Targets[i]
+		p := fmt.Sprintf("sync.targets[%d]", i)
+		set := func(secret string, dst *string, path string) {
+			name := SyncEnvName(t.Name, secret)
+			if v, ok := lookup(name); ok {
+				*dst = v
+				if c.env == nil {
+					c.env = map[string]string{}
+				}
+				c.env[path] = name
+			}
+		}
+		switch t.Type {
+		case SyncTypeMQTT:
+			set("PASSWORD", &t.MQTT.Password, p+".mqtt.password")
+		case SyncTypeNATS:
+			set("PASSWORD", &t.NATS.Password, p+".nats.password")
+			set("TOKEN", &t.NATS.Token, p+".nats.token")
+		case SyncTypeHTTP:
+			var v string
+			set("AUTHORIZATION", &v, p+".http.headers")
+			if _, ok := lookup(SyncEnvName(t.Name, "AUTHORIZATION")); ok {
+				h := make(map[string]string, len(t.HTTP.Headers)+1)
+				for k, x := range t.HTTP.Headers {
+					h[k] = x
+				}
+				h["Authorization"] = v
+				t.HTTP.Headers = h
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +65,47 @@ func TestSyncTargetErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s\n got %v\nwant %s", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+func TestSyncRedacted(t *testing.T) {
+	c, err := Parse("m.yaml", []byte(`
+sync:
+  targets:
+    - {name: a, type: http, http: {url: "https://x", headers: {Authorization: "Bearer s3cret"}}}
+    - {name: b, type: mqtt, mqtt: {broker: "tcp://x:1", password: s3cret}}
+    - {name: c, type: nats, nats: {url: "nats://x:1", token: s3cret, password: s3cret}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Redacted()
+	if s := fmt.Sprintf("%+v", r); strings.Contains(s, "s3cret") {
+		t.Fatalf("secret in %s", s)
+	}
+	if c.Sync.Targets[0].HTTP.Headers["Authorization"] != "Bearer s3cret" || c.Sync.Targets[1].MQTT.Password != "s3cret" {
+		t.Fatal("Redacted modified the original")
+	}
+}
+
+func TestSyncEnvSecrets(t *testing.T) {
+	c, err := Parse("m.yaml", []byte(`
+sync:
+  targets:
+    - {name: up-1, type: http, http: {url: "https://x", headers: {X-A: b}}}
+    - {name: b, type: mqtt, mqtt: {broker: "tcp://x:1", password: file}}
+    - {name: c, type: nats, nats: {url: "nats://x:1"}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"MOONGATE_SYNC_UP_1_AUTHORIZATION": "Bearer e", "MOONGATE_SYNC_B_PASSWORD": "env", "MOONGATE_SYNC_C_TOKEN": "tok"}
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	ts := c.Sync.Targets
+	if ts[0].HTTP.Headers["Authorization"] != "Bearer e" || ts[0].HTTP.Headers["X-A"] != "b" || ts[1].MQTT.Password != "env" || ts[2].NATS.Token != "tok" {
+		t.Fatalf("%+v", ts)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
