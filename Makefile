@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench fuzz-smoke generate generate-check
+.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short fuzz-smoke generate generate-check
 
 all: build
 
@@ -26,13 +26,29 @@ vet:
 test: test-deps fmt-check vet generate-check
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	$(MAKE) bench-short
 
-bench:
+# The Go benchmarks of every package.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# The end-to-end benchmark (docs/performance.md): brokers, moongate and
+# simulated devices on loopback, one table. Needs mosquitto (test-deps).
+bench: build
+	$(GO) run ./cmd/moongate-bench --binary bin/moongate
+
+# The same in its short mode (a few seconds per scenario): fails when any
+# scenario loses an acknowledged event. Part of `make test`.
+bench-short: build
+	$(GO) run ./cmd/moongate-bench --binary bin/moongate --short
 
 tidy-check:
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
+# The device fleet simulator (firmware-examples/devsim).
+.PHONY: build-devsim
+build-devsim:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/moongate-devsim ./cmd/moongate-devsim
 # Regenerates the API code from api/moongate/v1/*.proto (offline: protoc
 # from Debian, plugins pinned as go.mod tools, annotation protos vendored).
 generate:
@@ -43,8 +59,3 @@ generate:
 generate-check: generate
 	@git diff --exit-code -- api/ || { echo "generated API code is stale: run make generate and commit"; exit 1; }
 	@out=$$(git status --porcelain --untracked-files=all -- api/); if [ -n "$$out" ]; then echo "untracked generated files:"; echo "$$out"; exit 1; fi
-
-# The device fleet simulator (firmware-examples/devsim).
-.PHONY: build-devsim
-build-devsim:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/moongate-devsim ./cmd/moongate-devsim

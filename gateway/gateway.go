@@ -58,6 +58,14 @@ type RetryPolicy struct {
 	MaxBackoff     time.Duration // cap (default 30s)
 }
 
+// CommitsPerWorker is how many events per worker (Options.Workers) the
+// dispatcher processes at once: an event holds a worker only while its
+// function runs, and waits for its durable commit without one. With
+// durability "always" a commit waits for an fsync, so events that only
+// waited on commits would otherwise leave the group commit with batches of
+// a few entries and the CPUs idle.
+const CommitsPerWorker = 16
+
 // Options configure a Gateway. Store, Runtime and Ingest are required.
 type Options struct {
 	Store   Store
@@ -65,7 +73,11 @@ type Options struct {
 	Ingest  Ingest
 	Logger  *slog.Logger
 
-	Workers         int   // concurrent invocations (default 2 x CPUs)
+	// Workers bounds the invocations running at once (default 2 x CPUs).
+	// Up to CommitsPerWorker times as many events may be waiting for
+	// their commit to be durable meanwhile, so that the group commit gets
+	// batches bigger than the number of CPUs.
+	Workers         int
 	InboxLimit      int   // in-memory backlog, entries, at which intake blocks (default 10,000)
 	MaxBacklogBytes int64 // in-memory backlog, bytes (default 16 MiB)
 	MaxPayload      int   // bytes (default 256 KiB); larger events are dead-lettered
@@ -155,11 +167,13 @@ type Stats struct {
 // atomically. It is safe for concurrent use; its zero value is not usable:
 // create it with New.
 type Gateway struct {
-	opts  Options
-	log   *slog.Logger
-	disp  *dispatcher
-	funcs atomic.Pointer[funcTable]
-	match *trigger.Matcher
+	opts Options
+	log  *slog.Logger
+	disp *dispatcher
+	// invoking holds a token per running invocation (Options.Workers).
+	invoking chan struct{}
+	funcs    atomic.Pointer[funcTable]
+	match    *trigger.Matcher
 
 	idPrefix string
 	idSeq    atomic.Uint64
@@ -204,6 +218,7 @@ func New(opts Options) (*Gateway, error) {
 	g.chainQ.wake = make(chan struct{}, 1)
 	g.resuming.Store(true)
 	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})
+	g.invoking = make(chan struct{}, opts.Workers)
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, g.process)
 	return g, nil
 }
@@ -238,7 +253,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.timersMu.Lock()
 	g.runCtx = workCtx
 	g.timersMu.Unlock()
-	g.disp.start(workCtx, g.opts.Workers)
+	g.disp.start(workCtx, g.opts.Workers*CommitsPerWorker)
 
 	pubDone := make(chan struct{})
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))

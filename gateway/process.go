@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/moongate-edge/moongate/luavm"
@@ -34,7 +35,9 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f == nil {
 		return g.deadLetter(ictx, j, nil, ErrNoFunction)
 	}
+	g.invoking <- struct{}{}
 	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.opts.Store)
+	<-g.invoking
 	if err != nil {
 		g.stats.failed.Add(1)
 		j.attempts++
@@ -199,13 +202,35 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 }
 
 // publisher carries out committed local publishes from the publish outbox,
-// oldest first, and acknowledges them in the store once sent.
+// oldest first, and acknowledges them in the store once sent. The
+// acknowledgement of a batch (a store commit, which waits for its sync) is
+// written while the next batch is read and published; when it fails, the
+// publisher starts again from the oldest unacknowledged publish (publishes
+// are at-least-once).
 func (g *Gateway) publisher(ctx context.Context) {
 	var after uint64
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var ackFailed atomic.Bool
+	acks := make(chan []uint64, 1)
+	acked := make(chan struct{})
+	go func() {
+		defer close(acked)
+		for seqs := range acks {
+			if err := g.opts.Store.AckPublishes(context.WithoutCancel(ctx), seqs...); err != nil {
+				g.log.Warn("ack publish outbox", "err", err)
+				ackFailed.Store(true)
+				continue
+			}
+			g.stats.published.Add(uint64(len(seqs)))
+		}
+	}()
+	defer func() { close(acks); <-acked }()
 	for {
 		for {
+			if ackFailed.Swap(false) {
+				after = 0
+			}
 			pubs, err := g.opts.Store.PendingPublishes(ctx, after, 256)
 			if err != nil || len(pubs) == 0 {
 				if err != nil && ctx.Err() == nil {
@@ -224,12 +249,8 @@ func (g *Gateway) publisher(ctx context.Context) {
 				seqs = append(seqs, p.Seq)
 			}
 			if len(seqs) > 0 {
-				if err := g.opts.Store.AckPublishes(context.WithoutCancel(ctx), seqs...); err != nil {
-					g.log.Warn("ack publish outbox", "err", err)
-					break
-				}
 				after = seqs[len(seqs)-1]
-				g.stats.published.Add(uint64(len(seqs)))
+				acks <- seqs
 			}
 			if len(seqs) < len(pubs) {
 				break

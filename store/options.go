@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -281,9 +282,14 @@ func (b badgerLogger) Errorf(f string, a ...any) {
 func (b badgerLogger) Warningf(f string, a ...any) {
 	b.l.Warn("badger: " + trimNL(fmt.Sprintf(f, a...)))
 }
-func (b badgerLogger) Infof(f string, a ...any) { b.l.Debug("badger: " + trimNL(fmt.Sprintf(f, a...))) }
+
+// Infof and Debugf are called by Badger on every write: format only when
+// debug logging is on.
+func (b badgerLogger) Infof(f string, a ...any) { b.Debugf(f, a...) }
 func (b badgerLogger) Debugf(f string, a ...any) {
-	b.l.Debug("badger: " + trimNL(fmt.Sprintf(f, a...)))
+	if b.l.Enabled(context.Background(), slog.LevelDebug) {
+		b.l.Debug("badger: " + trimNL(fmt.Sprintf(f, a...)))
+	}
 }
 
 func trimNL(s string) string {
