@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench fuzz-smoke
+.PHONY: all build test test-deps vet fmt-check tidy-check bench fuzz-smoke build-all deb test-arm test-deploy footprint
 
 all: build
 
@@ -32,3 +32,29 @@ bench:
 
 tidy-check:
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
+
+# Release binaries for the Raspberry Pi family and amd64: static
+# (CGO_ENABLED=0), -trimpath, version and commit stamped, stripped (-s -w).
+# armv6: Pi Zero/1; armv7: Pi 2/3 on 32-bit Raspberry Pi OS; arm64: Pi 3/4/5
+# on 64-bit. Prints the size of each binary.
+DIST      ?= dist
+PLATFORMS := armv6:arm:6 armv7:arm:7 arm64:arm64: amd64:amd64:
+
+build-all:
+	@mkdir -p $(DIST)
+	@set -e; for p in $(PLATFORMS); do \
+	  name=$${p%%:*}; rest=$${p#*:}; arch=$${rest%%:*}; arm=$${rest#*:}; \
+	  echo "building $(DIST)/moongate-linux-$$name"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/moongate-linux-$$name ./cmd/moongate; \
+	done
+	@for p in $(PLATFORMS); do f=$(DIST)/moongate-linux-$${p%%:*}; \
+	  stat -c '%n %s' $$f | awk '{ printf "%-28s %9d bytes  %5.1f MiB\n", $$1, $$2, $$2 / 1048576 }'; done
+
+# Debian packages (amd64, arm64, armhf with the armv6 binary) in $(DIST).
+# A tag v1.2.3 gives version 1.2.3; an untagged tree 0.0.0+git<describe>.
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -e 's/^v\([0-9]\)/\1/;tx' -e 's/^/0.0.0+git/' -e ':x' -e 's/-/+/g')
+
+deb: build-all
+	GO=$(GO) deploy/package.sh amd64 $(DIST)/moongate-linux-amd64 $(DEB_VERSION) $(DIST)
+	GO=$(GO) deploy/package.sh arm64 $(DIST)/moongate-linux-arm64 $(DEB_VERSION) $(DIST)
+	GO=$(GO) deploy/package.sh armhf $(DIST)/moongate-linux-armv6 $(DEB_VERSION) $(DIST)
