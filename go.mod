@@ -91,3 +91,5 @@ require (
 )
 
 tool github.com/goreleaser/nfpm/v2/cmd/nfpm
+
+replace github.com/dgraph-io/ristretto/v2 v2.2.0 => ./third_party/ristretto
