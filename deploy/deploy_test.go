@@ -245,7 +245,7 @@ func TestInstallScript(t *testing.T) {
 	if got, _ := os.ReadFile(cfgPath + ".dist"); !bytes.Equal(got, packagedConfig(t)) {
 		t.Error("second run did not leave the shipped configuration as config.yaml.dist")
 	}
-	if n := strings.Count(mustRead(t, filepath.Join(root, "etc", "passwd")), "moongate:"); n != 1 {
+	if n := strings.Count("\n"+mustRead(t, filepath.Join(root, "etc", "passwd")), "\nmoongate:"); n != 1 {
 		t.Errorf("%d moongate users after two runs", n)
 	}
 
