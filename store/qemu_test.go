@@ -41,7 +41,7 @@ func TestQEMUArm32(t *testing.T) {
 	if err != nil {
 		t.Fatalf("arm test binary under qemu-arm: %v\n%s", err, out)
 	}
-	for _, name := range []string{"TestCrash", "TestValueLogFiles", "TestBatchSplitsIntoTransactions", "TestFormatVersion"} {
+	for _, name := range []string{"TestCrash", "TestValueLogFiles", "TestBatchSplitsIntoTransactions", "TestFormatVersion", "TestMigrateOlderFormat"} {
 		if !strings.Contains(string(out), "--- PASS: "+name+" ") {
 			t.Fatalf("%s did not pass under qemu-arm:\n%s", name, out)
 		}
