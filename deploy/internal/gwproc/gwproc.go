@@ -80,8 +80,20 @@ func Start(ctx context.Context, o Options) (*Proc, error) {
 	if err := WriteConfig(o); err != nil {
 		return nil, fmt.Errorf("gwproc: write config: %w", err)
 	}
-	args := append(append([]string{}, o.Command[1:]...), "serve", "--config", o.ConfigPath)
-	cmd := exec.Command(o.Command[0], args...)
+	argv := append([]string{}, o.Command...)
+	for i, a := range argv {
+		// The process runs in the configuration's directory: make paths
+		// of the binary (and of the one behind an emulator) absolute.
+		if strings.Contains(a, "/") && !filepath.IsAbs(a) {
+			abs, err := filepath.Abs(a)
+			if err != nil {
+				return nil, err
+			}
+			argv[i] = abs
+		}
+	}
+	args := append(argv[1:], "serve", "--config", o.ConfigPath)
+	cmd := exec.Command(argv[0], args...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Dir = filepath.Dir(o.ConfigPath)
 	stderr, err := cmd.StderrPipe()
@@ -232,12 +244,16 @@ func (p *Proc) Kill() {
 	<-p.exited
 }
 
-// Memory is a sample of the process's memory from /proc/PID/status.
+// Memory is a sample of the process's memory from /proc/PID/status, in
+// bytes.
 type Memory struct {
-	RSS, HWM int64 // bytes: resident now, peak resident
+	RSS  int64 // VmRSS: resident now
+	HWM  int64 // VmHWM: peak resident
+	Anon int64 // RssAnon: heap, stacks (the Go runtime's memory)
+	File int64 // RssFile: resident pages of mapped files (binary, Badger's mmaps)
 }
 
-// Memory reads VmRSS and VmHWM of the process.
+// Memory reads the process's resident memory.
 func (p *Proc) Memory() (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
 	if err != nil {
@@ -258,6 +274,10 @@ func (p *Proc) Memory() (Memory, error) {
 			m.RSS = kb << 10
 		case "VmHWM:":
 			m.HWM = kb << 10
+		case "RssAnon:":
+			m.Anon = kb << 10
+		case "RssFile:":
+			m.File = kb << 10
 		}
 	}
 	if m.RSS == 0 {
