@@ -41,7 +41,7 @@ type options struct {
 	starts               int
 	idle, load           time.Duration
 	rate, devices        int
-	extraConfig          string
+	extraConfig, logFile string
 	env                  []string
 }
 
@@ -56,6 +56,7 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 1000, "events per second in the load phase")
 	flag.IntVar(&o.devices, "devices", 10, "simulated devices sharing the rate")
 	flag.StringVar(&o.extraConfig, "config", "", "extra YAML appended to the configuration (e.g. \"store:\\n  profile: large\\n\")")
+	flag.StringVar(&o.logFile, "log", "", "write the daemons' output (log, GODEBUG traces) to this file")
 	var env string
 	flag.StringVar(&env, "env", "", "one extra environment variable for the daemon, e.g. GOMEMLIMIT=96MiB")
 	flag.Parse()
@@ -109,9 +110,18 @@ func measure(o options) error {
 			return err
 		}
 	}
+	var logw io.Writer
+	if o.logFile != "" {
+		f, err := os.Create(o.logFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		logw = &lockedWriter{w: f}
+	}
 	opts := func(data string) gwproc.Options {
 		return gwproc.Options{Command: cmd, DataDir: filepath.Join(work, data), FunctionsDir: fdir,
-			ConfigPath: filepath.Join(work, "config.yaml"), ExtraConfig: o.extraConfig, Env: o.env}
+			ConfigPath: filepath.Join(work, "config.yaml"), ExtraConfig: o.extraConfig, Env: o.env, Log: logw}
 	}
 
 	// Start-up: the first start creates the data directory; the others
@@ -305,4 +315,16 @@ func countRecords(ctx context.Context, dir string) (int, error) {
 		}
 		cur = next
 	}
+}
+
+// lockedWriter serialises writes of the daemons' output.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
