@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --root=*) root=${1#*=}; shift ;;
     --uninstall) action=uninstall; shift ;;
     --purge) purge=yes; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
