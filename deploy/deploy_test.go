@@ -451,4 +451,3 @@ func lastLine(s string) string {
 	}
 	return s
 }
-
