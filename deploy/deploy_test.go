@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -450,4 +451,38 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// TestDebianPackageArm64: the arm64 package carries the arm64 binary,
+// declares its architecture and passes lintian without errors (the armhf
+// one is built the same way by make deb, from the armv6 binary).
+func TestDebianPackageArm64(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cross-builds the arm64 binary")
+	}
+	needTool(t, "dpkg-deb", "dpkg")
+	lintian := needTool(t, "lintian", "lintian")
+	repo := repoRoot(t)
+	bin := moongateBinary(t, "arm64", "")
+	out := t.TempDir()
+	deb := strings.TrimSpace(lastLine(run(t, repo, goEnv(), "sh", "deploy/package.sh", "arm64", bin, "0.0.1", out)))
+	if info := run(t, repo, nil, "dpkg-deb", "--field", deb, "Architecture"); strings.TrimSpace(info) != "arm64" {
+		t.Fatalf("Architecture: %q", info)
+	}
+	x := filepath.Join(out, "x")
+	run(t, repo, nil, "dpkg-deb", "-x", deb, x)
+	f, err := elf.Open(filepath.Join(x, "usr", "bin", "moongate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_AARCH64 || f.Class != elf.ELFCLASS64 {
+		t.Fatalf("packaged binary is %v %v", f.Machine, f.Class)
+	}
+	lint, _ := runErr(repo, nil, lintian, "--tag-display-limit", "0", deb)
+	for _, line := range strings.Split(lint, "\n") {
+		if strings.HasPrefix(line, "E: ") {
+			t.Errorf("lintian error: %s", line)
+		}
+	}
 }
