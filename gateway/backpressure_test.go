@@ -98,7 +98,8 @@ end`, "triggers:\n  - mqtt: devices/{device}/telemetry\n")
 		t.Errorf("in-memory backlog reached %d, limit %d", b, limit)
 	}
 	growth := int64(peakHeap.Load()) - int64(baseHeap)
-	t.Logf("offered %d KiB; max backlog %d; peak heap growth %d KiB", clients*perClient*len(payload)>>10, maxBacklog.Load(), growth>>10)
+	t.Logf("offered %d KiB; max backlog %d; peak heap growth %d KiB; redeliveries recognised %d",
+		clients*perClient*len(payload)>>10, maxBacklog.Load(), growth>>10, p.d.Gateway().Stats().Redelivered)
 	// The offered load is 10 MiB; the clients hold at most clients x window
 	// messages (5 MiB) of it. Without flow control the gateway would hold
 	// the rest on top.

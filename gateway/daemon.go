@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
@@ -30,6 +32,9 @@ type Daemon struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	mqttURL string
+	mgr     manager // serialises API function changes (manage.go)
+	api     *apiserver.Server
+	syncState
 
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
@@ -76,6 +81,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		Workers:         cfg.Pipeline.Workers,
 		InboxLimit:      cfg.Pipeline.InboxLimit,
 		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
+		MaxHops:         cfg.Pipeline.MaxHops,
 		MaxPayload:      int(cfg.MQTT.MaxPayload),
 		Retry: RetryPolicy{
 			MaxAttempts:    cfg.Pipeline.Retry.MaxAttempts,
@@ -93,7 +99,26 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 			return fail(fmt.Errorf("api listen %s: %w", cfg.API.Listen, err))
 		}
 		d.httpLn = ln
-		d.httpSrv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		api, err := d.newAPI()
+		if err != nil {
+			return fail(fmt.Errorf("api: %w", err))
+		}
+		d.api = api
+		// One port for REST, gRPC and health: HTTP/2 for gRPC comes from
+		// ALPN with TLS, or unencrypted HTTP/2 (prior knowledge) without.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, Protocols: &protos}
+		if d.cfg.API.TLS.Enabled() {
+			tc, err := apiTLS(d.cfg.API.TLS)
+			if err != nil {
+				return fail(err)
+			}
+			protos.SetHTTP2(true)
+			d.httpSrv.TLSConfig = tc
+		} else {
+			protos.SetUnencryptedHTTP2(true)
+		}
 	}
 	return d, nil
 }
@@ -162,7 +187,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.httpSrv != nil {
 		go func() {
-			if err := d.httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			var err error
+			if d.httpSrv.TLSConfig != nil {
+				err = d.httpSrv.ServeTLS(d.httpLn, "", "")
+			} else {
+				err = d.httpSrv.Serve(d.httpLn)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("api server", "err", err)
 			}
 		}()
@@ -231,12 +262,20 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 			continue
 		}
 		f.Version = r.Version
+		// A rollback to an identical older version still switches versions.
+		f.Fingerprint = r.SHA256 + "@" + strconv.FormatInt(r.Version, 10)
 		out = append(out, f)
 	}
 	return out
 }
 
 func (d *Daemon) closeAll() {
+	if d.api != nil {
+		// First: it ends the open streams (log follow) that would hold
+		// the HTTP server's shutdown.
+		d.api.Close()
+		d.api = nil
+	}
 	if d.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = d.httpSrv.Shutdown(ctx)
@@ -301,6 +340,7 @@ func embeddedConfig(cfg *config.Config) mqtt.EmbeddedConfig {
 		Listen: e.Listen, WebSocketListen: e.WebsocketListen, TLSCert: e.TLS.Cert, TLSKey: e.TLS.Key,
 		AllowAnonymous: e.AnonymousAllowed(), Users: users, MaxPayload: int(cfg.MQTT.MaxPayload),
 		MaxSessionExpiry: e.MaxSessionExpiry.Std(), MaxInflight: e.MaxInflight, MaxQueuedPerClient: e.MaxQueuedPerClient,
+		MaxClients: e.MaxClients,
 	}
 }
 

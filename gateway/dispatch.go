@@ -82,6 +82,18 @@ func (d *dispatcher) admit(ctx context.Context, n int, size int64) error {
 	return nil
 }
 
+// tryAdmit is admit without waiting: it reports whether the room was taken.
+func (d *dispatcher) tryAdmit(n int, size int64) bool {
+	if !d.count.TryAcquire(int64(n)) {
+		return false
+	}
+	if !d.bytes.TryAcquire(d.clampBytes(size)) {
+		d.count.Release(int64(n))
+		return false
+	}
+	return true
+}
+
 func (d *dispatcher) clampBytes(size int64) int64 {
 	return min(max(size, 1), d.maxB)
 }

@@ -12,6 +12,17 @@ var (
 	ErrBadEvent = errors.New("gateway: malformed event")
 	// ErrInvalidTopic is returned for an inbound message whose topic is not valid UTF-8 or is otherwise unusable.
 	ErrInvalidTopic = errors.New("gateway: invalid topic")
+	// ErrHopLimit is the dead-letter cause of a chained event that is more
+	// hops away from its origin than Options.MaxHops (a trigger cycle).
+	ErrHopLimit = errors.New("gateway: chained event exceeds the hop limit (trigger cycle?)")
 	// ErrPayloadTooLarge is returned for an inbound message over the configured payload limit.
 	ErrPayloadTooLarge = errors.New("gateway: payload too large")
+	// ErrFunctionsDir is returned for a deploy, rollback or delete through the
+	// API while the functions are loaded from a directory (functions_dir),
+	// which owns them.
+	ErrFunctionsDir = errors.New("gateway: functions are managed by functions_dir")
+	// ErrInvalidFunction is returned for a deploy whose name, manifest or
+	// source is invalid; it also wraps the precise error (a
+	// *luavm.CompileError with line and column, manifest errors with line).
+	ErrInvalidFunction = errors.New("gateway: invalid function")
 )

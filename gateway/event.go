@@ -12,7 +12,12 @@ import (
 // length-prefixed fields. It is faster and smaller than JSON for binary
 // payloads, and every field is bounds-checked when decoding.
 
-const eventFormatV1 = 1
+// Event formats: V2 is V1 followed by the hop count (uvarint, at least 1)
+// of a chained event; events with no hops are still written as V1.
+const (
+	eventFormatV1 = 1
+	eventFormatV2 = 2
+)
 
 // maxDecodedField bounds any one field of a stored event (a corrupted length
 // must not allocate gigabytes).
@@ -43,7 +48,19 @@ func appendMap(b []byte, m map[string]string) []byte {
 }
 
 // encodeEvent serialises ev for the inbox.
-func encodeEvent(ev *luavm.Event) []byte {
+func encodeEvent(ev *luavm.Event) []byte { return encodeEventHops(ev, 0) }
+
+// encodeEventHops serialises ev with its hop count (chained events).
+func encodeEventHops(ev *luavm.Event, hops int) []byte {
+	b := encodeEventV1(ev)
+	if hops <= 0 {
+		return b
+	}
+	b[0] = eventFormatV2
+	return binary.AppendUvarint(b, uint64(hops))
+}
+
+func encodeEventV1(ev *luavm.Event) []byte {
 	size := 32 + len(ev.ID) + len(ev.Topic) + len(ev.Payload) + len(ev.Trigger)
 	for k, v := range ev.Captures {
 		size += len(k) + len(v) + 4
@@ -172,8 +189,14 @@ func (r *eventReader) strmap(what string) map[string]string {
 
 // decodeEvent parses what encodeEvent wrote. The payload and body alias b.
 func decodeEvent(b []byte) (*luavm.Event, error) {
-	if len(b) == 0 || b[0] != eventFormatV1 {
-		return nil, fmt.Errorf("%w: unknown format", ErrBadEvent)
+	ev, _, err := decodeEventHops(b)
+	return ev, err
+}
+
+// decodeEventHops parses what encodeEventHops wrote.
+func decodeEventHops(b []byte) (*luavm.Event, int, error) {
+	if len(b) == 0 || (b[0] != eventFormatV1 && b[0] != eventFormatV2) {
+		return nil, 0, fmt.Errorf("%w: unknown format", ErrBadEvent)
 	}
 	r := &eventReader{b: b[1:]}
 	ev := &luavm.Event{}
@@ -208,11 +231,19 @@ func decodeEvent(b []byte) (*luavm.Event, error) {
 	default:
 		r.fail("http flag")
 	}
+	hops := 0
+	if b[0] == eventFormatV2 {
+		h := r.uvarint("hops")
+		if r.err == nil && (h == 0 || h > maxHops) {
+			r.fail("hops")
+		}
+		hops = int(h)
+	}
 	if r.err != nil {
-		return nil, r.err
+		return nil, 0, r.err
 	}
 	if len(r.b) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrBadEvent, len(r.b))
+		return nil, 0, fmt.Errorf("%w: %d trailing bytes", ErrBadEvent, len(r.b))
 	}
-	return ev, nil
+	return ev, hops, nil
 }

@@ -20,7 +20,14 @@ type Function struct {
 	Stream      string   // stream of the return value (default: the name)
 	Sync        []string // upstream targets of its records
 	OrderBy     string   // capture that orders its events, or trigger.OrderTopic / "" for the topic
-	Spec        luavm.Spec
+	// Streams are the streams whose records run the function (stream triggers).
+	Streams []string
+	// StateWatches are the state changes that run the function (state triggers).
+	StateWatches []trigger.StateTrigger
+	Spec         luavm.Spec
+	// HTTPMethods are the methods of its http triggers (the API serves them
+	// at /fn/NAME/...); empty when it has none.
+	HTTPMethods []string
 }
 
 // orderKey is the lane of an event: events with one key run in order.
@@ -35,6 +42,7 @@ func (f *Function) orderKey(topic string, captures map[string]string) string {
 
 type funcTable struct {
 	byName map[string]*Function
+	chain  chainIndex
 }
 
 // SetFunctions makes fns the whole set of deployed functions: new and
@@ -78,7 +86,7 @@ func (g *Gateway) SetFunctions(ctx context.Context, fns []*Function) error {
 	for _, f := range changed {
 		g.match.Set(f.Name, f.Patterns)
 	}
-	g.funcs.Store(&funcTable{byName: next})
+	g.funcs.Store(&funcTable{byName: next, chain: buildChainIndex(next)})
 	// Remove from the runtime only after the table no longer routes to them.
 	for name := range old {
 		if _, ok := next[name]; !ok {
@@ -139,16 +147,23 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 		IdleTimeout:    pick(m.IdleTimeout.Std(), d.IdleTimeout.Std()),
 	}
 	f := &Function{
-		Name:        m.Name,
-		Fingerprint: tf.SHA256,
-		Patterns:    m.Patterns(),
-		Stream:      m.Stream,
-		Sync:        m.Sync,
-		OrderBy:     m.OrderBy,
-		Spec:        spec,
+		Name:         m.Name,
+		Fingerprint:  tf.SHA256,
+		Patterns:     m.Patterns(),
+		Stream:       m.Stream,
+		Sync:         m.Sync,
+		OrderBy:      m.OrderBy,
+		Streams:      m.Streams(),
+		StateWatches: m.StateWatches(),
+		Spec:         spec,
 	}
 	for _, s := range m.Schedules() {
 		f.Schedules = append(f.Schedules, s)
+	}
+	for _, t := range m.Triggers {
+		if t.Kind == trigger.KindHTTP && t.HTTP != nil {
+			f.HTTPMethods = append(f.HTTPMethods, t.HTTP.Methods...)
+		}
 	}
 	return f, nil
 }

@@ -26,6 +26,7 @@ import (
 type Store interface {
 	Enqueue(ctx context.Context, entries []store.InboxEntry) ([]uint64, error)
 	InboxPending(ctx context.Context, after uint64, limit int) ([]store.InboxEntry, error)
+	InboxNext() uint64
 	Commit(ctx context.Context, c *store.Commit) (store.CommitResult, error)
 	PendingPublishes(ctx context.Context, after uint64, limit int) ([]store.Publish, error)
 	AckPublishes(ctx context.Context, seqs ...uint64) error
@@ -70,6 +71,10 @@ type Options struct {
 	MaxPayload      int   // bytes (default 256 KiB); larger events are dead-lettered
 	Retry           RetryPolicy
 	ShutdownTimeout time.Duration // for in-flight work at stop (default 10s)
+	// MaxHops bounds function chains: an event chained through more
+	// stream or state triggers than this is dead-lettered with ErrHopLimit
+	// (default 8, at most 1000).
+	MaxHops int
 
 	// Now is the clock (default time.Now); tests may replace it.
 	Now func() time.Time
@@ -109,8 +114,20 @@ func (o *Options) withDefaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxHops <= 0 {
+		o.MaxHops = DefaultMaxHops
+	}
+	if o.MaxHops > maxHops {
+		return fmt.Errorf("gateway: Options.MaxHops %d is more than %d", o.MaxHops, maxHops)
+	}
 	return nil
 }
+
+// DefaultMaxHops is the default of Options.MaxHops.
+const DefaultMaxHops = 8
+
+// maxHops is the largest Options.MaxHops (and hop count an event may carry).
+const maxHops = 1000
 
 // Stats are the gateway's counters since start.
 type Stats struct {
@@ -143,10 +160,15 @@ type Gateway struct {
 	idSeq    atomic.Uint64
 
 	pubNotify chan struct{}
+	chainQ    chainQueue
+	inflight  inflightSet // QoS 1 messages on their way into the inbox
+	resuming  atomic.Bool // Run's resume of the inbox backlog is going on
 	ready     atomic.Bool
 	stopping  atomic.Bool
 
 	deployMu sync.Mutex // serialises SetFunctions
+
+	commits commitSignal // closed after each commit (Committed)
 
 	timersMu sync.Mutex
 	timers   map[string]context.CancelFunc // function -> its timer loop
@@ -174,7 +196,9 @@ func New(opts Options) (*Gateway, error) {
 		pubNotify: make(chan struct{}, 1),
 		timers:    make(map[string]context.CancelFunc),
 	}
-	g.funcs.Store(&funcTable{byName: map[string]*Function{}})
+	g.chainQ.wake = make(chan struct{}, 1)
+	g.resuming.Store(true)
+	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, g.process)
 	return g, nil
 }
@@ -222,6 +246,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: resume inbox: %w", err))
 	}
+	// Chained entries committed while resuming waited for the backlog
+	// before them; from now on they go to the workers directly.
+	g.resuming.Store(false)
+	go g.chainFeeder(workCtx)
 	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
 		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: start ingest: %w", err))
@@ -260,9 +288,13 @@ func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan st
 	return cause
 }
 
-// resume queues every unconsumed inbox entry, in sequence order.
+// resume queues every unconsumed inbox entry, in sequence order. The
+// workers run meanwhile, and the chained entries they commit get sequences
+// from InboxNext on: those wait in the chain queue (see pushChained), so
+// that each entry is queued once and after the older ones of its lane.
 func (g *Gateway) resume(ctx context.Context) (int, error) {
 	var after uint64
+	bound := g.opts.Store.InboxNext()
 	total := 0
 	for {
 		entries, err := g.opts.Store.InboxPending(ctx, after, 256)
@@ -274,6 +306,9 @@ func (g *Gateway) resume(ctx context.Context) (int, error) {
 		}
 		for i := range entries {
 			e := entries[i]
+			if e.Seq >= bound {
+				return total, nil
+			}
 			j := &job{entry: e, size: int64(len(e.Event))}
 			if err := g.disp.admit(ctx, 1, j.size); err != nil {
 				return total, err
@@ -324,16 +359,71 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 	}
 	if m.QoS > 0 {
 		fp := fingerprint(m)
-		if m.Duplicate && g.opts.Store.Redelivered(ctx, fp) {
-			// A redelivery of a message already made durable (its PUBACK
-			// was lost when moongate stopped): acknowledge it, do not run
-			// it again.
-			g.stats.redelivered.Add(1)
-			return nil
+		key := string(fp)
+		if m.Duplicate {
+			// The original may still be on its way into the inbox: a
+			// sender whose connection dropped while intake was blocked
+			// (backpressure) resends on its new connection. Wait for it.
+			if err := g.inflight.wait(ctx, key); err != nil {
+				return err
+			}
+			if g.opts.Store.Redelivered(ctx, fp) {
+				// A redelivery of a message already made durable (its
+				// PUBACK was lost with the connection or when moongate
+				// stopped): acknowledge it, do not run it again.
+				g.stats.redelivered.Add(1)
+				return nil
+			}
 		}
 		entries[0].Fingerprint = fp
+		g.inflight.add(key)
+		defer g.inflight.done(key)
 	}
 	return g.enqueue(ctx, entries)
+}
+
+// inflightSet tracks the QoS 1 messages being made durable, by
+// fingerprint, so that a redelivery waits for its original.
+type inflightSet struct {
+	mu sync.Mutex
+	m  map[string]chan struct{}
+}
+
+func (s *inflightSet) add(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[string]chan struct{})
+	}
+	if _, ok := s.m[key]; !ok {
+		s.m[key] = make(chan struct{})
+	}
+}
+
+func (s *inflightSet) done(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch, ok := s.m[key]; ok {
+		close(ch)
+		delete(s.m, key)
+	}
+}
+
+// wait blocks while a message with this fingerprint is in flight.
+func (s *inflightSet) wait(ctx context.Context, key string) error {
+	for {
+		s.mu.Lock()
+		ch, ok := s.m[key]
+		s.mu.Unlock()
+		if !ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // fingerprint identifies a QoS 1 message for redelivery detection: the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -21,11 +22,15 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	// function's own timeout bounds them.
 	ictx := context.WithoutCancel(ctx)
 	e := &j.entry
-	ev, err := decodeEvent(e.Event)
+	ev, hops, err := decodeEventHops(e.Event)
 	if err != nil {
 		return g.deadLetter(ictx, j, nil, err)
 	}
-	f := g.funcs.Load().byName[e.Function]
+	if hops > g.opts.MaxHops {
+		return g.deadLetter(ictx, j, nil, fmt.Errorf("%w: %d hops, limit %d", ErrHopLimit, hops, g.opts.MaxHops))
+	}
+	ft := g.funcs.Load()
+	f := ft.byName[e.Function]
 	if f == nil {
 		return g.deadLetter(ictx, j, nil, ErrNoFunction)
 	}
@@ -44,6 +49,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return retry, g.backoff(j.attempts)
 	}
 	c := g.buildCommit(f, ev, e, res)
+	g.chainCommit(ft, c, hops)
 	cr, err := g.opts.Store.Commit(ictx, c)
 	switch {
 	case err == nil:
@@ -60,9 +66,11 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return retry, g.backoff(max(j.attempts, 3))
 	}
 	g.stats.processed.Add(1)
+	g.signalCommit()
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
+	g.pushChained(cr.Inbox)
 	return done, 0
 }
 
@@ -174,6 +182,7 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 	switch {
 	case err == nil:
 		g.stats.dead.Add(1)
+		g.signalCommit()
 		g.log.Debug("event dead-lettered", "function", e.Function, "seq", e.Seq, "err", cause)
 		return done, 0
 	case errors.Is(err, store.ErrAlreadyConsumed):

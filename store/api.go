@@ -106,6 +106,35 @@ type Commit struct {
 	DeadLetter *DeadLetter
 	Logs       []LogRecord
 	Usage      *Usage
+
+	// Chain, when not nil, is called by the committer for every record and
+	// every state change of the commit, in order, with their final values
+	// (records with Seq and ID assigned; state with the value before and
+	// after). The inbox entries it returns are appended to the inbox in the
+	// same atomic write: this is how function chaining runs a downstream
+	// function exactly once per committed output. It runs inside the group
+	// committer, so it must be quick, must not block and must not call the
+	// Store; it must not keep the Change.
+	Chain func(Change) []InboxEntry
+	// ChainMax bounds the number of entries Chain may return in all (it
+	// sizes the write); more is an ErrInvalid and nothing is applied.
+	ChainMax int
+}
+
+// Change is one committed output offered to Commit.Chain: exactly one of
+// Record and State is set.
+type Change struct {
+	Record *Record
+	State  *StateUpdate
+}
+
+// StateUpdate is a state change as it is applied: the key's value before
+// and after (nil when absent).
+type StateUpdate struct {
+	Function string
+	Key      string
+	Old      []byte
+	New      []byte
 }
 
 // OutboxEntry is a record waiting for delivery to one upstream target.

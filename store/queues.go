@@ -9,6 +9,9 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
+// maxChain bounds Commit.ChainMax.
+const maxChain = 1 << 16
+
 // maxDropsPerWrite bounds how many old entries one write may drop to make
 // room; the retention pass finishes the job if more are needed.
 const maxDropsPerWrite = 64
@@ -104,6 +107,10 @@ func pending[T any](ctx context.Context, s *Store, prefix byte, head, after uint
 // InboxLen returns the number of entries waiting in the inbox.
 func (s *Store) InboxLen() int64 { return s.counters().Inbox.Count }
 
+// InboxNext returns the sequence the next inbox entry will get: every entry
+// with a lower sequence has been committed (or consumed) already.
+func (s *Store) InboxNext() uint64 { return s.counters().Inbox.Next }
+
 // scanSeq iterates the sequence-keyed space prefix from seq start, calling f
 // with each value, at most limit times (limit <= 0: no limit).
 func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
@@ -130,8 +137,9 @@ func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq u
 
 // CommitResult is what Commit assigned.
 type CommitResult struct {
-	Records   []Record  // with Seq, ID, ProcessedTS and ClockSynced set
-	Publishes []Publish // with Seq set
+	Records   []Record     // with Seq, ID, ProcessedTS and ClockSynced set
+	Publishes []Publish    // with Seq set
+	Inbox     []InboxEntry // returned by Commit.Chain, with Seq set
 }
 
 // Commit applies c all or nothing, durably, in the next group-commit batch:
@@ -139,8 +147,9 @@ type CommitResult struct {
 // commit consumed it: the caller must skip it, its effects are committed),
 // stores the records (assigning Seq and ID, indexing them, and appending each
 // to the outbox of every Record.Targets), applies the state changes in order,
-// appends the publishes to the publish outbox and stores the dead letter,
-// logs and usage. Quotas apply per key space (drop oldest or ErrQuota).
+// appends the publishes to the publish outbox, appends to the inbox the
+// entries c.Chain derives from the records and state changes, and stores
+// the dead letter, logs and usage. Quotas apply per key space (drop oldest or ErrQuota).
 // Other errors: ErrNotFound (InboxSeq never existed), ErrNotNumber,
 // ErrStoreFull, ErrInvalid, ErrTooLarge, ErrClosed. On error nothing of c
 // is applied, except when ctx ends while waiting: then the commit may or
@@ -153,6 +162,12 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	est, err := validateCommit(c, s.opts.MaxValueBytes)
 	if err != nil {
 		return CommitResult{}, err
+	}
+	if c.Chain != nil {
+		// Chained entries are built in the committer: each is bounded by
+		// MaxValueBytes, and values past the value threshold are only
+		// pointers in the transaction.
+		est += int64(c.ChainMax) * s.vEntryEst(9, min(s.opts.MaxValueBytes, int(s.valueThreshold))+64)
 	}
 	// The committer reads c after this call returns on a ctx error: work on
 	// a copy of what it writes back into (sequences of logs and dead letter).
@@ -275,6 +290,9 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 		}
 		est += entryEst(16+len(u.Function), 64)
 	}
+	if c.ChainMax < 0 || c.ChainMax > maxChain {
+		return 0, fmt.Errorf("%w: ChainMax %d (0 to %d)", ErrInvalid, c.ChainMax, maxChain)
+	}
 	return est, nil
 }
 
@@ -303,10 +321,24 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		val []byte // nil: delete
 	}
 	var state []sv
+	var updates []StateUpdate // for c.Chain: each change with its old value
 	overlay := map[string]int{}
 	for _, ch := range c.State {
 		k := stateKey(ch.Function, ch.Key)
 		var nv []byte
+		if c.Chain != nil {
+			var old []byte
+			if i, ok := overlay[string(k)]; ok {
+				old = state[i].val
+			} else {
+				v, _, err := b.get(k)
+				if err != nil {
+					return err
+				}
+				old = v
+			}
+			updates = append(updates, StateUpdate{Function: ch.Function, Key: ch.Key, Old: old})
+		}
 		switch ch.Op {
 		case StateSet:
 			nv = append([]byte{}, ch.Value...)
@@ -342,6 +374,9 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		} else {
 			overlay[string(k)] = len(state)
 			state = append(state, sv{key: k, val: nv})
+		}
+		if c.Chain != nil {
+			updates[len(updates)-1].New = nv
 		}
 	}
 	// 3. Encode with the sequences they will get, then check reject_new quotas.
@@ -398,6 +433,10 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		return err
 	}
 	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
+		return err
+	}
+	chained, chainVals, err := s.chain(b, c, recs, updates)
+	if err != nil {
 		return err
 	}
 	// 4. Mutate: nothing below may fail except fatally.
@@ -488,8 +527,57 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			return err
 		}
 	}
+	for i := range chained {
+		seq := b.ctr.Inbox.Next
+		b.ctr.Inbox.Next++
+		b.ctr.Inbox.add(len(chainVals[i]))
+		b.set(seqKey(pInbox, seq), chainVals[i])
+		chained[i].Seq = seq
+	}
 	res.Records = recs
+	res.Inbox = chained
 	return nil
+}
+
+// chain calls c.Chain for the commit's records and state updates and
+// encodes the inbox entries it returns, checking them and the inbox quota.
+// It does not mutate b.
+func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate) ([]InboxEntry, [][]byte, error) {
+	if c.Chain == nil {
+		return nil, nil, nil
+	}
+	var out []InboxEntry
+	for i := range recs {
+		r := recs[i] // a copy: Chain must not change what is stored
+		out = append(out, c.Chain(Change{Record: &r})...)
+	}
+	for i := range updates {
+		out = append(out, c.Chain(Change{State: &updates[i]})...)
+	}
+	if len(out) > c.ChainMax {
+		return nil, nil, fmt.Errorf("%w: Chain returned %d inbox entries, ChainMax is %d", ErrInvalid, len(out), c.ChainMax)
+	}
+	vals := make([][]byte, len(out))
+	var total int64
+	for i := range out {
+		e := &out[i]
+		if err := validName("function", e.Function, false); err != nil {
+			return nil, nil, err
+		}
+		if len(e.Fingerprint) != 0 {
+			return nil, nil, fmt.Errorf("%w: a chained inbox entry has no fingerprint", ErrInvalid)
+		}
+		if len(e.Event) > s.opts.MaxValueBytes {
+			return nil, nil, fmt.Errorf("%w: chained event of %d bytes, limit %d", ErrTooLarge, len(e.Event), s.opts.MaxValueBytes)
+		}
+		vals[i] = encodeInbox(e, b.now)
+		total += int64(len(vals[i]))
+	}
+	if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && total > 0 && b.ctr.Inbox.Bytes+total > q.MaxBytes {
+		b.ctr.Rejected[SpaceInbox]++
+		return nil, nil, fmt.Errorf("%w: inbox holds %d bytes, quota %d", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes)
+	}
+	return out, vals, nil
 }
 
 func countTarget(recs []Record, t string) int {

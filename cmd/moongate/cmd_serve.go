@@ -41,6 +41,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		cfg.DataDir = *dataDir
 	}
 	log := newLogger(cfg.Log, stderr)
+	gateway.Version = version
 	d, err := gateway.NewDaemon(ctx, cfg, log)
 	if err != nil {
 		log.Error("start failed", "err", err)

@@ -79,6 +79,9 @@ type Embedded struct {
 	MaxSessionExpiry   Duration `yaml:"max_session_expiry"`    // default 1h
 	MaxInflight        int      `yaml:"max_inflight"`          // default 64
 	MaxQueuedPerClient int      `yaml:"max_queued_per_client"` // default 1000
+	// MaxClients bounds the devices connected at once (about 35 KB each);
+	// more are refused at CONNECT. Default 1000.
+	MaxClients int `yaml:"max_clients"`
 }
 
 // User is a device account of the embedded broker. Publish and Subscribe
@@ -129,7 +132,42 @@ type ClientTLS struct {
 // API configures the HTTP API (health endpoints and REST).
 type API struct {
 	Listen string `yaml:"listen"` // default 127.0.0.1:8080; "" disables the API
+	// Tokens are the bearer tokens the management API accepts (none by
+	// default: every call but /healthz, /readyz and /metrics is refused).
+	// Removing a token and restarting revokes it.
+	Tokens []APIToken `yaml:"tokens"`
+	// TLS serves the API over HTTPS (certificate and key, both or neither).
+	// Required when Listen is not a loopback address, unless
+	// AllowPlaintext is set.
+	TLS TLS `yaml:"tls"`
+	// AllowPlaintext allows a non-loopback Listen address without TLS
+	// (tokens then cross the network in clear; only behind a trusted proxy).
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// MaxBodyBytes bounds a request body, a function deploy included
+	// (default 4MiB; 64KiB to 64MiB). Larger bodies get 413.
+	MaxBodyBytes Size `yaml:"max_body_bytes"`
 }
+
+// APIToken is one accepted bearer token, kept as a hash: Hash is
+// "sha256:" and the hex SHA-256 of the token (`moongate token create`
+// prints a new token and this line).
+type APIToken struct {
+	Name  string `yaml:"name"`  // shown in the audit log; unique
+	Scope string `yaml:"scope"` // ScopeAdmin or ScopeRead
+	Hash  string `yaml:"hash"`
+}
+
+// API token scopes.
+const (
+	ScopeAdmin = "admin" // everything: deploy, delete, invoke, writes
+	ScopeRead  = "read"  // queries only
+)
+
+// API body size bounds.
+const (
+	MinAPIBodyBytes = Size(64 << 10)
+	MaxAPIBodyBytes = Size(64 << 20)
+)
 
 // Store profiles, durability modes and quota policies.
 const (
@@ -179,6 +217,9 @@ type Pipeline struct {
 	// InboxBytes bounds the same backlog in bytes of events (default 16MiB).
 	InboxBytes Size  `yaml:"inbox_bytes"`
 	Retry      Retry `yaml:"retry"`
+	// MaxHops bounds function chains (stream and state triggers): an event
+	// more hops from its origin is dead-lettered (default 8, 1 to 1000).
+	MaxHops int `yaml:"max_hops"`
 }
 
 // Retry is the retry policy of a failed event before it goes to the dead
@@ -231,10 +272,11 @@ func Default() *Config {
 				MaxSessionExpiry:   Duration(time.Hour),
 				MaxInflight:        64,
 				MaxQueuedPerClient: 1000,
+				MaxClients:         1000,
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},
-		API: API{Listen: "127.0.0.1:8080"},
+		API: API{Listen: "127.0.0.1:8080", Tokens: []APIToken{}, MaxBodyBytes: 4 << 20},
 		Store: Store{
 			Profile:      ProfileLowMemory,
 			Durability:   DurabilityAlways,
@@ -252,6 +294,7 @@ func Default() *Config {
 			Workers:    0,
 			InboxLimit: 10000,
 			InboxBytes: 16 << 20,
+			MaxHops:    8,
 			Retry:      Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
 		},
 		Functions: Functions{

@@ -66,8 +66,13 @@ mqtt:
     max_session_expiry: 10m
     max_inflight: 32
     max_queued_per_client: 500
+    max_clients: 5000
 api:
   listen: ":8080"
+  tls: {cert: /c.pem, key: /k.pem}
+  tokens:
+    - {name: ci, scope: admin, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}
+  max_body_bytes: 1MiB
 store:
   profile: large
   durability: interval
@@ -103,6 +108,7 @@ functions:
 		{c.MQTT.Embedded.Users[1].Subscribe, []string{}},
 		{c.MQTT.Embedded.Users[1].Publish, []string{DefaultACL}},
 		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
+		{c.MQTT.Embedded.MaxClients, 5000},
 		{c.MQTT.External.ClientID, "moongate-pi-7"},
 		{c.Store.DiskReserve, Size(1e9)},
 		{c.Store.Quotas.Records.MaxBytes, Size(1 << 30)},
@@ -114,6 +120,8 @@ functions:
 		{c.Functions.MaxSteps, int64(1_000_000)},
 		{c.Functions.IdleTimeout, Duration(0)},
 		{c.MQTT.Embedded.AnonymousAllowed(), false},
+		{c.API.Tokens, []APIToken{{Name: "ci", Scope: ScopeAdmin, Hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}}},
+		{c.API.MaxBodyBytes, Size(1 << 20)},
 	}
 	for i, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
@@ -160,6 +168,15 @@ func TestErrors(t *testing.T) {
 		{"bad duration", "functions:\n  timeout: 1 sec\n", []string{`m.yaml:2: functions.timeout: invalid duration "1 sec"`}},
 		{"bad listen address", "mqtt:\n  embedded:\n    listen: x\n", []string{`m.yaml:3: mqtt.embedded.listen: invalid address "x": missing port in address`}},
 		{"bad listen port", "api:\n  listen: 127.0.0.1:99999\n", []string{`m.yaml:2: api.listen: invalid address "127.0.0.1:99999": bad port`}},
+		{"api on LAN without tls", "api:\n  listen: 0.0.0.0:8080\n", []string{"m.yaml:2: api.listen: a non-loopback address needs api.tls"}},
+		{"api tls cert only", "api:\n  tls: {cert: /c.pem}\n", []string{"api.tls.key: tls.cert is set but tls.key is not"}},
+		{"api body too small", "api:\n  max_body_bytes: 1KiB\n", []string{"m.yaml:2: api.max_body_bytes: 1KiB out of range"}},
+		{"api token bad scope", "api:\n  tokens:\n    - {name: a, scope: root, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`m.yaml:3: api.tokens[0].scope: invalid "root": admin or read`}},
+		{"api token plain", "api:\n  tokens:\n    - {name: a, scope: read, hash: secret}\n", []string{`m.yaml:3: api.tokens[0].hash: invalid`}},
+		{"api token upper-case hash", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'}\n", []string{`api.tokens[0].hash: invalid`}},
+		{"api token no name", "api:\n  tokens:\n    - {scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`api.tokens[0].name: invalid ""`}},
+		{"api token duplicate", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n    - {name: a, scope: admin, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`api.tokens[1].name: duplicate token name "a"`, "api.tokens[1].hash: same token as tokens[0]"}},
+		{"api token unknown key", "api:\n  tokens:\n    - {name: a, scope: read, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', token: x}\n", []string{"api.tokens[0].token: unknown key"}},
 		{"bad websocket listen", "mqtt: {embedded: {websocket_listen: 'a b:1'}}\n", []string{`m.yaml:1: mqtt.embedded.websocket_listen: invalid address "a b:1": bad host`}},
 		{"non-loopback without users", "mqtt:\n  embedded:\n    listen: 0.0.0.0:1883\n", []string{"m.yaml:2: mqtt.embedded.users: a non-loopback listen address requires at least one user"}},
 		{"all interfaces without users", "mqtt:\n  embedded:\n    listen: :1883\n", []string{"mqtt.embedded.users: a non-loopback"}},
@@ -193,7 +210,9 @@ func TestErrors(t *testing.T) {
 		{"zero sync interval", "store:\n  durability: interval\n  sync_interval: 0\n", []string{"m.yaml:3: store.sync_interval: 0s out of range"}},
 		{"workers negative", "pipeline:\n  workers: -1\n", []string{"m.yaml:2: pipeline.workers: -1 out of range [0, 1024]"}},
 		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
+		{"max clients zero", "mqtt:\n  embedded:\n    max_clients: 0\n", []string{"m.yaml:3: mqtt.embedded.max_clients: 0 out of range"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},
+		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},
 		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
 		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},
 		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},

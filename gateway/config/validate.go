@@ -39,6 +39,7 @@ func (c *Config) Validate() error {
 	if c.API.Listen != "" {
 		v.listen("api.listen", c.API.Listen)
 	}
+	v.api()
 	v.store()
 	v.pipeline()
 	v.functions()
@@ -162,6 +163,7 @@ func (v *validator) embedded() {
 	}
 	v.intRange(p+".max_inflight", int64(e.MaxInflight), 1, MaxInflight)
 	v.intRange(p+".max_queued_per_client", int64(e.MaxQueuedPerClient), 1, 1_000_000)
+	v.intRange(p+".max_clients", int64(e.MaxClients), 1, 1_000_000)
 }
 
 func (v *validator) serverTLS(path string, t TLS) {
@@ -352,6 +354,7 @@ func (v *validator) pipeline() {
 	v.intRange("pipeline.workers", int64(p.Workers), 0, MaxWorkers)
 	v.intRange("pipeline.inbox_limit", int64(p.InboxLimit), 1, 10_000_000)
 	v.intRange("pipeline.inbox_bytes", int64(p.InboxBytes), 64<<10, 1<<30)
+	v.intRange("pipeline.max_hops", int64(p.MaxHops), 1, 1000)
 	v.intRange("pipeline.retry.max_attempts", int64(p.Retry.MaxAttempts), 1, MaxRetryAttempts)
 	v.positive("pipeline.retry.initial_backoff", p.Retry.InitialBackoff)
 	if p.Retry.MaxBackoff < p.Retry.InitialBackoff {
@@ -373,5 +376,46 @@ func (v *validator) functions() {
 	v.intRange(p+".min_instances", int64(f.MinInstances), 0, int64(f.MaxConcurrency))
 	if f.IdleTimeout > Duration(MaxIdleTimeout) {
 		v.add(p+".idle_timeout", "%s longer than %s", f.IdleTimeout, MaxIdleTimeout)
+	}
+}
+
+var (
+	apiTokenNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	apiTokenHashRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
+
+func (v *validator) api() {
+	a := v.c.API
+	const p = "api"
+	v.serverTLS(p+".tls", a.TLS)
+	if a.Listen != "" && !a.TLS.Enabled() && !a.AllowPlaintext {
+		if _, _, err := splitHostPort(a.Listen); err == nil && !IsLoopback(a.Listen) {
+			v.add(p+".listen", "a non-loopback address needs api.tls (tokens would cross the network in clear); set api.allow_plaintext: true only behind a trusted TLS proxy")
+		}
+	}
+	if a.MaxBodyBytes < MinAPIBodyBytes || a.MaxBodyBytes > MaxAPIBodyBytes {
+		v.add(p+".max_body_bytes", "%s out of range [%s, %s]", a.MaxBodyBytes, MinAPIBodyBytes, MaxAPIBodyBytes)
+	}
+	names := map[string]int{}
+	hashes := map[string]int{}
+	for i, t := range a.Tokens {
+		tp := fmt.Sprintf("%s.tokens[%d]", p, i)
+		if !apiTokenNameRE.MatchString(t.Name) {
+			v.add(tp+".name", "invalid %q: 1 to 64 letters, digits, '.', '_' or '-'", clip(t.Name))
+		} else if j, dup := names[t.Name]; dup {
+			v.add(tp+".name", "duplicate token name %q (also tokens[%d])", t.Name, j)
+		} else {
+			names[t.Name] = i
+		}
+		if t.Scope != ScopeAdmin && t.Scope != ScopeRead {
+			v.add(tp+".scope", "invalid %q: admin or read", clip(t.Scope))
+		}
+		if !apiTokenHashRE.MatchString(t.Hash) {
+			v.add(tp+".hash", "invalid: \"sha256:\" and 64 lower-case hex digits, as printed by `moongate token create`")
+		} else if j, dup := hashes[t.Hash]; dup {
+			v.add(tp+".hash", "same token as tokens[%d]", j)
+		} else {
+			hashes[t.Hash] = i
+		}
 	}
 }

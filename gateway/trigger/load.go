@@ -112,13 +112,7 @@ func loadOne(dir, name string, fp io.Writer) (Function, error) {
 	if err != nil {
 		return fail(spath, fmt.Errorf("%w: %w", ErrSource, err))
 	}
-	sum := sha256.New()
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(mdata)))
-	sum.Write(n[:])
-	sum.Write(mdata)
-	sum.Write(src)
-	hash := hex.EncodeToString(sum.Sum(nil))
+	hash := Fingerprint(mdata, src)
 	fmt.Fprintf(fp, "%s\x00%s\x00", name, hash)
 	m, err := ParseManifest(mpath, mdata)
 	if err != nil {
@@ -196,4 +190,17 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 			pending = fp
 		}
 	}
+}
+
+// Fingerprint is Function.SHA256 of a manifest and a source: the hex
+// SHA-256 of the manifest's length (8 bytes, big-endian), the manifest and
+// the source.
+func Fingerprint(manifest, source []byte) string {
+	sum := sha256.New()
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(manifest)))
+	sum.Write(n[:])
+	sum.Write(manifest)
+	sum.Write(source)
+	return hex.EncodeToString(sum.Sum(nil))
 }

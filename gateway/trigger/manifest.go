@@ -36,6 +36,12 @@ const (
 	KindTimer TriggerKind = "timer"
 	KindCron  TriggerKind = "cron"
 	KindHTTP  TriggerKind = "http"
+	// KindStream runs the function on every record committed to a stream
+	// (function chaining).
+	KindStream TriggerKind = "stream"
+	// KindState runs the function on every committed change of another
+	// function's state under a key prefix.
+	KindState TriggerKind = "state"
 )
 
 // TriggerSpec is one entry of a manifest's triggers list, a mapping with
@@ -46,13 +52,23 @@ const (
 //	  - timer: "@every 1m"                  # or "30s", "@hourly", a cron expression
 //	  - cron: "*/5 * * * *"                 # a 5-field cron expression or a descriptor
 //	  - http: {methods: [GET, POST]}        # methods default to [POST]
+//	  - stream: readings                    # records emitted to a stream
+//	  - state: {function: counter, prefix: "temp/"} # changes of a function's state
 type TriggerSpec struct {
 	Kind     TriggerKind
-	Spec     string       // the text of an mqtt, timer or cron trigger
-	MQTT     *Pattern     // KindMQTT
-	Schedule Schedule     // KindTimer and KindCron
-	HTTP     *HTTPTrigger // KindHTTP
-	Line     int          // line in the manifest
+	Spec     string        // the text of an mqtt, timer, cron or stream trigger
+	MQTT     *Pattern      // KindMQTT
+	Schedule Schedule      // KindTimer and KindCron
+	HTTP     *HTTPTrigger  // KindHTTP
+	State    *StateTrigger // KindState
+	Line     int           // line in the manifest
+}
+
+// StateTrigger selects the state changes that run a function: those of
+// Function's keys that start with Prefix ("" is every key).
+type StateTrigger struct {
+	Function string `yaml:"function"`
+	Prefix   string `yaml:"prefix"`
 }
 
 // HTTPTrigger lets the API invoke the function with an HTTP request.
@@ -66,7 +82,7 @@ var httpMethods = map[string]bool{"GET": true, "POST": true, "PUT": true, "PATCH
 func (t *TriggerSpec) UnmarshalYAMLNode(file, path string, n *yaml.Node) error {
 	t.Line = n.Line
 	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
-		return errors.New(`a trigger is a mapping with one key: mqtt, timer, cron or http (e.g. - mqtt: "devices/{device}/telemetry")`)
+		return errors.New(`a trigger is a mapping with one key: mqtt, timer, cron, http, stream or state (e.g. - mqtt: "devices/{device}/telemetry")`)
 	}
 	k, v := n.Content[0], n.Content[1]
 	t.Kind = TriggerKind(k.Value)
@@ -122,8 +138,27 @@ func (t *TriggerSpec) UnmarshalYAMLNode(file, path string, n *yaml.Node) error {
 			}
 			seen[m] = true
 		}
+	case KindStream:
+		if t.Spec, err = scalar(); err != nil {
+			return err
+		}
+		if !streamRE.MatchString(t.Spec) {
+			return at(fmt.Sprintf("invalid stream name %q: use [a-z0-9][a-z0-9_.-]{0,127}", clip(t.Spec)), nil)
+		}
+	case KindState:
+		t.State = &StateTrigger{}
+		if err := config.DecodeNode(file, p, v, t.State, nil); err != nil {
+			return err
+		}
+		if !ValidFunctionName(t.State.Function) {
+			return at(fmt.Sprintf("state trigger needs the function whose state it watches: invalid function name %q", clip(t.State.Function)), nil)
+		}
+		if len(t.State.Prefix) > 1024 || strings.ContainsRune(t.State.Prefix, 0) {
+			return at("state prefix must be at most 1024 bytes without NUL", nil)
+		}
+		t.Spec = t.State.Function + "\x00" + t.State.Prefix
 	default:
-		return &config.Error{File: file, Line: k.Line, Path: p, Msg: "unknown trigger kind (valid: mqtt, timer, cron, http)"}
+		return &config.Error{File: file, Line: k.Line, Path: p, Msg: "unknown trigger kind (valid: mqtt, timer, cron, http, stream, state)"}
 	}
 	return nil
 }
@@ -206,6 +241,28 @@ func (m *Manifest) Schedules() []Schedule {
 		}
 	}
 	return ss
+}
+
+// Streams returns the streams of the stream triggers, in order.
+func (m *Manifest) Streams() []string {
+	var ss []string
+	for _, t := range m.Triggers {
+		if t.Kind == KindStream {
+			ss = append(ss, t.Spec)
+		}
+	}
+	return ss
+}
+
+// StateWatches returns the state triggers, in order.
+func (m *Manifest) StateWatches() []StateTrigger {
+	var ws []StateTrigger
+	for _, t := range m.Triggers {
+		if t.Kind == KindState {
+			ws = append(ws, *t.State)
+		}
+	}
+	return ws
 }
 
 // OrderKey returns the key that orders an MQTT event matched with captures:

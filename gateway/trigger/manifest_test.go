@@ -105,6 +105,24 @@ func TestParseManifestDefaults(t *testing.T) {
 	}
 }
 
+func TestParseManifestChainTriggers(t *testing.T) {
+	src := "triggers:\n  - stream: readings\n  - stream: alerts.v1\n  - state: {function: counter, prefix: \"temp/\"}\n  - state: {function: counter}\n"
+	m, err := ParseManifest("agg.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Streams(); !reflect.DeepEqual(got, []string{"readings", "alerts.v1"}) {
+		t.Errorf("Streams = %v", got)
+	}
+	want := []StateTrigger{{Function: "counter", Prefix: "temp/"}, {Function: "counter"}}
+	if got := m.StateWatches(); !reflect.DeepEqual(got, want) {
+		t.Errorf("StateWatches = %v", got)
+	}
+	if len(m.Patterns()) != 0 || len(m.Schedules()) != 0 {
+		t.Errorf("chain triggers counted as mqtt or timers")
+	}
+}
+
 func TestParseManifestErrors(t *testing.T) {
 	cases := []struct{ name, src, want string }{
 		{"unknown key", "triggers: []\ntimeout: 1s\n", "f.yaml:2: timeout: unknown key"},
@@ -118,6 +136,14 @@ func TestParseManifestErrors(t *testing.T) {
 		{"mixed name", "triggers:\n  - mqtt: \"a{b}\"\n", "f.yaml:2: triggers[0].mqtt: invalid trigger pattern"},
 		{"pattern not a string", "triggers:\n  - mqtt: [a]\n", "f.yaml:2: triggers[0].mqtt: expected a string, got a list"},
 		{"duplicate trigger", "triggers:\n  - mqtt: a\n  - mqtt: a\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"bad stream", "triggers:\n  - stream: \"Bad Name\"\n", `f.yaml:2: triggers[0].stream: invalid stream name "Bad Name"`},
+		{"stream not a string", "triggers:\n  - stream: {a: 1}\n", "f.yaml:2: triggers[0].stream: expected a string, got a mapping"},
+		{"duplicate stream", "triggers:\n  - stream: s\n  - stream: s\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"state without function", "triggers:\n  - state: {prefix: a}\n", "f.yaml:2: triggers[0].state: state trigger needs the function"},
+		{"state bad function", "triggers:\n  - state: {function: \"../x\"}\n", `invalid function name "../x"`},
+		{"state unknown key", "triggers:\n  - state: {function: f, prefx: a}\n", "triggers[0].state.prefx: unknown key"},
+		{"state long prefix", "triggers:\n  - state: {function: f, prefix: " + strings.Repeat("a", 1025) + "}\n", "state prefix must be at most 1024 bytes"},
+		{"duplicate state", "triggers:\n  - state: {function: f, prefix: a}\n  - state: {function: f, prefix: a}\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
 		{"bad timer", "triggers:\n  - timer: \"@every 10ms\"\n", "f.yaml:2: triggers[0].timer: invalid schedule \"@every 10ms\": interval shorter than 1s"},
 		{"bad bare timer", "triggers:\n  - timer: 100ms\n", "triggers[0].timer: invalid schedule"},
 		{"bad cron", "triggers:\n  - cron: \"61 * * * *\"\n", "f.yaml:2: triggers[0].cron: invalid schedule"},

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// This file holds what the management API (gateway/apiserver) needs of the
+// gateway beyond the event pipeline: synchronous invocation, dead-letter
+// replay and a signal after each commit.
+
+// Lookup returns the deployed function name, or nil.
+func (g *Gateway) Lookup(name string) *Function {
+	return g.funcs.Load().byName[name]
+}
+
+// InvokeResult is the outcome of Gateway.Invoke.
+type InvokeResult struct {
+	Result    *luavm.Result // never nil when Invoke returns a nil error
+	Err       error         // the invocation's own failure (Lua error, breached limit), or nil
+	Committed bool          // the outputs were committed
+	EventID   string
+}
+
+// Invoke runs the deployed function name once on ev, synchronously, outside
+// the ordered lanes of MQTT events. When commit is false nothing is written
+// (a dry run). When commit is true the outputs are committed atomically and
+// durably before Invoke returns, as for an MQTT event: records (the return
+// value goes to the function's stream, except for HTTP-triggered events
+// whose return value is the HTTP response), state changes, local
+// publishes, logs and usage; a failed invocation commits its logs and usage
+// only. ev.ID is assigned when empty, ev.TS when 0.
+//
+// The returned error is for failures of the call itself (ErrNoFunction,
+// ErrStopped, a store error on commit); a failure of the function is
+// InvokeResult.Err. Safe for concurrent use.
+func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (*InvokeResult, error) {
+	if g.stopping.Load() {
+		return nil, ErrStopped
+	}
+	f := g.Lookup(name)
+	if f == nil {
+		return nil, fmt.Errorf("%w: %q", ErrNoFunction, name)
+	}
+	if ev.ID == "" {
+		ev.ID = g.newEventID()
+	}
+	if ev.TS == 0 {
+		ev.TS = g.opts.Now().UnixMilli()
+	}
+	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.opts.Store)
+	out := &InvokeResult{Result: res, Err: ierr, EventID: ev.ID}
+	if res == nil {
+		out.Result = &luavm.Result{Function: name}
+	}
+	if !commit {
+		return out, nil
+	}
+	var c *store.Commit
+	now := g.opts.Now().UnixMilli()
+	if ierr != nil {
+		g.stats.failed.Add(1)
+		c = &store.Commit{Logs: g.logRecords(name, ev, res), Usage: usageOf(name, now, res, true)}
+	} else {
+		r := *res
+		if ev.Trigger == "http" {
+			r.Kind = luavm.ResultNone // the response, not a record
+		}
+		c = g.buildCommit(f, ev, &store.InboxEntry{}, &r)
+		// What an invocation commits triggers downstream functions like
+		// any other output (it is the origin of its chain: hop 0).
+		g.chainCommit(g.funcs.Load(), c, 0)
+	}
+	// Once submitted, the commit is not abandoned (see enqueue).
+	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: commit invocation of %s: %w", name, err)
+	}
+	g.signalCommit()
+	out.Committed = true
+	if ierr == nil {
+		g.stats.processed.Add(1)
+	}
+	if len(cr.Publishes) > 0 {
+		g.kickPublisher()
+	}
+	g.pushChained(cr.Inbox)
+	return out, nil
+}
+
+// Requeue puts the event of a dead letter of function back into the inbox,
+// durably, to run through the function's current version; it returns when
+// the entry is durable (the caller may then delete the dead letter). The
+// function must be deployed (ErrNoFunction) and the event decodable
+// (ErrBadEvent); the gateway must be running (ErrStopped before Run and
+// after it stopped). Safe for concurrent use.
+func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byte) error {
+	if !g.ready.Load() || g.stopping.Load() {
+		return ErrStopped
+	}
+	if g.Lookup(function) == nil {
+		return fmt.Errorf("%w: %q", ErrNoFunction, function)
+	}
+	if _, err := decodeEvent(event); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+	return g.enqueue(ctx, []store.InboxEntry{{Function: function, Key: key, Event: event}})
+}
+
+// DecodeEvent decodes an event as kept in the inbox and the dead letters
+// (store.InboxEntry.Event, store.DeadLetter.Event). Errors wrap ErrBadEvent.
+func DecodeEvent(b []byte) (*luavm.Event, error) {
+	ev, err := decodeEvent(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+	return ev, nil
+}
+
+// commitSignal is closed and replaced after each commit of the gateway.
+type commitSignal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// Committed returns a channel that is closed after the gateway's next
+// commit (an invocation, a dead letter). Log followers wait on it instead
+// of polling. Safe for concurrent use.
+func (g *Gateway) Committed() <-chan struct{} {
+	g.commits.mu.Lock()
+	defer g.commits.mu.Unlock()
+	if g.commits.ch == nil {
+		g.commits.ch = make(chan struct{})
+	}
+	return g.commits.ch
+}
+
+func (g *Gateway) signalCommit() {
+	g.commits.mu.Lock()
+	if g.commits.ch != nil {
+		close(g.commits.ch)
+		g.commits.ch = nil
+	}
+	g.commits.mu.Unlock()
+}

@@ -1,0 +1,268 @@
+package apiserver
+
+import (
+	"context"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/peer"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Record queries.
+
+type recordService struct {
+	v1.UnimplementedRecordServiceServer
+	s *Server
+}
+
+// maxNameLen bounds stream, function and device names in queries.
+const maxNameLen = 256
+
+func checkName(what, v string) error {
+	if len(v) > maxNameLen || !utf8.ValidString(v) {
+		return invalidf("%s: at most %d bytes of UTF-8", what, maxNameLen)
+	}
+	return nil
+}
+
+func recordQuery(stream, function, device string, from, to int64) (store.Query, error) {
+	for _, c := range [][2]string{{"stream", stream}, {"function", function}, {"device", device}} {
+		if err := checkName(c[0], c[1]); err != nil {
+			return store.Query{}, err
+		}
+	}
+	if from != 0 && to != 0 && to < from {
+		return store.Query{}, invalidf("to is before from")
+	}
+	return store.Query{Stream: stream, Function: function, Device: device, From: from, To: to}, nil
+}
+
+func limitOf(n int32) (int, error) {
+	if n < 0 || n > store.MaxQueryLimit {
+		return 0, invalidf("limit %d out of range [0, %d]", n, store.MaxQueryLimit)
+	}
+	return int(n), nil
+}
+
+func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRequest) (*v1.QueryRecordsResponse, error) {
+	from, err := tsMS(req.From)
+	if err != nil {
+		return nil, err
+	}
+	to, err := tsMS(req.To)
+	if err != nil {
+		return nil, err
+	}
+	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to)
+	if err != nil {
+		return nil, err
+	}
+	if q.Limit, err = limitOf(req.Limit); err != nil {
+		return nil, err
+	}
+	switch req.Order {
+	case v1.Order_ORDER_UNSPECIFIED, v1.Order_ORDER_ASC:
+	case v1.Order_ORDER_DESC:
+		q.Desc = true
+	default:
+		return nil, invalidf("unknown order %d", req.Order)
+	}
+	if len(req.Cursor) > 1024 {
+		return nil, invalidf("cursor too long")
+	}
+	q.Cursor = req.Cursor
+	recs, next, err := r.s.cfg.Store.QueryRecords(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	out := &v1.QueryRecordsResponse{NextCursor: next, Records: make([]*v1.Record, 0, len(recs))}
+	for _, rec := range recs {
+		out.Records = append(out.Records, &v1.Record{
+			Id: rec.ID, Seq: rec.Seq, Stream: rec.Stream, Function: rec.Function, Device: rec.Device, EventId: rec.EventID,
+			EventTime: msTime(rec.EventTS), ProcessedTime: msTime(rec.ProcessedTS), ClockSynced: rec.ClockSynced, Data: jsonValue(rec.Data),
+		})
+	}
+	return out, nil
+}
+
+// maxBuckets bounds an aggregate's bucket count (range / bucket width).
+const maxBuckets = 100000
+
+func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateRecordsRequest) (*v1.AggregateRecordsResponse, error) {
+	from, err := tsMS(req.From)
+	if err != nil {
+		return nil, err
+	}
+	to, err := tsMS(req.To)
+	if err != nil {
+		return nil, err
+	}
+	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to)
+	if err != nil {
+		return nil, err
+	}
+	if req.Field == "" || len(req.Field) > maxNameLen || !utf8.ValidString(req.Field) {
+		return nil, invalidf("field: a dotted path of at most %d bytes is required", maxNameLen)
+	}
+	bucket, err := durationOf(req.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	if bucket != 0 && bucket.Milliseconds() < 1 {
+		return nil, invalidf("bucket shorter than 1ms")
+	}
+	bs, err := r.s.cfg.Store.Aggregate(ctx, store.AggQuery{Query: q, Field: req.Field, Bucket: bucket})
+	if err != nil {
+		return nil, err
+	}
+	if len(bs) > maxBuckets {
+		return nil, invalidf("%d buckets: use a wider bucket or a shorter range", len(bs))
+	}
+	out := &v1.AggregateRecordsResponse{Buckets: make([]*v1.Bucket, 0, len(bs))}
+	for _, b := range bs {
+		out.Buckets = append(out.Buckets, &v1.Bucket{Start: msTime(b.Start), Count: b.Count, Min: b.Min, Max: b.Max, Mean: b.Mean})
+	}
+	return out, nil
+}
+
+// State.
+
+type stateService struct {
+	v1.UnimplementedStateServiceServer
+	s *Server
+}
+
+// maxKeyLen bounds a state key.
+const maxKeyLen = 1024
+
+// restKey decodes the %2F that the REST mux leaves encoded in a path
+// parameter (UnescapingModeAllExceptSlash); gRPC callers' keys are taken
+// as they are.
+func restKey(ctx context.Context, key string) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
+		key = strings.ReplaceAll(strings.ReplaceAll(key, "%2F", "/"), "%2f", "/")
+	}
+	return key
+}
+
+func checkStateArgs(function, key string, needKey bool) error {
+	if !trigger.ValidFunctionName(function) {
+		return invalidf("invalid function name %q", clip(function))
+	}
+	if needKey && key == "" {
+		return invalidf("empty key")
+	}
+	if len(key) > maxKeyLen || !utf8.ValidString(key) {
+		return invalidf("key: at most %d bytes of UTF-8", maxKeyLen)
+	}
+	return nil
+}
+
+func (st *stateService) GetState(ctx context.Context, req *v1.GetStateRequest) (*v1.StateEntry, error) {
+	req.Key = restKey(ctx, req.Key)
+	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
+		return nil, err
+	}
+	v, ok, err := st.s.cfg.Store.GetState(ctx, req.Function, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, notFoundf("state key %q of function %q", clip(req.Key), req.Function)
+	}
+	return &v1.StateEntry{Key: req.Key, Value: jsonValue(v)}, nil
+}
+
+func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest) (*v1.ListStateResponse, error) {
+	if err := checkStateArgs(req.Function, req.Prefix, false); err != nil {
+		return nil, err
+	}
+	limit, err := limitOf(req.Limit)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Cursor) > 2048 {
+		return nil, invalidf("cursor too long")
+	}
+	kvs, next, err := st.s.cfg.Store.ListState(ctx, req.Function, req.Prefix, limit, req.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	out := &v1.ListStateResponse{NextCursor: next, Entries: make([]*v1.StateEntry, 0, len(kvs))}
+	for _, kv := range kvs {
+		out.Entries = append(out.Entries, &v1.StateEntry{Key: kv.Key, Value: jsonValue(kv.Value)})
+	}
+	return out, nil
+}
+
+func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (*v1.StateEntry, error) {
+	req.Key = restKey(ctx, req.Key)
+	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
+		return nil, err
+	}
+	if req.Value == nil || req.Value.Kind == nil {
+		return nil, invalidf("a value is required (JSON)")
+	}
+	b, err := encodeValue(req.Value)
+	if err != nil {
+		return nil, invalidf("value: %v", err)
+	}
+	if err := st.s.cfg.Store.PutState(ctx, req.Function, req.Key, b); err != nil {
+		return nil, err
+	}
+	st.s.log.Info("state put", "audit", "state_put", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx), "function", req.Function, "key", clip(req.Key))
+	return &v1.StateEntry{Key: req.Key, Value: req.Value}, nil
+}
+
+func (st *stateService) DeleteState(ctx context.Context, req *v1.DeleteStateRequest) (*v1.DeleteStateResponse, error) {
+	req.Key = restKey(ctx, req.Key)
+	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
+		return nil, err
+	}
+	if err := st.s.cfg.Store.DeleteState(ctx, req.Function, req.Key); err != nil {
+		return nil, err
+	}
+	st.s.log.Info("state delete", "audit", "state_delete", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx), "function", req.Function, "key", clip(req.Key))
+	return &v1.DeleteStateResponse{}, nil
+}
+
+// Usage.
+
+type usageService struct {
+	v1.UnimplementedUsageServiceServer
+	s *Server
+}
+
+func (u *usageService) GetUsage(ctx context.Context, req *v1.GetUsageRequest) (*v1.GetUsageResponse, error) {
+	if req.Function != "" && !trigger.ValidFunctionName(req.Function) {
+		return nil, invalidf("invalid function name %q", clip(req.Function))
+	}
+	from, err := tsMS(req.From)
+	if err != nil {
+		return nil, err
+	}
+	to, err := tsMS(req.To)
+	if err != nil {
+		return nil, err
+	}
+	bucket, err := durationOf(req.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	us, err := u.s.cfg.Store.QueryUsage(ctx, req.Function, from, to, bucket)
+	if err != nil {
+		return nil, err
+	}
+	out := &v1.GetUsageResponse{Usage: make([]*v1.Usage, 0, len(us))}
+	for _, x := range us {
+		out.Usage = append(out.Usage, &v1.Usage{Function: x.Function, Start: msTime(x.TS), Invocations: x.Invocations, Errors: x.Errors,
+			Steps: x.Steps, Wall: durationpb.New(microseconds(x.WallMicros)), BytesIn: x.BytesIn, BytesOut: x.BytesOut})
+	}
+	return out, nil
+}

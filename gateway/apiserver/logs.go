@@ -1,0 +1,119 @@
+package apiserver
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/store"
+)
+
+type logService struct {
+	v1.UnimplementedLogServiceServer
+	s *Server
+}
+
+func checkLogArgs(function, invocationID string) error {
+	if function != "" && !trigger.ValidFunctionName(function) {
+		return invalidf("invalid function name %q", clip(function))
+	}
+	return checkName("invocation_id", invocationID)
+}
+
+func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1.ListLogsResponse, error) {
+	if err := checkLogArgs(req.Function, req.InvocationId); err != nil {
+		return nil, err
+	}
+	limit, err := limitOf(req.Limit)
+	if err != nil {
+		return nil, err
+	}
+	lines, err := l.s.cfg.Store.QueryLogs(ctx, req.Function, req.InvocationId, req.After, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &v1.ListLogsResponse{NextAfter: req.After, Lines: make([]*v1.LogLine, 0, len(lines))}
+	for _, x := range lines {
+		out.Lines = append(out.Lines, logMessage(x))
+		out.NextAfter = x.Seq
+	}
+	return out, nil
+}
+
+// maxTail bounds FollowLogsRequest.tail.
+const maxTail = 1000
+
+// followBatch is how many lines a follower reads from the store at once.
+const followBatch = 256
+
+func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_FollowLogsServer) error {
+	ctx := stream.Context()
+	if err := checkLogArgs(req.Function, req.InvocationId); err != nil {
+		return err
+	}
+	if req.Tail < 0 || req.Tail > maxTail {
+		return invalidf("tail %d out of range [0, %d]", req.Tail, maxTail)
+	}
+	// Headers now: the stream is established before the first line.
+	if err := stream.SendHeader(metadata.Pairs(streamStartedMD, "1")); err != nil {
+		return err
+	}
+	st := l.s.cfg.Store
+	after := req.After
+	if after == 0 {
+		// Start at the end: skip to the last line, keeping tail of them.
+		var ring []store.LogRecord
+		for {
+			lines, err := st.QueryLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)
+			if err != nil {
+				return err
+			}
+			if len(lines) == 0 {
+				break
+			}
+			after = lines[len(lines)-1].Seq
+			if req.Tail > 0 {
+				ring = append(ring, lines...)
+				if len(ring) > int(req.Tail) {
+					ring = ring[len(ring)-int(req.Tail):]
+				}
+			}
+		}
+		for _, x := range ring {
+			if err := stream.Send(logMessage(x)); err != nil {
+				return err
+			}
+		}
+	}
+	poll := time.NewTicker(l.s.cfg.FollowPoll)
+	defer poll.Stop()
+	for {
+		// Take the signal before reading, so a commit between the read and
+		// the wait is not missed.
+		wake := l.s.cfg.Functions.Committed()
+		for {
+			lines, err := st.QueryLogs(ctx, req.Function, req.InvocationId, after, followBatch)
+			if err != nil {
+				return err
+			}
+			for _, x := range lines {
+				if err := stream.Send(logMessage(x)); err != nil {
+					return err
+				}
+				after = x.Seq
+			}
+			if len(lines) < followBatch {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-poll.C:
+		}
+	}
+}

@@ -1,0 +1,507 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Store is what the API reads and writes in the store (*store.Store).
+type Store interface {
+	QueryRecords(ctx context.Context, q store.Query) ([]store.Record, string, error)
+	Aggregate(ctx context.Context, q store.AggQuery) ([]store.AggBucket, error)
+	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
+	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
+	PutState(ctx context.Context, function, key string, value []byte) error
+	DeleteState(ctx context.Context, function, key string) error
+	QueryLogs(ctx context.Context, function, invocationID string, after uint64, limit int) ([]store.LogRecord, error)
+	ListDeadLetters(ctx context.Context, function string, after uint64, limit int) ([]store.DeadLetter, error)
+	DeleteDeadLetter(ctx context.Context, seq uint64) error
+	PurgeDeadLetters(ctx context.Context, function string) (int, error)
+	QueryUsage(ctx context.Context, function string, from, to int64, bucket time.Duration) ([]store.Usage, error)
+	GetFunction(ctx context.Context, name string, version int64) (store.FunctionRecord, error)
+	ListFunctions(ctx context.Context) ([]store.FunctionRecord, error)
+	ListVersions(ctx context.Context, name string) ([]store.FunctionRecord, error)
+}
+
+// Functions is what the API needs of the gateway: function changes,
+// synchronous invocation and dead-letter replay. Errors wrap this
+// package's sentinels (ErrInvalidArgument, ErrNotFound,
+// ErrFailedPrecondition, ErrUnavailable), store's errors or
+// *luavm.CompileError so that the API answers with the right status.
+type Functions interface {
+	// Deploy validates a function and unless dryRun stores it as the next
+	// version and activates it atomically. unchanged: identical to the
+	// active version, nothing stored.
+	Deploy(ctx context.Context, name string, manifest, source []byte, dryRun bool) (rec store.FunctionRecord, unchanged bool, err error)
+	// Rollback activates version (0: the one below the active one).
+	Rollback(ctx context.Context, name string, version int64) (store.FunctionRecord, error)
+	// Delete removes the function and its versions; it returns how many.
+	Delete(ctx context.Context, name string) (int, error)
+	// Running reports the version of name the gateway runs, if any.
+	Running(name string) (RunningFunction, bool)
+	// Invoke runs name once on ev; the outputs are committed when commit.
+	Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (Invocation, error)
+	// Requeue puts a dead letter's event back into the inbox durably.
+	Requeue(ctx context.Context, function, key string, event []byte) error
+	// DecodeEvent decodes a stored event (a dead letter's).
+	DecodeEvent(b []byte) (*luavm.Event, error)
+	// Committed returns a channel closed after the next commit.
+	Committed() <-chan struct{}
+}
+
+// RunningFunction is a function as the gateway runs it.
+type RunningFunction struct {
+	Version     int64
+	HTTPMethods []string // methods of its http triggers
+}
+
+// Invocation is the outcome of Functions.Invoke.
+type Invocation struct {
+	Result    *luavm.Result // never nil
+	Err       error         // the function's failure, or nil
+	Committed bool
+	EventID   string
+}
+
+// Sync reports the upstream sync targets.
+type Sync interface {
+	SyncStatus(ctx context.Context) ([]SyncTarget, error)
+}
+
+// SyncTarget is the state of one upstream sync target.
+type SyncTarget struct {
+	Name, Kind         string
+	Connected          bool
+	BacklogRecords     int64
+	BacklogBytes       int64
+	OldestPendingAge   time.Duration
+	DeliveredTotal     int64
+	DeliveredPerSecond float64
+	DroppedByQuota     int64
+	LastError          string
+	LastErrorTime      time.Time
+}
+
+// NoSync is a Sync without targets.
+type NoSync struct{}
+
+// SyncStatus returns no targets.
+func (NoSync) SyncStatus(context.Context) ([]SyncTarget, error) { return nil, nil }
+
+// Config configures a Server. Store and Functions are required.
+type Config struct {
+	Store     Store
+	Functions Functions
+	Sync      Sync // default NoSync
+	Tokens    []Token
+	// MaxBodyBytes bounds request bodies (REST, /fn) and gRPC messages
+	// (default 4 MiB). Larger bodies get 413.
+	MaxBodyBytes int64
+	// Health serves the paths the API does not own (/healthz, /readyz).
+	Health http.Handler
+	// Metrics returns the daemon's metrics for /metrics (may be nil).
+	Metrics func() []Metric
+	// System fills the system status (version, gateway id, counters, data dir).
+	System SystemInfo
+	Logger *slog.Logger
+	// FollowPoll is how often a log follower re-reads the store without a
+	// commit signal (default 2s; commits wake it at once).
+	FollowPoll time.Duration
+}
+
+// Server is the management API. Create it with New.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	tokens  *tokenSet
+	grpc    *grpc.Server
+	lis     *bufconn.Listener
+	conn    *grpc.ClientConn
+	rest    *runtime.ServeMux
+	mux     *http.ServeMux
+	metrics *callMetrics
+	sys     *systemSampler
+	serveWG sync.WaitGroup
+	closeMu sync.Once
+}
+
+// New builds the server: the gRPC server with its interceptors, the
+// in-memory connection the REST gateway calls it through, and the HTTP
+// routes.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Functions == nil {
+		return nil, errors.New("apiserver: Config.Store and Functions are required")
+	}
+	if cfg.Sync == nil {
+		cfg.Sync = NoSync{}
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 4 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.FollowPoll <= 0 {
+		cfg.FollowPoll = 2 * time.Second
+	}
+	ts, err := newTokenSet(cfg.Tokens)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System)}
+	// Room for the JSON/proto framing around a body of MaxBodyBytes.
+	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.MaxRecvMsgSize(maxMsg),
+	)
+	v1.RegisterFunctionServiceServer(s.grpc, &functionService{s: s})
+	v1.RegisterRecordServiceServer(s.grpc, &recordService{s: s})
+	v1.RegisterStateServiceServer(s.grpc, &stateService{s: s})
+	v1.RegisterLogServiceServer(s.grpc, &logService{s: s})
+	v1.RegisterDeadLetterServiceServer(s.grpc, &deadLetterService{s: s})
+	v1.RegisterUsageServiceServer(s.grpc, &usageService{s: s})
+	v1.RegisterStatusServiceServer(s.grpc, &statusService{s: s})
+
+	s.lis = bufconn.Listen(256 << 10)
+	s.serveWG.Add(1)
+	go func() {
+		defer s.serveWG.Done()
+		_ = s.grpc.Serve(s.lis)
+	}()
+	s.conn, err = grpc.NewClient("passthrough:///moongate-internal",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(maxMsg)),
+	)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("apiserver: internal connection: %w", err)
+	}
+	if err := s.buildREST(context.Background()); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.buildMux()
+	return s, nil
+}
+
+// Close stops the gRPC server (open streams are cancelled) and the
+// internal connection. It is safe to call more than once.
+func (s *Server) Close() {
+	s.closeMu.Do(func() {
+		if s.conn != nil {
+			_ = s.conn.Close()
+		}
+		s.grpc.Stop()
+		s.serveWG.Wait()
+	})
+}
+
+// Marshaler is the REST JSON encoding: proto field names, zero scalars
+// written (unset messages left out), unknown fields refused.
+func Marshaler() runtime.Marshaler {
+	return &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}}
+}
+
+func (s *Server) buildREST(ctx context.Context) error {
+	s.rest = runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, Marshaler()),
+		// Only Authorization (always passed) and the annotator's peer
+		// address reach the gRPC side: no client-chosen metadata.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
+			return metadata.Pairs(peerMetadata, r.RemoteAddr)
+		}),
+		runtime.SetQueryParameterParser(strictQueryParser{}),
+		runtime.WithForwardResponseOption(startStream),
+		runtime.WithDisablePathLengthFallback(),
+		// A state key may hold "/": sent as %2F, it stays one segment (and
+		// encoded: restKey decodes it).
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptSlash),
+	)
+	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		v1.RegisterFunctionServiceHandler, v1.RegisterRecordServiceHandler, v1.RegisterStateServiceHandler,
+		v1.RegisterLogServiceHandler, v1.RegisterDeadLetterServiceHandler, v1.RegisterUsageServiceHandler,
+		v1.RegisterStatusServiceHandler,
+	} {
+		if err := reg(ctx, s.rest, s.conn); err != nil {
+			return fmt.Errorf("apiserver: register REST handlers: %w", err)
+		}
+	}
+	return nil
+}
+
+// peerMetadata carries the REST client's address to the gRPC side (for
+// the audit log). Client headers cannot set it: the header matcher
+// forwards none.
+const peerMetadata = "moongate-rest-peer"
+
+func (s *Server) buildMux() {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /metrics", s.serveMetrics)
+	m.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(v1.OpenAPI)
+	})
+	m.Handle("/v1/", s.limitBody(plainStreamErrors(validPath(s.rest))))
+	m.Handle("/fn/{name}", s.limitBody(http.HandlerFunc(s.serveFunction)))
+	m.Handle("/fn/{name}/{path...}", s.limitBody(http.HandlerFunc(s.serveFunction)))
+	if s.cfg.Health != nil {
+		m.Handle("/", s.cfg.Health)
+	}
+	s.mux = m
+}
+
+// Handler serves the whole API on one port: gRPC (HTTP/2 with Content-Type
+// application/grpc), REST under /v1/, HTTP functions under /fn/, /metrics,
+// and Config.Health for the rest. The http.Server that serves it needs
+// HTTP/2: h2 with TLS, or unencrypted HTTP/2 (http.Protocols) without.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			s.grpc.ServeHTTP(w, r)
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// limitBody reads the request body up front, refusing with 413 a body over
+// MaxBodyBytes (declared or actual) before anything decodes it. A request
+// without a valid token is refused before its body is read (the scope is
+// checked later, by the interceptor): an anonymous client cannot make the
+// server buffer bodies.
+func (s *Server) limitBody(h http.Handler) http.Handler {
+	limit := s.cfg.MaxBodyBytes
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.tokens.authenticate(r.Header.Get("Authorization"), ScopeRead); err != nil {
+			st, _ := status.FromError(err)
+			s.metrics.call("http", st.Code())
+			writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
+			return
+		}
+		if r.ContentLength > limit {
+			writeStatus(w, http.StatusRequestEntityTooLarge, codes.ResourceExhausted,
+				fmt.Sprintf("request body is %d bytes, larger than the limit of %d (api.max_body_bytes)", r.ContentLength, limit))
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+			if err != nil {
+				writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "read request body: "+err.Error())
+				return
+			}
+			if int64(len(b)) > limit {
+				writeStatus(w, http.StatusRequestEntityTooLarge, codes.ResourceExhausted,
+					fmt.Sprintf("request body is larger than the limit of %d bytes (api.max_body_bytes)", limit))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// writeStatus writes a JSON google.rpc.Status.
+func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
+	b, _ := Marshaler().Marshal(status.New(code, msg).Proto())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpCode)
+	_, _ = w.Write(b)
+}
+
+// strictQueryParser refuses query parameters that name no field of the
+// request (grpc-gateway ignores them by default), then parses as usual.
+type strictQueryParser struct{}
+
+func (strictQueryParser) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	for key, vs := range values {
+		if !knownField(msg.ProtoReflect().Descriptor(), key) {
+			return status.Errorf(codes.InvalidArgument, "unknown query parameter %q", clip(key))
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return status.Errorf(codes.InvalidArgument, "query parameter %q is not valid UTF-8", clip(key))
+			}
+		}
+	}
+	if err := (&runtime.DefaultQueryParser{}).Parse(msg, values, filter); err != nil {
+		return status.Errorf(codes.InvalidArgument, "query parameters: %v", err)
+	}
+	return nil
+}
+
+// knownField reports whether key (a dotted path, proto or JSON names, an
+// optional [map key] suffix) names a field of md.
+func knownField(md protoreflect.MessageDescriptor, key string) bool {
+	if i := strings.IndexByte(key, '['); i >= 0 {
+		key = key[:i]
+	}
+	parts := strings.Split(key, ".")
+	for i, p := range parts {
+		fd := md.Fields().ByName(protoreflect.Name(p))
+		if fd == nil {
+			fd = md.Fields().ByJSONName(p)
+		}
+		if fd == nil {
+			return false
+		}
+		if i == len(parts)-1 {
+			return true
+		}
+		if fd.Message() == nil {
+			return false
+		}
+		md = fd.Message()
+	}
+	return false
+}
+
+// clip shortens s for an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// streamStartedMD is the header metadata a streaming method sends once its
+// arguments and token are checked.
+const streamStartedMD = "moongate-stream"
+
+// startStream writes the HTTP status and headers of a REST stream as soon
+// as the gRPC stream has started (grpc-gateway would wait for the first
+// message: a follower of a quiet function would see nothing, not even a
+// 200). A stream that failed before starting is left alone: its error
+// becomes the response (see plainStreamErrors).
+func startStream(ctx context.Context, w http.ResponseWriter, msg proto.Message) error {
+	if msg != nil {
+		return nil
+	}
+	md, ok := runtime.ServerMetadataFromContext(ctx)
+	if !ok || len(md.HeaderMD.Get(streamStartedMD)) == 0 {
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	return nil
+}
+
+// plainStreamErrors makes an error that ends a stream before its first
+// message (bad arguments, no token) a plain google.rpc.Status body like
+// every other error, instead of grpc-gateway's {"error": Status} chunk.
+func plainStreamErrors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, ":follow") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		uw := &unwrapWriter{ResponseWriter: w}
+		h.ServeHTTP(uw, r)
+		uw.finish()
+	})
+}
+
+// unwrapWriter holds back an error status until it sees the body.
+type unwrapWriter struct {
+	http.ResponseWriter
+	code    int    // error status held back
+	held    []byte // error body held back
+	started bool   // passing through
+}
+
+func (u *unwrapWriter) WriteHeader(code int) {
+	if u.started || u.code != 0 {
+		return
+	}
+	if code < 400 {
+		u.started = true
+		u.ResponseWriter.WriteHeader(code)
+		return
+	}
+	u.code = code
+}
+
+func (u *unwrapWriter) Write(b []byte) (int, error) {
+	if u.code != 0 && !u.started {
+		u.held = append(u.held, b...)
+		return len(b), nil
+	}
+	u.started = true
+	return u.ResponseWriter.Write(b)
+}
+
+func (u *unwrapWriter) Flush() {
+	if u.started {
+		if f, ok := u.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+func (u *unwrapWriter) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+func (u *unwrapWriter) finish() {
+	if u.started || u.code == 0 {
+		return
+	}
+	var chunk struct {
+		Error json.RawMessage `json:"error"`
+	}
+	body := u.held
+	if json.Unmarshal(bytes.TrimSpace(u.held), &chunk) == nil && len(chunk.Error) > 0 {
+		body = chunk.Error
+	}
+	u.ResponseWriter.Header().Del("Transfer-Encoding")
+	u.ResponseWriter.WriteHeader(u.code)
+	_, _ = u.ResponseWriter.Write(body)
+}
+
+// validPath refuses a path that is not valid UTF-8 once decoded (path
+// parameters are proto strings, which must be).
+func validPath(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !utf8.ValidString(r.URL.Path) {
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "the path is not valid UTF-8")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

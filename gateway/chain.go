@@ -1,0 +1,211 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Function chaining: a function with a `stream` trigger runs on every record
+// committed to that stream, one with a `state` trigger on every committed
+// change of another function's state under a key prefix. The downstream
+// inbox entries are derived inside the store commit that produces the record
+// or the change (store.Commit.Chain), so they exist exactly when their cause
+// does: a crash cannot lose one or make two.
+//
+// Cycles (A emits to a stream A listens to, or A -> B -> A) cannot all be
+// seen at deploy time, because emit chooses its stream at run time. They are
+// bounded instead: every chained event carries a hop count, one more than
+// the event that caused it, and an event past Options.MaxHops is not run but
+// dead-lettered with ErrHopLimit, where the operator sees it.
+
+// stateWatch is one state trigger of a deployed function.
+type stateWatch struct {
+	fn     *Function
+	source string // function whose state is watched
+	prefix string
+}
+
+// chainIndex routes committed outputs to the functions they trigger.
+type chainIndex struct {
+	byStream map[string][]*Function
+	byState  map[string][]stateWatch // source function -> watches
+}
+
+func buildChainIndex(fns map[string]*Function) chainIndex {
+	ci := chainIndex{byStream: map[string][]*Function{}, byState: map[string][]stateWatch{}}
+	for _, f := range fns {
+		for _, s := range f.Streams {
+			ci.byStream[s] = append(ci.byStream[s], f)
+		}
+		for _, w := range f.StateWatches {
+			ci.byState[w.Function] = append(ci.byState[w.Function], stateWatch{fn: f, source: w.Function, prefix: w.Prefix})
+		}
+	}
+	return ci
+}
+
+func (ci *chainIndex) empty() bool { return len(ci.byStream) == 0 && len(ci.byState) == 0 }
+
+// stateWatchers returns the watches that a change of source's key triggers.
+func (ci *chainIndex) stateWatchers(source, key string, visit func(stateWatch)) {
+	for _, w := range ci.byState[source] {
+		if strings.HasPrefix(key, w.prefix) {
+			visit(w)
+		}
+	}
+}
+
+// chainCommit makes c derive the inbox entries of the functions its records
+// and state changes trigger. hops is the hop count of the event being
+// processed.
+func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops int) {
+	ci := &ft.chain
+	if ci.empty() {
+		return
+	}
+	n := 0
+	for i := range c.Records {
+		n += len(ci.byStream[c.Records[i].Stream])
+	}
+	for i := range c.State {
+		ci.stateWatchers(c.State[i].Function, c.State[i].Key, func(stateWatch) { n++ })
+	}
+	if n == 0 {
+		return
+	}
+	c.ChainMax = n
+	c.Chain = func(ch store.Change) []store.InboxEntry {
+		var out []store.InboxEntry
+		switch {
+		case ch.Record != nil:
+			r := ch.Record
+			for _, f := range ci.byStream[r.Stream] {
+				captures := map[string]string{"stream": r.Stream, "record_id": r.ID, "source": r.Function}
+				key := "stream:" + r.Stream
+				if r.Device != "" {
+					captures["device"] = r.Device
+					key = r.Device
+				}
+				ev := luavm.Event{ID: g.newEventID(), Payload: r.Data, Captures: captures, TS: r.EventTS, Trigger: string(trigger.KindStream)}
+				out = append(out, store.InboxEntry{Function: f.Name, Key: key, Event: encodeEventHops(&ev, hops+1)})
+			}
+		case ch.State != nil:
+			u := ch.State
+			ci.stateWatchers(u.Function, u.Key, func(w stateWatch) {
+				payload, _ := json.Marshal(stateChangeEvent{Function: u.Function, Key: u.Key, Old: jsonOrNull(u.Old), New: jsonOrNull(u.New)})
+				ev := luavm.Event{ID: g.newEventID(), Payload: payload, TS: g.opts.Now().UnixMilli(), Trigger: string(trigger.KindState),
+					Captures: map[string]string{"function": u.Function, "key": u.Key}}
+				out = append(out, store.InboxEntry{Function: w.fn.Name, Key: "state:" + u.Function + "/" + u.Key, Event: encodeEventHops(&ev, hops+1)})
+			})
+		}
+		return out
+	}
+}
+
+// stateChangeEvent is the payload of a state-triggered event.
+type stateChangeEvent struct {
+	Function string          `json:"function"`
+	Key      string          `json:"key"`
+	Old      json.RawMessage `json:"old"` // null when the key was absent
+	New      json.RawMessage `json:"new"` // null when the key was deleted
+}
+
+// jsonOrNull returns a stored state value as JSON: values are JSON, but a
+// value stored otherwise is passed as a JSON string rather than breaking the
+// event.
+func jsonOrNull(v []byte) json.RawMessage {
+	switch {
+	case v == nil:
+		return json.RawMessage("null")
+	case json.Valid(v):
+		return json.RawMessage(v)
+	}
+	s, _ := json.Marshal(string(v))
+	return s
+}
+
+// chainQueue hands the chained entries of committed invocations to the
+// dispatcher. A worker must never block on admission (the workers are what
+// frees room), so entries that do not fit now wait here, by sequence only
+// (the entry itself stays in the durable inbox), and a feeder goroutine
+// admits them, in order, as room frees up. Once one entry waits, later ones
+// queue behind it so that a lane keeps its order. While Run resumes the
+// inbox backlog, every chained entry waits here: the feeder starts once
+// the older entries are queued.
+type chainQueue struct {
+	mu      sync.Mutex
+	waiting []uint64 // inbox sequences, ascending
+	wake    chan struct{}
+}
+
+// pushChained queues committed chained entries for the workers.
+func (g *Gateway) pushChained(entries []store.InboxEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	g.stats.enqueued.Add(uint64(len(entries)))
+	q := &g.chainQ
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := range entries {
+		e := entries[i]
+		size := int64(len(e.Event))
+		if !g.resuming.Load() && len(q.waiting) == 0 && g.disp.tryAdmit(1, size) {
+			g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: size})
+			continue
+		}
+		q.waiting = append(q.waiting, e.Seq)
+	}
+	if len(q.waiting) > 0 {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// chainFeeder admits waiting chained entries as room frees up, reading
+// each back from the inbox (it is not kept in memory while it waits).
+func (g *Gateway) chainFeeder(ctx context.Context) {
+	q := &g.chainQ
+	for {
+		q.mu.Lock()
+		if len(q.waiting) == 0 {
+			q.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-q.wake:
+				continue
+			}
+		}
+		seq := q.waiting[0]
+		q.mu.Unlock()
+		es, err := g.opts.Store.InboxPending(ctx, seq-1, 1)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			g.log.Warn("read chained inbox entry", "seq", seq, "err", err)
+			es = nil
+		}
+		if len(es) == 1 && es[0].Seq == seq {
+			e := es[0]
+			size := int64(len(e.Event))
+			if err := g.disp.admit(ctx, 1, size); err != nil {
+				return // stopping: the entry stays in the inbox for the restart
+			}
+			g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: size})
+		}
+		// Not found: consumed already (a resume picked it up and ran it).
+		q.mu.Lock()
+		q.waiting = q.waiting[1:]
+		q.mu.Unlock()
+	}
+}

@@ -1,0 +1,278 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// upLua turns telemetry into a record of stream "readings" and counts the
+// events of each device in its state.
+const upLua = `
+function handle(e, ctx)
+  local r = json.decode(e.payload)
+  state.incr("count/" .. e.device)
+  return {n = r.n}
+end
+`
+
+// aggLua runs on every record of "readings": it keeps a running sum and
+// stores where each record came from.
+const aggLua = `
+function handle(e, ctx)
+  local r = json.decode(e.payload)
+  local sum = state.incr("sum", r.n)
+  return {n = r.n, sum = sum, record_id = e.record_id, source = e.source, stream = e.stream, trigger = e.trigger}
+end
+`
+
+// watchLua runs on every change of up's "count/" keys.
+const watchLua = `
+function handle(e, ctx)
+  local c = json.decode(e.payload)
+  return {fn = c["function"], key = c.key, old = c.old, new = c.new, trigger = e.trigger, capkey = e.key}
+end
+`
+
+func TestChainStreamAndStateTriggers(t *testing.T) {
+	const devices, perDevice = 3, 10
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "up", upLua, referenceManifest+"stream: readings\n")
+	writeFunction(t, fnDir, "agg", aggLua, "triggers:\n  - stream: readings\n")
+	writeFunction(t, fnDir, "watch", watchLua, "triggers:\n  - state: {function: up, prefix: \"count/\"}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	url := "tcp://" + p.d.MQTTAddr().String()
+	for d := range devices {
+		c := connect(t, url, fmt.Sprintf("dev%d", d), true)
+		for n := range perDevice {
+			publish(t, c, fmt.Sprintf("devices/dev%d/telemetry", d), 1, fmt.Appendf(nil, `{"n":%d}`, n+1))
+		}
+	}
+	st := p.d.Store()
+	total := devices * perDevice
+	waitFor(t, 30*time.Second, "chained records", func() bool {
+		return len(allRecords(t, st, "agg")) == total && len(allRecords(t, st, "watch")) == total
+	})
+
+	ups := allRecords(t, st, "up")
+	upIDs := map[string]store.Record{}
+	for _, r := range ups {
+		upIDs[r.ID] = r
+	}
+	if len(upIDs) != total {
+		t.Fatalf("%d up records, want %d", len(upIDs), total)
+	}
+	// Every up record triggered agg exactly once, in order per device.
+	seen := map[string]bool{}
+	lastN := map[string]int{}
+	for _, r := range allRecords(t, st, "agg") {
+		var v struct {
+			N                       int
+			RecordID                string `json:"record_id"`
+			Source, Stream, Trigger string
+		}
+		if err := json.Unmarshal(r.Data, &v); err != nil {
+			t.Fatal(err)
+		}
+		up, ok := upIDs[v.RecordID]
+		if !ok || seen[v.RecordID] {
+			t.Fatalf("agg record for %q: known %v, seen before %v", v.RecordID, ok, seen[v.RecordID])
+		}
+		seen[v.RecordID] = true
+		if v.Source != "up" || v.Stream != "readings" || v.Trigger != "stream" || r.Device != up.Device {
+			t.Errorf("agg event fields: %+v, device %q (up record device %q)", v, r.Device, up.Device)
+		}
+		if v.N <= lastN[r.Device] {
+			t.Errorf("device %s: n=%d after n=%d", r.Device, v.N, lastN[r.Device])
+		}
+		lastN[r.Device] = v.N
+	}
+	sum, ok, err := st.GetState(t.Context(), "agg", "sum")
+	if want := fmt.Sprint(devices * perDevice * (perDevice + 1) / 2); err != nil || !ok || string(sum) != want {
+		t.Errorf("agg sum = %s (%v, %v), want %s", sum, ok, err, want)
+	}
+	// Every state change reached watch with the values before and after.
+	changes := map[string][]int{} // key -> new values in order
+	for _, r := range allRecords(t, st, "watch") {
+		var v struct {
+			Fn, Key, Trigger, Capkey string
+			Old                      *int
+			New                      int
+		}
+		if err := json.Unmarshal(r.Data, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Fn != "up" || v.Trigger != "state" || v.Capkey != v.Key || !strings.HasPrefix(v.Key, "count/") {
+			t.Errorf("watch event: %+v", v)
+		}
+		old := 0
+		if v.Old != nil {
+			old = *v.Old
+		}
+		if v.New != old+1 {
+			t.Errorf("%s: old %d new %d", v.Key, old, v.New)
+		}
+		changes[v.Key] = append(changes[v.Key], v.New)
+	}
+	for d := range devices {
+		got := changes[fmt.Sprintf("count/dev%d", d)]
+		if len(got) != perDevice || got[0] != 1 || got[perDevice-1] != perDevice || !sort.IntsAreSorted(got) {
+			t.Errorf("dev%d changes %v", d, got)
+		}
+	}
+}
+
+// TestChainCycleBounded deploys a function that feeds itself: the chain is
+// cut at the hop limit and the event that would pass it is a dead letter.
+func TestChainCycleBounded(t *testing.T) {
+	fnDir := t.TempDir()
+	const loopLua = `
+function handle(e, ctx)
+  local r = json.decode(e.payload)
+  emit("loop", {hop = (r.hop or 0) + 1})
+  return nil
+end
+`
+	writeFunction(t, fnDir, "loop", loopLua, "triggers:\n  - mqtt: devices/{device}/telemetry\n  - stream: loop\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {max_hops: 3}\n"))
+	c := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d1", true)
+	publish(t, c, "devices/d1/telemetry", 1, []byte(`{}`))
+	st := p.d.Store()
+	var dls []store.DeadLetter
+	waitFor(t, 20*time.Second, "the dead letter", func() bool {
+		var err error
+		dls, err = st.ListDeadLetters(t.Context(), "loop", 0, 10)
+		return err == nil && len(dls) > 0
+	})
+	// The MQTT event (hop 0) and three chained ones each emitted a record.
+	recs := allRecords(t, st, "loop")
+	if len(recs) != 4 {
+		t.Fatalf("%d records before the cut, want 4", len(recs))
+	}
+	if !strings.Contains(dls[0].Error, ErrHopLimit.Error()) {
+		t.Fatalf("dead letter error %q", dls[0].Error)
+	}
+	ev, hops, err := decodeEventHops(dls[0].Event)
+	if err != nil || hops != 4 || string(ev.Payload) != `{"hop":4}` {
+		t.Fatalf("dead-lettered event: hops %d payload %s err %v", hops, ev.Payload, err)
+	}
+	waitFor(t, 5*time.Second, "an empty inbox", func() bool { return st.InboxLen() == 0 })
+}
+
+func TestEventHopsRoundTrip(t *testing.T) {
+	ev := &luavm.Event{ID: "x", Payload: []byte(`{}`), Trigger: "stream", Captures: map[string]string{"stream": "s"}}
+	for _, hops := range []int{0, 1, 7, maxHops} {
+		got, h, err := decodeEventHops(encodeEventHops(ev, hops))
+		if err != nil || h != hops || got.Captures["stream"] != "s" {
+			t.Errorf("hops %d: got %d, %v", hops, h, err)
+		}
+	}
+	bad := encodeEventHops(ev, 1)
+	for name, b := range map[string][]byte{
+		"hops zero":    append(append([]byte{}, bad[:len(bad)-1]...), 0),
+		"hops too big": append(append([]byte{}, bad[:len(bad)-1]...), 0xe9, 0x07), // 1001
+		"hops missing": bad[:len(bad)-1],
+		"trailing":     append(append([]byte{}, bad...), 1),
+	} {
+		if _, _, err := decodeEventHops(b); !errors.Is(err, ErrBadEvent) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// ackAggLua is aggLua for the crash test: it acknowledges each record it
+// processed to the observer.
+const ackAggLua = `
+function handle(e, ctx)
+  local r = json.decode(e.payload)
+  mqtt.publish("ack/" .. e.device, tostring(r.n), {qos = 1})
+  return {n = r.n, record_id = e.record_id}
+end
+`
+
+// TestChainSIGKILL kills the daemon with SIGKILL while events flow through
+// a chain (telemetry -> up -> stream readings -> agg): afterwards every event
+// has exactly one up record and every up record triggered agg exactly once,
+// in order per device.
+func TestChainSIGKILL(t *testing.T) {
+	const devices, perDevice = 8, 300
+	m := mqtttest.StartMosquitto(t)
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "up", "function handle(e) return {n = json.decode(e.payload).n} end", referenceManifest+"stream: readings\n")
+	writeFunction(t, fnDir, "agg", ackAggLua, "triggers:\n  - stream: readings\n")
+	cfgPath := filepath.Join(t.TempDir(), "moongate.yaml")
+	if err := os.WriteFile(cfgPath, []byte(testConfig(dataDir, fnDir, externalMQTT(m.URL(), "moongate-chain"))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	acks := observeAcks(t, m.URL())
+	c := startChild(t, cfgPath)
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); publishSequences(t, m.URL(), acks, devices, perDevice) }()
+	total := int64(devices * perDevice)
+	kills := []int64{rand.Int64N(total / 3), total/3 + rand.Int64N(total/3), 2*total/3 + rand.Int64N(total/4)}
+	for _, at := range kills {
+		waitFor(t, 120*time.Second, fmt.Sprintf("%d acknowledgements", at), func() bool { return acks.n.Load() >= at })
+		c.kill()
+		t.Logf("SIGKILL after %d chained acknowledgements", acks.n.Load())
+		c = startChild(t, cfgPath)
+	}
+	<-pubDone
+	waitFor(t, 180*time.Second, "all acknowledgements", func() bool { return acks.n.Load() >= total })
+	c.term(t)
+	checkExactlyOnceInOrder(t, dataDir, "up", devices, perDevice)
+	checkExactlyOnceInOrder(t, dataDir, "agg", devices, perDevice)
+	// And agg's records point at distinct up records.
+	st, err := store.Open(t.Context(), store.Options{Dir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ids := map[string]bool{}
+	for _, r := range allRecords(t, st, "up") {
+		ids[r.ID] = true
+	}
+	for _, r := range allRecords(t, st, "agg") {
+		var v struct {
+			RecordID string `json:"record_id"`
+		}
+		_ = json.Unmarshal(r.Data, &v)
+		if !ids[v.RecordID] {
+			t.Fatalf("agg record for unknown or repeated up record %q", v.RecordID)
+		}
+		delete(ids, v.RecordID)
+	}
+	if len(ids) != 0 {
+		t.Fatalf("%d up records triggered no agg run", len(ids))
+	}
+}
+
+// TestChainFromInvoke: what a committed API invocation emits triggers the
+// downstream functions too.
+func TestChainFromInvoke(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "up", upLua, "triggers:\n  - http: {methods: [POST]}\nstream: readings\n")
+	writeFunction(t, fnDir, "agg", aggLua, "triggers:\n  - stream: readings\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	ev := &luavm.Event{Payload: []byte(`{"n":5}`), Trigger: "invoke", Captures: map[string]string{"device": "d9"}}
+	res, err := p.d.Gateway().Invoke(t.Context(), "up", ev, true)
+	if err != nil || res.Err != nil || !res.Committed {
+		t.Fatalf("invoke: %v %v", err, res)
+	}
+	st := p.d.Store()
+	waitFor(t, 20*time.Second, "the chained record", func() bool { return len(allRecords(t, st, "agg")) == 1 })
+	r := allRecords(t, st, "agg")[0]
+	if r.Device != "d9" || !strings.Contains(string(r.Data), `"source":"up"`) {
+		t.Fatalf("chained record %s device %q", r.Data, r.Device)
+	}
+}

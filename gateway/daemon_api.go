@@ -1,0 +1,208 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"sync"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/gateway/apiserver"
+	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// Version is the moongate version the API reports (GetSystemStatus). The
+// main package sets it before NewDaemon.
+var Version = "dev"
+
+// SyncStatusFunc reports the upstream sync targets for the API. Until sync
+// is wired in, the daemon reports none.
+type SyncStatusFunc func(ctx context.Context) ([]apiserver.SyncTarget, error)
+
+// daemonSync forwards to the daemon's current sync status source.
+type daemonSync struct{ d *Daemon }
+
+func (s daemonSync) SyncStatus(ctx context.Context) ([]apiserver.SyncTarget, error) {
+	s.d.syncMu.RLock()
+	f := s.d.syncStatus
+	s.d.syncMu.RUnlock()
+	if f == nil {
+		return nil, nil
+	}
+	return f(ctx)
+}
+
+// SetSyncStatus sets what the API reports as the sync status (nil: no
+// targets). Safe for concurrent use.
+func (d *Daemon) SetSyncStatus(f SyncStatusFunc) {
+	d.syncMu.Lock()
+	d.syncStatus = f
+	d.syncMu.Unlock()
+}
+
+// syncState is the daemon's sync status source for the API.
+type syncState struct {
+	syncMu     sync.RWMutex
+	syncStatus SyncStatusFunc
+}
+
+// newAPI builds the management API server on the daemon.
+func (d *Daemon) newAPI() (*apiserver.Server, error) {
+	tokens := make([]apiserver.Token, 0, len(d.cfg.API.Tokens))
+	for _, t := range d.cfg.API.Tokens {
+		sc, err := apiserver.ParseScope(t.Scope)
+		if err != nil {
+			return nil, fmt.Errorf("api.tokens %s: %w", t.Name, err)
+		}
+		tokens = append(tokens, apiserver.Token{Name: t.Name, Scope: sc, Hash: t.Hash})
+	}
+	return apiserver.New(apiserver.Config{
+		Store:        d.store,
+		Functions:    apiBackend{d},
+		Sync:         daemonSync{d},
+		Tokens:       tokens,
+		MaxBodyBytes: int64(d.cfg.API.MaxBodyBytes),
+		Health:       d.Handler(),
+		Metrics:      d.metrics,
+		System: apiserver.SystemInfo{Version: Version, GatewayID: d.cfg.GatewayID, DataDir: d.cfg.DataDir, Counters: func() *v1.GatewayCounters {
+			st := d.gw.Stats()
+			return &v1.GatewayCounters{Received: st.Received, Processed: st.Processed, Failed: st.Failed, DeadLettered: st.DeadLettered,
+				Published: st.Published, Backlog: int64(st.Backlog), Functions: int32(len(d.gw.Functions())), Ready: d.gw.Ready()}
+		}},
+		Logger: d.log,
+	})
+}
+
+// apiTLS loads the API's certificate pair.
+func apiTLS(t config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("api tls: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}, nil
+}
+
+// metrics are the daemon's samples for /metrics.
+func (d *Daemon) metrics() []apiserver.Metric {
+	gs := d.gw.Stats()
+	var out []apiserver.Metric
+	counter := func(name, help string, v uint64) {
+		out = append(out, apiserver.Metric{Name: name, Help: help, Type: "counter", Value: float64(v)})
+	}
+	gauge := func(name, help string, v float64, labels ...[2]string) {
+		out = append(out, apiserver.Metric{Name: name, Help: help, Type: "gauge", Value: v, Labels: labels})
+	}
+	counter("moongate_messages_received_total", "MQTT messages handed over by the broker side.", gs.Received)
+	counter("moongate_messages_unmatched_total", "Messages no function wanted.", gs.Unmatched)
+	counter("moongate_messages_rejected_total", "Messages dead-lettered at intake (oversize, invalid topic).", gs.Rejected)
+	counter("moongate_messages_redelivered_total", "MQTT redeliveries of messages already accepted.", gs.Redelivered)
+	counter("moongate_inbox_enqueued_total", "Inbox entries written.", gs.Enqueued)
+	counter("moongate_invocations_committed_total", "Invocations committed.", gs.Processed)
+	counter("moongate_invocations_failed_total", "Invocation attempts that failed.", gs.Failed)
+	counter("moongate_dead_letters_total", "Events that went to the dead letters.", gs.DeadLettered)
+	counter("moongate_duplicates_total", "Inbox entries found already consumed.", gs.Duplicates)
+	counter("moongate_publishes_total", "Local publishes carried out.", gs.Published)
+	gauge("moongate_backlog", "Events queued or running.", float64(gs.Backlog))
+	gauge("moongate_functions", "Functions deployed.", float64(len(d.gw.Functions())))
+	ready := 0.0
+	if d.gw.Ready() {
+		ready = 1
+	}
+	gauge("moongate_ready", "1 when the gateway takes events.", ready)
+	ss := d.store.Stats()
+	names := make([]string, 0, len(ss.Spaces))
+	for n := range ss.Spaces {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		gauge("moongate_store_entries", "Live entries per key space.", float64(ss.Spaces[n].Count), [2]string{"space", n})
+	}
+	for _, n := range names {
+		gauge("moongate_store_bytes", "Stored value bytes per key space (approximate).", float64(ss.Spaces[n].Bytes), [2]string{"space", n})
+	}
+	for _, n := range names {
+		out = append(out, apiserver.Metric{Name: "moongate_store_dropped_total", Help: "Entries dropped by quota or age per key space.", Type: "counter",
+			Value: float64(ss.Spaces[n].Drops), Labels: [][2]string{{"space", n}}})
+	}
+	full := 0.0
+	if ss.DiskFull {
+		full = 1
+	}
+	gauge("moongate_store_disk_full", "1 when writes stopped for lack of disk space.", full)
+	gauge("moongate_store_free_bytes", "Free bytes on the data directory's file system.", float64(ss.FreeBytes))
+	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
+	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gauge("moongate_go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
+	gauge("moongate_go_goroutines", "Goroutines.", float64(runtime.NumGoroutine()))
+	return out
+}
+
+// apiBackend adapts the daemon to apiserver.Functions.
+type apiBackend struct{ d *Daemon }
+
+// apiErr maps the gateway's errors to the API's.
+func apiErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrFunctionsDir):
+		return apiserver.Wrap(apiserver.ErrFailedPrecondition, fmt.Errorf("%w (change the files in the directory instead)", err))
+	case errors.Is(err, ErrInvalidFunction), errors.Is(err, ErrBadEvent):
+		return apiserver.Wrap(apiserver.ErrInvalidArgument, err)
+	case errors.Is(err, ErrNoFunction):
+		return apiserver.Wrap(apiserver.ErrNotFound, err)
+	case errors.Is(err, ErrStopped):
+		return apiserver.Wrap(apiserver.ErrUnavailable, err)
+	}
+	return err
+}
+
+func (b apiBackend) Deploy(ctx context.Context, name string, manifest, source []byte, dryRun bool) (store.FunctionRecord, bool, error) {
+	r, err := b.d.DeployFunction(ctx, DeployRequest{Name: name, Manifest: manifest, Source: source, DryRun: dryRun})
+	return r.Function, r.Unchanged, apiErr(err)
+}
+
+func (b apiBackend) Rollback(ctx context.Context, name string, version int64) (store.FunctionRecord, error) {
+	r, err := b.d.RollbackFunction(ctx, name, version)
+	return r, apiErr(err)
+}
+
+func (b apiBackend) Delete(ctx context.Context, name string) (int, error) {
+	n, err := b.d.DeleteFunction(ctx, name)
+	return n, apiErr(err)
+}
+
+func (b apiBackend) Running(name string) (apiserver.RunningFunction, bool) {
+	f := b.d.gw.Lookup(name)
+	if f == nil {
+		return apiserver.RunningFunction{}, false
+	}
+	return apiserver.RunningFunction{Version: f.Version, HTTPMethods: f.HTTPMethods}, true
+}
+
+func (b apiBackend) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (apiserver.Invocation, error) {
+	r, err := b.d.gw.Invoke(ctx, name, ev, commit)
+	if err != nil {
+		return apiserver.Invocation{}, apiErr(err)
+	}
+	return apiserver.Invocation{Result: r.Result, Err: r.Err, Committed: r.Committed, EventID: r.EventID}, nil
+}
+
+func (b apiBackend) Requeue(ctx context.Context, function, key string, event []byte) error {
+	return apiErr(b.d.gw.Requeue(ctx, function, key, event))
+}
+
+func (b apiBackend) DecodeEvent(e []byte) (*luavm.Event, error) {
+	ev, err := DecodeEvent(e)
+	return ev, apiErr(err)
+}
+
+func (b apiBackend) Committed() <-chan struct{} { return b.d.gw.Committed() }

@@ -1,0 +1,188 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// This file is the daemon's function management for the API: deploy,
+// roll back and delete, each a change of the store's active version
+// followed by a reload of the gateway's function table (atomic per
+// function: in-flight invocations finish on the old version).
+
+// DeployRequest is a function to deploy through the API.
+type DeployRequest struct {
+	Name     string
+	Manifest []byte // NAME.yaml
+	Source   []byte // NAME.lua
+	DryRun   bool   // validate only
+}
+
+// DeployResult is the outcome of a deploy.
+type DeployResult struct {
+	Function  store.FunctionRecord // the active version (Version 0 for a dry run)
+	Unchanged bool                 // identical to the active version: nothing stored
+}
+
+// manager serialises the function changes made through the API.
+type manager struct {
+	mu sync.Mutex
+}
+
+// DeployFunction validates a function (name, manifest, compile), then
+// unless req.DryRun stores it as the next version, makes it active and
+// reloads the gateway. When the new version fails to load, the previous
+// active version is restored and the error returned. Errors: ErrFunctionsDir,
+// ErrInvalidFunction (wrapping the precise error), store errors.
+func (d *Daemon) DeployFunction(ctx context.Context, req DeployRequest) (DeployResult, error) {
+	f, err := d.ValidateFunction(req.Name, req.Manifest, req.Source)
+	if err != nil {
+		return DeployResult{}, err
+	}
+	sha := f.Fingerprint
+	if req.DryRun {
+		return DeployResult{Function: store.FunctionRecord{Name: req.Name, Source: req.Source, Manifest: req.Manifest, SHA256: sha}}, nil
+	}
+	if d.cfg.FunctionsDir != "" {
+		return DeployResult{}, ErrFunctionsDir
+	}
+	d.mgr.mu.Lock()
+	defer d.mgr.mu.Unlock()
+	prev, err := d.store.GetFunction(ctx, req.Name, 0)
+	switch {
+	case err == nil && prev.SHA256 == sha:
+		if lf := d.gw.Lookup(req.Name); lf != nil && lf.Version == prev.Version {
+			return DeployResult{Function: prev, Unchanged: true}, nil
+		}
+	case err == nil || errors.Is(err, store.ErrNotFound):
+	default:
+		return DeployResult{}, err
+	}
+	v, err := d.store.PutFunction(ctx, store.FunctionRecord{Name: req.Name, Source: req.Source, Manifest: req.Manifest, SHA256: sha, Active: true})
+	if err != nil {
+		return DeployResult{}, fmt.Errorf("store function %s: %w", req.Name, err)
+	}
+	if err := d.reloadCheck(ctx, req.Name, v); err != nil {
+		// Put the previous version back (or none).
+		if rerr := d.store.SetActive(context.WithoutCancel(ctx), req.Name, prev.Version); rerr != nil {
+			d.log.Error("restore previous version", "function", req.Name, "err", rerr)
+		}
+		_ = d.reload(context.WithoutCancel(ctx))
+		return DeployResult{}, err
+	}
+	rec, err := d.store.GetFunction(ctx, req.Name, v)
+	return DeployResult{Function: rec}, err
+}
+
+// ValidateFunction checks a function as DeployFunction would, without
+// storing or deploying anything. Errors wrap ErrInvalidFunction.
+func (d *Daemon) ValidateFunction(name string, manifest, source []byte) (*Function, error) {
+	invalid := func(err error) (*Function, error) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidFunction, err)
+	}
+	if !trigger.ValidFunctionName(name) {
+		return invalid(fmt.Errorf("%w %q: use [a-z0-9][a-z0-9_-]{0,62}", trigger.ErrFunctionName, name))
+	}
+	if len(source) > trigger.MaxSourceBytes {
+		return invalid(fmt.Errorf("source is %d bytes, larger than the limit of %d", len(source), trigger.MaxSourceBytes))
+	}
+	m, err := trigger.ParseManifest(name+".yaml", manifest)
+	if err != nil {
+		return invalid(err)
+	}
+	if _, err := d.rt.Compile(name, source); err != nil {
+		return invalid(err)
+	}
+	f, err := FunctionFromManifest(&trigger.Function{Manifest: m, Source: source, SHA256: trigger.Fingerprint(manifest, source)}, d.cfg)
+	if err != nil {
+		return invalid(err)
+	}
+	return f, nil
+}
+
+// RollbackFunction makes version of name active (0: the highest version
+// below the active one) and reloads. Errors: ErrFunctionsDir,
+// store.ErrNotFound, a load failure (the previous version is restored).
+func (d *Daemon) RollbackFunction(ctx context.Context, name string, version int64) (store.FunctionRecord, error) {
+	if d.cfg.FunctionsDir != "" {
+		return store.FunctionRecord{}, ErrFunctionsDir
+	}
+	d.mgr.mu.Lock()
+	defer d.mgr.mu.Unlock()
+	vs, err := d.store.ListVersions(ctx, name)
+	if err != nil {
+		return store.FunctionRecord{}, err
+	}
+	var active int64
+	for _, v := range vs {
+		if v.Active {
+			active = v.Version
+		}
+	}
+	if version == 0 {
+		for _, v := range vs {
+			if v.Version < active || active == 0 {
+				version = v.Version
+			}
+		}
+		if version == 0 || version == active {
+			return store.FunctionRecord{}, fmt.Errorf("%w: function %q has no version below the active version %d", store.ErrNotFound, name, active)
+		}
+	}
+	if err := d.store.SetActive(ctx, name, version); err != nil {
+		return store.FunctionRecord{}, err
+	}
+	if err := d.reloadCheck(ctx, name, version); err != nil {
+		if rerr := d.store.SetActive(context.WithoutCancel(ctx), name, active); rerr != nil {
+			d.log.Error("restore previous version", "function", name, "err", rerr)
+		}
+		_ = d.reload(context.WithoutCancel(ctx))
+		return store.FunctionRecord{}, err
+	}
+	return d.store.GetFunction(ctx, name, version)
+}
+
+// DeleteFunction removes name from the gateway and deletes every stored
+// version (state, records and logs are kept). It returns the number of
+// versions deleted. Errors: ErrFunctionsDir, store.ErrNotFound.
+func (d *Daemon) DeleteFunction(ctx context.Context, name string) (int, error) {
+	if d.cfg.FunctionsDir != "" {
+		return 0, ErrFunctionsDir
+	}
+	d.mgr.mu.Lock()
+	defer d.mgr.mu.Unlock()
+	vs, err := d.store.ListVersions(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if err := d.store.DeleteFunction(ctx, name); err != nil {
+		return 0, err
+	}
+	return len(vs), d.reload(ctx)
+}
+
+// FunctionsFromDir reports whether the functions are loaded from a
+// directory (and so cannot be changed through the API).
+func (d *Daemon) FunctionsFromDir() bool { return d.cfg.FunctionsDir != "" }
+
+// reload makes the gateway's functions the active versions in the store.
+func (d *Daemon) reload(ctx context.Context) error {
+	return d.gw.SetFunctions(ctx, d.storedFunctions(ctx))
+}
+
+// reloadCheck reloads and checks that version of name is the one running.
+func (d *Daemon) reloadCheck(ctx context.Context, name string, version int64) error {
+	err := d.reload(ctx)
+	if f := d.gw.Lookup(name); f == nil || f.Version != version {
+		if err == nil {
+			err = errors.New("not loaded (see the gateway log)")
+		}
+		return fmt.Errorf("%w: deploy %s version %d: %w", ErrInvalidFunction, name, version, err)
+	}
+	return nil
+}
