@@ -2,10 +2,13 @@ package deploy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,7 +25,8 @@ import (
 // qemu-user through the install-day scenario: serve on the defaults with
 // the reference function, publish events over MQTT, see the function's
 // commands come back, SIGTERM, check the records, restart, publish more,
-// stop, and find every record still there.
+// stop, and find every record still there: asked over the REST API while
+// the daemon runs, and read from the store directory after it stopped.
 func TestARMSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("qemu smoke scenario skipped in -short mode")
@@ -57,11 +61,15 @@ func smoke(t *testing.T, command []string) {
 			t.Fatal(err)
 		}
 	}
+	// A read token for GET /v1/records: the configuration holds its hash.
+	token := "mgt_smoke-test-read-token"
+	sum := sha256.Sum256([]byte(token))
 	opts := gwproc.Options{
 		Command:      command,
 		DataDir:      filepath.Join(dir, "data"),
 		FunctionsDir: fdir,
 		ConfigPath:   filepath.Join(dir, "config.yaml"),
+		APIConfig:    fmt.Sprintf("  tokens:\n    - {name: smoke, scope: read, hash: \"sha256:%s\"}\n", hex.EncodeToString(sum[:])),
 	}
 	// Temperatures 0, 10, ... 190: the reference function stores every
 	// reading and sends {"fan":"on"} for those above 80. The last one is
@@ -83,15 +91,23 @@ func smoke(t *testing.T, command []string) {
 	if cmds != hot {
 		t.Fatalf("%d fan commands, want %d", cmds, hot)
 	}
+	live := apiRecords(ctx, t, p, token)
+	checkRecords(t, live, temps)
 	stopDaemon(ctx, t, p)
 	recs := storeRecords(ctx, t, opts.DataDir)
 	checkRecords(t, recs, temps)
+	for i := range recs {
+		if recs[i].ID != live[i].ID {
+			t.Fatalf("record %d: the API said %s, the store has %s", i, live[i].ID, recs[i].ID)
+		}
+	}
 
 	// Restart on the same data: the records are there, new events add to them.
 	p = startDaemon(ctx, t, opts)
 	if n := runDevice(ctx, t, p, "pi-1", []int{95}, 1); n != 1 {
 		t.Fatalf("%d fan commands after restart, want 1", n)
 	}
+	checkRecords(t, apiRecords(ctx, t, p, token), append(temps, 95))
 	stopDaemon(ctx, t, p)
 	after := storeRecords(ctx, t, opts.DataDir)
 	checkRecords(t, after, append(temps, 95))
@@ -169,10 +185,46 @@ func runDevice(ctx context.Context, t *testing.T, p *gwproc.Proc, device string,
 	return got
 }
 
+// apiRecords asks the running daemon for the records of the reference
+// stream (GET /v1/records), oldest first.
+func apiRecords(ctx context.Context, t *testing.T, p *gwproc.Proc, token string) []store.Record {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.APIAddr()+"/v1/records?stream=reference&limit=1000", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/records: %d %v: %s", resp.StatusCode, err, body)
+	}
+	var page struct {
+		Records []struct {
+			ID       string          `json:"id"`
+			Function string          `json:"function"`
+			Device   string          `json:"device"`
+			Data     json.RawMessage `json:"data"`
+		} `json:"records"`
+		Next string `json:"next_cursor"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil || page.Next != "" {
+		t.Fatalf("GET /v1/records: %v (next %q): %s", err, page.Next, body)
+	}
+	out := make([]store.Record, len(page.Records))
+	for i, r := range page.Records {
+		out[i] = store.Record{ID: r.ID, Function: r.Function, Device: r.Device, Data: r.Data}
+	}
+	return out
+}
+
 // storeRecords returns the records of the reference stream in order.
 // It opens the store directory itself, so the daemon must be stopped;
-// Badger's files are the same on arm, arm64 and amd64. (Once the REST API
-// serves GET /v1/records, the running daemon can be asked instead.)
+// Badger's files are the same on arm, arm64 and amd64.
 func storeRecords(ctx context.Context, t *testing.T, dir string) []store.Record {
 	t.Helper()
 	s, err := store.Open(ctx, store.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

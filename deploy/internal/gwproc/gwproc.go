@@ -41,6 +41,9 @@ type Options struct {
 	// ExtraConfig is appended to the generated YAML (top-level keys other
 	// than data_dir, functions_dir, log, mqtt and api).
 	ExtraConfig string
+	// APIConfig is added inside the api section (YAML lines indented by
+	// two spaces), e.g. "  tokens:\n    - {name: t, scope: read, hash: ...}\n".
+	APIConfig string
 	// Env is added to the process environment.
 	Env []string
 	// Log receives every line the daemon writes (may be nil).
@@ -65,8 +68,8 @@ type Proc struct {
 // WriteConfig writes the configuration of o: JSON logs, the embedded
 // broker and the HTTP API on 127.0.0.1 port 0, plus o.ExtraConfig.
 func WriteConfig(o Options) error {
-	cfg := fmt.Sprintf("data_dir: %q\nfunctions_dir: %q\nlog:\n  format: json\nmqtt:\n  embedded:\n    listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\n%s",
-		o.DataDir, o.FunctionsDir, o.ExtraConfig)
+	cfg := fmt.Sprintf("data_dir: %q\nfunctions_dir: %q\nlog:\n  format: json\nmqtt:\n  embedded:\n    listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\n%s%s",
+		o.DataDir, o.FunctionsDir, o.APIConfig, o.ExtraConfig)
 	return os.WriteFile(o.ConfigPath, []byte(cfg), 0o600)
 }
 
