@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what moongate's tests need when it is missing: Debian packages
 # for the real peers the tests start (mosquitto, nats-server), qemu-user
-# for the 32-bit ARM store tests, the C toolchain, Paho MQTT C and python3
-# for firmware-examples, and protoc with the well-known protos for
-# `make generate-check`. As root it uses apt-get; otherwise it stops with the
-# exact command to run.
+# for the 32-bit ARM store tests and the arm64 smoke test, protoc with the
+# well-known protos for `make generate-check`, the C toolchain, Paho MQTT C
+# and python3 for firmware-examples, and what the deploy/ tests check the
+# packaging with (systemd-analyze, lintian, adduser). As root it uses
+# apt-get; otherwise it stops with the exact command to run.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
@@ -24,6 +25,13 @@ command -v pyflakes3 >/dev/null 2>&1 || need+=(pyflakes3)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl) # docs/api.md examples (gateway/apiserver)
+command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+# deploy/ tests: systemd-analyze verify, lintian, dpkg -i of the package
+# (which needs adduser), useradd --prefix for install.sh.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
+command -v useradd >/dev/null 2>&1 || need+=(passwd)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moongate tests need: ${need[*]}" >&2
@@ -33,4 +41,5 @@ fi
 echo "installing test dependencies: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# shellcheck disable=SC2046 # de-duplicated package names
+apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null

@@ -26,7 +26,8 @@ var (
 	// produce or that belongs to a different query.
 	ErrBadCursor = errors.New("store: bad cursor")
 	// ErrFormatVersion is returned by Open for a database written with a
-	// newer or unknown on-disk format.
+	// newer or unknown on-disk format, or an older one this build has no
+	// migration from. The message names both versions and what to do.
 	ErrFormatVersion = errors.New("store: unsupported format version")
 	// ErrCorrupt is returned when stored data cannot be decoded.
 	ErrCorrupt = errors.New("store: corrupt data")

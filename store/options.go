@@ -163,6 +163,9 @@ type Options struct {
 	// It must exceed what can be in flight unacknowledged between the
 	// broker and moongate (the broker's max in-flight messages).
 	DedupeWindow int
+
+	// plan replaces the release's format version and migrations (tests).
+	plan *formatPlan
 }
 
 func (o *Options) withDefaults() error {

@@ -18,8 +18,8 @@ import (
 )
 
 // FormatVersion is the on-disk format this release writes. Open refuses a
-// database with a higher version (ErrFormatVersion); a lower one would be
-// migrated here by a later release.
+// database with a higher version (ErrFormatVersion, naming both versions)
+// and migrates a lower one step by step (migrate.go).
 const FormatVersion = 1
 
 // queue is the persisted state of one sequenced key space. Entries live at
@@ -130,7 +130,8 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the store in opts.Dir. It checks the
-// recorded format version (ErrFormatVersion for a newer or unknown one),
+// recorded format version (migrating an older database step by step;
+// ErrFormatVersion for a newer or unknown one),
 // recovers the queue cursors and starts the committer and the background
 // loops (sync, retention, value-log GC, disk guard).
 func Open(ctx context.Context, opts Options) (*Store, error) {
@@ -161,7 +162,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
 	s.valueThreshold = opts.badgerOptions().ValueThreshold
-	if err := s.checkFormat(); err != nil {
+	if err := s.checkFormat(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -193,41 +194,33 @@ func (s *Store) bg(f func()) {
 	}()
 }
 
-// checkFormat reads or writes the format version.
-func (s *Store) checkFormat() error {
+// checkFormat writes the format version of a new database, migrates an
+// older one step by step (see migrations) and refuses a newer, unknown or
+// foreign one with ErrFormatVersion.
+func (s *Store) checkFormat(ctx context.Context) error {
+	plan := s.opts.formatPlan()
+	have, err := readFormat(s.db)
+	if err != nil {
+		return err
+	}
+	if have > 0 {
+		return migrate(ctx, s.db, s.opts.Dir, have, plan, s.log)
+	}
 	return s.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(keyFormat)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			// New database, or one that is not ours.
-			it := txn.NewIterator(badger.IteratorOptions{})
-			it.Rewind()
-			nonEmpty := it.Valid()
-			it.Close()
-			if nonEmpty {
-				return fmt.Errorf("%w: database has data but no moongate format version", ErrFormatVersion)
-			}
-			if err := txn.Set(keyFormat, []byte(strconv.Itoa(FormatVersion))); err != nil {
-				return err
-			}
-			c := newCounters()
-			b, _ := json.Marshal(&c)
-			return txn.Set(keyCounters, b)
+		// New database, or one that is not ours.
+		it := txn.NewIterator(badger.IteratorOptions{})
+		it.Rewind()
+		nonEmpty := it.Valid()
+		it.Close()
+		if nonEmpty {
+			return fmt.Errorf("%w: database has data but no moongate format version", ErrFormatVersion)
 		}
-		if err != nil {
-			return fmt.Errorf("store: read format version: %w", err)
+		if err := txn.Set(keyFormat, []byte(strconv.Itoa(plan.version))); err != nil {
+			return err
 		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return fmt.Errorf("store: read format version: %w", err)
-		}
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 {
-			return fmt.Errorf("%w: unreadable version %q", ErrFormatVersion, v)
-		}
-		if n > FormatVersion {
-			return fmt.Errorf("%w: database is format %d, this build reads up to %d", ErrFormatVersion, n, FormatVersion)
-		}
-		return nil
+		c := newCounters()
+		b, _ := json.Marshal(&c)
+		return txn.Set(keyCounters, b)
 	})
 }
 
@@ -469,7 +462,7 @@ func (s *Store) Stats() Stats {
 		Batches: s.batches.Load(), Transactions: s.txns.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
 		GCRewrites: s.gcRewrites.Load(), DiskFull: s.full.Load(), FreeBytes: s.freeBytes.Load(),
 		ClockSynced: s.clockSynced.Load(), Durability: s.opts.Durability.String(), Profile: string(s.opts.Profile),
-		FormatVersion: FormatVersion,
+		FormatVersion: s.opts.formatPlan().version,
 	}
 	for t, q := range c.Outbox {
 		st.Spaces["outbox:"+t] = sp(q, "outbox:"+t)

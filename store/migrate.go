@@ -1,0 +1,120 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// migration upgrades the on-disk format from From to From+1.
+type migration struct {
+	From int
+	// Name says what the step changes; it is logged.
+	Name string
+	// Apply rewrites the data of a database at format From. It chooses its
+	// own transactions (a large database does not fit in one) and must be
+	// idempotent: after a crash or an error halfway it runs again from the
+	// start, on a database still marked From. The format version moves to
+	// From+1 only after Apply returned nil.
+	Apply func(ctx context.Context, db *badger.DB) error
+}
+
+// migrations are the steps from format 1 up to FormatVersion, in order.
+// A release that changes the format appends the step from the previous
+// FormatVersion and raises FormatVersion, so that a newer binary upgrades
+// a data directory of any older release, one step at a time. Format 1 is
+// the first format: there is nothing to migrate yet.
+var migrations = []migration{}
+
+// formatPlan is the format a store is opened at and the steps that lead
+// there: the release's own (FormatVersion, migrations) unless a test sets
+// Options.plan.
+type formatPlan struct {
+	version int
+	steps   []migration
+}
+
+func (o *Options) formatPlan() formatPlan {
+	if o.plan != nil {
+		return *o.plan
+	}
+	return formatPlan{version: FormatVersion, steps: migrations}
+}
+
+// readFormat returns the recorded format version, 0 when there is none.
+func readFormat(db *badger.DB) (int, error) {
+	var n int
+	err := db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyFormat)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		n, err = strconv.Atoi(string(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("%w: unreadable version %q", ErrFormatVersion, v)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrFormatVersion) {
+		return 0, fmt.Errorf("store: read format version: %w", err)
+	}
+	return n, err
+}
+
+// migrate brings a database at format have up to plan.version, one step at
+// a time, each step followed by its version bump. It refuses (with
+// ErrFormatVersion and what to do) a database newer than the plan or one
+// the plan has no path from.
+func migrate(ctx context.Context, db *badger.DB, dir string, have int, plan formatPlan, log *slog.Logger) error {
+	if have > plan.version {
+		return fmt.Errorf("%w: the data directory %s is format %d, written by a newer moongate; this build reads formats up to %d. "+
+			"Run the newer release again (downgrading is not supported), or restore a copy of the directory taken before the upgrade",
+			ErrFormatVersion, dir, have, plan.version)
+	}
+	for have < plan.version {
+		var step *migration
+		for i := range plan.steps {
+			if plan.steps[i].From == have {
+				step = &plan.steps[i]
+				break
+			}
+		}
+		if step == nil {
+			return fmt.Errorf("%w: the data directory %s is format %d and this build (format %d) has no migration from it. "+
+				"Upgrade through an intermediate release that reads format %d first, or restore a backup",
+				ErrFormatVersion, dir, have, plan.version, have)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		log.Warn("store: migrating the data directory", "dir", dir, "from", have, "to", have+1, "step", step.Name)
+		if err := step.Apply(ctx, db); err != nil {
+			return fmt.Errorf("store: migration of %s from format %d to %d (%s) failed; the directory is still format %d and the step runs again at the next start: %w",
+				dir, have, have+1, step.Name, have, err)
+		}
+		// Durable before anything else writes in the new format.
+		err := db.Update(func(txn *badger.Txn) error {
+			return txn.Set(keyFormat, []byte(strconv.Itoa(have+1)))
+		})
+		if err == nil {
+			err = db.Sync()
+		}
+		if err != nil {
+			return fmt.Errorf("store: record format %d after migrating %s: %w", have+1, dir, err)
+		}
+		have++
+		log.Info("store: data directory migrated", "dir", dir, "format", have)
+	}
+	return nil
+}
