@@ -94,11 +94,13 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 
 // Requeue puts the event of a dead letter of function back into the inbox,
 // durably, to run through the function's current version; it returns when
-// the entry is durable (the caller may then delete the dead letter). The
-// function must be deployed (ErrNoFunction) and the event decodable
-// (ErrBadEvent); the gateway must be running (ErrStopped before Run and
-// after it stopped). Safe for concurrent use.
-func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byte) error {
+// the entry is durable. When deadLetter is not 0, that dead letter is
+// deleted in the same atomic write (store.ErrNotFound when it is already
+// gone, and nothing is queued), so a crash cannot leave the event both
+// queued and a dead letter. The function must be deployed (ErrNoFunction)
+// and the event decodable (ErrBadEvent); the gateway must be running
+// (ErrStopped before Run and after it stopped). Safe for concurrent use.
+func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byte, deadLetter uint64) error {
 	if !g.ready.Load() || g.stopping.Load() {
 		return ErrStopped
 	}
@@ -108,7 +110,7 @@ func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byt
 	if _, err := decodeEvent(event); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadEvent, err)
 	}
-	return g.enqueue(ctx, []store.InboxEntry{{Function: function, Key: key, Event: event}})
+	return g.enqueue(ctx, []store.InboxEntry{{Function: function, Key: key, Event: event, DeadLetter: deadLetter}})
 }
 
 // DecodeEvent decodes an event as kept in the inbox and the dead letters

@@ -48,14 +48,14 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 	}
 
 	// Requeue runs the event through the current version, durably queued.
-	if err := g.Requeue(ctx, "ref", "d1", encodeEvent(ev())); err != nil {
+	if err := g.Requeue(ctx, "ref", "d1", encodeEvent(ev()), 0); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the requeued record", func() bool { return len(allRecords(t, d.Store(), "ref")) == 2 })
-	if err := g.Requeue(ctx, "nope", "k", encodeEvent(ev())); !errors.Is(err, ErrNoFunction) {
+	if err := g.Requeue(ctx, "nope", "k", encodeEvent(ev()), 0); !errors.Is(err, ErrNoFunction) {
 		t.Fatalf("requeue to an unknown function: %v", err)
 	}
-	if err := g.Requeue(ctx, "ref", "k", []byte("garbage")); !errors.Is(err, ErrBadEvent) {
+	if err := g.Requeue(ctx, "ref", "k", []byte("garbage"), 0); !errors.Is(err, ErrBadEvent) {
 		t.Fatalf("requeue of garbage: %v", err)
 	}
 
@@ -81,7 +81,7 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 	if _, err := g.Invoke(ctx, "ref", ev(), false); !errors.Is(err, ErrStopped) {
 		t.Fatalf("invoke after stop: %v", err)
 	}
-	if err := g.Requeue(ctx, "ref", "k", encodeEvent(ev())); !errors.Is(err, ErrStopped) {
+	if err := g.Requeue(ctx, "ref", "k", encodeEvent(ev()), 0); !errors.Is(err, ErrStopped) {
 		t.Fatalf("requeue after stop: %v", err)
 	}
 }

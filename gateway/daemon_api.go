@@ -157,7 +157,7 @@ func apiErr(err error) error {
 		return apiserver.Wrap(apiserver.ErrFailedPrecondition, fmt.Errorf("%w (change the files in the directory instead)", err))
 	case errors.Is(err, ErrInvalidFunction), errors.Is(err, ErrBadEvent):
 		return apiserver.Wrap(apiserver.ErrInvalidArgument, err)
-	case errors.Is(err, ErrNoFunction):
+	case errors.Is(err, ErrNoFunction), errors.Is(err, store.ErrNotFound):
 		return apiserver.Wrap(apiserver.ErrNotFound, err)
 	case errors.Is(err, ErrStopped):
 		return apiserver.Wrap(apiserver.ErrUnavailable, err)
@@ -196,8 +196,8 @@ func (b apiBackend) Invoke(ctx context.Context, name string, ev *luavm.Event, co
 	return apiserver.Invocation{Result: r.Result, Err: r.Err, Committed: r.Committed, EventID: r.EventID}, nil
 }
 
-func (b apiBackend) Requeue(ctx context.Context, function, key string, event []byte) error {
-	return apiErr(b.d.gw.Requeue(ctx, function, key, event))
+func (b apiBackend) Requeue(ctx context.Context, function, key string, event []byte, deadLetter uint64) error {
+	return apiErr(b.d.gw.Requeue(ctx, function, key, event, deadLetter))
 }
 
 func (b apiBackend) DecodeEvent(e []byte) (*luavm.Event, error) {

@@ -15,6 +15,11 @@ type InboxEntry struct {
 	// the entry came from, for Store.Redelivered. Set it on one entry of a
 	// message.
 	Fingerprint []byte
+	// DeadLetter, when not 0, is the sequence of a dead letter this entry
+	// replays: Enqueue deletes it in the same atomic write (and fails with
+	// ErrNotFound, enqueuing nothing, when it is gone), so a replayed event
+	// is either still a dead letter or in the inbox, never both.
+	DeadLetter uint64
 }
 
 // Record is a function result or an emitted record, stored locally and

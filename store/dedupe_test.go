@@ -71,3 +71,43 @@ func TestRedeliveryWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestEnqueueReplaysDeadLetterAtomically: an entry that replays a dead
+// letter deletes it in the same write; a dead letter that is gone fails the
+// whole Enqueue and queues nothing.
+func TestEnqueueReplaysDeadLetterAtomically(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "f", Key: "k", Event: []byte("ev"), Error: "boom"}}); err != nil {
+		t.Fatal(err)
+	}
+	dls, err := s.ListDeadLetters(ctx, "", 0, 10)
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("dead letters %v %v", dls, err)
+	}
+	seq := dls[0].Seq
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "k", Event: []byte("ev"), DeadLetter: seq}}); err != nil {
+		t.Fatal(err)
+	}
+	if dls, _ := s.ListDeadLetters(ctx, "", 0, 10); len(dls) != 0 {
+		t.Fatalf("dead letter still there after its replay: %v", dls)
+	}
+	if n := s.InboxLen(); n != 1 {
+		t.Fatalf("inbox %d, want 1", n)
+	}
+	// Replaying it again, or a dead letter never seen, changes nothing.
+	for _, d := range []uint64{seq, seq + 100} {
+		_, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte("x")}, {Function: "f", Event: []byte("ev"), DeadLetter: d}})
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("replay of dead letter %d: %v, want ErrNotFound", d, err)
+		}
+		if n := s.InboxLen(); n != 1 {
+			t.Fatalf("inbox %d after a refused replay, want 1", n)
+		}
+	}
+	// After a restart the counters agree.
+	s = reopen(t, s)
+	if n := s.InboxLen(); n != 1 || s.Stats().Spaces[SpaceDeadLetters].Count != 0 {
+		t.Fatalf("after reopen: inbox %d, dead letters %+v", n, s.Stats().Spaces[SpaceDeadLetters])
+	}
+}

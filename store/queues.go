@@ -39,9 +39,27 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			return nil, fmt.Errorf("%w: event of %d bytes, limit %d", ErrTooLarge, len(entries[i].Event), s.opts.MaxValueBytes)
 		}
 		est += s.vEntryEst(9, 24+len(entries[i].Function)+len(entries[i].Key)+len(entries[i].Event)) + s.vEntryEst(9, len(entries[i].Fingerprint))
+		if entries[i].DeadLetter != 0 {
+			est += 2 * entryEst(16+maxName, 0)
+		}
 	}
 	seqs := make([]uint64, len(entries))
 	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
+		seen := map[uint64]bool{}
+		for i := range entries {
+			d := entries[i].DeadLetter
+			if d == 0 {
+				continue
+			}
+			_, ok, err := b.get(seqKey(pDead, d))
+			if err != nil {
+				return err
+			}
+			if !ok || seen[d] {
+				return fmt.Errorf("%w: dead letter %d", ErrNotFound, d)
+			}
+			seen[d] = true
+		}
 		vals := make([][]byte, len(entries))
 		var total int64
 		for i := range entries {
@@ -60,6 +78,11 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			seqs[i] = seq
 			if len(entries[i].Fingerprint) == FingerprintSize {
 				b.set(dedupeKey(seq%s.window.size), entries[i].Fingerprint)
+			}
+			if d := entries[i].DeadLetter; d != 0 {
+				if err := b.deleteDead(d, true); err != nil {
+					return fatal(err) // checked above: cannot happen
+				}
 			}
 		}
 		return nil

@@ -86,17 +86,14 @@ func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.Repla
 			skip(dl, errors.New("refused at intake (oversized or invalid message): cannot be replayed"))
 			return nil
 		}
-		// Inbox first, durably; then the dead letter goes. A crash in
-		// between leaves both (the event may run twice), never neither.
-		if err := d.s.cfg.Functions.Requeue(ctx, dl.Function, dl.Key, dl.Event); err != nil {
+		// One atomic write: the event enters the inbox and the dead letter
+		// goes, so a crash leaves exactly one of them.
+		if err := d.s.cfg.Functions.Requeue(ctx, dl.Function, dl.Key, dl.Event, dl.Seq); err != nil {
 			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidArgument) {
 				skip(dl, err)
 				return nil
 			}
 			return err
-		}
-		if err := d.s.cfg.Store.DeleteDeadLetter(context.WithoutCancel(ctx), dl.Seq); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("dead letter %d was requeued but not deleted: %w", dl.Seq, err)
 		}
 		out.Replayed++
 		return nil

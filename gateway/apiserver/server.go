@@ -69,8 +69,10 @@ type Functions interface {
 	Running(name string) (RunningFunction, bool)
 	// Invoke runs name once on ev; the outputs are committed when commit.
 	Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (Invocation, error)
-	// Requeue puts a dead letter's event back into the inbox durably.
-	Requeue(ctx context.Context, function, key string, event []byte) error
+	// Requeue puts a dead letter's event back into the inbox durably and,
+	// in the same atomic write, deletes dead letter deadLetter (when not 0;
+	// a not-found error when it is already gone).
+	Requeue(ctx context.Context, function, key string, event []byte, deadLetter uint64) error
 	// DecodeEvent decodes a stored event (a dead letter's).
 	DecodeEvent(b []byte) (*luavm.Event, error)
 	// Committed returns a channel closed after the next commit.
