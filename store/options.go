@@ -1,6 +1,7 @@
 package store
 
 import (
+	"path/filepath"
 	"fmt"
 	"log/slog"
 	"time"
@@ -162,6 +163,13 @@ type Options struct {
 	// It must exceed what can be in flight unacknowledged between the
 	// broker and moongate (the broker's max in-flight messages).
 	DedupeWindow int
+
+	// Buckets are the blob buckets by name (see blob.go); a bucket not
+	// listed does not exist (ErrNotFound).
+	Buckets map[string]Bucket
+	// BlobDir holds the blob files; default <Dir>/blobs (required with
+	// InMemory and Buckets).
+	BlobDir string
 }
 
 func (o *Options) withDefaults() error {
@@ -206,6 +214,20 @@ func (o *Options) withDefaults() error {
 	}
 	if !o.InMemory && o.Dir == "" {
 		return fmt.Errorf("%w: Options.Dir is empty", ErrInvalid)
+	}
+	if o.BlobDir == "" && !o.InMemory {
+		o.BlobDir = filepath.Join(o.Dir, "blobs")
+	}
+	for k, b := range o.Buckets {
+		if !ValidBucket(k) {
+			return fmt.Errorf("%w: bucket name %q", ErrInvalid, k)
+		}
+		if b.MaxSize < 0 || b.MaxBytes < 0 || b.MaxAge < 0 {
+			return fmt.Errorf("%w: negative limit for bucket %q", ErrInvalid, k)
+		}
+		if o.BlobDir == "" {
+			return fmt.Errorf("%w: Options.BlobDir is empty", ErrInvalid)
+		}
 	}
 	for k, q := range o.Quotas {
 		if q.MaxBytes < 0 || q.MaxAge < 0 {
