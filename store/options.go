@@ -1,9 +1,9 @@
 package store
 
 import (
-	"path/filepath"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"

@@ -129,7 +129,7 @@ type Store struct {
 	syncs       atomic.Int64
 	gcRewrites  atomic.Int64
 
-	objMu sync.Mutex         // guards pins and the removal of blob objects
+	objMu sync.Mutex       // guards pins and the removal of blob objects
 	pins  map[[32]byte]int // staged blob objects not released yet
 
 	maxTxnSize     int64
