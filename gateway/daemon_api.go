@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"sort"
 	"sync"
@@ -65,6 +66,7 @@ func (d *Daemon) newAPI() (*apiserver.Server, error) {
 		Store:        d.store,
 		Functions:    apiBackend{d},
 		Sync:         daemonSync{d},
+		Blobs:        blobBackend{d},
 		Tokens:       tokens,
 		MaxBodyBytes: int64(d.cfg.API.MaxBodyBytes),
 		Health:       d.Handler(),
@@ -206,3 +208,27 @@ func (b apiBackend) DecodeEvent(e []byte) (*luavm.Event, error) {
 }
 
 func (b apiBackend) Committed() <-chan struct{} { return b.d.gw.Committed() }
+
+// blobBackend serves the API's blob calls: reads from the store, uploads
+// through the gateway (which runs the functions they trigger).
+type blobBackend struct{ d *Daemon }
+
+func (b blobBackend) PutBlob(ctx context.Context, bucket, name, contentType string, body io.Reader) (store.BlobInfo, error) {
+	return b.d.gw.PutBlob(ctx, bucket, name, contentType, body)
+}
+
+func (b blobBackend) StatBlob(ctx context.Context, bucket, name string) (store.BlobInfo, error) {
+	return b.d.store.StatBlob(ctx, bucket, name)
+}
+
+func (b blobBackend) OpenBlob(ctx context.Context, bucket, name string) (*store.Blob, error) {
+	return b.d.store.OpenBlob(ctx, bucket, name)
+}
+
+func (b blobBackend) ListBlobs(ctx context.Context, bucket, prefix string, limit int, cursor string) ([]store.BlobInfo, string, error) {
+	return b.d.store.ListBlobs(ctx, bucket, prefix, limit, cursor)
+}
+
+func (b blobBackend) DeleteBlob(ctx context.Context, bucket, name string) error {
+	return b.d.store.DeleteBlob(ctx, bucket, name)
+}
