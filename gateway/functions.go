@@ -26,7 +26,7 @@ type Function struct {
 	StateWatches []trigger.StateTrigger
 	// Uploads are the blobs that run the function (upload triggers).
 	Uploads []trigger.UploadTrigger
-	Spec         luavm.Spec
+	Spec    luavm.Spec
 	// HTTPMethods are the methods of its http triggers (the API serves them
 	// at /fn/NAME/...); empty when it has none.
 	HTTPMethods []string

@@ -253,8 +253,9 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 	if maxSize > 0 && maxSize < limit {
 		limit = maxSize
 	}
-	if s.full.Load() {
-		return nil, fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
+	guard := &diskGuard{s: s}
+	if err := guard.check(); err != nil {
+		return nil, err
 	}
 	tmpDir := filepath.Join(s.opts.BlobDir, "tmp")
 	var rnd [12]byte
@@ -272,7 +273,8 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 		}
 	}()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), &ctxReader{ctx: ctx, r: io.LimitReader(r, limit+1)})
+	guard.w = f
+	n, err := io.Copy(io.MultiWriter(guard, h), &ctxReader{ctx: ctx, r: io.LimitReader(r, limit+1)})
 	if err != nil {
 		return nil, fmt.Errorf("store: write blob: %w", err)
 	}
@@ -303,6 +305,48 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 	ok = true
 	s.pins[sb.sum]++
 	return sb, nil
+}
+
+// diskGuardEvery is how many bytes a blob write goes between two reads of
+// the free disk space.
+const diskGuardEvery = 1 << 20
+
+// diskGuard stops a blob write once the free space of the data directory
+// falls below Options.DiskReserve (ErrStoreFull): blobs share the disk with
+// Badger, which must never meet a full disk.
+type diskGuard struct {
+	s     *Store
+	w     io.Writer
+	since int
+}
+
+func (g *diskGuard) check() error {
+	s := g.s
+	if s.opts.DiskReserve < 0 || (s.opts.InMemory && s.opts.FreeSpace == nil) {
+		return nil
+	}
+	if s.full.Load() {
+		return fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
+	}
+	free, err := s.freeSpace()
+	if err != nil {
+		return nil // unknown: the committer's guard logs it
+	}
+	if free < uint64(s.opts.DiskReserve) {
+		return fmt.Errorf("%w: %s has %d bytes free, reserve %d", ErrStoreFull, s.opts.Dir, free, s.opts.DiskReserve)
+	}
+	return nil
+}
+
+func (g *diskGuard) Write(p []byte) (int, error) {
+	g.since += len(p)
+	if g.since >= diskGuardEvery {
+		g.since = 0
+		if err := g.check(); err != nil {
+			return 0, err
+		}
+	}
+	return g.w.Write(p)
 }
 
 // ctxReader stops a copy once ctx ends.

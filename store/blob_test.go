@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -287,4 +288,46 @@ func FuzzBlobName(f *testing.F) {
 			t.Fatalf("accepted %q", name)
 		}
 	})
+}
+
+// TestBlobDiskGuard: a blob write stops once the disk falls below the
+// reserve, leaving nothing behind.
+func TestBlobDiskGuard(t *testing.T) {
+	var free atomic.Uint64
+	free.Store(1 << 40)
+	s := openTest(t, Options{Buckets: map[string]Bucket{"b": {}}, DiskReserve: 64 << 20,
+		FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
+	r := &slowFill{n: 8 << 20, at: 3 << 20, fill: func() { free.Store(1 << 20) }}
+	_, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "x", Body: r}, nil)
+	if !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("PutBlob on a filling disk: %v", err)
+	}
+	if files := objectFiles(t, s); len(files) != 0 {
+		t.Fatalf("left %v", files)
+	}
+	if _, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "y", Body: strings.NewReader("y")}, nil); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("PutBlob on a full disk: %v", err)
+	}
+	free.Store(1 << 40)
+	putBlob(t, s, "b", "z", []byte("z"))
+}
+
+// slowFill yields n zero bytes and calls fill once at offset at.
+type slowFill struct {
+	n, off, at int
+	fill       func()
+}
+
+func (r *slowFill) Read(p []byte) (int, error) {
+	if r.off >= r.n {
+		return 0, io.EOF
+	}
+	if r.off >= r.at && r.fill != nil {
+		r.fill()
+		r.fill = nil
+	}
+	m := min(len(p), r.n-r.off, 64<<10)
+	clear(p[:m])
+	r.off += m
+	return m, nil
 }
