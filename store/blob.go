@@ -67,8 +67,12 @@ type BlobOp struct {
 	Bucket      string
 	Name        string
 	Delete      bool
-	ContentType string      // put
-	Object      *StagedBlob // put: from StageBlob, held until the commit returned
+	ContentType string // put
+	// Object is the put's content, from StageBlob. Release it only after
+	// Commit returned without a context error (a commit given up on may
+	// still apply: commit with a context that does not end, as the gateway
+	// does).
+	Object *StagedBlob
 
 	createdBefore int64 // delete only if created before this (ms; retention)
 }
@@ -432,7 +436,10 @@ func (s *Store) PutBlob(ctx context.Context, p BlobPut, derive func(BlobInfo) []
 		}
 		return derive(*ch.Blob)
 	}
-	res, err := s.Commit(ctx, c)
+	// Not abandoned once the body is on disk: a Commit given up on a
+	// context error may still apply, and the object must stay pinned
+	// until it has.
+	res, err := s.Commit(context.WithoutCancel(ctx), c)
 	if err != nil {
 		return BlobInfo{}, nil, err
 	}
