@@ -28,6 +28,10 @@ import (
 // MaxBlobChunk bounds the length of one blob.read.
 const MaxBlobChunk = 1 << 20
 
+// blobReadSteps is charged per blob.read call, on top of a step per 64
+// bytes read.
+const blobReadSteps = 64
+
 // smallChunk: chunks up to this size are accounted cumulatively like other
 // strings (tiny allocations may share a slot and never be seen as freed).
 const smallChunk = 256
@@ -80,7 +84,8 @@ func (in *instance) blobRead(L *lua.LState) int {
 		L.ArgError(4, "length must be a non-negative integer")
 	}
 	n := int64(min(length, MaxBlobChunk))
-	in.charge(L, 1)
+	// A read is a store lookup and a file read: it costs more than a step.
+	in.charge(L, blobReadSteps)
 	br, ok := in.inv.state.(BlobReader)
 	if !ok {
 		L.RaiseError("blob.read(%q, %q): blobs are not available here", bucket, name)
