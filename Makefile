@@ -43,3 +43,8 @@ generate:
 generate-check: generate
 	@git diff --exit-code -- api/ || { echo "generated API code is stale: run make generate and commit"; exit 1; }
 	@out=$$(git status --porcelain --untracked-files=all -- api/); if [ -n "$$out" ]; then echo "untracked generated files:"; echo "$$out"; exit 1; fi
+
+# The device fleet simulator (firmware-examples/devsim).
+.PHONY: build-devsim
+build-devsim:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/moongate-devsim ./cmd/moongate-devsim

@@ -518,6 +518,17 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 		h.e.log.Debug("mqtt connection refused: bad credentials", "client", cl.ID, "username", username, "remote", cl.Net.Remote)
 		return false
 	}
+	// The broker publishes a last will on the client's behalf, with no ACL
+	// check of its own: a will is a publish, so it must be one the user may
+	// make (otherwise device a could make its will a command to device b).
+	if pk.Connect.WillFlag {
+		t := pk.Connect.WillTopic
+		if ValidTopic(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, t) {
+			h.e.stats.unauthorized.Add(1)
+			h.e.log.Debug("mqtt connection refused: last will outside the publish ACL", "client", cl.ID, "username", username, "will_topic", t)
+			return false
+		}
+	}
 	return true
 }
 

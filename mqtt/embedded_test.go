@@ -149,6 +149,9 @@ func TestEmbeddedAuthentication(t *testing.T) {
 	if _, err := dial(t, url, "anon"); err == nil {
 		t.Fatal("anonymous accepted without AllowAnonymous")
 	}
+	// A client may give up (connect timeout) before a loaded broker has
+	// finished checking the password: wait for the count.
+	waitFor(t, "3 authentication failures", 20*time.Second, func() bool { return e.Stats().AuthFailures >= 3 })
 	if st := e.Stats(); st.AuthFailures != 3 {
 		t.Fatalf("AuthFailures = %d, want 3", st.AuthFailures)
 	}
@@ -786,4 +789,26 @@ func TestEmbeddedAckAfterLongBlock(t *testing.T) {
 	if resp[0] != 0x20 || resp[4] != 0x40 || resp[7] != 5 {
 		t.Fatalf("want CONNACK then PUBACK for id 5, got % x", resp)
 	}
+}
+
+// TestEmbeddedWillACL: the broker publishes a last will for the client, so
+// a will outside the user's publish ACL is refused at CONNECT (otherwise
+// device alice could make her will a command to bob's device).
+func TestEmbeddedWillACL(t *testing.T) {
+	var rec recorder
+	e := startEmbedded(t, EmbeddedConfig{Users: testUsers(t), AllowAnonymous: true}, rec.handle, "#")
+	url := brokerURL(e)
+	withWill := func(topic string) clientOpt {
+		return func(o *paho.ClientOptions) { o.SetWill(topic, "offline", 1, false) }
+	}
+	for _, topic := range []string{"devices/bob/cmd", "cmd/x", "$SYS/x"} {
+		if _, err := dial(t, url, "alice-w", withCreds("alice", "s3cret"), withWill(topic)); err == nil {
+			t.Fatalf("will on %s accepted", topic)
+		}
+	}
+	if st := e.Stats(); st.RejectedUnauthorized != 3 {
+		t.Fatalf("RejectedUnauthorized = %d, want 3", st.RejectedUnauthorized)
+	}
+	// A will under her own prefix is accepted.
+	mustDial(t, url, "alice-w", withCreds("alice", "s3cret"), withWill("devices/alice/status"))
 }

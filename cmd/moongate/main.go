@@ -62,8 +62,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if c, ok := commands[args[0]]; ok {
 		return c.run(ctx, args[1:], stdout, stderr)
 	}
+	if sub := subcommands(args[0]); len(sub) > 0 {
+		fmt.Fprintf(stderr, "moongate %s: want a subcommand: %s (see 'moongate help')\n", args[0], strings.Join(sub, ", "))
+		return exitUsage
+	}
 	fmt.Fprintf(stderr, "moongate: unknown command %q (see 'moongate help')\n", strings.Join(args[:min(2, len(args))], " "))
 	return exitUsage
+}
+
+// subcommands lists the commands of group ("fn" -> "fn deploy", ...).
+func subcommands(group string) []string {
+	var out []string
+	for n := range commands {
+		if strings.HasPrefix(n, group+" ") {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func usage(w io.Writer) {
@@ -76,4 +92,5 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-16s %s\n", n, commands[n].summary)
 	}
+	fmt.Fprintln(w, "\n'moongate COMMAND --help' describes a command. Exit status: 0 ok, 1 failed,\n2 bad arguments, 3 not found, 4 no or refused token, 5 server unreachable\nor unavailable (see docs/cli.md).")
 }

@@ -80,6 +80,9 @@ type Embedded struct {
 	MaxSessionExpiry   Duration `yaml:"max_session_expiry"`    // default 1h
 	MaxInflight        int      `yaml:"max_inflight"`          // default 64
 	MaxQueuedPerClient int      `yaml:"max_queued_per_client"` // default 1000
+	// MaxClients bounds the devices connected at once (about 35 KB each);
+	// more are refused at CONNECT. Default 1000.
+	MaxClients int `yaml:"max_clients"`
 }
 
 // User is a device account of the embedded broker. Publish and Subscribe
@@ -287,6 +290,7 @@ func Default() *Config {
 				MaxSessionExpiry:   Duration(time.Hour),
 				MaxInflight:        64,
 				MaxQueuedPerClient: 1000,
+				MaxClients:         1000,
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},

@@ -66,6 +66,7 @@ mqtt:
     max_session_expiry: 10m
     max_inflight: 32
     max_queued_per_client: 500
+    max_clients: 5000
 api:
   listen: ":8080"
   tls: {cert: /c.pem, key: /k.pem}
@@ -107,6 +108,7 @@ functions:
 		{c.MQTT.Embedded.Users[1].Subscribe, []string{}},
 		{c.MQTT.Embedded.Users[1].Publish, []string{DefaultACL}},
 		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
+		{c.MQTT.Embedded.MaxClients, 5000},
 		{c.MQTT.External.ClientID, "moongate-pi-7"},
 		{c.Store.DiskReserve, Size(1e9)},
 		{c.Store.Quotas.Records.MaxBytes, Size(1 << 30)},
@@ -212,6 +214,7 @@ func TestErrors(t *testing.T) {
 		{"zero sync interval", "store:\n  durability: interval\n  sync_interval: 0\n", []string{"m.yaml:3: store.sync_interval: 0s out of range"}},
 		{"workers negative", "pipeline:\n  workers: -1\n", []string{"m.yaml:2: pipeline.workers: -1 out of range [0, 1024]"}},
 		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
+		{"max clients zero", "mqtt:\n  embedded:\n    max_clients: 0\n", []string{"m.yaml:3: mqtt.embedded.max_clients: 0 out of range"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},
 		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},
 		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
