@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,318 +13,233 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
+	"text/tabwriter"
 
 	"github.com/moongate-edge/moongate/store"
 )
 
-// The blob commands talk to a running daemon's REST API (/v1/blobs). They
-// carry their own small HTTP client: --server (or MOONGATE_SERVER, default
-// http://127.0.0.1:8080) and --token (or MOONGATE_TOKEN).
+// The blob commands stream files to and from /v1/blobs. Transfers are not
+// bounded by --request-timeout (a large file takes as long as it takes);
+// Ctrl-C stops them.
 
 func init() {
-	register(&command{name: "blob put", summary: "upload a file: blob put BUCKET/NAME FILE|-", run: runBlobPut})
-	register(&command{name: "blob get", summary: "download a blob: blob get BUCKET/NAME [-o FILE]", run: runBlobGet})
-	register(&command{name: "blob ls", summary: "list blobs: blob ls BUCKET [--prefix P]", run: runBlobLs})
-	register(&command{name: "blob rm", summary: "delete a blob: blob rm BUCKET/NAME", run: runBlobRm})
+	registerRemote(&remoteCmd{
+		name: "blob put", summary: "upload a file into a bucket",
+		usage: "usage: moongate blob put BUCKET/NAME FILE|- [--content-type T] [flags]\n\nStreams FILE (- for standard input) to the gateway as blob NAME of BUCKET,\nreplacing a blob of that name, and prints its metadata. The content type\ndefaults to the file extension's. Needs a token of scope admin.\n",
+		nargs: exactArgs(2, "BUCKET/NAME and FILE"),
+		setup: setupBlobPut,
+	})
+	registerRemote(&remoteCmd{
+		name: "blob get", summary: "download a blob",
+		usage: "usage: moongate blob get BUCKET/NAME [-o FILE] [flags]\n\nWrites the blob to standard output, or to FILE (written beside it and\nrenamed, so a failed download leaves nothing under that name).\n",
+		nargs: exactArgs(1, "BUCKET/NAME"),
+		setup: setupBlobGet,
+	})
+	registerRemote(&remoteCmd{
+		name: "blob ls", summary: "list the blobs of a bucket",
+		usage: "usage: moongate blob ls BUCKET [--prefix P] [flags]\n\nLists every blob whose name starts with --prefix, in name order: size,\ncreation time, SHA-256, content type, name.\n",
+		nargs: exactArgs(1, "BUCKET"),
+		setup: setupBlobLs,
+	})
+	registerRemote(&remoteCmd{
+		name: "blob rm", summary: "delete a blob",
+		usage: "usage: moongate blob rm BUCKET/NAME [flags]\n\nDeletes the blob. Needs a token of scope admin.\n",
+		nargs: exactArgs(1, "BUCKET/NAME"),
+		setup: func(*flag.FlagSet) remoteRun { return runBlobRm },
+	})
 }
 
-type blobConn struct {
-	server, token string
-}
-
-func (c *blobConn) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.server, "server", "", "API address (default $MOONGATE_SERVER or http://127.0.0.1:8080)")
-	fs.StringVar(&c.token, "token", "", "bearer token (default $MOONGATE_TOKEN)")
-}
-
-func (c *blobConn) resolve() error {
-	if c.server == "" {
-		c.server = os.Getenv("MOONGATE_SERVER")
-	}
-	if c.server == "" {
-		c.server = "http://127.0.0.1:8080"
-	}
-	if !strings.Contains(c.server, "://") {
-		c.server = "http://" + c.server
-	}
-	c.server = strings.TrimRight(c.server, "/")
-	if c.token == "" {
-		c.token = strings.TrimSpace(os.Getenv("MOONGATE_TOKEN"))
-	}
-	if c.token == "" {
-		return errors.New("no API token: pass --token or set MOONGATE_TOKEN")
-	}
-	return nil
-}
-
-// blobPath turns BUCKET/NAME into the escaped URL path of the blob.
+// blobPath checks BUCKET/NAME as the server would and returns the blob's
+// REST path, each segment escaped.
 func blobPath(arg string) (string, error) {
 	bucket, name, ok := strings.Cut(arg, "/")
 	if !ok || bucket == "" || name == "" {
-		return "", fmt.Errorf("want BUCKET/NAME, got %q", arg)
+		return "", usagef("want BUCKET/NAME, got %q", arg)
 	}
 	if !store.ValidBucket(bucket) {
-		return "", fmt.Errorf("invalid bucket name %q: use [a-z0-9][a-z0-9_-]{0,62}", bucket)
+		return "", usagef("invalid bucket name %q: use [a-z0-9][a-z0-9_-]{0,62}", bucket)
 	}
 	if err := store.ValidBlobName(name); err != nil {
-		return "", err
+		return "", usagef("%v", err)
 	}
 	segs := strings.Split(name, "/")
 	for i, s := range segs {
 		segs[i] = url.PathEscape(s)
 	}
-	return "/v1/blobs/" + url.PathEscape(bucket) + "/" + strings.Join(segs, "/"), nil
+	return "/v1/blobs/" + bucket + "/" + strings.Join(segs, "/"), nil
 }
 
-func (c *blobConn) do(ctx context.Context, method, path string, body io.Reader, header http.Header, length int64) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.server+path, body)
+// blobDo makes a streaming request: any 2xx answer is returned (the
+// caller closes the body), others become an *apiError.
+func (c *apiClient) blobDo(ctx context.Context, method, path string, query url.Values, body io.Reader, size int64, ctype string) (*http.Response, error) {
+	req, err := c.newRequest(ctx, request{method: method, path: path, query: query})
 	if err != nil {
 		return nil, err
 	}
-	if length >= 0 && body != nil {
-		// A known length lets the server refuse an oversized file at once.
-		req.ContentLength = length
+	if body != nil {
+		req.Body = io.NopCloser(body)
+		req.ContentLength = size // -1: unknown, sent chunked
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+		req.Header.Set("Content-Type", ctype)
 	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var st struct {
-			Message string `json:"message"`
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		if json.Unmarshal(b, &st) == nil && st.Message != "" {
-			return nil, fmt.Errorf("%s (HTTP %d)", st.Message, resp.StatusCode)
-		}
-		return nil, fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		return nil, &connError{server: c.base.Redacted(), err: unwrapURLError(err)}
 	}
-	return resp, nil
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return nil, decodeStatus(resp.StatusCode, b)
 }
 
-// blobFlags parses fs over args, letting flags follow positional arguments.
-func blobFlags(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, int) {
-	fs.SetOutput(stderr)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK
-			}
-			return nil, exitUsage
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, -1
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-func runBlobPut(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("blob put", flag.ContinueOnError)
-	var c blobConn
-	c.register(fs)
+func setupBlobPut(fs *flag.FlagSet) remoteRun {
 	ctype := fs.String("content-type", "", "content type (default: from the file extension, else application/octet-stream)")
-	pos, code := blobFlags(fs, args, stderr)
-	if code >= 0 {
-		return code
-	}
-	if len(pos) != 2 {
-		fmt.Fprintln(stderr, "usage: moongate blob put BUCKET/NAME FILE|- [--content-type T]")
-		return exitUsage
-	}
-	path, err := blobPath(pos[0])
-	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob put:", err)
-		return exitUsage
-	}
-	if err := c.resolve(); err != nil {
-		fmt.Fprintln(stderr, "moongate blob put:", err)
-		return exitUsage
-	}
-	var body io.Reader = os.Stdin
-	var size int64 = -1
-	if pos[1] != "-" {
-		f, err := os.Open(pos[1])
+	return func(ctx context.Context, c *apiClient, args []string, stdout, _ io.Writer) error {
+		path, err := blobPath(args[0])
 		if err != nil {
-			fmt.Fprintln(stderr, "moongate blob put:", err)
-			return exitUsage
+			return err
 		}
-		defer f.Close()
-		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
-			size = st.Size()
+		var body io.Reader = os.Stdin
+		size := int64(-1)
+		ct := *ctype
+		if args[1] != "-" {
+			f, err := os.Open(args[1])
+			if err != nil {
+				return usagef("%v", err)
+			}
+			defer f.Close()
+			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+				size = st.Size() // lets the server refuse an oversized file at once
+			}
+			body = f
+			if ct == "" {
+				ct = mime.TypeByExtension(filepath.Ext(args[1]))
+			}
 		}
-		body = f
-		if *ctype == "" {
-			*ctype = mime.TypeByExtension(filepath.Ext(pos[1]))
+		if ct == "" {
+			ct = "application/octet-stream"
 		}
+		resp, err := c.blobDo(ctx, http.MethodPut, path, nil, body, size, ct)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return &connError{server: c.base.Redacted(), err: err}
+		}
+		return printJSON(stdout, raw)
 	}
-	if *ctype == "" {
-		*ctype = "application/octet-stream"
-	}
-	resp, err := c.do(ctx, http.MethodPut, path, body, http.Header{"Content-Type": {*ctype}}, size)
-	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob put:", err)
-		return exitFailure
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(stdout, resp.Body)
-	return exitOK
 }
 
-func runBlobGet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("blob get", flag.ContinueOnError)
-	var c blobConn
-	c.register(fs)
+func setupBlobGet(fs *flag.FlagSet) remoteRun {
 	out := fs.String("o", "", "write to this file (default: standard output)")
-	pos, code := blobFlags(fs, args, stderr)
-	if code >= 0 {
-		return code
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: moongate blob get BUCKET/NAME [-o FILE]")
-		return exitUsage
-	}
-	path, err := blobPath(pos[0])
-	if err == nil {
-		err = c.resolve()
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob get:", err)
-		return exitUsage
-	}
-	resp, err := c.do(ctx, http.MethodGet, path, nil, nil, -1)
-	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob get:", err)
-		return exitFailure
-	}
-	defer resp.Body.Close()
-	if *out == "" {
-		if _, err := io.Copy(stdout, resp.Body); err != nil {
-			fmt.Fprintln(stderr, "moongate blob get:", err)
-			return exitFailure
+	return func(ctx context.Context, c *apiClient, args []string, stdout, _ io.Writer) error {
+		path, err := blobPath(args[0])
+		if err != nil {
+			return err
 		}
-		return exitOK
+		resp, err := c.blobDo(ctx, http.MethodGet, path, nil, nil, 0, "")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if *out == "" {
+			if _, err := io.Copy(stdout, resp.Body); err != nil {
+				return &connError{server: c.base.Redacted(), err: err}
+			}
+			return nil
+		}
+		tmp, err := os.CreateTemp(filepath.Dir(*out), ".moongate-blob-*")
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(tmp, resp.Body)
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), *out)
+		}
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+			return fmt.Errorf("download: %w", err)
+		}
+		return nil
 	}
-	// Written next to the target and renamed: a failed download leaves
-	// no partial file under the requested name.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".moongate-blob-*")
-	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob get:", err)
-		return exitFailure
-	}
-	_, err = io.Copy(tmp, resp.Body)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), *out)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		fmt.Fprintln(stderr, "moongate blob get:", err)
-		return exitFailure
-	}
-	return exitOK
 }
 
-func runBlobLs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("blob ls", flag.ContinueOnError)
-	var c blobConn
-	c.register(fs)
+// blobMeta is a blob in the answers of /v1/blobs.
+type blobMeta struct {
+	Bucket      string `json:"bucket"`
+	Name        string `json:"name"`
+	Size        int64  `json:"size"`
+	ContentType string `json:"content_type"`
+	SHA256      string `json:"sha256"`
+	Created     string `json:"created"`
+}
+
+func setupBlobLs(fs *flag.FlagSet) remoteRun {
 	prefix := fs.String("prefix", "", "only names starting with this")
-	asJSON := fs.Bool("json", false, "one JSON object per blob")
-	pos, code := blobFlags(fs, args, stderr)
-	if code >= 0 {
-		return code
-	}
-	if len(pos) != 1 || strings.Contains(pos[0], "/") {
-		fmt.Fprintln(stderr, "usage: moongate blob ls BUCKET [--prefix P] [--json]")
-		return exitUsage
-	}
-	if err := c.resolve(); err != nil {
-		fmt.Fprintln(stderr, "moongate blob ls:", err)
-		return exitUsage
-	}
-	cursor := ""
-	for {
-		q := url.Values{"prefix": {*prefix}, "limit": {"1000"}}
-		if cursor != "" {
-			q.Set("cursor", cursor)
+	return func(ctx context.Context, c *apiClient, args []string, stdout, _ io.Writer) error {
+		if !store.ValidBucket(args[0]) {
+			return usagef("invalid bucket name %q: use [a-z0-9][a-z0-9_-]{0,62}", args[0])
 		}
-		resp, err := c.do(ctx, http.MethodGet, "/v1/blobs/"+url.PathEscape(pos[0])+"?"+q.Encode(), nil, nil, -1)
-		if err != nil {
-			fmt.Fprintln(stderr, "moongate blob ls:", err)
-			return exitFailure
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		if !c.json {
+			fmt.Fprintln(tw, "SIZE\tCREATED\tSHA256\tTYPE\tNAME")
 		}
-		var page struct {
-			Blobs []struct {
-				Name        string `json:"name"`
-				Size        int64  `json:"size"`
-				ContentType string `json:"content_type"`
-				SHA256      string `json:"sha256"`
-				Created     string `json:"created"`
-			} `json:"blobs"`
-			NextCursor string `json:"next_cursor"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&page)
-		resp.Body.Close()
-		if err != nil {
-			fmt.Fprintln(stderr, "moongate blob ls: decode answer:", err)
-			return exitFailure
-		}
-		for _, b := range page.Blobs {
-			if *asJSON {
-				j, _ := json.Marshal(b)
-				fmt.Fprintln(stdout, string(j))
-				continue
+		cursor := ""
+		for {
+			q := url.Values{"prefix": {*prefix}, "limit": {"1000"}}
+			if cursor != "" {
+				q.Set("cursor", cursor)
 			}
-			created := b.Created
-			if ts, err := time.Parse(time.RFC3339Nano, b.Created); err == nil {
-				created = ts.Format(time.RFC3339)
+			resp, err := c.blobDo(ctx, http.MethodGet, "/v1/blobs/"+args[0], q, nil, 0, "")
+			if err != nil {
+				return err
 			}
-			fmt.Fprintf(stdout, "%12s  %s  %s  %s  %s\n", strconv.FormatInt(b.Size, 10), created, b.SHA256[:min(12, len(b.SHA256))], b.ContentType, b.Name)
+			var page struct {
+				Blobs      []blobMeta `json:"blobs"`
+				NextCursor string     `json:"next_cursor"`
+			}
+			err = json.NewDecoder(io.LimitReader(resp.Body, maxResponseBytes)).Decode(&page)
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("the server's answer is not a blob list: %w", err)
+			}
+			for _, b := range page.Blobs {
+				if c.json {
+					j, _ := json.Marshal(b)
+					fmt.Fprintln(stdout, string(j))
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", strconv.FormatInt(b.Size, 10), b.Created, b.SHA256[:min(12, len(b.SHA256))], b.ContentType, b.Name)
+			}
+			if page.NextCursor == "" {
+				return tw.Flush()
+			}
+			cursor = page.NextCursor
 		}
-		if page.NextCursor == "" {
-			return exitOK
-		}
-		cursor = page.NextCursor
 	}
 }
 
-func runBlobRm(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("blob rm", flag.ContinueOnError)
-	var c blobConn
-	c.register(fs)
-	pos, code := blobFlags(fs, args, stderr)
-	if code >= 0 {
-		return code
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: moongate blob rm BUCKET/NAME")
-		return exitUsage
-	}
-	path, err := blobPath(pos[0])
-	if err == nil {
-		err = c.resolve()
-	}
+func runBlobRm(ctx context.Context, c *apiClient, args []string, _, _ io.Writer) error {
+	path, err := blobPath(args[0])
 	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob rm:", err)
-		return exitUsage
+		return err
 	}
-	resp, err := c.do(ctx, http.MethodDelete, path, nil, nil, -1)
+	resp, err := c.blobDo(ctx, http.MethodDelete, path, nil, nil, 0, "")
 	if err != nil {
-		fmt.Fprintln(stderr, "moongate blob rm:", err)
-		return exitFailure
+		return err
 	}
 	resp.Body.Close()
-	return exitOK
+	return nil
 }

@@ -73,7 +73,7 @@ func TestBlobCommands(t *testing.T) {
 		!strings.Contains(out, `"name":"reports/2026 11/report.json"`) || !strings.Contains(out, `"content_type":"application/json"`) {
 		t.Fatalf("put: %d %s %s", code, out, errs)
 	}
-	if code, out, errs := cli("blob", "ls", "files", "--prefix", "reports/"); code != exitOK || !strings.Contains(out, "reports/2026 11/report.json") {
+	if code, out, errs := cli("blob", "ls", "files", "--prefix", "reports/"); code != exitOK || !strings.Contains(out, "reports/2026 11/report.json") || !strings.Contains(out, "application/json") {
 		t.Fatalf("ls: %d %s %s", code, out, errs)
 	}
 	if code, out, _ := cli("blob", "get", "files/reports/2026 11/report.json"); code != exitOK || out != string(content) {
@@ -91,24 +91,28 @@ func TestBlobCommands(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, 65<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errs := cli("blob", "put", "files/big.bin", big); code != exitFailure || !strings.Contains(errs, "HTTP 413") {
+	if code, _, errs := cli("blob", "put", "files/big.bin", big); code != exitFailure || !strings.Contains(errs, "larger than 65536 bytes") {
 		t.Fatalf("oversized put: %d %s", code, errs)
 	}
 	for _, name := range []string{"files/../etc/passwd", "files//etc/passwd", "files/a\\b", "files/a\x00b"} {
-		if code, _, errs := cli("blob", "put", name, src); code != exitUsage || !strings.Contains(errs, "invalid argument") {
+		if code, _, errs := cli("blob", "put", name, src); code != exitUsage || !strings.Contains(errs, "blob name") {
 			t.Fatalf("put %q: %d %s", name, code, errs)
 		}
 	}
-	if code, _, errs := cli("blob", "put", "nope/a", src); code != exitFailure || !strings.Contains(errs, "HTTP 404") {
+	if code, _, errs := cli("blob", "put", "nope/a", src); code != exitNotFound || !strings.Contains(errs, `bucket "nope"`) {
 		t.Fatalf("unknown bucket: %d %s", code, errs)
 	}
 	if code, _, _ := cli("blob", "put", "files"); code != exitUsage {
 		t.Fatalf("missing arguments: %d", code)
 	}
+	var errb bytes.Buffer
+	if code := run(context.Background(), []string{"blob", "rm", "files/reports/2026 11/report.json", "--server", addr, "--token", "mgt_wrong"}, io.Discard, &errb); code != exitAuth {
+		t.Fatalf("rm with an unknown token: %d %s", code, errb.String())
+	}
 	if code, _, _ := cli("blob", "rm", "files/reports/2026 11/report.json"); code != exitOK {
 		t.Fatalf("rm: %d", code)
 	}
-	if code, _, errs := cli("blob", "get", "files/reports/2026 11/report.json", "-o", filepath.Join(dir, "gone")); code != exitFailure || !strings.Contains(errs, "HTTP 404") {
+	if code, _, errs := cli("blob", "get", "files/reports/2026 11/report.json", "-o", filepath.Join(dir, "gone")); code != exitNotFound || !strings.Contains(errs, "not found") {
 		t.Fatalf("get after rm: %d %s", code, errs)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "gone")); !os.IsNotExist(err) {
