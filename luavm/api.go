@@ -69,7 +69,8 @@ type StateReader interface {
 // when the StateReader given to Invoke also implements it, functions can
 // read blobs; otherwise blob.read raises an error. ReadBlob returns up to n
 // bytes from offset off (fewer at the end, none past it) and the blob's
-// size.
+// size. The returned slice becomes the caller's: the Lua string shares its
+// memory, so the implementation must not keep, reuse or modify it.
 type BlobReader interface {
 	ReadBlob(ctx context.Context, bucket, name string, off int64, n int) (data []byte, size int64, err error)
 }
