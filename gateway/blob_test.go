@@ -368,6 +368,11 @@ func TestBlobREST(t *testing.T) {
 	if after := objects(); len(after) != len(before)+1 {
 		t.Fatalf("refused uploads left files: before %v, after %v", before, after)
 	}
+	// Usage per bucket in /metrics: 3 small blobs and 1 KiB.
+	if _, m := c.do("GET", "/metrics", "", "", nil); !strings.Contains(string(m), `moongate_blobs{bucket="tiny"} 4`) ||
+		!strings.Contains(string(m), `moongate_blob_bytes{bucket="tiny"} 1078`) {
+		t.Errorf("metrics lack the bucket usage:\n%s", m)
+	}
 	// Delete.
 	if r, _ := c.do("DELETE", "/v1/blobs/tiny/a/1.txt", blobAdminToken, "", nil); r.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE: %d", r.StatusCode)

@@ -140,6 +140,18 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	gauge("moongate_store_free_bytes", "Free bytes on the data directory's file system.", float64(ss.FreeBytes))
 	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
 	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
+	bs := d.store.BlobStats()
+	buckets := make([]string, 0, len(bs))
+	for n := range bs {
+		buckets = append(buckets, n)
+	}
+	sort.Strings(buckets)
+	for _, n := range buckets {
+		gauge("moongate_blobs", "Blobs stored per bucket.", float64(bs[n].Count), [2]string{"bucket", n})
+	}
+	for _, n := range buckets {
+		gauge("moongate_blob_bytes", "Bytes of the blobs stored per bucket (each blob counted, shared contents too).", float64(bs[n].Bytes), [2]string{"bucket", n})
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	gauge("moongate_go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
