@@ -21,8 +21,10 @@ import (
 // its upload function, and the function chained to it, exactly once.
 func TestBlobUploadSIGKILL(t *testing.T) {
 	dataDir, fnDir := t.TempDir(), t.TempDir()
-	writeFunction(t, fnDir, "up", `function handle(e) local u = json.decode(e.payload) emit("uploaded", {name = u.name, size = u.size}) end`,
-		"triggers:\n  - upload: {bucket: photos}\n")
+	// up is slowed down (a busy loop) so that uploads outrun it and the
+	// kill finds upload-triggered and chained work queued.
+	writeFunction(t, fnDir, "up", `function handle(e) local u = json.decode(e.payload) for i = 1, 100000 do end emit("uploaded", {name = u.name, size = u.size}) end`,
+		"triggers:\n  - upload: {bucket: photos}\nmax_concurrency: 1\nlimits: {timeout: 60s}\n")
 	writeFunction(t, fnDir, "seen", `function handle(e) state.incr("seen/" .. json.decode(e.payload).name, 1) end`,
 		"triggers:\n  - stream: uploaded\n")
 	cfgPath := filepath.Join(t.TempDir(), "moongate.yaml")
@@ -115,7 +117,15 @@ func TestBlobUploadSIGKILL(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); upload(0, 60, stop) }()
 	waitFor(t, 30*time.Second, "20 acknowledged uploads", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) >= 20 })
+	_, m := cl.do("GET", "/metrics", "", "", nil)
+	backlog := "?"
+	for _, l := range strings.Split(string(m), "\n") {
+		if v, ok := strings.CutPrefix(l, "moongate_backlog "); ok {
+			backlog = v
+		}
+	}
 	c.kill()
+	t.Logf("SIGKILL with %s events queued or running", backlog)
 	close(stop)
 	<-done
 	c = startChild(t, cfgPath)
@@ -146,10 +156,18 @@ func TestBlobUploadSIGKILL(t *testing.T) {
 	if stored["half.bin"] {
 		t.Fatal("half.bin stored")
 	}
-	waitFor(t, 60*time.Second, "every stored blob counted", func() bool {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
 		r, b := cl.do("GET", "/v1/functions/seen/state?limit=1000", blobReadToken, "", nil)
-		return r.StatusCode == 200 && strings.Count(string(b), `"key"`) >= len(stored)
-	})
+		if r.StatusCode == 200 && strings.Count(string(b), `"key"`) >= len(stored) {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, dl := cl.do("GET", "/v1/deadletters", blobReadToken, "", nil)
+			t.Fatalf("not every stored blob counted: %s\ndead letters: %s", b, dl)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	c.term(t)
 	st := openStore(t, dataDir)
 	for name := range stored {
