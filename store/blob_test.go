@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -330,4 +333,43 @@ func (r *slowFill) Read(p []byte) (int, error) {
 	clear(p[:m])
 	r.off += m
 	return m, nil
+}
+
+// BenchmarkPutBlob stores blobs of 64 KiB and 4 MiB (distinct contents,
+// durable: file fsync, rename, directory fsync, one Badger commit) and
+// reads them back in 1 MiB chunks.
+func BenchmarkPutBlob(b *testing.B) {
+	for _, size := range []int{64 << 10, 4 << 20} {
+		b.Run(fmt.Sprintf("put-%dKiB", size>>10), func(b *testing.B) {
+			s := openTest(b, Options{Buckets: map[string]Bucket{"b": {}}})
+			data := make([]byte, size)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				binary.BigEndian.PutUint64(data, uint64(i)) // distinct objects
+				if _, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "n" + strconv.Itoa(i), Body: bytes.NewReader(data)}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("read-1MiB-chunks", func(b *testing.B) {
+		s := openTest(b, Options{Buckets: map[string]Bucket{"b": {}}})
+		putBlobB(b, s, make([]byte, 8<<20))
+		b.SetBytes(8 << 20)
+		b.ReportAllocs()
+		for b.Loop() {
+			for off := int64(0); off < 8<<20; off += 1 << 20 {
+				if _, _, err := s.ReadBlob(context.Background(), "b", "x", off, 1<<20); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+func putBlobB(b *testing.B, s *Store, data []byte) {
+	if _, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "x", Body: bytes.NewReader(data)}, nil); err != nil {
+		b.Fatal(err)
+	}
 }
