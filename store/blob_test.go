@@ -311,8 +311,23 @@ func TestBlobDiskGuard(t *testing.T) {
 	if _, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "y", Body: strings.NewReader("y")}, nil); !errors.Is(err, ErrStoreFull) {
 		t.Fatalf("PutBlob on a full disk: %v", err)
 	}
+	// Deleting frees space: it works on a full disk.
 	free.Store(1 << 40)
 	putBlob(t, s, "b", "z", []byte("z"))
+	free.Store(1 << 20)
+	waitForFull := time.Now().Add(5 * time.Second)
+	for {
+		_, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "b", Name: "w", Body: strings.NewReader("w")}, nil)
+		if errors.Is(err, ErrStoreFull) {
+			break
+		}
+		if time.Now().After(waitForFull) {
+			t.Fatalf("put on a full disk: %v", err)
+		}
+	}
+	if err := s.DeleteBlob(context.Background(), "b", "z"); err != nil {
+		t.Fatalf("delete on a full disk: %v", err)
+	}
 }
 
 // slowFill yields n zero bytes and calls fill once at offset at.

@@ -187,9 +187,12 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 			grows = true
 		}
 	}
-	if len(c.Blobs) > 0 {
-		grows = true
-		est += int64(len(c.Blobs)) * (entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8))
+	for i := range c.Blobs {
+		// Deletes free space: they still work on a full disk.
+		if !c.Blobs[i].Delete {
+			grows = true
+		}
+		est += entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
 	}
 	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
 		return s.applyCommit(b, c, &res)
