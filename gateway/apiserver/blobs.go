@@ -128,7 +128,10 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, tok Token) codes.C
 	h := w.Header()
 	h.Set("Content-Type", blob.Info.ContentType)
 	h.Set("ETag", `"`+blob.Info.SHA256+`"`)
+	// The content type is the uploader's: a browser must not run it as a
+	// page of the API's origin.
 	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
 	h.Set("X-Moongate-Sha256", blob.Info.SHA256)
 	// ServeContent streams the object and handles Range and conditional
 	// requests (If-None-Match against the ETag).
