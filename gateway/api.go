@@ -71,6 +71,11 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 			r.Kind = luavm.ResultNone // the response, not a record
 		}
 		c = g.buildCommit(f, ev, &store.InboxEntry{}, &r)
+		release, err := g.stageBlobs(ctx, c, &r)
+		defer release()
+		if err != nil {
+			return nil, fmt.Errorf("gateway: invocation of %s: %w", name, err)
+		}
 		// What an invocation commits triggers downstream functions like
 		// any other output (it is the origin of its chain: hop 0).
 		g.chainCommit(g.funcs.Load(), c, 0)

@@ -34,11 +34,12 @@ type stateWatch struct {
 // chainIndex routes committed outputs to the functions they trigger.
 type chainIndex struct {
 	byStream map[string][]*Function
-	byState  map[string][]stateWatch // source function -> watches
+	byState  map[string][]stateWatch  // source function -> watches
+	byBucket map[string][]uploadWatch // bucket -> upload triggers
 }
 
 func buildChainIndex(fns map[string]*Function) chainIndex {
-	ci := chainIndex{byStream: map[string][]*Function{}, byState: map[string][]stateWatch{}}
+	ci := chainIndex{byStream: map[string][]*Function{}, byState: map[string][]stateWatch{}, byBucket: map[string][]uploadWatch{}}
 	for _, f := range fns {
 		for _, s := range f.Streams {
 			ci.byStream[s] = append(ci.byStream[s], f)
@@ -46,11 +47,16 @@ func buildChainIndex(fns map[string]*Function) chainIndex {
 		for _, w := range f.StateWatches {
 			ci.byState[w.Function] = append(ci.byState[w.Function], stateWatch{fn: f, source: w.Function, prefix: w.Prefix})
 		}
+		for _, u := range f.Uploads {
+			ci.byBucket[u.Bucket] = append(ci.byBucket[u.Bucket], uploadWatch{fn: f, trig: u})
+		}
 	}
 	return ci
 }
 
-func (ci *chainIndex) empty() bool { return len(ci.byStream) == 0 && len(ci.byState) == 0 }
+func (ci *chainIndex) empty() bool {
+	return len(ci.byStream) == 0 && len(ci.byState) == 0 && len(ci.byBucket) == 0
+}
 
 // stateWatchers returns the watches that a change of source's key triggers.
 func (ci *chainIndex) stateWatchers(source, key string, visit func(stateWatch)) {
@@ -75,6 +81,11 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops int) {
 	}
 	for i := range c.State {
 		ci.stateWatchers(c.State[i].Function, c.State[i].Key, func(stateWatch) { n++ })
+	}
+	for i := range c.Blobs {
+		if !c.Blobs[i].Delete {
+			n += ci.uploadCount(c.Blobs[i].Bucket, c.Blobs[i].Name)
+		}
 	}
 	if n == 0 {
 		return
@@ -103,6 +114,8 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops int) {
 					Captures: map[string]string{"function": u.Function, "key": u.Key}}
 				out = append(out, store.InboxEntry{Function: w.fn.Name, Key: "state:" + u.Function + "/" + u.Key, Event: encodeEventHops(&ev, hops+1)})
 			})
+		case ch.Blob != nil:
+			out = g.uploadEntries(ci, ch.Blob, hops+1)
 		}
 		return out
 	}

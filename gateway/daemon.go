@@ -461,6 +461,12 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		}
 		o.Quotas[name] = sq
 	}
+	if len(cfg.Blobs.Buckets) > 0 {
+		o.Buckets = map[string]store.Bucket{}
+		for name, b := range cfg.Blobs.Buckets {
+			o.Buckets[name] = store.Bucket{MaxSize: int64(b.MaxSize), MaxBytes: int64(b.MaxBytes), MaxAge: b.MaxAge.Std()}
+		}
+	}
 	return o
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"sort"
 	"sync"
@@ -65,6 +66,7 @@ func (d *Daemon) newAPI() (*apiserver.Server, error) {
 		Store:        d.store,
 		Functions:    apiBackend{d},
 		Sync:         daemonSync{d},
+		Blobs:        blobBackend{d},
 		Tokens:       tokens,
 		MaxBodyBytes: int64(d.cfg.API.MaxBodyBytes),
 		Health:       d.Handler(),
@@ -138,6 +140,18 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	gauge("moongate_store_free_bytes", "Free bytes on the data directory's file system.", float64(ss.FreeBytes))
 	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
 	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
+	bs := d.store.BlobStats()
+	buckets := make([]string, 0, len(bs))
+	for n := range bs {
+		buckets = append(buckets, n)
+	}
+	sort.Strings(buckets)
+	for _, n := range buckets {
+		gauge("moongate_blobs", "Blobs stored per bucket.", float64(bs[n].Count), [2]string{"bucket", n})
+	}
+	for _, n := range buckets {
+		gauge("moongate_blob_bytes", "Bytes of the blobs stored per bucket (each blob counted, shared contents too).", float64(bs[n].Bytes), [2]string{"bucket", n})
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	gauge("moongate_go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
@@ -206,3 +220,27 @@ func (b apiBackend) DecodeEvent(e []byte) (*luavm.Event, error) {
 }
 
 func (b apiBackend) Committed() <-chan struct{} { return b.d.gw.Committed() }
+
+// blobBackend serves the API's blob calls: reads from the store, uploads
+// through the gateway (which runs the functions they trigger).
+type blobBackend struct{ d *Daemon }
+
+func (b blobBackend) PutBlob(ctx context.Context, bucket, name, contentType string, body io.Reader) (store.BlobInfo, error) {
+	return b.d.gw.PutBlob(ctx, bucket, name, contentType, body)
+}
+
+func (b blobBackend) StatBlob(ctx context.Context, bucket, name string) (store.BlobInfo, error) {
+	return b.d.store.StatBlob(ctx, bucket, name)
+}
+
+func (b blobBackend) OpenBlob(ctx context.Context, bucket, name string) (*store.Blob, error) {
+	return b.d.store.OpenBlob(ctx, bucket, name)
+}
+
+func (b blobBackend) ListBlobs(ctx context.Context, bucket, prefix string, limit int, cursor string) ([]store.BlobInfo, string, error) {
+	return b.d.store.ListBlobs(ctx, bucket, prefix, limit, cursor)
+}
+
+func (b blobBackend) DeleteBlob(ctx context.Context, bucket, name string) error {
+	return b.d.store.DeleteBlob(ctx, bucket, name)
+}

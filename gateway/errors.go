@@ -25,4 +25,7 @@ var (
 	// source is invalid; it also wraps the precise error (a
 	// *luavm.CompileError with line and column, manifest errors with line).
 	ErrInvalidFunction = errors.New("gateway: invalid function")
+	// ErrNoBlobs is returned for a blob operation when the store has no
+	// blob support.
+	ErrNoBlobs = errors.New("gateway: blobs are not available")
 )

@@ -24,7 +24,9 @@ type Function struct {
 	Streams []string
 	// StateWatches are the state changes that run the function (state triggers).
 	StateWatches []trigger.StateTrigger
-	Spec         luavm.Spec
+	// Uploads are the blobs that run the function (upload triggers).
+	Uploads []trigger.UploadTrigger
+	Spec    luavm.Spec
 	// HTTPMethods are the methods of its http triggers (the API serves them
 	// at /fn/NAME/...); empty when it has none.
 	HTTPMethods []string
@@ -155,6 +157,7 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 		OrderBy:      m.OrderBy,
 		Streams:      m.Streams(),
 		StateWatches: m.StateWatches(),
+		Uploads:      m.Uploads(),
 		Spec:         spec,
 	}
 	for _, s := range m.Schedules() {

@@ -52,8 +52,21 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return retry, g.backoff(j.attempts)
 	}
 	c := g.buildCommit(f, ev, e, res)
+	release, err := g.stageBlobs(ictx, c, res)
+	if err != nil {
+		release()
+		if blobPermanent(err) {
+			return g.deadLetter(ictx, j, res, err)
+		}
+		g.log.Warn("staging blobs failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		if ctx.Err() != nil {
+			return stop, 0
+		}
+		return retry, g.backoff(max(j.attempts, 3))
+	}
 	g.chainCommit(ft, c, hops)
 	cr, err := g.opts.Store.Commit(ictx, c)
+	release()
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrAlreadyConsumed):

@@ -65,6 +65,16 @@ type StateReader interface {
 	GetState(ctx context.Context, function, key string) (value []byte, ok bool, err error)
 }
 
+// BlobReader is how a function reads blobs (blob.read). It is optional:
+// when the StateReader given to Invoke also implements it, functions can
+// read blobs; otherwise blob.read raises an error. ReadBlob returns up to n
+// bytes from offset off (fewer at the end, none past it) and the blob's
+// size. The returned slice becomes the caller's: the Lua string shares its
+// memory, so the implementation must not keep, reuse or modify it.
+type BlobReader interface {
+	ReadBlob(ctx context.Context, bucket, name string, off int64, n int) (data []byte, size int64, err error)
+}
+
 // ResultKind says what a function returned.
 type ResultKind int
 
@@ -80,8 +90,10 @@ type EffectKind int
 
 // Effect kinds.
 const (
-	EffectPublish EffectKind = iota + 1 // mqtt.publish
-	EffectEmit                          // emit(stream, record)
+	EffectPublish    EffectKind = iota + 1 // mqtt.publish
+	EffectEmit                             // emit(stream, record)
+	EffectBlobWrite                        // blob.write(bucket, name, data[, content_type])
+	EffectBlobDelete                       // blob.delete(bucket, name)
 )
 
 // Effect is an output requested by a function, carried out by the pipeline
@@ -94,6 +106,11 @@ type Effect struct {
 	Retain  bool   // EffectPublish
 	Stream  string // EffectEmit
 	Record  []byte // EffectEmit: JSON
+	// EffectBlobWrite and EffectBlobDelete: the blob; EffectBlobWrite
+	// carries its content in Payload.
+	Bucket      string
+	Name        string
+	ContentType string // EffectBlobWrite
 }
 
 // StateOpKind is a buffered state change.

@@ -50,6 +50,16 @@ func TestGolden(t *testing.T) {
 						st.Set(k, v)
 					}
 				}
+				if b, err := os.ReadFile(base + ".blobs.json"); err == nil {
+					var m map[string]string // "bucket/name": content
+					if err := json.Unmarshal(b, &m); err != nil {
+						t.Fatal(err)
+					}
+					for k, v := range m {
+						bucket, bname, _ := strings.Cut(k, "/")
+						st.SetBlob(bucket, bname, []byte(v))
+					}
+				}
 				res, err := rt.Invoke(context.Background(), name, ev, st)
 				rep := NewReport(res, err, false)
 				if err := st.Apply(res.State); err != nil {

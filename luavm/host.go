@@ -92,6 +92,8 @@ func (in *instance) hostModule(name string) lua.LValue {
 		return in.freeze(mod(map[string]lua.LGFunction{"publish": in.publish}), in.newindex)
 	case "emit":
 		return L.NewFunction(in.emit)
+	case "blob":
+		return in.freeze(mod(map[string]lua.LGFunction{"read": in.blobRead, "write": in.blobWrite, "delete": in.blobDelete}), in.newindex)
 	case "state":
 		return in.freeze(mod(map[string]lua.LGFunction{"get": in.stateGet, "set": in.stateSet, "delete": in.stateDelete, "incr": in.stateIncr}), in.newindex)
 	}

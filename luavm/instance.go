@@ -57,6 +57,7 @@ type invocation struct {
 	arrays      map[*lua.LTable]struct{} // tables that json.encode writes as arrays
 	effBytes    int64
 	logDropped  int
+	blobs       blobChunks // live strings returned by blob.read
 }
 
 // Table size model (see docs/functions.md): per table, per array slot and
@@ -249,7 +250,7 @@ func (in *instance) alloc(L *lua.LState, n int64) {
 	if n < 0 || n > iv.limits.MaxMemory {
 		in.raise(L, fmt.Errorf("%w (%d bytes requested, cap %d)", ErrMemory, n, iv.limits.MaxMemory))
 	}
-	if iv.strBytes+iv.tableBytes+n > iv.limits.MaxMemory {
+	if iv.strBytes+iv.tableBytes+iv.blobs.live+n > iv.limits.MaxMemory {
 		// Refused before it happens: the peak stays what was really used.
 		in.raise(L, fmt.Errorf("%w (%d more bytes over the cap of %d)", ErrMemory, n, iv.limits.MaxMemory))
 	}
@@ -260,7 +261,7 @@ func (in *instance) alloc(L *lua.LState, n int64) {
 
 func (in *instance) checkMem(L *lua.LState) {
 	iv := &in.inv
-	m := iv.strBytes + iv.tableBytes
+	m := iv.strBytes + iv.tableBytes + iv.blobs.live
 	if m > iv.peak {
 		iv.peak = m
 	}
@@ -284,7 +285,7 @@ func (in *instance) scanTables(L *lua.LState) {
 	iv.nextScan = iv.steps + scanEvery + 2*int64(len(iv.tables))
 	if L != nil {
 		in.checkMem(L)
-	} else if m := iv.strBytes + iv.tableBytes; m > iv.peak {
+	} else if m := iv.strBytes + iv.tableBytes + iv.blobs.live; m > iv.peak {
 		iv.peak = m
 	}
 }
@@ -376,7 +377,7 @@ func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue) {
 	}
 	pad := int64(i-alen) * tableSlotBytes
 	iv := &in.inv
-	if iv.strBytes+iv.tableBytes+pad > iv.limits.MaxMemory {
+	if iv.strBytes+iv.tableBytes+iv.blobs.live+pad > iv.limits.MaxMemory {
 		in.raise(L, fmt.Errorf("%w (t[%d] would add %d array slots over the cap of %d bytes)", ErrMemory, i, i-alen, iv.limits.MaxMemory))
 	}
 	iv.tableBytes += pad

@@ -14,8 +14,39 @@ import (
 // ignored: use one MemState per function). It is safe for concurrent use;
 // the zero value is an empty, usable MemState.
 type MemState struct {
-	mu sync.Mutex
-	m  map[string][]byte
+	mu    sync.Mutex
+	m     map[string][]byte
+	blobs map[string][]byte // bucket + "/" + name
+}
+
+// SetBlob stores a blob that ReadBlob serves.
+func (s *MemState) SetBlob(bucket, name string, data []byte) {
+	s.mu.Lock()
+	if s.blobs == nil {
+		s.blobs = map[string][]byte{}
+	}
+	s.blobs[bucket+"/"+name] = data
+	s.mu.Unlock()
+}
+
+// ReadBlob implements BlobReader over the blobs given to SetBlob (a blob
+// not set is an error).
+func (s *MemState) ReadBlob(_ context.Context, bucket, name string, off int64, n int) ([]byte, int64, error) {
+	s.mu.Lock()
+	b, ok := s.blobs[bucket+"/"+name]
+	s.mu.Unlock()
+	if !ok {
+		return nil, 0, fmt.Errorf("blob %s/%s not found", bucket, name)
+	}
+	if off < 0 || n < 0 {
+		return nil, 0, fmt.Errorf("negative offset or length")
+	}
+	size := int64(len(b))
+	if off >= size {
+		return []byte{}, size, nil
+	}
+	end := min(size, off+int64(n))
+	return append([]byte(nil), b[off:end]...), size, nil
 }
 
 // MemoryState returns an empty MemState.

@@ -27,6 +27,9 @@ type ReportEffect struct {
 	Retain  bool            `json:"retain,omitempty"`
 	Stream  string          `json:"stream,omitempty"`
 	Record  json.RawMessage `json:"record,omitempty"`
+	Bucket  string          `json:"bucket,omitempty"`
+	Name    string          `json:"name,omitempty"`
+	Type    string          `json:"content_type,omitempty"`
 }
 
 // ReportStateOp is one state operation in a Report.
@@ -67,6 +70,10 @@ func NewReport(res *Result, err error, withCost bool) Report {
 			r.Effects = append(r.Effects, ReportEffect{Kind: "publish", Topic: e.Topic, Payload: string(e.Payload), QoS: e.QoS, Retain: e.Retain})
 		case EffectEmit:
 			r.Effects = append(r.Effects, ReportEffect{Kind: "emit", Stream: e.Stream, Record: json.RawMessage(e.Record)})
+		case EffectBlobWrite:
+			r.Effects = append(r.Effects, ReportEffect{Kind: "blob.write", Bucket: e.Bucket, Name: e.Name, Type: e.ContentType, Payload: string(e.Payload)})
+		case EffectBlobDelete:
+			r.Effects = append(r.Effects, ReportEffect{Kind: "blob.delete", Bucket: e.Bucket, Name: e.Name})
 		}
 	}
 	for _, op := range res.State {

@@ -121,16 +121,22 @@ type Commit struct {
 	// committer, so it must be quick, must not block and must not call the
 	// Store; it must not keep the Change.
 	Chain func(Change) []InboxEntry
+
+	// Blobs are blob puts and deletes (see BlobOp), applied in order. A
+	// put's object must have been staged (StageBlob) and stay held until
+	// Commit returns; each put is offered to Chain (Change.Blob).
+	Blobs []BlobOp
 	// ChainMax bounds the number of entries Chain may return in all (it
 	// sizes the write); more is an ErrInvalid and nothing is applied.
 	ChainMax int
 }
 
 // Change is one committed output offered to Commit.Chain: exactly one of
-// Record and State is set.
+// Record, State and Blob is set.
 type Change struct {
 	Record *Record
 	State  *StateUpdate
+	Blob   *BlobInfo // a blob put, with its final metadata
 }
 
 // StateUpdate is a state change as it is applied: the key's value before

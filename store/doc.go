@@ -1,7 +1,9 @@
 // Package store is moongate's durable Badger store: the event inbox, the
 // per-target upstream outboxes, the local publish outbox, records with local
 // query indexes, per-function state, invocation logs, dead letters, usage
-// and deployed functions, in one Badger v4 database.
+// and deployed functions, in one Badger v4 database; and blobs (file
+// uploads): content-addressed files under Options.BlobDir whose metadata is
+// committed in the database (see blob.go and docs/blobs.md).
 //
 // Its promise: an event that Enqueue acknowledged is never lost, and the
 // effects of processing it (Commit) are applied exactly once and all or

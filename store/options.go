@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -166,6 +167,12 @@ type Options struct {
 
 	// plan replaces the release's format version and migrations (tests).
 	plan *formatPlan
+	// Buckets are the blob buckets by name (see blob.go); a bucket not
+	// listed does not exist (ErrNotFound).
+	Buckets map[string]Bucket
+	// BlobDir holds the blob files; default <Dir>/blobs (required with
+	// InMemory and Buckets).
+	BlobDir string
 }
 
 func (o *Options) withDefaults() error {
@@ -210,6 +217,20 @@ func (o *Options) withDefaults() error {
 	}
 	if !o.InMemory && o.Dir == "" {
 		return fmt.Errorf("%w: Options.Dir is empty", ErrInvalid)
+	}
+	if o.BlobDir == "" && !o.InMemory {
+		o.BlobDir = filepath.Join(o.Dir, "blobs")
+	}
+	for k, b := range o.Buckets {
+		if !ValidBucket(k) {
+			return fmt.Errorf("%w: bucket name %q", ErrInvalid, k)
+		}
+		if b.MaxSize < 0 || b.MaxBytes < 0 || b.MaxAge < 0 {
+			return fmt.Errorf("%w: negative limit for bucket %q", ErrInvalid, k)
+		}
+		if o.BlobDir == "" {
+			return fmt.Errorf("%w: Options.BlobDir is empty", ErrInvalid)
+		}
 	}
 	for k, q := range o.Quotas {
 		if q.MaxBytes < 0 || q.MaxAge < 0 {

@@ -163,6 +163,8 @@ type CommitResult struct {
 	Records   []Record     // with Seq, ID, ProcessedTS and ClockSynced set
 	Publishes []Publish    // with Seq set
 	Inbox     []InboxEntry // returned by Commit.Chain, with Seq set
+
+	freed [][32]byte // blob objects no blob refers to any more
 }
 
 // Commit applies c all or nothing, durably, in the next group-commit batch:
@@ -208,12 +210,21 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 			grows = true
 		}
 	}
+	for i := range c.Blobs {
+		// Deletes free space: they still work on a full disk.
+		if !c.Blobs[i].Delete {
+			grows = true
+		}
+		est += entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
+	}
 	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
 		return s.applyCommit(b, c, &res)
 	}})
 	if err != nil {
 		return CommitResult{}, err
 	}
+	s.removeFreed(res.freed)
+	res.freed = nil
 	return res, nil
 }
 
@@ -458,7 +469,11 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
 		return err
 	}
-	chained, chainVals, err := s.chain(b, c, recs, updates)
+	blobs, blobRefs, blobBuckets, err := s.applyBlobs(b, c)
+	if err != nil {
+		return err
+	}
+	chained, chainVals, err := s.chain(b, c, recs, updates, blobs)
 	if err != nil {
 		return err
 	}
@@ -550,6 +565,13 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			return err
 		}
 	}
+	if len(blobs) > 0 || len(blobRefs) > 0 {
+		freed, err := b.writeBlobs(blobs, blobRefs, blobBuckets)
+		if err != nil {
+			return err
+		}
+		res.freed = freed
+	}
 	for i := range chained {
 		seq := b.ctr.Inbox.Next
 		b.ctr.Inbox.Next++
@@ -565,7 +587,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 // chain calls c.Chain for the commit's records and state updates and
 // encodes the inbox entries it returns, checking them and the inbox quota.
 // It does not mutate b.
-func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate) ([]InboxEntry, [][]byte, error) {
+func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate, blobs []blobChange) ([]InboxEntry, [][]byte, error) {
 	if c.Chain == nil {
 		return nil, nil, nil
 	}
@@ -576,6 +598,12 @@ func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate)
 	}
 	for i := range updates {
 		out = append(out, c.Chain(Change{State: &updates[i]})...)
+	}
+	for i := range blobs {
+		if blobs[i].val != nil {
+			bi := blobs[i].info
+			out = append(out, c.Chain(Change{Blob: &bi})...)
+		}
 	}
 	if len(out) > c.ChainMax {
 		return nil, nil, fmt.Errorf("%w: Chain returned %d inbox entries, ChainMax is %d", ErrInvalid, len(out), c.ChainMax)

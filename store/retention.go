@@ -19,6 +19,16 @@ const retentionChunk = 256
 func (s *Store) RunRetention(ctx context.Context) (int, error) {
 	total := 0
 	for {
+		n, err := s.blobRetention(ctx, retentionChunk)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < retentionChunk {
+			break
+		}
+	}
+	for {
 		n := 0
 		if err := s.checkOpen(); err != nil {
 			return total, err

@@ -66,6 +66,7 @@ type counters struct {
 	Outbox   map[string]queue `json:"outbox"`
 	Consumed int64            `json:"consumed"`
 	Rejected map[string]int64 `json:"rejected,omitempty"`
+	Blobs    map[string]queue `json:"blobs,omitempty"` // per bucket: Count and Bytes of its blobs
 }
 
 func newCounters() counters {
@@ -78,6 +79,10 @@ func (c *counters) clone() counters {
 	n.Outbox = make(map[string]queue, len(c.Outbox))
 	for k, v := range c.Outbox {
 		n.Outbox[k] = v
+	}
+	n.Blobs = make(map[string]queue, len(c.Blobs))
+	for k, v := range c.Blobs {
+		n.Blobs[k] = v
 	}
 	n.Rejected = make(map[string]int64, len(c.Rejected))
 	for k, v := range c.Rejected {
@@ -124,6 +129,9 @@ type Store struct {
 	syncs       atomic.Int64
 	gcRewrites  atomic.Int64
 
+	objMu sync.Mutex       // guards pins and the removal of blob objects
+	pins  map[[32]byte]int // staged blob objects not released yet
+
 	maxTxnSize     int64
 	valueThreshold int64
 	maxTxnCount    int64
@@ -158,6 +166,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		quit:    make(chan struct{}),
 		runDone: make(chan struct{}),
 		window:  newRedeliveryWindow(opts.DedupeWindow),
+		pins:    map[[32]byte]int{},
 	}
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
@@ -173,6 +182,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := s.window.load(db); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: load redelivery window: %w", err)
+	}
+	if opts.BlobDir != "" {
+		if err := s.cleanBlobs(); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
 	}
 	s.checkDisk(true)
 	go s.run()

@@ -41,7 +41,8 @@ func FuzzParseProject(f *testing.F) {
 // FuzzParseTrigger: a --trigger value is refused or formats back to the
 // same trigger.
 func FuzzParseTrigger(f *testing.F) {
-	for _, s := range []string{"mqtt:devices/{device}/telemetry", "timer:@every 1m", "cron:*/5 * * * *", "http", "http:get,POST", "http:", "mqtt:", "x:y", ""} {
+	for _, s := range []string{"mqtt:devices/{device}/telemetry", "timer:@every 1m", "cron:*/5 * * * *", "http", "http:get,POST", "http:", "mqtt:", "x:y", "",
+		"stream:readings", "state:counter", "state:counter:temp/", "state:f:", "upload:photos", "upload:photos:cam*/*.jpg", "upload:b:", "upload:"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -124,6 +124,18 @@ func fmtTrigger(t *v1.Trigger) string {
 			return "http"
 		}
 		return "http:" + strings.Join(k.Http.GetMethods(), ",")
+	case *v1.Trigger_Stream:
+		return "stream:" + k.Stream
+	case *v1.Trigger_State:
+		if k.State.GetPrefix() == "" {
+			return "state:" + k.State.GetFunction()
+		}
+		return "state:" + k.State.GetFunction() + ":" + k.State.GetPrefix()
+	case *v1.Trigger_Upload:
+		if k.Upload.GetName() == "" {
+			return "upload:" + k.Upload.GetBucket()
+		}
+		return "upload:" + k.Upload.GetBucket() + ":" + k.Upload.GetName()
 	}
 	return "?"
 }

@@ -238,13 +238,37 @@ func (df *deployFlags) single(file string, structured []string) (*v1.DeployFunct
 }
 
 // parseTrigger parses a --trigger value: mqtt:PATTERN, timer:SPEC,
-// cron:SPEC, http or http:METHOD,METHOD.
+// cron:SPEC, http or http:METHOD,METHOD, stream:NAME,
+// state:FUNCTION[:PREFIX] or upload:BUCKET[:GLOB].
 func parseTrigger(s string) (*v1.Trigger, error) {
 	kind, spec, hasSpec := strings.Cut(s, ":")
 	bad := func(why string) error {
-		return usagef("invalid --trigger %q: %s (want mqtt:PATTERN, timer:SPEC, cron:SPEC, http or http:GET,POST)", clipText(s, 80), why)
+		return usagef("invalid --trigger %q: %s (want mqtt:PATTERN, timer:SPEC, cron:SPEC, http or http:GET,POST, stream:NAME, state:FUNCTION[:PREFIX], upload:BUCKET[:GLOB])", clipText(s, 80), why)
 	}
 	switch kind {
+	case "stream":
+		if spec == "" {
+			return nil, bad("empty stream")
+		}
+		return &v1.Trigger{Kind: &v1.Trigger_Stream{Stream: spec}}, nil
+	case "state":
+		fn, prefix, hasPrefix := strings.Cut(spec, ":")
+		if fn == "" {
+			return nil, bad("empty function")
+		}
+		if hasPrefix && prefix == "" {
+			return nil, bad("empty prefix (leave out the ':' to watch every key)")
+		}
+		return &v1.Trigger{Kind: &v1.Trigger_State{State: &v1.StateTrigger{Function: fn, Prefix: prefix}}}, nil
+	case "upload":
+		bucket, glob, hasGlob := strings.Cut(spec, ":")
+		if bucket == "" {
+			return nil, bad("empty bucket")
+		}
+		if hasGlob && glob == "" {
+			return nil, bad("empty name glob (leave out the ':' for every name)")
+		}
+		return &v1.Trigger{Kind: &v1.Trigger_Upload{Upload: &v1.UploadTrigger{Bucket: bucket, Name: glob}}}, nil
 	case "mqtt", "timer", "cron":
 		if strings.TrimSpace(spec) == "" {
 			return nil, bad("empty " + kind + " spec")

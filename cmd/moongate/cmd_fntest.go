@@ -23,15 +23,16 @@ func init() {
 	})
 }
 
-const fnTestUsage = `usage: moongate fn test FILE.lua --event EVENT.json [--config CONFIG.json] [--state STATE.json] [--json]
+const fnTestUsage = `usage: moongate fn test FILE.lua --event EVENT.json [--config CONFIG.json] [--state STATE.json] [--blob BUCKET/NAME=FILE]... [--json]
 
 Runs the function once, sandboxed and with the default limits, and prints
 its result, effects, state changes, logs and cost. EVENT.json is an object
 with id, topic, payload, captures, ts, qos, trigger and http (method, path,
 query, headers, body); a payload that is not a JSON string is passed as its
 JSON text. CONFIG.json becomes ctx.config; STATE.json (an object of keys to
-JSON values) is what state.get sees. Exit status: 0 ok, 1 the function
-failed, 2 bad arguments.
+JSON values) is what state.get sees. Each --blob makes FILE readable by
+blob.read as blob NAME of BUCKET (other blobs do not exist). Exit status:
+0 ok, 1 the function failed, 2 bad arguments.
 `
 
 func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -42,6 +43,8 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	statePath := fs.String("state", "", "initial state file (JSON object)")
 	asJSON := fs.Bool("json", false, "print one JSON report")
 	timeout := fs.Duration("timeout", 0, "wall-clock limit (default 1s)")
+	var blobs stringsFlag
+	fs.Var(&blobs, "blob", "BUCKET/NAME=FILE: a blob blob.read sees (repeatable)")
 	var files []string
 	for rest := args; ; {
 		if err := fs.Parse(rest); err != nil {
@@ -93,6 +96,19 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		for k, v := range m {
 			st.Set(k, v)
 		}
+	}
+	for _, b := range blobs {
+		key, file, ok := strings.Cut(b, "=")
+		bucket, bname, ok2 := strings.Cut(key, "/")
+		if !ok || !ok2 || bucket == "" || bname == "" || file == "" {
+			fmt.Fprintf(stderr, "moongate fn test: --blob %q: want BUCKET/NAME=FILE\n", b)
+			return exitUsage
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return fail("--blob: %v", err)
+		}
+		st.SetBlob(bucket, bname, data)
 	}
 	name := strings.TrimSuffix(filepath.Base(files[0]), filepath.Ext(files[0]))
 	rt := luavm.NewRuntime(luavm.Options{})

@@ -116,3 +116,34 @@ func TestFnTestJSONAndErrors(t *testing.T) {
 		t.Errorf("failure output:\n%s", out.String())
 	}
 }
+
+// TestFnTestBlobs: --blob makes a file readable through blob.read; a blob
+// not given is an error the function sees; a malformed --blob is exit 2.
+func TestFnTestBlobs(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"b.lua": `function handle(event, ctx)
+  local s, size = blob.read("docs", "a.txt", 0, 5)
+  blob.write("docs", "b.txt", string.upper(s), "text/plain")
+  local ok = pcall(blob.read, "docs", "missing", 0, 1)
+  return {head = s, size = size, missing_ok = ok}
+end
+`,
+		"event.json": `{"id": "e1", "trigger": "upload", "payload": {"bucket": "docs", "name": "a.txt"}}`,
+		"a.txt":      "hello blobs",
+	})
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "b.lua"), "--event", filepath.Join(dir, "event.json"),
+		"--blob", "docs/a.txt=" + filepath.Join(dir, "a.txt"), "--json"}, &out, &errb)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{`"head": "hello"`, `"size": 11`, `"missing_ok": false`, `"kind": "blob.write"`, `"payload": "HELLO"`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %s:\n%s", want, out.String())
+		}
+	}
+	if code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "b.lua"), "--event", filepath.Join(dir, "event.json"),
+		"--blob", "nobucket"}, &out, &errb); code != exitUsage {
+		t.Fatalf("malformed --blob: exit %d", code)
+	}
+}

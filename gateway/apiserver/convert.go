@@ -124,6 +124,12 @@ func (s *Server) functionMessage(r store.FunctionRecord, withSource bool) *v1.Fu
 				f.Triggers = append(f.Triggers, &v1.Trigger{Kind: &v1.Trigger_Cron{Cron: t.Spec}})
 			case trigger.KindHTTP:
 				f.Triggers = append(f.Triggers, &v1.Trigger{Kind: &v1.Trigger_Http{Http: &v1.HttpTrigger{Methods: t.HTTP.Methods}}})
+			case trigger.KindStream:
+				f.Triggers = append(f.Triggers, &v1.Trigger{Kind: &v1.Trigger_Stream{Stream: t.Spec}})
+			case trigger.KindState:
+				f.Triggers = append(f.Triggers, &v1.Trigger{Kind: &v1.Trigger_State{State: &v1.StateTrigger{Function: t.State.Function, Prefix: t.State.Prefix}}})
+			case trigger.KindUpload:
+				f.Triggers = append(f.Triggers, &v1.Trigger{Kind: &v1.Trigger_Upload{Upload: &v1.UploadTrigger{Bucket: t.Upload.Bucket, Name: t.Upload.Name}}})
 			}
 		}
 	}

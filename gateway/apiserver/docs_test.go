@@ -28,7 +28,7 @@ func TestDocExamples(t *testing.T) {
 	if len(blocks) < 10 {
 		t.Fatalf("only %d sh blocks in %s", len(blocks), apiDoc)
 	}
-	e := startDaemon(t, daemonConfig(t.TempDir(), ""))
+	e := startDaemon(t, daemonConfig(t.TempDir(), "blobs: {buckets: {photos: {max_size: 8MiB}}}\n"))
 	var script strings.Builder
 	script.WriteString("set -euo pipefail\n")
 	for _, b := range blocks {
@@ -51,7 +51,7 @@ func TestDocExamples(t *testing.T) {
 	}
 	// The examples did what they say.
 	for _, want := range []string{`"name":"hello"`, `"committed":true`, `"ok":true`, `"LUA_COMPILE_ERROR"`, `"line":"2"`,
-		"moongate_invocations_committed_total", `"deleted_versions":"2"`} {
+		"moongate_invocations_committed_total", `"deleted_versions":"2"`, `"name":"cam1/note.txt"`, "hello blob"} {
 		if !strings.Contains(strings.ReplaceAll(string(out), `": `, `":`), want) {
 			t.Errorf("examples output lacks %s:\n%s", want, out)
 		}

@@ -103,8 +103,18 @@ func deployManifest(req *v1.DeployFunctionRequest) ([]byte, error) {
 				h["methods"] = k.Http.Methods
 			}
 			trigs = append(trigs, map[string]any{"http": h})
+		case *v1.Trigger_Stream:
+			trigs = append(trigs, map[string]any{"stream": k.Stream})
+		case *v1.Trigger_State:
+			trigs = append(trigs, map[string]any{"state": map[string]any{"function": k.State.GetFunction(), "prefix": k.State.GetPrefix()}})
+		case *v1.Trigger_Upload:
+			u := map[string]any{"bucket": k.Upload.GetBucket()}
+			if k.Upload.GetName() != "" {
+				u["name"] = k.Upload.GetName()
+			}
+			trigs = append(trigs, map[string]any{"upload": u})
 		default:
-			return nil, invalidf("triggers[%d]: set one of mqtt, timer, cron, http", i)
+			return nil, invalidf("triggers[%d]: set one of mqtt, timer, cron, http, stream, state, upload", i)
 		}
 	}
 	if len(trigs) > 0 {

@@ -10,12 +10,14 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
 )
 
 func TestTokens(t *testing.T) {
@@ -132,6 +134,20 @@ func TestDeployManifest(t *testing.T) {
 		m.Config["unit"] != "C" || m.OrderBy != "device" {
 		t.Fatalf("manifest %s parsed to %+v", y, m)
 	}
+	// The chain triggers round-trip too: structured -> manifest -> the
+	// function message the API returns.
+	chain := &v1.DeployFunctionRequest{Name: "g", Triggers: []*v1.Trigger{{Kind: &v1.Trigger_Stream{Stream: "readings"}},
+		{Kind: &v1.Trigger_State{State: &v1.StateTrigger{Function: "counter", Prefix: "temp/"}}},
+		{Kind: &v1.Trigger_Upload{Upload: &v1.UploadTrigger{Bucket: "photos", Name: "cam*/*.jpg"}}},
+		{Kind: &v1.Trigger_Upload{Upload: &v1.UploadTrigger{Bucket: "docs"}}}}}
+	y, err = deployManifest(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm := (&Server{cfg: Config{Functions: noRunning{}}}).functionMessage(store.FunctionRecord{Name: "g", Version: 1, Manifest: y}, false)
+	if !proto.Equal(&v1.Function{Triggers: fm.Triggers}, &v1.Function{Triggers: chain.Triggers}) {
+		t.Fatalf("manifest %s gave triggers %v, want %v", y, fm.Triggers, chain.Triggers)
+	}
 	if y, err := deployManifest(&v1.DeployFunctionRequest{Name: "f"}); err != nil || string(y) != "{}\n" {
 		t.Fatalf("empty: %q %v", y, err)
 	}
@@ -161,3 +177,8 @@ func TestWriteMetrics(t *testing.T) {
 		}
 	}
 }
+
+// noRunning is a Functions that runs nothing (only Running is called).
+type noRunning struct{ Functions }
+
+func (noRunning) Running(string) (RunningFunction, bool) { return RunningFunction{}, false }

@@ -122,7 +122,8 @@ func (NoSync) SyncStatus(context.Context) ([]SyncTarget, error) { return nil, ni
 type Config struct {
 	Store     Store
 	Functions Functions
-	Sync      Sync // default NoSync
+	Sync      Sync  // default NoSync
+	Blobs     Blobs // file uploads; nil: none (every bucket is 404)
 	Tokens    []Token
 	// MaxBodyBytes bounds request bodies (REST, /fn) and gRPC messages
 	// (default 4 MiB). Larger bodies get 413.
@@ -280,6 +281,10 @@ func (s *Server) buildMux() {
 		_, _ = w.Write(v1.OpenAPI)
 	})
 	m.Handle("/v1/", s.limitBody(plainStreamErrors(validPath(s.rest))))
+	// Blobs are streamed: not through limitBody (the bucket's size limit
+	// bounds an upload), authorised by their handlers before any read.
+	m.HandleFunc("/v1/blobs/{bucket}/{name...}", s.serveBlob)
+	m.HandleFunc("GET /v1/blobs/{bucket}", s.serveBlobList)
 	m.Handle("/fn/{name}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	m.Handle("/fn/{name}/{path...}", s.limitBody(http.HandlerFunc(s.serveFunction)))
 	if s.cfg.Health != nil {

@@ -41,6 +41,8 @@ type Config struct {
 	Functions    Functions `yaml:"functions"`
 	// Sync configures the upstream targets of records (see sync.go).
 	Sync Sync `yaml:"sync"`
+	// Blobs configures the buckets of file uploads (see blobs.go).
+	Blobs Blobs `yaml:"blobs"`
 
 	file  string            // file name given to Parse, for messages
 	env   map[string]string // key path -> environment variable that set it
@@ -243,6 +245,23 @@ type Functions struct {
 	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 60s
 }
 
+// Blobs configures file uploads (PUT /v1/blobs/{bucket}/{name}).
+type Blobs struct {
+	// Buckets by name ([a-z0-9][a-z0-9_-]{0,62}); an upload to a bucket not
+	// listed is refused (404). Default: none.
+	Buckets map[string]Bucket `yaml:"buckets"`
+}
+
+// Bucket bounds one blob bucket.
+type Bucket struct {
+	MaxSize  Size     `yaml:"max_size"`  // one blob (default 64MiB when 0; at most 4GiB)
+	MaxBytes Size     `yaml:"max_bytes"` // all the bucket's blobs; 0 = unbounded
+	MaxAge   Duration `yaml:"max_age"`   // blobs older than this are deleted; 0 = kept
+}
+
+// MaxBlobSize caps a bucket's max_size.
+const MaxBlobSize = Size(4 << 30)
+
 // Hard caps on function limits, for the config defaults and manifests alike.
 const (
 	MaxTimeout        = 10 * time.Minute
@@ -307,6 +326,7 @@ func Default() *Config {
 			MinInstances:   0,
 			IdleTimeout:    Duration(60 * time.Second),
 		},
+		Blobs: Blobs{Buckets: map[string]Bucket{}},
 	}
 }
 

@@ -151,6 +151,10 @@ func TestErrors(t *testing.T) {
 		want      []string // substrings of the error, each "file:line: path: ..." or similar
 	}{
 		{"unknown top-level key", "gateway_id: a\nlistn: 1\n", []string{"m.yaml:2: listn: unknown key"}},
+		{"bad bucket name", "blobs:\n  buckets:\n    Photos: {}\n", []string{`blobs.buckets.Photos: invalid bucket name "Photos"`}},
+		{"bucket unknown key", "blobs:\n  buckets:\n    p: {max_sise: 1MiB}\n", []string{"blobs.buckets.p.max_sise: unknown key"}},
+		{"bucket max_size too big", "blobs:\n  buckets:\n    p: {max_size: 5GiB}\n", []string{"blobs.buckets.p.max_size:"}},
+		{"bucket max_size over max_bytes", "blobs:\n  buckets:\n    p: {max_size: 2MiB, max_bytes: 1MiB}\n", []string{"blobs.buckets.p.max_size: 2097152 is more than max_bytes 1048576"}},
 		{"unknown nested key", "mqtt:\n  embedded:\n    listn: x\n", []string{"m.yaml:3: mqtt.embedded.listn: unknown key (valid keys here: allow_anonymous,"}},
 		{"wrong type mapping", "mqtt: 5\n", []string{"m.yaml:1: mqtt: expected a mapping, got integer 5"}},
 		{"wrong type int", "pipeline:\n  workers: many\n", []string{`m.yaml:2: pipeline.workers: expected an integer, got string "many"`}},

@@ -44,6 +44,7 @@ func (c *Config) Validate() error {
 	v.pipeline()
 	v.functions()
 	v.sync()
+	v.blobs()
 	return errors.Join(v.errs...)
 }
 
@@ -417,6 +418,27 @@ func (v *validator) api() {
 			v.add(tp+".hash", "same token as tokens[%d]", j)
 		} else {
 			hashes[t.Hash] = i
+		}
+	}
+}
+
+var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+func (v *validator) blobs() {
+	for name, b := range v.c.Blobs.Buckets {
+		p := "blobs.buckets." + name
+		if !bucketRE.MatchString(name) {
+			v.add(p, "invalid bucket name %q: use [a-z0-9][a-z0-9_-]{0,62}", clip(name))
+		}
+		v.intRange(p+".max_size", int64(b.MaxSize), 0, int64(MaxBlobSize))
+		if b.MaxBytes < 0 {
+			v.add(p+".max_bytes", "must not be negative")
+		}
+		if b.MaxBytes > 0 && b.MaxSize > b.MaxBytes {
+			v.add(p+".max_size", "%d is more than max_bytes %d", b.MaxSize, b.MaxBytes)
+		}
+		if b.MaxAge < 0 {
+			v.add(p+".max_age", "must not be negative")
 		}
 	}
 }

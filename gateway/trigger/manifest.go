@@ -3,6 +3,7 @@ package trigger
 import (
 	"errors"
 	"fmt"
+	pathpkg "path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -42,6 +43,10 @@ const (
 	// KindState runs the function on every committed change of another
 	// function's state under a key prefix.
 	KindState TriggerKind = "state"
+	// KindUpload runs the function on every blob committed to a bucket
+	// (an upload, or a function's blob.write), optionally only for names
+	// matching a glob.
+	KindUpload TriggerKind = "upload"
 )
 
 // TriggerSpec is one entry of a manifest's triggers list, a mapping with
@@ -56,12 +61,13 @@ const (
 //	  - state: {function: counter, prefix: "temp/"} # changes of a function's state
 type TriggerSpec struct {
 	Kind     TriggerKind
-	Spec     string        // the text of an mqtt, timer, cron or stream trigger
-	MQTT     *Pattern      // KindMQTT
-	Schedule Schedule      // KindTimer and KindCron
-	HTTP     *HTTPTrigger  // KindHTTP
-	State    *StateTrigger // KindState
-	Line     int           // line in the manifest
+	Spec     string         // the text of an mqtt, timer, cron or stream trigger
+	MQTT     *Pattern       // KindMQTT
+	Schedule Schedule       // KindTimer and KindCron
+	HTTP     *HTTPTrigger   // KindHTTP
+	State    *StateTrigger  // KindState
+	Upload   *UploadTrigger // KindUpload
+	Line     int            // line in the manifest
 }
 
 // StateTrigger selects the state changes that run a function: those of
@@ -70,6 +76,27 @@ type StateTrigger struct {
 	Function string `yaml:"function"`
 	Prefix   string `yaml:"prefix"`
 }
+
+// UploadTrigger selects the blobs that run a function: those stored in
+// Bucket whose name matches the path.Match glob Name ("" is every name).
+type UploadTrigger struct {
+	Bucket string `yaml:"bucket"`
+	Name   string `yaml:"name"`
+}
+
+// Matches reports whether a blob of bucket and name runs the trigger.
+func (u *UploadTrigger) Matches(bucket, name string) bool {
+	if bucket != u.Bucket {
+		return false
+	}
+	if u.Name == "" {
+		return true
+	}
+	ok, _ := pathpkg.Match(u.Name, name)
+	return ok
+}
+
+var uploadBucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // HTTPTrigger lets the API invoke the function with an HTTP request.
 type HTTPTrigger struct {
@@ -82,7 +109,7 @@ var httpMethods = map[string]bool{"GET": true, "POST": true, "PUT": true, "PATCH
 func (t *TriggerSpec) UnmarshalYAMLNode(file, path string, n *yaml.Node) error {
 	t.Line = n.Line
 	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
-		return errors.New(`a trigger is a mapping with one key: mqtt, timer, cron, http, stream or state (e.g. - mqtt: "devices/{device}/telemetry")`)
+		return errors.New(`a trigger is a mapping with one key: mqtt, timer, cron, http, stream, state or upload (e.g. - mqtt: "devices/{device}/telemetry")`)
 	}
 	k, v := n.Content[0], n.Content[1]
 	t.Kind = TriggerKind(k.Value)
@@ -157,8 +184,23 @@ func (t *TriggerSpec) UnmarshalYAMLNode(file, path string, n *yaml.Node) error {
 			return at("state prefix must be at most 1024 bytes without NUL", nil)
 		}
 		t.Spec = t.State.Function + "\x00" + t.State.Prefix
+	case KindUpload:
+		t.Upload = &UploadTrigger{}
+		if err := config.DecodeNode(file, p, v, t.Upload, nil); err != nil {
+			return err
+		}
+		if !uploadBucketRE.MatchString(t.Upload.Bucket) {
+			return at(fmt.Sprintf("upload trigger needs a bucket: invalid bucket name %q (use [a-z0-9][a-z0-9_-]{0,62})", clip(t.Upload.Bucket)), nil)
+		}
+		if len(t.Upload.Name) > 1024 || strings.ContainsRune(t.Upload.Name, 0) {
+			return at("upload name glob must be at most 1024 bytes without NUL", nil)
+		}
+		if _, err := pathpkg.Match(t.Upload.Name, ""); err != nil {
+			return at(fmt.Sprintf("invalid name glob %q: %v", clip(t.Upload.Name), err), err)
+		}
+		t.Spec = t.Upload.Bucket + "\x00" + t.Upload.Name
 	default:
-		return &config.Error{File: file, Line: k.Line, Path: p, Msg: "unknown trigger kind (valid: mqtt, timer, cron, http, stream, state)"}
+		return &config.Error{File: file, Line: k.Line, Path: p, Msg: "unknown trigger kind (valid: mqtt, timer, cron, http, stream, state, upload)"}
 	}
 	return nil
 }
@@ -252,6 +294,17 @@ func (m *Manifest) Streams() []string {
 		}
 	}
 	return ss
+}
+
+// Uploads returns the upload triggers, in order.
+func (m *Manifest) Uploads() []UploadTrigger {
+	var us []UploadTrigger
+	for _, t := range m.Triggers {
+		if t.Kind == KindUpload {
+			us = append(us, *t.Upload)
+		}
+	}
+	return us
 }
 
 // StateWatches returns the state triggers, in order.

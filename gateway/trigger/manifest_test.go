@@ -123,8 +123,38 @@ func TestParseManifestChainTriggers(t *testing.T) {
 	}
 }
 
+func TestParseManifestUploadTrigger(t *testing.T) {
+	src := "triggers:\n  - upload: {bucket: photos, name: \"cam*/*.jpg\"}\n  - upload: {bucket: docs}\n"
+	m, err := ParseManifest("thumb.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []UploadTrigger{{Bucket: "photos", Name: "cam*/*.jpg"}, {Bucket: "docs"}}
+	if got := m.Uploads(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Uploads = %v", got)
+	}
+	for _, c := range []struct {
+		bucket, name string
+		want         bool
+	}{{"photos", "cam1/a.jpg", true}, {"photos", "a.jpg", false}, {"photos", "cam1/a.png", false}, {"docs", "x/y/z", true}, {"other", "cam1/a.jpg", false}} {
+		got := false
+		for _, u := range m.Uploads() {
+			got = got || u.Matches(c.bucket, c.name)
+		}
+		if got != c.want {
+			t.Errorf("%s/%s matches %v, want %v", c.bucket, c.name, got, c.want)
+		}
+	}
+}
+
 func TestParseManifestErrors(t *testing.T) {
 	cases := []struct{ name, src, want string }{
+		{"upload without bucket", "triggers:\n  - upload: {name: a}\n", "f.yaml:2: triggers[0].upload: upload trigger needs a bucket"},
+		{"upload bad bucket", "triggers:\n  - upload: {bucket: \"../x\"}\n", `invalid bucket name "../x"`},
+		{"upload bad glob", "triggers:\n  - upload: {bucket: b, name: \"[a\"}\n", `invalid name glob "[a"`},
+		{"upload unknown key", "triggers:\n  - upload: {bucket: b, nam: a}\n", "triggers[0].upload.nam: unknown key"},
+		{"upload not a mapping", "triggers:\n  - upload: photos\n", "triggers[0].upload: expected a mapping"},
+		{"duplicate upload", "triggers:\n  - upload: {bucket: b}\n  - upload: {bucket: b}\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
 		{"unknown key", "triggers: []\ntimeout: 1s\n", "f.yaml:2: timeout: unknown key"},
 		{"unknown nested key", "limits:\n  max_stepz: 1\n", "f.yaml:2: limits.max_stepz: unknown key"},
 		{"triggers not a list", "triggers: {mqtt: a}\n", "f.yaml:1: triggers: expected a list, got a mapping"},

@@ -234,6 +234,9 @@ type Trigger struct {
 	//	*Trigger_Timer
 	//	*Trigger_Cron
 	//	*Trigger_Http
+	//	*Trigger_Stream
+	//	*Trigger_State
+	//	*Trigger_Upload
 	Kind          isTrigger_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -312,6 +315,33 @@ func (x *Trigger) GetHttp() *HttpTrigger {
 	return nil
 }
 
+func (x *Trigger) GetStream() string {
+	if x != nil {
+		if x, ok := x.Kind.(*Trigger_Stream); ok {
+			return x.Stream
+		}
+	}
+	return ""
+}
+
+func (x *Trigger) GetState() *StateTrigger {
+	if x != nil {
+		if x, ok := x.Kind.(*Trigger_State); ok {
+			return x.State
+		}
+	}
+	return nil
+}
+
+func (x *Trigger) GetUpload() *UploadTrigger {
+	if x != nil {
+		if x, ok := x.Kind.(*Trigger_Upload); ok {
+			return x.Upload
+		}
+	}
+	return nil
+}
+
 type isTrigger_Kind interface {
 	isTrigger_Kind()
 }
@@ -336,6 +366,21 @@ type Trigger_Http struct {
 	Http *HttpTrigger `protobuf:"bytes,4,opt,name=http,proto3,oneof"`
 }
 
+type Trigger_Stream struct {
+	// Records committed to this stream (function chaining).
+	Stream string `protobuf:"bytes,5,opt,name=stream,proto3,oneof"`
+}
+
+type Trigger_State struct {
+	// Committed changes of another function's state.
+	State *StateTrigger `protobuf:"bytes,6,opt,name=state,proto3,oneof"`
+}
+
+type Trigger_Upload struct {
+	// Blobs stored in a bucket (file uploads).
+	Upload *UploadTrigger `protobuf:"bytes,7,opt,name=upload,proto3,oneof"`
+}
+
 func (*Trigger_Mqtt) isTrigger_Kind() {}
 
 func (*Trigger_Timer) isTrigger_Kind() {}
@@ -343,6 +388,12 @@ func (*Trigger_Timer) isTrigger_Kind() {}
 func (*Trigger_Cron) isTrigger_Kind() {}
 
 func (*Trigger_Http) isTrigger_Kind() {}
+
+func (*Trigger_Stream) isTrigger_Kind() {}
+
+func (*Trigger_State) isTrigger_Kind() {}
+
+func (*Trigger_Upload) isTrigger_Kind() {}
 
 // HttpTrigger lets HTTP requests invoke a function at /fn/{name}/...
 type HttpTrigger struct {
@@ -390,6 +441,118 @@ func (x *HttpTrigger) GetMethods() []string {
 	return nil
 }
 
+// StateTrigger runs a function on every committed change of another
+// function's state keys that start with prefix.
+type StateTrigger struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The function whose state is watched.
+	Function string `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	// Key prefix ("" is every key).
+	Prefix        string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateTrigger) Reset() {
+	*x = StateTrigger{}
+	mi := &file_moongate_v1_functions_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateTrigger) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateTrigger) ProtoMessage() {}
+
+func (x *StateTrigger) ProtoReflect() protoreflect.Message {
+	mi := &file_moongate_v1_functions_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateTrigger.ProtoReflect.Descriptor instead.
+func (*StateTrigger) Descriptor() ([]byte, []int) {
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StateTrigger) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *StateTrigger) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+// UploadTrigger runs a function on every blob stored in a bucket whose name
+// matches the glob (path.Match; "" is every name).
+type UploadTrigger struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bucket.
+	Bucket string `protobuf:"bytes,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// Name glob; "*" does not cross "/".
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadTrigger) Reset() {
+	*x = UploadTrigger{}
+	mi := &file_moongate_v1_functions_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadTrigger) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadTrigger) ProtoMessage() {}
+
+func (x *UploadTrigger) ProtoReflect() protoreflect.Message {
+	mi := &file_moongate_v1_functions_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadTrigger.ProtoReflect.Descriptor instead.
+func (*UploadTrigger) Descriptor() ([]byte, []int) {
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UploadTrigger) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *UploadTrigger) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // Limits are a function's sandbox limits; zero means the gateway default.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -413,7 +576,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[3]
+	mi := &file_moongate_v1_functions_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +588,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[3]
+	mi := &file_moongate_v1_functions_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +601,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{3}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Limits) GetTimeout() *durationpb.Duration {
@@ -522,7 +685,7 @@ type DeployFunctionRequest struct {
 
 func (x *DeployFunctionRequest) Reset() {
 	*x = DeployFunctionRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[4]
+	mi := &file_moongate_v1_functions_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +697,7 @@ func (x *DeployFunctionRequest) String() string {
 func (*DeployFunctionRequest) ProtoMessage() {}
 
 func (x *DeployFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[4]
+	mi := &file_moongate_v1_functions_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +710,7 @@ func (x *DeployFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeployFunctionRequest.ProtoReflect.Descriptor instead.
 func (*DeployFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{4}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeployFunctionRequest) GetName() string {
@@ -635,7 +798,7 @@ type DeployFunctionResponse struct {
 
 func (x *DeployFunctionResponse) Reset() {
 	*x = DeployFunctionResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[5]
+	mi := &file_moongate_v1_functions_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +810,7 @@ func (x *DeployFunctionResponse) String() string {
 func (*DeployFunctionResponse) ProtoMessage() {}
 
 func (x *DeployFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[5]
+	mi := &file_moongate_v1_functions_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +823,7 @@ func (x *DeployFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeployFunctionResponse.ProtoReflect.Descriptor instead.
 func (*DeployFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{5}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeployFunctionResponse) GetFunction() *Function {
@@ -697,7 +860,7 @@ type GetFunctionRequest struct {
 
 func (x *GetFunctionRequest) Reset() {
 	*x = GetFunctionRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[6]
+	mi := &file_moongate_v1_functions_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +872,7 @@ func (x *GetFunctionRequest) String() string {
 func (*GetFunctionRequest) ProtoMessage() {}
 
 func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[6]
+	mi := &file_moongate_v1_functions_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +885,7 @@ func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionRequest.ProtoReflect.Descriptor instead.
 func (*GetFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{6}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetFunctionRequest) GetName() string {
@@ -748,7 +911,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[7]
+	mi := &file_moongate_v1_functions_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +923,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[7]
+	mi := &file_moongate_v1_functions_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +936,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{7}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{9}
 }
 
 // ListFunctionsResponse is every function, sorted by name.
@@ -787,7 +950,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[8]
+	mi := &file_moongate_v1_functions_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +962,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[8]
+	mi := &file_moongate_v1_functions_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +975,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{8}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -833,7 +996,7 @@ type DeleteFunctionRequest struct {
 
 func (x *DeleteFunctionRequest) Reset() {
 	*x = DeleteFunctionRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[9]
+	mi := &file_moongate_v1_functions_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1008,7 @@ func (x *DeleteFunctionRequest) String() string {
 func (*DeleteFunctionRequest) ProtoMessage() {}
 
 func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[9]
+	mi := &file_moongate_v1_functions_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1021,7 @@ func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{9}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteFunctionRequest) GetName() string {
@@ -879,7 +1042,7 @@ type DeleteFunctionResponse struct {
 
 func (x *DeleteFunctionResponse) Reset() {
 	*x = DeleteFunctionResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[10]
+	mi := &file_moongate_v1_functions_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1054,7 @@ func (x *DeleteFunctionResponse) String() string {
 func (*DeleteFunctionResponse) ProtoMessage() {}
 
 func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[10]
+	mi := &file_moongate_v1_functions_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1067,7 @@ func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{10}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteFunctionResponse) GetDeletedVersions() int64 {
@@ -925,7 +1088,7 @@ type ListFunctionVersionsRequest struct {
 
 func (x *ListFunctionVersionsRequest) Reset() {
 	*x = ListFunctionVersionsRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[11]
+	mi := &file_moongate_v1_functions_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1100,7 @@ func (x *ListFunctionVersionsRequest) String() string {
 func (*ListFunctionVersionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[11]
+	mi := &file_moongate_v1_functions_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1113,7 @@ func (x *ListFunctionVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{11}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListFunctionVersionsRequest) GetName() string {
@@ -971,7 +1134,7 @@ type ListFunctionVersionsResponse struct {
 
 func (x *ListFunctionVersionsResponse) Reset() {
 	*x = ListFunctionVersionsResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[12]
+	mi := &file_moongate_v1_functions_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1146,7 @@ func (x *ListFunctionVersionsResponse) String() string {
 func (*ListFunctionVersionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[12]
+	mi := &file_moongate_v1_functions_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1159,7 @@ func (x *ListFunctionVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{12}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListFunctionVersionsResponse) GetVersions() []*Function {
@@ -1019,7 +1182,7 @@ type RollbackFunctionRequest struct {
 
 func (x *RollbackFunctionRequest) Reset() {
 	*x = RollbackFunctionRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[13]
+	mi := &file_moongate_v1_functions_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1194,7 @@ func (x *RollbackFunctionRequest) String() string {
 func (*RollbackFunctionRequest) ProtoMessage() {}
 
 func (x *RollbackFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[13]
+	mi := &file_moongate_v1_functions_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1207,7 @@ func (x *RollbackFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackFunctionRequest.ProtoReflect.Descriptor instead.
 func (*RollbackFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{13}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RollbackFunctionRequest) GetName() string {
@@ -1072,7 +1235,7 @@ type RollbackFunctionResponse struct {
 
 func (x *RollbackFunctionResponse) Reset() {
 	*x = RollbackFunctionResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[14]
+	mi := &file_moongate_v1_functions_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1247,7 @@ func (x *RollbackFunctionResponse) String() string {
 func (*RollbackFunctionResponse) ProtoMessage() {}
 
 func (x *RollbackFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[14]
+	mi := &file_moongate_v1_functions_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1260,7 @@ func (x *RollbackFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackFunctionResponse.ProtoReflect.Descriptor instead.
 func (*RollbackFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{14}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RollbackFunctionResponse) GetFunction() *Function {
@@ -1130,7 +1293,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[15]
+	mi := &file_moongate_v1_functions_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1305,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[15]
+	mi := &file_moongate_v1_functions_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1318,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{15}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetId() string {
@@ -1223,7 +1386,7 @@ type InvokeFunctionRequest struct {
 
 func (x *InvokeFunctionRequest) Reset() {
 	*x = InvokeFunctionRequest{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[16]
+	mi := &file_moongate_v1_functions_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1398,7 @@ func (x *InvokeFunctionRequest) String() string {
 func (*InvokeFunctionRequest) ProtoMessage() {}
 
 func (x *InvokeFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[16]
+	mi := &file_moongate_v1_functions_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1411,7 @@ func (x *InvokeFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeFunctionRequest.ProtoReflect.Descriptor instead.
 func (*InvokeFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{16}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InvokeFunctionRequest) GetName() string {
@@ -1288,7 +1451,7 @@ type Effect struct {
 
 func (x *Effect) Reset() {
 	*x = Effect{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[17]
+	mi := &file_moongate_v1_functions_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1463,7 @@ func (x *Effect) String() string {
 func (*Effect) ProtoMessage() {}
 
 func (x *Effect) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[17]
+	mi := &file_moongate_v1_functions_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1476,7 @@ func (x *Effect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Effect.ProtoReflect.Descriptor instead.
 func (*Effect) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{17}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Effect) GetKind() isEffect_Kind {
@@ -1376,7 +1539,7 @@ type PublishEffect struct {
 
 func (x *PublishEffect) Reset() {
 	*x = PublishEffect{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[18]
+	mi := &file_moongate_v1_functions_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1551,7 @@ func (x *PublishEffect) String() string {
 func (*PublishEffect) ProtoMessage() {}
 
 func (x *PublishEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[18]
+	mi := &file_moongate_v1_functions_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1564,7 @@ func (x *PublishEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishEffect.ProtoReflect.Descriptor instead.
 func (*PublishEffect) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{18}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PublishEffect) GetTopic() string {
@@ -1445,7 +1608,7 @@ type EmitEffect struct {
 
 func (x *EmitEffect) Reset() {
 	*x = EmitEffect{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[19]
+	mi := &file_moongate_v1_functions_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1620,7 @@ func (x *EmitEffect) String() string {
 func (*EmitEffect) ProtoMessage() {}
 
 func (x *EmitEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[19]
+	mi := &file_moongate_v1_functions_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1633,7 @@ func (x *EmitEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmitEffect.ProtoReflect.Descriptor instead.
 func (*EmitEffect) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{19}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EmitEffect) GetStream() string {
@@ -1504,7 +1667,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	mi := &file_moongate_v1_functions_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1679,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	mi := &file_moongate_v1_functions_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1692,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{20}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateChange) GetOp() string {
@@ -1583,7 +1746,7 @@ type Cost struct {
 
 func (x *Cost) Reset() {
 	*x = Cost{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	mi := &file_moongate_v1_functions_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1758,7 @@ func (x *Cost) String() string {
 func (*Cost) ProtoMessage() {}
 
 func (x *Cost) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	mi := &file_moongate_v1_functions_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1771,7 @@ func (x *Cost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cost.ProtoReflect.Descriptor instead.
 func (*Cost) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{21}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Cost) GetWall() *durationpb.Duration {
@@ -1691,7 +1854,7 @@ type InvokeFunctionResponse struct {
 
 func (x *InvokeFunctionResponse) Reset() {
 	*x = InvokeFunctionResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[22]
+	mi := &file_moongate_v1_functions_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1866,7 @@ func (x *InvokeFunctionResponse) String() string {
 func (*InvokeFunctionResponse) ProtoMessage() {}
 
 func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[22]
+	mi := &file_moongate_v1_functions_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1879,7 @@ func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeFunctionResponse.ProtoReflect.Descriptor instead.
 func (*InvokeFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{22}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InvokeFunctionResponse) GetInvocationId() string {
@@ -1812,7 +1975,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[23]
+	mi := &file_moongate_v1_functions_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1987,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[23]
+	mi := &file_moongate_v1_functions_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2000,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{23}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LogLine) GetSeq() uint64 {
@@ -1908,15 +2071,24 @@ const file_moongate_v1_functions_proto_rawDesc = "" +
 	"\x06stream\x18\n" +
 	" \x01(\tR\x06stream\x12\x16\n" +
 	"\x06source\x18\v \x01(\tR\x06source\x12\x1a\n" +
-	"\bmanifest\x18\f \x01(\tR\bmanifest\"\x85\x01\n" +
+	"\bmanifest\x18\f \x01(\tR\bmanifest\"\x88\x02\n" +
 	"\aTrigger\x12\x14\n" +
 	"\x04mqtt\x18\x01 \x01(\tH\x00R\x04mqtt\x12\x16\n" +
 	"\x05timer\x18\x02 \x01(\tH\x00R\x05timer\x12\x14\n" +
 	"\x04cron\x18\x03 \x01(\tH\x00R\x04cron\x12.\n" +
-	"\x04http\x18\x04 \x01(\v2\x18.moongate.v1.HttpTriggerH\x00R\x04httpB\x06\n" +
+	"\x04http\x18\x04 \x01(\v2\x18.moongate.v1.HttpTriggerH\x00R\x04http\x12\x18\n" +
+	"\x06stream\x18\x05 \x01(\tH\x00R\x06stream\x121\n" +
+	"\x05state\x18\x06 \x01(\v2\x19.moongate.v1.StateTriggerH\x00R\x05state\x124\n" +
+	"\x06upload\x18\a \x01(\v2\x1a.moongate.v1.UploadTriggerH\x00R\x06uploadB\x06\n" +
 	"\x04kind\"'\n" +
 	"\vHttpTrigger\x12\x18\n" +
-	"\amethods\x18\x01 \x03(\tR\amethods\"\x9f\x02\n" +
+	"\amethods\x18\x01 \x03(\tR\amethods\"B\n" +
+	"\fStateTrigger\x12\x1a\n" +
+	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\";\n" +
+	"\rUploadTrigger\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\tR\x06bucket\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x9f\x02\n" +
 	"\x06Limits\x123\n" +
 	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1b\n" +
 	"\tmax_steps\x18\x02 \x01(\x03R\bmaxSteps\x12(\n" +
@@ -2052,86 +2224,90 @@ func file_moongate_v1_functions_proto_rawDescGZIP() []byte {
 }
 
 var file_moongate_v1_functions_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_moongate_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_moongate_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_moongate_v1_functions_proto_goTypes = []any{
 	(ResultKind)(0),                      // 0: moongate.v1.ResultKind
 	(*Function)(nil),                     // 1: moongate.v1.Function
 	(*Trigger)(nil),                      // 2: moongate.v1.Trigger
 	(*HttpTrigger)(nil),                  // 3: moongate.v1.HttpTrigger
-	(*Limits)(nil),                       // 4: moongate.v1.Limits
-	(*DeployFunctionRequest)(nil),        // 5: moongate.v1.DeployFunctionRequest
-	(*DeployFunctionResponse)(nil),       // 6: moongate.v1.DeployFunctionResponse
-	(*GetFunctionRequest)(nil),           // 7: moongate.v1.GetFunctionRequest
-	(*ListFunctionsRequest)(nil),         // 8: moongate.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil),        // 9: moongate.v1.ListFunctionsResponse
-	(*DeleteFunctionRequest)(nil),        // 10: moongate.v1.DeleteFunctionRequest
-	(*DeleteFunctionResponse)(nil),       // 11: moongate.v1.DeleteFunctionResponse
-	(*ListFunctionVersionsRequest)(nil),  // 12: moongate.v1.ListFunctionVersionsRequest
-	(*ListFunctionVersionsResponse)(nil), // 13: moongate.v1.ListFunctionVersionsResponse
-	(*RollbackFunctionRequest)(nil),      // 14: moongate.v1.RollbackFunctionRequest
-	(*RollbackFunctionResponse)(nil),     // 15: moongate.v1.RollbackFunctionResponse
-	(*Event)(nil),                        // 16: moongate.v1.Event
-	(*InvokeFunctionRequest)(nil),        // 17: moongate.v1.InvokeFunctionRequest
-	(*Effect)(nil),                       // 18: moongate.v1.Effect
-	(*PublishEffect)(nil),                // 19: moongate.v1.PublishEffect
-	(*EmitEffect)(nil),                   // 20: moongate.v1.EmitEffect
-	(*StateChange)(nil),                  // 21: moongate.v1.StateChange
-	(*Cost)(nil),                         // 22: moongate.v1.Cost
-	(*InvokeFunctionResponse)(nil),       // 23: moongate.v1.InvokeFunctionResponse
-	(*LogLine)(nil),                      // 24: moongate.v1.LogLine
-	nil,                                  // 25: moongate.v1.Event.CapturesEntry
-	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 27: google.protobuf.Duration
-	(*structpb.Struct)(nil),              // 28: google.protobuf.Struct
-	(*structpb.Value)(nil),               // 29: google.protobuf.Value
+	(*StateTrigger)(nil),                 // 4: moongate.v1.StateTrigger
+	(*UploadTrigger)(nil),                // 5: moongate.v1.UploadTrigger
+	(*Limits)(nil),                       // 6: moongate.v1.Limits
+	(*DeployFunctionRequest)(nil),        // 7: moongate.v1.DeployFunctionRequest
+	(*DeployFunctionResponse)(nil),       // 8: moongate.v1.DeployFunctionResponse
+	(*GetFunctionRequest)(nil),           // 9: moongate.v1.GetFunctionRequest
+	(*ListFunctionsRequest)(nil),         // 10: moongate.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil),        // 11: moongate.v1.ListFunctionsResponse
+	(*DeleteFunctionRequest)(nil),        // 12: moongate.v1.DeleteFunctionRequest
+	(*DeleteFunctionResponse)(nil),       // 13: moongate.v1.DeleteFunctionResponse
+	(*ListFunctionVersionsRequest)(nil),  // 14: moongate.v1.ListFunctionVersionsRequest
+	(*ListFunctionVersionsResponse)(nil), // 15: moongate.v1.ListFunctionVersionsResponse
+	(*RollbackFunctionRequest)(nil),      // 16: moongate.v1.RollbackFunctionRequest
+	(*RollbackFunctionResponse)(nil),     // 17: moongate.v1.RollbackFunctionResponse
+	(*Event)(nil),                        // 18: moongate.v1.Event
+	(*InvokeFunctionRequest)(nil),        // 19: moongate.v1.InvokeFunctionRequest
+	(*Effect)(nil),                       // 20: moongate.v1.Effect
+	(*PublishEffect)(nil),                // 21: moongate.v1.PublishEffect
+	(*EmitEffect)(nil),                   // 22: moongate.v1.EmitEffect
+	(*StateChange)(nil),                  // 23: moongate.v1.StateChange
+	(*Cost)(nil),                         // 24: moongate.v1.Cost
+	(*InvokeFunctionResponse)(nil),       // 25: moongate.v1.InvokeFunctionResponse
+	(*LogLine)(nil),                      // 26: moongate.v1.LogLine
+	nil,                                  // 27: moongate.v1.Event.CapturesEntry
+	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 29: google.protobuf.Duration
+	(*structpb.Struct)(nil),              // 30: google.protobuf.Struct
+	(*structpb.Value)(nil),               // 31: google.protobuf.Value
 }
 var file_moongate_v1_functions_proto_depIdxs = []int32{
-	26, // 0: moongate.v1.Function.create_time:type_name -> google.protobuf.Timestamp
+	28, // 0: moongate.v1.Function.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 1: moongate.v1.Function.triggers:type_name -> moongate.v1.Trigger
 	3,  // 2: moongate.v1.Trigger.http:type_name -> moongate.v1.HttpTrigger
-	27, // 3: moongate.v1.Limits.timeout:type_name -> google.protobuf.Duration
-	2,  // 4: moongate.v1.DeployFunctionRequest.triggers:type_name -> moongate.v1.Trigger
-	4,  // 5: moongate.v1.DeployFunctionRequest.limits:type_name -> moongate.v1.Limits
-	28, // 6: moongate.v1.DeployFunctionRequest.config:type_name -> google.protobuf.Struct
-	1,  // 7: moongate.v1.DeployFunctionResponse.function:type_name -> moongate.v1.Function
-	1,  // 8: moongate.v1.ListFunctionsResponse.functions:type_name -> moongate.v1.Function
-	1,  // 9: moongate.v1.ListFunctionVersionsResponse.versions:type_name -> moongate.v1.Function
-	1,  // 10: moongate.v1.RollbackFunctionResponse.function:type_name -> moongate.v1.Function
-	25, // 11: moongate.v1.Event.captures:type_name -> moongate.v1.Event.CapturesEntry
-	26, // 12: moongate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	16, // 13: moongate.v1.InvokeFunctionRequest.event:type_name -> moongate.v1.Event
-	19, // 14: moongate.v1.Effect.publish:type_name -> moongate.v1.PublishEffect
-	20, // 15: moongate.v1.Effect.emit:type_name -> moongate.v1.EmitEffect
-	29, // 16: moongate.v1.EmitEffect.record:type_name -> google.protobuf.Value
-	29, // 17: moongate.v1.StateChange.value:type_name -> google.protobuf.Value
-	27, // 18: moongate.v1.Cost.wall:type_name -> google.protobuf.Duration
-	0,  // 19: moongate.v1.InvokeFunctionResponse.result_kind:type_name -> moongate.v1.ResultKind
-	29, // 20: moongate.v1.InvokeFunctionResponse.result:type_name -> google.protobuf.Value
-	18, // 21: moongate.v1.InvokeFunctionResponse.effects:type_name -> moongate.v1.Effect
-	21, // 22: moongate.v1.InvokeFunctionResponse.state:type_name -> moongate.v1.StateChange
-	24, // 23: moongate.v1.InvokeFunctionResponse.logs:type_name -> moongate.v1.LogLine
-	22, // 24: moongate.v1.InvokeFunctionResponse.cost:type_name -> moongate.v1.Cost
-	28, // 25: moongate.v1.LogLine.fields:type_name -> google.protobuf.Struct
-	26, // 26: moongate.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	5,  // 27: moongate.v1.FunctionService.DeployFunction:input_type -> moongate.v1.DeployFunctionRequest
-	7,  // 28: moongate.v1.FunctionService.GetFunction:input_type -> moongate.v1.GetFunctionRequest
-	8,  // 29: moongate.v1.FunctionService.ListFunctions:input_type -> moongate.v1.ListFunctionsRequest
-	10, // 30: moongate.v1.FunctionService.DeleteFunction:input_type -> moongate.v1.DeleteFunctionRequest
-	12, // 31: moongate.v1.FunctionService.ListFunctionVersions:input_type -> moongate.v1.ListFunctionVersionsRequest
-	14, // 32: moongate.v1.FunctionService.RollbackFunction:input_type -> moongate.v1.RollbackFunctionRequest
-	17, // 33: moongate.v1.FunctionService.InvokeFunction:input_type -> moongate.v1.InvokeFunctionRequest
-	6,  // 34: moongate.v1.FunctionService.DeployFunction:output_type -> moongate.v1.DeployFunctionResponse
-	1,  // 35: moongate.v1.FunctionService.GetFunction:output_type -> moongate.v1.Function
-	9,  // 36: moongate.v1.FunctionService.ListFunctions:output_type -> moongate.v1.ListFunctionsResponse
-	11, // 37: moongate.v1.FunctionService.DeleteFunction:output_type -> moongate.v1.DeleteFunctionResponse
-	13, // 38: moongate.v1.FunctionService.ListFunctionVersions:output_type -> moongate.v1.ListFunctionVersionsResponse
-	15, // 39: moongate.v1.FunctionService.RollbackFunction:output_type -> moongate.v1.RollbackFunctionResponse
-	23, // 40: moongate.v1.FunctionService.InvokeFunction:output_type -> moongate.v1.InvokeFunctionResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	4,  // 3: moongate.v1.Trigger.state:type_name -> moongate.v1.StateTrigger
+	5,  // 4: moongate.v1.Trigger.upload:type_name -> moongate.v1.UploadTrigger
+	29, // 5: moongate.v1.Limits.timeout:type_name -> google.protobuf.Duration
+	2,  // 6: moongate.v1.DeployFunctionRequest.triggers:type_name -> moongate.v1.Trigger
+	6,  // 7: moongate.v1.DeployFunctionRequest.limits:type_name -> moongate.v1.Limits
+	30, // 8: moongate.v1.DeployFunctionRequest.config:type_name -> google.protobuf.Struct
+	1,  // 9: moongate.v1.DeployFunctionResponse.function:type_name -> moongate.v1.Function
+	1,  // 10: moongate.v1.ListFunctionsResponse.functions:type_name -> moongate.v1.Function
+	1,  // 11: moongate.v1.ListFunctionVersionsResponse.versions:type_name -> moongate.v1.Function
+	1,  // 12: moongate.v1.RollbackFunctionResponse.function:type_name -> moongate.v1.Function
+	27, // 13: moongate.v1.Event.captures:type_name -> moongate.v1.Event.CapturesEntry
+	28, // 14: moongate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	18, // 15: moongate.v1.InvokeFunctionRequest.event:type_name -> moongate.v1.Event
+	21, // 16: moongate.v1.Effect.publish:type_name -> moongate.v1.PublishEffect
+	22, // 17: moongate.v1.Effect.emit:type_name -> moongate.v1.EmitEffect
+	31, // 18: moongate.v1.EmitEffect.record:type_name -> google.protobuf.Value
+	31, // 19: moongate.v1.StateChange.value:type_name -> google.protobuf.Value
+	29, // 20: moongate.v1.Cost.wall:type_name -> google.protobuf.Duration
+	0,  // 21: moongate.v1.InvokeFunctionResponse.result_kind:type_name -> moongate.v1.ResultKind
+	31, // 22: moongate.v1.InvokeFunctionResponse.result:type_name -> google.protobuf.Value
+	20, // 23: moongate.v1.InvokeFunctionResponse.effects:type_name -> moongate.v1.Effect
+	23, // 24: moongate.v1.InvokeFunctionResponse.state:type_name -> moongate.v1.StateChange
+	26, // 25: moongate.v1.InvokeFunctionResponse.logs:type_name -> moongate.v1.LogLine
+	24, // 26: moongate.v1.InvokeFunctionResponse.cost:type_name -> moongate.v1.Cost
+	30, // 27: moongate.v1.LogLine.fields:type_name -> google.protobuf.Struct
+	28, // 28: moongate.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	7,  // 29: moongate.v1.FunctionService.DeployFunction:input_type -> moongate.v1.DeployFunctionRequest
+	9,  // 30: moongate.v1.FunctionService.GetFunction:input_type -> moongate.v1.GetFunctionRequest
+	10, // 31: moongate.v1.FunctionService.ListFunctions:input_type -> moongate.v1.ListFunctionsRequest
+	12, // 32: moongate.v1.FunctionService.DeleteFunction:input_type -> moongate.v1.DeleteFunctionRequest
+	14, // 33: moongate.v1.FunctionService.ListFunctionVersions:input_type -> moongate.v1.ListFunctionVersionsRequest
+	16, // 34: moongate.v1.FunctionService.RollbackFunction:input_type -> moongate.v1.RollbackFunctionRequest
+	19, // 35: moongate.v1.FunctionService.InvokeFunction:input_type -> moongate.v1.InvokeFunctionRequest
+	8,  // 36: moongate.v1.FunctionService.DeployFunction:output_type -> moongate.v1.DeployFunctionResponse
+	1,  // 37: moongate.v1.FunctionService.GetFunction:output_type -> moongate.v1.Function
+	11, // 38: moongate.v1.FunctionService.ListFunctions:output_type -> moongate.v1.ListFunctionsResponse
+	13, // 39: moongate.v1.FunctionService.DeleteFunction:output_type -> moongate.v1.DeleteFunctionResponse
+	15, // 40: moongate.v1.FunctionService.ListFunctionVersions:output_type -> moongate.v1.ListFunctionVersionsResponse
+	17, // 41: moongate.v1.FunctionService.RollbackFunction:output_type -> moongate.v1.RollbackFunctionResponse
+	25, // 42: moongate.v1.FunctionService.InvokeFunction:output_type -> moongate.v1.InvokeFunctionResponse
+	36, // [36:43] is the sub-list for method output_type
+	29, // [29:36] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_moongate_v1_functions_proto_init() }
@@ -2144,9 +2320,12 @@ func file_moongate_v1_functions_proto_init() {
 		(*Trigger_Timer)(nil),
 		(*Trigger_Cron)(nil),
 		(*Trigger_Http)(nil),
+		(*Trigger_Stream)(nil),
+		(*Trigger_State)(nil),
+		(*Trigger_Upload)(nil),
 	}
-	file_moongate_v1_functions_proto_msgTypes[16].OneofWrappers = []any{}
-	file_moongate_v1_functions_proto_msgTypes[17].OneofWrappers = []any{
+	file_moongate_v1_functions_proto_msgTypes[18].OneofWrappers = []any{}
+	file_moongate_v1_functions_proto_msgTypes[19].OneofWrappers = []any{
 		(*Effect_Publish)(nil),
 		(*Effect_Emit)(nil),
 	}
@@ -2156,7 +2335,7 @@ func file_moongate_v1_functions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_moongate_v1_functions_proto_rawDesc), len(file_moongate_v1_functions_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

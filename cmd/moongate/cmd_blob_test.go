@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway"
+	"github.com/moongate-edge/moongate/gateway/apiserver"
+	"github.com/moongate-edge/moongate/gateway/config"
+)
+
+// startBlobDaemon runs a daemon with a "files" bucket on loopback ports and
+// returns its API address.
+func startBlobDaemon(t *testing.T, token string) string {
+	t.Helper()
+	cfgYAML := fmt.Sprintf(`gateway_id: clitest
+data_dir: %q
+log: {level: warn}
+mqtt: {embedded: {listen: "127.0.0.1:0"}}
+api: {listen: "127.0.0.1:0", tokens: [{name: admin, scope: admin, hash: %q}]}
+blobs: {buckets: {files: {max_size: 64KiB}}}
+`, t.TempDir(), apiserver.HashToken(token))
+	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := gateway.NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for !d.Gateway().Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return d.HTTPAddr().String()
+}
+
+func TestBlobCommands(t *testing.T) {
+	const token = "mgt_cli_blob_token_0123456789"
+	addr := startBlobDaemon(t, token)
+	conn := []string{"--server", addr, "--token", token}
+	cli := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(args, conn...), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "report.json")
+	content := []byte(`{"hello": "blob"}`)
+	if err := os.WriteFile(src, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := cli("blob", "put", "files/reports/2026 11/report.json", src); code != exitOK ||
+		!strings.Contains(out, `"name":"reports/2026 11/report.json"`) || !strings.Contains(out, `"content_type":"application/json"`) {
+		t.Fatalf("put: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := cli("blob", "ls", "files", "--prefix", "reports/"); code != exitOK || !strings.Contains(out, "reports/2026 11/report.json") || !strings.Contains(out, "application/json") {
+		t.Fatalf("ls: %d %s %s", code, out, errs)
+	}
+	if code, out, _ := cli("blob", "get", "files/reports/2026 11/report.json"); code != exitOK || out != string(content) {
+		t.Fatalf("get: %d %q", code, out)
+	}
+	dst := filepath.Join(dir, "copy.json")
+	if code, _, errs := cli("blob", "get", "files/reports/2026 11/report.json", "-o", dst); code != exitOK {
+		t.Fatalf("get -o: %d %s", code, errs)
+	}
+	if b, _ := os.ReadFile(dst); !bytes.Equal(b, content) {
+		t.Fatalf("get -o wrote %q", b)
+	}
+	// Bad input: oversized file, traversal, unknown bucket, missing blob.
+	big := filepath.Join(dir, "big.bin")
+	if err := os.WriteFile(big, make([]byte, 65<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := cli("blob", "put", "files/big.bin", big); code != exitFailure || !strings.Contains(errs, "larger than 65536 bytes") {
+		t.Fatalf("oversized put: %d %s", code, errs)
+	}
+	for _, name := range []string{"files/../etc/passwd", "files//etc/passwd", "files/a\\b", "files/a\x00b"} {
+		if code, _, errs := cli("blob", "put", name, src); code != exitUsage || !strings.Contains(errs, "blob name") {
+			t.Fatalf("put %q: %d %s", name, code, errs)
+		}
+	}
+	if code, _, errs := cli("blob", "put", "nope/a", src); code != exitNotFound || !strings.Contains(errs, `bucket "nope"`) {
+		t.Fatalf("unknown bucket: %d %s", code, errs)
+	}
+	if code, _, _ := cli("blob", "put", "files"); code != exitUsage {
+		t.Fatalf("missing arguments: %d", code)
+	}
+	var errb bytes.Buffer
+	if code := run(context.Background(), []string{"blob", "rm", "files/reports/2026 11/report.json", "--server", addr, "--token", "mgt_wrong"}, io.Discard, &errb); code != exitAuth {
+		t.Fatalf("rm with an unknown token: %d %s", code, errb.String())
+	}
+	if code, _, _ := cli("blob", "rm", "files/reports/2026 11/report.json"); code != exitOK {
+		t.Fatalf("rm: %d", code)
+	}
+	if code, _, errs := cli("blob", "get", "files/reports/2026 11/report.json", "-o", filepath.Join(dir, "gone")); code != exitNotFound || !strings.Contains(errs, "not found") {
+		t.Fatalf("get after rm: %d %s", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gone")); !os.IsNotExist(err) {
+		t.Fatalf("failed get left a file: %v", err)
+	}
+}
