@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short fuzz-smoke generate generate-check
+.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check
 .PHONY: build-all deb test-arm footprint
 
 all: build
