@@ -196,7 +196,7 @@ func TestEventHopsRoundTrip(t *testing.T) {
 const ackAggLua = `
 function handle(e, ctx)
   local r = json.decode(e.payload)
-  mqtt.publish("ack/" .. e.device, tostring(r.n), {qos = 1})
+  mqtt.publish("ack/" .. e.device .. "/" .. r.n, tostring(r.n), {qos = 1, retain = true})
   return {n = r.n, record_id = e.record_id}
 end
 `
