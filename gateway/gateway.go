@@ -379,7 +379,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 	}
 	if m.QoS > 0 {
 		fp := fingerprint(m)
-		key := string(fp)
+		key := fpKey(fp)
 		if m.Duplicate {
 			// The original may still be on its way into the inbox: a
 			// sender whose connection dropped while intake was blocked
@@ -403,37 +403,48 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 }
 
 // inflightSet tracks the QoS 1 messages being made durable, by
-// fingerprint, so that a redelivery waits for its original.
+// fingerprint, so that a redelivery waits for its original. The common
+// path (no redelivery) allocates nothing: a channel is made only when a
+// redelivery has to wait.
 type inflightSet struct {
 	mu sync.Mutex
-	m  map[string]chan struct{}
+	m  map[fpKey]chan struct{} // nil value: in flight, nobody waiting
 }
 
-func (s *inflightSet) add(key string) {
+// fpKey is a message fingerprint as a map key.
+type fpKey = [store.FingerprintSize]byte
+
+func (s *inflightSet) add(key fpKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = make(map[string]chan struct{})
+		s.m = make(map[fpKey]chan struct{})
 	}
 	if _, ok := s.m[key]; !ok {
-		s.m[key] = make(chan struct{})
+		s.m[key] = nil
 	}
 }
 
-func (s *inflightSet) done(key string) {
+func (s *inflightSet) done(key fpKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ch, ok := s.m[key]; ok {
-		close(ch)
+		if ch != nil {
+			close(ch)
+		}
 		delete(s.m, key)
 	}
 }
 
 // wait blocks while a message with this fingerprint is in flight.
-func (s *inflightSet) wait(ctx context.Context, key string) error {
+func (s *inflightSet) wait(ctx context.Context, key fpKey) error {
 	for {
 		s.mu.Lock()
 		ch, ok := s.m[key]
+		if ok && ch == nil {
+			ch = make(chan struct{})
+			s.m[key] = ch
+		}
 		s.mu.Unlock()
 		if !ok {
 			return nil
