@@ -22,6 +22,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	cfgPath := fs.String("config", "", "configuration file (YAML); defaults apply when empty")
 	functions := fs.String("functions", "", "directory of function manifests (NAME.lua + NAME.yaml); overrides functions_dir")
 	dataDir := fs.String("data-dir", "", "data directory; overrides data_dir")
+	debugListen := fs.String("debug-listen", "", "serve Go's /debug/pprof on this loopback address (profiling; off when empty)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -41,6 +42,14 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		cfg.DataDir = *dataDir
 	}
 	log := newLogger(cfg.Log, stderr)
+	if *debugListen != "" {
+		stop, err := serveDebug(*debugListen, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "serve: --debug-listen: %v\n", err)
+			return exitUsage
+		}
+		defer stop()
+	}
 	gateway.Version = version
 	d, err := gateway.NewDaemon(ctx, cfg, log)
 	if err != nil {

@@ -274,8 +274,14 @@ func startMoongate(ctx context.Context, binary, dir, mqttSection, extra string) 
 		mg.mqttAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(mqttPort))
 		mqttSection = fmt.Sprintf("mqtt:\n  embedded: {listen: %q, allow_anonymous: true}\n", mg.mqttAddr)
 	}
-	cfg := fmt.Sprintf("gateway_id: bench\ndata_dir: %q\nfunctions_dir: %q\nlog: {level: warn}\n%sapi: {listen: %q}\nstore: {durability: always}\n%s",
-		mg.dataDir, mg.fnDir, mqttSection, mg.apiAddr, extra)
+	// The store section is the benchmark's (durability always) unless the
+	// extra configuration brings its own, which must then say so itself.
+	storeSection := "store: {durability: always}\n"
+	if strings.HasPrefix(extra, "store:") || strings.Contains(extra, "\nstore:") {
+		storeSection = ""
+	}
+	cfg := fmt.Sprintf("gateway_id: bench\ndata_dir: %q\nfunctions_dir: %q\nlog: {level: warn}\n%sapi: {listen: %q}\n%s%s",
+		mg.dataDir, mg.fnDir, mqttSection, mg.apiAddr, storeSection, extra)
 	cfgPath := filepath.Join(dir, "moongate.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
