@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 // Benchmarks are cheap at -benchtime 1x (the CI smoke run). Set
@@ -397,4 +399,42 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// MOONGATE_BENCH_BADGER overrides Badger options in benchmarks, for tuning
+// experiments: comma-separated key=value with keys memtable, memtables, l0,
+// stall, basetable, baselevel (sizes in MiB) and multiplier.
+func init() {
+	spec := os.Getenv("MOONGATE_BENCH_BADGER")
+	if spec == "" {
+		return
+	}
+	badgerTune = func(bo badger.Options) badger.Options {
+		for _, kv := range strings.Split(spec, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				panic("MOONGATE_BENCH_BADGER: " + kv)
+			}
+			switch k {
+			case "memtable":
+				bo = bo.WithMemTableSize(int64(n) << 20)
+			case "memtables":
+				bo = bo.WithNumMemtables(n)
+			case "l0":
+				bo = bo.WithNumLevelZeroTables(n)
+			case "stall":
+				bo = bo.WithNumLevelZeroTablesStall(n)
+			case "basetable":
+				bo = bo.WithBaseTableSize(int64(n) << 20)
+			case "baselevel":
+				bo = bo.WithBaseLevelSize(int64(n) << 20)
+			case "multiplier":
+				bo = bo.WithLevelSizeMultiplier(n)
+			default:
+				panic("MOONGATE_BENCH_BADGER: unknown key " + k)
+			}
+		}
+		return bo
+	}
 }

@@ -196,7 +196,9 @@ func (s *Store) process(reqs []*request) {
 	b := &batch{s: s, txn: s.db.NewTransaction(true), ctr: ctr, now: time.Now().UnixMilli()}
 	full := s.checkDisk(false)
 	failAll := func(err error) {
-		b.txn.Discard()
+		if b.txn != nil {
+			b.txn.Discard()
+		}
 		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs))
 		for _, r := range reqs {
 			if r.err == nil {
@@ -217,7 +219,7 @@ func (s *Store) process(reqs []*request) {
 			continue
 		}
 		if b.count > 0 && (b.size+r.est+1024 > s.maxTxnSize || b.count+r.est/16+16 > s.maxTxnCount) {
-			if err := b.flush(); err != nil {
+			if err := b.flush(true); err != nil {
 				failAll(err)
 				return
 			}
@@ -250,7 +252,7 @@ func (s *Store) process(reqs []*request) {
 		ok++
 	}
 	if b.count > 0 {
-		if err := b.flush(); err != nil {
+		if err := b.flush(false); err != nil {
 			failAll(err)
 			return
 		}
@@ -263,7 +265,9 @@ func (s *Store) process(reqs []*request) {
 			s.dirty.Store(true)
 		}
 	}
-	b.txn.Discard()
+	if b.txn != nil {
+		b.txn.Discard()
+	}
 	for _, seq := range b.inboxC {
 		if seq == b.ctr.Inbox.Head {
 			b.ctr.Inbox.Head++
@@ -294,8 +298,11 @@ func (s *Store) process(reqs []*request) {
 }
 
 // flush persists the counters and commits the current transaction, then
-// starts a new one.
-func (b *batch) flush() error {
+// starts a new one if more writes follow. (Not starting one after the last
+// flush matters: a new transaction waits until Badger has marked the commit
+// just made as applied, a hand-off to another goroutine that would hold up
+// the release of this batch's writers.)
+func (b *batch) flush(more bool) error {
 	// Heads persisted here may lag (consumed entries are folded in after the
 	// batch); recovery recomputes them from the live keys.
 	v, err := json.Marshal(&b.ctr)
@@ -309,7 +316,10 @@ func (b *batch) flush() error {
 		return err
 	}
 	b.s.txns.Add(1)
-	b.txn = b.s.db.NewTransaction(true)
+	b.txn = nil
+	if more {
+		b.txn = b.s.db.NewTransaction(true)
+	}
 	b.size, b.count = 0, 0
 	return nil
 }
