@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 )
 
 // MaxSourceBytes is the largest NAME.lua LoadDir reads.
@@ -148,17 +151,27 @@ func readLimited(path string, limit int64) ([]byte, error) {
 // DefaultPollInterval is Watch's interval when given 0 or less.
 const DefaultPollInterval = time.Second
 
-// Watch polls dir every interval until ctx is done and calls onChange with
-// the whole set of functions (as [LoadDir] returns it): once at the start,
-// then each time the content of the directory's manifests and sources has
-// changed. Reporting the initial state leaves no window in which a change
-// could be missed between a separate LoadDir and the start of Watch; a
-// caller that loaded the directory already gets the same set again.
+// SettleDelay is how long Watch waits after a file-system notification
+// before it reads the directory, and again before it trusts what it read.
+const SettleDelay = 100 * time.Millisecond
+
+// Watch watches dir until ctx is done and calls onChange with the whole set
+// of functions (as [LoadDir] returns it): once at the start, then each time
+// the content of the directory's manifests and sources has changed.
+// Reporting the initial state leaves no window in which a change could be
+// missed between a separate LoadDir and the start of Watch; a caller that
+// loaded the directory already gets the same set again.
+//
+// Changes are noticed through the operating system's file notifications
+// (inotify on Linux), so a deployment takes effect within a few
+// SettleDelays, and also by polling every interval, which covers file
+// systems without notifications and a directory created after the start.
 // Changes are detected by content hash, not modification time. A change is
-// reported once the directory has read the same on two consecutive polls,
-// so a file caught half-written is not reported before it is complete.
-// Watch blocks; run it in its own goroutine. onChange runs on Watch's
-// goroutine, never concurrently with itself.
+// reported once the directory has read the same twice in a row, a
+// SettleDelay (or a poll) apart, so a file caught half-written is not
+// reported before it is complete. Watch blocks; run it in its own
+// goroutine. onChange runs on Watch's goroutine, never concurrently with
+// itself.
 func Watch(ctx context.Context, dir string, interval time.Duration, onChange func([]Function, []error)) {
 	if interval <= 0 {
 		interval = DefaultPollInterval
@@ -166,17 +179,16 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 	if ctx.Err() != nil {
 		return
 	}
+	fw := newDirNotifier(dir)
+	defer fw.close()
 	fns, errs, reported := loadDir(dir)
 	onChange(fns, errs)
 	pending := ""
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	settle := time.NewTimer(SettleDelay)
+	settle.Stop()
+	check := func() {
 		fns, errs, fp := loadDir(dir)
 		switch {
 		case fp == reported:
@@ -188,7 +200,87 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 			}
 		default:
 			pending = fp
+			settle.Reset(SettleDelay) // confirm soon rather than at the next poll
 		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fw.retry()
+			check()
+		case <-fw.events():
+			settle.Reset(SettleDelay)
+		case <-settle.C:
+			check()
+		}
+	}
+}
+
+// dirNotifier forwards file-system notifications for one directory. When
+// notifications are unavailable (no inotify, directory missing) its
+// channel never delivers and Watch relies on polling; retry tries again.
+type dirNotifier struct {
+	dir  string
+	w    *fsnotify.Watcher
+	c    chan struct{}
+	gone atomic.Bool // the directory itself was removed or renamed: watch again
+}
+
+func newDirNotifier(dir string) *dirNotifier {
+	n := &dirNotifier{dir: dir, c: make(chan struct{}, 1)}
+	n.retry()
+	return n
+}
+
+// retry starts watching if it is not watching (any more).
+func (n *dirNotifier) retry() {
+	if n.w != nil && n.gone.Load() {
+		_ = n.w.Close()
+		n.w = nil
+	}
+	if n.w != nil {
+		return
+	}
+	n.gone.Store(false)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return
+	}
+	if err := w.Add(n.dir); err != nil {
+		_ = w.Close()
+		return
+	}
+	n.w = w
+	go func() {
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if filepath.Clean(ev.Name) == filepath.Clean(n.dir) && ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0 {
+					n.gone.Store(true)
+				}
+				select {
+				case n.c <- struct{}{}:
+				default:
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+			}
+		}
+	}()
+}
+
+func (n *dirNotifier) events() <-chan struct{} { return n.c }
+
+func (n *dirNotifier) close() {
+	if n.w != nil {
+		_ = n.w.Close()
 	}
 }
 

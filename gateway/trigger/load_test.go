@@ -238,3 +238,32 @@ func TestWatchMissingDir(t *testing.T) {
 		fns, _ = w.waitFor(t, w.count()+1)
 	}
 }
+
+// TestWatchNotifies: with polling effectively off (an hour), a new function
+// is reported through file-system notifications within a few
+// SettleDelays.
+func TestWatchNotifies(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &watcher{}
+	go Watch(ctx, dir, time.Hour, w.on)
+	if fns, _ := w.waitFor(t, 1); len(fns) != 0 {
+		t.Fatalf("initial: %v", names(fns))
+	}
+	start := time.Now()
+	write(t, dir, "n.yaml", okManifest)
+	write(t, dir, "n.lua", "return 1")
+	fns, _ := w.waitFor(t, 2)
+	for names(fns) != "n@n" {
+		fns, _ = w.waitFor(t, w.count()+1)
+	}
+	t.Logf("deployed in %v without polling", time.Since(start))
+	// A change of content is noticed the same way.
+	write(t, dir, "n.lua", "return 2")
+	n := w.count()
+	fns, _ = w.waitFor(t, n+1)
+	if names(fns) != "n@n" || string(fns[0].Source) != "return 2" {
+		t.Fatalf("change not seen: %v", names(fns))
+	}
+}

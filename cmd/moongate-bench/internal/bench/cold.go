@@ -82,7 +82,7 @@ func (r *runner) cold(ctx context.Context) ([]Row, error) {
 		time.Sleep(time.Millisecond) // polling the tracker, not waiting for a condition we could be told about
 	}
 	rows = append(rows, row("cold: deploy -> first result", time.Duration(t.last.Load()-deployed.UnixNano()),
-		"files written into functions_dir; moongate serve polls it every 2s"))
+		"files written into functions_dir; moongate serve watches it (inotify, settles 2 x 100 ms)"))
 	stopLoad()
 	<-loadDone
 	loadDone <- nil
