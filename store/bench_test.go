@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -437,4 +438,89 @@ func init() {
 		}
 		return bo
 	}
+}
+
+// BenchmarkEventLatency: events offered at a fixed rate (MOONGATE_BENCH_RATE
+// per second, default 5,000) by 64 simulated devices: each event is an
+// Enqueue, then a processing Commit with one local publish, then the
+// publish is acknowledged, as the gateway does. Reports the latency of the
+// durable part of an event (Enqueue start to Commit return) at p50, p99 and
+// max: the store's share of the end-to-end latency.
+func BenchmarkEventLatency(b *testing.B) {
+	rate := 5000
+	if v, err := strconv.Atoi(os.Getenv("MOONGATE_BENCH_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	ctx := context.Background()
+	s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1})
+	const devices = 64
+	lat := make([]time.Duration, b.N)
+	acks := make(chan uint64, 4096)
+	ackDone := make(chan struct{})
+	go func() {
+		defer close(ackDone)
+		var seqs []uint64
+		for seq := range acks {
+			seqs = append(seqs[:0], seq)
+		more:
+			for len(seqs) < 256 {
+				select {
+				case q, ok := <-acks:
+					if !ok {
+						break more
+					}
+					seqs = append(seqs, q)
+				default:
+					break more
+				}
+			}
+			if err := s.AckPublishes(ctx, seqs...); err != nil {
+				b.Error(err)
+			}
+		}
+	}()
+	b.ResetTimer()
+	start := time.Now()
+	interval := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	for d := 0; d < devices; d++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := d; i < b.N; i += devices {
+				due := start.Add(time.Duration(i) * interval)
+				if w := time.Until(due); w > 0 {
+					time.Sleep(w) // the offered schedule, not a wait for readiness
+				}
+				seqs, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "dev", Event: []byte(`{"t":21.5,"h":40}`)}})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				c := smallCommit(seqs[0], i)
+				c.Publishes = []Publish{{Topic: "devices/d/cmd", Payload: []byte(`{"ok":true}`), QoS: 1}}
+				res, err := s.Commit(ctx, c)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				// Latency from when the event was due: time spent queued
+				// behind a slow commit counts.
+				lat[i] = time.Since(due)
+				for _, p := range res.Publishes {
+					acks <- p.Seq
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(acks)
+	<-ackDone
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
+	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
 }
