@@ -403,7 +403,7 @@ func TestHTTPBlobStalled(t *testing.T) {
 	tc := blobTarget(up)
 	tc.AckTimeout = 300 * time.Millisecond
 	m, _ := startManager(t, st, tc)
-	data := randomBytes(24<<20, 6) // more than the loopback socket buffers hold
+	data := bytes.Repeat(randomBytes(1<<20, 6), 24) // more than the loopback socket buffers hold
 	putBlob(t, st, "big.bin", "", data)
 	waitFor(t, 10*time.Second, "the stall reported", func() bool {
 		return strings.Contains(statusOf(m, "cloud").LastError, "no progress")

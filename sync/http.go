@@ -40,20 +40,20 @@ func init() {
 const maxErrorBody = 4 << 10
 
 type httpTarget struct {
-	cfg     TargetConfig
-	env     Env
-	client  *http.Client
+	cfg    TargetConfig
+	env    Env
+	client *http.Client
 	// blobClient sends blobs: no overall timeout (see putBlob), the same
 	// transport.
 	blobClient  *http.Client
 	blobLimiter *rate.Limiter // paces blob content to BandwidthLimit; nil: none
-	gz      bool
-	bufPool gosync.Pool // *bytes.Buffer
-	gzPool  gosync.Pool // *gzip.Writer
-	prepMu  gosync.Mutex
-	prep    *preparedBody
-	closed  chan struct{}
-	once    gosync.Once
+	gz          bool
+	bufPool     gosync.Pool // *bytes.Buffer
+	gzPool      gosync.Pool // *gzip.Writer
+	prepMu      gosync.Mutex
+	prep        *preparedBody
+	closed      chan struct{}
+	once        gosync.Once
 }
 
 func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
