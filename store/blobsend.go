@@ -229,18 +229,20 @@ func (b *batch) applyRefs() ([][32]byte, error) {
 	return freed, nil
 }
 
-// releaseAcked gives back the references of the blob sends of target's
-// outbox in [from, to] (being acknowledged). Mutation phase.
-func (b *batch) releaseAcked(target string, from, to uint64, q *queue) error {
+// ackedSend is a blob send found in a range being acknowledged.
+type ackedSend struct {
+	seq  uint64
+	sum  [32]byte
+	size int64
+}
+
+// blobSendsIn lists the blob sends of target's outbox in [from, to], from
+// the index. It reads only.
+func (b *batch) blobSendsIn(target string, from, to uint64) ([]ackedSend, error) {
 	p := namePrefix(pBlobSendIdx, target)
 	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: p})
 	defer it.Close()
-	type rel struct {
-		seq  uint64
-		sum  [32]byte
-		size int64
-	}
-	var rels []rel
+	var out []ackedSend
 	for it.Seek(nameSeqKey(pBlobSendIdx, target, from)); it.Valid(); it.Next() {
 		item := it.Item()
 		k := item.Key()
@@ -251,22 +253,18 @@ func (b *batch) releaseAcked(target string, from, to uint64, q *queue) error {
 		if seq > to {
 			break
 		}
-		var r rel
-		r.seq = seq
+		r := ackedSend{seq: seq}
 		err := item.Value(func(v []byte) error {
 			var err error
 			r.sum, r.size, err = decodeSendIdx(v)
 			return err
 		})
 		if err != nil {
-			return fatal(err)
+			return nil, fatal(err)
 		}
-		rels = append(rels, r)
+		out = append(out, r)
 	}
-	for _, r := range rels {
-		b.releaseSend(target, r.seq, r.sum, r.size, q)
-	}
-	return nil
+	return out, nil
 }
 
 // OpenBlobObject opens the object with the given SHA-256 (lower-case hex)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -280,5 +281,56 @@ func TestOpenBlobObjectBadInput(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), Options{Dir: t.TempDir(), Buckets: map[string]Bucket{"b": {Sync: []string{"bad\x00"}}}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("NUL in a bucket's sync target: %v", err)
+	}
+}
+
+// TestBlobSendAckChunks: an acknowledgement over more than one chunk of
+// entries, blob sends and records mixed, gives every reference back.
+func TestBlobSendAckChunks(t *testing.T) {
+	ctx := context.Background()
+	s := syncBlobStore(t, Options{Buckets: map[string]Bucket{"photos": {Sync: []string{"cloud"}}}})
+	sb, err := s.StageBlob(ctx, "photos", strings.NewReader("shared content"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const commits, per = 25, 50
+	for i := range commits {
+		c := &Commit{Records: []Record{{Stream: "s", Data: []byte(`{}`), Targets: []string{"cloud"}}}}
+		for j := range per {
+			c.Blobs = append(c.Blobs, BlobOp{Bucket: "photos", Name: fmt.Sprintf("b%d/%d", i, j), Object: sb})
+		}
+		if _, err := s.Commit(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb.Release()
+	sha := sb.SHA256()
+	st := s.OutboxStats("cloud")
+	if st.Blobs != commits*per || st.Backlog != commits*(per+1) {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := refsOf(t, s, sha); n != 2*commits*per {
+		t.Fatalf("references %d, want %d", n, 2*commits*per)
+	}
+	if err := s.OutboxAck(ctx, "cloud", st.Next-1); err != nil {
+		t.Fatal(err)
+	}
+	if n := refsOf(t, s, sha); n != commits*per {
+		t.Fatalf("references after the ack %d, want %d", n, commits*per)
+	}
+	if st := s.OutboxStats("cloud"); st.Blobs != 0 || st.BlobBytes != 0 || st.Backlog != 0 {
+		t.Fatalf("stats after the ack %+v", st)
+	}
+	for i := range commits {
+		var ops []BlobOp
+		for j := range per {
+			ops = append(ops, BlobOp{Bucket: "photos", Name: fmt.Sprintf("b%d/%d", i, j), Delete: true})
+		}
+		if _, err := s.Commit(ctx, &Commit{Blobs: ops}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refsOf(t, s, sha) != 0 || objectExists(t, s, sha) {
+		t.Fatal("object left after every blob and send is gone")
 	}
 }

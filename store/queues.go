@@ -208,6 +208,7 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 			grows = true
 		}
 	}
+	sendTargets := map[string]bool{}
 	for i := range c.Blobs {
 		// Deletes free space: they still work on a full disk.
 		if !c.Blobs[i].Delete {
@@ -215,13 +216,19 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 		}
 		est += entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
 		if op := &c.Blobs[i]; !op.Delete {
-			// A blob send per sync target of the bucket (entry, index
-			// key, reference), and room to drop old entries for it.
+			// A blob send per sync target of the bucket: entry, index
+			// key, reference.
 			for _, t := range s.opts.Buckets[op.Bucket].Sync {
 				est += entryEst(10+len(t), 96+2*len(op.Bucket)+2*len(op.Name)+len(op.ContentType)+len(s.opts.GatewayID)) +
-					entryEst(10+len(t), 42) + entryEst(33, 8) + maxDropsPerWrite*(2*entryEst(10+len(t), 0)+entryEst(33, 8))
+					entryEst(10+len(t), 42) + entryEst(33, 8)
+				sendTargets[t] = true
 			}
 		}
+	}
+	for t := range sendTargets {
+		// Room to drop old entries of the outbox (entry, index key and
+		// reference of a blob send).
+		est += maxDropsPerWrite * (2*entryEst(10+len(t), 0) + entryEst(33, 8))
 	}
 	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
 		return s.applyCommit(b, c, &res)
@@ -994,15 +1001,32 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 			return nil
 		}
 		const chunk = 1024
-		// At most n entries (the head only moves forward), each with at
-		// most an index key and a reference to write for a blob send.
+		// At most n entries (the head only moves forward); at most rels
+		// of them blob sends, each with an index key and a reference to
+		// write (fewer room than blob sends in the range: the ack stops
+		// before the first one that does not fit, the next round goes on).
 		n := int64(min(upTo-q.Head+1, chunk))
-		est := n * (2*entryEst(len(target)+10, 0) + entryEst(33, 8))
+		rels := min(q.Blobs, n)
+		est := n*entryEst(len(target)+10, 0) + rels*(entryEst(len(target)+10, 0)+entryEst(33, 8))
 		err := s.submit(ctx, &request{est: est, fn: func(b *batch) error {
 			q := b.ctr.Outbox[target]
 			end := min(upTo, q.Next-1, q.Head+chunk-1)
 			if q.Head > end {
 				return nil
+			}
+			var sends []ackedSend
+			if q.Blobs > 0 {
+				var err error
+				if sends, err = b.blobSendsIn(target, q.Head, end); err != nil {
+					return err
+				}
+				if int64(len(sends)) > rels {
+					end = sends[rels].seq - 1
+					sends = sends[:rels]
+					if q.Head > end {
+						return nil
+					}
+				}
 			}
 			// One key-only iterator over [Head, end] instead of a point
 			// lookup per entry (a Get searches every level).
@@ -1027,10 +1051,8 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 				b.del(k)
 				q.remove(sizes[i])
 			}
-			if q.Blobs > 0 {
-				if err := b.releaseAcked(target, q.Head, end, &q); err != nil {
-					return err
-				}
+			for _, r := range sends {
+				b.releaseSend(target, r.seq, r.sum, r.size, &q)
 			}
 			q.Head = end + 1
 			b.ctr.Outbox[target] = q
