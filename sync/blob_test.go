@@ -460,3 +460,72 @@ func TestNATSBlobMetadata(t *testing.T) {
 		t.Fatalf("stream holds %+v", got)
 	}
 }
+
+// patternBody yields n deterministic bytes without holding them.
+type patternBody struct{ n, off int64 }
+
+func (p *patternBody) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	m := min(int64(len(b)), p.n-p.off)
+	for i := range m {
+		x := p.off + i
+		b[i] = byte(x*7 + x>>10)
+	}
+	p.off += m
+	return int(m), nil
+}
+
+// TestHTTPBlobMemoryBounded: a 32 MiB blob is sent from its file in
+// chunks: the live heap while it is sent grows by far less than its size.
+// bandwidth_limit (64 MiB/s) paces it, which also gives the sampler time.
+func TestHTTPBlobMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("memory measurement")
+	}
+	st := openBlobStore(t, "", "cloud")
+	const size = 32 << 20
+	h := sha256.New()
+	bi, _, err := st.PutBlob(context.Background(), store.BlobPut{Bucket: "photos", Name: "big.bin", Body: io.TeeReader(&patternBody{n: size}, h)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hh := sha256.New()
+		n, err := io.Copy(hh, r.Body)
+		if err == nil && n == size {
+			got.Store(hex.EncodeToString(hh.Sum(nil)))
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	t.Cleanup(srv.Close)
+	base := liveHeap()
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = srv.URL
+	tc.BandwidthLimit = 64 << 20
+	start := time.Now()
+	m, _ := startManager(t, st, tc)
+	var peak uint64
+	for statusOf(m, "cloud").BlobsDelivered == 0 {
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("not delivered in 30s")
+		}
+		peak = max(peak, liveHeap())
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	if got.Load() != bi.SHA256 || bi.SHA256 != hex.EncodeToString(h.Sum(nil)) {
+		t.Fatalf("upstream hash %v, blob %s", got.Load(), bi.SHA256)
+	}
+	growth := int64(peak) - int64(base)
+	t.Logf("32 MiB blob sent in %s (%.0f MiB/s, limit 64); live heap before %d KiB, peak %d KiB (growth %d KiB)",
+		took.Round(time.Millisecond), float64(size>>20)/took.Seconds(), base>>10, peak>>10, growth>>10)
+	if growth > 8<<20 {
+		t.Fatalf("heap grew by %d bytes while sending a %d-byte blob", growth, size)
+	}
+	if took < 400*time.Millisecond {
+		t.Fatalf("sent in %s: bandwidth_limit 64 MiB/s not applied to 32 MiB", took)
+	}
+}
