@@ -508,7 +508,10 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	}
 	// Blob sends first: a record committed with a blob (a function that
 	// writes one and emits a record naming it) reaches a target after it.
-	outFirst := map[string]uint64{} // first outbox sequence this commit adds, per target
+	var outFirst map[string]uint64 // first outbox sequence this commit adds, per target
+	if len(sends) > 0 || len(tgtBytes) > 0 {
+		outFirst = make(map[string]uint64, len(tgtBytes))
+	}
 	b.writeBlobSends(sends, outFirst)
 	if len(recs) > 0 {
 		first := b.ctr.Records.Next
