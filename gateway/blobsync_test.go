@@ -37,11 +37,12 @@ type blobSink struct {
 	mu    sync.Mutex
 	puts  map[string][]string // path -> sha256 of each complete body
 	hdrs  map[string]http.Header
+	keys  map[string][]string // path -> Idempotency-Key of each complete body
 	tries atomic.Int64
 }
 
 func newBlobSink(t *testing.T) *blobSink {
-	s := &blobSink{puts: map[string][]string{}, hdrs: map[string]http.Header{}}
+	s := &blobSink{puts: map[string][]string{}, hdrs: map[string]http.Header{}, keys: map[string][]string{}}
 	s.mode.Store("ok")
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
@@ -65,6 +66,7 @@ func newBlobSink(t *testing.T) *blobSink {
 		s.mu.Lock()
 		s.puts[r.URL.Path] = append(s.puts[r.URL.Path], hex.EncodeToString(h.Sum(nil)))
 		s.hdrs[r.URL.Path] = r.Header.Clone()
+		s.keys[r.URL.Path] = append(s.keys[r.URL.Path], r.Header.Get("Idempotency-Key"))
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusCreated)
 	}))
@@ -279,6 +281,9 @@ func TestBlobSyncSIGKILL(t *testing.T) {
 	sink.mode.Store("ok")
 	waitFor(t, 20*time.Second, "a few deliveries", func() bool { return sink.paths() >= 3 })
 	ch.kill()
+	if n := sink.paths(); n == len(want) {
+		t.Fatalf("the second kill came after every send (%d) was delivered: nothing left to drain", n)
+	}
 	sink.delay.Store(0)
 	ch = startChild(t, cfgPath)
 	c.base = "http://" + ch.httpAddr
@@ -291,6 +296,14 @@ func TestBlobSyncSIGKILL(t *testing.T) {
 		for _, g := range got {
 			if g != sha {
 				t.Errorf("%s arrived as %s, want %s", path, g, sha)
+			}
+		}
+		sink.mu.Lock()
+		keys := sink.keys[path]
+		sink.mu.Unlock()
+		for _, k := range keys {
+			if k != keys[0] || k == "" {
+				t.Errorf("%s arrived with keys %v", path, keys)
 			}
 		}
 		dups += len(got) - 1
