@@ -389,8 +389,11 @@ func (w *worker) currentState() string {
 // blob sends delivered (the refused ones were counted by deadLetter), and
 // the bytes sent today.
 func (w *worker) count(done []store.OutboxEntry, rej []Rejection) {
-	refused := make(map[int]bool, len(rej))
+	var refused map[int]bool // nil (no allocation) in the common case
 	for _, r := range rej {
+		if refused == nil {
+			refused = make(map[int]bool, len(rej))
+		}
 		refused[r.Index] = true
 	}
 	var recs, blobs, b int64
