@@ -75,7 +75,7 @@ type blobUpstream struct {
 	t        testing.TB
 	addr     string
 	srv      *httptest.Server
-	mode     atomic.Value // ok | 503 | stall
+	mode     atomic.Value // ok | 503 | stall | 417 (refuses Expect: 100-continue)
 	refuse   func(path string) bool
 	mu       gosync.Mutex
 	puts     []blobPut
@@ -164,6 +164,11 @@ func (u *blobUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	u.mu.Unlock()
 	switch u.mode.Load().(string) {
+	case "417":
+		if r.Header.Get("Expect") != "" {
+			http.Error(w, "no expectations", http.StatusExpectationFailed)
+			return
+		}
 	case "503":
 		w.Header().Set("Retry-After", "0")
 		http.Error(w, "unavailable", http.StatusServiceUnavailable)
@@ -335,6 +340,24 @@ func TestHTTPBlob5xxRetried(t *testing.T) {
 	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
 	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) {
 		t.Fatalf("received %d puts", len(got))
+	}
+}
+
+// TestHTTPBlobExpectationFailed: an upstream that answers 417 to
+// "Expect: 100-continue" gets the blob without it.
+func TestHTTPBlobExpectationFailed(t *testing.T) {
+	st := openBlobStore(t, "", "cloud")
+	up := newBlobUpstream(t)
+	up.mode.Store("417")
+	m, _ := startManager(t, st, blobTarget(up))
+	data := randomBytes(10<<10, 8)
+	putBlob(t, st, "e.bin", "", data)
+	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
+	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) || got[0].Header.Get("Expect") != "" {
+		t.Fatalf("received %+v", got)
+	}
+	if s := statusOf(m, "cloud"); s.BlobsDeadLettered != 0 || up.attempts.Load() != 2 {
+		t.Fatalf("status %+v after %d attempts", s, up.attempts.Load())
 	}
 }
 

@@ -60,7 +60,11 @@ func (t *httpTarget) sendBlob(ctx context.Context, e *store.OutboxEntry, idx int
 		res.Done = idx + 1
 		res.Rejected = append(res.Rejected, Rejection{Index: idx, Reason: reason})
 	}
-	status, body, err := t.putBlob(ctx, e)
+	status, body, err := t.putBlob(ctx, e, true)
+	if err == nil && status == http.StatusExpectationFailed {
+		// A server or proxy that does not do 100-continue: send it plainly.
+		status, body, err = t.putBlob(ctx, e, false)
+	}
 	switch {
 	case errors.Is(err, errObjectCorrupt) || errors.Is(err, store.ErrNotFound):
 		refuse(err.Error())
@@ -77,7 +81,8 @@ func (t *httpTarget) sendBlob(ctx context.Context, e *store.OutboxEntry, idx int
 	return nil
 }
 
-func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry) (int, respBody, error) {
+// putBlob sends one blob; expect asks for 100-continue first.
+func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry, expect bool) (int, respBody, error) {
 	bs := e.Blob
 	if t.env.Objects == nil {
 		return 0, respBody{}, fmt.Errorf("%w: blob send %s without a blob store", store.ErrNotFound, bs.ID)
@@ -105,9 +110,9 @@ func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry) (int, re
 	// The stall timer bounds each step: the first read (after the
 	// transport's wait for 100 Continue), every next read, the answer
 	// after the last one, and the answer's body.
-	expect := t.blobClient.Transport.(*http.Transport).ExpectContinueTimeout
+	first := t.cfg.AckTimeout + t.blobClient.Transport.(*http.Transport).ExpectContinueTimeout
 	body := &blobBody{ctx: ctx, f: f, h: sha256.New(), want: want, left: bs.Size, limiter: t.blobLimiter, timeout: t.cfg.AckTimeout,
-		started: time.Now(), stall: time.AfterFunc(t.cfg.AckTimeout+expect, func() { cancel(errStalled) })}
+		started: time.Now(), stall: time.AfterFunc(first, func() { cancel(errStalled) })}
 	defer body.stall.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, body)
 	if err != nil {
@@ -128,7 +133,7 @@ func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry) (int, re
 	req.Header.Set("X-Moongate-Gateway", t.env.GatewayID)
 	req.Header.Set("X-Moongate-Blob-Id", bs.ID)
 	req.Header.Set("User-Agent", "moongate-sync")
-	if bs.Size > 0 {
+	if bs.Size > 0 && expect {
 		// An upstream that refuses (401, 413...) says so before the body.
 		req.Header.Set("Expect", "100-continue")
 	}
