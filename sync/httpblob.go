@@ -28,7 +28,8 @@ import (
 // for a batch of records: the hex SHA-256 of the send's id and a newline,
 // the same across retries and restarts. The answer is read as for a batch:
 // 2xx delivered; 408, 429, 5xx, 3xx and network errors retried with the
-// target's backoff; any other 4xx refuses the blob for good (dead letter).
+// target's backoff; 417 (no 100-continue upstream) sends it again at once
+// without Expect; any other 4xx refuses the blob for good (dead letter).
 // An object whose size or hash no longer matches its send, or that is
 // missing, is refused for good too: the bytes would never be right.
 
