@@ -307,7 +307,9 @@ func apiSyncTargets(sts []upsync.TargetStatus) []apiserver.SyncTarget {
 		}
 		out[i] = apiserver.SyncTarget{Name: s.Name, Kind: kind, Connected: s.Connected, BacklogRecords: s.Backlog,
 			BacklogBytes: s.BacklogBytes, OldestPendingAge: s.OldestPending, DeliveredTotal: s.Delivered,
-			DeliveredPerSecond: s.Rate, DroppedByQuota: s.Dropped, LastError: s.LastError, LastErrorTime: s.LastErrorAt}
+			DeliveredPerSecond: s.Rate, DroppedByQuota: s.Dropped, LastError: s.LastError, LastErrorTime: s.LastErrorAt,
+			BlobsPending: s.BlobBacklog, BlobBytesPending: s.BlobBacklogBytes, BlobsDelivered: s.BlobsDelivered,
+			BlobsFailed: s.BlobsDeadLettered, BlobsDropped: s.BlobsDropped}
 	}
 	return out
 }
@@ -464,7 +466,7 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 	if len(cfg.Blobs.Buckets) > 0 {
 		o.Buckets = map[string]store.Bucket{}
 		for name, b := range cfg.Blobs.Buckets {
-			o.Buckets[name] = store.Bucket{MaxSize: int64(b.MaxSize), MaxBytes: int64(b.MaxBytes), MaxAge: b.MaxAge.Std()}
+			o.Buckets[name] = store.Bucket{MaxSize: int64(b.MaxSize), MaxBytes: int64(b.MaxBytes), MaxAge: b.MaxAge.Std(), Sync: b.Sync}
 		}
 	}
 	return o

@@ -63,14 +63,15 @@ func (d *Daemon) newAPI() (*apiserver.Server, error) {
 		tokens = append(tokens, apiserver.Token{Name: t.Name, Scope: sc, Hash: t.Hash})
 	}
 	return apiserver.New(apiserver.Config{
-		Store:        d.store,
-		Functions:    apiBackend{d},
-		Sync:         daemonSync{d},
-		Blobs:        blobBackend{d},
-		Tokens:       tokens,
-		MaxBodyBytes: int64(d.cfg.API.MaxBodyBytes),
-		Health:       d.Handler(),
-		Metrics:      d.metrics,
+		Store:             d.store,
+		Functions:         apiBackend{d},
+		Sync:              daemonSync{d},
+		Blobs:             blobBackend{d},
+		Tokens:            tokens,
+		MaxBodyBytes:      int64(d.cfg.API.MaxBodyBytes),
+		UploadReadTimeout: d.cfg.Blobs.UploadReadTimeout.Std(),
+		Health:            d.Handler(),
+		Metrics:           d.metrics,
 		System: apiserver.SystemInfo{Version: Version, GatewayID: d.cfg.GatewayID, DataDir: d.cfg.DataDir, Counters: func() *v1.GatewayCounters {
 			st := d.gw.Stats()
 			return &v1.GatewayCounters{Received: st.Received, Processed: st.Processed, Failed: st.Failed, DeadLettered: st.DeadLettered,

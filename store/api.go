@@ -148,9 +148,14 @@ type StateUpdate struct {
 	New      []byte
 }
 
-// OutboxEntry is a record waiting for delivery to one upstream target.
+// OutboxEntry is a record, or a blob send, waiting for delivery to one
+// upstream target.
 type OutboxEntry struct {
 	Seq    uint64 // per-target sequence
-	Record Record
-	Size   int
+	Record Record // for a blob send, its metadata record (stream BlobStream)
+	Size   int    // stored bytes of the entry
+	// Blob, when not nil, makes the entry a blob send: the blob's content
+	// (Store.OpenBlobObject) is what is to be delivered. Record then is
+	// its metadata, for targets that send records only.
+	Blob *BlobSend
 }

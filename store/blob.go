@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,6 +45,11 @@ type Bucket struct {
 	MaxSize  int64         // bytes of one blob (default DefaultBlobMaxSize)
 	MaxBytes int64         // bytes of all the bucket's blobs; 0 = unbounded (ErrQuota past it)
 	MaxAge   time.Duration // blobs older than this are deleted by retention; 0 = kept
+	// Sync names the outboxes (sync targets) every blob put in the bucket
+	// is sent to: the put's commit appends a BlobSend to each, holding a
+	// reference on the object until the entry is acknowledged or dropped
+	// (see blobsend.go).
+	Sync []string
 }
 
 // DefaultBlobMaxSize is the size limit of one blob when Bucket.MaxSize is 0.
@@ -629,6 +633,7 @@ type blobChange struct {
 	key  []byte
 	val  []byte // nil: delete
 	info BlobInfo
+	sum  [32]byte // put: the object
 }
 
 // applyBlobs computes the blob ops of c over what is stored and returns the
@@ -713,14 +718,15 @@ func (s *Store) applyBlobs(b *batch, c *Commit) ([]blobChange, map[[32]byte]int6
 		overlay[string(k)] = cur{size: sb.size, sum: sb.sum, created: b.now, exists: true}
 		info := BlobInfo{Bucket: op.Bucket, Name: op.Name, Size: sb.size, ContentType: op.ContentType,
 			SHA256: sb.SHA256(), Created: b.now}
-		out = append(out, blobChange{key: k, val: encodeBlob(&info, sb.sum), info: info})
+		out = append(out, blobChange{key: k, val: encodeBlob(&info, sb.sum), info: info, sum: sb.sum})
 	}
 	return out, refs, buckets, nil
 }
 
-// writeBlobs stages the blob writes and returns the objects no blob refers
-// to any more. It runs in the mutation phase: errors are fatal.
-func (b *batch) writeBlobs(changes []blobChange, refs map[[32]byte]int64, buckets map[string]queue) ([][32]byte, error) {
+// writeBlobs stages the blob writes and their reference-count changes
+// (applied with the request's others, see applyRefs). It runs in the
+// mutation phase.
+func (b *batch) writeBlobs(changes []blobChange, refs map[[32]byte]int64, buckets map[string]queue) {
 	for _, ch := range changes {
 		if ch.val == nil {
 			b.del(ch.key)
@@ -728,26 +734,8 @@ func (b *batch) writeBlobs(changes []blobChange, refs map[[32]byte]int64, bucket
 			b.set(ch.key, ch.val)
 		}
 	}
-	var freed [][32]byte
 	for sum, d := range refs {
-		if d == 0 {
-			continue
-		}
-		v, _, err := b.get(blobRefKey(sum))
-		if err != nil {
-			return nil, err
-		}
-		var n int64
-		if len(v) == 8 {
-			n = int64(binary.BigEndian.Uint64(v))
-		}
-		n += d
-		if n <= 0 {
-			b.del(blobRefKey(sum))
-			freed = append(freed, sum)
-			continue
-		}
-		b.set(blobRefKey(sum), binary.BigEndian.AppendUint64(nil, uint64(n)))
+		b.addRef(sum, d)
 	}
 	if b.ctr.Blobs == nil {
 		b.ctr.Blobs = map[string]queue{}
@@ -758,7 +746,6 @@ func (b *batch) writeBlobs(changes []blobChange, refs map[[32]byte]int64, bucket
 		}
 		b.ctr.Blobs[name] = q
 	}
-	return freed, nil
 }
 
 // removeFreed removes the objects a commit left unreferenced.

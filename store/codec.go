@@ -21,6 +21,10 @@ import (
 //	'u' function 0x00 minute          usage per function and minute
 //	'f' name 0x00 version             deployed function versions
 //	'a' name                          active version of a function
+//	'b' bucket 0x00 name              blob metadata (blob.go)
+//	'c' sha256                        reference count of a blob object
+//	'O' target 0x00 seq               index of the blob sends in outbox
+//	                                  target (blobsend.go)
 //
 // seq, ts, minute and version are 8-byte big-endian (ts biased by 1<<63 so
 // that negative times sort first), so keys sort in numeric order.

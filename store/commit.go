@@ -22,6 +22,9 @@ type request struct {
 	grows bool  // adds data: refused while the disk is below its reserve
 	err   error
 	done  chan struct{}
+	// freed are the blob objects the request left without a reference:
+	// removed by submit once the write is durable.
+	freed [][32]byte
 }
 
 type fatalError struct{ err error }
@@ -49,6 +52,9 @@ type batch struct {
 	count   int64
 	inboxC  []uint64 // inbox entries consumed in this batch
 	pubA    []uint64 // publishes acked in this batch
+	// refs are the blob object reference-count changes of the running
+	// request (addRef), written when it is done (applyRefs).
+	refs map[[32]byte]int64
 }
 
 func (b *batch) set(k, v []byte) {
@@ -119,6 +125,11 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 	s.closeMu.RUnlock()
 	select {
 	case <-r.done:
+		if r.err == nil && len(r.freed) > 0 {
+			// Durable now: nothing refers to these objects any more. (A
+			// crash before this leaves them to Open's sweep.)
+			s.removeFreed(r.freed)
+		}
 		return r.err
 	case <-ctx.Done():
 		return fmt.Errorf("store: gave up waiting for the commit (it may still be applied): %w", ctx.Err())
@@ -225,6 +236,7 @@ func (s *Store) process(reqs []*request) {
 			}
 		}
 		b.pending, b.staged = b.pending[:0], 0
+		clear(b.refs)
 		b.budget = r.est
 		r.err = r.fn(b)
 		if r.err != nil {
@@ -234,6 +246,14 @@ func (s *Store) process(reqs []*request) {
 				return
 			}
 			continue
+		}
+		if len(b.refs) > 0 {
+			freed, err := b.applyRefs()
+			if err != nil {
+				failAll(err)
+				return
+			}
+			r.freed = freed
 		}
 		for _, w := range b.pending {
 			var err error

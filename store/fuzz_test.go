@@ -20,6 +20,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encodeDead(&DeadLetter{Function: "f", Key: "k", Event: []byte("e"), Error: "boom", Attempts: 3, TS: 4}, 5))
 	f.Add(encodeLog(&LogRecord{Function: "f", InvocationID: "i", Level: "info", Msg: "m", Fields: []byte("{}"), TS: 6}, 7))
 	f.Add(encodeUsage(&Usage{Invocations: 1, Errors: 2, Steps: 3, WallMicros: 4, BytesIn: 5, BytesOut: 6}))
+	bs := BlobSend{ID: "gw-blob-3", Bucket: "photos", Name: "a/b.jpg", Size: 42, ContentType: "image/jpeg", Created: 8}
+	f.Add(encodeBlobSend(&bs, [32]byte{1, 2, 3}, 3, true, 9))
+	f.Add(encodeSendIdx([32]byte{4}, 42))
 	f.Add([]byte{tagRecord, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{tagRecord, 2, 2, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -49,6 +52,19 @@ func FuzzDecode(f *testing.F) {
 		check(err)
 		_, err = decodeUsage(b)
 		check(err)
+		if bs, rec, sum, err := decodeBlobSend(b); err == nil {
+			seq := rec.Seq
+			again := encodeBlobSend(&bs, sum, seq, rec.ClockSynced, valueTime(b))
+			bs2, rec2, sum2, err := decodeBlobSend(again)
+			if err != nil || bs2 != bs || sum2 != sum || !reflect.DeepEqual(rec2, rec) {
+				t.Fatalf("blob send does not round-trip: %+v vs %+v (%v)", bs, bs2, err)
+			}
+		} else {
+			check(err)
+		}
+		if _, _, err := decodeSendIdx(b); err != nil {
+			check(err)
+		}
 		_ = valueTime(b)
 		_, _ = parseJSONNumber(b)
 		_, _ = jsonField(b, []string{"a", "b"})

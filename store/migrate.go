@@ -26,9 +26,16 @@ type migration struct {
 // migrations are the steps from format 1 up to FormatVersion, in order.
 // A release that changes the format appends the step from the previous
 // FormatVersion and raises FormatVersion, so that a newer binary upgrades
-// a data directory of any older release, one step at a time. Format 1 is
-// the first format: there is nothing to migrate yet.
-var migrations = []migration{}
+// a data directory of any older release, one step at a time.
+var migrations = []migration{
+	{
+		// Format 2 adds blob sends (outbox values of a new kind, and the
+		// 'O' index): nothing to rewrite, but a format-1 build must not
+		// open a directory whose outboxes it cannot read.
+		From: 1, Name: "outboxes may hold blob sends (no data rewritten)",
+		Apply: func(context.Context, *badger.DB) error { return nil },
+	},
+}
 
 // formatPlan is the format a store is opened at and the steps that lead
 // there: the release's own (FormatVersion, migrations) unless a test sets

@@ -12,7 +12,7 @@ import (
 )
 
 // syntheticPlan is a made-up future: format 3, reached from format 1 (the
-// format this release writes) in two steps. Step 1->2 copies every key
+// first format) in two steps. Step 1->2 copies every key
 // under a "mig2/" prefix (in batches, idempotently); step 2->3 deletes the
 // copies and leaves a marker. failAfter > 0 makes step 1->2 fail after
 // that many keys, as a crash halfway would.
@@ -68,10 +68,10 @@ func syntheticPlan(runs *[]string, failAfter int) *formatPlan {
 }
 
 // oldDataDir makes a data directory of format 1 with records, state and a
-// queued event in it, as this release writes it.
+// queued event in it.
 func oldDataDir(t *testing.T) (string, []Record) {
 	t.Helper()
-	s := openTest(t, Options{})
+	s := openTest(t, Options{plan: &formatPlan{version: 1}})
 	recs := commitRecords(t, s, 30)
 	if _, err := s.Commit(context.Background(), &Commit{State: []StateChange{{Function: "f", Op: StateSet, Key: "k", Value: []byte(`"v"`)}}}); err != nil {
 		t.Fatal(err)
@@ -97,8 +97,8 @@ func formatOf(t *testing.T, dir string) int {
 func TestMigrateOlderFormat(t *testing.T) {
 	ctx := context.Background()
 	dir, recs := oldDataDir(t)
-	if got := formatOf(t, dir); got != FormatVersion {
-		t.Fatalf("new data directory is format %d, want %d", got, FormatVersion)
+	if got := formatOf(t, dir); got != 1 {
+		t.Fatalf("old data directory is format %d, want 1", got)
 	}
 
 	// A step that fails halfway: Open fails with what happened, the
@@ -175,10 +175,10 @@ func TestMigrateOlderFormat(t *testing.T) {
 	}
 	_ = s.Close()
 
-	// This release (format 1) refuses the newer directory and says why.
+	// This release refuses the newer directory and says why.
 	_, err = Open(ctx, Options{Dir: dir, Logger: quietLogger()})
 	if !errors.Is(err, ErrFormatVersion) {
-		t.Fatalf("format 1 build on a format 3 directory: %v", err)
+		t.Fatalf("format %d build on a format 3 directory: %v", FormatVersion, err)
 	}
 	for _, s := range []string{dir, "format 3", "newer moongate", fmt.Sprintf("formats up to %d", FormatVersion), "downgrading is not supported"} {
 		if !strings.Contains(err.Error(), s) {
@@ -235,4 +235,31 @@ func openRaw(t *testing.T, dir string) *badger.DB {
 		t.Fatal(err)
 	}
 	return db
+}
+
+// TestMigrateRelease: this release's own steps bring a format-1 directory
+// to FormatVersion with its data intact, and a new directory is written at
+// FormatVersion.
+func TestMigrateRelease(t *testing.T) {
+	ctx := context.Background()
+	dir, recs := oldDataDir(t)
+	s, err := Open(ctx, Options{Dir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := s.QueryRecords(ctx, Query{Limit: 100})
+	if err != nil || len(got) != len(recs) || s.InboxLen() != 3 {
+		t.Fatalf("after migrating: %d records (want %d), inbox %d, %v", len(got), len(recs), s.InboxLen(), err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := formatOf(t, dir); n != FormatVersion {
+		t.Fatalf("format %d after migrating, want %d", n, FormatVersion)
+	}
+	fresh := openTest(t, Options{})
+	_ = fresh.Close()
+	if n := formatOf(t, fresh.opts.Dir); n != FormatVersion {
+		t.Fatalf("new directory is format %d, want %d", n, FormatVersion)
+	}
 }

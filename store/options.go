@@ -228,6 +228,11 @@ func (o *Options) withDefaults() error {
 		if b.MaxSize < 0 || b.MaxBytes < 0 || b.MaxAge < 0 {
 			return fmt.Errorf("%w: negative limit for bucket %q", ErrInvalid, k)
 		}
+		for _, t := range b.Sync {
+			if err := validName("bucket "+k+" sync target", t, false); err != nil {
+				return err
+			}
+		}
 		if o.BlobDir == "" {
 			return fmt.Errorf("%w: Options.BlobDir is empty", ErrInvalid)
 		}

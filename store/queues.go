@@ -163,8 +163,6 @@ type CommitResult struct {
 	Records   []Record     // with Seq, ID, ProcessedTS and ClockSynced set
 	Publishes []Publish    // with Seq set
 	Inbox     []InboxEntry // returned by Commit.Chain, with Seq set
-
-	freed [][32]byte // blob objects no blob refers to any more
 }
 
 // Commit applies c all or nothing, durably, in the next group-commit batch:
@@ -210,12 +208,27 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 			grows = true
 		}
 	}
+	sendTargets := map[string]bool{}
 	for i := range c.Blobs {
 		// Deletes free space: they still work on a full disk.
 		if !c.Blobs[i].Delete {
 			grows = true
 		}
 		est += entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
+		if op := &c.Blobs[i]; !op.Delete {
+			// A blob send per sync target of the bucket: entry, index
+			// key, reference.
+			for _, t := range s.opts.Buckets[op.Bucket].Sync {
+				est += entryEst(10+len(t), 96+2*len(op.Bucket)+2*len(op.Name)+len(op.ContentType)+len(s.opts.GatewayID)) +
+					entryEst(10+len(t), 42) + entryEst(33, 8)
+				sendTargets[t] = true
+			}
+		}
+	}
+	for t := range sendTargets {
+		// Room to drop old entries of the outbox (entry, index key and
+		// reference of a blob send).
+		est += maxDropsPerWrite * (2*entryEst(10+len(t), 0) + entryEst(33, 8))
 	}
 	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
 		return s.applyCommit(b, c, &res)
@@ -223,8 +236,6 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if err != nil {
 		return CommitResult{}, err
 	}
-	s.removeFreed(res.freed)
-	res.freed = nil
 	return res, nil
 }
 
@@ -454,6 +465,14 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	if err := b.checkQuota(SpaceRecords, &b.ctr.Records, recBytes); err != nil {
 		return err
 	}
+	blobs, blobRefs, blobBuckets, err := s.applyBlobs(b, c)
+	if err != nil {
+		return err
+	}
+	sends := s.blobSends(b, blobs)
+	for _, ps := range sends {
+		tgtBytes[ps.target] += int64(len(ps.val))
+	}
 	for t, n := range tgtBytes {
 		q := b.ctr.Outbox[t]
 		if err := b.checkQuota("outbox:"+t, &q, n); err != nil {
@@ -467,10 +486,6 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		return err
 	}
 	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
-		return err
-	}
-	blobs, blobRefs, blobBuckets, err := s.applyBlobs(b, c)
-	if err != nil {
 		return err
 	}
 	chained, chainVals, err := s.chain(b, c, recs, updates, blobs)
@@ -491,6 +506,13 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			b.set(st.key, st.val)
 		}
 	}
+	// Blob sends first: a record committed with a blob (a function that
+	// writes one and emits a record naming it) reaches a target after it.
+	var outFirst map[string]uint64 // first outbox sequence this commit adds, per target
+	if len(sends) > 0 || len(tgtBytes) > 0 {
+		outFirst = make(map[string]uint64, len(tgtBytes))
+	}
+	b.writeBlobSends(sends, outFirst)
 	if len(recs) > 0 {
 		first := b.ctr.Records.Next
 		for i := range recs {
@@ -506,6 +528,9 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 				if q.Next == 0 {
 					q = newQueue()
 				}
+				if _, ok := outFirst[t]; !ok {
+					outFirst[t] = q.Next
+				}
 				b.set(nameSeqKey(pOutbox, t, q.Next), recVals[i])
 				q.Next++
 				q.add(len(recVals[i]))
@@ -515,10 +540,10 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		if err := b.enforce(SpaceRecords, first); err != nil {
 			return err
 		}
-		for t := range tgtBytes {
-			if err := b.enforceOutbox(t, b.ctr.Outbox[t].Next-uint64(countTarget(recs, t))); err != nil {
-				return err
-			}
+	}
+	for t, keep := range outFirst {
+		if err := b.enforceOutbox(t, keep); err != nil {
+			return err
 		}
 	}
 	if len(c.Publishes) > 0 {
@@ -566,11 +591,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		}
 	}
 	if len(blobs) > 0 || len(blobRefs) > 0 {
-		freed, err := b.writeBlobs(blobs, blobRefs, blobBuckets)
-		if err != nil {
-			return err
-		}
-		res.freed = freed
+		b.writeBlobs(blobs, blobRefs, blobBuckets)
 	}
 	for i := range chained {
 		seq := b.ctr.Inbox.Next
@@ -631,18 +652,6 @@ func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate,
 	return out, vals, nil
 }
 
-func countTarget(recs []Record, t string) int {
-	n := 0
-	for i := range recs {
-		for _, x := range recs[i].Targets {
-			if x == t {
-				n++
-			}
-		}
-	}
-	return n
-}
-
 func dedupe(ts []string) []string {
 	if len(ts) < 2 {
 		return ts
@@ -697,7 +706,9 @@ func (b *batch) enforceOutbox(t string, keep uint64) error {
 		return nil
 	}
 	q := b.ctr.Outbox[t]
-	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(entryEst(10+len(t), 0)); drops++ {
+	// A drop deletes the entry, and for a blob send its index key and a
+	// reference.
+	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(2*entryEst(10+len(t), 0)+entryEst(33, 8)); drops++ {
 		if err := b.dropOutboxHead(t, &q); err != nil {
 			return err
 		}
@@ -779,6 +790,15 @@ func (b *batch) dropOutboxHead(t string, q *queue) error {
 		return nil
 	}
 	b.del(k)
+	if len(v) > 0 && v[0] == tagBlobSend {
+		bs, _, sum, err := decodeBlobSend(v)
+		if err != nil {
+			return fatal(err)
+		}
+		b.releaseSend(t, q.Head-1, sum, bs.Size, q)
+		q.BlobDrops++
+		b.s.log.Warn("blob send dropped by the outbox quota: not sent", "target", t, "bucket", bs.Bucket, "name", bs.Name, "id", bs.ID)
+	}
 	q.remove(int64(len(v)))
 	q.Drops++
 	q.DropBytes += int64(len(v))
@@ -853,12 +873,17 @@ func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
 
 // OutboxStats describes one upstream outbox.
 type OutboxStats struct {
-	Backlog   int64         // records waiting
+	Backlog   int64         // entries waiting: records and blob sends
 	Bytes     int64         // their stored size
-	OldestAge time.Duration // age of the oldest waiting record (by write time), 0 if empty
-	Dropped   int64         // records dropped by quota or age since creation
-	Head      uint64        // sequence of the oldest waiting record
-	Next      uint64        // sequence the next record will get
+	OldestAge time.Duration // age of the oldest waiting entry (by write time), 0 if empty
+	Dropped   int64         // entries dropped by quota or age since creation
+	Head      uint64        // sequence of the oldest waiting entry
+	Next      uint64        // sequence the next entry will get
+	// Blob sends among Backlog and Dropped, and the bytes of the objects
+	// of the waiting ones.
+	Blobs        int64
+	BlobBytes    int64
+	BlobsDropped int64
 }
 
 // OutboxStats returns the backlog of target's outbox (zero if unknown).
@@ -867,7 +892,8 @@ func (s *Store) OutboxStats(target string) OutboxStats {
 	if !ok {
 		return OutboxStats{}
 	}
-	st := OutboxStats{Backlog: q.Count, Bytes: q.Bytes, Dropped: q.Drops, Head: q.Head, Next: q.Next}
+	st := OutboxStats{Backlog: q.Count, Bytes: q.Bytes, Dropped: q.Drops, Head: q.Head, Next: q.Next,
+		Blobs: q.Blobs, BlobBytes: q.BlobBytes, BlobsDropped: q.BlobDrops}
 	if q.Count > 0 {
 		_ = s.view(context.Background(), func(txn *badger.Txn) error {
 			return scanName(txn, pOutbox, target, q.Head, 1, func(_ uint64, v []byte) error {
@@ -893,7 +919,8 @@ func (s *Store) OutboxTargets() []string {
 
 // OutboxRead returns up to limit (default 100) entries of target's outbox
 // with Seq > after, ascending, stopping before maxBytes (> 0) of values
-// would be exceeded (at least one entry is returned).
+// would be exceeded (at least one entry is returned). A blob send comes
+// with its metadata record (OutboxEntry.Blob and Record).
 func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, limit int, maxBytes int) ([]OutboxEntry, error) {
 	if err := validName("target", target, false); err != nil {
 		return nil, err
@@ -910,12 +937,22 @@ func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, lim
 			if maxBytes > 0 && len(out) > 0 && total+len(v) > maxBytes {
 				return errStop
 			}
-			r, err := decodeRecord(v)
-			if err != nil {
-				return fmt.Errorf("outbox %s/%d: %w", target, seq, err)
+			e := OutboxEntry{Seq: seq, Size: len(v)}
+			if len(v) > 0 && v[0] == tagBlobSend {
+				bs, r, _, err := decodeBlobSend(v)
+				if err != nil {
+					return fmt.Errorf("outbox %s/%d: %w", target, seq, err)
+				}
+				e.Record, e.Blob = r, &bs
+			} else {
+				r, err := decodeRecord(v)
+				if err != nil {
+					return fmt.Errorf("outbox %s/%d: %w", target, seq, err)
+				}
+				e.Record = r
 			}
 			total += len(v)
-			out = append(out, OutboxEntry{Seq: seq, Record: r, Size: len(v)})
+			out = append(out, e)
 			return nil
 		})
 	})
@@ -952,6 +989,8 @@ func scanName(txn *badger.Txn, prefix byte, name string, start uint64, limit int
 
 // OutboxAck deletes every entry of target's outbox with Seq <= upTo: the
 // upstream has them. It walks from the outbox head, never over deleted keys.
+// The blob sends among them give back their references in the same write;
+// an object left without any is removed once the write is durable.
 func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error {
 	if err := validName("target", target, false); err != nil {
 		return err
@@ -965,11 +1004,32 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 			return nil
 		}
 		const chunk = 1024
-		err := s.submit(ctx, &request{est: chunk * entryEst(len(target)+10, 0), fn: func(b *batch) error {
+		// At most n entries (the head only moves forward); at most rels
+		// of them blob sends, each with an index key and a reference to
+		// write (fewer room than blob sends in the range: the ack stops
+		// before the first one that does not fit, the next round goes on).
+		n := int64(min(upTo-q.Head+1, chunk))
+		rels := min(q.Blobs, n)
+		est := n*entryEst(len(target)+10, 0) + rels*(entryEst(len(target)+10, 0)+entryEst(33, 8))
+		err := s.submit(ctx, &request{est: est, fn: func(b *batch) error {
 			q := b.ctr.Outbox[target]
 			end := min(upTo, q.Next-1, q.Head+chunk-1)
 			if q.Head > end {
 				return nil
+			}
+			var sends []ackedSend
+			if q.Blobs > 0 {
+				var err error
+				if sends, err = b.blobSendsIn(target, q.Head, end); err != nil {
+					return err
+				}
+				if int64(len(sends)) > rels {
+					end = sends[rels].seq - 1
+					sends = sends[:rels]
+					if q.Head > end {
+						return nil
+					}
+				}
 			}
 			// One key-only iterator over [Head, end] instead of a point
 			// lookup per entry (a Get searches every level).
@@ -993,6 +1053,9 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 			for i, k := range dels {
 				b.del(k)
 				q.remove(sizes[i])
+			}
+			for _, r := range sends {
+				b.releaseSend(target, r.seq, r.sum, r.size, &q)
 			}
 			q.Head = end + 1
 			b.ctr.Outbox[target] = q

@@ -20,7 +20,7 @@ import (
 // FormatVersion is the on-disk format this release writes. Open refuses a
 // database with a higher version (ErrFormatVersion, naming both versions)
 // and migrates a lower one step by step (migrate.go).
-const FormatVersion = 1
+const FormatVersion = 2
 
 // queue is the persisted state of one sequenced key space. Entries live at
 // sequences [Head, Next); Head only moves forward, so readers seek to Head
@@ -32,6 +32,11 @@ type queue struct {
 	Bytes     int64  `json:"b"`
 	Drops     int64  `json:"d,omitempty"`
 	DropBytes int64  `json:"db,omitempty"`
+	// Outboxes only: the blob sends among Count and Drops, and the bytes
+	// of the objects of the waiting ones.
+	Blobs     int64 `json:"bl,omitempty"`
+	BlobBytes int64 `json:"bb,omitempty"`
+	BlobDrops int64 `json:"bd,omitempty"`
 }
 
 func newQueue() queue { return queue{Head: 1, Next: 1} }
@@ -66,7 +71,8 @@ type counters struct {
 	Outbox   map[string]queue `json:"outbox"`
 	Consumed int64            `json:"consumed"`
 	Rejected map[string]int64 `json:"rejected,omitempty"`
-	Blobs    map[string]queue `json:"blobs,omitempty"` // per bucket: Count and Bytes of its blobs
+	Blobs    map[string]queue `json:"blobs,omitempty"`    // per bucket: Count and Bytes of its blobs
+	BlobSend uint64           `json:"blobsend,omitempty"` // sequence of the last blob send (BlobSend.ID)
 }
 
 func newCounters() counters {

@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+	"golang.org/x/time/rate"
 
 	"github.com/moongate-edge/moongate/store"
 )
 
-// HTTPConfig configures an http target: each batch is one POST of NDJSON
-// (one AppendRecord object per line) to URL.
+// HTTPConfig configures an http target: each batch of records is one POST
+// of NDJSON (one AppendRecord object per line) to URL; each blob send is
+// one PUT of the blob's content to URL/blobs/{bucket}/{name} (httpblob.go).
 type HTTPConfig struct {
 	URL     string            // http:// or https://
 	Headers map[string]string // added to every request (e.g. Authorization)
@@ -38,16 +40,20 @@ func init() {
 const maxErrorBody = 4 << 10
 
 type httpTarget struct {
-	cfg     TargetConfig
-	env     Env
-	client  *http.Client
-	gz      bool
-	bufPool gosync.Pool // *bytes.Buffer
-	gzPool  gosync.Pool // *gzip.Writer
-	prepMu  gosync.Mutex
-	prep    *preparedBody
-	closed  chan struct{}
-	once    gosync.Once
+	cfg    TargetConfig
+	env    Env
+	client *http.Client
+	// blobClient sends blobs: no overall timeout (see putBlob), the same
+	// transport.
+	blobClient  *http.Client
+	blobLimiter *rate.Limiter // paces blob content to BandwidthLimit; nil: none
+	gz          bool
+	bufPool     gosync.Pool // *bytes.Buffer
+	gzPool      gosync.Pool // *gzip.Writer
+	prepMu      gosync.Mutex
+	prep        *preparedBody
+	closed      chan struct{}
+	once        gosync.Once
 }
 
 func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
@@ -69,10 +75,20 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	tr.TLSClientConfig = tlsCfg
 	tr.MaxIdleConnsPerHost = 4
 	tr.ResponseHeaderTimeout = cfg.AckTimeout
-	return &httpTarget{cfg: cfg, env: env, gz: h.Compression != "none", closed: make(chan struct{}),
-		client: &http.Client{Transport: tr, Timeout: cfg.AckTimeout,
-			// A redirect would turn the POST into a GET: report it instead.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
+	// A redirect would turn the POST into a GET: report it instead.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	// Blobs: no timeout on the whole request nor on the answer after the
+	// body, whose last bytes may still be in the socket's buffers; the
+	// upload's progress bounds it instead (putBlob).
+	btr := tr.Clone()
+	btr.ResponseHeaderTimeout = 0
+	t := &httpTarget{cfg: cfg, env: env, gz: h.Compression != "none", closed: make(chan struct{}),
+		client:     &http.Client{Transport: tr, Timeout: cfg.AckTimeout, CheckRedirect: noRedirect},
+		blobClient: &http.Client{Transport: btr, CheckRedirect: noRedirect}}
+	if cfg.BandwidthLimit > 0 {
+		t.blobLimiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(min(cfg.BandwidthLimit, blobChunk)))
+	}
+	return t, nil
 }
 
 // IdempotencyKey is the Idempotency-Key of a batch: the hex SHA-256 of its
@@ -91,6 +107,7 @@ func (t *httpTarget) Close() error {
 	t.once.Do(func() {
 		close(t.closed)
 		t.client.CloseIdleConnections()
+		t.blobClient.CloseIdleConnections()
 	})
 	return nil
 }
@@ -111,8 +128,23 @@ func (t *httpTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 		}
 	}()
 	var res Result
-	err := t.deliver(ctx, batch, 0, &res)
-	return res, err
+	for i := 0; i < len(batch); {
+		if batch[i].Blob != nil {
+			// One blob per call: the manager reads the priority outbox
+			// again before the rest.
+			err := t.sendBlob(ctx, &batch[i], i, &res)
+			return res, err
+		}
+		j := i + 1
+		for j < len(batch) && batch[j].Blob == nil {
+			j++
+		}
+		if err := t.deliver(ctx, batch[i:j], i, &res); err != nil {
+			return res, err
+		}
+		i = j
+	}
+	return res, nil
 }
 
 // deliver posts batch (which starts at index base of the Deliver batch).
@@ -189,6 +221,11 @@ func (t *httpTarget) encode(batch []store.OutboxEntry) (*bytes.Buffer, error) {
 func (t *httpTarget) Prepare(batch []store.OutboxEntry) {
 	if len(batch) == 0 {
 		return
+	}
+	for i := range batch {
+		if batch[i].Blob != nil {
+			return // sent in parts: the encoding would not be used
+		}
 	}
 	buf, err := t.encode(batch)
 	if err != nil {

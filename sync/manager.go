@@ -19,7 +19,8 @@ import (
 
 // Store is what the manager needs from the store: the per-target outboxes
 // and Commit, for the dead letters of records an upstream refused.
-// *store.Store implements it.
+// *store.Store implements it, and BlobObjects, which the manager hands to
+// the targets (Env.Objects) for the blob sends.
 type Store interface {
 	OutboxRead(ctx context.Context, target string, after uint64, limit, maxBytes int) ([]store.OutboxEntry, error)
 	OutboxAck(ctx context.Context, target string, upTo uint64) error
@@ -60,8 +61,8 @@ type TargetStatus struct {
 	State         string
 	Connected     bool
 	Backlog       int64         // records waiting (normal and priority outboxes)
-	BacklogBytes  int64         // their stored size
-	OldestPending time.Duration // age of the oldest waiting record
+	BacklogBytes  int64         // stored size of the waiting entries (records and blob sends)
+	OldestPending time.Duration // age of the oldest waiting entry
 	Delivered     int64         // records acknowledged upstream since start (not counting DeadLettered)
 	DeliveredB    int64         // their stored bytes
 	Rate          float64       // records/s delivered over the last 10 s
@@ -70,7 +71,16 @@ type TargetStatus struct {
 	LastError     string
 	LastErrorAt   time.Time
 	StateSince    time.Time
-	BudgetUsed    int64 // record bytes sent this UTC day (counted when DailyBudget > 0)
+	BudgetUsed    int64 // bytes sent this UTC day (counted when DailyBudget > 0)
+
+	// Blob sends (buckets with sync): waiting, the bytes of their content,
+	// acknowledged upstream since start, refused since start (in the dead
+	// letters), dropped by the outbox quota (since the outbox exists).
+	BlobBacklog       int64
+	BlobBacklogBytes  int64
+	BlobsDelivered    int64
+	BlobsDeadLettered int64
+	BlobsDropped      int64
 }
 
 // Manager drains every configured target's outboxes, each in its own
@@ -115,7 +125,8 @@ func New(opts Options) (*Manager, error) {
 			return nil, fmt.Errorf("%w: %q (target %s; registered: %s)", ErrUnknownType, tc.Type, tc.Name, strings.Join(Modules(), ", "))
 		}
 		tc.withDefaults()
-		t, err := mod.New(tc, Env{GatewayID: opts.GatewayID, Logger: opts.Logger.With("target", tc.Name)})
+		objs, _ := opts.Store.(BlobObjects)
+		t, err := mod.New(tc, Env{GatewayID: opts.GatewayID, Logger: opts.Logger.With("target", tc.Name), Objects: objs})
 		if err != nil {
 			m.closeTargets()
 			return nil, fmt.Errorf("sync target %s: %w", tc.Name, err)
@@ -232,8 +243,9 @@ func (m *Manager) Status() []TargetStatus {
 	sort.Strings(extra)
 	for _, name := range extra {
 		st := m.opts.Store.OutboxStats(name)
-		out = append(out, TargetStatus{Name: name, State: StateUnconfigured, Backlog: st.Backlog, BacklogBytes: st.Bytes,
-			OldestPending: st.OldestAge, Dropped: st.Dropped})
+		out = append(out, TargetStatus{Name: name, State: StateUnconfigured, Backlog: st.Backlog - st.Blobs, BacklogBytes: st.Bytes,
+			OldestPending: st.OldestAge, Dropped: st.Dropped - st.BlobsDropped,
+			BlobBacklog: st.Blobs, BlobBacklogBytes: st.BlobBytes, BlobsDropped: st.BlobsDropped})
 	}
 	return out
 }
@@ -274,6 +286,8 @@ type worker struct {
 	delivered    int64
 	deliveredB   int64
 	deadLettered int64
+	blobsOK      int64 // blob sends acknowledged
+	blobsDead    int64 // blob sends refused
 	budgetDay    int64 // UTC day number of budgetUsed
 	budgetUsed   int64
 	samples      [11]sample
@@ -337,6 +351,7 @@ func (w *worker) status() TargetStatus {
 	w.mu.Lock()
 	st := TargetStatus{Name: w.cfg.Name, Type: w.cfg.Type, State: w.state, StateSince: w.stateSince,
 		Delivered: w.delivered, DeliveredB: w.deliveredB, DeadLettered: w.deadLettered,
+		BlobsDelivered: w.blobsOK, BlobsDeadLettered: w.blobsDead,
 		LastError: w.lastErr, LastErrorAt: w.lastErrAt, Connected: w.state == StateConnected || w.state == StatePaused}
 	if w.cfg.DailyBudget > 0 && w.budgetDay == utcDay(time.Now()) {
 		st.BudgetUsed = w.budgetUsed
@@ -353,10 +368,13 @@ func (w *worker) status() TargetStatus {
 	}
 	for _, ob := range w.outs {
 		os := w.m.opts.Store.OutboxStats(ob.name)
-		st.Backlog += os.Backlog
+		st.Backlog += os.Backlog - os.Blobs
 		st.BacklogBytes += os.Bytes
 		st.OldestPending = max(st.OldestPending, os.OldestAge)
-		st.Dropped += os.Dropped
+		st.Dropped += os.Dropped - os.BlobsDropped
+		st.BlobBacklog += os.Blobs
+		st.BlobBacklogBytes += os.BlobBytes
+		st.BlobsDropped += os.BlobsDropped
 	}
 	return st
 }
@@ -367,15 +385,56 @@ func (w *worker) currentState() string {
 	return w.state
 }
 
-// countBelow counts the rejections with an index below n.
-func countBelow(rej []Rejection, n int) int {
-	c := 0
+// count adds a finished prefix of a batch to the counters: records and
+// blob sends delivered (the refused ones were counted by deadLetter), and
+// the bytes sent today.
+func (w *worker) count(done []store.OutboxEntry, rej []Rejection) {
+	var refused map[int]bool // nil (no allocation) in the common case
 	for _, r := range rej {
-		if r.Index < n {
-			c++
+		if refused == nil {
+			refused = make(map[int]bool, len(rej))
+		}
+		refused[r.Index] = true
+	}
+	var recs, blobs, b int64
+	for i := range done {
+		if refused[i] {
+			continue
+		}
+		if done[i].Blob != nil {
+			blobs++
+		} else {
+			recs++
+			b += int64(done[i].Size)
 		}
 	}
-	return c
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.delivered += recs
+	w.deliveredB += b
+	w.blobsOK += blobs
+	if w.cfg.DailyBudget > 0 {
+		w.budgetUsed += w.cost(done)
+	}
+}
+
+// cost is what entries count against the daily budget: their stored
+// bytes, except that a blob send counts its content when the target sends
+// it (BlobSender).
+func (w *worker) cost(entries []store.OutboxEntry) int64 {
+	content := false
+	if bs, ok := w.target.(BlobSender); ok {
+		content = bs.SendsBlobContent()
+	}
+	var n int64
+	for i := range entries {
+		if content && entries[i].Blob != nil {
+			n += entries[i].Blob.Size
+		} else {
+			n += int64(entries[i].Size)
+		}
+	}
+	return n
 }
 
 func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
@@ -429,7 +488,7 @@ func (w *worker) run(ctx context.Context) {
 		for i := range batch {
 			bytes += batch[i].Size
 		}
-		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(int64(bytes)) {
+		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(w.cost(batch)) {
 			w.setState(StatePaused, nil)
 			// Keep polling: priority records still flow, and the day ends.
 			sleepCtx(ctx, time.Second)
@@ -455,17 +514,7 @@ func (w *worker) run(ctx context.Context) {
 		if done > 0 {
 			ob.after = batch[done-1].Seq
 			w.ack(ob.name, ob.after)
-			b := 0
-			for i := range batch[:done] {
-				b += batch[i].Size
-			}
-			w.mu.Lock()
-			w.delivered += int64(done - countBelow(res.Rejected, done))
-			w.deliveredB += int64(b)
-			if w.cfg.DailyBudget > 0 {
-				w.budgetUsed += int64(b)
-			}
-			w.mu.Unlock()
+			w.count(batch[:done], res.Rejected)
 		}
 		if derr != nil {
 			if ctx.Err() != nil {
@@ -606,6 +655,12 @@ func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej 
 			return r.Index, err
 		}
 		w.mu.Lock()
+		if bs := batch[r.Index].Blob; bs != nil {
+			w.blobsDead++
+			w.mu.Unlock()
+			w.log.Warn("sync blob send refused, dead-lettered", "id", rec.ID, "bucket", bs.Bucket, "name", bs.Name, "sha256", bs.SHA256, "reason", r.Reason)
+			continue
+		}
 		w.deadLettered++
 		w.mu.Unlock()
 		w.log.Warn("sync record refused by upstream, dead-lettered", "id", rec.ID, "stream", rec.Stream, "reason", r.Reason)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	gosync "sync"
 	"time"
@@ -22,7 +23,14 @@ type Target interface {
 	// it was acknowledged by the upstream, or rejected for good (listed in
 	// Result.Rejected). A non-nil error means the entries from Done on must
 	// be retried later (the connection is considered down); a *RetryError
-	// names the earliest retry time.
+	// names the earliest retry time. Done may be short of the batch without
+	// an error: the rest is read again for the next call (the http target
+	// stops after each blob it sends, so that priority records get their
+	// turn between long uploads).
+	//
+	// An entry with Blob set is a blob send: a target that implements
+	// BlobSender sends the blob's content; the others send its metadata
+	// record (Record) like any record.
 	Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error)
 	// Close releases the connection. Deliver after Close returns ErrClosed.
 	Close() error
@@ -35,6 +43,22 @@ type Target interface {
 type Connector interface {
 	Connect(ctx context.Context) error
 	Connected() bool
+}
+
+// BlobSender is implemented by targets that send the content of blob
+// sends (http); the manager then counts a blob send's content, not its
+// stored entry, against the daily budget. SendsBlobContent reports
+// whether the target does.
+type BlobSender interface {
+	SendsBlobContent() bool
+}
+
+// BlobObjects opens the content of a blob send: the object with the given
+// SHA-256 (lower-case hex), which the store keeps on disk while the send
+// is pending. *store.Store implements it; an error wrapping
+// store.ErrNotFound means the object is gone.
+type BlobObjects interface {
+	OpenBlobObject(sha256 string) (*os.File, error)
 }
 
 // Preparer is implemented by targets that can do per-batch work (such as
@@ -63,6 +87,9 @@ type Rejection struct {
 type Env struct {
 	GatewayID string
 	Logger    *slog.Logger
+	// Objects opens the content of blob sends: the manager's store when it
+	// implements BlobObjects, else nil.
+	Objects BlobObjects
 }
 
 // Module registers a target type: ID is namespaced as "sync.target.<type>"
@@ -134,17 +161,23 @@ type TargetConfig struct {
 	// Inflight is the window of messages awaiting an upstream
 	// acknowledgement at once (mqtt, nats; default 256).
 	Inflight int
-	// BandwidthLimit caps the upload in record bytes per second (0: none).
+	// BandwidthLimit caps the upload in record bytes per second (0: none);
+	// the http target also paces the content of blobs to it.
 	BandwidthLimit int64
-	// DailyBudget caps the record bytes sent per UTC day (0: none); the
-	// priority streams are exempt.
+	// DailyBudget caps the record bytes sent per UTC day (0: none),
+	// counting the content of the blobs an http target sends; the priority
+	// streams are exempt.
 	DailyBudget int64
 	// PriorityStreams are delivered before the backlog of other streams:
 	// their records go to a separate outbox of the target (PriorityOutbox).
 	PriorityStreams []string
 	InitialBackoff  time.Duration // after the first failure (default 500ms)
 	MaxBackoff      time.Duration // cap of the exponential backoff (default 60s)
-	AckTimeout      time.Duration // per upstream acknowledgement or HTTP request (default 30s)
+	// AckTimeout bounds each upstream acknowledgement or HTTP request
+	// (default 30s); a blob upload, whose length depends on its size,
+	// is bounded instead by its progress: it fails when no byte of it
+	// could be sent, or no answer came after it, for AckTimeout.
+	AckTimeout time.Duration
 
 	MQTT MQTTConfig
 	HTTP HTTPConfig

@@ -13,7 +13,7 @@ import (
 func init() {
 	registerRemote(&remoteCmd{
 		name: "sync status", summary: "state of the upstream sync targets",
-		usage: "usage: moongate sync status [flags]\n\nShows each upstream sync target: connected, backlog, deliveries, drops and\nthe last error.\n",
+		usage: "usage: moongate sync status [flags]\n\nShows each upstream sync target: connected, backlog, deliveries, drops,\nblob sends (pending/delivered/failed, bytes pending) and the last error.\n",
 		nargs: exactArgs(0, ""),
 		setup: func(*flag.FlagSet) remoteRun { return runSyncStatus },
 	})
@@ -37,15 +37,20 @@ func renderSync(w io.Writer, resp *v1.SyncStatus) error {
 		return err
 	}
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TARGET\tKIND\tCONNECTED\tBACKLOG\tBACKLOG BYTES\tOLDEST\tDELIVERED\tPER SEC\tDROPPED\tLAST ERROR")
+	fmt.Fprintln(tw, "TARGET\tKIND\tCONNECTED\tBACKLOG\tBACKLOG BYTES\tOLDEST\tDELIVERED\tPER SEC\tDROPPED\tBLOBS P/D/F\tBLOB BYTES\tLAST ERROR")
 	for _, t := range resp.GetTargets() {
 		lastErr := "-"
 		if t.GetLastError() != "" {
 			lastErr = fmtTime(t.GetLastErrorTime()) + " " + clipText(t.GetLastError(), 120)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.1f\t%d\t%s\n", t.GetName(), t.GetKind(), yesNo(t.GetConnected()), t.GetBacklogRecords(),
+		// Blob sends: pending/delivered/failed, and the bytes waiting.
+		blobs := fmt.Sprintf("%d/%d/%d", t.GetBlobsPending(), t.GetBlobsDelivered(), t.GetBlobsFailed())
+		if d := t.GetBlobsDropped(); d > 0 {
+			blobs += fmt.Sprintf(" (%d dropped)", d)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.1f\t%d\t%s\t%s\t%s\n", t.GetName(), t.GetKind(), yesNo(t.GetConnected()), t.GetBacklogRecords(),
 			fmtBytes(uint64(max(t.GetBacklogBytes(), 0))), fmtDuration(t.GetOldestPendingAge()), t.GetDeliveredTotal(), t.GetDeliveredPerSecond(),
-			t.GetDroppedByQuota(), lastErr)
+			t.GetDroppedByQuota(), blobs, fmtBytes(uint64(max(t.GetBlobBytesPending(), 0))), lastErr)
 	}
 	return tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -60,6 +61,10 @@ func blobHTTPError(w http.ResponseWriter, err error) codes.Code {
 	case errors.Is(err, store.ErrQuota), errors.Is(err, store.ErrStoreFull):
 		writeStatus(w, http.StatusInsufficientStorage, codes.ResourceExhausted, err.Error())
 		return codes.ResourceExhausted
+	case errors.Is(err, errUploadStalled):
+		w.Header().Set("Connection", "close")
+		writeStatus(w, http.StatusRequestTimeout, codes.DeadlineExceeded, err.Error())
+		return codes.DeadlineExceeded
 	}
 	st, _ := status.FromError(toStatus(err))
 	writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
@@ -103,7 +108,9 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, tok Token) codes.C
 		if ctype == "" {
 			ctype = "application/octet-stream"
 		}
-		bi, err := b.PutBlob(ctx, bucket, name, ctype, r.Body)
+		body := &deadlineBody{r: r.Body, rc: http.NewResponseController(w), timeout: s.cfg.UploadReadTimeout}
+		bi, err := b.PutBlob(ctx, bucket, name, ctype, body)
+		body.clear()
 		s.log.Info("blob put", "audit", "blob_put", "token", tok.Name, "peer", r.RemoteAddr, "bucket", clip(bucket), "name", clip(name),
 			"size", bi.Size, "sha256", bi.SHA256, "err", err)
 		if err != nil {
@@ -188,4 +195,47 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// UploadChunk is the amount of an upload's body that must arrive within
+// Config.UploadReadTimeout.
+const UploadChunk = 64 << 10
+
+var errUploadStalled = errors.New("upload stalled")
+
+// deadlineBody reads an upload's body under a read deadline on the
+// connection (the HTTP/2 stream), renewed for each UploadChunk bytes: a
+// client that sends less within the timeout gets an error wrapping
+// errUploadStalled, which the store's staging sees as a failed read
+// (removing its temporary file). A server connection that cannot set
+// deadlines (http.ErrNotSupported) reads without one.
+type deadlineBody struct {
+	r       io.Reader
+	rc      *http.ResponseController
+	timeout time.Duration
+	left    int  // bytes before the next renewal
+	set     bool // a deadline is set
+}
+
+func (d *deadlineBody) Read(p []byte) (int, error) {
+	if d.left <= 0 {
+		d.set = d.rc.SetReadDeadline(time.Now().Add(d.timeout)) == nil
+		d.left = UploadChunk
+	}
+	if len(p) > d.left {
+		p = p[:d.left]
+	}
+	n, err := d.r.Read(p)
+	d.left -= n
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, fmt.Errorf("%w: less than %d bytes of the body came in %s: %w", errUploadStalled, UploadChunk, d.timeout, err)
+	}
+	return n, err
+}
+
+// clear removes the deadline once the body is read, for the answer.
+func (d *deadlineBody) clear() {
+	if d.set {
+		_ = d.rc.SetReadDeadline(time.Time{})
+	}
 }

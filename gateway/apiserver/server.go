@@ -110,6 +110,14 @@ type SyncTarget struct {
 	DroppedByQuota     int64
 	LastError          string
 	LastErrorTime      time.Time
+	// Blob sends (buckets with sync): waiting, their content's bytes,
+	// acknowledged since start, refused since start (dead letters),
+	// dropped by the outbox quota.
+	BlobsPending     int64
+	BlobBytesPending int64
+	BlobsDelivered   int64
+	BlobsFailed      int64
+	BlobsDropped     int64
 }
 
 // NoSync is a Sync without targets.
@@ -135,6 +143,10 @@ type Config struct {
 	// System fills the system status (version, gateway id, counters, data dir).
 	System SystemInfo
 	Logger *slog.Logger
+	// UploadReadTimeout bounds the wait for each UploadChunk bytes of a
+	// blob upload's body (default 30s): a slower upload is cut off with
+	// 408, and its partial file removed.
+	UploadReadTimeout time.Duration
 	// FollowPoll is how often a log follower re-reads the store without a
 	// commit signal (default 2s; commits wake it at once).
 	FollowPoll time.Duration
@@ -171,6 +183,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.UploadReadTimeout <= 0 {
+		cfg.UploadReadTimeout = 30 * time.Second
 	}
 	if cfg.FollowPoll <= 0 {
 		cfg.FollowPoll = 2 * time.Second

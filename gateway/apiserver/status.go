@@ -97,6 +97,8 @@ func (st *statusService) GetSyncStatus(ctx context.Context, _ *v1.GetSyncStatusR
 			Name: t.Name, Kind: t.Kind, Connected: t.Connected, BacklogRecords: t.BacklogRecords, BacklogBytes: t.BacklogBytes,
 			OldestPendingAge: durationpb.New(t.OldestPendingAge), DeliveredTotal: t.DeliveredTotal,
 			DeliveredPerSecond: t.DeliveredPerSecond, DroppedByQuota: t.DroppedByQuota, LastError: t.LastError,
+			BlobsPending: t.BlobsPending, BlobBytesPending: t.BlobBytesPending, BlobsDelivered: t.BlobsDelivered,
+			BlobsFailed: t.BlobsFailed, BlobsDropped: t.BlobsDropped,
 		}
 		if !t.LastErrorTime.IsZero() {
 			m.LastErrorTime = timestamppb.New(t.LastErrorTime)

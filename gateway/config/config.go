@@ -250,6 +250,11 @@ type Blobs struct {
 	// Buckets by name ([a-z0-9][a-z0-9_-]{0,62}); an upload to a bucket not
 	// listed is refused (404). Default: none.
 	Buckets map[string]Bucket `yaml:"buckets"`
+	// UploadReadTimeout bounds the wait for each 64 KiB of an upload's
+	// body (the rest of it when shorter): a client that sends less is cut
+	// off with 408 and its partial file removed, so a stalled upload holds
+	// neither a connection nor a temporary file (default 30s).
+	UploadReadTimeout Duration `yaml:"upload_read_timeout"`
 }
 
 // Bucket bounds one blob bucket.
@@ -257,6 +262,10 @@ type Bucket struct {
 	MaxSize  Size     `yaml:"max_size"`  // one blob (default 64MiB when 0; at most 4GiB)
 	MaxBytes Size     `yaml:"max_bytes"` // all the bucket's blobs; 0 = unbounded
 	MaxAge   Duration `yaml:"max_age"`   // blobs older than this are deleted; 0 = kept
+	// Sync names sync targets (sync.targets) every blob stored in the
+	// bucket is sent to: an http target PUTs its content, mqtt and nats
+	// targets send its metadata record.
+	Sync []string `yaml:"sync"`
 }
 
 // MaxBlobSize caps a bucket's max_size.
@@ -326,7 +335,7 @@ func Default() *Config {
 			MinInstances:   0,
 			IdleTimeout:    Duration(60 * time.Second),
 		},
-		Blobs: Blobs{Buckets: map[string]Bucket{}},
+		Blobs: Blobs{Buckets: map[string]Bucket{}, UploadReadTimeout: Duration(30 * time.Second)},
 	}
 }
 

@@ -425,6 +425,19 @@ func (v *validator) api() {
 var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 func (v *validator) blobs() {
+	if t := v.c.Blobs.UploadReadTimeout; t < Duration(100*time.Millisecond) || t > Duration(time.Hour) {
+		v.add("blobs.upload_read_timeout", "%s out of range [100ms, 1h]", t)
+	}
+	targets := make([]string, 0, len(v.c.Sync.Targets))
+	known := map[string]bool{}
+	for _, t := range v.c.Sync.Targets {
+		targets = append(targets, t.Name)
+		known[t.Name] = true
+	}
+	configured := "none are configured"
+	if len(targets) > 0 {
+		configured = "configured: " + strings.Join(targets, ", ")
+	}
 	for name, b := range v.c.Blobs.Buckets {
 		p := "blobs.buckets." + name
 		if !bucketRE.MatchString(name) {
@@ -439,6 +452,18 @@ func (v *validator) blobs() {
 		}
 		if b.MaxAge < 0 {
 			v.add(p+".max_age", "must not be negative")
+		}
+		seen := map[string]int{}
+		for i, t := range b.Sync {
+			q := fmt.Sprintf("%s.sync[%d]", p, i)
+			if j, dup := seen[t]; dup {
+				v.add(q, "%q is already listed as sync[%d]", clip(t), j)
+				continue
+			}
+			seen[t] = i
+			if !known[t] {
+				v.add(q, "%q is not a sync target (sync.targets: %s)", clip(t), configured)
+			}
 		}
 	}
 }

@@ -132,6 +132,17 @@ type SyncTarget struct {
 	LastError string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When the last error happened.
 	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
+	// Blob sends (buckets with sync) waiting for delivery; backlog_records
+	// does not count them.
+	BlobsPending int64 `protobuf:"varint,12,opt,name=blobs_pending,json=blobsPending,proto3" json:"blobs_pending,omitempty"`
+	// Bytes of the content of the blob sends waiting.
+	BlobBytesPending int64 `protobuf:"varint,13,opt,name=blob_bytes_pending,json=blobBytesPending,proto3" json:"blob_bytes_pending,omitempty"`
+	// Blob sends acknowledged by the upstream since start.
+	BlobsDelivered int64 `protobuf:"varint,14,opt,name=blobs_delivered,json=blobsDelivered,proto3" json:"blobs_delivered,omitempty"`
+	// Blob sends the upstream refused since start (in the dead letters).
+	BlobsFailed int64 `protobuf:"varint,15,opt,name=blobs_failed,json=blobsFailed,proto3" json:"blobs_failed,omitempty"`
+	// Blob sends dropped by the outbox quota (not sent).
+	BlobsDropped  int64 `protobuf:"varint,16,opt,name=blobs_dropped,json=blobsDropped,proto3" json:"blobs_dropped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -241,6 +252,41 @@ func (x *SyncTarget) GetLastErrorTime() *timestamppb.Timestamp {
 		return x.LastErrorTime
 	}
 	return nil
+}
+
+func (x *SyncTarget) GetBlobsPending() int64 {
+	if x != nil {
+		return x.BlobsPending
+	}
+	return 0
+}
+
+func (x *SyncTarget) GetBlobBytesPending() int64 {
+	if x != nil {
+		return x.BlobBytesPending
+	}
+	return 0
+}
+
+func (x *SyncTarget) GetBlobsDelivered() int64 {
+	if x != nil {
+		return x.BlobsDelivered
+	}
+	return 0
+}
+
+func (x *SyncTarget) GetBlobsFailed() int64 {
+	if x != nil {
+		return x.BlobsFailed
+	}
+	return 0
+}
+
+func (x *SyncTarget) GetBlobsDropped() int64 {
+	if x != nil {
+		return x.BlobsDropped
+	}
+	return 0
 }
 
 // GetSystemStatusRequest asks for the system status.
@@ -725,7 +771,7 @@ const file_moongate_v1_status_proto_rawDesc = "" +
 	"\x14GetSyncStatusRequest\"?\n" +
 	"\n" +
 	"SyncStatus\x121\n" +
-	"\atargets\x18\x01 \x03(\v2\x17.moongate.v1.SyncTargetR\atargets\"\xd1\x03\n" +
+	"\atargets\x18\x01 \x03(\v2\x17.moongate.v1.SyncTargetR\atargets\"\x95\x05\n" +
 	"\n" +
 	"SyncTarget\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -740,7 +786,12 @@ const file_moongate_v1_status_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\n" +
 	" \x01(\tR\tlastError\x12B\n" +
-	"\x0flast_error_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\"\x18\n" +
+	"\x0flast_error_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\x12#\n" +
+	"\rblobs_pending\x18\f \x01(\x03R\fblobsPending\x12,\n" +
+	"\x12blob_bytes_pending\x18\r \x01(\x03R\x10blobBytesPending\x12'\n" +
+	"\x0fblobs_delivered\x18\x0e \x01(\x03R\x0eblobsDelivered\x12!\n" +
+	"\fblobs_failed\x18\x0f \x01(\x03R\vblobsFailed\x12#\n" +
+	"\rblobs_dropped\x18\x10 \x01(\x03R\fblobsDropped\"\x18\n" +
 	"\x16GetSystemStatusRequest\"\xf2\x03\n" +
 	"\fSystemStatus\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
