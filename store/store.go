@@ -156,7 +156,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if !opts.InMemory {
-		if err := removeEmptyValueLogs(opts.Dir, opts.Logger); err != nil {
+		if err := removeEmptyLogFiles(opts.Dir, opts.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -496,25 +496,27 @@ func (s *Store) Stats() Stats {
 	return st
 }
 
-// removeEmptyValueLogs deletes zero-length value-log files. A crash just
-// after Badger created the next value-log file leaves it empty (not even
-// its header), and Badger then refuses to open the database ("Create a new
-// file"). An empty file holds no value, so no durable key can point into
-// it: removing it loses nothing.
-func removeEmptyValueLogs(dir string, log *slog.Logger) error {
-	matches, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
-	if err != nil {
-		return fmt.Errorf("store: list value-log files: %w", err)
-	}
-	for _, m := range matches {
-		fi, err := os.Stat(m)
-		if err != nil || fi.Size() != 0 {
-			continue
+// removeEmptyLogFiles deletes zero-length value-log (.vlog) and
+// memtable write-ahead-log (.mem) files. A crash just after Badger created
+// the next such file leaves it empty (not even its header), and Badger then
+// refuses to open the database ("Create a new file"). An empty file holds no
+// entry, so no durable key can live in it: removing it loses nothing.
+func removeEmptyLogFiles(dir string, log *slog.Logger) error {
+	for _, pattern := range []string{"*.vlog", "*.mem"} {
+		matches, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return fmt.Errorf("store: list log files: %w", err)
 		}
-		if err := os.Remove(m); err != nil {
-			return fmt.Errorf("store: remove empty value-log file: %w", err)
+		for _, m := range matches {
+			fi, err := os.Stat(m)
+			if err != nil || fi.Size() != 0 {
+				continue
+			}
+			if err := os.Remove(m); err != nil {
+				return fmt.Errorf("store: remove empty log file: %w", err)
+			}
+			log.Warn("removed an empty log file left by a crash", "file", m)
 		}
-		log.Warn("removed an empty value-log file left by a crash", "file", m)
 	}
 	return nil
 }
