@@ -277,22 +277,27 @@ func (p *Proc) CPU() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) is in parentheses and may hold spaces:
-	// the fields counted start after the last ')'.
+	return statCPU(b)
+}
+
+// statCPU reads utime + stime from the contents of /proc/PID/stat.
+func statCPU(b []byte) (time.Duration, error) {
+	// The command name (field 2) is in parentheses and may hold spaces
+	// and parentheses: the fields counted start after the last ')'.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("gwproc: malformed /proc/%d/stat", p.PID())
+		return 0, errors.New("gwproc: malformed /proc/PID/stat: no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// utime and stime are fields 14 and 15 of stat, 12 and 13 here.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("gwproc: short /proc/%d/stat", p.PID())
+		return 0, fmt.Errorf("gwproc: short /proc/PID/stat: %d fields after the name", len(f))
 	}
 	var ticks int64
 	for _, s := range f[11:13] {
 		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("gwproc: /proc/%d/stat: %w", p.PID(), err)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("gwproc: /proc/PID/stat: bad processor time %q", s)
 		}
 		ticks += n
 	}
