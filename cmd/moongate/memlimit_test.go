@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -358,5 +359,31 @@ func TestServeMemoryLimit(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFailure ||
 		!strings.Contains(string(out), "config.yaml:1: memory_limit: 4MiB is below the minimum of 16MiB") {
 		t.Fatalf("serve with memory_limit 4MiB: %v\n%s", err, out)
+	}
+}
+
+func TestMemProfileRate(t *testing.T) {
+	def := runtime.MemProfileRate
+	if def == 0 {
+		t.Fatal("the test binary runs without heap profiling")
+	}
+	cases := []struct {
+		args []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"serve"}, 0},
+		{[]string{"serve", "--config", "c.yaml"}, 0},
+		{[]string{"serve", "--debug-listen", "127.0.0.1:6060"}, def},
+		{[]string{"serve", "--config", "c.yaml", "-debug-listen=127.0.0.1:6060"}, def},
+		{[]string{"serve", "--", "--debug-listen"}, 0},
+		{[]string{"serve", "--debug-listener", "x"}, 0},
+		{[]string{"fn", "list", "--debug-listen", "x"}, 0},
+		{[]string{"version"}, 0},
+	}
+	for _, tc := range cases {
+		if got := memProfileRate(tc.args); got != tc.want {
+			t.Errorf("memProfileRate(%q) = %d, want %d", tc.args, got, tc.want)
+		}
 	}
 }
