@@ -170,9 +170,8 @@ func (d *Daemon) metrics() []apiserver.Metric {
 		gauge("moongate_go_heap_live_bytes", "Go heap live after the last garbage collection.", float64(rs[0].Value.Uint64()))
 	}
 	if rs[1].Value.Kind() == metrics.KindFloat64 {
-		counter := apiserver.Metric{Name: "moongate_go_gc_cpu_seconds_total", Help: "Processor time of garbage collection (the runtime's estimate).",
-			Type: "counter", Value: rs[1].Value.Float64()}
-		out = append(out, counter)
+		out = append(out, apiserver.Metric{Name: "moongate_go_gc_cpu_seconds_total", Help: "Processor time of garbage collection (the runtime's estimate).",
+			Type: "counter", Value: rs[1].Value.Float64()})
 	}
 	return out
 }
