@@ -98,11 +98,12 @@ test-arm: test-deps
 # Start-up time, idle RSS and RSS at 1,000 events/s with the reference
 # function: natively (amd64) and for arm64 under qemu-aarch64 (emulated
 # figures). See docs/performance.md.
-# Each binary runs twice: bare, and with the GOMEMLIMIT of the systemd unit.
-UNIT_GOMEMLIMIT := $(shell sed -n 's/^Environment=\(GOMEMLIMIT=.*\)/\1/p' deploy/moongate.service)
+# Each binary runs twice: on the default configuration (memory_limit auto),
+# and without a memory limit (memory_limit: off) for comparison.
+NO_LIMIT := -config 'memory_limit: off'
 
 footprint: build-all
 	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-amd64
-	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-amd64 -env $(UNIT_GOMEMLIMIT)
+	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-amd64 $(NO_LIMIT)
 	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-arm64 -qemu qemu-aarch64
-	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-arm64 -qemu qemu-aarch64 -env $(UNIT_GOMEMLIMIT)
+	$(GO) run ./deploy/footprint -bin $(DIST)/moongate-linux-arm64 -qemu qemu-aarch64 $(NO_LIMIT)

@@ -84,6 +84,11 @@ func TestSystemdVerify(t *testing.T) {
 			t.Errorf("unit lacks %s", key)
 		}
 	}
+	// The soft memory limit comes from memory_limit in config.yaml; a
+	// GOMEMLIMIT in the unit would silently override it.
+	if bytes.Contains(unit, []byte("\nEnvironment=GOMEMLIMIT")) {
+		t.Error("unit sets GOMEMLIMIT: it would override memory_limit of the configuration")
+	}
 	dir := t.TempDir()
 	bin := nativeBinary(t)
 	p := filepath.Join(dir, "moongate.service")

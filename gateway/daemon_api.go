@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"sort"
 	"sync"
 
@@ -157,6 +160,20 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	runtime.ReadMemStats(&ms)
 	gauge("moongate_go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
 	gauge("moongate_go_goroutines", "Goroutines.", float64(runtime.NumGoroutine()))
+	limit := debug.SetMemoryLimit(-1)
+	if limit == math.MaxInt64 {
+		limit = 0
+	}
+	gauge("moongate_go_memory_limit_bytes", "Soft memory limit of the Go runtime (memory_limit or GOMEMLIMIT); 0 = none.", float64(limit))
+	rs := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(rs)
+	if rs[0].Value.Kind() == metrics.KindUint64 {
+		gauge("moongate_go_heap_live_bytes", "Go heap live after the last garbage collection.", float64(rs[0].Value.Uint64()))
+	}
+	if rs[1].Value.Kind() == metrics.KindFloat64 {
+		out = append(out, apiserver.Metric{Name: "moongate_go_gc_cpu_seconds_total", Help: "Processor time of garbage collection (the runtime's estimate).",
+			Type: "counter", Value: rs[1].Value.Float64()})
+	}
 	return out
 }
 

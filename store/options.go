@@ -61,11 +61,11 @@ type Profile string
 // Profiles.
 const (
 	// ProfileLowMemory fits a Pi Zero (512 MiB RAM, 32-bit): 4 MiB
-	// memtables x2, 4 MiB block cache, 2 MiB index cache, 16 MiB value-log
-	// files. The default.
+	// memtables x2, 4 MiB block cache, 16 MiB value-log files. The
+	// default.
 	ProfileLowMemory Profile = "low-memory"
 	// ProfileLarge is for 4-8 GiB boards: 32 MiB memtables x3, 64 MiB block
-	// cache, 32 MiB index cache, 64 MiB value-log files.
+	// cache, 64 MiB value-log files.
 	ProfileLarge Profile = "large"
 )
 
@@ -273,7 +273,11 @@ func (o *Options) badgerOptions() badger.Options {
 		WithDetectConflicts(false).
 		WithMetricsEnabled(false).
 		WithCompression(options.None).
-		WithNumVersionsToKeep(1)
+		WithNumVersionsToKeep(1).
+		// No index cache: without encryption Badger reads each table's
+		// index from its memory-mapped file and never consults the cache;
+		// one would only cost its own structures (about 0.7 MiB of heap).
+		WithIndexCacheSize(0)
 	switch o.Profile {
 	case ProfileLarge:
 		bo = bo.WithMemTableSize(32 << 20).
@@ -283,7 +287,6 @@ func (o *Options) badgerOptions() badger.Options {
 			WithBaseTableSize(4 << 20).
 			WithBaseLevelSize(32 << 20).
 			WithBlockCacheSize(64 << 20).
-			WithIndexCacheSize(32 << 20).
 			WithValueLogFileSize(64 << 20).
 			WithValueThreshold(4 << 10).
 			WithNumCompactors(2).
@@ -302,7 +305,6 @@ func (o *Options) badgerOptions() badger.Options {
 			WithBaseTableSize(2 << 20).
 			WithBaseLevelSize(32 << 20).
 			WithBlockCacheSize(4 << 20).
-			WithIndexCacheSize(2 << 20).
 			WithValueLogFileSize(16 << 20).
 			WithValueThreshold(1 << 10).
 			WithNumCompactors(2).

@@ -22,8 +22,8 @@ func liveHeap() uint64 {
 // TestSlowUpstreamMemoryBounded: a 64 MB backlog drained to an upstream
 // that takes 50 ms per request. The sync manager holds one batch (and its
 // encoding) at a time, so the live heap stays far below the backlog. The
-// bound (12 MiB of growth) includes the store's block and index caches
-// (4 + 2 MiB in the low-memory profile), which fill as the backlog is read.
+// bound (12 MiB of growth) includes the store's block cache (4 MiB in the
+// low-memory profile), which fills as the backlog is read.
 func TestSlowUpstreamMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("memory measurement (slow)")

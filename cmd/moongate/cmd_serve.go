@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/moongate-edge/moongate/gateway"
 	"github.com/moongate-edge/moongate/gateway/config"
@@ -15,6 +17,13 @@ import (
 func init() {
 	register(&command{name: "serve", summary: "run the gateway daemon", run: runServe})
 }
+
+// The GC watch of serve: one look every gcWatchInterval, at most one
+// warning every gcWarnQuiet.
+const (
+	gcWatchInterval = 30 * time.Second
+	gcWarnQuiet     = 10 * time.Minute
+)
 
 func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -42,6 +51,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		cfg.DataDir = *dataDir
 	}
 	log := newLogger(cfg.Log, stderr)
+	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
+	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
 	if *debugListen != "" {
 		stop, err := serveDebug(*debugListen, log)
 		if err != nil {

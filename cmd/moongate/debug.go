@@ -8,8 +8,32 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
+	"strings"
 	"time"
 )
+
+// memProfileRate is the runtime's heap-profile sampling rate for a
+// command line: Go's default (one sample per 512 KiB allocated) for
+// `serve --debug-listen`, whose /debug/pprof/heap reports it, and 0 for
+// everything else. Sampling is on by default once the binary contains the
+// profile handlers; its bucket table (about 1.4 MiB, touched at random) and
+// its buckets grow with every new allocation stack, memory the daemon has
+// no use for without the handlers.
+func memProfileRate(args []string) int {
+	if len(args) > 0 && args[0] == "serve" {
+		for _, a := range args[1:] {
+			if a == "--" {
+				break
+			}
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if strings.HasPrefix(a, "-") && name == "debug-listen" {
+				return runtime.MemProfileRate
+			}
+		}
+	}
+	return 0
+}
 
 // serveDebug serves Go's profiling handlers (/debug/pprof/...) on addr,
 // which must be a loopback address: profiles reveal memory contents and

@@ -10,22 +10,38 @@
 //	go run ./deploy/footprint -bin dist/moongate-linux-amd64
 //	go run ./deploy/footprint -bin dist/moongate-linux-arm64 -qemu qemu-aarch64
 //
-// `make footprint` runs both. It prints one Markdown table.
+// After the load phase it waits (-drain) until the function has committed
+// every acknowledged event, so that the table tells whether processing kept
+// up, and reports the processor time of the daemon from the load's start
+// to the last commit per 1,000 records (of which garbage collection, from
+// /metrics), the Go memory limit the daemon logged, and the sizes of
+// Badger's files. -env adds environment variables (GOMEMLIMIT=...,
+// GODEBUG=gctrace=1 with -log FILE); -config appends YAML to the
+// configuration ("memory_limit: off"); -profile DIR starts the daemon with
+// --debug-listen on loopback and saves its heap profile at the end of the
+// load phase (go tool pprof -sample_index=inuse_space BIN DIR/heap.pb.gz).
+//
+// `make footprint` runs both binaries, each with the default configuration
+// and with memory_limit: off. It prints one Markdown table per run.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +58,8 @@ type options struct {
 	idle, load           time.Duration
 	rate, devices        int
 	extraConfig, logFile string
+	profileDir           string
+	drain                time.Duration
 	env                  []string
 }
 
@@ -57,15 +75,19 @@ func main() {
 	flag.IntVar(&o.devices, "devices", 10, "simulated devices sharing the rate")
 	flag.StringVar(&o.extraConfig, "config", "", "extra YAML appended to the configuration (e.g. \"store:\\n  profile: large\\n\")")
 	flag.StringVar(&o.logFile, "log", "", "write the daemons' output (log, GODEBUG traces) to this file")
-	var env string
-	flag.StringVar(&env, "env", "", "one extra environment variable for the daemon, e.g. GOMEMLIMIT=96MiB")
+	flag.StringVar(&o.profileDir, "profile", "", "start the daemon with --debug-listen on loopback and save its heap profile (and runtime.MemStats) at the end of the load phase in this directory")
+	flag.DurationVar(&o.drain, "drain", 2*time.Minute, "longest wait, after the load phase, for the function to commit every acknowledged event")
+	flag.Func("env", "an extra environment variable for the daemon, e.g. GOMEMLIMIT=96MiB (repeatable)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return errors.New("want NAME=VALUE")
+		}
+		o.env = append(o.env, v)
+		return nil
+	})
 	flag.Parse()
 	if o.bin == "" || o.rate < 1 || o.devices < 1 || o.starts < 1 {
 		flag.Usage()
 		os.Exit(2)
-	}
-	if env != "" {
-		o.env = []string{env}
 	}
 	if err := measure(o); err != nil {
 		fmt.Fprintln(os.Stderr, "footprint:", err)
@@ -123,6 +145,11 @@ func measure(o options) error {
 		return gwproc.Options{Command: cmd, DataDir: filepath.Join(work, data), FunctionsDir: fdir,
 			ConfigPath: filepath.Join(work, "config.yaml"), ExtraConfig: o.extraConfig, Env: o.env, Log: logw}
 	}
+	if o.profileDir != "" {
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
 
 	// Start-up: the first start creates the data directory; the others
 	// open it, as every boot of a gateway does.
@@ -145,7 +172,11 @@ func measure(o options) error {
 	}
 
 	// Idle, then load, in one process.
-	p, err := gwproc.Start(ctx, opts("load"))
+	lo := opts("load")
+	if o.profileDir != "" {
+		lo.Args = []string{"--debug-listen", "127.0.0.1:0"}
+	}
+	p, err := gwproc.Start(ctx, lo)
 	if err != nil {
 		return err
 	}
@@ -159,10 +190,55 @@ func measure(o options) error {
 	if err != nil {
 		return err
 	}
+	cpuBefore, err := p.CPU()
+	if err != nil {
+		return err
+	}
+	startMetrics, err := metrics(ctx, p)
+	if err != nil {
+		return err
+	}
 	ld, err := load(ctx, p, o)
 	if err != nil {
 		return err
 	}
+	// The function may lag behind the inbox: wait until it has committed
+	// every acknowledged event (or o.drain has passed), and count the
+	// processor time of the whole work, intake and function.
+	endMetrics, err := metrics(ctx, p)
+	if err != nil {
+		return err
+	}
+	committedAtEnd := int64(endMetrics["moongate_invocations_committed_total"])
+	files, err := sizesByExt(filepath.Join(work, "load"))
+	if err != nil {
+		return err
+	}
+	drainStart := time.Now()
+	final := committedAtEnd
+	for final < ld.acked && time.Since(drainStart) < o.drain {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		m, err := metrics(ctx, p)
+		if err != nil {
+			return err
+		}
+		final = int64(m["moongate_invocations_committed_total"])
+	}
+	drained := time.Since(drainStart)
+	cpuAfter, err := p.CPU()
+	if err != nil {
+		return err
+	}
+	lastMetrics, err := metrics(ctx, p)
+	if err != nil {
+		return err
+	}
+	gcSeconds := lastMetrics["moongate_go_gc_cpu_seconds_total"] - startMetrics["moongate_go_gc_cpu_seconds_total"]
+	limit := memoryLimit(p.Output())
 	if err := p.Stop(ctx); err != nil {
 		return err
 	}
@@ -176,6 +252,7 @@ func measure(o options) error {
 		runtime.NumCPU(), time.Now().UTC().Format("2006-01-02 15:04 MST"), o.devices, o.rate, o.load)
 	fmt.Println("| measure | value |")
 	fmt.Println("|---|---|")
+	fmt.Printf("| Go memory limit in effect (source) | %s |\n", limit)
 	fmt.Printf("| start-up to ready, new data directory | %v |\n", first.Round(time.Millisecond))
 	fmt.Printf("| start-up to ready, existing data directory (median of %d; min, max) | %v (%v, %v) |\n", len(rest),
 		rest[len(rest)/2].Round(time.Millisecond), rest[0].Round(time.Millisecond), rest[len(rest)-1].Round(time.Millisecond))
@@ -184,7 +261,22 @@ func measure(o options) error {
 	fmt.Printf("| RSS under load: median sample | %s |\n", mib(ld.median))
 	fmt.Printf("| peak RSS of the process (VmHWM) | %s |\n", mib(ld.max.HWM))
 	fmt.Printf("| events acknowledged (durable) / sent, achieved rate | %d / %d, %.0f events/s |\n", ld.acked, ld.sent, ld.rate)
+	fmt.Printf("| data directory at the end of the load phase: tables (.sst), memtable logs (.mem), value log (.vlog) | %s, %s, %s |\n",
+		mib(files[".sst"]), mib(files[".mem"]), mib(files[".vlog"]))
+	fmt.Printf("| records committed by the function at the end of the load phase | %d |\n", committedAtEnd)
+	if final >= ld.acked {
+		fmt.Printf("| time after the load phase until every acknowledged event was committed | %v |\n", drained.Round(100*time.Millisecond))
+	} else {
+		fmt.Printf("| time after the load phase until every acknowledged event was committed | not within %v (%d committed) |\n", o.drain, final)
+	}
 	fmt.Printf("| records committed by the function (after stop) | %d |\n", records)
+	if records > 0 {
+		fmt.Printf("| processor time from the load's start to the last commit, per 1,000 records | %.0f ms |\n",
+			float64((cpuAfter-cpuBefore).Milliseconds())*1000/float64(records))
+		if _, ok := lastMetrics["moongate_go_gc_cpu_seconds_total"]; ok {
+			fmt.Printf("| of which garbage collection (the Go runtime's estimate), per 1,000 records | %.0f ms |\n", gcSeconds*1e6/float64(records))
+		}
+	}
 	return nil
 }
 
@@ -277,6 +369,11 @@ sample:
 			}
 		}
 	}
+	if o.profileDir != "" {
+		if err := saveProfiles(ctx, p, o.profileDir); err != nil {
+			return res, err
+		}
+	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	if m, err := p.Memory(); err == nil {
@@ -293,6 +390,103 @@ sample:
 	res.sent, res.acked = sent.Load(), acked.Load()
 	res.rate = float64(res.acked) / elapsed.Seconds()
 	return res, nil
+}
+
+// saveProfiles saves the daemon's heap profile (heap.pb.gz, for go tool
+// pprof) and its text form with runtime.MemStats (heap.txt) in dir.
+func saveProfiles(ctx context.Context, p *gwproc.Proc, dir string) error {
+	addr := p.DebugAddr()
+	if addr == "" {
+		return errors.New("the daemon did not log its debug listener")
+	}
+	for file, query := range map[string]string{"heap.pb.gz": "", "heap.txt": "?debug=1"} {
+		body, err := get(ctx, "http://"+addr+"/debug/pprof/heap"+query)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), body, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// metrics reads the daemon's /metrics: the samples without labels, by
+// name. It fails when the counter of committed invocations is missing.
+func metrics(ctx context.Context, p *gwproc.Proc) (map[string]float64, error) {
+	body, err := get(ctx, "http://"+p.APIAddr()+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics: %q: %w", line, err)
+		}
+		out[name] = f
+	}
+	if _, ok := out["moongate_invocations_committed_total"]; !ok {
+		return nil, errors.New("/metrics: no moongate_invocations_committed_total")
+	}
+	return out, nil
+}
+
+func get(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return body, nil
+}
+
+// memoryLimit finds the daemon's "memory limit" log line (JSON) in its
+// output and describes it: "24MiB (memory_limit)".
+func memoryLimit(output string) string {
+	for _, line := range strings.Split(output, "\n") {
+		var rec struct{ Msg, Limit, Source string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "memory limit" {
+			return rec.Limit + " (" + rec.Source + ")"
+		}
+	}
+	return "not logged"
+}
+
+// sizesByExt sums the sizes of the files directly in dir by extension
+// (Badger's .sst tables, .mem memtable logs, .vlog value-log files).
+func sizesByExt(dir string) (map[string]int64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		out[filepath.Ext(e.Name())] += info.Size()
+	}
+	return out, nil
 }
 
 // countRecords counts the reference stream's records in a stopped

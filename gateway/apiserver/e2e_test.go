@@ -291,6 +291,11 @@ func TestEndToEnd(t *testing.T) {
 		!strings.Contains(string(body), `moongate_api_calls_total{method="/moongate.v1.FunctionService/DeployFunction",code="OK"}`) {
 		t.Fatalf("metrics: %d\n%s", code, body)
 	}
+	for _, name := range []string{"moongate_go_memory_limit_bytes ", "moongate_go_heap_live_bytes ", "moongate_go_gc_cpu_seconds_total "} {
+		if !strings.Contains(string(body), "\n"+name) {
+			t.Errorf("metrics: no %s\n%s", name, body)
+		}
+	}
 	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+|\+Inf|-Inf|NaN)$`)
 	for _, l := range strings.Split(strings.TrimSpace(string(body)), "\n") {
 		if !strings.HasPrefix(l, "# HELP ") && !strings.HasPrefix(l, "# TYPE ") && !sample.MatchString(l) {

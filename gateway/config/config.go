@@ -32,13 +32,16 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// FunctionsDir, when set, is a directory of NAME.lua + NAME.yaml
 	// function manifests, loaded at start and on change.
-	FunctionsDir string    `yaml:"functions_dir"`
-	Log          Log       `yaml:"log"`
-	MQTT         MQTT      `yaml:"mqtt"`
-	API          API       `yaml:"api"`
-	Store        Store     `yaml:"store"`
-	Pipeline     Pipeline  `yaml:"pipeline"`
-	Functions    Functions `yaml:"functions"`
+	FunctionsDir string `yaml:"functions_dir"`
+	// MemoryLimit is the Go runtime's soft memory limit (see
+	// [MemoryLimit]); default auto. GOMEMLIMIT in the environment wins.
+	MemoryLimit MemoryLimit `yaml:"memory_limit"`
+	Log         Log         `yaml:"log"`
+	MQTT        MQTT        `yaml:"mqtt"`
+	API         API         `yaml:"api"`
+	Store       Store       `yaml:"store"`
+	Pipeline    Pipeline    `yaml:"pipeline"`
+	Functions   Functions   `yaml:"functions"`
 	// Sync configures the upstream targets of records (see sync.go).
 	Sync Sync `yaml:"sync"`
 	// Blobs configures the buckets of file uploads (see blobs.go).
@@ -335,7 +338,8 @@ func Default() *Config {
 			MinInstances:   0,
 			IdleTimeout:    Duration(60 * time.Second),
 		},
-		Blobs: Blobs{Buckets: map[string]Bucket{}, UploadReadTimeout: Duration(30 * time.Second)},
+		Blobs:       Blobs{Buckets: map[string]Bucket{}, UploadReadTimeout: Duration(30 * time.Second)},
+		MemoryLimit: MemoryLimitAuto,
 	}
 }
 

@@ -228,6 +228,15 @@ func TestErrors(t *testing.T) {
 		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},
 		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},
 		{"bad gateway id", "gateway_id: 'a b'\n", []string{`m.yaml:1: gateway_id: invalid "a b"`}},
+		{"memory limit below minimum", "memory_limit: 8MiB\n", []string{"m.yaml:1: memory_limit: 8MiB is below the minimum of 16MiB (the collector would run almost continuously); use off for no limit"}},
+		{"memory limit one byte below minimum", "memory_limit: 16777215\n", []string{"m.yaml:1: memory_limit: 16777215B is below the minimum of 16MiB"}},
+		{"memory limit word", "memory_limit: lots\n", []string{`m.yaml:1: memory_limit: invalid size "lots": want a number of bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB, ...) (or auto, or off for no limit)`}},
+		{"memory limit capitalised", "memory_limit: Auto\n", []string{`m.yaml:1: memory_limit: invalid size "Auto"`, "(or auto, or off for no limit)"}},
+		{"memory limit negative", "memory_limit: -1\n", []string{"m.yaml:1: memory_limit: invalid size -1: negative"}},
+		{"memory limit negative string", "memory_limit: -24MiB\n", []string{`m.yaml:1: memory_limit: invalid size "-24MiB": negative`}},
+		{"memory limit bool", "memory_limit: false\n", []string{"m.yaml:1: memory_limit: expected a size (e.g. 16MiB), got boolean false"}},
+		{"memory limit list", "memory_limit: [24MiB]\n", []string{"m.yaml:1: memory_limit: expected a size (e.g. 16MiB), got a list"}},
+		{"memory limit bad unit", "memory_limit: 24MB2\n", []string{`m.yaml:1: memory_limit: invalid size "24MB2": unknown unit`}},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n", []string{"m.yaml:3: log.level: duplicate key"}},
 		{"alias", "log: &l {level: info}\napi: *l\n", []string{"m.yaml:2: api: YAML aliases (*l) are not supported"}},
 		{"merge key", "base: &b {listen: ':1'}\napi:\n  <<: *b\n", []string{"m.yaml:1: base: unknown key", "m.yaml:3: api: keys must be plain strings"}},
@@ -265,6 +274,50 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	cases := []struct {
+		src     string
+		want    MemoryLimit
+		bytes   int64 // MemoryLimitBytes
+		printed string
+	}{
+		{"", MemoryLimitAuto, 24 << 20, "auto"},
+		{"memory_limit: auto\n", MemoryLimitAuto, 24 << 20, "auto"},
+		{"memory_limit: 'auto'\n", MemoryLimitAuto, 24 << 20, "auto"},
+		{"memory_limit: auto\nstore: {profile: large}\n", MemoryLimitAuto, 0, "auto"},
+		{"store: {profile: large}\n", MemoryLimitAuto, 0, "auto"},
+		{"memory_limit: off\n", MemoryLimitOff, 0, "off"},
+		{"memory_limit: \"off\"\n", MemoryLimitOff, 0, "off"},
+		{"memory_limit: 0\n", MemoryLimitOff, 0, "off"},
+		{"memory_limit: 0MiB\n", MemoryLimitOff, 0, "off"},
+		{"memory_limit: 16MiB\n", MemoryLimit(16 << 20), 16 << 20, "16MiB"},
+		{"memory_limit: 16777216\n", MemoryLimit(16 << 20), 16 << 20, "16MiB"},
+		{"memory_limit: 48 MiB\n", MemoryLimit(48 << 20), 48 << 20, "48MiB"},
+		{"memory_limit: 100MB\n", MemoryLimit(100e6), 100e6, "100000000B"},
+		{"memory_limit: 32MiB\nstore: {profile: large}\n", MemoryLimit(32 << 20), 32 << 20, "32MiB"},
+	}
+	for _, tc := range cases {
+		c, err := Parse("m.yaml", []byte(tc.src))
+		if err != nil {
+			t.Errorf("Parse(%q) = %v", tc.src, err)
+			continue
+		}
+		if c.MemoryLimit != tc.want || c.MemoryLimitBytes() != tc.bytes || c.MemoryLimit.String() != tc.printed {
+			t.Errorf("Parse(%q): memory_limit %d (%s), %d bytes; want %d (%s), %d", tc.src,
+				int64(c.MemoryLimit), c.MemoryLimit, c.MemoryLimitBytes(), int64(tc.want), tc.printed, tc.bytes)
+		}
+	}
+	// Set in code rather than parsed: validation still judges it.
+	c := Default()
+	c.MemoryLimit = -7
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "memory_limit: invalid value -7") {
+		t.Errorf("MemoryLimit -7: %v", err)
+	}
+	if c.MemoryLimitBytes() != 0 {
+		t.Errorf("MemoryLimit -7 gives %d bytes", c.MemoryLimitBytes())
 	}
 }
 

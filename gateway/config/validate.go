@@ -67,6 +67,7 @@ func (v *validator) top() {
 	v.noNUL("functions_dir", c.FunctionsDir)
 	v.enum("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.enum("log.format", c.Log.Format, "text", "json")
+	v.memoryLimit()
 }
 
 func (v *validator) noNUL(path, s string) {

@@ -46,6 +46,8 @@ type Options struct {
 	APIConfig string
 	// Env is added to the process environment.
 	Env []string
+	// Args are added to the `serve` command line (e.g. --debug-listen).
+	Args []string
 	// Log receives every line the daemon writes (may be nil).
 	Log io.Writer
 }
@@ -58,11 +60,12 @@ type Proc struct {
 	exited  chan struct{}
 	waitErr error
 
-	mu       sync.Mutex
-	apiAddr  string
-	mqttAddr string
-	lines    []string
-	addrSeen chan struct{}
+	mu        sync.Mutex
+	apiAddr   string
+	mqttAddr  string
+	debugAddr string
+	lines     []string
+	addrSeen  chan struct{}
 }
 
 // WriteConfig writes the configuration of o: JSON logs, the embedded
@@ -96,6 +99,7 @@ func Start(ctx context.Context, o Options) (*Proc, error) {
 		}
 	}
 	args := append(argv[1:], "serve", "--config", o.ConfigPath)
+	args = append(args, o.Args...)
 	cmd := exec.Command(argv[0], args...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Dir = filepath.Dir(o.ConfigPath)
@@ -147,6 +151,8 @@ func (p *Proc) scan(r io.Reader, log io.Writer) {
 			p.apiAddr = rec.Addr
 		case "embedded MQTT broker listening":
 			p.mqttAddr = rec.Addr
+		case "profiling handlers on loopback":
+			p.debugAddr = rec.Addr
 		}
 		if p.apiAddr != "" && p.mqttAddr != "" && p.addrSeen != nil {
 			close(p.addrSeen)
@@ -215,6 +221,14 @@ func (p *Proc) MQTTAddr() string {
 	return p.mqttAddr
 }
 
+// DebugAddr is the bound address of the profiling handlers when the
+// daemon was started with --debug-listen (Options.Args), else "".
+func (p *Proc) DebugAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.debugAddr
+}
+
 // PID is the process id (of the emulator when there is one).
 func (p *Proc) PID() int { return p.cmd.Process.Pid }
 
@@ -254,6 +268,41 @@ type Memory struct {
 	HWM  int64 // VmHWM: peak resident
 	Anon int64 // RssAnon: heap, stacks (the Go runtime's memory)
 	File int64 // RssFile: resident pages of mapped files (binary, Badger's mmaps)
+}
+
+// CPU is the processor time the process has used so far (user + system,
+// from /proc/PID/stat; of the emulator when there is one).
+func (p *Proc) CPU() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID()))
+	if err != nil {
+		return 0, err
+	}
+	return statCPU(b)
+}
+
+// statCPU reads utime + stime from the contents of /proc/PID/stat.
+func statCPU(b []byte) (time.Duration, error) {
+	// The command name (field 2) is in parentheses and may hold spaces
+	// and parentheses: the fields counted start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("gwproc: malformed /proc/PID/stat: no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("gwproc: short /proc/PID/stat: %d fields after the name", len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("gwproc: /proc/PID/stat: bad processor time %q", s)
+		}
+		ticks += n
+	}
+	// USER_HZ is 100 on every Linux this runs on.
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
 
 // Memory reads the process's resident memory.

@@ -331,7 +331,11 @@ func (p *AllocatorPool) Return(a *Allocator) {
 	if a == nil {
 		return
 	}
-	if p == nil {
+	// moongate: without jemalloc the buffers are Go memory, which the
+	// garbage collector reclaims and reuses; a pooled allocator only keeps
+	// them live (up to the pool's size of them, each as large as the
+	// biggest table it built), so release it (see README.moongate.md).
+	if p == nil || !poolAllocators {
 		a.Release()
 		return
 	}

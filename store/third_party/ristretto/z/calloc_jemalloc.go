@@ -96,6 +96,10 @@ func CallocNoRef(n int, tag string) []byte {
 	return Calloc(n, tag)
 }
 
+// poolAllocators says whether AllocatorPool keeps returned allocators:
+// yes with jemalloc, as upstream.
+const poolAllocators = true
+
 // Free frees the specified slice.
 func Free(b []byte) {
 	if sz := cap(b); sz != 0 {

@@ -25,6 +25,10 @@ func CallocNoRef(n int, tag string) []byte {
 	return nil
 }
 
+// poolAllocators says whether AllocatorPool keeps returned allocators: not
+// with Go memory (moongate's change, see README.moongate.md).
+const poolAllocators = false
+
 // Free does not do anything in this mode.
 func Free(b []byte) {}
 

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+)
+
+// envMemoryLimit is the Go runtime's own variable for the soft memory
+// limit. The runtime reads it before main runs; when it is set, it wins
+// over the configuration's memory_limit.
+const envMemoryLimit = "GOMEMLIMIT"
+
+// memoryLimit is the soft memory limit in effect and where it comes from.
+type memoryLimit struct {
+	bytes  int64  // 0: none
+	source string // "memory_limit" or "GOMEMLIMIT": the knob to turn
+}
+
+// applyMemoryLimit sets the Go runtime's soft memory limit from
+// cfg.MemoryLimit, unless GOMEMLIMIT is set (non-empty) in the environment:
+// the runtime applied that one at start, and it stays. It logs which
+// applies.
+func applyMemoryLimit(cfg *config.Config, lookupEnv func(string) (string, bool), log *slog.Logger) memoryLimit {
+	if v, ok := lookupEnv(envMemoryLimit); ok && v != "" {
+		l := memoryLimit{bytes: currentMemoryLimit(), source: envMemoryLimit}
+		log.Info("memory limit", "limit", formatLimit(l.bytes), "source", envMemoryLimit,
+			"memory_limit", cfg.MemoryLimit.String()+" (not applied: "+envMemoryLimit+" is set)")
+		return l
+	}
+	l := memoryLimit{bytes: cfg.MemoryLimitBytes(), source: "memory_limit"}
+	if l.bytes > 0 {
+		debug.SetMemoryLimit(l.bytes)
+	} else {
+		debug.SetMemoryLimit(math.MaxInt64) // the runtime's "no limit"
+	}
+	attrs := []any{"limit", formatLimit(l.bytes), "source", "memory_limit"}
+	if cfg.MemoryLimit == config.MemoryLimitAuto {
+		attrs = append(attrs, "memory_limit", "auto (store profile "+cfg.Store.Profile+")")
+	}
+	log.Info("memory limit", attrs...)
+	return l
+}
+
+// currentMemoryLimit is the runtime's soft memory limit, 0 when there is
+// none.
+func currentMemoryLimit() int64 {
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		return l
+	}
+	return 0
+}
+
+func formatLimit(b int64) string {
+	if b <= 0 {
+		return "off"
+	}
+	return config.Size(b).String()
+}
+
+// gcSample is what the GC watch reads from the runtime: cumulative
+// processor time of garbage collection and of the program's own code (both
+// the runtime's estimates, comparable with each other), and the heap that
+// was live at the last collection.
+type gcSample struct {
+	gc, user float64 // seconds
+	live     uint64  // bytes
+}
+
+var gcMetrics = []string{"/cpu/classes/gc/total:cpu-seconds", "/cpu/classes/user:cpu-seconds", "/gc/heap/live:bytes"}
+
+// readGCSample reads the runtime's metrics; ok is false when one is
+// missing (a runtime without them).
+func readGCSample() (gcSample, bool) {
+	s := make([]metrics.Sample, len(gcMetrics))
+	for i, n := range gcMetrics {
+		s[i].Name = n
+	}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 || s[1].Value.Kind() != metrics.KindFloat64 || s[2].Value.Kind() != metrics.KindUint64 {
+		return gcSample{}, false
+	}
+	return gcSample{gc: s[0].Value.Float64(), user: s[1].Value.Float64(), live: s[2].Value.Uint64()}, true
+}
+
+// GC watch thresholds: a warning when, over one interval, garbage
+// collection took at least gcShareWarn of the processor time spent on
+// collection and the program together, and at least gcBusyWarn of one
+// processor (so that an idle daemon, where a few collections are a large
+// share of nothing, never warns). Measured at 1,000 events/s with the
+// reference function (docs/performance.md): about 0.1 with the default
+// 24 MiB limit (no warning), 0.29 with 20 MiB (processor time per event
+// 1.7 times that of 24 MiB), 0.52 with 16 MiB (4.2 times).
+const (
+	gcShareWarn = 0.25
+	gcBusyWarn  = 0.02
+)
+
+// gcPressure reports the share of processor time garbage collection took
+// between two samples interval apart, and whether it deserves a warning.
+func gcPressure(prev, cur gcSample, interval time.Duration) (share float64, warn bool) {
+	dgc, duser := cur.gc-prev.gc, cur.user-prev.user
+	if dgc <= 0 || dgc+duser <= 0 {
+		return 0, false
+	}
+	share = dgc / (dgc + duser)
+	return share, share >= gcShareWarn && dgc >= gcBusyWarn*interval.Seconds()
+}
+
+// watchGC warns, at most once per quiet period, when garbage collection
+// takes a large share of the processor while a memory limit is set: the
+// limit is then too low for the live heap (many devices, a backlog of big
+// events, functions holding much state), and the collector runs almost
+// continuously to stay under it. It returns when ctx ends.
+func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, quiet time.Duration, read func() (gcSample, bool)) {
+	if l.bytes <= 0 {
+		return
+	}
+	prev, ok := read()
+	if !ok {
+		log.Warn("GC watch disabled: runtime metrics missing")
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var lastWarn time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cur, ok := read()
+		if !ok {
+			return
+		}
+		share, warn := gcPressure(prev, cur, interval)
+		prev = cur
+		if !warn || (!lastWarn.IsZero() && time.Since(lastWarn) < quiet) {
+			continue
+		}
+		lastWarn = time.Now()
+		log.Warn("garbage collection is taking a large share of the processor: the memory limit is low for the live heap; raise "+l.source,
+			"gc_share", math.Round(share*100)/100, "limit", formatLimit(l.bytes), "live_heap", fmt.Sprintf("%.1fMiB", float64(cur.live)/(1<<20)),
+			"window", interval.String())
+	}
+}
