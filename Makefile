@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
 .PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check
-.PHONY: build-all deb test-arm footprint
+.PHONY: build-all deb test-arm footprint test-systemd
 
 all: build
 
@@ -94,6 +94,14 @@ deb: build-all
 test-arm: test-deps
 	$(GO) test -count=1 -run 'TestQEMUArm32' -v ./store/ | tail -n 20
 	$(GO) test -count=1 -run 'TestARMSmoke' -v ./deploy/
+
+# The amd64 package and install.sh under a live systemd: boots Debian
+# bookworm in systemd-nspawn and checks the running service (docs/deploy.md).
+# Not part of `make test`: needs root, a Debian mirror the first time (the
+# container's root filesystem is cached in /var/cache/moongate-sysd) and
+# about 20 s per run.
+test-systemd: build
+	GO=$(GO) deploy/test-systemd.sh bin/moongate $(DEB_VERSION)
 
 # Start-up time, idle RSS and RSS at 1,000 events/s with the reference
 # function: natively (amd64) and for arm64 under qemu-aarch64 (emulated

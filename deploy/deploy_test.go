@@ -78,7 +78,11 @@ func TestSystemdVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// ReadOnlyPaths: ConfigurationDirectory= alone is mounted read-write
+	// even under ProtectSystem=strict (seen under a live systemd,
+	// deploy/test-systemd.sh).
 	for _, key := range []string{"User=moongate", "StateDirectory=moongate", "ConfigurationDirectory=moongate",
+		"ReadOnlyPaths=/etc/moongate",
 		"ProtectSystem=strict", "NoNewPrivileges=yes", "Restart=on-failure", "MemoryMax=", "StandardError=journal"} {
 		if !bytes.Contains(unit, []byte("\n"+key)) {
 			t.Errorf("unit lacks %s", key)
@@ -171,6 +175,14 @@ func TestInstallScript(t *testing.T) {
 	bin := nativeBinary(t)
 	root := scratchRoot(t)
 	install := filepath.Join(repo, "deploy", "install.sh")
+	// The README runs it as `sudo deploy/install.sh`: it must be executable.
+	for _, script := range []string{install, filepath.Join(repo, "deploy", "test-systemd.sh")} {
+		if fi, err := os.Stat(script); err != nil {
+			t.Fatal(err)
+		} else if fi.Mode()&0o111 != 0o111 {
+			t.Errorf("%s has mode %v: not executable", script, fi.Mode())
+		}
+	}
 
 	out := run(t, repo, nil, "sh", install, "--root", root, "--binary", bin)
 	if !strings.Contains(out, "created system user moongate") {
