@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -53,6 +54,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr)
 	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
 	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
+	go followLiveHeap(ctx, limit, log, autoLimitInterval, readGCSample, debug.SetMemoryLimit)
 	if *debugListen != "" {
 		stop, err := serveDebug(*debugListen, log)
 		if err != nil {

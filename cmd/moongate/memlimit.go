@@ -19,8 +19,9 @@ const envMemoryLimit = "GOMEMLIMIT"
 
 // memoryLimit is the soft memory limit in effect and where it comes from.
 type memoryLimit struct {
-	bytes  int64  // 0: none
+	bytes  int64  // 0: none; with auto, the floor the limit follows the live heap from
 	source string // "memory_limit" or "GOMEMLIMIT": the knob to turn
+	auto   bool   // memory_limit: auto applies: followLiveHeap adjusts the limit
 }
 
 // applyMemoryLimit sets the Go runtime's soft memory limit from
@@ -34,7 +35,7 @@ func applyMemoryLimit(cfg *config.Config, lookupEnv func(string) (string, bool),
 			"memory_limit", cfg.MemoryLimit.String()+" (not applied: "+envMemoryLimit+" is set)")
 		return l
 	}
-	l := memoryLimit{bytes: cfg.MemoryLimitBytes(), source: "memory_limit"}
+	l := memoryLimit{bytes: cfg.MemoryLimitBytes(), source: "memory_limit", auto: cfg.MemoryLimit == config.MemoryLimitAuto}
 	if l.bytes > 0 {
 		debug.SetMemoryLimit(l.bytes)
 	} else {
@@ -43,6 +44,9 @@ func applyMemoryLimit(cfg *config.Config, lookupEnv func(string) (string, bool),
 	attrs := []any{"limit", formatLimit(l.bytes), "source", "memory_limit"}
 	if cfg.MemoryLimit == config.MemoryLimitAuto {
 		attrs = append(attrs, "memory_limit", "auto (store profile "+cfg.Store.Profile+")")
+		if l.bytes > 0 {
+			attrs = append(attrs, "follows", fmt.Sprintf("%g x live heap when above", autoLimitFactor))
+		}
 	}
 	log.Info("memory limit", attrs...)
 	return l
@@ -66,14 +70,21 @@ func formatLimit(b int64) string {
 
 // gcSample is what the GC watch reads from the runtime: cumulative
 // processor time of garbage collection and of the program's own code (both
-// the runtime's estimates, comparable with each other), and the heap that
-// was live at the last collection.
+// the runtime's estimates, comparable with each other), the heap that was
+// live at the last collection, and the memory the runtime holds besides the
+// heap's spans (goroutine stacks, metadata), which counts towards the soft
+// limit.
 type gcSample struct {
 	gc, user float64 // seconds
 	live     uint64  // bytes
+	overhead uint64  // bytes
 }
 
-var gcMetrics = []string{"/cpu/classes/gc/total:cpu-seconds", "/cpu/classes/user:cpu-seconds", "/gc/heap/live:bytes"}
+var gcMetrics = []string{
+	"/cpu/classes/gc/total:cpu-seconds", "/cpu/classes/user:cpu-seconds", "/gc/heap/live:bytes",
+	"/memory/classes/total:bytes", "/memory/classes/heap/released:bytes", "/memory/classes/heap/objects:bytes",
+	"/memory/classes/heap/unused:bytes", "/memory/classes/heap/free:bytes",
+}
 
 // readGCSample reads the runtime's metrics; ok is false when one is
 // missing (a runtime without them).
@@ -83,10 +94,21 @@ func readGCSample() (gcSample, bool) {
 		s[i].Name = n
 	}
 	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindFloat64 || s[1].Value.Kind() != metrics.KindFloat64 || s[2].Value.Kind() != metrics.KindUint64 {
+	if s[0].Value.Kind() != metrics.KindFloat64 || s[1].Value.Kind() != metrics.KindFloat64 {
 		return gcSample{}, false
 	}
-	return gcSample{gc: s[0].Value.Float64(), user: s[1].Value.Float64(), live: s[2].Value.Uint64()}, true
+	u := make([]uint64, len(s)-2)
+	for i := range u {
+		if s[i+2].Value.Kind() != metrics.KindUint64 {
+			return gcSample{}, false
+		}
+		u[i] = s[i+2].Value.Uint64()
+	}
+	g := gcSample{gc: s[0].Value.Float64(), user: s[1].Value.Float64(), live: u[0]}
+	if heap := u[2] + u[3] + u[4] + u[5]; u[1] > heap { // total - (released + objects + unused + free)
+		g.overhead = u[1] - heap
+	}
+	return g, true
 }
 
 // GC watch thresholds: a warning when, over one interval, garbage
@@ -146,8 +168,72 @@ func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, qui
 			continue
 		}
 		lastWarn = time.Now()
+		shown := l.bytes
+		if l.auto {
+			shown = currentMemoryLimit()
+		}
 		log.Warn("garbage collection is taking a large share of the processor: the memory limit is low for the live heap; raise "+l.source,
-			"gc_share", math.Round(share*100)/100, "limit", formatLimit(l.bytes), "live_heap", fmt.Sprintf("%.1fMiB", float64(cur.live)/(1<<20)),
+			"gc_share", math.Round(share*100)/100, "limit", formatLimit(shown), "live_heap", fmt.Sprintf("%.1fMiB", float64(cur.live)/(1<<20)),
 			"window", interval.String())
+	}
+}
+
+// With memory_limit: auto the limit is not fixed: it is the floor (24MiB
+// with the low-memory profile) or autoLimitFactor times the heap live at
+// the last collection plus the runtime's other memory (stacks, metadata),
+// whichever is larger, re-read every autoLimitInterval. While the live heap
+// is small (8-15 MiB at 1,000 events/s with the reference function) the
+// floor applies and the footprint stays what it was measured at; above it,
+// the collector keeps a headroom of half the live heap (as GOGC=50 would)
+// instead of running almost continuously to hold a limit the live heap has
+// reached. With the
+// fixed 24MiB floor, a live heap grown under load (a slow local subscriber's
+// queue in the embedded broker, a backlog of events) made garbage
+// collection take up to half the processor: moongate-bench's embedded QoS 1
+// throughput halved (docs/performance.md).
+const (
+	autoLimitFactor   = 1.5
+	autoLimitInterval = 250 * time.Millisecond
+)
+
+// autoLimit is the soft limit for a floor, a live heap of live bytes and
+// the runtime's overhead bytes besides the heap.
+func autoLimit(floor int64, live, overhead uint64) int64 {
+	want := int64(float64(live)*autoLimitFactor) + int64(overhead)
+	if want < floor {
+		return floor
+	}
+	const mib = 1 << 20
+	return (want + mib - 1) / mib * mib // whole MiB: fewer changes
+}
+
+// followLiveHeap keeps the runtime's soft memory limit at
+// autoLimit(l.bytes, live heap) while memory_limit: auto applies, reading the
+// live heap every interval; it changes the limit only when that differs by
+// more than a MiB, and logs changes at debug level. It returns when ctx ends.
+func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interval time.Duration, read func() (gcSample, bool), set func(int64) int64) {
+	if !l.auto || l.bytes <= 0 {
+		return
+	}
+	cur := l.bytes
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s, ok := read()
+		if !ok {
+			return
+		}
+		want := autoLimit(l.bytes, s.live, s.overhead)
+		if d := want - cur; d <= 1<<20 && d >= -(1<<20) {
+			continue
+		}
+		set(want)
+		log.Debug("memory limit follows the live heap", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(s.live)/(1<<20)))
+		cur = want
 	}
 }

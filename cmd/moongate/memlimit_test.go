@@ -231,11 +231,12 @@ func TestWatchGC(t *testing.T) {
 
 // The runtime has the metrics the watch and /metrics read.
 func TestGCSampleMetricsExist(t *testing.T) {
+	runtime.GC() // the processor-time and live-heap metrics are updated by collections
 	s, ok := readGCSample()
 	if !ok {
 		t.Fatalf("runtime metrics %v missing", gcMetrics)
 	}
-	if s.user <= 0 || s.live == 0 {
+	if s.user <= 0 || s.live == 0 || s.overhead == 0 || s.overhead > 1<<30 {
 		t.Fatalf("implausible sample %+v", s)
 	}
 }
@@ -384,6 +385,73 @@ func TestMemProfileRate(t *testing.T) {
 	for _, tc := range cases {
 		if got := memProfileRate(tc.args); got != tc.want {
 			t.Errorf("memProfileRate(%q) = %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}
+
+func TestAutoLimit(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		live, overhead uint64
+		want           int64
+	}{
+		{0, 0, 24 * mib},
+		{10 * mib, 3 * mib, 24 * mib},
+		{16 * mib, 0, 24 * mib},          // 1.5 x 16 = the floor
+		{14 * mib, 4 * mib, 25 * mib},    // the runtime's overhead counts too
+		{20 * mib, 0, 30 * mib},          // above the floor: 1.5 x live
+		{20*mib + 1, 0, 31 * mib},        // rounded up to a whole MiB
+		{200 * mib, 10 * mib, 310 * mib}, // no ceiling: MemoryMax is the hard bound
+	} {
+		if got := autoLimit(24*mib, c.live, c.overhead); got != c.want {
+			t.Errorf("autoLimit(24MiB, %d, %d) = %d, want %d", c.live, c.overhead, got, c.want)
+		}
+	}
+}
+
+// With auto, the limit follows the live heap up and back down to the
+// floor; with an explicit size or GOMEMLIMIT it is never touched.
+func TestFollowLiveHeap(t *testing.T) {
+	const mib = 1 << 20
+	lives := []uint64{10 * mib, 30 * mib, 30*mib + 100, 80 * mib, 12 * mib, 12 * mib}
+	run := func(l memoryLimit) []int64 {
+		var (
+			mu   sync.Mutex
+			i    int
+			sets []int64
+		)
+		done := make(chan struct{})
+		read := func() (gcSample, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if i == len(lives) {
+				return gcSample{}, false // ends the loop
+			}
+			i++
+			return gcSample{live: lives[i-1]}, true
+		}
+		set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
+		go func() {
+			defer close(done)
+			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, read, set)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("followLiveHeap did not return when its reads ended")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return sets
+	}
+	got := run(memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true})
+	want := []int64{45 * mib, 120 * mib, 24 * mib}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("limits set %v, want %v", got, want)
+	}
+	for _, l := range []memoryLimit{{bytes: 24 * mib, source: "memory_limit"}, {bytes: 40 * mib, source: envMemoryLimit}, {source: "memory_limit", auto: true}} {
+		if got := run(l); len(got) != 0 {
+			t.Fatalf("%+v: limits set %v, want none", l, got)
 		}
 	}
 }
