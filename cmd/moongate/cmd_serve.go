@@ -54,7 +54,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr)
 	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
 	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
-	go followLiveHeap(ctx, limit, log, autoLimitInterval, readGCSample, debug.SetMemoryLimit)
+	go followLiveHeap(ctx, limit, log, autoLimitInterval, autoLimitWindow, readGCSample, debug.SetMemoryLimit)
 	if *debugListen != "" {
 		stop, err := serveDebug(*debugListen, log)
 		if err != nil {

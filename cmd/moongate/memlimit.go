@@ -179,21 +179,22 @@ func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, qui
 }
 
 // With memory_limit: auto the limit is not fixed: it is the floor (24MiB
-// with the low-memory profile) or autoLimitFactor times the heap live at
-// the last collection plus the runtime's other memory (stacks, metadata),
-// whichever is larger, re-read every autoLimitInterval. While the live heap
-// is small (8-15 MiB at 1,000 events/s with the reference function) the
-// floor applies and the footprint stays what it was measured at; above it,
-// the collector keeps a headroom of half the live heap (as GOGC=50 would)
-// instead of running almost continuously to hold a limit the live heap has
-// reached. With the
-// fixed 24MiB floor, a live heap grown under load (a slow local subscriber's
-// queue in the embedded broker, a backlog of events) made garbage
-// collection take up to half the processor: moongate-bench's embedded QoS 1
-// throughput halved (docs/performance.md).
+// with the low-memory profile) or autoLimitFactor times the live heap plus
+// the runtime's other memory (stacks, metadata), whichever is larger. The
+// live heap taken is the smallest of the last autoLimitWindow samples, read
+// every autoLimitInterval: the limit follows a live heap that stays large
+// (a slow local subscriber's queue in the embedded broker, a backlog of
+// events under sustained load), where a fixed 24MiB made garbage collection
+// take up to half the processor and halved moongate-bench's embedded QoS 1
+// throughput (docs/performance.md); it does not follow the second-long
+// spikes of Badger's compactions, which the floor keeps out of the RSS.
+// While the live heap is small (8-15 MiB at 1,000 events/s with the
+// reference function) the floor applies; above it the collector keeps a
+// headroom of half the live heap, as GOGC=50 would.
 const (
 	autoLimitFactor   = 1.5
 	autoLimitInterval = 250 * time.Millisecond
+	autoLimitWindow   = 8 // samples: 2 s
 )
 
 // autoLimit is the soft limit for a floor, a live heap of live bytes and
@@ -207,15 +208,17 @@ func autoLimit(floor int64, live, overhead uint64) int64 {
 	return (want + mib - 1) / mib * mib // whole MiB: fewer changes
 }
 
-// followLiveHeap keeps the runtime's soft memory limit at
-// autoLimit(l.bytes, live heap) while memory_limit: auto applies, reading the
-// live heap every interval; it changes the limit only when that differs by
-// more than a MiB, and logs changes at debug level. It returns when ctx ends.
-func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interval time.Duration, read func() (gcSample, bool), set func(int64) int64) {
+// followLiveHeap keeps the runtime's soft memory limit at autoLimit of the
+// smallest live heap (and its overhead) of the last window samples, read
+// every interval, while memory_limit: auto applies; it changes the limit
+// only when that differs by more than a MiB, and logs changes at debug
+// level. It returns when ctx ends or read fails.
+func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interval time.Duration, window int, read func() (gcSample, bool), set func(int64) int64) {
 	if !l.auto || l.bytes <= 0 {
 		return
 	}
 	cur := l.bytes
+	recent := make([]gcSample, 0, window)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -228,12 +231,22 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 		if !ok {
 			return
 		}
-		want := autoLimit(l.bytes, s.live, s.overhead)
+		if len(recent) == window {
+			recent = append(recent[:0], recent[1:]...)
+		}
+		recent = append(recent, s)
+		low := s
+		for _, r := range recent {
+			if r.live < low.live {
+				low = r
+			}
+		}
+		want := autoLimit(l.bytes, low.live, low.overhead)
 		if d := want - cur; d <= 1<<20 && d >= -(1<<20) {
 			continue
 		}
 		set(want)
-		log.Debug("memory limit follows the live heap", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(s.live)/(1<<20)))
+		log.Debug("memory limit follows the live heap", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(low.live)/(1<<20)))
 		cur = want
 	}
 }

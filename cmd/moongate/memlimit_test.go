@@ -414,7 +414,7 @@ func TestAutoLimit(t *testing.T) {
 func TestFollowLiveHeap(t *testing.T) {
 	const mib = 1 << 20
 	lives := []uint64{10 * mib, 30 * mib, 30*mib + 100, 80 * mib, 12 * mib, 12 * mib}
-	run := func(l memoryLimit) []int64 {
+	run := func(l memoryLimit, window int) []int64 {
 		var (
 			mu   sync.Mutex
 			i    int
@@ -433,7 +433,7 @@ func TestFollowLiveHeap(t *testing.T) {
 		set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
 		go func() {
 			defer close(done)
-			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, read, set)
+			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set)
 		}()
 		select {
 		case <-done:
@@ -444,13 +444,21 @@ func TestFollowLiveHeap(t *testing.T) {
 		defer mu.Unlock()
 		return sets
 	}
-	got := run(memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true})
+	auto := memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true}
+	got := run(auto, 1)
 	want := []int64{45 * mib, 120 * mib, 24 * mib}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("limits set %v, want %v", got, want)
+		t.Fatalf("window 1: limits set %v, want %v", got, want)
+	}
+	// With a window of two samples a single high sample is not followed:
+	// 30 MiB twice is, 80 MiB once is not, and the drop is followed at once.
+	got = run(auto, 2)
+	want = []int64{45 * mib, 24 * mib}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("window 2: limits set %v, want %v", got, want)
 	}
 	for _, l := range []memoryLimit{{bytes: 24 * mib, source: "memory_limit"}, {bytes: 40 * mib, source: envMemoryLimit}, {source: "memory_limit", auto: true}} {
-		if got := run(l); len(got) != 0 {
+		if got := run(l, 1); len(got) != 0 {
 			t.Fatalf("%+v: limits set %v, want none", l, got)
 		}
 	}
