@@ -264,7 +264,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	n, err := g.resume(ctx)
 	if err != nil {
 		close(pubDone)
-		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: resume inbox: %w", err))
+		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "resume inbox", err))
 	}
 	// Chained entries committed while resuming waited for the backlog
 	// before them; from now on they go to the workers directly.
@@ -272,12 +272,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	go g.chainFeeder(workCtx)
 	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
 		close(pubDone)
-		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: start ingest: %w", err))
+		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "start ingest", err))
 	}
 	// Local publishes need the ingest started.
 	go func() { defer close(pubDone); g.publisher(pubCtx) }()
 	if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
-		return g.shutdown(stopWork, stopPub, pubDone, fmt.Errorf("gateway: subscribe: %w", err))
+		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "subscribe", err))
 	}
 	g.startTimers()
 	g.ready.Store(true)
@@ -285,6 +285,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	return g.shutdown(stopWork, stopPub, pubDone, nil)
+}
+
+// startErr is the error Run returns when a start-up step failed: none when
+// the step failed because ctx ended (a stop asked for while starting, e.g.
+// SIGTERM during a long inbox resume, is a clean stop, not a failure).
+func startErr(ctx context.Context, step string, err error) error {
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return nil
+	}
+	return fmt.Errorf("gateway: %s: %w", step, err)
 }
 
 func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan struct{}, cause error) error {

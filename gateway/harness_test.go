@@ -285,3 +285,25 @@ func freePort(t testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// A stop asked for while the daemon starts (SIGTERM during the inbox
+// resume) is a clean stop: Run returns no error, and the store opens again.
+func TestStopWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Parse("test.yaml", []byte(testConfig(filepath.Join(dir, "data"), "", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			cancel()
+			t.Fatalf("daemon %d: %v", i, err)
+		}
+		cancel() // before Run: every start-up step sees a context that ended
+		if err := d.Run(ctx); err != nil {
+			t.Fatalf("run %d with its context ended while starting: %v", i, err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -66,6 +67,10 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	gateway.Version = version
 	d, err := gateway.NewDaemon(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			log.Info("stopped while starting")
+			return exitOK
+		}
 		log.Error("start failed", "err", err)
 		return exitFailure
 	}
