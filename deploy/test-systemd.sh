@@ -287,6 +287,10 @@ new_ready_pid() { local p; p=$(main_pid); [ "$p" != 0 ] && [ "$p" != "$1" ] && r
 fails() { ! "$@"; }
 # journal_has TEXT: a line the service's own process (uid moongate) logged.
 journal_has() { C journalctl _SYSTEMD_UNIT=moongate.service _UID="$uid" --no-pager -o cat | grep -qF -- "$1"; }
+# journal_prio PRIO TEXT: a line of the service's process at exactly that
+# syslog priority (the daemon prefixes each line with "<N>" when its stderr
+# is the journal; journald strips the prefix and keeps the priority).
+journal_prio() { C journalctl _SYSTEMD_UNIT=moongate.service _UID="$uid" -p "$1..$1" --no-pager -o cat | grep -F -- "$2" | grep -qv '^<'; }
 # systemd_logged TEXT: a line systemd logged about the unit.
 systemd_logged() { C journalctl -u moongate --no-pager -o cat | grep -qF -- "$1"; }
 
@@ -421,12 +425,19 @@ report+=("systemd-analyze security: overall exposure ${exposure:-unknown}")
 # --- journald ----------------------------------------------------------------
 check "journald has the service's lines, logged as uid $uid: gateway ready" journal_has 'msg="gateway ready"'
 check "journald: api listening on $api" journal_has "msg=\"api listening\" addr=$api"
+check "journald: info lines at priority info (6), prefix stripped" journal_prio 6 'msg="gateway ready"'
+check "journald: no info line at priority warning or above" fails journal_prio 4 'msg="gateway ready"'
 
 # --- a function, a token, an MQTT event, a record ----------------------------
 say "MQTT event -> function -> record -> moongate data query"
 C cp /mnt/functions/reference.lua /mnt/functions/reference.yaml /etc/moongate/functions/
 wait_for 10 "the reference function to be deployed from /etc/moongate/functions" journal_has 'msg="function deployed" function=reference'
 ok "functions_dir: reference.lua + reference.yaml picked up by the running service"
+# An error line: a function whose source does not compile.
+C sh -c 'printf "function handle(\n" >/etc/moongate/functions/broken.lua && cp /etc/moongate/functions/reference.yaml /etc/moongate/functions/broken.yaml'
+wait_for 10 "journald: 'function not loaded' for broken.lua at priority err (3)" journal_prio 3 'msg="function not loaded"'
+ok "journald: an error line (broken.lua refused) at priority err (3), prefix stripped"
+C rm /etc/moongate/functions/broken.lua /etc/moongate/functions/broken.yaml
 tokout=$(C moongate token create systemd-test --scope read 2>/dev/null)
 token=$(printf '%s\n' "$tokout" | sed -n 1p)
 tokline=$(printf '%s\n' "$tokout" | sed -n 2p)

@@ -52,7 +52,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	if *dataDir != "" {
 		cfg.DataDir = *dataDir
 	}
-	log := newLogger(cfg.Log, stderr)
+	f, _ := stderr.(*os.File)
+	log := newLogger(cfg.Log, stderr, toJournal(os.Getenv("JOURNAL_STREAM"), f))
 	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
 	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
 	go followLiveHeap(ctx, limit, log, autoLimitInterval, autoLimitWindow, readGCSample, debug.SetMemoryLimit)
@@ -90,12 +91,21 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.Load(path)
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
+// newLogger is the daemon's logger on w, in the configured format and
+// level; when journal is true (w is the systemd journal's stream), each line
+// starts with its syslog priority ("<3>" error ... "<7>" debug).
+func newLogger(c config.Log, w io.Writer, journal bool) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level))
 	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+	inner := func(w io.Writer) slog.Handler {
+		if c.Format == "json" {
+			return slog.NewJSONHandler(w, opts)
+		}
+		return slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	if journal {
+		return slog.New(newJournalHandler(w, inner))
+	}
+	return slog.New(inner(w))
 }
