@@ -435,7 +435,7 @@ wait_for 10 "the reference function to be deployed from /etc/moongate/functions"
 ok "functions_dir: reference.lua + reference.yaml picked up by the running service"
 # An error line: a function whose source does not compile.
 C sh -c 'printf "function handle(\n" >/etc/moongate/functions/broken.lua && cp /etc/moongate/functions/reference.yaml /etc/moongate/functions/broken.yaml'
-wait_for 10 "journald: 'function not loaded' for broken.lua at priority err (3)" journal_prio 3 'msg="function not loaded"'
+wait_for 10 "journald: the compile error of broken.lua at priority err (3)" journal_prio 3 'compile broken:1:0: syntax error'
 ok "journald: an error line (broken.lua refused) at priority err (3), prefix stripped"
 C rm /etc/moongate/functions/broken.lua /etc/moongate/functions/broken.yaml
 tokout=$(C moongate token create systemd-test --scope read 2>/dev/null)
