@@ -433,7 +433,7 @@ func TestFollowLiveHeap(t *testing.T) {
 		set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
 		go func() {
 			defer close(done)
-			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set)
+			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set, time.Now)
 		}()
 		select {
 		case <-done:
@@ -461,5 +461,56 @@ func TestFollowLiveHeap(t *testing.T) {
 		if got := run(l, 1); len(got) != 0 {
 			t.Fatalf("%+v: limits set %v, want none", l, got)
 		}
+	}
+}
+
+// While collection takes a large share of the processor the limit is
+// raised to twice the live heap, and held autoBoostHold after the share
+// last was large; then it follows the window again.
+func TestFollowLiveHeapBoost(t *testing.T) {
+	const mib = 1 << 20
+	t0 := time.Unix(1_000_000, 0)
+	var (
+		mu    sync.Mutex
+		i     int
+		clock = t0
+		sets  []int64
+	)
+	const samples = 14
+	read := func() (gcSample, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if i == samples {
+			return gcSample{}, false
+		}
+		i++
+		if i > 12 {
+			clock = t0.Add(3 * autoBoostHold) // long after the share was last large
+		}
+		// Collection takes half of the processor time up to sample 8, then
+		// none; 20 MiB live all along. Over 4 samples the share is at
+		// least 0.25 up to sample 11.
+		return gcSample{gc: float64(min(i, 8)) * 0.01, user: float64(i) * 0.01, live: 20 * mib}, true
+	}
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		followLiveHeap(context.Background(), memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true},
+			jsonLogger(io.Discard), time.Millisecond, 8, read, set, now)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("followLiveHeap did not return when its reads ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// 1.5 x 20 at once; 2 x 20 from sample 5 (the first with 4 samples
+	// before it); 1.5 x 20 again once the hold is over.
+	want := []int64{30 * mib, 40 * mib, 30 * mib}
+	if fmt.Sprint(sets) != fmt.Sprint(want) {
+		t.Fatalf("limits set %v, want %v", sets, want)
 	}
 }
