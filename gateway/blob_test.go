@@ -30,8 +30,9 @@ const (
 	blobReadToken  = "mgt_blobtest_read_0123456789"
 )
 
-// blobConfig is testConfig with API tokens and blob buckets.
-func blobConfig(dataDir, fnDir string) string {
+// blobConfigHead is the part of the blob tests' configurations before
+// their sync and blobs sections: testConfig with an admin and a read token.
+func blobConfigHead(dataDir, fnDir string) string {
 	return fmt.Sprintf(`gateway_id: test
 data_dir: %q
 functions_dir: %q
@@ -44,12 +45,17 @@ api:
     - {name: admin, scope: admin, hash: %q}
     - {name: reader, scope: read, hash: %q}
 store: {durability: always}
-blobs:
+`, dataDir, fnDir, apiserver.HashToken(blobAdminToken), apiserver.HashToken(blobReadToken))
+}
+
+// blobConfig is testConfig with API tokens and blob buckets.
+func blobConfig(dataDir, fnDir string) string {
+	return blobConfigHead(dataDir, fnDir) + `blobs:
   buckets:
     photos: {max_size: 24MiB, max_bytes: 64MiB}
     derived: {max_size: 1MiB}
     tiny: {max_size: 1KiB, max_bytes: 2KiB}
-`, dataDir, fnDir, apiserver.HashToken(blobAdminToken), apiserver.HashToken(blobReadToken))
+`
 }
 
 // digestLua reads an uploaded blob in 1 MiB chunks, writes a summary as a

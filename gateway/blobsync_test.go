@@ -95,26 +95,14 @@ func (s *blobSink) paths() int {
 // blobSyncConfig is blobConfig with photos and derived routed to the http
 // target cloud at url, and extra appended.
 func blobSyncConfig(dataDir, fnDir, url, extra string) string {
-	return fmt.Sprintf(`gateway_id: test
-data_dir: %q
-functions_dir: %q
-log: {level: warn}
-mqtt:
-  embedded: {listen: "127.0.0.1:0"}
-api:
-  listen: "127.0.0.1:0"
-  tokens:
-    - {name: admin, scope: admin, hash: %q}
-    - {name: reader, scope: read, hash: %q}
-store: {durability: always}
-sync:
+	return blobConfigHead(dataDir, fnDir) + fmt.Sprintf(`sync:
   targets:
     - {name: cloud, type: http, http: {url: %q}, backoff: {initial: 20ms, max: 200ms}, ack_timeout: 5s}
 blobs:
   buckets:
     photos: {max_size: 24MiB, sync: [cloud]}
     derived: {max_size: 1MiB, sync: [cloud]}
-%s`, dataDir, fnDir, apiserver.HashToken(blobAdminToken), apiserver.HashToken(blobReadToken), url, extra)
+%s`, url, extra)
 }
 
 // syncStatus reads GET /v1/sync and returns the target cloud.

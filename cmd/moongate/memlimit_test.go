@@ -409,40 +409,46 @@ func TestAutoLimit(t *testing.T) {
 	}
 }
 
+// runFollow runs followLiveHeap with interval 1ms until read reports
+// false, and returns the limits it set. next is called under a lock.
+func runFollow(t *testing.T, l memoryLimit, window int, next func() (gcSample, bool), now func() time.Time) []int64 {
+	t.Helper()
+	var (
+		mu   sync.Mutex
+		sets []int64
+	)
+	read := func() (gcSample, bool) { mu.Lock(); defer mu.Unlock(); return next() }
+	set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
+	lockedNow := func() time.Time { mu.Lock(); defer mu.Unlock(); return now() }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set, lockedNow)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("followLiveHeap did not return when its reads ended")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return sets
+}
+
 // With auto, the limit follows the live heap up and back down to the
 // floor; with an explicit size or GOMEMLIMIT it is never touched.
 func TestFollowLiveHeap(t *testing.T) {
 	const mib = 1 << 20
 	lives := []uint64{10 * mib, 30 * mib, 30*mib + 100, 80 * mib, 12 * mib, 12 * mib}
 	run := func(l memoryLimit, window int) []int64 {
-		var (
-			mu   sync.Mutex
-			i    int
-			sets []int64
-		)
-		done := make(chan struct{})
-		read := func() (gcSample, bool) {
-			mu.Lock()
-			defer mu.Unlock()
+		i := 0
+		return runFollow(t, l, window, func() (gcSample, bool) {
 			if i == len(lives) {
 				return gcSample{}, false // ends the loop
 			}
 			i++
 			return gcSample{live: lives[i-1]}, true
-		}
-		set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
-		go func() {
-			defer close(done)
-			followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set, time.Now)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("followLiveHeap did not return when its reads ended")
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		return sets
+		}, time.Now)
 	}
 	auto := memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true}
 	got := run(auto, 1)
@@ -470,16 +476,9 @@ func TestFollowLiveHeap(t *testing.T) {
 func TestFollowLiveHeapBoost(t *testing.T) {
 	const mib = 1 << 20
 	t0 := time.Unix(1_000_000, 0)
-	var (
-		mu    sync.Mutex
-		i     int
-		clock = t0
-		sets  []int64
-	)
+	i, clock := 0, t0
 	const samples = 14
-	read := func() (gcSample, bool) {
-		mu.Lock()
-		defer mu.Unlock()
+	sets := runFollow(t, memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true}, 8, func() (gcSample, bool) {
 		if i == samples {
 			return gcSample{}, false
 		}
@@ -491,22 +490,7 @@ func TestFollowLiveHeapBoost(t *testing.T) {
 		// none; 20 MiB live all along. Over 4 samples the share is at
 		// least 0.25 up to sample 11.
 		return gcSample{gc: float64(min(i, 8)) * 0.01, user: float64(i) * 0.01, live: 20 * mib}, true
-	}
-	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		followLiveHeap(context.Background(), memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true},
-			jsonLogger(io.Discard), time.Millisecond, 8, read, set, now)
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("followLiveHeap did not return when its reads ended")
-	}
-	mu.Lock()
-	defer mu.Unlock()
+	}, func() time.Time { return clock })
 	// 1.5 x 20 at once; 2 x 20 from sample 5 (the first with 4 samples
 	// before it); 1.5 x 20 again once the hold is over.
 	want := []int64{30 * mib, 40 * mib, 30 * mib}
