@@ -189,7 +189,11 @@ func (d *Daemon) Handler() http.Handler {
 // and closes the store.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.closeAll()
-	if dir := d.cfg.FunctionsDir; dir != "" {
+	switch dir := d.cfg.FunctionsDir; {
+	case ctx.Err() != nil:
+		// Asked to stop before it started: nothing to load (and no
+		// "context canceled" errors to log); the gateway stops cleanly.
+	case dir != "":
 		// The directory is the whole set of functions; each new or changed
 		// one is also kept in the store as a new version.
 		load := func(fns []trigger.Function, errs []error) {
@@ -202,8 +206,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		load(trigger.LoadDir(dir))
 		go trigger.Watch(ctx, dir, d.FunctionsPoll, load)
-	} else if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
-		d.log.Error("functions", "err", err)
+	default:
+		if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
+			d.log.Error("functions", "err", err)
+		}
 	}
 	if d.httpSrv != nil {
 		go func() {

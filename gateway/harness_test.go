@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -287,16 +288,23 @@ func freePort(t testing.TB) int {
 }
 
 // A stop asked for while the daemon starts (SIGTERM during the inbox
-// resume) is a clean stop: Run returns no error, and the store opens again.
+// resume) is a clean stop: Run returns no error and logs none, and the
+// store opens again. With and without a functions directory.
 func TestStopWhileStarting(t *testing.T) {
 	dir := t.TempDir()
-	cfg, err := config.Parse("test.yaml", []byte(testConfig(filepath.Join(dir, "data"), "", "")))
-	if err != nil {
+	fnDir := filepath.Join(dir, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 2 {
+	writeFunction(t, fnDir, "f", "function handle(e) end", "triggers:\n  - mqtt: t/{device}\n")
+	for i, fns := range []string{"", fnDir, ""} {
+		cfg, err := config.Parse("test.yaml", []byte(testConfig(filepath.Join(dir, "data"), fns, "")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
 		ctx, cancel := context.WithCancel(context.Background())
-		d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {
 			cancel()
 			t.Fatalf("daemon %d: %v", i, err)
@@ -304,6 +312,9 @@ func TestStopWhileStarting(t *testing.T) {
 		cancel() // before Run: every start-up step sees a context that ended
 		if err := d.Run(ctx); err != nil {
 			t.Fatalf("run %d with its context ended while starting: %v", i, err)
+		}
+		if strings.Contains(logs.String(), "level=ERROR") {
+			t.Fatalf("run %d logged errors for a stop while starting:\n%s", i, logs.String())
 		}
 	}
 }

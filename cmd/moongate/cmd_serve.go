@@ -68,7 +68,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	gateway.Version = version
 	d, err := gateway.NewDaemon(ctx, cfg, log)
 	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			log.Info("stopped while starting")
 			return exitOK
 		}
