@@ -156,7 +156,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if !opts.InMemory {
-		if err := removeEmptyLogFiles(opts.Dir, opts.Logger); err != nil {
+		// Under Badger's directory lock: never remove a file that a
+		// running daemon on the same directory has just created.
+		if _, err := withDirLock(opts.Dir, func() error { return removeEmptyLogFiles(opts.Dir, opts.Logger) }); err != nil {
 			return nil, err
 		}
 	}

@@ -44,3 +44,27 @@ func TestOpenAfterEmptyLogFile(t *testing.T) {
 		})
 	}
 }
+
+// While another store has the directory open, Open removes nothing (the
+// empty file may be one the running Badger has just created) and fails
+// with Badger's lock error.
+func TestOpenLeavesLockedDirectory(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := Open(ctx, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	empty := filepath.Join(dir, "00099.mem")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st2, err := Open(ctx, Options{Dir: dir}); err == nil {
+		st2.Close()
+		t.Fatal("a second Open of a directory in use succeeded")
+	}
+	if _, err := os.Stat(empty); err != nil {
+		t.Fatalf("the empty file of the directory in use was removed: %v", err)
+	}
+}
