@@ -501,6 +501,17 @@ check "journald: gateway stopped" journal_has 'msg="gateway stopped"'
 ok "systemctl stop returned after ${stop_ms} ms (SIGTERM, exit 0)"
 report+=("systemctl stop: ${stop_ms} ms, ExecMainStatus=0, Result=success")
 
+# --- a configuration error: an unprefixed line, recorded as an error ------------
+say "a configuration error"
+C cp /etc/moongate/config.yaml /root/config.yaml.good
+C sh -c 'echo "no_such_key: 1" >>/etc/moongate/config.yaml'
+C systemctl start moongate || true
+wait_for 10 "journald: the configuration error at priority err (3) (SyslogLevel=err)" journal_prio 3 'no_such_key'
+ok "journald: a configuration error, written before the logger exists, is recorded at priority err"
+C systemctl stop moongate || true
+C cp /root/config.yaml.good /etc/moongate/config.yaml
+C systemctl reset-failed moongate || true
+
 # --- boot: enabled means started -----------------------------------------------
 say "rebooting the container"
 kill -TERM "$nspawn_pid" # nspawn asks the container's systemd to power off

@@ -16,9 +16,10 @@ func toJournal(journalStream string, f *os.File) bool {
 	if journalStream == "" || f == nil {
 		return false
 	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+	fi, err := f.Stat() // not f.Fd(): that would put f in blocking mode
+	if err != nil {
 		return false
 	}
-	return journalStream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && journalStream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
