@@ -190,13 +190,18 @@ func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, qui
 // spikes of Badger's compactions, which the floor keeps out of the RSS.
 // While the live heap is small (8-15 MiB at 1,000 events/s with the
 // reference function) the floor applies; above it the collector keeps a
-// headroom of half the live heap, as GOGC=50 would.
+// headroom of up to half the live heap, roughly as GOGC=50 would (the
+// runtime also counts the heap's unused spans against the limit).
 //
 // When, over the last autoBoostSpan samples, garbage collection still took
 // at least autoBoostShare of the processor time (and at least 2 % of one
 // processor), the limit is raised for autoBoostHold to autoBoostFactor
-// times the live heap of the moment (GOGC=100's headroom): the heap is
-// growing faster than the window lets the limit follow. At 1,000 events/s
+// times the smallest live heap of those samples (about GOGC=100's
+// headroom): the heap is growing faster than the window lets the limit
+// follow. The runtime updates its processor-time estimates when a
+// collection ends, and counts in them the marking done on otherwise idle
+// processors, so the share is a rough one; the thresholds were chosen by
+// measurement (docs/performance.md). At 1,000 events/s
 // the collector's share stays near 0.1 and this never happens (VmHWM
 // 57-59 MiB, make footprint); at moongate-bench's rates it recovered about
 // half of what the limit cost against memory_limit: off.
@@ -273,7 +278,15 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 			dgc, dall := s.gc-old.gc, (s.gc+s.user)-(old.gc+old.user)
 			span := interval.Seconds() * autoBoostSpan
 			if dall > 0 && dgc/dall >= autoBoostShare && dgc >= autoBoostBusy*span {
-				boost = max(boost, limitFor(l.bytes, s.live, s.overhead, autoBoostFactor))
+				// The smallest live heap of the span: a spike shorter than
+				// the span does not raise the limit.
+				lowSpan := s
+				for _, r := range recent[n-1-autoBoostSpan:] {
+					if r.live < lowSpan.live {
+						lowSpan = r
+					}
+				}
+				boost = limitFor(l.bytes, lowSpan.live, lowSpan.overhead, autoBoostFactor)
 				boostUntil = t.Add(autoBoostHold)
 			}
 		}
@@ -282,7 +295,9 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 		} else {
 			boost = 0
 		}
-		if d := want - cur; d <= 1<<20 && d >= -(1<<20) {
+		// Changes of a MiB or less are not worth making, except back to
+		// the floor.
+		if d := want - cur; d <= 1<<20 && d >= -(1<<20) && (want != l.bytes || cur == l.bytes) {
 			continue
 		}
 		set(want)

@@ -287,8 +287,7 @@ func serveMemoryLimit(t *testing.T, bin, dir, cfgExtra string, env ...string) (m
 	case <-time.After(30 * time.Second):
 		t.Fatalf("serve did not listen\n%s", logs.buf.String())
 	}
-	// Stopped only once ready (SIGTERM while the inbox is being resumed
-	// ends serve with an error).
+	// Stopped only once ready, so that the daemon is the one measured.
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err == nil {
@@ -463,6 +462,13 @@ func TestFollowLiveHeap(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("window 2: limits set %v, want %v", got, want)
 	}
+	// Back to the floor even from a MiB above it.
+	lives = []uint64{30 * mib, 16*mib + mib/2, 10 * mib}
+	got = run(auto, 1)
+	want = []int64{45 * mib, 25 * mib, 24 * mib}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("back to the floor: limits set %v, want %v", got, want)
+	}
 	for _, l := range []memoryLimit{{bytes: 24 * mib, source: "memory_limit"}, {bytes: 40 * mib, source: envMemoryLimit}, {source: "memory_limit", auto: true}} {
 		if got := run(l, 1); len(got) != 0 {
 			t.Fatalf("%+v: limits set %v, want none", l, got)
@@ -488,7 +494,7 @@ func TestFollowLiveHeapBoost(t *testing.T) {
 		}
 		// Collection takes half of the processor time up to sample 8, then
 		// none; 20 MiB live all along. Over 4 samples the share is at
-		// least 0.25 up to sample 11.
+		// least 0.25 up to sample 10 (0.2 at 11).
 		return gcSample{gc: float64(min(i, 8)) * 0.01, user: float64(i) * 0.01, live: 20 * mib}, true
 	}, func() time.Time { return clock })
 	// 1.5 x 20 at once; 2 x 20 from sample 5 (the first with 4 samples
