@@ -168,11 +168,11 @@ func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, qui
 			continue
 		}
 		lastWarn = time.Now()
-		shown := l.bytes
+		shown, advice := l.bytes, "raise "+l.source
 		if l.auto {
-			shown = currentMemoryLimit()
+			shown, advice = currentMemoryLimit(), "set memory_limit to a size of about twice the live heap, or off"
 		}
-		log.Warn("garbage collection is taking a large share of the processor: the memory limit is low for the live heap; raise "+l.source,
+		log.Warn("garbage collection is taking a large share of the processor: the memory limit is low for the live heap; "+advice,
 			"gc_share", math.Round(share*100)/100, "limit", formatLimit(shown), "live_heap", fmt.Sprintf("%.1fMiB", float64(cur.live)/(1<<20)),
 			"window", interval.String())
 	}

@@ -214,6 +214,12 @@ func TestWatchGC(t *testing.T) {
 	if len(recs) < 3 || !strings.HasSuffix(recs[0]["msg"].(string), "raise GOMEMLIMIT") {
 		t.Fatalf("%d warnings in 5 heavy ticks without a quiet period: %v", len(recs), recs)
 	}
+	// With auto, the advice is a fixed size or off (raising "auto" means
+	// nothing).
+	recs = runWatch(t, memoryLimit{bytes: 24 << 20, source: "memory_limit", auto: true}, heavy(), time.Hour, 3)
+	if len(recs) != 1 || !strings.HasSuffix(recs[0]["msg"].(string), "set memory_limit to a size of about twice the live heap, or off") {
+		t.Fatalf("auto: warnings %v", recs)
+	}
 	// Light collection: nothing.
 	if recs := runWatch(t, limit, &fakeGC{gcPerTick: 0.001, userTick: 0.01, reads: make(chan struct{})}, 0, 20); len(recs) != 0 {
 		t.Fatalf("warnings for a 9%% share: %v", recs)
