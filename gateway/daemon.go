@@ -73,7 +73,11 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		d.ingest = x
 		d.mqttURL = cfg.MQTT.External.Broker
 	default:
-		e, err := mqtt.NewEmbedded(embeddedConfig(cfg), log)
+		ec := embeddedConfig(cfg)
+		if cfg.MQTT.Embedded.PersistSessions {
+			ec.Sessions = st
+		}
+		e, err := mqtt.NewEmbedded(ec, log)
 		if err != nil {
 			return fail(fmt.Errorf("mqtt: %w", err))
 		}

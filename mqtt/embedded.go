@@ -63,6 +63,10 @@ type EmbeddedConfig struct {
 	// default 1000. Further connections get CONNACK "server unavailable"
 	// (MQTT 5: "server busy").
 	MaxClients int
+	// Sessions, when set, keeps persistent sessions (their subscriptions
+	// and queued messages) and retained messages across restarts; nil keeps
+	// them in memory only.
+	Sessions SessionStore
 }
 
 func (c *EmbeddedConfig) applyDefaults() {
@@ -196,6 +200,11 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	})
 	if err := e.srv.AddHook(&hook{e: e}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
+	}
+	if cfg.Sessions != nil {
+		if err := e.srv.AddHook(&sessionHook{st: cfg.Sessions, log: log.With("component", "mqtt-sessions")}, nil); err != nil {
+			return nil, fmt.Errorf("mqtt: add session hook: %w", err)
+		}
 	}
 	e.hctx, e.hcancel = context.WithCancel(context.Background())
 	return e, nil

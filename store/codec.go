@@ -25,6 +25,8 @@ import (
 //	'c' sha256                        reference count of a blob object
 //	'O' target 0x00 seq               index of the blob sends in outbox
 //	                                  target (blobsend.go)
+//	'B' opaque key                    embedded broker sessions and
+//	                                  retained messages (sessions.go)
 //
 // seq, ts, minute and version are 8-byte big-endian (ts biased by 1<<63 so
 // that negative times sort first), so keys sort in numeric order.

@@ -20,6 +20,7 @@ type request struct {
 	fn    func(b *batch) error
 	est   int64 // upper bound of the bytes fn will stage (Badger's estimate)
 	grows bool  // adds data: refused while the disk is below its reserve
+	async bool  // nobody waits for it (queue): its error is logged
 	err   error
 	done  chan struct{}
 	// freed are the blob objects the request left without a reference:
@@ -220,6 +221,7 @@ func (s *Store) process(reqs []*request) {
 			s.log.Error("reload after failed commit", "err", rerr)
 		}
 		for _, r := range reqs {
+			s.logAsync(r)
 			close(r.done)
 		}
 	}
@@ -313,6 +315,7 @@ func (s *Store) process(reqs []*request) {
 		s.maxBatchSz.Store(n)
 	}
 	for _, r := range reqs {
+		s.logAsync(r)
 		close(r.done)
 	}
 }

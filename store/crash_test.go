@@ -86,6 +86,12 @@ func TestCrashChild(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				id := fmt.Sprintf("r%s-w%d-%d", run, w, i)
+				// Queued without waiting: durable no later than the
+				// enqueue acknowledged below (checked after the kill).
+				if err := s.SetSession([]byte("s/"+id), []byte(id)); err != nil {
+					say("ERR session %v", err)
+					os.Exit(5)
+				}
 				seqs, err := s.Enqueue(ctx, []InboxEntry{{Function: "fn", Key: fmt.Sprintf("w%d", w), Event: []byte(id)}})
 				if err != nil {
 					say("ERR enqueue %v", err)
@@ -260,6 +266,22 @@ func verifyCrashStore(t *testing.T, run int, dir string, allE map[string]ackE, a
 	fail := func(format string, a ...any) {
 		t.Helper()
 		t.Fatalf("run %d: "+format, append([]any{run}, a...)...)
+	}
+	// A session write queued before an acknowledged enqueue is there.
+	sess := map[string]bool{}
+	if err := s.LoadSessions(ctx, func(k, v []byte) error {
+		if string(k) != "s/"+string(v) {
+			fail("session item %q holds %q", k, v)
+		}
+		sess[string(v)] = true
+		return nil
+	}); err != nil {
+		fail("LoadSessions: %v", err)
+	}
+	for id := range allE {
+		if !sess[id] {
+			fail("event %s was acknowledged but the session write queued before it is missing", id)
+		}
 	}
 	// Records by event id: no duplicates, ids from sequences.
 	recs := map[string]Record{}

@@ -213,6 +213,10 @@ func TestClosedStore(t *testing.T) {
 	_, checks["PutFunction"] = s.PutFunction(ctx, FunctionRecord{Name: "f"})
 	_, checks["ListFunctions"] = s.ListFunctions(ctx)
 	_, checks["RunRetention"] = s.RunRetention(ctx)
+	checks["SetSession"] = s.SetSession([]byte("k"), nil)
+	checks["DeleteSession"] = s.DeleteSession([]byte("k"))
+	checks["DeleteSessionPrefix"] = s.DeleteSessionPrefix(ctx, []byte("k"))
+	checks["LoadSessions"] = s.LoadSessions(ctx, func(k, v []byte) error { return nil })
 	for name, err := range checks {
 		if !errors.Is(err, ErrClosed) {
 			t.Errorf("%s after Close: %v, want ErrClosed", name, err)

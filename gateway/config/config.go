@@ -89,6 +89,10 @@ type Embedded struct {
 	// MaxClients bounds the devices connected at once (about 35 KB each);
 	// more are refused at CONNECT. Default 1000.
 	MaxClients int `yaml:"max_clients"`
+	// PersistSessions keeps persistent sessions (subscriptions, queued
+	// QoS 1/2 messages) and retained messages in the store, so that they
+	// survive a restart. Default true; false keeps them in memory only.
+	PersistSessions bool `yaml:"persist_sessions"`
 }
 
 // User is a device account of the embedded broker. Publish and Subscribe
@@ -306,6 +310,7 @@ func Default() *Config {
 				MaxInflight:        64,
 				MaxQueuedPerClient: 1000,
 				MaxClients:         1000,
+				PersistSessions:    true,
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},

@@ -1,0 +1,358 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// sessionBroker is an embedded broker whose sessions live in a store in
+// dir, for tests that restart it.
+type sessionBroker struct {
+	e  *Embedded
+	st *store.Store
+}
+
+func openSessionBroker(t *testing.T, dir string) *sessionBroker {
+	t.Helper()
+	st, err := store.Open(context.Background(), store.Options{Dir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true, Sessions: st}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.SetFilters(ctx, []string{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx, func(context.Context, *Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	b := &sessionBroker{e: e, st: st}
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *sessionBroker) close() {
+	if b.e == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = b.e.Close(ctx)
+	_ = b.st.Close()
+	b.e, b.st = nil, nil
+}
+
+// items counts the stored session items by kind byte, once every change
+// queued so far is applied.
+func (b *sessionBroker) items(t *testing.T) map[byte]int {
+	t.Helper()
+	// A synchronous removal of nothing: queued changes are applied first.
+	if err := b.st.DeleteSessionPrefix(context.Background(), []byte{'-'}); err != nil {
+		t.Fatal(err)
+	}
+	n := map[byte]int{}
+	err := b.st.LoadSessions(context.Background(), func(k, v []byte) error {
+		n[k[0]]++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// inbox collects the messages a paho client receives, in order.
+type inbox struct {
+	mu  sync.Mutex
+	got []string
+	ch  chan struct{}
+}
+
+func newInbox() *inbox { return &inbox{ch: make(chan struct{}, 100)} }
+
+func (in *inbox) handler(_ paho.Client, m paho.Message) {
+	in.mu.Lock()
+	in.got = append(in.got, m.Topic()+"="+string(m.Payload()))
+	in.mu.Unlock()
+	in.ch <- struct{}{}
+}
+
+func (in *inbox) wait(t *testing.T, n int) []string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		in.mu.Lock()
+		got := append([]string(nil), in.got...)
+		in.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-in.ch:
+		case <-deadline:
+			t.Fatalf("received %q, want %d messages", got, n)
+		}
+	}
+}
+
+func persistent(in *inbox) clientOpt {
+	return func(o *paho.ClientOptions) {
+		o.SetCleanSession(false).SetDefaultPublishHandler(in.handler)
+	}
+}
+
+// A device's persistent session, its subscription, the commands queued for
+// it while it is away and a retained message all survive a restart of the
+// broker; commands published after the restart reach it too.
+func TestSessionsSurviveRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := openSessionBroker(t, dir)
+	dev := newInbox()
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	if err := waitToken(t, c.Subscribe("devices/dev1/cmd", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, c.Publish("devices/dev1/status", 1, true, "online")); err != nil {
+		t.Fatal(err)
+	}
+	c.Disconnect(100)
+	// A clean-session client leaves nothing behind.
+	tmp := mustDial(t, brokerURL(b.e), "tmp")
+	if err := waitToken(t, tmp.Subscribe("devices/dev1/cmd", 1, func(paho.Client, paho.Message) {})); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.e.Publish(ctx, "devices/dev1/cmd", []byte("on"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	tmp.Disconnect(100)
+	n := b.items(t)
+	if n[kindClient] != 1 || n[kindSub] != 1 || n[kindInflight] != 1 || n[kindRetained] != 1 {
+		t.Fatalf("stored items by kind: %v, want one client, subscription, queued message and retained message", n)
+	}
+
+	b.close()
+	b = openSessionBroker(t, dir)
+	// The subscription is back before the device is: this command is
+	// queued for it as well.
+	if err := b.e.Publish(ctx, "devices/dev1/cmd", []byte("off"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	got := dev.wait(t, 2)
+	if len(got) != 2 || got[0] != "devices/dev1/cmd=on" || got[1] != "devices/dev1/cmd=off" {
+		t.Fatalf("device received %q, want on then off", got)
+	}
+	status := newInbox()
+	watcher := mustDial(t, brokerURL(b.e), "watcher")
+	if err := waitToken(t, watcher.Subscribe("devices/+/status", 1, status.handler)); err != nil {
+		t.Fatal(err)
+	}
+	if got := status.wait(t, 1); got[0] != "devices/dev1/status=online" {
+		t.Fatalf("retained message after restart: %q", got)
+	}
+	// Acknowledged commands are removed from the store.
+	deadline := time.Now().Add(10 * time.Second)
+	for b.items(t)[kindInflight] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("acknowledged messages still stored: %v", b.items(t))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A client id that reconnects with a clean session drops what was stored
+// for it, and clearing a retained message removes it from the store.
+func TestSessionsCleanStartForgets(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := openSessionBroker(t, dir)
+	dev := newInbox()
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	if err := waitToken(t, c.Subscribe("a/#", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, c.Subscribe("b/#", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, c.Unsubscribe("b/#")); err != nil {
+		t.Fatal(err)
+	}
+	c.Disconnect(100)
+	for i := range 3 {
+		if err := b.e.Publish(ctx, "a/x", []byte{'0' + byte(i)}, 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.e.Publish(ctx, "r/1", []byte("x"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 || n[kindInflight] != 3 || n[kindRetained] != 1 {
+		t.Fatalf("stored items by kind: %v", n)
+	}
+	clean := mustDial(t, brokerURL(b.e), "dev1") // clean session
+	if n := b.items(t); n[kindClient] != 0 || n[kindSub] != 0 || n[kindInflight] != 0 {
+		t.Fatalf("stored items by kind while the id is connected with a clean session: %v", n)
+	}
+	clean.Disconnect(100)
+	if err := b.e.Publish(ctx, "r/1", nil, 0, true); err != nil { // clears the retained message
+		t.Fatal(err)
+	}
+	if n := b.items(t); len(n) != 0 {
+		t.Fatalf("items left after a clean start and a cleared retained message: %v", n)
+	}
+	b.close()
+	b = openSessionBroker(t, dir)
+	if err := b.e.Publish(ctx, "a/x", []byte("late"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.items(t); len(n) != 0 {
+		t.Fatalf("a forgotten session came back: %v", n)
+	}
+}
+
+// Items the broker cannot use (undecodable, unknown, or of a client that is
+// not stored: left by a crash during a removal) are removed at start; the
+// broker starts and serves.
+func TestSessionsHostileStore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), store.Options{Dir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := clientPrefix(kindClient, "dev1")
+	for k, v := range map[string]string{
+		string(good):                               `{"id":"dev1","clean":false,"protocolVersion":4}`,
+		string(subKey("dev1", "a/#")):              `{"client":"dev1","filter":"a/#","qos":1}`,
+		string(clientPrefix(kindClient, "broken")): `{not json`,
+		string(subKey("nobody", "x")):              `{"client":"nobody","filter":"x","qos":1}`,
+		string(inflightKey("nobody", 7)):           `{"client":"nobody","packet_id":7}`,
+		"Zunknown":                                 "?",
+		string(retainedKey("t")):                   `[1,2,3]`,
+	} {
+		if err := st.SetSession([]byte(k), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := openSessionBroker(t, dir)
+	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 || len(n) != 2 {
+		t.Fatalf("items after start: %v, want the good client and its subscription", n)
+	}
+	if _, ok := b.e.srv.Clients.Get("dev1"); !ok {
+		t.Fatal("the stored session was not restored")
+	}
+	dev := newInbox()
+	mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	if err := b.e.Publish(context.Background(), "a/1", []byte("x"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.wait(t, 1); got[0] != "a/1=x" {
+		t.Fatalf("restored subscription delivered %q", got)
+	}
+}
+
+// A store that fails to load stops the broker from starting, with the
+// store's error.
+func TestSessionsLoadError(t *testing.T) {
+	st, err := store.Open(context.Background(), store.Options{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true, Sessions: st}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = e.Start(ctx, func(context.Context, *Message) error { return nil })
+	if !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Start with a closed session store: %v, want store.ErrClosed", err)
+	}
+	_ = e.Close(ctx)
+}
+
+// mapSessions is a SessionStore in a map, for the fuzz test (no disk).
+type mapSessions struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (s *mapSessions) SetSession(k, v []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[string(k)] = v
+	return nil
+}
+
+func (s *mapSessions) DeleteSession(k []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, string(k))
+	return nil
+}
+
+func (s *mapSessions) DeleteSessionPrefix(_ context.Context, p []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.m {
+		if strings.HasPrefix(k, string(p)) {
+			delete(s.m, k)
+		}
+	}
+	return nil
+}
+
+func (s *mapSessions) LoadSessions(_ context.Context, fn func(k, v []byte) error) error {
+	s.mu.Lock()
+	keys := slices.Sorted(maps.Keys(s.m))
+	s.mu.Unlock()
+	for _, k := range keys {
+		if err := fn([]byte(k), s.m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Whatever the stored items (a damaged store, a future format), loading
+// them never panics, hands mochi only what decodes, and removes the rest.
+func FuzzSessionLoad(f *testing.F) {
+	f.Add(clientPrefix(kindClient, "d"), []byte(`{"id":"d","protocolVersion":4}`), subKey("d", "a/#"), []byte(`{"client":"d","filter":"a/#","qos":1}`))
+	f.Add(inflightKey("d", 1), []byte(`{"client":"d","packet_id":1,"payload":"eA=="}`), retainedKey("t"), []byte(`{"topic_name":"t","payload":"eA=="}`))
+	f.Add([]byte("C"), []byte(`{`), []byte{kindSub}, []byte(`null`))
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 []byte) {
+		st := &mapSessions{m: map[string][]byte{string(clientPrefix(kindClient, "d")): []byte(`{"id":"d","protocolVersion":4}`)}}
+		st.m[string(k1)] = v1
+		st.m[string(k2)] = v2
+		h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler)}
+		set, err := h.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := len(set.clients) + len(set.subs) + len(set.inflight) + len(set.retained)
+		if n != len(st.m) {
+			t.Fatalf("%d items handed to mochi, %d left in the store: %q", n, len(st.m), slices.Collect(maps.Keys(st.m)))
+		}
+	})
+}
