@@ -78,6 +78,13 @@ func TestOversizePayloadEmbedded(t *testing.T) {
 	if r := allRecords(t, st, "reference")[0]; r.Device != "small" {
 		t.Errorf("record from %q", r.Device)
 	}
+	// The refusal is visible to the operator.
+	_, m := httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
+	for _, want := range []string{`moongate_mqtt_rejected_total{reason="oversize"} 1`, "moongate_mqtt_received_total 2", `moongate_mqtt_rejected_total{reason="unauthorized"} 0`} {
+		if !strings.Contains(m, want+"\n") {
+			t.Errorf("/metrics lacks %q:\n%s", want, m)
+		}
+	}
 }
 
 // TestHandleRejectsInvalidTopic: the intake check behind the brokers' own

@@ -17,6 +17,7 @@ import (
 	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -114,6 +115,22 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	counter("moongate_duplicates_total", "Inbox entries found already consumed.", gs.Duplicates)
 	counter("moongate_publishes_total", "Local publishes carried out.", gs.Published)
 	gauge("moongate_backlog", "Events queued or running.", float64(gs.Backlog))
+	if in, ok := d.ingest.(interface{ Stats() mqtt.Stats }); ok {
+		ms := in.Stats()
+		counter("moongate_mqtt_received_total", "Publishes received from devices (or the external broker).", ms.Received)
+		counter("moongate_mqtt_ignored_total", "Publishes that matched no function's trigger (only routed to subscribers).", ms.Ignored)
+		for _, r := range []struct {
+			reason string
+			n      uint64
+		}{{"oversize", ms.RejectedOversize}, {"invalid_topic", ms.RejectedInvalidTopic}, {"unauthorized", ms.RejectedUnauthorized}, {"not_accepted", ms.RejectedHandler}} {
+			out = append(out, apiserver.Metric{Name: "moongate_mqtt_rejected_total", Help: "Publishes refused, by reason.", Type: "counter",
+				Value: float64(r.n), Labels: [][2]string{{"reason", r.reason}}})
+		}
+		counter("moongate_mqtt_auth_failures_total", "Connections refused for bad credentials (embedded broker).", ms.AuthFailures)
+		counter("moongate_mqtt_retained_refused_total", "Retained publishes delivered but not retained: max_retained topics hold one (embedded broker).", ms.RetainedRefused)
+		counter("moongate_mqtt_reconnects_total", "Reconnections to the external broker.", ms.Reconnects)
+		counter("moongate_mqtt_dropped_qos0_total", "QoS 0 messages dropped under load (external broker).", ms.DroppedQoS0)
+	}
 	gauge("moongate_functions", "Functions deployed.", float64(len(d.gw.Functions())))
 	ready := 0.0
 	if d.gw.Ready() {

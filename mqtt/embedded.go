@@ -24,6 +24,7 @@ const (
 	DefaultMaxInflight        = 64
 	DefaultMaxQueuedPerClient = 1000
 	DefaultMaxClients         = 1000
+	DefaultMaxRetained        = 10000
 )
 
 // EmbeddedConfig configures the embedded broker. The zero value (after
@@ -63,6 +64,11 @@ type EmbeddedConfig struct {
 	// default 1000. Further connections get CONNACK "server unavailable"
 	// (MQTT 5: "server busy").
 	MaxClients int
+	// MaxRetained bounds the topics holding a retained message; default
+	// 10000. A retained publish to a new topic beyond it is delivered but
+	// not retained (Stats.RetainedRefused); replacing or clearing the
+	// retained message of a topic always works.
+	MaxRetained int
 	// Sessions, when set, keeps persistent sessions (their subscriptions
 	// and queued messages) and retained messages across restarts; nil keeps
 	// them in memory only.
@@ -87,6 +93,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxClients == 0 {
 		c.MaxClients = DefaultMaxClients
+	}
+	if c.MaxRetained == 0 {
+		c.MaxRetained = DefaultMaxRetained
 	}
 }
 
@@ -153,6 +162,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max queued per client %d not in 1..65535", ErrConfig, cfg.MaxQueuedPerClient)
 	case cfg.MaxClients < 0:
 		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
+	case cfg.MaxRetained < 0:
+		return nil, fmt.Errorf("%w: max retained %d is negative", ErrConfig, cfg.MaxRetained)
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, fmt.Errorf("%w: tls cert and key must be set together", ErrConfig)
 	}
@@ -318,6 +329,9 @@ func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qo
 		return ErrClosed
 	case !started:
 		return ErrNotStarted
+	}
+	if retain && !e.mayRetain(topic, payload) {
+		retain = false
 	}
 	if err := e.srv.Publish(topic, payload, retain, qos); err != nil {
 		return fmt.Errorf("mqtt: publish %s: %w", topic, err)
@@ -578,7 +592,28 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if cl.Net.Inline {
 		return pk, nil
 	}
+	if pk.FixedHeader.Retain && !h.e.mayRetain(pk.TopicName, pk.Payload) {
+		pk.FixedHeader.Retain = false // delivered, not kept
+	}
 	return h.e.handle(cl, pk)
+}
+
+// mayRetain reports whether a retained publish to topic may be kept: it
+// clears or replaces a retained message, or there is room for one more
+// (MaxRetained; concurrent publishes may overshoot it by a few). A refusal
+// is counted and logged.
+func (e *Embedded) mayRetain(topic string, payload []byte) bool {
+	if len(payload) == 0 || e.srv.Topics.Retained.Len() < e.cfg.MaxRetained {
+		return true
+	}
+	if _, ok := e.srv.Topics.Retained.Get(topic); ok {
+		return true
+	}
+	if e.stats.retainedRefused.Add(1) == 1 {
+		e.log.Warn("mqtt retained messages at their limit: further retained publishes to new topics are delivered but not retained",
+			"max_retained", e.cfg.MaxRetained, "topic", topic)
+	}
+	return false
 }
 
 func (h *hook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {

@@ -3,10 +3,12 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -811,4 +813,63 @@ func TestEmbeddedWillACL(t *testing.T) {
 	}
 	// A will under her own prefix is accepted.
 	mustDial(t, url, "alice-w", withCreds("alice", "s3cret"), withWill("devices/alice/status"))
+}
+
+// Retained messages are bounded: past MaxRetained topics, a retained publish
+// to a new topic is delivered but not kept; replacing and clearing the
+// retained message of a topic still work, from devices and from Publish.
+func TestEmbeddedMaxRetained(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(context.Context, *Message) error { return nil }, "nothing/matches")
+	base := e.srv.Topics.Retained.Len() // $SYS topics
+	e.cfg.MaxRetained = base + 3
+	dev := mustDial(t, brokerURL(e), "dev")
+	live := newInbox()
+	watcher := mustDial(t, brokerURL(e), "live")
+	if err := waitToken(t, watcher.Subscribe("r/#", 1, live.handler)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range []string{"r/1", "r/2", "r/3", "r/4"} {
+		if err := waitToken(t, dev.Publish(tp, 1, true, "v-"+tp)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Publish(ctx, "r/5", []byte("v-r/5"), 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, dev.Publish("r/1", 1, true, "new")); err != nil { // replaces
+		t.Fatal(err)
+	}
+	// Every message was delivered to the subscriber that was there.
+	live.wait(t, 6)
+	// What the broker keeps for later subscribers.
+	retained := func() []string {
+		var out []string
+		for tp, pk := range e.srv.Topics.Retained.GetAll() {
+			if strings.HasPrefix(tp, "r/") {
+				out = append(out, tp+"="+string(pk.Payload))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := fmt.Sprint(retained()); got != "[r/1=new r/2=v-r/2 r/3=v-r/3]" {
+		t.Fatalf("retained = %s, want the first three topics, r/1 replaced", got)
+	}
+	if st := e.Stats(); st.RetainedRefused != 2 {
+		t.Fatalf("RetainedRefused = %d, want 2 (r/4 from a device, r/5 from Publish)", st.RetainedRefused)
+	}
+	// Clearing one makes room for another.
+	if err := waitToken(t, dev.Publish("r/2", 1, true, "")); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitToken(t, dev.Publish("r/4", 1, true, "v-r/4")); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(retained()); got != "[r/1=new r/3=v-r/3 r/4=v-r/4]" {
+		t.Fatalf("retained after clearing r/2 = %s", got)
+	}
+	if _, err := NewEmbedded(EmbeddedConfig{MaxRetained: -1}, nil); !errors.Is(err, ErrConfig) {
+		t.Fatalf("negative MaxRetained: %v", err)
+	}
 }

@@ -89,12 +89,16 @@ type Stats struct {
 	// handlers were already running (external mode; QoS 0 has no flow
 	// control).
 	DroppedQoS0 uint64
+	// RetainedRefused counts retained publishes delivered without being
+	// retained because MaxRetained topics already held one (embedded mode).
+	RetainedRefused uint64
 }
 
 type counters struct {
 	received, accepted, ignored                             atomic.Uint64
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
 	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
+	retainedRefused                                         atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -110,6 +114,7 @@ func (c *counters) snapshot() Stats {
 		Published:            c.published.Load(),
 		Reconnects:           c.reconnects.Load(),
 		DroppedQoS0:          c.droppedQoS0.Load(),
+		RetainedRefused:      c.retainedRefused.Load(),
 	}
 	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
 	return s

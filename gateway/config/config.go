@@ -89,6 +89,10 @@ type Embedded struct {
 	// MaxClients bounds the devices connected at once (about 35 KB each);
 	// more are refused at CONNECT. Default 1000.
 	MaxClients int `yaml:"max_clients"`
+	// MaxRetained bounds the topics holding a retained message; retained
+	// publishes to new topics beyond it are delivered, not retained.
+	// Default 10000.
+	MaxRetained int `yaml:"max_retained"`
 	// PersistSessions keeps persistent sessions (subscriptions, queued
 	// QoS 1/2 messages) and retained messages in the store, so that they
 	// survive a restart. Default true; false keeps them in memory only.
@@ -310,6 +314,7 @@ func Default() *Config {
 				MaxInflight:        64,
 				MaxQueuedPerClient: 1000,
 				MaxClients:         1000,
+				MaxRetained:        10000,
 				PersistSessions:    true,
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},

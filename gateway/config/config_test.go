@@ -67,6 +67,8 @@ mqtt:
     max_inflight: 32
     max_queued_per_client: 500
     max_clients: 5000
+    max_retained: 20
+    persist_sessions: false
 api:
   listen: ":8080"
   tls: {cert: /c.pem, key: /k.pem}
@@ -109,6 +111,8 @@ functions:
 		{c.MQTT.Embedded.Users[1].Publish, []string{DefaultACL}},
 		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
 		{c.MQTT.Embedded.MaxClients, 5000},
+		{c.MQTT.Embedded.MaxRetained, 20},
+		{c.MQTT.Embedded.PersistSessions, false},
 		{c.MQTT.External.ClientID, "moongate-pi-7"},
 		{c.Store.DiskReserve, Size(1e9)},
 		{c.Store.Quotas.Records.MaxBytes, Size(1 << 30)},
@@ -221,6 +225,8 @@ func TestErrors(t *testing.T) {
 		{"workers negative", "pipeline:\n  workers: -1\n", []string{"m.yaml:2: pipeline.workers: -1 out of range [0, 1024]"}},
 		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
 		{"max clients zero", "mqtt:\n  embedded:\n    max_clients: 0\n", []string{"m.yaml:3: mqtt.embedded.max_clients: 0 out of range"}},
+		{"max retained zero", "mqtt:\n  embedded:\n    max_retained: 0\n", []string{"m.yaml:3: mqtt.embedded.max_retained: 0 out of range"}},
+		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},
 		{"max queued per client too big", "mqtt:\n  embedded:\n    max_queued_per_client: 65536\n", []string{"m.yaml:3: mqtt.embedded.max_queued_per_client: 65536 out of range [1, 65535]"}},
 		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},

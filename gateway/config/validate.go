@@ -167,6 +167,7 @@ func (v *validator) embedded() {
 	v.intRange(p+".max_inflight", int64(e.MaxInflight), 1, MaxInflight)
 	v.intRange(p+".max_queued_per_client", int64(e.MaxQueuedPerClient), 1, 65535)
 	v.intRange(p+".max_clients", int64(e.MaxClients), 1, 1_000_000)
+	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
 }
 
 func (v *validator) serverTLS(path string, t TLS) {
