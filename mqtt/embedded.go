@@ -272,6 +272,8 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		e.wsAddr = ws.ln.Addr()
 	}
 	if err := e.srv.Serve(); err != nil {
+		// The listeners are bound (AddListener): release them.
+		e.srv.Listeners.CloseAll(func(string) {})
 		return fmt.Errorf("mqtt: serve: %w", err)
 	}
 	e.started = true

@@ -27,17 +27,16 @@ import (
 // for the disk, and must make every write queued after them durable only
 // together with them or later (so a local publish acknowledged after the
 // broker queued it for an offline device is never lost in between).
-// DeleteSessionPrefix returns once the removal is durable.
+// LoadSessions is called once, when the broker starts.
 type SessionStore interface {
 	SetSession(key, value []byte) error
 	DeleteSession(key []byte) error
-	DeleteSessionPrefix(ctx context.Context, prefix []byte) error
 	LoadSessions(ctx context.Context, fn func(key, value []byte) error) error
 }
 
-// Session item keys: a kind byte, then fixed-size digests, so that every
-// item of a client shares a prefix no other client's items have, whatever
-// the characters and length of client ids, filters and topics.
+// Session item keys: a kind byte, then fixed-size digests, so that any
+// client id, filter or topic fits in a short key and the client an item
+// belongs to can be read from its key.
 const (
 	kindClient   = 'C' // + client digest
 	kindSub      = 'S' // + client digest + filter digest
@@ -77,8 +76,10 @@ func persists(cl *mochi.Client) bool {
 
 // sessionHook mirrors mochi's session state into a SessionStore and gives
 // it back when the broker starts. Only clients whose session persists are
-// written: the per-message writes (a queued QoS 1 message, its PUBACK) are
-// never paid for clean-session clients.
+// written: clean-session clients cost no write, and neither do the
+// acknowledgements of the QoS 1 messages devices publish. It keeps an index
+// of what is stored (known), so that forgetting a client removes exactly
+// its items, in order with everything else, without scanning or waiting.
 type sessionHook struct {
 	mochi.HookBase
 	st  SessionStore
@@ -89,7 +90,39 @@ type sessionHook struct {
 	err    error
 
 	mu    sync.Mutex
-	known map[string]bool // digests of the clients with stored items
+	known map[string]*storedClient // by client digest
+}
+
+// storedClient is what the store holds for one client.
+type storedClient struct {
+	subs     map[string]bool // filter digests
+	inflight map[uint16]bool // packet ids
+}
+
+func newStoredClient() *storedClient {
+	return &storedClient{subs: map[string]bool{}, inflight: map[uint16]bool{}}
+}
+
+// client returns the index entry of id, creating it. h.mu must be held.
+func (h *sessionHook) client(id string) *storedClient {
+	if h.known == nil {
+		h.known = map[string]*storedClient{}
+	}
+	d := string(digest(id))
+	c := h.known[d]
+	if c == nil {
+		c = newStoredClient()
+		h.known[d] = c
+	}
+	return c
+}
+
+// takenOver reports whether cl's session has moved to a new connection of
+// the same client id: the old connection's events must not touch the store
+// (mochi clears the old client's subscriptions and messages after copying
+// them to the new one).
+func takenOver(cl *mochi.Client) bool {
+	return cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver)
 }
 
 // sessionSet is the decoded content of a SessionStore.
@@ -108,7 +141,7 @@ func (h *sessionHook) Provides(b byte) bool {
 	return bytes.IndexByte([]byte{
 		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnSubscribed, mochi.OnUnsubscribed,
 		mochi.OnRetainMessage, mochi.OnWillSent, mochi.OnQosPublish, mochi.OnQosComplete,
-		mochi.OnQosDropped, mochi.OnClientExpired, mochi.OnRetainedExpired,
+		mochi.OnQosDropped, mochi.OnClientExpired, mochi.OnRetainedExpired, mochi.OnPacketProcessed,
 		mochi.StoredClients, mochi.StoredInflightMessages, mochi.StoredRetainedMessages, mochi.StoredSubscriptions,
 	}, b) >= 0
 }
@@ -129,33 +162,26 @@ func (h *sessionHook) del(what string, key []byte) {
 	}
 }
 
-// forget removes everything stored for client id.
+// forget removes everything stored for client id. h.mu must be held.
 func (h *sessionHook) forget(id string) {
 	d := string(digest(id))
-	h.mu.Lock()
-	known := h.known[d]
-	delete(h.known, d)
-	h.mu.Unlock()
-	if !known {
+	c := h.known[d]
+	if c == nil {
 		return // nothing stored: the usual case of a clean-session client
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	delete(h.known, d)
 	h.del("client", clientPrefix(kindClient, id))
-	for _, kind := range []byte{kindSub, kindInflight} {
-		if err := h.st.DeleteSessionPrefix(ctx, clientPrefix(kind, id)); err != nil {
-			h.log.Error("broker session not removed", "client", id, "err", err)
-		}
+	for f := range c.subs {
+		h.del("subscription", append(clientPrefix(kindSub, id), f...))
+	}
+	for pid := range c.inflight {
+		h.del("queued message", inflightKey(id, pid))
 	}
 }
 
+// saveClient stores cl's session. h.mu must be held.
 func (h *sessionHook) saveClient(cl *mochi.Client) {
-	h.mu.Lock()
-	if h.known == nil {
-		h.known = map[string]bool{}
-	}
-	h.known[string(digest(cl.ID))] = true
-	h.mu.Unlock()
+	h.client(cl.ID)
 	props := cl.Properties.Props.Copy(false)
 	h.set("client", clientPrefix(kindClient, cl.ID), &storage.Client{
 		ID:              cl.ID,
@@ -182,10 +208,13 @@ func (h *sessionHook) saveClient(cl *mochi.Client) {
 	})
 }
 
-// OnSessionEstablished implements mochi.Hook: a clean start drops what was
-// stored for the client id; a persistent session is saved.
+// OnSessionEstablished implements mochi.Hook: a session that is new (clean
+// start) or will not persist drops what was stored for the client id; a
+// persistent one is saved.
 func (h *sessionHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
-	if pk.Connect.Clean {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if pk.Connect.Clean || !persists(cl) {
 		h.forget(cl.ID)
 	}
 	if persists(cl) {
@@ -195,33 +224,49 @@ func (h *sessionHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) 
 
 // OnWillSent implements mochi.Hook (the will is cleared once sent).
 func (h *sessionHook) OnWillSent(cl *mochi.Client, pk packets.Packet) {
-	if persists(cl) {
-		h.saveClient(cl)
+	if !persists(cl) || takenOver(cl) {
+		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.saveClient(cl)
 }
 
 // OnDisconnect implements mochi.Hook.
 func (h *sessionHook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
+	if takenOver(cl) {
+		return // the session lives on in the new connection
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	switch {
-	case expire && !errors.Is(cl.StopCause(), packets.ErrSessionTakenOver):
+	case expire:
 		h.forget(cl.ID)
-	case !expire && persists(cl):
+	case persists(cl):
 		h.saveClient(cl)
 	}
 }
 
 // OnClientExpired implements mochi.Hook.
-func (h *sessionHook) OnClientExpired(cl *mochi.Client) { h.forget(cl.ID) }
+func (h *sessionHook) OnClientExpired(cl *mochi.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.forget(cl.ID)
+}
 
 // OnSubscribed implements mochi.Hook.
 func (h *sessionHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCodes []byte) {
-	if !persists(cl) {
+	if !persists(cl) || takenOver(cl) {
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.client(cl.ID)
 	for i, f := range pk.Filters {
 		if i >= len(reasonCodes) || reasonCodes[i] >= 0x80 {
 			continue // refused
 		}
+		c.subs[string(digest(f.Filter))] = true
 		h.set("subscription", subKey(cl.ID, f.Filter), &storage.Subscription{
 			T: storage.SubscriptionKey, ID: cl.ID + ":" + f.Filter, Client: cl.ID, Qos: reasonCodes[i], Filter: f.Filter,
 			Identifier: f.Identifier, NoLocal: f.NoLocal, RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
@@ -231,11 +276,21 @@ func (h *sessionHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCo
 
 // OnUnsubscribed implements mochi.Hook.
 func (h *sessionHook) OnUnsubscribed(cl *mochi.Client, pk packets.Packet) {
-	if !persists(cl) {
+	if takenOver(cl) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.known[string(digest(cl.ID))]
+	if c == nil {
 		return
 	}
 	for _, f := range pk.Filters {
-		h.del("subscription", subKey(cl.ID, f.Filter))
+		fd := string(digest(f.Filter))
+		if c.subs[fd] {
+			delete(c.subs, fd)
+			h.del("subscription", subKey(cl.ID, f.Filter))
+		}
 	}
 }
 
@@ -254,25 +309,62 @@ func message(pk packets.Packet) *storage.Message {
 }
 
 // OnQosPublish implements mochi.Hook: a QoS 1/2 message queued or sent to
-// a client with a persistent session.
+// a client with a persistent session (or, inbound, the acknowledgement of
+// one it published: a QoS 1 PUBACK is not stored, it lives a moment; a
+// QoS 2 PUBREC is, until the PUBREL).
 func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int64, resends int) {
-	if !persists(cl) {
+	if pk.FixedHeader.Type == packets.Puback || !persists(cl) || takenOver(cl) {
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.client(cl.ID).inflight[pk.PacketID] = true
 	m := message(pk)
 	m.Client, m.Sent = cl.ID, sent
 	h.set("queued message", inflightKey(cl.ID, pk.PacketID), m)
 }
 
 // OnQosComplete implements mochi.Hook.
-func (h *sessionHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
-	if persists(cl) {
-		h.del("queued message", inflightKey(cl.ID, pk.PacketID))
-	}
-}
+func (h *sessionHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) { h.done(cl, pk.PacketID) }
 
 // OnQosDropped implements mochi.Hook.
-func (h *sessionHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
+func (h *sessionHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.done(cl, pk.PacketID) }
+
+// done removes a stored in-flight message, if there is one.
+func (h *sessionHook) done(cl *mochi.Client, id uint16) {
+	if takenOver(cl) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.known[string(digest(cl.ID))]
+	if c == nil || !c.inflight[id] {
+		return
+	}
+	delete(c.inflight, id)
+	h.del("queued message", inflightKey(cl.ID, id))
+}
+
+// OnPacketProcessed implements mochi.Hook: when a client answers a QoS 2
+// delivery with PUBREC, mochi replaces the message in flight with a PUBREL
+// without telling the hooks; the stored entry follows, so that a restart
+// resends PUBREL and not the message (which the client would take as new).
+func (h *sessionHook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {
+	if err != nil || pk.FixedHeader.Type != packets.Pubrec || takenOver(cl) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.known[string(digest(cl.ID))]
+	if c == nil || !c.inflight[pk.PacketID] {
+		return
+	}
+	if rel, ok := cl.State.Inflight.Get(pk.PacketID); ok && rel.FixedHeader.Type == packets.Pubrel {
+		m := message(rel)
+		m.Client = cl.ID
+		h.set("queued message", inflightKey(cl.ID, pk.PacketID), m)
+	}
+}
 
 // OnRetainMessage implements mochi.Hook. An empty payload clears the
 // topic's retained message (r is then -1 if there was one, else 0).
@@ -295,7 +387,7 @@ func (h *sessionHook) OnRetainedExpired(topic string) { h.del("retained message"
 func (h *sessionHook) load() (sessionSet, error) {
 	h.once.Do(func() {
 		var set sessionSet
-		clients := map[string]bool{} // client digest -> stored
+		clients := map[string]*storedClient{} // by client digest
 		var orphans [][]byte
 		type item struct {
 			key []byte
@@ -306,37 +398,52 @@ func (h *sessionHook) load() (sessionSet, error) {
 		defer cancel()
 		h.err = h.st.LoadSessions(ctx, func(k, v []byte) error {
 			items = append(items, item{bytes.Clone(k), bytes.Clone(v)})
-			if len(k) == 1+digestLen && k[0] == kindClient {
-				clients[string(k[1:])] = true
-			}
 			return nil
 		})
 		if h.err != nil {
 			h.err = fmt.Errorf("load broker sessions: %w", h.err)
 			return
 		}
+		// Keys come in order, and kindClient sorts before kindInflight and
+		// kindSub: a client's items are seen after the client.
+		mismatch := errors.New("item does not match its key")
 		for _, it := range items {
 			k := it.key
 			var err error
 			switch {
 			case len(k) == 1+digestLen && k[0] == kindClient:
 				var c storage.Client
-				if err = c.UnmarshalBinary(it.v); err == nil {
+				if err = c.UnmarshalBinary(it.v); err == nil && string(digest(c.ID)) != string(k[1:]) {
+					err = mismatch
+				}
+				if err == nil {
 					set.clients = append(set.clients, c)
+					clients[string(k[1:])] = newStoredClient()
 				}
-			case len(k) == 1+2*digestLen && k[0] == kindSub && clients[string(k[1:1+digestLen])]:
+			case len(k) == 1+2*digestLen && k[0] == kindSub && clients[string(k[1:1+digestLen])] != nil:
 				var s storage.Subscription
-				if err = s.UnmarshalBinary(it.v); err == nil {
-					set.subs = append(set.subs, s)
+				if err = s.UnmarshalBinary(it.v); err == nil && !bytes.Equal(k, subKey(s.Client, s.Filter)) {
+					err = mismatch
 				}
-			case len(k) == 1+digestLen+2 && k[0] == kindInflight && clients[string(k[1:1+digestLen])]:
+				if err == nil {
+					set.subs = append(set.subs, s)
+					clients[string(k[1:1+digestLen])].subs[string(k[1+digestLen:])] = true
+				}
+			case len(k) == 1+digestLen+2 && k[0] == kindInflight && clients[string(k[1:1+digestLen])] != nil:
 				var m storage.Message
-				if err = m.UnmarshalBinary(it.v); err == nil {
+				if err = m.UnmarshalBinary(it.v); err == nil && !bytes.Equal(k, inflightKey(m.Client, m.PacketID)) {
+					err = mismatch
+				}
+				if err == nil {
 					set.inflight = append(set.inflight, m)
+					clients[string(k[1:1+digestLen])].inflight[m.PacketID] = true
 				}
 			case len(k) == 1+digestLen && k[0] == kindRetained:
 				var m storage.Message
-				if err = m.UnmarshalBinary(it.v); err == nil {
+				if err = m.UnmarshalBinary(it.v); err == nil && !bytes.Equal(k, retainedKey(m.TopicName)) {
+					err = mismatch
+				}
+				if err == nil {
 					set.retained = append(set.retained, m)
 				}
 			default:

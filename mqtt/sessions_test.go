@@ -3,15 +3,18 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moongate-edge/moongate/store"
 )
@@ -61,8 +64,8 @@ func (b *sessionBroker) close() {
 // queued so far is applied.
 func (b *sessionBroker) items(t *testing.T) map[byte]int {
 	t.Helper()
-	// A synchronous removal of nothing: queued changes are applied first.
-	if err := b.st.DeleteSessionPrefix(context.Background(), []byte{'-'}); err != nil {
+	// A synchronous commit of nothing: queued changes are applied first.
+	if _, err := b.st.Commit(context.Background(), &store.Commit{}); err != nil {
 		t.Fatal(err)
 	}
 	n := map[byte]int{}
@@ -158,6 +161,10 @@ func TestSessionsSurviveRestart(t *testing.T) {
 	if len(got) != 2 || got[0] != "devices/dev1/cmd=on" || got[1] != "devices/dev1/cmd=off" {
 		t.Fatalf("device received %q, want on then off", got)
 	}
+	// The session, taken over by the new connection, is still stored.
+	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 {
+		t.Fatalf("stored items by kind after the device came back: %v", n)
+	}
 	status := newInbox()
 	watcher := mustDial(t, brokerURL(b.e), "watcher")
 	if err := waitToken(t, watcher.Subscribe("devices/+/status", 1, status.handler)); err != nil {
@@ -244,6 +251,8 @@ func TestSessionsHostileStore(t *testing.T) {
 		string(inflightKey("nobody", 7)):           `{"client":"nobody","packet_id":7}`,
 		"Zunknown":                                 "?",
 		string(retainedKey("t")):                   `[1,2,3]`,
+		string(clientPrefix(kindClient, "dev2")):   `{"id":"dev3","clean":false,"protocolVersion":4}`,
+		string(retainedKey("u")):                   `{"topic_name":"not-u","payload":"eA=="}`,
 	} {
 		if err := st.SetSession([]byte(k), []byte(v)); err != nil {
 			t.Fatal(err)
@@ -289,6 +298,12 @@ func TestSessionsLoadError(t *testing.T) {
 	if !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Start with a closed session store: %v, want store.ErrClosed", err)
 	}
+	// The listener it had bound is released.
+	ln, err := net.Listen("tcp", e.Addr().String())
+	if err != nil {
+		t.Fatalf("the failed start kept its port: %v", err)
+	}
+	ln.Close()
 	_ = e.Close(ctx)
 }
 
@@ -309,17 +324,6 @@ func (s *mapSessions) DeleteSession(k []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.m, string(k))
-	return nil
-}
-
-func (s *mapSessions) DeleteSessionPrefix(_ context.Context, p []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k := range s.m {
-		if strings.HasPrefix(k, string(p)) {
-			delete(s.m, k)
-		}
-	}
 	return nil
 }
 
@@ -355,4 +359,178 @@ func FuzzSessionLoad(f *testing.F) {
 			t.Fatalf("%d items handed to mochi, %d left in the store: %q", n, len(st.m), slices.Collect(maps.Keys(st.m)))
 		}
 	})
+}
+
+// connect311 is a raw MQTT 3.1.1 CONNECT.
+func connect311(id string, clean bool) []byte {
+	var b []byte
+	b = append(b, rawString("MQTT")...)
+	flags := byte(0)
+	if clean {
+		flags = 2
+	}
+	b = append(b, 4, flags, 0, 60)
+	b = append(b, rawString(id)...)
+	return rawPacket(0x10, b)
+}
+
+// brokenConn delivers what the peer writes but fails every write of the
+// broker: a device whose link drops right after it sent CONNECT.
+type brokenConn struct{ net.Conn }
+
+func (brokenConn) Write([]byte) (int, error) { return 0, errors.New("link down") }
+
+// A device coming back over a link that fails before its queued messages
+// are resent keeps them, in memory and in the store: mochi moves them to
+// the new connection and clears the old one, which must not remove them
+// from the store.
+func TestSessionsReconnectOverBrokenLink(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := openSessionBroker(t, dir)
+	dev := newInbox()
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.Disconnect(100)
+	for _, p := range []string{"a", "b", "c"} {
+		if err := b.e.Publish(ctx, "cmd", []byte(p), 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srvSide, devSide := net.Pipe()
+	go func() {
+		_, _ = devSide.Write(connect311("dev1", false))
+		devSide.Close()
+	}()
+	_ = b.e.srv.EstablishConnection("tcp", brokenConn{srvSide})
+	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 || n[kindInflight] != 3 {
+		t.Fatalf("stored items by kind after the failed reconnect: %v", n)
+	}
+	b.close()
+	b = openSessionBroker(t, dir)
+	mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
+	if got := dev.wait(t, 3); len(got) != 3 {
+		t.Fatalf("device received %q", got)
+	}
+}
+
+// A clean-session connection taking over a connected persistent session
+// leaves nothing stored, whenever the old connection's end is reported.
+func TestSessionsTakeoverByCleanClient(t *testing.T) {
+	b := openSessionBroker(t, t.TempDir())
+	for i := range 5 {
+		c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
+		if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
+			t.Fatal(err)
+		}
+		old, _ := b.e.srv.Clients.Get("dev1")
+		clean := mustDial(t, brokerURL(b.e), "dev1")
+		waitFor(t, "the old connection to end", 5*time.Second, func() bool { return old.Closed() })
+		if n := b.items(t); len(n) != 0 {
+			t.Fatalf("round %d: stored while the id has a clean session: %v", i, n)
+		}
+		clean.Disconnect(10)
+		c.Disconnect(10)
+	}
+	if n := b.items(t); len(n) != 0 {
+		t.Fatalf("stored at the end: %v", n)
+	}
+}
+
+// A persistent-session device publishing QoS 1 costs no store write per
+// message (mochi's PUBACK in flight lives a moment; it is not stored).
+func TestSessionsInboundQoS1NoWrites(t *testing.T) {
+	b := openSessionBroker(t, t.TempDir())
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
+	b.items(t)
+	w0 := b.st.Stats().Writes
+	for range 100 {
+		if err := waitToken(t, c.Publish("telemetry/dev1", 1, false, "21.5")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.items(t)
+	if w := b.st.Stats().Writes - w0; w > 2 { // the barrier itself
+		t.Fatalf("%d store writes for 100 QoS 1 publishes", w)
+	}
+}
+
+// A QoS 2 delivery answered with PUBREC is stored as the PUBREL that
+// follows it, so that a restart resends PUBREL, not the message.
+func TestSessionsQoS2Pubrel(t *testing.T) {
+	dir := t.TempDir()
+	b := openSessionBroker(t, dir)
+	conn, err := net.DialTimeout("tcp", b.e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	read := func(want byte) []byte {
+		t.Helper()
+		hdr := make([]byte, 2)
+		if _, err := io.ReadFull(conn, hdr); err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, hdr[1]) // short packets only
+		if _, err := io.ReadFull(conn, body); err != nil {
+			t.Fatal(err)
+		}
+		if hdr[0]&0xf0 != want {
+			t.Fatalf("packet type %#x, want %#x", hdr[0], want)
+		}
+		return body
+	}
+	if _, err := conn.Write(connect311("q2", false)); err != nil {
+		t.Fatal(err)
+	}
+	read(0x20) // CONNACK
+	sub := append([]byte{0, 1}, rawString("cmd")...)
+	if _, err := conn.Write(rawPacket(0x82, append(sub, 2))); err != nil {
+		t.Fatal(err)
+	}
+	read(0x90) // SUBACK
+	if err := b.e.Publish(context.Background(), "cmd", []byte("x"), 2, false); err != nil {
+		t.Fatal(err)
+	}
+	pub := read(0x30)
+	id := pub[len(pub)-3 : len(pub)-1]                         // topic "cmd", packet id, payload "x"
+	if _, err := conn.Write(rawPacket(0x50, id)); err != nil { // PUBREC
+		t.Fatal(err)
+	}
+	read(0x60) // PUBREL; no PUBCOMP: the flow stays open
+	// The hook runs once mochi has processed the PUBREC (after it wrote
+	// the PUBREL): wait for the stored entry to change.
+	var got []packets.Packet
+	stored := func() bool {
+		b.items(t)
+		got = got[:0]
+		if err := b.st.LoadSessions(context.Background(), func(k, v []byte) error {
+			if k[0] == kindInflight {
+				var m storage.Message
+				if err := m.UnmarshalBinary(v); err != nil {
+					return err
+				}
+				got = append(got, m.ToPacket())
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return len(got) == 1 && got[0].FixedHeader.Type == packets.Pubrel
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !stored() {
+		if time.Now().After(deadline) {
+			t.Fatalf("stored in flight: %d packets, types %v, want one PUBREL", len(got), func() (ts []byte) {
+				for _, p := range got {
+					ts = append(ts, p.FixedHeader.Type)
+				}
+				return
+			}())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

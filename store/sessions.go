@@ -20,6 +20,9 @@ import (
 // local publish, say), reaches the disk in the same transaction or a later
 // one: a publish the broker queued for an offline device is either still in
 // the publish outbox or in its session, whatever the moment of a crash.
+// Session writes are not refused when the disk is below its reserve (the
+// acknowledgement that follows would be accepted and the message lost);
+// they mostly move data out of the publish outbox.
 const pSession = 'B'
 
 // maxSessionKey bounds session keys (Badger's limit is 65,000 bytes).
@@ -42,20 +45,20 @@ func checkSessionKey(k []byte) error {
 // SetSession queues a write of a broker session item. It returns once the
 // change is queued (it may block while the committer's queue is full), not
 // when it is durable; the change is applied before anything queued later.
-// A write refused later (disk below its reserve, store closing) is logged.
+// A write that fails later (the batch fails) is logged.
 func (s *Store) SetSession(key, value []byte) error {
 	if err := checkSessionKey(key); err != nil {
 		return err
 	}
-	// A queued message with its properties: a little over a payload.
-	if limit := s.opts.MaxValueBytes + 64<<10; len(value) > limit {
+	// A queued message with its properties, the payload in base64 (JSON).
+	if limit := 2*s.opts.MaxValueBytes + 64<<10; len(value) > limit {
 		return fmt.Errorf("%w: session item of %d bytes, limit %d", ErrTooLarge, len(value), limit)
 	}
 	k, v := sessionKey(key), bytes.Clone(value)
 	if v == nil {
 		v = []byte{}
 	}
-	return s.queue(&request{est: s.vEntryEst(len(k), len(v)), grows: true, fn: func(b *batch) error {
+	return s.queue(&request{est: s.vEntryEst(len(k), len(v)), fn: func(b *batch) error {
 		b.set(k, v)
 		return nil
 	}})
@@ -72,42 +75,6 @@ func (s *Store) DeleteSession(key []byte) error {
 		b.del(k)
 		return nil
 	}})
-}
-
-// sessionChunk bounds the keys one DeleteSessionPrefix transaction removes
-// (fewer when Badger's transactions are smaller).
-const sessionChunk = 512
-
-// DeleteSessionPrefix removes every broker session item whose key starts
-// with prefix, in as many transactions as it takes, and returns once the
-// removal is durable. Changes queued before the call are applied first.
-func (s *Store) DeleteSessionPrefix(ctx context.Context, prefix []byte) error {
-	if err := checkSessionKey(prefix); err != nil {
-		return err
-	}
-	p := sessionKey(prefix)
-	est := entryEst(maxSessionKey+1, 0)
-	chunk := int(min(sessionChunk, s.maxTxnSize/2/est))
-	for {
-		more := false
-		err := s.submit(ctx, &request{est: int64(chunk) * est, fn: func(b *batch) error {
-			it := b.txn.NewIterator(badger.IteratorOptions{Prefix: p})
-			defer it.Close()
-			n := 0
-			for it.Rewind(); it.Valid(); it.Next() {
-				if n == chunk {
-					more = true
-					break
-				}
-				b.del(it.Item().KeyCopy(nil))
-				n++
-			}
-			return nil
-		}})
-		if err != nil || !more {
-			return err
-		}
-	}
 }
 
 // LoadSessions calls fn with every broker session item, in key order. The

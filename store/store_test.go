@@ -215,7 +215,6 @@ func TestClosedStore(t *testing.T) {
 	_, checks["RunRetention"] = s.RunRetention(ctx)
 	checks["SetSession"] = s.SetSession([]byte("k"), nil)
 	checks["DeleteSession"] = s.DeleteSession([]byte("k"))
-	checks["DeleteSessionPrefix"] = s.DeleteSessionPrefix(ctx, []byte("k"))
 	checks["LoadSessions"] = s.LoadSessions(ctx, func(k, v []byte) error { return nil })
 	for name, err := range checks {
 		if !errors.Is(err, ErrClosed) {
