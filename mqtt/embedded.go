@@ -213,7 +213,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}
 	if cfg.Sessions != nil {
-		if err := e.srv.AddHook(&sessionHook{st: cfg.Sessions, log: log.With("component", "mqtt-sessions")}, nil); err != nil {
+		sh := &sessionHook{st: cfg.Sessions, log: log.With("component", "mqtt-sessions"), retained: e.srv.Topics.Retained.Get}
+		if err := e.srv.AddHook(sh, nil); err != nil {
 			return nil, fmt.Errorf("mqtt: add session hook: %w", err)
 		}
 	}

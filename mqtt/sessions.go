@@ -91,6 +91,10 @@ type sessionHook struct {
 
 	mu    sync.Mutex
 	known map[string]*storedClient // by client digest
+
+	// retained returns the topic's retained message in mochi (set by
+	// NewEmbedded).
+	retained func(topic string) (packets.Packet, bool)
 }
 
 // storedClient is what the store holds for one client.
@@ -211,7 +215,13 @@ func (h *sessionHook) saveClient(cl *mochi.Client) {
 // OnSessionEstablished implements mochi.Hook: a session that is new (clean
 // start) or will not persist drops what was stored for the client id; a
 // persistent one is saved.
+//
+// mochi calls it after sending CONNACK, so a new connection of the same id
+// may already have taken the session over: then this one does nothing.
 func (h *sessionHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
+	if takenOver(cl) {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if pk.Connect.Clean || !persists(cl) {
@@ -366,16 +376,27 @@ func (h *sessionHook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err
 	}
 }
 
-// OnRetainMessage implements mochi.Hook. An empty payload clears the
-// topic's retained message (r is then -1 if there was one, else 0).
+// OnRetainMessage implements mochi.Hook: a retained message set, replaced
+// or cleared (empty payload).
+//
+// mochi calls it after releasing its topic lock, so two retained publishes
+// to one topic may call it in the other order: what is stored is the
+// topic's retained message as mochi holds it now, read under h.mu, so the
+// last call stores the last state whatever the order.
 func (h *sessionHook) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int64) {
-	if r == -1 || len(pk.Payload) == 0 {
-		h.del("retained message", retainedKey(pk.TopicName))
+	topic := pk.TopicName
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.retained != nil {
+		pk, _ = h.retained(topic) // zero: none retained now
+	}
+	if len(pk.Payload) == 0 {
+		h.del("retained message", retainedKey(topic))
 		return
 	}
 	m := message(pk)
 	m.T, m.Client = storage.RetainedKey, cl.ID
-	h.set("retained message", retainedKey(pk.TopicName), m)
+	h.set("retained message", retainedKey(topic), m)
 }
 
 // OnRetainedExpired implements mochi.Hook.

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -216,9 +218,11 @@ func TestSessionsCleanStartForgets(t *testing.T) {
 		t.Fatalf("stored items by kind: %v", n)
 	}
 	clean := mustDial(t, brokerURL(b.e), "dev1") // clean session
-	if n := b.items(t); n[kindClient] != 0 || n[kindSub] != 0 || n[kindInflight] != 0 {
-		t.Fatalf("stored items by kind while the id is connected with a clean session: %v", n)
-	}
+	// mochi runs the session hooks after CONNACK: wait for them.
+	waitFor(t, "nothing stored for the id while it has a clean session", 5*time.Second, func() bool {
+		n := b.items(t)
+		return n[kindClient] == 0 && n[kindSub] == 0 && n[kindInflight] == 0
+	})
 	clean.Disconnect(100)
 	if err := b.e.Publish(ctx, "r/1", nil, 0, true); err != nil { // clears the retained message
 		t.Fatal(err)
@@ -428,14 +432,21 @@ func TestSessionsTakeoverByCleanClient(t *testing.T) {
 		if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
 			t.Fatal(err)
 		}
-		old, _ := b.e.srv.Clients.Get("dev1")
-		clean := mustDial(t, brokerURL(b.e), "dev1")
-		waitFor(t, "the old connection to end", 5*time.Second, func() bool { return old.Closed() })
-		if n := b.items(t); len(n) != 0 {
-			t.Fatalf("round %d: stored while the id has a clean session: %v", i, n)
+		old, ok := b.e.srv.Clients.Get("dev1")
+		if !ok {
+			t.Fatal("the persistent client is not known to the broker")
 		}
+		clean := mustDial(t, brokerURL(b.e), "dev1")
+		// mochi runs the session hooks after CONNACK: wait for them.
+		waitFor(t, "the old connection to end", 5*time.Second, func() bool { return old.Closed() })
+		waitFor(t, fmt.Sprintf("round %d: nothing stored while the id has a clean session", i), 5*time.Second,
+			func() bool { return len(b.items(t)) == 0 })
 		clean.Disconnect(10)
 		c.Disconnect(10)
+		waitFor(t, "the clean session to end", 5*time.Second, func() bool {
+			_, ok := b.e.srv.Clients.Get("dev1")
+			return !ok
+		})
 	}
 	if n := b.items(t); len(n) != 0 {
 		t.Fatalf("stored at the end: %v", n)
@@ -535,5 +546,43 @@ func TestSessionsQoS2Pubrel(t *testing.T) {
 			}())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// What is stored for a retained topic is what mochi holds when the hook
+// runs, so two retained publishes to one topic that reach the hook in the
+// other order still leave the last one stored.
+func TestSessionsRetainedOrder(t *testing.T) {
+	st := &mapSessions{m: map[string][]byte{}}
+	held := map[string]packets.Packet{}
+	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler), retained: func(topic string) (packets.Packet, bool) {
+		pk, ok := held[topic]
+		return pk, ok
+	}}
+	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	pub := func(payload string) packets.Packet {
+		return packets.Packet{TopicName: "t", Payload: []byte(payload), FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}}
+	}
+	stored := func() string {
+		v, ok := st.m[string(retainedKey("t"))]
+		if !ok {
+			return "<none>"
+		}
+		var m storage.Message
+		if err := m.UnmarshalBinary(v); err != nil {
+			t.Fatal(err)
+		}
+		return string(m.Payload)
+	}
+	held["t"] = pub("new")
+	h.OnRetainMessage(cl, pub("new"), 1)
+	h.OnRetainMessage(cl, pub("old"), 1) // late
+	if got := stored(); got != "new" {
+		t.Fatalf("stored %q, want new", got)
+	}
+	delete(held, "t")
+	h.OnRetainMessage(cl, pub("old"), 1) // late, after the topic was cleared
+	if got := stored(); got != "<none>" {
+		t.Fatalf("stored %q after the topic was cleared", got)
 	}
 }
