@@ -220,13 +220,7 @@ func TestEmbeddedCleanRestart(t *testing.T) {
 	const devices, perDevice = 10, 300
 	dataDir, fnDir := t.TempDir(), t.TempDir()
 	writeFunction(t, fnDir, "count", countLua, referenceManifest)
-	port := freePort(t)
-	url := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-	cfgPath := filepath.Join(t.TempDir(), "moongate.yaml")
-	cfg := testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  embedded: {listen: \"127.0.0.1:%d\"}\n", port))
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath, url := childConfig(t, dataDir, fnDir)
 	c := startChild(t, cfgPath)
 	acks := observeAcks(t, url)
 	pubDone := make(chan struct{})

@@ -276,6 +276,20 @@ func httpGet(t testing.TB, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// childConfig writes the config file of a daemon child whose embedded
+// broker listens on a fixed free port (the same across restarts) and
+// returns the file's path and the broker's URL.
+func childConfig(t testing.TB, dataDir, fnDir string) (cfgPath, url string) {
+	t.Helper()
+	port := freePort(t)
+	cfgPath = filepath.Join(t.TempDir(), "moongate.yaml")
+	cfg := testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  embedded: {listen: \"127.0.0.1:%d\"}\n", port))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath, fmt.Sprintf("tcp://127.0.0.1:%d", port)
+}
+
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()

@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -50,13 +48,7 @@ func TestEmbeddedCommandsSurviveRestart(t *testing.T) {
 			const n = 50
 			dataDir, fnDir := t.TempDir(), t.TempDir()
 			writeFunction(t, fnDir, "cmd", cmdLua, referenceManifest)
-			port := freePort(t)
-			url := fmt.Sprintf("tcp://127.0.0.1:%d", port)
-			cfgPath := filepath.Join(t.TempDir(), "moongate.yaml")
-			cfg := testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  embedded: {listen: \"127.0.0.1:%d\"}\n", port))
-			if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			cfgPath, url := childConfig(t, dataDir, fnDir)
 			c := startChild(t, cfgPath)
 
 			// The device subscribes in a persistent session, then goes away.

@@ -28,12 +28,20 @@ type sessionBroker struct {
 	st *store.Store
 }
 
-func openSessionBroker(t *testing.T, dir string) *sessionBroker {
+// openSessionStore opens the store in dir.
+func openSessionStore(t *testing.T, dir string) *store.Store {
 	t.Helper()
 	st, err := store.Open(context.Background(), store.Options{Dir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st
+}
+
+// startSessionBroker starts a broker keeping its sessions in st, with no
+// handler filter; it returns Start's error.
+func startSessionBroker(t *testing.T, st *store.Store) (*Embedded, error) {
+	t.Helper()
 	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true, Sessions: st}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +51,14 @@ func openSessionBroker(t *testing.T, dir string) *sessionBroker {
 	if err := e.SetFilters(ctx, []string{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Start(ctx, func(context.Context, *Message) error { return nil }); err != nil {
+	return e, e.Start(ctx, func(context.Context, *Message) error { return nil })
+}
+
+func openSessionBroker(t *testing.T, dir string) *sessionBroker {
+	t.Helper()
+	st := openSessionStore(t, dir)
+	e, err := startSessionBroker(t, st)
+	if err != nil {
 		t.Fatal(err)
 	}
 	b := &sessionBroker{e: e, st: st}
@@ -245,10 +260,7 @@ func TestSessionsCleanStartForgets(t *testing.T) {
 // broker starts and serves.
 func TestSessionsHostileStore(t *testing.T) {
 	dir := t.TempDir()
-	st, err := store.Open(context.Background(), store.Options{Dir: dir, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSessionStore(t, dir)
 	good := clientPrefix(kindClient, "dev1")
 	for k, v := range map[string]string{
 		string(good):                               `{"id":"dev1","clean":false,"protocolVersion":4}`,
@@ -288,20 +300,11 @@ func TestSessionsHostileStore(t *testing.T) {
 // A store that fails to load stops the broker from starting, with the
 // store's error.
 func TestSessionsLoadError(t *testing.T) {
-	st, err := store.Open(context.Background(), store.Options{Dir: t.TempDir(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSessionStore(t, t.TempDir())
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true, Sessions: st}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err = e.Start(ctx, func(context.Context, *Message) error { return nil })
+	e, err := startSessionBroker(t, st)
 	if !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Start with a closed session store: %v, want store.ErrClosed", err)
 	}
@@ -311,7 +314,7 @@ func TestSessionsLoadError(t *testing.T) {
 		t.Fatalf("the failed start kept its port: %v", err)
 	}
 	ln.Close()
-	_ = e.Close(ctx)
+	_ = e.Close(context.Background())
 }
 
 // mapSessions is a SessionStore in a map, for the fuzz test (no disk).
