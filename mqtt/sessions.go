@@ -143,7 +143,7 @@ func (h *sessionHook) ID() string { return "moongate-sessions" }
 // Provides implements mochi.Hook.
 func (h *sessionHook) Provides(b byte) bool {
 	return bytes.IndexByte([]byte{
-		mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnSubscribed, mochi.OnUnsubscribed,
+		mochi.OnSessionEstablish, mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnSubscribed, mochi.OnUnsubscribed,
 		mochi.OnRetainMessage, mochi.OnWillSent, mochi.OnQosPublish, mochi.OnQosComplete,
 		mochi.OnQosDropped, mochi.OnClientExpired, mochi.OnRetainedExpired, mochi.OnPacketProcessed,
 		mochi.StoredClients, mochi.StoredInflightMessages, mochi.StoredRetainedMessages, mochi.StoredSubscriptions,
@@ -232,6 +232,17 @@ func (h *sessionHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) 
 	}
 }
 
+// OnSessionEstablish implements mochi.Hook: called before mochi takes over
+// or discards the previous session, and before CONNACK.
+func (h *sessionHook) OnSessionEstablish(cl *mochi.Client, pk packets.Packet) {
+	if !pk.Connect.Clean {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.forget(cl.ID)
+}
+
 // OnWillSent implements mochi.Hook (the will is cleared once sent).
 func (h *sessionHook) OnWillSent(cl *mochi.Client, pk packets.Packet) {
 	if !persists(cl) || takenOver(cl) {
@@ -286,7 +297,7 @@ func (h *sessionHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCo
 
 // OnUnsubscribed implements mochi.Hook.
 func (h *sessionHook) OnUnsubscribed(cl *mochi.Client, pk packets.Packet) {
-	if takenOver(cl) {
+	if cl.IsTakenOver() {
 		return
 	}
 	h.mu.Lock()
@@ -297,6 +308,9 @@ func (h *sessionHook) OnUnsubscribed(cl *mochi.Client, pk packets.Packet) {
 	}
 	for _, f := range pk.Filters {
 		fd := string(digest(f.Filter))
+		if _, kept := cl.State.Subscriptions.Get(f.Filter); kept {
+			continue // refused (packet id in use)
+		}
 		if c.subs[fd] {
 			delete(c.subs, fd)
 			h.del("subscription", subKey(cl.ID, f.Filter))
@@ -342,11 +356,14 @@ func (h *sessionHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.done
 
 // done removes a stored in-flight message, if there is one.
 func (h *sessionHook) done(cl *mochi.Client, id uint16) {
-	if takenOver(cl) {
+	if cl.IsTakenOver() {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if _, live := cl.State.Inflight.Get(id); live {
+		return // the id was reused (or the drop was reported twice)
+	}
 	c := h.known[string(digest(cl.ID))]
 	if c == nil || !c.inflight[id] {
 		return
@@ -400,7 +417,19 @@ func (h *sessionHook) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int
 }
 
 // OnRetainedExpired implements mochi.Hook.
-func (h *sessionHook) OnRetainedExpired(topic string) { h.del("retained message", retainedKey(topic)) }
+func (h *sessionHook) OnRetainedExpired(topic string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.retained != nil {
+		if pk, ok := h.retained(topic); ok && len(pk.Payload) > 0 {
+			m := message(pk)
+			m.T, m.Client = storage.RetainedKey, pk.Origin
+			h.set("retained message", retainedKey(topic), m)
+			return
+		}
+	}
+	h.del("retained message", retainedKey(topic))
+}
 
 // load reads the store once, when mochi asks for the first part of it.
 // Undecodable items and items of a client that is not stored (left by a

@@ -589,3 +589,177 @@ func TestSessionsRetainedOrder(t *testing.T) {
 		t.Fatalf("stored %q after the topic was cleared", got)
 	}
 }
+
+// rawClient is an MQTT 3.1.1 client written by hand, for packet sequences
+// paho does not produce.
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+}
+
+func dialRaw311(t *testing.T, e *Embedded, id string, clean bool) *rawClient {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &rawClient{t, conn}
+	c.write(connect311(id, clean))
+	c.read(0x20)
+	return c
+}
+
+func (c *rawClient) write(p []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(p); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// read reads one short packet of type want and returns its body.
+func (c *rawClient) read(want byte) []byte {
+	c.t.Helper()
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(c.conn, hdr); err != nil {
+		c.t.Fatal(err)
+	}
+	body := make([]byte, hdr[1])
+	if _, err := io.ReadFull(c.conn, body); err != nil {
+		c.t.Fatal(err)
+	}
+	if hdr[0]&0xf0 != want {
+		c.t.Fatalf("packet type %#x, want %#x", hdr[0], want)
+	}
+	return body
+}
+
+// An UNSUBSCRIBE that mochi refuses (its packet id is that of a message in
+// flight to the client: mochi keeps one id space for both directions)
+// leaves the subscription, in mochi and in the store.
+func TestSessionsRefusedUnsubscribe(t *testing.T) {
+	b := openSessionBroker(t, t.TempDir())
+	c := dialRaw311(t, b.e, "u1", false)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd")...), 1)))
+	c.read(0x90)
+	if err := b.e.Publish(context.Background(), "cmd", []byte("x"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	pub := c.read(0x30)
+	id := pub[5:7] // after the topic "cmd"; not acknowledged
+	c.write(rawPacket(0xa2, append(append([]byte{}, id...), rawString("cmd")...)))
+	c.read(0xb0)
+	cl, _ := b.e.srv.Clients.Get("u1")
+	if _, kept := cl.State.Subscriptions.Get("cmd"); !kept {
+		t.Fatal("mochi dropped the subscription: the test no longer sets up a refused UNSUBSCRIBE")
+	}
+	if n := b.items(t); n[kindSub] != 1 {
+		t.Fatalf("stored items by kind: %v, want the subscription mochi kept", n)
+	}
+}
+
+// A clean start that takes over a connected persistent session forgets it
+// before CONNACK: a CONNACK that fails (mochi then skips the hooks it calls
+// after CONNACK) leaves nothing behind to come back after a restart.
+func TestSessionsCleanTakeoverFailedConnack(t *testing.T) {
+	dir := t.TempDir()
+	b := openSessionBroker(t, dir)
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
+	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	srvSide, devSide := net.Pipe()
+	go func() {
+		_, _ = devSide.Write(connect311("dev1", true))
+		devSide.Close()
+	}()
+	_ = b.e.srv.EstablishConnection("tcp", brokenConn{srvSide})
+	if n := b.items(t); len(n) != 0 {
+		t.Fatalf("stored after a clean start whose CONNACK failed: %v", n)
+	}
+	c.Disconnect(10)
+	b.close()
+	b = openSessionBroker(t, dir)
+	if cl, ok := b.e.srv.Clients.Get("dev1"); ok {
+		t.Fatalf("after a restart, the discarded session came back with %d subscriptions", len(cl.State.Subscriptions.GetAll()))
+	}
+}
+
+// A persistent session that takes over a connected clean-session client is
+// not forgotten when the old connection ends (its end says "expire").
+func TestSessionsPersistentTakesOverClean(t *testing.T) {
+	b := openSessionBroker(t, t.TempDir())
+	srvSide, devSide := net.Pipe()
+	defer devSide.Close()
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_ = b.e.srv.EstablishConnection("tcp", srvSide)
+	}()
+	go func() { _, _ = io.Copy(io.Discard, devSide) }() // CONNACK and the rest
+	if _, err := devSide.Write(connect311("dev1", true)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the clean client", 5*time.Second, func() bool { _, ok := b.e.srv.Clients.Get("dev1"); return ok })
+	c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
+	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the clean client's connection did not end")
+	}
+	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 {
+		t.Fatalf("stored items by kind: %v, want the persistent session", n)
+	}
+}
+
+// mochi reports an expired retained message after deleting it, without a
+// lock: a retained message set on the topic in between stays stored.
+func TestSessionsRetainedExpiredLate(t *testing.T) {
+	st := &mapSessions{m: map[string][]byte{}}
+	held := map[string]packets.Packet{}
+	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler), retained: func(topic string) (packets.Packet, bool) {
+		pk, ok := held[topic]
+		return pk, ok
+	}}
+	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	pub := packets.Packet{TopicName: "t", Payload: []byte("new"), FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}}
+	held["t"] = pub
+	h.OnRetainMessage(cl, pub, 1)
+	h.OnRetainedExpired("t") // late, for the message before
+	if _, ok := st.m[string(retainedKey("t"))]; !ok {
+		t.Fatal("the new retained message was removed from the store")
+	}
+	delete(held, "t")
+	h.OnRetainedExpired("t")
+	if _, ok := st.m[string(retainedKey("t"))]; ok {
+		t.Fatal("an expired retained message stayed stored")
+	}
+}
+
+// mochi reports an expired in-flight message dropped twice (the second
+// time with its packet id only): a message that reused the id in between
+// stays stored.
+func TestSessionsExpiredInflightReported(t *testing.T) {
+	st := &mapSessions{m: map[string][]byte{}}
+	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler)}
+	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	cl.Properties.ProtocolVersion = 4
+	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte("old"), PacketID: 1}
+	h.OnQosPublish(cl, old, 0, 0)
+	h.OnQosDropped(cl, old) // Client.ClearExpiredInflights
+	if _, ok := st.m[string(inflightKey("dev", 1))]; ok {
+		t.Fatal("the expired message stayed stored")
+	}
+	nw := old
+	nw.Payload = []byte("new")
+	cl.State.Inflight.Set(nw)
+	h.OnQosPublish(cl, nw, 0, 0)                    // a publisher reused id 1
+	h.OnQosDropped(cl, packets.Packet{PacketID: 1}) // Server.clearExpiredInflights
+	if _, ok := st.m[string(inflightKey("dev", 1))]; !ok {
+		t.Fatal("the message that reused the id was removed from the store")
+	}
+}
