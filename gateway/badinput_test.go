@@ -99,6 +99,14 @@ func TestOversizePayloadEmbedded(t *testing.T) {
 	if oversize < 1 || metric("moongate_mqtt_received_total") != oversize+1 || metric(`moongate_mqtt_rejected_total{reason="unauthorized"}`) != 0 {
 		t.Errorf("mqtt metrics do not count one accepted publish and the refused ones:\n%s", m)
 	}
+	// The broker's state: the "small" client connected (the big one may be
+	// reconnecting); retained, only mochi's own $SYS topics.
+	if c := metric("moongate_mqtt_clients_connected"); c < 1 || c > 2 || metric("moongate_mqtt_sessions") < c {
+		t.Errorf("mqtt state metrics:\n%s", m)
+	}
+	if r := metric("moongate_mqtt_retained"); r < 10 || r > 40 {
+		t.Errorf("mqtt state metrics:\n%s", m)
+	}
 }
 
 // TestHandleRejectsInvalidTopic: the intake check behind the brokers' own

@@ -130,6 +130,13 @@ func (d *Daemon) metrics() []apiserver.Metric {
 		counter("moongate_mqtt_retained_refused_total", "Retained publishes delivered but not retained: max_retained topics hold one (embedded broker).", ms.RetainedRefused)
 		counter("moongate_mqtt_reconnects_total", "Reconnections to the external broker.", ms.Reconnects)
 		counter("moongate_mqtt_dropped_qos0_total", "QoS 0 messages dropped under load (external broker).", ms.DroppedQoS0)
+		if _, embedded := d.ingest.(*mqtt.Embedded); embedded {
+			gauge("moongate_mqtt_clients_connected", "Clients connected to the embedded broker.", float64(ms.ClientsConnected))
+			gauge("moongate_mqtt_sessions", "Sessions the embedded broker holds, persistent sessions of offline devices included.", float64(ms.Sessions))
+			gauge("moongate_mqtt_retained", "Topics holding a retained message (bounded by max_retained).", float64(ms.Retained))
+			gauge("moongate_mqtt_inflight", "QoS 1/2 messages queued or in flight to clients.", float64(ms.Inflight))
+			counter("moongate_mqtt_messages_dropped_total", "Messages the embedded broker dropped for clients too slow or too far behind (max_queued_per_client).", uint64(max(ms.MessagesDropped, 0)))
+		}
 	}
 	gauge("moongate_functions", "Functions deployed.", float64(len(d.gw.Functions())))
 	ready := 0.0

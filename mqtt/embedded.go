@@ -347,7 +347,21 @@ func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qo
 func (e *Embedded) Ready() bool { return e.ready.Load() }
 
 // Stats returns a snapshot of the counters.
-func (e *Embedded) Stats() Stats { return e.stats.snapshot() }
+func (e *Embedded) Stats() Stats {
+	s := e.stats.snapshot()
+	s.ClientsConnected = atomic.LoadInt64(&e.srv.Info.ClientsConnected)
+	for id, cl := range e.srv.Clients.GetAll() {
+		if id == mochi.InlineClientId && cl.Net.Inline {
+			continue
+		}
+		s.Sessions++
+		// (Counted here: mochi's own counter misses restored sessions.)
+		s.Inflight += int64(cl.State.Inflight.Len())
+	}
+	s.Retained = int64(e.srv.Topics.Retained.Len())
+	s.MessagesDropped = atomic.LoadInt64(&e.srv.Info.MessagesDropped) + atomic.LoadInt64(&e.srv.Info.InflightDropped)
+	return s
+}
 
 // Close stops accepting connections and publishes, waits for in-flight
 // handlers (their acknowledgements are still sent), then disconnects every

@@ -856,8 +856,8 @@ func TestEmbeddedMaxRetained(t *testing.T) {
 	if got := fmt.Sprint(retained()); got != "[r/1=new r/2=v-r/2 r/3=v-r/3]" {
 		t.Fatalf("retained = %s, want the first three topics, r/1 replaced", got)
 	}
-	if st := e.Stats(); st.RetainedRefused != 2 {
-		t.Fatalf("RetainedRefused = %d, want 2 (r/4 from a device, r/5 from Publish)", st.RetainedRefused)
+	if st := e.Stats(); st.RetainedRefused != 2 || st.Retained != int64(e.cfg.MaxRetained) {
+		t.Fatalf("RetainedRefused = %d, want 2 (r/4 from a device, r/5 from Publish); Retained = %d, want %d", st.RetainedRefused, st.Retained, e.cfg.MaxRetained)
 	}
 	// Clearing one makes room for another.
 	if err := waitToken(t, dev.Publish("r/2", 1, true, "")); err != nil {

@@ -92,6 +92,14 @@ type Stats struct {
 	// RetainedRefused counts retained publishes delivered without being
 	// retained because MaxRetained topics already held one (embedded mode).
 	RetainedRefused uint64
+
+	// The embedded broker's state at the time of the call (zero in
+	// external mode): clients connected; sessions held, connected or not
+	// (persistent sessions of offline devices included); topics holding a
+	// retained message; QoS 1/2 messages queued or in flight to clients;
+	// and messages dropped so far for clients too slow to take them.
+	ClientsConnected, Sessions, Retained, Inflight int64
+	MessagesDropped                                int64
 }
 
 type counters struct {

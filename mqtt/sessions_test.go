@@ -168,6 +168,9 @@ func TestSessionsSurviveRestart(t *testing.T) {
 
 	b.close()
 	b = openSessionBroker(t, dir)
+	if st := b.e.Stats(); st.Sessions != 1 || st.ClientsConnected != 0 || st.Inflight != 1 {
+		t.Fatalf("after the restart: %d sessions, %d connected, %d messages queued; want 1, 0, 1", st.Sessions, st.ClientsConnected, st.Inflight)
+	}
 	// The subscription is back before the device is: this command is
 	// queued for it as well.
 	if err := b.e.Publish(ctx, "devices/dev1/cmd", []byte("off"), 1, false); err != nil {
