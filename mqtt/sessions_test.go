@@ -136,6 +136,19 @@ func persistent(in *inbox) clientOpt {
 	}
 }
 
+// dialPersistent connects id with a persistent session whose messages go
+// to in, and subscribes it to filters at QoS 1.
+func dialPersistent(t *testing.T, e *Embedded, id string, in *inbox, filters ...string) paho.Client {
+	t.Helper()
+	c := mustDial(t, brokerURL(e), id, persistent(in))
+	for _, f := range filters {
+		if err := waitToken(t, c.Subscribe(f, 1, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
 // A device's persistent session, its subscription, the commands queued for
 // it while it is away and a retained message all survive a restart of the
 // broker; commands published after the restart reach it too.
@@ -144,10 +157,7 @@ func TestSessionsSurviveRestart(t *testing.T) {
 	dir := t.TempDir()
 	b := openSessionBroker(t, dir)
 	dev := newInbox()
-	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
-	if err := waitToken(t, c.Subscribe("devices/dev1/cmd", 1, nil)); err != nil {
-		t.Fatal(err)
-	}
+	c := dialPersistent(t, b.e, "dev1", dev, "devices/dev1/cmd")
 	if err := waitToken(t, c.Publish("devices/dev1/status", 1, true, "online")); err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +223,7 @@ func TestSessionsCleanStartForgets(t *testing.T) {
 	dir := t.TempDir()
 	b := openSessionBroker(t, dir)
 	dev := newInbox()
-	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
-	if err := waitToken(t, c.Subscribe("a/#", 1, nil)); err != nil {
-		t.Fatal(err)
-	}
+	c := dialPersistent(t, b.e, "dev1", dev, "a/#")
 	if err := waitToken(t, c.Subscribe("b/#", 1, nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -393,6 +400,18 @@ type brokenConn struct{ net.Conn }
 
 func (brokenConn) Write([]byte) (int, error) { return 0, errors.New("link down") }
 
+// connectOverBrokenLink has the broker handle a CONNECT from id over a
+// link that fails every write (the CONNACK first), and returns once the
+// broker is done with the connection.
+func connectOverBrokenLink(e *Embedded, id string, clean bool) {
+	srvSide, devSide := net.Pipe()
+	go func() {
+		_, _ = devSide.Write(connect311(id, clean))
+		devSide.Close()
+	}()
+	_ = e.srv.EstablishConnection("tcp", brokenConn{srvSide})
+}
+
 // A device coming back over a link that fails before its queued messages
 // are resent keeps them, in memory and in the store: mochi moves them to
 // the new connection and clears the old one, which must not remove them
@@ -402,22 +421,14 @@ func TestSessionsReconnectOverBrokenLink(t *testing.T) {
 	dir := t.TempDir()
 	b := openSessionBroker(t, dir)
 	dev := newInbox()
-	c := mustDial(t, brokerURL(b.e), "dev1", persistent(dev))
-	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
-		t.Fatal(err)
-	}
+	c := dialPersistent(t, b.e, "dev1", dev, "cmd")
 	c.Disconnect(100)
 	for _, p := range []string{"a", "b", "c"} {
 		if err := b.e.Publish(ctx, "cmd", []byte(p), 1, false); err != nil {
 			t.Fatal(err)
 		}
 	}
-	srvSide, devSide := net.Pipe()
-	go func() {
-		_, _ = devSide.Write(connect311("dev1", false))
-		devSide.Close()
-	}()
-	_ = b.e.srv.EstablishConnection("tcp", brokenConn{srvSide})
+	connectOverBrokenLink(b.e, "dev1", false)
 	if n := b.items(t); n[kindClient] != 1 || n[kindSub] != 1 || n[kindInflight] != 3 {
 		t.Fatalf("stored items by kind after the failed reconnect: %v", n)
 	}
@@ -434,10 +445,7 @@ func TestSessionsReconnectOverBrokenLink(t *testing.T) {
 func TestSessionsTakeoverByCleanClient(t *testing.T) {
 	b := openSessionBroker(t, t.TempDir())
 	for i := range 5 {
-		c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
-		if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
-			t.Fatal(err)
-		}
+		c := dialPersistent(t, b.e, "dev1", newInbox(), "cmd")
 		old, ok := b.e.srv.Clients.Get("dev1")
 		if !ok {
 			t.Fatal("the persistent client is not known to the broker")
@@ -555,17 +563,23 @@ func TestSessionsQoS2Pubrel(t *testing.T) {
 	}
 }
 
-// What is stored for a retained topic is what mochi holds when the hook
-// runs, so two retained publishes to one topic that reach the hook in the
-// other order still leave the last one stored.
-func TestSessionsRetainedOrder(t *testing.T) {
+// mapHook is a session hook on a map store, whose retained messages are
+// held, with a client "dev" of a broker that is not started.
+func mapHook() (*sessionHook, *mapSessions, map[string]packets.Packet, *mochi.Client) {
 	st := &mapSessions{m: map[string][]byte{}}
 	held := map[string]packets.Packet{}
 	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler), retained: func(topic string) (packets.Packet, bool) {
 		pk, ok := held[topic]
 		return pk, ok
 	}}
-	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	return h, st, held, mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+}
+
+// What is stored for a retained topic is what mochi holds when the hook
+// runs, so two retained publishes to one topic that reach the hook in the
+// other order still leave the last one stored.
+func TestSessionsRetainedOrder(t *testing.T) {
+	h, st, held, cl := mapHook()
 	pub := func(payload string) packets.Packet {
 		return packets.Packet{TopicName: "t", Payload: []byte(payload), FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}}
 	}
@@ -668,16 +682,8 @@ func TestSessionsRefusedUnsubscribe(t *testing.T) {
 func TestSessionsCleanTakeoverFailedConnack(t *testing.T) {
 	dir := t.TempDir()
 	b := openSessionBroker(t, dir)
-	c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
-	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
-		t.Fatal(err)
-	}
-	srvSide, devSide := net.Pipe()
-	go func() {
-		_, _ = devSide.Write(connect311("dev1", true))
-		devSide.Close()
-	}()
-	_ = b.e.srv.EstablishConnection("tcp", brokenConn{srvSide})
+	c := dialPersistent(t, b.e, "dev1", newInbox(), "cmd")
+	connectOverBrokenLink(b.e, "dev1", true)
 	if n := b.items(t); len(n) != 0 {
 		t.Fatalf("stored after a clean start whose CONNACK failed: %v", n)
 	}
@@ -705,10 +711,7 @@ func TestSessionsPersistentTakesOverClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the clean client", 5*time.Second, func() bool { _, ok := b.e.srv.Clients.Get("dev1"); return ok })
-	c := mustDial(t, brokerURL(b.e), "dev1", persistent(newInbox()))
-	if err := waitToken(t, c.Subscribe("cmd", 1, nil)); err != nil {
-		t.Fatal(err)
-	}
+	dialPersistent(t, b.e, "dev1", newInbox(), "cmd")
 	select {
 	case <-ended:
 	case <-time.After(5 * time.Second):
@@ -722,13 +725,7 @@ func TestSessionsPersistentTakesOverClean(t *testing.T) {
 // mochi reports an expired retained message after deleting it, without a
 // lock: a retained message set on the topic in between stays stored.
 func TestSessionsRetainedExpiredLate(t *testing.T) {
-	st := &mapSessions{m: map[string][]byte{}}
-	held := map[string]packets.Packet{}
-	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler), retained: func(topic string) (packets.Packet, bool) {
-		pk, ok := held[topic]
-		return pk, ok
-	}}
-	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	h, st, held, cl := mapHook()
 	pub := packets.Packet{TopicName: "t", Payload: []byte("new"), FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}}
 	held["t"] = pub
 	h.OnRetainMessage(cl, pub, 1)
@@ -747,9 +744,7 @@ func TestSessionsRetainedExpiredLate(t *testing.T) {
 // time with its packet id only): a message that reused the id in between
 // stays stored.
 func TestSessionsExpiredInflightReported(t *testing.T) {
-	st := &mapSessions{m: map[string][]byte{}}
-	h := &sessionHook{st: st, log: slog.New(slog.DiscardHandler)}
-	cl := mochi.New(nil).NewClient(nil, "tcp", "dev", false)
+	h, st, _, cl := mapHook()
 	cl.Properties.ProtocolVersion = 4
 	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte("old"), PacketID: 1}
 	h.OnQosPublish(cl, old, 0, 0)
