@@ -346,7 +346,9 @@ func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qo
 // Ready reports whether the broker is listening and not closing.
 func (e *Embedded) Ready() bool { return e.ready.Load() }
 
-// Stats returns a snapshot of the counters.
+// Stats returns a snapshot of the counters and of the broker's state
+// (clients, sessions, retained topics, messages in flight); its cost grows
+// with the number of sessions.
 func (e *Embedded) Stats() Stats {
 	s := e.stats.snapshot()
 	s.ClientsConnected = atomic.LoadInt64(&e.srv.Info.ClientsConnected)
