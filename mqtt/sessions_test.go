@@ -207,13 +207,7 @@ func TestSessionsSurviveRestart(t *testing.T) {
 		t.Fatalf("retained message after restart: %q", got)
 	}
 	// Acknowledged commands are removed from the store.
-	deadline := time.Now().Add(10 * time.Second)
-	for b.items(t)[kindInflight] != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("acknowledged messages still stored: %v", b.items(t))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "acknowledged messages removed from the store", 10*time.Second, func() bool { return b.items(t)[kindInflight] == 0 })
 }
 
 // A client id that reconnects with a clean session drops what was stored
@@ -549,18 +543,7 @@ func TestSessionsQoS2Pubrel(t *testing.T) {
 		}
 		return len(got) == 1 && got[0].FixedHeader.Type == packets.Pubrel
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !stored() {
-		if time.Now().After(deadline) {
-			t.Fatalf("stored in flight: %d packets, types %v, want one PUBREL", len(got), func() (ts []byte) {
-				for _, p := range got {
-					ts = append(ts, p.FixedHeader.Type)
-				}
-				return
-			}())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the stored in-flight entry to become one PUBREL", 5*time.Second, stored)
 }
 
 // mapHook is a session hook on a map store, whose retained messages are
