@@ -51,7 +51,6 @@ type batch struct {
 	budget  int64 // the running request's est: optional drops stop there
 	staged  int64 // estimate of pending
 	count   int64
-	inboxC  []uint64 // inbox entries consumed in this batch
 	pubA    []uint64 // publishes acked in this batch
 	// refs are the blob object reference-count changes of the running
 	// request (addRef), written when it is done (applyRefs).
@@ -290,14 +289,8 @@ func (s *Store) process(reqs []*request) {
 	if b.txn != nil {
 		b.txn.Discard()
 	}
-	for _, seq := range b.inboxC {
-		if seq == b.ctr.Inbox.Head {
-			b.ctr.Inbox.Head++
-		} else {
-			s.inboxDone[seq] = struct{}{}
-		}
-	}
 	advance(&b.ctr.Inbox, s.inboxDone)
+	s.inboxSize.forget(b.ctr.Inbox.Head)
 	for _, seq := range b.pubA {
 		if seq == b.ctr.Publish.Head {
 			b.ctr.Publish.Head++

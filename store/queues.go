@@ -75,6 +75,7 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			b.ctr.Inbox.Next++
 			b.ctr.Inbox.add(len(vals[i]))
 			b.set(seqKey(pInbox, seq), vals[i])
+			s.inboxSize.put(seq, len(vals[i]))
 			seqs[i] = seq
 			if len(entries[i].Fingerprint) == FingerprintSize {
 				b.set(dedupeKey(seq%s.window.size), entries[i].Fingerprint)
@@ -351,14 +352,24 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		if c.InboxSeq < b.ctr.Inbox.Head {
 			return fmt.Errorf("%w: inbox entry %d", ErrAlreadyConsumed, c.InboxSeq)
 		}
-		item, err := b.txn.Get(seqKey(pInbox, c.InboxSeq))
-		if errors.Is(err, badger.ErrKeyNotFound) {
+		// Every entry in [Head, Next) is live unless inboxDone holds it
+		// (consumed by an earlier batch or earlier in this one): only its
+		// size may need a read.
+		if _, done := s.inboxDone[c.InboxSeq]; done {
 			return fmt.Errorf("%w: inbox entry %d", ErrAlreadyConsumed, c.InboxSeq)
 		}
-		if err != nil {
-			return fatal(err)
+		if n, ok := s.inboxSize.get(c.InboxSeq); ok {
+			inboxSize = n
+		} else {
+			item, err := b.txn.Get(seqKey(pInbox, c.InboxSeq))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				return fatal(fmt.Errorf("%w: inbox entry %d is missing", ErrCorrupt, c.InboxSeq))
+			}
+			if err != nil {
+				return fatal(err)
+			}
+			inboxSize = item.ValueSize()
 		}
-		inboxSize = item.ValueSize()
 	}
 	// 2. State changes, computed in order over an overlay (reads only).
 	type sv struct {
@@ -497,7 +508,9 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		b.del(seqKey(pInbox, c.InboxSeq))
 		b.ctr.Inbox.remove(inboxSize)
 		b.ctr.Consumed++
-		b.inboxC = append(b.inboxC, c.InboxSeq)
+		// Folded into the head after the batch; a failed batch reloads
+		// inboxDone from disk.
+		s.inboxDone[c.InboxSeq] = struct{}{}
 	}
 	for _, st := range state {
 		if st.val == nil {
@@ -598,6 +611,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		b.ctr.Inbox.Next++
 		b.ctr.Inbox.add(len(chainVals[i]))
 		b.set(seqKey(pInbox, seq), chainVals[i])
+		s.inboxSize.put(seq, len(chainVals[i]))
 		chained[i].Seq = seq
 	}
 	res.Records = recs

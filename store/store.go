@@ -117,7 +117,8 @@ type Store struct {
 	bgWG    sync.WaitGroup
 
 	// committer-owned
-	inboxDone map[uint64]struct{}
+	inboxDone map[uint64]struct{} // consumed inbox entries above the head
+	inboxSize sizeWindow          // sizes of the recent inbox entries
 	pubDone   map[uint64]struct{}
 	diskFull  bool
 	diskAt    time.Time
@@ -271,6 +272,7 @@ func (s *Store) recover() error {
 		}
 		var e1, e2 error
 		s.inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
+		s.inboxSize.reset()
 		s.pubDone, e2 = holes(txn, pPublish, &c.Publish)
 		return errors.Join(e1, e2)
 	})

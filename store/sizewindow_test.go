@@ -1,0 +1,128 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestSizeWindow(t *testing.T) {
+	var w sizeWindow
+	if _, ok := w.get(1); ok {
+		t.Fatal("zero window holds an entry")
+	}
+	for seq := uint64(10); seq < 20; seq++ {
+		w.put(seq, int(seq)*3)
+	}
+	if n, ok := w.get(15); !ok || n != 45 {
+		t.Fatalf("get(15) = %d %v", n, ok)
+	}
+	if _, ok := w.get(9); ok {
+		t.Fatal("get below the window")
+	}
+	if _, ok := w.get(20); ok {
+		t.Fatal("get past the window")
+	}
+	// A gap starts again.
+	w.put(30, 7)
+	if _, ok := w.get(15); ok {
+		t.Fatal("entry kept across a gap")
+	}
+	if n, ok := w.get(30); !ok || n != 7 {
+		t.Fatalf("get(30) = %d %v", n, ok)
+	}
+	// Full: the older half is forgotten, the newest entries stay.
+	w.reset()
+	last := uint64(100 + sizeWindowLen + 10)
+	for seq := uint64(100); seq <= last; seq++ {
+		w.put(seq, int(seq%1000))
+	}
+	if len(w.sizes) > sizeWindowLen {
+		t.Fatalf("window grew to %d", len(w.sizes))
+	}
+	if n, ok := w.get(last); !ok || n != int64(last%1000) {
+		t.Fatalf("newest entry = %d %v", n, ok)
+	}
+	if _, ok := w.get(100); ok {
+		t.Fatal("oldest entry kept past the bound")
+	}
+	// forget drops consumed entries; the others stay readable.
+	w.forget(last - 5)
+	if _, ok := w.get(last - 6); ok {
+		t.Fatal("entry below the head kept")
+	}
+	if n, ok := w.get(last - 5); !ok || n != int64((last-5)%1000) {
+		t.Fatalf("entry at the head = %d %v", n, ok)
+	}
+	w.forget(last + 1)
+	if _, ok := w.get(last); ok || len(w.sizes) != 0 {
+		t.Fatal("forget past the end kept entries")
+	}
+}
+
+// A consumed entry is accounted with the same size whether it comes from the
+// committer's window or, after a reopen, from disk; and an entry committed
+// concurrently several times is consumed once.
+func TestInboxAccountingWithoutReadBack(t *testing.T) {
+	ctx := context.Background()
+	var es []InboxEntry
+	for i := range 40 {
+		// Distinct sizes, all under the value threshold (sizes read back
+		// from the value log are estimates).
+		es = append(es, InboxEntry{Function: "f", Key: "k", Event: []byte(strings.Repeat("x", 1+i*23))})
+	}
+	// After committing the first half: window path, and read path.
+	var bytes [2]int64
+	var stores [2]*Store
+	for i := range stores {
+		s := openTest(t, Options{})
+		seqs, err := s.Enqueue(ctx, es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			s = reopen(t, s)
+		}
+		for _, q := range seqs[:20] {
+			if _, err := s.Commit(ctx, &Commit{InboxSeq: q}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bytes[i], stores[i] = s.counters().Inbox.Bytes, s
+	}
+	if bytes[0] != bytes[1] || bytes[0] <= 0 {
+		t.Fatalf("inbox bytes left: %d from the window, %d from disk", bytes[0], bytes[1])
+	}
+	s := stores[0]
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := map[uint64]int{}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for q := uint64(21); q <= 40; q++ {
+				_, err := s.Commit(ctx, &Commit{InboxSeq: q})
+				switch {
+				case err == nil:
+					mu.Lock()
+					won[q]++
+					mu.Unlock()
+				case !errors.Is(err, ErrAlreadyConsumed):
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for q := uint64(21); q <= 40; q++ {
+		if won[q] != 1 {
+			t.Fatalf("entry %d consumed %d times", q, won[q])
+		}
+	}
+	if c := s.counters().Inbox; c.Count != 0 || c.Bytes != 0 || c.Head != c.Next {
+		t.Fatalf("inbox after consuming everything = %+v", c)
+	}
+}
