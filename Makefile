@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check
+.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check test-mochi
 .PHONY: build-all deb test-arm footprint test-systemd
 
 all: build
@@ -24,10 +24,15 @@ vet:
 
 # The whole suite: formatting, vet, a one-iteration run of every benchmark
 # (so none rots), then the race-enabled tests.
-test: test-deps fmt-check vet generate-check
+test: test-deps fmt-check vet generate-check test-mochi
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 	$(MAKE) bench-short
+
+# mochi's own test suite against the patched copy moongate builds
+# (mqtt/third_party/mochi/README.moongate.md).
+test-mochi:
+	./mqtt/third_party/mochi/upstream-tests/run.sh
 
 # The Go benchmarks of every package.
 bench-go:

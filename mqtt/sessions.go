@@ -2,12 +2,14 @@ package mqtt
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,7 +42,7 @@ type SessionStore interface {
 const (
 	kindClient   = 'C' // + client digest
 	kindSub      = 'S' // + client digest + filter digest
-	kindInflight = 'I' // + client digest + packet id (2 bytes)
+	kindInflight = 'I' // + client digest + direction + packet id (2 bytes)
 	kindRetained = 'R' // + topic digest
 )
 
@@ -59,8 +61,64 @@ func subKey(id, filter string) []byte {
 	return append(clientPrefix(kindSub, id), digest(filter)...)
 }
 
-func inflightKey(id string, packetID uint16) []byte {
-	return binary.BigEndian.AppendUint16(clientPrefix(kindInflight, id), packetID)
+// The direction byte of an in-flight item: each side numbers its own
+// packets, so a message to the client and the acknowledgement of one from
+// it may have the same packet id (the patched mochi keeps them apart too).
+const (
+	dirOut = 'o' // the broker's message to the client: PUBLISH, then PUBREL
+	dirIn  = 'i' // the broker's acknowledgement of the client's message: PUBREC
+)
+
+// inflightRef names one in-flight item of a client.
+type inflightRef struct {
+	dir byte
+	id  uint16
+}
+
+// refOf is the item pk is, by its type (as mochi's Inflight.Set files it).
+func refOf(pk packets.Packet) inflightRef {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		return inflightRef{dirIn, pk.PacketID}
+	}
+	return inflightRef{dirOut, pk.PacketID}
+}
+
+func inflightKey(id string, r inflightRef) []byte {
+	return binary.BigEndian.AppendUint16(append(clientPrefix(kindInflight, id), r.dir), r.id)
+}
+
+// orderedMessage is the stored value of an in-flight item: a version byte,
+// the item's place in the order messages were queued (8 bytes), then the
+// message as mochi encodes it. mochi resends a session's messages in the
+// order it was given them, and it is given them in this order at start.
+type orderedMessage struct {
+	seq uint64
+	m   *storage.Message
+}
+
+const orderedVersion = 1
+
+// MarshalBinary implements encoding.BinaryMarshaler.
+func (o orderedMessage) MarshalBinary() ([]byte, error) {
+	b, err := o.m.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return append(binary.BigEndian.AppendUint64([]byte{orderedVersion}, o.seq), b...), nil
+}
+
+// unmarshalOrdered decodes a stored in-flight item. Items stored before the
+// order was kept (mochi's encoding alone, a JSON object) have order 0.
+func unmarshalOrdered(v []byte) (orderedMessage, error) {
+	o := orderedMessage{m: &storage.Message{}}
+	if len(v) > 0 && v[0] == orderedVersion {
+		if len(v) < 9 {
+			return o, errors.New("short in-flight item")
+		}
+		o.seq, v = binary.BigEndian.Uint64(v[1:9]), v[9:]
+	}
+	return o, o.m.UnmarshalBinary(v)
 }
 
 func retainedKey(topic string) []byte { return append([]byte{kindRetained}, digest(topic)...) }
@@ -91,6 +149,7 @@ type sessionHook struct {
 
 	mu    sync.Mutex
 	known map[string]*storedClient // by client digest
+	seq   uint64                   // order of the last in-flight item stored
 
 	// retained returns the topic's retained message in mochi (set by
 	// NewEmbedded).
@@ -99,12 +158,12 @@ type sessionHook struct {
 
 // storedClient is what the store holds for one client.
 type storedClient struct {
-	subs     map[string]bool // filter digests
-	inflight map[uint16]bool // packet ids
+	subs     map[string]bool        // filter digests
+	inflight map[inflightRef]uint64 // in-flight items and their order
 }
 
 func newStoredClient() *storedClient {
-	return &storedClient{subs: map[string]bool{}, inflight: map[uint16]bool{}}
+	return &storedClient{subs: map[string]bool{}, inflight: map[inflightRef]uint64{}}
 }
 
 // client returns the index entry of id, creating it. h.mu must be held.
@@ -178,8 +237,8 @@ func (h *sessionHook) forget(id string) {
 	for f := range c.subs {
 		h.del("subscription", append(clientPrefix(kindSub, id), f...))
 	}
-	for pid := range c.inflight {
-		h.del("queued message", inflightKey(id, pid))
+	for r := range c.inflight {
+		h.del("queued message", inflightKey(id, r))
 	}
 }
 
@@ -342,10 +401,18 @@ func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.client(cl.ID).inflight[pk.PacketID] = true
+	c, r := h.client(cl.ID), refOf(pk)
+	// A new message takes the next place; a resend (mochi sets DUP) or a
+	// PUBREC sent again keeps its place.
+	seq, ok := c.inflight[r]
+	if !ok || (pk.FixedHeader.Type == packets.Publish && !pk.FixedHeader.Dup) {
+		h.seq++
+		seq = h.seq
+	}
+	c.inflight[r] = seq
 	m := message(pk)
 	m.Client, m.Sent = cl.ID, sent
-	h.set("queued message", inflightKey(cl.ID, pk.PacketID), m)
+	h.set("queued message", inflightKey(cl.ID, r), orderedMessage{seq, m})
 }
 
 // OnQosComplete implements mochi.Hook.
@@ -354,22 +421,35 @@ func (h *sessionHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) { h.don
 // OnQosDropped implements mochi.Hook.
 func (h *sessionHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.done(cl, pk.PacketID) }
 
-// done removes a stored in-flight message, if there is one.
+// done removes the stored in-flight items with packet id id that mochi no
+// longer holds. (The packet mochi reports is not always the item: a PUBREC
+// from the client ends the broker's message, a PUBREL the broker's PUBREC;
+// mochi removes the item before it calls the hooks, so what is gone says
+// which one ended.)
 func (h *sessionHook) done(cl *mochi.Client, id uint16) {
 	if cl.IsTakenOver() {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, live := cl.State.Inflight.Get(id); live {
-		return // the id was reused (or the drop was reported twice)
-	}
 	c := h.known[string(digest(cl.ID))]
-	if c == nil || !c.inflight[id] {
+	if c == nil {
 		return
 	}
-	delete(c.inflight, id)
-	h.del("queued message", inflightKey(cl.ID, id))
+	for _, r := range [2]inflightRef{{dirOut, id}, {dirIn, id}} {
+		if _, stored := c.inflight[r]; !stored {
+			continue
+		}
+		get := cl.State.Inflight.Get
+		if r.dir == dirIn {
+			get = cl.State.Inflight.GetInbound
+		}
+		if _, live := get(id); live {
+			continue // the id was reused (or the drop was reported twice)
+		}
+		delete(c.inflight, r)
+		h.del("queued message", inflightKey(cl.ID, r))
+	}
 }
 
 // OnPacketProcessed implements mochi.Hook: when a client answers a QoS 2
@@ -383,13 +463,18 @@ func (h *sessionHook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c := h.known[string(digest(cl.ID))]
-	if c == nil || !c.inflight[pk.PacketID] {
+	r := inflightRef{dirOut, pk.PacketID}
+	if c == nil {
+		return
+	}
+	seq, stored := c.inflight[r]
+	if !stored {
 		return
 	}
 	if rel, ok := cl.State.Inflight.Get(pk.PacketID); ok && rel.FixedHeader.Type == packets.Pubrel {
 		m := message(rel)
 		m.Client = cl.ID
-		h.set("queued message", inflightKey(cl.ID, pk.PacketID), m)
+		h.set("queued message", inflightKey(cl.ID, r), orderedMessage{seq, m})
 	}
 }
 
@@ -444,6 +529,7 @@ func (h *sessionHook) load() (sessionSet, error) {
 			v   []byte
 		}
 		var items []item
+		var inflight, legacy []orderedMessage
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		h.err = h.st.LoadSessions(ctx, func(k, v []byte) error {
@@ -479,15 +565,31 @@ func (h *sessionHook) load() (sessionSet, error) {
 					set.subs = append(set.subs, s)
 					clients[string(k[1:1+digestLen])].subs[string(k[1+digestLen:])] = true
 				}
-			case len(k) == 1+digestLen+2 && k[0] == kindInflight && clients[string(k[1:1+digestLen])] != nil:
-				var m storage.Message
-				if err = m.UnmarshalBinary(it.v); err == nil && !bytes.Equal(k, inflightKey(m.Client, m.PacketID)) {
+			case (len(k) == 1+digestLen+3 || len(k) == 1+digestLen+2) && k[0] == kindInflight && clients[string(k[1:1+digestLen])] != nil:
+				var o orderedMessage
+				o, err = unmarshalOrdered(it.v)
+				if err != nil {
+					break
+				}
+				r := refOf(o.m.ToPacket())
+				if len(k) == 1+digestLen+2 {
+					// Stored before items had a direction and an order
+					// (the first release with sessions): stored again
+					// under their key now, in the order they are read.
+					if !bytes.Equal(k, binary.BigEndian.AppendUint16(clientPrefix(kindInflight, o.m.Client), o.m.PacketID)) {
+						err = mismatch
+						break
+					}
+					orphans = append(orphans, k)
+					legacy = append(legacy, o)
+					break
+				}
+				if !bytes.Equal(k, inflightKey(o.m.Client, r)) {
 					err = mismatch
+					break
 				}
-				if err == nil {
-					set.inflight = append(set.inflight, m)
-					clients[string(k[1:1+digestLen])].inflight[m.PacketID] = true
-				}
+				inflight = append(inflight, o)
+				clients[string(k[1:1+digestLen])].inflight[r] = o.seq
 			case len(k) == 1+digestLen && k[0] == kindRetained:
 				var m storage.Message
 				if err = m.UnmarshalBinary(it.v); err == nil && !bytes.Equal(k, retainedKey(m.TopicName)) {
@@ -508,8 +610,30 @@ func (h *sessionHook) load() (sessionSet, error) {
 			h.del("orphan", k)
 		}
 		h.mu.Lock()
+		for _, o := range inflight {
+			h.seq = max(h.seq, o.seq)
+		}
+		// Legacy items go after the others, in the order read; one whose
+		// current form is stored too is only removed.
+		for _, o := range legacy {
+			c, r := clients[string(digest(o.m.Client))], refOf(o.m.ToPacket())
+			if _, dup := c.inflight[r]; dup {
+				continue
+			}
+			h.seq++
+			o.seq = h.seq
+			c.inflight[r] = o.seq
+			h.set("queued message", inflightKey(o.m.Client, r), o)
+			inflight = append(inflight, o)
+		}
 		h.known = clients
 		h.mu.Unlock()
+		// mochi resends a session's messages in the order it is given
+		// them: the order they were first queued in.
+		slices.SortStableFunc(inflight, func(a, b orderedMessage) int { return cmp.Compare(a.seq, b.seq) })
+		for _, o := range inflight {
+			set.inflight = append(set.inflight, *o.m)
+		}
 		h.loaded = set
 	})
 	return h.loaded, h.err

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -267,15 +268,20 @@ func TestSessionsHostileStore(t *testing.T) {
 	st := openSessionStore(t, dir)
 	good := clientPrefix(kindClient, "dev1")
 	for k, v := range map[string]string{
-		string(good):                               `{"id":"dev1","clean":false,"protocolVersion":4}`,
-		string(subKey("dev1", "a/#")):              `{"client":"dev1","filter":"a/#","qos":1}`,
-		string(clientPrefix(kindClient, "broken")): `{not json`,
-		string(subKey("nobody", "x")):              `{"client":"nobody","filter":"x","qos":1}`,
-		string(inflightKey("nobody", 7)):           `{"client":"nobody","packet_id":7}`,
-		"Zunknown":                                 "?",
-		string(retainedKey("t")):                   `[1,2,3]`,
-		string(clientPrefix(kindClient, "dev2")):   `{"id":"dev3","clean":false,"protocolVersion":4}`,
-		string(retainedKey("u")):                   `{"topic_name":"not-u","payload":"eA=="}`,
+		string(good):                                          `{"id":"dev1","clean":false,"protocolVersion":4}`,
+		string(subKey("dev1", "a/#")):                         `{"client":"dev1","filter":"a/#","qos":1}`,
+		string(clientPrefix(kindClient, "broken")):            `{not json`,
+		string(subKey("nobody", "x")):                         `{"client":"nobody","filter":"x","qos":1}`,
+		string(inflightKey("nobody", inflightRef{dirOut, 7})): `{"client":"nobody","packet_id":7}`,
+		// A message filed under the other direction than its type's.
+		string(inflightKey("dev1", inflightRef{dirIn, 8})): "\x01\x00\x00\x00\x00\x00\x00\x00\x05" +
+			`{"client":"dev1","packet_id":8,"fixedheader":{"type":3,"qos":1},"topic_name":"a/1"}`,
+		// An ordered item cut short.
+		string(inflightKey("dev1", inflightRef{dirOut, 9})): "\x01\x00\x00",
+		"Zunknown":                               "?",
+		string(retainedKey("t")):                 `[1,2,3]`,
+		string(clientPrefix(kindClient, "dev2")): `{"id":"dev3","clean":false,"protocolVersion":4}`,
+		string(retainedKey("u")):                 `{"topic_name":"not-u","payload":"eA=="}`,
 	} {
 		if err := st.SetSession([]byte(k), []byte(v)); err != nil {
 			t.Fatal(err)
@@ -357,7 +363,11 @@ func (s *mapSessions) LoadSessions(_ context.Context, fn func(k, v []byte) error
 // them never panics, hands mochi only what decodes, and removes the rest.
 func FuzzSessionLoad(f *testing.F) {
 	f.Add(clientPrefix(kindClient, "d"), []byte(`{"id":"d","protocolVersion":4}`), subKey("d", "a/#"), []byte(`{"client":"d","filter":"a/#","qos":1}`))
-	f.Add(inflightKey("d", 1), []byte(`{"client":"d","packet_id":1,"payload":"eA=="}`), retainedKey("t"), []byte(`{"topic_name":"t","payload":"eA=="}`))
+	f.Add(inflightKey("d", inflightRef{dirOut, 1}), []byte("\x01\x00\x00\x00\x00\x00\x00\x00\x01"+`{"client":"d","packet_id":1,"payload":"eA=="}`), retainedKey("t"), []byte(`{"topic_name":"t","payload":"eA=="}`))
+	// An item of the first release (no direction, no order) and the same
+	// item in the current form.
+	legacy := binary.BigEndian.AppendUint16(clientPrefix(kindInflight, "d"), 1)
+	f.Add(legacy, []byte(`{"client":"d","packet_id":1,"fixedheader":{"type":3}}`), inflightKey("d", inflightRef{dirOut, 1}), []byte(`{"client":"d","packet_id":1,"fixedheader":{"type":3}}`))
 	f.Add([]byte("C"), []byte(`{`), []byte{kindSub}, []byte(`null`))
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 []byte) {
 		st := &mapSessions{m: map[string][]byte{string(clientPrefix(kindClient, "d")): []byte(`{"id":"d","protocolVersion":4}`)}}
@@ -531,11 +541,11 @@ func TestSessionsQoS2Pubrel(t *testing.T) {
 		got = got[:0]
 		if err := b.st.LoadSessions(context.Background(), func(k, v []byte) error {
 			if k[0] == kindInflight {
-				var m storage.Message
-				if err := m.UnmarshalBinary(v); err != nil {
+				o, err := unmarshalOrdered(v)
+				if err != nil {
 					return err
 				}
-				got = append(got, m.ToPacket())
+				got = append(got, o.m.ToPacket())
 			}
 			return nil
 		}); err != nil {
@@ -635,19 +645,17 @@ func (c *rawClient) read(want byte) []byte {
 	return body
 }
 
-// An UNSUBSCRIBE that mochi refuses (its packet id is that of a message in
-// flight to the client: mochi keeps one id space for both directions)
-// leaves the subscription, in mochi and in the store.
+// An UNSUBSCRIBE that mochi refuses (its packet id is that of the client's
+// own QoS 2 message still waiting for its PUBREL) leaves the subscription,
+// in mochi and in the store.
 func TestSessionsRefusedUnsubscribe(t *testing.T) {
 	b := openSessionBroker(t, t.TempDir())
 	c := dialRaw311(t, b.e, "u1", false)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd")...), 1)))
 	c.read(0x90)
-	if err := b.e.Publish(context.Background(), "cmd", []byte("x"), 1, false); err != nil {
-		t.Fatal(err)
-	}
-	pub := c.read(0x30)
-	id := pub[5:7] // after the topic "cmd"; not acknowledged
+	id := []byte{0, 5}
+	c.write(rawPacket(0x34, append(append(rawString("devices/u1/telemetry"), id...), "1"...)))
+	c.read(0x50) // PUBREC; no PUBREL: id 5 stays in use
 	c.write(rawPacket(0xa2, append(append([]byte{}, id...), rawString("cmd")...)))
 	c.read(0xb0)
 	cl, _ := b.e.srv.Clients.Get("u1")
@@ -732,7 +740,7 @@ func TestSessionsExpiredInflightReported(t *testing.T) {
 	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte("old"), PacketID: 1}
 	h.OnQosPublish(cl, old, 0, 0)
 	h.OnQosDropped(cl, old) // Client.ClearExpiredInflights
-	if _, ok := st.m[string(inflightKey("dev", 1))]; ok {
+	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 1}))]; ok {
 		t.Fatal("the expired message stayed stored")
 	}
 	nw := old
@@ -740,7 +748,7 @@ func TestSessionsExpiredInflightReported(t *testing.T) {
 	cl.State.Inflight.Set(nw)
 	h.OnQosPublish(cl, nw, 0, 0)                    // a publisher reused id 1
 	h.OnQosDropped(cl, packets.Packet{PacketID: 1}) // Server.clearExpiredInflights
-	if _, ok := st.m[string(inflightKey("dev", 1))]; !ok {
+	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 1}))]; !ok {
 		t.Fatal("the message that reused the id was removed from the store")
 	}
 }

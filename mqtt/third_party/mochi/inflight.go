@@ -13,39 +13,92 @@ import (
 )
 
 // Inflight is a map of InflightMessage keyed on packet id.
+//
+// moongate: the server's messages to the client (PUBLISH, then PUBREL) and
+// the server's acknowledgements of the client's messages (PUBACK, PUBREC,
+// PUBCOMP) are kept apart, because each side numbers its own packets: a
+// client reusing the id of a message in flight to it must not replace,
+// delete or refuse it (MQTT 3.1.1 section 2.3.1, MQTT 5 section 2.2.1). Get
+// and Delete address the server's messages; GetInbound and DeleteInbound
+// the acknowledgements; Set and DeletePacket tell them apart by packet type.
+// Every entry keeps the place it was first set at, and GetAll returns them
+// in that order (MQTT-4.6.0-1: resend in the order first sent).
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
-	receiveQuota        int32                     // remaining inbound qos quota for flow control
-	sendQuota           int32                     // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                     // maximum allowed receive quota
-	maximumSendQuota    int32                     // maximum allowed send quota
+	internal            map[uint32]inflightEntry // internal contains the inflight packets, by inflightKey
+	next                uint64                   // order of the next new entry
+	receiveQuota        int32                    // remaining inbound qos quota for flow control
+	sendQuota           int32                    // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32                    // maximum allowed receive quota
+	maximumSendQuota    int32                    // maximum allowed send quota
+}
+
+// inflightEntry is a packet in flight and its place in the order.
+type inflightEntry struct {
+	pk    packets.Packet
+	order uint64
+}
+
+// inboundKey marks the keys of acknowledgements of the client's messages.
+const inboundKey = 1 << 16
+
+// isInbound reports whether pk acknowledges a message of the client.
+func isInbound(pk packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		return true
+	}
+	return false
+}
+
+func inflightKey(pk packets.Packet) uint32 {
+	if isInbound(pk) {
+		return inboundKey | uint32(pk.PacketID)
+	}
+	return uint32(pk.PacketID)
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
 	return &Inflight{
-		internal: map[uint16]packets.Packet{},
+		internal: map[uint32]inflightEntry{},
 	}
 }
 
-// Set adds or updates an inflight packet by packet id.
+// Set adds or updates an inflight packet by packet id. An update keeps the
+// place of the packet it replaces.
 func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[m.PacketID]
-	i.internal[m.PacketID] = m
+	k := inflightKey(m)
+	e, ok := i.internal[k]
+	if !ok {
+		e.order = i.next
+		i.next++
+	}
+	e.pk = m
+	i.internal[k] = e
 	return !ok
 }
 
-// Get returns an inflight packet by packet id.
+// Get returns the server's inflight message with packet id id.
 func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
+	return i.get(uint32(id))
+}
+
+// GetInbound returns the server's inflight acknowledgement of the client's
+// message with packet id id.
+func (i *Inflight) GetInbound(id uint16) (packets.Packet, bool) {
+	return i.get(inboundKey | uint32(id))
+}
+
+func (i *Inflight) get(k uint32) (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
 
-	if m, ok := i.internal[id]; ok {
-		return m, true
+	if e, ok := i.internal[k]; ok {
+		return e.pk, true
 	}
 
 	return packets.Packet{}, false
@@ -67,25 +120,30 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
+	c.next = i.next
 	return c
 }
 
-// GetAll returns all the inflight messages.
+// GetAll returns all the inflight messages, in the order they were first set.
 func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	i.RLock()
 	defer i.RUnlock()
 
-	m := []packets.Packet{}
+	es := make([]inflightEntry, 0, len(i.internal))
 	for _, v := range i.internal {
-		if !immediate || (immediate && v.Expiry < 0) {
-			m = append(m, v)
+		if !immediate || (immediate && v.pk.Expiry < 0) {
+			es = append(es, v)
 		}
 	}
 
-	sort.Slice(m, func(i, j int) bool {
-		return uint16(m[i].Created) < uint16(m[j].Created)
+	sort.Slice(es, func(i, j int) bool {
+		return es[i].order < es[j].order
 	})
 
+	m := make([]packets.Packet, len(es))
+	for j := range es {
+		m[j] = es[j].pk
+	}
 	return m
 }
 
@@ -93,9 +151,8 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
-	i.RLock()
-	defer i.RUnlock()
-
+	// moongate: GetAll takes the read lock; taking it here too could
+	// deadlock behind a waiting writer.
 	m := i.GetAll(true)
 	if len(m) > 0 {
 		return m[0], true
@@ -104,13 +161,30 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	return packets.Packet{}, false
 }
 
-// Delete removes an in-flight message from the map. Returns true if the message existed.
+// Delete removes the server's in-flight message with packet id id. Returns
+// true if the message existed.
 func (i *Inflight) Delete(id uint16) bool {
+	return i.delete(uint32(id))
+}
+
+// DeleteInbound removes the server's in-flight acknowledgement of the
+// client's message with packet id id. Returns true if it existed.
+func (i *Inflight) DeleteInbound(id uint16) bool {
+	return i.delete(inboundKey | uint32(id))
+}
+
+// DeletePacket removes the in-flight entry pk is (a message or an
+// acknowledgement, by its type). Returns true if it existed.
+func (i *Inflight) DeletePacket(pk packets.Packet) bool {
+	return i.delete(inflightKey(pk))
+}
+
+func (i *Inflight) delete(k uint32) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[id]
-	delete(i.internal, id)
+	_, ok := i.internal[k]
+	delete(i.internal, k)
 
 	return ok
 }

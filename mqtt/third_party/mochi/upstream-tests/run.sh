@@ -1,0 +1,18 @@
+#!/bin/sh
+# Runs mochi v2.7.9's own test suite against moongate's patched copy: the
+# release from the module proxy, its sources replaced by ours, its tests
+# adapted where they asserted the behaviour the patch changes
+# (upstream-tests.patch; README.moongate.md lists why). Needs the Go module
+# proxy (testify) and git (to apply the patch).
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "$here" && go mod download -json github.com/mochi-mqtt/server/v2@v2.7.9 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[ -d "$src" ] || { echo "mochi v2.7.9 not downloaded" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -R "$src"/. "$tmp"
+chmod -R u+w "$tmp"
+(cd "$here" && find . -name '*.go') | while read -r f; do cp "$here/$f" "$tmp/$f"; done
+cd "$tmp"
+git apply -p1 "$here/upstream-tests/upstream-tests.patch"
+GOFLAGS=-mod=mod go test -race -count=1 . ./packets ./listeners ./hooks/storage ./system ./mempool
