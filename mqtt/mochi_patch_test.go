@@ -1,12 +1,17 @@
 package mqtt
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"testing"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -212,5 +217,165 @@ func TestSessionsLegacyInflightItems(t *testing.T) {
 	slices.Sort(got) // they had no order
 	if fmt.Sprint(got) != "[cmd/dev4=old1 cmd/dev4=old2 cmd/dev4=old3]" {
 		t.Fatalf("received %q", got)
+	}
+}
+
+// The stored order is mochi's, not the order the hook happens to be called
+// in (two publishers racing to one client), and a message already
+// completed when the hook runs is not stored.
+func TestSessionsStoreMochiOrder(t *testing.T) {
+	h, st, _, cl := mapHook()
+	cl.Properties.ProtocolVersion = 4
+	pub := func(id uint16, payload string) packets.Packet {
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte(payload), PacketID: id}
+	}
+	a, b := pub(1, "a"), pub(2, "b")
+	cl.State.Inflight.Set(a)
+	cl.State.Inflight.Set(b)
+	h.OnQosPublish(cl, b, 0, 0) // the second publisher's hook runs first
+	h.OnQosPublish(cl, a, 0, 0)
+	seq := func(id uint16) uint64 {
+		o, err := unmarshalOrdered(st.m[string(inflightKey("dev", inflightRef{dirOut, id}))])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.seq
+	}
+	if seq(1) >= seq(2) {
+		t.Fatalf("stored order a=%d b=%d, want a first as in mochi", seq(1), seq(2))
+	}
+	done := pub(3, "c")
+	h.OnQosPublish(cl, done, 0, 0) // acknowledged before its hook ran
+	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 3}))]; ok {
+		t.Fatal("a message no longer in flight was stored")
+	}
+}
+
+// Converting an item of the old form writes the new form before it removes
+// the old key (the store applies writes in call order: a crash in between
+// leaves both, never neither), and converted items keep their creation
+// order.
+func TestSessionsLegacyMigrationWritesFirst(t *testing.T) {
+	st := &mapSessions{m: map[string][]byte{string(clientPrefix(kindClient, "d")): []byte(`{"id":"d","protocolVersion":4}`)}}
+	old := func(id uint16, created int64) string {
+		k := binary.BigEndian.AppendUint16(clientPrefix(kindInflight, "d"), id)
+		st.m[string(k)] = fmt.Appendf(nil, `{"client":"d","packet_id":%d,"created":%d,"fixedheader":{"type":3,"qos":1}}`, id, created)
+		return string(k)
+	}
+	k1, k2 := old(1, 200), old(2, 100) // id 2 was queued first
+	h := &sessionHook{st: st, log: testLogger(t)}
+	set, err := h.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.inflight) != 2 || set.inflight[0].PacketID != 2 || set.inflight[1].PacketID != 1 {
+		t.Fatalf("handed to mochi: %+v, want ids 2 then 1", set.inflight)
+	}
+	pos := func(op string) int {
+		i := slices.Index(st.ops, op)
+		if i < 0 {
+			t.Fatalf("no %q in %q", op, st.ops)
+		}
+		return i
+	}
+	for id, k := range map[uint16]string{1: k1, 2: k2} {
+		if n := string(inflightKey("d", inflightRef{dirOut, id})); pos("set "+n) > pos("del "+k) {
+			t.Fatalf("item %d: old key removed before the new form was written: %q", id, st.ops)
+		}
+	}
+}
+
+// An MQTT 5 device with a small Receive Maximum gets every command queued
+// beyond it, each acknowledged and forgotten, quota given back: mochi sent
+// a message that had waited for quota and stopped tracking it, so its
+// PUBACK was ignored, the quota never came back and later messages stalled.
+func TestReceiveMaximumMessagesTracked(t *testing.T) {
+	ctx := context.Background()
+	b := openSessionBroker(t, t.TempDir())
+	conn, err := net.DialTimeout("tcp", b.e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	send := func(pk packets.Packet, enc func(*packets.Packet, *bytes.Buffer) error) {
+		t.Helper()
+		var buf bytes.Buffer
+		pk.ProtocolVersion = 5
+		if err := enc(&pk, &buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rd := bufio.NewReader(conn)
+	recv := func() packets.Packet {
+		t.Helper()
+		hb, err := rd.ReadByte()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk := packets.Packet{ProtocolVersion: 5}
+		if err := pk.FixedHeader.Decode(hb); err != nil {
+			t.Fatal(err)
+		}
+		n, mult := 0, 1
+		for {
+			c, err := rd.ReadByte()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += int(c&127) * mult
+			mult *= 128
+			if c < 128 {
+				break
+			}
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(rd, body); err != nil {
+			t.Fatal(err)
+		}
+		if pk.FixedHeader.Type == packets.Publish {
+			if err := pk.PublishDecode(body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return pk
+	}
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "dev5"},
+		Properties: packets.Properties{ReceiveMaximum: 2, SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}}
+	send(connect, (*packets.Packet).ConnectEncode)
+	if pk := recv(); pk.FixedHeader.Type != packets.Connack {
+		t.Fatalf("got %v, want CONNACK", pk.FixedHeader.Type)
+	}
+	send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "cmd/dev5", Qos: 1}}}, (*packets.Packet).SubscribeEncode)
+	if pk := recv(); pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got %v, want SUBACK", pk.FixedHeader.Type)
+	}
+	const n = 6
+	for i := range n {
+		if err := b.e.Publish(ctx, "cmd/dev5", []byte(fmt.Sprint(i)), 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for len(got) < n {
+		pk := recv()
+		if pk.FixedHeader.Type != packets.Publish {
+			t.Fatalf("got %v, want PUBLISH", pk.FixedHeader.Type)
+		}
+		got = append(got, string(pk.Payload))
+		send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}, (*packets.Packet).PubackEncode)
+	}
+	if fmt.Sprint(got) != "[0 1 2 3 4 5]" {
+		t.Fatalf("received %q", got)
+	}
+	cl, _ := b.e.srv.Clients.Get("dev5")
+	waitFor(t, "every PUBACK processed", 5*time.Second, func() bool { return cl.State.Inflight.Len() == 0 })
+	if n := b.items(t); n[kindInflight] != 0 {
+		t.Fatalf("stored items by kind: %v, want nothing in flight", n)
 	}
 }

@@ -149,7 +149,10 @@ type sessionHook struct {
 
 	mu    sync.Mutex
 	known map[string]*storedClient // by client digest
-	seq   uint64                   // order of the last in-flight item stored
+	// base is added to mochi's order of an in-flight item to give its
+	// stored order: one more than the highest order loaded at start, so
+	// that items stored by this process come after the ones restored.
+	base uint64
 
 	// retained returns the topic's retained message in mochi (set by
 	// NewEmbedded).
@@ -401,14 +404,16 @@ func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, r := h.client(cl.ID), refOf(pk)
-	// A new message takes the next place; a resend (mochi sets DUP) or a
-	// PUBREC sent again keeps its place.
-	seq, ok := c.inflight[r]
-	if !ok || (pk.FixedHeader.Type == packets.Publish && !pk.FixedHeader.Dup) {
-		h.seq++
-		seq = h.seq
+	// The stored order is mochi's (given when the item entered its map,
+	// under its lock): two publishers racing to one client are stored in
+	// the order mochi will resend them. An item no longer in flight was
+	// completed before this call (its done found nothing to remove): not
+	// stored.
+	order, live := cl.State.Inflight.Order(pk)
+	if !live {
+		return
 	}
+	c, r, seq := h.client(cl.ID), refOf(pk), h.base+order
 	c.inflight[r] = seq
 	m := message(pk)
 	m.Client, m.Sent = cl.ID, sent
@@ -530,6 +535,7 @@ func (h *sessionHook) load() (sessionSet, error) {
 		}
 		var items []item
 		var inflight, legacy []orderedMessage
+		var legacyKeys [][]byte
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		h.err = h.st.LoadSessions(ctx, func(k, v []byte) error {
@@ -574,14 +580,14 @@ func (h *sessionHook) load() (sessionSet, error) {
 				r := refOf(o.m.ToPacket())
 				if len(k) == 1+digestLen+2 {
 					// Stored before items had a direction and an order
-					// (the first release with sessions): stored again
-					// under their key now, in the order they are read.
+					// (the first release with sessions): stored again in
+					// the current form, then removed.
 					if !bytes.Equal(k, binary.BigEndian.AppendUint16(clientPrefix(kindInflight, o.m.Client), o.m.PacketID)) {
 						err = mismatch
 						break
 					}
-					orphans = append(orphans, k)
 					legacy = append(legacy, o)
+					legacyKeys = append(legacyKeys, k)
 					break
 				}
 				if !bytes.Equal(k, inflightKey(o.m.Client, r)) {
@@ -610,22 +616,33 @@ func (h *sessionHook) load() (sessionSet, error) {
 			h.del("orphan", k)
 		}
 		h.mu.Lock()
+		var last uint64
 		for _, o := range inflight {
-			h.seq = max(h.seq, o.seq)
+			last = max(last, o.seq)
 		}
-		// Legacy items go after the others, in the order read; one whose
-		// current form is stored too is only removed.
+		// Legacy items go after the others, by creation time then packet
+		// id (all the order they had); one whose current form is stored
+		// too is only removed. Each is written in its new form before its
+		// old key is removed: the writes land in order, so a crash in
+		// between leaves at worst both forms, never neither.
+		slices.SortStableFunc(legacy, func(a, b orderedMessage) int {
+			return cmp.Or(cmp.Compare(a.m.Created, b.m.Created), cmp.Compare(a.m.PacketID, b.m.PacketID))
+		})
 		for _, o := range legacy {
 			c, r := clients[string(digest(o.m.Client))], refOf(o.m.ToPacket())
 			if _, dup := c.inflight[r]; dup {
 				continue
 			}
-			h.seq++
-			o.seq = h.seq
+			last++
+			o.seq = last
 			c.inflight[r] = o.seq
 			h.set("queued message", inflightKey(o.m.Client, r), o)
 			inflight = append(inflight, o)
 		}
+		for _, k := range legacyKeys {
+			h.del("queued message in the old form", k)
+		}
+		h.base = last + 1
 		h.known = clients
 		h.mu.Unlock()
 		// mochi resends a session's messages in the order it is given

@@ -329,14 +329,16 @@ func TestSessionsLoadError(t *testing.T) {
 
 // mapSessions is a SessionStore in a map, for the fuzz test (no disk).
 type mapSessions struct {
-	mu sync.Mutex
-	m  map[string][]byte
+	mu  sync.Mutex
+	m   map[string][]byte
+	ops []string // "set KEY" / "del KEY", in call order
 }
 
 func (s *mapSessions) SetSession(k, v []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.m[string(k)] = v
+	s.ops = append(s.ops, "set "+string(k))
 	return nil
 }
 
@@ -344,6 +346,7 @@ func (s *mapSessions) DeleteSession(k []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.m, string(k))
+	s.ops = append(s.ops, "del "+string(k))
 	return nil
 }
 
@@ -738,7 +741,12 @@ func TestSessionsExpiredInflightReported(t *testing.T) {
 	h, st, _, cl := mapHook()
 	cl.Properties.ProtocolVersion = 4
 	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte("old"), PacketID: 1}
+	cl.State.Inflight.Set(old)
 	h.OnQosPublish(cl, old, 0, 0)
+	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 1}))]; !ok {
+		t.Fatal("the queued message was not stored")
+	}
+	cl.State.Inflight.Delete(1)
 	h.OnQosDropped(cl, old) // Client.ClearExpiredInflights
 	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 1}))]; ok {
 		t.Fatal("the expired message stayed stored")

@@ -104,6 +104,17 @@ func (i *Inflight) get(k uint32) (packets.Packet, bool) {
 	return packets.Packet{}, false
 }
 
+// Order returns the place of the entry pk is (a message or an
+// acknowledgement, by its type) in the order entries were first set, and
+// whether it is in flight. (moongate: a hook storing in-flight messages
+// stores this order, so that what it restores matches what mochi holds.)
+func (i *Inflight) Order(pk packets.Packet) (uint64, bool) {
+	i.RLock()
+	defer i.RUnlock()
+	e, ok := i.internal[inflightKey(pk)]
+	return e.order, ok
+}
+
 // Len returns the size of the inflight messages map.
 func (i *Inflight) Len() int {
 	i.RLock()

@@ -719,15 +719,27 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
+			// moongate: the message waited for send quota (Expiry -1); once
+			// sent it is in flight like any other, until its PUBACK or
+			// PUBCOMP (which gives the quota back). mochi deleted it here:
+			// the acknowledgement was then ignored, the quota never came
+			// back, and a message lost on the way was not resent.
+			next.Expiry = s.messageExpiry(next)
+			cl.State.Inflight.Set(next)
 			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 	}
 
 	return nil
+}
+
+// messageExpiry is the Expiry of pk as publishToClient sets it (moongate).
+func (s *Server) messageExpiry(pk packets.Packet) int64 {
+	if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval, int64(pk.Properties.MessageExpiryInterval)); expiry > 0 {
+		return pk.Created + expiry
+	}
+	return 0
 }
 
 // processConnect processes a Connect packet. The packet cannot be used to establish
