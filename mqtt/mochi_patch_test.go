@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,5 +378,64 @@ func TestReceiveMaximumMessagesTracked(t *testing.T) {
 	waitFor(t, "every PUBACK processed", 5*time.Second, func() bool { return cl.State.Inflight.Len() == 0 })
 	if n := b.items(t); n[kindInflight] != 0 {
 		t.Fatalf("stored items by kind: %v, want nothing in flight", n)
+	}
+}
+
+// publishOnConnack publishes a message to topic when the broker has sent
+// a CONNACK to client id: the moment a live message can race the resends
+// of the session's queued ones.
+type publishOnConnack struct {
+	mochi.HookBase
+	e         *Embedded
+	id, topic string
+	armed     atomic.Bool
+}
+
+func (h *publishOnConnack) ID() string { return "test-publish-on-connack" }
+
+func (h *publishOnConnack) Provides(b byte) bool { return b == mochi.OnPacketSent }
+
+func (h *publishOnConnack) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Connack && cl.ID == h.id && h.armed.CompareAndSwap(true, false) {
+		_ = h.e.Publish(context.Background(), h.topic, []byte("live"), 1, false)
+	}
+}
+
+// A message published while a device reconnects is written after the
+// messages queued for it while it was away (mochi started the client's
+// write loop before it resent them, so the live one could overtake).
+func TestReconnectResendsBeforeNewMessages(t *testing.T) {
+	ctx := context.Background()
+	for round := range 20 {
+		b := openSessionBroker(t, t.TempDir())
+		id := fmt.Sprint("dev6-", round)
+		c := dialRaw311(t, b.e, id, false)
+		c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/dev6")...), 1)))
+		c.read(0x90)
+		c.conn.Close()
+		cl, _ := b.e.srv.Clients.Get(id)
+		waitFor(t, "the disconnection", 5*time.Second, cl.Closed)
+		var want []string
+		for i := range 5 {
+			if err := b.e.Publish(ctx, "cmd/dev6", []byte(fmt.Sprint(i)), 1, false); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, fmt.Sprint(i))
+		}
+		want = append(want, "live")
+		h := &publishOnConnack{e: b.e, id: id, topic: "cmd/dev6"}
+		h.armed.Store(true)
+		if err := b.e.srv.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+		c = dialRaw311(t, b.e, id, false)
+		var got []string
+		for range want {
+			got = append(got, string(c.read(0x30)[2+len("cmd/dev6")+2:]))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("round %d: received %q, want %q", round, got, want)
+		}
+		b.close()
 	}
 }

@@ -407,7 +407,10 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	go cl.WriteLoop()
+	// moongate: the write loop starts once CONNACK and the session's
+	// resends are written (below), so that a message published to the
+	// client meanwhile cannot overtake them (MQTT-4.6.0-1); it waits in the
+	// client's queue until then.
 	defer cl.Stop(nil)
 
 	pk, err := s.readConnectionPacket(cl)
@@ -470,6 +473,8 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 			return fmt.Errorf("resend inflight: %w", err)
 		}
 	}
+
+	go cl.WriteLoop() // moongate: after the resends (see above)
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
