@@ -439,3 +439,48 @@ func TestReconnectResendsBeforeNewMessages(t *testing.T) {
 		b.close()
 	}
 }
+
+// A subscription matching more retained QoS 1 messages than a client may
+// have in flight gets all of them, and live messages published during the
+// replay get through too: mochi put every match in flight at once, and
+// past max_queued_per_client dropped the rest of the replay and any live
+// message to the client, silently (a gateway's commands included).
+func TestRetainedReplayUnderFlowControl(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxQueuedPerClient: 20}, func(context.Context, *Message) error { return nil }, []string{}...)
+	const retained, live = 100, 5
+	want := map[string]bool{}
+	for i := range retained {
+		topic := fmt.Sprintf("state/%03d", i)
+		if err := e.Publish(ctx, topic, []byte("r"), 1, true); err != nil {
+			t.Fatal(err)
+		}
+		want[topic+"=r"] = true
+	}
+	c := dialRaw311(t, e, "watcher", true)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("state/#")...), 1)))
+	c.read(0x90)
+	got := map[string]bool{}
+	for n := 0; len(got) < retained+live; n++ {
+		if n == 1 {
+			for i := range live {
+				topic := fmt.Sprintf("state/live%d", i)
+				if err := e.Publish(ctx, topic, []byte("l"), 1, false); err != nil {
+					t.Fatal(err)
+				}
+				want[topic+"=l"] = true
+			}
+		}
+		body := c.read(0x30)
+		tl := int(binary.BigEndian.Uint16(body))
+		topic, id, payload := string(body[2:2+tl]), body[2+tl:4+tl], string(body[4+tl:])
+		if !want[topic+"="+payload] {
+			t.Fatalf("unexpected %s=%s", topic, payload)
+		}
+		got[topic+"="+payload] = true
+		c.write(rawPacket(0x40, id))
+	}
+	if d := e.Stats().MessagesDropped; d != 0 {
+		t.Fatalf("%d messages dropped", d)
+	}
+}

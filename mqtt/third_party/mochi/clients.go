@@ -157,6 +157,17 @@ type ClientState struct {
 	outboundQty     int32                // number of messages currently in the outbound queue
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
+
+	// moongate: retained messages matched by a new subscription that wait
+	// for room in flight (see Server.drainRetained).
+	retainedMu sync.Mutex
+	retainedQ  []retainedItem
+	retainedN  atomic.Int32
+}
+
+type retainedItem struct {
+	sub   packets.Subscription
+	topic string
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server

@@ -721,6 +721,8 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
+	s.drainRetained(cl)
+
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
@@ -1142,13 +1144,53 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 
 	sub.FwdRetainedFlag = true
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		_, err := s.publishToClient(cl, sub, pkv)
-		if err != nil {
-			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+		if min(pkv.FixedHeader.Qos, sub.Qos, s.Options.Capabilities.MaximumQos) > 0 {
+			// moongate: QoS > 0 retained messages go out as room in flight
+			// frees up, not all at once: a burst bigger than the in-flight
+			// bound dropped both them and live messages to the client.
+			cl.State.retainedMu.Lock()
+			cl.State.retainedQ = append(cl.State.retainedQ, retainedItem{sub: sub, topic: pkv.TopicName})
+			cl.State.retainedN.Store(int32(len(cl.State.retainedQ)))
+			cl.State.retainedMu.Unlock()
 			continue
 		}
-		s.hooks.OnRetainPublished(cl, pkv)
+		s.sendRetained(cl, sub, pkv)
 	}
+	s.drainRetained(cl)
+}
+
+func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pkv packets.Packet) {
+	if _, err := s.publishToClient(cl, sub, pkv); err != nil {
+		s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+		return
+	}
+	s.hooks.OnRetainPublished(cl, pkv)
+}
+
+// drainRetained sends the client's waiting retained messages while fewer
+// than a window of messages are in flight to it. It is called after each
+// packet from the client (PUBACK and PUBCOMP free room).
+func (s *Server) drainRetained(cl *Client) {
+	if cl.State.retainedN.Load() == 0 {
+		return
+	}
+	window := int(s.Options.Capabilities.ReceiveMaximum)
+	if window <= 0 || window > int(s.Options.Capabilities.MaximumInflight)/2 {
+		window = max(int(s.Options.Capabilities.MaximumInflight)/2, 1)
+	}
+	cl.State.retainedMu.Lock()
+	defer cl.State.retainedMu.Unlock()
+	for len(cl.State.retainedQ) > 0 && cl.State.Inflight.Len() < window && !cl.Closed() {
+		it := cl.State.retainedQ[0]
+		cl.State.retainedQ[0] = retainedItem{}
+		cl.State.retainedQ = cl.State.retainedQ[1:]
+		// The topic's retained message now: it may have been replaced
+		// (the new one was published to the client already) or cleared.
+		if pkv, ok := s.Topics.Retained.Get(it.topic); ok && len(pkv.Payload) > 0 {
+			s.sendRetained(cl, it.sub, pkv)
+		}
+	}
+	cl.State.retainedN.Store(int32(len(cl.State.retainedQ)))
 }
 
 // buildAck builds a standardised ack message for Puback, Pubrec, Pubrel, Pubcomp packets.
