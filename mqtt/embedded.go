@@ -524,14 +524,21 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 type hook struct {
 	mochi.HookBase
 	e *Embedded
+
+	dropped    atomic.Int64 // messages to clients dropped since the last warning
+	lastWarnNs atomic.Int64 // when the last warning was logged (unix ns)
 }
+
+// dropWarnEvery bounds the warnings about messages dropped for slow
+// clients: one per interval, with the count since the previous one.
+const dropWarnEvery = 10 * time.Second
 
 func (h *hook) ID() string { return "moongate-ingest" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
-		mochi.OnPacketProcessed, mochi.OnDisconnect:
+		mochi.OnPacketProcessed, mochi.OnDisconnect, mochi.OnPublishDropped:
 		return true
 	}
 	return false
@@ -639,6 +646,22 @@ func (h *hook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error)
 	if _, ok := h.e.marked.LoadAndDelete(cl); ok {
 		h.e.gate.leave()
 	}
+}
+
+// OnPublishDropped logs, at most once per dropWarnEvery, that messages to
+// a client were dropped: it holds max_queued_per_client QoS 1/2 messages
+// not yet acknowledged, or its send queue is full. Each drop is counted in
+// Stats.MessagesDropped either way.
+func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
+	n := h.dropped.Add(1)
+	now := time.Now().UnixNano()
+	last := h.lastWarnNs.Load()
+	if now-last < int64(dropWarnEvery) || !h.lastWarnNs.CompareAndSwap(last, now) {
+		return
+	}
+	h.dropped.Add(-n)
+	h.e.log.Warn("mqtt: messages to a slow client dropped (max_queued_per_client reached or send queue full)",
+		"client", cl.ID, "topic", pk.TopicName, "dropped", n)
 }
 
 // OnDisconnect counts publishes that were refused while being read: too

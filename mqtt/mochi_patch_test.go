@@ -8,8 +8,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -482,5 +485,65 @@ func TestRetainedReplayUnderFlowControl(t *testing.T) {
 	}
 	if d := e.Stats().MessagesDropped; d != 0 {
 		t.Fatalf("%d messages dropped", d)
+	}
+}
+
+// logRecorder is a slog.Handler keeping the messages of records at or
+// above Warn.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRecorder) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	line := rec.Message
+	rec.Attrs(func(a slog.Attr) bool { line += " " + a.String(); return true })
+	r.mu.Lock()
+	r.msgs = append(r.msgs, line)
+	r.mu.Unlock()
+	return nil
+}
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
+
+// Messages dropped for a client that holds max_queued_per_client messages
+// unacknowledged are counted, and logged once (mochi's own warning is
+// filtered with the rest of its warnings, so nothing said so).
+func TestDroppedMessagesAreLogged(t *testing.T) {
+	ctx := context.Background()
+	rec := &logRecorder{}
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true, MaxQueuedPerClient: 3}, slog.New(rec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetFilters(ctx, []string{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx, func(context.Context, *Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close(context.Background()) })
+	c := dialRaw311(t, e, "slow", true)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/slow")...), 1)))
+	c.read(0x90)
+	for i := range 10 {
+		if err := e.Publish(ctx, "cmd/slow", []byte(fmt.Sprint(i)), 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := e.Stats().MessagesDropped; d != 7 {
+		t.Fatalf("%d messages dropped, want 7 (10 published, 3 held)", d)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var warned []string
+	for _, m := range rec.msgs {
+		if strings.Contains(m, "slow client dropped") {
+			warned = append(warned, m)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "client=slow") {
+		t.Fatalf("warnings %q, want one naming the client", warned)
 	}
 }
