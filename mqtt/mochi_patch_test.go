@@ -439,6 +439,11 @@ func TestReconnectResendsBeforeNewMessages(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("round %d: received %q, want %q", round, got, want)
 		}
+		// And only once: the live message is not also resent.
+		_ = c.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := io.ReadFull(c.conn, make([]byte, 1)); err == nil {
+			t.Fatalf("round %d: a packet after %q", round, got)
+		}
 		b.close()
 	}
 }
@@ -545,5 +550,60 @@ func TestDroppedMessagesAreLogged(t *testing.T) {
 	}
 	if len(warned) != 1 || !strings.Contains(warned[0], "client=slow") {
 		t.Fatalf("warnings %q, want one naming the client", warned)
+	}
+}
+
+// readPublish reads one QoS 1 PUBLISH, acknowledges it, and returns its
+// topic.
+func (c *rawClient) readPublish() string {
+	c.t.Helper()
+	body := c.read(0x30)
+	tl := int(binary.BigEndian.Uint16(body))
+	c.write(rawPacket(0x40, body[2+tl:4+tl]))
+	return string(body[2 : 2+tl])
+}
+
+// A retained replay cut short by a disconnection goes on when the
+// persistent session reconnects, and a SUBSCRIBE with overlapping filters
+// replays each retained topic once (the waiting replay is bounded by the
+// retained topics, whatever the SUBSCRIBE holds).
+func TestRetainedReplaySurvivesReconnect(t *testing.T) {
+	ctx := context.Background()
+	b := openSessionBroker(t, t.TempDir())
+	const retained = 300
+	for i := range retained {
+		if err := b.e.Publish(ctx, fmt.Sprintf("state/%03d", i), []byte("r"), 1, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dialRaw311(t, b.e, "late", false)
+	var filters []byte
+	for _, f := range []string{"state/#", "#", "+/+", "state/+"} {
+		filters = append(append(filters, rawString(f)...), 1)
+	}
+	c.write(rawPacket(0x82, append([]byte{0, 1}, filters...)))
+	c.read(0x90)
+	got := map[string]int{}
+	for range 10 {
+		got[c.readPublish()]++
+	}
+	c.conn.Close()
+	cl, _ := b.e.srv.Clients.Get("late")
+	waitFor(t, "the disconnection", 5*time.Second, cl.Closed)
+	c = dialRaw311(t, b.e, "late", false)
+	for len(got) < retained {
+		got[c.readPublish()]++
+	}
+	// Nothing more: each topic came once (or twice if it was in flight at
+	// the disconnection, resent with DUP).
+	_ = c.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	hdr := make([]byte, 1)
+	if _, err := io.ReadFull(c.conn, hdr); err == nil {
+		t.Fatalf("a message after all %d retained topics: type %#x", retained, hdr[0])
+	}
+	for topic, n := range got {
+		if n > 2 {
+			t.Fatalf("%s delivered %d times", topic, n)
+		}
 	}
 }

@@ -160,9 +160,10 @@ type ClientState struct {
 
 	// moongate: retained messages matched by a new subscription that wait
 	// for room in flight (see Server.drainRetained).
-	retainedMu sync.Mutex
-	retainedQ  []retainedItem
-	retainedN  atomic.Int32
+	retainedMu     sync.Mutex
+	retainedQ      []retainedItem
+	retainedQueued map[string]struct{} // topics in retainedQ: each at most once
+	retainedN      atomic.Int32
 }
 
 type retainedItem struct {
@@ -316,8 +317,21 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 	if cl.State.Inflight.Len() == 0 {
 		return nil
 	}
+	return cl.resendInflight(cl.State.Inflight.GetAll(false))
+}
 
-	for _, tk := range cl.State.Inflight.GetAll(false) {
+// resendInflight resends the messages of list (moongate: a snapshot taken
+// before the client could receive new messages, which its write loop
+// sends; see Server.attachClient).
+func (cl *Client) resendInflight(list []packets.Packet) error {
+	if len(list) == 0 {
+		return nil
+	}
+
+	for _, tk := range list {
+		if _, ok := cl.State.Inflight.Order(tk); !ok {
+			continue // completed or expired since the snapshot
+		}
 		if tk.FixedHeader.Type == packets.Publish {
 			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
 		}

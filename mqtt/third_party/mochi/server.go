@@ -458,6 +458,13 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.hooks.OnSessionEstablish(cl, pk)
 
 	sessionPresent := s.inheritClientSession(pk, cl)
+	// moongate: what to resend, taken before the client is registered: a
+	// message published to it from then on goes through its write loop
+	// only, not twice.
+	var resend []packets.Packet
+	if sessionPresent {
+		resend = cl.State.Inflight.GetAll(false)
+	}
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
@@ -468,13 +475,20 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
-		err = cl.ResendInflightMessages(true)
+		err = cl.resendInflight(resend)
 		if err != nil {
 			return fmt.Errorf("resend inflight: %w", err)
 		}
 	}
 
-	go cl.WriteLoop() // moongate: after the resends (see above)
+	// moongate: after the resends (see above). What WritePacket buffered
+	// while messages waited in the queue is sent first: the loop's own
+	// writes flush it only if they succeed.
+	cl.Lock()
+	_ = cl.flushOutbuf()
+	cl.Unlock()
+	go cl.WriteLoop()
+	s.drainRetained(cl) // a replay inherited from the previous connection
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
@@ -575,6 +589,14 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
+		// moongate: the rest of a retained replay goes on on the new
+		// connection, like the messages in flight.
+		existing.State.retainedMu.Lock()
+		cl.State.retainedQ, cl.State.retainedQueued = existing.State.retainedQ, existing.State.retainedQueued
+		existing.State.retainedQ, existing.State.retainedQueued = nil, nil
+		existing.State.retainedN.Store(0)
+		cl.State.retainedN.Store(int32(len(cl.State.retainedQ)))
+		existing.State.retainedMu.Unlock()
 		if existing.State.Inflight.Len() > 0 {
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
@@ -721,8 +743,6 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	s.drainRetained(cl)
-
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
@@ -737,6 +757,9 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 	}
+
+	// moongate: after messages waiting for send quota, which go first.
+	s.drainRetained(cl)
 
 	return nil
 }
@@ -1148,15 +1171,23 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 			// moongate: QoS > 0 retained messages go out as room in flight
 			// frees up, not all at once: a burst bigger than the in-flight
 			// bound dropped both them and live messages to the client.
+			// Each topic waits at most once (a SUBSCRIBE may hold many
+			// overlapping filters): the queue is bounded by the retained
+			// topics.
 			cl.State.retainedMu.Lock()
-			cl.State.retainedQ = append(cl.State.retainedQ, retainedItem{sub: sub, topic: pkv.TopicName})
-			cl.State.retainedN.Store(int32(len(cl.State.retainedQ)))
+			if _, dup := cl.State.retainedQueued[pkv.TopicName]; !dup {
+				if cl.State.retainedQueued == nil {
+					cl.State.retainedQueued = map[string]struct{}{}
+				}
+				cl.State.retainedQueued[pkv.TopicName] = struct{}{}
+				cl.State.retainedQ = append(cl.State.retainedQ, retainedItem{sub: sub, topic: pkv.TopicName})
+				cl.State.retainedN.Store(int32(len(cl.State.retainedQ)))
+			}
 			cl.State.retainedMu.Unlock()
 			continue
 		}
 		s.sendRetained(cl, sub, pkv)
 	}
-	s.drainRetained(cl)
 }
 
 func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pkv packets.Packet) {
@@ -1178,12 +1209,20 @@ func (s *Server) drainRetained(cl *Client) {
 	if window <= 0 || window > int(s.Options.Capabilities.MaximumInflight)/2 {
 		window = max(int(s.Options.Capabilities.MaximumInflight)/2, 1)
 	}
+	// An MQTT 5 client's own Receive Maximum bounds it too, and messages
+	// waiting for its send quota go first.
+	maxSend := atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota)
+	if maxSend > 0 && int(maxSend) < window {
+		window = int(maxSend)
+	}
 	cl.State.retainedMu.Lock()
 	defer cl.State.retainedMu.Unlock()
-	for len(cl.State.retainedQ) > 0 && cl.State.Inflight.Len() < window && !cl.Closed() {
+	for len(cl.State.retainedQ) > 0 && cl.State.Inflight.Len() < window && !cl.Closed() &&
+		(maxSend == 0 || atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0) {
 		it := cl.State.retainedQ[0]
 		cl.State.retainedQ[0] = retainedItem{}
 		cl.State.retainedQ = cl.State.retainedQ[1:]
+		delete(cl.State.retainedQueued, it.topic)
 		// The topic's retained message now: it may have been replaced
 		// (the new one was published to the client already) or cleared.
 		if pkv, ok := s.Topics.Retained.Get(it.topic); ok && len(pkv.Payload) > 0 {
@@ -1369,6 +1408,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 
 		s.publishRetainedToClient(cl, sub, filterExisted[i])
 	}
+	s.drainRetained(cl) // moongate: once every filter's matches wait, each topic once
 
 	return nil
 }
@@ -1797,6 +1837,9 @@ func (s *Server) clearExpiredInflights(now int64) {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
+			}
+			if !client.Closed() {
+				s.drainRetained(client) // moongate: room freed without a packet from the client
 			}
 		}
 	}
