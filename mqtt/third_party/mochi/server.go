@@ -1197,6 +1197,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	}
 }
 
+// sendRetained publishes one retained message to a subscriber (moongate).
 func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pkv packets.Packet) {
 	if _, err := s.publishToClient(cl, sub, pkv); err != nil {
 		s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
@@ -1205,7 +1206,7 @@ func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pkv packets.
 	s.hooks.OnRetainPublished(cl, pkv)
 }
 
-// drainRetained sends the client's waiting retained messages while fewer
+// drainRetained (moongate) sends the client's waiting retained messages while fewer
 // than a window of messages are in flight to it. It is called after each
 // packet from the client (PUBACK and PUBCOMP free room).
 func (s *Server) drainRetained(cl *Client) {
