@@ -38,10 +38,16 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 // startEmbedded starts an embedded broker on a random loopback port.
 func startEmbedded(t testing.TB, cfg EmbeddedConfig, h Handler, filters ...string) *Embedded {
 	t.Helper()
+	return startEmbeddedLog(t, cfg, testLogger(t), h, filters...)
+}
+
+// startEmbeddedLog is startEmbedded logging to log.
+func startEmbeddedLog(t testing.TB, cfg EmbeddedConfig, log *slog.Logger, h Handler, filters ...string) *Embedded {
+	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	e, err := NewEmbedded(cfg, testLogger(t))
+	e, err := NewEmbedded(cfg, log)
 	if err != nil {
 		t.Fatalf("NewEmbedded: %v", err)
 	}
