@@ -19,8 +19,6 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/moongate-edge/moongate/store"
 )
 
 // Tests of the changes moongate makes to mochi
@@ -598,58 +596,5 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 		if n > 2 {
 			t.Fatalf("%s delivered %d times", topic, n)
 		}
-	}
-}
-
-// A QoS 1 message dropped because the client's send queue is full (QoS 0
-// traffic to a client that stopped reading) leaves nothing in flight and
-// nothing in the session store: mochi rolled it back from flight without
-// telling the hooks, so the store kept it and resent it after a restart,
-// behind newer messages.
-func TestSendQueueFullDropForgotten(t *testing.T) {
-	ctx := context.Background()
-	st := openSessionStore(t, t.TempDir())
-	t.Cleanup(func() { _ = st.Close() })
-	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, Sessions: st, MaxQueuedPerClient: 4}, acceptAll, []string{}...)
-	// A persistent client over a pipe: it reads CONNACK and SUBACK, then
-	// stops reading, so the broker's writes block and its queue fills.
-	srvSide, dev := net.Pipe()
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	t.Cleanup(func() { dev.Close() })
-	_ = dev.SetDeadline(time.Now().Add(10 * time.Second))
-	c := &rawClient{t, dev}
-	c.write(connect311("stuck", false))
-	c.read(0x20)
-	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
-	c.read(0x90)
-	for i := range 10 { // QoS 0: the first blocks the write loop, the next 4 fill the queue
-		if err := e.Publish(ctx, "cmd/stuck", []byte(fmt.Sprint(i)), 0, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := e.Publish(ctx, "cmd/stuck", []byte("q1"), 1, false); err != nil {
-		t.Fatal(err)
-	}
-	cl, _ := e.srv.Clients.Get("stuck")
-	if n := cl.State.Inflight.Len(); n != 0 {
-		t.Fatalf("%d messages in flight after the drop", n)
-	}
-	if _, err := st.Commit(ctx, &store.Commit{}); err != nil { // apply the queued session writes
-		t.Fatal(err)
-	}
-	n := 0
-	if err := st.LoadSessions(ctx, func(k, _ []byte) error {
-		if k[0] == kindInflight {
-			n++
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if n != 0 {
-		t.Fatalf("%d in-flight items stored for a dropped message", n)
-	}
-	if d := e.Stats().MessagesDropped; d < 1 {
-		t.Fatalf("MessagesDropped = %d", d)
 	}
 }
