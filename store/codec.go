@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -13,8 +14,10 @@ import (
 //	'p' seq                           local publish outbox
 //	'o' target 0x00 seq               per-target upstream outbox
 //	'r' seq                           record
-//	'x' kind name 0x00 ts seq         record index; kind 's' stream, 'f' function,
-//	                                  'd' device, 't' time (empty name)
+//	'X' stream 0x00 function 0x00     record index: one key per record, by
+//	    device 0x00 ts seq            stream, function, device, then time
+//	'x' ...                           format 2's four index keys per record
+//	                                  (migrated away, see migrate.go)
 //	's' function 0x00 key             function state
 //	'l' seq / 'L' function 0x00 seq   invocation logs / index by function
 //	'd' seq / 'D' function 0x00 seq   dead letters / index by function
@@ -36,7 +39,8 @@ const (
 	pPublish  = 'p'
 	pOutbox   = 'o'
 	pRecord   = 'r'
-	pIndex    = 'x'
+	pIndex    = 'X'
+	pIndexV2  = 'x' // format 2 (migrate.go)
 	pState    = 's'
 	pLog      = 'l'
 	pLogIdx   = 'L'
@@ -85,24 +89,35 @@ func stateKey(function, key string) []byte {
 
 func tsBits(ts int64) uint64 { return uint64(ts) ^ (1 << 63) }
 
-func indexPrefix(kind byte, name string) []byte {
-	k := make([]byte, 0, 2+len(name)+1+16)
-	k = append(k, pIndex, kind)
-	k = append(k, name...)
-	return append(k, 0)
+// comboPrefix is the index prefix of the records of one stream, function
+// and device.
+func comboPrefix(stream, function, device string) []byte {
+	k := make([]byte, 0, 4+len(stream)+len(function)+len(device)+16)
+	k = append(k, pIndex)
+	k = append(append(k, stream...), 0)
+	k = append(append(k, function...), 0)
+	return append(append(k, device...), 0)
 }
 
-func indexKey(kind byte, name string, ts int64, seq uint64) []byte {
-	k := indexPrefix(kind, name)
-	k = binary.BigEndian.AppendUint64(k, tsBits(ts))
-	return binary.BigEndian.AppendUint64(k, seq)
+// indexKey is the index key of a record.
+func indexKey(r *Record) []byte {
+	k := comboPrefix(r.Stream, r.Function, r.Device)
+	k = binary.BigEndian.AppendUint64(k, tsBits(recordTS(r)))
+	return binary.BigEndian.AppendUint64(k, r.Seq)
 }
 
-// indexSeq returns the record sequence at the end of an index key.
-func indexSeq(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
-
-func indexTS(k []byte) int64 {
-	return int64(binary.BigEndian.Uint64(k[len(k)-16:len(k)-8]) ^ (1 << 63))
+// splitIndexKey returns the combination prefix of an index key and its
+// stream, function and device; ok is false for a key of another shape.
+func splitIndexKey(k []byte) (prefix []byte, stream, function, device string, ok bool) {
+	if len(k) < 1+3+16 || k[0] != pIndex {
+		return nil, "", "", "", false
+	}
+	prefix = k[:len(k)-16]
+	parts := bytes.Split(prefix[1:len(prefix)-1], []byte{0})
+	if len(parts) != 3 || prefix[len(prefix)-1] != 0 {
+		return nil, "", "", "", false
+	}
+	return prefix, string(parts[0]), string(parts[1]), string(parts[2]), true
 }
 
 func keySeq(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }

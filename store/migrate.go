@@ -35,6 +35,56 @@ var migrations = []migration{
 		From: 1, Name: "outboxes may hold blob sends (no data rewritten)",
 		Apply: func(context.Context, *badger.DB) error { return nil },
 	},
+	{
+		// Format 3 indexes each record with one key (stream, function,
+		// device, time) instead of four (time; stream; function; device):
+		// three fewer Badger entries per record written.
+		From: 2, Name: "one index key per record instead of four",
+		Apply: reindexRecords,
+	},
+}
+
+// reindexRecords writes the format-3 index key of every record, then drops
+// the format-2 index keys. Both halves are idempotent.
+func reindexRecords(ctx context.Context, db *badger.DB) error {
+	wb := db.NewWriteBatch()
+	defer wb.Cancel()
+	err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pRecord}, PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		n := 0
+		for it.Rewind(); it.Valid(); it.Next() {
+			if n++; n%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			item := it.Item()
+			if len(item.Key()) != 9 {
+				continue
+			}
+			var r Record
+			err := item.Value(func(v []byte) error {
+				var err error
+				r, err = decodeRecord(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("%w: record %d: %v", ErrCorrupt, keySeq(item.Key()), err)
+			}
+			if err := wb.Set(indexKey(&r), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := wb.Flush(); err != nil {
+		return err
+	}
+	return db.DropPrefix([]byte{pIndexV2})
 }
 
 // formatPlan is the format a store is opened at and the steps that lead

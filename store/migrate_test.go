@@ -2,9 +2,12 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -175,12 +178,20 @@ func TestMigrateOlderFormat(t *testing.T) {
 	}
 	_ = s.Close()
 
-	// This release refuses the newer directory and says why.
+	// This release refuses a newer directory and says why.
+	newer := FormatVersion + 1
+	db := openRaw(t, dir)
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Set(keyFormat, []byte(fmt.Sprint(newer))) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Open(ctx, Options{Dir: dir, Logger: quietLogger()})
 	if !errors.Is(err, ErrFormatVersion) {
-		t.Fatalf("format %d build on a format 3 directory: %v", FormatVersion, err)
+		t.Fatalf("format %d build on a format %d directory: %v", FormatVersion, newer, err)
 	}
-	for _, s := range []string{dir, "format 3", "newer moongate", fmt.Sprintf("formats up to %d", FormatVersion), "downgrading is not supported"} {
+	for _, s := range []string{dir, fmt.Sprintf("format %d", newer), "newer moongate", fmt.Sprintf("formats up to %d", FormatVersion), "downgrading is not supported"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("refusal %q does not say %q", err, s)
 		}
@@ -262,4 +273,117 @@ func TestMigrateRelease(t *testing.T) {
 	if n := formatOf(t, fresh.opts.Dir); n != FormatVersion {
 		t.Fatalf("new directory is format %d, want %d", n, FormatVersion)
 	}
+}
+
+// format2IndexKeys are the four index keys format 2 wrote per record:
+// 'x' kind name 0x00 ts seq, for time (empty name), stream, function and
+// device (the last three when not empty).
+func format2IndexKeys(r *Record) [][]byte {
+	key := func(kind byte, name string) []byte {
+		k := append([]byte{pIndexV2, kind}, name...)
+		k = append(k, 0)
+		k = binary.BigEndian.AppendUint64(k, tsBits(recordTS(r)))
+		return binary.BigEndian.AppendUint64(k, r.Seq)
+	}
+	ks := [][]byte{key('t', "")}
+	for _, x := range []struct {
+		kind byte
+		name string
+	}{{'s', r.Stream}, {'f', r.Function}, {'d', r.Device}} {
+		if x.name != "" {
+			ks = append(ks, key(x.kind, x.name))
+		}
+	}
+	return ks
+}
+
+// TestMigrateFormat2Index: a format-2 directory (four index keys per
+// record) is reindexed with one key per record, its old keys dropped, and
+// every query answers as before; running the step again changes nothing.
+func TestMigrateFormat2Index(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{plan: &formatPlan{version: 2, steps: migrations[:1]}})
+	var recs []Record
+	for i := range 90 {
+		r := Record{Stream: fmt.Sprintf("s%d", i%3), Function: fmt.Sprintf("f%d", i%2), Device: fmt.Sprintf("d%d", i%5),
+			EventTS: int64(5000 - (i%7)*100 + i), Data: []byte(fmt.Sprintf(`{"v":%d}`, i))}
+		if i%10 == 0 {
+			r.Device, r.EventTS = "", 0 // no device, indexed by processing time
+		}
+		res, err := s.Commit(ctx, &Commit{Records: []Record{r}})
+		must(t, err)
+		recs = append(recs, res.Records[0])
+	}
+	must(t, s.Close())
+	// Rewrite the index as format 2 had it.
+	db := openRaw(t, s.opts.Dir)
+	err := db.Update(func(txn *badger.Txn) error {
+		for i := range recs {
+			if err := txn.Delete(indexKey(&recs[i])); err != nil {
+				return err
+			}
+			for _, k := range format2IndexKeys(&recs[i]) {
+				if err := txn.Set(k, nil); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	must(t, err)
+	must(t, db.Close())
+	if n := countPrefix(t, s.opts.Dir, "x"); n < 3*len(recs) {
+		t.Fatalf("format-2 directory has %d old index keys", n)
+	}
+
+	s2, err := Open(ctx, Options{Dir: s.opts.Dir, Logger: quietLogger()})
+	must(t, err)
+	queries := []Query{{}, {Stream: "s1"}, {Function: "f0", Desc: true}, {Device: "d3"}, {Stream: "s2", Device: "d4"}, {From: 4800, To: 5000}}
+	for _, q := range queries {
+		var want []uint64
+		for _, r := range sortedRecords(recs, q.Desc) {
+			ts := recordTS(&r)
+			if q.match(&r) && (q.From == 0 || ts >= q.From) && (q.To == 0 || ts < q.To) {
+				want = append(want, r.Seq)
+			}
+		}
+		q.Limit = 1000
+		got, _, err := s2.QueryRecords(ctx, q)
+		must(t, err)
+		var seqs []uint64
+		for _, r := range got {
+			seqs = append(seqs, r.Seq)
+		}
+		if fmt.Sprint(seqs) != fmt.Sprint(want) {
+			t.Fatalf("%+v after migrating: %v, want %v", q, seqs, want)
+		}
+	}
+	must(t, s2.Close())
+	if n := countPrefix(t, s.opts.Dir, "x"); n != 0 {
+		t.Fatalf("%d format-2 index keys left", n)
+	}
+	if n := countPrefix(t, s.opts.Dir, "X"); n != len(recs) {
+		t.Fatalf("%d index keys for %d records", n, len(recs))
+	}
+	db = openRaw(t, s.opts.Dir)
+	must(t, reindexRecords(ctx, db))
+	must(t, db.Close())
+	if n := countPrefix(t, s.opts.Dir, "X"); n != len(recs) {
+		t.Fatalf("the step run again left %d index keys for %d records", n, len(recs))
+	}
+}
+
+// sortedRecords returns recs by (record time, sequence), reversed if desc.
+func sortedRecords(recs []Record, desc bool) []Record {
+	out := slices.Clone(recs)
+	slices.SortStableFunc(out, func(a, b Record) int {
+		if c := cmp.Compare(recordTS(&a), recordTS(&b)); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
+	if desc {
+		slices.Reverse(out)
+	}
+	return out
 }

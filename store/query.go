@@ -2,11 +2,14 @@ package store
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"sort"
 	"strings"
@@ -15,13 +18,20 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-// Query selects records. Stream, Function and Device filter when not empty
-// (the first set one picks the index, the others filter); From (inclusive)
-// and To (exclusive) bound the record time in ms (EventTS as received, or
-// ProcessedTS when the event had none), 0 meaning open. Results are in time
-// order (ties by sequence), newest first when Desc. Limit defaults to 100
-// (maximum 10000). Cursor is the opaque next value of the previous page of
-// the same query.
+// Query selects records. Stream, Function and Device filter when not empty;
+// From (inclusive) and To (exclusive) bound the record time in ms (EventTS
+// as received, or ProcessedTS when the event had none), 0 meaning open.
+// Results are in time order (ties by sequence), newest first when Desc.
+// Limit defaults to 100 (maximum 10000). Cursor is the opaque next value of
+// the previous page of the same query.
+//
+// Records are indexed by one key each: stream, function, device, time. A
+// query reads the time range of every (stream, function, device)
+// combination its filters match, merged in time order; the combinations
+// are found by skipping from one to the next, so the cost grows with the
+// number of combinations under the leading filters (all of them when only
+// Device is set, or none), not with the number of records outside the
+// range.
 type Query struct {
 	Stream, Function, Device string
 	From, To                 int64
@@ -33,106 +43,223 @@ type Query struct {
 // MaxQueryLimit bounds Query.Limit.
 const MaxQueryLimit = 10000
 
-func (q *Query) index() (byte, string) {
-	switch {
-	case q.Stream != "":
-		return 's', q.Stream
-	case q.Function != "":
-		return 'f', q.Function
-	case q.Device != "":
-		return 'd', q.Device
-	}
-	return 't', ""
-}
-
 func (q *Query) match(r *Record) bool {
-	return (q.Stream == "" || r.Stream == q.Stream) &&
-		(q.Function == "" || r.Function == q.Function) &&
-		(q.Device == "" || r.Device == q.Device)
+	return q.matchCombo(r.Stream, r.Function, r.Device)
 }
 
-const cursorVersion = 1
-
-func encodeCursor(key []byte) string {
-	return base64.RawURLEncoding.EncodeToString(append([]byte{'c', cursorVersion}, key...))
+func (q *Query) matchCombo(stream, function, device string) bool {
+	return (q.Stream == "" || stream == q.Stream) &&
+		(q.Function == "" || function == q.Function) &&
+		(q.Device == "" || device == q.Device)
 }
 
-// decodeCursor checks that cursor is a key of the index prefix.
-func decodeCursor(cursor string, prefix []byte) ([]byte, error) {
+// base is the index prefix shared by the combinations q can match: its
+// leading filters that are set.
+func (q *Query) base() []byte {
+	k := []byte{pIndex}
+	for _, f := range []string{q.Stream, q.Function, q.Device} {
+		if f == "" {
+			break
+		}
+		k = append(append(k, f...), 0)
+	}
+	return k
+}
+
+// digest identifies the filters and direction of q in its cursors.
+func (q *Query) digest() uint64 {
+	h := fnv.New64a()
+	for _, f := range []string{q.Stream, q.Function, q.Device} {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+	}
+	if q.Desc {
+		h.Write([]byte{1})
+	}
+	return h.Sum64()
+}
+
+// cursorVersion 2: the time and sequence of the last record of the page
+// (version 1 held a key of format 2's indexes).
+const cursorVersion = 2
+
+func encodeCursor(q *Query, tsb, seq uint64) string {
+	b := []byte{'c', cursorVersion}
+	b = binary.BigEndian.AppendUint64(b, q.digest())
+	b = binary.BigEndian.AppendUint64(b, tsb)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// decodeCursor returns the position a cursor of q holds.
+func decodeCursor(q *Query, cursor string) (tsb, seq uint64, err error) {
 	b, err := base64.RawURLEncoding.DecodeString(cursor)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not base64url", ErrBadCursor)
+		return 0, 0, fmt.Errorf("%w: not base64url", ErrBadCursor)
 	}
 	if len(b) < 2 || b[0] != 'c' || b[1] != cursorVersion {
-		return nil, fmt.Errorf("%w: unknown cursor version", ErrBadCursor)
+		return 0, 0, fmt.Errorf("%w: unknown cursor version", ErrBadCursor)
 	}
-	k := b[2:]
-	if len(k) != len(prefix)+16 || !bytes.HasPrefix(k, prefix) {
-		return nil, fmt.Errorf("%w: cursor belongs to another query", ErrBadCursor)
+	if len(b) != 2+24 {
+		return 0, 0, fmt.Errorf("%w: cursor of %d bytes", ErrBadCursor, len(b))
 	}
-	return k, nil
+	if binary.BigEndian.Uint64(b[2:]) != q.digest() {
+		return 0, 0, fmt.Errorf("%w: cursor belongs to another query", ErrBadCursor)
+	}
+	return binary.BigEndian.Uint64(b[10:]), binary.BigEndian.Uint64(b[18:]), nil
 }
 
-// walkIndex iterates the index entries of q in order, calling f with each
-// matching record until f returns false. It returns the index key of the
-// last record passed to f.
-func (s *Store) walkIndex(txn *badger.Txn, q *Query, f func(key []byte, r *Record) (bool, error)) error {
-	if q.From != 0 && q.To != 0 && q.To <= q.From {
-		return nil
+// combos returns the index prefixes of the combinations q matches, each
+// found with one seek past the previous one.
+func combos(txn *badger.Txn, q *Query) [][]byte {
+	base := q.base()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: base})
+	defer it.Close()
+	var out [][]byte
+	it.Seek(base)
+	for it.Valid() {
+		p, stream, function, device, ok := splitIndexKey(it.Item().Key())
+		if !ok {
+			it.Next()
+			continue
+		}
+		p = bytes.Clone(p)
+		if q.matchCombo(stream, function, device) {
+			out = append(out, p)
+		}
+		it.Seek(append(bytes.Clone(p), past...))
 	}
-	kind, name := q.index()
-	if err := validName("query name", name, true); err != nil {
-		return err
+	return out
+}
+
+// past follows a combination prefix to sort after all its keys.
+var past = bytes.Repeat([]byte{0xff}, 17)
+
+// source is one combination's keys in range, read a chunk at a time.
+type source struct {
+	prefix []byte
+	lo, hi []byte   // range of full keys: [lo, hi)
+	next   []byte   // where the next chunk starts (inclusive)
+	keys   [][]byte // the chunk, in the walk's order
+	chunk  int      // keys to read next time: doubles up to maxChunk
+	done   bool     // no keys after this chunk
+}
+
+const maxChunk = 64
+
+// fill reads the next chunk of src with it (whose direction is the walk's).
+func (src *source) fill(it *badger.Iterator, desc bool) {
+	src.keys = src.keys[:0]
+	defer func() { src.chunk = min(2*src.chunk, maxChunk) }()
+	if src.done {
+		return
 	}
-	prefix := indexPrefix(kind, name)
-	var cur []byte
-	if q.Cursor != "" {
-		var err error
-		if cur, err = decodeCursor(q.Cursor, prefix); err != nil {
+	it.Seek(src.next)
+	for ; it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if !bytes.HasPrefix(k, src.prefix) || len(k) != len(src.prefix)+16 {
+			src.done = true
+			return
+		}
+		if (!desc && bytes.Compare(k, src.hi) >= 0) || (desc && bytes.Compare(k, src.lo) < 0) {
+			src.done = true
+			return
+		}
+		if desc && bytes.Compare(k, src.hi) >= 0 {
+			continue // only the exclusive bound itself can be met here
+		}
+		if len(src.keys) == src.chunk {
+			src.next = bytes.Clone(k)
+			return
+		}
+		src.keys = append(src.keys, bytes.Clone(k))
+	}
+	src.done = true
+}
+
+// position is the (time, sequence) part of an index key.
+func position(k []byte) []byte { return k[len(k)-16:] }
+
+// walkIndex calls f with the records q selects, in q's order, until f
+// returns false. tsb and seq are the record's position for a cursor.
+// limit is how many records f will take at most (0: all), for sizing reads.
+func (s *Store) walkIndex(txn *badger.Txn, q *Query, limit int, f func(tsb, seq uint64, r *Record) (bool, error)) error {
+	for _, name := range []string{q.Stream, q.Function, q.Device} {
+		if err := validName("query filter", name, true); err != nil {
 			return err
 		}
 	}
-	lo := append(append([]byte{}, prefix...), u64(tsBits(q.From))...)
-	if q.From == 0 {
-		lo = append([]byte{}, prefix...)
+	var cur []byte // position after which to start
+	if q.Cursor != "" {
+		tsb, seq, err := decodeCursor(q, q.Cursor)
+		if err != nil {
+			return err
+		}
+		cur = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, tsb), seq)
 	}
-	var hi []byte // exclusive
-	if q.To != 0 {
-		hi = append(append([]byte{}, prefix...), u64(tsBits(q.To))...)
+	if q.From != 0 && q.To != 0 && q.To <= q.From {
+		return nil
 	}
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: q.Desc})
+	ps := combos(txn, q)
+	if len(ps) == 0 {
+		return nil
+	}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: q.base(), Reverse: q.Desc})
 	defer it.Close()
-	if !q.Desc {
-		start := lo
-		if cur != nil && bytes.Compare(cur, lo) >= 0 {
-			start = append(append([]byte{}, cur...), 0)
+	h := &sourceHeap{desc: q.Desc}
+	// A page of limit records takes about limit/len(ps) from each
+	// combination: read that much first, more from those that supply.
+	first := maxChunk
+	if limit > 0 {
+		first = min(max(limit/len(ps)+1, 2), maxChunk)
+	}
+	for _, p := range ps {
+		src := &source{prefix: p, lo: p, hi: append(bytes.Clone(p), past...), chunk: first}
+		if q.From != 0 {
+			src.lo = binary.BigEndian.AppendUint64(bytes.Clone(p), tsBits(q.From))
 		}
-		it.Seek(start)
-	} else {
-		start := hi
-		if start == nil {
-			start = append(append([]byte{}, prefix...), bytes.Repeat([]byte{0xff}, 17)...)
+		if q.To != 0 {
+			src.hi = binary.BigEndian.AppendUint64(bytes.Clone(p), tsBits(q.To))
 		}
-		if cur != nil && (hi == nil || bytes.Compare(cur, hi) < 0) {
-			start = cur
+		if !q.Desc {
+			src.next = src.lo
+			if cur != nil {
+				// Strictly after the cursor's record.
+				if c := append(append(bytes.Clone(p), cur...), 0); bytes.Compare(c, src.lo) > 0 {
+					src.next = c
+				}
+			}
+		} else {
+			src.next = src.hi
+			if cur != nil {
+				// Strictly before it: a reverse seek lands on it or below.
+				if c := append(bytes.Clone(p), cur...); bytes.Compare(c, src.hi) < 0 {
+					src.next = c
+					src.hi = c
+				}
+			}
 		}
-		it.Seek(start)
-		if cur != nil && it.Valid() && bytes.Equal(it.Item().Key(), cur) {
-			it.Next()
+		src.fill(it, q.Desc)
+		if len(src.keys) > 0 {
+			h.srcs = append(h.srcs, src)
 		}
 	}
-	for ; it.Valid(); it.Next() {
-		k := it.Item().Key()
-		if len(k) != len(prefix)+16 {
-			continue
+	heap.Init(h)
+	for h.Len() > 0 {
+		src := h.srcs[0]
+		k := src.keys[0]
+		src.keys = src.keys[1:]
+		if len(src.keys) == 0 {
+			src.fill(it, q.Desc)
 		}
-		if !q.Desc && hi != nil && bytes.Compare(k, hi) >= 0 {
-			return nil
+		if len(src.keys) == 0 {
+			heap.Pop(h)
+		} else {
+			heap.Fix(h, 0)
 		}
-		if q.Desc && bytes.Compare(k, lo) < 0 {
-			return nil
-		}
-		item, err := txn.Get(seqKey(pRecord, indexSeq(k)))
+		pos := position(k)
+		seq := binary.BigEndian.Uint64(pos[8:])
+		item, err := txn.Get(seqKey(pRecord, seq))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			continue // dropped between index and record (not expected)
 		}
@@ -145,12 +272,12 @@ func (s *Store) walkIndex(txn *badger.Txn, q *Query, f func(key []byte, r *Recor
 			r, err = decodeRecord(v)
 			return err
 		}); err != nil {
-			return fmt.Errorf("record %d: %w", indexSeq(k), err)
+			return fmt.Errorf("record %d: %w", seq, err)
 		}
 		if !q.match(&r) {
 			continue
 		}
-		more, err := f(k, &r)
+		more, err := f(binary.BigEndian.Uint64(pos), seq, &r)
 		if err != nil || !more {
 			return err
 		}
@@ -158,8 +285,28 @@ func (s *Store) walkIndex(txn *badger.Txn, q *Query, f func(key []byte, r *Recor
 	return nil
 }
 
-func u64(v uint64) []byte {
-	return []byte{byte(v >> 56), byte(v >> 48), byte(v >> 40), byte(v >> 32), byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+// sourceHeap orders sources by the position of their next key: smallest
+// first, largest when desc.
+type sourceHeap struct {
+	srcs []*source
+	desc bool
+}
+
+func (h *sourceHeap) Len() int { return len(h.srcs) }
+func (h *sourceHeap) Less(i, j int) bool {
+	c := bytes.Compare(position(h.srcs[i].keys[0]), position(h.srcs[j].keys[0]))
+	if h.desc {
+		return c > 0
+	}
+	return c < 0
+}
+func (h *sourceHeap) Swap(i, j int) { h.srcs[i], h.srcs[j] = h.srcs[j], h.srcs[i] }
+func (h *sourceHeap) Push(x any)    { h.srcs = append(h.srcs, x.(*source)) }
+func (h *sourceHeap) Pop() any {
+	n := len(h.srcs)
+	x := h.srcs[n-1]
+	h.srcs = h.srcs[:n-1]
+	return x
 }
 
 // QueryRecords returns one page of records matching q and the cursor of the
@@ -174,16 +321,16 @@ func (s *Store) QueryRecords(ctx context.Context, q Query) ([]Record, string, er
 	}
 	var out []Record
 	var next string
-	var last []byte
+	var lastTS, lastSeq uint64
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return s.walkIndex(txn, &q, func(k []byte, r *Record) (bool, error) {
+		return s.walkIndex(txn, &q, q.Limit+1, func(tsb, seq uint64, r *Record) (bool, error) {
 			if len(out) == q.Limit {
 				// One more match exists: hand out a cursor after the last one.
-				next = encodeCursor(last)
+				next = encodeCursor(&q, lastTS, lastSeq)
 				return false, nil
 			}
 			out = append(out, *r)
-			last = append(last[:0], k...)
+			lastTS, lastSeq = tsb, seq
 			if len(out)%256 == 0 {
 				if err := ctx.Err(); err != nil {
 					return false, err
@@ -220,7 +367,7 @@ type AggBucket struct {
 
 // Aggregate computes count, min, max and mean of q.Field per time bucket,
 // ascending by Start. Records whose field is missing or not a number are
-// skipped. It scans the records in range through the chosen index.
+// skipped. It scans the records in range of every matching combination.
 func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) {
 	if q.Field == "" {
 		return nil, fmt.Errorf("%w: empty aggregate field", ErrInvalid)
@@ -235,7 +382,7 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 	buckets := map[int64]*acc{}
 	n := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return s.walkIndex(txn, &q.Query, func(_ []byte, r *Record) (bool, error) {
+		return s.walkIndex(txn, &q.Query, 0, func(_, _ uint64, r *Record) (bool, error) {
 			n++
 			if n%1024 == 0 {
 				if err := ctx.Err(); err != nil {

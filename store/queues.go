@@ -290,7 +290,7 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 			v += len(t) + 2
 		}
 		n := int64(1 + len(r.Targets))
-		est += n*entryEst(64, v) + 4*entryEst(48+len(r.Stream)+len(r.Function)+len(r.Device), 0)
+		est += n*entryEst(64, v) + entryEst(20+len(r.Stream)+len(r.Function)+len(r.Device), 0)
 		for _, t := range r.Targets {
 			targets[t] = true
 		}
@@ -533,9 +533,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			b.ctr.Records.Next++
 			b.ctr.Records.add(len(recVals[i]))
 			b.set(seqKey(pRecord, r.Seq), recVals[i])
-			for _, ik := range recordIndexKeys(r) {
-				b.set(ik, nil)
-			}
+			b.set(indexKey(r), nil)
 			for _, t := range r.Targets {
 				q := b.ctr.Outbox[t]
 				if q.Next == 0 {
@@ -772,9 +770,7 @@ func (b *batch) dropHead(space string, q *queue) error {
 		if err != nil {
 			b.s.log.Error("dropping undecodable record", "seq", seq, "err", err)
 		} else {
-			for _, ik := range recordIndexKeys(&r) {
-				b.del(ik)
-			}
+			b.del(indexKey(&r))
 		}
 	case SpaceLogs:
 		l, err := decodeLog(seq, v)
@@ -826,21 +822,6 @@ func recordTS(r *Record) int64 {
 		return r.EventTS
 	}
 	return r.ProcessedTS
-}
-
-func recordIndexKeys(r *Record) [][]byte {
-	ts := recordTS(r)
-	ks := [][]byte{indexKey('t', "", ts, r.Seq)}
-	if r.Stream != "" {
-		ks = append(ks, indexKey('s', r.Stream, ts, r.Seq))
-	}
-	if r.Function != "" {
-		ks = append(ks, indexKey('f', r.Function, ts, r.Seq))
-	}
-	if r.Device != "" {
-		ks = append(ks, indexKey('d', r.Device, ts, r.Seq))
-	}
-	return ks
 }
 
 // PendingPublishes returns up to limit (default 100) publishes not yet

@@ -20,7 +20,7 @@ import (
 // FormatVersion is the on-disk format this release writes. Open refuses a
 // database with a higher version (ErrFormatVersion, naming both versions)
 // and migrates a lower one step by step (migrate.go).
-const FormatVersion = 2
+const FormatVersion = 3
 
 // queue is the persisted state of one sequenced key space. Entries live at
 // sequences [Head, Next); Head only moves forward, so readers seek to Head
