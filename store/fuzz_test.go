@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -113,6 +115,77 @@ func FuzzQueryCursor(f *testing.F) {
 		_, _, err = s.ListState(ctx, "f", stream, 5, cursor)
 		if err != nil && !errors.Is(err, ErrBadCursor) {
 			t.Fatalf("state cursor %q: %v", cursor, err)
+		}
+	})
+}
+
+// FuzzQueryFilters: any filters and bounds return only matching records,
+// in order, within bounds, and paging with the cursors returns exactly the
+// records of one large page.
+func FuzzQueryFilters(f *testing.F) {
+	s := openTest(f, Options{InMemory: true, Durability: DurabilityNone, Logger: quietLogger()})
+	ctx := context.Background()
+	for i := 0; i < 60; i++ {
+		r := Record{Stream: fmt.Sprintf("s%d", i%3), Function: fmt.Sprintf("f%d", i%2), Device: fmt.Sprintf("d%d", i%4), EventTS: int64(1000 + (i*37)%50)}
+		if i%9 == 0 {
+			r.Device = ""
+		}
+		if _, err := s.Commit(ctx, &Commit{Records: []Record{r}}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Add("s1", "", "", int64(0), int64(0), false, 4)
+	f.Add("", "f0", "d2", int64(1010), int64(1040), true, 3)
+	f.Add("", "", "d1", int64(0), int64(1020), true, 1)
+	f.Add("s\x00", "", "", int64(-5), int64(0), false, 2)
+	f.Fuzz(func(t *testing.T, stream, function, device string, from, to int64, desc bool, limit int) {
+		q := Query{Stream: stream, Function: function, Device: device, From: from, To: to, Desc: desc, Limit: 1000}
+		all, next, err := s.QueryRecords(ctx, q)
+		if errors.Is(err, ErrInvalid) {
+			return
+		}
+		if err != nil || next != "" {
+			t.Fatalf("%+v: %v, next %q", q, err, next)
+		}
+		for i, r := range all {
+			ts := recordTS(&r)
+			if !q.match(&r) || (from != 0 && ts < from) || (to != 0 && ts >= to) {
+				t.Fatalf("%+v: record %+v does not match", q, r)
+			}
+			if i > 0 {
+				p := all[i-1]
+				c := cmp.Compare(recordTS(&p), ts)
+				if c == 0 {
+					c = cmp.Compare(p.Seq, r.Seq)
+				}
+				if (c >= 0) != desc || c == 0 {
+					t.Fatalf("%+v: records %d and %d out of order", q, i-1, i)
+				}
+			}
+		}
+		q.Limit = max(1, limit%7)
+		var paged []Record
+		for page := 0; ; page++ {
+			recs, next, err := s.QueryRecords(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			paged = append(paged, recs...)
+			if next == "" {
+				break
+			}
+			if page > len(all)+1 {
+				t.Fatal("no end of pages")
+			}
+			q.Cursor = next
+		}
+		if len(paged) != len(all) {
+			t.Fatalf("%+v: %d records paged, %d in one page", q, len(paged), len(all))
+		}
+		for i := range all {
+			if paged[i].Seq != all[i].Seq {
+				t.Fatalf("%+v: page record %d is %d, want %d", q, i, paged[i].Seq, all[i].Seq)
+			}
 		}
 	})
 }
