@@ -598,3 +598,70 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 		}
 	}
 }
+
+// A client that stops reading (a hung device whose TCP window is closed)
+// must not block publishers. mochi held the client's lock while writing to
+// its connection, and every QoS 1 publish to that client takes the same
+// lock for a packet id: the publisher (the gateway's publish loop, for all
+// devices) waited as long as the write, forever for a client that keeps
+// its keepalive going or has none.
+func TestStuckClientDoesNotBlockPublishers(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	// Over a pipe, every write of the broker blocks until the device reads.
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	c := &rawClient{t, dev}
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c.write(connect311("stuck", true))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/stuck")...), 1)))
+	c.read(0x90)
+	big := bytes.Repeat([]byte("x"), 64<<10)
+	if err := e.Publish(ctx, "cmd/stuck", big, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// One byte read: the broker is now inside its write of the 64 KiB
+	// message, which the device does not read further.
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(dev, one); err != nil {
+		t.Fatal(err)
+	}
+	other := dialRaw311(t, e, "other", true)
+	other.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/other")...), 1)))
+	other.read(0x90)
+	done := make(chan error, 1)
+	go func() {
+		if err := e.Publish(ctx, "cmd/stuck", []byte("q1"), 1, false); err != nil {
+			done <- err
+			return
+		}
+		done <- e.Publish(ctx, "cmd/other", []byte("for other"), 1, false)
+	}()
+	// A hang detector, not a speed check: with the bug the publish never
+	// returns while the device stays stuck.
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a publish to a client whose connection is stuck blocked the publisher")
+	}
+	if got := other.readPublish(); got != "cmd/other" {
+		t.Fatalf("other got %q", got)
+	}
+	// The stuck device reads again: the rest of the big message, then q1.
+	hdr := make([]byte, 5) // type, 3-byte remaining length (after the byte read), topic length
+	if _, err := io.ReadFull(dev, hdr[:3]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(hdr[0]&0x7f) | int(hdr[1]&0x7f)<<7 | int(hdr[2])<<14
+	if _, err := io.ReadFull(dev, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.readPublish(); got != "cmd/stuck" {
+		t.Fatalf("stuck device got %q after the big message", got)
+	}
+}

@@ -119,6 +119,10 @@ type ClientConnection struct {
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	// moongate: writeMu serializes the writes to Conn (and outbuf). It is
+	// not the client's lock: publishers take that one for a packet id, and
+	// a write blocked on a client that stopped reading blocked them all.
+	writeMu sync.Mutex
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -625,8 +629,8 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	}
 
 	n, err := func() (int64, error) {
-		cl.Lock()
-		defer cl.Unlock()
+		cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
+		defer cl.Net.writeMu.Unlock()
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)

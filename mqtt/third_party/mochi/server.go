@@ -484,9 +484,9 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// moongate: after the resends (see above). What WritePacket buffered
 	// while messages waited in the queue is sent first: the loop's own
 	// writes flush it only if they succeed.
-	cl.Lock()
+	cl.Net.writeMu.Lock()
 	_ = cl.flushOutbuf()
-	cl.Unlock()
+	cl.Net.writeMu.Unlock()
 	go cl.WriteLoop()
 	s.drainRetained(cl) // a replay inherited from the previous connection
 
