@@ -19,8 +19,8 @@ type migration struct {
 	// own transactions (a large database does not fit in one) and must be
 	// idempotent: after a crash or an error halfway it runs again from the
 	// start, on a database still marked From. The format version moves to
-	// From+1 only after Apply returned nil.
-	Apply func(ctx context.Context, db *badger.DB) error
+	// From+1 only after Apply returned nil. log is the store's logger.
+	Apply func(ctx context.Context, db *badger.DB, log *slog.Logger) error
 }
 
 // migrations are the steps from format 1 up to FormatVersion, in order.
@@ -33,7 +33,7 @@ var migrations = []migration{
 		// 'O' index): nothing to rewrite, but a format-1 build must not
 		// open a directory whose outboxes it cannot read.
 		From: 1, Name: "outboxes may hold blob sends (no data rewritten)",
-		Apply: func(context.Context, *badger.DB) error { return nil },
+		Apply: func(context.Context, *badger.DB, *slog.Logger) error { return nil },
 	},
 	{
 		// Format 3 indexes each record with one key (stream, function,
@@ -45,8 +45,14 @@ var migrations = []migration{
 }
 
 // reindexRecords writes the format-3 index key of every record, then drops
-// the format-2 index keys. Both halves are idempotent.
-func reindexRecords(ctx context.Context, db *badger.DB) error {
+// the format-2 index keys. It starts by dropping every format-3 key, so that
+// keys written by an earlier attempt for records dropped since (by a
+// format-2 build, after a rollback) do not stay. A record that cannot be
+// decoded is logged and left unindexed, as dropping it does.
+func reindexRecords(ctx context.Context, db *badger.DB, log *slog.Logger) error {
+	if err := db.DropPrefix([]byte{pIndex}); err != nil {
+		return err
+	}
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	err := db.View(func(txn *badger.Txn) error {
@@ -70,7 +76,8 @@ func reindexRecords(ctx context.Context, db *badger.DB) error {
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("%w: record %d: %v", ErrCorrupt, keySeq(item.Key()), err)
+				log.Error("store: an undecodable record is left out of the index", "seq", keySeq(item.Key()), "err", err)
+				continue
 			}
 			if err := wb.Set(indexKey(&r), nil); err != nil {
 				return err
@@ -156,7 +163,7 @@ func migrate(ctx context.Context, db *badger.DB, dir string, have int, plan form
 			return err
 		}
 		log.Warn("store: migrating the data directory", "dir", dir, "from", have, "to", have+1, "step", step.Name)
-		if err := step.Apply(ctx, db); err != nil {
+		if err := step.Apply(ctx, db, log); err != nil {
 			return fmt.Errorf("store: migration of %s from format %d to %d (%s) failed; the directory is still format %d and the step runs again at the next start: %w",
 				dir, have, have+1, step.Name, have, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -20,7 +21,7 @@ import (
 // copies and leaves a marker. failAfter > 0 makes step 1->2 fail after
 // that many keys, as a crash halfway would.
 func syntheticPlan(runs *[]string, failAfter int) *formatPlan {
-	copyAll := func(ctx context.Context, db *badger.DB) error {
+	copyAll := func(ctx context.Context, db *badger.DB, _ *slog.Logger) error {
 		*runs = append(*runs, "1->2")
 		wb := db.NewWriteBatch()
 		defer wb.Cancel()
@@ -57,7 +58,7 @@ func syntheticPlan(runs *[]string, failAfter int) *formatPlan {
 		}
 		return wb.Flush()
 	}
-	dropCopies := func(ctx context.Context, db *badger.DB) error {
+	dropCopies := func(ctx context.Context, db *badger.DB, _ *slog.Logger) error {
 		*runs = append(*runs, "2->3")
 		if err := db.DropPrefix([]byte("mig2/")); err != nil {
 			return err
@@ -315,8 +316,12 @@ func TestMigrateFormat2Index(t *testing.T) {
 		recs = append(recs, res.Records[0])
 	}
 	must(t, s.Close())
-	// Rewrite the index as format 2 had it.
+	// Rewrite the index as format 2 had it. Also: a format-3 key left by an
+	// earlier attempt for a record dropped since, and one record that
+	// cannot be decoded (it must not stop the upgrade).
 	db := openRaw(t, s.opts.Dir)
+	stale := Record{Stream: "gone", Function: "f", Device: "d", Seq: 999_999, EventTS: 1}
+	bad := recs[5]
 	err := db.Update(func(txn *badger.Txn) error {
 		for i := range recs {
 			if err := txn.Delete(indexKey(&recs[i])); err != nil {
@@ -328,7 +333,10 @@ func TestMigrateFormat2Index(t *testing.T) {
 				}
 			}
 		}
-		return nil
+		if err := txn.Set(indexKey(&stale), nil); err != nil {
+			return err
+		}
+		return txn.Set(seqKey(pRecord, bad.Seq), []byte{tagRecord, 0xff})
 	})
 	must(t, err)
 	must(t, db.Close())
@@ -338,6 +346,7 @@ func TestMigrateFormat2Index(t *testing.T) {
 
 	s2, err := Open(ctx, Options{Dir: s.opts.Dir, Logger: quietLogger()})
 	must(t, err)
+	recs = slices.DeleteFunc(recs, func(r Record) bool { return r.Seq == bad.Seq })
 	queries := []Query{{}, {Stream: "s1"}, {Function: "f0", Desc: true}, {Device: "d3"}, {Stream: "s2", Device: "d4"}, {From: 4800, To: 5000}}
 	for _, q := range queries {
 		var want []uint64
@@ -366,7 +375,7 @@ func TestMigrateFormat2Index(t *testing.T) {
 		t.Fatalf("%d index keys for %d records", n, len(recs))
 	}
 	db = openRaw(t, s.opts.Dir)
-	must(t, reindexRecords(ctx, db))
+	must(t, reindexRecords(ctx, db, quietLogger()))
 	must(t, db.Close())
 	if n := countPrefix(t, s.opts.Dir, "X"); n != len(recs) {
 		t.Fatalf("the step run again left %d index keys for %d records", n, len(recs))

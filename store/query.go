@@ -27,11 +27,11 @@ import (
 //
 // Records are indexed by one key each: stream, function, device, time. A
 // query reads the time range of every (stream, function, device)
-// combination its filters match, merged in time order; the combinations
-// are found by skipping from one to the next, so the cost grows with the
-// number of combinations under the leading filters (all of them when only
-// Device is set, or none), not with the number of records outside the
-// range.
+// combination its filters match, merged in time order. A filter that is
+// set is used as is; the values of the ones left open are found by
+// skipping from one to the next, so the cost grows with the number of
+// distinct values left open (streams, then functions of each, then devices
+// of each), not with the number of records outside the range.
 type Query struct {
 	Stream, Function, Device string
 	From, To                 int64
@@ -51,19 +51,6 @@ func (q *Query) matchCombo(stream, function, device string) bool {
 	return (q.Stream == "" || stream == q.Stream) &&
 		(q.Function == "" || function == q.Function) &&
 		(q.Device == "" || device == q.Device)
-}
-
-// base is the index prefix shared by the combinations q can match: its
-// leading filters that are set.
-func (q *Query) base() []byte {
-	k := []byte{pIndex}
-	for _, f := range []string{q.Stream, q.Function, q.Device} {
-		if f == "" {
-			break
-		}
-		k = append(append(k, f...), 0)
-	}
-	return k
 }
 
 // digest identifies the filters and direction of q in its cursors.
@@ -109,31 +96,63 @@ func decodeCursor(q *Query, cursor string) (tsb, seq uint64, err error) {
 	return binary.BigEndian.Uint64(b[10:]), binary.BigEndian.Uint64(b[18:]), nil
 }
 
-// combos returns the index prefixes of the combinations q matches, each
-// found with one seek past the previous one.
-func combos(txn *badger.Txn, q *Query) [][]byte {
-	base := q.base()
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: base})
+// combos returns the index prefixes of the combinations q may match. Each
+// of stream, function and device is taken from the filter when it is set
+// (no read), else enumerated by a skip scan (one seek per distinct value):
+// so the cost is one seek per distinct value of the levels left open.
+func combos(ctx context.Context, txn *badger.Txn, q *Query) ([][]byte, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pIndex}})
 	defer it.Close()
+	filters := [3]string{q.Stream, q.Function, q.Device}
 	var out [][]byte
-	it.Seek(base)
-	for it.Valid() {
-		p, stream, function, device, ok := splitIndexKey(it.Item().Key())
-		if !ok {
-			it.Next()
-			continue
+	seeks := 0
+	var walk func(prefix []byte, level int) error
+	walk = func(prefix []byte, level int) error {
+		if level == len(filters) {
+			out = append(out, prefix)
+			return nil
 		}
-		p = bytes.Clone(p)
-		if q.matchCombo(stream, function, device) {
-			out = append(out, p)
+		if f := filters[level]; f != "" {
+			return walk(append(append(bytes.Clone(prefix), f...), 0), level+1)
 		}
-		it.Seek(append(bytes.Clone(p), past...))
+		it.Seek(prefix)
+		for it.Valid() {
+			if seeks++; seeks%256 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			k := it.Item().Key()
+			if !bytes.HasPrefix(k, prefix) {
+				return nil
+			}
+			i := bytes.IndexByte(k[len(prefix):], 0)
+			if i < 0 {
+				return nil // not an index key of this shape
+			}
+			value := bytes.Clone(k[:len(prefix)+i+1])
+			if err := walk(value, level+1); err != nil {
+				return err
+			}
+			it.Seek(after(value))
+		}
+		return nil
 	}
-	return out
+	if err := walk([]byte{pIndex}, 0); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
-// past follows a combination prefix to sort after all its keys.
-var past = bytes.Repeat([]byte{0xff}, 17)
+// after returns the first key after every key that starts with prefix,
+// which ends with a 0x00 separator: the separator raised to 0x01 (names hold
+// no NUL, so no key under prefix sorts after it, and the next value sorts at
+// or after it).
+func after(prefix []byte) []byte {
+	s := bytes.Clone(prefix)
+	s[len(s)-1] = 1
+	return s
+}
 
 // source is one combination's keys in range, read a chunk at a time.
 type source struct {
@@ -183,7 +202,7 @@ func position(k []byte) []byte { return k[len(k)-16:] }
 // walkIndex calls f with the records q selects, in q's order, until f
 // returns false. tsb and seq are the record's position for a cursor.
 // limit is how many records f will take at most (0: all), for sizing reads.
-func (s *Store) walkIndex(txn *badger.Txn, q *Query, limit int, f func(tsb, seq uint64, r *Record) (bool, error)) error {
+func (s *Store) walkIndex(ctx context.Context, txn *badger.Txn, q *Query, limit int, f func(tsb, seq uint64, r *Record) (bool, error)) error {
 	for _, name := range []string{q.Stream, q.Function, q.Device} {
 		if err := validName("query filter", name, true); err != nil {
 			return err
@@ -200,11 +219,11 @@ func (s *Store) walkIndex(txn *badger.Txn, q *Query, limit int, f func(tsb, seq 
 	if q.From != 0 && q.To != 0 && q.To <= q.From {
 		return nil
 	}
-	ps := combos(txn, q)
-	if len(ps) == 0 {
-		return nil
+	ps, err := combos(ctx, txn, q)
+	if err != nil || len(ps) == 0 {
+		return err
 	}
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: q.base(), Reverse: q.Desc})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pIndex}, Reverse: q.Desc})
 	defer it.Close()
 	h := &sourceHeap{desc: q.Desc}
 	// A page of limit records takes about limit/len(ps) from each
@@ -214,7 +233,7 @@ func (s *Store) walkIndex(txn *badger.Txn, q *Query, limit int, f func(tsb, seq 
 		first = min(max(limit/len(ps)+1, 2), maxChunk)
 	}
 	for _, p := range ps {
-		src := &source{prefix: p, lo: p, hi: append(bytes.Clone(p), past...), chunk: first}
+		src := &source{prefix: p, lo: p, hi: after(p), chunk: first}
 		if q.From != 0 {
 			src.lo = binary.BigEndian.AppendUint64(bytes.Clone(p), tsBits(q.From))
 		}
@@ -323,7 +342,7 @@ func (s *Store) QueryRecords(ctx context.Context, q Query) ([]Record, string, er
 	var next string
 	var lastTS, lastSeq uint64
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return s.walkIndex(txn, &q, q.Limit+1, func(tsb, seq uint64, r *Record) (bool, error) {
+		return s.walkIndex(ctx, txn, &q, q.Limit+1, func(tsb, seq uint64, r *Record) (bool, error) {
 			if len(out) == q.Limit {
 				// One more match exists: hand out a cursor after the last one.
 				next = encodeCursor(&q, lastTS, lastSeq)
@@ -382,7 +401,7 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 	buckets := map[int64]*acc{}
 	n := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		return s.walkIndex(txn, &q.Query, 0, func(_, _ uint64, r *Record) (bool, error) {
+		return s.walkIndex(ctx, txn, &q.Query, 0, func(_, _ uint64, r *Record) (bool, error) {
 			n++
 			if n%1024 == 0 {
 				if err := ctx.Err(); err != nil {
