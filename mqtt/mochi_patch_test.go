@@ -19,6 +19,8 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moongate-edge/moongate/store"
 )
 
 // Tests of the changes moongate makes to mochi
@@ -663,5 +665,70 @@ func TestStuckClientDoesNotBlockPublishers(t *testing.T) {
 	}
 	if got := c.readPublish(); got != "cmd/stuck" {
 		t.Fatalf("stuck device got %q after the big message", got)
+	}
+}
+
+// A QoS 1 message dropped because the client's send queue is full (QoS 0
+// traffic to a client that stopped reading) leaves nothing in flight and
+// nothing in the session store: mochi rolled it back from flight without
+// telling the hooks or its in-flight counter, so the store kept it and a
+// restart resent it behind newer messages.
+func TestSendQueueFullDropForgotten(t *testing.T) {
+	ctx := context.Background()
+	st := openSessionStore(t, t.TempDir())
+	t.Cleanup(func() { _ = st.Close() })
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, Sessions: st, MaxQueuedPerClient: 4}, acceptAll, []string{}...)
+	// A persistent client over a pipe: every write of the broker blocks
+	// until it reads.
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connect311("stuck", false))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
+	c.read(0x90)
+	if err := e.Publish(ctx, "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// One byte read: the write loop is inside its write of that message and
+	// takes nothing more from the queue.
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 { // fill the queue (4 places)
+		if err := e.Publish(ctx, "cmd/stuck", []byte(fmt.Sprint(i)), 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropped := e.Stats().MessagesDropped
+	if err := e.Publish(ctx, "cmd/stuck", []byte("q1"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.Stats().MessagesDropped; d != dropped+1 {
+		t.Fatalf("MessagesDropped went from %d to %d, want one more", dropped, d)
+	}
+	cl, _ := e.srv.Clients.Get("stuck")
+	if n := cl.State.Inflight.Len(); n != 0 {
+		t.Fatalf("%d messages in flight after the drop", n)
+	}
+	if n := atomic.LoadInt64(&e.srv.Info.Inflight); n != 0 {
+		t.Fatalf("the broker counts %d messages in flight after the drop", n)
+	}
+	if _, err := st.Commit(ctx, &store.Commit{}); err != nil { // after the queued session writes
+		t.Fatal(err)
+	}
+	n := 0
+	if err := st.LoadSessions(ctx, func(k, _ []byte) error {
+		if k[0] == kindInflight {
+			n++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("%d in-flight items stored for a dropped message", n)
 	}
 }

@@ -1147,7 +1147,14 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
-			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
+			// packet was dropped due to irregular circumstances, so rollback inflight.
+			// moongate: with its counter, and telling the hooks (a session
+			// store would otherwise keep the message and resend it after a
+			// restart, behind newer ones).
+			if cl.State.Inflight.Delete(out.PacketID) {
+				atomic.AddInt64(&s.Info.Inflight, -1)
+				s.hooks.OnQosDropped(cl, out)
+			}
 			cl.State.Inflight.IncreaseSendQuota()
 		}
 		return out, packets.ErrPendingClientWritesExceeded
