@@ -135,7 +135,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 			gauge("moongate_mqtt_sessions", "Sessions the embedded broker holds, persistent sessions of offline devices included.", float64(ms.Sessions))
 			gauge("moongate_mqtt_retained", "Topics holding a retained message (bounded by max_retained).", float64(ms.Retained))
 			gauge("moongate_mqtt_inflight", "QoS 1/2 messages queued or in flight to clients.", float64(ms.Inflight))
-			counter("moongate_mqtt_messages_dropped_total", "Messages the embedded broker dropped for clients too slow or too far behind (max_queued_per_client).", uint64(max(ms.MessagesDropped, 0)))
+			counter("moongate_mqtt_messages_dropped_total", "Messages the embedded broker dropped for clients too slow or too far behind (max_queued_per_client, max_queued_bytes_per_client).", uint64(max(ms.MessagesDropped, 0)))
 		}
 	}
 	gauge("moongate_functions", "Functions deployed.", float64(len(d.gw.Functions())))

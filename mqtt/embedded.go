@@ -60,6 +60,15 @@ type EmbeddedConfig struct {
 	// delivery, online or offline (mochi-mqtt/server#340); default 1000.
 	// Messages beyond it are dropped for that client.
 	MaxQueuedPerClient int
+	// MaxQueuedBytesPerClient bounds the payload and topic bytes held for
+	// one client, in flight (QoS 1/2) and waiting to be written (any QoS):
+	// past it a message to that client is dropped, as past
+	// MaxQueuedPerClient. It keeps a client that stops reading (or a
+	// hostile one that publishes large messages to its own subscription)
+	// from pinning MaxQueuedPerClient x MaxPayload bytes. Default
+	// 4*MaxPayload, at least MaxPayload+64 KiB, which is also the minimum
+	// (any accepted message fits).
+	MaxQueuedBytesPerClient int64
 	// MaxClients bounds concurrently connected clients (about 35 KB each);
 	// default 1000. Further connections get CONNACK "server unavailable"
 	// (MQTT 5: "server busy").
@@ -90,6 +99,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxQueuedPerClient == 0 {
 		c.MaxQueuedPerClient = DefaultMaxQueuedPerClient
+	}
+	if c.MaxQueuedBytesPerClient == 0 {
+		c.MaxQueuedBytesPerClient = max(4*int64(c.MaxPayload), int64(c.MaxPayload)+64<<10)
 	}
 	if c.MaxClients == 0 {
 		c.MaxClients = DefaultMaxClients
@@ -160,6 +172,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max inflight %d not in 1..65535", ErrConfig, cfg.MaxInflight)
 	case cfg.MaxQueuedPerClient < 0 || cfg.MaxQueuedPerClient > math.MaxUint16:
 		return nil, fmt.Errorf("%w: max queued per client %d not in 1..65535", ErrConfig, cfg.MaxQueuedPerClient)
+	case cfg.MaxQueuedBytesPerClient < int64(cfg.MaxPayload)+64<<10:
+		return nil, fmt.Errorf("%w: max queued bytes per client %d below max payload + 64 KiB (%d)", ErrConfig, cfg.MaxQueuedBytesPerClient, int64(cfg.MaxPayload)+64<<10)
 	case cfg.MaxClients < 0:
 		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
 	case cfg.MaxRetained < 0:
@@ -201,6 +215,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
 	caps.MaximumInflight = uint16(cfg.MaxQueuedPerClient)
 	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
+	caps.MaximumClientQueuedBytes = cfg.MaxQueuedBytesPerClient
 	caps.MaximumClients = int64(cfg.MaxClients)
 	e.srv = mochi.New(&mochi.Options{
 		Capabilities:           caps,
@@ -660,7 +675,7 @@ func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 		return
 	}
 	h.dropped.Add(-n)
-	h.e.log.Warn("mqtt: messages to a slow client dropped (max_queued_per_client reached or send queue full)",
+	h.e.log.Warn("mqtt: messages to a slow client dropped (max_queued_per_client or max_queued_bytes_per_client reached, or send queue full)",
 		"client", cl.ID, "topic", pk.TopicName, "dropped", n)
 }
 

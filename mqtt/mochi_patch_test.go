@@ -732,3 +732,95 @@ func TestSendQueueFullDropForgotten(t *testing.T) {
 		t.Fatalf("%d in-flight items stored for a dropped message", n)
 	}
 }
+
+// A client that stops reading pins at most MaxQueuedBytesPerClient bytes:
+// past it messages to it are dropped and counted, QoS 0 (send queue) and
+// QoS 1 (in flight) alike, and another client is not affected. Without
+// the bound it pinned MaxQueuedPerClient x MaxPayload (1000 x 256 KiB).
+func TestQueuedBytesBound(t *testing.T) {
+	ctx := context.Background()
+	const limit = 300 << 10
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: limit}, acceptAll, []string{}...)
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connect311("stuck", true))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
+	c.read(0x90)
+	msg := bytes.Repeat([]byte("x"), 60<<10) // + 9 bytes of topic
+	if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // the write loop is now held in its write
+		t.Fatal(err)
+	}
+	dropped := e.Stats().MessagesDropped
+	for range 9 { // QoS 0: 3 fit with the one being written (4 x 61,449 <= 300 KiB < 5 x), then drops
+		if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := e.Stats().MessagesDropped - dropped; d != 6 {
+		t.Fatalf("%d QoS 0 messages dropped, want 6", d)
+	}
+	// A large QoS 1 message does not fit in the send queue either: dropped
+	// before it is taken in flight. A small one fits.
+	if err := e.Publish(ctx, "cmd/stuck", msg, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	cl, _ := e.srv.Clients.Get("stuck")
+	if n := cl.State.Inflight.Len(); n != 0 {
+		t.Fatalf("%d in flight after a drop at the byte bound", n)
+	}
+	if d := e.Stats().MessagesDropped - dropped; d != 7 {
+		t.Fatalf("%d messages dropped, want 7", d)
+	}
+	if err := e.Publish(ctx, "cmd/stuck", []byte("q1"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := cl.State.Inflight.Len(); n != 1 {
+		t.Fatalf("%d in flight, want the small message", n)
+	}
+	// Another client is served.
+	other := dialRaw311(t, e, "other", true)
+	other.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/other")...), 1)))
+	other.read(0x90)
+	if err := e.Publish(ctx, "cmd/other", []byte("hello"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := other.readPublish(); got != "cmd/other" {
+		t.Fatalf("other got %q", got)
+	}
+}
+
+// The byte bound applies to QoS 1 messages in flight: an offline
+// persistent session holds at most MaxQueuedBytesPerClient of them.
+func TestQueuedBytesBoundInFlight(t *testing.T) {
+	ctx := context.Background()
+	const limit = 300 << 10
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: limit}, acceptAll, []string{}...)
+	c := dialRaw311(t, e, "offline", false)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
+	c.read(0x90)
+	c.write([]byte{0xe0, 0}) // DISCONNECT: the session stays, messages queue
+	waitFor(t, "the session to be offline", 10*time.Second, func() bool {
+		cl, ok := e.srv.Clients.Get("offline")
+		return ok && cl.Closed()
+	})
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	for range 8 {
+		if err := e.Publish(ctx, "cmd/offline", msg, 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, _ := e.srv.Clients.Get("offline")
+	if n, b := cl.State.Inflight.Len(), cl.State.Inflight.Bytes(); n != 4 || b > limit {
+		t.Fatalf("%d messages, %d bytes held for the offline client, want 4 within %d", n, b, limit)
+	}
+	if d := e.Stats().MessagesDropped; d != 4 {
+		t.Fatalf("%d dropped, want 4", d)
+	}
+}

@@ -86,6 +86,11 @@ type Embedded struct {
 	MaxSessionExpiry   Duration `yaml:"max_session_expiry"`    // default 1h
 	MaxInflight        int      `yaml:"max_inflight"`          // default 64
 	MaxQueuedPerClient int      `yaml:"max_queued_per_client"` // default 1000
+	// MaxQueuedBytesPerClient bounds the payload and topic bytes held for
+	// one client (in flight and waiting to be written); past it messages
+	// to that client are dropped. 0 (the default) means 4 x max_payload,
+	// at least max_payload + 64KiB, which is also the minimum.
+	MaxQueuedBytesPerClient Size `yaml:"max_queued_bytes_per_client"`
 	// MaxClients bounds the devices connected at once (about 35 KB each);
 	// more are refused at CONNECT. Default 1000.
 	MaxClients int `yaml:"max_clients"`

@@ -229,6 +229,8 @@ func TestErrors(t *testing.T) {
 		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},
 		{"max queued per client too big", "mqtt:\n  embedded:\n    max_queued_per_client: 65536\n", []string{"m.yaml:3: mqtt.embedded.max_queued_per_client: 65536 out of range [1, 65535]"}},
+		{"max queued bytes below a message", "mqtt:\n  max_payload: 1MiB\n  embedded:\n    max_queued_bytes_per_client: 1MiB\n", []string{"m.yaml:4: mqtt.embedded.max_queued_bytes_per_client: 1MiB out of range [max_payload + 64KiB = 1114112 bytes, 1GiB] (0: 4 x max_payload)"}},
+		{"max queued bytes too big", "mqtt:\n  embedded:\n    max_queued_bytes_per_client: 2GiB\n", []string{"m.yaml:3: mqtt.embedded.max_queued_bytes_per_client: 2GiB out of range [max_payload + 64KiB = 327680 bytes, 1GiB] (0: 4 x max_payload)"}},
 		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},
 		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
 		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},

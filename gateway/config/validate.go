@@ -166,6 +166,9 @@ func (v *validator) embedded() {
 	}
 	v.intRange(p+".max_inflight", int64(e.MaxInflight), 1, MaxInflight)
 	v.intRange(p+".max_queued_per_client", int64(e.MaxQueuedPerClient), 1, 65535)
+	if b, m := e.MaxQueuedBytesPerClient, v.c.MQTT; b != 0 && (int64(b) < int64(m.MaxPayload)+64<<10 || b > 1<<30) {
+		v.add(p+".max_queued_bytes_per_client", "%s out of range [max_payload + 64KiB = %d bytes, 1GiB] (0: 4 x max_payload)", b, int64(m.MaxPayload)+64<<10)
+	}
 	v.intRange(p+".max_clients", int64(e.MaxClients), 1, 1_000_000)
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
 }

@@ -159,6 +159,7 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	outboundBytes   int64                // moongate: PacketBytes of the messages in the outbound queue or being written
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 
@@ -216,6 +217,7 @@ func (cl *Client) WriteLoop() {
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
+			atomic.AddInt64(&cl.State.outboundBytes, -PacketBytes(*pk)) // moongate
 		case <-cl.State.open.Done():
 			return
 		}

@@ -31,6 +31,7 @@ type Inflight struct {
 	sendQuota           int32                    // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                    // maximum allowed receive quota
 	maximumSendQuota    int32                    // maximum allowed send quota
+	bytes               int64                    // moongate: payload and topic bytes held (PacketBytes)
 }
 
 // inflightEntry is a packet in flight and its place in the order.
@@ -77,9 +78,24 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		e.order = i.next
 		i.next++
 	}
+	i.bytes += PacketBytes(m) - PacketBytes(e.pk) // moongate (zero for a new entry)
 	e.pk = m
 	i.internal[k] = e
 	return !ok
+}
+
+// PacketBytes is what a queued packet is counted for against
+// Capabilities.MaximumClientQueuedBytes: its payload and topic. (moongate)
+func PacketBytes(pk packets.Packet) int64 {
+	return int64(len(pk.Payload) + len(pk.TopicName))
+}
+
+// Bytes returns the payload and topic bytes of the packets in flight.
+// (moongate)
+func (i *Inflight) Bytes() int64 {
+	i.RLock()
+	defer i.RUnlock()
+	return i.bytes
 }
 
 // Get returns the server's inflight message with packet id id.
@@ -132,6 +148,7 @@ func (i *Inflight) Clone() *Inflight {
 		c.internal[k] = v
 	}
 	c.next = i.next
+	c.bytes = i.bytes // moongate
 	return c
 }
 
@@ -194,8 +211,9 @@ func (i *Inflight) delete(k uint32) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[k]
+	e, ok := i.internal[k]
 	delete(i.internal, k)
+	i.bytes -= PacketBytes(e.pk) // moongate
 
 	return ok
 }

@@ -61,6 +61,11 @@ type Capabilities struct {
 	RetainAvailable              byte            `yaml:"retain_available" json:"retain_available"`                 // support of retain messages
 	WildcardSubAvailable         byte            `yaml:"wildcard_sub_available" json:"wildcard_sub_available"`     // support of wildcard subscriptions
 	SubIDAvailable               byte            `yaml:"sub_id_available" json:"sub_id_available"`                 // support of subscription identifiers
+	// moongate: MaximumClientQueuedBytes bounds the payload and topic
+	// bytes held for one client, in flight (QoS 1/2) and in its send queue
+	// (any QoS), past which a message to it is dropped as at the count
+	// bounds above. 0: no bound.
+	MaximumClientQueuedBytes int64 `yaml:"maximum_client_queued_bytes" json:"maximum_client_queued_bytes"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -1104,6 +1109,20 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 	}
 
+	// moongate: the byte bound, before anything is taken.
+	limit := s.Options.Capabilities.MaximumClientQueuedBytes
+	size := PacketBytes(out)
+	if limit > 0 && out.FixedHeader.Qos > 0 && cl.State.Inflight.Bytes()+size > limit {
+		atomic.AddInt64(&s.Info.InflightDropped, 1)
+		s.hooks.OnPublishDropped(cl, pk)
+		return out, packets.ErrQuotaExceeded
+	}
+	if limit > 0 && atomic.LoadInt64(&cl.State.outboundBytes)+size > limit {
+		atomic.AddInt64(&s.Info.MessagesDropped, 1)
+		cl.ops.hooks.OnPublishDropped(cl, pk)
+		return out, packets.ErrPendingClientWritesExceeded
+	}
+
 	if out.FixedHeader.Qos > 0 {
 		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
@@ -1143,6 +1162,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		atomic.AddInt64(&cl.State.outboundBytes, size) // moongate
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)

@@ -306,8 +306,9 @@ func writeFunction(dir, extra string) error {
 }
 
 // embeddedSettings are the broker settings of every embedded broker here:
-// room for one subscriber receiving the whole load at QoS 1.
-const embeddedSettings = "max_queued_per_client: 65535"
+// room for one subscriber receiving the whole load at QoS 1 (65535
+// messages of a few hundred bytes).
+const embeddedSettings = "max_queued_per_client: 65535, max_queued_bytes_per_client: 64MiB"
 
 func (r *runner) setup(ctx context.Context, sc scenario, dir string) (*setup, error) {
 	s := &setup{}
