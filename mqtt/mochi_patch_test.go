@@ -601,6 +601,31 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 	}
 }
 
+// stuckDevice connects a device over net.Pipe (every write of the broker
+// blocks until the device reads), subscribes it to filter at QoS 1, then
+// publishes first to topic at QoS 0 and reads one byte of it: the
+// broker's write loop is then held inside that write and takes nothing
+// more from the device's send queue until the test reads on.
+func stuckDevice(t *testing.T, e *Embedded, id string, clean bool, filter, topic string, first []byte) *rawClient {
+	t.Helper()
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connect311(id, clean))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString(filter)...), 1)))
+	c.read(0x90)
+	if err := e.Publish(context.Background(), topic, first, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // A client that stops reading (a hung device whose TCP window is closed)
 // must not block publishers. mochi held the client's lock while writing to
 // its connection, and every QoS 1 publish to that client takes the same
@@ -610,26 +635,9 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 func TestStuckClientDoesNotBlockPublishers(t *testing.T) {
 	ctx := context.Background()
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
-	// Over a pipe, every write of the broker blocks until the device reads.
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	c := &rawClient{t, dev}
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c.write(connect311("stuck", true))
-	c.read(0x20)
-	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/stuck")...), 1)))
-	c.read(0x90)
-	big := bytes.Repeat([]byte("x"), 64<<10)
-	if err := e.Publish(ctx, "cmd/stuck", big, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	// One byte read: the broker is now inside its write of the 64 KiB
-	// message, which the device does not read further.
-	one := make([]byte, 1)
-	if _, err := io.ReadFull(dev, one); err != nil {
-		t.Fatal(err)
-	}
+	// The broker is held inside its write of a 64 KiB message.
+	c := stuckDevice(t, e, "stuck", true, "cmd/stuck", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
+	dev := c.conn
 	other := dialRaw311(t, e, "other", true)
 	other.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/other")...), 1)))
 	other.read(0x90)
@@ -678,25 +686,8 @@ func TestSendQueueFullDropForgotten(t *testing.T) {
 	st := openSessionStore(t, t.TempDir())
 	t.Cleanup(func() { _ = st.Close() })
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, Sessions: st, MaxQueuedPerClient: 4}, acceptAll, []string{}...)
-	// A persistent client over a pipe: every write of the broker blocks
-	// until it reads.
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
-	c.write(connect311("stuck", false))
-	c.read(0x20)
-	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
-	c.read(0x90)
-	if err := e.Publish(ctx, "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	// One byte read: the write loop is inside its write of that message and
-	// takes nothing more from the queue.
-	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
+	// A persistent client whose broker write loop is held in a write.
+	stuckDevice(t, e, "stuck", false, "cmd/#", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
 	for i := range 4 { // fill the queue (4 places)
 		if err := e.Publish(ctx, "cmd/stuck", []byte(fmt.Sprint(i)), 0, false); err != nil {
 			t.Fatal(err)
@@ -741,22 +732,8 @@ func TestQueuedBytesBound(t *testing.T) {
 	ctx := context.Background()
 	const limit = 300 << 10
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: limit}, acceptAll, []string{}...)
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
-	c.write(connect311("stuck", true))
-	c.read(0x20)
-	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
-	c.read(0x90)
 	msg := bytes.Repeat([]byte("x"), 60<<10) // + 9 bytes of topic
-	if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // the write loop is now held in its write
-		t.Fatal(err)
-	}
+	stuckDevice(t, e, "stuck", true, "cmd/#", "cmd/stuck", msg) // held in its write of msg
 	dropped := e.Stats().MessagesDropped
 	for range 9 { // QoS 0: 3 fit with the one being written (4 x 61,449 <= 300 KiB < 5 x), then drops
 		if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
