@@ -801,3 +801,102 @@ func TestQueuedBytesBoundInFlight(t *testing.T) {
 		t.Fatalf("%d dropped, want 4", d)
 	}
 }
+
+// readPacket reads one packet of any length and returns its first byte
+// and body.
+func (c *rawClient) readPacket() (byte, []byte) {
+	c.t.Helper()
+	h := make([]byte, 1)
+	if _, err := io.ReadFull(c.conn, h); err != nil {
+		c.t.Fatal(err)
+	}
+	n := 0
+	for shift := 0; ; shift += 7 {
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c.conn, b); err != nil {
+			c.t.Fatal(err)
+		}
+		n |= int(b[0]&0x7f) << shift
+		if b[0]&0x80 == 0 {
+			break
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c.conn, body); err != nil {
+		c.t.Fatal(err)
+	}
+	return h[0], body
+}
+
+// A retained replay waits for acknowledgements at the byte bound rather
+// than have messages dropped: a subscriber that acknowledges everything
+// gets all 8 retained messages of 60 KiB with a 300 KiB bound (found in
+// review: the replay window counted messages only, and 4 were lost).
+func TestRetainedReplayUnderByteBound(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: 300 << 10}, acceptAll, []string{}...)
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	for i := range 8 {
+		if err := e.Publish(ctx, fmt.Sprintf("cmd/r/%d", i), msg, 1, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dialRaw311(t, e, "healthy", true) // its deadline fails the test if messages stop
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/r/#")...), 1)))
+	got := 0
+	for got < 8 {
+		typ, body := c.readPacket()
+		if typ&0xf0 == 0x30 {
+			got++
+			tl := int(binary.BigEndian.Uint16(body))
+			c.write(rawPacket(0x40, body[2+tl:4+tl]))
+		}
+	}
+	if d := e.Stats().MessagesDropped; d != 0 {
+		t.Fatalf("%d messages dropped", d)
+	}
+}
+
+// The send queue's byte count applies to a connected client only: a
+// session whose connection failed before its write loop ran (its CONNACK
+// write failed) kept the bytes of the messages queued meanwhile, and its
+// QoS 1 messages were dropped instead of kept for the next connection
+// (found in review).
+func TestQueuedBytesOfferedToOfflineSession(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: 300 << 10}, acceptAll, []string{}...)
+	c := dialRaw311(t, e, "dev", false)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
+	c.read(0x90)
+	c.write([]byte{0xe0, 0}) // DISCONNECT
+	old, _ := e.srv.Clients.Get("dev")
+	waitFor(t, "the session to be offline", 10*time.Second, func() bool { return old.Closed() })
+	// Reconnect over a pipe and never read the CONNACK: the messages
+	// published meanwhile wait in the send queue, and the write loop never
+	// starts.
+	srvSide, dev := net.Pipe()
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	(&rawClient{t, dev}).write(connect311("dev", false))
+	waitFor(t, "the new connection", 10*time.Second, func() bool {
+		cl, ok := e.srv.Clients.Get("dev")
+		return ok && cl != old
+	})
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	for range 4 {
+		if err := e.Publish(ctx, "cmd/dev", msg, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev.Close()
+	cl, _ := e.srv.Clients.Get("dev")
+	waitFor(t, "the session to be offline again", 10*time.Second, func() bool { return cl.Closed() })
+	for range 3 {
+		if err := e.Publish(ctx, "cmd/dev", msg, 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := cl.State.Inflight.Len(); n != 3 {
+		t.Fatalf("the offline session holds %d of 3 QoS 1 messages", n)
+	}
+}

@@ -1109,18 +1109,14 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 	}
 
-	// moongate: the byte bound, before anything is taken.
+	// moongate: the byte bound of what is held in flight, before anything
+	// is taken (that of the send queue is below, with its count bound).
 	limit := s.Options.Capabilities.MaximumClientQueuedBytes
 	size := PacketBytes(out)
 	if limit > 0 && out.FixedHeader.Qos > 0 && cl.State.Inflight.Bytes()+size > limit {
 		atomic.AddInt64(&s.Info.InflightDropped, 1)
 		s.hooks.OnPublishDropped(cl, pk)
 		return out, packets.ErrQuotaExceeded
-	}
-	if limit > 0 && atomic.LoadInt64(&cl.State.outboundBytes)+size > limit {
-		atomic.AddInt64(&s.Info.MessagesDropped, 1)
-		cl.ops.hooks.OnPublishDropped(cl, pk)
-		return out, packets.ErrPendingClientWritesExceeded
 	}
 
 	if out.FixedHeader.Qos > 0 {
@@ -1159,11 +1155,20 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-		atomic.AddInt64(&cl.State.outboundBytes, size) // moongate
-	default:
+	// moongate: the send queue is full by bytes as by count. (Checked only
+	// for a connected client: the counter of a client object whose write
+	// loop ended may keep the bytes of packets never written.)
+	queued := limit <= 0 || atomic.LoadInt64(&cl.State.outboundBytes)+size <= limit
+	if queued {
+		select {
+		case cl.State.outbound <- &out:
+			atomic.AddInt32(&cl.State.outboundQty, 1)
+			atomic.AddInt64(&cl.State.outboundBytes, size) // moongate
+		default:
+			queued = false
+		}
+	}
+	if !queued {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
@@ -1245,15 +1250,26 @@ func (s *Server) drainRetained(cl *Client) {
 	}
 	cl.State.retainedMu.Lock()
 	defer cl.State.retainedMu.Unlock()
+	limit := s.Options.Capabilities.MaximumClientQueuedBytes
 	for len(cl.State.retainedQ) > 0 && cl.State.Inflight.Len() < window && !cl.Closed() &&
 		(maxSend == 0 || atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0) {
 		it := cl.State.retainedQ[0]
+		// The topic's retained message now: it may have been replaced
+		// (the new one was published to the client already) or cleared.
+		pkv, ok := s.Topics.Retained.Get(it.topic)
+		// The byte bound (MaximumClientQueuedBytes) is a window too: wait
+		// for acknowledgements rather than have the message dropped. With
+		// nothing in flight no acknowledgement would come: send it.
+		if ok && limit > 0 && cl.State.Inflight.Len() > 0 {
+			size := PacketBytes(pkv)
+			if cl.State.Inflight.Bytes()+size > limit || atomic.LoadInt64(&cl.State.outboundBytes)+size > limit {
+				break
+			}
+		}
 		cl.State.retainedQ[0] = retainedItem{}
 		cl.State.retainedQ = cl.State.retainedQ[1:]
 		delete(cl.State.retainedQueued, it.topic)
-		// The topic's retained message now: it may have been replaced
-		// (the new one was published to the client already) or cleared.
-		if pkv, ok := s.Topics.Retained.Get(it.topic); ok && len(pkv.Payload) > 0 {
+		if ok && len(pkv.Payload) > 0 {
 			s.sendRetained(cl, it.sub, pkv)
 		}
 	}
