@@ -732,8 +732,10 @@ func TestQueuedBytesBound(t *testing.T) {
 	ctx := context.Background()
 	const limit = 300 << 10
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 64 << 10, MaxQueuedBytesPerClient: limit}, acceptAll, []string{}...)
-	msg := bytes.Repeat([]byte("x"), 60<<10) // + 9 bytes of topic
-	stuckDevice(t, e, "stuck", true, "cmd/#", "cmd/stuck", msg) // held in its write of msg
+	// 60 KiB + 9 bytes of topic; the broker is held in its write of the
+	// first one.
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	stuckDevice(t, e, "stuck", true, "cmd/#", "cmd/stuck", msg)
 	dropped := e.Stats().MessagesDropped
 	for range 9 { // QoS 0: 3 fit with the one being written (4 x 61,449 <= 300 KiB < 5 x), then drops
 		if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
