@@ -502,15 +502,15 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 		ClientID: cl.ID, Username: username, Duplicate: pk.FixedHeader.Dup, PacketID: pk.PacketID, Received: time.Now(),
 	}
 	err := callHandler(e.hctx, e.h, m, e.log)
-	// The connection deadline was set before this packet was read; a long
-	// (backpressure) wait may have used it up, which would fail the ack
-	// write and force a needless resend. Renew it as mochi does per packet.
+	// The read deadline was set before this packet was read; a long
+	// (backpressure) wait may have used it up. Renew it as mochi does per
+	// packet. (The ack's write sets its own deadline.)
 	if cl.Net.Conn != nil {
 		var deadline time.Time
 		if ka := cl.State.Keepalive; ka > 0 {
 			deadline = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
 		}
-		_ = cl.Net.Conn.SetDeadline(deadline)
+		_ = cl.Net.Conn.SetReadDeadline(deadline)
 	}
 	switch {
 	case err == nil:

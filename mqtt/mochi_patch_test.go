@@ -606,14 +606,14 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 // publishes first to topic at QoS 0 and reads one byte of it: the
 // broker's write loop is then held inside that write and takes nothing
 // more from the device's send queue until the test reads on.
-func stuckDevice(t *testing.T, e *Embedded, id string, clean bool, filter, topic string, first []byte) *rawClient {
+func stuckDevice(t *testing.T, e *Embedded, connect []byte, filter, topic string, first []byte) *rawClient {
 	t.Helper()
 	srvSide, dev := net.Pipe()
 	t.Cleanup(func() { dev.Close() })
 	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
 	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
 	c := &rawClient{t, dev}
-	c.write(connect311(id, clean))
+	c.write(connect)
 	c.read(0x20)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString(filter)...), 1)))
 	c.read(0x90)
@@ -636,7 +636,7 @@ func TestStuckClientDoesNotBlockPublishers(t *testing.T) {
 	ctx := context.Background()
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
 	// The broker is held inside its write of a 64 KiB message.
-	c := stuckDevice(t, e, "stuck", true, "cmd/stuck", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
+	c := stuckDevice(t, e, connect311("stuck", true), "cmd/stuck", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
 	dev := c.conn
 	other := dialRaw311(t, e, "other", true)
 	other.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/other")...), 1)))
@@ -687,7 +687,7 @@ func TestSendQueueFullDropForgotten(t *testing.T) {
 	t.Cleanup(func() { _ = st.Close() })
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, Sessions: st, MaxQueuedPerClient: 4}, acceptAll, []string{}...)
 	// A persistent client whose broker write loop is held in a write.
-	stuckDevice(t, e, "stuck", false, "cmd/#", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
+	stuckDevice(t, e, connect311("stuck", false), "cmd/#", "cmd/stuck", bytes.Repeat([]byte("x"), 64<<10))
 	for i := range 4 { // fill the queue (4 places)
 		if err := e.Publish(ctx, "cmd/stuck", []byte(fmt.Sprint(i)), 0, false); err != nil {
 			t.Fatal(err)
@@ -735,7 +735,7 @@ func TestQueuedBytesBound(t *testing.T) {
 	// 60 KiB + 9 bytes of topic; the broker is held in its write of the
 	// first one.
 	msg := bytes.Repeat([]byte("x"), 60<<10)
-	stuckDevice(t, e, "stuck", true, "cmd/#", "cmd/stuck", msg)
+	stuckDevice(t, e, connect311("stuck", true), "cmd/#", "cmd/stuck", msg)
 	dropped := e.Stats().MessagesDropped
 	for range 9 { // QoS 0: 3 fit with the one being written (4 x 61,449 <= 300 KiB < 5 x), then drops
 		if err := e.Publish(ctx, "cmd/stuck", msg, 0, false); err != nil {
@@ -900,5 +900,51 @@ func TestQueuedBytesOfferedToOfflineSession(t *testing.T) {
 	}
 	if n := cl.State.Inflight.Len(); n != 3 {
 		t.Fatalf("the offline session holds %d of 3 QoS 1 messages", n)
+	}
+}
+
+// A device that reconnects while its old connection is stuck in a write (a
+// half-open connection: the device is gone and its window closed) gets its
+// CONNACK at once: mochi sent the old connection a DISCONNECT first, which
+// waited behind the stuck write, up to 1.5 keepalive periods after the
+// device's last packet, forever without keepalive (found in review).
+func TestTakeoverOfStuckConnection(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	stuckDevice(t, e, connect311("dev", false), "cmd/#", "cmd/dev", bytes.Repeat([]byte("x"), 64<<10))
+	// dialRaw311 fails the test if the CONNACK does not come before its
+	// deadline.
+	c := dialRaw311(t, e, "dev", false)
+	if err := e.Publish(context.Background(), "cmd/dev", []byte("after"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.readPublish(); got != "cmd/dev" {
+		t.Fatalf("the new connection got %q", got)
+	}
+}
+
+// A write stuck on a device times out after 1.5 keepalive periods even
+// while the device keeps sending packets: mochi's one deadline for reads and
+// writes was pushed back by every packet read, so a device that sends
+// (QoS 0 publishes need no reply) but never reads held the write forever.
+func TestStuckWriteTimesOut(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	connect := connect311("talker", true)
+	connect[10], connect[11] = 0, 1 // keepalive 1 s: writes time out after 1.5 s
+	c := stuckDevice(t, e, connect, "cmd/#", "cmd/talker", bytes.Repeat([]byte("x"), 64<<10))
+	// The device keeps talking: a QoS 0 publish every 50 ms, until the
+	// broker closes the connection (the pipe then refuses the write).
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	giveUp := time.After(20 * time.Second) // hang detector
+	pub := rawPacket(0x30, append(rawString("devices/talker/noise"), "n"...))
+	for {
+		select {
+		case <-giveUp:
+			t.Fatal("a write stuck on a device that keeps sending never timed out")
+		case <-tick.C:
+		}
+		if _, err := c.conn.Write(pub); err != nil {
+			return // closed by the broker
+		}
 	}
 }

@@ -119,6 +119,23 @@ func (ws *wsConn) Read(p []byte) (int, error) {
 	}
 }
 
+// SetWriteDeadline sets the deadline of the WebSocket writes (the
+// websocket package sets its own on the connection for every frame).
+func (ws *wsConn) SetWriteDeadline(t time.Time) error {
+	return ws.c.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read and write deadlines.
+func (ws *wsConn) SetDeadline(t time.Time) error {
+	if err := ws.c.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return ws.c.SetReadDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline.
+func (ws *wsConn) SetReadDeadline(t time.Time) error { return ws.c.SetReadDeadline(t) }
+
 func (ws *wsConn) Write(p []byte) (int, error) {
 	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err

@@ -284,8 +284,27 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 	}
 
 	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
+		// moongate: the read deadline only. Writes have their own, set per
+		// write (writeTimeout): a client that keeps sending packets but
+		// does not read kept pushing back the deadline of a write stuck on
+		// it, forever.
+		_ = cl.Net.Conn.SetReadDeadline(expiry) // [MQTT-3.1.2-22]
 	}
+}
+
+// noKeepaliveWriteTimeout bounds a write to a client without keepalive.
+// (moongate)
+const noKeepaliveWriteTimeout = 60 * time.Second
+
+// writeTimeout is how long one write to the client may block: one and a
+// half keepalive periods, as a silent client is given, or
+// noKeepaliveWriteTimeout. A client that does not take a packet in that
+// time is disconnected. (moongate)
+func (cl *Client) writeTimeout() time.Duration {
+	if ka := cl.State.Keepalive; ka > 0 {
+		return time.Duration(ka+ka/2) * time.Second
+	}
+	return noKeepaliveWriteTimeout
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -633,6 +652,9 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
 		defer cl.Net.writeMu.Unlock()
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(cl.writeTimeout())) // moongate
+		}
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
@@ -661,6 +683,11 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return int64(n), err
 	}()
 	if err != nil {
+		// moongate: a failed write (its deadline passed, the connection
+		// was reset) leaves the stream broken, maybe in the middle of a
+		// packet: end the connection, as a failed read does. (The write
+		// loop ignored the error and went on writing.)
+		cl.Stop(err)
 		return err
 	}
 

@@ -585,7 +585,16 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
+		// moongate: a write to the old connection in progress may be stuck
+		// (a half-open connection: the device is gone, its window closed),
+		// and the DISCONNECT would wait behind it: close the connection
+		// instead, so that the device can come back at once.
+		if existing.Net.writeMu.TryLock() {
+			existing.Net.writeMu.Unlock()
+			_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		} else {
+			existing.Stop(packets.ErrSessionTakenOver)
+		}
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
