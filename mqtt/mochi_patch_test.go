@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -903,6 +904,26 @@ func TestQueuedBytesOfferedToOfflineSession(t *testing.T) {
 	}
 }
 
+// connectWith is a raw MQTT 3.1.1 CONNECT with keepalive ka and, when
+// willTopic is set, a QoS 0 will.
+func connectWith(id string, clean bool, ka uint16, willTopic, willMsg string) []byte {
+	b := rawString("MQTT")
+	flags := byte(0)
+	if clean {
+		flags |= 2
+	}
+	if willTopic != "" {
+		flags |= 4
+	}
+	b = append(b, 4, flags, byte(ka>>8), byte(ka))
+	b = append(b, rawString(id)...)
+	if willTopic != "" {
+		b = append(b, rawString(willTopic)...)
+		b = append(b, rawString(willMsg)...)
+	}
+	return rawPacket(0x10, b)
+}
+
 // A device that reconnects while its old connection is stuck in a write (a
 // half-open connection: the device is gone and its window closed) gets its
 // CONNACK at once: mochi sent the old connection a DISCONNECT first, which
@@ -928,9 +949,8 @@ func TestTakeoverOfStuckConnection(t *testing.T) {
 // (QoS 0 publishes need no reply) but never reads held the write forever.
 func TestStuckWriteTimesOut(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
-	connect := connect311("talker", true)
-	connect[10], connect[11] = 0, 1 // keepalive 1 s: writes time out after 1.5 s
-	c := stuckDevice(t, e, connect, "cmd/#", "cmd/talker", bytes.Repeat([]byte("x"), 64<<10))
+	// Keepalive 1 s: a write that makes no progress fails after 1.5 s.
+	c := stuckDevice(t, e, connectWith("talker", true, 1, "", ""), "cmd/#", "cmd/talker", bytes.Repeat([]byte("x"), 64<<10))
 	// The device keeps talking: a QoS 0 publish every 50 ms, until the
 	// broker closes the connection (the pipe then refuses the write).
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -945,6 +965,110 @@ func TestStuckWriteTimesOut(t *testing.T) {
 		}
 		if _, err := c.conn.Write(pub); err != nil {
 			return // closed by the broker
+		}
+	}
+}
+
+// A takeover does not wait long for a DISCONNECT the old connection does
+// not take, even with no write in progress (its window is closed but its
+// last write completed), and the old client's stop cause stays "session
+// taken over" (the session store relies on it). The old connection has no
+// keepalive: mochi's write then had no deadline, and a failed write would
+// have become the stop cause (both found in review).
+func TestTakeoverOfIdleStuckConnection(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	srvSide, dev := net.Pipe() // the broker's DISCONNECT write blocks: nobody reads
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	old := &rawClient{t, dev}
+	old.write(connectWith("dev", false, 0, "", ""))
+	old.read(0x20)
+	oldCl, _ := e.srv.Clients.Get("dev")
+	dialRaw311(t, e, "dev", false) // fails the test if the CONNACK does not come in 10 s
+	if err := oldCl.StopCause(); !errors.Is(err, packets.ErrSessionTakenOver) {
+		t.Fatalf("the old connection's stop cause is %v, want session taken over", err)
+	}
+}
+
+// A device whose connection ends because a write to it failed gets its
+// will sent, even when its read goroutine was busy (here, in the intake
+// handler) when the write loop stopped it: mochi's read loop then found
+// the client closed and took it for a clean disconnection (found in
+// review).
+func TestWriteFailureSendsWill(t *testing.T) {
+	release := make(chan struct{})
+	handler := func(_ context.Context, m *Message) error {
+		if m.Topic == "devices/dev/telemetry" {
+			<-release
+		}
+		return nil
+	}
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, handler, "devices/+/telemetry")
+	watcher := dialRaw311(t, e, "watcher", true)
+	watcher.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("devices/dev/status")...), 0)))
+	watcher.read(0x90)
+	// Keepalive 1 s: the write the device does not take fails after 1.5 s.
+	dev := stuckDevice(t, e, connectWith("dev", true, 1, "devices/dev/status", "gone"), "cmd/#", "cmd/dev", bytes.Repeat([]byte("x"), 64<<10))
+	dev.write(rawPacket(0x30, append(rawString("devices/dev/telemetry"), "t"...))) // the read goroutine waits in the handler
+	cl, _ := e.srv.Clients.Get("dev")
+	waitFor(t, "the write loop to stop the device", 10*time.Second, cl.Closed)
+	close(release)
+	body := watcher.read(0x30)
+	if got := string(body[2+len("devices/dev/status"):]); got != "gone" {
+		t.Fatalf("will %q", got)
+	}
+}
+
+// A slow but working connection is not cut in the middle of a large
+// message: the write deadline covers 16 KiB at a time, not the whole
+// message (a first version gave each write 1.5 keepalive periods, and a
+// device reading 512 KiB at 160 KiB/s with keepalive 1 s never got it).
+func TestSlowReaderGetsLargeMessage(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 1 << 20}, acceptAll, []string{}...)
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connectWith("slow", true, 1, "", ""))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 0)))
+	c.read(0x90)
+	// The device keeps talking, as telemetry would, so that its own
+	// keepalive holds.
+	stop := make(chan struct{})
+	talked := make(chan struct{})
+	defer func() { close(stop); <-talked }()
+	go func() {
+		defer close(talked)
+		tick := time.NewTicker(300 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := dev.Write(rawPacket(0x30, append(rawString("up/slow"), "n"...))); err != nil {
+				return
+			}
+		}
+	}()
+	const size = 512 << 10
+	if err := e.Publish(context.Background(), "cmd/slow", make([]byte, size), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// 16 KiB every 100 ms: 3.2 s for the message, more than 1.5 s.
+	pace := time.NewTicker(100 * time.Millisecond)
+	defer pace.Stop()
+	buf := make([]byte, 16<<10)
+	for got := 0; got < size; {
+		<-pace.C
+		n, err := io.ReadFull(dev, buf[:min(len(buf), size-got)])
+		got += n
+		if err != nil {
+			t.Fatalf("the connection ended after %d of %d bytes: %v", got, size, err)
 		}
 	}
 }

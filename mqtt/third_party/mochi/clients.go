@@ -215,6 +215,13 @@ func (cl *Client) WriteLoop() {
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				// moongate: a failed write ends the connection, as a failed
+				// read does (the loop went on writing to a stream maybe
+				// broken in the middle of a packet).
+				var we *WriteError
+				if errors.As(err, &we) {
+					cl.Stop(err)
+				}
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 			atomic.AddInt64(&cl.State.outboundBytes, -PacketBytes(*pk)) // moongate
@@ -302,9 +309,44 @@ const noKeepaliveWriteTimeout = 60 * time.Second
 // time is disconnected. (moongate)
 func (cl *Client) writeTimeout() time.Duration {
 	if ka := cl.State.Keepalive; ka > 0 {
-		return time.Duration(ka+ka/2) * time.Second
+		return time.Duration(ka) * 1500 * time.Millisecond
 	}
 	return noKeepaliveWriteTimeout
+}
+
+// writeChunk is how much of a packet a write deadline covers: a slow but
+// working connection gets a new deadline every writeChunk bytes, a stuck
+// one fails after one. (moongate)
+const writeChunk = 16 << 10
+
+// WriteError is returned by WritePacket when writing to the connection
+// failed (its deadline passed, or it was reset): the stream may be broken
+// in the middle of a packet, so the write loop stops the client with it,
+// and a client stopped with it gets its will sent. (moongate)
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "write to client: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// errWriteBusy: writePacket was told not to wait for a write in progress.
+// (moongate)
+var errWriteBusy = errors.New("a write to the client is in progress")
+
+// writeConn writes b to the connection, writeChunk bytes at a time, each
+// with a deadline of timeout. (moongate)
+func (cl *Client) writeConn(b []byte, timeout time.Duration) (int64, error) {
+	var n int64
+	for len(b) > 0 {
+		c := b[:min(len(b), writeChunk)]
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(timeout))
+		m, err := cl.Net.Conn.Write(c)
+		n += int64(m)
+		if err != nil {
+			return n, &WriteError{Err: err}
+		}
+		b = b[len(c):]
+	}
+	return n, nil
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -417,6 +459,12 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 
 	for {
 		if cl.Closed() {
+			// moongate: stopped by a failed write, the connection ended
+			// in error: the caller sends the will.
+			var we *WriteError
+			if cause := cl.StopCause(); errors.As(cause, &we) {
+				return cause
+			}
 			return nil
 		}
 
@@ -574,6 +622,13 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
+	return cl.writePacket(pk, cl.writeTimeout(), true)
+}
+
+// writePacket is WritePacket with the deadline of each chunk written
+// (writeConn), and, when wait is false, errWriteBusy instead of waiting for
+// a write in progress. (moongate)
+func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, wait bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -650,26 +705,28 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	}
 
 	n, err := func() (int64, error) {
-		cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
-		defer cl.Net.writeMu.Unlock()
-		if cl.Net.Conn != nil {
-			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(cl.writeTimeout())) // moongate
+		// moongate: not cl.Lock (see writeMu)
+		if wait {
+			cl.Net.writeMu.Lock()
+		} else if !cl.Net.writeMu.TryLock() {
+			return 0, errWriteBusy
 		}
+		defer cl.Net.writeMu.Unlock()
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
-				return buf.WriteTo(cl.Net.Conn)
+				return cl.writeConn(buf.Bytes(), timeout)
 			}
 
 			// first write to buffer, then flush buffer
 			n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-			err = cl.flushOutbuf()
+			err = cl.flushOutbufWithin(timeout)
 			return int64(n), err
 		}
 
 		// there are more writes in the queue
 		if cl.Net.outbuf == nil {
 			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
-				return buf.WriteTo(cl.Net.Conn)
+				return cl.writeConn(buf.Bytes(), timeout)
 			}
 			cl.Net.outbuf = new(bytes.Buffer)
 		}
@@ -679,15 +736,10 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 			return int64(n), nil
 		}
 
-		err = cl.flushOutbuf()
+		err = cl.flushOutbufWithin(timeout)
 		return int64(n), err
 	}()
 	if err != nil {
-		// moongate: a failed write (its deadline passed, the connection
-		// was reset) leaves the stream broken, maybe in the middle of a
-		// packet: end the connection, as a failed read does. (The write
-		// loop ignored the error and went on writing.)
-		cl.Stop(err)
 		return err
 	}
 
@@ -703,11 +755,16 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 }
 
 func (cl *Client) flushOutbuf() (err error) {
+	return cl.flushOutbufWithin(cl.writeTimeout())
+}
+
+// flushOutbufWithin writes outbuf with writeConn. (moongate)
+func (cl *Client) flushOutbufWithin(timeout time.Duration) (err error) {
 	if cl.Net.outbuf == nil {
 		return
 	}
 
-	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
+	_, err = cl.writeConn(cl.Net.outbuf.Bytes(), timeout)
 	if err == nil {
 		cl.Net.outbuf = nil
 	}

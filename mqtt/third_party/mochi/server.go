@@ -585,16 +585,10 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 	if existing, ok := s.Clients.Get(cl.ID); ok {
-		// moongate: a write to the old connection in progress may be stuck
-		// (a half-open connection: the device is gone, its window closed),
-		// and the DISCONNECT would wait behind it: close the connection
-		// instead, so that the device can come back at once.
-		if existing.Net.writeMu.TryLock() {
-			existing.Net.writeMu.Unlock()
-			_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
-		} else {
-			existing.Stop(packets.ErrSessionTakenOver)
-		}
+		// moongate: DisconnectClient neither waits behind a write in
+		// progress (maybe stuck: a half-open connection) nor blocks long on
+		// its own: the device can come back at once.
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
@@ -1564,6 +1558,10 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// disconnectWriteTimeout bounds the write of a DISCONNECT to a client the
+// server is disconnecting. (moongate)
+const disconnectWriteTimeout = time.Second
+
 // DisconnectClient sends a Disconnect packet to a client and then closes the client connection.
 func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	out := packets.Packet{
@@ -1580,7 +1578,10 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
-	err := cl.WritePacket(out)
+	// moongate: nor wait for it: not behind a write in progress (maybe
+	// stuck on a client that stopped reading: the connection is closed
+	// below anyway), and not longer than disconnectWriteTimeout.
+	err := cl.writePacket(out, disconnectWriteTimeout, false)
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {
