@@ -1072,3 +1072,141 @@ func TestSlowReaderGetsLargeMessage(t *testing.T) {
 		}
 	}
 }
+
+// A write that fails in the middle of a packet ends the connection even
+// when the writer ignores the error (here the PUBACK of a refused publish,
+// written by the read goroutine): a later packet must not follow the
+// partial one on the same stream (found in review).
+func TestPartialWriteEndsConnection(t *testing.T) {
+	refuse := func(context.Context, *Message) error { return ErrReject }
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, refuse, "devices/+/telemetry")
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connectWith("dev", true, 1, "", "")) // keepalive 1 s: a write taking nothing fails after 1.5 s
+	c.read(0x20)
+	c.write(rawPacket(0x32, append(append(rawString("devices/dev/telemetry"), 0, 7), "t"...)))
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // one byte of the PUBACK, no more
+		t.Fatal(err)
+	}
+	// The device keeps talking (QoS 0, no reply), so that only the failed
+	// write can end the connection, not its keepalive.
+	stop := make(chan struct{})
+	talked := make(chan struct{})
+	defer func() { close(stop); dev.Close(); <-talked }()
+	go func() {
+		defer close(talked)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := dev.Write(rawPacket(0x30, append(rawString("up/dev"), "n"...))); err != nil {
+				return
+			}
+		}
+	}()
+	cl, _ := e.srv.Clients.Get("dev")
+	waitFor(t, "the connection to end after the failed write", 10*time.Second, cl.Closed)
+}
+
+// A server-initiated disconnection of a healthy MQTT 5 client waits for the
+// write in progress and sends the DISCONNECT with its reason code (a first
+// version skipped it whenever a write was in progress, about one time in
+// seven under load; found in review).
+func TestDisconnectWaitsForHealthyWrite(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 1 << 20}, acceptAll, []string{}...)
+	connect5 := rawPacket(0x10, append(append(rawString("MQTT"), 5, 2, 0, 60, 0), rawString("d5")...)) // clean, keepalive 60, no properties
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connect5)
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1, 0}, rawString("cmd/#")...), 0))) // packet id 1, no properties, QoS 0
+	c.read(0x90)
+	if err := e.Publish(context.Background(), "cmd/d5", bytes.Repeat([]byte("x"), 512<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // the write loop is now inside that write
+		t.Fatal(err)
+	}
+	// A second CONNECT is a protocol error: the broker disconnects the
+	// client, behind the write in progress.
+	c.write(connect5)
+	cl, _ := e.srv.Clients.Get("d5")
+	waitFor(t, "the broker to begin the disconnection", 10*time.Second, cl.Disconnecting)
+	// The device reads on: the rest of the message, then the DISCONNECT.
+	r := bufio.NewReader(c.conn)
+	typ := byte(0x30) // the message's first byte, read above
+	for typ&0xf0 != 0xe0 {
+		n, shift := 0, 0
+		for {
+			b, err := r.ReadByte()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n |= int(b&0x7f) << shift
+			if shift += 7; b&0x80 == 0 {
+				break
+			}
+		}
+		if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if typ, err = r.ReadByte(); err != nil {
+			t.Fatalf("the connection ended without a DISCONNECT: %v", err)
+		}
+	}
+}
+
+// holdDisconnect holds the handling of a DISCONNECT from "dev" until the
+// client is stopped: a failed write stopping it first, as when a device
+// that stopped reading says goodbye.
+type holdDisconnect struct{ mochi.HookBase }
+
+func (h *holdDisconnect) ID() string           { return "test-hold-disconnect" }
+func (h *holdDisconnect) Provides(b byte) bool { return b == mochi.OnPacketRead }
+func (h *holdDisconnect) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.ID == "dev" && pk.FixedHeader.Type == packets.Disconnect {
+		for deadline := time.Now().Add(10 * time.Second); !cl.Closed() && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return pk, nil
+}
+
+// A normal DISCONNECT discards the will [MQTT-3.1.2-10] even when a failed
+// write stopped the client before the DISCONNECT was handled (a first
+// version sent the will then; found in review).
+func TestNormalDisconnectAfterWriteFailureDiscardsWill(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	if err := e.srv.AddHook(new(holdDisconnect), nil); err != nil {
+		t.Fatal(err)
+	}
+	watcher := dialRaw311(t, e, "watcher", true)
+	watcher.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("devices/dev/status")...), 0)))
+	watcher.read(0x90)
+	dev := stuckDevice(t, e, connectWith("dev", true, 1, "devices/dev/status", "gone"), "cmd/#", "cmd/dev", bytes.Repeat([]byte("x"), 64<<10))
+	dev.write([]byte{0xe0, 0}) // a normal DISCONNECT, held until the stuck write fails
+	waitFor(t, "the device's session to end", 10*time.Second, func() bool {
+		_, ok := e.srv.Clients.Get("dev")
+		return !ok
+	})
+	// A marker after it: the watcher's next message must be the marker,
+	// not the will.
+	if err := e.Publish(context.Background(), "devices/dev/status", []byte("marker"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	body := watcher.read(0x30)
+	if got := string(body[2+len("devices/dev/status"):]); got != "marker" {
+		t.Fatalf("the watcher got %q before the marker: the will was sent after a normal DISCONNECT", got)
+	}
+}

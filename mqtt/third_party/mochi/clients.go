@@ -123,6 +123,9 @@ type ClientConnection struct {
 	// not the client's lock: publishers take that one for a packet id, and
 	// a write blocked on a client that stopped reading blocked them all.
 	writeMu sync.Mutex
+	// moongate: closing is the deadline (unix ns) of every write once the
+	// server is disconnecting the client (DisconnectClient); 0 otherwise.
+	closing atomic.Int64
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -169,6 +172,10 @@ type ClientState struct {
 	retainedQ      []retainedItem
 	retainedQueued map[string]struct{} // topics in retainedQ: each at most once
 	retainedN      atomic.Int32
+
+	// moongate: the client ended the connection with a normal DISCONNECT
+	// (its will is discarded, whatever stopped the client first).
+	cleanDisconnect atomic.Bool
 }
 
 type retainedItem struct {
@@ -215,13 +222,7 @@ func (cl *Client) WriteLoop() {
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-				// moongate: a failed write ends the connection, as a failed
-				// read does (the loop went on writing to a stream maybe
-				// broken in the middle of a packet).
-				var we *WriteError
-				if errors.As(err, &we) {
-					cl.Stop(err)
-				}
+				// moongate: a failed write stopped the client (writeConn).
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
 			atomic.AddInt64(&cl.State.outboundBytes, -PacketBytes(*pk)) // moongate
@@ -328,21 +329,30 @@ type WriteError struct{ Err error }
 func (e *WriteError) Error() string { return "write to client: " + e.Err.Error() }
 func (e *WriteError) Unwrap() error { return e.Err }
 
-// errWriteBusy: writePacket was told not to wait for a write in progress.
-// (moongate)
-var errWriteBusy = errors.New("a write to the client is in progress")
-
 // writeConn writes b to the connection, writeChunk bytes at a time, each
-// with a deadline of timeout. (moongate)
+// with a deadline of timeout (or the closing deadline, if sooner). A
+// failure stops the client with a WriteError, unless the server is
+// disconnecting it (DisconnectClient stops it with its own reason): the
+// stream may be broken in the middle of a packet. (moongate)
 func (cl *Client) writeConn(b []byte, timeout time.Duration) (int64, error) {
 	var n int64
 	for len(b) > 0 {
 		c := b[:min(len(b), writeChunk)]
-		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(timeout))
+		deadline := time.Now().Add(timeout)
+		_ = cl.Net.Conn.SetWriteDeadline(deadline)
+		if closing := cl.Net.closing.Load(); closing != 0 && closing < deadline.UnixNano() {
+			// After the set: DisconnectClient sets the closing deadline,
+			// then the connection's; either order ends at the earlier.
+			_ = cl.Net.Conn.SetWriteDeadline(time.Unix(0, closing))
+		}
 		m, err := cl.Net.Conn.Write(c)
 		n += int64(m)
 		if err != nil {
-			return n, &WriteError{Err: err}
+			werr := &WriteError{Err: err}
+			if cl.Net.closing.Load() == 0 {
+				cl.Stop(werr)
+			}
+			return n, werr
 		}
 		b = b[len(c):]
 	}
@@ -460,9 +470,10 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 	for {
 		if cl.Closed() {
 			// moongate: stopped by a failed write, the connection ended
-			// in error: the caller sends the will.
+			// in error: the caller sends the will, unless the client
+			// itself ended it with a normal DISCONNECT.
 			var we *WriteError
-			if cause := cl.StopCause(); errors.As(cause, &we) {
+			if cause := cl.StopCause(); errors.As(cause, &we) && !cl.State.cleanDisconnect.Load() {
 				return cause
 			}
 			return nil
@@ -519,6 +530,10 @@ func (cl *Client) StopCause() error {
 func (cl *Client) StopTime() int64 {
 	return atomic.LoadInt64(&cl.State.disconnected)
 }
+
+// Disconnecting reports whether the server is disconnecting the client
+// (DisconnectClient has begun). (moongate)
+func (cl *Client) Disconnecting() bool { return cl.Net.closing.Load() != 0 }
 
 // Closed returns true if client connection is closed.
 func (cl *Client) Closed() bool {
@@ -622,13 +637,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
-	return cl.writePacket(pk, cl.writeTimeout(), true)
+	return cl.writePacket(pk, cl.writeTimeout())
 }
 
-// writePacket is WritePacket with the deadline of each chunk written
-// (writeConn), and, when wait is false, errWriteBusy instead of waiting for
-// a write in progress. (moongate)
-func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, wait bool) error {
+// writePacket is WritePacket with the deadline of each piece written
+// (writeConn). (moongate)
+func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -705,12 +719,7 @@ func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, wait boo
 	}
 
 	n, err := func() (int64, error) {
-		// moongate: not cl.Lock (see writeMu)
-		if wait {
-			cl.Net.writeMu.Lock()
-		} else if !cl.Net.writeMu.TryLock() {
-			return 0, errWriteBusy
-		}
+		cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
 		defer cl.Net.writeMu.Unlock()
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {

@@ -1552,8 +1552,9 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 		return packets.CodeDisconnectWillMessage
 	}
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
-	cl.Stop(packets.CodeDisconnect)  // [MQTT-3.14.4-2]
+	s.loop.willDelayed.Delete(cl.ID)     // [MQTT-3.1.3-9] [MQTT-3.1.2-8]
+	cl.State.cleanDisconnect.Store(true) // moongate: even if a failed write stopped it first
+	cl.Stop(packets.CodeDisconnect)      // [MQTT-3.14.4-2]
 
 	return nil
 }
@@ -1578,10 +1579,22 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
-	// moongate: nor wait for it: not behind a write in progress (maybe
-	// stuck on a client that stopped reading: the connection is closed
-	// below anyway), and not longer than disconnectWriteTimeout.
-	err := cl.writePacket(out, disconnectWriteTimeout, false)
+	// moongate: every write to the client, the one in progress included
+	// (maybe stuck on a client that stopped reading), now ends within
+	// disconnectWriteTimeout; a failed one does not stop the client with
+	// its own error (the reason is code). The DISCONNECT is flushed even
+	// when WritePacket only buffered it behind queued packets.
+	deadline := time.Now().Add(disconnectWriteTimeout)
+	cl.Net.closing.Store(deadline.UnixNano())
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(deadline)
+	}
+	err := cl.WritePacket(out)
+	if err == nil {
+		cl.Net.writeMu.Lock()
+		err = cl.flushOutbuf()
+		cl.Net.writeMu.Unlock()
+	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {
