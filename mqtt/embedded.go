@@ -421,11 +421,15 @@ func (e *Embedded) Close(ctx context.Context) error {
 		close(conns)
 	}()
 	for done := false; !done; {
+		// In parallel: a DISCONNECT to a client stuck in a write waits up
+		// to a second for it.
+		var wg sync.WaitGroup
 		for _, cl := range e.srv.Clients.GetAll() {
 			if !cl.Net.Inline {
-				e.disconnect(cl, packets.ErrServerShuttingDown)
+				wg.Go(func() { e.disconnect(cl, packets.ErrServerShuttingDown) })
 			}
 		}
+		wg.Wait()
 		select {
 		case <-conns:
 			done = true

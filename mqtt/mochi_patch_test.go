@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -1209,4 +1210,87 @@ func TestNormalDisconnectAfterWriteFailureDiscardsWill(t *testing.T) {
 	if got := string(body[2+len("devices/dev/status"):]); got != "marker" {
 		t.Fatalf("the watcher got %q before the marker: the will was sent after a normal DISCONNECT", got)
 	}
+}
+
+// connect5 is a raw MQTT 5 CONNECT (clean start, keepalive 60, no
+// properties).
+func connect5(id string) []byte {
+	return rawPacket(0x10, append(append(rawString("MQTT"), 5, 2, 0, 60, 0), rawString(id)...))
+}
+
+// Closing the broker with MQTT 5 devices stuck in a write takes about one
+// DISCONNECT budget (a second) in all, not one each: the disconnections run
+// in parallel (found in review: 20 stuck devices took 20 s, twice the
+// gateway's shutdown timeout).
+func TestCloseWithStuckClients(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	const n = 20
+	for i := range n {
+		id := fmt.Sprintf("d%d", i)
+		srvSide, dev := net.Pipe()
+		t.Cleanup(func() { dev.Close() })
+		go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+		_ = dev.SetDeadline(time.Now().Add(60 * time.Second))
+		c := &rawClient{t, dev}
+		c.write(connect5(id))
+		c.read(0x20)
+		c.write(rawPacket(0x82, append(append([]byte{0, 1, 0}, rawString("cmd/"+id)...), 0)))
+		c.read(0x90)
+		if err := e.Publish(context.Background(), "cmd/"+id, bytes.Repeat([]byte("x"), 64<<10), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // held in that write
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Close(context.Background()) }()
+	select { // a hang detector: one after the other, this took n seconds
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(n / 2 * time.Second):
+		t.Fatalf("Close with %d devices stuck in a write took more than %d s", n, n/2)
+	}
+}
+
+// A device reconnecting over TCP while its WebSocket connection is stuck in
+// a write gets its CONNACK within a second: the websocket package set its
+// own write deadline at each frame, so the closing deadline did not reach
+// the frame in progress (found in review: 58 s without keepalive).
+func TestTakeoverOfStuckWebSocket(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, WebSocketListen: "127.0.0.1:0"}, acceptAll, []string{}...)
+	d := websocket.Dialer{
+		Subprotocols: []string{"mqtt"},
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				_ = c.(*net.TCPConn).SetReadBuffer(4096)
+			}
+			return c, err
+		},
+	}
+	ws, _, err := d.Dial("ws://"+e.WebSocketAddr().String()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for _, p := range [][]byte{connectWith("wsdev", false, 0, "", ""), rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 0))} {
+		if err := ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := ws.ReadMessage(); err != nil { // CONNACK, SUBACK
+			t.Fatal(err)
+		}
+	}
+	// The device reads no more: publish until its queue overflows, so the
+	// broker's write loop is held in a write the socket does not take.
+	for before := e.Stats().MessagesDropped; e.Stats().MessagesDropped == before; {
+		if err := e.Publish(context.Background(), "cmd/wsdev", bytes.Repeat([]byte("x"), 200<<10), 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dialRaw311(t, e, "wsdev", false) // fails the test if the CONNACK does not come in 10 s
 }

@@ -91,6 +91,8 @@ type wsConn struct {
 	net.Conn
 	c *websocket.Conn
 	r io.Reader // reader of the current message, or nil
+	// wdl is the write deadline (unix ns, 0 for none) for the next frames.
+	wdl atomic.Int64
 }
 
 var errWSText = errors.New("mqtt: websocket message is not binary")
@@ -119,15 +121,22 @@ func (ws *wsConn) Read(p []byte) (int, error) {
 	}
 }
 
-// SetWriteDeadline sets the deadline of the WebSocket writes (the
-// websocket package sets its own on the connection for every frame).
+// SetWriteDeadline sets the deadline of the writes: on the connection, for
+// a frame being written, and for the next frames (the websocket package
+// sets its own deadline on the connection at each frame; Write hands it
+// this one). Safe to call while a Write is in progress.
 func (ws *wsConn) SetWriteDeadline(t time.Time) error {
-	return ws.c.SetWriteDeadline(t)
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	ws.wdl.Store(ns)
+	return ws.Conn.SetWriteDeadline(t)
 }
 
 // SetDeadline sets the read and write deadlines.
 func (ws *wsConn) SetDeadline(t time.Time) error {
-	if err := ws.c.SetWriteDeadline(t); err != nil {
+	if err := ws.SetWriteDeadline(t); err != nil {
 		return err
 	}
 	return ws.c.SetReadDeadline(t)
@@ -137,6 +146,11 @@ func (ws *wsConn) SetDeadline(t time.Time) error {
 func (ws *wsConn) SetReadDeadline(t time.Time) error { return ws.c.SetReadDeadline(t) }
 
 func (ws *wsConn) Write(p []byte) (int, error) {
+	var t time.Time
+	if ns := ws.wdl.Load(); ns != 0 {
+		t = time.Unix(0, ns)
+	}
+	_ = ws.c.SetWriteDeadline(t) // writes are not concurrent (mochi's writeMu)
 	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}

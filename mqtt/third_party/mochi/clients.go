@@ -126,6 +126,9 @@ type ClientConnection struct {
 	// moongate: closing is the deadline (unix ns) of every write once the
 	// server is disconnecting the client (DisconnectClient); 0 otherwise.
 	closing atomic.Int64
+	// moongate: ended is set, under writeMu, once the server's DISCONNECT
+	// is written: nothing may follow it [MQTT-3.14.4-1].
+	ended bool
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -637,12 +640,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
-	return cl.writePacket(pk, cl.writeTimeout())
+	return cl.writePacket(pk, cl.writeTimeout(), false)
 }
 
 // writePacket is WritePacket with the deadline of each piece written
-// (writeConn). (moongate)
-func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration) error {
+// (writeConn); held tells that the caller holds writeMu. (moongate)
+func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, held bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -719,8 +722,13 @@ func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration) error {
 	}
 
 	n, err := func() (int64, error) {
-		cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
-		defer cl.Net.writeMu.Unlock()
+		if !held {
+			cl.Net.writeMu.Lock() // moongate: not cl.Lock (see writeMu)
+			defer cl.Net.writeMu.Unlock()
+		}
+		if cl.Net.ended {
+			return 0, ErrConnectionClosed // moongate: after the server's DISCONNECT
+		}
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
 				return cl.writeConn(buf.Bytes(), timeout)

@@ -1580,21 +1580,22 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
 	// moongate: every write to the client, the one in progress included
-	// (maybe stuck on a client that stopped reading), now ends within
-	// disconnectWriteTimeout; a failed one does not stop the client with
-	// its own error (the reason is code). The DISCONNECT is flushed even
-	// when WritePacket only buffered it behind queued packets.
-	deadline := time.Now().Add(disconnectWriteTimeout)
-	cl.Net.closing.Store(deadline.UnixNano())
+	// (maybe stuck on a client that stopped reading), ends by the closing
+	// deadline (disconnectWriteTimeout, or an earlier disconnection's); a
+	// failed one does not stop the client with its own error (the reason
+	// is code). The DISCONNECT is flushed even when it would only be
+	// buffered behind queued packets, and nothing is written after it.
+	cl.Net.closing.CompareAndSwap(0, time.Now().Add(disconnectWriteTimeout).UnixNano())
 	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetWriteDeadline(deadline)
+		_ = cl.Net.Conn.SetWriteDeadline(time.Unix(0, cl.Net.closing.Load()))
 	}
-	err := cl.WritePacket(out)
+	cl.Net.writeMu.Lock()
+	err := cl.writePacket(out, disconnectWriteTimeout, true)
 	if err == nil {
-		cl.Net.writeMu.Lock()
 		err = cl.flushOutbuf()
-		cl.Net.writeMu.Unlock()
 	}
+	cl.Net.ended = true
+	cl.Net.writeMu.Unlock()
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {
@@ -1675,6 +1676,16 @@ func (s *Server) Close() error {
 // closeListenerClients closes all clients on the specified listener.
 func (s *Server) closeListenerClients(listener string) {
 	clients := s.Clients.GetByListener(listener)
+	// moongate: one closing deadline for all, set before any is
+	// disconnected: clients stuck in a write cost one disconnectWriteTimeout
+	// in all, not one each.
+	deadline := time.Now().Add(disconnectWriteTimeout)
+	for _, cl := range clients {
+		cl.Net.closing.CompareAndSwap(0, deadline.UnixNano())
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(deadline)
+		}
+	}
 	for _, cl := range clients {
 		_ = s.DisconnectClient(cl, packets.ErrServerShuttingDown)
 	}
