@@ -57,15 +57,15 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	if req.Tail < 0 || req.Tail > maxTail {
 		return invalidf("tail %d out of range [0, %d]", req.Tail, maxTail)
 	}
-	// Headers now: the stream is established before the first line.
-	if err := stream.SendHeader(metadata.Pairs(streamStartedMD, "1")); err != nil {
-		return err
-	}
 	st := l.s.cfg.Store
 	after := req.After
+	// The start position is taken before the headers go out: a client that
+	// waits for them knows that every line committed after that is
+	// streamed. (Sent first, a line committed between the headers and the
+	// skip to the end was skipped.)
+	var ring []store.LogRecord
 	if after == 0 {
 		// Start at the end: skip to the last line, keeping tail of them.
-		var ring []store.LogRecord
 		for {
 			lines, err := st.QueryLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)
 			if err != nil {
@@ -82,10 +82,14 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 				}
 			}
 		}
-		for _, x := range ring {
-			if err := stream.Send(logMessage(x)); err != nil {
-				return err
-			}
+	}
+	// Headers now: the stream is established before the first line.
+	if err := stream.SendHeader(metadata.Pairs(streamStartedMD, "1")); err != nil {
+		return err
+	}
+	for _, x := range ring {
+		if err := stream.Send(logMessage(x)); err != nil {
+			return err
 		}
 	}
 	poll := time.NewTicker(l.s.cfg.FollowPoll)
