@@ -603,6 +603,41 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 	}
 }
 
+// pipeDevice connects a device to e over net.Pipe: every write of the
+// broker blocks until the device reads.
+func pipeDevice(t *testing.T, e *Embedded) *rawClient {
+	t.Helper()
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawClient{t, dev}
+}
+
+// keepTalking has the device publish a QoS 0 message (no reply) to topic
+// every period until the test ends, as telemetry would: its keepalive holds
+// while the broker's writes to it are stuck.
+func keepTalking(t *testing.T, dev net.Conn, topic string, period time.Duration) {
+	stop := make(chan struct{})
+	talked := make(chan struct{})
+	t.Cleanup(func() { close(stop); dev.Close(); <-talked })
+	go func() {
+		defer close(talked)
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := dev.Write(rawPacket(0x30, append(rawString(topic), "n"...))); err != nil {
+				return
+			}
+		}
+	}()
+}
+
 // stuckDevice connects a device over net.Pipe (every write of the broker
 // blocks until the device reads), subscribes it to filter at QoS 1, then
 // publishes first to topic at QoS 0 and reads one byte of it: the
@@ -610,11 +645,8 @@ func TestRetainedReplaySurvivesReconnect(t *testing.T) {
 // more from the device's send queue until the test reads on.
 func stuckDevice(t *testing.T, e *Embedded, connect []byte, filter, topic string, first []byte) *rawClient {
 	t.Helper()
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
+	c := pipeDevice(t, e)
+	dev := c.conn
 	c.write(connect)
 	c.read(0x20)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString(filter)...), 1)))
@@ -978,11 +1010,7 @@ func TestStuckWriteTimesOut(t *testing.T) {
 // have become the stop cause (both found in review).
 func TestTakeoverOfIdleStuckConnection(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
-	srvSide, dev := net.Pipe() // the broker's DISCONNECT write blocks: nobody reads
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	old := &rawClient{t, dev}
+	old := pipeDevice(t, e) // the broker's DISCONNECT write blocks: nobody reads
 	old.write(connectWith("dev", false, 0, "", ""))
 	old.read(0x20)
 	oldCl, _ := e.srv.Clients.Get("dev")
@@ -1027,35 +1055,15 @@ func TestWriteFailureSendsWill(t *testing.T) {
 // device reading 512 KiB at 160 KiB/s with keepalive 1 s never got it).
 func TestSlowReaderGetsLargeMessage(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 1 << 20}, acceptAll, []string{}...)
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
+	c := pipeDevice(t, e)
+	dev := c.conn
 	c.write(connectWith("slow", true, 1, "", ""))
 	c.read(0x20)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 0)))
 	c.read(0x90)
 	// The device keeps talking, as telemetry would, so that its own
 	// keepalive holds.
-	stop := make(chan struct{})
-	talked := make(chan struct{})
-	defer func() { close(stop); <-talked }()
-	go func() {
-		defer close(talked)
-		tick := time.NewTicker(300 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			if _, err := dev.Write(rawPacket(0x30, append(rawString("up/slow"), "n"...))); err != nil {
-				return
-			}
-		}
-	}()
+	keepTalking(t, dev, "up/slow", 300*time.Millisecond)
 	const size = 512 << 10
 	if err := e.Publish(context.Background(), "cmd/slow", make([]byte, size), 0, false); err != nil {
 		t.Fatal(err)
@@ -1081,11 +1089,8 @@ func TestSlowReaderGetsLargeMessage(t *testing.T) {
 func TestPartialWriteEndsConnection(t *testing.T) {
 	refuse := func(context.Context, *Message) error { return ErrReject }
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, refuse, "devices/+/telemetry")
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
+	c := pipeDevice(t, e)
+	dev := c.conn
 	c.write(connectWith("dev", true, 1, "", "")) // keepalive 1 s: a write taking nothing fails after 1.5 s
 	c.read(0x20)
 	c.write(rawPacket(0x32, append(append(rawString("devices/dev/telemetry"), 0, 7), "t"...)))
@@ -1094,24 +1099,7 @@ func TestPartialWriteEndsConnection(t *testing.T) {
 	}
 	// The device keeps talking (QoS 0, no reply), so that only the failed
 	// write can end the connection, not its keepalive.
-	stop := make(chan struct{})
-	talked := make(chan struct{})
-	defer func() { close(stop); dev.Close(); <-talked }()
-	go func() {
-		defer close(talked)
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			if _, err := dev.Write(rawPacket(0x30, append(rawString("up/dev"), "n"...))); err != nil {
-				return
-			}
-		}
-	}()
+	keepTalking(t, dev, "up/dev", 200*time.Millisecond)
 	cl, _ := e.srv.Clients.Get("dev")
 	waitFor(t, "the connection to end after the failed write", 10*time.Second, cl.Closed)
 }
@@ -1123,11 +1111,8 @@ func TestPartialWriteEndsConnection(t *testing.T) {
 func TestDisconnectWaitsForHealthyWrite(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 1 << 20}, acceptAll, []string{}...)
 	connect5 := rawPacket(0x10, append(append(rawString("MQTT"), 5, 2, 0, 60, 0), rawString("d5")...)) // clean, keepalive 60, no properties
-	srvSide, dev := net.Pipe()
-	t.Cleanup(func() { dev.Close() })
-	go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &rawClient{t, dev}
+	c := pipeDevice(t, e)
+	dev := c.conn
 	c.write(connect5)
 	c.read(0x20)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1, 0}, rawString("cmd/#")...), 0))) // packet id 1, no properties, QoS 0
@@ -1227,11 +1212,8 @@ func TestCloseWithStuckClients(t *testing.T) {
 	const n = 20
 	for i := range n {
 		id := fmt.Sprintf("d%d", i)
-		srvSide, dev := net.Pipe()
-		t.Cleanup(func() { dev.Close() })
-		go func() { _ = e.srv.EstablishConnection("tcp", srvSide) }()
-		_ = dev.SetDeadline(time.Now().Add(60 * time.Second))
-		c := &rawClient{t, dev}
+		c := pipeDevice(t, e)
+		dev := c.conn
 		c.write(connect5(id))
 		c.read(0x20)
 		c.write(rawPacket(0x82, append(append([]byte{0, 1, 0}, rawString("cmd/"+id)...), 0)))
