@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -1275,4 +1276,69 @@ func TestTakeoverOfStuckWebSocket(t *testing.T) {
 		}
 	}
 	dialRaw311(t, e, "wsdev", false) // fails the test if the CONNACK does not come in 10 s
+}
+
+// noDeadlineConn ignores write deadlines: a connection type that resets
+// its own per frame (as the WebSocket adapter may, in a narrow window).
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c noDeadlineConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+
+// A takeover of a connection stuck in a write that ignores the closing
+// deadline still completes: the connection is closed shortly after the
+// deadline (found in review: a WebSocket write could keep its older
+// deadline, 60 s without keepalive).
+func TestTakeoverOfConnectionIgnoringDeadlines(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	srvSide, dev := net.Pipe()
+	t.Cleanup(func() { dev.Close() })
+	go func() { _ = e.srv.EstablishConnection("tcp", noDeadlineConn{srvSide}) }()
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{t, dev}
+	c.write(connectWith("dev", false, 0, "", ""))
+	c.read(0x20)
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/#")...), 1)))
+	c.read(0x90)
+	if err := e.Publish(context.Background(), "cmd/dev", bytes.Repeat([]byte("x"), 64<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(dev, make([]byte, 1)); err != nil { // held in that write, with no deadline at all
+		t.Fatal(err)
+	}
+	dialRaw311(t, e, "dev", false) // fails the test if the CONNACK does not come in 10 s
+}
+
+// A takeover of an idle TLS connection that takes nothing completes within
+// about the closing deadline: closing a tls.Conn sends a close-notify
+// alert with its own 5 s deadline, which the old device never takes, so
+// the connection under it is closed first (found in review: 6 s).
+func TestTakeoverOfIdleStuckTLS(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, acceptAll, []string{}...)
+	cf, kf := selfSigned(t)
+	cert, err := tls.LoadX509KeyPair(cf, kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvSide, devSide := net.Pipe()
+	t.Cleanup(func() { devSide.Close() })
+	go func() {
+		_ = e.srv.EstablishConnection("tcp", tls.Server(srvSide, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	}()
+	dev := tls.Client(devSide, &tls.Config{InsecureSkipVerify: true})
+	_ = dev.SetDeadline(time.Now().Add(30 * time.Second))
+	old := &rawClient{t, dev}
+	old.write(connectWith("dev", false, 0, "", ""))
+	old.read(0x20)
+	oldCl, _ := e.srv.Clients.Get("dev")
+	start := time.Now()
+	dialRaw311(t, e, "dev", false)
+	// Not a speed check: about 1 s expected, 6 s with the close-notify wait.
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("the takeover of a stuck TLS connection took %v", took)
+	}
+	if err := oldCl.StopCause(); !errors.Is(err, packets.ErrSessionTakenOver) {
+		t.Fatalf("the old connection's stop cause is %v", err)
+	}
 }

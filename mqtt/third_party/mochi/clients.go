@@ -506,7 +506,15 @@ func (cl *Client) Stop(err error) {
 	cl.State.endOnce.Do(func() {
 
 		if cl.Net.Conn != nil {
-			_ = cl.Net.Conn.Close() // omit close error
+			// moongate: a connection the server is disconnecting, or whose
+			// write failed, may take nothing more: close it without the
+			// TLS close-notify (which waits up to 5 s for it).
+			var we *WriteError
+			if cl.Net.closing.Load() != 0 || errors.As(err, &we) {
+				closeHard(cl.Net.Conn)
+			} else {
+				_ = cl.Net.Conn.Close() // omit close error
+			}
 		}
 
 		if err != nil {
@@ -532,6 +540,15 @@ func (cl *Client) StopCause() error {
 // StopTime returns the the time the client disconnected in unix time, else zero.
 func (cl *Client) StopTime() int64 {
 	return atomic.LoadInt64(&cl.State.disconnected)
+}
+
+// closeHard closes c, and first the connection under it when it has one
+// (TLS), so that nothing more is written to it. (moongate)
+func closeHard(c net.Conn) {
+	if n, ok := c.(interface{ NetConn() net.Conn }); ok {
+		_ = n.NetConn().Close()
+	}
+	_ = c.Close()
 }
 
 // Disconnecting reports whether the server is disconnecting the client

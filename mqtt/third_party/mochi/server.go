@@ -1586,10 +1586,20 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	// is code). The DISCONNECT is flushed even when it would only be
 	// buffered behind queued packets, and nothing is written after it.
 	cl.Net.closing.CompareAndSwap(0, time.Now().Add(disconnectWriteTimeout).UnixNano())
+	var backstop *time.Timer
 	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetWriteDeadline(time.Unix(0, cl.Net.closing.Load()))
+		closing := time.Unix(0, cl.Net.closing.Load())
+		_ = cl.Net.Conn.SetWriteDeadline(closing)
+		// A write in progress that misses the deadline anyway (a
+		// connection that resets its own deadline per frame, as the
+		// WebSocket one does) is cut by closing the connection.
+		conn := cl.Net.Conn
+		backstop = time.AfterFunc(time.Until(closing)+100*time.Millisecond, func() { closeHard(conn) })
 	}
 	cl.Net.writeMu.Lock()
+	if backstop != nil {
+		backstop.Stop()
+	}
 	err := cl.writePacket(out, disconnectWriteTimeout, true)
 	if err == nil {
 		err = cl.flushOutbuf()
