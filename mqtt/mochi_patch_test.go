@@ -1111,10 +1111,9 @@ func TestPartialWriteEndsConnection(t *testing.T) {
 // seven under load; found in review).
 func TestDisconnectWaitsForHealthyWrite(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxPayload: 1 << 20}, acceptAll, []string{}...)
-	connect5 := rawPacket(0x10, append(append(rawString("MQTT"), 5, 2, 0, 60, 0), rawString("d5")...)) // clean, keepalive 60, no properties
 	c := pipeDevice(t, e)
 	dev := c.conn
-	c.write(connect5)
+	c.write(connect5("d5"))
 	c.read(0x20)
 	c.write(rawPacket(0x82, append(append([]byte{0, 1, 0}, rawString("cmd/#")...), 0))) // packet id 1, no properties, QoS 0
 	c.read(0x90)
@@ -1126,7 +1125,7 @@ func TestDisconnectWaitsForHealthyWrite(t *testing.T) {
 	}
 	// A second CONNECT is a protocol error: the broker disconnects the
 	// client, behind the write in progress.
-	c.write(connect5)
+	c.write(connect5("d5"))
 	cl, _ := e.srv.Clients.Get("d5")
 	waitFor(t, "the broker to begin the disconnection", 10*time.Second, cl.Disconnecting)
 	// The device reads on: the rest of the message, then the DISCONNECT.

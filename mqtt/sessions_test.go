@@ -389,17 +389,7 @@ func FuzzSessionLoad(f *testing.F) {
 }
 
 // connect311 is a raw MQTT 3.1.1 CONNECT.
-func connect311(id string, clean bool) []byte {
-	var b []byte
-	b = append(b, rawString("MQTT")...)
-	flags := byte(0)
-	if clean {
-		flags = 2
-	}
-	b = append(b, 4, flags, 0, 60)
-	b = append(b, rawString(id)...)
-	return rawPacket(0x10, b)
-}
+func connect311(id string, clean bool) []byte { return connectWith(id, clean, 60, "", "") }
 
 // brokenConn delivers what the peer writes but fails every write of the
 // broker: a device whose link drops right after it sent CONNECT.
