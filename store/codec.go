@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -104,20 +103,6 @@ func indexKey(r *Record) []byte {
 	k := comboPrefix(r.Stream, r.Function, r.Device)
 	k = binary.BigEndian.AppendUint64(k, tsBits(recordTS(r)))
 	return binary.BigEndian.AppendUint64(k, r.Seq)
-}
-
-// splitIndexKey returns the combination prefix of an index key and its
-// stream, function and device; ok is false for a key of another shape.
-func splitIndexKey(k []byte) (prefix []byte, stream, function, device string, ok bool) {
-	if len(k) < 1+3+16 || k[0] != pIndex {
-		return nil, "", "", "", false
-	}
-	prefix = k[:len(k)-16]
-	parts := bytes.Split(prefix[1:len(prefix)-1], []byte{0})
-	if len(parts) != 3 || prefix[len(prefix)-1] != 0 {
-		return nil, "", "", "", false
-	}
-	return prefix, string(parts[0]), string(parts[1]), string(parts[2]), true
 }
 
 func keySeq(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
