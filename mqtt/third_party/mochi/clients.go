@@ -333,11 +333,12 @@ func (e *WriteError) Error() string { return "write to client: " + e.Err.Error()
 func (e *WriteError) Unwrap() error { return e.Err }
 
 // writeConn writes b to the connection, writeChunk bytes at a time, each
-// with a deadline of timeout (or the closing deadline, if sooner). A
+// with a deadline of writeTimeout (or the closing deadline, if sooner). A
 // failure stops the client with a WriteError, unless the server is
 // disconnecting it (DisconnectClient stops it with its own reason): the
 // stream may be broken in the middle of a packet. (moongate)
-func (cl *Client) writeConn(b []byte, timeout time.Duration) (int64, error) {
+func (cl *Client) writeConn(b []byte) (int64, error) {
+	timeout := cl.writeTimeout()
 	var n int64
 	for len(b) > 0 {
 		c := b[:min(len(b), writeChunk)]
@@ -657,12 +658,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
-	return cl.writePacket(pk, cl.writeTimeout(), false)
+	return cl.writePacket(pk, false)
 }
 
-// writePacket is WritePacket with the deadline of each piece written
-// (writeConn); held tells that the caller holds writeMu. (moongate)
-func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, held bool) error {
+// writePacket is WritePacket; held tells that the caller holds writeMu.
+// (moongate)
+func (cl *Client) writePacket(pk packets.Packet, held bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -748,19 +749,19 @@ func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, held boo
 		}
 		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
-				return cl.writeConn(buf.Bytes(), timeout)
+				return cl.writeConn(buf.Bytes())
 			}
 
 			// first write to buffer, then flush buffer
 			n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-			err = cl.flushOutbufWithin(timeout)
+			err = cl.flushOutbuf()
 			return int64(n), err
 		}
 
 		// there are more writes in the queue
 		if cl.Net.outbuf == nil {
 			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
-				return cl.writeConn(buf.Bytes(), timeout)
+				return cl.writeConn(buf.Bytes())
 			}
 			cl.Net.outbuf = new(bytes.Buffer)
 		}
@@ -770,7 +771,7 @@ func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, held boo
 			return int64(n), nil
 		}
 
-		err = cl.flushOutbufWithin(timeout)
+		err = cl.flushOutbuf()
 		return int64(n), err
 	}()
 	if err != nil {
@@ -789,16 +790,11 @@ func (cl *Client) writePacket(pk packets.Packet, timeout time.Duration, held boo
 }
 
 func (cl *Client) flushOutbuf() (err error) {
-	return cl.flushOutbufWithin(cl.writeTimeout())
-}
-
-// flushOutbufWithin writes outbuf with writeConn. (moongate)
-func (cl *Client) flushOutbufWithin(timeout time.Duration) (err error) {
 	if cl.Net.outbuf == nil {
 		return
 	}
 
-	_, err = cl.writeConn(cl.Net.outbuf.Bytes(), timeout)
+	_, err = cl.writeConn(cl.Net.outbuf.Bytes()) // moongate: in pieces with deadlines
 	if err == nil {
 		cl.Net.outbuf = nil
 	}

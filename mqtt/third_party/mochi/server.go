@@ -1600,7 +1600,7 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 	if backstop != nil {
 		backstop.Stop()
 	}
-	err := cl.writePacket(out, disconnectWriteTimeout, true)
+	err := cl.writePacket(out, true)
 	if err == nil {
 		err = cl.flushOutbuf()
 	}
