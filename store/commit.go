@@ -74,9 +74,21 @@ func (b *batch) roomFor(n int64) bool { return b.staged+n <= b.budget }
 
 // get reads a key through the batch's transaction (sees earlier requests of
 // the batch). Not found is (nil, false, nil).
+//
+// State and usage keys are served from the committer's readCache when it
+// holds them. The returned slice is the caller's to keep but not to modify.
 func (b *batch) get(k []byte) ([]byte, bool, error) {
+	cache := cacheable(k)
+	if cache {
+		if cv, ok := b.s.cache.get(k); ok {
+			return cv.val, cv.found, nil
+		}
+	}
 	item, err := b.txn.Get(k)
 	if errors.Is(err, badger.ErrKeyNotFound) {
+		if cache {
+			b.s.cache.put(k, nil, false)
+		}
 		return nil, false, nil
 	}
 	if err != nil {
@@ -85,6 +97,9 @@ func (b *batch) get(k []byte) ([]byte, bool, error) {
 	v, err := item.ValueCopy(nil)
 	if err != nil {
 		return nil, false, fatal(err)
+	}
+	if cache {
+		b.s.cache.put(k, v, true)
 	}
 	return v, true, nil
 }
@@ -211,6 +226,7 @@ func (s *Store) process(reqs []*request) {
 			b.txn.Discard()
 		}
 		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs))
+		s.cache.reset()
 		for _, r := range reqs {
 			if r.err == nil {
 				r.err = fmt.Errorf("store: commit failed: %w", err)
@@ -266,6 +282,9 @@ func (s *Store) process(reqs []*request) {
 			if err != nil {
 				failAll(err)
 				return
+			}
+			if cacheable(w.key) {
+				s.cache.put(w.key, w.val, !w.del)
 			}
 			b.size += s.vEntryEst(len(w.key), len(w.val))
 			b.count++

@@ -120,6 +120,7 @@ type Store struct {
 	inboxDone map[uint64]struct{} // consumed inbox entries above the head
 	inboxSize sizeWindow          // sizes of the recent inbox entries
 	pubDone   map[uint64]struct{}
+	cache     *readCache // state and usage values (readcache.go)
 	diskFull  bool
 	diskAt    time.Time
 	dirty     atomic.Bool
@@ -176,6 +177,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		runDone: make(chan struct{}),
 		window:  newRedeliveryWindow(opts.DedupeWindow),
 		pins:    map[[32]byte]int{},
+		cache:   newReadCache(readCacheBytes),
 	}
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
