@@ -121,3 +121,5 @@ tool (
 replace github.com/dgraph-io/ristretto/v2 v2.2.0 => ./store/third_party/ristretto
 
 replace github.com/mochi-mqtt/server/v2 v2.7.9 => ./mqtt/third_party/mochi
+
+replace github.com/dgraph-io/badger/v4 v4.9.6 => ./store/third_party/badger
