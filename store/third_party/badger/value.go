@@ -477,6 +477,8 @@ type valueLog struct {
 
 	garbageCh    chan struct{}
 	discardStats *discardStats
+
+	syncs atomic.Int64 // moongate: syncs done by write (for tests)
 }
 
 func vlogFilePath(dirPath string, fid uint32) string {
@@ -814,7 +816,7 @@ func estimateRequestSize(req *request) uint64 {
 }
 
 // write is thread-unsafe by design and should not be called concurrently.
-func (vlog *valueLog) write(reqs []*request) error {
+func (vlog *valueLog) write(reqs []*request) (err error) {
 	if vlog.db.opt.InMemory {
 		return nil
 	}
@@ -829,10 +831,19 @@ func (vlog *valueLog) write(reqs []*request) error {
 	curlf := vlog.filesMap[maxFid]
 	vlog.filesLock.RUnlock()
 
+	// moongate: sync the file only if this call wrote to it (every
+	// transaction used to pay an msync of the current value-log file, a
+	// device cache flush, even when all its values were in the LSM tree),
+	// and fail the write when the sync fails instead of only logging it.
+	dirty := false
 	defer func() {
-		if vlog.opt.SyncWrites {
-			if err := curlf.Sync(); err != nil {
-				vlog.opt.Errorf("Error while curlf sync: %v\n", err)
+		if vlog.opt.SyncWrites && dirty {
+			vlog.syncs.Add(1)
+			if serr := curlf.Sync(); serr != nil {
+				vlog.opt.Errorf("Error while curlf sync: %v\n", serr)
+				if err == nil {
+					err = y.Wrapf(serr, "while syncing value log %q", curlf.path)
+				}
 			}
 		}
 	}()
@@ -854,6 +865,7 @@ func (vlog *valueLog) write(reqs []*request) error {
 
 		start := int(endOffset - n)
 		y.AssertTrue(copy(curlf.Data[start:], buf.Bytes()) == int(n))
+		dirty = true // moongate
 
 		curlf.size.Store(endOffset)
 		return nil
@@ -866,6 +878,7 @@ func (vlog *valueLog) write(reqs []*request) error {
 				return err
 			}
 
+			dirty = false // moongate: doneWriting synced it
 			newlf, err := vlog.createVlogFile()
 			if err != nil {
 				return err

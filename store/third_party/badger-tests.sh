@@ -1,0 +1,22 @@
+#!/bin/sh
+# Runs Badger v4.9.6's own tests against moongate's patched copy
+# (store/third_party/badger, README.moongate.md there) together with the
+# tests of the patch (moongate_test.go): the release from the module proxy,
+# its sources replaced by ours. By default the tests of the parts the patch
+# touches (value log, write-ahead log, sync, transactions, value-log GC,
+# encryption) run, about a minute; FULL=1 runs the whole suite (about five
+# minutes here). Needs the Go module proxy (testify and Badger's other test
+# dependencies).
+set -eu
+here=$(cd "$(dirname "$0")/badger" && pwd)
+src=$(cd "$here/../../.." && go mod download -json github.com/dgraph-io/badger/v4@v4.9.6 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[ -d "$src" ] || { echo "badger v4.9.6 not downloaded" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -R "$src"/. "$tmp"
+chmod -R u+w "$tmp"
+(cd "$here" && find . -name '*.go') | while read -r f; do cp "$here/$f" "$tmp/$f"; done
+cd "$tmp"
+run='^(TestMoongate|TestValue|TestVlog|TestPersistLFDiscardStats|TestPartialAppendToWAL|TestReadOnlyOpenWithPartialAppendToWAL|TestPenultimateMemCorruption|TestBug578|TestSafeEntry|TestValidateWrite|TestFirstVlogFile|TestWrite$|TestConcurrentWrite|TestGet$|TestSync|TestTruncateVlog|TestBigValues|TestPushValueLogLimit|TestReadSameVlog|TestWindowsDataLoss|TestAssertValueLogIsNotWrittenToOnStartup|TestTxn|TestEncryption|TestDropAll|TestDropPrefix)'
+if [ "${FULL:-}" = 1 ]; then run=.; fi
+GOFLAGS=-mod=mod go test -count=1 -timeout 20m -run "$run" .
