@@ -83,6 +83,22 @@ func normRecord(r Record) Record {
 	return r
 }
 
+// FuzzParseJSONNumber: the fast path of parseJSONNumber gives what the
+// encoding/json path gives, for every input.
+func FuzzParseJSONNumber(f *testing.F) {
+	for _, s := range []string{"0", "-0", "1", "21.5", "-3e10", "1E+2", "1e-400", "1e400", "01", "1.", ".5", "+1",
+		"0x10", "1_0", "Inf", "NaN", `"12"`, " 7 ", "\t-2.5\n", "", "-", "1e", "1e+", "9007199254740993", "true"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, gerr := parseJSONNumber(b)
+		want, werr := parseJSONNumberSlow(bytes.TrimSpace(b))
+		if (gerr == nil) != (werr == nil) || (gerr == nil && got != want) || (gerr != nil && gerr.Error() != werr.Error()) {
+			t.Fatalf("parseJSONNumber(%q) = %v, %v; encoding/json gives %v, %v", b, got, gerr, want, werr)
+		}
+	})
+}
+
 // FuzzQueryCursor: any cursor string is either accepted or refused with
 // ErrBadCursor; none panics or escapes its index.
 func FuzzQueryCursor(f *testing.F) {
