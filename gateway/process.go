@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -251,14 +252,12 @@ func (g *Gateway) publisher(ctx context.Context) {
 				}
 				break
 			}
-			seqs := make([]uint64, 0, len(pubs))
-			for _, p := range pubs {
-				if err := g.opts.Ingest.Publish(ctx, p.Topic, p.Payload, p.QoS, p.Retain); err != nil {
-					if ctx.Err() == nil && !g.stopping.Load() {
-						g.log.Warn("local publish failed, will retry", "topic", p.Topic, "err", err)
-					}
-					break
-				}
+			n, err := g.publishAll(ctx, pubs)
+			if err != nil && n < len(pubs) && ctx.Err() == nil && !g.stopping.Load() {
+				g.log.Warn("local publish failed, will retry", "topic", pubs[n].Topic, "err", err)
+			}
+			seqs := make([]uint64, 0, n)
+			for _, p := range pubs[:n] {
 				seqs = append(seqs, p.Seq)
 			}
 			if len(seqs) > 0 {
@@ -276,6 +275,31 @@ func (g *Gateway) publisher(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// batchPublisher is an Ingest that sends a run of messages without waiting
+// for each acknowledgement in turn (mqtt.External: one broker round trip per
+// QoS 1 message otherwise).
+type batchPublisher interface {
+	PublishAll(ctx context.Context, msgs []mqtt.Outgoing) (int, error)
+}
+
+// publishAll publishes pubs in order and returns how many of the first ones
+// were published, with the error that stopped it (n < len(pubs)).
+func (g *Gateway) publishAll(ctx context.Context, pubs []store.Publish) (int, error) {
+	if bp, ok := g.opts.Ingest.(batchPublisher); ok {
+		msgs := make([]mqtt.Outgoing, len(pubs))
+		for i, p := range pubs {
+			msgs[i] = mqtt.Outgoing{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS, Retain: p.Retain}
+		}
+		return bp.PublishAll(ctx, msgs)
+	}
+	for i, p := range pubs {
+		if err := g.opts.Ingest.Publish(ctx, p.Topic, p.Payload, p.QoS, p.Retain); err != nil {
+			return i, err
+		}
+	}
+	return len(pubs), nil
 }
 
 // invocationID names one invocation in the logs: the runtime's id, or the

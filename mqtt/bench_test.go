@@ -168,3 +168,54 @@ func BenchmarkExternalQoS1Throughput(b *testing.B) {
 	}
 	b.StopTimer()
 }
+
+// BenchmarkExternalPublishQoS1: the gateway's local publishes through an
+// external broker, one Publish at a time (each waits for its PUBACK) and in
+// runs of 256 with PublishAll. A subscriber receives them all.
+func BenchmarkExternalPublishQoS1(b *testing.B) {
+	for _, mode := range []string{"each", "all"} {
+		b.Run(mode, func(b *testing.B) {
+			m := mqtttest.StartMosquitto(b)
+			x := startExternal(b, m.URL(), "gw-pub-"+mode, func(context.Context, *Message) error { return nil })
+			var got atomic.Int64
+			all := make(chan struct{})
+			n := int64(b.N)
+			sub := mustDial(b, m.URL(), "sub-"+mode)
+			if err := waitToken(b, sub.Subscribe("out/#", 1, func(paho.Client, paho.Message) {
+				if got.Add(1) == n {
+					close(all)
+				}
+			})); err != nil {
+				b.Fatal(err)
+			}
+			payload := []byte(`{"fan":"on"}`)
+			ctx := context.Background()
+			b.ResetTimer()
+			if mode == "each" {
+				for range b.N {
+					if err := x.Publish(ctx, "out/dev/cmd", payload, 1, false); err != nil {
+						b.Fatal(err)
+					}
+				}
+			} else {
+				run := make([]Outgoing, 0, 256)
+				for i := range b.N {
+					run = append(run, Outgoing{Topic: "out/dev/cmd", Payload: payload, QoS: 1})
+					if len(run) == cap(run) || i == b.N-1 {
+						if k, err := x.PublishAll(ctx, run); err != nil {
+							b.Fatalf("published %d of %d: %v", k, len(run), err)
+						}
+						run = run[:0]
+					}
+				}
+			}
+			select {
+			case <-all:
+			case <-time.After(60 * time.Second):
+				b.Fatalf("subscriber got %d of %d", got.Load(), b.N)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}

@@ -595,6 +595,63 @@ func (x *External) Publish(ctx context.Context, topic string, payload []byte, qo
 	return nil
 }
 
+// Outgoing is one message for PublishAll.
+type Outgoing struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+}
+
+// PublishAll publishes msgs in order without waiting for each one's
+// acknowledgement before sending the next (Publish waits for every QoS 1
+// PUBACK in turn: one round trip to the broker per message), then waits for
+// them all. It returns how many of the first messages were sent (QoS 0) or
+// acknowledged (QoS 1 and 2): len(msgs) with a nil error, or the index of
+// the first that failed with its error. Messages after that one may have
+// been sent too, so a caller that retries from there delivers them at least
+// once.
+func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error) {
+	x.mu.Lock()
+	started, closed := x.started, x.closed
+	x.mu.Unlock()
+	switch {
+	case closed:
+		return 0, ErrClosed
+	case !started:
+		return 0, ErrNotStarted
+	}
+	toks := make([]paho.Token, 0, len(msgs))
+	var stop error // why publishing stopped before the end
+	for _, m := range msgs {
+		if err := ValidTopic(m.Topic); err != nil {
+			stop = err
+			break
+		}
+		if m.QoS > 2 {
+			stop = fmt.Errorf("%w: %d", ErrInvalidQoS, m.QoS)
+			break
+		}
+		if !x.client.IsConnectionOpen() {
+			stop = fmt.Errorf("mqtt: publish %s: %w", m.Topic, ErrNotConnected)
+			break
+		}
+		toks = append(toks, x.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload))
+	}
+	for i, t := range toks {
+		select {
+		case <-t.Done():
+			if err := t.Error(); err != nil {
+				return i, fmt.Errorf("mqtt: publish %s: %w", msgs[i].Topic, err)
+			}
+		case <-ctx.Done():
+			return i, fmt.Errorf("mqtt: publish %s: %w", msgs[i].Topic, ctx.Err())
+		}
+		x.stats.published.Add(1)
+	}
+	return len(toks), stop
+}
+
 // Ready reports whether the client is connected and subscribed to the
 // current filters.
 func (x *External) Ready() bool {

@@ -299,3 +299,64 @@ func TestExternalStartUnreachable(t *testing.T) {
 		t.Fatal("Close hung while connecting")
 	}
 }
+
+// PublishAll sends a run of messages in order without waiting for each
+// acknowledgement, and says how many of the first ones went out when one
+// cannot.
+func TestExternalPublishAll(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	x := startExternal(t, m.URL(), "gw-publishall", func(context.Context, *Message) error { return nil })
+	var mu sync.Mutex
+	var got []string
+	sub := mustDial(t, m.URL(), "sub", func(o *paho.ClientOptions) { o.SetOrderMatters(true) })
+	if err := waitToken(t, sub.Subscribe("out/#", 1, func(_ paho.Client, msg paho.Message) {
+		mu.Lock()
+		got = append(got, string(msg.Payload()))
+		mu.Unlock()
+	})); err != nil {
+		t.Fatal(err)
+	}
+	received := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	var msgs []Outgoing
+	for i := range 300 {
+		msgs = append(msgs, Outgoing{Topic: "out/a", Payload: []byte(fmt.Sprintf("m%03d", i)), QoS: 1})
+	}
+	n, err := x.PublishAll(context.Background(), msgs)
+	if n != len(msgs) || err != nil {
+		t.Fatalf("PublishAll = %d, %v; want %d, nil", n, err, len(msgs))
+	}
+	waitFor(t, "300 messages", 10*time.Second, func() bool { return len(received()) == 300 })
+	for i, p := range received() {
+		if want := fmt.Sprintf("m%03d", i); p != want {
+			t.Fatalf("message %d is %q, want %q (order)", i, p, want)
+		}
+	}
+	if st := x.Stats(); st.Published != 300 {
+		t.Fatalf("published = %d, want 300", st.Published)
+	}
+	// A bad message stops the run: the ones before it go out.
+	bad := []Outgoing{{Topic: "out/b", Payload: []byte("b0"), QoS: 1}, {Topic: "out/b", Payload: []byte("b1"), QoS: 1},
+		{Topic: "out/+", Payload: []byte("wild"), QoS: 1}, {Topic: "out/b", Payload: []byte("b3"), QoS: 1}}
+	n, err = x.PublishAll(context.Background(), bad)
+	if n != 2 || !errors.Is(err, ErrInvalidTopic) {
+		t.Fatalf("PublishAll with a wildcard topic third = %d, %v; want 2, ErrInvalidTopic", n, err)
+	}
+	if n, err = x.PublishAll(context.Background(), []Outgoing{{Topic: "out/c", QoS: 3}}); n != 0 || !errors.Is(err, ErrInvalidQoS) {
+		t.Fatalf("PublishAll with QoS 3 = %d, %v", n, err)
+	}
+	waitFor(t, "the two before the bad one", 10*time.Second, func() bool { return len(received()) == 302 })
+	if r := received(); r[300] != "b0" || r[301] != "b1" {
+		t.Fatalf("after the bad run got %q", r[300:])
+	}
+	idle, err := NewExternal(ExternalConfig{Broker: m.URL(), ClientID: "never-started"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := idle.PublishAll(context.Background(), msgs[:1]); n != 0 || !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("PublishAll before Start = %d, %v", n, err)
+	}
+}
