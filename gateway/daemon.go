@@ -209,19 +209,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 		load(trigger.LoadDir(dir))
-		go trigger.Watch(ctx, dir, d.FunctionsPoll, load)
+		// The watcher's loads read the store: it ends before closeAll.
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			trigger.Watch(watchCtx, dir, d.FunctionsPoll, load)
+		}()
+		defer func() { stopWatch(); <-watchDone }()
 	default:
 		if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
 			d.log.Error("functions", "err", err)
 		}
 	}
-	if d.httpSrv != nil {
+	if srv, ln := d.httpSrv, d.httpLn; srv != nil {
+		// The server and listener are passed in: closeAll clears the
+		// fields, maybe before this goroutine runs (a stop while starting).
 		go func() {
 			var err error
-			if d.httpSrv.TLSConfig != nil {
-				err = d.httpSrv.ServeTLS(d.httpLn, "", "")
+			if srv.TLSConfig != nil {
+				err = srv.ServeTLS(ln, "", "")
 			} else {
-				err = d.httpSrv.Serve(d.httpLn)
+				err = srv.Serve(ln)
 			}
 			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("api server", "err", err)
