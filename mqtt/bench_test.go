@@ -137,13 +137,9 @@ func BenchmarkEmbeddedClientMemory(b *testing.B) {
 // and the clock stops when the Handler has accepted all of them.
 func BenchmarkExternalQoS1Throughput(b *testing.B) {
 	m := mqtttest.StartMosquitto(b)
-	var got atomic.Int64
-	all := make(chan struct{})
-	n := int64(b.N)
+	got := newCountdown(b.N)
 	startExternal(b, m.URL(), "gw-bench", func(ctx context.Context, msg *Message) error {
-		if got.Add(1) == n {
-			close(all)
-		}
+		got.add()
 		return nil
 	}, "bench/#")
 	pub := mustDial(b, m.URL(), "bench-pub", func(o *paho.ClientOptions) { o.SetMaxResumePubInFlight(100) })
@@ -161,11 +157,7 @@ func BenchmarkExternalQoS1Throughput(b *testing.B) {
 			toks = toks[:0]
 		}
 	}
-	select {
-	case <-all:
-	case <-time.After(60 * time.Second):
-		b.Fatalf("handler saw %d of %d", got.Load(), b.N)
-	}
+	got.wait(b, "handler")
 	b.StopTimer()
 }
 
@@ -177,15 +169,9 @@ func BenchmarkExternalPublishQoS1(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			m := mqtttest.StartMosquitto(b)
 			x := startExternal(b, m.URL(), "gw-pub-"+mode, func(context.Context, *Message) error { return nil })
-			var got atomic.Int64
-			all := make(chan struct{})
-			n := int64(b.N)
+			got := newCountdown(b.N)
 			sub := mustDial(b, m.URL(), "sub-"+mode)
-			if err := waitToken(b, sub.Subscribe("out/#", 1, func(paho.Client, paho.Message) {
-				if got.Add(1) == n {
-					close(all)
-				}
-			})); err != nil {
+			if err := waitToken(b, sub.Subscribe("out/#", 1, func(paho.Client, paho.Message) { got.add() })); err != nil {
 				b.Fatal(err)
 			}
 			payload := []byte(`{"fan":"on"}`)
@@ -209,13 +195,34 @@ func BenchmarkExternalPublishQoS1(b *testing.B) {
 					}
 				}
 			}
-			select {
-			case <-all:
-			case <-time.After(60 * time.Second):
-				b.Fatalf("subscriber got %d of %d", got.Load(), b.N)
-			}
+			got.wait(b, "subscriber")
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
+	}
+}
+
+// countdown counts arrivals (from any goroutine) and lets a benchmark wait
+// until n have come, or fail after a minute.
+type countdown struct {
+	n    int64
+	got  atomic.Int64
+	done chan struct{}
+}
+
+func newCountdown(n int) *countdown { return &countdown{n: int64(n), done: make(chan struct{})} }
+
+func (c *countdown) add() {
+	if c.got.Add(1) == c.n {
+		close(c.done)
+	}
+}
+
+func (c *countdown) wait(b testing.TB, who string) {
+	b.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("%s saw %d of %d", who, c.got.Load(), c.n)
 	}
 }
