@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -177,6 +179,113 @@ func TestInflightOrderAcrossIDReuse(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint([]uint16{65534, 1, 2, 65535}) {
 		t.Fatalf("order %v", got)
+	}
+}
+
+// In-flight entries live in reused slots: Set, Get, Order, Delete,
+// GetAll, Clone and Bytes agree with a plain model through a random mix of
+// operations, and a steady flow of messages through a client's in-flight
+// set allocates nothing once the slots exist (the map of packets it
+// replaced reallocated about 1 KB per message).
+func TestInflightSlotsReused(t *testing.T) {
+	type entry struct {
+		pk    packets.Packet
+		order int
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	in := mochi.NewInflights()
+	model := map[uint16]entry{}
+	next := 0
+	for step := range 20000 {
+		id := uint16(rng.IntN(40) + 1)
+		switch op := rng.IntN(10); {
+		case op < 5:
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+				TopicName: "t", Payload: make([]byte, rng.IntN(20)), Created: int64(step)}
+			e, ok := model[id]
+			if !ok {
+				e.order, next = next, next+1
+			}
+			e.pk = pk
+			model[id] = e
+			if got := in.Set(pk); got != !ok {
+				t.Fatalf("step %d: Set(%d) = %v, want %v", step, id, got, !ok)
+			}
+		case op < 8:
+			_, ok := model[id]
+			delete(model, id)
+			if got := in.Delete(id); got != ok {
+				t.Fatalf("step %d: Delete(%d) = %v, want %v", step, id, got, ok)
+			}
+		case op < 9:
+			e, ok := model[id]
+			pk, got := in.Get(id)
+			if got != ok || (ok && pk.Created != e.pk.Created) {
+				t.Fatalf("step %d: Get(%d) = %v %v, want %v %v", step, id, pk.Created, got, e.pk.Created, ok)
+			}
+		default:
+			if rng.IntN(2) == 0 {
+				in = in.Clone()
+			}
+			var want []uint16
+			var bytes int64
+			for id := range model {
+				want = append(want, id)
+				bytes += mochi.PacketBytes(model[id].pk)
+			}
+			slices.SortFunc(want, func(a, b uint16) int { return model[a].order - model[b].order })
+			var got []uint16
+			for _, pk := range in.GetAll(false) {
+				got = append(got, pk.PacketID)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) || in.Len() != len(model) || in.Bytes() != bytes {
+				t.Fatalf("step %d: in flight %v (%d, %d bytes), want %v (%d bytes)", step, got, in.Len(), in.Bytes(), want, bytes)
+			}
+		}
+	}
+
+	in = mochi.NewInflights()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "t", Payload: []byte("p")}
+	id := uint16(0)
+	flow := func(n int) {
+		for range n {
+			id++
+			pk.PacketID = id
+			in.Set(pk)
+			in.Delete(id - 15) // 16 in flight
+		}
+	}
+	flow(1000)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	flow(20000)
+	runtime.ReadMemStats(&after)
+	if b := after.TotalAlloc - before.TotalAlloc; b > 64<<10 {
+		t.Fatalf("20,000 messages through the in-flight set allocated %d bytes", b)
+	}
+}
+
+// Looking up the subscribers of a topic makes only the maps it fills: one
+// for a topic with plain subscribers (the release made four, copied each
+// matching node's subscriptions into another, and made a map of
+// subscription identifiers per subscriber even when there were none).
+func TestSubscribersAllocations(t *testing.T) {
+	idx := mochi.NewTopicsIndex()
+	idx.Subscribe("sub", packets.Subscription{Filter: "devices/+/cmd", Qos: 1})
+	idx.Subscribe("all", packets.Subscription{Filter: "#"})
+	var subs *mochi.Subscribers
+	allocs := testing.AllocsPerRun(1000, func() { subs = idx.Subscribers("devices/d1/cmd") })
+	if len(subs.Subscriptions) != 2 || subs.Subscriptions["sub"].Qos != 1 || len(subs.Shared) != 0 || len(subs.InlineSubscriptions) != 0 {
+		t.Fatalf("subscribers %+v", subs)
+	}
+	if allocs > 3 {
+		t.Fatalf("%v allocations per lookup, want at most 3 (the result, its one map and the map's slots)", allocs)
+	}
+	if s := idx.Subscribers("other/topic"); len(s.Subscriptions) != 1 {
+		t.Fatalf("other/topic: %+v", s)
+	}
+	if s := idx.Subscribers("$SYS/x"); len(s.Subscriptions) != 0 {
+		t.Fatalf("$SYS/x matched a top-level wildcard: %+v", s)
 	}
 }
 

@@ -4,7 +4,8 @@
 # tests of the patch (moongate_test.go): the release from the module proxy,
 # its sources replaced by ours. By default the tests of the parts the patch
 # touches (value log, write-ahead log, sync, transactions, value-log GC,
-# encryption) run, about a minute; FULL=1 runs the whole suite (about five
+# encryption, memtable flushes and the versions compactions keep) run,
+# about a minute; FULL=1 runs the whole suite (about five
 # minutes here). Needs the Go module proxy (testify and Badger's other test
 # dependencies).
 set -eu
@@ -17,6 +18,6 @@ cp -R "$src"/. "$tmp"
 chmod -R u+w "$tmp"
 (cd "$here" && find . -name '*.go') | while read -r f; do cp "$here/$f" "$tmp/$f"; done
 cd "$tmp"
-run='^(TestMoongate|TestValue|TestVlog|TestPersistLFDiscardStats|TestPartialAppendToWAL|TestReadOnlyOpenWithPartialAppendToWAL|TestPenultimateMemCorruption|TestBug578|TestSafeEntry|TestValidateWrite|TestFirstVlogFile|TestWrite$|TestConcurrentWrite|TestGet$|TestSync|TestTruncateVlog|TestBigValues|TestPushValueLogLimit|TestReadSameVlog|TestWindowsDataLoss|TestAssertValueLogIsNotWrittenToOnStartup|TestTxn|TestEncryption|TestDropAll|TestDropPrefix)'
+run='^(TestMoongate|TestValue|TestVlog|TestPersistLFDiscardStats|TestPartialAppendToWAL|TestReadOnlyOpenWithPartialAppendToWAL|TestPenultimateMemCorruption|TestBug578|TestSafeEntry|TestValidateWrite|TestFirstVlogFile|TestWrite$|TestConcurrentWrite|TestGet$|TestSync|TestTruncateVlog|TestBigValues|TestPushValueLogLimit|TestReadSameVlog|TestWindowsDataLoss|TestAssertValueLogIsNotWrittenToOnStartup|TestTxn|TestEncryption|TestDropAll|TestDropPrefix|TestCompaction|TestDiscard|TestL0Stall|TestKeyVersions|TestDeletedKeyReappears|TestForceFlushMemtable|TestCompactL0OnClose|TestMinReadTs|TestWriteBatchManaged|TestIterateDeleted|TestGetAfterDelete|TestExpiry)'
 if [ "${FULL:-}" = 1 ]; then run=.; fi
 GOFLAGS=-mod=mod go test -count=1 -timeout 20m -run "$run" .

@@ -25,20 +25,33 @@ import (
 // in that order (MQTT-4.6.0-1: resend in the order first sent).
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint32]inflightEntry // internal contains the inflight packets, by inflightKey
-	next                uint64                   // order of the next new entry
-	receiveQuota        int32                    // remaining inbound qos quota for flow control
-	sendQuota           int32                    // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                    // maximum allowed receive quota
-	maximumSendQuota    int32                    // maximum allowed send quota
-	bytes               int64                    // moongate: payload and topic bytes held (PacketBytes)
+	internal            map[uint32]int32 // moongate: index in entries of the inflight packets, by inflightKey
+	entries             []inflightEntry  // moongate: the packets; a deleted one's slot is zeroed and reused (free)
+	free                []int32          // moongate: unused indexes in entries
+	next                uint64           // order of the next new entry
+	receiveQuota        int32            // remaining inbound qos quota for flow control
+	sendQuota           int32            // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32            // maximum allowed receive quota
+	maximumSendQuota    int32            // maximum allowed send quota
+	bytes               int64            // moongate: payload and topic bytes held (PacketBytes)
 }
 
 // inflightEntry is a packet in flight and its place in the order.
+//
+// moongate: the entries live in a slice whose slots are reused, and the map
+// holds only their indexes. A map of the packets themselves (about 800
+// bytes each) was reallocated as entries came and went, several times a
+// second per busy client: about a tenth of the bytes the broker allocated
+// under load.
 type inflightEntry struct {
 	pk    packets.Packet
 	order uint64
 }
+
+// inflightKeepSlots is how many slots an Inflight keeps once empty; above
+// it, the slice is released (a client that had a large backlog does not
+// hold its memory forever). (moongate)
+const inflightKeepSlots = 64
 
 // inboundKey marks the keys of acknowledgements of the client's messages.
 const inboundKey = 1 << 16
@@ -62,7 +75,7 @@ func inflightKey(pk packets.Packet) uint32 {
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
 	return &Inflight{
-		internal: map[uint32]inflightEntry{},
+		internal: map[uint32]int32{},
 	}
 }
 
@@ -73,14 +86,21 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	defer i.Unlock()
 
 	k := inflightKey(m)
-	e, ok := i.internal[k]
+	j, ok := i.internal[k]
 	if !ok {
-		e.order = i.next
+		if n := len(i.free); n > 0 {
+			j, i.free = i.free[n-1], i.free[:n-1]
+		} else {
+			j = int32(len(i.entries))
+			i.entries = append(i.entries, inflightEntry{})
+		}
+		i.internal[k] = j
+		i.entries[j].order = i.next
 		i.next++
 	}
+	e := &i.entries[j]
 	i.bytes += PacketBytes(m) - PacketBytes(e.pk) // moongate (zero for a new entry)
 	e.pk = m
-	i.internal[k] = e
 	return !ok
 }
 
@@ -113,8 +133,8 @@ func (i *Inflight) get(k uint32) (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
 
-	if e, ok := i.internal[k]; ok {
-		return e.pk, true
+	if j, ok := i.internal[k]; ok {
+		return i.entries[j].pk, true
 	}
 
 	return packets.Packet{}, false
@@ -127,8 +147,11 @@ func (i *Inflight) get(k uint32) (packets.Packet, bool) {
 func (i *Inflight) Order(pk packets.Packet) (uint64, bool) {
 	i.RLock()
 	defer i.RUnlock()
-	e, ok := i.internal[inflightKey(pk)]
-	return e.order, ok
+	j, ok := i.internal[inflightKey(pk)]
+	if !ok {
+		return 0, false
+	}
+	return i.entries[j].order, true
 }
 
 // Len returns the size of the inflight messages map.
@@ -144,8 +167,9 @@ func (i *Inflight) Clone() *Inflight {
 	c := NewInflights()
 	i.RLock()
 	defer i.RUnlock()
-	for k, v := range i.internal {
-		c.internal[k] = v
+	for k, j := range i.internal {
+		c.internal[k] = int32(len(c.entries))
+		c.entries = append(c.entries, i.entries[j])
 	}
 	c.next = i.next
 	c.bytes = i.bytes // moongate
@@ -158,8 +182,8 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	defer i.RUnlock()
 
 	es := make([]inflightEntry, 0, len(i.internal))
-	for _, v := range i.internal {
-		if !immediate || (immediate && v.pk.Expiry < 0) {
+	for _, j := range i.internal {
+		if v := i.entries[j]; !immediate || (immediate && v.pk.Expiry < 0) {
 			es = append(es, v)
 		}
 	}
@@ -211,11 +235,20 @@ func (i *Inflight) delete(k uint32) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	e, ok := i.internal[k]
+	j, ok := i.internal[k]
+	if !ok {
+		return false
+	}
 	delete(i.internal, k)
-	i.bytes -= PacketBytes(e.pk) // moongate
+	i.bytes -= PacketBytes(i.entries[j].pk) // moongate
+	i.entries[j] = inflightEntry{}          // moongate: drop the packet's references
+	i.free = append(i.free, j)
+	if len(i.internal) == 0 && cap(i.entries) > inflightKeepSlots {
+		// moongate: release a large backlog's slots once it has drained.
+		i.entries, i.free = nil, nil
+	}
 
-	return ok
+	return true
 }
 
 // TakeRecieveQuota reduces the receive quota by 1.

@@ -1094,10 +1094,23 @@ func arenaSize(opt Options) int64 {
 }
 
 // buildL0Table builds a new table from the memtable.
-func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options) *table.Builder {
+//
+// moongate: it leaves out the versions a compaction would drop (see
+// subcompact): of the versions at or below discardTs, it keeps only the
+// newest NumVersionsToKeep of a key (fewer if one of them has
+// bitDiscardEarlierVersions); versions above discardTs, which a running
+// transaction may read, and merge entries are all kept. Deletion markers
+// and expired entries are kept (whether the key exists further down is not
+// known here), but the versions under them are not. Nothing a transaction
+// can read changes; the level-0 table is only smaller. discardStats
+// collects the value-log bytes of the dropped versions (nil: not needed).
+func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options,
+	discardTs uint64, numVersionsToKeep int, discardStats map[uint32]int64) *table.Builder {
 	defer iter.Close()
 
 	b := table.NewTableBuilder(bopts)
+	var lastKey, skipKey []byte
+	var numVersions int
 	for iter.Rewind(); iter.Valid(); iter.Next() {
 		if len(dropPrefixes) > 0 && hasAnyPrefixes(iter.Key(), dropPrefixes) {
 			continue
@@ -1107,7 +1120,27 @@ func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options) *
 		if vs.Meta&bitValuePointer > 0 {
 			vp.Decode(vs.Value)
 		}
-		b.Add(iter.Key(), iter.Value(), vp.Len)
+		if len(skipKey) > 0 {
+			if y.SameKey(iter.Key(), skipKey) {
+				if discardStats != nil && vp.Len > 0 {
+					discardStats[vp.Fid] += int64(vp.Len)
+				}
+				continue
+			}
+			skipKey = skipKey[:0]
+		}
+		if !y.SameKey(iter.Key(), lastKey) {
+			lastKey = y.SafeCopy(lastKey, iter.Key())
+			numVersions = 0
+		}
+		if y.ParseTs(iter.Key()) <= discardTs && vs.Meta&bitMergeEntry == 0 {
+			numVersions++
+			if isDeletedOrExpired(vs.Meta, vs.ExpiresAt) || vs.Meta&bitDiscardEarlierVersions > 0 ||
+				numVersions >= numVersionsToKeep {
+				skipKey = y.SafeCopy(skipKey, iter.Key())
+			}
+		}
+		b.Add(iter.Key(), vs, vp.Len)
 	}
 
 	return b
@@ -1117,7 +1150,23 @@ func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options) *
 func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 	bopts := buildTableOptions(db)
 	itr := mt.sl.NewUniIterator(false)
-	builder := buildL0Table(itr, nil, bopts)
+	// moongate: the versions a compaction would drop are left out of the
+	// level-0 table (buildL0Table), with the same discard threshold as
+	// subcompact, clamped the same way while a value-log GC rewrite runs.
+	discardTs := db.orc.discardAtOrBelow()
+	if db.gcActive.Load() {
+		if gcMax := db.gcDiscardTs.Load(); gcMax > 0 && gcMax < discardTs {
+			discardTs = gcMax
+		}
+	}
+	var discardStats map[uint32]int64
+	if !db.opt.InMemory {
+		discardStats = make(map[uint32]int64)
+	}
+	builder := buildL0Table(itr, nil, bopts, discardTs, db.opt.NumVersionsToKeep, discardStats)
+	if len(discardStats) > 0 {
+		db.vlog.updateDiscardStats(discardStats)
+	}
 	defer builder.Close()
 
 	// buildL0Table can return nil if the none of the items in the skiplist are

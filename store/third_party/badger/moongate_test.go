@@ -14,9 +14,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"math/rand"
+	"strings"
 	"testing"
 
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/badger/v4/skl"
+	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/badger/v4/y"
 )
 
@@ -129,6 +134,166 @@ func TestMoongateValueLogSyncedOnlyWhenWritten(t *testing.T) {
 		}
 		if !bytes.Equal(v, big) {
 			return fmt.Errorf("big value differs after reopen")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// buildL0Table leaves out of the level-0 table exactly the versions a
+// compaction would drop: of the versions at or below the discard
+// threshold, all but the newest NumVersionsToKeep (or up to a deletion,
+// an expiry or a discard-earlier-versions mark); every version above the
+// threshold and every merge entry stays. Dropped value-log pointers are
+// counted in the discard statistics.
+func TestMoongateFlushDropsSupersededVersions(t *testing.T) {
+	type ver struct {
+		key  string
+		ts   uint64
+		meta byte
+		vp   *valuePointer
+	}
+	vp := &valuePointer{Fid: 7, Len: 100, Offset: 20}
+	in := []ver{
+		{"a", 5, 0, nil}, {"a", 4, 0, nil}, {"a", 3, 0, nil}, // all at or below 10
+		{"b", 12, 0, nil}, {"b", 11, 0, nil}, {"b", 9, 0, nil}, {"b", 8, 0, nil}, // two above 10
+		{"c", 7, bitDelete, nil}, {"c", 6, 0, nil}, // deleted
+		{"d", 5, bitDiscardEarlierVersions, nil}, {"d", 4, 0, nil},
+		{"e", 6, bitMergeEntry, nil}, {"e", 5, bitMergeEntry, nil},
+		{"f", 4, 0, nil}, {"f", 3, bitValuePointer, vp}, // the dropped version is in the value log
+		{"g", 3, 0, nil}, // one version only
+	}
+	build := func(discardTs uint64, keep int) ([]string, map[uint32]int64) {
+		t.Helper()
+		sl := skl.NewSkiplist(1 << 20)
+		defer sl.DecrRef()
+		for _, v := range in {
+			val := []byte(fmt.Sprintf("%s@%d", v.key, v.ts))
+			if v.vp != nil {
+				val = v.vp.Encode()
+			}
+			sl.Put(y.KeyWithTs([]byte(v.key), v.ts), y.ValueStruct{Value: val, Meta: v.meta})
+		}
+		opts := table.Options{BlockSize: 4 << 10, BloomFalsePositive: 0.01, ChkMode: options.NoVerification}
+		stats := map[uint32]int64{}
+		b := buildL0Table(sl.NewUniIterator(false), nil, opts, discardTs, keep, stats)
+		defer b.Close()
+		tbl, err := table.OpenInMemoryTable(b.Finish(), 1, &opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tbl.DecrRef() }()
+		it := tbl.NewIterator(0)
+		defer it.Close()
+		var got []string
+		for it.Rewind(); it.Valid(); it.Next() {
+			got = append(got, fmt.Sprintf("%s@%d", y.ParseKey(it.Key()), y.ParseTs(it.Key())))
+		}
+		return got, stats
+	}
+	for _, tc := range []struct {
+		discardTs uint64
+		keep      int
+		want      string
+		vlog      int64
+	}{
+		{10, 1, "a@5 b@12 b@11 b@9 c@7 d@5 e@6 e@5 f@4 g@3", 100},
+		{10, 2, "a@5 a@4 b@12 b@11 b@9 b@8 c@7 d@5 e@6 e@5 f@4 f@3 g@3", 0},
+		{0, 1, "a@5 a@4 a@3 b@12 b@11 b@9 b@8 c@7 c@6 d@5 d@4 e@6 e@5 f@4 f@3 g@3", 0}, // a reader at 0 sees everything
+		{4, 1, "a@5 a@4 b@12 b@11 b@9 b@8 c@7 c@6 d@5 d@4 e@6 e@5 f@4 g@3", 100},
+	} {
+		got, stats := build(tc.discardTs, tc.keep)
+		if s := strings.Join(got, " "); s != tc.want {
+			t.Errorf("discardTs %d, keep %d:\n got %s\nwant %s", tc.discardTs, tc.keep, s, tc.want)
+		}
+		if stats[vp.Fid] != tc.vlog {
+			t.Errorf("discardTs %d, keep %d: %d value-log bytes discarded, want %d", tc.discardTs, tc.keep, stats[vp.Fid], tc.vlog)
+		}
+	}
+}
+
+// A transaction open across a memtable flush still reads the version it
+// started with (the flush keeps it: it is above the discard threshold),
+// while a flush with no such reader keeps only the newest version.
+func TestMoongateFlushKeepsVersionsOfOpenReaders(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(DefaultOptions(dir).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10).WithNumVersionsToKeep(1).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	set := func(k, v string) {
+		t.Helper()
+		if err := db.Update(func(txn *Txn) error { return txn.Set([]byte(k), []byte(v)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	versions := func(key string) int {
+		t.Helper()
+		// In every level: a compaction may have moved the table down.
+		n := 0
+		for _, lh := range db.lc.levels {
+			lh.RLock()
+			for _, tbl := range lh.tables {
+				it := tbl.NewIterator(0)
+				for it.Seek(y.KeyWithTs([]byte(key), math.MaxUint64)); it.Valid() && string(y.ParseKey(it.Key())) == key; it.Next() {
+					n++
+				}
+				it.Close()
+			}
+			lh.RUnlock()
+		}
+		return n
+	}
+	// flush writes enough to fill the memtable and waits until key is in
+	// a table.
+	flush := func(key string) {
+		t.Helper()
+		filler := bytes.Repeat([]byte("x"), 4<<10)
+		for i := 0; versions(key) == 0; i++ {
+			if err := db.Update(func(txn *Txn) error { return txn.Set([]byte(fmt.Sprintf("fill%08d", i)), filler) }); err != nil {
+				t.Fatal(err)
+			}
+			if i > 100000 {
+				t.Fatal("no memtable flush after 100,000 writes")
+			}
+		}
+	}
+
+	set("k", "v1")
+	reader := db.NewTransaction(false)
+	set("k", "v2")
+	set("k", "v3")
+	flush("k")
+	item, err := reader.Get([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := item.ValueCopy(nil); string(v) != "v1" {
+		t.Fatalf("reader open across the flush reads %q, want v1", v)
+	}
+	if n := versions("k"); n != 3 {
+		t.Fatalf("%d versions of k in the tables with a reader at the oldest, want 3", n)
+	}
+	reader.Discard()
+
+	set("j", "w1")
+	set("j", "w2")
+	flush("j")
+	if n := versions("j"); n != 1 {
+		t.Fatalf("%d versions of j in the tables without readers, want 1", n)
+	}
+	err = db.View(func(txn *Txn) error {
+		for k, want := range map[string]string{"k": "v3", "j": "w2"} {
+			item, err := txn.Get([]byte(k))
+			if err != nil {
+				return err
+			}
+			if v, _ := item.ValueCopy(nil); string(v) != want {
+				return fmt.Errorf("%s = %q, want %q", k, v, want)
+			}
 		}
 		return nil
 	})

@@ -252,7 +252,11 @@ func (pk *Packet) Copy(allowTransfer bool) Packet {
 // Merge merges a new subscription with a base subscription, preserving the highest
 // qos value, matched identifiers and any special properties.
 func (s Subscription) Merge(n Subscription) Subscription {
-	if s.Identifiers == nil {
+	// moongate: the map of identifiers is made only when one of the two has
+	// an identifier. It was made at every merge, that is for every
+	// subscriber of every message, although without identifiers it only
+	// held zeros, which are not sent.
+	if s.Identifiers == nil && (s.Identifier > 0 || n.Identifier > 0) {
 		s.Identifiers = map[string]int{
 			s.Filter: s.Identifier,
 		}
