@@ -255,13 +255,49 @@ func TestInflightSlotsReused(t *testing.T) {
 			in.Delete(id - 15) // 16 in flight
 		}
 	}
+	// burst puts n messages in flight, then acknowledges them all, like a
+	// subscriber of everything catching up.
+	burst := func(n int) {
+		for range n {
+			id++
+			pk.PacketID = id
+			in.Set(pk)
+		}
+		for k := range n {
+			in.Delete(id - uint16(k))
+		}
+	}
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
 	flow(1000)
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	flow(20000)
-	runtime.ReadMemStats(&after)
-	if b := after.TotalAlloc - before.TotalAlloc; b > 64<<10 {
+	if b := allocated(func() { flow(20000) }); b > 64<<10 {
 		t.Fatalf("20,000 messages through the in-flight set allocated %d bytes", b)
+	}
+	for k := range 15 {
+		in.Delete(id - uint16(k))
+	}
+	if in.Len() != 0 {
+		t.Fatalf("%d in flight after all were acknowledged", in.Len())
+	}
+	burst(300)
+	if b := allocated(func() {
+		for range 50 {
+			burst(300)
+		}
+	}); b > 64<<10 {
+		t.Fatalf("50 bursts of 300 messages allocated %d bytes", b)
+	}
+	// After a large backlog has drained, and a smaller spell since, its
+	// slots are released: the next spell makes new ones.
+	burst(5000)
+	burst(10)
+	if b := allocated(func() { burst(10) }); b == 0 {
+		t.Fatal("the slots of a drained backlog of 5,000 messages were kept")
 	}
 }
 

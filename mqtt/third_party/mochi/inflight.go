@@ -28,6 +28,7 @@ type Inflight struct {
 	internal            map[uint32]int32 // moongate: index in entries of the inflight packets, by inflightKey
 	entries             []inflightEntry  // moongate: the packets; a deleted one's slot is zeroed and reused (free)
 	free                []int32          // moongate: unused indexes in entries
+	peak                int              // moongate: most entries in flight since the set was last empty
 	next                uint64           // order of the next new entry
 	receiveQuota        int32            // remaining inbound qos quota for flow control
 	sendQuota           int32            // remaining outbound qos quota for flow control
@@ -48,9 +49,11 @@ type inflightEntry struct {
 	order uint64
 }
 
-// inflightKeepSlots is how many slots an Inflight keeps once empty; above
-// it, the slice is released (a client that had a large backlog does not
-// hold its memory forever). (moongate)
+// inflightKeepSlots is how many slots an Inflight always keeps once empty;
+// above it, the slots are released when the last busy spell used less than
+// a quarter of them (a client that had a large backlog does not hold its
+// memory forever, and one that regularly has many messages in flight does
+// not reallocate its slots each time it catches up). (moongate)
 const inflightKeepSlots = 64
 
 // inboundKey marks the keys of acknowledgements of the client's messages.
@@ -97,6 +100,7 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		i.internal[k] = j
 		i.entries[j].order = i.next
 		i.next++
+		i.peak = max(i.peak, len(i.internal))
 	}
 	e := &i.entries[j]
 	i.bytes += PacketBytes(m) - PacketBytes(e.pk) // moongate (zero for a new entry)
@@ -243,9 +247,16 @@ func (i *Inflight) delete(k uint32) bool {
 	i.bytes -= PacketBytes(i.entries[j].pk) // moongate
 	i.entries[j] = inflightEntry{}          // moongate: drop the packet's references
 	i.free = append(i.free, j)
-	if len(i.internal) == 0 && cap(i.entries) > inflightKeepSlots {
-		// moongate: release a large backlog's slots once it has drained.
-		i.entries, i.free = nil, nil
+	if len(i.internal) == 0 {
+		// moongate: every slot is free. Release them if the last busy spell
+		// used less than a quarter (a large backlog has drained), else keep
+		// them for the next one.
+		if cap(i.entries) > inflightKeepSlots && i.peak < cap(i.entries)/4 {
+			i.entries, i.free = nil, nil
+		} else {
+			i.entries, i.free = i.entries[:0], i.free[:0]
+		}
+		i.peak = 0
 	}
 
 	return true
