@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -55,7 +54,6 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	}
 	f, _ := stderr.(*os.File)
 	log := newLogger(cfg.Log, stderr, toJournal(os.Getenv("JOURNAL_STREAM"), f))
-	applyMaxProcs(cfg, os.LookupEnv, runtime.GOMAXPROCS, log)
 	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
 	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
 	go followLiveHeap(ctx, limit, log, autoLimitInterval, autoLimitWindow, readGCSample, debug.SetMemoryLimit, time.Now)

@@ -36,15 +36,12 @@ type Config struct {
 	// MemoryLimit is the Go runtime's soft memory limit (see
 	// [MemoryLimit]); default auto. GOMEMLIMIT in the environment wins.
 	MemoryLimit MemoryLimit `yaml:"memory_limit"`
-	// MaxProcs is how many goroutines may run Go code at once (see
-	// [MaxProcs]); default auto. GOMAXPROCS in the environment wins.
-	MaxProcs  MaxProcs  `yaml:"max_procs"`
-	Log       Log       `yaml:"log"`
-	MQTT      MQTT      `yaml:"mqtt"`
-	API       API       `yaml:"api"`
-	Store     Store     `yaml:"store"`
-	Pipeline  Pipeline  `yaml:"pipeline"`
-	Functions Functions `yaml:"functions"`
+	Log         Log         `yaml:"log"`
+	MQTT        MQTT        `yaml:"mqtt"`
+	API         API         `yaml:"api"`
+	Store       Store       `yaml:"store"`
+	Pipeline    Pipeline    `yaml:"pipeline"`
+	Functions   Functions   `yaml:"functions"`
 	// Sync configures the upstream targets of records (see sync.go).
 	Sync Sync `yaml:"sync"`
 	// Blobs configures the buckets of file uploads (see blobs.go).

@@ -236,14 +236,6 @@ func TestErrors(t *testing.T) {
 		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},
 		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},
 		{"bad gateway id", "gateway_id: 'a b'\n", []string{`m.yaml:1: gateway_id: invalid "a b"`}},
-		{"max procs zero", "max_procs: 0\n", []string{"m.yaml:1: max_procs: invalid value 0: want auto or a number from 1 to 1024"}},
-		{"max procs negative", "max_procs: -2\n", []string{"m.yaml:1: max_procs: invalid value -2: want auto or a number from 1 to 1024"}},
-		{"max procs too many", "max_procs: 1025\n", []string{"m.yaml:1: max_procs: invalid value 1025: want auto or a number from 1 to 1024"}},
-		{"max procs huge", "max_procs: 99999999999999999999999\n", []string{"m.yaml:1: max_procs: expected auto or a number of processors, got number 99999999999999999999999"}},
-		{"max procs word", "max_procs: many\n", []string{`m.yaml:1: max_procs: invalid value "many": want auto or a number from 1 to 1024`}},
-		{"max procs capitalised", "max_procs: Auto\n", []string{`m.yaml:1: max_procs: invalid value "Auto"`}},
-		{"max procs fraction", "max_procs: 1.5\n", []string{"m.yaml:1: max_procs: expected auto or a number of processors, got"}},
-		{"max procs list", "max_procs: [2]\n", []string{"m.yaml:1: max_procs: expected auto or a number of processors, got a list"}},
 		{"memory limit below minimum", "memory_limit: 8MiB\n", []string{"m.yaml:1: memory_limit: 8MiB is below the minimum of 16MiB (the collector would run almost continuously); use off for no limit"}},
 		{"memory limit one byte below minimum", "memory_limit: 16777215\n", []string{"m.yaml:1: memory_limit: 16777215B is below the minimum of 16MiB"}},
 		{"memory limit word", "memory_limit: lots\n", []string{`m.yaml:1: memory_limit: invalid size "lots": want a number of bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB, ...) (or auto, or off for no limit)`}},
@@ -290,48 +282,6 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestMaxProcs(t *testing.T) {
-	cases := []struct {
-		src     string
-		want    MaxProcs
-		printed string
-		on4     int // Resolve(4)
-	}{
-		{"", MaxProcsAuto, "auto", 8},
-		{"max_procs: auto\n", MaxProcsAuto, "auto", 8},
-		{"max_procs: ' auto'\n", MaxProcsAuto, "auto", 8},
-		{"max_procs: 1\n", 1, "1", 1},
-		{"max_procs: 3\n", 3, "3", 3},
-		{"max_procs: 0x10\n", 16, "16", 16},
-		{"max_procs: 1024\n", 1024, "1024", 1024},
-	}
-	for _, tc := range cases {
-		c, err := Parse("m.yaml", []byte(tc.src))
-		if err != nil {
-			t.Errorf("Parse(%q) = %v", tc.src, err)
-			continue
-		}
-		if c.MaxProcs != tc.want || c.MaxProcs.String() != tc.printed || c.MaxProcs.Resolve(4) != tc.on4 {
-			t.Errorf("Parse(%q): max_procs %d (%s, %d on 4); want %d (%s, %d)", tc.src,
-				int(c.MaxProcs), c.MaxProcs, c.MaxProcs.Resolve(4), int(tc.want), tc.printed, tc.on4)
-		}
-	}
-	if n := MaxProcsAuto.Resolve(1); n != 2 {
-		t.Errorf("auto on 1 processor: %d, want 2", n)
-	}
-	if n := MaxProcsAuto.Resolve(0); n != 2 {
-		t.Errorf("auto on a runtime default of 0: %d, want 2", n)
-	}
-	// Set in code rather than parsed: validation still judges it.
-	for _, m := range []MaxProcs{-1, MaxMaxProcs + 1} {
-		c := Default()
-		c.MaxProcs = m
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("max_procs: invalid value %d", int(m))) {
-			t.Errorf("MaxProcs %d: %v", int(m), err)
-		}
 	}
 }
 

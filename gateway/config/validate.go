@@ -68,7 +68,6 @@ func (v *validator) top() {
 	v.enum("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.enum("log.format", c.Log.Format, "text", "json")
 	v.memoryLimit()
-	v.maxProcs()
 }
 
 func (v *validator) noNUL(path, s string) {
