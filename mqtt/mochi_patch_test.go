@@ -301,6 +301,47 @@ func TestInflightSlotsReused(t *testing.T) {
 	}
 }
 
+// A session kept for a device that went offline does not keep the
+// device's send queue: a channel of max_queued_per_client slots, 512 KiB
+// each at 65535 (moongate-bench's setting, where the sessions of earlier
+// phases held most of the daemon's heap). A message for the offline session
+// still reaches the device when it comes back.
+func TestOfflineSessionReleasesSendQueue(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxQueuedPerClient: 65535}, acceptAll, []string{}...)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	const n = 40 // 40 x 512 KiB = 20 MiB of queues
+	clients := make([]*rawClient, n)
+	for i := range clients {
+		clients[i] = dialRaw311(t, e, fmt.Sprintf("dev%02d", i), false)
+	}
+	clients[0].write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/dev00")...), 1)))
+	clients[0].read(0x90)
+	online := heap()
+	for _, c := range clients {
+		c.write([]byte{0xe0, 0}) // DISCONNECT: the sessions stay
+		c.conn.Close()
+	}
+	waitFor(t, "all clients disconnected", 10*time.Second, func() bool { return e.Stats().ClientsConnected == 0 })
+	offline := heap()
+	if online < offline || online-offline < 15<<20 {
+		t.Fatalf("heap %d MiB with %d clients online, %d MiB with their sessions offline: the send queues were kept",
+			online>>20, n, offline>>20)
+	}
+	if err := e.Publish(ctx, "cmd/dev00", []byte("while away"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw311(t, e, "dev00", false)
+	if got := c.readPublish(); got != "cmd/dev00" {
+		t.Fatalf("reconnected device got %q", got)
+	}
+}
+
 // Looking up the subscribers of a topic makes only the maps it fills: one
 // for a topic with plain subscribers (the release made four, copied each
 // matching node's subscriptions into another, and made a map of

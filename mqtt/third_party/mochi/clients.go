@@ -153,21 +153,21 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	outboundBytes   int64                // moongate: PacketBytes of the messages in the outbound queue or being written
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases                         // a map of topic aliases
+	stopCause       atomic.Value                         // reason for stopping
+	Inflight        *Inflight                            // a map of in-flight qos messages
+	Subscriptions   *Subscriptions                       // a map of the subscription filters a client maintains
+	disconnected    int64                                // the time the client disconnected in unix time, for calculating expiry
+	outbound        atomic.Pointer[chan *packets.Packet] // moongate: queue for pending outbound packets (see queue)
+	endOnce         sync.Once                            // only end once
+	isTakenOver     atomic.Bool                          // used to identify orphaned clients
+	packetID        uint32                               // the current highest packetID
+	open            context.Context                      // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc                   // cancel function for open context
+	outboundQty     int32                                // number of messages currently in the outbound queue
+	outboundBytes   int64                                // moongate: PacketBytes of the messages in the outbound queue or being written
+	Keepalive       uint16                               // the number of seconds the connection can wait
+	ServerKeepalive bool                                 // keepalive was set by the server
 
 	// moongate: retained messages matched by a new subscription that wait
 	// for room in flight (see Server.drainRetained).
@@ -180,6 +180,27 @@ type ClientState struct {
 	// (its will is discarded, whatever stopped the client first).
 	cleanDisconnect atomic.Bool
 }
+
+// queue returns the client's send queue: the packets its write loop
+// writes to the connection. (moongate)
+func (s *ClientState) queue() chan *packets.Packet {
+	return *s.outbound.Load()
+}
+
+// releaseQueue drops the send queue once the connection has ended, so that
+// a session kept for a device that went offline does not hold it: it is a
+// channel of MaximumClientWritesPending slots (512 KiB at the largest
+// max_queued_per_client), and a gateway keeps the sessions of every device
+// that connected with one. A send on the released queue never proceeds
+// (publishToClient then finds the client closed); a new connection makes a
+// new client, and with it a new queue. (moongate)
+func (s *ClientState) releaseQueue() {
+	s.outbound.Store(&releasedQueue)
+}
+
+// releasedQueue is the queue of a client whose connection has ended: nil,
+// so a send in a select with a default case never proceeds. (moongate)
+var releasedQueue chan *packets.Packet
 
 type retainedItem struct {
 	sub   packets.Subscription
@@ -198,13 +219,14 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
 		},
 		ops: o,
 	}
+	q := make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending)
+	cl.State.outbound.Store(&q)
 
 	if c != nil {
 		cl.Net = ClientConnection{
@@ -219,9 +241,10 @@ func newClient(c net.Conn, o *ops) *Client {
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
 func (cl *Client) WriteLoop() {
+	q := cl.State.queue() // moongate: released only after the connection ends
 	for {
 		select {
-		case pk := <-cl.State.outbound:
+		case pk := <-q:
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
@@ -747,7 +770,7 @@ func (cl *Client) writePacket(pk packets.Packet, held bool) error {
 		if cl.Net.ended {
 			return 0, ErrConnectionClosed // moongate: after the server's DISCONNECT
 		}
-		if len(cl.State.outbound) == 0 {
+		if len(cl.State.queue()) == 0 {
 			if cl.Net.outbuf == nil {
 				return cl.writeConn(buf.Bytes())
 			}

@@ -514,6 +514,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		s.UnsubscribeClient(cl)
 		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
+	cl.State.releaseQueue() // moongate: a kept session does not hold it
 
 	return err
 }
@@ -1167,12 +1168,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	queued := limit <= 0 || atomic.LoadInt64(&cl.State.outboundBytes)+size <= limit
 	if queued {
 		select {
-		case cl.State.outbound <- &out:
+		case cl.State.queue() <- &out:
 			atomic.AddInt32(&cl.State.outboundQty, 1)
 			atomic.AddInt64(&cl.State.outboundBytes, size) // moongate
 		default:
 			queued = false
 		}
+	}
+	if !queued && cl.Closed() {
+		// moongate: the connection ended after the check above (its queue
+		// may be released): the message stays in flight for the session,
+		// as if the client had been found closed.
+		return out, packets.CodeDisconnect
 	}
 	if !queued {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
