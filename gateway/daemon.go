@@ -482,6 +482,7 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		}
 		o.Quotas[name] = sq
 	}
+	o.Quotas[store.SpaceUsage] = store.Quota{MaxAge: q.Usage.MaxAge.Std()}
 	if len(cfg.Blobs.Buckets) > 0 {
 		o.Buckets = map[string]store.Bucket{}
 		for name, b := range cfg.Blobs.Buckets {

@@ -116,6 +116,7 @@ const (
 	SpacePublishes   = "publishes"   // local publish outbox
 	SpaceLogs        = "logs"        // invocation logs (default 16 MiB, 24 h)
 	SpaceDeadLetters = "deadletters" // dead letters (default 32 MiB)
+	SpaceUsage       = "usage"       // per-minute usage meters of functions: MaxAge only (default 90 days)
 )
 
 // DefaultQuotas are the quotas applied to key spaces missing from
@@ -123,6 +124,7 @@ const (
 var DefaultQuotas = map[string]Quota{
 	SpaceLogs:        {MaxBytes: 16 << 20, MaxAge: 24 * time.Hour},
 	SpaceDeadLetters: {MaxBytes: 32 << 20},
+	SpaceUsage:       {MaxAge: 90 * 24 * time.Hour},
 }
 
 // Options configures Open. The zero value (plus Dir) gives the safe

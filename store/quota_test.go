@@ -224,3 +224,69 @@ func TestBatchSplitsIntoTransactions(t *testing.T) {
 		t.Fatalf("%d records after reopen, want %d", n, want)
 	}
 }
+
+// Usage meters (one per function and minute) older than the usage quota's
+// MaxAge are deleted by retention, for every function (names that are
+// prefixes of others included); newer ones stay and still sum up. The
+// default keeps 90 days.
+func TestUsageRetention(t *testing.T) {
+	ctx := context.Background()
+	meter := func(s *Store, fn string, ts int64) {
+		t.Helper()
+		if _, err := s.Commit(ctx, &Commit{Usage: &Usage{Function: fn, TS: ts, Invocations: 1, Steps: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openTest(t, Options{Durability: DurabilityNone, RetentionInterval: time.Hour, Quotas: map[string]Quota{
+		SpaceUsage: {MaxAge: time.Hour},
+	}})
+	now := time.Now().UnixMilli()
+	fns := []string{"f1", "f10", "f2"}
+	for _, fn := range fns {
+		for m := range 400 { // 400 minutes back: 340 of them older than an hour
+			meter(s, fn, now-int64(m)*60_000)
+		}
+	}
+	n, err := s.RunRetention(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := s.QueryUsage(ctx, "", 0, 0, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]int{}
+	for _, u := range us {
+		if u.TS < now-time.Hour.Milliseconds()-60_000 {
+			t.Fatalf("meter of %s at %d kept, more than an hour before %d", u.Function, u.TS, now)
+		}
+		if u.Invocations != 1 || u.Steps != 3 {
+			t.Fatalf("meter %+v changed", u)
+		}
+		kept[u.Function]++
+	}
+	for _, fn := range fns {
+		if k := kept[fn]; k < 59 || k > 62 {
+			t.Errorf("%s: %d meters kept, want the last hour's (about 60)", fn, k)
+		}
+	}
+	if want := 3*400 - len(us); n != want {
+		t.Errorf("retention reported %d drops, %d meters are gone", n, want)
+	}
+	if n, err := s.RunRetention(ctx); err != nil || n != 0 {
+		t.Fatalf("second pass dropped %d (%v)", n, err)
+	}
+
+	// The default: 90 days.
+	s = openTest(t, Options{Durability: DurabilityNone, RetentionInterval: time.Hour})
+	day := 24 * time.Hour.Milliseconds()
+	meter(s, "f", now-100*day)
+	meter(s, "f", now-80*day)
+	if _, err := s.RunRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	us, err = s.QueryUsage(ctx, "f", 0, 0, time.Minute)
+	if err != nil || len(us) != 1 || us[0].TS > now-79*day {
+		t.Fatalf("usage after the default retention: %+v %v", us, err)
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -83,6 +84,13 @@ func (b *batch) trimAll(budget int) (int, error) {
 				return n, err
 			}
 			n++
+		}
+	}
+	if cut := cutoff(b.s.opts.quota(SpaceUsage)); cut != 0 && n < budget {
+		m, err := b.trimUsage(cut, budget-n)
+		n += m
+		if err != nil {
+			return n, err
 		}
 	}
 	for t := range b.ctr.Outbox {
@@ -194,4 +202,30 @@ func (s *Store) gcLoop() {
 			}
 		}
 	}
+}
+
+// trimUsage deletes up to budget usage meters (one per function and
+// minute) of minutes that started before cut. A function's meters are in
+// time order, so each function costs one seek past its old meters.
+func (b *batch) trimUsage(cut int64, budget int) (int, error) {
+	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pUsage}})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid() && n < budget && b.roomFor(entryEst(64, 0)); {
+		k := it.Item().Key()
+		if len(k) < 10 || k[len(k)-9] != 0 {
+			it.Next() // not a meter's key
+			continue
+		}
+		if ts := int64(binary.BigEndian.Uint64(k[len(k)-8:]) ^ (1 << 63)); ts < cut {
+			b.del(it.Item().KeyCopy(nil))
+			n++
+			it.Next()
+			continue
+		}
+		// This function's remaining meters are newer: on to the next one.
+		next := append([]byte(nil), k[:len(k)-9]...)
+		it.Seek(append(next, 1))
+	}
+	return n, nil
 }

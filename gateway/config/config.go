@@ -220,6 +220,15 @@ type Quotas struct {
 	// Inbox holds acknowledged events: its policy must be reject_new
 	// (dropping acknowledged events would lose them).
 	Inbox Quota `yaml:"inbox"`
+	// Usage bounds the per-minute usage meters of functions (one key per
+	// function and minute, about 525,600 a year each) by age only.
+	Usage UsageQuota `yaml:"usage"`
+}
+
+// UsageQuota bounds the usage meters: those of minutes older than MaxAge
+// are deleted (0: kept forever). Default 2160h (90 days).
+type UsageQuota struct {
+	MaxAge Duration `yaml:"max_age"`
 }
 
 // Quota bounds one key space. A zero MaxBytes or MaxAge means no limit of
@@ -336,6 +345,7 @@ func Default() *Config {
 				Logs:        Quota{MaxBytes: 16 << 20, MaxAge: Duration(72 * time.Hour), Policy: PolicyDropOldest},
 				Deadletters: Quota{MaxBytes: 64 << 20, MaxAge: Duration(720 * time.Hour), Policy: PolicyDropOldest},
 				Inbox:       Quota{Policy: PolicyRejectNew},
+				Usage:       UsageQuota{MaxAge: Duration(2160 * time.Hour)},
 			},
 		},
 		Pipeline: Pipeline{

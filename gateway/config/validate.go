@@ -354,6 +354,11 @@ func (v *validator) store() {
 	if q.Inbox.MaxAge != 0 {
 		v.add("store.quotas.inbox.max_age", "must be 0: acknowledged events never expire from the inbox")
 	}
+	if q.Usage.MaxAge < 0 {
+		v.add("store.quotas.usage.max_age", "%s is negative (0 keeps the usage meters forever)", q.Usage.MaxAge)
+	} else if q.Usage.MaxAge != 0 && q.Usage.MaxAge < Duration(time.Hour) {
+		v.add("store.quotas.usage.max_age", "%s is below 1h (the meters are per minute; 0 keeps them forever)", q.Usage.MaxAge)
+	}
 }
 
 func (v *validator) pipeline() {

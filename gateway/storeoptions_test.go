@@ -1,0 +1,33 @@
+package gateway
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// The store's quotas come from store.quotas, usage meters included (their
+// age bound is the only one they have; 0 keeps them).
+func TestStoreOptionsQuotas(t *testing.T) {
+	cfg := config.Default()
+	o := storeOptions(cfg, slog.Default())
+	if q := o.Quotas[store.SpaceUsage]; q.MaxAge != 2160*time.Hour || q.MaxBytes != 0 {
+		t.Fatalf("default usage quota %+v, want 90 days by age", q)
+	}
+	if q := o.Quotas[store.SpaceLogs]; q.MaxAge != 72*time.Hour || q.MaxBytes != 16<<20 {
+		t.Fatalf("logs quota %+v", q)
+	}
+	if q := o.Quotas[store.SpaceInbox]; q.Policy != store.RejectNew {
+		t.Fatalf("inbox quota %+v", q)
+	}
+	cfg, err := config.Parse("m.yaml", []byte("store:\n  quotas:\n    usage:\n      max_age: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := storeOptions(cfg, slog.Default()).Quotas[store.SpaceUsage]; !ok || q.MaxAge != 0 {
+		t.Fatalf("usage max_age 0 gives %+v (set %v), want no bound", q, ok)
+	}
+}
