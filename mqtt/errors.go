@@ -27,6 +27,14 @@ var (
 	// ErrNotConnected is returned by External.Publish while the client is
 	// not connected to the broker.
 	ErrNotConnected = errors.New("mqtt: not connected to broker")
+	// ErrUnconfirmed is returned by External.Publish and PublishAll for a
+	// QoS 1 or 2 message whose connection was lost before the broker's
+	// acknowledgement was seen: paho completes such a message's token when
+	// it resends the message on the next connection, without waiting for
+	// that acknowledgement (paho#563), so the message may not have reached
+	// the broker yet. Whoever keeps it in a durable outbox keeps it there
+	// and publishes it again (at least once).
+	ErrUnconfirmed = errors.New("mqtt: connection lost before the broker confirmed the message")
 	// ErrInvalidQoS reports a QoS other than 0, 1 or 2.
 	ErrInvalidQoS = errors.New("mqtt: invalid QoS")
 	// ErrSubscribe reports a subscription the broker refused.

@@ -72,8 +72,15 @@ type External struct {
 	stats   counters
 	sem     chan struct{}
 
-	gen     atomic.Uint64 // connection generation, bumped when a connection ends
-	acks    ackOrder      // QoS 1 acknowledgements, released in arrival order
+	gen atomic.Uint64 // connection generation, bumped when a connection ends
+	// redials counts paho's reconnection attempts. paho calls the handler
+	// that bumps it before it dials, hence before it resends the messages
+	// still in flight and completes their tokens without an
+	// acknowledgement (see ErrUnconfirmed); gen, bumped by the
+	// connection-lost handler, which paho runs in a goroutine of its own,
+	// may come later.
+	redials atomic.Uint64
+	acks    ackOrder // QoS 1 acknowledgements, released in arrival order
 	lanesMu sync.Mutex
 	lanes   map[string][]laneItem // per topic, in arrival order; present = a goroutine runs it
 	queued  int
@@ -168,7 +175,8 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		SetResumeSubs(false).
 		SetDefaultPublishHandler(x.onMessage).
 		SetOnConnectHandler(x.onConnect).
-		SetConnectionLostHandler(x.onLost)
+		SetConnectionLostHandler(x.onLost).
+		SetReconnectingHandler(x.onReconnecting)
 	if cfg.Username != "" {
 		o.SetUsername(cfg.Username)
 		o.SetPassword(cfg.Password)
@@ -223,12 +231,21 @@ func (x *External) Start(ctx context.Context, h Handler) error {
 	x.h = h
 	x.mu.Unlock()
 
-	x.client.Connect() // with ConnectRetry the token completes only once connected or closed
+	ct := x.client.Connect() // with ConnectRetry the token completes only once connected or closed
 	x.wg.Add(1)
 	go x.reconnectLoop()
 	x.log.Info("connecting to MQTT broker", "broker", x.cfg.Broker, "client_id", x.cfg.ClientID)
 	select {
 	case <-x.firstReady:
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt: broker %s not ready: %w", x.cfg.Broker, ctx.Err())
+	}
+	// The connect token completes after paho has resent what its store
+	// held (resume). A message published during that pass is taken for a
+	// stored one: resent, and its token completed with no acknowledgement
+	// (see ErrUnconfirmed). Publishing starts after it.
+	select {
+	case <-ct.Done():
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt: broker %s not ready: %w", x.cfg.Broker, ctx.Err())
@@ -262,6 +279,16 @@ func (x *External) onConnect(c paho.Client) {
 func (x *External) markReady() {
 	x.subscribedOK.Store(true)
 	x.readyOnce.Do(func() { close(x.firstReady) })
+}
+
+func (x *External) onReconnecting(paho.Client, *paho.ClientOptions) {
+	x.redials.Add(1)
+}
+
+// conn identifies the connection a publish goes out on, for unconfirmed:
+// it changes when the connection is lost or paho starts to reconnect.
+func (x *External) conn() [2]uint64 {
+	return [2]uint64{x.gen.Load(), x.redials.Load()}
 }
 
 func (x *External) onLost(c paho.Client, err error) {
@@ -560,9 +587,10 @@ func (x *External) reconnectLoop() {
 
 // Publish publishes through the broker and waits until the message is sent
 // (QoS 0) or acknowledged by the broker (QoS 1 and 2), or ctx is done. It
-// fails with ErrNotConnected while the client is not connected. paho may
-// complete a QoS>0 token after a reconnect without a broker acknowledgement
-// (see PITFALLS), so a durable outbox must not rely on a nil error alone.
+// fails with ErrNotConnected while the client is not connected, and with
+// ErrUnconfirmed when the connection was lost before a QoS 1 or 2 message
+// was acknowledged (paho then completes its token without the broker's
+// acknowledgement; see PITFALLS).
 func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
 	if err := ValidTopic(topic); err != nil {
 		return err
@@ -582,11 +610,15 @@ func (x *External) Publish(ctx context.Context, topic string, payload []byte, qo
 	if !x.client.IsConnectionOpen() {
 		return fmt.Errorf("mqtt: publish %s: %w", topic, ErrNotConnected)
 	}
+	conn := x.conn()
 	t := x.client.Publish(topic, qos, retain, payload)
 	select {
 	case <-t.Done():
 		if err := t.Error(); err != nil {
 			return fmt.Errorf("mqtt: publish %s: %w", topic, err)
+		}
+		if qos > 0 && x.conn() != conn {
+			return fmt.Errorf("mqtt: publish %s: %w", topic, ErrUnconfirmed)
 		}
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt: publish %s: %w", topic, ctx.Err())
@@ -610,7 +642,10 @@ type Outgoing struct {
 // acknowledged (QoS 1 and 2): len(msgs) with a nil error, or the index of
 // the first that failed with its error. Messages after that one may have
 // been sent too, so a caller that retries from there delivers them at least
-// once.
+// once. A QoS 1 or 2 message whose token completed after the connection was
+// lost is not counted (ErrUnconfirmed): paho completes the tokens of the
+// messages it resends on the next connection without waiting for their
+// acknowledgements.
 func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error) {
 	x.mu.Lock()
 	started, closed := x.started, x.closed
@@ -623,6 +658,7 @@ func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error)
 	}
 	toks := make([]paho.Token, 0, len(msgs))
 	var stop error // why publishing stopped before the end
+	conn := x.conn()
 	for _, m := range msgs {
 		if err := ValidTopic(m.Topic); err != nil {
 			stop = err
@@ -643,6 +679,9 @@ func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error)
 		case <-t.Done():
 			if err := t.Error(); err != nil {
 				return i, fmt.Errorf("mqtt: publish %s: %w", msgs[i].Topic, err)
+			}
+			if msgs[i].QoS > 0 && x.conn() != conn {
+				return i, fmt.Errorf("mqtt: publish %s: %w", msgs[i].Topic, ErrUnconfirmed)
 			}
 		case <-ctx.Done():
 			return i, fmt.Errorf("mqtt: publish %s: %w", msgs[i].Topic, ctx.Err())

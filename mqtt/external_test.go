@@ -360,3 +360,71 @@ func TestExternalPublishAll(t *testing.T) {
 		t.Fatalf("PublishAll before Start = %d, %v", n, err)
 	}
 }
+
+// A QoS 1 message in flight when the connection drops is not reported as
+// published: paho completes its token when it resends the message on the
+// next connection, before the broker has acknowledged it (paho#563), and
+// an outbox that deleted the message then could lose it in a crash. The
+// broker here is moongate's embedded one, whose handler holds the
+// acknowledgements until the test lets them go.
+func TestExternalPublishUnconfirmedAcrossReconnect(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[string]int{}
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		seen[string(m.Payload)]++
+		mu.Unlock()
+		select { // no PUBACK until released
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, "out/#")
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	x := startExternal(t, "tcp://"+e.Addr().String(), "gw-unconfirmed", func(context.Context, *Message) error { return nil })
+	msgs := []Outgoing{{Topic: "out/a", Payload: []byte("m0"), QoS: 1}, {Topic: "out/a", Payload: []byte("m1"), QoS: 1}}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := x.PublishAll(context.Background(), msgs)
+		done <- result{n, err}
+	}()
+	count := func(p string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[p]
+	}
+	// The broker's handler takes one client's messages in order: m1 waits
+	// behind m0, unacknowledged too.
+	waitFor(t, "the first message at the broker, unacknowledged", 10*time.Second, func() bool { return count("m0") == 1 })
+	reconnects := x.Stats().Reconnects
+	cl, ok := e.srv.Clients.Get("gw-unconfirmed")
+	if !ok {
+		t.Fatal("the gateway's client is not at the broker")
+	}
+	cl.Stop(errors.New("test: connection cut"))
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		once.Do(func() { close(release) })
+		t.Fatal("PublishAll did not return after the reconnect")
+	}
+	if r.n != 0 || !errors.Is(r.err, ErrUnconfirmed) {
+		t.Fatalf("PublishAll across a lost connection = %d, %v; want 0, ErrUnconfirmed", r.n, r.err)
+	}
+	waitFor(t, "the reconnection", 10*time.Second, func() bool { return x.Stats().Reconnects > reconnects })
+	once.Do(func() { close(release) })
+	// paho resends both on the new connection; they arrive (again).
+	waitFor(t, "both messages resent", 10*time.Second, func() bool { return count("m0") >= 2 && count("m1") >= 1 })
+	n, err := x.PublishAll(context.Background(), msgs)
+	if n != 2 || err != nil {
+		t.Fatalf("PublishAll on a steady connection = %d, %v", n, err)
+	}
+}
