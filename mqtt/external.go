@@ -211,9 +211,9 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 }
 
 // Start connects to the broker (retrying with backoff) and returns once it
-// is connected and subscribed to the filters set so far, or when ctx is done;
-// in that case it returns ctx's error but keeps connecting in the background
-// until Close.
+// is connected, subscribed to the filters set so far and done resending
+// what paho's session store held, or when ctx is done; in that case it
+// returns ctx's error but keeps connecting in the background until Close.
 func (x *External) Start(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrConfig)
