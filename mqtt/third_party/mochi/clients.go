@@ -153,21 +153,21 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases                         // a map of topic aliases
-	stopCause       atomic.Value                         // reason for stopping
-	Inflight        *Inflight                            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions                       // a map of the subscription filters a client maintains
-	disconnected    int64                                // the time the client disconnected in unix time, for calculating expiry
-	outbound        atomic.Pointer[chan *packets.Packet] // moongate: queue for pending outbound packets (see queue)
-	endOnce         sync.Once                            // only end once
-	isTakenOver     atomic.Bool                          // used to identify orphaned clients
-	packetID        uint32                               // the current highest packetID
-	open            context.Context                      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc                   // cancel function for open context
-	outboundQty     int32                                // number of messages currently in the outbound queue
-	outboundBytes   int64                                // moongate: PacketBytes of the messages in the outbound queue or being written
-	Keepalive       uint16                               // the number of seconds the connection can wait
-	ServerKeepalive bool                                 // keepalive was set by the server
+	TopicAliases    TopicAliases       // a map of topic aliases
+	stopCause       atomic.Value       // reason for stopping
+	Inflight        *Inflight          // a map of in-flight qos messages
+	Subscriptions   *Subscriptions     // a map of the subscription filters a client maintains
+	disconnected    int64              // the time the client disconnected in unix time, for calculating expiry
+	outbound        *sendQueue         // moongate: queue for pending outbound packets (see sendQueue)
+	endOnce         sync.Once          // only end once
+	isTakenOver     atomic.Bool        // used to identify orphaned clients
+	packetID        uint32             // the current highest packetID
+	open            context.Context    // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc // cancel function for open context
+	outboundQty     int32              // number of messages currently in the outbound queue
+	outboundBytes   int64              // moongate: PacketBytes of the messages in the outbound queue or being written
+	Keepalive       uint16             // the number of seconds the connection can wait
+	ServerKeepalive bool               // keepalive was set by the server
 
 	// moongate: retained messages matched by a new subscription that wait
 	// for room in flight (see Server.drainRetained).
@@ -183,24 +183,110 @@ type ClientState struct {
 
 // queue returns the client's send queue: the packets its write loop
 // writes to the connection. (moongate)
-func (s *ClientState) queue() chan *packets.Packet {
-	return *s.outbound.Load()
+func (s *ClientState) queue() *sendQueue {
+	return s.outbound
 }
 
-// releaseQueue drops the send queue once the connection has ended, so that
-// a session kept for a device that went offline does not hold it: it is a
-// channel of MaximumClientWritesPending slots (512 KiB at the largest
-// max_queued_per_client), and a gateway keeps the sessions of every device
-// that connected with one. A send on the released queue never proceeds
-// (publishToClient then finds the client closed); a new connection makes a
-// new client, and with it a new queue. (moongate)
+// releaseQueue drops the send queue's packets and memory once the
+// connection has ended, so that a session kept for a device that went
+// offline does not hold them (a new connection makes a new client, with a
+// new queue). A push to the released queue fails; publishToClient then
+// finds the client closed. (moongate)
 func (s *ClientState) releaseQueue() {
-	s.outbound.Store(&releasedQueue)
+	s.outbound.release()
 }
 
-// releasedQueue is the queue of a client whose connection has ended: nil,
-// so a send in a select with a default case never proceeds. (moongate)
-var releasedQueue chan *packets.Packet
+// sendQueue is a client's queue of packets waiting to be written to its
+// connection, at most max of them, in order. It is safe for concurrent use.
+//
+// moongate: mochi's queue was a channel of max packet pointers, and
+// moongate's max_queued_per_client sets max: 512 KiB per client at 65535,
+// all of it scanned by the garbage collector at every cycle whether the
+// queue holds anything or not. Under moongate-bench (65535, for the one
+// subscriber receiving every message) the queues of 65 clients were two
+// thirds of the daemon's live heap. Here the channel carries slot numbers
+// (4 bytes each, memory the collector does not scan) and the packets wait
+// in slots that grow with what is queued and are given back once drained.
+// The channel keeps mochi's semantics: its capacity is the bound, and the
+// write loop blocks on it.
+type sendQueue struct {
+	mu       sync.Mutex
+	ch       chan uint32       // slot numbers, in queue order; nil once released
+	slots    []*packets.Packet // the waiting packets; nil in a free slot
+	free     []uint32          // free slot numbers
+	released bool
+}
+
+// sendQueueKeep is how many slots a drained queue keeps; above it, they are
+// released.
+const sendQueueKeep = 256
+
+func newSendQueue(max int) *sendQueue {
+	return &sendQueue{ch: make(chan uint32, max)}
+}
+
+// push appends pk, unless the queue holds max packets or was released.
+func (q *sendQueue) push(pk *packets.Packet) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.released {
+		return false
+	}
+	var i uint32
+	if n := len(q.free); n > 0 {
+		i, q.free = q.free[n-1], q.free[:n-1]
+	} else {
+		i = uint32(len(q.slots))
+		q.slots = append(q.slots, nil)
+	}
+	select {
+	case q.ch <- i: // under the lock: the channel's order is the pushes' order
+		q.slots[i] = pk
+		return true
+	default:
+		q.free = append(q.free, i)
+		return false
+	}
+}
+
+// channel returns the channel the write loop receives slot numbers from.
+func (q *sendQueue) channel() chan uint32 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.ch
+}
+
+// take returns the packet in slot i, received from the channel, and frees
+// the slot (nil if the queue was released meanwhile).
+func (q *sendQueue) take(i uint32) *packets.Packet {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.released || int(i) >= len(q.slots) {
+		return nil
+	}
+	pk := q.slots[i]
+	q.slots[i] = nil
+	q.free = append(q.free, i)
+	if len(q.free) == len(q.slots) && cap(q.slots) > sendQueueKeep { // drained
+		q.slots, q.free = nil, nil
+	}
+	return pk
+}
+
+// len returns the number of packets waiting.
+func (q *sendQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ch)
+}
+
+// release drops what waits, the channel included, and refuses further
+// pushes.
+func (q *sendQueue) release() {
+	q.mu.Lock()
+	q.ch, q.slots, q.free, q.released = nil, nil, nil, true
+	q.mu.Unlock()
+}
 
 type retainedItem struct {
 	sub   packets.Subscription
@@ -225,8 +311,7 @@ func newClient(c net.Conn, o *ops) *Client {
 		},
 		ops: o,
 	}
-	q := make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending)
-	cl.State.outbound.Store(&q)
+	cl.State.outbound = newSendQueue(int(o.options.Capabilities.MaximumClientWritesPending))
 
 	if c != nil {
 		cl.Net = ClientConnection{
@@ -241,10 +326,15 @@ func newClient(c net.Conn, o *ops) *Client {
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
 func (cl *Client) WriteLoop() {
-	q := cl.State.queue() // moongate: released only after the connection ends
+	q := cl.State.queue() // moongate: a sendQueue (slot numbers on a channel)
+	ch := q.channel()
 	for {
 		select {
-		case pk := <-q:
+		case i := <-ch:
+			pk := q.take(i)
+			if pk == nil {
+				return // released: the connection has ended
+			}
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
@@ -770,7 +860,7 @@ func (cl *Client) writePacket(pk packets.Packet, held bool) error {
 		if cl.Net.ended {
 			return 0, ErrConnectionClosed // moongate: after the server's DISCONNECT
 		}
-		if len(cl.State.queue()) == 0 {
+		if cl.State.queue().len() == 0 {
 			if cl.Net.outbuf == nil {
 				return cl.writeConn(buf.Bytes())
 			}

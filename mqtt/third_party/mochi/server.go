@@ -1167,11 +1167,10 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	// loop ended may keep the bytes of packets never written.)
 	queued := limit <= 0 || atomic.LoadInt64(&cl.State.outboundBytes)+size <= limit
 	if queued {
-		select {
-		case cl.State.queue() <- &out:
+		if cl.State.queue().push(&out) {
 			atomic.AddInt32(&cl.State.outboundQty, 1)
 			atomic.AddInt64(&cl.State.outboundBytes, size) // moongate
-		default:
+		} else {
 			queued = false
 		}
 	}
