@@ -270,6 +270,15 @@ func (s *Store) QueryLogs(ctx context.Context, function, invocationID string, af
 // usage is aggregated per function and minute.
 const usageBucketMS = 60_000
 
+// usageKey splits a usage meter's key (pUsage, function, 0x00, minute)
+// into the function and the minute's start; ok is false for another key.
+func usageKey(k []byte) (function []byte, minute int64, ok bool) {
+	if len(k) < 10 || k[len(k)-9] != 0 {
+		return nil, 0, false
+	}
+	return k[1 : len(k)-9], int64(binary.BigEndian.Uint64(k[len(k)-8:]) ^ (1 << 63)), true
+}
+
 func (b *batch) addUsage(u *Usage) error {
 	minute := u.TS - ((u.TS%usageBucketMS)+usageBucketMS)%usageBucketMS
 	k := nameSeqKey(pUsage, u.Function, tsBits(minute))
@@ -319,12 +328,11 @@ func (s *Store) QueryUsage(ctx context.Context, function string, from, to int64,
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) < 10 || k[len(k)-9] != 0 {
+			fnb, ts, ok := usageKey(it.Item().Key())
+			if !ok {
 				continue
 			}
-			fn := string(k[1 : len(k)-9])
-			ts := int64(binary.BigEndian.Uint64(k[len(k)-8:]) ^ (1 << 63))
+			fn := string(fnb)
 			if (from != 0 && ts < from) || (to != 0 && ts >= to) {
 				continue
 			}

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -212,20 +211,21 @@ func (b *batch) trimUsage(cut int64, budget int) (int, error) {
 	defer it.Close()
 	n := 0
 	for it.Rewind(); it.Valid() && n < budget && b.roomFor(entryEst(64, 0)); {
-		k := it.Item().Key()
-		if len(k) < 10 || k[len(k)-9] != 0 {
+		fn, ts, ok := usageKey(it.Item().Key())
+		if !ok {
 			it.Next() // not a meter's key
 			continue
 		}
-		if ts := int64(binary.BigEndian.Uint64(k[len(k)-8:]) ^ (1 << 63)); ts < cut {
+		if ts < cut {
 			b.del(it.Item().KeyCopy(nil))
 			n++
 			it.Next()
 			continue
 		}
 		// This function's remaining meters are newer: on to the next one.
-		next := append([]byte(nil), k[:len(k)-9]...)
-		it.Seek(append(next, 1))
+		next := make([]byte, 0, len(fn)+2) // fn is the iterator's key: do not append to it
+		next = append(append(append(next, pUsage), fn...), 1)
+		it.Seek(next)
 	}
 	return n, nil
 }
