@@ -465,6 +465,11 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		DiskReserve:  int64(cfg.Store.DiskReserve),
 		Logger:       log,
 		Quotas:       map[string]store.Quota{},
+		// 0 in the configuration turns pacing off: negative for the store.
+		CompactionShare: cfg.Store.CompactionShare,
+	}
+	if o.CompactionShare == 0 {
+		o.CompactionShare = -1
 	}
 	switch cfg.Store.Durability {
 	case config.DurabilityInterval:

@@ -31,3 +31,20 @@ func TestStoreOptionsQuotas(t *testing.T) {
 		t.Fatalf("usage max_age 0 gives %+v (set %v), want no bound", q, ok)
 	}
 }
+
+// store.compaction_share reaches the store; 0 (no pacing) becomes the
+// store's negative, since the store's zero value means its default.
+func TestStoreOptionsCompactionShare(t *testing.T) {
+	if got := storeOptions(config.Default(), slog.Default()).CompactionShare; got != 0.5 {
+		t.Fatalf("default compaction share %v, want 0.5", got)
+	}
+	for yaml, want := range map[string]float64{"0.25": 0.25, "1": 1, "0": -1} {
+		cfg, err := config.Parse("m.yaml", []byte("store:\n  compaction_share: "+yaml+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := storeOptions(cfg, slog.Default()).CompactionShare; got != want {
+			t.Errorf("compaction_share %s gives %v, want %v", yaml, got, want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"runtime"
 	"testing"
 
 	"github.com/dgraph-io/ristretto/v2/z"
@@ -23,4 +24,47 @@ func TestAllocatorPoolKeepsNoAllocator(t *testing.T) {
 	if a == b {
 		t.Fatal("the pool handed out the returned allocator again: it kept it (and its buffers) live")
 	}
+}
+
+// Table builders' buffers (z.Allocator) are mapped outside the Go heap on
+// Linux (store/third_party/ristretto/README.moongate.md, section 3): they
+// neither grow the heap the soft memory limit follows nor pace the
+// collector, and Release unmaps them.
+func TestAllocatorBuffersOutsideGoHeap(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("buffers are mapped on Linux only")
+	}
+	base := z.MappedAllocatorBytes()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	a := z.NewAllocator(1<<20, "test")
+	buf := a.Allocate(1 << 20)
+	grown := a.Allocate(6 << 20) // a second, larger buffer
+	for i := range buf {
+		buf[i] = 1
+	}
+	grown[len(grown)-1] = 2
+	runtime.ReadMemStats(&after)
+	if got := z.MappedAllocatorBytes() - base; got < 7<<20 {
+		t.Fatalf("%d bytes mapped for 7 MiB of allocations, want at least 7 MiB", got)
+	}
+	if d := int64(after.HeapAlloc) - int64(before.HeapAlloc); d > 1<<20 {
+		t.Fatalf("the Go heap grew by %d bytes for 7 MiB of allocator buffers", d)
+	}
+	a.Release()
+	if got := z.MappedAllocatorBytes(); got != base {
+		t.Fatalf("%d bytes still mapped after Release, want %d", got, base)
+	}
+	a.Release() // a second Release frees nothing twice
+	if got := z.MappedAllocatorBytes(); got != base {
+		t.Fatalf("%d bytes mapped after a second Release, want %d", got, base)
+	}
+	// Small allocators stay in Go memory.
+	s := z.NewAllocator(1<<10, "small")
+	s.Allocate(512)
+	if got := z.MappedAllocatorBytes(); got != base {
+		t.Fatalf("a 1 KiB allocator mapped %d bytes", got-base)
+	}
+	s.Release()
 }

@@ -209,6 +209,10 @@ type Store struct {
 	SyncInterval Duration `yaml:"sync_interval"` // for interval (default 100ms)
 	DiskReserve  Size     `yaml:"disk_reserve"`  // stop writing when free disk falls below (default 64MiB)
 	Quotas       Quotas   `yaml:"quotas"`
+	// CompactionShare is the fraction of one processor Badger's flushes and
+	// compactions may use while they keep up: 0.1-1, or 0 for no pacing
+	// (default 0.5; store.Options.CompactionShare).
+	CompactionShare float64 `yaml:"compaction_share"`
 }
 
 // Quotas bound each key space of the store.
@@ -335,10 +339,11 @@ func Default() *Config {
 		},
 		API: API{Listen: "127.0.0.1:8080", Tokens: []APIToken{}, MaxBodyBytes: 4 << 20},
 		Store: Store{
-			Profile:      ProfileLowMemory,
-			Durability:   DurabilityAlways,
-			SyncInterval: Duration(100 * time.Millisecond),
-			DiskReserve:  64 << 20,
+			Profile:         ProfileLowMemory,
+			Durability:      DurabilityAlways,
+			SyncInterval:    Duration(100 * time.Millisecond),
+			DiskReserve:     64 << 20,
+			CompactionShare: 0.5,
 			Quotas: Quotas{
 				Records:     Quota{MaxBytes: 256 << 20, MaxAge: Duration(720 * time.Hour), Policy: PolicyDropOldest},
 				Outbox:      Quota{MaxBytes: 128 << 20, Policy: PolicyDropOldest},

@@ -341,6 +341,9 @@ func (v *validator) store() {
 			v.add("store.sync_interval", "%s out of range [1ms, 1m]", s.SyncInterval)
 		}
 	}
+	if c := s.CompactionShare; c != 0 && !(c >= 0.1 && c <= 1) {
+		v.add("store.compaction_share", "%v out of range [0.1, 1] (0 turns pacing off)", c)
+	}
 	q := s.Quotas
 	for _, x := range []struct {
 		name string

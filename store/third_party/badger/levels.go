@@ -738,12 +738,17 @@ func (s *levelsController) subcompact(it y.Iterator, kr keyRange, cd compactDef,
 		firstKeyHasDiscardSet bool
 	)
 
+	// moongate: paced table building (moongate_pace.go).
+	pace := s.kv.pacer.worker()
+	defer pace.done()
+
 	addKeys := func(builder *table.Builder) {
 		timeStart := time.Now()
 		var numKeys, numSkips uint64
 		var rangeCheck int
 		var tableKr keyRange
 		for ; it.Valid(); it.Next() {
+			pace.step() // moongate
 			// See if we need to skip the prefix.
 			if len(cd.dropPrefixes) > 0 && hasAnyPrefixes(it.Key(), cd.dropPrefixes) {
 				numSkips++
@@ -888,6 +893,9 @@ func (s *levelsController) subcompact(it y.Iterator, kr keyRange, cd compactDef,
 			continue
 		}
 		numBuilds++
+		// moongate: not holding the pacer's token while waiting for a
+		// builder slot, which a paced table creation frees.
+		pace.done()
 		if err := inflightBuilders.Do(); err != nil {
 			// Can't return from here, until I decrRef all the tables that I built so far.
 			break
@@ -902,7 +910,10 @@ func (s *levelsController) subcompact(it y.Iterator, kr keyRange, cd compactDef,
 				tbl, err = table.OpenInMemoryTable(builder.Finish(), fileID, &bopts)
 			} else {
 				fname := table.NewFilename(fileID, s.kv.opt.Dir)
-				tbl, err = table.CreateTable(fname, builder)
+				// moongate: paced (moongate_pace.go).
+				s.kv.pacer.worker().run(func() {
+					tbl, err = table.CreateTable(fname, builder)
+				})
 			}
 
 			// If we couldn't build the table, return fast.

@@ -524,7 +524,17 @@ func (b *Builder) compressData(data []byte) ([]byte, error) {
 }
 
 func (b *Builder) buildIndex(bloom []byte) ([]byte, uint32) {
-	builder := fbs.NewBuilder(3 << 20)
+	// moongate: the index is built in the table's allocator (outside the
+	// Go heap, see ristretto's README.moongate.md) at about its size,
+	// instead of a fresh 3 MiB Go slice per table; a larger index grows
+	// into Go memory as before.
+	builder := fbs.NewBuilder(0)
+	est := len(bloom) + 4<<10
+	for _, bl := range b.blockList {
+		est += len(bl.baseKey) + 64
+	}
+	builder.Bytes = b.alloc.Allocate(est)[:est:est]
+	builder.Reset()
 
 	boList, dataSize := b.writeBlockOffsets(builder)
 	// Write block offset vector the the idxBuilder.

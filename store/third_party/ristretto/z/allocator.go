@@ -69,7 +69,7 @@ func NewAllocator(sz int, tag string) *Allocator {
 	if bits.OnesCount64(uint64(sz)) > 1 {
 		l2 += 1
 	}
-	a.buffers[0] = Calloc(1<<l2, a.Tag)
+	a.buffers[0] = allocBuf(1<<l2, a.Tag) // moongate: allocator_buf_linux.go
 
 	allocsMu.Lock()
 	allocs[ref] = a
@@ -175,7 +175,7 @@ func (a *Allocator) TrimTo(max int) {
 		if alloc < max {
 			continue
 		}
-		Free(b)
+		freeBuf(b) // moongate
 		a.buffers[i] = nil
 	}
 }
@@ -187,12 +187,13 @@ func (a *Allocator) Release() {
 	}
 
 	var alloc int
-	for _, b := range a.buffers {
+	for i, b := range a.buffers {
 		if len(b) == 0 {
 			break
 		}
 		alloc += len(b)
-		Free(b)
+		freeBuf(b)         // moongate
+		a.buffers[i] = nil // moongate: the mapping is gone
 	}
 
 	allocsMu.Lock()
@@ -259,7 +260,7 @@ func (a *Allocator) addBufferAt(bufIdx, minSz int) {
 		pageSize = maxAlloc
 	}
 
-	buf := Calloc(pageSize, a.Tag)
+	buf := allocBuf(pageSize, a.Tag) // moongate: allocator_buf_linux.go
 	assert(len(a.buffers[bufIdx]) == 0)
 	a.buffers[bufIdx] = buf
 }
