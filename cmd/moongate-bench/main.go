@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.ExtraConfig, "config-extra", "", "YAML appended to moongate's configuration (top-level sections it does not set: pipeline, functions, ...)")
 	fs.StringVar(&o.Dir, "dir", "", "working directory, kept afterwards (default: a temp dir, removed)")
 	verbose := fs.Bool("v", false, "progress on stderr")
+	latencies := fs.String("latencies", "", "write every event's send time and latency to this file (tab-separated: scenario, offered rate, send time in Unix ns, latency in ns)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -55,6 +56,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
+	}
+	if *latencies != "" {
+		f, err := os.Create(*latencies)
+		if err != nil {
+			fmt.Fprintln(stderr, "moongate-bench:", err)
+			return 2
+		}
+		defer func() {
+			if err := f.Close(); err != nil {
+				fmt.Fprintln(stderr, "moongate-bench: --latencies:", err)
+			}
+		}()
+		o.Latencies = f
 	}
 	if *verbose {
 		o.Log = slog.New(slog.NewTextHandler(stderr, nil))

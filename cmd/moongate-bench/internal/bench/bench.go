@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -56,6 +57,11 @@ type Options struct {
 	Dir string
 	// Log receives progress lines (default discard).
 	Log *slog.Logger
+	// Latencies, when not nil, receives every complete event of every load
+	// phase: scenario, offered rate, send time and latency, one
+	// tab-separated line each (see writeLatencies). Not written to
+	// concurrently.
+	Latencies io.Writer
 }
 
 // BenchFunction is the function moongate runs: the reference transform of
@@ -286,6 +292,7 @@ func scenarios() []scenario {
 
 // setup is what a throughput scenario runs against.
 type setup struct {
+	name   string // the scenario's
 	broker string // host:port the devices publish to
 	server *proc  // the process whose footprint is reported
 	mg     *moongate
@@ -311,7 +318,7 @@ func writeFunction(dir, extra string) error {
 const embeddedSettings = "max_queued_per_client: 65535, max_queued_bytes_per_client: 64MiB"
 
 func (r *runner) setup(ctx context.Context, sc scenario, dir string) (*setup, error) {
-	s := &setup{}
+	s := &setup{name: sc.name}
 	var closers []func()
 	s.close = func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -475,6 +482,11 @@ func (r *runner) load(ctx context.Context, s *setup, qos byte, first int, rate f
 		}
 	}
 	p.o = t.outcome(qos == 1)
+	if r.opts.Latencies != nil {
+		if err := writeLatencies(r.opts.Latencies, s.name, rate, p.o.samples); err != nil {
+			return nil, fmt.Errorf("writing latencies: %w", err)
+		}
+	}
 	return p, nil
 }
 

@@ -1,9 +1,12 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -168,9 +171,32 @@ type outcome struct {
 	received  int   // events received at every sink (QoS 0: the count to compare with sent)
 	firstSent int64 // unix nanos
 	lastRecv  int64
-	lat       []time.Duration // send -> last sink, per complete event
+	lat       []time.Duration // send -> last sink, per complete event, sorted
+	samples   []latSample     // the same in device order, with send times
 	exactLat  bool            // from PUBACK send times (else payload ms)
 	missingEx []string        // a few missing events, for the report
+}
+
+// latSample is one complete event's send time (Unix nanoseconds) and
+// latency.
+type latSample struct {
+	sent int64
+	lat  time.Duration
+}
+
+// writeLatencies writes one line per sample, ordered by send time:
+// scenario, offered rate (0: as fast as the QoS 1 windows allow), send time
+// in Unix nanoseconds and latency in nanoseconds, tab-separated. Plotted
+// against the send time, the latencies show whether a tail comes from
+// stalls (all events of an interval late) or from spread.
+func writeLatencies(w io.Writer, scenario string, rate float64, samples []latSample) error {
+	sorted := slices.Clone(samples)
+	slices.SortFunc(sorted, func(a, b latSample) int { return cmp.Compare(a.sent, b.sent) })
+	bw := bufio.NewWriter(w)
+	for _, s := range sorted {
+		fmt.Fprintf(bw, "%s\t%.0f\t%d\t%d\n", scenario, rate, s.sent, int64(s.lat))
+	}
+	return bw.Flush()
 }
 
 // outcome evaluates the phase. For QoS 1 (acked true) every acknowledged
@@ -224,6 +250,7 @@ func (t *tracker) outcome(qos1 bool) outcome {
 			if sent > 0 {
 				o.firstSent = min(o.firstSent, sent)
 				o.lat = append(o.lat, time.Duration(end-sent))
+				o.samples = append(o.samples, latSample{sent: sent, lat: time.Duration(end - sent)})
 			}
 			o.lastRecv = max(o.lastRecv, end)
 		}

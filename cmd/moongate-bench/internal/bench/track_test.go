@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -80,6 +81,33 @@ func TestTrackerLoss(t *testing.T) {
 	// QoS 0: no acks; events received at every sink count.
 	if o0 := tr.outcome(false); o0.complete != 4 {
 		t.Fatalf("qos0 complete %d", o0.complete)
+	}
+}
+
+// Every complete event's send time and latency is kept for --latencies and
+// written in send order.
+func TestLatencySamples(t *testing.T) {
+	tr := newTracker("sim-", 0, 2, 1)
+	base := time.Unix(1000, 0)
+	tr.ack("sim-00001", 1, base.Add(time.Millisecond))
+	tr.send("sim-00001", 1, base.Add(time.Millisecond))
+	tr.ack("sim-00000", 1, base.Add(3*time.Millisecond))
+	tr.send("sim-00000", 1, base.Add(3*time.Millisecond))
+	tr.ack("sim-00000", 2, base.Add(4*time.Millisecond)) // never received
+	tr.recv(0, "sim-00001", 1, 0, base.Add(6*time.Millisecond).UnixNano())
+	tr.recv(0, "sim-00000", 1, 0, base.Add(5*time.Millisecond).UnixNano())
+	o := tr.outcome(true)
+	if len(o.samples) != 2 {
+		t.Fatalf("samples %+v, want the 2 complete events", o.samples)
+	}
+	var b strings.Builder
+	if err := writeLatencies(&b, "moongate embedded qos1", 5000, o.samples); err != nil {
+		t.Fatal(err)
+	}
+	want := "moongate embedded qos1\t5000\t1000001000000\t5000000\n" +
+		"moongate embedded qos1\t5000\t1000003000000\t2000000\n"
+	if b.String() != want {
+		t.Fatalf("latencies written:\n%q\nwant\n%q", b.String(), want)
 	}
 }
 
