@@ -1,6 +1,9 @@
 package store
 
 import (
+	"context"
+	"errors"
+	"math"
 	"runtime"
 	"testing"
 
@@ -67,4 +70,32 @@ func TestAllocatorBuffersOutsideGoHeap(t *testing.T) {
 		t.Fatalf("a 1 KiB allocator mapped %d bytes", got-base)
 	}
 	s.Release()
+}
+
+// store.Options.CompactionShare reaches Badger: 0.5 by default, none when
+// negative; above 1 or NaN is refused.
+func TestCompactionShareOption(t *testing.T) {
+	for _, c := range []struct {
+		set, want float64
+	}{{0, 0.5}, {0.25, 0.25}, {1, 1}, {-1, 0}} {
+		s, err := Open(context.Background(), Options{Dir: t.TempDir(), CompactionShare: c.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.db.Opts().BuildShare; got != c.want {
+			t.Errorf("CompactionShare %v: Badger's BuildShare %v, want %v", c.set, got, c.want)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, bad := range []float64{1.5, math.NaN()} {
+		s, err := Open(context.Background(), Options{Dir: t.TempDir(), CompactionShare: bad})
+		if !errors.Is(err, ErrInvalid) {
+			if err == nil {
+				s.Close()
+			}
+			t.Errorf("CompactionShare %v: %v, want ErrInvalid", bad, err)
+		}
+	}
 }
