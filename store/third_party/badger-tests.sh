@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs Badger v4.9.6's own tests against moongate's patched copy
 # (store/third_party/badger, README.moongate.md there) together with the
-# tests of the patch (moongate_test.go): the release from the module proxy,
+# tests of the patch (moongate_*test.go): the release from the module proxy,
 # its sources replaced by ours. By default the tests of the parts the patch
 # touches (value log, write-ahead log, sync, transactions, value-log GC,
 # encryption, memtable flushes and the versions compactions keep) run,
@@ -30,6 +30,9 @@ GOFLAGS=-mod=mod go test -count=1 -timeout 20m -run "$run" .
 grep -q 'NumCompactors: *4,' options.go
 sed -i 's/^\(\t*\)NumCompactors: *4,.*/&\n\1BuildShare: 0.5,/' options.go
 grep -q 'BuildShare: 0.5,' options.go
+# Under the race detector: the pacer's token is shared by the flush and
+# the compaction goroutines.
 paced='^(TestMoongate|TestCompaction|TestDiscard|TestL0Stall|TestDropAll|TestDropPrefix|TestForceFlushMemtable|TestCompactL0OnClose|TestKeyVersions|TestDeletedKeyReappears|TestWrite$|TestConcurrentWrite|TestGet$|TestExpiry)'
-if [ "${FULL:-}" = 1 ]; then paced=.; fi
-GOFLAGS=-mod=mod go test -count=1 -timeout 20m -run "$paced" .
+race=-race
+if [ "${FULL:-}" = 1 ]; then paced=.; race=; fi
+GOFLAGS=-mod=mod go test $race -count=1 -timeout 20m -run "$paced" .
