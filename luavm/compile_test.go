@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	lua "github.com/yuin/gopher-lua"
 )
 
 func TestCompileErrors(t *testing.T) {
@@ -86,6 +88,20 @@ func TestTableModel(t *testing.T) {
 	hash := tableBytes(tb)
 	if !(empty == tableBaseBytes && arr >= empty+100*tableSlotBytes && hash >= arr+100*tableEntryBytes) {
 		t.Fatalf("table model: empty %d, 100 array slots %d, +100 hash entries %d", empty, arr, hash)
+	}
+	// Keys set to nil are still held (gopher-lua's key list) and still
+	// charged; setting one again adds nothing.
+	for i := 0; i < 100; i++ {
+		tb.RawSetString(strings.Repeat("k", i+1), lua.LNil)
+	}
+	if cleared := tableBytes(tb); cleared != hash {
+		t.Fatalf("table model: %d after clearing the 100 hash entries, want %d (the keys are kept)", cleared, hash)
+	}
+	tb.RawSetString("k", lvTrue)
+	tb.RawSetH(lua.LNumber(0.5), lvTrue)
+	tb.RawSetH(lua.LNumber(0.5), lua.LNil)
+	if got := tableBytes(tb); got != hash+tableEntryBytes {
+		t.Fatalf("table model: %d after re-setting a kept key and adding and clearing one more, want %d", got, hash+tableEntryBytes)
 	}
 }
 

@@ -76,6 +76,10 @@ const (
 
 var (
 	ltArray, ltDict, ltStrdict = ltableField("array"), ltableField("dict"), ltableField("strdict")
+	// ltKeys is the table's list of every hash key it was ever given, for
+	// next(): gopher-lua keeps a key there (and in an index map) after the
+	// key is set to nil, so a table can hold far more keys than entries.
+	ltKeys = ltableField("keys")
 )
 
 // ltableField finds an unexported field of lua.LTable. The field layout is
@@ -88,10 +92,16 @@ func ltableField(name string) int {
 	return f.Index[0]
 }
 
+// tableBytes is a table's size in the model: its array slots, and one
+// hash entry per key it keeps. Keys set to nil stay in gopher-lua's key
+// list (and its index map) for good, so they are charged like live ones:
+// otherwise a loop setting and clearing new keys grew the Go heap by
+// megabytes a second while its accounted memory stayed at a few bytes
+// (testdata/hostile/mem_key_churn*.lua).
 func tableBytes(t *lua.LTable) int64 {
 	v := reflect.ValueOf(t).Elem()
-	return tableBaseBytes + tableSlotBytes*int64(v.Field(ltArray).Cap()) +
-		tableEntryBytes*int64(v.Field(ltDict).Len()+v.Field(ltStrdict).Len())
+	entries := max(v.Field(ltKeys).Len(), v.Field(ltDict).Len()+v.Field(ltStrdict).Len())
+	return tableBaseBytes + tableSlotBytes*int64(v.Field(ltArray).Cap()) + tableEntryBytes*int64(entries)
 }
 
 // newInstance creates a sandboxed state for prog (a cold start).
