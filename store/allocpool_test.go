@@ -73,7 +73,7 @@ func TestAllocatorBuffersOutsideGoHeap(t *testing.T) {
 }
 
 // store.Options.CompactionShare reaches Badger: 0.5 by default, none when
-// negative; above 1 or NaN is refused.
+// negative; above 1, between 0 and 0.1, or NaN is refused.
 func TestCompactionShareOption(t *testing.T) {
 	for _, c := range []struct {
 		set, want float64
@@ -89,7 +89,7 @@ func TestCompactionShareOption(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, bad := range []float64{1.5, math.NaN()} {
+	for _, bad := range []float64{1.5, 0.05, math.NaN()} {
 		s, err := Open(context.Background(), Options{Dir: t.TempDir(), CompactionShare: bad})
 		if !errors.Is(err, ErrInvalid) {
 			if err == nil {

@@ -162,13 +162,12 @@ type Options struct {
 	MaxValueBytes int
 	// MaxBatch bounds the number of writers grouped into one commit; default 4096.
 	MaxBatch int
-	// CompactionShare is the fraction of one processor, at most 1, that
-	// Badger's memtable flushes and compactions together may use while
-	// they keep up (level 0 two tables short of its write stall, no second
-	// memtable waiting): one table is built at a time, with pauses, so that
-	// a compaction does not take every processor from the commits for
-	// hundreds of milliseconds (docs/store.md). Default 0.5; negative
-	// builds tables at full speed, in parallel, as Badger does.
+	// CompactionShare is the fraction of one processor, from 0.1 to 1,
+	// that Badger's compactions may use while they keep up (level 0 two
+	// tables short of its write stall): one table is built at a time, with
+	// pauses, so that a compaction does not take every processor from the
+	// commits for hundreds of milliseconds (docs/store.md). Default 0.5;
+	// negative compacts at full speed, in parallel, as Badger does.
 	CompactionShare float64
 	// DedupeWindow is how many recently accepted inbox entries the
 	// redelivery window remembers (see Store.Redelivered); default 16384.
@@ -199,8 +198,8 @@ func (o *Options) withDefaults() error {
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = 100 * time.Millisecond
 	}
-	if math.IsNaN(o.CompactionShare) || o.CompactionShare > 1 {
-		return fmt.Errorf("%w: compaction share %v (want at most 1; negative for none)", ErrInvalid, o.CompactionShare)
+	if c := o.CompactionShare; math.IsNaN(c) || c > 1 || (c > 0 && c < 0.1) {
+		return fmt.Errorf("%w: compaction share %v (want 0.1 to 1; negative for none)", ErrInvalid, c)
 	}
 	if o.CompactionShare == 0 {
 		o.CompactionShare = 0.5
@@ -295,7 +294,7 @@ func (o *Options) badgerOptions() badger.Options {
 		// index from its memory-mapped file and never consults the cache;
 		// one would only cost its own structures (about 0.7 MiB of heap).
 		WithIndexCacheSize(0).
-		// Paced flushes and compactions (CompactionShare; Badger's
+		// Paced compactions (CompactionShare; Badger's
 		// README.moongate.md, section 4); negative: none (0 for Badger).
 		WithBuildShare(max(o.CompactionShare, 0))
 	switch o.Profile {

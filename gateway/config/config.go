@@ -209,8 +209,8 @@ type Store struct {
 	SyncInterval Duration `yaml:"sync_interval"` // for interval (default 100ms)
 	DiskReserve  Size     `yaml:"disk_reserve"`  // stop writing when free disk falls below (default 64MiB)
 	Quotas       Quotas   `yaml:"quotas"`
-	// CompactionShare is the fraction of one processor Badger's flushes and
-	// compactions may use while they keep up: 0.1-1, or 0 for no pacing
+	// CompactionShare is the fraction of one processor Badger's compactions
+	// may use while they keep up: 0.1-1, or 0 for no pacing
 	// (default 0.5; store.Options.CompactionShare).
 	CompactionShare float64 `yaml:"compaction_share"`
 }

@@ -112,8 +112,8 @@ type DB struct {
 	flushChan chan *memTable // For flushing memtables.
 	closeOnce sync.Once      // For closing DB only once.
 
-	// moongate: paces memtable flushes and compactions (moongate_pace.go);
-	// nil when Options.BuildShare is off.
+	// moongate: paces compactions (moongate_pace.go); nil when
+	// Options.BuildShare is off.
 	pacer *buildPacer
 
 	blockWrites atomic.Int32
@@ -356,8 +356,8 @@ func Open(opt Options) (*DB, error) {
 	}
 
 	// newLevelsController potentially loads files in directory.
-	// moongate: pacing of table building (moongate_pace.go), before the
-	// levels controller starts compacting and replayed memtables flush.
+	// moongate: pacing of compactions (moongate_pace.go), before the
+	// levels controller starts compacting.
 	db.pacer = newBuildPacer(opt.BuildShare, db.buildBehind)
 	if db.lc, err = newLevelsController(db, &manifest); err != nil {
 		return db, err
@@ -1112,15 +1112,13 @@ func arenaSize(opt Options) int64 {
 // can read changes; the level-0 table is only smaller. discardStats
 // collects the value-log bytes of the dropped versions (nil: not needed).
 func buildL0Table(iter y.Iterator, dropPrefixes [][]byte, bopts table.Options,
-	discardTs uint64, numVersionsToKeep int, discardStats map[uint32]int64,
-	pace *paceWorker) *table.Builder {
+	discardTs uint64, numVersionsToKeep int, discardStats map[uint32]int64) *table.Builder {
 	defer iter.Close()
 
 	b := table.NewTableBuilder(bopts)
 	var lastKey, skipKey []byte
 	var numVersions int
 	for iter.Rewind(); iter.Valid(); iter.Next() {
-		pace.step() // moongate: paced table building (moongate_pace.go)
 		if len(dropPrefixes) > 0 && hasAnyPrefixes(iter.Key(), dropPrefixes) {
 			continue
 		}
@@ -1172,10 +1170,7 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 	if !db.opt.InMemory {
 		discardStats = make(map[uint32]int64)
 	}
-	// moongate: the flush is paced like a compaction (moongate_pace.go).
-	pace := db.pacer.worker()
-	builder := buildL0Table(itr, nil, bopts, discardTs, db.opt.NumVersionsToKeep, discardStats, pace)
-	pace.done()
+	builder := buildL0Table(itr, nil, bopts, discardTs, db.opt.NumVersionsToKeep, discardStats)
 	if len(discardStats) > 0 {
 		db.vlog.updateDiscardStats(discardStats)
 	}
@@ -1196,9 +1191,7 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 		data := builder.Finish()
 		tbl, err = table.OpenInMemoryTable(data, fileID, &bopts)
 	} else {
-		pace.run(func() { // moongate: paced (moongate_pace.go)
-			tbl, err = table.CreateTable(table.NewFilename(fileID, db.opt.Dir), builder)
-		})
+		tbl, err = table.CreateTable(table.NewFilename(fileID, db.opt.Dir), builder)
 	}
 	if err != nil {
 		return y.Wrap(err, "error while creating table")

@@ -2,24 +2,23 @@ package badger
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// moongate: pacing of background table building (README.moongate.md,
-// section 4).
+// moongate: pacing of compactions (README.moongate.md, section 4).
 //
 // A compaction merges and rewrites tens of megabytes in one go, on as many
 // goroutines as it has key ranges and tables, and allocates a table
 // builder's buffers for each table. On a machine with one or two cores that
 // takes every processor (and the garbage collector's mark workers the
 // rest) for a few hundred milliseconds, during which the goroutines that
-// commit and answer requests barely run. A buildPacer lets table building
-// use at most a share of one processor while it is not behind: one
+// commit and answer requests barely run. A buildPacer lets compactions use
+// at most a share of one processor while they are not behind: one
 // goroutine builds at a time, and after each slice of work it sleeps long
-// enough that slice / (slice + sleep) is the share. When level 0 or the
-// queue of memtables to flush grows (behind), or the DB is closing, the
-// pacer steps aside and table building runs at full speed and in parallel,
-// as upstream's does.
+// enough that slice / (slice + sleep) is the share. When level 0 nears its
+// write stall (behind), or the DB is closing, the pacer steps aside and
+// compactions run at full speed and in parallel, as upstream's do.
 type buildPacer struct {
 	// token is held by the goroutine building, and through its sleep.
 	token sync.Mutex
@@ -34,11 +33,18 @@ type buildPacer struct {
 	sleep func(time.Duration)
 	// now reads the clock (time.Now; replaced in tests).
 	now func() time.Time
+	// pauses counts the pauses taken.
+	pauses atomic.Int64
 }
 
 // paceCheckEvery is how many steps a paceWorker takes between two readings
 // of the clock.
 const paceCheckEvery = 64
+
+// maxPaceSleep bounds one pause, however long the piece of work before it
+// (writing out a table) and however small the share: the token is held
+// through the pause, and behind() is only read again after it.
+const maxPaceSleep = 100 * time.Millisecond
 
 // newBuildPacer returns a pacer, or nil (no pacing) when share is not in
 // (0, 1]. At 1 table building is only kept to one goroutine at a time.
@@ -111,7 +117,8 @@ func (w *paceWorker) rest(elapsed time.Duration) {
 		return
 	}
 	if d := time.Duration(float64(elapsed) * (1 - w.p.share) / w.p.share); d > 0 && !w.p.behind() {
-		w.p.sleep(d)
+		w.p.pauses.Add(1)
+		w.p.sleep(min(d, maxPaceSleep))
 	}
 	w.held = false
 	w.p.token.Unlock()
@@ -138,11 +145,13 @@ func (w *paceWorker) run(f func()) {
 	w.done()
 }
 
-// buildBehind reports whether table building must run at full speed: the
-// DB is closing, a memtable waits to be flushed behind the one flushing, or
-// level 0 is two tables short of the write stall (NumLevelZeroTablesStall).
+// buildBehind reports whether compactions must run at full speed: the DB
+// is closing, or level 0 is two tables short of the write stall
+// (NumLevelZeroTablesStall), where a memtable flush would wait for them.
+// (Memtable flushes themselves are not paced: writes wait for them once
+// NumMemtables are full.)
 func (db *DB) buildBehind() bool {
-	if db.IsClosed() || len(db.flushChan) > 0 {
+	if db.IsClosed() {
 		return true
 	}
 	lc := db.lc

@@ -178,7 +178,7 @@ func TestMoongateFlushDropsSupersededVersions(t *testing.T) {
 		}
 		opts := table.Options{BlockSize: 4 << 10, BloomFalsePositive: 0.01, ChkMode: options.NoVerification}
 		stats := map[uint32]int64{}
-		b := buildL0Table(sl.NewUniIterator(false), nil, opts, discardTs, keep, stats, nil)
+		b := buildL0Table(sl.NewUniIterator(false), nil, opts, discardTs, keep, stats)
 		defer b.Close()
 		tbl, err := table.OpenInMemoryTable(b.Finish(), 1, &opts)
 		if err != nil {

@@ -101,9 +101,9 @@ type Options struct {
 	// NamespaceOffset specifies the offset from where the next 8 bytes contains the namespace.
 	NamespaceOffset int
 
-	// moongate: BuildShare is the fraction of one processor that memtable
-	// flushes and compactions together may use while they keep up
-	// (moongate_pace.go): in (0, 1]; 0, the default, does not pace them.
+	// moongate: BuildShare is the fraction of one processor that
+	// compactions may use while they keep up (moongate_pace.go): in
+	// (0, 1]; 0, the default, does not pace them.
 	BuildShare float64
 
 	// Magic version used by the application using badger to ensure that it doesn't open the DB
@@ -615,10 +615,9 @@ func (opt Options) WithNumCompactors(val int) Options {
 }
 
 // WithBuildShare sets the fraction of one processor, in (0, 1], that
-// memtable flushes and compactions together may use while level 0 and the
-// memtables to flush are within bounds (moongate; README.moongate.md,
-// section 4). Beyond them, while closing, and with the default 0, table
-// building runs at full speed.
+// compactions may use while level 0 is two tables short of its write stall
+// (moongate; README.moongate.md, section 4). Beyond it, while closing, and
+// with the default 0, they run at full speed and in parallel.
 func (opt Options) WithBuildShare(val float64) Options {
 	opt.BuildShare = val
 	return opt

@@ -431,6 +431,7 @@ type phase struct {
 func (r *runner) load(ctx context.Context, s *setup, qos byte, first int, rate float64) (*phase, error) {
 	n := r.opts.Devices
 	t := newTracker("sim-", first, n, s.sinks)
+	t.keepSamples = r.opts.Latencies != nil
 	s.attach(t)
 	perDevice := devsim.MaxRate
 	if rate > 0 {

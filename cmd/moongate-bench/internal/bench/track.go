@@ -32,6 +32,9 @@ type tracker struct {
 	// Counters for pending: acknowledged events, events at every sink,
 	// and events that are both.
 	nAcked, nComplete, nBoth atomic.Int64
+	// keepSamples makes outcome keep each event's send time with its
+	// latency (for Options.Latencies).
+	keepSamples bool
 }
 
 type devTrack struct {
@@ -172,7 +175,7 @@ type outcome struct {
 	firstSent int64 // unix nanos
 	lastRecv  int64
 	lat       []time.Duration // send -> last sink, per complete event, sorted
-	samples   []latSample     // the same in device order, with send times
+	samples   []latSample     // the same in device order, with send times (keepSamples)
 	exactLat  bool            // from PUBACK send times (else payload ms)
 	missingEx []string        // a few missing events, for the report
 }
@@ -250,7 +253,9 @@ func (t *tracker) outcome(qos1 bool) outcome {
 			if sent > 0 {
 				o.firstSent = min(o.firstSent, sent)
 				o.lat = append(o.lat, time.Duration(end-sent))
-				o.samples = append(o.samples, latSample{sent: sent, lat: time.Duration(end - sent)})
+				if t.keepSamples {
+					o.samples = append(o.samples, latSample{sent: sent, lat: time.Duration(end - sent)})
+				}
 			}
 			o.lastRecv = max(o.lastRecv, end)
 		}

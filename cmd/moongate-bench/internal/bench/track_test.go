@@ -88,6 +88,7 @@ func TestTrackerLoss(t *testing.T) {
 // written in send order.
 func TestLatencySamples(t *testing.T) {
 	tr := newTracker("sim-", 0, 2, 1)
+	tr.keepSamples = true
 	base := time.Unix(1000, 0)
 	tr.ack("sim-00001", 1, base.Add(time.Millisecond))
 	tr.send("sim-00001", 1, base.Add(time.Millisecond))
