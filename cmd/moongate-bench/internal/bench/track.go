@@ -187,16 +187,15 @@ type latSample struct {
 	lat  time.Duration
 }
 
-// writeLatencies writes one line per sample, ordered by send time:
+// writeLatencies sorts samples by send time and writes one line per sample:
 // scenario, offered rate (0: as fast as the QoS 1 windows allow), send time
 // in Unix nanoseconds and latency in nanoseconds, tab-separated. Plotted
 // against the send time, the latencies show whether a tail comes from
 // stalls (all events of an interval late) or from spread.
 func writeLatencies(w io.Writer, scenario string, rate float64, samples []latSample) error {
-	sorted := slices.Clone(samples)
-	slices.SortFunc(sorted, func(a, b latSample) int { return cmp.Compare(a.sent, b.sent) })
+	slices.SortFunc(samples, func(a, b latSample) int { return cmp.Compare(a.sent, b.sent) })
 	bw := bufio.NewWriter(w)
-	for _, s := range sorted {
+	for _, s := range samples {
 		fmt.Fprintf(bw, "%s\t%.0f\t%d\t%d\n", scenario, rate, s.sent, int64(s.lat))
 	}
 	return bw.Flush()
