@@ -554,8 +554,8 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 			}
 
 			if !hasNext {
-				if adjacent.retainPath != "" {
-					if pk, ok := x.Retained.Get(adjacent.retainPath); ok {
+				if rp := adjacent.retained(); rp != "" { // moongate: under the lock
+					if pk, ok := x.Retained.Get(rp); ok {
 						pks = append(pks, pk)
 					}
 				}
@@ -573,7 +573,7 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 			return x.scanMessages(filter, d+1, particle, pks)
 		}
 
-		if pk, ok := x.Retained.Get(particle.retainPath); ok {
+		if pk, ok := x.Retained.Get(particle.retained()); ok { // moongate: under the lock
 			pks = append(pks, pk)
 		}
 	}
@@ -761,6 +761,16 @@ type particle struct {
 	inlineSubscriptions *InlineSubscriptions // a map of inline subscriptions for this particle
 	retainPath          string               // path of a retained message
 	sync.Mutex                               // mutex for when making changes to the particle
+}
+
+// retained returns the path of the particle's retained message, read under
+// the particle's lock: RetainMessage writes it under that lock while
+// subscribers' retained replays read it (moongate: upstream read it without
+// the lock, a data race the race detector reported).
+func (n *particle) retained() string {
+	n.Lock()
+	defer n.Unlock()
+	return n.retainPath
 }
 
 // newParticle returns a pointer to a new instance of particle.
