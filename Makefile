@@ -5,7 +5,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS      := ./...
 
-.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check test-mochi test-badger
+.PHONY: all build test test-deps vet fmt-check tidy-check bench bench-go bench-short generate generate-check test-mochi test-badger test-gopher-lua
 .PHONY: build-all deb test-arm footprint test-systemd
 
 all: build
@@ -24,7 +24,7 @@ vet:
 
 # The whole suite: formatting, vet, a one-iteration run of every benchmark
 # (so none rots), then the race-enabled tests.
-test: test-deps fmt-check vet generate-check test-mochi test-badger
+test: test-deps fmt-check vet generate-check test-mochi test-badger test-gopher-lua
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 	$(MAKE) bench-short
@@ -33,6 +33,11 @@ test: test-deps fmt-check vet generate-check test-mochi test-badger
 # (mqtt/third_party/mochi/README.moongate.md).
 test-mochi:
 	./mqtt/third_party/mochi/upstream-tests/run.sh
+
+# gopher-lua's own tests against the patched copy
+# (luavm/third_party/gopher-lua/README.moongate.md).
+test-gopher-lua:
+	cd luavm/third_party/gopher-lua && $(GO) test -count=1 ./...
 
 # Badger's own tests (the parts moongate's patch touches; FULL=1 for all)
 # against the patched copy (store/third_party/badger/README.moongate.md).

@@ -123,3 +123,5 @@ replace github.com/dgraph-io/ristretto/v2 v2.2.0 => ./store/third_party/ristrett
 replace github.com/mochi-mqtt/server/v2 v2.7.9 => ./mqtt/third_party/mochi
 
 replace github.com/dgraph-io/badger/v4 v4.9.6 => ./store/third_party/badger
+
+replace github.com/yuin/gopher-lua v1.1.2 => ./luavm/third_party/gopher-lua
