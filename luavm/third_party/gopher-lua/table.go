@@ -42,8 +42,50 @@ func newLTable(acap int, hcap int) *LTable {
 	}
 	if hcap != 0 {
 		tb.strdict = make(map[string]LValue, hcap)
+		tb.keys = make([]LValue, 0, hcap) // moongate: sized once, not grown key by key
 	}
 	return tb
+}
+
+// smallKeys is the number of hash keys up to which a table finds a key's
+// place in keys by scanning it, without the k2i index. Most tables (an
+// event, a decoded JSON object, a result) have a few keys; building a map
+// for each cost more than the table itself. (moongate)
+const smallKeys = 8
+
+// keyIndex returns the place of key in tb.keys, or -1. (moongate)
+func (tb *LTable) keyIndex(key LValue) int {
+	if tb.k2i != nil {
+		if i, ok := tb.k2i[key]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, k := range tb.keys {
+		if k == key {
+			return i
+		}
+	}
+	return -1
+}
+
+// addKey appends key to tb.keys unless it is there already (a key set to
+// nil stays in keys, as in the release). Past smallKeys keys the k2i index
+// is built and kept. (moongate)
+func (tb *LTable) addKey(key LValue) {
+	if tb.keyIndex(key) >= 0 {
+		return
+	}
+	tb.keys = append(tb.keys, key)
+	switch {
+	case tb.k2i != nil:
+		tb.k2i[key] = len(tb.keys) - 1
+	case len(tb.keys) > smallKeys:
+		tb.k2i = make(map[LValue]int, 2*len(tb.keys))
+		for i, k := range tb.keys {
+			tb.k2i[k] = i
+		}
+	}
 }
 
 // Len returns length of this LTable without using __len.
@@ -201,23 +243,19 @@ func (tb *LTable) RawSetInt(key int, value LValue) {
 // RawSetString sets a given LValue to a given string index without the __newindex metamethod.
 func (tb *LTable) RawSetString(key string, value LValue) {
 	if tb.strdict == nil {
-		tb.strdict = make(map[string]LValue, defaultHashCap)
-	}
-	if tb.keys == nil {
-		tb.keys = []LValue{}
-		tb.k2i = map[LValue]int{}
+		tb.strdict = make(map[string]LValue) // moongate: grown as needed, not 32 entries at once
 	}
 
 	if value == LNil {
 		// TODO tb.keys and tb.k2i should also be removed
 		delete(tb.strdict, key)
 	} else {
-		tb.strdict[key] = value
-		lkey := LString(key)
-		if _, ok := tb.k2i[lkey]; !ok {
-			tb.k2i[lkey] = len(tb.keys)
-			tb.keys = append(tb.keys, lkey)
+		// moongate: a key held by strdict is in keys already; only a new
+		// key (or one set to nil before) is looked up there.
+		if _, ok := tb.strdict[key]; !ok {
+			tb.addKey(LString(key))
 		}
+		tb.strdict[key] = value
 	}
 }
 
@@ -230,20 +268,15 @@ func (tb *LTable) RawSetH(key LValue, value LValue) {
 	if tb.dict == nil {
 		tb.dict = make(map[LValue]LValue, len(tb.strdict))
 	}
-	if tb.keys == nil {
-		tb.keys = []LValue{}
-		tb.k2i = map[LValue]int{}
-	}
 
 	if value == LNil {
 		// TODO tb.keys and tb.k2i should also be removed
 		delete(tb.dict, key)
 	} else {
-		tb.dict[key] = value
-		if _, ok := tb.k2i[key]; !ok {
-			tb.k2i[key] = len(tb.keys)
-			tb.keys = append(tb.keys, key)
+		if _, ok := tb.dict[key]; !ok { // moongate: see RawSetString
+			tb.addKey(key)
 		}
+		tb.dict[key] = value
 	}
 }
 
@@ -377,7 +410,10 @@ func (tb *LTable) Next(key LValue) (LValue, LValue) {
 		}
 	}
 
-	for i := tb.k2i[key] + 1; i < len(tb.keys); i++ {
+	// moongate: keyIndex, not k2i (built only for tables past smallKeys
+	// keys). A key not in keys starts the scan at 1, as k2i's zero value
+	// did in the release.
+	for i := max(tb.keyIndex(key), 0) + 1; i < len(tb.keys); i++ {
 		key := tb.keys[i]
 		if v := tb.RawGetH(key); v != LNil {
 			return key, v
