@@ -127,7 +127,8 @@ func retainedKey(topic string) []byte { return append([]byte{kindRetained}, dige
 // condition under which mochi keeps it after a disconnect.
 func persists(cl *mochi.Client) bool {
 	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval > 0
+		iv, _ := cl.SessionExpiry() // not Props: a DISCONNECT may change it meanwhile
+		return iv > 0
 	}
 	return !cl.Properties.Clean
 }
@@ -249,6 +250,7 @@ func (h *sessionHook) forget(id string) {
 func (h *sessionHook) saveClient(cl *mochi.Client) {
 	h.client(cl.ID)
 	props := cl.Properties.Props.Copy(false)
+	props.SessionExpiryInterval, props.SessionExpiryIntervalFlag = cl.SessionExpiry()
 	h.set("client", clientPrefix(kindClient, cl.ID), &storage.Client{
 		ID:              cl.ID,
 		T:               storage.ClientKey,

@@ -179,6 +179,38 @@ type ClientState struct {
 	// moongate: the client ended the connection with a normal DISCONNECT
 	// (its will is discarded, whatever stopped the client first).
 	cleanDisconnect atomic.Bool
+
+	// moongate: the session expiry interval in effect (SessionExpiry),
+	// which a DISCONNECT may change while other goroutines read it: the
+	// interval in the low 32 bits, bit 32 set when the client gave one, bit
+	// 33 once it is set at all (a client made otherwise, as mochi's own
+	// tests do, is read from Props).
+	sessionExpiry atomic.Uint64
+	// moongate: ParseConnect lowered the interval the client asked for to
+	// the server's maximum; SendConnack tells the client.
+	expiryClamped bool
+}
+
+// SessionExpiry returns the session expiry interval in effect for the
+// client, in seconds, and whether the client gave one (MQTT 5). It starts
+// as the CONNECT's, lowered to the server's maximum, and a DISCONNECT may
+// change it. Safe for concurrent use, unlike Properties.Props, whose
+// SessionExpiryInterval stays the connection's first. (moongate)
+func (cl *Client) SessionExpiry() (interval uint32, set bool) {
+	v := cl.State.sessionExpiry.Load()
+	if v&(1<<33) == 0 {
+		return cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag
+	}
+	return uint32(v), v&(1<<32) != 0
+}
+
+// setSessionExpiry sets what SessionExpiry returns. (moongate)
+func (cl *Client) setSessionExpiry(interval uint32, set bool) {
+	v := uint64(interval) | 1<<33
+	if set {
+		v |= 1 << 32
+	}
+	cl.State.sessionExpiry.Store(v)
 }
 
 // queue returns the client's send queue: the packets its write loop
@@ -356,6 +388,16 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Properties.Username = pk.Connect.Username
 	cl.Properties.Clean = pk.Connect.Clean
 	cl.Properties.Props = pk.Properties.Copy(false)
+
+	// moongate: the session expiry is lowered to the server's maximum here,
+	// before the client is shared; SendConnack did it after the client was
+	// registered, racing with publishers whose hooks read it.
+	if maxExpiry := cl.ops.options.Capabilities.MaximumSessionExpiryInterval; cl.Properties.Props.SessionExpiryInterval > maxExpiry {
+		cl.Properties.Props.SessionExpiryInterval = maxExpiry
+		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		cl.State.expiryClamped = true
+	}
+	cl.setSessionExpiry(cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag)
 
 	if cl.Properties.Props.ReceiveMaximum > cl.ops.options.Capabilities.MaximumInflight { // 3.3.4 Non-normative
 		cl.Properties.Props.ReceiveMaximum = cl.ops.options.Capabilities.MaximumInflight

@@ -470,14 +470,16 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	if sessionPresent {
 		resend = cl.State.Inflight.GetAll(false)
 	}
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	// moongate: the previous connection's delayed will is cancelled before
+	// this client is registered under the id, so that the event loop
+	// (sendDelayedLWT) does not find this client and clear its will.
+	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+	s.Clients.Add(cl)                // [MQTT-4.1.0-1]
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
 		return fmt.Errorf("ack connection packet: %w", err)
 	}
-
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
 		err = cl.resendInflight(resend)
@@ -506,7 +508,8 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	expiry, _ := cl.SessionExpiry() // moongate: a DISCONNECT may have changed it
+	expire := (cl.Properties.ProtocolVersion == 5 && expiry == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
 	if expire && !cl.IsTakenOver() {
@@ -681,11 +684,16 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 		properties.AssignedClientID = cl.Properties.Props.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
 	}
 
-	if cl.Properties.Props.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
+	// moongate: ParseConnect lowered the interval already (expiryClamped);
+	// the comparison remains for clients that did not go through it.
+	if cl.State.expiryClamped || cl.Properties.Props.SessionExpiryInterval > s.Options.Capabilities.MaximumSessionExpiryInterval {
 		properties.SessionExpiryInterval = s.Options.Capabilities.MaximumSessionExpiryInterval
 		properties.SessionExpiryIntervalFlag = true
-		cl.Properties.Props.SessionExpiryInterval = properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		if cl.Properties.Props.SessionExpiryInterval > properties.SessionExpiryInterval {
+			cl.Properties.Props.SessionExpiryInterval = properties.SessionExpiryInterval
+			cl.Properties.Props.SessionExpiryIntervalFlag = true
+			cl.setSessionExpiry(properties.SessionExpiryInterval, true)
+		}
 	}
 
 	ack := packets.Packet{
@@ -1549,12 +1557,13 @@ func (s *Server) processAuth(cl *Client, pk packets.Packet) error {
 // processDisconnect processes a Disconnect packet.
 func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 	if pk.Properties.SessionExpiryIntervalFlag {
-		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.Props.SessionExpiryInterval == 0 {
+		// moongate: through SessionExpiry, not Props, which publishers'
+		// hooks read concurrently.
+		if cur, _ := cl.SessionExpiry(); pk.Properties.SessionExpiryInterval > 0 && cur == 0 {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
-		cl.Properties.Props.SessionExpiryInterval = pk.Properties.SessionExpiryInterval
-		cl.Properties.Props.SessionExpiryIntervalFlag = true
+		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval, true)
 	}
 
 	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code { // [MQTT-3.1.2.5] Non-normative comment
@@ -1858,6 +1867,7 @@ func (s *Server) loadClients(v []storage.Client) {
 			User:                      c.Properties.User,
 			MaximumPacketSize:         c.Properties.MaximumPacketSize,
 		}
+		cl.setSessionExpiry(c.Properties.SessionExpiryInterval, c.Properties.SessionExpiryIntervalFlag) // moongate
 		cl.Properties.Will = Will(c.Will)
 
 		// cancel the context, update cl.State such as disconnected time and stopCause.
@@ -1900,8 +1910,8 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
-		if client.Properties.ProtocolVersion == 5 && client.Properties.Props.SessionExpiryIntervalFlag {
-			expire = client.Properties.Props.SessionExpiryInterval
+		if iv, set := client.SessionExpiry(); client.Properties.ProtocolVersion == 5 && set { // moongate: see SessionExpiry
+			expire = iv
 		}
 
 		if disconnected+int64(expire) < dt {
@@ -1947,7 +1957,9 @@ func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
 			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
-			if cl, ok := s.Clients.Get(id); ok {
+			// moongate: only the client whose will it is, which has ended; a
+			// new connection under the id keeps its own will.
+			if cl, ok := s.Clients.Get(id); ok && cl.Closed() {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}

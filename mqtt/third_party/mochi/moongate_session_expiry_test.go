@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+
+package mqtt
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// moongate's change to the session expiry (README.moongate.md section 13):
+// run with -race (make test-mochi).
+
+// expiryHook reads the session expiry interval in OnQosPublish, as
+// moongate's session hook does, both ways: the plain field, which nothing
+// may write once the client is shared, and SessionExpiry.
+type expiryHook struct {
+	HookBase
+	seen chan uint32
+}
+
+func (h *expiryHook) ID() string { return "expiry-reader" }
+func (h *expiryHook) Provides(b byte) bool {
+	return b == OnConnectAuthenticate || b == OnACLCheck || b == OnQosPublish
+}
+func (h *expiryHook) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool { return true }
+func (h *expiryHook) OnACLCheck(cl *Client, topic string, write bool) bool     { return true }
+func (h *expiryHook) OnQosPublish(cl *Client, pk packets.Packet, sent int64, resends int) {
+	plain := cl.Properties.Props.SessionExpiryInterval
+	iv, _ := cl.SessionExpiry()
+	if plain != iv && plain < iv {
+		panic("SessionExpiry above the connection's interval")
+	}
+	select {
+	case h.seen <- iv:
+	default:
+	}
+}
+
+func newExpiryServer(t *testing.T, maxExpiry uint32) (*Server, *expiryHook) {
+	t.Helper()
+	caps := NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = maxExpiry
+	s := New(&Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
+	h := &expiryHook{seen: make(chan uint32, 1)}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s, h
+}
+
+func writePacket(t *testing.T, w io.Writer, pk packets.Packet) {
+	t.Helper()
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func connectV5(id string, expiry uint32) packets.Packet {
+	return packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect:         packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Keepalive: 30},
+		Properties:      packets.Properties{SessionExpiryInterval: expiry, SessionExpiryIntervalFlag: true},
+	}
+}
+
+// A client asking for more than the server's maximum reconnects to a
+// session with a subscription, and a message is published to it while its
+// CONNACK is still being written (the pipe is not read): mochi lowered the
+// interval in SendConnack, after registering the client, a write the race
+// detector reported against the publisher's hook. The CONNACK still
+// carries the server's maximum.
+func TestSessionExpiryClampedBeforeShared(t *testing.T) {
+	s, h := newExpiryServer(t, 3600)
+	sub := packets.Subscription{Filter: "t", Qos: 1}
+	old := s.NewClient(nil, "tcp", "sub", false)
+	old.Properties.ProtocolVersion = 5
+	old.Properties.Props.SessionExpiryInterval = 3600
+	old.setSessionExpiry(3600, true)
+	old.Stop(nil)
+	old.State.Subscriptions.Add("t", sub)
+	s.Topics.Subscribe("sub", sub)
+	s.Clients.Add(old)
+
+	srvConn, cliConn := net.Pipe()
+	defer cliConn.Close()
+	done := make(chan struct{})
+	go func() {
+		_ = s.EstablishConnection("tcp", srvConn)
+		close(done)
+	}()
+	writePacket(t, cliConn, connectV5("sub", 0xFFFFFFFF))
+	waitFor(t, "the new connection to be registered", func() bool {
+		cl, ok := s.Clients.Get("sub")
+		return ok && cl != old
+	})
+	if err := s.Publish("t", []byte("x"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-h.seen; got != 3600 {
+		t.Fatalf("hook saw session expiry %d, want 3600", got)
+	}
+
+	r := bufio.NewReader(cliConn)
+	fh := new(packets.FixedHeader)
+	b, err := r.ReadByte()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Decode(b); err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.Remaining = n
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		t.Fatal(err)
+	}
+	ack := packets.Packet{FixedHeader: *fh, ProtocolVersion: 5}
+	if err := ack.ConnackDecode(body); err != nil {
+		t.Fatal(err)
+	}
+	if !ack.Properties.SessionExpiryIntervalFlag || ack.Properties.SessionExpiryInterval != 3600 {
+		t.Fatalf("CONNACK session expiry %d (flag %v), want the server's 3600", ack.Properties.SessionExpiryInterval, ack.Properties.SessionExpiryIntervalFlag)
+	}
+	go func() { _, _ = io.Copy(io.Discard, r) }()
+	cliConn.Close()
+	<-done
+}
+
+// A DISCONNECT that sets the session expiry to 0 while messages are being
+// published to the client: mochi wrote the interval into Props on the read
+// loop while publishers' hooks read it. It now goes through SessionExpiry,
+// and the session ends with the connection as the DISCONNECT asked.
+func TestSessionExpiryChangedByDisconnect(t *testing.T) {
+	s, h := newExpiryServer(t, 3600)
+	srvConn, cliConn := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		_ = s.EstablishConnection("tcp", srvConn)
+		close(done)
+	}()
+	go func() { _, _ = io.Copy(io.Discard, cliConn) }()
+	writePacket(t, cliConn, connectV5("dev", 600))
+	writePacket(t, cliConn, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "t", Qos: 1}},
+	})
+	waitFor(t, "the subscription", func() bool { return len(s.Topics.Subscribers("t").Subscriptions) == 1 })
+
+	stop := make(chan struct{})
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = s.Publish("t", []byte("x"), false, 1)
+		}
+	}()
+	if got := <-h.seen; got != 600 { // messages are reaching the client
+		t.Fatalf("hook saw session expiry %d, want 600", got)
+	}
+	writePacket(t, cliConn, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
+		Properties: packets.Properties{SessionExpiryInterval: 0, SessionExpiryIntervalFlag: true},
+	})
+	<-done
+	close(stop)
+	<-pubDone
+	if _, ok := s.Clients.Get("dev"); ok {
+		t.Fatal("the session outlived a DISCONNECT with session expiry 0")
+	}
+}
+
+// A device whose will is delayed reconnects: the event loop must neither
+// send the will (MQTT-3.1.3-9) nor clear the new connection's own will.
+func TestDelayedWillSparesNewConnection(t *testing.T) {
+	s, _ := newExpiryServer(t, 3600)
+	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will", Payload: []byte("gone"), Expiry: 0})
+	cl := s.NewClient(nil, "tcp", "dev", false)
+	cl.Properties.Will = Will{Flag: 1, TopicName: "will/new", Payload: []byte("bye")}
+	// The order attachClient keeps: the delayed will is cancelled, then
+	// the client registered.
+	s.loop.willDelayed.Delete(cl.ID)
+	s.Clients.Add(cl)
+	s.sendDelayedLWT(time.Now().Unix())
+	if cl.Properties.Will.Flag != 1 {
+		t.Fatal("the new connection's will was cleared")
+	}
+
+	// A will that is still due for an id whose client is live (the event
+	// loop read it before the cancel): the live client keeps its will.
+	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will", Payload: []byte("gone"), Expiry: 0})
+	s.sendDelayedLWT(time.Now().Unix())
+	if cl.Properties.Will.Flag != 1 {
+		t.Fatal("a live client's will was cleared by a delayed will")
+	}
+}
