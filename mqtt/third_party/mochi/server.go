@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -149,6 +150,12 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+
+	// takeoverMu is held by a new connection from taking over its id's
+	// session (inheritClientSession) until it is registered, and for
+	// reading by each publish to a subscriber, so that no message goes to
+	// the session's old client object in between. (moongate)
+	takeoverMu sync.RWMutex
 }
 
 // loop contains interval tickers for the system events loop.
@@ -462,6 +469,11 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	// moongate: from taking the previous connection's session over until
+	// this client is registered, no message is published to the id
+	// (takeoverMu): one published meanwhile went to the old client object
+	// after its messages in flight were copied, and was lost.
+	s.takeoverMu.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
 	// moongate: what to resend, taken before the client is registered: a
 	// message published to it from then on goes through its write loop
@@ -475,6 +487,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// (sendDelayedLWT) does not find this client and clear its will.
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 	s.Clients.Add(cl)                // [MQTT-4.1.0-1]
+	s.takeoverMu.Unlock()
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -1075,12 +1088,14 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	}
 
 	for id, subs := range subscribers.Subscriptions {
+		s.takeoverMu.RLock() // moongate: not to a session being taken over
 		if cl, ok := s.Clients.Get(id); ok {
 			_, err := s.publishToClient(cl, subs, pk)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
 		}
+		s.takeoverMu.RUnlock()
 	}
 }
 

@@ -234,3 +234,128 @@ func TestDelayedWillSparesNewConnection(t *testing.T) {
 		t.Fatal("a live client's will was cleared by a delayed will")
 	}
 }
+
+// dropHook publishes a message to the session being taken over from
+// inside the takeover (OnQosDropped is called while the previous
+// connection's messages in flight are cleared, after they were copied to
+// the new client) and waits a little for that publish to return.
+type dropHook struct {
+	HookBase
+	s        *Server
+	fired    bool
+	returned chan bool // whether the publish returned within the wait
+}
+
+func (h *dropHook) ID() string { return "drop-publisher" }
+func (h *dropHook) Provides(b byte) bool {
+	return b == OnConnectAuthenticate || b == OnACLCheck || b == OnQosDropped
+}
+func (h *dropHook) OnConnectAuthenticate(cl *Client, pk packets.Packet) bool { return true }
+func (h *dropHook) OnACLCheck(cl *Client, topic string, write bool) bool     { return true }
+func (h *dropHook) OnQosDropped(cl *Client, pk packets.Packet) {
+	if h.fired || cl.ID != "sub" {
+		return
+	}
+	h.fired = true
+	done := make(chan struct{})
+	go func() {
+		_ = h.s.Publish("t", []byte("late"), false, 1)
+		close(done)
+	}()
+	// Before the change the publish returned at once, into the old
+	// client object. Now it waits for the takeover: give it a moment to
+	// show that it does wait (a publish that returns here fails the test
+	// below only if the message is then lost).
+	select {
+	case <-done:
+		h.returned <- true
+	case <-time.After(200 * time.Millisecond):
+		h.returned <- false
+	}
+}
+
+// readPublish reads packets from r until a PUBLISH with payload want
+// arrives (true) or the connection ends (false).
+func readPublish(r *bufio.Reader, want string) bool {
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			return false
+		}
+		fh := new(packets.FixedHeader)
+		if err := fh.Decode(b); err != nil {
+			return false
+		}
+		n, _, err := packets.DecodeLength(r)
+		if err != nil {
+			return false
+		}
+		fh.Remaining = n
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return false
+		}
+		if fh.Type != packets.Publish {
+			continue
+		}
+		pk := packets.Packet{FixedHeader: *fh, ProtocolVersion: 5}
+		if err := pk.PublishDecode(body); err == nil && string(pk.Payload) == want {
+			return true
+		}
+	}
+}
+
+// A QoS 1 message published to a persistent session while a new
+// connection takes it over reaches the new connection. mochi copied the
+// old client's messages in flight to the new client, then registered it;
+// a message published in between went to the old client object and was
+// lost (and moongate's session hook did not store it either: the old
+// client was already marked taken over).
+func TestMessageDuringTakeoverReachesNewConnection(t *testing.T) {
+	caps := NewDefaultServerCapabilities()
+	s := New(&Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
+	h := &dropHook{s: s, returned: make(chan bool, 1)}
+	if err := s.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	// An offline persistent session subscribed to "t" with one message in
+	// flight (so that the takeover copies and clears messages in flight).
+	sub := packets.Subscription{Filter: "t", Qos: 1}
+	old := s.NewClient(nil, "tcp", "sub", false)
+	old.Properties.ProtocolVersion = 5
+	old.setSessionExpiry(3600, true)
+	old.Stop(nil)
+	old.State.Subscriptions.Add("t", sub)
+	s.Topics.Subscribe("sub", sub)
+	s.Clients.Add(old)
+	if err := s.Publish("t", []byte("early"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if old.State.Inflight.Len() != 1 {
+		t.Fatalf("old session holds %d messages, want 1", old.State.Inflight.Len())
+	}
+
+	srvConn, cliConn := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		_ = s.EstablishConnection("tcp", srvConn)
+		close(done)
+	}()
+	writePacket(t, cliConn, connectV5("sub", 3600))
+	r := bufio.NewReader(cliConn)
+	got := make(chan bool, 1)
+	go func() { got <- readPublish(r, "late") }()
+	select {
+	case ok := <-got:
+		if !ok {
+			t.Fatal("connection ended without the message published during the takeover")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message published during the takeover never reached the new connection")
+	}
+	if returned := <-h.returned; returned {
+		t.Log("the publish returned within the takeover (it was delivered all the same)")
+	}
+	cliConn.Close()
+	<-done
+}
