@@ -472,7 +472,14 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// moongate: from taking the previous connection's session over until
 	// this client is registered, no message is published to the id
 	// (takeoverMu): one published meanwhile went to the old client object
-	// after its messages in flight were copied, and was lost.
+	// after its messages in flight were copied, and was lost. The previous
+	// connection is disconnected first, outside the lock: that may wait up
+	// to disconnectWriteTimeout behind a stuck write, and publishes to
+	// everyone would wait with it (inheritClientSession's own
+	// DisconnectClient then finds it ended and returns at once).
+	if existing, ok := s.Clients.Get(cl.ID); ok {
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
+	}
 	s.takeoverMu.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
 	// moongate: what to resend, taken before the client is registered: a
