@@ -401,7 +401,11 @@ func message(pk packets.Packet) *storage.Message {
 // one it published: a QoS 1 PUBACK is not stored, it lives a moment; a
 // QoS 2 PUBREC is, until the PUBREL).
 func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int64, resends int) {
-	if pk.FixedHeader.Type == packets.Puback || !persists(cl) || takenOver(cl) {
+	// Only IsTakenOver, not takenOver: a message published to the old
+	// client after the new connection disconnected it but before mochi
+	// copied its messages in flight is copied, and must be stored (under
+	// the same id) like the others.
+	if pk.FixedHeader.Type == packets.Puback || !persists(cl) || cl.IsTakenOver() {
 		return
 	}
 	h.mu.Lock()

@@ -750,3 +750,20 @@ func TestSessionsExpiredInflightReported(t *testing.T) {
 		t.Fatal("the message that reused the id was removed from the store")
 	}
 }
+
+// A message queued for a persistent session whose connection a new one has
+// just disconnected (to take the session over) but not yet taken over is
+// stored: mochi copies it to the new connection, and it must survive a
+// restart like any other. (The hook skipped it when the old connection's
+// stop cause was the takeover.)
+func TestSessionsMessageDuringTakeoverStored(t *testing.T) {
+	h, st, _, cl := mapHook()
+	cl.Properties.ProtocolVersion = 4 // persistent: not clean
+	cl.Stop(packets.ErrSessionTakenOver)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "cmd", Payload: []byte("x"), PacketID: 1}
+	cl.State.Inflight.Set(pk)
+	h.OnQosPublish(cl, pk, 0, 0)
+	if _, ok := st.m[string(inflightKey("dev", inflightRef{dirOut, 1}))]; !ok {
+		t.Fatal("a message queued while the session is being taken over was not stored")
+	}
+}

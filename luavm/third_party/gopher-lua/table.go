@@ -41,8 +41,13 @@ func newLTable(acap int, hcap int) *LTable {
 		tb.array = make([]LValue, 0, acap)
 	}
 	if hcap != 0 {
+		// moongate: at most smallKeys entries ahead of use. The size hint
+		// comes from the table constructor, and a constructor's fields
+		// may all be nil ({a=nil, b=nil, ...}): room made for them holds
+		// memory that no entry accounts for (luavm charges entries).
+		hcap = min(hcap, smallKeys)
 		tb.strdict = make(map[string]LValue, hcap)
-		tb.keys = make([]LValue, 0, hcap) // moongate: sized once, not grown key by key
+		tb.keys = make([]LValue, 0, hcap) // sized once for small tables, not grown key by key
 	}
 	return tb
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,28 +211,47 @@ func TestSessionExpiryChangedByDisconnect(t *testing.T) {
 	}
 }
 
-// A device whose will is delayed reconnects: the event loop must neither
-// send the will (MQTT-3.1.3-9) nor clear the new connection's own will.
+// A device whose will is delayed has reconnected when the delay runs out:
+// the event loop neither publishes the will (MQTT-3.1.3-9) nor clears the
+// new connection's own will. (mochi published it, then cleared the will of
+// whatever client held the id.)
 func TestDelayedWillSparesNewConnection(t *testing.T) {
 	s, _ := newExpiryServer(t, 3600)
-	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will", Payload: []byte("gone"), Expiry: 0})
-	cl := s.NewClient(nil, "tcp", "dev", false)
+	var mu sync.Mutex
+	var got []string
+	if err := s.Subscribe("will/#", 1, func(cl *Client, sub packets.Subscription, pk packets.Packet) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, pk.TopicName)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cl := s.NewClient(nil, "tcp", "dev", false) // live: not stopped
 	cl.Properties.Will = Will{Flag: 1, TopicName: "will/new", Payload: []byte("bye")}
-	// The order attachClient keeps: the delayed will is cancelled, then
-	// the client registered.
-	s.loop.willDelayed.Delete(cl.ID)
 	s.Clients.Add(cl)
+	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will/old", Payload: []byte("gone"), Expiry: 0})
 	s.sendDelayedLWT(time.Now().Unix())
+	published := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	if p := published(); len(p) != 0 {
+		t.Fatalf("will published to %v although the device is connected again", p)
+	}
 	if cl.Properties.Will.Flag != 1 {
 		t.Fatal("the new connection's will was cleared")
 	}
+	if s.loop.willDelayed.Len() != 0 {
+		t.Fatal("the cancelled will is still queued")
+	}
 
-	// A will that is still due for an id whose client is live (the event
-	// loop read it before the cancel): the live client keeps its will.
-	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will", Payload: []byte("gone"), Expiry: 0})
+	// The same will for a device that did not come back is published.
+	cl.Stop(nil)
+	s.loop.willDelayed.Add("dev", packets.Packet{TopicName: "will/old", Payload: []byte("gone"), Expiry: 0})
 	s.sendDelayedLWT(time.Now().Unix())
-	if cl.Properties.Will.Flag != 1 {
-		t.Fatal("a live client's will was cleared by a delayed will")
+	if p := published(); len(p) != 1 || p[0] != "will/old" {
+		t.Fatalf("published %v, want the delayed will once", p)
 	}
 }
 

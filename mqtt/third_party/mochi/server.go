@@ -477,10 +477,21 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// to disconnectWriteTimeout behind a stuck write, and publishes to
 	// everyone would wait with it (inheritClientSession's own
 	// DisconnectClient then finds it ended and returns at once).
-	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
+	// A connection registered under the id meanwhile (a client connecting
+	// twice at once) is disconnected the same way, outside the lock.
+	var disconnected *Client
+	for {
+		if existing, ok := s.Clients.Get(cl.ID); ok && existing != disconnected {
+			_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
+			disconnected = existing
+		}
+		s.takeoverMu.Lock()
+		if cur, ok := s.Clients.Get(cl.ID); ok && cur != disconnected {
+			s.takeoverMu.Unlock()
+			continue
+		}
+		break
 	}
-	s.takeoverMu.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
 	// moongate: what to resend, taken before the client is registered: a
 	// message published to it from then on goes through its write loop
@@ -532,10 +543,19 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && expiry == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	if expire {
+		// moongate: under takeoverMu, so that a new connection cannot take
+		// the session over between the check and the cleanup (it was then
+		// unregistered, and lost the subscriptions it had just inherited).
+		s.takeoverMu.Lock()
+		if !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			if cur, ok := s.Clients.Get(cl.ID); ok && cur == cl {
+				s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+			}
+		}
+		s.takeoverMu.Unlock()
 	}
 	cl.State.releaseQueue() // moongate: a kept session does not hold it
 
@@ -1765,6 +1785,9 @@ func (s *Server) sendLWT(cl *Client) {
 	}
 
 	if cl.Properties.Will.WillDelayInterval > 0 {
+		if errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+			return // moongate: the new connection cancels a delayed will [MQTT-3.1.3-9]
+		}
 		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
 		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
 		s.loop.willDelayed.Add(cl.ID, pk)
@@ -1978,9 +2001,13 @@ func (s *Server) clearExpiredInflights(now int64) {
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
+			// moongate: a live client under the id is a new connection, which
+			// cancels the will [MQTT-3.1.3-9] (and keeps its own).
+			if cl, ok := s.Clients.Get(id); ok && !cl.Closed() {
+				s.loop.willDelayed.Delete(id)
+				continue
+			}
 			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
-			// moongate: only the client whose will it is, which has ended; a
-			// new connection under the id keeps its own will.
 			if cl, ok := s.Clients.Get(id); ok && cl.Closed() {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
