@@ -3,6 +3,8 @@ package luavm
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -86,7 +88,7 @@ func TestTableModel(t *testing.T) {
 		tb.RawSetString(strings.Repeat("k", i+1), lvTrue)
 	}
 	hash := tableBytes(tb)
-	if !(empty == tableBaseBytes && arr >= empty+100*tableSlotBytes && hash >= arr+100*tableEntryBytes) {
+	if !(empty == tableBaseBytes && arr >= empty+100*tableSlotBytes && hash >= arr+tableHashBytes+100*tableEntryBytes) {
 		t.Fatalf("table model: empty %d, 100 array slots %d, +100 hash entries %d", empty, arr, hash)
 	}
 	// Keys set to nil are still held (gopher-lua's key list) and still
@@ -134,6 +136,48 @@ func TestHandleUsesCtx(t *testing.T) {
 		}
 		if got := !p.noCtx; got != want {
 			t.Errorf("%q: uses ctx = %v, want %v", src, got, want)
+		}
+	}
+}
+
+// TestTableModelCoversHeap checks the table model against the Go heap that
+// tables of the (patched) gopher-lua hold: for tables of 0 to 1,000 hash
+// keys or array elements, the accounted size is at least what the heap
+// grows by per table. (Key strings are made beforehand: luavm charges
+// strings separately.)
+func TestTableModelCoversHeap(t *testing.T) {
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	for _, size := range []int{0, 1, 2, 5, 8, 9, 16, 33, 64, 129, 500, 1000} {
+		for _, array := range []bool{false, true} {
+			count := 20000
+			if size >= 100 {
+				count = 1000
+			}
+			L := lua.NewState()
+			if err := L.DoString(fmt.Sprintf("ks = {} for j = 1, %d do ks[j] = 'k'..j end", size)); err != nil {
+				t.Fatal(err)
+			}
+			key := "ks[j]"
+			if array {
+				key = "j"
+			}
+			before := heap()
+			if err := L.DoString(fmt.Sprintf("keep = {} for i = 1, %d do local t = {} for j = 1, %d do t[%s] = j end keep[i] = t end", count, size, key)); err != nil {
+				t.Fatal(err)
+			}
+			perTable := float64(heap()-before) / float64(count)
+			model := tableBytes(L.GetGlobal("keep").(*lua.LTable).RawGetInt(1).(*lua.LTable))
+			t.Logf("size %4d array %-5v: heap %7.0f B per table, model %7d", size, array, perTable, model)
+			if float64(model) < perTable {
+				t.Errorf("size %d (array %v): the model charges %d B, the heap holds %.0f B per table", size, array, model, perTable)
+			}
+			L.Close()
 		}
 	}
 }
