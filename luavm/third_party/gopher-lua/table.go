@@ -86,7 +86,7 @@ func (tb *LTable) addKey(key LValue) {
 	case tb.k2i != nil:
 		tb.k2i[key] = len(tb.keys) - 1
 	case len(tb.keys) > smallKeys:
-		tb.k2i = make(map[LValue]int, 2*len(tb.keys))
+		tb.k2i = make(map[LValue]int, len(tb.keys))
 		for i, k := range tb.keys {
 			tb.k2i[k] = i
 		}
