@@ -97,8 +97,8 @@ func ltableField(name string) int {
 	return f.Index[0]
 }
 
-// tableBytes is a table's size in the model: its array slots, and one
-// hash entry per key it keeps. Keys set to nil stay in gopher-lua's key
+// tableBytes is a table's size in the model: its array slots (capacity),
+// its hash part if it has one, and one hash entry per key it keeps. Keys set to nil stay in gopher-lua's key
 // list (and its index map) for good, so they are charged like live ones:
 // otherwise a loop setting and clearing new keys grew the Go heap by
 // megabytes a second while its accounted memory stayed at a few bytes
