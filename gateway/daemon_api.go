@@ -166,6 +166,9 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	}
 	gauge("moongate_store_disk_full", "1 when writes stopped for lack of disk space.", full)
 	gauge("moongate_store_free_bytes", "Free bytes on the data directory's file system.", float64(ss.FreeBytes))
+	counter("moongate_store_commits_total", "Group commits (one per sync in durability always).", uint64(ss.Batches))
+	counter("moongate_store_commit_writes_total", "Write requests committed; divided by the commits, the mean group size.", uint64(ss.Writes))
+	counter("moongate_store_syncs_total", "Syncs of the write-ahead log and value log to disk.", uint64(ss.Syncs))
 	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
 	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
 	bs := d.store.BlobStats()

@@ -51,7 +51,8 @@ type batch struct {
 	budget  int64 // the running request's est: optional drops stop there
 	staged  int64 // estimate of pending
 	count   int64
-	pubA    []uint64 // publishes acked in this batch
+	pubA    []uint64  // publishes acked in this batch
+	pubNew  []Publish // publishes written in this batch (for pubCache)
 	// refs are the blob object reference-count changes of the running
 	// request (addRef), written when it is done (applyRefs).
 	refs map[[32]byte]int64
@@ -318,6 +319,8 @@ func (s *Store) process(reqs []*request) {
 		}
 	}
 	advance(&b.ctr.Publish, s.pubDone)
+	s.pubSize.forget(b.ctr.Publish.Head)
+	s.pubs.apply(b.pubNew, b.pubA, b.ctr.Publish.Head)
 	s.mu.Lock()
 	s.ctr = b.ctr
 	s.mu.Unlock()

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -564,8 +566,10 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			p.Seq = b.ctr.Publish.Next
 			b.ctr.Publish.Next++
 			b.ctr.Publish.add(len(pubVals[i]))
+			b.s.pubSize.put(p.Seq, len(pubVals[i]))
 			b.set(seqKey(pPublish, p.Seq), pubVals[i])
 			res.Publishes = append(res.Publishes, p)
+			b.pubNew = append(b.pubNew, Publish{Seq: p.Seq, Topic: p.Topic, Payload: bytes.Clone(p.Payload), QoS: p.QoS, Retain: p.Retain})
 		}
 		if err := b.enforce(SpacePublishes, first); err != nil {
 			return err
@@ -826,8 +830,27 @@ func recordTS(r *Record) int64 {
 
 // PendingPublishes returns up to limit (default 100) publishes not yet
 // acknowledged with Seq > after, ascending.
+//
+// The publishes of the latest commits come from memory (pubCache); their
+// Topic and Payload are shared: callers must not modify them.
 func (s *Store) PendingPublishes(ctx context.Context, after uint64, limit int) ([]Publish, error) {
-	return pending(ctx, s, pPublish, s.counters().Publish.Head, after, limit, decodePublish)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	head := s.counters().Publish.Head
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if ps, ok := s.pubs.read(max(after+1, head), limit); ok {
+		return ps, nil
+	}
+	return pending(ctx, s, pPublish, head, after, limit, decodePublish)
 }
 
 // AckPublishes removes performed publishes from the publish outbox. Unknown
@@ -835,6 +858,14 @@ func (s *Store) PendingPublishes(ctx context.Context, after uint64, limit int) (
 func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
 	if len(seqs) == 0 {
 		return nil
+	}
+	// Each sequence once: a repeat read back from disk in the same request
+	// would be counted twice.
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] <= seqs[i-1] {
+			seqs = slices.Compact(slices.Sorted(slices.Values(seqs)))
+			break
+		}
 	}
 	for len(seqs) > 0 {
 		n := min(len(seqs), 1024)
@@ -846,15 +877,25 @@ func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
 					continue
 				}
 				k := seqKey(pPublish, seq)
-				item, err := b.txn.Get(k)
-				if errors.Is(err, badger.ErrKeyNotFound) {
+				// The size of the entry, from the committer's window of
+				// recent publishes or else read back.
+				n, ok := s.pubSize.get(seq)
+				if n == sizeRemoved {
 					continue
 				}
-				if err != nil {
-					return fatal(err)
+				if !ok {
+					item, err := b.txn.Get(k)
+					if errors.Is(err, badger.ErrKeyNotFound) {
+						continue
+					}
+					if err != nil {
+						return fatal(err)
+					}
+					n = item.ValueSize()
 				}
 				b.del(k)
-				b.ctr.Publish.remove(item.ValueSize())
+				b.ctr.Publish.remove(n)
+				s.pubSize.removed(seq)
 				b.pubA = append(b.pubA, seq)
 			}
 			return nil

@@ -1,11 +1,14 @@
 package store
 
-// sizeWindow remembers the encoded sizes of the most recently written inbox
-// entries, so that a processing commit can account for the entry it
-// consumes without reading it back: a point lookup through the memtables and
-// every level of the tree, the largest single cost of a commit on the
-// committer goroutine. Entries outside the window (older than its length,
-// or written before the last reload) are read from Badger as before.
+import "math"
+
+// sizeWindow remembers the encoded sizes of the most recently written
+// entries of a queue (the inbox, the local publishes), so that a processing
+// commit or an acknowledgement can account for the entry it removes without
+// reading it back: a point lookup through the memtables and every level of
+// the tree, the largest single cost of a commit on the committer goroutine.
+// Entries outside the window (older than its length, or written before the
+// last reload) are read from Badger as before.
 //
 // It is owned by the committer goroutine; the zero value is an empty window.
 type sizeWindow struct {
@@ -18,12 +21,23 @@ type sizeWindow struct {
 // (pipeline.inbox_limit 10,000), so in steady state no commit reads back.
 const sizeWindowLen = 1 << 15
 
-// get returns the size of entry seq if the window holds it.
+// sizeRemoved marks an entry of the window that has been removed.
+const sizeRemoved int64 = math.MaxUint32
+
+// get returns the size of entry seq if the window holds it; sizeRemoved
+// once the entry is marked removed.
 func (w *sizeWindow) get(seq uint64) (int64, bool) {
 	if seq < w.base || seq-w.base >= uint64(len(w.sizes)) {
 		return 0, false
 	}
 	return int64(w.sizes[seq-w.base]), true
+}
+
+// removed marks entry seq removed, if the window holds it.
+func (w *sizeWindow) removed(seq uint64) {
+	if seq >= w.base && seq-w.base < uint64(len(w.sizes)) {
+		w.sizes[seq-w.base] = uint32(sizeRemoved)
+	}
 }
 
 // put records the size of entry seq. Sequences must come in order; a gap
@@ -37,7 +51,7 @@ func (w *sizeWindow) put(seq uint64, n int) {
 		w.sizes = w.sizes[:copy(w.sizes, w.sizes[half:])]
 		w.base += uint64(half)
 	}
-	w.sizes = append(w.sizes, uint32(n))
+	w.sizes = append(w.sizes, uint32(min(uint64(n), uint64(sizeRemoved)-1)))
 }
 
 // forget drops the entries below head (consumed: never asked for again).

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -124,5 +125,86 @@ func TestInboxAccountingWithoutReadBack(t *testing.T) {
 	}
 	if c := s.counters().Inbox; c.Count != 0 || c.Bytes != 0 || c.Head != c.Next {
 		t.Fatalf("inbox after consuming everything = %+v", c)
+	}
+}
+
+func TestSizeWindowRemoved(t *testing.T) {
+	var w sizeWindow
+	for seq := uint64(1); seq <= 4; seq++ {
+		w.put(seq, 10)
+	}
+	w.removed(2)
+	w.removed(99) // outside: ignored
+	if n, ok := w.get(2); !ok || n != sizeRemoved {
+		t.Fatalf("get(2) after removed = %d %v", n, ok)
+	}
+	if n, ok := w.get(3); !ok || n != 10 {
+		t.Fatalf("get(3) = %d %v", n, ok)
+	}
+	// A size that would read as the mark is clamped below it.
+	if huge := uint64(sizeRemoved) + 7; huge <= math.MaxInt {
+		w.put(5, int(huge))
+		if n, _ := w.get(5); n == sizeRemoved {
+			t.Fatal("a huge size reads as removed")
+		}
+	}
+}
+
+// Acknowledged local publishes are accounted with the same sizes whether
+// they come from the committer's window or, after a reopen, from disk; an
+// acknowledgement repeated (in one call, in concurrent calls) removes the
+// entry once.
+func TestPublishAccountingWithoutReadBack(t *testing.T) {
+	ctx := context.Background()
+	var bytes [2]int64
+	var stores [2]*Store
+	var seqs []uint64
+	for i := range stores {
+		s := openTest(t, Options{})
+		seqs = seqs[:0]
+		for j := range 40 {
+			res, err := s.Commit(ctx, &Commit{Publishes: []Publish{{Topic: "t", Payload: []byte(strings.Repeat("p", 1+j*23)), QoS: 1}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs = append(seqs, res.Publishes[0].Seq)
+		}
+		if i == 1 {
+			s = reopen(t, s)
+		}
+		// Out of order, with a repeat.
+		if err := s.AckPublishes(ctx, seqs[3], seqs[0], seqs[3]); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AckPublishes(ctx, seqs[1:20]...); err != nil {
+			t.Fatal(err)
+		}
+		bytes[i], stores[i] = s.counters().Publish.Bytes, s
+		if c := s.counters().Publish; c.Count != 20 || c.Head != seqs[20] {
+			t.Fatalf("store %d: publishes after acking 20 = %+v", i, c)
+		}
+	}
+	if bytes[0] != bytes[1] || bytes[0] <= 0 {
+		t.Fatalf("publish bytes left: %d from the window, %d from disk", bytes[0], bytes[1])
+	}
+	s := stores[0]
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, q := range seqs[20:] {
+				if err := s.AckPublishes(ctx, q); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if c := s.counters().Publish; c.Count != 0 || c.Bytes != 0 || c.Head != c.Next {
+		t.Fatalf("publishes after acking everything = %+v", c)
+	}
+	if ps, err := s.PendingPublishes(ctx, 0, 100); err != nil || len(ps) != 0 {
+		t.Fatalf("pending after acking everything: %d %v", len(ps), err)
 	}
 }

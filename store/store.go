@@ -120,6 +120,8 @@ type Store struct {
 	inboxDone map[uint64]struct{} // consumed inbox entries above the head
 	inboxSize sizeWindow          // sizes of the recent inbox entries
 	pubDone   map[uint64]struct{}
+	pubSize   sizeWindow // sizes of the recent local publishes
+	pubs      pubCache   // the live local publishes of the latest commits
 	cache     *readCache // state and usage values (readcache.go)
 	diskFull  bool
 	diskAt    time.Time
@@ -276,6 +278,7 @@ func (s *Store) recover() error {
 		s.inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
 		s.inboxSize.reset()
 		s.pubDone, e2 = holes(txn, pPublish, &c.Publish)
+		s.pubSize.reset()
 		return errors.Join(e1, e2)
 	})
 	if err != nil {
@@ -284,6 +287,7 @@ func (s *Store) recover() error {
 	s.mu.Lock()
 	s.ctr = c
 	s.mu.Unlock()
+	s.pubs.reset(c.Publish.Next)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -295,6 +296,22 @@ func TestEndToEnd(t *testing.T) {
 		if !strings.Contains(string(body), "\n"+name) {
 			t.Errorf("metrics: no %s\n%s", name, body)
 		}
+	}
+	// The store's commit counters: the deploys and the invocation were
+	// written in group commits of at least one write each.
+	counterOf := func(name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`).FindStringSubmatch(string(body))
+		if m == nil {
+			t.Fatalf("metrics: no %s\n%s", name, body)
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			t.Fatalf("metrics: %s: %v", name, err)
+		}
+		return v
+	}
+	if c, w := counterOf("moongate_store_commits_total"), counterOf("moongate_store_commit_writes_total"); c < 1 || w < c {
+		t.Errorf("metrics: %v commits of %v writes", c, w)
 	}
 	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+|\+Inf|-Inf|NaN)$`)
 	for _, l := range strings.Split(strings.TrimSpace(string(body)), "\n") {
