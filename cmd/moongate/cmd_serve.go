@@ -56,7 +56,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr, toJournal(os.Getenv("JOURNAL_STREAM"), f))
 	limit := applyMemoryLimit(cfg, os.LookupEnv, log)
 	go watchGC(ctx, limit, log, gcWatchInterval, gcWarnQuiet, readGCSample)
-	go followLiveHeap(ctx, limit, log, autoLimitInterval, autoLimitWindow, readGCSample, debug.SetMemoryLimit, time.Now)
+	go followLiveHeap(ctx, limit, log, autoLimitInterval, autoLimitWindow, gcCycles(ctx), readGCSample, debug.SetMemoryLimit, time.Now)
 	if *debugListen != "" {
 		stop, err := serveDebug(*debugListen, log)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -193,6 +194,17 @@ func watchGC(ctx context.Context, l memoryLimit, log *slog.Logger, interval, qui
 // headroom of up to half the live heap, roughly as GOGC=50 would (the
 // runtime also counts the heap's unused spans against the limit).
 //
+// The window makes the limit slow to come down, and would make it as slow
+// to go up: when load resumes after a quiet spell (the window's smallest
+// sample is the idle heap) the live heap outgrows the limit within a few
+// collections, and the collector then runs back to back, taking up to half
+// the processor, until the window has passed. moongate-bench saw its events
+// wait 100-350 ms for the first 1-1.5 s of a load phase (docs/performance.md,
+// "The phase-start spike"). So the limit also goes up at once: after every
+// collection (gcCycles), when the latest live heap times autoPressMargin
+// (plus the overhead) reaches the limit in effect, the limit is raised to
+// autoLimitFactor times that live heap and held for a window of samples.
+//
 // When, over the last autoBoostSpan samples, garbage collection still took
 // at least autoBoostShare of the processor time (and at least 2 % of one
 // processor), the limit is raised for autoBoostHold to autoBoostFactor
@@ -209,6 +221,8 @@ const (
 	autoLimitFactor   = 1.5
 	autoLimitInterval = 250 * time.Millisecond
 	autoLimitWindow   = 8 // samples: 2 s
+
+	autoPressMargin = 1.2 // live heap x this reaching the limit: raise it at once
 
 	autoBoostShare  = 0.25
 	autoBoostBusy   = 0.02 // of one processor
@@ -238,8 +252,11 @@ func limitFor(floor int64, live, overhead uint64, factor float64) int64 {
 // every interval, or at the boost (see autoBoostShare) while one holds,
 // while memory_limit: auto applies; it changes the limit only when that
 // differs by more than a MiB, and logs changes at debug level. now is the
-// clock (time.Now outside tests). It returns when ctx ends or read fails.
-func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interval time.Duration, window int, read func() (gcSample, bool), set func(int64) int64, now func() time.Time) {
+// clock (time.Now outside tests). wake (gcCycles outside tests; nil for
+// none) signals the end of a collection: then only the pressure check
+// runs, on a fresh sample that does not enter the window. It returns when
+// ctx ends or read fails.
+func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interval time.Duration, window int, wake <-chan struct{}, read func() (gcSample, bool), set func(int64) int64, now func() time.Time) {
 	if !l.auto || l.bytes <= 0 {
 		return
 	}
@@ -247,31 +264,63 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 	var (
 		boost      int64 // raised limit while boostUntil is ahead
 		boostUntil time.Time
+		press      int64 // raised limit while pressLeft samples remain
+		pressLeft  int
+		base       = l.bytes // the window's limit, as of the last sample
+		low        gcSample  // the window's smallest sample
 	)
 	recent := make([]gcSample, 0, max(window, autoBoostSpan+1))
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
+		ticked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			ticked = true
+		case <-wake:
 		}
 		s, ok := read()
 		if !ok {
 			return
 		}
+		// The live heap has (nearly) caught up with the limit: the
+		// collector is about to run back to back. Raise the limit now,
+		// on this sample, and hold it while the window forgets the
+		// smaller ones.
+		if float64(s.live)*autoPressMargin+float64(s.overhead) >= float64(cur) {
+			if p := limitFor(l.bytes, s.live, s.overhead, autoLimitFactor); p > press || pressLeft == 0 {
+				press = p
+			}
+			pressLeft = window + 1
+		}
+		if !ticked {
+			if want := max(base, press); want > cur+1<<20 {
+				set(want)
+				log.Debug("memory limit raised: the live heap reached it", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(s.live)/(1<<20)))
+				cur = want
+			}
+			continue
+		}
+		if pressLeft > 0 {
+			pressLeft--
+		}
+		if pressLeft == 0 {
+			press = 0
+		}
 		if len(recent) == cap(recent) {
 			recent = append(recent[:0], recent[1:]...)
 		}
 		recent = append(recent, s)
-		low := s
+		low = s
 		for _, r := range recent[max(0, len(recent)-window):] {
 			if r.live < low.live {
 				low = r
 			}
 		}
-		want := autoLimit(l.bytes, low.live, low.overhead)
+		base = autoLimit(l.bytes, low.live, low.overhead)
+		want := max(base, press)
 		t := now()
 		if n := len(recent); n > autoBoostSpan {
 			old := recent[n-1-autoBoostSpan]
@@ -301,7 +350,39 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 			continue
 		}
 		set(want)
-		log.Debug("memory limit follows the live heap", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(low.live)/(1<<20)), "boost", formatLimit(boost))
+		log.Debug("memory limit follows the live heap", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(low.live)/(1<<20)),
+			"boost", formatLimit(boost), "press", formatLimit(press))
 		cur = want
 	}
+}
+
+// gcCycles returns a channel that receives after each garbage collection
+// cycle (dropped while the previous one is unread) until ctx ends. It uses
+// a finalizer on a sentinel object, re-armed each time: the runtime queues
+// the finalizer once the cycle that found the object unreachable ends.
+func gcCycles(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	var arm func()
+	arm = func() {
+		// Big enough, and with a pointer, to be a heap object of its own
+		// (the tiny allocator may never free a small pointer-free one).
+		s := &gcSentinel{}
+		runtime.SetFinalizer(s, func(*gcSentinel) {
+			if ctx.Err() != nil {
+				return
+			}
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+			arm()
+		})
+	}
+	arm()
+	return ch
+}
+
+type gcSentinel struct {
+	p   *gcSentinel
+	pad [16]byte
 }

@@ -428,7 +428,7 @@ func runFollow(t *testing.T, l memoryLimit, window int, next func() (gcSample, b
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, read, set, lockedNow)
+		followLiveHeap(context.Background(), l, jsonLogger(io.Discard), time.Millisecond, window, nil, read, set, lockedNow)
 	}()
 	select {
 	case <-done:
@@ -461,10 +461,12 @@ func TestFollowLiveHeap(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("window 1: limits set %v, want %v", got, want)
 	}
-	// With a window of two samples a single high sample is not followed:
-	// 30 MiB twice is, 80 MiB once is not, and the drop is followed at once.
+	// With a window of two samples the limit comes down only once both
+	// are small; it goes up at once when the live heap reaches it (30 MiB
+	// under 24, 80 under 45), and is held until the window has forgotten
+	// the smaller samples.
 	got = run(auto, 2)
-	want = []int64{45 * mib, 24 * mib}
+	want = []int64{45 * mib, 120 * mib, 24 * mib}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("window 2: limits set %v, want %v", got, want)
 	}
@@ -508,5 +510,63 @@ func TestFollowLiveHeapBoost(t *testing.T) {
 	want := []int64{30 * mib, 40 * mib, 30 * mib}
 	if fmt.Sprint(sets) != fmt.Sprint(want) {
 		t.Fatalf("limits set %v, want %v", sets, want)
+	}
+}
+
+// After a collection, a live heap that has (nearly) reached the limit raises
+// it at once, without waiting for the window's samples.
+func TestFollowLiveHeapPress(t *testing.T) {
+	const mib = 1 << 20
+	lives := []uint64{10 * mib, 21 * mib, 22 * mib, 30 * mib}
+	var (
+		mu   sync.Mutex
+		sets []int64
+		i    int
+	)
+	read := func() (gcSample, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if i == len(lives) {
+			return gcSample{}, false
+		}
+		i++
+		return gcSample{live: lives[i-1]}, true
+	}
+	set := func(b int64) int64 { mu.Lock(); sets = append(sets, b); mu.Unlock(); return 0 }
+	wake := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// No tick within the test: only the collections wake it.
+		followLiveHeap(context.Background(), memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true}, jsonLogger(io.Discard),
+			time.Hour, 8, wake, read, set, time.Now)
+	}()
+	for range len(lives) + 1 { // the last read ends the loop
+		select {
+		case wake <- struct{}{}:
+		case <-done:
+			t.Fatal("followLiveHeap returned early")
+		}
+	}
+	<-done
+	// 10: room enough. 21 x 1.2 reaches 24: 1.5 x 21. 22 x 1.2 is under
+	// 32. 30 x 1.2 reaches 32: 1.5 x 30.
+	if want := []int64{32 * mib, 45 * mib}; fmt.Sprint(sets) != fmt.Sprint(want) {
+		t.Fatalf("limits set %v, want %v", sets, want)
+	}
+}
+
+// gcCycles signals the end of collections.
+func TestGCCycles(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := gcCycles(ctx)
+	for n := 0; n < 3; n++ {
+		runtime.GC()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no signal after collection %d", n+1)
+		}
 	}
 }
