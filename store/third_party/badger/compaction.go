@@ -21,6 +21,7 @@ type keyRange struct {
 	right []byte
 	inf   bool
 	size  int64 // size is used for Key splits.
+	empty bool  // moongate: tables left in place (keepSplits): nothing to build
 }
 
 func (r keyRange) isEmpty() bool {

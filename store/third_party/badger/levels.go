@@ -974,6 +974,9 @@ func (s *levelsController) compactBuildTables(
 	res := make(chan *table.Table, 3)
 	inflightBuilders := y.NewThrottle(8 + len(cd.splits))
 	for _, kr := range cd.splits {
+		if kr.empty { // moongate: tables left in place
+			continue
+		}
 		// Initiate Do here so we can register the goroutines for buildTables too.
 		if err := inflightBuilders.Do(); err != nil {
 			s.kv.opt.Errorf("cannot start subcompaction: %+v", err)
@@ -1496,8 +1499,16 @@ func (s *levelsController) runCompactDef(id, l int, cd compactDef) (err error) {
 	nextLevel := cd.nextLevel
 
 	y.AssertTrue(len(cd.splits) == 0)
+	// moongate: bottom tables without a top key in their range are not
+	// rewritten (moongate_keep.go).
+	allBot := cd.bot
+	cd, kept := keepUntouched(cd)
 	if thisLevel.level == nextLevel.level {
 		// don't do anything for L0 -> L0 and Lmax -> Lmax.
+	} else if len(kept) > 0 {
+		keepSplits(&cd, allBot, kept)
+		s.kv.opt.Debugf("moongate: L%d -> L%d compaction keeps %d of %d tables of L%d",
+			thisLevel.level, nextLevel.level, len(kept), len(allBot), nextLevel.level)
 	} else {
 		s.addSplits(&cd)
 	}
