@@ -267,7 +267,6 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 		press      int64 // raised limit while pressLeft samples remain
 		pressLeft  int
 		base       = l.bytes // the window's limit, as of the last sample
-		low        gcSample  // the window's smallest sample
 	)
 	recent := make([]gcSample, 0, max(window, autoBoostSpan+1))
 	tick := time.NewTicker(interval)
@@ -313,7 +312,7 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 			recent = append(recent[:0], recent[1:]...)
 		}
 		recent = append(recent, s)
-		low = s
+		low := s // the window's smallest sample
 		for _, r := range recent[max(0, len(recent)-window):] {
 			if r.live < low.live {
 				low = r
