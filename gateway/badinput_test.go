@@ -10,6 +10,7 @@ import (
 
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // TestLimitBreachGoesStraightToDeadLetters: a function that breaches a
@@ -127,5 +128,61 @@ func TestHandleRejectsInvalidTopic(t *testing.T) {
 	}
 	if n := len(allRecords(t, p.d.Store(), "reference")); n != 0 {
 		t.Errorf("records: %d", n)
+	}
+}
+
+// TestOutputsRefusedForGood: outputs the store can never take (an invalid
+// stream name, a device capture over the store's limit) and a function
+// failing on a large event do not hold their lane: each event goes to the
+// dead letters, with the reason and (the large one) its whole event, and
+// the next events of the same lane are processed. Before, each was retried
+// forever, and its lane (and the backlog's room) never freed.
+func TestOutputsRefusedForGood(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "streams", `function handle(e)
+  if e.payload == "bad" then emit(("s"):rep(2000), {x = 1}) end
+  if e.payload == "nul" then emit("a\0b", {x = 1}) end
+  return {p = e.payload}
+end`, "triggers:\n  - mqtt: s/{device}\n")
+	writeFunction(t, fnDir, "longdev", `function handle(e) return {x = 1} end`, "triggers:\n  - mqtt: long/{device}/t\n")
+	writeFunction(t, fnDir, "fails", `function handle(e) error("boom") end`, "triggers:\n  - mqtt: f/{device}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {retry: {max_attempts: 2, initial_backoff: 10ms}}\n"))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "refused", true)
+	for _, pl := range []string{"ok1", "bad", "ok2", "nul", "ok3"} {
+		publish(t, dev, "s/d1", 1, []byte(pl))
+	}
+	publish(t, dev, "long/"+strings.Repeat("d", 2000)+"/t", 1, []byte(`{}`))
+	big := bytes.Repeat([]byte("x"), 200<<10) // under the default max_payload (256KiB)
+	publish(t, dev, "f/d1", 1, big)
+	st := p.d.Store()
+	waitFor(t, 20*time.Second, "the records of the good events", func() bool { return len(allRecords(t, st, "streams")) == 3 })
+	for i, r := range allRecords(t, st, "streams") {
+		if want := `{"p":"ok` + strconv.Itoa(i+1) + `"}`; string(r.Data) != want {
+			t.Errorf("record %d: %s, want %s", i, r.Data, want)
+		}
+	}
+	var dls []store.DeadLetter
+	waitFor(t, 20*time.Second, "four dead letters", func() bool {
+		var err error
+		dls, err = st.ListDeadLetters(context.Background(), "", 0, 10)
+		return err == nil && len(dls) == 4
+	})
+	byFn := map[string][]store.DeadLetter{}
+	for _, dl := range dls {
+		byFn[dl.Function] = append(byFn[dl.Function], dl)
+	}
+	for _, dl := range append(byFn["streams"], byFn["longdev"]...) {
+		if !strings.Contains(dl.Error, "outputs refused by the store") || !strings.Contains(dl.Error, "invalid argument") {
+			t.Errorf("dead letter of %s: %q", dl.Function, dl.Error)
+		}
+	}
+	if len(byFn["streams"]) != 2 || len(byFn["longdev"]) != 1 || len(byFn["fails"]) != 1 {
+		t.Fatalf("dead letters by function: %v", byFn)
+	}
+	if dl := byFn["fails"][0]; !strings.Contains(dl.Error, "boom") || dl.Attempts != 2 || len(dl.Event) < len(big) {
+		t.Errorf("dead letter of the large event: attempts %d, %d bytes kept, error %q", dl.Attempts, len(dl.Event), dl.Error)
+	}
+	if s := p.d.Gateway().Stats(); s.Processed != 3 || s.DeadLettered != 4 {
+		t.Errorf("stats: %+v", s)
 	}
 }

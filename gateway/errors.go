@@ -25,6 +25,12 @@ var (
 	// source is invalid; it also wraps the precise error (a
 	// *luavm.CompileError with line and column, manifest errors with line).
 	ErrInvalidFunction = errors.New("gateway: invalid function")
+	// ErrOutputsRefused is the dead-letter cause of an event whose
+	// function ran but whose outputs the store refuses for good (invalid,
+	// too large for one commit, a state increment of a value that is not a
+	// number): committing them again would fail the same way. It wraps the
+	// store's error.
+	ErrOutputsRefused = errors.New("gateway: outputs refused by the store")
 	// ErrNoBlobs is returned for a blob operation when the store has no
 	// blob support.
 	ErrNoBlobs = errors.New("gateway: blobs are not available")

@@ -409,7 +409,13 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 		g.inflight.add(key)
 		defer g.inflight.done(key)
 	}
-	return g.enqueue(ctx, entries)
+	err := g.enqueue(ctx, entries)
+	if err != nil && refusedForGood(err) {
+		// An event the store can never take (over its value limit with the
+		// topic): a redelivery would fail the same way.
+		return g.rejectAtIntake(ctx, m, err)
+	}
+	return err
 }
 
 // inflightSet tracks the QoS 1 messages being made durable, by

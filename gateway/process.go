@@ -73,6 +73,11 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	case errors.Is(err, store.ErrAlreadyConsumed):
 		g.stats.dups.Add(1)
 		return done, 0
+	case refusedForGood(err):
+		// Retrying would fail the same way and hold the lane (and the
+		// backlog's room) forever: the event goes to the dead letters.
+		g.stats.failed.Add(1)
+		return g.deadLetter(ictx, j, res, fmt.Errorf("%w: %w", ErrOutputsRefused, err))
 	default:
 		// The store refused (full disk, quota): nothing was applied; try
 		// again later, the event stays in the inbox.
@@ -89,6 +94,12 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	}
 	g.pushChained(cr.Inbox)
 	return done, 0
+}
+
+// refusedForGood reports whether a store error means the same write can
+// never succeed (as opposed to a full disk or quota, which clear up).
+func refusedForGood(err error) bool {
+	return errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrNotNumber)
 }
 
 func (g *Gateway) backoff(attempt int) time.Duration {
@@ -184,6 +195,10 @@ func usageOf(function string, now int64, res *luavm.Result, failed bool) *store.
 	return u
 }
 
+// deadLetterHead is how much of an event a dead letter keeps when the
+// whole event cannot be stored with it.
+const deadLetterHead = 16 << 10
+
 // deadLetter consumes the entry into the dead letters, with the error.
 func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cause error) (outcome, time.Duration) {
 	e := &j.entry
@@ -200,6 +215,16 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 		}
 	}
 	_, err := g.opts.Store.Commit(ctx, c)
+	if err != nil && refusedForGood(err) {
+		// Keep what fits: the head of the event, no logs. The reason
+		// says so; the dead letter is for diagnosis and cannot be replayed.
+		head := e.Event[:min(len(e.Event), deadLetterHead)]
+		dl := *c.DeadLetter
+		dl.Event = head
+		dl.Error = fmt.Sprintf("%s (dead letter of the whole event refused: %v; kept the first %d of %d bytes)", dl.Error, err, len(head), len(e.Event))
+		c.DeadLetter, c.Logs = &dl, nil
+		_, err = g.opts.Store.Commit(ctx, c)
+	}
 	switch {
 	case err == nil:
 		g.stats.dead.Add(1)

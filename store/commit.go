@@ -117,6 +117,13 @@ func (s *Store) vEntryEst(k, v int) int64 {
 	return entryEst(k, v)
 }
 
+// valueEntryBound bounds the estimate of one entry whose value is at most v
+// bytes: a value past the threshold is a pointer in the transaction, but an
+// estimate v over the threshold may stand for a value under it.
+func (s *Store) valueEntryBound(k, v int) int64 {
+	return entryEst(k, min(v, int(s.valueThreshold))) + 12
+}
+
 // submit queues r for the committer and waits until its batch is durable
 // (as the durability mode defines it).
 func (s *Store) submit(ctx context.Context, r *request) error {

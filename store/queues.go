@@ -185,7 +185,7 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if c == nil {
 		return CommitResult{}, fmt.Errorf("%w: nil commit", ErrInvalid)
 	}
-	est, err := validateCommit(c, s.opts.MaxValueBytes)
+	est, err := validateCommit(c, s.opts.MaxValueBytes, s.valueEntryBound)
 	if err != nil {
 		return CommitResult{}, err
 	}
@@ -242,7 +242,12 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	return res, nil
 }
 
-func validateCommit(c *Commit, maxValue int) (int64, error) {
+// validateCommit checks c and returns an upper bound of the bytes its
+// writes add to a transaction. vEst bounds one entry with a value of at
+// most v bytes (values past the value threshold are only pointers in the
+// transaction: a 200 KiB event costs the same as a 1 KiB one); entryEst
+// bounds the entries without one.
+func validateCommit(c *Commit, maxValue int, vEst func(k, v int) int64) (int64, error) {
 	est := int64(256)
 	tooBig := func(what string, n int) error {
 		if n > maxValue {
@@ -292,7 +297,7 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 			v += len(t) + 2
 		}
 		n := int64(1 + len(r.Targets))
-		est += n*entryEst(64, v) + entryEst(20+len(r.Stream)+len(r.Function)+len(r.Device), 0)
+		est += n*vEst(64, v) + entryEst(20+len(r.Stream)+len(r.Function)+len(r.Device), 0)
 		for _, t := range r.Targets {
 			targets[t] = true
 		}
@@ -312,22 +317,23 @@ func validateCommit(c *Commit, maxValue int) (int64, error) {
 		if len(st.Key) > 64<<10 {
 			return 0, fmt.Errorf("%w: state key longer than 64 KiB", ErrInvalid)
 		}
-		est += entryEst(2+len(st.Function)+len(st.Key), len(st.Value)+32)
+		est += vEst(2+len(st.Function)+len(st.Key), len(st.Value)+32)
 	}
 	for _, p := range c.Publishes {
-		est += entryEst(9, 32+len(p.Topic)+len(p.Payload)) + maxDropsPerWrite*entryEst(9, 0)
+		est += vEst(9, 32+len(p.Topic)+len(p.Payload)) + maxDropsPerWrite*entryEst(9, 0)
 	}
 	if d := c.DeadLetter; d != nil {
 		if err := validName("dead letter function", d.Function, false); err != nil {
 			return 0, err
 		}
-		est += 2*entryEst(16+len(d.Function), 48+len(d.Key)+len(d.Event)+len(d.Error)) + maxDropsPerWrite*2*entryEst(64, 0)
+		// The dead letter and its index key (no value).
+		est += vEst(16+len(d.Function), 48+len(d.Key)+len(d.Event)+len(d.Error)) + entryEst(16+len(d.Function), 0) + maxDropsPerWrite*2*entryEst(64, 0)
 	}
 	for _, l := range c.Logs {
 		if err := validName("log function", l.Function, false); err != nil {
 			return 0, err
 		}
-		est += 2*entryEst(16+len(l.Function), 48+len(l.InvocationID)+len(l.Level)+len(l.Msg)+len(l.Fields)) + 2*2*entryEst(64, 0)
+		est += vEst(16+len(l.Function), 48+len(l.InvocationID)+len(l.Level)+len(l.Msg)+len(l.Fields)) + entryEst(16+len(l.Function), 0) + 2*2*entryEst(64, 0)
 	}
 	if len(c.Logs) > 0 {
 		est += maxDropsPerWrite * 2 * entryEst(64, 0)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -427,5 +428,44 @@ func TestValueLogGC(t *testing.T) {
 	_ = s.Close()
 	if _, err := s.RunValueLogGC(ctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v", err)
+	}
+}
+
+// TestValuesUpToTheLimitCommit: every value the store accepts (up to
+// MaxValueBytes) commits wherever it can go, in the low-memory profile
+// (the smallest transaction): a dead letter of a whole large event, a
+// record synced to two targets, a publish, a state value, a log. Values
+// past the value threshold are pointers in Badger's transaction; the
+// estimates counted them whole (twice for a dead letter), so a 200 KiB
+// event could not be dead-lettered and its lane was retried forever.
+func TestValuesUpToTheLimitCommit(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Profile: ProfileLowMemory})
+	for _, n := range []int{200 << 10, 600 << 10, s.opts.MaxValueBytes} {
+		v := bytes.Repeat([]byte("v"), n)
+		seqs, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "k", Event: v}})
+		if err != nil {
+			t.Fatalf("%d bytes: Enqueue: %v", n, err)
+		}
+		if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0], DeadLetter: &DeadLetter{Function: "f", Key: "k", Event: v, Error: "boom"},
+			Logs: []LogRecord{{Function: "f", Msg: string(v[:8<<10]), Fields: v[:8<<10]}}}); err != nil {
+			t.Fatalf("%d bytes: dead letter: %v", n, err)
+		}
+		if _, err := s.Commit(ctx, &Commit{
+			Records:   []Record{{Stream: "s", Function: "f", Data: v, Targets: []string{"up1", "up2"}}},
+			Publishes: []Publish{{Topic: "t", Payload: v, QoS: 1}},
+			State:     []StateChange{{Function: "f", Op: StateSet, Key: "k", Value: v}},
+		}); err != nil {
+			t.Fatalf("%d bytes: outputs: %v", n, err)
+		}
+	}
+	dls, err := s.ListDeadLetters(ctx, "f", 0, 10)
+	if err != nil || len(dls) != 3 || len(dls[2].Event) != s.opts.MaxValueBytes {
+		t.Fatalf("dead letters: %d, %v", len(dls), err)
+	}
+	// Past the limit it is still refused, with the sentinel.
+	over := make([]byte, s.opts.MaxValueBytes+1)
+	if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "f", Event: over}}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("dead letter over the limit: %v, want ErrTooLarge", err)
 	}
 }
