@@ -21,9 +21,10 @@ type job struct {
 // topic): they run one at a time, in sequence order. Different lanes run in
 // parallel on the worker pool.
 type lane struct {
-	key    string
-	q      []*job
-	queued bool // in the ready queue or held by a worker
+	key     string
+	q       []*job
+	queued  bool // in the ready queue or held by a worker
+	running bool // held by a worker: q[0] is being processed
 }
 
 // outcome of processing a job.
@@ -120,8 +121,10 @@ func (d *dispatcher) push(laneKey string, jobs ...*job) {
 		for i > 0 && l.q[i-1].entry.Seq > j.entry.Seq {
 			i--
 		}
-		// Never insert in front of a job a worker is running (index 0 of a queued lane).
-		if i == 0 && l.queued && len(l.q) > 0 {
+		// Never insert in front of the job a worker is running (index 0
+		// of a running lane); a lane only waiting in the ready queue takes
+		// an older job at its head.
+		if i == 0 && l.running && len(l.q) > 0 {
 			i = 1
 		}
 		l.q = append(l.q, nil)
@@ -179,11 +182,13 @@ func (d *dispatcher) worker(ctx context.Context) {
 		d.ready[0] = nil
 		d.ready = d.ready[1:]
 		j := l.q[0]
+		l.running = true
 		d.mu.Unlock()
 
 		out, backoff := d.process(ctx, j)
 
 		d.mu.Lock()
+		l.running = false
 		switch out {
 		case done:
 			l.q[0] = nil

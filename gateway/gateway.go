@@ -390,24 +390,22 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 	if m.QoS > 0 {
 		fp := fingerprint(m)
 		key := fpKey(fp)
-		if m.Duplicate {
-			// The original may still be on its way into the inbox: a
-			// sender whose connection dropped while intake was blocked
-			// (backpressure) resends on its new connection. Wait for it.
-			if err := g.inflight.wait(ctx, key); err != nil {
-				return err
-			}
-			if g.opts.Store.Redelivered(ctx, fp) {
-				// A redelivery of a message already made durable (its
-				// PUBACK was lost with the connection or when moongate
-				// stopped): acknowledge it, do not run it again.
-				g.stats.redelivered.Add(1)
-				return nil
-			}
+		// The original may still be on its way into the inbox: a sender
+		// whose connection dropped while intake was blocked (backpressure)
+		// resends on its new connection. One copy at a time: the claim
+		// waits for the one in flight.
+		if err := g.inflight.claim(ctx, key); err != nil {
+			return err
+		}
+		defer g.inflight.done(key)
+		if m.Duplicate && g.opts.Store.Redelivered(ctx, fp) {
+			// A redelivery of a message already made durable (its PUBACK
+			// was lost with the connection or when moongate stopped):
+			// acknowledge it, do not run it again.
+			g.stats.redelivered.Add(1)
+			return nil
 		}
 		entries[0].Fingerprint = fp
-		g.inflight.add(key)
-		defer g.inflight.done(key)
 	}
 	err := g.enqueue(ctx, entries)
 	if err != nil && refusedForGood(err) {
@@ -419,28 +417,47 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 }
 
 // inflightSet tracks the QoS 1 messages being made durable, by
-// fingerprint, so that a redelivery waits for its original. The common
-// path (no redelivery) allocates nothing: a channel is made only when a
-// redelivery has to wait.
+// fingerprint, so that copies of one message (a redelivery and its
+// original, or two redeliveries) go through intake one at a time. The
+// common path (no copy in flight) allocates nothing: a channel is made
+// only when a copy has to wait.
 type inflightSet struct {
 	mu sync.Mutex
-	m  map[fpKey]chan struct{} // nil value: in flight, nobody waiting
+	m  map[fpKey]chan struct{} // nil value: held, nobody waiting
 }
 
 // fpKey is a message fingerprint as a map key.
 type fpKey = [store.FingerprintSize]byte
 
-func (s *inflightSet) add(key fpKey) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = make(map[fpKey]chan struct{})
-	}
-	if _, ok := s.m[key]; !ok {
-		s.m[key] = nil
+// claim takes the key, waiting while another copy holds it. Checking and
+// taking are one step: of several waiters woken together, one takes it and
+// the others wait again (each then sees the first one's work durable).
+func (s *inflightSet) claim(ctx context.Context, key fpKey) error {
+	for {
+		s.mu.Lock()
+		if s.m == nil {
+			s.m = make(map[fpKey]chan struct{})
+		}
+		ch, held := s.m[key]
+		if !held {
+			s.m[key] = nil
+			s.mu.Unlock()
+			return nil
+		}
+		if ch == nil {
+			ch = make(chan struct{})
+			s.m[key] = ch
+		}
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
+// done releases a claimed key and wakes its waiters.
 func (s *inflightSet) done(key fpKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -449,27 +466,6 @@ func (s *inflightSet) done(key fpKey) {
 			close(ch)
 		}
 		delete(s.m, key)
-	}
-}
-
-// wait blocks while a message with this fingerprint is in flight.
-func (s *inflightSet) wait(ctx context.Context, key fpKey) error {
-	for {
-		s.mu.Lock()
-		ch, ok := s.m[key]
-		if ok && ch == nil {
-			ch = make(chan struct{})
-			s.m[key] = ch
-		}
-		s.mu.Unlock()
-		if !ok {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 	}
 }
 

@@ -36,7 +36,13 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f == nil {
 		return g.deadLetter(ictx, j, nil, ErrNoFunction)
 	}
-	g.invoking <- struct{}{}
+	select {
+	case g.invoking <- struct{}{}:
+	case <-ctx.Done():
+		// Stopping while waiting for a turn: the event stays in the inbox.
+		// (Only an invocation already running finishes.)
+		return stop, 0
+	}
 	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.opts.Store)
 	<-g.invoking
 	if err != nil {

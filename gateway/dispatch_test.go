@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// An older job pushed to a lane that waits in the ready queue (no worker
+// holds it) runs first: only a job a worker is running keeps its place at
+// the head. (Chained entries fed late used to run after younger ones.)
+func TestDispatchOlderJobTakesTheHeadOfAWaitingLane(t *testing.T) {
+	var mu sync.Mutex
+	var order []uint64
+	ran := make(chan struct{}, 4)
+	d := newDispatcher(1, 10, 1<<20, func(_ context.Context, j *job) (outcome, time.Duration) {
+		mu.Lock()
+		order = append(order, j.entry.Seq)
+		mu.Unlock()
+		ran <- struct{}{}
+		return done, 0
+	})
+	push := func(seq uint64) {
+		if !d.tryAdmit(1, 1) {
+			t.Fatal("no room")
+		}
+		d.push("lane", &job{entry: store.InboxEntry{Seq: seq}, size: 1})
+	}
+	push(101) // the lane is queued in the ready list; no worker yet
+	push(100)
+	ctx, cancel := context.WithCancel(context.Background())
+	d.start(ctx, 1)
+	<-ran
+	<-ran
+	cancel()
+	d.wait()
+	if len(order) != 2 || order[0] != 100 || order[1] != 101 {
+		t.Errorf("order %v, want [100 101]", order)
+	}
+}
+
+// A job pushed while a worker runs the lane's head never goes in front of it.
+func TestDispatchRunningHeadKeepsItsPlace(t *testing.T) {
+	var mu sync.Mutex
+	var order []uint64
+	started := make(chan struct{})
+	release := make(chan struct{})
+	ran := make(chan struct{}, 4)
+	d := newDispatcher(1, 10, 1<<20, func(_ context.Context, j *job) (outcome, time.Duration) {
+		if j.entry.Seq == 101 {
+			close(started)
+			<-release
+		}
+		mu.Lock()
+		order = append(order, j.entry.Seq)
+		mu.Unlock()
+		ran <- struct{}{}
+		return done, 0
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d.start(ctx, 1)
+	for _, seq := range []uint64{101} {
+		d.tryAdmit(1, 1)
+		d.push("lane", &job{entry: store.InboxEntry{Seq: seq}, size: 1})
+	}
+	<-started
+	d.tryAdmit(1, 1)
+	d.push("lane", &job{entry: store.InboxEntry{Seq: 100}, size: 1})
+	close(release)
+	<-ran
+	<-ran
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != 2 || order[0] != 101 || order[1] != 100 {
+		t.Errorf("order %v, want [101 100] (the running job first)", order)
+	}
+}
+
+// Copies of one message claim its fingerprint one at a time: when the
+// holder is done, exactly one waiter takes it; the next waits for that one.
+func TestInflightClaimIsExclusive(t *testing.T) {
+	var s inflightSet
+	var key fpKey
+	ctx := context.Background()
+	if err := s.claim(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 2)
+	for i := 1; i <= 2; i++ {
+		go func() {
+			if err := s.claim(ctx, key); err == nil {
+				got <- i
+			}
+		}()
+	}
+	// Both waiters are parked on the key's channel before it is released.
+	waitFor(t, 5*time.Second, "two waiters", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.m[key] != nil
+	})
+	s.done(key)
+	first := <-got
+	select {
+	case second := <-got:
+		t.Fatalf("waiters %d and %d both claimed the key", first, second)
+	case <-time.After(200 * time.Millisecond): // negative check: the other stays parked
+	}
+	s.done(key)
+	<-got
+	s.done(key)
+	cctx, cancel := context.WithCancel(ctx)
+	if err := s.claim(cctx, key); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := s.claim(cctx, key); err == nil {
+		t.Error("claim of a held key with an ended context succeeded")
+	}
+}
+
+// A stop does not wait for the events whose workers are queued for an
+// invocation turn (Options.Workers): only the invocation running finishes,
+// the others stay in the inbox for the next start. Before, each queued
+// worker still ran its whole invocation, so a stop could take up to 16
+// times a function's timeout.
+func TestStopDoesNotRunQueuedInvocations(t *testing.T) {
+	fnDir := t.TempDir()
+	dataDir := t.TempDir()
+	writeFunction(t, fnDir, "spin", `function handle(e) while true do end end`,
+		"triggers:\n  - mqtt: spin/{device}\nlimits: {timeout: 300ms, max_steps: 10000000000}\n")
+	p := startInProcess(t, testConfig(dataDir, fnDir, "pipeline: {workers: 1}\n"))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "spinner", true)
+	const n = 8
+	for i := range n {
+		publish(t, dev, "spin/d"+strconv.Itoa(i), 1, []byte(`{}`)) // one lane each
+	}
+	waitFor(t, 10*time.Second, "every event queued", func() bool { return p.d.Gateway().Stats().Enqueued == n })
+	p.stop(t)
+	st, err := store.Open(context.Background(), store.Options{Dir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	left, err := st.InboxPending(context.Background(), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One invocation was running at the stop (perhaps a second had just
+	// taken the turn); the rest never started.
+	if len(left) < n-2 {
+		t.Errorf("%d of %d events left in the inbox after the stop: the queued invocations ran", len(left), n)
+	}
+}
