@@ -284,18 +284,27 @@ func (g *Gateway) publisher(ctx context.Context) {
 				break
 			}
 			n, err := g.publishAll(ctx, pubs)
-			if err != nil && n < len(pubs) && ctx.Err() == nil && !g.stopping.Load() {
+			end := n // acknowledged: published, or dead-lettered (below)
+			switch {
+			case err == nil || n >= len(pubs):
+			case undeliverable(err):
+				// It would fail the same way forever and hold every
+				// publish behind it: it goes to the dead letters.
+				if g.deadLetterPublish(ctx, &pubs[n], err) {
+					end = n + 1
+				}
+			case ctx.Err() == nil && !g.stopping.Load():
 				g.log.Warn("local publish failed, will retry", "topic", pubs[n].Topic, "err", err)
 			}
-			seqs := make([]uint64, 0, n)
-			for _, p := range pubs[:n] {
+			seqs := make([]uint64, 0, end)
+			for _, p := range pubs[:end] {
 				seqs = append(seqs, p.Seq)
 			}
 			if len(seqs) > 0 {
 				after = seqs[len(seqs)-1]
 				acks <- seqs
 			}
-			if len(seqs) < len(pubs) {
+			if end == n && n < len(pubs) {
 				break
 			}
 		}
@@ -306,6 +315,33 @@ func (g *Gateway) publisher(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// PublishDeadLetters is the function name under which local publishes that
+// can never be carried out (an invalid topic or QoS) are kept as dead
+// letters. It is not a valid function name, so it cannot clash with one.
+const PublishDeadLetters = "_publish"
+
+// undeliverable reports whether a publish error is the message's own fault
+// (it fails the same way on every broker connection).
+func undeliverable(err error) bool {
+	return errors.Is(err, mqtt.ErrInvalidTopic) || errors.Is(err, mqtt.ErrInvalidQoS)
+}
+
+// deadLetterPublish keeps an undeliverable publish as a dead letter and
+// reports whether it did (then it may be acknowledged in the outbox).
+func (g *Gateway) deadLetterPublish(ctx context.Context, p *store.Publish, cause error) bool {
+	ev := luavm.Event{ID: g.newEventID(), Topic: p.Topic, Payload: p.Payload, TS: g.opts.Now().UnixMilli(), QoS: p.QoS, Trigger: "publish"}
+	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{DeadLetter: &store.DeadLetter{
+		Function: PublishDeadLetters, Key: p.Topic, Event: encodeEvent(&ev), Error: cause.Error(), TS: ev.TS,
+	}})
+	if err != nil {
+		g.log.Warn("dead-letter undeliverable publish failed, will retry", "topic", p.Topic, "err", err)
+		return false
+	}
+	g.stats.dead.Add(1)
+	g.log.Error("local publish cannot be carried out: dead-lettered", "topic", p.Topic, "err", cause)
+	return true
 }
 
 // batchPublisher is an Ingest that sends a run of messages without waiting

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -144,7 +145,18 @@ func eventMessage(ev *luavm.Event) *v1.Event {
 	if ev == nil {
 		return nil
 	}
-	e := &v1.Event{Id: ev.ID, Topic: ev.Topic, Captures: ev.Captures, Time: msTime(ev.TS), Qos: uint32(ev.QoS)}
+	// A dead letter may hold a topic that is not UTF-8 (refused at intake
+	// for that): protobuf strings must be, or the whole reply fails.
+	e := &v1.Event{Id: ev.ID, Topic: validText(ev.Topic), Captures: ev.Captures, Time: msTime(ev.TS), Qos: uint32(ev.QoS)}
+	for k, v := range ev.Captures {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			e.Captures = make(map[string]string, len(ev.Captures))
+			for k, v := range ev.Captures {
+				e.Captures[validText(k)] = validText(v)
+			}
+			break
+		}
+	}
 	if utf8.Valid(ev.Payload) {
 		e.PayloadText = string(ev.Payload)
 	} else {
@@ -152,6 +164,9 @@ func eventMessage(ev *luavm.Event) *v1.Event {
 	}
 	return e
 }
+
+// validText is s with each invalid UTF-8 sequence replaced by U+FFFD.
+func validText(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 func slogLevel(l slog.Level) string {
 	switch {

@@ -16,7 +16,7 @@ type deadLetterService struct {
 }
 
 func (d *deadLetterService) message(dl store.DeadLetter) *v1.DeadLetter {
-	m := &v1.DeadLetter{Seq: dl.Seq, Function: dl.Function, Key: dl.Key, Error: dl.Error, Attempts: int32(dl.Attempts), Time: msTime(dl.TS)}
+	m := &v1.DeadLetter{Seq: dl.Seq, Function: dl.Function, Key: validText(dl.Key), Error: validText(dl.Error), Attempts: int32(dl.Attempts), Time: msTime(dl.TS)}
 	if ev, err := d.s.cfg.Functions.DecodeEvent(dl.Event); err == nil {
 		m.Event = eventMessage(ev)
 	}
@@ -24,7 +24,7 @@ func (d *deadLetterService) message(dl store.DeadLetter) *v1.DeadLetter {
 }
 
 func checkFunctionFilter(function string) error {
-	if function != "" && function != intakeDeadLetters && !trigger.ValidFunctionName(function) {
+	if function != "" && function != intakeDeadLetters && function != publishDeadLetters && !trigger.ValidFunctionName(function) {
 		return invalidf("invalid function name %q", clip(function))
 	}
 	return nil
@@ -33,6 +33,10 @@ func checkFunctionFilter(function string) error {
 // intakeDeadLetters is gateway.IntakeDeadLetters: the function name of
 // messages refused at intake.
 const intakeDeadLetters = "_intake"
+
+// publishDeadLetters is gateway.PublishDeadLetters: local publishes that
+// cannot be carried out (an invalid topic or QoS).
+const publishDeadLetters = "_publish"
 
 func (d *deadLetterService) ListDeadLetters(ctx context.Context, req *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
 	if err := checkFunctionFilter(req.Function); err != nil {
@@ -82,8 +86,12 @@ func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.Repla
 		}
 	}
 	replay := func(dl store.DeadLetter) error {
-		if dl.Function == intakeDeadLetters {
+		switch dl.Function {
+		case intakeDeadLetters:
 			skip(dl, errors.New("refused at intake (oversized or invalid message): cannot be replayed"))
+			return nil
+		case publishDeadLetters:
+			skip(dl, errors.New("a local publish that cannot be carried out (invalid topic or QoS): cannot be replayed"))
 			return nil
 		}
 		// One atomic write: the event enters the inbox and the dead letter
