@@ -186,3 +186,21 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 		t.Errorf("stats: %+v", s)
 	}
 }
+
+// TestLargestPayloadIsProcessed: an event of the largest payload the
+// configuration allows (1MiB) is queued and run: the store's value limit
+// is sized for the payload and its topic. Before, such an event was over
+// the store's 1 MiB limit with its topic and was refused (and redelivered)
+// forever.
+func TestLargestPayloadIsProcessed(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "size", `function handle(e) return {n = #e.payload} end`, "triggers:\n  - mqtt: big/{device}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "mqtt:\n  max_payload: 1MiB\n  embedded: {listen: \"127.0.0.1:0\"}\n"))
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "big", true)
+	publish(t, dev, "big/"+strings.Repeat("d", 1000), 1, bytes.Repeat([]byte("x"), 1<<20))
+	st := p.d.Store()
+	waitFor(t, 20*time.Second, "the record", func() bool { return len(allRecords(t, st, "size")) == 1 })
+	if r := allRecords(t, st, "size")[0]; string(r.Data) != `{"n":1048576}` {
+		t.Errorf("record %s", r.Data)
+	}
+}

@@ -456,6 +456,10 @@ func (d *Daemon) closeAll() {
 	}
 }
 
+// eventOverhead bounds what an encoded event adds to its payload: the topic
+// (at most 65,535 bytes), its captures (parts of it) and a few fields.
+const eventOverhead = 2*65535 + 4096
+
 func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 	o := store.Options{
 		Dir:          cfg.DataDir,
@@ -467,6 +471,9 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		Quotas:       map[string]store.Quota{},
 		// 0 in the configuration turns pacing off: negative for the store.
 		CompactionShare: cfg.Store.CompactionShare,
+		// An event of max_payload bytes with the longest topic (and its
+		// captures) must fit one value, or it could never be queued.
+		MaxValueBytes: max(1<<20, int(cfg.MQTT.MaxPayload)+eventOverhead),
 	}
 	if o.CompactionShare == 0 {
 		o.CompactionShare = -1

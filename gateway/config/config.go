@@ -307,7 +307,7 @@ const (
 	MaxMemory         = Size(1 << 30)
 	MaxConcurrency    = 256
 	MaxIdleTimeout    = 24 * time.Hour
-	MaxMQTTPayload    = Size(268435455) // the MQTT protocol limit
+	MaxMQTTPayload    = Size(1 << 20) // an event is one store value (the daemon sizes the store's limit for it and its topic)
 	MaxWorkers        = 1024
 	MaxInflight       = 65535
 	MaxRetryAttempts  = 1000

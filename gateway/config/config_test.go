@@ -174,6 +174,7 @@ func TestErrors(t *testing.T) {
 		{"float for int", "pipeline: {workers: 1.5}\n", []string{"m.yaml:1: pipeline.workers: expected an integer, got number 1.5"}},
 		{"int overflow", "pipeline: {workers: 99999999999999999999}\n", []string{"m.yaml:1: pipeline.workers:"}},
 		{"bad size unit", "mqtt:\n  max_payload: 16MB2\n", []string{`m.yaml:2: mqtt.max_payload: invalid size "16MB2": unknown unit`}},
+		{"payload over one store value", "mqtt:\n  max_payload: 2MiB\n", []string{"m.yaml:2: mqtt.max_payload: 2MiB out of range [1B, 1048576 bytes]"}},
 		{"bad size word", "store:\n  disk_reserve: lots\n", []string{`m.yaml:2: store.disk_reserve: invalid size "lots"`}},
 		{"negative size", "store:\n  disk_reserve: -5\n", []string{"m.yaml:2: store.disk_reserve: invalid size -5: negative"}},
 		{"negative size string", "store:\n  disk_reserve: -5MiB\n", []string{`m.yaml:2: store.disk_reserve: invalid size "-5MiB": negative`}},
