@@ -75,7 +75,7 @@ type blobUpstream struct {
 	t        testing.TB
 	addr     string
 	srv      *httptest.Server
-	mode     atomic.Value // ok | 503 | stall | 417 (refuses Expect: 100-continue)
+	mode     atomic.Value // ok | 503 | 401 | stall | 417 (refuses Expect: 100-continue)
 	refuse   func(path string) bool
 	mu       gosync.Mutex
 	puts     []blobPut
@@ -172,6 +172,9 @@ func (u *blobUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	case "503":
 		w.Header().Set("Retry-After", "0")
 		http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		return
+	case "401":
+		http.Error(w, "token expired", http.StatusUnauthorized)
 		return
 	case "stall":
 		// Read a little, then stop reading until released.
@@ -343,6 +346,30 @@ func TestHTTPBlob5xxRetried(t *testing.T) {
 	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
 	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) {
 		t.Fatalf("received %d puts", len(got))
+	}
+}
+
+// TestHTTPBlobAuthFailureRetried: a blob PUT answered 401 (expired
+// credentials) is retried with the same key, not dead-lettered.
+func TestHTTPBlobAuthFailureRetried(t *testing.T) {
+	st := openBlobStore(t, "", "cloud")
+	up := newBlobUpstream(t)
+	up.mode.Store("401")
+	m, _ := startManager(t, st, blobTarget(up))
+	data := randomBytes(10<<10, 6)
+	putBlob(t, st, "a.bin", "", data)
+	waitFor(t, 10*time.Second, "three refused attempts", func() bool { return up.attempts.Load() >= 3 })
+	if s := statusOf(m, "cloud"); s.BlobBacklog != 1 || s.BlobsDelivered != 0 || s.BlobsDeadLettered != 0 || s.State != StateDisconnected ||
+		!strings.Contains(s.LastError, "http 401") {
+		t.Fatalf("status while unauthorized: %+v", s)
+	}
+	up.mode.Store("ok")
+	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
+	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) {
+		t.Fatalf("received %d puts", len(got))
+	}
+	if dls, err := st.ListDeadLetters(context.Background(), DeadLetterPrefix+"cloud", 0, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters %+v %v", dls, err)
 	}
 }
 

@@ -20,6 +20,42 @@ import (
 // de-duplicate on it and order by seq. data is the record's JSON as
 // stored; a value that is not valid JSON is sent as a JSON string.
 func AppendRecord(dst []byte, gateway string, r *store.Record) []byte {
+	dst = appendRecordMeta(dst, gateway, r)
+	if len(r.Data) > 0 && json.Valid(r.Data) {
+		dst = appendCompact(dst, r.Data)
+	} else {
+		dst = appendString(dst, string(r.Data))
+	}
+	return append(dst, '}')
+}
+
+// appendRecordHead appends the object of AppendRecord with the data cut to
+// its first head bytes (at a UTF-8 boundary), always as a JSON string, and
+// two more fields: "data_truncated":true and "data_size", the size of the
+// whole data. At most 6 x head bytes of data (JSON escaping) plus the
+// metadata: the dead letter of a refused record too large for one.
+func appendRecordHead(dst []byte, gateway string, r *store.Record, head int) []byte {
+	n := headLen(r.Data, head)
+	dst = appendRecordMeta(dst, gateway, r)
+	dst = appendString(dst, string(r.Data[:n]))
+	dst = append(dst, `,"data_truncated":true,"data_size":`...)
+	dst = strconv.AppendInt(dst, int64(len(r.Data)), 10)
+	return append(dst, '}')
+}
+
+// headLen is the length of the head of at most head bytes of data that
+// appendRecordHead keeps: cut before a rune that would not fit whole.
+func headLen(data []byte, head int) int {
+	n := min(max(head, 0), len(data))
+	for n > 0 && n < len(data) && !utf8.RuneStart(data[n]) {
+		n--
+	}
+	return n
+}
+
+// appendRecordMeta appends the object of AppendRecord up to its data:
+// everything but the value of "data" and the closing brace.
+func appendRecordMeta(dst []byte, gateway string, r *store.Record) []byte {
 	dst = append(dst, `{"id":`...)
 	dst = appendString(dst, r.ID)
 	dst = append(dst, `,"seq":`...)
@@ -40,13 +76,7 @@ func AppendRecord(dst []byte, gateway string, r *store.Record) []byte {
 	dst = strconv.AppendInt(dst, r.ProcessedTS, 10)
 	dst = append(dst, `,"clock_synced":`...)
 	dst = strconv.AppendBool(dst, r.ClockSynced)
-	dst = append(dst, `,"data":`...)
-	if len(r.Data) > 0 && json.Valid(r.Data) {
-		dst = appendCompact(dst, r.Data)
-	} else {
-		dst = appendString(dst, string(r.Data))
-	}
-	return append(dst, '}')
+	return append(dst, `,"data":`...)
 }
 
 // appendCompact appends valid JSON without insignificant whitespace, so

@@ -67,6 +67,9 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	default:
 		return nil, fmt.Errorf("%w: http compression %q (gzip or none)", ErrInvalidConfig, h.Compression)
 	}
+	if u.Scheme == "http" && h.TLS != (TLSConfig{}) {
+		return nil, fmt.Errorf("%w: http tls is set but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", ErrInvalidConfig, h.URL)
+	}
 	tlsCfg, err := h.TLS.build("")
 	if err != nil {
 		return nil, err
@@ -147,6 +150,24 @@ func (t *httpTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 	return res, nil
 }
 
+// retryStatus reports whether an HTTP answer is a failure of the endpoint
+// rather than of the records sent, to retry with the same batch after the
+// backoff: 408 and 429, 5xx, 1xx and 3xx (a redirect is not followed), and
+// the 4xx that say the request cannot reach a working endpoint whatever it
+// holds: 401 and 403 (credentials: an expired token must not move a
+// backlog to the dead letters), 404 and 405 (a wrong url), 407 (proxy
+// credentials) and 421 (misdirected). Any other 4xx (400, 413, 415, 422...)
+// refuses the records.
+func retryStatus(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests,
+		http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed,
+		http.StatusProxyAuthRequired, http.StatusMisdirectedRequest:
+		return true
+	}
+	return status < 200 || (status >= 300 && status < 400) || status >= 500
+}
+
 // deliver posts batch (which starts at index base of the Deliver batch).
 // A refusal (4xx) of several records is split in halves to find the
 // records the upstream refuses, so that one bad record does not take its
@@ -160,7 +181,9 @@ func (t *httpTarget) deliver(ctx context.Context, batch []store.OutboxEntry, bas
 	case status >= 200 && status < 300:
 		res.Done = base + len(batch)
 		return nil
-	case status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500 || status < 200 || (status >= 300 && status < 400):
+	case retryStatus(status):
+		// Whole-batch failures (the endpoint, its credentials, a proxy, an
+		// overload): the same batch again later, never split.
 		return &RetryError{After: retryAfter(body.retryAfter, time.Now()), Err: fmt.Errorf("http %d: %s", status, body.text)}
 	}
 	if len(batch) == 1 {

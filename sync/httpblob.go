@@ -27,9 +27,10 @@ import (
 // sha-256) and X-Moongate-Sha256 (hex), and an Idempotency-Key computed as
 // for a batch of records: the hex SHA-256 of the send's id and a newline,
 // the same across retries and restarts. The answer is read as for a batch:
-// 2xx delivered; 408, 429, 5xx, 3xx and network errors retried with the
-// target's backoff; 417 (no 100-continue upstream) sends it again at once
-// without Expect; any other 4xx refuses the blob for good (dead letter).
+// 2xx delivered; 408, 429, 5xx, 3xx, the endpoint failures 401, 403, 404,
+// 405, 407, 421 (retryStatus) and network errors retried with the target's
+// backoff; 417 (no 100-continue upstream) sends it again at once without
+// Expect; any other 4xx refuses the blob for good (dead letter).
 // An object whose size or hash no longer matches its send, or that is
 // missing, is refused for good too: the bytes would never be right.
 
@@ -75,7 +76,7 @@ func (t *httpTarget) sendBlob(ctx context.Context, e *store.OutboxEntry, idx int
 	case status >= 200 && status < 300:
 		res.Done = idx + 1
 		return nil
-	case status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500 || status < 200 || (status >= 300 && status < 400):
+	case retryStatus(status):
 		return &RetryError{After: retryAfter(body.retryAfter, time.Now()), Err: fmt.Errorf("http %d (blob %s/%s): %s", status, e.Blob.Bucket, e.Blob.Name, body.text)}
 	}
 	refuse(fmt.Sprintf("http %d: %s", status, body.text))

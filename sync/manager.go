@@ -637,22 +637,30 @@ func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.Ou
 	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
 }
 
+// deadLetterHead is how much of a refused record's data its dead letter
+// keeps when the whole record line cannot be stored as one (it is larger
+// than the store's MaxValueBytes): escaped as a JSON string, at most 6
+// times as many bytes, well within the default 1 MiB.
+const deadLetterHead = 64 << 10
+
 // deadLetter stores the refused records as dead letters, in order. It
 // returns how many entries of the batch are safe to acknowledge when
-// storing one fails (those before the first refused record not stored).
+// storing one fails with an error that can clear (disk space, quota,
+// context): those before the first refused record not stored.
 func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej []Rejection) (int, error) {
 	for _, r := range rej {
 		if r.Index < 0 || r.Index >= len(batch) {
 			continue
 		}
 		rec := &batch[r.Index].Record
-		line := AppendRecord(nil, w.m.opts.GatewayID, rec)
-		_, err := w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: &store.DeadLetter{
-			Function: DeadLetterPrefix + w.cfg.Name, Key: rec.ID, Event: line,
-			Error: r.Reason, Attempts: 1, TS: time.Now().UnixMilli(),
-		}})
+		stored, err := w.storeDeadLetter(ctx, rec, r.Reason)
 		if err != nil {
 			return r.Index, err
+		}
+		if !stored {
+			// Not even a minimal dead letter fits: logged by
+			// storeDeadLetter; holding the outbox would block it forever.
+			continue
 		}
 		w.mu.Lock()
 		if bs := batch[r.Index].Blob; bs != nil {
@@ -666,6 +674,53 @@ func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej 
 		w.log.Warn("sync record refused by upstream, dead-lettered", "id", rec.ID, "stream", rec.Stream, "reason", r.Reason)
 	}
 	return len(batch), nil
+}
+
+// permanentStoreError reports whether a store error can never clear for
+// the same write: retrying it would block the outbox forever.
+func permanentStoreError(err error) bool {
+	return errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid)
+}
+
+// storeDeadLetter commits the dead letter of a refused record: its whole
+// record line, or, when the store can never take that (larger than its
+// MaxValueBytes: a record's data may be up to that size, and JSON escaping
+// expands text up to 6 times), the line with the data cut to a head of
+// deadLetterHead bytes, then to none, and an Error that says what was cut
+// (the whole record stays in the store's records until retention). It
+// returns an error only when the commit failed with an error that can
+// clear (disk space, quota, context): the record must then stay in the
+// outbox. stored is false when not even the data-less line could be
+// stored; that is logged.
+func (w *worker) storeDeadLetter(ctx context.Context, rec *store.Record, reason string) (stored bool, err error) {
+	line := AppendRecord(nil, w.m.opts.GatewayID, rec)
+	dl := &store.DeadLetter{Function: DeadLetterPrefix + w.cfg.Name, Key: rec.ID, Event: line,
+		Error: reason, Attempts: 1, TS: time.Now().UnixMilli()}
+	_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl})
+	if err == nil {
+		return true, nil
+	}
+	if !permanentStoreError(err) {
+		return false, err
+	}
+	whole := err
+	for _, head := range []int{deadLetterHead, 0} {
+		kept := headLen(rec.Data, head)
+		dl.Event = appendRecordHead(nil, w.m.opts.GatewayID, rec, head)
+		dl.Error = fmt.Sprintf("%s; the record line of %d bytes does not fit in a dead letter (%v): its data was cut to the first %d of %d bytes (data_truncated); the whole record stays in the store's records until retention",
+			reason, len(line), whole, kept, len(rec.Data))
+		_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl})
+		if err == nil {
+			w.log.Warn("sync refused record too large for a dead letter: data cut", "id", rec.ID, "line_bytes", len(line), "data_bytes", len(rec.Data), "kept", kept, "err", whole)
+			return true, nil
+		}
+		if !permanentStoreError(err) {
+			return false, err
+		}
+	}
+	w.log.Error("sync refused record could not be dead-lettered: acknowledged; it stays in the store's records until retention",
+		"id", rec.ID, "stream", rec.Stream, "reason", reason, "err", err)
+	return false, nil
 }
 
 // ack hands a delivered prefix to the acker goroutine, which deletes it

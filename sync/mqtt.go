@@ -27,10 +27,24 @@ type MQTTConfig struct {
 	Topic     string
 	KeepAlive time.Duration // default 30s
 	TLS       TLSConfig
+	// MaxPayload is the largest message payload (an encoded record) the
+	// target publishes, 1 to MaxMQTTPayload (0: MaxMQTTPayload). A larger
+	// record is refused before it is sent (a Rejection: dead-lettered):
+	// MQTT 3.1.1 has no per-message refusal, and a broker with a lower
+	// limit drops the connection, which would hold the record, and every
+	// record behind it, forever. Set it to the broker's limit.
+	MaxPayload int
 }
 
 // DefaultMQTTTopic is the default topic template of mqtt targets.
 const DefaultMQTTTopic = "gateways/{gateway}/{stream}"
+
+// MaxMQTTPayload is the largest payload an MQTT 3.1.1 PUBLISH can carry
+// whatever its topic: the protocol's largest remaining length (268435455)
+// minus the variable header of a QoS 1 publish with the longest topic
+// (2 + 65535 bytes of topic, 2 of packet id). It is the default of
+// MQTTConfig.MaxPayload.
+const MaxMQTTPayload = 268435455 - (2 + 65535) - 2
 
 func init() {
 	mustRegister(Module{ID: ModulePrefix + "mqtt", New: newMQTTTarget})
@@ -63,9 +77,19 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 		return nil, fmt.Errorf("%w: mqtt broker %q: want scheme://host:port", ErrInvalidConfig, m.Broker)
 	}
 	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	case "ssl", "tls", "mqtts", "wss":
+	case "tcp", "mqtt", "ws":
+		if m.TLS != (TLSConfig{}) {
+			return nil, fmt.Errorf("%w: mqtt tls is set but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", ErrInvalidConfig, m.Broker)
+		}
 	default:
 		return nil, fmt.Errorf("%w: mqtt broker scheme %q", ErrInvalidConfig, u.Scheme)
+	}
+	switch {
+	case m.MaxPayload == 0:
+		m.MaxPayload = MaxMQTTPayload
+	case m.MaxPayload < 0 || m.MaxPayload > MaxMQTTPayload:
+		return nil, fmt.Errorf("%w: mqtt max payload %d out of range [1, %d]", ErrInvalidConfig, m.MaxPayload, MaxMQTTPayload)
 	}
 	if m.Topic == "" {
 		m.Topic = DefaultMQTTTopic
@@ -193,41 +217,68 @@ func (t *mqttTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 	gen := t.gen.Load()
 	win := t.cfg.Inflight
 	toks := make([]paho.Token, win)
+	refused := make([]string, win) // reason of a record refused instead of published
 	timer := time.NewTimer(t.cfg.AckTimeout)
 	defer timer.Stop()
 	payload := make([]byte, 0, 512)
-	next, done := 0, 0
-	for done < len(batch) {
-		for next < len(batch) && next-done < win {
+	var res Result
+	next := 0
+	for res.Done < len(batch) {
+		for next < len(batch) && next-res.Done < win {
 			r := &batch[next].Record
 			payload = AppendRecord(payload[:0], t.env.GatewayID, r)
-			toks[next%win] = c.Publish(t.topic(r), 1, false, append([]byte(nil), payload...))
+			topic := t.topic(r)
+			if reason := t.oversize(len(payload), topic); reason != "" {
+				refused[next%win] = reason
+			} else {
+				toks[next%win] = c.Publish(topic, 1, false, append([]byte(nil), payload...))
+			}
 			next++
 		}
-		tok := toks[done%win]
+		i := res.Done % win
+		if refused[i] != "" {
+			res.Rejected = append(res.Rejected, Rejection{Index: res.Done, Reason: refused[i]})
+			refused[i] = ""
+			res.Done++
+			continue
+		}
+		tok := toks[i]
 		timer.Reset(t.cfg.AckTimeout)
 		select {
 		case <-tok.Done():
 		case <-timer.C:
 			t.drop(c)
-			return Result{Done: done}, ErrAckTimeout
+			return res, ErrAckTimeout
 		case <-ctx.Done():
 			t.drop(c)
-			return Result{Done: done}, ctx.Err()
+			return res, ctx.Err()
 		case <-t.stop:
-			return Result{Done: done}, ErrClosed
+			return res, ErrClosed
 		}
 		if err := tok.Error(); err != nil {
 			t.drop(c)
-			return Result{Done: done}, fmt.Errorf("mqtt publish: %w", err)
+			return res, fmt.Errorf("mqtt publish: %w", err)
 		}
 		// A token completed on a connection lost since is no proof.
 		if t.gen.Load() != gen || !c.IsConnectionOpen() {
 			t.drop(c)
-			return Result{Done: done}, ErrConnectionLost
+			return res, ErrConnectionLost
 		}
-		toks[done%win] = nil
-		done++
+		toks[i] = nil
+		res.Done++
 	}
-	return Result{Done: done}, nil
+	return res, nil
+}
+
+// oversize returns why a message of n payload bytes on topic cannot be
+// published (over MaxPayload, or over what an MQTT packet can carry), or
+// "" when it can.
+func (t *mqttTarget) oversize(n int, topic string) string {
+	if n > t.cfg.MQTT.MaxPayload {
+		return fmt.Sprintf("mqtt: record of %d bytes exceeds the target's max_payload of %d bytes", n, t.cfg.MQTT.MaxPayload)
+	}
+	if len(topic) > 65535 || 2+len(topic)+2+n > 268435455 {
+		return fmt.Sprintf("mqtt: record of %d bytes on a topic of %d bytes exceeds the MQTT packet limit", n, len(topic))
+	}
+	return ""
 }

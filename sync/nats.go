@@ -254,15 +254,21 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 	pre := t.prepared(batch)
 	win := t.cfg.Inflight
 	futs := make([]jetstream.PubAckFuture, win)
+	refused := make([]string, win) // reason of a message refused at publish
 	timer := time.NewTimer(t.cfg.AckTimeout)
 	defer timer.Stop()
-	next, done := 0, 0
+	var res Result
+	next := 0
 	fail := func(err error) (Result, error) {
 		t.drop()
-		return Result{Done: done}, err
+		return res, err
 	}
-	for done < len(batch) {
-		for next < len(batch) && next-done < win {
+	reject := func(reason string) {
+		res.Rejected = append(res.Rejected, Rejection{Index: res.Done, Reason: reason})
+		res.Done++
+	}
+	for res.Done < len(batch) {
+		for next < len(batch) && next-res.Done < win {
 			var m *nats.Msg
 			if pre != nil {
 				m = pre[next]
@@ -270,19 +276,39 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 				m = t.msg(&batch[next].Record)
 			}
 			f, err := js.PublishMsgAsync(m)
-			if err != nil {
+			switch {
+			case errors.Is(err, nats.ErrMaxPayload):
+				// Refused by the client before it is sent: the server's
+				// max_payload is below the message, on every retry.
+				refused[next%win] = fmt.Sprintf("nats publish: record of %d bytes over the server's max_payload of %d bytes: %v",
+					len(m.Data), js.Conn().MaxPayload(), err)
+			case err != nil:
 				return fail(fmt.Errorf("nats publish: %w", err))
+			default:
+				futs[next%win] = f
 			}
-			futs[next%win] = f
 			next++
 		}
-		f := futs[done%win]
+		i := res.Done % win
+		if refused[i] != "" {
+			reject(refused[i])
+			refused[i] = ""
+			continue
+		}
+		f := futs[i]
 		timer.Reset(t.cfg.AckTimeout)
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			if errors.Is(err, nats.ErrConnectionClosed) && ctx.Err() != nil {
-				return Result{Done: done}, ctx.Err()
+				return res, ctx.Err()
+			}
+			if permanentPubError(err) {
+				// The stream refuses this message for good; the
+				// connection and the messages after it are fine.
+				futs[i] = nil
+				reject(fmt.Sprintf("nats publish ack: %v", err))
+				continue
 			}
 			return fail(fmt.Errorf("nats publish ack: %w", err))
 		case <-timer.C:
@@ -292,10 +318,19 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		case <-t.stop:
-			return Result{Done: done}, ErrClosed
+			return res, ErrClosed
 		}
-		futs[done%win] = nil
-		done++
+		futs[i] = nil
+		res.Done++
 	}
-	return Result{Done: done}, nil
+	return res, nil
+}
+
+// permanentPubError reports whether a JetStream publish acknowledgement
+// refuses the message itself, so that sending it again can never succeed:
+// a message larger than the stream's max_msg_size (10054, "maximum
+// message size exceeded").
+func permanentPubError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }

@@ -76,8 +76,11 @@ type Result struct {
 	Rejected []Rejection // entries of that prefix the upstream refused for good
 }
 
-// Rejection is an entry the upstream refused permanently (an HTTP 4xx other
-// than 408 and 429): it goes to the store's dead letters with Reason.
+// Rejection is an entry the upstream refused permanently, whatever the
+// retries (an HTTP 4xx that concerns the records, such as 400, 413 or 422;
+// a message larger than a NATS server, JetStream stream or mqtt target
+// accepts): it goes to the store's dead letters with Reason, and the
+// queue moves on.
 type Rejection struct {
 	Index  int    // index in the batch
 	Reason string // e.g. the status and the response body

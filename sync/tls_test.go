@@ -7,10 +7,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +84,54 @@ func TestMQTTClientCertificate(t *testing.T) {
 	}
 	if s := statusOf(m, "good"); s.Delivered != 50 || !s.Connected {
 		t.Fatalf("target with certificate: %+v", s)
+	}
+}
+
+// TestTLSNeedsTLSURL: TLS settings with a plaintext URL would be ignored
+// (client certificate unused, credentials in clear): New refuses them
+// with ErrInvalidConfig, naming the scheme to use. nats:// is not
+// plaintext here: with TLS settings the client requires TLS.
+func TestTLSNeedsTLSURL(t *testing.T) {
+	ca, _, _, cc, ck := testPKI(t, t.TempDir())
+	st := openStore(t, "", store.DurabilityNone)
+	withCert := TLSConfig{CA: ca, Cert: cc, Key: ck}
+	skip := TLSConfig{InsecureSkipVerify: true}
+	target := func(typ, url string, tls TLSConfig) TargetConfig {
+		tc := TargetConfig{Name: "x", Type: typ}
+		switch typ {
+		case "http":
+			tc.HTTP = HTTPConfig{URL: url, TLS: tls}
+		case "mqtt":
+			tc.MQTT = MQTTConfig{Broker: url, TLS: tls}
+		case "nats":
+			tc.NATS = NATSConfig{URL: url, TLS: tls}
+		}
+		return tc
+	}
+	for _, c := range []struct {
+		tc   TargetConfig
+		want string // "" when accepted
+	}{
+		{target("http", "http://up.example/in", withCert), `http tls is set but url "http://up.example/in" is plain http`},
+		{target("http", "http://up.example/in", skip), "use https://"},
+		{target("mqtt", "tcp://b.example:1883", withCert), `mqtt tls is set but broker "tcp://b.example:1883" is not a TLS URL`},
+		{target("mqtt", "mqtt://b.example:1883", TLSConfig{CA: ca}), "use ssl://, tls://, mqtts:// or wss://"},
+		{target("mqtt", "ws://b.example/mqtt", skip), "is not a TLS URL"},
+		{target("http", "https://up.example/in", withCert), ""},
+		{target("http", "http://up.example/in", TLSConfig{}), ""},
+		{target("mqtt", "ssl://b.example:8883", withCert), ""},
+		{target("mqtt", "wss://b.example/mqtt", skip), ""},
+		{target("nats", "nats://n.example:4222", withCert), ""},
+	} {
+		m, err := New(Options{Store: st, Targets: []TargetConfig{c.tc}})
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s %s: %v", c.tc.Type, c.tc.HTTP.URL+c.tc.MQTT.Broker+c.tc.NATS.URL, err)
+		case c.want != "" && (!errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s %s: %v, want ErrInvalidConfig with %q", c.tc.Type, c.tc.HTTP.URL+c.tc.MQTT.Broker+c.tc.NATS.URL, err, c.want)
+		}
+		if m != nil {
+			m.closeTargets()
+		}
 	}
 }

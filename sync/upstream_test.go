@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	gosync "sync"
 	"syscall"
 	"testing"
@@ -64,6 +65,7 @@ type natsServer struct {
 	t    testing.TB
 	port int
 	dir  string
+	conf string // a configuration file (-c), or ""
 	mu   gosync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -72,7 +74,9 @@ type natsServer struct {
 // NATSServerPath is the nats-server binary the tests start.
 var natsServerPath = "/usr/sbin/nats-server"
 
-func startNATS(t testing.TB) *natsServer {
+// startNATS starts nats-server -js on a free loopback port; conf lines,
+// if any, go to a configuration file (e.g. "max_payload: 65536").
+func startNATS(t testing.TB, conf ...string) *natsServer {
 	t.Helper()
 	if _, err := os.Stat(natsServerPath); err != nil {
 		t.Fatalf("%s not found (apt-get install nats-server; scripts/test-deps.sh): %v", natsServerPath, err)
@@ -84,6 +88,12 @@ func startNATS(t testing.TB) *natsServer {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	s := &natsServer{t: t, port: port, dir: t.TempDir()}
+	if len(conf) > 0 {
+		s.conf = filepath.Join(s.dir, "nats.conf")
+		if err := os.WriteFile(s.conf, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -94,8 +104,12 @@ func (s *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(s.
 func (s *natsServer) start() {
 	s.t.Helper()
 	for attempt := 0; ; attempt++ {
-		cmd := exec.Command(natsServerPath, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", filepath.Join(s.dir, "js"),
-			"-l", filepath.Join(s.dir, "nats.log"))
+		args := []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", filepath.Join(s.dir, "js"),
+			"-l", filepath.Join(s.dir, "nats.log")}
+		if s.conf != "" {
+			args = append(args, "-c", s.conf)
+		}
+		cmd := exec.Command(natsServerPath, args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			s.t.Fatal(err)

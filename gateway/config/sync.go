@@ -85,7 +85,19 @@ type SyncMQTT struct {
 	Topic     string    `yaml:"topic"`     // default gateways/{gateway}/{stream}
 	KeepAlive Duration  `yaml:"keepalive"` // default 30s
 	TLS       ClientTLS `yaml:"tls"`
+	// MaxPayload is the largest record message the target publishes
+	// (default and at most SyncMQTTMaxPayload); a larger record is refused
+	// before it is sent and goes to the dead letters. Set it to the
+	// broker's limit: MQTT 3.1.1 has no per-message refusal, a broker just
+	// drops the connection.
+	MaxPayload Size `yaml:"max_payload"`
 }
+
+// SyncMQTTMaxPayload is the largest payload an MQTT 3.1.1 publish can
+// carry whatever its topic (the protocol's 268435455 bytes of remaining
+// length minus a QoS 1 variable header with the longest topic): the
+// default and the maximum of sync.targets[].mqtt.max_payload.
+const SyncMQTTMaxPayload = Size(268435455 - (2 + 65535) - 2)
 
 // SyncHTTP configures an http target (batched NDJSON POST).
 type SyncHTTP struct {
@@ -135,6 +147,7 @@ func (c *Config) finishSync() {
 			setDefault(&t.MQTT.Topic, "gateways/{gateway}/{stream}")
 			setDefault(&t.MQTT.KeepAlive, Duration(30*time.Second))
 			setDefault(&t.MQTT.ClientID, "moongate-sync-"+c.GatewayID+"-"+t.Name)
+			setDefault(&t.MQTT.MaxPayload, SyncMQTTMaxPayload)
 		case SyncTypeHTTP:
 			setDefault(&t.HTTP.Compression, "gzip")
 		case SyncTypeNATS:
@@ -248,8 +261,13 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 	case SyncTypeMQTT:
 		if t.MQTT.Broker == "" {
 			v.add(p+".mqtt.broker", "required for an mqtt target")
-		} else if _, err := CheckBrokerURL(t.MQTT.Broker); err != nil {
+		} else if secure, err := CheckBrokerURL(t.MQTT.Broker); err != nil {
 			v.add(p+".mqtt.broker", "%v", err)
+		} else if !secure && t.MQTT.TLS != (ClientTLS{}) {
+			v.add(p+".mqtt.tls", "set, but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", clip(t.MQTT.Broker))
+		}
+		if t.MQTT.MaxPayload < 1<<10 || t.MQTT.MaxPayload > SyncMQTTMaxPayload {
+			v.add(p+".mqtt.max_payload", "%s out of range [1KiB, %d bytes]", t.MQTT.MaxPayload, int64(SyncMQTTMaxPayload))
 		}
 		if strings.ContainsAny(t.MQTT.Topic, "+#\x00") {
 			v.add(p+".mqtt.topic", "%q: a publish topic cannot contain wildcards", clip(t.MQTT.Topic))
@@ -265,6 +283,8 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 			v.add(p+".http.url", "required for an http target")
 		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			v.add(p+".http.url", "invalid %q: want http(s)://host[:port]/path", clip(t.HTTP.URL))
+		case u.Scheme == "http" && t.HTTP.TLS != (ClientTLS{}):
+			v.add(p+".http.tls", "set, but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", clip(t.HTTP.URL))
 		}
 		v.enum(p+".http.compression", t.HTTP.Compression, "gzip", "none")
 		for k := range t.HTTP.Headers {

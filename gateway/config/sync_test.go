@@ -36,7 +36,8 @@ sync:
 		h.HTTP.Compression != "gzip" || h.Backoff.Initial != Duration(500*time.Millisecond) || h.Backoff.Max != Duration(time.Minute) || h.AckTimeout != Duration(30*time.Second) {
 		t.Errorf("http defaults %+v", h)
 	}
-	if m.MQTT.Topic != "gateways/{gateway}/{stream}" || m.MQTT.ClientID != "moongate-sync-gw1-broker" || m.Batch.MaxRecords != 50 || m.Batch.MaxDelay != Duration(100*time.Millisecond) {
+	if m.MQTT.Topic != "gateways/{gateway}/{stream}" || m.MQTT.ClientID != "moongate-sync-gw1-broker" || m.Batch.MaxRecords != 50 || m.Batch.MaxDelay != Duration(100*time.Millisecond) ||
+		m.MQTT.MaxPayload != SyncMQTTMaxPayload || SyncMQTTMaxPayload != 268369916 {
 		t.Errorf("mqtt defaults %+v", m)
 	}
 	if n.NATS.Subject != "gateways.{gateway}.{stream}" {
@@ -60,11 +61,39 @@ func TestSyncTargetErrors(t *testing.T) {
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, priority_streams: ['A B']}]}", `sync.targets[0].priority_streams[0]: invalid stream name "A B"`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, bandwidth_limit: 10}]}", `sync.targets[0].bandwidth_limit: 10B is below 1KiB per second`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, colour: red}]}", `sync.targets[0].colour: unknown key`},
+		// TLS settings with a plaintext URL would be ignored: credentials in clear.
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x/in', tls: {ca: ca.pem}}}]}", `m.yaml:1: sync.targets[0].http.tls: set, but url "http://x/in" is plain http`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1883', tls: {cert: c.pem, key: k.pem}}}]}", `m.yaml:1: sync.targets[0].mqtt.tls: set, but broker "tcp://x:1883" is not a TLS URL`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'mqtt://x:1883', tls: {insecure_skip_verify: true}}}]}", `sync.targets[0].mqtt.tls: set, but broker "mqtt://x:1883" is not a TLS URL`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'ws://x/mqtt', tls: {ca: ca.pem}}}]}", `sync.targets[0].mqtt.tls: set, but broker "ws://x/mqtt" is not a TLS URL`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1', max_payload: 100}}]}", `sync.targets[0].mqtt.max_payload: 100B out of range [1KiB, 268369916 bytes]`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1', max_payload: 1GiB}}]}", `sync.targets[0].mqtt.max_payload: 1GiB out of range`},
+		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1', max_payload: -1}}]}", `sync.targets[0].mqtt.max_payload`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, mqtt: {max_payload: 1MiB}}]}", `sync.targets[0].mqtt: set, but the target's type is http`},
 	} {
 		_, err := Parse("m.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s\n got %v\nwant %s", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+// TestSyncTLSAndMaxPayload: TLS settings go with TLS URLs, and an mqtt
+// target's max_payload is read as a size.
+func TestSyncTLSAndMaxPayload(t *testing.T) {
+	c, err := Parse("m.yaml", []byte(`
+sync:
+  targets:
+    - {name: a, type: http, http: {url: "https://x/in", tls: {ca: ca.pem}}}
+    - {name: b, type: mqtt, mqtt: {broker: "mqtts://x:8883", tls: {ca: ca.pem}, max_payload: 256KiB}}
+    - {name: c, type: mqtt, mqtt: {broker: "wss://x/mqtt", tls: {insecure_skip_verify: true}}}
+    - {name: d, type: mqtt, mqtt: {broker: "tcp://x:1883"}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := c.Sync.Targets; ts[1].MQTT.MaxPayload != 256<<10 || ts[2].MQTT.MaxPayload != SyncMQTTMaxPayload || ts[3].MQTT.MaxPayload != SyncMQTTMaxPayload {
+		t.Fatalf("%+v", ts)
 	}
 }
 
