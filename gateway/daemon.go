@@ -218,7 +218,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 		defer func() { stopWatch(); <-watchDone }()
 	default:
-		if err := d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx))); err != nil {
+		if err := d.reload(ctx); err != nil {
 			d.log.Error("functions", "err", err)
 		}
 	}
@@ -347,7 +347,7 @@ func syncTargets(cfg *config.Config) []upsync.TargetConfig {
 			PriorityStreams: t.PriorityStreams, InitialBackoff: t.Backoff.Initial.Std(), MaxBackoff: t.Backoff.Max.Std(),
 			AckTimeout: t.AckTimeout.Std(),
 			MQTT: upsync.MQTTConfig{Broker: t.MQTT.Broker, ClientID: t.MQTT.ClientID, Username: t.MQTT.Username, Password: t.MQTT.Password,
-				Topic: t.MQTT.Topic, KeepAlive: t.MQTT.KeepAlive.Std(), TLS: tls(t.MQTT.TLS)},
+				Topic: t.MQTT.Topic, KeepAlive: t.MQTT.KeepAlive.Std(), TLS: tls(t.MQTT.TLS), MaxPayload: int(t.MQTT.MaxPayload)},
 			HTTP: upsync.HTTPConfig{URL: t.HTTP.URL, Headers: t.HTTP.Headers, Compression: t.HTTP.Compression, TLS: tls(t.HTTP.TLS)},
 			NATS: upsync.NATSConfig{URL: t.NATS.URL, Subject: t.NATS.Subject, Username: t.NATS.Username, Password: t.NATS.Password,
 				Token: t.NATS.Token, CredsFile: t.NATS.CredsFile, TLS: tls(t.NATS.TLS)},
@@ -397,12 +397,13 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Funct
 	return out
 }
 
-// storedFunctions builds the active versions kept in the store.
-func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
+// storedFunctions builds the active versions kept in the store. An error
+// reading the store is returned (the list would be incomplete); a stored
+// function that cannot be built is logged and left out.
+func (d *Daemon) storedFunctions(ctx context.Context) ([]*Function, error) {
 	recs, err := d.store.ListFunctions(ctx)
 	if err != nil {
-		d.log.Error("list stored functions", "err", err)
-		return nil
+		return nil, fmt.Errorf("list stored functions: %w", err)
 	}
 	var out []*Function
 	for _, r := range recs {
@@ -426,7 +427,7 @@ func (d *Daemon) storedFunctions(ctx context.Context) []*Function {
 		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
-	return out
+	return out, nil
 }
 
 func (d *Daemon) closeAll() {

@@ -14,6 +14,14 @@ import (
 // roll back and delete, each a change of the store's active version
 // followed by a reload of the gateway's function table (atomic per
 // function: in-flight invocations finish on the old version).
+//
+// A request's context is honoured until its change starts: once the
+// manager's lock is held and the reads are done, the store write and the
+// reload run to the end under context.WithoutCancel (the store bounds its
+// own waits: it fails pending writes when it closes). A client that hangs
+// up half-way would otherwise leave a write given up on ("it may still be
+// applied") or a reload that cannot read the store, and the gateway
+// running something else than the store holds.
 
 // DeployRequest is a function to deploy through the API.
 type DeployRequest struct {
@@ -53,6 +61,9 @@ func (d *Daemon) DeployFunction(ctx context.Context, req DeployRequest) (DeployR
 	}
 	d.mgr.mu.Lock()
 	defer d.mgr.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return DeployResult{}, err
+	}
 	prev, err := d.store.GetFunction(ctx, req.Name, 0)
 	switch {
 	case err == nil && prev.SHA256 == sha:
@@ -63,20 +74,29 @@ func (d *Daemon) DeployFunction(ctx context.Context, req DeployRequest) (DeployR
 	default:
 		return DeployResult{}, err
 	}
-	v, err := d.store.PutFunction(ctx, store.FunctionRecord{Name: req.Name, Source: req.Source, Manifest: req.Manifest, SHA256: sha, Active: true})
+	wctx := context.WithoutCancel(ctx) // see the top of the file
+	v, err := d.store.PutFunction(wctx, store.FunctionRecord{Name: req.Name, Source: req.Source, Manifest: req.Manifest, SHA256: sha, Active: true})
 	if err != nil {
 		return DeployResult{}, fmt.Errorf("store function %s: %w", req.Name, err)
 	}
-	if err := d.reloadCheck(ctx, req.Name, v); err != nil {
+	if err := d.reloadCheck(wctx, req.Name, v); err != nil {
 		// Put the previous version back (or none).
-		if rerr := d.store.SetActive(context.WithoutCancel(ctx), req.Name, prev.Version); rerr != nil {
-			d.log.Error("restore previous version", "function", req.Name, "err", rerr)
-		}
-		_ = d.reload(context.WithoutCancel(ctx))
+		d.restore(wctx, req.Name, prev.Version)
 		return DeployResult{}, err
 	}
-	rec, err := d.store.GetFunction(ctx, req.Name, v)
+	rec, err := d.store.GetFunction(wctx, req.Name, v)
 	return DeployResult{Function: rec}, err
+}
+
+// restore makes version of name active again (0: none) after a failed
+// load, and reloads.
+func (d *Daemon) restore(ctx context.Context, name string, version int64) {
+	if err := d.store.SetActive(ctx, name, version); err != nil {
+		d.log.Error("restore previous version", "function", name, "err", err)
+	}
+	if err := d.reload(ctx); err != nil {
+		d.log.Error("reload after restoring the previous version", "function", name, "err", err)
+	}
 }
 
 // ValidateFunction checks a function as DeployFunction would, without
@@ -114,6 +134,9 @@ func (d *Daemon) RollbackFunction(ctx context.Context, name string, version int6
 	}
 	d.mgr.mu.Lock()
 	defer d.mgr.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return store.FunctionRecord{}, err
+	}
 	vs, err := d.store.ListVersions(ctx, name)
 	if err != nil {
 		return store.FunctionRecord{}, err
@@ -134,17 +157,15 @@ func (d *Daemon) RollbackFunction(ctx context.Context, name string, version int6
 			return store.FunctionRecord{}, fmt.Errorf("%w: function %q has no version below the active version %d", store.ErrNotFound, name, active)
 		}
 	}
-	if err := d.store.SetActive(ctx, name, version); err != nil {
+	wctx := context.WithoutCancel(ctx) // see the top of the file
+	if err := d.store.SetActive(wctx, name, version); err != nil {
 		return store.FunctionRecord{}, err
 	}
-	if err := d.reloadCheck(ctx, name, version); err != nil {
-		if rerr := d.store.SetActive(context.WithoutCancel(ctx), name, active); rerr != nil {
-			d.log.Error("restore previous version", "function", name, "err", rerr)
-		}
-		_ = d.reload(context.WithoutCancel(ctx))
+	if err := d.reloadCheck(wctx, name, version); err != nil {
+		d.restore(wctx, name, active)
 		return store.FunctionRecord{}, err
 	}
-	return d.store.GetFunction(ctx, name, version)
+	return d.store.GetFunction(wctx, name, version)
 }
 
 // DeleteFunction removes name from the gateway and deletes every stored
@@ -156,14 +177,18 @@ func (d *Daemon) DeleteFunction(ctx context.Context, name string) (int, error) {
 	}
 	d.mgr.mu.Lock()
 	defer d.mgr.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	vs, err := d.store.ListVersions(ctx, name)
 	if err != nil {
 		return 0, err
 	}
-	if err := d.store.DeleteFunction(ctx, name); err != nil {
+	wctx := context.WithoutCancel(ctx) // see the top of the file
+	if err := d.store.DeleteFunction(wctx, name); err != nil {
 		return 0, err
 	}
-	return len(vs), d.reload(ctx)
+	return len(vs), d.reload(wctx)
 }
 
 // FunctionsFromDir reports whether the functions are loaded from a
@@ -171,8 +196,14 @@ func (d *Daemon) DeleteFunction(ctx context.Context, name string) (int, error) {
 func (d *Daemon) FunctionsFromDir() bool { return d.cfg.FunctionsDir != "" }
 
 // reload makes the gateway's functions the active versions in the store.
+// When the store cannot be read, the running functions are left as they
+// are (an empty list would remove them all) and the error is returned.
 func (d *Daemon) reload(ctx context.Context) error {
-	return d.gw.SetFunctions(ctx, d.withForwards(d.storedFunctions(ctx)))
+	fns, err := d.storedFunctions(ctx)
+	if err != nil {
+		return fmt.Errorf("reload functions (the running ones are kept): %w", err)
+	}
+	return d.gw.SetFunctions(ctx, d.withForwards(fns))
 }
 
 // reloadCheck reloads and checks that version of name is the one running.

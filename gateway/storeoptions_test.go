@@ -48,3 +48,23 @@ func TestStoreOptionsCompactionShare(t *testing.T) {
 		}
 	}
 }
+
+// The settings of the configuration reach the sync targets and the store:
+// an MQTT target's max_payload, and the store's value limit sized for the
+// largest event.
+func TestSyncTargetAndValueLimitOptions(t *testing.T) {
+	cfg, err := config.Parse("m.yaml", []byte("mqtt:\n  max_payload: 1MiB\nsync:\n  targets:\n    - {name: up, type: mqtt, mqtt: {broker: \"tcp://127.0.0.1:1883\", max_payload: 128KiB}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := syncTargets(cfg)
+	if len(ts) != 1 || ts[0].MQTT.MaxPayload != 128<<10 {
+		t.Fatalf("sync targets %+v", ts)
+	}
+	if got := storeOptions(cfg, slog.Default()).MaxValueBytes; got < 1<<20+2*65535 {
+		t.Fatalf("store value limit %d for max_payload 1MiB", got)
+	}
+	if got := storeOptions(config.Default(), slog.Default()).MaxValueBytes; got != 1<<20 {
+		t.Fatalf("default store value limit %d, want 1MiB", got)
+	}
+}

@@ -125,15 +125,17 @@ func (s *Store) ListDeadLetters(ctx context.Context, function string, after uint
 	}
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		if function == "" {
-			return scanSeq(txn, pDead, max(after+1, s.counters().Dead.Head), limit, dec)
+			return scanSeqCtx(ctx, txn, pDead, max(after+1, s.counters().Dead.Head), limit, dec)
 		}
-		return scanIndex(txn, pDeadIdx, pDead, function, after+1, limit, dec)
+		return scanIndex(ctx, txn, pDeadIdx, pDead, function, after+1, limit, dec)
 	})
 	return out, err
 }
 
-// scanIndex walks a name 0x00 seq index and reads the primary entries.
-func scanIndex(txn *badger.Txn, idx, primary byte, name string, start uint64, limit int, f func(seq uint64, v []byte) error) error {
+// scanIndex walks a name 0x00 seq index and reads the primary entries,
+// calling f at most limit times (limit <= 0: no limit). It stops with ctx's
+// error when ctx ends (checked every scanCheckEvery index entries).
+func scanIndex(ctx context.Context, txn *badger.Txn, idx, primary byte, name string, start uint64, limit int, f func(seq uint64, v []byte) error) error {
 	if err := validName("function", name, false); err != nil {
 		return err
 	}
@@ -141,7 +143,13 @@ func scanIndex(txn *badger.Txn, idx, primary byte, name string, start uint64, li
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
 	defer it.Close()
 	n := 0
+	read := 0
 	for it.Seek(nameSeqKey(idx, name, start)); it.Valid(); it.Next() {
+		if read++; read%scanCheckEvery == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
 		k := it.Item().Key()
 		if len(k) != len(p)+8 {
 			continue
@@ -233,38 +241,61 @@ func (s *Store) PurgeDeadLetters(ctx context.Context, function string) (int, err
 	}
 }
 
-// QueryLogs returns up to limit (default 100) invocation logs with
-// Seq > after, ascending, of function (all when "") and, when
-// invocationID is not empty, of that invocation only.
+// MaxLogScan bounds the log lines one ScanLogs (or QueryLogs) call reads,
+// matching or not.
+const MaxLogScan = 10000
+
+// QueryLogs is ScanLogs without the position it reached: up to limit
+// (default 100) invocation logs with Seq > after, ascending, of function
+// (all when "") and, when invocationID is not empty, of that invocation
+// only. It reads at most MaxLogScan lines, so with invocationID it may
+// return fewer lines than match.
 func (s *Store) QueryLogs(ctx context.Context, function, invocationID string, after uint64, limit int) ([]LogRecord, error) {
+	out, _, err := s.ScanLogs(ctx, function, invocationID, after, limit)
+	return out, err
+}
+
+// ScanLogs returns up to limit (default 100, at most MaxQueryLimit)
+// invocation logs with Seq > after, ascending, of function (all when "")
+// and, when invocationID is not empty, of that invocation only. It reads at
+// most MaxLogScan lines, matching or not, and returns next, the sequence
+// of the last line it read (after when it read none): pass it as after for
+// the following lines, so a reader moves past the lines that do not match.
+// A call can return fewer lines than limit, even none, with more to come;
+// the end is reached when next == after.
+func (s *Store) ScanLogs(ctx context.Context, function, invocationID string, after uint64, limit int) (lines []LogRecord, next uint64, err error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, MaxQueryLimit)
-	var out []LogRecord
+	next = after
 	f := func(seq uint64, v []byte) error {
 		l, err := decodeLog(seq, v)
 		if err != nil {
 			return fmt.Errorf("log %d: %w", seq, err)
 		}
+		next = seq
 		if invocationID == "" || l.InvocationID == invocationID {
-			out = append(out, l)
-		}
-		if len(out) >= limit {
-			return errStop
+			lines = append(lines, l)
+			if len(lines) >= limit {
+				return errStop
+			}
 		}
 		return nil
 	}
-	err := s.view(ctx, func(txn *badger.Txn) error {
+	err = s.view(ctx, func(txn *badger.Txn) error {
 		if function == "" {
-			return scanSeq(txn, pLog, max(after+1, s.counters().Logs.Head), 0, f)
+			return scanSeqCtx(ctx, txn, pLog, max(after+1, s.counters().Logs.Head), MaxLogScan, f)
 		}
-		return scanIndex(txn, pLogIdx, pLog, function, after+1, 0, f)
+		return scanIndex(ctx, txn, pLogIdx, pLog, function, after+1, MaxLogScan, f)
 	})
 	if errors.Is(err, errStop) {
 		err = nil
 	}
-	return out, err
+	if err != nil {
+		return nil, after, err
+	}
+	return lines, next, nil
 }
 
 // usage is aggregated per function and minute.

@@ -368,10 +368,34 @@ func (s *Store) QueryRecords(ctx context.Context, q Query) ([]Record, string, er
 // "sensors.temp") of the records selected by Query, per Bucket of record
 // time (one bucket when Bucket <= 0). Limit and Cursor are ignored; Desc
 // only changes the scan direction.
+//
+// MaxBuckets bounds the number of buckets (0: no bound). With both From
+// and To set, a range that holds more buckets is refused before anything
+// is read; otherwise the scan stops as soon as it finds one bucket more.
+// Both are ErrInvalid.
 type AggQuery struct {
 	Query
-	Field  string
-	Bucket time.Duration
+	Field      string
+	Bucket     time.Duration
+	MaxBuckets int
+}
+
+// floorDiv is a / b rounded down (b > 0).
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// rangeBuckets is the number of buckets of width bms (ms; <= 0: one
+// bucket) that the time range [from, to) touches.
+func rangeBuckets(from, to, bms int64) int64 {
+	if bms <= 0 || to <= from {
+		return 1
+	}
+	return floorDiv(to-1, bms) - floorDiv(from, bms) + 1
 }
 
 // AggBucket is one time bucket of an aggregate: Count is the number of
@@ -394,6 +418,12 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 	q.Cursor = ""
 	path := strings.Split(q.Field, ".")
 	bms := q.Bucket.Milliseconds()
+	if q.MaxBuckets > 0 && q.From != 0 && q.To != 0 {
+		if n := rangeBuckets(q.From, q.To, bms); n > int64(q.MaxBuckets) {
+			return nil, fmt.Errorf("%w: the range holds %d buckets of %v, more than %d: use a wider bucket or a shorter range",
+				ErrInvalid, n, q.Bucket, q.MaxBuckets)
+		}
+	}
 	type acc struct {
 		n             int64
 		min, max, sum float64
@@ -419,6 +449,10 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 			}
 			a := buckets[start]
 			if a == nil {
+				if q.MaxBuckets > 0 && len(buckets) >= q.MaxBuckets {
+					return false, fmt.Errorf("%w: more than %d buckets of %v: use a wider bucket or a shorter range",
+						ErrInvalid, q.MaxBuckets, q.Bucket)
+				}
 				a = &acc{min: math.Inf(1), max: math.Inf(-1)}
 				buckets[start] = a
 			}

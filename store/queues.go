@@ -140,11 +140,26 @@ func (s *Store) InboxNext() uint64 { return s.counters().Inbox.Next }
 // scanSeq iterates the sequence-keyed space prefix from seq start, calling f
 // with each value, at most limit times (limit <= 0: no limit).
 func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
+	return scanSeqCtx(context.Background(), txn, prefix, start, limit, f)
+}
+
+// scanCheckEvery is how many entries a scan reads between checks of its
+// context.
+const scanCheckEvery = 256
+
+// scanSeqCtx is scanSeq that stops with ctx's error when ctx ends (checked
+// every scanCheckEvery entries), so a long scan ends with its request.
+func scanSeqCtx(ctx context.Context, txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
 	opts := badger.IteratorOptions{Prefix: []byte{prefix}, PrefetchValues: limit > 0 && limit <= 100, PrefetchSize: max(limit, 1)}
 	it := txn.NewIterator(opts)
 	defer it.Close()
 	n := 0
 	for it.Seek(seqKey(prefix, start)); it.Valid(); it.Next() {
+		if n%scanCheckEvery == scanCheckEvery-1 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
 		item := it.Item()
 		k := item.Key()
 		if len(k) != 9 {

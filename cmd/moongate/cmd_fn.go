@@ -556,9 +556,9 @@ func lastLogs(ctx context.Context, c *apiClient, fn, invocation string, n int) (
 		if _, err := c.call(ctx, http.MethodGet, "/v1/logs", logsQuery(fn, invocation, after, 10000), nil, &resp); err != nil {
 			return nil, err
 		}
-		if len(resp.GetLines()) == 0 {
-			return keep, nil
-		}
+		// A page may be empty while more lines follow (a page scans at
+		// most 10,000 lines, matching or not): only next_after says when
+		// the end is reached.
 		keep = append(keep, resp.GetLines()...)
 		if len(keep) > n {
 			keep = append([]*v1.LogLine(nil), keep[len(keep)-n:]...)

@@ -2,10 +2,7 @@ package apiserver
 
 import (
 	"context"
-	"strings"
 	"unicode/utf8"
-
-	"google.golang.org/grpc/peer"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -91,7 +88,8 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 	return out, nil
 }
 
-// maxBuckets bounds an aggregate's bucket count (range / bucket width).
+// maxBuckets bounds an aggregate's bucket count (range / bucket width,
+// and the buckets found).
 const maxBuckets = 100000
 
 func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateRecordsRequest) (*v1.AggregateRecordsResponse, error) {
@@ -117,12 +115,11 @@ func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateR
 	if bucket != 0 && bucket.Milliseconds() < 1 {
 		return nil, invalidf("bucket shorter than 1ms")
 	}
-	bs, err := r.s.cfg.Store.Aggregate(ctx, store.AggQuery{Query: q, Field: req.Field, Bucket: bucket})
+	// The store refuses a range of more buckets up front, and stops as soon
+	// as it finds more: the cap bounds its memory too.
+	bs, err := r.s.cfg.Store.Aggregate(ctx, store.AggQuery{Query: q, Field: req.Field, Bucket: bucket, MaxBuckets: maxBuckets})
 	if err != nil {
 		return nil, err
-	}
-	if len(bs) > maxBuckets {
-		return nil, invalidf("%d buckets: use a wider bucket or a shorter range", len(bs))
 	}
 	out := &v1.AggregateRecordsResponse{Buckets: make([]*v1.Bucket, 0, len(bs))}
 	for _, b := range bs {
@@ -141,16 +138,6 @@ type stateService struct {
 // maxKeyLen bounds a state key.
 const maxKeyLen = 1024
 
-// restKey decodes the %2F that the REST mux leaves encoded in a path
-// parameter (UnescapingModeAllExceptSlash); gRPC callers' keys are taken
-// as they are.
-func restKey(ctx context.Context, key string) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
-		key = strings.ReplaceAll(strings.ReplaceAll(key, "%2F", "/"), "%2f", "/")
-	}
-	return key
-}
-
 func checkStateArgs(function, key string, needKey bool) error {
 	if !trigger.ValidFunctionName(function) {
 		return invalidf("invalid function name %q", clip(function))
@@ -165,7 +152,6 @@ func checkStateArgs(function, key string, needKey bool) error {
 }
 
 func (st *stateService) GetState(ctx context.Context, req *v1.GetStateRequest) (*v1.StateEntry, error) {
-	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
@@ -202,7 +188,6 @@ func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest)
 }
 
 func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (*v1.StateEntry, error) {
-	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
@@ -221,7 +206,6 @@ func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (
 }
 
 func (st *stateService) DeleteState(ctx context.Context, req *v1.DeleteStateRequest) (*v1.DeleteStateResponse, error) {
-	req.Key = restKey(ctx, req.Key)
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}

@@ -31,14 +31,15 @@ func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1
 	if err != nil {
 		return nil, err
 	}
-	lines, err := l.s.cfg.Store.QueryLogs(ctx, req.Function, req.InvocationId, req.After, limit)
+	// next_after is the last line read, matching or not: the next page
+	// starts past the lines that do not match.
+	lines, next, err := l.s.cfg.Store.ScanLogs(ctx, req.Function, req.InvocationId, req.After, limit)
 	if err != nil {
 		return nil, err
 	}
-	out := &v1.ListLogsResponse{NextAfter: req.After, Lines: make([]*v1.LogLine, 0, len(lines))}
+	out := &v1.ListLogsResponse{NextAfter: next, Lines: make([]*v1.LogLine, 0, len(lines))}
 	for _, x := range lines {
 		out.Lines = append(out.Lines, logMessage(x))
-		out.NextAfter = x.Seq
 	}
 	return out, nil
 }
@@ -63,18 +64,22 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	// waits for them knows that every line committed after that is
 	// streamed. (Sent first, a line committed between the headers and the
 	// skip to the end was skipped.)
+	//
+	// Every read moves after past the lines it read, matching or not, so a
+	// follower of an invocation does not read the same lines again; a read
+	// that moves nothing is at the end.
 	var ring []store.LogRecord
 	if after == 0 {
 		// Start at the end: skip to the last line, keeping tail of them.
 		for {
-			lines, err := st.QueryLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)
+			lines, next, err := st.ScanLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)
 			if err != nil {
 				return err
 			}
-			if len(lines) == 0 {
+			if next == after {
 				break
 			}
-			after = lines[len(lines)-1].Seq
+			after = next
 			if req.Tail > 0 {
 				ring = append(ring, lines...)
 				if len(ring) > int(req.Tail) {
@@ -99,7 +104,7 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 		// the wait is not missed.
 		wake := l.s.cfg.Functions.Committed()
 		for {
-			lines, err := st.QueryLogs(ctx, req.Function, req.InvocationId, after, followBatch)
+			lines, next, err := st.ScanLogs(ctx, req.Function, req.InvocationId, after, followBatch)
 			if err != nil {
 				return err
 			}
@@ -107,11 +112,11 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 				if err := stream.Send(logMessage(x)); err != nil {
 					return err
 				}
-				after = x.Seq
 			}
-			if len(lines) < followBatch {
+			if next == after {
 				break
 			}
+			after = next
 		}
 		select {
 		case <-ctx.Done():

@@ -41,7 +41,7 @@ type Store interface {
 	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
 	PutState(ctx context.Context, function, key string, value []byte) error
 	DeleteState(ctx context.Context, function, key string) error
-	QueryLogs(ctx context.Context, function, invocationID string, after uint64, limit int) ([]store.LogRecord, error)
+	ScanLogs(ctx context.Context, function, invocationID string, after uint64, limit int) ([]store.LogRecord, uint64, error)
 	ListDeadLetters(ctx context.Context, function string, after uint64, limit int) ([]store.DeadLetter, error)
 	DeleteDeadLetter(ctx context.Context, seq uint64) error
 	PurgeDeadLetters(ctx context.Context, function string) (int, error)
@@ -267,8 +267,9 @@ func (s *Server) buildREST(ctx context.Context) error {
 		runtime.SetQueryParameterParser(strictQueryParser{}),
 		runtime.WithForwardResponseOption(startStream),
 		runtime.WithDisablePathLengthFallback(),
-		// A state key may hold "/": sent as %2F, it stays one segment (and
-		// encoded: restKey decodes it).
+		// A state key may hold "/": sent as %2F, it stays one segment. The
+		// mux decodes a single-segment parameter fully, once (so the key
+		// reaches the service decoded: it must not be decoded again).
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptSlash),
 	)
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
