@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	lua "github.com/yuin/gopher-lua"
 )
@@ -177,6 +179,7 @@ func (in *instance) encodeJSON(L *lua.LState, v lua.LValue, limit int) ([]byte, 
 	e := jsonEncoder{in: in, limit: limit}
 	e.encode(v, 0)
 	if e.err != nil {
+		in.charge(L, 1+int64(len(e.buf))/64) // the work done up to the failure
 		return nil, e.err
 	}
 	in.alloc(L, int64(len(e.buf)))
@@ -265,12 +268,28 @@ func (in *instance) addLog(L *lua.LState, level slog.Level, msg string, fields [
 	r.Logs = append(r.Logs, LogEntry{Level: level, Msg: msg, Fields: fields, TimeMS: time.Now().UnixMilli()})
 }
 
+// print logs its arguments separated by tabs. The message is built only up
+// to the log message cap: joining first would copy every argument, however
+// large (8,000 arguments of 2 MB each were a 16 GB string).
 func (in *instance) print(L *lua.LState) int {
-	parts := make([]string, L.GetTop())
-	for i := range parts {
-		parts[i] = L.ToStringMeta(L.Get(i + 1)).String()
+	top := L.GetTop()
+	if top > 8 {
+		in.charge(L, int64(top)/8)
 	}
-	in.addLog(L, slog.LevelInfo, strings.Join(parts, "\t"), nil)
+	var b strings.Builder
+	for i := 1; i <= top; i++ {
+		s := L.ToStringMeta(L.Get(i)).String()
+		// Up to one byte past the cap, so that addLog marks the cut.
+		room := maxLogBytes + 1 - b.Len()
+		if i > 1 && room > 0 {
+			b.WriteByte('\t')
+			room--
+		}
+		if room > 0 {
+			b.WriteString(s[:min(len(s), room)])
+		}
+	}
+	in.addLog(L, slog.LevelInfo, b.String(), nil)
 	return 0
 }
 
@@ -314,10 +333,31 @@ func (in *instance) payloadBytes(L *lua.LState, n int) []byte {
 	return nil
 }
 
+// validTopic is MQTT's rule for a topic name to publish to: 1 to 65535
+// bytes of UTF-8, no NUL, no wildcard.
+func validTopic(topic string) error {
+	switch {
+	case topic == "":
+		return errors.New("invalid topic: empty")
+	case len(topic) > 65535:
+		return fmt.Errorf("invalid topic: %d bytes, over the MQTT limit of 65535", len(topic))
+	case !utf8.ValidString(topic):
+		return errors.New("invalid topic: not valid UTF-8")
+	case strings.IndexByte(topic, 0) >= 0:
+		return errors.New("invalid topic: contains NUL")
+	case strings.ContainsAny(topic, "+#"):
+		return errors.New("invalid topic: wildcards + and # are not allowed")
+	}
+	return nil
+}
+
 func (in *instance) publish(L *lua.LState) int {
 	topic := L.CheckString(1)
-	if topic == "" || strings.ContainsAny(topic, "+#\x00") {
-		L.ArgError(1, "invalid topic (empty, or contains a wildcard or NUL)")
+	// The broker's rule (mqtt.ValidTopic, not imported: luavm does not
+	// depend on the broker): a topic it would refuse must not reach the
+	// gateway's publish outbox.
+	if err := validTopic(topic); err != nil {
+		L.ArgError(1, err.Error())
 	}
 	payload := in.payloadBytes(L, 2)
 	e := Effect{Kind: EffectPublish, Topic: topic, Payload: payload}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,8 +32,19 @@ var kindErrors = map[string]error{
 	"result_too_large": ErrResultTooLarge,
 }
 
-// expectedKind reads the "-- expect: KIND" first line of a hostile script.
-func expectedKind(t *testing.T, src []byte) string {
+// hostileExpect is what the header of a hostile script expects: the first
+// line "-- expect: KIND" names the error kind; optional lines after it are
+// "-- error: TEXT" (the error message contains TEXT) and "-- max_alloc_mib:
+// N" (the invocation allocates at most N MiB of Go heap in all, garbage
+// included: the limit must refuse an allocation before it happens, not
+// after).
+type hostileExpect struct {
+	kind     string
+	errText  string
+	maxAlloc uint64
+}
+
+func expectedKind(t *testing.T, src []byte) hostileExpect {
 	t.Helper()
 	sc := bufio.NewScanner(bytes.NewReader(src))
 	sc.Scan()
@@ -40,7 +52,29 @@ func expectedKind(t *testing.T, src []byte) string {
 	if !ok || kindErrors[kind] == nil {
 		t.Fatalf("first line must be '-- expect: KIND', got %q", sc.Text())
 	}
-	return kind
+	exp := hostileExpect{kind: kind}
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "-- error: "); ok {
+			exp.errText = v
+		} else if v, ok := strings.CutPrefix(line, "-- max_alloc_mib: "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatalf("bad max_alloc_mib line %q", line)
+			}
+			exp.maxAlloc = n << 20
+		} else {
+			break
+		}
+	}
+	return exp
+}
+
+// totalAlloc returns the bytes allocated by the process so far.
+func totalAlloc() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.TotalAlloc
 }
 
 func heapInUse() uint64 {
@@ -102,16 +136,35 @@ func TestHostile(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(f), ".lua")
 		t.Run(name, func(t *testing.T) {
 			src := mustRead(t, f)
-			kind := expectedKind(t, src)
+			exp := expectedKind(t, src)
+			kind := exp.kind
 			before := measure()
 			goodBefore := good.Load()
 			deploy(t, rt, name, string(src))
-			res, err := rt.Invoke(context.Background(), name, refEvent("1"), nil)
+			var res *Result
+			var err error
+			if exp.maxAlloc > 0 {
+				// Alone, so that the bytes allocated are the script's.
+				pause.Lock()
+				a := totalAlloc()
+				res, err = rt.Invoke(context.Background(), name, refEvent("1"), nil)
+				allocated := totalAlloc() - a
+				pause.Unlock()
+				t.Logf("allocated %d bytes of Go heap", allocated)
+				if allocated > exp.maxAlloc {
+					t.Errorf("allocated %d bytes of Go heap, want at most %d", allocated, exp.maxAlloc)
+				}
+			} else {
+				res, err = rt.Invoke(context.Background(), name, refEvent("1"), nil)
+			}
 			if err == nil {
-				t.Fatalf("no error; result %s", res.Value)
+				t.Fatalf("no error; result %.200s", res.Value)
 			}
 			if !errors.Is(err, kindErrors[kind]) {
-				t.Fatalf("error %v, want kind %s", err, kind)
+				t.Fatalf("error %.300v, want kind %s", err, kind)
+			}
+			if !strings.Contains(err.Error(), exp.errText) {
+				t.Fatalf("error %.300v, want one containing %q", err, exp.errText)
 			}
 			if res == nil || res.Cost.Outcome != kind {
 				t.Fatalf("outcome %q, want %q", res.Cost.Outcome, kind)

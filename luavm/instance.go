@@ -72,6 +72,9 @@ const (
 	tableHashBytes  = 320
 	tableEntryBytes = 200
 	closureBytes    = 128
+	// errorWhereBytes is charged, beside the message, for the position
+	// ("name:line:") that error and assert put in front of it.
+	errorWhereBytes = 64
 	// Between two table scans, at most scanEvery steps (plus 2 per tracked
 	// table) run.
 	scanEvery = 1024
@@ -170,10 +173,30 @@ func (in *instance) setup() {
 		return 0
 	})
 
-	for _, name := range []string{"assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
+	for _, name := range []string{"getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
 		"select", "tonumber", "tostring", "type", "_VERSION"} {
 		lib.RawSetString(name, G.RawGetString(name))
 	}
+	// error(msg, level > 0) and a failed assert(v, msg) raise a copy of
+	// msg prefixed with the position: the copy is charged like any string
+	// built, or pcall(error, s) in a loop held a copy of s per call
+	// (testdata/hostile/mem_error_copies.lua).
+	errorFn := G.RawGetString("error").(*lua.LFunction).GFunction
+	lib.RawSetString("error", L.NewFunction(func(L *lua.LState) int {
+		if s, ok := L.Get(1).(lua.LString); ok && L.OptInt(2, 1) > 0 {
+			in.alloc(L, int64(len(s))+errorWhereBytes)
+		}
+		return errorFn(L)
+	}))
+	assertFn := G.RawGetString("assert").(*lua.LFunction).GFunction
+	lib.RawSetString("assert", L.NewFunction(func(L *lua.LState) int {
+		if !L.ToBool(1) {
+			if s, ok := L.Get(2).(lua.LString); ok {
+				in.alloc(L, int64(len(s))+errorWhereBytes)
+			}
+		}
+		return assertFn(L)
+	}))
 	// gopher-lua's setmetatable also sets the metatable shared by all
 	// numbers, booleans or functions of the state, which would outlive the
 	// invocation: only tables are allowed, as in Lua 5.1.
@@ -278,6 +301,33 @@ func (in *instance) alloc(L *lua.LState, n int64) {
 	in.charge(L, 1+n/64)
 }
 
+// transient checks, before a builtin allocates them, that n bytes it frees
+// again before returning (the parse tree of a pattern) fit under the cap
+// beside what the invocation holds, and records them in the peak. Nothing
+// stays charged: they do not outlive the call.
+func (in *instance) transient(L *lua.LState, n int64, what string) {
+	iv := &in.inv
+	m := iv.strBytes + iv.tableBytes + iv.blobs.live
+	if n < 0 || n > iv.limits.MaxMemory || m+n > iv.limits.MaxMemory {
+		in.raise(L, fmt.Errorf("%w (%s would hold %d bytes, cap %d)", ErrMemory, what, n, iv.limits.MaxMemory))
+	}
+	if m+n > iv.peak {
+		iv.peak = m + n
+	}
+}
+
+// chargeTable accounts n bytes of table memory (the model's size of a table
+// or of its growth) before a builtin creates or grows the table; the next
+// table scan replaces the figure by the measured one.
+func (in *instance) chargeTable(L *lua.LState, n int64, what string) {
+	iv := &in.inv
+	if iv.strBytes+iv.tableBytes+iv.blobs.live+n > iv.limits.MaxMemory {
+		in.raise(L, fmt.Errorf("%w (%s: %d more bytes of tables over the cap of %d)", ErrMemory, what, n, iv.limits.MaxMemory))
+	}
+	iv.tableBytes += n
+	in.checkMem(L)
+}
+
 func (in *instance) checkMem(L *lua.LState) {
 	iv := &in.inv
 	m := iv.strBytes + iv.tableBytes + iv.blobs.live
@@ -287,11 +337,6 @@ func (in *instance) checkMem(L *lua.LState) {
 	if m > iv.limits.MaxMemory {
 		in.raise(L, fmt.Errorf("%w (cap %d bytes)", ErrMemory, iv.limits.MaxMemory))
 	}
-}
-
-func (in *instance) track(t *lua.LTable) {
-	in.inv.tables = append(in.inv.tables, t)
-	in.inv.tableBytes += tableBaseBytes
 }
 
 func (in *instance) scanTables(L *lua.LState) {

@@ -150,6 +150,11 @@ func (in *instance) luaError(err error) error {
 		if e := stackError(msg); e != nil {
 			return e
 		}
+		// The error reaches logs and dead letters: a message of megabytes
+		// (error(s) with a big s) is cut like a log message.
+		if len(msg) > maxLogBytes {
+			msg = msg[:maxLogBytes] + "...(truncated)"
+		}
 		return fmt.Errorf("%w: %s", ErrRuntime, msg)
 	}
 	return fmt.Errorf("%w: %w", ErrRuntime, err)

@@ -3,6 +3,7 @@ package luavm
 import (
 	"fmt"
 	"math"
+	"reflect"
 	"sort"
 	"strconv"
 	"unicode/utf16"
@@ -184,10 +185,11 @@ func appendJSONString(b []byte, s string) []byte {
 // encode back as arrays even when empty), null becomes json.null, numbers
 // are Lua numbers (float64: integers above 2^53 lose precision).
 type jsonDecoder struct {
-	in  *instance
-	L   *lua.LState
-	s   []byte
-	pos int
+	in     *instance
+	L      *lua.LState
+	s      []byte
+	pos    int
+	values int // decoded so far, for the periodic deadline check
 }
 
 type jsonSyntaxError struct {
@@ -248,12 +250,46 @@ func (d *jsonDecoder) ws() {
 	}
 }
 
+// newTable creates a table of the document (empty when narr and nhash are
+// 0). Its size in the table model is charged before it is made, so that a
+// document of a million small tables is refused at the memory cap rather
+// than after being built; the decoded tables are measured again when the
+// document is complete.
 func (d *jsonDecoder) newTable(narr, nhash int) *lua.LTable {
+	if d.in != nil {
+		n := int64(tableBaseBytes + tableSlotBytes*narr)
+		if nhash > 0 {
+			n += tableHashBytes
+		}
+		d.in.chargeTable(d.L, n, "json.decode")
+	}
 	t := d.L.CreateTable(narr, nhash)
 	if d.in != nil {
-		d.in.track(t)
+		d.in.inv.tables = append(d.in.inv.tables, t)
 	}
 	return t
+}
+
+// member is called before a value is stored in a table of the document:
+// an array element beyond the slots charged so far charges the array's
+// growth (at most double), a new object key a hash entry; every 1024
+// values the deadline is checked.
+func (d *jsonDecoder) member(t *lua.LTable, i int, key string) {
+	if d.in == nil {
+		return
+	}
+	if d.values++; d.values&1023 == 0 {
+		d.in.checkTime(d.L)
+	}
+	if i > 0 {
+		if c := reflect.ValueOf(t).Elem().Field(ltArray).Cap(); i > c {
+			d.in.chargeTable(d.L, int64(tableSlotBytes*max(c, 4)), "json.decode")
+		}
+		return
+	}
+	if t.RawGetString(key) == lua.LNil {
+		d.in.chargeTable(d.L, tableEntryBytes, "json.decode")
+	}
 }
 
 func (d *jsonDecoder) value(depth int) lua.LValue {
@@ -266,12 +302,12 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 	switch c := d.s[d.pos]; {
 	case c == '{':
 		d.pos++
-		t := d.newTable(0, 4)
 		d.ws()
 		if d.pos < len(d.s) && d.s[d.pos] == '}' {
 			d.pos++
-			return t
+			return d.newTable(0, 0)
 		}
+		t := d.newTable(0, 4)
 		for {
 			d.ws()
 			if d.pos >= len(d.s) || d.s[d.pos] != '"' {
@@ -284,25 +320,35 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 			}
 			d.pos++
 			d.ws()
-			t.RawSetString(k, d.value(depth+1))
+			v := d.value(depth + 1)
+			d.member(t, 0, k)
+			t.RawSetString(k, v)
 			if d.closes('}', "object") {
 				return t
 			}
 		}
 	case c == '[':
 		d.pos++
-		t := d.newTable(4, 0)
+		d.ws()
+		empty := d.pos < len(d.s) && d.s[d.pos] == ']'
+		var t *lua.LTable
+		if empty {
+			d.pos++
+			t = d.newTable(0, 0)
+		} else {
+			t = d.newTable(4, 0)
+		}
 		if d.in != nil {
 			d.in.markArray(t)
 		}
-		d.ws()
-		if d.pos < len(d.s) && d.s[d.pos] == ']' {
-			d.pos++
+		if empty {
 			return t
 		}
 		for i := 1; ; i++ {
 			d.ws()
-			t.RawSetInt(i, d.value(depth+1))
+			v := d.value(depth + 1)
+			d.member(t, i, "")
+			t.RawSetInt(i, v)
 			if d.closes(']', "array") {
 				return t
 			}

@@ -91,6 +91,72 @@ func TestRuntimeErrorHasLine(t *testing.T) {
 	}
 }
 
+// TestRuntimeErrorMessageCapped: the message of a Lua error that ends the
+// invocation is cut like a log message before it reaches the caller (logs,
+// dead letters).
+func TestRuntimeErrorMessageCapped(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "bigerr", "function handle() error(string.rep('x', 100000)) end")
+	_, err := invoke(t, rt, "bigerr", nil)
+	if !errors.Is(err, ErrRuntime) || len(err.Error()) > maxLogBytes+200 || !strings.HasSuffix(err.Error(), "x...(truncated)") {
+		t.Fatalf("err = %.300v (%d bytes)", err, len(err.Error()))
+	}
+}
+
+// TestPrintCap: print builds at most a log message's worth of its
+// arguments, cut like a log message.
+func TestPrintCap(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "p", "function handle() local s = ('x'):rep(5000); print('a', 1, s, s, s) end")
+	res, err := invoke(t, rt, "p", nil)
+	if err != nil || len(res.Logs) != 1 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	want := "a\t1\t" + strings.Repeat("x", 5000) + "\t" + strings.Repeat("x", maxLogBytes-5000-5) + "...(truncated)"
+	if res.Logs[0].Msg != want {
+		t.Fatalf("print logged %d bytes: %.40q...", len(res.Logs[0].Msg), res.Logs[0].Msg)
+	}
+}
+
+// TestStringFormat: string.format follows Lua 5.1's conversions and
+// refuses what Lua 5.1 refuses.
+func TestStringFormat(t *testing.T) {
+	rt := newTestRuntime(t)
+	cases := []struct{ args, want string }{
+		{`"%5.2f|%-4d|%s|%q", 3.14159, 42, "x", "a\"b"`, ` 3.14|42  |x|"a\"b"`},
+		{`"%d %i %u %5.3d", 3.7, -2, 5, 7`, `3 -2 5   007`},
+		{`"%x %X %o %#x %#o %x", 255, 255, 8, 255, 8, -1`, `ff FF 10 0xff 010 ffffffffffffffff`},
+		{`"%g %g %G %e %.3E", 1/3, 1e20, 1e-10, 12345.678, 0.5`, `0.333333 1e+20 1E-10 1.234568e+04 5.000E-01`},
+		{`"%f %f %5.1f %+f", 1/0, -1/0, 0/0, 1/0`, `inf -inf   nan +inf`},
+		{`"%5s|%-5s|%.2s|%s|%s|%s", "ab", "ab", "abc", nil, true, 12.5`, `   ab|ab   |ab|nil|true|12.5`},
+		{`"%c%c|%3c|%05s|%+x|% o|%-05d", 72, 105, 65, "ab", 255, 8, 5`, `Hi|  A|   ab|ff|10|5    `},
+		{`"%-0+6f|%06.1f|%-6.1f|", 1/0, -1/0, 0/0`, `+inf  |  -inf|nan   |`},
+		{`"%q", "a\nb\r\0c\\"`, `"a\` + "\n" + `b\r\000c\\"`},
+		{`"%%d %d%% %+d % d %05d|%-5d|", 5, 5, 5, 5, 5`, `%d 5% +5  5 00005|5    |`},
+		{`"%d", "12"`, `12`},
+		{`"%.[1]5f", 1`, `invalid option '%.[' to 'format'`},
+		{`"%[1]d", 1`, `invalid option '%[' to 'format'`},
+		{`"%*d", 5, 1`, `invalid option '%*' to 'format'`},
+		{`"%v", 1`, `invalid option '%v' to 'format'`},
+		{`"%5%"`, `invalid option '%5%' to 'format'`},
+		{`"%100d", 1`, `invalid format (width or precision too long)`},
+		{`"%.100f", 1`, `invalid format (width or precision too long)`},
+		{`"%-+ #0-d", 1`, `invalid format (repeated flags)`},
+		{`"abc%"`, `invalid option '%' to 'format'`},
+		{`"%d"`, `bad argument #2 to format (no value)`},
+		{`"%d", {}`, `bad argument #2 to format (number expected, got table)`},
+		{`"%d", "x"`, `bad argument #2 to format (number expected, got string)`},
+	}
+	for i, c := range cases {
+		name := fmt.Sprintf("f%d", i)
+		deploy(t, rt, name, "function handle() local ok, r = pcall(function() return string.format("+c.args+") end); return r end")
+		res, err := invoke(t, rt, name, nil)
+		if err != nil || !strings.Contains(string(res.Value), c.want) {
+			t.Errorf("string.format(%s) = %q, %v; want %q", c.args, res.Value, err, c.want)
+		}
+	}
+}
+
 func TestBadReturnValues(t *testing.T) {
 	rt := newTestRuntime(t)
 	for name, body := range map[string]string{

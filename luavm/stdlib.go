@@ -1,9 +1,11 @@
 package luavm
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	lua "github.com/yuin/gopher-lua"
 
@@ -30,9 +32,13 @@ func (in *instance) wrapString(str *lua.LTable) {
 	set("lower", sized(orig("lower")))
 	set("reverse", sized(orig("reverse")))
 	set("byte", in.wrapCount(orig("byte"), 1))
+	char := orig("char")
+	set("char", func(L *lua.LState) int {
+		in.alloc(L, int64(L.GetTop()))
+		return char(L)
+	})
 	set("rep", in.strRep)
-	origFormat := orig("format")
-	set("format", func(L *lua.LState) int { return in.strFormat(L, origFormat) })
+	set("format", in.strFormat)
 	set("find", func(L *lua.LState) int { return in.strFind(L, true) })
 	set("match", func(L *lua.LState) int { return in.strFind(L, false) })
 	set("gmatch", in.strGmatch)
@@ -54,50 +60,236 @@ func (in *instance) strRep(L *lua.LState) int {
 	return 1
 }
 
-// strFormat checks widths and precisions (at most two digits, as in Lua
-// 5.1) and charges an upper bound of the output before formatting.
-func (in *instance) strFormat(L *lua.LState, orig lua.LGFunction) int {
+// strFormat is string.format, written here so that no format string of the
+// user reaches Go's fmt: each conversion is checked against Lua 5.1's syntax
+// (flags "-+ #0", a width and a precision of at most two digits each,
+// conversions c d i o u x X e E f g G q s and %%); anything else, such as
+// Go's argument indexes (%[1]d), '*' or %v, is a Lua error. An upper bound
+// of the output is charged before it is built.
+func (in *instance) strFormat(L *lua.LState) int {
 	f := L.CheckString(1)
+	top := L.GetTop()
+	specs := make([]fmtSpec, 0, 8)
 	est := int64(len(f))
-	arg := 2
+	arg := 1
 	for i := 0; i < len(f); i++ {
 		if f[i] != '%' {
 			continue
 		}
-		i++
-		if i < len(f) && f[i] == '%' {
+		sp, next := parseFmtSpec(L, f, i)
+		i = next - 1
+		if sp.verb == '%' {
 			continue
 		}
-		for i < len(f) && strings.IndexByte("-+ #0", f[i]) >= 0 {
-			i++
-		}
-		digits := 0
-		for i < len(f) && f[i] >= '0' && f[i] <= '9' {
-			i++
-			digits++
-		}
-		if i < len(f) && f[i] == '.' {
-			i++
-			pd := 0
-			for i < len(f) && f[i] >= '0' && f[i] <= '9' {
-				i++
-				pd++
-			}
-			if pd > 2 {
-				digits = 3
-			}
-		}
-		if digits > 2 {
-			L.RaiseError("invalid format (width or precision too long)")
-		}
-		est += 128
-		if s, ok := L.Get(arg).(lua.LString); ok {
-			est += int64(len(s))
-		}
 		arg++
+		if arg > top {
+			L.ArgError(arg, "no value")
+		}
+		sp.arg = arg
+		est += 128 // the width, the precision, a number
+		switch sp.verb {
+		case 's':
+			est += int64(len(fmtString(L.Get(arg))))
+		case 'q':
+			est += int64(quotedLen(L.CheckString(arg)))
+		case 'f', 'e', 'E', 'g', 'G':
+			// %f of 1e308 has 309 digits before the point.
+			if x := math.Abs(float64(L.CheckNumber(arg))); x >= 1e21 && !math.IsInf(x, 0) {
+				est += int64(math.Log10(x)) + 1
+			}
+		default:
+			L.CheckNumber(arg)
+		}
+		specs = append(specs, sp)
 	}
 	in.alloc(L, est)
-	return orig(L)
+	var b strings.Builder
+	b.Grow(int(est))
+	last, k := 0, 0
+	for i := 0; i < len(f); i++ {
+		if f[i] != '%' {
+			continue
+		}
+		b.WriteString(f[last:i])
+		if f[i+1] == '%' {
+			b.WriteByte('%')
+			i++
+			last = i + 1
+			continue
+		}
+		sp := specs[k]
+		k++
+		sp.write(L, &b)
+		i = sp.end - 1
+		last = sp.end
+	}
+	b.WriteString(f[last:])
+	L.Push(lua.LString(b.String()))
+	return 1
+}
+
+// fmtSpec is one checked conversion of a string.format format.
+type fmtSpec struct {
+	flags string // a subset of "-+ #0"
+	width string // at most two digits
+	prec  string // "" or "." and at most two digits
+	verb  byte
+	arg   int // the argument it formats
+	end   int // the offset after it in the format
+}
+
+// parseFmtSpec checks the conversion starting at f[i] ('%') against Lua
+// 5.1's syntax.
+func parseFmtSpec(L *lua.LState, f string, i int) (fmtSpec, int) {
+	start := i
+	i++
+	sp := fmtSpec{}
+	j := i
+	for j < len(f) && strings.IndexByte("-+ #0", f[j]) >= 0 {
+		j++
+	}
+	if j-i > 5 {
+		L.RaiseError("invalid format (repeated flags)")
+	}
+	sp.flags = f[i:j]
+	i = j
+	for j < len(f) && j-i < 2 && isDigit(f[j]) {
+		j++
+	}
+	sp.width = f[i:j]
+	i = j
+	if j < len(f) && f[j] == '.' {
+		j++
+		for j < len(f) && j-i < 3 && isDigit(f[j]) {
+			j++
+		}
+		sp.prec = f[i:j]
+		i = j
+	}
+	if j < len(f) && isDigit(f[j]) {
+		L.RaiseError("invalid format (width or precision too long)")
+	}
+	if j == len(f) {
+		L.RaiseError("invalid option '%s' to 'format' (the format ends inside a conversion)", fmtQuoteSpec(f[start:j]))
+	}
+	sp.verb = f[j]
+	if strings.IndexByte("cdiouxXeEfgGqs%", sp.verb) < 0 || (sp.verb == '%' && j > start+1) {
+		L.RaiseError("invalid option '%s' to 'format'", fmtQuoteSpec(f[start:j+1]))
+	}
+	sp.end = j + 1
+	return sp, j + 1
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// fmtQuoteSpec shows a rejected conversion in an error message: printable
+// ASCII as is, other bytes escaped.
+func fmtQuoteSpec(s string) string {
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
+}
+
+// fmtString is what %s writes for v: strings and numbers as Lua converts
+// them, other values as tostring without metamethods ("table: 0x...").
+func fmtString(v lua.LValue) string {
+	if s, ok := v.(lua.LString); ok {
+		return string(s)
+	}
+	return v.String()
+}
+
+// write formats the spec's argument onto b, through a Go format built from
+// the checked parts only.
+func (sp *fmtSpec) write(L *lua.LState, b *strings.Builder) {
+	gofmt := func(verb byte) string { return "%" + sp.flags + sp.width + sp.prec + string(verb) }
+	// Flags that Go honours where C ignores them: '0' on strings, '+' and
+	// ' ' on unsigned numbers.
+	flags := func(drop string) string {
+		return strings.Map(func(r rune) rune {
+			if strings.ContainsRune(drop, r) {
+				return -1
+			}
+			return r
+		}, sp.flags)
+	}
+	without := func(drop string) string { return "%" + flags(drop) + sp.width + sp.prec }
+	switch sp.verb {
+	case 's':
+		fmt.Fprintf(b, without("0")+"s", fmtString(L.Get(sp.arg)))
+	case 'q':
+		writeQuoted(b, L.CheckString(sp.arg))
+	case 'c':
+		fmt.Fprintf(b, without("0")+"s", string([]byte{byte(int64(L.CheckNumber(sp.arg)))}))
+	case 'd', 'i':
+		fmt.Fprintf(b, gofmt('d'), int64(L.CheckNumber(sp.arg)))
+	case 'o', 'x', 'X':
+		fmt.Fprintf(b, without("+ ")+string(sp.verb), uint64(int64(L.CheckNumber(sp.arg))))
+	case 'u':
+		fmt.Fprintf(b, without("+ ")+"d", uint64(int64(L.CheckNumber(sp.arg))))
+	default: // e E f g G
+		x := float64(L.CheckNumber(sp.arg))
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			// C's spelling, not Go's (+Inf, NaN).
+			s := "inf"
+			switch {
+			case math.IsNaN(x):
+				s = "nan"
+			case x < 0:
+				s = "-inf"
+			case strings.IndexByte(sp.flags, '+') >= 0:
+				s = "+inf"
+			case strings.IndexByte(sp.flags, ' ') >= 0:
+				s = " inf"
+			}
+			if sp.verb == 'E' || sp.verb == 'G' {
+				s = strings.ToUpper(s)
+			}
+			fmt.Fprintf(b, "%"+flags("+ #0")+sp.width+"s", s)
+			return
+		}
+		prec := sp.prec
+		if prec == "" && (sp.verb == 'g' || sp.verb == 'G') {
+			prec = ".6" // C's default; Go's %g would print the shortest form
+		}
+		fmt.Fprintf(b, "%"+sp.flags+sp.width+prec+string(sp.verb), x)
+	}
+}
+
+// quotedLen is the length of %q's output for s.
+func quotedLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '"', '\\', '\n', '\r':
+			n += 2
+		case 0:
+			n += 4
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// writeQuoted writes s as Lua 5.1's %q does: between double quotes, with
+// '"', '\\', newline, carriage return and NUL escaped, so that Lua reads
+// it back as s.
+func writeQuoted(b *strings.Builder, s string) {
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"', '\\', '\n':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case '\r':
+			b.WriteString("\\r")
+		case 0:
+			b.WriteString("\\000")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
 }
 
 // strIndex converts a Lua string index (1-based, negative from the end) to
@@ -137,6 +329,29 @@ func pushCaptures(L *lua.LState, m *pm.MatchData, s string, whole bool) int {
 	return n
 }
 
+// patternParseBytes bounds the Go heap that parsing and compiling a pattern
+// allocate per byte of pattern (80 to 425 bytes measured, for sets and for
+// repeated single characters).
+const patternParseBytes = 512
+
+// compilePattern compiles a pattern for find, match, gmatch or gsub. The
+// parse's garbage (hundreds of bytes per byte of pattern) must fit under the
+// memory cap, and the parse is charged one step per byte of pattern (at
+// most MaxMemory/512 steps, then).
+func (in *instance) compilePattern(L *lua.LState, pat string) *pm.Pattern {
+	in.transient(L, patternParseBytes*int64(len(pat)), "parsing a pattern")
+	in.charge(L, int64(len(pat)))
+	p, err := pm.Compile(pat)
+	if err != nil {
+		L.RaiseError("%s", err.Error())
+	}
+	return p
+}
+
+// readOnlyBytes returns the bytes of s without copying them; the matcher
+// only reads its subject.
+func readOnlyBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
 // strFind implements string.find (find=true) and string.match.
 func (in *instance) strFind(L *lua.LState, find bool) int {
 	s := L.CheckString(1)
@@ -158,7 +373,7 @@ func (in *instance) strFind(L *lua.LState, find bool) int {
 		return 2
 	}
 	var found *pm.MatchData
-	err := pm.Each(pat, []byte(s), init, &in.pmb, func(m *pm.MatchData) bool { found = m; return false })
+	err := in.compilePattern(L, pat).Each(readOnlyBytes(s), init, &in.pmb, func(m *pm.MatchData) bool { found = m; return false })
 	if err != nil {
 		L.RaiseError("%s", err.Error())
 	}
@@ -174,19 +389,21 @@ func (in *instance) strFind(L *lua.LState, find bool) int {
 	return pushCaptures(L, found, s, true)
 }
 
+// strGmatch compiles the pattern once; the iterator it returns keeps the
+// compiled pattern, which is charged as memory.
 func (in *instance) strGmatch(L *lua.LState) int {
 	s := L.CheckString(1)
-	pat := L.CheckString(2)
+	p := in.compilePattern(L, L.CheckString(2))
+	in.alloc(L, int64(p.Size()))
 	pos := 0
-	src := []byte(s)
-	in.alloc(L, int64(len(s)))
+	src := readOnlyBytes(s)
 	L.Push(L.NewFunction(func(L *lua.LState) int {
 		in.charge(L, 1)
 		if pos > len(s) {
 			return 0
 		}
 		var found *pm.MatchData
-		err := pm.Each(pat, src, pos, &in.pmb, func(m *pm.MatchData) bool { found = m; return false })
+		err := p.Each(src, pos, &in.pmb, func(m *pm.MatchData) bool { found = m; return false })
 		if err != nil {
 			L.RaiseError("%s", err.Error())
 		}
@@ -211,20 +428,32 @@ func (in *instance) strGsub(L *lua.LState) int {
 	repl := L.Get(3)
 	limit := L.OptInt(4, -1)
 	in.charge(L, 1+int64(len(s))/64)
+	p := in.compilePattern(L, pat)
+	var replStr string
+	if repl.Type() == lua.LTString || repl.Type() == lua.LTNumber {
+		replStr = lua.LVAsString(repl)
+	}
 	var b strings.Builder
 	last, count := 0, 0
-	var err error
-	err = pm.Each(pat, []byte(s), 0, &in.pmb, func(m *pm.MatchData) bool {
+	err := p.Each(readOnlyBytes(s), 0, &in.pmb, func(m *pm.MatchData) bool {
 		if limit >= 0 && count >= limit {
 			return false
 		}
 		count++
 		start, end := m.Capture(0), m.Capture(1)
+		if repl.Type() == lua.LTString || repl.Type() == lua.LTNumber {
+			// The expansion (%0 and %1-%9 copy captures, so a short
+			// replacement can stand for gigabytes) is charged before
+			// it is written.
+			in.alloc(L, int64(start-last)+gsubExpandLen(L, replStr, m))
+			b.WriteString(s[last:start])
+			gsubExpand(&b, replStr, m, s)
+			last = end
+			return true
+		}
 		var rep string
 		keep := true
 		switch r := repl.(type) {
-		case lua.LString, lua.LNumber:
-			rep = gsubExpand(L, lua.LVAsString(r), m, s)
 		case *lua.LTable:
 			v := L.GetTable(r, firstCapture(m, s))
 			rep, keep = gsubValue(L, v)
@@ -281,11 +510,59 @@ func gsubValue(L *lua.LState, v lua.LValue) (string, bool) {
 	return "", false
 }
 
-func gsubExpand(L *lua.LState, repl string, m *pm.MatchData, s string) string {
-	if strings.IndexByte(repl, '%') < 0 {
-		return repl
+// gsubCapture returns the bounds of what %idx (0-9) of a replacement string
+// stands for in match m: [a, b) of the subject, or a position capture
+// (pos true, the position in a).
+func gsubCapture(L *lua.LState, idx int, m *pm.MatchData) (a, b int, pos bool) {
+	if idx == 0 {
+		return m.Capture(0), m.Capture(1), false
 	}
-	var b strings.Builder
+	ci := 2 * idx
+	if ci >= m.CaptureLength() {
+		if idx == 1 && m.CaptureLength() == 2 {
+			return m.Capture(0), m.Capture(1), false
+		}
+		L.RaiseError("invalid capture index")
+	}
+	if m.IsPosCapture(ci) {
+		return m.Capture(ci), 0, true
+	}
+	return m.Capture(ci), m.Capture(ci + 1), false
+}
+
+// gsubExpandLen is the length of the expansion of repl for match m (what
+// gsubExpand writes).
+func gsubExpandLen(L *lua.LState, repl string, m *pm.MatchData) int64 {
+	var n int64
+	for i := 0; i < len(repl); i++ {
+		c := repl[i]
+		if c != '%' || i+1 == len(repl) {
+			n++
+			continue
+		}
+		i++
+		c = repl[i]
+		if c < '0' || c > '9' {
+			n++
+			continue
+		}
+		a, b, pos := gsubCapture(L, int(c-'0'), m)
+		if pos {
+			n += int64(len(strconv.Itoa(a)))
+		} else {
+			n += int64(b - a)
+		}
+	}
+	return n
+}
+
+// gsubExpand writes repl onto b with %0-%9 replaced by the captures of m
+// and %x by x.
+func gsubExpand(b *strings.Builder, repl string, m *pm.MatchData, s string) {
+	if strings.IndexByte(repl, '%') < 0 {
+		b.WriteString(repl)
+		return
+	}
 	for i := 0; i < len(repl); i++ {
 		c := repl[i]
 		if c != '%' || i+1 == len(repl) {
@@ -298,26 +575,14 @@ func gsubExpand(L *lua.LState, repl string, m *pm.MatchData, s string) string {
 			b.WriteByte(c)
 			continue
 		}
-		idx := int(c - '0')
-		if idx == 0 {
-			b.WriteString(s[m.Capture(0):m.Capture(1)])
-			continue
-		}
-		ci := 2 * idx
-		if ci >= m.CaptureLength() {
-			if idx == 1 && m.CaptureLength() == 2 {
-				b.WriteString(s[m.Capture(0):m.Capture(1)])
-				continue
-			}
-			L.RaiseError("invalid capture index")
-		}
-		if m.IsPosCapture(ci) {
-			b.WriteString(strconv.Itoa(m.Capture(ci)))
+		// gsubExpandLen has checked the capture indexes.
+		a, e, pos := gsubCapture(nil, int(c-'0'), m)
+		if pos {
+			b.WriteString(strconv.Itoa(a))
 		} else {
-			b.WriteString(s[m.Capture(ci):m.Capture(ci+1)])
+			b.WriteString(s[a:e])
 		}
 	}
-	return b.String()
 }
 
 func (in *instance) wrapTable(tbl *lua.LTable) {

@@ -1,8 +1,11 @@
 // Package pm is gopher-lua's Lua pattern matcher (github.com/yuin/gopher-lua/pm,
-// v1.1.2, MIT License, Copyright (c) 2015 Yusuke Inuzuka) with one change: the
-// matching VM counts its work and calls a Budget hook, so that a pathological
-// pattern can be stopped by the sandbox's step budget and deadline instead of
-// running unbounded inside a Go builtin.
+// v1.1.2, MIT License, Copyright (c) 2015 Yusuke Inuzuka) with these changes:
+// the matching VM counts its work and calls a Budget hook, so that a
+// pathological pattern can be stopped by the sandbox's step budget and
+// deadline instead of running unbounded inside a Go builtin; a pattern has at
+// most MaxCaptures captures, as in Lua 5.1 (the parser recursed once per '('
+// without limit, so a pattern of millions of '(' overflowed the Go stack); and
+// a pattern can be compiled once (Compile) and matched many times.
 package pm
 
 import (
@@ -13,6 +16,9 @@ const (
 	EOS               = -1
 	_UNKNOWN          = -2
 	maxRecursionLevel = 20000 // moongate: was 1000000 (about 200 MB of Go stack)
+	// MaxCaptures is the most captures (position captures included) a
+	// pattern may have: LUA_MAXCAPTURES of Lua 5.1.
+	MaxCaptures = 32
 )
 
 /* Error {{{ */
@@ -89,9 +95,10 @@ type scannerState struct {
 }
 
 type scanner struct {
-	src   []byte
-	State scannerState
-	saved scannerState
+	src      []byte
+	State    scannerState
+	saved    scannerState
+	captures int // moongate: '(' seen so far, at most MaxCaptures
 }
 
 func newScanner(src []byte) *scanner {
@@ -418,6 +425,11 @@ func parsePattern(sc *scanner, toplevel bool) *seqPattern {
 			return pat
 		case '(':
 			sc.Next()
+			// moongate: bounds the parser's recursion (one level per '(').
+			sc.captures++
+			if sc.captures > MaxCaptures {
+				panic(newError(_UNKNOWN, "too many captures"))
+			}
 			if sc.Peek() == ')' {
 				sc.Next()
 				pat.Patterns = append(pat.Patterns, &posCapPattern{})
@@ -639,12 +651,15 @@ type Budget struct {
 
 const budgetEvery = 1024
 
-// Find returns up to limit matches (-1: all) of pattern p in src starting at
-// offset, metering its work through b (which may be nil).
-func Find(p string, src []byte, offset, limit int, b *Budget) (matches []*MatchData, err error) {
-	if b == nil {
-		b = &Budget{}
-	}
+// Pattern is a compiled pattern, to be matched any number of times.
+type Pattern struct {
+	insts    []inst
+	mustHead bool
+	srcLen   int
+}
+
+// Compile parses and compiles the pattern p.
+func Compile(p string) (pat *Pattern, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			if perr, ok := v.(*Error); ok {
@@ -654,29 +669,47 @@ func Find(p string, src []byte, offset, limit int, b *Budget) (matches []*MatchD
 			}
 		}
 	}()
-	pat := parsePattern(newScanner([]byte(p)), true)
-	insts := compilePattern(pat)
-	matches = []*MatchData{}
-	for sp := offset; sp <= len(src); {
-		ok, nsp, ms := recursiveVM(b, src, insts, 0, sp, 0)
-		sp++
-		if ok {
-			if sp < nsp {
-				sp = nsp
-			}
-			matches = append(matches, ms)
-		}
-		if len(matches) == limit || pat.MustHead {
-			break
-		}
+	sp := parsePattern(newScanner([]byte(p)), true)
+	return &Pattern{insts: compilePattern(sp), mustHead: sp.MustHead, srcLen: len(p)}, nil
+}
+
+// Size is an estimate, in bytes, of the memory a compiled pattern holds.
+func (p *Pattern) Size() int {
+	// An instruction is 40 bytes and its character class up to 16 more; a
+	// set ([...]) holds up to 48 bytes per character of the pattern.
+	return 64 + 64*cap(p.insts) + 48*p.srcLen
+}
+
+// Find returns up to limit matches (-1: all) of pattern p in src starting at
+// offset, metering its work through b (which may be nil).
+func Find(p string, src []byte, offset, limit int, b *Budget) (matches []*MatchData, err error) {
+	pat, err := Compile(p)
+	if err != nil {
+		return nil, err
 	}
-	return
+	matches = []*MatchData{}
+	err = pat.Each(src, offset, b, func(m *MatchData) bool {
+		matches = append(matches, m)
+		return len(matches) != limit
+	})
+	return matches, err
 }
 
 // Each calls fn for every match of p in src from offset on, in order, until
 // fn returns false; it does not collect the matches, so memory stays constant
 // however many matches there are.
-func Each(p string, src []byte, offset int, b *Budget, fn func(*MatchData) bool) (err error) {
+func Each(p string, src []byte, offset int, b *Budget, fn func(*MatchData) bool) error {
+	pat, err := Compile(p)
+	if err != nil {
+		return err
+	}
+	return pat.Each(src, offset, b, fn)
+}
+
+// Each calls fn for every match of the pattern in src from offset on, in
+// order, until fn returns false, metering its work through b (which may be
+// nil). src is only read.
+func (pat *Pattern) Each(src []byte, offset int, b *Budget, fn func(*MatchData) bool) (err error) {
 	if b == nil {
 		b = &Budget{}
 	}
@@ -689,10 +722,8 @@ func Each(p string, src []byte, offset int, b *Budget, fn func(*MatchData) bool)
 			}
 		}
 	}()
-	pat := parsePattern(newScanner([]byte(p)), true)
-	insts := compilePattern(pat)
 	for sp := offset; sp <= len(src); {
-		ok, nsp, ms := recursiveVM(b, src, insts, 0, sp, 0)
+		ok, nsp, ms := recursiveVM(b, src, pat.insts, 0, sp, 0)
 		sp++
 		if ok {
 			if sp < nsp {
@@ -702,7 +733,7 @@ func Each(p string, src []byte, offset int, b *Budget, fn func(*MatchData) bool)
 				return nil
 			}
 		}
-		if pat.MustHead {
+		if pat.mustHead {
 			break
 		}
 	}

@@ -52,3 +52,44 @@ func TestRecursionCap(t *testing.T) {
 		t.Fatalf("deep recursion: %v", err)
 	}
 }
+
+// TestMaxCaptures: at most MaxCaptures captures, position captures
+// included, as in Lua 5.1; the parser recursed once per '(' without limit,
+// and 16 million of them overflowed the Go stack.
+func TestMaxCaptures(t *testing.T) {
+	for _, p := range []string{strings.Repeat("(a)", MaxCaptures), strings.Repeat("()", MaxCaptures), strings.Repeat("(", MaxCaptures) + strings.Repeat(")", MaxCaptures)} {
+		if _, err := Find(p, []byte("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), 0, 1, nil); err != nil {
+			t.Fatalf("%q: %v", p, err)
+		}
+	}
+	for _, p := range []string{strings.Repeat("(a)", MaxCaptures+1), strings.Repeat("()", MaxCaptures+1), "%((" + strings.Repeat("(", 100000)} {
+		if _, err := Find(p, []byte("a"), 0, 1, nil); err == nil || err.Error() != "too many captures" {
+			t.Fatalf("%.20q...: %v, want too many captures", p, err)
+		}
+	}
+}
+
+// TestCompileOnce: a compiled pattern matches any number of times.
+func TestCompileOnce(t *testing.T) {
+	p, err := Compile("(%a+)=(%d+)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := []byte("a=1 bb=22 c=x")
+	for range 2 {
+		var got []string
+		err := p.Each(src, 0, nil, func(m *MatchData) bool {
+			got = append(got, string(src[m.Capture(2):m.Capture(3)])+":"+string(src[m.Capture(4):m.Capture(5)]))
+			return true
+		})
+		if err != nil || strings.Join(got, ",") != "a:1,bb:22" {
+			t.Fatalf("Each: %v %v", got, err)
+		}
+	}
+	if _, err := Compile("[a"); err == nil {
+		t.Fatal("malformed pattern compiled")
+	}
+	if p.Size() < 64*len(p.insts) {
+		t.Fatalf("Size %d for %d instructions", p.Size(), len(p.insts))
+	}
+}
