@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -203,4 +204,42 @@ func TestLargestPayloadIsProcessed(t *testing.T) {
 	if r := allRecords(t, st, "size")[0]; string(r.Data) != `{"n":1048576}` {
 		t.Errorf("record %s", r.Data)
 	}
+}
+
+// TestUnauthenticatedConnectionsShed: mqtt.embedded.max_unauthenticated
+// reaches the broker, and connections past it are counted in /metrics.
+func TestUnauthenticatedConnectionsShed(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "mqtt:\n  embedded: {listen: \"127.0.0.1:0\", max_unauthenticated: 1}\n"))
+	addr := p.d.MQTTAddr().String()
+	idle, err := net.Dial("tcp", addr) // holds the only slot: never sends CONNECT
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	shed := func() int {
+		_, m := httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
+		for _, l := range strings.Split(m, "\n") {
+			if v, ok := strings.CutPrefix(l, "moongate_mqtt_connections_shed_total "); ok {
+				n, _ := strconv.Atoi(v)
+				return n
+			}
+		}
+		t.Fatalf("/metrics lacks moongate_mqtt_connections_shed_total")
+		return 0
+	}
+	if n := shed(); n != 0 {
+		t.Fatalf("shed before: %d", n)
+	}
+	// The slot is taken at accept; the second connection is closed unread.
+	waitFor(t, 10*time.Second, "a connection shed", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, _ = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		return shed() >= 1
+	})
 }

@@ -1,8 +1,10 @@
 package mqtt
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -102,33 +104,57 @@ func expandACL(filters []string, username string) ([]string, error) {
 	return out, nil
 }
 
-// check verifies a username and password.
-func (a *authenticator) check(username string, password []byte) bool {
+// errAuthBusy is returned by check when the password check did not get its
+// turn before ctx ended: the credentials are neither accepted nor refused.
+var errAuthBusy = errors.New("mqtt: password check not started: too many waiting")
+
+// check verifies a username and password. It waits for a bcrypt slot at
+// most until ctx ends, then gives up with an error wrapping errAuthBusy.
+func (a *authenticator) check(ctx context.Context, username string, password []byte) (bool, error) {
 	acc, ok := a.accounts[username]
 	if !ok {
 		// Spend comparable time so unknown users are not distinguishable.
-		a.sem <- struct{}{}
+		if err := a.acquire(ctx); err != nil {
+			return false, err
+		}
 		_ = bcrypt.CompareHashAndPassword(dummyHash(), password)
 		<-a.sem
-		return false
+		return false, nil
 	}
 	sum := sha256.Sum256(password)
 	a.mu.Lock()
 	cached, hit := a.cache[username]
 	a.mu.Unlock()
 	if hit && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
-		return true
+		return true, nil
 	}
-	a.sem <- struct{}{}
+	if err := a.acquire(ctx); err != nil {
+		return false, err
+	}
 	err := bcrypt.CompareHashAndPassword(acc.hash, password)
 	<-a.sem
 	if err != nil {
-		return false
+		return false, nil
 	}
 	a.mu.Lock()
 	a.cache[username] = sum
 	a.mu.Unlock()
-	return true
+	return true, nil
+}
+
+// acquire takes a bcrypt slot, or fails once ctx ends.
+func (a *authenticator) acquire(ctx context.Context) error {
+	select {
+	case a.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case a.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", errAuthBusy, ctx.Err())
+	}
 }
 
 // dummyHash returns a bcrypt hash nobody knows the password of, computed on

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,6 +26,7 @@ const (
 	DefaultMaxQueuedPerClient = 1000
 	DefaultMaxClients         = 1000
 	DefaultMaxRetained        = 10000
+	DefaultMaxUnauthenticated = 64
 )
 
 // EmbeddedConfig configures the embedded broker. The zero value (after
@@ -73,6 +75,12 @@ type EmbeddedConfig struct {
 	// default 1000. Further connections get CONNACK "server unavailable"
 	// (MQTT 5: "server busy").
 	MaxClients int
+	// MaxUnauthenticated bounds, per listener, the connections that have
+	// not authenticated yet (TLS handshake, CONNECT, password check);
+	// default 64. A connection beyond it is closed at once, unread, and
+	// counted in Stats.ConnectionsShed. Each may hold up to the CONNECT
+	// bound (MaxPayload+16 KiB) while its CONNECT is read.
+	MaxUnauthenticated int
 	// MaxRetained bounds the topics holding a retained message; default
 	// 10000. A retained publish to a new topic beyond it is delivered but
 	// not retained (Stats.RetainedRefused); replacing or clearing the
@@ -109,6 +117,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	if c.MaxRetained == 0 {
 		c.MaxRetained = DefaultMaxRetained
 	}
+	if c.MaxUnauthenticated == 0 {
+		c.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
 }
 
 // packetLimit is the largest packet read from a client at all.
@@ -118,6 +129,14 @@ func (c *EmbeddedConfig) packetLimit() uint32 {
 		n = 256 << 20
 	}
 	return uint32(n)
+}
+
+// connectLimit is the largest CONNECT packet read: room for the client id,
+// credentials, properties and will topic (16 KiB), and a will payload of
+// up to MaxPayload (a will is a publish). It is read before the client has
+// authenticated, so it gets a bound of its own, below packetLimit.
+func (c *EmbeddedConfig) connectLimit() uint32 {
+	return min(uint32(min(int64(c.MaxPayload)+16<<10, math.MaxUint32)), c.packetLimit())
 }
 
 // Embedded is an embedded MQTT broker that passes matching publishes to a
@@ -138,6 +157,12 @@ type Embedded struct {
 	// connectTimeout bounds the wait for CONNECT on the TCP listener; zero
 	// means the package default. Tests shorten it.
 	connectTimeout time.Duration
+	// authWait bounds the wait for a bcrypt slot; zero means
+	// connectTimeout (the package default). Tests shorten it.
+	authWait time.Duration
+	preauth  map[string]*preauth // listener id -> its unauthenticated connections
+
+	shedWarnNs atomic.Int64 // when connections shed were last logged (unix ns)
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -178,10 +203,13 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
 	case cfg.MaxRetained < 0:
 		return nil, fmt.Errorf("%w: max retained %d is negative", ErrConfig, cfg.MaxRetained)
+	case cfg.MaxUnauthenticated < 0:
+		return nil, fmt.Errorf("%w: max unauthenticated %d is negative", ErrConfig, cfg.MaxUnauthenticated)
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, fmt.Errorf("%w: tls cert and key must be set together", ErrConfig)
 	}
-	e := &Embedded{cfg: cfg, log: log, loopback: map[string]bool{}, filters: newFilters(), gate: newGate()}
+	e := &Embedded{cfg: cfg, log: log, loopback: map[string]bool{}, filters: newFilters(), gate: newGate(),
+		preauth: map[string]*preauth{}}
 	for id, addr := range map[string]string{"tcp": cfg.Listen, "ws": cfg.WebSocketListen} {
 		if addr == "" {
 			continue
@@ -190,6 +218,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 			return nil, fmt.Errorf("%w: listen address %q: %w", ErrConfig, addr, err)
 		}
 		e.loopback[id] = isLoopback(addr)
+		e.preauth[id] = newPreauth(cfg.MaxUnauthenticated, func() { e.shed("too many connections not yet authenticated on the listener: closed unread", id) })
 		if !e.loopback[id] && len(cfg.Users) == 0 {
 			return nil, fmt.Errorf("%w: listener %s", ErrInsecureListener, addr)
 		}
@@ -212,6 +241,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumSessionExpiryInterval = uint32(min(cfg.MaxSessionExpiry/time.Second, math.MaxUint32))
 	caps.MaximumPacketSize = cfg.packetLimit()
+	caps.MaximumConnectPacketSize = cfg.connectLimit()
 	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
 	caps.MaximumInflight = uint16(cfg.MaxQueuedPerClient)
 	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
@@ -222,7 +252,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		InlineClient:           true,
 		SysTopicResendInterval: 30,
 		// mochi logs a warning per misbehaving client; keep only errors.
-		Logger: slog.New(minLevel{h: log.Handler(), min: slog.LevelError}),
+		Logger:      slog.New(minLevel{h: log.Handler(), min: slog.LevelError}),
+		MayTakeOver: e.mayTakeOver,
 	})
 	if err := e.srv.AddHook(&hook{e: e}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
@@ -267,7 +298,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return ErrAlreadyStarted
 	}
 	e.h = h
-	tcp := &tcpListener{boundListener: boundListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg}, connectTimeout: e.connectTimeout}
+	tcp := &tcpListener{boundListener: boundListener{id: "tcp", address: e.cfg.Listen, tlsCfg: e.tlsCfg}, connectTimeout: e.connectTimeout, pre: e.preauth["tcp"]}
 	if err := e.srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("mqtt: listen %s: %w", e.cfg.Listen, err)
 	}
@@ -278,7 +309,7 @@ func (e *Embedded) Start(ctx context.Context, h Handler) error {
 		return fmt.Errorf("mqtt: listener address: %w", err)
 	}
 	if e.cfg.WebSocketListen != "" {
-		ws := &wsListener{boundListener: boundListener{id: "ws", address: e.cfg.WebSocketListen, tlsCfg: e.tlsCfg}, readLimit: int64(e.cfg.packetLimit())}
+		ws := &wsListener{boundListener: boundListener{id: "ws", address: e.cfg.WebSocketListen, tlsCfg: e.tlsCfg}, readLimit: int64(e.cfg.packetLimit()), pre: e.preauth["ws"]}
 		if err := e.srv.AddListener(ws); err != nil {
 			e.srv.Listeners.Close("tcp", func(string) {})
 			return fmt.Errorf("mqtt: listen websocket %s: %w", e.cfg.WebSocketListen, err)
@@ -572,7 +603,20 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	return nil
 }
 
+// OnConnectAuthenticate checks the credentials (and the last will against
+// the publish ACL). A client accepted here no longer counts against its
+// listener's MaxUnauthenticated.
 func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
+	ok := h.authenticate(cl, pk)
+	if ok {
+		if p := h.e.preauth[cl.Net.Listener]; p != nil && cl.Net.Conn != nil {
+			p.authenticated(cl.Net.Conn)
+		}
+	}
+	return ok
+}
+
+func (h *hook) authenticate(cl *mochi.Client, pk packets.Packet) bool {
 	username := string(pk.Connect.Username)
 	if username == "" && len(pk.Connect.Password) == 0 {
 		if h.e.cfg.AllowAnonymous && h.e.loopback[cl.Net.Listener] {
@@ -581,7 +625,28 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 		h.e.stats.authFailures.Add(1)
 		return false
 	}
-	if !h.e.auth.check(username, pk.Connect.Password) {
+	// mochi has replaced the CONNECT deadline by the keep-alive (none for
+	// keep-alive 0) by now, and nothing reads the connection while it
+	// waits here: the wait for a bcrypt slot has a bound of its own.
+	wait := h.e.authWait
+	if wait <= 0 {
+		wait = connectTimeout
+	}
+	ctx, cancel := context.WithTimeout(h.e.hctx, wait)
+	ok, err := h.e.auth.check(ctx, username, pk.Connect.Password)
+	cancel()
+	if err != nil {
+		// Not a verdict on the credentials: "server unavailable" (MQTT 5:
+		// "server busy"), which devices take as a reason to retry later.
+		if cl.Properties.ProtocolVersion < 5 {
+			cl.RefuseConnect(packets.ErrServerUnavailable)
+		} else {
+			cl.RefuseConnect(packets.ErrServerBusy)
+		}
+		h.e.shed("password checks busy: connection refused (server unavailable)", cl.Net.Listener)
+		return false
+	}
+	if !ok {
 		h.e.stats.authFailures.Add(1)
 		h.e.log.Debug("mqtt connection refused: bad credentials", "client", cl.ID, "username", username, "remote", cl.Net.Remote)
 		return false
@@ -598,6 +663,37 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 		}
 	}
 	return true
+}
+
+// mayTakeOver is mochi's Options.MayTakeOver: a connection may take over
+// the session registered under its client id (connected or not, restored
+// after a restart too) only if it authenticated as the same user; clients
+// that connected anonymously count as one user, "". Otherwise a device with
+// valid credentials of its own could use another device's client id to
+// disconnect it, receive and acknowledge the commands queued for it (mochi
+// resends them without an ACL check), or wipe its session with a clean
+// start. The inline client's id is never taken over. A refused connection
+// gets CONNACK "not authorized" and is counted in RejectedUnauthorized.
+func (e *Embedded) mayTakeOver(existing, cl *mochi.Client) bool {
+	if !existing.Net.Inline && bytes.Equal(existing.Properties.Username, cl.Properties.Username) {
+		return true
+	}
+	e.stats.unauthorized.Add(1)
+	e.log.Debug("mqtt connection refused: client id held by another user", "client", cl.ID,
+		"username", string(cl.Properties.Username), "remote", cl.Net.Remote)
+	return false
+}
+
+// shed counts a connection turned away before it authenticated and logs
+// it, at most once per dropWarnEvery.
+func (e *Embedded) shed(why, listener string) {
+	n := e.stats.connectionsShed.Add(1)
+	now := time.Now().UnixNano()
+	last := e.shedWarnNs.Load()
+	if now-last < int64(dropWarnEvery) || !e.shedWarnNs.CompareAndSwap(last, now) {
+		return
+	}
+	e.log.Warn("mqtt: "+why, "listener", listener, "max_unauthenticated", e.cfg.MaxUnauthenticated, "shed_total", n)
 }
 
 // OnACLCheck allows every publish here (publishes are checked in OnPublish,

@@ -72,13 +72,16 @@ type External struct {
 	stats   counters
 	sem     chan struct{}
 
-	gen atomic.Uint64 // connection generation, bumped when a connection ends
+	// gen is the receive generation: the connection a delivery arrived on.
+	// It is bumped before every connection attempt (onNotify), when no
+	// delivery of the previous connection can arrive any more and none of
+	// the next has yet; a delivery whose generation is not the current one
+	// is neither handled nor acknowledged (the broker redelivers it).
+	gen atomic.Uint64
 	// redials counts paho's reconnection attempts. paho calls the handler
 	// that bumps it before it dials, hence before it resends the messages
 	// still in flight and completes their tokens without an
-	// acknowledgement (see ErrUnconfirmed); gen, bumped by the
-	// connection-lost handler, which paho runs in a goroutine of its own,
-	// may come later.
+	// acknowledgement (see ErrUnconfirmed).
 	redials atomic.Uint64
 	acks    ackOrder // QoS 1 acknowledgements, released in arrival order
 	lanesMu sync.Mutex
@@ -108,6 +111,10 @@ type External struct {
 	firstReady    chan struct{}
 	readyOnce     sync.Once
 	reconnectC    chan struct{}
+
+	// testBeforeRedial, when set (tests only), runs in reconnectLoop before
+	// a forced reconnection.
+	testBeforeRedial func()
 }
 
 var _ Ingest = (*External)(nil)
@@ -176,7 +183,8 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		SetDefaultPublishHandler(x.onMessage).
 		SetOnConnectHandler(x.onConnect).
 		SetConnectionLostHandler(x.onLost).
-		SetReconnectingHandler(x.onReconnecting)
+		SetReconnectingHandler(x.onReconnecting).
+		SetConnectionNotificationHandler(x.onNotify)
 	if cfg.Username != "" {
 		o.SetUsername(cfg.Username)
 		o.SetPassword(cfg.Password)
@@ -285,14 +293,40 @@ func (x *External) onReconnecting(paho.Client, *paho.ClientOptions) {
 	x.redials.Add(1)
 }
 
-// conn identifies the connection a publish goes out on, for unconfirmed:
-// it changes when the connection is lost or paho starts to reconnect.
+// conn identifies the connection a publish goes out on, for ErrUnconfirmed:
+// it changes when paho starts to (re)connect (before it dials, hence before
+// it resends what was in flight) and when reconnectLoop drops the
+// connection.
 func (x *External) conn() [2]uint64 {
 	return [2]uint64{x.gen.Load(), x.redials.Load()}
 }
 
+// onNotify starts a new receive generation before each connection attempt.
+// paho sends ConnectionNotificationConnecting synchronously, right before
+// it dials (first connection, its retries, and every reconnection), and
+// only once the previous connection's workers have stopped: its router has
+// delivered its last message to onMessage, and the new connection's first
+// one comes after the bump. So every delivery carries the generation of
+// the connection it arrived on.
+//
+// The bump used to be in onLost, but paho starts the reconnection and
+// runs onLost in goroutines of their own, at the same time: the new
+// connection's first deliveries could be tagged with the old generation
+// and then skipped when onLost bumped it, never acknowledged on a live
+// connection (they filled the broker's in-flight window and stalled
+// intake until the next reconnection).
+func (x *External) onNotify(_ paho.Client, n paho.ConnectionNotification) {
+	if _, ok := n.(paho.ConnectionNotificationConnecting); ok {
+		x.gen.Add(1)
+	}
+}
+
+// onLost records the loss. It does not touch the receive generation
+// (onNotify does): paho may run it after the next connection is up.
+// Messages of the lost connection still queued are handled until the
+// reconnection starts; their acknowledgements are dropped by paho and the
+// broker redelivers them.
 func (x *External) onLost(c paho.Client, err error) {
-	x.gen.Add(1) // what is still queued from this connection is not ours to ack
 	x.connected.Store(false)
 	x.subscribedOK.Store(false)
 	x.log.Warn("lost connection to MQTT broker; reconnecting", "broker", x.cfg.Broker, "error", err)
@@ -569,16 +603,37 @@ func (x *External) reconnectLoop() {
 		} else {
 			backoff = min(backoff*2, x.cfg.MaxReconnectInterval)
 		}
-		x.gen.Add(1)
+		if x.testBeforeRedial != nil {
+			x.testBeforeRedial()
+		}
+		x.gen.Add(1) // what is queued from this connection is not ours to ack
 		x.client.Disconnect(250)
 		x.connected.Store(false)
 		x.subscribedOK.Store(false)
+		// Close may have started meanwhile, its Disconnect maybe before
+		// ours: connecting now would leave a live client behind it. Close
+		// sets closed under mu before it disconnects, so a Connect made
+		// under mu with closed unset comes before Close's Disconnect.
 		x.mu.Lock()
+		if x.closed {
+			x.mu.Unlock()
+			return
+		}
 		x.draining = false
-		x.mu.Unlock()
 		tok := x.client.Connect()
+		x.mu.Unlock()
 		select {
 		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				// paho refused to start (for one, its Disconnect was still
+				// finishing): try again after the backoff rather than stay
+				// disconnected.
+				x.log.Warn("MQTT reconnect did not start; retrying", "broker", x.cfg.Broker, "error", err)
+				select {
+				case x.reconnectC <- struct{}{}:
+				default:
+				}
+			}
 		case <-x.stopC:
 			return
 		}

@@ -92,6 +92,12 @@ type Stats struct {
 	// RetainedRefused counts retained publishes delivered without being
 	// retained because MaxRetained topics already held one (embedded mode).
 	RetainedRefused uint64
+	// ConnectionsShed counts connections turned away before they
+	// authenticated because the broker was busy (embedded mode): closed
+	// unread because MaxUnauthenticated connections of their listener had
+	// not authenticated yet, or refused with CONNACK "server unavailable"
+	// after waiting too long for their password check.
+	ConnectionsShed uint64
 
 	// The embedded broker's state at the time of the call (zero in
 	// external mode): clients connected; sessions held, connected or not
@@ -106,7 +112,7 @@ type counters struct {
 	received, accepted, ignored                             atomic.Uint64
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
 	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
-	retainedRefused                                         atomic.Uint64
+	retainedRefused, connectionsShed                        atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -123,6 +129,7 @@ func (c *counters) snapshot() Stats {
 		Reconnects:           c.reconnects.Load(),
 		DroppedQoS0:          c.droppedQoS0.Load(),
 		RetainedRefused:      c.retainedRefused.Load(),
+		ConnectionsShed:      c.connectionsShed.Load(),
 	}
 	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
 	return s

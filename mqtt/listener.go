@@ -47,14 +47,85 @@ func (l *boundListener) bind() error {
 	return nil
 }
 
+// preauth bounds the connections of one listener that have not
+// authenticated yet: from the accept (before the TLS handshake and the
+// CONNECT are read) until the credentials are accepted or the connection
+// ends. Until then a connection costs what its CONNECT claims (mochi
+// allocates it before reading it), a goroutine, and its place in the queue
+// for bcrypt; a flood of them must not exhaust memory or keep devices with
+// valid credentials waiting. A connection that finds every slot taken is
+// closed at once, unread. Safe for concurrent use.
+type preauth struct {
+	slots chan struct{}
+	shed  func() // called for each connection turned away
+
+	mu   sync.Mutex
+	held map[net.Conn]*preauthSlot
+}
+
+// preauthSlot is one connection's slot; release is idempotent.
+type preauthSlot struct {
+	p    *preauth
+	once sync.Once
+}
+
+func (s *preauthSlot) release() { s.once.Do(func() { <-s.p.slots }) }
+
+func newPreauth(n int, shed func()) *preauth {
+	return &preauth{slots: make(chan struct{}, n), shed: shed, held: map[net.Conn]*preauthSlot{}}
+}
+
+// acquire takes a slot, or returns nil (and counts the connection as shed)
+// when all are taken.
+func (p *preauth) acquire() *preauthSlot {
+	select {
+	case p.slots <- struct{}{}:
+		return &preauthSlot{p: p}
+	default:
+		p.shed()
+		return nil
+	}
+}
+
+// bind ties s to c, the net.Conn mochi's client holds, so that
+// authenticated can find it.
+func (p *preauth) bind(c net.Conn, s *preauthSlot) {
+	p.mu.Lock()
+	p.held[c] = s
+	p.mu.Unlock()
+}
+
+// authenticated releases c's slot, if it holds one: the connection has
+// authenticated.
+func (p *preauth) authenticated(c net.Conn) {
+	p.mu.Lock()
+	s := p.held[c]
+	delete(p.held, c)
+	p.mu.Unlock()
+	if s != nil {
+		s.release()
+	}
+}
+
+// ended releases the slot of a connection that ended (whether or not it
+// authenticated).
+func (p *preauth) ended(c net.Conn, s *preauthSlot) {
+	p.mu.Lock()
+	delete(p.held, c)
+	p.mu.Unlock()
+	s.release()
+}
+
 // tcpListener is the MQTT TCP (or TLS) listener. Unlike mochi's own, it
 // tracks its connection goroutines so Close can wait for them (mochi adds to
-// its WaitGroup inside the goroutine, which races with Server.Close), and it
-// puts a deadline on the CONNECT packet so idle sockets cannot pile up.
+// its WaitGroup inside the goroutine, which races with Server.Close), it
+// puts a deadline on the CONNECT packet so idle sockets cannot pile up, and
+// it bounds the connections not yet authenticated (preauth).
 type tcpListener struct {
 	boundListener
 	// connectTimeout bounds the wait for CONNECT (default connectTimeout).
 	connectTimeout time.Duration
+	pre            *preauth
 
 	log   *slog.Logger
 	conns sync.WaitGroup
@@ -86,9 +157,16 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
+		slot := l.pre.acquire()
+		if slot == nil {
+			conn.Close() // unread: no TLS handshake, no CONNECT
+			continue
+		}
+		l.pre.bind(conn, slot)
 		l.conns.Add(1)
 		go func() {
 			defer l.conns.Done()
+			defer l.pre.ended(conn, slot)
 			d := l.connectTimeout
 			if d <= 0 {
 				d = connectTimeout

@@ -20,6 +20,7 @@ import (
 type wsListener struct {
 	boundListener
 	readLimit int64
+	pre       *preauth // connections not yet authenticated
 
 	srv       *http.Server
 	log       *slog.Logger
@@ -49,6 +50,12 @@ func (l *wsListener) Init(log *slog.Logger) error {
 		}
 		l.conns.Add(1)
 		defer l.conns.Done()
+		slot := l.pre.acquire()
+		if slot == nil {
+			http.Error(w, "too many connections", http.StatusServiceUnavailable)
+			return
+		}
+		defer slot.release()
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -56,7 +63,10 @@ func (l *wsListener) Init(log *slog.Logger) error {
 		defer c.Close()
 		c.SetReadLimit(l.readLimit)
 		_ = c.UnderlyingConn().SetDeadline(time.Now().Add(connectTimeout))
-		if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c}); err != nil {
+		wc := &wsConn{Conn: c.UnderlyingConn(), c: c}
+		l.pre.bind(wc, slot)
+		defer l.pre.ended(wc, slot)
+		if err := l.establish(l.id, wc); err != nil {
 			l.log.Debug("websocket client ended", "error", err)
 		}
 	})

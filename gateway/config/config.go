@@ -94,6 +94,10 @@ type Embedded struct {
 	// MaxClients bounds the devices connected at once (about 35 KB each);
 	// more are refused at CONNECT. Default 1000.
 	MaxClients int `yaml:"max_clients"`
+	// MaxUnauthenticated bounds, per listener, the connections that have
+	// not logged in yet (TLS handshake, CONNECT, password check); more are
+	// closed at once. Default 64.
+	MaxUnauthenticated int `yaml:"max_unauthenticated"`
 	// MaxRetained bounds the topics holding a retained message; retained
 	// publishes to new topics beyond it are delivered, not retained.
 	// Default 10000.
@@ -332,6 +336,7 @@ func Default() *Config {
 				MaxInflight:        64,
 				MaxQueuedPerClient: 1000,
 				MaxClients:         1000,
+				MaxUnauthenticated: 64,
 				MaxRetained:        10000,
 				PersistSessions:    true,
 			},

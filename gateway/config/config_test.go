@@ -226,6 +226,7 @@ func TestErrors(t *testing.T) {
 		{"workers negative", "pipeline:\n  workers: -1\n", []string{"m.yaml:2: pipeline.workers: -1 out of range [0, 1024]"}},
 		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
 		{"max clients zero", "mqtt:\n  embedded:\n    max_clients: 0\n", []string{"m.yaml:3: mqtt.embedded.max_clients: 0 out of range"}},
+		{"max unauthenticated zero", "mqtt:\n  embedded:\n    max_unauthenticated: 0\n", []string{"m.yaml:3: mqtt.embedded.max_unauthenticated: 0 out of range"}},
 		{"max retained zero", "mqtt:\n  embedded:\n    max_retained: 0\n", []string{"m.yaml:3: mqtt.embedded.max_retained: 0 out of range"}},
 		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},

@@ -170,6 +170,7 @@ func (v *validator) embedded() {
 		v.add(p+".max_queued_bytes_per_client", "%s out of range [max_payload + 64KiB = %d bytes, 1GiB] (0: 4 x max_payload)", b, int64(m.MaxPayload)+64<<10)
 	}
 	v.intRange(p+".max_clients", int64(e.MaxClients), 1, 1_000_000)
+	v.intRange(p+".max_unauthenticated", int64(e.MaxUnauthenticated), 1, 65535)
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
 }
 

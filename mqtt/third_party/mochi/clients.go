@@ -189,7 +189,19 @@ type ClientState struct {
 	// moongate: ParseConnect lowered the interval the client asked for to
 	// the server's maximum; SendConnack tells the client.
 	expiryClamped bool
+	// moongate: the CONNACK reason code when OnConnectAuthenticate refuses
+	// the client (RefuseConnect); zero: bad user name or password.
+	connectRefusal packets.Code
 }
+
+// RefuseConnect sets the reason code of the CONNACK the server sends when
+// an OnConnectAuthenticate hook refuses the client, for a refusal that is
+// not about the credentials (the server is busy, for instance); without it
+// the CONNACK says bad user name or password. MQTT 3.1.1 clients get the
+// matching return code (packets.V5CodesToV3). Call it from
+// OnConnectAuthenticate only, on the connection's own goroutine.
+// (moongate)
+func (cl *Client) RefuseConnect(code packets.Code) { cl.State.connectRefusal = code }
 
 // SessionExpiry returns the session expiry interval in effect for the
 // client, in seconds, and whether the client gave one (MQTT 5). It starts

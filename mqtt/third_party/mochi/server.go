@@ -67,6 +67,11 @@ type Capabilities struct {
 	// (any QoS), past which a message to it is dropped as at the count
 	// bounds above. 0: no bound.
 	MaximumClientQueuedBytes int64 `yaml:"maximum_client_queued_bytes" json:"maximum_client_queued_bytes"`
+	// moongate: MaximumConnectPacketSize bounds the CONNECT packet (the
+	// first packet of a connection, read before the client has
+	// authenticated), as MaximumPacketSize bounds every packet; a larger one
+	// closes the connection unread. 0: only MaximumPacketSize applies.
+	MaximumConnectPacketSize uint32 `yaml:"maximum_connect_packet_size" json:"maximum_connect_packet_size"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -135,6 +140,17 @@ type Options struct {
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
+
+	// moongate: MayTakeOver, when set, is asked before a new connection
+	// takes over the client registered under its client id: a live
+	// connection, or a persistent session kept for a client that is
+	// offline (restored from the store too). When it returns false the new
+	// connection is refused with CONNACK "not authorized" (MQTT 3.1.1:
+	// 0x05) and the existing client and its session are left as they are.
+	// It is called with the new client authenticated and parsed, before the
+	// existing one is disconnected, and may be called more than once for a
+	// connection. nil allows every takeover, as upstream does.
+	MayTakeOver func(existing, cl *Client) bool `yaml:"-" json:"-"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -456,18 +472,26 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	cl.refreshDeadline(cl.State.Keepalive)
 	if !s.hooks.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
-		err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil)
+		// moongate: the hook may give another reason (RefuseConnect).
+		refusal := packets.ErrBadUsernameOrPassword
+		if cl.State.connectRefusal.Code != 0 {
+			refusal = cl.State.connectRefusal
+		}
+		err := s.SendConnack(cl, refusal, false, nil)
 		if err != nil {
 			return fmt.Errorf("invalid connection send ack: %w", err)
 		}
 
-		return packets.ErrBadUsernameOrPassword
+		return refusal
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
-	s.hooks.OnSessionEstablish(cl, pk)
+	// moongate: OnSessionEstablish is called below, once the takeover is
+	// allowed (MayTakeOver): a hook there may discard the stored session of
+	// the id (moongate's session store does for a clean start), which a
+	// refused connection must not do.
 
 	// moongate: from taking the previous connection's session over until
 	// this client is registered, no message is published to the id
@@ -479,9 +503,18 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// DisconnectClient then finds it ended and returns at once).
 	// A connection registered under the id meanwhile (a client connecting
 	// twice at once) is disconnected the same way, outside the lock.
+	// moongate: MayTakeOver is asked about every client found under the id
+	// before it is disconnected; the client taken over below, if any, is
+	// the one last asked about (it is still registered under the lock).
 	var disconnected *Client
 	for {
 		if existing, ok := s.Clients.Get(cl.ID); ok && existing != disconnected {
+			if s.Options.MayTakeOver != nil && !s.Options.MayTakeOver(existing, cl) {
+				if err := s.SendConnack(cl, packets.ErrNotAuthorized, false, nil); err != nil {
+					return fmt.Errorf("refused takeover send ack: %w", err)
+				}
+				return packets.ErrNotAuthorized
+			}
 			_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
 			disconnected = existing
 		}
@@ -492,6 +525,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		}
 		break
 	}
+	s.hooks.OnSessionEstablish(cl, pk) // moongate: moved here, see above
 	sessionPresent := s.inheritClientSession(pk, cl)
 	// moongate: what to resend, taken before the client is registered: a
 	// message published to it from then on goes through its write loop
@@ -573,6 +607,14 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 
 	if fh.Type != packets.Connect {
 		return pk, packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
+	}
+
+	// moongate: the CONNECT has a bound of its own, below the one of
+	// later packets (MaximumConnectPacketSize): it is read before the client
+	// has authenticated, and ReadPacket allocates what the header claims
+	// before reading it.
+	if m := s.Options.Capabilities.MaximumConnectPacketSize; m > 0 && int64(fh.Remaining)+1 > int64(m) {
+		return pk, packets.ErrPacketTooLarge
 	}
 
 	pk, err = cl.ReadPacket(fh)
