@@ -224,24 +224,45 @@ func (s *Store) run() {
 }
 
 func (s *Store) process(reqs []*request) {
+	if berr := s.broken.Load(); berr != nil {
+		for _, r := range reqs {
+			r.err = *berr
+			s.logAsync(r)
+			close(r.done)
+		}
+		return
+	}
 	s.mu.RLock()
 	ctr := s.ctr.clone()
 	s.mu.RUnlock()
 	b := &batch{s: s, txn: s.db.NewTransaction(true), ctr: ctr, now: time.Now().UnixMilli()}
 	full := s.checkDisk(false)
+	// committed is how many of the first requests a mid-batch flush made
+	// durable: a later failure must not report them failed (an Enqueue
+	// reported failed but stored would run twice when its message comes
+	// again, its fingerprint missing from the dedupe window).
+	committed := 0
 	failAll := func(err error) {
 		if b.txn != nil {
 			b.txn.Discard()
 		}
-		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs))
+		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs), "committed", committed)
 		s.cache.reset()
-		for _, r := range reqs {
+		for _, r := range reqs[committed:] {
 			if r.err == nil {
 				r.err = fmt.Errorf("store: commit failed: %w", err)
 			}
 		}
+		if committed > 0 {
+			s.dirty.Store(true) // DurabilityInterval: the flushed part awaits its sync
+		}
 		if rerr := s.recover(); rerr != nil {
-			s.log.Error("reload after failed commit", "err", rerr)
+			// The in-memory state may hold changes of the failed requests
+			// (entries marked consumed that are not): no write may go on
+			// from it. A restart reloads it.
+			berr := fmt.Errorf("%w: state not reloaded after a failed commit (restart moongate): %w", ErrCorrupt, rerr)
+			s.broken.Store(&berr)
+			s.log.Error("reload after failed commit: the store refuses writes until restarted", "err", rerr)
 		}
 		for _, r := range reqs {
 			s.logAsync(r)
@@ -249,7 +270,7 @@ func (s *Store) process(reqs []*request) {
 		}
 	}
 	ok := 0
-	for _, r := range reqs {
+	for i, r := range reqs {
 		if r.grows && full {
 			r.err = fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
 			continue
@@ -259,6 +280,7 @@ func (s *Store) process(reqs []*request) {
 				failAll(err)
 				return
 			}
+			committed = i
 		}
 		b.pending, b.staged = b.pending[:0], 0
 		clear(b.refs)

@@ -234,10 +234,11 @@ func (s *Store) PurgeDeadLetters(ctx context.Context, function string) (int, err
 			}
 			return nil
 		}})
-		total += n
 		if err != nil {
+			// n may still be written by the committer when ctx ended.
 			return total, err
 		}
+		total += n
 	}
 }
 
@@ -478,7 +479,10 @@ func (s *Store) PutFunction(ctx context.Context, f FunctionRecord) (int64, error
 		}
 		return nil
 	}})
-	return version, err
+	if err != nil {
+		return 0, err // version may still be written by the committer when ctx ended
+	}
+	return version, nil
 }
 
 func getFunction(txn *badger.Txn, name string, version int64) (FunctionRecord, error) {

@@ -38,9 +38,13 @@ func (s *Store) RunRetention(ctx context.Context) (int, error) {
 			n, err = b.trimAll(retentionChunk)
 			return err
 		}})
-		total += n
-		if err != nil || n == 0 {
+		if err != nil {
+			// n may still be written by the committer when ctx ended.
 			return total, err
+		}
+		total += n
+		if n == 0 {
+			return total, nil
 		}
 	}
 }
@@ -69,7 +73,12 @@ func (b *batch) trimAll(budget int) (int, error) {
 					return n, err
 				}
 				if !ok {
-					// A hole (deleted out of order): step over it.
+					// A hole (deleted out of order): step over it, as
+					// dropHead does (a publish acknowledged out of order
+					// is in pubDone).
+					if space == SpacePublishes {
+						delete(b.s.pubDone, q.Head)
+					}
 					q.Head++
 					continue
 				}

@@ -145,6 +145,9 @@ type Store struct {
 	maxTxnSize     int64
 	valueThreshold int64
 	maxTxnCount    int64
+	// broken is set when the state could not be reloaded after a failed
+	// group commit: every write fails with it (committer only writes it).
+	broken atomic.Pointer[error]
 }
 
 // Open opens (creating if needed) the store in opts.Dir. It checks the
@@ -257,6 +260,7 @@ func (s *Store) checkFormat(ctx context.Context) error {
 // head only.
 func (s *Store) recover() error {
 	c := newCounters()
+	var inboxDone, pubDone map[uint64]struct{}
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyCounters)
 		if err != nil {
@@ -275,15 +279,17 @@ func (s *Store) recover() error {
 			_ = item.Value(func(v []byte) error { s.clockSynced.Store(len(v) == 1 && v[0] == 1); return nil })
 		}
 		var e1, e2 error
-		s.inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
-		s.inboxSize.reset()
-		s.pubDone, e2 = holes(txn, pPublish, &c.Publish)
-		s.pubSize.reset()
+		inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
+		pubDone, e2 = holes(txn, pPublish, &c.Publish)
 		return errors.Join(e1, e2)
 	})
 	if err != nil {
 		return err
 	}
+	// Only a whole reload replaces the committer's state.
+	s.inboxDone, s.pubDone = inboxDone, pubDone
+	s.inboxSize.reset()
+	s.pubSize.reset()
 	s.mu.Lock()
 	s.ctr = c
 	s.mu.Unlock()

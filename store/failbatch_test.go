@@ -1,0 +1,60 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// A batch split into two transactions whose second part fails: the writers
+// the first part made durable are told so (not "commit failed"). Before, an
+// Enqueue committed that way was reported failed, its fingerprint never
+// reached the dedupe window, and the message, sent again by its device,
+// ran twice.
+func TestFailedBatchKeepsItsCommittedPart(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{RetentionInterval: time.Hour})
+	started, block := make(chan struct{}), make(chan struct{})
+	hold := make(chan error, 1)
+	go func() {
+		hold <- s.submit(ctx, &request{est: 64, fn: func(*batch) error { close(started); <-block; return nil }})
+	}()
+	<-started // the committer is held: the next requests form one batch
+	// Small transactions: the failing request does not fit with the
+	// Enqueue, so the Enqueue's part is committed first.
+	s.maxTxnSize = 2048
+	fp := bytes.Repeat([]byte{7}, FingerprintSize)
+	enq := make(chan error, 1)
+	go func() {
+		_, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "k", Event: []byte("e"), Fingerprint: fp}})
+		enq <- err
+	}()
+	waitQueued(t, s, 1)
+	boom := make(chan error, 1)
+	go func() {
+		boom <- s.submit(ctx, &request{est: s.maxTxnSize / 2, fn: func(*batch) error { return fatal(errors.New("boom")) }})
+	}()
+	waitQueued(t, s, 2)
+	close(block)
+	if err := <-hold; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-enq; err != nil {
+		t.Fatalf("Enqueue made durable before the failure: %v", err)
+	}
+	if err := <-boom; err == nil {
+		t.Fatal("the failing request succeeded")
+	}
+	if !s.Redelivered(ctx, fp) {
+		t.Error("the committed message's fingerprint is not in the dedupe window")
+	}
+	if es, err := s.InboxPending(ctx, 0, 10); err != nil || len(es) != 1 {
+		t.Fatalf("inbox: %d entries, %v", len(es), err)
+	}
+	// The store goes on.
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "k", Event: []byte("e2")}}); err != nil {
+		t.Fatal(err)
+	}
+}
