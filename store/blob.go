@@ -300,14 +300,26 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 	dst := s.objectPath(sb.sum)
 	s.objMu.Lock()
 	defer s.objMu.Unlock()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+	fanout := filepath.Dir(dst)
+	_, statErr := os.Stat(fanout)
+	if err := os.MkdirAll(fanout, 0o700); err != nil {
 		return nil, fmt.Errorf("store: blob directory: %w", err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		// A new objects/xx directory: its entry in objects/ must be
+		// durable too, or the object it holds may vanish with it.
+		if err := syncDir(filepath.Dir(fanout)); err != nil {
+			return nil, err
+		}
 	}
 	// Same content already stored: the existing object is the same bytes.
 	if err := os.Rename(tmp, dst); err != nil {
 		return nil, fmt.Errorf("store: move blob into place: %w", err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := syncDir(fanout); err != nil {
+		// In place but not known durable: not pinned, so not kept unless
+		// something refers to it.
+		s.removeIfUnreferencedLocked(sb.sum)
 		return nil, err
 	}
 	ok = true

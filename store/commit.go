@@ -148,15 +148,44 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 	s.closeMu.RUnlock()
 	select {
 	case <-r.done:
-		if r.err == nil && len(r.freed) > 0 {
-			// Durable now: nothing refers to these objects any more. (A
-			// crash before this leaves them to Open's sweep.)
-			s.removeFreed(r.freed)
-		}
+		s.freeAfterCommit(r)
 		return r.err
 	case <-ctx.Done():
+		// The commit may still be applied: its freed objects must still go.
+		go func() {
+			<-r.done
+			s.freeAfterCommit(r)
+		}()
 		return fmt.Errorf("store: gave up waiting for the commit (it may still be applied): %w", ctx.Err())
 	}
+}
+
+// freeAfterCommit removes the blob objects a committed request left without
+// a reference, once nothing can bring the reference back: at once when
+// the commit was synced (DurabilityAlways; DurabilityNone promises
+// nothing), with DurabilityInterval after the next sync (a crash before it
+// would roll the commit back and leave its references pointing at removed
+// objects). A crash before the removal leaves them to Open's sweep.
+func (s *Store) freeAfterCommit(r *request) {
+	if r.err != nil || len(r.freed) == 0 {
+		return
+	}
+	if s.opts.Durability != DurabilityInterval || s.opts.InMemory {
+		s.removeFreed(r.freed)
+		return
+	}
+	s.unsyncedMu.Lock()
+	s.unsyncedFreed = append(s.unsyncedFreed, r.freed...)
+	s.unsyncedMu.Unlock()
+}
+
+// takeUnsyncedFreed returns and clears the objects waiting for a sync.
+func (s *Store) takeUnsyncedFreed() [][32]byte {
+	s.unsyncedMu.Lock()
+	defer s.unsyncedMu.Unlock()
+	f := s.unsyncedFreed
+	s.unsyncedFreed = nil
+	return f
 }
 
 // straggleWait bounds how long the committer waits for writers of the
@@ -401,10 +430,17 @@ func (s *Store) syncLoop() {
 			return
 		case <-t.C:
 			if s.dirty.Swap(false) {
+				freed := s.takeUnsyncedFreed() // committed before this sync
 				if err := s.db.Sync(); err != nil {
 					s.log.Error("interval sync", "err", err)
+					s.unsyncedMu.Lock()
+					s.unsyncedFreed = append(freed, s.unsyncedFreed...)
+					s.unsyncedMu.Unlock()
+					s.dirty.Store(true)
+					continue
 				}
 				s.syncs.Add(1)
+				s.removeFreed(freed) // committed before the sync began: durable now
 			}
 		}
 	}

@@ -148,6 +148,10 @@ type Store struct {
 	// broken is set when the state could not be reloaded after a failed
 	// group commit: every write fails with it (committer only writes it).
 	broken atomic.Pointer[error]
+	// unsyncedFreed are blob objects freed by commits not synced yet
+	// (DurabilityInterval): removed after the next sync.
+	unsyncedMu    sync.Mutex
+	unsyncedFreed [][32]byte
 }
 
 // Open opens (creating if needed) the store in opts.Dir. It checks the
@@ -352,8 +356,11 @@ func (s *Store) Close() error {
 	s.bgWG.Wait()
 	var errs []error
 	if !s.opts.InMemory {
+		freed := s.takeUnsyncedFreed()
 		if err := s.db.Sync(); err != nil {
 			errs = append(errs, fmt.Errorf("store: sync on close: %w", err))
+		} else {
+			s.removeFreed(freed) // else Open's sweep removes them
 		}
 	}
 	if err := s.db.Close(); err != nil {

@@ -52,7 +52,14 @@ func (t *httpTarget) blobURL(bucket, name string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return u.JoinPath(append([]string{"blobs", bucket}, strings.Split(name, "/")...)...).String(), nil
+	// JoinPath takes its elements as escaped path text: escape each
+	// segment, or a name with '%' would be decoded on the way ("a%41" sent
+	// as "aA") or break the join (the blob PUT to the base URL).
+	segs := []string{"blobs", url.PathEscape(bucket)}
+	for _, s := range strings.Split(name, "/") {
+		segs = append(segs, url.PathEscape(s))
+	}
+	return u.JoinPath(segs...).String(), nil
 }
 
 // sendBlob sends the blob of batch[idx] and records the outcome in res.
