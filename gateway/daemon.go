@@ -200,14 +200,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case dir != "":
 		// The directory is the whole set of functions; each new or changed
 		// one is also kept in the store as a new version.
-		load := func(fns []trigger.Function, errs []error) {
-			for _, err := range errs {
-				d.log.Error("function not loaded", "err", err)
-			}
-			if err := d.gw.SetFunctions(ctx, d.withForwards(d.versioned(ctx, fns))); err != nil {
-				d.log.Error("functions", "err", err)
-			}
-		}
+		load := func(fns []trigger.Function, errs []error) { d.loadFunctions(ctx, fns, errs) }
 		load(trigger.LoadDir(dir))
 		// The watcher's loads read the store: it ends before closeAll.
 		watchCtx, stopWatch := context.WithCancel(ctx)
@@ -360,15 +353,54 @@ func syncTargets(cfg *config.Config) []upsync.TargetConfig {
 	return out
 }
 
+// loadFunctions deploys what LoadDir or Watch read from the functions
+// directory. The directory is the whole set of functions, except that a
+// function whose files are there but failed to load (a typo in NAME.yaml, a
+// bad limit, a missing or half-written file) keeps its running version: only
+// a function whose files are gone is removed. When the directory could not
+// be read, the store failed or ctx is done, nothing changes.
+func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs []error) {
+	keep := map[string]bool{}
+	for _, err := range errs {
+		var fe *trigger.FileError
+		if !errors.As(err, &fe) || fe.Name == "" {
+			d.log.Error("functions directory not read; the deployed functions stay as they are", "err", err)
+			return
+		}
+		keep[fe.Name] = true
+		d.log.Error("function not loaded; its running version (if any) stays deployed", "function", fe.Name, "err", err)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	out, err := d.versioned(ctx, fns, keep)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("functions not updated; the deployed functions stay as they are", "err", err)
+		}
+		return
+	}
+	for _, f := range d.forward {
+		delete(keep, f.Name)
+	}
+	if err := d.gw.setFunctions(ctx, d.withForwards(out), keep); err != nil {
+		d.log.Error("functions", "err", err)
+	}
+}
+
 // versioned builds the functions loaded from the directory, storing each
-// new or changed one as the next active version.
-func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Function {
+// new or changed one as the next active version. The name of a function
+// that cannot be built is added to failed (its running version stays); an
+// error of the store (or ctx ending) is returned: the caller must not
+// change the deployed functions on an incomplete list.
+func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed map[string]bool) ([]*Function, error) {
 	out := make([]*Function, 0, len(fns))
 	for i := range fns {
 		tf := &fns[i]
 		f, err := FunctionFromManifest(tf, d.cfg)
 		if err != nil {
-			d.log.Error("function not loaded", "function", tf.Manifest.Name, "err", err)
+			failed[tf.Manifest.Name] = true
+			d.log.Error("function not loaded; its running version (if any) stays deployed", "function", tf.Manifest.Name, "err", err)
 			continue
 		}
 		cur, err := d.store.GetFunction(ctx, f.Name, 0)
@@ -378,23 +410,22 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function) []*Funct
 		case err == nil || errors.Is(err, store.ErrNotFound):
 			manifest, rerr := os.ReadFile(tf.ManifestPath)
 			if rerr != nil {
-				d.log.Error("function not loaded", "function", f.Name, "err", rerr)
+				failed[f.Name] = true
+				d.log.Error("function not loaded; its running version (if any) stays deployed", "function", f.Name, "err", rerr)
 				continue
 			}
 			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: manifest, SHA256: tf.SHA256, Active: true})
 			if perr != nil {
-				d.log.Error("function not stored", "function", f.Name, "err", perr)
-				continue
+				return nil, fmt.Errorf("store function %s: %w", f.Name, perr)
 			}
 			f.Version = v
 		default:
-			d.log.Error("function not loaded", "function", f.Name, "err", err)
-			continue
+			return nil, fmt.Errorf("read stored function %s: %w", f.Name, err)
 		}
 		d.warnUnknownTargets(f)
 		out = append(out, f)
 	}
-	return out
+	return out, nil
 }
 
 // storedFunctions builds the active versions kept in the store. An error

@@ -53,10 +53,22 @@ type funcTable struct {
 // function that fails to deploy keeps its previous version; the errors are
 // returned joined.
 func (g *Gateway) SetFunctions(ctx context.Context, fns []*Function) error {
+	return g.setFunctions(ctx, fns, nil)
+}
+
+// setFunctions is SetFunctions, except that a deployed function named in
+// keep and missing from fns keeps its running version instead of being
+// removed (its new files failed to load).
+func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[string]bool) error {
 	g.deployMu.Lock()
 	defer g.deployMu.Unlock()
 	old := g.funcs.Load().byName
 	next := make(map[string]*Function, len(fns))
+	for name := range keep {
+		if prev := old[name]; prev != nil {
+			next[name] = prev
+		}
+	}
 	var errs []error
 	var changed []*Function
 	for _, f := range fns {

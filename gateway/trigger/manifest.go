@@ -391,6 +391,12 @@ func (m *Manifest) validate(file string, lines config.Lines) error {
 			continue
 		}
 		key := string(t.Kind) + "\x00" + t.Spec
+		if t.Kind == KindTimer || t.Kind == KindCron {
+			// One key space for timer and cron, by what the schedule
+			// means: "1m", "60s" and "@every 1m" fire together, as do
+			// "@hourly" and "0 * * * *".
+			key = "schedule\x00" + scheduleKey(t.Schedule, t.Spec)
+		}
 		if j, dup := seenTrig[key]; dup {
 			add(fmt.Sprintf("triggers[%d]", i), "same trigger as triggers[%d]", j)
 		}

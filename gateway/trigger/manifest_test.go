@@ -174,6 +174,12 @@ func TestParseManifestErrors(t *testing.T) {
 		{"state unknown key", "triggers:\n  - state: {function: f, prefx: a}\n", "triggers[0].state.prefx: unknown key"},
 		{"state long prefix", "triggers:\n  - state: {function: f, prefix: " + strings.Repeat("a", 1025) + "}\n", "state prefix must be at most 1024 bytes"},
 		{"duplicate state", "triggers:\n  - state: {function: f, prefix: a}\n  - state: {function: f, prefix: a}\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate timer 1m 60s", "triggers:\n  - timer: 1m\n  - timer: 60s\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate timer bare and every", "triggers:\n  - timer: 90s\n  - timer: \"@every 1m30s\"\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate every spaces", "triggers:\n  - timer: \"@every 1m\"\n  - timer: \"@every  1m\"\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate timer and cron", "triggers:\n  - timer: \"@hourly\"\n  - cron: \"@hourly\"\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate descriptor and cron", "triggers:\n  - cron: \"@daily\"\n  - cron: \"0 0 * * *\"\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
+		{"duplicate cron spaces", "triggers:\n  - cron: \"*/5 * * * *\"\n  - timer: \"*/5  *  * * *\"\n", "f.yaml:3: triggers[1]: same trigger as triggers[0]"},
 		{"bad timer", "triggers:\n  - timer: \"@every 10ms\"\n", "f.yaml:2: triggers[0].timer: invalid schedule \"@every 10ms\": interval shorter than 1s"},
 		{"bad bare timer", "triggers:\n  - timer: 100ms\n", "triggers[0].timer: invalid schedule"},
 		{"bad cron", "triggers:\n  - cron: \"61 * * * *\"\n", "f.yaml:2: triggers[0].cron: invalid schedule"},
@@ -303,5 +309,17 @@ func TestManifestCheckWith(t *testing.T) {
 	m, _ = ParseManifest("a.yaml", []byte("max_concurrency: 3\n"))
 	if err := m.CheckWith(d); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Schedules that differ in meaning are not duplicates.
+func TestParseManifestDistinctSchedules(t *testing.T) {
+	src := "triggers:\n  - timer: 1m\n  - timer: 61s\n  - cron: \"* * * * *\"\n  - cron: \"@hourly\"\n  - cron: \"CRON_TZ=Europe/Berlin 0 * * * *\"\n  - cron: \"1 * * * *\"\n"
+	m, err := ParseManifest("f.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(m.Schedules()); n != 6 {
+		t.Fatalf("%d schedules, want 6", n)
 	}
 }

@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,4 +86,21 @@ func parseTimer(spec string) (Schedule, error) {
 		return Every(d), nil
 	}
 	return ParseSchedule(spec)
+}
+
+// scheduleKey is a normalized form of a parsed schedule: two schedules with
+// the same key fire at the same times. spec is the fallback for a schedule
+// of an unknown type.
+func scheduleKey(s Schedule, spec string) string {
+	switch s := s.(type) {
+	case Every:
+		return "every " + strconv.FormatInt(int64(max(time.Duration(s), MinInterval)), 10)
+	case *cron.SpecSchedule:
+		loc := ""
+		if s.Location != nil {
+			loc = s.Location.String()
+		}
+		return fmt.Sprintf("cron %x %x %x %x %x %x %s", s.Second, s.Minute, s.Hour, s.Dom, s.Month, s.Dow, loc)
+	}
+	return "spec " + strings.Join(strings.Fields(spec), " ")
 }

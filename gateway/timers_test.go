@@ -1,0 +1,244 @@
+package gateway
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+)
+
+// timerHarness runs runSchedule on a fake wall clock and a fake timer: the
+// test sees each wait the loop asks for and decides what the wall clock
+// reads when it ends. Everything the loop fires before asking for its next
+// wait has been recorded by the time wait returns.
+type timerHarness struct {
+	t     *testing.T
+	mu    sync.Mutex
+	now   time.Time
+	waits chan fakeWait
+	cur   fakeWait
+	fired []firing
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+type fakeWait struct {
+	d time.Duration
+	c chan time.Time
+}
+
+type firing struct{ tick, at time.Time }
+
+func newTimerHarness(t *testing.T, spec string, start time.Time) *timerHarness {
+	t.Helper()
+	m, err := trigger.ParseManifest("f.yaml", []byte("triggers:\n  - timer: \""+spec+"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.Schedules()[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &timerHarness{t: t, now: start, waits: make(chan fakeWait), stop: cancel, done: make(chan struct{})}
+	clock := func() time.Time { h.mu.Lock(); defer h.mu.Unlock(); return h.now }
+	after := func(d time.Duration) (<-chan time.Time, func()) {
+		w := fakeWait{d: d, c: make(chan time.Time, 1)}
+		select {
+		case h.waits <- w:
+		case <-ctx.Done():
+		}
+		return w.c, func() {}
+	}
+	fire := func(tick time.Time) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.fired = append(h.fired, firing{tick, h.now})
+	}
+	go func() { defer close(h.done); runSchedule(ctx, s, clock, after, fire, nil) }()
+	t.Cleanup(func() { cancel(); <-h.done })
+	return h
+}
+
+// wait returns the next wait the loop asks for.
+func (h *timerHarness) wait() time.Duration {
+	h.t.Helper()
+	select {
+	case w := <-h.waits:
+		h.cur = w
+		return w.d
+	case <-time.After(10 * time.Second): // a deadlock guard, not a timing assumption
+		h.t.Fatal("the timer loop asked for no wait")
+		return 0
+	}
+}
+
+// elapse ends the current wait with the wall clock reading at.
+func (h *timerHarness) elapse(at time.Time) {
+	h.mu.Lock()
+	h.now = at
+	h.mu.Unlock()
+	h.cur.c <- at
+}
+
+// advanceTo lets the wall clock run with the timer, wait after wait, until
+// it reads end.
+func (h *timerHarness) advanceTo(end time.Time) {
+	h.t.Helper()
+	for {
+		h.mu.Lock()
+		now := h.now
+		h.mu.Unlock()
+		if !now.Before(end) {
+			return
+		}
+		next := now.Add(h.cur.d)
+		if next.After(end) {
+			next = end
+		}
+		h.elapse(next)
+		h.wait()
+	}
+}
+
+func (h *timerHarness) fires() []firing {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]firing(nil), h.fired...)
+}
+
+// check verifies that every firing happened at its tick's time (the wall
+// clock within maxTimerLate of the tick), that ticks strictly increase, and
+// that the ticks are want.
+func (h *timerHarness) check(want ...time.Time) {
+	h.t.Helper()
+	got := h.fires()
+	for i, f := range got {
+		if f.at.Before(f.tick) || f.at.Sub(f.tick) > maxTimerLate {
+			h.t.Errorf("firing %d: tick %s fired at %s", i, f.tick.Format(time.DateTime), f.at.Format(time.DateTime))
+		}
+		if i > 0 && !f.tick.After(got[i-1].tick) {
+			h.t.Errorf("firing %d: tick %s fired again (after %s)", i, f.tick.Format(time.DateTime), got[i-1].tick.Format(time.DateTime))
+		}
+	}
+	if len(got) != len(want) {
+		h.t.Fatalf("fired %v, want ticks %v", got, want)
+	}
+	for i := range want {
+		if !got[i].tick.Equal(want[i]) {
+			h.t.Errorf("tick %d = %s, want %s", i, got[i].tick.Format(time.DateTime), want[i].Format(time.DateTime))
+		}
+	}
+}
+
+func at(hh, mm, ss int) time.Time { return time.Date(2026, 11, 28, hh, mm, ss, 0, time.UTC) }
+
+// A backward step of the wall clock does not fire a tick twice.
+func TestTimerClockStepsBack(t *testing.T) {
+	h := newTimerHarness(t, "* * * * *", at(10, 0, 30))
+	if d := h.wait(); d != 30*time.Second {
+		t.Fatalf("first wait %s, want 30s", d)
+	}
+	h.elapse(at(10, 1, 0))
+	h.wait()
+	h.check(at(10, 1, 0))
+	// NTP steps the clock back 70s while the loop waits for 10:02.
+	h.elapse(at(10, 0, 50))
+	d := h.wait()
+	h.check(at(10, 1, 0)) // 10:01 not again
+	if d != maxTimerWait {
+		t.Fatalf("wait %s after the step back, want %s (capped, to 10:02)", d, maxTimerWait)
+	}
+	h.advanceTo(at(10, 2, 30))
+	h.check(at(10, 1, 0), at(10, 2, 0))
+}
+
+// A forward step (a Pi booted with a stale clock, then NTP) fires no stale
+// tick at a time that matches no schedule; the next real tick fires.
+func TestTimerClockStepsForward(t *testing.T) {
+	stale := time.Date(2024, 1, 1, 0, 0, 30, 0, time.UTC)
+	h := newTimerHarness(t, "*/5 * * * *", stale)
+	if d := h.wait(); d > maxTimerWait {
+		t.Fatalf("wait %s longer than %s", d, maxTimerWait)
+	}
+	h.elapse(at(4, 10, 20)) // the clock is set during the wait
+	if d := h.wait(); d != maxTimerWait {
+		t.Fatalf("wait %s after the step, want %s (capped, to 04:15)", d, maxTimerWait)
+	}
+	h.check()
+	h.advanceTo(at(4, 14, 59))
+	h.check()
+	h.advanceTo(at(4, 20, 30))
+	h.check(at(4, 15, 0), at(4, 20, 0))
+}
+
+// Waits are capped, and a timer that ends before the wall clock reached the
+// tick does not fire it early.
+func TestTimerWaitCappedAndNotEarly(t *testing.T) {
+	h := newTimerHarness(t, "@daily", at(12, 0, 0))
+	for i := 0; i < 3; i++ {
+		if d := h.wait(); d > maxTimerWait {
+			t.Fatalf("wait %s longer than %s", d, maxTimerWait)
+		}
+		h.elapse(at(12, i+1, 0))
+	}
+	h.wait()
+	h.check()
+	// The wall clock runs slow: the wait ends 1s before midnight.
+	h.elapse(at(23, 59, 59))
+	if d := h.wait(); d != time.Second {
+		t.Fatalf("wait %s, want 1s", d)
+	}
+	h.check()
+	h.elapse(at(0, 0, 0).AddDate(0, 0, 1))
+	h.wait()
+	h.check(at(0, 0, 0).AddDate(0, 0, 1))
+}
+
+// "@every" fires at its interval.
+func TestTimerEvery(t *testing.T) {
+	h := newTimerHarness(t, "@every 90s", at(10, 0, 0))
+	h.wait()
+	h.advanceTo(at(10, 4, 0))
+	h.check(at(10, 1, 30), at(10, 3, 0))
+}
+
+// A timer start that comes late (startTimers racing with SetFunctions) does
+// not start the timer of a version that was removed or replaced meanwhile.
+func TestStaleTimerNotStarted(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	src := `function handle(e, ctx) return {} end`
+	writeFunction(t, fnDir, "tk", src, "triggers:\n  - timer: \"@every 1h\"\n")
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	g := p.d.Gateway()
+	hasTimer := func() bool {
+		g.timersMu.Lock()
+		defer g.timersMu.Unlock()
+		return g.timers["tk"] != nil
+	}
+	v1 := g.Lookup("tk")
+	if v1 == nil || !hasTimer() {
+		t.Fatal("tk deployed without its timer")
+	}
+	writeFunction(t, fnDir, "tk", src+"\n-- v2\n", "triggers:\n  - timer: \"@every 2h\"\n")
+	waitFor(t, 10*time.Second, "tk version 2", func() bool { f := g.Lookup("tk"); return f != nil && f.Version == 2 })
+	v2 := g.Lookup("tk")
+	g.startTimer(v1) // late: replaced
+	g.timersMu.Lock()
+	cancel := g.timers["tk"]
+	g.timersMu.Unlock()
+	if cancel == nil {
+		t.Fatal("version 2's timer is gone")
+	}
+	for _, name := range []string{"tk.lua", "tk.yaml"} {
+		if err := os.Remove(filepath.Join(fnDir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "tk removed", func() bool { return g.Lookup("tk") == nil })
+	g.startTimer(v2) // late: removed
+	if hasTimer() {
+		t.Fatal("the timer of a removed function was started")
+	}
+}
