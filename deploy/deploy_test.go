@@ -360,7 +360,7 @@ func TestDebianPackage(t *testing.T) {
 	deb2 := strings.TrimSpace(lastLine(run(t, repo, goEnv(), "sh", "deploy/package.sh", "amd64", bin, "0.0.2", out)))
 
 	info := run(t, repo, nil, "dpkg-deb", "--info", deb)
-	for _, s := range []string{"Package: moongate", "Version: 0.0.1-1", "Architecture: amd64", "Depends: adduser", "postinst", "prerm", "postrm", "conffiles"} {
+	for _, s := range []string{"Package: moongate", "Version: 0.0.1-1", "Architecture: amd64", "Depends: adduser", "preinst", "postinst", "prerm", "postrm", "conffiles"} {
 		if !strings.Contains(info, s) {
 			t.Errorf("dpkg-deb --info lacks %q:\n%s", s, info)
 		}
@@ -377,6 +377,22 @@ func TestDebianPackage(t *testing.T) {
 	t.Logf("lintian:\n%s", lint)
 
 	t.Cleanup(func() { _, _ = runErr("/", nil, "dpkg", "--purge", "moongate") })
+	// preinst refuses to install over what install.sh installed (its unit
+	// in /etc/systemd/system would override the package's).
+	const installShUnit = "/etc/systemd/system/moongate.service"
+	if _, err := os.Lstat(installShUnit); os.IsNotExist(err) {
+		if err := os.WriteFile(installShUnit, []byte("# Installed by deploy/install.sh: remove with install.sh --uninstall.\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := runErr("/", nil, "dpkg", "-i", deb)
+		_ = os.Remove(installShUnit)
+		if err == nil || !strings.Contains(out, "install.sh --uninstall") {
+			t.Errorf("dpkg -i over an install.sh install: %v\n%s", err, out)
+		}
+		if s := dpkgStatus(); s == "installed" {
+			t.Fatalf("status after the refused dpkg -i: %q", s)
+		}
+	}
 	run(t, "/", nil, "dpkg", "-i", deb)
 	if s := dpkgStatus(); s != "installed" {
 		t.Fatalf("status after dpkg -i: %q", s)

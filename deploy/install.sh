@@ -64,6 +64,20 @@ ETC=$root/etc/moongate
 DATA=$root/var/lib/moongate
 WANTS=$root/etc/systemd/system/multi-user.target.wants/moongate.service
 
+# UNIT_MARKER is the first line of the unit install.sh writes: the Debian
+# package's preinst looks for it (deploy/debian/preinst).
+UNIT_MARKER="# Installed by deploy/install.sh: remove with install.sh --uninstall."
+
+# package_installed: the moongate Debian package is installed (in the dpkg
+# database of the target root). install.sh must then neither install over
+# it nor remove its service, configuration, data or user (dpkg's stat
+# override of config.yaml would break).
+package_installed() {
+  command -v dpkg-query >/dev/null 2>&1 || return 1
+  if [ -n "$root" ]; then set -- "--admindir=$root/var/lib/dpkg"; else set --; fi
+  [ "$(dpkg-query "$@" -W -f '${db:Status-Status}' moongate 2>/dev/null || true)" = installed ]
+}
+
 # systemd is running (not a container or chroot, not a --root install).
 systemd_up() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
 
@@ -126,8 +140,7 @@ install_files() {
     [ -n "$binary" ] || die "no moongate binary for $arch: run 'make build-all' or pass --binary PATH"
   fi
   [ -f "$binary" ] || die "--binary $binary: no such file"
-  if [ -z "$root" ] && command -v dpkg-query >/dev/null 2>&1 &&
-    [ "$(dpkg-query -W -f '${db:Status-Status}' moongate 2>/dev/null || true)" = installed ]; then
+  if package_installed; then
     die "the moongate Debian package is installed: upgrade it with dpkg/apt instead"
   fi
   create_user
@@ -137,7 +150,7 @@ install_files() {
   # Install the binary atomically: a running daemon keeps its old inode.
   install -m 0755 "$binary" "$BIN.new"
   mv -f "$BIN.new" "$BIN"
-  sed 's|/usr/bin/moongate|/usr/local/bin/moongate|g' "$here/moongate.service" >"$UNIT.new"
+  { echo "$UNIT_MARKER"; sed 's|/usr/bin/moongate|/usr/local/bin/moongate|g' "$here/moongate.service"; } >"$UNIT.new"
   chmod 0644 "$UNIT.new"
   mv -f "$UNIT.new" "$UNIT"
   if [ -e "$ETC/config.yaml" ]; then
@@ -175,6 +188,9 @@ install_files() {
 }
 
 uninstall_files() {
+  if package_installed; then
+    die "moongate was installed by the Debian package: use dpkg -r moongate (keeps the configuration and data) or dpkg -P moongate (removes them)"
+  fi
   if systemd_up; then
     systemctl disable --now moongate.service 2>/dev/null || true
   elif [ -n "$root" ]; then

@@ -273,7 +273,7 @@ func TestExitCodes(t *testing.T) {
 		code   int
 		substr string
 	}{
-		{401, `{"code":16,"message":"unknown or revoked token","details":[]}`, exitAuth, "unknown or revoked token (check --token"},
+		{401, `{"code":16,"message":"unknown or revoked token","details":[]}`, exitAuth, "unknown or revoked token (check MOONGATE_TOKEN"},
 		{403, `{"code":7,"message":"token \"r\" has scope read; this call needs admin","details":[]}`, exitAuth, "scope read"},
 		{404, `{"code":5,"message":"function \"x\" not found","details":[]}`, exitNotFound, `function "x" not found`},
 		{400, `{"code":3,"message":"compile x:3:3: syntax error","details":[]}`, exitFailure, "x:3:3: syntax error"},
@@ -408,7 +408,7 @@ func TestConnectionErrors(t *testing.T) {
 	f := newFakeAPI(t)
 	withEnv(t, map[string]string{"MOONGATE_SERVER": f.URL, "HOME": t.TempDir()})
 	var out, errb bytes.Buffer
-	if code := run(context.Background(), []string{"fn", "ls"}, &out, &errb); code != exitAuth || !strings.Contains(errb.String(), "no API token: pass --token, set MOONGATE_TOKEN") {
+	if code := run(context.Background(), []string{"fn", "ls"}, &out, &errb); code != exitAuth || !strings.Contains(errb.String(), "no API token: set MOONGATE_TOKEN, pass --token-file FILE") {
 		t.Fatalf("no token: exit %d: %s", code, errb.String())
 	}
 	if len(f.requests()) != 0 {

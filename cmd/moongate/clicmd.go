@@ -91,7 +91,7 @@ func reportError(stderr io.Writer, name string, err error) {
 	if errors.As(err, &pe) {
 		switch pe.code {
 		case codes.Unauthenticated:
-			msg += " (check --token / MOONGATE_TOKEN)"
+			msg += " (check MOONGATE_TOKEN / --token-file / --token)"
 		case codes.PermissionDenied:
 			msg += " (use a token of scope admin)"
 		}

@@ -50,7 +50,10 @@ const exitCodesHelp = `
 Connection (flags, then MOONGATE_SERVER / MOONGATE_TOKEN, then the file
 $MOONGATE_CLI_CONFIG or $XDG_CONFIG_HOME/moongate/cli.yaml):
   --server URL              API address (default http://127.0.0.1:8080)
-  --token TOKEN             bearer token (from 'moongate token create')
+  --token-file FILE         read the bearer token (from 'moongate token
+                            create') from FILE, - for standard input
+  --token TOKEN             the token itself: visible in ps and the shell
+                            history; prefer MOONGATE_TOKEN or --token-file
   --ca FILE                 PEM CA certificate(s) to trust for https://
   --insecure-skip-verify    do not check the server certificate (testing only)
   --request-timeout D       per-call time limit (default 30s)
@@ -83,6 +86,7 @@ type cliFileConfig struct {
 // connFlags are the connection and output flags every remote command takes.
 type connFlags struct {
 	server, token, ca string
+	tokenFile         string
 	insecure          bool
 	timeout           time.Duration
 	json              bool
@@ -90,7 +94,8 @@ type connFlags struct {
 
 func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", "", "API address, e.g. https://gw.example:8080")
-	fs.StringVar(&c.token, "token", "", "bearer token")
+	fs.StringVar(&c.token, "token", "", "bearer token (prefer MOONGATE_TOKEN or --token-file)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the bearer token, - for standard input")
 	fs.StringVar(&c.ca, "ca", "", "PEM file of CA certificates to trust")
 	fs.BoolVar(&c.insecure, "insecure-skip-verify", false, "do not verify the server certificate")
 	fs.DurationVar(&c.timeout, "request-timeout", 0, "time limit per call")
@@ -176,7 +181,20 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 		return def
 	}
 	server := pick(cf.server, "MOONGATE_SERVER", fc.Server, defaultServer)
-	token := strings.TrimSpace(pick(cf.token, "MOONGATE_TOKEN", fc.Token, ""))
+	flagToken := cf.token
+	switch {
+	case cf.token != "" && cf.tokenFile != "":
+		return nil, usagef("--token and --token-file: give one")
+	case cf.token != "":
+		fmt.Fprintln(stderr, "moongate: warning: --token puts the token in the process list and the shell history: set MOONGATE_TOKEN or use --token-file FILE")
+	case cf.tokenFile != "":
+		t, err := readTokenFile(cf.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		flagToken = t
+	}
+	token := strings.TrimSpace(pick(flagToken, "MOONGATE_TOKEN", fc.Token, ""))
 	caFile := pick(cf.ca, "", fc.CA, "")
 	if caFile != "" && path != "" && cf.ca == "" && !filepath.IsAbs(caFile) {
 		caFile = filepath.Join(filepath.Dir(path), caFile) // relative to the file that names it
@@ -197,11 +215,11 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 		return nil, err
 	}
 	if token == "" {
-		return nil, &authError{msg: "no API token: pass --token, set MOONGATE_TOKEN, or put token: in " + displayPath(path) +
+		return nil, &authError{msg: "no API token: set MOONGATE_TOKEN, pass --token-file FILE, or put token: in " + displayPath(path) +
 			" (create one on the gateway with 'moongate token create NAME')"}
 	}
 	if strings.ContainsAny(token, " \t\r\n") {
-		return nil, &authError{msg: "the API token contains white space: check --token / MOONGATE_TOKEN"}
+		return nil, &authError{msg: "the API token contains white space: check MOONGATE_TOKEN / --token-file / --token"}
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if base.Scheme == "https" {
@@ -230,6 +248,35 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 	}
 	return &apiClient{base: base, token: token, timeout: timeout, json: cf.json,
 		http: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
+}
+
+// maxTokenFileBytes bounds what --token-file reads: a token is short.
+const maxTokenFileBytes = 64 << 10
+
+// readTokenFile reads the token of --token-file: the file's content
+// without surrounding white space; "-" is standard input.
+func readTokenFile(name string) (string, error) {
+	var r io.Reader = stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return "", usagef("--token-file: %v", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxTokenFileBytes+1))
+	if err != nil {
+		return "", usagef("--token-file %s: %v", name, err)
+	}
+	if len(b) > maxTokenFileBytes {
+		return "", usagef("--token-file %s: larger than %d bytes: not a token", name, maxTokenFileBytes)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", usagef("--token-file %s: empty", name)
+	}
+	return t, nil
 }
 
 func displayPath(p string) string {

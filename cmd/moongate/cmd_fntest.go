@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 )
 
@@ -23,16 +26,23 @@ func init() {
 	})
 }
 
-const fnTestUsage = `usage: moongate fn test FILE.lua --event EVENT.json [--config CONFIG.json] [--state STATE.json] [--blob BUCKET/NAME=FILE]... [--json]
+const fnTestUsage = `usage: moongate fn test FILE.lua --event EVENT.json [--manifest NAME.yaml] [--config CONFIG.json] [--state STATE.json] [--blob BUCKET/NAME=FILE]... [--timeout D] [--json]
 
-Runs the function once, sandboxed and with the default limits, and prints
-its result, effects, state changes, logs and cost. EVENT.json is an object
-with id, topic, payload, captures, ts, qos, trigger and http (method, path,
-query, headers, body); a payload that is not a JSON string is passed as its
-JSON text. CONFIG.json becomes ctx.config; STATE.json (an object of keys to
-JSON values) is what state.get sees. Each --blob makes FILE readable by
-blob.read as blob NAME of BUCKET (other blobs do not exist). Exit status:
-0 ok, 1 the function failed, 2 bad arguments.
+Runs the function once, sandboxed, and prints its result, effects, state
+changes, logs and cost. EVENT.json is an object with id, topic, payload,
+captures, ts, qos, trigger and http (method, path, query, headers, body); a
+payload that is not a JSON string is passed as its JSON text. As on the
+gateway, an event without id gets a generated one and an event without ts
+(or ts 0) gets the current time (a note on standard error says so).
+The limits are those of the function's manifest: --manifest FILE, else
+NAME.yaml next to FILE.lua when there is one, else the defaults; --timeout
+overrides the manifest's timeout. CONFIG.json becomes ctx.config (default:
+the manifest's config); STATE.json (an object of keys to JSON values) is
+what state.get sees. Each --blob makes FILE readable by blob.read as blob
+NAME of BUCKET (other blobs do not exist). Exit status: 0 ok, 1 the
+function failed (or does not compile), 2 bad arguments or input files
+(missing, unreadable or malformed FILE.lua, event, manifest, config, state
+or blob file).
 `
 
 func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -42,7 +52,8 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	configPath := fs.String("config", "", "function config file (JSON object)")
 	statePath := fs.String("state", "", "initial state file (JSON object)")
 	asJSON := fs.Bool("json", false, "print one JSON report")
-	timeout := fs.Duration("timeout", 0, "wall-clock limit (default 1s)")
+	timeout := fs.Duration("timeout", 0, "wall-clock limit (default: the manifest's, else 1s)")
+	manifestPath := fs.String("manifest", "", "the function's manifest (default: NAME.yaml next to FILE.lua)")
 	var blobs stringsFlag
 	fs.Var(&blobs, "blob", "BUCKET/NAME=FILE: a blob blob.read sees (repeatable)")
 	var files []string
@@ -69,29 +80,49 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "moongate fn test: "+format+"\n", a...)
 		return exitFailure
 	}
+	// badInput is a missing, unreadable or malformed input file: exit 2.
+	badInput := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "moongate fn test: "+format+"\n", a...)
+		return exitUsage
+	}
 	src, err := os.ReadFile(files[0])
 	if err != nil {
-		return fail("%v", err)
+		return badInput("%v", err)
 	}
 	evData, err := os.ReadFile(*eventPath)
 	if err != nil {
-		return fail("%v", err)
+		return badInput("%v", err)
 	}
 	ev, err := luavm.ParseEvent(evData)
 	if err != nil {
-		return fail("%s: %v", *eventPath, err)
+		return badInput("%s: %v", *eventPath, err)
+	}
+	// As the gateway does for an event without id or ts (gateway.Invoke).
+	if ev.ID == "" {
+		ev.ID = fnTestEventID()
+		fmt.Fprintf(stderr, "moongate fn test: note: the event has no id: using %s\n", ev.ID)
+	}
+	if ev.TS == 0 {
+		ev.TS = fnTestNow().UnixMilli()
+		fmt.Fprintf(stderr, "moongate fn test: note: the event has no ts: using now (%d)\n", ev.TS)
+	}
+	man, err := loadFnTestManifest(files[0], *manifestPath)
+	if err != nil {
+		return badInput("%v", err)
 	}
 	var cfg map[string]any
 	if *configPath != "" {
 		if err := readJSONObject(*configPath, &cfg); err != nil {
-			return fail("%v", err)
+			return badInput("%v", err)
 		}
+	} else if man != nil {
+		cfg = man.Config
 	}
 	st := luavm.MemoryState()
 	if *statePath != "" {
 		var m map[string]json.RawMessage
 		if err := readJSONObject(*statePath, &m); err != nil {
-			return fail("%v", err)
+			return badInput("%v", err)
 		}
 		for k, v := range m {
 			st.Set(k, v)
@@ -106,14 +137,30 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		data, err := os.ReadFile(file)
 		if err != nil {
-			return fail("--blob: %v", err)
+			return badInput("--blob: %v", err)
 		}
 		st.SetBlob(bucket, bname, data)
 	}
 	name := strings.TrimSuffix(filepath.Base(files[0]), filepath.Ext(files[0]))
 	rt := luavm.NewRuntime(luavm.Options{})
 	defer rt.Close()
-	spec := luavm.Spec{Name: name, Version: 1, Source: src, Config: cfg, Limits: luavm.Limits{Timeout: *timeout}}
+	limits := luavm.Limits{Timeout: *timeout}
+	if man != nil {
+		l := man.Limits
+		limits = luavm.Limits{
+			Timeout:        l.Timeout.Std(),
+			MaxSteps:       l.MaxSteps,
+			MaxMemory:      int64(l.MaxMemory),
+			MaxCallDepth:   l.MaxCallDepth,
+			MaxResultBytes: int(l.MaxResultBytes),
+			MaxEffects:     l.MaxEffects,
+			MaxEffectBytes: int(l.MaxEffectBytes),
+		}
+		if *timeout != 0 {
+			limits.Timeout = *timeout
+		}
+	}
+	spec := luavm.Spec{Name: name, Version: 1, Source: src, Config: cfg, Limits: limits}
 	if err := rt.Deploy(ctx, spec); err != nil {
 		return fail("%v", err)
 	}
@@ -132,6 +179,34 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitFailure
 	}
 	return exitOK
+}
+
+// fnTestNow and fnTestEventID fill an event's missing ts and id; tests
+// replace them.
+var (
+	fnTestNow     = time.Now
+	fnTestEventID = func() string {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:]) + "-1" // the gateway's form: nonce-sequence
+	}
+)
+
+// loadFnTestManifest reads the manifest of fn test: path when given, else
+// NAME.yaml next to luaFile when it exists, else none (nil).
+func loadFnTestManifest(luaFile, path string) (*trigger.Manifest, error) {
+	if path == "" {
+		sib := strings.TrimSuffix(luaFile, filepath.Ext(luaFile)) + ".yaml"
+		if _, err := os.Stat(sib); err != nil {
+			return nil, nil
+		}
+		path = sib
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--manifest: %w", err)
+	}
+	return trigger.ParseManifest(path, data)
 }
 
 func readJSONObject(path string, v any) error {

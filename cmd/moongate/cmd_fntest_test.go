@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func writeFiles(t *testing.T, files map[string]string) string {
@@ -95,11 +96,17 @@ func TestFnTestJSONAndErrors(t *testing.T) {
 		{[]string{p("fail.lua"), "--event", p("event.json")}, exitFailure, "fail:3: boom"},
 		{[]string{p("syntax.lua"), "--event", p("event.json")}, exitFailure, "syntax:2:"},
 		{[]string{p("loop.lua"), "--event", p("event.json"), "--timeout", "50ms"}, exitFailure, "timeout (50ms)"},
-		{[]string{p("ref.lua"), "--event", p("bad.json")}, exitFailure, "unknown field"},
+		{[]string{p("ref.lua"), "--event", p("bad.json")}, exitUsage, "unknown field"},
 		{[]string{p("ref.lua")}, exitUsage, "--event"},
 		{[]string{p("ref.lua"), p("fail.lua"), "--event", p("event.json")}, exitUsage, "exactly one"},
 		{[]string{p("ref.lua"), "--event", p("event.json"), "--nope"}, exitUsage, "nope"},
-		{[]string{p("missing.lua"), "--event", p("event.json")}, exitFailure, "no such file"},
+		// Missing or malformed input files are bad input: exit 2, as docs/cli.md defines.
+		{[]string{p("missing.lua"), "--event", p("event.json")}, exitUsage, "no such file"},
+		{[]string{p("ref.lua"), "--event", p("missing.json")}, exitUsage, "no such file"},
+		{[]string{p("ref.lua"), "--event", p("event.json"), "--config", p("missing.json")}, exitUsage, "no such file"},
+		{[]string{p("ref.lua"), "--event", p("event.json"), "--state", p("missing.json")}, exitUsage, "no such file"},
+		{[]string{p("ref.lua"), "--event", p("event.json"), "--config", p("fail.lua")}, exitUsage, "fail.lua"},
+		{[]string{p("ref.lua"), "--event", p("event.json"), "--manifest", p("missing.yaml")}, exitUsage, "no such file"},
 	}
 	for _, c := range cases {
 		out.Reset()
@@ -145,5 +152,67 @@ end
 	if code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "b.lua"), "--event", filepath.Join(dir, "event.json"),
 		"--blob", "nobucket"}, &out, &errb); code != exitUsage {
 		t.Fatalf("malformed --blob: exit %d", code)
+	}
+}
+
+// TestFnTestLikeDaemon: an event without id or ts gets a generated id and
+// the current time, as on the gateway; the limits and config of the
+// function's manifest (NAME.yaml next to FILE.lua, or --manifest) apply.
+func TestFnTestLikeDaemon(t *testing.T) {
+	now := time.UnixMilli(1_790_000_000_123)
+	oldNow, oldID := fnTestNow, fnTestEventID
+	fnTestNow = func() time.Time { return now }
+	fnTestEventID = func() string { return "0a1b2c3d4e5f-1" }
+	t.Cleanup(func() { fnTestNow, fnTestEventID = oldNow, oldID })
+
+	dir := writeFiles(t, map[string]string{
+		"show.lua":   "function handle(event, ctx) return {id = event.id, ts = event.ts, mode = ctx.config.mode} end\n",
+		"show.yaml":  "triggers:\n  - mqtt: a/b\nconfig:\n  mode: manifest\n",
+		"loop.lua":   "function handle() while true do end end\n",
+		"loop.yaml":  "triggers:\n  - mqtt: a/b\nlimits:\n  timeout: 30ms\n",
+		"other.yaml": "triggers:\n  - mqtt: a/b\nlimits:\n  max_steps: 1000\n",
+		"bad.yaml":   "triggers:\n  - mqtt: a/b\nlimits:\n  max_stepz: 1\n",
+		"empty.json": `{}`,
+		"full.json":  `{"id": "e7", "ts": 42}`,
+		"cfg.json":   `{"mode": "flag"}`,
+	})
+	p := func(n string) string { return filepath.Join(dir, n) }
+	fnTest := func(args ...string) (string, string, int) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append([]string{"fn", "test"}, args...), &out, &errb)
+		return out.String(), errb.String(), code
+	}
+	out, errs, code := fnTest(p("show.lua"), "--event", p("empty.json"))
+	if code != exitOK || !strings.Contains(out, `"id":"0a1b2c3d4e5f-1"`) || !strings.Contains(out, `"ts":1790000000123`) ||
+		!strings.Contains(out, `"mode":"manifest"`) {
+		t.Errorf("event without id and ts: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(errs, "no id: using 0a1b2c3d4e5f-1") || !strings.Contains(errs, "no ts: using now") {
+		t.Errorf("no note of the filled fields: %q", errs)
+	}
+	out, errs, code = fnTest(p("show.lua"), "--event", p("full.json"), "--config", p("cfg.json"))
+	if code != exitOK || !strings.Contains(out, `"id":"e7"`) || !strings.Contains(out, `"ts":42`) ||
+		!strings.Contains(out, `"mode":"flag"`) || strings.Contains(errs, "note") {
+		t.Errorf("event with id and ts: exit %d\n%s%s", code, out, errs)
+	}
+	// The sibling manifest's timeout (30ms), not the default 1s.
+	start := time.Now()
+	out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"))
+	if code != exitFailure || !strings.Contains(errs+out, "timeout (30ms)") || time.Since(start) > 900*time.Millisecond {
+		t.Errorf("loop.lua with loop.yaml: exit %d after %v\n%s%s", code, time.Since(start), out, errs)
+	}
+	// --timeout overrides the manifest's timeout.
+	out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"), "--timeout", "20ms")
+	if code != exitFailure || !strings.Contains(errs+out, "timeout (20ms)") {
+		t.Errorf("--timeout over the manifest: exit %d\n%s%s", code, out, errs)
+	}
+	// --manifest names another file: its max_steps apply.
+	out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"), "--manifest", p("other.yaml"))
+	if code != exitFailure || !strings.Contains(errs+out, "step budget exceeded (1000 steps)") {
+		t.Errorf("--manifest other.yaml: exit %d\n%s%s", code, out, errs)
+	}
+	// An invalid manifest is bad input.
+	if out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"), "--manifest", p("bad.yaml")); code != exitUsage || !strings.Contains(errs, "max_stepz") {
+		t.Errorf("invalid manifest: exit %d\n%s%s", code, out, errs)
 	}
 }

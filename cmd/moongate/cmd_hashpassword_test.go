@@ -40,3 +40,47 @@ func TestHashPassword(t *testing.T) {
 		})
 	}
 }
+
+// On a terminal the password is read without echo (terminalPassword) and
+// asked twice; the usage never suggests putting it on a command line.
+func TestHashPasswordTerminal(t *testing.T) {
+	old := terminalPassword
+	t.Cleanup(func() { terminalPassword = old })
+	fake := func(answers ...string) {
+		terminalPassword = func() (func() ([]byte, error), bool) {
+			return func() ([]byte, error) {
+				a := answers[0]
+				answers = answers[1:]
+				return []byte(a), nil
+			}, true
+		}
+	}
+	stdin = strings.NewReader("not read on a terminal\n")
+	t.Cleanup(func() { stdin = nil })
+
+	fake("s3cret", "s3cret")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"hash-password"}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if err := bcrypt.CompareHashAndPassword([]byte(strings.TrimSpace(out.String())), []byte("s3cret")); err != nil {
+		t.Fatalf("hash %q: %v", out.String(), err)
+	}
+	if !strings.Contains(errb.String(), "Password: ") || !strings.Contains(errb.String(), "Repeat the password: ") {
+		t.Errorf("prompts: %q", errb.String())
+	}
+
+	fake("s3cret", "s3cert")
+	out.Reset()
+	errb.Reset()
+	if code := run(context.Background(), []string{"hash-password"}, &out, &errb); code != exitFailure ||
+		!strings.Contains(errb.String(), "do not match") || out.Len() != 0 {
+		t.Errorf("mismatch: exit %d, out %q, stderr %q", code, out.String(), errb.String())
+	}
+
+	errb.Reset()
+	run(context.Background(), []string{"hash-password", "s3cret"}, &out, &errb)
+	if strings.Contains(errb.String(), "echo -n") || !strings.Contains(errb.String(), "not an argument") {
+		t.Errorf("usage: %q", errb.String())
+	}
+}
