@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 )
 
@@ -34,27 +32,6 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startInProcessLogged is startInProcess with the daemon's log in logs.
-func startInProcessLogged(t *testing.T, cfgYAML string, logs *lockedBuffer) *inProcess {
-	t.Helper()
-	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		cancel()
-		t.Fatalf("daemon: %v", err)
-	}
-	d.FunctionsPoll = 50 * time.Millisecond
-	p := &inProcess{d: d, cancel: cancel, done: make(chan error, 1)}
-	go func() { p.done <- d.Run(ctx) }()
-	t.Cleanup(func() { p.stop(t) })
-	waitFor(t, 20*time.Second, "daemon ready", d.Gateway().Ready)
-	return p
-}
-
 // A function whose files are in the directory but fail to load keeps its
 // running version (the error is logged); it is removed only when its files
 // are gone.
@@ -63,7 +40,7 @@ func TestBrokenFileKeepsRunningVersion(t *testing.T) {
 	src := `function handle(e, ctx) return {v = %d, version = ctx.version} end`
 	writeFunction(t, fnDir, "ver", fmt.Sprintf(src, 1), referenceManifest)
 	logs := &lockedBuffer{}
-	p := startInProcessLogged(t, testConfig(dataDir, fnDir, ""), logs)
+	p := startInProcessLog(t, testConfig(dataDir, fnDir, ""), logs)
 	url := "tcp://" + p.d.MQTTAddr().String()
 	dev := connect(t, url, "dv", true)
 	st := p.d.Store()
@@ -135,7 +112,7 @@ func TestLoadFunctionsStoreErrorKeepsAll(t *testing.T) {
 	writeFunction(t, fnDir, "a", `function handle(e, ctx) return {} end`, referenceManifest)
 	writeFunction(t, fnDir, "b", `function handle(e, ctx) return {} end`, "triggers:\n  - mqtt: other/{device}\n")
 	logs := &lockedBuffer{}
-	p := startInProcessLogged(t, testConfig(dataDir, fnDir, ""), logs)
+	p := startInProcessLog(t, testConfig(dataDir, fnDir, ""), logs)
 	if n := len(p.d.Gateway().Functions()); n != 2 {
 		t.Fatalf("%d functions, want 2", n)
 	}

@@ -115,13 +115,22 @@ type inProcess struct {
 // startInProcess runs a daemon on cfgYAML until the test ends (or stop).
 func startInProcess(t testing.TB, cfgYAML string) *inProcess {
 	t.Helper()
+	return startInProcessLog(t, cfgYAML, nil)
+}
+
+// startInProcessLog is startInProcess with the daemon's log written to logw
+// (nil: discarded, or warnings to stderr with -v).
+func startInProcessLog(t testing.TB, cfgYAML string, logw io.Writer) *inProcess {
+	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	if logw != nil {
+		log = slog.New(slog.NewTextHandler(logw, nil))
+	} else if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	d, err := NewDaemon(ctx, cfg, log)

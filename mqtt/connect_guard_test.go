@@ -29,13 +29,20 @@ func twoUsers(t testing.TB) []User {
 // connection and returns the CONNACK's return code.
 func connack3(t *testing.T, addr, id, user, pass string) byte {
 	t.Helper()
+	return connackOf(t, addr, id, user, rawConnect(id, user, pass))
+}
+
+// connackOf sends the CONNECT packet over a new connection and returns the
+// CONNACK's return (3.1.1) or reason (5) code.
+func connackOf(t *testing.T, addr, id, user string, connect []byte) byte {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(rawConnect(id, user, pass)); err != nil {
+	if _, err := c.Write(connect); err != nil {
 		t.Fatal(err)
 	}
 	ack := make([]byte, 4)
@@ -62,23 +69,7 @@ func connect5Creds(id, user, pass string) []byte {
 // CONNACK's reason code.
 func connack5(t *testing.T, addr, id, user, pass string) byte {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(connect5Creds(id, user, pass)); err != nil {
-		t.Fatal(err)
-	}
-	ack := make([]byte, 4)
-	if _, err := io.ReadFull(c, ack); err != nil {
-		t.Fatalf("read CONNACK for %s/%s: %v", id, user, err)
-	}
-	if ack[0] != 0x20 {
-		t.Fatalf("CONNACK = % x", ack)
-	}
-	return ack[3]
+	return connackOf(t, addr, id, user, connect5Creds(id, user, pass))
 }
 
 // A device must not take over the session of another user's client id:
