@@ -58,3 +58,35 @@ func TestFailedBatchKeepsItsCommittedPart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// When the state cannot be reloaded after a failed batch, the store
+// refuses every write (ErrCorrupt: restart) rather than go on from memory
+// that may hold the failed requests' changes (inbox entries marked
+// consumed that are not); reads still work, and a reopen recovers.
+func TestFailedReloadRefusesWrites(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{RetentionInterval: time.Hour})
+	seqs, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Key: "k", Event: []byte("e")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recoverFault = func() error { return errors.New("injected read error") }
+	t.Cleanup(func() { recoverFault = nil })
+	if err := s.submit(ctx, &request{est: 64, fn: func(*batch) error { return fatal(errors.New("boom")) }}); err == nil {
+		t.Fatal("the failing request succeeded")
+	}
+	recoverFault = nil
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0]}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("commit after a failed reload: %v, want ErrCorrupt", err)
+	}
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte("x")}}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("enqueue after a failed reload: %v, want ErrCorrupt", err)
+	}
+	if es, err := s.InboxPending(ctx, 0, 10); err != nil || len(es) != 1 {
+		t.Fatalf("reads: %d entries, %v", len(es), err)
+	}
+	s = reopen(t, s)
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0]}); err != nil {
+		t.Fatalf("commit after reopening: %v", err)
+	}
+}

@@ -259,10 +259,19 @@ func (s *Store) checkFormat(ctx context.Context) error {
 	})
 }
 
+// recoverFault, set by tests only, makes recover fail (a read error of
+// Badger's that cannot be caused from outside).
+var recoverFault func() error
+
 // recover loads the counters and rebuilds the in-memory sets of entries
 // consumed out of order (inbox, publishes), by scanning live keys from the
 // head only.
 func (s *Store) recover() error {
+	if recoverFault != nil {
+		if err := recoverFault(); err != nil {
+			return err
+		}
+	}
 	c := newCounters()
 	var inboxDone, pubDone map[uint64]struct{}
 	err := s.db.View(func(txn *badger.Txn) error {
