@@ -52,7 +52,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if ev.TS == 0 {
 		ev.TS = g.opts.Now().UnixMilli()
 	}
-	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.opts.Store)
+	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.state)
 	out := &InvokeResult{Result: res, Err: ierr, EventID: ev.ID}
 	if res == nil {
 		out.Result = &luavm.Result{Function: name}

@@ -131,3 +131,40 @@ func blobPermanent(err error) bool {
 	return errors.Is(err, ErrNoBlobs) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) ||
 		errors.Is(err, store.ErrTooLarge)
 }
+
+// invokeState is what an invocation reads through: the store's state, and
+// its blobs one version per invocation (luavm.BlobVersionReader: a
+// function reading a blob in chunks never mixes two versions when the blob
+// is replaced meanwhile). Safe for concurrent use.
+type invokeState struct {
+	Store
+}
+
+// blobOpener is the store's OpenBlob (*store.Store).
+type blobOpener interface {
+	OpenBlob(ctx context.Context, bucket, name string) (*store.Blob, error)
+}
+
+// ReadBlob implements luavm.BlobReader.
+func (s *invokeState) ReadBlob(ctx context.Context, bucket, name string, off int64, n int) ([]byte, int64, error) {
+	r, ok := s.Store.(luavm.BlobReader)
+	if !ok {
+		return nil, 0, ErrNoBlobs
+	}
+	return r.ReadBlob(ctx, bucket, name, off, n)
+}
+
+// OpenBlobVersion implements luavm.BlobVersionReader: the open object of
+// the blob's current version, readable until closed even if the blob is
+// replaced or deleted.
+func (s *invokeState) OpenBlobVersion(ctx context.Context, bucket, name string) (luavm.BlobVersion, error) {
+	o, ok := s.Store.(blobOpener)
+	if !ok {
+		return nil, ErrNoBlobs
+	}
+	b, err := o.OpenBlob(ctx, bucket, name)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}

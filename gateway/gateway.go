@@ -170,6 +170,8 @@ type Gateway struct {
 	opts Options
 	log  *slog.Logger
 	disp *dispatcher
+	// state is what invocations read through (the store's state and blobs).
+	state *invokeState
 	// invoking holds a token per running invocation (Options.Workers).
 	invoking chan struct{}
 	funcs    atomic.Pointer[funcTable]
@@ -215,6 +217,7 @@ func New(opts Options) (*Gateway, error) {
 		pubNotify: make(chan struct{}, 1),
 		timers:    make(map[string]context.CancelFunc),
 	}
+	g.state = &invokeState{Store: opts.Store}
 	g.chainQ.wake = make(chan struct{}, 1)
 	g.resuming.Store(true)
 	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})

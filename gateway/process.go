@@ -43,7 +43,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		// (Only an invocation already running finishes.)
 		return stop, 0
 	}
-	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.opts.Store)
+	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.state)
 	<-g.invoking
 	if err != nil {
 		g.stats.failed.Add(1)

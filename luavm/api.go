@@ -75,6 +75,22 @@ type BlobReader interface {
 	ReadBlob(ctx context.Context, bucket, name string, off int64, n int) (data []byte, size int64, err error)
 }
 
+// BlobVersionReader, when the StateReader given to Invoke also implements
+// it, makes every blob.read of one invocation read the same version of a
+// blob: the version current at its first read, even if the blob is
+// replaced or deleted meanwhile (a function reading a blob in chunks never
+// mixes two versions). Versions are closed when the invocation ends.
+type BlobVersionReader interface {
+	OpenBlobVersion(ctx context.Context, bucket, name string) (BlobVersion, error)
+}
+
+// BlobVersion is one version of a blob, open for reading.
+type BlobVersion interface {
+	ReadAt(p []byte, off int64) (int, error)
+	Size() int64
+	Close() error
+}
+
 // ResultKind says what a function returned.
 type ResultKind int
 

@@ -2,7 +2,9 @@ package luavm
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"unsafe"
 	"weak"
@@ -62,6 +64,45 @@ func (b *blobChunks) prune() {
 	b.chunks, b.live = keep, live
 }
 
+// maxOpenVersions bounds the blob versions one invocation keeps open
+// (file descriptors); past it one is closed, and a later read of that blob
+// opens its version then current.
+const maxOpenVersions = 8
+
+// readVersion reads up to n bytes from off of the version of bucket/name
+// this invocation opened first (opening it now on the first read).
+func (iv *invocation) readVersion(bv BlobVersionReader, bucket, name string, off, n int64) ([]byte, int64, error) {
+	key := [2]string{bucket, name}
+	v := iv.versions[key]
+	if v == nil {
+		if iv.versions == nil {
+			iv.versions = make(map[[2]string]BlobVersion)
+		}
+		if len(iv.versions) >= maxOpenVersions {
+			for k, old := range iv.versions {
+				_ = old.Close()
+				delete(iv.versions, k)
+				break
+			}
+		}
+		var err error
+		if v, err = bv.OpenBlobVersion(iv.stateCtx, bucket, name); err != nil {
+			return nil, 0, err
+		}
+		iv.versions[key] = v
+	}
+	size := v.Size()
+	if off >= size {
+		return []byte{}, size, nil
+	}
+	buf := make([]byte, min(n, size-off))
+	m, err := v.ReadAt(buf, off)
+	if err != nil && !(errors.Is(err, io.EOF) && m == len(buf)) {
+		return nil, size, fmt.Errorf("read blob: %w", err)
+	}
+	return buf[:m], size, nil
+}
+
 func checkBlobArgs(L *lua.LState) (string, string) {
 	bucket, name := L.CheckString(1), L.CheckString(2)
 	if bucket == "" || len(bucket) > 63 {
@@ -87,7 +128,8 @@ func (in *instance) blobRead(L *lua.LState) int {
 	// A read is a store lookup and a file read: it costs more than a step.
 	in.charge(L, blobReadSteps)
 	br, ok := in.inv.state.(BlobReader)
-	if !ok {
+	bv, versioned := in.inv.state.(BlobVersionReader)
+	if !ok && !versioned {
 		L.RaiseError("blob.read(%q, %q): blobs are not available here", bucket, name)
 	}
 	iv := &in.inv
@@ -109,7 +151,14 @@ func (in *instance) blobRead(L *lua.LState) int {
 	if iv.stateCtx == nil {
 		iv.stateCtx, iv.stateStop = context.WithDeadline(iv.ctx, iv.deadline)
 	}
-	data, size, err := br.ReadBlob(iv.stateCtx, bucket, name, int64(off), int(n))
+	var data []byte
+	var size int64
+	var err error
+	if versioned {
+		data, size, err = iv.readVersion(bv, bucket, name, int64(off), n)
+	} else {
+		data, size, err = br.ReadBlob(iv.stateCtx, bucket, name, int64(off), int(n))
+	}
 	if err != nil {
 		if iv.stateCtx.Err() != nil {
 			in.raise(L, fmt.Errorf("%w: blob.read(%q, %q): %w", ErrTimeout, bucket, name, err))

@@ -58,6 +58,9 @@ type invocation struct {
 	effBytes    int64
 	logDropped  int
 	blobs       blobChunks // live strings returned by blob.read
+	// versions are the blob versions this invocation reads
+	// (BlobVersionReader), closed when it ends.
+	versions map[[2]string]BlobVersion
 }
 
 // Table size model (see docs/functions.md): per table, per array slot

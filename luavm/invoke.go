@@ -58,6 +58,10 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		if cap(iv.tables) > 4096 {
 			iv.tables = nil
 		}
+		for k, v := range iv.versions {
+			_ = v.Close()
+			delete(iv.versions, k)
+		}
 		if iv.stateStop != nil {
 			iv.stateStop()
 		}

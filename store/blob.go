@@ -519,6 +519,9 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, o
 // Close releases the blob's file.
 func (b *Blob) Close() error { return b.f.Close() }
 
+// Size is the blob's size (Info.Size).
+func (b *Blob) Size() int64 { return b.Info.Size }
+
 // OpenBlob opens one blob for reading. Errors: ErrNotFound, ErrInvalid,
 // ErrCorrupt (the object file is missing).
 func (s *Store) OpenBlob(ctx context.Context, bucket, name string) (*Blob, error) {

@@ -64,3 +64,27 @@ func TestBlobFreedAfterSyncWithIntervalDurability(t *testing.T) {
 		t.Fatalf("%d object files after the sync on close", n)
 	}
 }
+
+// An open blob (what an invocation reads through: the gateway's
+// OpenBlobVersion) keeps reading its version when the blob is replaced and
+// deleted meanwhile: its object file stays readable through the open
+// descriptor after it is unlinked.
+func TestOpenBlobKeepsItsVersion(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Buckets: map[string]Bucket{"photos": {}}, RetentionInterval: time.Hour})
+	old := bytes.Repeat([]byte("o"), 5000)
+	putBlob(t, s, "photos", "a.jpg", old)
+	b, err := s.OpenBlob(ctx, "photos", "a.jpg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	putBlob(t, s, "photos", "a.jpg", bytes.Repeat([]byte("n"), 7000))
+	if err := s.DeleteBlob(ctx, "photos", "a.jpg"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, b.Size())
+	if n, err := b.ReadAt(got, 0); n != len(old) || !bytes.Equal(got, old) {
+		t.Fatalf("read %d bytes (%v) of the open version, want its %d bytes", n, err, len(old))
+	}
+}
