@@ -83,7 +83,7 @@ func TestPreinstRefusesInstallScript(t *testing.T) {
 	for _, arg := range []string{"install", "upgrade"} {
 		out, err := runErr(repo, env, "sh", preinst, arg)
 		if err == nil || !strings.Contains(out, "install.sh --uninstall") ||
-			!strings.Contains(out, "/etc/systemd/system/moongate.service and /usr/local/bin/moongate") {
+			!strings.Contains(out, "/etc/systemd/system/moongate.service") {
 			t.Errorf("preinst %s over an install.sh install: %v\n%s", arg, err, out)
 		}
 	}
@@ -97,6 +97,16 @@ func TestPreinstRefusesInstallScript(t *testing.T) {
 	run(t, repo, nil, "sh", install, "--root", root, "--uninstall")
 	if out, err := runErr(repo, env, "sh", preinst, "install"); err != nil {
 		t.Errorf("preinst after install.sh --uninstall: %v\n%s", err, out)
+	}
+	// A bare binary in /usr/local/bin (no install.sh unit): a warning only.
+	if err := os.MkdirAll(filepath.Join(root, "usr", "local", "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr", "local", "bin", "moongate"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runErr(repo, env, "sh", preinst, "install"); err != nil || !strings.Contains(out, "warning") {
+		t.Errorf("preinst with a bare /usr/local/bin/moongate: %v\n%s", err, out)
 	}
 	mustExist(t, filepath.Join(root, "etc", "moongate", "config.yaml"))
 }

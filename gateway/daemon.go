@@ -200,7 +200,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case dir != "":
 		// The directory is the whole set of functions; each new or changed
 		// one is also kept in the store as a new version.
-		load := func(fns []trigger.Function, errs []error) { d.loadFunctions(ctx, fns, errs) }
+		load := func(fns []trigger.Function, errs []error) bool { return d.loadFunctions(ctx, fns, errs) }
 		load(trigger.LoadDir(dir))
 		// The watcher's loads read the store: it ends before closeAll.
 		watchCtx, stopWatch := context.WithCancel(ctx)
@@ -359,33 +359,36 @@ func syncTargets(cfg *config.Config) []upsync.TargetConfig {
 // bad limit, a missing or half-written file) keeps its running version: only
 // a function whose files are gone is removed. When the directory could not
 // be read, the store failed or ctx is done, nothing changes.
-func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs []error) {
+func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs []error) (applied bool) {
 	keep := map[string]bool{}
 	for _, err := range errs {
 		var fe *trigger.FileError
 		if !errors.As(err, &fe) || fe.Name == "" {
 			d.log.Error("functions directory not read; the deployed functions stay as they are", "err", err)
-			return
+			return false
 		}
 		keep[fe.Name] = true
 		d.log.Error("function not loaded; its running version (if any) stays deployed", "function", fe.Name, "err", err)
 	}
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	out, err := d.versioned(ctx, fns, keep)
 	if err != nil {
 		if ctx.Err() == nil {
-			d.log.Error("functions not updated; the deployed functions stay as they are", "err", err)
+			d.log.Error("functions not updated; the deployed functions stay as they are (tried again at the next poll)", "err", err)
 		}
-		return
+		return false
 	}
 	for _, f := range d.forward {
 		delete(keep, f.Name)
 	}
 	if err := d.gw.setFunctions(ctx, d.withForwards(out), keep); err != nil {
+		// A function that does not deploy (it would fail the same way
+		// again) is logged; the others are in place.
 		d.log.Error("functions", "err", err)
 	}
+	return true
 }
 
 // versioned builds the functions loaded from the directory, storing each

@@ -104,9 +104,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 
 // refusedForGood reports whether a store error means the same write can
 // never succeed (as opposed to a full disk or quota, which clear up).
-func refusedForGood(err error) bool {
-	return errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrNotNumber)
-}
+func refusedForGood(err error) bool { return store.IsPermanent(err) }
 
 func (g *Gateway) backoff(attempt int) time.Duration {
 	d := g.opts.Retry.InitialBackoff
@@ -221,9 +219,15 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 		}
 	}
 	_, err := g.opts.Store.Commit(ctx, c)
+	if err != nil && refusedForGood(err) && len(c.Logs) > 0 {
+		// The invocation's logs made it too large: the event matters more.
+		c.Logs = nil
+		_, err = g.opts.Store.Commit(ctx, c)
+	}
 	if err != nil && refusedForGood(err) {
-		// Keep what fits: the head of the event, no logs. The reason
-		// says so; the dead letter is for diagnosis and cannot be replayed.
+		// Keep what fits: the head of the event (the inbox took the whole
+		// event, so this is not expected). The reason says so; the head
+		// does not decode, so it is for diagnosis, not for replay.
 		head := e.Event[:min(len(e.Event), deadLetterHead)]
 		dl := *c.DeadLetter
 		dl.Event = head

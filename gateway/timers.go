@@ -119,6 +119,9 @@ func runSchedule(ctx context.Context, s Schedule, now func() time.Time, after af
 			if t.Sub(next) <= maxTimerLate && (last.IsZero() || next.After(last)) {
 				fire(next)
 				last = next
+				// fire may have waited (intake full): ticks due while it
+				// did are missed, not reported as a clock jump.
+				t = now()
 			} else if skipped != nil && (last.IsZero() || next.After(last)) {
 				skipped(next, t)
 			}

@@ -324,10 +324,10 @@ func (in *instance) transient(L *lua.LState, n int64, what string) {
 // table scan replaces the figure by the measured one.
 func (in *instance) chargeTable(L *lua.LState, n int64, what string) {
 	iv := &in.inv
-	if iv.strBytes+iv.tableBytes+iv.blobs.live+n > iv.limits.MaxMemory {
+	iv.tableBytes += n
+	if iv.strBytes+iv.tableBytes+iv.blobs.live > iv.limits.MaxMemory {
 		in.raise(L, fmt.Errorf("%w (%s: %d more bytes of tables over the cap of %d)", ErrMemory, what, n, iv.limits.MaxMemory))
 	}
-	iv.tableBytes += n
 	in.checkMem(L)
 }
 

@@ -3,7 +3,6 @@ package luavm
 import (
 	"fmt"
 	"math"
-	"reflect"
 	"sort"
 	"strconv"
 	"unicode/utf16"
@@ -271,24 +270,25 @@ func (d *jsonDecoder) newTable(narr, nhash int) *lua.LTable {
 }
 
 // member is called before a value is stored in a table of the document:
-// an array element beyond the slots charged so far charges the array's
-// growth (at most double), a new object key a hash entry; every 1024
-// values the deadline is checked.
-func (d *jsonDecoder) member(t *lua.LTable, i int, key string) {
+// an array element beyond the slots charged so far (*slots) charges the
+// array's growth (doubling, as the array grows), an object member a hash
+// entry (a repeated key too: bounded by the input's length, and the tables
+// are measured again after decoding); every 1024 values the deadline is
+// checked.
+func (d *jsonDecoder) member(i int, slots *int) {
 	if d.in == nil {
 		return
 	}
 	if d.values++; d.values&1023 == 0 {
 		d.in.checkTime(d.L)
 	}
-	if i > 0 {
-		if c := reflect.ValueOf(t).Elem().Field(ltArray).Cap(); i > c {
-			d.in.chargeTable(d.L, int64(tableSlotBytes*max(c, 4)), "json.decode")
-		}
+	if i == 0 {
+		d.in.chargeTable(d.L, tableEntryBytes, "json.decode")
 		return
 	}
-	if t.RawGetString(key) == lua.LNil {
-		d.in.chargeTable(d.L, tableEntryBytes, "json.decode")
+	if i > *slots {
+		d.in.chargeTable(d.L, int64(tableSlotBytes**slots), "json.decode")
+		*slots *= 2
 	}
 }
 
@@ -321,7 +321,7 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 			d.pos++
 			d.ws()
 			v := d.value(depth + 1)
-			d.member(t, 0, k)
+			d.member(0, nil)
 			t.RawSetString(k, v)
 			if d.closes('}', "object") {
 				return t
@@ -344,10 +344,11 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 		if empty {
 			return t
 		}
+		slots := 4 // made with 4, charged by newTable
 		for i := 1; ; i++ {
 			d.ws()
 			v := d.value(depth + 1)
-			d.member(t, i, "")
+			d.member(i, &slots)
 			t.RawSetInt(i, v)
 			if d.closes(']', "array") {
 				return t

@@ -161,22 +161,38 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 }
 
 // freeAfterCommit removes the blob objects a committed request left without
-// a reference, once nothing can bring the reference back: at once when
-// the commit was synced (DurabilityAlways; DurabilityNone promises
-// nothing), with DurabilityInterval after the next sync (a crash before it
-// would roll the commit back and leave its references pointing at removed
-// objects). A crash before the removal leaves them to Open's sweep.
+// a reference, once nothing can bring the reference back: at once when the
+// commit was synced (DurabilityAlways; DurabilityNone promises nothing).
+// With DurabilityInterval the committer queued them for after the next sync
+// (queueUnsyncedFreed): a crash before it would roll the commit back and
+// leave its references pointing at removed objects. A crash before the
+// removal leaves them to Open's sweep.
 func (s *Store) freeAfterCommit(r *request) {
-	if r.err != nil || len(r.freed) == 0 {
+	if r.err != nil || len(r.freed) == 0 || s.freedAfterSync() {
 		return
 	}
-	if s.opts.Durability != DurabilityInterval || s.opts.InMemory {
-		s.removeFreed(r.freed)
+	s.removeFreed(r.freed)
+}
+
+// freedAfterSync reports whether freed objects wait for a sync.
+func (s *Store) freedAfterSync() bool {
+	return s.opts.Durability == DurabilityInterval && !s.opts.InMemory
+}
+
+// queueUnsyncedFreed queues the objects freed by the committed requests
+// for removal after the next sync; called by the committer before it marks
+// the store dirty, so the sync that follows covers them.
+func (s *Store) queueUnsyncedFreed(reqs []*request) {
+	if !s.freedAfterSync() {
 		return
 	}
 	s.unsyncedMu.Lock()
-	s.unsyncedFreed = append(s.unsyncedFreed, r.freed...)
-	s.unsyncedMu.Unlock()
+	defer s.unsyncedMu.Unlock()
+	for _, r := range reqs {
+		if r.err == nil {
+			s.unsyncedFreed = append(s.unsyncedFreed, r.freed...)
+		}
+	}
 }
 
 // takeUnsyncedFreed returns and clears the objects waiting for a sync.
@@ -283,6 +299,7 @@ func (s *Store) process(reqs []*request) {
 			}
 		}
 		if committed > 0 {
+			s.queueUnsyncedFreed(reqs[:committed])
 			s.dirty.Store(true) // DurabilityInterval: the flushed part awaits its sync
 		}
 		if rerr := s.recover(); rerr != nil {
@@ -361,6 +378,7 @@ func (s *Store) process(reqs []*request) {
 			// memtable WAL rotated in between.)
 			s.syncs.Add(1)
 		} else {
+			s.queueUnsyncedFreed(reqs)
 			s.dirty.Store(true)
 		}
 	}

@@ -41,3 +41,11 @@ var (
 	// value that is not a JSON number. The whole commit is refused.
 	ErrNotNumber = errors.New("store: state value is not a JSON number")
 )
+
+// IsPermanent reports whether err means the same write can never succeed:
+// the write itself is invalid or too large (ErrInvalid, ErrTooLarge) or
+// applies to a value it cannot (ErrNotNumber). A full disk, a quota or a
+// closed store clear up; these do not.
+func IsPermanent(err error) bool {
+	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrNotNumber)
+}

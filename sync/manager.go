@@ -678,9 +678,7 @@ func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej 
 
 // permanentStoreError reports whether a store error can never clear for
 // the same write: retrying it would block the outbox forever.
-func permanentStoreError(err error) bool {
-	return errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid)
-}
+func permanentStoreError(err error) bool { return store.IsPermanent(err) }
 
 // storeDeadLetter commits the dead letter of a refused record: its whole
 // record line, or, when the store can never take that (larger than its

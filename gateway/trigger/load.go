@@ -169,10 +169,12 @@ const SettleDelay = 100 * time.Millisecond
 // Changes are detected by content hash, not modification time. A change is
 // reported once the directory has read the same twice in a row, a
 // SettleDelay (or a poll) apart, so a file caught half-written is not
-// reported before it is complete. Watch blocks; run it in its own
-// goroutine. onChange runs on Watch's goroutine, never concurrently with
-// itself.
-func Watch(ctx context.Context, dir string, interval time.Duration, onChange func([]Function, []error)) {
+// reported before it is complete. onChange reports whether it applied the
+// set: when it did not (a store that failed, a context that ended), the
+// same set is reported again at the next poll, until it is. Watch blocks;
+// run it in its own goroutine. onChange runs on Watch's goroutine, never
+// concurrently with itself.
+func Watch(ctx context.Context, dir string, interval time.Duration, onChange func([]Function, []error) bool) {
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
@@ -181,8 +183,11 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 	}
 	fw := newDirNotifier(dir)
 	defer fw.close()
-	fns, errs, reported := loadDir(dir)
-	onChange(fns, errs)
+	fns, errs, fp := loadDir(dir)
+	reported := ""
+	if onChange(fns, errs) {
+		reported = fp
+	}
 	pending := ""
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -194,9 +199,9 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 		case fp == reported:
 			pending = ""
 		case fp == pending:
-			reported, pending = fp, ""
-			if ctx.Err() == nil {
-				onChange(fns, errs)
+			pending = ""
+			if ctx.Err() == nil && onChange(fns, errs) {
+				reported = fp
 			}
 		default:
 			pending = fp

@@ -99,13 +99,15 @@ type watcher struct {
 	mu    sync.Mutex
 	calls [][]Function
 	errs  [][]error
+	fail  int // the first fail callbacks report the set not applied
 }
 
-func (w *watcher) on(fns []Function, errs []error) {
+func (w *watcher) on(fns []Function, errs []error) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.calls = append(w.calls, fns)
 	w.errs = append(w.errs, errs)
+	return len(w.calls) > w.fail
 }
 
 // waitFor polls until the n-th callback has arrived (or fails after a
@@ -266,4 +268,53 @@ func TestWatchNotifies(t *testing.T) {
 	if names(fns) != "n@n" || string(fns[0].Source) != "return 2" {
 		t.Fatalf("change not seen: %v", names(fns))
 	}
+}
+
+// A set the callback could not apply (it returned false: the store was
+// unavailable) is reported again without any change to the files, until it
+// is applied; then no more. Before, Watch took it as handled and the new
+// version stayed on disk, not running, until the next change.
+func TestWatchRetriesUnappliedSet(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.yaml", okManifest)
+	write(t, dir, "a.lua", "return 1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &watcher{fail: 2}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Watch(ctx, dir, 10*time.Millisecond, w.on)
+	}()
+	for n := 1; n <= 3; n++ {
+		if fns, _ := w.waitFor(t, n); names(fns) != "a@a" {
+			t.Fatalf("report %d: %v", n, names(fns))
+		}
+	}
+	// Applied at the third: the next report is the next change, not the
+	// same set again.
+	write(t, dir, "b.yaml", okManifest)
+	write(t, dir, "b.lua", "return 2")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w.mu.Lock()
+		last := names(w.calls[len(w.calls)-1])
+		n := len(w.calls)
+		w.mu.Unlock()
+		if last == "a@a,b@b" {
+			if n != 4 {
+				t.Fatalf("%d reports until the change was reported, want 4 (the applied set was reported again)", n)
+			}
+			break
+		}
+		if n > 4 && last == "a@a" {
+			t.Fatalf("the applied set was reported again (%d reports)", n)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new function was not reported")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
