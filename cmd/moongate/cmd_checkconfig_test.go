@@ -100,3 +100,18 @@ func TestCheckConfigEnv(t *testing.T) {
 		t.Fatalf("stderr %q does not name the variable", errb.String())
 	}
 }
+
+// serve without --config applies the environment overrides to the
+// defaults, as documented (it used to ignore them).
+func TestLoadConfigWithoutFileAppliesEnv(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("MOONGATE_DATA_DIR", dir)
+	t.Setenv("MOONGATE_GATEWAY_ID", "gw-env")
+	cfg, err := loadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != dir || cfg.GatewayID != "gw-env" {
+		t.Fatalf("data_dir %q, gateway_id %q: the environment was not applied", cfg.DataDir, cfg.GatewayID)
+	}
+}

@@ -85,10 +85,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 // loadConfig reads path, or returns the defaults (with environment
 // overrides) when path is empty.
 func loadConfig(path string) (*config.Config, error) {
-	if path == "" {
-		return config.Parse("defaults", nil)
-	}
-	return config.Load(path)
+	return config.Load(path) // "" : the defaults, with the environment overrides
 }
 
 // newLogger is the daemon's logger on w, in the configured format and

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"sort"
@@ -495,9 +496,19 @@ func Load(path string) (*Config, error) {
 		if st.Size() > MaxFileSize {
 			return nil, &Error{File: path, Msg: fmt.Sprintf("file is %d bytes, larger than the limit of %d", st.Size(), MaxFileSize)}
 		}
-		data, err := os.ReadFile(path)
+		// Read at most one byte past the limit: a file whose size Stat
+		// does not tell (a device, a pipe) cannot make it read without end.
+		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
+		}
+		data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if len(data) > MaxFileSize {
+			return nil, &Error{File: path, Msg: fmt.Sprintf("file is larger than the limit of %d bytes", MaxFileSize)}
 		}
 		var derr error
 		if c, derr = decode(path, data); c == nil {

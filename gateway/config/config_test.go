@@ -493,3 +493,46 @@ func TestTooManyErrors(t *testing.T) {
 		t.Fatalf("%d errors, last %v", len(es), es[len(es)-1])
 	}
 }
+
+// A file whose size Stat does not tell (a device) is read only up to the
+// limit: Load fails instead of reading without end.
+func TestLoadBoundedRead(t *testing.T) {
+	if _, err := os.Stat("/dev/zero"); err != nil {
+		t.Skip("no /dev/zero")
+	}
+	_, err := Load("/dev/zero")
+	if err == nil || !strings.Contains(err.Error(), "larger than the limit") {
+		t.Fatalf("Load(/dev/zero): %v", err)
+	}
+}
+
+// Error messages about URLs never carry the password they hold (they go to
+// the journal and to check-config's output).
+func TestURLErrorsRedactPasswords(t *testing.T) {
+	for _, y := range []string{
+		"mqtt:\n  mode: external\n  external: {broker: \"tcp://gw:S3cret@host:1883\"}\n",
+		"mqtt:\n  mode: external\n  external: {broker: \"tcp://gw:S3cret@host:99999\"}\n",
+		"sync:\n  targets:\n    - {name: up, type: http, http: {url: \"ftp://u:S3cret@host/x\"}}\n",
+		"sync:\n  targets:\n    - {name: up, type: http, http: {url: \"http://u:S3cret@host/x\", tls: {insecure_skip_verify: true}}}\n",
+		"sync:\n  targets:\n    - {name: up, type: mqtt, mqtt: {broker: \"tcp://u:S3cret@host:1883\", tls: {insecure_skip_verify: true}}}\n",
+		"sync:\n  targets:\n    - {name: up, type: nats, nats: {url: \"http://u:S3cret@host:4222\"}}\n",
+	} {
+		_, err := Parse("m.yaml", []byte(y))
+		if err == nil {
+			t.Errorf("accepted:\n%s", y)
+			continue
+		}
+		if strings.Contains(err.Error(), "S3cret") {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+}
+
+// An MQTT keepalive is a 16-bit number of seconds: a sync target's is
+// bounded like the external broker's.
+func TestSyncKeepaliveBounded(t *testing.T) {
+	_, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: mqtt, mqtt: {broker: \"tcp://host:1883\", keepalive: 19h}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "keepalive") {
+		t.Fatalf("keepalive 19h: %v", err)
+	}
+}

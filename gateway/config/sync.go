@@ -264,7 +264,7 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		} else if secure, err := CheckBrokerURL(t.MQTT.Broker); err != nil {
 			v.add(p+".mqtt.broker", "%v", err)
 		} else if !secure && t.MQTT.TLS != (ClientTLS{}) {
-			v.add(p+".mqtt.tls", "set, but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", clip(t.MQTT.Broker))
+			v.add(p+".mqtt.tls", "set, but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", redactURL(t.MQTT.Broker))
 		}
 		if t.MQTT.MaxPayload < 1<<10 || t.MQTT.MaxPayload > SyncMQTTMaxPayload {
 			v.add(p+".mqtt.max_payload", "%s out of range [1KiB, %d bytes]", t.MQTT.MaxPayload, int64(SyncMQTTMaxPayload))
@@ -272,8 +272,9 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		if strings.ContainsAny(t.MQTT.Topic, "+#\x00") {
 			v.add(p+".mqtt.topic", "%q: a publish topic cannot contain wildcards", clip(t.MQTT.Topic))
 		}
-		if t.MQTT.KeepAlive < Duration(time.Second) {
-			v.add(p+".mqtt.keepalive", "%s is less than 1s", t.MQTT.KeepAlive)
+		if t.MQTT.KeepAlive < Duration(time.Second) || t.MQTT.KeepAlive > Duration(18*time.Hour) {
+			// MQTT sends it as a 16-bit number of seconds (18h12m15s at most).
+			v.add(p+".mqtt.keepalive", "%s out of range [1s, 18h]", t.MQTT.KeepAlive)
 		}
 		tlsPair(p+".mqtt.tls", t.MQTT.TLS)
 	case SyncTypeHTTP:
@@ -282,9 +283,9 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		case t.HTTP.URL == "":
 			v.add(p+".http.url", "required for an http target")
 		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-			v.add(p+".http.url", "invalid %q: want http(s)://host[:port]/path", clip(t.HTTP.URL))
+			v.add(p+".http.url", "invalid %q: want http(s)://host[:port]/path", redactURL(t.HTTP.URL))
 		case u.Scheme == "http" && t.HTTP.TLS != (ClientTLS{}):
-			v.add(p+".http.tls", "set, but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", clip(t.HTTP.URL))
+			v.add(p+".http.tls", "set, but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", redactURL(t.HTTP.URL))
 		}
 		v.enum(p+".http.compression", t.HTTP.Compression, "gzip", "none")
 		for k := range t.HTTP.Headers {
@@ -299,7 +300,7 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		}
 		for _, s := range strings.Split(t.NATS.URL, ",") {
 			if u, err := url.Parse(strings.TrimSpace(s)); t.NATS.URL != "" && (err != nil || u.Host == "" || (u.Scheme != "nats" && u.Scheme != "tls")) {
-				v.add(p+".nats.url", "invalid %q: want nats://host:port or tls://host:port", clip(s))
+				v.add(p+".nats.url", "invalid %q: want nats://host:port or tls://host:port", redactURL(strings.TrimSpace(s)))
 			}
 		}
 		if strings.ContainsAny(t.NATS.Subject, "*> \t\x00") {

@@ -226,24 +226,25 @@ func (v *validator) external() {
 func CheckBrokerURL(s string) (tls bool, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return false, fmt.Errorf("invalid broker URL %q: %w", clip(s), err)
+		return false, fmt.Errorf("invalid broker URL %q: %w", redactURL(s), err)
 	}
 	secure, ok := brokerSchemes[u.Scheme]
 	if !ok {
-		return false, fmt.Errorf("invalid broker URL %q: unsupported scheme %q (use tcp, mqtt, ssl, tls, mqtts, ws or wss)", clip(s), u.Scheme)
+		return false, fmt.Errorf("invalid broker URL %q: unsupported scheme %q (use tcp, mqtt, ssl, tls, mqtts, ws or wss)", redactURL(s), u.Scheme)
 	}
 	if u.Hostname() == "" {
-		return false, fmt.Errorf("invalid broker URL %q: missing host", clip(s))
+		return false, fmt.Errorf("invalid broker URL %q: missing host", redactURL(s))
 	}
 	if u.User != nil {
-		return false, fmt.Errorf("invalid broker URL %q: put credentials in mqtt.external.username/password, not in the URL", clip(s))
+		// Not the URL itself: it holds a password.
+		return false, fmt.Errorf("invalid broker URL %q: put credentials in mqtt.external.username/password, not in the URL", redactURL(s))
 	}
 	if port := u.Port(); port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return false, fmt.Errorf("invalid broker URL %q: bad port %q", clip(s), port)
+			return false, fmt.Errorf("invalid broker URL %q: bad port %q", redactURL(s), port)
 		}
 	} else if u.Scheme != "ws" && u.Scheme != "wss" {
-		return false, fmt.Errorf("invalid broker URL %q: missing port (e.g. %s://%s:1883)", clip(s), u.Scheme, u.Hostname())
+		return false, fmt.Errorf("invalid broker URL %q: missing port (e.g. %s://%s:1883)", redactURL(s), u.Scheme, u.Hostname())
 	}
 	return secure, nil
 }
@@ -480,4 +481,18 @@ func (v *validator) blobs() {
 			}
 		}
 	}
+}
+
+// redactURL is the URL s for an error message, without a password it may
+// hold (messages go to the journal and to check-config's output).
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return clip(u.Redacted())
+	}
+	if i := strings.Index(s, "://"); i >= 0 {
+		if j := strings.LastIndex(s[i+3:], "@"); j >= 0 {
+			return clip(s[:i+3] + "xxxxx" + s[i+3+j:])
+		}
+	}
+	return clip(s)
 }
