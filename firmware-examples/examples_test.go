@@ -432,3 +432,16 @@ func TestLinuxCBadCommands(t *testing.T) {
 		t.Errorf("%d 'not a relay command' lines:\n%s", n, out)
 	}
 }
+
+// TestLinuxCRefusesBadTemp: a fixed temperature that is not a number in
+// range is a usage error. "nan" passed the range check (both comparisons
+// false) and made every reading "temp":nan, which is not JSON.
+func TestLinuxCRefusesBadTemp(t *testing.T) {
+	bin := buildLinuxC(t)
+	for _, v := range []string{"nan", "-nan", "inf", "200", "x"} {
+		out, err := exec.Command(bin, "--device", "d1", "--temp", v, "--count", "1", "--timeout-s", "1").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "bad argument --temp") {
+			t.Errorf("--temp %s: %v\n%s", v, err, out)
+		}
+	}
+}

@@ -16,6 +16,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -314,7 +315,8 @@ int main(int argc, char **argv) {
 			char *end;
 			opt.temp = strtod(v, &end);
 			opt.has_temp = 1;
-			bad = end == v || *end || opt.temp < -60 || opt.temp > 150;
+			/* NaN passes both comparisons and would print "nan": no JSON. */
+			bad = end == v || *end || isnan(opt.temp) || opt.temp < -60 || opt.temp > 150;
 		} else {
 			bad = 1;
 		}
@@ -353,7 +355,7 @@ int main(int argc, char **argv) {
 	long long start = now_ms(CLOCK_MONOTONIC), next = start;
 	unsigned long seq = 0;
 	int connected = 0, failures = 0, code = EXIT_OK;
-	long long retry_at = start;
+	long long retry_at = start, connected_at = start;
 	for (;;) {
 		long long now = now_ms(CLOCK_MONOTONIC);
 		if (stop_requested)
@@ -373,13 +375,19 @@ int main(int argc, char **argv) {
 				next = now + opt.interval_ms;
 		}
 		if (connected && atomic_load(&connection_lost)) {
+			/* Back off after a drop too: a broker that accepts and drops
+			 * (or two boards with one device name, kicking each other)
+			 * must not make the device reconnect in a tight loop. The
+			 * count only resets once a connection has lasted a minute. */
 			connected = 0;
-			retry_at = now;
+			if (now - connected_at >= 60000)
+				failures = 0;
+			retry_at = now + backoff_ms(failures++);
 		}
 		if (!connected && now >= retry_at) {
 			if (mqtt_connect(c) == MQTTCLIENT_SUCCESS) {
 				connected = 1;
-				failures = 0;
+				connected_at = now_ms(CLOCK_MONOTONIC);
 			} else {
 				retry_at = now_ms(CLOCK_MONOTONIC) + backoff_ms(failures++);
 			}
