@@ -536,3 +536,31 @@ func TestSyncKeepaliveBounded(t *testing.T) {
 		t.Fatalf("keepalive 19h: %v", err)
 	}
 }
+
+// HTTP header names are case-insensitive: two spellings of one header are
+// refused, an environment Authorization replaces the file's whatever its
+// case, and a value with a line break is refused.
+func TestSyncHeadersCaseInsensitive(t *testing.T) {
+	_, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {authorization: a, Authorization: b}}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "same header") {
+		t.Fatalf("two spellings: %v", err)
+	}
+	_, err = Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {X-A: \"a\\r\\nX-B: b\"}}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "line break") {
+		t.Fatalf("value with CRLF: %v", err)
+	}
+	c, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {authorization: \"Bearer old\", X-A: a}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyEnv(func(k string) (string, bool) {
+		if k == SyncEnvName("up", "AUTHORIZATION") {
+			return "Bearer new", true
+		}
+		return "", false
+	})
+	h := c.Sync.Targets[0].HTTP.Headers
+	if len(h) != 2 || h["Authorization"] != "Bearer new" || h["X-A"] != "a" {
+		t.Fatalf("headers after the override: %v", h)
+	}
+}

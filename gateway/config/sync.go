@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -288,9 +290,19 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 			v.add(p+".http.tls", "set, but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", redactURL(t.HTTP.URL))
 		}
 		v.enum(p+".http.compression", t.HTTP.Compression, "gzip", "none")
-		for k := range t.HTTP.Headers {
+		seen := map[string]string{}
+		for _, k := range slices.Sorted(maps.Keys(t.HTTP.Headers)) {
 			if k == "" || strings.ContainsAny(k, " :\r\n\x00") {
 				v.add(p+".http.headers", "invalid header name %q", clip(k))
+			}
+			// HTTP header names are case-insensitive: two of them would
+			// be sent as one, whichever the map gives last.
+			if o, dup := seen[strings.ToLower(k)]; dup {
+				v.add(p+".http.headers", "headers %q and %q are the same header", clip(o), clip(k))
+			}
+			seen[strings.ToLower(k)] = k
+			if strings.ContainsAny(t.HTTP.Headers[k], "\r\n\x00") {
+				v.add(p+".http.headers", "header %q: value with a line break or NUL", clip(k))
 			}
 		}
 		tlsPair(p+".http.tls", t.HTTP.TLS)
@@ -378,7 +390,9 @@ func (c *Config) applySyncEnv(lookup func(string) (string, bool)) {
 			if _, ok := lookup(SyncEnvName(t.Name, "AUTHORIZATION")); ok {
 				h := make(map[string]string, len(t.HTTP.Headers)+1)
 				for k, x := range t.HTTP.Headers {
-					h[k] = x
+					if !strings.EqualFold(k, "Authorization") { // replaced, whatever its case
+						h[k] = x
+					}
 				}
 				h["Authorization"] = v
 				t.HTTP.Headers = h
