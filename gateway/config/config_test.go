@@ -564,3 +564,12 @@ func TestSyncHeadersCaseInsensitive(t *testing.T) {
 		t.Fatalf("headers after the override: %v", h)
 	}
 }
+
+// Target names that map to the same environment variables (a-b and a_b)
+// are refused: one variable would give both targets its secret.
+func TestSyncTargetEnvNamesDistinct(t *testing.T) {
+	_, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: a-b, type: http, http: {url: \"https://h/x\"}}\n    - {name: a_b, type: http, http: {url: \"https://h/y\"}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "MOONGATE_SYNC_A_B_") {
+		t.Fatalf("a-b and a_b: %v", err)
+	}
+}

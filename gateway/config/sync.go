@@ -172,6 +172,7 @@ var (
 
 func (v *validator) sync() {
 	seen := map[string]int{}
+	envSeen := map[string]int{}
 	for i := range v.c.Sync.Targets {
 		t := &v.c.Sync.Targets[i]
 		p := fmt.Sprintf("sync.targets[%d]", i)
@@ -181,8 +182,13 @@ func (v *validator) sync() {
 		default:
 			if j, dup := seen[t.Name]; dup {
 				v.add(p+".name", "target %q is already defined by sync.targets[%d]", t.Name, j)
+			} else if j, dup := envSeen[SyncEnvName(t.Name, "")]; dup {
+				// a-b and a_b: one set of MOONGATE_SYNC_A_B_* variables
+				// would give both their secrets.
+				v.add(p+".name", "target %q and sync.targets[%d] (%q) share the environment variables %s*", t.Name, j, v.c.Sync.Targets[j].Name, SyncEnvName(t.Name, ""))
 			}
 			seen[t.Name] = i
+			envSeen[SyncEnvName(t.Name, "")] = i
 		}
 		if v.enum(p+".type", t.Type, SyncTypeMQTT, SyncTypeHTTP, SyncTypeNATS) {
 			v.syncType(p, t)
