@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway"
+	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 )
@@ -146,16 +148,13 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer rt.Close()
 	limits := luavm.Limits{Timeout: *timeout}
 	if man != nil {
-		l := man.Limits
-		limits = luavm.Limits{
-			Timeout:        l.Timeout.Std(),
-			MaxSteps:       l.MaxSteps,
-			MaxMemory:      int64(l.MaxMemory),
-			MaxCallDepth:   l.MaxCallDepth,
-			MaxResultBytes: int(l.MaxResultBytes),
-			MaxEffects:     l.MaxEffects,
-			MaxEffectBytes: int(l.MaxEffectBytes),
+		// As the daemon builds it (its checks, the default configuration's
+		// function defaults).
+		f, err := gateway.FunctionFromManifest(&trigger.Function{Manifest: man, Source: src}, config.Default())
+		if err != nil {
+			return badInput("manifest: %v", err)
 		}
+		limits = f.Spec.Limits
 		if *timeout != 0 {
 			limits.Timeout = *timeout
 		}

@@ -216,3 +216,19 @@ func TestFnTestLikeDaemon(t *testing.T) {
 		t.Errorf("invalid manifest: exit %d\n%s%s", code, out, errs)
 	}
 }
+
+// fn test builds the function from its manifest as the daemon does
+// (gateway.FunctionFromManifest): a manifest the daemon would refuse (its
+// cross-field checks) is bad input, not run with half its settings.
+func TestFnTestManifestCheckedLikeDaemon(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"f.lua":  "function handle() return {ok = true} end\n",
+		"f.yaml": "triggers:\n  - mqtt: a/b\nmin_instances: 9\n", // over the default max_concurrency (4)
+		"e.json": `{"id": "e1", "ts": 1}`,
+	})
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "f.lua"), "--event", filepath.Join(dir, "e.json")}, &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), "manifest") {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+}
