@@ -332,45 +332,44 @@ func TestHTTPBlobOutageAndDelete(t *testing.T) {
 // TestHTTPBlob5xxRetried: 503 answers are retried with the same
 // Idempotency-Key until the upstream takes the blob.
 func TestHTTPBlob5xxRetried(t *testing.T) {
-	st := openBlobStore(t, "", "cloud")
-	up := newBlobUpstream(t)
-	up.mode.Store("503")
-	m, _ := startManager(t, st, blobTarget(up))
-	data := randomBytes(100<<10, 4)
-	putBlob(t, st, "r.bin", "", data)
-	waitFor(t, 10*time.Second, "three refused attempts", func() bool { return up.attempts.Load() >= 3 })
-	if s := statusOf(m, "cloud"); s.BlobBacklog != 1 || s.BlobsDelivered != 0 || !strings.Contains(s.LastError, "503") {
-		t.Fatalf("status while refused: %+v", s)
-	}
-	up.mode.Store("ok")
-	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
-	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) {
-		t.Fatalf("received %d puts", len(got))
-	}
+	blobRetriedUntilAccepted(t, "503", 100<<10, 4, func(s TargetStatus) bool {
+		return s.BlobBacklog == 1 && s.BlobsDelivered == 0 && strings.Contains(s.LastError, "503")
+	})
 }
 
 // TestHTTPBlobAuthFailureRetried: a blob PUT answered 401 (expired
 // credentials) is retried with the same key, not dead-lettered.
 func TestHTTPBlobAuthFailureRetried(t *testing.T) {
+	st := blobRetriedUntilAccepted(t, "401", 10<<10, 6, func(s TargetStatus) bool {
+		return s.BlobBacklog == 1 && s.BlobsDelivered == 0 && s.BlobsDeadLettered == 0 && s.State == StateDisconnected &&
+			strings.Contains(s.LastError, "http 401")
+	})
+	if dls, err := st.ListDeadLetters(context.Background(), DeadLetterPrefix+"cloud", 0, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters %+v %v", dls, err)
+	}
+}
+
+// blobRetriedUntilAccepted puts a blob while the upstream answers mode,
+// checks the status once three attempts were refused (refused), then lets
+// the upstream take it and checks it arrived once, whole.
+func blobRetriedUntilAccepted(t *testing.T, mode string, size int, seed uint64, refused func(TargetStatus) bool) *store.Store {
+	t.Helper()
 	st := openBlobStore(t, "", "cloud")
 	up := newBlobUpstream(t)
-	up.mode.Store("401")
+	up.mode.Store(mode)
 	m, _ := startManager(t, st, blobTarget(up))
-	data := randomBytes(10<<10, 6)
-	putBlob(t, st, "a.bin", "", data)
+	data := randomBytes(size, seed)
+	putBlob(t, st, "r.bin", "", data)
 	waitFor(t, 10*time.Second, "three refused attempts", func() bool { return up.attempts.Load() >= 3 })
-	if s := statusOf(m, "cloud"); s.BlobBacklog != 1 || s.BlobsDelivered != 0 || s.BlobsDeadLettered != 0 || s.State != StateDisconnected ||
-		!strings.Contains(s.LastError, "http 401") {
-		t.Fatalf("status while unauthorized: %+v", s)
+	if s := statusOf(m, "cloud"); !refused(s) {
+		t.Fatalf("status while refused (%s): %+v", mode, s)
 	}
 	up.mode.Store("ok")
 	waitFor(t, 10*time.Second, "delivered", func() bool { return statusOf(m, "cloud").BlobsDelivered == 1 })
 	if got := up.received(); len(got) != 1 || !bytes.Equal(got[0].Body, data) {
 		t.Fatalf("received %d puts", len(got))
 	}
-	if dls, err := st.ListDeadLetters(context.Background(), DeadLetterPrefix+"cloud", 0, 10); err != nil || len(dls) != 0 {
-		t.Fatalf("dead letters %+v %v", dls, err)
-	}
+	return st
 }
 
 // TestHTTPBlobExpectationFailed: an upstream that answers 417 to

@@ -497,9 +497,6 @@ func TestTooManyErrors(t *testing.T) {
 // A file whose size Stat does not tell (a device) is read only up to the
 // limit: Load fails instead of reading without end.
 func TestLoadBoundedRead(t *testing.T) {
-	if _, err := os.Stat("/dev/zero"); err != nil {
-		t.Skip("no /dev/zero")
-	}
 	_, err := Load("/dev/zero")
 	if err == nil || !strings.Contains(err.Error(), "larger than the limit") {
 		t.Fatalf("Load(/dev/zero): %v", err)
