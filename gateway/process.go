@@ -333,12 +333,14 @@ func undeliverable(err error) bool {
 }
 
 // deadLetterPublish keeps an undeliverable publish as a dead letter and
-// reports whether it did (then it may be acknowledged in the outbox).
+// takes it off the publish outbox in the same atomic write (a separate
+// acknowledgement that failed would dead-letter it again when the
+// publisher starts over). It reports whether it did.
 func (g *Gateway) deadLetterPublish(ctx context.Context, p *store.Publish, cause error) bool {
 	ev := luavm.Event{ID: g.newEventID(), Topic: p.Topic, Payload: p.Payload, TS: g.opts.Now().UnixMilli(), QoS: p.QoS, Trigger: "publish"}
 	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{DeadLetter: &store.DeadLetter{
 		Function: PublishDeadLetters, Key: p.Topic, Event: encodeEvent(&ev), Error: cause.Error(), TS: ev.TS,
-	}})
+	}, AckPublishes: []uint64{p.Seq}})
 	if err != nil {
 		g.log.Warn("dead-letter undeliverable publish failed, will retry", "topic", p.Topic, "err", err)
 		return false

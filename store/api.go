@@ -129,6 +129,12 @@ type Commit struct {
 	// ChainMax bounds the number of entries Chain may return in all (it
 	// sizes the write); more is an ErrInvalid and nothing is applied.
 	ChainMax int
+
+	// AckPublishes are local publishes (Publish.Seq) acknowledged in the
+	// same atomic write, as AckPublishes does: e.g. a publish that can
+	// never be carried out, taken off the outbox together with its dead
+	// letter. Sequences not waiting are skipped; at most 1,024.
+	AckPublishes []uint64
 }
 
 // Change is one committed output offered to Commit.Chain: exactly one of

@@ -14,6 +14,10 @@ import (
 // maxChain bounds Commit.ChainMax.
 const maxChain = 1 << 16
 
+// maxAckPublishes bounds Commit.AckPublishes (as AckPublishes splits its
+// sequences into writes of this many).
+const maxAckPublishes = 1024
+
 // maxDropsPerWrite bounds how many old entries one write may drop to make
 // room; the retention pass finishes the job if more are needed.
 const maxDropsPerWrite = 64
@@ -362,6 +366,10 @@ func validateCommit(c *Commit, maxValue int, vEst func(k, v int) int64) (int64, 
 	if c.ChainMax < 0 || c.ChainMax > maxChain {
 		return 0, fmt.Errorf("%w: ChainMax %d (0 to %d)", ErrInvalid, c.ChainMax, maxChain)
 	}
+	if len(c.AckPublishes) > maxAckPublishes {
+		return 0, fmt.Errorf("%w: %d publish acknowledgements in one commit (at most %d)", ErrInvalid, len(c.AckPublishes), maxAckPublishes)
+	}
+	est += int64(len(c.AckPublishes)) * entryEst(9, 0)
 	return est, nil
 }
 
@@ -637,6 +645,13 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		s.inboxSize.put(seq, len(chainVals[i]))
 		chained[i].Seq = seq
 	}
+	// Last, after everything that may refuse the commit: acknowledging
+	// changes the committer's size window at once.
+	for _, seq := range c.AckPublishes {
+		if err := b.ackPublish(seq); err != nil {
+			return err
+		}
+	}
 	res.Records = recs
 	res.Inbox = chained
 	return nil
@@ -889,35 +904,14 @@ func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
 		}
 	}
 	for len(seqs) > 0 {
-		n := min(len(seqs), 1024)
+		n := min(len(seqs), maxAckPublishes)
 		chunk := seqs[:n]
 		seqs = seqs[n:]
 		err := s.submit(ctx, &request{est: int64(n) * entryEst(9, 0), fn: func(b *batch) error {
 			for _, seq := range chunk {
-				if seq < b.ctr.Publish.Head || seq >= b.ctr.Publish.Next {
-					continue
+				if err := b.ackPublish(seq); err != nil {
+					return err
 				}
-				k := seqKey(pPublish, seq)
-				// The size of the entry, from the committer's window of
-				// recent publishes or else read back.
-				n, ok := s.pubSize.get(seq)
-				if n == sizeRemoved {
-					continue
-				}
-				if !ok {
-					item, err := b.txn.Get(k)
-					if errors.Is(err, badger.ErrKeyNotFound) {
-						continue
-					}
-					if err != nil {
-						return fatal(err)
-					}
-					n = item.ValueSize()
-				}
-				b.del(k)
-				b.ctr.Publish.remove(n)
-				s.pubSize.removed(seq)
-				b.pubA = append(b.pubA, seq)
 			}
 			return nil
 		}})
@@ -925,6 +919,38 @@ func (s *Store) AckPublishes(ctx context.Context, seqs ...uint64) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// ackPublish removes the local publish seq from the outbox. A sequence
+// that is not waiting (acknowledged before, dropped by quota, never
+// written) is skipped: acknowledging is idempotent.
+func (b *batch) ackPublish(seq uint64) error {
+	s := b.s
+	if seq < b.ctr.Publish.Head || seq >= b.ctr.Publish.Next {
+		return nil
+	}
+	k := seqKey(pPublish, seq)
+	// The size of the entry, from the committer's window of recent
+	// publishes or else read back.
+	n, ok := s.pubSize.get(seq)
+	if n == sizeRemoved {
+		return nil
+	}
+	if !ok {
+		item, err := b.txn.Get(k)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fatal(err)
+		}
+		n = item.ValueSize()
+	}
+	b.del(k)
+	b.ctr.Publish.remove(n)
+	s.pubSize.removed(seq)
+	b.pubA = append(b.pubA, seq)
 	return nil
 }
 

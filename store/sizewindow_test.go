@@ -208,3 +208,52 @@ func TestPublishAccountingWithoutReadBack(t *testing.T) {
 		t.Fatalf("pending after acking everything: %d %v", len(ps), err)
 	}
 }
+
+// Commit.AckPublishes takes publishes off the outbox in the same write as
+// the commit's other outputs (a dead letter here), skips sequences not
+// waiting, and a refused commit acknowledges nothing.
+func TestCommitAcknowledgesPublishes(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	res, err := s.Commit(ctx, &Commit{Publishes: []Publish{
+		{Topic: "a", Payload: []byte("1"), QoS: 1}, {Topic: "b", Payload: []byte("22"), QoS: 1}, {Topic: "c", Payload: []byte("333"), QoS: 1},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := []uint64{res.Publishes[0].Seq, res.Publishes[1].Seq, res.Publishes[2].Seq}
+	// Refused (invalid dead-letter function): nothing acknowledged.
+	if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "", Event: []byte("e")}, AckPublishes: seqs[:1]}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("refused commit: %v", err)
+	}
+	if _, err := s.Commit(ctx, &Commit{AckPublishes: make([]uint64, maxAckPublishes+1)}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("too many acknowledgements: %v", err)
+	}
+	if p, err := s.PendingPublishes(ctx, 0, 10); err != nil || len(p) != 3 {
+		t.Fatalf("pending after refused commits: %d %v", len(p), err)
+	}
+	// The second publish with a dead letter; a sequence never written and
+	// the same one twice are skipped.
+	if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "_publish", Key: "b", Event: []byte("e"), Error: "x"},
+		AckPublishes: []uint64{seqs[1], seqs[1], seqs[2] + 100}}); err != nil {
+		t.Fatal(err)
+	}
+	var bytes int64
+	for i, reopened := range []bool{false, true} {
+		if reopened {
+			s = reopen(t, s) // counters recomputed from the keys on disk
+		}
+		p, err := s.PendingPublishes(ctx, 0, 10)
+		if err != nil || len(p) != 2 || p[0].Seq != seqs[0] || p[1].Seq != seqs[2] {
+			t.Fatalf("pass %d: pending %+v %v", i, p, err)
+		}
+		c := s.counters().Publish
+		if c.Count != 2 || c.Bytes <= 0 || (reopened && c.Bytes != bytes) {
+			t.Fatalf("pass %d: counters %+v (bytes before reopening %d)", i, c, bytes)
+		}
+		bytes = c.Bytes
+		if dl, err := s.ListDeadLetters(ctx, "_publish", 0, 10); err != nil || len(dl) != 1 {
+			t.Fatalf("pass %d: dead letters %d %v", i, len(dl), err)
+		}
+	}
+}
