@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/store"
 )
@@ -61,20 +64,94 @@ func (g *Gateway) stopTimers() {
 	}
 }
 
-// timerLoop enqueues a timer event at each tick of s. Ticks missed while the
-// gateway was down are not replayed. Timer events are ordinary inbox
-// entries (lane "timer" of the function): durable, in order, bounded by the
-// same admission as MQTT events.
+// TimerStateFunction is the state namespace (store state of this
+// "function") where the gateway keeps the last tick of every "@every"
+// timer, under the key "<function>/@every <interval>", as Unix
+// milliseconds. It is not a valid function name, so it cannot clash with
+// one.
+const TimerStateFunction = "_timer"
+
+// timerLoop enqueues a timer event at each tick of s. Timer events are
+// ordinary inbox entries (lane "timer" of the function): durable, in order,
+// bounded by the same admission as MQTT events. Cron ticks missed while the
+// gateway was down are not replayed. An "@every" timer keeps its phase
+// across restarts and redeployments: each tick is recorded in the same
+// write as its event, the next one is due an interval after it, and a tick
+// that fell due while the gateway was down fires once at start.
 func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
-	runSchedule(ctx, s, g.opts.Now, realAfter, func(tick time.Time) {
+	every, keep := s.(trigger.Every)
+	key := function + "/" + every.String()
+	fire := func(tick time.Time) {
 		ev := luavm.Event{ID: g.newEventID(), Trigger: "timer", TS: g.opts.Now().UnixMilli()}
 		entry := store.InboxEntry{Function: function, Key: "timer", Event: encodeEvent(&ev)}
-		if err := g.enqueue(ctx, []store.InboxEntry{entry}); err != nil && ctx.Err() == nil {
+		var err error
+		if keep {
+			err = g.enqueueTick(ctx, entry, key, tick)
+		} else {
+			err = g.enqueue(ctx, []store.InboxEntry{entry})
+		}
+		if err != nil && ctx.Err() == nil {
 			g.log.Warn("timer event not enqueued", "function", function, "err", err)
 		}
-	}, func(tick, now time.Time) {
+	}
+	var first time.Time
+	if keep {
+		v, ok, err := g.opts.Store.GetState(ctx, TimerStateFunction, key)
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				g.log.Warn("timer: last tick not read; counting from now", "function", function, "err", err)
+			}
+		case ok:
+			if ms, perr := strconv.ParseInt(string(v), 10, 64); perr == nil {
+				first = resumeEvery(time.UnixMilli(ms), g.opts.Now(), every)
+			}
+		}
+		if !first.IsZero() && !first.After(g.opts.Now()) {
+			fire(first) // fell due while the gateway was down: once
+			first = time.Time{}
+		}
+	}
+	runSchedule(ctx, s, first, g.opts.Now, realAfter, fire, func(tick, now time.Time) {
 		g.log.Warn("timer tick skipped: the wall clock jumped past it", "function", function, "tick", tick, "now", now)
 	})
+}
+
+// resumeEvery is the first tick of an "@every" timer whose last recorded
+// tick was last: an interval after it, but never more than an interval
+// from now (a last tick in the future means the wall clock is behind it).
+func resumeEvery(last, now time.Time, every trigger.Every) time.Time {
+	next := every.Next(last)
+	if limit := every.Next(now); next.After(limit) {
+		return limit
+	}
+	return next
+}
+
+// enqueueTick is enqueue for one "@every" timer event: the event and the
+// record of its tick (TimerStateFunction) are one atomic write.
+func (g *Gateway) enqueueTick(ctx context.Context, entry store.InboxEntry, key string, tick time.Time) error {
+	size := int64(len(entry.Event))
+	if err := g.disp.admit(ctx, 1, size); err != nil {
+		return err
+	}
+	res, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{
+		State: []store.StateChange{{Function: TimerStateFunction, Op: store.StateSet, Key: key,
+			Value: strconv.AppendInt(nil, tick.UnixMilli(), 10)}},
+		Chain:    func(store.Change) []store.InboxEntry { return []store.InboxEntry{entry} },
+		ChainMax: 1,
+	})
+	if err != nil || len(res.Inbox) != 1 {
+		g.disp.release(1, size)
+		if err == nil {
+			err = fmt.Errorf("%w: timer commit returned %d inbox entries", store.ErrCorrupt, len(res.Inbox))
+		}
+		return fmt.Errorf("gateway: enqueue timer event: %w", err)
+	}
+	g.stats.enqueued.Add(1)
+	e := res.Inbox[0]
+	g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: int64(len(e.Event))})
+	return nil
 }
 
 // maxTimerWait bounds each wait of a timer loop: the wall clock is read
@@ -97,7 +174,8 @@ func realAfter(d time.Duration) (<-chan time.Time, func()) {
 }
 
 // runSchedule calls fire at each tick of s until ctx is done, on the wall
-// clock now, waiting with after.
+// clock now, waiting with after. The first tick is first, or when zero the
+// schedule's next tick from now.
 //
 // Waits are at most maxTimerWait and the next tick is computed again from
 // the wall clock after each, so a clock step is noticed. A tick fires only
@@ -107,9 +185,12 @@ func realAfter(d time.Duration) (<-chan time.Time, func()) {
 // never fires a tick twice. With the real clock, now carries a monotonic
 // reading, so an "@every" schedule (t + interval) is measured on the
 // monotonic clock and is not affected by steps at all.
-func runSchedule(ctx context.Context, s Schedule, now func() time.Time, after afterFunc, fire func(tick time.Time), skipped func(tick, now time.Time)) {
+func runSchedule(ctx context.Context, s Schedule, first time.Time, now func() time.Time, after afterFunc, fire func(tick time.Time), skipped func(tick, now time.Time)) {
 	var last time.Time // the last tick fired
-	next := s.Next(now())
+	next := first
+	if next.IsZero() {
+		next = s.Next(now())
+	}
 	for {
 		if next.IsZero() {
 			return

@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // timerHarness runs runSchedule on a fake wall clock and a fake timer: the
@@ -56,7 +58,7 @@ func newTimerHarness(t *testing.T, spec string, start time.Time) *timerHarness {
 		defer h.mu.Unlock()
 		h.fired = append(h.fired, firing{tick, h.now})
 	}
-	go func() { defer close(h.done); runSchedule(ctx, s, clock, after, fire, nil) }()
+	go func() { defer close(h.done); runSchedule(ctx, s, time.Time{}, clock, after, fire, nil) }()
 	t.Cleanup(func() { cancel(); <-h.done })
 	return h
 }
@@ -240,5 +242,52 @@ func TestStaleTimerNotStarted(t *testing.T) {
 	g.startTimer(v2) // late: removed
 	if hasTimer() {
 		t.Fatal("the timer of a removed function was started")
+	}
+}
+
+// The first tick of a resumed "@every" timer is an interval after the last
+// recorded one, never more than an interval from now.
+func TestResumeEvery(t *testing.T) {
+	hour := trigger.Every(time.Hour)
+	now := at(12, 0, 0)
+	for _, c := range []struct {
+		name       string
+		last, want time.Time
+	}{
+		{"phase kept", at(11, 20, 0), at(12, 20, 0)},
+		{"overdue: due now or earlier, fired at start", at(9, 0, 0), at(10, 0, 0)},
+		{"last tick in the future: the clock is behind", at(18, 0, 0), at(13, 0, 0)},
+	} {
+		if got := resumeEvery(c.last, now, hour); !got.Equal(c.want) {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+// An "@every" timer keeps its phase across restarts: a tick that fell due
+// while the gateway was down fires once at start, and each tick is recorded
+// with its event. (Before, every start counted the interval again, so a
+// gateway restarted more often than the interval never fired it.)
+func TestEveryTimerResumesAfterRestart(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "tk", `function handle(e) return {trigger = e.trigger} end`, "triggers:\n  - timer: \"@every 1h\"\n")
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "tk/@every 1h0m0s"
+	last := time.Now().Add(-90 * time.Minute).UnixMilli() // due 30 minutes ago
+	if err := st.PutState(ctx, TimerStateFunction, key, []byte(strconv.FormatInt(last, 10))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	waitFor(t, 10*time.Second, "the overdue tick's record", func() bool { return len(allRecords(t, p.d.Store(), "tk")) == 1 })
+	v, ok, err := p.d.Store().GetState(ctx, TimerStateFunction, key)
+	if err != nil || !ok || string(v) != strconv.FormatInt(last+time.Hour.Milliseconds(), 10) {
+		t.Fatalf("recorded tick %q %v %v, want %d", v, ok, err, last+time.Hour.Milliseconds())
 	}
 }
