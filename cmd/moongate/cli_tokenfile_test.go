@@ -72,3 +72,28 @@ func TestTokenFile(t *testing.T) {
 		t.Errorf("help: %d %s", code, out.String())
 	}
 }
+
+// --token-file - reads standard input: a value of - elsewhere in the same
+// command (--data -, state put's VALUE, blob put's FILE) is refused with
+// the reason instead of reading nothing (an empty event, an empty blob).
+func TestTokenFileStdinNotReadTwice(t *testing.T) {
+	srv := newFakeAPI(t)
+	withEnv(t, map[string]string{"MOONGATE_SERVER": srv.URL, "HOME": t.TempDir()})
+	for _, args := range [][]string{
+		{"fn", "invoke", "f", "--data", "-"},
+		{"state", "put", "f", "k", "-"},
+		{"blob", "put", "b/n", "-"},
+	} {
+		old := stdin
+		stdin = strings.NewReader("tok\n")
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(args, "--token-file", "-"), &out, &errb)
+		stdin = old
+		if code != exitUsage || !strings.Contains(errb.String(), "standard input was read for --token-file -") {
+			t.Errorf("%v: exit %d (want %d), stderr %q", args, code, exitUsage, errb.String())
+		}
+	}
+	if n := len(srv.requests()); n != 0 {
+		t.Errorf("%d requests sent", n)
+	}
+}

@@ -266,6 +266,11 @@ func readTokenFile(name string) (string, error) {
 		r = f
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxTokenFileBytes+1))
+	if name == "-" {
+		// Whatever else wants standard input in this command (--data -,
+		// a VALUE or FILE of -) would read nothing: it is told so.
+		stdin = readStdinError{"standard input was read for --token-file -: give the other input as a file"}
+	}
 	if err != nil {
 		return "", usagef("--token-file %s: %v", name, err)
 	}
@@ -278,6 +283,11 @@ func readTokenFile(name string) (string, error) {
 	}
 	return t, nil
 }
+
+// readStdinError is standard input once --token-file - has read it.
+type readStdinError struct{ msg string }
+
+func (e readStdinError) Read([]byte) (int, error) { return 0, errors.New(e.msg) }
 
 func displayPath(p string) string {
 	if p == "" {

@@ -106,7 +106,10 @@ func setupBlobPut(fs *flag.FlagSet) remoteRun {
 		if err != nil {
 			return err
 		}
-		var body io.Reader = os.Stdin
+		body := stdin
+		if e, ok := body.(readStdinError); ok && args[1] == "-" {
+			return usagef("FILE -: %s", e.msg)
+		}
 		size := int64(-1)
 		ct := *ctype
 		if args[1] != "-" {
