@@ -293,7 +293,7 @@ type worker struct {
 	samples      [11]sample
 	nsamples     int
 
-	attempt     int
+	attempt     int // consecutive failures that acknowledged nothing
 	nextConnect time.Time
 }
 
@@ -440,8 +440,9 @@ func (w *worker) cost(entries []store.OutboxEntry) int64 {
 func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
 
 // backoff is the next wait after a failure: exponential from
-// InitialBackoff, capped at MaxBackoff, with full jitter (uniform in
-// [0, cap)), at least 10ms.
+// InitialBackoff over the consecutive failures (w.attempt, reset by an
+// attempt that acknowledged at least one entry), capped at MaxBackoff,
+// with full jitter (uniform in [0, cap)), at least 10ms.
 func (w *worker) backoff(after time.Duration) time.Duration {
 	c := w.cfg.InitialBackoff
 	for i := 0; i < w.attempt && c < w.cfg.MaxBackoff; i++ {
@@ -515,6 +516,9 @@ func (w *worker) run(ctx context.Context) {
 			ob.after = batch[done-1].Seq
 			w.ack(ob.name, ob.after)
 			w.count(batch[:done], res.Rejected)
+			// Progress, even if the rest fails: a slow but working
+			// upstream is retried after the initial backoff.
+			w.attempt = 0
 		}
 		if derr != nil {
 			if ctx.Err() != nil {

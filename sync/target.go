@@ -174,8 +174,12 @@ type TargetConfig struct {
 	// PriorityStreams are delivered before the backlog of other streams:
 	// their records go to a separate outbox of the target (PriorityOutbox).
 	PriorityStreams []string
-	InitialBackoff  time.Duration // after the first failure (default 500ms)
-	MaxBackoff      time.Duration // cap of the exponential backoff (default 60s)
+	// InitialBackoff bounds the (jittered) wait after the first failure,
+	// and after a failure of an attempt that still delivered part of its
+	// batch (default 500ms); the bound doubles with each further failure
+	// that delivers nothing.
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration // cap of the exponential backoff (default 60s)
 	// AckTimeout bounds each upstream acknowledgement or HTTP request
 	// (default 30s); a blob upload, whose length depends on its size,
 	// is bounded instead by its progress: it fails when no byte of it

@@ -1,0 +1,135 @@
+package sync
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	gosync "sync"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/store"
+)
+
+// burstUpstream is an http upstream that takes at most burst records per
+// request (413 above it: the target splits the batch) and at most burst
+// records between two overloads: a request that would take more answers
+// 503, and the count starts again. Each delivery attempt of a larger batch
+// thus delivers part of it, then fails. The first request after a 503
+// (the start of the next attempt) reports the time since that 503 on gaps.
+type burstUpstream struct {
+	*httptest.Server
+	burst int
+	total int // records to receive; done is closed when they all arrived
+	gaps  chan time.Duration
+	done  chan struct{}
+	col   collector
+
+	mu       gosync.Mutex
+	taken    int       // records accepted since the last 503
+	failedAt time.Time // of the last 503, zero once the next attempt started
+	seen     map[string]bool
+}
+
+func newBurstUpstream(t testing.TB, burst, total int) *burstUpstream {
+	u := &burstUpstream{burst: burst, total: total, gaps: make(chan time.Duration, 1000), done: make(chan struct{}), seen: map[string]bool{}}
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
+	t.Cleanup(u.Server.Close)
+	return u
+}
+
+func (u *burstUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	var recs []upRecord
+	sc := bufio.NewScanner(r.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var rec upRecord
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			http.Error(w, "bad line: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		recs = append(recs, rec)
+	}
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.failedAt.IsZero() {
+		select {
+		case u.gaps <- now.Sub(u.failedAt):
+		default:
+		}
+		u.failedAt = time.Time{}
+	}
+	switch {
+	case len(recs) > u.burst:
+		http.Error(w, fmt.Sprintf("at most %d records per request", u.burst), http.StatusRequestEntityTooLarge)
+		return
+	case u.taken+len(recs) > u.burst:
+		u.taken, u.failedAt = 0, time.Now()
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+		return
+	}
+	u.taken += len(recs)
+	u.col.add(recs...)
+	for _, rec := range recs {
+		u.seen[rec.ID] = true
+	}
+	if len(u.seen) == u.total {
+		close(u.done)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// TestBackoffResetByProgress: a slow but working upstream, which takes
+// part of every attempt and fails the rest, is retried after the initial
+// backoff every time: the backoff grows only across attempts that
+// delivered nothing, never up to max_backoff while the outbox moves.
+func TestBackoffResetByProgress(t *testing.T) {
+	const n, burst = 100, 10
+	st := openStore(t, "", store.DurabilityNone)
+	up := newBurstUpstream(t, burst, n)
+	want := commitRecords(t, st, n, 1, "cloud")
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.HTTP.Compression = "none"
+	tc.MaxRecords = n
+	tc.InitialBackoff = 20 * time.Millisecond
+	tc.MaxBackoff = 10 * time.Second
+	m, _ := startManager(t, st, tc)
+
+	// A wait (full jitter) is below InitialBackoff when the attempt
+	// counter restarts after progress; without that, after k failures it
+	// is uniform below 20ms×2^k (up to 10s), and a dozen attempts exceed
+	// the bound all but surely. The bound (50 x the initial backoff)
+	// leaves room for a loaded machine.
+	const bound = time.Second
+	var gaps []time.Duration
+	deadline := time.NewTimer(20 * time.Second)
+	defer deadline.Stop()
+	for delivered := false; !delivered; {
+		select {
+		case g := <-up.gaps:
+			gaps = append(gaps, g)
+			if g > bound {
+				t.Fatalf("attempt %d came %s after the previous one failed with progress (bound %s): the backoff grew; waits: %v", len(gaps)+1, g, bound, gaps)
+			}
+		case <-up.done:
+			delivered = true
+		case <-deadline.C:
+			t.Fatalf("not delivered after 20s: %d of %d records, waits between attempts: %v", up.col.distinct(), n, gaps)
+		}
+	}
+	if len(gaps) < 5 {
+		t.Fatalf("only %d failed attempts with progress; the upstream should fail most attempts: waits %v", len(gaps), gaps)
+	}
+	if dups := checkDelivery(t, want, up.col.snapshot()); dups != 0 {
+		t.Errorf("%d duplicates", dups)
+	}
+	waitFor(t, 5*time.Second, "outbox acknowledged", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
+	if s := statusOf(m, "cloud"); s.Delivered != n || s.DeadLettered != 0 || s.State != StateConnected {
+		t.Errorf("status %+v", s)
+	}
+	t.Logf("%d attempts failed after partial progress, waits %v", len(gaps), gaps)
+}
