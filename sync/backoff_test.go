@@ -1,8 +1,6 @@
 package sync
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -41,16 +39,10 @@ func newBurstUpstream(t testing.TB, burst, total int) *burstUpstream {
 }
 
 func (u *burstUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	var recs []upRecord
-	sc := bufio.NewScanner(r.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec upRecord
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			http.Error(w, "bad line: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		recs = append(recs, rec)
+	recs, status, err := readNDJSON(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), status)
+		return
 	}
 	now := time.Now()
 	u.mu.Lock()

@@ -227,22 +227,14 @@ func (u *httpUpstream) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		body = zr
 	}
-	var recs []upRecord
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var ids []string
-	for sc.Scan() {
-		var rec upRecord
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			http.Error(w, "bad line: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		recs = append(recs, rec)
-		ids = append(ids, rec.ID)
-	}
-	if err := sc.Err(); err != nil {
-		http.Error(w, "read: "+err.Error(), http.StatusInternalServerError)
+	recs, status, err := readNDJSON(body)
+	if err != nil {
+		http.Error(w, err.Error(), status)
 		return
+	}
+	var ids []string
+	for _, rec := range recs {
+		ids = append(ids, rec.ID)
 	}
 	key := r.Header.Get("Idempotency-Key")
 
@@ -314,3 +306,22 @@ func statusOf(m *Manager, name string) TargetStatus {
 }
 
 var _ = bytes.NewReader
+
+// readNDJSON reads an NDJSON request body of records; on error it also
+// returns the HTTP status to answer with.
+func readNDJSON(body io.Reader) ([]upRecord, int, error) {
+	var recs []upRecord
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var rec upRecord
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("bad line: %w", err)
+		}
+		recs = append(recs, rec)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("read: %w", err)
+	}
+	return recs, 0, nil
+}
