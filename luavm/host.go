@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	lua "github.com/yuin/gopher-lua"
 )
@@ -159,30 +160,48 @@ func (in *instance) goToLua(v any, depth int) lua.LValue {
 		for i, e := range x {
 			t.RawSetInt(i+1, in.goToLua(e, depth+1))
 		}
-		in.markArray(t)
+		in.markArray(nil, t, "ctx.config")
 		return t
 	default:
 		return lua.LString(fmt.Sprint(x))
 	}
 }
 
-func (in *instance) markArray(t *lua.LTable) {
-	if in.inv.arrays == nil {
-		in.inv.arrays = make(map[*lua.LTable]struct{})
+// markArray marks t as a JSON array for json.encode (see jsonEncoder). A
+// new mark is an entry of the invocation's map of marks: it is charged like
+// a table entry (tableEntryBytes) before it is added, in the name of what,
+// and every table scan counts the marks. With L nil (ctx.config, made
+// before the call) the next scan counts it.
+func (in *instance) markArray(L *lua.LState, t *lua.LTable, what string) {
+	iv := &in.inv
+	if _, ok := iv.arrays[t]; ok {
+		return
 	}
-	in.inv.arrays[t] = struct{}{}
+	if L != nil {
+		in.chargeTable(L, tableEntryBytes, what)
+	}
+	if iv.arrays == nil {
+		iv.arrays = make(map[*lua.LTable]struct{})
+	}
+	iv.arrays[t] = struct{}{}
 }
 
 // encodeJSON encodes v with the invocation's memory accounting; limit caps
-// the output size.
+// the output size. The encoder checks each growth of its buffer against
+// the memory cap before making it (jsonEncoder.grow): a refusal is the
+// invocation's breach. The buffer returned is then charged whole
+// (capacity: a string made from it keeps it all) as a string built.
 func (in *instance) encodeJSON(L *lua.LState, v lua.LValue, limit int) ([]byte, error) {
 	e := jsonEncoder{in: in, limit: limit}
 	e.encode(v, 0)
 	if e.err != nil {
 		in.charge(L, 1+int64(len(e.buf))/64) // the work done up to the failure
+		if errors.Is(e.err, ErrMemory) {
+			in.raise(L, e.err)
+		}
 		return nil, e.err
 	}
-	in.alloc(L, int64(len(e.buf)))
+	in.alloc(L, int64(cap(e.buf)))
 	return e.buf, nil
 }
 
@@ -191,7 +210,13 @@ func (in *instance) jsonEncode(L *lua.LState) int {
 	if err != nil {
 		L.RaiseError("json.encode: %s", err.Error())
 	}
-	L.Push(lua.LString(b))
+	s := ""
+	if len(b) > 0 {
+		// b is never written again: the string shares it rather than copy
+		// it (charged by encodeJSON).
+		s = unsafe.String(&b[0], len(b))
+	}
+	L.Push(lua.LString(s))
 	return 1
 }
 
@@ -216,7 +241,7 @@ func (in *instance) jsonDecode(L *lua.LState) int {
 
 func (in *instance) jsonArray(L *lua.LState) int {
 	t := L.CheckTable(1)
-	in.markArray(t)
+	in.markArray(L, t, "json.array")
 	L.Push(t)
 	return 1
 }
@@ -502,12 +527,11 @@ func (in *instance) stateIncr(L *lua.LState) int {
 		cur = f
 	}
 	nv := cur + delta
-	e := jsonEncoder{}
-	e.number(nv)
-	if e.err != nil {
-		L.RaiseError("state.incr(%q): %s", key, e.err.Error())
+	b, err := appendJSONNumber(nil, nv)
+	if err != nil {
+		L.RaiseError("state.incr(%q): %s", key, err.Error())
 	}
-	in.stateOp(L, StateOp{Op: StateIncr, Key: key, Value: e.buf, Delta: delta})
+	in.stateOp(L, StateOp{Op: StateIncr, Key: key, Value: b, Delta: delta})
 	L.Push(lua.LNumber(nv))
 	return 1
 }

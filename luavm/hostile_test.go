@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"path/filepath"
@@ -14,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	lua "github.com/yuin/gopher-lua"
 )
 
 // hostileLimits are the limits the hostile scripts run under: small enough
@@ -204,4 +208,97 @@ func TestHostile(t *testing.T) {
 		t.Fatalf("well-behaved function failed %d times (first: %v)", bad.Load(), firstBad.Load())
 	}
 	t.Logf("well-behaved function: %d correct invocations", good.Load())
+}
+
+// refJSONString is the JSON string encoding without reservations (the
+// encoder's before it charged its buffer as it grows), for comparison.
+func refJSONString(s string) string {
+	const hex = "0123456789abcdef"
+	b := []byte{'"'}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, "\uFFFD"...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return string(append(b, '"'))
+}
+
+// TestJSONEncodeBufferGrowth checks the encoder's reservations: the output
+// is unchanged wherever the buffer grows (escapes and invalid bytes across
+// growth points), the output limit is exact (never refused when the output
+// fits), and each growth is checked against the memory cap beside what
+// the invocation holds, so the peak stays under the cap.
+func TestJSONEncodeBufferGrowth(t *testing.T) {
+	pieces := []string{"a", "\x00", "\"", "\\", "\n", "\x7f", "é", "\xff", "😀", "\t", "xyz", "\x1f"}
+	for n := 0; n < 300; n++ {
+		var sb strings.Builder
+		for i := 0; i < n; i++ {
+			sb.WriteString(pieces[(i*7+n)%len(pieces)])
+		}
+		s := sb.String()
+		want := refJSONString(s)
+		v := lua.LTable{}
+		v.Append(lua.LString(s))
+		v.Append(lua.LNumber(-1.2345678901234567e-308))
+		v.Append(lua.LString(s))
+		wantArr := "[" + want + ",-1.2345678901234567e-308," + want + "]"
+		for _, limit := range []int{len(wantArr), len(wantArr) - 1} {
+			e := jsonEncoder{limit: limit}
+			e.encode(&v, 0)
+			if limit == len(wantArr) && (e.err != nil || string(e.buf) != wantArr) {
+				t.Fatalf("n=%d limit %d: %q %v, want %q", n, limit, e.buf, e.err, wantArr)
+			}
+			if limit < len(wantArr) && (!e.tooLarge || cap(e.buf) > limit+jsonSlack) {
+				t.Fatalf("n=%d limit %d: %v (tooLarge %v), cap %d", n, limit, e.err, e.tooLarge, cap(e.buf))
+			}
+		}
+		e := jsonEncoder{limit: 1 << 20}
+		e.encode(lua.LString(s), 0)
+		if e.err != nil || string(e.buf) != want || !json.Valid(e.buf) {
+			t.Fatalf("n=%d: %q %v, want %q", n, e.buf, e.err, want)
+		}
+	}
+
+	in, err := newInstance(mustCompile(t, "function handle() end"), &Spec{}, hostileLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	lim := hostileLimits.WithDefaults()
+	big := lua.LString(strings.Repeat("\x01", 100_000)) // 600 KB encoded
+	for _, held := range []int64{0, 200 << 10, 400 << 10, 500 << 10} {
+		in.inv = invocation{limits: lim, ctx: context.Background(), deadline: time.Now().Add(time.Minute), nextScan: 1 << 62}
+		in.inv.strBytes = held
+		e := jsonEncoder{in: in, limit: 1 << 30}
+		e.encode(big, 0)
+		if !errors.Is(e.err, ErrMemory) {
+			t.Fatalf("holding %d: %v, want ErrMemory", held, e.err)
+		}
+		if held+int64(cap(e.buf)) > lim.MaxMemory || in.inv.peak > lim.MaxMemory {
+			t.Fatalf("holding %d: buffer of %d bytes, peak %d, over the cap %d", held, cap(e.buf), in.inv.peak, lim.MaxMemory)
+		}
+	}
 }

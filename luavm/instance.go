@@ -309,14 +309,24 @@ func (in *instance) alloc(L *lua.LState, n int64) {
 // beside what the invocation holds, and records them in the peak. Nothing
 // stays charged: they do not outlive the call.
 func (in *instance) transient(L *lua.LState, n int64, what string) {
+	if err := in.transientErr(n, what); err != nil {
+		in.raise(L, err)
+	}
+}
+
+// transientErr is transient returning the error instead of raising it
+// (for builders that must stop cleanly first, like the JSON encoder, or
+// run outside a Lua call).
+func (in *instance) transientErr(n int64, what string) error {
 	iv := &in.inv
 	m := iv.strBytes + iv.tableBytes + iv.blobs.live
 	if n < 0 || n > iv.limits.MaxMemory || m+n > iv.limits.MaxMemory {
-		in.raise(L, fmt.Errorf("%w (%s would hold %d bytes, cap %d)", ErrMemory, what, n, iv.limits.MaxMemory))
+		return fmt.Errorf("%w (%s would hold %d bytes, cap %d)", ErrMemory, what, n, iv.limits.MaxMemory)
 	}
 	if m+n > iv.peak {
 		iv.peak = m + n
 	}
+	return nil
 }
 
 // chargeTable accounts n bytes of table memory (the model's size of a table
@@ -348,6 +358,8 @@ func (in *instance) scanTables(L *lua.LState) {
 	for _, t := range iv.tables {
 		total += tableBytes(t)
 	}
+	// The marks of json.array are entries of a map of the invocation.
+	total += tableEntryBytes * int64(len(iv.arrays))
 	iv.tableBytes = total
 	iv.nextScan = iv.steps + scanEvery + 2*int64(len(iv.tables))
 	if L != nil {

@@ -122,8 +122,16 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		}
 		res.Kind, res.Value = ResultString, []byte(v)
 	case *lua.LTable:
+		// The encoder stops at the output limit and checks each growth
+		// of its buffer against the memory cap (jsonEncoder.grow).
 		e := jsonEncoder{in: in, limit: limits.MaxResultBytes}
 		e.encode(v, 0)
+		if e.tooLarge {
+			return fmt.Errorf("%w (more than %d bytes)", ErrResultTooLarge, limits.MaxResultBytes)
+		}
+		if errors.Is(e.err, ErrMemory) {
+			return e.err
+		}
 		if e.err != nil {
 			return fmt.Errorf("%w: encoding the result: %w", ErrRuntime, e.err)
 		}

@@ -13,16 +13,37 @@ import (
 
 const maxJSONDepth = 100
 
+// Growth of the encoder's buffer: the first allocation holds jsonInitialCap
+// bytes (one allocation for the small records of a typical function), each
+// later one at least doubles the capacity. jsonSlack bounds how much a
+// reservation overestimates the bytes it is for (an escape reserves 6 for
+// 2 or more).
+const (
+	jsonInitialCap = 64
+	jsonSlack      = 8
+)
+
 // jsonEncoder writes Lua values as JSON. Objects have sorted keys, so the
 // output is deterministic. A table is an array when its keys are exactly
 // 1..n (n >= 1) or when it was marked by json.array or decoded from a JSON
 // array; an empty unmarked table is {}.
+//
+// Every write reserves its room first (reserve; a string its length, each
+// escape its expansion), so the buffer only grows in grow: there the output
+// limit is enforced and, with an instance, the new buffer, beside the old
+// one being copied and what the invocation holds, must fit under the
+// memory cap before it is allocated. A refused growth ends the encoding
+// (e.err, and tooLarge for the output limit).
 type jsonEncoder struct {
-	in    *instance
-	buf   []byte
-	limit int
-	err   error
+	in       *instance
+	buf      []byte
+	limit    int
+	err      error
+	tooLarge bool // err is the output limit
 }
+
+// jsonEncodeStop unwinds the encoder after a refused growth (see encode).
+type jsonEncodeStop struct{}
 
 func (e *jsonEncoder) fail(format string, args ...any) {
 	if e.err == nil {
@@ -30,12 +51,68 @@ func (e *jsonEncoder) fail(format string, args ...any) {
 	}
 }
 
+// encode writes v to e.buf; on failure e.err is set (e.buf then holds part
+// of the output). An output longer than e.limit is a failure.
 func (e *jsonEncoder) encode(v lua.LValue, depth int) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(jsonEncodeStop); !ok {
+				panic(r)
+			}
+		}
+	}()
+	e.value(v, depth)
+	if e.err == nil && len(e.buf) > e.limit {
+		e.err, e.tooLarge = fmt.Errorf("output larger than %d bytes", e.limit), true
+	}
+}
+
+// reserve makes room for n more bytes.
+func (e *jsonEncoder) reserve(n int) {
+	if cap(e.buf)-len(e.buf) < n {
+		e.grow(n)
+	}
+}
+
+func (e *jsonEncoder) byte(c byte) {
+	if len(e.buf) == cap(e.buf) {
+		e.grow(1)
+	}
+	e.buf = append(e.buf, c)
+}
+
+// grow replaces the buffer by one with room for n more bytes, or stops the
+// encoding if the output would exceed the limit or the buffers the memory
+// cap. n is at most jsonSlack bytes more than what is written next, so
+// a refusal means the output really is larger than the limit.
+func (e *jsonEncoder) grow(n int) {
+	if e.err != nil {
+		panic(jsonEncodeStop{}) // the output is abandoned anyway
+	}
+	need := len(e.buf) + n
+	if need > e.limit+jsonSlack {
+		e.err, e.tooLarge = fmt.Errorf("output larger than %d bytes", e.limit), true
+		panic(jsonEncodeStop{})
+	}
+	c := min(max(need, 2*cap(e.buf), jsonInitialCap), e.limit+jsonSlack)
+	if e.in != nil {
+		// Both buffers are live while the output is copied.
+		if err := e.in.transientErr(int64(cap(e.buf))+int64(c), "the JSON output buffer"); err != nil {
+			e.err = err
+			panic(jsonEncodeStop{})
+		}
+	}
+	b := make([]byte, len(e.buf), c)
+	copy(b, e.buf)
+	e.buf = b
+}
+
+func (e *jsonEncoder) value(v lua.LValue, depth int) {
 	if e.err != nil {
 		return
 	}
 	if len(e.buf) > e.limit {
-		e.fail("output larger than %d bytes", e.limit)
+		e.err, e.tooLarge = fmt.Errorf("output larger than %d bytes", e.limit), true
 		return
 	}
 	if depth > maxJSONDepth {
@@ -44,8 +121,10 @@ func (e *jsonEncoder) encode(v lua.LValue, depth int) {
 	}
 	switch x := v.(type) {
 	case *lua.LNilType:
+		e.reserve(4)
 		e.buf = append(e.buf, "null"...)
 	case lua.LBool:
+		e.reserve(5)
 		if x {
 			e.buf = append(e.buf, "true"...)
 		} else {
@@ -54,9 +133,10 @@ func (e *jsonEncoder) encode(v lua.LValue, depth int) {
 	case lua.LNumber:
 		e.number(float64(x))
 	case lua.LString:
-		e.buf = appendJSONString(e.buf, string(x))
+		e.str(string(x))
 	case *lua.LUserData:
 		if e.in != nil && x == e.in.null {
+			e.reserve(4)
 			e.buf = append(e.buf, "null"...)
 			return
 		}
@@ -73,11 +153,23 @@ func (e *jsonEncoder) number(f float64) {
 		e.fail("cannot encode %v", f)
 		return
 	}
-	if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
-		e.buf = strconv.AppendInt(e.buf, int64(f), 10)
-		return
+	var tmp [32]byte // at most 24 bytes: -1.2345678901234567e-308
+	b, _ := appendJSONNumber(tmp[:0], f)
+	e.reserve(len(b))
+	e.buf = append(e.buf, b...)
+}
+
+// appendJSONNumber appends f as a JSON number: an integer below 2^53 in
+// magnitude without a fraction, otherwise the shortest representation;
+// NaN and the infinities are errors.
+func appendJSONNumber(b []byte, f float64) ([]byte, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return b, fmt.Errorf("cannot encode %v", f)
 	}
-	e.buf = strconv.AppendFloat(e.buf, f, 'g', -1, 64)
+	if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		return strconv.AppendInt(b, int64(f), 10), nil
+	}
+	return strconv.AppendFloat(b, f, 'g', -1, 64), nil
 }
 
 func (e *jsonEncoder) table(t *lua.LTable, depth int) {
@@ -108,33 +200,33 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 	}
 	_, marked := e.arrayMarks()[t]
 	if (count > 0 && intKeys && count == n) || (count == 0 && marked) {
-		e.buf = append(e.buf, '[')
+		e.byte('[')
 		for i := 1; i <= n; i++ {
 			if i > 1 {
-				e.buf = append(e.buf, ',')
+				e.byte(',')
 			}
-			e.encode(t.RawGetInt(i), depth+1)
+			e.value(t.RawGetInt(i), depth+1)
 		}
-		e.buf = append(e.buf, ']')
+		e.byte(']')
 		return
 	}
 	sort.Strings(skeys)
-	e.buf = append(e.buf, '{')
+	e.byte('{')
 	for i, k := range skeys {
 		if i > 0 {
-			e.buf = append(e.buf, ',')
+			e.byte(',')
 		}
-		e.buf = appendJSONString(e.buf, k)
-		e.buf = append(e.buf, ':')
+		e.str(k)
+		e.byte(':')
 		v := t.RawGetString(k)
 		if v == lua.LNil {
 			if f, err := strconv.ParseFloat(k, 64); err == nil {
 				v = t.RawGet(lua.LNumber(f))
 			}
 		}
-		e.encode(v, depth+1)
+		e.value(v, depth+1)
 	}
-	e.buf = append(e.buf, '}')
+	e.byte('}')
 }
 
 func (e *jsonEncoder) arrayMarks() map[*lua.LTable]struct{} {
@@ -146,37 +238,55 @@ func (e *jsonEncoder) arrayMarks() map[*lua.LTable]struct{} {
 
 const hexDigits = "0123456789abcdef"
 
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
+// str writes s as a JSON string. It reserves len(s)+2 bytes, enough when
+// nothing needs escaping; an escape (up to 6 bytes for one) or an invalid
+// byte (3) reserves its expansion, with the rest of s, when it is written,
+// so the common path does no more per byte than append does.
+func (e *jsonEncoder) str(s string) {
+	e.reserve(len(s) + 2)
+	b := append(e.buf, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {
-			case c == '"' || c == '\\':
-				b = append(b, '\\', c)
-			case c == '\n':
-				b = append(b, '\\', 'n')
-			case c == '\r':
-				b = append(b, '\\', 'r')
-			case c == '\t':
-				b = append(b, '\\', 't')
-			case c < 0x20 || c == 0x7f:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			default:
+			case c >= 0x20 && c != '"' && c != '\\' && c != 0x7f:
 				b = append(b, c)
+			default:
+				if cap(b)-len(b) < len(s)-i+6 {
+					e.buf = b
+					e.grow(len(s) - i + 6)
+					b = e.buf
+				}
+				switch {
+				case c == '"' || c == '\\':
+					b = append(b, '\\', c)
+				case c == '\n':
+					b = append(b, '\\', 'n')
+				case c == '\r':
+					b = append(b, '\\', 'r')
+				case c == '\t':
+					b = append(b, '\\', 't')
+				default:
+					b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+				}
 			}
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && size == 1 {
+			if cap(b)-len(b) < len(s)-i+6 {
+				e.buf = b
+				e.grow(len(s) - i + 6)
+				b = e.buf
+			}
 			b = append(b, "\uFFFD"...) // U+FFFD as UTF-8, like encoding/json
 		} else {
 			b = append(b, s[i:i+size]...)
 		}
 		i += size
 	}
-	return append(b, '"')
+	e.buf = append(b, '"')
 }
 
 // jsonDecoder parses JSON straight into Lua values. Objects become tables
@@ -339,7 +449,7 @@ func (d *jsonDecoder) value(depth int) lua.LValue {
 			t = d.newTable(4, 0)
 		}
 		if d.in != nil {
-			d.in.markArray(t)
+			d.in.markArray(d.L, t, "json.decode")
 		}
 		if empty {
 			return t

@@ -101,12 +101,11 @@ func (s *MemState) Apply(ops []StateOp) error {
 				}
 				cur = f
 			}
-			e := jsonEncoder{}
-			e.number(cur + op.Delta)
-			if e.err != nil {
-				return fmt.Errorf("luavm: incr %q: %w", op.Key, e.err)
+			b, err := appendJSONNumber(nil, cur+op.Delta)
+			if err != nil {
+				return fmt.Errorf("luavm: incr %q: %w", op.Key, err)
 			}
-			s.m[op.Key] = e.buf
+			s.m[op.Key] = b
 		default:
 			return fmt.Errorf("luavm: unknown state op %d", op.Op)
 		}
