@@ -1,16 +1,20 @@
 package firmwareexamples
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +58,7 @@ func TestLinuxCDevice(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	started := time.Now()
 	cmd := exec.CommandContext(ctx, bin, "--broker", p.url, "--device", "pi-1", "--username", "pi-1",
 		"--count", "3", "--interval-ms", "20", "--temp", "35", "--until-cmd", "1", "--timeout-s", "60")
 	cmd.Env = append(os.Environ(), "MOONGATE_DEVICE_PASSWORD=pi-secret")
@@ -62,7 +67,11 @@ func TestLinuxCDevice(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("device: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
+	finished := time.Now()
 	out := stdout.String()
+	if strings.Contains(stderr.String(), "clock not set") {
+		t.Errorf("the device found this machine's clock unset:\n%s", stderr.String())
+	}
 	for _, want := range []string{
 		"connected to " + p.url + " as pi-1",
 		"published seq=1 temp=35.00", "published seq=3 temp=35.00",
@@ -86,12 +95,17 @@ func TestLinuxCDevice(t *testing.T) {
 			Seq    int     `json:"seq"`
 			Temp   float64 `json:"temp"`
 			Relay  bool    `json:"relay"`
+			TS     int64   `json:"ts"`
 		}
 		if err := json.Unmarshal(r.Data, &m); err != nil {
 			t.Fatal(err)
 		}
 		if r.Device != "pi-1" || r.Stream != "climate" || m.Seq != i+1 || m.Temp != 35 || !m.Relay {
 			t.Errorf("record %d: %+v %s", i, r, r.Data)
+		}
+		// The clock is set here: each reading carries its time, in ms.
+		if m.TS < started.Add(-time.Second).UnixMilli() || m.TS > finished.Add(time.Second).UnixMilli() {
+			t.Errorf("record %d: ts %d outside the run [%d, %d]", i, m.TS, started.UnixMilli(), finished.UnixMilli())
 		}
 	}
 
@@ -444,4 +458,181 @@ func TestLinuxCRefusesBadTemp(t *testing.T) {
 			t.Errorf("--temp %s: %v\n%s", v, err, out)
 		}
 	}
+}
+
+// unsetClockShim builds a preload library that makes CLOCK_REALTIME, as the
+// device program itself reads it, start from 1970-01-01 (a board whose
+// clock NTP has not set yet). The Paho library's own clock reads (absolute
+// timeouts of its condition waits) are left alone.
+func unsetClockShim(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "unset_clock.c")
+	if err := os.WriteFile(src, []byte(`#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <time.h>
+
+int clock_gettime(clockid_t id, struct timespec *ts) {
+	static int (*real)(clockid_t, struct timespec *);
+	static struct link_map *program;
+	if (!real) {
+		real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+		dlinfo(dlopen(NULL, RTLD_LAZY), RTLD_DI_LINKMAP, &program);
+	}
+	int rc = real(id, ts);
+	Dl_info info;
+	struct link_map *caller = NULL;
+	if (rc == 0 && id == CLOCK_REALTIME &&
+	    dladdr1(__builtin_return_address(0), &info, (void **)&caller, RTLD_DL_LINKMAP) && caller == program)
+		ts->tv_sec %= 86400 * 10; /* somewhere in the first days of 1970 */
+	return rc;
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib := filepath.Join(dir, "unset_clock.so")
+	if out, err := exec.Command("cc", "-shared", "-fPIC", "-O2", "-o", lib, src, "-ldl").CombinedOutput(); err != nil {
+		t.Fatalf("build the clock shim: %v\n%s", err, out)
+	}
+	return lib
+}
+
+// TestLinuxCClockNotSet: while the clock is not set (1970), the device
+// sends its readings without "ts" instead of a time near 1970, and says
+// so; the function stores them with the gateway's receive time.
+func TestLinuxCClockNotSet(t *testing.T) {
+	bin := buildLinuxC(t)
+	shim := unsetClockShim(t)
+	p := startDaemon(t, "linux-c", "", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--broker", p.url, "--device", "pi-4", "--count", "3",
+		"--interval-ms", "20", "--temp", "20", "--timeout-s", "60")
+	cmd.Env = append(os.Environ(), "LD_PRELOAD="+shim)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("device: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "clock not set (before 2020): readings go without ts") {
+		t.Errorf("stderr:\n%s", stderr.String())
+	}
+	waitFor(t, 30*time.Second, "3 records", func() bool { return len(p.records(t, "climate")) >= 3 })
+	now := time.Now().UnixMilli()
+	for i, r := range p.records(t, "climate") {
+		var m map[string]any
+		if err := json.Unmarshal(r.Data, &m); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m["ts"]; ok || m["seq"] != float64(i+1) {
+			t.Errorf("record %d: %s", i, r.Data)
+		}
+		// The gateway's receive time stands for it.
+		if rec, ok := m["received"].(float64); !ok || now-int64(rec) > 120_000 {
+			t.Errorf("record %d: received %v", i, m["received"])
+		}
+	}
+}
+
+// droppingBroker listens on loopback like an MQTT broker that accepts each
+// connection (CONNACK, SUBACK, PUBACKs) and closes it 250 ms after the
+// device's "online": a broker that drops the device right after accepting
+// it, or another board with the same device name taking its session over.
+// (250 ms: Paho's synchronous client notices a PUBACK up to 100 ms late; a
+// drop before it sees the "online" acknowledged is a failed connect, which
+// always had its backoff.) It counts the connections.
+func droppingBroker(t *testing.T) (url string, conns *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				r := bufio.NewReader(c)
+				for {
+					typ, err := r.ReadByte()
+					if err != nil {
+						return
+					}
+					n, shift := 0, 0
+					for {
+						b, err := r.ReadByte()
+						if err != nil {
+							return
+						}
+						n |= int(b&0x7f) << shift
+						if b&0x80 == 0 {
+							break
+						}
+						shift += 7
+					}
+					body := make([]byte, n)
+					if _, err := io.ReadFull(r, body); err != nil {
+						return
+					}
+					switch {
+					case typ>>4 == 1: // CONNECT
+						c.Write([]byte{0x20, 2, 0, 0})
+					case typ>>4 == 8 && n >= 2: // SUBSCRIBE: grant QoS 1
+						c.Write([]byte{0x90, 3, body[0], body[1], 1})
+					case typ>>4 == 3 && typ&0x06 != 0 && n >= 2: // PUBLISH, QoS 1
+						tl := int(body[0])<<8 | int(body[1])
+						if len(body) < 4+tl {
+							return
+						}
+						c.Write([]byte{0x40, 2, body[2+tl], body[3+tl]})
+						if strings.HasSuffix(string(body[2:2+tl]), "/status") {
+							// "online" acknowledged: the device was
+							// accepted. Drop it a moment later.
+							_ = c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+						}
+					}
+				}
+			}()
+		}
+	}()
+	return "tcp://" + ln.Addr().String(), conns
+}
+
+// TestLinuxCBacksOffAfterDrops: a broker that accepts the device and drops
+// it at once must not get a reconnect loop: each drop waits the backoff,
+// which grows until a connection lasts a minute.
+func TestLinuxCBacksOffAfterDrops(t *testing.T) {
+	bin := buildLinuxC(t)
+	url, conns := droppingBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out syncBuffer
+	cmd := exec.CommandContext(ctx, bin, "--broker", url, "--device", "d-drop", "--count", "0",
+		"--interval-ms", "1000", "--temp", "20", "--timeout-s", "8")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 { // 3: --timeout-s reached
+		t.Fatalf("device: %v\n%s", err, out.String())
+	}
+	// Without a backoff after a drop the device reconnected at once: 16-17
+	// connections in these 8 s (each takes about 0.45 s here). With it the
+	// waits are random in [0, 0.5 s * 2^n]: 4-5, and more than 10 would
+	// need nine waits adding up to under 3.5 s, five of them drawn from
+	// 0-16 s or more.
+	n := conns.Load()
+	if n < 2 || n > 10 {
+		t.Fatalf("%d connections in 8 s:\n%s", n, out.String())
+	}
+	if c := int64(strings.Count(out.String(), "connected to ")); c < n-1 {
+		t.Errorf("%d connections, %d accepted:\n%s", n, c, out.String())
+	}
+	t.Logf("%d connections in 8 s", n)
 }

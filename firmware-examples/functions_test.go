@@ -167,6 +167,8 @@ func TestMicroPythonCompiles(t *testing.T) {
 	if len(files) < 2 {
 		t.Fatalf("micropython sources: %v", files)
 	}
+	sims, _ := filepath.Glob("micropython/testdata/*.py")
+	files = append(files, sims...)
 	out := t.TempDir()
 	for _, f := range files {
 		// py_compile as `python3 -m py_compile` does, with the .pyc written
@@ -200,5 +202,40 @@ func TestMicroPythonCompiles(t *testing.T) {
 	}
 	if err := exec.Command(py, "-m", "py_compile", bad).Run(); err == nil {
 		t.Error("py_compile accepted a syntax error")
+	}
+}
+
+// TestMicroPythonOnHost runs micropython/main.py on the host's python3
+// against fakes of the board's modules with a virtual clock
+// (micropython/testdata/host_sim.py), one scenario each: steady readings,
+// no NTP (no ts), a long stall (no burst of catch-up readings), a broker
+// that drops each connection (growing backoff), connections that last (the
+// backoff resets), refused connects, a silent gateway (socket timeouts, the
+// watchdog fed), late Wi-Fi (readings taken meanwhile), TLS (certificate
+// required, timeout on the TCP socket). It checks the program's logic, not
+// MicroPython itself.
+func TestMicroPythonOnHost(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 not found")
+	}
+	sim := filepath.Join("micropython", "testdata", "host_sim.py")
+	out, err := exec.Command(py, sim, "--list").Output()
+	if err != nil {
+		t.Fatalf("%s --list: %v", sim, err)
+	}
+	scenarios := strings.Fields(string(out))
+	if len(scenarios) < 8 {
+		t.Fatalf("scenarios: %q", scenarios)
+	}
+	for _, sc := range scenarios {
+		t.Run(sc, func(t *testing.T) {
+			cmd := exec.Command(py, sim, sc)
+			cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+			b, err := cmd.CombinedOutput()
+			if err != nil || strings.TrimSpace(string(b)) != "ok" {
+				t.Errorf("%v\n%s", err, b)
+			}
+		})
 	}
 }

@@ -78,8 +78,9 @@ type Config struct {
 	// (false) is the contract's persistent session: the broker keeps
 	// commands for a disconnected device and a resent message is recognised.
 	CleanSession bool
-	// NoStatus turns off the presence messages (retained "online" on
-	// PREFIX/DEVICE/status and the "offline" last will).
+	// NoStatus turns off the presence messages on PREFIX/DEVICE/status
+	// (retained, QoS 1: "online" after each connect, "offline" before the
+	// final DISCONNECT, and "offline" as the last will).
 	NoStatus bool
 	// NoCommands turns off the subscription to PREFIX/DEVICE/cmd.
 	NoCommands bool
@@ -103,7 +104,8 @@ type Config struct {
 	// ConnectTimeout bounds the TCP connect plus CONNACK (default 10s).
 	ConnectTimeout time.Duration
 	// AckTimeout bounds how long a device waits for its last PUBACKs after
-	// the publishing phase (default 10s).
+	// the publishing phase, and for the PUBACK of its final "offline"
+	// (default 10s).
 	AckTimeout time.Duration
 	// Linger keeps each device connected this long after its publishing
 	// phase and its last PUBACK, to receive commands (default 0).

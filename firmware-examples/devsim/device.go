@@ -22,6 +22,7 @@ type message struct {
 	sent    time.Time
 	payload []byte
 	resent  int
+	acked   chan struct{} // closed by the PUBACK when not nil
 }
 
 // session is one connection and its reader.
@@ -300,6 +301,9 @@ func (d *device) acked(id uint16) {
 		}
 	}
 	d.mu.Unlock()
+	if m != nil && m.acked != nil {
+		close(m.acked)
+	}
 	if m == nil || m.seq == 0 {
 		return
 	}
@@ -470,8 +474,11 @@ func (d *device) reader(s *session) {
 	}
 }
 
-// finish disconnects cleanly (a retained "offline" first, since a clean
-// DISCONNECT does not send the last will) and counts what stayed unacked.
+// finish disconnects cleanly and counts what stayed unacked. Before the
+// DISCONNECT (which does not send the last will) it publishes the retained
+// "offline" at QoS 1, as the contract asks of status messages, and waits
+// for its PUBACK (at most AckTimeout), so that the broker has it before the
+// connection closes.
 func (d *device) finish() {
 	d.f.unacked.Add(uint64(d.inflightTelemetry()))
 	s := d.cur
@@ -482,8 +489,21 @@ func (d *device) finish() {
 	case <-s.lost:
 	default:
 		if !d.f.cfg.NoStatus {
-			d.send(s, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
-				TopicName: d.statusTopic, Payload: []byte("offline")})
+			m := &message{acked: make(chan struct{})}
+			d.mu.Lock()
+			m.id = d.allocID()
+			d.inflight = append(d.inflight, m)
+			d.mu.Unlock()
+			if d.send(s, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
+				TopicName: d.statusTopic, Payload: []byte("offline"), PacketID: m.id}) {
+				t := time.NewTimer(d.f.cfg.AckTimeout)
+				select {
+				case <-m.acked:
+				case <-s.lost:
+				case <-t.C:
+				}
+				t.Stop()
+			}
 		}
 		s.closing.Store(true)
 		d.send(s, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})

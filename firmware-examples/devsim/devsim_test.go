@@ -440,3 +440,43 @@ func TestHistogram(t *testing.T) {
 		}
 	}
 }
+
+// TestOfflineStatusIsQoS1: before its clean disconnect each device publishes
+// the retained "offline" at QoS 1, as the contract asks of status messages,
+// and waits for the PUBACK: when Run returns the broker has handled it.
+func TestOfflineStatusIsQoS1(t *testing.T) {
+	e, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetFilters(context.Background(), []string{"devices/+/status"}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	last := map[string]mqtt.Message{}
+	h := func(_ context.Context, m *mqtt.Message) error {
+		// A slow handler: a PUBACK not waited for would come too late.
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		last[m.Topic] = *m
+		mu.Unlock()
+		return nil
+	}
+	if err := e.Start(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	r, err := Run(context.Background(), Config{Broker: "tcp://" + e.Addr().String(), Devices: 3, QoS: 1, Count: 2, Rate: 50})
+	if err != nil || r.Acked != 6 {
+		t.Fatalf("err %v report %+v", err, r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range 3 {
+		topic := fmt.Sprintf("devices/sim-%05d/status", i)
+		m, ok := last[topic]
+		if !ok || string(m.Payload) != "offline" || m.QoS != 1 || !m.Retain {
+			t.Errorf("%s: last status %q qos %d retain %v (seen %v)", topic, m.Payload, m.QoS, m.Retain, ok)
+		}
+	}
+}

@@ -1,9 +1,10 @@
 // Package devsim simulates a fleet of MQTT devices that follow moongate's
 // device contract (firmware-examples/README.md): each device connects with
 // its own client id and persistent session, announces itself on
-// PREFIX/DEVICE/status (retained "online", last will "offline"), subscribes
-// to PREFIX/DEVICE/cmd and publishes JSON telemetry on
-// PREFIX/DEVICE/telemetry at a jittered rate, at QoS 0 or 1.
+// PREFIX/DEVICE/status (retained, QoS 1: "online" after connecting,
+// "offline" before a clean disconnect and as the last will), subscribes to
+// PREFIX/DEVICE/cmd and publishes JSON telemetry on PREFIX/DEVICE/telemetry
+// at a jittered rate, at QoS 0 or 1.
 //
 // Every telemetry payload carries the device's sequence number (1, 2, ...
 // per device and run) and its send time in milliseconds, so a consumer can

@@ -9,7 +9,9 @@
  * jitter), announces itself on devices/DEVICE/status (retained "online",
  * last will "offline"), and switches a relay on {"cmd":"relay","on":...}
  * received on devices/DEVICE/cmd. The relay is printed (and, with --gpio,
- * written to a sysfs-style value file).
+ * written to a sysfs-style value file). A reading carries "ts" only when
+ * the system clock has been set (see CLOCK_SET_AFTER_S); otherwise the
+ * gateway's receive time stands for it.
  *
  * Build: make (needs libpaho-mqtt-dev). Run: ./moongate-device --help.
  */
@@ -32,6 +34,11 @@
 #define TOPIC_MAX 192
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
+#define STABLE_MS 60000    /* a connection that lasted this long resets the backoff */
+/* A clock before 2020-01-01T00:00:00Z has not been set yet (a board
+ * without a battery-backed RTC starts at 1970 until NTP sets it): readings
+ * taken then go without "ts" and the gateway's receive time stands for it. */
+#define CLOCK_SET_AFTER_S 1577836800LL
 
 /* Exit codes. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_TIMEOUT = 3 };
@@ -47,7 +54,7 @@ struct options {
 
 struct reading {
 	unsigned long seq;
-	long long ts_ms;
+	long long ts_ms; /* 0: the clock was not set when the reading was taken */
 	double temp, hum;
 };
 
@@ -170,6 +177,18 @@ static long backoff_ms(int failures) {
 	return rand() % (cap + 1);
 }
 
+/* backoff_after_drop is the wait after a connection that was up for up_ms
+ * ended (lost, or a publish failed). A drop counts as a failure, like a
+ * refused connect: a broker that accepts and drops, or two boards with one
+ * device name kicking each other off, must not make the device reconnect
+ * in a tight loop. The count only resets once a connection has lasted
+ * STABLE_MS. */
+static long backoff_after_drop(long long up_ms, int *failures) {
+	if (up_ms >= STABLE_MS)
+		*failures = 0;
+	return backoff_ms((*failures)++);
+}
+
 static char t_telemetry[TOPIC_MAX], t_cmd[TOPIC_MAX], t_status[TOPIC_MAX];
 
 static int mqtt_connect(MQTTClient c) {
@@ -218,9 +237,11 @@ static int mqtt_connect(MQTTClient c) {
 static int send_queue(MQTTClient c) {
 	while (q_len > 0) {
 		struct reading *r = &queue[q_head];
-		char payload[PAYLOAD_MAX];
-		int n = snprintf(payload, sizeof payload, "{\"seq\":%lu,\"boot\":%lu,\"ts\":%lld,\"temp\":%.2f,\"hum\":%.2f}",
-		                 r->seq, boot_id, r->ts_ms, r->temp, r->hum);
+		char payload[PAYLOAD_MAX], ts[32] = "";
+		if (r->ts_ms > 0)
+			snprintf(ts, sizeof ts, "\"ts\":%lld,", r->ts_ms);
+		int n = snprintf(payload, sizeof payload, "{\"seq\":%lu,\"boot\":%lu,%s\"temp\":%.2f,\"hum\":%.2f}",
+		                 r->seq, boot_id, ts, r->temp, r->hum);
 		MQTTClient_deliveryToken dt;
 		int rc = MQTTClient_publish(c, t_telemetry, n, payload, 1, 0, &dt);
 		if (rc == MQTTCLIENT_SUCCESS)
@@ -237,6 +258,24 @@ static int send_queue(MQTTClient c) {
 	return MQTTCLIENT_SUCCESS;
 }
 
+/* reading_ts is the time of a reading taken now, or 0 while the clock is
+ * not set. It says so on stderr when that changes. The check is per
+ * reading: once NTP sets the clock, the next reading has its "ts"; those
+ * taken before keep none (their time is unknown, not 1970). */
+static long long reading_ts(void) {
+	static int last = -1; /* -1 unknown, 0 unset, 1 set */
+	long long ms = now_ms(CLOCK_REALTIME);
+	int set = ms >= CLOCK_SET_AFTER_S * 1000;
+	if (set != last) {
+		if (!set)
+			fprintf(stderr, "clock not set (before 2020): readings go without ts until it is\n");
+		else if (last == 0)
+			fprintf(stderr, "clock set: readings carry ts again\n");
+		last = set;
+	}
+	return set ? ms : 0;
+}
+
 static void enqueue(unsigned long seq) {
 	if (q_len == QUEUE_CAP) { /* full: drop the oldest, the gap shows in seq */
 		q_head = (q_head + 1) % QUEUE_CAP;
@@ -245,7 +284,7 @@ static void enqueue(unsigned long seq) {
 	}
 	struct reading *r = &queue[(q_head + q_len) % QUEUE_CAP];
 	r->seq = seq;
-	r->ts_ms = now_ms(CLOCK_REALTIME);
+	r->ts_ms = reading_ts();
 	r->temp = read_temp(seq);
 	r->hum = 40.0 + (seq % 20);
 	q_len++;
@@ -375,14 +414,8 @@ int main(int argc, char **argv) {
 				next = now + opt.interval_ms;
 		}
 		if (connected && atomic_load(&connection_lost)) {
-			/* Back off after a drop too: a broker that accepts and drops
-			 * (or two boards with one device name, kicking each other)
-			 * must not make the device reconnect in a tight loop. The
-			 * count only resets once a connection has lasted a minute. */
 			connected = 0;
-			if (now - connected_at >= 60000)
-				failures = 0;
-			retry_at = now + backoff_ms(failures++);
+			retry_at = now + backoff_after_drop(now - connected_at, &failures);
 		}
 		if (!connected && now >= retry_at) {
 			if (mqtt_connect(c) == MQTTCLIENT_SUCCESS) {
@@ -395,7 +428,8 @@ int main(int argc, char **argv) {
 		if (connected && q_len > 0 && send_queue(c) != MQTTCLIENT_SUCCESS) {
 			MQTTClient_disconnect(c, 0);
 			connected = 0;
-			retry_at = now_ms(CLOCK_MONOTONIC) + backoff_ms(failures++);
+			long long t = now_ms(CLOCK_MONOTONIC);
+			retry_at = t + backoff_after_drop(t - connected_at, &failures);
 		}
 		sleep_ms(publishing && next - now_ms(CLOCK_MONOTONIC) < 20 ? 1 : 20);
 	}

@@ -9,12 +9,20 @@
 // PubSubClient publishes at QoS 0 only: the gateway does not acknowledge
 // readings, so one sent just before a connection drop can be lost. The
 // readings carry a sequence number; the paired function counts the gaps.
-// Readings wait in a ring buffer while Wi-Fi or the gateway is away.
+// Readings are taken on schedule and wait in a ring buffer while Wi-Fi or
+// the gateway is away; neither reconnect blocks the loop.
 #include <WiFi.h>
 #include <PubSubClient.h>
 #include <ArduinoJson.h>
 
+// Settings with the Wi-Fi and device passwords: copy config.example.h to
+// config.h and edit it (config.h is git-ignored, keep it out of version
+// control).
+#if __has_include("config.h")
 #include "config.h"
+#else
+#error "config.h is missing: copy config.example.h to config.h in this sketch folder and edit it"
+#endif
 
 #ifdef USE_DHT22
 #include <DHT.h>
@@ -22,6 +30,8 @@ DHT dht(DHT_PIN, DHT22);
 #endif
 
 static const uint32_t BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 60000;
+static const uint32_t STABLE_MS = 60000;        // a connection this old resets the backoff
+static const uint32_t WIFI_ATTEMPT_MS = 15000;  // how long one Wi-Fi attempt may take
 static const int QUEUE_CAP = 32;
 
 struct Reading {
@@ -46,21 +56,48 @@ static uint32_t backoffMs(uint32_t failures) {
   return esp_random() % (cap + 1);
 }
 
-static void wifiConnect() {
-  uint32_t failures = 0;
-  while (WiFi.status() != WL_CONNECTED) {
-    Serial.printf("wifi: connecting to %s\n", WIFI_SSID);
-    WiFi.begin(WIFI_SSID, WIFI_PASSWORD);
-    uint32_t start = millis();
-    while (WiFi.status() != WL_CONNECTED && millis() - start < 15000) delay(200);
-    if (WiFi.status() != WL_CONNECTED) {
-      WiFi.disconnect();
-      uint32_t wait = backoffMs(++failures);
-      Serial.printf("wifi: failed, retrying in %u ms\n", (unsigned)wait);
-      delay(wait);
-    }
+// The wait after an MQTT connection that was up for upMs ended (lost, or a
+// publish failed). A drop counts as a failure, like a refused connect: a
+// broker that accepts and drops, or two boards with one device name kicking
+// each other off (a session takeover), must not make the board reconnect
+// in a tight loop. The count only resets once a connection has lasted
+// STABLE_MS. (The same rule as linux-c/moongate_device.c.)
+static uint32_t backoffAfterDrop(uint32_t upMs, uint32_t &failures) {
+  if (upMs >= STABLE_MS) failures = 0;
+  return backoffMs(failures++);
+}
+
+// wifiReady keeps Wi-Fi up without blocking the loop, so readings are taken
+// on schedule while it is away: an attempt may take WIFI_ATTEMPT_MS, and
+// the next one waits the backoff. True while Wi-Fi is connected.
+static bool wifiReady(uint32_t now) {
+  static bool up = false, trying = false;
+  static uint32_t since = 0, retryAt = 0, failures = 0;
+  if (WiFi.status() == WL_CONNECTED) {
+    if (!up) Serial.printf("wifi: connected, %s\n", WiFi.localIP().toString().c_str());
+    up = true;
+    trying = false;
+    failures = 0;
+    return true;
   }
-  Serial.printf("wifi: connected, %s\n", WiFi.localIP().toString().c_str());
+  if (up) {
+    Serial.println("wifi: lost");
+    up = false;
+  }
+  if (trying) {
+    if (now - since < WIFI_ATTEMPT_MS) return false;
+    trying = false;
+    WiFi.disconnect();
+    uint32_t wait = backoffMs(failures++);
+    Serial.printf("wifi: failed, retrying in %u ms\n", (unsigned)wait);
+    retryAt = now + wait;
+  }
+  if ((int32_t)(now - retryAt) < 0) return false;
+  Serial.printf("wifi: connecting to %s\n", WIFI_SSID);
+  WiFi.begin(WIFI_SSID, WIFI_PASSWORD);
+  trying = true;
+  since = now;
+  return false;
 }
 
 static void takeReading() {
@@ -112,8 +149,11 @@ static bool mqttConnect() {
     Serial.printf("mqtt: connect failed, state %d\n", mqtt.state());
     return false;
   }
-  mqtt.subscribe(tCmd, 1);
-  mqtt.publish(tStatus, "online", true);
+  if (!mqtt.subscribe(tCmd, 1) || !mqtt.publish(tStatus, "online", true)) {
+    Serial.println("mqtt: subscribe or status failed");
+    net.stop();  // no DISCONNECT: the will ("offline") stands
+    return false;
+  }
   Serial.printf("mqtt: connected to %s:%d as %s\n", BROKER_HOST, BROKER_PORT, DEVICE_NAME);
   return true;
 }
@@ -147,35 +187,48 @@ void setup() {
   snprintf(tTelemetry, sizeof tTelemetry, "devices/%s/telemetry", DEVICE_NAME);
   snprintf(tStatus, sizeof tStatus, "devices/%s/status", DEVICE_NAME);
   snprintf(tCmd, sizeof tCmd, "devices/%s/cmd", DEVICE_NAME);
-  WiFi.mode(WIFI_STA);
-  wifiConnect();
+  WiFi.mode(WIFI_STA);  // joined from loop(), see wifiReady
   mqtt.setServer(BROKER_HOST, BROKER_PORT);
   mqtt.setCallback(onMessage);
   mqtt.setKeepAlive(30);
 }
 
 void loop() {
-  static uint32_t nextReading = 0, retryAt = 0, failures = 0;
+  static uint32_t nextReading = 0, retryAt = 0, failures = 0, connectedAt = 0;
+  static bool connected = false;
   uint32_t now = millis();
   if ((int32_t)(now - nextReading) >= 0) {
     takeReading();
-    nextReading = now + INTERVAL_MS;
+    nextReading = now + INTERVAL_MS;  // after a stall: the next slot, no burst
   }
-  if (WiFi.status() != WL_CONNECTED) wifiConnect();
-  if (!mqtt.connected() && (int32_t)(now - retryAt) >= 0) {
+  if (connected && !mqtt.connected()) {
+    // Dropped: the broker closed it, a keep-alive was missed, or another
+    // board with this name took the session over.
+    connected = false;
+    uint32_t wait = backoffAfterDrop(now - connectedAt, failures);
+    Serial.printf("mqtt: connection lost, state %d, retrying in %u ms\n", mqtt.state(), (unsigned)wait);
+    retryAt = now + wait;
+  }
+  if (!connected && wifiReady(now) && (int32_t)(now - retryAt) >= 0) {
     if (mqttConnect()) {
-      failures = 0;
+      connected = true;  // failures stays: see backoffAfterDrop
+      connectedAt = millis();
     } else {
-      retryAt = millis() + backoffMs(++failures);
+      uint32_t wait = backoffMs(failures++);
+      Serial.printf("mqtt: retrying in %u ms\n", (unsigned)wait);
+      retryAt = millis() + wait;
     }
   }
-  if (mqtt.connected()) {
-    if (!sendQueue()) {
-      Serial.println("mqtt: publish failed, reconnecting");
-      net.stop();
-      retryAt = millis() + backoffMs(++failures);
+  if (connected) {
+    if (sendQueue()) {
+      mqtt.loop();  // keep-alive and commands
+    } else {
+      net.stop();  // no DISCONNECT: the will ("offline") stands
+      connected = false;
+      uint32_t t = millis(), wait = backoffAfterDrop(t - connectedAt, failures);
+      Serial.printf("mqtt: publish failed, reconnecting in %u ms\n", (unsigned)wait);
+      retryAt = t + wait;
     }
-    mqtt.loop();  // keep-alive and commands
   }
   delay(20);
 }

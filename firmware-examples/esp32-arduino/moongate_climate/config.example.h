@@ -1,5 +1,7 @@
-// Settings of the moongate ESP32 device. Edit before flashing; keep real
-// passwords out of version control.
+// Settings of the moongate ESP32 device: a template. Copy it to config.h in
+// this folder (cp config.example.h config.h) and edit that before flashing.
+// config.h holds the Wi-Fi and device passwords: it is git-ignored (see
+// .gitignore here), keep it out of version control.
 #pragma once
 
 #define WIFI_SSID "your-network"
