@@ -94,7 +94,8 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 	for name := range old {
 		if _, ok := next[name]; !ok {
 			g.match.Remove(name)
-			g.stopTimer(name)
+			g.stopTimer(name).stop()
+			g.pruneTicks(name, nil)
 		}
 	}
 	for _, f := range changed {
@@ -109,7 +110,11 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		}
 	}
 	for _, f := range changed {
-		g.startTimer(f)
+		// The previous version's loops end before the new ones read the
+		// last recorded tick.
+		g.stopTimer(f.Name).stop()
+		g.pruneTicks(f.Name, f.Schedules)
+		g.startTimer(f).stop()
 		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
 	}
 	if g.ready.Load() {

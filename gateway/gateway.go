@@ -31,6 +31,7 @@ type Store interface {
 	PendingPublishes(ctx context.Context, after uint64, limit int) ([]store.Publish, error)
 	AckPublishes(ctx context.Context, seqs ...uint64) error
 	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
+	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
 	Redelivered(ctx context.Context, fingerprint []byte) bool
 }
 
@@ -192,8 +193,8 @@ type Gateway struct {
 	commits commitSignal // closed after each commit (Committed)
 
 	timersMu sync.Mutex
-	timers   map[string]context.CancelFunc // function -> its timer loop
-	runCtx   context.Context               // set by Run, under timersMu
+	timers   map[string]*timerRun // function -> its timer loops
+	runCtx   context.Context      // set by Run, under timersMu
 
 	stats struct {
 		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, redelivered atomic.Uint64
@@ -215,7 +216,7 @@ func New(opts Options) (*Gateway, error) {
 		match:     trigger.NewMatcher(),
 		idPrefix:  hex.EncodeToString(nonce[:]) + "-",
 		pubNotify: make(chan struct{}, 1),
-		timers:    make(map[string]context.CancelFunc),
+		timers:    make(map[string]*timerRun),
 	}
 	g.state = &invokeState{Store: opts.Store}
 	g.chainQ.wake = make(chan struct{}, 1)

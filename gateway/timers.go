@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -11,57 +12,126 @@ import (
 	"github.com/moongate-edge/moongate/store"
 )
 
-// startTimers starts one timer loop per function with schedules. It holds
-// deployMu, as SetFunctions does: a deployment cannot replace or remove a
-// function between the read of the table and the start of its timer.
+// timerRun is the running timer loops of one function.
+type timerRun struct {
+	cancel context.CancelFunc
+	loops  sync.WaitGroup
+}
+
+// stop cancels the loops and waits until none of them can still record a
+// tick (a tick being committed finishes first).
+func (r *timerRun) stop() {
+	if r != nil {
+		r.cancel()
+		r.loops.Wait()
+	}
+}
+
+// startTimers starts one timer loop per function with schedules, after
+// deleting the recorded "@every" ticks whose interval a function no longer
+// has (changed while the gateway was down). It holds deployMu, as
+// SetFunctions does: a deployment cannot replace or remove a function
+// between the read of the table and the start of its timer.
 func (g *Gateway) startTimers() {
 	g.deployMu.Lock()
 	defer g.deployMu.Unlock()
 	for _, f := range g.funcs.Load().byName {
-		g.startTimer(f)
+		g.pruneTicks(f.Name, f.Schedules)
+		g.startTimer(f).stop()
 	}
 }
 
-// startTimer (re)starts f's timer loop; a function without schedules has
+// startTimer (re)starts f's timer loops; a function without schedules has
 // none. f must be the deployed version of its name: a version that was
 // replaced or removed meanwhile gets no timer (and the current version's
-// timer is left alone).
-func (g *Gateway) startTimer(f *Function) {
+// timer is left alone). It returns the loops it replaced, cancelled: the
+// caller stops them (waits) outside timersMu.
+func (g *Gateway) startTimer(f *Function) *timerRun {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
 	if g.funcs.Load().byName[f.Name] != f {
-		return
+		return nil
 	}
-	if cancel := g.timers[f.Name]; cancel != nil {
-		cancel()
+	prev := g.timers[f.Name]
+	if prev != nil {
+		prev.cancel()
 		delete(g.timers, f.Name)
 	}
 	if len(f.Schedules) == 0 || g.runCtx == nil || g.stopping.Load() {
-		return
+		return prev
 	}
 	ctx, cancel := context.WithCancel(g.runCtx)
-	g.timers[f.Name] = cancel
+	r := &timerRun{cancel: cancel}
+	g.timers[f.Name] = r
 	for _, s := range f.Schedules {
-		go g.timerLoop(ctx, f.Name, s)
+		r.loops.Go(func() { g.timerLoop(ctx, f.Name, s) })
 	}
+	return prev
 }
 
-func (g *Gateway) stopTimer(name string) {
+// stopTimer cancels the timer loops of name and returns them (see
+// startTimer).
+func (g *Gateway) stopTimer(name string) *timerRun {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
-	if cancel := g.timers[name]; cancel != nil {
-		cancel()
+	r := g.timers[name]
+	if r != nil {
+		r.cancel()
 		delete(g.timers, name)
 	}
+	return r
 }
 
 func (g *Gateway) stopTimers() {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
-	for name, cancel := range g.timers {
-		cancel()
+	for name, r := range g.timers {
+		r.cancel()
 		delete(g.timers, name)
 	}
+}
+
+// pruneTicks deletes the recorded ticks of function's "@every" timers
+// whose interval is not among schedules (all of them for a removed
+// function), so state of removed functions and changed intervals does not
+// pile up. A timer whose interval stays keeps its phase. Failures are
+// logged: a leftover record is a few bytes, and a later prune removes it.
+// The caller has stopped the function's previous loops, so none of them
+// can record a tick after the prune.
+func (g *Gateway) pruneTicks(function string, schedules []Schedule) {
+	ctx := g.pruneCtx()
+	keep := make(map[string]bool, len(schedules))
+	for _, s := range schedules {
+		if every, ok := s.(trigger.Every); ok {
+			keep[function+"/"+every.String()] = true
+		}
+	}
+	kvs, _, err := g.opts.Store.ListState(ctx, TimerStateFunction, function+"/", store.MaxQueryLimit, "")
+	var del []store.StateChange
+	for _, kv := range kvs {
+		if !keep[kv.Key] {
+			del = append(del, store.StateChange{Function: TimerStateFunction, Op: store.StateDelete, Key: kv.Key})
+		}
+	}
+	if err == nil && len(del) > 0 {
+		_, err = g.opts.Store.Commit(ctx, &store.Commit{State: del})
+	}
+	if err != nil && ctx.Err() == nil {
+		g.log.Warn("timer: recorded ticks not pruned", "function", function, "err", err)
+	}
+}
+
+// pruneCtx is the context of a prune of recorded ticks: the gateway's run
+// (a deployment before Run or after its end prunes nothing).
+func (g *Gateway) pruneCtx() context.Context {
+	g.timersMu.Lock()
+	defer g.timersMu.Unlock()
+	if g.runCtx == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
+	}
+	return g.runCtx
 }
 
 // TimerStateFunction is the state namespace (store state of this

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -290,4 +291,60 @@ func TestEveryTimerResumesAfterRestart(t *testing.T) {
 	if err != nil || !ok || string(v) != strconv.FormatInt(last+time.Hour.Milliseconds(), 10) {
 		t.Fatalf("recorded tick %q %v %v, want %d", v, ok, err, last+time.Hour.Milliseconds())
 	}
+}
+
+// The recorded tick of an "@every" timer is deleted when its function no
+// longer has that interval: changed while the gateway was down (pruned at
+// start), changed by a deployment, or the function removed. A timer whose
+// interval stays keeps its record (its phase), and records of functions
+// that are not deployed at start (their files may have failed to load) are
+// left alone.
+func TestEveryTickRecordsPruned(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	src := `function handle(e) return {} end`
+	writeFunction(t, fnDir, "tk", src, "triggers:\n  - timer: \"@every 1h\"\n  - timer: \"@every 2h\"\n")
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recent := []byte(strconv.FormatInt(time.Now().Add(-time.Minute).UnixMilli(), 10)) // nothing due
+	for _, key := range []string{"tk/@every 1h0m0s", "tk/@every 2h0m0s", "tk/@every 5h0m0s", "other/@every 1h0m0s"} {
+		if err := st.PutState(ctx, TimerStateFunction, key, recent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	keys := func() []string {
+		kvs, _, err := p.d.Store().ListState(ctx, TimerStateFunction, "", 100, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range kvs {
+			out = append(out, kv.Key)
+		}
+		return out
+	}
+	expect := func(what string, want ...string) {
+		t.Helper()
+		waitFor(t, 10*time.Second, what, func() bool { return slices.Equal(keys(), want) })
+	}
+	expect("the 5h record pruned at start", "other/@every 1h0m0s", "tk/@every 1h0m0s", "tk/@every 2h0m0s")
+
+	writeFunction(t, fnDir, "tk", src+"\n-- v2\n", "triggers:\n  - timer: \"@every 1h\"\n")
+	expect("the 2h record pruned by the deployment", "other/@every 1h0m0s", "tk/@every 1h0m0s")
+	if v, _, _ := p.d.Store().GetState(ctx, TimerStateFunction, "tk/@every 1h0m0s"); string(v) != string(recent) {
+		t.Fatalf("the kept interval's record changed: %q, want %q", v, recent)
+	}
+
+	for _, name := range []string{"tk.lua", "tk.yaml"} {
+		if err := os.Remove(filepath.Join(fnDir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect("tk's records pruned with it", "other/@every 1h0m0s")
 }
