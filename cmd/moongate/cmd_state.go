@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 )
@@ -45,9 +46,19 @@ func init() {
 func statePath(fn, key string) string {
 	p := "/v1/functions/" + url.PathEscape(fn) + "/state"
 	if key != "" {
-		p += "/" + url.PathEscape(key)
+		p += "/" + pathSegment(key)
 	}
 	return p
+}
+
+// pathSegment escapes s as one path segment. The keys "." and ".." are
+// sent as %2E and %2E%2E: as they are, HTTP stacks resolve them as dot
+// segments (the state of the function, or the function itself).
+func pathSegment(s string) string {
+	if s == "." || s == ".." {
+		return strings.Repeat("%2E", len(s))
+	}
+	return url.PathEscape(s)
 }
 
 func runStateGet(ctx context.Context, c *apiClient, args []string, stdout, _ io.Writer) error {

@@ -8,7 +8,8 @@ import (
 )
 
 // The state commands against a real daemon: each key reaches the store
-// exactly as typed, whatever it holds ("/", "%", "%2F", spaces, non-ASCII).
+// exactly as typed, whatever it holds ("/", "%", "%2F", spaces, non-ASCII,
+// "." and ".." that a path would resolve).
 func TestStateKeysRoundTrip(t *testing.T) {
 	const token = "mgt_cli_state_token_0123456789"
 	addr := startBlobDaemon(t, token)
@@ -17,7 +18,7 @@ func TestStateKeysRoundTrip(t *testing.T) {
 		code := run(context.Background(), append(args, "--server", addr, "--token", token), &out, &errb)
 		return code, out.String(), errb.String()
 	}
-	keys := []string{"u%2Fv", "u/v", "%", "100%25", "a%zz", "a b", "temp/µ°C/ü", "日本語 %2f/x", "+&=?#;:@"}
+	keys := []string{"u%2Fv", "u/v", "%", "100%25", "a%zz", "a b", "temp/µ°C/ü", "日本語 %2f/x", "+&=?#;:@", ".", "..", "a/../b"}
 	for i, k := range keys {
 		if code, out, errs := cli("state", "put", "kv", k, strings.Repeat("1", i+1)); code != exitOK || out != k+" = "+strings.Repeat("1", i+1)+"\n" {
 			t.Fatalf("put %q: %d %q %s", k, code, out, errs)

@@ -2,6 +2,7 @@ package apiserver_test
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -20,8 +21,16 @@ func TestStateKeyEscaping(t *testing.T) {
 		"temp/µ°C/ü", // non-ASCII and slashes
 		"日本語 %2f/x",  // mixed
 		"+&=?#;:@",   // reserved characters
+		".",          // dot segments, sent as %2E (docs/api.md)
+		"..",
+		"a/../b",
 	}
-	path := func(k string) string { return "/v1/functions/kv/state/" + url.PathEscape(k) }
+	path := func(k string) string {
+		if k == "." || k == ".." {
+			return "/v1/functions/kv/state/" + strings.Repeat("%2E", len(k))
+		}
+		return "/v1/functions/kv/state/" + url.PathEscape(k)
+	}
 	for i, k := range keys {
 		var st map[string]any
 		e.mustCall(200, "PUT", path(k), adminToken, map[string]any{"i": i}, &st)
