@@ -103,7 +103,7 @@ func (g *Gateway) pruneTicks(function string, schedules []Schedule) {
 	keep := make(map[string]bool, len(schedules))
 	for _, s := range schedules {
 		if every, ok := s.(trigger.Every); ok {
-			keep[function+"/"+every.String()] = true
+			keep[tickKey(function, every)] = true
 		}
 	}
 	kvs, _, err := g.opts.Store.ListState(ctx, TimerStateFunction, function+"/", store.MaxQueryLimit, "")
@@ -141,6 +141,11 @@ func (g *Gateway) pruneCtx() context.Context {
 // one.
 const TimerStateFunction = "_timer"
 
+// tickKey is the key of the recorded tick of function's "@every" timer.
+func tickKey(function string, every trigger.Every) string {
+	return function + "/" + every.String()
+}
+
 // timerLoop enqueues a timer event at each tick of s. Timer events are
 // ordinary inbox entries (lane "timer" of the function): durable, in order,
 // bounded by the same admission as MQTT events. Cron ticks missed while the
@@ -150,7 +155,7 @@ const TimerStateFunction = "_timer"
 // that fell due while the gateway was down fires once at start.
 func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
 	every, keep := s.(trigger.Every)
-	key := function + "/" + every.String()
+	key := tickKey(function, every)
 	fire := func(tick time.Time) {
 		ev := luavm.Event{ID: g.newEventID(), Trigger: "timer", TS: g.opts.Now().UnixMilli()}
 		entry := store.InboxEntry{Function: function, Key: "timer", Event: encodeEvent(&ev)}
