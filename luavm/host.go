@@ -12,9 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 
+	"github.com/moongate-edge/moongate/mqtt/topics"
 	lua "github.com/yuin/gopher-lua"
 )
 
@@ -358,30 +358,11 @@ func (in *instance) payloadBytes(L *lua.LState, n int) []byte {
 	return nil
 }
 
-// validTopic is MQTT's rule for a topic name to publish to: 1 to 65535
-// bytes of UTF-8, no NUL, no wildcard.
-func validTopic(topic string) error {
-	switch {
-	case topic == "":
-		return errors.New("invalid topic: empty")
-	case len(topic) > 65535:
-		return fmt.Errorf("invalid topic: %d bytes, over the MQTT limit of 65535", len(topic))
-	case !utf8.ValidString(topic):
-		return errors.New("invalid topic: not valid UTF-8")
-	case strings.IndexByte(topic, 0) >= 0:
-		return errors.New("invalid topic: contains NUL")
-	case strings.ContainsAny(topic, "+#"):
-		return errors.New("invalid topic: wildcards + and # are not allowed")
-	}
-	return nil
-}
-
 func (in *instance) publish(L *lua.LState) int {
 	topic := L.CheckString(1)
-	// The broker's rule (mqtt.ValidTopic, not imported: luavm does not
-	// depend on the broker): a topic it would refuse must not reach the
+	// The broker's rule: a topic it would refuse must not reach the
 	// gateway's publish outbox.
-	if err := validTopic(topic); err != nil {
+	if err := topics.ValidName(topic); err != nil {
 		L.ArgError(1, err.Error())
 	}
 	payload := in.payloadBytes(L, 2)

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 // User is one device account of the embedded broker.
@@ -67,7 +69,7 @@ func newAuthenticator(users []User) (*authenticator, error) {
 		cache:    make(map[string][32]byte),
 	}
 	for i, u := range users {
-		if u.Username == "" || strings.ContainsAny(u.Username, "/+#") || ValidTopic(u.Username) != nil {
+		if u.Username == "" || strings.ContainsAny(u.Username, "/+#") || topics.ValidName(u.Username) != nil {
 			return nil, fmt.Errorf("%w: users[%d]: username %q must be a non-empty single topic level", ErrConfig, i, u.Username)
 		}
 		if _, dup := a.accounts[u.Username]; dup {
@@ -96,7 +98,7 @@ func expandACL(filters []string, username string) ([]string, error) {
 	out := make([]string, 0, len(filters))
 	for _, f := range filters {
 		f = strings.ReplaceAll(f, "{username}", username)
-		if err := ValidFilter(f); err != nil {
+		if err := topics.ValidFilter(f); err != nil {
 			return nil, err
 		}
 		out = append(out, f)
@@ -172,7 +174,7 @@ func (a *authenticator) mayPublish(username, topic string) bool {
 	if !ok {
 		return false
 	}
-	return matchAny(acc.publish, topic)
+	return topics.MatchAny(acc.publish, topic)
 }
 
 // mayRead reports whether username may subscribe to filter, or receive a
@@ -183,7 +185,7 @@ func (a *authenticator) mayRead(username, filterOrTopic string) bool {
 		return false
 	}
 	for _, f := range acc.subscribe {
-		if covers(f, filterOrTopic) {
+		if topics.Covers(f, filterOrTopic) {
 			return true
 		}
 	}

@@ -41,7 +41,8 @@
 //
 // # Topic rules
 //
-// [Match], [ValidTopic] and [ValidFilter] implement the MQTT 3.1.1/5.0 topic
-// and filter rules, including the rule that filters starting with a wildcard
-// do not match topics starting with '$'.
+// Package [github.com/moongate-edge/moongate/mqtt/topics] implements the
+// MQTT 3.1.1/5.0 topic and filter rules this package applies, including the
+// rule that filters starting with a wildcard do not match topics starting
+// with '$'. [ErrInvalidTopic] and [ErrInvalidFilter] are its sentinels.
 package mqtt

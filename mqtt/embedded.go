@@ -15,6 +15,8 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 // Defaults for EmbeddedConfig fields left at their zero value.
@@ -361,7 +363,7 @@ func (e *Embedded) SetFilters(ctx context.Context, filters []string) error {
 // handed to every matching subscriber's queue. Messages published here are
 // not passed to the Handler.
 func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	if err := ValidTopic(topic); err != nil {
+	if err := topics.ValidName(topic); err != nil {
 		return err
 	}
 	if qos > 2 {
@@ -504,7 +506,7 @@ func (e *Embedded) refuse(cl *mochi.Client, pk packets.Packet, code packets.Code
 func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	username := string(cl.Properties.Username)
 	topic := pk.TopicName
-	if ValidTopic(topic) != nil || topic[0] == '$' {
+	if topics.ValidName(topic) != nil || topic[0] == '$' {
 		e.stats.invalidTopic.Add(1)
 		return e.refuse(cl, pk, packets.ErrTopicNameInvalid)
 	}
@@ -523,7 +525,7 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 		e.disconnect(cl, packets.ErrServerShuttingDown)
 		return pk, packets.ErrRejectPacket
 	}
-	if !matchAny(list, topic) {
+	if !topics.MatchAny(list, topic) {
 		e.stats.ignored.Add(1)
 		return pk, nil
 	}
@@ -656,7 +658,7 @@ func (h *hook) authenticate(cl *mochi.Client, pk packets.Packet) bool {
 	// make (otherwise device a could make its will a command to device b).
 	if pk.Connect.WillFlag {
 		t := pk.Connect.WillTopic
-		if ValidTopic(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, t) {
+		if topics.ValidName(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, t) {
 			h.e.stats.unauthorized.Add(1)
 			h.e.log.Debug("mqtt connection refused: last will outside the publish ACL", "client", cl.ID, "username", username, "will_topic", t)
 			return false
@@ -721,7 +723,7 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	if t == "" && pk.Properties.TopicAlias > 0 {
 		return pk, nil // MQTT v5 topic alias; checked after resolution
 	}
-	if ValidTopic(t) != nil || t[0] == '$' {
+	if topics.ValidName(t) != nil || t[0] == '$' {
 		h.e.stats.invalidTopic.Add(1)
 		h.e.log.Debug("mqtt publish to invalid topic; closing connection", "client", cl.ID, "topic", t)
 		return pk, packets.ErrRejectPacket

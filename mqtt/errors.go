@@ -3,16 +3,20 @@ package mqtt
 import (
 	"errors"
 	"fmt"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 // Sentinel errors. Errors returned by this package wrap one of these, so
 // callers can branch with errors.Is.
 var (
 	// ErrInvalidTopic reports a topic name that breaks the MQTT rules
-	// (empty, too long, invalid UTF-8, NUL, or a wildcard character).
-	ErrInvalidTopic = errors.New("mqtt: invalid topic")
-	// ErrInvalidFilter reports a topic filter that breaks the MQTT rules.
-	ErrInvalidFilter = errors.New("mqtt: invalid topic filter")
+	// (empty, too long, invalid UTF-8, NUL, or a wildcard character). It is
+	// topics.ErrInvalidTopic: errors.Is matches either.
+	ErrInvalidTopic = topics.ErrInvalidTopic
+	// ErrInvalidFilter reports a topic filter that breaks the MQTT rules. It
+	// is topics.ErrInvalidFilter.
+	ErrInvalidFilter = topics.ErrInvalidFilter
 	// ErrConfig reports an invalid configuration.
 	ErrConfig = errors.New("mqtt: invalid configuration")
 	// ErrInsecureListener reports a non-loopback embedded listener without

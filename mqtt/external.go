@@ -16,6 +16,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 // Defaults for ExternalConfig fields left at their zero value.
@@ -510,7 +512,7 @@ func (x *External) handle(item laneItem) {
 		ack(false)
 		return
 	}
-	if !matchAny(list, msg.Topic()) {
+	if !topics.MatchAny(list, msg.Topic()) {
 		// A stale subscription of the persistent session: not ours any more.
 		x.stats.ignored.Add(1)
 		ack(true)
@@ -647,7 +649,7 @@ func (x *External) reconnectLoop() {
 // was acknowledged (paho then completes its token without the broker's
 // acknowledgement; see PITFALLS).
 func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	if err := ValidTopic(topic); err != nil {
+	if err := topics.ValidName(topic); err != nil {
 		return err
 	}
 	if qos > 2 {
@@ -715,7 +717,7 @@ func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error)
 	var stop error // why publishing stopped before the end
 	conn := x.conn()
 	for _, m := range msgs {
-		if err := ValidTopic(m.Topic); err != nil {
+		if err := topics.ValidName(m.Topic); err != nil {
 			stop = err
 			break
 		}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 var (
@@ -51,7 +53,7 @@ func FuzzEmbeddedPackets(f *testing.F) {
 			}
 			_ = e.SetFilters(context.Background(), []string{"#"})
 			fuzzBrokerErr = e.Start(context.Background(), func(ctx context.Context, m *Message) error {
-				if err := ValidTopic(m.Topic); err != nil || m.Topic[0] == '$' {
+				if err := topics.ValidName(m.Topic); err != nil || m.Topic[0] == '$' {
 					fuzzBrokerBad.Store("handler got invalid topic " + m.Topic)
 				}
 				if len(m.Payload) > 4096 {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moongate-edge/moongate/mqtt/topics"
 )
 
 // Message is one inbound MQTT publish. The Handler may keep it and its
@@ -140,7 +142,7 @@ func validateFilters(filters []string) ([]string, error) {
 	out := make([]string, 0, len(filters))
 	seen := make(map[string]bool, len(filters))
 	for _, f := range filters {
-		if err := ValidFilter(f); err != nil {
+		if err := topics.ValidFilter(f); err != nil {
 			return nil, err
 		}
 		if !seen[f] {

@@ -1,4 +1,11 @@
-package mqtt
+// Package topics implements the MQTT 3.1.1 / 5.0 rules for topic names and
+// topic filters: validation, matching, and whether one filter stays inside
+// another. It uses only the standard library, so that every package that
+// handles topics (the broker and client in package mqtt, the Lua runtime's
+// mqtt.publish) applies the same rules without depending on the broker.
+// Its functions are safe for concurrent use and do not allocate unless they
+// return an error.
+package topics
 
 import (
 	"fmt"
@@ -6,15 +13,15 @@ import (
 	"unicode/utf8"
 )
 
-// maxTopicLen is the MQTT limit on the encoded length of a topic or filter.
-const maxTopicLen = 65535
+// MaxLen is the MQTT limit on the encoded length of a topic name or filter.
+const MaxLen = 65535
 
 const sharePrefix = "$share/"
 
-// ValidTopic reports whether topic is a valid MQTT topic name for a publish:
+// ValidName reports whether topic is a valid MQTT topic name for a publish:
 // 1 to 65535 bytes of UTF-8 without NUL and without the wildcard characters
 // '+' and '#'. The error wraps ErrInvalidTopic.
-func ValidTopic(topic string) error {
+func ValidName(topic string) error {
 	if err := validString(topic); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidTopic, err)
 	}
@@ -68,8 +75,8 @@ func validString(s string) error {
 	switch {
 	case s == "":
 		return fmt.Errorf("empty")
-	case len(s) > maxTopicLen:
-		return fmt.Errorf("%d bytes, over the MQTT limit of %d", len(s), maxTopicLen)
+	case len(s) > MaxLen:
+		return fmt.Errorf("%d bytes, over the MQTT limit of %d", len(s), MaxLen)
 	case !utf8.ValidString(s):
 		return fmt.Errorf("not valid UTF-8")
 	case strings.IndexByte(s, 0) >= 0:
@@ -132,10 +139,10 @@ func matchLevels(filter, topic string) bool {
 	}
 }
 
-// covers reports whether every topic matched by sub is also matched by
+// Covers reports whether every topic matched by sub is also matched by
 // allowed, i.e. whether a subscription to sub (a filter or a plain topic)
 // stays inside the allowed filter. Both must be valid filters.
-func covers(allowed, sub string) bool {
+func Covers(allowed, sub string) bool {
 	if strings.HasPrefix(sub, sharePrefix) {
 		rest := sub[len(sharePrefix):]
 		i := strings.IndexByte(rest, '/')
@@ -174,8 +181,9 @@ func covers(allowed, sub string) bool {
 	}
 }
 
-// matchAny reports whether any filter in filters matches topic.
-func matchAny(filters []string, topic string) bool {
+// MatchAny reports whether any filter in filters matches topic, like Match
+// for each in turn but checking topic once.
+func MatchAny(filters []string, topic string) bool {
 	if topic == "" || strings.ContainsAny(topic, "+#") {
 		return false
 	}

@@ -1,4 +1,4 @@
-package mqtt
+package topics
 
 import (
 	"errors"
@@ -59,15 +59,15 @@ func TestMatch(t *testing.T) {
 	}
 }
 
-func TestValidTopic(t *testing.T) {
+func TestValidName(t *testing.T) {
 	for _, ok := range []string{"a", "a/b", "/", "a//b", "$SYS/x", "ü", strings.Repeat("x", 65535)} {
-		if err := ValidTopic(ok); err != nil {
-			t.Errorf("ValidTopic(%.20q) = %v", ok, err)
+		if err := ValidName(ok); err != nil {
+			t.Errorf("ValidName(%.20q) = %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", "a/+", "#", "a/b#", "\xff", "a\x00", strings.Repeat("x", 65536)} {
-		if err := ValidTopic(bad); !errors.Is(err, ErrInvalidTopic) {
-			t.Errorf("ValidTopic(%.20q) = %v, want ErrInvalidTopic", bad, err)
+		if err := ValidName(bad); !errors.Is(err, ErrInvalidTopic) {
+			t.Errorf("ValidName(%.20q) = %v, want ErrInvalidTopic", bad, err)
 		}
 	}
 }
@@ -108,8 +108,8 @@ func TestCovers(t *testing.T) {
 		{"a/#", "$share/g/a/b", true},
 	}
 	for _, c := range cases {
-		if got := covers(c.allowed, c.sub); got != c.want {
-			t.Errorf("covers(%q, %q) = %v, want %v", c.allowed, c.sub, got, c.want)
+		if got := Covers(c.allowed, c.sub); got != c.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", c.allowed, c.sub, got, c.want)
 		}
 	}
 }
@@ -162,8 +162,8 @@ func FuzzMatch(f *testing.F) {
 		if want := refMatch(filter, topic); got != want {
 			t.Fatalf("Match(%q, %q) = %v, reference says %v", filter, topic, got, want)
 		}
-		if any := matchAny([]string{filter, filter}, topic); any != got {
-			t.Fatalf("matchAny([%q], %q) = %v, Match = %v", filter, topic, any, got)
+		if any := MatchAny([]string{filter, filter}, topic); any != got {
+			t.Fatalf("MatchAny([%q], %q) = %v, Match = %v", filter, topic, any, got)
 		}
 		if got && (topic == "" || strings.ContainsAny(topic, "+#")) {
 			t.Fatalf("Match(%q, %q) matched a topic with wildcards", filter, topic)
@@ -176,9 +176,9 @@ func FuzzValidTopicFilter(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		terr, ferr := ValidTopic(s), ValidFilter(s)
+		terr, ferr := ValidName(s), ValidFilter(s)
 		if terr != nil && !errors.Is(terr, ErrInvalidTopic) {
-			t.Fatalf("ValidTopic(%q) error %v does not wrap ErrInvalidTopic", s, terr)
+			t.Fatalf("ValidName(%q) error %v does not wrap ErrInvalidTopic", s, terr)
 		}
 		if ferr != nil && !errors.Is(ferr, ErrInvalidFilter) {
 			t.Fatalf("ValidFilter(%q) error %v does not wrap ErrInvalidFilter", s, ferr)
@@ -197,7 +197,7 @@ func FuzzValidTopicFilter(f *testing.F) {
 		if ferr == nil && !strings.HasPrefix(s, "$share/") {
 			// Every valid filter is covered by itself and by "#" unless it
 			// reaches '$' topics.
-			if !covers(s, s) {
+			if !Covers(s, s) {
 				t.Fatalf("filter %q does not cover itself", s)
 			}
 		}
