@@ -85,6 +85,21 @@ func validString(s string) error {
 	return nil
 }
 
+// unshare returns the FILTER of a shared subscription filter
+// ("$share/GROUP/FILTER") and any other filter as it is; false for a
+// "$share/" filter without a group.
+func unshare(filter string) (string, bool) {
+	rest, ok := strings.CutPrefix(filter, sharePrefix)
+	if !ok {
+		return filter, true
+	}
+	i := strings.IndexByte(rest, '/')
+	if i <= 0 {
+		return "", false
+	}
+	return rest[i+1:], true
+}
+
 // Match reports whether the MQTT topic filter matches topic. '+' matches
 // exactly one level (which may be empty), '#' matches the parent level and
 // any number of child levels, and a filter starting with a wildcard does not
@@ -93,13 +108,9 @@ func validString(s string) error {
 // its arguments: an invalid filter (such as "a/#/b") or a topic containing
 // wildcards simply does not match. It does not allocate.
 func Match(filter, topic string) bool {
-	if strings.HasPrefix(filter, sharePrefix) {
-		rest := filter[len(sharePrefix):]
-		i := strings.IndexByte(rest, '/')
-		if i <= 0 {
-			return false
-		}
-		filter = rest[i+1:]
+	filter, ok := unshare(filter)
+	if !ok {
+		return false
 	}
 	if topic == "" || strings.ContainsAny(topic, "+#") {
 		return false
@@ -143,13 +154,9 @@ func matchLevels(filter, topic string) bool {
 // allowed, i.e. whether a subscription to sub (a filter or a plain topic)
 // stays inside the allowed filter. Both must be valid filters.
 func Covers(allowed, sub string) bool {
-	if strings.HasPrefix(sub, sharePrefix) {
-		rest := sub[len(sharePrefix):]
-		i := strings.IndexByte(rest, '/')
-		if i <= 0 {
-			return false
-		}
-		sub = rest[i+1:]
+	sub, ok := unshare(sub)
+	if !ok {
+		return false
 	}
 	// A wildcard-led allowed filter does not reach '$' topics.
 	if sub != "" && sub[0] == '$' && allowed != "" && (allowed[0] == '+' || allowed[0] == '#') {
