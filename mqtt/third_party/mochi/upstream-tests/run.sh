@@ -25,15 +25,20 @@ if GOFLAGS=-mod=mod go test -race -count=1 -skip '^TestServerProcessPublishACLCh
 	exit 0
 fi
 cat "$out"
-# Many of the release's server tests wait for the client's write loop with a
-# fixed sleep (1 ms, 100 us) before closing its pipe, and fail now and then
-# on a busy machine (TestPublishToSubscribers once in a CI run, 2026-11-27).
-# Tests of the root package that failed are run again, alone, twice; they
-# must pass both times. A failure anywhere else, or of the build, stands.
-if grep -v '^FAIL[[:space:]]*github.com/mochi-mqtt/server/v2[[:space:]]' "$out" | grep -q '^FAIL[[:space:]]*github.com/'; then
+# Many of the release's tests wait with a fixed sleep (1 ms, 100 us) where
+# they should wait for readiness: the server tests before closing the
+# client's pipe, the listener tests before their first request to a server
+# that Serve starts listening in a goroutine. They fail now and then on a
+# busy machine (TestPublishToSubscribers once in a CI run, 2026-11-27;
+# TestHTTPHealthCheckServeAndCloseMethodNotAllowed, "connection refused",
+# 2026-11-29). Tests that failed are run again, alone, in the packages that
+# failed, twice; they must pass both times. A build or setup failure stands.
+if grep -q '^FAIL[[:space:]].*\[\(build\|setup\) failed\]' "$out"; then
 	exit 1
 fi
 failed=$(grep -o -- '--- FAIL: Test[A-Za-z0-9_]*' "$out" | sed 's/--- FAIL: //' | sort -u | paste -sd'|' -)
-[ -n "$failed" ] || exit 1
-echo "run.sh: running the failed tests again, alone, twice: $failed"
-GOFLAGS=-mod=mod go test -race -count=2 -run "^($failed)\$" .
+pkgs=$(sed -n 's|^FAIL[[:space:]]*github.com/mochi-mqtt/server/v2\(/[a-z/]*\)\{0,1\}[[:space:]].*|.\1|p' "$out" | sort -u)
+[ -n "$failed" ] && [ -n "$pkgs" ] || exit 1
+echo "run.sh: running the failed tests again, alone, twice: $failed in" $pkgs
+# shellcheck disable=SC2086 # one word per package
+GOFLAGS=-mod=mod go test -race -count=2 -run "^($failed)\$" $pkgs
