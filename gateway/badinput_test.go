@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -207,13 +208,14 @@ func TestLargestPayloadIsProcessed(t *testing.T) {
 }
 
 // TestUnauthenticatedConnectionsShed: mqtt.embedded.max_unauthenticated
-// reaches the broker, and connections past it are counted in /metrics.
+// and max_unauthenticated_per_address reach the broker, and connections
+// past them are counted in /metrics.
 func TestUnauthenticatedConnectionsShed(t *testing.T) {
 	fnDir := t.TempDir()
 	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
-	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "mqtt:\n  embedded: {listen: \"127.0.0.1:0\", max_unauthenticated: 1}\n"))
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "mqtt:\n  embedded: {listen: \"127.0.0.1:0\", max_unauthenticated: 2, max_unauthenticated_per_address: 1}\n"))
 	addr := p.d.MQTTAddr().String()
-	idle, err := net.Dial("tcp", addr) // holds the only slot: never sends CONNECT
+	idle, err := net.Dial("tcp", addr) // holds 127.0.0.1's only slot: never sends CONNECT
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +234,8 @@ func TestUnauthenticatedConnectionsShed(t *testing.T) {
 	if n := shed(); n != 0 {
 		t.Fatalf("shed before: %d", n)
 	}
-	// The slot is taken at accept; the second connection is closed unread.
+	// The slot is taken at accept; the second connection from the address
+	// is closed unread.
 	waitFor(t, 10*time.Second, "a connection shed", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -242,4 +245,21 @@ func TestUnauthenticatedConnectionsShed(t *testing.T) {
 		}
 		return shed() >= 1
 	})
+	// Another address (any of 127.0.0.0/8 is one on Linux) has the
+	// listener's other slot: its CONNECT (MQTT 3.1.1, anonymous, id "x")
+	// is accepted.
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 1, 'x'}); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("CONNACK from another address: % x, %v", ack, err)
+	}
 }

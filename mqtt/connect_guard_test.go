@@ -292,6 +292,150 @@ func TestEmbeddedUnauthenticatedBound(t *testing.T) {
 	}
 }
 
+// dialFrom opens a TCP connection to addr from the loopback address local
+// (any of 127.0.0.0/8 can be a source address on Linux), so that tests can
+// be several hosts.
+func dialFrom(t *testing.T, local, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// expectConnack sends a CONNECT with credentials over c and wants CONNACK 0.
+func expectConnack(t *testing.T, c net.Conn, id string) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(rawConnect(id, "alice", "s3cret")); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil {
+		t.Fatalf("%s: read CONNACK: %v", id, err)
+	}
+	if ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("%s: CONNACK = % x, want accepted", id, ack)
+	}
+}
+
+// One address (a host flooding the listener with sockets that never send
+// CONNECT) holds at most MaxUnauthenticatedPerAddress of the listener's
+// slots: its next connection is closed at once, unread, while devices from
+// other addresses still get in. The listener's own bound still holds
+// across addresses, and a slot given back is usable again by its address.
+func TestEmbeddedUnauthenticatedPerAddress(t *testing.T) {
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxUnauthenticated: 4, MaxUnauthenticatedPerAddress: 2}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.connectTimeout = time.Minute // idle sockets keep their slots
+	if err := e.Start(context.Background(), acceptAll); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	addr := e.Addr().String()
+	flood := []net.Conn{dialFrom(t, "127.0.0.1", addr), dialFrom(t, "127.0.0.1", addr)}
+	expectClosed(t, dialFrom(t, "127.0.0.1", addr))
+	if n := e.Stats().ConnectionsShed; n != 1 {
+		t.Fatalf("ConnectionsShed = %d, want 1", n)
+	}
+	// Another host gets in while the flood holds its two slots.
+	expectConnack(t, dialFrom(t, "127.0.0.2", addr), "from-2")
+	// Two idle sockets from 127.0.0.3 fill the listener (4 slots): a
+	// fourth host is turned away by the listener's bound.
+	idle3 := []net.Conn{dialFrom(t, "127.0.0.3", addr), dialFrom(t, "127.0.0.3", addr)}
+	waitFor(t, "the listener to be full", 10*time.Second, func() bool {
+		c := dialFrom(t, "127.0.0.4", addr)
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout()) // closed, not still open
+	})
+	idle3[0].Close()
+	idle3[1].Close()
+	// The flooding address gets a slot back when one of its sockets ends.
+	flood[0].Close()
+	waitFor(t, "a slot of 127.0.0.1 to be free", 10*time.Second, func() bool {
+		c := dialFrom(t, "127.0.0.1", addr)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(rawConnect("from-1", "alice", "s3cret")); err != nil {
+			return false
+		}
+		ack := make([]byte, 4)
+		_, err := io.ReadFull(c, ack)
+		return err == nil && ack[0] == 0x20 && ack[3] == 0
+	})
+}
+
+// Close does not wait for connections that never sent CONNECT (TCP and
+// WebSocket): it closes them. Before, it waited for their CONNECT
+// deadline (10 s by default, a minute here).
+func TestEmbeddedCloseClosesUnauthenticated(t *testing.T) {
+	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", Users: twoUsers(t)}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.connectTimeout = time.Minute
+	if err := e.Start(context.Background(), acceptAll); err != nil {
+		t.Fatal(err)
+	}
+	idle := dialFrom(t, "127.0.0.1", e.Addr().String())
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
+	ws, _, err := d.Dial("ws://"+e.WebSocketAddr().String()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	done := make(chan error, 1)
+	go func() { done <- e.Close(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waiting for unauthenticated connections after 30s (their CONNECT deadline is a minute)")
+	}
+	expectClosed(t, idle)
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := ws.ReadMessage(); err == nil {
+		t.Fatal("WebSocket connection still open after Close")
+	}
+}
+
+// The WebSocket listener counts per address too (the HTTP request's
+// remote address).
+func TestEmbeddedUnauthenticatedPerAddressWebSocket(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, WebSocketListen: "127.0.0.1:0", MaxUnauthenticated: 2, MaxUnauthenticatedPerAddress: 1}, acceptAll, "#")
+	u := "ws://" + e.WebSocketAddr().String() + "/"
+	from := func(local string) *websocket.Dialer {
+		nd := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		return &websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second, NetDialContext: nd.DialContext}
+	}
+	held, _, err := from("127.0.0.1").Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	c, resp, err := from("127.0.0.1").Dial(u, nil)
+	if err == nil {
+		c.Close()
+		t.Fatal("second unauthenticated WebSocket connection from one address accepted with MaxUnauthenticatedPerAddress 1")
+	}
+	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("second connection: %v (response %v)", err, resp)
+	}
+	other, _, err := from("127.0.0.2").Dial(u, nil)
+	if err != nil {
+		t.Fatalf("connection from another address: %v", err)
+	}
+	other.Close()
+}
+
 // The WebSocket listener has its own bound: beyond it the upgrade is
 // refused with 503.
 func TestEmbeddedUnauthenticatedBoundWebSocket(t *testing.T) {

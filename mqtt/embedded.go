@@ -29,6 +29,10 @@ const (
 	DefaultMaxClients         = 1000
 	DefaultMaxRetained        = 10000
 	DefaultMaxUnauthenticated = 64
+	// DefaultMaxUnauthenticatedPerAddress is the default of
+	// EmbeddedConfig.MaxUnauthenticatedPerAddress: a quarter of the
+	// default MaxUnauthenticated.
+	DefaultMaxUnauthenticatedPerAddress = 16
 )
 
 // EmbeddedConfig configures the embedded broker. The zero value (after
@@ -83,6 +87,15 @@ type EmbeddedConfig struct {
 	// counted in Stats.ConnectionsShed. Each may hold up to the CONNECT
 	// bound (MaxPayload+16 KiB) while its CONNECT is read.
 	MaxUnauthenticated int
+	// MaxUnauthenticatedPerAddress bounds how many of a listener's
+	// MaxUnauthenticated slots connections from one address (an IPv4
+	// address, an IPv6 /64) may hold at once, so that one host flooding
+	// the listener cannot keep every other device out; default
+	// DefaultMaxUnauthenticatedPerAddress, at most MaxUnauthenticated. A
+	// connection beyond it is closed at once, unread, and counted in
+	// Stats.ConnectionsShed. Behind a reverse proxy (WebSocket) every
+	// connection comes from the proxy's address.
+	MaxUnauthenticatedPerAddress int
 	// MaxRetained bounds the topics holding a retained message; default
 	// 10000. A retained publish to a new topic beyond it is delivered but
 	// not retained (Stats.RetainedRefused); replacing or clearing the
@@ -121,6 +134,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxUnauthenticated == 0 {
 		c.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if c.MaxUnauthenticatedPerAddress == 0 {
+		c.MaxUnauthenticatedPerAddress = min(DefaultMaxUnauthenticatedPerAddress, c.MaxUnauthenticated)
 	}
 }
 
@@ -207,6 +223,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max retained %d is negative", ErrConfig, cfg.MaxRetained)
 	case cfg.MaxUnauthenticated < 0:
 		return nil, fmt.Errorf("%w: max unauthenticated %d is negative", ErrConfig, cfg.MaxUnauthenticated)
+	case cfg.MaxUnauthenticatedPerAddress < 0 || cfg.MaxUnauthenticatedPerAddress > cfg.MaxUnauthenticated:
+		return nil, fmt.Errorf("%w: max unauthenticated per address %d not in 1..max unauthenticated (%d)", ErrConfig, cfg.MaxUnauthenticatedPerAddress, cfg.MaxUnauthenticated)
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, fmt.Errorf("%w: tls cert and key must be set together", ErrConfig)
 	}
@@ -220,7 +238,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 			return nil, fmt.Errorf("%w: listen address %q: %w", ErrConfig, addr, err)
 		}
 		e.loopback[id] = isLoopback(addr)
-		e.preauth[id] = newPreauth(cfg.MaxUnauthenticated, func() { e.shed("too many connections not yet authenticated on the listener: closed unread", id) })
+		e.preauth[id] = newPreauth(cfg.MaxUnauthenticated, cfg.MaxUnauthenticatedPerAddress, func(why string) { e.shed(why, id) })
 		if !e.loopback[id] && len(cfg.Users) == 0 {
 			return nil, fmt.Errorf("%w: listener %s", ErrInsecureListener, addr)
 		}
@@ -444,8 +462,10 @@ func (e *Embedded) Close(ctx context.Context) error {
 		e.hcancel()
 		<-idle
 	}
-	// Disconnect every client and wait for all connection goroutines; repeat
-	// the disconnect for a connection that was mid-CONNECT on the first pass.
+	// Disconnect every client, close every connection that has not
+	// authenticated (it would hold the wait until its CONNECT deadline),
+	// and wait for all connection goroutines; repeat for a connection that
+	// was mid-CONNECT on the first pass.
 	conns := make(chan struct{})
 	go func() {
 		for _, w := range e.waiters {
@@ -461,6 +481,9 @@ func (e *Embedded) Close(ctx context.Context) error {
 			if !cl.Net.Inline {
 				wg.Go(func() { e.disconnect(cl, packets.ErrServerShuttingDown) })
 			}
+		}
+		for _, p := range e.preauth {
+			p.closeAll()
 		}
 		wg.Wait()
 		select {
@@ -695,7 +718,8 @@ func (e *Embedded) shed(why, listener string) {
 	if now-last < int64(dropWarnEvery) || !e.shedWarnNs.CompareAndSwap(last, now) {
 		return
 	}
-	e.log.Warn("mqtt: "+why, "listener", listener, "max_unauthenticated", e.cfg.MaxUnauthenticated, "shed_total", n)
+	e.log.Warn("mqtt: "+why, "listener", listener, "max_unauthenticated", e.cfg.MaxUnauthenticated,
+		"max_unauthenticated_per_address", e.cfg.MaxUnauthenticatedPerAddress, "shed_total", n)
 }
 
 // OnACLCheck allows every publish here (publishes are checked in OnPublish,

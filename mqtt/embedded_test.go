@@ -268,15 +268,18 @@ func TestEmbeddedConfigErrors(t *testing.T) {
 	gb, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	good := string(gb)
 	cases := map[string]EmbeddedConfig{
-		"bad hash":        {Users: []User{{Username: "a", PasswordHash: "plain"}}},
-		"slash username":  {Users: []User{{Username: "a/b", PasswordHash: good}}},
-		"empty username":  {Users: []User{{PasswordHash: good}}},
-		"duplicate user":  {Users: []User{{Username: "a", PasswordHash: good}, {Username: "a", PasswordHash: good}}},
-		"bad acl":         {Users: []User{{Username: "a", PasswordHash: good, Publish: []string{"x/#/y"}}}},
-		"no port":         {Listen: "127.0.0.1"},
-		"cert no key":     {TLSCert: "x.pem"},
-		"missing cert":    {TLSCert: "/nonexistent.pem", TLSKey: "/nonexistent.key"},
-		"negative limits": {MaxPayload: -1},
+		"bad hash":                     {Users: []User{{Username: "a", PasswordHash: "plain"}}},
+		"slash username":               {Users: []User{{Username: "a/b", PasswordHash: good}}},
+		"empty username":               {Users: []User{{PasswordHash: good}}},
+		"duplicate user":               {Users: []User{{Username: "a", PasswordHash: good}, {Username: "a", PasswordHash: good}}},
+		"bad acl":                      {Users: []User{{Username: "a", PasswordHash: good, Publish: []string{"x/#/y"}}}},
+		"no port":                      {Listen: "127.0.0.1"},
+		"cert no key":                  {TLSCert: "x.pem"},
+		"missing cert":                 {TLSCert: "/nonexistent.pem", TLSKey: "/nonexistent.key"},
+		"negative limits":              {MaxPayload: -1},
+		"negative per address":         {MaxUnauthenticatedPerAddress: -1},
+		"per address over max":         {MaxUnauthenticated: 4, MaxUnauthenticatedPerAddress: 5},
+		"per address over default max": {MaxUnauthenticatedPerAddress: DefaultMaxUnauthenticated + 1},
 	}
 	for name, cfg := range cases {
 		if _, err := NewEmbedded(cfg, nil); !errors.Is(err, ErrConfig) {

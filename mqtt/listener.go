@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,38 +54,88 @@ func (l *boundListener) bind() error {
 // ends. Until then a connection costs what its CONNECT claims (mochi
 // allocates it before reading it), a goroutine, and its place in the queue
 // for bcrypt; a flood of them must not exhaust memory or keep devices with
-// valid credentials waiting. A connection that finds every slot taken is
-// closed at once, unread. Safe for concurrent use.
+// valid credentials waiting. Connections from one address (an IPv4 address,
+// an IPv6 /64) hold at most perAddr of the slots, so that one host cannot
+// take them all. A connection that finds no slot is closed at once, unread.
+// Safe for concurrent use.
 type preauth struct {
-	slots chan struct{}
-	shed  func() // called for each connection turned away
+	slots   chan struct{}
+	perAddr int
+	shed    func(why string) // called for each connection turned away
 
-	mu   sync.Mutex
-	held map[net.Conn]*preauthSlot
+	mu     sync.Mutex
+	held   map[net.Conn]*preauthSlot
+	byAddr map[string]int // slots held per address key
 }
 
 // preauthSlot is one connection's slot; release is idempotent.
 type preauthSlot struct {
 	p    *preauth
+	addr string
 	once sync.Once
 }
 
-func (s *preauthSlot) release() { s.once.Do(func() { <-s.p.slots }) }
-
-func newPreauth(n int, shed func()) *preauth {
-	return &preauth{slots: make(chan struct{}, n), shed: shed, held: map[net.Conn]*preauthSlot{}}
+func (s *preauthSlot) release() {
+	s.once.Do(func() {
+		<-s.p.slots
+		s.p.mu.Lock()
+		if n := s.p.byAddr[s.addr] - 1; n > 0 {
+			s.p.byAddr[s.addr] = n
+		} else {
+			delete(s.p.byAddr, s.addr)
+		}
+		s.p.mu.Unlock()
+	})
 }
 
-// acquire takes a slot, or returns nil (and counts the connection as shed)
-// when all are taken.
-func (p *preauth) acquire() *preauthSlot {
-	select {
-	case p.slots <- struct{}{}:
-		return &preauthSlot{p: p}
-	default:
-		p.shed()
+// Reasons a connection is turned away before it authenticated (shed).
+const (
+	shedListenerFull = "too many connections not yet authenticated on the listener: closed unread"
+	shedAddressFull  = "too many connections not yet authenticated from one address: closed unread"
+)
+
+func newPreauth(n, perAddr int, shed func(why string)) *preauth {
+	return &preauth{slots: make(chan struct{}, n), perAddr: min(perAddr, n), shed: shed,
+		held: map[net.Conn]*preauthSlot{}, byAddr: map[string]int{}}
+}
+
+// acquire takes a slot for a connection from remote (a net.Addr's String:
+// "host:port"), or returns nil (and counts the connection as shed) when
+// its address holds perAddr slots already or all are taken.
+func (p *preauth) acquire(remote string) *preauthSlot {
+	key := addrKey(remote)
+	p.mu.Lock()
+	if p.byAddr[key] >= p.perAddr {
+		p.mu.Unlock()
+		p.shed(shedAddressFull)
 		return nil
 	}
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		p.mu.Unlock()
+		p.shed(shedListenerFull)
+		return nil
+	}
+	p.byAddr[key]++
+	p.mu.Unlock()
+	return &preauthSlot{p: p, addr: key}
+}
+
+// addrKey is the address a connection from remote ("host:port") counts
+// against: its IPv4 address (an IPv4-mapped IPv6 address is its IPv4
+// address), or its IPv6 /64, the block one host is usually given. A remote
+// that does not parse counts as itself.
+func addrKey(remote string) string {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return remote
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	return netip.PrefixFrom(ip.WithZone(""), 64).Masked().String()
 }
 
 // bind ties s to c, the net.Conn mochi's client holds, so that
@@ -104,6 +155,21 @@ func (p *preauth) authenticated(c net.Conn) {
 	p.mu.Unlock()
 	if s != nil {
 		s.release()
+	}
+}
+
+// closeAll closes every connection that has not authenticated (Close
+// uses it: such a connection would otherwise hold the broker's shutdown
+// until its CONNECT deadline).
+func (p *preauth) closeAll() {
+	p.mu.Lock()
+	conns := make([]net.Conn, 0, len(p.held))
+	for c := range p.held {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
 	}
 }
 
@@ -157,7 +223,7 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
-		slot := l.pre.acquire()
+		slot := l.pre.acquire(conn.RemoteAddr().String())
 		if slot == nil {
 			conn.Close() // unread: no TLS handshake, no CONNECT
 			continue

@@ -50,7 +50,7 @@ func (l *wsListener) Init(log *slog.Logger) error {
 		}
 		l.conns.Add(1)
 		defer l.conns.Done()
-		slot := l.pre.acquire()
+		slot := l.pre.acquire(r.RemoteAddr)
 		if slot == nil {
 			http.Error(w, "too many connections", http.StatusServiceUnavailable)
 			return

@@ -99,6 +99,11 @@ type Embedded struct {
 	// not logged in yet (TLS handshake, CONNECT, password check); more are
 	// closed at once. Default 64.
 	MaxUnauthenticated int `yaml:"max_unauthenticated"`
+	// MaxUnauthenticatedPerAddress bounds how many of those connections
+	// come from one address (an IPv4 address, an IPv6 /64), so that one
+	// host cannot keep the others out; at most max_unauthenticated.
+	// 0 (the default) means 16, or max_unauthenticated if that is lower.
+	MaxUnauthenticatedPerAddress int `yaml:"max_unauthenticated_per_address"`
 	// MaxRetained bounds the topics holding a retained message; retained
 	// publishes to new topics beyond it are delivered, not retained.
 	// Default 10000.

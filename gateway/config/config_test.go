@@ -67,6 +67,8 @@ mqtt:
     max_inflight: 32
     max_queued_per_client: 500
     max_clients: 5000
+    max_unauthenticated: 8
+    max_unauthenticated_per_address: 8
     max_retained: 20
     persist_sessions: false
 api:
@@ -112,6 +114,8 @@ functions:
 		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
 		{c.MQTT.Embedded.MaxClients, 5000},
 		{c.MQTT.Embedded.MaxRetained, 20},
+		{c.MQTT.Embedded.MaxUnauthenticated, 8},
+		{c.MQTT.Embedded.MaxUnauthenticatedPerAddress, 8},
 		{c.MQTT.Embedded.PersistSessions, false},
 		{c.MQTT.External.ClientID, "moongate-pi-7"},
 		{c.Store.DiskReserve, Size(1e9)},
@@ -227,6 +231,8 @@ func TestErrors(t *testing.T) {
 		{"inbox limit zero", "pipeline:\n  inbox_limit: 0\n", []string{"m.yaml:2: pipeline.inbox_limit: 0 out of range"}},
 		{"max clients zero", "mqtt:\n  embedded:\n    max_clients: 0\n", []string{"m.yaml:3: mqtt.embedded.max_clients: 0 out of range"}},
 		{"max unauthenticated zero", "mqtt:\n  embedded:\n    max_unauthenticated: 0\n", []string{"m.yaml:3: mqtt.embedded.max_unauthenticated: 0 out of range"}},
+		{"per address over max unauthenticated", "mqtt:\n  embedded:\n    max_unauthenticated: 8\n    max_unauthenticated_per_address: 9\n", []string{"m.yaml:4: mqtt.embedded.max_unauthenticated_per_address: 9 out of range [1, max_unauthenticated = 8]"}},
+		{"per address negative", "mqtt:\n  embedded:\n    max_unauthenticated_per_address: -1\n", []string{"m.yaml:3: mqtt.embedded.max_unauthenticated_per_address: -1 out of range [1, max_unauthenticated = 64]"}},
 		{"max retained zero", "mqtt:\n  embedded:\n    max_retained: 0\n", []string{"m.yaml:3: mqtt.embedded.max_retained: 0 out of range"}},
 		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},

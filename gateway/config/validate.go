@@ -171,6 +171,9 @@ func (v *validator) embedded() {
 	}
 	v.intRange(p+".max_clients", int64(e.MaxClients), 1, 1_000_000)
 	v.intRange(p+".max_unauthenticated", int64(e.MaxUnauthenticated), 1, 65535)
+	if n := e.MaxUnauthenticatedPerAddress; n < 0 || n > max(e.MaxUnauthenticated, 1) {
+		v.add(p+".max_unauthenticated_per_address", "%d out of range [1, max_unauthenticated = %d] (0: 16, at most max_unauthenticated)", n, e.MaxUnauthenticated)
+	}
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
 }
 
