@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"testing"
 	"time"
 
@@ -372,7 +371,7 @@ func TestEmbeddedUnauthenticatedPerAddress(t *testing.T) {
 }
 
 // Close does not wait for connections that never sent CONNECT (TCP and
-// WebSocket): it closes them. Before, it waited for their CONNECT
+// WebSocket) or their HTTP request (WebSocket): it closes them. Before, it waited for their CONNECT
 // deadline (10 s by default, a minute here).
 func TestEmbeddedCloseClosesUnauthenticated(t *testing.T) {
 	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", Users: twoUsers(t)}, testLogger(t))
@@ -384,6 +383,7 @@ func TestEmbeddedCloseClosesUnauthenticated(t *testing.T) {
 		t.Fatal(err)
 	}
 	idle := dialFrom(t, "127.0.0.1", e.Addr().String())
+	idleWS := dialFrom(t, "127.0.0.1", e.WebSocketAddr().String()) // never sends its HTTP request
 	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
 	ws, _, err := d.Dial("ws://"+e.WebSocketAddr().String()+"/", nil)
 	if err != nil {
@@ -401,6 +401,7 @@ func TestEmbeddedCloseClosesUnauthenticated(t *testing.T) {
 		t.Fatal("Close still waiting for unauthenticated connections after 30s (their CONNECT deadline is a minute)")
 	}
 	expectClosed(t, idle)
+	expectClosed(t, idleWS)
 	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, _, err := ws.ReadMessage(); err == nil {
 		t.Fatal("WebSocket connection still open after Close")
@@ -426,8 +427,8 @@ func TestEmbeddedUnauthenticatedPerAddressWebSocket(t *testing.T) {
 		c.Close()
 		t.Fatal("second unauthenticated WebSocket connection from one address accepted with MaxUnauthenticatedPerAddress 1")
 	}
-	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("second connection: %v (response %v)", err, resp)
+	if resp != nil {
+		t.Fatalf("second connection: %v, got an HTTP response %s; want it closed unread", err, resp.Status)
 	}
 	other, _, err := from("127.0.0.2").Dial(u, nil)
 	if err != nil {
@@ -436,8 +437,9 @@ func TestEmbeddedUnauthenticatedPerAddressWebSocket(t *testing.T) {
 	other.Close()
 }
 
-// The WebSocket listener has its own bound: beyond it the upgrade is
-// refused with 503.
+// The WebSocket listener has its own bound, taken when a connection is
+// accepted: beyond it the connection is closed unread (no HTTP request is
+// read, so an idle socket cannot hold memory or a goroutine either).
 func TestEmbeddedUnauthenticatedBoundWebSocket(t *testing.T) {
 	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, WebSocketListen: "127.0.0.1:0", MaxUnauthenticated: 1}, acceptAll, "#")
 	u := "ws://" + e.WebSocketAddr().String() + "/"
@@ -452,12 +454,37 @@ func TestEmbeddedUnauthenticatedBoundWebSocket(t *testing.T) {
 		c.Close()
 		t.Fatal("second unauthenticated WebSocket connection accepted with MaxUnauthenticated 1")
 	}
-	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("second connection: %v (response %v)", err, resp)
+	if resp != nil {
+		t.Fatalf("second connection: %v, got an HTTP response %s; want it closed unread", err, resp.Status)
 	}
+	if n := e.Stats().ConnectionsShed; n != 1 {
+		t.Fatalf("ConnectionsShed = %d, want 1", n)
+	}
+	// A socket that never sends its HTTP request holds a slot too.
+	held.Close()
+	waitFor(t, "the WebSocket slot to be free", 10*time.Second, func() bool {
+		c, _, err := d.Dial(u, nil)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	raw, err := net.DialTimeout("tcp", e.WebSocketAddr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	waitFor(t, "a connection shed while the raw socket holds the slot", 10*time.Second, func() bool {
+		c, resp, err := d.Dial(u, nil)
+		if err == nil {
+			c.Close()
+			return false
+		}
+		return resp == nil && e.Stats().ConnectionsShed >= 2
+	})
 	// The TCP listener has slots of its own.
 	mustDial(t, brokerURL(e), "tcp-dev")
-	held.Close()
+	raw.Close()
 	waitFor(t, "the WebSocket slot to be free", 10*time.Second, func() bool {
 		c, err := dial(t, "ws://"+e.WebSocketAddr().String(), "ws-dev")
 		if err == nil {

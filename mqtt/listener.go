@@ -35,11 +35,15 @@ func (l *boundListener) Address() string {
 	return l.address
 }
 
-// bind listens on the address, with TLS when configured.
-func (l *boundListener) bind() error {
+// bind listens on the address, with TLS when configured. wrap, if not
+// nil, wraps the TCP listener (beneath TLS).
+func (l *boundListener) bind(wrap func(net.Listener) net.Listener) error {
 	ln, err := net.Listen("tcp", l.address)
 	if err != nil {
 		return err
+	}
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	if l.tlsCfg != nil {
 		ln = tls.NewListener(ln, l.tlsCfg)
@@ -173,6 +177,55 @@ func (p *preauth) closeAll() {
 	}
 }
 
+// preauthListener takes a preauth slot for each connection it accepts,
+// before anything is read from it (the WebSocket listener's HTTP server
+// would otherwise hold any number of connections while it reads their
+// request headers); a connection that gets none is closed at once and
+// Accept goes on. Closing a connection releases its slot if it still
+// holds one.
+type preauthListener struct {
+	net.Listener
+	pre *preauth
+}
+
+func (l preauthListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		slot := l.pre.acquire(c.RemoteAddr().String())
+		if slot == nil {
+			_ = c.Close() // unread
+			continue
+		}
+		return &slotConn{Conn: c, slot: slot}, nil
+	}
+}
+
+// slotConn is a connection accepted by a preauthListener, with its slot.
+type slotConn struct {
+	net.Conn
+	slot *preauthSlot
+}
+
+func (c *slotConn) Close() error {
+	c.slot.release()
+	return c.Conn.Close()
+}
+
+// slotOf returns the slot of a connection accepted by a preauthListener
+// (under TLS or not), or nil.
+func slotOf(c net.Conn) *preauthSlot {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if sc, ok := c.(*slotConn); ok {
+		return sc.slot
+	}
+	return nil
+}
+
 // ended releases the slot of a connection that ended (whether or not it
 // authenticated).
 func (p *preauth) ended(c net.Conn, s *preauthSlot) {
@@ -207,7 +260,7 @@ func (l *tcpListener) Protocol() string {
 
 func (l *tcpListener) Init(log *slog.Logger) error {
 	l.log = log
-	return l.bind()
+	return l.bind(nil)
 }
 
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {

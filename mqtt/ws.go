@@ -36,9 +36,15 @@ func (l *wsListener) Protocol() string {
 	return "ws"
 }
 
+// slotKey is the request context key of the connection's preauth slot.
+type slotKey struct{}
+
+// Init binds the listener. Each connection takes a preauth slot when it is
+// accepted (before the TLS handshake and the HTTP request are read) and
+// keeps it until the MQTT client on it has authenticated or it ends.
 func (l *wsListener) Init(log *slog.Logger) error {
 	l.log = log
-	if err := l.bind(); err != nil {
+	if err := l.bind(func(ln net.Listener) net.Listener { return preauthListener{Listener: ln, pre: l.pre} }); err != nil {
 		return err
 	}
 	up := &websocket.Upgrader{Subprotocols: []string{"mqtt"}, CheckOrigin: func(*http.Request) bool { return true }}
@@ -48,14 +54,13 @@ func (l *wsListener) Init(log *slog.Logger) error {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		l.conns.Add(1)
-		defer l.conns.Done()
-		slot := l.pre.acquire(r.RemoteAddr)
+		slot, _ := r.Context().Value(slotKey{}).(*preauthSlot)
 		if slot == nil {
-			http.Error(w, "too many connections", http.StatusServiceUnavailable)
+			http.Error(w, "connection without a slot", http.StatusInternalServerError) // not reached: every connection has one
 			return
 		}
-		defer slot.release()
+		l.conns.Add(1)
+		defer l.conns.Done()
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -70,7 +75,16 @@ func (l *wsListener) Init(log *slog.Logger) error {
 			l.log.Debug("websocket client ended", "error", err)
 		}
 	})
-	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	l.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		// Only the upgrade request is HTTP: a connection idle after a
+		// refused one is closed soon (it holds a preauth slot).
+		IdleTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, slotKey{}, slotOf(c))
+		},
+	}
 	return nil
 }
 
@@ -86,7 +100,9 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if l.srv != nil {
-			_ = l.srv.Shutdown(ctx)
+			if l.srv.Shutdown(ctx) != nil {
+				_ = l.srv.Close() // connections still reading a request
+			}
 		}
 		closeClients(l.id)
 	}
