@@ -34,6 +34,7 @@ type Daemon struct {
 	ingest  Ingest
 	gw      *Gateway
 	httpLn  net.Listener
+	httpLim *connLimitListener // httpLn's bound on open connections
 	httpSrv *http.Server
 	mqttURL string
 	mgr     manager // serialises API function changes (manage.go)
@@ -118,7 +119,8 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		if err != nil {
 			return fail(fmt.Errorf("api listen %s: %w", cfg.API.Listen, err))
 		}
-		d.httpLn = ln
+		d.httpLim = newConnLimitListener(ln, cfg.API.MaxConnections, log)
+		d.httpLn = d.httpLim
 		api, err := d.newAPI()
 		if err != nil {
 			return fail(fmt.Errorf("api: %w", err))
@@ -128,7 +130,9 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		// ALPN with TLS, or unencrypted HTTP/2 (prior knowledge) without.
 		var protos http.Protocols
 		protos.SetHTTP1(true)
-		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, Protocols: &protos}
+		// IdleTimeout: a keep-alive connection left idle gives its place
+		// (api.max_connections) back.
+		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &protos}
 		if d.cfg.API.TLS.Enabled() {
 			tc, err := apiTLS(d.cfg.API.TLS)
 			if err != nil {

@@ -115,6 +115,9 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	counter("moongate_duplicates_total", "Inbox entries found already consumed.", gs.Duplicates)
 	counter("moongate_publishes_total", "Local publishes carried out.", gs.Published)
 	gauge("moongate_backlog", "Events queued or running.", float64(gs.Backlog))
+	if d.httpLim != nil {
+		counter("moongate_api_connections_shed_total", "API connections closed unread because api.max_connections were open.", d.httpLim.Shed())
+	}
 	if in, ok := d.ingest.(interface{ Stats() mqtt.Stats }); ok {
 		ms := in.Stats()
 		counter("moongate_mqtt_received_total", "Publishes received from devices (or the external broker).", ms.Received)

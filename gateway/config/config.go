@@ -176,6 +176,11 @@ type API struct {
 	// MaxBodyBytes bounds a request body, a function deploy included
 	// (default 4MiB; 64KiB to 64MiB). Larger bodies get 413.
 	MaxBodyBytes Size `yaml:"max_body_bytes"`
+	// MaxConnections bounds the API's open connections (each a goroutine
+	// and some KiB of buffers; an idle keep-alive connection is closed
+	// after 2 minutes). More are closed at once, unread, and counted in
+	// moongate_api_connections_shed_total. Default 128; 1 to 65535.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // APIToken is one accepted bearer token, kept as a hash: Hash is
@@ -348,7 +353,7 @@ func Default() *Config {
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},
-		API: API{Listen: "127.0.0.1:8080", Tokens: []APIToken{}, MaxBodyBytes: 4 << 20},
+		API: API{Listen: "127.0.0.1:8080", Tokens: []APIToken{}, MaxBodyBytes: 4 << 20, MaxConnections: 128},
 		Store: Store{
 			Profile:         ProfileLowMemory,
 			Durability:      DurabilityAlways,

@@ -77,6 +77,7 @@ api:
   tokens:
     - {name: ci, scope: admin, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}
   max_body_bytes: 1MiB
+  max_connections: 16
 store:
   profile: large
   durability: interval
@@ -130,6 +131,7 @@ functions:
 		{c.MQTT.Embedded.AnonymousAllowed(), false},
 		{c.API.Tokens, []APIToken{{Name: "ci", Scope: ScopeAdmin, Hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}}},
 		{c.API.MaxBodyBytes, Size(1 << 20)},
+		{c.API.MaxConnections, 16},
 	}
 	for i, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
@@ -189,6 +191,8 @@ func TestErrors(t *testing.T) {
 		{"bad listen port", "api:\n  listen: 127.0.0.1:99999\n", []string{`m.yaml:2: api.listen: invalid address "127.0.0.1:99999": bad port`}},
 		{"api on LAN without tls", "api:\n  listen: 0.0.0.0:8080\n", []string{"m.yaml:2: api.listen: a non-loopback address needs api.tls"}},
 		{"api tls cert only", "api:\n  tls: {cert: /c.pem}\n", []string{"api.tls.key: tls.cert is set but tls.key is not"}},
+		{"api connections zero", "api:\n  max_connections: 0\n", []string{"m.yaml:2: api.max_connections: 0 out of range [1, 65535]"}},
+		{"api connections too many", "api:\n  max_connections: 65536\n", []string{"m.yaml:2: api.max_connections: 65536 out of range [1, 65535]"}},
 		{"api body too small", "api:\n  max_body_bytes: 1KiB\n", []string{"m.yaml:2: api.max_body_bytes: 1KiB out of range"}},
 		{"api token bad scope", "api:\n  tokens:\n    - {name: a, scope: root, hash: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}\n", []string{`m.yaml:3: api.tokens[0].scope: invalid "root": admin or read`}},
 		{"api token plain", "api:\n  tokens:\n    - {name: a, scope: read, hash: secret}\n", []string{`m.yaml:3: api.tokens[0].hash: invalid`}},

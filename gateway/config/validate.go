@@ -413,6 +413,7 @@ func (v *validator) api() {
 			v.add(p+".listen", "a non-loopback address needs api.tls (tokens would cross the network in clear); set api.allow_plaintext: true only behind a trusted TLS proxy")
 		}
 	}
+	v.intRange(p+".max_connections", int64(a.MaxConnections), 1, 65535)
 	if a.MaxBodyBytes < MinAPIBodyBytes || a.MaxBodyBytes > MaxAPIBodyBytes {
 		v.add(p+".max_body_bytes", "%s out of range [%s, %s]", a.MaxBodyBytes, MinAPIBodyBytes, MaxAPIBodyBytes)
 	}
