@@ -213,15 +213,8 @@ func TestEmbeddedTakeoverOfStoredSessionRefused(t *testing.T) {
 // header claiming more closes the connection before anything is read or
 // allocated. Without it the broker waited (allocated) for the whole claim.
 func TestEmbeddedConnectSizeBound(t *testing.T) {
-	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxPayload: 1024}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.connectTimeout = time.Minute // the bound, not the CONNECT deadline, closes it
-	if err := e.Start(context.Background(), acceptAll); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(context.Background())
+	// The CONNECT deadline is a minute: the bound, not the deadline, closes it.
+	e := startSlowConnect(t, EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxPayload: 1024})
 	if got := e.cfg.connectLimit(); got != 1024+16<<10 || got >= e.cfg.packetLimit() {
 		t.Fatalf("connect limit %d (packet limit %d)", got, e.cfg.packetLimit())
 	}
@@ -242,20 +235,29 @@ func TestEmbeddedConnectSizeBound(t *testing.T) {
 	})
 }
 
+// startSlowConnect starts a broker on cfg whose CONNECT deadline is a
+// minute, so that idle sockets keep their unauthenticated slots for the
+// whole test; it is closed when the test ends.
+func startSlowConnect(t *testing.T, cfg EmbeddedConfig) *Embedded {
+	t.Helper()
+	e, err := NewEmbedded(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.connectTimeout = time.Minute
+	if err := e.Start(context.Background(), acceptAll); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(context.Background()) })
+	return e
+}
+
 // At most MaxUnauthenticated connections per listener wait unauthenticated
 // (TLS handshake, CONNECT, password check); more are closed at once,
 // unread, and counted. A connection gives its slot back once it has
 // authenticated, or when it ends.
 func TestEmbeddedUnauthenticatedBound(t *testing.T) {
-	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxUnauthenticated: 2}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.connectTimeout = time.Minute // idle sockets keep their slots
-	if err := e.Start(context.Background(), acceptAll); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(context.Background())
+	e := startSlowConnect(t, EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxUnauthenticated: 2})
 	addr := e.Addr().String()
 	idle := make([]net.Conn, 2)
 	for i := range idle {
@@ -327,15 +329,7 @@ func expectConnack(t *testing.T, c net.Conn, id string) {
 // other addresses still get in. The listener's own bound still holds
 // across addresses, and a slot given back is usable again by its address.
 func TestEmbeddedUnauthenticatedPerAddress(t *testing.T) {
-	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxUnauthenticated: 4, MaxUnauthenticatedPerAddress: 2}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.connectTimeout = time.Minute // idle sockets keep their slots
-	if err := e.Start(context.Background(), acceptAll); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(context.Background())
+	e := startSlowConnect(t, EmbeddedConfig{Listen: "127.0.0.1:0", Users: twoUsers(t), MaxUnauthenticated: 4, MaxUnauthenticatedPerAddress: 2})
 	addr := e.Addr().String()
 	flood := []net.Conn{dialFrom(t, "127.0.0.1", addr), dialFrom(t, "127.0.0.1", addr)}
 	expectClosed(t, dialFrom(t, "127.0.0.1", addr))
@@ -374,14 +368,7 @@ func TestEmbeddedUnauthenticatedPerAddress(t *testing.T) {
 // WebSocket) or their HTTP request (WebSocket): it closes them. Before, it waited for their CONNECT
 // deadline (10 s by default, a minute here).
 func TestEmbeddedCloseClosesUnauthenticated(t *testing.T) {
-	e, err := NewEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", Users: twoUsers(t)}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.connectTimeout = time.Minute
-	if err := e.Start(context.Background(), acceptAll); err != nil {
-		t.Fatal(err)
-	}
+	e := startSlowConnect(t, EmbeddedConfig{Listen: "127.0.0.1:0", WebSocketListen: "127.0.0.1:0", Users: twoUsers(t)})
 	idle := dialFrom(t, "127.0.0.1", e.Addr().String())
 	idleWS := dialFrom(t, "127.0.0.1", e.WebSocketAddr().String()) // never sends its HTTP request
 	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 5 * time.Second}
