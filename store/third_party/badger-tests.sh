@@ -21,6 +21,14 @@ cd "$tmp"
 # With moongate's ristretto too (the allocator whose buffers are mapped
 # outside the Go heap: ristretto/README.moongate.md).
 go mod edit -replace "github.com/dgraph-io/ristretto/v2@v2.2.0=$here/../ristretto"
+# TestValueGCManaged lists the directory's files (os.ReadDir, then Info,
+# an lstat, per file) to log their sizes while compactions still run, and
+# failed when one deleted a table in between ("lstat .../000031.sst: no
+# such file or directory", a CI run, 2026-11-29). The listing is only a
+# log: a file gone by then is skipped.
+grep -q '^		fi, err := e.Info()$' value_test.go
+sed -i 's/^\(\t\t\)fi, err := e.Info()$/&\n\1if errors.Is(err, os.ErrNotExist) {\n\1\tcontinue \/\/ deleted by a compaction since ReadDir (moongate)\n\1}/' value_test.go
+grep -q 'deleted by a compaction since ReadDir' value_test.go
 run='^(TestMoongate|TestValue|TestVlog|TestPersistLFDiscardStats|TestPartialAppendToWAL|TestReadOnlyOpenWithPartialAppendToWAL|TestPenultimateMemCorruption|TestBug578|TestSafeEntry|TestValidateWrite|TestFirstVlogFile|TestWrite$|TestConcurrentWrite|TestGet$|TestSync|TestTruncateVlog|TestBigValues|TestPushValueLogLimit|TestReadSameVlog|TestWindowsDataLoss|TestAssertValueLogIsNotWrittenToOnStartup|TestTxn|TestEncryption|TestDropAll|TestDropPrefix|TestCompaction|TestDiscard|TestL0Stall|TestKeyVersions|TestDeletedKeyReappears|TestForceFlushMemtable|TestCompactL0OnClose|TestMinReadTs|TestWriteBatchManaged|TestIterateDeleted|TestGetAfterDelete|TestExpiry)'
 if [ "${FULL:-}" = 1 ]; then run=.; fi
 GOFLAGS=-mod=mod go test -count=1 -timeout 20m -run "$run" .
