@@ -226,6 +226,8 @@ func TestStaleTimerNotStarted(t *testing.T) {
 	}
 	writeFunction(t, fnDir, "tk", src+"\n-- v2\n", "triggers:\n  - timer: \"@every 2h\"\n")
 	waitFor(t, 10*time.Second, "tk version 2", func() bool { f := g.Lookup("tk"); return f != nil && f.Version == 2 })
+	// Version 2 is visible before SetFunctions has started its timer.
+	waitDeploy(g)
 	v2 := g.Lookup("tk")
 	g.startTimer(v1) // late: replaced
 	g.timersMu.Lock()
@@ -240,10 +242,18 @@ func TestStaleTimerNotStarted(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, "tk removed", func() bool { return g.Lookup("tk") == nil })
+	waitDeploy(g)
 	g.startTimer(v2) // late: removed
 	if hasTimer() {
 		t.Fatal("the timer of a removed function was started")
 	}
+}
+
+// waitDeploy returns once a SetFunctions in progress (which holds deployMu
+// until it has started the new versions' timers) has returned.
+func waitDeploy(g *Gateway) {
+	g.deployMu.Lock()
+	defer g.deployMu.Unlock()
 }
 
 // The first tick of a resumed "@every" timer is an interval after the last
