@@ -84,7 +84,7 @@ func TestOversizePayloadEmbedded(t *testing.T) {
 	}
 	// The refusal is visible to the operator. (The big client reconnects
 	// by itself and may send its message again: at least once.)
-	_, m := httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
+	var m string
 	metric := func(name string) int {
 		for _, l := range strings.Split(m, "\n") {
 			if v, ok := strings.CutPrefix(l, name+" "); ok {
@@ -98,9 +98,15 @@ func TestOversizePayloadEmbedded(t *testing.T) {
 		t.Fatalf("/metrics lacks %s:\n%s", name, m)
 		return 0
 	}
-	oversize := metric(`moongate_mqtt_rejected_total{reason="oversize"}`)
-	if oversize < 1 || metric("moongate_mqtt_received_total") != oversize+1 || metric(`moongate_mqtt_rejected_total{reason="unauthorized"}`) != 0 {
-		t.Errorf("mqtt metrics do not count one accepted publish and the refused ones:\n%s", m)
+	// A resend counts as received, then as refused: scrape until the two
+	// agree.
+	waitFor(t, 5*time.Second, "mqtt metrics counting one accepted publish and the refused ones", func() bool {
+		_, m = httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
+		oversize := metric(`moongate_mqtt_rejected_total{reason="oversize"}`)
+		return oversize >= 1 && metric("moongate_mqtt_received_total") == oversize+1
+	})
+	if metric(`moongate_mqtt_rejected_total{reason="unauthorized"}`) != 0 {
+		t.Errorf("unauthorized refusals counted:\n%s", m)
 	}
 	// The broker's state: the "small" client connected (the big one may be
 	// reconnecting); retained, only mochi's own $SYS topics.
@@ -184,9 +190,12 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 	if dl := byFn["fails"][0]; !strings.Contains(dl.Error, "boom") || dl.Attempts != 2 || len(dl.Event) < len(big) {
 		t.Errorf("dead letter of the large event: attempts %d, %d bytes kept, error %q", dl.Attempts, len(dl.Event), dl.Error)
 	}
-	if s := p.d.Gateway().Stats(); s.Processed != 3 || s.DeadLettered != 4 {
-		t.Errorf("stats: %+v", s)
-	}
+	// The counters go up after the commit returns, which is after the
+	// store shows its outputs.
+	waitFor(t, 10*time.Second, "stats: 3 processed, 4 dead-lettered", func() bool {
+		s := p.d.Gateway().Stats()
+		return s.Processed == 3 && s.DeadLettered == 4
+	})
 }
 
 // TestLargestPayloadIsProcessed: an event of the largest payload the

@@ -197,9 +197,12 @@ func TestBadInputAndFailingFunction(t *testing.T) {
 	if len(broken) != 100 || !strings.Contains(broken[0].Error, "boom b") {
 		t.Errorf("broken dead letters: %d, first %+v", len(broken), broken[0])
 	}
-	if s := p.d.Gateway().Stats(); s.DeadLettered != 102 || s.Processed != 300 {
-		t.Errorf("stats: %+v", s)
-	}
+	// The counters go up after the commit returns, which is after the
+	// store shows its outputs.
+	waitFor(t, 10*time.Second, "stats: 300 processed, 102 dead-lettered", func() bool {
+		s := p.d.Gateway().Stats()
+		return s.DeadLettered == 102 && s.Processed == 300
+	})
 }
 
 // TestExampleFunctions runs the README's walk-through on the shipped

@@ -91,10 +91,10 @@ func TestBrokenFileKeepsRunningVersion(t *testing.T) {
 	send(`{"v":2,"version":2}`)
 
 	// Half removed (NAME.lua gone): kept. Both files gone: removed.
+	n := strings.Count(logs.String(), "function not loaded") // before the watcher can see the removal
 	if err := os.Remove(filepath.Join(fnDir, "ver.lua")); err != nil {
 		t.Fatal(err)
 	}
-	n := strings.Count(logs.String(), "function not loaded")
 	waitFor(t, 10*time.Second, "the missing source in the log", func() bool { return strings.Count(logs.String(), "function not loaded") > n })
 	if fns := p.d.Gateway().Functions(); len(fns) != 1 || fns[0].Version != 2 {
 		t.Fatalf("functions %+v, want ver version 2 still deployed", fns)

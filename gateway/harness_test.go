@@ -78,14 +78,19 @@ function handle(event, ctx)
 end
 `
 
-// writeFunction writes NAME.lua and NAME.yaml into dir.
+// writeFunction writes NAME.lua and NAME.yaml into dir, each replaced
+// atomically (through a dot file, which the loader ignores) so that a
+// watching daemon never reads a half-written file.
 func writeFunction(t testing.TB, dir, name, src, manifest string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, name+".lua"), []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
+	for _, f := range []struct{ name, content string }{{name + ".lua", src}, {name + ".yaml", manifest}} {
+		tmp := filepath.Join(dir, "."+f.name+".tmp")
+		if err := os.WriteFile(tmp, []byte(f.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, f.name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -195,11 +195,11 @@ func TestFnTestLikeDaemon(t *testing.T) {
 		!strings.Contains(out, `"mode":"flag"`) || strings.Contains(errs, "note") {
 		t.Errorf("event with id and ts: exit %d\n%s%s", code, out, errs)
 	}
-	// The sibling manifest's timeout (30ms), not the default 1s.
-	start := time.Now()
+	// The sibling manifest's timeout (30ms), not the default 1s: the error
+	// names the timeout that applied.
 	out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"))
-	if code != exitFailure || !strings.Contains(errs+out, "timeout (30ms)") || time.Since(start) > 900*time.Millisecond {
-		t.Errorf("loop.lua with loop.yaml: exit %d after %v\n%s%s", code, time.Since(start), out, errs)
+	if code != exitFailure || !strings.Contains(errs+out, "timeout (30ms)") {
+		t.Errorf("loop.lua with loop.yaml: exit %d\n%s%s", code, out, errs)
 	}
 	// --timeout overrides the manifest's timeout.
 	out, errs, code = fnTest(p("loop.lua"), "--event", p("full.json"), "--timeout", "20ms")
