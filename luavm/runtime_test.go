@@ -308,7 +308,7 @@ func TestPoolMinInstancesAndReuse(t *testing.T) {
 
 func TestPoolIdleReclaim(t *testing.T) {
 	rt := newTestRuntime(t)
-	deploy(t, rt, "idle", `function handle() return "ok" end`, func(s *Spec) { s.IdleTimeout = 20 * time.Millisecond })
+	deploy(t, rt, "idle", `function handle() return "ok" end`, func(s *Spec) { s.IdleTimeout = 500 * time.Millisecond })
 	if st, _ := rt.Stats("idle"); st.Warm != 0 {
 		t.Fatalf("MinInstances 0 should start cold: %+v", st)
 	}
@@ -318,6 +318,8 @@ func TestPoolIdleReclaim(t *testing.T) {
 		go func() { defer wg.Done(); _, _ = rt.Invoke(context.Background(), "idle", &Event{}, nil) }()
 	}
 	wg.Wait()
+	// Long enough an idle timeout that a slow wake-up from Wait does not
+	// find the instances reclaimed already (with 20ms it could).
 	if st, _ := rt.Stats("idle"); st.Warm < 1 {
 		t.Fatalf("no warm instance after invocations: %+v", st)
 	}
@@ -327,7 +329,8 @@ func TestPoolIdleReclaim(t *testing.T) {
 func TestPoolBusy(t *testing.T) {
 	rt := newTestRuntime(t)
 	deploy(t, rt, "one", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
-		s.MaxConcurrency, s.MaxWaiting, s.QueueTimeout = 1, 1, 100*time.Millisecond
+		s.MaxConcurrency, s.MaxWaiting, s.QueueTimeout = 1, 1, 2*time.Second
+		s.Limits.Timeout = time.Minute // the blocked invocation outlasts the queue timeout
 	})
 	bs := newBlockingState()
 	first := make(chan error, 1)
@@ -342,10 +345,12 @@ func TestPoolBusy(t *testing.T) {
 		second <- err
 	}()
 	waitFor(t, "a waiter", func() bool { st, _ := rt.Stats("one"); return st.Waiting == 1 && st.Busy == 1 })
-	// The queue is full: the third call fails at once.
+	// The queue is full: the third call fails at once, not after the
+	// queue timeout (2s, so that the waiter is still queued however slow
+	// this machine is).
 	start := time.Now()
 	res, err := rt.Invoke(context.Background(), "one", &Event{}, nil)
-	if !errors.Is(err, ErrBusy) || res.Cost.Outcome != "busy" || time.Since(start) > 50*time.Millisecond {
+	if !errors.Is(err, ErrBusy) || res.Cost.Outcome != "busy" || time.Since(start) > time.Second {
 		t.Fatalf("third call: %v after %v", err, time.Since(start))
 	}
 	// The waiter gives up after QueueTimeout.

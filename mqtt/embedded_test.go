@@ -317,8 +317,9 @@ func TestEmbeddedHandlerErrorRedelivers(t *testing.T) {
 	if rec.len() != 1 || string(rec.get(0).Payload) != "important" || !rec.get(0).Duplicate {
 		t.Fatalf("accepted %d messages, stats %+v", rec.len(), e.Stats())
 	}
-	st := e.Stats()
-	if st.RejectedHandler != 1 || st.Accepted != 1 || calls.Load() != 2 {
+	// Accepted is counted after the handler returns.
+	waitFor(t, "the redelivery counted as accepted", 5*time.Second, func() bool { return e.Stats().Accepted == 1 })
+	if st := e.Stats(); st.RejectedHandler != 1 || st.Accepted != 1 || calls.Load() != 2 {
 		t.Fatalf("stats = %+v calls=%d", st, calls.Load())
 	}
 }
@@ -556,10 +557,15 @@ func TestEmbeddedCloseWaitsForHandlers(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- e.Close(context.Background()) }()
 	waitFor(t, "not ready", 5*time.Second, func() bool { return !e.Ready() })
-	if _, err := net.DialTimeout("tcp", e.Addr().String(), time.Second); err == nil {
-		// The listener closes before the handler finishes.
-		t.Error("new connection accepted while closing")
-	}
+	// The listener closes (a moment after Ready turns false) before the
+	// handler finishes: this waits while the handler is still blocked.
+	waitFor(t, "the listener closed while the handler runs", 5*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", e.Addr().String(), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
 	select {
 	case <-closed:
 		t.Fatal("Close returned with a handler in flight")
@@ -757,6 +763,8 @@ func TestEmbeddedHandlerPanic(t *testing.T) {
 	})
 	c.Publish("p/1", 1, false, []byte("x"))
 	waitFor(t, "redelivery after panic", 10*time.Second, func() bool { return rec.len() == 1 })
+	// Accepted is counted after the handler returns.
+	waitFor(t, "the redelivery counted as accepted", 5*time.Second, func() bool { return e.Stats().Accepted == 1 })
 	if st := e.Stats(); st.RejectedHandler != 1 || st.Accepted != 1 {
 		t.Fatalf("stats = %+v", st)
 	}

@@ -122,8 +122,9 @@ func TestExternalReceiveAckPublish(t *testing.T) {
 	if ps.has("m01000") {
 		t.Fatal("received a message on a removed filter")
 	}
-	st := x.Stats()
-	if st.Accepted != 52 || st.Published != 1 {
+	// Accepted is counted after the handler returns.
+	waitFor(t, "52 accepted", 5*time.Second, func() bool { return x.Stats().Accepted >= 52 })
+	if st := x.Stats(); st.Accepted != 52 || st.Published != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 	if err := x.Publish(context.Background(), "a/+", nil, 0, false); !errors.Is(err, ErrInvalidTopic) {

@@ -119,8 +119,12 @@ func TestBackoffResetByProgress(t *testing.T) {
 	if dups := checkDelivery(t, want, up.col.snapshot()); dups != 0 {
 		t.Errorf("%d duplicates", dups)
 	}
-	waitFor(t, 5*time.Second, "outbox acknowledged", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
-	if s := statusOf(m, "cloud"); s.Delivered != n || s.DeadLettered != 0 || s.State != StateConnected {
+	// The worker acknowledges, then counts, then sets the state.
+	waitFor(t, 5*time.Second, "outbox acknowledged and counted", func() bool {
+		s := statusOf(m, "cloud")
+		return st.OutboxStats("cloud").Backlog == 0 && s.Delivered == n && s.State == StateConnected
+	})
+	if s := statusOf(m, "cloud"); s.DeadLettered != 0 {
 		t.Errorf("status %+v", s)
 	}
 	t.Logf("%d attempts failed after partial progress, waits %v", len(gaps), gaps)

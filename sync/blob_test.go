@@ -321,8 +321,8 @@ func TestHTTPBlobOutageAndDelete(t *testing.T) {
 	waitFor(t, 5*time.Second, "unreferenced objects removed", func() bool {
 		return objectGone(t, st, ia.SHA256) && objectGone(t, st, ib.SHA256)
 	})
-	// A send counts as delivered before its acknowledgement commits: the
-	// backlog empties a moment later.
+	// A send is counted as delivered before its acknowledgement is handed
+	// to the acker: the backlog empties a moment later.
 	waitFor(t, 5*time.Second, "an empty blob backlog", func() bool { return statusOf(m, "cloud").BlobBacklog == 0 })
 	if s := statusOf(m, "cloud"); s.BlobsDeadLettered != 0 || s.BlobsDelivered != 3 {
 		t.Fatalf("status after: %+v", s)

@@ -93,9 +93,13 @@ func TestHTTPDelivers(t *testing.T) {
 	if dups := checkDelivery(t, want, up.col.snapshot()); dups != 0 {
 		t.Errorf("%d duplicates without any failure", dups)
 	}
-	waitFor(t, 5*time.Second, "outbox acknowledged", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
-	s := statusOf(m, "cloud")
-	if s.State != StateConnected || s.Delivered != int64(len(want)) || s.Backlog != 0 || s.DeliveredB == 0 {
+	// The worker acknowledges, then counts, then sets the state: wait for
+	// all three.
+	waitFor(t, 5*time.Second, "outbox acknowledged and counted", func() bool {
+		s := statusOf(m, "cloud")
+		return st.OutboxStats("cloud").Backlog == 0 && s.Delivered == int64(len(want)) && s.State == StateConnected
+	})
+	if s := statusOf(m, "cloud"); s.Backlog != 0 || s.DeliveredB == 0 {
 		t.Errorf("status %+v", s)
 	}
 	if v := up.keyErr.Load(); v != nil {
@@ -172,9 +176,10 @@ func TestHTTPRefusedRecordsDeadLettered(t *testing.T) {
 			t.Errorf("refused record %s counted as delivered", r.ID)
 		}
 	}
-	if s := statusOf(m, "cloud"); s.DeadLettered != 2 || s.Delivered != int64(len(want)-2) {
-		t.Errorf("status %+v", s)
-	}
+	waitFor(t, 5*time.Second, "status: 2 dead-lettered, the rest delivered", func() bool {
+		s := statusOf(m, "cloud")
+		return s.DeadLettered == 2 && s.Delivered == int64(len(want)-2)
+	})
 }
 
 func TestHTTPRetryAfter(t *testing.T) {

@@ -514,8 +514,11 @@ func (w *worker) run(ctx context.Context) {
 		}
 		if done > 0 {
 			ob.after = batch[done-1].Seq
-			w.ack(ob.name, ob.after)
+			// Counted before the acknowledgement is handed over, so that
+			// the status never shows a backlog drained of records it
+			// has not counted as delivered yet.
 			w.count(batch[:done], res.Rejected)
+			w.ack(ob.name, ob.after)
 			// Progress, even if the rest fails: a slow but working
 			// upstream is retried after the initial backoff.
 			w.attempt = 0

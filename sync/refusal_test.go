@@ -269,7 +269,12 @@ func TestHTTPEndpointFailuresRetried(t *testing.T) {
 			if dls, err := st.ListDeadLetters(context.Background(), DeadLetterPrefix+"cloud", 0, 10); err != nil || len(dls) != 0 {
 				t.Fatalf("dead letters %+v %v", dls, err)
 			}
-			if s := statusOf(m, "cloud"); s.DeadLettered != 0 || s.Delivered != 120 || s.State != StateConnected {
+			// The worker acknowledges, then counts, then sets the state.
+			waitFor(t, 5*time.Second, "status: 120 delivered, connected", func() bool {
+				s := statusOf(m, "cloud")
+				return s.Delivered == 120 && s.State == StateConnected
+			})
+			if s := statusOf(m, "cloud"); s.DeadLettered != 0 {
 				t.Fatalf("status after: %+v", s)
 			}
 		})

@@ -29,13 +29,24 @@ func TestStatCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Work until the reading has moved by 20ms (ticks are 10ms); on a
+	// loaded machine that takes longer than 20ms of wall time, so the bound
+	// is on wall time only as a hang guard.
 	x := 0
-	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
-		x += len(strings.Repeat("x", 100))
+	after := before
+	start := time.Now()
+	for after-before < 20*time.Millisecond && time.Since(start) < 20*time.Second {
+		for range 1000 {
+			x += len(strings.Repeat("x", 100))
+		}
+		if self, err = os.ReadFile(fmt.Sprintf("/proc/%d/stat", os.Getpid())); err != nil {
+			t.Fatal(err)
+		}
+		if after, err = statCPU(self); err != nil {
+			t.Fatal(err)
+		}
 	}
-	self, _ = os.ReadFile(fmt.Sprintf("/proc/%d/stat", os.Getpid()))
-	after, err := statCPU(self)
-	if err != nil || after-before < 20*time.Millisecond {
-		t.Fatalf("processor time %v -> %v (%v) after 100ms of work (%d)", before, after, err, x)
+	if after-before < 20*time.Millisecond {
+		t.Fatalf("processor time %v -> %v after %v of work (%d)", before, after, time.Since(start), x)
 	}
 }
