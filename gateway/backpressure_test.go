@@ -69,7 +69,11 @@ end`, "triggers:\n  - mqtt: devices/{device}/telemetry\n")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := connect(t, url, fmt.Sprintf("bp%d", c), true)
+			cl, err := tryConnect(t, url, fmt.Sprintf("bp%d", c), true, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			var toks []paho.Token
 			for i := range perClient {
 				toks = append(toks, cl.Publish(fmt.Sprintf("devices/bp%d/telemetry", c), 1, false, payload))

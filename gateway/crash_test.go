@@ -93,7 +93,11 @@ func publishSequences(t testing.TB, url string, acks *ackObserver, devices, perD
 		go func() {
 			defer wg.Done()
 			var conns atomic.Int64 // connections made, reconnects included
-			c := connectWith(t, url, fmt.Sprintf("dev%02d-%d", d, rand.Int()), false, func(paho.Client) { conns.Add(1) })
+			c, err := tryConnect(t, url, fmt.Sprintf("dev%02d-%d", d, rand.Int()), false, func(paho.Client) { conns.Add(1) })
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			topic := fmt.Sprintf("devices/dev%02d/telemetry", d)
 			for n := range perDevice {
 				before := conns.Load()
@@ -109,9 +113,10 @@ func publishSequences(t testing.TB, url string, acks *ackObserver, devices, perD
 				// acknowledgement would not send n+1 yet, so wait until n
 				// was processed.
 				if tok.Error() != nil || conns.Load() != before {
-					waitFor(t, 120*time.Second, fmt.Sprintf("resent %s %d processed", topic, n), func() bool {
-						return acks.has(fmt.Sprintf("ack/dev%02d/%d", d, n))
-					})
+					if !poll(120*time.Second, func() bool { return acks.has(fmt.Sprintf("ack/dev%02d/%d", d, n)) }) {
+						t.Errorf("resent %s %d not processed after 120s", topic, n)
+						return
+					}
 				}
 			}
 		}()

@@ -171,7 +171,10 @@ func TestBadInputAndFailingFunction(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := range 100 {
-			publish(t, bad, fmt.Sprintf("devices/b%d/bad", i%5), 1, []byte(`{}`))
+			if err := tryPublish(bad, fmt.Sprintf("devices/b%d/bad", i%5), 1, []byte(`{}`)); err != nil {
+				t.Error(err)
+				return
+			}
 		}
 	}()
 	for i := range 300 {

@@ -170,13 +170,22 @@ func (p *inProcess) stop(t testing.TB) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !poll(timeout, cond) {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// poll is waitFor for goroutines other than the test's (which must not
+// call t.Fatal): it reports whether cond became true within timeout.
+func poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return false
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	return true
 }
 
 // connect returns a connected paho client.
@@ -188,25 +197,44 @@ func connect(t testing.TB, url, id string, clean bool) paho.Client {
 // connectWith is connect with a handler run on every (re)connection.
 func connectWith(t testing.TB, url, id string, clean bool, onConnect paho.OnConnectHandler) paho.Client {
 	t.Helper()
+	c, err := tryConnect(t, url, id, clean, onConnect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tryConnect is connectWith returning its error, for goroutines other than
+// the test's. The client is disconnected when the test ends.
+func tryConnect(t testing.TB, url, id string, clean bool, onConnect paho.OnConnectHandler) (paho.Client, error) {
 	o := paho.NewClientOptions().SetOnConnectHandler(onConnect).
 		AddBroker(url).SetClientID(id).SetCleanSession(clean).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
 		SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(false).SetKeepAlive(5 * time.Second)
 	c := paho.NewClient(o)
+	t.Cleanup(func() { c.Disconnect(50) })
 	tok := c.Connect()
 	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", url, tok.Error())
+		return nil, fmt.Errorf("connect %s as %s: %v", url, id, tok.Error())
 	}
-	t.Cleanup(func() { c.Disconnect(50) })
-	return c
+	return c, nil
 }
 
 func publish(t testing.TB, c paho.Client, topic string, qos byte, payload []byte) {
 	t.Helper()
+	if err := tryPublish(c, topic, qos, payload); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryPublish is publish returning its error, for goroutines other than the
+// test's.
+func tryPublish(c paho.Client, topic string, qos byte, payload []byte) error {
 	tok := c.Publish(topic, qos, false, payload)
 	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatalf("publish %s: %v", topic, tok.Error())
+		return fmt.Errorf("publish %s: %v", topic, tok.Error())
 	}
+	return nil
 }
 
 // child is a daemon running as a child process.
