@@ -32,10 +32,13 @@ func TestMQTTOutage(t *testing.T) {
 		t.Errorf("status while down: %+v", s)
 	}
 	mq.Restart()
-	n := p.count()
-	waitFor(t, 30*time.Second, "catch up", func() bool { return col.distinct() >= n })
+	// Deliveries resume while the load goes on. (Waiting for them to catch
+	// up with a producer that keeps going failed under -race on a loaded
+	// machine, where delivery is not much faster than 5,000 records/s.)
+	resumed := col.distinct()
+	waitFor(t, 30*time.Second, "deliveries resumed", func() bool { return col.distinct() > resumed+200 })
 	want := p.result(t)
-	waitFor(t, 30*time.Second, "all records", func() bool { return col.distinct() == len(want) })
+	waitFor(t, 60*time.Second, "all records", func() bool { return col.distinct() == len(want) })
 	dups := checkDelivery(t, want, col.snapshot())
 	waitFor(t, 5*time.Second, "outbox acknowledged", func() bool { return st.OutboxStats("broker").Backlog == 0 })
 	t.Logf("%d records, %d duplicate arrivals", len(want), dups)
