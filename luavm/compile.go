@@ -11,6 +11,16 @@ import (
 	"github.com/yuin/gopher-lua/parse"
 )
 
+func init() {
+	// No implicit `arg` table in vararg functions (Lua 5.0's, kept by Lua
+	// 5.1 for compatibility): gopher-lua builds it on every call of any
+	// vararg function, holding all the extra arguments, where no hook can
+	// account it. Functions use ..., select("#", ...) or {...} (accounted)
+	// instead. luavm is gopher-lua's only user in moongate, and this runs
+	// before anything is compiled.
+	lua.CompatVarArg = false
+}
+
 // Program is a compiled function: an instrumented, shared, read-only
 // gopher-lua prototype. It is immutable and safe for concurrent use; every
 // instance creates its own closure from it. Programs come from Compile; the

@@ -122,7 +122,7 @@ func (in *instance) libIndex(L *lua.LState) int {
 // function cannot change its settings for later invocations.
 func (in *instance) configTable() lua.LValue {
 	if in.spec == nil || len(in.spec.Config) == 0 {
-		return in.L.CreateTable(0, 0)
+		return in.track(in.L.CreateTable(0, 0))
 	}
 	return in.goToLua(in.spec.Config, 0)
 }
@@ -154,14 +154,14 @@ func (in *instance) goToLua(v any, depth int) lua.LValue {
 		for k, e := range x {
 			t.RawSetString(k, in.goToLua(e, depth+1))
 		}
-		return t
+		return in.track(t)
 	case []any:
 		t := L.CreateTable(len(x), 0)
 		for i, e := range x {
 			t.RawSetInt(i+1, in.goToLua(e, depth+1))
 		}
 		in.markArray(nil, t, "ctx.config")
-		return t
+		return in.track(t)
 	default:
 		return lua.LString(fmt.Sprint(x))
 	}
@@ -196,7 +196,7 @@ func (in *instance) encodeJSON(L *lua.LState, v lua.LValue, limit int) ([]byte, 
 	e.encode(v, 0)
 	if e.err != nil {
 		in.charge(L, 1+int64(len(e.buf))/64) // the work done up to the failure
-		if errors.Is(e.err, ErrMemory) {
+		if errors.Is(e.err, ErrMemory) || errors.Is(e.err, ErrTimeout) {
 			in.raise(L, e.err)
 		}
 		return nil, e.err
@@ -519,6 +519,17 @@ func (in *instance) stateIncr(L *lua.LState) int {
 
 // ---- event and ctx ----
 
+// track accounts a table the host made for the invocation outside any Lua
+// call (the event, ctx and its config, the global environment): it joins
+// the tables every scan measures, charged now at its current size, so
+// that what a function adds to it counts against the memory cap like a
+// table of its own.
+func (in *instance) track(t *lua.LTable) *lua.LTable {
+	in.inv.tables = append(in.inv.tables, t)
+	in.inv.tableBytes += tableBytes(t)
+	return t
+}
+
 func (in *instance) eventTable(ev *Event) *lua.LTable {
 	L := in.L
 	t := L.CreateTable(0, 8+len(ev.Captures))
@@ -542,15 +553,15 @@ func (in *instance) eventTable(ev *Event) *lua.LTable {
 				q.RawSetString(k, lua.LString(vs[0]))
 			}
 		}
-		t.RawSetString("query", q)
+		t.RawSetString("query", in.track(q))
 		hd := L.CreateTable(0, len(h.Headers))
 		for k, v := range h.Headers {
 			hd.RawSetString(strings.ToLower(k), lua.LString(v))
 		}
-		t.RawSetString("headers", hd)
+		t.RawSetString("headers", in.track(hd))
 		t.RawSetString("body", lua.LString(h.Body))
 	}
-	return t
+	return in.track(t)
 }
 
 func (in *instance) ctxTable(id string) *lua.LTable {
@@ -563,5 +574,5 @@ func (in *instance) ctxTable(id string) *lua.LTable {
 	t.RawSetString("invocation_id", lua.LString(id))
 	t.RawSetString("deadline_ms", lua.LNumber(in.inv.deadline.UnixMilli()))
 	t.RawSetString("config", in.configTable())
-	return t
+	return in.track(t)
 }

@@ -302,3 +302,112 @@ func TestJSONEncodeBufferGrowth(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexErrorKeyCut: indexing nil with a long key raises a message that
+// names at most 64 bytes of it (patched gopher-lua, errKey), so catching
+// such errors in a loop does not copy the key, uncharged, each time: 300
+// iterations with a 1 MB key allocated 1.1 GiB before.
+func TestIndexErrorKeyCut(t *testing.T) {
+	rt := NewRuntime(Options{DefaultLimits: DefaultLimits(), ReclaimInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	defer rt.Close()
+	deploy(t, rt, "f", `
+function handle(event, ctx)
+  local big = string.rep("\226\130\172", 350000) -- a 1 MB key of 3-byte characters
+  local keep = {}
+  for i = 1, 300 do
+    local ok, e = pcall(function() local n = nil; return n[big] end)
+    keep[i] = e
+    ok, e = pcall(function() local n = nil; n[big] = 1 end)
+    keep[300 + i] = e
+  end
+  return {first = keep[1], set = keep[301], n = #keep}
+end`)
+	a := totalAlloc()
+	res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+	allocated := totalAlloc() - a
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		First, Set string
+		N          int
+	}
+	if err := json.Unmarshal(res.Value, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.N != 600 || !strings.Contains(out.First, "with key '\u20ac") || !strings.HasSuffix(out.First, "...'") || len(out.First) > 200 || len(out.Set) > 200 {
+		t.Fatalf("result %s", res.Value)
+	}
+	if !utf8.ValidString(out.First) || !utf8.ValidString(out.Set) {
+		t.Fatalf("a message cut inside a character: %q %q", out.First, out.Set)
+	}
+	if allocated > 32<<20 {
+		t.Fatalf("allocated %d MiB of Go heap", allocated>>20)
+	}
+}
+
+// TestJSONEncodeDeadline: json.encode of a table that references its
+// subtables many times (2^22 values written from 22 tables) stops at the
+// invocation's deadline instead of running to its output limit.
+func TestJSONEncodeDeadline(t *testing.T) {
+	lim := DefaultLimits()
+	lim.Timeout = 50 * time.Millisecond
+	lim.MaxMemory = 256 << 20 // the output limit of json.encode is the memory cap
+	rt := NewRuntime(Options{DefaultLimits: lim, ReclaimInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	defer rt.Close()
+	// (The result, state values and effects have output limits of their
+	// own, far below the memory cap.)
+	for _, src := range []string{
+		`function handle() local t = {} for i = 1, 24 do t = {t, t} end return {n = #json.encode(t)} end`,
+	} {
+		deploy(t, rt, "f", src)
+		res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+		if !errors.Is(err, ErrTimeout) {
+			t.Fatalf("%s: %v, want ErrTimeout", src, err)
+		}
+		// Without the check the encoding alone takes seconds (2^24 values,
+		// ~50 MB of output) and the timeout is only seen after it; the
+		// deadline is checked every 1,024 values.
+		if res.Cost.Wall > 20*lim.Timeout {
+			t.Errorf("%s: stopped after %v with a timeout of %v", src, res.Cost.Wall, lim.Timeout)
+		}
+		if st, _ := rt.Stats("f"); st.Warm != 0 {
+			t.Errorf("the instance that timed out was kept warm")
+		}
+	}
+}
+
+// panicState is a StateReader that panics, standing for a bug in a host
+// component.
+type panicState struct{}
+
+func (panicState) GetState(context.Context, string, string) ([]byte, bool, error) {
+	panic("host bug")
+}
+
+// TestHostPanicDiscardsInstance: a Go panic during an invocation, even
+// one a function tries to catch with pcall, ends it with ErrPanic, the
+// instance is discarded, and the next invocation runs on a fresh one.
+func TestHostPanicDiscardsInstance(t *testing.T) {
+	rt := NewRuntime(Options{DefaultLimits: hostileLimits, ReclaimInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	defer rt.Close()
+	for _, src := range []string{
+		`function handle() return {v = state.get("k")} end`,
+		`function handle() local ok = pcall(state.get, "k") return {caught = ok} end`,
+	} {
+		deploy(t, rt, "f", src)
+		res, err := rt.Invoke(context.Background(), "f", refEvent("1"), panicState{})
+		if !errors.Is(err, ErrPanic) || !strings.Contains(err.Error(), "host bug") {
+			t.Fatalf("%s: %v, want ErrPanic", src, err)
+		}
+		if res.Cost.Outcome != "panic" || res.Value != nil {
+			t.Fatalf("%s: outcome %q, value %s", src, res.Cost.Outcome, res.Value)
+		}
+		if st, _ := rt.Stats("f"); st.Warm != 0 {
+			t.Fatalf("%s: the instance was kept warm: %+v", src, st)
+		}
+		if _, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil); err != nil && errors.Is(err, ErrPanic) {
+			t.Fatalf("%s: the next invocation: %v", src, err)
+		}
+	}
+}

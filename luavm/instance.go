@@ -75,6 +75,9 @@ const (
 	tableHashBytes  = 320
 	tableEntryBytes = 200
 	closureBytes    = 128
+	// upvalueBytes is charged per upvalue of a new closure: gopher-lua's
+	// Upvalue (48 bytes) and the closure's pointer to it.
+	upvalueBytes = 64
 	// errorWhereBytes is charged, beside the message, for the position
 	// ("name:line:") that error and assert put in front of it.
 	errorWhereBytes = 64
@@ -276,16 +279,25 @@ func (in *instance) charge(L *lua.LState, n int64) {
 }
 
 func (in *instance) checkTime(L *lua.LState) {
+	if err := in.timeErr(); err != nil {
+		in.raise(L, err)
+	}
+}
+
+// timeErr is checkTime returning the error (wrapping ErrTimeout) instead
+// of raising it, for builders that must stop cleanly first.
+func (in *instance) timeErr() error {
 	iv := &in.inv
 	if err := iv.ctx.Err(); err != nil {
-		in.raise(L, fmt.Errorf("%w: %w", ErrTimeout, err))
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
 	if time.Now().After(iv.deadline) {
 		if iv.ctxDeadline {
-			in.raise(L, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded))
+			return fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 		}
-		in.raise(L, fmt.Errorf("%w (%v)", ErrTimeout, iv.limits.Timeout))
+		return fmt.Errorf("%w (%v)", ErrTimeout, iv.limits.Timeout)
 	}
+	return nil
 }
 
 // alloc accounts n bytes about to be allocated by a builtin (before the
@@ -464,10 +476,16 @@ func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue) {
 	in.charge(L, 1+int64(i-alen)/64)
 }
 
-// @func(f): a closure is accounted as closureBytes, cumulatively.
+// @func(f): a closure is accounted as closureBytes plus upvalueBytes per
+// upvalue, cumulatively (a closure made in a loop body captures fresh
+// locals, so each gets upvalues of its own; shared ones are over-charged).
 func (in *instance) closure(L *lua.LState) int {
 	f := L.Get(1)
-	in.alloc(L, closureBytes)
+	n := int64(closureBytes)
+	if fn, ok := f.(*lua.LFunction); ok {
+		n += upvalueBytes * int64(len(fn.Upvalues))
+	}
+	in.alloc(L, n)
 	L.Push(f)
 	return 1
 }

@@ -76,7 +76,7 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 
 	// A fresh global environment per invocation: writes stay in env,
 	// reads fall through to the read-only library.
-	env := L.CreateTable(0, 2)
+	env := in.track(L.CreateTable(0, 2))
 	env.Metatable = in.envMT
 	if in.prog.usesG {
 		// Without the name in the source there is no way to reach _G
@@ -129,7 +129,7 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		if e.tooLarge {
 			return fmt.Errorf("%w (more than %d bytes)", ErrResultTooLarge, limits.MaxResultBytes)
 		}
-		if errors.Is(e.err, ErrMemory) {
+		if errors.Is(e.err, ErrMemory) || errors.Is(e.err, ErrTimeout) {
 			return e.err
 		}
 		if e.err != nil {

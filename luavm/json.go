@@ -40,6 +40,10 @@ type jsonEncoder struct {
 	limit    int
 	err      error
 	tooLarge bool // err is the output limit
+	// values counts the values written: every 1024 the invocation's
+	// deadline is checked (a table referenced many times is written each
+	// time, so the work is not bounded by the tables the function made).
+	values int
 }
 
 // jsonEncodeStop unwinds the encoder after a refused growth (see encode).
@@ -110,6 +114,12 @@ func (e *jsonEncoder) grow(n int) {
 func (e *jsonEncoder) value(v lua.LValue, depth int) {
 	if e.err != nil {
 		return
+	}
+	if e.values++; e.values&1023 == 0 && e.in != nil {
+		if err := e.in.timeErr(); err != nil {
+			e.err = err
+			panic(jsonEncodeStop{})
+		}
 	}
 	if len(e.buf) > e.limit {
 		e.err, e.tooLarge = fmt.Errorf("output larger than %d bytes", e.limit), true

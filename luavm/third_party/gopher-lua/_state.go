@@ -1073,7 +1073,7 @@ func (ls *LState) getField(obj LValue, key LValue) LValue {
 		metaindex := ls.metaOp1(curobj, "__index")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key.String())
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key.String())) // moongate: errKey
 			}
 			return LNil
 		}
@@ -1104,7 +1104,7 @@ func (ls *LState) getFieldString(obj LValue, key string) LValue {
 		metaindex := ls.metaOp1(curobj, "__index")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key)
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key)) // moongate: errKey
 			}
 			return LNil
 		}
@@ -1135,7 +1135,7 @@ func (ls *LState) setField(obj LValue, key LValue, value LValue) {
 		metaindex := ls.metaOp1(curobj, "__newindex")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key.String())
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key.String())) // moongate: errKey
 			}
 			ls.RawSet(tb, key, value)
 			return
@@ -1167,7 +1167,7 @@ func (ls *LState) setFieldString(obj LValue, key string, value LValue) {
 		metaindex := ls.metaOp1(curobj, "__newindex")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key)
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key)) // moongate: errKey
 			}
 			tb.RawSetString(key, value)
 			return

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/yuin/gopher-lua/parse"
 )
@@ -1286,7 +1287,7 @@ func (ls *LState) getField(obj LValue, key LValue) LValue {
 		metaindex := ls.metaOp1(curobj, "__index")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key.String())
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key.String())) // moongate: errKey
 			}
 			return LNil
 		}
@@ -1317,7 +1318,7 @@ func (ls *LState) getFieldString(obj LValue, key string) LValue {
 		metaindex := ls.metaOp1(curobj, "__index")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key)
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key)) // moongate: errKey
 			}
 			return LNil
 		}
@@ -1348,7 +1349,7 @@ func (ls *LState) setField(obj LValue, key LValue, value LValue) {
 		metaindex := ls.metaOp1(curobj, "__newindex")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key.String())
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key.String())) // moongate: errKey
 			}
 			ls.RawSet(tb, key, value)
 			return
@@ -1380,7 +1381,7 @@ func (ls *LState) setFieldString(obj LValue, key string, value LValue) {
 		metaindex := ls.metaOp1(curobj, "__newindex")
 		if metaindex == LNil {
 			if !istable {
-				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), key)
+				ls.RaiseError("attempt to index a non-table object(%v) with key '%s'", curobj.Type().String(), errKey(key)) // moongate: errKey
 			}
 			tb.RawSetString(key, value)
 			return
@@ -1726,6 +1727,25 @@ func (ls *LState) registryOverflow() {
 }
 
 // This function is equivalent to luaL_error( http://www.lua.org/manual/5.1/manual.html#luaL_error ).
+// errKey cuts a key named in an error message to errKeyMax bytes.
+// moongate: the release copied the whole key into the message (and the
+// position is added by a second copy), so indexing nil with a 1 MB string
+// in a pcall loop made two 1 MB strings per iteration that no hook of the
+// embedding program can account; Lua 5.1 does not name the key at all.
+func errKey(k string) string {
+	if len(k) <= errKeyMax {
+		return k
+	}
+	n := errKeyMax
+	for n > 0 && !utf8.RuneStart(k[n]) {
+		n-- // not inside a character
+	}
+	return k[:n] + "..."
+}
+
+// errKeyMax is the longest key errKey keeps (moongate).
+const errKeyMax = 64
+
 func (ls *LState) RaiseError(format string, args ...interface{}) {
 	ls.raiseError(1, format, args...)
 }
