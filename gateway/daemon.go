@@ -263,7 +263,8 @@ func (d *Daemon) warnUnknownTargets(f *Function) {
 }
 
 // forwardLua is the built-in function of a sync.forward entry: the raw
-// event as a record (the payload as a string, byte for byte).
+// event as a record (the payload as a JSON string: UTF-8 text byte for
+// byte, invalid sequences as U+FFFD; docs/sync.md).
 const forwardLua = `function handle(event, ctx)
   return {topic = event.topic, payload = event.payload}
 end

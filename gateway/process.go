@@ -109,6 +109,9 @@ func refusedForGood(err error) bool { return store.IsPermanent(err) }
 func (g *Gateway) backoff(attempt int) time.Duration {
 	d := g.opts.Retry.InitialBackoff
 	for i := 1; i < attempt && d < g.opts.Retry.MaxBackoff; i++ {
+		if d > g.opts.Retry.MaxBackoff/2 {
+			return g.opts.Retry.MaxBackoff // doubling could overflow
+		}
 		d *= 2
 	}
 	return min(d, g.opts.Retry.MaxBackoff)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/moongate-edge/moongate/mqtt/topics"
@@ -282,8 +283,15 @@ func (in *instance) logFn(level slog.Level) lua.LGFunction {
 func (in *instance) addLog(L *lua.LState, level slog.Level, msg string, fields []byte) {
 	in.charge(L, 1)
 	if len(msg) > maxLogBytes {
-		msg = msg[:maxLogBytes] + "...(truncated)"
+		n := maxLogBytes
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n-- // cut before a character, not inside it
+		}
+		msg = msg[:n] + "...(truncated)"
 	}
+	// Log lines are text (the API returns them as such): each invalid
+	// UTF-8 sequence a function logs becomes U+FFFD.
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	r := in.inv.res
 	if len(r.Logs) >= in.inv.limits.MaxLogLines {
 		in.inv.logDropped++
@@ -385,6 +393,9 @@ func (in *instance) emit(L *lua.LState) int {
 	if stream == "" {
 		L.ArgError(1, "empty stream name")
 	}
+	if !utf8.ValidString(stream) {
+		L.ArgError(1, "stream name is not valid UTF-8")
+	}
 	var rec []byte
 	switch v := L.Get(2).(type) {
 	case lua.LString:
@@ -424,6 +435,9 @@ func checkKey(L *lua.LState) string {
 	k := L.CheckString(1)
 	if k == "" || len(k) > 512 {
 		L.ArgError(1, "key must be 1..512 bytes")
+	}
+	if !utf8.ValidString(k) {
+		L.ArgError(1, "key is not valid UTF-8")
 	}
 	return k
 }

@@ -155,3 +155,55 @@ func TestCommitChainNil(t *testing.T) {
 		t.Fatalf("entries chained without Chain: %d, %d", len(res.Inbox), s.InboxLen())
 	}
 }
+
+// TestInboxQuotaKeepsRoomForChains: new events fill at most 7/8 of the
+// inbox quota; a processing commit that consumes an entry and chains one
+// of the same size is accepted however full the inbox is (it was refused
+// for the bytes it was about to free, and the gateway retried it without
+// end); chained entries are still bound by the whole quota.
+func TestInboxQuotaKeepsRoomForChains(t *testing.T) {
+	ctx := context.Background()
+	const quota = 4000
+	s := openTest(t, Options{InMemory: true, Quotas: map[string]Quota{SpaceInbox: {MaxBytes: quota, Policy: RejectNew}}})
+	var seqs []uint64
+	for {
+		sq, err := s.Enqueue(ctx, []InboxEntry{{Function: "up", Key: "d", Event: make([]byte, 50)}})
+		if err != nil {
+			if !errors.Is(err, ErrQuota) {
+				t.Fatal(err)
+			}
+			break
+		}
+		seqs = append(seqs, sq...)
+	}
+	held := s.Stats().Spaces[SpaceInbox].Bytes
+	if held > quota-quota/8 || held < quota-quota/8-200 {
+		t.Fatalf("intake stopped at %d bytes of a %d quota, want just under %d", held, quota, quota-quota/8)
+	}
+	chainOne := func(Change) []InboxEntry { return []InboxEntry{{Function: "down", Key: "d", Event: make([]byte, 50)}} }
+	for _, seq := range seqs[:len(seqs)/2] {
+		if _, err := s.Commit(ctx, &Commit{InboxSeq: seq, Chain: chainOne, ChainMax: 1,
+			State: []StateChange{{Function: "up", Op: StateSet, Key: "k", Value: []byte("1")}}}); err != nil {
+			t.Fatalf("consuming an entry and chaining one of the same size: %v", err)
+		}
+	}
+	// Chaining without consuming (a state write through the API that a
+	// function follows) fills the reserve, then is refused.
+	var refused error
+	for i := 0; i < 1000 && refused == nil; i++ {
+		_, refused = s.Commit(ctx, &Commit{Chain: chainOne, ChainMax: 1,
+			State: []StateChange{{Function: "up", Op: StateSet, Key: "k", Value: []byte("1")}}})
+	}
+	if !errors.Is(refused, ErrQuota) {
+		t.Fatalf("chaining past the quota: %v, want ErrQuota", refused)
+	}
+	// Less than one entry below the quota now (one more does not fit),
+	// consuming one and chaining one still goes through.
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[len(seqs)-1], Chain: chainOne, ChainMax: 1,
+		State: []StateChange{{Function: "up", Op: StateSet, Key: "k", Value: []byte("1")}}}); err != nil {
+		t.Fatalf("at the quota (%d of %d bytes), consuming an entry and chaining one of the same size: %v", s.Stats().Spaces[SpaceInbox].Bytes, quota, err)
+	}
+	if b := s.Stats().Spaces[SpaceInbox].Bytes; b > quota {
+		t.Fatalf("inbox holds %d bytes, quota %d", b, quota)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unicode/utf8"
 )
 
 // Key layout (one Badger database, one leading byte per key space):
@@ -118,6 +119,11 @@ func validName(what, s string, allowEmpty bool) error {
 		if s[i] == 0 {
 			return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalid, what)
 		}
+	}
+	if !utf8.ValidString(s) {
+		// Names are returned as text by the API and used in upstream
+		// topics and subjects.
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, what)
 	}
 	return nil
 }

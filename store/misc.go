@@ -110,6 +110,9 @@ func (s *Store) DeleteState(ctx context.Context, function, key string) error {
 // ListDeadLetters returns up to limit (default 100) dead letters with
 // Seq > after, ascending, of function (all when "").
 func (s *Store) ListDeadLetters(ctx context.Context, function string, after uint64, limit int) ([]DeadLetter, error) {
+	if after == math.MaxUint64 {
+		return nil, nil // nothing follows (after+1 would wrap to the start)
+	}
 	if limit <= 0 {
 		limit = 100
 	}
@@ -270,6 +273,9 @@ func (s *Store) ScanLogs(ctx context.Context, function, invocationID string, aft
 	}
 	limit = min(limit, MaxQueryLimit)
 	next = after
+	if after == math.MaxUint64 {
+		return nil, next, nil // nothing follows (after+1 would wrap to the start)
+	}
 	f := func(seq uint64, v []byte) error {
 		l, err := decodeLog(seq, v)
 		if err != nil {

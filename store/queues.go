@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -72,9 +73,9 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			vals[i] = encodeInbox(&entries[i], b.now)
 			total += int64(len(vals[i]))
 		}
-		if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && b.ctr.Inbox.Bytes+total > q.MaxBytes {
+		if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && b.ctr.Inbox.Bytes+total > intakeShare(q.MaxBytes) {
 			b.ctr.Rejected[SpaceInbox]++
-			return fmt.Errorf("%w: inbox holds %d bytes, quota %d", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes)
+			return fmt.Errorf("%w: inbox holds %d bytes, quota %d (%d for new events)", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes, intakeShare(q.MaxBytes))
 		}
 		for i := range entries {
 			seq := b.ctr.Inbox.Next
@@ -119,6 +120,9 @@ func (s *Store) InboxPending(ctx context.Context, after uint64, limit int) ([]In
 func pending[T any](ctx context.Context, s *Store, prefix byte, head, after uint64, limit int, decode func(uint64, []byte) (T, error)) ([]T, error) {
 	if limit <= 0 {
 		limit = 100
+	}
+	if after == math.MaxUint64 {
+		return nil, nil // nothing follows (after+1 would wrap to the start)
 	}
 	var out []T
 	err := s.view(ctx, func(txn *badger.Txn) error {
@@ -530,7 +534,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
 		return err
 	}
-	chained, chainVals, err := s.chain(b, c, recs, updates, blobs)
+	chained, chainVals, err := s.chain(b, c, inboxSize, recs, updates, blobs)
 	if err != nil {
 		return err
 	}
@@ -660,7 +664,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 // chain calls c.Chain for the commit's records and state updates and
 // encodes the inbox entries it returns, checking them and the inbox quota.
 // It does not mutate b.
-func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate, blobs []blobChange) ([]InboxEntry, [][]byte, error) {
+func (s *Store) chain(b *batch, c *Commit, consumed int64, recs []Record, updates []StateUpdate, blobs []blobChange) ([]InboxEntry, [][]byte, error) {
 	if c.Chain == nil {
 		return nil, nil, nil
 	}
@@ -697,12 +701,21 @@ func (s *Store) chain(b *batch, c *Commit, recs []Record, updates []StateUpdate,
 		vals[i] = encodeInbox(e, b.now)
 		total += int64(len(vals[i]))
 	}
-	if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && total > 0 && b.ctr.Inbox.Bytes+total > q.MaxBytes {
+	// The entry this commit consumes leaves the inbox in the same write.
+	if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && total > 0 && b.ctr.Inbox.Bytes-consumed+total > q.MaxBytes {
 		b.ctr.Rejected[SpaceInbox]++
-		return nil, nil, fmt.Errorf("%w: inbox holds %d bytes, quota %d", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes)
+		return nil, nil, fmt.Errorf("%w: inbox holds %d bytes (%d consumed by this commit), quota %d, adding %d", ErrQuota, b.ctr.Inbox.Bytes, consumed, q.MaxBytes, total)
 	}
 	return out, vals, nil
 }
+
+// intakeShare is the part of an inbox quota of max bytes new events may
+// fill (Enqueue): seven eighths. The rest is kept for the entries that
+// processing commits chain, so that a backlog of events whose functions
+// emit to streams or state other functions follow can still be processed
+// when intake has filled its share: otherwise each such commit would be
+// refused for the quota it is about to free, and retried without end.
+func intakeShare(max int64) int64 { return max - max/8 }
 
 func dedupe(ts []string) []string {
 	if len(ts) < 2 {
@@ -883,6 +896,9 @@ func (s *Store) PendingPublishes(ctx context.Context, after uint64, limit int) (
 	if closed {
 		return nil, ErrClosed
 	}
+	if after == math.MaxUint64 {
+		return nil, nil // nothing follows (after+1 would wrap to the start)
+	}
 	if ps, ok := s.pubs.read(max(after+1, head), limit); ok {
 		return ps, nil
 	}
@@ -1010,6 +1026,9 @@ func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, lim
 	}
 	if limit <= 0 {
 		limit = 100
+	}
+	if after == math.MaxUint64 {
+		return nil, nil // nothing follows (after+1 would wrap to the start)
 	}
 	q := s.counters().Outbox[target]
 	start := max(after+1, q.Head)

@@ -174,6 +174,8 @@ func TestCommitAllOrNothing(t *testing.T) {
 	for _, c := range []*Commit{
 		nil,
 		{Records: []Record{{Stream: "a\x00b"}}},
+		{Records: []Record{{Stream: "a\xffb"}}}, // names are UTF-8 text
+		{Records: []Record{{Stream: "s", Device: "d\xc3"}}},
 		{Records: []Record{{Targets: []string{""}}}},
 		{State: []StateChange{{Function: "f", Op: 99, Key: "k"}}},
 		{State: []StateChange{{Function: "", Op: StateSet, Key: "k"}}},

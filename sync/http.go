@@ -311,7 +311,7 @@ func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, 
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // keep the connection reusable
-	return resp.StatusCode, respBody{text: strings.TrimSpace(string(b)), retryAfter: resp.Header.Get("Retry-After")}, nil
+	return resp.StatusCode, respBody{text: strings.ToValidUTF8(strings.TrimSpace(string(b)), "\uFFFD"), retryAfter: resp.Header.Get("Retry-After")}, nil
 }
 
 // retryAfter parses a Retry-After header (delay in seconds or an HTTP

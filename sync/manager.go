@@ -446,9 +446,13 @@ func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
 func (w *worker) backoff(after time.Duration) time.Duration {
 	c := w.cfg.InitialBackoff
 	for i := 0; i < w.attempt && c < w.cfg.MaxBackoff; i++ {
+		if c > w.cfg.MaxBackoff/2 {
+			c = w.cfg.MaxBackoff // doubling could overflow
+			break
+		}
 		c *= 2
 	}
-	c = min(c, w.cfg.MaxBackoff)
+	c = max(min(c, w.cfg.MaxBackoff), 1)
 	w.attempt++
 	d := max(time.Duration(rand.Int64N(int64(c))), 10*time.Millisecond)
 	if after > 0 {

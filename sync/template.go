@@ -76,6 +76,10 @@ func cleanMQTT(s string) string {
 	if s == "" {
 		return "_"
 	}
+	// A topic is UTF-8 text: a broker drops the connection of a client
+	// that publishes to anything else, and the record would then be first
+	// in line on every retry, blocking the target.
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if !strings.ContainsAny(s, "+#/\x00") {
 		return s
 	}

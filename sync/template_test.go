@@ -1,7 +1,9 @@
 package sync
 
 import (
+	"math"
 	"testing"
+	"time"
 
 	"github.com/moongate-edge/moongate/store"
 )
@@ -25,5 +27,25 @@ func TestTemplates(t *testing.T) {
 	}
 	if got := parseTemplate("{device}", cleanNATS).expand("gw", &store.Record{}); got != "_" {
 		t.Errorf("empty device: %q", got)
+	}
+	// A topic must be UTF-8: a broker drops a client that publishes to
+	// anything else, and the record would block the target on every retry.
+	if got := parseTemplate("d/{device}", cleanMQTT).expand("gw", &store.Record{Device: "a\xffb/c"}); got != "d/a\uFFFDb_c" {
+		t.Errorf("invalid UTF-8 device: %q", got)
+	}
+}
+
+// TestBackoffSaturates: however long backoff.max (the config refuses more
+// than 24h; an embedder could pass more), the doubling towards it never
+// overflows into a negative wait (rand.Int64N panicked at attempt 36 of a
+// 2562047h maximum).
+func TestBackoffSaturates(t *testing.T) {
+	for _, maxB := range []time.Duration{time.Minute, 24 * time.Hour, 2562047 * time.Hour, time.Duration(math.MaxInt64)} {
+		w := &worker{cfg: TargetConfig{InitialBackoff: 500 * time.Millisecond, MaxBackoff: maxB}}
+		for i := 0; i < 100; i++ {
+			if d := w.backoff(0); d < 10*time.Millisecond || d > maxB {
+				t.Fatalf("max %v, attempt %d: wait %v", maxB, i, d)
+			}
+		}
 	}
 }

@@ -83,6 +83,25 @@ func tsMS(t *timestamppb.Timestamp) (int64, error) {
 	return t.AsTime().UnixMilli(), nil
 }
 
+// timeRange converts the from and to of a query to milliseconds, 0 for
+// an absent bound (the store's "open"). A to at or before the Unix epoch
+// is refused rather than read as "no end", and so is a to before from.
+func timeRange(fromTS, toTS *timestamppb.Timestamp) (from, to int64, err error) {
+	if from, err = tsMS(fromTS); err != nil {
+		return 0, 0, err
+	}
+	if to, err = tsMS(toTS); err != nil {
+		return 0, 0, err
+	}
+	if toTS != nil && to <= 0 {
+		return 0, 0, invalidf("to must be after 1970-01-01T00:00:00Z")
+	}
+	if fromTS != nil && toTS != nil && to < from {
+		return 0, 0, invalidf("to is before from")
+	}
+	return from, to, nil
+}
+
 func durationOf(d *durationpb.Duration) (time.Duration, error) {
 	if d == nil {
 		return 0, nil
@@ -166,6 +185,9 @@ func eventMessage(ev *luavm.Event) *v1.Event {
 }
 
 // validText is s with each invalid UTF-8 sequence replaced by U+FFFD.
+// Every string field filled from stored or function-made text goes
+// through it: protobuf refuses to marshal invalid UTF-8, and one such
+// string would fail the whole response (a list of logs, say) with a 500.
 func validText(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 func slogLevel(l slog.Level) string {
@@ -182,14 +204,14 @@ func slogLevel(l slog.Level) string {
 
 func logMessage(l store.LogRecord) *v1.LogLine {
 	return &v1.LogLine{Seq: l.Seq, Function: l.Function, InvocationId: l.InvocationID, Level: l.Level,
-		Msg: l.Msg, Fields: jsonStruct(l.Fields), Time: msTime(l.TS)}
+		Msg: validText(l.Msg), Fields: jsonStruct(l.Fields), Time: msTime(l.TS)}
 }
 
 func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 	r := inv.Result
 	out := &v1.InvokeFunctionResponse{InvocationId: r.InvocationID, Version: r.Version, Committed: inv.Committed}
 	if inv.Err != nil {
-		out.Error = inv.Err.Error()
+		out.Error = validText(inv.Err.Error())
 	}
 	switch r.Kind {
 	case luavm.ResultJSON:
@@ -197,19 +219,19 @@ func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 		out.Result = jsonValue(r.Value)
 	case luavm.ResultString:
 		out.ResultKind = v1.ResultKind_RESULT_KIND_STRING
-		out.Result = structpb.NewStringValue(string(r.Value))
+		out.Result = structpb.NewStringValue(validText(string(r.Value)))
 	}
 	for _, e := range r.Effects {
 		switch e.Kind {
 		case luavm.EffectPublish:
 			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Publish{Publish: &v1.PublishEffect{
-				Topic: e.Topic, Payload: e.Payload, Qos: uint32(e.QoS), Retain: e.Retain}}})
+				Topic: validText(e.Topic), Payload: e.Payload, Qos: uint32(e.QoS), Retain: e.Retain}}})
 		case luavm.EffectEmit:
-			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Emit{Emit: &v1.EmitEffect{Stream: e.Stream, Record: jsonValue(e.Record)}}})
+			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Emit{Emit: &v1.EmitEffect{Stream: validText(e.Stream), Record: jsonValue(e.Record)}}})
 		}
 	}
 	for _, op := range r.State {
-		sc := &v1.StateChange{Key: op.Key, Delta: op.Delta}
+		sc := &v1.StateChange{Key: validText(op.Key), Delta: op.Delta}
 		switch op.Op {
 		case luavm.StateSet:
 			sc.Op, sc.Value = "set", jsonValue(op.Value)
@@ -222,7 +244,7 @@ func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 	}
 	for _, l := range r.Logs {
 		out.Logs = append(out.Logs, &v1.LogLine{Function: name, InvocationId: r.InvocationID, Level: slogLevel(l.Level),
-			Msg: l.Msg, Fields: jsonStruct(l.Fields), Time: msTime(l.TimeMS)})
+			Msg: validText(l.Msg), Fields: jsonStruct(l.Fields), Time: msTime(l.TimeMS)})
 	}
 	c := r.Cost
 	out.Cost = &v1.Cost{Wall: durationpb.New(c.Wall), Steps: c.Steps, PeakMemoryBytes: c.PeakMemory, BytesIn: c.BytesIn,

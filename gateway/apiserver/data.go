@@ -34,9 +34,6 @@ func recordQuery(stream, function, device string, from, to int64) (store.Query, 
 			return store.Query{}, err
 		}
 	}
-	if from != 0 && to != 0 && to < from {
-		return store.Query{}, invalidf("to is before from")
-	}
 	return store.Query{Stream: stream, Function: function, Device: device, From: from, To: to}, nil
 }
 
@@ -48,11 +45,7 @@ func limitOf(n int32) (int, error) {
 }
 
 func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRequest) (*v1.QueryRecordsResponse, error) {
-	from, err := tsMS(req.From)
-	if err != nil {
-		return nil, err
-	}
-	to, err := tsMS(req.To)
+	from, to, err := timeRange(req.From, req.To)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +74,7 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 	out := &v1.QueryRecordsResponse{NextCursor: next, Records: make([]*v1.Record, 0, len(recs))}
 	for _, rec := range recs {
 		out.Records = append(out.Records, &v1.Record{
-			Id: rec.ID, Seq: rec.Seq, Stream: rec.Stream, Function: rec.Function, Device: rec.Device, EventId: rec.EventID,
+			Id: rec.ID, Seq: rec.Seq, Stream: validText(rec.Stream), Function: rec.Function, Device: validText(rec.Device), EventId: rec.EventID,
 			EventTime: msTime(rec.EventTS), ProcessedTime: msTime(rec.ProcessedTS), ClockSynced: rec.ClockSynced, Data: jsonValue(rec.Data),
 		})
 	}
@@ -93,11 +86,7 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 const maxBuckets = 100000
 
 func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateRecordsRequest) (*v1.AggregateRecordsResponse, error) {
-	from, err := tsMS(req.From)
-	if err != nil {
-		return nil, err
-	}
-	to, err := tsMS(req.To)
+	from, to, err := timeRange(req.From, req.To)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +171,7 @@ func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest)
 	}
 	out := &v1.ListStateResponse{NextCursor: next, Entries: make([]*v1.StateEntry, 0, len(kvs))}
 	for _, kv := range kvs {
-		out.Entries = append(out.Entries, &v1.StateEntry{Key: kv.Key, Value: jsonValue(kv.Value)})
+		out.Entries = append(out.Entries, &v1.StateEntry{Key: validText(kv.Key), Value: jsonValue(kv.Value)})
 	}
 	return out, nil
 }
@@ -227,11 +216,7 @@ func (u *usageService) GetUsage(ctx context.Context, req *v1.GetUsageRequest) (*
 	if req.Function != "" && !trigger.ValidFunctionName(req.Function) {
 		return nil, invalidf("invalid function name %q", clip(req.Function))
 	}
-	from, err := tsMS(req.From)
-	if err != nil {
-		return nil, err
-	}
-	to, err := tsMS(req.To)
+	from, to, err := timeRange(req.From, req.To)
 	if err != nil {
 		return nil, err
 	}

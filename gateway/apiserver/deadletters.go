@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/store"
 )
@@ -24,11 +26,21 @@ func (d *deadLetterService) message(dl store.DeadLetter) *v1.DeadLetter {
 }
 
 func checkFunctionFilter(function string) error {
+	if target, ok := strings.CutPrefix(function, syncDeadLetters); ok {
+		if !config.ValidSyncTargetName(target) {
+			return invalidf("invalid sync target name %q in %q", clip(target), clip(function))
+		}
+		return nil
+	}
 	if function != "" && function != intakeDeadLetters && function != publishDeadLetters && !trigger.ValidFunctionName(function) {
 		return invalidf("invalid function name %q", clip(function))
 	}
 	return nil
 }
+
+// syncDeadLetters is sync.DeadLetterPrefix: the function name of records
+// a sync target refused for good is this prefix and the target's name.
+const syncDeadLetters = "sync:"
 
 // intakeDeadLetters is gateway.IntakeDeadLetters: the function name of
 // messages refused at intake.

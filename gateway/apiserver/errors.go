@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,6 +33,8 @@ var (
 )
 
 // toStatus turns an error into a gRPC status error with the matching code.
+// The message is made valid UTF-8 (it may quote function-made text), or
+// the status could not be marshalled.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -38,32 +42,67 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	msg := validText(err.Error())
 	var ce *luavm.CompileError
 	switch {
 	case errors.As(err, &ce):
-		return compileStatus(ce, err)
+		return compileStatus(ce, msg)
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
+		return status.Error(codes.Canceled, msg)
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.Is(err, ErrInvalidArgument), errors.Is(err, store.ErrInvalid), errors.Is(err, store.ErrBadCursor):
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.DeadlineExceeded, msg)
+	case errors.Is(err, ErrInvalidArgument), errors.Is(err, store.ErrInvalid), errors.Is(err, store.ErrBadCursor),
+		errors.Is(err, store.ErrTooLarge), errors.Is(err, store.ErrNotNumber):
+		// Too large for one write: retrying cannot help, so not 429.
+		return status.Error(codes.InvalidArgument, msg)
 	case errors.Is(err, ErrNotFound), errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
+		return status.Error(codes.NotFound, msg)
 	case errors.Is(err, ErrFailedPrecondition):
-		return status.Error(codes.FailedPrecondition, err.Error())
+		return status.Error(codes.FailedPrecondition, msg)
 	case errors.Is(err, ErrUnavailable), errors.Is(err, store.ErrClosed):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, store.ErrStoreFull), errors.Is(err, store.ErrQuota), errors.Is(err, store.ErrTooLarge):
-		return status.Error(codes.ResourceExhausted, err.Error())
+		return status.Error(codes.Unavailable, msg)
+	case errors.Is(err, store.ErrStoreFull), errors.Is(err, store.ErrQuota):
+		st := status.New(codes.ResourceExhausted, msg)
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonStorageFull, Domain: "moongate"}); derr == nil {
+			st = d
+		}
+		return st.Err()
 	}
-	return status.Error(codes.Internal, err.Error())
+	return status.Error(codes.Internal, msg)
 }
+
+// ReasonStorageFull is the ErrorInfo reason of a RESOURCE_EXHAUSTED status
+// for a write refused because the store is out of space or over a quota;
+// the REST API answers it with 507 Insufficient Storage instead of 429.
+const ReasonStorageFull = "STORAGE_FULL"
+
+// restErrorHandler is grpc-gateway's default error handler, except that a
+// refusal for lack of storage (ReasonStorageFull) is 507, as for blobs:
+// 429 would tell a client to slow down when it has to wait for space.
+func restErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {
+		for _, d := range st.Details() {
+			if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Reason == ReasonStorageFull {
+				w = codeWriter{w, http.StatusInsufficientStorage}
+				break
+			}
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// codeWriter writes its own status code whatever WriteHeader is given.
+type codeWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c codeWriter) WriteHeader(int) { c.ResponseWriter.WriteHeader(c.code) }
 
 // compileStatus is INVALID_ARGUMENT with the line and column in the message
 // and as a BadRequest field violation.
-func compileStatus(ce *luavm.CompileError, err error) error {
-	st := status.New(codes.InvalidArgument, err.Error())
+func compileStatus(ce *luavm.CompileError, msg string) error {
+	st := status.New(codes.InvalidArgument, msg)
 	if d, derr := st.WithDetails(compileDetail(ce)); derr == nil {
 		st = d
 	}
@@ -81,7 +120,7 @@ func notFoundf(format string, args ...any) error {
 // compileDetail is the machine-readable position of a compile error.
 func compileDetail(ce *luavm.CompileError) *errdetails.ErrorInfo {
 	return &errdetails.ErrorInfo{Reason: "LUA_COMPILE_ERROR", Domain: "moongate", Metadata: map[string]string{
-		"line": strconv.Itoa(ce.Line), "column": strconv.Itoa(ce.Column), "message": ce.Msg,
+		"line": strconv.Itoa(ce.Line), "column": strconv.Itoa(ce.Column), "message": validText(ce.Msg),
 	}}
 }
 

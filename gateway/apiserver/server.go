@@ -267,6 +267,7 @@ func (s *Server) buildREST(ctx context.Context) error {
 		runtime.SetQueryParameterParser(strictQueryParser{}),
 		runtime.WithForwardResponseOption(startStream),
 		runtime.WithDisablePathLengthFallback(),
+		runtime.WithErrorHandler(restErrorHandler),
 		// A state key may hold "/": sent as %2F, it stays one segment. The
 		// mux decodes a single-segment parameter fully, once (so the key
 		// reaches the service decoded: it must not be decoded again).

@@ -96,7 +96,7 @@ func (st *statusService) GetSyncStatus(ctx context.Context, _ *v1.GetSyncStatusR
 		m := &v1.SyncTarget{
 			Name: t.Name, Kind: t.Kind, Connected: t.Connected, BacklogRecords: t.BacklogRecords, BacklogBytes: t.BacklogBytes,
 			OldestPendingAge: durationpb.New(t.OldestPendingAge), DeliveredTotal: t.DeliveredTotal,
-			DeliveredPerSecond: t.DeliveredPerSecond, DroppedByQuota: t.DroppedByQuota, LastError: t.LastError,
+			DeliveredPerSecond: t.DeliveredPerSecond, DroppedByQuota: t.DroppedByQuota, LastError: validText(t.LastError),
 			BlobsPending: t.BlobsPending, BlobBytesPending: t.BlobBytesPending, BlobsDelivered: t.BlobsDelivered,
 			BlobsFailed: t.BlobsFailed, BlobsDropped: t.BlobsDropped,
 		}

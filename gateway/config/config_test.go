@@ -245,6 +245,7 @@ func TestErrors(t *testing.T) {
 		{"max queued bytes too big", "mqtt:\n  embedded:\n    max_queued_bytes_per_client: 2GiB\n", []string{"m.yaml:3: mqtt.embedded.max_queued_bytes_per_client: 2GiB out of range [max_payload + 64KiB = 327680 bytes, 1GiB] (0: 4 x max_payload)"}},
 		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},
 		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
+		{"backoff too long", "pipeline:\n  retry:\n    max_backoff: 2562047h\n", []string{"m.yaml:3: pipeline.retry.max_backoff: 2562047h0m0s is more than 24h0m0s"}},
 		{"timeout over cap", "functions:\n  timeout: 1h\n", []string{"m.yaml:2: functions.timeout: 1h0m0s out of range"}},
 		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},
 		{"bad gateway id", "gateway_id: 'a b'\n", []string{`m.yaml:1: gateway_id: invalid "a b"`}},

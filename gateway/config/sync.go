@@ -139,7 +139,10 @@ func (c *Config) finishSync() {
 			setDefault(&t.Batch.MaxRecords, 2000)
 		}
 		setDefault(&t.Batch.MaxBytes, 1<<20)
-		setDefault(&t.Batch.MaxDelay, Duration(100*time.Millisecond))
+		if _, set := c.lines[fmt.Sprintf("sync.targets[%d].batch.max_delay", i)]; !set {
+			// Only when absent: an explicit 0 means "send at once".
+			t.Batch.MaxDelay = Duration(100 * time.Millisecond)
+		}
 		setDefault(&t.Inflight, 256)
 		setDefault(&t.Backoff.Initial, Duration(500*time.Millisecond))
 		setDefault(&t.Backoff.Max, Duration(time.Minute))
@@ -164,6 +167,10 @@ func setDefault[T comparable](p *T, def T) {
 		*p = def
 	}
 }
+
+// ValidSyncTargetName reports whether name is a valid sync target name:
+// [a-z0-9][a-z0-9_-]{0,62}.
+func ValidSyncTargetName(name string) bool { return syncNameRE.MatchString(name) }
 
 var (
 	syncNameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -213,6 +220,9 @@ func (v *validator) sync() {
 			}
 		}
 		v.positive(p+".backoff.initial", t.Backoff.Initial)
+		if t.Backoff.Max > maxBackoff {
+			v.add(p+".backoff.max", "%s is more than %s", t.Backoff.Max, maxBackoff)
+		}
 		if t.Backoff.Max < t.Backoff.Initial {
 			v.add(p+".backoff.max", "%s is less than backoff.initial %s", t.Backoff.Max, t.Backoff.Initial)
 		}

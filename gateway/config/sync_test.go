@@ -36,7 +36,8 @@ sync:
 		h.HTTP.Compression != "gzip" || h.Backoff.Initial != Duration(500*time.Millisecond) || h.Backoff.Max != Duration(time.Minute) || h.AckTimeout != Duration(30*time.Second) {
 		t.Errorf("http defaults %+v", h)
 	}
-	if m.MQTT.Topic != "gateways/{gateway}/{stream}" || m.MQTT.ClientID != "moongate-sync-gw1-broker" || m.Batch.MaxRecords != 50 || m.Batch.MaxDelay != Duration(100*time.Millisecond) ||
+	if m.MQTT.Topic != "gateways/{gateway}/{stream}" || m.MQTT.ClientID != "moongate-sync-gw1-broker" || m.Batch.MaxRecords != 50 || m.Batch.MaxDelay != 0 || // explicit 0: send at once
+
 		m.MQTT.MaxPayload != SyncMQTTMaxPayload || SyncMQTTMaxPayload != 268369916 {
 		t.Errorf("mqtt defaults %+v", m)
 	}
@@ -58,6 +59,7 @@ func TestSyncTargetErrors(t *testing.T) {
 		{"sync: {targets: [{name: a, type: nats, nats: {url: 'nats://x', tls: {cert: c}}}]}", `sync.targets[0].nats.tls: cert and key must be set together`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, batch: {max_records: 0, max_bytes: 10}}]}", `sync.targets[0].batch.max_bytes: 10 out of range`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, backoff: {initial: 2s, max: 1s}}]}", `sync.targets[0].backoff.max: 1s is less than backoff.initial 2s`},
+		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, backoff: {max: 2562047h}}]}", `sync.targets[0].backoff.max: 2562047h0m0s is more than 24h0m0s`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, priority_streams: ['A B']}]}", `sync.targets[0].priority_streams[0]: invalid stream name "A B"`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, bandwidth_limit: 10}]}", `sync.targets[0].bandwidth_limit: 10B is below 1KiB per second`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, colour: red}]}", `sync.targets[0].colour: unknown key`},

@@ -261,6 +261,10 @@ func (v *validator) listen(path, addr string) bool {
 	return true
 }
 
+// maxBackoff bounds every configured backoff: longer waits are a mistake
+// (a retry a year away), and the doubling towards them must not overflow.
+const maxBackoff = Duration(24 * time.Hour)
+
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$`)
 
 // splitHostPort splits and checks a listen address: port 0-65535 (0 picks a
@@ -377,6 +381,9 @@ func (v *validator) pipeline() {
 	v.intRange("pipeline.max_hops", int64(p.MaxHops), 1, 1000)
 	v.intRange("pipeline.retry.max_attempts", int64(p.Retry.MaxAttempts), 1, MaxRetryAttempts)
 	v.positive("pipeline.retry.initial_backoff", p.Retry.InitialBackoff)
+	if p.Retry.MaxBackoff > maxBackoff {
+		v.add("pipeline.retry.max_backoff", "%s is more than %s", p.Retry.MaxBackoff, maxBackoff)
+	}
 	if p.Retry.MaxBackoff < p.Retry.InitialBackoff {
 		v.add("pipeline.retry.max_backoff", "%s is less than initial_backoff %s", p.Retry.MaxBackoff, p.Retry.InitialBackoff)
 	}
