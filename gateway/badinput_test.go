@@ -150,13 +150,14 @@ func TestOutputsRefusedForGood(t *testing.T) {
 	writeFunction(t, fnDir, "streams", `function handle(e)
   if e.payload == "bad" then emit(("s"):rep(2000), {x = 1}) end
   if e.payload == "nul" then emit("a\0b", {x = 1}) end
+  if e.payload == "nobucket" then blob.delete("nosuch", "x") end
   return {p = e.payload}
 end`, "triggers:\n  - mqtt: s/{device}\n")
 	writeFunction(t, fnDir, "longdev", `function handle(e) return {x = 1} end`, "triggers:\n  - mqtt: long/{device}/t\n")
 	writeFunction(t, fnDir, "fails", `function handle(e) error("boom") end`, "triggers:\n  - mqtt: f/{device}\n")
 	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {retry: {max_attempts: 2, initial_backoff: 10ms}}\n"))
 	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "refused", true)
-	for _, pl := range []string{"ok1", "bad", "ok2", "nul", "ok3"} {
+	for _, pl := range []string{"ok1", "bad", "ok2", "nul", "nobucket", "ok3"} {
 		publish(t, dev, "s/d1", 1, []byte(pl))
 	}
 	publish(t, dev, "long/"+strings.Repeat("d", 2000)+"/t", 1, []byte(`{}`))
@@ -170,10 +171,10 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 		}
 	}
 	var dls []store.DeadLetter
-	waitFor(t, 20*time.Second, "four dead letters", func() bool {
+	waitFor(t, 20*time.Second, "five dead letters", func() bool {
 		var err error
 		dls, err = st.ListDeadLetters(context.Background(), "", 0, 10)
-		return err == nil && len(dls) == 4
+		return err == nil && len(dls) == 5
 	})
 	byFn := map[string][]store.DeadLetter{}
 	for _, dl := range dls {
@@ -184,7 +185,7 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 			t.Errorf("dead letter of %s: %q", dl.Function, dl.Error)
 		}
 	}
-	if len(byFn["streams"]) != 2 || len(byFn["longdev"]) != 1 || len(byFn["fails"]) != 1 {
+	if len(byFn["streams"]) != 3 || len(byFn["longdev"]) != 1 || len(byFn["fails"]) != 1 {
 		t.Fatalf("dead letters by function: %v", byFn)
 	}
 	if dl := byFn["fails"][0]; !strings.Contains(dl.Error, "boom") || dl.Attempts != 2 || len(dl.Event) < len(big) {
@@ -192,9 +193,9 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 	}
 	// The counters go up after the commit returns, which is after the
 	// store shows its outputs.
-	waitFor(t, 10*time.Second, "stats: 3 processed, 4 dead-lettered", func() bool {
+	waitFor(t, 10*time.Second, "stats: 3 processed, 5 dead-lettered", func() bool {
 		s := p.d.Gateway().Stats()
-		return s.Processed == 3 && s.DeadLettered == 4
+		return s.Processed == 3 && s.DeadLettered == 5
 	})
 }
 

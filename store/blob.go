@@ -672,6 +672,11 @@ func (s *Store) applyBlobs(b *batch, c *Commit) ([]blobChange, map[[32]byte]int6
 		op := &c.Blobs[i]
 		bk, err := s.bucket(op.Bucket)
 		if err != nil {
+			// An unknown bucket makes the whole commit invalid (a
+			// permanent refusal, IsPermanent), not a lookup that failed.
+			if errors.Is(err, ErrNotFound) {
+				err = fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
 			return nil, nil, nil, err
 		}
 		if err := ValidBlobName(op.Name); err != nil {

@@ -176,6 +176,11 @@ func TestInboxQuotaKeepsRoomForChains(t *testing.T) {
 		}
 		seqs = append(seqs, sq...)
 	}
+	// An entry larger than intake's share of the quota can never fit: a
+	// permanent refusal, not a full inbox to wait for.
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "up", Key: "d", Event: make([]byte, quota)}}); !errors.Is(err, ErrQuota) || !IsPermanent(err) {
+		t.Fatalf("an entry larger than the quota: %v, want a permanent ErrQuota", err)
+	}
 	held := s.Stats().Spaces[SpaceInbox].Bytes
 	if held > quota-quota/8 || held < quota-quota/8-200 {
 		t.Fatalf("intake stopped at %d bytes of a %d quota, want just under %d", held, quota, quota-quota/8)

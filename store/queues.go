@@ -73,6 +73,10 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			vals[i] = encodeInbox(&entries[i], b.now)
 			total += int64(len(vals[i]))
 		}
+		if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && total > intakeShare(q.MaxBytes) {
+			b.ctr.Rejected[SpaceInbox]++
+			return fmt.Errorf("%w (%w): %d bytes, more than new events may ever hold of the inbox quota %d (%d)", ErrQuota, ErrTooLarge, total, q.MaxBytes, intakeShare(q.MaxBytes))
+		}
 		if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && b.ctr.Inbox.Bytes+total > intakeShare(q.MaxBytes) {
 			b.ctr.Rejected[SpaceInbox]++
 			return fmt.Errorf("%w: inbox holds %d bytes, quota %d (%d for new events)", ErrQuota, b.ctr.Inbox.Bytes, q.MaxBytes, intakeShare(q.MaxBytes))
@@ -742,7 +746,13 @@ func (b *batch) checkQuota(space string, q *queue, n int64) error {
 	if qt.MaxBytes <= 0 {
 		return nil
 	}
-	if n > qt.MaxBytes || (qt.Policy == RejectNew && q.Bytes+n > qt.MaxBytes) {
+	if n > qt.MaxBytes {
+		// Larger than the whole quota: no wait makes room for it, so the
+		// refusal is permanent (IsPermanent), not a full quota.
+		b.ctr.Rejected[space]++
+		return fmt.Errorf("%w (%w): adding %d bytes to %s, larger than its whole quota of %d", ErrQuota, ErrTooLarge, n, space, qt.MaxBytes)
+	}
+	if qt.Policy == RejectNew && q.Bytes+n > qt.MaxBytes {
 		b.ctr.Rejected[space]++
 		return fmt.Errorf("%w: %s holds %d bytes, quota %d, adding %d", ErrQuota, space, q.Bytes, qt.MaxBytes, n)
 	}

@@ -105,10 +105,14 @@ func TestQuotaRejectNew(t *testing.T) {
 			break
 		}
 	}
-	if !errors.Is(err, ErrQuota) || n == 0 || n > 10 {
-		t.Fatalf("after %d records: %v, want ErrQuota", n, err)
+	if !errors.Is(err, ErrQuota) || n == 0 || n > 10 || IsPermanent(err) {
+		t.Fatalf("after %d records: %v, want ErrQuota (not permanent)", n, err)
 	}
-	if st := s.Stats().Spaces[SpaceRecords]; st.Rejected != 1 || st.Drops != 0 || st.Count != int64(n) {
+	// A write larger than the whole quota can never fit: permanent.
+	if _, err := s.Commit(ctx, &Commit{Records: []Record{{Stream: "s", Data: make([]byte, 2000)}}}); !errors.Is(err, ErrQuota) || !IsPermanent(err) {
+		t.Fatalf("a record larger than the quota: %v, want a permanent ErrQuota", err)
+	}
+	if st := s.Stats().Spaces[SpaceRecords]; st.Rejected != 2 || st.Drops != 0 || st.Count != int64(n) {
 		t.Fatalf("records stats %+v", st)
 	}
 	var seqs []uint64
