@@ -32,7 +32,7 @@ type Store interface {
 	AckPublishes(ctx context.Context, seqs ...uint64) error
 	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
 	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
-	Redelivered(ctx context.Context, fingerprint []byte) bool
+	Redelivered(ctx context.Context, sender string, packetID uint16, fingerprint []byte) bool
 }
 
 // Runtime is what the gateway needs of the Lua runtime (*luavm.Runtime).
@@ -402,14 +402,14 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 			return err
 		}
 		defer g.inflight.done(key)
-		if m.Duplicate && g.opts.Store.Redelivered(ctx, fp) {
+		if m.Duplicate && g.opts.Store.Redelivered(ctx, m.ClientID, m.PacketID, fp) {
 			// A redelivery of a message already made durable (its PUBACK
 			// was lost with the connection or when moongate stopped):
 			// acknowledge it, do not run it again.
 			g.stats.redelivered.Add(1)
 			return nil
 		}
-		entries[0].Fingerprint = fp
+		entries[0].Fingerprint, entries[0].Sender, entries[0].PacketID = fp, m.ClientID, m.PacketID
 	}
 	err := g.enqueue(ctx, entries)
 	if err != nil && refusedForGood(err) {

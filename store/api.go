@@ -15,6 +15,13 @@ type InboxEntry struct {
 	// the entry came from, for Store.Redelivered. Set it on one entry of a
 	// message.
 	Fingerprint []byte
+	// Sender and PacketID (with Fingerprint) also keep the fingerprint in
+	// the sender's own redelivery slots, slot PacketID mod SenderSlots, so
+	// that its redelivery is recognised however many messages of others
+	// were accepted meanwhile. Sender is the MQTT client id ("" when there
+	// is none, e.g. messages from an external broker).
+	Sender   string
+	PacketID uint16
 	// DeadLetter, when not 0, is the sequence of a dead letter this entry
 	// replays: Enqueue deletes it in the same atomic write (and fails with
 	// ErrNotFound, enqueuing nothing, when it is gone), so a replayed event

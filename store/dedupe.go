@@ -1,8 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -89,12 +92,91 @@ func (d *redeliveryWindow) load(db *badger.DB) error {
 	})
 }
 
-// Redelivered reports whether a message with this fingerprint was accepted
-// (its inbox entries made durable) within the redelivery window: the last
-// Options.DedupeWindow accepted inbox entries. Safe for concurrent use.
-func (s *Store) Redelivered(_ context.Context, fingerprint []byte) bool {
+// Redelivered reports whether a message with this fingerprint, from this
+// sender and with this packet id, was accepted (its inbox entries made
+// durable): within the redelivery window of the last Options.DedupeWindow
+// accepted inbox entries (in memory), or else in the sender's own slots
+// (one read, only for the messages asked about: redeliveries). The sender's
+// slots keep the last fingerprint per packet id modulo SenderSlots for
+// Options.SenderSlotTTL, so a device that resends after a long outage,
+// while thousands of other messages were accepted, is still recognised
+// when it numbers its packets in sequence and has at most SenderSlots
+// unacknowledged. Safe for concurrent use.
+func (s *Store) Redelivered(ctx context.Context, sender string, packetID uint16, fingerprint []byte) bool {
 	if len(fingerprint) != FingerprintSize {
 		return false
 	}
-	return s.window.has([FingerprintSize]byte(fingerprint))
+	if s.window.has([FingerprintSize]byte(fingerprint)) {
+		return true
+	}
+	var found bool
+	err := s.view(ctx, func(txn *badger.Txn) error {
+		item, err := txn.Get(senderKey(sender, packetID))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			found = len(v) == FingerprintSize+8 && bytes.Equal(v[:FingerprintSize], fingerprint)
+			return nil
+		})
+	})
+	if err != nil {
+		// Unknown is "not a redelivery": the message runs, at least once.
+		s.log.Warn("redelivery check: reading the sender's slot failed", "err", err)
+		return false
+	}
+	return found
+}
+
+// The sender slots: key pSender + the first 8 bytes of SHA-256(sender) +
+// one byte, the packet id mod SenderSlots; value the fingerprint and the
+// write time (ms, big-endian), which the retention pass uses to forget
+// slots not written for Options.SenderSlotTTL. A collision of two senders'
+// hashes, or of two packet ids of one sender in flight together, can only
+// make a redelivery go unrecognised (a second run), never take a new
+// message for one: the whole fingerprint (sender, packet id, topic,
+// payload) must match.
+const pSender = 'v'
+
+// SenderSlots is how many packet ids (modulo) each sender's redelivery
+// slots remember.
+const SenderSlots = 256
+
+func senderKey(sender string, packetID uint16) []byte {
+	h := sha256.Sum256([]byte(sender))
+	k := make([]byte, 10)
+	k[0] = pSender
+	copy(k[1:9], h[:8])
+	k[9] = byte(packetID % SenderSlots)
+	return k
+}
+
+func senderValue(fp []byte, now int64) []byte {
+	return binary.BigEndian.AppendUint64(append(make([]byte, 0, FingerprintSize+8), fp...), uint64(now))
+}
+
+// trimSenders deletes up to budget sender slots written before cut.
+func (b *batch) trimSenders(cut int64, budget int) (int, error) {
+	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pSender}, PrefetchValues: true, PrefetchSize: 256})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid() && n < budget && b.roomFor(entryEst(16, 0)); it.Next() {
+		var ts int64
+		if err := it.Item().Value(func(v []byte) error {
+			if len(v) == FingerprintSize+8 {
+				ts = int64(binary.BigEndian.Uint64(v[FingerprintSize:]))
+			}
+			return nil
+		}); err != nil {
+			return n, err
+		}
+		if ts < cut {
+			b.del(it.Item().KeyCopy(nil))
+			n++
+		}
+	}
+	return n, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 func fp(s string) []byte {
@@ -20,7 +21,7 @@ func TestRedeliveryWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Redelivered(ctx, fp("m0")) {
+	if st.Redelivered(ctx, "", 0, fp("m0")) {
 		t.Fatal("unknown fingerprint reported")
 	}
 	for i := range 3 {
@@ -33,7 +34,7 @@ func TestRedeliveryWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if !st.Redelivered(ctx, fp(fmt.Sprint("m", i))) {
+		if !st.Redelivered(ctx, "", 0, fp(fmt.Sprint("m", i))) {
 			t.Errorf("m%d not remembered", i)
 		}
 	}
@@ -51,7 +52,7 @@ func TestRedeliveryWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if !st.Redelivered(ctx, fp("m0")) || !st.Redelivered(ctx, fp("m2")) {
+	if !st.Redelivered(ctx, "", 0, fp("m0")) || !st.Redelivered(ctx, "", 0, fp("m2")) {
 		t.Fatal("window lost on reopen")
 	}
 	for i := 3; i < 5; i++ {
@@ -61,12 +62,12 @@ func TestRedeliveryWindow(t *testing.T) {
 	}
 	// The window is the last 4 inbox entries: m2, the plain one, m3, m4.
 	for _, m := range []string{"m0", "m1"} {
-		if st.Redelivered(ctx, fp(m)) {
+		if st.Redelivered(ctx, "", 0, fp(m)) {
 			t.Errorf("%s still remembered beyond the window", m)
 		}
 	}
 	for _, m := range []string{"m2", "m3", "m4"} {
-		if !st.Redelivered(ctx, fp(m)) {
+		if !st.Redelivered(ctx, "", 0, fp(m)) {
 			t.Errorf("%s forgotten", m)
 		}
 	}
@@ -109,5 +110,76 @@ func TestEnqueueReplaysDeadLetterAtomically(t *testing.T) {
 	s = reopen(t, s)
 	if n := s.InboxLen(); n != 1 || s.Stats().Spaces[SpaceDeadLetters].Count != 0 {
 		t.Fatalf("after reopen: inbox %d, dead letters %+v", n, s.Stats().Spaces[SpaceDeadLetters])
+	}
+}
+
+// TestSenderSlots: a message is recognised as redelivered by its sender's
+// slot (packet id mod SenderSlots) long after the global window forgot it,
+// across a reopen; a different sender, packet id or content is not taken
+// for it; a later message in the same slot replaces it; slots not written
+// for SenderSlotTTL are forgotten by the retention pass.
+func TestSenderSlots(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := Open(ctx, Options{Dir: dir, DedupeWindow: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue := func(st *Store, sender string, pid uint16, f []byte) {
+		t.Helper()
+		if _, err := st.Enqueue(ctx, []InboxEntry{{Function: "f", Key: sender, Event: []byte("e"), Fingerprint: f, Sender: sender, PacketID: pid}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue(st, "dev1", 7, fp("a"))
+	for i := range 20 { // far more than the window of 4
+		enqueue(st, "other", uint16(i+1), fp(fmt.Sprint("o", i)))
+	}
+	if !st.Redelivered(ctx, "dev1", 7, fp("a")) {
+		t.Fatal("dev1's message forgotten once the window moved on")
+	}
+	for _, c := range []struct {
+		sender string
+		pid    uint16
+		f      []byte
+	}{{"dev1", 8, fp("a")}, {"dev2", 7, fp("a")}, {"dev1", 7, fp("b")}, {"other", 1, fp("a")}} {
+		if st.Redelivered(ctx, c.sender, c.pid, c.f) {
+			t.Errorf("%s/%d taken for a redelivery", c.sender, c.pid)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = Open(ctx, Options{Dir: dir, DedupeWindow: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Redelivered(ctx, "dev1", 7, fp("a")) {
+		t.Fatal("dev1's slot lost on reopen")
+	}
+	// Packet id 7+256 is dev1's next message in the same slot.
+	enqueue(st, "dev1", 7+SenderSlots, fp("c"))
+	if st.Redelivered(ctx, "dev1", 7, fp("a")) || !st.Redelivered(ctx, "dev1", 7+SenderSlots, fp("c")) {
+		t.Fatal("slot not replaced by the sender's next message in it")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Expiry: the retention pass forgets slots older than the TTL.
+	st, err = Open(ctx, Options{Dir: dir, DedupeWindow: 4, SenderSlotTTL: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for i := range 8 { // push dev1's message out of the window
+		enqueue(st, "other", uint16(100+i), fp(fmt.Sprint("p", i)))
+	}
+	time.Sleep(5 * time.Millisecond) // not a wait for readiness: the slot's write time must be more than the TTL in the past
+	if _, err := st.RunRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st.Redelivered(ctx, "dev1", 7+SenderSlots, fp("c")) {
+		t.Fatal("an expired slot still recognised")
 	}
 }

@@ -47,7 +47,7 @@ func TestFailedBatchKeepsItsCommittedPart(t *testing.T) {
 	if err := <-boom; err == nil {
 		t.Fatal("the failing request succeeded")
 	}
-	if !s.Redelivered(ctx, fp) {
+	if !s.Redelivered(ctx, "", 0, fp) {
 		t.Error("the committed message's fingerprint is not in the dedupe window")
 	}
 	if es, err := s.InboxPending(ctx, 0, 10); err != nil || len(es) != 1 {

@@ -171,9 +171,13 @@ type Options struct {
 	CompactionShare float64
 	// DedupeWindow is how many recently accepted inbox entries the
 	// redelivery window remembers (see Store.Redelivered); default 16384.
-	// It must exceed what can be in flight unacknowledged between the
-	// broker and moongate (the broker's max in-flight messages).
+	// Each sender's own slots remember its messages beyond it.
 	DedupeWindow int
+	// SenderSlotTTL is how long a sender's redelivery slot (see
+	// Store.Redelivered) is kept after it was last written; default 7 days.
+	// A device that redelivers after a longer absence runs the message
+	// again.
+	SenderSlotTTL time.Duration
 
 	// plan replaces the release's format version and migrations (tests).
 	plan *formatPlan
@@ -230,6 +234,9 @@ func (o *Options) withDefaults() error {
 	}
 	if o.DedupeWindow <= 0 {
 		o.DedupeWindow = 16384
+	}
+	if o.SenderSlotTTL <= 0 {
+		o.SenderSlotTTL = 7 * 24 * time.Hour
 	}
 	if !o.InMemory && o.Dir == "" {
 		return fmt.Errorf("%w: Options.Dir is empty", ErrInvalid)

@@ -90,6 +90,7 @@ func (s *Store) Enqueue(ctx context.Context, entries []InboxEntry) ([]uint64, er
 			seqs[i] = seq
 			if len(entries[i].Fingerprint) == FingerprintSize {
 				b.set(dedupeKey(seq%s.window.size), entries[i].Fingerprint)
+				b.set(senderKey(entries[i].Sender, entries[i].PacketID), senderValue(entries[i].Fingerprint, b.now))
 			}
 			if d := entries[i].DeadLetter; d != 0 {
 				if err := b.deleteDead(d, true); err != nil {

@@ -94,6 +94,16 @@ func (b *batch) trimAll(budget int) (int, error) {
 			n++
 		}
 	}
+	if n < budget && b.s.senderTrimDue(b.now) {
+		m, err := b.trimSenders(b.now-b.s.opts.SenderSlotTTL.Milliseconds(), budget-n)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if n < budget {
+			b.s.senderTrimmed(b.now) // the whole prefix was walked
+		}
+	}
 	if cut := cutoff(b.s.opts.quota(SpaceUsage)); cut != 0 && n < budget {
 		m, err := b.trimUsage(cut, budget-n)
 		n += m
@@ -238,3 +248,15 @@ func (b *batch) trimUsage(cut int64, budget int) (int, error) {
 	}
 	return n, nil
 }
+
+// senderTrimEvery is how often the retention pass walks the sender slots
+// for expired ones (all of them: at most SenderSlots per sender).
+const senderTrimEvery = time.Hour
+
+// senderTrimDue reports whether the sender slots are due for a walk. Only
+// the committer goroutine calls it and senderTrimmed.
+func (s *Store) senderTrimDue(now int64) bool {
+	return s.lastSenderTrim == 0 || now-s.lastSenderTrim >= senderTrimEvery.Milliseconds() || s.opts.SenderSlotTTL < senderTrimEvery
+}
+
+func (s *Store) senderTrimmed(now int64) { s.lastSenderTrim = now }

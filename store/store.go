@@ -128,6 +128,9 @@ type Store struct {
 	dirty     atomic.Bool
 
 	window *redeliveryWindow // redelivery window
+	// lastSenderTrim is when the retention pass last walked all the
+	// sender slots (ms; committer goroutine only).
+	lastSenderTrim int64
 
 	clockSynced atomic.Bool
 	full        atomic.Bool

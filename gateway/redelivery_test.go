@@ -1,0 +1,90 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// TestLateRedeliveryRunsOnce: a QoS 1 message made durable whose PUBACK
+// was lost is resent with DUP by its device after it was away for a while,
+// while other devices' messages went far past the store's redelivery
+// window (64 here, 16,384 by default: 16 s of 1,000 devices at 1 Hz). The
+// sender's own slot still recognises it: one record, not two. A DUP
+// message never accepted before runs; so does a new message that reuses
+// the packet id.
+func TestLateRedeliveryRunsOnce(t *testing.T) {
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), GatewayID: "gw", Logger: quiet, DedupeWindow: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Store: st, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), Ingest: emb, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Function{Name: "f", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}}
+	if err := g.SetFunctions(ctx, []*Function{f}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("run: %v", err)
+		}
+	})
+	waitFor(t, 10*time.Second, "ready", g.Ready)
+
+	records := func(device string) int {
+		recs, _, err := st.QueryRecords(ctx, store.Query{Device: device, Limit: 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	handle := func(m *mqtt.Message) {
+		t.Helper()
+		if err := g.handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := &mqtt.Message{Topic: "t/late", Payload: []byte(`{"seq":1}`), QoS: 1, ClientID: "late", PacketID: 7}
+	handle(a)
+	for i := range 200 {
+		handle(&mqtt.Message{Topic: "t/other", Payload: []byte{byte(i)}, QoS: 1, ClientID: "other", PacketID: uint16(i + 1)})
+	}
+	dup := *a
+	dup.Duplicate = true
+	handle(&dup)
+	// A DUP of a message never accepted (its first copy was lost before
+	// moongate had it) is a first delivery: it runs.
+	handle(&mqtt.Message{Topic: "t/late", Payload: []byte(`{"seq":2}`), QoS: 1, ClientID: "late", PacketID: 8, Duplicate: true})
+	// The device's next use of packet id 7 is a new message: it runs.
+	handle(&mqtt.Message{Topic: "t/late", Payload: []byte(`{"seq":3}`), QoS: 1, ClientID: "late", PacketID: 7})
+	waitFor(t, 10*time.Second, "drained", func() bool { return st.InboxLen() == 0 })
+	waitFor(t, 10*time.Second, "records", func() bool { return records("late") >= 3 && records("other") == 200 })
+	if n := records("late"); n != 3 {
+		t.Fatalf("%d records of the late device, want 3 (redelivered %d)", n, g.Stats().Redelivered)
+	}
+	if r := g.Stats().Redelivered; r != 1 {
+		t.Fatalf("redelivered %d, want 1", r)
+	}
+}
