@@ -172,7 +172,7 @@ end
 
 func TestEventHopsRoundTrip(t *testing.T) {
 	ev := &luavm.Event{ID: "x", Payload: []byte(`{}`), Trigger: "stream", Captures: map[string]string{"stream": "s"}}
-	for _, hops := range []int{0, 1, 7, maxHops} {
+	for _, hops := range []int{0, 1, 7, maxHops, maxHops + 1} {
 		got, h, err := decodeEventHops(encodeEventHops(ev, hops))
 		if err != nil || h != hops || got.Captures["stream"] != "s" {
 			t.Errorf("hops %d: got %d, %v", hops, h, err)
@@ -181,7 +181,7 @@ func TestEventHopsRoundTrip(t *testing.T) {
 	bad := encodeEventHops(ev, 1)
 	for name, b := range map[string][]byte{
 		"hops zero":    append(append([]byte{}, bad[:len(bad)-1]...), 0),
-		"hops too big": append(append([]byte{}, bad[:len(bad)-1]...), 0xe9, 0x07), // 1001
+		"hops too big": append(append([]byte{}, bad[:len(bad)-1]...), 0xea, 0x07), // 1002
 		"hops missing": bad[:len(bad)-1],
 		"trailing":     append(append([]byte{}, bad...), 1),
 	} {

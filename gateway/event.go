@@ -234,7 +234,9 @@ func decodeEventHops(b []byte) (*luavm.Event, int, error) {
 	hops := 0
 	if b[0] == eventFormatV2 {
 		h := r.uvarint("hops")
-		if r.err == nil && (h == 0 || h > maxHops) {
+		// maxHops+1: the event one hop past the largest MaxHops must decode,
+		// to be dead-lettered as over the limit (ErrHopLimit), not as bad.
+		if r.err == nil && (h == 0 || h > maxHops+1) {
 			r.fail("hops")
 		}
 		hops = int(h)
