@@ -15,6 +15,11 @@ type job struct {
 	entry    store.InboxEntry
 	attempts int // failed invocations so far (in memory: a restart starts again)
 	size     int64
+	// holdN and holdB are the backlog room the job gives back when done:
+	// by default one entry and its clamped size; the jobs of one admission
+	// of several entries share what it reserved (see share).
+	holdN, holdB int64
+	shared       bool // holdN and holdB are set
 }
 
 // lane holds the jobs of one ordering key (function + device, or function +
@@ -44,6 +49,7 @@ type dispatcher struct {
 
 	count *semaphore.Weighted // in-memory backlog, entries
 	bytes *semaphore.Weighted // in-memory backlog, bytes
+	maxN  int64
 	maxB  int64
 
 	mu      sync.Mutex
@@ -62,6 +68,7 @@ func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.C
 		process: process,
 		count:   semaphore.NewWeighted(maxCount),
 		bytes:   semaphore.NewWeighted(maxBytes),
+		maxN:    maxCount,
 		maxB:    maxBytes,
 		lanes:   make(map[string]*lane),
 		timers:  make(map[*time.Timer]struct{}),
@@ -72,12 +79,17 @@ func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.C
 
 // admit reserves room for n jobs of the given total size, blocking while the
 // backlog is full. Every admitted job must later be pushed or released.
+//
+// A group larger than the whole backlog (more entries than its count, more
+// bytes than its size: a message that fans out to many functions) takes
+// the whole backlog rather than waiting for room that can never come; its
+// jobs then share what was reserved (share).
 func (d *dispatcher) admit(ctx context.Context, n int, size int64) error {
-	if err := d.count.Acquire(ctx, int64(n)); err != nil {
+	if err := d.count.Acquire(ctx, d.clampCount(n)); err != nil {
 		return err
 	}
 	if err := d.bytes.Acquire(ctx, d.clampBytes(size)); err != nil {
-		d.count.Release(int64(n))
+		d.count.Release(d.clampCount(n))
 		return err
 	}
 	return nil
@@ -85,14 +97,18 @@ func (d *dispatcher) admit(ctx context.Context, n int, size int64) error {
 
 // tryAdmit is admit without waiting: it reports whether the room was taken.
 func (d *dispatcher) tryAdmit(n int, size int64) bool {
-	if !d.count.TryAcquire(int64(n)) {
+	if !d.count.TryAcquire(d.clampCount(n)) {
 		return false
 	}
 	if !d.bytes.TryAcquire(d.clampBytes(size)) {
-		d.count.Release(int64(n))
+		d.count.Release(d.clampCount(n))
 		return false
 	}
 	return true
+}
+
+func (d *dispatcher) clampCount(n int) int64 {
+	return min(max(int64(n), 1), d.maxN)
 }
 
 func (d *dispatcher) clampBytes(size int64) int64 {
@@ -101,8 +117,28 @@ func (d *dispatcher) clampBytes(size int64) int64 {
 
 // release gives back the room of jobs that were admitted but never pushed.
 func (d *dispatcher) release(n int, size int64) {
-	d.count.Release(int64(n))
+	d.count.Release(d.clampCount(n))
 	d.bytes.Release(d.clampBytes(size))
+}
+
+// share sets what each of jobs, admitted together by admit(len(jobs),
+// total of their sizes), gives back when done, so that together they give
+// back exactly what was reserved: one entry and its size each while the
+// reservation lasts, the rest of it with the last job.
+func (d *dispatcher) share(jobs []*job) {
+	var size int64
+	for _, j := range jobs {
+		size += j.size
+	}
+	leftN, leftB := d.clampCount(len(jobs)), d.clampBytes(size)
+	for i, j := range jobs {
+		j.holdN, j.holdB, j.shared = min(1, leftN), min(max(j.size, 1), leftB), true
+		if i == len(jobs)-1 {
+			j.holdN, j.holdB = leftN, leftB
+		}
+		leftN -= j.holdN
+		leftB -= j.holdB
+	}
 }
 
 // push queues admitted jobs. Jobs of one lane are kept in sequence order
@@ -194,8 +230,13 @@ func (d *dispatcher) worker(ctx context.Context) {
 			l.q[0] = nil
 			l.q = l.q[1:]
 			d.pending--
-			d.count.Release(1)
-			d.bytes.Release(d.clampBytes(j.size))
+			if j.shared {
+				d.count.Release(j.holdN)
+				d.bytes.Release(j.holdB)
+			} else {
+				d.count.Release(1)
+				d.bytes.Release(d.clampBytes(j.size))
+			}
 			d.requeueLocked(l)
 		case retry:
 			if d.closed {

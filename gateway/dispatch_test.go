@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -157,5 +159,52 @@ func TestStopDoesNotRunQueuedInvocations(t *testing.T) {
 	// one time out and leave the inbox before the stop (with 300 ms it did).
 	if len(left) < n-2 {
 		t.Errorf("%d of %d events left in the inbox after the stop: the queued invocations ran", len(left), n)
+	}
+}
+
+// TestAdmitGroupLargerThanTheBacklog: a message that fans out to more
+// functions than the backlog holds entries, or whose entries hold more
+// bytes than its size, is admitted (taking the whole backlog) instead of
+// waiting forever, and its jobs give back exactly what was reserved
+// (before, the jobs of a group over the byte bound gave back more than it
+// took, and the semaphore panicked: the daemon crashed).
+func TestAdmitGroupLargerThanTheBacklog(t *testing.T) {
+	const maxN, maxB = 2, 1000
+	ran := make(chan struct{}, 16)
+	d := newDispatcher(2, maxN, maxB, func(context.Context, *job) (outcome, time.Duration) {
+		ran <- struct{}{}
+		return done, 0
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); d.wait() }()
+	d.start(ctx, 2)
+	for _, sizes := range [][]int64{{600, 600, 600}, {10, 10, 10, 10, 10}, {0, 0, 2000}, {400, 400}, {700, 700}, {1500}} {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		var total int64
+		jobs := make([]*job, len(sizes))
+		for i, sz := range sizes {
+			total += sz
+			jobs[i] = &job{entry: store.InboxEntry{Seq: uint64(i + 1)}, size: sz}
+		}
+		if err := d.admit(actx, len(jobs), total); err != nil {
+			t.Fatalf("sizes %v: admit: %v", sizes, err)
+		}
+		acancel()
+		d.share(jobs)
+		for i, j := range jobs {
+			d.push(fmt.Sprint("lane", i), j)
+		}
+		for range jobs {
+			<-ran
+		}
+		// Everything given back: the whole backlog can be taken again.
+		deadline := time.Now().Add(10 * time.Second)
+		for !d.tryAdmit(maxN, maxB) {
+			if time.Now().After(deadline) {
+				t.Fatalf("sizes %v: the backlog's room did not come back", sizes)
+			}
+			runtime.Gosched()
+		}
+		d.release(maxN, maxB)
 	}
 }

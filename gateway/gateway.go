@@ -507,10 +507,14 @@ func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error
 		return fmt.Errorf("gateway: enqueue: %w", err)
 	}
 	g.stats.enqueued.Add(uint64(len(entries)))
+	jobs := make([]*job, len(entries))
 	for i := range entries {
 		entries[i].Seq = seqs[i]
-		e := entries[i]
-		g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: int64(len(e.Event))})
+		jobs[i] = &job{entry: entries[i], size: int64(len(entries[i].Event))}
+	}
+	g.disp.share(jobs)
+	for _, j := range jobs {
+		g.disp.push(laneKey(j.entry.Function, j.entry.Key), j)
 	}
 	return nil
 }
