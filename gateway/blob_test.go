@@ -371,6 +371,11 @@ func TestBlobREST(t *testing.T) {
 	if r, _ := c.do("GET", "/v1/blobs/tiny?bogus=1", blobReadToken, "", nil); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("unknown query parameter: %d", r.StatusCode)
 	}
+	for _, l := range []string{"-1", "x", "10001", "99999999999999999999"} {
+		if r, b := c.do("GET", "/v1/blobs/tiny?limit="+l, blobReadToken, "", nil); r.StatusCode != http.StatusBadRequest {
+			t.Errorf("limit %s: %d %s, want 400 (as the other list routes)", l, r.StatusCode, b)
+		}
+	}
 	if after := objects(); len(after) != len(before)+1 {
 		t.Fatalf("refused uploads left files: before %v, after %v", before, after)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -60,7 +61,7 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	h := cfg.HTTP
 	u, err := url.Parse(h.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: http url %q: want http(s)://host/path", ErrInvalidConfig, h.URL)
+		return nil, fmt.Errorf("%w: http url %q: want http(s)://host/path", ErrInvalidConfig, safeURL(h.URL))
 	}
 	switch h.Compression {
 	case "", "gzip", "none":
@@ -68,7 +69,7 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 		return nil, fmt.Errorf("%w: http compression %q (gzip or none)", ErrInvalidConfig, h.Compression)
 	}
 	if u.Scheme == "http" && h.TLS != (TLSConfig{}) {
-		return nil, fmt.Errorf("%w: http tls is set but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", ErrInvalidConfig, h.URL)
+		return nil, fmt.Errorf("%w: http tls is set but url %q is plain http (the settings would be ignored and headers sent in clear): use https://", ErrInvalidConfig, safeURL(h.URL))
 	}
 	tlsCfg, err := h.TLS.build("")
 	if err != nil {
@@ -92,6 +93,31 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 		t.blobLimiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(min(cfg.BandwidthLimit, blobChunk)))
 	}
 	return t, nil
+}
+
+// redactURLError hides what may be a secret in the URL that net/http
+// puts in its errors (a token in the query string, a password): the
+// errors end in the target's last error, which /v1/sync shows to every
+// read token.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = safeURL(ue.URL)
+	}
+	return err
+}
+
+// safeURL is s without its password, query and fragment.
+func safeURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery, u.ForceQuery = "redacted", false
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u.Redacted()
 }
 
 // IdempotencyKey is the Idempotency-Key of a batch: the hex SHA-256 of its
@@ -306,7 +332,7 @@ func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, 
 	}
 	resp, err := t.client.Do(req)
 	if err != nil {
-		return 0, respBody{}, fmt.Errorf("http post: %w", err)
+		return 0, respBody{}, fmt.Errorf("http post: %w", redactURLError(err))
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	gosync "sync"
 	"testing"
@@ -389,4 +391,35 @@ func TestHTTPTimeoutRetriesSameKey(t *testing.T) {
 		t.Error(v)
 	}
 	t.Logf("%d duplicate arrivals from batches the gateway timed out on", dups)
+}
+
+// TestHTTPErrorsHideURLSecrets: the errors of a failed request (which
+// become the target's last error, shown by /v1/sync to read tokens) do
+// not carry a token from the URL's query string or a password.
+func TestHTTPErrorsHideURLSecrets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // a refused connection, at once
+	raw := "http://user:hunter2@" + addr + "/ingest?token=s3cret&x=1#frag"
+	_, err = http.Get(raw)
+	if err == nil {
+		t.Fatal("no error from a closed port")
+	}
+	msg := redactURLError(err).Error()
+	if strings.Contains(msg, "s3cret") || strings.Contains(msg, "hunter2") || !strings.Contains(msg, addr+"/ingest?redacted") {
+		t.Fatalf("error %q", msg)
+	}
+	for in, want := range map[string]string{
+		"https://h/p":            "https://h/p",
+		"https://h/p?k=v":        "https://h/p?redacted",
+		"https://u:pw@h/p?k=v#f": "https://u:xxxxx@h/p?redacted",
+		"://bad":                 "(unparsable URL)",
+	} {
+		if got := safeURL(in); got != want {
+			t.Errorf("safeURL(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -157,7 +157,7 @@ func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry, expect b
 		case body.failed() != nil:
 			return 0, respBody{}, body.failed()
 		}
-		return 0, respBody{}, fmt.Errorf("http put blob %s/%s: %w", bs.Bucket, bs.Name, err)
+		return 0, respBody{}, fmt.Errorf("http put blob %s/%s: %w", bs.Bucket, bs.Name, redactURLError(err))
 	}
 	defer resp.Body.Close()
 	body.stall.Reset(t.cfg.AckTimeout)

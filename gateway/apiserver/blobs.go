@@ -172,8 +172,9 @@ func (s *Server) blobList(w http.ResponseWriter, r *http.Request) codes.Code {
 	limit := 0
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, fmt.Sprintf("limit %q is not a non-negative integer", clip(v)))
+		if err != nil || n < 0 || n > store.MaxQueryLimit {
+			// As the gRPC routes: a limit over the maximum is refused, not cut.
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, fmt.Sprintf("limit %q out of range [0, %d]", clip(v), store.MaxQueryLimit))
 			return codes.InvalidArgument
 		}
 		limit = n

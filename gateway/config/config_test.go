@@ -216,7 +216,7 @@ func TestErrors(t *testing.T) {
 		{"external without broker", "mqtt:\n  mode: external\n", []string{"m.yaml:1: mqtt.external.broker: required in external mode"}},
 		{"bad broker scheme", "mqtt:\n  mode: external\n  external:\n    broker: http://h:1883\n", []string{`m.yaml:4: mqtt.external.broker: invalid broker URL "http://h:1883": unsupported scheme "http"`}},
 		{"broker without port", "mqtt: {mode: external, external: {broker: 'tcp://h'}}\n", []string{"missing port"}},
-		{"broker with credentials", "mqtt: {mode: external, external: {broker: 'tcp://u:p@h:1883'}}\n", []string{"put credentials in mqtt.external.username/password"}},
+		{"broker with credentials", "mqtt: {mode: external, external: {broker: 'tcp://u:p@h:1883'}}\n", []string{"put credentials in the username and password settings"}},
 		{"tls options on tcp broker", "mqtt:\n  mode: external\n  external:\n    broker: tcp://h:1883\n    tls: {ca: /ca.pem}\n", []string{"m.yaml:5: mqtt.external.tls: TLS settings need a TLS broker URL"}},
 		{"client tls cert without key", "mqtt:\n  mode: external\n  external:\n    broker: ssl://h:8883\n    tls:\n      cert: /c.pem\n", []string{"m.yaml:5: mqtt.external.tls.key: tls.cert is set but tls.key is not"}},
 		{"server tls cert without key", "mqtt:\n  embedded:\n    tls:\n      cert: /c.pem\n", []string{"m.yaml:3: mqtt.embedded.tls.key: tls.cert is set but tls.key is not"}},

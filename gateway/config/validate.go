@@ -240,7 +240,7 @@ func CheckBrokerURL(s string) (tls bool, err error) {
 	}
 	if u.User != nil {
 		// Not the URL itself: it holds a password.
-		return false, fmt.Errorf("invalid broker URL %q: put credentials in mqtt.external.username/password, not in the URL", redactURL(s))
+		return false, fmt.Errorf("invalid broker URL %q: put credentials in the username and password settings, not in the URL", redactURL(s))
 	}
 	if port := u.Port(); port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
