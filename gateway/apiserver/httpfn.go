@@ -152,6 +152,11 @@ func httpResponse(res *luavm.Result) (fnResponse, error) {
 			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
 				return out, fmt.Errorf("invalid header %q", clip(k))
 			}
+			if gatewayHeaders[http.CanonicalHeaderKey(k)] {
+				// A Content-Length that disagrees with the body would cut
+				// the response or hang the client; framing is the server's.
+				return out, fmt.Errorf("header %q is set by the gateway, not by functions", clip(k))
+			}
 			out.headers[http.CanonicalHeaderKey(k)] = v
 		}
 	}
@@ -169,7 +174,18 @@ func httpResponse(res *luavm.Result) (fnResponse, error) {
 			}
 		}
 	}
+	if len(out.body) > 0 && (out.status == http.StatusNoContent || out.status == http.StatusNotModified) {
+		// net/http would drop the body without a word.
+		return out, fmt.Errorf("status %d has no body", out.status)
+	}
 	return out, nil
+}
+
+// gatewayHeaders are the response headers a function may not set: the
+// message framing and hop-by-hop headers, which net/http manages.
+var gatewayHeaders = map[string]bool{
+	"Content-Length": true, "Transfer-Encoding": true, "Connection": true, "Keep-Alive": true,
+	"Upgrade": true, "Trailer": true, "Te": true, "Proxy-Connection": true,
 }
 
 func has(m map[string]json.RawMessage, k string) bool {

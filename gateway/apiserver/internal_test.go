@@ -86,6 +86,11 @@ func TestHTTPResponse(t *testing.T) {
 		{luavm.ResultJSON, `{"headers":{"x":"a\nb"}}`, 0, "", "", "invalid header"},
 		{luavm.ResultJSON, `{"headers":{"x":1}}`, 0, "", "", "headers must map"},
 		{luavm.ResultJSON, `{"headers":{}}`, 200, "", "", ""},
+		{luavm.ResultJSON, `{"headers":{"content-length":"2"},"body":"hello"}`, 0, "", "", "set by the gateway"},
+		{luavm.ResultJSON, `{"headers":{"Transfer-Encoding":"chunked"}}`, 0, "", "", "set by the gateway"},
+		{luavm.ResultJSON, `{"status":204,"body":"x"}`, 0, "", "", "status 204 has no body"},
+		{luavm.ResultJSON, `{"status":304,"body":{"a":1}}`, 0, "", "", "status 304 has no body"},
+		{luavm.ResultJSON, `{"status":204}`, 204, "", "", ""},
 	} {
 		r, err := httpResponse(&luavm.Result{Kind: c.kind, Value: []byte(c.value)})
 		if c.err != "" {
