@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
@@ -205,8 +206,17 @@ func (g *Gateway) chainFeeder(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			g.log.Warn("read chained inbox entry", "seq", seq, "err", err)
-			es = nil
+			// Keep the entry waiting and read it again: dropping it here
+			// would leave it durable but unrun until the next restart.
+			g.log.Warn("read chained inbox entry, will retry", "seq", seq, "err", err)
+			t := time.NewTimer(g.backoff(3))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
 		}
 		if len(es) == 1 && es[0].Seq == seq {
 			e := es[0]

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,5 +87,73 @@ func TestLateRedeliveryRunsOnce(t *testing.T) {
 	}
 	if r := g.Stats().Redelivered; r != 1 {
 		t.Fatalf("redelivered %d, want 1", r)
+	}
+}
+
+// flakyInbox fails InboxPending while fail is positive (a read error of
+// the store), counting down.
+type flakyInbox struct {
+	*store.Store
+	fail atomic.Int32
+}
+
+func (f *flakyInbox) InboxPending(ctx context.Context, after uint64, limit int) ([]store.InboxEntry, error) {
+	if f.fail.Add(-1) >= 0 {
+		return nil, errors.New("injected read error")
+	}
+	return f.Store.InboxPending(ctx, after, limit)
+}
+
+// TestChainFeederRetriesReadErrors: a chained entry that waits for room in
+// a full backlog is read back from the inbox when room frees; a failed read
+// is retried, not dropped (which left the entry durable but unrun until
+// the next restart).
+func TestChainFeederRetriesReadErrors(t *testing.T) {
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), GatewayID: "gw", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	flaky := &flakyInbox{Store: st}
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of one entry: the chained entry always has to wait for
+	// the event that made it to finish.
+	g, err := New(Options{Store: flaky, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), Ingest: emb, Logger: quiet,
+		Workers: 1, InboxLimit: 1, Retry: RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &Function{Name: "up", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")}, Stream: "s",
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}}
+	down := &Function{Name: "down", Fingerprint: "v1", Streams: []string{"s"},
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {got = e.payload} end`)}}
+	if err := g.SetFunctions(ctx, []*Function{up, down}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("run: %v", err)
+		}
+	})
+	waitFor(t, 10*time.Second, "ready", g.Ready)
+	flaky.fail.Store(3)
+	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "down's record", func() bool {
+		recs, _, err := st.QueryRecords(ctx, store.Query{Function: "down", Limit: 10})
+		return err == nil && len(recs) == 1
+	})
+	if n := flaky.fail.Load(); n >= 0 {
+		t.Fatalf("the feeder did not meet the read errors (%d left): the test did not test it", n+1)
 	}
 }
