@@ -581,3 +581,23 @@ func TestHTTPBlobMemoryBounded(t *testing.T) {
 		t.Fatalf("sent in %s: bandwidth_limit 64 MiB/s not applied to 32 MiB", took)
 	}
 }
+
+// TestDailyBudgetWithBlobs: the http target sends one blob per delivery,
+// so the budget is checked against that blob, not against every blob
+// behind it in the batch: with a 50 KiB budget, six blobs of 8 KiB go out
+// before the target pauses for the day (before, it paused after one).
+func TestDailyBudgetWithBlobs(t *testing.T) {
+	st := openBlobStore(t, "", "cloud")
+	up := newBlobUpstream(t)
+	for i := 0; i < 10; i++ {
+		putBlob(t, st, "b"+string(rune('a'+i)), "application/octet-stream", randomBytes(8<<10, uint64(i+1)))
+	}
+	tc := blobTarget(up)
+	tc.DailyBudget = 50 << 10
+	m, _ := startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+	s := statusOf(m, "cloud")
+	if n := len(up.received()); n != 6 || s.BudgetUsed != 6*8<<10 {
+		t.Fatalf("paused after %d blobs with %d of %d budget bytes used, want 6 and %d", n, s.BudgetUsed, tc.DailyBudget, 6*8<<10)
+	}
+}

@@ -423,3 +423,47 @@ func TestHTTPErrorsHideURLSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestTargetErrorsHideBrokerPasswords: a connection failure of an MQTT or
+// NATS target whose URL carries a password (paho takes user:pass@ from
+// the URL) does not put it in the status (/v1/sync, any read token) nor
+// the log.
+func TestTargetErrorsHideBrokerPasswords(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused at once
+	st := openStore(t, "", 0)
+	mq := fastTarget("broker", "mqtt")
+	mq.MQTT.Broker = "tcp://sync:hunter2@" + addr
+	js := fastTarget("js", "nats")
+	js.NATS.URL = "nats://sync:hunter2@" + addr
+	m, _ := startManager(t, st, mq, js)
+	for _, name := range []string{"broker", "js"} {
+		waitFor(t, 10*time.Second, name+"'s error", func() bool { return statusOf(m, name).LastError != "" })
+		if e := statusOf(m, name).LastError; strings.Contains(e, "hunter2") {
+			t.Errorf("%s: LastError shows the password: %q", name, e)
+		}
+	}
+}
+
+// TestPriorityOutboxDrainedAfterConfigChange: records routed to a
+// target's priority outbox while it had priority_streams are still sent
+// (and counted in its backlog until then) after the configuration dropped
+// priority_streams; before, nothing drained them and no status showed them.
+func TestPriorityOutboxDrainedAfterConfigChange(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	for i := 0; i < 3; i++ {
+		if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`1`), Targets: []string{PriorityOutbox("cloud")}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL // no PriorityStreams any more
+	startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "the 3 priority records upstream", func() bool { return up.col.distinct() == 3 })
+	waitFor(t, 10*time.Second, "an empty priority outbox", func() bool { return st.OutboxStats(PriorityOutbox("cloud")).Backlog == 0 })
+}

@@ -305,7 +305,11 @@ type sample struct {
 func newWorker(m *Manager, cfg TargetConfig, t Target) *worker {
 	w := &worker{m: m, cfg: cfg, target: t, log: m.log.With("target", cfg.Name, "type", cfg.Type),
 		ackUpTo: map[string]uint64{}, ackKick: make(chan struct{}, 1), state: StateConnecting, stateSince: time.Now()}
-	if len(cfg.PriorityStreams) > 0 {
+	// The priority outbox also when priority_streams is gone from the
+	// configuration but the store still holds records routed to it then:
+	// nothing else would send them (nor show them: Status counts it as
+	// this target's).
+	if len(cfg.PriorityStreams) > 0 || m.opts.Store.OutboxStats(PriorityOutbox(cfg.Name)).Backlog > 0 {
 		w.outs = append(w.outs, &outbox{name: PriorityOutbox(cfg.Name), prio: true})
 	}
 	w.outs = append(w.outs, &outbox{name: cfg.Name})
@@ -437,6 +441,21 @@ func (w *worker) cost(entries []store.OutboxEntry) int64 {
 	return n
 }
 
+// sends is how many entries of batch one Deliver call can send: all of
+// them, except for a target that sends blob content, which stops after
+// the first blob (the budget is checked against what goes out; charging
+// the blobs behind it would pause the target after one blob a day).
+func (w *worker) sends(batch []store.OutboxEntry) int {
+	if bs, ok := w.target.(BlobSender); ok && bs.SendsBlobContent() {
+		for i := range batch {
+			if batch[i].Blob != nil {
+				return i + 1
+			}
+		}
+	}
+	return len(batch)
+}
+
 func utcDay(t time.Time) int64 { return t.UTC().Unix() / 86400 }
 
 // backoff is the next wait after a failure: exponential from
@@ -493,7 +512,7 @@ func (w *worker) run(ctx context.Context) {
 		for i := range batch {
 			bytes += batch[i].Size
 		}
-		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(w.cost(batch)) {
+		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(w.cost(batch[:w.sends(batch)])) {
 			w.setState(StatePaused, nil)
 			// Keep polling: priority records still flow, and the day ends.
 			sleepCtx(ctx, time.Second)

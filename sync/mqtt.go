@@ -74,13 +74,13 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 	m := cfg.MQTT
 	u, err := url.Parse(m.Broker)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("%w: mqtt broker %q: want scheme://host:port", ErrInvalidConfig, m.Broker)
+		return nil, fmt.Errorf("%w: mqtt broker %q: want scheme://host:port", ErrInvalidConfig, safeURL(m.Broker))
 	}
 	switch u.Scheme {
 	case "ssl", "tls", "mqtts", "wss":
 	case "tcp", "mqtt", "ws":
 		if m.TLS != (TLSConfig{}) {
-			return nil, fmt.Errorf("%w: mqtt tls is set but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", ErrInvalidConfig, m.Broker)
+			return nil, fmt.Errorf("%w: mqtt tls is set but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", ErrInvalidConfig, safeURL(m.Broker))
 		}
 	default:
 		return nil, fmt.Errorf("%w: mqtt broker scheme %q", ErrInvalidConfig, u.Scheme)
@@ -170,7 +170,7 @@ func (t *mqttTarget) conn(ctx context.Context) (paho.Client, error) {
 		return nil, ErrClosed
 	}
 	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("mqtt connect %s: %w", t.cfg.MQTT.Broker, err)
+		return nil, fmt.Errorf("mqtt connect %s: %w", safeURL(t.cfg.MQTT.Broker), err)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -400,6 +400,9 @@ func hostID() string {
 	if len(h) > MaxGatewayIDBytes {
 		h = h[:MaxGatewayIDBytes]
 	}
+	if strings.HasSuffix(h, blobIDSuffix) {
+		h = h[:len(h)-len(blobIDSuffix)] + "_blob" // an id validation accepts
+	}
 	return h
 }
 

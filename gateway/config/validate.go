@@ -50,6 +50,9 @@ func (c *Config) Validate() error {
 
 var gatewayIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 
+// blobIDSuffix is what a gateway id may not end in (see top).
+const blobIDSuffix = "-blob"
+
 func (v *validator) top() {
 	c := v.c
 	switch {
@@ -59,6 +62,12 @@ func (v *validator) top() {
 		v.add("gateway_id", "longer than %d bytes", MaxGatewayIDBytes)
 	case !gatewayIDRE.MatchString(c.GatewayID):
 		v.add("gateway_id", "invalid %q: use only letters, digits, '.', '_' and '-'", clip(c.GatewayID))
+	case strings.HasSuffix(c.GatewayID, blobIDSuffix):
+		// Record ids are "<gateway>-<n>", blob sends "<gateway>-blob-<n>":
+		// gateway "x-blob"'s record 1 and gateway "x"'s blob send 1 would
+		// both be "x-blob-1", and an upstream that deduplicates by id
+		// (JetStream's Nats-Msg-Id, the HTTP Idempotency-Key) would drop one.
+		v.add("gateway_id", "invalid %q: must not end in %q (its record ids could be those of another gateway's blob sends)", clip(c.GatewayID), blobIDSuffix)
 	}
 	if strings.TrimSpace(c.DataDir) == "" {
 		v.add("data_dir", "must not be empty")
