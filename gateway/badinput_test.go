@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 	"github.com/moongate-edge/moongate/store"
@@ -180,9 +182,13 @@ end`, "triggers:\n  - mqtt: s/{device}\n")
 	for _, dl := range dls {
 		byFn[dl.Function] = append(byFn[dl.Function], dl)
 	}
-	for _, dl := range append(byFn["streams"], byFn["longdev"]...) {
-		if !strings.Contains(dl.Error, "outputs refused by the store") || !strings.Contains(dl.Error, "invalid argument") {
-			t.Errorf("dead letter of %s: %q", dl.Function, dl.Error)
+	// emit refuses a stream name the store would refuse (the function
+	// fails, saying why); the store refuses a device capture over its
+	// limit and a blob operation on an unknown bucket.
+	wantErr := []string{"stream name longer than 1024 bytes", "stream name contains a NUL byte", "outputs refused by the store: store: invalid argument: store: not found: bucket", "outputs refused by the store: store: invalid argument"}
+	for i, dl := range append(byFn["streams"], byFn["longdev"]...) {
+		if i >= len(wantErr) || !strings.Contains(dl.Error, wantErr[i]) {
+			t.Errorf("dead letter %d of %s: %q", i, dl.Function, dl.Error)
 		}
 	}
 	if len(byFn["streams"]) != 3 || len(byFn["longdev"]) != 1 || len(byFn["fails"]) != 1 {
@@ -271,5 +277,22 @@ func TestUnauthenticatedConnectionsShed(t *testing.T) {
 	ack := make([]byte, 4)
 	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
 		t.Fatalf("CONNACK from another address: % x, %v", ack, err)
+	}
+}
+
+// TestStreamNameLimitsAgree pins luavm's check of emitted stream names to
+// the store's limit on names: what emit accepts, the store keeps.
+func TestStreamNameLimitsAgree(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Commit(ctx, &store.Commit{Records: []store.Record{{Stream: strings.Repeat("s", luavm.MaxStreamNameBytes), Data: []byte(`1`)}}}); err != nil {
+		t.Fatalf("a stream name emit accepts: %v", err)
+	}
+	if _, err := st.Commit(ctx, &store.Commit{Records: []store.Record{{Stream: strings.Repeat("s", luavm.MaxStreamNameBytes+1), Data: []byte(`1`)}}}); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("a stream name one byte longer: %v, want ErrInvalid", err)
 	}
 }

@@ -500,6 +500,18 @@ func (d *Daemon) closeAll() {
 // (at most 65,535 bytes), its captures (parts of it) and a few fields.
 const eventOverhead = 2*65535 + 4096
 
+// storeValueBytes is the store's value size limit (store.Options.MaxValueBytes)
+// under cfg: an event of max_payload bytes with the longest topic (and its
+// captures) must fit one value, or it could never be queued.
+func storeValueBytes(cfg *config.Config) int {
+	return max(1<<20, int(cfg.MQTT.MaxPayload)+eventOverhead)
+}
+
+// outputOverhead bounds what a record or a local publish adds to a
+// function's result or effect in its store value (ids, stream, function,
+// device, targets, times; a publish's topic is part of its effect size).
+const outputOverhead = 8 << 10
+
 func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 	o := store.Options{
 		Dir:          cfg.DataDir,
@@ -511,9 +523,7 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		Quotas:       map[string]store.Quota{},
 		// 0 in the configuration turns pacing off: negative for the store.
 		CompactionShare: cfg.Store.CompactionShare,
-		// An event of max_payload bytes with the longest topic (and its
-		// captures) must fit one value, or it could never be queued.
-		MaxValueBytes: max(1<<20, int(cfg.MQTT.MaxPayload)+eventOverhead),
+		MaxValueBytes:   storeValueBytes(cfg),
 	}
 	if o.CompactionShare == 0 {
 		o.CompactionShare = -1

@@ -165,6 +165,13 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 		MaxConcurrency: pick(m.MaxConcurrency, d.MaxConcurrency),
 		IdleTimeout:    pick(m.IdleTimeout.Std(), d.IdleTimeout.Std()),
 	}
+	// A result or an effect larger than the store takes in one value
+	// would pass a test and a dry run, then send every real event to the
+	// dead letters.
+	if most := storeValueBytes(cfg) - outputOverhead; spec.Limits.MaxResultBytes > most || spec.Limits.MaxEffectBytes > most {
+		return nil, fmt.Errorf("%s.yaml: limits.max_result_bytes %d and max_effect_bytes %d must be at most %d, what the store takes in one value with a record's or a publish's other fields (1MiB, or mqtt.max_payload plus the topic when larger)",
+			m.Name, spec.Limits.MaxResultBytes, spec.Limits.MaxEffectBytes, most)
+	}
 	f := &Function{
 		Name:         m.Name,
 		Fingerprint:  tf.SHA256,

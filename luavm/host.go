@@ -396,6 +396,15 @@ func (in *instance) emit(L *lua.LState) int {
 	if !utf8.ValidString(stream) {
 		L.ArgError(1, "stream name is not valid UTF-8")
 	}
+	// The store's rule for names (a record it would refuse sends the
+	// event to the dead letters; here the function learns why at once,
+	// and fn test says so).
+	if len(stream) > MaxStreamNameBytes {
+		L.ArgError(1, fmt.Sprintf("stream name longer than %d bytes", MaxStreamNameBytes))
+	}
+	if strings.IndexByte(stream, 0) >= 0 {
+		L.ArgError(1, "stream name contains a NUL byte")
+	}
 	var rec []byte
 	switch v := L.Get(2).(type) {
 	case lua.LString:

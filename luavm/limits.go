@@ -69,3 +69,7 @@ func (l Limits) withBase(base Limits) Limits {
 	}
 	return l
 }
+
+// MaxStreamNameBytes is the longest stream name emit accepts: the store's
+// limit on names.
+const MaxStreamNameBytes = 1024

@@ -231,4 +231,18 @@ func TestFnTestManifestCheckedLikeDaemon(t *testing.T) {
 	if code != exitUsage || !strings.Contains(errb.String(), "manifest") {
 		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
 	}
+	// A result limit over what the store takes in one value: a 2 MiB
+	// result passed fn test (and a dry run) and was dead-lettered on the
+	// gateway. Refused like the daemon refuses it at deploy.
+	dir = writeFiles(t, map[string]string{
+		"f.lua":  "function handle() return string.rep(\"x\", 2097152) end\n",
+		"f.yaml": "triggers:\n  - mqtt: a/b\nlimits: {max_result_bytes: 4MiB, max_memory: 64MiB}\n",
+		"e.json": `{"id": "e1", "ts": 1}`,
+	})
+	out.Reset()
+	errb.Reset()
+	code = run(context.Background(), []string{"fn", "test", filepath.Join(dir, "f.lua"), "--event", filepath.Join(dir, "e.json")}, &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), "max_result_bytes") || !strings.Contains(errb.String(), "must be at most") {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
 }
