@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
@@ -294,5 +295,14 @@ func TestStreamNameLimitsAgree(t *testing.T) {
 	}
 	if _, err := st.Commit(ctx, &store.Commit{Records: []store.Record{{Stream: strings.Repeat("s", luavm.MaxStreamNameBytes+1), Data: []byte(`1`)}}}); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("a stream name one byte longer: %v, want ErrInvalid", err)
+	}
+}
+
+// TestSourceLimitsAgree pins the source limit of deploys and the
+// functions_dir loader to the Lua compiler's: a source one accepts, the
+// other compiles.
+func TestSourceLimitsAgree(t *testing.T) {
+	if trigger.MaxSourceBytes != luavm.DefaultMaxSourceBytes {
+		t.Fatalf("trigger.MaxSourceBytes %d, luavm.DefaultMaxSourceBytes %d", trigger.MaxSourceBytes, luavm.DefaultMaxSourceBytes)
 	}
 }

@@ -193,11 +193,17 @@ func TestInvokeEventFile(t *testing.T) {
 	if _, errs, code := runCLI(t, f.URL, "fn", "invoke", "x", "--event", filepath.Join(dir, "http.json")); code != exitUsage || !strings.Contains(errs, "/fn/NAME") {
 		t.Fatalf("http event: exit %d: %s", code, errs)
 	}
+	// A trigger in the file is what fn test would give the function; the
+	// API invokes with "invoke": said, not silently dropped.
+	writeFile(t, filepath.Join(dir, "mqtt.json"), `{"trigger": "mqtt", "topic": "a/b", "payload": 1}`)
+	if _, errs, code := runCLI(t, f.URL, "fn", "invoke", "x", "--event", filepath.Join(dir, "mqtt.json")); code != exitOK || !strings.Contains(errs, `sets trigger "mqtt"; an invoked event's trigger is "invoke"`) {
+		t.Fatalf("event with a trigger: exit %d: %s", code, errs)
+	}
 	// --data - reads standard input.
 	old := stdin
 	stdin = strings.NewReader(` {"temp": 1} `)
 	defer func() { stdin = old }()
-	if _, errs, code := runCLI(t, f.URL, "fn", "invoke", "x", "--data", "-"); code != exitOK || !strings.Contains(f.requests()[1].body, `{\"temp\": 1}`) {
-		t.Fatalf("--data -: exit %d: %s %s", code, errs, f.requests()[1].body)
+	if _, errs, code := runCLI(t, f.URL, "fn", "invoke", "x", "--data", "-"); code != exitOK || !strings.Contains(f.requests()[2].body, `{\"temp\": 1}`) {
+		t.Fatalf("--data -: exit %d: %s %s", code, errs, f.requests()[2].body)
 	}
 }

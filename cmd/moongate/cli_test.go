@@ -18,6 +18,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/cli")
@@ -581,6 +587,9 @@ func TestFollowLogs(t *testing.T) {
 		{`{"result":{"seq":"9","msg":"x"}}` + "\n" + `{"error":{"code":14,"message":"store closed"}}` + "\n", exitUnavailable, "store closed"},
 		{"not json\n", exitFailure, "not JSON"},
 		{"", exitUnavailable, "the server ended the log stream"},
+		// What a stopping daemon sends: exit 5, as for a broken stream.
+		{`{"error":{"code":1,"message":"grpc: the client connection is closing"}}` + "\n", exitUnavailable, "the server ended the log stream: grpc: the client connection is closing"},
+		{`{"error":{"code":3,"message":"tail 5000 out of range"}}` + "\n", exitFailure, "out of range"},
 	} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, tc.body) }))
 		out, errs, code := runCLI(t, srv.URL, "fn", "logs", "-f", "--json")
@@ -591,6 +600,16 @@ func TestFollowLogs(t *testing.T) {
 		if strings.HasPrefix(tc.body, `{"result"`) && out != `{"seq":"9","msg":"x"}`+"\n" {
 			t.Errorf("--json line: %q", out)
 		}
+	}
+}
+
+// TestFollowTailBound: -f --tail over the server's bound is refused
+// locally (exit 2), not by the server after connecting (exit 1).
+func TestFollowTailBound(t *testing.T) {
+	f := newFakeAPI(t)
+	_, errs, code := runCLI(t, f.URL, "fn", "logs", "-f", "--tail", "5000")
+	if code != exitUsage || !strings.Contains(errs, "at most 1000") || len(f.requests()) != 0 {
+		t.Fatalf("exit %d, %d requests: %s", code, len(f.requests()), errs)
 	}
 }
 
@@ -656,5 +675,61 @@ func TestDoubleDash(t *testing.T) {
 	}
 	if r := f.requests()[0]; r.body != "-5" {
 		t.Fatalf("body %q", r.body)
+	}
+}
+
+// TestTextOutputIsOneLineAndExact: text from functions and devices printed
+// in tables and log lines cannot fake lines or columns (control characters
+// escaped), is cut on a character boundary (never invalid UTF-8), and
+// JSON values keep <, > and & as they are.
+func TestTextOutputIsOneLineAndExact(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":             "plain",
+		"x\nsecond line":    `x\nsecond line`,
+		"a\tb\tc":           `a\tb\tc`,
+		"bell\x07 del\x7f":  `bell\x07 del\x7f`,
+		"bad \xff byte":     "bad \uFFFD byte",
+		"é and <tags> & co": "é and <tags> & co",
+	} {
+		if got := oneLine(in); got != want {
+			t.Errorf("oneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+	s := strings.Repeat("é", 600) // 1,200 bytes of 2-byte characters
+	for n := 1; n < 20; n++ {
+		if got := clipText(s, 1100+n); !utf8.ValidString(got) || len(got) > 1100+n+3 {
+			t.Fatalf("clipText(%d): %d bytes, valid %v", 1100+n, len(got), utf8.ValidString(got))
+		}
+	}
+	if got := fmtValue(structpb.NewStringValue("a<b>&c")); got != `"a<b>&c"` {
+		t.Errorf("fmtValue: %s", got)
+	}
+	if got := fmtLogLine(&v1.LogLine{Level: "info", Msg: "x\n2026-11-29T00:00:00Z ERROR fake"}, false); strings.Contains(got, "\n") {
+		t.Errorf("a log message started a line of its own: %q", got)
+	}
+}
+
+// TestServeHelpAndTokenLine: serve --help exits 0 like every command's
+// --help; the configuration line token create prints keeps a name that
+// YAML would read as another type (true, null, 1e3) a string.
+func TestServeHelpAndTokenLine(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--help"}, &out, &errb); code != exitOK {
+		t.Fatalf("serve --help: exit %d: %s", code, errb.String())
+	}
+	for _, name := range []string{"true", "null", "1e3", "ci"} {
+		out.Reset()
+		errb.Reset()
+		if code := run(context.Background(), []string{"token", "create", name}, &out, &errb); code != exitOK {
+			t.Fatalf("token create %s: exit %d: %s", name, code, errb.String())
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		var entry []struct {
+			Name  string `yaml:"name"`
+			Scope string `yaml:"scope"`
+		}
+		if len(lines) != 2 || yaml.Unmarshal([]byte(lines[1]), &entry) != nil || len(entry) != 1 || entry[0].Name != name {
+			t.Fatalf("token create %s printed %q (decoded %+v)", name, out.String(), entry)
+		}
 	}
 }

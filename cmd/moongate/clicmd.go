@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -212,7 +211,7 @@ func fmtValue(v *structpb.Value) string {
 	if v == nil {
 		return "null"
 	}
-	b, err := json.Marshal(v.AsInterface())
+	b, err := marshalText(v.AsInterface())
 	if err != nil {
 		return "?"
 	}
@@ -223,7 +222,7 @@ func fmtStruct(s *structpb.Struct) string {
 	if s == nil || len(s.Fields) == 0 {
 		return ""
 	}
-	b, err := json.Marshal(s.AsMap())
+	b, err := marshalText(s.AsMap())
 	if err != nil {
 		return "?"
 	}

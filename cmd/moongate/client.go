@@ -28,6 +28,7 @@ import (
 	"runtime"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -538,10 +539,60 @@ func printJSON(w io.Writer, raw []byte) error {
 	return err
 }
 
+// clipText is s for one table cell or line: control characters (a
+// newline, a tab that would start a column) escaped as \n, \t, \xNN,
+// invalid UTF-8 shown as U+FFFD, then cut to at most n bytes on a
+// character boundary.
 func clipText(s string, n int) string {
-	s = strings.ReplaceAll(s, "\n", " ")
+	s = oneLine(s)
 	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// oneLine is s with control characters escaped (\n, \t, \r, \xNN) and
+// invalid UTF-8 replaced by U+FFFD: text from functions and devices
+// printed in a line of its own, so that it cannot fake lines or columns.
+func oneLine(s string) string {
+	clean := utf8.ValidString(s)
+	for i := 0; clean && i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			clean = false
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		switch {
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// marshalText is json.Marshal without HTML escaping: the CLI prints
+// "a<b>&c" as such, not as "a\u003cb\u003e\u0026c".
+func marshalText(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -329,8 +330,8 @@ func setupFnInvoke(fs *flag.FlagSet) remoteRun {
 	commit := fs.Bool("commit", false, "carry the effects out (default: a dry run)")
 	var captures stringsFlag
 	fs.Var(&captures, "capture", "event capture K=V (repeatable)")
-	return func(ctx context.Context, c *apiClient, args []string, stdout, _ io.Writer) error {
-		ev, err := invokeEvent(*data, *topic, *id, *eventFile, captures)
+	return func(ctx context.Context, c *apiClient, args []string, stdout, stderr io.Writer) error {
+		ev, err := invokeEvent(*data, *topic, *id, *eventFile, captures, stderr)
 		if err != nil {
 			return err
 		}
@@ -354,7 +355,7 @@ func setupFnInvoke(fs *flag.FlagSet) remoteRun {
 }
 
 // invokeEvent builds the event of fn invoke from its flags.
-func invokeEvent(data, topic, id, eventFile string, captures []string) (*v1.Event, error) {
+func invokeEvent(data, topic, id, eventFile string, captures []string, stderr io.Writer) (*v1.Event, error) {
 	if eventFile != "" {
 		if data != "" || topic != "" || id != "" || len(captures) > 0 {
 			return nil, usagef("--event excludes --data, --topic, --id and --capture")
@@ -369,6 +370,10 @@ func invokeEvent(data, topic, id, eventFile string, captures []string) (*v1.Even
 		}
 		if ev.HTTP != nil {
 			return nil, usagef("--event %s: an http event cannot be invoked through the API: send the request to /fn/NAME/... instead", eventFile)
+		}
+		if ev.Trigger != "" && ev.Trigger != "invoke" {
+			// The API sets it: the same file gives fn test another event.
+			fmt.Fprintf(stderr, "moongate fn invoke: note: --event %s sets trigger %q; an invoked event's trigger is \"invoke\"\n", eventFile, ev.Trigger)
 		}
 		out := &v1.Event{Id: ev.ID, Topic: ev.Topic, Captures: ev.Captures, Qos: uint32(ev.QoS)}
 		if utf8.Valid(ev.Payload) {
@@ -471,7 +476,7 @@ func fmtLogLine(l *v1.LogLine, withFn bool) string {
 	if id := l.GetInvocationId(); id != "" && withFn {
 		sb.WriteString(" " + id)
 	}
-	sb.WriteString(" " + l.GetMsg())
+	sb.WriteString(" " + oneLine(l.GetMsg()))
 	if f := fmtStruct(l.GetFields()); f != "" {
 		sb.WriteString(" " + f)
 	}
@@ -493,6 +498,9 @@ func setupFnLogs(fs *flag.FlagSet) remoteRun {
 		}
 		if *tail < 0 || *limit <= 0 || *limit > 10000 {
 			return usagef("--tail must be >= 0 and --limit between 1 and 10000")
+		}
+		if follow && *tail > maxFollowTail {
+			return usagef("--tail with -f is at most %d (the server's bound for a follow)", maxFollowTail)
 		}
 		if follow {
 			return followLogs(ctx, c, fn, *invocation, *after, *tail, stdout)
@@ -570,6 +578,9 @@ func lastLogs(ctx context.Context, c *apiClient, fn, invocation string, n int) (
 	}
 }
 
+// maxFollowTail is the API's bound on FollowLogsRequest.tail.
+const maxFollowTail = 1000
+
 // followLogs streams /v1/logs:follow until ctx ends (exit 0) or the
 // server ends the stream (an error).
 func followLogs(ctx context.Context, c *apiClient, fn, invocation string, after uint64, tail int, stdout io.Writer) error {
@@ -603,7 +614,18 @@ func followLogs(ctx context.Context, c *apiClient, fn, invocation string, after 
 			return fmt.Errorf("the log stream sent a line that is not JSON: %s", clipText(sc.Text(), 200))
 		}
 		if len(chunk.Error) > 0 {
-			return decodeStatus(http.StatusOK, chunk.Error)
+			if ctx.Err() != nil {
+				return nil // interrupted: the normal end of -f
+			}
+			err := decodeStatus(http.StatusOK, chunk.Error)
+			var pe *apiError
+			if errors.As(err, &pe) && pe.code == codes.Canceled {
+				// Not asked for here: the server ended the stream (it is
+				// stopping, "the client connection is closing"). Like a
+				// broken stream: the server is unavailable (exit 5).
+				return &connError{server: c.base.Redacted(), err: fmt.Errorf("the server ended the log stream: %s", pe.msg)}
+			}
+			return err
 		}
 		if c.json {
 			if err := printJSON(stdout, chunk.Result); err != nil {

@@ -70,8 +70,8 @@ deployed unless all are valid. Needs a token of scope admin.
 
 // Bounds checked before anything is sent (the server checks them too).
 const (
-	maxSourceBytes   = 4 << 20
-	maxManifestBytes = 1 << 20
+	maxSourceBytes   = trigger.MaxSourceBytes
+	maxManifestBytes = trigger.MaxManifestBytes
 )
 
 // deployFlags are the flags that describe one function.

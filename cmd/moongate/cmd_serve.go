@@ -35,6 +35,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	dataDir := fs.String("data-dir", "", "data directory; overrides data_dir")
 	debugListen := fs.String("debug-listen", "", "serve Go's /debug/pprof on this loopback address (profiling; off when empty)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK // as every other command's --help
+		}
 		return exitUsage
 	}
 	if fs.NArg() > 0 {

@@ -59,7 +59,7 @@ func runToken(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	fmt.Fprintln(stdout, tok)
-	fmt.Fprintf(stdout, "    - {name: %s, scope: %s, hash: %q}\n", name, *scope, hash)
+	fmt.Fprintf(stdout, "    - {name: %q, scope: %s, hash: %q}\n", name, *scope, hash)
 	fmt.Fprintln(stderr, "Keep the token (first line) now: it is stored nowhere. Add the second line under api.tokens in the configuration and restart moongate.")
 	return exitOK
 }

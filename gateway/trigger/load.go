@@ -17,8 +17,11 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// MaxSourceBytes is the largest NAME.lua LoadDir reads.
-const MaxSourceBytes = 4 << 20
+// MaxSourceBytes is the largest NAME.lua LoadDir reads, and the largest
+// source a deploy takes: the Lua compiler's own limit
+// (luavm.DefaultMaxSourceBytes, pinned by a test), so that every check
+// says the same.
+const MaxSourceBytes = 256 << 10
 
 // Function is a function loaded from a directory.
 type Function struct {
