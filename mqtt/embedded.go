@@ -267,6 +267,12 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
 	caps.MaximumClientQueuedBytes = cfg.MaxQueuedBytesPerClient
 	caps.MaximumClients = int64(cfg.MaxClients)
+	// No MQTT 5 topic aliases from clients: mochi's CONNACK does not
+	// advertise a Topic Alias Maximum, which tells clients to use none
+	// [MQTT-3.2.2-17], yet it accepted up to 65,535 per connection, each
+	// holding a topic; a hostile device could make the broker keep them
+	// all. An alias is now refused as the protocol error it is.
+	caps.TopicAliasMaximum = 0
 	e.srv = mochi.New(&mochi.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
@@ -613,7 +619,7 @@ func (h *hook) ID() string { return "moongate-ingest" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
-		mochi.OnPacketProcessed, mochi.OnDisconnect, mochi.OnPublishDropped:
+		mochi.OnPacketProcessed, mochi.OnDisconnect, mochi.OnPublishDropped, mochi.OnWill:
 		return true
 	}
 	return false
@@ -763,6 +769,17 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		pk.FixedHeader.Retain = false // delivered, not kept
 	}
 	return h.e.handle(cl, pk)
+}
+
+// OnWill applies MaxRetained to a retained will as to a retained
+// publish: a device that disconnects abruptly again and again with wills
+// on new topics would otherwise grow the retained set (memory and store)
+// without bound. The will is still delivered.
+func (h *hook) OnWill(cl *mochi.Client, will mochi.Will) (mochi.Will, error) {
+	if will.Retain && !h.e.mayRetain(will.TopicName, will.Payload) {
+		will.Retain = false
+	}
+	return will, nil
 }
 
 // mayRetain reports whether a retained publish to topic may be kept: it

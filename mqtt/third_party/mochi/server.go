@@ -1118,6 +1118,10 @@ func (s *Server) retainMessage(cl *Client, pk packets.Packet) {
 	}
 
 	out := pk.Copy(false)
+	// moongate: Copy copies the payload but not the topic, a string that
+	// points into the whole received packet: each retained message kept
+	// the packet alive beside its own copy (twice its size in memory).
+	out.TopicName = strings.Clone(out.TopicName)
 	r := s.Topics.RetainMessage(out)
 	s.hooks.OnRetainMessage(cl, pk, r)
 	atomic.StoreInt64(&s.Info.Retained, int64(s.Topics.Retained.Len()))

@@ -1,0 +1,125 @@
+package mqtt
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Bounds a hostile or buggy device meets in the embedded broker.
+
+// connectWithWill is a raw MQTT 3.1.1 CONNECT with credentials and, when
+// willTopic is set, a retained QoS 0 will.
+func connectWithWill(id, user, pass, willTopic, will string) []byte {
+	b := rawString("MQTT")
+	flags := byte(0xC0 | 2) // username, password, clean session
+	if willTopic != "" {
+		flags |= 0x04 | 0x20 // will flag, will retain
+	}
+	b = append(b, 4, flags, 0, 60)
+	b = append(b, rawString(id)...)
+	if willTopic != "" {
+		b = append(b, rawString(willTopic)...)
+		b = append(b, rawString(will)...)
+	}
+	b = append(b, rawString(user)...)
+	b = append(b, rawString(pass)...)
+	return rawPacket(0x10, b)
+}
+
+// dialConnect opens a raw connection, sends connect and checks that the
+// CONNACK accepts it; it returns the CONNACK's body too.
+func dialConnect(t *testing.T, e *Embedded, connect []byte) (*rawClient, []byte) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	c := &rawClient{t, conn}
+	c.write(connect)
+	typ, ack := c.readPacket()
+	if typ != 0x20 || len(ack) < 2 || ack[1] != 0 {
+		t.Fatalf("CONNACK type %#x %x", typ, ack)
+	}
+	return c, ack
+}
+
+// TestRetainedWillsBounded: a retained will counts against MaxRetained
+// like a retained publish (it is still delivered, not kept): before, 20
+// abrupt disconnections with wills on new topics took the retained set
+// 20 topics past its bound.
+func TestRetainedWillsBounded(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, acceptAll, []string{}...)
+	base := e.srv.Topics.Retained.Len()
+	e.cfg.MaxRetained = base + 2 // room for two more retained topics
+	for i := range 20 {
+		w, _ := dialConnect(t, e, connectWithWill(fmt.Sprintf("w%d", i), "u", "pw", fmt.Sprintf("devices/u/will%d", i), "gone"))
+		w.conn.Close() // abrupt: the will is published
+	}
+	waitFor(t, "the wills refused retention", 10*time.Second, func() bool { return e.Stats().RetainedRefused >= 18 })
+	if n := e.srv.Topics.Retained.Len(); n > e.cfg.MaxRetained {
+		t.Fatalf("MaxRetained %d, %d topics retained", e.cfg.MaxRetained, n)
+	}
+}
+
+// TestTopicAliasesRefused: the embedded broker does not advertise a Topic
+// Alias Maximum, so MQTT 5 clients may use no alias [MQTT-3.2.2-17]; one
+// that does is disconnected. Before, mochi accepted up to 65,535 aliases
+// per connection without advertising them, each keeping the packet it
+// came in: 150 refused publishes of 1 MiB held 151 MiB of heap.
+func TestTopicAliasesRefused(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	var handled atomic.Int32
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, func(context.Context, *Message) error {
+		handled.Add(1)
+		return nil
+	}, "devices/#")
+	b := append(rawString("MQTT"), 5, 0xC2, 0, 60, 0) // v5, user+pass, clean start, no properties
+	b = append(b, rawString("alias")...)
+	b = append(b, rawString("u")...)
+	b = append(b, rawString("pw")...)
+	c, ack := dialConnect(t, e, rawPacket(0x10, b))
+	for i := 3; i < len(ack); i++ {
+		if ack[i] == 0x22 {
+			t.Fatalf("CONNACK %x offers topic aliases", ack)
+		}
+	}
+	p := append(rawString("devices/u/t"), 3, 0x23, 0, 1) // property: topic alias 1
+	c.write(rawPacket(0x30, append(p, "v"...)))
+	typ, body := c.readPacket()
+	if typ != 0xe0 || len(body) < 1 || body[0] != 0x94 {
+		t.Fatalf("after a publish with a topic alias: packet %#x %x, want DISCONNECT 0x94 (topic alias invalid)", typ, body)
+	}
+	if n := handled.Load(); n != 0 {
+		t.Fatalf("the publish with an alias reached the handler %d times", n)
+	}
+}
+
+// TestRetainedMessageHeldOnce: a retained message holds its payload once,
+// not also the packet it came in (its topic string pointed into it): 100
+// retained messages of 256 KiB grew the heap by 50 MiB.
+func TestRetainedMessageHeldOnce(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, acceptAll, []string{}...)
+	c, _ := dialConnect(t, e, connectWithWill("r", "u", "pw", "", ""))
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	payload := make([]byte, 256<<10)
+	for i := range 100 {
+		c.write(rawPacket(0x33, append(append(rawString(fmt.Sprintf("devices/u/r%d", i)), 0, byte(i+1)), payload...))) // QoS 1, retain
+		c.read(0x40)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 40<<20 {
+		t.Fatalf("100 retained messages of 256 KiB (25 MiB): heap grew %d MiB", grew>>20)
+	}
+}
