@@ -123,3 +123,29 @@ func TestRetainedMessageHeldOnce(t *testing.T) {
 		t.Fatalf("100 retained messages of 256 KiB (25 MiB): heap grew %d MiB", grew>>20)
 	}
 }
+
+// TestSubscriptionsPerClientBounded: a client holds at most
+// MaxSubscriptionsPerClient subscriptions; a SUBSCRIBE to a new filter
+// beyond it is refused (0x80 in MQTT 3.1.1) while one it already holds
+// is still granted. Before, 50,000 were granted to one client (71 MiB of
+// heap, kept in the store for a persistent session).
+func TestSubscriptionsPerClientBounded(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}, MaxSubscriptionsPerClient: 3}, acceptAll, []string{}...)
+	c, _ := dialConnect(t, e, connectWithWill("subs", "u", "pw", "", ""))
+	subscribe := func(id byte, filters ...string) []byte {
+		b := []byte{0, id}
+		for _, f := range filters {
+			b = append(append(b, rawString(f)...), 1)
+		}
+		c.write(rawPacket(0x82, b))
+		ack := c.read(0x90)
+		return ack[2:]
+	}
+	if got := subscribe(1, "devices/u/a", "devices/u/b", "devices/u/c"); string(got) != "\x01\x01\x01" {
+		t.Fatalf("three subscriptions: SUBACK codes %x", got)
+	}
+	if got := subscribe(2, "devices/u/d", "devices/u/a"); string(got) != "\x80\x01" {
+		t.Fatalf("a fourth filter and one held: SUBACK codes %x, want 80 01", got)
+	}
+}

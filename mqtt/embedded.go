@@ -28,7 +28,9 @@ const (
 	DefaultMaxQueuedPerClient = 1000
 	DefaultMaxClients         = 1000
 	DefaultMaxRetained        = 10000
-	DefaultMaxUnauthenticated = 64
+	// DefaultMaxSubscriptionsPerClient is EmbeddedConfig.MaxSubscriptionsPerClient's default.
+	DefaultMaxSubscriptionsPerClient = 256
+	DefaultMaxUnauthenticated        = 64
 	// DefaultMaxUnauthenticatedPerAddress is the default of
 	// EmbeddedConfig.MaxUnauthenticatedPerAddress: a quarter of the
 	// default MaxUnauthenticated.
@@ -101,6 +103,11 @@ type EmbeddedConfig struct {
 	// not retained (Stats.RetainedRefused); replacing or clearing the
 	// retained message of a topic always works.
 	MaxRetained int
+	// MaxSubscriptionsPerClient bounds the subscriptions one client may
+	// hold (about 1.4 KB of memory each, and kept in the store for a
+	// persistent session); a SUBSCRIBE to a new filter beyond it gets
+	// reason 0x97 (quota exceeded; 0x80 for MQTT 3.1.1). Default 256.
+	MaxSubscriptionsPerClient int
 	// Sessions, when set, keeps persistent sessions (their subscriptions
 	// and queued messages) and retained messages across restarts; nil keeps
 	// them in memory only.
@@ -131,6 +138,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxRetained == 0 {
 		c.MaxRetained = DefaultMaxRetained
+	}
+	if c.MaxSubscriptionsPerClient == 0 {
+		c.MaxSubscriptionsPerClient = DefaultMaxSubscriptionsPerClient
 	}
 	if c.MaxUnauthenticated == 0 {
 		c.MaxUnauthenticated = DefaultMaxUnauthenticated
@@ -219,6 +229,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max queued bytes per client %d below max payload + 64 KiB (%d)", ErrConfig, cfg.MaxQueuedBytesPerClient, int64(cfg.MaxPayload)+64<<10)
 	case cfg.MaxClients < 0:
 		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
+	case cfg.MaxSubscriptionsPerClient < 0:
+		return nil, fmt.Errorf("%w: max subscriptions per client %d is negative", ErrConfig, cfg.MaxSubscriptionsPerClient)
 	case cfg.MaxRetained < 0:
 		return nil, fmt.Errorf("%w: max retained %d is negative", ErrConfig, cfg.MaxRetained)
 	case cfg.MaxUnauthenticated < 0:
@@ -267,6 +279,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.MaximumClientWritesPending = int32(cfg.MaxQueuedPerClient)
 	caps.MaximumClientQueuedBytes = cfg.MaxQueuedBytesPerClient
 	caps.MaximumClients = int64(cfg.MaxClients)
+	caps.MaximumSubscriptionsPerClient = cfg.MaxSubscriptionsPerClient
 	// No MQTT 5 topic aliases from clients: mochi's CONNACK does not
 	// advertise a Topic Alias Maximum, which tells clients to use none
 	// [MQTT-3.2.2-17], yet it accepted up to 65,535 per connection, each

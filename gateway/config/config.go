@@ -108,6 +108,9 @@ type Embedded struct {
 	// publishes to new topics beyond it are delivered, not retained.
 	// Default 10000.
 	MaxRetained int `yaml:"max_retained"`
+	// MaxSubscriptionsPerClient bounds the subscriptions one client may
+	// hold; a SUBSCRIBE to a new filter beyond it is refused. Default 256.
+	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
 	// PersistSessions keeps persistent sessions (subscriptions, queued
 	// QoS 1/2 messages) and retained messages in the store, so that they
 	// survive a restart. Default true; false keeps them in memory only.
@@ -341,15 +344,16 @@ func Default() *Config {
 			Mode:       ModeEmbedded,
 			MaxPayload: 256 << 10,
 			Embedded: Embedded{
-				Listen:             "127.0.0.1:1883",
-				AllowAnonymous:     true,
-				MaxSessionExpiry:   Duration(time.Hour),
-				MaxInflight:        64,
-				MaxQueuedPerClient: 1000,
-				MaxClients:         1000,
-				MaxUnauthenticated: 64,
-				MaxRetained:        10000,
-				PersistSessions:    true,
+				Listen:                    "127.0.0.1:1883",
+				AllowAnonymous:            true,
+				MaxSessionExpiry:          Duration(time.Hour),
+				MaxInflight:               64,
+				MaxQueuedPerClient:        1000,
+				MaxClients:                1000,
+				MaxUnauthenticated:        64,
+				MaxRetained:               10000,
+				MaxSubscriptionsPerClient: 256,
+				PersistSessions:           true,
 			},
 			External: External{KeepAlive: Duration(30 * time.Second)},
 		},

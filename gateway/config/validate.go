@@ -184,6 +184,7 @@ func (v *validator) embedded() {
 		v.add(p+".max_unauthenticated_per_address", "%d out of range [1, max_unauthenticated = %d] (0: 16, at most max_unauthenticated)", n, e.MaxUnauthenticated)
 	}
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
+	v.intRange(p+".max_subscriptions_per_client", int64(e.MaxSubscriptionsPerClient), 1, 100_000)
 }
 
 func (v *validator) serverTLS(path string, t TLS) {

@@ -72,6 +72,10 @@ type Capabilities struct {
 	// authenticated), as MaximumPacketSize bounds every packet; a larger one
 	// closes the connection unread. 0: only MaximumPacketSize applies.
 	MaximumConnectPacketSize uint32 `yaml:"maximum_connect_packet_size" json:"maximum_connect_packet_size"`
+	// moongate: MaximumSubscriptionsPerClient bounds the subscriptions one
+	// client may hold; a SUBSCRIBE to a new filter beyond it is answered
+	// with 0x97 (quota exceeded; 0x80 for MQTT 3). 0: no bound.
+	MaximumSubscriptionsPerClient int `yaml:"maximum_subscriptions_per_client" json:"maximum_subscriptions_per_client"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -1110,6 +1114,23 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// overSubscriptionLimit reports whether subscribing cl to filter would take
+// it past Capabilities.MaximumSubscriptionsPerClient (0: no limit). A
+// filter it already has replaces its subscription and is never refused.
+// moongate: the release had no bound; one client could hold any number of
+// subscriptions (50,000 grew the heap by 71 MiB, and a persistent session
+// kept them in the store).
+func (s *Server) overSubscriptionLimit(cl *Client, filter string) bool {
+	max := s.Options.Capabilities.MaximumSubscriptionsPerClient
+	if max <= 0 {
+		return false
+	}
+	if _, ok := cl.State.Subscriptions.Get(filter); ok {
+		return false
+	}
+	return cl.State.Subscriptions.Len() >= max
+}
+
 // retainMessage adds a message to a topic, and if a persistent store is provided,
 // adds the message to the store to be reloaded if necessary.
 func (s *Server) retainMessage(cl *Client, pk packets.Packet) {
@@ -1507,6 +1528,8 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
 		} else if sub.NoLocal && IsSharedFilter(sub.Filter) {
 			reasonCodes[i] = packets.ErrProtocolViolationInvalidSharedNoLocal.Code // [MQTT-3.8.3-4]
+		} else if s.overSubscriptionLimit(cl, sub.Filter) {
+			reasonCodes[i] = packets.ErrQuotaExceeded.Code // moongate: patch 17
 		} else if !s.hooks.OnACLCheck(cl, sub.Filter, false) {
 			reasonCodes[i] = packets.ErrNotAuthorized.Code
 			if s.Options.Capabilities.Compatibilities.ObscureNotAuthorized {
