@@ -149,3 +149,54 @@ func TestSubscriptionsPerClientBounded(t *testing.T) {
 		t.Fatalf("a fourth filter and one held: SUBACK codes %x, want 80 01", got)
 	}
 }
+
+// TestQoS2RedeliveryBeforePubrelAcknowledged: an MQTT 5 device whose
+// PUBREC was lost resends its QoS 2 PUBLISH (DUP) on a new connection; the
+// broker answers PUBREC with success [MQTT-4.3.3-10], not 0x91 (identifier
+// in use), which the device would take for a failure of a message the
+// gateway has accepted; the handler runs once, and PUBREL completes it.
+func TestQoS2RedeliveryBeforePubrelAcknowledged(t *testing.T) {
+	var calls atomic.Int32
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true}, func(context.Context, *Message) error {
+		calls.Add(1)
+		return nil
+	}, "devices/#")
+	connect := func() []byte {
+		props := []byte{0x11, 0, 0, 1, 0x2c} // session expiry 300 s
+		b := append(rawString("MQTT"), 5, 0, 0, 60, byte(len(props)))
+		b = append(b, props...)
+		return rawPacket(0x10, append(b, rawString("d5")...)) // clean start off
+	}
+	publish := func(dup bool) []byte {
+		h := byte(0x34) // QoS 2
+		if dup {
+			h |= 0x08
+		}
+		return rawPacket(h, append(append(rawString("devices/d5/t"), 0, 7, 0), "v"...)) // id 7, no properties
+	}
+	okPubrec := func(body []byte) bool { return len(body) >= 2 && body[0] == 0 && body[1] == 7 && (len(body) < 3 || body[2] < 0x80) }
+
+	c, _ := dialConnect(t, e, connect())
+	c.write(publish(false))
+	if typ, body := c.readPacket(); typ != 0x50 || !okPubrec(body) {
+		t.Fatalf("first PUBREC: %#x %x", typ, body)
+	}
+	c.conn.Close() // the device did not get it: it reconnects and resends
+	waitFor(t, "the old connection gone", 10*time.Second, func() bool { return e.Stats().ClientsConnected == 0 })
+
+	c, _ = dialConnect(t, e, connect())
+	c.write(publish(true))
+	c.write(rawPacket(0x62, []byte{0, 7})) // PUBREL
+	for {
+		typ, body := c.readPacket()
+		if typ == 0x50 && !okPubrec(body) {
+			t.Fatalf("PUBREC for the redelivered message: %x (reason 0x91 is a failure to an MQTT 5 client)", body)
+		}
+		if typ == 0x70 {
+			break // PUBCOMP
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times for one QoS 2 message", n)
+	}
+}

@@ -1039,7 +1039,16 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		// moongate: only the client's own packet ids (GetInbound).
 		if pki, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok {
 			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
-				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
+				// moongate: a redelivery (DUP) of the message awaiting its
+				// PUBREL is acknowledged as received, not delivered again;
+				// the release answered it 0x91 (identifier in use), which an
+				// MQTT 5 client takes for a failure of a message the broker
+				// has accepted (it may then publish it again as a new one).
+				reason := packets.ErrPacketIdentifierInUse
+				if pk.FixedHeader.Dup {
+					reason = packets.CodeSuccess
+				}
+				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, reason)
 				return cl.WritePacket(ack)
 			}
 			if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.2-5]
