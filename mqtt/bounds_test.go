@@ -174,7 +174,9 @@ func TestQoS2RedeliveryBeforePubrelAcknowledged(t *testing.T) {
 		}
 		return rawPacket(h, append(append(rawString("devices/d5/t"), 0, 7, 0), "v"...)) // id 7, no properties
 	}
-	okPubrec := func(body []byte) bool { return len(body) >= 2 && body[0] == 0 && body[1] == 7 && (len(body) < 3 || body[2] < 0x80) }
+	okPubrec := func(body []byte) bool {
+		return len(body) >= 2 && body[0] == 0 && body[1] == 7 && (len(body) < 3 || body[2] < 0x80)
+	}
 
 	c, _ := dialConnect(t, e, connect())
 	c.write(publish(false))
