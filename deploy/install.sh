@@ -10,8 +10,9 @@
 #
 # Options:
 #   --binary PATH  the moongate binary to install (default: the one for this
-#                  machine in dist/, from `make build-all`, or next to this
-#                  script in a release archive: moongate-linux-ARCH)
+#                  machine in dist/, from `make build-all`, or
+#                  moongate-linux-ARCH next to this script, e.g. when
+#                  both were copied to the Pi together)
 #   --arch ARCH    armv6 | armv7 | arm64 | amd64 (default: detected)
 #   --root DIR     install below DIR instead of / (also $DESTDIR): files,
 #                  the user (in DIR/etc/passwd when it exists) and the

@@ -73,7 +73,7 @@ the active one). Needs a token of scope admin.
 	})
 	registerRemote(&remoteCmd{
 		name: "fn invoke", summary: "run a deployed function once on an event",
-		usage: `usage: moongate fn invoke NAME [--data JSON | --data @FILE | --data -] [--topic T] [--capture K=V]... [--commit] [flags]
+		usage: `usage: moongate fn invoke NAME [--data JSON | --data @FILE | --data -] [--topic T] [--id ID] [--capture K=V]... [--commit] [flags]
        moongate fn invoke NAME --event EVENT.json [--commit] [flags]
 
 Runs the active version of a function on the gateway, synchronously, and
@@ -82,9 +82,11 @@ a dry run: nothing is stored or published. --commit carries the effects
 out, atomically and durably, as for an MQTT event.
 
 --data is the event payload, a JSON value (@FILE reads it from a file, -
-from standard input); --topic and --capture (repeatable, e.g. device=d1)
-fill the event. --event reads a whole event file in the format of
-'moongate fn test --event' (id, topic, payload, captures, ts, qos).
+from standard input); --topic, --id (default: assigned) and --capture
+(repeatable, e.g. device=d1) fill the event. --event reads a whole event
+file in the format of 'moongate fn test --event' (id, topic, payload,
+captures, ts, qos; its trigger is not sent: an invoked event's trigger is
+"invoke").
 Needs a token of scope admin. The exit status is 1 when the function
 failed (the report is still printed).
 `,
