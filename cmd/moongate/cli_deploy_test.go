@@ -141,6 +141,15 @@ func TestDeploySets(t *testing.T) {
 		t.Fatalf("invalid project: exit %d, calls %q: %s", code, d.callList(), errs)
 	}
 
+	// A dry run of a set with two invalid functions reports both (and the
+	// valid one), not only the first.
+	d = newDeployServer(t, "a", "c")
+	out, errs, code = runCLI(t, d.URL, "fn", "deploy", filepath.Join(dir, "moongate.yaml"), "--dry-run")
+	if code != exitFailure || d.callList() != "a(dry) c(dry) inline(dry)" || !strings.Contains(errs, "a: compile a:1:1") || !strings.Contains(errs, "c: compile c:1:1") ||
+		!strings.Contains(out, "inline") {
+		t.Fatalf("invalid project, dry run: exit %d, calls %q: %s\n%s", code, d.callList(), errs, out)
+	}
+
 	// A single FILE.lua with its sibling manifest: one call, no dry run.
 	d = newDeployServer(t)
 	if _, errs, code := runCLI(t, d.URL, "fn", "deploy", filepath.Join(fns, "a.lua"), "--name", "renamed"); code != exitOK || d.callList() != "renamed" || d.manifest("renamed") != "triggers: [{mqtt: a}]\n" {

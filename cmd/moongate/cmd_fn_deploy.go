@@ -503,6 +503,15 @@ func deployAll(ctx context.Context, c *apiClient, reqs []*v1.DeployFunctionReque
 	var firstErr error
 	for i, r := range reqs {
 		res := send(r, dryRun)
+		if res.err != nil && dryRun && len(reqs) > 1 && exitCode(res.err) == exitFailure {
+			// A dry run checks every function: report each invalid one
+			// and go on (nothing is deployed anyway).
+			fmt.Fprintf(stderr, "moongate fn deploy: %s: %v\n", res.name, res.err)
+			if firstErr == nil {
+				firstErr = fmt.Errorf("invalid functions: nothing would be deployed")
+			}
+			continue
+		}
 		if res.err != nil {
 			if len(reqs) > 1 {
 				res.err = fmt.Errorf("%s: %w", res.name, res.err)
