@@ -202,3 +202,32 @@ func TestQoS2RedeliveryBeforePubrelAcknowledged(t *testing.T) {
 		t.Fatalf("handler ran %d times for one QoS 2 message", n)
 	}
 }
+
+// TestExpiredSessionUnsubscribed: when an offline persistent session
+// expires, its subscriptions leave the broker's topic tree too. Before,
+// mochi forgot the client but kept its subscriptions forever: a fleet
+// whose devices come and go under new client ids grew the tree without
+// bound.
+func TestExpiredSessionUnsubscribed(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}, MaxSessionExpiry: time.Second}, acceptAll, []string{}...)
+	b := rawString("MQTT")
+	b = append(b, 4, 0xC0, 0, 60) // 3.1.1, username + password, persistent session
+	b = append(b, rawString("gone")...)
+	b = append(b, rawString("u")...)
+	b = append(b, rawString("pw")...)
+	c, _ := dialConnect(t, e, rawPacket(0x10, b))
+	c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("devices/u/cmd/#")...), 1)))
+	c.read(0x90)
+	subscribed := func() int { return len(e.srv.Topics.Subscribers("devices/u/cmd/x").Subscriptions) }
+	if n := subscribed(); n != 1 {
+		t.Fatalf("%d subscribers after SUBSCRIBE", n)
+	}
+	c.write([]byte{0xe0, 0}) // DISCONNECT: the session stays, offline
+	c.conn.Close()
+	waitFor(t, "the session to expire", 10*time.Second, func() bool {
+		_, ok := e.srv.Clients.Get("gone")
+		return !ok
+	})
+	waitFor(t, "its subscription to go", 5*time.Second, func() bool { return subscribed() == 0 })
+}

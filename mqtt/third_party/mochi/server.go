@@ -2038,8 +2038,19 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			// moongate: its subscriptions and inflights go too, and only
+			// if the id still holds this client (a connection taking the
+			// session over meanwhile registered a new one under takeoverMu,
+			// which Delete(id) used to remove). The release left the
+			// subscriptions of every expired session in the topic tree.
+			s.takeoverMu.Lock()
+			if cur, ok := s.Clients.Get(id); ok && cur == client && !client.IsTakenOver() {
+				client.ClearInflights()
+				s.UnsubscribeClient(client)
+				s.hooks.OnClientExpired(client)
+				s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			}
+			s.takeoverMu.Unlock()
 		}
 	}
 }
