@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -466,4 +467,53 @@ func TestPriorityOutboxDrainedAfterConfigChange(t *testing.T) {
 	startManager(t, st, tc)
 	waitFor(t, 10*time.Second, "the 3 priority records upstream", func() bool { return up.col.distinct() == 3 })
 	waitFor(t, 10*time.Second, "an empty priority outbox", func() bool { return st.OutboxStats(PriorityOutbox("cloud")).Backlog == 0 })
+}
+
+// countingTarget delivers everything, counting Prepare calls (the
+// read-ahead of a full batch) and the priority records delivered.
+type countingTarget struct {
+	prepares, alerts atomic.Int64
+}
+
+func (c *countingTarget) Deliver(_ context.Context, b []store.OutboxEntry) (Result, error) {
+	for i := range b {
+		if b[i].Record.Stream == "alerts" {
+			c.alerts.Add(1)
+		}
+	}
+	return Result{Done: len(b)}, nil
+}
+func (c *countingTarget) Close() error                { return nil }
+func (c *countingTarget) Prepare([]store.OutboxEntry) { c.prepares.Add(1) }
+
+// TestPausedTargetStopsReading: once the daily budget is spent, the normal
+// outbox is not read (nor its next batch prepared) again until the day
+// ends, while priority records still go at once. Before, a paused target
+// read and encoded its next batch every second for the rest of the day.
+func TestPausedTargetStopsReading(t *testing.T) {
+	ct := &countingTarget{}
+	if err := Register(Module{ID: ModulePrefix + "test-counting", New: func(TargetConfig, Env) (Target, error) { return ct, nil }}); err != nil {
+		t.Fatal(err)
+	}
+	st := openStore(t, "", store.DurabilityNone)
+	commitRecords(t, st, 400, 1, "cloud")
+	tc := fastTarget("cloud", "test-counting")
+	tc.MaxRecords = 10
+	tc.DailyBudget = 2000
+	tc.PriorityStreams = []string{"alerts"}
+	m, _ := startManager(t, st, tc)
+	waitFor(t, 10*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+	p0 := ct.prepares.Load()
+	for i := range 3 {
+		if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`1`), Targets: []string{PriorityOutbox("cloud")}}}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the priority record", func() bool { return ct.alerts.Load() == int64(i+1) })
+	}
+	if n := ct.prepares.Load() - p0; n > 1 { // at most the read-ahead already under way
+		t.Fatalf("%d normal batches prepared while paused", n)
+	}
+	if s := statusOf(m, "cloud"); s.State != StatePaused {
+		t.Fatalf("state %s after priority deliveries, want paused", s.State)
+	}
 }

@@ -289,9 +289,12 @@ type worker struct {
 	blobsOK      int64 // blob sends acknowledged
 	blobsDead    int64 // blob sends refused
 	budgetDay    int64 // UTC day number of budgetUsed
-	budgetUsed   int64
-	samples      [11]sample
-	nsamples     int
+	// pausedDay is the UTC day on which the normal outbox went over the
+	// budget (0: not paused); worker goroutine only.
+	pausedDay  int64
+	budgetUsed int64
+	samples    [11]sample
+	nsamples   int
 
 	attempt     int // consecutive failures that acknowledged nothing
 	nextConnect time.Time
@@ -514,8 +517,10 @@ func (w *worker) run(ctx context.Context) {
 		}
 		if !ob.prio && w.cfg.DailyBudget > 0 && !w.budgetAllows(w.cost(batch[:w.sends(batch)])) {
 			w.setState(StatePaused, nil)
-			// Keep polling: priority records still flow, and the day ends.
-			sleepCtx(ctx, time.Second)
+			// next reads only the priority outbox until the day ends: the
+			// same batch would be refused again (it only grows), and
+			// reading and encoding it every second costs a Pi for nothing.
+			w.pausedDay = utcDay(time.Now())
 			continue
 		}
 		if w.limiter != nil {
@@ -593,6 +598,9 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 		for _, ob := range w.outs {
 			if ob.pending != nil {
 				return ob, ob.pending, nil
+			}
+			if !ob.prio && w.pausedDay != 0 && w.pausedDay == utcDay(time.Now()) {
+				continue // over today's budget (see run)
 			}
 			var ents []store.OutboxEntry
 			var err error
