@@ -63,6 +63,7 @@ type pool struct {
 	prog   *Program
 	limits Limits
 	sem    chan struct{} // one token per running invocation
+	gone   chan struct{} // closed by retire: wakes the calls waiting for a slot
 
 	mu       sync.Mutex
 	idle     []*instance // LIFO: the most recently used is reused first
@@ -130,7 +131,7 @@ func (r *Runtime) Deploy(ctx context.Context, spec Spec) error {
 	if spec.MaxWaiting <= 0 {
 		spec.MaxWaiting = 4 * spec.MaxConcurrency
 	}
-	p := &pool{rt: r, spec: spec, prog: prog, sem: make(chan struct{}, spec.MaxConcurrency)}
+	p := &pool{rt: r, spec: spec, prog: prog, sem: make(chan struct{}, spec.MaxConcurrency), gone: make(chan struct{})}
 	p.limits = spec.Limits.withBase(r.opts.DefaultLimits.WithDefaults())
 	for i := 0; i < spec.MinInstances; i++ {
 		if err := ctx.Err(); err != nil {
@@ -223,23 +224,36 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 		res.Cost.Outcome = outcome(ErrTimeout)
 		return res, fmt.Errorf("luavm: %s: %w: %w", name, ErrTimeout, err)
 	}
-	p, err := r.acquirePool(name)
-	if err != nil {
-		res.Cost.Outcome = outcome(err)
-		return res, err
+	var p *pool
+	var in *instance
+	for {
+		var err error
+		p, err = r.acquirePool(name)
+		if err != nil {
+			res.Cost.Outcome = outcome(err)
+			return res, err
+		}
+		in, err = p.get(ctx)
+		if errors.Is(err, errRetired) {
+			// Deployed or removed while this call waited for a slot: a
+			// call that had not started runs the version current now.
+			p.release()
+			continue
+		}
+		if err != nil {
+			p.release()
+			res.Cost.Outcome = outcome(err)
+			res.Cost.Wall = time.Since(start)
+			return res, fmt.Errorf("luavm: %s: %w", name, err)
+		}
+		break
 	}
 	defer p.release()
 	res.Version = p.spec.Version
-	in, err := p.get(ctx)
-	if err != nil {
-		res.Cost.Outcome = outcome(err)
-		res.Cost.Wall = time.Since(start)
-		return res, fmt.Errorf("luavm: %s: %w", name, err)
-	}
 	p.invocations.Add(1)
 	id := r.invocationID()
 	res.InvocationID = id
-	err = in.run(ctx, name, ev, state, p.limits, id, res)
+	err := in.run(ctx, name, ev, state, p.limits, id, res)
 	p.put(in)
 	if errors.Is(err, ErrPanic) {
 		r.log.Error("luavm: interpreter panic recovered; instance discarded", "function", name, "version", p.spec.Version, "err", err)
@@ -297,6 +311,10 @@ func (p *pool) newInstance() (*instance, error) {
 	return in, err
 }
 
+// errRetired is get's answer when the pool was replaced (a deploy) or
+// removed while the call waited: Invoke then takes the current pool.
+var errRetired = errors.New("luavm: pool replaced")
+
 // get waits for a concurrency slot (bounded queue, QueueTimeout) and
 // returns an idle instance or a new one.
 func (p *pool) get(ctx context.Context) (*instance, error) {
@@ -314,6 +332,8 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 		var err error
 		select {
 		case p.sem <- struct{}{}:
+		case <-p.gone:
+			err = errRetired
 		case <-t.C:
 			err = fmt.Errorf("%w: no instance free within %v", ErrBusy, p.spec.QueueTimeout)
 		case <-ctx.Done():
@@ -328,6 +348,13 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 		}
 	}
 	p.mu.Lock()
+	if p.retired {
+		// Replaced while the slot was taken: the caller moves to the
+		// current pool (Invoke).
+		p.mu.Unlock()
+		<-p.sem
+		return nil, errRetired
+	}
 	p.busy++
 	if n := len(p.idle); n > 0 {
 		in := p.idle[n-1]
@@ -368,6 +395,9 @@ func (p *pool) put(in *instance) {
 // invocation is in flight.
 func (p *pool) retire() {
 	p.mu.Lock()
+	if !p.retired {
+		close(p.gone)
+	}
 	p.retired = true
 	free := p.inflight == 0
 	p.mu.Unlock()

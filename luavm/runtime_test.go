@@ -594,3 +594,54 @@ end`, func(s *Spec) { s.Limits.MaxSteps = 1000 })
 		t.Fatalf("negative ticks: %v", err)
 	}
 }
+
+// TestQueuedCallMovesToNewVersion: a call waiting for a slot of a
+// function when a new version is deployed runs the new version, at once
+// (the new version has slots of its own); before, it took the old pool's
+// slot once one freed and ran the old code after Deploy had returned.
+func TestQueuedCallMovesToNewVersion(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
+		s.MaxConcurrency, s.QueueTimeout = 1, time.Minute
+		s.Limits.Timeout = time.Minute
+	})
+	bs := newBlockingState()
+	first := make(chan *Result, 1)
+	go func() { res, _ := rt.Invoke(context.Background(), "fn", &Event{}, bs); first <- res }()
+	<-bs.entered
+	second := make(chan *Result, 1)
+	go func() { res, _ := rt.Invoke(context.Background(), "fn", &Event{}, nil); second <- res }()
+	waitFor(t, "a waiter", func() bool { st, _ := rt.Stats("fn"); return st.Waiting == 1 })
+	deploy(t, rt, "fn", `function handle() return "v2" end`, func(s *Spec) { s.Version = 2 })
+	// The first call (v1) still holds its slot: the waiter is not behind it.
+	if res := <-second; string(res.Value) != "v2" || res.Version != 2 {
+		t.Fatalf("the call waiting during the deploy ran %q (version %d)", res.Value, res.Version)
+	}
+	close(bs.release)
+	if res := <-first; res.Version != 1 {
+		t.Fatalf("the running call: version %d", res.Version)
+	}
+}
+
+// TestQueuedCallOfRemovedFunction: a call waiting for a slot when its
+// function is removed fails with ErrNotFound instead of running it.
+func TestQueuedCallOfRemovedFunction(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
+		s.MaxConcurrency, s.QueueTimeout = 1, time.Minute
+		s.Limits.Timeout = time.Minute
+	})
+	bs := newBlockingState()
+	first := make(chan struct{})
+	go func() { _, _ = rt.Invoke(context.Background(), "fn", &Event{}, bs); close(first) }()
+	<-bs.entered
+	second := make(chan error, 1)
+	go func() { _, err := rt.Invoke(context.Background(), "fn", &Event{}, nil); second <- err }()
+	waitFor(t, "a waiter", func() bool { st, _ := rt.Stats("fn"); return st.Waiting == 1 })
+	rt.Remove("fn")
+	if err := <-second; !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the call waiting during the removal: %v, want ErrNotFound", err)
+	}
+	close(bs.release)
+	<-first
+}
