@@ -195,6 +195,10 @@ const (
 	pBlobRef = 'c'
 )
 
+// blobOpEst is the transaction size Commit reserves for one blob
+// operation: its metadata entry (the longest name) and two references.
+var blobOpEst = entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
+
 func blobKey(bucket, name string) []byte {
 	k := make([]byte, 0, 2+len(bucket)+len(name))
 	k = append(k, pBlob)
@@ -837,10 +841,15 @@ func (s *Store) cleanBlobs() error {
 }
 
 // blobRetention deletes up to budget blobs older than their bucket's
-// MaxAge and returns how many it deleted.
+// MaxAge and returns how many it deleted (at most budget, and what one
+// transaction takes).
 func (s *Store) blobRetention(ctx context.Context, budget int) (int, error) {
 	now := time.Now()
 	total := 0
+	// One commit takes at most what fits in one transaction: 256 deletes
+	// (retentionChunk) are over it on the low-memory profile, and a
+	// refused commit would be refused again on every pass.
+	budget = min(budget, max(1, int(s.maxTxnSize/2/blobOpEst)))
 	for name, bk := range s.opts.Buckets {
 		if bk.MaxAge <= 0 {
 			continue

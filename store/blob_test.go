@@ -388,3 +388,36 @@ func putBlobB(b *testing.B, s *Store, data []byte) {
 		b.Fatal(err)
 	}
 }
+
+// TestBlobRetentionManyExpired: more expired blobs than one transaction
+// takes are deleted over several commits (on the low-memory profile, 256
+// deletes in one commit were refused as too large on every pass, and the
+// error stopped the rest of retention too).
+func TestBlobRetentionManyExpired(t *testing.T) {
+	ctx := context.Background()
+	s := blobStore(t, map[string]Bucket{"snap": {MaxAge: time.Hour}})
+	const n = 300
+	old := time.Now().Add(-2 * time.Hour).UnixMilli()
+	for i := range n {
+		name := fmt.Sprintf("cam/%04d.jpg", i)
+		putBlob(t, s, "snap", name, []byte(name))
+		bi, sum, err := s.statBlob(ctx, "snap", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bi.Created = old
+		if err := s.db.Update(func(txn *badgerTxn) error { return txn.Set(blobKey("snap", name), encodeBlob(&bi, sum)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if per := int(s.maxTxnSize / 2 / blobOpEst); per >= n {
+		t.Fatalf("one transaction takes %d deletes: the test needs more blobs", per)
+	}
+	dropped, err := s.RunRetention(ctx)
+	if err != nil || dropped != n {
+		t.Fatalf("retention dropped %d, %v; want %d", dropped, err, n)
+	}
+	if c := s.BlobStats()["snap"].Count; c != 0 {
+		t.Fatalf("%d expired blobs left", c)
+	}
+}

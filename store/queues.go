@@ -245,7 +245,7 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 		if !c.Blobs[i].Delete {
 			grows = true
 		}
-		est += entryEst(2+2*maxBlobName+64, 300) + 2*entryEst(33, 8)
+		est += blobOpEst
 		if op := &c.Blobs[i]; !op.Delete {
 			// A blob send per sync target of the bucket: entry, index
 			// key, reference.
@@ -656,7 +656,12 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	}
 	// Last, after everything that may refuse the commit: acknowledging
 	// changes the committer's size window at once.
-	for _, seq := range c.AckPublishes {
+	// Each sequence once, as in AckPublishes: a repeat read back from disk
+	// in the same batch would be counted twice.
+	for i, seq := range c.AckPublishes {
+		if slices.Contains(c.AckPublishes[:i], seq) {
+			continue
+		}
 		if err := b.ackPublish(seq); err != nil {
 			return err
 		}

@@ -18,13 +18,20 @@ const retentionChunk = 256
 // every Options.RetentionInterval.
 func (s *Store) RunRetention(ctx context.Context) (int, error) {
 	total := 0
+	var blobErr error
 	for {
 		n, err := s.blobRetention(ctx, retentionChunk)
 		total += n
 		if err != nil {
-			return total, err
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
+				return total, err
+			}
+			// The queues are trimmed all the same: one failing part of
+			// retention must not stop the others.
+			blobErr = fmt.Errorf("blob retention: %w", err)
+			break
 		}
-		if n < retentionChunk {
+		if n == 0 {
 			break
 		}
 	}
@@ -40,11 +47,11 @@ func (s *Store) RunRetention(ctx context.Context) (int, error) {
 		}})
 		if err != nil {
 			// n may still be written by the committer when ctx ended.
-			return total, err
+			return total, errors.Join(blobErr, err)
 		}
 		total += n
 		if n == 0 {
-			return total, nil
+			return total, blobErr
 		}
 	}
 }

@@ -471,3 +471,24 @@ func TestValuesUpToTheLimitCommit(t *testing.T) {
 		t.Errorf("dead letter over the limit: %v, want ErrTooLarge", err)
 	}
 }
+
+// TestCommitAckPublishesRepeated: a sequence repeated in
+// Commit.AckPublishes is acknowledged once; its size read back from disk
+// (after a reopen) was counted twice, so the counters said 0 publishes
+// while one was still pending.
+func TestCommitAckPublishesRepeated(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	if _, err := s.Commit(ctx, &Commit{Publishes: []Publish{{Topic: "a", Payload: []byte("1")}, {Topic: "a", Payload: []byte("2")}}}); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s) // the size window is empty: ackPublish reads sizes back
+	if _, err := s.Commit(ctx, &Commit{AckPublishes: []uint64{1, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats().Spaces[SpacePublishes]
+	ps, err := s.PendingPublishes(ctx, 0, 10)
+	if err != nil || len(ps) != 1 || st.Count != 1 || st.Bytes <= 0 {
+		t.Fatalf("after acknowledging 1 twice: %d pending (%v), counters %+v", len(ps), err, st)
+	}
+}
