@@ -172,19 +172,37 @@ func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
 	var first time.Time
 	if keep {
 		v, ok, err := g.opts.Store.GetState(ctx, TimerStateFunction, key)
-		switch {
+		var last time.Time
+		if ok && err == nil {
+			if ms, perr := strconv.ParseInt(string(v), 10, 64); perr == nil {
+				last = time.UnixMilli(ms)
+			}
+		}
+		switch now := g.opts.Now(); {
 		case err != nil:
 			if ctx.Err() == nil {
 				g.log.Warn("timer: last tick not read; counting from now", "function", function, "err", err)
 			}
-		case ok:
-			if ms, perr := strconv.ParseInt(string(v), 10, 64); perr == nil {
-				first = resumeEvery(time.UnixMilli(ms), g.opts.Now(), every)
+		case last.IsZero():
+			// Never ticked: record the start of the first interval, so that
+			// a restart (or redeploy) before the first tick keeps it (a
+			// timer whose gateway restarts more often than its interval
+			// would otherwise never fire).
+			if err := g.recordTick(ctx, key, now); err != nil && ctx.Err() == nil {
+				g.log.Warn("timer: start not recorded", "function", function, "err", err)
 			}
-		}
-		if !first.IsZero() && !first.After(g.opts.Now()) {
-			fire(first) // fell due while the gateway was down: once
-			first = time.Time{}
+			first = every.Next(now)
+		default:
+			first = resumeEvery(last, now, every)
+			if !first.After(now) {
+				// Fell due while the gateway was down: the latest tick due
+				// fires, once (the ones before it are not replayed), and is
+				// recorded, so that another restart does not fire again; the
+				// next is an interval after it.
+				tick := latestDue(last, now, every)
+				fire(tick)
+				first = every.Next(tick)
+			}
 		}
 	}
 	runSchedule(ctx, s, first, g.opts.Now, realAfter, fire, func(tick, now time.Time) {
@@ -201,6 +219,26 @@ func resumeEvery(last, now time.Time, every trigger.Every) time.Time {
 		return limit
 	}
 	return next
+}
+
+// latestDue is the latest tick of an "@every" timer whose last tick was
+// last that is due at now: last plus a whole number of intervals.
+func latestDue(last, now time.Time, every trigger.Every) time.Time {
+	d := every.Next(last).Sub(last)
+	if !now.After(last) {
+		return last
+	}
+	return last.Add(now.Sub(last) / d * d)
+}
+
+// recordTick records tick as the last tick of an "@every" timer without an
+// event (the start of its first interval).
+func (g *Gateway) recordTick(ctx context.Context, key string, tick time.Time) error {
+	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{
+		State: []store.StateChange{{Function: TimerStateFunction, Op: store.StateSet, Key: key,
+			Value: strconv.AppendInt(nil, tick.UnixMilli(), 10)}},
+	})
+	return err
 }
 
 // enqueueTick is enqueue for one "@every" timer event: the event and the

@@ -358,3 +358,79 @@ func TestEveryTickRecordsPruned(t *testing.T) {
 	}
 	expect("tk's records pruned with it", "other/@every 1h0m0s")
 }
+
+// TestEveryFirstTickKeptAcrossRestart: an "@every" timer records the start
+// of its first interval when it has no tick yet, so a restart before the
+// first tick keeps it: the first tick comes one interval after the first
+// start, not after the restart (a gateway restarted more often than the
+// interval never fired the timer).
+func TestEveryFirstTickKeptAcrossRestart(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "tk", `function handle(e) return {trigger = e.trigger} end`, "triggers:\n  - timer: \"@every 3s\"\n")
+	ctx := context.Background()
+	const key = "tk/@every 3s"
+	read := func(p *inProcess) int64 {
+		v, ok, err := p.d.Store().GetState(ctx, TimerStateFunction, key)
+		if err != nil || !ok {
+			return 0
+		}
+		ms, _ := strconv.ParseInt(string(v), 10, 64)
+		return ms
+	}
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	var anchor int64
+	waitFor(t, 10*time.Second, "the recorded start of the first interval", func() bool { anchor = read(p); return anchor != 0 })
+	p.stop(t)
+
+	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	waitFor(t, 20*time.Second, "the first tick", func() bool { return len(allRecords(t, p.d.Store(), "tk")) == 1 })
+	if got := read(p); got != anchor+3000 {
+		t.Fatalf("first tick recorded at %d, want one interval after the first start %d", got, anchor+3000)
+	}
+}
+
+// TestEveryCatchUpOnce: after a long downtime, the latest tick due fires
+// once and is recorded, so the next start does not find another one due;
+// before, the oldest missed tick was recorded and every restart within the
+// next hour fired one more.
+func TestEveryCatchUpOnce(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "tk", `function handle(e) return {trigger = e.trigger} end`, "triggers:\n  - timer: \"@every 1h\"\n")
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "tk/@every 1h0m0s"
+	last := time.Now().Add(-10*time.Hour - 30*time.Minute).UnixMilli() // down for 10.5 intervals
+	if err := st.PutState(ctx, TimerStateFunction, key, []byte(strconv.FormatInt(last, 10))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	waitFor(t, 10*time.Second, "the overdue tick's record", func() bool { return len(allRecords(t, p.d.Store(), "tk")) == 1 })
+	v, ok, err := p.d.Store().GetState(ctx, TimerStateFunction, key)
+	if want := last + 10*time.Hour.Milliseconds(); err != nil || !ok || string(v) != strconv.FormatInt(want, 10) {
+		t.Fatalf("recorded tick %q %v %v, want the latest due %d", v, ok, err, want)
+	}
+	// The next tick is an interval after the recorded one, i.e. in the
+	// future: a restart has nothing due (resumeEvery is what start uses).
+	rec, _ := strconv.ParseInt(string(v), 10, 64)
+	if next := resumeEvery(time.UnixMilli(rec), time.Now(), trigger.Every(time.Hour)); !next.After(time.Now()) {
+		t.Fatalf("next tick %v is due already", next)
+	}
+}
+
+func TestLatestDue(t *testing.T) {
+	base := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+	e := trigger.Every(time.Hour)
+	for _, c := range []struct{ now, want time.Duration }{
+		{90 * time.Minute, time.Hour}, {2 * time.Hour, 2 * time.Hour}, {10*time.Hour + 59*time.Minute, 10 * time.Hour}, {-time.Minute, 0},
+	} {
+		if got := latestDue(base, base.Add(c.now), e); !got.Equal(base.Add(c.want)) {
+			t.Errorf("now +%v: %v, want +%v", c.now, got.Sub(base), c.want)
+		}
+	}
+}
