@@ -417,7 +417,8 @@ func (p *pool) freeIdle() {
 }
 
 // reclaim closes instances idle for longer than IdleTimeout, keeping
-// MinInstances.
+// MinInstances, and starts instances again up to MinInstances when some
+// were discarded (a breach or a panic throws its instance away).
 func (p *pool) reclaim(now time.Time) {
 	var drop []*instance
 	p.mu.Lock()
@@ -430,9 +431,31 @@ func (p *pool) reclaim(now time.Time) {
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 	}
+	need := 0
+	if !p.retired {
+		need = p.spec.MinInstances - len(p.idle) - p.busy
+	}
 	p.mu.Unlock()
 	for _, in := range drop {
 		in.close()
+	}
+	for ; need > 0; need-- {
+		in, err := p.newInstance()
+		if err != nil {
+			p.rt.log.Warn("luavm: min_instances not restored", "function", p.spec.Name, "version", p.spec.Version, "err", err)
+			return
+		}
+		in.lastUsed = now
+		p.mu.Lock()
+		keep := !p.retired && len(p.idle)+p.busy < p.spec.MinInstances
+		if keep {
+			p.idle = append(p.idle, in)
+		}
+		p.mu.Unlock()
+		if !keep {
+			in.close()
+			return
+		}
 	}
 }
 

@@ -645,3 +645,31 @@ func TestQueuedCallOfRemovedFunction(t *testing.T) {
 	close(bs.release)
 	<-first
 }
+
+// TestMinInstancesRestored: min_instances are kept: instances thrown away
+// after a breach are started again in the background (before, the pool
+// stayed below its minimum and the next calls started cold).
+func TestMinInstancesRestored(t *testing.T) {
+	rt := newTestRuntime(t) // reclaims every 10 ms
+	deploy(t, rt, "fn", `function handle(e) if e.payload == "boom" then while true do end end return "ok" end`, func(s *Spec) {
+		s.MinInstances = 2
+		s.Limits.MaxSteps = 1000
+	})
+	if st, _ := rt.Stats("fn"); st.Warm != 2 {
+		t.Fatalf("after deploy: %+v", st)
+	}
+	for range 2 {
+		if _, err := rt.Invoke(context.Background(), "fn", &Event{Payload: []byte("boom")}, nil); !errors.Is(err, ErrBudget) {
+			t.Fatalf("breach: %v", err)
+		}
+	}
+	waitFor(t, "2 warm instances again", func() bool { st, _ := rt.Stats("fn"); return st.Warm == 2 })
+	cold := func() uint64 { st, _ := rt.Stats("fn"); return st.ColdStarts }
+	before := cold()
+	if res, err := rt.Invoke(context.Background(), "fn", &Event{}, nil); err != nil || string(res.Value) != "ok" {
+		t.Fatalf("%v %v", res, err)
+	}
+	if cold() != before {
+		t.Fatalf("the next call started cold")
+	}
+}
