@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -15,32 +14,39 @@ import (
 	"github.com/moongate-edge/moongate/store"
 )
 
-// TestLateRedeliveryRunsOnce: a QoS 1 message made durable whose PUBACK
-// was lost is resent with DUP by its device after it was away for a while,
-// while other devices' messages went far past the store's redelivery
-// window (64 here, 16,384 by default: 16 s of 1,000 devices at 1 Hz). The
-// sender's own slot still recognises it: one record, not two. A DUP
-// message never accepted before runs; so does a new message that reuses
-// the packet id.
-func TestLateRedeliveryRunsOnce(t *testing.T) {
-	ctx := context.Background()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), GatewayID: "gw", Logger: quiet, DedupeWindow: 64})
+// quietStore opens a store in a temporary directory that logs nothing,
+// closed when the test ends.
+func quietStore(t *testing.T, opts store.Options) *store.Store {
+	t.Helper()
+	opts.Dir, opts.GatewayID, opts.Logger = t.TempDir(), "gw", slog.New(slog.DiscardHandler)
+	st, err := store.Open(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// runGateway makes a gateway of opts (an embedded broker on a random
+// loopback port, a quiet runtime and logger unless set) with fns deployed,
+// runs it until the test ends and waits until it is ready.
+func runGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
+	t.Helper()
+	ctx := context.Background()
+	quiet := slog.New(slog.DiscardHandler)
 	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(Options{Store: st, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), Ingest: emb, Logger: quiet})
+	opts.Ingest, opts.Logger = emb, quiet
+	if opts.Runtime == nil {
+		opts.Runtime = luavm.NewRuntime(luavm.Options{Logger: quiet})
+	}
+	g, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &Function{Name: "f", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
-		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}}
-	if err := g.SetFunctions(ctx, []*Function{f}); err != nil {
+	if err := g.SetFunctions(ctx, fns); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
@@ -53,6 +59,21 @@ func TestLateRedeliveryRunsOnce(t *testing.T) {
 		}
 	})
 	waitFor(t, 10*time.Second, "ready", g.Ready)
+	return g
+}
+
+// TestLateRedeliveryRunsOnce: a QoS 1 message made durable whose PUBACK
+// was lost is resent with DUP by its device after it was away for a while,
+// while other devices' messages went far past the store's redelivery
+// window (64 here, 16,384 by default: 16 s of 1,000 devices at 1 Hz). The
+// sender's own slot still recognises it: one record, not two. A DUP
+// message never accepted before runs; so does a new message that reuses
+// the packet id.
+func TestLateRedeliveryRunsOnce(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{DedupeWindow: 64})
+	g := runGateway(t, Options{Store: st}, &Function{Name: "f", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}})
 
 	records := func(device string) int {
 		recs, _, err := st.QueryRecords(ctx, store.Query{Device: device, Limit: 500})
@@ -110,41 +131,16 @@ func (f *flakyInbox) InboxPending(ctx context.Context, after uint64, limit int) 
 // the next restart).
 func TestChainFeederRetriesReadErrors(t *testing.T) {
 	ctx := context.Background()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), GatewayID: "gw", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := quietStore(t, store.Options{})
 	flaky := &flakyInbox{Store: st}
-	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A backlog of one entry: the chained entry always has to wait for
-	// the event that made it to finish.
-	g, err := New(Options{Store: flaky, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), Ingest: emb, Logger: quiet,
-		Workers: 1, InboxLimit: 1, Retry: RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	up := &Function{Name: "up", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")}, Stream: "s",
 		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}}
 	down := &Function{Name: "down", Fingerprint: "v1", Streams: []string{"s"},
 		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {got = e.payload} end`)}}
-	if err := g.SetFunctions(ctx, []*Function{up, down}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- g.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("run: %v", err)
-		}
-	})
-	waitFor(t, 10*time.Second, "ready", g.Ready)
+	// A backlog of one entry: the chained entry always has to wait for
+	// the event that made it to finish.
+	g := runGateway(t, Options{Store: flaky, Workers: 1, InboxLimit: 1,
+		Retry: RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}}, up, down)
 	flaky.fail.Store(3)
 	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
 		t.Fatal(err)

@@ -283,18 +283,9 @@ func TestEveryTimerResumesAfterRestart(t *testing.T) {
 	dataDir, fnDir := t.TempDir(), t.TempDir()
 	writeFunction(t, fnDir, "tk", `function handle(e) return {trigger = e.trigger} end`, "triggers:\n  - timer: \"@every 1h\"\n")
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	key := "tk/@every 1h0m0s"
 	last := time.Now().Add(-90 * time.Minute).UnixMilli() // due 30 minutes ago
-	if err := st.PutState(ctx, TimerStateFunction, key, []byte(strconv.FormatInt(last, 10))); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
+	seedTick(t, dataDir, key, last)
 	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
 	waitFor(t, 10*time.Second, "the overdue tick's record", func() bool { return len(allRecords(t, p.d.Store(), "tk")) == 1 })
 	v, ok, err := p.d.Store().GetState(ctx, TimerStateFunction, key)
@@ -399,18 +390,9 @@ func TestEveryCatchUpOnce(t *testing.T) {
 	dataDir, fnDir := t.TempDir(), t.TempDir()
 	writeFunction(t, fnDir, "tk", `function handle(e) return {trigger = e.trigger} end`, "triggers:\n  - timer: \"@every 1h\"\n")
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const key = "tk/@every 1h0m0s"
 	last := time.Now().Add(-10*time.Hour - 30*time.Minute).UnixMilli() // down for 10.5 intervals
-	if err := st.PutState(ctx, TimerStateFunction, key, []byte(strconv.FormatInt(last, 10))); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
+	seedTick(t, dataDir, key, last)
 	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
 	waitFor(t, 10*time.Second, "the overdue tick's record", func() bool { return len(allRecords(t, p.d.Store(), "tk")) == 1 })
 	v, ok, err := p.d.Store().GetState(ctx, TimerStateFunction, key)
@@ -434,5 +416,22 @@ func TestLatestDue(t *testing.T) {
 		if got := latestDue(base, base.Add(c.now), e); !got.Equal(base.Add(c.want)) {
 			t.Errorf("now +%v: %v, want +%v", c.now, got.Sub(base), c.want)
 		}
+	}
+}
+
+// seedTick records ms as the last tick of timer key in the store of
+// dataDir, as a gateway that ran then would have.
+func seedTick(t *testing.T, dataDir, key string, ms int64) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: dataDir, GatewayID: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutState(ctx, TimerStateFunction, key, []byte(strconv.FormatInt(ms, 10))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

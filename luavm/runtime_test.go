@@ -600,12 +600,7 @@ end`, func(s *Spec) { s.Limits.MaxSteps = 1000 })
 // (the new version has slots of its own); before, it took the old pool's
 // slot once one freed and ran the old code after Deploy had returned.
 func TestQueuedCallMovesToNewVersion(t *testing.T) {
-	rt := newTestRuntime(t)
-	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
-		s.MaxConcurrency, s.QueueTimeout = 1, time.Minute
-		s.Limits.Timeout = time.Minute
-	})
-	bs := newBlockingState()
+	rt, bs := oneSlotBlocked(t)
 	first := make(chan *Result, 1)
 	go func() { res, _ := rt.Invoke(context.Background(), "fn", &Event{}, bs); first <- res }()
 	<-bs.entered
@@ -626,12 +621,7 @@ func TestQueuedCallMovesToNewVersion(t *testing.T) {
 // TestQueuedCallOfRemovedFunction: a call waiting for a slot when its
 // function is removed fails with ErrNotFound instead of running it.
 func TestQueuedCallOfRemovedFunction(t *testing.T) {
-	rt := newTestRuntime(t)
-	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
-		s.MaxConcurrency, s.QueueTimeout = 1, time.Minute
-		s.Limits.Timeout = time.Minute
-	})
-	bs := newBlockingState()
+	rt, bs := oneSlotBlocked(t)
 	first := make(chan struct{})
 	go func() { _, _ = rt.Invoke(context.Background(), "fn", &Event{}, bs); close(first) }()
 	<-bs.entered
@@ -672,4 +662,16 @@ func TestMinInstancesRestored(t *testing.T) {
 	if cold() != before {
 		t.Fatalf("the next call started cold")
 	}
+}
+
+// oneSlotBlocked deploys "fn" (version 1) with one concurrency slot whose
+// calls block in state.get on the returned blockingState.
+func oneSlotBlocked(t *testing.T) (*Runtime, *blockingState) {
+	t.Helper()
+	rt := newTestRuntime(t)
+	deploy(t, rt, "fn", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
+		s.MaxConcurrency, s.QueueTimeout = 1, time.Minute
+		s.Limits.Timeout = time.Minute
+	})
+	return rt, newBlockingState()
 }
