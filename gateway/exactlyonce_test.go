@@ -49,7 +49,15 @@ func runGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
 	if err := g.SetFunctions(ctx, fns); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
+	runUntilCleanup(t, g)
+	waitFor(t, 10*time.Second, "ready", g.Ready)
+	return g
+}
+
+// runUntilCleanup runs g until the test ends, then checks that Run ended
+// without an error.
+func runUntilCleanup(t *testing.T, g *Gateway) {
+	runCtx, stop := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- g.Run(runCtx) }()
 	t.Cleanup(func() {
@@ -58,8 +66,6 @@ func runGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
 			t.Errorf("run: %v", err)
 		}
 	})
-	waitFor(t, 10*time.Second, "ready", g.Ready)
-	return g
 }
 
 // TestLateRedeliveryRunsOnce: a QoS 1 message made durable whose PUBACK

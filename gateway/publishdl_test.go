@@ -82,15 +82,7 @@ func TestUndeliverablePublishDeadLetteredOnce(t *testing.T) {
 	if err != nil || len(pubs) != 2 {
 		t.Fatalf("pending %v %v", pubs, err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- g.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("run: %v", err)
-		}
-	})
+	runUntilCleanup(t, g)
 	waitFor(t, 20*time.Second, "the publish behind the undeliverable one acknowledged", func() bool { return fa.ackedSeq(pubs[1].Seq) })
 	dls, err := st.ListDeadLetters(ctx, PublishDeadLetters, 0, 10)
 	if err != nil {
