@@ -13,9 +13,13 @@ import (
 // gateway beyond the event pipeline: synchronous invocation, dead-letter
 // replay and a signal after each commit.
 
-// Lookup returns the deployed function name, or nil.
+// Lookup returns the deployed function name, or nil (also when it failed
+// to load: Function.LoadErr).
 func (g *Gateway) Lookup(name string) *Function {
-	return g.funcs.Load().byName[name]
+	if f := g.funcs.Load().byName[name]; f != nil && f.LoadErr == nil {
+		return f
+	}
+	return nil
 }
 
 // InvokeResult is the outcome of Gateway.Invoke.

@@ -215,7 +215,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 		defer func() { stopWatch(); <-watchDone }()
 	default:
-		if err := d.reload(ctx); err != nil {
+		// Without its functions the gateway would take their events for
+		// unmatched messages: a store that cannot be read fails the start.
+		fns, err := d.storedFunctions(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				return fmt.Errorf("gateway: %w", err)
+			}
+			break
+		}
+		if err := d.gw.SetFunctions(ctx, d.withForwards(fns)); err != nil {
 			d.log.Error("functions", "err", err)
 		}
 	}
@@ -379,6 +388,9 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		return false
 	}
 	out, err := d.versioned(ctx, fns, keep)
+	if err == nil {
+		out, err = d.fallBack(ctx, out, keep)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Error("functions not updated; the deployed functions stay as they are (tried again at the next poll)", "err", err)
@@ -394,6 +406,30 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		d.log.Error("functions", "err", err)
 	}
 	return true
+}
+
+// fallBack adds to out the stored active version of each function in
+// failed that has no running version (its files failed to load when the
+// daemon started): the version that ran before stays in place, as it does
+// for a change made while running.
+func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[string]bool) ([]*Function, error) {
+	for name := range failed {
+		if d.gw.funcs.Load().byName[name] != nil {
+			continue
+		}
+		r, err := d.store.GetFunction(ctx, name, 0)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalid) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read stored function %s: %w", name, err)
+		}
+		if f := d.fromRecord(r); f != nil {
+			d.log.Warn("function files not loaded; running its stored version", "function", name, "version", r.Version)
+			out = append(out, f)
+		}
+	}
+	return out, nil
 }
 
 // versioned builds the functions loaded from the directory, storing each
@@ -449,24 +485,34 @@ func (d *Daemon) storedFunctions(ctx context.Context) ([]*Function, error) {
 		if !r.Active {
 			continue
 		}
-		m, err := trigger.ParseManifest(r.Name+".yaml", r.Manifest)
-		if err != nil {
-			d.log.Error("stored function not loaded", "function", r.Name, "version", r.Version, "err", err)
-			continue
+		if f := d.fromRecord(r); f != nil {
+			out = append(out, f)
 		}
-		m.Name = r.Name
-		f, err := FunctionFromManifest(&trigger.Function{Manifest: m, Source: r.Source, SHA256: r.SHA256}, d.cfg)
-		if err != nil {
-			d.log.Error("stored function not loaded", "function", r.Name, "err", err)
-			continue
-		}
-		f.Version = r.Version
-		// A rollback to an identical older version still switches versions.
-		f.Fingerprint = r.SHA256 + "@" + strconv.FormatInt(r.Version, 10)
-		d.warnUnknownTargets(f)
-		out = append(out, f)
 	}
 	return out, nil
+}
+
+// fromRecord builds a stored version. One that cannot be built (its
+// limits no longer fit the configuration) is returned with LoadErr set,
+// so that its events are dead-lettered rather than ignored; one whose
+// manifest does not parse (its triggers are unknown) is logged and nil.
+func (d *Daemon) fromRecord(r store.FunctionRecord) *Function {
+	m, err := trigger.ParseManifest(r.Name+".yaml", r.Manifest)
+	if err != nil {
+		d.log.Error("stored function not loaded; its triggers are unknown, so its events are not taken", "function", r.Name, "version", r.Version, "err", err)
+		return nil
+	}
+	m.Name = r.Name
+	tf := &trigger.Function{Manifest: m, Source: r.Source, SHA256: r.SHA256}
+	f, err := FunctionFromManifest(tf, d.cfg)
+	if err != nil {
+		f = NotLoadedFunction(tf, err)
+	}
+	f.Version = r.Version
+	// A rollback to an identical older version still switches versions.
+	f.Fingerprint = r.SHA256 + "@" + strconv.FormatInt(r.Version, 10)
+	d.warnUnknownTargets(f)
+	return f
 }
 
 func (d *Daemon) closeAll() {

@@ -31,6 +31,12 @@ var (
 	// number): committing them again would fail the same way. It wraps the
 	// store's error.
 	ErrOutputsRefused = errors.New("gateway: outputs refused by the store")
+	// ErrNotLoaded is the dead-letter cause of an event whose function is
+	// known (stored, its triggers readable) but could not be loaded: its
+	// limits no longer fit the gateway's configuration, or its source no
+	// longer compiles. The event is kept, to be replayed once a version
+	// that loads is deployed. It wraps the load error.
+	ErrNotLoaded = errors.New("gateway: function not loaded")
 	// ErrNoBlobs is returned for a blob operation when the store has no
 	// blob support.
 	ErrNoBlobs = errors.New("gateway: blobs are not available")

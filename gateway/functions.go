@@ -30,6 +30,12 @@ type Function struct {
 	// HTTPMethods are the methods of its http triggers (the API serves them
 	// at /fn/NAME/...); empty when it has none.
 	HTTPMethods []string
+	// LoadErr, when not nil, is why the function could not be loaded (its
+	// stored limits no longer fit the configuration, its source does not
+	// compile). It is routed as usual, so that its events are not taken
+	// for unmatched messages, but each is dead-lettered (ErrNotLoaded)
+	// instead of run; it has no timers, and Lookup does not return it.
+	LoadErr error
 }
 
 // orderKey is the lane of an event: events with one key run in order.
@@ -75,17 +81,23 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		if f.Stream == "" {
 			f.Stream = f.Name
 		}
-		if prev := old[f.Name]; prev != nil && prev.Fingerprint == f.Fingerprint && f.Fingerprint != "" {
+		prev := old[f.Name]
+		if prev != nil && prev.Fingerprint == f.Fingerprint && f.Fingerprint != "" && prev.LoadErr == nil && f.LoadErr == nil {
 			next[f.Name] = prev
 			continue
 		}
-		f.Spec.Name = f.Name
-		f.Spec.Version = f.Version
-		if err := g.opts.Runtime.Deploy(ctx, f.Spec); err != nil {
-			errs = append(errs, fmt.Errorf("deploy %s: %w", f.Name, err))
-			if prev := old[f.Name]; prev != nil {
-				next[f.Name] = prev
+		if f.LoadErr == nil {
+			f.Spec.Name = f.Name
+			f.Spec.Version = f.Version
+			if err := g.opts.Runtime.Deploy(ctx, f.Spec); err != nil {
+				errs = append(errs, fmt.Errorf("deploy %s: %w", f.Name, err))
+				f.LoadErr = err
 			}
+		}
+		if f.LoadErr != nil && prev != nil && prev.LoadErr == nil {
+			// A running version stays rather than a version that
+			// cannot run.
+			next[f.Name] = prev
 			continue
 		}
 		next[f.Name] = f
@@ -114,6 +126,10 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		// last recorded tick.
 		g.stopTimer(f.Name).stop()
 		g.pruneTicks(f.Name, f.Schedules)
+		if f.LoadErr != nil {
+			g.log.Error("function not loaded; its events are dead-lettered until a version that loads is deployed", "function", f.Name, "version", f.Version, "err", f.LoadErr)
+			continue
+		}
 		g.startTimer(f).stop()
 		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
 	}
@@ -125,12 +141,15 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 	return errors.Join(errs...)
 }
 
-// Functions returns the deployed functions.
+// Functions returns the deployed functions (not those that failed to
+// load).
 func (g *Gateway) Functions() []*Function {
 	t := g.funcs.Load()
 	out := make([]*Function, 0, len(t.byName))
 	for _, f := range t.byName {
-		out = append(out, f)
+		if f.LoadErr == nil {
+			out = append(out, f)
+		}
 	}
 	return out
 }
@@ -172,6 +191,24 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 		return nil, fmt.Errorf("%s.yaml: limits.max_result_bytes %d and max_effect_bytes %d must be at most %d, what the store takes in one value with a record's or a publish's other fields (1MiB, or mqtt.max_payload plus the topic when larger)",
 			m.Name, spec.Limits.MaxResultBytes, spec.Limits.MaxEffectBytes, most)
 	}
+	f := routing(tf)
+	f.Spec = spec
+	return f, nil
+}
+
+// NotLoadedFunction is the function of a parsed manifest that could not be
+// loaded (FunctionFromManifest or the deploy failed with err): it routes
+// the manifest's triggers so that their events are dead-lettered with
+// ErrNotLoaded instead of being taken for unmatched messages.
+func NotLoadedFunction(tf *trigger.Function, err error) *Function {
+	f := routing(tf)
+	f.LoadErr = err
+	return f
+}
+
+// routing is the Function of tf without its runtime spec.
+func routing(tf *trigger.Function) *Function {
+	m := tf.Manifest
 	f := &Function{
 		Name:         m.Name,
 		Fingerprint:  tf.SHA256,
@@ -182,7 +219,6 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 		Streams:      m.Streams(),
 		StateWatches: m.StateWatches(),
 		Uploads:      m.Uploads(),
-		Spec:         spec,
 	}
 	for _, s := range m.Schedules() {
 		f.Schedules = append(f.Schedules, s)
@@ -192,7 +228,7 @@ func FunctionFromManifest(tf *trigger.Function, cfg *config.Config) (*Function, 
 			f.HTTPMethods = append(f.HTTPMethods, t.HTTP.Methods...)
 		}
 	}
-	return f, nil
+	return f
 }
 
 // pick returns v, or def when v is the zero value.

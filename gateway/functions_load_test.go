@@ -3,7 +3,9 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // lockedBuffer is a log sink safe for concurrent use.
@@ -149,4 +154,131 @@ func logsMention(logs, s, name string) bool {
 		}
 	}
 	return false
+}
+
+// A stored function that no longer loads when the daemon starts (here: its
+// min_instances is over the max_concurrency the operator configured since)
+// still owns its topics: its events are dead-lettered with ErrNotLoaded,
+// not taken for unmatched messages, and they replay once a version that
+// loads is deployed.
+func TestStoredFunctionNotLoadedDeadLetters(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	p := startInProcess(t, testConfig(dataDir, "", ""))
+	src := []byte(`function handle(e, ctx) return {device = e.device} end`)
+	manifest := "triggers:\n  - mqtt: devices/{device}/telemetry\n  - timer: \"@every 1s\"\nmin_instances: %d\n"
+	if _, err := p.d.DeployFunction(ctx, DeployRequest{Name: "hot", Manifest: []byte(fmt.Sprintf(manifest, 3)), Source: src}); err != nil {
+		t.Fatal(err)
+	}
+	// And one whose stored source does not compile (as after an upgrade
+	// of the runtime that refuses what an older one took).
+	if _, err := p.d.Store().PutFunction(ctx, store.FunctionRecord{Name: "old", Source: []byte("function handle("), Manifest: []byte("triggers:\n  - mqtt: legacy/{device}\n"), SHA256: "x", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	p.stop(t)
+
+	logs := &lockedBuffer{}
+	p = startInProcessLog(t, testConfig(dataDir, "", "functions: {max_concurrency: 2}\n"), logs)
+	if fns := p.d.Gateway().Functions(); len(fns) != 0 {
+		t.Fatalf("functions %+v, want none loaded", fns)
+	}
+	if !logsMention(logs.String(), "function not loaded", "hot") || !strings.Contains(logs.String(), "min_instances 3 is more than max_concurrency 2") {
+		t.Errorf("the log does not say why hot is not loaded:\n%s", logs.String())
+	}
+	st := p.d.Store()
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d7", true)
+	publish(t, dev, "devices/d7/telemetry", 1, []byte(`{"t":1}`))
+	var dl []store.DeadLetter
+	waitFor(t, 10*time.Second, "the event dead-lettered", func() bool {
+		var err error
+		dl, err = st.ListDeadLetters(ctx, "hot", 0, 10)
+		return err == nil && len(dl) == 1
+	})
+	if !strings.Contains(dl[0].Error, ErrNotLoaded.Error()) || !strings.Contains(dl[0].Error, "max_concurrency") || dl[0].Key != "d7" {
+		t.Errorf("dead letter %q (key %q), want ErrNotLoaded and the cause", dl[0].Error, dl[0].Key)
+	}
+	// No API call reaches it, and its timer has no loop.
+	g := p.d.Gateway()
+	if _, err := g.Invoke(ctx, "hot", &luavm.Event{Trigger: "http"}, true); !errors.Is(err, ErrNoFunction) {
+		t.Errorf("Invoke of a function not loaded: %v, want ErrNoFunction", err)
+	}
+	g.timersMu.Lock()
+	loop := g.timers["hot"]
+	g.timersMu.Unlock()
+	if loop != nil {
+		t.Errorf("a timer loop runs for a function that is not loaded")
+	}
+	if n := len(allRecords(t, st, "hot")); n != 0 {
+		t.Fatalf("%d records from a function that is not loaded", n)
+	}
+	publish(t, dev, "legacy/d7", 1, []byte(`{}`))
+	waitFor(t, 10*time.Second, "the legacy event dead-lettered", func() bool {
+		d, err := st.ListDeadLetters(ctx, "old", 0, 10)
+		return err == nil && len(d) == 1 && strings.Contains(d[0].Error, ErrNotLoaded.Error()) && strings.Contains(d[0].Error, "compile")
+	})
+
+	// A version that loads; the dead letter replays through it.
+	if _, err := p.d.DeployFunction(ctx, DeployRequest{Name: "hot", Manifest: []byte(fmt.Sprintf(manifest, 1)), Source: src}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.d.Gateway().Requeue(ctx, "hot", dl[0].Key, dl[0].Event, dl[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the replayed event's record", func() bool {
+		for _, r := range allRecords(t, st, "hot") {
+			if string(r.Data) == `{"device":"d7"}` {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// A function whose files fail to load when the daemon starts runs its
+// stored version (the one that ran before the restart), as it keeps its
+// running version when the files break while the daemon runs.
+func TestBrokenFileAtStartRunsStoredVersion(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "ver", `function handle(e, ctx) return {version = ctx.version} end`, referenceManifest)
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	p.stop(t)
+	if err := os.WriteFile(filepath.Join(fnDir, "ver.yaml"), []byte("triggers:\n  - mqtt: devices/{device}/telemetry\ntimout: 1s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	p = startInProcessLog(t, testConfig(dataDir, fnDir, ""), logs)
+	if fns := p.d.Gateway().Functions(); len(fns) != 1 || fns[0].Name != "ver" || fns[0].Version != 1 {
+		t.Fatalf("functions %+v, want the stored ver version 1", fns)
+	}
+	if !logsMention(logs.String(), "running its stored version", "ver") {
+		t.Errorf("no log of the fallback:\n%s", logs.String())
+	}
+	st := p.d.Store()
+	dev := connect(t, "tcp://"+p.d.MQTTAddr().String(), "dv", true)
+	publish(t, dev, "devices/dv/telemetry", 1, []byte(`{}`))
+	waitFor(t, 10*time.Second, "a record of version 1", func() bool {
+		recs := allRecords(t, st, "ver")
+		return len(recs) == 1 && string(recs[0].Data) == `{"version":1}`
+	})
+}
+
+// A store whose functions cannot be listed fails the start (store mode):
+// running without them would take their events for unmatched messages.
+func TestStoreListErrorFailsStart(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte(testConfig(t.TempDir(), "", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := NewDaemon(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Store().Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Run(ctx)
+	if !errors.Is(err, store.ErrClosed) || !strings.Contains(err.Error(), "list stored functions") {
+		t.Fatalf("Run with a store that cannot be read: %v, want the listing error", err)
+	}
 }

@@ -285,7 +285,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	g.startTimers()
 	g.ready.Store(true)
-	g.log.Info("gateway ready", "resumed", n, "functions", len(g.funcs.Load().byName), "workers", g.opts.Workers)
+	g.log.Info("gateway ready", "resumed", n, "functions", len(g.Functions()), "workers", g.opts.Workers)
 
 	<-ctx.Done()
 	return g.shutdown(stopWork, stopPub, pubDone, nil)

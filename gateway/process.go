@@ -36,6 +36,9 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f == nil {
 		return g.deadLetter(ictx, j, nil, ErrNoFunction)
 	}
+	if f.LoadErr != nil {
+		return g.deadLetter(ictx, j, nil, fmt.Errorf("%w: %w", ErrNotLoaded, f.LoadErr))
+	}
 	select {
 	case g.invoking <- struct{}{}:
 	case <-ctx.Done():

@@ -49,7 +49,7 @@ func (g *Gateway) startTimers() {
 func (g *Gateway) startTimer(f *Function) *timerRun {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
-	if g.funcs.Load().byName[f.Name] != f {
+	if g.funcs.Load().byName[f.Name] != f || f.LoadErr != nil {
 		return nil
 	}
 	prev := g.timers[f.Name]
