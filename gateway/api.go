@@ -70,6 +70,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		g.stats.failed.Add(1)
 		c = &store.Commit{Logs: g.logRecords(name, ev, res), Usage: usageOf(name, now, res, true)}
 	} else {
+		f = g.ranAs(f, res)
 		r := *res
 		if ev.Trigger == "http" {
 			r.Kind = luavm.ResultNone // the response, not a record

@@ -77,10 +77,16 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 	}
 	var errs []error
 	var changed []*Function
+	deploying := make(map[string]*Function, len(fns))
 	for _, f := range fns {
 		if f.Stream == "" {
 			f.Stream = f.Name
 		}
+		deploying[f.Name] = f
+	}
+	g.deploying.Store(&deploying)
+	defer g.deploying.Store(nil)
+	for _, f := range fns {
 		prev := old[f.Name]
 		if prev != nil && prev.Fingerprint == f.Fingerprint && f.Fingerprint != "" && prev.LoadErr == nil && f.LoadErr == nil {
 			next[f.Name] = prev
@@ -139,6 +145,26 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ranAs returns the Function of the version of f that produced res: f
+// itself, or, when f was being replaced meanwhile, the version deployed
+// (the runtime switches to a new version before SetFunctions publishes
+// its routing): the outputs of a new version's code go where its manifest
+// says (stream, sync targets), not where the old one did.
+func (g *Gateway) ranAs(f *Function, res *luavm.Result) *Function {
+	if res == nil || res.Version == f.Version {
+		return f
+	}
+	if cur := g.funcs.Load().byName[f.Name]; cur != nil && cur.Version == res.Version {
+		return cur
+	}
+	if d := g.deploying.Load(); d != nil {
+		if nf := (*d)[f.Name]; nf != nil && nf.Version == res.Version {
+			return nf
+		}
+	}
+	return f
 }
 
 // Functions returns the deployed functions (not those that failed to

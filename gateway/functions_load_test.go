@@ -16,6 +16,7 @@ import (
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -280,5 +281,66 @@ func TestStoreListErrorFailsStart(t *testing.T) {
 	err = d.Run(ctx)
 	if !errors.Is(err, store.ErrClosed) || !strings.Contains(err.Error(), "list stored functions") {
 		t.Fatalf("Run with a store that cannot be read: %v, want the listing error", err)
+	}
+}
+
+// gatedRuntime is a runtime whose Deploy of one function name blocks
+// (after deploying) until gate is closed, as a deploy of a set does while
+// it compiles and pre-warms the next function.
+type gatedRuntime struct {
+	*luavm.Runtime
+	name    string
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (r *gatedRuntime) Deploy(ctx context.Context, spec luavm.Spec) error {
+	err := r.Runtime.Deploy(ctx, spec)
+	if spec.Name == r.name && spec.Version == 2 {
+		close(r.entered)
+		<-r.gate
+	}
+	return err
+}
+
+// An event that runs while a redeploy of the set is still under way runs
+// the new version's code (the runtime switched to it) and its outputs go
+// where the new version's manifest says: its record is in the new stream,
+// not the old one.
+func TestRedeployOutputsFollowVersionRun(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	rt := &gatedRuntime{Runtime: luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)}), name: "slow",
+		entered: make(chan struct{}), gate: make(chan struct{})}
+	fn := func(name string, v int64, stream string, topic string) *Function {
+		return &Function{Name: name, Version: v, Fingerprint: fmt.Sprint(name, v), Stream: stream,
+			Patterns: []*trigger.Pattern{trigger.MustParsePattern(topic)},
+			Spec:     luavm.Spec{Source: []byte(fmt.Sprintf(`function handle(e, ctx) return {v = %d} end`, v))}}
+	}
+	g := runGateway(t, Options{Store: st, Runtime: rt}, fn("a", 1, "s1", "t/{device}"), fn("slow", 1, "x", "u/{device}"))
+	deployed := make(chan error, 1)
+	go func() { deployed <- g.SetFunctions(ctx, []*Function{fn("a", 2, "s2", "t/{device}"), fn("slow", 2, "x", "u/{device}")}) }()
+	<-rt.entered // a runs version 2; the table still routes version 1
+	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var got []store.Record
+	waitFor(t, 10*time.Second, "a's record", func() bool {
+		got = nil
+		for _, s := range []string{"s1", "s2"} {
+			recs, _, err := st.QueryRecords(ctx, store.Query{Stream: s, Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, recs...)
+		}
+		return len(got) == 1
+	})
+	close(rt.gate)
+	if err := <-deployed; err != nil {
+		t.Fatal(err)
+	}
+	if r := got[0]; r.Stream != "s2" || string(r.Data) != `{"v":2}` {
+		t.Fatalf("record %s in stream %q, want version 2's in s2", r.Data, r.Stream)
 	}
 }

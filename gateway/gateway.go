@@ -176,6 +176,10 @@ type Gateway struct {
 	// invoking holds a token per running invocation (Options.Workers).
 	invoking chan struct{}
 	funcs    atomic.Pointer[funcTable]
+	// deploying holds, while SetFunctions runs, the functions it is
+	// deploying by name: the runtime runs a new version before the table
+	// routes to it (ranAs).
+	deploying atomic.Pointer[map[string]*Function]
 	match    *trigger.Matcher
 
 	idPrefix string

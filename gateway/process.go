@@ -61,6 +61,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		g.log.Debug("invocation failed, will retry", "function", e.Function, "seq", e.Seq, "attempt", j.attempts, "err", err)
 		return retry, g.backoff(j.attempts)
 	}
+	f = g.ranAs(f, res)
 	c := g.buildCommit(f, ev, e, res)
 	release, err := g.stageBlobs(ictx, c, res)
 	if err != nil {
