@@ -319,7 +319,9 @@ func TestRedeployOutputsFollowVersionRun(t *testing.T) {
 	}
 	g := runGateway(t, Options{Store: st, Runtime: rt}, fn("a", 1, "s1", "t/{device}"), fn("slow", 1, "x", "u/{device}"))
 	deployed := make(chan error, 1)
-	go func() { deployed <- g.SetFunctions(ctx, []*Function{fn("a", 2, "s2", "t/{device}"), fn("slow", 2, "x", "u/{device}")}) }()
+	go func() {
+		deployed <- g.SetFunctions(ctx, []*Function{fn("a", 2, "s2", "t/{device}"), fn("slow", 2, "x", "u/{device}")})
+	}()
 	<-rt.entered // a runs version 2; the table still routes version 1
 	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
 		t.Fatal(err)

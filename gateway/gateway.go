@@ -180,7 +180,7 @@ type Gateway struct {
 	// deploying by name: the runtime runs a new version before the table
 	// routes to it (ranAs).
 	deploying atomic.Pointer[map[string]*Function]
-	match    *trigger.Matcher
+	match     *trigger.Matcher
 
 	idPrefix string
 	idSeq    atomic.Uint64
