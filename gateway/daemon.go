@@ -616,7 +616,7 @@ func embeddedConfig(cfg *config.Config) mqtt.EmbeddedConfig {
 		AllowAnonymous: e.AnonymousAllowed(), Users: users, MaxPayload: int(cfg.MQTT.MaxPayload),
 		MaxSessionExpiry: e.MaxSessionExpiry.Std(), MaxInflight: e.MaxInflight, MaxQueuedPerClient: e.MaxQueuedPerClient,
 		MaxQueuedBytesPerClient: int64(e.MaxQueuedBytesPerClient), MaxClients: e.MaxClients, MaxUnauthenticated: e.MaxUnauthenticated, MaxUnauthenticatedPerAddress: e.MaxUnauthenticatedPerAddress, MaxRetained: e.MaxRetained,
-		MaxSubscriptionsPerClient: e.MaxSubscriptionsPerClient,
+		MaxSubscriptionsPerClient: e.MaxSubscriptionsPerClient, MaxSessions: e.MaxSessions,
 	}
 }
 

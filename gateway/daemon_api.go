@@ -131,6 +131,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 		}
 		counter("moongate_mqtt_auth_failures_total", "Connections refused for bad credentials (embedded broker).", ms.AuthFailures)
 		counter("moongate_mqtt_connections_shed_total", "Connections turned away before they logged in because the broker was busy: closed unread (max_unauthenticated connections already waiting, or max_unauthenticated_per_address from the same address) or refused after waiting too long for a password check (embedded broker).", ms.ConnectionsShed)
+		counter("moongate_mqtt_sessions_evicted_total", "Persistent sessions of offline devices discarded before they expired to make room for a new client id (max_sessions; embedded broker).", ms.SessionsEvicted)
 		counter("moongate_mqtt_retained_refused_total", "Retained publishes delivered but not retained: max_retained topics hold one (embedded broker).", ms.RetainedRefused)
 		counter("moongate_mqtt_reconnects_total", "Reconnections to the external broker.", ms.Reconnects)
 		counter("moongate_mqtt_dropped_qos0_total", "QoS 0 messages dropped under load (external broker).", ms.DroppedQoS0)

@@ -235,3 +235,96 @@ func TestExpiredSessionUnsubscribed(t *testing.T) {
 	})
 	waitFor(t, "its subscription to go", 5*time.Second, func() bool { return subscribed() == 0 })
 }
+
+// TestSessionsBounded: persistent sessions of offline devices count
+// against MaxSessions with the connected clients; a connection under a new
+// client id past it discards the session (and subscriptions) of the device
+// offline the longest, never a connected one, and a device taking its own
+// session back does not count as new. Before, one device could make the
+// broker keep any number of offline sessions (a new client id per
+// connection), each holding up to twice MaxQueuedBytesPerClient.
+func TestSessionsBounded(t *testing.T) {
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxClients: 3, MaxSessions: 3}, acceptAll, []string{}...)
+	session := func(id string) *rawClient {
+		c := dialRaw311(t, e, id, false)
+		c.write(rawPacket(0x82, append(append([]byte{0, 1}, rawString("cmd/"+id)...), 1)))
+		c.read(0x90)
+		return c
+	}
+	leave := func(id string, c *rawClient) {
+		c.write([]byte{0xe0, 0}) // DISCONNECT: the session stays, offline
+		c.conn.Close()
+		waitFor(t, id+" offline", 5*time.Second, func() bool {
+			cl, ok := e.srv.Clients.Get(id)
+			return ok && cl.StopTime() != 0
+		})
+	}
+	subscribed := func(id string) bool { return len(e.srv.Topics.Subscribers("cmd/"+id).Subscriptions) == 1 }
+	leave("a", session("a"))
+	// Disconnection times are in whole seconds: c leaves a second after a.
+	at, _ := e.srv.Clients.Get("a")
+	waitFor(t, "the next second", 2*time.Second, func() bool { return time.Now().Unix() > at.StopTime() })
+	session("b") // stays connected
+	leave("c", session("c"))
+	if n := e.Stats().Sessions; n != 3 {
+		t.Fatalf("%d sessions, want 3", n)
+	}
+
+	session("d") // a new id: a, offline the longest, makes room
+	for id, want := range map[string]bool{"a": false, "b": true, "c": true, "d": true} {
+		if _, ok := e.srv.Clients.Get(id); ok != want {
+			t.Errorf("session %s held: %v, want %v", id, ok, want)
+		}
+		if subscribed(id) != want {
+			t.Errorf("subscription of %s: %v, want %v", id, subscribed(id), want)
+		}
+	}
+	if n := e.Stats().SessionsEvicted; n != 1 {
+		t.Errorf("SessionsEvicted %d, want 1", n)
+	}
+
+	// c takes its own session back (present) without evicting anyone.
+	conn, err := net.DialTimeout("tcp", e.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	rc := &rawClient{t, conn}
+	rc.write(connect311("c", false))
+	if ack := rc.read(0x20); len(ack) != 2 || ack[0] != 1 || ack[1] != 0 {
+		t.Fatalf("CONNACK %x, want session present", ack)
+	}
+	if st := e.Stats(); st.SessionsEvicted != 1 || st.Sessions != 3 {
+		t.Errorf("after c came back: %d evicted, %d sessions; want 1 and 3", st.SessionsEvicted, st.Sessions)
+	}
+}
+
+// TestEvictedSessionForgotten: a session discarded for a new client id
+// (MaxSessions) is gone from the store too: it does not come back at a
+// restart.
+func TestEvictedSessionForgotten(t *testing.T) {
+	ctx := context.Background()
+	st := openSessionStore(t, t.TempDir())
+	t.Cleanup(func() { st.Close() })
+	e := startEmbedded(t, EmbeddedConfig{AllowAnonymous: true, MaxClients: 1, MaxSessions: 1, Sessions: st}, acceptAll, []string{}...)
+	b := &sessionBroker{e: e, st: st}
+	c := dialPersistent(t, e, "old", newInbox(), "a/#")
+	c.Disconnect(100)
+	waitFor(t, "old's session stored", 5*time.Second, func() bool {
+		n := b.items(t)
+		return n[kindClient] == 1 && n[kindSub] == 1
+	})
+	if err := e.Publish(ctx, "a/x", []byte("queued"), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	n := dialPersistent(t, e, "new", newInbox())
+	defer n.Disconnect(100)
+	waitFor(t, "only new's session stored", 5*time.Second, func() bool {
+		n := b.items(t)
+		return n[kindClient] == 1 && n[kindSub] == 0 && n[kindInflight] == 0
+	})
+	if _, ok := e.srv.Clients.Get("old"); ok {
+		t.Fatal("old's session still held")
+	}
+}

@@ -108,6 +108,16 @@ type EmbeddedConfig struct {
 	// persistent session); a SUBSCRIBE to a new filter beyond it gets
 	// reason 0x97 (quota exceeded; 0x80 for MQTT 3.1.1). Default 256.
 	MaxSubscriptionsPerClient int
+	// MaxSessions bounds the clients the broker holds, connected or not: a
+	// persistent session is kept for an offline device until it expires
+	// (MaxSessionExpiry), and one device could otherwise make the broker
+	// keep any number of them (a new client id per connection). A
+	// connection under a new client id that would go past it first expires
+	// the session of the device offline the longest (Stats.SessionsEvicted);
+	// connected clients are never evicted. Default (0): MaxClients, so
+	// that the broker's worst case memory is what MaxClients sets; at least
+	// MaxClients.
+	MaxSessions int
 	// Sessions, when set, keeps persistent sessions (their subscriptions
 	// and queued messages) and retained messages across restarts; nil keeps
 	// them in memory only.
@@ -138,6 +148,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxRetained == 0 {
 		c.MaxRetained = DefaultMaxRetained
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = c.MaxClients
 	}
 	if c.MaxSubscriptionsPerClient == 0 {
 		c.MaxSubscriptionsPerClient = DefaultMaxSubscriptionsPerClient
@@ -229,6 +242,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max queued bytes per client %d below max payload + 64 KiB (%d)", ErrConfig, cfg.MaxQueuedBytesPerClient, int64(cfg.MaxPayload)+64<<10)
 	case cfg.MaxClients < 0:
 		return nil, fmt.Errorf("%w: max clients %d is negative", ErrConfig, cfg.MaxClients)
+	case cfg.MaxSessions < cfg.MaxClients:
+		return nil, fmt.Errorf("%w: max sessions %d below max clients %d", ErrConfig, cfg.MaxSessions, cfg.MaxClients)
 	case cfg.MaxSubscriptionsPerClient < 0:
 		return nil, fmt.Errorf("%w: max subscriptions per client %d is negative", ErrConfig, cfg.MaxSubscriptionsPerClient)
 	case cfg.MaxRetained < 0:
@@ -280,6 +295,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.MaximumClientQueuedBytes = cfg.MaxQueuedBytesPerClient
 	caps.MaximumClients = int64(cfg.MaxClients)
 	caps.MaximumSubscriptionsPerClient = cfg.MaxSubscriptionsPerClient
+	caps.MaximumSessions = int64(cfg.MaxSessions)
 	// No MQTT 5 topic aliases from clients: mochi's CONNACK does not
 	// advertise a Topic Alias Maximum, which tells clients to use none
 	// [MQTT-3.2.2-17], yet it accepted up to 65,535 per connection, each
@@ -291,8 +307,9 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		InlineClient:           true,
 		SysTopicResendInterval: 30,
 		// mochi logs a warning per misbehaving client; keep only errors.
-		Logger:      slog.New(minLevel{h: log.Handler(), min: slog.LevelError}),
-		MayTakeOver: e.mayTakeOver,
+		Logger:         slog.New(minLevel{h: log.Handler(), min: slog.LevelError}),
+		MayTakeOver:    e.mayTakeOver,
+		SessionEvicted: e.sessionEvicted,
 	})
 	if err := e.srv.AddHook(&hook{e: e}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
@@ -793,6 +810,17 @@ func (h *hook) OnWill(cl *mochi.Client, will mochi.Will) (mochi.Will, error) {
 		will.Retain = false
 	}
 	return will, nil
+}
+
+// sessionEvicted counts (and logs, the first time) a persistent session
+// expired early to make room for a new client (MaxSessions).
+func (e *Embedded) sessionEvicted(cl *mochi.Client) {
+	if e.stats.sessionsEvicted.Add(1) == 1 {
+		e.log.Warn("mqtt sessions at their limit: the session of the device offline the longest was discarded for a new client id",
+			"max_sessions", e.cfg.MaxSessions, "client", cl.ID)
+		return
+	}
+	e.log.Debug("mqtt session discarded for a new client id", "client", cl.ID)
 }
 
 // mayRetain reports whether a retained publish to topic may be kept: it

@@ -100,6 +100,10 @@ type Stats struct {
 	// not authenticated yet, or refused with CONNACK "server unavailable"
 	// after waiting too long for their password check.
 	ConnectionsShed uint64
+	// SessionsEvicted counts persistent sessions of offline devices
+	// discarded before they expired, to make room for a new client id
+	// (EmbeddedConfig.MaxSessions).
+	SessionsEvicted uint64
 
 	// The embedded broker's state at the time of the call (zero in
 	// external mode): clients connected; sessions held, connected or not
@@ -114,7 +118,7 @@ type counters struct {
 	received, accepted, ignored                             atomic.Uint64
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
 	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
-	retainedRefused, connectionsShed                        atomic.Uint64
+	retainedRefused, connectionsShed, sessionsEvicted       atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -132,6 +136,7 @@ func (c *counters) snapshot() Stats {
 		DroppedQoS0:          c.droppedQoS0.Load(),
 		RetainedRefused:      c.retainedRefused.Load(),
 		ConnectionsShed:      c.connectionsShed.Load(),
+		SessionsEvicted:      c.sessionsEvicted.Load(),
 	}
 	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
 	return s

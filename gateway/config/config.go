@@ -111,6 +111,11 @@ type Embedded struct {
 	// MaxSubscriptionsPerClient bounds the subscriptions one client may
 	// hold; a SUBSCRIBE to a new filter beyond it is refused. Default 256.
 	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
+	// MaxSessions bounds the clients the broker holds, connected or with a
+	// persistent session kept while offline; a new client id past it
+	// discards the session of the device offline the longest. 0 (the
+	// default) means max_clients; otherwise at least max_clients.
+	MaxSessions int `yaml:"max_sessions"`
 	// PersistSessions keeps persistent sessions (subscriptions, queued
 	// QoS 1/2 messages) and retained messages in the store, so that they
 	// survive a restart. Default true; false keeps them in memory only.

@@ -70,6 +70,7 @@ mqtt:
     max_unauthenticated: 8
     max_unauthenticated_per_address: 8
     max_retained: 20
+    max_sessions: 8000
     persist_sessions: false
 api:
   listen: ":8080"
@@ -114,6 +115,7 @@ functions:
 		{c.MQTT.Embedded.Users[1].Publish, []string{DefaultACL}},
 		{c.MQTT.Embedded.MaxSessionExpiry, Duration(10 * time.Minute)},
 		{c.MQTT.Embedded.MaxClients, 5000},
+		{c.MQTT.Embedded.MaxSessions, 8000},
 		{c.MQTT.Embedded.MaxRetained, 20},
 		{c.MQTT.Embedded.MaxUnauthenticated, 8},
 		{c.MQTT.Embedded.MaxUnauthenticatedPerAddress, 8},
@@ -237,6 +239,8 @@ func TestErrors(t *testing.T) {
 		{"max unauthenticated zero", "mqtt:\n  embedded:\n    max_unauthenticated: 0\n", []string{"m.yaml:3: mqtt.embedded.max_unauthenticated: 0 out of range"}},
 		{"per address over max unauthenticated", "mqtt:\n  embedded:\n    max_unauthenticated: 8\n    max_unauthenticated_per_address: 9\n", []string{"m.yaml:4: mqtt.embedded.max_unauthenticated_per_address: 9 out of range [1, max_unauthenticated = 8]"}},
 		{"per address negative", "mqtt:\n  embedded:\n    max_unauthenticated_per_address: -1\n", []string{"m.yaml:3: mqtt.embedded.max_unauthenticated_per_address: -1 out of range [1, max_unauthenticated = 64]"}},
+		{"max sessions below max clients", "mqtt:\n  embedded:\n    max_sessions: 999\n", []string{"m.yaml:3: mqtt.embedded.max_sessions: 999 out of range [max_clients = 1000, 2000000]"}},
+		{"max sessions too many", "mqtt:\n  embedded:\n    max_sessions: 2000001\n", []string{"mqtt.embedded.max_sessions: 2000001 out of range"}},
 		{"max retained zero", "mqtt:\n  embedded:\n    max_retained: 0\n", []string{"m.yaml:3: mqtt.embedded.max_retained: 0 out of range"}},
 		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},

@@ -185,6 +185,9 @@ func (v *validator) embedded() {
 	}
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
 	v.intRange(p+".max_subscriptions_per_client", int64(e.MaxSubscriptionsPerClient), 1, 100_000)
+	if n := e.MaxSessions; n != 0 && (n < e.MaxClients || n > 2_000_000) {
+		v.add(p+".max_sessions", "%d out of range [max_clients = %d, 2000000] (0: max_clients)", n, e.MaxClients)
+	}
 }
 
 func (v *validator) serverTLS(path string, t TLS) {

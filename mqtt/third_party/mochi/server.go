@@ -76,6 +76,13 @@ type Capabilities struct {
 	// client may hold; a SUBSCRIBE to a new filter beyond it is answered
 	// with 0x97 (quota exceeded; 0x80 for MQTT 3). 0: no bound.
 	MaximumSubscriptionsPerClient int `yaml:"maximum_subscriptions_per_client" json:"maximum_subscriptions_per_client"`
+	// moongate: MaximumSessions bounds the clients the server holds,
+	// connected or not (a persistent session is kept for a client that is
+	// offline until it expires): a connection under a new client id that
+	// would go past it first expires the session of the client offline the
+	// longest (Options.SessionEvicted is told). Connected clients are never
+	// evicted: MaximumClients bounds them. 0: no bound.
+	MaximumSessions int64 `yaml:"maximum_sessions" json:"maximum_sessions"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -155,6 +162,12 @@ type Options struct {
 	// existing one is disconnected, and may be called more than once for a
 	// connection. nil allows every takeover, as upstream does.
 	MayTakeOver func(existing, cl *Client) bool `yaml:"-" json:"-"`
+
+	// moongate: SessionEvicted, when set, is called (under the lock that
+	// serialises session takeovers: it must not block) with the offline
+	// client whose session was expired to make room for a new one
+	// (Capabilities.MaximumSessions).
+	SessionEvicted func(evicted *Client) `yaml:"-" json:"-"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -528,6 +541,9 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 			continue
 		}
 		break
+	}
+	if disconnected == nil {
+		s.makeRoomForSession() // moongate: a new id, see MaximumSessions
 	}
 	s.hooks.OnSessionEstablish(cl, pk) // moongate: moved here, see above
 	sessionPresent := s.inheritClientSession(pk, cl)
@@ -2020,6 +2036,45 @@ func (s *Server) loadInflight(v []storage.Message) {
 func (s *Server) loadRetained(v []storage.Message) {
 	for _, msg := range v {
 		s.Topics.RetainMessage(msg.ToPacket())
+	}
+}
+
+// makeRoomForSession expires the sessions of the clients offline the
+// longest while the server holds Capabilities.MaximumSessions clients or
+// more, as clearExpiredClients expires one. It is called under takeoverMu
+// by a connection about to register a client id that holds no session.
+// When every client held is connected there is nothing to evict
+// (MaximumClients bounds those). (moongate)
+func (s *Server) makeRoomForSession() {
+	max := s.Options.Capabilities.MaximumSessions
+	if max <= 0 {
+		return
+	}
+	held := func() int64 {
+		n := int64(s.Clients.Len())
+		if s.inlineClient != nil {
+			n-- // the server's own, not a device's
+		}
+		return n
+	}
+	for held() >= max {
+		var oldest *Client
+		var at int64
+		for _, c := range s.Clients.GetAll() {
+			if t := c.StopTime(); t != 0 && c != s.inlineClient && !c.IsTakenOver() && (oldest == nil || t < at) {
+				oldest, at = c, t
+			}
+		}
+		if oldest == nil {
+			return
+		}
+		oldest.ClearInflights()
+		s.UnsubscribeClient(oldest)
+		s.hooks.OnClientExpired(oldest)
+		s.Clients.Delete(oldest.ID)
+		if s.Options.SessionEvicted != nil {
+			s.Options.SessionEvicted(oldest)
+		}
 	}
 }
 
