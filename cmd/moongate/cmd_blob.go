@@ -209,19 +209,26 @@ func setupBlobLs(fs *flag.FlagSet) remoteRun {
 			if err != nil {
 				return err
 			}
+			// Each blob is kept as the server sent it: --json prints it
+			// as is, fields this CLI does not know included.
 			var page struct {
-				Blobs      []blobMeta `json:"blobs"`
-				NextCursor string     `json:"next_cursor"`
+				Blobs      []json.RawMessage `json:"blobs"`
+				NextCursor string            `json:"next_cursor"`
 			}
 			err = json.NewDecoder(io.LimitReader(resp.Body, maxResponseBytes)).Decode(&page)
 			resp.Body.Close()
 			if err != nil {
 				return fmt.Errorf("the server's answer is not a blob list: %w", err)
 			}
-			for _, b := range page.Blobs {
+			for _, raw := range page.Blobs {
+				var b blobMeta
+				if err := json.Unmarshal(raw, &b); err != nil {
+					return fmt.Errorf("the server's answer is not a blob list: %w", err)
+				}
 				if c.json {
-					j, _ := json.Marshal(b)
-					fmt.Fprintln(stdout, string(j))
+					if err := printJSON(stdout, raw); err != nil {
+						return err
+					}
 					continue
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", strconv.FormatInt(b.Size, 10), b.Created, b.SHA256[:min(12, len(b.SHA256))], b.ContentType, b.Name)

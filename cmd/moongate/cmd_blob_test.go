@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +77,26 @@ func TestBlobCommands(t *testing.T) {
 	}
 	if code, out, errs := cli("blob", "ls", "files", "--prefix", "reports/"); code != exitOK || !strings.Contains(out, "reports/2026 11/report.json") || !strings.Contains(out, "application/json") {
 		t.Fatalf("ls: %d %s %s", code, out, errs)
+	}
+	// --json: each blob as the server sent it (the API's own object).
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/blobs/files", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page struct{ Blobs []json.RawMessage }
+	err = json.NewDecoder(resp.Body).Decode(&page)
+	resp.Body.Close()
+	if err != nil || len(page.Blobs) != 1 {
+		t.Fatalf("GET /v1/blobs/files: %d blobs, %v", len(page.Blobs), err)
+	}
+	var want bytes.Buffer
+	if err := json.Compact(&want, page.Blobs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := cli("blob", "ls", "files", "--json"); code != exitOK || out != want.String()+"\n" {
+		t.Fatalf("ls --json: %d %q %s, want the API's object %s", code, out, errs, want.String())
 	}
 	if code, out, _ := cli("blob", "get", "files/reports/2026 11/report.json"); code != exitOK || out != string(content) {
 		t.Fatalf("get: %d %q", code, out)
