@@ -184,6 +184,9 @@ func (s *Store) RunValueLogGC(ctx context.Context) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
+		if err := s.roomForGC(); err != nil {
+			return n, err
+		}
 		s.closeMu.RLock()
 		if s.closed {
 			s.closeMu.RUnlock()
@@ -201,6 +204,32 @@ func (s *Store) RunValueLogGC(ctx context.Context) (int, error) {
 		s.gcRewrites.Add(1)
 	}
 }
+
+// roomForGC returns ErrStoreFull when the data directory has less free
+// space than one rewrite may write: the live half (at most) of a
+// value-log file, plus room for the write-ahead log and a memtable flush.
+// A rewrite is written like any other write, into a memory-mapped file:
+// on a full disk that is a SIGBUS (badger#1801), not an error. With the
+// disk reserve (64 MiB) above it, this only stops the GC when something
+// else filled the disk. An unknown free space does not stop it.
+func (s *Store) roomForGC() error {
+	if s.opts.DiskReserve < 0 || (s.opts.InMemory && s.opts.FreeSpace == nil) {
+		return nil
+	}
+	free, err := s.freeSpace()
+	if err != nil {
+		return nil
+	}
+	need := uint64(s.db.Opts().ValueLogFileSize/2 + gcMargin)
+	if free < need {
+		return fmt.Errorf("%w: value-log GC needs %d bytes free, %d are", ErrStoreFull, need, free)
+	}
+	return nil
+}
+
+// gcMargin is the room kept for the write-ahead log and a memtable flush
+// beside a value-log rewrite.
+const gcMargin = 8 << 20
 
 func (s *Store) gcLoop() {
 	t := time.NewTicker(s.opts.GCInterval)

@@ -393,6 +393,40 @@ func TestValueLogFiles(t *testing.T) {
 	}
 }
 
+// TestValueLogGCNeedsRoom: the value-log GC does not start a rewrite
+// when the disk has less free space than the rewrite may write (on a full
+// disk Badger's memory-mapped write is a SIGBUS, not an error).
+func TestValueLogGCNeedsRoom(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Uint64
+	free.Store(1 << 40)
+	s := openTest(t, Options{Durability: DurabilityNone, FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
+	val := make([]byte, 4<<10)
+	for i := 0; i < 20; i++ {
+		var es []InboxEntry
+		for j := 0; j < 50; j++ {
+			es = append(es, InboxEntry{Function: "f", Event: val})
+		}
+		seqs, err := s.Enqueue(ctx, es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sq := range seqs {
+			if _, err := s.Commit(ctx, &Commit{InboxSeq: sq}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	free.Store(uint64(s.db.Opts().ValueLogFileSize/2+gcMargin) - 1)
+	if n, err := s.RunValueLogGC(ctx); !errors.Is(err, ErrStoreFull) || n != 0 {
+		t.Fatalf("GC with too little room: %d rewrites, %v; want none and ErrStoreFull", n, err)
+	}
+	free.Store(1 << 40)
+	if _, err := s.RunValueLogGC(ctx); err != nil {
+		t.Fatalf("GC with room: %v", err)
+	}
+}
+
 // TestValueLogGC runs the GC loop over a value log whose entries were all
 // consumed: it must end (Badger reports nothing more to rewrite) without
 // error, and refuse to run after Close.
