@@ -159,3 +159,39 @@ func TestChainFeederRetriesReadErrors(t *testing.T) {
 		t.Fatalf("the feeder did not meet the read errors (%d left): the test did not test it", n+1)
 	}
 }
+
+// TestRetriedAttemptsKeepLogsAndCost: every failed attempt of an event
+// that is retried is metered and keeps its log lines, not only the last
+// one (which goes with the dead letter).
+func TestRetriedAttemptsKeepLogsAndCost(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	fails := &Function{Name: "fails", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) log.info("trying") error("nope") end`)}}
+	g := runGateway(t, Options{Store: st, Retry: RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}}, fails)
+	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+		dl, err := st.ListDeadLetters(ctx, "fails", 0, 10)
+		return err == nil && len(dl) == 1
+	})
+	logs, err := st.QueryLogs(ctx, "fails", "", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logs) != 3 {
+		t.Errorf("%d log lines, want one per attempt (3): %+v", len(logs), logs)
+	}
+	us, err := st.QueryUsage(ctx, "fails", 0, time.Now().Add(time.Hour).UnixMilli(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inv, errs int64
+	for _, u := range us {
+		inv, errs = inv+u.Invocations, errs+u.Errors
+	}
+	if inv != 3 || errs != 3 {
+		t.Errorf("usage: %d invocations, %d errors; want 3 and 3", inv, errs)
+	}
+}

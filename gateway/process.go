@@ -59,6 +59,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 			return stop, 0
 		}
 		g.log.Debug("invocation failed, will retry", "function", e.Function, "seq", e.Seq, "attempt", j.attempts, "err", err)
+		g.keepAttempt(ictx, e.Function, ev, res)
 		return retry, g.backoff(j.attempts)
 	}
 	f = g.ranAs(f, res)
@@ -204,6 +205,25 @@ func usageOf(function string, now int64, res *luavm.Result, failed bool) *store.
 		u.BytesOut = res.Cost.BytesOut
 	}
 	return u
+}
+
+// keepAttempt commits the log lines and the cost of a failed attempt
+// that will be retried: every attempt is metered and keeps its logs, as any
+// invocation does (the last one's go with its dead letter or its outputs).
+// Best effort: when the store refuses, that is logged and the retry goes
+// on.
+func (g *Gateway) keepAttempt(ctx context.Context, function string, ev *luavm.Event, res *luavm.Result) {
+	c := &store.Commit{Logs: g.logRecords(function, ev, res), Usage: usageOf(function, g.opts.Now().UnixMilli(), res, true)}
+	_, err := g.opts.Store.Commit(ctx, c)
+	if err != nil && refusedForGood(err) && len(c.Logs) > 0 {
+		c.Logs = nil // too large: the cost at least
+		_, err = g.opts.Store.Commit(ctx, c)
+	}
+	if err != nil {
+		g.log.Warn("logs and usage of a failed attempt not kept", "function", function, "err", err)
+		return
+	}
+	g.signalCommit()
 }
 
 // deadLetterHead is how much of an event a dead letter keeps when the
