@@ -173,6 +173,9 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := s.authorize(ctx, info.FullMethod)
+	if err == nil {
+		err = checkQuery(ctx, req)
+	}
 	if err != nil {
 		s.metrics.call(info.FullMethod, status.Code(err))
 		return nil, err
@@ -194,9 +197,24 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	return err
 }
 
+// authedStream is a stream with the caller's token in its context; its
+// request (the first message received) is checked against the REST
+// query (checkQuery).
 type authedStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx     context.Context
+	checked bool
 }
 
 func (a *authedStream) Context() context.Context { return a.ctx }
+
+func (a *authedStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if !a.checked {
+		a.checked = true
+		return checkQuery(a.ctx, m)
+	}
+	return nil
+}

@@ -75,6 +75,24 @@ func TestErrors(t *testing.T) {
 	e.expectStatus(400, "unknown field", "POST", "/v1/functions", adminToken, obj{"name": "f", "source": "", "sourcee": "x"})
 	e.expectStatus(400, "unknown field", "POST", "/v1/functions/f:invoke", adminToken, obj{"event": obj{"payload": "AA==", "extra": 1}})
 	e.expectStatus(400, "unknown query parameter", "GET", "/v1/records?functon=f", readToken, nil)
+	// Also on routes whose request has no query fields (grpc-gateway
+	// never parses their query), a stream, and a write: refused before
+	// anything is done.
+	for _, c := range []struct{ method, path, tok string }{
+		{"GET", "/v1/functions?bogus=1", readToken},
+		{"GET", "/v1/functions/f/versions?bogus=1", readToken},
+		{"GET", "/v1/system?bogus=1", readToken},
+		{"GET", "/v1/sync?bogus=1", readToken},
+		{"GET", "/v1/functions/f/state/k?bogus=1", readToken},
+		{"DELETE", "/v1/functions/f/state/k?bogus=1", adminToken},
+		{"DELETE", "/v1/functions/f?bogus=1", adminToken},
+		{"GET", "/v1/logs:follow?bogus=1", readToken},
+		{"GET", "/v1/functions?%FF=1", readToken},
+	} {
+		e.expectStatus(400, "unknown query parameter", c.method, c.path, c.tok, nil)
+	}
+	// An unauthenticated request is refused as such first.
+	e.expectStatus(401, "", "GET", "/v1/system?bogus=1", "", nil)
 	e.expectStatus(400, "", "POST", "/v1/functions", adminToken, "{not json")
 	e.expectStatus(400, "", "GET", "/v1/records?limit=abc", readToken, nil)
 	e.expectStatus(400, "limit", "GET", "/v1/records?limit=20000", readToken, nil)

@@ -262,7 +262,13 @@ func (s *Server) buildREST(ctx context.Context) error {
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
-			return metadata.Pairs(peerMetadata, r.RemoteAddr)
+			md := metadata.Pairs(peerMetadata, r.RemoteAddr)
+			if r.URL.RawQuery != "" {
+				for k := range r.URL.Query() {
+					md.Append(queryKeysMetadata, k)
+				}
+			}
+			return md
 		}),
 		runtime.SetQueryParameterParser(strictQueryParser{}),
 		runtime.WithForwardResponseOption(startStream),
@@ -289,6 +295,35 @@ func (s *Server) buildREST(ctx context.Context) error {
 // the audit log). Client headers cannot set it: the header matcher
 // forwards none.
 const peerMetadata = "moongate-rest-peer"
+
+// queryKeysMetadata carries the names of the REST request's query
+// parameters to the gRPC side, where each must name a field of the request
+// message (checkQuery): grpc-gateway calls the query parser (and so
+// strictQueryParser) only for routes with query fields, and ignores every
+// parameter of the others. Binary ("-bin"), so that any key passes.
+const queryKeysMetadata = "moongate-query-keys-bin"
+
+// checkQuery refuses a request whose REST query names no field of req.
+func checkQuery(ctx context.Context, req any) error {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return nil
+	}
+	keys := md.Get(queryKeysMetadata)
+	if len(keys) == 0 {
+		return nil
+	}
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return nil
+	}
+	for _, k := range keys {
+		if !knownField(msg.ProtoReflect().Descriptor(), k) {
+			return status.Errorf(codes.InvalidArgument, "unknown query parameter %q", clip(k))
+		}
+	}
+	return nil
+}
 
 func (s *Server) buildMux() {
 	m := http.NewServeMux()
