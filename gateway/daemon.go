@@ -205,7 +205,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// The directory is the whole set of functions; each new or changed
 		// one is also kept in the store as a new version.
 		load := func(fns []trigger.Function, errs []error) bool { return d.loadFunctions(ctx, fns, errs) }
-		load(trigger.LoadDir(dir))
+		if !load(trigger.LoadDir(dir)) && ctx.Err() == nil {
+			// The directory could not be read (not mounted yet, being
+			// replaced) or the store failed: the versions stored from it
+			// run until the watcher loads it, rather than no function at
+			// all, whose events would be taken for unmatched messages.
+			if err := d.runStored(ctx); err != nil {
+				return err
+			}
+			d.log.Warn("functions directory not loaded at start; running the stored versions until it is", "dir", dir, "functions", len(d.gw.Functions()))
+		}
 		// The watcher's loads read the store: it ends before closeAll.
 		watchCtx, stopWatch := context.WithCancel(ctx)
 		watchDone := make(chan struct{})
@@ -217,15 +226,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	default:
 		// Without its functions the gateway would take their events for
 		// unmatched messages: a store that cannot be read fails the start.
-		fns, err := d.storedFunctions(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				return fmt.Errorf("gateway: %w", err)
-			}
-			break
-		}
-		if err := d.gw.SetFunctions(ctx, d.withForwards(fns)); err != nil {
-			d.log.Error("functions", "err", err)
+		if err := d.runStored(ctx); err != nil {
+			return err
 		}
 	}
 	if srv, ln := d.httpSrv, d.httpLn; srv != nil {
@@ -258,6 +260,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stopSync()
 	<-syncDone
 	return err
+}
+
+// runStored deploys the active versions kept in the store. A store that
+// cannot be read fails the start (unless ctx ended): without its functions
+// the gateway would take their events for unmatched messages.
+func (d *Daemon) runStored(ctx context.Context) error {
+	fns, err := d.storedFunctions(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if err := d.gw.SetFunctions(ctx, d.withForwards(fns)); err != nil {
+		d.log.Error("functions", "err", err)
+	}
+	return nil
 }
 
 // warnUnknownTargets logs the sync targets of f that are not configured:

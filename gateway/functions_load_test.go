@@ -17,6 +17,7 @@ import (
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -345,4 +346,47 @@ func TestRedeployOutputsFollowVersionRun(t *testing.T) {
 	if r := got[0]; r.Stream != "s2" || string(r.Data) != `{"v":2}` {
 		t.Fatalf("record %s in stream %q, want version 2's in s2", r.Data, r.Stream)
 	}
+}
+
+// A daemon that starts while its functions directory cannot be read (not
+// mounted yet, being replaced) runs the versions stored from it until the
+// watcher can load it: the events queued for it at the broker while it was
+// down are run, not acknowledged as unmatched and dropped.
+func TestUnreadableFunctionsDirAtStartRunsStored(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	dataDir, base := t.TempDir(), t.TempDir()
+	fnDir := filepath.Join(base, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFunction(t, fnDir, "count", countLua, referenceManifest)
+	cfg := testConfig(dataDir, fnDir, externalMQTT(m.URL(), "moongate-dir"))
+	p := startInProcess(t, cfg) // subscribes (persistent session), stores the function
+	p.stop(t)
+
+	// Down: the device publishes; the broker queues for moongate.
+	dev := connect(t, m.URL(), "dev01", false)
+	const n = 10
+	for i := range n {
+		publish(t, dev, "devices/dev01/telemetry", 1, []byte(fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	if err := os.Rename(fnDir, fnDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	p = startInProcessLog(t, cfg, logs)
+	st := p.d.Store()
+	waitFor(t, 20*time.Second, "every queued event run by the stored version", func() bool { return len(allRecords(t, st, "count")) == n })
+	if !strings.Contains(logs.String(), "running the stored versions") {
+		t.Errorf("no log of the fallback:\n%s", logs.String())
+	}
+	// The directory back: the watcher loads it (same files: same version).
+	if err := os.Rename(fnDir+".away", fnDir); err != nil {
+		t.Fatal(err)
+	}
+	writeFunction(t, fnDir, "count", countLua+"\n-- v2\n", referenceManifest)
+	waitFor(t, 20*time.Second, "the directory loaded again", func() bool {
+		f := p.d.Gateway().Lookup("count")
+		return f != nil && f.Version == 2
+	})
 }
