@@ -45,7 +45,8 @@ func (s *Store) GetState(ctx context.Context, function, key string) ([]byte, boo
 
 // ListState returns up to limit (default 100, max 10000) entries of
 // function's state whose key starts with prefix, in key order, after the
-// opaque cursor, and the cursor of the next page ("" at the end).
+// opaque cursor, and the cursor of the next page ("" at the end). A page
+// also ends once it holds MaxPageBytes of values.
 func (s *Store) ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]KV, string, error) {
 	if err := validName("function", function, false); err != nil {
 		return nil, "", err
@@ -70,13 +71,14 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 	}
 	var out []KV
 	var next string
+	size := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: min(limit, 100)})
 		defer it.Close()
 		for it.Seek(start); it.Valid(); it.Next() {
 			item := it.Item()
 			key := string(item.Key()[len(base):])
-			if len(out) == limit {
+			if len(out) == limit || size >= MaxPageBytes {
 				next = base64.RawURLEncoding.EncodeToString(append([]byte{'s'}, out[len(out)-1].Key...))
 				return nil
 			}
@@ -84,6 +86,7 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 			if err != nil {
 				return err
 			}
+			size += len(v)
 			out = append(out, KV{Key: key, Value: v})
 		}
 		return nil
@@ -108,7 +111,8 @@ func (s *Store) DeleteState(ctx context.Context, function, key string) error {
 }
 
 // ListDeadLetters returns up to limit (default 100) dead letters with
-// Seq > after, ascending, of function (all when "").
+// Seq > after, ascending, of function (all when ""): fewer once they hold
+// MaxPageBytes (none only at the end).
 func (s *Store) ListDeadLetters(ctx context.Context, function string, after uint64, limit int) ([]DeadLetter, error) {
 	if after == math.MaxUint64 {
 		return nil, nil // nothing follows (after+1 would wrap to the start)
@@ -118,11 +122,16 @@ func (s *Store) ListDeadLetters(ctx context.Context, function string, after uint
 	}
 	limit = min(limit, MaxQueryLimit)
 	var out []DeadLetter
+	size := 0
 	dec := func(seq uint64, v []byte) error {
+		if size >= MaxPageBytes {
+			return errStop
+		}
 		d, err := decodeDead(seq, v)
 		if err != nil {
 			return fmt.Errorf("dead letter %d: %w", seq, err)
 		}
+		size += len(v)
 		out = append(out, d)
 		return nil
 	}
@@ -132,6 +141,9 @@ func (s *Store) ListDeadLetters(ctx context.Context, function string, after uint
 		}
 		return scanIndex(ctx, txn, pDeadIdx, pDead, function, after+1, limit, dec)
 	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
 	return out, err
 }
 
@@ -276,6 +288,7 @@ func (s *Store) ScanLogs(ctx context.Context, function, invocationID string, aft
 	if after == math.MaxUint64 {
 		return nil, next, nil // nothing follows (after+1 would wrap to the start)
 	}
+	size := 0
 	f := func(seq uint64, v []byte) error {
 		l, err := decodeLog(seq, v)
 		if err != nil {
@@ -284,7 +297,8 @@ func (s *Store) ScanLogs(ctx context.Context, function, invocationID string, aft
 		next = seq
 		if invocationID == "" || l.InvocationID == invocationID {
 			lines = append(lines, l)
-			if len(lines) >= limit {
+			size += len(v)
+			if len(lines) >= limit || size >= MaxPageBytes {
 				return errStop
 			}
 		}
@@ -341,9 +355,16 @@ func (b *batch) addUsage(u *Usage) error {
 	return nil
 }
 
+// MaxUsageRows bounds the rows (function and bucket) of one QueryUsage:
+// a minute bucket over the 90 days of meters kept is 129,600 rows per
+// function.
+const MaxUsageRows = 10000
+
 // QueryUsage sums the usage of function (every function when "") with
 // TS in [from, to) (0 = open) per bucket (one minute when <= 0; rounded to
-// whole minutes), ordered by function then time. Usage.TS is the bucket start.
+// whole minutes), ordered by function then time. Usage.TS is the bucket
+// start. A query of more than MaxUsageRows rows is refused (ErrInvalid)
+// once it finds one row more.
 func (s *Store) QueryUsage(ctx context.Context, function string, from, to int64, bucket time.Duration) ([]Usage, error) {
 	bms := bucket.Milliseconds()
 	if bms < usageBucketMS {
@@ -385,6 +406,9 @@ func (s *Store) QueryUsage(ctx context.Context, function string, from, to int64,
 			start := ts - ((ts%bms)+bms)%bms
 			a := acc[key{fn, start}]
 			if a == nil {
+				if len(acc) == MaxUsageRows {
+					return fmt.Errorf("%w: usage of more than %d rows (function and bucket): name a function, narrow the time range or widen the bucket", ErrInvalid, MaxUsageRows)
+				}
 				a = &Usage{Function: fn, TS: start}
 				acc[key{fn, start}] = a
 			}

@@ -43,6 +43,14 @@ type Query struct {
 // MaxQueryLimit bounds Query.Limit.
 const MaxQueryLimit = 10000
 
+// MaxPageBytes bounds the stored bytes of one page of records, state
+// entries, dead letters or log lines: a page ends after the entry that
+// reaches it (so it always holds at least one), with the cursor of the
+// next page, even when it holds fewer than its limit. A page of 10,000
+// entries of up to 1 MiB each would otherwise be read into memory at once
+// (and the API's JSON values take several times their stored size).
+const MaxPageBytes = 1 << 20
+
 func (q *Query) match(r *Record) bool {
 	return q.matchCombo(r.Stream, r.Function, r.Device)
 }
@@ -341,13 +349,15 @@ func (s *Store) QueryRecords(ctx context.Context, q Query) ([]Record, string, er
 	var out []Record
 	var next string
 	var lastTS, lastSeq uint64
+	size := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		return s.walkIndex(ctx, txn, &q, q.Limit+1, func(tsb, seq uint64, r *Record) (bool, error) {
-			if len(out) == q.Limit {
+			if len(out) == q.Limit || size >= MaxPageBytes {
 				// One more match exists: hand out a cursor after the last one.
 				next = encodeCursor(&q, lastTS, lastSeq)
 				return false, nil
 			}
+			size += len(r.Data)
 			out = append(out, *r)
 			lastTS, lastSeq = tsb, seq
 			if len(out)%256 == 0 {

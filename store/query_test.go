@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -326,5 +327,46 @@ func TestPublishOutbox(t *testing.T) {
 	ps3, _ := s.PendingPublishes(ctx, 0, 10)
 	if len(ps3) != 2 || ps3[0].Seq != ps[2].Seq || s.counters().Publish.Head != ps[2].Seq {
 		t.Fatalf("after reopen and ack: %+v head %d", ps3, s.counters().Publish.Head)
+	}
+}
+
+// TestPagesBoundedInBytes: a page of records, state entries, dead letters
+// or log lines ends once it holds MaxPageBytes of stored values (after at
+// least one), with the way to the next page, whatever its limit: 10,000
+// entries of up to 1 MiB each would be read into memory at once.
+func TestPagesBoundedInBytes(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	big := `"` + strings.Repeat("x", 600<<10) + `"`
+	for i := range 3 {
+		c := &Commit{
+			Records:    []Record{{Stream: "s", Function: "f", Data: []byte(big)}},
+			State:      []StateChange{{Function: "f", Op: StateSet, Key: fmt.Sprint("k", i), Value: []byte(big)}},
+			DeadLetter: &DeadLetter{Function: "f", Event: []byte(big), Error: "boom"},
+		}
+		if _, err := s.Commit(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, cursor, err := s.QueryRecords(ctx, Query{Stream: "s", Limit: 100})
+	if err != nil || len(recs) != 2 || cursor == "" {
+		t.Fatalf("records page: %d, cursor %q, %v; want 2 and a cursor", len(recs), cursor, err)
+	}
+	if recs, cursor, err = s.QueryRecords(ctx, Query{Stream: "s", Limit: 100, Cursor: cursor}); err != nil || len(recs) != 1 || cursor != "" {
+		t.Fatalf("records next page: %d, cursor %q, %v; want the last one", len(recs), cursor, err)
+	}
+	kvs, cursor, err := s.ListState(ctx, "f", "", 100, "")
+	if err != nil || len(kvs) != 2 || cursor == "" {
+		t.Fatalf("state page: %d, cursor %q, %v; want 2 and a cursor", len(kvs), cursor, err)
+	}
+	if kvs, cursor, err = s.ListState(ctx, "f", "", 100, cursor); err != nil || len(kvs) != 1 || cursor != "" {
+		t.Fatalf("state next page: %d, cursor %q, %v", len(kvs), cursor, err)
+	}
+	dls, err := s.ListDeadLetters(ctx, "f", 0, 100)
+	if err != nil || len(dls) != 2 {
+		t.Fatalf("dead letters page: %d, %v; want 2", len(dls), err)
+	}
+	if dls, err = s.ListDeadLetters(ctx, "", dls[1].Seq, 100); err != nil || len(dls) != 1 {
+		t.Fatalf("dead letters next page: %d, %v; want 1", len(dls), err)
 	}
 }

@@ -294,3 +294,31 @@ func TestUsageRetention(t *testing.T) {
 		t.Fatalf("usage after the default retention: %+v %v", us, err)
 	}
 }
+
+// TestUsageRowsBounded: a usage query of more than MaxUsageRows rows is
+// refused (it built them all in memory: ~0.9 KB each, 129,600 per function
+// for minute buckets over the 90 days kept); a wider bucket answers.
+func TestUsageRowsBounded(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	base := time.Now().Add(-30 * 24 * time.Hour).UnixMilli()
+	for m := range MaxUsageRows + 1 {
+		if _, err := s.Commit(ctx, &Commit{Usage: &Usage{Function: "f", TS: base + int64(m)*60_000, Invocations: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.QueryUsage(ctx, "f", 0, 0, time.Minute); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("%d minute rows: %v, want ErrInvalid", MaxUsageRows+1, err)
+	}
+	us, err := s.QueryUsage(ctx, "f", 0, 0, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, u := range us {
+		n += u.Invocations
+	}
+	if n != MaxUsageRows+1 {
+		t.Fatalf("daily rows sum to %d invocations, want %d", n, MaxUsageRows+1)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"github.com/moongate-edge/moongate/store"
 )
 
 func init() {
@@ -67,7 +68,9 @@ func setupDLQLs(fs *flag.FlagSet) remoteRun {
 		if err := renderDeadLetters(stdout, &resp); err != nil {
 			return err
 		}
-		if len(resp.GetDeadLetters()) == *limit {
+		// A page ends at --limit, or once it holds store.MaxPageBytes of
+		// stored events (its answer is then at least that large).
+		if n := len(resp.GetDeadLetters()); n > 0 && (n == *limit || len(raw) >= store.MaxPageBytes) {
 			fmt.Fprintf(stderr, "more dead letters may follow: --after %d\n", resp.GetNextAfter())
 		}
 		return nil
