@@ -132,7 +132,11 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		protos.SetHTTP1(true)
 		// IdleTimeout: a keep-alive connection left idle gives its place
 		// (api.max_connections) back.
-		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &protos}
+		// HTTP2.MaxConcurrentStreams: api.max_connections bounds
+		// connections, and each could otherwise carry 250 requests (Go's
+		// default), each buffering a body or following the logs.
+		d.httpSrv = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &protos,
+			HTTP2: &http.HTTP2Config{MaxConcurrentStreams: apiStreamsPerConn}}
 		if d.cfg.API.TLS.Enabled() {
 			tc, err := apiTLS(d.cfg.API.TLS)
 			if err != nil {
@@ -146,6 +150,10 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 	}
 	return d, nil
 }
+
+// apiStreamsPerConn bounds the requests one HTTP/2 connection to the API
+// carries at once.
+const apiStreamsPerConn = 16
 
 // Gateway returns the daemon's gateway.
 func (d *Daemon) Gateway() *Gateway { return d.gw }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -58,6 +60,11 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	if req.Tail < 0 || req.Tail > maxTail {
 		return invalidf("tail %d out of range [0, %d]", req.Tail, maxTail)
 	}
+	if n := l.s.followers.Add(1); n > int32(l.s.cfg.MaxFollowers) {
+		l.s.followers.Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "too many log follows open (%d): try again later", l.s.cfg.MaxFollowers)
+	}
+	defer l.s.followers.Add(-1)
 	st := l.s.cfg.Store
 	after := req.After
 	// The start position is taken before the headers go out: a client that

@@ -13,11 +13,13 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -150,6 +152,16 @@ type Config struct {
 	// FollowPoll is how often a log follower re-reads the store without a
 	// commit signal (default 2s; commits wake it at once).
 	FollowPoll time.Duration
+	// MaxFollowers bounds the log follows open at once (default 64); one
+	// more is refused with RESOURCE_EXHAUSTED. Each holds a stream and is
+	// woken by every commit.
+	MaxFollowers int
+	// BodyBudget bounds the request bytes buffered at once over all
+	// requests (default 4 x MaxBodyBytes): a request whose body does not
+	// fit is refused with 503 and Retry-After. Without it, many
+	// connections (and HTTP/2 streams) each sending up to MaxBodyBytes
+	// could take any amount of memory.
+	BodyBudget int64
 }
 
 // Server is the management API. Create it with New.
@@ -166,6 +178,10 @@ type Server struct {
 	sys     *systemSampler
 	serveWG sync.WaitGroup
 	closeMu sync.Once
+	// bodies holds BodyBudget: the request bytes being buffered.
+	bodies *semaphore.Weighted
+	// followers counts the open log follows (MaxFollowers).
+	followers atomic.Int32
 }
 
 // New builds the server: the gRPC server with its interceptors, the
@@ -190,11 +206,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.FollowPoll <= 0 {
 		cfg.FollowPoll = 2 * time.Second
 	}
+	if cfg.MaxFollowers <= 0 {
+		cfg.MaxFollowers = 64
+	}
+	if cfg.BodyBudget <= 0 {
+		cfg.BodyBudget = 4 * cfg.MaxBodyBytes
+	}
+	cfg.BodyBudget = max(cfg.BodyBudget, cfg.MaxBodyBytes+1)
 	ts, err := newTokenSet(cfg.Tokens)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System)}
+	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System),
+		bodies: semaphore.NewWeighted(cfg.BodyBudget)}
 	// Room for the JSON/proto framing around a body of MaxBodyBytes.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
 	s.grpc = grpc.NewServer(
@@ -379,7 +403,24 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody {
+			// The bytes it may buffer are reserved first, out of what all
+			// requests may hold at once.
+			need := r.ContentLength
+			if need < 0 {
+				need = limit + 1 // chunked: up to the limit
+			}
+			if !s.bodies.TryAcquire(need) {
+				w.Header().Set("Retry-After", "1")
+				writeStatus(w, http.StatusServiceUnavailable, codes.Unavailable,
+					fmt.Sprintf("busy: other requests are sending their bodies (%d bytes at once at most); try again", s.cfg.BodyBudget))
+				return
+			}
+			defer s.bodies.Release(need)
+			// A body that stalls gives its reservation back.
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
 			b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+			_ = rc.SetReadDeadline(time.Time{})
 			if err != nil {
 				writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "read request body: "+err.Error())
 				return
@@ -394,6 +435,10 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// bodyReadTimeout bounds the reading of one request body (up to
+// MaxBodyBytes, 4 MiB by default: 70 KB/s at least).
+const bodyReadTimeout = time.Minute
 
 // writeStatus writes a JSON google.rpc.Status.
 func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
