@@ -319,6 +319,7 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		if err := e.srv.AddHook(sh, nil); err != nil {
 			return nil, fmt.Errorf("mqtt: add session hook: %w", err)
 		}
+		e.srv.Options.BeforeAck = sh.beforeAck
 	}
 	e.hctx, e.hcancel = context.WithCancel(context.Background())
 	return e, nil

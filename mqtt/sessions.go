@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -35,6 +36,21 @@ type SessionStore interface {
 	DeleteSession(key []byte) error
 	LoadSessions(ctx context.Context, fn func(key, value []byte) error) error
 }
+
+// SessionFlusher is implemented by a SessionStore whose queued writes can
+// be waited for: FlushSessions returns once every write queued before the
+// call is durable. With it, the broker acknowledges a QoS 1/2 publish only
+// once the copies it queued for persistent-session subscribers (and its
+// retained message) are durable, and a SUBSCRIBE once its subscriptions
+// are: a crash right after the acknowledgement loses neither (the sender,
+// acknowledged, would not send again). store.Store implements it.
+type SessionFlusher interface {
+	FlushSessions(ctx context.Context) error
+}
+
+// flushTimeout bounds the wait for session writes before an
+// acknowledgement; past it the connection is closed unacknowledged.
+const flushTimeout = 30 * time.Second
 
 // Session item keys: a kind byte, then fixed-size digests, so that any
 // client id, filter or topic fits in a short key and the client an item
@@ -158,6 +174,15 @@ type sessionHook struct {
 	// retained returns the topic's retained message in mochi (set by
 	// NewEmbedded).
 	retained func(topic string) (packets.Packet, bool)
+
+	// queued counts the session writes queued so far; durable is how
+	// many of them are known to be durable (SessionFlusher).
+	queued, durable atomic.Uint64
+	// owed holds, by client id, the value of queued after the last write
+	// made for something that client sent and that is not acknowledged yet
+	// (copies of its publish, its retained message, its QoS 2 PUBREC, its
+	// subscriptions): beforeAck waits until that much is durable. h.mu.
+	owed map[string]uint64
 }
 
 // storedClient is what the store holds for one client.
@@ -220,13 +245,53 @@ func (h *sessionHook) set(what string, key []byte, v interface{ MarshalBinary() 
 	}
 	if err != nil {
 		h.log.Error("broker session not saved", "item", what, "err", err)
+		return
 	}
+	h.queued.Add(1)
 }
 
 func (h *sessionHook) del(what string, key []byte) {
 	if err := h.st.DeleteSession(key); err != nil {
 		h.log.Error("broker session item not removed", "item", what, "err", err)
+		return
 	}
+	h.queued.Add(1)
+}
+
+// owe records that the acknowledgement of what client id sent waits for
+// the session writes queued so far. h.mu must be held.
+func (h *sessionHook) owe(id string) {
+	if h.owed == nil {
+		h.owed = map[string]uint64{}
+	}
+	h.owed[id] = h.queued.Load()
+}
+
+// beforeAck is mochi's Options.BeforeAck: it returns once the session
+// writes made for what cl sent are durable (at once when there were none,
+// the usual case: no persistent-session subscriber).
+func (h *sessionHook) beforeAck(cl *mochi.Client) error {
+	f, ok := h.st.(SessionFlusher)
+	if !ok {
+		return nil
+	}
+	h.mu.Lock()
+	g := h.owed[cl.ID]
+	delete(h.owed, cl.ID)
+	h.mu.Unlock()
+	if g == 0 || h.durable.Load() >= g {
+		return nil
+	}
+	at := h.queued.Load() // every write counted here is queued before the flush
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	if err := f.FlushSessions(ctx); err != nil {
+		h.log.Warn("broker session writes not made durable: the client's message is not acknowledged", "client", cl.ID, "err", err)
+		return err
+	}
+	for d := h.durable.Load(); d < at && !h.durable.CompareAndSwap(d, at); d = h.durable.Load() {
+	}
+	return nil
 }
 
 // forget removes everything stored for client id. h.mu must be held.
@@ -324,6 +389,7 @@ func (h *sessionHook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.owed, cl.ID)
 	switch {
 	case expire:
 		h.forget(cl.ID)
@@ -357,6 +423,7 @@ func (h *sessionHook) OnSubscribed(cl *mochi.Client, pk packets.Packet, reasonCo
 			Identifier: f.Identifier, NoLocal: f.NoLocal, RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
 		})
 	}
+	h.owe(cl.ID) // the SUBACK waits for them
 }
 
 // OnUnsubscribed implements mochi.Hook.
@@ -424,6 +491,14 @@ func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int
 	m := message(pk)
 	m.Client, m.Sent = cl.ID, sent
 	h.set("queued message", inflightKey(cl.ID, r), orderedMessage{seq, m})
+	// The acknowledgement of the message waits for this write: its
+	// sender's (a PUBREC is the publisher's own; a copy for a subscriber
+	// names its origin).
+	if pk.FixedHeader.Type == packets.Pubrec {
+		h.owe(cl.ID)
+	} else if pk.Origin != "" {
+		h.owe(pk.Origin)
+	}
 }
 
 // OnQosComplete implements mochi.Hook.
@@ -503,6 +578,7 @@ func (h *sessionHook) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int
 	if h.retained != nil {
 		pk, _ = h.retained(topic) // zero: none retained now
 	}
+	defer h.owe(cl.ID) // its acknowledgement waits for the write
 	if len(pk.Payload) == 0 {
 		h.del("retained message", retainedKey(topic))
 		return

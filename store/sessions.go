@@ -115,6 +115,14 @@ func (s *Store) queue(r *request) error {
 	return nil
 }
 
+// FlushSessions returns once every broker session write queued before
+// the call is durable (as durable as Options.Durability makes commits):
+// an empty request joins the committer's queue behind them
+// (mqtt.SessionFlusher).
+func (s *Store) FlushSessions(ctx context.Context) error {
+	return s.submit(ctx, &request{fn: func(*batch) error { return nil }})
+}
+
 // logAsync logs the error of a request nobody waits for.
 func (s *Store) logAsync(r *request) {
 	if r.async && r.err != nil && !errors.Is(r.err, ErrClosed) {

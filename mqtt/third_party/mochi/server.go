@@ -168,6 +168,15 @@ type Options struct {
 	// client whose session was expired to make room for a new one
 	// (Capabilities.MaximumSessions).
 	SessionEvicted func(evicted *Client) `yaml:"-" json:"-"`
+
+	// moongate: BeforeAck, when set, is called before the server
+	// acknowledges what a client sent: a QoS 1/2 PUBLISH (after the
+	// message went to its subscribers and was retained) and a SUBSCRIBE.
+	// It returns once what the hooks stored for that (the subscribers'
+	// queued copies, the retained message, the subscriptions) is durable.
+	// An error closes the connection without the acknowledgement, so that
+	// the client sends again.
+	BeforeAck func(cl *Client) error `yaml:"-" json:"-"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -1120,6 +1129,24 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
 
+	// moongate: the message goes to its subscribers before it is
+	// acknowledged, and what that queued for them (and the retained
+	// message, and a QoS 2 PUBREC) is kept (BeforeAck) before the sender
+	// is told: acknowledged, then lost in a crash, the sender would never
+	// send it again. (The release acknowledged first.)
+	s.publishToSubscribers(pk)
+	if s.Options.BeforeAck != nil {
+		if err := s.Options.BeforeAck(cl); err != nil {
+			if pk.FixedHeader.Qos == 1 {
+				if ok := cl.State.Inflight.DeleteInbound(ack.PacketID); ok {
+					atomic.AddInt64(&s.Info.Inflight, -1)
+				}
+				cl.State.Inflight.IncreaseReceiveQuota()
+			}
+			return fmt.Errorf("publish not kept: %w", err) // closes the connection unacknowledged
+		}
+	}
+
 	err = cl.WritePacket(ack)
 	if err != nil {
 		return err
@@ -1133,7 +1160,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosComplete(cl, ack)
 	}
 
-	s.publishToSubscribers(pk)
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
@@ -1596,6 +1622,13 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	}
 
 	s.hooks.OnSubscribed(cl, pk, reasonCodes)
+	// moongate: the subscriptions are kept (BeforeAck) before the SUBACK
+	// says so.
+	if s.Options.BeforeAck != nil {
+		if err := s.Options.BeforeAck(cl); err != nil {
+			return fmt.Errorf("subscription not kept: %w", err)
+		}
+	}
 	err := cl.WritePacket(ack)
 	if err != nil {
 		return err
