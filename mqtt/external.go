@@ -28,10 +28,12 @@ const (
 	// maxExternalHandlers bounds concurrent handler calls in external mode
 	// (topics handled at once).
 	maxExternalHandlers = 256
-	// maxExternalQueued bounds deliveries waiting in the topic lanes. QoS 1
-	// deliveries are bounded by the broker's in-flight window (mosquitto's
-	// max_inflight_messages) anyway; QoS 0 deliveries beyond this bound are
-	// dropped (Stats.DroppedQoS0).
+	// maxExternalQueued bounds deliveries waiting in the topic lanes: QoS 0
+	// deliveries beyond it are dropped (Stats.DroppedQoS0); a QoS 1/2
+	// delivery beyond it waits for room (paho's router, and so the
+	// connection's reading, waits with it) rather than trusting the
+	// broker's in-flight window (mosquitto's max_inflight_messages may be
+	// 0, unlimited).
 	maxExternalQueued = 4096
 )
 
@@ -87,8 +89,11 @@ type External struct {
 	redials atomic.Uint64
 	acks    ackOrder // QoS 1 acknowledgements, released in arrival order
 	lanesMu sync.Mutex
-	lanes   map[string][]laneItem // per topic, in arrival order; present = a goroutine runs it
+	lanes   map[string][]laneItem // per topic, in arrival order; present = ready or being handled
+	ready   []string              // lanes waiting for a worker, in the order they became ready
+	workers int                   // lane workers running (at most maxExternalHandlers)
 	queued  int
+	room    *sync.Cond // on lanesMu: signalled when queued falls or Close starts
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -165,6 +170,7 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		subscribed: map[string]bool{}, unsub: map[string]bool{},
 		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
 	}
+	x.room = sync.NewCond(&x.lanesMu)
 	x.hctx, x.hcancel = context.WithCancel(context.Background())
 
 	o := paho.NewClientOptions().
@@ -430,13 +436,14 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 }
 
 // onMessage receives every delivery. paho calls it in arrival order from
-// its router (SetOrderMatters(true)), so it must not block: it appends the
-// message to the lane of its topic. Each lane is handled by one goroutine at
-// a time, in order, so the messages of one topic are made durable (and
-// acknowledged) in the order the broker sent them, while different topics
-// are handled in parallel. What is queued is bounded by the broker's
-// in-flight window for QoS 1 (unacknowledged messages); QoS 0 beyond
-// maxExternalQueued is dropped and counted.
+// its router (SetOrderMatters(true)): it appends the message to the lane of
+// its topic. Each lane is handled by one worker at a time, in order, so the
+// messages of one topic are made durable (and acknowledged) in the order
+// the broker sent them, while different topics are handled in parallel by
+// at most maxExternalHandlers workers. What is queued is bounded by
+// maxExternalQueued: QoS 0 beyond it is dropped and counted; a QoS 1/2
+// delivery waits for room (it is not acknowledged before it is handled, so
+// the broker redelivers it if the connection drops meanwhile).
 func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	x.stats.received.Add(1)
 	gen := x.gen.Load()
@@ -447,15 +454,33 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 		x.stats.droppedQoS0.Add(1)
 		return
 	}
+	for x.queued >= maxExternalQueued && !x.stopping() {
+		x.room.Wait()
+	}
 	if msg.Qos() > 0 {
 		item.ack = x.acks.add(msg, gen)
 	}
-	q, running := x.lanes[msg.Topic()]
-	x.lanes[msg.Topic()] = append(q, item)
+	topic := msg.Topic()
+	q, present := x.lanes[topic]
+	x.lanes[topic] = append(q, item)
 	x.queued++
+	if !present {
+		x.ready = append(x.ready, topic)
+		if x.workers < maxExternalHandlers {
+			x.workers++
+			go x.runLanes()
+		}
+	}
 	x.lanesMu.Unlock()
-	if !running {
-		go x.runLane(msg.Topic())
+}
+
+// stopping reports whether Close has started.
+func (x *External) stopping() bool {
+	select {
+	case <-x.stopC:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -467,28 +492,38 @@ type laneItem struct {
 	ack *ackSlot // QoS > 0: its place in the acknowledgement order
 }
 
-// runLane handles the messages of one topic in order until its lane is empty.
-func (x *External) runLane(topic string) {
-	for {
-		x.lanesMu.Lock()
-		q := x.lanes[topic]
-		if len(q) == 0 {
-			delete(x.lanes, topic)
+// runLanes is a lane worker: it takes the next ready lane and handles its
+// messages in order until the lane is empty, then the next, and ends when
+// no lane is ready.
+func (x *External) runLanes() {
+	x.lanesMu.Lock()
+	defer x.lanesMu.Unlock()
+	for len(x.ready) > 0 {
+		topic := x.ready[0]
+		x.ready[0] = ""
+		x.ready = x.ready[1:]
+		for {
+			q := x.lanes[topic]
+			if len(q) == 0 {
+				delete(x.lanes, topic)
+				break
+			}
+			item := q[0]
+			q[0] = laneItem{}
+			x.lanes[topic] = q[1:]
+			x.queued--
+			x.room.Signal()
 			x.lanesMu.Unlock()
-			return
+			if item.gen == x.gen.Load() {
+				x.handle(item)
+			}
+			// (Otherwise it arrived on a connection that is gone: the
+			// broker redelivers it on the new one; acknowledging it here
+			// would be wrong.)
+			x.lanesMu.Lock()
 		}
-		item := q[0]
-		q[0] = laneItem{}
-		x.lanes[topic] = q[1:]
-		x.queued--
-		x.lanesMu.Unlock()
-		if item.gen != x.gen.Load() {
-			// Arrived on a connection that is gone: the broker redelivers it
-			// on the new one; acknowledging it here would be wrong.
-			continue
-		}
-		x.handle(item)
 	}
+	x.workers--
 }
 
 // handle runs the handler on one delivery and acknowledges it when accepted.
@@ -773,6 +808,9 @@ func (x *External) Close(ctx context.Context) error {
 	n := x.inflight
 	x.mu.Unlock()
 	close(x.stopC)
+	x.lanesMu.Lock()
+	x.room.Broadcast() // a delivery waiting for room gives up
+	x.lanesMu.Unlock()
 	defer x.hcancel()
 	if !started {
 		return nil
