@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -114,7 +115,10 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 		SetKeepAlive(m.KeepAlive).SetPingTimeout(min(m.KeepAlive, 10*time.Second)).
 		SetConnectTimeout(cfg.AckTimeout).SetWriteTimeout(cfg.AckTimeout).
 		SetOrderMatters(false).SetMaxResumePubInFlight(cfg.Inflight).
-		SetConnectionLostHandler(func(paho.Client, error) { t.gen.Add(1) })
+		SetConnectionLostHandler(func(paho.Client, error) { t.gen.Add(1) }).
+		// The broker sends this client acknowledgements only: a packet
+		// announced larger is refused before paho allocates it.
+		SetCustomOpenConnectionFn(mqtt.BoundedOpener(maxBrokerPacket))
 	if m.Username != "" {
 		o.SetUsername(m.Username).SetPassword(m.Password)
 	}
@@ -124,6 +128,10 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 	t.opts = o
 	return t, nil
 }
+
+// maxBrokerPacket bounds what the upstream broker may send the MQTT
+// target (CONNACK, PUBACK, PINGRESP, DISCONNECT: a few bytes each).
+const maxBrokerPacket = 64 << 10
 
 func (t *mqttTarget) topic(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }
 
