@@ -13,7 +13,7 @@ import (
 // whole or a byte at a time; a length over the bound, or a malformed
 // 5-byte length, fails the read before the reader sees it.
 func TestBoundedConn(t *testing.T) {
-	small := []byte{0x40, 0x02, 0x00, 0x01}                      // PUBACK
+	small := []byte{0x40, 0x02, 0x00, 0x01}                       // PUBACK
 	mid := append([]byte{0x30, 0x80, 0x01}, make([]byte, 128)...) // PUBLISH of 128 bytes (2-byte length)
 	for _, c := range []struct {
 		name    string
