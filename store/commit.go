@@ -438,6 +438,16 @@ func (b *batch) flush(more bool) error {
 	return nil
 }
 
+// noteDurable records the outbox positions of ctr as durable
+// (DurabilityInterval).
+func (s *Store) noteDurable(ctr counters) {
+	m := make(map[string]uint64, len(ctr.Outbox))
+	for name, q := range ctr.Outbox {
+		m[name] = q.Next
+	}
+	s.durableNext.Store(&m)
+}
+
 // syncLoop syncs at most every SyncInterval in DurabilityInterval mode.
 func (s *Store) syncLoop() {
 	t := time.NewTicker(s.opts.SyncInterval)
@@ -449,6 +459,7 @@ func (s *Store) syncLoop() {
 		case <-t.C:
 			if s.dirty.Swap(false) {
 				freed := s.takeUnsyncedFreed() // committed before this sync
+				ctr := s.counters()             // likewise
 				if err := s.db.Sync(); err != nil {
 					s.log.Error("interval sync", "err", err)
 					s.unsyncedMu.Lock()
@@ -459,6 +470,7 @@ func (s *Store) syncLoop() {
 				}
 				s.syncs.Add(1)
 				s.removeFreed(freed) // committed before the sync began: durable now
+				s.noteDurable(ctr)
 			}
 		}
 	}

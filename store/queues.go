@@ -1035,7 +1035,11 @@ func (s *Store) OutboxTargets() []string {
 // OutboxRead returns up to limit (default 100) entries of target's outbox
 // with Seq > after, ascending, stopping before maxBytes (> 0) of values
 // would be exceeded (at least one entry is returned). A blob send comes
-// with its metadata record (OutboxEntry.Blob and Record).
+// with its metadata record (OutboxEntry.Blob and Record). With
+// DurabilityInterval only entries already synced to disk are returned: an
+// entry a power loss could take back is not sent upstream (its record id
+// would then be reused by another record, which an upstream that drops
+// duplicate ids would drop).
 func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, limit int, maxBytes int) ([]OutboxEntry, error) {
 	if err := validName("target", target, false); err != nil {
 		return nil, err
@@ -1050,8 +1054,18 @@ func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, lim
 	start := max(after+1, q.Head)
 	var out []OutboxEntry
 	total := 0
+	end := uint64(math.MaxUint64) // first sequence not handed out
+	if d := s.durableNext.Load(); d != nil {
+		end = (*d)[target]
+	}
+	if start >= end {
+		return nil, nil
+	}
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		return scanName(txn, pOutbox, target, start, limit, func(seq uint64, v []byte) error {
+			if seq >= end {
+				return errStop
+			}
 			if maxBytes > 0 && len(out) > 0 && total+len(v) > maxBytes {
 				return errStop
 			}

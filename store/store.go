@@ -101,6 +101,11 @@ func (c *counters) clone() counters {
 // use. A Store must be created with Open; after Close every method returns
 // ErrClosed.
 type Store struct {
+	// durableNext, with DurabilityInterval, holds each outbox's Next as
+	// of the last sync: what OutboxRead hands out (sync must not send a
+	// record a power loss could take back, and its id then be given to
+	// another record). nil in the other modes.
+	durableNext atomic.Pointer[map[string]uint64]
 	opts Options
 	db   *badger.DB
 	log  *slog.Logger
@@ -214,7 +219,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s.checkDisk(true)
 	go s.run()
-	if opts.Durability == DurabilityInterval {
+	if opts.Durability == DurabilityInterval && !opts.InMemory {
+		s.noteDurable(s.counters()) // what Open read is on disk
 		s.bg(s.syncLoop)
 	}
 	s.bg(s.retentionLoop)
