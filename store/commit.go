@@ -459,7 +459,7 @@ func (s *Store) syncLoop() {
 		case <-t.C:
 			if s.dirty.Swap(false) {
 				freed := s.takeUnsyncedFreed() // committed before this sync
-				ctr := s.counters()             // likewise
+				ctr := s.counters()            // likewise
 				if err := s.db.Sync(); err != nil {
 					s.log.Error("interval sync", "err", err)
 					s.unsyncedMu.Lock()

@@ -106,9 +106,9 @@ type Store struct {
 	// record a power loss could take back, and its id then be given to
 	// another record). nil in the other modes.
 	durableNext atomic.Pointer[map[string]uint64]
-	opts Options
-	db   *badger.DB
-	log  *slog.Logger
+	opts        Options
+	db          *badger.DB
+	log         *slog.Logger
 
 	closeMu sync.RWMutex // held for reading by every operation, for writing by Close
 	closed  bool
