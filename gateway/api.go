@@ -39,10 +39,17 @@ type InvokeResult struct {
 // publishes, logs and usage; a failed invocation commits its logs and usage
 // only. ev.ID is assigned when empty, ev.TS when 0.
 //
+// accept, when not nil, is asked about a successful invocation's result
+// before anything is committed: when it refuses (the result cannot be
+// used, e.g. an HTTP function's return value that is no response), the
+// invocation counts as failed with that error (InvokeResult.Err) and only
+// its logs and usage are committed, so a caller that answers "failed" has
+// not applied the function's effects.
+//
 // The returned error is for failures of the call itself (ErrNoFunction,
 // ErrStopped, a store error on commit); a failure of the function is
 // InvokeResult.Err. Safe for concurrent use.
-func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (*InvokeResult, error) {
+func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool, accept func(*luavm.Result) error) (*InvokeResult, error) {
 	if g.stopping.Load() {
 		return nil, ErrStopped
 	}
@@ -57,6 +64,9 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		ev.TS = g.opts.Now().UnixMilli()
 	}
 	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.state)
+	if ierr == nil && accept != nil {
+		ierr = accept(res)
+	}
 	out := &InvokeResult{Result: res, Err: ierr, EventID: ev.ID}
 	if res == nil {
 		out.Result = &luavm.Result{Function: name}

@@ -22,7 +22,7 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 	ev := func() *luavm.Event {
 		return &luavm.Event{Payload: []byte(`{"temp": 90}`), Captures: map[string]string{"device": "d1"}, Trigger: "invoke"}
 	}
-	r, err := g.Invoke(ctx, "ref", ev(), false)
+	r, err := g.Invoke(ctx, "ref", ev(), false, nil)
 	if err != nil || r.Err != nil || r.Committed || len(r.Result.Effects) != 1 || r.EventID == "" {
 		t.Fatalf("dry run: %+v %v", r, err)
 	}
@@ -30,7 +30,7 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 		t.Fatalf("dry run stored %d records", n)
 	}
 	wake := g.Committed()
-	r, err = g.Invoke(ctx, "ref", ev(), true)
+	r, err = g.Invoke(ctx, "ref", ev(), true, nil)
 	if err != nil || !r.Committed {
 		t.Fatalf("commit: %+v %v", r, err)
 	}
@@ -43,7 +43,7 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 		t.Fatalf("committed invoke stored %d records", n)
 	}
 	waitFor(t, 10*time.Second, "the committed publish", func() bool { return g.Stats().Published == 1 })
-	if _, err := g.Invoke(ctx, "nope", ev(), false); !errors.Is(err, ErrNoFunction) {
+	if _, err := g.Invoke(ctx, "nope", ev(), false, nil); !errors.Is(err, ErrNoFunction) {
 		t.Fatalf("unknown function: %v", err)
 	}
 
@@ -78,7 +78,7 @@ func TestInvokeRequeueCommitted(t *testing.T) {
 
 	// After the stop, invoke and requeue refuse.
 	p.stop(t)
-	if _, err := g.Invoke(ctx, "ref", ev(), false); !errors.Is(err, ErrStopped) {
+	if _, err := g.Invoke(ctx, "ref", ev(), false, nil); !errors.Is(err, ErrStopped) {
 		t.Fatalf("invoke after stop: %v", err)
 	}
 	if err := g.Requeue(ctx, "ref", "k", encodeEvent(ev()), 0); !errors.Is(err, ErrStopped) {

@@ -395,3 +395,24 @@ func TestBlobREST(t *testing.T) {
 		t.Fatalf("DELETE twice: %d", r.StatusCode)
 	}
 }
+
+// An HTTP function whose return value is no response (here a natural
+// {status = "ok", n = n}) answers 502 with nothing of its invocation
+// applied: a client retrying on 502 does not apply its effects twice. (The
+// response was checked after the commit.)
+func TestHTTPBadResponseNotCommitted(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "hook", `function handle(e)
+  local n = state.incr("n")
+  return {status = "ok", n = n}
+end`, "triggers:\n  - http: {methods: [POST]}\n")
+	p := startInProcess(t, blobConfigHead(dataDir, fnDir))
+	c := blobClient{t: t, base: "http://" + p.d.HTTPAddr().String()}
+	resp, body := c.do("POST", "/fn/hook", blobReadToken, "", strings.NewReader("{}"))
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "nothing committed") {
+		t.Fatalf("answer %d %s, want 502 saying nothing was committed", resp.StatusCode, body)
+	}
+	if v, ok, err := p.d.Store().GetState(t.Context(), "hook", "n"); err != nil || ok {
+		t.Fatalf("state n = %s (%v, %v) after a 502: the invocation was applied", v, ok, err)
+	}
+}

@@ -265,7 +265,7 @@ func TestChainFromInvoke(t *testing.T) {
 	writeFunction(t, fnDir, "agg", aggLua, "triggers:\n  - stream: readings\n")
 	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
 	ev := &luavm.Event{Payload: []byte(`{"n":5}`), Trigger: "invoke", Captures: map[string]string{"device": "d9"}}
-	res, err := p.d.Gateway().Invoke(t.Context(), "up", ev, true)
+	res, err := p.d.Gateway().Invoke(t.Context(), "up", ev, true, nil)
 	if err != nil || res.Err != nil || !res.Committed {
 		t.Fatalf("invoke: %v %v", err, res)
 	}

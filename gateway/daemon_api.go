@@ -252,8 +252,8 @@ func (b apiBackend) Running(name string) (apiserver.RunningFunction, bool) {
 	return apiserver.RunningFunction{Version: f.Version, HTTPMethods: f.HTTPMethods}, true
 }
 
-func (b apiBackend) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (apiserver.Invocation, error) {
-	r, err := b.d.gw.Invoke(ctx, name, ev, commit)
+func (b apiBackend) Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool, accept func(*luavm.Result) error) (apiserver.Invocation, error) {
+	r, err := b.d.gw.Invoke(ctx, name, ev, commit, accept)
 	if err != nil {
 		return apiserver.Invocation{}, apiErr(err)
 	}

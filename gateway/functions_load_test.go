@@ -201,7 +201,7 @@ func TestStoredFunctionNotLoadedDeadLetters(t *testing.T) {
 	}
 	// No API call reaches it, and its timer has no loop.
 	g := p.d.Gateway()
-	if _, err := g.Invoke(ctx, "hot", &luavm.Event{Trigger: "http"}, true); !errors.Is(err, ErrNoFunction) {
+	if _, err := g.Invoke(ctx, "hot", &luavm.Event{Trigger: "http"}, true, nil); !errors.Is(err, ErrNoFunction) {
 		t.Errorf("Invoke of a function not loaded: %v, want ErrNoFunction", err)
 	}
 	g.timersMu.Lock()

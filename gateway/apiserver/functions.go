@@ -219,7 +219,7 @@ func (f *functionService) InvokeFunction(ctx context.Context, req *v1.InvokeFunc
 	}
 	ev.Trigger = "invoke"
 	commit := req.DryRun != nil && !*req.DryRun
-	inv, err := f.s.cfg.Functions.Invoke(ctx, req.Name, ev, commit)
+	inv, err := f.s.cfg.Functions.Invoke(ctx, req.Name, ev, commit, nil)
 	if commit {
 		f.s.log.Info("function invoke", "audit", "invoke", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx), "function", req.Name,
 			"event", ev.ID, "err", err)

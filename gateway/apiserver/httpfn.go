@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -79,17 +80,31 @@ func (s *Server) runHTTPFunction(w http.ResponseWriter, r *http.Request) codes.C
 			hreq.Headers[strings.ToLower(k)] = vs[0]
 		}
 	}
-	inv, err := s.cfg.Functions.Invoke(r.Context(), name, &luavm.Event{Trigger: "http", HTTP: hreq}, true)
+	// The response is built before the commit: a return value that is no
+	// response fails the invocation (502) with nothing of it applied, so
+	// a client retrying on 502 does not apply its effects twice.
+	var resp fnResponse
+	accept := func(res *luavm.Result) error {
+		var err error
+		if resp, err = httpResponse(res); err != nil {
+			return fmt.Errorf("%w: %w", errBadResponse, err)
+		}
+		return nil
+	}
+	inv, err := s.cfg.Functions.Invoke(r.Context(), name, &luavm.Event{Trigger: "http", HTTP: hreq}, true, accept)
 	if err != nil {
 		st, _ := status.FromError(toStatus(err))
 		return fail(runtime.HTTPStatusFromCode(st.Code()), st.Code(), "%s", st.Message())
 	}
-	if inv.Err != nil {
+	switch {
+	case errors.Is(inv.Err, errBadResponse):
+		return fail(http.StatusBadGateway, codes.Unknown, "function %s returned an invalid response (nothing committed): %v", name, inv.Err)
+	case errors.Is(inv.Err, luavm.ErrBusy):
+		// At capacity: nothing ran; worth retrying later.
+		w.Header().Set("Retry-After", "1")
+		return fail(http.StatusServiceUnavailable, codes.Unavailable, "function %s is busy: %v", name, inv.Err)
+	case inv.Err != nil:
 		return fail(http.StatusBadGateway, codes.Unknown, "function %s failed: %v", name, inv.Err)
-	}
-	resp, err := httpResponse(inv.Result)
-	if err != nil {
-		return fail(http.StatusBadGateway, codes.Unknown, "function %s returned an invalid response: %v", name, err)
 	}
 	for k, v := range resp.headers {
 		w.Header().Set(k, v)
@@ -98,6 +113,9 @@ func (s *Server) runHTTPFunction(w http.ResponseWriter, r *http.Request) codes.C
 	_, _ = w.Write(resp.body)
 	return codes.OK
 }
+
+// errBadResponse marks a return value that is not an HTTP response.
+var errBadResponse = errors.New("not an HTTP response")
 
 func readAll(r *http.Request) ([]byte, error) {
 	if r.Body == nil {

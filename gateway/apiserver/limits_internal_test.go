@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -150,5 +152,40 @@ func TestBodyBudget(t *testing.T) {
 			t.Fatalf("after the stalled requests went: %d, want 400", resp.StatusCode)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// busyFunctions runs an HTTP function "f" that is always at capacity.
+type busyFunctions struct{ wakeFunctions }
+
+func (b *busyFunctions) Running(string) (RunningFunction, bool) {
+	return RunningFunction{Version: 1, HTTPMethods: []string{"POST"}}, true
+}
+
+func (b *busyFunctions) Invoke(context.Context, string, *luavm.Event, bool, func(*luavm.Result) error) (Invocation, error) {
+	return Invocation{Result: &luavm.Result{}, Err: fmt.Errorf("luavm: f v1: %w: no instance free within 5s", luavm.ErrBusy)}, nil
+}
+
+// TestHTTPFunctionBusy: a function at capacity (nothing ran) answers 503
+// with Retry-After, which a client may retry, not 502 (a failure).
+func TestHTTPFunctionBusy(t *testing.T) {
+	st, err := store.Open(context.Background(), store.Options{Dir: t.TempDir(), Durability: store.DurabilityNone, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	tok, hash, _ := NewToken()
+	srv, err := New(Config{Store: st, Functions: &busyFunctions{wakeFunctions{ch: make(chan struct{})}},
+		Tokens: []Token{{Name: "r", Scope: ScopeRead, Hash: hash}}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	req := httptest.NewRequest("POST", "/fn/f", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	w := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(w, req)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "busy") {
+		t.Fatalf("busy function: %d %q %s, want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"), w.Body.String())
 	}
 }

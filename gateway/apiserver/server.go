@@ -70,7 +70,10 @@ type Functions interface {
 	// Running reports the version of name the gateway runs, if any.
 	Running(name string) (RunningFunction, bool)
 	// Invoke runs name once on ev; the outputs are committed when commit.
-	Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool) (Invocation, error)
+	// accept, when not nil, may refuse a successful result before anything
+	// is committed: the invocation then fails with its error
+	// (Invocation.Err) and commits only its logs and usage.
+	Invoke(ctx context.Context, name string, ev *luavm.Event, commit bool, accept func(*luavm.Result) error) (Invocation, error)
 	// Requeue puts a dead letter's event back into the inbox durably and,
 	// in the same atomic write, deletes dead letter deadLetter (when not 0;
 	// a not-found error when it is already gone).
