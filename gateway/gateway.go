@@ -198,7 +198,10 @@ type Gateway struct {
 
 	timersMu sync.Mutex
 	timers   map[string]*timerRun // function -> its timer loops
-	runCtx   context.Context      // set by Run, under timersMu
+	// timerAfter is how timer loops wait (realAfter; tests give a fake
+	// clock's). Set before Run.
+	timerAfter afterFunc
+	runCtx     context.Context // set by Run, under timersMu
 
 	stats struct {
 		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, redelivered atomic.Uint64

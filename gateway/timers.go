@@ -157,10 +157,21 @@ func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
 	every, keep := s.(trigger.Every)
 	key := tickKey(function, every)
 	fire := func(tick time.Time) {
-		ev := luavm.Event{ID: g.newEventID(), Trigger: "timer", TS: g.opts.Now().UnixMilli()}
+		now := g.opts.Now()
+		ev := luavm.Event{ID: g.newEventID(), Trigger: "timer", TS: now.UnixMilli()}
 		entry := store.InboxEntry{Function: function, Key: "timer", Event: encodeEvent(&ev)}
 		var err error
 		if keep {
+			// A tick planned on the monotonic clock (it carries a reading)
+			// whose wall time is far from the wall clock now: the wall clock
+			// stepped since (a Pi booted without its time, then NTP). It
+			// fired at the right moment, but recorded with that wall time a
+			// restart would take it for a tick missed long ago. The phase
+			// starts again from now. (A tick resumed from the record has no
+			// monotonic reading and keeps its phase.)
+			if wall := now.Round(0); tick != tick.Round(0) && wall.Sub(tick.Round(0)).Abs() > maxTimerLate {
+				tick = wall
+			}
 			err = g.enqueueTick(ctx, entry, key, tick)
 		} else {
 			err = g.enqueue(ctx, []store.InboxEntry{entry})
@@ -205,7 +216,20 @@ func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
 			}
 		}
 	}
-	runSchedule(ctx, s, first, g.opts.Now, realAfter, fire, func(tick, now time.Time) {
+	after := g.timerAfter
+	if after == nil {
+		after = realAfter
+	}
+	runSchedule(ctx, s, first, g.opts.Now, after, fire, func(tick, now time.Time) {
+		if keep {
+			// An interval timer does not lose its tick to a clock step (a
+			// tick due while the gateway was down, resumed on a clock NTP
+			// then set forward): it fires once, now, and its phase starts
+			// again from there.
+			g.log.Info("timer tick fired late: the wall clock jumped past it", "function", function, "tick", tick, "now", now)
+			fire(now)
+			return
+		}
 		g.log.Warn("timer tick skipped: the wall clock jumped past it", "function", function, "tick", tick, "now", now)
 	})
 }
@@ -310,16 +334,21 @@ func runSchedule(ctx context.Context, s Schedule, first time.Time, now func() ti
 		}
 		t := now()
 		if !t.Before(next) {
+			fired := false
 			if t.Sub(next) <= maxTimerLate && (last.IsZero() || next.After(last)) {
 				fire(next)
-				last = next
+				last, fired = next, true
 				// fire may have waited (intake full): ticks due while it
 				// did are missed, not reported as a clock jump.
 				t = now()
 			} else if skipped != nil && (last.IsZero() || next.After(last)) {
 				skipped(next, t)
 			}
-			next = s.Next(t)
+			if n := s.Next(next); fired && n.After(t) {
+				next = n // from the tick, not from when its commit ended: no drift
+			} else {
+				next = s.Next(t)
+			}
 		} else if n := s.Next(t); !n.IsZero() && n.Before(next) {
 			// The clock stepped back: the tick due first is earlier.
 			next = n

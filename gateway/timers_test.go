@@ -2,15 +2,20 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -433,5 +438,152 @@ func seedTick(t *testing.T, dataDir, key string, ms int64) {
 	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEveryNoDrift: an "@every" tick whose commit takes time does not push
+// the later ticks back: the next tick is an interval after the tick, not
+// after the end of its commit (ten 10 s ticks with 200 ms commits ended at
+// +101.8 s instead of +100 s).
+func TestEveryNoDrift(t *testing.T) {
+	s := trigger.Every(10 * time.Second)
+	start := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	now := start
+	var ticks []time.Time
+	clock := func() time.Time { return now }
+	after := func(d time.Duration) (<-chan time.Time, func()) {
+		now = now.Add(d) // the wait ends on time
+		c := make(chan time.Time, 1)
+		c <- now
+		return c, func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fire := func(tick time.Time) {
+		ticks = append(ticks, tick)
+		now = now.Add(200 * time.Millisecond) // the tick's durable commit
+		if len(ticks) == 10 {
+			cancel()
+		}
+	}
+	runSchedule(ctx, s, time.Time{}, clock, after, fire, nil)
+	for i, tk := range ticks {
+		if want := start.Add(time.Duration(i+1) * 10 * time.Second); !tk.Equal(want) {
+			t.Errorf("tick %d at +%v, want +%v", i+1, tk.Sub(start), want.Sub(start))
+		}
+	}
+}
+
+// timerGateway runs a gateway with function tk ("@every" spec) on the fake
+// clock now, whose timer waits go through after; it returns the gateway
+// and its store.
+func timerGateway(t *testing.T, st *store.Store, spec string, now func() time.Time, after afterFunc) *Gateway {
+	t.Helper()
+	quiet := slog.New(slog.DiscardHandler)
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.timerAfter = after
+	s, err := trigger.ParseSchedule(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := &Function{Name: "tk", Fingerprint: "v1", Schedules: []Schedule{s},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {trigger = e.trigger} end`)}}
+	if err := g.SetFunctions(context.Background(), []*Function{tk}); err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, g)
+	return g
+}
+
+// TestEveryTickAfterNTPStep: a Pi with fake-hwclock boots with the time of
+// its last shutdown, then NTP sets the real date, days later. The tick of
+// "@every 1h" that fell due during the outage fires once right after the
+// step (it was dropped as "the wall clock jumped past it", and the timer
+// waited a whole interval more), and is recorded at the new time.
+func TestEveryTickAfterNTPStep(t *testing.T) {
+	st := quietStore(t, store.Options{})
+	const key = "tk/@every 1h0m0s"
+	last := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	if err := st.PutState(context.Background(), TimerStateFunction, key, []byte(strconv.FormatInt(last.UnixMilli(), 10))); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := last.Add(10 * time.Minute) // the clock of the last shutdown, on boot
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	stepped := now.AddDate(0, 0, 3)
+	waits := 0
+	after := func(d time.Duration) (<-chan time.Time, func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits++
+		if waits > 1 {
+			return make(chan time.Time), func() {} // after the step, nothing more happens
+		}
+		now = stepped // NTP sets the clock during the first wait
+		c := make(chan time.Time, 1)
+		c <- now
+		return c, func() {}
+	}
+	timerGateway(t, st, "@every 1h", clock, after)
+	waitFor(t, 10*time.Second, "the tick after the step", func() bool { return len(allRecords(t, st, "tk")) == 1 })
+	v, _, err := st.GetState(context.Background(), TimerStateFunction, key)
+	if err != nil || string(v) != strconv.FormatInt(stepped.UnixMilli(), 10) {
+		t.Fatalf("recorded tick %s (%v), want the time after the step %d", v, err, stepped.UnixMilli())
+	}
+}
+
+// shiftWall returns t, which must carry a monotonic reading, with its wall
+// clock moved by secs seconds and the monotonic reading kept: what
+// time.Now() returns before NTP steps the wall clock (the monotonic clock
+// does not jump). It writes time.Time's fields (wall, ext, loc; the
+// layout since Go 1.9): a kernel clock step cannot be made in a test.
+func shiftWall(t time.Time, secs int64) time.Time {
+	type layout struct {
+		wall uint64
+		ext  int64
+		loc  *time.Location
+	}
+	p := (*layout)(unsafe.Pointer(&t))
+	if p.wall&(1<<63) == 0 {
+		panic("shiftWall: no monotonic reading")
+	}
+	p.wall = uint64(int64(p.wall) + secs<<30) // the wall seconds are bits 30-62
+	return t
+}
+
+// TestEveryTickRecordedAfterNTPStep: a Pi without a real-time clock boots
+// in 1970 and NTP sets the clock after the gateway started. The first tick
+// of "@every 2s" fires on time (the monotonic clock), and is recorded at
+// the wall time it fired, not the 1970 time it was planned at: a restart
+// would otherwise find a tick 56 years overdue and fire again at once.
+func TestEveryTickRecordedAfterNTPStep(t *testing.T) {
+	const fiftySix = 56 * 365 * 24 * 3600
+	var stepped atomic.Bool
+	clock := func() time.Time {
+		if stepped.Load() {
+			return time.Now()
+		}
+		return shiftWall(time.Now(), -fiftySix)
+	}
+	if y := clock().Year(); y > 1975 {
+		t.Fatalf("setup: clock year %d", y)
+	}
+	st := quietStore(t, store.Options{})
+	timerGateway(t, st, "@every 2s", clock, nil)
+	stepped.Store(true) // NTP, before the first tick (2 s after the start)
+	waitFor(t, 20*time.Second, "the first tick", func() bool { return len(allRecords(t, st, "tk")) >= 1 })
+	v, _, err := st.GetState(context.Background(), TimerStateFunction, "tk/@every 2s")
+	ms, perr := strconv.ParseInt(string(v), 10, 64)
+	if err != nil || perr != nil {
+		t.Fatal(err, perr)
+	}
+	if d := time.Since(time.UnixMilli(ms)); d.Abs() > time.Minute {
+		t.Fatalf("tick recorded %v away from the wall clock (%s): a restart would fire again at once", d.Round(time.Second), time.UnixMilli(ms).UTC())
 	}
 }
