@@ -12,7 +12,10 @@
 #   --binary PATH  the moongate binary to install (default: the one for this
 #                  machine in dist/, from `make build-all`, or
 #                  moongate-linux-ARCH next to this script, e.g. when
-#                  both were copied to the Pi together)
+#                  both were copied to the Pi together with the files
+#                  this script uses beside it: moongate.service,
+#                  config.sh and config.example.yaml, i.e. the deploy/
+#                  directory)
 #   --arch ARCH    armv6 | armv7 | arm64 | amd64 (default: detected)
 #   --root DIR     install below DIR instead of / (also $DESTDIR): files,
 #                  the user (in DIR/etc/passwd when it exists) and the
@@ -73,11 +76,13 @@ UNIT_MARKER="# Installed by deploy/install.sh: remove with install.sh --uninstal
 # database of the target root). install.sh must then neither install over
 # it nor remove its service, configuration, data or user (dpkg's stat
 # override of config.yaml would break).
-package_installed() {
-  command -v dpkg-query >/dev/null 2>&1 || return 1
+package_status() {
+  command -v dpkg-query >/dev/null 2>&1 || return 0
   if [ -n "$root" ]; then set -- "--admindir=$root/var/lib/dpkg"; else set --; fi
-  [ "$(dpkg-query "$@" -W -f '${db:Status-Status}' moongate 2>/dev/null || true)" = installed ]
+  dpkg-query "$@" -W -f '${db:Status-Status}' moongate 2>/dev/null || true
 }
+
+package_installed() { [ "$(package_status)" = installed ]; }
 
 # systemd is running (not a container or chroot, not a --root install).
 systemd_up() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
@@ -133,6 +138,9 @@ create_user() {
 }
 
 install_files() {
+  for f in moongate.service config.sh config.example.yaml; do
+    [ -f "$here/$f" ] || die "$here/$f is missing: copy the whole deploy/ directory with this script"
+  done
   if [ -z "$binary" ]; then
     [ -n "$arch" ] || arch=$(detect_arch)
     for c in "$here/../dist/moongate-linux-$arch" "$here/moongate-linux-$arch"; do
@@ -141,9 +149,15 @@ install_files() {
     [ -n "$binary" ] || die "no moongate binary for $arch: run 'make build-all' or pass --binary PATH"
   fi
   [ -f "$binary" ] || die "--binary $binary: no such file"
-  if package_installed; then
-    die "the moongate Debian package is installed: upgrade it with dpkg/apt instead"
-  fi
+  case $(package_status) in
+    "" | not-installed) ;;
+    installed) die "the moongate Debian package is installed: upgrade it with dpkg/apt instead" ;;
+    *)
+      # Removed but not purged (config-files): a later dpkg -P (or apt
+      # autopurge) would delete /etc/moongate and /var/lib/moongate, which
+      # this installation would be using.
+      die "the moongate Debian package was removed but not purged (dpkg status $(package_status)): a later 'dpkg -P moongate' would delete $ETC and $DATA. Copy them aside, run 'dpkg -P moongate', put them back, then run this script again" ;;
+  esac
   create_user
   ids=$(user_ids)
 

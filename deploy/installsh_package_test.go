@@ -9,10 +9,13 @@ import (
 
 // fakeDpkgQuery puts a dpkg-query on PATH that reports the moongate
 // package as installed, and returns the environment to run with.
-func fakeDpkgQuery(t *testing.T) []string {
+func fakeDpkgQuery(t *testing.T) []string { return fakeDpkgStatus(t, "installed") }
+
+// fakeDpkgStatus is fakeDpkgQuery reporting status.
+func fakeDpkgStatus(t *testing.T, status string) []string {
 	t.Helper()
 	dir := t.TempDir()
-	script := "#!/bin/sh\nprintf installed\n"
+	script := "#!/bin/sh\nprintf " + status + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "dpkg-query"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +58,31 @@ func TestInstallScriptRefusesPackage(t *testing.T) {
 	if out, err := runErr(repo, env, "sh", install, "--root", root, "--binary", install); err == nil ||
 		!strings.Contains(out, "Debian package is installed") {
 		t.Errorf("install.sh over the package: %v\n%s", err, out)
+	}
+}
+
+// TestInstallScriptRefusesRemovedPackage: after dpkg -r the package is in
+// dpkg's config-files state; install.sh refuses to install over it (a
+// later dpkg -P would delete the configuration and the data it uses) and
+// says how to switch safely, touching nothing.
+func TestInstallScriptRefusesRemovedPackage(t *testing.T) {
+	repo := repoRoot(t)
+	root := t.TempDir()
+	data := filepath.Join(root, "var/lib/moongate/keep.me")
+	if err := os.MkdirAll(filepath.Dir(data), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(data, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install := filepath.Join(repo, "deploy", "install.sh")
+	out, err := runErr(repo, fakeDpkgStatus(t, "config-files"), "sh", install, "--root", root, "--binary", install)
+	if err == nil || !strings.Contains(out, "removed but not purged") || !strings.Contains(out, "dpkg -P moongate") {
+		t.Fatalf("install.sh over a removed package: %v\n%s", err, out)
+	}
+	mustExist(t, data)
+	if _, err := os.Stat(filepath.Join(root, "usr/local/bin/moongate")); err == nil {
+		t.Error("install.sh installed the binary before refusing")
 	}
 }
 

@@ -181,6 +181,16 @@ func (d *Daemon) MQTTAddr() net.Addr {
 	return nil
 }
 
+// Ready returns nil when the daemon takes events: the gateway runs and
+// its store takes writes (not below its disk reserve, not failing);
+// otherwise why not.
+func (d *Daemon) Ready() error {
+	if !d.gw.Ready() {
+		return errors.New("the gateway is not running")
+	}
+	return d.store.Health()
+}
+
 // Handler serves /healthz (the process is alive) and /readyz (the gateway
 // takes events).
 func (d *Daemon) Handler() http.Handler {
@@ -191,9 +201,9 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !d.gw.Ready() {
+		if err := d.Ready(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready")
+			fmt.Fprintln(w, "not ready:", err)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -264,10 +274,40 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Error("sync", "err", err)
 		}
 	}()
-	err := d.gw.Run(ctx)
+	// A store that broke (a commit failed and its state could not be
+	// reloaded) refuses every write until it is reopened: the daemon stops
+	// with that error, so that its supervisor restarts it.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	go d.watchStore(runCtx, stopRun)
+	err := d.gw.Run(runCtx)
 	stopSync()
 	<-syncDone
+	if cause := context.Cause(runCtx); err == nil && errors.Is(cause, store.ErrCorrupt) {
+		err = cause
+	}
 	return err
+}
+
+// storeCheckInterval is how often the daemon looks for a broken store.
+const storeCheckInterval = 5 * time.Second
+
+// watchStore stops the daemon (stop) once its store is broken.
+func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc) {
+	t := time.NewTicker(storeCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := d.store.Health(); errors.Is(err, store.ErrCorrupt) {
+				d.log.Error("store refuses writes until restarted: stopping", "err", err)
+				stop(err)
+				return
+			}
+		}
+	}
 }
 
 // runStored deploys the active versions kept in the store. A store that

@@ -79,7 +79,7 @@ func (d *Daemon) newAPI() (*apiserver.Server, error) {
 		System: apiserver.SystemInfo{Version: Version, GatewayID: d.cfg.GatewayID, DataDir: d.cfg.DataDir, Counters: func() *v1.GatewayCounters {
 			st := d.gw.Stats()
 			return &v1.GatewayCounters{Received: st.Received, Processed: st.Processed, Failed: st.Failed, DeadLettered: st.DeadLettered,
-				Published: st.Published, Backlog: int64(st.Backlog), Functions: int32(len(d.gw.Functions())), Ready: d.gw.Ready()}
+				Published: st.Published, Backlog: int64(st.Backlog), Functions: int32(len(d.gw.Functions())), Ready: d.Ready() == nil}
 		}},
 		Logger: d.log,
 	})
@@ -145,7 +145,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	}
 	gauge("moongate_functions", "Functions deployed.", float64(len(d.gw.Functions())))
 	ready := 0.0
-	if d.gw.Ready() {
+	if d.Ready() == nil {
 		ready = 1
 	}
 	gauge("moongate_ready", "1 when the gateway takes events.", ready)

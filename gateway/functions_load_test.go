@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -389,4 +390,25 @@ func TestUnreadableFunctionsDirAtStartRunsStored(t *testing.T) {
 		f := p.d.Gateway().Lookup("count")
 		return f != nil && f.Version == 2
 	})
+}
+
+// TestNotReadyWhileStoreRefuses: /readyz (and the ready gauge) say not
+// ready, with the reason, while the store refuses writes: a disk below its
+// reserve here (an impossible reserve). It answered 200 while every
+// publish was refused.
+func TestNotReadyWhileStoreRefuses(t *testing.T) {
+	cfg := fmt.Sprintf("gateway_id: test\ndata_dir: %q\nlog: {level: error}\nmqtt:\n  embedded: {listen: \"127.0.0.1:0\"}\napi: {listen: \"127.0.0.1:0\"}\nstore: {durability: always, disk_reserve: 1000TiB}\n", t.TempDir())
+	p := startInProcess(t, cfg)
+	base := "http://" + p.d.HTTPAddr().String()
+	code, body := httpGet(t, base+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "disk space below reserve") {
+		t.Fatalf("/readyz: %d %q, want 503 naming the full disk", code, body)
+	}
+	if code, _ := httpGet(t, base+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz: %d, want 200 (the process is alive)", code)
+	}
+	_, m := httpGet(t, base+"/metrics")
+	if !strings.Contains(m, "\nmoongate_ready 0\n") {
+		t.Errorf("metrics do not say not ready:\n%s", m)
+	}
 }

@@ -292,6 +292,8 @@ func (s *Store) process(reqs []*request) {
 			b.txn.Discard()
 		}
 		s.log.Error("group commit failed; reloading state from disk", "err", err, "writers", len(reqs), "committed", committed)
+		ferr := fmt.Errorf("store: group commit failed: %w", err)
+		s.lastFail.Store(&ferr)
 		s.cache.reset()
 		for _, r := range reqs[committed:] {
 			if r.err == nil {
@@ -372,6 +374,7 @@ func (s *Store) process(reqs []*request) {
 			failAll(err)
 			return
 		}
+		s.lastFail.Store(nil) // written: the disk takes writes again
 		if s.opts.Durability == DurabilityAlways && !s.opts.InMemory {
 			// SyncWrites: Badger synced the WAL and value log before Commit
 			// returned. (An explicit db.Sync after Commit would miss a

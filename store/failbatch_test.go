@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -88,5 +90,46 @@ func TestFailedReloadRefusesWrites(t *testing.T) {
 	s = reopen(t, s)
 	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0]}); err != nil {
 		t.Fatalf("commit after reopening: %v", err)
+	}
+}
+
+// TestHealth: the store says why it does not take writes: a failed group
+// commit (until one succeeds), a disk below its reserve, a state it could
+// not reload (until reopened).
+func TestHealth(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Uint64
+	free.Store(1 << 40)
+	s := openTest(t, Options{RetentionInterval: time.Hour, DiskCheckInterval: time.Nanosecond,
+		FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
+	if err := s.Health(); err != nil {
+		t.Fatalf("fresh store: %v", err)
+	}
+	if err := s.submit(ctx, &request{est: 64, fn: func(*batch) error { return fatal(errors.New("input/output error")) }}); err == nil {
+		t.Fatal("the failing request succeeded")
+	}
+	if err := s.Health(); err == nil || !strings.Contains(err.Error(), "input/output error") {
+		t.Fatalf("after a failed commit: %v", err)
+	}
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte("e")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Health(); err != nil {
+		t.Fatalf("after a commit that succeeded: %v", err)
+	}
+	free.Store(1 << 20) // below the reserve
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte("e")}}); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("enqueue below the reserve: %v", err)
+	}
+	if err := s.Health(); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("below the reserve: %v", err)
+	}
+	free.Store(1 << 40)
+	recoverFault = func() error { return errors.New("injected read error") }
+	t.Cleanup(func() { recoverFault = nil })
+	_ = s.submit(ctx, &request{est: 64, fn: func(*batch) error { return fatal(errors.New("boom")) }})
+	recoverFault = nil
+	if err := s.Health(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("after a failed reload: %v, want ErrCorrupt", err)
 	}
 }

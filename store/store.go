@@ -156,6 +156,9 @@ type Store struct {
 	// broken is set when the state could not be reloaded after a failed
 	// group commit: every write fails with it (committer only writes it).
 	broken atomic.Pointer[error]
+	// lastFail is the error of the last group commit when it failed, until
+	// one succeeds (Health).
+	lastFail atomic.Pointer[error]
 	// unsyncedFreed are blob objects freed by commits not synced yet
 	// (DurabilityInterval): removed after the next sync.
 	unsyncedMu    sync.Mutex
@@ -385,6 +388,27 @@ func (s *Store) Close() error {
 		errs = append(errs, fmt.Errorf("store: close badger: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// Health reports why the store does not take writes now, or nil: the
+// error that broke it (ErrCorrupt: it refuses writes until reopened),
+// ErrStoreFull (the disk is below its reserve), or the error of the last
+// group commit when it failed (a failing disk), until one succeeds. Safe
+// for concurrent use.
+func (s *Store) Health() error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	if b := s.broken.Load(); b != nil {
+		return *b
+	}
+	if s.full.Load() {
+		return fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
+	}
+	if f := s.lastFail.Load(); f != nil {
+		return *f
+	}
+	return nil
 }
 
 func (s *Store) checkOpen() error {

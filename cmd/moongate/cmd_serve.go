@@ -78,12 +78,35 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		log.Error("start failed", "err", err)
 		return exitFailure
 	}
+	// A stop that hangs (Badger retrying a memtable flush on a failing or
+	// full disk, forever) is cut short: what was acknowledged is durable
+	// already (its write-ahead log), and the supervisor would kill the
+	// process anyway (TimeoutStopSec).
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+		}
+		select {
+		case <-done:
+		case <-time.After(stopTimeout):
+			log.Error("stop did not finish in time: exiting (acknowledged events are durable)", "timeout", stopTimeout)
+			os.Exit(exitFailure)
+		}
+	}()
 	if err := d.Run(ctx); err != nil {
 		log.Error("stopped with error", "err", err)
 		return exitFailure
 	}
 	return exitOK
 }
+
+// stopTimeout bounds the stop of the daemon, below the unit's
+// TimeoutStopSec (60 s).
+const stopTimeout = 45 * time.Second
 
 // loadConfig reads path, or returns the defaults (with environment
 // overrides) when path is empty.
