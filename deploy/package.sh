@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 go=${GO:-go}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-deploy/config.sh >"$tmp/config.yaml"
+# MOONGATE_CONFIG_FILE (tests) ships another configuration.
+if [ -n "${MOONGATE_CONFIG_FILE:-}" ]; then cp "$MOONGATE_CONFIG_FILE" "$tmp/config.yaml"; else deploy/config.sh >"$tmp/config.yaml"; fi
 date=$(git log -1 --format=%cD 2>/dev/null || date -R)
 cat >"$tmp/changelog.Debian" <<CHANGELOG
 moongate ($version-1) unstable; urgency=medium
