@@ -95,8 +95,10 @@ build-all:
 	  stat -c '%n %s' $$f | awk '{ printf "%-28s %9d bytes  %5.1f MiB\n", $$1, $$2, $$2 / 1048576 }'; done
 
 # Debian packages (amd64, arm64, armhf with the armv6 binary) in $(DIST).
-# A tag v1.2.3 gives version 1.2.3; an untagged tree 0.0.0+git<describe>.
-DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -e 's/^v\([0-9]\)/\1/;tx' -e 's/^/0.0.0+git/' -e ':x' -e 's/-/+/g')
+# A tag v1.2.3 gives version 1.2.3 (1.2.3+4+gHASH past it); an untagged
+# tree 0.0.0+git<commit time>.<hash>, so that later commits sort as newer
+# versions (a bare hash sorts at random: apt would see downgrades).
+DEB_VERSION ?= $(shell v='$(VERSION)'; if echo "$$v" | grep -q '^v[0-9]'; then echo "$$v" | sed -e 's/^v//' -e 's/-/+/g'; else echo "0.0.0+git$$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y%m%d%H%M%S 2>/dev/null || echo 0).$$v" | sed -e 's/-/+/g'; fi)
 
 deb: build-all
 	GO=$(GO) deploy/package.sh amd64 $(DIST)/moongate-linux-amd64 $(DEB_VERSION) $(DIST)
