@@ -46,6 +46,10 @@ type Daemon struct {
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
 	FunctionsPoll time.Duration
+	// ClockProbe reports whether the system clock is synchronized (default:
+	// the kernel's NTP status); records are stamped with it. Set before
+	// Run.
+	ClockProbe func() (bool, error)
 }
 
 // NewDaemon opens the store and builds every part; nothing listens yet
@@ -54,7 +58,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second}
+	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second, ClockProbe: kernelClockSynced}
 	st, err := store.Open(ctx, storeOptions(cfg, log))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
@@ -280,6 +284,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
 	go d.watchStore(runCtx, stopRun)
+	// The clock is read before the first event is taken, then every 30 s.
+	clockDone := make(chan struct{})
+	if cw := (&clockWatch{d: d, probe: d.ClockProbe}); d.ClockProbe != nil && cw.read() {
+		go func() { defer close(clockDone); cw.run(runCtx) }()
+	} else {
+		close(clockDone)
+	}
+	defer func() { stopRun(nil); <-clockDone }()
 	err := d.gw.Run(runCtx)
 	stopSync()
 	<-syncDone

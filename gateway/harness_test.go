@@ -127,6 +127,13 @@ func startInProcess(t testing.TB, cfgYAML string) *inProcess {
 // (nil: discarded, or warnings to stderr with -v).
 func startInProcessLog(t testing.TB, cfgYAML string, logw io.Writer) *inProcess {
 	t.Helper()
+	return startInProcessWith(t, cfgYAML, logw, nil)
+}
+
+// startInProcessWith is startInProcessLog with setup called on the daemon
+// before it runs (nil: none).
+func startInProcessWith(t testing.TB, cfgYAML string, logw io.Writer, setup func(*Daemon)) *inProcess {
+	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -144,6 +151,9 @@ func startInProcessLog(t testing.TB, cfgYAML string, logw io.Writer) *inProcess 
 		t.Fatalf("daemon: %v", err)
 	}
 	d.FunctionsPoll = 50 * time.Millisecond
+	if setup != nil {
+		setup(d)
+	}
 	p := &inProcess{d: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- d.Run(ctx) }()
 	t.Cleanup(func() { p.stop(t) })
