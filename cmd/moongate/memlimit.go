@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/config"
@@ -23,6 +27,63 @@ type memoryLimit struct {
 	bytes  int64  // 0: none; with auto, the floor the limit follows the live heap from
 	source string // "memory_limit" or "GOMEMLIMIT": the knob to turn
 	auto   bool   // memory_limit: auto applies: followLiveHeap adjusts the limit
+	// ceiling (0: none) is the most auto may raise the limit to: below the
+	// hard limits of the process (its cgroup's memory.high and memory.max,
+	// the machine's RAM), where a larger soft limit would only let the heap
+	// grow into throttling or the OOM killer instead of collecting harder.
+	ceiling int64
+}
+
+// capped is want, but not above the ceiling (nor below the floor).
+func (l memoryLimit) capped(want int64) int64 {
+	if l.ceiling > 0 && want > l.ceiling {
+		return max(l.ceiling, l.bytes)
+	}
+	return want
+}
+
+// ceilingShare is the part of the tightest hard limit the soft limit may
+// reach: the rest is for what the runtime does not count (stacks beyond
+// its accounting, the binary's mapped pages, Badger's memory maps).
+const ceilingShare = 0.8
+
+// memoryCeiling is ceilingShare of the smallest of the process's cgroup v2
+// memory.high and memory.max and of the machine's MemTotal, rounded down to
+// a MiB, read through read (os.ReadFile outside tests); 0 when none is
+// known.
+func memoryCeiling(read func(string) ([]byte, error)) int64 {
+	var limits []int64
+	if b, err := read("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if path, ok := strings.CutPrefix(line, "0::"); ok {
+				dir := "/sys/fs/cgroup" + strings.TrimSpace(path)
+				for _, f := range []string{"memory.high", "memory.max"} {
+					if v, err := read(dir + "/" + f); err == nil {
+						if n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64); err == nil && n > 0 {
+							limits = append(limits, n)
+						}
+					}
+				}
+			}
+		}
+	}
+	if b, err := read("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				f := strings.Fields(rest)
+				if len(f) == 2 && f[1] == "kB" {
+					if n, err := strconv.ParseInt(f[0], 10, 64); err == nil && n > 0 {
+						limits = append(limits, n<<10)
+					}
+				}
+			}
+		}
+	}
+	if len(limits) == 0 {
+		return 0
+	}
+	const mib = 1 << 20
+	return int64(float64(slices.Min(limits))*ceilingShare) / mib * mib // whole MiB
 }
 
 // applyMemoryLimit sets the Go runtime's soft memory limit from
@@ -37,6 +98,9 @@ func applyMemoryLimit(cfg *config.Config, lookupEnv func(string) (string, bool),
 		return l
 	}
 	l := memoryLimit{bytes: cfg.MemoryLimitBytes(), source: "memory_limit", auto: cfg.MemoryLimit == config.MemoryLimitAuto}
+	if l.auto {
+		l.ceiling = memoryCeiling(os.ReadFile)
+	}
 	if l.bytes > 0 {
 		debug.SetMemoryLimit(l.bytes)
 	} else {
@@ -47,6 +111,9 @@ func applyMemoryLimit(cfg *config.Config, lookupEnv func(string) (string, bool),
 		attrs = append(attrs, "memory_limit", "auto (store profile "+cfg.Store.Profile+")")
 		if l.bytes > 0 {
 			attrs = append(attrs, "follows", fmt.Sprintf("%g x live heap when above", autoLimitFactor))
+			if l.ceiling > 0 {
+				attrs = append(attrs, "at_most", formatLimit(l.ceiling))
+			}
 		}
 	}
 	log.Info("memory limit", attrs...)
@@ -295,7 +362,7 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 			pressLeft = window + 1
 		}
 		if !ticked {
-			if want := max(base, press); want > cur+1<<20 {
+			if want := l.capped(max(base, press)); want > cur+1<<20 {
 				set(want)
 				log.Debug("memory limit raised: the live heap reached it", "limit", formatLimit(want), "live_heap", fmt.Sprintf("%.1fMiB", float64(s.live)/(1<<20)))
 				cur = want
@@ -343,6 +410,7 @@ func followLiveHeap(ctx context.Context, l memoryLimit, log *slog.Logger, interv
 		} else {
 			boost = 0
 		}
+		want = l.capped(want)
 		// Changes of a MiB or less are not worth making, except back to
 		// the floor.
 		if d := want - cur; d <= 1<<20 && d >= -(1<<20) && (want != l.bytes || cur == l.bytes) {

@@ -570,3 +570,56 @@ func TestGCCycles(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryCeiling: the ceiling is 80 % of the tightest of the cgroup's
+// memory.high and memory.max and the machine's RAM; "max" and missing
+// files do not count.
+func TestMemoryCeiling(t *testing.T) {
+	const mib = 1 << 20
+	files := map[string]string{
+		"/proc/self/cgroup": "0::/system.slice/moongate.service\n",
+		"/sys/fs/cgroup/system.slice/moongate.service/memory.high": "134217728\n",
+		"/sys/fs/cgroup/system.slice/moongate.service/memory.max":  "167772160\n",
+		"/proc/meminfo": "MemTotal:         437368 kB\nMemFree:  1000 kB\n",
+	}
+	read := func(p string) ([]byte, error) {
+		if v, ok := files[p]; ok {
+			return []byte(v), nil
+		}
+		return nil, os.ErrNotExist
+	}
+	share := ceilingShare // a variable: the constant product is not an integer
+	if got, want := memoryCeiling(read), int64(float64(128*mib)*share)/mib*mib; got != want {
+		t.Errorf("unit limits (MemoryHigh=128M MemoryMax=160M): ceiling %d, want %d", got, want)
+	}
+	files["/sys/fs/cgroup/system.slice/moongate.service/memory.high"] = "max\n"
+	files["/sys/fs/cgroup/system.slice/moongate.service/memory.max"] = "max\n"
+	if got, want := memoryCeiling(read), int64(float64(437368<<10)*share)/mib*mib; got != want {
+		t.Errorf("no cgroup limit: ceiling %d, want 80%% of MemTotal %d", got, want)
+	}
+	if got := memoryCeiling(func(string) ([]byte, error) { return nil, os.ErrNotExist }); got != 0 {
+		t.Errorf("nothing readable: ceiling %d, want 0", got)
+	}
+	if got := memoryCeiling(os.ReadFile); got <= 0 {
+		t.Errorf("this machine: ceiling %d, want its RAM's share at least", got)
+	}
+}
+
+// TestFollowLiveHeapCeiling: the limit follows the live heap up to the
+// ceiling and no further (a soft limit above the unit's MemoryHigh would
+// only let the heap grow into throttling and the OOM killer).
+func TestFollowLiveHeapCeiling(t *testing.T) {
+	const mib = 1 << 20
+	lives := []uint64{10 * mib, 30 * mib, 80 * mib, 12 * mib}
+	i := 0
+	got := runFollow(t, memoryLimit{bytes: 24 * mib, source: "memory_limit", auto: true, ceiling: 100 * mib}, 1, func() (gcSample, bool) {
+		if i == len(lives) {
+			return gcSample{}, false
+		}
+		i++
+		return gcSample{live: lives[i-1]}, true
+	}, time.Now)
+	if want := []int64{45 * mib, 100 * mib, 24 * mib}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("limits set %v, want %v (120 MiB capped at the 100 MiB ceiling)", got, want)
+	}
+}
