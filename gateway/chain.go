@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
@@ -109,8 +110,11 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops int) {
 			}
 		case ch.State != nil:
 			u := ch.State
+			if bytes.Equal(u.Old, u.New) {
+				break // nothing changed (a delete of an absent key, the same value set again)
+			}
+			payload := g.stateEventPayload(u)
 			ci.stateWatchers(u.Function, u.Key, func(w stateWatch) {
-				payload, _ := json.Marshal(stateChangeEvent{Function: u.Function, Key: u.Key, Old: jsonOrNull(u.Old), New: jsonOrNull(u.New)})
 				ev := luavm.Event{ID: g.newEventID(), Payload: payload, TS: g.opts.Now().UnixMilli(), Trigger: string(trigger.KindState),
 					Captures: map[string]string{"function": u.Function, "key": u.Key}}
 				out = append(out, store.InboxEntry{Function: w.fn.Name, Key: "state:" + u.Function + "/" + u.Key, Event: encodeEventHops(&ev, hops+1)})
@@ -128,6 +132,35 @@ type stateChangeEvent struct {
 	Key      string          `json:"key"`
 	Old      json.RawMessage `json:"old"` // null when the key was absent
 	New      json.RawMessage `json:"new"` // null when the key was deleted
+	// OldOmitted and NewOmitted say that a value was left out (null) to
+	// fit the event in one store value.
+	OldOmitted bool `json:"old_omitted,omitempty"`
+	NewOmitted bool `json:"new_omitted,omitempty"`
+}
+
+// stateEventRoom is what a state-triggered event holds besides its payload
+// (id, captures, key, hop count) in its store value.
+const stateEventRoom = 8 << 10
+
+// stateEventPayload is the payload of the events u triggers: the old and
+// the new value, leaving out the old one, then the new one, when they do
+// not fit in one store value together (a 600 KB value replaced by another
+// made the commit of the change fail: its chained event was 1.2 MB).
+func (g *Gateway) stateEventPayload(u *store.StateUpdate) []byte {
+	e := stateChangeEvent{Function: u.Function, Key: u.Key, Old: jsonOrNull(u.Old), New: jsonOrNull(u.New)}
+	payload, _ := json.Marshal(e)
+	fits := func() bool {
+		return g.opts.MaxEventBytes <= 0 || len(payload)+len(u.Function)+2*len(u.Key)+stateEventRoom <= g.opts.MaxEventBytes
+	}
+	if !fits() {
+		e.Old, e.OldOmitted = json.RawMessage("null"), true
+		payload, _ = json.Marshal(e)
+	}
+	if !fits() {
+		e.New, e.NewOmitted = json.RawMessage("null"), true
+		payload, _ = json.Marshal(e)
+	}
+	return payload
 }
 
 // jsonOrNull returns a stored state value as JSON: values are JSON, but a

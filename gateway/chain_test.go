@@ -276,3 +276,76 @@ func TestChainFromInvoke(t *testing.T) {
 		t.Fatalf("chained record %s device %q", r.Data, r.Device)
 	}
 }
+
+// TestStateEventLeavesOutWhatDoesNotFit: a state change whose old and new
+// values do not fit in one event together (a 600 KB value replaced by
+// another) still commits; its watchers get the event without the old
+// value (old_omitted). Before, the chained event (1.2 MB) made the commit
+// of the change fail for good once a function watched that state.
+func TestStateEventLeavesOutWhatDoesNotFit(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "big", `function handle(e) state.set("big", string.rep(e.payload, 600000)) end`,
+		"triggers:\n  - http: {methods: [POST]}\nlimits: {max_effect_bytes: 700KiB}\n")
+	writeFunction(t, fnDir, "watch", `function handle(e)
+  local p = json.decode(e.payload)
+  local function size(v) if type(v) == "string" then return #v end return 0 end
+  return {old = size(p.old), new = size(p.new), old_omitted = p.old_omitted == true}
+end`, "triggers:\n  - state: {function: big}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	for i, payload := range []string{"a", "b"} {
+		res, err := p.d.Gateway().Invoke(t.Context(), "big", &luavm.Event{Payload: []byte(payload), Trigger: "invoke"}, true, nil)
+		if err != nil {
+			t.Fatalf("invocation %d: %v", i+1, err)
+		}
+		if res.Err != nil {
+			t.Fatalf("invocation %d failed: %v", i+1, res.Err)
+		}
+	}
+	st := p.d.Store()
+	if !poll(10*time.Second, func() bool { return len(allRecords(t, st, "watch")) == 2 }) {
+		dl, _ := st.ListDeadLetters(t.Context(), "", 0, 10)
+		for _, d := range dl {
+			t.Logf("dead letter %s: %s", d.Function, d.Error)
+		}
+		t.Fatalf("%d watcher records, want 2", len(allRecords(t, st, "watch")))
+	}
+	recs := allRecords(t, st, "watch")
+	if got := string(recs[0].Data); got != `{"new":600000,"old":0,"old_omitted":false}` {
+		t.Errorf("first change: %s", got)
+	}
+	if got := string(recs[1].Data); got != `{"new":600000,"old":0,"old_omitted":true}` {
+		t.Errorf("second change: %s, want the new value and old_omitted", got)
+	}
+}
+
+// TestStateEventOnlyOnChange: a delete of a key that is not there, or a
+// value set again unchanged, runs no watcher; a change does.
+func TestStateEventOnlyOnChange(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "src", `function handle(e)
+  if e.payload == "noop" then state.delete("k/x") else state.set("k/x", 1) end
+end`, "triggers:\n  - http: {methods: [POST]}\n")
+	writeFunction(t, fnDir, "watch", `function handle(e) return json.decode(e.payload) end`, "triggers:\n  - state: {function: src, prefix: \"k/\"}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, ""))
+	for _, payload := range []string{"noop", "set", "set"} { // absent key deleted; set; set to the same value
+		res, err := p.d.Gateway().Invoke(t.Context(), "src", &luavm.Event{Payload: []byte(payload), Trigger: "invoke"}, true, nil)
+		if err != nil || res.Err != nil {
+			t.Fatal(err, res.Err)
+		}
+	}
+	// One more change after them: events of one key run in order, so once
+	// its record is there any earlier event's would be too.
+	res, err := p.d.Gateway().Invoke(t.Context(), "src", &luavm.Event{Payload: []byte("noop"), Trigger: "invoke"}, true, nil)
+	if err != nil || res.Err != nil {
+		t.Fatal(err, res.Err)
+	}
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "the delete's event", func() bool { return len(allRecords(t, st, "watch")) >= 2 })
+	var got []string
+	for _, r := range allRecords(t, st, "watch") {
+		got = append(got, string(r.Data))
+	}
+	if want := []string{`{"function":"src","key":"k/x","new":1,"old":null}`, `{"function":"src","key":"k/x","new":null,"old":1}`}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("watcher records %q, want only the two changes %q", got, want)
+	}
+}

@@ -108,6 +108,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
 		MaxHops:         cfg.Pipeline.MaxHops,
 		MaxPayload:      int(cfg.MQTT.MaxPayload),
+		MaxEventBytes:   storeValueBytes(cfg),
 		Retry: RetryPolicy{
 			MaxAttempts:    cfg.Pipeline.Retry.MaxAttempts,
 			InitialBackoff: cfg.Pipeline.Retry.InitialBackoff.Std(),

@@ -88,6 +88,11 @@ type Options struct {
 	// stream or state triggers than this is dead-lettered with ErrHopLimit
 	// (default 8, at most 1000).
 	MaxHops int
+	// MaxEventBytes is the largest event the store takes in one value
+	// (store.Options.MaxValueBytes; 0: unknown). A state-triggered event
+	// whose old and new values would not fit leaves them out (old first)
+	// instead of making the commit that changed the state fail.
+	MaxEventBytes int
 
 	// Now is the clock (default time.Now); tests may replace it.
 	Now func() time.Time
