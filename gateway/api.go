@@ -112,6 +112,24 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	return out, nil
 }
 
+// WriteState commits one change of a function's state (an operator's,
+// through the API) durably, like a change the function makes itself: the
+// functions with a state trigger on it run (their events are written in the
+// same atomic commit). Safe for concurrent use.
+func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
+	c := &store.Commit{State: []store.StateChange{ch}}
+	g.chainCommit(g.funcs.Load(), c, 0)
+	cr, err := g.opts.Store.Commit(ctx, c)
+	if err != nil {
+		return err
+	}
+	g.signalCommit()
+	if g.ready.Load() && !g.stopping.Load() {
+		g.pushChained(cr.Inbox) // otherwise the next start resumes them from the inbox
+	}
+	return nil
+}
+
 // Requeue puts the event of a dead letter of function back into the inbox,
 // durably, to run through the function's current version; it returns when
 // the entry is durable. When deadLetter is not 0, that dead letter is

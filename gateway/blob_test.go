@@ -416,3 +416,27 @@ end`, "triggers:\n  - http: {methods: [POST]}\n")
 		t.Fatalf("state n = %s (%v, %v) after a 502: the invocation was applied", v, ok, err)
 	}
 }
+
+// TestAPIStateWriteRunsStateTrigger: a state change written over the API
+// (PUT or DELETE /v1/functions/F/state/K) runs the functions with a state
+// trigger on it, as the function's own change would; it ran none.
+func TestAPIStateWriteRunsStateTrigger(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "cfg", `function handle(e) return nil end`, "triggers:\n  - http: {methods: [POST]}\n")
+	writeFunction(t, fnDir, "watch", `function handle(e) return json.decode(e.payload) end`, "triggers:\n  - state: {function: cfg, prefix: \"limits/\"}\n")
+	p := startInProcess(t, blobConfigHead(dataDir, fnDir))
+	c := blobClient{t: t, base: "http://" + p.d.HTTPAddr().String()}
+	if resp, body := c.do("PUT", "/v1/functions/cfg/state/limits%2Fmax", blobAdminToken, "application/json", strings.NewReader(`{"temp": 80}`)); resp.StatusCode != 200 {
+		t.Fatalf("PUT state: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := c.do("DELETE", "/v1/functions/cfg/state/limits%2Fmax", blobAdminToken, "", nil); resp.StatusCode != 200 {
+		t.Fatalf("DELETE state: %d %s", resp.StatusCode, body)
+	}
+	st := p.d.Store()
+	waitFor(t, 10*time.Second, "the watcher's two records", func() bool { return len(allRecords(t, st, "watch")) == 2 })
+	recs := allRecords(t, st, "watch")
+	if a, b := string(recs[0].Data), string(recs[1].Data); a != `{"function":"cfg","key":"limits/max","new":{"temp":80},"old":null}` ||
+		b != `{"function":"cfg","key":"limits/max","new":null,"old":{"temp":80}}` {
+		t.Fatalf("watcher records %s, %s", a, b)
+	}
+}

@@ -57,6 +57,22 @@ type syncState struct {
 }
 
 // newAPI builds the management API server on the daemon.
+// apiStore is the store as the API uses it, except that state written
+// through the API is written like a function's own change: functions with
+// a state trigger on it run.
+type apiStore struct {
+	*store.Store
+	gw *Gateway
+}
+
+func (a apiStore) PutState(ctx context.Context, function, key string, value []byte) error {
+	return a.gw.WriteState(ctx, store.StateChange{Function: function, Op: store.StateSet, Key: key, Value: value})
+}
+
+func (a apiStore) DeleteState(ctx context.Context, function, key string) error {
+	return a.gw.WriteState(ctx, store.StateChange{Function: function, Op: store.StateDelete, Key: key})
+}
+
 func (d *Daemon) newAPI() (*apiserver.Server, error) {
 	tokens := make([]apiserver.Token, 0, len(d.cfg.API.Tokens))
 	for _, t := range d.cfg.API.Tokens {
@@ -67,7 +83,7 @@ func (d *Daemon) newAPI() (*apiserver.Server, error) {
 		tokens = append(tokens, apiserver.Token{Name: t.Name, Scope: sc, Hash: t.Hash})
 	}
 	return apiserver.New(apiserver.Config{
-		Store:             d.store,
+		Store:             apiStore{Store: d.store, gw: d.gw},
 		Functions:         apiBackend{d},
 		Sync:              daemonSync{d},
 		Blobs:             blobBackend{d},
