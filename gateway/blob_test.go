@@ -20,6 +20,9 @@ import (
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/apiserver"
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // Blob tests: uploads over REST to a real daemon on loopback, functions
@@ -439,4 +442,54 @@ func TestAPIStateWriteRunsStateTrigger(t *testing.T) {
 		b != `{"function":"cfg","key":"limits/max","new":null,"old":{"temp":80}}` {
 		t.Fatalf("watcher records %s, %s", a, b)
 	}
+}
+
+// stallReader gives first, then waits for go before giving rest.
+type stallReader struct {
+	first, rest []byte
+	read        chan struct{} // closed once first was read
+	goOn        chan struct{}
+	stage       int
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	switch r.stage {
+	case 0:
+		r.stage++
+		n := copy(p, r.first)
+		close(r.read)
+		return n, nil
+	case 1:
+		<-r.goOn
+		r.stage++
+		return copy(p, r.rest), nil
+	}
+	return 0, io.EOF
+}
+
+// TestUploadTriggerDeployedDuringUpload: a function with an upload trigger
+// deployed while an upload is streaming runs on that blob, which is
+// committed after it was deployed. (The routing was read before the body:
+// the blob did not run it.)
+func TestUploadTriggerDeployedDuringUpload(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{Buckets: map[string]store.Bucket{"photos": {}}})
+	g := runGateway(t, Options{Store: st})
+	body := &stallReader{first: []byte("first half "), rest: []byte("second half"), read: make(chan struct{}), goOn: make(chan struct{})}
+	put := make(chan error, 1)
+	go func() {
+		_, err := g.PutBlob(ctx, "photos", "a.jpg", "image/jpeg", body)
+		put <- err
+	}()
+	<-body.read // the upload is streaming
+	onphoto := &Function{Name: "onphoto", Fingerprint: "v1", Uploads: []trigger.UploadTrigger{{Bucket: "photos", Name: "*.jpg"}},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {p = e.payload} end`)}}
+	if err := g.SetFunctions(ctx, []*Function{onphoto}); err != nil {
+		t.Fatal(err)
+	}
+	close(body.goOn)
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "onphoto's record", func() bool { return len(allRecords(t, st, "onphoto")) == 1 })
 }

@@ -77,11 +77,14 @@ func (g *Gateway) PutBlob(ctx context.Context, bucket, name, contentType string,
 	if !ok {
 		return store.BlobInfo{}, ErrNoBlobs
 	}
-	ft := g.funcs.Load()
-	ci := &ft.chain
-	n := ci.uploadCount(bucket, name)
-	derive := func(bi store.BlobInfo) []store.InboxEntry { return g.uploadEntries(ci, &bi, 0) }
-	bi, entries, err := bs.PutBlob(ctx, store.BlobPut{Bucket: bucket, Name: name, ContentType: contentType, Body: body, DeriveMax: n}, derive)
+	// The functions it triggers are those deployed when it is committed,
+	// not when the upload began (a function deployed during a long upload
+	// runs on it).
+	staged := func() (int, func(store.BlobInfo) []store.InboxEntry) {
+		ci := &g.funcs.Load().chain
+		return ci.uploadCount(bucket, name), func(bi store.BlobInfo) []store.InboxEntry { return g.uploadEntries(ci, &bi, 0) }
+	}
+	bi, entries, err := bs.PutBlob(ctx, store.BlobPut{Bucket: bucket, Name: name, ContentType: contentType, Body: body, Staged: staged}, nil)
 	if err != nil {
 		return store.BlobInfo{}, err
 	}

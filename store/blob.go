@@ -123,6 +123,11 @@ type BlobPut struct {
 	// DeriveMax bounds the number of inbox entries derive may return
 	// (ErrInvalid past it).
 	DeriveMax int
+	// Staged, when set, is called once the body is on disk, right before
+	// the commit, and gives DeriveMax and derive then (overriding both): a
+	// caller whose routing may change during a long upload reads it at the
+	// end.
+	Staged func() (deriveMax int, derive func(BlobInfo) []InboxEntry)
 }
 
 var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -443,6 +448,9 @@ func (s *Store) PutBlob(ctx context.Context, p BlobPut, derive func(BlobInfo) []
 		return BlobInfo{}, nil, err
 	}
 	defer sb.Release()
+	if p.Staged != nil {
+		p.DeriveMax, derive = p.Staged()
+	}
 	var info BlobInfo
 	c := &Commit{Blobs: []BlobOp{{Bucket: p.Bucket, Name: p.Name, ContentType: p.ContentType, Object: sb}}}
 	c.ChainMax = max(p.DeriveMax, 0)
