@@ -270,7 +270,7 @@ func TestParseSchedule(t *testing.T) {
 			t.Errorf("ParseSchedule(%q).Next(%v) = %v, want %v", spec, base, got, want)
 		}
 	}
-	for _, spec := range []string{"", "@every", "@every 500ms", "@every -1m", "@every1m", "@every x", "@often", "* * * *", "0 0 * * * *", "60 * * * *", "*/0 * * * *", "0 0 31 2 *", "a b c d e", strings.Repeat("1", 300)} {
+	for _, spec := range []string{"", "@every", "@every 500ms", "@every -1m", "@every1m", "@every x", "@often", "* * * *", "0 0 * * * *", "60 * * * *", "*/0 * * * *", "0 0 31 2 *", "a b c d e", strings.Repeat("1", 300), "CRON_TZ=UTC @every 1m", "CRON_TZ=Europe/Berlin @every 100ms"} {
 		if s, err := ParseSchedule(spec); err == nil || !errors.Is(err, ErrSchedule) {
 			t.Errorf("ParseSchedule(%q) = %v, %v; want ErrSchedule", spec, s, err)
 		}

@@ -61,6 +61,12 @@ func ParseSchedule(spec string) (s Schedule, err error) {
 		}
 		return Every(d), nil
 	}
+	if f := strings.Fields(spec); len(f) > 1 && strings.HasPrefix(f[0], "CRON_TZ=") && strings.HasPrefix(f[1], "@every") {
+		// robfig would parse it as its own interval (under a second
+		// rounded up, not refused, and without the phase kept across
+		// restarts): an interval has no time zone.
+		return nil, fmt.Errorf("%w %q: \"@every\" takes no CRON_TZ (an interval has no time zone)", ErrSchedule, clip(spec))
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s, err = nil, fmt.Errorf("%w %q: %v", ErrSchedule, clip(spec), r)
