@@ -340,13 +340,19 @@ func (d *Daemon) runStored(ctx context.Context) error {
 	return nil
 }
 
-// warnUnknownTargets logs the sync targets of f that are not configured:
-// its records wait in that outbox (bounded by the outbox quota, visible in
-// the sync status) until a target of that name is configured.
+// warnUnknownTargets logs the sync targets of f that are not configured
+// (its records wait in that outbox, bounded by the outbox quota, visible in
+// the sync status, until a target of that name is configured) and the
+// buckets of its upload triggers that are not.
 func (d *Daemon) warnUnknownTargets(f *Function) {
 	for _, t := range f.Sync {
 		if !d.sync.Has(t) {
 			d.log.Warn("function syncs to a target that is not configured; its records wait in that outbox", "function", f.Name, "target", t)
+		}
+	}
+	for _, u := range f.Uploads {
+		if _, ok := d.cfg.Blobs.Buckets[u.Bucket]; !ok {
+			d.log.Warn("function has an upload trigger on a bucket that is not configured (blobs.buckets): it never runs on it", "function", f.Name, "bucket", u.Bucket)
 		}
 	}
 }

@@ -412,3 +412,16 @@ func TestNotReadyWhileStoreRefuses(t *testing.T) {
 		t.Errorf("metrics do not say not ready:\n%s", m)
 	}
 }
+
+// TestUploadTriggerUnknownBucketWarned: a function whose upload trigger
+// names a bucket that is not configured deploys (the bucket may come with
+// the next configuration) but says so in the log; it deployed silently.
+func TestUploadTriggerUnknownBucketWarned(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "onphoto", `function handle(e) return nil end`, "triggers:\n  - upload: {bucket: fotos, name: \"*.jpg\"}\n")
+	logs := &lockedBuffer{}
+	startInProcessLog(t, testConfig(dataDir, fnDir, ""), logs)
+	if !logsMention(logs.String(), "upload trigger on a bucket that is not configured", "bucket=fotos") {
+		t.Fatalf("no warning of the unknown bucket:\n%s", logs.String())
+	}
+}
