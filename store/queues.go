@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -851,6 +853,7 @@ func (b *batch) dropHead(space string, q *queue) error {
 		if err == nil {
 			b.del(nameSeqKey(pDeadIdx, d.Function, seq))
 		}
+		b.s.deadDrops.note(b.s.log, d.Function, seq)
 	}
 	q.remove(int64(len(v)))
 	q.Drops++
@@ -1196,5 +1199,28 @@ func (s *Store) OutboxAck(ctx context.Context, target string, upTo uint64) error
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// dropWarner logs dropped dead letters (events that can no longer be
+// replayed) at most once per deadDropLogEvery, with how many went since
+// the last line: the count alone (Stats) is easily missed.
+type dropWarner struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+// deadDropLogEvery is how often dropped dead letters are logged at most.
+const deadDropLogEvery = time.Minute
+
+func (w *dropWarner) note(log *slog.Logger, function string, seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.n++
+	if now := time.Now(); now.Sub(w.last) >= deadDropLogEvery {
+		log.Warn("dead letters dropped to stay within the deadletters quota (or age): those events can no longer be replayed",
+			"dropped", w.n, "oldest_function", function, "seq", seq)
+		w.last, w.n = now, 0
 	}
 }

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -320,5 +323,25 @@ func TestUsageRowsBounded(t *testing.T) {
 	}
 	if n != MaxUsageRows+1 {
 		t.Fatalf("daily rows sum to %d invocations, want %d", n, MaxUsageRows+1)
+	}
+}
+
+// TestDeadLetterDropsLogged: dead letters dropped by the quota are logged
+// (at most once a minute, with the count): events that can no longer be
+// replayed, which only a counter said before.
+func TestDeadLetterDropsLogged(t *testing.T) {
+	ctx := context.Background()
+	var logs bytes.Buffer
+	s := openTest(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Quotas: map[string]Quota{SpaceDeadLetters: {MaxBytes: 2000}}})
+	for i := range 10 {
+		if _, err := s.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "f", Event: bytes.Repeat([]byte{'e'}, 500), Error: fmt.Sprint("boom ", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.Stats().Spaces[SpaceDeadLetters].Drops; n == 0 {
+		t.Fatal("no dead letter dropped: the test does not test it")
+	}
+	if got := strings.Count(logs.String(), "dead letters dropped"); got != 1 {
+		t.Fatalf("%d log lines of dropped dead letters, want 1 (a minute apart at most):\n%s", got, logs.String())
 	}
 }

@@ -156,6 +156,8 @@ type Store struct {
 	// broken is set when the state could not be reloaded after a failed
 	// group commit: every write fails with it (committer only writes it).
 	broken atomic.Pointer[error]
+	// deadDrops logs dead letters dropped by quota or age.
+	deadDrops dropWarner
 	// lastFail is the error of the last group commit when it failed, until
 	// one succeeds (Health).
 	lastFail atomic.Pointer[error]
