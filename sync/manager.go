@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	gosync "sync"
 	"sync/atomic"
@@ -27,7 +28,16 @@ type Store interface {
 	OutboxStats(target string) store.OutboxStats
 	OutboxTargets() []string
 	Commit(ctx context.Context, c *store.Commit) (store.CommitResult, error)
+	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
 }
+
+// DeadMarkFunction is the state namespace where each outbox keeps the
+// sequence of the last entry whose record was dead-lettered, written in the
+// same atomic commit as the dead letter: the outbox entry itself goes with
+// a later acknowledgement, and an entry sent again after a crash in between
+// (refused again) is not dead-lettered twice. It is not a valid function
+// name, so it cannot clash with one.
+const DeadMarkFunction = "_sync"
 
 // Options configures a Manager.
 type Options struct {
@@ -532,7 +542,7 @@ func (w *worker) run(ctx context.Context) {
 		res.Done = min(max(res.Done, 0), len(batch))
 		done := res.Done
 		if len(res.Rejected) > 0 {
-			if n, err := w.deadLetter(ctx, batch, res.Rejected); err != nil {
+			if n, err := w.deadLetter(ctx, ob.name, batch, res.Rejected); err != nil {
 				// Keep the refused records in the outbox: never lose them.
 				done = n
 				if derr == nil {
@@ -685,13 +695,21 @@ const deadLetterHead = 64 << 10
 // returns how many entries of the batch are safe to acknowledge when
 // storing one fails with an error that can clear (disk space, quota,
 // context): those before the first refused record not stored.
-func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej []Rejection) (int, error) {
+func (w *worker) deadLetter(ctx context.Context, outbox string, batch []store.OutboxEntry, rej []Rejection) (int, error) {
+	mark, err := w.deadMark(ctx, outbox)
+	if err != nil {
+		return 0, err
+	}
 	for _, r := range rej {
 		if r.Index < 0 || r.Index >= len(batch) {
 			continue
 		}
 		rec := &batch[r.Index].Record
-		stored, err := w.storeDeadLetter(ctx, rec, r.Reason)
+		if seq := batch[r.Index].Seq; seq <= mark {
+			// Dead-lettered before a crash took its acknowledgement.
+			continue
+		}
+		stored, err := w.storeDeadLetter(ctx, rec, r.Reason, outbox, batch[r.Index].Seq)
 		if err != nil {
 			return r.Index, err
 		}
@@ -714,6 +732,20 @@ func (w *worker) deadLetter(ctx context.Context, batch []store.OutboxEntry, rej 
 	return len(batch), nil
 }
 
+// deadMark is the sequence of the last entry of outbox whose record was
+// dead-lettered (DeadMarkFunction), 0 when none.
+func (w *worker) deadMark(ctx context.Context, outbox string) (uint64, error) {
+	v, ok, err := w.m.opts.Store.GetState(ctx, DeadMarkFunction, outbox)
+	if err != nil || !ok {
+		return 0, err
+	}
+	n, perr := strconv.ParseUint(string(v), 10, 64)
+	if perr != nil {
+		return 0, nil // not ours to trust: dead-letter again rather than skip
+	}
+	return n, nil
+}
+
 // permanentStoreError reports whether a store error can never clear for
 // the same write: retrying it would block the outbox forever.
 func permanentStoreError(err error) bool { return store.IsPermanent(err) }
@@ -728,11 +760,12 @@ func permanentStoreError(err error) bool { return store.IsPermanent(err) }
 // clear (disk space, quota, context): the record must then stay in the
 // outbox. stored is false when not even the data-less line could be
 // stored; that is logged.
-func (w *worker) storeDeadLetter(ctx context.Context, rec *store.Record, reason string) (stored bool, err error) {
+func (w *worker) storeDeadLetter(ctx context.Context, rec *store.Record, reason, outbox string, seq uint64) (stored bool, err error) {
 	line := AppendRecord(nil, w.m.opts.GatewayID, rec)
 	dl := &store.DeadLetter{Function: DeadLetterPrefix + w.cfg.Name, Key: rec.ID, Event: line,
 		Error: reason, Attempts: 1, TS: time.Now().UnixMilli()}
-	_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl})
+	mark := []store.StateChange{{Function: DeadMarkFunction, Op: store.StateSet, Key: outbox, Value: strconv.AppendUint(nil, seq, 10)}}
+	_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl, State: mark})
 	if err == nil {
 		return true, nil
 	}
@@ -745,7 +778,7 @@ func (w *worker) storeDeadLetter(ctx context.Context, rec *store.Record, reason 
 		dl.Event = appendRecordHead(nil, w.m.opts.GatewayID, rec, head)
 		dl.Error = fmt.Sprintf("%s; the record line of %d bytes does not fit in a dead letter (%v): its data was cut to the first %d of %d bytes (data_truncated); the whole record stays in the store's records until retention",
 			reason, len(line), whole, kept, len(rec.Data))
-		_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl})
+		_, err = w.m.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl, State: mark})
 		if err == nil {
 			w.log.Warn("sync refused record too large for a dead letter: data cut", "id", rec.ID, "line_bytes", len(line), "data_bytes", len(rec.Data), "kept", kept, "err", whole)
 			return true, nil
