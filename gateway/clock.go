@@ -42,15 +42,18 @@ func (c *clockWatch) read() bool {
 }
 
 // run reads the probe every clockCheckInterval until ctx ends.
-func (c *clockWatch) run(ctx context.Context) {
-	t := time.NewTicker(clockCheckInterval)
+func (c *clockWatch) run(ctx context.Context) { every(ctx, clockCheckInterval, c.read) }
+
+// every calls f every interval until ctx ends or f returns false.
+func every(ctx context.Context, interval time.Duration, f func() bool) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if !c.read() {
+			if !f() {
 				return
 			}
 		}

@@ -307,20 +307,14 @@ const storeCheckInterval = 5 * time.Second
 
 // watchStore stops the daemon (stop) once its store is broken.
 func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc) {
-	t := time.NewTicker(storeCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := d.store.Health(); errors.Is(err, store.ErrCorrupt) {
-				d.log.Error("store refuses writes until restarted: stopping", "err", err)
-				stop(err)
-				return
-			}
+	every(ctx, storeCheckInterval, func() bool {
+		if err := d.store.Health(); errors.Is(err, store.ErrCorrupt) {
+			d.log.Error("store refuses writes until restarted: stopping", "err", err)
+			stop(err)
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // runStored deploys the active versions kept in the store. A store that

@@ -35,6 +35,13 @@ func limitServer(t *testing.T, cfg Config) (base, readTok, adminTok string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveLoopback(t, srv), readTok, adminTok
+}
+
+// serveLoopback serves srv over HTTP on a loopback port until the test
+// ends (srv is closed then too) and returns its base URL.
+func serveLoopback(t *testing.T, srv *Server) string {
+	t.Helper()
 	t.Cleanup(srv.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +50,7 @@ func limitServer(t *testing.T, cfg Config) (base, readTok, adminTok string) {
 	hs := &http.Server{Handler: srv.Handler()}
 	go func() { _ = hs.Serve(ln) }()
 	t.Cleanup(func() { _ = hs.Close() })
-	return "http://" + ln.Addr().String(), readTok, adminTok
+	return "http://" + ln.Addr().String()
 }
 
 // TestFollowersBounded: log follows past MaxFollowers are refused (429,

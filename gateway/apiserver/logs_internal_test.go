@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -91,15 +90,7 @@ func TestLogsMovePastOtherInvocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Close)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv.Handler()}
-	go func() { _ = hs.Serve(ln) }()
-	t.Cleanup(func() { _ = hs.Close() })
-	base := "http://" + ln.Addr().String()
+	base := serveLoopback(t, srv)
 	get := func(ctx context.Context, path string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, "GET", base+path, nil)
