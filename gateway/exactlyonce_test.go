@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -193,5 +194,72 @@ func TestRetriedAttemptsKeepLogsAndCost(t *testing.T) {
 	}
 	if inv != 3 || errs != 3 {
 		t.Errorf("usage: %d invocations, %d errors; want 3 and 3", inv, errs)
+	}
+}
+
+// busyRuntime answers ErrBusy (every instance taken, as calls over the API
+// can make it) to its first busy invocations.
+type busyRuntime struct {
+	*luavm.Runtime
+	busy atomic.Int32
+}
+
+func (r *busyRuntime) Invoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error) {
+	if r.busy.Add(-1) >= 0 {
+		return nil, fmt.Errorf("luavm: %s v1: %w: 4 waiting", name, luavm.ErrBusy)
+	}
+	return r.Runtime.Invoke(ctx, name, ev, state)
+}
+
+// TestBusyIsNotAFailedAttempt: an event whose function has no free
+// instance (ErrBusy: nothing ran) waits its turn; it is not a failed
+// attempt. Before, calls over the API keeping a function's instances busy
+// sent its MQTT events to the dead letters after max_attempts.
+func TestBusyIsNotAFailedAttempt(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	rt := &busyRuntime{Runtime: luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})}
+	rt.busy.Store(5)
+	f := &Function{Name: "f", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	g := runGateway(t, Options{Store: st, Runtime: rt, Retry: RetryPolicy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}}, f)
+	if err := g.handle(ctx, &mqtt.Message{Topic: "t/d1", Payload: []byte(`1`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the record", func() bool { return len(allRecords(t, st, "f")) == 1 })
+	if dl, err := st.ListDeadLetters(ctx, "", 0, 10); err != nil || len(dl) != 0 {
+		t.Fatalf("dead letters %v (%v), want none", dl, err)
+	}
+}
+
+// TestCappedFunctionLeavesGatewayTurns: function a runs one event at a time
+// (max_concurrency 1) and each takes a while; while its events wait for
+// its one instance they do not hold the gateway's turns (workers), so an
+// event of function b runs at once, not after a's queue. Before, a's
+// waiting events took every gateway turn and b waited seconds.
+func TestCappedFunctionLeavesGatewayTurns(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	busy := `function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < 400 do end
+  return {ok = true}
+end`
+	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
+		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 5 * time.Second, MaxSteps: 2_000_000_000}}}
+	b := &Function{Name: "b", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("b/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	g := runGateway(t, Options{Store: st, Workers: 4}, a, b)
+	for i := range 8 {
+		if err := g.handle(ctx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.handle(ctx, &mqtt.Message{Topic: "b/dev", Payload: []byte(`{}`), QoS: 1, ClientID: "bdev", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "b's record", func() bool { return len(allRecords(t, st, "b")) == 1 })
+	if n := len(allRecords(t, st, "a")); n > 1 {
+		t.Fatalf("b's event ran after %d of a's (400 ms each): a's waiting events held the gateway's turns", n)
 	}
 }

@@ -114,6 +114,9 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 			g.match.Remove(name)
 			g.stopTimer(name).stop()
 			g.pruneTicks(name, nil)
+			g.slotsMu.Lock()
+			delete(g.slots, name)
+			g.slotsMu.Unlock()
 		}
 	}
 	for _, f := range changed {
@@ -145,6 +148,26 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// fnSlots returns the turns of function's events: n (its max_concurrency;
+// 0: the runtime's default) at a time. A redeploy that changes n gives a
+// new set (the calls holding the old one give their turns back to it).
+func (g *Gateway) fnSlots(function string, n int) chan struct{} {
+	if n <= 0 {
+		n = luavm.DefaultMaxConcurrency
+	}
+	g.slotsMu.Lock()
+	defer g.slotsMu.Unlock()
+	c := g.slots[function]
+	if c == nil || cap(c) != n {
+		if g.slots == nil {
+			g.slots = map[string]chan struct{}{}
+		}
+		c = make(chan struct{}, n)
+		g.slots[function] = c
+	}
+	return c
 }
 
 // ranAs returns the Function of the version of f that produced res: f

@@ -180,7 +180,11 @@ type Gateway struct {
 	state *invokeState
 	// invoking holds a token per running invocation (Options.Workers).
 	invoking chan struct{}
-	funcs    atomic.Pointer[funcTable]
+	// slots holds, per function, a token per invocation of its events
+	// (its max_concurrency): see fnSlots.
+	slotsMu sync.Mutex
+	slots   map[string]chan struct{}
+	funcs   atomic.Pointer[funcTable]
 	// deploying holds, while SetFunctions runs, the functions it is
 	// deploying by name: the runtime runs a new version before the table
 	// routes to it (ranAs).
