@@ -263,3 +263,54 @@ end`
 		t.Fatalf("b's event ran after %d of a's (400 ms each): a's waiting events held the gateway's turns", n)
 	}
 }
+
+// TestStopBoundedByShutdownTimeout: a stop does not wait for the queued
+// events of a function (they stay in the inbox), nor longer than
+// ShutdownTimeout for one still running (its event runs again at the next
+// start). It waited for every queued event to run.
+func TestStopBoundedByShutdownTimeout(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	busy := `function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < 4000 do end
+  return {ok = true}
+end`
+	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
+		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 10 * time.Second, MaxSteps: 10_000_000_000}}}
+	quiet := slog.New(slog.DiscardHandler)
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := luavm.NewRuntime(luavm.Options{Logger: quiet})
+	g, err := New(Options{Store: st, Ingest: emb, Runtime: rt, Logger: quiet, ShutdownTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetFunctions(ctx, []*Function{a}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(runCtx) }()
+	waitFor(t, 10*time.Second, "ready", g.Ready)
+	for i := range 4 {
+		if err := g.handle(ctx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a running", func() bool { ps, _ := rt.Stats("a"); return ps.Busy == 1 })
+	stop()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second): // the running invocation alone takes 4 s
+		t.Fatal("the stop waited for the running invocation (4 s) past ShutdownTimeout (0.5 s), or for the queued events")
+	}
+	if n := len(allRecords(t, st, "a")); n != 0 {
+		t.Fatalf("%d records: the queued events ran after the stop", n)
+	}
+}

@@ -83,7 +83,7 @@ type Options struct {
 	MaxBacklogBytes int64 // in-memory backlog, bytes (default 16 MiB)
 	MaxPayload      int   // bytes (default 256 KiB); larger events are dead-lettered
 	Retry           RetryPolicy
-	ShutdownTimeout time.Duration // for in-flight work at stop (default 10s)
+	ShutdownTimeout time.Duration // for in-flight work at stop: closing intake, then running invocations (default 10s each)
 	// MaxHops bounds function chains: an event chained through more
 	// stream or state triggers than this is dead-lettered with ErrHopLimit
 	// (default 8, at most 1000).
@@ -327,9 +327,19 @@ func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan st
 	if err := g.opts.Ingest.Close(closeCtx); err != nil {
 		g.log.Warn("ingest close", "err", err)
 	}
-	// Workers finish the invocation they are in; queued events stay in the inbox.
+	// Workers finish the invocation they are in; queued events stay in the
+	// inbox. An invocation still running after ShutdownTimeout is left: its
+	// event was not consumed (unless its commit makes it), so it runs again
+	// at the next start, exactly once either way.
 	stopWork()
-	g.disp.wait()
+	drained := make(chan struct{})
+	go func() { g.disp.wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(g.opts.ShutdownTimeout):
+		g.log.Warn("invocations still running at stop: not waited for; their events stay in the inbox and run again at the next start",
+			"shutdown_timeout", g.opts.ShutdownTimeout)
+	}
 	// Committed publishes not yet sent stay in the publish outbox and go
 	// out after the restart.
 	stopPub()
