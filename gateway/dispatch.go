@@ -20,6 +20,9 @@ type job struct {
 	// of several entries share what it reserved (see share).
 	holdN, holdB int64
 	shared       bool // holdN and holdB are set
+	// turn is the turn of its function the job holds while it is
+	// dispatched (see dispatcher.turn); nil once given back.
+	turn chan struct{}
 }
 
 // lane holds the jobs of one ordering key (function + device, or function +
@@ -60,6 +63,14 @@ type dispatcher struct {
 	pending int // jobs queued or running
 	timers  map[*time.Timer]struct{}
 
+	// turn, when set, gives the turns of a function (a channel of its
+	// max_concurrency; nil: no limit). A lane whose function has none
+	// free is parked, without a worker, until one is given back
+	// (giveTurn): the events of a slow function do not take the workers
+	// that other functions' events need.
+	turn   func(function string) chan struct{}
+	parked map[string][]*lane
+
 	wg sync.WaitGroup
 }
 
@@ -72,6 +83,7 @@ func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.C
 		maxB:    maxBytes,
 		lanes:   make(map[string]*lane),
 		timers:  make(map[*time.Timer]struct{}),
+		parked:  make(map[string][]*lane),
 	}
 	d.cond = sync.NewCond(&d.mu)
 	return d
@@ -218,10 +230,26 @@ func (d *dispatcher) worker(ctx context.Context) {
 		d.ready[0] = nil
 		d.ready = d.ready[1:]
 		j := l.q[0]
+		if d.turn != nil {
+			fn := j.entry.Function
+			if t := d.turn(fn); t != nil {
+				select {
+				case t <- struct{}{}:
+					j.turn = t
+				default:
+					// Every turn of its function is taken: the lane waits
+					// for one to be given back, without this worker.
+					d.parked[fn] = append(d.parked[fn], l)
+					d.mu.Unlock()
+					continue
+				}
+			}
+		}
 		l.running = true
 		d.mu.Unlock()
 
 		out, backoff := d.process(ctx, j)
+		d.giveTurn(j)
 
 		d.mu.Lock()
 		l.running = false
@@ -256,6 +284,32 @@ func (d *dispatcher) worker(ctx context.Context) {
 		case stop:
 		}
 		d.mu.Unlock()
+	}
+}
+
+// giveTurn gives back the turn of its function j holds, if any, and wakes
+// one lane parked for it. Safe to call more than once.
+func (d *dispatcher) giveTurn(j *job) {
+	if j.turn == nil {
+		return
+	}
+	<-j.turn
+	j.turn = nil
+	fn := j.entry.Function
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.parked[fn]; len(p) > 0 {
+		l := p[0]
+		p[0] = nil
+		if len(p) == 1 {
+			delete(d.parked, fn)
+		} else {
+			d.parked[fn] = p[1:]
+		}
+		if !d.closed {
+			d.ready = append(d.ready, l)
+			d.cond.Signal()
+		}
 	}
 }
 

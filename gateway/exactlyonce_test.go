@@ -234,9 +234,10 @@ func TestBusyIsNotAFailedAttempt(t *testing.T) {
 
 // TestCappedFunctionLeavesGatewayTurns: function a runs one event at a time
 // (max_concurrency 1) and each takes a while; while its events wait for
-// its one instance they do not hold the gateway's turns (workers), so an
-// event of function b runs at once, not after a's queue. Before, a's
-// waiting events took every gateway turn and b waited seconds.
+// their turn they hold neither the gateway's turns (workers) nor the
+// dispatcher's goroutines, so an event of function b runs at once, not
+// after a's queue. Before, a's waiting events took every gateway turn and
+// b waited seconds.
 func TestCappedFunctionLeavesGatewayTurns(t *testing.T) {
 	ctx := context.Background()
 	st := quietStore(t, store.Options{})
@@ -250,7 +251,9 @@ end`
 	b := &Function{Name: "b", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("b/{device}")},
 		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
 	g := runGateway(t, Options{Store: st, Workers: 4}, a, b)
-	for i := range 8 {
+	// More devices of a than the dispatcher has goroutines (4 x 16): its
+	// lanes wait parked, not on a goroutine each.
+	for i := range 80 {
 		if err := g.handle(ctx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1}); err != nil {
 			t.Fatal(err)
 		}

@@ -150,6 +150,17 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 	return errors.Join(errs...)
 }
 
+// functionTurns is the dispatcher's turns of function: fnSlots of its
+// max_concurrency, or nil (no limit) for a function not deployed (its
+// events go to the dead letters).
+func (g *Gateway) functionTurns(function string) chan struct{} {
+	f := g.funcs.Load().byName[function]
+	if f == nil {
+		return nil
+	}
+	return g.fnSlots(function, f.Spec.MaxConcurrency)
+}
+
 // fnSlots returns the turns of function's events: n (its max_concurrency;
 // 0: the runtime's default) at a time. A redeploy that changes n gives a
 // new set (the calls holding the old one give their turns back to it).

@@ -240,6 +240,7 @@ func New(opts Options) (*Gateway, error) {
 	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})
 	g.invoking = make(chan struct{}, opts.Workers)
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, g.process)
+	g.disp.turn = g.functionTurns
 	return g, nil
 }
 

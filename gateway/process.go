@@ -39,26 +39,19 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f.LoadErr != nil {
 		return g.deadLetter(ictx, j, nil, fmt.Errorf("%w: %w", ErrNotLoaded, f.LoadErr))
 	}
-	// A turn of the function (its max_concurrency), then one of the
-	// gateway (workers): a function at its limit waits without holding
-	// gateway turns, which other functions' events would wait for.
-	slots := g.fnSlots(e.Function, f.Spec.MaxConcurrency)
+	// The job holds a turn of its function (its max_concurrency, taken
+	// by the dispatcher: a function at its limit parks its lanes instead
+	// of holding workers), and waits for one of the gateway's (workers).
 	select {
-	case slots <- struct{}{}:
+	case g.invoking <- struct{}{}:
 	case <-ctx.Done():
 		// Stopping while waiting for a turn: the event stays in the inbox.
 		// (Only an invocation already running finishes.)
 		return stop, 0
 	}
-	select {
-	case g.invoking <- struct{}{}:
-	case <-ctx.Done():
-		<-slots
-		return stop, 0
-	}
 	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.state)
 	<-g.invoking
-	<-slots
+	g.disp.giveTurn(j) // the commit does not need it
 	if errors.Is(err, luavm.ErrBusy) {
 		// Every instance busy (calls over the API take them too): nothing
 		// ran, so it is not a failed attempt; the event waits its turn.
