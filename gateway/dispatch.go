@@ -298,19 +298,28 @@ func (d *dispatcher) giveTurn(j *job) {
 	fn := j.entry.Function
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if p := d.parked[fn]; len(p) > 0 {
-		l := p[0]
-		p[0] = nil
-		if len(p) == 1 {
-			delete(d.parked, fn)
-		} else {
-			d.parked[fn] = p[1:]
-		}
-		if !d.closed {
-			d.ready = append(d.ready, l)
-			d.cond.Signal()
-		}
+	p := d.parked[fn]
+	if len(p) == 0 || d.closed {
+		return
 	}
+	// As many lanes as there are free turns now (one, usually; more when
+	// a redeploy raised max_concurrency), or all of them when the
+	// function has no limit any more (removed: its events go to the dead
+	// letters).
+	n := len(p)
+	if t := d.turn(fn); t != nil {
+		n = min(n, max(1, cap(t)-len(t)))
+	}
+	for _, l := range p[:n] {
+		d.ready = append(d.ready, l)
+	}
+	clear(p[:n])
+	if n == len(p) {
+		delete(d.parked, fn)
+	} else {
+		d.parked[fn] = p[n:]
+	}
+	d.cond.Broadcast()
 }
 
 func (d *dispatcher) requeueLocked(l *lane) {

@@ -317,3 +317,44 @@ end`
 		t.Fatalf("%d records: the queued events ran after the stop", n)
 	}
 }
+
+// parkedCount is the number of lanes parked per function.
+func (d *dispatcher) parkedCount() map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := map[string]int{}
+	for k, v := range d.parked {
+		m[k] = len(v)
+	}
+	return m
+}
+
+// TestRemovedFunctionWakesParkedLanes: a function removed while lanes of
+// its are parked for a turn: they all run (and go to the dead letters, the
+// function being gone) instead of staying parked, holding the backlog.
+func TestRemovedFunctionWakesParkedLanes(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	busy := `function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < 300 do end
+  return {ok = true}
+end`
+	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
+		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 5 * time.Second, MaxSteps: 2_000_000_000}}}
+	g := runGateway(t, Options{Store: st, Workers: 4}, a)
+	const n = 5
+	for i := range n {
+		if err := g.handle(ctx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "lanes parked", func() bool { return g.disp.parkedCount()["a"] > 0 })
+	if err := g.SetFunctions(ctx, nil); err != nil { // a removed
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the backlog drained", func() bool { return g.disp.backlog() == 0 })
+	if p := g.disp.parkedCount(); len(p) != 0 {
+		t.Fatalf("lanes still parked: %v", p)
+	}
+}

@@ -345,7 +345,15 @@ func runSchedule(ctx context.Context, s Schedule, first time.Time, now func() ti
 				skipped(next, t)
 			}
 			if n := s.Next(next); fired && n.After(t) {
-				next = n // from the tick, not from when its commit ended: no drift
+				// From the tick, not from when its commit ended: no drift.
+				// A schedule that counts on the monotonic clock ("@every")
+				// keeps counting on it, also from a tick resumed from its
+				// record (wall time only): a step of the wall clock then
+				// does not hold it back.
+				if m := s.Next(t); m != m.Round(0) {
+					n = t.Add(n.Sub(t))
+				}
+				next = n
 			} else {
 				next = s.Next(t)
 			}

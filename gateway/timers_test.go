@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -585,5 +586,36 @@ func TestEveryTickRecordedAfterNTPStep(t *testing.T) {
 	}
 	if d := time.Since(time.UnixMilli(ms)); d.Abs() > time.Minute {
 		t.Fatalf("tick recorded %v away from the wall clock (%s): a restart would fire again at once", d.Round(time.Second), time.UnixMilli(ms).UTC())
+	}
+}
+
+// TestEveryResumedIgnoresBackwardStep: an "@every" timer resumed from its
+// recorded tick (a wall time, without a monotonic reading) goes on ticking
+// when the wall clock is set back an hour: from its first tick on it
+// counts on the monotonic clock, like a timer that started fresh. (It
+// stalled for the length of the step.)
+func TestEveryResumedIgnoresBackwardStep(t *testing.T) {
+	for _, resumed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resumed=%v", resumed), func(t *testing.T) {
+			st := quietStore(t, store.Options{})
+			if resumed {
+				last := time.Now().Add(-500 * time.Millisecond)
+				if err := st.PutState(context.Background(), TimerStateFunction, "tk/@every 1s", []byte(strconv.FormatInt(last.UnixMilli(), 10))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var back atomic.Bool
+			clock := func() time.Time {
+				if back.Load() {
+					return shiftWall(time.Now(), -3600) // NTP set the wall clock back an hour
+				}
+				return time.Now()
+			}
+			timerGateway(t, st, "@every 1s", clock, nil)
+			waitFor(t, 10*time.Second, "two ticks", func() bool { return len(allRecords(t, st, "tk")) >= 2 })
+			back.Store(true)
+			n0 := len(allRecords(t, st, "tk"))
+			waitFor(t, 10*time.Second, "three ticks after the step back", func() bool { return len(allRecords(t, st, "tk")) >= n0+3 })
+		})
 	}
 }

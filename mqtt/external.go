@@ -29,11 +29,11 @@ const (
 	// (topics handled at once).
 	maxExternalHandlers = 256
 	// maxExternalQueued bounds deliveries waiting in the topic lanes: QoS 0
-	// deliveries beyond it are dropped (Stats.DroppedQoS0); a QoS 1/2
-	// delivery beyond it waits for room (paho's router, and so the
-	// connection's reading, waits with it) rather than trusting the
-	// broker's in-flight window (mosquitto's max_inflight_messages may be
-	// 0, unlimited).
+	// deliveries beyond it are dropped (Stats.DroppedQoS0). QoS 1/2
+	// deliveries are bounded by the broker's in-flight window (mosquitto's
+	// max_inflight_messages: keep it finite); they cannot wait for room
+	// here: that would stop paho's reader, PINGRESP included, and the
+	// keep-alive would end the connection.
 	maxExternalQueued = 4096
 )
 
@@ -93,7 +93,6 @@ type External struct {
 	ready   []string              // lanes waiting for a worker, in the order they became ready
 	workers int                   // lane workers running (at most maxExternalHandlers)
 	queued  int
-	room    *sync.Cond // on lanesMu: signalled when queued falls or Close starts
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -170,7 +169,6 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		subscribed: map[string]bool{}, unsub: map[string]bool{},
 		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
 	}
-	x.room = sync.NewCond(&x.lanesMu)
 	x.hctx, x.hcancel = context.WithCancel(context.Background())
 
 	o := paho.NewClientOptions().
@@ -436,14 +434,14 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 }
 
 // onMessage receives every delivery. paho calls it in arrival order from
-// its router (SetOrderMatters(true)): it appends the message to the lane of
-// its topic. Each lane is handled by one worker at a time, in order, so the
-// messages of one topic are made durable (and acknowledged) in the order
-// the broker sent them, while different topics are handled in parallel by
-// at most maxExternalHandlers workers. What is queued is bounded by
-// maxExternalQueued: QoS 0 beyond it is dropped and counted; a QoS 1/2
-// delivery waits for room (it is not acknowledged before it is handled, so
-// the broker redelivers it if the connection drops meanwhile).
+// its router (SetOrderMatters(true)), so it must not block: it appends the
+// message to the lane of its topic. Each lane is handled by one worker at
+// a time, in order, so the messages of one topic are made durable (and
+// acknowledged) in the order the broker sent them, while different topics
+// are handled in parallel by at most maxExternalHandlers workers (not a
+// goroutine per topic). What is queued is bounded by the broker's
+// in-flight window for QoS 1 (unacknowledged messages); QoS 0 beyond
+// maxExternalQueued is dropped and counted.
 func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	x.stats.received.Add(1)
 	gen := x.gen.Load()
@@ -453,9 +451,6 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 		x.lanesMu.Unlock()
 		x.stats.droppedQoS0.Add(1)
 		return
-	}
-	for x.queued >= maxExternalQueued && !x.stopping() {
-		x.room.Wait()
 	}
 	if msg.Qos() > 0 {
 		item.ack = x.acks.add(msg, gen)
@@ -512,7 +507,6 @@ func (x *External) runLanes() {
 			q[0] = laneItem{}
 			x.lanes[topic] = q[1:]
 			x.queued--
-			x.room.Signal()
 			x.lanesMu.Unlock()
 			if item.gen == x.gen.Load() {
 				x.handle(item)
@@ -808,9 +802,6 @@ func (x *External) Close(ctx context.Context) error {
 	n := x.inflight
 	x.mu.Unlock()
 	close(x.stopC)
-	x.lanesMu.Lock()
-	x.room.Broadcast() // a delivery waiting for room gives up
-	x.lanesMu.Unlock()
 	defer x.hcancel()
 	if !started {
 		return nil

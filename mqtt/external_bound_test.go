@@ -89,13 +89,15 @@ func floodBroker(t *testing.T, n int) string {
 	return "tcp://" + ln.Addr().String()
 }
 
-// TestExternalQueueBounded: with its intake blocked (a full inbox), the
-// external side holds at most maxExternalQueued deliveries and
-// maxExternalHandlers lane workers however many QoS 1 messages on distinct
-// topics the broker pushes without waiting for acknowledgements; it stops
-// reading instead. Before, each topic got a goroutine and QoS 1 was not
-// counted: 50,000 messages made 50,000 goroutines (+200 MiB).
-func TestExternalQueueBounded(t *testing.T) {
+// TestExternalLaneWorkersBounded: with its intake blocked (a full inbox),
+// the external side handles QoS 1 messages on distinct topics, which a
+// broker without an in-flight window pushes without waiting, with at most
+// maxExternalHandlers lane workers, not a goroutine per topic (50,000
+// messages made 50,000 goroutines, +200 MiB of heap and stacks). It keeps
+// reading meanwhile (PINGRESP included: blocking paho's router made the
+// keep-alive end the connection), and handles every message once intake
+// flows again.
+func TestExternalLaneWorkersBounded(t *testing.T) {
 	const n = 3 * maxExternalQueued
 	url := floodBroker(t, n)
 	x, err := NewExternal(ExternalConfig{Broker: url, ClientID: "gw", KeepAlive: time.Minute}, testLogger(t))
@@ -119,24 +121,9 @@ func TestExternalQueueBounded(t *testing.T) {
 	if err := x.Start(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	queued := func() int {
-		x.lanesMu.Lock()
-		defer x.lanesMu.Unlock()
-		return x.queued
-	}
-	// Bounded: the queue fills and reading stops. (Unbounded: every
-	// message is taken.)
-	waitFor(t, "the queue full", 20*time.Second, func() bool {
-		return queued() >= maxExternalQueued || x.stats.received.Load() == n
-	})
-	if got := x.stats.received.Load(); got > maxExternalQueued+maxExternalHandlers+1 {
-		t.Errorf("%d deliveries taken with %d handled at once and %d queued at most", got, maxExternalHandlers, maxExternalQueued)
-	}
+	waitFor(t, "every message received", 20*time.Second, func() bool { return x.stats.received.Load() == n })
 	if g := runtime.NumGoroutine() - g0; g > maxExternalHandlers+32 {
 		t.Errorf("%d more goroutines, want at most the %d lane workers and a few", g, maxExternalHandlers)
-	}
-	if q := queued(); q > maxExternalQueued {
-		t.Errorf("%d queued, bound %d", q, maxExternalQueued)
 	}
 	close(block) // intake flows again: every message is handled
 	waitFor(t, "every message handled", 60*time.Second, func() bool { return x.stats.accepted.Load() == n })
