@@ -241,13 +241,7 @@ func TestBusyIsNotAFailedAttempt(t *testing.T) {
 func TestCappedFunctionLeavesGatewayTurns(t *testing.T) {
 	ctx := context.Background()
 	st := quietStore(t, store.Options{})
-	busy := `function handle(e)
-  local t0 = time.now_ms()
-  while time.now_ms() - t0 < 400 do end
-  return {ok = true}
-end`
-	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
-		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 5 * time.Second, MaxSteps: 2_000_000_000}}}
+	a := busyFunction("a", "a/{device}", 400, 5*time.Second)
 	b := &Function{Name: "b", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("b/{device}")},
 		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
 	g := runGateway(t, Options{Store: st, Workers: 4}, a, b)
@@ -274,13 +268,7 @@ end`
 func TestStopBoundedByShutdownTimeout(t *testing.T) {
 	ctx := context.Background()
 	st := quietStore(t, store.Options{})
-	busy := `function handle(e)
-  local t0 = time.now_ms()
-  while time.now_ms() - t0 < 4000 do end
-  return {ok = true}
-end`
-	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
-		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 10 * time.Second, MaxSteps: 10_000_000_000}}}
+	a := busyFunction("a", "a/{device}", 4000, 10*time.Second)
 	quiet := slog.New(slog.DiscardHandler)
 	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
 	if err != nil {
@@ -335,13 +323,7 @@ func (d *dispatcher) parkedCount() map[string]int {
 func TestRemovedFunctionWakesParkedLanes(t *testing.T) {
 	ctx := context.Background()
 	st := quietStore(t, store.Options{})
-	busy := `function handle(e)
-  local t0 = time.now_ms()
-  while time.now_ms() - t0 < 300 do end
-  return {ok = true}
-end`
-	a := &Function{Name: "a", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
-		Spec: luavm.Spec{Source: []byte(busy), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: 5 * time.Second, MaxSteps: 2_000_000_000}}}
+	a := busyFunction("a", "a/{device}", 300, 5*time.Second)
 	g := runGateway(t, Options{Store: st, Workers: 4}, a)
 	const n = 5
 	for i := range n {
@@ -357,4 +339,17 @@ end`
 	if p := g.disp.parkedCount(); len(p) != 0 {
 		t.Fatalf("lanes still parked: %v", p)
 	}
+}
+
+// busyFunction is function name on MQTT pattern, one event at a time
+// (max_concurrency 1), each spinning ms milliseconds of wall time within
+// its timeout.
+func busyFunction(name, pattern string, ms int, timeout time.Duration) *Function {
+	src := fmt.Sprintf(`function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < %d do end
+  return {ok = true}
+end`, ms)
+	return &Function{Name: name, Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern(pattern)},
+		Spec: luavm.Spec{Source: []byte(src), MaxConcurrency: 1, Limits: luavm.Limits{Timeout: timeout, MaxSteps: 10_000_000_000}}}
 }
