@@ -180,15 +180,18 @@ func jsonOrNull(v []byte) json.RawMessage {
 // chainQueue hands the chained entries of committed invocations to the
 // dispatcher. A worker must never block on admission (the workers are what
 // frees room), so entries that do not fit now wait here, by sequence only
-// (the entry itself stays in the durable inbox), and a feeder goroutine
-// admits them, in order, as room frees up. Once one entry waits, later ones
-// queue behind it so that a lane keeps its order. While Run resumes the
-// inbox backlog, every chained entry waits here: the feeder starts once
-// the older entries are queued.
+// (the entry itself stays in the durable inbox), and a feeder goroutine of
+// their function admits them, in order, as room frees up. Once one entry
+// of a function waits, its later ones queue behind it so that a lane keeps
+// its order; the entries of other functions do not wait for it (a function
+// whose share of the backlog is full holds up only its own). Until Run has
+// resumed the inbox backlog, every chained entry waits here: the feeders
+// start once the older entries are queued (startChain).
 type chainQueue struct {
 	mu      sync.Mutex
-	waiting []uint64 // inbox sequences, ascending
-	wake    chan struct{}
+	ctx     context.Context     // the feeders' context; nil until startChain
+	waiting map[string][]uint64 // per function: inbox sequences, ascending
+	feeding map[string]bool     // per function: its feeder runs
 }
 
 // pushChained queues committed chained entries for the workers.
@@ -202,42 +205,65 @@ func (g *Gateway) pushChained(entries []store.InboxEntry) {
 	defer q.mu.Unlock()
 	for i := range entries {
 		e := entries[i]
-		size := int64(len(e.Event))
-		if !g.resuming.Load() && len(q.waiting) == 0 && g.disp.tryAdmit(1, size) {
-			g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: size})
-			continue
-		}
-		q.waiting = append(q.waiting, e.Seq)
-	}
-	if len(q.waiting) > 0 {
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// chainFeeder admits waiting chained entries as room frees up, reading
-// each back from the inbox (it is not kept in memory while it waits).
-func (g *Gateway) chainFeeder(ctx context.Context) {
-	q := &g.chainQ
-	for {
-		q.mu.Lock()
-		if len(q.waiting) == 0 {
-			q.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-q.wake:
+		fn := e.Function
+		if q.ctx != nil && len(q.waiting[fn]) == 0 {
+			if j := (&job{entry: e, size: int64(len(e.Event))}); g.disp.tryAdmit(j) {
+				g.disp.push(laneKey(fn, e.Key), j)
 				continue
 			}
 		}
-		seq := q.waiting[0]
+		q.waiting[fn] = append(q.waiting[fn], e.Seq)
+		g.feedLocked(fn)
+	}
+}
+
+// startChain starts feeding the chained entries that waited for the
+// resume of the inbox backlog, and every later one, until ctx is done.
+func (g *Gateway) startChain(ctx context.Context) {
+	q := &g.chainQ
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.ctx = ctx
+	for fn := range q.waiting {
+		g.feedLocked(fn)
+	}
+}
+
+// feedLocked starts the feeder of function fn unless it runs (or the
+// feeders have not started yet). q.mu is held.
+func (g *Gateway) feedLocked(fn string) {
+	q := &g.chainQ
+	if q.ctx == nil || q.feeding[fn] {
+		return
+	}
+	q.feeding[fn] = true
+	go g.chainFeeder(q.ctx, fn)
+}
+
+// chainFeeder admits the waiting chained entries of function fn as room
+// frees up, reading each back from the inbox (it is not kept in memory
+// while it waits). It returns when none is left, or when ctx is done.
+func (g *Gateway) chainFeeder(ctx context.Context, fn string) {
+	q := &g.chainQ
+	for {
+		q.mu.Lock()
+		w := q.waiting[fn]
+		if len(w) == 0 || ctx.Err() != nil {
+			// Under the same lock as the check: an entry pushed after it
+			// starts a new feeder.
+			delete(q.feeding, fn)
+			if len(w) == 0 {
+				delete(q.waiting, fn)
+			}
+			q.mu.Unlock()
+			return
+		}
+		seq := w[0]
 		q.mu.Unlock()
 		es, err := g.opts.Store.InboxPending(ctx, seq-1, 1)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				continue // returns at the check above
 			}
 			// Keep the entry waiting and read it again: dropping it here
 			// would leave it durable but unrun until the next restart.
@@ -246,22 +272,21 @@ func (g *Gateway) chainFeeder(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return
 			case <-t.C:
 			}
 			continue
 		}
 		if len(es) == 1 && es[0].Seq == seq {
 			e := es[0]
-			size := int64(len(e.Event))
-			if err := g.disp.admit(ctx, 1, size); err != nil {
-				return // stopping: the entry stays in the inbox for the restart
+			j := &job{entry: e, size: int64(len(e.Event))}
+			if err := g.disp.admit(ctx, j); err != nil {
+				continue // stopping: the entry stays in the inbox for the restart
 			}
-			g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: size})
+			g.disp.push(laneKey(e.Function, e.Key), j)
 		}
 		// Not found: consumed already (a resume picked it up and ran it).
 		q.mu.Lock()
-		q.waiting = q.waiting[1:]
+		q.waiting[fn] = q.waiting[fn][1:]
 		q.mu.Unlock()
 	}
 }

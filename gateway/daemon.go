@@ -106,6 +106,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		Workers:         cfg.Pipeline.Workers,
 		InboxLimit:      cfg.Pipeline.InboxLimit,
 		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
+		FunctionBacklog: cfg.Pipeline.FunctionBacklog,
 		MaxHops:         cfg.Pipeline.MaxHops,
 		MaxPayload:      int(cfg.MQTT.MaxPayload),
 		MaxEventBytes:   storeValueBytes(cfg),

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,11 +17,13 @@ type job struct {
 	entry    store.InboxEntry
 	attempts int // failed invocations so far (in memory: a restart starts again)
 	size     int64
-	// holdN and holdB are the backlog room the job gives back when done:
-	// by default one entry and its clamped size; the jobs of one admission
-	// of several entries share what it reserved (see share).
+	// holdN and holdB are the backlog room the job gives back when done,
+	// fnN and fnB the room of its function's share: one entry and its
+	// clamped size each, unless jobs admitted together share what their
+	// admission reserved (see admit).
 	holdN, holdB int64
-	shared       bool // holdN and holdB are set
+	fnN, fnB     int64
+	room         *fnRoom // its function's share
 	// turn is the turn of its function the job holds while it is
 	// dispatched (see dispatcher.turn); nil once given back.
 	turn chan struct{}
@@ -46,7 +50,10 @@ const (
 
 // dispatcher orders jobs per lane and runs them on a fixed pool of workers.
 // Admission is bounded in count and bytes: admit blocks intake when the
-// backlog is full, which is how flow control reaches the broker.
+// backlog is full, which is how flow control reaches the broker. Each
+// function may hold only a share of the backlog (fnN entries, fnB bytes):
+// once a slow or failing function has filled its share, only the intake of
+// its own events waits; the other functions' events are still admitted.
 type dispatcher struct {
 	process func(ctx context.Context, j *job) (outcome, time.Duration)
 
@@ -54,6 +61,11 @@ type dispatcher struct {
 	bytes *semaphore.Weighted // in-memory backlog, bytes
 	maxN  int64
 	maxB  int64
+	fnN   int64 // share of one function, entries
+	fnB   int64 // share of one function, bytes
+
+	roomMu sync.Mutex
+	room   map[string]*fnRoom // by function name; kept once made
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -74,13 +86,28 @@ type dispatcher struct {
 	wg sync.WaitGroup
 }
 
-func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.Context, *job) (outcome, time.Duration)) *dispatcher {
+// fnRoom is the share of the backlog one function's jobs may hold.
+type fnRoom struct {
+	count, bytes *semaphore.Weighted
+}
+
+// newDispatcher makes a dispatcher of a backlog of maxCount entries and
+// maxBytes bytes, of which one function may hold fnCount entries and a
+// proportional part of the bytes (fnCount <= 0 or over maxCount: the
+// whole backlog).
+func newDispatcher(workers int, maxCount, maxBytes, fnCount int64, process func(context.Context, *job) (outcome, time.Duration)) *dispatcher {
+	if fnCount <= 0 || fnCount > maxCount {
+		fnCount = maxCount
+	}
 	d := &dispatcher{
 		process: process,
 		count:   semaphore.NewWeighted(maxCount),
 		bytes:   semaphore.NewWeighted(maxBytes),
 		maxN:    maxCount,
 		maxB:    maxBytes,
+		fnN:     fnCount,
+		fnB:     max(1, int64(float64(maxBytes)*float64(fnCount)/float64(maxCount))),
+		room:    make(map[string]*fnRoom),
 		lanes:   make(map[string]*lane),
 		timers:  make(map[*time.Timer]struct{}),
 		parked:  make(map[string][]*lane),
@@ -89,68 +116,186 @@ func newDispatcher(workers int, maxCount, maxBytes int64, process func(context.C
 	return d
 }
 
-// admit reserves room for n jobs of the given total size, blocking while the
-// backlog is full. Every admitted job must later be pushed or released.
-//
-// A group larger than the whole backlog (more entries than its count, more
-// bytes than its size: a message that fans out to many functions) takes
-// the whole backlog rather than waiting for room that can never come; its
-// jobs then share what was reserved (share).
-func (d *dispatcher) admit(ctx context.Context, n int, size int64) error {
-	if err := d.count.Acquire(ctx, d.clampCount(n)); err != nil {
+// roomOf returns the share of function fn.
+func (d *dispatcher) roomOf(fn string) *fnRoom {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	r := d.room[fn]
+	if r == nil {
+		r = &fnRoom{count: semaphore.NewWeighted(d.fnN), bytes: semaphore.NewWeighted(d.fnB)}
+		d.room[fn] = r
+	}
+	return r
+}
+
+// reservation is the room one admission takes: from the whole backlog and
+// from the share of each function its jobs belong to.
+type reservation struct {
+	jobs []*job
+	n, b int64 // whole backlog
+	fns  []*fnTake
+}
+
+// fnTake is what a reservation takes from one function's share.
+type fnTake struct {
+	name string
+	room *fnRoom
+	n, b int64
+	last *job // the last of its jobs, which gives back the rest
+}
+
+// reserve computes what admitting jobs together takes. A group larger than
+// a bound (more entries than it counts, more bytes than its size: a message
+// that fans out to many functions) takes the whole bound rather than
+// waiting for room that can never come.
+func (d *dispatcher) reserve(jobs []*job) *reservation {
+	r := &reservation{jobs: jobs}
+	var total int64
+	for _, j := range jobs {
+		total += j.size
+		i := slices.IndexFunc(r.fns, func(t *fnTake) bool { return t.name == j.entry.Function })
+		if i < 0 {
+			i = len(r.fns)
+			r.fns = append(r.fns, &fnTake{name: j.entry.Function, room: d.roomOf(j.entry.Function)})
+		}
+		t := r.fns[i]
+		t.n++
+		t.b += j.size
+		t.last = j
+		j.room = t.room
+	}
+	r.n, r.b = clamp(int64(len(jobs)), d.maxN), clamp(total, d.maxB)
+	for _, t := range r.fns {
+		t.n, t.b = clamp(t.n, d.fnN), clamp(t.b, d.fnB)
+	}
+	// Always the same order: two admissions waiting for each other's
+	// functions would otherwise hold each other's room.
+	slices.SortFunc(r.fns, func(a, b *fnTake) int { return strings.Compare(a.name, b.name) })
+	return r
+}
+
+func clamp(v, bound int64) int64 { return min(max(v, 1), bound) }
+
+// admit reserves room for jobs, blocking while the backlog, or the share
+// of one of their functions, is full. Every admitted job must later be
+// pushed or released; when done, each gives back its part of the room
+// (together they give back exactly what was reserved).
+func (d *dispatcher) admit(ctx context.Context, jobs ...*job) error {
+	r := d.reserve(jobs)
+	var got []func()
+	undo := func() {
+		for _, f := range slices.Backward(got) {
+			f()
+		}
+	}
+	for _, t := range r.fns {
+		if err := t.room.count.Acquire(ctx, t.n); err != nil {
+			undo()
+			return err
+		}
+		got = append(got, func() { t.room.count.Release(t.n) })
+		if err := t.room.bytes.Acquire(ctx, t.b); err != nil {
+			undo()
+			return err
+		}
+		got = append(got, func() { t.room.bytes.Release(t.b) })
+	}
+	if err := d.count.Acquire(ctx, r.n); err != nil {
+		undo()
 		return err
 	}
-	if err := d.bytes.Acquire(ctx, d.clampBytes(size)); err != nil {
-		d.count.Release(d.clampCount(n))
+	if err := d.bytes.Acquire(ctx, r.b); err != nil {
+		d.count.Release(r.n)
+		undo()
 		return err
 	}
+	r.spread()
 	return nil
 }
 
-// tryAdmit is admit without waiting: it reports whether the room was taken.
-func (d *dispatcher) tryAdmit(n int, size int64) bool {
-	if !d.count.TryAcquire(d.clampCount(n)) {
+// tryAdmit is admit of one job without waiting: it reports whether the
+// room was taken.
+func (d *dispatcher) tryAdmit(j *job) bool {
+	r := d.reserve([]*job{j})
+	t := r.fns[0]
+	if !t.room.count.TryAcquire(t.n) {
 		return false
 	}
-	if !d.bytes.TryAcquire(d.clampBytes(size)) {
-		d.count.Release(d.clampCount(n))
+	if !t.room.bytes.TryAcquire(t.b) {
+		t.room.count.Release(t.n)
 		return false
 	}
+	if !d.count.TryAcquire(r.n) {
+		t.room.count.Release(t.n)
+		t.room.bytes.Release(t.b)
+		return false
+	}
+	if !d.bytes.TryAcquire(r.b) {
+		d.count.Release(r.n)
+		t.room.count.Release(t.n)
+		t.room.bytes.Release(t.b)
+		return false
+	}
+	r.spread()
 	return true
 }
 
-func (d *dispatcher) clampCount(n int) int64 {
-	return min(max(int64(n), 1), d.maxN)
-}
-
-func (d *dispatcher) clampBytes(size int64) int64 {
-	return min(max(size, 1), d.maxB)
-}
-
-// release gives back the room of jobs that were admitted but never pushed.
-func (d *dispatcher) release(n int, size int64) {
-	d.count.Release(d.clampCount(n))
-	d.bytes.Release(d.clampBytes(size))
-}
-
-// share sets what each of jobs, admitted together by admit(len(jobs),
-// total of their sizes), gives back when done, so that together they give
-// back exactly what was reserved: one entry and its size each while the
-// reservation lasts, the rest of it with the last job.
-func (d *dispatcher) share(jobs []*job) {
-	var size int64
-	for _, j := range jobs {
-		size += j.size
-	}
-	leftN, leftB := d.clampCount(len(jobs)), d.clampBytes(size)
-	for i, j := range jobs {
-		j.holdN, j.holdB, j.shared = min(1, leftN), min(max(j.size, 1), leftB), true
-		if i == len(jobs)-1 {
+// spread sets what each job gives back when done, so that together they
+// give back exactly what was reserved: one entry and its size each while
+// the reservation lasts, the rest of it with the last job (of the group,
+// of the function).
+func (r *reservation) spread() {
+	leftN, leftB := r.n, r.b
+	for i, j := range r.jobs {
+		sz := max(j.size, 1)
+		j.holdN, j.holdB = min(1, leftN), min(sz, leftB)
+		if i == len(r.jobs)-1 {
 			j.holdN, j.holdB = leftN, leftB
 		}
 		leftN -= j.holdN
 		leftB -= j.holdB
+		t := r.take(j.entry.Function)
+		j.fnN, j.fnB = min(1, t.n), min(sz, t.b)
+		if t.last == j {
+			j.fnN, j.fnB = t.n, t.b
+		}
+		t.n -= j.fnN
+		t.b -= j.fnB
 	}
+}
+
+// take returns the part of r taken from the share of function fn.
+func (r *reservation) take(fn string) *fnTake {
+	for _, t := range r.fns {
+		if t.name == fn {
+			return t
+		}
+	}
+	panic("gateway: job of a function not in its reservation")
+}
+
+// release gives back the room of jobs that were admitted but never pushed.
+func (d *dispatcher) release(jobs ...*job) {
+	for _, j := range jobs {
+		d.giveRoom(j)
+	}
+}
+
+// giveRoom gives back the room j holds.
+func (d *dispatcher) giveRoom(j *job) {
+	if j.holdN > 0 {
+		d.count.Release(j.holdN)
+	}
+	if j.holdB > 0 {
+		d.bytes.Release(j.holdB)
+	}
+	if j.fnN > 0 {
+		j.room.count.Release(j.fnN)
+	}
+	if j.fnB > 0 {
+		j.room.bytes.Release(j.fnB)
+	}
+	j.holdN, j.holdB, j.fnN, j.fnB = 0, 0, 0, 0
 }
 
 // push queues admitted jobs. Jobs of one lane are kept in sequence order
@@ -258,13 +403,7 @@ func (d *dispatcher) worker(ctx context.Context) {
 			l.q[0] = nil
 			l.q = l.q[1:]
 			d.pending--
-			if j.shared {
-				d.count.Release(j.holdN)
-				d.bytes.Release(j.holdB)
-			} else {
-				d.count.Release(1)
-				d.bytes.Release(d.clampBytes(j.size))
-			}
+			d.giveRoom(j)
 			d.requeueLocked(l)
 		case retry:
 			if d.closed {

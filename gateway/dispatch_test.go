@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -19,7 +20,7 @@ func TestDispatchOlderJobTakesTheHeadOfAWaitingLane(t *testing.T) {
 	var mu sync.Mutex
 	var order []uint64
 	ran := make(chan struct{}, 4)
-	d := newDispatcher(1, 10, 1<<20, func(_ context.Context, j *job) (outcome, time.Duration) {
+	d := newDispatcher(1, 10, 1<<20, 0, func(_ context.Context, j *job) (outcome, time.Duration) {
 		mu.Lock()
 		order = append(order, j.entry.Seq)
 		mu.Unlock()
@@ -27,10 +28,11 @@ func TestDispatchOlderJobTakesTheHeadOfAWaitingLane(t *testing.T) {
 		return done, 0
 	})
 	push := func(seq uint64) {
-		if !d.tryAdmit(1, 1) {
+		j := &job{entry: store.InboxEntry{Seq: seq}, size: 1}
+		if !d.tryAdmit(j) {
 			t.Fatal("no room")
 		}
-		d.push("lane", &job{entry: store.InboxEntry{Seq: seq}, size: 1})
+		d.push("lane", j)
 	}
 	push(101) // the lane is queued in the ready list; no worker yet
 	push(100)
@@ -52,7 +54,7 @@ func TestDispatchRunningHeadKeepsItsPlace(t *testing.T) {
 	started := make(chan struct{})
 	release := make(chan struct{})
 	ran := make(chan struct{}, 4)
-	d := newDispatcher(1, 10, 1<<20, func(_ context.Context, j *job) (outcome, time.Duration) {
+	d := newDispatcher(1, 10, 1<<20, 0, func(_ context.Context, j *job) (outcome, time.Duration) {
 		if j.entry.Seq == 101 {
 			close(started)
 			<-release
@@ -66,13 +68,16 @@ func TestDispatchRunningHeadKeepsItsPlace(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d.start(ctx, 1)
-	for _, seq := range []uint64{101} {
-		d.tryAdmit(1, 1)
-		d.push("lane", &job{entry: store.InboxEntry{Seq: seq}, size: 1})
+	for _, seq := range []uint64{101, 100} {
+		if seq == 100 {
+			<-started
+		}
+		j := &job{entry: store.InboxEntry{Seq: seq}, size: 1}
+		if !d.tryAdmit(j) {
+			t.Fatal("no room")
+		}
+		d.push("lane", j)
 	}
-	<-started
-	d.tryAdmit(1, 1)
-	d.push("lane", &job{entry: store.InboxEntry{Seq: 100}, size: 1})
 	close(release)
 	<-ran
 	<-ran
@@ -171,7 +176,7 @@ func TestStopDoesNotRunQueuedInvocations(t *testing.T) {
 func TestAdmitGroupLargerThanTheBacklog(t *testing.T) {
 	const maxN, maxB = 2, 1000
 	ran := make(chan struct{}, 16)
-	d := newDispatcher(2, maxN, maxB, func(context.Context, *job) (outcome, time.Duration) {
+	d := newDispatcher(2, maxN, maxB, 0, func(context.Context, *job) (outcome, time.Duration) {
 		ran <- struct{}{}
 		return done, 0
 	})
@@ -180,17 +185,14 @@ func TestAdmitGroupLargerThanTheBacklog(t *testing.T) {
 	d.start(ctx, 2)
 	for _, sizes := range [][]int64{{600, 600, 600}, {10, 10, 10, 10, 10}, {0, 0, 2000}, {400, 400}, {700, 700}, {1500}} {
 		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-		var total int64
 		jobs := make([]*job, len(sizes))
 		for i, sz := range sizes {
-			total += sz
-			jobs[i] = &job{entry: store.InboxEntry{Seq: uint64(i + 1)}, size: sz}
+			jobs[i] = &job{entry: store.InboxEntry{Seq: uint64(i + 1), Function: fmt.Sprint("f", i%2)}, size: sz}
 		}
-		if err := d.admit(actx, len(jobs), total); err != nil {
+		if err := d.admit(actx, jobs...); err != nil {
 			t.Fatalf("sizes %v: admit: %v", sizes, err)
 		}
 		acancel()
-		d.share(jobs)
 		for i, j := range jobs {
 			d.push(fmt.Sprint("lane", i), j)
 		}
@@ -198,13 +200,106 @@ func TestAdmitGroupLargerThanTheBacklog(t *testing.T) {
 			<-ran
 		}
 		// Everything given back: the whole backlog can be taken again.
+		whole := make([]*job, maxN)
+		for i := range whole {
+			whole[i] = &job{entry: store.InboxEntry{Function: "f0"}, size: maxB / maxN}
+		}
 		deadline := time.Now().Add(10 * time.Second)
-		for !d.tryAdmit(maxN, maxB) {
+		for {
+			actx, acancel := context.WithTimeout(ctx, time.Millisecond)
+			err := d.admit(actx, whole...)
+			acancel()
+			if err == nil {
+				break
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("sizes %v: the backlog's room did not come back", sizes)
 			}
 			runtime.Gosched()
 		}
-		d.release(maxN, maxB)
+		d.release(whole...)
 	}
+}
+
+// TestFunctionShareOfTheBacklog: the jobs of one function hold at most its
+// share of the backlog; once it is full, admitting another of its jobs
+// waits, while another function's job is admitted at once. A group over
+// the share (one message matched twice by a function) takes the whole
+// share instead of waiting forever, and everything taken comes back.
+func TestFunctionShareOfTheBacklog(t *testing.T) {
+	const maxN, maxB, share = 8, 8000, 2
+	hold := make(chan struct{})
+	d := newDispatcher(2, maxN, maxB, share, func(context.Context, *job) (outcome, time.Duration) {
+		<-hold
+		return done, 0
+	})
+	if d.fnB != maxB*share/maxN {
+		t.Fatalf("bytes share %d, want %d", d.fnB, maxB*share/maxN)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var unhold sync.Once
+	defer func() { unhold.Do(func() { close(hold) }); cancel(); d.wait() }()
+	d.start(ctx, 2)
+	seq := uint64(0)
+	mk := func(fn string, size int64) *job {
+		seq++
+		return &job{entry: store.InboxEntry{Seq: seq, Function: fn, Key: fmt.Sprint(seq)}, size: size}
+	}
+	admitWithin := func(jobs ...*job) error {
+		actx, acancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer acancel()
+		return d.admit(actx, jobs...)
+	}
+	for range share {
+		j := mk("a", 10)
+		if err := admitWithin(j); err != nil {
+			t.Fatalf("a within its share: %v", err)
+		}
+		d.push(j.entry.Key, j)
+	}
+	if err := admitWithin(mk("a", 10)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a over its share: admit returned %v, want it to wait", err)
+	}
+	if j := mk("a", 10); d.tryAdmit(j) {
+		t.Fatal("tryAdmit took room over a's share")
+	}
+	// The bytes of the share bound too.
+	b1 := mk("b", 1500)
+	if err := admitWithin(b1); err != nil {
+		t.Fatalf("b, while a's share is full: %v", err)
+	}
+	if err := admitWithin(mk("b", 1500)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("b over its byte share (%d): admit returned %v, want it to wait", d.fnB, err)
+	}
+	d.release(b1)
+	// A group of c over its share in entries and bytes: takes the whole
+	// share.
+	group := []*job{mk("c", 1500), mk("c", 1500), mk("c", 1500)}
+	if err := admitWithin(group...); err != nil {
+		t.Fatalf("c's group over its share: %v", err)
+	}
+	d.release(group...)
+	unhold.Do(func() { close(hold) })
+	// Everything given back: each function can take its whole share.
+	for _, fn := range []string{"a", "b", "c"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			jobs := []*job{mk(fn, d.fnB/2), mk(fn, d.fnB/2)}
+			if d.tryAdmitAll(jobs) {
+				d.release(jobs...)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's share did not come back", fn)
+			}
+			runtime.Gosched()
+		}
+	}
+}
+
+// tryAdmitAll admits jobs if there is room for all of them now.
+func (d *dispatcher) tryAdmitAll(jobs []*job) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	return d.admit(ctx, jobs...) == nil
 }

@@ -81,7 +81,13 @@ type Options struct {
 	Workers         int
 	InboxLimit      int   // in-memory backlog, entries, at which intake blocks (default 10,000)
 	MaxBacklogBytes int64 // in-memory backlog, bytes (default 16 MiB)
-	MaxPayload      int   // bytes (default 256 KiB); larger events are dead-lettered
+	// FunctionBacklog is the part of the in-memory backlog, in entries,
+	// that the events of one function may hold (and the same part of
+	// MaxBacklogBytes); default InboxLimit/4, at most InboxLimit. Once a
+	// slow or failing function has filled it, only the intake of events
+	// for that function waits.
+	FunctionBacklog int
+	MaxPayload      int // bytes (default 256 KiB); larger events are dead-lettered
 	Retry           RetryPolicy
 	ShutdownTimeout time.Duration // for in-flight work at stop: closing intake, then running invocations (default 10s each)
 	// MaxHops bounds function chains: an event chained through more
@@ -119,6 +125,10 @@ func (o *Options) withDefaults() error {
 	if o.MaxBacklogBytes <= 0 {
 		o.MaxBacklogBytes = 16 << 20
 	}
+	if o.FunctionBacklog <= 0 {
+		o.FunctionBacklog = max(1, o.InboxLimit/4)
+	}
+	o.FunctionBacklog = min(o.FunctionBacklog, o.InboxLimit)
 	if o.MaxPayload <= 0 {
 		o.MaxPayload = 256 << 10
 	}
@@ -197,7 +207,6 @@ type Gateway struct {
 	pubNotify chan struct{}
 	chainQ    chainQueue
 	inflight  inflightSet // QoS 1 messages on their way into the inbox
-	resuming  atomic.Bool // Run's resume of the inbox backlog is going on
 	ready     atomic.Bool
 	stopping  atomic.Bool
 
@@ -235,11 +244,11 @@ func New(opts Options) (*Gateway, error) {
 		timers:    make(map[string]*timerRun),
 	}
 	g.state = &invokeState{Store: opts.Store}
-	g.chainQ.wake = make(chan struct{}, 1)
-	g.resuming.Store(true)
+	g.chainQ.waiting = make(map[string][]uint64)
+	g.chainQ.feeding = make(map[string]bool)
 	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})
 	g.invoking = make(chan struct{}, opts.Workers)
-	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, g.process)
+	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, int64(opts.FunctionBacklog), g.process)
 	g.disp.turn = g.functionTurns
 	return g, nil
 }
@@ -289,8 +298,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	// Chained entries committed while resuming waited for the backlog
 	// before them; from now on they go to the workers directly.
-	g.resuming.Store(false)
-	go g.chainFeeder(workCtx)
+	g.startChain(workCtx)
 	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
 		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "start ingest", err))
@@ -371,7 +379,7 @@ func (g *Gateway) resume(ctx context.Context) (int, error) {
 				return total, nil
 			}
 			j := &job{entry: e, size: int64(len(e.Event))}
-			if err := g.disp.admit(ctx, 1, j.size); err != nil {
+			if err := g.disp.admit(ctx, j); err != nil {
 				return total, err
 			}
 			g.disp.push(laneKey(e.Function, e.Key), j)
@@ -518,11 +526,11 @@ func fingerprint(m *mqtt.Message) []byte {
 
 // enqueue makes entries durable and queues them for the workers.
 func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error {
-	var size int64
+	jobs := make([]*job, len(entries))
 	for i := range entries {
-		size += int64(len(entries[i].Event))
+		jobs[i] = &job{entry: entries[i], size: int64(len(entries[i].Event))}
 	}
-	if err := g.disp.admit(ctx, len(entries), size); err != nil {
+	if err := g.disp.admit(ctx, jobs...); err != nil {
 		return err
 	}
 	// Once submitted, the write is not abandoned: a store call given up on
@@ -530,16 +538,13 @@ func (g *Gateway) enqueue(ctx context.Context, entries []store.InboxEntry) error
 	// come back from the device and run twice.
 	seqs, err := g.opts.Store.Enqueue(context.WithoutCancel(ctx), entries)
 	if err != nil {
-		g.disp.release(len(entries), size)
+		g.disp.release(jobs...)
 		return fmt.Errorf("gateway: enqueue: %w", err)
 	}
 	g.stats.enqueued.Add(uint64(len(entries)))
-	jobs := make([]*job, len(entries))
-	for i := range entries {
-		entries[i].Seq = seqs[i]
-		jobs[i] = &job{entry: entries[i], size: int64(len(entries[i].Event))}
+	for i, j := range jobs {
+		j.entry.Seq = seqs[i]
 	}
-	g.disp.share(jobs)
 	for _, j := range jobs {
 		g.disp.push(laneKey(j.entry.Function, j.entry.Key), j)
 	}

@@ -268,8 +268,8 @@ func (g *Gateway) recordTick(ctx context.Context, key string, tick time.Time) er
 // enqueueTick is enqueue for one "@every" timer event: the event and the
 // record of its tick (TimerStateFunction) are one atomic write.
 func (g *Gateway) enqueueTick(ctx context.Context, entry store.InboxEntry, key string, tick time.Time) error {
-	size := int64(len(entry.Event))
-	if err := g.disp.admit(ctx, 1, size); err != nil {
+	j := &job{entry: entry, size: int64(len(entry.Event))}
+	if err := g.disp.admit(ctx, j); err != nil {
 		return err
 	}
 	res, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{
@@ -279,15 +279,15 @@ func (g *Gateway) enqueueTick(ctx context.Context, entry store.InboxEntry, key s
 		ChainMax: 1,
 	})
 	if err != nil || len(res.Inbox) != 1 {
-		g.disp.release(1, size)
+		g.disp.release(j)
 		if err == nil {
 			err = fmt.Errorf("%w: timer commit returned %d inbox entries", store.ErrCorrupt, len(res.Inbox))
 		}
 		return fmt.Errorf("gateway: enqueue timer event: %w", err)
 	}
 	g.stats.enqueued.Add(1)
-	e := res.Inbox[0]
-	g.disp.push(laneKey(e.Function, e.Key), &job{entry: e, size: int64(len(e.Event))})
+	j.entry = res.Inbox[0]
+	g.disp.push(laneKey(j.entry.Function, j.entry.Key), j)
 	return nil
 }
 

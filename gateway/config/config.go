@@ -271,8 +271,13 @@ type Pipeline struct {
 	Workers    int `yaml:"workers"`     // 0 = 2 x CPUs
 	InboxLimit int `yaml:"inbox_limit"` // backlog at which intake stops (default 10000)
 	// InboxBytes bounds the same backlog in bytes of events (default 16MiB).
-	InboxBytes Size  `yaml:"inbox_bytes"`
-	Retry      Retry `yaml:"retry"`
+	InboxBytes Size `yaml:"inbox_bytes"`
+	// FunctionBacklog is how many entries of that backlog (and the same
+	// part of its bytes) the events of one function may hold; once a slow
+	// or failing function has filled it, only intake of its own events
+	// waits (default 0: inbox_limit / 4).
+	FunctionBacklog int   `yaml:"function_backlog"`
+	Retry           Retry `yaml:"retry"`
 	// MaxHops bounds function chains (stream and state triggers): an event
 	// more hops from its origin is dead-lettered (default 8, 1 to 1000).
 	MaxHops int `yaml:"max_hops"`

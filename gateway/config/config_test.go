@@ -243,6 +243,8 @@ func TestErrors(t *testing.T) {
 		{"max sessions too many", "mqtt:\n  embedded:\n    max_sessions: 2000001\n", []string{"mqtt.embedded.max_sessions: 2000001 out of range"}},
 		{"max retained zero", "mqtt:\n  embedded:\n    max_retained: 0\n", []string{"m.yaml:3: mqtt.embedded.max_retained: 0 out of range"}},
 		{"persist sessions not a bool", "mqtt:\n  embedded:\n    persist_sessions: maybe\n", []string{"m.yaml:3"}},
+		{"function backlog over inbox limit", "pipeline:\n  inbox_limit: 100\n  function_backlog: 101\n", []string{"m.yaml:3: pipeline.function_backlog: 101 out of range [0, inbox_limit = 100] (0: inbox_limit / 4)"}},
+		{"function backlog negative", "pipeline:\n  function_backlog: -1\n", []string{"m.yaml:2: pipeline.function_backlog: -1 out of range [0, inbox_limit = 10000]"}},
 		{"inbox bytes too small", "pipeline:\n  inbox_bytes: 1KiB\n", []string{"m.yaml:2: pipeline.inbox_bytes: 1024 out of range"}},
 		{"max queued per client too big", "mqtt:\n  embedded:\n    max_queued_per_client: 65536\n", []string{"m.yaml:3: mqtt.embedded.max_queued_per_client: 65536 out of range [1, 65535]"}},
 		{"max queued bytes below a message", "mqtt:\n  max_payload: 1MiB\n  embedded:\n    max_queued_bytes_per_client: 1MiB\n", []string{"m.yaml:4: mqtt.embedded.max_queued_bytes_per_client: 1MiB out of range [max_payload + 64KiB = 1114112 bytes, 1GiB] (0: 4 x max_payload)"}},

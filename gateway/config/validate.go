@@ -391,6 +391,9 @@ func (v *validator) pipeline() {
 	v.intRange("pipeline.workers", int64(p.Workers), 0, MaxWorkers)
 	v.intRange("pipeline.inbox_limit", int64(p.InboxLimit), 1, 10_000_000)
 	v.intRange("pipeline.inbox_bytes", int64(p.InboxBytes), 64<<10, 1<<30)
+	if p.FunctionBacklog < 0 || (p.InboxLimit >= 1 && p.FunctionBacklog > p.InboxLimit) {
+		v.add("pipeline.function_backlog", "%d out of range [0, inbox_limit = %d] (0: inbox_limit / 4)", p.FunctionBacklog, p.InboxLimit)
+	}
 	v.intRange("pipeline.max_hops", int64(p.MaxHops), 1, 1000)
 	v.intRange("pipeline.retry.max_attempts", int64(p.Retry.MaxAttempts), 1, MaxRetryAttempts)
 	v.positive("pipeline.retry.initial_backoff", p.Retry.InitialBackoff)

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/trigger"
+	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
+	"github.com/moongate-edge/moongate/store"
+)
+
+// TestSlowFunctionLeavesIntakeToOthers: function a is slow (300 ms an
+// event, one at a time) and its devices publish far more than it keeps up
+// with. Its events fill its share of the backlog (FunctionBacklog) and then
+// only their intake waits: an event of function b is acknowledged and runs
+// at once. Before, a's events filled the whole backlog and b's device
+// waited for a's queue (b ran after 13 of a's events).
+func TestSlowFunctionLeavesIntakeToOthers(t *testing.T) {
+	st := quietStore(t, store.Options{})
+	a := busyFunction("a", "a/{device}", 300, 10*time.Second)
+	b := &Function{Name: "b", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("b/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	g := runGateway(t, Options{Store: st, Workers: 2, InboxLimit: 8}, a, b)
+	// a's devices wait in intake until the test ends.
+	devCtx := t.Context()
+	for i := range 20 {
+		go func() {
+			_ = g.handle(devCtx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1})
+		}()
+	}
+	waitFor(t, 10*time.Second, "a's share full", func() bool { return g.Stats().Backlog >= 2 })
+	hctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := g.handle(hctx, &mqtt.Message{Topic: "b/dev", Payload: []byte(`{}`), QoS: 1, ClientID: "bdev", PacketID: 1}); err != nil {
+		t.Fatalf("b's event not taken: %v", err)
+	}
+	waitFor(t, 30*time.Second, "b's record", func() bool { return len(allRecords(t, st, "b")) == 1 })
+	if n := len(allRecords(t, st, "a")); n > 2 {
+		t.Fatalf("b's event ran after %d of a's (300 ms each): a's events held the whole backlog", n)
+	}
+	if bl := g.Stats().Backlog; bl > 2 {
+		t.Errorf("backlog %d with b done: a holds more than its share (2)", bl)
+	}
+}
+
+// TestSlowChainLeavesOtherChains: chained events of a slow function wait
+// for its share of the backlog without holding up the chained events of
+// other functions. Before, every chained entry that found no room queued
+// behind the first one waiting, whatever its function: fast's event ran
+// after slow's queue.
+func TestSlowChainLeavesOtherChains(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	src1 := &Function{Name: "src1", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("x/{device}")}, Stream: "to-slow",
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {v = 1} end`)}}
+	src2 := &Function{Name: "src2", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("y/{device}")}, Stream: "to-fast",
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {v = 2} end`)}}
+	slow := busyFunction("slow", "unused/{device}", 100, 10*time.Second)
+	slow.Patterns, slow.Streams = nil, []string{"to-slow"}
+	fast := &Function{Name: "fast", Fingerprint: "v1", Streams: []string{"to-fast"},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	g := runGateway(t, Options{Store: st, Workers: 2, InboxLimit: 8}, src1, src2, slow, fast)
+	const n = 30
+	for i := range n {
+		if err := g.handle(ctx, &mqtt.Message{Topic: fmt.Sprintf("x/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "src1's records", func() bool { return len(allRecords(t, st, "src1")) == n })
+	if err := g.handle(ctx, &mqtt.Message{Topic: "y/dev", Payload: []byte(`{}`), QoS: 1, ClientID: "ydev", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "fast's record", func() bool { return len(allRecords(t, st, "fast")) == 1 })
+	if got := len(allRecords(t, st, "slow")); got > 3 {
+		t.Fatalf("fast's chained event ran after %d of slow's (100 ms each)", got)
+	}
+	waitFor(t, 30*time.Second, "slow's records", func() bool { return len(allRecords(t, st, "slow")) == n })
+}
