@@ -93,7 +93,9 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		}
 		// What an invocation commits triggers downstream functions like
 		// any other output (it is the origin of its chain: hop 0).
-		g.chainCommit(g.funcs.Load(), c, 0)
+		if err := g.chainCommit(g.funcs.Load(), c, 0, -1); err != nil {
+			return nil, fmt.Errorf("gateway: invocation of %s: %w", name, err)
+		}
 	}
 	// Once submitted, the commit is not abandoned (see enqueue).
 	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
@@ -118,7 +120,9 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 // same atomic commit). Safe for concurrent use.
 func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 	c := &store.Commit{State: []store.StateChange{ch}}
-	g.chainCommit(g.funcs.Load(), c, 0)
+	if err := g.chainCommit(g.funcs.Load(), c, 0, -1); err != nil {
+		return err
+	}
 	cr, err := g.opts.Store.Commit(ctx, c)
 	if err != nil {
 		return err
@@ -145,8 +149,16 @@ func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byt
 	if g.Lookup(function) == nil {
 		return fmt.Errorf("%w: %q", ErrNoFunction, function)
 	}
-	if _, err := decodeEvent(event); err != nil {
+	ev, hops, budget, err := decodeEventChain(event)
+	if err != nil {
 		return fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+	if budget >= 0 && budget < g.opts.MaxChainEvents {
+		// A replay is the operator's decision to run the event again: it
+		// gets the whole chain budget of an origin (a dead letter of
+		// ErrChainBudget would otherwise fail the same way), and keeps its
+		// hop count (a trigger cycle still ends at MaxHops).
+		event = encodeChained(ev, hops, g.opts.MaxChainEvents)
 	}
 	return g.enqueue(ctx, []store.InboxEntry{{Function: function, Key: key, Event: event, DeadLetter: deadLetter}})
 }

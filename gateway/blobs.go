@@ -53,8 +53,9 @@ func (ci *chainIndex) uploadCount(bucket, name string) int {
 }
 
 // uploadEntries returns the inbox entries of the functions a stored blob
-// triggers.
-func (g *Gateway) uploadEntries(ci *chainIndex, bi *store.BlobInfo, hops int) []store.InboxEntry {
+// triggers: origins (hops 0: an upload over the API) or chained events of
+// the given hop count and chain budget (a blob a function wrote).
+func (g *Gateway) uploadEntries(ci *chainIndex, bi *store.BlobInfo, hops, budget int) []store.InboxEntry {
 	var out []store.InboxEntry
 	for _, w := range ci.byBucket[bi.Bucket] {
 		if !w.trig.Matches(bi.Bucket, bi.Name) {
@@ -63,9 +64,18 @@ func (g *Gateway) uploadEntries(ci *chainIndex, bi *store.BlobInfo, hops int) []
 		payload, _ := json.Marshal(uploadEvent{Bucket: bi.Bucket, Name: bi.Name, Size: bi.Size, ContentType: bi.ContentType, SHA256: bi.SHA256})
 		ev := luavm.Event{ID: g.newEventID(), Payload: payload, TS: bi.Created, Trigger: string(trigger.KindUpload),
 			Captures: map[string]string{"bucket": bi.Bucket, "name": bi.Name}}
-		out = append(out, store.InboxEntry{Function: w.fn.Name, Key: "blob:" + bi.Bucket + "/" + bi.Name, Event: encodeEventHops(&ev, hops)})
+		out = append(out, store.InboxEntry{Function: w.fn.Name, Key: "blob:" + bi.Bucket + "/" + bi.Name, Event: encodeUpload(&ev, hops, budget)})
 	}
 	return out
+}
+
+// encodeUpload encodes an upload-triggered event: an origin (hops 0) or a
+// chained event.
+func encodeUpload(ev *luavm.Event, hops, budget int) []byte {
+	if hops == 0 {
+		return encodeEvent(ev)
+	}
+	return encodeChained(ev, hops, budget)
 }
 
 // PutBlob stores an upload (streamed from body) and runs the functions it
@@ -82,7 +92,7 @@ func (g *Gateway) PutBlob(ctx context.Context, bucket, name, contentType string,
 	// runs on it).
 	staged := func() (int, func(store.BlobInfo) []store.InboxEntry) {
 		ci := &g.funcs.Load().chain
-		return ci.uploadCount(bucket, name), func(bi store.BlobInfo) []store.InboxEntry { return g.uploadEntries(ci, &bi, 0) }
+		return ci.uploadCount(bucket, name), func(bi store.BlobInfo) []store.InboxEntry { return g.uploadEntries(ci, &bi, 0, -1) }
 	}
 	bi, entries, err := bs.PutBlob(ctx, store.BlobPut{Bucket: bucket, Name: name, ContentType: contentType, Body: body, Staged: staged}, nil)
 	if err != nil {

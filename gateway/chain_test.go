@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,6 +169,92 @@ end
 		t.Fatalf("dead-lettered event: hops %d payload %s err %v", hops, ev.Payload, err)
 	}
 	waitFor(t, 5*time.Second, "an empty inbox", func() bool { return st.InboxLen() == 0 })
+}
+
+// TestChainBreadthBounded: a function that emits 10 records to a stream
+// it listens to, so that each event chains 10 more (10^8 events by the hop
+// limit alone). Its origin may cause 100 chained events: the 10 it chains
+// get 9 each, and each of them, whose outputs would chain 10, is
+// dead-lettered with ErrChainBudget, nothing of it committed. A replay of
+// one of those dead letters gets the whole budget again.
+func TestChainBreadthBounded(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "amp", `
+function handle(e, ctx)
+  for i = 1, 10 do emit("amp", {i = i}) end
+  return nil
+end
+`, "triggers:\n  - mqtt: devices/{device}/telemetry\n  - stream: amp\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {max_chain_events: 100}\n"))
+	c := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d1", true)
+	publish(t, c, "devices/d1/telemetry", 1, []byte(`{}`))
+	st := p.d.Store()
+	var dls []store.DeadLetter
+	waitFor(t, 20*time.Second, "the chain to end", func() bool {
+		var err error
+		dls, err = st.ListDeadLetters(t.Context(), "amp", 0, 100)
+		return err == nil && len(dls) >= 10 && st.InboxLen() == 0
+	})
+	if len(dls) != 10 {
+		t.Fatalf("%d dead letters, want 10", len(dls))
+	}
+	for _, dl := range dls {
+		if !strings.Contains(dl.Error, ErrChainBudget.Error()) || !strings.Contains(dl.Error, "would chain 10 events, 9 left of the 100") {
+			t.Fatalf("dead letter error %q", dl.Error)
+		}
+		_, hops, budget, err := decodeEventChain(dl.Event)
+		if err != nil || hops != 1 || budget != 9 {
+			t.Fatalf("dead-lettered event: hops %d budget %d err %v", hops, budget, err)
+		}
+	}
+	if recs := allRecords(t, st, "amp"); len(recs) != 10 {
+		t.Fatalf("%d records, want the origin's 10 only", len(recs))
+	}
+	// Replayed, a dead letter is an origin again: its 10 records are
+	// committed, and its 10 chained events are cut as before.
+	if err := p.d.Gateway().Requeue(t.Context(), "amp", dls[0].Key, dls[0].Event, dls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the replay's chain to end", func() bool {
+		n, err := st.ListDeadLetters(t.Context(), "amp", 0, 100)
+		return err == nil && len(n) == 19 && st.InboxLen() == 0
+	})
+	if recs := allRecords(t, st, "amp"); len(recs) != 20 {
+		t.Fatalf("%d records after the replay, want 20", len(recs))
+	}
+}
+
+func TestEventChainRoundTrip(t *testing.T) {
+	ev := &luavm.Event{ID: "x", Payload: []byte(`{}`), Trigger: "stream", Captures: map[string]string{"stream": "s"}}
+	for _, c := range [][2]int{{1, 0}, {1, 999}, {maxHops + 1, maxChainEvents}} {
+		got, h, b, err := decodeEventChain(encodeChained(ev, c[0], c[1]))
+		if err != nil || h != c[0] || b != c[1] || got.Captures["stream"] != "s" {
+			t.Errorf("%v: got %d %d, %v", c, h, b, err)
+		}
+	}
+	// Events without a budget: an origin, and a chained event written
+	// before budgets.
+	for _, b := range [][]byte{encodeEvent(ev), encodeEventHops(ev, 3)} {
+		if _, _, budget, err := decodeEventChain(b); err != nil || budget != -1 {
+			t.Errorf("format %d: budget %d, %v", b[0], budget, err)
+		}
+	}
+	over := encodeChained(ev, 1, 0)
+	over = binary.AppendUvarint(over[:len(over)-1], maxChainEvents+1)
+	for name, b := range map[string][]byte{
+		"budget too big":  over,
+		"unknown format":  append([]byte{eventFormatV3 + 1}, encodeChained(ev, 1, 1)[1:]...),
+		"budget trailing": append(encodeChained(ev, 1, 1), 0),
+	} {
+		if _, _, _, err := decodeEventChain(b); !errors.Is(err, ErrBadEvent) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	v2 := encodeEventHops(ev, 1)
+	v2[0] = eventFormatV3 // a hop count, no budget
+	if _, _, _, err := decodeEventChain(v2); !errors.Is(err, ErrBadEvent) {
+		t.Errorf("V3 without a budget: %v", err)
+	}
 }
 
 func TestEventHopsRoundTrip(t *testing.T) {

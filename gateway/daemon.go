@@ -108,6 +108,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 		MaxBacklogBytes: int64(cfg.Pipeline.InboxBytes),
 		FunctionBacklog: cfg.Pipeline.FunctionBacklog,
 		MaxHops:         cfg.Pipeline.MaxHops,
+		MaxChainEvents:  cfg.Pipeline.MaxChainEvents,
 		MaxPayload:      int(cfg.MQTT.MaxPayload),
 		MaxEventBytes:   storeValueBytes(cfg),
 		Retry: RetryPolicy{

@@ -241,6 +241,8 @@ func apiErr(err error) error {
 		return apiserver.Wrap(apiserver.ErrNotFound, err)
 	case errors.Is(err, ErrStopped):
 		return apiserver.Wrap(apiserver.ErrUnavailable, err)
+	case errors.Is(err, ErrChainBudget):
+		return apiserver.Wrap(apiserver.ErrFailedPrecondition, err)
 	}
 	return err
 }

@@ -15,6 +15,11 @@ var (
 	// ErrHopLimit is the dead-letter cause of a chained event that is more
 	// hops away from its origin than Options.MaxHops (a trigger cycle).
 	ErrHopLimit = errors.New("gateway: chained event exceeds the hop limit (trigger cycle?)")
+	// ErrChainBudget is the dead-letter cause of an event whose outputs
+	// would chain more events than its origin has left to cause
+	// (Options.MaxChainEvents, shared down its chain): a function that
+	// fans out to streams it feeds itself. Nothing of it is committed.
+	ErrChainBudget = errors.New("gateway: chained events exceed the chain budget of their origin")
 	// ErrPayloadTooLarge is returned for an inbound message over the configured payload limit.
 	ErrPayloadTooLarge = errors.New("gateway: payload too large")
 	// ErrFunctionsDir is returned for a deploy, rollback or delete through the

@@ -13,10 +13,14 @@ import (
 // payloads, and every field is bounds-checked when decoding.
 
 // Event formats: V2 is V1 followed by the hop count (uvarint, at least 1)
-// of a chained event; events with no hops are still written as V1.
+// of a chained event; V3 is V2 followed by its chain budget (uvarint: the
+// chained events it may still cause, see Options.MaxChainEvents). Events
+// with no hops are still written as V1; chained events are written as V3
+// (V2 is read: an event written before budgets has the whole budget).
 const (
 	eventFormatV1 = 1
 	eventFormatV2 = 2
+	eventFormatV3 = 3
 )
 
 // maxDecodedField bounds any one field of a stored event (a corrupted length
@@ -58,6 +62,15 @@ func encodeEventHops(ev *luavm.Event, hops int) []byte {
 	}
 	b[0] = eventFormatV2
 	return binary.AppendUvarint(b, uint64(hops))
+}
+
+// encodeChained serialises a chained event with its hop count (at least
+// 1) and its chain budget.
+func encodeChained(ev *luavm.Event, hops, budget int) []byte {
+	b := encodeEventV1(ev)
+	b[0] = eventFormatV3
+	b = binary.AppendUvarint(b, uint64(hops))
+	return binary.AppendUvarint(b, uint64(budget))
 }
 
 func encodeEventV1(ev *luavm.Event) []byte {
@@ -193,10 +206,19 @@ func decodeEvent(b []byte) (*luavm.Event, error) {
 	return ev, err
 }
 
-// decodeEventHops parses what encodeEventHops wrote.
+// decodeEventHops parses what encodeEventHops or encodeChained wrote,
+// without the chain budget.
 func decodeEventHops(b []byte) (*luavm.Event, int, error) {
-	if len(b) == 0 || (b[0] != eventFormatV1 && b[0] != eventFormatV2) {
-		return nil, 0, fmt.Errorf("%w: unknown format", ErrBadEvent)
+	ev, hops, _, err := decodeEventChain(b)
+	return ev, hops, err
+}
+
+// decodeEventChain parses any event format: the event, its hop count and
+// its chain budget (-1 when it carries none: an origin, or a chained event
+// written before budgets).
+func decodeEventChain(b []byte) (*luavm.Event, int, int, error) {
+	if len(b) == 0 || b[0] < eventFormatV1 || b[0] > eventFormatV3 {
+		return nil, 0, 0, fmt.Errorf("%w: unknown format", ErrBadEvent)
 	}
 	r := &eventReader{b: b[1:]}
 	ev := &luavm.Event{}
@@ -231,8 +253,8 @@ func decodeEventHops(b []byte) (*luavm.Event, int, error) {
 	default:
 		r.fail("http flag")
 	}
-	hops := 0
-	if b[0] == eventFormatV2 {
+	hops, budget := 0, -1
+	if b[0] >= eventFormatV2 {
 		h := r.uvarint("hops")
 		// maxHops+1: the event one hop past the largest MaxHops must decode,
 		// to be dead-lettered as over the limit (ErrHopLimit), not as bad.
@@ -241,11 +263,18 @@ func decodeEventHops(b []byte) (*luavm.Event, int, error) {
 		}
 		hops = int(h)
 	}
+	if b[0] == eventFormatV3 {
+		n := r.uvarint("chain budget")
+		if r.err == nil && n > maxChainEvents {
+			r.fail("chain budget")
+		}
+		budget = int(n)
+	}
 	if r.err != nil {
-		return nil, 0, r.err
+		return nil, 0, 0, r.err
 	}
 	if len(r.b) != 0 {
-		return nil, 0, fmt.Errorf("%w: %d trailing bytes", ErrBadEvent, len(r.b))
+		return nil, 0, 0, fmt.Errorf("%w: %d trailing bytes", ErrBadEvent, len(r.b))
 	}
-	return ev, hops, nil
+	return ev, hops, budget, nil
 }

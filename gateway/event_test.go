@@ -78,7 +78,14 @@ func FuzzDecodeEvent(f *testing.F) {
 		f.Add(encodeEvent(ev))
 	}
 	f.Add([]byte{eventFormatV1})
+	f.Add(encodeChained(sampleEvents()[0], 2, 40))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if ev, hops, budget, err := decodeEventChain(b); err == nil && b[0] == eventFormatV3 {
+			// A chained event re-encodes to the same hop count and budget.
+			if _, h, bu, err := decodeEventChain(encodeChained(ev, hops, budget)); err != nil || h != hops || bu != budget {
+				t.Fatalf("chained re-decode: %d %d %v", h, bu, err)
+			}
+		}
 		ev, err := decodeEvent(b)
 		if err != nil {
 			if !errors.Is(err, ErrBadEvent) {

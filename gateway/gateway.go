@@ -94,6 +94,12 @@ type Options struct {
 	// stream or state triggers than this is dead-lettered with ErrHopLimit
 	// (default 8, at most 1000).
 	MaxHops int
+	// MaxChainEvents bounds the chained events that one event (a device's
+	// message, a timer tick, a call or write over the API) may cause, at
+	// every hop together: an event with budget b whose outputs chain n
+	// events (n <= b, or it is dead-lettered with ErrChainBudget) gives each
+	// of them (b-n)/n to cause in turn (default 1,000, at most 1,000,000).
+	MaxChainEvents int
 	// MaxEventBytes is the largest event the store takes in one value
 	// (store.Options.MaxValueBytes; 0: unknown). A state-triggered event
 	// whose old and new values would not fit leaves them out (old first)
@@ -153,8 +159,21 @@ func (o *Options) withDefaults() error {
 	if o.MaxHops > maxHops {
 		return fmt.Errorf("gateway: Options.MaxHops %d is more than %d", o.MaxHops, maxHops)
 	}
+	if o.MaxChainEvents <= 0 {
+		o.MaxChainEvents = DefaultMaxChainEvents
+	}
+	if o.MaxChainEvents > maxChainEvents {
+		return fmt.Errorf("gateway: Options.MaxChainEvents %d is more than %d", o.MaxChainEvents, maxChainEvents)
+	}
 	return nil
 }
+
+// DefaultMaxChainEvents is the default of Options.MaxChainEvents.
+const DefaultMaxChainEvents = 1000
+
+// maxChainEvents is the largest Options.MaxChainEvents (and chain budget an
+// event may carry).
+const maxChainEvents = 1_000_000
 
 // DefaultMaxHops is the default of Options.MaxHops.
 const DefaultMaxHops = 8

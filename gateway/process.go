@@ -24,7 +24,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	// function's own timeout bounds them.
 	ictx := context.WithoutCancel(ctx)
 	e := &j.entry
-	ev, hops, err := decodeEventHops(e.Event)
+	ev, hops, budget, err := decodeEventChain(e.Event)
 	if err != nil {
 		return g.deadLetter(ictx, j, nil, err)
 	}
@@ -88,7 +88,11 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		}
 		return retry, g.backoff(max(j.attempts, 3))
 	}
-	g.chainCommit(ft, c, hops)
+	if err := g.chainCommit(ft, c, hops, budget); err != nil {
+		release()
+		g.stats.failed.Add(1)
+		return g.deadLetter(ictx, j, res, err)
+	}
 	cr, err := g.opts.Store.Commit(ictx, c)
 	release()
 	switch {

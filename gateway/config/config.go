@@ -281,6 +281,11 @@ type Pipeline struct {
 	// MaxHops bounds function chains (stream and state triggers): an event
 	// more hops from its origin is dead-lettered (default 8, 1 to 1000).
 	MaxHops int `yaml:"max_hops"`
+	// MaxChainEvents bounds the breadth of function chains: the chained
+	// events one event may cause at every hop together (default 1000, 1 to
+	// 1,000,000); an event whose outputs would chain more than its share
+	// of it left is dead-lettered.
+	MaxChainEvents int `yaml:"max_chain_events"`
 }
 
 // Retry is the retry policy of a failed event before it goes to the dead
@@ -384,11 +389,12 @@ func Default() *Config {
 			},
 		},
 		Pipeline: Pipeline{
-			Workers:    0,
-			InboxLimit: 10000,
-			InboxBytes: 16 << 20,
-			MaxHops:    8,
-			Retry:      Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
+			Workers:        0,
+			InboxLimit:     10000,
+			InboxBytes:     16 << 20,
+			MaxHops:        8,
+			MaxChainEvents: 1000,
+			Retry:          Retry{MaxAttempts: 5, InitialBackoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(30 * time.Second)},
 		},
 		Functions: Functions{
 			Timeout:        Duration(time.Second),

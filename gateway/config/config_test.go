@@ -249,6 +249,7 @@ func TestErrors(t *testing.T) {
 		{"max queued per client too big", "mqtt:\n  embedded:\n    max_queued_per_client: 65536\n", []string{"m.yaml:3: mqtt.embedded.max_queued_per_client: 65536 out of range [1, 65535]"}},
 		{"max queued bytes below a message", "mqtt:\n  max_payload: 1MiB\n  embedded:\n    max_queued_bytes_per_client: 1MiB\n", []string{"m.yaml:4: mqtt.embedded.max_queued_bytes_per_client: 1MiB out of range [max_payload + 64KiB = 1114112 bytes, 1GiB] (0: 4 x max_payload)"}},
 		{"max queued bytes too big", "mqtt:\n  embedded:\n    max_queued_bytes_per_client: 2GiB\n", []string{"m.yaml:3: mqtt.embedded.max_queued_bytes_per_client: 2GiB out of range [max_payload + 64KiB = 327680 bytes, 1GiB] (0: 4 x max_payload)"}},
+		{"max chain events zero", "pipeline:\n  max_chain_events: 0\n", []string{"m.yaml:2: pipeline.max_chain_events: 0 out of range [1, 1000000]"}},
 		{"max hops too big", "pipeline:\n  max_hops: 1001\n", []string{"m.yaml:2: pipeline.max_hops: 1001 out of range"}},
 		{"backoff order", "pipeline:\n  retry:\n    initial_backoff: 1m\n    max_backoff: 1s\n", []string{"m.yaml:4: pipeline.retry.max_backoff: 1s is less than initial_backoff 1m0s"}},
 		{"backoff too long", "pipeline:\n  retry:\n    max_backoff: 2562047h\n", []string{"m.yaml:3: pipeline.retry.max_backoff: 2562047h0m0s is more than 24h0m0s"}},

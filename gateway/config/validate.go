@@ -395,6 +395,7 @@ func (v *validator) pipeline() {
 		v.add("pipeline.function_backlog", "%d out of range [0, inbox_limit = %d] (0: inbox_limit / 4)", p.FunctionBacklog, p.InboxLimit)
 	}
 	v.intRange("pipeline.max_hops", int64(p.MaxHops), 1, 1000)
+	v.intRange("pipeline.max_chain_events", int64(p.MaxChainEvents), 1, 1_000_000)
 	v.intRange("pipeline.retry.max_attempts", int64(p.Retry.MaxAttempts), 1, MaxRetryAttempts)
 	v.positive("pipeline.retry.initial_backoff", p.Retry.InitialBackoff)
 	if p.Retry.MaxBackoff > maxBackoff {
