@@ -673,6 +673,7 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		o.Quotas[name] = sq
 	}
 	o.Quotas[store.SpaceUsage] = store.Quota{MaxAge: q.Usage.MaxAge.Std()}
+	o.Quotas[store.SpaceState] = store.Quota{MaxBytes: int64(q.State.MaxBytes), Policy: store.RejectNew}
 	if len(cfg.Blobs.Buckets) > 0 {
 		o.Buckets = map[string]store.Bucket{}
 		for name, b := range cfg.Blobs.Buckets {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,4 +79,56 @@ func TestSlowChainLeavesOtherChains(t *testing.T) {
 		t.Fatalf("fast's chained event ran after %d of slow's (100 ms each)", got)
 	}
 	waitFor(t, 30*time.Second, "slow's records", func() bool { return len(allRecords(t, st, "slow")) == n })
+}
+
+// TestStateQuotaDeadLettersTheEvent: a function whose state would grow past
+// its quota (store.quotas.state) has that event dead-lettered with the
+// quota error, nothing of it committed, at once rather than retried; its
+// later events that fit still run, and another function's state writes
+// are not affected.
+func TestStateQuotaDeadLettersTheEvent(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{Quotas: map[string]store.Quota{store.SpaceState: {MaxBytes: 4000}}})
+	src := `function handle(e)
+  local r = json.decode(e.payload)
+  if r.del then state.delete(r.key) else state.set(r.key, string.rep("x", r.n)) end
+  return {key = r.key}
+end`
+	mk := func(name string) *Function {
+		return &Function{Name: name, Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern(name + "/{device}")},
+			Spec: luavm.Spec{Source: []byte(src)}}
+	}
+	g := runGateway(t, Options{Store: st, Retry: RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: time.Second}}, mk("hog"), mk("other"))
+	send := func(fn string, pid uint16, payload string) {
+		t.Helper()
+		if err := g.handle(ctx, &mqtt.Message{Topic: fn + "/d", Payload: []byte(payload), QoS: 1, ClientID: fn, PacketID: pid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("hog", 1, `{"key":"a","n":1500}`)
+	send("hog", 2, `{"key":"b","n":1500}`)
+	send("hog", 3, `{"key":"c","n":1500}`) // over 4000
+	send("other", 1, `{"key":"a","n":1500}`)
+	send("other", 2, `{"key":"b","n":1500}`)
+	waitFor(t, 10*time.Second, "hog's dead letter and other's records", func() bool {
+		dls, err := st.ListDeadLetters(ctx, "hog", 0, 10)
+		return err == nil && len(dls) == 1 && len(allRecords(t, st, "other")) == 2
+	})
+	dls, _ := st.ListDeadLetters(ctx, "hog", 0, 10)
+	if !strings.Contains(dls[0].Error, "quota") || !strings.Contains(dls[0].Error, `"hog"`) {
+		t.Fatalf("dead letter error %q", dls[0].Error)
+	}
+	if g.Stats().Failed != 1 {
+		t.Errorf("failed %d: the event was retried", g.Stats().Failed)
+	}
+	if _, ok, _ := st.GetState(ctx, "hog", "c"); ok {
+		t.Fatal("the refused state change was stored")
+	}
+	// Room made by a delete: the next write fits.
+	send("hog", 4, `{"key":"a","del":true}`)
+	send("hog", 5, `{"key":"c","n":1500}`)
+	waitFor(t, 10*time.Second, "hog's c", func() bool { _, ok, _ := st.GetState(ctx, "hog", "c"); return ok })
+	if n := len(allRecords(t, st, "hog")); n != 4 {
+		t.Fatalf("hog: %d records, want 4", n)
+	}
 }

@@ -1,6 +1,9 @@
 package store
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors returned (usually wrapped with %w) by Store methods.
 // Callers branch on them with errors.Is.
@@ -40,12 +43,19 @@ var (
 	// ErrNotNumber is returned by Commit when a StateIncr targets a stored
 	// value that is not a JSON number. The whole commit is refused.
 	ErrNotNumber = errors.New("store: state value is not a JSON number")
+	// ErrStateQuota is returned by Commit when state changes would take a
+	// function's state over its quota (Options.Quotas[SpaceState]). It
+	// wraps ErrQuota. Unlike other quotas it does not clear up by itself
+	// (only the function's own deletes free its state), so IsPermanent
+	// reports it: the event that made the changes goes to the dead letters.
+	ErrStateQuota = fmt.Errorf("%w: function state", ErrQuota)
 )
 
 // IsPermanent reports whether err means the same write can never succeed:
-// the write itself is invalid or too large (ErrInvalid, ErrTooLarge) or
-// applies to a value it cannot (ErrNotNumber). A full disk, a quota or a
+// the write itself is invalid or too large (ErrInvalid, ErrTooLarge),
+// applies to a value it cannot (ErrNotNumber), or would take a function's
+// state over its quota (ErrStateQuota). A full disk, the other quotas or a
 // closed store clear up; these do not.
 func IsPermanent(err error) bool {
-	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrNotNumber)
+	return errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrNotNumber) || errors.Is(err, ErrStateQuota)
 }

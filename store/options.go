@@ -118,6 +118,10 @@ const (
 	SpaceLogs        = "logs"        // invocation logs (default 16 MiB, 24 h)
 	SpaceDeadLetters = "deadletters" // dead letters (default 32 MiB)
 	SpaceUsage       = "usage"       // per-minute usage meters of functions: MaxAge only (default 90 days)
+	// SpaceState is the state of each function: MaxBytes bounds the keys
+	// and values of one function (default 64 MiB); always RejectNew
+	// (ErrStateQuota), never dropped or aged.
+	SpaceState = "state"
 )
 
 // DefaultQuotas are the quotas applied to key spaces missing from
@@ -126,6 +130,7 @@ var DefaultQuotas = map[string]Quota{
 	SpaceLogs:        {MaxBytes: 16 << 20, MaxAge: 24 * time.Hour},
 	SpaceDeadLetters: {MaxBytes: 32 << 20},
 	SpaceUsage:       {MaxAge: 90 * 24 * time.Hour},
+	SpaceState:       {MaxBytes: 64 << 20, Policy: RejectNew},
 }
 
 // Options configures Open. The zero value (plus Dir) gives the safe

@@ -417,6 +417,8 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	type sv struct {
 		key []byte
 		val []byte // nil: delete
+		fn  string
+		was int64 // bytes of key and value before the commit (0: absent)
 	}
 	var state []sv
 	var updates []StateUpdate // for c.Chain: each change with its old value
@@ -470,12 +472,32 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		if i, ok := overlay[string(k)]; ok {
 			state[i].val = nv
 		} else {
+			was, err := b.stateSize(k)
+			if err != nil {
+				return err
+			}
 			overlay[string(k)] = len(state)
-			state = append(state, sv{key: k, val: nv})
+			state = append(state, sv{key: k, val: nv, fn: ch.Function, was: was})
 		}
 		if c.Chain != nil {
 			updates[len(updates)-1].New = nv
 		}
+	}
+	var stateDelta map[string]int64 // per function: bytes of state added
+	for _, v := range state {
+		n := int64(0)
+		if v.val != nil {
+			n = int64(len(v.key) + len(v.val))
+		}
+		if n != v.was {
+			if stateDelta == nil {
+				stateDelta = make(map[string]int64, 1)
+			}
+			stateDelta[v.fn] += n - v.was
+		}
+	}
+	if err := s.checkStateQuota(stateDelta); err != nil {
+		return err
 	}
 	// 3. Encode with the sequences they will get, then check reject_new quotas.
 	recs := make([]Record, len(c.Records))
@@ -559,6 +581,13 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			b.del(st.key)
 		} else {
 			b.set(st.key, st.val)
+		}
+	}
+	for fn, d := range stateDelta {
+		// Folded in at once, like inboxDone: a failed batch reloads the
+		// sizes from disk.
+		if s.stateBytes[fn] += d; s.stateBytes[fn] <= 0 {
+			delete(s.stateBytes, fn)
 		}
 	}
 	// Blob sends first: a record committed with a blob (a function that
@@ -746,6 +775,42 @@ func dedupe(ts []string) []string {
 
 // checkQuota refuses n more bytes in a RejectNew space that would exceed its
 // quota, and an entry set larger than any quota.
+// stateSize returns the bytes (key and value) of the state key k before
+// the batch's commit being applied: 0 when absent. Only the size is read
+// (Badger's item, not the value) unless the read cache holds the key.
+func (b *batch) stateSize(k []byte) (int64, error) {
+	if cv, ok := b.s.cache.get(k); ok {
+		if !cv.found {
+			return 0, nil
+		}
+		return int64(len(k) + len(cv.val)), nil
+	}
+	item, err := b.txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fatal(err)
+	}
+	return int64(len(k)) + item.ValueSize(), nil
+}
+
+// checkStateQuota refuses state changes that would take a function's
+// state over its quota (Options.Quotas[SpaceState], per function). A
+// change that shrinks or keeps it is always taken.
+func (s *Store) checkStateQuota(delta map[string]int64) error {
+	q := s.opts.quota(SpaceState)
+	if q.MaxBytes <= 0 {
+		return nil
+	}
+	for fn, d := range delta {
+		if d > 0 && s.stateBytes[fn]+d > q.MaxBytes {
+			return fmt.Errorf("%w: function %q: %d bytes of state and %d more, quota %d", ErrStateQuota, fn, s.stateBytes[fn], d, q.MaxBytes)
+		}
+	}
+	return nil
+}
+
 func (b *batch) checkQuota(space string, q *queue, n int64) error {
 	if n == 0 {
 		return nil

@@ -345,3 +345,74 @@ func TestDeadLetterDropsLogged(t *testing.T) {
 		t.Fatalf("%d log lines of dropped dead letters, want 1 (a minute apart at most):\n%s", got, logs.String())
 	}
 }
+
+// TestStateQuotaPerFunction: a function's state (keys and values) is
+// bounded by the state quota, per function: a commit that would take it
+// over is refused whole (ErrStateQuota, an ErrQuota, permanent), another
+// function's state is not affected, a change that shrinks it is always
+// taken, and the sizes are read back from disk at open. Values both
+// inline and in the value log (over the 4 KiB threshold).
+func TestStateQuotaPerFunction(t *testing.T) {
+	ctx := context.Background()
+	for _, size := range []int{1000, 6000} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			one := int64(len(stateKey("a", "k1")) + size)
+			o := Options{Quotas: map[string]Quota{SpaceState: {MaxBytes: 2*one + one/2}}}
+			s := openTest(t, o)
+			val := []byte(`"` + strings.Repeat("x", size-2) + `"`)
+			set := func(fn, key string, v []byte, more ...StateChange) error {
+				_, err := s.Commit(ctx, &Commit{
+					Records: []Record{{Stream: "s", Data: []byte(`{}`)}},
+					State:   append([]StateChange{{Function: fn, Op: StateSet, Key: key, Value: v}}, more...),
+				})
+				return err
+			}
+			for _, k := range []string{"k1", "k2"} {
+				if err := set("a", k, val); err != nil {
+					t.Fatalf("a/%s within the quota: %v", k, err)
+				}
+			}
+			err := set("a", "k3", val)
+			if !errors.Is(err, ErrStateQuota) || !errors.Is(err, ErrQuota) || !IsPermanent(err) {
+				t.Fatalf("a/k3 over the quota: %v, want ErrStateQuota (an ErrQuota, permanent)", err)
+			}
+			if _, ok, _ := s.GetState(ctx, "a", "k3"); ok {
+				t.Fatal("the refused change was stored")
+			}
+			if recs, _, _ := s.QueryRecords(ctx, Query{Stream: "s", Limit: 10}); len(recs) != 2 {
+				t.Fatalf("%d records: the refused commit's record was stored", len(recs))
+			}
+			// The same value again (no growth) and another function.
+			if err := set("a", "k2", val); err != nil {
+				t.Fatalf("a/k2 rewritten: %v", err)
+			}
+			for _, k := range []string{"k1", "k2"} {
+				if err := set("b", k, val); err != nil {
+					t.Fatalf("b/%s: %v", k, err)
+				}
+			}
+			// Growing one key while deleting another in the same commit.
+			if err := set("a", "k3", val, StateChange{Function: "a", Op: StateDelete, Key: "k1"}); err != nil {
+				t.Fatalf("a/k3 set with a/k1 deleted: %v", err)
+			}
+			// A key made smaller.
+			if err := set("a", "k1", []byte(`1`)); err != nil {
+				t.Fatalf("a/k1 small: %v", err)
+			}
+			_ = s.Close()
+			s = openTest(t, Options{Dir: s.opts.Dir, Quotas: o.Quotas})
+			if err := set("a", "k4", val); !errors.Is(err, ErrStateQuota) {
+				t.Fatalf("after reopening, a/k4 over the quota: %v", err)
+			}
+			if _, err := s.Commit(ctx, &Commit{State: []StateChange{{Function: "a", Op: StateDelete, Key: "k2"}}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := set("a", "k4", val); err != nil {
+				t.Fatalf("after a delete, a/k4: %v", err)
+			}
+			if err := set("a", "k5", val); !errors.Is(err, ErrStateQuota) {
+				t.Fatalf("a/k5 over the quota: %v", err)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -123,14 +124,17 @@ type Store struct {
 
 	// committer-owned
 	inboxDone map[uint64]struct{} // consumed inbox entries above the head
-	inboxSize sizeWindow          // sizes of the recent inbox entries
-	pubDone   map[uint64]struct{}
-	pubSize   sizeWindow // sizes of the recent local publishes
-	pubs      pubCache   // the live local publishes of the latest commits
-	cache     *readCache // state and usage values (readcache.go)
-	diskFull  bool
-	diskAt    time.Time
-	dirty     atomic.Bool
+	// stateBytes is the size of each function's state (keys and values),
+	// for its quota (SpaceState). Committer-owned; computed at open.
+	stateBytes map[string]int64
+	inboxSize  sizeWindow // sizes of the recent inbox entries
+	pubDone    map[uint64]struct{}
+	pubSize    sizeWindow // sizes of the recent local publishes
+	pubs       pubCache   // the live local publishes of the latest commits
+	cache      *readCache // state and usage values (readcache.go)
+	diskFull   bool
+	diskAt     time.Time
+	dirty      atomic.Bool
 
 	window *redeliveryWindow // redelivery window
 	// lastSenderTrim is when the retention pass last walked all the
@@ -280,6 +284,24 @@ var recoverFault func() error
 // recover loads the counters and rebuilds the in-memory sets of entries
 // consumed out of order (inbox, publishes), by scanning live keys from the
 // head only.
+// stateSizes adds up the keys and values of each function's state, reading
+// keys only (the value log is not touched).
+func stateSizes(txn *badger.Txn) map[string]int64 {
+	m := map[string]int64{}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pState}})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		i := bytes.IndexByte(k[1:], 0)
+		if i < 0 {
+			continue
+		}
+		m[string(k[1:1+i])] += int64(len(k)) + item.ValueSize()
+	}
+	return m
+}
+
 func (s *Store) recover() error {
 	if recoverFault != nil {
 		if err := recoverFault(); err != nil {
@@ -288,6 +310,7 @@ func (s *Store) recover() error {
 	}
 	c := newCounters()
 	var inboxDone, pubDone map[uint64]struct{}
+	var stateBytes map[string]int64
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyCounters)
 		if err != nil {
@@ -308,13 +331,14 @@ func (s *Store) recover() error {
 		var e1, e2 error
 		inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
 		pubDone, e2 = holes(txn, pPublish, &c.Publish)
+		stateBytes = stateSizes(txn)
 		return errors.Join(e1, e2)
 	})
 	if err != nil {
 		return err
 	}
 	// Only a whole reload replaces the committer's state.
-	s.inboxDone, s.pubDone = inboxDone, pubDone
+	s.inboxDone, s.pubDone, s.stateBytes = inboxDone, pubDone, stateBytes
 	s.inboxSize.reset()
 	s.pubSize.reset()
 	s.mu.Lock()

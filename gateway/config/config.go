@@ -250,6 +250,15 @@ type Quotas struct {
 	// Usage bounds the per-minute usage meters of functions (one key per
 	// function and minute, about 525,600 a year each) by age only.
 	Usage UsageQuota `yaml:"usage"`
+	// State bounds the state of each function (keys and values): a
+	// function's commit that would take it over max_bytes is refused
+	// and its event dead-lettered. Default 64MiB.
+	State StateQuota `yaml:"state"`
+}
+
+// StateQuota bounds the state of one function in bytes (0: no bound).
+type StateQuota struct {
+	MaxBytes Size `yaml:"max_bytes"`
 }
 
 // UsageQuota bounds the usage meters: those of minutes older than MaxAge
@@ -386,6 +395,7 @@ func Default() *Config {
 				Deadletters: Quota{MaxBytes: 64 << 20, MaxAge: Duration(720 * time.Hour), Policy: PolicyDropOldest},
 				Inbox:       Quota{Policy: PolicyRejectNew},
 				Usage:       UsageQuota{MaxAge: Duration(2160 * time.Hour)},
+				State:       StateQuota{MaxBytes: 64 << 20},
 			},
 		},
 		Pipeline: Pipeline{

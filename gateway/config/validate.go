@@ -379,6 +379,9 @@ func (v *validator) store() {
 	if q.Inbox.MaxAge != 0 {
 		v.add("store.quotas.inbox.max_age", "must be 0: acknowledged events never expire from the inbox")
 	}
+	if q.State.MaxBytes < 0 {
+		v.add("store.quotas.state.max_bytes", "%s is negative (0: no bound)", q.State.MaxBytes)
+	}
 	if q.Usage.MaxAge < 0 {
 		v.add("store.quotas.usage.max_age", "%s is negative (0 keeps the usage meters forever)", q.Usage.MaxAge)
 	} else if q.Usage.MaxAge != 0 && q.Usage.MaxAge < Duration(time.Hour) {
