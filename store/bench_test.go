@@ -524,3 +524,30 @@ func BenchmarkEventLatency(b *testing.B) {
 	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
 	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
 }
+
+// BenchmarkCommitLogsAtQuota: commits of one log line each, 64 writers,
+// with the logs space full (every write drops an old line): the cost of
+// choosing what to drop (the oldest line of the function holding most).
+func BenchmarkCommitLogsAtQuota(b *testing.B) {
+	s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1, Durability: DurabilityNone,
+		Quotas: map[string]Quota{SpaceLogs: {MaxBytes: 256 << 10}}})
+	line := strings.Repeat("l", 100)
+	fill := func(n int) {
+		for i := range n {
+			if _, err := s.Commit(context.Background(), &Commit{Logs: []LogRecord{{Function: fmt.Sprint("f", i%4), Level: "info", Msg: line}}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	fill(4000) // past the quota
+	b.ResetTimer()
+	rate := runWriters(b, 64, b.N, func(i int) error {
+		_, err := s.Commit(context.Background(), &Commit{Logs: []LogRecord{{Function: fmt.Sprint("f", i%4), Level: "info", Msg: line}}})
+		return err
+	})
+	b.StopTimer()
+	if s.Stats().Spaces[SpaceLogs].Drops == 0 {
+		b.Fatal("nothing dropped")
+	}
+	b.ReportMetric(rate, "commits/s")
+}

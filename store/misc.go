@@ -213,6 +213,7 @@ func (b *batch) deleteDead(seq uint64, strict bool) error {
 	b.del(k)
 	if d, err := decodeDead(seq, v); err == nil {
 		b.del(nameSeqKey(pDeadIdx, d.Function, seq))
+		b.s.forgetEntry(SpaceDeadLetters, d.Function, int64(len(v)))
 	}
 	b.ctr.Dead.remove(int64(len(v)))
 	if seq == b.ctr.Dead.Head {

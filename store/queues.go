@@ -2,12 +2,15 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -649,7 +652,8 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		b.ctr.Dead.Next++
 		b.ctr.Dead.add(len(deadVal))
 		b.set(seqKey(pDead, seq), deadVal)
-		b.set(nameSeqKey(pDeadIdx, c.DeadLetter.Function, seq), nil)
+		b.set(nameSeqKey(pDeadIdx, c.DeadLetter.Function, seq), binary.AppendUvarint(nil, uint64(len(deadVal))))
+		s.deadBytes[c.DeadLetter.Function] += int64(len(deadVal))
 		c.DeadLetter.Seq = seq
 		if err := b.enforce(SpaceDeadLetters, seq); err != nil {
 			return err
@@ -662,7 +666,8 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			b.ctr.Logs.Next++
 			b.ctr.Logs.add(len(logVals[i]))
 			b.set(seqKey(pLog, seq), logVals[i])
-			b.set(nameSeqKey(pLogIdx, c.Logs[i].Function, seq), nil)
+			b.set(nameSeqKey(pLogIdx, c.Logs[i].Function, seq), binary.AppendUvarint(nil, uint64(len(logVals[i]))))
+			s.logBytes[c.Logs[i].Function] += int64(len(logVals[i]))
 			c.Logs[i].Seq = seq
 		}
 		if err := b.enforce(SpaceLogs, first); err != nil {
@@ -841,11 +846,160 @@ func (b *batch) enforce(space string, keep uint64) error {
 	}
 	q := b.queueOf(space)
 	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(5*entryEst(64, 0)); drops++ {
-		if err := b.dropHead(space, q); err != nil {
+		var err error
+		if space == SpaceDeadLetters || space == SpaceLogs {
+			err = b.dropFair(space, q, keep)
+		} else {
+			err = b.dropHead(space, q)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fnSizes returns the bytes per function of a space with a function index
+// (dead letters, logs), and its index and primary prefixes.
+func (s *Store) fnSizes(space string) (map[string]int64, byte, byte) {
+	if space == SpaceDeadLetters {
+		return s.deadBytes, pDeadIdx, pDead
+	}
+	return s.logBytes, pLogIdx, pLog
+}
+
+// forgetEntry takes n bytes of function fn's entries of space off its size.
+func (s *Store) forgetEntry(space, fn string, n int64) {
+	if space != SpaceDeadLetters && space != SpaceLogs {
+		return
+	}
+	m, _, _ := s.fnSizes(space)
+	if m[fn] -= n; m[fn] <= 0 {
+		delete(m, fn)
+	}
+}
+
+// dropFair makes room in a space with a function index (dead letters,
+// logs) by dropping the oldest entry, below keep, of the function that
+// holds the most bytes of it: a function flooding it with failures or log
+// lines pushes out its own entries first, not other functions'. When none
+// of the functions has an entry below keep, it drops the head.
+func (b *batch) dropFair(space string, q *queue, keep uint64) error {
+	m, idx, primary := b.s.fnSizes(space)
+	fns := make([]string, 0, len(m))
+	for fn := range m {
+		fns = append(fns, fn)
+	}
+	slices.SortFunc(fns, func(x, y string) int {
+		if c := cmp.Compare(m[y], m[x]); c != 0 {
+			return c
+		}
+		return strings.Compare(x, y)
+	})
+	for _, fn := range fns {
+		seq, v, ok, err := b.oldestOf(idx, primary, fn, keep)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		b.del(seqKey(primary, seq))
+		b.del(nameSeqKey(idx, fn, seq))
+		b.dropped(space, q, seq, fn, int64(len(v)))
+		if seq == q.Head {
+			q.Head++
+		}
+		return nil
+	}
+	return b.dropHead(space, q)
+}
+
+// oldestOf returns the oldest entry of function fn below keep in a space
+// with a function index (idx) and its value. It reads the index as last
+// committed, through a read-only transaction (an iterator of the batch's
+// own transaction would sort all of its pending writes at every drop), a
+// few dozen sequences ahead, which later drops take without reading the
+// index again (new entries only come after them). Entries written by the
+// batch are not seen (younger than those it finds, in practice), and
+// those deleted since are skipped by reading each entry through the batch.
+func (b *batch) oldestOf(idx, primary byte, fn string, keep uint64) (uint64, []byte, bool, error) {
+	key := dropHintKey{idx, fn}
+	h := b.s.dropHint[key]
+	if h == nil {
+		h = &dropAhead{}
+		b.s.dropHint[key] = h
+	}
+	for {
+		if len(h.seqs) == 0 {
+			if err := b.readAhead(idx, fn, h); err != nil {
+				return 0, nil, false, err
+			}
+			if len(h.seqs) == 0 {
+				return 0, nil, false, nil
+			}
+		}
+		seq := h.seqs[0]
+		if seq >= keep {
+			return 0, nil, false, nil
+		}
+		h.seqs = h.seqs[1:]
+		v, ok, err := b.get(seqKey(primary, seq))
+		if err != nil {
+			return 0, nil, false, err
+		}
+		if ok {
+			return seq, v, true, nil
+		}
+	}
+}
+
+// dropAheadSeqs is how many index sequences oldestOf reads at a time.
+const dropAheadSeqs = 64
+
+// readAhead reads the next sequences of function fn's index idx after
+// those h held.
+func (b *batch) readAhead(idx byte, fn string, h *dropAhead) error {
+	txn := b.s.db.NewTransaction(false)
+	defer txn.Discard()
+	p := namePrefix(idx, fn)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
+	defer it.Close()
+	h.seqs = h.buf[:0]
+	for it.Seek(nameSeqKey(idx, fn, h.from)); it.Valid() && len(h.seqs) < dropAheadSeqs; it.Next() {
+		if k := it.Item().Key(); len(k) == len(p)+8 {
+			h.seqs = append(h.seqs, keySeq(k))
+		}
+	}
+	if n := len(h.seqs); n > 0 {
+		h.from = h.seqs[n-1] + 1
+	}
+	return nil
+}
+
+// dropAhead is what oldestOf read of a function's index and has not
+// handed out yet.
+type dropAhead struct {
+	seqs []uint64
+	buf  [dropAheadSeqs]uint64
+	from uint64 // the next read starts here
+}
+
+// dropHintKey names a function's index in Store.dropHint.
+type dropHintKey struct {
+	idx byte
+	fn  string
+}
+
+// dropped counts the drop of an entry of n bytes of function fn.
+func (b *batch) dropped(space string, q *queue, seq uint64, fn string, n int64) {
+	if space == SpaceDeadLetters {
+		b.s.deadDrops.note(b.s.log, fn, seq)
+	}
+	b.s.forgetEntry(space, fn, n)
+	q.remove(n)
+	q.Drops++
+	q.DropBytes += n
 }
 
 func (b *batch) enforceOutbox(t string, keep uint64) error {
@@ -913,12 +1067,15 @@ func (b *batch) dropHead(space string, q *queue) error {
 		if err == nil {
 			b.del(nameSeqKey(pLogIdx, l.Function, seq))
 		}
+		b.dropped(space, q, seq, l.Function, int64(len(v)))
+		return nil
 	case SpaceDeadLetters:
 		d, err := decodeDead(seq, v)
 		if err == nil {
 			b.del(nameSeqKey(pDeadIdx, d.Function, seq))
 		}
-		b.s.deadDrops.note(b.s.log, d.Function, seq)
+		b.dropped(space, q, seq, d.Function, int64(len(v)))
+		return nil
 	}
 	q.remove(int64(len(v)))
 	q.Drops++

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 func commitRecords(t testing.TB, s *Store, n int, targets ...string) []Record {
@@ -414,5 +417,106 @@ func TestStateQuotaPerFunction(t *testing.T) {
 				t.Fatalf("a/k5 over the quota: %v", err)
 			}
 		})
+	}
+}
+
+// TestDropOldestIsPerFunction: dead letters and logs over their quota drop
+// the oldest entries of the function holding the most bytes, not the
+// oldest of all: function a flooding both spaces pushes out its own
+// entries, b's stay. The sizes per function come back at open, from the
+// index values, and from the entries for index keys written before those
+// held a size.
+func TestDropOldestIsPerFunction(t *testing.T) {
+	ctx := context.Background()
+	o := Options{Quotas: map[string]Quota{SpaceDeadLetters: {MaxBytes: 16 << 10}, SpaceLogs: {MaxBytes: 16 << 10}}}
+	s := openTest(t, o)
+	write := func(fn string, i int) {
+		t.Helper()
+		pad := strings.Repeat("p", 200)
+		if _, err := s.Commit(ctx, &Commit{
+			DeadLetter: &DeadLetter{Function: fn, Key: "k", Event: []byte(pad), Error: fmt.Sprint("boom ", i)},
+			Logs:       []LogRecord{{Function: fn, Level: "info", Msg: fmt.Sprint("line ", i, pad)}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		write("b", i)
+	}
+	last := 0 // a's newest
+	check := func(when string) {
+		t.Helper()
+		dls, err := s.ListDeadLetters(ctx, "b", 0, 100)
+		if err != nil || len(dls) != 5 {
+			t.Fatalf("%s: b has %d dead letters (%v), want its 5", when, len(dls), err)
+		}
+		logs, err := s.QueryLogs(ctx, "b", "", 0, 100)
+		if err != nil || len(logs) != 5 {
+			t.Fatalf("%s: b has %d log lines (%v), want its 5", when, len(logs), err)
+		}
+		st := s.Stats().Spaces
+		if st[SpaceDeadLetters].Drops == 0 || st[SpaceLogs].Drops == 0 {
+			t.Fatalf("%s: nothing dropped (%+v, %+v): the test did not fill the quotas", when, st[SpaceDeadLetters], st[SpaceLogs])
+		}
+		if st[SpaceDeadLetters].Bytes > 16<<10 || st[SpaceLogs].Bytes > 16<<10 {
+			t.Fatalf("%s: over the quota: %+v, %+v", when, st[SpaceDeadLetters], st[SpaceLogs])
+		}
+		newest, err := s.ListDeadLetters(ctx, "a", 0, 1000)
+		if err != nil || len(newest) == 0 || newest[len(newest)-1].Error != fmt.Sprint("boom ", last) {
+			t.Fatalf("%s: a's newest dead letter missing", when)
+		}
+	}
+	for i := range 200 {
+		write("a", i)
+		last = i
+	}
+	check("flood")
+	sizes := maps.Clone(s.deadBytes)
+	logSizes := maps.Clone(s.logBytes)
+
+	// The index values as written before they held sizes.
+	_ = s.Close()
+	bo := s.opts
+	db, err := badger.Open(bo.badgerOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pDeadIdx}})
+		var keys [][]byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		it.Close()
+		for _, k := range keys {
+			if err := txn.Set(k, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, Options{Dir: s.opts.Dir, Quotas: o.Quotas})
+	if !maps.Equal(s.deadBytes, sizes) || !maps.Equal(s.logBytes, logSizes) {
+		t.Fatalf("sizes at open: dead letters %v, logs %v; before %v, %v", s.deadBytes, s.logBytes, sizes, logSizes)
+	}
+	for i := range 100 {
+		write("a", 200+i)
+		last = 200 + i
+	}
+	check("after reopening")
+	// Deleting a dead letter takes it off its function's size.
+	dls, _ := s.ListDeadLetters(ctx, "b", 0, 1)
+	before := s.deadBytes["b"]
+	if err := s.DeleteDeadLetter(ctx, dls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if after := s.deadBytes["b"]; after >= before {
+		t.Fatalf("b's dead letters: %d bytes after a delete, %d before", after, before)
 	}
 }

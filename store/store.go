@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -127,14 +128,23 @@ type Store struct {
 	// stateBytes is the size of each function's state (keys and values),
 	// for its quota (SpaceState). Committer-owned; computed at open.
 	stateBytes map[string]int64
-	inboxSize  sizeWindow // sizes of the recent inbox entries
-	pubDone    map[uint64]struct{}
-	pubSize    sizeWindow // sizes of the recent local publishes
-	pubs       pubCache   // the live local publishes of the latest commits
-	cache      *readCache // state and usage values (readcache.go)
-	diskFull   bool
-	diskAt     time.Time
-	dirty      atomic.Bool
+	// deadBytes and logBytes are the bytes of each function's dead letters
+	// and logs: a write over those spaces' quota drops the oldest entries of
+	// the function holding the most (see dropFair). Committer-owned;
+	// computed at open from the index keys.
+	deadBytes, logBytes map[string]int64
+	// dropHint is, per function index, what dropFair read of it ahead.
+	// Committer-owned; cleared by a reload (a failed batch's drops did not
+	// happen).
+	dropHint  map[dropHintKey]*dropAhead
+	inboxSize sizeWindow // sizes of the recent inbox entries
+	pubDone   map[uint64]struct{}
+	pubSize   sizeWindow // sizes of the recent local publishes
+	pubs      pubCache   // the live local publishes of the latest commits
+	cache     *readCache // state and usage values (readcache.go)
+	diskFull  bool
+	diskAt    time.Time
+	dirty     atomic.Bool
 
 	window *redeliveryWindow // redelivery window
 	// lastSenderTrim is when the retention pass last walked all the
@@ -302,6 +312,46 @@ func stateSizes(txn *badger.Txn) map[string]int64 {
 	return m
 }
 
+// indexSizes adds up the bytes of each function's entries of a space with
+// a function index (dead letters, logs): the index value holds the size of
+// its entry (uvarint); an index key written before sizes were (empty value)
+// is sized from the entry's item.
+func indexSizes(txn *badger.Txn, idx, primary byte) (map[string]int64, error) {
+	m := map[string]int64{}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{idx}})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) < 1+1+8 || k[len(k)-9] != 0 {
+			continue
+		}
+		fn := string(k[1 : len(k)-9])
+		var n int64
+		err := item.Value(func(v []byte) error {
+			if u, w := binary.Uvarint(v); w > 0 {
+				n = int64(u)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			e, err := txn.Get(seqKey(primary, keySeq(k)))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			n = e.ValueSize()
+		}
+		m[fn] += n
+	}
+	return m, nil
+}
+
 func (s *Store) recover() error {
 	if recoverFault != nil {
 		if err := recoverFault(); err != nil {
@@ -310,7 +360,7 @@ func (s *Store) recover() error {
 	}
 	c := newCounters()
 	var inboxDone, pubDone map[uint64]struct{}
-	var stateBytes map[string]int64
+	var stateBytes, deadBytes, logBytes map[string]int64
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyCounters)
 		if err != nil {
@@ -332,13 +382,18 @@ func (s *Store) recover() error {
 		inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
 		pubDone, e2 = holes(txn, pPublish, &c.Publish)
 		stateBytes = stateSizes(txn)
-		return errors.Join(e1, e2)
+		var e3, e4 error
+		deadBytes, e3 = indexSizes(txn, pDeadIdx, pDead)
+		logBytes, e4 = indexSizes(txn, pLogIdx, pLog)
+		return errors.Join(e1, e2, e3, e4)
 	})
 	if err != nil {
 		return err
 	}
 	// Only a whole reload replaces the committer's state.
 	s.inboxDone, s.pubDone, s.stateBytes = inboxDone, pubDone, stateBytes
+	s.deadBytes, s.logBytes = deadBytes, logBytes
+	s.dropHint = map[dropHintKey]*dropAhead{}
 	s.inboxSize.reset()
 	s.pubSize.reset()
 	s.mu.Lock()
