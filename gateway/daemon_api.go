@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"sort"
 	"sync"
 
@@ -131,6 +133,11 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	counter("moongate_duplicates_total", "Inbox entries found already consumed.", gs.Duplicates)
 	counter("moongate_publishes_total", "Local publishes carried out.", gs.Published)
 	gauge("moongate_backlog", "Events queued or running.", float64(gs.Backlog))
+	fb := d.gw.FunctionBacklogs()
+	for _, fn := range slices.Sorted(maps.Keys(fb)) {
+		gauge("moongate_function_backlog", "Events of one function queued or running (at most pipeline.function_backlog; at it, intake of its events waits).",
+			float64(fb[fn]), [2]string{"function", fn})
+	}
 	if d.httpLim != nil {
 		counter("moongate_api_connections_shed_total", "API connections closed unread because api.max_connections were open.", d.httpLim.Shed())
 	}

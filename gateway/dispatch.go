@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -89,6 +90,21 @@ type dispatcher struct {
 // fnRoom is the share of the backlog one function's jobs may hold.
 type fnRoom struct {
 	count, bytes *semaphore.Weighted
+	held         atomic.Int64 // entries of count taken
+}
+
+// functionBacklogs returns the entries of the backlog each function's jobs
+// hold (functions holding none are left out).
+func (d *dispatcher) functionBacklogs() map[string]int64 {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	m := make(map[string]int64, len(d.room))
+	for fn, r := range d.room {
+		if n := r.held.Load(); n > 0 {
+			m[fn] = n
+		}
+	}
+	return m
 }
 
 // newDispatcher makes a dispatcher of a backlog of maxCount entries and
@@ -213,6 +229,17 @@ func (d *dispatcher) admit(ctx context.Context, jobs ...*job) error {
 	return nil
 }
 
+// spread sets what each job gives back when done, so that together they
+// give back exactly what was reserved: one entry and its size each while
+// the reservation lasts, the rest of it with the last job (of the group,
+// of the function).
+func (r *reservation) spread() {
+	for _, t := range r.fns {
+		t.room.held.Add(t.n)
+	}
+	r.split()
+}
+
 // tryAdmit is admit of one job without waiting: it reports whether the
 // room was taken.
 func (d *dispatcher) tryAdmit(j *job) bool {
@@ -240,11 +267,8 @@ func (d *dispatcher) tryAdmit(j *job) bool {
 	return true
 }
 
-// spread sets what each job gives back when done, so that together they
-// give back exactly what was reserved: one entry and its size each while
-// the reservation lasts, the rest of it with the last job (of the group,
-// of the function).
-func (r *reservation) spread() {
+// split is spread's division of the room among the jobs.
+func (r *reservation) split() {
 	leftN, leftB := r.n, r.b
 	for i, j := range r.jobs {
 		sz := max(j.size, 1)
@@ -290,6 +314,7 @@ func (d *dispatcher) giveRoom(j *job) {
 		d.bytes.Release(j.holdB)
 	}
 	if j.fnN > 0 {
+		j.room.held.Add(-j.fnN)
 		j.room.count.Release(j.fnN)
 	}
 	if j.fnB > 0 {

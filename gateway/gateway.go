@@ -292,6 +292,12 @@ func (g *Gateway) newEventID() string {
 	return g.idPrefix + strconv.FormatUint(g.idSeq.Add(1), 36)
 }
 
+// FunctionBacklogs returns, per function, the events of the in-memory
+// backlog that it holds (queued or running; at most
+// Options.FunctionBacklog). Functions holding none are left out. Safe for
+// concurrent use.
+func (g *Gateway) FunctionBacklogs() map[string]int64 { return g.disp.functionBacklogs() }
+
 // Run resumes the inbox backlog, starts intake and runs until ctx is done;
 // then it stops intake, lets in-flight invocations finish (their events stay
 // in the inbox otherwise), flushes local publishes and returns. It does not

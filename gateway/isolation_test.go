@@ -32,7 +32,7 @@ func TestSlowFunctionLeavesIntakeToOthers(t *testing.T) {
 			_ = g.handle(devCtx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1})
 		}()
 	}
-	waitFor(t, 10*time.Second, "a's share full", func() bool { return g.Stats().Backlog >= 2 })
+	waitFor(t, 10*time.Second, "a's share full", func() bool { return g.FunctionBacklogs()["a"] == 2 })
 	hctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := g.handle(hctx, &mqtt.Message{Topic: "b/dev", Payload: []byte(`{}`), QoS: 1, ClientID: "bdev", PacketID: 1}); err != nil {
@@ -44,6 +44,9 @@ func TestSlowFunctionLeavesIntakeToOthers(t *testing.T) {
 	}
 	if bl := g.Stats().Backlog; bl > 2 {
 		t.Errorf("backlog %d with b done: a holds more than its share (2)", bl)
+	}
+	if fb := g.FunctionBacklogs(); fb["a"] != 2 || len(fb) != 1 {
+		t.Errorf("function backlogs %v, want a: 2 only", fb)
 	}
 }
 
