@@ -135,3 +135,25 @@ end`
 		t.Fatalf("hog: %d records, want 4", n)
 	}
 }
+
+// TestFunctionBacklogMetric: /metrics shows the events a function holds of
+// the backlog, at most its share.
+func TestFunctionBacklogMetric(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "slow", `
+function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < 200 do end
+  return {ok = true}
+end`, "triggers:\n  - mqtt: devices/{device}/telemetry\nmax_concurrency: 1\nlimits: {timeout: 10s, max_steps: 10000000000}\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {inbox_limit: 8, function_backlog: 3}\n"))
+	c := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d1", true)
+	for range 10 {
+		c.Publish("devices/d1/telemetry", 1, false, []byte(`{}`)) // not waited for: intake waits
+	}
+	const want = `moongate_function_backlog{function="slow"} 3`
+	waitFor(t, 20*time.Second, want, func() bool {
+		_, m := httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
+		return strings.Contains(m, want+"\n")
+	})
+}
