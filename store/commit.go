@@ -56,6 +56,11 @@ type batch struct {
 	// refs are the blob object reference-count changes of the running
 	// request (addRef), written when it is done (applyRefs).
 	refs map[[32]byte]int64
+	// stateSz holds the size (key and value; -1: deleted) of each state key
+	// written by the batch's requests so far: a later request's change of
+	// the same key must see it (Badger's item of a pending write reports
+	// no value size).
+	stateSz map[string]int64
 }
 
 func (b *batch) set(k, v []byte) {

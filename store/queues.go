@@ -580,10 +580,15 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		s.inboxDone[c.InboxSeq] = struct{}{}
 	}
 	for _, st := range state {
+		if b.stateSz == nil {
+			b.stateSz = make(map[string]int64)
+		}
 		if st.val == nil {
 			b.del(st.key)
+			b.stateSz[string(st.key)] = -1
 		} else {
 			b.set(st.key, st.val)
+			b.stateSz[string(st.key)] = int64(len(st.key) + len(st.val))
 		}
 	}
 	for fn, d := range stateDelta {
@@ -781,9 +786,15 @@ func dedupe(ts []string) []string {
 // checkQuota refuses n more bytes in a RejectNew space that would exceed its
 // quota, and an entry set larger than any quota.
 // stateSize returns the bytes (key and value) of the state key k before
-// the batch's commit being applied: 0 when absent. Only the size is read
-// (Badger's item, not the value) unless the read cache holds the key.
+// the commit being applied: 0 when absent. It is exact: a key an earlier
+// request of the batch wrote has the size it wrote; otherwise the read
+// cache's value, or Badger's item: its size for a value kept in the LSM
+// tree, the value itself for one in the value log (whose item size is a
+// few bytes off: subtracted at every overwrite, that error would add up).
 func (b *batch) stateSize(k []byte) (int64, error) {
+	if n, ok := b.stateSz[string(k)]; ok {
+		return max(n, 0), nil
+	}
 	if cv, ok := b.s.cache.get(k); ok {
 		if !cv.found {
 			return 0, nil
@@ -797,7 +808,15 @@ func (b *batch) stateSize(k []byte) (int64, error) {
 	if err != nil {
 		return 0, fatal(err)
 	}
-	return int64(len(k)) + item.ValueSize(), nil
+	n := item.ValueSize()
+	if n >= b.s.valueThreshold-64 {
+		// Possibly in the value log: read it (mapped, and written
+		// recently in practice) for its exact length.
+		if err := item.Value(func(v []byte) error { n = int64(len(v)); return nil }); err != nil {
+			return 0, fatal(err)
+		}
+	}
+	return int64(len(k)) + n, nil
 }
 
 // checkStateQuota refuses state changes that would take a function's
