@@ -128,8 +128,13 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 		return err
 	}
 	g.signalCommit()
-	if g.ready.Load() && !g.stopping.Load() {
-		g.pushChained(cr.Inbox) // otherwise the next start resumes them from the inbox
+	// Before Run has read its resume bound, Run's resume queues them
+	// (queued here as well, they would run twice: once as a duplicate);
+	// from then on (while resuming too: they wait in the chain queue for
+	// the resume to end) they are queued here. A stopping gateway leaves
+	// them to the next start.
+	if g.resumeBound.Load() && !g.stopping.Load() {
+		g.pushChained(cr.Inbox)
 	}
 	return nil
 }
@@ -153,7 +158,7 @@ func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byt
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrBadEvent, err)
 	}
-	if budget >= 0 && budget < g.opts.MaxChainEvents {
+	if budget >= 0 && budget != g.opts.MaxChainEvents {
 		// A replay is the operator's decision to run the event again: it
 		// gets the whole chain budget of an origin (a dead letter of
 		// ErrChainBudget would otherwise fail the same way), and keeps its

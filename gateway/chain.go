@@ -103,7 +103,9 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops, budget int) 
 	if n == 0 {
 		return nil
 	}
-	if budget < 0 {
+	if budget < 0 || budget > g.opts.MaxChainEvents {
+		// An origin, or an event written while max_chain_events was
+		// higher: the current setting bounds it.
 		budget = g.opts.MaxChainEvents
 	}
 	if n > budget {

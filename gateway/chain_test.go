@@ -436,3 +436,28 @@ end`, "triggers:\n  - http: {methods: [POST]}\n")
 		t.Fatalf("watcher records %q, want only the two changes %q", got, want)
 	}
 }
+
+// TestChainBudgetBoundedByTheSetting: a chained event written while
+// max_chain_events was larger spends at most the current setting (it
+// spent its old budget after the setting was lowered).
+func TestChainBudgetBoundedByTheSetting(t *testing.T) {
+	g := &Gateway{opts: Options{MaxChainEvents: 10}}
+	ft := &funcTable{chain: buildChainIndex(map[string]*Function{"f": {Name: "f", Streams: []string{"s"}}})}
+	// An event of budget 500 in the inbox (written with max_chain_events 1000).
+	_, hops, budget, err := decodeEventChain(encodeChained(&luavm.Event{ID: "x"}, 1, 500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &store.Commit{Records: []store.Record{{Stream: "s", Data: []byte(`{}`)}}}
+	if err := g.chainCommit(ft, c, hops, budget); err != nil {
+		t.Fatal(err)
+	}
+	out := c.Chain(store.Change{Record: &c.Records[0]})
+	_, _, child, err := decodeEventChain(out[0].Event)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if child > g.opts.MaxChainEvents {
+		t.Fatalf("chained event carries a budget of %d with max_chain_events %d", child, g.opts.MaxChainEvents)
+	}
+}

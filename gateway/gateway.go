@@ -227,7 +227,11 @@ type Gateway struct {
 	chainQ    chainQueue
 	inflight  inflightSet // QoS 1 messages on their way into the inbox
 	ready     atomic.Bool
-	stopping  atomic.Bool
+	// resumeBound is set once Run's resume has read its bound: inbox entries
+	// committed from then on are not resumed, so whoever commits them
+	// must queue them (WriteState).
+	resumeBound atomic.Bool
+	stopping    atomic.Bool
 
 	deployMu sync.Mutex // serialises SetFunctions
 
@@ -388,6 +392,7 @@ func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan st
 // that each entry is queued once and after the older ones of its lane.
 func (g *Gateway) resume(ctx context.Context) (int, error) {
 	var after uint64
+	g.resumeBound.Store(true) // before the bound is read: see WriteState
 	bound := g.opts.Store.InboxNext()
 	total := 0
 	for {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -156,4 +157,48 @@ end`, "triggers:\n  - mqtt: devices/{device}/telemetry\nmax_concurrency: 1\nlimi
 		_, m := httpGet(t, "http://"+p.d.HTTPAddr().String()+"/metrics")
 		return strings.Contains(m, want+"\n")
 	})
+}
+
+// TestStateWriteWhileResumingRuns: a state change written over the API
+// while Run is still resuming the inbox backlog runs the functions
+// watching it once the resume is done. Its chained entry is past the
+// resume's bound, and it used to be queued only once the gateway was
+// ready: it waited in the inbox until the next restart.
+func TestStateWriteWhileResumingRuns(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	slow := busyFunction("slow", "slow/{device}", 100, 10*time.Second)
+	watch := &Function{Name: "watch", Fingerprint: "v1", StateWatches: []trigger.StateTrigger{{Function: "cfg", Prefix: ""}},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	// A backlog that takes a while to resume: a share of one entry, 100 ms
+	// an event.
+	var entries []store.InboxEntry
+	for i := range 8 {
+		ev := luavm.Event{ID: fmt.Sprint("e", i), Topic: "slow/d", Payload: []byte(`{}`), Trigger: "mqtt"}
+		entries = append(entries, store.InboxEntry{Function: "slow", Key: "d", Event: encodeEvent(&ev)})
+	}
+	if _, err := st.Enqueue(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), InboxLimit: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetFunctions(ctx, []*Function{slow, watch}); err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, g)
+	waitFor(t, 10*time.Second, "the resume under way", func() bool { return len(allRecords(t, st, "slow")) >= 1 })
+	if g.Ready() {
+		t.Fatal("the resume ended before the state write: the test did not test it")
+	}
+	if err := g.WriteState(ctx, store.StateChange{Function: "cfg", Op: store.StateSet, Key: "mode", Value: []byte(`"fast"`)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "watch's record", func() bool { return len(allRecords(t, st, "watch")) == 1 })
 }
