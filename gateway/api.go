@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/store"
@@ -46,6 +47,11 @@ type InvokeResult struct {
 // its logs and usage are committed, so a caller that answers "failed" has
 // not applied the function's effects.
 //
+// At most Options.Workers direct invocations run at once, apart from the
+// events' invocations: a call waits for a turn as long as the function's
+// queue_timeout (or ctx) allows, then fails with luavm.ErrBusy in
+// InvokeResult.Err, nothing run or committed.
+//
 // The returned error is for failures of the call itself (ErrNoFunction,
 // ErrStopped, a store error on commit); a failure of the function is
 // InvokeResult.Err. Safe for concurrent use.
@@ -63,7 +69,11 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if ev.TS == 0 {
 		ev.TS = g.opts.Now().UnixMilli()
 	}
+	if err := g.directTurn(ctx, f); err != nil {
+		return &InvokeResult{Result: &luavm.Result{Function: name}, Err: err, EventID: ev.ID}, nil
+	}
 	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.state)
+	<-g.direct
 	if ierr == nil && accept != nil {
 		ierr = accept(res)
 	}
@@ -112,6 +122,31 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	}
 	g.pushChained(cr.Inbox)
 	return out, nil
+}
+
+// directTurn waits for one of the turns of direct invocations (see
+// Gateway.direct) at most as long as f's queue timeout: ErrBusy past it,
+// ctx's error if it ends first.
+func (g *Gateway) directTurn(ctx context.Context, f *Function) error {
+	select {
+	case g.direct <- struct{}{}:
+		return nil
+	default:
+	}
+	wait := f.Spec.QueueTimeout
+	if wait <= 0 {
+		wait = luavm.DefaultQueueTimeout
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case g.direct <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: waiting for a turn: %w", luavm.ErrBusy, ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("%w: %d direct invocations running (pipeline.workers), none ended within %s", luavm.ErrBusy, cap(g.direct), wait)
+	}
 }
 
 // WriteState commits one change of a function's state (an operator's,

@@ -209,6 +209,12 @@ type Gateway struct {
 	state *invokeState
 	// invoking holds a token per running invocation (Options.Workers).
 	invoking chan struct{}
+	// direct holds a token per running invocation called directly (the
+	// API, HTTP triggers: Invoke), Options.Workers of them apart from the
+	// events' so that a flood of requests neither runs more functions at
+	// once than the gateway is sized for (each may take its max_memory)
+	// nor takes the events' turns.
+	direct chan struct{}
 	// slots holds, per function, a token per invocation of its events
 	// (its max_concurrency): see fnSlots.
 	slotsMu sync.Mutex
@@ -271,6 +277,7 @@ func New(opts Options) (*Gateway, error) {
 	g.chainQ.feeding = make(map[string]bool)
 	g.funcs.Store(&funcTable{byName: map[string]*Function{}, chain: buildChainIndex(nil)})
 	g.invoking = make(chan struct{}, opts.Workers)
+	g.direct = make(chan struct{}, opts.Workers)
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, int64(opts.FunctionBacklog), g.process)
 	g.disp.turn = g.functionTurns
 	return g, nil

@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,4 +204,94 @@ func TestStateWriteWhileResumingRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "watch's record", func() bool { return len(allRecords(t, st, "watch")) == 1 })
+}
+
+// TestDirectInvocationsBoundedByWorkers: calls over the API and HTTP
+// triggers (Invoke) run at most Options.Workers at once, whatever the
+// functions' max_concurrency (each may take its max_memory: a flood of
+// requests to many functions ran 12 at once with 2 workers), apart from
+// the events' turns: an MQTT event runs while they are all taken. A call
+// that finds no turn within its queue timeout is ErrBusy, nothing run.
+func TestDirectInvocationsBoundedByWorkers(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	rt := luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})
+	var fns []*Function
+	for i := range 3 {
+		f := busyFunction(fmt.Sprint("f", i), fmt.Sprintf("f%d/{device}", i), 300, 10*time.Second)
+		f.Spec.MaxConcurrency = 4
+		fns = append(fns, f)
+	}
+	ev := &Function{Name: "ev", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("ev/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	quick := busyFunction("quick", "quick/{device}", 1, 10*time.Second)
+	quick.Spec.QueueTimeout = 50 * time.Millisecond
+	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 2}, append(fns, ev, quick)...)
+	var wg sync.WaitGroup
+	var busy atomic.Int32
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inv, err := g.Invoke(ctx, fmt.Sprint("f", i%3), &luavm.Event{Trigger: "invoke"}, true, nil)
+			if err != nil {
+				t.Error(err)
+			} else if errors.Is(inv.Err, luavm.ErrBusy) {
+				busy.Add(1)
+			} else if inv.Err != nil {
+				t.Error(inv.Err)
+			}
+		}()
+	}
+	running := func() int {
+		n := 0
+		for _, f := range fns {
+			ps, _ := rt.Stats(f.Name)
+			n += ps.Busy
+		}
+		return n
+	}
+	waitFor(t, 10*time.Second, "direct invocations running", func() bool { return running() > 0 })
+	if err := g.handle(ctx, &mqtt.Message{Topic: "ev/d", Payload: []byte(`{}`), QoS: 1, ClientID: "d", PacketID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	most := 0
+	evRan := false
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		case <-time.After(5 * time.Millisecond): // sampling the running calls
+			most = max(most, running())
+			if !evRan && len(allRecords(t, st, "ev")) == 1 {
+				evRan = running() > 0 // while the direct calls still ran
+			}
+		}
+	}
+	if most > 2 {
+		t.Fatalf("%d direct invocations ran at once with 2 workers", most)
+	}
+	if !evRan {
+		t.Error("the MQTT event did not run while the direct invocations held their turns")
+	}
+	// 12 calls of 300 ms, two at a time: 1.8 s, within the 5 s queue timeout.
+	if n := busy.Load(); n != 0 {
+		t.Errorf("%d calls busy", n)
+	}
+	// Both turns taken for 300 ms: a call with a 50 ms queue timeout is busy.
+	for range 2 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = g.Invoke(ctx, "f0", &luavm.Event{Trigger: "invoke"}, false, nil) }()
+	}
+	waitFor(t, 10*time.Second, "both turns taken", func() bool { return running() == 2 })
+	inv, err := g.Invoke(ctx, "quick", &luavm.Event{Trigger: "invoke"}, true, nil)
+	if err != nil || !errors.Is(inv.Err, luavm.ErrBusy) {
+		t.Errorf("a call finding no turn: %v, %v; want ErrBusy", err, inv.Err)
+	}
+	wg.Wait()
+	if recs := allRecords(t, st, "quick"); len(recs) != 0 {
+		t.Errorf("the busy call committed %d records", len(recs))
+	}
 }
