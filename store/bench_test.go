@@ -527,27 +527,30 @@ func BenchmarkEventLatency(b *testing.B) {
 
 // BenchmarkCommitLogsAtQuota: commits of one log line each, 64 writers,
 // with the logs space full (every write drops an old line): the cost of
-// choosing what to drop (the oldest line of the function holding most).
+// choosing what to drop (the oldest line of the function holding most),
+// with 4 and with 1,000 functions holding lines.
 func BenchmarkCommitLogsAtQuota(b *testing.B) {
-	s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1, Durability: DurabilityNone,
-		Quotas: map[string]Quota{SpaceLogs: {MaxBytes: 256 << 10}}})
-	line := strings.Repeat("l", 100)
-	fill := func(n int) {
-		for i := range n {
-			if _, err := s.Commit(context.Background(), &Commit{Logs: []LogRecord{{Function: fmt.Sprint("f", i%4), Level: "info", Msg: line}}}); err != nil {
-				b.Fatal(err)
+	for _, fns := range []int{4, 1000} {
+		b.Run(fmt.Sprintf("functions=%d", fns), func(b *testing.B) {
+			s := openTest(b, Options{Profile: benchProfile(), GCInterval: -1, Durability: DurabilityNone,
+				Quotas: map[string]Quota{SpaceLogs: {MaxBytes: 256 << 10}}})
+			line := strings.Repeat("l", 100)
+			commit := func(i int) error {
+				_, err := s.Commit(context.Background(), &Commit{Logs: []LogRecord{{Function: "f" + strconv.Itoa(i%fns), Level: "info", Msg: line}}})
+				return err
 			}
-		}
+			for i := range 4000 { // past the quota
+				if err := commit(i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			rate := runWriters(b, 64, b.N, commit)
+			b.StopTimer()
+			if s.Stats().Spaces[SpaceLogs].Drops == 0 {
+				b.Fatal("nothing dropped")
+			}
+			b.ReportMetric(rate, "commits/s")
+		})
 	}
-	fill(4000) // past the quota
-	b.ResetTimer()
-	rate := runWriters(b, 64, b.N, func(i int) error {
-		_, err := s.Commit(context.Background(), &Commit{Logs: []LogRecord{{Function: fmt.Sprint("f", i%4), Level: "info", Msg: line}}})
-		return err
-	})
-	b.StopTimer()
-	if s.Stats().Spaces[SpaceLogs].Drops == 0 {
-		b.Fatal("nothing dropped")
-	}
-	b.ReportMetric(rate, "commits/s")
 }

@@ -61,6 +61,15 @@ type batch struct {
 	// the same key must see it (Badger's item of a pending write reports
 	// no value size).
 	stateSz map[string]int64
+	// gone, wrote and startNext serve the drops of dead letters and logs
+	// (dropFair, skipHoles): the entries the batch deleted (its own
+	// transaction shows a delete of the running request only once that
+	// is done), those it wrote per function (the committed snapshot read
+	// for drops does not show them), and each space's Next when the batch
+	// began (what that snapshot can hold).
+	gone      map[seqRef]struct{}
+	wrote     map[dropHintKey][]uint64
+	startNext map[byte]uint64
 }
 
 func (b *batch) set(k, v []byte) {
@@ -285,7 +294,8 @@ func (s *Store) process(reqs []*request) {
 	s.mu.RLock()
 	ctr := s.ctr.clone()
 	s.mu.RUnlock()
-	b := &batch{s: s, txn: s.db.NewTransaction(true), ctr: ctr, now: time.Now().UnixMilli()}
+	b := &batch{s: s, txn: s.db.NewTransaction(true), ctr: ctr, now: time.Now().UnixMilli(),
+		startNext: map[byte]uint64{pDead: ctr.Dead.Next, pLog: ctr.Logs.Next}}
 	full := s.checkDisk(false)
 	// committed is how many of the first requests a mid-batch flush made
 	// durable: a later failure must not report them failed (an Enqueue

@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -659,6 +657,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		b.set(seqKey(pDead, seq), deadVal)
 		b.set(nameSeqKey(pDeadIdx, c.DeadLetter.Function, seq), binary.AppendUvarint(nil, uint64(len(deadVal))))
 		s.deadBytes[c.DeadLetter.Function] += int64(len(deadVal))
+		b.wroteIndexed(pDeadIdx, c.DeadLetter.Function, seq)
 		c.DeadLetter.Seq = seq
 		if err := b.enforce(SpaceDeadLetters, seq); err != nil {
 			return err
@@ -673,6 +672,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			b.set(seqKey(pLog, seq), logVals[i])
 			b.set(nameSeqKey(pLogIdx, c.Logs[i].Function, seq), binary.AppendUvarint(nil, uint64(len(logVals[i]))))
 			s.logBytes[c.Logs[i].Function] += int64(len(logVals[i]))
+			b.wroteIndexed(pLogIdx, c.Logs[i].Function, seq)
 			c.Logs[i].Seq = seq
 		}
 		if err := b.enforce(SpaceLogs, first); err != nil {
@@ -905,33 +905,72 @@ func (s *Store) forgetEntry(space, fn string, n int64) {
 // of the functions has an entry below keep, it drops the head.
 func (b *batch) dropFair(space string, q *queue, keep uint64) error {
 	m, idx, primary := b.s.fnSizes(space)
-	fns := make([]string, 0, len(m))
-	for fn := range m {
-		fns = append(fns, fn)
-	}
-	slices.SortFunc(fns, func(x, y string) int {
-		if c := cmp.Compare(m[y], m[x]); c != 0 {
-			return c
+	var tried map[string]bool
+	for {
+		// The function holding the most (a scan, not a sort: this runs
+		// at every drop).
+		fn, most := "", int64(-1)
+		for f, n := range m {
+			if !tried[f] && (n > most || n == most && f < fn) {
+				fn, most = f, n
+			}
 		}
-		return strings.Compare(x, y)
-	})
-	for _, fn := range fns {
+		if most < 0 {
+			return b.dropHead(space, q)
+		}
 		seq, v, ok, err := b.oldestOf(idx, primary, fn, keep)
 		if err != nil {
 			return err
 		}
 		if !ok {
+			if tried == nil {
+				tried = make(map[string]bool)
+			}
+			tried[fn] = true
 			continue
 		}
 		b.del(seqKey(primary, seq))
 		b.del(nameSeqKey(idx, fn, seq))
+		b.markGone(primary, seq)
 		b.dropped(space, q, seq, fn, int64(len(v)))
 		if seq == q.Head {
 			q.Head++
+			return b.skipHoles(space, q)
 		}
 		return nil
 	}
-	return b.dropHead(space, q)
+}
+
+// markGone records that the batch deleted entry seq of a space: its own
+// transaction does not show a delete of the running request until the
+// request is done.
+func (b *batch) markGone(primary byte, seq uint64) {
+	if b.gone == nil {
+		b.gone = make(map[seqRef]struct{})
+	}
+	b.gone[seqRef{primary, seq}] = struct{}{}
+}
+
+func (b *batch) isGone(primary byte, seq uint64) bool {
+	_, ok := b.gone[seqRef{primary, seq}]
+	return ok
+}
+
+// seqRef names an entry of a sequence-keyed space.
+type seqRef struct {
+	prefix byte
+	seq    uint64
+}
+
+// wroteIndexed records that the batch wrote entry seq of function fn in a
+// space with a function index, for oldestOf (its snapshot does not show
+// the batch's writes).
+func (b *batch) wroteIndexed(idx byte, fn string, seq uint64) {
+	if b.wrote == nil {
+		b.wrote = make(map[dropHintKey][]uint64)
+	}
+	k := dropHintKey{idx, fn}
+	b.wrote[k] = append(b.wrote[k], seq)
 }
 
 // oldestOf returns the oldest entry of function fn below keep in a space
@@ -939,9 +978,9 @@ func (b *batch) dropFair(space string, q *queue, keep uint64) error {
 // committed, through a read-only transaction (an iterator of the batch's
 // own transaction would sort all of its pending writes at every drop), a
 // few dozen sequences ahead, which later drops take without reading the
-// index again (new entries only come after them). Entries written by the
-// batch are not seen (younger than those it finds, in practice), and
-// those deleted since are skipped by reading each entry through the batch.
+// index again (new entries only come after them); then the entries the
+// batch wrote itself. Entries deleted since are skipped (markGone, and a
+// read of each through the batch).
 func (b *batch) oldestOf(idx, primary byte, fn string, keep uint64) (uint64, []byte, bool, error) {
 	key := dropHintKey{idx, fn}
 	h := b.s.dropHint[key]
@@ -949,13 +988,19 @@ func (b *batch) oldestOf(idx, primary byte, fn string, keep uint64) (uint64, []b
 		h = &dropAhead{}
 		b.s.dropHint[key] = h
 	}
+	take := func(seq uint64) ([]byte, bool, error) {
+		if b.isGone(primary, seq) {
+			return nil, false, nil
+		}
+		return b.get(seqKey(primary, seq))
+	}
 	for {
 		if len(h.seqs) == 0 {
 			if err := b.readAhead(idx, fn, h); err != nil {
 				return 0, nil, false, err
 			}
 			if len(h.seqs) == 0 {
-				return 0, nil, false, nil
+				break
 			}
 		}
 		seq := h.seqs[0]
@@ -963,14 +1008,62 @@ func (b *batch) oldestOf(idx, primary byte, fn string, keep uint64) (uint64, []b
 			return 0, nil, false, nil
 		}
 		h.seqs = h.seqs[1:]
-		v, ok, err := b.get(seqKey(primary, seq))
-		if err != nil {
-			return 0, nil, false, err
-		}
-		if ok {
-			return seq, v, true, nil
+		v, ok, err := take(seq)
+		if err != nil || ok {
+			return seq, v, ok, err
 		}
 	}
+	for _, seq := range b.wrote[key] {
+		if seq >= keep {
+			break
+		}
+		v, ok, err := take(seq)
+		if err != nil || ok {
+			return seq, v, ok, err
+		}
+	}
+	return 0, nil, false, nil
+}
+
+// skipHoles moves q.Head, past a hole, to the next entry of a space with a
+// function index (dead letters, logs), where dropFair leaves runs of holes
+// that would otherwise be stepped over one read at a time: it seeks the
+// last committed entries with a read-only transaction, and stops at the
+// first one the batch has not deleted, or at the first sequence the batch
+// wrote (not in that snapshot).
+func (b *batch) skipHoles(space string, q *queue) error {
+	prefix := spacePrefix[space]
+	written := b.startNext[prefix]
+	if q.Head >= written {
+		return nil // the batch's own entries: one at a time
+	}
+	txn := b.s.db.NewTransaction(false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+	defer it.Close()
+	for it.Seek(seqKey(prefix, q.Head)); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != 9 {
+			continue
+		}
+		seq := keySeq(k)
+		if seq >= written {
+			break
+		}
+		if b.isGone(prefix, seq) {
+			continue
+		}
+		_, ok, err := b.get(k)
+		if err != nil {
+			return err
+		}
+		if ok {
+			q.Head = seq
+			return nil
+		}
+	}
+	q.Head = max(q.Head, min(written, q.Next))
+	return nil
 }
 
 // dropAheadSeqs is how many index sequences oldestOf reads at a time.
@@ -1060,19 +1153,27 @@ var spacePrefix = map[string]byte{SpaceRecords: pRecord, SpacePublishes: pPublis
 // the drop; a hole (deleted out of order) just advances the head.
 func (b *batch) dropHead(space string, q *queue) error {
 	seq := q.Head
-	k := seqKey(spacePrefix[space], seq)
+	prefix := spacePrefix[space]
+	k := seqKey(prefix, seq)
 	v, ok, err := b.get(k)
 	if err != nil {
 		return err
+	}
+	if ok && b.isGone(prefix, seq) {
+		ok = false // deleted by the running request (dropFair)
 	}
 	q.Head++
 	if space == SpacePublishes {
 		delete(b.s.pubDone, seq)
 	}
 	if !ok {
+		if space == SpaceDeadLetters || space == SpaceLogs {
+			return b.skipHoles(space, q)
+		}
 		return nil
 	}
 	b.del(k)
+	b.markGone(prefix, seq)
 	switch space {
 	case SpaceRecords:
 		r, err := decodeRecord(v)

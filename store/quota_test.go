@@ -595,3 +595,160 @@ func TestStateSizeOfAKeyTheBatchWrote(t *testing.T) {
 	}
 	t.Logf("batches %d for 500 commits", s.batches.Load())
 }
+
+// holdBatch holds the committer, runs queue (which must queue n requests),
+// then releases it: the queued requests form one batch.
+func holdBatch(t *testing.T, s *Store, n int, queue func()) {
+	t.Helper()
+	ctx := context.Background()
+	hold, held := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- s.submit(ctx, &request{fn: func(*batch) error { close(held); <-hold; return nil }})
+	}()
+	<-held
+	queue()
+	waitQueued(t, s, n)
+	close(hold)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func deadLetter(fn string, pad int) *Commit {
+	return &Commit{DeadLetter: &DeadLetter{Function: fn, Key: "k", Event: []byte(strings.Repeat("p", pad)), Error: "boom"}}
+}
+
+// deadTruth returns the stored dead letters' count and bytes, and the
+// count per function.
+func deadTruth(t *testing.T, s *Store) (int64, int64, map[string]int) {
+	t.Helper()
+	var n, bytes int64
+	per := map[string]int{}
+	err := s.view(context.Background(), func(txn *badger.Txn) error {
+		return scanSeqCtx(context.Background(), txn, pDead, 0, 0, func(seq uint64, v []byte) error {
+			d, _ := decodeDead(seq, v)
+			n++
+			bytes += int64(len(v))
+			per[d.Function]++
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, bytes, per
+}
+
+// TestDropFairDropsOnce: a write over the dead letter quota whose batch
+// already holds the flooding function's entries drops other entries,
+// the head among them, in one request: each once (dropHead read the
+// entry dropFair had just deleted again, its delete still pending in the
+// request, and counted it twice: the counters said empty while 2,520
+// bytes were stored).
+func TestDropFairDropsOnce(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{GCInterval: -1, Quotas: map[string]Quota{SpaceDeadLetters: {MaxBytes: 4000}}})
+	if _, err := s.Commit(ctx, deadLetter("b", 100)); err != nil { // seq 0, head
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx, deadLetter("c", 600)); err != nil { // seq 1
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	holdBatch(t, s, 2, func() {
+		go func() { _, err := s.Commit(ctx, deadLetter("a", 2500)); errs <- err }()
+		waitQueued(t, s, 1)
+		go func() { _, err := s.Commit(ctx, deadLetter("a", 2500)); errs <- err }()
+	})
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, bytes, per := deadTruth(t, s)
+	st := s.Stats().Spaces[SpaceDeadLetters]
+	t.Logf("stored: %d entries, %d bytes %v; counters: %+v; deadBytes %v", n, bytes, per, st, s.deadBytes)
+	if st.Count != n || st.Bytes != bytes {
+		t.Fatalf("counters Count %d Bytes %d, stored %d entries of %d bytes", st.Count, st.Bytes, n, bytes)
+	}
+	if want := 4 - n; st.Drops != want {
+		t.Fatalf("Drops %d, %d entries were dropped", st.Drops, want)
+	}
+}
+
+// TestDropFairSeesTheBatchsEntries: function a floods the dead letters
+// within one group commit. Its entries written earlier in the batch are
+// not in the committed snapshot dropFair reads; it dropped all of b's
+// instead, a keeping the whole quota.
+func TestDropFairSeesTheBatchsEntries(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{GCInterval: -1, Quotas: map[string]Quota{SpaceDeadLetters: {MaxBytes: 16 << 10}}})
+	for range 5 {
+		if _, err := s.Commit(ctx, deadLetter("b", 200)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 100
+	errs := make(chan error, n)
+	holdBatch(t, s, n, func() {
+		for range n {
+			go func() { _, err := s.Commit(ctx, deadLetter("a", 300)); errs <- err }()
+		}
+	})
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, per := deadTruth(t, s)
+	t.Logf("stored per function: %v; stats %+v", per, s.Stats().Spaces[SpaceDeadLetters])
+	if per["b"] != 5 {
+		t.Fatalf("b has %d of its 5 dead letters left while a holds %d", per["b"], per["a"])
+	}
+}
+
+// TestDropFairHeadSkipsHoles: when dropFair drops the head, the head
+// steps over the holes it left before (it stayed behind every line of a's
+// it had dropped, and the age retention walked them one read at a time in
+// one request of the committer: 836 ms for 199,723 holes).
+func TestDropFairHeadSkipsHoles(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{GCInterval: -1, RetentionInterval: -1, Durability: DurabilityNone,
+		Quotas: map[string]Quota{SpaceLogs: {MaxBytes: 64 << 10, MaxAge: 1000 * 3600e9}}})
+	line := strings.Repeat("l", 100)
+	logs := func(fn string, n int) *Commit {
+		c := &Commit{}
+		for range n {
+			c.Logs = append(c.Logs, LogRecord{Function: fn, Level: "info", Msg: line})
+		}
+		return c
+	}
+	if _, err := s.Commit(ctx, logs("b", 1)); err != nil { // seq 0: the head
+		t.Fatal(err)
+	}
+	for range 4000 { // a floods: its own lines go
+		if _, err := s.Commit(ctx, logs("a", 50)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 30 { // then b: now the biggest, its oldest (the head) goes
+		if _, err := s.Commit(ctx, logs("b", 50)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var first uint64
+	_ = s.view(ctx, func(txn *badger.Txn) error {
+		return scanSeqCtx(ctx, txn, pLog, 0, 1, func(seq uint64, _ []byte) error { first = seq; return nil })
+	})
+	head := s.counters().Logs.Head
+	start := time.Now()
+	n, err := s.RunRetention(ctx)
+	t.Logf("head %d, first live line %d; RunRetention (nothing to drop): %d dropped in %v, head now %d", head, first, n, time.Since(start), s.counters().Logs.Head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head != first {
+		t.Fatalf("logs head %d, first live line %d: %d holes behind the head", head, first, first-head)
+	}
+}

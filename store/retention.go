@@ -82,11 +82,17 @@ func (b *batch) trimAll(budget int) (int, error) {
 				if !ok {
 					// A hole (deleted out of order): step over it, as
 					// dropHead does (a publish acknowledged out of order
-					// is in pubDone).
+					// is in pubDone; dead letters and logs dropped per
+					// function leave runs of them).
 					if space == SpacePublishes {
 						delete(b.s.pubDone, q.Head)
 					}
 					q.Head++
+					if space == SpaceDeadLetters || space == SpaceLogs {
+						if err := b.skipHoles(space, q); err != nil {
+							return n, err
+						}
+					}
 					continue
 				}
 				ts := valueTime(v)
@@ -95,7 +101,13 @@ func (b *batch) trimAll(budget int) (int, error) {
 			if !over {
 				break
 			}
-			if err := b.dropHead(space, q); err != nil {
+			var err error
+			if (space == SpaceDeadLetters || space == SpaceLogs) && qt.MaxBytes > 0 && q.Bytes > qt.MaxBytes {
+				err = b.dropFair(space, q, q.Next)
+			} else {
+				err = b.dropHead(space, q)
+			}
+			if err != nil {
 				return n, err
 			}
 			n++
