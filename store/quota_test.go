@@ -534,15 +534,20 @@ func TestStateSizeExactOnOverwrite(t *testing.T) {
 	one := int64(len(stateKey("a", key)) + size)
 	o := Options{Durability: DurabilityNone, Quotas: map[string]Quota{SpaceState: {MaxBytes: one + 1000}}}
 	s := openTest(t, o)
-	for i := 0; i < 1000; i++ {
+	overwrites := 1000
+	if testing.Short() {
+		overwrites = 200 // the QEMU run (the drift was 2 bytes each)
+	}
+	for i := 0; i < overwrites; i++ {
 		val := []byte(fmt.Sprintf(`"%0*d"`, size-2, i))
 		if _, err := s.Commit(ctx, &Commit{State: []StateChange{{Function: "a", Op: StateSet, Key: key, Value: val}}}); err != nil {
 			t.Fatalf("overwrite %d: %v", i, err)
 		}
 	}
 	t.Logf("real state of a: %d bytes; stateBytes: %d", one, s.stateBytes["a"])
-	// 1,500 more bytes take a's state (one) over its quota (one + 1000).
-	small := []byte(`"` + strings.Repeat("y", 1500) + `"`)
+	// 1,102 more bytes take a's state (one) over its quota (one + 1000):
+	// by less than the drift of even the short run (200 x 2 bytes).
+	small := []byte(`"` + strings.Repeat("y", 1096) + `"`)
 	_, err := s.Commit(ctx, &Commit{State: []StateChange{{Function: "a", Op: StateSet, Key: "x", Value: small}}})
 	if !errors.Is(err, ErrStateQuota) {
 		t.Fatalf("a/x takes a's state to %d bytes, quota %d: err %v, want ErrStateQuota (stateBytes %d)",
@@ -727,7 +732,11 @@ func TestDropFairHeadSkipsHoles(t *testing.T) {
 	if _, err := s.Commit(ctx, logs("b", 1)); err != nil { // seq 0: the head
 		t.Fatal(err)
 	}
-	for range 4000 { // a floods: its own lines go
+	floods := 4000
+	if testing.Short() {
+		floods = 400 // the QEMU run: the same holes, fewer of them
+	}
+	for range floods { // a floods: its own lines go
 		if _, err := s.Commit(ctx, logs("a", 50)); err != nil {
 			t.Fatal(err)
 		}
