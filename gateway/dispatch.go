@@ -149,7 +149,7 @@ func (d *dispatcher) roomOf(fn string) *fnRoom {
 type reservation struct {
 	jobs []*job
 	n, b int64 // whole backlog
-	fns  []*fnTake
+	fns  []fnTake
 }
 
 // fnTake is what a reservation takes from one function's share.
@@ -160,34 +160,37 @@ type fnTake struct {
 	last *job // the last of its jobs, which gives back the rest
 }
 
-// reserve computes what admitting jobs together takes. A group larger than
-// a bound (more entries than it counts, more bytes than its size: a message
-// that fans out to many functions) takes the whole bound rather than
-// waiting for room that can never come.
-func (d *dispatcher) reserve(jobs []*job) *reservation {
-	r := &reservation{jobs: jobs}
+// reserve computes into r what admitting jobs together takes, in fns
+// (storage for the usual single function, so that r stays on the
+// caller's stack). A group
+// larger than a bound (more entries than it counts, more bytes than its
+// size: a message that fans out to many functions) takes the whole bound
+// rather than waiting for room that can never come.
+func (d *dispatcher) reserve(r *reservation, jobs []*job, fns []fnTake) {
+	r.jobs, r.fns = jobs, fns[:0]
 	var total int64
 	for _, j := range jobs {
 		total += j.size
-		i := slices.IndexFunc(r.fns, func(t *fnTake) bool { return t.name == j.entry.Function })
-		if i < 0 {
-			i = len(r.fns)
-			r.fns = append(r.fns, &fnTake{name: j.entry.Function, room: d.roomOf(j.entry.Function)})
+		t := r.take(j.entry.Function)
+		if t == nil {
+			r.fns = append(r.fns, fnTake{name: j.entry.Function, room: d.roomOf(j.entry.Function)})
+			t = &r.fns[len(r.fns)-1]
 		}
-		t := r.fns[i]
 		t.n++
 		t.b += j.size
 		t.last = j
 		j.room = t.room
 	}
 	r.n, r.b = clamp(int64(len(jobs)), d.maxN), clamp(total, d.maxB)
-	for _, t := range r.fns {
+	for i := range r.fns {
+		t := &r.fns[i]
 		t.n, t.b = clamp(t.n, d.fnN), clamp(t.b, d.fnB)
 	}
 	// Always the same order: two admissions waiting for each other's
 	// functions would otherwise hold each other's room.
-	slices.SortFunc(r.fns, func(a, b *fnTake) int { return strings.Compare(a.name, b.name) })
-	return r
+	if len(r.fns) > 1 {
+		slices.SortFunc(r.fns, func(a, b fnTake) int { return strings.Compare(a.name, b.name) })
+	}
 }
 
 func clamp(v, bound int64) int64 { return min(max(v, 1), bound) }
@@ -197,32 +200,34 @@ func clamp(v, bound int64) int64 { return min(max(v, 1), bound) }
 // pushed or released; when done, each gives back its part of the room
 // (together they give back exactly what was reserved).
 func (d *dispatcher) admit(ctx context.Context, jobs ...*job) error {
-	r := d.reserve(jobs)
-	var got []func()
-	undo := func() {
-		for _, f := range slices.Backward(got) {
-			f()
+	var r reservation
+	var one [1]fnTake
+	d.reserve(&r, jobs, one[:])
+	// undo gives back the shares of the first n functions.
+	undo := func(n int) {
+		for _, t := range r.fns[:n] {
+			t.room.count.Release(t.n)
+			t.room.bytes.Release(t.b)
 		}
 	}
-	for _, t := range r.fns {
+	for i, t := range r.fns {
 		if err := t.room.count.Acquire(ctx, t.n); err != nil {
-			undo()
+			undo(i)
 			return err
 		}
-		got = append(got, func() { t.room.count.Release(t.n) })
 		if err := t.room.bytes.Acquire(ctx, t.b); err != nil {
-			undo()
+			t.room.count.Release(t.n)
+			undo(i)
 			return err
 		}
-		got = append(got, func() { t.room.bytes.Release(t.b) })
 	}
 	if err := d.count.Acquire(ctx, r.n); err != nil {
-		undo()
+		undo(len(r.fns))
 		return err
 	}
 	if err := d.bytes.Acquire(ctx, r.b); err != nil {
 		d.count.Release(r.n)
-		undo()
+		undo(len(r.fns))
 		return err
 	}
 	r.spread()
@@ -237,13 +242,32 @@ func (r *reservation) spread() {
 	for _, t := range r.fns {
 		t.room.held.Add(t.n)
 	}
-	r.split()
+	leftN, leftB := r.n, r.b
+	for i, j := range r.jobs {
+		sz := max(j.size, 1)
+		j.holdN, j.holdB = min(1, leftN), min(sz, leftB)
+		if i == len(r.jobs)-1 {
+			j.holdN, j.holdB = leftN, leftB
+		}
+		leftN -= j.holdN
+		leftB -= j.holdB
+		t := r.take(j.entry.Function)
+		j.fnN, j.fnB = min(1, t.n), min(sz, t.b)
+		if t.last == j {
+			j.fnN, j.fnB = t.n, t.b
+		}
+		t.n -= j.fnN
+		t.b -= j.fnB
+	}
 }
 
 // tryAdmit is admit of one job without waiting: it reports whether the
 // room was taken.
 func (d *dispatcher) tryAdmit(j *job) bool {
-	r := d.reserve([]*job{j})
+	var r reservation
+	var one [1]fnTake
+	jobs := [1]*job{j}
+	d.reserve(&r, jobs[:], one[:])
 	t := r.fns[0]
 	if !t.room.count.TryAcquire(t.n) {
 		return false
@@ -267,35 +291,15 @@ func (d *dispatcher) tryAdmit(j *job) bool {
 	return true
 }
 
-// split is spread's division of the room among the jobs.
-func (r *reservation) split() {
-	leftN, leftB := r.n, r.b
-	for i, j := range r.jobs {
-		sz := max(j.size, 1)
-		j.holdN, j.holdB = min(1, leftN), min(sz, leftB)
-		if i == len(r.jobs)-1 {
-			j.holdN, j.holdB = leftN, leftB
-		}
-		leftN -= j.holdN
-		leftB -= j.holdB
-		t := r.take(j.entry.Function)
-		j.fnN, j.fnB = min(1, t.n), min(sz, t.b)
-		if t.last == j {
-			j.fnN, j.fnB = t.n, t.b
-		}
-		t.n -= j.fnN
-		t.b -= j.fnB
-	}
-}
-
-// take returns the part of r taken from the share of function fn.
+// take returns the part of r taken from the share of function fn (nil:
+// none yet).
 func (r *reservation) take(fn string) *fnTake {
-	for _, t := range r.fns {
-		if t.name == fn {
-			return t
+	for i := range r.fns {
+		if r.fns[i].name == fn {
+			return &r.fns[i]
 		}
 	}
-	panic("gateway: job of a function not in its reservation")
+	return nil
 }
 
 // release gives back the room of jobs that were admitted but never pushed.
