@@ -43,9 +43,13 @@ func TestSlowFunctionLeavesIntakeToOthers(t *testing.T) {
 		t.Fatalf("b's event not taken: %v", err)
 	}
 	waitFor(t, 30*time.Second, "b's record", func() bool { return len(allRecords(t, st, "b")) == 1 })
-	if n := len(allRecords(t, st, "a")); n > 2 {
+	// Before, b ran after 13 of a's; a loaded machine may let a few run.
+	if n := len(allRecords(t, st, "a")); n > 4 {
 		t.Fatalf("b's event ran after %d of a's (300 ms each): a's events held the whole backlog", n)
 	}
+	// b's room comes back once its worker is done with the job (just after
+	// the commit that made the record).
+	waitFor(t, 10*time.Second, "b's room given back", func() bool { _, ok := g.FunctionBacklogs()["b"]; return !ok })
 	if bl := g.Stats().Backlog; bl > 2 {
 		t.Errorf("backlog %d with b done: a holds more than its share (2)", bl)
 	}
@@ -82,7 +86,8 @@ func TestSlowChainLeavesOtherChains(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "fast's record", func() bool { return len(allRecords(t, st, "fast")) == 1 })
-	if got := len(allRecords(t, st, "slow")); got > 3 {
+	// Before, after 23 of slow's; a loaded machine may let a few run.
+	if got := len(allRecords(t, st, "slow")); got > 8 {
 		t.Fatalf("fast's chained event ran after %d of slow's (100 ms each)", got)
 	}
 	waitFor(t, 30*time.Second, "slow's records", func() bool { return len(allRecords(t, st, "slow")) == n })
