@@ -215,6 +215,22 @@ func (r *Runtime) Close() {
 // invocation's error otherwise. The Result is never nil: its Cost and Logs
 // are filled even when an error is returned.
 func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state StateReader) (*Result, error) {
+	return r.InvokeGated(ctx, name, ev, state, nil)
+}
+
+// A Gate is asked, once an invocation holds an instance of its function
+// and before it runs, for a turn of the caller's own (a bound of the
+// caller on invocations running at once, whatever function: the gateway
+// bounds direct calls so). It returns what gives the turn back, called
+// when the invocation has run, or an error, with which the invocation
+// fails without running (the instance goes back to its pool). An error
+// meaning "no turn in time" should wrap ErrBusy.
+type Gate func(ctx context.Context) (release func(), err error)
+
+// InvokeGated is Invoke with a Gate (nil: none). The gate is asked only
+// once an instance is held, so that a call waiting for its function's
+// instance holds none of the gate's turns meanwhile.
+func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state StateReader, gate Gate) (*Result, error) {
 	res := &Result{Function: name}
 	if ev == nil {
 		ev = &Event{}
@@ -250,6 +266,16 @@ func (r *Runtime) Invoke(ctx context.Context, name string, ev *Event, state Stat
 	}
 	defer p.release()
 	res.Version = p.spec.Version
+	if gate != nil {
+		done, err := gate(ctx)
+		if err != nil {
+			p.put(in)
+			res.Cost.Outcome = outcome(err)
+			res.Cost.Wall = time.Since(start)
+			return res, fmt.Errorf("luavm: %s: %w", name, err)
+		}
+		defer done()
+	}
 	p.invocations.Add(1)
 	id := r.invocationID()
 	res.InvocationID = id
