@@ -48,9 +48,10 @@ type InvokeResult struct {
 // not applied the function's effects.
 //
 // At most Options.Workers direct invocations run at once, apart from the
-// events' invocations: a call waits for a turn as long as the function's
-// queue_timeout (or ctx) allows, then fails with luavm.ErrBusy in
-// InvokeResult.Err, nothing run or committed.
+// events' invocations: a call that holds an instance of its function
+// waits for a turn as long as the function's queue_timeout (or ctx)
+// allows, then fails with luavm.ErrBusy in InvokeResult.Err without
+// running, as when no instance became free in time.
 //
 // The returned error is for failures of the call itself (ErrNoFunction,
 // ErrStopped, a store error on commit); a failure of the function is
@@ -69,11 +70,14 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if ev.TS == 0 {
 		ev.TS = g.opts.Now().UnixMilli()
 	}
-	if err := g.directTurn(ctx, f); err != nil {
-		return &InvokeResult{Result: &luavm.Result{Function: name}, Err: err, EventID: ev.ID}, nil
-	}
-	res, ierr := g.opts.Runtime.Invoke(ctx, name, ev, g.state)
-	<-g.direct
+	// The turn is taken once the call holds an instance of its function:
+	// a call waiting for a busy function holds none meanwhile.
+	res, ierr := g.opts.Runtime.InvokeGated(ctx, name, ev, g.state, func(ctx context.Context) (func(), error) {
+		if err := g.directTurn(ctx, f); err != nil {
+			return nil, err
+		}
+		return func() { <-g.direct }, nil
+	})
 	if ierr == nil && accept != nil {
 		ierr = accept(res)
 	}
@@ -145,7 +149,7 @@ func (g *Gateway) directTurn(ctx context.Context, f *Function) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%w: waiting for a turn: %w", luavm.ErrBusy, ctx.Err())
 	case <-t.C:
-		return fmt.Errorf("%w: %d direct invocations running (pipeline.workers), none ended within %s", luavm.ErrBusy, cap(g.direct), wait)
+		return fmt.Errorf("%w: %d direct invocations running (pipeline.workers) and none ended within %s", luavm.ErrBusy, cap(g.direct), wait)
 	}
 }
 
@@ -163,14 +167,24 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 		return err
 	}
 	g.signalCommit()
-	// Before Run has read its resume bound, Run's resume queues them
-	// (queued here as well, they would run twice: once as a duplicate);
-	// from then on (while resuming too: they wait in the chain queue for
-	// the resume to end) they are queued here. A stopping gateway leaves
-	// them to the next start.
-	if g.resumeBound.Load() && !g.stopping.Load() {
-		g.pushChained(cr.Inbox)
+	// Entries below Run's resume bound are queued by the resume (queued
+	// here as well, they would run twice, once as a duplicate); those from
+	// it on are queued here (while resuming too: they wait in the chain
+	// queue for the resume to end). Before the bound is read, every entry
+	// is below it. A stopping gateway leaves them to the next start.
+	g.boundMu.Lock()
+	bound, read := g.resumeBound, g.boundRead
+	g.boundMu.Unlock()
+	if !read || g.stopping.Load() {
+		return nil
 	}
+	var mine []store.InboxEntry
+	for _, e := range cr.Inbox {
+		if e.Seq >= bound {
+			mine = append(mine, e)
+		}
+	}
+	g.pushChained(mine)
 	return nil
 }
 

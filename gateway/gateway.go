@@ -40,6 +40,9 @@ type Runtime interface {
 	Deploy(ctx context.Context, spec luavm.Spec) error
 	Remove(name string) bool
 	Invoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error)
+	// InvokeGated is Invoke asking gate for a turn once an instance is
+	// held (direct invocations: see Gateway.Invoke).
+	InvokeGated(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader, gate luavm.Gate) (*luavm.Result, error)
 }
 
 // Ingest is what the gateway needs of an MQTT side (*mqtt.Embedded or *mqtt.External).
@@ -233,10 +236,12 @@ type Gateway struct {
 	chainQ    chainQueue
 	inflight  inflightSet // QoS 1 messages on their way into the inbox
 	ready     atomic.Bool
-	// resumeBound is set once Run's resume has read its bound: inbox entries
-	// committed from then on are not resumed, so whoever commits them
-	// must queue them (WriteState).
-	resumeBound atomic.Bool
+	// resumeBound is the inbox sequence from which Run's resume does not
+	// queue entries, once boundRead, under boundMu: whoever commits
+	// entries outside the pipeline (WriteState) queues those from it on.
+	boundMu     sync.Mutex
+	boundRead   bool
+	resumeBound uint64
 	stopping    atomic.Bool
 
 	deployMu sync.Mutex // serialises SetFunctions
@@ -399,8 +404,12 @@ func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan st
 // that each entry is queued once and after the older ones of its lane.
 func (g *Gateway) resume(ctx context.Context) (int, error) {
 	var after uint64
-	g.resumeBound.Store(true) // before the bound is read: see WriteState
+	// Read under boundMu: a WriteState that committed before it is below
+	// the bound (resumed), one that checks after it knows the bound.
+	g.boundMu.Lock()
 	bound := g.opts.Store.InboxNext()
+	g.resumeBound, g.boundRead = bound, true
+	g.boundMu.Unlock()
 	total := 0
 	for {
 		entries, err := g.opts.Store.InboxPending(ctx, after, 256)

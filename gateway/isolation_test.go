@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -221,10 +222,16 @@ func TestDirectInvocationsBoundedByWorkers(t *testing.T) {
 	ctx := context.Background()
 	st := quietStore(t, store.Options{})
 	rt := luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})
+	// Each call returns when it ran: [t0, t1) in ms.
+	const spanLua = `function handle(e)
+  local t0 = time.now_ms()
+  while time.now_ms() - t0 < 300 do end
+  return {t0 = t0, t1 = time.now_ms()}
+end`
 	var fns []*Function
 	for i := range 3 {
 		f := busyFunction(fmt.Sprint("f", i), fmt.Sprintf("f%d/{device}", i), 300, 10*time.Second)
-		f.Spec.MaxConcurrency = 4
+		f.Spec.Source, f.Spec.MaxConcurrency = []byte(spanLua), 4
 		fns = append(fns, f)
 	}
 	ev := &Function{Name: "ev", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("ev/{device}")},
@@ -232,6 +239,9 @@ func TestDirectInvocationsBoundedByWorkers(t *testing.T) {
 	quick := busyFunction("quick", "quick/{device}", 1, 10*time.Second)
 	quick.Spec.QueueTimeout = 50 * time.Millisecond
 	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 2}, append(fns, ev, quick)...)
+	type span struct{ T0, T1 int64 }
+	var mu sync.Mutex
+	var spans []span
 	var wg sync.WaitGroup
 	var busy atomic.Int32
 	for i := range 12 {
@@ -239,58 +249,57 @@ func TestDirectInvocationsBoundedByWorkers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			inv, err := g.Invoke(ctx, fmt.Sprint("f", i%3), &luavm.Event{Trigger: "invoke"}, true, nil)
-			if err != nil {
+			switch {
+			case err != nil:
 				t.Error(err)
-			} else if errors.Is(inv.Err, luavm.ErrBusy) {
+			case errors.Is(inv.Err, luavm.ErrBusy):
 				busy.Add(1)
-			} else if inv.Err != nil {
+			case inv.Err != nil:
 				t.Error(inv.Err)
+			default:
+				var sp span
+				if err := json.Unmarshal(inv.Result.Value, &sp); err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				spans = append(spans, sp)
+				mu.Unlock()
 			}
 		}()
 	}
-	running := func() int {
-		n := 0
-		for _, f := range fns {
-			ps, _ := rt.Stats(f.Name)
-			n += ps.Busy
-		}
-		return n
-	}
-	waitFor(t, 10*time.Second, "direct invocations running", func() bool { return running() > 0 })
+	waitFor(t, 10*time.Second, "direct invocations running", func() bool { return len(g.direct) > 0 })
 	if err := g.handle(ctx, &mqtt.Message{Topic: "ev/d", Payload: []byte(`{}`), QoS: 1, ClientID: "d", PacketID: 1}); err != nil {
 		t.Fatal(err)
 	}
-	most := 0
-	evRan := false
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	for finished := false; !finished; {
-		select {
-		case <-done:
-			finished = true
-		case <-time.After(5 * time.Millisecond): // sampling the running calls
-			most = max(most, running())
-			if !evRan && len(allRecords(t, st, "ev")) == 1 {
-				evRan = running() > 0 // while the direct calls still ran
+	wg.Wait()
+	// The most calls running at one time, from their spans.
+	most, last := 0, int64(0)
+	for _, a := range spans {
+		n := 0
+		for _, b := range spans {
+			if b.T0 <= a.T0 && a.T0 < b.T1 {
+				n++
 			}
 		}
+		most, last = max(most, n), max(last, a.T1)
 	}
 	if most > 2 {
 		t.Fatalf("%d direct invocations ran at once with 2 workers", most)
 	}
-	if !evRan {
-		t.Error("the MQTT event did not run while the direct invocations held their turns")
-	}
 	// 12 calls of 300 ms, two at a time: 1.8 s, within the 5 s queue timeout.
-	if n := busy.Load(); n != 0 {
-		t.Errorf("%d calls busy", n)
+	if n := busy.Load(); n != 0 || len(spans) != 12 {
+		t.Errorf("%d calls busy, %d ran", n, len(spans))
+	}
+	// The MQTT event ran while the direct calls held both their turns.
+	if recs := allRecords(t, st, "ev"); len(recs) != 1 || recs[0].ProcessedTS >= last {
+		t.Errorf("the MQTT event ran after the direct calls (%d records; last call ended %d)", len(recs), last)
 	}
 	// Both turns taken for 300 ms: a call with a 50 ms queue timeout is busy.
 	for range 2 {
 		wg.Add(1)
 		go func() { defer wg.Done(); _, _ = g.Invoke(ctx, "f0", &luavm.Event{Trigger: "invoke"}, false, nil) }()
 	}
-	waitFor(t, 10*time.Second, "both turns taken", func() bool { return running() == 2 })
+	waitFor(t, 10*time.Second, "both turns taken", func() bool { return len(g.direct) == 2 })
 	inv, err := g.Invoke(ctx, "quick", &luavm.Event{Trigger: "invoke"}, true, nil)
 	if err != nil || !errors.Is(inv.Err, luavm.ErrBusy) {
 		t.Errorf("a call finding no turn: %v, %v; want ErrBusy", err, inv.Err)
@@ -298,5 +307,88 @@ func TestDirectInvocationsBoundedByWorkers(t *testing.T) {
 	wg.Wait()
 	if recs := allRecords(t, st, "quick"); len(recs) != 0 {
 		t.Errorf("the busy call committed %d records", len(recs))
+	}
+}
+
+// TestDirectTurnNotHeldWhileWaiting: a direct call waiting for an instance
+// of a busy function (its max_concurrency taken) holds no direct turn: a
+// call to another, idle function runs. (It held one: the idle function's
+// call was refused ErrBusy with a single invocation running of 2 workers.)
+func TestDirectTurnNotHeldWhileWaiting(t *testing.T) {
+	ctx := context.Background()
+	st := quietStore(t, store.Options{})
+	rt := luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})
+	slow := busyFunction("slow", "slow/{device}", 1500, 10*time.Second) // max_concurrency 1
+	quick := busyFunction("quick", "quick/{device}", 1, 10*time.Second)
+	quick.Spec.QueueTimeout = 300 * time.Millisecond
+	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 2}, slow, quick)
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() { _, _ = g.Invoke(ctx, "slow", &luavm.Event{Trigger: "invoke"}, false, nil); done <- struct{}{} }()
+	}
+	waitFor(t, 10*time.Second, "slow running", func() bool { ps, _ := rt.Stats("slow"); return ps.Busy == 1 })
+	time.Sleep(50 * time.Millisecond) // the second call waits for slow's only instance
+	inv, err := g.Invoke(ctx, "quick", &luavm.Event{Trigger: "invoke"}, false, nil)
+	ps, _ := rt.Stats("slow")
+	if err != nil || errors.Is(inv.Err, luavm.ErrBusy) {
+		t.Errorf("call of idle function quick: %v, %v (slow instances running: %d of 2 workers)", err, inv.Err, ps.Busy)
+	}
+	<-done
+	<-done
+}
+
+// TestWriteStateRacingResumeQueuedOnce: state writes racing Run's start:
+// each chained entry is queued once, by the resume (committed before it
+// read its bound) or by WriteState (from the bound on). Before, a write
+// committed before the bound was read, that looked after it was, queued
+// its entry a second time (a duplicate run, refused by the store).
+func TestWriteStateRacingResumeQueuedOnce(t *testing.T) {
+	ctx := context.Background()
+	quiet := slog.New(slog.DiscardHandler)
+	for iter := range 20 {
+		st := quietStore(t, store.Options{})
+		watch := &Function{Name: "watch", Fingerprint: "v1", StateWatches: []trigger.StateTrigger{{Function: "cfg", Prefix: ""}},
+			Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+		emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := g.SetFunctions(ctx, []*Function{watch}); err != nil {
+			t.Fatal(err)
+		}
+		var stop atomic.Bool
+		var wrote atomic.Int64
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; !stop.Load(); i++ {
+					if err := g.WriteState(ctx, store.StateChange{Function: "cfg", Op: store.StateSet, Key: fmt.Sprint("k", w, "-", i), Value: []byte(`1`)}); err == nil {
+						wrote.Add(1)
+					}
+				}
+			}()
+		}
+		waitFor(t, 10*time.Second, "writes under way", func() bool { return wrote.Load() > 0 })
+		runCtx, cancel := context.WithCancel(ctx)
+		ran := make(chan error, 1)
+		go func() { ran <- g.Run(runCtx) }()
+		waitFor(t, 10*time.Second, "ready", g.Ready)
+		atReady := wrote.Load()
+		waitFor(t, 10*time.Second, "writes after ready", func() bool { return wrote.Load() > atReady+8 })
+		stop.Store(true)
+		wg.Wait()
+		waitFor(t, 20*time.Second, "watch's records", func() bool { return int64(len(allRecords(t, st, "watch"))) == wrote.Load() })
+		waitFor(t, 5*time.Second, "inbox and backlog drained", func() bool { return st.InboxLen() == 0 && g.Stats().Backlog == 0 })
+		cancel()
+		<-ran
+		if d := g.stats.dups.Load(); d > 0 {
+			t.Fatalf("iteration %d: %d state writes' chained entries queued twice (ran as duplicates), %d writes", iter, d, wrote.Load())
+		}
 	}
 }

@@ -761,3 +761,55 @@ func TestDropFairHeadSkipsHoles(t *testing.T) {
 		t.Fatalf("logs head %d, first live line %d: %d holes behind the head", head, first, first-head)
 	}
 }
+
+// logTruth returns the stored log lines per function.
+func logTruth(t *testing.T, s *Store) map[string]int {
+	t.Helper()
+	per := map[string]int{}
+	err := s.view(context.Background(), func(txn *badger.Txn) error {
+		return scanSeqCtx(context.Background(), txn, pLog, 0, 0, func(seq uint64, v []byte) error {
+			l, _ := decodeLog(seq, v)
+			per[l.Function]++
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return per
+}
+
+// TestAgeRetentionRejectNewDropsOnlyExpired: a reject_new logs space over
+// its (lowered) byte quota: the age retention drops the expired head, not
+// young lines of the function holding most (reject_new never drops for
+// bytes; it dropped 14 of 20 young lines).
+func TestAgeRetentionRejectNewDropsOnlyExpired(t *testing.T) {
+	ctx := context.Background()
+	o := Options{Dir: t.TempDir(), GCInterval: -1, RetentionInterval: -1,
+		Quotas: map[string]Quota{SpaceLogs: {MaxBytes: 1 << 20, MaxAge: 300 * time.Millisecond, Policy: RejectNew}}}
+	s := openTest(t, o)
+	line := strings.Repeat("l", 100)
+	if _, err := s.Commit(ctx, &Commit{Logs: []LogRecord{{Function: "old", Level: "info", Msg: line}}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	c := &Commit{}
+	for range 20 {
+		c.Logs = append(c.Logs, LogRecord{Function: "young", Level: "info", Msg: line})
+	}
+	if _, err := s.Commit(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	o.Quotas = map[string]Quota{SpaceLogs: {MaxBytes: 1000, MaxAge: 300 * time.Millisecond, Policy: RejectNew}}
+	s = openTest(t, o)
+	n, err := s.RunRetention(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := logTruth(t, s)
+	t.Logf("RunRetention dropped %d; left %v", n, per)
+	if per["old"] != 0 || per["young"] != 20 {
+		t.Fatalf("age retention of a reject_new space left %v, want old 0 and young 20 (young lines are not expired)", per)
+	}
+}

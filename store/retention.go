@@ -73,7 +73,8 @@ func (b *batch) trimAll(budget int) (int, error) {
 		q := b.queueOf(space)
 		cut := cutoff(qt)
 		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
-			over := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			over := overBytes
 			if !over && cut != 0 {
 				v, ok, err := b.get(seqKey(spacePrefix[space], q.Head))
 				if err != nil {
@@ -102,7 +103,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 				break
 			}
 			var err error
-			if (space == SpaceDeadLetters || space == SpaceLogs) && qt.MaxBytes > 0 && q.Bytes > qt.MaxBytes {
+			if (space == SpaceDeadLetters || space == SpaceLogs) && overBytes {
 				err = b.dropFair(space, q, q.Next)
 			} else {
 				err = b.dropHead(space, q)
@@ -138,7 +139,8 @@ func (b *batch) trimAll(budget int) (int, error) {
 		q := b.ctr.Outbox[t]
 		cut := cutoff(qt)
 		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
-			over := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			over := overBytes
 			if !over && cut != 0 {
 				v, ok, err := b.get(nameSeqKey(pOutbox, t, q.Head))
 				if err != nil {
