@@ -22,7 +22,11 @@ func TestInvokeGated(t *testing.T) {
     while time.now_ms() - t0 < 300 do end
   end
   return {ok = true}
-end`, func(s *Spec) { s.MaxConcurrency = 1; s.Limits.Timeout = 5 * time.Second; s.Limits.MaxSteps = 10_000_000_000 })
+end`, func(s *Spec) {
+		s.MaxConcurrency = 1
+		s.Limits.Timeout = 5 * time.Second
+		s.Limits.MaxSteps = 10_000_000_000
+	})
 	ctx := context.Background()
 	var asked, released atomic.Int32
 	gate := func(context.Context) (func(), error) {
