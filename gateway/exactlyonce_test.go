@@ -33,13 +33,26 @@ func quietStore(t *testing.T, opts store.Options) *store.Store {
 // runs it until the test ends and waits until it is ready.
 func runGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
 	t.Helper()
-	ctx := context.Background()
+	g := newGateway(t, opts, fns...)
+	runUntilCleanup(t, g)
+	waitFor(t, 10*time.Second, "ready", g.Ready)
+	return g
+}
+
+// newGateway makes a gateway of opts (an embedded broker on a random
+// loopback port, a quiet runtime and logger unless set) with fns
+// deployed, not running.
+func newGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
+	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
 	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Ingest, opts.Logger = emb, quiet
+	opts.Ingest = emb
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
 	if opts.Runtime == nil {
 		opts.Runtime = luavm.NewRuntime(luavm.Options{Logger: quiet})
 	}
@@ -47,11 +60,9 @@ func runGateway(t *testing.T, opts Options, fns ...*Function) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := g.SetFunctions(ctx, fns); err != nil {
+	if err := g.SetFunctions(context.Background(), fns); err != nil {
 		t.Fatal(err)
 	}
-	runUntilCleanup(t, g)
-	waitFor(t, 10*time.Second, "ready", g.Ready)
 	return g
 }
 

@@ -189,18 +189,7 @@ func TestStateWriteWhileResumingRuns(t *testing.T) {
 	if _, err := st.Enqueue(ctx, entries); err != nil {
 		t.Fatal(err)
 	}
-	quiet := slog.New(slog.DiscardHandler)
-	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet}), InboxLimit: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.SetFunctions(ctx, []*Function{slow, watch}); err != nil {
-		t.Fatal(err)
-	}
+	g := newGateway(t, Options{Store: st, InboxLimit: 4}, slow, watch)
 	runUntilCleanup(t, g)
 	waitFor(t, 10*time.Second, "the resume under way", func() bool { return len(allRecords(t, st, "slow")) >= 1 })
 	if g.Ready() {
@@ -344,22 +333,11 @@ func TestDirectTurnNotHeldWhileWaiting(t *testing.T) {
 // its entry a second time (a duplicate run, refused by the store).
 func TestWriteStateRacingResumeQueuedOnce(t *testing.T) {
 	ctx := context.Background()
-	quiet := slog.New(slog.DiscardHandler)
 	for iter := range 20 {
 		st := quietStore(t, store.Options{})
 		watch := &Function{Name: "watch", Fingerprint: "v1", StateWatches: []trigger.StateTrigger{{Function: "cfg", Prefix: ""}},
 			Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
-		emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet})})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := g.SetFunctions(ctx, []*Function{watch}); err != nil {
-			t.Fatal(err)
-		}
+		g := newGateway(t, Options{Store: st}, watch)
 		var stop atomic.Bool
 		var wrote atomic.Int64
 		var wg sync.WaitGroup
