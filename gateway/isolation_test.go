@@ -316,7 +316,7 @@ func TestDirectTurnNotHeldWhileWaiting(t *testing.T) {
 		go func() { _, _ = g.Invoke(ctx, "slow", &luavm.Event{Trigger: "invoke"}, false, nil); done <- struct{}{} }()
 	}
 	waitFor(t, 10*time.Second, "slow running", func() bool { ps, _ := rt.Stats("slow"); return ps.Busy == 1 })
-	time.Sleep(50 * time.Millisecond) // the second call waits for slow's only instance
+	waitFor(t, 10*time.Second, "the second call waiting for slow's only instance", func() bool { ps, _ := rt.Stats("slow"); return ps.Waiting == 1 })
 	inv, err := g.Invoke(ctx, "quick", &luavm.Event{Trigger: "invoke"}, false, nil)
 	ps, _ := rt.Stats("slow")
 	if err != nil || errors.Is(inv.Err, luavm.ErrBusy) {

@@ -43,7 +43,7 @@ end`, func(s *Spec) {
 		if time.Now().After(deadline) {
 			t.Fatal("the first call never asked the gate")
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // polling
 	}
 	// The second call waits for the only instance: it must not ask the
 	// gate before it has one.
@@ -52,10 +52,12 @@ end`, func(s *Spec) {
 		_, err := rt.InvokeGated(ctx, "f", &Event{}, nil, gate)
 		secondDone <- err
 	}()
-	for ps, _ := rt.Stats("f"); ps.Busy == 0; ps, _ = rt.Stats("f") {
-		time.Sleep(time.Millisecond)
+	for ps, _ := rt.Stats("f"); ps.Waiting == 0; ps, _ = rt.Stats("f") {
+		if time.Now().After(deadline) {
+			t.Fatal("the second call never waited for the instance")
+		}
+		time.Sleep(time.Millisecond) // polling the pool's stats
 	}
-	time.Sleep(50 * time.Millisecond) // the second call is waiting for the instance by now
 	if n := asked.Load(); n != 1 {
 		t.Fatalf("the gate was asked %d times while one call held the only instance", n)
 	}
