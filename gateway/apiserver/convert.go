@@ -202,12 +202,12 @@ func slogLevel(l slog.Level) string {
 	return "debug"
 }
 
-func logMessage(l store.LogRecord) *v1.LogLine {
+func logMessage(js jsonOut, l store.LogRecord) *v1.LogLine {
 	return &v1.LogLine{Seq: l.Seq, Function: l.Function, InvocationId: l.InvocationID, Level: l.Level,
-		Msg: validText(l.Msg), Fields: jsonStruct(l.Fields), Time: msTime(l.TS)}
+		Msg: validText(l.Msg), Fields: js.object(l.Fields), Time: msTime(l.TS)}
 }
 
-func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
+func invocationMessage(js jsonOut, name string, inv Invocation) *v1.InvokeFunctionResponse {
 	r := inv.Result
 	out := &v1.InvokeFunctionResponse{InvocationId: r.InvocationID, Version: r.Version, Committed: inv.Committed}
 	if inv.Err != nil {
@@ -216,7 +216,7 @@ func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 	switch r.Kind {
 	case luavm.ResultJSON:
 		out.ResultKind = v1.ResultKind_RESULT_KIND_JSON
-		out.Result = jsonValue(r.Value)
+		out.Result = js.value(r.Value)
 	case luavm.ResultString:
 		out.ResultKind = v1.ResultKind_RESULT_KIND_STRING
 		out.Result = structpb.NewStringValue(validText(string(r.Value)))
@@ -227,14 +227,14 @@ func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Publish{Publish: &v1.PublishEffect{
 				Topic: validText(e.Topic), Payload: e.Payload, Qos: uint32(e.QoS), Retain: e.Retain}}})
 		case luavm.EffectEmit:
-			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Emit{Emit: &v1.EmitEffect{Stream: validText(e.Stream), Record: jsonValue(e.Record)}}})
+			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Emit{Emit: &v1.EmitEffect{Stream: validText(e.Stream), Record: js.value(e.Record)}}})
 		}
 	}
 	for _, op := range r.State {
 		sc := &v1.StateChange{Key: validText(op.Key), Delta: op.Delta}
 		switch op.Op {
 		case luavm.StateSet:
-			sc.Op, sc.Value = "set", jsonValue(op.Value)
+			sc.Op, sc.Value = "set", js.value(op.Value)
 		case luavm.StateDelete:
 			sc.Op = "delete"
 		case luavm.StateIncr:
@@ -244,7 +244,7 @@ func invocationMessage(name string, inv Invocation) *v1.InvokeFunctionResponse {
 	}
 	for _, l := range r.Logs {
 		out.Logs = append(out.Logs, &v1.LogLine{Function: name, InvocationId: r.InvocationID, Level: slogLevel(l.Level),
-			Msg: validText(l.Msg), Fields: jsonStruct(l.Fields), Time: msTime(l.TimeMS)})
+			Msg: validText(l.Msg), Fields: js.object(l.Fields), Time: msTime(l.TimeMS)})
 	}
 	c := r.Cost
 	out.Cost = &v1.Cost{Wall: durationpb.New(c.Wall), Steps: c.Steps, PeakMemoryBytes: c.PeakMemory, BytesIn: c.BytesIn,

@@ -5,6 +5,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -72,10 +73,11 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 		return nil, err
 	}
 	out := &v1.QueryRecordsResponse{NextCursor: next, Records: make([]*v1.Record, 0, len(recs))}
+	js := jsonOutFor(ctx)
 	for _, rec := range recs {
 		out.Records = append(out.Records, &v1.Record{
 			Id: rec.ID, Seq: rec.Seq, Stream: validText(rec.Stream), Function: rec.Function, Device: validText(rec.Device), EventId: rec.EventID,
-			EventTime: msTime(rec.EventTS), ProcessedTime: msTime(rec.ProcessedTS), ClockSynced: rec.ClockSynced, Data: jsonValue(rec.Data),
+			EventTime: msTime(rec.EventTS), ProcessedTime: msTime(rec.ProcessedTS), ClockSynced: rec.ClockSynced, Data: js.value(rec.Data),
 		})
 	}
 	return out, nil
@@ -151,7 +153,7 @@ func (st *stateService) GetState(ctx context.Context, req *v1.GetStateRequest) (
 	if !ok {
 		return nil, notFoundf("state key %q of function %q", clip(req.Key), req.Function)
 	}
-	return &v1.StateEntry{Key: req.Key, Value: jsonValue(v)}, nil
+	return &v1.StateEntry{Key: req.Key, Value: jsonOutFor(ctx).value(v)}, nil
 }
 
 func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest) (*v1.ListStateResponse, error) {
@@ -170,8 +172,9 @@ func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest)
 		return nil, err
 	}
 	out := &v1.ListStateResponse{NextCursor: next, Entries: make([]*v1.StateEntry, 0, len(kvs))}
+	js := jsonOutFor(ctx)
 	for _, kv := range kvs {
-		out.Entries = append(out.Entries, &v1.StateEntry{Key: validText(kv.Key), Value: jsonValue(kv.Value)})
+		out.Entries = append(out.Entries, &v1.StateEntry{Key: validText(kv.Key), Value: js.value(kv.Value)})
 	}
 	return out, nil
 }
@@ -180,18 +183,43 @@ func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (
 	if err := checkStateArgs(req.Function, req.Key, true); err != nil {
 		return nil, err
 	}
-	if req.Value == nil || req.Value.Kind == nil {
-		return nil, invalidf("a value is required (JSON)")
-	}
-	b, err := encodeValue(req.Value)
+	b, err := stateValue(ctx, req.Value)
 	if err != nil {
-		return nil, invalidf("value: %v", err)
+		return nil, err
 	}
 	if err := st.s.cfg.Store.PutState(ctx, req.Function, req.Key, b); err != nil {
 		return nil, err
 	}
 	st.s.log.Info("state put", "audit", "state_put", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx), "function", req.Function, "key", clip(req.Key))
-	return &v1.StateEntry{Key: req.Key, Value: req.Value}, nil
+	out := &v1.StateEntry{Key: req.Key, Value: req.Value}
+	if fromGateway(ctx) {
+		out.Value = jsonOutFor(ctx).value(b) // as stored
+	}
+	return out, nil
+}
+
+// stateValue is the JSON text to store for a PutState value: the body as
+// sent (checked, white space removed) from the REST gateway, the Value
+// encoded from a gRPC client.
+func stateValue(ctx context.Context, v *structpb.Value) ([]byte, error) {
+	if v == nil {
+		return nil, invalidf("a value is required (JSON)")
+	}
+	if raw := rawOf(v.ProtoReflect()); raw != nil && fromGateway(ctx) {
+		b, err := checkJSON(raw)
+		if err != nil {
+			return nil, invalidf("value: %v", err)
+		}
+		return b, nil
+	}
+	if v.Kind == nil {
+		return nil, invalidf("a value is required (JSON)")
+	}
+	b, err := encodeValue(v)
+	if err != nil {
+		return nil, invalidf("value: %v", err)
+	}
+	return b, nil
 }
 
 func (st *stateService) DeleteState(ctx context.Context, req *v1.DeleteStateRequest) (*v1.DeleteStateResponse, error) {

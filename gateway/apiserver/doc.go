@@ -13,7 +13,10 @@
 // in-memory connection (bufconn), never in-process registration: so REST
 // calls go through the very interceptors that check tokens and map errors,
 // and server streaming (log follow) works over REST as newline-delimited
-// JSON. /healthz, /readyz and /metrics are open; /v1/openapi.json is open
+// JSON. Stored JSON (records' data, state values, results, log fields)
+// crosses the in-memory connection as text, not as google.protobuf.Value
+// messages (see rawjson.go); gRPC clients get it as messages.
+// /healthz, /readyz and /metrics are open; /v1/openapi.json is open
 // (it is the public description of the API); everything else needs a
 // bearer token.
 //

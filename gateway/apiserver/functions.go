@@ -23,7 +23,7 @@ type functionService struct {
 // the gateway, the gRPC peer's otherwise.
 func peerAddr(ctx context.Context) string {
 	p, ok := peer.FromContext(ctx)
-	if ok && p.Addr != nil && p.Addr.Network() != "bufconn" {
+	if ok && p.Addr != nil && !fromGateway(ctx) {
 		return p.Addr.String()
 	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -227,7 +227,7 @@ func (f *functionService) InvokeFunction(ctx context.Context, req *v1.InvokeFunc
 	if err != nil {
 		return nil, err
 	}
-	return invocationMessage(req.Name, inv), nil
+	return invocationMessage(jsonOutFor(ctx), req.Name, inv), nil
 }
 
 // maxCaptures bounds the captures of an invoke event.

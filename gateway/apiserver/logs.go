@@ -40,8 +40,9 @@ func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1
 		return nil, err
 	}
 	out := &v1.ListLogsResponse{NextAfter: next, Lines: make([]*v1.LogLine, 0, len(lines))}
+	js := jsonOutFor(ctx)
 	for _, x := range lines {
-		out.Lines = append(out.Lines, logMessage(x))
+		out.Lines = append(out.Lines, logMessage(js, x))
 	}
 	return out, nil
 }
@@ -66,6 +67,7 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	}
 	defer l.s.followers.Add(-1)
 	st := l.s.cfg.Store
+	js := jsonOutFor(stream.Context())
 	after := req.After
 	// The start position is taken before the headers go out: a client that
 	// waits for them knows that every line committed after that is
@@ -100,7 +102,7 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 		return err
 	}
 	for _, x := range ring {
-		if err := stream.Send(logMessage(x)); err != nil {
+		if err := stream.Send(logMessage(js, x)); err != nil {
 			return err
 		}
 	}
@@ -116,7 +118,7 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 				return err
 			}
 			for _, x := range lines {
-				if err := stream.Send(logMessage(x)); err != nil {
+				if err := stream.Send(logMessage(js, x)); err != nil {
 					return err
 				}
 			}

@@ -273,12 +273,13 @@ func (s *Server) Close() {
 }
 
 // Marshaler is the REST JSON encoding: proto field names, zero scalars
-// written (unset messages left out), unknown fields refused.
+// written (unset messages left out), unknown fields refused, and stored
+// JSON passed through as it is (see rawMarshaler).
 func Marshaler() runtime.Marshaler {
-	return &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+	return &runtime.HTTPBodyMarshaler{Marshaler: rawMarshaler{&runtime.JSONPb{
 		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-	}}
+	}}}
 }
 
 func (s *Server) buildREST(ctx context.Context) error {
