@@ -221,6 +221,14 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 		return
 	}
 	sort.Strings(skeys)
+	// The number 5 and the string "5" are the same JSON name: written
+	// twice, the object is ambiguous (and one value was lost).
+	for i := 1; i < len(skeys); i++ {
+		if skeys[i] == skeys[i-1] {
+			e.fail("cannot encode a table with a number key and a string key that are both the name %q", skeys[i])
+			return
+		}
+	}
 	e.byte('{')
 	for i, k := range skeys {
 		if i > 0 {

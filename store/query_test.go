@@ -200,11 +200,15 @@ func TestStateAPI(t *testing.T) {
 		{Function: "f", Op: StateIncr, Key: "d", Delta: -3},
 		{Function: "f", Op: StateDelete, Key: "e"},
 		{Function: "f", Op: StateIncr, Key: "e", Delta: 1},
+		{Function: "f", Op: StateIncr, Key: "big", Delta: 20971520},
+		{Function: "f", Op: StateIncr, Key: "huge", Delta: 1 << 60},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, want := range map[string]string{"c": "1.5", "d": "7", "e": "1"} {
+	// Integers are written as integers (20971520 was 2.097152e+07), as
+	// the functions' JSON encoder writes them, up to 2^53.
+	for k, want := range map[string]string{"c": "1.5", "d": "7", "e": "1", "big": "20971520", "huge": "1.152921504606847e+18"} {
 		if v, _, _ := s.GetState(ctx, "f", k); string(v) != want {
 			t.Errorf("%s = %q, want %q", k, v, want)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 )
 
@@ -77,7 +78,13 @@ func isJSONNumber(b []byte) bool {
 	return i == len(b)
 }
 
+// formatJSONNumber writes f as the functions' JSON encoder does: an
+// integer below 2^53 in magnitude without a fraction (a counter at
+// 20971520 is not 2.097152e+07), otherwise the shortest representation.
 func formatJSONNumber(f float64) []byte {
+	if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		return strconv.AppendInt(nil, int64(f), 10)
+	}
 	return strconv.AppendFloat(nil, f, 'g', -1, 64)
 }
 

@@ -194,6 +194,9 @@ func (st *stateService) PutState(ctx context.Context, req *v1.PutStateRequest) (
 	out := &v1.StateEntry{Key: req.Key, Value: req.Value}
 	if fromGateway(ctx) {
 		out.Value = jsonOutFor(ctx).value(b) // as stored
+		if out.Value == nil {
+			out.Value = structpb.NewNullValue()
+		}
 	}
 	return out, nil
 }

@@ -112,15 +112,22 @@ func (o jsonOut) object(b []byte) *structpb.Struct {
 	return s
 }
 
-// storedJSON reports whether stored text can be sent as JSON: valid syntax
-// and UTF-8. What moongate stores passed checkJSON (API writes) or came
-// from its own JSON encoder (functions); this only keeps anything else
-// from breaking a response.
-func storedJSON(b []byte) bool { return json.Valid(b) && utf8.Valid(b) }
+// storedJSON reports whether stored text goes out as it is: when it is a
+// value checkJSON accepts, which is when jsonValue makes a Value of it (so
+// that REST and gRPC clients read the same). A function's JSON encoder can
+// write an object with a name twice ({[5]=1, ["5"]=2}): that goes out as a
+// string on both faces.
+func storedJSON(b []byte) bool {
+	_, err := scanJSON(b)
+	return err == nil
+}
 
-// maxJSONDepth bounds the nesting of a JSON value written over the API: as
-// deep as protojson decodes into a google.protobuf.Value.
-const maxJSONDepth = 9999
+// maxJSONDepth bounds the nesting of a JSON value written over the API.
+// protojson decodes a Value of up to 9,999 levels, but as protobuf each
+// level of objects is three nested messages (Value, Struct, map entry)
+// and grpc-go decodes at most 10,000: gRPC clients could not read a value
+// of more than 3,333 levels of objects.
+const maxJSONDepth = 3000
 
 // checkJSON checks that b is one JSON value as a google.protobuf.Value
 // takes it (RFC 8259 syntax in UTF-8, no lone surrogate escapes, numbers
@@ -130,14 +137,11 @@ const maxJSONDepth = 9999
 // names of the objects open at once (to find repeated ones), not the size
 // of the value.
 func checkJSON(b []byte) ([]byte, error) {
-	if !utf8.Valid(b) {
-		return nil, errors.New("not valid UTF-8")
-	}
-	c := jsonCheck{b: b}
-	if err := c.value(); err != nil {
+	space, err := scanJSON(b)
+	if err != nil {
 		return nil, err
 	}
-	if c.space {
+	if space {
 		var buf bytes.Buffer
 		buf.Grow(len(b))
 		if err := json.Compact(&buf, b); err != nil {
@@ -148,20 +152,39 @@ func checkJSON(b []byte) ([]byte, error) {
 	return b, nil
 }
 
-// jsonCheck is the state of checkJSON: an iterative scanner, so that a
+// scanJSON checks b as checkJSON does and reports whether it holds
+// insignificant white space.
+func scanJSON(b []byte) (space bool, err error) {
+	if !utf8.Valid(b) {
+		return false, errors.New("not valid UTF-8")
+	}
+	c := jsonCheck{b: b}
+	if err := c.value(); err != nil {
+		return false, err
+	}
+	return c.space, nil
+}
+
+// jsonCheck is the state of scanJSON: an iterative scanner, so that a
 // deep value cannot grow the goroutine's stack.
 type jsonCheck struct {
 	b     []byte
 	i     int
 	open  []jsonFrame
-	space bool // white space seen
+	names [][]byte // names of the open objects, decoded, innermost last
+	space bool     // white space seen
 }
 
 // jsonFrame is an open array or object.
 type jsonFrame struct {
 	array bool
-	names map[string]struct{} // object names so far
+	first int                 // index in names of the object's first name
+	set   map[string]struct{} // its names, once it has more than smallObject
 }
+
+// smallObject is the number of names an object's names are compared with
+// one by one (no allocation); a larger object gets a set.
+const smallObject = 16
 
 func (c *jsonCheck) errorf(format string, a ...any) error {
 	return fmt.Errorf("invalid JSON at byte %d: %s", c.i, fmt.Sprintf(format, a...))
@@ -233,7 +256,7 @@ func (c *jsonCheck) scalarOrOpen() error {
 				c.i++
 				return nil
 			}
-			c.open = append(c.open, jsonFrame{array: ch == '['})
+			c.open = append(c.open, jsonFrame{array: ch == '[', first: len(c.names)})
 			if ch == '{' {
 				if err := c.name(); err != nil {
 					return err
@@ -268,6 +291,7 @@ func (c *jsonCheck) afterValue() (bool, error) {
 			return true, c.name()
 		case top.array && ch == ']', !top.array && ch == '}':
 			c.i++
+			c.names = c.names[:top.first]
 			c.open = c.open[:len(c.open)-1]
 		case ch == eof:
 			return false, c.errorf("unexpected end of input")
@@ -289,23 +313,40 @@ func (c *jsonCheck) name() error {
 	if err != nil {
 		return err
 	}
-	raw := c.b[start:c.i]
-	var name string
+	name := c.b[start+1 : c.i-1]
 	if escaped {
-		if err := json.Unmarshal(raw, &name); err != nil {
+		var s string
+		if err := json.Unmarshal(c.b[start:c.i], &s); err != nil {
 			return c.errorf("name: %v", err)
 		}
-	} else {
-		name = string(raw[1 : len(raw)-1])
+		name = []byte(s)
 	}
 	top := &c.open[len(c.open)-1]
-	if top.names == nil {
-		top.names = make(map[string]struct{})
+	dup := false
+	if top.set != nil {
+		_, dup = top.set[string(name)]
+		top.set[string(name)] = struct{}{}
+	} else {
+		own := c.names[top.first:]
+		for _, n := range own {
+			if bytes.Equal(n, name) {
+				dup = true
+				break
+			}
+		}
+		if len(own) < smallObject {
+			c.names = append(c.names, name)
+		} else {
+			top.set = make(map[string]struct{}, 2*smallObject)
+			for _, n := range own {
+				top.set[string(n)] = struct{}{}
+			}
+			top.set[string(name)] = struct{}{}
+		}
 	}
-	if _, dup := top.names[name]; dup {
-		return c.errorf("the name %q is repeated in an object", clip(name))
+	if dup {
+		return c.errorf("the name %q is repeated in an object", clip(string(name)))
 	}
-	top.names[name] = struct{}{}
 	if c.peek() != ':' {
 		return c.errorf("expected a colon after a name")
 	}

@@ -40,8 +40,11 @@ func TestCheckJSONAgreesWithProtojson(t *testing.T) {
 	deep := func(n int, open, close string) []byte {
 		return []byte(strings.Repeat(open, n) + "1" + strings.Repeat(close, n))
 	}
-	if _, err := checkJSON(deep(maxJSONDepth, "[", "]")); err != nil {
+	if _, err := checkJSON(deep(maxJSONDepth, `{"a":`, "}")); err != nil {
 		t.Errorf("%d levels: %v", maxJSONDepth, err)
+	}
+	if _, err := checkJSON(deep(maxJSONDepth+1, "[", "]")); err == nil {
+		t.Errorf("%d levels accepted", maxJSONDepth+1)
 	}
 	if _, err := checkJSON(deep(maxJSONDepth+1, `{"a":`, "}")); err == nil || !strings.Contains(err.Error(), "nested deeper") {
 		t.Errorf("%d levels: %v", maxJSONDepth+1, err)
@@ -86,8 +89,8 @@ func FuzzCheckJSON(f *testing.F) {
 		f.Add([]byte(in))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		if bytes.Count(in, []byte("["))+bytes.Count(in, []byte("{")) > 5000 {
-			return // protojson's depth limit counts differently
+		if bytes.Count(in, []byte("["))+bytes.Count(in, []byte("{")) > maxJSONDepth {
+			return // deeper than checkJSON takes, not protojson
 		}
 		checkAgainstProtojson(t, in)
 	})

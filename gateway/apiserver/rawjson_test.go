@@ -163,7 +163,7 @@ func TestStateValueBadInput(t *testing.T) {
 		{`NaN`, "invalid JSON at byte 0"},
 		{"\"\xff\"", "UTF-8"},
 		{`"unterminated`, "unterminated string"},
-		{strings.Repeat("[", 10_000) + strings.Repeat("]", 10_000), "nested deeper than 9999 levels"},
+		{strings.Repeat(`{"a":`, 3001) + "1" + strings.Repeat("}", 3001), "nested deeper than 3000 levels"},
 		{`   `, "a value is required"},
 	} {
 		code, out := e.rawCall("PUT", "/v1/functions/a/state/k", c.body)
@@ -174,6 +174,65 @@ func TestStateValueBadInput(t *testing.T) {
 	if got := e.stateText("a", "k"); got != `{"keep":true}` {
 		t.Errorf("after the refusals: %s", got)
 	}
+
+	// What is accepted, gRPC clients with default settings can read: 3,000
+	// levels of objects are 9,000 nested messages (10,000 is grpc-go's
+	// limit; 3,333 levels were accepted over REST, and then GetState and
+	// every ListState page holding the key failed with Internal).
+	deep := strings.Repeat(`{"a":`, 3000) + "1" + strings.Repeat("}", 3000)
+	if code, out := e.rawCall("PUT", "/v1/functions/a/state/deep", deep); code != 200 {
+		t.Fatalf("PUT 3,000 levels: %d %.200s", code, out)
+	}
+	conn, err := grpc.NewClient(strings.TrimPrefix(e.base, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+readToken)
+	if _, err := v1.NewStateServiceClient(conn).GetState(ctx, &v1.GetStateRequest{Function: "a", Key: "deep"}); err != nil {
+		t.Errorf("gRPC GetState of 3,000 levels: %v", err)
+	}
+	if _, err := v1.NewStateServiceClient(conn).ListState(ctx, &v1.ListStateRequest{Function: "a"}); err != nil {
+		t.Errorf("gRPC ListState: %v", err)
+	}
+
+	// null is a value (GET leaves it out, as before).
+	if code, out := e.rawCall("PUT", "/v1/functions/a/state/n", " null "); code != 200 || !strings.Contains(string(out), `"value":null`) {
+		t.Errorf("PUT null: %d %s", code, out)
+	}
+}
+
+// TestRepeatedNamesReadAlike: stored text with a name twice in an object
+// is not a google.protobuf.Value (function JSON encoders before 2026-11-29
+// wrote one for a table with the keys 5 and "5"): both faces give it as a
+// string (REST passed the object through while gRPC got a string).
+func TestRepeatedNamesReadAlike(t *testing.T) {
+	e := startDaemon(t, daemonConfig(t.TempDir(), ""))
+	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "f", "source": "function handle(event, ctx) return nil end"}, nil)
+	const text = `{"5":2,"5":2}`
+	if err := e.d.Store().PutState(context.Background(), "f", "k", []byte(text)); err != nil {
+		t.Fatal(err)
+	}
+	conn, ctx := grpcConn(t, e)
+	got, err := v1.NewStateServiceClient(conn).GetState(ctx, &v1.GetStateRequest{Function: "f", Key: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rest := e.stateText("f", "k"); got.Value.GetStringValue() != text || rest != strconvQuote(text) {
+		t.Errorf("state over gRPC %v, over REST %s, want the string %q", got.Value, rest, text)
+	}
+	// A function cannot write one any more.
+	src := `function handle(event, ctx) return {[5] = 1, ["5"] = 2} end`
+	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "g", "source": src}, nil)
+	code, out := e.rawCall("POST", "/v1/functions/g:invoke", `{}`)
+	if code != 200 || !strings.Contains(string(out), "both the name") {
+		t.Errorf("invoke: %d %s", code, out)
+	}
+}
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // TestStoredJSONMemoryPerCall bounds what one REST read of a large stored

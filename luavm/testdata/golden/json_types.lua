@@ -15,5 +15,6 @@ function handle(event, ctx)
     sparse = json.encode({[1] = "a", [3] = "c"}),
     decode_error = err, encode_error = err2,
     nan_error = select(2, pcall(json.encode, 0/0)),
+    same_name_error = select(2, pcall(json.encode, {[5] = 1, ["5"] = 2})),
   }
 end
