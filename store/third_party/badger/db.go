@@ -1058,6 +1058,15 @@ func (db *DB) ensureRoomForWrite() error {
 		return nil
 	}
 
+	// moongate: the next memtable is made before the full one is handed to
+	// the flush: when its write-ahead log cannot be made (ENOSPC from
+	// fallocate on a full disk), the write fails and the full memtable
+	// stays current, where db.mt was left nil (every later read and write
+	// of the DB panicked).
+	next, err := db.newMemTable()
+	if err != nil {
+		return y.Wrapf(err, "cannot create new mem table")
+	}
 	for {
 		select {
 		case db.flushChan <- db.mt:
@@ -1065,10 +1074,7 @@ func (db *DB) ensureRoomForWrite() error {
 				db.mt.sl.MemSize(), len(db.flushChan))
 			// We manage to push this task. Let's modify imm.
 			db.imm = append(db.imm, db.mt)
-			db.mt, err = db.newMemTable()
-			if err != nil {
-				return y.Wrapf(err, "cannot create new mem table")
-			}
+			db.mt = next
 			// New memtable is empty. We certainly have room.
 			return nil
 		default:
@@ -1089,6 +1095,7 @@ func (db *DB) ensureRoomForWrite() error {
 			// drain, so waiting for room is safe and cannot deadlock). This matches
 			// the pre-cond behavior, which looped until the push succeeded.
 			if db.IsClosed() {
+				next.DecrRef() // deletes its write-ahead log
 				return errNoRoom
 			}
 			db.flushCond.Wait()

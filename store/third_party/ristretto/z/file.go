@@ -33,8 +33,14 @@ func OpenMmapFileUsing(fd *os.File, sz int, writable bool) (*MmapFile, error) {
 	var rerr error
 	fileSize := fi.Size()
 	if sz > 0 && fileSize == 0 {
-		// If file is empty, truncate it to sz.
-		if err := fd.Truncate(int64(sz)); err != nil {
+		// If file is empty, truncate it to sz (its blocks allocated where
+		// the file system can: see resize).
+		if err := resize(fd, int64(sz)); err != nil {
+			// Nothing was written to it: remove it, so that a retry (a
+			// memtable flush retries each second while the disk is full)
+			// neither finds it in its way nor leaks a descriptor per try.
+			_ = fd.Close()
+			_ = os.Remove(filename)
 			return nil, errors.Join(err, errors.New("error while truncation"))
 		}
 		fileSize = int64(sz)

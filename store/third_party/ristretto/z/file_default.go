@@ -8,7 +8,13 @@
 
 package z
 
-import "fmt"
+import (
+	"fmt"
+	"os"
+)
+
+// resize sets the size of fd to size (see file_linux.go).
+func resize(fd *os.File, size int64) error { return fd.Truncate(size) }
 
 // Truncate would truncate the mmapped file to the given size. On Linux, we truncate
 // the underlying file and then call mremap, but on other systems, we unmap first,
