@@ -6,6 +6,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -60,12 +64,65 @@ func TestOversizePayloadExternal(t *testing.T) {
 		return err == nil && len(dl) == 1
 	})
 	dl, _ := st.ListDeadLetters(context.Background(), "", 0, 10)
-	if !strings.Contains(dl[0].Error, "payload too large") || len(dl[0].Event) > 70<<10 {
+	if !strings.Contains(dl[0].Error, "payload too large: 1048576 bytes, limit 65536") || len(dl[0].Event) > 70<<10 {
 		t.Errorf("dead letter: %q, %d bytes kept", dl[0].Error, len(dl[0].Event))
 	}
 	if s := p.d.Gateway().Stats(); s.Rejected != 1 {
 		t.Errorf("rejected: %d", s.Rejected)
 	}
+}
+
+// TestHugePayloadExternalNotHeld: a device publishing 64 MiB through an
+// external broker that takes it (mosquitto's default message_size_limit
+// is 256 MiB) costs the gateway about max_payload, not the payload: the
+// connection cuts it as it reads. paho allocated the whole packet first (a
+// Pi Zero has 512 MiB; a QoS 1 message came back after every restart).
+// The device publishes from another process (mosquitto_pub), so that the
+// allocations counted here are the gateway's.
+func TestHugePayloadExternalNotHeld(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "reference", referenceLua, referenceManifest)
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, externalMQTT(m.URL(), "moongate-huge")+"  max_payload: 64KiB\n"))
+	big := filepath.Join(t.TempDir(), "big")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	st := p.d.Store()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(m.Port()), "-i", "huge-device",
+		"-t", "devices/huge/telemetry", "-q", "1", "-f", big).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v %s", err, out)
+	}
+	waitFor(t, 30*time.Second, "the dead letter", func() bool {
+		dl, err := st.ListDeadLetters(context.Background(), "", 0, 10)
+		return err == nil && len(dl) == 1
+	})
+	runtime.ReadMemStats(&after)
+	dl, _ := st.ListDeadLetters(context.Background(), "", 0, 10)
+	if !strings.Contains(dl[0].Error, "payload too large: 67108864 bytes, limit 65536") {
+		t.Errorf("dead letter: %q", dl[0].Error)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d bytes while a 64 MiB message went by", alloc)
+	if alloc > 24<<20 {
+		t.Errorf("a 64 MiB message cost the gateway %d bytes of allocation", alloc)
+	}
+	if s := p.d.ingest.(*mqtt.External).Stats(); s.Clipped != 1 {
+		t.Errorf("clipped: %d", s.Clipped)
+	}
+	// And the gateway carries on.
+	dev := connect(t, m.URL(), "small", true)
+	publish(t, dev, "devices/small/telemetry", 1, []byte(`{"temp":3}`))
+	waitFor(t, 10*time.Second, "the normal record", func() bool { return len(allRecords(t, st, "reference")) == 1 })
 }
 
 // TestOversizePayloadEmbedded: the embedded broker refuses a payload over

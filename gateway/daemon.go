@@ -712,6 +712,6 @@ func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
 	return mqtt.ExternalConfig{
 		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
 		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,
-		KeepAlive: x.KeepAlive.Std(),
+		KeepAlive: x.KeepAlive.Std(), MaxPayload: int(cfg.MQTT.MaxPayload),
 	}
 }

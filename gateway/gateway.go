@@ -448,7 +448,8 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %q", ErrInvalidTopic, m.Topic))
 	}
 	if len(m.Payload) > g.opts.MaxPayload {
-		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(m.Payload), g.opts.MaxPayload))
+		size := max(len(m.Payload), m.Clipped) // external mode cuts it as it reads
+		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, size, g.opts.MaxPayload))
 	}
 	ft := g.funcs.Load()
 	var entries []store.InboxEntry

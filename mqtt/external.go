@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
 	"net/url"
 	"os"
 	"sort"
@@ -56,6 +58,12 @@ type ExternalConfig struct {
 	InsecureSkipVerify bool
 	// KeepAlive is the MQTT keep-alive; default 30s.
 	KeepAlive time.Duration
+	// MaxPayload, when positive, bounds what one inbound message costs: a
+	// payload longer than MaxPayload reaches the Handler cut to its first
+	// MaxPayload+1 bytes (so that it can refuse it), the rest read and
+	// thrown away as it arrives, never held (Message.Clipped). Without it
+	// the client allocates whatever the broker sends, up to 256 MiB.
+	MaxPayload int
 	// ConnectTimeout bounds one connection attempt; default 10s.
 	ConnectTimeout time.Duration
 	// MaxReconnectInterval caps the reconnect backoff; default 30s.
@@ -111,6 +119,11 @@ type External struct {
 	subscribed map[string]bool // filters subscribed on the current connection
 	unsub      map[string]bool // removed filters still to unsubscribe
 
+	// clipped holds the real payload length of QoS 1/2 messages the
+	// connection cut (clipConn), by packet id, until onMessage takes it.
+	clipMu  sync.Mutex
+	clipped map[uint16]int
+
 	connected     atomic.Bool
 	subscribedOK  atomic.Bool
 	everConnected atomic.Bool
@@ -164,7 +177,7 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 	}
 	x := &External{
 		cfg: cfg, log: log, filters: newFilters(), sem: make(chan struct{}, maxExternalHandlers),
-		lanes: map[string][]laneItem{},
+		lanes: map[string][]laneItem{}, clipped: map[uint16]int{},
 		stopC: make(chan struct{}), idle: make(chan struct{}, 1),
 		subscribed: map[string]bool{}, unsub: map[string]bool{},
 		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
@@ -190,7 +203,8 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		SetOnConnectHandler(x.onConnect).
 		SetConnectionLostHandler(x.onLost).
 		SetReconnectingHandler(x.onReconnecting).
-		SetConnectionNotificationHandler(x.onNotify)
+		SetConnectionNotificationHandler(x.onNotify).
+		SetCustomOpenConnectionFn(x.open)
 	if cfg.Username != "" {
 		o.SetUsername(cfg.Username)
 		o.SetPassword(cfg.Password)
@@ -324,7 +338,51 @@ func (x *External) conn() [2]uint64 {
 func (x *External) onNotify(_ paho.Client, n paho.ConnectionNotification) {
 	if _, ok := n.(paho.ConnectionNotificationConnecting); ok {
 		x.gen.Add(1)
+		x.clipMu.Lock()
+		clear(x.clipped) // of the connection before
+		x.clipMu.Unlock()
 	}
+}
+
+// maxBrokerControlPacket bounds the packets other than PUBLISH the broker
+// sends (CONNACK, acknowledgements, SUBACK of at most a few thousand
+// filters, PINGRESP).
+const maxBrokerControlPacket = 64 << 10
+
+// open dials the broker as paho does, through clipConn.
+func (x *External) open(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+	conn, err := dialBroker(uri, &o)
+	if err != nil {
+		return nil, err
+	}
+	keep := math.MaxInt
+	if x.cfg.MaxPayload > 0 {
+		keep = x.cfg.MaxPayload + 1
+	}
+	return newClipConn(conn, keep, maxBrokerControlPacket, x.onClip), nil
+}
+
+// onClip records the real length of a QoS 1/2 payload the connection cut.
+func (x *External) onClip(pid uint16, qos byte, size int) {
+	x.stats.clipped.Add(1)
+	if qos == 0 {
+		return
+	}
+	x.clipMu.Lock()
+	x.clipped[pid] = size
+	x.clipMu.Unlock()
+}
+
+// takeClipped returns (and forgets) the real payload length of message pid
+// if the connection cut it, else 0.
+func (x *External) takeClipped(pid uint16) int {
+	x.clipMu.Lock()
+	defer x.clipMu.Unlock()
+	size, ok := x.clipped[pid]
+	if ok {
+		delete(x.clipped, pid)
+	}
+	return size
 }
 
 // onLost records the loss. It does not touch the receive generation
@@ -454,6 +512,7 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	}
 	if msg.Qos() > 0 {
 		item.ack = x.acks.add(msg, gen)
+		item.clipped = x.takeClipped(msg.MessageID())
 	}
 	topic := msg.Topic()
 	q, present := x.lanes[topic]
@@ -482,9 +541,10 @@ func (x *External) stopping() bool {
 // laneItem is a delivery waiting in its topic's lane, with the connection
 // generation it arrived on.
 type laneItem struct {
-	msg paho.Message
-	gen uint64
-	ack *ackSlot // QoS > 0: its place in the acknowledgement order
+	msg     paho.Message
+	gen     uint64
+	ack     *ackSlot // QoS > 0: its place in the acknowledgement order
+	clipped int      // the payload's real length when the connection cut it
 }
 
 // runLanes is a lane worker: it takes the next ready lane and handles its
@@ -552,7 +612,7 @@ func (x *External) handle(item laneItem) {
 		return // draining or closing: not acknowledged, redelivered after reconnect
 	}
 	m := &Message{Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
-		Duplicate: msg.Duplicate(), PacketID: msg.MessageID(), Received: time.Now()}
+		Duplicate: msg.Duplicate(), PacketID: msg.MessageID(), Received: time.Now(), Clipped: item.clipped}
 	err := callHandler(x.hctx, x.h, m, x.log)
 	switch {
 	case err == nil:

@@ -28,6 +28,12 @@ type Message struct {
 	// it; messages in flight together have different ones.
 	PacketID uint16
 	Received time.Time
+	// Clipped, in external mode, is the real length of a QoS 1/2 payload
+	// longer than ExternalConfig.MaxPayload: Payload then holds only its
+	// first MaxPayload+1 bytes (the rest was never held). A QoS 0 payload
+	// is cut the same way, with Clipped 0. Embedded mode refuses such
+	// payloads before the Handler.
+	Clipped int
 }
 
 // Handler is called for every inbound message on an accepted topic. It must
@@ -104,6 +110,9 @@ type Stats struct {
 	// discarded before they expired, to make room for a new client id
 	// (EmbeddedConfig.MaxSessions).
 	SessionsEvicted uint64
+	// Clipped counts inbound payloads cut to ExternalConfig.MaxPayload+1
+	// bytes as they were read (external mode).
+	Clipped uint64
 
 	// The embedded broker's state at the time of the call (zero in
 	// external mode): clients connected; sessions held, connected or not
@@ -119,6 +128,7 @@ type counters struct {
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
 	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
 	retainedRefused, connectionsShed, sessionsEvicted       atomic.Uint64
+	clipped                                                 atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -137,6 +147,7 @@ func (c *counters) snapshot() Stats {
 		RetainedRefused:      c.retainedRefused.Load(),
 		ConnectionsShed:      c.connectionsShed.Load(),
 		SessionsEvicted:      c.sessionsEvicted.Load(),
+		Clipped:              c.clipped.Load(),
 	}
 	s.Rejected = s.RejectedOversize + s.RejectedInvalidTopic + s.RejectedUnauthorized + s.RejectedHandler
 	return s
