@@ -2,18 +2,12 @@ package store
 
 import (
 	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
-
-// fullDiskEnv names the tmpfs a child test process fills.
-const fullDiskEnv = "MOONGATE_TEST_FULL_DISK"
 
 // TestFullDiskIsAnError: a disk filled by another process makes writes
 // fail with ENOSPC, and the store carries on once there is room again,
@@ -24,43 +18,9 @@ const fullDiskEnv = "MOONGATE_TEST_FULL_DISK"
 // a failed memtable switch then left Badger without a memtable (nil
 // dereference on every later read). The store's free-space guard
 // (DiskReserve) is off here: another process can fill the disk between
-// two of its checks.
-//
-// The scenario runs in a child process on a small tmpfs, so that a crash
-// is this test's failure, not the end of the test binary (TestQEMUArm32
-// runs it on 32-bit ARM too). It needs root for the mount.
+// two of its checks. TestQEMUArm32 runs it on 32-bit ARM too.
 func TestFullDiskIsAnError(t *testing.T) {
-	if dir := os.Getenv(fullDiskEnv); dir != "" {
-		fillDiskScenario(t, dir)
-		return
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("mount a tmpfs (CI runs as root): %v %s", err, out)
-		}
-		t.Skipf("needs root to mount a tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() })
-	args := []string{"-test.run=^TestFullDiskIsAnError$", "-test.v", "-test.timeout=2m"}
-	cmd := exec.Command(os.Args[0], args...)
-	if w := os.Getenv("MOONGATE_STORE_EXEC_WRAPPER"); w != "" {
-		// Under qemu-arm without binfmt_misc the binary needs its emulator.
-		cmd = exec.Command(w, append([]string{os.Args[0]}, args...)...)
-	}
-	cmd.Env = append(os.Environ(), fullDiskEnv+"="+mnt)
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestFullDiskIsAnError") {
-		t.Fatalf("child: %v\n%s", err, tail(out, 4000))
-	}
-	t.Logf("child:\n%s", tail(out, 1500))
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
+	inTmpfs(t, "96m", fillDiskScenario)
 }
 
 func fillDiskScenario(t *testing.T, mnt string) {
@@ -87,21 +47,7 @@ func fillDiskScenario(t *testing.T, mnt string) {
 		}
 	}
 	// Another process takes every free block.
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
+	filler := fillDisk(t, mnt, 0)
 	var refused error
 	for i := 0; i < 200_000 && refused == nil; i++ {
 		refused = enqueue()

@@ -1178,9 +1178,6 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 		discardStats = make(map[uint32]int64)
 	}
 	builder := buildL0Table(itr, nil, bopts, discardTs, db.opt.NumVersionsToKeep, discardStats)
-	if len(discardStats) > 0 {
-		db.vlog.updateDiscardStats(discardStats)
-	}
 	defer builder.Close()
 
 	// buildL0Table can return nil if the none of the items in the skiplist are
@@ -1206,6 +1203,11 @@ func (db *DB) handleMemTableFlush(mt *memTable, dropPrefixes [][]byte) error {
 	// We own a ref on tbl.
 	err = db.lc.addLevel0Table(tbl) // This will incrRef
 	_ = tbl.DecrRef()               // Releases our ref.
+	// moongate: the discarded versions count once the table is in: a
+	// flush that failed (and is retried each second) counted them again.
+	if err == nil && len(discardStats) > 0 {
+		db.vlog.updateDiscardStats(discardStats)
+	}
 	return err
 }
 
@@ -1864,16 +1866,19 @@ func (db *DB) dropAll() (func(), error) {
 	db.lock.Lock()
 	defer db.lock.Unlock()
 
+	// moongate: the next memtable first; failing, db.mt was left nil (see
+	// ensureRoomForWrite).
+	next, err := db.newMemTable() // Set it up for future writes.
+	if err != nil {
+		return resume, y.Wrapf(err, "cannot open new memtable")
+	}
 	// Remove inmemory tables. Calling DecrRef for safety. Not sure if they're absolutely needed.
 	db.mt.DecrRef()
 	for _, mt := range db.imm {
 		mt.DecrRef()
 	}
 	db.imm = db.imm[:0]
-	db.mt, err = db.newMemTable() // Set it up for future writes.
-	if err != nil {
-		return resume, y.Wrapf(err, "cannot open new memtable")
-	}
+	db.mt = next
 
 	num, err := db.lc.dropTree()
 	if err != nil {
@@ -1928,6 +1933,12 @@ func (db *DB) DropPrefix(prefixes ...[]byte) error {
 	db.lock.Lock()
 	defer db.lock.Unlock()
 
+	// moongate: the next memtable first; failing, db.mt was left nil (see
+	// ensureRoomForWrite).
+	next, err := db.newMemTable()
+	if err != nil {
+		return y.Wrapf(err, "cannot create new mem table")
+	}
 	db.imm = append(db.imm, db.mt)
 	for _, memtable := range db.imm {
 		if memtable.sl.Empty() {
@@ -1944,10 +1955,7 @@ func (db *DB) DropPrefix(prefixes ...[]byte) error {
 	db.stopCompactions()
 	defer db.startCompactions()
 	db.imm = db.imm[:0]
-	db.mt, err = db.newMemTable()
-	if err != nil {
-		return y.Wrapf(err, "cannot create new mem table")
-	}
+	db.mt = next
 
 	// Drop prefixes from the levels.
 	if err := db.lc.dropPrefixes(filtered); err != nil {

@@ -902,7 +902,12 @@ func (s *levelsController) subcompact(it y.Iterator, kr keyRange, cd compactDef,
 		}
 		go func(builder *table.Builder, fileID uint64) {
 			var err error
-			defer inflightBuilders.Done(err)
+			// moongate: the error as it is when the goroutine ends (upstream
+			// deferred Done(err) with err still nil: a table that could not
+			// be written, ENOSPC now that mapped files get their blocks up
+			// front, was left out and the compaction went on without it,
+			// deleting its input tables: keys lost without an error).
+			defer func() { inflightBuilders.Done(err) }()
 			defer builder.Close()
 
 			var tbl *table.Table

@@ -854,7 +854,13 @@ func (vlog *valueLog) write(reqs []*request) (err error) {
 		}
 
 		n := uint32(buf.Len())
-		endOffset := vlog.writableLogOffset.Add(n)
+		// moongate: the offset moves only once the entry is in the file.
+		// Upstream moved it first: a write that failed to grow the file
+		// (ENOSPC, now that mapped files get their blocks up front) left a
+		// run of zeros before the next entry, where iteration (value-log
+		// GC's rewrite, replay) stops: GC then deleted the file with the
+		// acknowledged entries after the gap.
+		endOffset := vlog.woffset() + n
 		// Increase the file size if we cannot accommodate this entry.
 		// [Aman] Should this be >= or just >? Doesn't make sense to extend the file if it big enough already.
 		if int(endOffset) >= len(curlf.Data) {
@@ -866,6 +872,7 @@ func (vlog *valueLog) write(reqs []*request) (err error) {
 		start := int(endOffset - n)
 		y.AssertTrue(copy(curlf.Data[start:], buf.Bytes()) == int(n))
 		dirty = true // moongate
+		vlog.writableLogOffset.Store(endOffset)
 
 		curlf.size.Store(endOffset)
 		return nil

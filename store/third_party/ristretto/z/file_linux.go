@@ -34,6 +34,9 @@ func resize(fd *os.File, size int64) error {
 		return fd.Truncate(size)
 	}
 	if err != nil {
+		// A failed fallocate may have allocated (and grown the file by)
+		// part of the range: the size goes back to what the mapping has.
+		_ = fd.Truncate(cur)
 		return &os.PathError{Op: "fallocate", Path: fd.Name(), Err: err}
 	}
 	return nil
