@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -56,18 +57,21 @@ func TestOversizePayloadExternal(t *testing.T) {
 	p := startInProcess(t, testConfig(t.TempDir(), fnDir, externalMQTT(m.URL(), "moongate-oversize")+"  max_payload: 64KiB\n"))
 	dev := connect(t, m.URL(), "big", true)
 	publish(t, dev, "devices/big/telemetry", 1, bytes.Repeat([]byte("x"), 1<<20))
+	publish(t, dev, "devices/big/telemetry", 0, bytes.Repeat([]byte("y"), 1<<19)) // QoS 0: sizes by arrival order
 	publish(t, dev, "devices/big/telemetry", 1, []byte(`{"temp":3}`))
 	st := p.d.Store()
 	waitFor(t, 10*time.Second, "the normal record", func() bool { return len(allRecords(t, st, "reference")) == 1 })
-	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+	waitFor(t, 10*time.Second, "the dead letters", func() bool {
 		dl, err := st.ListDeadLetters(context.Background(), "", 0, 10)
-		return err == nil && len(dl) == 1
+		return err == nil && len(dl) == 2
 	})
 	dl, _ := st.ListDeadLetters(context.Background(), "", 0, 10)
-	if !strings.Contains(dl[0].Error, "payload too large: 1048576 bytes, limit 65536") || len(dl[0].Event) > 70<<10 {
-		t.Errorf("dead letter: %q, %d bytes kept", dl[0].Error, len(dl[0].Event))
+	for i, size := range []int{1 << 20, 1 << 19} {
+		if want := fmt.Sprintf("payload too large: %d bytes, limit 65536", size); !strings.Contains(dl[i].Error, want) || len(dl[i].Event) > 70<<10 {
+			t.Errorf("dead letter %d: %q (want %q), %d bytes kept", i, dl[i].Error, want, len(dl[i].Event))
+		}
 	}
-	if s := p.d.Gateway().Stats(); s.Rejected != 1 {
+	if s := p.d.Gateway().Stats(); s.Rejected != 2 {
 		t.Errorf("rejected: %d", s.Rejected)
 	}
 }

@@ -158,7 +158,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 		counter("moongate_mqtt_retained_refused_total", "Retained publishes delivered but not retained: max_retained topics hold one (embedded broker).", ms.RetainedRefused)
 		counter("moongate_mqtt_reconnects_total", "Reconnections to the external broker.", ms.Reconnects)
 		counter("moongate_mqtt_dropped_qos0_total", "QoS 0 messages dropped under load (external broker).", ms.DroppedQoS0)
-		counter("moongate_mqtt_clipped_total", "Payloads over max_payload cut as they were read, the rest never held (external broker; each is then dead-lettered).", ms.Clipped)
+		counter("moongate_mqtt_clipped_total", "Payloads over max_payload cut as they were read, the rest never held, then dead-lettered (external broker; a redelivered one counts again).", ms.Clipped)
 		if _, embedded := d.ingest.(*mqtt.Embedded); embedded {
 			gauge("moongate_mqtt_clients_connected", "Clients connected to the embedded broker.", float64(ms.ClientsConnected))
 			gauge("moongate_mqtt_sessions", "Sessions the embedded broker holds, persistent sessions of offline devices included.", float64(ms.Sessions))

@@ -1,11 +1,13 @@
 package mqtt
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"golang.org/x/net/proxy"
@@ -50,7 +52,34 @@ func dialBroker(uri *url.URL, o *paho.ClientOptions) (net.Conn, error) {
 	case "mqtt", "tcp":
 		return proxy.FromEnvironmentUsing(dialer).Dial("tcp", uri.Host)
 	case "ssl", "tls", "mqtts", "mqtt+ssl", "tcps":
-		return tls.DialWithDialer(dialer, "tcp", uri.Host, o.TLSConfig)
+		if os.Getenv("all_proxy") == "" && os.Getenv("ALL_PROXY") == "" {
+			return tls.DialWithDialer(dialer, "tcp", uri.Host, o.TLSConfig)
+		}
+		// Through the proxy, as paho does, but with the broker's name to
+		// verify its certificate against (paho's handshake had none) and
+		// the connect timeout on the handshake.
+		raw, err := proxy.FromEnvironmentUsing(dialer).Dial("tcp", uri.Host)
+		if err != nil {
+			return nil, err
+		}
+		tc := &tls.Config{}
+		if o.TLSConfig != nil {
+			tc = o.TLSConfig.Clone()
+		}
+		if tc.ServerName == "" {
+			tc.ServerName = uri.Hostname()
+		}
+		conn := tls.Client(raw, tc)
+		ctx, cancel := context.WithTimeout(context.Background(), o.ConnectTimeout)
+		defer cancel()
+		if o.ConnectTimeout <= 0 {
+			ctx = context.Background()
+		}
+		if err := conn.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+		return conn, nil
 	}
 	return nil, fmt.Errorf("mqtt: unknown broker scheme %q", uri.Scheme)
 }

@@ -5,8 +5,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/url"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // TestBoundedConn: packets within the bound pass through unchanged, read
@@ -53,5 +58,56 @@ func TestBoundedConn(t *testing.T) {
 				t.Errorf("%s (one byte %v): passed %x, want %x", c.name, oneByte, got.Bytes(), c.stream[:c.good])
 			}
 		}
+	}
+}
+
+// countingListener accepts connections on loopback, counts them and closes
+// them.
+func countingListener(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	return l.Addr().String(), &n
+}
+
+// TestDialBrokerTLSThroughProxy: a TLS broker is dialled through the proxy
+// of all_proxy, as paho's own opener does (the external client's opener
+// went straight to the broker), and directly without one.
+func TestDialBrokerTLSThroughProxy(t *testing.T) {
+	proxyAddr, viaProxy := countingListener(t)
+	brokerAddr, direct := countingListener(t)
+	uri, err := url.Parse("ssl://" + brokerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := paho.NewClientOptions()
+	o.SetConnectTimeout(2 * time.Second)
+	t.Setenv("all_proxy", "socks5://"+proxyAddr)
+	if _, err := dialBroker(uri, o); err == nil {
+		t.Fatal("dial through a proxy that closes every connection succeeded")
+	}
+	if viaProxy.Load() != 1 || direct.Load() != 0 {
+		t.Fatalf("with all_proxy: %d through the proxy, %d direct", viaProxy.Load(), direct.Load())
+	}
+	t.Setenv("all_proxy", "")
+	if _, err := dialBroker(uri, o); err == nil {
+		t.Fatal("TLS handshake with a listener that closes succeeded")
+	}
+	if viaProxy.Load() != 1 || direct.Load() != 1 {
+		t.Fatalf("without all_proxy: %d through the proxy, %d direct", viaProxy.Load(), direct.Load())
 	}
 }

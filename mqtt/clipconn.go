@@ -18,8 +18,8 @@ import (
 //
 // A PUBLISH whose payload is longer than keep bytes reaches paho with its
 // first keep bytes (its remaining length rewritten); the rest is read and
-// thrown away as it arrives. onClip learns the packet id (QoS > 0), QoS and
-// the payload's real length first. Any other packet longer than maxOther
+// thrown away as it arrives. onClip learns its topic, packet id (QoS > 0),
+// QoS and the payload's real length first. Any other packet longer than maxOther
 // closes the connection (ErrPacketTooLarge): the broker sends nothing else
 // that large. The zero value is not usable; Read is not safe for
 // concurrent use (paho reads from one goroutine).
@@ -28,7 +28,7 @@ type clipConn struct {
 	r        *bufio.Reader
 	keep     int
 	maxOther int
-	onClip   func(pid uint16, qos byte, size int)
+	onClip   func(topic string, pid uint16, qos byte, size int)
 
 	pending []byte // rewritten header bytes to hand out first
 	pass    int    // bytes of the current packet to hand out as they are
@@ -36,7 +36,7 @@ type clipConn struct {
 	hdr     []byte // scratch for pending
 }
 
-func newClipConn(c net.Conn, keep, maxOther int, onClip func(pid uint16, qos byte, size int)) *clipConn {
+func newClipConn(c net.Conn, keep, maxOther int, onClip func(topic string, pid uint16, qos byte, size int)) *clipConn {
 	// The buffer holds a PUBLISH's whole variable header: a topic of up to
 	// 65,535 bytes and the length and packet id around it.
 	return &clipConn{Conn: c, r: bufio.NewReaderSize(c, 64<<10+8), keep: keep, maxOther: maxOther, onClip: onClip,
@@ -125,16 +125,16 @@ func (c *clipConn) next() error {
 		return nil
 	}
 	size := length - varLen
+	b, err := c.r.Peek(varLen)
+	if err != nil {
+		return unexpected(err)
+	}
 	var pid uint16
 	if qos > 0 {
-		b, err := c.r.Peek(varLen)
-		if err != nil {
-			return unexpected(err)
-		}
 		pid = binary.BigEndian.Uint16(b[varLen-2:])
 	}
 	if c.onClip != nil {
-		c.onClip(pid, qos, size)
+		c.onClip(string(b[2:2+binary.BigEndian.Uint16(b)]), pid, qos, size)
 	}
 	c.pending = appendHeader(c.hdr[:0], typ, varLen+c.keep)
 	c.pass = varLen + c.keep

@@ -46,9 +46,10 @@ func publishPacket(topic string, qos byte, pid uint16, payload []byte, dup, reta
 }
 
 type clip struct {
-	pid  uint16
-	qos  byte
-	size int
+	topic string
+	pid   uint16
+	qos   byte
+	size  int
 }
 
 // TestClipConn: payloads over keep bytes reach the reader cut to keep
@@ -76,8 +77,8 @@ func TestClipConn(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			var clips []clip
-			c := newClipConn(&streamConn{r: wrap(bytes.NewReader(stream))}, 100, 1024, func(pid uint16, qos byte, size int) {
-				clips = append(clips, clip{pid, qos, size})
+			c := newClipConn(&streamConn{r: wrap(bytes.NewReader(stream))}, 100, 1024, func(topic string, pid uint16, qos byte, size int) {
+				clips = append(clips, clip{topic, pid, qos, size})
 			})
 			var r io.Reader = c
 			if name == "one byte" {
@@ -100,7 +101,7 @@ func TestClipConn(t *testing.T) {
 			if _, err := packets.ReadPacket(r); !errors.Is(err, io.EOF) {
 				t.Fatalf("after the stream: %v", err)
 			}
-			want := []clip{{8, 1, len(big)}, {0, 0, len(big)}, {9, 2, 5000}, {11, 1, 101}}
+			want := []clip{{"a/big", 8, 1, len(big)}, {"a/big0", 0, 0, len(big)}, {longTopic, 9, 2, 5000}, {"a/one-more", 11, 1, 101}}
 			if len(clips) != len(want) {
 				t.Fatalf("clips %v, want %v", clips, want)
 			}

@@ -120,9 +120,12 @@ type External struct {
 	unsub      map[string]bool // removed filters still to unsubscribe
 
 	// clipped holds the real payload length of QoS 1/2 messages the
-	// connection cut (clipConn), by packet id, until onMessage takes it.
-	clipMu  sync.Mutex
-	clipped map[uint16]int
+	// connection cut (clipConn), by packet id, until onMessage takes it;
+	// clipped0 those of QoS 0 messages, in the order they were read (paho
+	// hands them to onMessage in that order).
+	clipMu   sync.Mutex
+	clipped  map[uint16]int
+	clipped0 []clipped0
 
 	connected     atomic.Bool
 	subscribedOK  atomic.Bool
@@ -340,6 +343,7 @@ func (x *External) onNotify(_ paho.Client, n paho.ConnectionNotification) {
 		x.gen.Add(1)
 		x.clipMu.Lock()
 		clear(x.clipped) // of the connection before
+		x.clipped0 = x.clipped0[:0]
 		x.clipMu.Unlock()
 	}
 }
@@ -362,27 +366,40 @@ func (x *External) open(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	return newClipConn(conn, keep, maxBrokerControlPacket, x.onClip), nil
 }
 
-// onClip records the real length of a QoS 1/2 payload the connection cut.
-func (x *External) onClip(pid uint16, qos byte, size int) {
+// onClip records the real length of a payload the connection cut.
+func (x *External) onClip(topic string, pid uint16, qos byte, size int) {
 	x.stats.clipped.Add(1)
-	if qos == 0 {
-		return
-	}
-	x.clipMu.Lock()
-	x.clipped[pid] = size
-	x.clipMu.Unlock()
-}
-
-// takeClipped returns (and forgets) the real payload length of message pid
-// if the connection cut it, else 0.
-func (x *External) takeClipped(pid uint16) int {
 	x.clipMu.Lock()
 	defer x.clipMu.Unlock()
-	size, ok := x.clipped[pid]
-	if ok {
-		delete(x.clipped, pid)
+	if qos > 0 {
+		x.clipped[pid] = size
+	} else if len(x.clipped0) < maxClipped0 {
+		x.clipped0 = append(x.clipped0, clipped0{topic, size})
 	}
-	return size
+}
+
+// takeClipped returns (and forgets) the real payload length of msg if the
+// connection cut it, else 0. onMessage calls it for every message, in the
+// order paho delivers them, which is the order they were read.
+func (x *External) takeClipped(msg paho.Message) int {
+	if x.cfg.MaxPayload <= 0 || len(msg.Payload()) != x.cfg.MaxPayload+1 {
+		return 0 // not cut (a cut payload is exactly MaxPayload+1 bytes)
+	}
+	x.clipMu.Lock()
+	defer x.clipMu.Unlock()
+	if msg.Qos() > 0 {
+		size, ok := x.clipped[msg.MessageID()]
+		if ok {
+			delete(x.clipped, msg.MessageID())
+		}
+		return size
+	}
+	if len(x.clipped0) > 0 && x.clipped0[0].topic == msg.Topic() {
+		size := x.clipped0[0].size
+		x.clipped0 = x.clipped0[1:]
+		return size
+	}
+	return 0
 }
 
 // onLost records the loss. It does not touch the receive generation
@@ -506,14 +523,15 @@ func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	item := laneItem{msg: msg, gen: gen}
 	x.lanesMu.Lock()
 	if x.queued >= maxExternalQueued && msg.Qos() == 0 {
+		x.takeClipped(msg)
 		x.lanesMu.Unlock()
 		x.stats.droppedQoS0.Add(1)
 		return
 	}
 	if msg.Qos() > 0 {
 		item.ack = x.acks.add(msg, gen)
-		item.clipped = x.takeClipped(msg.MessageID())
 	}
+	item.clipped = x.takeClipped(msg)
 	topic := msg.Topic()
 	q, present := x.lanes[topic]
 	x.lanes[topic] = append(q, item)
@@ -540,6 +558,16 @@ func (x *External) stopping() bool {
 
 // laneItem is a delivery waiting in its topic's lane, with the connection
 // generation it arrived on.
+// clipped0 is a QoS 0 message the connection cut.
+type clipped0 struct {
+	topic string
+	size  int
+}
+
+// maxClipped0 bounds clipped0 (its entries are taken as the messages are
+// delivered; this only guards against a delivery that never comes).
+const maxClipped0 = 256
+
 type laneItem struct {
 	msg     paho.Message
 	gen     uint64

@@ -28,11 +28,10 @@ type Message struct {
 	// it; messages in flight together have different ones.
 	PacketID uint16
 	Received time.Time
-	// Clipped, in external mode, is the real length of a QoS 1/2 payload
-	// longer than ExternalConfig.MaxPayload: Payload then holds only its
-	// first MaxPayload+1 bytes (the rest was never held). A QoS 0 payload
-	// is cut the same way, with Clipped 0. Embedded mode refuses such
-	// payloads before the Handler.
+	// Clipped, in external mode, is the real length of a payload longer
+	// than ExternalConfig.MaxPayload: Payload then holds only its first
+	// MaxPayload+1 bytes (the rest was never held). Embedded mode refuses
+	// such payloads before the Handler.
 	Clipped int
 }
 
