@@ -13,20 +13,7 @@ import (
 )
 
 // remainingLength is MQTT's variable-length encoding of n.
-func remainingLength(n int) []byte {
-	var out []byte
-	for {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		out = append(out, b)
-		if n == 0 {
-			return out
-		}
-	}
-}
+func remainingLength(n int) []byte { return appendHeader(nil, 0, n)[1:] }
 
 // floodBroker is a broker that answers CONNECT and SUBSCRIBE, then sends
 // n QoS 1 publishes on n topics without waiting for any acknowledgement
