@@ -91,8 +91,9 @@ func fillDisk(t *testing.T, mnt string, leave int64) string {
 	return filler
 }
 
-// badgerLog records whether Badger logged a failed compaction.
-type badgerLog struct{ compactionFailed atomic.Bool }
+// badgerLog records whether Badger logged a failed compaction or memtable
+// flush.
+type badgerLog struct{ compactionFailed, flushFailed atomic.Bool }
 
 func (l *badgerLog) Errorf(f string, a ...any) { l.note(f, a...) }
 func (l *badgerLog) Warningf(f string, a ...any) {
@@ -101,8 +102,12 @@ func (l *badgerLog) Warningf(f string, a ...any) {
 func (l *badgerLog) Infof(string, ...any)  {}
 func (l *badgerLog) Debugf(string, ...any) {}
 func (l *badgerLog) note(f string, a ...any) {
-	if strings.Contains(fmt.Sprintf(f, a...), "doCompact") {
+	msg := fmt.Sprintf(f, a...)
+	if strings.Contains(msg, "doCompact") {
 		l.compactionFailed.Store(true)
+	}
+	if strings.Contains(msg, "error flushing memtable") {
+		l.flushFailed.Store(true)
 	}
 }
 
@@ -337,6 +342,109 @@ func TestFullDiskDropPrefix(t *testing.T) {
 		}
 		if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("x"), []byte("y")) }); err != nil {
 			t.Fatalf("write after the failed drop: %v", err)
+		}
+	})
+}
+
+// TestFullDiskManifestTakesBackAFailedWrite: a MANIFEST change set that
+// could not be written whole is taken back, so the DB opens again once
+// there is room. Upstream left the part written at the end of the file and
+// appended the next change set after it: replay failed its checksum ("manifest
+// has checksum mismatch") and the DB did not open any more. The MANIFEST is
+// padded to end 8 bytes before a page boundary so that the flush's change
+// set needs a page the full disk does not have, with room left for the
+// table itself.
+func TestFullDiskManifestTakesBackAFailedWrite(t *testing.T) {
+	inTmpfs(t, "96m", func(t *testing.T, mnt string) {
+		log := &badgerLog{}
+		opts := func(dir string) badger.Options {
+			return fullDiskBadger(dir, log).WithNumLevelZeroTables(8).WithNumLevelZeroTablesStall(16)
+		}
+		write := func(db *badger.DB) {
+			for i := 0; i < 3000; i += 100 {
+				if err := db.Update(func(txn *badger.Txn) error {
+					for j := i; j < i+100; j++ {
+						if err := txn.Set(fmt.Appendf(nil, "k%08d", j), bytes.Repeat([]byte{'v'}, 200)); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// The size of the level-0 table these keys make.
+		a := filepath.Join(mnt, "a")
+		db, err := badger.Open(opts(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(db)
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(filepath.Join(a, "000001.sst"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages := (fi.Size() + 4095) / 4096
+		if err := os.RemoveAll(a); err != nil {
+			t.Fatal(err)
+		}
+		// A new DB whose MANIFEST ends 8 bytes before a page boundary
+		// (padded with empty change sets: 8 bytes each, valid records).
+		b := filepath.Join(mnt, "b")
+		if db, err = badger.Open(opts(b)); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		mf := filepath.Join(b, "MANIFEST")
+		st, err := os.Stat(mf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(mf, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n := st.Size(); n%4096 != 4088; n += 8 {
+			if _, err := f.Write(make([]byte, 8)); err != nil { // length 0, CRC-32C of nothing 0
+				t.Fatal(err)
+			}
+		}
+		f.Close()
+		if db, err = badger.Open(opts(b)); err != nil {
+			t.Fatal(err)
+		}
+		write(db)
+		filler := fillDisk(t, mnt, pages*4096) // room for the table, not the MANIFEST's next page
+		closed := make(chan error, 1)
+		go func() { closed <- db.Close() }() // flushes the memtable
+		deadline := time.Now().Add(30 * time.Second)
+		for !log.flushFailed.Load() {
+			if time.Now().After(deadline) {
+				t.Fatal("the flush did not fail on the full disk")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-closed; err != nil { // the flush is retried each second
+			t.Fatal(err)
+		}
+		if db, err = badger.Open(opts(b)); err != nil {
+			t.Fatalf("reopening with room: %v", err)
+		}
+		defer db.Close()
+		if err := db.View(func(txn *badger.Txn) error {
+			_, err := txn.Get([]byte("k00002999"))
+			return err
+		}); err != nil {
+			t.Fatalf("a key after reopening: %v", err)
 		}
 	})
 }

@@ -891,8 +891,25 @@ func (db *DB) writeRequests(reqs []*request) error {
 	}
 
 	db.opt.Debugf("Writing to memtable")
+	// moongate: when a request cannot be written, the ones before it are
+	// written (and, with SyncWrites, their write-ahead log synced): they
+	// succeed, and only it and those after it fail. Upstream failed them
+	// all, so a caller was told "not written" of a write that was durable
+	// and would be read back (the store would then take a device's resend
+	// for a new message). Reachable since a full disk fails the switch to
+	// a new memtable (ENOSPC) instead of crashing.
+	failFrom := func(i int, err error) error {
+		db.pub.sendUpdates(reqs[:i])
+		for j, r := range reqs {
+			if j >= i {
+				r.Err = err
+			}
+			r.Wg.Done()
+		}
+		return err
+	}
 	var count int
-	for _, b := range reqs {
+	for i, b := range reqs {
 		if len(b.Entries) == 0 {
 			continue
 		}
@@ -903,12 +920,10 @@ func (db *DB) writeRequests(reqs []*request) error {
 		// case we surface the error instead of writing to a memtable being torn
 		// down.
 		if err := db.ensureRoomForWrite(); err != nil {
-			done(err)
-			return y.Wrap(err, "writeRequests")
+			return failFrom(i, y.Wrap(err, "writeRequests"))
 		}
 		if err := db.writeToLSM(b); err != nil {
-			done(err)
-			return y.Wrap(err, "writeRequests")
+			return failFrom(i, y.Wrap(err, "writeRequests"))
 		}
 	}
 

@@ -85,6 +85,10 @@ type manifestFile struct {
 
 	// Used to indicate if badger was opened in InMemory mode.
 	inMemory bool
+
+	// broken, when set, refuses every later change (moongate: a failed
+	// write that could not be taken back; see addChanges).
+	broken error
 }
 
 const (
@@ -207,26 +211,109 @@ func (mf *manifestFile) addChanges(changesParam []*pb.ManifestChange, opt Option
 	// Maybe we could use O_APPEND instead (on certain file systems)
 	mf.appendLock.Lock()
 	defer mf.appendLock.Unlock()
-	if err := applyChangeSet(&mf.manifest, &changes, opt); err != nil {
-		return err
+	// moongate: a change set that could not be written and synced is
+	// undone, in memory and in the file. Upstream kept it applied in memory
+	// (a later rewrite then saved tables that a failed compaction deleted,
+	// or dropped live ones: Open failed) and left a part of it at the end
+	// of the file, after which the next change set was appended: replay
+	// failed its checksum and the DB did not open again, even with room.
+	// Reachable since a full disk is ENOSPC instead of a crash.
+	if mf.broken != nil {
+		return mf.broken
 	}
+	before := make(map[uint64]TableManifest)
+	for _, c := range changes.Changes {
+		if tm, ok := mf.manifest.Tables[c.Id]; ok && c.Op == pb.ManifestChange_DELETE {
+			before[c.Id] = tm
+		}
+	}
+	applied := 0
+	for _, c := range changes.Changes {
+		if err := applyManifestChange(&mf.manifest, c, opt); err != nil {
+			undoManifestChanges(&mf.manifest, changes.Changes[:applied], before)
+			return err
+		}
+		applied++
+	}
+	undo := func() { undoManifestChanges(&mf.manifest, changes.Changes, before) }
 	// Rewrite manifest if it'd shrink by 1/10 and it's big enough to care
 	if mf.manifest.Deletions > mf.deletionsRewriteThreshold &&
 		mf.manifest.Deletions > manifestDeletionsRatio*(mf.manifest.Creations-mf.manifest.Deletions) {
-		if err := mf.rewrite(); err != nil {
+		err := mf.rewrite()
+		if err == nil {
+			return nil
+		}
+		rewritePath := filepath.Join(mf.directory, manifestRewriteFilename)
+		if _, serr := os.Stat(rewritePath); serr != nil {
+			// Renamed over the MANIFEST, which holds the change set: it
+			// stands (the caller goes on as with a success), but what
+			// followed the rename failed, so nothing more is written
+			// until the DB is opened again.
+			mf.broken = y.Wrapf(err, "MANIFEST rewritten, then")
+			opt.Errorf("%v", mf.broken)
+			return nil
+		}
+		// Not renamed: the MANIFEST before it is whole. Go on with it.
+		_ = os.Remove(rewritePath)
+		undo()
+		fp, oerr := y.OpenExistingFile(filepath.Join(mf.directory, ManifestFilename), 0)
+		if oerr == nil {
+			if _, oerr = fp.Seek(0, io.SeekEnd); oerr != nil {
+				_ = fp.Close()
+			}
+		}
+		if oerr != nil {
+			mf.broken = y.Wrapf(oerr, "MANIFEST: cannot reopen it after a failed rewrite (%v)", err)
 			return err
 		}
-	} else {
-		var lenCrcBuf [8]byte
-		binary.BigEndian.PutUint32(lenCrcBuf[0:4], uint32(len(buf)))
-		binary.BigEndian.PutUint32(lenCrcBuf[4:8], crc32.Checksum(buf, y.CastagnoliCrcTable))
-		buf = append(lenCrcBuf[:], buf...)
-		if _, err := mf.fp.Write(buf); err != nil {
-			return err
+		mf.fp = fp
+		return err
+	}
+	off, err := mf.fp.Seek(0, io.SeekCurrent)
+	if err != nil {
+		undo()
+		return err
+	}
+	var lenCrcBuf [8]byte
+	binary.BigEndian.PutUint32(lenCrcBuf[0:4], uint32(len(buf)))
+	binary.BigEndian.PutUint32(lenCrcBuf[4:8], crc32.Checksum(buf, y.CastagnoliCrcTable))
+	buf = append(lenCrcBuf[:], buf...)
+	_, err = mf.fp.Write(buf)
+	if err == nil {
+		err = syncFunc(mf.fp)
+	}
+	if err != nil {
+		undo()
+		if terr := mf.fp.Truncate(off); terr != nil {
+			mf.broken = y.Wrapf(terr, "MANIFEST: cannot take back a failed write (%v)", err)
+		} else if _, serr := mf.fp.Seek(off, io.SeekStart); serr != nil {
+			mf.broken = y.Wrapf(serr, "MANIFEST: cannot take back a failed write (%v)", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// undoManifestChanges takes back changes applied to m, last first; before
+// holds the tables they deleted as they were (moongate).
+func undoManifestChanges(m *Manifest, changes []*pb.ManifestChange, before map[uint64]TableManifest) {
+	for i := len(changes) - 1; i >= 0; i-- {
+		c := changes[i]
+		switch c.Op {
+		case pb.ManifestChange_CREATE:
+			if tm, ok := m.Tables[c.Id]; ok {
+				delete(m.Levels[tm.Level].Tables, c.Id)
+				delete(m.Tables, c.Id)
+			}
+			m.Creations--
+		case pb.ManifestChange_DELETE:
+			if tm, ok := before[c.Id]; ok {
+				m.Tables[c.Id] = tm
+				m.Levels[tm.Level].Tables[c.Id] = struct{}{}
+			}
+			m.Deletions--
 		}
 	}
-
-	return syncFunc(mf.fp)
 }
 
 // this function is saved here to allow injection of fake filesystem latency at test time.

@@ -16,6 +16,7 @@ import (
 	"io"
 	"math"
 	"math/rand"
+	"os"
 	"strings"
 	"testing"
 
@@ -299,5 +300,52 @@ func TestMoongateFlushKeepsVersionsOfOpenReaders(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMoongateWriteRequestsReportsWhatWasWritten: when the switch to a new
+// memtable fails for a request of a batch (a full disk: ENOSPC from the
+// next memtable's log; here a directory in the way of its file), the
+// requests before it, written and synced, succeed, and only it fails.
+// Upstream reported the whole batch failed, the written requests included
+// (README.moongate.md, section 8).
+func TestMoongateWriteRequestsReportsWhatWasWritten(t *testing.T) {
+	db, err := Open(DefaultOptions(t.TempDir()).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10).WithSyncWrites(true).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	newRequest := func(prefix string, n, size int) *request {
+		r := &request{}
+		for i := range n {
+			e := NewEntry(y.KeyWithTs(fmt.Appendf(nil, "%s%05d", prefix, i), 1), bytes.Repeat([]byte("v"), size))
+			e.estimateSizeAndSetThreshold(db.valueThreshold())
+			r.Entries = append(r.Entries, e)
+		}
+		r.Wg.Add(1)
+		return r
+	}
+	full := newRequest("a", 1200, 900) // more than the 1 MiB memtable holds
+	next := newRequest("b", 1, 10)
+	block := db.mtFilePath(db.nextMemFid)
+	if err := os.Mkdir(block, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.writeRequests([]*request{full, next}); err == nil {
+		t.Fatal("writeRequests succeeded with the next memtable's file blocked")
+	}
+	full.Wg.Wait()
+	next.Wg.Wait()
+	if full.Err != nil || next.Err == nil {
+		t.Fatalf("written request: %v; the one that could not be: %v", full.Err, next.Err)
+	}
+	if vs, err := db.get(y.KeyWithTs([]byte("a01199"), math.MaxUint64)); err != nil || vs.Version != 1 {
+		t.Fatalf("the written request's last key: %+v %v", vs, err)
+	}
+	if err := os.Remove(block); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(txn *Txn) error { return txn.Set([]byte("c"), []byte("d")) }); err != nil {
+		t.Fatalf("a write once the file can be made: %v", err)
 	}
 }
