@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
+	"os/exec"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -86,27 +88,38 @@ func countingListener(t *testing.T) (string, *atomic.Int32) {
 
 // TestDialBrokerTLSThroughProxy: a TLS broker is dialled through the proxy
 // of all_proxy, as paho's own opener does (the external client's opener
-// went straight to the broker), and directly without one.
+// went straight to the broker), and directly without one. The dials run in
+// child processes: golang.org/x/net/proxy reads the environment once per
+// process, so setting all_proxy here would send every later dial of this
+// test binary to the proxy.
 func TestDialBrokerTLSThroughProxy(t *testing.T) {
+	if broker := os.Getenv("MOONGATE_TEST_DIAL_BROKER"); broker != "" {
+		uri, err := url.Parse(broker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := paho.NewClientOptions()
+		o.SetConnectTimeout(2 * time.Second)
+		if _, err := dialBroker(uri, o); err == nil {
+			t.Fatal("dial succeeded: the listeners close every connection")
+		}
+		return
+	}
 	proxyAddr, viaProxy := countingListener(t)
 	brokerAddr, direct := countingListener(t)
-	uri, err := url.Parse("ssl://" + brokerAddr)
-	if err != nil {
-		t.Fatal(err)
+	dial := func(proxy string) {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestDialBrokerTLSThroughProxy$")
+		cmd.Env = append(os.Environ(), "MOONGATE_TEST_DIAL_BROKER=ssl://"+brokerAddr, "all_proxy="+proxy, "ALL_PROXY=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
 	}
-	o := paho.NewClientOptions()
-	o.SetConnectTimeout(2 * time.Second)
-	t.Setenv("all_proxy", "socks5://"+proxyAddr)
-	if _, err := dialBroker(uri, o); err == nil {
-		t.Fatal("dial through a proxy that closes every connection succeeded")
-	}
+	dial("socks5://" + proxyAddr)
 	if viaProxy.Load() != 1 || direct.Load() != 0 {
 		t.Fatalf("with all_proxy: %d through the proxy, %d direct", viaProxy.Load(), direct.Load())
 	}
-	t.Setenv("all_proxy", "")
-	if _, err := dialBroker(uri, o); err == nil {
-		t.Fatal("TLS handshake with a listener that closes succeeded")
-	}
+	dial("")
 	if viaProxy.Load() != 1 || direct.Load() != 1 {
 		t.Fatalf("without all_proxy: %d through the proxy, %d direct", viaProxy.Load(), direct.Load())
 	}
