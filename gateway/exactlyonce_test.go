@@ -129,6 +129,64 @@ func TestLateRedeliveryRunsOnce(t *testing.T) {
 	}
 }
 
+// TestRefusedRedeliveryRefusedOnce: a QoS 1 message refused at intake
+// (over max payload, or an empty topic) is dead-lettered and acknowledged;
+// when its PUBACK is lost its device resends it with DUP, which is taken
+// for the redelivery it is (acknowledged, no second dead letter), also
+// after a restart. A QoS 0 copy has no identity: each is refused.
+func TestRefusedRedeliveryRefusedOnce(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := func() *store.Store {
+		st, err := store.Open(ctx, store.Options{Dir: dir, GatewayID: "gw", Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	fn := &Function{Name: "f", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("t/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e, ctx) return {p = e.payload} end`)}}
+	big := &mqtt.Message{Topic: "t/big", Payload: make([]byte, 2048), QoS: 1, ClientID: "dev", PacketID: 5}
+	empty := &mqtt.Message{Topic: "", Payload: []byte("x"), QoS: 1, ClientID: "dev", PacketID: 6}
+	dup := func(m *mqtt.Message) *mqtt.Message { d := *m; d.Duplicate = true; return &d }
+	deadLetters := func(st *store.Store) int {
+		dls, err := st.ListDeadLetters(ctx, IntakeDeadLetters, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(dls)
+	}
+	run := func(st *store.Store, msgs ...*mqtt.Message) Stats {
+		g := newGateway(t, Options{Store: st, MaxPayload: 1024}, fn)
+		for _, m := range msgs {
+			if err := g.handle(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return g.Stats()
+	}
+
+	st := open()
+	stats := run(st, big, dup(big), empty, dup(empty), dup(big))
+	if n := deadLetters(st); n != 2 || stats.Rejected != 2 || stats.Redelivered != 3 {
+		t.Fatalf("%d dead letters, rejected %d, redelivered %d: want 2, 2, 3", n, stats.Rejected, stats.Redelivered)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// After a restart (the in-memory window is gone) the sender's slot
+	// recognises it; another message reusing the packet id is refused.
+	st = open()
+	defer st.Close()
+	other := &mqtt.Message{Topic: "t/big", Payload: make([]byte, 4096), QoS: 1, ClientID: "dev", PacketID: 5}
+	q0 := &mqtt.Message{Topic: "t/big", Payload: make([]byte, 2048)}
+	stats = run(st, dup(big), other, q0, dup(q0))
+	if n := deadLetters(st); n != 5 || stats.Rejected != 3 || stats.Redelivered != 1 {
+		t.Fatalf("after restart: %d dead letters, rejected %d, redelivered %d: want 5, 3, 1", n, stats.Rejected, stats.Redelivered)
+	}
+}
+
 // flakyInbox fails InboxPending while fail is positive (a read error of
 // the store), counting down.
 type flakyInbox struct {

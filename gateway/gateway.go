@@ -444,13 +444,62 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 		return ErrStopped
 	}
 	g.stats.received.Add(1)
-	if !utf8.ValidString(m.Topic) || m.Topic == "" {
-		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %q", ErrInvalidTopic, m.Topic))
-	}
-	if len(m.Payload) > g.opts.MaxPayload {
+	// A message that can never be processed is refused (dead-lettered and
+	// acknowledged) whether or not a function matches it.
+	var refuse error
+	switch {
+	case !utf8.ValidString(m.Topic) || m.Topic == "":
+		refuse = fmt.Errorf("%w: %q", ErrInvalidTopic, m.Topic)
+	case len(m.Payload) > g.opts.MaxPayload:
 		size := max(len(m.Payload), m.Clipped) // external mode cuts it as it reads
-		return g.rejectAtIntake(ctx, m, fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, size, g.opts.MaxPayload))
+		refuse = fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, size, g.opts.MaxPayload)
 	}
+	var entries []store.InboxEntry
+	if refuse == nil {
+		entries = g.entries(m)
+		if len(entries) == 0 {
+			g.stats.unmatched.Add(1)
+			return nil
+		}
+	}
+	var fp []byte
+	if m.QoS > 0 {
+		fp = fingerprint(m)
+		key := fpKey(fp)
+		// The original may still be on its way into the inbox: a sender
+		// whose connection dropped while intake was blocked (backpressure)
+		// resends on its new connection. One copy at a time: the claim
+		// waits for the one in flight.
+		if err := g.inflight.claim(ctx, key); err != nil {
+			return err
+		}
+		defer g.inflight.done(key)
+		if m.Duplicate && g.opts.Store.Redelivered(ctx, m.ClientID, m.PacketID, fp) {
+			// A redelivery of a message already made durable, or already
+			// refused (its PUBACK was lost with the connection or when
+			// moongate stopped): acknowledge it, do not run or refuse it
+			// again.
+			g.stats.redelivered.Add(1)
+			return nil
+		}
+	}
+	if refuse != nil {
+		return g.rejectAtIntake(ctx, m, fp, refuse)
+	}
+	if fp != nil {
+		entries[0].Fingerprint, entries[0].Sender, entries[0].PacketID = fp, m.ClientID, m.PacketID
+	}
+	err := g.enqueue(ctx, entries)
+	if err != nil && refusedForGood(err) {
+		// An event the store can never take (over its value limit with the
+		// topic): a redelivery would fail the same way.
+		return g.rejectAtIntake(ctx, m, fp, err)
+	}
+	return err
+}
+
+// entries returns m's inbox entries, one per function its topic matches.
+func (g *Gateway) entries(m *mqtt.Message) []store.InboxEntry {
 	ft := g.funcs.Load()
 	var entries []store.InboxEntry
 	var id string
@@ -469,37 +518,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqtt.Message) error {
 		ev := luavm.Event{ID: id, Topic: m.Topic, Payload: m.Payload, Captures: captures, TS: ts, QoS: m.QoS, Trigger: "mqtt"}
 		entries = append(entries, store.InboxEntry{Function: function, Key: f.orderKey(m.Topic, captures), Event: encodeEvent(&ev)})
 	})
-	if len(entries) == 0 {
-		g.stats.unmatched.Add(1)
-		return nil
-	}
-	if m.QoS > 0 {
-		fp := fingerprint(m)
-		key := fpKey(fp)
-		// The original may still be on its way into the inbox: a sender
-		// whose connection dropped while intake was blocked (backpressure)
-		// resends on its new connection. One copy at a time: the claim
-		// waits for the one in flight.
-		if err := g.inflight.claim(ctx, key); err != nil {
-			return err
-		}
-		defer g.inflight.done(key)
-		if m.Duplicate && g.opts.Store.Redelivered(ctx, m.ClientID, m.PacketID, fp) {
-			// A redelivery of a message already made durable (its PUBACK
-			// was lost with the connection or when moongate stopped):
-			// acknowledge it, do not run it again.
-			g.stats.redelivered.Add(1)
-			return nil
-		}
-		entries[0].Fingerprint, entries[0].Sender, entries[0].PacketID = fp, m.ClientID, m.PacketID
-	}
-	err := g.enqueue(ctx, entries)
-	if err != nil && refusedForGood(err) {
-		// An event the store can never take (over its value limit with the
-		// topic): a redelivery would fail the same way.
-		return g.rejectAtIntake(ctx, m, err)
-	}
-	return err
+	return entries
 }
 
 // inflightSet tracks the QoS 1 messages being made durable, by
@@ -605,8 +624,10 @@ const IntakeDeadLetters = "_intake"
 
 // rejectAtIntake records a message that cannot be processed as a dead letter
 // (so the operator sees it and nothing is lost silently) and acknowledges it:
-// redelivering it would fail the same way forever.
-func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, reason error) error {
+// redelivering it would fail the same way forever. fp, the fingerprint of a
+// QoS 1 or 2 message (nil for QoS 0), goes with the dead letter so that a
+// redelivery of the message is recognised rather than refused again.
+func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, fp []byte, reason error) error {
 	g.stats.rejected.Add(1)
 	payload := m.Payload
 	if len(payload) > g.opts.MaxPayload {
@@ -615,6 +636,7 @@ func (g *Gateway) rejectAtIntake(ctx context.Context, m *mqtt.Message, reason er
 	ev := luavm.Event{ID: g.newEventID(), Topic: m.Topic, Payload: payload, TS: g.opts.Now().UnixMilli(), QoS: m.QoS, Trigger: "mqtt"}
 	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{DeadLetter: &store.DeadLetter{
 		Function: IntakeDeadLetters, Key: m.Topic, Event: encodeEvent(&ev), Error: reason.Error(), TS: ev.TS,
+		Fingerprint: fp, Sender: m.ClientID, PacketID: m.PacketID,
 	}})
 	if err != nil {
 		return fmt.Errorf("gateway: dead-letter rejected message: %w", err)

@@ -82,6 +82,17 @@ type DeadLetter struct {
 	Error    string
 	Attempts int
 	TS       int64 // ms
+
+	// Fingerprint, Sender and PacketID, when Fingerprint is set
+	// (FingerprintSize bytes), name the MQTT message this dead letter
+	// refuses at intake, as InboxEntry's do for an accepted one: the
+	// message counts as accepted, so that Store.Redelivered recognises its
+	// redelivery (the device's resend after a lost PUBACK) instead of
+	// letting it be refused, and dead-lettered, a second time. They are not
+	// stored with the dead letter.
+	Fingerprint []byte
+	Sender      string
+	PacketID    uint16
 }
 
 // LogRecord is one invocation log line kept with short retention.

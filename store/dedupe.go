@@ -33,7 +33,19 @@ type redeliveryWindow struct {
 	size  uint64
 	slots map[uint64][FingerprintSize]byte // slot -> fingerprint
 	index map[[FingerprintSize]byte]uint64 // fingerprint -> slot
+
+	// The last refusedWindow messages refused at intake (dead-lettered
+	// with their fingerprint; no inbox entry carries it), in memory only:
+	// after a restart the sender's slot is what recognises them.
+	refusedRing [refusedWindow][FingerprintSize]byte
+	refusedNext int
+	refusedLen  int
+	refusedSet  map[[FingerprintSize]byte]int // fingerprint -> copies in the ring
 }
+
+// refusedWindow is how many intake refusals the redelivery window keeps
+// in memory.
+const refusedWindow = 256
 
 func newRedeliveryWindow(window int) *redeliveryWindow {
 	return &redeliveryWindow{size: uint64(window), slots: make(map[uint64][FingerprintSize]byte), index: make(map[[FingerprintSize]byte]uint64)}
@@ -57,11 +69,34 @@ func (d *redeliveryWindow) put(slot uint64, fp [FingerprintSize]byte) {
 	d.index[fp] = slot
 }
 
+// refused records fp as a message refused at intake, evicting the oldest
+// refusal.
+func (d *redeliveryWindow) refused(fp [FingerprintSize]byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.refusedSet == nil {
+		d.refusedSet = make(map[[FingerprintSize]byte]int)
+	}
+	if d.refusedLen == refusedWindow {
+		old := d.refusedRing[d.refusedNext]
+		if d.refusedSet[old]--; d.refusedSet[old] <= 0 {
+			delete(d.refusedSet, old)
+		}
+	} else {
+		d.refusedLen++
+	}
+	d.refusedRing[d.refusedNext] = fp
+	d.refusedNext = (d.refusedNext + 1) % refusedWindow
+	d.refusedSet[fp]++
+}
+
 func (d *redeliveryWindow) has(fp [FingerprintSize]byte) bool {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	_, ok := d.index[fp]
-	return ok
+	if _, ok := d.index[fp]; ok {
+		return true
+	}
+	return d.refusedSet[fp] > 0
 }
 
 // load rebuilds the index from the stored slots.
@@ -94,8 +129,10 @@ func (d *redeliveryWindow) load(db *badger.DB) error {
 
 // Redelivered reports whether a message with this fingerprint, from this
 // sender and with this packet id, was accepted (its inbox entries made
-// durable): within the redelivery window of the last Options.DedupeWindow
-// accepted inbox entries (in memory), or else in the sender's own slots
+// durable, or its refusal at intake dead-lettered with its fingerprint,
+// DeadLetter.Fingerprint): within the redelivery window of the last
+// Options.DedupeWindow accepted inbox entries and the last 256 refusals (in
+// memory), or else in the sender's own slots
 // (one read, only for the messages asked about: redeliveries). The sender's
 // slots keep the last fingerprint per packet id modulo SenderSlots for
 // Options.SenderSlotTTL, so a device that resends after a long outage,

@@ -183,3 +183,87 @@ func TestSenderSlots(t *testing.T) {
 		t.Fatal("an expired slot still recognised")
 	}
 }
+
+// TestRefusalsAreRemembered: a message refused at intake is dead-lettered
+// with its fingerprint, so its redelivery is recognised: from memory (the
+// last 256 refusals, whatever the window of accepted entries holds), and
+// after a restart from the sender's slot. A wrong-sized fingerprint is
+// refused with nothing written; a dead letter without one remembers
+// nothing.
+func TestRefusalsAreRemembered(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := Open(ctx, Options{Dir: dir, DedupeWindow: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse := func(sender string, pid uint16, f []byte) error {
+		_, err := st.Commit(ctx, &Commit{DeadLetter: &DeadLetter{Function: "_intake", Key: "t", Event: []byte("e"), Error: "too large", Fingerprint: f, Sender: sender, PacketID: pid}})
+		return err
+	}
+	if err := refuse("dev", 9, fp("big")); err != nil {
+		t.Fatal(err)
+	}
+	if err := refuse("dev", 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := refuse("dev", 11, []byte("short")); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("short fingerprint: %v", err)
+	}
+	if dls, err := st.ListDeadLetters(ctx, "", 0, 10); err != nil || len(dls) != 2 || len(dls[0].Fingerprint) != 0 {
+		t.Fatalf("dead letters %+v, %v: want 2, fingerprint not stored", dls, err)
+	}
+	// Accepted messages fill the window of 4 many times over: refusals
+	// are remembered apart.
+	for i := range 10 {
+		if _, err := st.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte("e"), Fingerprint: fp(fmt.Sprint("m", i)), Sender: "other", PacketID: uint16(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !st.Redelivered(ctx, "", 0, fp("big")) {
+		t.Fatal("refusal not remembered in memory")
+	}
+	if st.Redelivered(ctx, "dev", 10, fp("none")) {
+		t.Fatal("a dead letter without a fingerprint remembered something")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = Open(ctx, Options{Dir: dir, DedupeWindow: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if st.Redelivered(ctx, "", 0, fp("big")) {
+		t.Fatal("refusal remembered without its sender after a restart (the memory is not durable)")
+	}
+	if !st.Redelivered(ctx, "dev", 9, fp("big")) {
+		t.Fatal("refusal not remembered in the sender's slot after a restart")
+	}
+	if st.Redelivered(ctx, "dev", 9, fp("other payload")) {
+		t.Fatal("another message with the same packet id taken for the refused one")
+	}
+}
+
+// TestRefusedWindowEvicts: the in-memory refusals keep the last 256.
+func TestRefusedWindowEvicts(t *testing.T) {
+	w := newRedeliveryWindow(4)
+	for i := range refusedWindow + 10 {
+		w.refused([FingerprintSize]byte(fp(fmt.Sprint("r", i))))
+	}
+	last := fmt.Sprint("r", refusedWindow+9)
+	w.refused([FingerprintSize]byte(fp(last))) // twice in the ring: evicts r10
+	for i := range 11 {
+		if w.has([FingerprintSize]byte(fp(fmt.Sprint("r", i)))) {
+			t.Errorf("r%d kept after %d later refusals", i, refusedWindow)
+		}
+	}
+	for i := 11; i < refusedWindow+10; i++ {
+		if !w.has([FingerprintSize]byte(fp(fmt.Sprint("r", i)))) {
+			t.Errorf("r%d evicted too early", i)
+		}
+	}
+	if w.refusedSet[[FingerprintSize]byte(fp(last))] != 2 || len(w.refusedSet) != refusedWindow-1 {
+		t.Errorf("%d fingerprints in the set, want %d", len(w.refusedSet), refusedWindow-1)
+	}
+}

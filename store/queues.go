@@ -270,6 +270,10 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if err != nil {
 		return CommitResult{}, err
 	}
+	if d := c.DeadLetter; d != nil && len(d.Fingerprint) == FingerprintSize {
+		// Durable now: its redelivery may be recognised.
+		s.window.refused([FingerprintSize]byte(d.Fingerprint))
+	}
 	return res, nil
 }
 
@@ -357,8 +361,12 @@ func validateCommit(c *Commit, maxValue int, vEst func(k, v int) int64) (int64, 
 		if err := validName("dead letter function", d.Function, false); err != nil {
 			return 0, err
 		}
-		// The dead letter and its index key (no value).
-		est += vEst(16+len(d.Function), 48+len(d.Key)+len(d.Event)+len(d.Error)) + entryEst(16+len(d.Function), 0) + maxDropsPerWrite*2*entryEst(64, 0)
+		if len(d.Fingerprint) != 0 && len(d.Fingerprint) != FingerprintSize {
+			return 0, fmt.Errorf("%w: dead letter fingerprint of %d bytes, want %d", ErrInvalid, len(d.Fingerprint), FingerprintSize)
+		}
+		// The dead letter and its index key (no value), and the sender's
+		// redelivery slot.
+		est += vEst(16+len(d.Function), 48+len(d.Key)+len(d.Event)+len(d.Error)) + entryEst(16+len(d.Function), 0) + maxDropsPerWrite*2*entryEst(64, 0) + entryEst(10, FingerprintSize+8)
 	}
 	for _, l := range c.Logs {
 		if err := validName("log function", l.Function, false); err != nil {
@@ -659,6 +667,9 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		s.deadBytes[c.DeadLetter.Function] += int64(len(deadVal))
 		b.wroteIndexed(pDeadIdx, c.DeadLetter.Function, seq)
 		c.DeadLetter.Seq = seq
+		if fp := c.DeadLetter.Fingerprint; len(fp) == FingerprintSize {
+			b.set(senderKey(c.DeadLetter.Sender, c.DeadLetter.PacketID), senderValue(fp, b.now))
+		}
 		if err := b.enforce(SpaceDeadLetters, seq); err != nil {
 			return err
 		}
