@@ -118,6 +118,11 @@ type DB struct {
 
 	blockWrites atomic.Int32
 	isClosed    atomic.Uint32
+	// abandonFlushesAt (moongate; Unix ns, 0: never): set at Close once
+	// writes have stopped, and by the cleanup of a failed Open, to
+	// closeFlushGrace later: a memtable flush that fails after that is not
+	// retried (flushMemtable).
+	abandonFlushesAt atomic.Int64
 
 	// gcActive is set while a vlog GC rewrite (scan + write-back) is in flight,
 	// and gcDiscardTs records the DB's max version captured at its start. While
@@ -499,6 +504,7 @@ func (db *DB) monitorCache(c *z.Closer) {
 // cleanup stops all the goroutines started by badger. This is used in open to
 // cleanup goroutines in case of an error.
 func (db *DB) cleanup() {
+	db.abandonFlushesAt.Store(time.Now().Add(closeFlushGrace).UnixNano()) // moongate: see flushMemtable
 	db.stopMemoryFlush()
 	db.stopCompactions()
 
@@ -593,6 +599,11 @@ func (db *DB) close() (err error) {
 
 	db.closers.pub.SignalAndWait()
 	db.closers.cacheHealth.Signal()
+
+	// moongate: no write comes any more; a memtable flush that still fails
+	// closeFlushGrace from now leaves the memtable in its write-ahead log
+	// (flushMemtable).
+	db.abandonFlushesAt.Store(time.Now().Add(closeFlushGrace).UnixNano())
 
 	// Make sure that block writer is done pushing stuff into memtable!
 	// Otherwise, you will have a race condition: we are trying to flush memtables
@@ -1238,6 +1249,21 @@ func (db *DB) flushMemtable(lc *z.Closer) {
 
 		for {
 			if err := db.handleMemTableFlush(mt, nil); err != nil {
+				if at := db.abandonFlushesAt.Load(); at != 0 && time.Now().UnixNano() >= at {
+					// moongate: closing (or cleaning up after a failed
+					// Open) on a disk that still takes no table: this and
+					// the memtables after it keep their write-ahead logs,
+					// which the next Open replays, instead of retrying
+					// forever.
+					db.opt.Warningf("memtable not flushed at close (%v): its write-ahead log is kept for the next open", err)
+					db.abandonFlush(mt)
+					for mt := range db.flushChan {
+						if mt != nil {
+							db.abandonFlush(mt)
+						}
+					}
+					return
+				}
 				// Encountered error. Retry indefinitely.
 				db.opt.Errorf("error flushing memtable to disk: %v, retrying", err)
 				time.Sleep(time.Second)
@@ -1263,6 +1289,31 @@ func (db *DB) flushMemtable(lc *z.Closer) {
 			db.flushCond.Broadcast()
 			break
 		}
+	}
+}
+
+// closeFlushGrace is how long Close (moongate) keeps retrying a memtable
+// flush that fails (a full disk) before it leaves the memtable in its
+// write-ahead log.
+const closeFlushGrace = 5 * time.Second
+
+// abandonFlush gives up on flushing mt, the oldest immutable memtable
+// (moongate: see flushMemtable): it leaves db.imm and its write-ahead log
+// is unmapped and closed, not deleted, when its last reference goes.
+func (db *DB) abandonFlush(mt *memTable) {
+	db.lock.Lock()
+	if len(db.imm) > 0 && db.imm[0] == mt {
+		db.imm = db.imm[1:]
+	}
+	db.lock.Unlock()
+	mt.sl.OnClose = func() {
+		if err := mt.wal.Close(-1); err != nil {
+			db.opt.Errorf("while closing the write-ahead log %s: %v", mt.wal.path, err)
+		}
+	}
+	mt.DecrRef()
+	if db.flushCond != nil {
+		db.flushCond.Broadcast()
 	}
 }
 
