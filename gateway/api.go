@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -38,7 +39,8 @@ type InvokeResult struct {
 // value goes to the function's stream, except for HTTP-triggered events
 // whose return value is the HTTP response), state changes, local
 // publishes, logs and usage; a failed invocation commits its logs and usage
-// only. ev.ID is assigned when empty, ev.TS when 0.
+// only, and one refused busy (luavm.ErrBusy: it did not run) nothing. ev.ID
+// is assigned when empty, ev.TS when 0.
 //
 // accept, when not nil, is asked about a successful invocation's result
 // before anything is committed: when it refuses (the result cannot be
@@ -85,7 +87,9 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if res == nil {
 		out.Result = &luavm.Result{Function: name}
 	}
-	if !commit {
+	if !commit || errors.Is(ierr, luavm.ErrBusy) {
+		// Refused busy, nothing ran: nothing to meter or keep (as for an
+		// event refused busy).
 		return out, nil
 	}
 	var c *store.Commit
@@ -124,7 +128,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
-	g.pushChained(cr.Inbox)
+	g.pushChained(g.ownEntries(cr.Inbox))
 	return out, nil
 }
 
@@ -162,30 +166,43 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 	if err := g.chainCommit(g.funcs.Load(), c, 0, -1); err != nil {
 		return err
 	}
-	cr, err := g.opts.Store.Commit(ctx, c)
+	// Once submitted, the commit is not abandoned (see enqueue): one given
+	// up on may still be applied, and its chained entries would then wait
+	// in the inbox, unqueued, until the next start.
+	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
 	if err != nil {
 		return err
 	}
 	g.signalCommit()
-	// Entries below Run's resume bound are queued by the resume (queued
-	// here as well, they would run twice, once as a duplicate); those from
-	// it on are queued here (while resuming too: they wait in the chain
-	// queue for the resume to end). Before the bound is read, every entry
-	// is below it. A stopping gateway leaves them to the next start.
+	g.pushChained(g.ownEntries(cr.Inbox))
+	return nil
+}
+
+// ownEntries returns the inbox entries, committed outside the workers (an
+// API call, an upload, a timer tick), that their committer queues itself:
+// those from Run's resume bound on (while resuming too: they wait in the
+// chain queue for the resume to end). Entries below the bound are queued
+// by the resume (queued by the committer as well, they would run twice,
+// once as a duplicate); before the bound is read, every entry is below it.
+// A stopping gateway leaves them all to the next start. The workers' own
+// commits come after the bound was read: they need no filter.
+func (g *Gateway) ownEntries(entries []store.InboxEntry) []store.InboxEntry {
+	if len(entries) == 0 {
+		return nil
+	}
 	g.boundMu.Lock()
 	bound, read := g.resumeBound, g.boundRead
 	g.boundMu.Unlock()
 	if !read || g.stopping.Load() {
 		return nil
 	}
-	var mine []store.InboxEntry
-	for _, e := range cr.Inbox {
+	mine := entries[:0:0]
+	for _, e := range entries {
 		if e.Seq >= bound {
 			mine = append(mine, e)
 		}
 	}
-	g.pushChained(mine)
-	return nil
+	return mine
 }
 
 // Requeue puts the event of a dead letter of function back into the inbox,

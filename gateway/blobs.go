@@ -99,7 +99,7 @@ func (g *Gateway) PutBlob(ctx context.Context, bucket, name, contentType string,
 		return store.BlobInfo{}, err
 	}
 	g.signalCommit()
-	g.pushChained(entries)
+	g.pushChained(g.ownEntries(entries))
 	return bi, nil
 }
 

@@ -254,6 +254,10 @@ type Gateway struct {
 	// clock's). Set before Run.
 	timerAfter afterFunc
 	runCtx     context.Context // set by Run, under timersMu
+	// timersOn is set (under timersMu) once Run has resumed the inbox
+	// backlog: timer loops start from then on, so that no tick is
+	// committed below the resume bound (it would be queued twice).
+	timersOn bool
 
 	stats struct {
 		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, redelivered atomic.Uint64

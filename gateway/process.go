@@ -304,17 +304,21 @@ func (g *Gateway) publisher(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var ackFailed atomic.Bool
-	acks := make(chan []uint64, 1)
 	acked := make(chan struct{})
+	type ack struct {
+		seqs []uint64
+		sent int // how many of seqs were published (the rest: dead-lettered)
+	}
+	acks := make(chan ack, 1)
 	go func() {
 		defer close(acked)
-		for seqs := range acks {
-			if err := g.opts.Store.AckPublishes(context.WithoutCancel(ctx), seqs...); err != nil {
+		for a := range acks {
+			if err := g.opts.Store.AckPublishes(context.WithoutCancel(ctx), a.seqs...); err != nil {
 				g.log.Warn("ack publish outbox", "err", err)
 				ackFailed.Store(true)
 				continue
 			}
-			g.stats.published.Add(uint64(len(seqs)))
+			g.stats.published.Add(uint64(a.sent))
 		}
 	}()
 	defer func() { close(acks); <-acked }()
@@ -349,7 +353,7 @@ func (g *Gateway) publisher(ctx context.Context) {
 			}
 			if len(seqs) > 0 {
 				after = seqs[len(seqs)-1]
-				acks <- seqs
+				acks <- ack{seqs: seqs, sent: n}
 			}
 			if end == n && n < len(pubs) {
 				break

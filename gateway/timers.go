@@ -35,6 +35,9 @@ func (r *timerRun) stop() {
 func (g *Gateway) startTimers() {
 	g.deployMu.Lock()
 	defer g.deployMu.Unlock()
+	g.timersMu.Lock()
+	g.timersOn = true
+	g.timersMu.Unlock()
 	for _, f := range g.funcs.Load().byName {
 		g.pruneTicks(f.Name, f.Schedules)
 		g.startTimer(f).stop()
@@ -57,7 +60,7 @@ func (g *Gateway) startTimer(f *Function) *timerRun {
 		prev.cancel()
 		delete(g.timers, f.Name)
 	}
-	if len(f.Schedules) == 0 || g.runCtx == nil || g.stopping.Load() {
+	if len(f.Schedules) == 0 || !g.timersOn || g.stopping.Load() {
 		return prev
 	}
 	ctx, cancel := context.WithCancel(g.runCtx)
@@ -82,12 +85,19 @@ func (g *Gateway) stopTimer(name string) *timerRun {
 	return r
 }
 
+// stopTimers stops every timer loop and waits for them: none commits a
+// tick after it returns.
 func (g *Gateway) stopTimers() {
 	g.timersMu.Lock()
-	defer g.timersMu.Unlock()
+	runs := make([]*timerRun, 0, len(g.timers))
 	for name, r := range g.timers {
 		r.cancel()
 		delete(g.timers, name)
+		runs = append(runs, r)
+	}
+	g.timersMu.Unlock()
+	for _, r := range runs {
+		r.stop()
 	}
 }
 
@@ -284,6 +294,12 @@ func (g *Gateway) enqueueTick(ctx context.Context, entry store.InboxEntry, key s
 			err = fmt.Errorf("%w: timer commit returned %d inbox entries", store.ErrCorrupt, len(res.Inbox))
 		}
 		return fmt.Errorf("gateway: enqueue timer event: %w", err)
+	}
+	if len(g.ownEntries(res.Inbox)) == 0 {
+		// Committed before Run's resume bound was read (a deploy while
+		// starting): the resume queues it.
+		g.disp.release(j)
+		return nil
 	}
 	g.stats.enqueued.Add(1)
 	j.entry = res.Inbox[0]
