@@ -130,7 +130,7 @@ func (in *instance) blobRead(L *lua.LState) int {
 	br, ok := in.inv.state.(BlobReader)
 	bv, versioned := in.inv.state.(BlobVersionReader)
 	if !ok && !versioned {
-		L.RaiseError("blob.read(%q, %q): blobs are not available here", bucket, name)
+		L.RaiseError("blob.read(%s, %s): blobs are not available here", quoteCut(bucket), quoteCut(name))
 	}
 	iv := &in.inv
 	// Make room: the chunk counts before it is read.
@@ -161,9 +161,9 @@ func (in *instance) blobRead(L *lua.LState) int {
 	}
 	if err != nil {
 		if iv.stateCtx.Err() != nil {
-			in.raise(L, fmt.Errorf("%w: blob.read(%q, %q): %w", ErrTimeout, bucket, name, err))
+			in.raise(L, fmt.Errorf("%w: blob.read(%s, %s): %w", ErrTimeout, bucket, name, err))
 		}
-		L.RaiseError("blob.read(%q, %q): %s", bucket, name, err.Error())
+		L.RaiseError("blob.read(%s, %s): %s", quoteCut(bucket), quoteCut(name), err.Error())
 	}
 	if int64(len(data)) > n {
 		data = data[:n]

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -152,8 +154,8 @@ func (in *instance) goToLua(v any, depth int) lua.LValue {
 		return lua.LNumber(x)
 	case map[string]any:
 		t := L.CreateTable(0, len(x))
-		for k, e := range x {
-			t.RawSetString(k, in.goToLua(e, depth+1))
+		for _, k := range sortedKeys(x) {
+			t.RawSetString(k, in.goToLua(x[k], depth+1))
 		}
 		return in.track(t)
 	case []any:
@@ -469,9 +471,9 @@ func (in *instance) readState(L *lua.LState, key string) ([]byte, bool) {
 	if err != nil {
 		if iv.stateCtx.Err() != nil {
 			// The read outlived the invocation's deadline or context.
-			in.raise(L, fmt.Errorf("%w: state.get(%q): %w", ErrTimeout, key, err))
+			in.raise(L, fmt.Errorf("%w: state.get(%s): %w", ErrTimeout, key, err))
 		}
-		L.RaiseError("state.get(%q): %s", key, err.Error())
+		L.RaiseError("state.get(%s): %s", quoteCut(key), err.Error())
 	}
 	if ok {
 		in.inv.res.Cost.BytesIn += int64(len(v))
@@ -489,7 +491,7 @@ func (in *instance) stateGet(L *lua.LState) int {
 	}
 	v, err := in.decodeJSON(L, raw)
 	if err != nil {
-		L.RaiseError("state.get(%q): stored value is not JSON: %s", key, err.Error())
+		L.RaiseError("state.get(%s): stored value is not JSON: %s", quoteCut(key), err.Error())
 	}
 	L.Push(v)
 	return 1
@@ -526,14 +528,14 @@ func (in *instance) stateIncr(L *lua.LState) int {
 	if raw, ok := in.readState(L, key); ok {
 		f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64)
 		if err != nil {
-			L.RaiseError("state.incr(%q): stored value is not a number", key)
+			L.RaiseError("state.incr(%s): stored value is not a number", quoteCut(key))
 		}
 		cur = f
 	}
 	nv := cur + delta
 	b, err := appendJSONNumber(nil, nv)
 	if err != nil {
-		L.RaiseError("state.incr(%q): %s", key, err.Error())
+		L.RaiseError("state.incr(%s): %s", quoteCut(key), err.Error())
 	}
 	in.stateOp(L, StateOp{Op: StateIncr, Key: key, Value: b, Delta: delta})
 	L.Push(lua.LNumber(nv))
@@ -553,13 +555,49 @@ func (in *instance) track(t *lua.LTable) *lua.LTable {
 	return t
 }
 
+// quoteCut quotes s for an error message, cut to its first 64 bytes: a
+// message kept by the function (pcall) is memory no hook accounts, and a
+// key or name may be long.
+func quoteCut(s string) string {
+	const keep = 64
+	if len(s) <= keep {
+		if q := strconv.Quote(s); len(q) <= 2*keep {
+			return q
+		}
+	}
+	n := min(len(s), keep)
+	for {
+		for n > 0 && n < len(s) && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		if q := strconv.Quote(s[:n]); len(q) <= 2*keep || n == 0 {
+			return q + "..."
+		}
+		n /= 2 // escapes: up to 4 bytes each
+	}
+}
+
+// sortedKeys returns m's keys in order: tables made from Go maps get
+// their keys in the same order every time, so that pairs over them (whose
+// order is the insertion order) and a name given twice in different case
+// (headers) come out the same for the same input.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
 func (in *instance) eventTable(ev *Event) *lua.LTable {
 	L := in.L
 	t := L.CreateTable(0, 8+len(ev.Captures))
 	// Captures first: the fixed fields below win over a capture of the
 	// same name.
-	for k, v := range ev.Captures {
-		t.RawSetString(k, lua.LString(v))
+	if len(ev.Captures) == 1 { // the common case: no order to keep
+		for k, v := range ev.Captures {
+			t.RawSetString(k, lua.LString(v))
+		}
+	} else {
+		for _, k := range sortedKeys(ev.Captures) {
+			t.RawSetString(k, lua.LString(ev.Captures[k]))
+		}
 	}
 	t.RawSetString("id", lua.LString(ev.ID))
 	t.RawSetString("topic", lua.LString(ev.Topic))
@@ -571,15 +609,15 @@ func (in *instance) eventTable(ev *Event) *lua.LTable {
 		t.RawSetString("method", lua.LString(h.Method))
 		t.RawSetString("path", lua.LString(h.Path))
 		q := L.CreateTable(0, len(h.Query))
-		for k, vs := range h.Query {
-			if len(vs) > 0 {
+		for _, k := range sortedKeys(h.Query) {
+			if vs := h.Query[k]; len(vs) > 0 {
 				q.RawSetString(k, lua.LString(vs[0]))
 			}
 		}
 		t.RawSetString("query", in.track(q))
 		hd := L.CreateTable(0, len(h.Headers))
-		for k, v := range h.Headers {
-			hd.RawSetString(strings.ToLower(k), lua.LString(v))
+		for _, k := range sortedKeys(h.Headers) {
+			hd.RawSetString(strings.ToLower(k), lua.LString(h.Headers[k]))
 		}
 		t.RawSetString("headers", in.track(hd))
 		t.RawSetString("body", lua.LString(h.Body))

@@ -31,6 +31,11 @@ type instance struct {
 	inv      invocation
 	broken   bool // breached or panicked: do not reuse
 	lastUsed time.Time
+	// alarm interrupts the VM at the invocation's deadline (made on the
+	// first invocation, reset for each): work that no instruction's
+	// accounting sees (comparing or hashing long strings, converting them
+	// to numbers, in straight-line code) cannot outrun the timeout.
+	alarm *time.Timer
 }
 
 // invocation is the per-call accounting of an instance. It is reset at the
@@ -138,11 +143,45 @@ func newInstance(prog *Program, spec *Spec, limits Limits) (in *instance, err er
 	})
 	in = &instance{L: L, prog: prog, spec: spec, frozen: make(map[*lua.LTable]struct{}, 16)}
 	in.pmb.Hook = in.patternSteps
+	// An alarm that rings late (after its invocation ended, the next one
+	// begun) is told apart by checking the clock.
+	L.SetInterruptHandler(in.checkLimits)
 	in.setup()
 	return in, nil
 }
 
+// checkLimits raises the invocation's breach, or a timeout once its
+// deadline has passed (the alarm's interrupt handler).
+func (in *instance) checkLimits(L *lua.LState) {
+	if in.inv.breach != nil {
+		in.raise(L, in.inv.breach)
+	}
+	in.checkTime(L)
+}
+
+// armAlarm makes the VM stop at the invocation's deadline.
+func (in *instance) armAlarm() {
+	d := time.Until(in.inv.deadline)
+	if in.alarm == nil {
+		L := in.L
+		in.alarm = time.AfterFunc(d, L.Interrupt)
+		return
+	}
+	in.alarm.Reset(d)
+}
+
+// disarmAlarm stops the alarm and withdraws an interrupt not seen yet.
+func (in *instance) disarmAlarm() {
+	if in.alarm != nil {
+		in.alarm.Stop()
+	}
+	in.L.ClearInterrupt()
+}
+
 func (in *instance) close() {
+	if in.alarm != nil {
+		in.alarm.Stop()
+	}
 	if in.L != nil {
 		in.L.Close()
 		in.L = nil
@@ -265,10 +304,13 @@ func (in *instance) charge(L *lua.LState, n int64) {
 	if n < 1 {
 		n = 1 // never a refund
 	}
-	iv.steps += n
-	if iv.steps > iv.limits.MaxSteps {
+	if n > iv.limits.MaxSteps-iv.steps {
+		// Over the budget: what is recorded (and metered) is the budget,
+		// not a charge that may be as large as a hostile argument.
+		iv.steps = iv.limits.MaxSteps
 		in.raise(L, fmt.Errorf("%w (%d steps)", ErrBudget, iv.limits.MaxSteps))
 	}
+	iv.steps += n
 	iv.ticks++
 	if iv.ticks&31 == 0 || n > 1024 {
 		in.checkTime(L)
@@ -576,6 +618,10 @@ func (in *instance) afterCatch(L *lua.LState, err error) {
 			if e := stackError(string(s)); e != nil {
 				in.raise(L, e)
 			}
+			// The message is the caller's to keep now: a string no other
+			// hook saw when a builtin or the VM made it (it names keys,
+			// values, patterns), charged like a string built.
+			in.alloc(L, int64(len(s)))
 		}
 	}
 }

@@ -28,7 +28,9 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		res.Cost.BytesIn += int64(len(ev.HTTP.Body))
 	}
 	L := in.L
+	in.armAlarm()
 	defer func() {
+		in.disarmAlarm()
 		if r := recover(); r != nil {
 			in.broken = true
 			err = fmt.Errorf("%w: %v", ErrPanic, r)
@@ -110,6 +112,12 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 	}
 	if iv.breach != nil {
 		return iv.breach
+	}
+	// A Go builtin that outran the deadline before handle returned: its
+	// result is as late as a loop's would have been.
+	if err := in.timeErr(); err != nil {
+		iv.breach = err
+		return err
 	}
 	ret := L.Get(-1)
 	L.Pop(1)

@@ -605,12 +605,16 @@ func (d *jsonDecoder) str() string {
 			case 'u':
 				r := d.hex4()
 				if utf16.IsSurrogate(r) {
-					if d.pos+1 < len(d.s) && d.s[d.pos] == '\\' && d.s[d.pos+1] == 'u' {
+					// A pair makes one character; anything else after a
+					// surrogate stays itself (as encoding/json reads it).
+					dec := utf8.RuneError
+					if at := d.pos; at+1 < len(d.s) && d.s[at] == '\\' && d.s[at+1] == 'u' {
 						d.pos += 2
-						r = utf16.DecodeRune(r, d.hex4())
-					} else {
-						r = utf8.RuneError
+						if dec = utf16.DecodeRune(r, d.hex4()); dec == utf8.RuneError {
+							d.pos = at
+						}
 					}
+					r = dec
 				}
 				buf = utf8.AppendRune(buf, r)
 			default:

@@ -609,14 +609,31 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 		t := L.CheckTable(1)
 		in.checkWritable(L, t)
 		n := t.Len()
-		in.charge(L, 1+int64(n-L.OptInt(2, n))/64) // the shift
+		shift := int64(0)
+		if pos := L.OptInt(2, n); pos >= 1 && pos <= n {
+			shift = int64(n-pos) / 64
+		}
+		in.charge(L, 1+shift)
 		return remove(L)
 	})
 	set("sort", func(L *lua.LState) int {
 		t := L.CheckTable(1)
 		in.checkWritable(L, t)
 		n := t.Len()
-		in.charge(L, 1+int64(float64(n)*math.Log2(float64(n)+1)))
+		logn := math.Log2(float64(n) + 1)
+		in.charge(L, 1+int64(float64(n)*logn))
+		if fn, ok := L.Get(2).(*lua.LFunction); !ok || fn == nil {
+			// Without a comparator the comparisons run in Go, unseen by
+			// the VM: each of the ~log2(n) comparisons of a string reads
+			// up to all of it.
+			var chars int64
+			for i := 1; i <= n; i++ {
+				if s, ok := t.RawGetInt(i).(lua.LString); ok {
+					chars += int64(len(s))
+				}
+			}
+			in.charge(L, int64(float64(chars)*logn/64))
+		}
 		return sort(L)
 	})
 	set("concat", in.tableConcat)
@@ -631,9 +648,12 @@ func (in *instance) tableConcat(L *lua.LState) int {
 		L.Push(lua.LString(""))
 		return 1
 	}
-	in.charge(L, 1+int64(j-i)/8)
+	in.charge(L, 1)
 	total := int64(0)
 	for k := i; k <= j; k++ {
+		if (k-i)&1023 == 1023 {
+			in.charge(L, 128) // as it goes: a bad index ends it first
+		}
 		v := t.RawGetInt(k)
 		switch x := v.(type) {
 		case lua.LString:

@@ -569,6 +569,14 @@ redo:
 		}
 		pc++
 		sp++
+		// moongate: a run of literal characters is work too (a pattern
+		// of 30,000 of them tried at every position of its subject).
+		b.n++
+		if b.n-b.last >= budgetEvery && b.Hook != nil {
+			d := b.n - b.last
+			b.last = b.n
+			b.Hook(d)
+		}
 		goto redo
 	case opMatch:
 		return true, sp, m

@@ -333,7 +333,7 @@ func baseSelect(L *LState) int {
 		return num - idx
 	case LString:
 		if string(lv) != "#" {
-			L.ArgError(1, "invalid string '"+string(lv)+"'")
+			L.ArgError(1, "invalid string '"+errKey(string(lv))+"'") // moongate: cut, as errKey's keys
 		}
 		L.Push(LNumber(L.GetTop() - 1))
 		return 1
@@ -410,7 +410,9 @@ func baseToNumber(L *LState) int {
 		L.Push(lv)
 	case LString:
 		str := strings.Trim(string(lv), " \n\t")
-		if strings.Index(str, ".") > -1 {
+		if len(str) > maxNumberLen { // moongate: see parseNumber
+			L.Push(LNil)
+		} else if strings.Index(str, ".") > -1 {
 			if v, err := strconv.ParseFloat(str, LNumberBit); err != nil {
 				L.Push(LNil)
 			} else {

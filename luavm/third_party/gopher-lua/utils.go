@@ -2,6 +2,7 @@ package lua
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
@@ -140,9 +141,21 @@ func isArrayKey(v LNumber) bool {
 	return isInteger(v) && v < LNumber(int((^uint(0))>>1)) && v > LNumber(0) && v < LNumber(MaxArrayIndex)
 }
 
+// maxNumberLen (moongate) is the longest string taken for a number: strconv
+// copies the whole input into the error of a failed conversion, so a
+// function converting a string of megabytes in a loop allocated that much
+// per step (a string of more than 256 characters is no useful number).
+const maxNumberLen = 256
+
+// errNumberTooLong is parseNumber's error for such a string.
+var errNumberTooLong = errors.New("string too long for a number")
+
 func parseNumber(number string) (LNumber, error) {
 	var value LNumber
 	number = strings.Trim(number, " \t\n")
+	if len(number) > maxNumberLen { // moongate
+		return LNumber(0), errNumberTooLong
+	}
 	if v, err := strconv.ParseInt(number, 0, LNumberBit); err != nil {
 		if v2, err2 := strconv.ParseFloat(number, LNumberBit); err2 != nil {
 			return LNumber(0), err2

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 )
 
 type LValueType int
@@ -174,6 +175,11 @@ type Global struct {
 	builtinMts map[int]LValue
 	tempFiles  []*os.File
 	gccount    int32
+
+	// moongate: LState.Interrupt sets interrupted; the VM loop of any
+	// thread of the state calls onInterrupt before its next instruction.
+	interrupted atomic.Bool
+	onInterrupt func(*LState)
 }
 
 type LState struct {

@@ -28,6 +28,14 @@ func mainLoop(L *LState, baseframe *callFrame) {
 		cf = L.currentFrame
 		inst = cf.Fn.Proto.Code[cf.Pc]
 		cf.Pc++
+		// moongate: see LState.Interrupt. After the Pc moved on, so that
+		// an error the handler raises is placed at this instruction.
+		if L.G.interrupted.Load() {
+			L.G.interrupted.Store(false)
+			if h := L.G.onInterrupt; h != nil {
+				h(L)
+			}
+		}
 		if jumpTable[int(inst>>26)](L, inst, baseframe) == 1 {
 			return
 		}
