@@ -364,7 +364,22 @@ func TestDebianPackage(t *testing.T) {
 	if err := os.WriteFile(changed, append(packagedConfig(t), "# a new comment\n"...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	deb2 := strings.TrimSpace(lastLine(run(t, repo, append(goEnv(), "MOONGATE_CONFIG_FILE="+changed), "sh", "deploy/package.sh", "amd64", bin, "0.0.2", out)))
+	// Built from another directory with paths relative to it (they were
+	// taken relative to the repository after package.sh's cd).
+	work := t.TempDir()
+	if err := os.Symlink(bin, filepath.Join(work, "mg.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(changed, filepath.Join(work, "changed.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	deb2 := strings.TrimSpace(lastLine(run(t, work, append(goEnv(), "MOONGATE_CONFIG_FILE=changed.yaml"), "sh", filepath.Join(repo, "deploy", "package.sh"), "amd64", "mg.bin", "0.0.2", "out")))
+	if want := filepath.Join(work, "out", "moongate_0.0.2-1_amd64.deb"); deb2 != want {
+		t.Fatalf("package.sh from %s printed %q, want %q", work, deb2, want)
+	}
+	if _, err := os.Stat(filepath.Join(repo, "out")); err == nil {
+		t.Fatal("package.sh made out/ in the repository")
+	}
 
 	info := run(t, repo, nil, "dpkg-deb", "--info", deb)
 	for _, s := range []string{"Package: moongate", "Version: 0.0.1-1", "Architecture: amd64", "Depends: adduser", "preinst", "postinst", "prerm", "postrm"} {

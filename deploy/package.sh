@@ -13,6 +13,10 @@ arch=$1 bin=$2 version=$3 out=$4
 case "$arch" in amd64|arm64|armhf) ;; *) echo "package.sh: unsupported arch $arch" >&2; exit 2 ;; esac
 case "$version" in [0-9]*) ;; *) echo "package.sh: version $version must start with a digit" >&2; exit 2 ;; esac
 [ -f "$bin" ] || { echo "package.sh: no binary $bin (make build-all)" >&2; exit 1; }
+# Paths given relative to the caller's directory stay valid after the cd.
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$(pwd)" "$1" ;; esac; }
+bin=$(abs "$bin") out=$(abs "$out")
+if [ -n "${MOONGATE_CONFIG_FILE:-}" ]; then MOONGATE_CONFIG_FILE=$(abs "$MOONGATE_CONFIG_FILE"); fi
 cd "$(dirname "$0")/.."
 go=${GO:-go}
 tmp=$(mktemp -d)

@@ -425,6 +425,11 @@ report+=("systemd-analyze security: overall exposure ${exposure:-unknown}")
 # --- journald ----------------------------------------------------------------
 check "journald has the service's lines, logged as uid $uid: gateway ready" journal_has 'msg="gateway ready"'
 check "journald: api listening on $api" journal_has "msg=\"api listening\" addr=$api"
+# The clock probe (adjtimex, read-only) is allowed by the unit's seccomp
+# filter: the daemon reports the clock as synchronized or not, never as
+# unknown (ProtectClock= and ~@privileged had denied it).
+check "journald: the clock's synchronization status was read (adjtimex allowed)" journal_has 'msg="system clock'
+check "journald: the clock probe was not refused" fails journal_has 'clock synchronization status unknown'
 check "journald: info lines at priority info (6), prefix stripped" journal_prio 6 'msg="gateway ready"'
 check "journald: no info line at priority warning or above" fails journal_prio 4 'msg="gateway ready"'
 

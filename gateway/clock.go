@@ -25,7 +25,7 @@ type clockWatch struct {
 func (c *clockWatch) read() bool {
 	synced, err := c.probe()
 	if err != nil {
-		c.d.log.Debug("clock synchronization status unknown; records are stamped clock_synced=false", "err", err)
+		c.d.log.Warn("clock synchronization status unknown; records are stamped clock_synced=false", "err", err)
 		return false
 	}
 	if c.known && synced == c.synced {

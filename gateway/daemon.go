@@ -361,8 +361,25 @@ const forwardLua = `function handle(event, ctx)
 end
 `
 
+// CheckConfig checks what config.Config.Validate cannot (the packages it
+// needs import config): the trigger patterns of sync.forward. It returns
+// every problem joined, each a *config.Error (nil when there is none), as
+// serve would refuse them. check-config calls it after config.Load.
+func CheckConfig(cfg *config.Config) error {
+	var errs []error
+	for i, f := range cfg.Sync.Forward {
+		if _, err := trigger.ParsePattern(f.Trigger); err != nil {
+			errs = append(errs, cfg.ErrorAt(fmt.Sprintf("sync.forward[%d].trigger", i), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // forwardFunctions builds the functions of sync.forward.
 func forwardFunctions(cfg *config.Config) ([]*Function, error) {
+	if err := CheckConfig(cfg); err != nil {
+		return nil, err
+	}
 	var out []*Function
 	for i, f := range cfg.Sync.Forward {
 		manifest, err := yaml.Marshal(map[string]any{"triggers": []map[string]string{{"mqtt": f.Trigger}}, "stream": f.Stream, "sync": f.Targets})

@@ -39,7 +39,8 @@ import (
 // its object in the commit; an object whose count reaches zero is removed
 // after the commit.
 
-// Bucket bounds one blob bucket. The zero value means DefaultBlobMaxSize per
+// Bucket bounds one blob bucket (MaxSize 0: DefaultBlobMaxSize, or MaxBytes
+// when that is smaller). The zero value means DefaultBlobMaxSize per
 // blob and no total or age bound.
 type Bucket struct {
 	MaxSize  int64         // bytes of one blob (default DefaultBlobMaxSize)
@@ -188,6 +189,11 @@ func (s *Store) bucket(name string) (Bucket, error) {
 	}
 	if b.MaxSize <= 0 {
 		b.MaxSize = DefaultBlobMaxSize
+		if b.MaxBytes > 0 && b.MaxBytes < b.MaxSize {
+			// No blob larger than the whole bucket: refused up front,
+			// not after being streamed in (ErrQuota).
+			b.MaxSize = b.MaxBytes
+		}
 	}
 	return b, nil
 }

@@ -177,6 +177,36 @@ func TestBlobLimits(t *testing.T) {
 	}
 }
 
+// TestBlobDefaultSizeWithinQuota: a bucket with max_bytes and no max_size
+// takes no blob larger than the bucket: refused as too large before its
+// body is read (it was streamed in whole, then refused as over quota).
+func TestBlobDefaultSizeWithinQuota(t *testing.T) {
+	ctx := context.Background()
+	s := blobStore(t, map[string]Bucket{"small": {MaxBytes: 1 << 20}, "big": {MaxBytes: 1 << 30}})
+	body := &countingReader{r: bytes.NewReader(make([]byte, 3<<20))}
+	_, _, err := s.PutBlob(ctx, BlobPut{Bucket: "small", Name: "x", Body: body}, nil)
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("3 MiB into a 1 MiB bucket: %v, want ErrTooLarge", err)
+	}
+	if body.n > 1<<20+64<<10 {
+		t.Fatalf("read %d bytes of the body before refusing it", body.n)
+	}
+	if b, err := s.bucket("big"); err != nil || b.MaxSize != DefaultBlobMaxSize {
+		t.Fatalf("bucket under a larger quota: %+v %v, want the default max size", b, err)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
 func TestBlobDeriveInboxEntries(t *testing.T) {
 	ctx := context.Background()
 	s := blobStore(t, nil)

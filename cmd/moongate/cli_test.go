@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -304,6 +305,28 @@ func TestExitCodes(t *testing.T) {
 	f.on("GET", "/v1/functions", 200, `<html>hello</html>`)
 	if _, errs, code := runCLI(t, f.URL, "fn", "ls"); code != exitFailure || !strings.Contains(errs, "not a moongate API response") {
 		t.Errorf("html 200: exit %d: %s", code, errs)
+	}
+	// A response over the CLI's bound (a misbehaving server) is refused
+	// as it is read, not held: the bound was 256 MiB, about 600 MB of
+	// memory to enforce.
+	huge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		chunk := []byte(strings.Repeat(" ", 1<<20))
+		for range maxResponseBytes>>20 + 2 {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer huge.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if _, errs, code := runCLI(t, huge.URL, "fn", "ls"); code != exitFailure || !strings.Contains(errs, "larger than") {
+		t.Errorf("huge response: exit %d: %s", code, errs)
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4*maxResponseBytes || maxResponseBytes > 64<<20 {
+		t.Errorf("reading a huge response allocated %d MiB (bound %d MiB)", got>>20, maxResponseBytes>>20)
 	}
 	// The function failed: the report is printed, exit 1.
 	f.on("POST", "/v1/functions/x:invoke", 200, strings.Replace(invokeJSON, `"error":""`, `"error":"x:2: boom"`, 1))
@@ -709,13 +732,17 @@ func TestTextOutputIsOneLineAndExact(t *testing.T) {
 	}
 }
 
-// TestServeHelpAndTokenLine: serve --help exits 0 like every command's
-// --help; the configuration line token create prints keeps a name that
+// TestServeHelpAndTokenLine: serve --help and token create --help exit 0
+// like every command's --help; the configuration line token create prints keeps a name that
 // YAML would read as another type (true, null, 1e3) a string.
 func TestServeHelpAndTokenLine(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run(context.Background(), []string{"serve", "--help"}, &out, &errb); code != exitOK {
 		t.Fatalf("serve --help: exit %d: %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"token", "create", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "-scope") {
+		t.Fatalf("token create --help: exit %d: %s", code, errb.String())
 	}
 	for _, name := range []string{"true", "null", "1e3", "ci"} {
 		out.Reset()

@@ -70,8 +70,12 @@ const (
 	defaultServer         = "http://127.0.0.1:8080"
 	defaultRequestTimeout = 30 * time.Second
 	// maxResponseBytes bounds what the CLI reads of one response: a
-	// misbehaving server cannot exhaust the client's memory.
-	maxResponseBytes = 256 << 20
+	// misbehaving server cannot exhaust the client's memory (on the
+	// gateway itself, a Pi Zero: reading and decoding a response takes a
+	// few times its size). The largest answer moongate gives is a page of
+	// records (about 1 MiB stored, plus its last entry of up to about
+	// 1.2 MiB) as JSON: well under this even with every byte escaped.
+	maxResponseBytes = 32 << 20
 )
 
 // cliFileConfig is the optional CLI configuration file. Unknown keys are

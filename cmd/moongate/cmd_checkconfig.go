@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/moongate-edge/moongate/gateway"
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 )
@@ -41,6 +42,9 @@ func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	file := fs.Arg(0)
 	cfg, err := config.Load(file)
+	if err == nil {
+		err = gateway.CheckConfig(cfg) // what serve checks beyond the config package
+	}
 	if err != nil {
 		if es := config.Errors(err); len(es) > 0 {
 			for _, e := range es {

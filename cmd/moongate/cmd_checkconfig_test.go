@@ -19,6 +19,13 @@ func TestCheckConfig(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("log:\n  level: loud\nmqtt:\n  embedded:\n    listn: x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Forward triggers are parsed by the trigger package, not config:
+	// serve refused them at start while check-config said ok.
+	forward := filepath.Join(dir, "forward.yaml")
+	if err := os.WriteFile(forward, []byte("sync:\n  targets:\n    - name: c\n      type: http\n      http:\n        url: http://127.0.0.1:9/x\n"+
+		"  forward:\n    - name: f\n      trigger: \"a/#/b\"\n      targets: [c]\n    - name: g\n      trigger: \"a{b}\"\n      targets: [c]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	example := filepath.Join("..", "..", "deploy", "config.example.yaml")
 	fdir := filepath.Join(dir, "functions")
 	if err := os.Mkdir(fdir, 0o755); err != nil {
@@ -57,6 +64,11 @@ func TestCheckConfig(t *testing.T) {
 			filepath.Join(fdir, "many.yaml") + ": invalid function manifest: function many: min_instances 9 is more than max_concurrency 4",
 			fdir + ": 1 function(s) ok, 2 problem(s)",
 		}, false},
+		{"forward triggers", []string{"check-config", forward}, exitFailure, nil, []string{
+			forward + `:9: sync.forward[0].trigger: invalid trigger pattern "a/#/b": '#' must be the last level`,
+			forward + `:12: sync.forward[1].trigger: invalid trigger pattern "a{b}"`,
+			forward + ": 2 problem(s)",
+		}, true},
 		{"missing", []string{"check-config", filepath.Join(dir, "nope.yaml")}, exitFailure, nil, []string{"no such file"}, true},
 		{"no file", []string{"check-config"}, exitUsage, nil, []string{"usage: moongate check-config FILE"}, true},
 		{"two files", []string{"check-config", good, bad}, exitUsage, nil, []string{"usage:"}, true},

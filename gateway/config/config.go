@@ -330,7 +330,7 @@ type Blobs struct {
 
 // Bucket bounds one blob bucket.
 type Bucket struct {
-	MaxSize  Size     `yaml:"max_size"`  // one blob (default 64MiB when 0; at most 4GiB)
+	MaxSize  Size     `yaml:"max_size"`  // one blob (0: 64MiB, or MaxBytes when smaller; at most 4GiB)
 	MaxBytes Size     `yaml:"max_bytes"` // all the bucket's blobs; 0 = unbounded
 	MaxAge   Duration `yaml:"max_age"`   // blobs older than this are deleted; 0 = kept
 	// Sync names sync targets (sync.targets) every blob stored in the
@@ -500,7 +500,9 @@ func (c *Config) validateAfter(decodeErr error) error {
 
 // finish fills the defaults derived from other values.
 func (c *Config) finish() {
-	if c.GatewayID == "" {
+	if _, fromEnv := c.env["gateway_id"]; c.GatewayID == "" && !fromEnv {
+		// Set to "" by $MOONGATE_GATEWAY_ID it stays empty, and validation
+		// says so: the host name would change the ids of new records.
 		c.GatewayID = hostID()
 	}
 	if c.MQTT.External.ClientID == "" {

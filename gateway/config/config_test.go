@@ -412,6 +412,23 @@ func TestEnvOverrides(t *testing.T) {
 	if c.DataDir != "${HOME}/x" || c.GatewayID != "gw1" || c.MQTT.External.ClientID != "moongate-gw1" {
 		t.Fatalf("got data_dir %q gateway_id %q client_id %q", c.DataDir, c.GatewayID, c.MQTT.External.ClientID)
 	}
+	// Set to "", it overrides the file like the others, and validation
+	// names it: it was silently replaced by the host name (new record ids).
+	if err := os.WriteFile(p, []byte("gateway_id: greenhouse-7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvGatewayID, "")
+	_, err = Load(p)
+	if err == nil || !strings.Contains(err.Error(), "gateway_id: must not be empty (set by $"+EnvGatewayID+")") {
+		t.Fatalf("empty %s: %v", EnvGatewayID, err)
+	}
+	os.Unsetenv(EnvGatewayID)
+	if err := os.WriteFile(p, []byte("log:\n  level: info\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(p); err != nil || c.GatewayID == "" {
+		t.Fatalf("no gateway_id anywhere: %v, %q (want the host name)", err, c.GatewayID)
+	}
 }
 
 func TestLoad(t *testing.T) {

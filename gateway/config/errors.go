@@ -78,3 +78,15 @@ func Errors(err error) []*Error {
 	walk(err)
 	return out
 }
+
+// ErrorAt returns err as a problem of the value at path (a dotted key path
+// as in Error.Path) of c's file, with its line when the value comes from
+// the file: for checks made outside this package (a trigger pattern of
+// sync.forward, parsed by the trigger package) to report like Validate.
+func (c *Config) ErrorAt(path string, err error) *Error {
+	e := &Error{File: c.file, Line: c.lines.At(path), Path: path, Msg: err.Error(), Err: err}
+	if env, ok := c.env[path]; ok {
+		e.Msg += " (set by $" + env + ")"
+	}
+	return e
+}
