@@ -282,7 +282,7 @@ func (t *httpTarget) Prepare(batch []store.OutboxEntry) {
 	}
 	t.prepMu.Lock()
 	old := t.prep
-	t.prep = &preparedBody{first: batch[0].Seq, last: batch[len(batch)-1].Seq, n: len(batch), body: buf}
+	t.prep = &preparedBody{key: keyOf(batch), body: buf}
 	t.prepMu.Unlock()
 	if old != nil {
 		t.bufPool.Put(old.body)
@@ -291,16 +291,15 @@ func (t *httpTarget) Prepare(batch []store.OutboxEntry) {
 
 // preparedBody is a batch encoded ahead by Prepare.
 type preparedBody struct {
-	first, last uint64
-	n           int
-	body        *bytes.Buffer
+	key  batchKey
+	body *bytes.Buffer
 }
 
 // body returns the encoded batch: the prepared one if it is this batch.
 func (t *httpTarget) body(batch []store.OutboxEntry) (*bytes.Buffer, error) {
 	t.prepMu.Lock()
 	p := t.prep
-	if p != nil && p.n == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+	if p != nil && p.key == keyOf(batch) {
 		t.prep = nil
 		t.prepMu.Unlock()
 		return p.body, nil

@@ -606,11 +606,14 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 	for {
 		wait := w.m.opts.PollInterval
 		for _, ob := range w.outs {
+			if !ob.prio && w.pausedDay != 0 && w.pausedDay == utcDay(time.Now()) {
+				// Over today's budget (see run): a pending retry waits for
+				// tomorrow too (handed back at once, it was refused again
+				// at once, in a loop taking a whole core).
+				continue
+			}
 			if ob.pending != nil {
 				return ob, ob.pending, nil
-			}
-			if !ob.prio && w.pausedDay != 0 && w.pausedDay == utcDay(time.Now()) {
-				continue // over today's budget (see run)
 			}
 			var ents []store.OutboxEntry
 			var err error

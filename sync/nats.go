@@ -209,8 +209,8 @@ func (t *natsTarget) Close() error {
 
 // preparedMsgs is a batch turned into messages ahead by Prepare.
 type preparedMsgs struct {
-	first, last uint64
-	msgs        []*nats.Msg
+	key  batchKey
+	msgs []*nats.Msg
 }
 
 func (t *natsTarget) msg(r *store.Record) *nats.Msg {
@@ -231,7 +231,7 @@ func (t *natsTarget) Prepare(batch []store.OutboxEntry) {
 		msgs[i] = t.msg(&batch[i].Record)
 	}
 	t.prepMu.Lock()
-	t.prep = &preparedMsgs{first: batch[0].Seq, last: batch[len(batch)-1].Seq, msgs: msgs}
+	t.prep = &preparedMsgs{key: keyOf(batch), msgs: msgs}
 	t.prepMu.Unlock()
 }
 
@@ -239,7 +239,7 @@ func (t *natsTarget) prepared(batch []store.OutboxEntry) []*nats.Msg {
 	t.prepMu.Lock()
 	defer t.prepMu.Unlock()
 	p := t.prep
-	if p != nil && len(p.msgs) == len(batch) && p.first == batch[0].Seq && p.last == batch[len(batch)-1].Seq {
+	if p != nil && len(p.msgs) == len(batch) && p.key == keyOf(batch) {
 		t.prep = nil
 		return p.msgs
 	}

@@ -70,6 +70,25 @@ type Preparer interface {
 	Prepare(batch []store.OutboxEntry)
 }
 
+// batchKey tells a prepared batch apart for Preparer implementations: the
+// entries' sequences alone do not, since a target's priority outbox
+// numbers its entries from 1 as its normal outbox does (a priority batch
+// was once sent with a normal batch's encoding, and its records
+// acknowledged unsent); record ids are unique across outboxes.
+type batchKey struct {
+	first, last     uint64
+	n               int
+	firstID, lastID string
+}
+
+func keyOf(batch []store.OutboxEntry) batchKey {
+	if len(batch) == 0 {
+		return batchKey{}
+	}
+	a, z := &batch[0], &batch[len(batch)-1]
+	return batchKey{first: a.Seq, last: z.Seq, n: len(batch), firstID: a.Record.ID, lastID: z.Record.ID}
+}
+
 // Result is the outcome of one Deliver call.
 type Result struct {
 	Done     int         // length of the finished prefix of the batch

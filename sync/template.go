@@ -80,15 +80,32 @@ func cleanMQTT(s string) string {
 	// that publishes to anything else, and the record would then be first
 	// in line on every retry, blocking the target.
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	if !strings.ContainsAny(s, "+#/\x00") {
+	if strings.IndexFunc(s, badTopicRune) < 0 {
 		return s
 	}
 	return strings.Map(func(c rune) rune {
-		if c == '+' || c == '#' || c == '/' || c == 0 {
+		if badTopicRune(c) {
 			return '_'
 		}
 		return c
 	}, s)
+}
+
+// badTopicRune reports the characters a topic level must not hold: the
+// wildcards and separator, and what MQTT 3.1.1 and 5 (section 1.5.3/1.5.4)
+// say a topic should not contain and mosquitto refuses by closing the
+// connection: control characters (U+0000-U+001F, U+007F-U+009F) and
+// non-characters (U+FDD0-U+FDEF, U+xFFFE and U+xFFFF).
+func badTopicRune(c rune) bool {
+	switch {
+	case c == '+' || c == '#' || c == '/':
+		return true
+	case c <= 0x1F || (c >= 0x7F && c <= 0x9F):
+		return true
+	case (c >= 0xFDD0 && c <= 0xFDEF) || c&0xFFFE == 0xFFFE:
+		return true
+	}
+	return false
 }
 
 // cleanNATS makes a value safe as (part of) one NATS subject token.

@@ -25,6 +25,18 @@ func TestTemplates(t *testing.T) {
 			t.Errorf("%q: %q, want %q", c.tpl, got, c.want)
 		}
 	}
+	// What MQTT says a topic should not hold and mosquitto refuses by
+	// closing the connection (the record then blocked its outbox forever):
+	// control characters and non-characters. U+FFFD (an invalid byte
+	// replaced) and other text stay.
+	for in, want := range map[string]string{
+		"bad\tstream": "bad_stream", "a\x01\x1f\x7fb": "a___b", "c\u0085d": "c_d",
+		"e\ufdd0\uffff\U0001fffef": "e___f", "ok\ufffd\u00e9\u4e16": "ok\ufffd\u00e9\u4e16", "bad\xffutf8": "bad\ufffdutf8",
+	} {
+		if got := cleanMQTT(in); got != want {
+			t.Errorf("cleanMQTT(%q) = %q, want %q", in, got, want)
+		}
+	}
 	if got := parseTemplate("{device}", cleanNATS).expand("gw", &store.Record{}); got != "_" {
 		t.Errorf("empty device: %q", got)
 	}

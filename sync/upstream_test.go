@@ -35,7 +35,7 @@ func mqttSubscriber(t testing.TB, url string) *collector {
 			t.Errorf("bad payload %q: %v", m.Payload(), err)
 			return
 		}
-		if want := "gateways/gw/" + r.Stream; m.Topic() != want {
+		if want := "gateways/gw/" + cleanMQTT(r.Stream); m.Topic() != want {
 			t.Errorf("topic %s, want %s", m.Topic(), want)
 		}
 		col.add(r)
