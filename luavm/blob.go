@@ -161,7 +161,7 @@ func (in *instance) blobRead(L *lua.LState) int {
 	}
 	if err != nil {
 		if iv.stateCtx.Err() != nil {
-			in.raise(L, fmt.Errorf("%w: blob.read(%s, %s): %w", ErrTimeout, bucket, name, err))
+			in.raise(L, fmt.Errorf("%w: blob.read(%s, %s): %w", ErrTimeout, quoteCut(bucket), quoteCut(name), err))
 		}
 		L.RaiseError("blob.read(%s, %s): %s", quoteCut(bucket), quoteCut(name), err.Error())
 	}

@@ -226,10 +226,18 @@ func (in *instance) jsonEncode(L *lua.LState) int {
 func (in *instance) decodeJSON(L *lua.LState, s []byte) (lua.LValue, error) {
 	in.alloc(L, 2*int64(len(s)))
 	d := jsonDecoder{in: in, L: L, s: s}
+	n0 := len(in.inv.tables)
 	v, err := d.decodeAll()
-	if err == nil {
-		in.scanTables(L)
+	if err != nil {
+		// The tables of a refused document are garbage: no longer tracked
+		// nor charged (a loop validating bad input with pcall ran into the
+		// memory cap on the tables of documents it never got).
+		clear(in.inv.tables[n0:])
+		in.inv.tables = in.inv.tables[:n0]
+		in.inv.tableBytes -= d.tables
+		return nil, err
 	}
+	in.scanTables(L)
 	return v, err
 }
 
@@ -471,7 +479,7 @@ func (in *instance) readState(L *lua.LState, key string) ([]byte, bool) {
 	if err != nil {
 		if iv.stateCtx.Err() != nil {
 			// The read outlived the invocation's deadline or context.
-			in.raise(L, fmt.Errorf("%w: state.get(%s): %w", ErrTimeout, key, err))
+			in.raise(L, fmt.Errorf("%w: state.get(%s): %w", ErrTimeout, quoteCut(key), err))
 		}
 		L.RaiseError("state.get(%s): %s", quoteCut(key), err.Error())
 	}

@@ -49,6 +49,7 @@ type invocation struct {
 	steps       int64
 	ticks       int
 	strBytes    int64 // cumulative bytes of strings built by accounted operations
+	userRaised  bool  // the error being raised comes from error or assert (charged there)
 	tableBytes  int64 // estimated live size of the tables created so far
 	peak        int64
 	tables      []*lua.LTable
@@ -231,6 +232,8 @@ func (in *instance) setup() {
 		if s, ok := L.Get(1).(lua.LString); ok && L.OptInt(2, 1) > 0 {
 			in.alloc(L, int64(len(s))+errorWhereBytes)
 		}
+		// Charged here (or no copy: level 0): pcall does not charge it.
+		in.inv.userRaised = true
 		return errorFn(L)
 	}))
 	assertFn := G.RawGetString("assert").(*lua.LFunction).GFunction
@@ -239,6 +242,7 @@ func (in *instance) setup() {
 			if s, ok := L.Get(2).(lua.LString); ok {
 				in.alloc(L, int64(len(s))+errorWhereBytes)
 			}
+			in.inv.userRaised = true
 		}
 		return assertFn(L)
 	}))
@@ -605,7 +609,13 @@ func (in *instance) concat2(L *lua.LState, a, b lua.LValue) lua.LValue {
 
 // afterCatch is run when pcall/xpcall caught an error: breaches, panics
 // and stack overflows are re-raised so that they end the invocation.
+// caughtFreeBytes is how much of a caught error message is not charged
+// (afterCatch).
+const caughtFreeBytes = 64
+
 func (in *instance) afterCatch(L *lua.LState, err error) {
+	userRaised := in.inv.userRaised
+	in.inv.userRaised = false
 	if in.inv.breach != nil {
 		in.raise(L, in.inv.breach)
 	}
@@ -620,8 +630,15 @@ func (in *instance) afterCatch(L *lua.LState, err error) {
 			}
 			// The message is the caller's to keep now: a string no other
 			// hook saw when a builtin or the VM made it (it names keys,
-			// values, patterns), charged like a string built.
-			in.alloc(L, int64(len(s)))
+			// values, patterns), charged like a string built. One raised
+			// by error or assert was charged there (or is the caller's
+			// own string, re-raised at level 0).
+			// The first 64 bytes are free (a short message kept costs
+			// less than the table slot holding it, which is charged): a
+			// loop catching ordinary errors does not run into the cap.
+			if n := int64(len(s)) - caughtFreeBytes; !userRaised && n > 0 {
+				in.alloc(L, n)
+			}
 		}
 	}
 }

@@ -316,7 +316,14 @@ type jsonDecoder struct {
 	L      *lua.LState
 	s      []byte
 	pos    int
-	values int // decoded so far, for the periodic deadline check
+	values int   // decoded so far, for the periodic deadline check
+	tables int64 // bytes of tables charged so far (given back if the document is refused)
+}
+
+// chargeTable charges n bytes of the document's tables.
+func (d *jsonDecoder) chargeTable(n int64) {
+	d.tables += n
+	d.in.chargeTable(d.L, n, "json.decode")
 }
 
 type jsonSyntaxError struct {
@@ -388,7 +395,7 @@ func (d *jsonDecoder) newTable(narr, nhash int) *lua.LTable {
 		if nhash > 0 {
 			n += tableHashBytes
 		}
-		d.in.chargeTable(d.L, n, "json.decode")
+		d.chargeTable(n)
 	}
 	t := d.L.CreateTable(narr, nhash)
 	if d.in != nil {
@@ -411,11 +418,11 @@ func (d *jsonDecoder) member(i int, slots *int) {
 		d.in.checkTime(d.L)
 	}
 	if i == 0 {
-		d.in.chargeTable(d.L, tableEntryBytes, "json.decode")
+		d.chargeTable(tableEntryBytes)
 		return
 	}
 	if i > *slots {
-		d.in.chargeTable(d.L, int64(tableSlotBytes**slots), "json.decode")
+		d.chargeTable(int64(tableSlotBytes * *slots))
 		*slots *= 2
 	}
 }

@@ -648,11 +648,13 @@ func (in *instance) tableConcat(L *lua.LState) int {
 		L.Push(lua.LString(""))
 		return 1
 	}
-	in.charge(L, 1)
+	in.charge(L, 1+int64(min(j-i+1, 1024))/8)
 	total := int64(0)
 	for k := i; k <= j; k++ {
-		if (k-i)&1023 == 1023 {
-			in.charge(L, 128) // as it goes: a bad index ends it first
+		if k > i && (k-i)&1023 == 0 {
+			// The rest as it goes: a bad index (a hostile range) ends it
+			// first.
+			in.charge(L, int64(min(j-k+1, 1024))/8)
 		}
 		v := t.RawGetInt(k)
 		switch x := v.(type) {

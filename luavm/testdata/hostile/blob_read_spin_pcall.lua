@@ -1,7 +1,6 @@
--- expect: memory
+-- expect: budget
 -- Every read fails (no blob store here, huge length, negative offset):
--- pcall swallows the errors, but each message it catches is charged like
--- a string built, so the memory cap ends the loop (before the step budget).
+-- pcall swallows the errors, the step budget still ends the loop.
 function handle(event, ctx)
   while true do
     pcall(blob.read, "photos", "x", 0, 1e18)

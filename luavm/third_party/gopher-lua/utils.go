@@ -151,11 +151,18 @@ const maxNumberLen = 256
 var errNumberTooLong = errors.New("string too long for a number")
 
 func parseNumber(number string) (LNumber, error) {
-	var value LNumber
-	number = strings.Trim(number, " \t\n")
-	if len(number) > maxNumberLen { // moongate
+	if len(number) > maxNumberLen && len(strings.Trim(number, " \t\n")) > maxNumberLen { // moongate
 		return LNumber(0), errNumberTooLong
 	}
+	return parseNumberLiteral(number)
+}
+
+// parseNumberLiteral is parseNumber without the length limit (moongate):
+// for the numeric literals of a source, which the compiler's size limit
+// bounds (a constant of 300 digits is legitimate Lua).
+func parseNumberLiteral(number string) (LNumber, error) {
+	var value LNumber
+	number = strings.Trim(number, " \t\n")
 	if v, err := strconv.ParseInt(number, 0, LNumberBit); err != nil {
 		if v2, err2 := strconv.ParseFloat(number, LNumberBit); err2 != nil {
 			return LNumber(0), err2
