@@ -87,6 +87,10 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 	}
 	if tlsCfg != nil {
 		opts = append(opts, nats.Secure(tlsCfg))
+	} else if !strings.Contains(n.URL, "tls://") {
+		// What the server sends is bounded (natsconn.go) while it is
+		// readable: up to an INFO asking for TLS.
+		opts = append(opts, nats.SetCustomDialer(natsDialer{timeout: cfg.AckTimeout}))
 	}
 	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
 }
