@@ -715,7 +715,7 @@ func embeddedConfig(cfg *config.Config) mqtt.EmbeddedConfig {
 		Listen: e.Listen, WebSocketListen: e.WebsocketListen, TLSCert: e.TLS.Cert, TLSKey: e.TLS.Key,
 		AllowAnonymous: e.AnonymousAllowed(), Users: users, MaxPayload: int(cfg.MQTT.MaxPayload),
 		MaxSessionExpiry: e.MaxSessionExpiry.Std(), MaxInflight: e.MaxInflight, MaxQueuedPerClient: e.MaxQueuedPerClient,
-		MaxQueuedBytesPerClient: int64(e.MaxQueuedBytesPerClient), MaxClients: e.MaxClients, MaxUnauthenticated: e.MaxUnauthenticated, MaxUnauthenticatedPerAddress: e.MaxUnauthenticatedPerAddress, MaxRetained: e.MaxRetained,
+		MaxQueuedBytesPerClient: int64(e.MaxQueuedBytesPerClient), MaxClients: e.MaxClients, MaxUnauthenticated: e.MaxUnauthenticated, MaxUnauthenticatedPerAddress: e.MaxUnauthenticatedPerAddress, MaxRetained: e.MaxRetained, MaxRetainedBytes: int64(e.MaxRetainedBytes),
 		MaxSubscriptionsPerClient: e.MaxSubscriptionsPerClient, MaxSessions: e.MaxSessions,
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,7 @@ const (
 	DefaultMaxQueuedPerClient = 1000
 	DefaultMaxClients         = 1000
 	DefaultMaxRetained        = 10000
+	DefaultMaxRetainedBytes   = 32 << 20
 	// DefaultMaxSubscriptionsPerClient is EmbeddedConfig.MaxSubscriptionsPerClient's default.
 	DefaultMaxSubscriptionsPerClient = 256
 	DefaultMaxUnauthenticated        = 64
@@ -103,6 +105,12 @@ type EmbeddedConfig struct {
 	// not retained (Stats.RetainedRefused); replacing or clearing the
 	// retained message of a topic always works.
 	MaxRetained int
+	// MaxRetainedBytes bounds the payload bytes of all retained messages
+	// together (they are held in memory and kept in the store); default
+	// DefaultMaxRetainedBytes. A retained publish that would take the total
+	// over it is delivered but not retained (Stats.RetainedRefused), as for
+	// MaxRetained; a smaller replacement or a clear always works.
+	MaxRetainedBytes int64
 	// MaxSubscriptionsPerClient bounds the subscriptions one client may
 	// hold (about 1.4 KB of memory each, and kept in the store for a
 	// persistent session); a SUBSCRIBE to a new filter beyond it gets
@@ -145,6 +153,9 @@ func (c *EmbeddedConfig) applyDefaults() {
 	}
 	if c.MaxClients == 0 {
 		c.MaxClients = DefaultMaxClients
+	}
+	if c.MaxRetainedBytes == 0 {
+		c.MaxRetainedBytes = DefaultMaxRetainedBytes
 	}
 	if c.MaxRetained == 0 {
 		c.MaxRetained = DefaultMaxRetained
@@ -204,6 +215,7 @@ type Embedded struct {
 	preauth  map[string]*preauth // listener id -> its unauthenticated connections
 
 	shedWarnNs atomic.Int64 // when connections shed were last logged (unix ns)
+	retained   retainedBytes
 
 	hctx    context.Context
 	hcancel context.CancelFunc
@@ -248,6 +260,8 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("%w: max subscriptions per client %d is negative", ErrConfig, cfg.MaxSubscriptionsPerClient)
 	case cfg.MaxRetained < 0:
 		return nil, fmt.Errorf("%w: max retained %d is negative", ErrConfig, cfg.MaxRetained)
+	case cfg.MaxRetainedBytes < 0:
+		return nil, fmt.Errorf("%w: max retained bytes %d is negative", ErrConfig, cfg.MaxRetainedBytes)
 	case cfg.MaxUnauthenticated < 0:
 		return nil, fmt.Errorf("%w: max unauthenticated %d is negative", ErrConfig, cfg.MaxUnauthenticated)
 	case cfg.MaxUnauthenticatedPerAddress < 0 || cfg.MaxUnauthenticatedPerAddress > cfg.MaxUnauthenticated:
@@ -296,6 +310,11 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	caps.MaximumClients = int64(cfg.MaxClients)
 	caps.MaximumSubscriptionsPerClient = cfg.MaxSubscriptionsPerClient
 	caps.MaximumSessions = int64(cfg.MaxSessions)
+	// An MQTT 5 acknowledgement does not repeat the user properties of the
+	// PUBLISH it answers: a QoS 2 PUBREC kept until its PUBREL pinned the
+	// whole received packet (up to max_payload + 64 KiB of properties)
+	// for each of the 64 a device may leave waiting.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	// No MQTT 5 topic aliases from clients: mochi's CONNACK does not
 	// advertise a Topic Alias Maximum, which tells clients to use none
 	// [MQTT-3.2.2-17], yet it accepted up to 65,535 per connection, each
@@ -829,17 +848,71 @@ func (e *Embedded) sessionEvicted(cl *mochi.Client) {
 // (MaxRetained; concurrent publishes may overshoot it by a few). A refusal
 // is counted and logged.
 func (e *Embedded) mayRetain(topic string, payload []byte) bool {
-	if len(payload) == 0 || e.srv.Topics.Retained.Len() < e.cfg.MaxRetained {
+	ok := len(payload) == 0 || e.srv.Topics.Retained.Len() < e.cfg.MaxRetained
+	if !ok {
+		_, ok = e.srv.Topics.Retained.Get(topic)
+	}
+	if ok && !e.retained.take(e, topic, len(payload)) {
+		ok = false
+	}
+	if !ok && e.stats.retainedRefused.Add(1) == 1 {
+		e.log.Warn("mqtt retained messages at their limit: further retained publishes are delivered but not retained",
+			"max_retained", e.cfg.MaxRetained, "max_retained_bytes", e.cfg.MaxRetainedBytes, "topic", topic)
+	}
+	return ok
+}
+
+// retainedBytes keeps the payload bytes of the retained messages, by
+// topic, as mayRetain lets them in (MaxRetainedBytes). The count may run
+// ahead of the broker's (a message that expired, a publish refused after
+// OnPublish): when a message would not fit, it is taken again from the
+// broker's retained messages (at most once a second) before refusing.
+type retainedBytes struct {
+	mu      sync.Mutex
+	known   bool
+	total   int64
+	size    map[string]int64
+	counted time.Time
+}
+
+// take records a retained message of n bytes (0: a clear) on topic, or
+// reports false when it would take the total over the bound.
+func (r *retainedBytes) take(e *Embedded, topic string, n int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.known {
+		r.count(e) // retained messages restored from the store count too
+	}
+	old := r.size[topic]
+	if n == 0 {
+		r.total -= old
+		delete(r.size, topic)
 		return true
 	}
-	if _, ok := e.srv.Topics.Retained.Get(topic); ok {
-		return true
+	if r.total-old+int64(n) > e.cfg.MaxRetainedBytes && time.Since(r.counted) >= time.Second {
+		r.count(e)
+		old = r.size[topic]
 	}
-	if e.stats.retainedRefused.Add(1) == 1 {
-		e.log.Warn("mqtt retained messages at their limit: further retained publishes to new topics are delivered but not retained",
-			"max_retained", e.cfg.MaxRetained, "topic", topic)
+	if int64(n) > old && r.total-old+int64(n) > e.cfg.MaxRetainedBytes {
+		return false
 	}
-	return false
+	if _, had := r.size[topic]; !had {
+		topic = strings.Clone(topic) // it points into the received packet
+	}
+	r.size[topic] = int64(n)
+	r.total += int64(n) - old
+	return true
+}
+
+// count takes the sizes from the broker's retained messages.
+func (r *retainedBytes) count(e *Embedded) {
+	all := e.srv.Topics.Retained.GetAll()
+	r.size, r.total = make(map[string]int64, len(all)), 0
+	for topic, pk := range all {
+		r.size[topic] = int64(len(pk.Payload))
+		r.total += int64(len(pk.Payload))
+	}
+	r.known, r.counted = true, time.Now()
 }
 
 func (h *hook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {

@@ -108,6 +108,10 @@ type Embedded struct {
 	// publishes to new topics beyond it are delivered, not retained.
 	// Default 10000.
 	MaxRetained int `yaml:"max_retained"`
+	// MaxRetainedBytes bounds the payload bytes of all retained messages
+	// together; a retained publish beyond it is delivered, not retained.
+	// Default 32MiB.
+	MaxRetainedBytes Size `yaml:"max_retained_bytes"`
 	// MaxSubscriptionsPerClient bounds the subscriptions one client may
 	// hold; a SUBSCRIBE to a new filter beyond it is refused. Default 256.
 	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
@@ -376,6 +380,7 @@ func Default() *Config {
 				MaxClients:                1000,
 				MaxUnauthenticated:        64,
 				MaxRetained:               10000,
+				MaxRetainedBytes:          32 << 20,
 				MaxSubscriptionsPerClient: 256,
 				PersistSessions:           true,
 			},

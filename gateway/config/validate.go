@@ -184,6 +184,9 @@ func (v *validator) embedded() {
 		v.add(p+".max_unauthenticated_per_address", "%d out of range [1, max_unauthenticated = %d] (0: 16, at most max_unauthenticated)", n, e.MaxUnauthenticated)
 	}
 	v.intRange(p+".max_retained", int64(e.MaxRetained), 1, 1_000_000)
+	if b := int64(e.MaxRetainedBytes); b < int64(v.c.MQTT.MaxPayload) || b > 1<<30 {
+		v.add(p+".max_retained_bytes", "%d out of range [max_payload = %d, 1GiB]", b, int64(v.c.MQTT.MaxPayload))
+	}
 	v.intRange(p+".max_subscriptions_per_client", int64(e.MaxSubscriptionsPerClient), 1, 100_000)
 	if n := e.MaxSessions; n != 0 && (n < e.MaxClients || n > 2_000_000) {
 		v.add(p+".max_sessions", "%d out of range [max_clients = %d, 2000000] (0: max_clients)", n, e.MaxClients)

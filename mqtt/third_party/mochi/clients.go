@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -397,9 +398,10 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Net.Listener = lid
 
 	cl.Properties.ProtocolVersion = pk.ProtocolVersion
-	cl.Properties.Username = pk.Connect.Username
+	cl.Properties.Username = bytes.Clone(pk.Connect.Username) // moongate: see cl.ID below
 	cl.Properties.Clean = pk.Connect.Clean
 	cl.Properties.Props = pk.Properties.Copy(false)
+	cl.Properties.Props.User = cloneUser(cl.Properties.Props.User) // moongate
 
 	// moongate: the session expiry is lowered to the server's maximum here,
 	// before the client is shared; SendConnack did it after the client was
@@ -429,7 +431,11 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
 	cl.State.TopicAliases.Outbound = NewOutboundTopicAliases(cl.Properties.Props.TopicAliasMaximum)
 
-	cl.ID = pk.Connect.ClientIdentifier
+	// moongate: the client id, and below the username and the will, point
+	// into the CONNECT packet as decoded: cloned, so that a client (or its
+	// offline session) does not keep the whole packet (user properties of
+	// up to the packet size) alive.
+	cl.ID = strings.Clone(pk.Connect.ClientIdentifier)
 	if cl.ID == "" {
 		cl.ID = xid.New().String() // [MQTT-3.1.3-6] [MQTT-3.1.3-7]
 		cl.Properties.Props.AssignedClientID = cl.ID
@@ -439,14 +445,19 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 		cl.Properties.Will = Will{
 			Qos:               pk.Connect.WillQos,
 			Retain:            pk.Connect.WillRetain,
-			Payload:           pk.Connect.WillPayload,
-			TopicName:         pk.Connect.WillTopic,
+			Payload:           bytes.Clone(pk.Connect.WillPayload),
+			TopicName:         strings.Clone(pk.Connect.WillTopic),
 			WillDelayInterval: pk.Connect.WillProperties.WillDelayInterval,
-			User:              pk.Connect.WillProperties.User,
+			User:              cloneUser(pk.Connect.WillProperties.User),
 		}
-		if pk.Properties.SessionExpiryIntervalFlag &&
-			pk.Properties.SessionExpiryInterval < pk.Connect.WillProperties.WillDelayInterval {
-			cl.Properties.Will.WillDelayInterval = pk.Properties.SessionExpiryInterval
+		// moongate: a will waits at most as long as the session lasts
+		// (MQTT 5 3.1.3.2.2: sent when its delay passes or the session
+		// ends): the session expiry as the server lowered it above, 0 when
+		// the client set none (the session ends with the connection). Only
+		// an expiry the client sent shortened it, and to the value it asked
+		// for: a will delayed for days parked its payload meanwhile.
+		if expiry := cl.Properties.Props.SessionExpiryInterval; expiry < cl.Properties.Will.WillDelayInterval {
+			cl.Properties.Will.WillDelayInterval = expiry
 		}
 		if pk.Connect.WillFlag {
 			cl.Properties.Will.Flag = 1 // atomic for checking
@@ -966,4 +977,17 @@ func (cl *Client) flushOutbuf() (err error) {
 		cl.Net.outbuf = nil
 	}
 	return
+}
+
+// cloneUser copies user properties with their strings (moongate): decoded
+// ones point into the packet they came in.
+func cloneUser(u []packets.UserProperty) []packets.UserProperty {
+	if u == nil {
+		return nil
+	}
+	out := make([]packets.UserProperty, len(u))
+	for i, p := range u {
+		out[i] = packets.UserProperty{Key: strings.Clone(p.Key), Val: strings.Clone(p.Val)}
+	}
+	return out
 }

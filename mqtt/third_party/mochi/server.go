@@ -1587,6 +1587,10 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 				reasonCodes[i] = packets.ErrUnspecifiedError.Code
 			}
 		} else {
+			// moongate: the filter points into the SUBSCRIBE packet as
+			// decoded; kept in the topic tree and the client's state it
+			// kept the whole packet (up to its size limit) alive.
+			sub.Filter = strings.Clone(sub.Filter)
 			isNew := s.Topics.Subscribe(cl.ID, sub) // [MQTT-3.8.4-3]
 			if isNew {
 				atomic.AddInt64(&s.Info.Subscriptions, 1)
