@@ -174,7 +174,7 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := s.authorize(ctx, info.FullMethod)
 	if err == nil {
-		err = checkQuery(ctx, req)
+		err = checkQuery(ctx, info.FullMethod, req)
 	}
 	if err != nil {
 		s.metrics.call(info.FullMethod, status.Code(err))
@@ -192,7 +192,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		s.metrics.call(info.FullMethod, status.Code(err))
 		return err
 	}
-	err = toStatus(handler(srv, &authedStream{ServerStream: ss, ctx: ctx}))
+	err = toStatus(handler(srv, &authedStream{ServerStream: ss, ctx: ctx, method: info.FullMethod}))
 	s.metrics.call(info.FullMethod, status.Code(err))
 	return err
 }
@@ -203,6 +203,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 type authedStream struct {
 	grpc.ServerStream
 	ctx     context.Context
+	method  string
 	checked bool
 }
 
@@ -214,7 +215,7 @@ func (a *authedStream) RecvMsg(m any) error {
 	}
 	if !a.checked {
 		a.checked = true
-		return checkQuery(a.ctx, m)
+		return checkQuery(a.ctx, a.method, m)
 	}
 	return nil
 }

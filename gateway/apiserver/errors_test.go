@@ -91,6 +91,19 @@ func TestErrors(t *testing.T) {
 	} {
 		e.expectStatus(400, "unknown query parameter", c.method, c.path, c.tok, nil)
 	}
+	// Routes that take the whole request from the body read no query:
+	// a field named there was accepted and ignored (?dry_run=true
+	// deployed; :rollback?version=1 activated the version before the
+	// active one). Refused, and nothing is done.
+	for _, c := range []struct{ path, body string }{
+		{"/v1/functions?dry_run=true", `{"name": "dry", "source": "function handle() end", "manifest": "{}"}`},
+		{"/v1/functions/dry:rollback?version=1", `{}`},
+		{"/v1/functions/dry:invoke?dry_run=true", `{}`},
+		{"/v1/deadletters:replay?all=true", `{}`},
+	} {
+		e.expectStatus(400, "reads its parameters from the body only", "POST", c.path, adminToken, c.body)
+	}
+	e.expectStatus(404, "", "GET", "/v1/functions/dry", readToken, nil)
 	// An unauthenticated request is refused as such first.
 	e.expectStatus(401, "", "GET", "/v1/system?bogus=1", "", nil)
 	e.expectStatus(400, "", "POST", "/v1/functions", adminToken, "{not json")

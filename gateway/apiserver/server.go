@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"golang.org/x/sync/semaphore"
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -29,6 +31,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/luavm"
@@ -331,8 +334,11 @@ const peerMetadata = "moongate-rest-peer"
 // parameter of the others. Binary ("-bin"), so that any key passes.
 const queryKeysMetadata = "moongate-query-keys-bin"
 
-// checkQuery refuses a request whose REST query names no field of req.
-func checkQuery(ctx context.Context, req any) error {
+// checkQuery refuses a request whose REST query names no field of req, or
+// any query of a method whose route takes the whole request from the body
+// (body "*": grpc-gateway reads no query there, so ?dry_run=true on a
+// deploy was accepted and the function deployed).
+func checkQuery(ctx context.Context, method string, req any) error {
 	md, ok := metadata.FromIncomingContext(ctx)
 	if !ok {
 		return nil
@@ -344,6 +350,9 @@ func checkQuery(ctx context.Context, req any) error {
 	msg, ok := req.(proto.Message)
 	if !ok {
 		return nil
+	}
+	if wholeBody(method) {
+		return status.Errorf(codes.InvalidArgument, "query parameter %q: this call reads its parameters from the body only", clip(keys[0]))
 	}
 	for _, k := range keys {
 		if !knownField(msg.ProtoReflect().Descriptor(), k) {
@@ -380,6 +389,16 @@ func (s *Server) buildMux() {
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			// grpc-go reads a whole message (up to its receive limit)
+			// before the interceptor sees the token: a client without a
+			// valid one is answered before its body is read, as limitBody
+			// does for REST (anonymous streams held 4 MiB each before).
+			if _, err := s.tokens.authenticate(r.Header.Get("Authorization"), ScopeRead); err != nil {
+				st, _ := status.FromError(err)
+				s.metrics.call("grpc", st.Code())
+				writeGRPCStatus(w, st)
+				return
+			}
 			s.grpc.ServeHTTP(w, r)
 			return
 		}
@@ -444,12 +463,43 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 // MaxBodyBytes, 4 MiB by default: 70 KB/s at least).
 const bodyReadTimeout = time.Minute
 
+// writeGRPCStatus answers a gRPC call with st and nothing else (a
+// "trailers-only" response: the status in the headers).
+func writeGRPCStatus(w http.ResponseWriter, st *status.Status) {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(int(st.Code())))
+	h.Set("Grpc-Message", url.PathEscape(st.Message()))
+	w.WriteHeader(http.StatusOK)
+}
+
 // writeStatus writes a JSON google.rpc.Status.
 func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
 	b, _ := Marshaler().Marshal(status.New(code, msg).Proto())
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(httpCode)
 	_, _ = w.Write(b)
+}
+
+// wholeBodyMethods caches wholeBody by full method name.
+var wholeBodyMethods sync.Map
+
+// wholeBody reports whether the REST route of the gRPC method (full name,
+// "/pkg.Service/Method") takes its whole request from the body.
+func wholeBody(method string) bool {
+	if v, ok := wholeBodyMethods.Load(method); ok {
+		return v.(bool)
+	}
+	whole := false
+	name := protoreflect.FullName(strings.ReplaceAll(strings.TrimPrefix(method, "/"), "/", "."))
+	if d, err := protoregistry.GlobalFiles.FindDescriptorByName(name); err == nil {
+		if md, ok := d.(protoreflect.MethodDescriptor); ok {
+			rule, _ := proto.GetExtension(md.Options(), annotations.E_Http).(*annotations.HttpRule)
+			whole = rule != nil && rule.Body == "*"
+		}
+	}
+	wholeBodyMethods.Store(method, whole)
+	return whole
 }
 
 // strictQueryParser refuses query parameters that name no field of the
