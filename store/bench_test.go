@@ -554,3 +554,32 @@ func BenchmarkCommitLogsAtQuota(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQueryUsageNarrow: one minute of usage out of 4 functions x 30
+// days of minute meters (172,800 kept), all functions and one.
+func BenchmarkQueryUsageNarrow(b *testing.B) {
+	ctx := context.Background()
+	s := openTest(b, Options{Profile: benchProfile(), Durability: DurabilityNone, GCInterval: -1})
+	now := int64(1_800_000_000_000)
+	now -= now % usageBucketMS
+	wb := s.db.NewWriteBatch()
+	for _, fn := range []string{"f1", "f2", "f3", "f4"} {
+		for m := int64(0); m < 30*24*60; m++ {
+			if err := wb.Set(nameSeqKey(pUsage, fn, tsBits(now-m*usageBucketMS)), encodeUsage(&Usage{Invocations: 1})); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for _, fn := range []string{"", "f1"} {
+		b.Run("function="+fn, func(b *testing.B) {
+			for b.Loop() {
+				if us, err := s.QueryUsage(ctx, fn, now, now+usageBucketMS, 0); err != nil || len(us) == 0 {
+					b.Fatal(us, err)
+				}
+			}
+		})
+	}
+}

@@ -387,13 +387,30 @@ func (s *Store) QueryUsage(ctx context.Context, function string, from, to int64,
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		// Each function's minutes are in time order: the iterator seeks
+		// to from in each and skips to the next function at to, so a
+		// narrow range reads what it returns, not every minute kept.
+		it.Rewind()
+		for n := 0; it.Valid(); {
+			if n++; n&1023 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
 			fnb, ts, ok := usageKey(it.Item().Key())
 			if !ok {
+				it.Next()
 				continue
 			}
 			fn := string(fnb)
-			if (from != 0 && ts < from) || (to != 0 && ts >= to) {
+			if from != 0 && ts < from {
+				it.Seek(nameSeqKey(pUsage, fn, tsBits(from)))
+				continue
+			}
+			if to != 0 && ts >= to {
+				after := namePrefix(pUsage, fn)
+				after[len(after)-1] = 1 // past every key of fn
+				it.Seek(after)
 				continue
 			}
 			var u Usage
@@ -419,6 +436,7 @@ func (s *Store) QueryUsage(ctx context.Context, function string, from, to int64,
 			a.WallMicros += u.WallMicros
 			a.BytesIn += u.BytesIn
 			a.BytesOut += u.BytesOut
+			it.Next()
 		}
 		return nil
 	})

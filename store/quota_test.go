@@ -813,3 +813,64 @@ func TestAgeRetentionRejectNewDropsOnlyExpired(t *testing.T) {
 		t.Fatalf("age retention of a reject_new space left %v, want old 0 and young 20 (young lines are not expired)", per)
 	}
 }
+
+// TestQueryUsageSeeksItsRange: a usage query reads the minutes of its
+// range in each function (it read every minute kept and filtered them:
+// 368 ms for one minute out of 4 x 90 days), with the same answers: every
+// range and function filter against sums computed apart.
+func TestQueryUsageSeeksItsRange(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	base := int64(1_800_000_000_000)
+	base -= base % usageBucketMS
+	fns := []string{"a", "a-b", "b", "c"} // "a-b" sorts inside "a"'s range of names
+	const minutes = 600
+	wb := s.db.NewWriteBatch()
+	for i, fn := range fns {
+		for m := int64(0); m < minutes; m++ {
+			if err := wb.Set(nameSeqKey(pUsage, fn, tsBits(base+m*usageBucketMS)), encodeUsage(&Usage{Invocations: int64(i + 1), Steps: m})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ from, to int64 }{
+		{0, 0}, {base, base + usageBucketMS}, {base + 10*usageBucketMS + 1, base + 20*usageBucketMS},
+		{base - usageBucketMS, base + 3*usageBucketMS}, {base + (minutes-1)*usageBucketMS, 0}, {0, base + 5*usageBucketMS},
+		{base + minutes*usageBucketMS, 0},
+	} {
+		for _, fn := range append([]string{""}, fns...) {
+			us, err := s.QueryUsage(ctx, fn, c.from, c.to, 24*time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inv, steps, wantInv, wantSteps int64
+			for _, u := range us {
+				inv += u.Invocations
+				steps += u.Steps
+			}
+			for i, f := range fns {
+				if fn != "" && f != fn {
+					continue
+				}
+				for m := int64(0); m < minutes; m++ {
+					ts := base + m*usageBucketMS
+					if (c.from == 0 || ts >= c.from) && (c.to == 0 || ts < c.to) {
+						wantInv += int64(i + 1)
+						wantSteps += m
+					}
+				}
+			}
+			if inv != wantInv || steps != wantSteps {
+				t.Fatalf("function %q [%d, %d): %d invocations %d steps, want %d %d", fn, c.from-base, c.to-base, inv, steps, wantInv, wantSteps)
+			}
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.QueryUsage(cctx, "", 0, 0, time.Hour); err == nil {
+		t.Fatal("a cancelled query answered")
+	}
+}
