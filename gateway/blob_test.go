@@ -493,3 +493,56 @@ func TestUploadTriggerDeployedDuringUpload(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "onphoto's record", func() bool { return len(allRecords(t, st, "onphoto")) == 1 })
 }
+
+// TestBlobPathsAndRangeErrors: a path with a '..' or an empty segment is
+// refused (400): the mux answered with a redirect to the cleaned path,
+// and a client following it stored photos/cam1/../../derived/x in the
+// bucket derived. A range the blob cannot serve is a JSON status like any
+// other error (it was ServeContent's plain text).
+func TestBlobPathsAndRangeErrors(t *testing.T) {
+	p := startInProcess(t, blobConfig(t.TempDir(), t.TempDir()))
+	c := blobClient{t: t, base: "http://" + p.d.HTTPAddr().String()}
+	if r, b := c.do("PUT", "/v1/blobs/tiny/note.txt", blobAdminToken, "text/plain", strings.NewReader("hello")); r.StatusCode != 201 {
+		t.Fatalf("PUT: %d %s", r.StatusCode, b)
+	}
+	status := func(r *http.Response, b []byte) int {
+		var st struct{ Code int }
+		if r.Header.Get("Content-Type") != "application/json" || json.Unmarshal(b, &st) != nil || st.Code == 0 {
+			t.Fatalf("%s: not a JSON status: %q %s", r.Request.URL, r.Header.Get("Content-Type"), b)
+		}
+		return r.StatusCode
+	}
+	for _, path := range []string{"/v1/blobs/photos/cam1/../../derived/x", "/v1/blobs/tiny/x/../y", "/v1/blobs/tiny/x//y", "/v1/blobs/tiny/./y"} {
+		r, b := c.do("PUT", path, blobAdminToken, "text/plain", strings.NewReader("z"))
+		if code := status(r, b); code != 400 {
+			t.Fatalf("PUT %s: %d %s", path, code, b)
+		}
+	}
+	if r, _ := c.do("GET", "/v1/blobs/derived/x", blobAdminToken, "", nil); r.StatusCode != 404 {
+		t.Fatalf("derived/x: %d, want 404 (nothing stored)", r.StatusCode)
+	}
+	req, err := http.NewRequest("GET", c.base+"/v1/blobs/tiny/note.txt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+blobAdminToken)
+	req.Header.Set("Range", "bytes=100-")
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if code := status(r, b); code != http.StatusRequestedRangeNotSatisfiable || !strings.Contains(string(b), "range") {
+		t.Fatalf("unsatisfiable range: %d %s", code, b)
+	}
+	req.Header.Set("Range", "bytes=1-3")
+	if r, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != http.StatusPartialContent || string(b) != "ell" {
+		t.Fatalf("range 1-3: %d %q", r.StatusCode, b)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -141,9 +142,48 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, tok Token) codes.C
 	h.Set("Content-Security-Policy", "sandbox")
 	h.Set("X-Moongate-Sha256", blob.Info.SHA256)
 	// ServeContent streams the object and handles Range and conditional
-	// requests (If-None-Match against the ETag).
-	http.ServeContent(w, r, "", time.UnixMilli(blob.Info.Created), io.NewSectionReader(blob, 0, blob.Info.Size))
+	// requests (If-None-Match against the ETag); its own error answers
+	// (416 for a range it cannot serve) become JSON statuses like the
+	// rest of the API's.
+	ew := &statusErrors{ResponseWriter: w}
+	http.ServeContent(ew, r, "", time.UnixMilli(blob.Info.Created), io.NewSectionReader(blob, 0, blob.Info.Size))
+	if ew.code != 0 {
+		code := codes.InvalidArgument
+		if ew.code == http.StatusRequestedRangeNotSatisfiable {
+			code = codes.OutOfRange
+		}
+		h.Del("X-Content-Type-Options")
+		writeStatus(w, ew.code, code, strings.TrimSpace(ew.msg.String()))
+		return code
+	}
 	return codes.OK
+}
+
+// statusErrors holds back an error answer (status 400 and above) that
+// http.ServeContent writes as plain text, for the caller to write as a
+// JSON status; other answers pass through.
+type statusErrors struct {
+	http.ResponseWriter
+	code int
+	msg  strings.Builder
+}
+
+func (e *statusErrors) WriteHeader(code int) {
+	if code >= 400 {
+		e.code = code
+		return
+	}
+	e.ResponseWriter.WriteHeader(code)
+}
+
+func (e *statusErrors) Write(b []byte) (int, error) {
+	if e.code != 0 {
+		if e.msg.Len() < 512 {
+			e.msg.Write(b[:min(len(b), 512-e.msg.Len())])
+		}
+		return len(b), nil
+	}
+	return e.ResponseWriter.Write(b)
 }
 
 // serveBlobList serves GET /v1/blobs/{bucket}?prefix=&limit=&cursor= (read).

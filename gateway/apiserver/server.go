@@ -402,8 +402,29 @@ func (s *Server) Handler() http.Handler {
 			s.grpc.ServeHTTP(w, r)
 			return
 		}
+		if p := r.URL.EscapedPath(); (strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/fn/")) && dotOrEmptySegment(p) {
+			// The mux would answer with a redirect to the cleaned path,
+			// which a client following it (Go's does, with the body and
+			// the token) takes for the answer: a PUT of a blob named
+			// photos/cam1/../../other/x was stored in the bucket other.
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument,
+				"the path has a '.' or '..' segment or an empty one: send a name that holds one percent-encoded (%2E, %2E%2E)")
+			return
+		}
 		s.mux.ServeHTTP(w, r)
 	})
+}
+
+// dotOrEmptySegment reports whether the escaped path p has a "." or ".."
+// segment or an empty one before its end (a trailing slash is not one).
+func dotOrEmptySegment(p string) bool {
+	segs := strings.Split(p, "/")
+	for i, seg := range segs[1:] {
+		if seg == "." || seg == ".." || (seg == "" && i+2 < len(segs)) {
+			return true
+		}
+	}
+	return false
 }
 
 // limitBody reads the request body up front, refusing with 413 a body over
