@@ -137,20 +137,23 @@ func (d *Daemon) RollbackFunction(ctx context.Context, name string, version int6
 	if err := ctx.Err(); err != nil {
 		return store.FunctionRecord{}, err
 	}
-	vs, err := d.store.ListVersions(ctx, name)
-	if err != nil {
-		return store.FunctionRecord{}, err
-	}
+	// The version numbers only: a version's source is not kept.
+	var versions []int64
 	var active int64
-	for _, v := range vs {
+	err := d.store.EachVersion(ctx, name, func(v store.FunctionRecord) error {
+		versions = append(versions, v.Version)
 		if v.Active {
 			active = v.Version
 		}
+		return nil
+	})
+	if err != nil {
+		return store.FunctionRecord{}, err
 	}
 	if version == 0 {
-		for _, v := range vs {
-			if v.Version < active || active == 0 {
-				version = v.Version
+		for _, v := range versions {
+			if v < active || active == 0 {
+				version = v
 			}
 		}
 		if version == 0 || version == active {
@@ -180,15 +183,15 @@ func (d *Daemon) DeleteFunction(ctx context.Context, name string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	vs, err := d.store.ListVersions(ctx, name)
-	if err != nil {
+	n := 0
+	if err := d.store.EachVersion(ctx, name, func(store.FunctionRecord) error { n++; return nil }); err != nil {
 		return 0, err
 	}
 	wctx := context.WithoutCancel(ctx) // see the top of the file
 	if err := d.store.DeleteFunction(wctx, name); err != nil {
 		return 0, err
 	}
-	return len(vs), d.reload(wctx)
+	return n, d.reload(wctx)
 }
 
 // FunctionsFromDir reports whether the functions are loaded from a

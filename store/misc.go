@@ -618,29 +618,46 @@ func (s *Store) ListFunctions(ctx context.Context) ([]FunctionRecord, error) {
 // ListVersions returns every stored version of name, ascending
 // (ErrNotFound when there is none).
 func (s *Store) ListVersions(ctx context.Context, name string) ([]FunctionRecord, error) {
-	if err := validName("function name", name, false); err != nil {
-		return nil, err
-	}
 	var out []FunctionRecord
+	err := s.EachVersion(ctx, name, func(f FunctionRecord) error {
+		out = append(out, f)
+		return nil
+	})
+	return out, err
+}
+
+// EachVersion calls fn with each stored version of name, oldest first, one
+// at a time: a caller that keeps only some of each (a list without the
+// sources) holds one version's source at a time, however many versions a
+// deploy history left. An error of fn ends the scan and is returned;
+// ErrNotFound when name has no version.
+func (s *Store) EachVersion(ctx context.Context, name string, fn func(FunctionRecord) error) error {
+	if err := validName("function name", name, false); err != nil {
+		return err
+	}
+	n := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		active, err := activeVersion(txn, name)
 		if err != nil {
 			return err
 		}
 		return scanName(txn, pFunction, name, 0, 0, func(seq uint64, v []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			var f FunctionRecord
 			if err := json.Unmarshal(v, &f); err != nil {
 				return fmt.Errorf("%w: function %q version %d: %v", ErrCorrupt, name, seq, err)
 			}
 			f.Active = f.Version == active
-			out = append(out, f)
-			return nil
+			n++
+			return fn(f)
 		})
 	})
-	if err == nil && len(out) == 0 {
+	if err == nil && n == 0 {
 		err = fmt.Errorf("%w: function %q", ErrNotFound, name)
 	}
-	return out, err
+	return err
 }
 
 // SetActive makes version the active version of name (0 deactivates it).

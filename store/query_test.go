@@ -374,3 +374,48 @@ func TestPagesBoundedInBytes(t *testing.T) {
 		t.Fatalf("dead letters next page: %d, %v; want 1", len(dls), err)
 	}
 }
+
+// TestEachVersion: the versions of a function one at a time, oldest
+// first, with the active one marked; the callback's error ends the scan;
+// ErrNotFound for a function without versions. (ListVersions held every
+// version's source at once: the API's list of versions, which keeps none,
+// now goes through EachVersion.)
+func TestEachVersion(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	for i := range 5 {
+		if _, err := s.PutFunction(ctx, FunctionRecord{Name: "f", Source: fmt.Appendf(nil, "return %d", i), Active: i == 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []int64
+	var active int64
+	if err := s.EachVersion(ctx, "f", func(r FunctionRecord) error {
+		seen = append(seen, r.Version)
+		if r.Active {
+			active = r.Version
+		}
+		if string(r.Source) != fmt.Sprintf("return %d", r.Version-1) {
+			t.Errorf("version %d: source %q", r.Version, r.Source)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seen) != "[1 2 3 4 5]" || active != 3 {
+		t.Fatalf("versions %v, active %d", seen, active)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := s.EachVersion(ctx, "f", func(FunctionRecord) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+		t.Fatalf("stopped scan: %v after %d", err, n)
+	}
+	if err := s.EachVersion(ctx, "nope", func(FunctionRecord) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown function: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.EachVersion(cctx, "f", func(FunctionRecord) error { return nil }); err == nil {
+		t.Fatal("a cancelled scan answered")
+	}
+}

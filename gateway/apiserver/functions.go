@@ -12,6 +12,7 @@ import (
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/store"
 )
 
 type functionService struct {
@@ -185,13 +186,14 @@ func (f *functionService) DeleteFunction(ctx context.Context, req *v1.DeleteFunc
 }
 
 func (f *functionService) ListFunctionVersions(ctx context.Context, req *v1.ListFunctionVersionsRequest) (*v1.ListFunctionVersionsResponse, error) {
-	vs, err := f.s.cfg.Store.ListVersions(ctx, req.Name)
+	// One version's source at a time: the list holds none.
+	out := &v1.ListFunctionVersionsResponse{}
+	err := f.s.cfg.Store.EachVersion(ctx, req.Name, func(r store.FunctionRecord) error {
+		out.Versions = append(out.Versions, f.s.functionMessage(r, false))
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := &v1.ListFunctionVersionsResponse{}
-	for _, r := range vs {
-		out.Versions = append(out.Versions, f.s.functionMessage(r, false))
 	}
 	return out, nil
 }

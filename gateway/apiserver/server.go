@@ -53,7 +53,7 @@ type Store interface {
 	QueryUsage(ctx context.Context, function string, from, to int64, bucket time.Duration) ([]store.Usage, error)
 	GetFunction(ctx context.Context, name string, version int64) (store.FunctionRecord, error)
 	ListFunctions(ctx context.Context) ([]store.FunctionRecord, error)
-	ListVersions(ctx context.Context, name string) ([]store.FunctionRecord, error)
+	EachVersion(ctx context.Context, name string, fn func(store.FunctionRecord) error) error
 }
 
 // Functions is what the API needs of the gateway: function changes,
