@@ -53,6 +53,9 @@ type Bucket struct {
 	Sync []string
 }
 
+// maxContentType bounds a blob's content type.
+const maxContentType = 256
+
 // DefaultBlobMaxSize is the size limit of one blob when Bucket.MaxSize is 0.
 const DefaultBlobMaxSize = 64 << 20
 
@@ -449,6 +452,10 @@ func (s *Store) PutBlob(ctx context.Context, p BlobPut, derive func(BlobInfo) []
 	if _, err := s.bucket(p.Bucket); err != nil {
 		return BlobInfo{}, nil, err
 	}
+	if len(p.ContentType) > maxContentType {
+		// Refused before the body is read (the commit refuses it too).
+		return BlobInfo{}, nil, fmt.Errorf("%w: content type longer than %d bytes", ErrInvalid, maxContentType)
+	}
 	sb, err := s.StageBlob(ctx, p.Bucket, p.Body, 0)
 	if err != nil {
 		return BlobInfo{}, nil, err
@@ -742,8 +749,8 @@ func (s *Store) applyBlobs(b *batch, c *Commit) ([]blobChange, map[[32]byte]int6
 		if sb.size > bk.MaxSize {
 			return nil, nil, nil, fmt.Errorf("%w: blob of %d bytes, bucket %s allows %d", ErrTooLarge, sb.size, op.Bucket, bk.MaxSize)
 		}
-		if len(op.ContentType) > 256 {
-			return nil, nil, nil, fmt.Errorf("%w: content type longer than 256 bytes", ErrInvalid)
+		if len(op.ContentType) > maxContentType {
+			return nil, nil, nil, fmt.Errorf("%w: content type longer than %d bytes", ErrInvalid, maxContentType)
 		}
 		q.Count++
 		q.Bytes += sb.size

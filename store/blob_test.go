@@ -196,6 +196,18 @@ func TestBlobDefaultSizeWithinQuota(t *testing.T) {
 	}
 }
 
+// TestBlobLongContentTypeRefusedUnread: a content type over 256 bytes is
+// refused before the body is read (it was streamed and staged whole, then
+// refused at commit).
+func TestBlobLongContentTypeRefusedUnread(t *testing.T) {
+	s := blobStore(t, nil)
+	body := &countingReader{r: bytes.NewReader(make([]byte, 1<<20))}
+	_, _, err := s.PutBlob(context.Background(), BlobPut{Bucket: "photos", Name: "x", ContentType: strings.Repeat("a", 257), Body: body}, nil)
+	if !errors.Is(err, ErrInvalid) || body.n != 0 {
+		t.Fatalf("%v after reading %d bytes", err, body.n)
+	}
+}
+
 type countingReader struct {
 	r io.Reader
 	n int
