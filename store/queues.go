@@ -153,6 +153,10 @@ func (s *Store) InboxLen() int64 { return s.counters().Inbox.Count }
 // with a lower sequence has been committed (or consumed) already.
 func (s *Store) InboxNext() uint64 { return s.counters().Inbox.Next }
 
+// LogsNext returns the sequence the next invocation log line will get:
+// ScanLogs after LogsNext()-1 returns only lines committed from now on.
+func (s *Store) LogsNext() uint64 { return s.counters().Logs.Next }
+
 // scanSeq iterates the sequence-keyed space prefix from seq start, calling f
 // with each value, at most limit times (limit <= 0: no limit).
 func scanSeq(txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {

@@ -78,7 +78,13 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	// follower of an invocation does not read the same lines again; a read
 	// that moves nothing is at the end.
 	var ring []store.LogRecord
-	if after == 0 {
+	if after == 0 && req.Tail == 0 {
+		// Start at the end, without reading the log (up to its quota,
+		// 16 MiB by default, for every follow).
+		if next := st.LogsNext(); next > 0 {
+			after = next - 1
+		}
+	} else if after == 0 {
 		// Start at the end: skip to the last line, keeping tail of them.
 		for {
 			lines, next, err := st.ScanLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)

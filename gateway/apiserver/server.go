@@ -47,6 +47,7 @@ type Store interface {
 	PutState(ctx context.Context, function, key string, value []byte) error
 	DeleteState(ctx context.Context, function, key string) error
 	ScanLogs(ctx context.Context, function, invocationID string, after uint64, limit int) ([]store.LogRecord, uint64, error)
+	LogsNext() uint64
 	ListDeadLetters(ctx context.Context, function string, after uint64, limit int) ([]store.DeadLetter, error)
 	DeleteDeadLetter(ctx context.Context, seq uint64) error
 	PurgeDeadLetters(ctx context.Context, function string) (int, error)
