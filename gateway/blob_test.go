@@ -512,7 +512,7 @@ func TestBlobPathsAndRangeErrors(t *testing.T) {
 		}
 		return r.StatusCode
 	}
-	for _, path := range []string{"/v1/blobs/photos/cam1/../../derived/x", "/v1/blobs/tiny/x/../y", "/v1/blobs/tiny/x//y", "/v1/blobs/tiny/./y"} {
+	for _, path := range []string{"/v1/blobs/photos/cam1/../../derived/x", "//v1/blobs/photos/cam1/../../derived/x", "/v1/blobs/tiny/x/../y", "/v1/blobs/tiny/x//y", "/v1/blobs/tiny/./y"} {
 		r, b := c.do("PUT", path, blobAdminToken, "text/plain", strings.NewReader("z"))
 		if code := status(r, b); code != 400 {
 			t.Fatalf("PUT %s: %d %s", path, code, b)
@@ -536,6 +536,17 @@ func TestBlobPathsAndRangeErrors(t *testing.T) {
 	if code := status(r, b); code != http.StatusRequestedRangeNotSatisfiable || !strings.Contains(string(b), "range") {
 		t.Fatalf("unsatisfiable range: %d %s", code, b)
 	}
+	req.Header.Set("Range", "")
+	req.Header.Set("If-Match", `"other"`)
+	if r, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(r.Body)
+	r.Body.Close()
+	if code := status(r, b); code != http.StatusPreconditionFailed || !strings.Contains(string(b), `"code":9`) {
+		t.Fatalf("If-Match mismatch: %d %s", code, b)
+	}
+	req.Header.Del("If-Match")
 	req.Header.Set("Range", "bytes=1-3")
 	if r, err = http.DefaultClient.Do(req); err != nil {
 		t.Fatal(err)

@@ -669,7 +669,8 @@ func (h *hook) ID() string { return "moongate-ingest" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketRead, mochi.OnPublish,
-		mochi.OnPacketProcessed, mochi.OnDisconnect, mochi.OnPublishDropped, mochi.OnWill:
+		mochi.OnPacketProcessed, mochi.OnDisconnect, mochi.OnPublishDropped, mochi.OnWill,
+		mochi.OnRetainMessage, mochi.OnRetainedExpired:
 		return true
 	}
 	return false
@@ -852,7 +853,7 @@ func (e *Embedded) mayRetain(topic string, payload []byte) bool {
 	if !ok {
 		_, ok = e.srv.Topics.Retained.Get(topic)
 	}
-	if ok && !e.retained.take(e, topic, len(payload)) {
+	if ok && !e.retained.fits(e, topic, len(payload)) {
 		ok = false
 	}
 	if !ok && e.stats.retainedRefused.Add(1) == 1 {
@@ -863,57 +864,73 @@ func (e *Embedded) mayRetain(topic string, payload []byte) bool {
 }
 
 // retainedBytes keeps the payload bytes of the retained messages, by
-// topic, as mayRetain lets them in (MaxRetainedBytes). The count may run
-// ahead of the broker's (a message that expired, a publish refused after
-// OnPublish): when a message would not fit, it is taken again from the
-// broker's retained messages (at most once a second) before refusing.
+// topic, as the broker holds them (MaxRetainedBytes): its retain hooks
+// (OnRetainMessage, OnRetainedExpired) set a topic's size from the
+// message the broker holds now, so publishes refused after mayRetain and
+// clears racing with publishes cannot make it drift; retained messages
+// restored from the store at start are counted at first use.
+// Concurrent retained publishes to new topics may overshoot the bound by
+// a few messages, as for MaxRetained.
 type retainedBytes struct {
-	mu      sync.Mutex
-	known   bool
-	total   int64
-	size    map[string]int64
-	counted time.Time
+	mu    sync.Mutex
+	known bool
+	total int64
+	size  map[string]int64
 }
 
-// take records a retained message of n bytes (0: a clear) on topic, or
-// reports false when it would take the total over the bound.
-func (r *retainedBytes) take(e *Embedded, topic string, n int) bool {
+// fits reports whether a retained message of n bytes on topic (0: a
+// clear) keeps the total within the bound. It records nothing.
+func (r *retainedBytes) fits(e *Embedded, topic string, n int) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.known {
-		r.count(e) // retained messages restored from the store count too
-	}
+	r.ensure(e)
 	old := r.size[topic]
-	if n == 0 {
-		r.total -= old
-		delete(r.size, topic)
-		return true
-	}
-	if r.total-old+int64(n) > e.cfg.MaxRetainedBytes && time.Since(r.counted) >= time.Second {
-		r.count(e)
-		old = r.size[topic]
-	}
-	if int64(n) > old && r.total-old+int64(n) > e.cfg.MaxRetainedBytes {
-		return false
-	}
-	if _, had := r.size[topic]; !had {
-		topic = strings.Clone(topic) // it points into the received packet
-	}
-	r.size[topic] = int64(n)
-	r.total += int64(n) - old
-	return true
+	return n == 0 || int64(n) <= old || r.total-old+int64(n) <= e.cfg.MaxRetainedBytes
 }
 
-// count takes the sizes from the broker's retained messages.
-func (r *retainedBytes) count(e *Embedded) {
+// update sets topic's size from the retained message the broker holds now.
+func (r *retainedBytes) update(e *Embedded, topic string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ensure(e)
+	var n int64
+	if pk, ok := e.srv.Topics.Retained.Get(topic); ok {
+		n = int64(len(pk.Payload))
+	}
+	old, had := r.size[topic]
+	switch {
+	case n == 0:
+		delete(r.size, topic)
+	case had:
+		r.size[topic] = n
+	default:
+		r.size[strings.Clone(topic)] = n // it may point into a received packet
+	}
+	r.total += n - old
+}
+
+// ensure counts the broker's retained messages once.
+func (r *retainedBytes) ensure(e *Embedded) {
+	if r.known {
+		return
+	}
 	all := e.srv.Topics.Retained.GetAll()
 	r.size, r.total = make(map[string]int64, len(all)), 0
 	for topic, pk := range all {
 		r.size[topic] = int64(len(pk.Payload))
 		r.total += int64(len(pk.Payload))
 	}
-	r.known, r.counted = true, time.Now()
+	r.known = true
 }
+
+// OnRetainMessage implements mochi.Hook: the broker kept, replaced or
+// cleared topic's retained message.
+func (h *hook) OnRetainMessage(_ *mochi.Client, pk packets.Packet, _ int64) {
+	h.e.retained.update(h.e, pk.TopicName)
+}
+
+// OnRetainedExpired implements mochi.Hook.
+func (h *hook) OnRetainedExpired(topic string) { h.e.retained.update(h.e, topic) }
 
 func (h *hook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {
 	if _, ok := h.e.marked.LoadAndDelete(cl); ok {

@@ -87,12 +87,25 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 	}
 	if tlsCfg != nil {
 		opts = append(opts, nats.Secure(tlsCfg))
-	} else if !strings.Contains(n.URL, "tls://") {
+	} else if plainNATS(n.URL) {
 		// What the server sends is bounded (natsconn.go) while it is
 		// readable: up to an INFO asking for TLS.
 		opts = append(opts, nats.SetCustomDialer(natsDialer{timeout: cfg.AckTimeout}))
 	}
 	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
+}
+
+// plainNATS reports whether every server of urls (comma-separated) is a
+// plain-text NATS one (nats:// or no scheme): not tls://, ws:// or wss://,
+// whose bytes natsBoundedConn cannot follow.
+func plainNATS(urls string) bool {
+	for _, u := range strings.Split(urls, ",") {
+		u = strings.TrimSpace(u)
+		if scheme, _, ok := strings.Cut(u, "://"); ok && !strings.EqualFold(scheme, "nats") {
+			return false
+		}
+	}
+	return true
 }
 
 func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env.GatewayID, r) }

@@ -2,6 +2,7 @@ package sync
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -101,12 +102,15 @@ func (c *natsBoundedConn) scan(b []byte) error {
 	return nil
 }
 
-// control checks one control line (without its line end).
+// control checks one control line (without its line end). Fields are
+// separated by spaces or tabs, as nats.go's parser takes them.
 func (c *natsBoundedConn) control(line []byte) error {
-	op, _, _ := bytes.Cut(line, []byte(" "))
-	switch string(bytes.ToUpper(op)) {
+	f := bytes.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' })
+	if len(f) == 0 {
+		return nil
+	}
+	switch string(bytes.ToUpper(f[0])) {
 	case "MSG", "HMSG":
-		f := bytes.Fields(line)
 		size, err := strconv.ParseInt(string(f[len(f)-1]), 10, 64)
 		if err != nil || size < 0 || len(f) < 4 {
 			return fmt.Errorf("%w: a message line it cannot read: %.80q", errNATSInbound, line)
@@ -116,7 +120,12 @@ func (c *natsBoundedConn) control(line []byte) error {
 		}
 		c.skip = size + 2 // the payload and its CRLF
 	case "INFO":
-		if bytes.Contains(line, []byte(`"tls_required":true`)) {
+		// What nats.go acts on: the top-level field of the JSON.
+		var info struct {
+			TLSRequired bool `json:"tls_required"`
+		}
+		js := bytes.TrimLeft(line, " \t")[len(f[0]):]
+		if json.Unmarshal(bytes.Trim(js, " \t"), &info) == nil && info.TLSRequired {
 			c.tls = true
 		}
 	}

@@ -63,6 +63,10 @@ func TestNATSBoundedConn(t *testing.T) {
 		"MSG _INBOX.a 1 -1\r\n",
 		"MSG _INBOX.a 1 x\r\n",
 		"MSG 5\r\n",
+		// nats.go also takes tabs between fields, and only the top-level
+		// tls_required: both let a 600 MB message through before.
+		"INFO {}\r\nMSG\t_INBOX.x\t1\t629145600\r\n",
+		"INFO {\"tls_required\":false,\"x\":{\"tls_required\":true}}\r\nMSG _INBOX.x 1 629145600\r\n",
 		"INFO " + strings.Repeat("x", maxNATSLine+1),
 	} {
 		for _, n := range []int{1, 7, 4096} {
@@ -163,5 +167,18 @@ func TestNATSHugeMessageFromServer(t *testing.T) {
 	}
 	if peak > base+64<<20 {
 		t.Fatalf("the upstream made the heap grow by %d MiB", (peak-base)>>20)
+	}
+}
+
+// TestPlainNATS: the bounded connection is used only for servers whose
+// bytes it can follow (a websocket's frames or TLS records it cannot).
+func TestPlainNATS(t *testing.T) {
+	for url, want := range map[string]bool{
+		"nats://127.0.0.1:4222": true, "127.0.0.1:4222": true, "NATS://a:1, nats://b:2": true,
+		"tls://a:1": false, "ws://a:1": false, "wss://a:1": false, "nats://a:1,ws://b:2": false,
+	} {
+		if got := plainNATS(url); got != want {
+			t.Errorf("plainNATS(%q) = %v, want %v", url, got, want)
+		}
 	}
 }

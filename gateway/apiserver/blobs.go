@@ -149,11 +149,18 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, tok Token) codes.C
 	http.ServeContent(ew, r, "", time.UnixMilli(blob.Info.Created), io.NewSectionReader(blob, 0, blob.Info.Size))
 	if ew.code != 0 {
 		code := codes.InvalidArgument
-		if ew.code == http.StatusRequestedRangeNotSatisfiable {
+		switch ew.code {
+		case http.StatusRequestedRangeNotSatisfiable:
 			code = codes.OutOfRange
+		case http.StatusPreconditionFailed:
+			code = codes.FailedPrecondition
+		}
+		msg := strings.TrimSpace(ew.msg.String())
+		if msg == "" {
+			msg = strings.ToLower(http.StatusText(ew.code))
 		}
 		h.Del("X-Content-Type-Options")
-		writeStatus(w, ew.code, code, strings.TrimSpace(ew.msg.String()))
+		writeStatus(w, ew.code, code, msg)
 		return code
 	}
 	return codes.OK

@@ -403,7 +403,7 @@ func (s *Server) Handler() http.Handler {
 			s.grpc.ServeHTTP(w, r)
 			return
 		}
-		if p := r.URL.EscapedPath(); (strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/fn/")) && dotOrEmptySegment(p) {
+		if dotOrEmptySegment(r.URL.EscapedPath()) {
 			// The mux would answer with a redirect to the cleaned path,
 			// which a client following it (Go's does, with the body and
 			// the token) takes for the answer: a PUT of a blob named

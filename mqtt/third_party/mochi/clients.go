@@ -402,6 +402,8 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Properties.Clean = pk.Connect.Clean
 	cl.Properties.Props = pk.Properties.Copy(false)
 	cl.Properties.Props.User = cloneUser(cl.Properties.Props.User) // moongate
+	cl.Properties.Props.AuthenticationMethod = strings.Clone(cl.Properties.Props.AuthenticationMethod)
+	cl.Properties.Props.AuthenticationData = bytes.Clone(cl.Properties.Props.AuthenticationData)
 
 	// moongate: the session expiry is lowered to the server's maximum here,
 	// before the client is shared; SendConnack did it after the client was
