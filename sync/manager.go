@@ -431,6 +431,12 @@ func (w *worker) count(done []store.OutboxEntry, rej []Rejection) {
 	w.deliveredB += b
 	w.blobsOK += blobs
 	if w.cfg.DailyBudget > 0 {
+		// Counted to the day it was delivered in: a delivery after
+		// midnight UTC starts the new day's count (it went to the old
+		// day's, which the next check then wiped).
+		if day := utcDay(time.Now()); w.budgetDay != day {
+			w.budgetDay, w.budgetUsed = day, 0
+		}
 		w.budgetUsed += w.cost(done)
 	}
 }

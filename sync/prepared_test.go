@@ -167,3 +167,18 @@ func TestMQTTControlCharacterStream(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 }
+
+// TestBudgetCountedToItsDay: what is delivered after midnight UTC counts
+// against the new day. It went to the old day's count, which the next
+// check then wiped: the new day's first deliveries were free.
+func TestBudgetCountedToItsDay(t *testing.T) {
+	w := &worker{cfg: TargetConfig{DailyBudget: 1000}}
+	w.budgetDay, w.budgetUsed = utcDay(time.Now())-1, 900 // yesterday's count
+	w.count([]store.OutboxEntry{{Size: 300}, {Size: 200}}, nil)
+	if w.budgetDay != utcDay(time.Now()) || w.budgetUsed != 500 {
+		t.Fatalf("day %d used %d, want today %d and 500", w.budgetDay, w.budgetUsed, utcDay(time.Now()))
+	}
+	if !w.budgetAllows(500) || w.budgetAllows(501) {
+		t.Fatal("today's budget does not count today's deliveries")
+	}
+}
