@@ -54,20 +54,7 @@ func TestSubscriptionDoesNotPinPacket(t *testing.T) {
 }
 
 // varint encodes an MQTT variable byte integer.
-func varint(n int) []byte {
-	var out []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			return out
-		}
-	}
-}
+func varint(n int) []byte { return appendHeader(nil, 0, n)[1:] }
 
 // An MQTT 5 QoS 2 PUBLISH awaiting its PUBREL kept its whole packet alive:
 // the stored PUBREC inherited the publish's user properties, which point
