@@ -509,9 +509,13 @@ func (s *Store) PutFunction(ctx context.Context, f FunctionRecord) (int64, error
 		return 0, err
 	}
 	var version int64
-	est := entryEst(len(f.Name)+10, 2*(len(f.Source)+len(f.Manifest))+256) + entryEst(len(f.Name)+1, 8)
+	est := entryEst(len(f.Name)+10, 2*(len(f.Source)+len(f.Manifest))+256) + entryEst(len(f.Name)+1, 8) +
+		maxVersionsPruned*entryEst(len(f.Name)+10, 0)
 	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
 		version = latestVersion(b.txn, f.Name) + 1
+		if err := pruneVersions(b, f.Name, version-VersionsKept); err != nil {
+			return err
+		}
 		rec := f
 		rec.Version = version
 		rec.Active = false
@@ -532,6 +536,49 @@ func (s *Store) PutFunction(ctx context.Context, f FunctionRecord) (int64, error
 		return 0, err // version may still be written by the committer when ctx ended
 	}
 	return version, nil
+}
+
+// VersionsKept is how many of a function's latest versions PutFunction
+// keeps (and the active one, whatever its age): older ones are deleted in
+// the same write, so a deploy history does not grow the store without
+// bound (every version holds its source, up to 256 KiB, and manifest).
+// Rollback reaches back that far.
+const VersionsKept = 32
+
+// maxVersionsPruned bounds the versions one PutFunction deletes (a store
+// with a longer history, from before VersionsKept, shrinks over a few
+// deploys).
+const maxVersionsPruned = 64
+
+// pruneVersions deletes the versions of name up to and including upTo,
+// except the active one, at most maxVersionsPruned of them.
+func pruneVersions(b *batch, name string, upTo int64) error {
+	if upTo < 1 {
+		return nil
+	}
+	active, err := activeVersion(b.txn, name)
+	if err != nil {
+		return err
+	}
+	p := namePrefix(pFunction, name)
+	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: p})
+	defer it.Close()
+	n := 0
+	for it.Seek(fnKey(name, 1)); it.Valid() && n < maxVersionsPruned; it.Next() {
+		k := it.Item().Key()
+		if len(k) != len(p)+8 {
+			continue
+		}
+		v := int64(keySeq(k))
+		if v > upTo {
+			break
+		}
+		if v != active {
+			b.del(it.Item().KeyCopy(nil))
+			n++
+		}
+	}
+	return nil
 }
 
 func getFunction(txn *badger.Txn, name string, version int64) (FunctionRecord, error) {

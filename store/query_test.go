@@ -419,3 +419,29 @@ func TestEachVersion(t *testing.T) {
 		t.Fatal("a cancelled scan answered")
 	}
 }
+
+// TestVersionsPruned: a function keeps its last VersionsKept versions and
+// its active one; older ones are deleted as new ones are put (the history
+// grew the store without bound, a source of up to 256 KiB per version).
+func TestVersionsPruned(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	for i := 1; i <= VersionsKept+8; i++ {
+		if _, err := s.PutFunction(ctx, FunctionRecord{Name: "f", Source: fmt.Appendf(nil, "return %d", i), Active: i == 5}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var kept []int64
+	if err := s.EachVersion(ctx, "f", func(r FunctionRecord) error { kept = append(kept, r.Version); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(kept) != VersionsKept+1 || kept[0] != 5 || kept[1] != 9 || kept[len(kept)-1] != VersionsKept+8 {
+		t.Fatalf("kept %v: want the active 5 and the last %d", kept, VersionsKept)
+	}
+	if f, err := s.GetFunction(ctx, "f", 0); err != nil || f.Version != 5 || string(f.Source) != "return 5" {
+		t.Fatalf("active: %+v %v", f, err)
+	}
+	if _, err := s.GetFunction(ctx, "f", 6); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("pruned version 6: %v", err)
+	}
+}
