@@ -126,6 +126,9 @@ func (g *Gateway) stageBlobs(ctx context.Context, c *store.Commit, res *luavm.Re
 			if err := store.ValidBlobName(ef.Name); err != nil {
 				return release, fmt.Errorf("blob.write(%q, %q): %w", ef.Bucket, ef.Name, err)
 			}
+			if err := store.ValidContentType(ef.ContentType); err != nil {
+				return release, fmt.Errorf("blob.write(%q, %q): %w", ef.Bucket, ef.Name, err)
+			}
 			sb, err := bs.StageBlob(ctx, ef.Bucket, bytes.NewReader(ef.Payload), 0)
 			if err != nil {
 				return release, fmt.Errorf("blob.write(%q, %q): %w", ef.Bucket, ef.Name, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"unsafe"
 	"weak"
 
@@ -193,6 +194,10 @@ func (in *instance) blobWrite(L *lua.LState) int {
 	ctype := L.OptString(4, "application/octet-stream")
 	if len(ctype) > 256 {
 		L.ArgError(4, "content type longer than 256 bytes")
+	}
+	if i := strings.IndexFunc(ctype, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }); i >= 0 {
+		// It becomes an HTTP header when the blob is read or synced.
+		L.ArgError(4, fmt.Sprintf("content type contains a control character (byte %d)", i))
 	}
 	size := len(bucket) + len(name) + len(data)
 	if size > in.inv.limits.MaxEffectBytes {

@@ -99,6 +99,11 @@ func TestBlobHostile(t *testing.T) {
 		{"missing blob under pcall", `function handle() local ok, err = pcall(blob.read, "photos", "nope", 0, 4) return tostring(ok) end`, `false`, true},
 		{"empty bucket", `function handle() return blob.read("", "a", 0, 4) end`, "bucket must be", false},
 		{"write too large", `function handle() blob.write("photos", "x", string.rep("x", 300 * 1024)) end`, "effect", false},
+		// The content type is sent back as an HTTP header (downloads, sync):
+		// a control character in it made the blob unsendable to an http target.
+		{"content type with a newline", `function handle() blob.write("photos", "x", "d", "text/plain\nX-Injected: 1") end`, "content type contains a control character (byte 10)", false},
+		{"content type with DEL", `function handle() blob.write("photos", "x", "d", "a\127") end`, "control character", false},
+		{"content type with a tab", `function handle() blob.write("photos", "x", "d", "text/plain;\tcharset=utf-8") return "1" end`, `1`, true},
 		{"write and delete are effects", `function handle() blob.write("photos", "x.txt", "data", "text/plain") blob.delete("photos", "y") return "1" end`, `1`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

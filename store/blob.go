@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -55,6 +56,23 @@ type Bucket struct {
 
 // maxContentType bounds a blob's content type.
 const maxContentType = 256
+
+// ValidContentType reports whether ct can be a blob's content type: at
+// most 256 bytes, and a valid HTTP header field value (no control
+// character but tab), since it is sent as the Content-Type header when the
+// blob is downloaded or synced. The empty string is valid (it reads as
+// application/octet-stream). It returns an error wrapping ErrInvalid.
+func ValidContentType(ct string) error {
+	if len(ct) > maxContentType {
+		return fmt.Errorf("%w: content type longer than %d bytes", ErrInvalid, maxContentType)
+	}
+	for i := 0; i < len(ct); i++ {
+		if c := ct[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return fmt.Errorf("%w: content type contains a control character (byte %d)", ErrInvalid, i)
+		}
+	}
+	return nil
+}
 
 // DefaultBlobMaxSize is the size limit of one blob when Bucket.MaxSize is 0.
 const DefaultBlobMaxSize = 64 << 20
@@ -160,7 +178,7 @@ func ValidBlobName(name string) error {
 		return bad("contains a backslash")
 	}
 	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) { // C0, DEL and C1 (U+0080-U+009F)
 			return bad("contains a control character")
 		}
 	}
@@ -452,9 +470,9 @@ func (s *Store) PutBlob(ctx context.Context, p BlobPut, derive func(BlobInfo) []
 	if _, err := s.bucket(p.Bucket); err != nil {
 		return BlobInfo{}, nil, err
 	}
-	if len(p.ContentType) > maxContentType {
+	if err := ValidContentType(p.ContentType); err != nil {
 		// Refused before the body is read (the commit refuses it too).
-		return BlobInfo{}, nil, fmt.Errorf("%w: content type longer than %d bytes", ErrInvalid, maxContentType)
+		return BlobInfo{}, nil, err
 	}
 	sb, err := s.StageBlob(ctx, p.Bucket, p.Body, 0)
 	if err != nil {
@@ -749,8 +767,8 @@ func (s *Store) applyBlobs(b *batch, c *Commit) ([]blobChange, map[[32]byte]int6
 		if sb.size > bk.MaxSize {
 			return nil, nil, nil, fmt.Errorf("%w: blob of %d bytes, bucket %s allows %d", ErrTooLarge, sb.size, op.Bucket, bk.MaxSize)
 		}
-		if len(op.ContentType) > maxContentType {
-			return nil, nil, nil, fmt.Errorf("%w: content type longer than %d bytes", ErrInvalid, maxContentType)
+		if err := ValidContentType(op.ContentType); err != nil {
+			return nil, nil, nil, err
 		}
 		q.Count++
 		q.Bytes += sb.size

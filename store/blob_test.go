@@ -208,6 +208,54 @@ func TestBlobLongContentTypeRefusedUnread(t *testing.T) {
 	}
 }
 
+// TestBlobContentTypeControlRefused: a content type is sent back as an
+// HTTP header (downloads, sync): one with a control character was stored,
+// and an http sync target could then never send the blob (net/http refuses
+// the request), holding up its whole outbox. Refused by the upload and by
+// the commit (a function's blob.write) alike; tab is a valid header byte.
+func TestBlobContentTypeControlRefused(t *testing.T) {
+	ctx := context.Background()
+	s := blobStore(t, nil)
+	for _, ct := range []string{"text/plain\nX-Injected: 1", "a\rb", "a\x00", "a\x7f", "\x1b[31m"} {
+		body := &countingReader{r: strings.NewReader("data")}
+		if _, _, err := s.PutBlob(ctx, BlobPut{Bucket: "photos", Name: "x", ContentType: ct, Body: body}, nil); !errors.Is(err, ErrInvalid) || body.n != 0 {
+			t.Errorf("PutBlob with content type %q: %v after reading %d bytes, want ErrInvalid unread", ct, err, body.n)
+		}
+		sb, err := s.StageBlob(ctx, "photos", strings.NewReader("data"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Commit(ctx, &Commit{Blobs: []BlobOp{{Bucket: "photos", Name: "y", ContentType: ct, Object: sb}}})
+		sb.Release()
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("commit of a blob with content type %q: %v, want ErrInvalid", ct, err)
+		}
+	}
+	if _, err := s.OpenBlob(ctx, "photos", "y"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused blob was stored: %v", err)
+	}
+	ok := "text/plain;\tcharset=utf-8"
+	if _, _, err := s.PutBlob(ctx, BlobPut{Bucket: "photos", Name: "x", ContentType: ok, Body: strings.NewReader("data")}, nil); err != nil {
+		t.Fatalf("content type %q: %v", ok, err)
+	}
+}
+
+// TestBlobNameC1Controls: names with the C1 control characters (U+0080 to
+// U+009F; U+009B is a terminal's CSI, and `moongate blob ls` prints names)
+// are refused like C0 ones, as docs/blobs.md says.
+func TestBlobNameC1Controls(t *testing.T) {
+	for _, name := range []string{"a\u0085b", "x\u009b31mred", "\u0080", "a\u009f"} {
+		if err := ValidBlobName(name); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidBlobName(%q) = %v, want ErrInvalid", name, err)
+		}
+	}
+	for _, name := range []string{"caf\u00e9", "\u00a0x", "\u4e2d/\U0001f600"} {
+		if err := ValidBlobName(name); err != nil {
+			t.Errorf("ValidBlobName(%q) = %v", name, err)
+		}
+	}
+}
+
 type countingReader struct {
 	r io.Reader
 	n int

@@ -601,3 +601,21 @@ func TestDailyBudgetWithBlobs(t *testing.T) {
 		t.Fatalf("paused after %d blobs with %d of %d budget bytes used, want 6 and %d", n, s.BudgetUsed, tc.DailyBudget, 6*8<<10)
 	}
 }
+
+// TestBlobContentTypeHeader: a blob send queued with a content type that is
+// not a valid header value (stored before the store checked them) goes out
+// as application/octet-stream: net/http refused the request, and the target
+// retried it for ever with everything behind it waiting.
+func TestBlobContentTypeHeader(t *testing.T) {
+	for ct, want := range map[string]string{
+		"":                           "application/octet-stream",
+		"image/jpeg":                 "image/jpeg",
+		"text/plain;\tcharset=utf-8": "text/plain;\tcharset=utf-8",
+		"text/plain\nX-Injected: 1":  "application/octet-stream",
+		"a\x00":                      "application/octet-stream",
+	} {
+		if got := blobContentType(ct); got != want {
+			t.Errorf("blobContentType(%q) = %q, want %q", ct, got, want)
+		}
+	}
+}

@@ -131,11 +131,7 @@ func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry, expect b
 	if bs.Size == 0 {
 		req.Body = http.NoBody
 	}
-	ctype := bs.ContentType
-	if ctype == "" {
-		ctype = "application/octet-stream"
-	}
-	req.Header.Set("Content-Type", ctype)
+	req.Header.Set("Content-Type", blobContentType(bs.ContentType))
 	req.Header.Set("Content-Digest", "sha-256=:"+base64.StdEncoding.EncodeToString(want)+":")
 	req.Header.Set("X-Moongate-Sha256", bs.SHA256)
 	req.Header.Set("Idempotency-Key", IdempotencyKey([]store.OutboxEntry{*e}))
@@ -247,3 +243,15 @@ func (b *blobBody) Read(p []byte) (int, error) {
 
 // Close is a no-op: the caller closes the file.
 func (b *blobBody) Close() error { return nil }
+
+// blobContentType is the Content-Type header of a blob sent with content
+// type ct: application/octet-stream when it has none, or one the store no
+// longer accepts (a send queued before content types were checked:
+// net/http would refuse the request, and the target retry it for ever,
+// holding up everything behind it).
+func blobContentType(ct string) string {
+	if ct == "" || store.ValidContentType(ct) != nil {
+		return "application/octet-stream"
+	}
+	return ct
+}

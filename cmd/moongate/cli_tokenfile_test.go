@@ -49,6 +49,15 @@ func TestTokenFile(t *testing.T) {
 		!strings.Contains(errs, "MOONGATE_TOKEN") || !strings.Contains(errs, "--token-file") {
 		t.Errorf("--token: exit %d, auth %q, stderr %q", code, last(), errs)
 	}
+	// A token file others can read draws the warning the CLI configuration
+	// file draws (docs/cli.md said so; it did not).
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if errs, code := runWith("", "--token-file", file); code != 0 || last() != "Bearer filetoken" ||
+		!strings.Contains(errs, "readable by others") || !strings.Contains(errs, file) {
+		t.Errorf("--token-file of mode 0644: exit %d, auth %q, stderr %q", code, last(), errs)
+	}
 	n := len(srv.requests())
 	for _, c := range []struct {
 		in   string

@@ -193,7 +193,7 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 	case cf.token != "":
 		fmt.Fprintln(stderr, "moongate: warning: --token puts the token in the process list and the shell history: set MOONGATE_TOKEN or use --token-file FILE")
 	case cf.tokenFile != "":
-		t, err := readTokenFile(cf.tokenFile)
+		t, err := readTokenFile(cf.tokenFile, stderr)
 		if err != nil {
 			return nil, err
 		}
@@ -259,8 +259,10 @@ func newClient(cf *connFlags, stderr io.Writer) (*apiClient, error) {
 const maxTokenFileBytes = 64 << 10
 
 // readTokenFile reads the token of --token-file: the file's content
-// without surrounding white space; "-" is standard input.
-func readTokenFile(name string) (string, error) {
+// without surrounding white space; "-" is standard input. A regular file
+// that others can read draws a warning on stderr, as the CLI configuration
+// file does.
+func readTokenFile(name string, stderr io.Writer) (string, error) {
 	var r io.Reader = stdin
 	if name != "-" {
 		f, err := os.Open(name)
@@ -269,6 +271,9 @@ func readTokenFile(name string) (string, error) {
 		}
 		defer f.Close()
 		r = f
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o077 != 0 && runtime.GOOS != "windows" {
+			fmt.Fprintf(stderr, "moongate: warning: %s holds a token and is readable by others (chmod 600 it)\n", name)
+		}
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxTokenFileBytes+1))
 	if name == "-" {
