@@ -41,7 +41,8 @@ var (
 	// that cannot fit in one atomic Badger transaction.
 	ErrTooLarge = errors.New("store: write too large for one transaction")
 	// ErrNotNumber is returned by Commit when a StateIncr targets a stored
-	// value that is not a JSON number. The whole commit is refused.
+	// value that is not a JSON number, or its sum would not be a finite
+	// number. The whole commit is refused.
 	ErrNotNumber = errors.New("store: state value is not a JSON number")
 	// ErrStateQuota is returned by Commit when state changes would take a
 	// function's state over its quota (Options.Quotas[SpaceState]). It

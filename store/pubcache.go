@@ -55,13 +55,6 @@ func (c *pubCache) apply(added []Publish, removed []uint64, head uint64) {
 	if c.start == 0 {
 		return
 	}
-	for _, seq := range removed {
-		if i, ok := c.find(seq); ok && !c.ents[i].gone {
-			c.ents[i].gone = true
-			c.live--
-			c.bytes -= pubCost(&c.ents[i].p)
-		}
-	}
 	for i := range added {
 		if n := len(c.ents); n > 0 && added[i].Seq <= c.ents[n-1].p.Seq {
 			// Out of order: cannot happen with one committer; stop
@@ -72,6 +65,15 @@ func (c *pubCache) apply(added []Publish, removed []uint64, head uint64) {
 		c.ents = append(c.ents, cachedPublish{p: added[i]})
 		c.live++
 		c.bytes += pubCost(&added[i])
+	}
+	// Removals after additions: a publish acknowledged in the batch that
+	// wrote it is in both.
+	for _, seq := range removed {
+		if i, ok := c.find(seq); ok && !c.ents[i].gone {
+			c.ents[i].gone = true
+			c.live--
+			c.bytes -= pubCost(&c.ents[i].p)
+		}
 	}
 	// Drop gone entries and everything below the head from the front, then
 	// the oldest live ones while over the bounds: the cache then covers

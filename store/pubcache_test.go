@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -162,5 +163,48 @@ func TestPendingPublishesClosed(t *testing.T) {
 	}
 	if _, err := s.PendingPublishes(ctx, 0, 10); err != ErrClosed {
 		t.Fatalf("closed store: %v", err)
+	}
+}
+
+// TestPubCacheAckInSameBatch: a publish acknowledged in the group-commit
+// batch that wrote it is gone. The cache applied the batch's removals
+// before its additions, so it kept listing the publish (the publisher
+// would send it again and again until the head passed it).
+func TestPubCacheAckInSameBatch(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	// An older publish stays pending, so the head does not pass the new one.
+	if _, err := s.Commit(ctx, &Commit{Publishes: []Publish{{Topic: "t/old", Payload: []byte("old")}}}); err != nil {
+		t.Fatal(err)
+	}
+	next := s.counters().Publish.Next
+	var wg sync.WaitGroup
+	holdBatch(t, s, 2, func() {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Commit(ctx, &Commit{Publishes: []Publish{{Topic: "t/new", Payload: []byte("new")}}}); err != nil {
+				t.Error(err)
+			}
+		}()
+		waitQueued(t, s, 1)
+		go func() {
+			defer wg.Done()
+			if err := s.AckPublishes(ctx, next); err != nil {
+				t.Error(err)
+			}
+		}()
+	})
+	wg.Wait()
+	onDisk, err := pending(ctx, s, pPublish, s.counters().Publish.Head, 0, 100, decodePublish)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.PendingPublishes(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || len(onDisk) != 1 || got[0].Topic != "t/old" {
+		t.Fatalf("PendingPublishes lists %+v, Badger holds %+v", got, onDisk)
 	}
 }

@@ -356,6 +356,9 @@ func validateCommit(c *Commit, maxValue int, vEst func(k, v int) int64) (int64, 
 		if len(st.Key) > 64<<10 {
 			return 0, fmt.Errorf("%w: state key longer than 64 KiB", ErrInvalid)
 		}
+		if st.Op == StateIncr && (math.IsInf(st.Delta, 0) || math.IsNaN(st.Delta)) {
+			return 0, fmt.Errorf("%w: state increment by %v", ErrInvalid, st.Delta)
+		}
 		est += vEst(2+len(st.Function)+len(st.Key), len(st.Value)+32)
 	}
 	for _, p := range c.Publishes {
@@ -480,7 +483,14 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 				}
 				n = f
 			}
-			nv = formatJSONNumber(n + ch.Delta)
+			sum := n + ch.Delta
+			if math.IsInf(sum, 0) || math.IsNaN(sum) {
+				// luavm refuses this against the value it read; two
+				// invocations that read the same value can still get
+				// here, and "+Inf" is no JSON.
+				return fmt.Errorf("%w: %s/%s: %v + %v is not a finite number", ErrNotNumber, ch.Function, ch.Key, n, ch.Delta)
+			}
+			nv = formatJSONNumber(sum)
 		}
 		if i, ok := overlay[string(k)]; ok {
 			state[i].val = nv

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -142,6 +144,41 @@ func TestEnqueueCommitExactlyOnce(t *testing.T) {
 	// The head cursor skipped both consumed entries: readers seek past them.
 	if h := s.counters().Inbox.Head; h != 3 {
 		t.Fatalf("inbox head = %d, want 3", h)
+	}
+}
+
+// TestIncrOverflowKeepsJSON: two increments that each fit, committed one
+// after the other (two invocations on different lanes that both read the
+// value before the other's commit), stored the text "+Inf": the key was no
+// JSON for good (state.get failed, every later incr was dead-lettered).
+// The second is refused whole; a non-finite delta is invalid input.
+func TestIncrOverflowKeepsJSON(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	incr := func(d float64) error {
+		_, err := s.Commit(ctx, &Commit{State: []StateChange{{Function: "f", Op: StateIncr, Key: "n", Delta: d}}})
+		return err
+	}
+	if err := incr(1e308); err != nil {
+		t.Fatal(err)
+	}
+	if err := incr(1e308); !errors.Is(err, ErrNotNumber) || !strings.Contains(err.Error(), "not a finite number") {
+		t.Fatalf("overflowing increment: %v, want ErrNotNumber", err)
+	}
+	for _, d := range []float64{math.Inf(1), math.Inf(-1), math.NaN()} {
+		if err := incr(d); !errors.Is(err, ErrInvalid) {
+			t.Errorf("increment by %v: %v, want ErrInvalid", d, err)
+		}
+	}
+	v, ok, err := s.GetState(ctx, "f", "n")
+	if err != nil || !ok || string(v) != "1e+308" {
+		t.Fatalf("state f/n = %q %v %v, want 1e+308", v, ok, err)
+	}
+	if err := incr(-1e308); err != nil {
+		t.Fatalf("later increment: %v", err)
+	}
+	if v, _, _ := s.GetState(ctx, "f", "n"); string(v) != "0" {
+		t.Fatalf("state f/n = %q, want 0", v)
 	}
 }
 

@@ -232,9 +232,14 @@ func printReport(w io.Writer, res *luavm.Result, err error) {
 	}
 	fmt.Fprintf(w, "effects (%d):\n", len(r.Effects))
 	for _, e := range r.Effects {
-		if e.Kind == "publish" {
+		switch e.Kind {
+		case "publish":
 			fmt.Fprintf(w, "  publish %s qos=%d retain=%v: %s\n", e.Topic, e.QoS, e.Retain, e.Payload)
-		} else {
+		case "blob.write":
+			fmt.Fprintf(w, "  blob.write %s/%s (%s, %d bytes): %s\n", e.Bucket, e.Name, e.Type, len(e.Payload), e.Payload)
+		case "blob.delete":
+			fmt.Fprintf(w, "  blob.delete %s/%s\n", e.Bucket, e.Name)
+		default:
 			fmt.Fprintf(w, "  emit %s: %s\n", e.Stream, e.Record)
 		}
 	}

@@ -149,6 +149,26 @@ end
 			t.Errorf("report lacks %s:\n%s", want, out.String())
 		}
 	}
+	// The text report names blob effects (they were printed as "emit : ").
+	out.Reset()
+	if err := os.WriteFile(filepath.Join(dir, "d.lua"), []byte(`function handle(event, ctx)
+  blob.write("thumbs", "a.json", "hello", "application/json")
+  blob.delete("photos", "old.jpg")
+end
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "d.lua"), "--event", filepath.Join(dir, "event.json")}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"  blob.write thumbs/a.json (application/json, 5 bytes): hello\n", "  blob.delete photos/old.jpg\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("text report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "emit") {
+		t.Errorf("text report shows blob effects as emits:\n%s", out.String())
+	}
 	if code := run(context.Background(), []string{"fn", "test", filepath.Join(dir, "b.lua"), "--event", filepath.Join(dir, "event.json"),
 		"--blob", "nobucket"}, &out, &errb); code != exitUsage {
 		t.Fatalf("malformed --blob: exit %d", code)
