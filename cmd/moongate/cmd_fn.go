@@ -435,6 +435,10 @@ func renderInvoke(w io.Writer, r *v1.InvokeFunctionResponse) error {
 			fmt.Fprintf(bw, "  publish %s qos=%d retain=%v: %s\n", p.GetTopic(), p.GetQos(), p.GetRetain(), fmtPayload(p.GetPayload()))
 		} else if em := e.GetEmit(); em != nil {
 			fmt.Fprintf(bw, "  emit %s: %s\n", em.GetStream(), fmtValue(em.GetRecord()))
+		} else if w := e.GetBlobWrite(); w != nil {
+			fmt.Fprintf(bw, "  blob.write %s/%s (%s, %d bytes): %s\n", w.GetBucket(), w.GetName(), w.GetContentType(), len(w.GetData()), fmtPayload(w.GetData()))
+		} else if d := e.GetBlobDelete(); d != nil {
+			fmt.Fprintf(bw, "  blob.delete %s/%s\n", d.GetBucket(), d.GetName())
 		}
 	}
 	fmt.Fprintf(bw, "state (%d):\n", len(r.GetState()))

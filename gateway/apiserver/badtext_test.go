@@ -1,6 +1,7 @@
 package apiserver_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -119,4 +120,26 @@ end`}, nil)
 	e.mustCall(200, "GET", "/v1/deadletters?function=sync:up", readToken, nil, nil)
 	e.mustCall(200, "POST", "/v1/deadletters:purge", adminToken, obj{"function": "sync:up"}, nil)
 	e.expectStatus(400, "invalid sync target name", "GET", "/v1/deadletters?function=sync:Up!", readToken, nil)
+}
+
+// TestInvokeShowsBlobEffects: an invocation's blob.write and blob.delete
+// are in the invoke response (the API had no kind for them: the CLI
+// counted them and printed nothing).
+func TestInvokeShowsBlobEffects(t *testing.T) {
+	e := startDaemon(t, daemonConfig(t.TempDir(), "blobs: {buckets: {thumbs: {}, photos: {}}}\n"))
+	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "bw", "manifest": "{}", "source": `function handle(event, ctx)
+  blob.write("thumbs", "a.json", "{\"w\":1}", "application/json")
+  blob.delete("photos", "old.jpg")
+end`}, nil)
+	var inv obj
+	e.mustCall(200, "POST", "/v1/functions/bw:invoke", adminToken, obj{"dry_run": true}, &inv)
+	effects, _ := inv["effects"].([]any)
+	if len(effects) != 2 {
+		t.Fatalf("effects: %v", inv)
+	}
+	w, d := field(inv, "effects.0.blob_write"), field(inv, "effects.1.blob_delete")
+	want := obj{"bucket": "thumbs", "name": "a.json", "content_type": "application/json", "data": "eyJ3IjoxfQ=="}
+	if !reflect.DeepEqual(w, want) || !reflect.DeepEqual(d, map[string]any{"bucket": "photos", "name": "old.jpg"}) {
+		t.Fatalf("blob effects: %v / %v", w, d)
+	}
 }

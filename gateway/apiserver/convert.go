@@ -228,6 +228,12 @@ func invocationMessage(js jsonOut, name string, inv Invocation) *v1.InvokeFuncti
 				Topic: validText(e.Topic), Payload: e.Payload, Qos: uint32(e.QoS), Retain: e.Retain}}})
 		case luavm.EffectEmit:
 			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_Emit{Emit: &v1.EmitEffect{Stream: validText(e.Stream), Record: js.value(e.Record)}}})
+		case luavm.EffectBlobWrite:
+			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_BlobWrite{BlobWrite: &v1.BlobWriteEffect{
+				Bucket: validText(e.Bucket), Name: validText(e.Name), ContentType: validText(e.ContentType), Data: e.Payload}}})
+		case luavm.EffectBlobDelete:
+			out.Effects = append(out.Effects, &v1.Effect{Kind: &v1.Effect_BlobDelete{BlobDelete: &v1.BlobDeleteEffect{
+				Bucket: validText(e.Bucket), Name: validText(e.Name)}}})
 		}
 	}
 	for _, op := range r.State {

@@ -1444,6 +1444,8 @@ type Effect struct {
 	//
 	//	*Effect_Publish
 	//	*Effect_Emit
+	//	*Effect_BlobWrite
+	//	*Effect_BlobDelete
 	Kind          isEffect_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1504,6 +1506,24 @@ func (x *Effect) GetEmit() *EmitEffect {
 	return nil
 }
 
+func (x *Effect) GetBlobWrite() *BlobWriteEffect {
+	if x != nil {
+		if x, ok := x.Kind.(*Effect_BlobWrite); ok {
+			return x.BlobWrite
+		}
+	}
+	return nil
+}
+
+func (x *Effect) GetBlobDelete() *BlobDeleteEffect {
+	if x != nil {
+		if x, ok := x.Kind.(*Effect_BlobDelete); ok {
+			return x.BlobDelete
+		}
+	}
+	return nil
+}
+
 type isEffect_Kind interface {
 	isEffect_Kind()
 }
@@ -1518,9 +1538,151 @@ type Effect_Emit struct {
 	Emit *EmitEffect `protobuf:"bytes,2,opt,name=emit,proto3,oneof"`
 }
 
+type Effect_BlobWrite struct {
+	// blob.write(bucket, name, data, content_type).
+	BlobWrite *BlobWriteEffect `protobuf:"bytes,3,opt,name=blob_write,json=blobWrite,proto3,oneof"`
+}
+
+type Effect_BlobDelete struct {
+	// blob.delete(bucket, name).
+	BlobDelete *BlobDeleteEffect `protobuf:"bytes,4,opt,name=blob_delete,json=blobDelete,proto3,oneof"`
+}
+
 func (*Effect_Publish) isEffect_Kind() {}
 
 func (*Effect_Emit) isEffect_Kind() {}
+
+func (*Effect_BlobWrite) isEffect_Kind() {}
+
+func (*Effect_BlobDelete) isEffect_Kind() {}
+
+// BlobWriteEffect is a blob written by a function.
+type BlobWriteEffect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bucket.
+	Bucket string `protobuf:"bytes,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// Blob name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Content type.
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// The blob's content (base64 in JSON).
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobWriteEffect) Reset() {
+	*x = BlobWriteEffect{}
+	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobWriteEffect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobWriteEffect) ProtoMessage() {}
+
+func (x *BlobWriteEffect) ProtoReflect() protoreflect.Message {
+	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobWriteEffect.ProtoReflect.Descriptor instead.
+func (*BlobWriteEffect) Descriptor() ([]byte, []int) {
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *BlobWriteEffect) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *BlobWriteEffect) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BlobWriteEffect) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *BlobWriteEffect) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// BlobDeleteEffect is a blob deleted by a function.
+type BlobDeleteEffect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bucket.
+	Bucket string `protobuf:"bytes,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// Blob name.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobDeleteEffect) Reset() {
+	*x = BlobDeleteEffect{}
+	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobDeleteEffect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobDeleteEffect) ProtoMessage() {}
+
+func (x *BlobDeleteEffect) ProtoReflect() protoreflect.Message {
+	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobDeleteEffect.ProtoReflect.Descriptor instead.
+func (*BlobDeleteEffect) Descriptor() ([]byte, []int) {
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BlobDeleteEffect) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *BlobDeleteEffect) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
 
 // PublishEffect is a local MQTT publish.
 type PublishEffect struct {
@@ -1539,7 +1701,7 @@ type PublishEffect struct {
 
 func (x *PublishEffect) Reset() {
 	*x = PublishEffect{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	mi := &file_moongate_v1_functions_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1713,7 @@ func (x *PublishEffect) String() string {
 func (*PublishEffect) ProtoMessage() {}
 
 func (x *PublishEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[20]
+	mi := &file_moongate_v1_functions_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1726,7 @@ func (x *PublishEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishEffect.ProtoReflect.Descriptor instead.
 func (*PublishEffect) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{20}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PublishEffect) GetTopic() string {
@@ -1608,7 +1770,7 @@ type EmitEffect struct {
 
 func (x *EmitEffect) Reset() {
 	*x = EmitEffect{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	mi := &file_moongate_v1_functions_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1782,7 @@ func (x *EmitEffect) String() string {
 func (*EmitEffect) ProtoMessage() {}
 
 func (x *EmitEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[21]
+	mi := &file_moongate_v1_functions_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1795,7 @@ func (x *EmitEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmitEffect.ProtoReflect.Descriptor instead.
 func (*EmitEffect) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{21}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *EmitEffect) GetStream() string {
@@ -1667,7 +1829,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[22]
+	mi := &file_moongate_v1_functions_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1841,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[22]
+	mi := &file_moongate_v1_functions_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1854,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{22}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateChange) GetOp() string {
@@ -1746,7 +1908,7 @@ type Cost struct {
 
 func (x *Cost) Reset() {
 	*x = Cost{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[23]
+	mi := &file_moongate_v1_functions_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1920,7 @@ func (x *Cost) String() string {
 func (*Cost) ProtoMessage() {}
 
 func (x *Cost) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[23]
+	mi := &file_moongate_v1_functions_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1933,7 @@ func (x *Cost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cost.ProtoReflect.Descriptor instead.
 func (*Cost) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{23}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Cost) GetWall() *durationpb.Duration {
@@ -1854,7 +2016,7 @@ type InvokeFunctionResponse struct {
 
 func (x *InvokeFunctionResponse) Reset() {
 	*x = InvokeFunctionResponse{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[24]
+	mi := &file_moongate_v1_functions_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2028,7 @@ func (x *InvokeFunctionResponse) String() string {
 func (*InvokeFunctionResponse) ProtoMessage() {}
 
 func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[24]
+	mi := &file_moongate_v1_functions_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2041,7 @@ func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeFunctionResponse.ProtoReflect.Descriptor instead.
 func (*InvokeFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{24}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InvokeFunctionResponse) GetInvocationId() string {
@@ -1975,7 +2137,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_moongate_v1_functions_proto_msgTypes[25]
+	mi := &file_moongate_v1_functions_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2149,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_moongate_v1_functions_proto_msgTypes[25]
+	mi := &file_moongate_v1_functions_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2162,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{25}
+	return file_moongate_v1_functions_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LogLine) GetSeq() uint64 {
@@ -2149,11 +2311,23 @@ const file_moongate_v1_functions_proto_rawDesc = "" +
 	"\x05event\x18\x02 \x01(\v2\x12.moongate.v1.EventR\x05event\x12\x1c\n" +
 	"\adry_run\x18\x03 \x01(\bH\x00R\x06dryRun\x88\x01\x01B\n" +
 	"\n" +
-	"\b_dry_run\"w\n" +
+	"\b_dry_run\"\xf8\x01\n" +
 	"\x06Effect\x126\n" +
 	"\apublish\x18\x01 \x01(\v2\x1a.moongate.v1.PublishEffectH\x00R\apublish\x12-\n" +
-	"\x04emit\x18\x02 \x01(\v2\x17.moongate.v1.EmitEffectH\x00R\x04emitB\x06\n" +
-	"\x04kind\"i\n" +
+	"\x04emit\x18\x02 \x01(\v2\x17.moongate.v1.EmitEffectH\x00R\x04emit\x12=\n" +
+	"\n" +
+	"blob_write\x18\x03 \x01(\v2\x1c.moongate.v1.BlobWriteEffectH\x00R\tblobWrite\x12@\n" +
+	"\vblob_delete\x18\x04 \x01(\v2\x1d.moongate.v1.BlobDeleteEffectH\x00R\n" +
+	"blobDeleteB\x06\n" +
+	"\x04kind\"t\n" +
+	"\x0fBlobWriteEffect\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\tR\x06bucket\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\">\n" +
+	"\x10BlobDeleteEffect\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\tR\x06bucket\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"i\n" +
 	"\rPublishEffect\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
@@ -2224,7 +2398,7 @@ func file_moongate_v1_functions_proto_rawDescGZIP() []byte {
 }
 
 var file_moongate_v1_functions_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_moongate_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_moongate_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_moongate_v1_functions_proto_goTypes = []any{
 	(ResultKind)(0),                      // 0: moongate.v1.ResultKind
 	(*Function)(nil),                     // 1: moongate.v1.Function
@@ -2247,67 +2421,71 @@ var file_moongate_v1_functions_proto_goTypes = []any{
 	(*Event)(nil),                        // 18: moongate.v1.Event
 	(*InvokeFunctionRequest)(nil),        // 19: moongate.v1.InvokeFunctionRequest
 	(*Effect)(nil),                       // 20: moongate.v1.Effect
-	(*PublishEffect)(nil),                // 21: moongate.v1.PublishEffect
-	(*EmitEffect)(nil),                   // 22: moongate.v1.EmitEffect
-	(*StateChange)(nil),                  // 23: moongate.v1.StateChange
-	(*Cost)(nil),                         // 24: moongate.v1.Cost
-	(*InvokeFunctionResponse)(nil),       // 25: moongate.v1.InvokeFunctionResponse
-	(*LogLine)(nil),                      // 26: moongate.v1.LogLine
-	nil,                                  // 27: moongate.v1.Event.CapturesEntry
-	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 29: google.protobuf.Duration
-	(*structpb.Struct)(nil),              // 30: google.protobuf.Struct
-	(*structpb.Value)(nil),               // 31: google.protobuf.Value
+	(*BlobWriteEffect)(nil),              // 21: moongate.v1.BlobWriteEffect
+	(*BlobDeleteEffect)(nil),             // 22: moongate.v1.BlobDeleteEffect
+	(*PublishEffect)(nil),                // 23: moongate.v1.PublishEffect
+	(*EmitEffect)(nil),                   // 24: moongate.v1.EmitEffect
+	(*StateChange)(nil),                  // 25: moongate.v1.StateChange
+	(*Cost)(nil),                         // 26: moongate.v1.Cost
+	(*InvokeFunctionResponse)(nil),       // 27: moongate.v1.InvokeFunctionResponse
+	(*LogLine)(nil),                      // 28: moongate.v1.LogLine
+	nil,                                  // 29: moongate.v1.Event.CapturesEntry
+	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 31: google.protobuf.Duration
+	(*structpb.Struct)(nil),              // 32: google.protobuf.Struct
+	(*structpb.Value)(nil),               // 33: google.protobuf.Value
 }
 var file_moongate_v1_functions_proto_depIdxs = []int32{
-	28, // 0: moongate.v1.Function.create_time:type_name -> google.protobuf.Timestamp
+	30, // 0: moongate.v1.Function.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 1: moongate.v1.Function.triggers:type_name -> moongate.v1.Trigger
 	3,  // 2: moongate.v1.Trigger.http:type_name -> moongate.v1.HttpTrigger
 	4,  // 3: moongate.v1.Trigger.state:type_name -> moongate.v1.StateTrigger
 	5,  // 4: moongate.v1.Trigger.upload:type_name -> moongate.v1.UploadTrigger
-	29, // 5: moongate.v1.Limits.timeout:type_name -> google.protobuf.Duration
+	31, // 5: moongate.v1.Limits.timeout:type_name -> google.protobuf.Duration
 	2,  // 6: moongate.v1.DeployFunctionRequest.triggers:type_name -> moongate.v1.Trigger
 	6,  // 7: moongate.v1.DeployFunctionRequest.limits:type_name -> moongate.v1.Limits
-	30, // 8: moongate.v1.DeployFunctionRequest.config:type_name -> google.protobuf.Struct
+	32, // 8: moongate.v1.DeployFunctionRequest.config:type_name -> google.protobuf.Struct
 	1,  // 9: moongate.v1.DeployFunctionResponse.function:type_name -> moongate.v1.Function
 	1,  // 10: moongate.v1.ListFunctionsResponse.functions:type_name -> moongate.v1.Function
 	1,  // 11: moongate.v1.ListFunctionVersionsResponse.versions:type_name -> moongate.v1.Function
 	1,  // 12: moongate.v1.RollbackFunctionResponse.function:type_name -> moongate.v1.Function
-	27, // 13: moongate.v1.Event.captures:type_name -> moongate.v1.Event.CapturesEntry
-	28, // 14: moongate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	29, // 13: moongate.v1.Event.captures:type_name -> moongate.v1.Event.CapturesEntry
+	30, // 14: moongate.v1.Event.time:type_name -> google.protobuf.Timestamp
 	18, // 15: moongate.v1.InvokeFunctionRequest.event:type_name -> moongate.v1.Event
-	21, // 16: moongate.v1.Effect.publish:type_name -> moongate.v1.PublishEffect
-	22, // 17: moongate.v1.Effect.emit:type_name -> moongate.v1.EmitEffect
-	31, // 18: moongate.v1.EmitEffect.record:type_name -> google.protobuf.Value
-	31, // 19: moongate.v1.StateChange.value:type_name -> google.protobuf.Value
-	29, // 20: moongate.v1.Cost.wall:type_name -> google.protobuf.Duration
-	0,  // 21: moongate.v1.InvokeFunctionResponse.result_kind:type_name -> moongate.v1.ResultKind
-	31, // 22: moongate.v1.InvokeFunctionResponse.result:type_name -> google.protobuf.Value
-	20, // 23: moongate.v1.InvokeFunctionResponse.effects:type_name -> moongate.v1.Effect
-	23, // 24: moongate.v1.InvokeFunctionResponse.state:type_name -> moongate.v1.StateChange
-	26, // 25: moongate.v1.InvokeFunctionResponse.logs:type_name -> moongate.v1.LogLine
-	24, // 26: moongate.v1.InvokeFunctionResponse.cost:type_name -> moongate.v1.Cost
-	30, // 27: moongate.v1.LogLine.fields:type_name -> google.protobuf.Struct
-	28, // 28: moongate.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	7,  // 29: moongate.v1.FunctionService.DeployFunction:input_type -> moongate.v1.DeployFunctionRequest
-	9,  // 30: moongate.v1.FunctionService.GetFunction:input_type -> moongate.v1.GetFunctionRequest
-	10, // 31: moongate.v1.FunctionService.ListFunctions:input_type -> moongate.v1.ListFunctionsRequest
-	12, // 32: moongate.v1.FunctionService.DeleteFunction:input_type -> moongate.v1.DeleteFunctionRequest
-	14, // 33: moongate.v1.FunctionService.ListFunctionVersions:input_type -> moongate.v1.ListFunctionVersionsRequest
-	16, // 34: moongate.v1.FunctionService.RollbackFunction:input_type -> moongate.v1.RollbackFunctionRequest
-	19, // 35: moongate.v1.FunctionService.InvokeFunction:input_type -> moongate.v1.InvokeFunctionRequest
-	8,  // 36: moongate.v1.FunctionService.DeployFunction:output_type -> moongate.v1.DeployFunctionResponse
-	1,  // 37: moongate.v1.FunctionService.GetFunction:output_type -> moongate.v1.Function
-	11, // 38: moongate.v1.FunctionService.ListFunctions:output_type -> moongate.v1.ListFunctionsResponse
-	13, // 39: moongate.v1.FunctionService.DeleteFunction:output_type -> moongate.v1.DeleteFunctionResponse
-	15, // 40: moongate.v1.FunctionService.ListFunctionVersions:output_type -> moongate.v1.ListFunctionVersionsResponse
-	17, // 41: moongate.v1.FunctionService.RollbackFunction:output_type -> moongate.v1.RollbackFunctionResponse
-	25, // 42: moongate.v1.FunctionService.InvokeFunction:output_type -> moongate.v1.InvokeFunctionResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	23, // 16: moongate.v1.Effect.publish:type_name -> moongate.v1.PublishEffect
+	24, // 17: moongate.v1.Effect.emit:type_name -> moongate.v1.EmitEffect
+	21, // 18: moongate.v1.Effect.blob_write:type_name -> moongate.v1.BlobWriteEffect
+	22, // 19: moongate.v1.Effect.blob_delete:type_name -> moongate.v1.BlobDeleteEffect
+	33, // 20: moongate.v1.EmitEffect.record:type_name -> google.protobuf.Value
+	33, // 21: moongate.v1.StateChange.value:type_name -> google.protobuf.Value
+	31, // 22: moongate.v1.Cost.wall:type_name -> google.protobuf.Duration
+	0,  // 23: moongate.v1.InvokeFunctionResponse.result_kind:type_name -> moongate.v1.ResultKind
+	33, // 24: moongate.v1.InvokeFunctionResponse.result:type_name -> google.protobuf.Value
+	20, // 25: moongate.v1.InvokeFunctionResponse.effects:type_name -> moongate.v1.Effect
+	25, // 26: moongate.v1.InvokeFunctionResponse.state:type_name -> moongate.v1.StateChange
+	28, // 27: moongate.v1.InvokeFunctionResponse.logs:type_name -> moongate.v1.LogLine
+	26, // 28: moongate.v1.InvokeFunctionResponse.cost:type_name -> moongate.v1.Cost
+	32, // 29: moongate.v1.LogLine.fields:type_name -> google.protobuf.Struct
+	30, // 30: moongate.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	7,  // 31: moongate.v1.FunctionService.DeployFunction:input_type -> moongate.v1.DeployFunctionRequest
+	9,  // 32: moongate.v1.FunctionService.GetFunction:input_type -> moongate.v1.GetFunctionRequest
+	10, // 33: moongate.v1.FunctionService.ListFunctions:input_type -> moongate.v1.ListFunctionsRequest
+	12, // 34: moongate.v1.FunctionService.DeleteFunction:input_type -> moongate.v1.DeleteFunctionRequest
+	14, // 35: moongate.v1.FunctionService.ListFunctionVersions:input_type -> moongate.v1.ListFunctionVersionsRequest
+	16, // 36: moongate.v1.FunctionService.RollbackFunction:input_type -> moongate.v1.RollbackFunctionRequest
+	19, // 37: moongate.v1.FunctionService.InvokeFunction:input_type -> moongate.v1.InvokeFunctionRequest
+	8,  // 38: moongate.v1.FunctionService.DeployFunction:output_type -> moongate.v1.DeployFunctionResponse
+	1,  // 39: moongate.v1.FunctionService.GetFunction:output_type -> moongate.v1.Function
+	11, // 40: moongate.v1.FunctionService.ListFunctions:output_type -> moongate.v1.ListFunctionsResponse
+	13, // 41: moongate.v1.FunctionService.DeleteFunction:output_type -> moongate.v1.DeleteFunctionResponse
+	15, // 42: moongate.v1.FunctionService.ListFunctionVersions:output_type -> moongate.v1.ListFunctionVersionsResponse
+	17, // 43: moongate.v1.FunctionService.RollbackFunction:output_type -> moongate.v1.RollbackFunctionResponse
+	27, // 44: moongate.v1.FunctionService.InvokeFunction:output_type -> moongate.v1.InvokeFunctionResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_moongate_v1_functions_proto_init() }
@@ -2328,6 +2506,8 @@ func file_moongate_v1_functions_proto_init() {
 	file_moongate_v1_functions_proto_msgTypes[19].OneofWrappers = []any{
 		(*Effect_Publish)(nil),
 		(*Effect_Emit)(nil),
+		(*Effect_BlobWrite)(nil),
+		(*Effect_BlobDelete)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2335,7 +2515,7 @@ func file_moongate_v1_functions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_moongate_v1_functions_proto_rawDesc), len(file_moongate_v1_functions_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
