@@ -67,11 +67,13 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		if luavm.IsLimit(err) || errors.Is(err, luavm.ErrPanic) || errors.Is(err, luavm.ErrNotFound) || j.attempts >= g.opts.Retry.MaxAttempts {
 			return g.deadLetter(ictx, j, res, err)
 		}
+		// The attempt ran: it is metered and keeps its logs, also when the
+		// gateway is stopping (keepAttempt commits without ctx).
+		g.keepAttempt(ictx, e.Function, ev, res)
 		if ctx.Err() != nil {
 			return stop, 0
 		}
 		g.log.Debug("invocation failed, will retry", "function", e.Function, "seq", e.Seq, "attempt", j.attempts, "err", err)
-		g.keepAttempt(ictx, e.Function, ev, res)
 		return retry, g.backoff(j.attempts)
 	}
 	f = g.ranAs(f, res)

@@ -584,7 +584,12 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		return err
 	}
 	if err := b.checkQuota(SpaceLogs, &b.ctr.Logs, logBytes); err != nil {
-		return err
+		// Logs are diagnostics: a commit is never refused for them (a
+		// successful invocation was dead-lettered when its lines were
+		// larger than the whole quota, and every event of every function
+		// that logs was retried for ever while a reject_new logs space
+		// stayed full). They are left out and counted rejected.
+		logVals = nil
 	}
 	chained, chainVals, err := s.chain(b, c, inboxSize, recs, updates, blobs)
 	if err != nil {
@@ -688,7 +693,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 			return err
 		}
 	}
-	if len(c.Logs) > 0 {
+	if len(logVals) > 0 {
 		first := b.ctr.Logs.Next
 		for i := range c.Logs {
 			seq := b.ctr.Logs.Next
