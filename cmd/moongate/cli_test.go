@@ -194,6 +194,11 @@ func TestCommands(t *testing.T) {
 		{name: "dlq-ls", args: []string{"dlq", "ls", "--function", "alarm"}, method: "GET", path: "/v1/deadletters", query: "function=alarm&limit=100", answer: dlqJSON},
 		{name: "dlq-replay", args: []string{"dlq", "replay", "17"}, method: "POST", path: "/v1/deadletters:replay", body: `{"seq":"17"}`, answer: `{"replayed":"1","skipped":"0","errors":[]}`,
 			wantStdout: "replayed 1, skipped 0\n"},
+		// Sequence numbers above 2^63-1 went out negative ("after=-1").
+		{name: "dlq-ls-after-max", args: []string{"dlq", "ls", "--after", "18446744073709551615"}, method: "GET", path: "/v1/deadletters", query: "after=18446744073709551615&limit=100",
+			answer: `{"dead_letters":[]}`, noGolden: true},
+		{name: "logs-after-max", args: []string{"fn", "logs", "telemetry", "--after", "18446744073709551615"}, method: "GET", path: "/v1/logs", query: "after=18446744073709551615&function=telemetry&limit=100",
+			answer: `{"lines":[]}`, noGolden: true},
 		{name: "dlq-replay-fn", args: []string{"dlq", "replay", "--function", "alarm"}, method: "POST", path: "/v1/deadletters:replay", body: `{"function":"alarm"}`, answer: `{"replayed":"2","skipped":"0"}`,
 			wantStdout: "replayed 2, skipped 0\n"},
 		{name: "dlq-purge", args: []string{"dlq", "purge", "--all"}, method: "POST", path: "/v1/deadletters:purge", body: `{"all":true}`, answer: `{"purged":"5"}`, wantStdout: "purged 5\n"},

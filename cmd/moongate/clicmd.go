@@ -185,6 +185,14 @@ func setInt(q url.Values, key string, v int64) {
 	}
 }
 
+// setUint is setInt for unsigned values (sequence numbers: one above
+// 2^63-1 went out negative through setInt).
+func setUint(q url.Values, key string, v uint64) {
+	if v != 0 {
+		q.Set(key, strconv.FormatUint(v, 10))
+	}
+}
+
 // Rendering.
 
 func newTable(w io.Writer) *tabwriter.Writer {

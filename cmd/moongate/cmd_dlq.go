@@ -55,7 +55,7 @@ func setupDLQLs(fs *flag.FlagSet) remoteRun {
 		}
 		q := url.Values{}
 		setString(q, "function", *fn)
-		setInt(q, "after", int64(*after))
+		setUint(q, "after", *after)
 		setInt(q, "limit", int64(*limit))
 		var resp v1.ListDeadLettersResponse
 		raw, err := c.call(ctx, http.MethodGet, "/v1/deadletters", q, nil, &resp)

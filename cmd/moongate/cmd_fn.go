@@ -555,7 +555,7 @@ func logsQuery(fn, invocation string, after uint64, limit int) url.Values {
 	q := url.Values{}
 	setString(q, "function", fn)
 	setString(q, "invocation_id", invocation)
-	setInt(q, "after", int64(after))
+	setUint(q, "after", after)
 	setInt(q, "limit", int64(limit))
 	return q
 }
@@ -593,7 +593,7 @@ func followLogs(ctx context.Context, c *apiClient, fn, invocation string, after 
 	q := url.Values{}
 	setString(q, "function", fn)
 	setString(q, "invocation_id", invocation)
-	setInt(q, "after", int64(after))
+	setUint(q, "after", after)
 	if after == 0 {
 		setInt(q, "tail", int64(tail))
 	}
