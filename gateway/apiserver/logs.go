@@ -10,7 +10,6 @@ import (
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
-	"github.com/moongate-edge/moongate/store"
 )
 
 type logService struct {
@@ -77,7 +76,6 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 	// Every read moves after past the lines it read, matching or not, so a
 	// follower of an invocation does not read the same lines again; a read
 	// that moves nothing is at the end.
-	var ring []store.LogRecord
 	if after == 0 && req.Tail == 0 {
 		// Start at the end, without reading the log (up to its quota,
 		// 16 MiB by default, for every follow).
@@ -85,7 +83,11 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 			after = next - 1
 		}
 	} else if after == 0 {
-		// Start at the end: skip to the last line, keeping tail of them.
+		// Start at the end: skip to the last line, noting where the last
+		// tail lines are; the loop below streams them page by page. (Kept
+		// whole, the lines of a tail of 1,000 held up to 16 MiB per follow
+		// while a slow client read them: 1 GiB for 64 follows.)
+		var ring []uint64
 		for {
 			lines, next, err := st.ScanLogs(ctx, req.Function, req.InvocationId, after, followBatch*4)
 			if err != nil {
@@ -95,22 +97,20 @@ func (l *logService) FollowLogs(req *v1.FollowLogsRequest, stream v1.LogService_
 				break
 			}
 			after = next
-			if req.Tail > 0 {
-				ring = append(ring, lines...)
-				if len(ring) > int(req.Tail) {
-					ring = ring[len(ring)-int(req.Tail):]
-				}
+			for _, x := range lines {
+				ring = append(ring, x.Seq)
 			}
+			if len(ring) > int(req.Tail) {
+				ring = append(ring[:0], ring[len(ring)-int(req.Tail):]...)
+			}
+		}
+		if len(ring) > 0 {
+			after = ring[0] - 1
 		}
 	}
 	// Headers now: the stream is established before the first line.
 	if err := stream.SendHeader(metadata.Pairs(streamStartedMD, "1")); err != nil {
 		return err
-	}
-	for _, x := range ring {
-		if err := stream.Send(logMessage(js, x)); err != nil {
-			return err
-		}
 	}
 	poll := time.NewTicker(l.s.cfg.FollowPoll)
 	defer poll.Stop()

@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -176,4 +178,147 @@ func TestLogsMovePastOtherInvocations(t *testing.T) {
 			t.Fatalf("follow read from %d again (reads after the start: %v)", a, afters)
 		}
 	}
+}
+
+// TestFollowTailMemoryBounded: a follow's tail (up to 1000 lines, each up
+// to 8 KiB of message and 8 KiB of fields) was collected whole before it
+// was sent, and held while a client that does not read received it: 64
+// follows (the default MaxFollowers) held about 1 GiB. The tail is now
+// streamed from its first line in bounded pages. (The headers come after
+// the tail was found, so once every response has its headers the old code
+// held every ring.)
+func TestFollowTailMemoryBounded(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Durability: store.DurabilityNone, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	msg := strings.Repeat("m", 8000)
+	fields := []byte(`{"x":"` + strings.Repeat("f", 7000) + `"}`)
+	now := time.Now().UnixMilli()
+	for i := 0; i < 1000; i += 50 {
+		logs := make([]store.LogRecord, 50)
+		for j := range logs {
+			logs[j] = store.LogRecord{Function: "f", InvocationID: fmt.Sprint(i + j), Level: "info", Msg: msg, Fields: fields, TS: now}
+		}
+		if _, err := st.Commit(ctx, &store.Commit{Logs: logs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	token, hash, _ := NewToken()
+	srv, err := New(Config{Store: st, Functions: &wakeFunctions{ch: make(chan struct{})}, Tokens: []Token{{Name: "r", Scope: ScopeRead, Hash: hash}},
+		FollowPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serveLoopback(t, srv)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var open []*http.Response
+	for i := 0; i < 64; i++ {
+		req, _ := http.NewRequestWithContext(fctx, "GET", base+"/v1/logs:follow?tail=1000", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			t.Fatalf("follow %d: %d %s", i, resp.StatusCode, b)
+		}
+		open = append(open, resp) // never read: a slow client
+	}
+	grown := int64(heap()) - int64(before)
+	for _, r := range open {
+		r.Body.Close()
+	}
+	t.Logf("heap grew by %d MiB with 64 follows open", grown>>20)
+	if grown > 256<<20 { // about 90 MiB now: a page and the transport's buffers per follow
+		t.Fatalf("64 log follows with tail=1000 hold %d MiB of heap (a list page is bounded at 1 MiB)", grown>>20)
+	}
+}
+
+// TestFollowTail: a follow with tail=N starts with the last N lines that
+// match its filter, oldest first, then streams new lines; fewer than N
+// lines in the log stream them all.
+func TestFollowTail(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Durability: store.DurabilityNone, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	now := time.Now().UnixMilli()
+	commit := func(fn, msg string) {
+		t.Helper()
+		if _, err := st.Commit(ctx, &store.Commit{Logs: []store.LogRecord{{Function: fn, InvocationID: "i", Level: "info", Msg: msg, TS: now}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 3,000 lines of f (more than a scan page) between lines of g.
+	for i := range 3000 {
+		commit("f", fmt.Sprint("f", i))
+		if i%100 == 0 {
+			commit("g", fmt.Sprint("g", i))
+		}
+	}
+	fns := &wakeFunctions{ch: make(chan struct{})}
+	token, hash, _ := NewToken()
+	srv, err := New(Config{Store: st, Functions: fns, Tokens: []Token{{Name: "r", Scope: ScopeRead, Hash: hash}},
+		FollowPoll: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serveLoopback(t, srv)
+	// follow reads the tail of fn's lines and, once it has it, sees the
+	// next line of fn (committed after one of the other function).
+	follow := func(fn, other string, tail int, want ...string) {
+		t.Helper()
+		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(fctx, "GET", fmt.Sprintf("%s/v1/logs:follow?function=%s&tail=%d", base, fn, tail), nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var got []string
+		for len(got) < len(want) && sc.Scan() {
+			var line struct {
+				Result struct {
+					Msg string `json:"msg"`
+				} `json:"result"`
+			}
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				t.Fatalf("%s: %s", sc.Bytes(), err)
+			}
+			got = append(got, line.Result.Msg)
+			if len(got) == len(want)-1 {
+				commit(other, other+"-between")
+				commit(fn, want[len(want)-1])
+				fns.wake()
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("follow of %s with tail=%d: %v, want %v", fn, tail, got, want)
+		}
+	}
+	follow("f", "g", 3, "f2997", "f2998", "f2999", "f-new")
+	follow("g", "f", 2, "g2900", "g-between", "g-new")
+	// A tail longer than the lines there are: all of them.
+	want := []string{}
+	for i := 0; i < 3000; i += 100 {
+		want = append(want, fmt.Sprint("g", i))
+	}
+	follow("g", "f", 1000, append(want, "g-between", "g-new", "g-last")...)
 }
