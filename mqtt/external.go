@@ -436,19 +436,12 @@ func (x *External) syncSubscriptions(want []string, all bool) error {
 	if !x.client.IsConnectionOpen() {
 		return ErrNotConnected
 	}
-	if len(x.unsub) > 0 {
-		list := make([]string, 0, len(x.unsub))
-		for f := range x.unsub {
-			list = append(list, f)
-		}
-		sort.Strings(list)
-		if err := x.wait(x.client.Unsubscribe(list...)); err != nil {
-			return fmt.Errorf("mqtt: unsubscribe %v: %w", list, err)
-		}
-		for _, f := range list {
-			delete(x.unsub, f)
-		}
-	}
+	// New filters first, removed ones after: a trigger changed from t/+ to
+	// t/+/# must never leave a moment without a subscription covering t/x
+	// (the broker acknowledges a device's message there and delivers it to
+	// nobody). The broker sends one copy of a message to a client however
+	// many of its subscriptions match.
+	var subErr error
 	if len(add) > 0 {
 		m := make(map[string]byte, len(add))
 		for _, f := range add {
@@ -468,8 +461,24 @@ func (x *External) syncSubscriptions(want []string, all bool) error {
 		}
 		if len(refused) > 0 {
 			sort.Strings(refused)
-			return fmt.Errorf("%w: %v", ErrSubscribe, refused)
+			subErr = fmt.Errorf("%w: %v", ErrSubscribe, refused)
 		}
+	}
+	if len(x.unsub) > 0 {
+		list := make([]string, 0, len(x.unsub))
+		for f := range x.unsub {
+			list = append(list, f)
+		}
+		sort.Strings(list)
+		if err := x.wait(x.client.Unsubscribe(list...)); err != nil {
+			return fmt.Errorf("mqtt: unsubscribe %v: %w", list, err)
+		}
+		for _, f := range list {
+			delete(x.unsub, f)
+		}
+	}
+	if subErr != nil {
+		return subErr
 	}
 	x.markReady()
 	return nil
