@@ -68,6 +68,7 @@ func (g *Gateway) SetFunctions(ctx context.Context, fns []*Function) error {
 func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[string]bool) error {
 	g.deployMu.Lock()
 	defer g.deployMu.Unlock()
+	g.deploys++
 	old := g.funcs.Load().byName
 	next := make(map[string]*Function, len(fns))
 	for name := range keep {
@@ -142,7 +143,7 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		g.startTimer(f).stop()
 		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
 	}
-	if g.ready.Load() {
+	if g.filtersOn {
 		if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
 			errs = append(errs, fmt.Errorf("subscribe: %w", err))
 		}

@@ -245,6 +245,11 @@ type Gateway struct {
 	stopping    atomic.Bool
 
 	deployMu sync.Mutex // serialises SetFunctions
+	// filtersOn, under deployMu: the ingest's subscriptions follow the
+	// function table (Run subscribed, shutdown not begun); until then a
+	// deploy only counts in deploys.
+	filtersOn bool
+	deploys   uint64
 
 	commits commitSignal // closed after each commit (Committed)
 
@@ -350,7 +355,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	// Local publishes need the ingest started.
 	go func() { defer close(pubDone); g.publisher(pubCtx) }()
-	if err := g.opts.Ingest.SetFilters(ctx, g.match.Filters()); err != nil {
+	if err := g.subscribe(ctx); err != nil {
 		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "subscribe", err))
 	}
 	g.startTimers()
@@ -359,6 +364,30 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	return g.shutdown(stopWork, stopPub, pubDone, nil)
+}
+
+// subscribe makes the ingest's subscriptions those of the function table,
+// and from then on leaves them to SetFunctions. A deploy during the
+// subscription (a broker round trip, which deploys do not wait for)
+// changes the table after its filters were read: the subscription is made
+// again with the new ones. (Subscribed once, the new function's topic
+// stayed unsubscribed, its events acknowledged by the broker and dropped.)
+func (g *Gateway) subscribe(ctx context.Context) error {
+	for {
+		g.deployMu.Lock()
+		filters, seen := g.match.Filters(), g.deploys
+		g.deployMu.Unlock()
+		if err := g.opts.Ingest.SetFilters(ctx, filters); err != nil {
+			return err
+		}
+		g.deployMu.Lock()
+		done := g.deploys == seen
+		g.filtersOn = done
+		g.deployMu.Unlock()
+		if done {
+			return nil
+		}
+	}
 }
 
 // startErr is the error Run returns when a start-up step failed: none when
@@ -373,6 +402,9 @@ func startErr(ctx context.Context, step string, err error) error {
 
 func (g *Gateway) shutdown(stopWork, stopPub context.CancelFunc, pubDone chan struct{}, cause error) error {
 	g.ready.Store(false)
+	g.deployMu.Lock()
+	g.filtersOn = false
+	g.deployMu.Unlock()
 	g.stopping.Store(true)
 	g.stopTimers()
 	closeCtx, cancel := context.WithTimeout(context.Background(), g.opts.ShutdownTimeout)
