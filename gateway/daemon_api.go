@@ -157,6 +157,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 		counter("moongate_mqtt_sessions_evicted_total", "Persistent sessions of offline devices discarded before they expired to make room for a new client id (max_sessions; embedded broker).", ms.SessionsEvicted)
 		counter("moongate_mqtt_retained_refused_total", "Retained publishes delivered but not retained: max_retained topics hold one (embedded broker).", ms.RetainedRefused)
 		counter("moongate_mqtt_reconnects_total", "Reconnections to the external broker.", ms.Reconnects)
+		counter("moongate_mqtt_retained_replays_total", "Retained messages the external broker replayed because moongate subscribed, acknowledged and not run (they ran when published).", ms.RetainedReplays)
 		counter("moongate_mqtt_dropped_qos0_total", "QoS 0 messages dropped under load (external broker).", ms.DroppedQoS0)
 		counter("moongate_mqtt_clipped_total", "Payloads over max_payload cut as they were read, the rest never held, then dead-lettered (external broker; a redelivered one counts again).", ms.Clipped)
 		if _, embedded := d.ingest.(*mqtt.Embedded); embedded {

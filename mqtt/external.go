@@ -644,6 +644,20 @@ func (x *External) handle(item laneItem) {
 		ack(true)
 		return
 	}
+	if msg.Retained() {
+		// The broker sets RETAIN only on the retained messages it replays
+		// because a SUBSCRIBE was made (MQTT 3.1.1 3.3.1.3; a message
+		// forwarded to an established subscription, or queued for this
+		// persistent session while it was away, has it clear). Every
+		// (re)connection subscribes again, so each replay would run the
+		// device's retained status once more; the message was handled
+		// when it was published, or was published before moongate
+		// subscribed, as the embedded broker would not run it either.
+		x.stats.ignored.Add(1)
+		x.stats.retainedReplays.Add(1)
+		ack(true)
+		return
+	}
 	if !x.enter() {
 		ack(false)
 		return // draining or closing: not acknowledged, redelivered after reconnect

@@ -74,8 +74,12 @@ type Ingest interface {
 type Stats struct {
 	Received uint64 // inbound publishes seen
 	Accepted uint64 // passed to the Handler, which returned nil
-	Ignored  uint64 // matched no filter (embedded: only routed to subscribers; external: acknowledged and dropped)
-	Rejected uint64 // sum of the Rejected* counters below
+	Ignored  uint64 // matched no filter (embedded: only routed to subscribers; external: acknowledged and dropped), or RetainedReplays
+	// RetainedReplays counts retained messages an external broker replayed
+	// because moongate subscribed (RETAIN flag set), acknowledged and not
+	// handled (external mode; also counted in Ignored).
+	RetainedReplays uint64
+	Rejected        uint64 // sum of the Rejected* counters below
 	// RejectedOversize counts payloads over the maximum (embedded mode).
 	RejectedOversize uint64
 	// RejectedInvalidTopic counts publishes with an invalid topic name.
@@ -127,7 +131,7 @@ type counters struct {
 	oversize, invalidTopic, unauthorized, handlerRejections atomic.Uint64
 	authFailures, published, reconnects, droppedQoS0        atomic.Uint64
 	retainedRefused, connectionsShed, sessionsEvicted       atomic.Uint64
-	clipped                                                 atomic.Uint64
+	clipped, retainedReplays                                atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -135,6 +139,7 @@ func (c *counters) snapshot() Stats {
 		Received:             c.received.Load(),
 		Accepted:             c.accepted.Load(),
 		Ignored:              c.ignored.Load(),
+		RetainedReplays:      c.retainedReplays.Load(),
 		RejectedOversize:     c.oversize.Load(),
 		RejectedInvalidTopic: c.invalidTopic.Load(),
 		RejectedUnauthorized: c.unauthorized.Load(),
