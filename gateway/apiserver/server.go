@@ -476,6 +476,11 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(b))
+			// The reservation is held until the handler returns: its
+			// response must not stall for ever (a client that never reads
+			// an HTTP function's answer held it, and four of them made
+			// every request with a body 503).
+			w = &deadlineWriter{ResponseWriter: w}
 		}
 		h.ServeHTTP(w, r)
 	})
@@ -484,6 +489,45 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 // bodyReadTimeout bounds the reading of one request body (up to
 // MaxBodyBytes, 4 MiB by default: 70 KB/s at least).
 const bodyReadTimeout = time.Minute
+
+// responseWriteTimeout bounds the writing of the response to a request
+// that holds a body reservation, from its first byte (a variable for
+// tests).
+var responseWriteTimeout = time.Minute
+
+// deadlineWriter sets a write deadline of responseWriteTimeout when the
+// response starts (not before: the handler may run a function for minutes
+// first). On HTTP/2 the deadline is the stream's.
+type deadlineWriter struct {
+	http.ResponseWriter
+	armed bool
+}
+
+func (d *deadlineWriter) arm() {
+	if !d.armed {
+		d.armed = true
+		_ = http.NewResponseController(d.ResponseWriter).SetWriteDeadline(time.Now().Add(responseWriteTimeout))
+	}
+}
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	d.arm()
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *deadlineWriter) Write(b []byte) (int, error) {
+	d.arm()
+	return d.ResponseWriter.Write(b)
+}
+
+// Flush keeps streaming responses streaming.
+func (d *deadlineWriter) Flush() {
+	d.arm()
+	_ = http.NewResponseController(d.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // writeGRPCStatus answers a gRPC call with st and nothing else (a
 // "trailers-only" response: the status in the headers).
