@@ -551,6 +551,15 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 		case err == nil && cur.SHA256 == tf.SHA256:
 			f.Version = cur.Version
 		case err == nil || errors.Is(err, store.ErrNotFound):
+			// A source that does not compile is a broken file like a bad
+			// manifest: stored as the active version, it was what the next
+			// start loaded, and the function's events were dead-lettered
+			// instead of run by the version before.
+			if _, cerr := d.rt.Compile(f.Name, tf.Source); cerr != nil {
+				failed[f.Name] = true
+				d.log.Error("function not loaded; its running version (if any) stays deployed", "function", f.Name, "err", cerr)
+				continue
+			}
 			manifest, rerr := os.ReadFile(tf.ManifestPath)
 			if rerr != nil {
 				failed[f.Name] = true
