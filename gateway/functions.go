@@ -134,13 +134,14 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 	for _, f := range changed {
 		// The previous version's loops end before the new ones read the
 		// last recorded tick.
-		g.stopTimer(f.Name).stop()
+		prev := g.stopTimer(f.Name)
+		prev.stop()
 		g.pruneTicks(f.Name, f.Schedules)
 		if f.LoadErr != nil {
 			g.log.Error("function not loaded; its events are dead-lettered until a version that loads is deployed", "function", f.Name, "version", f.Version, "err", f.LoadErr)
 			continue
 		}
-		g.startTimer(f).stop()
+		g.startTimer(f, prev.since()).stop()
 		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
 	}
 	if g.filtersOn {

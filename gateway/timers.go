@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -16,6 +17,24 @@ import (
 type timerRun struct {
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
+	// stopped is when stopTimer cancelled the loops, and fired (Unix ns)
+	// the latest tick they fired: a redeployed cron timer takes over from
+	// the later of the two (since).
+	stopped time.Time
+	fired   atomic.Int64
+}
+
+// since is the time from which the loops replacing r fire cron ticks: the
+// ticks after it were not fired by r. Zero when r is nil or was not
+// stopped by stopTimer. Call it after stop.
+func (r *timerRun) since() time.Time {
+	if r == nil || r.stopped.IsZero() {
+		return time.Time{}
+	}
+	if f := r.fired.Load(); f != 0 && time.Unix(0, f).After(r.stopped) {
+		return time.Unix(0, f)
+	}
+	return r.stopped
 }
 
 // stop cancels the loops and waits until none of them can still record a
@@ -40,16 +59,18 @@ func (g *Gateway) startTimers() {
 	g.timersMu.Unlock()
 	for _, f := range g.funcs.Load().byName {
 		g.pruneTicks(f.Name, f.Schedules)
-		g.startTimer(f).stop()
+		g.startTimer(f, time.Time{}).stop()
 	}
 }
 
 // startTimer (re)starts f's timer loops; a function without schedules has
 // none. f must be the deployed version of its name: a version that was
 // replaced or removed meanwhile gets no timer (and the current version's
-// timer is left alone). It returns the loops it replaced, cancelled: the
-// caller stops them (waits) outside timersMu.
-func (g *Gateway) startTimer(f *Function) *timerRun {
+// timer is left alone). Its cron schedules fire the ticks after since
+// (not zero: the loops of the version it replaces were stopped then),
+// otherwise the ticks after now. It returns the loops it replaced,
+// cancelled: the caller stops them (waits) outside timersMu.
+func (g *Gateway) startTimer(f *Function, since time.Time) *timerRun {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
 	if g.funcs.Load().byName[f.Name] != f || f.LoadErr != nil {
@@ -67,7 +88,7 @@ func (g *Gateway) startTimer(f *Function) *timerRun {
 	r := &timerRun{cancel: cancel}
 	g.timers[f.Name] = r
 	for _, s := range f.Schedules {
-		r.loops.Go(func() { g.timerLoop(ctx, f.Name, s) })
+		r.loops.Go(func() { g.timerLoop(ctx, r, f.Name, s, since) })
 	}
 	return prev
 }
@@ -79,6 +100,7 @@ func (g *Gateway) stopTimer(name string) *timerRun {
 	defer g.timersMu.Unlock()
 	r := g.timers[name]
 	if r != nil {
+		r.stopped = g.opts.Now() // before the cancel: a tick after it may not fire
 		r.cancel()
 		delete(g.timers, name)
 	}
@@ -162,8 +184,10 @@ func tickKey(function string, every trigger.Every) string {
 // gateway was down are not replayed. An "@every" timer keeps its phase
 // across restarts and redeployments: each tick is recorded in the same
 // write as its event, the next one is due an interval after it, and a tick
-// that fell due while the gateway was down fires once at start.
-func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
+// that fell due while the gateway was down fires once at start. A cron
+// timer that replaces the loops of a previous version (since not zero)
+// fires the ticks after since: one due during the redeploy is not lost.
+func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, function string, s Schedule, since time.Time) {
 	every, keep := s.(trigger.Every)
 	key := tickKey(function, every)
 	fire := func(tick time.Time) {
@@ -189,8 +213,16 @@ func (g *Gateway) timerLoop(ctx context.Context, function string, s Schedule) {
 		if err != nil && ctx.Err() == nil {
 			g.log.Warn("timer event not enqueued", "function", function, "err", err)
 		}
+		for t := tick.UnixNano(); ; {
+			if f := r.fired.Load(); t <= f || r.fired.CompareAndSwap(f, t) {
+				break
+			}
+		}
 	}
 	var first time.Time
+	if !keep && !since.IsZero() {
+		first = s.Next(since)
+	}
 	if keep {
 		v, ok, err := g.opts.Store.GetState(ctx, TimerStateFunction, key)
 		var last time.Time
