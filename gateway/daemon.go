@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -739,5 +740,11 @@ func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
 		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
 		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,
 		KeepAlive: x.KeepAlive.Std(), MaxPayload: int(cfg.MQTT.MaxPayload),
+		SessionFile: filepath.Join(cfg.DataDir, externalSessionFile),
 	}
 }
+
+// externalSessionFile, in data_dir, keeps the external broker session's
+// epoch (mqtt.ExternalConfig.SessionFile): the redelivery check tells a
+// new session's packet ids from the old one's.
+const externalSessionFile = "mqtt-broker-session"

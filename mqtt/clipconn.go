@@ -29,6 +29,11 @@ type clipConn struct {
 	keep     int
 	maxOther int
 	onClip   func(topic string, pid uint16, qos byte, size int)
+	// onConnack, when set, learns the session present flag of the first
+	// packet when it is a CONNACK accepting the connection, before the
+	// packet is handed on; an error closes the connection.
+	onConnack func(sessionPresent bool) error
+	first     bool // the first packet was seen
 
 	pending []byte // rewritten header bytes to hand out first
 	pass    int    // bytes of the current packet to hand out as they are
@@ -96,7 +101,22 @@ func (c *clipConn) next() error {
 			return fmt.Errorf("%w: malformed packet length", ErrPacketTooLarge)
 		}
 	}
-	const publish = 3
+	const publish, connack = 3, 2
+	if !c.first {
+		c.first = true
+		if typ>>4 == connack && length == 2 && c.onConnack != nil {
+			b, err := c.r.Peek(2)
+			if err != nil {
+				return unexpected(err)
+			}
+			if b[1] == 0 { // accepted
+				if err := c.onConnack(b[0]&1 == 1); err != nil {
+					_ = c.Conn.Close()
+					return err
+				}
+			}
+		}
+	}
 	if typ>>4 != publish {
 		if length > c.maxOther {
 			_ = c.Conn.Close()

@@ -6,12 +6,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +71,16 @@ type ExternalConfig struct {
 	ConnectTimeout time.Duration
 	// MaxReconnectInterval caps the reconnect backoff; default 30s.
 	MaxReconnectInterval time.Duration
+	// SessionFile, when set, keeps the broker session's epoch across
+	// restarts: a number bumped, and synced to this file, whenever the
+	// broker answers a connection without a session for the client id
+	// (CONNACK session present 0: the first connection, or a session the
+	// broker lost). Deliveries carry it in Message.ClientID
+	// ("broker-session/N"; "" while it is 0), so that a packet id the
+	// broker numbers again in a new session is not taken for a redelivery
+	// of the old session's message with the same id, topic and payload.
+	// Empty: no epoch, Message.ClientID is always "".
+	SessionFile string
 }
 
 // External consumes from an external MQTT broker with a persistent session
@@ -95,6 +108,8 @@ type External struct {
 	// still in flight and completes their tokens without an
 	// acknowledgement (see ErrUnconfirmed).
 	redials atomic.Uint64
+	// epoch is the broker session's (ExternalConfig.SessionFile).
+	epoch   atomic.Uint64
 	acks    ackOrder // QoS 1 acknowledgements, released in arrival order
 	lanesMu sync.Mutex
 	lanes   map[string][]laneItem // per topic, in arrival order; present = ready or being handled
@@ -186,6 +201,13 @@ func NewExternal(cfg ExternalConfig, log *slog.Logger) (*External, error) {
 		firstReady: make(chan struct{}), reconnectC: make(chan struct{}, 1),
 	}
 	x.hctx, x.hcancel = context.WithCancel(context.Background())
+	if cfg.SessionFile != "" {
+		n, err := readEpoch(cfg.SessionFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: session file: %w", ErrConfig, err)
+		}
+		x.epoch.Store(n)
+	}
 
 	o := paho.NewClientOptions().
 		AddBroker(cfg.Broker).
@@ -363,7 +385,78 @@ func (x *External) open(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	if x.cfg.MaxPayload > 0 {
 		keep = x.cfg.MaxPayload + 1
 	}
-	return newClipConn(conn, keep, maxBrokerControlPacket, x.onClip), nil
+	c := newClipConn(conn, keep, maxBrokerControlPacket, x.onClip)
+	c.onConnack = x.onConnack
+	return c, nil
+}
+
+// sessionSender is Message.ClientID for a delivery of the broker session
+// with this epoch.
+func sessionSender(epoch uint64) string {
+	if epoch == 0 {
+		return ""
+	}
+	return "broker-session/" + strconv.FormatUint(epoch, 10)
+}
+
+// onConnack learns from the broker's CONNACK whether it kept the session.
+// It runs on the connection's reader before paho sees the CONNACK, hence
+// before any delivery of the connection: a new session's epoch is synced
+// to SessionFile first. An error fails the connection (paho retries).
+func (x *External) onConnack(sessionPresent bool) error {
+	if sessionPresent || x.cfg.SessionFile == "" {
+		return nil
+	}
+	n := x.epoch.Load() + 1
+	if err := writeEpoch(x.cfg.SessionFile, n); err != nil {
+		x.log.Error("the broker holds no session for this client id; its new epoch could not be recorded", "err", err)
+		return fmt.Errorf("mqtt: record the broker session: %w", err)
+	}
+	x.epoch.Store(n)
+	x.log.Info("the broker holds no session for this client id: a new one starts", "client_id", x.cfg.ClientID, "epoch", n)
+	return nil
+}
+
+// readEpoch reads the epoch SessionFile holds (0 when there is none).
+func readEpoch(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: not an epoch: %w", path, err)
+	}
+	return n, nil
+}
+
+// writeEpoch replaces the epoch in path durably: a synced temporary file
+// renamed over it, then the directory synced.
+func writeEpoch(path string, n uint64) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteString(strconv.FormatUint(n, 10) + "\n")
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // onClip records the real length of a payload the connection cut.
@@ -529,7 +622,7 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 func (x *External) onMessage(_ paho.Client, msg paho.Message) {
 	x.stats.received.Add(1)
 	gen := x.gen.Load()
-	item := laneItem{msg: msg, gen: gen}
+	item := laneItem{msg: msg, gen: gen, epoch: x.epoch.Load()}
 	x.lanesMu.Lock()
 	if x.queued >= maxExternalQueued && msg.Qos() == 0 {
 		x.takeClipped(msg)
@@ -580,6 +673,7 @@ const maxClipped0 = 256
 type laneItem struct {
 	msg     paho.Message
 	gen     uint64
+	epoch   uint64   // the broker session's (SessionFile) when it arrived
 	ack     *ackSlot // QoS > 0: its place in the acknowledgement order
 	clipped int      // the payload's real length when the connection cut it
 }
@@ -662,7 +756,7 @@ func (x *External) handle(item laneItem) {
 		ack(false)
 		return // draining or closing: not acknowledged, redelivered after reconnect
 	}
-	m := &Message{Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
+	m := &Message{ClientID: sessionSender(item.epoch), Topic: msg.Topic(), Payload: msg.Payload(), QoS: msg.Qos(), Retain: msg.Retained(),
 		Duplicate: msg.Duplicate(), PacketID: msg.MessageID(), Received: time.Now(), Clipped: item.clipped}
 	err := callHandler(x.hctx, x.h, m, x.log)
 	switch {

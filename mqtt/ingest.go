@@ -19,7 +19,7 @@ type Message struct {
 	Payload  []byte
 	QoS      byte
 	Retain   bool
-	ClientID string // embedded mode: the publishing device's client id; external mode: ""
+	ClientID string // embedded mode: the publishing device's client id; external mode: the broker session (ExternalConfig.SessionFile), "" without one
 	Username string // embedded mode: the publishing device's username; external mode: ""
 	// Duplicate is set when the sender marked the publish as a possible
 	// redelivery (MQTT DUP flag).

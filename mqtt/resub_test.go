@@ -2,7 +2,11 @@ package mqtt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -100,4 +104,78 @@ func TestExternalRetainedReplayNotHandled(t *testing.T) {
 	// (Topics are handled in parallel lanes: the replays may be counted
 	// after the marker was handled.)
 	waitFor(t, "two replays counted (r/before, r/status)", 10*time.Second, func() bool { return x.Stats().RetainedReplays == 2 })
+}
+
+// TestExternalSessionEpoch: with a SessionFile, deliveries carry the broker
+// session's epoch as their ClientID: bumped and synced when the broker
+// answers without a session (the first connection, a broker that lost its
+// state), kept when it holds the session (a moongate restart), so that a
+// packet id the broker numbers again in a new session does not look like a
+// redelivery of the old session's message.
+func TestExternalSessionEpoch(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithoutPersistence())
+	file := filepath.Join(t.TempDir(), "session")
+	rec := &recorder{}
+	start := func() *External {
+		t.Helper()
+		x, err := NewExternal(ExternalConfig{Broker: m.URL(), ClientID: "gw-epoch", KeepAlive: 5 * time.Second,
+			ConnectTimeout: 3 * time.Second, MaxReconnectInterval: 200 * time.Millisecond, SessionFile: file}, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.SetFilters(context.Background(), []string{"e/#"}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := x.Start(ctx, rec.handle); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	pub := mustDial(t, m.URL(), "device")
+	send := func(payload string, want int) string {
+		t.Helper()
+		if err := waitToken(t, pub.Publish("e/x", 1, false, []byte(payload))); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, payload, 10*time.Second, func() bool { return rec.len() == want })
+		return rec.get(want - 1).ClientID
+	}
+	epochOnDisk := func() string {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	x := start()
+	if got := send("a", 1); got != "broker-session/1" || epochOnDisk() != "1" {
+		t.Fatalf("first session: ClientID %q, file %q", got, epochOnDisk())
+	}
+	// moongate restarts; the broker kept the session: same epoch.
+	if err := x.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	x = start()
+	if got := send("b", 2); got != "broker-session/1" {
+		t.Fatalf("after a restart of moongate: ClientID %q", got)
+	}
+	// The broker restarts without persistence: a new session.
+	m.Restart()
+	waitFor(t, "reconnected", 10*time.Second, x.Ready)
+	pub = mustDial(t, m.URL(), "device2")
+	if got := send("c", 3); got != "broker-session/2" || epochOnDisk() != "2" {
+		t.Fatalf("after the broker lost the session: ClientID %q, file %q", got, epochOnDisk())
+	}
+	if err := x.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// A file that is not an epoch is a configuration error, not a reset.
+	if err := os.WriteFile(file, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewExternal(ExternalConfig{Broker: m.URL(), ClientID: "gw-epoch", SessionFile: file}, testLogger(t)); !errors.Is(err, ErrConfig) {
+		t.Fatalf("malformed session file: %v, want ErrConfig", err)
+	}
 }
