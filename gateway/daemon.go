@@ -740,7 +740,8 @@ func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
 		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
 		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,
 		KeepAlive: x.KeepAlive.Std(), MaxPayload: int(cfg.MQTT.MaxPayload),
-		SessionFile: filepath.Join(cfg.DataDir, externalSessionFile),
+		SessionFile:       filepath.Join(cfg.DataDir, externalSessionFile),
+		MaxPublishPayload: int(x.MaxPublishPayload),
 	}
 }
 

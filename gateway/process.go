@@ -378,7 +378,7 @@ const PublishDeadLetters = "_publish"
 // undeliverable reports whether a publish error is the message's own fault
 // (it fails the same way on every broker connection).
 func undeliverable(err error) bool {
-	return errors.Is(err, mqtt.ErrInvalidTopic) || errors.Is(err, mqtt.ErrInvalidQoS)
+	return errors.Is(err, mqtt.ErrInvalidTopic) || errors.Is(err, mqtt.ErrInvalidQoS) || errors.Is(err, mqtt.ErrPublishTooLarge)
 }
 
 // deadLetterPublish keeps an undeliverable publish as a dead letter and

@@ -81,6 +81,10 @@ type ExternalConfig struct {
 	// of the old session's message with the same id, topic and payload.
 	// Empty: no epoch, Message.ClientID is always "".
 	SessionFile string
+	// MaxPublishPayload, when positive, is the largest payload Publish and
+	// PublishAll send; a larger one is ErrPublishTooLarge, without
+	// touching the connection (the broker's own limit would close it).
+	MaxPublishPayload int
 }
 
 // External consumes from an external MQTT broker with a persistent session
@@ -876,18 +880,30 @@ func (x *External) reconnectLoop() {
 	}
 }
 
+// checkPublishSize refuses a payload over MaxPublishPayload.
+func (x *External) checkPublishSize(topic string, payload []byte) error {
+	if x.cfg.MaxPublishPayload > 0 && len(payload) > x.cfg.MaxPublishPayload {
+		return fmt.Errorf("%w: %d bytes to %s, max_publish_payload %d", ErrPublishTooLarge, len(payload), topic, x.cfg.MaxPublishPayload)
+	}
+	return nil
+}
+
 // Publish publishes through the broker and waits until the message is sent
 // (QoS 0) or acknowledged by the broker (QoS 1 and 2), or ctx is done. It
-// fails with ErrNotConnected while the client is not connected, and with
+// fails with ErrNotConnected while the client is not connected, with
 // ErrUnconfirmed when the connection was lost before a QoS 1 or 2 message
 // was acknowledged (paho then completes its token without the broker's
-// acknowledgement; see PITFALLS).
+// acknowledgement; see PITFALLS), and with ErrPublishTooLarge for a
+// payload over MaxPublishPayload.
 func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
 	if err := topics.ValidName(topic); err != nil {
 		return err
 	}
 	if qos > 2 {
 		return fmt.Errorf("%w: %d", ErrInvalidQoS, qos)
+	}
+	if err := x.checkPublishSize(topic, payload); err != nil {
+		return err
 	}
 	x.mu.Lock()
 	started, closed := x.started, x.closed
@@ -957,6 +973,10 @@ func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error)
 		}
 		if m.QoS > 2 {
 			stop = fmt.Errorf("%w: %d", ErrInvalidQoS, m.QoS)
+			break
+		}
+		if err := x.checkPublishSize(m.Topic, m.Payload); err != nil {
+			stop = err
 			break
 		}
 		if !x.client.IsConnectionOpen() {

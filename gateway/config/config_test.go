@@ -225,6 +225,8 @@ func TestErrors(t *testing.T) {
 		{"server tls key without cert", "mqtt:\n  embedded:\n    tls:\n      key: /k.pem\n", []string{"m.yaml:3: mqtt.embedded.tls.cert: tls.key is set but tls.cert is not"}},
 		{"password without username", "mqtt: {mode: external, external: {broker: 'tcp://h:1', password: x}}\n", []string{"mqtt.external.username: a password is set but no username"}},
 		{"keepalive too short", "mqtt: {mode: external, external: {broker: 'tcp://h:1', keepalive: 10ms}}\n", []string{"mqtt.external.keepalive: 10ms out of range"}},
+		{"max_publish_payload over the MQTT limit", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_publish_payload: 1GiB}}\n", []string{"mqtt.external.max_publish_payload: 1GiB out of range [0, 268435455 bytes]"}},
+		{"negative max_publish_payload", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_publish_payload: -1}}\n", []string{"mqtt.external.max_publish_payload"}},
 		{"unknown mode", "mqtt:\n  mode: embeded\n", []string{`m.yaml:2: mqtt.mode: unknown value "embeded" (valid: embedded, external)`}},
 		{"unknown log level", "log:\n  level: verbose\n", []string{`m.yaml:2: log.level: unknown value "verbose" (valid: debug, info, warn, error)`}},
 		{"unknown log format", "log: {format: xml}\n", []string{`log.format: unknown value "xml"`}},

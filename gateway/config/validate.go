@@ -237,7 +237,14 @@ func (v *validator) external() {
 	if x.KeepAlive < Duration(time.Second) || x.KeepAlive > Duration(18*time.Hour) {
 		v.add(p+".keepalive", "%s out of range [1s, 18h]", x.KeepAlive)
 	}
+	if x.MaxPublishPayload < 0 || x.MaxPublishPayload > MaxMQTTPacketPayload {
+		v.add(p+".max_publish_payload", "%s out of range [0, %d bytes] (0: no bound)", x.MaxPublishPayload, int64(MaxMQTTPacketPayload))
+	}
 }
+
+// MaxMQTTPacketPayload is the largest payload an MQTT packet can carry
+// (its remaining length is at most 268,435,455 bytes).
+const MaxMQTTPacketPayload = Size(268435455)
 
 // CheckBrokerURL checks an external broker URL (scheme tcp, mqtt, ssl, tls,
 // mqtts, ws or wss, a host and, except for websockets, a port) and reports

@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+)
+
+const bigPubLua = `
+function handle(e, ctx)
+  mqtt.publish("out/big", string.rep("x", 8000), {qos = 1})
+  return nil
+end
+`
+
+const smallPubLua = `
+function handle(e, ctx)
+  mqtt.publish("out/small", "hello", {qos = 1})
+  return nil
+end
+`
+
+// One function publishes a message larger than the external broker's
+// max_packet_size (mosquitto closes the connection on it): the other
+// functions' publishes must still go out.
+func TestRev3ExternalOversizeLocalPublishBlocksOthers(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "big", bigPubLua, "triggers:\n  - mqtt: big/{device}\n")
+	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
+	p := startInProcess(t, testConfig(dataDir, fnDir, externalMQTT(m.URL(), "moongate-bigpub")))
+	sub := connect(t, m.URL(), "observer", true)
+	outs := subscribe(t, sub, "out/#")
+	dev := connect(t, m.URL(), "d1", true)
+	publish(t, dev, "big/d1", 1, []byte("go"))
+	waitFor(t, 20*time.Second, "the big function's commit", func() bool { return p.d.Gateway().Stats().Processed >= 1 })
+	publish(t, dev, "small/d1", 1, []byte("go"))
+	select {
+	case msg := <-outs:
+		t.Logf("got %s (%d bytes)", msg.Topic(), len(msg.Payload()))
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the small function's publish did not go out in 20 s (gateway %+v)", p.d.Gateway().Stats())
+	}
+}
+
+// TestExternalOversizeLocalPublishDeadLettered: a function publishes 8,000
+// bytes through a broker whose max_packet_size is 4,096. The broker closed
+// the connection on it, the publisher retried it every second for ever,
+// and every publish behind it (other functions' commands) waited; each
+// retry also dropped intake's connection. With max_publish_payload set to
+// the broker's limit, the big publish is a publish dead letter and the
+// others go out.
+func TestExternalOversizeLocalPublishDeadLettered(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "big", bigPubLua, "triggers:\n  - mqtt: big/{device}\n")
+	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
+	p := startInProcess(t, testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: moongate-bigpub, max_publish_payload: 4000}\n", m.URL())))
+	sub := connect(t, m.URL(), "observer", true)
+	outs := subscribe(t, sub, "out/#")
+	dev := connect(t, m.URL(), "d1", true)
+	publish(t, dev, "big/d1", 1, []byte("go"))
+	waitFor(t, 20*time.Second, "the big function's commit", func() bool { return p.d.Gateway().Stats().Processed >= 1 })
+	publish(t, dev, "small/d1", 1, []byte("go"))
+	select {
+	case msg := <-outs:
+		t.Logf("got %s (%d bytes)", msg.Topic(), len(msg.Payload()))
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the small function's publish did not go out in 20 s (gateway %+v)", p.d.Gateway().Stats())
+	}
+	// The big one is a publish dead letter, the outbox moved on.
+	waitFor(t, 10*time.Second, "the big publish's dead letter", func() bool {
+		dls, _ := p.d.Store().ListDeadLetters(t.Context(), PublishDeadLetters, 0, 10)
+		return len(dls) == 1 && strings.Contains(dls[0].Error, "max_publish_payload 4000")
+	})
+}
