@@ -111,6 +111,9 @@ end`}, nil)
 	e.expectStatus(400, "to must be after 1970-01-01T00:00:00Z", "GET", "/v1/records?from=1969-12-31T23:59:59Z&to=1970-01-01T00:00:00Z", readToken, nil)
 	e.expectStatus(400, "to must be after", "GET", "/v1/records:aggregate?stream=s&to=1970-01-01T00:00:00Z&bucket=1h", readToken, nil)
 	e.expectStatus(400, "to is before from", "GET", "/v1/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", readToken, nil)
+	// Usage is metered per minute: a bucket of 90s was 1-minute buckets.
+	e.expectStatus(400, "bucket 1m30s is not a whole number of minutes", "GET", "/v1/usage?bucket=90s", readToken, nil)
+	e.mustCall(200, "GET", "/v1/usage?bucket=120s", readToken, nil, nil)
 	now := time.Now().UTC()
 	e.mustCall(200, "GET", "/v1/records?from="+now.Add(-time.Hour).Format(time.RFC3339)+"&to="+now.Add(time.Hour).Format(time.RFC3339), readToken, nil, &out)
 	if len(out["records"].([]any)) != 1 {

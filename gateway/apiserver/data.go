@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -254,6 +255,10 @@ func (u *usageService) GetUsage(ctx context.Context, req *v1.GetUsageRequest) (*
 	bucket, err := durationOf(req.Bucket)
 	if err != nil {
 		return nil, err
+	}
+	if bucket%time.Minute != 0 {
+		// (It was rounded down to whole minutes, 90s giving 1-minute buckets.)
+		return nil, invalidf("bucket %s is not a whole number of minutes: usage is metered per minute", bucket)
 	}
 	us, err := u.s.cfg.Store.QueryUsage(ctx, req.Function, from, to, bucket)
 	if err != nil {
