@@ -328,9 +328,58 @@ func (x *External) onConnect(c paho.Client) {
 	// Subscribe to everything again: the broker may have lost the session.
 	if err := x.syncSubscriptions(*p, true); err != nil {
 		x.log.Error("MQTT subscribe after connect failed", "broker", x.cfg.Broker, "error", err)
+		if !errors.Is(err, ErrSubscribe) {
+			// No answer in time (a busy broker): try again while this
+			// connection lasts. (Nothing did: the client stayed connected,
+			// not ready, until the next reconnect.)
+			x.mu.Lock()
+			if !x.closed { // Close waits for x.wg after it set closed
+				x.wg.Add(1)
+				go x.resubscribe(x.gen.Load())
+			}
+			x.mu.Unlock()
+		}
 		return
 	}
 	x.log.Info("connected to MQTT broker and subscribed", "broker", x.cfg.Broker, "filters", len(*p))
+}
+
+// resubscribe subscribes again, with a growing pause, until it succeeds,
+// the broker refuses a filter, or the connection of generation gen ends.
+func (x *External) resubscribe(gen uint64) {
+	defer x.wg.Done()
+	pause := time.Second
+	for {
+		t := time.NewTimer(pause)
+		select {
+		case <-x.stopC:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		pause = min(2*pause, max(x.cfg.MaxReconnectInterval, time.Second))
+		x.subMu.Lock()
+		if x.gen.Load() != gen || x.subscribedOK.Load() || !x.client.IsConnectionOpen() {
+			x.subMu.Unlock()
+			return // a new connection subscribes for itself; SetFilters did it
+		}
+		p := x.filters.cur.Load()
+		if p == nil {
+			x.subMu.Unlock()
+			return
+		}
+		err := x.syncSubscriptions(*p, true)
+		x.subMu.Unlock()
+		switch {
+		case err == nil:
+			x.log.Info("subscribed after a retry", "broker", x.cfg.Broker, "filters", len(*p))
+			return
+		case errors.Is(err, ErrSubscribe):
+			x.log.Error("MQTT subscribe refused", "broker", x.cfg.Broker, "error", err)
+			return
+		}
+		x.log.Warn("MQTT subscribe retry failed", "broker", x.cfg.Broker, "error", err)
+	}
 }
 
 func (x *External) markReady() {
