@@ -617,7 +617,8 @@ func (s *Store) ReadBlob(ctx context.Context, bucket, name string, off int64, n 
 
 // ListBlobs returns up to limit (default 100, max MaxQueryLimit) blobs of
 // bucket whose name starts with prefix, in name order, after the opaque
-// cursor, and the cursor of the next page ("" at the end).
+// cursor, and the cursor of the next page ("" at the end). A page also
+// ends once it holds MaxPageBytes of names and metadata.
 func (s *Store) ListBlobs(ctx context.Context, bucket, prefix string, limit int, cursor string) ([]BlobInfo, string, error) {
 	if _, err := s.bucket(bucket); err != nil {
 		return nil, "", err
@@ -641,19 +642,21 @@ func (s *Store) ListBlobs(ctx context.Context, bucket, prefix string, limit int,
 	}
 	var out []BlobInfo
 	var next string
+	size := 0 // names and values of the page: it ends at MaxPageBytes, like the other lists
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: min(limit, 100)})
 		defer it.Close()
 		for it.Seek(start); it.Valid(); it.Next() {
 			item := it.Item()
 			name := string(item.Key()[len(base):])
-			if len(out) == limit {
+			if len(out) == limit || size >= MaxPageBytes {
 				next = base64.RawURLEncoding.EncodeToString(append([]byte{'b'}, out[len(out)-1].Name...))
 				return nil
 			}
 			if err := item.Value(func(v []byte) error {
 				bi, _, err := decodeBlob(bucket, name, v)
 				out = append(out, bi)
+				size += len(name) + len(v)
 				return err
 			}); err != nil {
 				return err
