@@ -175,6 +175,10 @@ func httpResponse(res *luavm.Result) (fnResponse, error) {
 				// the response or hang the client; framing is the server's.
 				return out, fmt.Errorf("header %q is set by the gateway, not by functions", clip(k))
 			}
+			if _, twice := out.headers[http.CanonicalHeaderKey(k)]; twice {
+				// (x-a and X-A: which one was sent depended on map order.)
+				return out, fmt.Errorf("header %q given twice (header names are case-insensitive)", clip(http.CanonicalHeaderKey(k)))
+			}
 			out.headers[http.CanonicalHeaderKey(k)] = v
 		}
 	}

@@ -91,6 +91,9 @@ func TestHTTPResponse(t *testing.T) {
 		{luavm.ResultJSON, `{"status":204,"body":"x"}`, 0, "", "", "status 204 has no body"},
 		{luavm.ResultJSON, `{"status":304,"body":{"a":1}}`, 0, "", "", "status 304 has no body"},
 		{luavm.ResultJSON, `{"status":204}`, 204, "", "", ""},
+		// Names differing in case only: which value went out depended on
+		// the map's order.
+		{luavm.ResultJSON, `{"headers":{"x-a":"1","X-A":"2"}}`, 0, "", "", `header "X-A" given twice`},
 	} {
 		r, err := httpResponse(&luavm.Result{Kind: c.kind, Value: []byte(c.value)})
 		if c.err != "" {
