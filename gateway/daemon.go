@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -561,13 +560,9 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 				d.log.Error("function not loaded; its running version (if any) stays deployed", "function", f.Name, "err", cerr)
 				continue
 			}
-			manifest, rerr := os.ReadFile(tf.ManifestPath)
-			if rerr != nil {
-				failed[f.Name] = true
-				d.log.Error("function not loaded; its running version (if any) stays deployed", "function", f.Name, "err", rerr)
-				continue
-			}
-			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: manifest, SHA256: tf.SHA256, Active: true})
+			// The manifest as read and parsed (read again, it was unbounded
+			// and could differ from what its SHA-256 and f came from).
+			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: tf.ManifestData, SHA256: tf.SHA256, Active: true})
 			if perr != nil {
 				return nil, fmt.Errorf("store function %s: %w", f.Name, perr)
 			}

@@ -550,11 +550,16 @@ func Load(path string) (*Config, error) {
 		if st.IsDir() {
 			return nil, fmt.Errorf("config: %s is a directory", path)
 		}
+		if !st.Mode().IsRegular() {
+			// A FIFO without a writer blocked the open for ever, before
+			// the signal handling and the stop deadline were in place.
+			return nil, fmt.Errorf("config: %s is not a regular file (%s)", path, st.Mode().Type())
+		}
 		if st.Size() > MaxFileSize {
 			return nil, &Error{File: path, Msg: fmt.Sprintf("file is %d bytes, larger than the limit of %d", st.Size(), MaxFileSize)}
 		}
-		// Read at most one byte past the limit: a file whose size Stat
-		// does not tell (a device, a pipe) cannot make it read without end.
+		// Read at most one byte past the limit: a file that grows after the
+		// Stat cannot make it read without end.
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)

@@ -1,9 +1,12 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -57,5 +60,29 @@ func TestParseMemoryBounded(t *testing.T) {
 	}
 	if _, err := Parse("big.yaml", []byte(strings.Repeat("#", MaxFileSize+1))); err == nil || !strings.Contains(err.Error(), "larger than the limit") {
 		t.Fatalf("a file over the limit: %v", err)
+	}
+}
+
+// TestLoadFIFODoesNotHang: a configuration path that is a FIFO is refused.
+// Opening it blocked until a writer came, before serve had its signal
+// handling and stop deadline: only SIGKILL ended it.
+func TestLoadFIFODoesNotHang(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "moongate.yaml")
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Skip("mkfifo:", err)
+	}
+	res := make(chan error, 1)
+	go func() { _, err := Load(p); res <- err }()
+	select {
+	case err := <-res:
+		if err == nil {
+			t.Fatal("a FIFO loaded as a configuration")
+		}
+	case <-time.After(5 * time.Second):
+		// Unblock the goroutine before failing.
+		if f, err := os.OpenFile(p, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("Load of a FIFO configuration path still blocked after 5s")
 	}
 }

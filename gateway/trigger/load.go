@@ -26,6 +26,7 @@ const MaxSourceBytes = 256 << 10
 // Function is a function loaded from a directory.
 type Function struct {
 	Manifest     *Manifest
+	ManifestData []byte // content of NAME.yaml, as parsed into Manifest
 	Source       []byte // content of NAME.lua
 	SourcePath   string
 	ManifestPath string
@@ -124,11 +125,18 @@ func loadOne(dir, name string, fp io.Writer) (Function, error) {
 	if err != nil {
 		return fail(mpath, err)
 	}
-	return Function{Manifest: m, Source: src, SourcePath: spath, ManifestPath: mpath, SHA256: hash}, nil
+	return Function{Manifest: m, ManifestData: mdata, Source: src, SourcePath: spath, ManifestPath: mpath, SHA256: hash}, nil
 }
 
-// readLimited reads a regular file of at most limit bytes.
+// readLimited reads a regular file of at most limit bytes. It checks the
+// file before it opens it: opening a FIFO without a writer blocks (a
+// NAME.yaml FIFO in functions_dir held the daemon's start, and its stop).
 func readLimited(path string, limit int64) ([]byte, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
