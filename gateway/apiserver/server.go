@@ -447,6 +447,13 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 				fmt.Sprintf("request body is %d bytes, larger than the limit of %d (api.max_body_bytes)", r.ContentLength, limit))
 			return
 		}
+		if r.Body != nil && r.Body != http.NoBody && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			// No GET route reads a body. Taken, it held its share of the
+			// body budget for as long as the handler ran: a log follow
+			// sent with one held it for as long as it stayed open.
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "a "+r.Method+" request takes no body")
+			return
+		}
 		if r.Body != nil && r.Body != http.NoBody {
 			// The bytes it may buffer are reserved first, out of what all
 			// requests may hold at once.
