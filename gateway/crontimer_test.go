@@ -72,3 +72,46 @@ func TestCronTickDueDuringRedeployFires(t *testing.T) {
 		t.Fatalf("%d records, want one: the 12:01 tick once", n)
 	}
 }
+
+// TestCronTickDueJustBeforeRedeployFires: the 12:01 tick is due, but the
+// old loop's timer has not been delivered yet (its goroutine not run, or
+// select picked ctx.Done over the ready timer) when a redeploy stops it
+// 1 ms after 12:01. The hand-over took the stop time, so the new loop
+// started from 12:02 and neither version fired 12:01; it now takes over
+// from the last tick the old loop enqueued, or from its start.
+func TestCronTickDueJustBeforeRedeployFires(t *testing.T) {
+	st := quietStore(t, store.Options{})
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 28, 12, 0, 30, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	waits := make(chan time.Duration, 10)
+	after := func(d time.Duration) (<-chan time.Time, func()) {
+		waits <- d
+		return make(chan time.Time), func() {}
+	}
+	g := timerGateway(t, st, "* * * * *", clock, after)
+	select {
+	case <-waits: // the old loop waits for 12:01
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timer loop did not start")
+	}
+	// 12:01 is reached; the old loop's timer is not delivered yet.
+	mu.Lock()
+	now = time.Date(2026, 11, 28, 12, 1, 0, 1e6, time.UTC)
+	mu.Unlock()
+	s := g.Lookup("tk").Schedules
+	v2 := &Function{Name: "tk", Fingerprint: "v2", Schedules: s,
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {trigger = e.trigger, v = 2} end`)}}
+	if err := g.SetFunctions(context.Background(), []*Function{v2}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-waits: // the new loop waits
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new timer loop did not start")
+	}
+	waitFor(t, 5*time.Second, "the 12:01 tick", func() bool { return len(allRecords(t, st, "tk")) > 0 })
+	if n := len(allRecords(t, st, "tk")); n != 1 {
+		t.Fatalf("%d records, want one: the 12:01 tick, due 1 ms before the redeploy, fired by neither version", n)
+	}
+}

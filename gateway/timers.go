@@ -17,24 +17,23 @@ import (
 type timerRun struct {
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
-	// stopped is when stopTimer cancelled the loops, and fired (Unix ns)
-	// the latest tick they fired: a redeployed cron timer takes over from
-	// the later of the two (since).
-	stopped time.Time
+	// started is when the loops were started (they plan from then), and
+	// fired (Unix ns) the latest tick whose event they enqueued: a
+	// redeployed cron timer takes over from the later of the two (since).
+	started time.Time
 	fired   atomic.Int64
 }
 
-// since is the time from which the loops replacing r fire cron ticks: the
-// ticks after it were not fired by r. Zero when r is nil or was not
-// stopped by stopTimer. Call it after stop.
+// since is the time from which the loops replacing r fire cron ticks: r
+// enqueued no tick after it. Zero when r is nil. Call it after stop.
 func (r *timerRun) since() time.Time {
-	if r == nil || r.stopped.IsZero() {
+	if r == nil {
 		return time.Time{}
 	}
-	if f := r.fired.Load(); f != 0 && time.Unix(0, f).After(r.stopped) {
+	if f := r.fired.Load(); f != 0 && time.Unix(0, f).After(r.started) {
 		return time.Unix(0, f)
 	}
-	return r.stopped
+	return r.started
 }
 
 // stop cancels the loops and waits until none of them can still record a
@@ -85,7 +84,10 @@ func (g *Gateway) startTimer(f *Function, since time.Time) *timerRun {
 		return prev
 	}
 	ctx, cancel := context.WithCancel(g.runCtx)
-	r := &timerRun{cancel: cancel}
+	r := &timerRun{cancel: cancel, started: g.opts.Now()}
+	if !since.IsZero() && since.Before(r.started) {
+		r.started = since // what the loops plan from (a tick they then miss is not fired since)
+	}
 	g.timers[f.Name] = r
 	for _, s := range f.Schedules {
 		r.loops.Go(func() { g.timerLoop(ctx, r, f.Name, s, since) })
@@ -100,7 +102,6 @@ func (g *Gateway) stopTimer(name string) *timerRun {
 	defer g.timersMu.Unlock()
 	r := g.timers[name]
 	if r != nil {
-		r.stopped = g.opts.Now() // before the cancel: a tick after it may not fire
 		r.cancel()
 		delete(g.timers, name)
 	}
@@ -210,8 +211,11 @@ func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, function string, s
 		} else {
 			err = g.enqueue(ctx, []store.InboxEntry{entry})
 		}
-		if err != nil && ctx.Err() == nil {
-			g.log.Warn("timer event not enqueued", "function", function, "err", err)
+		if err != nil {
+			if ctx.Err() == nil {
+				g.log.Warn("timer event not enqueued", "function", function, "err", err)
+			}
+			return
 		}
 		for t := tick.UnixNano(); ; {
 			if f := r.fired.Load(); t <= f || r.fired.CompareAndSwap(f, t) {
