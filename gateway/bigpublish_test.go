@@ -50,15 +50,14 @@ func TestRev3ExternalOversizeLocalPublishBlocksOthers(t *testing.T) {
 // bytes through a broker whose max_packet_size is 4,096. The broker closed
 // the connection on it, the publisher retried it every second for ever,
 // and every publish behind it (other functions' commands) waited; each
-// retry also dropped intake's connection. With max_publish_payload set to
-// the broker's limit, the big publish is a publish dead letter and the
-// others go out.
+// retry also dropped intake's connection. With max_packet_size set to the
+// broker's, the big publish is a publish dead letter and the others go out.
 func TestExternalOversizeLocalPublishDeadLettered(t *testing.T) {
 	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
 	dataDir, fnDir := t.TempDir(), t.TempDir()
 	writeFunction(t, fnDir, "big", bigPubLua, "triggers:\n  - mqtt: big/{device}\n")
 	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
-	p := startInProcess(t, testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: moongate-bigpub, max_publish_payload: 4000}\n", m.URL())))
+	p := startInProcess(t, testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: moongate-bigpub, max_packet_size: 4096}\n", m.URL())))
 	sub := connect(t, m.URL(), "observer", true)
 	outs := subscribe(t, sub, "out/#")
 	dev := connect(t, m.URL(), "d1", true)
@@ -74,6 +73,41 @@ func TestExternalOversizeLocalPublishDeadLettered(t *testing.T) {
 	// The big one is a publish dead letter, the outbox moved on.
 	waitFor(t, 10*time.Second, "the big publish's dead letter", func() bool {
 		dls, _ := p.d.Store().ListDeadLetters(t.Context(), PublishDeadLetters, 0, 10)
-		return len(dls) == 1 && strings.Contains(dls[0].Error, "max_publish_payload 4000")
+		return len(dls) == 1 && strings.Contains(dls[0].Error, "max_packet_size 4096")
+	})
+}
+
+// TestExternalPublishUnderPayloadOverPacketLimit: mosquitto's
+// max_packet_size counts the whole packet. A 4,090-byte payload passed a
+// check of the payload alone against 4,096 (the setting's first form) and
+// the broker closed the connection on it again and again; the packet's
+// size is what is compared now.
+func TestExternalPublishUnderPayloadOverPacketLimit(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "big", `
+function handle(e, ctx)
+  mqtt.publish("out/big", string.rep("x", 4090), {qos = 1})
+  return nil
+end
+`, "triggers:\n  - mqtt: big/{device}\n")
+	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
+	p := startInProcess(t, testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: moongate-bigpub2, max_packet_size: 4096}\n", m.URL())))
+	sub := connect(t, m.URL(), "observer", true)
+	outs := subscribe(t, sub, "out/#")
+	dev := connect(t, m.URL(), "d1", true)
+	publish(t, dev, "big/d1", 1, []byte("go"))
+	publish(t, dev, "small/d1", 1, []byte("go"))
+	select {
+	case msg := <-outs:
+		if msg.Topic() != "out/small" {
+			t.Fatalf("got %s", msg.Topic())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the small function's publish did not go out in 20 s (gateway %+v)", p.d.Gateway().Stats())
+	}
+	waitFor(t, 10*time.Second, "the big publish's dead letter", func() bool {
+		dls, _ := p.d.Store().ListDeadLetters(t.Context(), PublishDeadLetters, 0, 10)
+		return len(dls) == 1 && strings.Contains(dls[0].Error, "a packet of 4104 bytes (payload 4090)")
 	})
 }

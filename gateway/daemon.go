@@ -735,8 +735,8 @@ func externalConfig(cfg *config.Config) mqtt.ExternalConfig {
 		Broker: x.Broker, ClientID: id, Username: x.Username, Password: x.Password,
 		CAFile: x.TLS.CA, CertFile: x.TLS.Cert, KeyFile: x.TLS.Key, InsecureSkipVerify: x.TLS.InsecureSkipVerify,
 		KeepAlive: x.KeepAlive.Std(), MaxPayload: int(cfg.MQTT.MaxPayload),
-		SessionFile:       filepath.Join(cfg.DataDir, externalSessionFile),
-		MaxPublishPayload: int(x.MaxPublishPayload),
+		SessionFile:   filepath.Join(cfg.DataDir, externalSessionFile),
+		MaxPacketSize: int(x.MaxPacketSize),
 	}
 }
 

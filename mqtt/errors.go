@@ -42,7 +42,7 @@ var (
 	// ErrInvalidQoS reports a QoS other than 0, 1 or 2.
 	ErrInvalidQoS = errors.New("mqtt: invalid QoS")
 	// ErrPublishTooLarge is returned by External.Publish and PublishAll for
-	// a payload over ExternalConfig.MaxPublishPayload: the broker would
+	// a message over ExternalConfig.MaxPacketSize: the broker would
 	// refuse it (MQTT 3.1.1 has no per-message refusal: it closes the
 	// connection), so it fails the same way every time.
 	ErrPublishTooLarge = errors.New("mqtt: publish payload over the broker's limit")

@@ -81,10 +81,12 @@ type ExternalConfig struct {
 	// of the old session's message with the same id, topic and payload.
 	// Empty: no epoch, Message.ClientID is always "".
 	SessionFile string
-	// MaxPublishPayload, when positive, is the largest payload Publish and
-	// PublishAll send; a larger one is ErrPublishTooLarge, without
-	// touching the connection (the broker's own limit would close it).
-	MaxPublishPayload int
+	// MaxPacketSize, when positive, is the largest PUBLISH packet (fixed
+	// header, topic, packet id and payload, as mosquitto's max_packet_size
+	// counts) Publish and PublishAll send; a larger one is
+	// ErrPublishTooLarge, without touching the connection (the broker's
+	// own limit would close it).
+	MaxPacketSize int
 }
 
 // External consumes from an external MQTT broker with a persistent session
@@ -929,12 +931,31 @@ func (x *External) reconnectLoop() {
 	}
 }
 
-// checkPublishSize refuses a payload over MaxPublishPayload.
-func (x *External) checkPublishSize(topic string, payload []byte) error {
-	if x.cfg.MaxPublishPayload > 0 && len(payload) > x.cfg.MaxPublishPayload {
-		return fmt.Errorf("%w: %d bytes to %s, max_publish_payload %d", ErrPublishTooLarge, len(payload), topic, x.cfg.MaxPublishPayload)
+// checkPublishSize refuses a message whose PUBLISH packet is over
+// MaxPacketSize.
+func (x *External) checkPublishSize(topic string, qos byte, payload []byte) error {
+	if x.cfg.MaxPacketSize <= 0 {
+		return nil
+	}
+	if n := publishPacketSize(topic, qos, len(payload)); n > x.cfg.MaxPacketSize {
+		return fmt.Errorf("%w: a packet of %d bytes (payload %d) to %s, max_packet_size %d", ErrPublishTooLarge, n, len(payload), topic, x.cfg.MaxPacketSize)
 	}
 	return nil
+}
+
+// publishPacketSize is the size of an MQTT 3.1.1 PUBLISH packet: the
+// fixed header (type byte and remaining length, 1 to 4 bytes), the topic
+// with its length, the packet id (QoS > 0) and the payload.
+func publishPacketSize(topic string, qos byte, payload int) int {
+	rest := 2 + len(topic) + payload
+	if qos > 0 {
+		rest += 2
+	}
+	n := 1 + 1
+	for r := rest; r >= 128; r >>= 7 {
+		n++
+	}
+	return n + rest
 }
 
 // Publish publishes through the broker and waits until the message is sent
@@ -943,7 +964,7 @@ func (x *External) checkPublishSize(topic string, payload []byte) error {
 // ErrUnconfirmed when the connection was lost before a QoS 1 or 2 message
 // was acknowledged (paho then completes its token without the broker's
 // acknowledgement; see PITFALLS), and with ErrPublishTooLarge for a
-// payload over MaxPublishPayload.
+// packet over MaxPacketSize.
 func (x *External) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
 	if err := topics.ValidName(topic); err != nil {
 		return err
@@ -951,7 +972,7 @@ func (x *External) Publish(ctx context.Context, topic string, payload []byte, qo
 	if qos > 2 {
 		return fmt.Errorf("%w: %d", ErrInvalidQoS, qos)
 	}
-	if err := x.checkPublishSize(topic, payload); err != nil {
+	if err := x.checkPublishSize(topic, qos, payload); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -1024,7 +1045,7 @@ func (x *External) PublishAll(ctx context.Context, msgs []Outgoing) (int, error)
 			stop = fmt.Errorf("%w: %d", ErrInvalidQoS, m.QoS)
 			break
 		}
-		if err := x.checkPublishSize(m.Topic, m.Payload); err != nil {
+		if err := x.checkPublishSize(m.Topic, m.QoS, m.Payload); err != nil {
 			stop = err
 			break
 		}

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 )
@@ -314,4 +317,27 @@ func TestExternalSubscribeRetriedAfterTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the message", 10*time.Second, func() bool { return rec.len() == 1 })
+}
+
+// TestPublishPacketSize: the size max_packet_size is compared with is the
+// size of the packet paho writes.
+func TestPublishPacketSize(t *testing.T) {
+	for _, c := range []struct {
+		topic   string
+		qos     byte
+		payload int
+	}{{"t", 0, 0}, {"t", 1, 0}, {"out/big", 1, 4090}, {"a", 0, 123}, {"a", 0, 124}, {"a/b", 1, 16370}, {"a/b", 1, 16371}, {"x", 2, 2097140}, {"x", 2, 2097160}} {
+		pk := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+		pk.TopicName, pk.Qos, pk.Payload = c.topic, c.qos, make([]byte, c.payload)
+		if c.qos > 0 {
+			pk.MessageID = 1
+		}
+		var b bytes.Buffer
+		if err := pk.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+		if got := publishPacketSize(c.topic, c.qos, c.payload); got != b.Len() {
+			t.Errorf("%+v: %d, paho writes %d bytes", c, got, b.Len())
+		}
+	}
 }

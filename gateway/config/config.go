@@ -159,13 +159,13 @@ type External struct {
 	TLS      ClientTLS `yaml:"tls"`
 	// KeepAlive is the MQTT keepalive (default 30s, at least 1s).
 	KeepAlive Duration `yaml:"keepalive"`
-	// MaxPublishPayload bounds the payload of a function's local publish
-	// through the broker (0: no bound). Set it to the broker's limit: a
-	// broker that closes the connection on a larger message (mosquitto's
-	// max_packet_size, a cloud broker's quota) made the publisher retry it
-	// for ever, holding up every publish behind it; a larger one is a
+	// MaxPacketSize bounds the PUBLISH packet (header, topic and payload)
+	// of a function's local publish through the broker (0: no bound). Set
+	// it to the broker's limit: a broker that closes the connection on a
+	// larger message (mosquitto's max_packet_size) made the publisher retry
+	// it for ever, holding up every publish behind it; a larger one is a
 	// publish dead letter instead.
-	MaxPublishPayload Size `yaml:"max_publish_payload"`
+	MaxPacketSize Size `yaml:"max_packet_size"`
 }
 
 // ClientTLS configures TLS towards an external broker. CA is a PEM bundle

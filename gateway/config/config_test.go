@@ -225,8 +225,8 @@ func TestErrors(t *testing.T) {
 		{"server tls key without cert", "mqtt:\n  embedded:\n    tls:\n      key: /k.pem\n", []string{"m.yaml:3: mqtt.embedded.tls.cert: tls.key is set but tls.cert is not"}},
 		{"password without username", "mqtt: {mode: external, external: {broker: 'tcp://h:1', password: x}}\n", []string{"mqtt.external.username: a password is set but no username"}},
 		{"keepalive too short", "mqtt: {mode: external, external: {broker: 'tcp://h:1', keepalive: 10ms}}\n", []string{"mqtt.external.keepalive: 10ms out of range"}},
-		{"max_publish_payload over the MQTT limit", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_publish_payload: 1GiB}}\n", []string{"mqtt.external.max_publish_payload: 1GiB out of range [0, 268435455 bytes]"}},
-		{"negative max_publish_payload", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_publish_payload: -1}}\n", []string{"mqtt.external.max_publish_payload"}},
+		{"max_packet_size over the MQTT limit", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_packet_size: 1GiB}}\n", []string{"mqtt.external.max_packet_size: 1GiB out of range [0, 268435460 bytes]"}},
+		{"negative max_packet_size", "mqtt: {mode: external, external: {broker: 'tcp://h:1', max_packet_size: -1}}\n", []string{"mqtt.external.max_packet_size"}},
 		{"unknown mode", "mqtt:\n  mode: embeded\n", []string{`m.yaml:2: mqtt.mode: unknown value "embeded" (valid: embedded, external)`}},
 		{"unknown log level", "log:\n  level: verbose\n", []string{`m.yaml:2: log.level: unknown value "verbose" (valid: debug, info, warn, error)`}},
 		{"unknown log format", "log: {format: xml}\n", []string{`log.format: unknown value "xml"`}},
@@ -532,11 +532,12 @@ func TestTooManyErrors(t *testing.T) {
 	}
 }
 
-// A file whose size Stat does not tell (a device) is read only up to the
-// limit: Load fails instead of reading without end.
+// A device (whose size Stat does not tell) is refused: Load fails instead
+// of reading without end (a regular file that grows after the Stat is read
+// only up to the limit).
 func TestLoadBoundedRead(t *testing.T) {
 	_, err := Load("/dev/zero")
-	if err == nil || !strings.Contains(err.Error(), "larger than the limit") {
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("Load(/dev/zero): %v", err)
 	}
 }

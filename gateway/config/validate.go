@@ -237,14 +237,14 @@ func (v *validator) external() {
 	if x.KeepAlive < Duration(time.Second) || x.KeepAlive > Duration(18*time.Hour) {
 		v.add(p+".keepalive", "%s out of range [1s, 18h]", x.KeepAlive)
 	}
-	if x.MaxPublishPayload < 0 || x.MaxPublishPayload > MaxMQTTPacketPayload {
-		v.add(p+".max_publish_payload", "%s out of range [0, %d bytes] (0: no bound)", x.MaxPublishPayload, int64(MaxMQTTPacketPayload))
+	if x.MaxPacketSize < 0 || x.MaxPacketSize > MaxMQTTPacket {
+		v.add(p+".max_packet_size", "%s out of range [0, %d bytes] (0: no bound)", x.MaxPacketSize, int64(MaxMQTTPacket))
 	}
 }
 
-// MaxMQTTPacketPayload is the largest payload an MQTT packet can carry
-// (its remaining length is at most 268,435,455 bytes).
-const MaxMQTTPacketPayload = Size(268435455)
+// MaxMQTTPacket is the largest MQTT packet: a remaining length of at most
+// 268,435,455 bytes after a fixed header of at most 5.
+const MaxMQTTPacket = Size(268435455 + 5)
 
 // CheckBrokerURL checks an external broker URL (scheme tcp, mqtt, ssl, tls,
 // mqtts, ws or wss, a host and, except for websockets, a port) and reports
