@@ -587,8 +587,12 @@ func (x *External) syncSubscriptions(want []string, all bool) error {
 	// New filters first, removed ones after: a trigger changed from t/+ to
 	// t/+/# must never leave a moment without a subscription covering t/x
 	// (the broker acknowledges a device's message there and delivers it to
-	// nobody). The broker sends one copy of a message to a client however
-	// many of its subscriptions match.
+	// nobody). mosquitto by default sends one copy of a message to a client
+	// however many of its subscriptions match; a broker that sends one per
+	// matching subscription (MQTT 3.1.1 3.3.5 allows it; mosquitto's
+	// allow_duplicate_messages true) delivers a message published during
+	// the switch twice, as it does for overlapping filters of different
+	// functions at any time (docs/mqtt.md).
 	var subErr error
 	if len(add) > 0 {
 		m := make(map[string]byte, len(add))
