@@ -361,14 +361,17 @@ func TestMemoryLimit(t *testing.T) {
 }
 
 func TestParseSize(t *testing.T) {
-	good := map[string]Size{"0": 0, "4096": 4096, "1B": 1, "16MiB": 16 << 20, "256KiB": 256 << 10, "256 kib": 256 << 10, "1GB": 1e9, "1kB": 1000, "2TiB": 2 << 40, "1.5MiB": 3 << 19, "0.5KB": 500}
+	good := map[string]Size{"0": 0, "4096": 4096, "1B": 1, "16MiB": 16 << 20, "256KiB": 256 << 10, "256 kib": 256 << 10, "1GB": 1e9, "1kB": 1000, "2TiB": 2 << 40, "1.5MiB": 3 << 19, "0.5KB": 500,
+		// Exact decimal fractions (in floating point 2.01 x 1000 was
+		// 2009.9999999999998, refused as "not a whole number of bytes").
+		"2.01KB": 2010, "4.03KB": 4030, "8.05KB": 8050, "1.1KB": 1100, "0.001GB": 1e6, "1.": 1, "2.5KiB": 2560}
 	for s, want := range good {
 		got, err := ParseSize(s)
 		if err != nil || got != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "MiB", "-1", "1XB", "1.2.3MB", "0.3B", "99999999999TiB", "9223372036854775808", "1e3", "NaN"} {
+	for _, s := range []string{"", "MiB", "-1", "1XB", "1.2.3MB", "0.3B", "99999999999TiB", "9223372036854775808", "1e3", "NaN", ".", "1.0001KB", "9223372036854775807.5KB"} {
 		if v, err := ParseSize(s); err == nil {
 			t.Errorf("ParseSize(%q) = %d, want an error", s, v)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/big"
 	"reflect"
 	"regexp"
 	"sort"
@@ -487,18 +488,20 @@ func ParseSize(s string) (Size, error) {
 		}
 		return Size(v * mult), nil
 	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil {
+	// Exactly, in rationals: in floating point 2.01 x 1000 is
+	// 2009.9999999999998, "not a whole number of bytes".
+	r, ok := new(big.Rat).SetString(num)
+	if !ok {
 		return 0, fmt.Errorf("invalid size %q: bad number %q", clip(s), clip(num))
 	}
-	v := f * float64(mult)
-	if v >= math.MaxInt64 {
-		return 0, fmt.Errorf("invalid size %q: out of range", clip(s))
-	}
-	if v != math.Trunc(v) {
+	r.Mul(r, new(big.Rat).SetInt64(mult))
+	if !r.IsInt() {
 		return 0, fmt.Errorf("invalid size %q: not a whole number of bytes", clip(s))
 	}
-	return Size(v), nil
+	if !r.Num().IsInt64() {
+		return 0, fmt.Errorf("invalid size %q: out of range", clip(s))
+	}
+	return Size(r.Num().Int64()), nil
 }
 
 // String formats s with the largest binary unit that divides it exactly
