@@ -678,6 +678,9 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 	if o.CompactionShare == 0 {
 		o.CompactionShare = -1
 	}
+	if o.DiskReserve == 0 {
+		o.DiskReserve = -1 // no reserve, as configured (the store's 0 is its 64 MiB default)
+	}
 	switch cfg.Store.Durability {
 	case config.DurabilityInterval:
 		o.Durability = store.DurabilityInterval

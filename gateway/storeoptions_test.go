@@ -68,3 +68,31 @@ func TestSyncTargetAndValueLimitOptions(t *testing.T) {
 		t.Fatalf("default store value limit %d, want 1MiB", got)
 	}
 }
+
+// TestDiskReserveZero: store.disk_reserve: 0 means no reserve. It was
+// passed to the store as 0, the store's own default of 64 MiB: a small
+// data partition with 32 MiB free stayed not ready.
+func TestDiskReserveZero(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte("gateway_id: test\ndata_dir: "+t.TempDir()+"\nstore: {disk_reserve: 0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := storeOptions(cfg, slog.New(slog.DiscardHandler))
+	o.FreeSpace = func(string) (uint64, error) { return 32 << 20, nil }
+	st, err := store.Open(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Health(); err != nil {
+		t.Fatalf("disk_reserve: 0 with 32 MiB free: %v", err)
+	}
+	// The default is still 64 MiB.
+	def, err := config.Parse("test.yaml", []byte("gateway_id: test\ndata_dir: "+t.TempDir()+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := storeOptions(def, slog.New(slog.DiscardHandler)); o.DiskReserve != 64<<20 {
+		t.Fatalf("default reserve %d", o.DiskReserve)
+	}
+}

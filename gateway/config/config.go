@@ -241,7 +241,7 @@ type Store struct {
 	Profile      string   `yaml:"profile"`       // low-memory | large
 	Durability   string   `yaml:"durability"`    // always | interval | none
 	SyncInterval Duration `yaml:"sync_interval"` // for interval (default 100ms)
-	DiskReserve  Size     `yaml:"disk_reserve"`  // stop writing when free disk falls below (default 64MiB)
+	DiskReserve  Size     `yaml:"disk_reserve"`  // stop writing when free disk falls below (default 64MiB; 0: no reserve)
 	Quotas       Quotas   `yaml:"quotas"`
 	// CompactionShare is the fraction of one processor Badger's compactions
 	// may use while they keep up: 0.1-1, or 0 for no pacing
