@@ -375,6 +375,25 @@ func CheckConfig(cfg *config.Config) error {
 	return errors.Join(errs...)
 }
 
+// CheckFunction reports why serve would not load a function of
+// functions_dir with configuration cfg: its manifest against the limits
+// and the store (FunctionFromManifest), a source that does not compile, or
+// a name a sync.forward entry takes. check-config runs it.
+func CheckFunction(tf *trigger.Function, cfg *config.Config) error {
+	if _, err := FunctionFromManifest(tf, cfg); err != nil {
+		return err
+	}
+	if _, err := luavm.Compile(tf.Manifest.Name, tf.Source); err != nil {
+		return err
+	}
+	for i, f := range cfg.Sync.Forward {
+		if f.Name == tf.Manifest.Name {
+			return fmt.Errorf("its name is used by sync.forward[%d]: serve does not load it", i)
+		}
+	}
+	return nil
+}
+
 // forwardFunctions builds the functions of sync.forward.
 func forwardFunctions(cfg *config.Config) ([]*Function, error) {
 	if err := CheckConfig(cfg); err != nil {

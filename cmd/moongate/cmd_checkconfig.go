@@ -64,7 +64,7 @@ func runCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 	fns, errs := trigger.LoadDir(cfg.FunctionsDir)
 	ok := fns[:0:0]
 	for _, f := range fns {
-		if err := f.Manifest.CheckWith(cfg.Functions); err != nil {
+		if err := gateway.CheckFunction(&f, cfg); err != nil {
 			errs = append(errs, &trigger.FileError{Name: f.Manifest.Name, Path: f.ManifestPath, Err: err})
 			continue
 		}

@@ -32,7 +32,7 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, content := range map[string]string{
-		"ok.yaml": "triggers:\n  - mqtt: \"devices/{device}/telemetry\"\n", "ok.lua": "return 1",
+		"ok.yaml": "triggers:\n  - mqtt: \"devices/{device}/telemetry\"\n", "ok.lua": "function handle(e) return 1 end",
 		"bad.yaml": "triggers:\n  - mqtt: \"a/#/b\"\n", "bad.lua": "return 1",
 		"many.yaml": "min_instances: 9\n", "many.lua": "return 1",
 	} {
@@ -125,5 +125,44 @@ func TestLoadConfigWithoutFileAppliesEnv(t *testing.T) {
 	}
 	if cfg.DataDir != dir || cfg.GatewayID != "gw-env" {
 		t.Fatalf("data_dir %q, gateway_id %q: the environment was not applied", cfg.DataDir, cfg.GatewayID)
+	}
+}
+
+// TestCheckConfigFunctionsServeRefuses: check-config said "ok" to
+// functions serve does not load: a result limit over what the store takes
+// in one value, a source that does not compile, a name a sync.forward
+// entry takes. It runs serve's checks now.
+func TestCheckConfigFunctionsServeRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name, manifest, source, extra, want string
+	}{
+		{"big", "triggers:\n  - mqtt: a/{device}\nlimits: {max_result_bytes: 4MiB}\n", "function handle(e) end", "", "max_result_bytes"},
+		{"broken", "triggers:\n  - mqtt: a/{device}\n", "function handle(e) end end end", "", "syntax error"},
+		{"fwd", "triggers:\n  - mqtt: a/{device}\n", "function handle(e) end",
+			"sync:\n  targets:\n    - {name: c, type: http, http: {url: \"http://127.0.0.1:9/x\"}}\n  forward:\n    - {name: fwd, trigger: \"b/{device}\", targets: [c]}\n", "sync.forward[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			fdir := filepath.Join(dir, "functions")
+			if err := os.Mkdir(fdir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for file, data := range map[string]string{tc.name + ".yaml": tc.manifest, tc.name + ".lua": tc.source} {
+				if err := os.WriteFile(filepath.Join(fdir, file), []byte(data), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfgPath := filepath.Join(dir, "m.yaml")
+			if err := os.WriteFile(cfgPath, []byte("functions_dir: "+fdir+"\n"+tc.extra), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errb bytes.Buffer
+			if code := run(context.Background(), []string{"check-config", cfgPath}, &out, &errb); code != exitFailure {
+				t.Fatalf("check-config exit %d (stdout %q, stderr %q)", code, out.String(), errb.String())
+			}
+			if !strings.Contains(errb.String(), tc.name) || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("stderr %q does not name the function and %q", errb.String(), tc.want)
+			}
+		})
 	}
 }
