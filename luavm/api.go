@@ -175,8 +175,13 @@ type Result struct {
 	InvocationID string // the id the function saw as ctx.invocation_id
 	Kind         ResultKind
 	Value        []byte
-	Effects      []Effect
-	State        []StateOp
-	Logs         []LogEntry
-	Cost         Cost
+	// Body is set when Value is a JSON object whose "body" field came
+	// from a Lua string that is not valid UTF-8: its bytes as they were
+	// (JSON carries them with U+FFFD in place of the bad bytes). An HTTP
+	// trigger sends it as the response body.
+	Body    []byte
+	Effects []Effect
+	State   []StateOp
+	Logs    []LogEntry
+	Cost    Cost
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	lua "github.com/yuin/gopher-lua"
 )
@@ -150,6 +151,9 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 			return fmt.Errorf("%w (more than %d bytes)", ErrResultTooLarge, limits.MaxResultBytes)
 		}
 		res.Kind, res.Value = ResultJSON, e.buf
+		if b, ok := v.RawGetString("body").(lua.LString); ok && !utf8.ValidString(string(b)) {
+			res.Body = []byte(b) // (the encoded result already fit MaxResultBytes)
+		}
 	default:
 		return fmt.Errorf("%w: handle returned a %s (want nil, a table or a string)", ErrRuntime, ret.Type().String())
 	}

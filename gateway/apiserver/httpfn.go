@@ -186,6 +186,9 @@ func httpResponse(res *luavm.Result) (fnResponse, error) {
 		var s string
 		if err := json.Unmarshal(raw, &s); err == nil {
 			out.body = []byte(s)
+			if res.Body != nil {
+				out.body = res.Body // binary: as the function returned it, not as JSON carried it
+			}
 			if _, set := out.headers["Content-Type"]; !set {
 				out.headers["Content-Type"] = "text/plain; charset=utf-8"
 			}
