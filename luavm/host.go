@@ -283,6 +283,11 @@ func (in *instance) logFn(level slog.Level) lua.LGFunction {
 				b = []byte(strconv.Quote("unencodable fields: " + err.Error()))
 				b = []byte(`{"error":` + string(b) + `}`)
 			}
+			if len(b) > 0 && b[0] == '[' {
+				// Fields are an object (the API drops anything else): a
+				// list is kept under "fields".
+				b = append(append([]byte(`{"fields":`), b...), '}')
+			}
 			fields = b
 		}
 		in.addLog(L, level, msg, fields)
@@ -385,14 +390,32 @@ func (in *instance) publish(L *lua.LState) int {
 	}
 	payload := in.payloadBytes(L, 2)
 	e := Effect{Kind: EffectPublish, Topic: topic, Payload: payload}
-	if opts, ok := L.Get(3).(*lua.LTable); ok {
-		if q, ok := opts.RawGetString("qos").(lua.LNumber); ok {
-			if q < 0 || q > 2 || q != lua.LNumber(int(q)) {
-				L.ArgError(3, "qos must be 0, 1 or 2")
+	// Options are checked, not guessed: {qos = "1"}, {QoS = 1} or a bare
+	// 1 went out at QoS 0, and a QoS 0 command is not queued for a device
+	// that is offline.
+	switch opts := L.Get(3).(type) {
+	case *lua.LNilType:
+	case *lua.LTable:
+		for k, v := opts.Next(lua.LNil); k != lua.LNil; k, v = opts.Next(k) {
+			switch k {
+			case lua.LString("qos"):
+				q, ok := v.(lua.LNumber)
+				if !ok || q < 0 || q > 2 || q != lua.LNumber(int(q)) {
+					L.ArgError(3, "qos must be 0, 1 or 2")
+				}
+				e.QoS = byte(q)
+			case lua.LString("retain"):
+				b, ok := v.(lua.LBool)
+				if !ok {
+					L.ArgError(3, "retain must be true or false")
+				}
+				e.Retain = bool(b)
+			default:
+				L.ArgError(3, fmt.Sprintf("unknown option %s (qos, retain)", quoteCut(lua.LVAsString(k))))
 			}
-			e.QoS = byte(q)
 		}
-		e.Retain = lua.LVAsBool(opts.RawGetString("retain"))
+	default:
+		L.ArgError(3, "options table expected ({qos = 1, retain = true}), got "+opts.Type().String())
 	}
 	in.addEffect(L, e, len(topic)+len(payload))
 	return 0
@@ -419,6 +442,14 @@ func (in *instance) emit(L *lua.LState) int {
 	switch v := L.Get(2).(type) {
 	case lua.LString:
 		b, err := in.encodeJSON(L, v, len(v)*6+2)
+		if err != nil {
+			L.ArgError(2, err.Error())
+		}
+		rec = b
+	case lua.LNumber:
+		// A record is JSON: NaN and the infinities are not (they were
+		// stored as the text NaN, +Inf).
+		b, err := appendJSONNumber(nil, float64(v))
 		if err != nil {
 			L.ArgError(2, err.Error())
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	stdmath "math"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"time"
@@ -273,6 +275,11 @@ func (in *instance) setup() {
 
 	math := G.RawGetString("math").(*lua.LTable)
 	math.RawSetString("randomseed", lua.LNil)
+	// Lua 5.1's: an empty interval is a catchable error (gopher-lua's
+	// panicked in rand.Intn, the instance was thrown away and the event
+	// dead-lettered), and math.huge is infinity (it was MaxFloat64).
+	math.RawSetString("random", L.NewFunction(mathRandom))
+	math.RawSetString("huge", lua.LNumber(stdmath.Inf(1)))
 	lib.RawSetString("math", in.freeze(math, newindex))
 
 	in.openHost(lib, newindex)
@@ -753,4 +760,35 @@ func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
 		}
 		return orig(L)
 	}
+}
+
+// mathRandom is Lua 5.1's math.random: no argument, a float in [0, 1); m,
+// an integer in [1, m]; m, n, an integer in [m, n]. An empty interval is an
+// error. Bounds are 64-bit (gopher-lua's were Go ints: 32 bits on a Pi
+// with a 32-bit system).
+func mathRandom(L *lua.LState) int {
+	bound := func(n int) int64 {
+		f := float64(L.CheckNumber(n))
+		if stdmath.IsNaN(f) || stdmath.Abs(f) > 1<<53 {
+			L.ArgError(n, "number out of range")
+		}
+		return int64(stdmath.Floor(f))
+	}
+	var lo, hi int64
+	switch L.GetTop() {
+	case 0:
+		L.Push(lua.LNumber(rand.Float64()))
+		return 1
+	case 1:
+		lo, hi = 1, bound(1)
+	case 2:
+		lo, hi = bound(1), bound(2)
+	default:
+		L.RaiseError("wrong number of arguments")
+	}
+	if lo > hi {
+		L.ArgError(L.GetTop(), "interval is empty")
+	}
+	L.Push(lua.LNumber(lo + int64(rand.Uint64N(uint64(hi-lo)+1))))
+	return 1
 }

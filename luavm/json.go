@@ -185,7 +185,9 @@ func appendJSONNumber(b []byte, f float64) ([]byte, error) {
 func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 	n := t.Len()
 	count := 0
-	intKeys := true
+	intKeys := true // keys 1..n
+	posInts := true // positive integer keys only (a marked array with holes)
+	maxInt := 0.0
 	var skeys []string
 	var keyErr bool
 	t.ForEach(func(k, _ lua.LValue) {
@@ -196,9 +198,14 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 			if f != math.Trunc(f) || f < 1 || f > float64(n) {
 				intKeys = false
 			}
+			if f != math.Trunc(f) || f < 1 {
+				posInts = false
+			} else {
+				maxInt = max(maxInt, f)
+			}
 			skeys = append(skeys, kk.String())
 		case lua.LString:
-			intKeys = false
+			intKeys, posInts = false, false
 			skeys = append(skeys, string(kk))
 		default:
 			keyErr = true
@@ -216,6 +223,22 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 				e.byte(',')
 			}
 			e.value(t.RawGetInt(i), depth+1)
+		}
+		e.byte(']')
+		return
+	}
+	if marked && posInts && maxInt <= float64(2*count+64) {
+		// An array (decoded from one, or json.array) with holes, t[2] =
+		// nil: still an array, null in the holes (it was written as an
+		// object, {"1":10,"3":30}). A sparse one (more holes than
+		// elements, beyond 64) stays an object: a[1e9] = 1 would be a
+		// billion nulls.
+		e.byte('[')
+		for i := 1.0; i <= maxInt && e.err == nil; i++ {
+			if i > 1 {
+				e.byte(',')
+			}
+			e.value(t.RawGet(lua.LNumber(i)), depth+1)
 		}
 		e.byte(']')
 		return
