@@ -23,29 +23,6 @@ function handle(e, ctx)
 end
 `
 
-// One function publishes a message larger than the external broker's
-// max_packet_size (mosquitto closes the connection on it): the other
-// functions' publishes must still go out.
-func TestRev3ExternalOversizeLocalPublishBlocksOthers(t *testing.T) {
-	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
-	dataDir, fnDir := t.TempDir(), t.TempDir()
-	writeFunction(t, fnDir, "big", bigPubLua, "triggers:\n  - mqtt: big/{device}\n")
-	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
-	p := startInProcess(t, testConfig(dataDir, fnDir, externalMQTT(m.URL(), "moongate-bigpub")))
-	sub := connect(t, m.URL(), "observer", true)
-	outs := subscribe(t, sub, "out/#")
-	dev := connect(t, m.URL(), "d1", true)
-	publish(t, dev, "big/d1", 1, []byte("go"))
-	waitFor(t, 20*time.Second, "the big function's commit", func() bool { return p.d.Gateway().Stats().Processed >= 1 })
-	publish(t, dev, "small/d1", 1, []byte("go"))
-	select {
-	case msg := <-outs:
-		t.Logf("got %s (%d bytes)", msg.Topic(), len(msg.Payload()))
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the small function's publish did not go out in 20 s (gateway %+v)", p.d.Gateway().Stats())
-	}
-}
-
 // TestExternalOversizeLocalPublishDeadLettered: a function publishes 8,000
 // bytes through a broker whose max_packet_size is 4,096. The broker closed
 // the connection on it, the publisher retried it every second for ever,

@@ -450,9 +450,23 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		if r.Body != nil && r.Body != http.NoBody && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			// No GET route reads a body. Taken, it held its share of the
 			// body budget for as long as the handler ran: a log follow
-			// sent with one held it for as long as it stayed open.
-			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "a "+r.Method+" request takes no body")
-			return
+			// sent with one held it for as long as it stayed open. An
+			// empty chunked body (a Go client given an empty reader) is
+			// no body.
+			empty := r.ContentLength <= 0
+			if empty {
+				rc := http.NewResponseController(w)
+				_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+				var one [1]byte
+				n, err := io.ReadFull(r.Body, one[:])
+				_ = rc.SetReadDeadline(time.Time{})
+				empty = n == 0 && errors.Is(err, io.EOF)
+			}
+			if !empty {
+				writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "a "+r.Method+" request takes no body")
+				return
+			}
+			r.Body = http.NoBody
 		}
 		if r.Body != nil && r.Body != http.NoBody {
 			// The bytes it may buffer are reserved first, out of what all
