@@ -16,8 +16,13 @@ import (
 // job is one inbox entry on its way through a function.
 type job struct {
 	entry    store.InboxEntry
-	attempts int // failed invocations so far (in memory: a restart starts again)
-	size     int64
+	attempts int // failed invocations so far (kept across restarts: see AttemptsStateFunction)
+	// recorded: the entry's attempts are in the store, and its consuming
+	// commit deletes them. notBefore: a resumed entry's next attempt is
+	// not due before then (its backoff, begun before the restart).
+	recorded  bool
+	notBefore time.Time
+	size      int64
 	// holdN and holdB are the backlog room the job gives back when done,
 	// fnN and fnB the room of its function's share: one entry and its
 	// clamped size each, unless jobs admitted together share what their
@@ -404,6 +409,15 @@ func (d *dispatcher) worker(ctx context.Context) {
 		d.ready[0] = nil
 		d.ready = d.ready[1:]
 		j := l.q[0]
+		if wait := time.Until(j.notBefore); !j.notBefore.IsZero() {
+			j.notBefore = time.Time{}
+			if wait > 0 {
+				// A resumed entry whose backoff began before the restart.
+				d.laterLocked(l, wait)
+				d.mu.Unlock()
+				continue
+			}
+		}
 		if d.turn != nil {
 			fn := j.entry.Function
 			if t := d.turn(fn); t != nil {
@@ -438,21 +452,26 @@ func (d *dispatcher) worker(ctx context.Context) {
 			if d.closed {
 				break
 			}
-			var t *time.Timer
-			t = time.AfterFunc(backoff, func() {
-				d.mu.Lock()
-				defer d.mu.Unlock()
-				delete(d.timers, t)
-				if !d.closed {
-					d.ready = append(d.ready, l)
-					d.cond.Signal()
-				}
-			})
-			d.timers[t] = struct{}{}
+			d.laterLocked(l, backoff)
 		case stop:
 		}
 		d.mu.Unlock()
 	}
+}
+
+// laterLocked makes lane l ready again after wait. d.mu is held.
+func (d *dispatcher) laterLocked(l *lane, wait time.Duration) {
+	var t *time.Timer
+	t = time.AfterFunc(wait, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		delete(d.timers, t)
+		if !d.closed {
+			d.ready = append(d.ready, l)
+			d.cond.Signal()
+		}
+	})
+	d.timers[t] = struct{}{}
 }
 
 // giveTurn gives back the turn of its function j holds, if any, and wakes

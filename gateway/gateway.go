@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -447,20 +448,36 @@ func (g *Gateway) resume(ctx context.Context) (int, error) {
 	g.resumeBound, g.boundRead = bound, true
 	g.boundMu.Unlock()
 	total := 0
+	attempts, err := g.loadAttempts(ctx)
+	if err != nil {
+		return 0, err
+	}
 	for {
 		entries, err := g.opts.Store.InboxPending(ctx, after, 256)
 		if err != nil {
 			return total, err
 		}
 		if len(entries) == 0 {
+			g.forgetStaleAttempts(ctx, attempts)
 			return total, nil
 		}
 		for i := range entries {
 			e := entries[i]
 			if e.Seq >= bound {
+				g.forgetStaleAttempts(ctx, attempts)
 				return total, nil
 			}
 			j := &job{entry: e, size: int64(len(e.Event))}
+			if a, ok := attempts[e.Seq]; ok {
+				// Failed before the restart: the count goes on, and the
+				// backoff it was waiting out is kept. (The consuming commit
+				// deletes the record, also one that did not decode.)
+				j.recorded = true
+				if a.N > 0 {
+					j.attempts, j.notBefore = a.N, time.UnixMilli(a.Due)
+				}
+				delete(attempts, e.Seq)
+			}
 			if err := g.disp.admit(ctx, j); err != nil {
 				return total, err
 			}
@@ -469,6 +486,58 @@ func (g *Gateway) resume(ctx context.Context) (int, error) {
 			total++
 		}
 	}
+}
+
+// loadAttempts reads the recorded attempts of the inbox entries that
+// failed before the restart (AttemptsStateFunction), by sequence number.
+// A record that does not decode is left out (its entry starts counting
+// again).
+func (g *Gateway) loadAttempts(ctx context.Context) (map[uint64]attemptRecord, error) {
+	out := map[uint64]attemptRecord{}
+	cursor := ""
+	for {
+		kvs, next, err := g.opts.Store.ListState(ctx, AttemptsStateFunction, "", store.MaxQueryLimit, cursor)
+		if err != nil {
+			return nil, fmt.Errorf("read recorded attempts: %w", err)
+		}
+		for _, kv := range kvs {
+			seq, perr := strconv.ParseUint(kv.Key, 10, 64)
+			var a attemptRecord
+			if perr == nil && json.Unmarshal(kv.Value, &a) == nil {
+				out[seq] = a
+			} else {
+				out[seq] = attemptRecord{N: -1} // deleted as stale
+			}
+		}
+		if next == "" {
+			return out, nil
+		}
+		cursor = next
+	}
+}
+
+// forgetStaleAttempts deletes the attempt records left in attempts (their
+// entries are no longer in the inbox: consumed by a commit that raced the
+// record, or records that do not decode). Failures are logged: a stale
+// record is a few bytes, and the next start tries again.
+func (g *Gateway) forgetStaleAttempts(ctx context.Context, attempts map[uint64]attemptRecord) {
+	var del []store.StateChange
+	flush := func() {
+		if len(del) == 0 {
+			return
+		}
+		if _, err := g.opts.Store.Commit(ctx, &store.Commit{State: del}); err != nil && ctx.Err() == nil {
+			g.log.Warn("stale attempt records not deleted", "err", err)
+		}
+		del = del[:0]
+	}
+	for seq := range attempts {
+		del = append(del, store.StateChange{Function: AttemptsStateFunction, Op: store.StateDelete, Key: attemptsKey(seq)})
+		if len(del) == 256 {
+			flush()
+		}
+	}
+	flush()
 }
 
 func laneKey(function, key string) string { return function + "\x00" + key }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -68,16 +69,19 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 			return g.deadLetter(ictx, j, res, err)
 		}
 		// The attempt ran: it is metered and keeps its logs, also when the
-		// gateway is stopping (keepAttempt commits without ctx).
-		g.keepAttempt(ictx, e.Function, ev, res)
+		// gateway is stopping (keepAttempt commits without ctx), and the
+		// count and the next attempt's time are kept for a restart.
+		wait := g.backoff(j.attempts)
+		g.keepAttempt(ictx, j, ev, res, wait)
 		if ctx.Err() != nil {
 			return stop, 0
 		}
 		g.log.Debug("invocation failed, will retry", "function", e.Function, "seq", e.Seq, "attempt", j.attempts, "err", err)
-		return retry, g.backoff(j.attempts)
+		return retry, wait
 	}
 	f = g.ranAs(f, res)
 	c := g.buildCommit(f, ev, e, res)
+	c.State = append(c.State, g.forgetAttempts(j)...)
 	release, err := g.stageBlobs(ictx, c, res)
 	if err != nil {
 		release()
@@ -226,22 +230,53 @@ func usageOf(function string, now int64, res *luavm.Result, failed bool) *store.
 }
 
 // keepAttempt commits the log lines and the cost of a failed attempt
-// that will be retried: every attempt is metered and keeps its logs, as any
-// invocation does (the last one's go with its dead letter or its outputs).
-// Best effort: when the store refuses, that is logged and the retry goes
-// on.
-func (g *Gateway) keepAttempt(ctx context.Context, function string, ev *luavm.Event, res *luavm.Result) {
-	c := &store.Commit{Logs: g.logRecords(function, ev, res), Usage: usageOf(function, g.opts.Now().UnixMilli(), res, true)}
+// that will be retried after wait: every attempt is metered and keeps its
+// logs, as any invocation does (the last one's go with its dead letter or
+// its outputs). In the same write it records j's attempt count and when
+// the next is due (AttemptsStateFunction), so that a restart neither
+// starts the count again nor skips the backoff. Best effort: when the
+// store refuses, that is logged and the retry goes on.
+func (g *Gateway) keepAttempt(ctx context.Context, j *job, ev *luavm.Event, res *luavm.Result, wait time.Duration) {
+	function := j.entry.Function
+	now := g.opts.Now()
+	rec, _ := json.Marshal(attemptRecord{N: j.attempts, Due: now.Add(wait).UnixMilli()})
+	c := &store.Commit{Logs: g.logRecords(function, ev, res), Usage: usageOf(function, now.UnixMilli(), res, true),
+		State: []store.StateChange{{Function: AttemptsStateFunction, Op: store.StateSet, Key: attemptsKey(j.entry.Seq), Value: rec}}}
 	_, err := g.opts.Store.Commit(ctx, c)
 	if err != nil && refusedForGood(err) && len(c.Logs) > 0 {
 		c.Logs = nil // too large: the cost at least
 		_, err = g.opts.Store.Commit(ctx, c)
 	}
 	if err != nil {
-		g.log.Warn("logs and usage of a failed attempt not kept", "function", function, "err", err)
+		g.log.Warn("logs, usage and count of a failed attempt not kept", "function", function, "err", err)
 		return
 	}
+	j.recorded = true
 	g.signalCommit()
+}
+
+// AttemptsStateFunction is the state namespace (store state of this
+// "function") where the gateway keeps the failed attempts of the inbox
+// entries it will retry, under the entry's sequence number: {"n": count,
+// "due": Unix ms of the next attempt}. The commit that consumes the entry
+// deletes it. It is not a valid function name, so it cannot clash with one.
+const AttemptsStateFunction = "_attempts"
+
+// attemptRecord is the value kept under AttemptsStateFunction.
+type attemptRecord struct {
+	N   int   `json:"n"`
+	Due int64 `json:"due"`
+}
+
+func attemptsKey(seq uint64) string { return strconv.FormatUint(seq, 10) }
+
+// forgetAttempts is the state change that deletes j's attempts record, for
+// the commit that consumes its entry (none when it has none).
+func (g *Gateway) forgetAttempts(j *job) []store.StateChange {
+	if !j.recorded {
+		return nil
+	}
+	return []store.StateChange{{Function: AttemptsStateFunction, Op: store.StateDelete, Key: attemptsKey(j.entry.Seq)}}
 }
 
 // deadLetterHead is how much of an event a dead letter keeps when the
@@ -257,6 +292,7 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 		DeadLetter: &store.DeadLetter{Function: e.Function, Key: e.Key, Event: e.Event, Error: cause.Error(),
 			Attempts: max(j.attempts, 1), TS: now},
 		Usage: usageOf(e.Function, now, res, true),
+		State: g.forgetAttempts(j),
 	}
 	if res != nil {
 		if ev, err := decodeEvent(e.Event); err == nil {
