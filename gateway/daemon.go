@@ -698,7 +698,10 @@ func storeOptions(cfg *config.Config, log *slog.Logger) store.Options {
 		o.CompactionShare = -1
 	}
 	if o.DiskReserve == 0 {
-		o.DiskReserve = -1 // no reserve, as configured (the store's 0 is its 64 MiB default)
+		// No reserve, as configured: one byte (the store's 0 is its 64 MiB
+		// default, and its -1 also stops reading the free space, which the
+		// metrics and the value-log GC's room check need).
+		o.DiskReserve = 1
 	}
 	switch cfg.Store.Durability {
 	case config.DurabilityInterval:

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
@@ -94,5 +95,34 @@ func TestDiskReserveZero(t *testing.T) {
 	}
 	if o := storeOptions(def, slog.New(slog.DiscardHandler)); o.DiskReserve != 64<<20 {
 		t.Fatalf("default reserve %d", o.DiskReserve)
+	}
+}
+
+// TestDiskReserveZeroKeepsDiskChecks: "no reserve" was passed to the store
+// as -1, which also stopped it reading the free space: the free-bytes
+// metric stayed 0 and the value-log GC started without its room check.
+func TestDiskReserveZeroKeepsDiskChecks(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte("gateway_id: test\ndata_dir: "+t.TempDir()+"\nstore: {disk_reserve: 0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := storeOptions(cfg, slog.New(slog.DiscardHandler))
+	o.FreeSpace = func(string) (uint64, error) { return 1 << 20, nil } // 1 MiB free
+	st, err := store.Open(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var errs []error
+	if free := st.Stats().FreeBytes; free != 1<<20 {
+		errs = append(errs, errors.New("FreeBytes (moongate_store_free_bytes) is not the free space"))
+		t.Logf("Stats().FreeBytes = %d with 1 MiB free", free)
+	}
+	if _, err := st.RunValueLogGC(t.Context()); !errors.Is(err, store.ErrStoreFull) {
+		errs = append(errs, errors.New("value-log GC started with 1 MiB free"))
+		t.Logf("RunValueLogGC with 1 MiB free: %v, want ErrStoreFull (as with any reserve)", err)
+	}
+	if len(errs) > 0 {
+		t.Fatal(errors.Join(errs...))
 	}
 }
