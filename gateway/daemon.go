@@ -620,7 +620,7 @@ func (d *Daemon) storedFunctions(ctx context.Context) ([]*Function, error) {
 // so that its events are dead-lettered rather than ignored; one whose
 // manifest does not parse (its triggers are unknown) is logged and nil.
 func (d *Daemon) fromRecord(r store.FunctionRecord) *Function {
-	m, err := trigger.ParseManifest(r.Name+".yaml", r.Manifest)
+	m, err := trigger.ParseStoredManifest(r.Name+".yaml", r.Manifest)
 	if err != nil {
 		d.log.Error("stored function not loaded; its triggers are unknown, so its events are not taken", "function", r.Name, "version", r.Version, "err", err)
 		return nil

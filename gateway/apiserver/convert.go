@@ -131,7 +131,7 @@ func (s *Server) functionMessage(r store.FunctionRecord, withSource bool) *v1.Fu
 	if rf, ok := s.cfg.Functions.Running(r.Name); ok && rf.Version == r.Version && r.Version != 0 {
 		f.Running = true
 	}
-	if m, err := trigger.ParseManifest(r.Name+".yaml", r.Manifest); err == nil {
+	if m, err := trigger.ParseStoredManifest(r.Name+".yaml", r.Manifest); err == nil {
 		f.Description = m.Description
 		f.Stream = m.Stream
 		for _, t := range m.Triggers {

@@ -344,12 +344,28 @@ func ValidFunctionName(name string) bool { return functionNameRE.MatchString(nam
 // [ErrManifest] and config.ErrInvalid and carry file, line and key path
 // (see config.Errors); an invalid name wraps [ErrFunctionName].
 func ParseManifest(file string, data []byte) (*Manifest, error) {
+	return parseManifest(file, data, MaxManifestBytes)
+}
+
+// MaxStoredManifestBytes bounds ParseStoredManifest: the limit of new
+// manifests was 1 MiB until 2026-11-29.
+const MaxStoredManifestBytes = 1 << 20
+
+// ParseStoredManifest is ParseManifest for a manifest kept in the store:
+// one stored before MaxManifestBytes came down to 64 KiB (up to 1 MiB)
+// still loads (refused, its function would vanish on upgrade, its topics
+// unsubscribed and their events dropped).
+func ParseStoredManifest(file string, data []byte) (*Manifest, error) {
+	return parseManifest(file, data, MaxStoredManifestBytes)
+}
+
+func parseManifest(file string, data []byte, limit int) (*Manifest, error) {
 	name := strings.TrimSuffix(filepath.Base(file), ".yaml")
 	if !ValidFunctionName(name) {
 		return nil, fmt.Errorf("%w %q (from %s): use [a-z0-9][a-z0-9_-]{0,62}", ErrFunctionName, clip(name), clip(file))
 	}
-	if len(data) > MaxManifestBytes {
-		return nil, manifestError{&config.Error{File: file, Msg: fmt.Sprintf("manifest is %d bytes, larger than the limit of %d", len(data), MaxManifestBytes)}}
+	if len(data) > limit {
+		return nil, manifestError{&config.Error{File: file, Msg: fmt.Sprintf("manifest is %d bytes, larger than the limit of %d", len(data), limit)}}
 	}
 	m := &Manifest{Name: name}
 	lines, err := config.Unmarshal(file, data, m)
