@@ -17,11 +17,28 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// MaxFileSize is the largest YAML document [Unmarshal] accepts (256 KiB;
-// the full example configuration is about 15 KB). Decoding takes about
-// 90 times the size in memory (a node per two bytes of a flow list): a
-// 4 MiB file took 368 MiB.
-const MaxFileSize = 256 << 10
+// MaxFileSize is the largest YAML document [Unmarshal] accepts (4 MiB).
+const MaxFileSize = 4 << 20
+
+// MaxElements bounds the YAML elements of a document [Unmarshal] accepts,
+// counted before it is decoded as the bytes that can start one (',', '-',
+// ':', '[', '{' and line ends; an over-estimate). The decoder builds every
+// node first, ~150 bytes each, and the values next: a 4 MiB flow list of
+// one-digit numbers took 368 MiB. 100,000 is ~25 MiB at worst, and room for
+// a configuration of 8,000 device accounts (12 per account).
+const MaxElements = 100000
+
+// countElements is the estimate MaxElements bounds.
+func countElements(data []byte) int {
+	n := 0
+	for _, c := range data {
+		switch c {
+		case ',', '-', ':', '[', '{', '\n':
+			n++
+		}
+	}
+	return n
+}
 
 // Lines maps a dotted key path ("mqtt.embedded.listen", "users[1].username")
 // to the 1-based line where that key (or sequence item) appears in the file.
@@ -73,6 +90,9 @@ func Unmarshal(file string, data []byte, v any) (Lines, error) {
 	lines := Lines{}
 	if len(data) > MaxFileSize {
 		return lines, &Error{File: file, Msg: fmt.Sprintf("file is %d bytes, larger than the limit of %d", len(data), MaxFileSize)}
+	}
+	if n := countElements(data); n > MaxElements {
+		return lines, &Error{File: file, Msg: fmt.Sprintf("file has about %d YAML elements (counting ',', '-', ':', '[', '{' and lines), more than the limit of %d", n, MaxElements)}
 	}
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))

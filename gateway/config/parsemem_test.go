@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -40,26 +41,39 @@ func peakHeapGrowth(f func()) int64 {
 	return int64(peak.Load()) - int64(base.HeapAlloc)
 }
 
-// TestParseMemoryBounded: decoding takes about 90 times a file's size (a
-// node per two bytes of a flow list), before the strict checks refuse an
-// unknown key: the 4 MiB files once allowed took 368 MiB, more than the
-// unit's MemoryMax. At the 256 KiB limit it stays a few tens of MiB.
+// TestParseMemoryBounded: decoding builds every YAML node (~150 bytes)
+// before the strict checks refuse an unknown key: a 4 MiB flow list of
+// one-digit numbers took 368 MiB, more than the unit's MemoryMax. The
+// element bound (MaxElements) keeps the worst case to a few tens of MiB,
+// and a real configuration of 3,000 device accounts (600 KB) still loads.
 func TestParseMemoryBounded(t *testing.T) {
-	body := "x: [" + strings.Repeat("0,", (MaxFileSize-16)/2) + "0]\n"
-	if len(body) > MaxFileSize {
-		t.Fatal("test body over the limit")
-	}
+	body := "x: [" + strings.Repeat("0,", (MaxElements-16)/2) + "0]\n"
 	var err error
 	grew := peakHeapGrowth(func() { _, err = Parse("big.yaml", []byte(body)) })
-	if err == nil {
-		t.Fatal("unknown key accepted")
+	if err == nil || !strings.Contains(err.Error(), "unknown key") {
+		t.Fatalf("unknown key: %v", err)
 	}
 	t.Logf("file of %d bytes: heap grew by %d MiB while parsing", len(body), grew>>20)
 	if grew > 48<<20 {
 		t.Fatalf("parsing a %d-byte configuration took %d MiB of heap", len(body), grew>>20)
 	}
+	over := "x: [" + strings.Repeat("0,", MaxFileSize/2-8) + "0]\n"
+	grew = peakHeapGrowth(func() { _, err = Parse("big.yaml", []byte(over)) })
+	if err == nil || !strings.Contains(err.Error(), "YAML elements") || grew > 16<<20 {
+		t.Fatalf("a 4 MiB flow list: %v (heap grew by %d MiB)", err, grew>>20)
+	}
 	if _, err := Parse("big.yaml", []byte(strings.Repeat("#", MaxFileSize+1))); err == nil || !strings.Contains(err.Error(), "larger than the limit") {
 		t.Fatalf("a file over the limit: %v", err)
+	}
+	var b strings.Builder
+	b.WriteString("gateway_id: gw\nmqtt:\n  embedded:\n    listen: 0.0.0.0:1883\n    max_clients: 5000\n    max_sessions: 5000\n    users:\n")
+	hash := "$2a$10$" + strings.Repeat("N", 53)
+	for i := range 3000 {
+		fmt.Fprintf(&b, "      - username: sensor-%05d\n        password_hash: %q\n        publish: [\"devices/{username}/#\"]\n        subscribe: [\"devices/{username}/#\"]\n", i, hash)
+	}
+	c, err := Parse("users.yaml", []byte(b.String()))
+	if err != nil || len(c.MQTT.Embedded.Users) != 3000 {
+		t.Fatalf("a configuration of %d bytes with 3,000 device accounts: %v", b.Len(), err)
 	}
 }
 
