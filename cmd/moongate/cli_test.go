@@ -197,6 +197,10 @@ func TestCommands(t *testing.T) {
 		// Sequence numbers above 2^63-1 went out negative ("after=-1").
 		{name: "dlq-ls-after-max", args: []string{"dlq", "ls", "--after", "18446744073709551615"}, method: "GET", path: "/v1/deadletters", query: "after=18446744073709551615&limit=100",
 			answer: `{"dead_letters":[]}`, noGolden: true},
+		// --after 0 is the first page (it was taken for no --after: the
+		// last 50 lines, fetched with limit=10000).
+		{name: "logs-after-zero", args: []string{"fn", "logs", "--after", "0", "--limit", "1"}, method: "GET", path: "/v1/logs", query: "limit=1",
+			answer: `{"lines":[],"next_after":"0"}`, noGolden: true},
 		{name: "logs-after-max", args: []string{"fn", "logs", "telemetry", "--after", "18446744073709551615"}, method: "GET", path: "/v1/logs", query: "after=18446744073709551615&function=telemetry&limit=100",
 			answer: `{"lines":[]}`, noGolden: true},
 		{name: "dlq-replay-fn", args: []string{"dlq", "replay", "--function", "alarm"}, method: "POST", path: "/v1/deadletters:replay", body: `{"function":"alarm"}`, answer: `{"replayed":"2","skipped":"0"}`,

@@ -511,7 +511,9 @@ func setupFnLogs(fs *flag.FlagSet) remoteRun {
 		if follow {
 			return followLogs(ctx, c, fn, *invocation, *after, *tail, stdout)
 		}
-		if *after > 0 {
+		afterSet := false // --after 0 is the first page, not "no --after"
+		fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
+		if afterSet {
 			q := logsQuery(fn, *invocation, *after, *limit)
 			var resp v1.ListLogsResponse
 			raw, err := c.call(ctx, http.MethodGet, "/v1/logs", q, nil, &resp)
