@@ -21,6 +21,14 @@ func (d *deadLetterService) message(dl store.DeadLetter) *v1.DeadLetter {
 	m := &v1.DeadLetter{Seq: dl.Seq, Function: dl.Function, Key: validText(dl.Key), Error: validText(dl.Error), Attempts: int32(dl.Attempts), Time: msTime(dl.TS)}
 	if ev, err := d.s.cfg.Functions.DecodeEvent(dl.Event); err == nil {
 		m.Event = eventMessage(ev)
+	} else if len(dl.Event) > 0 {
+		// Not an inbox event: a record line a sync target refused (its
+		// id in the key), or the head of an event kept for diagnosis.
+		// Left out, the dead letter listed no content at all.
+		m.Event = &v1.Event{PayloadText: validText(string(dl.Event))}
+		if strings.HasPrefix(dl.Function, syncDeadLetters) {
+			m.Event.Id = validText(dl.Key)
+		}
 	}
 	return m
 }
