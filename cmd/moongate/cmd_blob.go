@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/moongate-edge/moongate/store"
 )
@@ -231,7 +232,7 @@ func setupBlobLs(fs *flag.FlagSet) remoteRun {
 					}
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", strconv.FormatInt(b.Size, 10), b.Created, b.SHA256[:min(12, len(b.SHA256))], b.ContentType, b.Name)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", strconv.FormatInt(b.Size, 10), fmtRFC3339(b.Created), b.SHA256[:min(12, len(b.SHA256))], b.ContentType, b.Name)
 			}
 			if page.NextCursor == "" {
 				return tw.Flush()
@@ -252,4 +253,15 @@ func runBlobRm(ctx context.Context, c *apiClient, args []string, _, _ io.Writer)
 	}
 	resp.Body.Close()
 	return nil
+}
+
+// fmtRFC3339 prints an RFC 3339 time from the server as the other tables
+// do (UTC, milliseconds: "...05.7Z" came out as sent); text that does not
+// parse is printed as it is.
+func fmtRFC3339(s string) string {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return s
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z")
 }

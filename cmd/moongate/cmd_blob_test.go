@@ -141,3 +141,18 @@ func TestBlobCommands(t *testing.T) {
 		t.Fatalf("failed get left a file: %v", err)
 	}
 }
+
+// TestBlobLsTimeHasMilliseconds: tables print times in UTC with
+// milliseconds (docs/cli.md); blob ls printed the server's RFC 3339 text,
+// whose precision varies ("05.7Z", "06Z").
+func TestBlobLsTimeHasMilliseconds(t *testing.T) {
+	f := newFakeAPI(t)
+	f.on(http.MethodGet, "/v1/blobs/photos", 200, `{"blobs":[{"bucket":"photos","name":"a","size":1,"content_type":"text/plain","sha256":"00","created":"2026-11-26T15:00:05.7Z"},{"bucket":"photos","name":"b","size":1,"content_type":"text/plain","sha256":"00","created":"2026-11-26T15:00:06Z"}],"next_cursor":""}`)
+	out, errs, code := runCLI(t, f.URL, "blob", "ls", "photos")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "2026-11-26T15:00:05.700Z") || !strings.Contains(out, "2026-11-26T15:00:06.000Z") {
+		t.Fatalf("blob ls times not in the CLI's format (UTC with milliseconds):\n%s", out)
+	}
+}
