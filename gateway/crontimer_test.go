@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/store"
 )
@@ -113,5 +114,48 @@ func TestCronTickDueJustBeforeRedeployFires(t *testing.T) {
 	waitFor(t, 5*time.Second, "the 12:01 tick", func() bool { return len(allRecords(t, st, "tk")) > 0 })
 	if n := len(allRecords(t, st, "tk")); n != 1 {
 		t.Fatalf("%d records, want one: the 12:01 tick, due 1 ms before the redeploy, fired by neither version", n)
+	}
+}
+
+// TestCronScheduleChangeDoesNotFireTickBeforeDeploy: the hand-over of a
+// redeploy fired the new version's ticks after the old loop's start: a
+// changed schedule ("0 * * * *" -> "45 12 * * *" at 12:45:20) fired 12:45,
+// due 20 s before the version existed (a fresh deploy does not). Only a
+// schedule the old version also had takes over its unfired ticks.
+func TestCronScheduleChangeDoesNotFireTickBeforeDeploy(t *testing.T) {
+	st := quietStore(t, store.Options{})
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 28, 12, 30, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	waits := make(chan time.Duration, 10)
+	after := func(d time.Duration) (<-chan time.Time, func()) {
+		waits <- d
+		return make(chan time.Time), func() {}
+	}
+	g := timerGateway(t, st, "0 * * * *", clock, after)
+	select {
+	case <-waits: // v1 waits for 13:00
+	case <-time.After(10 * time.Second):
+		t.Fatal("the timer loop did not start")
+	}
+	mu.Lock()
+	now = time.Date(2026, 11, 28, 12, 45, 20, 0, time.UTC)
+	mu.Unlock()
+	s, err := trigger.ParseSchedule("45 12 * * *")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := &Function{Name: "tk", Fingerprint: "v2", Schedules: []Schedule{s},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {trigger = e.trigger, v = 2} end`)}}
+	if err := g.SetFunctions(context.Background(), []*Function{v2}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-waits: // v2's loop waits: its first tick was fired or skipped before
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new timer loop did not start")
+	}
+	if n := g.Stats().Enqueued; n != 0 {
+		t.Fatalf("%d timer events enqueued: v2 fired its 12:45 tick, due 20 s before it was deployed (v1 had no tick then)", n)
 	}
 }

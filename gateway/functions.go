@@ -141,7 +141,7 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 			g.log.Error("function not loaded; its events are dead-lettered until a version that loads is deployed", "function", f.Name, "version", f.Version, "err", f.LoadErr)
 			continue
 		}
-		g.startTimer(f, prev.since()).stop()
+		g.startTimer(f, prev).stop()
 		g.log.Info("function deployed", "function", f.Name, "version", f.Version, "mqtt", len(f.Patterns), "timers", len(f.Schedules))
 	}
 	if g.filtersOn {

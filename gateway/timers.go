@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -17,23 +16,34 @@ import (
 type timerRun struct {
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
-	// started is when the loops were started (they plan from then), and
-	// fired (Unix ns) the latest tick whose event they enqueued: a
-	// redeployed cron timer takes over from the later of the two (since).
-	started time.Time
-	fired   atomic.Int64
+	// from is, per schedule (trigger.ScheduleKey), the time after which
+	// the loop has enqueued no tick: where it started planning, moved to
+	// each tick it enqueued. A redeployed version with the same schedule
+	// takes over from there (since).
+	mu   sync.Mutex
+	from map[string]time.Time
 }
 
-// since is the time from which the loops replacing r fire cron ticks: r
-// enqueued no tick after it. Zero when r is nil. Call it after stop.
-func (r *timerRun) since() time.Time {
+// since is the time from which a loop replacing r's for the schedule with
+// key fires cron ticks: r enqueued none after it. Zero when r is nil or
+// had no such schedule (a new or changed schedule plans from now: a tick
+// due before it existed is not fired). Call it after stop.
+func (r *timerRun) since(key string) time.Time {
 	if r == nil {
 		return time.Time{}
 	}
-	if f := r.fired.Load(); f != 0 && time.Unix(0, f).After(r.started) {
-		return time.Unix(0, f)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.from[key]
+}
+
+// enqueued records that the loop of the schedule with key enqueued tick.
+func (r *timerRun) enqueued(key string, tick time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if tick.After(r.from[key]) {
+		r.from[key] = tick
 	}
-	return r.started
 }
 
 // stop cancels the loops and waits until none of them can still record a
@@ -58,18 +68,18 @@ func (g *Gateway) startTimers() {
 	g.timersMu.Unlock()
 	for _, f := range g.funcs.Load().byName {
 		g.pruneTicks(f.Name, f.Schedules)
-		g.startTimer(f, time.Time{}).stop()
+		g.startTimer(f, nil).stop()
 	}
 }
 
 // startTimer (re)starts f's timer loops; a function without schedules has
 // none. f must be the deployed version of its name: a version that was
 // replaced or removed meanwhile gets no timer (and the current version's
-// timer is left alone). Its cron schedules fire the ticks after since
-// (not zero: the loops of the version it replaces were stopped then),
-// otherwise the ticks after now. It returns the loops it replaced,
-// cancelled: the caller stops them (waits) outside timersMu.
-func (g *Gateway) startTimer(f *Function, since time.Time) *timerRun {
+// timer is left alone). A cron schedule that stopped (the loops of the
+// version f replaces, stopped, or nil) also had fires the ticks stopped
+// did not enqueue (since); the others plan from now. It returns the loops it
+// replaced, cancelled: the caller stops them (waits) outside timersMu.
+func (g *Gateway) startTimer(f *Function, stopped *timerRun) *timerRun {
 	g.timersMu.Lock()
 	defer g.timersMu.Unlock()
 	if g.funcs.Load().byName[f.Name] != f || f.LoadErr != nil {
@@ -84,13 +94,17 @@ func (g *Gateway) startTimer(f *Function, since time.Time) *timerRun {
 		return prev
 	}
 	ctx, cancel := context.WithCancel(g.runCtx)
-	r := &timerRun{cancel: cancel, started: g.opts.Now()}
-	if !since.IsZero() && since.Before(r.started) {
-		r.started = since // what the loops plan from (a tick they then miss is not fired since)
-	}
+	r := &timerRun{cancel: cancel, from: map[string]time.Time{}}
+	now := g.opts.Now()
 	g.timers[f.Name] = r
 	for _, s := range f.Schedules {
-		r.loops.Go(func() { g.timerLoop(ctx, r, f.Name, s, since) })
+		key := trigger.ScheduleKey(s)
+		since := stopped.since(key)
+		if since.IsZero() || since.After(now) {
+			since = now
+		}
+		r.from[key] = since
+		r.loops.Go(func() { g.timerLoop(ctx, r, key, f.Name, s, since) })
 	}
 	return prev
 }
@@ -188,7 +202,7 @@ func tickKey(function string, every trigger.Every) string {
 // that fell due while the gateway was down fires once at start. A cron
 // timer that replaces the loops of a previous version (since not zero)
 // fires the ticks after since: one due during the redeploy is not lost.
-func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, function string, s Schedule, since time.Time) {
+func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, schedKey, function string, s Schedule, since time.Time) {
 	every, keep := s.(trigger.Every)
 	key := tickKey(function, every)
 	fire := func(tick time.Time) {
@@ -217,14 +231,10 @@ func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, function string, s
 			}
 			return
 		}
-		for t := tick.UnixNano(); ; {
-			if f := r.fired.Load(); t <= f || r.fired.CompareAndSwap(f, t) {
-				break
-			}
-		}
+		r.enqueued(schedKey, tick)
 	}
 	var first time.Time
-	if !keep && !since.IsZero() {
+	if !keep {
 		first = s.Next(since)
 	}
 	if keep {

@@ -235,7 +235,7 @@ func TestStaleTimerNotStarted(t *testing.T) {
 	// Version 2 is visible before SetFunctions has started its timer.
 	waitDeploy(g)
 	v2 := g.Lookup("tk")
-	g.startTimer(v1, time.Time{}) // late: replaced
+	g.startTimer(v1, nil) // late: replaced
 	g.timersMu.Lock()
 	cancel := g.timers["tk"]
 	g.timersMu.Unlock()
@@ -249,7 +249,7 @@ func TestStaleTimerNotStarted(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "tk removed", func() bool { return g.Lookup("tk") == nil })
 	waitDeploy(g)
-	g.startTimer(v2, time.Time{}) // late: removed
+	g.startTimer(v2, nil) // late: removed
 	if hasTimer() {
 		t.Fatal("the timer of a removed function was started")
 	}

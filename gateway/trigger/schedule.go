@@ -94,6 +94,10 @@ func parseTimer(spec string) (Schedule, error) {
 	return ParseSchedule(spec)
 }
 
+// ScheduleKey is a normalized form of a parsed schedule: two schedules
+// with the same key fire at the same times.
+func ScheduleKey(s Schedule) string { return scheduleKey(s, "") }
+
 // scheduleKey is a normalized form of a parsed schedule: two schedules with
 // the same key fire at the same times. spec is the fallback for a schedule
 // of an unknown type.
