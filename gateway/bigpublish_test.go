@@ -88,3 +88,39 @@ end
 		return len(dls) == 1 && strings.Contains(dls[0].Error, "a packet of 4104 bytes (payload 4090)")
 	})
 }
+
+// TestUndeliverablePublishOverDeadLetterQuota: an undeliverable publish
+// whose dead letter is larger than the whole dead-letter quota was retried
+// every second for ever, holding up every publish behind it (the hang
+// max_packet_size was for). The head of its payload is kept instead.
+func TestUndeliverablePublishOverDeadLetterQuota(t *testing.T) {
+	m := mqtttest.StartMosquitto(t, mqtttest.WithConfig("max_packet_size 4096"))
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "big", `
+function handle(e, ctx)
+  mqtt.publish("out/big", string.rep("x", 40000), {qos = 1})
+  return nil
+end
+`, "triggers:\n  - mqtt: big/{device}\n")
+	writeFunction(t, fnDir, "small", smallPubLua, "triggers:\n  - mqtt: small/{device}\n")
+	cfg := strings.Replace(testConfig(dataDir, fnDir, fmt.Sprintf("mqtt:\n  mode: external\n  external: {broker: %q, client_id: moongate-bigpub3, max_packet_size: 4096}\n", m.URL())),
+		"store: {durability: always}", "store: {durability: always, quotas: {deadletters: {max_bytes: 24KiB}}}", 1)
+	p := startInProcess(t, cfg)
+	sub := connect(t, m.URL(), "observer", true)
+	outs := subscribe(t, sub, "out/#")
+	dev := connect(t, m.URL(), "d1", true)
+	publish(t, dev, "big/d1", 1, []byte("go"))
+	publish(t, dev, "small/d1", 1, []byte("go"))
+	select {
+	case msg := <-outs:
+		if msg.Topic() != "out/small" {
+			t.Fatalf("got %s", msg.Topic())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the small function's publish did not go out in 20 s (gateway %+v)", p.d.Gateway().Stats())
+	}
+	waitFor(t, 10*time.Second, "the big publish's dead letter", func() bool {
+		dls, _ := p.d.Store().ListDeadLetters(t.Context(), PublishDeadLetters, 0, 10)
+		return len(dls) == 1 && strings.Contains(dls[0].Error, "kept the first 16384 of 40000 payload bytes")
+	})
+}

@@ -422,10 +422,28 @@ func undeliverable(err error) bool {
 // acknowledgement that failed would dead-letter it again when the
 // publisher starts over). It reports whether it did.
 func (g *Gateway) deadLetterPublish(ctx context.Context, p *store.Publish, cause error) bool {
+	ctx = context.WithoutCancel(ctx)
 	ev := luavm.Event{ID: g.newEventID(), Topic: p.Topic, Payload: p.Payload, TS: g.opts.Now().UnixMilli(), QoS: p.QoS, Trigger: "publish"}
-	_, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{DeadLetter: &store.DeadLetter{
-		Function: PublishDeadLetters, Key: p.Topic, Event: encodeEvent(&ev), Error: cause.Error(), TS: ev.TS,
-	}, AckPublishes: []uint64{p.Seq}})
+	dl := &store.DeadLetter{Function: PublishDeadLetters, Key: p.Topic, Event: encodeEvent(&ev), Error: cause.Error(), TS: ev.TS}
+	_, err := g.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl, AckPublishes: []uint64{p.Seq}})
+	if err != nil && refusedForGood(err) && len(p.Payload) > deadLetterHead {
+		// Larger than the dead letters can take (their whole quota): the
+		// head of the payload, for diagnosis. (Retried as it was, it held
+		// up every publish behind it for ever.)
+		ev.Payload = p.Payload[:deadLetterHead]
+		dl.Event = encodeEvent(&ev)
+		dl.Error = fmt.Sprintf("%s (dead letter of the whole publish refused: %v; kept the first %d of %d payload bytes)", cause, err, deadLetterHead, len(p.Payload))
+		_, err = g.opts.Store.Commit(ctx, &store.Commit{DeadLetter: dl, AckPublishes: []uint64{p.Seq}})
+	}
+	if err != nil && refusedForGood(err) {
+		// Not even that: the publish is dropped, said loudly, rather than
+		// block the outbox.
+		if _, aerr := g.opts.Store.Commit(ctx, &store.Commit{AckPublishes: []uint64{p.Seq}}); aerr == nil {
+			g.stats.dead.Add(1)
+			g.log.Error("local publish cannot be carried out and its dead letter was refused: dropped", "topic", p.Topic, "bytes", len(p.Payload), "err", cause, "dead_letter_err", err)
+			return true
+		}
+	}
 	if err != nil {
 		g.log.Warn("dead-letter undeliverable publish failed, will retry", "topic", p.Topic, "err", err)
 		return false
