@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/moongate-edge/moongate/firmware-examples/devsim"
 )
@@ -96,6 +97,33 @@ func parseArgs(args []string, getenv func(string) string) (devsim.Config, option
 	}
 	if c.Devices == 0 {
 		return c, o, errors.New("--devices 0: nothing to simulate")
+	}
+	// The library takes 0 for "the default": given on the command line it
+	// is a mistake (--rate 0 ran at 1 message/s per device).
+	var zero error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "rate", "max-inflight", "keepalive", "connect-rate", "ack-timeout", "reconnect-min", "reconnect-max":
+			if v, ok := f.Value.(flag.Getter); ok && zero == nil {
+				switch x := v.Get().(type) {
+				case float64:
+					if x == 0 {
+						zero = fmt.Errorf("--%s 0: must be more than 0", f.Name)
+					}
+				case int:
+					if x == 0 {
+						zero = fmt.Errorf("--%s 0: must be more than 0", f.Name)
+					}
+				case time.Duration:
+					if x == 0 {
+						zero = fmt.Errorf("--%s 0: must be more than 0", f.Name)
+					}
+				}
+			}
+		}
+	})
+	if zero != nil {
+		return c, o, zero
 	}
 	return c, o, c.Validate()
 }

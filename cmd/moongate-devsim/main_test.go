@@ -106,3 +106,20 @@ func TestRunJSON(t *testing.T) {
 		t.Fatalf("text report %d: %s", code, out.String())
 	}
 }
+
+// TestZeroFlagsRefused: the library takes 0 for "the default", so --rate 0
+// ran at 1 message/s per device without a word; a 0 given on the command
+// line is an error.
+func TestZeroFlagsRefused(t *testing.T) {
+	for _, bad := range [][]string{
+		{"--rate", "0"}, {"--max-inflight", "0"}, {"--keepalive", "0"}, {"--connect-rate", "0"},
+		{"--ack-timeout", "0"}, {"--reconnect-min", "0"}, {"--reconnect-max", "0s"},
+	} {
+		if c, _, err := parseArgs(bad, nil); err == nil || !strings.Contains(err.Error(), bad[0]+" 0") {
+			t.Errorf("%q: %v (rate %v, max inflight %d, keepalive %v)", bad, err, c.Rate, c.MaxInflight, c.KeepAlive)
+		}
+	}
+	if _, _, err := parseArgs([]string{"--rate", "0.5"}, nil); err != nil {
+		t.Errorf("--rate 0.5: %v", err)
+	}
+}

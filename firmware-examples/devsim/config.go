@@ -13,15 +13,19 @@ import (
 
 // Defaults applied by Run to Config fields left at their zero value.
 const (
-	DefaultDevices        = 1
-	DefaultDevicePrefix   = "sim-"
-	DefaultRate           = 1.0 // messages per second per device
-	DefaultTopicPrefix    = "devices"
-	DefaultKeepAlive      = 30 * time.Second
-	DefaultConnectRate    = 200.0 // new connections per second, whole fleet
-	DefaultReconnectMin   = 100 * time.Millisecond
-	DefaultReconnectMax   = 10 * time.Second
-	DefaultMaxInflight    = 16
+	DefaultDevices      = 1
+	DefaultDevicePrefix = "sim-"
+	DefaultRate         = 1.0 // messages per second per device
+	DefaultTopicPrefix  = "devices"
+	DefaultKeepAlive    = 30 * time.Second
+	DefaultConnectRate  = 200.0 // new connections per second, whole fleet
+	DefaultReconnectMin = 100 * time.Millisecond
+	DefaultReconnectMax = 10 * time.Second
+	DefaultMaxInflight  = 16
+	// MaxInflightLimit is the largest MaxInflight: the packet ids (1..65535
+	// without the subscription's) less room for the two status messages
+	// (65535 made the id allocation spin for ever once all were in use).
+	MaxInflightLimit      = 65531
 	DefaultAckTimeout     = 10 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
 )
@@ -219,8 +223,8 @@ func (c *Config) resolve() (string, error) {
 		return bad("connect rate %v: must be at least %v per second", c.ConnectRate, MinConnectRate)
 	case c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin:
 		return bad("reconnect backoff %v..%v: need 0 < min <= max", c.ReconnectMin, c.ReconnectMax)
-	case c.MaxInflight < 1 || c.MaxInflight > 65535:
-		return bad("max inflight %d: must be 1..65535", c.MaxInflight)
+	case c.MaxInflight < 1 || c.MaxInflight > MaxInflightLimit:
+		return bad("max inflight %d: must be 1..%d", c.MaxInflight, MaxInflightLimit)
 	case c.ConnectTimeout <= 0 || c.AckTimeout <= 0 || c.Linger < 0:
 		return bad("timeouts must be positive and linger not negative")
 	}

@@ -43,8 +43,10 @@ type device struct {
 	seq                              uint64
 	connectedOnce                    bool
 	failures                         int
+	connectedAt                      time.Time // the current (or last) connection's CONNACK
 	cur                              *session
 	lastWrite                        atomic.Int64 // unix nanos
+	lastRead, lastPing               atomic.Int64 // unix nanos
 	room                             chan struct{}
 	mu                               sync.Mutex // guards inflight and nextID
 	inflight                         []*message // in send order
@@ -93,8 +95,13 @@ func (d *device) wait(ctx context.Context, until time.Time, wake <-chan struct{}
 		if !now.Before(until) {
 			return evTime
 		}
-		idle := now.Sub(time.Unix(0, d.lastWrite.Load()))
-		t := time.NewTimer(min(until.Sub(now), max(ping-idle, time.Millisecond)))
+		// A PINGREQ is due when nothing was written, or nothing read, for
+		// half a keep-alive (and none was sent since): a QoS 0 device that
+		// publishes all the time reads nothing back, and its reader's
+		// deadline (1.5 keep-alives without a byte) dropped a healthy
+		// connection every 45 s.
+		due := d.pingDue(now, ping)
+		t := time.NewTimer(min(until.Sub(now), max(due.Sub(now), time.Millisecond)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -106,11 +113,23 @@ func (d *device) wait(ctx context.Context, until time.Time, wake <-chan struct{}
 			t.Stop()
 			return evWake
 		case <-t.C:
-			if time.Since(time.Unix(0, d.lastWrite.Load())) >= ping {
+			if now := time.Now(); !now.Before(d.pingDue(now, ping)) {
+				d.lastPing.Store(now.UnixNano())
 				d.send(s, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 			}
 		}
 	}
+}
+
+// pingDue is when the next PINGREQ is due: half a keep-alive (ping) after
+// the older of the last write and the last read, but not within ping of
+// the last PINGREQ.
+func (d *device) pingDue(now time.Time, ping time.Duration) time.Time {
+	quiet := time.Unix(0, min(d.lastWrite.Load(), d.lastRead.Load())).Add(ping)
+	if next := time.Unix(0, d.lastPing.Load()).Add(ping); next.After(quiet) {
+		return next
+	}
+	return quiet
 }
 
 // send writes pk; on failure it closes the connection so that the reader
@@ -304,6 +323,15 @@ func (d *device) acked(id uint16) {
 	if m != nil && m.acked != nil {
 		close(m.acked)
 	}
+	if m != nil {
+		// Room in the window, for any message (the retained status
+		// counts in it too: with MaxInflight 1 a publisher waiting for
+		// the status's PUBACK was never woken).
+		select {
+		case d.room <- struct{}{}:
+		default:
+		}
+	}
 	if m == nil || m.seq == 0 {
 		return
 	}
@@ -328,7 +356,10 @@ func (d *device) connect(ctx context.Context) bool {
 		}
 		err := d.dial(ctx)
 		if err == nil {
-			d.failures = 0
+			// Failures in a row are counted on until the connection has
+			// lasted (see reconnect): a broker that takes over or drops
+			// the session at once is not hammered.
+			d.connectedAt = time.Now()
 			if d.connectedOnce {
 				d.f.reconnects.Add(1)
 			} else {
@@ -359,13 +390,27 @@ func (d *device) reconnect(ctx context.Context) bool {
 		<-d.cur.lost
 		d.cur = nil
 	}
-	// A short random pause first, so that a broker restart does not bring
-	// the whole fleet back in the same millisecond.
-	if sleep(ctx, time.Duration(rand.Int64N(int64(d.f.cfg.ReconnectMin)+1))) != nil {
+	// The firmware contract: a connection lost before it lasted a while
+	// (stableConnection) counts as a failure, so the backoff grows (it was
+	// reset by every CONNACK: a broker dropping the device at once got a
+	// reconnect loop). A short random pause always, so that a broker
+	// restart does not bring the whole fleet back in the same millisecond.
+	wait := time.Duration(rand.Int64N(int64(d.f.cfg.ReconnectMin) + 1))
+	if time.Since(d.connectedAt) < stableConnection {
+		d.failures++
+		wait = d.backoff()
+	} else {
+		d.failures = 0
+	}
+	if sleep(ctx, wait) != nil {
 		return false
 	}
 	return d.connect(ctx)
 }
+
+// stableConnection is how long a connection must last for its loss not to
+// count as a failure in a row.
+const stableConnection = time.Minute
 
 // backoff is the wait after d.failures failures in a row: full jitter over
 // an exponentially growing cap.
@@ -401,7 +446,9 @@ func (d *device) dial(ctx context.Context) error {
 	}
 	s := &session{c: c, lost: make(chan struct{})}
 	d.cur = s
-	d.lastWrite.Store(time.Now().UnixNano())
+	connected := time.Now().UnixNano() // CONNACK read
+	d.lastWrite.Store(connected)
+	d.lastRead.Store(connected)
 	go d.reader(s)
 	if !cfg.NoCommands {
 		sub := &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: subscribeID,
@@ -453,6 +500,7 @@ func (d *device) reader(s *session) {
 			s.c.close()
 			return
 		}
+		d.lastRead.Store(time.Now().UnixNano())
 		switch pk.FixedHeader.Type {
 		case packets.Puback:
 			d.acked(pk.PacketID)
