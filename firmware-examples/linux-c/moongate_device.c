@@ -120,6 +120,19 @@ static void set_relay(int on) {
 	}
 }
 
+/* skip_json_colon skips JSON white space, one ':' and white space again
+ * after a key; NULL when there is no ':' there. */
+static char *skip_json_colon(char *p) {
+	while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+		p++;
+	if (*p != ':')
+		return NULL;
+	p++;
+	while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+		p++;
+	return p;
+}
+
 /* handle_command acts on {"cmd":"relay","on":true|false}. The parser is
  * deliberately small: it looks for the two fields and ignores the rest;
  * anything else is reported and ignored. */
@@ -132,15 +145,22 @@ static void handle_command(const char *p, int len) {
 	memcpy(buf, p, len);
 	buf[len] = 0;
 	printf("command: %s\n", buf);
+	/* The value of "cmd" must be "relay" (not "relay" anywhere after
+	 * it: {"cmd":"reboot","target":"relay"} is no relay command). */
 	char *cmd = strstr(buf, "\"cmd\"");
 	char *on = strstr(buf, "\"on\"");
-	if (!cmd || !strstr(cmd, "\"relay\"") || !on) {
+	if (cmd) {
+		cmd = skip_json_colon(cmd + 5);
+	}
+	if (!cmd || strncmp(cmd, "\"relay\"", 7) != 0 || !on) {
 		printf("command ignored: not a relay command\n");
 		return;
 	}
-	on += 4;
-	while (*on == ' ' || *on == ':')
-		on++;
+	on = skip_json_colon(on + 4);
+	if (!on) {
+		printf("command ignored: \"on\" must be true or false\n");
+		return;
+	}
 	if (strncmp(on, "true", 4) == 0)
 		set_relay(1);
 	else if (strncmp(on, "false", 5) == 0)

@@ -28,8 +28,10 @@ except ImportError:
 QUEUE_MAX = 64
 # What a broken or refused connection raises in umqtt.simple: socket errors
 # (a socket timeout is OSError ETIMEDOUT), MQTTException (CONNACK or SUBACK
-# refusal), AssertionError (unexpected reply).
-CONN_ERRORS = (OSError, MQTTException, AssertionError)
+# refusal), AssertionError (unexpected reply), IndexError (an empty read
+# from a connection the broker closed: resp[0] of b"", which moongate does
+# when it sheds a reconnecting fleet).
+CONN_ERRORS = (OSError, MQTTException, AssertionError, IndexError)
 BACKOFF_MIN_MS = 500
 BACKOFF_MAX_MS = 60000
 STABLE_MS = 60000  # a connection that lasted this long resets the backoff
@@ -117,6 +119,10 @@ def arm_timeout(client):
     # first read: set the timeout again before each call that waits for the
     # broker, so a silent link raises OSError instead of blocking for good.
     # The rest of a packet is still read without one: the watchdog covers it.
+    # Each wait is bounded by SOCKET_TIMEOUT_S and feeds the watchdog first:
+    # a connect waits for several replies in a row, and a slow gateway
+    # (2 s a reply) made the watchdog reset the board at every connect.
+    feed()
     sock = tls.sock if tls else client.sock
     if sock:  # None: TLS through an older umqtt.simple, the watchdog only
         sock.settimeout(config.SOCKET_TIMEOUT_S)
@@ -249,8 +255,11 @@ def main():
         feed()
         now = time.ticks_ms()
         if time.ticks_diff(now, next_reading) >= 0:
-            seq += 1
-            take_reading(seq)
+            try:
+                take_reading(seq + 1)
+                seq += 1
+            except Exception as e:  # a DHT22 read fails now and then (ETIMEDOUT, checksum)
+                print("reading failed:", e)
             next_reading = time.ticks_add(next_reading, period)
             if time.ticks_diff(next_reading, now) <= 0:
                 # Late (a slow connect, a stall): skip the missed slots
