@@ -331,6 +331,11 @@ func (x *External) onConnect(c paho.Client) {
 	if err := x.syncSubscriptions(*p, true); err != nil {
 		x.log.Error("MQTT subscribe after connect failed", "broker", x.cfg.Broker, "error", err)
 		if !errors.Is(err, ErrSubscribe) {
+			// Nothing is known to be subscribed on this connection: a
+			// SetFilters meanwhile subscribes every filter, not only new
+			// ones (it would have marked the client ready with the old
+			// connection's filters taken for subscribed).
+			clear(x.subscribed)
 			// No answer in time (a busy broker): try again while this
 			// connection lasts. (Nothing did: the client stayed connected,
 			// not ready, until the next reconnect.)
