@@ -148,6 +148,10 @@ type Commit struct {
 	// sizes the write); more is an ErrInvalid and nothing is applied.
 	ChainMax int
 
+	// chainEst is what Commit reserved in the write for the chained
+	// entries: more is refused with ErrTooLarge (see chain).
+	chainEst int64
+
 	// AckPublishes are local publishes (Publish.Seq) acknowledged in the
 	// same atomic write, as AckPublishes does: e.g. a publish that can
 	// never be carried out, taken off the outbox together with its dead

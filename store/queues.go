@@ -224,15 +224,30 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 	if err != nil {
 		return CommitResult{}, err
 	}
+	var chainEst int64
 	if c.Chain != nil {
-		// Chained entries are built in the committer: each is bounded by
-		// MaxValueBytes, and values past the value threshold are only
-		// pointers in the transaction.
-		est += int64(c.ChainMax) * s.vEntryEst(9, min(s.opts.MaxValueBytes, int(s.valueThreshold))+64)
+		// Chained entries are built in the committer from the records,
+		// state changes and blobs: each is sized as an event carrying the
+		// largest of them, with room for its captures and names; one past
+		// the value threshold is only a pointer in the transaction. (They
+		// were all sized as pointers: inline ones overflowed Badger's
+		// transaction, failing the whole batch.) chain refuses more.
+		src := 0
+		for i := range c.Records {
+			src = max(src, len(c.Records[i].Data))
+		}
+		for i := range c.State {
+			src = max(src, 2*len(c.State[i].Value)) // old and new
+		}
+		// At most what is left of half a transaction (the most one write
+		// may take): chain refuses chained entries larger than that.
+		chainEst = min(int64(c.ChainMax)*s.valueEntryBound(9, src+chainEventRoom), max(s.maxTxnSize/2-est, 0))
+		est += chainEst
 	}
 	// The committer reads c after this call returns on a ctx error: work on
 	// a copy of what it writes back into (sequences of logs and dead letter).
 	cc := *c
+	cc.chainEst = chainEst
 	cc.Logs = append([]LogRecord(nil), c.Logs...)
 	if c.DeadLetter != nil {
 		d := *c.DeadLetter
@@ -767,7 +782,7 @@ func (s *Store) chain(b *batch, c *Commit, consumed int64, recs []Record, update
 		return nil, nil, fmt.Errorf("%w: Chain returned %d inbox entries, ChainMax is %d", ErrInvalid, len(out), c.ChainMax)
 	}
 	vals := make([][]byte, len(out))
-	var total int64
+	var total, txn int64
 	for i := range out {
 		e := &out[i]
 		if err := validName("function", e.Function, false); err != nil {
@@ -781,6 +796,13 @@ func (s *Store) chain(b *batch, c *Commit, consumed int64, recs []Record, update
 		}
 		vals[i] = encodeInbox(e, b.now)
 		total += int64(len(vals[i]))
+		txn += s.vEntryEst(9, len(vals[i]))
+	}
+	if txn > c.chainEst {
+		// Larger than Commit reserved (a state event carrying a large old
+		// value): refused whole, before anything is changed, rather than
+		// overflow the transaction and fail the batch.
+		return nil, nil, fmt.Errorf("%w: chained entries of about %d bytes, %d reserved", ErrTooLarge, txn, c.chainEst)
 	}
 	// The entry this commit consumes leaves the inbox in the same write.
 	if q := s.opts.quota(SpaceInbox); q.MaxBytes > 0 && total > 0 && b.ctr.Inbox.Bytes-consumed+total > q.MaxBytes {
@@ -789,6 +811,11 @@ func (s *Store) chain(b *batch, c *Commit, consumed int64, recs []Record, update
 	}
 	return out, vals, nil
 }
+
+// chainEventRoom is what a chained event adds to the record, state value
+// or blob it carries: its id, captures (stream, record id, source,
+// function, key), trigger and names.
+const chainEventRoom = 512
 
 // intakeShare is the part of an inbox quota of max bytes new events may
 // fill (Enqueue): seven eighths. The rest is kept for the entries that
