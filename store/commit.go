@@ -315,11 +315,16 @@ func (s *Store) process(reqs []*request) {
 				r.err = fmt.Errorf("store: commit failed: %w", err)
 			}
 		}
+		rerr := s.recover()
 		if committed > 0 {
+			// DurabilityInterval: the flushed part awaits its sync. Marked
+			// after recover replaced the counters: a sync that took the
+			// flag before would note the old ones durable, and the new
+			// records would wait for some other write.
 			s.queueUnsyncedFreed(reqs[:committed])
-			s.dirty.Store(true) // DurabilityInterval: the flushed part awaits its sync
+			s.dirty.Store(true)
 		}
-		if rerr := s.recover(); rerr != nil {
+		if rerr != nil {
 			// The in-memory state may hold changes of the failed requests
 			// (entries marked consumed that are not): no write may go on
 			// from it. A restart reloads it.
@@ -333,6 +338,7 @@ func (s *Store) process(reqs []*request) {
 		}
 	}
 	ok := 0
+	markDirty := false
 	for i, r := range reqs {
 		if r.grows && full {
 			r.err = fmt.Errorf("%w: %s", ErrStoreFull, s.opts.Dir)
@@ -396,8 +402,7 @@ func (s *Store) process(reqs []*request) {
 			// memtable WAL rotated in between.)
 			s.syncs.Add(1)
 		} else {
-			s.queueUnsyncedFreed(reqs)
-			s.dirty.Store(true)
+			markDirty = true // below, once the counters are published
 		}
 	}
 	if b.txn != nil {
@@ -418,6 +423,12 @@ func (s *Store) process(reqs []*request) {
 	s.mu.Lock()
 	s.ctr = b.ctr
 	s.mu.Unlock()
+	if markDirty {
+		// DurabilityInterval: after the counters (the sync loop notes the
+		// outbox positions it reads after taking the flag as durable).
+		s.queueUnsyncedFreed(reqs)
+		s.dirty.Store(true)
+	}
 	s.batches.Add(1)
 	s.writes.Add(int64(ok))
 	if n := int64(len(reqs)); n > s.maxBatchSz.Load() {
