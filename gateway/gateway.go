@@ -474,7 +474,11 @@ func (g *Gateway) resume(ctx context.Context) (int, error) {
 				// deletes the record, also one that did not decode.)
 				j.recorded = true
 				if a.N > 0 {
-					j.attempts, j.notBefore = a.N, time.UnixMilli(a.Due)
+					// At most max_backoff from now: due is a wall time from
+					// before the restart, and a Pi without a clock may come
+					// back in 1970 (the lane would wait 56 years).
+					wait := min(time.UnixMilli(a.Due).Sub(g.opts.Now()), g.opts.Retry.MaxBackoff)
+					j.attempts, j.notBefore = a.N, time.Now().Add(wait)
 				}
 				delete(attempts, e.Seq)
 			}

@@ -243,9 +243,19 @@ func (g *Gateway) keepAttempt(ctx context.Context, j *job, ev *luavm.Event, res 
 	c := &store.Commit{Logs: g.logRecords(function, ev, res), Usage: usageOf(function, now.UnixMilli(), res, true),
 		State: []store.StateChange{{Function: AttemptsStateFunction, Op: store.StateSet, Key: attemptsKey(j.entry.Seq), Value: rec}}}
 	_, err := g.opts.Store.Commit(ctx, c)
-	if err != nil && refusedForGood(err) && len(c.Logs) > 0 {
-		c.Logs = nil // too large: the cost at least
-		_, err = g.opts.Store.Commit(ctx, c)
+	if err != nil && refusedForGood(err) {
+		// The count refused (the state quota of _attempts full): the logs
+		// and usage at least, then the usage alone (logs too large).
+		c.State = nil
+		if _, err = g.opts.Store.Commit(ctx, c); err != nil && refusedForGood(err) && len(c.Logs) > 0 {
+			c.Logs = nil
+			_, err = g.opts.Store.Commit(ctx, c)
+		}
+		if err == nil {
+			g.log.Warn("count of a failed attempt not kept: a restart may retry it more", "function", function)
+			g.signalCommit()
+			return
+		}
 	}
 	if err != nil {
 		g.log.Warn("logs, usage and count of a failed attempt not kept", "function", function, "err", err)

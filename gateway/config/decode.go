@@ -28,12 +28,17 @@ const MaxFileSize = 4 << 20
 // a configuration of 8,000 device accounts (12 per account).
 const MaxElements = 100000
 
-// countElements is the estimate MaxElements bounds.
+// countElements is the estimate MaxElements bounds (a lone carriage
+// return is a YAML line break: "? 0\r" repeated counted nothing and built
+// two million nodes).
 func countElements(data []byte) int {
 	n := 0
 	for _, c := range data {
 		switch c {
-		case ',', '-', ':', '[', '{', '\n':
+		// Line breaks are \n, \r, and NEL, LS, PS (their last UTF-8
+		// bytes: 0x85, 0xA8, 0xA9, which other letters end with too: an
+		// over-estimate); '?' starts an explicit key.
+		case ',', '-', ':', '?', '[', '{', '\n', '\r', 0x85, 0xA8, 0xA9:
 			n++
 		}
 	}
@@ -87,12 +92,19 @@ var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // parse. It returns the line of every key it saw, for later validation
 // messages.
 func Unmarshal(file string, data []byte, v any) (Lines, error) {
+	return UnmarshalLimit(file, data, v, MaxElements)
+}
+
+// UnmarshalLimit is Unmarshal with another bound on the document's
+// elements than MaxElements (a larger one for documents stored under
+// earlier limits).
+func UnmarshalLimit(file string, data []byte, v any, maxElements int) (Lines, error) {
 	lines := Lines{}
 	if len(data) > MaxFileSize {
 		return lines, &Error{File: file, Msg: fmt.Sprintf("file is %d bytes, larger than the limit of %d", len(data), MaxFileSize)}
 	}
-	if n := countElements(data); n > MaxElements {
-		return lines, &Error{File: file, Msg: fmt.Sprintf("file has about %d YAML elements (counting ',', '-', ':', '[', '{' and lines), more than the limit of %d", n, MaxElements)}
+	if n := countElements(data); n > maxElements {
+		return lines, &Error{File: file, Msg: fmt.Sprintf("file has about %d YAML elements (counting ',', '-', ':', '?', '[', '{' and line breaks), more than the limit of %d", n, maxElements)}
 	}
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))

@@ -100,3 +100,16 @@ func TestLoadFIFODoesNotHang(t *testing.T) {
 		t.Fatal("Load of a FIFO configuration path still blocked after 5s")
 	}
 }
+
+// TestElementBoundCarriageReturns: YAML breaks lines at a lone carriage
+// return too, and "? 0\r" repeated counted no element at all: 4 MiB of it
+// took 469 MiB of heap to decode.
+func TestElementBoundCarriageReturns(t *testing.T) {
+	body := strings.Repeat("? 0\r", MaxFileSize/4-1)
+	var err error
+	grew := peakHeapGrowth(func() { _, err = Parse("cr.yaml", []byte(body)) })
+	t.Logf("file of %d bytes, %d counted elements: %v; heap grew by %d MiB", len(body), countElements([]byte(body)), err, grew>>20)
+	if grew > 48<<20 {
+		t.Fatalf("parsing a %d-byte configuration took %d MiB of heap (the bound is meant to keep it to a few tens)", len(body), grew>>20)
+	}
+}

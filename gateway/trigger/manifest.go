@@ -344,7 +344,7 @@ func ValidFunctionName(name string) bool { return functionNameRE.MatchString(nam
 // [ErrManifest] and config.ErrInvalid and carry file, line and key path
 // (see config.Errors); an invalid name wraps [ErrFunctionName].
 func ParseManifest(file string, data []byte) (*Manifest, error) {
-	return parseManifest(file, data, MaxManifestBytes)
+	return parseManifest(file, data, MaxManifestBytes, config.MaxElements)
 }
 
 // MaxStoredManifestBytes bounds ParseStoredManifest: the limit of new
@@ -356,10 +356,11 @@ const MaxStoredManifestBytes = 1 << 20
 // still loads (refused, its function would vanish on upgrade, its topics
 // unsubscribed and their events dropped).
 func ParseStoredManifest(file string, data []byte) (*Manifest, error) {
-	return parseManifest(file, data, MaxStoredManifestBytes)
+	// No element bound short of one per byte: none applied then.
+	return parseManifest(file, data, MaxStoredManifestBytes, MaxStoredManifestBytes)
 }
 
-func parseManifest(file string, data []byte, limit int) (*Manifest, error) {
+func parseManifest(file string, data []byte, limit, maxElements int) (*Manifest, error) {
 	name := strings.TrimSuffix(filepath.Base(file), ".yaml")
 	if !ValidFunctionName(name) {
 		return nil, fmt.Errorf("%w %q (from %s): use [a-z0-9][a-z0-9_-]{0,62}", ErrFunctionName, clip(name), clip(file))
@@ -368,7 +369,7 @@ func parseManifest(file string, data []byte, limit int) (*Manifest, error) {
 		return nil, manifestError{&config.Error{File: file, Msg: fmt.Sprintf("manifest is %d bytes, larger than the limit of %d", len(data), limit)}}
 	}
 	m := &Manifest{Name: name}
-	lines, err := config.Unmarshal(file, data, m)
+	lines, err := config.UnmarshalLimit(file, data, m, maxElements)
 	if err == nil {
 		err = m.validate(file, lines)
 	}
