@@ -1,17 +1,13 @@
 package mqtt
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -196,107 +192,14 @@ func TestExternalSessionEpoch(t *testing.T) {
 	}
 }
 
-// slowSubackProxy forwards TCP between clients and a broker; once a client
-// has sent a SUBSCRIBE it holds what the broker sends that client until
-// release is closed (a broker too busy to answer in time).
-type slowSubackProxy struct {
-	ln          net.Listener
-	subscribed  chan struct{}
-	release     chan struct{}
-	once        sync.Once
-	releaseOnce sync.Once
-}
-
-// answer lets the broker's held bytes through.
-func (p *slowSubackProxy) answer() { p.releaseOnce.Do(func() { close(p.release) }) }
-
-func startSlowSubackProxy(t *testing.T, broker string) *slowSubackProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &slowSubackProxy{ln: ln, subscribed: make(chan struct{}), release: make(chan struct{})}
-	t.Cleanup(func() {
-		ln.Close()
-		p.answer()
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", broker)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var held atomic.Bool
-			go func() { // client -> broker, watching for SUBSCRIBE
-				defer b.Close()
-				r := bufio.NewReader(c)
-				for {
-					typ, err := r.ReadByte()
-					if err != nil {
-						return
-					}
-					hdr, n := []byte{typ}, 0
-					for mul := 1; ; mul *= 128 {
-						x, err := r.ReadByte()
-						if err != nil {
-							return
-						}
-						hdr = append(hdr, x)
-						n += int(x&0x7f) * mul
-						if x&0x80 == 0 {
-							break
-						}
-					}
-					body := make([]byte, n)
-					if _, err := io.ReadFull(r, body); err != nil {
-						return
-					}
-					if typ>>4 == 8 {
-						held.Store(true)
-						p.once.Do(func() { close(p.subscribed) })
-					}
-					if _, err := b.Write(append(hdr, body...)); err != nil {
-						return
-					}
-				}
-			}()
-			go func() { // broker -> client, held once subscribed
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := b.Read(buf)
-					if n > 0 {
-						if held.Load() {
-							<-p.release
-						}
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return p
-}
-
 // TestExternalSubscribeRetriedAfterTimeout: the broker does not answer the
 // SUBSCRIBE of a connection in time. The client stayed connected and not
 // ready until some later reconnect (a broker that had lost the session
 // sent nothing meanwhile); it now subscribes again on that connection.
 func TestExternalSubscribeRetriedAfterTimeout(t *testing.T) {
 	m := mqtttest.StartMosquitto(t)
-	proxy := startSlowSubackProxy(t, m.Addr())
-	x, err := NewExternal(ExternalConfig{Broker: "tcp://" + proxy.ln.Addr().String(), ClientID: "gw-slow", KeepAlive: 30 * time.Second,
+	proxy := mqtttest.StartSubackHold(t, m.Addr())
+	x, err := NewExternal(ExternalConfig{Broker: proxy.URL(), ClientID: "gw-slow", KeepAlive: 30 * time.Second,
 		ConnectTimeout: 300 * time.Millisecond, MaxReconnectInterval: time.Second}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -311,13 +214,13 @@ func TestExternalSubscribeRetriedAfterTimeout(t *testing.T) {
 	go func() { started <- x.Start(ctx, rec.handle) }()
 	t.Cleanup(func() { _ = x.Close(context.Background()) })
 	select {
-	case <-proxy.subscribed:
+	case <-proxy.Subscribed():
 	case <-time.After(10 * time.Second):
 		t.Fatal("no SUBSCRIBE")
 	}
 	// The broker is slow: its SUBACK comes after the client gave up on it.
 	time.Sleep(3 * 300 * time.Millisecond)
-	proxy.answer()
+	proxy.Release()
 	if err := <-started; err != nil {
 		t.Fatalf("Start: %v (ready %v)", err, x.Ready())
 	}

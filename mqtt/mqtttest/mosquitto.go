@@ -3,6 +3,8 @@
 // StartMosquitto runs the Debian mosquitto binary on a free loopback port
 // with a configuration file it writes (persistence on, large queues, Nagle
 // off), waits until it accepts connections, and stops it when the test ends.
+// StartSubackHold is a proxy that plays a broker too busy to answer a
+// SUBSCRIBE in time.
 package mqtttest
 
 import (
