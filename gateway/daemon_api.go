@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/apiserver"
@@ -199,6 +200,12 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	counter("moongate_store_commits_total", "Group commits (one per sync in durability always).", uint64(ss.Batches))
 	counter("moongate_store_commit_writes_total", "Write requests committed; divided by the commits, the mean group size.", uint64(ss.Writes))
 	counter("moongate_store_syncs_total", "Syncs of the write-ahead log and value log to disk.", uint64(ss.Syncs))
+	seconds := func(name, help string, d time.Duration) {
+		out = append(out, apiserver.Metric{Name: name, Help: help, Type: "counter", Value: d.Seconds()})
+	}
+	seconds("moongate_store_commit_busy_seconds_total", "Time the group committer spent on batches (applying writes, Badger's commit, the sync); its rate is the fraction of time it was busy: near 1, writes queue for the disk.", ss.CommitBusy)
+	seconds("moongate_store_txn_commit_seconds_total", "Part of moongate_store_commit_busy_seconds_total spent in Badger's commit (write-ahead log, memtable inserts and, in durability always, the sync).", ss.TxnCommitTime)
+	seconds("moongate_store_write_wait_seconds_total", "Time committed writes waited from submission until durable, summed; divided by moongate_store_commit_writes_total, the mean wait of a write (an event waits for two: its inbox entry and its processing commit).", ss.WriteWait)
 	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
 	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
 	bs := d.store.BlobStats()

@@ -23,6 +23,9 @@ type request struct {
 	async bool  // nobody waits for it (queue): its error is logged
 	err   error
 	done  chan struct{}
+	// queued is when the request was handed to the committer (its wait
+	// until durable is summed in Stats.WriteWait; zero: not counted).
+	queued time.Time
 	// freed are the blob objects the request left without a reference:
 	// removed by submit once the write is durable.
 	freed [][32]byte
@@ -153,6 +156,7 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 		s.closeMu.RUnlock()
 		return ErrClosed
 	}
+	r.queued = time.Now()
 	select {
 	case s.reqCh <- r:
 	case <-ctx.Done():
@@ -283,6 +287,8 @@ func (s *Store) run() {
 }
 
 func (s *Store) process(reqs []*request) {
+	start := time.Now()
+	defer func() { s.busyNanos.Add(int64(time.Since(start))) }()
 	if berr := s.broken.Load(); berr != nil {
 		for _, r := range reqs {
 			r.err = *berr
@@ -434,10 +440,16 @@ func (s *Store) process(reqs []*request) {
 	if n := int64(len(reqs)); n > s.maxBatchSz.Load() {
 		s.maxBatchSz.Store(n)
 	}
+	now := time.Now()
+	var waited time.Duration
 	for _, r := range reqs {
+		if r.err == nil && !r.queued.IsZero() {
+			waited += now.Sub(r.queued)
+		}
 		s.logAsync(r)
 		close(r.done)
 	}
+	s.waitNanos.Add(int64(waited))
 }
 
 // flush persists the counters and commits the current transaction, then
@@ -455,7 +467,10 @@ func (b *batch) flush(more bool) error {
 	if err := b.txn.Set(keyCounters, v); err != nil {
 		return err
 	}
-	if err := b.txn.Commit(); err != nil {
+	start := time.Now()
+	err = b.txn.Commit()
+	b.s.txnNanos.Add(int64(time.Since(start)))
+	if err != nil {
 		return err
 	}
 	b.s.txns.Add(1)

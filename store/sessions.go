@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -111,6 +112,7 @@ func (s *Store) queue(r *request) error {
 	if s.closed {
 		return ErrClosed
 	}
+	r.queued = time.Now()
 	s.reqCh <- r
 	return nil
 }

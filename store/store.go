@@ -160,6 +160,12 @@ type Store struct {
 	maxBatchSz  atomic.Int64
 	syncs       atomic.Int64
 	gcRewrites  atomic.Int64
+	// busyNanos, txnNanos and waitNanos sum the committer's time on
+	// batches, the part of it in Badger's commit, and the wait of each
+	// committed write (Stats.CommitBusy, TxnCommitTime, WriteWait).
+	busyNanos atomic.Int64
+	txnNanos  atomic.Int64
+	waitNanos atomic.Int64
 
 	objMu sync.Mutex       // guards pins and the removal of blob objects
 	pins  map[[32]byte]int // staged blob objects not released yet
@@ -592,14 +598,27 @@ type SpaceStats struct {
 
 // Stats is a snapshot of the store's counters.
 type Stats struct {
-	Spaces        map[string]SpaceStats // by Space* name; outboxes as "outbox:<target>"
-	InboxLen      int64
-	Consumed      int64 // inbox entries consumed since creation
-	Batches       int64 // group-commit batches
-	Transactions  int64 // Badger transactions committed (a batch too big for one uses several)
-	Writes        int64 // write requests committed
-	MaxBatch      int64 // largest batch so far
-	Syncs         int64
+	Spaces       map[string]SpaceStats // by Space* name; outboxes as "outbox:<target>"
+	InboxLen     int64
+	Consumed     int64 // inbox entries consumed since creation
+	Batches      int64 // group-commit batches
+	Transactions int64 // Badger transactions committed (a batch too big for one uses several)
+	Writes       int64 // write requests committed
+	MaxBatch     int64 // largest batch so far
+	Syncs        int64
+	// CommitBusy is the time the group committer spent on batches
+	// (applying the writes, Badger's commit and, in DurabilityAlways, the
+	// sync): its growth per second of wall time is the fraction of time
+	// the committer was busy. Near 1, writes queue for it.
+	CommitBusy time.Duration
+	// TxnCommitTime is the part of CommitBusy spent in Badger's commit
+	// (write-ahead log, memtable inserts and, in DurabilityAlways, the
+	// sync).
+	TxnCommitTime time.Duration
+	// WriteWait sums, over the committed writes (Writes), the time from
+	// submission until the write was durable: divided by Writes, the
+	// mean time a write waits.
+	WriteWait     time.Duration
 	GCRewrites    int64 // value-log files rewritten by GC
 	DiskFull      bool
 	FreeBytes     uint64
@@ -627,6 +646,7 @@ func (s *Store) Stats() Stats {
 		},
 		InboxLen: c.Inbox.Count, Consumed: c.Consumed,
 		Batches: s.batches.Load(), Transactions: s.txns.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
+		CommitBusy: time.Duration(s.busyNanos.Load()), TxnCommitTime: time.Duration(s.txnNanos.Load()), WriteWait: time.Duration(s.waitNanos.Load()),
 		GCRewrites: s.gcRewrites.Load(), DiskFull: s.full.Load(), FreeBytes: s.freeBytes.Load(),
 		ClockSynced: s.clockSynced.Load(), Durability: s.opts.Durability.String(), Profile: string(s.opts.Profile),
 		FormatVersion: s.opts.formatPlan().version,

@@ -302,7 +302,7 @@ func TestEndToEnd(t *testing.T) {
 	// The store's commit counters: the deploys and the invocation were
 	// written in group commits of at least one write each.
 	counterOf := func(name string) float64 {
-		m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`).FindStringSubmatch(string(body))
+		m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+-]+)$`).FindStringSubmatch(string(body))
 		if m == nil {
 			t.Fatalf("metrics: no %s\n%s", name, body)
 		}
@@ -315,7 +315,13 @@ func TestEndToEnd(t *testing.T) {
 	if c, w := counterOf("moongate_store_commits_total"), counterOf("moongate_store_commit_writes_total"); c < 1 || w < c {
 		t.Errorf("metrics: %v commits of %v writes", c, w)
 	}
-	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+|\+Inf|-Inf|NaN)$`)
+	// The committer's time: some was spent, Badger's commit is part of it,
+	// and the writes waited at least their own commit.
+	if busy, txn, wait := counterOf("moongate_store_commit_busy_seconds_total"), counterOf("moongate_store_txn_commit_seconds_total"),
+		counterOf("moongate_store_write_wait_seconds_total"); busy <= 0 || txn <= 0 || txn > busy || wait < txn {
+		t.Errorf("metrics: committer busy %vs, in Badger's commit %vs, writes waited %vs", busy, txn, wait)
+	}
+	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.]+(e[+-][0-9]+)?|\+Inf|-Inf|NaN)$`)
 	for _, l := range strings.Split(strings.TrimSpace(string(body)), "\n") {
 		if !strings.HasPrefix(l, "# HELP ") && !strings.HasPrefix(l, "# TYPE ") && !sample.MatchString(l) {
 			t.Errorf("metrics: malformed line %q", l)
