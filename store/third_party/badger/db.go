@@ -1074,6 +1074,10 @@ var errNoRoom = errors.New("No room for write")
 
 // ensureRoomForWrite is always called serially. It blocks (without busy-polling)
 // until the current memtable can be flushed, i.e. until flushChan has room.
+// moongateBeforeSwitch, when set (tests), is called with the full
+// memtable when ensureRoomForWrite is about to replace it, db.lock held.
+var moongateBeforeSwitch func(full *memTable)
+
 func (db *DB) ensureRoomForWrite() error {
 	var err error
 	db.lock.Lock()
@@ -1082,6 +1086,20 @@ func (db *DB) ensureRoomForWrite() error {
 	y.AssertTrue(db.mt != nil) // A nil mt indicates that DB is being closed.
 	if !db.mt.isFull() {
 		return nil
+	}
+
+	// moongate: without SyncWrites, the full memtable's log may hold writes
+	// that no sync covered yet, and DB.Sync syncs only the current
+	// memtable's log: a DB.Sync after this switch (moongate's durability
+	// "interval") would report durable writes that a power loss before the
+	// flush of this memtable takes back. Synced here, once per memtable.
+	if !db.opt.SyncWrites && !db.opt.InMemory {
+		if err := db.mt.SyncWAL(); err != nil {
+			return y.Wrapf(err, "sync the log of the full memtable")
+		}
+	}
+	if moongateBeforeSwitch != nil {
+		moongateBeforeSwitch(db.mt)
 	}
 
 	// moongate: the next memtable is made before the full one is handed to
