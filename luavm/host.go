@@ -81,6 +81,7 @@ func (in *instance) hostModule(name string) lua.LValue {
 			"sha256": func(L *lua.LState) int {
 				s := L.CheckString(1)
 				in.charge(L, 1+int64(len(s))/64)
+				in.alloc(L, 2*sha256.Size) // the hex digest
 				sum := sha256.Sum256([]byte(s))
 				L.Push(lua.LString(hex.EncodeToString(sum[:])))
 				return 1
@@ -88,6 +89,7 @@ func (in *instance) hostModule(name string) lua.LValue {
 			"hmac_sha256": func(L *lua.LState) int {
 				key, msg := L.CheckString(1), L.CheckString(2)
 				in.charge(L, 1+int64(len(msg)+len(key))/64)
+				in.alloc(L, 2*sha256.Size) // the hex digest
 				m := hmac.New(sha256.New, []byte(key))
 				m.Write([]byte(msg))
 				L.Push(lua.LString(hex.EncodeToString(m.Sum(nil))))

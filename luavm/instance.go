@@ -469,7 +469,7 @@ func (in *instance) table(L *lua.LState) int {
 		if n, ok := k.(lua.LNumber); ok && n != n {
 			L.RaiseError("table index is NaN")
 		}
-		in.chargePadding(L, tb, k)
+		in.chargePadding(L, tb, k, true)
 		tb.RawSet(k, v)
 	}
 	L.Push(t)
@@ -482,16 +482,19 @@ func (in *instance) table(L *lua.LState) int {
 func (in *instance) set(L *lua.LState) int {
 	t, k, v := L.Get(1), L.Get(2), L.Get(3)
 	if tb, ok := t.(*lua.LTable); ok {
-		in.chargePadding(L, tb, k)
+		in.chargePadding(L, tb, k, false)
 	}
 	L.SetTable(t, k, v)
 	return 0
 }
 
-// chargePadding accounts the array slots a raw set of key k would add to
-// tb (a later table scan corrects the figure if a metamethod took the
-// write instead).
-func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue) {
+// chargePadding accounts the array slots a set of key k in tb would add
+// to the table it lands in: tb, or, for a key tb does not hold, the
+// table its __newindex chain leads to (as gopher-lua's settable walks
+// it). A function as __newindex takes the write itself (its own sets are
+// charged); a later table scan corrects the figure either way. raw: a
+// rawset, which lands in tb.
+func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue, raw bool) {
 	n, ok := k.(lua.LNumber)
 	if !ok {
 		return
@@ -500,24 +503,27 @@ func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue) {
 	if lua.LNumber(i) != n || i < 1 || i >= lua.MaxArrayIndex {
 		return
 	}
-	alen := reflect.ValueOf(tb).Elem().Field(ltArray).Len()
-	if i <= alen+1 {
-		return
-	}
-	// A write to an absent key may go on to a __newindex table.
-	for depth := 0; depth < 8; depth++ {
+	for depth := 0; !raw && depth < lua.MaxTableGetLoop; depth++ {
+		if tb.RawGet(k) != lua.LNil {
+			return // an existing key: nothing grows
+		}
 		mt, ok := tb.Metatable.(*lua.LTable)
 		if !ok {
 			break
 		}
-		next, ok := mt.RawGetString("__newindex").(*lua.LTable)
-		if !ok {
+		next := mt.RawGetString("__newindex")
+		if next == lua.LNil {
 			break
 		}
-		tb = next
-		if l := reflect.ValueOf(tb).Elem().Field(ltArray).Len(); l < alen {
-			alen = l
+		nt, ok := next.(*lua.LTable)
+		if !ok {
+			return
 		}
+		tb = nt
+	}
+	alen := reflect.ValueOf(tb).Elem().Field(ltArray).Len()
+	if i <= alen+1 {
+		return
 	}
 	pad := int64(i-alen) * tableSlotBytes
 	iv := &in.inv
@@ -722,7 +728,7 @@ func (in *instance) rawset(L *lua.LState) int {
 	if k == lua.LNil {
 		L.ArgError(2, "table index is nil")
 	}
-	in.chargePadding(L, t, k)
+	in.chargePadding(L, t, k, true)
 	t.RawSet(k, L.CheckAny(3))
 	L.SetTop(1)
 	return 1
@@ -739,21 +745,34 @@ func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
 		case lua.LString:
 			n = len(v)
 		}
-		i := L.OptInt(2, defI)
-		j := L.OptInt(3, n)
+		// The bounds as numbers: NaN, or a bound far out of range, became
+		// an int that made j-i overflow (MinInt64 on amd64) and slipped
+		// past the bound on the count below.
+		bound := func(idx, def int) float64 {
+			if L.Get(idx) == lua.LNil {
+				return float64(def)
+			}
+			f := float64(L.CheckNumber(idx))
+			if stdmath.IsNaN(f) || stdmath.Abs(f) > 1<<53 {
+				L.ArgError(idx, "number out of range")
+			}
+			return stdmath.Trunc(f)
+		}
+		i := bound(2, defI)
+		j := bound(3, n)
 		if _, isStr := L.Get(1).(lua.LString); isStr {
 			if L.Get(3) == lua.LNil {
 				j = i
 			}
 			if i < 0 {
-				i = n + i + 1
+				i = float64(n) + i + 1
 			}
 			if j < 0 {
-				j = n + j + 1
+				j = float64(n) + j + 1
 			}
 		}
 		if j-i >= 8000 {
-			L.RaiseError("too many results (%d)", j-i+1)
+			L.RaiseError("too many results (%.0f)", j-i+1)
 		}
 		if j >= i {
 			in.charge(L, 1+int64(j-i)/8)

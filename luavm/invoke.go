@@ -36,6 +36,14 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 			in.broken = true
 			err = fmt.Errorf("%w: %v", ErrPanic, r)
 		}
+		// The last scan: growth since the one before (a write through
+		// __newindex, say) is counted, and an invocation that ended over
+		// the cap fails like one that went over it while running.
+		in.scanTables(nil)
+		if err == nil && iv.peak > limits.MaxMemory {
+			err = fmt.Errorf("%w (cap %d bytes, %d in use at the end)", ErrMemory, limits.MaxMemory, iv.peak)
+			in.broken = true
+		}
 		if err != nil {
 			if iv.breach != nil && !errors.Is(err, ErrPanic) {
 				err = iv.breach
@@ -47,7 +55,6 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 			res.Kind, res.Value, res.Effects, res.State = ResultNone, nil, nil, nil
 		}
 		res.Cost.Effects = len(res.Effects)
-		in.scanTables(nil)
 		res.Cost.Steps = iv.steps
 		res.Cost.PeakMemory = iv.peak
 		res.Cost.BytesOut = int64(len(res.Value)) + iv.effBytes

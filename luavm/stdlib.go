@@ -28,8 +28,18 @@ func (in *instance) wrapString(str *lua.LTable) {
 			return o(L)
 		}
 	}
-	set("upper", sized(orig("upper")))
-	set("lower", sized(orig("lower")))
+	// Lua 5.1 changes case byte by byte (the C locale): the length stays.
+	// gopher-lua's use Go's Unicode mapping, which turns each byte that is
+	// not UTF-8 into U+FFFD (three bytes) and some letters into longer
+	// ones: binary strings were corrupted and the output charged a third.
+	set("upper", sized(func(L *lua.LState) int {
+		L.Push(lua.LString(asciiCase(L.CheckString(1), 'a', 'z', -32)))
+		return 1
+	}))
+	set("lower", sized(func(L *lua.LState) int {
+		L.Push(lua.LString(asciiCase(L.CheckString(1), 'A', 'Z', 32)))
+		return 1
+	}))
 	set("reverse", sized(orig("reverse")))
 	set("byte", in.wrapCount(orig("byte"), 1))
 	char := orig("char")
@@ -43,6 +53,18 @@ func (in *instance) wrapString(str *lua.LTable) {
 	set("match", func(L *lua.LState) int { return in.strFind(L, false) })
 	set("gmatch", in.strGmatch)
 	set("gsub", in.strGsub)
+}
+
+// asciiCase returns s with each byte in [lo, hi] shifted by delta, the
+// others kept.
+func asciiCase(s string, lo, hi byte, delta int) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= lo && c <= hi {
+			b[i] = byte(int(c) + delta)
+		}
+	}
+	return string(b)
 }
 
 func (in *instance) strRep(L *lua.LState) int {
