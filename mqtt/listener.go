@@ -249,6 +249,10 @@ type tcpListener struct {
 	log   *slog.Logger
 	conns sync.WaitGroup
 	end   atomic.Bool
+
+	stopMu   sync.Mutex
+	stop     chan struct{} // closed by Close (made on first use)
+	stopOnce sync.Once
 }
 
 func (l *tcpListener) Protocol() string {
@@ -264,13 +268,31 @@ func (l *tcpListener) Init(log *slog.Logger) error {
 }
 
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	var backoff time.Duration
 	for {
 		conn, err := l.ln.Accept()
 		if err != nil {
-			if !l.end.Load() && !errors.Is(err, net.ErrClosed) {
-				l.log.Error("MQTT listener stopped", "error", err)
+			if l.end.Load() || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of descriptors or kernel memory for a moment (EMFILE,
+			// ENFILE, ENOBUFS): the listener waits and accepts again, as
+			// net/http does. Returning left the socket open, the kernel
+			// completing handshakes that nobody read, until a restart.
+			if backoff == 0 {
+				backoff = acceptBackoffMin
+				l.log.Error("MQTT listener cannot accept connections; retrying", "error", err)
+			} else {
+				backoff = min(2*backoff, acceptBackoffMax)
+			}
+			if !l.sleep(backoff) {
+				return
+			}
+			continue
+		}
+		if backoff != 0 {
+			l.log.Info("MQTT listener accepts connections again")
+			backoff = 0
 		}
 		if l.end.Load() {
 			conn.Close()
@@ -301,10 +323,41 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 // Close stops accepting; it calls closeClients only the first time.
 func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.end.CompareAndSwap(false, true) {
+		l.stopOnce.Do(func() { close(l.stopped()) })
 		if l.ln != nil {
 			_ = l.ln.Close()
 		}
 		closeClients(l.id)
+	}
+}
+
+// acceptBackoffMin and acceptBackoffMax bound the wait after a failed
+// accept; it doubles while accepts keep failing.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// stopped returns the channel Close closes.
+func (l *tcpListener) stopped() chan struct{} {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stop == nil {
+		l.stop = make(chan struct{})
+	}
+	return l.stop
+}
+
+// sleep waits d, or less if the listener closes; it reports whether the
+// listener is still open.
+func (l *tcpListener) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return !l.end.Load()
+	case <-l.stopped():
+		return false
 	}
 }
 
