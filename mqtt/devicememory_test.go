@@ -187,3 +187,38 @@ func TestUndelayedWillSentAtOnce(t *testing.T) {
 		t.Fatalf("packet %#x %q", typ, body)
 	}
 }
+
+// A subscriber that advertises a topic alias maximum (MQTT 5) gets every
+// topic in full: an outbound alias kept the topic of the packet it was made
+// for, and so the whole packet, for the life of the connection (mochi
+// patch, section 24).
+func TestOutboundTopicAliasesDoNotPinPackets(t *testing.T) {
+	hash, _ := HashPassword("pw")
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, acceptAll, []string{}...)
+	b := append(rawString("MQTT"), 5, 0xC2, 0, 60) // v5, user+pass, clean start
+	b = append(b, 3, 0x22, 0xff, 0xff)             // properties: topic alias maximum 65535
+	b = append(b, rawString("aliaspin")...)
+	b = append(b, rawString("u")...)
+	b = append(b, rawString("pw")...)
+	c, _ := dialConnect(t, e, rawPacket(0x10, b))
+	sub := append([]byte{0, 1, 0}, rawString("devices/u/#")...) // packet id 1, no properties
+	c.write(rawPacket(0x82, append(sub, 0)))
+	if typ, _ := c.readPacket(); typ&0xf0 != 0x90 {
+		t.Fatalf("packet %#x, want SUBACK", typ)
+	}
+	payload := make([]byte, 256<<10)
+	before := liveHeap()
+	const n = 100
+	for i := range n {
+		p := append(rawString(fmt.Sprintf("devices/u/t%d", i)), 0) // no properties
+		c.write(rawPacket(0x30, append(p, payload...)))            // QoS 0
+		if typ, _ := c.readPacket(); typ&0xf0 != 0x30 {
+			t.Fatalf("packet %#x, want the PUBLISH back", typ)
+		}
+	}
+	grew := liveHeap() - before
+	t.Logf("heap grew %d MiB after %d delivered messages of 256 KiB on new topics", grew>>20, n)
+	if grew > 8<<20 {
+		t.Fatalf("%d messages delivered (nothing queued, nothing retained) left %d MiB held by the connection's outbound topic aliases", n, grew>>20)
+	}
+}

@@ -1273,7 +1273,11 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
 	}
 
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
+	// moongate: no outbound topic aliases (README.moongate.md, section 24):
+	// each alias kept the topic of the packet it was made for, and with it
+	// the whole packet, for the life of the connection (up to 65,535 of
+	// them per client).
+	if useOutboundTopicAliases && cl.Properties.Props.TopicAliasMaximum > 0 {
 		var aliasExists bool
 		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
 		if out.Properties.TopicAlias > 0 {
@@ -2222,3 +2226,7 @@ func minimum(a, b int64) (m int64) {
 	}
 	return
 }
+
+// useOutboundTopicAliases is false in moongate: the server sends every
+// topic in full (README.moongate.md, section 24).
+const useOutboundTopicAliases = false
