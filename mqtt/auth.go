@@ -22,11 +22,13 @@ type User struct {
 	// PasswordHash is a bcrypt hash, as produced by HashPassword.
 	PasswordHash string
 	// Publish lists the topic filters the user may publish to; "{username}"
-	// is replaced by Username. nil means ["devices/{username}/#"]; an empty
-	// non-nil list allows nothing.
+	// is replaced by Username and "{clientid}" by the client id of the
+	// connection (a client id that is not a valid topic level, or starts
+	// with '$', matches no filter naming it). nil means
+	// ["devices/{username}/#"]; an empty non-nil list allows nothing.
 	Publish []string
 	// Subscribe lists the topic filters the user may subscribe to (and
-	// receive from); "{username}" is replaced by Username. nil means
+	// receive from), with the placeholders of Publish. nil means
 	// ["devices/{username}/#"]; an empty non-nil list allows nothing.
 	Subscribe []string
 }
@@ -46,11 +48,42 @@ func HashPassword(pw string) (string, error) {
 	return string(h), nil
 }
 
-// account is a User with its ACL expanded.
+// account is a User with its ACL expanded ({username} replaced;
+// {clientid}, which depends on the connection, is replaced at each check).
 type account struct {
 	hash      []byte
 	publish   []string
 	subscribe []string
+}
+
+// clientIDLevel is the placeholder of a connection's client id in a filter.
+const clientIDLevel = "{clientid}"
+
+// forClient returns filters with {clientid} replaced by id. A client id
+// that is not a valid single topic level (empty, with '/', '+' or '#', or
+// starting with '$') matches nothing: the filters that name it are left
+// out.
+func forClient(filters []string, id string) []string {
+	var out []string
+	for i, f := range filters {
+		if !strings.Contains(f, clientIDLevel) {
+			if out != nil {
+				out = append(out, f)
+			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]string, 0, len(filters)), filters[:i]...)
+		}
+		if id == "" || id[0] == '$' || strings.ContainsAny(id, "/+#") || topics.ValidName(id) != nil {
+			continue
+		}
+		out = append(out, strings.ReplaceAll(f, clientIDLevel, id))
+	}
+	if out == nil {
+		return filters
+	}
+	return out
 }
 
 // authenticator checks credentials and ACLs. Safe for concurrent use.
@@ -169,22 +202,25 @@ var dummyHash = sync.OnceValue(func() []byte {
 	return h
 })
 
-func (a *authenticator) mayPublish(username, topic string) bool {
+// mayPublish reports whether username, connected with client id
+// clientID, may publish to topic.
+func (a *authenticator) mayPublish(username, clientID, topic string) bool {
 	acc, ok := a.accounts[username]
 	if !ok {
 		return false
 	}
-	return topics.MatchAny(acc.publish, topic)
+	return topics.MatchAny(forClient(acc.publish, clientID), topic)
 }
 
-// mayRead reports whether username may subscribe to filter, or receive a
-// message on topic (a topic is a filter without wildcards).
-func (a *authenticator) mayRead(username, filterOrTopic string) bool {
+// mayRead reports whether username, connected with client id clientID,
+// may subscribe to filter, or receive a message on topic (a topic is a
+// filter without wildcards).
+func (a *authenticator) mayRead(username, clientID, filterOrTopic string) bool {
 	acc, ok := a.accounts[username]
 	if !ok {
 		return false
 	}
-	for _, f := range acc.subscribe {
+	for _, f := range forClient(acc.subscribe, clientID) {
 		if topics.Covers(f, filterOrTopic) {
 			return true
 		}

@@ -589,7 +589,7 @@ func (e *Embedded) handle(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 		e.stats.invalidTopic.Add(1)
 		return e.refuse(cl, pk, packets.ErrTopicNameInvalid)
 	}
-	if username != "" && !e.auth.mayPublish(username, topic) {
+	if username != "" && !e.auth.mayPublish(username, cl.ID, topic) {
 		e.stats.unauthorized.Add(1)
 		e.log.Debug("mqtt publish refused by ACL", "client", cl.ID, "username", username, "topic", topic)
 		return e.refuse(cl, pk, packets.ErrNotAuthorized)
@@ -738,7 +738,7 @@ func (h *hook) authenticate(cl *mochi.Client, pk packets.Packet) bool {
 	// make (otherwise device a could make its will a command to device b).
 	if pk.Connect.WillFlag {
 		t := pk.Connect.WillTopic
-		if topics.ValidName(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, t) {
+		if topics.ValidName(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, cl.ID, t) {
 			h.e.stats.unauthorized.Add(1)
 			h.e.log.Debug("mqtt connection refused: last will outside the publish ACL", "client", cl.ID, "username", username, "will_topic", t)
 			return false
@@ -790,7 +790,7 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 	if username == "" {
 		return true // only anonymous clients on loopback listeners get here
 	}
-	return h.e.auth.mayRead(username, topic)
+	return h.e.auth.mayRead(username, cl.ID, topic)
 }
 
 // OnPacketRead counts inbound publishes and closes the connection of a

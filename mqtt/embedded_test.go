@@ -884,3 +884,50 @@ func TestEmbeddedMaxRetained(t *testing.T) {
 		t.Fatalf("negative MaxRetained: %v", err)
 	}
 }
+
+// TestEmbeddedACLClientID: {clientid} in a user's filters is the client id
+// of the connection (one account shared by a fleet, a prefix per device);
+// a client id that is not a valid topic level matches no such filter. It
+// was documented and accepted by the configuration, but never replaced:
+// the devices' own publishes were refused (and, at MQTT 3.1.1, silently
+// dropped).
+func TestEmbeddedACLClientID(t *testing.T) {
+	hash, err := HashPassword("pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "fleet", PasswordHash: hash,
+		Publish: []string{"devices/{clientid}/#", "fleet/{username}/{clientid}"}, Subscribe: []string{"devices/{clientid}/cmd"}}}}, rec.handle, "#")
+	url := brokerURL(e)
+	dev := mustDial(t, url, "dev-7", withCreds("fleet", "pw"))
+	for _, topic := range []string{"devices/dev-7/telemetry", "fleet/fleet/dev-7", "devices/dev-8/telemetry", "devices/{clientid}/telemetry", "fleet/fleet/dev-8"} {
+		if err := waitToken(t, dev.Publish(topic, 1, false, []byte("x"))); err != nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+	}
+	if rec.len() != 2 || rec.get(0).Topic != "devices/dev-7/telemetry" || rec.get(1).Topic != "fleet/fleet/dev-7" {
+		t.Fatalf("handled %d messages, want the 2 under the client's own id", rec.len())
+	}
+	if st := e.Stats(); st.Accepted != 2 || st.RejectedUnauthorized != 3 {
+		t.Fatalf("accepted %d, refused %d: want 2 and 3", st.Accepted, st.RejectedUnauthorized)
+	}
+	for filter, want := range map[string]byte{"devices/dev-7/cmd": 1, "devices/dev-8/cmd": 0x80, "devices/+/cmd": 0x80} {
+		tok := dev.Subscribe(filter, 1, nil)
+		if err := waitToken(t, tok); err != nil {
+			t.Fatal(err)
+		}
+		if code := tok.(*paho.SubscribeToken).Result()[filter]; code != want {
+			t.Errorf("SUBACK for %s = %#x, want %#x", filter, code, want)
+		}
+	}
+	// A client id with a '+' is not a topic level: it matches nothing.
+	odd := mustDial(t, url, "a+b", withCreds("fleet", "pw"))
+	tok := odd.Subscribe("devices/+/cmd", 1, nil)
+	if err := waitToken(t, tok); err != nil {
+		t.Fatal(err)
+	}
+	if code := tok.(*paho.SubscribeToken).Result()["devices/+/cmd"]; code != 0x80 {
+		t.Errorf("client id a+b: SUBACK for devices/+/cmd = %#x, want 0x80", code)
+	}
+}
