@@ -71,6 +71,9 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 		nats.Name("moongate-sync-" + env.GatewayID + "-" + cfg.Name),
 		nats.NoReconnect(), // the manager reconnects with its own backoff
 		nats.Timeout(cfg.AckTimeout),
+		// nats.go flushes to the socket under its connection lock when its
+		// buffer fills: bound that write like an acknowledgement.
+		nats.FlusherTimeout(cfg.AckTimeout),
 	}
 	if n.Username != "" {
 		opts = append(opts, nats.UserInfo(n.Username, n.Password))
@@ -113,8 +116,18 @@ func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env
 // Connected reports whether the connection is up.
 func (t *natsTarget) Connected() bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.nc != nil && t.nc.IsConnected()
+	nc, dead := t.nc, t.dead
+	t.mu.Unlock()
+	if nc == nil {
+		return false
+	}
+	// Not nc.IsConnected: it waits for the lock a blocked write holds.
+	select {
+	case <-dead:
+		return false
+	default:
+		return true
+	}
 }
 
 // Connect connects unless connected.

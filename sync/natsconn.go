@@ -54,6 +54,7 @@ type natsBoundedConn struct {
 	line []byte // the control line read so far
 	skip int64  // bytes of a message payload (and its CRLF) still to pass
 	tls  bool   // passing through, unread
+	seen bool   // a control line was read: only the first (the INFO of the connect) can start TLS
 	err  error
 }
 
@@ -105,6 +106,8 @@ func (c *natsBoundedConn) scan(b []byte) error {
 // control checks one control line (without its line end). Fields are
 // separated by spaces or tabs, as nats.go's parser takes them.
 func (c *natsBoundedConn) control(line []byte) error {
+	first := !c.seen
+	c.seen = true
 	f := bytes.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' })
 	if len(f) == 0 {
 		return nil
@@ -112,7 +115,9 @@ func (c *natsBoundedConn) control(line []byte) error {
 	switch string(bytes.ToUpper(f[0])) {
 	case "MSG", "HMSG":
 		size, err := strconv.ParseInt(string(f[len(f)-1]), 10, 64)
-		if err != nil || size < 0 || len(f) < 4 {
+		// nats.go also splits on '\r' (and then drops the line's last
+		// byte): a line with one inside is not what we read.
+		if err != nil || size < 0 || len(f) < 4 || bytes.IndexByte(line, '\r') >= 0 {
 			return fmt.Errorf("%w: a message line it cannot read: %.80q", errNATSInbound, line)
 		}
 		if size > c.max {
@@ -125,7 +130,7 @@ func (c *natsBoundedConn) control(line []byte) error {
 			TLSRequired bool `json:"tls_required"`
 		}
 		js := bytes.TrimLeft(line, " \t")[len(f[0]):]
-		if json.Unmarshal(bytes.Trim(js, " \t"), &info) == nil && info.TLSRequired {
+		if first && json.Unmarshal(bytes.Trim(js, " \t"), &info) == nil && info.TLSRequired {
 			c.tls = true
 		}
 	}
