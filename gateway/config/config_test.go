@@ -612,3 +612,19 @@ func TestSyncTargetEnvNamesDistinct(t *testing.T) {
 		t.Fatalf("a-b and a_b: %v", err)
 	}
 }
+
+// The headers the http target sets for each request cannot be configured:
+// a fixed Idempotency-Key (or Content-Type, or record count) would
+// override them, and the upstream would take every batch after the first
+// for a repeat.
+func TestSyncHeadersReserved(t *testing.T) {
+	for _, h := range []string{"Idempotency-Key", "content-type", "Content-Encoding", "X-Moongate-Records", "x-moongate-gateway", "Host"} {
+		_, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {\""+h+"\": v}}}\n"))
+		if err == nil || !strings.Contains(err.Error(), "set by moongate") {
+			t.Errorf("header %s: %v, want refused", h, err)
+		}
+	}
+	if _, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {Authorization: a, X-Api-Key: b}}}\n")); err != nil {
+		t.Errorf("ordinary headers refused: %v", err)
+	}
+}

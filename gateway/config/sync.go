@@ -317,6 +317,12 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 				v.add(p+".http.headers", "headers %q and %q are the same header", clip(o), clip(k))
 			}
 			seen[strings.ToLower(k)] = k
+			if l := strings.ToLower(k); reservedSyncHeaders[l] || strings.HasPrefix(l, "x-moongate-") {
+				// They say what the body is and which records it holds:
+				// a fixed Idempotency-Key would have the upstream drop
+				// every batch after the first as a repeat.
+				v.add(p+".http.headers", "header %q is set by moongate for each request and cannot be configured", clip(k))
+			}
 			if strings.ContainsAny(t.HTTP.Headers[k], "\r\n\x00") {
 				v.add(p+".http.headers", "header %q: value with a line break or NUL", clip(k))
 			}
@@ -415,4 +421,12 @@ func (c *Config) applySyncEnv(lookup func(string) (string, bool)) {
 			}
 		}
 	}
+}
+
+// reservedSyncHeaders are the headers (lower case) the http target sets
+// itself on each request; with those starting "x-moongate-", http.headers
+// may not set them.
+var reservedSyncHeaders = map[string]bool{
+	"content-type": true, "content-encoding": true, "content-length": true, "content-digest": true,
+	"idempotency-key": true, "transfer-encoding": true, "host": true, "expect": true, "connection": true,
 }
