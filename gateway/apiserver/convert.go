@@ -86,11 +86,16 @@ func tsMS(t *timestamppb.Timestamp) (int64, error) {
 // timeRange converts the from and to of a query to milliseconds, 0 for
 // an absent bound (the store's "open"). A to at or before the Unix epoch
 // is refused rather than read as "no end", and so is a to before from.
+//
+// Bounds below a millisecond are rounded up: records are kept to the
+// millisecond, and one at ms m is before a bound t exactly when m is
+// before t rounded up (rounded down, "to" left out the record of its own
+// millisecond and "from" let it in).
 func timeRange(fromTS, toTS *timestamppb.Timestamp) (from, to int64, err error) {
-	if from, err = tsMS(fromTS); err != nil {
+	if from, err = boundMS(fromTS); err != nil {
 		return 0, 0, err
 	}
-	if to, err = tsMS(toTS); err != nil {
+	if to, err = boundMS(toTS); err != nil {
 		return 0, 0, err
 	}
 	if toTS != nil && to <= 0 {
@@ -100,6 +105,16 @@ func timeRange(fromTS, toTS *timestamppb.Timestamp) (from, to int64, err error) 
 		return 0, 0, invalidf("to is before from")
 	}
 	return from, to, nil
+}
+
+// boundMS is tsMS rounded up to the next millisecond when t has a part
+// below one.
+func boundMS(t *timestamppb.Timestamp) (int64, error) {
+	ms, err := tsMS(t)
+	if err == nil && t != nil && t.GetNanos()%int32(time.Millisecond) != 0 {
+		ms++
+	}
+	return ms, err
 }
 
 func durationOf(d *durationpb.Duration) (time.Duration, error) {
