@@ -56,7 +56,7 @@ func reindexRecords(ctx context.Context, db *badger.DB, log *slog.Logger) error 
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	err := db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pRecord}, PrefetchValues: true, PrefetchSize: 100})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pRecord}}) // no prefetch: see scanSeqCtx
 		defer it.Close()
 		n := 0
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -73,7 +73,7 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 	var next string
 	size := 0
 	err := s.view(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p}) // no prefetch: see scanSeqCtx
 		defer it.Close()
 		for it.Seek(start); it.Valid(); it.Next() {
 			item := it.Item()

@@ -170,7 +170,11 @@ const scanCheckEvery = 256
 // scanSeqCtx is scanSeq that stops with ctx's error when ctx ends (checked
 // every scanCheckEvery entries), so a long scan ends with its request.
 func scanSeqCtx(ctx context.Context, txn *badger.Txn, prefix byte, start uint64, limit int, f func(seq uint64, v []byte) error) error {
-	opts := badger.IteratorOptions{Prefix: []byte{prefix}, PrefetchValues: limit > 0 && limit <= 100, PrefetchSize: max(limit, 1)}
+	// No prefetch: it copies up to PrefetchSize values (of up to
+	// MaxValueBytes each) before the first is looked at, and a page ends
+	// at MaxPageBytes: 100 dead letters of 700 KiB took 42 MiB for a page
+	// of two. Each value is read when the loop reaches it.
+	opts := badger.IteratorOptions{Prefix: []byte{prefix}}
 	it := txn.NewIterator(opts)
 	defer it.Close()
 	n := 0
@@ -1501,7 +1505,7 @@ var errStop = errors.New("stop")
 // scanName iterates a name-keyed sequence space (prefix name 0x00 seq).
 func scanName(txn *badger.Txn, prefix byte, name string, start uint64, limit int, f func(seq uint64, v []byte) error) error {
 	p := namePrefix(prefix, name)
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: limit > 0 && limit <= 100, PrefetchSize: max(limit, 1)})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p}) // no prefetch: see scanSeqCtx
 	defer it.Close()
 	n := 0
 	for it.Seek(nameSeqKey(prefix, name, start)); it.Valid(); it.Next() {
