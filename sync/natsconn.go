@@ -55,6 +55,7 @@ type natsBoundedConn struct {
 	skip int64  // bytes of a message payload (and its CRLF) still to pass
 	tls  bool   // passing through, unread
 	seen bool   // a control line was read: only the first (the INFO of the connect) can start TLS
+	eol  bool   // after a payload: the bytes up to the next '\n' pass unread (nats.go's MSG_END)
 	err  error
 }
 
@@ -80,6 +81,14 @@ func (c *natsBoundedConn) scan(b []byte) error {
 			k := min(c.skip, int64(len(b)))
 			c.skip -= k
 			b = b[k:]
+			continue
+		}
+		if c.eol {
+			i := bytes.IndexByte(b, '\n')
+			if i < 0 {
+				return nil
+			}
+			b, c.eol = b[i+1:], false
 			continue
 		}
 		i := bytes.IndexByte(b, '\n')
@@ -123,7 +132,11 @@ func (c *natsBoundedConn) control(line []byte) error {
 		if size > c.max {
 			return fmt.Errorf("%w: a message of %d bytes (at most %d)", errNATSInbound, size, c.max)
 		}
-		c.skip = size + 2 // the payload and its CRLF
+		// As nats.go reads it: the payload, one byte taken unread, then
+		// everything up to the next '\n' ignored (MSG_END). Skipping
+		// exactly a CRLF read a line nats.go ignores as a message, whose
+		// "payload" then hid the next line from the bound.
+		c.skip, c.eol = size+1, true
 	case "INFO":
 		// What nats.go acts on: the top-level field of the JSON.
 		var info struct {

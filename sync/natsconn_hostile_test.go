@@ -92,3 +92,12 @@ func hugeMessageAttack(t *testing.T, attack string) {
 		}
 	}
 }
+
+// After a message's payload nats.go takes one byte unread and ignores the
+// rest up to the next '\n' (MSG_END); the bound skipped exactly a CRLF and
+// read the rest of that line as a control line: a "MSG ... 40" there had
+// it skip the next 42 bytes as a payload, hiding a MSG announcing 600 MB
+// that nats.go read and allocated.
+func TestNATSHugeMessageAfterShortTrailer(t *testing.T) {
+	hugeMessageAttack(t, "MSG _INBOX.x 1 1\r\nXabMSG _INBOX.y 1 40\r\nMSG _INBOX.x 1 629145600\r\nabcdefghijklmnop")
+}
