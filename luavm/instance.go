@@ -503,7 +503,10 @@ func (in *instance) chargePadding(L *lua.LState, tb *lua.LTable, k lua.LValue, r
 	if lua.LNumber(i) != n || i < 1 || i >= lua.MaxArrayIndex {
 		return
 	}
-	for depth := 0; !raw && depth < lua.MaxTableGetLoop; depth++ {
+	for depth := 0; !raw; depth++ {
+		if depth == lua.MaxTableGetLoop {
+			return // a __newindex loop: the set raises a (catchable) error, nothing grows
+		}
 		if tb.RawGet(k) != lua.LNil {
 			return // an existing key: nothing grows
 		}
@@ -734,23 +737,18 @@ func (in *instance) rawset(L *lua.LState) int {
 	return 1
 }
 
-// wrapCount guards unpack(t, i, j) and string.byte(s, i, j): the number of
-// values pushed is bounded (like Lua's "too many results") and charged.
+// wrapCount is unpack(t, i, j) and string.byte(s, i, j) as Lua 5.1 has
+// them, with the number of values bounded (Lua's "too many results") and
+// charged. Bounds are read as numbers (NaN, or one far out of range,
+// became an int that made j-i overflow past the bound), and the values
+// are pushed here (gopher-lua's string.byte defaulted j to the end of the
+// string, and converts bounds to a Go int: 32 bits on a 32-bit Pi). orig
+// handles other first arguments (its argument error).
 func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
 	return func(L *lua.LState) int {
-		var n int
-		switch v := L.Get(1).(type) {
-		case *lua.LTable:
-			n = v.Len()
-		case lua.LString:
-			n = len(v)
-		}
-		// The bounds as numbers: NaN, or a bound far out of range, became
-		// an int that made j-i overflow (MinInt64 on amd64) and slipped
-		// past the bound on the count below.
-		bound := func(idx, def int) float64 {
+		bound := func(idx int, def float64) float64 {
 			if L.Get(idx) == lua.LNil {
-				return float64(def)
+				return def
 			}
 			f := float64(L.CheckNumber(idx))
 			if stdmath.IsNaN(f) || stdmath.Abs(f) > 1<<53 {
@@ -758,24 +756,41 @@ func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
 			}
 			return stdmath.Trunc(f)
 		}
-		i := bound(2, defI)
-		j := bound(3, n)
-		if _, isStr := L.Get(1).(lua.LString); isStr {
-			if L.Get(3) == lua.LNil {
-				j = i
+		push := func(i, j float64, at func(k float64) lua.LValue) int {
+			if i > j {
+				return 0
 			}
-			if i < 0 {
-				i = float64(n) + i + 1
+			if j-i >= 8000 {
+				L.RaiseError("too many results (%.0f)", j-i+1)
 			}
-			if j < 0 {
-				j = float64(n) + j + 1
-			}
-		}
-		if j-i >= 8000 {
-			L.RaiseError("too many results (%.0f)", j-i+1)
-		}
-		if j >= i {
 			in.charge(L, 1+int64(j-i)/8)
+			for k := i; k <= j; k++ {
+				L.Push(at(k))
+			}
+			return int(j-i) + 1
+		}
+		switch v := L.Get(1).(type) {
+		case *lua.LTable:
+			// unpack: t[i] .. t[j], j defaulting to #t.
+			i := bound(2, float64(defI))
+			j := bound(3, float64(v.Len()))
+			return push(i, j, func(k float64) lua.LValue { return v.RawGet(lua.LNumber(k)) })
+		case lua.LString, lua.LNumber:
+			// string.byte (Lua 5.1's str_byte): negative positions count
+			// from the end, j defaults to i, the range is clamped to the
+			// string.
+			s := L.CheckString(1)
+			n := float64(len(s))
+			rel := func(p float64) float64 {
+				if p < 0 {
+					p += n + 1
+				}
+				return max(p, 0)
+			}
+			i := rel(bound(2, float64(defI)))
+			j := min(rel(bound(3, i)), n)
+			i = max(i, 1)
+			return push(i, j, func(k float64) lua.LValue { return lua.LNumber(s[int(k)-1]) })
 		}
 		return orig(L)
 	}

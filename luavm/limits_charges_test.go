@@ -166,3 +166,68 @@ end`)
 		t.Errorf("a failed invocation returned %s", res.Value)
 	}
 }
+
+// string.byte as Lua 5.1 has it: j defaults to i (gopher-lua's went to the
+// end of the string, uncharged and past the 8000-value bound), and the
+// range is clamped to the string before it is counted.
+func TestStringByteLua51(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "f", `
+function handle()
+  local s = "abc"
+  local big = string.rep("x", 10000)
+  local ok = pcall(function() return select('#', big:byte(1, -1)) end)
+  return json.encode({
+    select('#', s:byte()), select('#', string.byte(s, 2, nil)), select('#', big:byte()), ok,
+    {string.byte(s, 1, 10000)}, {string.byte(s, -10000, -1)}, {s:byte(-1)}, select('#', s:byte(-10)),
+    select('#', s:byte(3, 2)), {string.byte(42)},
+  })
+end`)
+	res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(res.Value), `[1,1,1,false,[97,98,99],[97,98,99],[99],0,0,[52]]`; got != want {
+		t.Fatalf("got %s, want %s (Lua 5.1)", got, want)
+	}
+}
+
+// unpack as Lua 5.1 has it, bounds included.
+func TestUnpackLua51(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "f", `
+function handle()
+  local t = {1, 2, 3}
+  local ok, err = pcall(unpack, {}, 1, 9000)
+  return json.encode({ {unpack(t)}, {unpack(t, 2)}, {unpack(t, 2, 3)}, select('#', unpack(t, 3, 2)), select('#', unpack(t, -1, 1)), ok })
+end`)
+	res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(res.Value), `[[1,2,3],[2,3],[2,3],0,3,false]`; got != want {
+		t.Fatalf("got %s, want %s (Lua 5.1)", got, want)
+	}
+}
+
+// A write through a __newindex loop is a catchable error in Lua; the
+// padding charge walked the loop and charged the table it stopped on,
+// which for a large key failed the invocation with the memory error.
+func TestNewindexLoopCatchable(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "f", `
+function handle()
+  local a, b = {}, {}
+  setmetatable(a, {__newindex = b})
+  setmetatable(b, {__newindex = a})
+  local ok = pcall(function() a[1000000] = 1 end)
+  return {ok = ok}
+end`)
+	res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+	if err != nil {
+		t.Fatalf("write through a __newindex loop: %v (Lua: a catchable error)", err)
+	}
+	if string(res.Value) != `{"ok":false}` {
+		t.Fatalf("got %s, want the pcall to fail", res.Value)
+	}
+}
