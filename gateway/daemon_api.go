@@ -205,7 +205,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	}
 	seconds("moongate_store_commit_busy_seconds_total", "Time the group committer spent on batches (applying writes, Badger's commit, the sync); its rate is the fraction of time it was busy: near 1, writes queue for the disk.", ss.CommitBusy)
 	seconds("moongate_store_txn_commit_seconds_total", "Part of moongate_store_commit_busy_seconds_total spent in Badger's commit (write-ahead log, memtable inserts and, in durability always, the sync).", ss.TxnCommitTime)
-	seconds("moongate_store_write_wait_seconds_total", "Time committed writes waited from submission until durable, summed; divided by moongate_store_commit_writes_total, the mean wait of a write (an event waits for two: its inbox entry and its processing commit).", ss.WriteWait)
+	seconds("moongate_store_write_wait_seconds_total", "Time committed writes waited from submission until released (durable in durability always, committed otherwise), summed; divided by moongate_store_commit_writes_total, the mean wait of a write (an event waits for two: its inbox entry and its processing commit).", ss.WriteWait)
 	gauge("moongate_store_lsm_bytes", "Size of the LSM tree.", float64(ss.LSMBytes))
 	gauge("moongate_store_vlog_bytes", "Size of the value log.", float64(ss.VLogBytes))
 	bs := d.store.BlobStats()

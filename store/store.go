@@ -616,8 +616,9 @@ type Stats struct {
 	// sync).
 	TxnCommitTime time.Duration
 	// WriteWait sums, over the committed writes (Writes), the time from
-	// submission until the write was durable: divided by Writes, the
-	// mean time a write waits.
+	// submission until the writer was released (durable, in
+	// DurabilityAlways; committed, in the other modes): divided by Writes,
+	// the mean time a write waits.
 	WriteWait     time.Duration
 	GCRewrites    int64 // value-log files rewritten by GC
 	DiskFull      bool

@@ -628,3 +628,18 @@ func TestSyncHeadersReserved(t *testing.T) {
 		t.Errorf("ordinary headers refused: %v", err)
 	}
 }
+
+// Header names must be HTTP tokens and values free of control characters
+// (net/http's own checks): net/http refused to send a request carrying one,
+// so the target failed every batch although the configuration loaded.
+func TestSyncHeadersSendable(t *testing.T) {
+	for _, h := range []struct{ k, v string }{{"X-Api\\tKey", "v"}, {"X-Api(Key)", "v"}, {"X-Api-Key", "a\\x01b"}, {"X-Api-Key", "a\\x7fb"}} {
+		_, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {\""+h.k+"\": \""+h.v+"\"}}}\n"))
+		if err == nil || !strings.Contains(err.Error(), "http.headers") {
+			t.Errorf("header %q: %q: %v, want refused", h.k, h.v, err)
+		}
+	}
+	if _, err := Parse("m.yaml", []byte("sync:\n  targets:\n    - {name: up, type: http, http: {url: \"https://h/x\", headers: {X-Api-Key: \"a b\\tc\"}}}\n")); err != nil {
+		t.Errorf("a value with a space and a tab refused: %v", err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Sync configures store-and-forward of records to upstream targets
@@ -308,7 +310,7 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 		v.enum(p+".http.compression", t.HTTP.Compression, "gzip", "none")
 		seen := map[string]string{}
 		for _, k := range slices.Sorted(maps.Keys(t.HTTP.Headers)) {
-			if k == "" || strings.ContainsAny(k, " :\r\n\x00") {
+			if !httpguts.ValidHeaderFieldName(k) {
 				v.add(p+".http.headers", "invalid header name %q", clip(k))
 			}
 			// HTTP header names are case-insensitive: two of them would
@@ -323,8 +325,9 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 				// every batch after the first as a repeat.
 				v.add(p+".http.headers", "header %q is set by moongate for each request and cannot be configured", clip(k))
 			}
-			if strings.ContainsAny(t.HTTP.Headers[k], "\r\n\x00") {
-				v.add(p+".http.headers", "header %q: value with a line break or NUL", clip(k))
+			if !httpguts.ValidHeaderFieldValue(t.HTTP.Headers[k]) {
+				// net/http refuses to send it: every batch would fail.
+				v.add(p+".http.headers", "header %q: value with a line break, NUL or another control character", clip(k))
 			}
 		}
 		tlsPair(p+".http.tls", t.HTTP.TLS)
