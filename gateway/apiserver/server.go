@@ -497,10 +497,14 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(b))
-			// The reservation is held until the handler returns: its
-			// response must not stall for ever (a client that never reads
-			// an HTTP function's answer held it, and four of them made
-			// every request with a body 503).
+		}
+		if !strings.HasSuffix(r.URL.Path, ":follow") {
+			// A response must not stall for ever: a client that never
+			// reads it (an HTTP/2 window kept at 0) held the handler, the
+			// whole response (an HTTP function's, up to max_result_bytes;
+			// a page of up to 1 MiB) and any body reservation (four of
+			// them made every request with a body 503). Log follows
+			// stream for as long as they are open.
 			w = &deadlineWriter{ResponseWriter: w}
 		}
 		h.ServeHTTP(w, r)
@@ -511,9 +515,8 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 // MaxBodyBytes, 4 MiB by default: 70 KB/s at least).
 const bodyReadTimeout = time.Minute
 
-// responseWriteTimeout bounds the writing of the response to a request
-// that holds a body reservation, from its first byte (a variable for
-// tests).
+// responseWriteTimeout bounds the writing of a response (all but log
+// follows), from its first byte (a variable for tests).
 var responseWriteTimeout = time.Minute
 
 // deadlineWriter sets a write deadline of responseWriteTimeout when the

@@ -1,0 +1,122 @@
+package apiserver_test
+
+import (
+	"bytes"
+	"net"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moongate-edge/moongate/gateway/apiserver"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stalledGETs opens an HTTP/2 connection (prior knowledge) whose stream
+// windows are 0 and never opened, sends n GET requests to path, and
+// returns once the response headers of all arrived (each function ran
+// and its handler is writing the body). resets counts the streams the
+// server resets afterwards.
+func stalledGETs(t *testing.T, addr, path string, n int, resets *atomic.Int32) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "x"}, {":path", path},
+			{"authorization", "Bearer " + readToken}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	headers := 0
+	for headers < n {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.HeadersFrame:
+			headers++
+		case *http2.RSTStreamFrame:
+			t.Fatalf("stream %d reset before its headers: %v", f.StreamID, f.ErrCode)
+		case *http2.GoAwayFrame:
+			t.Fatalf("goaway: %v", f.ErrCode)
+		}
+	}
+	go func() { // keep the connection serviced; never grant a window
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if _, ok := f.(*http2.RSTStreamFrame); ok {
+				resets.Add(1)
+			}
+		}
+	}()
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestStalledGETResponseIsCutOff: the response of an HTTP
+// function to a request with a body must be written within a minute of
+// its first byte (docs/api.md). A GET has no body, so its response gets
+// no deadline at all: a read-token client that never opens its HTTP/2
+// window keeps every such handler blocked in Write for ever, each holding
+// the function's whole response (up to max_result_bytes, 1 MiB): with 16
+// streams per connection and api.max_connections 128 connections, 2 GiB
+// on a 512 MB gateway. Here 4 connections x 16 streams hold ~64 MB and
+// are never released, while the same responses to POSTs are reset at the
+// deadline.
+func TestStalledGETResponseIsCutOff(t *testing.T) {
+	apiserver.SetResponseWriteTimeout(t, 500*time.Millisecond)
+	e := startDaemon(t, daemonConfig(t.TempDir(), ""))
+	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "big",
+		"source":   `function handle(event, ctx) return string.rep("y", 1000000) end`,
+		"triggers": []obj{{"http": obj{"methods": []string{"GET", "POST"}}}},
+		"limits":   obj{"max_result_bytes": "1000000"}}, nil)
+	addr := strings.TrimPrefix(e.base, "http://")
+	before := heapInUse()
+	var resets atomic.Int32
+	const conns, streams = 4, 16
+	for i := 0; i < conns; i++ {
+		stalledGETs(t, addr, "/fn/big/x", streams, &resets)
+	}
+	held := int64(heapInUse()) - int64(before)
+	t.Logf("heap held by %d stalled GET responses: %d MB", conns*streams, held>>20)
+	// At 10 x the response write deadline, every stalled response should
+	// have been reset and its memory given back.
+	deadline := time.Now().Add(5 * time.Second)
+	for resets.Load() < conns*streams && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	after := int64(heapInUse()) - int64(before)
+	if got := resets.Load(); got < conns*streams {
+		t.Fatalf("%d of %d stalled GET responses reset 5 s after the write deadline (500 ms); %d MB of heap still held by them", got, conns*streams, after>>20)
+	}
+}
