@@ -107,16 +107,22 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		release, err := g.stageBlobs(ctx, c, &r)
 		defer release()
 		if err != nil {
+			if blobPermanent(err) {
+				return g.outputsRefused(ctx, out, name, ev, res, err)
+			}
 			return nil, fmt.Errorf("gateway: invocation of %s: %w", name, err)
 		}
 		// What an invocation commits triggers downstream functions like
 		// any other output (it is the origin of its chain: hop 0).
 		if err := g.chainCommit(g.funcs.Load(), c, 0, -1); err != nil {
-			return nil, fmt.Errorf("gateway: invocation of %s: %w", name, err)
+			return g.outputsRefused(ctx, out, name, ev, res, err)
 		}
 	}
 	// Once submitted, the commit is not abandoned (see enqueue).
 	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
+	if err != nil && ierr == nil && refusedForGood(err) {
+		return g.outputsRefused(ctx, out, name, ev, res, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gateway: commit invocation of %s: %w", name, err)
 	}
@@ -129,6 +135,28 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		g.kickPublisher()
 	}
 	g.pushChained(g.ownEntries(cr.Inbox))
+	return out, nil
+}
+
+// outputsRefused ends a direct invocation whose outputs the store refuses
+// for good (a bucket that does not exist, a state quota, a value over a
+// limit, a chain budget): as for an event's invocation, the function ran
+// and failed with ErrOutputsRefused (its caller answers "failed", 502 for
+// an HTTP function, not "no such thing" or "slow down"), and its logs and
+// usage are committed (out.Committed, as for a failed invocation).
+func (g *Gateway) outputsRefused(ctx context.Context, out *InvokeResult, name string, ev *luavm.Event, res *luavm.Result, cause error) (*InvokeResult, error) {
+	out.Err = fmt.Errorf("%w: %w", ErrOutputsRefused, cause)
+	g.stats.failed.Add(1)
+	// Shown like a failed invocation's: none of its outputs applied.
+	r := *res
+	r.Kind, r.Value, r.Effects, r.State = luavm.ResultNone, nil, nil, nil
+	out.Result = &r
+	c := &store.Commit{Logs: g.logRecords(name, ev, res), Usage: usageOf(name, g.opts.Now().UnixMilli(), res, true)}
+	if _, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c); err != nil {
+		return nil, fmt.Errorf("gateway: commit invocation of %s: %w", name, err)
+	}
+	g.signalCommit()
+	out.Committed = true
 	return out, nil
 }
 
