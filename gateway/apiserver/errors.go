@@ -80,15 +80,23 @@ const ReasonStorageFull = "STORAGE_FULL"
 // refusal for lack of storage (ReasonStorageFull) is 507, as for blobs:
 // 429 would tell a client to slow down when it has to wait for space.
 func restErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {
+	if st, ok := status.FromError(err); ok && httpStatusOf(st) == http.StatusInsufficientStorage {
+		w = codeWriter{w, http.StatusInsufficientStorage}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// httpStatusOf is the HTTP status of st on the REST routes and /fn:
+// grpc-gateway's mapping, except 507 for a refusal for lack of storage.
+func httpStatusOf(st *status.Status) int {
+	if st.Code() == codes.ResourceExhausted {
 		for _, d := range st.Details() {
 			if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Reason == ReasonStorageFull {
-				w = codeWriter{w, http.StatusInsufficientStorage}
-				break
+				return http.StatusInsufficientStorage
 			}
 		}
 	}
-	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+	return runtime.HTTPStatusFromCode(st.Code())
 }
 
 // codeWriter writes its own status code whatever WriteHeader is given.

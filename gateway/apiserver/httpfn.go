@@ -93,8 +93,14 @@ func (s *Server) runHTTPFunction(w http.ResponseWriter, r *http.Request) codes.C
 	}
 	inv, err := s.cfg.Functions.Invoke(r.Context(), name, &luavm.Event{Trigger: "http", HTTP: hreq}, true, accept)
 	if err != nil {
+		// As the REST routes answer it (restErrorHandler): 507 for a
+		// store that is full, the status's details kept.
 		st, _ := status.FromError(toStatus(err))
-		return fail(runtime.HTTPStatusFromCode(st.Code()), st.Code(), "%s", st.Message())
+		b, _ := Marshaler().Marshal(st.Proto())
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(httpStatusOf(st))
+		_, _ = w.Write(b)
+		return st.Code()
 	}
 	switch {
 	case errors.Is(inv.Err, errBadResponse):
