@@ -18,11 +18,12 @@ var (
 	ErrBytecode = errors.New("luavm: precompiled bytecode is not accepted")
 	// ErrNotFound: no function of that name is deployed.
 	ErrNotFound = errors.New("luavm: function not found")
-	// ErrBusy: every instance was busy and the wait queue was full or the
-	// queue timeout passed.
+	// ErrBusy: the call did not run: every instance was busy and the wait
+	// queue was full or the queue timeout passed, or the caller's context
+	// ended before an instance was free (then it wraps ctx's error too).
 	ErrBusy = errors.New("luavm: function busy")
 	// ErrTimeout: the invocation ran past its wall-clock limit or its
-	// context was cancelled.
+	// context was cancelled while it ran.
 	ErrTimeout = errors.New("luavm: timeout")
 	// ErrBudget: the invocation used up its execution step budget.
 	ErrBudget = errors.New("luavm: step budget exceeded")

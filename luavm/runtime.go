@@ -237,8 +237,10 @@ func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state
 	}
 	start := time.Now()
 	if err := ctx.Err(); err != nil {
-		res.Cost.Outcome = outcome(ErrTimeout)
-		return res, fmt.Errorf("luavm: %s: %w: %w", name, ErrTimeout, err)
+		// The caller left before the call ran: not run, as when busy
+		// (the gateway meters and counts nothing for it).
+		res.Cost.Outcome = outcome(ErrBusy)
+		return res, fmt.Errorf("luavm: %s: %w: %w", name, ErrBusy, err)
 	}
 	var p *pool
 	var in *instance
@@ -363,7 +365,8 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 		case <-t.C:
 			err = fmt.Errorf("%w: no instance free within %v", ErrBusy, p.spec.QueueTimeout)
 		case <-ctx.Done():
-			err = fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+			// The caller left while waiting: the call did not run.
+			err = fmt.Errorf("%w: %w", ErrBusy, ctx.Err())
 		}
 		t.Stop()
 		p.mu.Lock()

@@ -361,13 +361,14 @@ func TestPoolBusy(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatalf("first: %v", err)
 	}
-	// A waiter whose context ends stops waiting with ErrTimeout.
+	// A waiter whose context ends stops waiting with ErrBusy (it did not
+	// run) wrapping the context's error.
 	bs2 := newBlockingState()
 	go func() { _, _ = rt.Invoke(context.Background(), "one", &Event{}, bs2) }()
 	<-bs2.entered
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if _, err := rt.Invoke(ctx, "one", &Event{}, nil); !errors.Is(err, ErrTimeout) {
+	if _, err := rt.Invoke(ctx, "one", &Event{}, nil); !errors.Is(err, ErrBusy) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiter with ctx: %v", err)
 	}
 	close(bs2.release)
