@@ -9,12 +9,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/moongate-edge/moongate/gateway"
+	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/luavm"
@@ -176,6 +180,21 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		fmt.Fprintf(stderr, "moongate fn test: %v\n", err)
 		return exitFailure
+	}
+	if ev.Trigger == "http" {
+		// What /fn would send, or why it would answer 502 instead
+		// (committing nothing).
+		status, headers, body, herr := apiserver.CheckHTTPResponse(res)
+		if herr != nil {
+			fmt.Fprintf(stderr, "moongate fn test: invalid HTTP response (the daemon answers 502 and commits nothing): %v\n", herr)
+			return exitFailure
+		}
+		if !*asJSON {
+			fmt.Fprintf(stdout, "http response: %d %s, %d body bytes\n", status, http.StatusText(status), len(body))
+			for _, k := range slices.Sorted(maps.Keys(headers)) {
+				fmt.Fprintf(stdout, "  %s: %s\n", k, headers[k])
+			}
+		}
 	}
 	return exitOK
 }

@@ -136,6 +136,15 @@ type fnResponse struct {
 	body    []byte
 }
 
+// CheckHTTPResponse is what /fn makes of the return value of an
+// HTTP-triggered function: the status, headers and body it sends, or the
+// error for which it answers 502 and commits nothing (`moongate fn test`
+// checks its runs with it).
+func CheckHTTPResponse(res *luavm.Result) (status int, headers map[string]string, body []byte, err error) {
+	r, err := httpResponse(res)
+	return r.status, r.headers, r.body, err
+}
+
 // httpResponse turns a function's return value into a response: nil is
 // 204; a string is a text/plain body; a JSON object with a status, headers
 // or body key is {status=, headers=, body=} (body a string, sent as is, or
