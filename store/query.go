@@ -168,16 +168,27 @@ type source struct {
 	lo, hi []byte   // range of full keys: [lo, hi)
 	next   []byte   // where the next chunk starts (inclusive)
 	keys   [][]byte // the chunk, in the walk's order
-	chunk  int      // keys to read next time: doubles up to maxChunk
+	chunk  int      // keys to read next time: doubles up to max
+	max    int      // the walk's chunk bound (chunkBound)
 	done   bool     // no keys after this chunk
 }
 
-const maxChunk = 64
+// maxChunk bounds a combination's chunk; walkKeyBudget bounds the keys all
+// the chunks of one walk hold together (an aggregate over 10,000
+// device combinations held 64 keys of each, ~56 MiB, before its first
+// record): with many combinations each reads fewer at a time.
+const (
+	maxChunk      = 64
+	walkKeyBudget = 4096
+)
+
+// chunkBound is the chunk bound of a walk over n combinations.
+func chunkBound(n int) int { return min(max(walkKeyBudget/max(n, 1), 2), maxChunk) }
 
 // fill reads the next chunk of src with it (whose direction is the walk's).
 func (src *source) fill(it *badger.Iterator, desc bool) {
 	src.keys = src.keys[:0]
-	defer func() { src.chunk = min(2*src.chunk, maxChunk) }()
+	defer func() { src.chunk = min(2*src.chunk, src.max) }()
 	if src.done {
 		return
 	}
@@ -236,12 +247,13 @@ func (s *Store) walkIndex(ctx context.Context, txn *badger.Txn, q *Query, limit 
 	h := &sourceHeap{desc: q.Desc}
 	// A page of limit records takes about limit/len(ps) from each
 	// combination: read that much first, more from those that supply.
-	first := maxChunk
+	bound := chunkBound(len(ps))
+	first := bound
 	if limit > 0 {
-		first = min(max(limit/len(ps)+1, 2), maxChunk)
+		first = min(max(limit/len(ps)+1, 2), bound)
 	}
 	for _, p := range ps {
-		src := &source{prefix: p, lo: p, hi: after(p), chunk: first}
+		src := &source{prefix: p, lo: p, hi: after(p), chunk: first, max: bound}
 		if q.From != 0 {
 			src.lo = binary.BigEndian.AppendUint64(bytes.Clone(p), tsBits(q.From))
 		}
