@@ -50,7 +50,7 @@ func (s *Store) RunRetention(ctx context.Context) (int, error) {
 			return total, errors.Join(blobErr, err)
 		}
 		total += n
-		if n == 0 {
+		if n == 0 && !s.senderMore.Load() {
 			return total, blobErr
 		}
 	}
@@ -114,13 +114,14 @@ func (b *batch) trimAll(budget int) (int, error) {
 			n++
 		}
 	}
-	if n < budget && b.s.senderTrimDue(b.now) {
-		m, err := b.trimSenders(b.now-b.s.opts.SenderSlotTTL.Milliseconds(), budget-n)
+	if n < budget && (b.s.senderMore.Load() || b.s.senderTrimDue(b.now)) {
+		m, end, err := b.trimSenders(b.now-b.s.opts.SenderSlotTTL.Milliseconds(), budget-n)
 		n += m
 		if err != nil {
 			return n, err
 		}
-		if n < budget {
+		b.s.senderMore.Store(!end)
+		if end {
 			b.s.senderTrimmed(b.now) // the whole prefix was walked
 		}
 	}

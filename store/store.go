@@ -150,6 +150,11 @@ type Store struct {
 	// lastSenderTrim is when the retention pass last walked all the
 	// sender slots (ms; committer goroutine only).
 	lastSenderTrim int64
+	// senderCursor is where the walk of the sender slots goes on (nil: at
+	// the start; committer goroutine only); senderMore is set while a
+	// walk is under way, so that RunRetention goes on with it.
+	senderCursor []byte
+	senderMore   atomic.Bool
 
 	clockSynced atomic.Bool
 	full        atomic.Bool
