@@ -259,7 +259,7 @@ func (in *instance) setup() {
 	lib.RawSetString("pcall", L.NewFunction(in.pcall))
 	lib.RawSetString("xpcall", L.NewFunction(in.xpcall))
 	lib.RawSetString("rawset", L.NewFunction(in.rawset))
-	lib.RawSetString("unpack", L.NewFunction(in.wrapCount(G.RawGetString("unpack").(*lua.LFunction).GFunction, 1)))
+	lib.RawSetString("unpack", L.NewFunction(in.wrapCount(G.RawGetString("unpack").(*lua.LFunction).GFunction, 1, false)))
 
 	str := G.RawGetString("string").(*lua.LTable)
 	in.wrapString(str)
@@ -744,17 +744,19 @@ func (in *instance) rawset(L *lua.LState) int {
 // are pushed here (gopher-lua's string.byte defaulted j to the end of the
 // string, and converts bounds to a Go int: 32 bits on a 32-bit Pi). orig
 // handles other first arguments (its argument error).
-func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
+func (in *instance) wrapCount(orig lua.LGFunction, defI int, isByte bool) lua.LGFunction {
 	return func(L *lua.LState) int {
+		// A bound beyond 2^53 is clamped there (it then counts as too
+		// many results, or is clamped to the string); NaN is an error.
 		bound := func(idx int, def float64) float64 {
 			if L.Get(idx) == lua.LNil {
 				return def
 			}
 			f := float64(L.CheckNumber(idx))
-			if stdmath.IsNaN(f) || stdmath.Abs(f) > 1<<53 {
-				L.ArgError(idx, "number out of range")
+			if stdmath.IsNaN(f) {
+				L.ArgError(idx, "number is NaN")
 			}
-			return stdmath.Trunc(f)
+			return stdmath.Trunc(max(min(f, 1<<53), -(1 << 53)))
 		}
 		push := func(i, j float64, at func(k float64) lua.LValue) int {
 			if i > j {
@@ -768,6 +770,11 @@ func (in *instance) wrapCount(orig lua.LGFunction, defI int) lua.LGFunction {
 				L.Push(at(k))
 			}
 			return int(j-i) + 1
+		}
+		if isByte {
+			L.CheckString(1) // a string or a number, as Lua 5.1
+		} else {
+			L.CheckTable(1)
 		}
 		switch v := L.Get(1).(type) {
 		case *lua.LTable:

@@ -231,3 +231,26 @@ end`)
 		t.Fatalf("got %s, want the pcall to fail", res.Value)
 	}
 }
+
+// unpack takes a table and string.byte a string (or a number), as in Lua
+// 5.1: one wrapper serves both, and it picked its behaviour from the
+// argument (unpack("abc") gave the bytes). A bound past 2^53 is clamped:
+// string.byte("abc", 1, 2^60) is the three bytes.
+func TestUnpackAndByteKeepTheirArgumentTypes(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "f", `
+function handle()
+  local ok1 = pcall(function() return {unpack("abc", 1, 3)} end)
+  local ok2 = pcall(function() return {string.byte({7, 8, 9}, 1, 3)} end)
+  local ok3 = pcall(function() return {unpack(12)} end)
+  local ok4 = pcall(unpack, {}, 1, 2^60)
+  return json.encode({ok1, ok2, ok3, ok4, {string.byte("abc", 1, 2^60)}, {string.byte("abc", -2^60, 2)}})
+end`)
+	res, err := rt.Invoke(context.Background(), "f", refEvent("1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(res.Value), `[false,false,false,false,[97,98,99],[97,98]]`; got != want {
+		t.Fatalf("got %s, want %s (Lua 5.1)", got, want)
+	}
+}

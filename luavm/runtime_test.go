@@ -191,9 +191,11 @@ func TestTimeout(t *testing.T) {
 	if _, err := rt.Invoke(ctx, "spin2", &Event{}, nil); !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ctx deadline: %v", err)
 	}
+	// A context that ended before the call: it does not run (ErrBusy,
+	// wrapping the context's error).
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
-	if _, err := rt.Invoke(cctx, "spin2", &Event{}, nil); !errors.Is(err, ErrTimeout) {
+	if _, err := rt.Invoke(cctx, "spin2", &Event{}, nil); !errors.Is(err, ErrBusy) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled ctx: %v", err)
 	}
 }

@@ -41,7 +41,7 @@ func (in *instance) wrapString(str *lua.LTable) {
 		return 1
 	}))
 	set("reverse", sized(orig("reverse")))
-	set("byte", in.wrapCount(orig("byte"), 1))
+	set("byte", in.wrapCount(orig("byte"), 1, true))
 	char := orig("char")
 	set("char", func(L *lua.LState) int {
 		in.alloc(L, int64(L.GetTop()))
