@@ -400,6 +400,11 @@ func (s *Server) Handler() http.Handler {
 				writeGRPCStatus(w, st)
 				return
 			}
+			if r.URL.Path != v1.LogService_FollowLogs_FullMethodName {
+				// As for REST (limitBody): a client that never reads the
+				// answer held the handler and the response for ever.
+				w = &deadlineWriter{ResponseWriter: w}
+			}
 			s.grpc.ServeHTTP(w, r)
 			return
 		}
