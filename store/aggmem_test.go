@@ -24,7 +24,7 @@ func TestAggregateBoundsChunksOfManyCombinations(t *testing.T) {
 		c := &Commit{}
 		for d := 0; d < devices; d++ {
 			c.Records = append(c.Records, Record{Stream: "telemetry", Function: "ingest", Device: fmt.Sprintf("sensor-%08d", d),
-				EventTS: int64(1_700_000_000_000 + i*1000), Data: []byte(`{"t":1}`)})
+				EventTS: 1_700_000_000_000 + int64(i)*1000, Data: []byte(`{"t":1}`)})
 			if len(c.Records) == 500 {
 				if _, err := s.Commit(ctx, c); err != nil {
 					t.Fatal(err)
