@@ -42,16 +42,22 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	}
 	// The job holds a turn of its function (its max_concurrency, taken
 	// by the dispatcher: a function at its limit parks its lanes instead
-	// of holding workers), and waits for one of the gateway's (workers).
-	select {
-	case g.invoking <- struct{}{}:
-	case <-ctx.Done():
-		// Stopping while waiting for a turn: the event stays in the inbox.
-		// (Only an invocation already running finishes.)
-		return stop, 0
-	}
-	res, err := g.opts.Runtime.Invoke(ictx, e.Function, ev, g.state)
-	<-g.invoking
+	// of holding workers), and takes one of the gateway's (workers) once
+	// it holds an instance (the runtime's gate), as direct calls do: an
+	// event waiting for an instance that API calls keep busy held a
+	// gateway turn meanwhile, and with a few of them every other
+	// function's events waited.
+	res, err := g.opts.Runtime.InvokeGated(ictx, e.Function, ev, g.state, func(context.Context) (func(), error) {
+		select {
+		case g.invoking <- struct{}{}:
+			return func() { <-g.invoking }, nil
+		case <-ctx.Done():
+			// Stopping while waiting for a turn: not run, the event
+			// stays in the inbox (only an invocation already running
+			// finishes).
+			return nil, fmt.Errorf("%w: stopping", luavm.ErrBusy)
+		}
+	})
 	g.disp.giveTurn(j) // the commit does not need it
 	if errors.Is(err, luavm.ErrBusy) {
 		// Every instance busy (calls over the API take them too): nothing
@@ -161,8 +167,10 @@ func (g *Gateway) buildCommit(f *Function, ev *luavm.Event, e *store.InboxEntry,
 	case luavm.ResultJSON:
 		c.Records = append(c.Records, rec(f.Stream, res.Value))
 	case luavm.ResultString:
-		data, _ := json.Marshal(string(res.Value)) // a string result is stored as a JSON string
-		c.Records = append(c.Records, rec(f.Stream, data))
+		// A string result is stored as a JSON string, encoded as luavm
+		// checked it against max_result_bytes (encoding/json escapes < >
+		// & and writes a byte that is not UTF-8 as six).
+		c.Records = append(c.Records, rec(f.Stream, luavm.JSONString(string(res.Value))))
 	}
 	for i := range res.Effects {
 		ef := &res.Effects[i]

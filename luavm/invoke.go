@@ -139,6 +139,19 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 		if len(v) > limits.MaxResultBytes {
 			return fmt.Errorf("%w (%d bytes, max %d)", ErrResultTooLarge, len(v), limits.MaxResultBytes)
 		}
+		if ev.Trigger != "http" {
+			// Stored as a record, a JSON string (JSONString): its encoding
+			// must fit too (a control byte takes six; 200,000 of them made
+			// a 1.2 MB record the store refused).
+			e := jsonEncoder{in: in, limit: limits.MaxResultBytes}
+			e.encode(v, 0)
+			if e.tooLarge {
+				return fmt.Errorf("%w (%d bytes, more than %d as a JSON string)", ErrResultTooLarge, len(v), limits.MaxResultBytes)
+			}
+			if e.err != nil {
+				return e.err
+			}
+		}
 		res.Kind, res.Value = ResultString, []byte(v)
 	case *lua.LTable:
 		// The encoder stops at the output limit and checks each growth

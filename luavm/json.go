@@ -57,6 +57,16 @@ func (e *jsonEncoder) fail(format string, args ...any) {
 
 // encode writes v to e.buf; on failure e.err is set (e.buf then holds part
 // of the output). An output longer than e.limit is a failure.
+// JSONString returns s as a JSON string, as luavm encodes strings (no HTML
+// escapes; a byte that is not UTF-8 becomes U+FFFD): how a string result
+// is stored as a record. For a result of an event other than an HTTP
+// request, Invoke checked that this fits Limits.MaxResultBytes.
+func JSONString(s string) []byte {
+	e := jsonEncoder{limit: len(s)*6 + 2}
+	e.encode(lua.LString(s), 0)
+	return e.buf
+}
+
 func (e *jsonEncoder) encode(v lua.LValue, depth int) {
 	defer func() {
 		if r := recover(); r != nil {
