@@ -121,7 +121,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	// Once submitted, the commit is not abandoned (see enqueue).
 	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
 	if err != nil && ierr == nil && refusedForGood(err) {
-		return g.outputsRefused(ctx, out, name, ev, res, err)
+		return g.outputsRefused(ctx, out, name, ev, res, chainRefusal(err))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("gateway: commit invocation of %s: %w", name, err)
@@ -199,7 +199,7 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 	// in the inbox, unqueued, until the next start.
 	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
 	if err != nil {
-		return err
+		return chainRefusal(err)
 	}
 	g.signalCommit()
 	g.pushChained(g.ownEntries(cr.Inbox))

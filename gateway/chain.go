@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -30,8 +31,10 @@ import (
 // Breadth is bounded too: an origin event may cause at most
 // Options.MaxChainEvents chained events at all hops together. Each chained
 // event carries the budget it may still spend: an event with budget b whose
-// outputs would chain n events is dead-lettered (ErrChainBudget) if n > b,
-// and otherwise gives each of them (b-n)/n, so that a chain never causes
+// outputs chain n events is dead-lettered (ErrChainBudget) if n > b (a
+// watched state change that changes nothing does not count: the commit
+// enforces the bound on what it chains, ChainMax), and otherwise gives each
+// of them (b-m)/m, m counting every watched state change, so that a chain never causes
 // more than its origin's budget (a function emitting 100 records to a
 // stream it listens to made 185,000 inbox entries of one message in 5 s).
 
@@ -78,6 +81,16 @@ func (ci *chainIndex) stateWatchers(source, key string, visit func(stateWatch)) 
 	}
 }
 
+// chainRefusal is err, a store error, as the caller reports it: a commit
+// that chained more than its budget (store.ErrChainOverflow) is refused
+// with ErrChainBudget.
+func chainRefusal(err error) error {
+	if errors.Is(err, store.ErrChainOverflow) {
+		return fmt.Errorf("%w: %w", ErrChainBudget, err)
+	}
+	return err
+}
+
 // chainCommit makes c derive the inbox entries of the functions its records
 // and state changes trigger. hops is the hop count of the event being
 // processed, budget the chained events it may cause (-1: an origin's,
@@ -88,17 +101,20 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops, budget int) 
 	if ci.empty() {
 		return nil
 	}
-	n := 0
+	// sure chain for certain; n is an upper bound: a watched state
+	// change that changes nothing chains nothing.
+	sure := 0
 	for i := range c.Records {
-		n += len(ci.byStream[c.Records[i].Stream])
-	}
-	for i := range c.State {
-		ci.stateWatchers(c.State[i].Function, c.State[i].Key, func(stateWatch) { n++ })
+		sure += len(ci.byStream[c.Records[i].Stream])
 	}
 	for i := range c.Blobs {
 		if !c.Blobs[i].Delete {
-			n += ci.uploadCount(c.Blobs[i].Bucket, c.Blobs[i].Name)
+			sure += ci.uploadCount(c.Blobs[i].Bucket, c.Blobs[i].Name)
 		}
+	}
+	n := sure
+	for i := range c.State {
+		ci.stateWatchers(c.State[i].Function, c.State[i].Key, func(stateWatch) { n++ })
 	}
 	if n == 0 {
 		return nil
@@ -108,12 +124,16 @@ func (g *Gateway) chainCommit(ft *funcTable, c *store.Commit, hops, budget int) 
 		// higher: the current setting bounds it.
 		budget = g.opts.MaxChainEvents
 	}
-	if n > budget {
+	if sure > budget {
 		return fmt.Errorf("%w: its outputs would chain %d events, %d left of the %d its origin may cause (pipeline.max_chain_events)",
-			ErrChainBudget, n, budget, g.opts.MaxChainEvents)
+			ErrChainBudget, sure, budget, g.opts.MaxChainEvents)
 	}
-	each := (budget - n) / n
-	c.ChainMax = n
+	// Over the budget only if the state changes change something: the
+	// commit enforces it (ChainMax; more is store.ErrChainOverflow, which
+	// callers report as ErrChainBudget: chainRefusal). Each chained event
+	// gets an equal share of what is left, counted on the upper bound.
+	each := max(budget-n, 0) / n
+	c.ChainMax = min(n, budget)
 	c.Chain = func(ch store.Change) []store.InboxEntry {
 		var out []store.InboxEntry
 		switch {

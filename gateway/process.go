@@ -112,6 +112,9 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	case errors.Is(err, store.ErrAlreadyConsumed):
 		g.stats.dups.Add(1)
 		return done, 0
+	case errors.Is(err, store.ErrChainOverflow):
+		g.stats.failed.Add(1)
+		return g.deadLetter(ictx, j, res, chainRefusal(err))
 	case refusedForGood(err):
 		// Retrying would fail the same way and hold the lane (and the
 		// backlog's room) forever: the event goes to the dead letters.

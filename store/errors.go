@@ -37,6 +37,10 @@ var (
 	// ErrInvalid is returned for invalid arguments: empty or over-long
 	// names, names containing a NUL byte, unknown state operations.
 	ErrInvalid = errors.New("store: invalid argument")
+	// ErrChainOverflow is returned by Commit when its Chain returned more
+	// inbox entries than its ChainMax: nothing is applied. It wraps
+	// ErrInvalid (a permanent refusal).
+	ErrChainOverflow = fmt.Errorf("%w: Chain returned more entries than ChainMax", ErrInvalid)
 	// ErrTooLarge is returned for a single write (one Commit or Enqueue)
 	// that cannot fit in one atomic Badger transaction.
 	ErrTooLarge = errors.New("store: write too large for one transaction")

@@ -783,7 +783,7 @@ func (s *Store) chain(b *batch, c *Commit, consumed int64, recs []Record, update
 		}
 	}
 	if len(out) > c.ChainMax {
-		return nil, nil, fmt.Errorf("%w: Chain returned %d inbox entries, ChainMax is %d", ErrInvalid, len(out), c.ChainMax)
+		return nil, nil, fmt.Errorf("%w (%d entries, ChainMax %d)", ErrChainOverflow, len(out), c.ChainMax)
 	}
 	vals := make([][]byte, len(out))
 	var total, txn int64
