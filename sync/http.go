@@ -313,11 +313,18 @@ func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, 
 	if err != nil {
 		return 0, respBody{}, err
 	}
-	defer t.bufPool.Put(buf)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.cfg.HTTP.URL, bytes.NewReader(buf.Bytes()))
+	// The buffer goes back to the pool once the transport closed every
+	// reader of it, not when Do returns: RoundTrip may still read a body
+	// after it returned (an upstream that answered before reading it all),
+	// and the next batch was being encoded into the buffer it sent.
+	body := &pooledBody{buf: buf, put: t.bufPool.Put, refs: 1}
+	defer body.release()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.cfg.HTTP.URL, body.reader())
 	if err != nil {
 		return 0, respBody{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
+	req.ContentLength = int64(buf.Len())
+	req.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
 	req.Header.Set("Content-Type", "application/x-ndjson")
 	if t.gz {
 		req.Header.Set("Content-Encoding", "gzip")
@@ -337,6 +344,46 @@ func (t *httpTarget) post(ctx context.Context, batch []store.OutboxEntry) (int, 
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // keep the connection reusable
 	return resp.StatusCode, respBody{text: strings.ToValidUTF8(strings.TrimSpace(string(b)), "\uFFFD"), retryAfter: resp.Header.Get("Retry-After")}, nil
+}
+
+// pooledBody is a pooled buffer sent as request bodies: it goes back to
+// its pool (put) once the caller (refs starts at 1) and every reader given
+// to the transport released it. Safe for concurrent use.
+type pooledBody struct {
+	buf  *bytes.Buffer
+	put  func(any)
+	mu   gosync.Mutex
+	refs int
+}
+
+// reader returns a reader of the whole buffer; closing it releases it.
+func (p *pooledBody) reader() io.ReadCloser {
+	p.mu.Lock()
+	p.refs++
+	p.mu.Unlock()
+	return &pooledReader{Reader: bytes.NewReader(p.buf.Bytes()), p: p}
+}
+
+func (p *pooledBody) release() {
+	p.mu.Lock()
+	p.refs--
+	last := p.refs == 0
+	p.mu.Unlock()
+	if last {
+		p.put(p.buf)
+	}
+}
+
+// pooledReader is one reader of a pooledBody.
+type pooledReader struct {
+	*bytes.Reader
+	p    *pooledBody
+	once gosync.Once
+}
+
+func (r *pooledReader) Close() error {
+	r.once.Do(r.p.release)
+	return nil
 }
 
 // retryAfter parses a Retry-After header (delay in seconds or an HTTP
