@@ -280,11 +280,11 @@ func (r *busyRuntime) Invoke(ctx context.Context, name string, ev *luavm.Event, 
 	return r.Runtime.Invoke(ctx, name, ev, state)
 }
 
-func (r *busyRuntime) InvokeGated(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader, gate luavm.Gate) (*luavm.Result, error) {
+func (r *busyRuntime) TryInvoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error) {
 	if r.busy.Add(-1) >= 0 {
-		return nil, fmt.Errorf("luavm: %s v1: %w: 4 waiting", name, luavm.ErrBusy)
+		return nil, fmt.Errorf("luavm: %s v1: %w: no instance free", name, luavm.ErrBusy)
 	}
-	return r.Runtime.InvokeGated(ctx, name, ev, state, gate)
+	return r.Runtime.TryInvoke(ctx, name, ev, state)
 }
 
 // TestBusyIsNotAFailedAttempt: an event whose function has no free

@@ -44,6 +44,9 @@ type Runtime interface {
 	// InvokeGated is Invoke asking gate for a turn once an instance is
 	// held (direct invocations: see Gateway.Invoke).
 	InvokeGated(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader, gate luavm.Gate) (*luavm.Result, error)
+	// TryInvoke is Invoke failing with luavm.ErrBusy at once, without
+	// running, when no instance of the function is free.
+	TryInvoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error)
 }
 
 // Ingest is what the gateway needs of an MQTT side (*mqtt.Embedded or *mqtt.External).

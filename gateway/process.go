@@ -42,22 +42,21 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	}
 	// The job holds a turn of its function (its max_concurrency, taken
 	// by the dispatcher: a function at its limit parks its lanes instead
-	// of holding workers), and takes one of the gateway's (workers) once
-	// it holds an instance (the runtime's gate), as direct calls do: an
-	// event waiting for an instance that API calls keep busy held a
-	// gateway turn meanwhile, and with a few of them every other
-	// function's events waited.
-	res, err := g.opts.Runtime.InvokeGated(ictx, e.Function, ev, g.state, func(context.Context) (func(), error) {
-		select {
-		case g.invoking <- struct{}{}:
-			return func() { <-g.invoking }, nil
-		case <-ctx.Done():
-			// Stopping while waiting for a turn: not run, the event
-			// stays in the inbox (only an invocation already running
-			// finishes).
-			return nil, fmt.Errorf("%w: stopping", luavm.ErrBusy)
-		}
-	})
+	// of holding workers), and waits for one of the gateway's (workers),
+	// holding no instance meanwhile. With the turn it takes an instance
+	// only if one is free at once (TryInvoke): one kept busy by calls
+	// over the API makes it wait its turn again (ErrBusy, below) rather
+	// than hold a gateway turn while it waits (a client hammering one
+	// HTTP function then stalled every other function's events).
+	select {
+	case g.invoking <- struct{}{}:
+	case <-ctx.Done():
+		// Stopping while waiting for a turn: the event stays in the inbox.
+		// (Only an invocation already running finishes.)
+		return stop, 0
+	}
+	res, err := g.opts.Runtime.TryInvoke(ictx, e.Function, ev, g.state)
+	<-g.invoking
 	g.disp.giveTurn(j) // the commit does not need it
 	if errors.Is(err, luavm.ErrBusy) {
 		// Every instance busy (calls over the API take them too): nothing

@@ -231,6 +231,18 @@ type Gate func(ctx context.Context) (release func(), err error)
 // once an instance is held, so that a call waiting for its function's
 // instance holds none of the gate's turns meanwhile.
 func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state StateReader, gate Gate) (*Result, error) {
+	return r.invoke(ctx, name, ev, state, gate, true)
+}
+
+// TryInvoke is Invoke without waiting for an instance: when none of the
+// function's is free at once, it fails with ErrBusy without running. (The
+// gateway's events take a turn of the gateway first and must not hold it
+// while they wait, nor hold an instance while they wait for the turn.)
+func (r *Runtime) TryInvoke(ctx context.Context, name string, ev *Event, state StateReader) (*Result, error) {
+	return r.invoke(ctx, name, ev, state, nil, false)
+}
+
+func (r *Runtime) invoke(ctx context.Context, name string, ev *Event, state StateReader, gate Gate, wait bool) (*Result, error) {
 	res := &Result{Function: name}
 	if ev == nil {
 		ev = &Event{}
@@ -244,6 +256,12 @@ func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state
 	}
 	var p *pool
 	var in *instance
+	var gated func() // the gate's turn, held until the call returns
+	defer func() {
+		if gated != nil {
+			gated()
+		}
+	}()
 	for {
 		var err error
 		p, err = r.acquirePool(name)
@@ -251,7 +269,7 @@ func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state
 			res.Cost.Outcome = outcome(err)
 			return res, err
 		}
-		in, err = p.get(ctx)
+		in, err = p.get(ctx, wait)
 		if errors.Is(err, errRetired) {
 			// Deployed or removed while this call waited for a slot: a
 			// call that had not started runs the version current now.
@@ -264,20 +282,30 @@ func (r *Runtime) InvokeGated(ctx context.Context, name string, ev *Event, state
 			res.Cost.Wall = time.Since(start)
 			return res, fmt.Errorf("luavm: %s: %w", name, err)
 		}
+		if gate != nil && gated == nil {
+			done, err := gate(ctx)
+			if err != nil {
+				p.put(in)
+				p.release()
+				res.Cost.Outcome = outcome(err)
+				res.Cost.Wall = time.Since(start)
+				return res, fmt.Errorf("luavm: %s: %w", name, err)
+			}
+			gated = done
+			if p.isRetired() {
+				// Deployed or removed while this call waited for the
+				// gate: it has not started, so it runs the version
+				// current now (or finds the function gone), keeping its
+				// turn.
+				p.put(in)
+				p.release()
+				continue
+			}
+		}
 		break
 	}
 	defer p.release()
 	res.Version = p.spec.Version
-	if gate != nil {
-		done, err := gate(ctx)
-		if err != nil {
-			p.put(in)
-			res.Cost.Outcome = outcome(err)
-			res.Cost.Wall = time.Since(start)
-			return res, fmt.Errorf("luavm: %s: %w", name, err)
-		}
-		defer done()
-	}
 	p.invocations.Add(1)
 	id := r.invocationID()
 	res.InvocationID = id
@@ -321,6 +349,13 @@ func (r *Runtime) acquirePool(name string) (*pool, error) {
 	}
 }
 
+// isRetired reports whether p was replaced (a deploy) or removed.
+func (p *pool) isRetired() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.retired
+}
+
 func (p *pool) release() {
 	p.mu.Lock()
 	p.inflight--
@@ -345,10 +380,13 @@ var errRetired = errors.New("luavm: pool replaced")
 
 // get waits for a concurrency slot (bounded queue, QueueTimeout) and
 // returns an idle instance or a new one.
-func (p *pool) get(ctx context.Context) (*instance, error) {
+func (p *pool) get(ctx context.Context, wait bool) (*instance, error) {
 	select {
 	case p.sem <- struct{}{}:
 	default:
+		if !wait {
+			return nil, fmt.Errorf("%w: no instance free", ErrBusy)
+		}
 		p.mu.Lock()
 		if p.waiting >= p.spec.MaxWaiting {
 			p.mu.Unlock()

@@ -678,3 +678,37 @@ func oneSlotBlocked(t *testing.T) (*Runtime, *blockingState) {
 	})
 	return rt, newBlockingState()
 }
+
+// TryInvoke does not wait for an instance: with the only one busy it fails
+// with ErrBusy at once, without queueing, and runs once one is free.
+func TestTryInvokeDoesNotWait(t *testing.T) {
+	rt := newTestRuntime(t)
+	deploy(t, rt, "one", fmt.Sprintf(blockingSrc, "v1"), func(s *Spec) {
+		s.MaxConcurrency, s.MaxWaiting, s.QueueTimeout = 1, 4, time.Minute
+		s.Limits.Timeout = time.Minute
+	})
+	bs := newBlockingState()
+	first := make(chan error, 1)
+	go func() {
+		_, err := rt.Invoke(context.Background(), "one", &Event{}, bs)
+		first <- err
+	}()
+	<-bs.entered
+	start := time.Now()
+	if _, err := rt.TryInvoke(context.Background(), "one", &Event{}, nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("TryInvoke with the only instance busy: %v, want ErrBusy", err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("TryInvoke waited %v (queue timeout one minute)", el)
+	}
+	if st, _ := rt.Stats("one"); st.Waiting != 0 {
+		t.Fatalf("%d waiting after TryInvoke", st.Waiting)
+	}
+	close(bs.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.TryInvoke(context.Background(), "one", &Event{}, nil); err != nil {
+		t.Fatalf("TryInvoke with an instance free: %v", err)
+	}
+}

@@ -243,6 +243,15 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 		for i := range c.State {
 			src = max(src, 2*len(c.State[i].Value)) // old and new
 		}
+		for i := range c.Blobs {
+			if op := &c.Blobs[i]; !op.Delete {
+				// An upload event names the blob three times (payload,
+				// captures, key) besides its content type and hash: a
+				// name of 150 bytes overflowed the room and the upload
+				// was refused as too large.
+				src = max(src, 3*(len(op.Bucket)+len(op.Name))+len(op.ContentType)+128)
+			}
+		}
 		// At most what is left of half a transaction (the most one write
 		// may take): chain refuses chained entries larger than that.
 		chainEst = min(int64(c.ChainMax)*s.valueEntryBound(9, src+chainEventRoom), max(s.maxTxnSize/2-est, 0))
