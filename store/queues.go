@@ -596,13 +596,27 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 		return err
 	}
 	sends := s.blobSends(b, blobs)
+	var tgtBlobBytes map[string]int64
 	for _, ps := range sends {
 		tgtBytes[ps.target] += int64(len(ps.val))
+		if tgtBlobBytes == nil {
+			tgtBlobBytes = map[string]int64{}
+		}
+		tgtBlobBytes[ps.target] += ps.size
 	}
 	for t, n := range tgtBytes {
 		q := b.ctr.Outbox[t]
 		if err := b.checkQuota("outbox:"+t, &q, n); err != nil {
 			return err
+		}
+		// The files of pending blob sends count too (they stay on disk
+		// until sent): with reject_new, a send is refused while the
+		// outbox holds others over the quota (one into an empty outbox is
+		// taken, however large).
+		if qt := b.s.opts.quota("outbox:" + t); tgtBlobBytes[t] > 0 && qt.Policy == RejectNew && qt.MaxBytes > 0 &&
+			q.Count > 0 && q.Bytes+q.BlobBytes+n+tgtBlobBytes[t] > qt.MaxBytes {
+			b.ctr.Rejected["outbox:"+t]++
+			return fmt.Errorf("%w: outbox:%s holds %d bytes and %d of blob contents, quota %d, adding a send of %d", ErrQuota, t, q.Bytes, q.BlobBytes, qt.MaxBytes, tgtBlobBytes[t])
 		}
 	}
 	if err := b.checkQuota(SpacePublishes, &b.ctr.Publish, pubBytes); err != nil {
@@ -1192,7 +1206,10 @@ func (b *batch) enforceOutbox(t string, keep uint64) error {
 	q := b.ctr.Outbox[t]
 	// A drop deletes the entry, and for a blob send its index key and a
 	// reference.
-	for drops := 0; q.Bytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(2*entryEst(10+len(t), 0)+entryEst(33, 8)); drops++ {
+	// The files of pending blob sends count: a target down while one blob
+	// was replaced again and again kept every version on disk (the
+	// entries are a few dozen bytes).
+	for drops := 0; q.Bytes+q.BlobBytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(2*entryEst(10+len(t), 0)+entryEst(33, 8)); drops++ {
 		if err := b.dropOutboxHead(t, &q); err != nil {
 			return err
 		}

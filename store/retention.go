@@ -73,7 +73,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 		q := b.queueOf(space)
 		cut := cutoff(qt)
 		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
-			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes+q.BlobBytes > qt.MaxBytes
 			over := overBytes
 			if !over && cut != 0 {
 				v, ok, err := b.get(seqKey(spacePrefix[space], q.Head))
