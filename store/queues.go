@@ -246,10 +246,11 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 		for i := range c.Blobs {
 			if op := &c.Blobs[i]; !op.Delete {
 				// An upload event names the blob three times (payload,
-				// captures, key) besides its content type and hash: a
-				// name of 150 bytes overflowed the room and the upload
+				// captures, key) besides its content type and hash, the
+				// payload's JSON escaping a byte in up to six (< > &):
+				// a name of 150 bytes overflowed the room and the upload
 				// was refused as too large.
-				src = max(src, 3*(len(op.Bucket)+len(op.Name))+len(op.ContentType)+128)
+				src = max(src, 6*(len(op.Bucket)+len(op.Name)+len(op.ContentType))+2*(len(op.Bucket)+len(op.Name))+160)
 			}
 		}
 		// At most what is left of half a transaction (the most one write
@@ -1209,7 +1210,7 @@ func (b *batch) enforceOutbox(t string, keep uint64) error {
 	// The files of pending blob sends count: a target down while one blob
 	// was replaced again and again kept every version on disk (the
 	// entries are a few dozen bytes).
-	for drops := 0; q.Bytes+q.BlobBytes > qt.MaxBytes && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(2*entryEst(10+len(t), 0)+entryEst(33, 8)); drops++ {
+	for drops := 0; (q.Bytes > qt.MaxBytes || q.Bytes+q.BlobBytes > qt.MaxBytes && q.Count > 1) && q.Head < keep && drops < maxDropsPerWrite && b.roomFor(2*entryEst(10+len(t), 0)+entryEst(33, 8)); drops++ {
 		if err := b.dropOutboxHead(t, &q); err != nil {
 			return err
 		}

@@ -73,7 +73,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 		q := b.queueOf(space)
 		cut := cutoff(qt)
 		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
-			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes+q.BlobBytes > qt.MaxBytes
+			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
 			over := overBytes
 			if !over && cut != 0 {
 				v, ok, err := b.get(seqKey(spacePrefix[space], q.Head))
@@ -140,7 +140,9 @@ func (b *batch) trimAll(budget int) (int, error) {
 		q := b.ctr.Outbox[t]
 		cut := cutoff(qt)
 		for n < budget && q.Head < q.Next && q.Count > 0 && b.roomFor(5*entryEst(64, 0)) {
-			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && q.Bytes > qt.MaxBytes
+			// Pending blob contents count (their files stay until sent),
+			// but the newest entry stays (as at write time).
+			overBytes := qt.MaxBytes > 0 && qt.Policy == DropOldest && (q.Bytes > qt.MaxBytes || q.Bytes+q.BlobBytes > qt.MaxBytes && q.Count > 1)
 			over := overBytes
 			if !over && cut != 0 {
 				v, ok, err := b.get(nameSeqKey(pOutbox, t, q.Head))
