@@ -295,10 +295,14 @@ func (r *Runtime) invoke(ctx context.Context, name string, ev *Event, state Stat
 			if p.isRetired() {
 				// Deployed or removed while this call waited for the
 				// gate: it has not started, so it runs the version
-				// current now (or finds the function gone), keeping its
-				// turn.
+				// current now (or finds the function gone). The turn is
+				// given back first: a call waiting for an instance holds
+				// none (with it, the new version's only instance and the
+				// last turn could wait for each other).
 				p.put(in)
 				p.release()
+				gated()
+				gated = nil
 				continue
 			}
 		}
