@@ -78,6 +78,11 @@ func (r *tryingRuntime) Invoke(ctx context.Context, name string, ev *luavm.Event
 	return r.Runtime.Invoke(ctx, name, ev, state)
 }
 
+func (r *tryingRuntime) InvokeGated(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader, gate luavm.Gate) (*luavm.Result, error) {
+	r.note(name, ev)
+	return r.Runtime.InvokeGated(ctx, name, ev, state, gate)
+}
+
 func (r *tryingRuntime) TryInvoke(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader) (*luavm.Result, error) {
 	r.note(name, ev)
 	return r.Runtime.TryInvoke(ctx, name, ev, state)

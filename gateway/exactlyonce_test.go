@@ -287,6 +287,13 @@ func (r *busyRuntime) TryInvoke(ctx context.Context, name string, ev *luavm.Even
 	return r.Runtime.TryInvoke(ctx, name, ev, state)
 }
 
+func (r *busyRuntime) InvokeGated(ctx context.Context, name string, ev *luavm.Event, state luavm.StateReader, gate luavm.Gate) (*luavm.Result, error) {
+	if r.busy.Add(-1) >= 0 {
+		return nil, fmt.Errorf("luavm: %s v1: %w: no instance free within 5s", name, luavm.ErrBusy)
+	}
+	return r.Runtime.InvokeGated(ctx, name, ev, state, gate)
+}
+
 // TestBusyIsNotAFailedAttempt: an event whose function has no free
 // instance (ErrBusy: nothing ran) waits its turn; it is not a failed
 // attempt. Before, calls over the API keeping a function's instances busy

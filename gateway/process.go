@@ -40,23 +40,10 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if f.LoadErr != nil {
 		return g.deadLetter(ictx, j, nil, fmt.Errorf("%w: %w", ErrNotLoaded, f.LoadErr))
 	}
-	// The job holds a turn of its function (its max_concurrency, taken
-	// by the dispatcher: a function at its limit parks its lanes instead
-	// of holding workers), and waits for one of the gateway's (workers),
-	// holding no instance meanwhile. With the turn it takes an instance
-	// only if one is free at once (TryInvoke): one kept busy by calls
-	// over the API makes it wait its turn again (ErrBusy, below) rather
-	// than hold a gateway turn while it waits (a client hammering one
-	// HTTP function then stalled every other function's events).
-	select {
-	case g.invoking <- struct{}{}:
-	case <-ctx.Done():
-		// Stopping while waiting for a turn: the event stays in the inbox.
-		// (Only an invocation already running finishes.)
+	res, err := g.invoke(ctx, ictx, e.Function, ev)
+	if errors.Is(err, errStopping) {
 		return stop, 0
 	}
-	res, err := g.opts.Runtime.TryInvoke(ictx, e.Function, ev, g.state)
-	<-g.invoking
 	g.disp.giveTurn(j) // the commit does not need it
 	if errors.Is(err, luavm.ErrBusy) {
 		// Every instance busy (calls over the API take them too): nothing
@@ -140,6 +127,53 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 // refusedForGood reports whether a store error means the same write can
 // never succeed (as opposed to a full disk or quota, which clear up).
 func refusedForGood(err error) bool { return store.IsPermanent(err) }
+
+// errStopping is invoke's answer when the gateway stops before the event
+// ran: it stays in the inbox.
+var errStopping = errors.New("gateway: stopping")
+
+// invoke runs an event's function. The job holds a turn of its function
+// (its max_concurrency, taken by the dispatcher: a function at its limit
+// parks its lanes instead of holding workers) and needs one of the
+// gateway's turns (workers) and an instance, but never holds one while it
+// waits for the other: waiting for an instance with a gateway turn let a
+// client hammering one HTTP function stall every other function's events,
+// and waiting for a turn with an instance ran replaced versions and kept
+// the instance from calls over the API. So it takes a turn, then an
+// instance if one is free at once (TryInvoke); if none is, it waits for
+// one in the function's queue, in turn with the calls over the API
+// (InvokeGated, up to queue_timeout), and takes a turn only if one is free
+// then, waiting for a turn again otherwise. ctx is the gateway's (its end
+// stops the waits for a turn), ictx the invocation's.
+func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event) (*luavm.Result, error) {
+	for {
+		select {
+		case g.invoking <- struct{}{}:
+		case <-ctx.Done():
+			// Stopping while waiting for a turn: the event stays in the
+			// inbox (only an invocation already running finishes).
+			return nil, errStopping
+		}
+		res, err := g.opts.Runtime.TryInvoke(ictx, name, ev, g.state)
+		<-g.invoking
+		if !errors.Is(err, luavm.ErrBusy) {
+			return res, err
+		}
+		noTurn := false
+		res, err = g.opts.Runtime.InvokeGated(ictx, name, ev, g.state, func(context.Context) (func(), error) {
+			select {
+			case g.invoking <- struct{}{}:
+				return func() { <-g.invoking }, nil
+			default:
+				noTurn = true
+				return nil, fmt.Errorf("%w: no gateway turn free", luavm.ErrBusy)
+			}
+		})
+		if !noTurn {
+			return res, err // ran, or busy for queue_timeout: retried later
+		}
+	}
+}
 
 func (g *Gateway) backoff(attempt int) time.Duration {
 	d := g.opts.Retry.InitialBackoff
