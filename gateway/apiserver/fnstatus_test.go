@@ -1,7 +1,6 @@
 package apiserver_test
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,24 +15,7 @@ import (
 // HTTP-triggered function making the same refused commit answers 429
 // without it.
 func TestHTTPFunctionStorageFullStatus(t *testing.T) {
-	cfg := fmt.Sprintf(`gateway_id: apitest
-data_dir: %q
-log: {level: warn}
-mqtt:
-  embedded: {listen: "127.0.0.1:0"}
-api:
-  listen: "127.0.0.1:0"
-  max_body_bytes: 1MiB
-  tokens:
-    - {name: admin1, scope: admin, hash: %q}
-    - {name: reader, scope: read, hash: %q}
-store:
-  durability: interval
-  quotas:
-    records: {max_bytes: 2KiB, policy: reject_new}
-pipeline:
-  retry: {max_attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}
-`, t.TempDir(), adminHash, readHash)
+	cfg := quotaConfig(t.TempDir(), "records: {max_bytes: 2KiB, policy: reject_new}")
 	e := startDaemon(t, cfg)
 	src := `function handle(event, ctx)
   emit("r", {pad = string.rep("x", 900)})

@@ -6,7 +6,9 @@ import (
 	"time"
 )
 
-func quotaConfig(dir string) string {
+// quotaConfig is the test daemon's configuration with one store quota
+// (quota: a line under store.quotas, e.g. "state: {max_bytes: 1KiB}").
+func quotaConfig(dir, quota string) string {
 	return fmt.Sprintf(`gateway_id: apitest
 data_dir: %q
 log: {level: warn}
@@ -21,10 +23,10 @@ api:
 store:
   durability: interval
   quotas:
-    state: {max_bytes: 1KiB}
+    %s
 pipeline:
   retry: {max_attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}
-`, dir, adminHash, readHash)
+`, dir, adminHash, readHash, quota)
 }
 
 // An invocation whose outputs the store refuses for good (here: state
@@ -34,7 +36,7 @@ pipeline:
 // usage (its steps and wall time are never metered), not even counted as
 // failed, however often a caller repeats it.
 func TestHTTPFunctionRefusedCommitKeepsLogsAndUsage(t *testing.T) {
-	e := startDaemon(t, quotaConfig(t.TempDir()))
+	e := startDaemon(t, quotaConfig(t.TempDir(), "state: {max_bytes: 1KiB}"))
 	src := `function handle(event, ctx)
   log.info("about to write", {trigger = event.trigger})
   state.set("big", string.rep("x", 4096))

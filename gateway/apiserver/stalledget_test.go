@@ -1,9 +1,6 @@
 package apiserver_test
 
 import (
-	"bytes"
-	"net"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,7 +8,6 @@ import (
 
 	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // stalledGETs opens an HTTP/2 connection (prior knowledge) whose stream
@@ -21,66 +17,15 @@ import (
 // server resets afterwards.
 func stalledGETs(t *testing.T, addr, path string, n int, resets *atomic.Int32) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
-		t.Fatal(err)
-	}
+	fr := h2Stalled(t, addr)
 	for i := 0; i < n; i++ {
-		var hb bytes.Buffer
-		enc := hpack.NewEncoder(&hb)
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "x"}, {":path", path},
-			{"authorization", "Bearer " + readToken}} {
-			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+		block := h2Headers([2]string{":method", "GET"}, [2]string{":scheme", "http"}, [2]string{":authority", "x"}, [2]string{":path", path},
+			[2]string{"authorization", "Bearer " + readToken})
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block, EndHeaders: true, EndStream: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	headers := 0
-	for headers < n {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.HeadersFrame:
-			headers++
-		case *http2.RSTStreamFrame:
-			t.Fatalf("stream %d reset before its headers: %v", f.StreamID, f.ErrCode)
-		case *http2.GoAwayFrame:
-			t.Fatalf("goaway: %v", f.ErrCode)
-		}
-	}
-	go func() { // keep the connection serviced; never grant a window
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if _, ok := f.(*http2.RSTStreamFrame); ok {
-				resets.Add(1)
-			}
-		}
-	}()
-}
-
-func heapInUse() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
+	h2AwaitHeaders(t, fr, n, resets)
 }
 
 // TestStalledGETResponseIsCutOff: the response of an HTTP

@@ -1,9 +1,7 @@
 package apiserver_test
 
 import (
-	"bytes"
 	"encoding/binary"
-	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,7 +10,6 @@ import (
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -22,18 +19,7 @@ import (
 // response). resets counts the streams the server resets afterwards.
 func stalledGRPC(t *testing.T, addr, method string, req proto.Message, n int, resets *atomic.Int32) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
-		t.Fatal(err)
-	}
+	fr := h2Stalled(t, addr)
 	msg, err := proto.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
@@ -41,50 +27,17 @@ func stalledGRPC(t *testing.T, addr, method string, req proto.Message, n int, re
 	frame := append([]byte{0}, binary.BigEndian.AppendUint32(nil, uint32(len(msg)))...)
 	frame = append(frame, msg...)
 	for i := 0; i < n; i++ {
-		var hb bytes.Buffer
-		enc := hpack.NewEncoder(&hb)
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "x"}, {":path", method},
-			{"content-type", "application/grpc"}, {"te", "trailers"}, {"authorization", "Bearer " + readToken}} {
-			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
+		block := h2Headers([2]string{":method", "POST"}, [2]string{":scheme", "http"}, [2]string{":authority", "x"}, [2]string{":path", method},
+			[2]string{"content-type", "application/grpc"}, [2]string{"te", "trailers"}, [2]string{"authorization", "Bearer " + readToken})
 		id := uint32(2*i + 1)
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
 			t.Fatal(err)
 		}
 		if err := fr.WriteData(id, true, frame); err != nil {
 			t.Fatal(err)
 		}
 	}
-	headers := 0
-	for headers < n {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.HeadersFrame:
-			headers++
-		case *http2.RSTStreamFrame:
-			t.Fatalf("stream %d reset before its headers: %v", f.StreamID, f.ErrCode)
-		case *http2.GoAwayFrame:
-			t.Fatalf("goaway: %v", f.ErrCode)
-		}
-	}
-	go func() {
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if _, ok := f.(*http2.RSTStreamFrame); ok {
-				resets.Add(1)
-			}
-		}
-	}()
+	h2AwaitHeaders(t, fr, n, resets)
 }
 
 // docs/api.md: "every response ... must be written within a minute of its

@@ -2,7 +2,6 @@ package apiserver_test
 
 import (
 	"bytes"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,27 +9,15 @@ import (
 
 	"github.com/moongate-edge/moongate/gateway/apiserver"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // stalledFnCall sends one POST of size body bytes to path over a new
 // HTTP/2 connection (prior knowledge) whose stream windows are 0 and never
 // opened: the server can send no byte of the response. It returns once the
 // response headers arrived (the function ran and the handler writes).
-func stalledFnCall(t *testing.T, addr, path string, size int) net.Conn {
+func stalledFnCall(t *testing.T, addr, path string, size int) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
-		t.Fatal(err)
-	}
+	fr := h2Stalled(t, addr)
 	// The server's receive windows (1 MiB) before the body.
 	gotSettings, gotWindow := false, false
 	for !gotSettings || !gotWindow {
@@ -48,13 +35,9 @@ func stalledFnCall(t *testing.T, addr, path string, size int) net.Conn {
 			gotWindow = gotWindow || f.StreamID == 0
 		}
 	}
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "x"}, {":path", path},
-		{"authorization", "Bearer " + readToken}, {"content-length", strconv.Itoa(size)}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+	block := h2Headers([2]string{":method", "POST"}, [2]string{":scheme", "http"}, [2]string{":authority", "x"}, [2]string{":path", path},
+		[2]string{"authorization", "Bearer " + readToken}, [2]string{"content-length", strconv.Itoa(size)})
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true}); err != nil {
 		t.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("b"), size)
@@ -80,7 +63,7 @@ func stalledFnCall(t *testing.T, addr, path string, size int) net.Conn {
 						}
 					}
 				}()
-				return c
+				return
 			}
 		case *http2.RSTStreamFrame:
 			t.Fatalf("stream reset: %v", f.ErrCode)
