@@ -1,10 +1,8 @@
 package sync
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -37,18 +35,7 @@ func TestNATSStalledUpstreamHonoursAckTimeout(t *testing.T) {
 			}
 			go func(c net.Conn) {
 				defer c.Close()
-				fmt.Fprintf(c, "INFO {\"server_id\":\"x\",\"version\":\"2.10.0\",\"go\":\"go\",\"host\":\"127.0.0.1\",\"port\":%d,\"headers\":true,\"max_payload\":8388608,\"proto\":1}\r\n", ln.Addr().(*net.TCPAddr).Port)
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(line, "PING") {
-						break
-					}
-				}
-				if _, err := io.WriteString(c, "PONG\r\n"); err != nil {
+				if _, err := fakeNATSConnect(c, ln, 8388608); err != nil {
 					return
 				}
 				<-stallAll // never read again

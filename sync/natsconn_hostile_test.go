@@ -1,12 +1,9 @@
 package sync
 
 import (
-	"bufio"
-	"fmt"
 	"io"
 	"net"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,19 +43,8 @@ func hugeMessageAttack(t *testing.T, attack string) {
 			return
 		}
 		defer c.Close()
-		fmt.Fprintf(c, "INFO {\"server_id\":\"x\",\"version\":\"2.10.0\",\"go\":\"go\",\"host\":\"127.0.0.1\",\"port\":%d,\"headers\":true,\"max_payload\":1048576,\"proto\":1}\r\n", ln.Addr().(*net.TCPAddr).Port)
-		br := bufio.NewReader(c)
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				closed <- err
-				return
-			}
-			if strings.HasPrefix(line, "PING") {
-				break
-			}
-		}
-		if _, err := io.WriteString(c, "PONG\r\n"); err != nil {
+		br, err := fakeNATSConnect(c, ln, 1048576)
+		if err != nil {
 			closed <- err
 			return
 		}

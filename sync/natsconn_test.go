@@ -119,19 +119,7 @@ func TestNATSHugeMessageFromServer(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		fmt.Fprintf(c, "INFO {\"server_id\":\"x\",\"version\":\"2.10.0\",\"go\":\"go\",\"host\":\"127.0.0.1\",\"port\":%d,\"headers\":true,\"max_payload\":1048576,\"proto\":1}\r\n", ln.Addr().(*net.TCPAddr).Port)
-		br := bufio.NewReader(c)
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				served <- err
-				return
-			}
-			if strings.HasPrefix(line, "PING") {
-				break
-			}
-		}
-		if _, err := io.WriteString(c, "PONG\r\n"); err != nil {
+		if _, err := fakeNATSConnect(c, ln, 1048576); err != nil {
 			served <- err
 			return
 		}
@@ -181,4 +169,24 @@ func TestPlainNATS(t *testing.T) {
 			t.Errorf("plainNATS(%q) = %v, want %v", url, got, want)
 		}
 	}
+}
+
+// fakeNATSConnect plays a NATS server's side of the connect on c (a
+// connection accepted on ln): its INFO (max_payload), the client's CONNECT
+// and PING, and the PONG. It returns the reader of what the client sends
+// next.
+func fakeNATSConnect(c net.Conn, ln net.Listener, maxPayload int) (*bufio.Reader, error) {
+	fmt.Fprintf(c, "INFO {\"server_id\":\"x\",\"version\":\"2.10.0\",\"go\":\"go\",\"host\":\"127.0.0.1\",\"port\":%d,\"headers\":true,\"max_payload\":%d,\"proto\":1}\r\n", ln.Addr().(*net.TCPAddr).Port, maxPayload)
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(line, "PING") {
+			break
+		}
+	}
+	_, err := io.WriteString(c, "PONG\r\n")
+	return br, err
 }
