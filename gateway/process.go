@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,7 +42,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return g.deadLetter(ictx, j, nil, fmt.Errorf("%w: %w", ErrNotLoaded, f.LoadErr))
 	}
 	res, err := g.invoke(ctx, ictx, e.Function, ev)
-	if errors.Is(err, errStopping) {
+	if errors.Is(err, errStopping) || (errors.Is(err, luavm.ErrClosed) && ctx.Err() != nil) {
 		return stop, 0
 	}
 	g.disp.giveTurn(j) // the commit does not need it
@@ -135,16 +136,18 @@ var errStopping = errors.New("gateway: stopping")
 // invoke runs an event's function. The job holds a turn of its function
 // (its max_concurrency, taken by the dispatcher: a function at its limit
 // parks its lanes instead of holding workers) and needs one of the
-// gateway's turns (workers) and an instance, but never holds one while it
-// waits for the other: waiting for an instance with a gateway turn let a
-// client hammering one HTTP function stall every other function's events,
-// and waiting for a turn with an instance ran replaced versions and kept
-// the instance from calls over the API. So it takes a turn, then an
-// instance if one is free at once (TryInvoke); if none is, it waits for
-// one in the function's queue, in turn with the calls over the API
-// (InvokeGated, up to queue_timeout), and takes a turn only if one is free
-// then, waiting for a turn again otherwise. ctx is the gateway's (its end
-// stops the waits for a turn), ictx the invocation's.
+// gateway's turns (workers) and an instance. It never waits for an
+// instance holding a gateway turn (a client hammering one HTTP function
+// stalled every other function's events): it takes a turn, then an
+// instance if one is free at once (TryInvoke). If none is (calls over the
+// API hold them), it gives the turn back and waits for an instance in the
+// function's queue, in turn with those calls (InvokeGated, up to
+// queue_timeout), then waits for a turn holding it: the holders of turns
+// are all running, so that wait is short, and giving the instance back
+// instead lost the event's place for as long as both loads lasted (the
+// runtime re-checks the version once the turn is given). A stop ends both
+// waits (the event stays in the inbox); once it runs, nothing cancels it.
+// ctx is the gateway's, ictx the invocation's.
 func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event) (*luavm.Result, error) {
 	for {
 		select {
@@ -160,15 +163,40 @@ func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event
 			return res, err
 		}
 		noTurn := false
-		res, err = g.opts.Runtime.InvokeGated(ictx, name, ev, g.state, func(context.Context) (func(), error) {
+		// The wait for an instance ends at a stop (the event stays in the
+		// inbox); once the gate gave a turn the call runs to its end.
+		wctx, cancelWait := context.WithCancel(ictx)
+		var mu sync.Mutex
+		started := false
+		stopWait := context.AfterFunc(ctx, func() {
+			mu.Lock()
+			if !started {
+				cancelWait()
+			}
+			mu.Unlock()
+		})
+		res, err = g.opts.Runtime.InvokeGated(wctx, name, ev, g.state, func(context.Context) (func(), error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if wctx.Err() != nil {
+				return nil, fmt.Errorf("%w: stopping", luavm.ErrBusy)
+			}
 			select {
 			case g.invoking <- struct{}{}:
-				return func() { <-g.invoking }, nil
-			default:
+				started = true
+				return func() {
+					<-g.invoking
+					mu.Lock()
+					started = false
+					mu.Unlock()
+				}, nil
+			case <-ctx.Done():
 				noTurn = true
 				return nil, fmt.Errorf("%w: no gateway turn free", luavm.ErrBusy)
 			}
 		})
+		stopWait()
+		cancelWait()
 		if !noTurn {
 			return res, err // ran, or busy for queue_timeout: retried later
 		}
