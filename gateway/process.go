@@ -150,6 +150,9 @@ var errStopping = errors.New("gateway: stopping")
 // ctx is the gateway's, ictx the invocation's.
 func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event) (*luavm.Result, error) {
 	for {
+		if ctx.Err() != nil {
+			return nil, errStopping // (a select with a free turn could pick it)
+		}
 		select {
 		case g.invoking <- struct{}{}:
 		case <-ctx.Done():
