@@ -119,7 +119,16 @@ func setupBlobPut(fs *flag.FlagSet) remoteRun {
 				return usagef("%v", err)
 			}
 			defer f.Close()
-			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+			st, err := f.Stat()
+			if err != nil {
+				return usagef("%v", err)
+			}
+			if st.IsDir() {
+				// Opened, but unreadable: the upload failed as it sent, and
+				// the error said the server could not be reached.
+				return usagef("%s is a directory", args[1])
+			}
+			if st.Mode().IsRegular() {
 				size = st.Size() // lets the server refuse an oversized file at once
 			}
 			body = f

@@ -126,7 +126,7 @@ func renderRecords(w io.Writer, resp *v1.QueryRecordsResponse, header bool) erro
 		fmt.Fprintln(tw, "TIME\tFUNCTION\tDEVICE\tSTREAM\tDATA")
 	}
 	for _, r := range resp.GetRecords() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(r.GetEventTime()), r.GetFunction(), orDash(r.GetDevice()), r.GetStream(), fmtValue(r.GetData()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(r.GetEventTime()), r.GetFunction(), orDash(oneLine(r.GetDevice())), oneLine(r.GetStream()), fmtValue(r.GetData()))
 	}
 	return tw.Flush()
 }

@@ -86,7 +86,7 @@ func renderDeadLetters(w io.Writer, resp *v1.ListDeadLettersResponse) error {
 		if payload == "" && len(ev.GetPayload()) > 0 {
 			payload = fmtPayload(ev.GetPayload())
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.GetSeq(), fmtTime(d.GetTime()), d.GetFunction(), orDash(d.GetKey()), d.GetAttempts(),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.GetSeq(), fmtTime(d.GetTime()), d.GetFunction(), orDash(clipText(d.GetKey(), 100)), d.GetAttempts(),
 			clipText(d.GetError(), 100), orDash(clipText(payload, 100)))
 	}
 	return tw.Flush()

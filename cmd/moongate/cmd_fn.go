@@ -315,14 +315,35 @@ func runFnRollback(ctx context.Context, c *apiClient, args []string, stdout, _ i
 // readDataArg reads a --data value: the value itself, @FILE, or - for
 // standard input.
 func readDataArg(v string, stdin io.Reader) ([]byte, error) {
+	var r io.Reader
 	switch {
 	case v == "-":
-		return io.ReadAll(io.LimitReader(stdin, maxResponseBytes))
+		r = stdin
 	case strings.HasPrefix(v, "@"):
-		return os.ReadFile(v[1:])
+		f, err := os.Open(v[1:])
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	default:
+		return []byte(v), nil
 	}
-	return []byte(v), nil
+	// Bounded, and refused past the bound rather than cut (the default
+	// api.max_body_bytes: a larger value cannot be sent anyway).
+	b, err := io.ReadAll(io.LimitReader(r, maxDataBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxDataBytes {
+		return nil, fmt.Errorf("larger than %d bytes", maxDataBytes)
+	}
+	return b, nil
 }
+
+// maxDataBytes bounds a JSON value read from a file or standard input
+// (the default api.max_body_bytes).
+const maxDataBytes = 4 << 20
 
 func setupFnInvoke(fs *flag.FlagSet) remoteRun {
 	data := fs.String("data", "", "event payload: JSON, @FILE or - (standard input)")
@@ -508,12 +529,18 @@ func setupFnLogs(fs *flag.FlagSet) remoteRun {
 		if follow && *tail > maxFollowTail {
 			return usagef("--tail with -f is at most %d (the server's bound for a follow)", maxFollowTail)
 		}
+		given := map[string]bool{} // --after 0 is the first page, not "no --after"
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		switch {
+		case given["tail"] && given["after"]:
+			return usagef("--tail and --after exclude each other")
+		case given["limit"] && !given["after"]:
+			return usagef("--limit is the page size of --after")
+		}
 		if follow {
 			return followLogs(ctx, c, fn, *invocation, *after, *tail, stdout)
 		}
-		afterSet := false // --after 0 is the first page, not "no --after"
-		fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
-		if afterSet {
+		if given["after"] {
 			q := logsQuery(fn, *invocation, *after, *limit)
 			var resp v1.ListLogsResponse
 			raw, err := c.call(ctx, http.MethodGet, "/v1/logs", q, nil, &resp)

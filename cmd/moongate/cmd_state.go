@@ -108,7 +108,7 @@ func setupStateLs(fs *flag.FlagSet) remoteRun {
 					fmt.Fprintln(tw, "KEY\tVALUE")
 				}
 				for _, e := range resp.GetEntries() {
-					fmt.Fprintf(tw, "%s\t%s\n", e.GetKey(), fmtValue(e.GetValue()))
+					fmt.Fprintf(tw, "%s\t%s\n", oneLine(e.GetKey()), fmtValue(e.GetValue()))
 				}
 				err = tw.Flush()
 			}
@@ -151,7 +151,7 @@ func runStatePut(ctx context.Context, c *apiClient, args []string, stdout, _ io.
 	if c.json {
 		return printJSON(stdout, raw)
 	}
-	_, err = fmt.Fprintf(stdout, "%s = %s\n", e.GetKey(), fmtValue(e.GetValue()))
+	_, err = fmt.Fprintf(stdout, "%s = %s\n", oneLine(e.GetKey()), fmtValue(e.GetValue()))
 	return err
 }
 
