@@ -181,7 +181,7 @@ func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event
 		res, err = g.opts.Runtime.InvokeGated(wctx, name, ev, g.state, func(context.Context) (func(), error) {
 			mu.Lock()
 			defer mu.Unlock()
-			if wctx.Err() != nil {
+			if wctx.Err() != nil || ctx.Err() != nil {
 				return nil, fmt.Errorf("%w: stopping", luavm.ErrBusy)
 			}
 			select {
@@ -191,6 +191,9 @@ func (g *Gateway) invoke(ctx, ictx context.Context, name string, ev *luavm.Event
 					<-g.invoking
 					mu.Lock()
 					started = false
+					if ctx.Err() != nil {
+						cancelWait() // the stop came while it held the turn
+					}
 					mu.Unlock()
 				}, nil
 			case <-ctx.Done():
