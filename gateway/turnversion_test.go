@@ -25,11 +25,7 @@ func TestEventWaitingForGatewayTurnRunsVersionDeployedMeanwhile(t *testing.T) {
 	st := quietStore(t, store.Options{})
 	rt := luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})
 	slow := busyFunction("slow", "slow/{device}", 1500, 5*time.Second)
-	mk := func(fp string, version int64, out string) *Function {
-		return &Function{Name: "a", Fingerprint: fp, Version: version, Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
-			Spec: luavm.Spec{Source: []byte(`function handle(e) return {v = "` + out + `"} end`)}}
-	}
-	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 1}, slow, mk("v1", 1, "old"))
+	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 1}, slow, versionOfA("v1", 1, "old"))
 
 	if err := g.handle(ctx, &mqtt.Message{Topic: "slow/d1", Payload: []byte(`{}`), QoS: 1, ClientID: "d1", PacketID: 1}); err != nil {
 		t.Fatal(err)
@@ -40,7 +36,7 @@ func TestEventWaitingForGatewayTurnRunsVersionDeployedMeanwhile(t *testing.T) {
 	}
 	// a's event is dispatched and waits for the gateway's turn.
 	waitFor(t, 10*time.Second, "a's event dispatched", func() bool { return len(g.functionTurns("a")) == 1 })
-	if err := g.SetFunctions(ctx, []*Function{slow, mk("v2", 2, "new")}); err != nil {
+	if err := g.SetFunctions(ctx, []*Function{slow, versionOfA("v2", 2, "new")}); err != nil {
 		t.Fatal(err)
 	}
 	if f := g.Lookup("a"); f == nil || f.Version != 2 {
@@ -96,11 +92,7 @@ func TestDirectCallWaitingForTurnRunsVersionDeployedMeanwhile(t *testing.T) {
 	st := quietStore(t, store.Options{})
 	rt := luavm.NewRuntime(luavm.Options{Logger: slog.New(slog.DiscardHandler)})
 	slow := busyFunction("slow", "slow/{device}", 1500, 5*time.Second)
-	mk := func(fp string, version int64, out string) *Function {
-		return &Function{Name: "a", Fingerprint: fp, Version: version, Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
-			Spec: luavm.Spec{Source: []byte(`function handle(e) return {v = "` + out + `"} end`), QueueTimeout: 10 * time.Second}}
-	}
-	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 1}, slow, mk("v1", 1, "old"))
+	g := runGateway(t, Options{Store: st, Runtime: rt, Workers: 1}, slow, versionOfA("v1", 1, "old"))
 	go func() { _, _ = g.Invoke(ctx, "slow", &luavm.Event{Trigger: "invoke"}, false, nil) }()
 	waitFor(t, 10*time.Second, "the slow call running (the only direct turn)", func() bool { ps, _ := rt.Stats("slow"); return ps.Busy == 1 })
 	got := make(chan *InvokeResult, 1)
@@ -112,7 +104,7 @@ func TestDirectCallWaitingForTurnRunsVersionDeployedMeanwhile(t *testing.T) {
 		got <- r
 	}()
 	waitFor(t, 10*time.Second, "a's call holding an instance, waiting for its turn", func() bool { ps, _ := rt.Stats("a"); return ps.Busy == 1 })
-	if err := g.SetFunctions(ctx, []*Function{slow, mk("v2", 2, "new")}); err != nil {
+	if err := g.SetFunctions(ctx, []*Function{slow, versionOfA("v2", 2, "new")}); err != nil {
 		t.Fatal(err)
 	}
 	r := <-got
@@ -159,4 +151,11 @@ func TestEventWaitingForGatewayTurnStarvesDirectCalls(t *testing.T) {
 	if out.Err != nil {
 		t.Fatal(out.Err)
 	}
+}
+
+// versionOfA is version version of function a (trigger a/{device}), which
+// returns {v = out}.
+func versionOfA(fp string, version int64, out string) *Function {
+	return &Function{Name: "a", Fingerprint: fp, Version: version, Patterns: []*trigger.Pattern{trigger.MustParsePattern("a/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {v = "` + out + `"} end`), QueueTimeout: 10 * time.Second}}
 }

@@ -12,7 +12,7 @@ import (
 // A FILE that cannot be read (here a directory) is bad input: exit 2,
 // not "cannot reach the server" (exit 5, "retry later").
 func TestCLIBlobPutDirectoryIsUsageError(t *testing.T) {
-	const token = "mgt_cli_blob_token_0123456789"
+	const token = blobCLIToken
 	addr := startBlobDaemon(t, token)
 	var out, errb bytes.Buffer
 	code := run(context.Background(), []string{"blob", "put", "files/x.bin", t.TempDir(), "--server", addr, "--token", token}, &out, &errb)
@@ -24,7 +24,7 @@ func TestCLIBlobPutDirectoryIsUsageError(t *testing.T) {
 // An oversized VALUE file is exit 2 before anything is sent (docs/cli.md:
 // "missing or oversized file ... nothing was sent"), as '-' is bounded.
 func TestCLIStatePutHugeFileIsUsageError(t *testing.T) {
-	const token = "mgt_cli_blob_token_0123456789"
+	const token = blobCLIToken
 	addr := startBlobDaemon(t, token)
 	p := filepath.Join(t.TempDir(), "big.json")
 	big := `"` + strings.Repeat("a", 40<<20) + `"`
@@ -42,13 +42,7 @@ func TestCLIStatePutHugeFileIsUsageError(t *testing.T) {
 // state ls table must not let it fake lines or columns, as logs, dead
 // letters and errors are escaped (oneLine/clipText).
 func TestCLIStateLsKeyCannotFakeLines(t *testing.T) {
-	const token = "mgt_cli_blob_token_0123456789"
-	addr := startBlobDaemon(t, token)
-	cli := func(args ...string) (int, string, string) {
-		var out, errb bytes.Buffer
-		code := run(context.Background(), append(args, "--server", addr, "--token", token), &out, &errb)
-		return code, out.String(), errb.String()
-	}
+	cli := blobDaemonCLI(t)
 	key := "a\nadmin_password\t\"hunter2\""
 	if code, out, errs := cli("state", "put", "fn1", key, "1"); code != exitOK {
 		t.Fatalf("state put: %d %s %s", code, out, errs)
@@ -65,13 +59,7 @@ func TestCLIStateLsKeyCannotFakeLines(t *testing.T) {
 // The DEVICE column of data query comes from the topic a device chose
 // ({device} capture): it must not fake lines or columns of the table.
 func TestCLIDataQueryDeviceCannotFakeLines(t *testing.T) {
-	const token = "mgt_cli_blob_token_0123456789"
-	addr := startBlobDaemon(t, token)
-	cli := func(args ...string) (int, string, string) {
-		var out, errb bytes.Buffer
-		code := run(context.Background(), append(args, "--server", addr, "--token", token), &out, &errb)
-		return code, out.String(), errb.String()
-	}
+	cli := blobDaemonCLI(t)
 	src := filepath.Join(t.TempDir(), "tele.lua")
 	if err := os.WriteFile(src, []byte("function handle(event, ctx)\n  return {ok = true}\nend\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -95,13 +83,7 @@ func TestCLIDataQueryDeviceCannotFakeLines(t *testing.T) {
 // --tail and --after exclude each other (docs/cli.md: "fn logs [NAME] -f
 // [--tail N | --after SEQ]"); given both, --tail is silently ignored.
 func TestCLIFnLogsTailWithAfterRefused(t *testing.T) {
-	const token = "mgt_cli_blob_token_0123456789"
-	addr := startBlobDaemon(t, token)
-	cli := func(args ...string) (int, string, string) {
-		var out, errb bytes.Buffer
-		code := run(context.Background(), append(args, "--server", addr, "--token", token), &out, &errb)
-		return code, out.String(), errb.String()
-	}
+	cli := blobDaemonCLI(t)
 	src := filepath.Join(t.TempDir(), "chatty.lua")
 	if err := os.WriteFile(src, []byte("function handle(event, ctx)\n  for i = 1, 5 do log.info(\"line \" .. i) end\nend\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -115,5 +97,20 @@ func TestCLIFnLogsTailWithAfterRefused(t *testing.T) {
 	code, out, errs := cli("fn", "logs", "chatty", "--after", "0", "--tail", "2")
 	if code != exitUsage {
 		t.Fatalf("fn logs --after 0 --tail 2: exit %d, want %d; printed %d lines:\n%s%s", code, exitUsage, strings.Count(out, "\n"), out, errs)
+	}
+}
+
+// blobCLIToken is the admin token of startBlobDaemon in these tests.
+const blobCLIToken = "mgt_cli_blob_token_0123456789"
+
+// blobDaemonCLI starts a daemon (startBlobDaemon) and returns a runner of
+// the CLI against it: exit code, standard output, standard error.
+func blobDaemonCLI(t *testing.T) func(args ...string) (int, string, string) {
+	t.Helper()
+	addr := startBlobDaemon(t, blobCLIToken)
+	return func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(args, "--server", addr, "--token", blobCLIToken), &out, &errb)
+		return code, out.String(), errb.String()
 	}
 }
