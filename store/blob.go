@@ -132,8 +132,25 @@ func (sb *StagedBlob) Release() {
 	sb.released = true
 	if s.pins[sb.sum]--; s.pins[sb.sum] <= 0 {
 		delete(s.pins, sb.sum)
-		s.removeIfUnreferencedLocked(sb.sum)
+		s.removeUnpinnedLocked(sb.sum)
 	}
+}
+
+// removeUnpinnedLocked removes the object of sum, no longer pinned, unless
+// a committed blob refers to it. With DurabilityInterval the commit that
+// took its last reference away may not be synced yet (a power loss would
+// bring the reference back): the object is then removed after the next
+// sync, if still unreferenced, like the objects commits free
+// (queueUnsyncedFreed). s.objMu must be held.
+func (s *Store) removeUnpinnedLocked(sum [32]byte) {
+	if !s.freedAfterSync() {
+		s.removeIfUnreferencedLocked(sum)
+		return
+	}
+	s.unsyncedMu.Lock()
+	s.unsyncedFreed = append(s.unsyncedFreed, sum)
+	s.unsyncedMu.Unlock()
+	s.dirty.Store(true) // the sync loop runs
 }
 
 // BlobPut is an upload for PutBlob.
@@ -355,7 +372,7 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 	if err := syncDir(fanout); err != nil {
 		// In place but not known durable: not pinned, so not kept unless
 		// something refers to it.
-		s.removeIfUnreferencedLocked(sb.sum)
+		s.removeUnpinnedLocked(sb.sum)
 		return nil, err
 	}
 	ok = true

@@ -504,13 +504,13 @@ func (s *Store) syncLoop() {
 			if s.dirty.Swap(false) {
 				freed := s.takeUnsyncedFreed() // committed before this sync
 				ctr := s.counters()            // likewise
-				if err := s.db.Sync(); err != nil {
-					s.log.Error("interval sync", "err", err)
-					s.unsyncedMu.Lock()
-					s.unsyncedFreed = append(freed, s.unsyncedFreed...)
-					s.unsyncedMu.Unlock()
-					s.dirty.Store(true)
-					continue
+				err := s.db.Sync()
+				if h := syncHook; h != nil {
+					err = h(err)
+				}
+				if err != nil {
+					s.syncFailed(err)
+					return
 				}
 				s.syncs.Add(1)
 				s.removeFreed(freed) // committed before the sync began: durable now
@@ -519,3 +519,22 @@ func (s *Store) syncLoop() {
 		}
 	}
 }
+
+// syncFailed breaks the store after a failed interval sync. Not retried:
+// after a failed sync the kernel may have dropped the pages it could not
+// write (marking them clean), so a later sync that succeeds would prove
+// nothing of the commits before it, and the sync loop would note their
+// outbox positions durable and free their blob objects. Badger serves
+// those commits from memory; nothing may build on them: the daemon
+// restarts (ErrCorrupt), and Badger replays what its logs hold.
+func (s *Store) syncFailed(err error) {
+	berr := fmt.Errorf("%w: a sync failed, commits since the last one may not be on disk (restart moongate): %w", ErrCorrupt, err)
+	s.broken.CompareAndSwap(nil, &berr)
+	ferr := fmt.Errorf("store: sync failed: %w", err)
+	s.lastFail.Store(&ferr)
+	s.log.Error("interval sync failed: the store refuses writes until restarted", "err", err)
+}
+
+// syncHook, when set (tests), sees the result of each interval sync and
+// returns the one the sync loop acts on.
+var syncHook func(error) error

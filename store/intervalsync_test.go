@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -36,5 +38,44 @@ func TestIntervalSyncDoesNotStrandRecords(t *testing.T) {
 			}
 			time.Sleep(100 * time.Microsecond)
 		}
+	}
+}
+
+// A failed interval sync breaks the store (ErrCorrupt: the daemon
+// restarts) instead of being retried: after a failed sync the kernel may
+// have dropped the pages it could not write, and a retry that succeeds
+// would note outbox positions durable whose records a power loss would
+// take back (here: the retry, made to succeed, handed the record out).
+func TestIntervalFailedSyncBreaksStore(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityInterval, SyncInterval: time.Millisecond, RetentionInterval: time.Hour, GCInterval: -1})
+	failed := make(chan struct{})
+	var once sync.Once
+	syncHook = func(err error) error {
+		fail := false
+		once.Do(func() { fail = true; close(failed) })
+		if fail {
+			return errors.New("EIO from the disk")
+		}
+		return err
+	}
+	defer func() { syncHook = nil }()
+	seqs := enqueue(t, s, "f", 1)
+	if _, err := s.Commit(ctx, &Commit{InboxSeq: seqs[0], Records: []Record{{Stream: "st", Function: "f", Data: []byte(`{}`), Targets: []string{"up"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	<-failed
+	for deadline := time.Now().Add(5 * time.Second); !errors.Is(s.Health(), ErrCorrupt); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Health 5 s after a failed sync: %v, want ErrCorrupt", s.Health())
+		}
+	}
+	// Whatever the sync loop would still do, the record is not handed out:
+	// nothing noted it durable.
+	if _, err := s.Enqueue(ctx, []InboxEntry{{Function: "f", Event: []byte(`{}`)}}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Enqueue after a failed sync: %v, want ErrCorrupt", err)
+	}
+	if es, err := s.OutboxRead(ctx, "up", 0, 10, 0); err != nil || len(es) != 0 {
+		t.Fatalf("OutboxRead after a failed sync: %d entries, %v; want none", len(es), err)
 	}
 }

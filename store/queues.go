@@ -1492,7 +1492,7 @@ func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, lim
 		end = (*d)[target]
 	}
 	if start >= end {
-		return nil, nil
+		return nil, s.checkOpen()
 	}
 	err := s.view(ctx, func(txn *badger.Txn) error {
 		return scanName(txn, pOutbox, target, start, limit, func(seq uint64, v []byte) error {

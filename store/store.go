@@ -179,7 +179,8 @@ type Store struct {
 	valueThreshold int64
 	maxTxnCount    int64
 	// broken is set when the state could not be reloaded after a failed
-	// group commit: every write fails with it (committer only writes it).
+	// group commit (the committer) or an interval sync failed (the sync
+	// loop): every write fails with it.
 	broken atomic.Pointer[error]
 	// deadDrops logs dead letters dropped by quota or age.
 	deadDrops dropWarner
@@ -472,8 +473,10 @@ func (s *Store) Close() error {
 		freed := s.takeUnsyncedFreed()
 		if err := s.db.Sync(); err != nil {
 			errs = append(errs, fmt.Errorf("store: sync on close: %w", err))
-		} else {
-			s.removeFreed(freed) // else Open's sweep removes them
+		} else if s.broken.Load() == nil {
+			// Else Open's sweep removes them: after a failed sync, this
+			// one proves nothing of the commits that freed them.
+			s.removeFreed(freed)
 		}
 	}
 	if err := s.db.Close(); err != nil {

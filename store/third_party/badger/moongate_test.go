@@ -143,6 +143,60 @@ func TestMoongateValueLogSyncedOnlyWhenWritten(t *testing.T) {
 	}
 }
 
+// Without SyncWrites, DB.Sync syncs the value log only when a write went
+// there since the last sync (moongate's durability modes sync with
+// DB.Sync after commits that rarely hold a value-log value), and then it
+// does: the value is on disk (its pages written back) when DB.Sync returns.
+func TestMoongateSyncSkipsUnwrittenValueLog(t *testing.T) {
+	dir := t.TempDir()
+	opt := DefaultOptions(dir).WithSyncWrites(false).WithValueThreshold(1 << 10).WithLogger(nil)
+	db, err := Open(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	set := func(k string, v []byte) {
+		t.Helper()
+		if err := db.Update(func(txn *Txn) error { return txn.Set([]byte(k), v) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync := func() {
+		t.Helper()
+		if err := db.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync()
+	base := db.vlog.syncs.Load()
+	for i := range 20 {
+		set(fmt.Sprintf("small%d", i), []byte("v"))
+		sync()
+	}
+	if n := db.vlog.syncs.Load() - base; n != 0 {
+		t.Fatalf("%d value-log syncs for 20 DB.Sync after small values only, want 0", n)
+	}
+	big := bytes.Repeat([]byte("b"), 64<<10)
+	set("big", big)
+	db.vlog.filesLock.RLock()
+	vpath := db.vlog.filesMap[db.vlog.maxFid].Fd.Name()
+	db.vlog.filesLock.RUnlock()
+	if kb, mapped := dirtyKB(t, vpath); !mapped || kb == 0 {
+		t.Fatalf("value log %s before DB.Sync: mapped %v, %d KiB dirty; want the write's pages dirty", vpath, mapped, kb)
+	}
+	sync()
+	if n := db.vlog.syncs.Load() - base; n != 1 {
+		t.Fatalf("%d value-log syncs after a DB.Sync following a %d-byte value, want 1", n, len(big))
+	}
+	if kb, _ := dirtyKB(t, vpath); kb != 0 {
+		t.Fatalf("value log %s has %d KiB not written back after DB.Sync", vpath, kb)
+	}
+	sync()
+	if n := db.vlog.syncs.Load() - base; n != 1 {
+		t.Fatalf("%d value-log syncs after a second DB.Sync with nothing written, want 1", n)
+	}
+}
+
 // buildL0Table leaves out of the level-0 table exactly the versions a
 // compaction would drop: of the versions at or below the discard
 // threshold, all but the newest NumVersionsToKeep (or up to a deletion,

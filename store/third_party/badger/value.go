@@ -354,6 +354,14 @@ func (vlog *valueLog) rewrite(f *logFile) error {
 	vlog.opt.Infof("Processed %d entries in %d loops", len(wb), loops)
 	vlog.opt.Infof("Total entries: %d. Moved: %d", count, moved)
 	vlog.opt.Infof("Removing fid: %d", f.fid)
+	// moongate: without SyncWrites the moved values are only in the page
+	// cache (the current value log and memtable log): synced before the
+	// file that held them durably goes, or a power loss would take both.
+	if !vlog.opt.SyncWrites {
+		if err := vlog.db.Sync(); err != nil {
+			return y.Wrapf(err, "while syncing the values moved out of fid %d", f.fid)
+		}
+	}
 	var deleteFileNow bool
 	// Entries written to LSM. Remove the older file now.
 	{
@@ -478,7 +486,11 @@ type valueLog struct {
 	garbageCh    chan struct{}
 	discardStats *discardStats
 
-	syncs atomic.Int64 // moongate: syncs done by write (for tests)
+	syncs atomic.Int64 // moongate: syncs done by write and sync (for tests)
+	// unsynced (moongate) is set once write copied a value into the
+	// current file, cleared by sync: without SyncWrites, DB.Sync syncs the
+	// value log only when something was written to it since the last one.
+	unsynced atomic.Bool
 }
 
 func vlogFilePath(dirPath string, fid uint32) string {
@@ -757,6 +769,23 @@ func (vlog *valueLog) sync() error {
 	if vlog.opt.SyncWrites || vlog.opt.InMemory {
 		return nil
 	}
+	// moongate: nothing written since the last sync, nothing to sync (an
+	// msync of the unchanged mapping still costs a device cache flush).
+	// A write that finished before this call set the flag before it
+	// returned; one that races with it sets it again for the next sync.
+	if !vlog.unsynced.Swap(false) {
+		return nil
+	}
+	err := vlog.syncCurrent()
+	if err != nil {
+		vlog.unsynced.Store(true)
+	}
+	return err
+}
+
+// syncCurrent syncs the current value-log file (moongate: was the body of
+// sync).
+func (vlog *valueLog) syncCurrent() error {
 
 	vlog.filesLock.RLock()
 	maxFid := vlog.maxFid
@@ -771,6 +800,7 @@ func (vlog *valueLog) sync() error {
 	curlf.lock.RLock()
 	vlog.filesLock.RUnlock()
 
+	vlog.syncs.Add(1) // moongate
 	err := curlf.Sync()
 	curlf.lock.RUnlock()
 	return err
@@ -871,7 +901,8 @@ func (vlog *valueLog) write(reqs []*request) (err error) {
 
 		start := int(endOffset - n)
 		y.AssertTrue(copy(curlf.Data[start:], buf.Bytes()) == int(n))
-		dirty = true // moongate
+		dirty = true              // moongate
+		vlog.unsynced.Store(true) // moongate: for DB.Sync
 		vlog.writableLogOffset.Store(endOffset)
 
 		curlf.size.Store(endOffset)
