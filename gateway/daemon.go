@@ -50,7 +50,18 @@ type Daemon struct {
 	// the kernel's NTP status); records are stamped with it. Set before
 	// Run.
 	ClockProbe func() (bool, error)
+
+	// stopping is closed once Run begins to stop (Stopping).
+	stopping chan struct{}
+	// storeHealth is the store's health as watchStore reads it (tests
+	// replace it: a store cannot be broken on purpose here).
+	storeHealth func() error
 }
+
+// Stopping returns a channel that is closed once Run begins to stop:
+// asked to (its context ended) or by itself (its store broke). A caller
+// bounding the stop (cmd/moongate's serve) starts its clock there.
+func (d *Daemon) Stopping() <-chan struct{} { return d.stopping }
 
 // NewDaemon opens the store and builds every part; nothing listens yet
 // except the HTTP endpoint (bound so that its address is known).
@@ -58,7 +69,7 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second, ClockProbe: kernelClockSynced}
+	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second, ClockProbe: kernelClockSynced, stopping: make(chan struct{})}
 	st, err := store.Open(ctx, storeOptions(cfg, log))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
@@ -286,6 +297,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// with that error, so that its supervisor restarts it.
 	runCtx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
+	context.AfterFunc(runCtx, func() { close(d.stopping) })
 	go d.watchStore(runCtx, stopRun)
 	// The clock is read before the first event is taken, then every 30 s.
 	clockDone := make(chan struct{})
@@ -304,13 +316,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// storeCheckInterval is how often the daemon looks for a broken store.
-const storeCheckInterval = 5 * time.Second
+// storeCheckInterval is how often the daemon looks for a broken store
+// (a variable for tests).
+var storeCheckInterval = 5 * time.Second
 
 // watchStore stops the daemon (stop) once its store is broken.
 func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc) {
+	health := d.store.Health
+	if d.storeHealth != nil {
+		health = d.storeHealth
+	}
 	every(ctx, storeCheckInterval, func() bool {
-		if err := d.store.Health(); errors.Is(err, store.ErrCorrupt) {
+		if err := health(); errors.Is(err, store.ErrCorrupt) {
 			d.log.Error("store refuses writes until restarted: stopping", "err", err)
 			stop(err)
 			return false

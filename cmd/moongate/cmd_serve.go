@@ -81,7 +81,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	// A stop that hangs (Badger retrying a memtable flush on a failing or
 	// full disk, forever) is cut short: what was acknowledged is durable
 	// already (its write-ahead log), and the supervisor would kill the
-	// process anyway (TimeoutStopSec).
+	// process anyway (TimeoutStopSec). That holds for a stop the daemon
+	// begins by itself too (its store broke): nobody would kill it then.
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -89,6 +90,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		case <-done:
 			return
 		case <-ctx.Done():
+		case <-d.Stopping():
 		}
 		select {
 		case <-done:
