@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime"
 	"net/http"
 	"net/url"
@@ -164,29 +169,67 @@ func setupBlobGet(fs *flag.FlagSet) remoteRun {
 			return err
 		}
 		defer resp.Body.Close()
-		if *out == "" {
-			if _, err := io.Copy(stdout, resp.Body); err != nil {
-				return &connError{server: c.base.Redacted(), err: err}
+		// The content is checked against the SHA-256 the server keeps for
+		// it (a stored object damaged on the gateway's disk is served as
+		// it is): with -o nothing is left under FILE then; on standard
+		// output the bytes went out, and the exit status says they are
+		// wrong.
+		sum := sha256.New()
+		body := io.TeeReader(resp.Body, sum)
+		check := func() error {
+			want := resp.Header.Get("X-Moongate-Sha256")
+			if got := hex.EncodeToString(sum.Sum(nil)); want != "" && got != want {
+				return fmt.Errorf("download: content has SHA-256 %s, the server's record says %s: the stored blob is damaged", got, want)
 			}
 			return nil
 		}
-		tmp, err := os.CreateTemp(filepath.Dir(*out), ".moongate-blob-*")
+		if *out == "" {
+			if _, err := io.Copy(stdout, body); err != nil {
+				return &connError{server: c.base.Redacted(), err: err}
+			}
+			return check()
+		}
+		tmp, err := createBeside(*out)
 		if err != nil {
 			return err
 		}
-		_, err = io.Copy(tmp, resp.Body)
+		_, err = io.Copy(tmp, body)
 		if cerr := tmp.Close(); err == nil {
 			err = cerr
+		}
+		if err == nil {
+			err = check()
 		}
 		if err == nil {
 			err = os.Rename(tmp.Name(), *out)
 		}
 		if err != nil {
 			_ = os.Remove(tmp.Name())
-			return fmt.Errorf("download: %w", err)
+			if !strings.HasPrefix(err.Error(), "download: ") {
+				err = fmt.Errorf("download: %w", err)
+			}
+			return err
 		}
 		return nil
 	}
+}
+
+// createBeside creates a new file next to path, to be renamed to it, with
+// the permissions a new file gets (0666 less the umask; os.CreateTemp's
+// 0600 would stay on the download).
+func createBeside(path string) (*os.File, error) {
+	for range 100 {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		name := filepath.Join(filepath.Dir(path), ".moongate-blob-"+hex.EncodeToString(rnd[:]))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err
+		}
+	}
+	return nil, fmt.Errorf("create a file beside %s: too many name clashes", path)
 }
 
 // blobMeta is a blob in the answers of /v1/blobs.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -23,13 +24,19 @@ import (
 // returns its API address.
 func startBlobDaemon(t *testing.T, token string) string {
 	t.Helper()
+	return startBlobDaemonIn(t, token, t.TempDir())
+}
+
+// startBlobDaemonIn is startBlobDaemon with its data in dataDir.
+func startBlobDaemonIn(t *testing.T, token, dataDir string) string {
+	t.Helper()
 	cfgYAML := fmt.Sprintf(`gateway_id: clitest
 data_dir: %q
 log: {level: warn}
 mqtt: {embedded: {listen: "127.0.0.1:0"}}
 api: {listen: "127.0.0.1:0", tokens: [{name: admin, scope: admin, hash: %q}]}
 blobs: {buckets: {files: {max_size: 64KiB}}}
-`, t.TempDir(), apiserver.HashToken(token))
+`, dataDir, apiserver.HashToken(token))
 	cfg, err := config.Parse("test.yaml", []byte(cfgYAML))
 	if err != nil {
 		t.Fatal(err)
@@ -154,5 +161,76 @@ func TestBlobLsTimeHasMilliseconds(t *testing.T) {
 	}
 	if !strings.Contains(out, "2026-11-26T15:00:05.700Z") || !strings.Contains(out, "2026-11-26T15:00:06.000Z") {
 		t.Fatalf("blob ls times not in the CLI's format (UTC with milliseconds):\n%s", out)
+	}
+}
+
+// blob get checks the content it received against the SHA-256 the server
+// keeps: an object damaged on the gateway's disk (same size, other bytes)
+// is served as it is, and was written under FILE with exit 0. The file
+// -o writes gets the permissions of any new file, not CreateTemp's 0600.
+func TestBlobGetChecksContentAndMode(t *testing.T) {
+	const token = "mgt_cli_blob_token_0123456789"
+	data := t.TempDir()
+	addr := startBlobDaemonIn(t, token, data)
+	cli := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(args, "--server", addr, "--token", token), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a.bin")
+	content := []byte("the blob's content, as uploaded")
+	if err := os.WriteFile(src, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := cli("blob", "put", "files/a.bin", src); code != exitOK {
+		t.Fatalf("put: %d %s %s", code, out, errs)
+	}
+	dst := filepath.Join(dir, "copy.bin")
+	if code, _, errs := cli("blob", "get", "files/a.bin", "-o", dst); code != exitOK {
+		t.Fatalf("get -o: %d %s", code, errs)
+	}
+	ref := filepath.Join(dir, "ref")
+	if err := os.WriteFile(ref, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rst, err := os.Stat(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != rst.Mode().Perm() {
+		t.Fatalf("get -o wrote mode %v, want %v (a new file's, as os.WriteFile gives)", st.Mode().Perm(), rst.Mode().Perm())
+	}
+	// Damage the stored object: same size, other bytes.
+	var objs []string
+	err = filepath.WalkDir(data, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(p, string(filepath.Separator)+"objects"+string(filepath.Separator)) {
+			objs = append(objs, p)
+		}
+		return err
+	})
+	if err != nil || len(objs) != 1 {
+		t.Fatalf("stored objects %v, %v; want one", objs, err)
+	}
+	bad := bytes.ToUpper(content)
+	if err := os.WriteFile(objs[0], bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst2 := filepath.Join(dir, "damaged.bin")
+	if code, _, errs := cli("blob", "get", "files/a.bin", "-o", dst2); code != exitFailure || !strings.Contains(errs, "SHA-256") {
+		t.Fatalf("get -o of a damaged blob: exit %d %q, want 1 naming the SHA-256", code, errs)
+	}
+	if _, err := os.Stat(dst2); !os.IsNotExist(err) {
+		t.Fatalf("get -o of a damaged blob left %s (%v)", dst2, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
+		t.Fatalf("get -o of a damaged blob left files behind: %v", ents)
+	}
+	if code, out, errs := cli("blob", "get", "files/a.bin"); code != exitFailure || out != string(bad) || !strings.Contains(errs, "damaged") {
+		t.Fatalf("get of a damaged blob to stdout: exit %d, %q, %q; want 1, the bytes served, an error", code, out, errs)
 	}
 }
