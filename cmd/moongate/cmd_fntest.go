@@ -39,7 +39,9 @@ changes, logs and cost. EVENT.json is an object with id, topic, payload,
 captures, ts, qos, trigger and http (method, path, query, headers, body); a
 payload that is not a JSON string is passed as its JSON text. As on the
 gateway, an event without id gets a generated one and an event without ts
-(or ts 0) gets the current time (a note on standard error says so).
+(or ts 0) gets the current time, header names are passed in lower case and
+Authorization, Proxy-Authorization and Cookie are left out (a note on
+standard error says so).
 The limits are those of the function's manifest: --manifest FILE, else
 NAME.yaml next to FILE.lua when there is one, else the defaults; --timeout
 overrides the manifest's timeout. CONFIG.json becomes ctx.config (default:
@@ -102,6 +104,27 @@ func runFnTest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	ev, err := luavm.ParseEvent(evData)
 	if err != nil {
 		return badInput("%s: %v", *eventPath, err)
+	}
+	// Headers as the daemon shows them: names in lower case, the caller's
+	// credentials left out.
+	if h := ev.HTTP; h != nil && len(h.Headers) > 0 {
+		shown := make(map[string]string, len(h.Headers))
+		var hidden []string
+		for _, k := range slices.Sorted(maps.Keys(h.Headers)) {
+			key, ok := apiserver.FunctionHeader(k)
+			if !ok {
+				hidden = append(hidden, k)
+				continue
+			}
+			if _, twice := shown[key]; twice {
+				return badInput("%s: header %q given twice (header names are case-insensitive)", *eventPath, key)
+			}
+			shown[key] = h.Headers[k]
+		}
+		if len(hidden) > 0 {
+			fmt.Fprintf(stderr, "moongate fn test: note: header %s left out, as the daemon hides the caller's credentials from functions\n", strings.Join(hidden, ", "))
+		}
+		h.Headers = shown
 	}
 	// As the gateway does for an event without id or ts (gateway.Invoke).
 	if ev.ID == "" {

@@ -26,6 +26,17 @@ const HTTPFunctionScope = ScopeRead
 // hiddenHeaders are not shown to functions: the caller's credentials.
 var hiddenHeaders = map[string]bool{"Authorization": true, "Proxy-Authorization": true, "Cookie": true}
 
+// FunctionHeader is how a request header named name is shown to a
+// function in event.http.headers: its name in lower case, and whether it
+// is shown at all (the caller's credentials are not). `moongate fn test`
+// applies it to the headers of its event file.
+func FunctionHeader(name string) (key string, shown bool) {
+	if hiddenHeaders[http.CanonicalHeaderKey(name)] {
+		return "", false
+	}
+	return strings.ToLower(name), true
+}
+
 // maxHeaders and maxQuery bound what an HTTP request hands to a function.
 const (
 	maxHeaders = 100
@@ -76,8 +87,8 @@ func (s *Server) runHTTPFunction(w http.ResponseWriter, r *http.Request) codes.C
 	}
 	hreq := &luavm.HTTPRequest{Method: r.Method, Path: "/" + r.PathValue("path"), Query: q, Headers: map[string]string{}, Body: body}
 	for k, vs := range r.Header {
-		if !hiddenHeaders[k] && len(vs) > 0 {
-			hreq.Headers[strings.ToLower(k)] = vs[0]
+		if key, shown := FunctionHeader(k); shown && len(vs) > 0 {
+			hreq.Headers[key] = vs[0]
 		}
 	}
 	// The response is built before the commit: a return value that is no
