@@ -229,6 +229,9 @@ type Embedded struct {
 	listeners []string
 	waiters   []interface{ wait() } // listeners whose connection goroutines Close waits for
 	ready     atomic.Bool
+	// sessions mirrors the broker's sessions into the store (nil without
+	// one).
+	sessions *sessionHook
 }
 
 var _ Ingest = (*Embedded)(nil)
@@ -334,11 +337,16 @@ func NewEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}
 	if cfg.Sessions != nil {
-		sh := &sessionHook{st: cfg.Sessions, log: log.With("component", "mqtt-sessions"), retained: e.srv.Topics.Retained.Get}
+		sh := &sessionHook{st: cfg.Sessions, log: log.With("component", "mqtt-sessions"), retained: e.srv.Topics.Retained.Get,
+			connected: func(id string) bool {
+				cl, ok := e.srv.Clients.Get(id)
+				return ok && !cl.Closed()
+			}}
 		if err := e.srv.AddHook(sh, nil); err != nil {
 			return nil, fmt.Errorf("mqtt: add session hook: %w", err)
 		}
 		e.srv.Options.BeforeAck = sh.beforeAck
+		e.sessions = sh
 	}
 	e.hctx, e.hcancel = context.WithCancel(context.Background())
 	return e, nil

@@ -174,6 +174,9 @@ type sessionHook struct {
 	// retained returns the topic's retained message in mochi (set by
 	// NewEmbedded).
 	retained func(topic string) (packets.Packet, bool)
+	// connected reports whether a client of that id is connected (set by
+	// NewEmbedded; nil: every client is taken as connected).
+	connected func(id string) bool
 
 	// queued counts the session writes queued so far; durable is how
 	// many of them are known to be durable (SessionFlusher).
@@ -233,7 +236,7 @@ func (h *sessionHook) Provides(b byte) bool {
 	return bytes.IndexByte([]byte{
 		mochi.OnSessionEstablish, mochi.OnSessionEstablished, mochi.OnDisconnect, mochi.OnSubscribed, mochi.OnUnsubscribed,
 		mochi.OnRetainMessage, mochi.OnWillSent, mochi.OnQosPublish, mochi.OnQosComplete,
-		mochi.OnQosDropped, mochi.OnClientExpired, mochi.OnRetainedExpired, mochi.OnPacketProcessed,
+		mochi.OnQosDropped, mochi.OnClientExpired, mochi.OnRetainedExpired,
 		mochi.StoredClients, mochi.StoredInflightMessages, mochi.StoredRetainedMessages, mochi.StoredSubscriptions,
 	}, b) >= 0
 }
@@ -259,8 +262,14 @@ func (h *sessionHook) del(what string, key []byte) {
 }
 
 // owe records that the acknowledgement of what client id sent waits for
-// the session writes queued so far. h.mu must be held.
+// the session writes queued so far. Nothing is recorded for a client that
+// is not connected (a publisher gone before its message was resent to a
+// returning subscriber, a delayed will): no acknowledgement will wait, and
+// the entry would stay for ever. h.mu must be held.
 func (h *sessionHook) owe(id string) {
+	if h.connected != nil && !h.connected(id) {
+		return
+	}
 	if h.owed == nil {
 		h.owed = map[string]uint64{}
 	}
@@ -483,6 +492,10 @@ func (h *sessionHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, sent int
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if pk.FixedHeader.Type == packets.Pubrel {
+		h.pubrel(cl, pk)
+		return
+	}
 	// The stored order is mochi's (given when the item entered its map,
 	// under its lock): two publishers racing to one client are stored in
 	// the order mochi will resend them. An item no longer in flight was
@@ -541,33 +554,35 @@ func (h *sessionHook) done(cl *mochi.Client, id uint16) {
 		}
 		delete(c.inflight, r)
 		h.del("queued message", inflightKey(cl.ID, r))
+		if r.dir == dirIn {
+			// The PUBCOMP waits for the removal of the PUBREC (patched
+			// mochi): a restart that restored it would take the client's
+			// next message with this packet id for a resend and drop it.
+			h.owe(cl.ID)
+		}
 	}
 }
 
-// OnPacketProcessed implements mochi.Hook: when a client answers a QoS 2
-// delivery with PUBREC, mochi replaces the message in flight with a PUBREL
-// without telling the hooks; the stored entry follows, so that a restart
-// resends PUBREL and not the message (which the client would take as new).
-func (h *sessionHook) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, err error) {
-	if err != nil || pk.FixedHeader.Type != packets.Pubrec || takenOver(cl) {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// pubrel stores the PUBREL that replaced a QoS 2 message in flight to cl
+// once cl answered it with PUBREC (the patched mochi reports it through
+// OnQosPublish and waits for the write, BeforeAck, before sending it): a
+// restart then resends the PUBREL, not the message, which cl, having
+// released the packet id at the PUBREL, would take as new. h.mu must be
+// held.
+func (h *sessionHook) pubrel(cl *mochi.Client, pk packets.Packet) {
 	c := h.known[string(digest(cl.ID))]
-	r := inflightRef{dirOut, pk.PacketID}
 	if c == nil {
 		return
 	}
+	r := inflightRef{dirOut, pk.PacketID}
 	seq, stored := c.inflight[r]
 	if !stored {
-		return
+		return // the message was not stored (completed, dropped)
 	}
-	if rel, ok := cl.State.Inflight.Get(pk.PacketID); ok && rel.FixedHeader.Type == packets.Pubrel {
-		m := message(rel)
-		m.Client = cl.ID
-		h.set("queued message", inflightKey(cl.ID, r), orderedMessage{seq, m})
-	}
+	m := message(pk)
+	m.Client = cl.ID
+	h.set("queued message", inflightKey(cl.ID, r), orderedMessage{seq, m})
+	h.owe(cl.ID)
 }
 
 // OnRetainMessage implements mochi.Hook: a retained message set, replaced

@@ -1516,6 +1516,17 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
 	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
 	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
+	// moongate: the PUBREL replaces the message in the client's session,
+	// kept (OnQosPublish, then BeforeAck) before it is sent: the client
+	// releases the packet id once it has the PUBREL, so a restart that
+	// resent the message (the release stored the PUBREL after sending it)
+	// would deliver it again as a new one.
+	s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+	if s.Options.BeforeAck != nil {
+		if err := s.Options.BeforeAck(cl); err != nil {
+			return fmt.Errorf("pubrel not kept: %w", err) // closes the connection; the session resends
+		}
+	}
 	return cl.WritePacket(ack)
 }
 
@@ -1537,19 +1548,26 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
 	cl.State.Inflight.Set(ack)
 
-	err := cl.WritePacket(ack)
-	if err != nil {
-		return err
-	}
-
+	// moongate: the PUBREC leaves the client's session, kept (OnQosComplete,
+	// then BeforeAck), before the PUBCOMP is sent. The client may reuse the
+	// packet id once it has the PUBCOMP; a restart that restored the PUBREC
+	// (the release removed it after sending) took the client's next message
+	// with that id for a resend of this one and dropped it. A PUBREL the
+	// client sends again because the PUBCOMP was lost gets "packet
+	// identifier not found", which completes the exchange for it.
 	cl.State.Inflight.IncreaseReceiveQuota()                    // +1 RECV QUOTA
 	cl.State.Inflight.IncreaseSendQuota()                       // +1 SENT QUOTA
 	if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.3-12]
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
 	}
+	if s.Options.BeforeAck != nil {
+		if err := s.Options.BeforeAck(cl); err != nil {
+			return fmt.Errorf("pubcomp not kept: %w", err) // closes the connection
+		}
+	}
 
-	return nil
+	return cl.WritePacket(ack)
 }
 
 // processPubcomp processes a Pubcomp packet, denoting completion of a QOS 2 packet sent from the server.
