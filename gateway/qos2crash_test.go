@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -112,14 +111,6 @@ func (d *qos2Dev) read(want byte) []byte {
 	}
 }
 
-func stopChild(t *testing.T, c *child) {
-	if os.Getenv("Q2_TERM") != "" {
-		c.term(t)
-		return
-	}
-	c.kill()
-}
-
 func q2id(id uint16) []byte { return binary.BigEndian.AppendUint16(nil, id) }
 
 // A device (persistent session, MQTT 3.1.1) publishes a QoS 2 message and
@@ -142,7 +133,7 @@ func TestQoS2CompletedInboundIDSurvivesSIGKILL(t *testing.T) {
 		d.read(0x50) // PUBREC
 		d.write(q2packet(0x62, q2id(1)))
 		d.read(0x70) // PUBCOMP: the broker owns the message, id 1 is free again
-		stopChild(t, c)
+		c.kill()
 		d.c.Close()
 
 		c = startChild(t, cfgPath)
@@ -216,7 +207,7 @@ func TestQoS2CompletedOutboundNotRedeliveredAfterSIGKILL(t *testing.T) {
 		d.write(q2packet(0x50, q2id(pid))) // PUBREC
 		d.read(0x60)                       // PUBREL: the command is the device's; it forgets pid
 		d.write(q2packet(0x70, q2id(pid))) // PUBCOMP
-		stopChild(t, c)
+		c.kill()
 		d.c.Close()
 		p.Disconnect(0)
 
