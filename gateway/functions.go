@@ -96,6 +96,7 @@ func (g *Gateway) setFunctions(ctx context.Context, fns []*Function, keep map[st
 		if f.LoadErr == nil {
 			f.Spec.Name = f.Name
 			f.Spec.Version = f.Version
+			f.Spec.Tag = f // ranAs
 			if err := g.opts.Runtime.Deploy(ctx, f.Spec); err != nil {
 				errs = append(errs, fmt.Errorf("deploy %s: %w", f.Name, err))
 				f.LoadErr = err
@@ -183,13 +184,19 @@ func (g *Gateway) fnSlots(function string, n int) chan struct{} {
 	return c
 }
 
-// ranAs returns the Function of the version of f that produced res: f
-// itself, or, when f was being replaced meanwhile, the version deployed
-// (the runtime switches to a new version before SetFunctions publishes
-// its routing): the outputs of a new version's code go where its manifest
-// says (stream, sync targets), not where the old one did.
+// ranAs returns the Function of the version of f that produced res (its
+// Spec.Tag, given back in res), or f: the outputs of a version's code go
+// where its manifest says (stream, sync targets), whatever was deployed
+// while it waited and ran (an invocation waiting for an instance moves to
+// a new version; that version may be replaced in turn before it ends).
 func (g *Gateway) ranAs(f *Function, res *luavm.Result) *Function {
-	if res == nil || res.Version == f.Version {
+	if res == nil {
+		return f
+	}
+	if t, ok := res.Tag.(*Function); ok && t.Name == f.Name {
+		return t // the version that ran, deployed by setFunctions
+	}
+	if res.Version == f.Version {
 		return f
 	}
 	if cur := g.funcs.Load().byName[f.Name]; cur != nil && cur.Version == res.Version {

@@ -73,6 +73,10 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		return retry, wait
 	}
 	f = g.ranAs(f, res)
+	// The functions listening to its outputs as deployed now: the
+	// invocation may have waited seconds for an instance while a listener
+	// was deployed or removed.
+	ft = g.funcs.Load()
 	c := g.buildCommit(f, ev, e, res)
 	c.State = append(c.State, g.forgetAttempts(j)...)
 	release, err := g.stageBlobs(ictx, c, res)

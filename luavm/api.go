@@ -56,6 +56,11 @@ type Spec struct {
 	IdleTimeout    time.Duration  // idle instances reclaimed after (default 60s)
 	QueueTimeout   time.Duration  // wait for a free instance before ErrBusy (default 5s)
 	MaxWaiting     int            // callers allowed to wait for an instance (default 4*MaxConcurrency)
+	// Tag is the caller's own, given back in the Result of every
+	// invocation of this version (Result.Tag): the gateway keeps the
+	// version's Function there, to route its outputs by the manifest of
+	// the version that ran, whatever was deployed since.
+	Tag any
 }
 
 // StateReader is how a function reads its state. Writes are not made through
@@ -172,6 +177,7 @@ type Cost struct {
 type Result struct {
 	Function     string
 	Version      int64
+	Tag          any    // the Spec.Tag of the version that ran
 	InvocationID string // the id the function saw as ctx.invocation_id
 	Kind         ResultKind
 	Value        []byte

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	lua "github.com/yuin/gopher-lua"
+
+	"github.com/moongate-edge/moongate/luavm/internal/pm"
 )
 
 // run executes one invocation on the instance. It never panics; after a
@@ -24,6 +26,10 @@ func (in *instance) run(ctx context.Context, name string, ev *Event, state State
 	if d, ok := ctx.Deadline(); ok && d.Before(iv.deadline) {
 		iv.deadline, iv.ctxDeadline = d, true
 	}
+	// Pattern work is charged in steps once enough of it piled up: what
+	// the last invocation on this instance left under that threshold is
+	// not this one's (the same invocation always costs the same steps).
+	in.pmb = pm.Budget{Hook: in.patternSteps}
 	res.Cost.BytesIn = int64(len(ev.Payload))
 	if ev.HTTP != nil {
 		res.Cost.BytesIn += int64(len(ev.HTTP.Body))

@@ -309,7 +309,7 @@ func (r *Runtime) invoke(ctx context.Context, name string, ev *Event, state Stat
 		break
 	}
 	defer p.release()
-	res.Version = p.spec.Version
+	res.Version, res.Tag = p.spec.Version, p.spec.Tag
 	p.invocations.Add(1)
 	id := r.invocationID()
 	res.InvocationID = id
