@@ -68,4 +68,3 @@ end`
 		t.Fatalf("v2's record went to stream %q (v1's manifest), want %q (v2's)", r.Stream, "s2")
 	}
 }
-
