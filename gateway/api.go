@@ -110,6 +110,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 			if blobPermanent(err) {
 				return g.outputsRefused(ctx, out, name, ev, res, err)
 			}
+			g.meterUncommitted(context.WithoutCancel(ctx), name, ev, res)
 			return nil, fmt.Errorf("gateway: invocation of %s: %w", name, err)
 		}
 		// What an invocation commits triggers downstream functions like
@@ -124,6 +125,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 		return g.outputsRefused(ctx, out, name, ev, res, chainRefusal(err))
 	}
 	if err != nil {
+		g.meterUncommitted(context.WithoutCancel(ctx), name, ev, res)
 		return nil, fmt.Errorf("gateway: commit invocation of %s: %w", name, err)
 	}
 	g.signalCommit()

@@ -86,6 +86,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 			return g.deadLetter(ictx, j, res, err)
 		}
 		g.log.Warn("staging blobs failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		g.meterUncommitted(ictx, e.Function, ev, res)
 		if ctx.Err() != nil {
 			return stop, 0
 		}
@@ -115,6 +116,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		// The store refused (full disk, quota): nothing was applied; try
 		// again later, the event stays in the inbox.
 		g.log.Warn("commit failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		g.meterUncommitted(ictx, e.Function, ev, res)
 		if ctx.Err() != nil {
 			return stop, 0
 		}
@@ -383,11 +385,15 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 		InboxSeq: e.Seq,
 		DeadLetter: &store.DeadLetter{Function: e.Function, Key: e.Key, Event: e.Event, Error: cause.Error(),
 			Attempts: max(j.attempts, 1), TS: now},
-		Usage: usageOf(e.Function, now, res, true),
 		State: g.forgetAttempts(j),
 	}
+	var ev *luavm.Event
 	if res != nil {
-		if ev, err := decodeEvent(e.Event); err == nil {
+		// Metered only when it ran (an event of no function, of a version
+		// that does not load, over the hop limit or undecodable did not).
+		c.Usage = usageOf(e.Function, now, res, true)
+		if d, err := decodeEvent(e.Event); err == nil {
+			ev = d
 			c.Logs = g.logRecords(e.Function, ev, res)
 		}
 	}
@@ -419,8 +425,32 @@ func (g *Gateway) deadLetter(ctx context.Context, j *job, res *luavm.Result, cau
 		return done, 0
 	default:
 		g.log.Warn("dead-letter commit failed, will retry", "function", e.Function, "seq", e.Seq, "err", err)
+		if ev != nil {
+			g.meterUncommitted(ctx, e.Function, ev, res)
+		}
 		return retry, g.backoff(3)
 	}
+}
+
+// meterUncommitted keeps, best effort, the logs and usage (as a failed
+// invocation) of a run whose outputs the store refused for now: its event
+// runs again later, and every run is metered. The usage alone when the
+// logs do not fit.
+func (g *Gateway) meterUncommitted(ctx context.Context, function string, ev *luavm.Event, res *luavm.Result) {
+	if res == nil {
+		return
+	}
+	c := &store.Commit{Logs: g.logRecords(function, ev, res), Usage: usageOf(function, g.opts.Now().UnixMilli(), res, true)}
+	_, err := g.opts.Store.Commit(ctx, c)
+	if err != nil && len(c.Logs) > 0 {
+		c.Logs = nil
+		_, err = g.opts.Store.Commit(ctx, c)
+	}
+	if err != nil {
+		g.log.Warn("logs and usage of a run whose outputs were refused not kept", "function", function, "err", err)
+		return
+	}
+	g.signalCommit()
 }
 
 // publisher carries out committed local publishes from the publish outbox,

@@ -81,7 +81,7 @@ func (d *deadLetterService) ListDeadLetters(ctx context.Context, req *v1.ListDea
 // maxReplayErrors bounds ReplayDeadLettersResponse.errors.
 const maxReplayErrors = 100
 
-func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.ReplayDeadLettersRequest) (*v1.ReplayDeadLettersResponse, error) {
+func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.ReplayDeadLettersRequest) (_ *v1.ReplayDeadLettersResponse, err error) {
 	sel := 0
 	if req.Seq != 0 {
 		sel++
@@ -99,6 +99,16 @@ func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.Repla
 		return nil, err
 	}
 	out := &v1.ReplayDeadLettersResponse{}
+	// Audited however the call ends: one that fails part way (the
+	// caller's deadline, the inbox quota, a stop) replayed some already.
+	defer func() {
+		args := []any{"audit", "replay", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx),
+			"seq", req.Seq, "function", req.Function, "all", req.All, "replayed", out.Replayed, "skipped", out.Skipped}
+		if err != nil {
+			args = append(args, "err", err)
+		}
+		d.s.log.Info("dead letters replayed", args...)
+	}()
 	skip := func(dl store.DeadLetter, err error) {
 		out.Skipped++
 		if len(out.Errors) < maxReplayErrors {
@@ -173,8 +183,6 @@ func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.Repla
 			}
 		}
 	}
-	d.s.log.Info("dead letters replayed", "audit", "replay", "token", tokenFrom(ctx).Name, "peer", peerAddr(ctx),
-		"seq", req.Seq, "function", req.Function, "all", req.All, "replayed", out.Replayed, "skipped", out.Skipped)
 	return out, nil
 }
 

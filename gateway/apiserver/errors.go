@@ -61,6 +61,10 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, msg)
 	case errors.Is(err, ErrUnavailable), errors.Is(err, store.ErrClosed):
 		return status.Error(codes.Unavailable, msg)
+	case errors.Is(err, store.ErrStateQuota):
+		// Only the function's own deletes free its state (store.IsPermanent):
+		// not "retry once space is freed" (507).
+		return status.Error(codes.FailedPrecondition, msg+" (delete some of the function's state first)")
 	case errors.Is(err, store.ErrStoreFull), errors.Is(err, store.ErrQuota):
 		st := status.New(codes.ResourceExhausted, msg)
 		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonStorageFull, Domain: "moongate"}); derr == nil {
