@@ -108,12 +108,12 @@ end
 func TestUndeliverablePublishOverDeadLetterQuota(t *testing.T) {
 	p, outs, dev := bigPublishGateway(t, "moongate-bigpub3", `
 function handle(e, ctx)
-  mqtt.publish("out/big", string.rep("x", 40000), {qos = 1})
+  mqtt.publish("out/big", string.rep("x", 100000), {qos = 1})
   return nil
 end
-`, "store: {durability: always, quotas: {deadletters: {max_bytes: 24KiB}}}")
+`, "store: {durability: always, quotas: {deadletters: {max_bytes: 64KiB}}}")
 	publish(t, dev, "big/d1", 1, []byte("go"))
 	publish(t, dev, "small/d1", 1, []byte("go"))
 	waitSmallPublish(t, p, outs)
-	waitBigDeadLetter(t, p, "kept the first 16384 of 40000 payload bytes")
+	waitBigDeadLetter(t, p, "kept the first 16384 of 100000 payload bytes")
 }

@@ -392,12 +392,21 @@ func (v *validator) store() {
 	if q.State.MaxBytes < 0 {
 		v.add("store.quotas.state.max_bytes", "%s is negative (0: no bound)", q.State.MaxBytes)
 	}
+	if b := q.Deadletters.MaxBytes; b != 0 && b < minDeadletterBytes {
+		// A dead letter keeps at least the first 16 KiB of its event: one
+		// that never fits its quota was refused for good on every try, and
+		// the event ran again and again, holding its lane.
+		v.add("store.quotas.deadletters.max_bytes", "%s is below %s (room for one dead letter of an event cut to its first 16KiB, with its error)", b, Size(minDeadletterBytes))
+	}
 	if q.Usage.MaxAge < 0 {
 		v.add("store.quotas.usage.max_age", "%s is negative (0 keeps the usage meters forever)", q.Usage.MaxAge)
 	} else if q.Usage.MaxAge != 0 && q.Usage.MaxAge < Duration(time.Hour) {
 		v.add("store.quotas.usage.max_age", "%s is below 1h (the meters are per minute; 0 keeps them forever)", q.Usage.MaxAge)
 	}
 }
+
+// minDeadletterBytes is the least non-zero dead-letter quota.
+const minDeadletterBytes = 64 << 10
 
 func (v *validator) pipeline() {
 	p := v.c.Pipeline
