@@ -254,11 +254,17 @@ func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byt
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrBadEvent, err)
 	}
-	if budget >= 0 && budget != g.opts.MaxChainEvents {
-		// A replay is the operator's decision to run the event again: it
-		// gets the whole chain budget of an origin (a dead letter of
-		// ErrChainBudget would otherwise fail the same way), and keeps its
-		// hop count (a trigger cycle still ends at MaxHops).
+	// A replay is the operator's decision to run the event again: it gets
+	// the whole chain budget of an origin (a dead letter of ErrChainBudget
+	// would otherwise fail the same way), and keeps its hop count (a
+	// trigger cycle still ends at MaxHops), except past the hop limit: a
+	// dead letter of ErrHopLimit would be dead-lettered again at once, so
+	// it starts again as an origin (a cycle not fixed meanwhile is cut
+	// again MaxHops later).
+	switch {
+	case hops > g.opts.MaxHops:
+		event = encodeEvent(ev) // an origin: hop 0, the whole budget
+	case budget >= 0 && budget != g.opts.MaxChainEvents:
 		event = encodeChained(ev, hops, g.opts.MaxChainEvents)
 	}
 	return g.enqueue(ctx, []store.InboxEntry{{Function: function, Key: key, Event: event, DeadLetter: deadLetter}})

@@ -171,6 +171,59 @@ end
 	waitFor(t, 5*time.Second, "an empty inbox", func() bool { return st.InboxLen() == 0 })
 }
 
+// TestReplayHopLimitDeadLetterRuns: a dead letter of the hop limit kept
+// its hop count when replayed, so it was dead-lettered again at once (the
+// API said "replayed"): the docs say it "can be inspected and replayed".
+// Replayed after the cycle was fixed, it runs, as an origin.
+func TestReplayHopLimitDeadLetterRuns(t *testing.T) {
+	fnDir := t.TempDir()
+	writeFunction(t, fnDir, "loop", `
+function handle(e, ctx)
+  emit("loop", {hop = 1})
+  return nil
+end
+`, "triggers:\n  - mqtt: devices/{device}/telemetry\n  - stream: loop\n")
+	p := startInProcess(t, testConfig(t.TempDir(), fnDir, "pipeline: {max_hops: 2}\n"))
+	c := connect(t, "tcp://"+p.d.MQTTAddr().String(), "d1", true)
+	publish(t, c, "devices/d1/telemetry", 1, []byte(`{}`))
+	st := p.d.Store()
+	var dls []store.DeadLetter
+	waitFor(t, 20*time.Second, "the dead letter", func() bool {
+		var err error
+		dls, err = st.ListDeadLetters(t.Context(), "loop", 0, 10)
+		return err == nil && len(dls) == 1
+	})
+	if !strings.Contains(dls[0].Error, ErrHopLimit.Error()) {
+		t.Fatalf("dead letter error %q", dls[0].Error)
+	}
+	// The cycle fixed: the new version emits to another stream.
+	writeFunction(t, fnDir, "loop", `
+function handle(e, ctx)
+  emit("fixed", {replayed = true})
+  return nil
+end
+`, "triggers:\n  - mqtt: devices/{device}/telemetry\n  - stream: loop\n")
+	waitFor(t, 20*time.Second, "the fixed version", func() bool {
+		f := p.d.Gateway().Lookup("loop")
+		return f != nil && f.Version > 1
+	})
+	if err := p.d.Gateway().Requeue(t.Context(), dls[0].Function, dls[0].Key, dls[0].Event, dls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the replayed event's record", func() bool {
+		for _, r := range allRecords(t, st, "loop") {
+			if r.Stream == "fixed" {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 5*time.Second, "an empty inbox", func() bool { return st.InboxLen() == 0 })
+	if dls, err := st.ListDeadLetters(t.Context(), "loop", 0, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("after the replay: %d dead letters (%v), want none", len(dls), err)
+	}
+}
+
 // TestChainBreadthBounded: a function that emits 10 records to a stream
 // it listens to, so that each event chains 10 more (10^8 events by the hop
 // limit alone). Its origin may cause 100 chained events: the 10 it chains
