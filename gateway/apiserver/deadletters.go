@@ -127,7 +127,11 @@ func (d *deadLetterService) ReplayDeadLetters(ctx context.Context, req *v1.Repla
 		// One atomic write: the event enters the inbox and the dead letter
 		// goes, so a crash leaves exactly one of them.
 		if err := d.s.cfg.Functions.Requeue(ctx, dl.Function, dl.Key, dl.Event, dl.Seq); err != nil {
-			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidArgument) {
+			// Refusals of this dead letter alone are skipped; what would
+			// refuse the next one too (a full inbox, a stop) ends the call.
+			// store.IsPermanent: its event can never enter the inbox again
+			// (a quota lowered since it was taken).
+			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidArgument) || store.IsPermanent(err) {
 				skip(dl, err)
 				return nil
 			}

@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -55,5 +56,38 @@ end`
 	})
 	if !strings.Contains(logs.String(), `audit=replay`) {
 		t.Fatalf("a dead letter was replayed (2 -> 1) but no audit line was written:\n%s", logs.String())
+	}
+}
+
+// TestReplayAllSkipsDeadLetterThatNeverFits: a dead letter whose event
+// can never enter the inbox again (its quota lowered since: more than new
+// events may ever hold) stopped a replay of all dead letters at it, so
+// every dead letter after it stayed; it is skipped with its reason, and
+// the others are replayed.
+func TestReplayAllSkipsDeadLetterThatNeverFits(t *testing.T) {
+	dataDir := t.TempDir()
+	a := startDaemon(t, daemonConfig(dataDir, ""))
+	a.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "bad", "source": `function handle(e) error("always") end`,
+		"manifest": "triggers:\n  - mqtt: bad/{device}\n"}, nil)
+	dev := connect(t, a.mqtt, "dl")
+	publish(t, dev, "bad/d1", strings.Repeat("x", 100<<10))
+	publish(t, dev, "bad/d2", `{}`)
+	waitFor(t, 20*time.Second, "2 dead letters", func() bool {
+		var dls obj
+		a.mustCall(200, "GET", "/v1/deadletters?function=bad", readToken, nil, &dls)
+		return len(dls["dead_letters"].([]any)) == 2
+	})
+	dev.Disconnect(0)
+	a.stop()
+
+	e := startDaemon(t, strings.Replace(daemonConfig(dataDir, ""), "store: {durability: interval}",
+		"store: {durability: interval, quotas: {inbox: {max_bytes: 64KiB, policy: reject_new}}}", 1))
+	var out obj
+	e.mustCall(200, "POST", "/v1/deadletters:replay", adminToken, obj{"all": true}, &out)
+	if fmt.Sprint(out["replayed"]) != "1" || fmt.Sprint(out["skipped"]) != "1" {
+		t.Fatalf("replay all: %v, want 1 replayed (the small event) and 1 skipped (the one that never fits)", out)
+	}
+	if errs, _ := out["errors"].([]any); len(errs) != 1 || !strings.Contains(errs[0].(string), "ever hold") {
+		t.Fatalf("skip reasons %v, want the inbox quota's", out["errors"])
 	}
 }
