@@ -831,6 +831,23 @@ func (b *batch) writeBlobs(changes []blobChange, refs map[[32]byte]int64, bucket
 	}
 }
 
+// removeFreedIn is removeFreed after an interval sync: an object is
+// removed only if no blob refers to it in snap, the state the sync
+// covers, either (a delete committed after snap may not be durable).
+func (s *Store) removeFreedIn(freed [][32]byte, snap *badger.Txn) {
+	if len(freed) == 0 {
+		return
+	}
+	s.objMu.Lock()
+	defer s.objMu.Unlock()
+	for _, sum := range freed {
+		if _, err := snap.Get(blobRefKey(sum)); !errors.Is(err, badger.ErrKeyNotFound) {
+			continue // referenced then (or unreadable): kept
+		}
+		s.removeIfUnreferencedLocked(sum)
+	}
+}
+
 // removeFreed removes the objects a commit left unreferenced.
 func (s *Store) removeFreed(freed [][32]byte) {
 	if len(freed) == 0 {

@@ -504,16 +504,23 @@ func (s *Store) syncLoop() {
 			if s.dirty.Swap(false) {
 				freed := s.takeUnsyncedFreed() // committed before this sync
 				ctr := s.counters()            // likewise
+				// The state this sync covers: an object is removed only if
+				// unreferenced there too (a delete committed after the
+				// sync began is not durable yet; it queues the object
+				// again for the next sync).
+				snap := s.db.NewTransaction(false)
 				err := s.db.Sync()
 				if h := syncHook; h != nil {
 					err = h(err)
 				}
 				if err != nil {
+					snap.Discard()
 					s.syncFailed(err)
 					return
 				}
 				s.syncs.Add(1)
-				s.removeFreed(freed) // committed before the sync began: durable now
+				s.removeFreedIn(freed, snap) // freed before the sync began: durable now
+				snap.Discard()
 				s.noteDurable(ctr)
 			}
 		}

@@ -214,6 +214,11 @@ func (s *Store) RunValueLogGC(ctx context.Context) (int, error) {
 		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 			return n, nil
 		}
+		if errors.Is(err, badger.ErrMoongateSync) {
+			// Durability interval: the sync GC makes before deleting a
+			// file failed; later syncs prove nothing (syncFailed).
+			s.syncFailed(err)
+		}
 		if err != nil {
 			return n, fmt.Errorf("store: value-log GC: %w", err)
 		}

@@ -193,6 +193,11 @@ func setupBlobGet(fs *flag.FlagSet) remoteRun {
 		if err != nil {
 			return err
 		}
+		if st, err := os.Stat(*out); err == nil && st.Mode().IsRegular() {
+			// Replacing a file: it keeps its permissions (a private one
+			// stays private), as writing into it would.
+			_ = tmp.Chmod(st.Mode().Perm())
+		}
 		_, err = io.Copy(tmp, body)
 		if cerr := tmp.Close(); err == nil {
 			err = cerr

@@ -205,6 +205,20 @@ func TestBlobGetChecksContentAndMode(t *testing.T) {
 	if st.Mode().Perm() != rst.Mode().Perm() {
 		t.Fatalf("get -o wrote mode %v, want %v (a new file's, as os.WriteFile gives)", st.Mode().Perm(), rst.Mode().Perm())
 	}
+	// A file replaced keeps its permissions.
+	private := filepath.Join(dir, "private.bin")
+	if err := os.WriteFile(private, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := cli("blob", "get", "files/a.bin", "-o", private); code != exitOK {
+		t.Fatalf("get -o over a file: %d %s", code, errs)
+	}
+	if st, err := os.Stat(private); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("get -o over a 0600 file left mode %v (%v), want 0600", st.Mode().Perm(), err)
+	}
+	if err := os.Remove(private); err != nil {
+		t.Fatal(err)
+	}
 	// Damage the stored object: same size, other bytes.
 	var objs []string
 	err = filepath.WalkDir(data, func(p string, d fs.DirEntry, err error) error {

@@ -115,3 +115,9 @@ var (
 	// ErrDBClosed is returned when a get operation is performed after closing the DB.
 	ErrDBClosed = stderrors.New("DB Closed")
 )
+
+// ErrMoongateSync (moongate) wraps the failure of a sync Badger makes on
+// its own without SyncWrites (value-log GC's, before it deletes a file):
+// after a failed sync the kernel may have dropped the pages it could not
+// write, so the caller must not trust a later sync that succeeds.
+var ErrMoongateSync = stderrors.New("badger: sync failed")

@@ -359,7 +359,7 @@ func (vlog *valueLog) rewrite(f *logFile) error {
 	// file that held them durably goes, or a power loss would take both.
 	if !vlog.opt.SyncWrites {
 		if err := vlog.db.Sync(); err != nil {
-			return y.Wrapf(err, "while syncing the values moved out of fid %d", f.fid)
+			return fmt.Errorf("%w: while syncing the values moved out of fid %d: %w", ErrMoongateSync, f.fid, err)
 		}
 	}
 	var deleteFileNow bool
@@ -490,7 +490,10 @@ type valueLog struct {
 	// unsynced (moongate) is set once write copied a value into the
 	// current file, cleared by sync: without SyncWrites, DB.Sync syncs the
 	// value log only when something was written to it since the last one.
+	// syncMu serialises sync: a DB.Sync that finds the flag clear because
+	// another one took it must not return before that one's msync did.
 	unsynced atomic.Bool
+	syncMu   sync.Mutex
 }
 
 func vlogFilePath(dirPath string, fid uint32) string {
@@ -773,6 +776,11 @@ func (vlog *valueLog) sync() error {
 	// msync of the unchanged mapping still costs a device cache flush).
 	// A write that finished before this call set the flag before it
 	// returned; one that races with it sets it again for the next sync.
+	// Under syncMu: a sync in progress (another DB.Sync, value-log GC's)
+	// has taken the flag but not finished; this one waits for it, and
+	// finds the flag set again if it failed.
+	vlog.syncMu.Lock()
+	defer vlog.syncMu.Unlock()
 	if !vlog.unsynced.Swap(false) {
 		return nil
 	}
