@@ -30,13 +30,13 @@ func TestSubscriptionDoesNotPinPacket(t *testing.T) {
 	hash, _ := HashPassword("pw")
 	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, acceptAll, []string{}...)
 	c, _ := dialConnect(t, e, connectWithWill("subpin", "u", "pw", "", ""))
-	pad := "x/" + strings.Repeat("a", 60000) // refused by the ACL: not stored
+	pad := "x/" + strings.Repeat("a", MaxTopicLen-2) // refused by the ACL: not stored
 	before := liveHeap()
 	const n = 100
 	for i := range n {
 		b := []byte{0, byte(i + 1)}
 		b = append(append(b, rawString(fmt.Sprintf("devices/u/s%d", i))...), 1)
-		for range 16 {
+		for range 900 {
 			b = append(append(b, rawString(pad)...), 1)
 		}
 		c.write(rawPacket(0x82, b))

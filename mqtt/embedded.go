@@ -191,6 +191,16 @@ func (c *EmbeddedConfig) connectLimit() uint32 {
 	return min(uint32(min(int64(c.MaxPayload)+16<<10, math.MaxUint32)), c.packetLimit())
 }
 
+// MaxTopicLen bounds the topic names and filters the embedded broker
+// takes, in bytes (MQTT allows 65,535): the broker's topic tree walks a
+// topic level by level from its start again at each level, so a
+// 30,000-level topic cost seconds of processor time per publish, and each
+// subscription kept its whole filter (256 filters of 60 KB per session).
+// A longer publish topic or filter closes the client's connection, a
+// longer will topic refuses it, and a function's publish to a longer
+// topic is an invalid topic (its dead letter).
+const MaxTopicLen = 1024
+
 // Embedded is an embedded MQTT broker that passes matching publishes to a
 // Handler before acknowledging them. It implements Ingest. Create it with
 // NewEmbedded; the zero value is not usable. Methods are safe for concurrent
@@ -448,6 +458,9 @@ func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qo
 	if err := topics.ValidName(topic); err != nil {
 		return err
 	}
+	if len(topic) > MaxTopicLen {
+		return fmt.Errorf("%w: %d bytes, over the embedded broker's limit of %d", topics.ErrInvalidTopic, len(topic), MaxTopicLen)
+	}
 	if qos > 2 {
 		return fmt.Errorf("%w: %d", ErrInvalidQoS, qos)
 	}
@@ -463,7 +476,7 @@ func (e *Embedded) Publish(ctx context.Context, topic string, payload []byte, qo
 	case !started:
 		return ErrNotStarted
 	}
-	if retain && !e.mayRetain(topic, payload) {
+	if retain && !e.mayRetain(topic, retainedSize(topic, payload, nil)) {
 		retain = false
 	}
 	if err := e.srv.Publish(topic, payload, retain, qos); err != nil {
@@ -746,7 +759,7 @@ func (h *hook) authenticate(cl *mochi.Client, pk packets.Packet) bool {
 	// make (otherwise device a could make its will a command to device b).
 	if pk.Connect.WillFlag {
 		t := pk.Connect.WillTopic
-		if topics.ValidName(t) != nil || t[0] == '$' || !h.e.auth.mayPublish(username, cl.ID, t) {
+		if topics.ValidName(t) != nil || t[0] == '$' || len(t) > MaxTopicLen || !h.e.auth.mayPublish(username, cl.ID, t) {
 			h.e.stats.unauthorized.Add(1)
 			h.e.log.Debug("mqtt connection refused: last will outside the publish ACL", "client", cl.ID, "username", username, "will_topic", t)
 			return false
@@ -802,9 +815,24 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 }
 
 // OnPacketRead counts inbound publishes and closes the connection of a
-// client publishing to an invalid or '$' topic (a protocol error).
+// client publishing to an invalid or '$' topic (a protocol error), or
+// sending a topic or filter longer than MaxTopicLen.
 func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Subscribe, packets.Unsubscribe:
+		for _, f := range pk.Filters {
+			if len(f.Filter) > MaxTopicLen {
+				h.e.stats.invalidTopic.Add(1)
+				h.e.log.Debug("mqtt filter too long; closing connection", "client", cl.ID, "bytes", len(f.Filter))
+				return pk, packets.ErrRejectPacket
+			}
+		}
+		return pk, nil
+	case packets.Publish:
+	default:
 		return pk, nil
 	}
 	h.e.stats.received.Add(1)
@@ -812,7 +840,7 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 	if t == "" && pk.Properties.TopicAlias > 0 {
 		return pk, nil // MQTT v5 topic alias; checked after resolution
 	}
-	if topics.ValidName(t) != nil || t[0] == '$' {
+	if topics.ValidName(t) != nil || t[0] == '$' || len(t) > MaxTopicLen {
 		h.e.stats.invalidTopic.Add(1)
 		h.e.log.Debug("mqtt publish to invalid topic; closing connection", "client", cl.ID, "topic", t)
 		return pk, packets.ErrRejectPacket
@@ -824,7 +852,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if cl.Net.Inline {
 		return pk, nil
 	}
-	if pk.FixedHeader.Retain && !h.e.mayRetain(pk.TopicName, pk.Payload) {
+	if pk.FixedHeader.Retain && !h.e.mayRetain(pk.TopicName, retainedSize(pk.TopicName, pk.Payload, &pk.Properties)) {
 		pk.FixedHeader.Retain = false // delivered, not kept
 	}
 	return h.e.handle(cl, pk)
@@ -835,7 +863,7 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 // on new topics would otherwise grow the retained set (memory and store)
 // without bound. The will is still delivered.
 func (h *hook) OnWill(cl *mochi.Client, will mochi.Will) (mochi.Will, error) {
-	if will.Retain && !h.e.mayRetain(will.TopicName, will.Payload) {
+	if will.Retain && !h.e.mayRetain(will.TopicName, retainedSize(will.TopicName, will.Payload, &packets.Properties{User: will.User})) {
 		will.Retain = false
 	}
 	return will, nil
@@ -856,12 +884,12 @@ func (e *Embedded) sessionEvicted(cl *mochi.Client) {
 // clears or replaces a retained message, or there is room for one more
 // (MaxRetained; concurrent publishes may overshoot it by a few). A refusal
 // is counted and logged.
-func (e *Embedded) mayRetain(topic string, payload []byte) bool {
-	ok := len(payload) == 0 || e.srv.Topics.Retained.Len() < e.cfg.MaxRetained
+func (e *Embedded) mayRetain(topic string, size int64) bool {
+	ok := size == 0 || e.srv.Topics.Retained.Len() < e.cfg.MaxRetained
 	if !ok {
 		_, ok = e.srv.Topics.Retained.Get(topic)
 	}
-	if ok && !e.retained.fits(e, topic, len(payload)) {
+	if ok && !e.retained.fits(e, topic, size) {
 		ok = false
 	}
 	if !ok && e.stats.retainedRefused.Add(1) == 1 {
@@ -886,14 +914,28 @@ type retainedBytes struct {
 	size  map[string]int64
 }
 
+// retainedSize is what a retained message counts against
+// MaxRetainedBytes: its payload, its topic twice (the broker's copy and
+// the key here) and its MQTT 5 properties; 0 for a clear (no payload).
+func retainedSize(topic string, payload []byte, props *packets.Properties) int64 {
+	if len(payload) == 0 {
+		return 0
+	}
+	n := int64(len(payload) + 2*len(topic))
+	if props != nil {
+		n += mochi.PropertiesBytes(props)
+	}
+	return n
+}
+
 // fits reports whether a retained message of n bytes on topic (0: a
 // clear) keeps the total within the bound. It records nothing.
-func (r *retainedBytes) fits(e *Embedded, topic string, n int) bool {
+func (r *retainedBytes) fits(e *Embedded, topic string, n int64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ensure(e)
 	old := r.size[topic]
-	return n == 0 || int64(n) <= old || r.total-old+int64(n) <= e.cfg.MaxRetainedBytes
+	return n == 0 || n <= old || r.total-old+n <= e.cfg.MaxRetainedBytes
 }
 
 // update sets topic's size from the retained message the broker holds now.
@@ -903,7 +945,7 @@ func (r *retainedBytes) update(e *Embedded, topic string) {
 	r.ensure(e)
 	var n int64
 	if pk, ok := e.srv.Topics.Retained.Get(topic); ok {
-		n = int64(len(pk.Payload))
+		n = retainedSize(pk.TopicName, pk.Payload, &pk.Properties)
 	}
 	old, had := r.size[topic]
 	switch {
@@ -925,8 +967,9 @@ func (r *retainedBytes) ensure(e *Embedded) {
 	all := e.srv.Topics.Retained.GetAll()
 	r.size, r.total = make(map[string]int64, len(all)), 0
 	for topic, pk := range all {
-		r.size[topic] = int64(len(pk.Payload))
-		r.total += int64(len(pk.Payload))
+		n := retainedSize(topic, pk.Payload, &pk.Properties)
+		r.size[topic] = n
+		r.total += n
 	}
 	r.known = true
 }

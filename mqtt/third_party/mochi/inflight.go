@@ -109,9 +109,21 @@ func (i *Inflight) Set(m packets.Packet) bool {
 }
 
 // PacketBytes is what a queued packet is counted for against
-// Capabilities.MaximumClientQueuedBytes: its payload and topic. (moongate)
+// Capabilities.MaximumClientQueuedBytes: its payload, topic and MQTT 5
+// properties (user properties, content type, response topic, correlation
+// data; 32 bytes more per user property for its structure). (moongate)
 func PacketBytes(pk packets.Packet) int64 {
-	return int64(len(pk.Payload) + len(pk.TopicName))
+	return int64(len(pk.Payload)+len(pk.TopicName)) + PropertiesBytes(&pk.Properties)
+}
+
+// PropertiesBytes is the memory the variable-length MQTT 5 properties of a
+// message hold. (moongate)
+func PropertiesBytes(p *packets.Properties) int64 {
+	n := len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData) + 32*len(p.User)
+	for _, u := range p.User {
+		n += len(u.Key) + len(u.Val)
+	}
+	return int64(n)
 }
 
 // Bytes returns the payload and topic bytes of the packets in flight.

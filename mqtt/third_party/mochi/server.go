@@ -1758,7 +1758,9 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
 		}
 
-		cl.setSessionExpiry(pk.Properties.SessionExpiryInterval, true)
+		// moongate: capped like the CONNECT's (an expiry of "never" sent
+		// with the DISCONNECT kept the session past the server's maximum).
+		cl.setSessionExpiry(min(pk.Properties.SessionExpiryInterval, s.Options.Capabilities.MaximumSessionExpiryInterval), true)
 	}
 
 	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code { // [MQTT-3.1.2.5] Non-normative comment

@@ -178,14 +178,19 @@ func (p *Properties) Copy(allowTransfer bool) Properties {
 	}
 
 	if len(p.User) > 0 {
-		pr.User = []UserProperty{}
+		// moongate: the strings are copied (strings.Clone): decoded without
+		// a copy, they point into the received packet, which every copy
+		// queued or retained kept alive whole.
+		pr.User = make([]UserProperty, 0, len(p.User))
 		for _, v := range p.User {
 			pr.User = append(pr.User, UserProperty{ // [MQTT-3.3.2-17]
-				Key: v.Key,
-				Val: v.Val,
+				Key: strings.Clone(v.Key),
+				Val: strings.Clone(v.Val),
 			})
 		}
 	}
+	pr.ContentType = strings.Clone(p.ContentType)     // moongate: as User
+	pr.ResponseTopic = strings.Clone(p.ResponseTopic) // moongate: as User
 
 	return pr
 }
