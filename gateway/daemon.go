@@ -298,7 +298,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
 	context.AfterFunc(runCtx, func() { close(d.stopping) })
-	go d.watchStore(runCtx, stopRun)
+	// Read here: closeAll clears d.store when Run returns, while the
+	// watcher may still be looking.
+	health := d.store.Health
+	if d.storeHealth != nil {
+		health = d.storeHealth
+	}
+	go d.watchStore(runCtx, stopRun, health)
 	// The clock is read before the first event is taken, then every 30 s.
 	clockDone := make(chan struct{})
 	if cw := (&clockWatch{d: d, probe: d.ClockProbe}); d.ClockProbe != nil && cw.read() {
@@ -320,12 +326,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 // (a variable for tests).
 var storeCheckInterval = 5 * time.Second
 
-// watchStore stops the daemon (stop) once its store is broken.
-func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc) {
-	health := d.store.Health
-	if d.storeHealth != nil {
-		health = d.storeHealth
-	}
+// watchStore stops the daemon (stop) once its store is broken (health
+// reports ErrCorrupt).
+func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc, health func() error) {
 	every(ctx, storeCheckInterval, func() bool {
 		if err := health(); errors.Is(err, store.ErrCorrupt) {
 			d.log.Error("store refuses writes until restarted: stopping", "err", err)
