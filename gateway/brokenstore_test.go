@@ -15,11 +15,9 @@ import (
 // that error, so that its supervisor restarts it; Stopping is closed then
 // (cmd/moongate's serve bounds the stop from there, as for a signal).
 func TestDaemonStopsOnBrokenStore(t *testing.T) {
-	old := storeCheckInterval
-	storeCheckInterval = 10 * time.Millisecond
-	defer func() { storeCheckInterval = old }()
 	var broken atomic.Bool
 	p := startInProcessWith(t, testConfig(t.TempDir(), t.TempDir(), ""), nil, func(d *Daemon) {
+		d.storeCheck = 10 * time.Millisecond
 		health := d.store.Health
 		d.storeHealth = func() error {
 			if broken.Load() {

@@ -53,9 +53,11 @@ type Daemon struct {
 
 	// stopping is closed once Run begins to stop (Stopping).
 	stopping chan struct{}
-	// storeHealth is the store's health as watchStore reads it (tests
-	// replace it: a store cannot be broken on purpose here).
+	// storeHealth is the store's health as watchStore reads it, every
+	// storeCheck (tests replace them: a store cannot be broken on purpose
+	// here).
 	storeHealth func() error
+	storeCheck  time.Duration
 }
 
 // Stopping returns a channel that is closed once Run begins to stop:
@@ -69,7 +71,8 @@ func NewDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daem
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second, ClockProbe: kernelClockSynced, stopping: make(chan struct{})}
+	d := &Daemon{cfg: cfg, log: log, FunctionsPoll: 2 * time.Second, ClockProbe: kernelClockSynced, stopping: make(chan struct{}),
+		storeCheck: storeCheckInterval}
 	st, err := store.Open(ctx, storeOptions(cfg, log))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
@@ -304,7 +307,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.storeHealth != nil {
 		health = d.storeHealth
 	}
-	go d.watchStore(runCtx, stopRun, health)
+	go d.watchStore(runCtx, stopRun, health, d.storeCheck)
 	// The clock is read before the first event is taken, then every 30 s.
 	clockDone := make(chan struct{})
 	if cw := (&clockWatch{d: d, probe: d.ClockProbe}); d.ClockProbe != nil && cw.read() {
@@ -322,14 +325,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// storeCheckInterval is how often the daemon looks for a broken store
-// (a variable for tests).
-var storeCheckInterval = 5 * time.Second
+// storeCheckInterval is how often the daemon looks for a broken store.
+const storeCheckInterval = 5 * time.Second
 
 // watchStore stops the daemon (stop) once its store is broken (health
 // reports ErrCorrupt).
-func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc, health func() error) {
-	every(ctx, storeCheckInterval, func() bool {
+func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc, health func() error, interval time.Duration) {
+	every(ctx, interval, func() bool {
 		if err := health(); errors.Is(err, store.ErrCorrupt) {
 			d.log.Error("store refuses writes until restarted: stopping", "err", err)
 			stop(err)
