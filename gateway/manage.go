@@ -108,6 +108,13 @@ func (d *Daemon) ValidateFunction(name string, manifest, source []byte) (*Functi
 	if !trigger.ValidFunctionName(name) {
 		return invalid(fmt.Errorf("%w %q: use [a-z0-9][a-z0-9_-]{0,62}", trigger.ErrFunctionName, name))
 	}
+	for _, f := range d.forward {
+		if f.Name == name {
+			// The forward's function runs under that name: a deploy would be
+			// reported done and never run.
+			return invalid(fmt.Errorf("name %q is used by a sync.forward entry", name))
+		}
+	}
 	if len(source) > trigger.MaxSourceBytes {
 		return invalid(fmt.Errorf("source is %d bytes, larger than the limit of %d", len(source), trigger.MaxSourceBytes))
 	}
@@ -159,6 +166,22 @@ func (d *Daemon) RollbackFunction(ctx context.Context, name string, version int6
 		if version == 0 || version == active {
 			return store.FunctionRecord{}, fmt.Errorf("%w: function %q has no version below the active version %d", store.ErrNotFound, name, active)
 		}
+	}
+	// The target is built first: one that cannot run (a manifest this
+	// build no longer parses, limits the configuration refuses) is refused
+	// with the running version untouched; made active, the reload would
+	// drop the function for a moment (events unmatched, its timers' phase
+	// lost) before the previous version was restored.
+	r, err := d.store.GetFunction(ctx, name, version)
+	if err != nil {
+		return store.FunctionRecord{}, err
+	}
+	if f := d.fromRecord(r); f == nil || f.LoadErr != nil {
+		why := errors.New("its stored manifest does not parse (see the gateway log)")
+		if f != nil {
+			why = f.LoadErr
+		}
+		return store.FunctionRecord{}, fmt.Errorf("%w: rollback %s to version %d: %w", ErrInvalidFunction, name, version, why)
 	}
 	wctx := context.WithoutCancel(ctx) // see the top of the file
 	if err := d.store.SetActive(wctx, name, version); err != nil {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -118,6 +119,10 @@ func loadOne(dir, name string, fp io.Writer) (Function, error) {
 	src, err := readLimited(spath, MaxSourceBytes)
 	if err != nil {
 		return fail(spath, fmt.Errorf("%w: %w", ErrSource, err))
+	}
+	if !utf8.Valid(src) {
+		// As the API refuses it: the source is returned as text (fn get).
+		return fail(spath, fmt.Errorf("%w: not valid UTF-8", ErrSource))
 	}
 	hash := Fingerprint(mdata, src)
 	fmt.Fprintf(fp, "%s\x00%s\x00", name, hash)
