@@ -100,11 +100,17 @@ func (g *Gateway) startTimer(f *Function, stopped *timerRun) *timerRun {
 	for _, s := range f.Schedules {
 		key := trigger.ScheduleKey(s)
 		since := stopped.since(key)
+		var fired time.Time
+		if since.After(now) {
+			// The clock was set back since the stopped loops enqueued that
+			// tick: it and the ones before it fired already.
+			fired = since
+		}
 		if since.IsZero() || since.After(now) {
 			since = now
 		}
 		r.from[key] = since
-		r.loops.Go(func() { g.timerLoop(ctx, r, key, f.Name, s, since) })
+		r.loops.Go(func() { g.timerLoop(ctx, r, key, f.Name, s, since, fired) })
 	}
 	return prev
 }
@@ -202,7 +208,7 @@ func tickKey(function string, every trigger.Every) string {
 // that fell due while the gateway was down fires once at start. A cron
 // timer that replaces the loops of a previous version (since not zero)
 // fires the ticks after since: one due during the redeploy is not lost.
-func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, schedKey, function string, s Schedule, since time.Time) {
+func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, schedKey, function string, s Schedule, since, fired time.Time) {
 	every, keep := s.(trigger.Every)
 	key := tickKey(function, every)
 	fire := func(tick time.Time) {
@@ -276,7 +282,7 @@ func (g *Gateway) timerLoop(ctx context.Context, r *timerRun, schedKey, function
 	if after == nil {
 		after = realAfter
 	}
-	runSchedule(ctx, s, first, g.opts.Now, after, fire, func(tick, now time.Time) {
+	runSchedule(ctx, s, first, fired, g.opts.Now, after, fire, func(tick, now time.Time) {
 		if keep {
 			// An interval timer does not lose its tick to a clock step (a
 			// tick due while the gateway was down, resumed on a clock NTP
@@ -374,7 +380,9 @@ func realAfter(d time.Duration) (<-chan time.Time, func()) {
 
 // runSchedule calls fire at each tick of s until ctx is done, on the wall
 // clock now, waiting with after. The first tick is first, or when zero the
-// schedule's next tick from now.
+// schedule's next tick from now; fired (zero: none) is the last tick the
+// loops this one replaces fired, when the clock was set back since: no
+// tick up to it fires again.
 //
 // Waits are at most maxTimerWait and the next tick is computed again from
 // the wall clock after each, so a clock step is noticed. A tick fires only
@@ -384,8 +392,8 @@ func realAfter(d time.Duration) (<-chan time.Time, func()) {
 // never fires a tick twice. With the real clock, now carries a monotonic
 // reading, so an "@every" schedule (t + interval) is measured on the
 // monotonic clock and is not affected by steps at all.
-func runSchedule(ctx context.Context, s Schedule, first time.Time, now func() time.Time, after afterFunc, fire func(tick time.Time), skipped func(tick, now time.Time)) {
-	var last time.Time // the last tick fired
+func runSchedule(ctx context.Context, s Schedule, first, fired time.Time, now func() time.Time, after afterFunc, fire func(tick time.Time), skipped func(tick, now time.Time)) {
+	last := fired // the last tick fired (by the loops this one replaces, at first)
 	next := first
 	if next.IsZero() {
 		next = s.Next(now())

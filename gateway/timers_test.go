@@ -65,7 +65,7 @@ func newTimerHarness(t *testing.T, spec string, start time.Time) *timerHarness {
 		defer h.mu.Unlock()
 		h.fired = append(h.fired, firing{tick, h.now})
 	}
-	go func() { defer close(h.done); runSchedule(ctx, s, time.Time{}, clock, after, fire, nil) }()
+	go func() { defer close(h.done); runSchedule(ctx, s, time.Time{}, time.Time{}, clock, after, fire, nil) }()
 	t.Cleanup(func() { cancel(); <-h.done })
 	return h
 }
@@ -466,7 +466,7 @@ func TestEveryNoDrift(t *testing.T) {
 			cancel()
 		}
 	}
-	runSchedule(ctx, s, time.Time{}, clock, after, fire, nil)
+	runSchedule(ctx, s, time.Time{}, time.Time{}, clock, after, fire, nil)
 	for i, tk := range ticks {
 		if want := start.Add(time.Duration(i+1) * 10 * time.Second); !tk.Equal(want) {
 			t.Errorf("tick %d at +%v, want +%v", i+1, tk.Sub(start), want.Sub(start))
