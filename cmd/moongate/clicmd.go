@@ -223,7 +223,7 @@ func fmtValue(v *structpb.Value) string {
 	if err != nil {
 		return "?"
 	}
-	return string(b)
+	return jsonControls(b)
 }
 
 func fmtStruct(s *structpb.Struct) string {
@@ -234,7 +234,7 @@ func fmtStruct(s *structpb.Struct) string {
 	if err != nil {
 		return "?"
 	}
-	return string(b)
+	return jsonControls(b)
 }
 
 // fmtBytes formats a byte count with a binary unit.

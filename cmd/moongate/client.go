@@ -543,8 +543,8 @@ func printJSON(w io.Writer, raw []byte) error {
 	if err := json.Compact(&buf, raw); err != nil {
 		return fmt.Errorf("the server's answer is not JSON: %w", err)
 	}
-	buf.WriteByte('\n')
-	_, err := w.Write(buf.Bytes())
+	out := jsonControls(buf.Bytes()) + "\n" // the same JSON, safe for a terminal
+	_, err := io.WriteString(w, out)
 	return err
 }
 
@@ -563,13 +563,15 @@ func clipText(s string, n int) string {
 	return s
 }
 
-// oneLine is s with control characters escaped (\n, \t, \r, \xNN) and
-// invalid UTF-8 replaced by U+FFFD: text from functions and devices
-// printed in a line of its own, so that it cannot fake lines or columns.
+// oneLine is s with control characters escaped (\n, \t, \r, \xNN, and
+// the C1 controls U+0080-U+009F as \u0085: terminals act on NEL and CSI
+// in UTF-8 too) and invalid UTF-8 replaced by U+FFFD: text from functions
+// and devices printed in a line of its own, so that it cannot fake lines
+// or columns or drive the terminal.
 func oneLine(s string) string {
 	clean := utf8.ValidString(s)
 	for i := 0; clean && i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
+		if c := s[i]; c < 0x20 || c == 0x7f || c == 0xc2 && i+1 < len(s) && s[i+1] <= 0x9f {
 			clean = false
 		}
 	}
@@ -587,11 +589,33 @@ func oneLine(s string) string {
 			b.WriteString(`\r`)
 		case r < 0x20 || r == 0x7f:
 			fmt.Fprintf(&b, `\x%02x`, r)
+		case r >= 0x80 && r <= 0x9f:
+			fmt.Fprintf(&b, `\u%04x`, r)
 		default:
 			b.WriteRune(r)
 		}
 	}
 	return b.String()
+}
+
+// jsonControls escapes DEL and the C1 controls (U+0080-U+009F) in JSON
+// text as \u escapes, which encoding/json leaves as they are: the text
+// stays the same JSON (they can only be inside strings) and cannot drive
+// the terminal it is printed on.
+func jsonControls(b []byte) string {
+	s := string(b)
+	if !strings.ContainsRune(s, 0x7f) && !strings.ContainsFunc(s, func(r rune) bool { return r >= 0x80 && r <= 0x9f }) {
+		return s
+	}
+	var out strings.Builder
+	for _, r := range s {
+		if r == 0x7f || r >= 0x80 && r <= 0x9f {
+			fmt.Fprintf(&out, `\u%04x`, r)
+			continue
+		}
+		out.WriteRune(r)
+	}
+	return out.String()
 }
 
 // marshalText is json.Marshal without HTML escaping: the CLI prints

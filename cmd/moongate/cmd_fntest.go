@@ -300,7 +300,7 @@ func printReport(w io.Writer, res *luavm.Result, err error) {
 	for _, l := range res.Logs {
 		line := fmt.Sprintf("  %s %-5s %s", time.UnixMilli(l.TimeMS).UTC().Format("15:04:05.000"), strings.ToUpper(l.Level.String()), oneLine(l.Msg))
 		if len(l.Fields) > 0 {
-			line += " " + string(l.Fields)
+			line += " " + jsonControls(l.Fields)
 		}
 		fmt.Fprintln(w, line)
 	}

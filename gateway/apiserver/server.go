@@ -503,7 +503,7 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 			}
 			r.Body = io.NopCloser(bytes.NewReader(b))
 		}
-		if !strings.HasSuffix(r.URL.Path, ":follow") {
+		if r.URL.Path != logsFollowPath {
 			// A response must not stall for ever: a client that never
 			// reads it (an HTTP/2 window kept at 0) held the handler, the
 			// whole response (an HTTP function's, up to max_result_bytes;
@@ -677,12 +677,18 @@ func startStream(ctx context.Context, w http.ResponseWriter, msg proto.Message) 
 	return nil
 }
 
+// logsFollowPath is the REST path of the log follow, the one response
+// that streams for as long as it is open: only it goes without a write
+// deadline (a suffix test let /fn/NAME/x:follow, or a state key ending in
+// ":follow", stall for ever).
+const logsFollowPath = "/v1/logs:follow"
+
 // plainStreamErrors makes an error that ends a stream before its first
 // message (bad arguments, no token) a plain google.rpc.Status body like
 // every other error, instead of grpc-gateway's {"error": Status} chunk.
 func plainStreamErrors(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasSuffix(r.URL.Path, ":follow") {
+		if r.URL.Path != logsFollowPath {
 			h.ServeHTTP(w, r)
 			return
 		}
