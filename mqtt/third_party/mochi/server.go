@@ -1054,6 +1054,13 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 
 	pk.Origin = cl.ID
 	pk.Created = time.Now().Unix()
+	if !cl.Net.Inline {
+		// moongate: decoded without a copy, the topic points into the
+		// received packet, which every copy queued for a subscriber kept
+		// alive whole (a repeated property, of which only the last is
+		// kept and counted, made that a way past the byte bound).
+		pk.TopicName = strings.Clone(pk.TopicName)
+	}
 
 	if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval,
 		int64(pk.Properties.MessageExpiryInterval)); expiry > 0 {
@@ -1292,7 +1299,9 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	// is taken (that of the send queue is below, with its count bound).
 	limit := s.Options.Capabilities.MaximumClientQueuedBytes
 	size := PacketBytes(out)
-	if limit > 0 && out.FixedHeader.Qos > 0 && cl.State.Inflight.Bytes()+size > limit {
+	// An empty window always takes one message (its properties may take it
+	// past the bound on their own), as sendRetained does.
+	if held := cl.State.Inflight.Bytes(); limit > 0 && out.FixedHeader.Qos > 0 && held > 0 && held+size > limit {
 		atomic.AddInt64(&s.Info.InflightDropped, 1)
 		s.hooks.OnPublishDropped(cl, pk)
 		return out, packets.ErrQuotaExceeded
@@ -1337,7 +1346,8 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	// moongate: the send queue is full by bytes as by count. (Checked only
 	// for a connected client: the counter of a client object whose write
 	// loop ended may keep the bytes of packets never written.)
-	queued := limit <= 0 || atomic.LoadInt64(&cl.State.outboundBytes)+size <= limit
+	ob := atomic.LoadInt64(&cl.State.outboundBytes)
+	queued := limit <= 0 || ob == 0 || ob+size <= limit // an empty queue takes one
 	if queued {
 		if cl.State.queue().push(&out) {
 			atomic.AddInt32(&cl.State.outboundQty, 1)
