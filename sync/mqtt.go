@@ -35,6 +35,12 @@ type MQTTConfig struct {
 	// limit drops the connection, which would hold the record, and every
 	// record behind it, forever. Set it to the broker's limit.
 	MaxPayload int
+	// MaxTopic is the longest topic, in bytes, the target publishes to, 1
+	// to 65535 (0: 65535): a record whose topic is longer is refused before
+	// it is sent (a Rejection), as for MaxPayload. A broker that limits
+	// topics (moongate's embedded broker: 1,024 bytes; AWS IoT: 256) drops
+	// the connection on a longer one.
+	MaxTopic int
 }
 
 // DefaultMQTTTopic is the default topic template of mqtt targets.
@@ -91,6 +97,12 @@ func newMQTTTarget(cfg TargetConfig, env Env) (Target, error) {
 		m.MaxPayload = MaxMQTTPayload
 	case m.MaxPayload < 0 || m.MaxPayload > MaxMQTTPayload:
 		return nil, fmt.Errorf("%w: mqtt max payload %d out of range [1, %d]", ErrInvalidConfig, m.MaxPayload, MaxMQTTPayload)
+	}
+	switch {
+	case m.MaxTopic == 0:
+		m.MaxTopic = 65535
+	case m.MaxTopic < 0 || m.MaxTopic > 65535:
+		return nil, fmt.Errorf("%w: mqtt max topic %d out of range [1, 65535]", ErrInvalidConfig, m.MaxTopic)
 	}
 	if m.Topic == "" {
 		m.Topic = DefaultMQTTTopic
@@ -279,11 +291,14 @@ func (t *mqttTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 }
 
 // oversize returns why a message of n payload bytes on topic cannot be
-// published (over MaxPayload, or over what an MQTT packet can carry), or
+// published (over MaxPayload or MaxTopic, or over what an MQTT packet can carry), or
 // "" when it can.
 func (t *mqttTarget) oversize(n int, topic string) string {
 	if n > t.cfg.MQTT.MaxPayload {
 		return fmt.Sprintf("mqtt: record of %d bytes exceeds the target's max_payload of %d bytes", n, t.cfg.MQTT.MaxPayload)
+	}
+	if len(topic) > t.cfg.MQTT.MaxTopic {
+		return fmt.Sprintf("mqtt: topic of %d bytes exceeds the target's max_topic of %d bytes", len(topic), t.cfg.MQTT.MaxTopic)
 	}
 	if len(topic) > 65535 || 2+len(topic)+2+n > 268435455 {
 		return fmt.Sprintf("mqtt: record of %d bytes on a topic of %d bytes exceeds the MQTT packet limit", n, len(topic))

@@ -396,8 +396,11 @@ func TestMQTTMaxPayloadLimits(t *testing.T) {
 	if r := mt.oversize(MaxMQTTPayload+1, "t"); !strings.Contains(r, "max_payload") {
 		t.Errorf("payload over the default: %q", r)
 	}
-	if r := mt.oversize(100, strings.Repeat("t", 65536)); !strings.Contains(r, "MQTT packet limit") {
-		t.Errorf("topic over the packet limit: %q", r)
+	if r := mt.oversize(100, strings.Repeat("t", 65536)); !strings.Contains(r, "max_topic of 65535") {
+		t.Errorf("topic over the packet limit (the default max_topic): %q", r)
+	}
+	if mt.cfg.MQTT.MaxTopic != 65535 {
+		t.Errorf("default max topic %d", mt.cfg.MQTT.MaxTopic)
 	}
 	for _, bad := range []int{-1, MaxMQTTPayload + 1} {
 		tc.MQTT.MaxPayload = bad

@@ -259,6 +259,7 @@ func TestErrors(t *testing.T) {
 		{"min instances over concurrency", "functions:\n  max_concurrency: 2\n  min_instances: 3\n", []string{"m.yaml:3: functions.min_instances: 3 out of range [0, 2]"}},
 		{"bad gateway id", "gateway_id: 'a b'\n", []string{`m.yaml:1: gateway_id: invalid "a b"`}},
 		{"gateway id like a blob send's", "gateway_id: gw-blob\n", []string{`m.yaml:1: gateway_id: invalid "gw-blob": must not end in "-blob"`}},
+		{"sync mqtt max_topic", "sync:\n  targets:\n    - name: up\n      type: mqtt\n      mqtt: {broker: \"tcp://127.0.0.1:1883\", max_topic: 70000}\n", []string{"sync.targets[0].mqtt.max_topic: 70000 out of range [1, 65535]"}},
 		{"dead-letter quota too small", "store:\n  quotas:\n    deadletters:\n      max_bytes: 16KiB\n", []string{"m.yaml:4: store.quotas.deadletters.max_bytes: 16KiB is below 64KiB"}},
 		{"usage max age negative", "store:\n  quotas:\n    usage:\n      max_age: -1h\n", []string{"m.yaml:4: store.quotas.usage.max_age"}},
 		{"compaction share above one", "store:\n  compaction_share: 1.5\n", []string{"m.yaml:2: store.compaction_share: 1.5 out of range [0.1, 1] (0 turns pacing off)"}},

@@ -95,6 +95,11 @@ type SyncMQTT struct {
 	// broker's limit: MQTT 3.1.1 has no per-message refusal, a broker just
 	// drops the connection.
 	MaxPayload Size `yaml:"max_payload"`
+	// MaxTopic is the longest topic the target publishes to, in bytes
+	// (default and at most 65535); a record whose topic is longer is
+	// refused before it is sent and goes to the dead letters (1024 for a
+	// moongate upstream, 256 for AWS IoT).
+	MaxTopic int `yaml:"max_topic"`
 }
 
 // SyncMQTTMaxPayload is the largest payload an MQTT 3.1.1 publish can
@@ -155,6 +160,7 @@ func (c *Config) finishSync() {
 			setDefault(&t.MQTT.KeepAlive, Duration(30*time.Second))
 			setDefault(&t.MQTT.ClientID, "moongate-sync-"+c.GatewayID+"-"+t.Name)
 			setDefault(&t.MQTT.MaxPayload, SyncMQTTMaxPayload)
+			setDefault(&t.MQTT.MaxTopic, 65535)
 		case SyncTypeHTTP:
 			setDefault(&t.HTTP.Compression, "gzip")
 		case SyncTypeNATS:
@@ -285,6 +291,9 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 			v.add(p+".mqtt.broker", "%v", err)
 		} else if !secure && t.MQTT.TLS != (ClientTLS{}) {
 			v.add(p+".mqtt.tls", "set, but broker %q is not a TLS URL (the settings would be ignored and credentials sent in clear): use ssl://, tls://, mqtts:// or wss://", redactURL(t.MQTT.Broker))
+		}
+		if t.MQTT.MaxTopic < 1 || t.MQTT.MaxTopic > 65535 {
+			v.add(p+".mqtt.max_topic", "%d out of range [1, 65535]", t.MQTT.MaxTopic)
 		}
 		if t.MQTT.MaxPayload < 1<<10 || t.MQTT.MaxPayload > SyncMQTTMaxPayload {
 			v.add(p+".mqtt.max_payload", "%s out of range [1KiB, %d bytes]", t.MQTT.MaxPayload, int64(SyncMQTTMaxPayload))
