@@ -180,11 +180,29 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		s.metrics.call(info.FullMethod, status.Code(err))
 		return nil, err
 	}
+	if !fromGateway(ctx) {
+		// A native gRPC client's answer is built as protobuf messages of
+		// the stored JSON (Struct and Value trees, far larger than the
+		// JSON): a few at a time, whatever the number of connections and
+		// streams.
+		select {
+		case s.native <- struct{}{}:
+			defer func() { <-s.native }()
+		case <-ctx.Done():
+			err := toStatus(ctx.Err())
+			s.metrics.call(info.FullMethod, status.Code(err))
+			return nil, err
+		}
+	}
 	resp, err := handler(ctx, req)
 	err = toStatus(err)
 	s.metrics.call(info.FullMethod, status.Code(err))
 	return resp, err
 }
+
+// nativeCalls bounds the unary calls of native gRPC clients answered at
+// once (REST calls, which get the stored JSON as it is, are not counted).
+const nativeCalls = 2
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := s.authorize(ss.Context(), info.FullMethod)

@@ -40,7 +40,14 @@ func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1
 	}
 	out := &v1.ListLogsResponse{NextAfter: next, Lines: make([]*v1.LogLine, 0, len(lines))}
 	js := jsonOutFor(ctx)
-	for _, x := range lines {
+	cost := 0
+	for i, x := range lines {
+		// A native gRPC client's page ends at maxStructCost of Struct
+		// trees: an empty object is 3 bytes of JSON and ~250 of Struct.
+		if cost += js.cost(x.Fields) + len(x.Msg); i > 0 && cost > maxStructCost {
+			out.NextAfter = lines[i-1].Seq
+			break
+		}
 		out.Lines = append(out.Lines, logMessage(js, x))
 	}
 	return out, nil

@@ -102,6 +102,28 @@ func (o jsonOut) value(b []byte) *structpb.Value {
 	return v
 }
 
+// cost estimates the memory the response field made of stored JSON b
+// takes: b itself for the REST gateway (it goes out as it is), and for a
+// gRPC client the Struct and Value messages it becomes, about 256 bytes
+// per value (an empty object, 3 bytes of JSON, is a Value, a Struct and
+// a map).
+func (o jsonOut) cost(b []byte) int {
+	if o.raw {
+		return len(b)
+	}
+	n := len(b)
+	for _, c := range b {
+		if c == '{' || c == '[' || c == ',' {
+			n += 256
+		}
+	}
+	return n
+}
+
+// maxStructCost bounds the estimated memory (jsonOut.cost) of the stored
+// JSON one page of log lines converts for a gRPC client.
+const maxStructCost = 8 << 20
+
 // object is jsonStruct, or the stored text as is for the REST gateway.
 func (o jsonOut) object(b []byte) *structpb.Struct {
 	if !o.raw || !storedJSON(b) || !bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{")) {

@@ -189,6 +189,10 @@ type Server struct {
 	bodies *semaphore.Weighted
 	// followers counts the open log follows (MaxFollowers).
 	followers atomic.Int32
+	// native holds a slot for each unary call of a native gRPC client
+	// being answered (nativeCalls): their stored JSON becomes
+	// google.protobuf.Struct trees, up to ~90 times its size.
+	native chan struct{}
 }
 
 // New builds the server: the gRPC server with its interceptors, the
@@ -224,7 +228,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System),
+	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System), native: make(chan struct{}, nativeCalls),
 		bodies: semaphore.NewWeighted(cfg.BodyBudget)}
 	// Room for the JSON/proto framing around a body of MaxBodyBytes.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10

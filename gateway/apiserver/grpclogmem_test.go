@@ -1,0 +1,77 @@
+package apiserver_test
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
+	"google.golang.org/grpc/metadata"
+)
+
+// A function's log fields are at most 8 KiB of JSON and a log page at most
+// 1 MiB of stored lines, but a gRPC ListLogs turns the fields into
+// google.protobuf.Struct messages: an empty object ("{}", 3 bytes with
+// its comma) becomes a Value, a Struct and a map. A read-token client with
+// one HTTP/2 connection and 16 concurrent ListLogs calls (the per-connection
+// stream bound) makes the gateway hold many times the 512 MB of a Pi Zero.
+func TestGRPCListLogsMemoryBounded(t *testing.T) {
+	e := startDaemon(t, daemonConfig(t.TempDir(), ""))
+	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "noisy",
+		"source": `function handle(event, ctx)
+  local t = {}
+  for i = 1, 2700 do t[i] = {} end
+  for j = 1, 100 do log.info("", {f = t}) end
+  return nil
+end`}, nil)
+	for i := 0; i < 2; i++ {
+		e.mustCall(200, "POST", "/v1/functions/noisy:invoke", adminToken, obj{"dry_run": false}, nil)
+	}
+	code, out := e.call("GET", "/v1/logs?function=noisy&limit=1", readToken, nil)
+	t.Logf("one line over REST: %d, %d bytes: %.200s", code, len(out), out)
+	conn, _ := grpcConn(t, e)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+readToken)
+	before := heapInUse()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var lines atomic.Int64
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := v1.NewLogServiceClient(conn).ListLogs(ctx, &v1.ListLogsRequest{Function: "noisy", Limit: 10000})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			lines.Add(int64(len(r.Lines)))
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	grown := int64(peak.Load()) - int64(before)
+	t.Logf("16 concurrent gRPC ListLogs (%d lines in all): heap in use grew by up to %d MiB", lines.Load(), grown>>20)
+	if grown > 256<<20 {
+		t.Fatalf("16 gRPC ListLogs calls of one read-token connection took %d MiB of heap (pages of 1 MiB of stored lines)", grown>>20)
+	}
+}
