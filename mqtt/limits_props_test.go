@@ -69,6 +69,15 @@ func TestRetainedUserPropertiesBounded(t *testing.T) {
 // of user properties counts as a few bytes, and pins its whole packet.
 // 100 of them for one offline subscriber must not hold ~100 MiB.
 func TestQueuedUserPropertiesBounded(t *testing.T) {
+	checkQueuedPropsBounded(t, bulkUserProps())
+}
+
+// checkQueuedPropsBounded publishes 100 QoS 1 one-byte messages with the
+// MQTT 5 properties props for a persistent subscriber that is offline and
+// fails unless they hold well under 16 MiB (max_queued_bytes_per_client
+// is 1 MiB).
+func checkQueuedPropsBounded(t *testing.T, props []byte) {
+	t.Helper()
 	hash, _ := HashPassword("pw")
 	e := startEmbedded(t, EmbeddedConfig{Users: []User{{Username: "u", PasswordHash: hash}}}, acceptAll, []string{}...)
 	sub := dialRaw311Creds(t, e, "offline-sub")
@@ -78,7 +87,6 @@ func TestQueuedUserPropertiesBounded(t *testing.T) {
 	waitFor(t, "subscriber offline", 5e9, func() bool { return e.Stats().ClientsConnected == 0 })
 
 	c, _ := dialConnect(t, e, connectV5User("pub"))
-	props := bulkUserProps()
 	before := liveHeap()
 	const n = 100
 	for i := range n {

@@ -117,22 +117,7 @@ func testValueLogGCSyncsBeforeDeleting(t *testing.T, durability Durability) {
 		}
 	}
 	// Small events fill memtables (flushes count the deleted values).
-	small := bytes.Repeat([]byte("s"), 900)
-	for i := 0; i < 60; i++ {
-		var es []InboxEntry
-		for j := 0; j < 50; j++ {
-			es = append(es, InboxEntry{Function: "g", Event: small})
-		}
-		sq, err := s.Enqueue(ctx, es)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range sq {
-			if _, err := s.Commit(ctx, &Commit{InboxSeq: q}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	churn(t, s, "g", bytes.Repeat([]byte("s"), 900), 60)
 	if err := s.db.Flatten(1); err != nil {
 		t.Fatal(err)
 	}

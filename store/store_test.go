@@ -433,16 +433,16 @@ func TestValueLogFiles(t *testing.T) {
 // TestValueLogGCNeedsRoom: the value-log GC does not start a rewrite
 // when the disk has less free space than the rewrite may write (on a full
 // disk Badger's memory-mapped write is a SIGBUS, not an error).
-func TestValueLogGCNeedsRoom(t *testing.T) {
+// churn enqueues rounds x 50 inbox entries of function fn holding event
+// and consumes each: values written and made garbage (memtable flushes,
+// value-log GC material).
+func churn(t *testing.T, s *Store, fn string, event []byte, rounds int) {
+	t.Helper()
 	ctx := context.Background()
-	var free atomic.Uint64
-	free.Store(1 << 40)
-	s := openTest(t, Options{Durability: DurabilityNone, FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
-	val := make([]byte, 4<<10)
-	for i := 0; i < 20; i++ {
+	for i := 0; i < rounds; i++ {
 		var es []InboxEntry
 		for j := 0; j < 50; j++ {
-			es = append(es, InboxEntry{Function: "f", Event: val})
+			es = append(es, InboxEntry{Function: fn, Event: event})
 		}
 		seqs, err := s.Enqueue(ctx, es)
 		if err != nil {
@@ -454,6 +454,14 @@ func TestValueLogGCNeedsRoom(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestValueLogGCNeedsRoom(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Uint64
+	free.Store(1 << 40)
+	s := openTest(t, Options{Durability: DurabilityNone, FreeSpace: func(string) (uint64, error) { return free.Load(), nil }})
+	churn(t, s, "f", make([]byte, 4<<10), 20)
 	free.Store(uint64(s.db.Opts().ValueLogFileSize/2+gcMargin) - 1)
 	if n, err := s.RunValueLogGC(ctx); !errors.Is(err, ErrStoreFull) || n != 0 {
 		t.Fatalf("GC with too little room: %d rewrites, %v; want none and ErrStoreFull", n, err)
