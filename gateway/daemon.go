@@ -53,9 +53,6 @@ type Daemon struct {
 
 	// stopping is closed once Run begins to stop (Stopping).
 	stopping chan struct{}
-	// dirSwept is set once a load of functions_dir has marked inactive
-	// the stored functions it does not hold (deactivateRemoved).
-	dirSwept bool
 	// storeHealth is the store's health as watchStore reads it, every
 	// storeCheck (tests replace them: a store cannot be broken on purpose
 	// here).
@@ -555,12 +552,13 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 }
 
 // deactivateRemoved marks inactive in the store the functions whose files
-// are gone from the directory: left active, a start that could not read
-// the directory (runStored), or a broken NAME.yaml appearing later
-// (fallBack), ran the removed function again. The first load after the
-// start looks at every stored function (some may have been removed while
-// the daemon was stopped); later ones at those just removed (prev, the
-// functions deployed before this load). loadFunctions' goroutine only.
+// were removed from the directory while the daemon ran (deployed before
+// this load, prev, and no longer there): left active, a start that could
+// not read the directory yet (runStored), or a broken NAME.yaml appearing
+// later (fallBack), ran the removed function again. Functions not running
+// at this load (at the first load after a start, an empty mount point, or
+// versions deployed through the API before functions_dir was set) are left
+// as they are. loadFunctions' goroutine only.
 func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep map[string]bool, prev map[string]*Function) {
 	present := map[string]bool{}
 	for _, f := range out {
@@ -572,30 +570,12 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 	for _, f := range d.forward {
 		present[f.Name] = true
 	}
-	var gone []string
-	if !d.dirSwept {
-		recs, err := d.store.ListFunctions(ctx)
-		if err != nil {
-			d.log.Warn("stored functions not read: removed functions stay active in the store until the next load", "err", err)
-			return
+	for name := range prev {
+		if present[name] {
+			continue
 		}
-		for _, r := range recs {
-			if r.Active && !present[r.Name] {
-				gone = append(gone, r.Name)
-			}
-		}
-		d.dirSwept = true
-	} else {
-		for name := range prev {
-			if !present[name] {
-				gone = append(gone, name)
-			}
-		}
-	}
-	for _, name := range gone {
 		if err := d.store.SetActive(ctx, name, 0); err != nil {
-			d.log.Warn("removed function left active in the store (looked at again at the next load)", "function", name, "err", err)
-			d.dirSwept = false
+			d.log.Warn("removed function left active in the store", "function", name, "err", err)
 		}
 	}
 }

@@ -180,29 +180,34 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		s.metrics.call(info.FullMethod, status.Code(err))
 		return nil, err
 	}
-	if !fromGateway(ctx) {
-		// A native gRPC client's answer is built as protobuf messages of
-		// the stored JSON (Struct and Value trees, far larger than the
-		// JSON): a few at a time, whatever the number of connections and
-		// streams.
-		select {
-		case s.native <- struct{}{}:
-			defer func() { <-s.native }()
-		case <-ctx.Done():
-			err := toStatus(ctx.Err())
-			s.metrics.call(info.FullMethod, status.Code(err))
-			return nil, err
-		}
-	}
 	resp, err := handler(ctx, req)
 	err = toStatus(err)
 	s.metrics.call(info.FullMethod, status.Code(err))
 	return resp, err
 }
 
-// nativeCalls bounds the unary calls of native gRPC clients answered at
-// once (REST calls, which get the stored JSON as it is, are not counted).
+// nativeCalls bounds the answers of native gRPC clients being built from
+// stored JSON at once (structSlot).
 const nativeCalls = 2
+
+// structSlot waits for a slot to build a native gRPC client's answer from
+// stored JSON: Struct and Value messages, up to ~90 times the JSON, so a
+// few at a time whatever the number of connections and streams. Taken
+// after the store was read (a long scan or invocation holds none) and
+// released when the handler returns, just before the answer is encoded.
+// REST calls, which get the stored JSON as it is, need none. The returned
+// release is never nil.
+func (s *Server) structSlot(ctx context.Context) (func(), error) {
+	if fromGateway(ctx) {
+		return func() {}, nil
+	}
+	select {
+	case s.native <- struct{}{}:
+		return func() { <-s.native }, nil
+	case <-ctx.Done():
+		return func() {}, ctx.Err()
+	}
+}
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := s.authorize(ss.Context(), info.FullMethod)

@@ -73,6 +73,11 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 	if err != nil {
 		return nil, err
 	}
+	release, err := r.s.structSlot(ctx)
+	defer release()
+	if err != nil {
+		return nil, err
+	}
 	out := &v1.QueryRecordsResponse{NextCursor: next, Records: make([]*v1.Record, 0, len(recs))}
 	js := jsonOutFor(ctx)
 	for _, rec := range recs {
@@ -169,6 +174,11 @@ func (st *stateService) ListState(ctx context.Context, req *v1.ListStateRequest)
 		return nil, invalidf("cursor too long")
 	}
 	kvs, next, err := st.s.cfg.Store.ListState(ctx, req.Function, req.Prefix, limit, req.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	release, err := st.s.structSlot(ctx)
+	defer release()
 	if err != nil {
 		return nil, err
 	}

@@ -38,6 +38,11 @@ func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1
 	if err != nil {
 		return nil, err
 	}
+	release, err := l.s.structSlot(ctx)
+	defer release()
+	if err != nil {
+		return nil, err
+	}
 	out := &v1.ListLogsResponse{NextAfter: next, Lines: make([]*v1.LogLine, 0, len(lines))}
 	js := jsonOutFor(ctx)
 	cost := 0
