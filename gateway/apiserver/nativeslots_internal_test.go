@@ -45,11 +45,8 @@ func (f *slowFunctions) Invoke(ctx context.Context, _ string, _ *luavm.Event, _ 
 // Two native gRPC InvokeFunction calls of a slow function (an operator's
 // tool testing it) hold both native slots for as long as the function
 // runs: every other native gRPC call (a read-token dashboard listing the
-// logs) waits for them, though neither builds any Struct meanwhile.
-// The slots that bound native gRPC answers built from stored JSON were
-// held for a whole call: two invocations running for minutes blocked every
-// other native client (a read token's ListLogs timed out). A slot is taken
-// only to build the answer, after the store read or the run.
+// logs) waits for them, though neither builds any Struct meanwhile. A
+// slot is taken only to build an answer from stored JSON.
 func TestNativeSlotsNotHeldBySlowInvocations(t *testing.T) {
 	st, err := store.Open(context.Background(), store.Options{Dir: t.TempDir(), Durability: store.DurabilityNone, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
