@@ -22,6 +22,23 @@ type timerRun struct {
 	// takes over from there (since).
 	mu   sync.Mutex
 	from map[string]time.Time
+	// fired is, per cron schedule, the last tick enqueued by this loop or
+	// the loops it replaced (handed over from run to run): after the
+	// clock was set back, no tick up to it fires again, however many
+	// redeploys come in between.
+	fired map[string]time.Time
+}
+
+// lastFired is the last tick enqueued for the schedule with key by r's
+// loops or the ones before them (zero: none, or r nil). Call it after
+// stop.
+func (r *timerRun) lastFired(key string) time.Time {
+	if r == nil {
+		return time.Time{}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fired[key]
 }
 
 // since is the time from which a loop replacing r's for the schedule with
@@ -43,6 +60,9 @@ func (r *timerRun) enqueued(key string, tick time.Time) {
 	defer r.mu.Unlock()
 	if tick.After(r.from[key]) {
 		r.from[key] = tick
+	}
+	if tick.After(r.fired[key]) {
+		r.fired[key] = tick
 	}
 }
 
@@ -94,22 +114,25 @@ func (g *Gateway) startTimer(f *Function, stopped *timerRun) *timerRun {
 		return prev
 	}
 	ctx, cancel := context.WithCancel(g.runCtx)
-	r := &timerRun{cancel: cancel, from: map[string]time.Time{}}
+	r := &timerRun{cancel: cancel, from: map[string]time.Time{}, fired: map[string]time.Time{}}
 	now := g.opts.Now()
 	g.timers[f.Name] = r
 	for _, s := range f.Schedules {
 		key := trigger.ScheduleKey(s)
 		since := stopped.since(key)
-		var fired time.Time
-		if since.After(now) {
-			// The clock was set back since the stopped loops enqueued that
-			// tick: it and the ones before it fired already.
-			fired = since
-		}
 		if since.IsZero() || since.After(now) {
 			since = now
 		}
 		r.from[key] = since
+		// A cron schedule's last tick fired goes on to the new loops: the
+		// clock may have been set back since (then since is now, and
+		// without it the new loop would fire that tick again). An "@every"
+		// timer resumes from its recorded tick instead.
+		var fired time.Time
+		if _, every := s.(trigger.Every); !every {
+			fired = stopped.lastFired(key)
+			r.fired[key] = fired
+		}
 		r.loops.Go(func() { g.timerLoop(ctx, r, key, f.Name, s, since, fired) })
 	}
 	return prev
@@ -381,8 +404,8 @@ func realAfter(d time.Duration) (<-chan time.Time, func()) {
 // runSchedule calls fire at each tick of s until ctx is done, on the wall
 // clock now, waiting with after. The first tick is first, or when zero the
 // schedule's next tick from now; fired (zero: none) is the last tick the
-// loops this one replaces fired, when the clock was set back since: no
-// tick up to it fires again.
+// loops this one replaces fired: no tick up to it fires again (the clock
+// may have been set back since).
 //
 // Waits are at most maxTimerWait and the next tick is computed again from
 // the wall clock after each, so a clock step is noticed. A tick fires only
