@@ -123,7 +123,6 @@ func (g *Gateway) startTimer(f *Function, stopped *timerRun) *timerRun {
 		if since.IsZero() || since.After(now) {
 			since = now
 		}
-		r.from[key] = since
 		// A cron schedule's last tick fired goes on to the new loops: the
 		// clock may have been set back since (then since is now, and
 		// without it the new loop would fire that tick again). An "@every"
@@ -131,8 +130,15 @@ func (g *Gateway) startTimer(f *Function, stopped *timerRun) *timerRun {
 		var fired time.Time
 		if _, every := s.(trigger.Every); !every {
 			fired = stopped.lastFired(key)
+		}
+		// Under r.mu: the loops of the schedules before this one run
+		// already and record their ticks (enqueued).
+		r.mu.Lock()
+		r.from[key] = since
+		if !fired.IsZero() {
 			r.fired[key] = fired
 		}
+		r.mu.Unlock()
 		r.loops.Go(func() { g.timerLoop(ctx, r, key, f.Name, s, since, fired) })
 	}
 	return prev

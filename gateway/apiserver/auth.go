@@ -193,7 +193,8 @@ const nativeCalls = 2
 // structSlot waits for a slot to build a native gRPC client's answer from
 // stored JSON: Struct and Value messages, up to ~90 times the JSON, so a
 // few at a time whatever the number of connections and streams. Taken
-// after the store was read (a long scan or invocation holds none) and
+// after the store was read or the function ran (a long scan or invocation
+// holds none: ListLogs, QueryRecords, ListState, GetState, InvokeFunction) and
 // released when the handler returns, just before the answer is encoded.
 // REST calls, which get the stored JSON as it is, need none. The returned
 // release is never nil.

@@ -159,6 +159,11 @@ func (st *stateService) GetState(ctx context.Context, req *v1.GetStateRequest) (
 	if !ok {
 		return nil, notFoundf("state key %q of function %q", clip(req.Key), req.Function)
 	}
+	release, err := st.s.structSlot(ctx)
+	defer release()
+	if err != nil {
+		return nil, err
+	}
 	return &v1.StateEntry{Key: req.Key, Value: jsonOutFor(ctx).value(v)}, nil
 }
 

@@ -229,6 +229,11 @@ func (f *functionService) InvokeFunction(ctx context.Context, req *v1.InvokeFunc
 	if err != nil {
 		return nil, err
 	}
+	release, err := f.s.structSlot(ctx) // after the run: it holds none
+	defer release()
+	if err != nil {
+		return nil, err
+	}
 	return invocationMessage(jsonOutFor(ctx), req.Name, inv), nil
 }
 
