@@ -54,21 +54,14 @@ func redeployTk(t *testing.T, g *Gateway, fp string) {
 // fired (fired), but records its hand-over time as "now" (12:00:40): the
 // second redeploy plans from there and fires 12:01 again.
 func TestCronTickNotRefiredAfterClockStepBackAndTwoRedeploys(t *testing.T) {
-	st := quietStore(t, store.Options{})
-	c := newCronClock(t, time.Date(2026, 11, 28, 12, 0, 30, 0, time.UTC))
-	g := timerGateway(t, st, "* * * * *", c.clock, c.after)
-	w := c.next() // waits for 12:01
-	c.set(time.Date(2026, 11, 28, 12, 1, 0, 100e6, time.UTC))
-	w.c <- c.clock()
-	c.next() // fired 12:01, waits for 12:02
-	waitFor(t, 5*time.Second, "the 12:01 tick's record", func() bool { return len(allRecords(t, st, "tk")) == 1 })
+	st, c, g := cronFired1201(t)
 
 	c.set(time.Date(2026, 11, 28, 12, 0, 40, 0, time.UTC)) // NTP: the clock ran 20 s fast
 	redeployTk(t, g, "v2")
 	c.next() // v2's first wait
 	c.set(time.Date(2026, 11, 28, 12, 0, 45, 0, time.UTC))
 	redeployTk(t, g, "v3")
-	w = c.next() // v3's first wait
+	w := c.next() // v3's first wait
 	c.set(time.Date(2026, 11, 28, 12, 1, 0, 100e6, time.UTC))
 	w.c <- c.clock()
 	c.next()
@@ -127,4 +120,19 @@ func TestEveryNotSilentAfterClockStepBackAndRedeploy(t *testing.T) {
 	if n := len(allRecords(t, st, "tk")); n != 2 {
 		t.Fatalf("%d ticks, want 2: the timer did not tick an interval after the redeploy (clock set back an hour)", n)
 	}
+}
+
+// cronFired1201 starts a "* * * * *" timer at 12:00:30 on a fake clock and
+// lets its 12:01 tick fire and commit.
+func cronFired1201(t *testing.T) (*store.Store, *cronClock, *Gateway) {
+	t.Helper()
+	st := quietStore(t, store.Options{})
+	c := newCronClock(t, time.Date(2026, 11, 28, 12, 0, 30, 0, time.UTC))
+	g := timerGateway(t, st, "* * * * *", c.clock, c.after)
+	w := c.next() // waits for 12:01
+	c.set(time.Date(2026, 11, 28, 12, 1, 0, 100e6, time.UTC))
+	w.c <- c.clock()
+	c.next() // fired 12:01, waits for 12:02
+	waitFor(t, 5*time.Second, "the 12:01 tick's record", func() bool { return len(allRecords(t, st, "tk")) == 1 })
+	return st, c, g
 }

@@ -1,12 +1,9 @@
 package apiserver_test
 
 import (
-	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"google.golang.org/grpc/metadata"
@@ -42,43 +39,23 @@ func TestGRPCGetStateMemoryBounded(t *testing.T) {
 	if err := get(); err != nil {
 		t.Fatal(err)
 	}
-	before := heapInUse()
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
+	grown := peakHeapGrowth(func() {
+		var wg sync.WaitGroup
+		for i := 0; i < 32; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				call := get
+				if i%2 == 1 {
+					call = get2
+				}
+				if err := call(); err != nil {
+					t.Error(err)
+				}
+			}()
 		}
-	}()
-	var wg sync.WaitGroup
-	for i := 0; i < 32; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			call := get
-			if i%2 == 1 {
-				call = get2
-			}
-			if err := call(); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(stop)
-	<-sampled
-	grown := int64(peak.Load()) - int64(before)
+		wg.Wait()
+	})
 	t.Logf("32 concurrent gRPC GetState of a %d-byte value: heap in use grew by up to %d MiB", len(body), grown>>20)
 	if grown > 160<<20 {
 		t.Fatalf("32 gRPC GetState calls of two read-token connections took %d MiB of heap (one %d KB state value)", grown>>20, len(body)>>10)
