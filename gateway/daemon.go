@@ -42,6 +42,7 @@ type Daemon struct {
 	syncState
 	sync    *upsync.Manager
 	forward []*Function // built-in functions of sync.forward
+	dirFns  dirFunctions // what functions_dir held (loadFunctions' goroutine)
 
 	// FunctionsPoll is how often the functions directory is checked for
 	// changes (default 2s).
@@ -541,43 +542,82 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 	for _, f := range d.forward {
 		delete(keep, f.Name)
 	}
-	prev := d.gw.funcs.Load().byName
 	if err := d.gw.setFunctions(ctx, d.withForwards(out), keep); err != nil {
 		// A function that does not deploy (it would fail the same way
 		// again) is logged; the others are in place.
 		d.log.Error("functions", "err", err)
 	}
-	d.deactivateRemoved(ctx, out, keep, prev)
+	d.deactivateRemoved(ctx, out, keep)
 	return true
 }
 
+// dirFunctions is what the functions directory held, for
+// deactivateRemoved. The zero value is the state at start.
+type dirFunctions struct {
+	last  map[string]bool // the names at the last applied load
+	off   map[string]bool // removed names whose deactivation failed (retried)
+	swept bool            // the store's versions from the directory were checked against it
+}
+
 // deactivateRemoved marks inactive in the store the functions whose files
-// were removed from the directory while the daemon ran (deployed before
-// this load, prev, and no longer there): left active, a start that could
-// not read the directory yet (runStored), or a broken NAME.yaml appearing
-// later (fallBack), ran the removed function again. Functions not running
-// at this load (at the first load after a start, an empty mount point, or
-// versions deployed through the API before functions_dir was set) are left
-// as they are. loadFunctions' goroutine only.
-func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep map[string]bool, prev map[string]*Function) {
-	present := map[string]bool{}
+// are no longer in the directory: left active, a start that could not read
+// the directory yet (runStored), or a broken NAME.yaml appearing later
+// (fallBack), ran the removed function again. Those are the names the
+// directory held at the last load and no longer holds, and, at the first
+// load that finds at least one function file (an empty directory may be a
+// mount point not mounted yet), every active version stored from the
+// directory (FromDir) whose name it does not hold: removed while the
+// daemon was stopped. Versions deployed through the API (before
+// functions_dir was set) are left as they are. A deactivation that fails
+// is tried again at the next load. loadFunctions' goroutine only.
+func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep map[string]bool) {
+	present := make(map[string]bool, len(out)+len(keep))
 	for _, f := range out {
 		present[f.Name] = true
 	}
 	for name := range keep {
 		present[name] = true
 	}
+	gone := d.dirFns.off
+	if gone == nil {
+		gone = map[string]bool{}
+	}
+	for name := range d.dirFns.last {
+		gone[name] = true
+	}
+	if !d.dirFns.swept && len(present) > 0 {
+		recs, err := d.store.ListFunctions(ctx)
+		if err != nil {
+			d.log.Warn("functions removed from the directory while stopped not checked (tried again at the next load)", "err", err)
+		} else {
+			d.dirFns.swept = true
+			for _, r := range recs {
+				if r.Active && r.FromDir {
+					gone[r.Name] = true
+				}
+			}
+		}
+	}
 	for _, f := range d.forward {
 		present[f.Name] = true
 	}
-	for name := range prev {
+	d.dirFns.off = nil
+	for name := range gone {
 		if present[name] {
 			continue
 		}
-		if err := d.store.SetActive(ctx, name, 0); err != nil {
-			d.log.Warn("removed function left active in the store", "function", name, "err", err)
+		if err := d.store.SetActive(ctx, name, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+			d.log.Warn("removed function left active in the store (tried again at the next load)", "function", name, "err", err)
+			if d.dirFns.off == nil {
+				d.dirFns.off = map[string]bool{}
+			}
+			d.dirFns.off[name] = true
 		}
 	}
+	for _, f := range d.forward {
+		delete(present, f.Name)
+	}
+	d.dirFns.last = present
 }
 
 // fallBack adds to out the stored active version of each function in
@@ -623,6 +663,14 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 		switch {
 		case err == nil && cur.SHA256 == tf.SHA256:
 			f.Version = cur.Version
+			if !cur.FromDir {
+				// Deployed through the API before functions_dir was set,
+				// or stored before FromDir existed: from now on the
+				// directory's (deactivateRemoved).
+				if err := d.store.MarkFromDir(ctx, f.Name, cur.Version); err != nil {
+					d.log.Warn("function not marked as loaded from the directory (tried again at the next load)", "function", f.Name, "err", err)
+				}
+			}
 		case err == nil || errors.Is(err, store.ErrNotFound):
 			// A source that does not compile is a broken file like a bad
 			// manifest: stored as the active version, it was what the next
@@ -635,7 +683,7 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 			}
 			// The manifest as read and parsed (read again, it was unbounded
 			// and could differ from what its SHA-256 and f came from).
-			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: tf.ManifestData, SHA256: tf.SHA256, Active: true})
+			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: tf.ManifestData, SHA256: tf.SHA256, Active: true, FromDir: true})
 			if perr != nil {
 				return nil, fmt.Errorf("store function %s: %w", f.Name, perr)
 			}

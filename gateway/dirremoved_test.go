@@ -1,10 +1,17 @@
 package gateway
 
 import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moongate-edge/moongate/gateway/config"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // A function removed from functions_dir (both files deleted) stays removed:
@@ -58,5 +65,173 @@ func TestBrokenFileDoesNotResurrectRemovedFunction(t *testing.T) {
 	writeFunction(t, fnDir, "gone", `function handle(e) return {new = true} end`, "triggerz:\n  - mqtt: x/{device}\n")
 	if poll(3*time.Second, func() bool { return p.d.Gateway().Lookup("gone") != nil }) {
 		t.Fatalf("the removed version of gone (version %d) runs again because a new, broken gone.yaml appeared", p.d.Gateway().Lookup("gone").Version)
+	}
+}
+
+// gone's files: a timer function, so that a version running again shows.
+const goneLua, goneManifest = `function handle(e) return {t = e.trigger} end`, "triggers:\n  - timer: \"@every 1s\"\n"
+
+// activeIn reports whether the store holds an active version of name.
+func activeIn(t *testing.T, st *store.Store, name string) bool {
+	t.Helper()
+	_, err := st.GetFunction(context.Background(), name, 0)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+// removeFunction deletes NAME.lua and NAME.yaml from dir.
+func removeFunction(t *testing.T, dir, name string) {
+	t.Helper()
+	for _, n := range []string{name + ".lua", name + ".yaml"} {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A function whose files were removed from functions_dir while the daemon
+// was stopped is deactivated at the next start that reads the directory, so
+// that a later start that cannot read it does not run it again.
+func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
+	dataDir, base := t.TempDir(), t.TempDir()
+	fnDir := filepath.Join(base, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
+	cfg := testConfig(dataDir, fnDir, "")
+	p := startInProcess(t, cfg)
+	waitFor(t, 10*time.Second, "gone deployed", func() bool { return p.d.Gateway().Lookup("gone") != nil })
+	p.stop(t)
+
+	removeFunction(t, fnDir, "gone") // while stopped
+	p = startInProcess(t, cfg)
+	if p.d.Gateway().Lookup("gone") != nil {
+		t.Fatal("gone runs though its files were removed")
+	}
+	if activeIn(t, p.d.Store(), "gone") {
+		t.Fatal("gone, removed from functions_dir while the daemon was stopped, is still active in the store")
+	}
+	if !activeIn(t, p.d.Store(), "keep") {
+		t.Fatal("keep deactivated")
+	}
+	before := len(allRecords(t, p.d.Store(), "gone"))
+	p.stop(t)
+
+	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
+		t.Fatal(err)
+	}
+	p = startInProcess(t, cfg)
+	if p.d.Gateway().Lookup("keep") == nil {
+		t.Fatal("keep not run from the store while the directory cannot be read")
+	}
+	if f := p.d.Gateway().Lookup("gone"); f != nil {
+		ran := poll(3*time.Second, func() bool { return len(allRecords(t, p.d.Store(), "gone")) > before })
+		t.Fatalf("gone (version %d) runs again; its timer ran: %v", f.Version, ran)
+	}
+}
+
+// An empty functions_dir at start may be a mount point not mounted yet:
+// the stored versions stay active (a later start that cannot read the
+// directory runs them), and the check is made at the first load that
+// finds a function.
+func TestEmptyDirAtStartKeepsStoredFunctions(t *testing.T) {
+	dataDir, base := t.TempDir(), t.TempDir()
+	fnDir := filepath.Join(base, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
+	cfg := testConfig(dataDir, fnDir, "")
+	p := startInProcess(t, cfg)
+	waitFor(t, 10*time.Second, "gone deployed", func() bool { return p.d.Gateway().Lookup("gone") != nil })
+	p.stop(t)
+
+	removeFunction(t, fnDir, "keep")
+	removeFunction(t, fnDir, "gone")
+	p = startInProcess(t, cfg)
+	if !activeIn(t, p.d.Store(), "keep") || !activeIn(t, p.d.Store(), "gone") {
+		t.Fatal("an empty functions_dir at start deactivated the stored functions")
+	}
+	// The mount appears, without gone.
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
+	waitFor(t, 10*time.Second, "gone deactivated", func() bool { return !activeIn(t, p.d.Store(), "gone") })
+	if !activeIn(t, p.d.Store(), "keep") {
+		t.Fatal("keep deactivated")
+	}
+}
+
+// Functions deployed through the API before functions_dir was set are not
+// the directory's: they stay active in the store (run again once
+// functions_dir is unset), though the directory does not hold them.
+func TestAPIFunctionsSurviveSwitchToDir(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	p := startInProcess(t, testConfig(dataDir, "", ""))
+	ctx := context.Background()
+	for _, name := range []string{"api", "both"} {
+		if _, err := p.d.DeployFunction(ctx, DeployRequest{Name: name, Manifest: []byte(referenceManifest), Source: []byte(referenceLua)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.stop(t)
+
+	// "both" is also in the directory, identical: from now on it is the
+	// directory's, and removing it from there deactivates it.
+	writeFunction(t, fnDir, "both", referenceLua, referenceManifest)
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	if p.d.Gateway().Lookup("api") != nil {
+		t.Fatal("a function not in functions_dir runs")
+	}
+	if !activeIn(t, p.d.Store(), "api") {
+		t.Fatal("a function deployed through the API was deactivated by the switch to functions_dir")
+	}
+	waitFor(t, 10*time.Second, "both deployed", func() bool { return p.d.Gateway().Lookup("both") != nil })
+	p.stop(t)
+
+	removeFunction(t, fnDir, "both")
+	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	if activeIn(t, p.d.Store(), "both") {
+		t.Fatal("both, loaded from functions_dir and removed from it while stopped, is still active")
+	}
+	p.stop(t)
+
+	p = startInProcess(t, testConfig(dataDir, "", ""))
+	if p.d.Gateway().Lookup("api") == nil {
+		t.Fatal("the API's function does not run once functions_dir is unset")
+	}
+}
+
+// A removed function whose deactivation failed (the store refused the
+// write) is deactivated at the next load.
+func TestRemovedFunctionDeactivationRetried(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte(testConfig(t.TempDir(), t.TempDir(), "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.closeAll()
+	if _, err := d.store.PutFunction(ctx, store.FunctionRecord{Name: "gone", Source: []byte(goneLua), Manifest: []byte(goneManifest), Active: true, FromDir: true}); err != nil {
+		t.Fatal(err)
+	}
+	d.dirFns = dirFunctions{last: map[string]bool{"gone": true}, swept: true}
+	failed, cancel := context.WithCancel(ctx)
+	cancel() // every store write fails
+	d.deactivateRemoved(failed, nil, map[string]bool{"keep": true})
+	if !activeIn(t, d.store, "gone") {
+		t.Fatal("test broken: the write did not fail")
+	}
+	d.deactivateRemoved(ctx, nil, map[string]bool{"keep": true})
+	if activeIn(t, d.store, "gone") {
+		t.Fatal("a removed function whose deactivation failed once stays active in the store")
 	}
 }

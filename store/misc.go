@@ -465,6 +465,11 @@ type FunctionRecord struct {
 	SHA256    string
 	CreatedMS int64
 	Active    bool // this version is the active one
+	// FromDir is set on a version stored from functions_dir (not through
+	// the API): a start finds the functions removed from the directory
+	// while the daemon was stopped by it. Versions stored before this field
+	// existed read false.
+	FromDir bool `json:",omitempty"`
 }
 
 func fnKey(name string, version int64) []byte { return nameSeqKey(pFunction, name, uint64(version)) }
@@ -724,6 +729,43 @@ func (s *Store) SetActive(ctx context.Context, name string, version int64) error
 			return fmt.Errorf("%w: function %q version %d", ErrNotFound, name, version)
 		}
 		b.set(activeKey(name), binary.BigEndian.AppendUint64(nil, uint64(version)))
+		return nil
+	}})
+}
+
+// MarkFromDir sets FromDir on version of name (stored through the API, or
+// before the field existed, and now loaded from functions_dir).
+// ErrNotFound when that version does not exist.
+func (s *Store) MarkFromDir(ctx context.Context, name string, version int64) error {
+	if err := validName("function name", name, false); err != nil {
+		return err
+	}
+	r, err := s.GetFunction(ctx, name, version)
+	if err != nil || r.FromDir {
+		return err
+	}
+	est := entryEst(len(name)+10, 2*(len(r.Source)+len(r.Manifest))+256)
+	return s.submit(ctx, &request{est: est, fn: func(b *batch) error {
+		v, ok, err := b.get(fnKey(name, version))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: function %q version %d", ErrNotFound, name, version)
+		}
+		var f FunctionRecord
+		if err := json.Unmarshal(v, &f); err != nil {
+			return fmt.Errorf("%w: function %q version %d: %v", ErrCorrupt, name, version, err)
+		}
+		if f.FromDir {
+			return nil
+		}
+		f.FromDir = true
+		out, err := json.Marshal(&f)
+		if err != nil {
+			return err
+		}
+		b.set(fnKey(name, version), out)
 		return nil
 	}})
 }
