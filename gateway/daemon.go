@@ -41,7 +41,7 @@ type Daemon struct {
 	api     *apiserver.Server
 	syncState
 	sync    *upsync.Manager
-	forward []*Function // built-in functions of sync.forward
+	forward []*Function  // built-in functions of sync.forward
 	dirFns  dirFunctions // what functions_dir held (loadFunctions' goroutine)
 
 	// FunctionsPoll is how often the functions directory is checked for
