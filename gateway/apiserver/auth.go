@@ -191,8 +191,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 const nativeCalls = 2
 
 // structSlot waits for a slot to build a native gRPC client's answer from
-// stored JSON: Struct and Value messages, up to ~90 times the JSON, so a
-// few at a time whatever the number of connections and streams. Taken
+// stored JSON: its protobuf encoding, up to 5.5 times the JSON
+// (wirejson.go), so a few at a time whatever the number of connections
+// and streams. Taken
 // after the store was read or the function ran (a long scan or invocation
 // holds none: ListLogs, QueryRecords, ListState, GetState, InvokeFunction) and
 // released when the handler returns, just before the answer is encoded.

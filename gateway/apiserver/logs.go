@@ -47,8 +47,8 @@ func (l *logService) ListLogs(ctx context.Context, req *v1.ListLogsRequest) (*v1
 	js := jsonOutFor(ctx)
 	cost := 0
 	for i, x := range lines {
-		// A native gRPC client's page ends at maxStructCost of Struct
-		// trees: an empty object is 3 bytes of JSON and ~250 of Struct.
+		// A native gRPC client's page ends at maxStructCost of protobuf
+		// encoding (up to 5.5 times the JSON).
 		if cost += js.cost(x.Fields) + len(x.Msg); i > 0 && cost > maxStructCost {
 			out.NextAfter = lines[i-1].Seq
 			break

@@ -37,8 +37,10 @@ import (
 // and one unknown field, number rawField, holding the text. The REST
 // marshaler (rawMarshaler) writes that text where the message goes, and its
 // decoder turns a PUT body into such a message; the service checks it
-// (checkJSON) before storing it. gRPC clients over the network get and send
-// ordinary structpb messages, and never see the field.
+// (checkJSON) before storing it. gRPC clients over the network send
+// ordinary structpb messages and get the protobuf encoding of the stored
+// JSON (wirejson.go), which they decode as ordinary messages too; they
+// never see the field.
 
 // rawField is the field number of the JSON text in a raw Value or Struct:
 // the largest valid one, which google.protobuf.Value and Struct do not use.
@@ -87,11 +89,14 @@ type jsonOut struct{ raw bool }
 
 func jsonOutFor(ctx context.Context) jsonOut { return jsonOut{raw: fromGateway(ctx)} }
 
-// value is jsonValue, or the stored text as is for the REST gateway. Text
-// that is not JSON becomes a string as with jsonValue, null leaves the
-// field out.
+// value is jsonValue: the stored text as is for the REST gateway, its
+// protobuf encoding for a gRPC client (wireValue). Text that is not JSON
+// becomes a string as with jsonValue, null leaves the field out.
 func (o jsonOut) value(b []byte) *structpb.Value {
-	if !o.raw || !storedJSON(b) {
+	if !o.raw {
+		return wireValue(b)
+	}
+	if !storedJSON(b) {
 		return jsonValue(b)
 	}
 	if string(bytes.TrimSpace(b)) == "null" {
@@ -102,31 +107,27 @@ func (o jsonOut) value(b []byte) *structpb.Value {
 	return v
 }
 
-// cost estimates the memory the response field made of stored JSON b
-// takes: b itself for the REST gateway (it goes out as it is), and for a
-// gRPC client the Struct and Value messages it becomes, about 256 bytes
-// per value (an empty object, 3 bytes of JSON, is a Value, a Struct and
-// a map).
+// cost bounds the memory the response field made of stored JSON b takes:
+// b itself for the REST gateway (it goes out as it is), and for a gRPC
+// client its protobuf encoding, at most 5.5 times b (wirejson.go).
 func (o jsonOut) cost(b []byte) int {
 	if o.raw {
 		return len(b)
 	}
-	n := len(b)
-	for _, c := range b {
-		if c == '{' || c == '[' || c == ',' {
-			n += 256
-		}
-	}
-	return n
+	return len(b) * 11 / 2
 }
 
-// maxStructCost bounds the estimated memory (jsonOut.cost) of the stored
-// JSON one page of log lines converts for a gRPC client.
+// maxStructCost bounds the memory (jsonOut.cost) of the stored JSON one
+// page of log lines converts for a gRPC client.
 const maxStructCost = 8 << 20
 
-// object is jsonStruct, or the stored text as is for the REST gateway.
+// object is jsonStruct: the stored text as is for the REST gateway, its
+// protobuf encoding for a gRPC client (wireStruct).
 func (o jsonOut) object(b []byte) *structpb.Struct {
-	if !o.raw || !storedJSON(b) || !bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{")) {
+	if !o.raw {
+		return wireStruct(b)
+	}
+	if !storedJSON(b) || !bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{")) {
 		return jsonStruct(b)
 	}
 	s := &structpb.Struct{}

@@ -190,8 +190,8 @@ type Server struct {
 	// followers counts the open log follows (MaxFollowers).
 	followers atomic.Int32
 	// native holds a slot for each unary call of a native gRPC client
-	// being answered (nativeCalls): their stored JSON becomes
-	// google.protobuf.Struct trees, up to ~90 times its size.
+	// being answered (nativeCalls): their stored JSON becomes its
+	// protobuf encoding, up to 5.5 times its size (wirejson.go).
 	native chan struct{}
 }
 
