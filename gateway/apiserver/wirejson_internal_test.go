@@ -111,3 +111,30 @@ func FuzzWireJSON(f *testing.F) {
 		checkWire(t, in)
 	})
 }
+
+// BenchmarkNativeValue: a 60 KB record of small objects and a record of
+// numbers and strings, answered to a gRPC client as Value messages
+// (jsonValue, then proto.Marshal as grpc-go does) and as their encoding
+// (wireValue).
+func BenchmarkNativeValue(b *testing.B) {
+	inputs := map[string][]byte{
+		"objects": []byte(`{"f":[` + strings.Repeat(`{},`, 20000) + `{}]}`),
+		"reading": []byte(`{"device":"d17","temp":21.5,"hum":40,"ok":true,"tags":["a","b"],"ts":1796014131630}`),
+	}
+	for name, in := range inputs {
+		for _, enc := range []struct {
+			name string
+			fn   func([]byte) *structpb.Value
+		}{{"structpb", jsonValue}, {"wire", wireValue}} {
+			b.Run(name+"/"+enc.name, func(b *testing.B) {
+				b.SetBytes(int64(len(in)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := proto.Marshal(enc.fn(in)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
