@@ -250,7 +250,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// replaced) or the store failed: the versions stored from it
 			// run until the watcher loads it, rather than no function at
 			// all, whose events would be taken for unmatched messages.
-			if err := d.runStored(ctx); err != nil {
+			if err := d.runStored(ctx, true); err != nil {
 				return err
 			}
 			d.log.Warn("functions directory not loaded at start; running the stored versions until it is", "dir", dir, "functions", len(d.gw.Functions()))
@@ -266,7 +266,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	default:
 		// Without its functions the gateway would take their events for
 		// unmatched messages: a store that cannot be read fails the start.
-		if err := d.runStored(ctx); err != nil {
+		if err := d.runStored(ctx, false); err != nil {
 			return err
 		}
 	}
@@ -342,11 +342,12 @@ func (d *Daemon) watchStore(ctx context.Context, stop context.CancelCauseFunc, h
 	})
 }
 
-// runStored deploys the active versions kept in the store. A store that
+// runStored deploys the active versions kept in the store (fromDir: only
+// those stored from functions_dir, see storedFunctions). A store that
 // cannot be read fails the start (unless ctx ended): without its functions
 // the gateway would take their events for unmatched messages.
-func (d *Daemon) runStored(ctx context.Context) error {
-	fns, err := d.storedFunctions(ctx)
+func (d *Daemon) runStored(ctx context.Context, fromDir bool) error {
+	fns, err := d.storedFunctions(ctx, fromDir)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -566,10 +567,11 @@ type dirFunctions struct {
 // directory held at the last load and no longer holds, and, at the first
 // load that finds at least one function file (an empty directory may be a
 // mount point not mounted yet), every active version stored from the
-// directory (FromDir) whose name it does not hold: removed while the
-// daemon was stopped. Versions deployed through the API (before
-// functions_dir was set) are left as they are. A deactivation that fails
-// is tried again at the next load. loadFunctions' goroutine only.
+// directory whose name it does not hold: removed while the daemon was
+// stopped. Only versions stored from the directory (FromDir) are
+// deactivated: those deployed through the API before functions_dir was set
+// are left as they are. A deactivation that fails is tried again at the
+// next load. loadFunctions' goroutine only.
 func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep map[string]bool) {
 	present := make(map[string]bool, len(out)+len(keep))
 	for _, f := range out {
@@ -598,15 +600,25 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 			}
 		}
 	}
-	for _, f := range d.forward {
-		present[f.Name] = true
-	}
+	d.dirFns.last = present
 	d.dirFns.off = nil
 	for name := range gone {
-		if present[name] {
+		// A sync.forward entry's name is not in present: a function
+		// removed from the directory whose name a forward took since is
+		// removed all the same (forwards are not stored).
+		if present[name] || !trigger.ValidFunctionName(name) {
 			continue
 		}
-		if err := d.store.SetActive(ctx, name, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+		r, err := d.store.GetFunction(ctx, name, 0)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			continue // no active version
+		case err == nil && !r.FromDir:
+			continue // deployed through the API, not the directory's
+		case err == nil:
+			err = d.store.SetActive(ctx, name, 0)
+		}
+		if err != nil {
 			d.log.Warn("removed function left active in the store (tried again at the next load)", "function", name, "err", err)
 			if d.dirFns.off == nil {
 				d.dirFns.off = map[string]bool{}
@@ -614,17 +626,17 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 			d.dirFns.off[name] = true
 		}
 	}
-	for _, f := range d.forward {
-		delete(present, f.Name)
-	}
-	d.dirFns.last = present
 }
 
 // fallBack adds to out the stored active version of each function in
 // failed that has no running version (its files failed to load when the
 // daemon started): the version that ran before stays in place, as it does
-// for a change made while running.
+// for a change made while running. Only a version stored from the
+// directory (FromDir, or any in a store written before FromDir existed):
+// a broken NAME.yaml does not bring in a version deployed through the API
+// before functions_dir was set.
 func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[string]bool) ([]*Function, error) {
+	legacy := -1 // unknown yet
 	for name := range failed {
 		if d.gw.funcs.Load().byName[name] != nil {
 			continue
@@ -635,6 +647,19 @@ func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[strin
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read stored function %s: %w", name, err)
+		}
+		if !r.FromDir && legacy < 0 {
+			recs, err := d.store.ListFunctions(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("list stored functions: %w", err)
+			}
+			legacy = 0
+			if legacyStore(recs) {
+				legacy = 1
+			}
+		}
+		if !r.FromDir && legacy == 0 {
+			continue
 		}
 		if f := d.fromRecord(r); f != nil {
 			d.log.Warn("function files not loaded; running its stored version", "function", name, "version", r.Version)
@@ -697,17 +722,21 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 	return out, nil
 }
 
-// storedFunctions builds the active versions kept in the store. An error
+// storedFunctions builds the active versions kept in the store; with
+// fromDir only those stored from functions_dir (FromDir), unless none is
+// (a store written before FromDir existed): versions deployed through the
+// API before functions_dir was set are not the directory's. An error
 // reading the store is returned (the list would be incomplete); a stored
 // function that cannot be built is logged and left out.
-func (d *Daemon) storedFunctions(ctx context.Context) ([]*Function, error) {
+func (d *Daemon) storedFunctions(ctx context.Context, fromDir bool) ([]*Function, error) {
 	recs, err := d.store.ListFunctions(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list stored functions: %w", err)
 	}
+	fromDir = fromDir && !legacyStore(recs)
 	var out []*Function
 	for _, r := range recs {
-		if !r.Active {
+		if !r.Active || fromDir && !r.FromDir {
 			continue
 		}
 		if f := d.fromRecord(r); f != nil {
@@ -715,6 +744,18 @@ func (d *Daemon) storedFunctions(ctx context.Context) ([]*Function, error) {
 		}
 	}
 	return out, nil
+}
+
+// legacyStore reports whether no active version in recs is marked FromDir:
+// a store written before the field existed, whose versions from
+// functions_dir cannot be told from the API's.
+func legacyStore(recs []store.FunctionRecord) bool {
+	for _, r := range recs {
+		if r.Active && r.FromDir {
+			return false
+		}
+	}
+	return true
 }
 
 // fromRecord builds a stored version. One that cannot be built (its

@@ -235,3 +235,119 @@ func TestRemovedFunctionDeactivationRetried(t *testing.T) {
 		t.Fatal("a removed function whose deactivation failed once stays active in the store")
 	}
 }
+
+// A broken NAME.yaml for the name of a function deployed through the API
+// before functions_dir was set neither runs that version (it is not the
+// directory's) nor, once removed, deactivates it.
+func TestBrokenFileDoesNotTouchAPIFunction(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	p := startInProcess(t, testConfig(dataDir, "", ""))
+	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: "api", Manifest: []byte(referenceManifest), Source: []byte(referenceLua)}); err != nil {
+		t.Fatal(err)
+	}
+	p.stop(t)
+
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
+	writeFunction(t, fnDir, "api", referenceLua, "triggerz:\n  - mqtt: x/{device}\n") // a typo
+	writeFunction(t, fnDir, "keep2", countLua, referenceManifest)                     // to know the load happened
+	waitFor(t, 10*time.Second, "keep2 deployed", func() bool { return p.d.Gateway().Lookup("keep2") != nil })
+	if f := p.d.Gateway().Lookup("api"); f != nil {
+		t.Fatalf("a broken api.yaml runs the version deployed through the API (%d), not the directory's", f.Version)
+	}
+	removeFunction(t, fnDir, "api")
+	removeFunction(t, fnDir, "keep2")
+	waitFor(t, 10*time.Second, "keep2 removed", func() bool { return p.d.Gateway().Lookup("keep2") == nil })
+	if !activeIn(t, p.d.Store(), "api") {
+		t.Fatal("the function deployed through the API (never the directory's) was deactivated in the store by a broken api.yaml appearing and being removed")
+	}
+}
+
+// A start that cannot read functions_dir runs the versions stored from
+// it, not those deployed through the API before functions_dir was set.
+func TestFallbackRunsOnlyDirectoryVersions(t *testing.T) {
+	dataDir, base := t.TempDir(), t.TempDir()
+	fnDir := filepath.Join(base, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startInProcess(t, testConfig(dataDir, "", ""))
+	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: "api", Manifest: []byte(goneManifest), Source: []byte(goneLua)}); err != nil {
+		t.Fatal(err)
+	}
+	p.stop(t)
+
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	cfg := testConfig(dataDir, fnDir, "")
+	p = startInProcess(t, cfg)
+	if p.d.Gateway().Lookup("api") != nil {
+		t.Fatal("test broken: a function not in functions_dir runs")
+	}
+	p.stop(t)
+
+	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
+		t.Fatal(err)
+	}
+	p = startInProcess(t, cfg)
+	if p.d.Gateway().Lookup("keep") == nil {
+		t.Fatal("keep not run from the store while the directory cannot be read")
+	}
+	if f := p.d.Gateway().Lookup("api"); f != nil {
+		t.Fatalf("api (version %d), deployed through the API before functions_dir was set and never in the directory, runs while functions_dir cannot be read", f.Version)
+	}
+}
+
+// A name the store refuses (a broken file's name that is not a function
+// name) is not retried as a failed deactivation at every load.
+func TestInvalidNameNotRetriedForever(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte(testConfig(t.TempDir(), t.TempDir(), "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.closeAll()
+	// Load 1: the directory held bad\xff.yaml, a file name not valid UTF-8 (FileError "bad\xff") and keep.
+	d.deactivateRemoved(ctx, nil, map[string]bool{"bad\xff": true, "keep": true})
+	// Load 2: bad\xff.yaml removed.
+	d.deactivateRemoved(ctx, nil, map[string]bool{"keep": true})
+	// Load 3, 4: more changes.
+	d.deactivateRemoved(ctx, nil, map[string]bool{"keep": true})
+	d.deactivateRemoved(ctx, nil, map[string]bool{"keep": true})
+	if d.dirFns.off["bad\xff"] {
+		t.Fatalf("an invalid function name is retried as a failed deactivation at every load: off = %v", d.dirFns.off)
+	}
+}
+
+// A function removed from functions_dir while a sync.forward entry took its
+// name is deactivated all the same (forwards are not stored).
+func TestForwardNameDoesNotKeepRemovedFunctionActive(t *testing.T) {
+	dataDir, base := t.TempDir(), t.TempDir()
+	fnDir := filepath.Join(base, "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	writeFunction(t, fnDir, "raw", goneLua, goneManifest)
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
+	waitFor(t, 10*time.Second, "raw deployed", func() bool { return p.d.Gateway().Lookup("raw") != nil })
+	p.stop(t)
+
+	removeFunction(t, fnDir, "raw")
+	fwd := "sync:\n  targets:\n    - {name: up, type: http, http: {url: \"http://127.0.0.1:1/ingest\"}}\n  forward:\n    - {name: raw, trigger: \"devices/{device}/telemetry\", targets: [up]}\n"
+	p = startInProcess(t, testConfig(dataDir, fnDir, fwd))
+	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
+	p.stop(t)
+
+	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
+		t.Fatal(err)
+	}
+	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	if f := p.d.Gateway().Lookup("raw"); f != nil {
+		t.Fatalf("raw (version %d), removed from functions_dir, runs again from the store: its name was a sync.forward entry's when the directory was checked", f.Version)
+	}
+}

@@ -225,7 +225,7 @@ func (d *Daemon) FunctionsFromDir() bool { return d.cfg.FunctionsDir != "" }
 // When the store cannot be read, the running functions are left as they
 // are (an empty list would remove them all) and the error is returned.
 func (d *Daemon) reload(ctx context.Context) error {
-	fns, err := d.storedFunctions(ctx)
+	fns, err := d.storedFunctions(ctx, false)
 	if err != nil {
 		return fmt.Errorf("reload functions (the running ones are kept): %w", err)
 	}

@@ -18,7 +18,7 @@ func TestReloadKeepsFunctionsOnStoreError(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := d.storedFunctions(ctx); !errors.Is(err, context.Canceled) {
+	if _, err := d.storedFunctions(ctx, false); !errors.Is(err, context.Canceled) {
 		t.Fatalf("storedFunctions with a cancelled context: %v", err)
 	}
 	if err := d.reload(ctx); !errors.Is(err, context.Canceled) {
