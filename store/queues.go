@@ -1455,6 +1455,19 @@ func (s *Store) OutboxStats(target string) OutboxStats {
 	return st
 }
 
+// OutboxBounds returns the sequence of the oldest waiting entry of
+// target's outbox and the first sequence OutboxRead does not hand out yet
+// (the next entry's; with DurabilityInterval, the first not synced yet),
+// from the in-memory counters: OutboxRead after next-1 finds nothing.
+func (s *Store) OutboxBounds(target string) (head, next uint64) {
+	q := s.counters().Outbox[target]
+	next = q.Next
+	if d := s.durableNext.Load(); d != nil {
+		next = min(next, (*d)[target])
+	}
+	return q.Head, next
+}
+
 // OutboxTargets lists the targets that have (or had) an outbox.
 func (s *Store) OutboxTargets() []string {
 	c := s.counters()
@@ -1487,9 +1500,9 @@ func (s *Store) OutboxRead(ctx context.Context, target string, after uint64, lim
 	start := max(after+1, q.Head)
 	var out []OutboxEntry
 	total := 0
-	end := uint64(math.MaxUint64) // first sequence not handed out
+	end := q.Next // first sequence not handed out
 	if d := s.durableNext.Load(); d != nil {
-		end = (*d)[target]
+		end = min(end, (*d)[target])
 	}
 	if start >= end {
 		return nil, s.checkOpen()

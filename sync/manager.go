@@ -26,6 +26,7 @@ type Store interface {
 	OutboxRead(ctx context.Context, target string, after uint64, limit, maxBytes int) ([]store.OutboxEntry, error)
 	OutboxAck(ctx context.Context, target string, upTo uint64) error
 	OutboxStats(target string) store.OutboxStats
+	OutboxBounds(target string) (head, next uint64)
 	OutboxTargets() []string
 	Commit(ctx context.Context, c *store.Commit) (store.CommitResult, error)
 	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
@@ -268,6 +269,10 @@ type outbox struct {
 	pending []store.OutboxEntry // the rest of a failed batch, retried as is
 	since   time.Time           // when a partial batch was first seen
 	ahead   chan readResult     // the batch after the one being delivered, read meanwhile
+	// A partial batch waiting for max_delay, and the outbox's Next when it
+	// was read: read again only when more records came (then only those).
+	wait     []store.OutboxEntry
+	waitNext uint64
 }
 
 type readResult struct {
@@ -605,25 +610,40 @@ func (w *worker) budgetAllows(n int64) bool {
 	return w.budgetUsed == 0 || w.budgetUsed+n <= w.cfg.DailyBudget
 }
 
-// next returns the next batch to send: a pending retry first, then the
-// priority outbox, then the normal outbox. A partial normal batch waits up
-// to MaxDelay for more records. While idle it connects connectors.
+// next returns the next batch to send: the priority outbox's (a retry
+// first), then the normal outbox's (a retry first): an alert does not
+// wait behind a retry of the normal outbox. A partial
+// normal batch waits up to MaxDelay for more records; a batch that cannot
+// take the next record (max_records, or max_bytes) is full. While idle it
+// connects connectors.
 func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error) {
+	paused := func(ob *outbox) bool {
+		// Over today's budget (see run): a pending retry waits for
+		// tomorrow too (handed back at once, it was refused again at once,
+		// in a loop taking a whole core).
+		return !ob.prio && w.pausedDay != 0 && w.pausedDay == utcDay(time.Now())
+	}
 	for {
 		wait := w.m.opts.PollInterval
 		for _, ob := range w.outs {
-			if !ob.prio && w.pausedDay != 0 && w.pausedDay == utcDay(time.Now()) {
-				// Over today's budget (see run): a pending retry waits for
-				// tomorrow too (handed back at once, it was refused again
-				// at once, in a loop taking a whole core).
+			if paused(ob) {
 				continue
 			}
 			if ob.pending != nil {
 				return ob, ob.pending, nil
 			}
+			head, next := w.m.opts.Store.OutboxBounds(ob.name)
+			if ob.wait != nil && (head > ob.wait[0].Seq || ob.wait[0].Seq <= ob.after) {
+				ob.wait = nil // dropped by a quota meanwhile: read again
+			}
 			var ents []store.OutboxEntry
 			var err error
-			if ob.ahead != nil {
+			if ob.wait != nil {
+				ents = ob.wait
+				if next > ob.waitNext {
+					ents, err = w.readMore(ctx, ob, ents)
+				}
+			} else if ob.ahead != nil {
 				r := <-ob.ahead
 				ob.ahead = nil
 				if r.after == ob.after && r.err == nil {
@@ -638,20 +658,23 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 				return nil, nil, err
 			}
 			if len(ents) == 0 {
-				ob.since = time.Time{}
+				ob.since, ob.wait = time.Time{}, nil
 				continue
 			}
 			total := 0
 			for i := range ents {
 				total += ents[i].Size
 			}
-			full := len(ents) >= w.cfg.MaxRecords || total >= w.cfg.MaxBytes*3/4
+			// Records after the last one read that it did not take (they
+			// could be read before it read) would not fit: waiting cannot
+			// make the batch larger.
+			full := len(ents) >= w.cfg.MaxRecords || total >= w.cfg.MaxBytes*3/4 || next > ents[len(ents)-1].Seq+1
 			now := time.Now()
 			if ob.since.IsZero() {
 				ob.since = now
 			}
 			if full || ob.prio || w.cfg.MaxDelay < 0 || now.Sub(ob.since) >= w.cfg.MaxDelay {
-				ob.since = time.Time{}
+				ob.since, ob.wait = time.Time{}, nil
 				if full && !ob.prio {
 					// A backlog: read the next batch while this one is
 					// delivered. It is used only if this one is delivered
@@ -669,6 +692,7 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 				}
 				return ob, ents, nil
 			}
+			ob.wait, ob.waitNext = ents, next
 			wait = min(wait, w.cfg.MaxDelay-now.Sub(ob.since))
 		}
 		if c, ok := w.target.(Connector); ok && !c.Connected() && !time.Now().Before(w.nextConnect) {
@@ -692,6 +716,28 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 
 func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
 	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
+}
+
+// readMore appends to the partial batch ents the records committed after
+// it that fit (max_records, max_bytes). A record that does not fit is left
+// for the next batch (next then finds the batch full).
+func (w *worker) readMore(ctx context.Context, ob *outbox, ents []store.OutboxEntry) ([]store.OutboxEntry, error) {
+	total := 0
+	for i := range ents {
+		total += ents[i].Size
+	}
+	room := w.cfg.MaxRecords - len(ents)
+	if room <= 0 || total >= w.cfg.MaxBytes {
+		return ents, nil
+	}
+	more, err := w.m.opts.Store.OutboxRead(ctx, ob.name, ents[len(ents)-1].Seq, room, w.cfg.MaxBytes-total)
+	if err != nil {
+		return nil, err
+	}
+	if len(more) > 0 && total+more[0].Size > w.cfg.MaxBytes {
+		more = nil // OutboxRead always takes its first record
+	}
+	return append(ents[:len(ents):len(ents)], more...), nil
 }
 
 // deadLetterHead is how much of a refused record's data its dead letter
