@@ -27,6 +27,7 @@ vet:
 test: test-deps fmt-check vet generate-check test-mochi test-badger test-gopher-lua
 	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	GOARCH=386 $(GO) test -count=1 -run 'FitsInt' ./sync/
 	$(MAKE) bench-short
 
 # mochi's own test suite against the patched copy moongate builds

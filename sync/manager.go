@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"strconv"
@@ -332,7 +333,11 @@ func newWorker(m *Manager, cfg TargetConfig, t Target) *worker {
 	}
 	w.outs = append(w.outs, &outbox{name: cfg.Name})
 	if cfg.BandwidthLimit > 0 {
-		w.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit, int64(cfg.MaxBytes))))
+		// A burst of a second's bytes, at least one batch; within an int
+		// of a 32-bit ARM (bandwidth_limit: 4GiB made it negative there,
+		// and every wait failed: the worker ended).
+		burst := min(max(cfg.BandwidthLimit, int64(cfg.MaxBytes)), math.MaxInt32)
+		w.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(burst))
 	}
 	return w
 }
