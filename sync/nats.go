@@ -63,7 +63,7 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 	if n.Subject == "" {
 		n.Subject = DefaultNATSSubject
 	}
-	if strings.ContainsAny(n.Subject, "*> \t") {
+	if strings.ContainsAny(n.Subject, "*> \t\r\n\x00") {
 		return nil, fmt.Errorf("%w: nats subject %q contains a wildcard or white space", ErrInvalidConfig, n.Subject)
 	}
 	cfg.NATS = n

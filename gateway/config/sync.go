@@ -349,7 +349,7 @@ func (v *validator) syncType(p string, t *SyncTarget) {
 				v.add(p+".nats.url", "invalid %q: want nats://host:port or tls://host:port", redactURL(strings.TrimSpace(s)))
 			}
 		}
-		if strings.ContainsAny(t.NATS.Subject, "*> \t\x00") {
+		if strings.ContainsAny(t.NATS.Subject, "*> \t\r\n\x00") {
 			v.add(p+".nats.subject", "%q: a publish subject cannot contain wildcards or white space", clip(t.NATS.Subject))
 		}
 		tlsPair(p+".nats.tls", t.NATS.TLS)

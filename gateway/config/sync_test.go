@@ -56,6 +56,7 @@ func TestSyncTargetErrors(t *testing.T) {
 		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1', topic: 'a/#'}}]}", `sync.targets[0].mqtt.topic: "a/#": a publish topic cannot contain wildcards`},
 		{"sync: {targets: [{name: a, type: mqtt, mqtt: {broker: 'tcp://x:1'}, nats: {url: 'nats://x'}}]}", `sync.targets[0].nats: set, but the target's type is mqtt`},
 		{"sync: {targets: [{name: a, type: nats, nats: {url: 'http://x'}}]}", `sync.targets[0].nats.url: invalid "http://x"`},
+		{"sync: {targets: [{name: a, type: nats, nats: {url: 'nats://x', subject: \"up.\\r\\n{stream}\"}}]}", `sync.targets[0].nats.subject: "up.\r\n{stream}": a publish subject cannot contain wildcards or white space`},
 		{"sync: {targets: [{name: a, type: nats, nats: {url: 'nats://x', tls: {cert: c}}}]}", `sync.targets[0].nats.tls: cert and key must be set together`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, batch: {max_records: 0, max_bytes: 10}}]}", `sync.targets[0].batch.max_bytes: 10 out of range`},
 		{"sync: {targets: [{name: a, type: http, http: {url: 'http://x'}, backoff: {initial: 2s, max: 1s}}]}", `sync.targets[0].backoff.max: 1s is less than backoff.initial 2s`},
