@@ -79,6 +79,8 @@ func newHTTPTarget(cfg TargetConfig, env Env) (Target, error) {
 	tr.TLSClientConfig = tlsCfg
 	tr.MaxIdleConnsPerHost = 4
 	tr.ResponseHeaderTimeout = cfg.AckTimeout
+	// An answer's headers: Go's default is 10 MiB per request.
+	tr.MaxResponseHeaderBytes = maxResponseHeader
 	// A redirect would turn the POST into a GET: report it instead.
 	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	// Blobs: no timeout on the whole request nor on the answer after the
@@ -131,6 +133,9 @@ func IdempotencyKey(batch []store.OutboxEntry) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// maxResponseHeader bounds the headers of an upstream's answer.
+const maxResponseHeader = 64 << 10
 
 func (t *httpTarget) Close() error {
 	t.once.Do(func() {
