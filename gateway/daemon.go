@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -530,9 +531,14 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 	if ctx.Err() != nil {
 		return false
 	}
-	out, err := d.versioned(ctx, fns, keep)
+	// Read before versioned marks versions FromDir.
+	adopted, err := d.dirAdopted(ctx)
+	var out []*Function
 	if err == nil {
-		out, err = d.fallBack(ctx, out, keep)
+		out, err = d.versioned(ctx, fns, keep)
+	}
+	if err == nil {
+		out, err = d.fallBack(ctx, out, keep, !adopted)
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -540,6 +546,7 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		}
 		return false
 	}
+	held := maps.Clone(keep) // the names with files, broken or not
 	for _, f := range d.forward {
 		delete(keep, f.Name)
 	}
@@ -548,8 +555,39 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		// again) is logged; the others are in place.
 		d.log.Error("functions", "err", err)
 	}
-	d.deactivateRemoved(ctx, out, keep)
+	d.deactivateRemoved(ctx, out, held)
+	if !adopted {
+		if err := d.store.PutState(ctx, gatewayState, dirAdoptedKey, []byte("1")); err != nil {
+			d.log.Warn("functions directory not noted as adopted in the store (tried again at the next load)", "err", err)
+		} else {
+			d.dirFns.adopted = true
+		}
+	}
 	return true
+}
+
+// gatewayState is the state namespace of the gateway's own notes (not a
+// valid function name, so no function's state).
+const gatewayState = "_gateway"
+
+// dirAdoptedKey, in gatewayState, is set once a load of functions_dir was
+// applied by a moongate that marks the versions it stores from the
+// directory (FromDir). Before that, the store's active versions cannot be
+// told apart (written by an older moongate): all count as the
+// directory's.
+const dirAdoptedKey = "functions_dir_adopted"
+
+// dirAdopted reports whether dirAdoptedKey is set.
+func (d *Daemon) dirAdopted(ctx context.Context) (bool, error) {
+	if d.dirFns.adopted {
+		return true, nil
+	}
+	_, ok, err := d.store.GetState(ctx, gatewayState, dirAdoptedKey)
+	if err != nil {
+		return false, fmt.Errorf("read %s/%s: %w", gatewayState, dirAdoptedKey, err)
+	}
+	d.dirFns.adopted = ok
+	return ok, nil
 }
 
 // dirFunctions is what the functions directory held, for
@@ -558,6 +596,8 @@ type dirFunctions struct {
 	last  map[string]bool // the names at the last applied load
 	off   map[string]bool // removed names whose deactivation failed (retried)
 	swept bool            // the store's versions from the directory were checked against it
+	// adopted caches dirAdoptedKey once read or written (never unset).
+	adopted bool
 }
 
 // deactivateRemoved marks inactive in the store the functions whose files
@@ -632,11 +672,10 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 // failed that has no running version (its files failed to load when the
 // daemon started): the version that ran before stays in place, as it does
 // for a change made while running. Only a version stored from the
-// directory (FromDir, or any in a store written before FromDir existed):
-// a broken NAME.yaml does not bring in a version deployed through the API
-// before functions_dir was set.
-func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[string]bool) ([]*Function, error) {
-	legacy := -1 // unknown yet
+// directory (FromDir; any while legacy, before dirAdoptedKey, and it is
+// then marked FromDir): a broken NAME.yaml does not bring in a version
+// deployed through the API before functions_dir was set.
+func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[string]bool, legacy bool) ([]*Function, error) {
 	for name := range failed {
 		if d.gw.funcs.Load().byName[name] != nil {
 			continue
@@ -648,18 +687,13 @@ func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[strin
 		if err != nil {
 			return nil, fmt.Errorf("read stored function %s: %w", name, err)
 		}
-		if !r.FromDir && legacy < 0 {
-			recs, err := d.store.ListFunctions(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("list stored functions: %w", err)
+		if !r.FromDir {
+			if !legacy {
+				continue
 			}
-			legacy = 0
-			if legacyStore(recs) {
-				legacy = 1
+			if err := d.store.MarkFromDir(ctx, name, r.Version); err != nil {
+				return nil, fmt.Errorf("mark stored function %s as the directory's: %w", name, err)
 			}
-		}
-		if !r.FromDir && legacy == 0 {
-			continue
 		}
 		if f := d.fromRecord(r); f != nil {
 			d.log.Warn("function files not loaded; running its stored version", "function", name, "version", r.Version)
@@ -723,17 +757,23 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 }
 
 // storedFunctions builds the active versions kept in the store; with
-// fromDir only those stored from functions_dir (FromDir), unless none is
-// (a store written before FromDir existed): versions deployed through the
-// API before functions_dir was set are not the directory's. An error
-// reading the store is returned (the list would be incomplete); a stored
-// function that cannot be built is logged and left out.
+// fromDir only those stored from functions_dir (FromDir), once the store
+// tells them apart (dirAdopted): versions deployed through the API before
+// functions_dir was set are not the directory's. An error reading the
+// store is returned (the list would be incomplete); a stored function that
+// cannot be built is logged and left out.
 func (d *Daemon) storedFunctions(ctx context.Context, fromDir bool) ([]*Function, error) {
+	if fromDir {
+		adopted, err := d.dirAdopted(ctx)
+		if err != nil {
+			return nil, err
+		}
+		fromDir = adopted
+	}
 	recs, err := d.store.ListFunctions(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list stored functions: %w", err)
 	}
-	fromDir = fromDir && !legacyStore(recs)
 	var out []*Function
 	for _, r := range recs {
 		if !r.Active || fromDir && !r.FromDir {
@@ -744,18 +784,6 @@ func (d *Daemon) storedFunctions(ctx context.Context, fromDir bool) ([]*Function
 		}
 	}
 	return out, nil
-}
-
-// legacyStore reports whether no active version in recs is marked FromDir:
-// a store written before the field existed, whose versions from
-// functions_dir cannot be told from the API's.
-func legacyStore(recs []store.FunctionRecord) bool {
-	for _, r := range recs {
-		if r.Active && r.FromDir {
-			return false
-		}
-	}
-	return true
 }
 
 // fromRecord builds a stored version. One that cannot be built (its
