@@ -18,11 +18,7 @@ import (
 // a later start whose directory cannot be read yet runs "the versions last
 // stored from the directory" - but not one the directory had removed.
 func TestRemovedDirFunctionNotResurrectedAtStart(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dataDir, fnDir := unmountableDirs(t)
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	writeFunction(t, fnDir, "gone", `function handle(e) return {t = e.trigger} end`, "triggers:\n  - timer: \"@every 1s\"\n")
 	cfg := testConfig(dataDir, fnDir, "")
@@ -38,9 +34,7 @@ func TestRemovedDirFunctionNotResurrectedAtStart(t *testing.T) {
 	p.stop(t)
 
 	// The directory is not there at the next start (not mounted yet).
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil {
-		t.Fatal(err)
-	}
+	unmount(t, fnDir)
 	p = startInProcess(t, cfg)
 	if f := p.d.Gateway().Lookup("gone"); f != nil {
 		ran := poll(5*time.Second, func() bool { return len(allRecords(t, p.d.Store(), "gone")) > before })
@@ -95,11 +89,7 @@ func removeFunction(t *testing.T, dir, name string) {
 // was stopped is deactivated at the next start that reads the directory, so
 // that a later start that cannot read it does not run it again.
 func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dataDir, fnDir := unmountableDirs(t)
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
 	cfg := testConfig(dataDir, fnDir, "")
@@ -121,9 +111,7 @@ func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
 	before := len(allRecords(t, p.d.Store(), "gone"))
 	p.stop(t)
 
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
-		t.Fatal(err)
-	}
+	unmount(t, fnDir) // not mounted at the next start
 	p = startInProcess(t, cfg)
 	if p.d.Gateway().Lookup("keep") == nil {
 		t.Fatal("keep not run from the store while the directory cannot be read")
@@ -139,11 +127,7 @@ func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
 // directory runs them), and the check is made at the first load that
 // finds a function.
 func TestEmptyDirAtStartKeepsStoredFunctions(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dataDir, fnDir := unmountableDirs(t)
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
 	cfg := testConfig(dataDir, fnDir, "")
@@ -241,14 +225,10 @@ func TestRemovedFunctionDeactivationRetried(t *testing.T) {
 // directory's) nor, once removed, deactivates it.
 func TestBrokenFileDoesNotTouchAPIFunction(t *testing.T) {
 	dataDir, fnDir := t.TempDir(), t.TempDir()
-	p := startInProcess(t, testConfig(dataDir, "", ""))
-	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: "api", Manifest: []byte(referenceManifest), Source: []byte(referenceLua)}); err != nil {
-		t.Fatal(err)
-	}
-	p.stop(t)
+	deployThroughAPI(t, dataDir, "api", referenceManifest, referenceLua)
 
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
-	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
+	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
 	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
 	writeFunction(t, fnDir, "api", referenceLua, "triggerz:\n  - mqtt: x/{device}\n") // a typo
 	writeFunction(t, fnDir, "keep2", countLua, referenceManifest)                     // to know the load happened
@@ -267,28 +247,18 @@ func TestBrokenFileDoesNotTouchAPIFunction(t *testing.T) {
 // A start that cannot read functions_dir runs the versions stored from
 // it, not those deployed through the API before functions_dir was set.
 func TestFallbackRunsOnlyDirectoryVersions(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := startInProcess(t, testConfig(dataDir, "", ""))
-	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: "api", Manifest: []byte(goneManifest), Source: []byte(goneLua)}); err != nil {
-		t.Fatal(err)
-	}
-	p.stop(t)
+	dataDir, fnDir := unmountableDirs(t)
+	deployThroughAPI(t, dataDir, "api", goneManifest, goneLua)
 
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	cfg := testConfig(dataDir, fnDir, "")
-	p = startInProcess(t, cfg)
+	p := startInProcess(t, cfg)
 	if p.d.Gateway().Lookup("api") != nil {
 		t.Fatal("test broken: a function not in functions_dir runs")
 	}
 	p.stop(t)
 
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
-		t.Fatal(err)
-	}
+	unmount(t, fnDir) // not mounted at the next start
 	p = startInProcess(t, cfg)
 	if p.d.Gateway().Lookup("keep") == nil {
 		t.Fatal("keep not run from the store while the directory cannot be read")
@@ -326,11 +296,7 @@ func TestInvalidNameNotRetriedForever(t *testing.T) {
 // A function removed from functions_dir while a sync.forward entry took its
 // name is deactivated all the same (forwards are not stored).
 func TestForwardNameDoesNotKeepRemovedFunctionActive(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dataDir, fnDir := unmountableDirs(t)
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	writeFunction(t, fnDir, "raw", goneLua, goneManifest)
 	p := startInProcess(t, testConfig(dataDir, fnDir, ""))
@@ -343,11 +309,40 @@ func TestForwardNameDoesNotKeepRemovedFunctionActive(t *testing.T) {
 	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
 	p.stop(t)
 
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
-		t.Fatal(err)
-	}
+	unmount(t, fnDir) // not mounted at the next start
 	p = startInProcess(t, testConfig(dataDir, fnDir, ""))
 	if f := p.d.Gateway().Lookup("raw"); f != nil {
 		t.Fatalf("raw (version %d), removed from functions_dir, runs again from the store: its name was a sync.forward entry's when the directory was checked", f.Version)
 	}
+}
+
+// unmountableDirs returns a data directory and a functions directory that
+// unmount can take away (it is not a t.TempDir itself).
+func unmountableDirs(t *testing.T) (dataDir, fnDir string) {
+	t.Helper()
+	fnDir = filepath.Join(t.TempDir(), "functions")
+	if err := os.MkdirAll(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return t.TempDir(), fnDir
+}
+
+// unmount makes fnDir unreadable for the next start, as a file system not
+// mounted yet.
+func unmount(t *testing.T, fnDir string) {
+	t.Helper()
+	if err := os.Rename(fnDir, fnDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deployThroughAPI deploys name through the API of a daemon on dataDir
+// without functions_dir, then stops it.
+func deployThroughAPI(t *testing.T, dataDir, name, manifest, source string) {
+	t.Helper()
+	p := startInProcess(t, testConfig(dataDir, "", ""))
+	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: name, Manifest: []byte(manifest), Source: []byte(source)}); err != nil {
+		t.Fatal(err)
+	}
+	p.stop(t)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,16 +38,13 @@ func seedLegacyStore(t *testing.T, dataDir string, fns map[string][2]string) {
 }
 
 // Upgrade from a store written before FromDir existed: the directory holds
-// "good" (unchanged) and "alerts", whose NAME.yaml got a typo. The legacy
-// store's stored version of "alerts" must run (fallBack: "or any in a
-// store written before FromDir existed"), as it does when "good" is not
-// there; instead its events are acknowledged as unmatched and lost.
+// "good" (unchanged) and "alerts", whose NAME.yaml got a typo. The stored
+// version of "alerts" runs (any active version counts as the directory's
+// until the store notes the adoption), at that start and at a later one
+// that cannot read the directory. It did not when "good" was marked first
+// (the events were acknowledged as unmatched and lost).
 func TestLegacyStoreBrokenFileFallsBackAtUpgrade(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dataDir, fnDir := unmountableDirs(t)
 	const alertsManifest = "triggers:\n  - mqtt: alerts/{device}\n"
 	seedLegacyStore(t, dataDir, map[string][2]string{
 		"good":   {countLua, referenceManifest},
@@ -71,9 +66,7 @@ func TestLegacyStoreBrokenFileFallsBackAtUpgrade(t *testing.T) {
 
 	// The next start cannot read the directory (not mounted yet): the
 	// versions stored from it run - "alerts" is one of them.
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil {
-		t.Fatal(err)
-	}
+	unmount(t, fnDir)
 	p = startInProcess(t, cfg)
 	runs2 := p.d.Gateway().Lookup("alerts") != nil
 	if !runs || !handled || !runs2 {
@@ -95,31 +88,21 @@ func TestLegacyStoreBrokenFileFallsBackAlone(t *testing.T) {
 
 // A store that holds functions deployed through the API before
 // functions_dir was set, and whose directory functions were all removed
-// from the directory, is taken for a legacy store: a start that cannot
-// read the directory runs the API's versions.
-func TestAllDirFunctionsRemovedThenFallbackRunsAPIVersions(t *testing.T) {
-	dataDir, base := t.TempDir(), t.TempDir()
-	fnDir := filepath.Join(base, "functions")
-	if err := os.MkdirAll(fnDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := startInProcess(t, testConfig(dataDir, "", ""))
-	if _, err := p.d.DeployFunction(context.Background(), DeployRequest{Name: "api", Manifest: []byte(goneManifest), Source: []byte(goneLua)}); err != nil {
-		t.Fatal(err)
-	}
-	p.stop(t)
+// from the directory, is not taken for a legacy store again: a start that
+// cannot read the directory does not run the API's versions.
+func TestAllDirFunctionsRemovedFallbackSkipsAPIVersions(t *testing.T) {
+	dataDir, fnDir := unmountableDirs(t)
+	deployThroughAPI(t, dataDir, "api", goneManifest, goneLua)
 
 	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
 	cfg := testConfig(dataDir, fnDir, "")
-	p = startInProcess(t, cfg)
+	p := startInProcess(t, cfg)
 	waitFor(t, 10*time.Second, "keep deployed", func() bool { return p.d.Gateway().Lookup("keep") != nil })
 	removeFunction(t, fnDir, "keep") // the directory's last function is removed
 	waitFor(t, 10*time.Second, "keep deactivated", func() bool { return !activeIn(t, p.d.Store(), "keep") })
 	p.stop(t)
 
-	if err := os.Rename(fnDir, fnDir+".away"); err != nil { // not mounted at the next start
-		t.Fatal(err)
-	}
+	unmount(t, fnDir) // not mounted at the next start
 	p = startInProcess(t, cfg)
 	if f := p.d.Gateway().Lookup("api"); f != nil {
 		t.Fatalf("api (version %d), deployed through the API before functions_dir was set and never in the directory, runs while functions_dir cannot be read", f.Version)
@@ -129,10 +112,10 @@ func TestAllDirFunctionsRemovedThenFallbackRunsAPIVersions(t *testing.T) {
 // Upgrade from a store written before FromDir existed, on a nearly full
 // disk: the first load marks "a" FromDir (MarkFromDir does not grow the
 // store), then fails storing the new function "a2" (store full) and is not
-// applied. The start falls back to the stored versions - but the store no
-// longer looks legacy, so "b", unchanged in the directory and active in
-// the store, does not run.
-func TestLegacyStoreHalfMarkedLoadLosesFunction(t *testing.T) {
+// applied. The start falls back to the stored versions, all of them (the
+// adoption is not noted): "b", unchanged in the directory and active in
+// the store, runs.
+func TestLegacyStoreHalfMarkedLoadKeepsFunctions(t *testing.T) {
 	dataDir, fnDir := t.TempDir(), t.TempDir()
 	const bManifest = "triggers:\n  - mqtt: b/{device}\n"
 	seedLegacyStore(t, dataDir, map[string][2]string{
