@@ -556,7 +556,9 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		d.log.Error("functions", "err", err)
 	}
 	d.deactivateRemoved(ctx, out, held)
-	if !adopted {
+	// Noted once the directory held a function (an empty one may be a
+	// mount point not mounted yet: nothing was marked).
+	if !adopted && holdsFunction(out, held) {
 		if err := d.store.PutState(ctx, gatewayState, dirAdoptedKey, []byte("1")); err != nil {
 			d.log.Warn("functions directory not noted as adopted in the store (tried again at the next load)", "err", err)
 		} else {
@@ -564,6 +566,21 @@ func (d *Daemon) loadFunctions(ctx context.Context, fns []trigger.Function, errs
 		}
 	}
 	return true
+}
+
+// holdsFunction reports whether a load found a function's files: one
+// loaded (out) or a broken one with a valid name (held; a README.yaml is
+// not a function).
+func holdsFunction(out []*Function, held map[string]bool) bool {
+	if len(out) > 0 {
+		return true
+	}
+	for name := range held {
+		if trigger.ValidFunctionName(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // gatewayState is the state namespace of the gateway's own notes (not a
@@ -627,7 +644,7 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 	for name := range d.dirFns.last {
 		gone[name] = true
 	}
-	if !d.dirFns.swept && len(present) > 0 {
+	if !d.dirFns.swept && holdsFunction(out, keep) {
 		recs, err := d.store.ListFunctions(ctx)
 		if err != nil {
 			d.log.Warn("functions removed from the directory while stopped not checked (tried again at the next load)", "err", err)
@@ -676,8 +693,13 @@ func (d *Daemon) deactivateRemoved(ctx context.Context, out []*Function, keep ma
 // then marked FromDir): a broken NAME.yaml does not bring in a version
 // deployed through the API before functions_dir was set.
 func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[string]bool, legacy bool) ([]*Function, error) {
+	forwards := map[string]bool{}
+	for _, f := range d.forward {
+		forwards[f.Name] = true
+	}
 	for name := range failed {
-		if d.gw.funcs.Load().byName[name] != nil {
+		running := d.gw.funcs.Load().byName[name]
+		if running != nil && !legacy || forwards[name] {
 			continue
 		}
 		r, err := d.store.GetFunction(ctx, name, 0)
@@ -691,9 +713,17 @@ func (d *Daemon) fallBack(ctx context.Context, out []*Function, failed map[strin
 			if !legacy {
 				continue
 			}
-			if err := d.store.MarkFromDir(ctx, name, r.Version); err != nil {
-				return nil, fmt.Errorf("mark stored function %s as the directory's: %w", name, err)
+			// Also when it runs already (the unreadable-directory
+			// fallback of this start ran it): once the store notes the
+			// adoption, only versions marked run for a broken file.
+			if running == nil || running.Version == r.Version {
+				if err := d.store.MarkFromDir(ctx, name, r.Version); err != nil {
+					return nil, fmt.Errorf("mark stored function %s as the directory's: %w", name, err)
+				}
 			}
+		}
+		if running != nil {
+			continue
 		}
 		if f := d.fromRecord(r); f != nil {
 			d.log.Warn("function files not loaded; running its stored version", "function", name, "version", r.Version)
@@ -725,9 +755,11 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 			if !cur.FromDir {
 				// Deployed through the API before functions_dir was set,
 				// or stored before FromDir existed: from now on the
-				// directory's (deactivateRemoved).
+				// directory's (deactivateRemoved, and the fallbacks once
+				// the store notes the adoption, which a load failing here
+				// does not).
 				if err := d.store.MarkFromDir(ctx, f.Name, cur.Version); err != nil {
-					d.log.Warn("function not marked as loaded from the directory (tried again at the next load)", "function", f.Name, "err", err)
+					return nil, fmt.Errorf("mark stored function %s as the directory's: %w", f.Name, err)
 				}
 			}
 		case err == nil || errors.Is(err, store.ErrNotFound):
@@ -743,6 +775,14 @@ func (d *Daemon) versioned(ctx context.Context, fns []trigger.Function, failed m
 			// The manifest as read and parsed (read again, it was unbounded
 			// and could differ from what its SHA-256 and f came from).
 			v, perr := d.store.PutFunction(ctx, store.FunctionRecord{Name: f.Name, Source: tf.Source, Manifest: tf.ManifestData, SHA256: tf.SHA256, Active: true, FromDir: true})
+			if store.IsPermanent(perr) {
+				// This function's record is refused for good (too large):
+				// like a broken file, not a reason to leave every other
+				// change of the directory out.
+				failed[f.Name] = true
+				d.log.Error("function not loaded; its running version (if any) stays deployed", "function", f.Name, "err", perr)
+				continue
+			}
 			if perr != nil {
 				return nil, fmt.Errorf("store function %s: %w", f.Name, perr)
 			}

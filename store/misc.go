@@ -514,7 +514,11 @@ func (s *Store) PutFunction(ctx context.Context, f FunctionRecord) (int64, error
 		return 0, err
 	}
 	var version int64
-	est := entryEst(len(f.Name)+10, 2*(len(f.Source)+len(f.Manifest))+256) + entryEst(len(f.Name)+1, 8) +
+	// The record (JSON: the source in base64) is a pointer to the value
+	// log in the transaction once past the value threshold: counted whole,
+	// a source over ~140 KiB (of the 256 KiB allowed) was too large for
+	// one transaction of the low-memory profile.
+	est := s.valueEntryBound(len(f.Name)+10, 2*(len(f.Source)+len(f.Manifest))+256) + entryEst(len(f.Name)+1, 8) +
 		maxVersionsPruned*entryEst(len(f.Name)+10, 0)
 	err := s.submit(ctx, &request{est: est, grows: true, fn: func(b *batch) error {
 		version = latestVersion(b.txn, f.Name) + 1
@@ -744,7 +748,7 @@ func (s *Store) MarkFromDir(ctx context.Context, name string, version int64) err
 	if err != nil || r.FromDir {
 		return err
 	}
-	est := entryEst(len(name)+10, 2*(len(r.Source)+len(r.Manifest))+256)
+	est := s.valueEntryBound(len(name)+10, 2*(len(r.Source)+len(r.Manifest))+256)
 	return s.submit(ctx, &request{est: est, fn: func(b *batch) error {
 		v, ok, err := b.get(fnKey(name, version))
 		if err != nil {
