@@ -44,6 +44,14 @@ type jsonEncoder struct {
 	// deadline is checked (a table referenced many times is written each
 	// time, so the work is not bounded by the tables the function made).
 	values int
+	// path holds the tables being written (the current one and those
+	// that contain it): one met again is a cycle, refused at once (each
+	// of the 101 levels down to the depth limit listed and sorted all
+	// its keys: 300 MiB for a table of 60,000 keys holding itself).
+	path map[*lua.LTable]struct{}
+	// keys is the size of the key lists of the tables on path, live
+	// together (counted with the output against the memory cap).
+	keys int64
 }
 
 // jsonEncodeStop unwinds the encoder after a refused growth (see encode).
@@ -193,6 +201,15 @@ func appendJSONNumber(b []byte, f float64) ([]byte, error) {
 }
 
 func (e *jsonEncoder) table(t *lua.LTable, depth int) {
+	if _, on := e.path[t]; on {
+		e.fail("cannot encode a table that contains itself")
+		return
+	}
+	if e.path == nil {
+		e.path = map[*lua.LTable]struct{}{}
+	}
+	e.path[t] = struct{}{}
+	defer delete(e.path, t)
 	n := t.Len()
 	count := 0
 	intKeys := true // keys 1..n
@@ -224,6 +241,24 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 	if keyErr {
 		e.fail("cannot encode a table key of type other than string or number")
 		return
+	}
+	// The key list: a string header per key and its bytes, live until
+	// this table is written (so are its ancestors').
+	listed := int64(len(skeys)) * 16
+	for _, k := range skeys {
+		listed += int64(len(k))
+	}
+	e.keys += listed
+	defer func() { e.keys -= listed }()
+	if e.in != nil && count >= 64 {
+		err := e.in.transientErr(int64(cap(e.buf))+e.keys, "the JSON encoder's key lists")
+		if err == nil {
+			err = e.in.timeErr() // listing and sorting are work too
+		}
+		if err != nil {
+			e.err = err
+			panic(jsonEncodeStop{})
+		}
 	}
 	_, marked := e.arrayMarks()[t]
 	if (count > 0 && intKeys && count == n) || (count == 0 && marked) {

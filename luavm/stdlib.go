@@ -3,6 +3,7 @@ package luavm
 import (
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -611,7 +612,7 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 	L := in.L
 	orig := func(name string) lua.LGFunction { return tbl.RawGetString(name).(*lua.LFunction).GFunction }
 	set := func(name string, f lua.LGFunction) { tbl.RawSetString(name, L.NewFunction(f)) }
-	insert, remove, sort := orig("insert"), orig("remove"), orig("sort")
+	insert, remove := orig("insert"), orig("remove")
 	set("insert", func(L *lua.LState) int {
 		t := L.CheckTable(1)
 		in.checkWritable(L, t)
@@ -638,27 +639,73 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 		in.charge(L, 1+shift)
 		return remove(L)
 	})
-	set("sort", func(L *lua.LState) int {
-		t := L.CheckTable(1)
-		in.checkWritable(L, t)
-		n := t.Len()
-		logn := math.Log2(float64(n) + 1)
-		in.charge(L, 1+int64(float64(n)*logn))
-		if fn, ok := L.Get(2).(*lua.LFunction); !ok || fn == nil {
-			// Without a comparator the comparisons run in Go, unseen by
-			// the VM: each of the ~log2(n) comparisons of a string reads
-			// up to all of it.
-			var chars int64
-			for i := 1; i <= n; i++ {
-				if s, ok := t.RawGetInt(i).(lua.LString); ok {
-					chars += int64(len(s))
-				}
-			}
-			in.charge(L, int64(float64(chars)*logn/64))
-		}
-		return sort(L)
-	})
+	set("sort", in.tableSort)
 	set("concat", in.tableConcat)
+}
+
+// tableSort is table.sort as Lua 5.1 has it: t[1..#t] (gopher-lua's sorted
+// its whole array part, nil slots after #t included: t[#t] = nil made the
+// sort fail, or moved a nil into 1..#t), in order of the comparator or of
+// <. Every comparison is charged a step (which checks the clock every 32),
+// and, when it runs in Go (no comparator, or a builtin one such as
+// rawequal), a step per 64 bytes of the strings compared: Go's sort loop
+// never enters the VM, whose ticks and deadline interrupt would not stop
+// it.
+func (in *instance) tableSort(L *lua.LState) int {
+	t := L.CheckTable(1)
+	in.checkWritable(L, t)
+	var fn *lua.LFunction
+	if L.GetTop() >= 2 && L.Get(2) != lua.LNil {
+		fn = L.CheckFunction(2)
+	}
+	n := t.Len()
+	in.transient(L, int64(n)*16, "table.sort")
+	in.charge(L, 1+int64(n)/64)
+	s := &luaSorter{in: in, L: L, fn: fn, inGo: fn == nil || fn.IsG, v: make([]lua.LValue, n)}
+	for i := range s.v {
+		s.v[i] = t.RawGetInt(i + 1)
+	}
+	sort.Sort(s)
+	for i, v := range s.v {
+		t.RawSetInt(i+1, v)
+	}
+	return 0
+}
+
+// luaSorter sorts values by a Lua order (tableSort).
+type luaSorter struct {
+	in   *instance
+	L    *lua.LState
+	fn   *lua.LFunction // nil: <
+	inGo bool           // comparisons run in Go: strings are charged
+	v    []lua.LValue
+}
+
+func (s *luaSorter) Len() int      { return len(s.v) }
+func (s *luaSorter) Swap(i, j int) { s.v[i], s.v[j] = s.v[j], s.v[i] }
+
+func (s *luaSorter) Less(i, j int) bool {
+	a, b := s.v[i], s.v[j]
+	cost := int64(1)
+	if s.inGo {
+		if x, ok := a.(lua.LString); ok {
+			cost += int64(len(x)) / 64
+		}
+		if x, ok := b.(lua.LString); ok {
+			cost += int64(len(x)) / 64
+		}
+	}
+	s.in.charge(s.L, cost)
+	if s.fn == nil {
+		return s.L.LessThan(a, b)
+	}
+	s.L.Push(s.fn)
+	s.L.Push(a)
+	s.L.Push(b)
+	s.L.Call(2, 1)
+	r := lua.LVAsBool(s.L.Get(-1))
+	s.L.Pop(1)
+	return r
 }
 
 func (in *instance) tableConcat(L *lua.LState) int {

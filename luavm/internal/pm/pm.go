@@ -56,9 +56,23 @@ type MatchData struct {
 	// xxxx xxxx xxxx xxx0 : caputured positions
 	// xxxx xxxx xxxx xxx1 : position captured positions
 	captures []uint32
+	// moongate: open[k] is set while capture k is started and not closed
+	// (a back-reference to it is "invalid capture index", as in Lua 5.1:
+	// its end was 0 or stale, and the slice of the subject panicked).
+	open []bool
 }
 
-func newMatchState() *MatchData { return &MatchData{[]uint32{}} }
+func newMatchState() *MatchData { return &MatchData{captures: []uint32{}} }
+
+// setOpen marks capture k open or closed and returns what it was.
+func (st *MatchData) setOpen(k int, open bool) bool {
+	for k >= len(st.open) {
+		st.open = append(st.open, false)
+	}
+	was := st.open[k]
+	st.open[k] = open
+	return was
+}
 
 func (st *MatchData) addPosCapture(s, pos int) {
 	for s+1 >= len(st.captures) {
@@ -593,10 +607,12 @@ redo:
 		goto redo
 	case opSave:
 		s := m.setCapture(inst.Operand1, sp)
+		wasOpen := m.setOpen(inst.Operand1/2, inst.Operand1%2 == 0)
 		if ok, nsp, _ := recursiveVM(b, src, insts, pc+1, sp, recLevel, m); ok {
 			return true, nsp, m
 		}
 		m.restoreCapture(inst.Operand1, s)
+		m.setOpen(inst.Operand1/2, wasOpen)
 		return false, sp, m
 	case opPSave:
 		m.addPosCapture(inst.Operand1, sp+1)
@@ -626,10 +642,17 @@ redo:
 		return false, sp, m
 	case opNumber:
 		idx := inst.Operand1 * 2
-		if idx >= m.CaptureLength()-1 {
+		if idx >= m.CaptureLength()-1 || inst.Operand1 < len(m.open) && m.open[inst.Operand1] {
 			panic(newError(_UNKNOWN, "invalid capture index"))
 		}
-		capture := src[m.Capture(idx):m.Capture(idx+1)]
+		if m.IsPosCapture(idx) {
+			return false, sp, m // Lua 5.1: a position is no text to match
+		}
+		a, e := m.Capture(idx), m.Capture(idx+1)
+		if a > e || e > len(src) {
+			panic(newError(_UNKNOWN, "invalid capture index"))
+		}
+		capture := src[a:e]
 		b.n += len(capture)
 		for i := 0; i < len(capture); i++ {
 			if i+sp >= len(src) || capture[i] != src[i+sp] {
