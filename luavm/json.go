@@ -44,11 +44,6 @@ type jsonEncoder struct {
 	// deadline is checked (a table referenced many times is written each
 	// time, so the work is not bounded by the tables the function made).
 	values int
-	// path holds the tables being written (the current one and those
-	// that contain it): one met again is a cycle, refused at once (each
-	// of the 101 levels down to the depth limit listed and sorted all
-	// its keys: 300 MiB for a table of 60,000 keys holding itself).
-	path map[*lua.LTable]struct{}
 	// keys is the size of the key lists of the tables on path, live
 	// together (counted with the output against the memory cap).
 	keys int64
@@ -83,7 +78,7 @@ func (e *jsonEncoder) encode(v lua.LValue, depth int) {
 			}
 		}
 	}()
-	e.value(v, depth)
+	e.value(v, depth, nil)
 	if e.err == nil && len(e.buf) > e.limit {
 		e.err, e.tooLarge = fmt.Errorf("output larger than %d bytes", e.limit), true
 	}
@@ -129,7 +124,16 @@ func (e *jsonEncoder) grow(n int) {
 	e.buf = b
 }
 
-func (e *jsonEncoder) value(v lua.LValue, depth int) {
+// jsonPath is the chain of tables being written, innermost first (on the
+// encoder's stack): a table met again on it is a cycle, refused at once
+// (each of the 101 levels down to the depth limit listed and sorted all
+// its keys: 300 MiB for a table of 60,000 keys holding itself).
+type jsonPath struct {
+	t  *lua.LTable
+	up *jsonPath
+}
+
+func (e *jsonEncoder) value(v lua.LValue, depth int, up *jsonPath) {
 	if e.err != nil {
 		return
 	}
@@ -170,7 +174,7 @@ func (e *jsonEncoder) value(v lua.LValue, depth int) {
 		}
 		e.fail("cannot encode a userdata")
 	case *lua.LTable:
-		e.table(x, depth)
+		e.table(x, depth, up)
 	default:
 		e.fail("cannot encode a %s", v.Type().String())
 	}
@@ -200,16 +204,14 @@ func appendJSONNumber(b []byte, f float64) ([]byte, error) {
 	return strconv.AppendFloat(b, f, 'g', -1, 64), nil
 }
 
-func (e *jsonEncoder) table(t *lua.LTable, depth int) {
-	if _, on := e.path[t]; on {
-		e.fail("cannot encode a table that contains itself")
-		return
+func (e *jsonEncoder) table(t *lua.LTable, depth int, up *jsonPath) {
+	for p := up; p != nil; p = p.up {
+		if p.t == t {
+			e.fail("cannot encode a table that contains itself")
+			return
+		}
 	}
-	if e.path == nil {
-		e.path = map[*lua.LTable]struct{}{}
-	}
-	e.path[t] = struct{}{}
-	defer delete(e.path, t)
+	here := &jsonPath{t: t, up: up}
 	n := t.Len()
 	count := 0
 	intKeys := true // keys 1..n
@@ -267,7 +269,7 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 			if i > 1 {
 				e.byte(',')
 			}
-			e.value(t.RawGetInt(i), depth+1)
+			e.value(t.RawGetInt(i), depth+1, here)
 		}
 		e.byte(']')
 		return
@@ -283,7 +285,7 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 			if i > 1 {
 				e.byte(',')
 			}
-			e.value(t.RawGet(lua.LNumber(i)), depth+1)
+			e.value(t.RawGet(lua.LNumber(i)), depth+1, here)
 		}
 		e.byte(']')
 		return
@@ -310,7 +312,7 @@ func (e *jsonEncoder) table(t *lua.LTable, depth int) {
 				v = t.RawGet(lua.LNumber(f))
 			}
 		}
-		e.value(v, depth+1)
+		e.value(v, depth+1, here)
 	}
 	e.byte('}')
 }
