@@ -650,7 +650,11 @@ func (in *instance) wrapTable(tbl *lua.LTable) {
 // and, when it runs in Go (no comparator, or a builtin one such as
 // rawequal), a step per 64 bytes of the strings compared: Go's sort loop
 // never enters the VM, whose ticks and deadline interrupt would not stop
-// it.
+// it. It sorts in place, as Lua 5.1 does (a comparator that fails leaves
+// the table part sorted): a copy, live while the comparator runs, let a
+// comparator that sorts the table again hold a copy per level (201 MiB
+// under a 16 MiB cap). An inconsistent comparator gives some order, not
+// Lua 5.1's "invalid order function for sorting".
 func (in *instance) tableSort(L *lua.LState) int {
 	t := L.CheckTable(1)
 	in.checkWritable(L, t)
@@ -659,33 +663,31 @@ func (in *instance) tableSort(L *lua.LState) int {
 		fn = L.CheckFunction(2)
 	}
 	n := t.Len()
-	in.transient(L, int64(n)*16, "table.sort")
-	in.charge(L, 1+int64(n)/64)
-	s := &luaSorter{in: in, L: L, fn: fn, inGo: fn == nil || fn.IsG, v: make([]lua.LValue, n)}
-	for i := range s.v {
-		s.v[i] = t.RawGetInt(i + 1)
-	}
-	sort.Sort(s)
-	for i, v := range s.v {
-		t.RawSetInt(i+1, v)
-	}
+	in.charge(L, 1)
+	sort.Sort(&luaSorter{in: in, L: L, fn: fn, inGo: fn == nil || fn.IsG, t: t, n: n})
 	return 0
 }
 
-// luaSorter sorts values by a Lua order (tableSort).
+// luaSorter sorts t[1..n] in place by a Lua order (tableSort).
 type luaSorter struct {
 	in   *instance
 	L    *lua.LState
 	fn   *lua.LFunction // nil: <
 	inGo bool           // comparisons run in Go: strings are charged
-	v    []lua.LValue
+	t    *lua.LTable
+	n    int
 }
 
-func (s *luaSorter) Len() int      { return len(s.v) }
-func (s *luaSorter) Swap(i, j int) { s.v[i], s.v[j] = s.v[j], s.v[i] }
+func (s *luaSorter) Len() int { return s.n }
+
+func (s *luaSorter) Swap(i, j int) {
+	a, b := s.t.RawGetInt(i+1), s.t.RawGetInt(j+1)
+	s.t.RawSetInt(i+1, b)
+	s.t.RawSetInt(j+1, a)
+}
 
 func (s *luaSorter) Less(i, j int) bool {
-	a, b := s.v[i], s.v[j]
+	a, b := s.t.RawGetInt(i+1), s.t.RawGetInt(j+1)
 	cost := int64(1)
 	if s.inGo {
 		if x, ok := a.(lua.LString); ok {

@@ -59,18 +59,22 @@ type MatchData struct {
 	// moongate: open[k] is set while capture k is started and not closed
 	// (a back-reference to it is "invalid capture index", as in Lua 5.1:
 	// its end was 0 or stale, and the slice of the subject panicked).
-	open []bool
+	// A bit per capture, the whole match (0) and MaxCaptures (no
+	// allocation at each start position).
+	open uint64
 }
 
 func newMatchState() *MatchData { return &MatchData{captures: []uint32{}} }
 
 // setOpen marks capture k open or closed and returns what it was.
 func (st *MatchData) setOpen(k int, open bool) bool {
-	for k >= len(st.open) {
-		st.open = append(st.open, false)
+	bit := uint64(1) << uint(k)
+	was := st.open&bit != 0
+	if open {
+		st.open |= bit
+	} else {
+		st.open &^= bit
 	}
-	was := st.open[k]
-	st.open[k] = open
 	return was
 }
 
@@ -642,7 +646,7 @@ redo:
 		return false, sp, m
 	case opNumber:
 		idx := inst.Operand1 * 2
-		if idx >= m.CaptureLength()-1 || inst.Operand1 < len(m.open) && m.open[inst.Operand1] {
+		if idx >= m.CaptureLength()-1 || m.open&(uint64(1)<<uint(inst.Operand1)) != 0 {
 			panic(newError(_UNKNOWN, "invalid capture index"))
 		}
 		if m.IsPosCapture(idx) {
