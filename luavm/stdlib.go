@@ -416,7 +416,14 @@ func (in *instance) strFind(L *lua.LState, find bool) int {
 // compiled pattern, which is charged as memory.
 func (in *instance) strGmatch(L *lua.LState) int {
 	s := L.CheckString(1)
-	p := in.compilePattern(L, L.CheckString(2))
+	pat := L.CheckString(2)
+	if strings.HasPrefix(pat, "^") {
+		// Not an anchor in gmatch (Lua 5.1 matches it as a character;
+		// as an anchor every call after the first found nothing, or an
+		// empty match).
+		pat = "%" + pat
+	}
+	p := in.compilePattern(L, pat)
 	in.alloc(L, int64(p.Size()))
 	pos := 0
 	src := readOnlyBytes(s)
