@@ -194,15 +194,8 @@ func TestAPIFunctionsSurviveSwitchToDir(t *testing.T) {
 // A removed function whose deactivation failed (the store refused the
 // write) is deactivated at the next load.
 func TestRemovedFunctionDeactivationRetried(t *testing.T) {
-	cfg, err := config.Parse("test.yaml", []byte(testConfig(t.TempDir(), t.TempDir(), "")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := idleDaemon(t, t.TempDir())
 	defer d.closeAll()
 	if _, err := d.store.PutFunction(ctx, store.FunctionRecord{Name: "gone", Source: []byte(goneLua), Manifest: []byte(goneManifest), Active: true, FromDir: true}); err != nil {
 		t.Fatal(err)
@@ -271,15 +264,8 @@ func TestFallbackRunsOnlyDirectoryVersions(t *testing.T) {
 // A name the store refuses (a broken file's name that is not a function
 // name) is not retried as a failed deactivation at every load.
 func TestInvalidNameNotRetriedForever(t *testing.T) {
-	cfg, err := config.Parse("test.yaml", []byte(testConfig(t.TempDir(), t.TempDir(), "")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := idleDaemon(t, t.TempDir())
 	defer d.closeAll()
 	// Load 1: the directory held bad\xff.yaml, a file name not valid UTF-8 (FileError "bad\xff") and keep.
 	d.deactivateRemoved(ctx, nil, map[string]bool{"bad\xff": true, "keep": true})
@@ -345,4 +331,19 @@ func deployThroughAPI(t *testing.T, dataDir, name, manifest, source string) {
 		t.Fatal(err)
 	}
 	p.stop(t)
+}
+
+// idleDaemon builds a daemon on dataDir (its store open) that does not run;
+// the caller closes it (closeAll).
+func idleDaemon(t *testing.T, dataDir string) *Daemon {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(testConfig(dataDir, t.TempDir(), "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := NewDaemon(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -1,12 +1,10 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -111,7 +109,7 @@ func TestBigSourceLoadsFromDir(t *testing.T) {
 	}
 	writeFunction(t, fnDir, "big", big, "triggers:\n  - mqtt: big/{device}\n")
 	writeFunction(t, fnDir, "good", referenceLua, referenceManifest)
-	var logw syncBuffer
+	var logw lockedBuffer
 	p := startInProcessLog(t, testConfig(dataDir, fnDir, ""), &logw)
 	// A function added later, while running.
 	writeFunction(t, fnDir, "later", referenceLua, "triggers:\n  - mqtt: later/{device}\n")
@@ -127,24 +125,6 @@ func TestBigSourceLoadsFromDir(t *testing.T) {
 		}
 		t.Fatalf("a %d-byte source (limit %d) in functions_dir: big runs %v; good (another function) runs %v; later (added while running) runs %v\nlog: %s", len(big), trigger.MaxSourceBytes, bigRuns, good, later, line)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the daemon's log and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 // Upgrade from a store written by a moongate on the "large" store profile,

@@ -2,13 +2,10 @@ package gateway
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/gateway/trigger"
 	"github.com/moongate-edge/moongate/store"
 )
@@ -18,15 +15,8 @@ import (
 // manifest]) into dataDir's store: FromDir false.
 func seedLegacyStore(t *testing.T, dataDir string, fns map[string][2]string) {
 	t.Helper()
-	cfg, err := config.Parse("test.yaml", []byte(testConfig(dataDir, t.TempDir(), "")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	d, err := NewDaemon(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := idleDaemon(t, dataDir)
 	defer d.closeAll()
 	for name, f := range fns {
 		src, man := []byte(f[0]), []byte(f[1])
