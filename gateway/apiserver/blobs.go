@@ -92,7 +92,10 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
 		return
 	}
-	s.metrics.call("/v1/blobs", s.blob(w, r, tok))
+	// A download must not stall for ever (a client that never reads held
+	// the handler and the open file): each write must go out within
+	// responseWriteTimeout, whatever the blob's size.
+	s.metrics.call("/v1/blobs", s.blob(&deadlineWriter{ResponseWriter: w, rolling: true}, r, tok))
 }
 
 func (s *Server) blob(w http.ResponseWriter, r *http.Request, tok Token) codes.Code {
@@ -201,7 +204,7 @@ func (s *Server) serveBlobList(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, runtime.HTTPStatusFromCode(st.Code()), st.Code(), st.Message())
 		return
 	}
-	s.metrics.call("/v1/blobs", s.blobList(w, r))
+	s.metrics.call("/v1/blobs", s.blobList(&deadlineWriter{ResponseWriter: w}, r))
 }
 
 func (s *Server) blobList(w http.ResponseWriter, r *http.Request) codes.Code {

@@ -112,6 +112,18 @@ func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateR
 	if bucket != 0 && bucket.Milliseconds() < 1 {
 		return nil, invalidf("bucket shorter than 1ms")
 	}
+	if bucket%time.Millisecond != 0 {
+		// It was cut to whole milliseconds (0.0015s made 1 ms buckets).
+		return nil, invalidf("bucket %s is not a whole number of milliseconds (records are kept to the millisecond)", bucket)
+	}
+	// Each record scanned is decoded to read the field (~20 times its
+	// size, up to 1 MiB a record): a few aggregates at a time.
+	select {
+	case r.s.aggs <- struct{}{}:
+		defer func() { <-r.s.aggs }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	// The store refuses a range of more buckets up front, and stops as soon
 	// as it finds more: the cap bounds its memory too.
 	bs, err := r.s.cfg.Store.Aggregate(ctx, store.AggQuery{Query: q, Field: req.Field, Bucket: bucket, MaxBuckets: maxBuckets})

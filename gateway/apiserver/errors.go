@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -83,9 +84,18 @@ const ReasonStorageFull = "STORAGE_FULL"
 // restErrorHandler is grpc-gateway's default error handler, except that a
 // refusal for lack of storage (ReasonStorageFull) is 507, as for blobs:
 // 429 would tell a client to slow down when it has to wait for space.
+//
+// A body under api.max_body_bytes whose protobuf form is over the internal
+// connection's limit (an array of small numbers in a deploy's config is
+// 5.5 times larger as protobuf) is 413, as a body over the limit is: grpc-go
+// refuses to send it with RESOURCE_EXHAUSTED, which was 429, telling the
+// client to retry what never goes.
 func restErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	if st, ok := status.FromError(err); ok && httpStatusOf(st) == http.StatusInsufficientStorage {
 		w = codeWriter{w, http.StatusInsufficientStorage}
+	} else if ok && st.Code() == codes.ResourceExhausted && strings.HasPrefix(st.Message(), "trying to send message larger than max") {
+		w = codeWriter{w, http.StatusRequestEntityTooLarge}
+		err = status.Error(codes.ResourceExhausted, "request too large once converted to protobuf (JSON arrays of small numbers grow up to 5.5 times): "+st.Message())
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }

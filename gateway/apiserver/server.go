@@ -193,7 +193,14 @@ type Server struct {
 	// being answered (nativeCalls): their stored JSON becomes its
 	// protobuf encoding, up to 5.5 times its size (wirejson.go).
 	native chan struct{}
+	// aggs holds a slot for each records aggregate running
+	// (aggregateCalls).
+	aggs chan struct{}
 }
+
+// aggregateCalls bounds the records aggregates running at once (REST and
+// gRPC): each decodes every record it scans.
+const aggregateCalls = 2
 
 // New builds the server: the gRPC server with its interceptors, the
 // in-memory connection the REST gateway calls it through, and the HTTP
@@ -228,7 +235,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System), native: make(chan struct{}, nativeCalls),
+	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System), native: make(chan struct{}, nativeCalls), aggs: make(chan struct{}, aggregateCalls),
 		bodies: semaphore.NewWeighted(cfg.BodyBudget)}
 	// Room for the JSON/proto framing around a body of MaxBodyBytes.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
@@ -534,10 +541,13 @@ var responseWriteTimeout = time.Minute
 type deadlineWriter struct {
 	http.ResponseWriter
 	armed bool
+	// rolling moves the deadline at each write (a blob download: each
+	// write within responseWriteTimeout, not the whole response).
+	rolling bool
 }
 
 func (d *deadlineWriter) arm() {
-	if !d.armed {
+	if !d.armed || d.rolling {
 		d.armed = true
 		_ = http.NewResponseController(d.ResponseWriter).SetWriteDeadline(time.Now().Add(responseWriteTimeout))
 	}
