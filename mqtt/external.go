@@ -667,7 +667,20 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 	x.subscribedOK.Store(false)
 	if err := x.syncSubscriptions(list, false); err != nil {
 		if errors.Is(err, ErrNotConnected) {
-			return nil // applied on reconnect
+			if x.client.IsConnectionOpen() {
+				// Connected, but the broker did not answer in time: no
+				// reconnect comes to apply it (the client stayed not
+				// ready, the new filters unrecorded): try again on this
+				// connection, as after a connect.
+				clear(x.subscribed)
+				x.mu.Lock()
+				if !x.closed { // Close waits for x.wg after it set closed
+					x.wg.Add(1)
+					go x.resubscribe(x.gen.Load())
+				}
+				x.mu.Unlock()
+			}
+			return nil // applied on reconnect, or by the retry
 		}
 		return err
 	}
