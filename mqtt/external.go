@@ -334,17 +334,11 @@ func (x *External) onConnect(c paho.Client) {
 			// Nothing is known to be subscribed on this connection: a
 			// SetFilters meanwhile subscribes every filter, not only new
 			// ones (it would have marked the client ready with the old
-			// connection's filters taken for subscribed).
-			clear(x.subscribed)
-			// No answer in time (a busy broker): try again while this
-			// connection lasts. (Nothing did: the client stayed connected,
-			// not ready, until the next reconnect.)
-			x.mu.Lock()
-			if !x.closed { // Close waits for x.wg after it set closed
-				x.wg.Add(1)
-				go x.resubscribe(x.gen.Load())
-			}
-			x.mu.Unlock()
+			// connection's filters taken for subscribed). No answer in
+			// time (a busy broker): try again while this connection
+			// lasts. (Nothing did: the client stayed connected, not
+			// ready, until the next reconnect.)
+			x.retrySubscribe()
 		}
 		return
 	}
@@ -353,6 +347,19 @@ func (x *External) onConnect(c paho.Client) {
 
 // resubscribe subscribes again, with a growing pause, until it succeeds,
 // the broker refuses a filter, or the connection of generation gen ends.
+// retrySubscribe forgets what this connection subscribed (a later
+// SetFilters subscribes every filter) and starts resubscribe for it. The
+// caller holds subMu.
+func (x *External) retrySubscribe() {
+	clear(x.subscribed)
+	x.mu.Lock()
+	if !x.closed { // Close waits for x.wg after it set closed
+		x.wg.Add(1)
+		go x.resubscribe(x.gen.Load())
+	}
+	x.mu.Unlock()
+}
+
 func (x *External) resubscribe(gen uint64) {
 	defer x.wg.Done()
 	pause := time.Second
@@ -672,13 +679,7 @@ func (x *External) SetFilters(ctx context.Context, filters []string) error {
 				// reconnect comes to apply it (the client stayed not
 				// ready, the new filters unrecorded): try again on this
 				// connection, as after a connect.
-				clear(x.subscribed)
-				x.mu.Lock()
-				if !x.closed { // Close waits for x.wg after it set closed
-					x.wg.Add(1)
-					go x.resubscribe(x.gen.Load())
-				}
-				x.mu.Unlock()
+				x.retrySubscribe()
 			}
 			return nil // applied on reconnect, or by the retry
 		}
