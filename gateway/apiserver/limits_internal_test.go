@@ -21,6 +21,13 @@ import (
 // admin token.
 func limitServer(t *testing.T, cfg Config) (base, readTok, adminTok string) {
 	t.Helper()
+	base, readTok, adminTok, _ = limitServerSrv(t, cfg)
+	return base, readTok, adminTok
+}
+
+// limitServerSrv is limitServer that also returns the server.
+func limitServerSrv(t *testing.T, cfg Config) (base, readTok, adminTok string, srv *Server) {
+	t.Helper()
 	st, err := store.Open(context.Background(), store.Options{Dir: t.TempDir(), Durability: store.DurabilityNone, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -31,11 +38,11 @@ func limitServer(t *testing.T, cfg Config) (base, readTok, adminTok string) {
 	cfg.Store, cfg.Functions = st, &wakeFunctions{ch: make(chan struct{})}
 	cfg.Tokens = []Token{{Name: "r", Scope: ScopeRead, Hash: readHash}, {Name: "a", Scope: ScopeAdmin, Hash: adminHash}}
 	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := New(cfg)
+	srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveLoopback(t, srv), readTok, adminTok
+	return serveLoopback(t, srv), readTok, adminTok, srv
 }
 
 // serveLoopback serves srv over HTTP on a loopback port until the test
@@ -105,7 +112,7 @@ func TestFollowersBounded(t *testing.T) {
 // stalled requests go away.
 func TestBodyBudget(t *testing.T) {
 	const limit = 64 << 10
-	base, _, tok := limitServer(t, Config{MaxBodyBytes: limit, BodyBudget: 4 * limit})
+	base, _, tok, srv := limitServerSrv(t, Config{MaxBodyBytes: limit, BodyBudget: 4 * limit})
 	addr := strings.TrimPrefix(base, "http://")
 	stall := func() net.Conn {
 		t.Helper()
@@ -131,8 +138,18 @@ func TestBodyBudget(t *testing.T) {
 	for range 4 {
 		stalled = append(stalled, stall())
 	}
-	// The four stalled bodies reserved the whole budget once read began.
-	deadline := time.Now().Add(10 * time.Second)
+	// The four stalled bodies reserve the whole budget once their reads
+	// begin: wait for that (under load it took longer than the loop below
+	// gave it, and three of them left room for the probe).
+	deadline := time.Now().Add(30 * time.Second)
+	for srv.bodies.TryAcquire(1) {
+		srv.bodies.Release(1)
+		if time.Now().After(deadline) {
+			t.Fatal("the four stalled bodies did not reserve the whole budget in 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		resp := post()
 		if resp.StatusCode == http.StatusServiceUnavailable {
