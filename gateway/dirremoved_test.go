@@ -89,16 +89,10 @@ func removeFunction(t *testing.T, dir, name string) {
 // was stopped is deactivated at the next start that reads the directory, so
 // that a later start that cannot read it does not run it again.
 func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
-	dataDir, fnDir := unmountableDirs(t)
-	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
-	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
-	cfg := testConfig(dataDir, fnDir, "")
-	p := startInProcess(t, cfg)
-	waitFor(t, 10*time.Second, "gone deployed", func() bool { return p.d.Gateway().Lookup("gone") != nil })
-	p.stop(t)
+	fnDir, cfg := keepAndGoneStored(t)
 
 	removeFunction(t, fnDir, "gone") // while stopped
-	p = startInProcess(t, cfg)
+	p := startInProcess(t, cfg)
 	if p.d.Gateway().Lookup("gone") != nil {
 		t.Fatal("gone runs though its files were removed")
 	}
@@ -127,17 +121,11 @@ func TestDirFunctionRemovedWhileStoppedNotResurrected(t *testing.T) {
 // directory runs them), and the check is made at the first load that
 // finds a function.
 func TestEmptyDirAtStartKeepsStoredFunctions(t *testing.T) {
-	dataDir, fnDir := unmountableDirs(t)
-	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
-	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
-	cfg := testConfig(dataDir, fnDir, "")
-	p := startInProcess(t, cfg)
-	waitFor(t, 10*time.Second, "gone deployed", func() bool { return p.d.Gateway().Lookup("gone") != nil })
-	p.stop(t)
+	fnDir, cfg := keepAndGoneStored(t)
 
 	removeFunction(t, fnDir, "keep")
 	removeFunction(t, fnDir, "gone")
-	p = startInProcess(t, cfg)
+	p := startInProcess(t, cfg)
 	if !activeIn(t, p.d.Store(), "keep") || !activeIn(t, p.d.Store(), "gone") {
 		t.Fatal("an empty functions_dir at start deactivated the stored functions")
 	}
@@ -346,4 +334,19 @@ func idleDaemon(t *testing.T, dataDir string) *Daemon {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// keepAndGoneStored runs a daemon once with "keep" and "gone" in an
+// unmountable functions_dir (both stored from it), then stops it; it
+// returns the directory and the daemon's config.
+func keepAndGoneStored(t *testing.T) (fnDir, cfg string) {
+	t.Helper()
+	dataDir, fnDir := unmountableDirs(t)
+	writeFunction(t, fnDir, "keep", countLua, referenceManifest)
+	writeFunction(t, fnDir, "gone", goneLua, goneManifest)
+	cfg = testConfig(dataDir, fnDir, "")
+	p := startInProcess(t, cfg)
+	waitFor(t, 10*time.Second, "gone deployed", func() bool { return p.d.Gateway().Lookup("gone") != nil })
+	p.stop(t)
+	return fnDir, cfg
 }
