@@ -242,9 +242,10 @@ func (g *Gateway) ownEntries(entries []store.InboxEntry) []store.InboxEntry {
 // gone, and nothing is queued), so a crash cannot leave the event both
 // queued and a dead letter. The function must be deployed (ErrNoFunction)
 // and the event decodable (ErrBadEvent); the gateway must be running
-// (ErrStopped before Run and after it stopped). Safe for concurrent use.
+// (ErrStopped before Run queued its backlog and after it stopped; an
+// external broker still down does not matter). Safe for concurrent use.
 func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byte, deadLetter uint64) error {
-	if !g.ready.Load() || g.stopping.Load() {
+	if !g.resumed.Load() || g.stopping.Load() {
 		return ErrStopped
 	}
 	if g.Lookup(function) == nil {

@@ -240,6 +240,9 @@ type Gateway struct {
 	chainQ    chainQueue
 	inflight  inflightSet // QoS 1 messages on their way into the inbox
 	ready     atomic.Bool
+	// resumed is set once Run queued the inbox backlog: entries queued
+	// from then on (replays) go to the dispatcher, broker up or not.
+	resumed atomic.Bool
 	// resumeBound is the inbox sequence from which Run's resume does not
 	// queue entries, once boundRead, under boundMu: whoever commits
 	// entries outside the pipeline (WriteState) queues those from it on.
@@ -331,6 +334,10 @@ func (g *Gateway) FunctionBacklogs() map[string]int64 { return g.disp.functionBa
 // then it stops intake, lets in-flight invocations finish (their events stay
 // in the inbox otherwise), flushes local publishes and returns. It does not
 // close the store.
+//
+// Timers and replays start once the backlog is queued; MQTT intake once
+// the ingest is started, which for an external broker waits until it is
+// reachable (Ready stays false until then).
 func (g *Gateway) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
@@ -353,6 +360,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// Chained entries committed while resuming waited for the backlog
 	// before them; from now on they go to the workers directly.
 	g.startChain(workCtx)
+	g.resumed.Store(true)
+	// Timers need no broker: they run while an external one is still down
+	// (Start below waits for it; they ran only once it was up). Their
+	// local publishes wait in the publish outbox.
+	g.startTimers()
 	if err := g.opts.Ingest.Start(ctx, g.handle); err != nil {
 		close(pubDone)
 		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "start ingest", err))
@@ -362,7 +374,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.subscribe(ctx); err != nil {
 		return g.shutdown(stopWork, stopPub, pubDone, startErr(ctx, "subscribe", err))
 	}
-	g.startTimers()
 	g.ready.Store(true)
 	g.log.Info("gateway ready", "resumed", n, "functions", len(g.Functions()), "workers", g.opts.Workers)
 
