@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,4 +86,68 @@ end`, "triggers:\n  - timer: \"@every 1s\"\n")
 	dev := connect(t, m.URL(), "d1", true)
 	publish(t, dev, "devices/d1/status", 1, []byte("online"))
 	waitFor(t, 20*time.Second, "the device event's record", func() bool { return len(allRecords(t, d.Store(), "status")) == 2 })
+}
+
+// TestLocalPublishFailuresLoggedOnce: while the external broker is away,
+// every commit with a local publish (and every second) tries the publish
+// outbox again; each failure was a warning line (a timer or HTTP function
+// filled the journal of a Pi with one line per event). The failure is
+// logged when it starts, then at most once a minute, and its end once.
+func TestLocalPublishFailuresLoggedOnce(t *testing.T) {
+	m := mqtttest.StartMosquitto(t)
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "ping", `function handle(e)
+  mqtt.publish("out/ping", e.payload, {qos = 1})
+  return {}
+end`, "triggers:\n  - mqtt: in/ping\n")
+	logs := &lockedBuffer{}
+	p := startInProcessLog(t, testConfig(dataDir, fnDir, externalMQTT(m.URL(), "moongate-pubfail")), logs)
+	g := p.d.Gateway()
+	m.Stop()
+	waitFor(t, 20*time.Second, "the gateway sees the broker gone", func() bool { return !g.Ready() })
+	const n = 30
+	for i := range n {
+		r, err := g.Invoke(t.Context(), "ping", &luavm.Event{Payload: []byte{'a' + byte(i%26)}, Trigger: "http"}, true, nil)
+		if err != nil || r.Err != nil || !r.Committed {
+			t.Fatalf("invoke %d: %+v %v", i, r, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a logged publish failure", func() bool {
+		return strings.Contains(logs.String(), "local publish failed")
+	})
+	// The invocations' commits and the publisher's tick try again: each
+	// failed try is counted.
+	waitFor(t, 10*time.Second, "failed tries after the first", func() bool { return g.Stats().PublishRetries >= 3 })
+	if c := strings.Count(logs.String(), "local publish failed"); c != 1 {
+		t.Fatalf("%d failure lines for one outage of %d publishes:\n%s", c, n, logs.String())
+	}
+
+	m.Restart()
+	waitFor(t, 30*time.Second, "the publishes sent after the broker came back", func() bool { return g.Stats().Published >= n })
+	waitFor(t, 5*time.Second, "the end of the failure logged", func() bool {
+		return strings.Contains(logs.String(), "local publishes go out again")
+	})
+}
+
+// TestFailureLogThrottles: the first failure is logged, repeats within a
+// minute are counted, the next line carries their number, and the end is
+// logged once.
+func TestFailureLogThrottles(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	var f failureLog
+	t0 := time.Unix(1_700_000_000, 0)
+	for i := range 100 {
+		f.fail(log, t0.Add(time.Duration(i)*100*time.Millisecond), "down")
+	}
+	f.fail(log, t0.Add(failureLogEvery), "down")
+	f.recovered(log, "up")
+	f.recovered(log, "up")
+	got := buf.String()
+	if c := strings.Count(got, "msg=down"); c != 2 {
+		t.Fatalf("%d failure lines, want 2 (start, then a minute later):\n%s", c, got)
+	}
+	if !strings.Contains(got, "failures_since_last_logged=100") || strings.Count(got, "msg=up failures=101") != 1 {
+		t.Fatalf("counts:\n%s", got)
+	}
 }

@@ -133,6 +133,7 @@ func (d *Daemon) metrics() []apiserver.Metric {
 	counter("moongate_dead_letters_total", "Events that went to the dead letters.", gs.DeadLettered)
 	counter("moongate_duplicates_total", "Inbox entries found already consumed.", gs.Duplicates)
 	counter("moongate_publishes_total", "Local publishes carried out.", gs.Published)
+	counter("moongate_publish_retries_total", "Failed tries of local publishes kept for another try (broker away or not answering).", gs.PublishRetries)
 	gauge("moongate_backlog", "Events queued or running.", float64(gs.Backlog))
 	fb := d.gw.FunctionBacklogs()
 	for _, fn := range slices.Sorted(maps.Keys(fb)) {

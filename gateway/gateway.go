@@ -200,7 +200,10 @@ type Stats struct {
 	Duplicates   uint64 // entries found already consumed (skipped: exactly once)
 	Redelivered  uint64 // MQTT redeliveries of messages already accepted (acknowledged, not run again)
 	Published    uint64 // local publishes carried out
-	Backlog      int    // entries queued or running
+	// PublishRetries counts failed tries of a local publish that is kept
+	// and tried again (the broker away or not answering).
+	PublishRetries uint64
+	Backlog        int // entries queued or running
 }
 
 // Gateway runs functions on events: it takes messages from the ingest,
@@ -272,7 +275,7 @@ type Gateway struct {
 	timersOn bool
 
 	stats struct {
-		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, redelivered atomic.Uint64
+		received, unmatched, rejected, enqueued, processed, failed, dead, dups, published, pubRetries, redelivered atomic.Uint64
 	}
 }
 
@@ -313,8 +316,9 @@ func (g *Gateway) Stats() Stats {
 		Received: g.stats.received.Load(), Unmatched: g.stats.unmatched.Load(), Rejected: g.stats.rejected.Load(),
 		Enqueued: g.stats.enqueued.Load(), Processed: g.stats.processed.Load(), Failed: g.stats.failed.Load(),
 		DeadLettered: g.stats.dead.Load(), Duplicates: g.stats.dups.Load(), Published: g.stats.published.Load(),
-		Redelivered: g.stats.redelivered.Load(),
-		Backlog:     g.disp.backlog(),
+		PublishRetries: g.stats.pubRetries.Load(),
+		Redelivered:    g.stats.redelivered.Load(),
+		Backlog:        g.disp.backlog(),
 	}
 }
 

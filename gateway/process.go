@@ -482,6 +482,7 @@ func (g *Gateway) publisher(ctx context.Context) {
 		}
 	}()
 	defer func() { close(acks); <-acked }()
+	var failing failureLog
 	for {
 		for {
 			if ackFailed.Swap(false) {
@@ -496,6 +497,9 @@ func (g *Gateway) publisher(ctx context.Context) {
 			}
 			n, err := g.publishAll(ctx, pubs)
 			end := n // acknowledged: published, or dead-lettered (below)
+			if n > 0 {
+				failing.recovered(g.log, "local publishes go out again")
+			}
 			switch {
 			case err == nil || n >= len(pubs):
 			case undeliverable(err):
@@ -505,7 +509,10 @@ func (g *Gateway) publisher(ctx context.Context) {
 					end = n + 1
 				}
 			case ctx.Err() == nil && !g.stopping.Load():
-				g.log.Warn("local publish failed, will retry", "topic", pubs[n].Topic, "err", err)
+				// Every commit with a publish and every second try again:
+				// while the broker is away that is a line each time.
+				g.stats.pubRetries.Add(1)
+				failing.fail(g.log, time.Now(), "local publish failed, will retry", "topic", pubs[n].Topic, "err", err)
 			}
 			seqs := make([]uint64, 0, end)
 			for _, p := range pubs[:end] {
@@ -607,4 +614,38 @@ func invocationID(ev *luavm.Event, res *luavm.Result) string {
 		return res.InvocationID
 	}
 	return ev.ID
+}
+
+// failureLogEvery is how often a failure that goes on is logged again.
+const failureLogEvery = time.Minute
+
+// failureLog logs a failure that repeats (each retry) once when it starts,
+// then at most every failureLogEvery with the number of failures since,
+// and once when it ends. The zero value is ready; not safe for concurrent
+// use.
+type failureLog struct {
+	failures int // since the last line
+	total    int // since the failure began (0: not failing)
+	logged   time.Time
+}
+
+func (f *failureLog) fail(log *slog.Logger, now time.Time, msg string, args ...any) {
+	f.failures++
+	f.total++
+	if f.total > 1 && now.Sub(f.logged) < failureLogEvery {
+		return
+	}
+	if f.total > 1 {
+		args = append(args, "failures_since_last_logged", f.failures)
+	}
+	log.Warn(msg, args...)
+	f.failures, f.logged = 0, now
+}
+
+func (f *failureLog) recovered(log *slog.Logger, msg string) {
+	if f.total == 0 {
+		return
+	}
+	log.Info(msg, "failures", f.total)
+	*f = failureLog{}
 }
