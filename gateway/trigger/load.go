@@ -182,7 +182,9 @@ const SettleDelay = 100 * time.Millisecond
 // (inotify on Linux), so a deployment takes effect within a few
 // SettleDelays, and also by polling every interval, which covers file
 // systems without notifications and a directory created after the start.
-// Changes are detected by content hash, not modification time. A change is
+// Changes are detected by content hash, not modification time; a poll
+// reads the files only when what the file system says of them (inode,
+// size, modification and change time) changed, and every 30 seconds. A change is
 // reported once the directory has read the same twice in a row, a
 // SettleDelay (or a poll) apart, so a file caught half-written is not
 // reported before it is complete. onChange reports whether it applied the
@@ -199,7 +201,8 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 	}
 	fw := newDirNotifier(dir)
 	defer fw.close()
-	fns, errs, fp := loadDir(dir)
+	dr := &dirReader{dir: dir}
+	fns, errs, fp, _ := dr.load(time.Now(), true)
 	reported := ""
 	if onChange(fns, errs) {
 		reported = fp
@@ -209,8 +212,11 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 	defer t.Stop()
 	settle := time.NewTimer(SettleDelay)
 	settle.Stop()
-	check := func() {
-		fns, errs, fp := loadDir(dir)
+	// check reads the directory; a poll (full false) only when the file
+	// system's stamps changed, unless a set waits to be confirmed or
+	// applied.
+	check := func(full bool) {
+		fns, errs, fp, _ := dr.load(time.Now(), full || pending != "" || dr.fp != reported)
 		switch {
 		case fp == reported:
 			pending = ""
@@ -230,11 +236,11 @@ func Watch(ctx context.Context, dir string, interval time.Duration, onChange fun
 			return
 		case <-t.C:
 			fw.retry()
-			check()
+			check(false)
 		case <-fw.events():
 			settle.Reset(SettleDelay)
 		case <-settle.C:
-			check()
+			check(true)
 		}
 	}
 }
