@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 
 	"github.com/moongate-edge/moongate/gateway/config"
 	"github.com/moongate-edge/moongate/luavm"
+	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 )
 
@@ -150,4 +153,57 @@ func TestFailureLogThrottles(t *testing.T) {
 	if !strings.Contains(got, "failures_since_last_logged=100") || strings.Count(got, "msg=up failures=101") != 1 {
 		t.Fatalf("counts:\n%s", got)
 	}
+}
+
+// flakyIngest is the embedded broker with every second local publish
+// failing as on a link that drops (not the message's fault), while on.
+type flakyIngest struct {
+	*mqtt.Embedded
+	on    atomic.Bool
+	calls atomic.Int64
+}
+
+func (f *flakyIngest) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
+	if f.on.Load() && f.calls.Add(1)%2 == 0 {
+		return fmt.Errorf("mqtt: publish %s: %w", topic, mqtt.ErrNotConnected)
+	}
+	return f.Embedded.Publish(ctx, topic, payload, qos, retain)
+}
+
+// TestLocalPublishFlappingLoggedOnce: tries that send some publishes and
+// then fail are one failure that goes on, not a recovery and a new
+// failure each time (two lines per try on a flapping link). Found by a
+// review (TestRevPartialBatchFailureThrottled).
+func TestLocalPublishFlappingLoggedOnce(t *testing.T) {
+	dataDir, fnDir := t.TempDir(), t.TempDir()
+	writeFunction(t, fnDir, "ping", `function handle(e)
+  mqtt.publish("out/a", e.payload, {qos = 1})
+  mqtt.publish("out/b", e.payload, {qos = 1})
+  mqtt.publish("out/c", e.payload, {qos = 1})
+  return {}
+end`, "triggers:\n  - mqtt: in/ping\n")
+	logs := &lockedBuffer{}
+	var fl *flakyIngest
+	p := startInProcessWith(t, testConfig(dataDir, fnDir, ""), logs, func(d *Daemon) {
+		fl = &flakyIngest{Embedded: d.ingest.(*mqtt.Embedded)}
+		d.gw.opts.Ingest = fl
+	})
+	g := p.d.Gateway()
+	fl.on.Store(true)
+	const n = 20
+	for i := range n {
+		r, err := g.Invoke(t.Context(), "ping", &luavm.Event{Payload: []byte{'a' + byte(i)}, Trigger: "http"}, true, nil)
+		if err != nil || r.Err != nil || !r.Committed {
+			t.Fatalf("invoke %d: %+v %v", i, r, err)
+		}
+	}
+	waitFor(t, 30*time.Second, "ten failed tries", func() bool { return g.Stats().PublishRetries >= 10 })
+	if f, u := strings.Count(logs.String(), "local publish failed"), strings.Count(logs.String(), "local publishes go out again"); f != 1 || u != 0 {
+		t.Fatalf("%d failure lines and %d recovery lines for one flapping outage:\n%s", f, u, logs.String())
+	}
+	fl.on.Store(false)
+	waitFor(t, 30*time.Second, "every publish sent", func() bool { return g.Stats().Published >= 3*n })
+	waitFor(t, 5*time.Second, "the end of the failure logged", func() bool {
+		return strings.Count(logs.String(), "local publishes go out again") == 1
+	})
 }

@@ -497,7 +497,9 @@ func (g *Gateway) publisher(ctx context.Context) {
 			}
 			n, err := g.publishAll(ctx, pubs)
 			end := n // acknowledged: published, or dead-lettered (below)
-			if n > 0 {
+			if err == nil || n >= len(pubs) || undeliverable(err) {
+				// Not when this try sent some and then failed again (a
+				// flapping link): the failure goes on.
 				failing.recovered(g.log, "local publishes go out again")
 			}
 			switch {
