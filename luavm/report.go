@@ -2,6 +2,7 @@ package luavm
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 )
 
@@ -15,7 +16,20 @@ type Report struct {
 	Effects []ReportEffect  `json:"effects"`
 	State   []ReportStateOp `json:"state"`
 	Logs    []ReportLog     `json:"logs"`
-	Cost    *Cost           `json:"cost,omitempty"`
+	Cost    *ReportCost     `json:"cost,omitempty"`
+}
+
+// ReportCost is an invocation's Cost in a Report, with the key names of
+// the management API's cost (docs/api.md): wall is a duration in seconds
+// with an "s" suffix, as protobuf's JSON writes it ("0.000078927s").
+type ReportCost struct {
+	Wall       string `json:"wall"`
+	Steps      int64  `json:"steps"`
+	PeakMemory int64  `json:"peak_memory_bytes"`
+	BytesIn    int64  `json:"bytes_in"`
+	BytesOut   int64  `json:"bytes_out"`
+	Effects    int    `json:"effects"`
+	Outcome    string `json:"outcome"`
 }
 
 // ReportEffect is one effect in a Report.
@@ -93,7 +107,8 @@ func NewReport(res *Result, err error, withCost bool) Report {
 	}
 	if withCost {
 		c := res.Cost
-		r.Cost = &c
+		r.Cost = &ReportCost{Wall: strconv.FormatFloat(c.Wall.Seconds(), 'f', -1, 64) + "s", Steps: c.Steps, PeakMemory: c.PeakMemory,
+			BytesIn: c.BytesIn, BytesOut: c.BytesOut, Effects: c.Effects, Outcome: c.Outcome}
 	}
 	return r
 }

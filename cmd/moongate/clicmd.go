@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -197,6 +198,47 @@ func setUint(q url.Values, key string, v uint64) {
 
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+}
+
+// pagedTable prints the rows of a paged listing (--all) page by page,
+// each column padded to the widest cell seen so far, two spaces apart as
+// newTable's: later pages line up with the first unless one of their
+// cells is wider. (A tabwriter per page aligned each page on its own; one
+// for the whole listing would hold every row until the last page.) Cells
+// must be single lines without tabs (oneLine, fmtValue). The zero value
+// with w set is ready; not safe for concurrent use.
+type pagedTable struct {
+	w      io.Writer
+	widths []int
+	rows   [][]string
+}
+
+// row adds a row to the current page.
+func (t *pagedTable) row(cells ...string) { t.rows = append(t.rows, cells) }
+
+// flush prints the current page.
+func (t *pagedTable) flush() error {
+	for _, r := range t.rows {
+		for i, c := range r[:max(len(r)-1, 0)] { // the last cell is not padded
+			if i == len(t.widths) {
+				t.widths = append(t.widths, 0)
+			}
+			t.widths[i] = max(t.widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	var b strings.Builder
+	for _, r := range t.rows {
+		for i, c := range r {
+			b.WriteString(c)
+			if i < len(r)-1 {
+				b.WriteString(strings.Repeat(" ", t.widths[i]-utf8.RuneCountInString(c)+2))
+			}
+		}
+		b.WriteByte('\n')
+	}
+	t.rows = t.rows[:0]
+	_, err := io.WriteString(t.w, b.String())
+	return err
 }
 
 // fmtTime formats a timestamp in UTC with milliseconds ("-" when unset).

@@ -91,7 +91,8 @@ func setupDataQuery(fs *flag.FlagSet) remoteRun {
 		}
 		setInt(q, "limit", int64(*limit))
 		setString(q, "cursor", *cursor)
-		header := true
+		tbl := &pagedTable{w: stdout}
+		tbl.row("TIME", "FUNCTION", "DEVICE", "STREAM", "DATA")
 		for {
 			var resp v1.QueryRecordsResponse
 			raw, err := c.call(ctx, http.MethodGet, "/v1/records", q, nil, &resp)
@@ -101,12 +102,11 @@ func setupDataQuery(fs *flag.FlagSet) remoteRun {
 			if c.json {
 				err = printJSON(stdout, raw)
 			} else {
-				err = renderRecords(stdout, &resp, header)
+				err = renderRecords(tbl, &resp)
 			}
 			if err != nil {
 				return err
 			}
-			header = false
 			next := resp.GetNextCursor()
 			if next == "" {
 				return nil
@@ -120,15 +120,13 @@ func setupDataQuery(fs *flag.FlagSet) remoteRun {
 	}
 }
 
-func renderRecords(w io.Writer, resp *v1.QueryRecordsResponse, header bool) error {
-	tw := newTable(w)
-	if header {
-		fmt.Fprintln(tw, "TIME\tFUNCTION\tDEVICE\tSTREAM\tDATA")
-	}
+// renderRecords prints a page of records to tbl (its first page after
+// the header row).
+func renderRecords(tbl *pagedTable, resp *v1.QueryRecordsResponse) error {
 	for _, r := range resp.GetRecords() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(r.GetEventTime()), r.GetFunction(), orDash(oneLine(r.GetDevice())), oneLine(r.GetStream()), fmtValue(r.GetData()))
+		tbl.row(fmtTime(r.GetEventTime()), r.GetFunction(), orDash(oneLine(r.GetDevice())), oneLine(r.GetStream()), fmtValue(r.GetData()))
 	}
-	return tw.Flush()
+	return tbl.flush()
 }
 
 func setupDataAgg(fs *flag.FlagSet) remoteRun {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,8 +86,20 @@ func TestFnTestJSONAndErrors(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if rep.Outcome != "ok" || rep.Result["temp_f"] != 68.0 || len(rep.Effects) != 1 || rep.Cost["Steps"] == nil {
+	if rep.Outcome != "ok" || rep.Result["temp_f"] != 68.0 || len(rep.Effects) != 1 {
 		t.Fatalf("report %+v", rep)
+	}
+	// The cost has the API's key names (docs/api.md), wall in seconds
+	// ("0.000078927s"); it had Go's field names and nanoseconds.
+	wantKeys := []string{"bytes_in", "bytes_out", "effects", "outcome", "peak_memory_bytes", "steps", "wall"}
+	gotKeys := slices.Sorted(maps.Keys(rep.Cost))
+	if !slices.Equal(gotKeys, wantKeys) {
+		t.Fatalf("cost keys %v, want %v", gotKeys, wantKeys)
+	}
+	if w, _ := rep.Cost["wall"].(string); !strings.HasSuffix(w, "s") || rep.Cost["steps"].(float64) <= 0 || rep.Cost["outcome"] != "ok" {
+		t.Fatalf("cost %v", rep.Cost)
+	} else if d, err := time.ParseDuration(w); err != nil || d <= 0 || d > time.Minute {
+		t.Fatalf("cost wall %q: %v", w, err)
 	}
 
 	cases := []struct {

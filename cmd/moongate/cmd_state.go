@@ -93,7 +93,8 @@ func setupStateLs(fs *flag.FlagSet) remoteRun {
 		setString(q, "prefix", *prefix)
 		setInt(q, "limit", int64(*limit))
 		setString(q, "cursor", *cursor)
-		header := true
+		tbl := &pagedTable{w: stdout}
+		tbl.row("KEY", "VALUE")
 		for {
 			var resp v1.ListStateResponse
 			raw, err := c.call(ctx, http.MethodGet, statePath(args[0], ""), q, nil, &resp)
@@ -103,19 +104,14 @@ func setupStateLs(fs *flag.FlagSet) remoteRun {
 			if c.json {
 				err = printJSON(stdout, raw)
 			} else {
-				tw := newTable(stdout)
-				if header {
-					fmt.Fprintln(tw, "KEY\tVALUE")
-				}
 				for _, e := range resp.GetEntries() {
-					fmt.Fprintf(tw, "%s\t%s\n", oneLine(e.GetKey()), fmtValue(e.GetValue()))
+					tbl.row(oneLine(e.GetKey()), fmtValue(e.GetValue()))
 				}
-				err = tw.Flush()
+				err = tbl.flush()
 			}
 			if err != nil {
 				return err
 			}
-			header = false
 			next := resp.GetNextCursor()
 			if next == "" {
 				return nil
