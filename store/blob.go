@@ -340,7 +340,11 @@ func (s *Store) StageBlob(ctx context.Context, bucket string, r io.Reader, maxSi
 		return nil, fmt.Errorf("store: write blob: %w", err)
 	}
 	if n > limit {
-		return nil, fmt.Errorf("%w: blob larger than %d bytes (bucket %s)", ErrTooLarge, limit, bucket)
+		what := "the bucket's max_size"
+		if limit < bk.MaxSize {
+			what = "the limit of this write"
+		}
+		return nil, fmt.Errorf("%w: blob over %s of %d bytes (bucket %s)", ErrTooLarge, what, limit, bucket)
 	}
 	if err := f.Sync(); err != nil {
 		return nil, fmt.Errorf("store: sync blob: %w", err)

@@ -143,6 +143,11 @@ func TestBlobLimits(t *testing.T) {
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized: %v", err)
 	}
+	// The message says what limit it is (it said "write too large for
+	// one transaction").
+	if !strings.Contains(err.Error(), "over the bucket's max_size of 1048576 bytes") {
+		t.Fatalf("oversized: message %q", err)
+	}
 	if files := objectFiles(t, s); len(files) != 0 {
 		t.Fatalf("oversized upload left %v", files)
 	}

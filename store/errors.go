@@ -42,8 +42,10 @@ var (
 	// ErrInvalid (a permanent refusal).
 	ErrChainOverflow = fmt.Errorf("%w: Chain returned more entries than ChainMax", ErrInvalid)
 	// ErrTooLarge is returned for a single write (one Commit or Enqueue)
-	// that cannot fit in one atomic Badger transaction.
-	ErrTooLarge = errors.New("store: write too large for one transaction")
+	// that cannot fit in one atomic Badger transaction, and by StageBlob
+	// for an object over its bucket's max_size; the wrapping message says
+	// which.
+	ErrTooLarge = errors.New("store: too large")
 	// ErrNotNumber is returned by Commit when a StateIncr targets a stored
 	// value that is not a JSON number, or its sum would not be a finite
 	// number. The whole commit is refused.

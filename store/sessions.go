@@ -105,7 +105,7 @@ func (s *Store) queue(r *request) error {
 	r.done = make(chan struct{})
 	r.async = true
 	if r.est > s.maxTxnSize/2 {
-		return fmt.Errorf("%w: about %d bytes, limit %d", ErrTooLarge, r.est, s.maxTxnSize/2)
+		return fmt.Errorf("%w: a write of about %d bytes, more than one transaction takes (%d)", ErrTooLarge, r.est, s.maxTxnSize/2)
 	}
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()

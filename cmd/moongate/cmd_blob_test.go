@@ -120,7 +120,7 @@ func TestBlobCommands(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, 65<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errs := cli("blob", "put", "files/big.bin", big); code != exitFailure || !strings.Contains(errs, "larger than 65536 bytes") {
+	if code, _, errs := cli("blob", "put", "files/big.bin", big); code != exitFailure || !strings.Contains(errs, "over the bucket's max_size of 65536 bytes") {
 		t.Fatalf("oversized put: %d %s", code, errs)
 	}
 	for _, name := range []string{"files/../etc/passwd", "files//etc/passwd", "files/a\\b", "files/a\x00b"} {

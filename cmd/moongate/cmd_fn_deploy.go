@@ -37,7 +37,9 @@ FILE.lua is described either by flags or by a manifest: --manifest FILE, or
 NAME.yaml next to FILE.lua (the pair functions_dir uses). Flags:
   --name NAME               function name (default: the file name without .lua)
   --trigger KIND:SPEC       repeatable: mqtt:devices/{device}/telemetry,
-                            timer:@every 1m, cron:*/5 * * * *, http or http:GET,POST
+                            timer:@every 1m, cron:*/5 * * * *, http or http:GET,POST,
+                            stream:readings, state:FUNCTION[:PREFIX],
+                            upload:BUCKET[:GLOB]
   --description TEXT, --stream STREAM, --sync TARGET (repeatable)
   --config FILE.json        ctx.config, a JSON object
   --timeout D, --max-steps N, --max-memory SIZE, --max-result-bytes SIZE,

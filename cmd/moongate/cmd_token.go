@@ -26,6 +26,10 @@ func runToken(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: moongate token create NAME [--scope admin|read]")
 		return exitUsage
 	}
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprintln(stderr, "usage: moongate token create NAME [--scope admin|read]") // as the other commands' -h
+		return exitOK
+	}
 	if len(args) == 0 || args[0] != "create" {
 		return usage()
 	}

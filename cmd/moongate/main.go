@@ -68,6 +68,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moongate %s: want a subcommand: %s (see 'moongate help')\n", args[0], strings.Join(sub, ", "))
 		return exitUsage
 	}
+	if strings.HasPrefix(args[0], "-") {
+		// "moongate --server URL fn ls": it was "unknown command
+		// \"--server URL\"".
+		fmt.Fprintf(stderr, "moongate: %s before the command: flags go after it (moongate COMMAND [flags]; see 'moongate help')\n", args[0])
+		return exitUsage
+	}
 	fmt.Fprintf(stderr, "moongate: unknown command %q (see 'moongate help')\n", strings.Join(args[:min(2, len(args))], " "))
 	return exitUsage
 }

@@ -135,8 +135,10 @@ func invalidf(format string, args ...any) error {
 	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
 }
 
+// notFoundf is a NotFound status whose message says so, as the store's
+// ("store: not found: function ...") do: "not found: " and what is missing.
 func notFoundf(format string, args ...any) error {
-	return status.Error(codes.NotFound, fmt.Sprintf(format, args...))
+	return status.Error(codes.NotFound, "not found: "+fmt.Sprintf(format, args...))
 }
 
 // compileDetail is the machine-readable position of a compile error.
