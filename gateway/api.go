@@ -245,8 +245,11 @@ func (g *Gateway) ownEntries(entries []store.InboxEntry) []store.InboxEntry {
 // (ErrStopped before Run queued its backlog and after it stopped; an
 // external broker still down does not matter). Safe for concurrent use.
 func (g *Gateway) Requeue(ctx context.Context, function, key string, event []byte, deadLetter uint64) error {
-	if !g.resumed.Load() || g.stopping.Load() {
+	if g.stopping.Load() {
 		return ErrStopped
+	}
+	if !g.resumed.Load() {
+		return fmt.Errorf("%w: not started yet (queuing the inbox backlog)", ErrStopped)
 	}
 	if g.Lookup(function) == nil {
 		return fmt.Errorf("%w: %q", ErrNoFunction, function)

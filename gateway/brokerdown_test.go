@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/moongate-edge/moongate/luavm"
 	"github.com/moongate-edge/moongate/mqtt"
 	"github.com/moongate-edge/moongate/mqtt/mqtttest"
+	"github.com/moongate-edge/moongate/store"
 )
 
 // TestTimersRunWhileExternalBrokerDown: the external broker is down when
@@ -206,4 +208,28 @@ end`, "triggers:\n  - mqtt: in/ping\n")
 	waitFor(t, 5*time.Second, "the end of the failure logged", func() bool {
 		return strings.Count(logs.String(), "local publishes go out again") == 1
 	})
+}
+
+// TestRequeueBeforeRunSaysStarting: a replay before Run queued the inbox
+// backlog is refused (ErrStopped, 503) with a message that says the
+// gateway is starting, not "stopped".
+func TestRequeueBeforeRunSaysStarting(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	st, err := store.Open(t.Context(), store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	emb, err := mqtt.NewEmbedded(mqtt.EmbeddedConfig{Listen: "127.0.0.1:0", AllowAnonymous: true}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Store: st, Ingest: emb, Logger: quiet, Runtime: luavm.NewRuntime(luavm.Options{Logger: quiet})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = g.Requeue(t.Context(), "f", "k", encodeEvent(&luavm.Event{Payload: []byte("x")}), 0)
+	if !errors.Is(err, ErrStopped) || !strings.Contains(err.Error(), "not started yet") {
+		t.Fatalf("requeue before Run: %v", err)
+	}
 }
