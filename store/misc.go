@@ -635,7 +635,19 @@ func (s *Store) GetFunction(ctx context.Context, name string, version int64) (Fu
 // its latest version (Active false) when none is active; sorted by name.
 func (s *Store) ListFunctions(ctx context.Context) ([]FunctionRecord, error) {
 	var out []FunctionRecord
-	err := s.view(ctx, func(txn *badger.Txn) error {
+	err := s.EachFunction(ctx, func(f FunctionRecord) error {
+		out = append(out, f)
+		return nil
+	})
+	return out, err
+}
+
+// EachFunction is ListFunctions calling fn with each function, by name,
+// one at a time: a caller that keeps only some of each (the API's list,
+// without the sources) holds one source at a time, not every function's
+// (up to 256 KiB each). An error of fn ends the scan and is returned.
+func (s *Store) EachFunction(ctx context.Context, fn func(FunctionRecord) error) error {
+	return s.view(ctx, func(txn *badger.Txn) error {
 		latest := map[string]int64{}
 		var names []string
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pFunction}})
@@ -652,6 +664,9 @@ func (s *Store) ListFunctions(ctx context.Context) ([]FunctionRecord, error) {
 		}
 		it.Close()
 		for _, n := range names {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			active, err := activeVersion(txn, n)
 			if err != nil {
 				return err
@@ -664,11 +679,12 @@ func (s *Store) ListFunctions(ctx context.Context) ([]FunctionRecord, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, f)
+			if err := fn(f); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
-	return out, err
 }
 
 // ListVersions returns every stored version of name, ascending

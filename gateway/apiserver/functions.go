@@ -165,13 +165,14 @@ func (f *functionService) GetFunction(ctx context.Context, req *v1.GetFunctionRe
 }
 
 func (f *functionService) ListFunctions(ctx context.Context, _ *v1.ListFunctionsRequest) (*v1.ListFunctionsResponse, error) {
-	recs, err := f.s.cfg.Store.ListFunctions(ctx)
+	// One function's source at a time: the list holds none.
+	out := &v1.ListFunctionsResponse{}
+	err := f.s.cfg.Store.EachFunction(ctx, func(r store.FunctionRecord) error {
+		out.Functions = append(out.Functions, f.s.functionMessage(r, false))
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := &v1.ListFunctionsResponse{}
-	for _, r := range recs {
-		out.Functions = append(out.Functions, f.s.functionMessage(r, false))
 	}
 	return out, nil
 }

@@ -53,7 +53,7 @@ type Store interface {
 	PurgeDeadLetters(ctx context.Context, function string) (int, error)
 	QueryUsage(ctx context.Context, function string, from, to int64, bucket time.Duration) ([]store.Usage, error)
 	GetFunction(ctx context.Context, name string, version int64) (store.FunctionRecord, error)
-	ListFunctions(ctx context.Context) ([]store.FunctionRecord, error)
+	EachFunction(ctx context.Context, fn func(store.FunctionRecord) error) error
 	EachVersion(ctx context.Context, name string, fn func(store.FunctionRecord) error) error
 }
 
