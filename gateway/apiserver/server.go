@@ -196,7 +196,13 @@ type Server struct {
 	// aggs holds a slot for each records aggregate running
 	// (aggregateCalls).
 	aggs chan struct{}
+	// reads holds a slot for each REST read being answered until its
+	// response starts (restReads).
+	reads chan struct{}
 }
+
+// restReadCalls bounds the REST reads (GET /v1/...) built at once.
+const restReadCalls = 4
 
 // aggregateCalls bounds the records aggregates running at once (REST and
 // gRPC): each decodes every record it scans.
@@ -235,7 +241,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System), native: make(chan struct{}, nativeCalls), aggs: make(chan struct{}, aggregateCalls),
+	s := &Server{cfg: cfg, log: cfg.Logger, tokens: ts, metrics: newCallMetrics(), sys: newSystemSampler(cfg.System), native: make(chan struct{}, nativeCalls), aggs: make(chan struct{}, aggregateCalls), reads: make(chan struct{}, restReadCalls),
 		bodies: semaphore.NewWeighted(cfg.BodyBudget)}
 	// Room for the JSON/proto framing around a body of MaxBodyBytes.
 	maxMsg := int(cfg.MaxBodyBytes) + 64<<10
@@ -381,7 +387,7 @@ func (s *Server) buildMux() {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(v1.OpenAPI)
 	})
-	m.Handle("/v1/", s.limitBody(plainStreamErrors(validPath(s.rest))))
+	m.Handle("/v1/", s.limitBody(s.restReads(plainStreamErrors(validPath(s.rest)))))
 	// Blobs are streamed: not through limitBody (the bucket's size limit
 	// bounds an upload), authorised by their handlers before any read.
 	m.HandleFunc("/v1/blobs/{bucket}/{name...}", s.serveBlob)
@@ -526,6 +532,66 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// restReads makes REST reads (GET, but log follows and aggregates, which
+// have their own bounds) take a slot (restReadCalls) from before the
+// handler runs until their response starts: a page of records, logs,
+// state or dead letters (up to 1 MiB stored) is read from the store,
+// carried to the REST gateway and marshaled there, about 3.5 times the
+// page at its peak, and nothing else bounded how many were built at once
+// (32 concurrent record queries of a read token: 114 MiB of heap; the
+// connection limit allowed 128). Once the response is written the slot
+// is free again, whether or not the client reads it.
+func (s *Server) restReads(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path == logsFollowPath || strings.HasSuffix(r.URL.Path, ":aggregate") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		select {
+		case s.reads <- struct{}{}:
+		case <-r.Context().Done():
+			return // the client is gone
+		}
+		sw := &slotWriter{ResponseWriter: w, release: func() { <-s.reads }}
+		defer sw.free()
+		h.ServeHTTP(sw, r)
+	})
+}
+
+// slotWriter frees a slot once the response starts (or the handler
+// returns without one).
+type slotWriter struct {
+	http.ResponseWriter
+	release func()
+	freed   bool
+}
+
+func (w *slotWriter) free() {
+	if !w.freed {
+		w.freed = true
+		w.release()
+	}
+}
+
+func (w *slotWriter) WriteHeader(code int) {
+	w.free()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *slotWriter) Write(b []byte) (int, error) {
+	w.free()
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush keeps streaming responses streaming.
+func (w *slotWriter) Flush() {
+	w.free()
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *slotWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // bodyReadTimeout bounds the reading of one request body (up to
 // MaxBodyBytes, 4 MiB by default: 70 KB/s at least).
