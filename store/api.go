@@ -33,7 +33,7 @@ type InboxEntry struct {
 // routed to upstream outboxes.
 type Record struct {
 	Seq         uint64 // assigned at commit
-	ID          string // stable id: gateway id + "-" + sequence, assigned at commit
+	ID          string // stable id, assigned at commit: Store.IDPrefix + sequence
 	Stream      string
 	Function    string
 	Device      string

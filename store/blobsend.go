@@ -31,7 +31,7 @@ import (
 // BlobSend is a blob put routed to a sync target: the outbox entry asks for
 // the blob's content (the object with hash SHA256) to be sent.
 type BlobSend struct {
-	ID          string // stable id, shared by the sends of one put to several targets: gateway id + "-blob-" + sequence
+	ID          string // stable id, shared by the sends of one put to several targets: Store.IDPrefix + "blob-" + sequence
 	Bucket      string
 	Name        string
 	Size        int64
@@ -145,7 +145,7 @@ func (s *Store) blobSends(b *batch, changes []blobChange) []pendingSend {
 			continue
 		}
 		seq++
-		bs := BlobSend{ID: s.opts.GatewayID + "-blob-" + formatSeq(seq), Bucket: ch.info.Bucket, Name: ch.info.Name,
+		bs := BlobSend{ID: s.idPrefix + "blob-" + formatSeq(seq), Bucket: ch.info.Bucket, Name: ch.info.Name,
 			Size: ch.info.Size, ContentType: ch.info.ContentType, Created: ch.info.Created}
 		val := encodeBlobSend(&bs, ch.sum, seq, synced, b.now)
 		for _, t := range targets {

@@ -75,11 +75,11 @@ func TestBlobSendOutbox(t *testing.T) {
 			t.Fatalf("%s outbox: %+v, want one blob send", target, es)
 		}
 		bs, rec := es[0].Blob, es[0].Record
-		want := BlobSend{ID: "gw1-blob-1", Bucket: "photos", Name: "cam1/a.jpg", Size: bi.Size, ContentType: "image/jpeg", SHA256: bi.SHA256, Created: bi.Created}
+		want := BlobSend{ID: s.IDPrefix() + "blob-1", Bucket: "photos", Name: "cam1/a.jpg", Size: bi.Size, ContentType: "image/jpeg", SHA256: bi.SHA256, Created: bi.Created}
 		if *bs != want {
 			t.Fatalf("blob send %+v, want %+v", *bs, want)
 		}
-		if rec.ID != "gw1-blob-1" || rec.Seq != 1 || rec.Stream != BlobStream || rec.EventTS != bi.Created {
+		if rec.ID != s.IDPrefix()+"blob-1" || rec.Seq != 1 || rec.Stream != BlobStream || rec.EventTS != bi.Created {
 			t.Fatalf("metadata record %+v", rec)
 		}
 		var meta map[string]any
@@ -174,8 +174,8 @@ func TestBlobSendReplaceAndOrder(t *testing.T) {
 	if len(es) != 4 {
 		t.Fatalf("%d entries, want 4", len(es))
 	}
-	for i, want := range []string{"gw1-blob-1", "gw1-blob-2", "gw1-blob-3", "gw1-1"} {
-		if es[i].Record.ID != want || es[i].Seq != uint64(i+1) || (es[i].Blob != nil) != strings.Contains(want, "blob") {
+	for i, want := range []string{"blob-1", "blob-2", "blob-3", "1"} {
+		if es[i].Record.ID != s.IDPrefix()+want || es[i].Seq != uint64(i+1) || (es[i].Blob != nil) != strings.Contains(want, "blob") {
 			t.Fatalf("entry %d: seq %d id %s blob %v, want %s", i, es[i].Seq, es[i].Record.ID, es[i].Blob != nil, want)
 		}
 	}

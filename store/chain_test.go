@@ -47,8 +47,8 @@ func TestCommitChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		`record gw-` + formatSeq(res.Records[0].Seq) + ` a {"x":1}`,
-		`record gw-` + formatSeq(res.Records[1].Seq) + ` b {"x":2}`,
+		`record ` + s.IDPrefix() + formatSeq(res.Records[0].Seq) + ` a {"x":1}`,
+		`record ` + s.IDPrefix() + formatSeq(res.Records[1].Seq) + ` b {"x":2}`,
 		`state up/n "41" -> "42"`,
 		`state up/s "" -> "\"v\""`,
 		`state up/s "\"v\"" -> ""`,

@@ -283,7 +283,8 @@ func verifyCrashStore(t *testing.T, run int, dir string, allE map[string]ackE, a
 			fail("event %s was acknowledged but the session write queued before it is missing", id)
 		}
 	}
-	// Records by event id: no duplicates, ids from sequences.
+	// Records by event id: no duplicates, ids from sequences (each run,
+	// a new Open, has its own incarnation in them).
 	recs := map[string]Record{}
 	var maxRec uint64
 	inboxOfRecord := map[uint64]string{}
@@ -293,7 +294,7 @@ func verifyCrashStore(t *testing.T, run int, dir string, allE map[string]ackE, a
 			if err != nil {
 				return err
 			}
-			if r.Seq != seq || r.ID != "gw-"+strconv.FormatUint(seq, 10) {
+			if r.Seq != seq || !recordIDOf(r.ID, "gw", seq) {
 				fail("record key %d holds seq %d id %s", seq, r.Seq, r.ID)
 			}
 			if prev, dup := recs[r.EventID]; dup {

@@ -140,7 +140,7 @@ type Options struct {
 	Profile      Profile
 	Durability   Durability
 	SyncInterval time.Duration // DurabilityInterval; default 100 ms
-	GatewayID    string        // prefix of record ids; default "gw"
+	GatewayID    string        // first part of record ids (Store.IDPrefix); default "gw"
 
 	// DiskReserve refuses growing writes with ErrStoreFull below this many
 	// free bytes in Dir; default 64 MiB, negative disables the guard.

@@ -560,7 +560,7 @@ func (s *Store) applyCommit(b *batch, c *Commit, res *CommitResult) error {
 	for i := range c.Records {
 		r := c.Records[i]
 		r.Seq = b.ctr.Records.Next + uint64(i)
-		r.ID = s.opts.GatewayID + "-" + formatSeq(r.Seq)
+		r.ID = s.idPrefix + formatSeq(r.Seq)
 		if r.ProcessedTS == 0 {
 			r.ProcessedTS = b.now
 		}

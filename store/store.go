@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,6 +113,9 @@ type Store struct {
 	opts        Options
 	db          *badger.DB
 	log         *slog.Logger
+	// idPrefix starts the ids of the records and blob sends this Open
+	// commits (IDPrefix).
+	idPrefix string
 
 	closeMu sync.RWMutex // held for reading by every operation, for writing by Close
 	closed  bool
@@ -216,16 +221,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open badger in %q: %w", opts.Dir, err)
 	}
+	var inc [4]byte
+	_, _ = rand.Read(inc[:]) // never fails (crypto/rand, Go 1.24 and later)
 	s := &Store{
-		opts:    opts,
-		db:      db,
-		log:     opts.Logger.With("component", "store"),
-		reqCh:   make(chan *request, opts.MaxBatch),
-		quit:    make(chan struct{}),
-		runDone: make(chan struct{}),
-		window:  newRedeliveryWindow(opts.DedupeWindow),
-		pins:    map[[32]byte]int{},
-		cache:   newReadCache(readCacheBytes),
+		opts:     opts,
+		db:       db,
+		idPrefix: opts.GatewayID + "-" + hex.EncodeToString(inc[:]) + "-",
+		log:      opts.Logger.With("component", "store"),
+		reqCh:    make(chan *request, opts.MaxBatch),
+		quit:     make(chan struct{}),
+		runDone:  make(chan struct{}),
+		window:   newRedeliveryWindow(opts.DedupeWindow),
+		pins:     map[[32]byte]int{},
+		cache:    newReadCache(readCacheBytes),
 	}
 	s.maxTxnSize = db.MaxBatchSize() * 9 / 10
 	s.maxTxnCount = db.MaxBatchCount() * 9 / 10
@@ -695,3 +703,14 @@ func removeEmptyLogFiles(dir string, log *slog.Logger) error {
 	}
 	return nil
 }
+
+// IDPrefix is how the ids of the records and blob sends this store commits
+// begin: the gateway id, a random incarnation of 8 hex digits new at each
+// Open, and "-" (record "gw1-3f9c0a12-42", blob send
+// "gw1-3f9c0a12-blob-7"). Sequences restart when a data directory is
+// replaced or restored from a backup, and images are cloned with their
+// gateway id ("raspberrypi"): the incarnation keeps a record's id unique
+// to it, so that an upstream that drops duplicate ids (JetStream's
+// Nats-Msg-Id, an HTTP Idempotency-Key) never drops a new record for an
+// old one. A record keeps the id it was committed with.
+func (s *Store) IDPrefix() string { return s.idPrefix }

@@ -84,7 +84,7 @@ func TestEnqueueCommitExactlyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
-	if len(res.Records) != 1 || res.Records[0].ID != "gwA-1" || res.Records[0].Seq != 1 || len(res.Records[0].Targets) != 2 {
+	if len(res.Records) != 1 || res.Records[0].ID != s.IDPrefix()+"1" || res.Records[0].Seq != 1 || len(res.Records[0].Targets) != 2 {
 		t.Fatalf("records = %+v", res.Records)
 	}
 	if len(res.Publishes) != 1 || res.Publishes[0].Seq != 1 {
@@ -109,7 +109,7 @@ func TestEnqueueCommitExactlyOnce(t *testing.T) {
 	}
 	for _, tgt := range []string{"cloud", "backup"} {
 		ob, err := s.OutboxRead(ctx, tgt, 0, 10, 0)
-		if err != nil || len(ob) != 1 || ob[0].Record.ID != "gwA-1" || ob[0].Seq != 1 {
+		if err != nil || len(ob) != 1 || ob[0].Record.ID != s.IDPrefix()+"1" || ob[0].Seq != 1 {
 			t.Fatalf("outbox %s = %+v %v", tgt, ob, err)
 		}
 	}

@@ -263,7 +263,7 @@ func TestHTTPBlobSend(t *testing.T) {
 		"Content-Digest":     "sha-256=:" + base64.StdEncoding.EncodeToString(sum[:]) + ":",
 		"X-Moongate-Sha256":  hex.EncodeToString(sum[:]),
 		"Idempotency-Key":    hex.EncodeToString(idKey[:]),
-		"X-Moongate-Blob-Id": "gw-blob-1",
+		"X-Moongate-Blob-Id": st.IDPrefix() + "blob-1",
 		"X-Moongate-Gateway": "gw",
 	} {
 		if got := p.Header.Get(h); got != want {
@@ -412,7 +412,7 @@ func TestHTTPBlobRefused(t *testing.T) {
 	if err != nil || len(dls) != 1 {
 		t.Fatalf("dead letters %+v %v", dls, err)
 	}
-	if dls[0].Key != "gw-blob-1" || !strings.Contains(dls[0].Error, "http 422") || !strings.Contains(string(dls[0].Event), `"name":"bad.bin"`) {
+	if dls[0].Key != st.IDPrefix()+"blob-1" || !strings.Contains(dls[0].Error, "http 422") || !strings.Contains(string(dls[0].Event), `"name":"bad.bin"`) {
 		t.Fatalf("dead letter %+v event %s", dls[0], dls[0].Event)
 	}
 	waitFor(t, 5*time.Second, "the refused blob's object removed", func() bool { return objectGone(t, st, bad.SHA256) })
@@ -487,7 +487,7 @@ func TestMQTTBlobMetadata(t *testing.T) {
 	if err := json.Unmarshal(r.Data, &meta); err != nil {
 		t.Fatal(err)
 	}
-	if r.ID != "gw-blob-1" || r.Stream != store.BlobStream || meta["sha256"] != bi.SHA256 || meta["name"] != "m.jpg" ||
+	if r.ID != st.IDPrefix()+"blob-1" || r.Stream != store.BlobStream || meta["sha256"] != bi.SHA256 || meta["name"] != "m.jpg" ||
 		meta["size"] != float64(bi.Size) || meta["content_type"] != "image/jpeg" || meta["bucket"] != "photos" {
 		t.Fatalf("record %+v data %s", r, r.Data)
 	}
@@ -508,7 +508,7 @@ func TestNATSBlobMetadata(t *testing.T) {
 	bi := putBlob(t, st, "n.jpg", "image/jpeg", []byte("jpeg"))
 	waitFor(t, 10*time.Second, "acknowledged", func() bool { return statusOf(m, "js").BlobsDelivered == 1 })
 	got := streamRecords(t, ns.url())
-	if len(got) != 1 || got[0].ID != "gw-blob-1" || got[0].Stream != store.BlobStream || !strings.Contains(string(got[0].Data), bi.SHA256) {
+	if len(got) != 1 || got[0].ID != st.IDPrefix()+"blob-1" || got[0].Stream != store.BlobStream || !strings.Contains(string(got[0].Data), bi.SHA256) {
 		t.Fatalf("stream holds %+v", got)
 	}
 }
