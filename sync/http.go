@@ -187,13 +187,17 @@ func (t *httpTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 // the 4xx that say the request cannot reach a working endpoint whatever it
 // holds: 401 and 403 (credentials: an expired token must not move a
 // backlog to the dead letters), 404 and 405 (a wrong url), 407 (proxy
-// credentials) and 421 (misdirected). Any other 4xx (400, 413, 415, 422...)
-// refuses the records.
+// credentials), 410 (an endpoint gone), 421 (misdirected), 426 (the
+// endpoint wants another protocol), 431 (the configured headers too
+// large) and 451: each would refuse every record alike, and moved the
+// whole backlog to the dead letters. Any other 4xx (400, 413, 415,
+// 422...) refuses the records.
 func retryStatus(status int) bool {
 	switch status {
 	case http.StatusRequestTimeout, http.StatusTooManyRequests,
 		http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed,
-		http.StatusProxyAuthRequired, http.StatusMisdirectedRequest:
+		http.StatusProxyAuthRequired, http.StatusGone, http.StatusMisdirectedRequest, http.StatusUpgradeRequired,
+		http.StatusRequestHeaderFieldsTooLarge, http.StatusUnavailableForLegalReasons:
 		return true
 	}
 	return status < 200 || (status >= 300 && status < 400) || status >= 500

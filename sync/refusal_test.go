@@ -236,13 +236,14 @@ func (u *statusUpstream) refused() ([]string, []time.Time) {
 	return append([]string(nil), u.reqs...), append([]time.Time(nil), u.times...)
 }
 
-// TestHTTPEndpointFailuresRetried: 401, 403, 404, 405, 407 and 421 say
-// the endpoint or its credentials are wrong, not the records: the same
+// TestHTTPEndpointFailuresRetried: 401, 403, 404, 405, 407, 410, 421,
+// 426, 431 and 451 say the endpoint or its credentials are wrong, not the
+// records (410, 426, 431 and 451 dead-lettered the whole backlog): the same
 // whole batch is retried with backoff (no bisection, same key), the state
 // shows the error, nothing goes to the dead letters; once the endpoint
 // works again everything is delivered.
 func TestHTTPEndpointFailuresRetried(t *testing.T) {
-	for _, code := range []int{401, 403, 404, 405, 407, 421} {
+	for _, code := range []int{401, 403, 404, 405, 407, 410, 421, 426, 431, 451} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
 			st := openStore(t, "", store.DurabilityNone)
 			up := newStatusUpstream(t, code)
