@@ -27,8 +27,9 @@ import (
 // sha-256) and X-Moongate-Sha256 (hex), and an Idempotency-Key computed as
 // for a batch of records: the hex SHA-256 of the send's id and a newline,
 // the same across retries and restarts. The answer is read as for a batch:
-// 2xx delivered; 408, 429, 5xx, 3xx, the endpoint failures 401, 403, 404,
-// 405, 407, 421 (retryStatus) and network errors retried with the target's
+// 2xx delivered; 408, 429, 5xx, 3xx, the endpoint failures (retryStatus:
+// 401, 403, 404, 405, 407, 410, 421, 426, 431, 451) and network errors
+// retried with the target's
 // backoff; 417 (no 100-continue upstream) sends it again at once without
 // Expect; any other 4xx refuses the blob for good (dead letter).
 // An object whose size or hash no longer matches its send, or that is
