@@ -471,6 +471,48 @@ func TestHTTPBlobStalled(t *testing.T) {
 	}
 }
 
+// TestHTTPBlobAcceptedWithSlowAnswerBody: the upstream stores a blob and
+// answers 201 at once, but the answer's body comes later than ack_timeout.
+// The status decides, as for a batch of records: the blob is delivered
+// once, and the record behind it goes on. (It was taken for a stall and
+// PUT again and again, never acknowledged, holding the outbox.)
+func TestHTTPBlobAcceptedWithSlowAnswerBody(t *testing.T) {
+	st := openBlobStore(t, "", "cloud")
+	var puts, posts atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodPut {
+			puts.Add(1)
+		} else {
+			posts.Add(1)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		w.(http.Flusher).Flush()
+		select {
+		case <-time.After(time.Second):
+		case <-r.Context().Done():
+		}
+		_, _ = w.Write([]byte(`{"stored":true}`))
+	}))
+	defer srv.Close()
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = srv.URL + "/ingest"
+	tc.AckTimeout = 300 * time.Millisecond
+	m, _ := startManager(t, st, tc)
+	putBlob(t, st, "a.bin", "", randomBytes(4<<10, 1))
+	if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "s", Data: []byte(`{}`), Targets: []string{"cloud"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 6*time.Second, "the blob and the record behind it delivered", func() bool {
+		s := statusOf(m, "cloud")
+		return s.BlobsDelivered == 1 && s.Delivered == 1
+	})
+	if s := statusOf(m, "cloud"); puts.Load() != 1 || s.BlobBacklog != 0 {
+		t.Fatalf("blob answered 201: %d PUTs, blob backlog %d, last error %q", puts.Load(), s.BlobBacklog, s.LastError)
+	}
+}
+
 // TestMQTTBlobMetadata: an mqtt target gets the metadata record of a blob
 // send (stream "blobs"), not its content.
 func TestMQTTBlobMetadata(t *testing.T) {

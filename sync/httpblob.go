@@ -163,12 +163,17 @@ func (t *httpTarget) putBlob(ctx context.Context, e *store.OutboxEntry, expect b
 	if err := body.failed(); errors.Is(err, errObjectCorrupt) {
 		return 0, respBody{}, err
 	}
+	// The status decides, as for a batch (post): the answer's body is
+	// read for the dead letter or the error, within the ack timeout (the
+	// stall timer cancels the read), and a body that fails or comes too
+	// late is ignored. A 2xx whose body was slow is a stored blob: taking
+	// it for a stall sent it again and again, holding the outbox.
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // keep the connection reusable
-	if errors.Is(context.Cause(ctx), errStalled) {
-		return 0, respBody{}, fmt.Errorf("http put blob %s/%s: answer stalled for %s: %w", bs.Bucket, bs.Name, t.cfg.AckTimeout, errStalled)
+	if err := body.failed(); errors.Is(err, errObjectCorrupt) {
+		return 0, respBody{}, err
 	}
-	return resp.StatusCode, respBody{text: strings.TrimSpace(string(b)), retryAfter: resp.Header.Get("Retry-After")}, nil
+	return resp.StatusCode, respBody{text: strings.ToValidUTF8(strings.TrimSpace(string(b)), "\uFFFD"), retryAfter: resp.Header.Get("Retry-After")}, nil
 }
 
 // blobBody streams an object as a request body. It hashes what it reads
