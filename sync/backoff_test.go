@@ -1,13 +1,19 @@
 package sync
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -128,4 +134,91 @@ func TestBackoffResetByProgress(t *testing.T) {
 		t.Errorf("status %+v", s)
 	}
 	t.Logf("%d attempts failed after partial progress, waits %v", len(gaps), gaps)
+}
+
+// countingProxy forwards TCP connections to a target address and counts
+// them.
+type countingProxy struct {
+	ln net.Listener
+	n  atomic.Int64
+}
+
+func startCountingProxy(t testing.TB, target string) *countingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.n.Add(1)
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			pipe := func(dst, src net.Conn) {
+				_, _ = io.Copy(dst, src)
+				dst.Close()
+				src.Close()
+			}
+			go pipe(b, c)
+			go pipe(c, b)
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return p
+}
+
+// TestIdleReconnectHonoursBackoff: two gateways cloned from one image
+// (same gateway id, hence the same MQTT client id) take the session from
+// each other at every connect. A connection that the broker closes right
+// after it was made is a failure: the idle reconnects are spaced by the
+// backoff. (A connect that succeeded reset the backoff and set no next
+// attempt time: the two reconnected 68 times a second.)
+func TestIdleReconnectHonoursBackoff(t *testing.T) {
+	mq := mqtttest.StartMosquitto(t)
+	px := startCountingProxy(t, mq.Addr())
+	mk := func() *Manager {
+		st := openStore(t, "", store.DurabilityNone)
+		tc := fastTarget("broker", "mqtt")
+		tc.MQTT.Broker = "tcp://" + px.ln.Addr().String()
+		tc.MQTT.ClientID = "moongate-sync-gw-broker" // both gateways have gateway_id gw
+		tc.InitialBackoff = time.Second
+		tc.MaxBackoff = 10 * time.Second
+		m, err := New(Options{Store: st, GatewayID: "gw", Logger: quietLogger(), Targets: []TargetConfig{tc}}) // default 20ms poll
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = m.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return m
+	}
+	a := mk()
+	waitFor(t, 10*time.Second, "first gateway connected", func() bool { return statusOf(a, "broker").Connected })
+	start := px.n.Load()
+	b := mk()
+	waitFor(t, 10*time.Second, "the second gateway's connection", func() bool { return px.n.Load() > start })
+	// Counting over a window is the point: how often they reconnect.
+	time.Sleep(3 * time.Second)
+	got := px.n.Load() - start
+	sa, sb := statusOf(a, "broker"), statusOf(b, "broker")
+	// With backoff.initial 1s (full jitter, mean 0.5s, growing with each
+	// loss) two clients make a handful of connections in 3 s.
+	if got > 30 {
+		t.Fatalf("%d broker connections in about 3s from two idle targets with backoff.initial 1s (%.0f/s); last errors %q, %q",
+			got, float64(got)/3, sa.LastError, sb.LastError)
+	}
+	// Each connect takes the other's session: the loss is reported.
+	if !strings.Contains(sa.LastError, "connection lost") && !strings.Contains(sb.LastError, "connection lost") {
+		t.Errorf("last errors %q, %q: the lost connections are not reported", sa.LastError, sb.LastError)
+	}
+	t.Logf("%d connections in 3s", got)
 }

@@ -314,6 +314,9 @@ type worker struct {
 
 	attempt     int // consecutive failures that acknowledged nothing
 	nextConnect time.Time
+	// connAt is when the connection the idle loop last saw open (or made)
+	// was made; zero when none is known to be open.
+	connAt time.Time
 }
 
 type sample struct {
@@ -591,6 +594,7 @@ func (w *worker) run(ctx context.Context) {
 				after = re.After
 			}
 			w.setState(StateDisconnected, derr)
+			w.connAt = time.Time{} // this wait is the one for a connection lost too
 			sleepCtx(ctx, w.backoff(after))
 			continue
 		}
@@ -700,24 +704,67 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			ob.wait, ob.waitNext = ents, next
 			wait = min(wait, w.cfg.MaxDelay-now.Sub(ob.since))
 		}
-		if c, ok := w.target.(Connector); ok && !c.Connected() && !time.Now().Before(w.nextConnect) {
-			if err := c.Connect(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil, nil, ctx.Err()
-				}
-				w.setState(StateDisconnected, err)
-				w.nextConnect = time.Now().Add(w.backoff(0))
-			} else {
-				w.attempt = 0
-				w.setState(StateConnected, nil)
+		if c, ok := w.target.(Connector); ok {
+			if tried, err := w.idleConnect(ctx, c); err != nil {
+				return nil, nil, err
+			} else if tried {
+				continue
 			}
-			continue
 		}
 		if !sleepCtx(ctx, max(wait, time.Millisecond)) {
 			return nil, nil, ctx.Err()
 		}
 	}
 }
+
+// idleConnect keeps a connector connected while the worker is idle, with
+// the backoff: a connect that fails and a connection lost are both
+// failures, and the next connect waits for the backoff. A connect that
+// succeeds does not reset the backoff (a connection that the upstream
+// closes right after it was made, say for another client with the same
+// client id, would be made again at every poll): a delivery that succeeds
+// does (run), and so does a connection that stayed up for stableConn.
+// tried reports whether it connected (or tried to); err is the context's.
+func (w *worker) idleConnect(ctx context.Context, c Connector) (tried bool, err error) {
+	now := time.Now()
+	if c.Connected() {
+		if w.connAt.IsZero() {
+			w.connAt = now // made by Deliver
+		} else if w.attempt > 0 && now.Sub(w.connAt) >= w.stableConn() {
+			w.attempt = 0
+		}
+		return false, nil
+	}
+	if !w.connAt.IsZero() {
+		// Lost while idle: a failure, unless it had stayed up.
+		up := now.Sub(w.connAt)
+		w.connAt = time.Time{}
+		if up >= w.stableConn() {
+			w.attempt = 0
+		}
+		w.setState(StateDisconnected, fmt.Errorf("connection lost %s after it was made", up.Round(time.Millisecond)))
+		w.nextConnect = now.Add(w.backoff(0))
+	}
+	if now.Before(w.nextConnect) {
+		return false, nil
+	}
+	if err := c.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return true, ctx.Err()
+		}
+		w.setState(StateDisconnected, err)
+		w.nextConnect = time.Now().Add(w.backoff(0))
+		return true, nil
+	}
+	w.connAt = time.Now()
+	w.setState(StateConnected, nil)
+	return true, nil
+}
+
+// stableConn is how long a connection must stay up to count as a success
+// that resets the backoff: backoff.max, so that a connection lost sooner
+// keeps the backoff growing up to its cap.
+func (w *worker) stableConn() time.Duration { return w.cfg.MaxBackoff }
 
 func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
 	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
