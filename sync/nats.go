@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	gosync "sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/moongate-edge/moongate/store"
 )
@@ -82,6 +84,11 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 		opts = append(opts, nats.Token(n.Token))
 	}
 	if n.CredsFile != "" {
+		// nats.go reads the file at each connect: check it now, as a
+		// TLS CA file is, rather than fail every connect for ever.
+		if err := checkNATSCreds(n.CredsFile); err != nil {
+			return nil, err
+		}
 		opts = append(opts, nats.UserCredentials(n.CredsFile))
 	}
 	tlsCfg, err := n.TLS.build("")
@@ -96,6 +103,26 @@ func newNATSTarget(cfg TargetConfig, env Env) (Target, error) {
 		opts = append(opts, nats.SetCustomDialer(natsDialer{timeout: cfg.AckTimeout}))
 	}
 	return &natsTarget{cfg: cfg, env: env, nopts: opts, tpl: parseTemplate(n.Subject, cleanNATS), stop: make(chan struct{})}, nil
+}
+
+// checkNATSCreds checks that a NATS credentials file can be read and
+// holds a user JWT and an NKey seed, as nats.UserCredentials reads it at
+// each connect (the seed from the path as is).
+func checkNATSCreds(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: nats creds_file: %w", ErrInvalidConfig, err)
+	}
+	defer clear(b)
+	if jwt, _ := nkeys.ParseDecoratedJWT(b); strings.TrimSpace(jwt) == "" {
+		return fmt.Errorf("%w: nats creds_file %s: no user JWT", ErrInvalidConfig, path)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		return fmt.Errorf("%w: nats creds_file %s: no usable NKey seed: %w", ErrInvalidConfig, path, err)
+	}
+	kp.Wipe()
+	return nil
 }
 
 // plainNATS reports whether every server of urls (comma-separated) is a
