@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moongate-edge/moongate/mqtt/mqtttest"
 	"github.com/moongate-edge/moongate/store"
 )
 
@@ -283,6 +284,59 @@ func TestDailyBudget(t *testing.T) {
 	if s := statusOf(m, "cloud"); s.State != StatePaused {
 		t.Fatalf("state %s after a priority delivery, want still paused", s.State)
 	}
+}
+
+// TestPausedStateSurvivesRetryAndReconnect: while the daily budget has
+// paused the normal outbox, a priority delivery that failed once and then
+// succeeded, or an idle reconnect, leaves the state "paused": the normal
+// outbox stays paused until the next UTC day. (Both set "connected".)
+func TestPausedStateSurvivesRetryAndReconnect(t *testing.T) {
+	t.Run("priority retry", func(t *testing.T) {
+		st := openStore(t, "", store.DurabilityNone)
+		up := newHTTPUpstream(t)
+		tc := fastTarget("cloud", "http")
+		tc.HTTP.URL = up.URL
+		tc.MaxRecords = 10
+		tc.DailyBudget = 5000
+		tc.PriorityStreams = []string{"alerts"}
+		m, _ := startManager(t, st, tc)
+		commitRecords(t, st, 500, 1, "cloud")
+		waitFor(t, 5*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+		up.setMode("503")
+		n := up.col.distinct()
+		if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`1`), Targets: m.Route("alerts", []string{"cloud"})}}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the alert refused once", func() bool { return statusOf(m, "cloud").State == StateDisconnected })
+		up.setMode("ok")
+		waitFor(t, 5*time.Second, "the alert delivered", func() bool { return up.col.distinct() == n+1 })
+		// The worker counts, then sets the state.
+		waitFor(t, 5*time.Second, "state after the retry", func() bool { return statusOf(m, "cloud").State != StateDisconnected })
+		if s := statusOf(m, "cloud"); s.State != StatePaused || up.col.distinct() != n+1 {
+			t.Fatalf("state %q, %d records upstream (want %q, %d): the normal outbox is still paused for the day (backlog %d, budget used %d of %d)",
+				s.State, up.col.distinct(), StatePaused, n+1, s.Backlog, s.BudgetUsed, tc.DailyBudget)
+		}
+	})
+	t.Run("idle reconnect", func(t *testing.T) {
+		mq := mqtttest.StartMosquitto(t)
+		st := openStore(t, "", store.DurabilityNone)
+		tc := fastTarget("broker", "mqtt")
+		tc.MQTT.Broker = mq.URL()
+		tc.MaxRecords = 10
+		tc.DailyBudget = 5000
+		m, _ := startManager(t, st, tc)
+		commitRecords(t, st, 500, 1, "broker")
+		waitFor(t, 10*time.Second, "paused", func() bool { return statusOf(m, "broker").State == StatePaused })
+		mq.Restart()
+		waitFor(t, 10*time.Second, "the connection lost", func() bool { return statusOf(m, "broker").LastError != "" })
+		waitFor(t, 10*time.Second, "reconnected", func() bool {
+			s := statusOf(m, "broker")
+			return s.Connected && s.State != StateDisconnected
+		})
+		if s := statusOf(m, "broker"); s.State != StatePaused {
+			t.Fatalf("state %q after an idle reconnect (last error %q), want %q: the normal outbox is still paused for the day", s.State, s.LastError, StatePaused)
+		}
+	})
 }
 
 // TestBandwidthLimit: the upload rate stays near the cap.

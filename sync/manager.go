@@ -409,12 +409,6 @@ func (w *worker) status() TargetStatus {
 	return st
 }
 
-func (w *worker) currentState() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.state
-}
-
 // count adds a finished prefix of a batch to the counters: records and
 // blob sends delivered (the refused ones were counted by deadLetter), and
 // the bytes sent today.
@@ -600,10 +594,18 @@ func (w *worker) run(ctx context.Context) {
 		}
 		ob.pending = nil
 		w.attempt = 0
-		if !ob.prio || w.currentState() != StatePaused {
-			w.setState(StateConnected, nil)
-		}
+		w.setState(w.upState(), nil)
 	}
+}
+
+// upState is the state of a target whose last attempt succeeded:
+// connected, or paused while the normal outbox is over today's budget
+// (a priority delivery or a reconnect does not end the pause).
+func (w *worker) upState() string {
+	if w.pausedDay != 0 && w.pausedDay == utcDay(time.Now()) {
+		return StatePaused
+	}
+	return StateConnected
 }
 
 // budgetAllows reports whether n more bytes fit in today's budget (a batch
@@ -757,7 +759,7 @@ func (w *worker) idleConnect(ctx context.Context, c Connector) (tried bool, err 
 		return true, nil
 	}
 	w.connAt = time.Now()
-	w.setState(StateConnected, nil)
+	w.setState(w.upState(), nil)
 	return true, nil
 }
 
