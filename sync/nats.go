@@ -49,7 +49,7 @@ type natsTarget struct {
 	mu   gosync.Mutex
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	dead chan struct{} // closed when nc disconnects or closes
+	link *natsLink // what Deliver watches of nc
 
 	prepMu gosync.Mutex
 	prep   *preparedMsgs
@@ -143,14 +143,14 @@ func (t *natsTarget) subject(r *store.Record) string { return t.tpl.expand(t.env
 // Connected reports whether the connection is up.
 func (t *natsTarget) Connected() bool {
 	t.mu.Lock()
-	nc, dead := t.nc, t.dead
+	nc, link := t.nc, t.link
 	t.mu.Unlock()
 	if nc == nil {
 		return false
 	}
 	// Not nc.IsConnected: it waits for the lock a blocked write holds.
 	select {
-	case <-dead:
+	case <-link.dead:
 		return false
 	default:
 		return true
@@ -165,16 +165,16 @@ func (t *natsTarget) Connect(ctx context.Context) error {
 
 // conn returns the open connection or makes a new one, without holding mu
 // while connecting (Close never waits for it).
-func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan struct{}, error) {
+func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, *natsLink, error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		return nil, nil, ErrClosed
 	}
 	if t.nc != nil && t.nc.IsConnected() {
-		js, dead := t.js, t.dead
+		js, link := t.js, t.link
 		t.mu.Unlock()
-		return js, dead, nil
+		return js, link, nil
 	}
 	if t.nc != nil {
 		t.nc.Close()
@@ -185,13 +185,15 @@ func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan stru
 		return nil, nil, err
 	}
 	// Pending acknowledgements are not failed when a connection without
-	// reconnects closes: Deliver watches dead instead.
-	dead := make(chan struct{})
-	var once gosync.Once
-	gone := func() { once.Do(func() { close(dead) }) }
+	// reconnects closes: Deliver watches the link instead.
+	link := newNATSLink()
 	opts := append(t.nopts[:len(t.nopts):len(t.nopts)],
-		nats.ClosedHandler(func(*nats.Conn) { gone() }),
-		nats.DisconnectErrHandler(func(*nats.Conn, error) { gone() }))
+		nats.ClosedHandler(func(*nats.Conn) { link.gone(nil) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { link.gone(err) }),
+		// The server's -ERR that do not close the connection (a
+		// permissions violation: the publish is dropped, and its
+		// acknowledgement never comes).
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { link.report(err) }))
 	// nats.Connect cannot be interrupted: wait for it in a goroutine so
 	// that a stop does not wait for a connect to a silent server.
 	type connResult struct {
@@ -236,8 +238,8 @@ func (t *natsTarget) conn(ctx context.Context) (jetstream.JetStream, <-chan stru
 		nc.Close()
 		return nil, nil, ErrClosed
 	}
-	t.nc, t.js, t.dead = nc, js, dead
-	return js, dead, nil
+	t.nc, t.js, t.link = nc, js, link
+	return js, link, nil
 }
 
 func (t *natsTarget) drop() {
@@ -304,7 +306,7 @@ func (t *natsTarget) prepared(batch []store.OutboxEntry) []*nats.Msg {
 }
 
 func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Result, error) {
-	js, dead, err := t.conn(ctx)
+	js, link, err := t.conn(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -368,10 +370,15 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 				continue
 			}
 			return fail(fmt.Errorf("nats publish ack: %w", err))
+		case <-link.denied:
+			// Nothing this connection publishes (or the subscription
+			// for its acknowledgements) is allowed: no acknowledgement
+			// comes. Retried with the backoff, like an HTTP 403.
+			return fail(fmt.Errorf("nats publish: %w", link.err()))
 		case <-timer.C:
-			return fail(ErrAckTimeout)
-		case <-dead:
-			return fail(ErrConnectionLost)
+			return fail(link.wrap(ErrAckTimeout))
+		case <-link.dead:
+			return fail(link.wrap(ErrConnectionLost))
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		case <-t.stop:
@@ -381,6 +388,56 @@ func (t *natsTarget) Deliver(ctx context.Context, batch []store.OutboxEntry) (Re
 		res.Done++
 	}
 	return res, nil
+}
+
+// natsLink is what Deliver watches of one connection: its end, and the
+// errors its server reported asynchronously (nats.go gives them only to
+// callbacks, and the target reported a permissions violation as an
+// acknowledgement timeout).
+type natsLink struct {
+	dead   chan struct{} // closed when the connection disconnects or closes
+	denied chan struct{} // closed at the server's first permissions violation
+
+	deadOnce, deniedOnce gosync.Once
+	mu                   gosync.Mutex
+	last                 error // the server's last asynchronous error
+}
+
+func newNATSLink() *natsLink {
+	return &natsLink{dead: make(chan struct{}), denied: make(chan struct{})}
+}
+
+// report records an asynchronous error of the server.
+func (l *natsLink) report(err error) {
+	if err == nil {
+		return
+	}
+	l.mu.Lock()
+	l.last = err
+	l.mu.Unlock()
+	if errors.Is(err, nats.ErrPermissionViolation) {
+		l.deniedOnce.Do(func() { close(l.denied) })
+	}
+}
+
+// gone marks the connection lost, with the error that ended it if any.
+func (l *natsLink) gone(err error) {
+	l.report(err)
+	l.deadOnce.Do(func() { close(l.dead) })
+}
+
+func (l *natsLink) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
+}
+
+// wrap adds the last asynchronous error of the connection, if any, to err.
+func (l *natsLink) wrap(err error) error {
+	if last := l.err(); last != nil {
+		return fmt.Errorf("%w (%v)", err, last)
+	}
+	return err
 }
 
 // permanentPubError reports whether a JetStream publish acknowledgement

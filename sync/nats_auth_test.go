@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nkeys"
 
@@ -58,4 +59,38 @@ func TestNATSCredsFileChecked(t *testing.T) {
 			m.closeTargets()
 		}
 	}
+}
+
+// TestNATSPublishPermissionDenied: the target's NATS user may not publish
+// to its subjects. The server says so (-ERR 'Permissions Violation for
+// Publish to ...') and drops the messages: the delivery fails at once
+// with the server's reason in the status, not after ack_timeout as an
+// acknowledgement timeout, and nothing is acknowledged or dead-lettered
+// (retried with the backoff, like an HTTP 403).
+func TestNATSPublishPermissionDenied(t *testing.T) {
+	ns := startNATS(t,
+		`authorization {`,
+		`  users = [`,
+		`    {user: admin, password: admin}`,
+		`    {user: gw, password: pw, permissions: {publish: {deny: ["gateways.>"]}, subscribe: {allow: [">"]}}}`,
+		`  ]`,
+		`}`,
+		`no_auth_user: admin`)
+	createStream(t, ns.url())
+	st := openStore(t, "", store.DurabilityNone)
+	tc := fastTarget("js", "nats")
+	tc.NATS.URL = ns.url()
+	tc.NATS.Username, tc.NATS.Password = "gw", "pw"
+	tc.AckTimeout = 30 * time.Second // the failure must not wait for it
+	m, _ := startManager(t, st, tc)
+	commitRecords(t, st, 3, 1, "js")
+	waitFor(t, 10*time.Second, "a delivery failure", func() bool { return statusOf(m, "js").LastError != "" })
+	s := statusOf(m, "js")
+	if !strings.Contains(strings.ToLower(s.LastError), "permissions violation") || !strings.Contains(s.LastError, "gateways.") {
+		t.Fatalf("last error %q (state %s): the server's Permissions Violation is not reported", s.LastError, s.State)
+	}
+	if s.Delivered != 0 || s.DeadLettered != 0 || s.Backlog != 3 || streamCount(ns.url()) != 0 {
+		t.Fatalf("status %+v, stream holds %d", s, streamCount(ns.url()))
+	}
+	t.Logf("last error: %s", s.LastError)
 }
