@@ -513,6 +513,59 @@ func TestHTTPBlobAcceptedWithSlowAnswerBody(t *testing.T) {
 	}
 }
 
+// TestHTTPBlobSendDroppedWhileHeld: a blob send waiting for its retry
+// (the upstream answers 503) is dropped by the outbox quota, which gives
+// its object back. The worker drops it from the batch it holds: it is
+// counted as dropped only, neither sent nor dead-lettered nor counted as
+// delivered. (The send was retried, found its object gone, was "refused"
+// and dead-lettered: counted twice, as dropped and as refused, although
+// the upstream refused nothing.)
+func TestHTTPBlobSendDroppedWhileHeld(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), GatewayID: "gw", Durability: store.DurabilityNone, Logger: quietLogger(),
+		Buckets: map[string]store.Bucket{"photos": {MaxSize: 1 << 20, Sync: []string{"cloud"}}},
+		Quotas:  map[string]store.Quota{"outbox": {MaxBytes: 32 << 10, Policy: store.DropOldest}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	up := newBlobUpstream(t)
+	up.mode.Store("503")
+	m, _ := startManager(t, st, blobTarget(up))
+	putBlob(t, st, "a.bin", "", randomBytes(4<<10, 3))
+	if err := st.DeleteBlob(ctx, "photos", "a.bin"); err != nil {
+		t.Fatal(err) // the send holds the only reference to the object
+	}
+	waitFor(t, 5*time.Second, "the blob send tried", func() bool { return up.attempts.Load() > 0 })
+	const n = 600
+	commitRecords(t, st, n, 1, "cloud") // over the 32 KiB outbox quota: the oldest entries go
+	if _, err := st.RunRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the blob send dropped", func() bool { return st.OutboxStats("cloud").BlobsDropped == 1 })
+	up.mode.Store("ok")
+	waitFor(t, 10*time.Second, "backlog drained", func() bool { return st.OutboxStats("cloud").Backlog == 0 })
+	// Records delivered while the commits went on may be dropped before
+	// their acknowledgement is written: counted in both.
+	waitFor(t, 5*time.Second, "records counted", func() bool {
+		s := statusOf(m, "cloud")
+		return s.Delivered+s.Dropped >= n
+	})
+	s := statusOf(m, "cloud")
+	dls, _ := st.ListDeadLetters(ctx, "", 0, 10)
+	var errs []string
+	for _, d := range dls {
+		errs = append(errs, d.Function+": "+d.Error)
+	}
+	if s.BlobsDeadLettered != 0 || s.BlobsDelivered != 0 || s.BlobsDropped != 1 || len(dls) != 0 || len(up.received()) != 0 {
+		t.Fatalf("blob send dropped by the quota: blobs dropped %d, dead-lettered %d, delivered %d, received upstream %d; dead letters %q",
+			s.BlobsDropped, s.BlobsDeadLettered, s.BlobsDelivered, len(up.received()), errs)
+	}
+	if s.Dropped == 0 || s.DeadLettered != 0 {
+		t.Fatalf("%d records: delivered %d, dropped %d, dead-lettered %d", n, s.Delivered, s.Dropped, s.DeadLettered)
+	}
+}
+
 // TestMQTTBlobMetadata: an mqtt target gets the metadata record of a blob
 // send (stream "blobs"), not its content.
 func TestMQTTBlobMetadata(t *testing.T) {

@@ -640,10 +640,17 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			if paused(ob) {
 				continue
 			}
+			head, next := w.m.opts.Store.OutboxBounds(ob.name)
+			if ob.pending != nil {
+				// Entries the outbox quota dropped while the batch waited
+				// for its retry are gone (counted as dropped, a blob
+				// send's object given back): neither sent, nor
+				// dead-lettered, nor counted as delivered.
+				ob.pending = dropBelow(ob.pending, head)
+			}
 			if ob.pending != nil {
 				return ob, ob.pending, nil
 			}
-			head, next := w.m.opts.Store.OutboxBounds(ob.name)
 			if ob.wait != nil && (head > ob.wait[0].Seq || ob.wait[0].Seq <= ob.after) {
 				ob.wait = nil // dropped by a quota meanwhile: read again
 			}
@@ -768,6 +775,16 @@ func (w *worker) idleConnect(ctx context.Context, c Connector) (tried bool, err 
 // keeps the backoff growing up to its cap.
 func (w *worker) stableConn() time.Duration { return w.cfg.MaxBackoff }
 
+// dropBelow returns the entries of batch (in sequence order) from the
+// sequence head on; nil when none is left.
+func dropBelow(batch []store.OutboxEntry, head uint64) []store.OutboxEntry {
+	i := sort.Search(len(batch), func(i int) bool { return batch[i].Seq >= head })
+	if i == len(batch) {
+		return nil
+	}
+	return batch[i:]
+}
+
 func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
 	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
 }
@@ -809,6 +826,7 @@ func (w *worker) deadLetter(ctx context.Context, outbox string, batch []store.Ou
 	if err != nil {
 		return 0, err
 	}
+	head, _ := w.m.opts.Store.OutboxBounds(outbox)
 	for _, r := range rej {
 		if r.Index < 0 || r.Index >= len(batch) {
 			continue
@@ -816,6 +834,11 @@ func (w *worker) deadLetter(ctx context.Context, outbox string, batch []store.Ou
 		rec := &batch[r.Index].Record
 		if seq := batch[r.Index].Seq; seq <= mark {
 			// Dead-lettered before a crash took its acknowledgement.
+			continue
+		} else if seq < head {
+			// Dropped by the outbox quota during the attempt (counted
+			// as dropped): a blob send whose object was given back is
+			// refused by the target, not by the upstream.
 			continue
 		}
 		stored, err := w.storeDeadLetter(ctx, rec, r.Reason, outbox, batch[r.Index].Seq)
