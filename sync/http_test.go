@@ -360,6 +360,49 @@ func TestBandwidthLimit(t *testing.T) {
 	}
 }
 
+// TestPriorityOvertakesBandwidthWait: with bandwidth_limit, a normal
+// batch waits for the limiter's tokens before anything of it is sent
+// (max_bytes / bandwidth_limit: 6.4 s here, 17 minutes with 1 MiB batches
+// on a 1 KiB/s link). An alert committed meanwhile goes first, not after
+// the whole wait.
+func TestPriorityOvertakesBandwidthWait(t *testing.T) {
+	st := openStore(t, "", store.DurabilityNone)
+	up := newHTTPUpstream(t)
+	tc := fastTarget("cloud", "http")
+	tc.HTTP.URL = up.URL
+	tc.MaxRecords = 10000
+	tc.MaxBytes = 64 << 10
+	tc.BandwidthLimit = 10 << 10
+	tc.PriorityStreams = []string{"alerts"}
+	commitRecords(t, st, 3000, 1, "cloud") // about 400 KiB
+	m, _ := startManager(t, st, tc)
+	// The first batch goes with the burst; the second waits for tokens.
+	waitFor(t, 10*time.Second, "first batch", func() bool { return up.col.distinct() > 0 })
+	lim := m.byName["cloud"].limiter
+	waitFor(t, 10*time.Second, "the second batch waiting for its bandwidth", func() bool { return lim.Tokens() < -float64(tc.BandwidthLimit) })
+	normal := up.col.distinct()
+	res, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`{"fire":true}`), Targets: m.Route("alerts", []string{"cloud"})}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Records[0].ID
+	start := time.Now()
+	waitFor(t, 3*time.Second, "the alert, before the normal batch's wait is over", func() bool {
+		for _, r := range up.col.snapshot() {
+			if r.ID == id {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("alert delivered %s after its commit", time.Since(start).Round(time.Millisecond))
+	if got := up.col.distinct(); got != normal+1 {
+		t.Fatalf("%d records upstream, want the %d normal ones and the alert", got, normal)
+	}
+	// The normal batch goes after it, when its bandwidth allows.
+	waitFor(t, 15*time.Second, "the next normal batch", func() bool { return up.col.distinct() > normal+1 })
+}
+
 // TestQuotaDropsVisible: a target that is down long enough for its outbox
 // quota to fill shows the store's drops in its status.
 func TestQuotaDropsVisible(t *testing.T) {

@@ -546,10 +546,14 @@ func (w *worker) run(ctx context.Context) {
 			w.pausedDay = utcDay(time.Now())
 			continue
 		}
-		if w.limiter != nil {
-			if err := w.limiter.WaitN(ctx, min(bytes, w.limiter.Burst())); err != nil {
+		if w.limiter != nil && !w.waitBandwidth(ctx, ob, bytes) {
+			if ctx.Err() != nil {
 				return
 			}
+			// Priority records came while this normal batch waited for
+			// its bandwidth: they go first (next), then this batch
+			// (held as is if it is a retry, read again otherwise).
+			continue
 		}
 		res, derr := w.target.Deliver(ctx, batch)
 		res.Done = min(max(res.Done, 0), len(batch))
@@ -606,6 +610,59 @@ func (w *worker) upState() string {
 		return StatePaused
 	}
 	return StateConnected
+}
+
+// waitBandwidth waits for the limiter's tokens for n bytes of a batch of
+// ob. A normal batch may wait long (max_bytes / bandwidth_limit: minutes
+// on a slow link) before anything of it is sent: meanwhile the priority
+// outbox is polled, and when records come there the reservation is
+// cancelled (its tokens given back) and waitBandwidth returns false, as
+// it does when ctx ends.
+func (w *worker) waitBandwidth(ctx context.Context, ob *outbox, n int) bool {
+	n = min(n, w.limiter.Burst())
+	var prio *outbox
+	if !ob.prio && w.outs[0].prio {
+		prio = w.outs[0]
+	}
+	if prio == nil {
+		return w.limiter.WaitN(ctx, n) == nil
+	}
+	r := w.limiter.ReserveN(time.Now(), n)
+	if !r.OK() {
+		return w.limiter.WaitN(ctx, n) == nil
+	}
+	d := r.Delay()
+	if d <= 0 {
+		return true
+	}
+	done := time.NewTimer(d)
+	defer done.Stop()
+	poll := time.NewTicker(w.m.opts.PollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Cancel()
+			return false
+		case <-done.C:
+			return true
+		case <-poll.C:
+			if w.waiting(prio) {
+				r.Cancel()
+				return false
+			}
+		}
+	}
+}
+
+// waiting reports whether ob has entries to send: a held retry, or
+// entries after its cursor.
+func (w *worker) waiting(ob *outbox) bool {
+	if ob.pending != nil {
+		return true
+	}
+	head, next := w.m.opts.Store.OutboxBounds(ob.name)
+	return next > max(head, ob.after+1)
 }
 
 // budgetAllows reports whether n more bytes fit in today's budget (a batch
