@@ -446,9 +446,14 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 				ErrInvalid, n, q.Bucket, q.MaxBuckets)
 		}
 	}
+	// The mean is kept as a running mean, not as sum/count: a sum of
+	// values near the top of float64's range overflows to +Inf although
+	// each value and their mean are finite. mean += v/n - mean/n stays
+	// finite: for n >= 2 each term is at most half the largest finite
+	// value.
 	type acc struct {
-		n             int64
-		min, max, sum float64
+		n              int64
+		min, max, mean float64
 	}
 	buckets := map[int64]*acc{}
 	n := 0
@@ -479,7 +484,12 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 				buckets[start] = a
 			}
 			a.n++
-			a.sum += v
+			if a.n == 1 {
+				a.mean = v
+			} else {
+				fn := float64(a.n)
+				a.mean += v/fn - a.mean/fn
+			}
 			a.min = math.Min(a.min, v)
 			a.max = math.Max(a.max, v)
 			return true, nil
@@ -490,7 +500,8 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 	}
 	out := make([]AggBucket, 0, len(buckets))
 	for st, a := range buckets {
-		out = append(out, AggBucket{Start: st, Count: a.n, Min: a.min, Max: a.max, Mean: a.sum / float64(a.n)})
+		out = append(out, AggBucket{Start: st, Count: a.n, Min: a.min, Max: a.max,
+			Mean: math.Min(math.Max(a.mean, a.min), a.max)}) // rounding kept inside [min, max], so finite
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Start < out[j].Start })
 	return out, nil

@@ -445,3 +445,38 @@ func TestVersionsPruned(t *testing.T) {
 		t.Fatalf("pruned version 6: %v", err)
 	}
 }
+
+// The mean of finite values is finite: it was sum/count, and the sum of
+// two values near the top of float64's range overflowed to +Inf although
+// every value, the min, the max and the true mean were finite.
+func TestAggregateMeanOfHugeValuesIsFinite(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for i, v := range []string{"1e308", "1e308", "1.7976931348623157e308", "1.7976931348623157e308", "1.7976931348623157e308", "1e308", "-1e308"} {
+		stream := []string{"a", "a", "b", "b", "b", "c", "c"}[i]
+		if _, err := s.Commit(ctx, &Commit{Records: []Record{{Stream: stream, Device: "d", EventTS: 1000 + int64(i),
+			Data: []byte(`{"v":` + v + `}`)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		stream    string
+		n         int64
+		min, mean float64
+	}{
+		{"a", 2, 1e308, 1e308},
+		{"b", 3, math.MaxFloat64, math.MaxFloat64},
+		{"c", 2, -1e308, 0},
+	} {
+		bs, err := s.Aggregate(ctx, AggQuery{Query: Query{Stream: c.stream}, Field: "v", Bucket: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bs) != 1 || bs[0].Count != c.n || bs[0].Min != c.min {
+			t.Fatalf("stream %s: buckets %+v", c.stream, bs)
+		}
+		if b := bs[0]; b.Mean != c.mean {
+			t.Errorf("stream %s: mean %v, want %v (bucket %+v)", c.stream, b.Mean, c.mean, b)
+		}
+	}
+}
