@@ -72,6 +72,14 @@ func msTime(ms int64) *timestamppb.Timestamp {
 	return timestamppb.New(time.UnixMilli(ms))
 }
 
+// startTime converts the start of a bucket (aggregates, usage) to a
+// timestamp. Unlike msTime, 0 is a time: the bucket that starts at the
+// Unix epoch (a Pi without a real-time clock boots there) has a start like
+// every other.
+func startTime(ms int64) *timestamppb.Timestamp {
+	return timestamppb.New(time.UnixMilli(ms))
+}
+
 // tsMS converts an optional timestamp to ms since the epoch (0 when unset).
 func tsMS(t *timestamppb.Timestamp) (int64, error) {
 	if t == nil {

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/moongate-edge/moongate/api/moongate/v1"
 	"github.com/moongate-edge/moongate/gateway/trigger"
@@ -132,7 +133,13 @@ func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateR
 	}
 	out := &v1.AggregateRecordsResponse{Buckets: make([]*v1.Bucket, 0, len(bs))}
 	for _, b := range bs {
-		out.Buckets = append(out.Buckets, &v1.Bucket{Start: msTime(b.Start), Count: b.Count, Min: b.Min, Max: b.Max, Mean: b.Mean})
+		// Without a bucket width the one bucket starts at from, and has
+		// no start when from is open.
+		var start *timestamppb.Timestamp
+		if bucket != 0 || req.From != nil {
+			start = startTime(b.Start)
+		}
+		out.Buckets = append(out.Buckets, &v1.Bucket{Start: start, Count: b.Count, Min: b.Min, Max: b.Max, Mean: b.Mean})
 	}
 	return out, nil
 }
@@ -293,7 +300,7 @@ func (u *usageService) GetUsage(ctx context.Context, req *v1.GetUsageRequest) (*
 	}
 	out := &v1.GetUsageResponse{Usage: make([]*v1.Usage, 0, len(us))}
 	for _, x := range us {
-		out.Usage = append(out.Usage, &v1.Usage{Function: x.Function, Start: msTime(x.TS), Invocations: x.Invocations, Errors: x.Errors,
+		out.Usage = append(out.Usage, &v1.Usage{Function: x.Function, Start: startTime(x.TS), Invocations: x.Invocations, Errors: x.Errors,
 			Steps: x.Steps, Wall: durationpb.New(microseconds(x.WallMicros)), BytesIn: x.BytesIn, BytesOut: x.BytesOut})
 	}
 	return out, nil
