@@ -84,7 +84,8 @@ func normRecord(r Record) Record {
 }
 
 // FuzzParseJSONNumber: the fast path of parseJSONNumber gives what the
-// encoding/json path gives, for every input.
+// encoding/json path gives, for every input, and neither takes a JSON
+// string for a number (the seed "12": encoding/json's json.Number does).
 func FuzzParseJSONNumber(f *testing.F) {
 	for _, s := range []string{"0", "-0", "1", "21.5", "-3e10", "1E+2", "1e-400", "1e400", "01", "1.", ".5", "+1",
 		"0x10", "1_0", "Inf", "NaN", `"12"`, " 7 ", "\t-2.5\n", "", "-", "1e", "1e+", "9007199254740993", "true"} {
@@ -95,6 +96,9 @@ func FuzzParseJSONNumber(f *testing.F) {
 		want, werr := parseJSONNumberSlow(bytes.TrimSpace(b))
 		if (gerr == nil) != (werr == nil) || (gerr == nil && got != want) || (gerr != nil && gerr.Error() != werr.Error()) {
 			t.Fatalf("parseJSONNumber(%q) = %v, %v; encoding/json gives %v, %v", b, got, gerr, want, werr)
+		}
+		if tb := bytes.TrimSpace(b); gerr == nil && len(tb) > 0 && tb[0] == '"' {
+			t.Fatalf("parseJSONNumber(%q) = %v: a JSON string taken for a number", b, got)
 		}
 	})
 }

@@ -218,6 +218,29 @@ func TestStateAPI(t *testing.T) {
 	}
 }
 
+// TestStateIncrRefusesJSONString: StateIncr adds to a stored JSON number;
+// anything else refuses the commit with ErrNotNumber and keeps the value.
+// A JSON string holding a number ("12") was taken for the number (the
+// slow path decoded into a json.Number, which accepts quoted numbers) and
+// silently became 13.
+func TestStateIncrRefusesJSONString(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for _, v := range []string{`"12"`, ` "12" `, `"1e3"`, `"x"`, `true`, `null`, `[1]`, `{"n":1}`} {
+		if err := s.PutState(ctx, "f", "k", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.Commit(ctx, &Commit{State: []StateChange{{Function: "f", Op: StateIncr, Key: "k", Delta: 1}}})
+		got, _, gerr := s.GetState(ctx, "f", "k")
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		if !errors.Is(err, ErrNotNumber) || string(got) != v {
+			t.Errorf("incr of %s: err %v, value now %s; want ErrNotNumber and the value kept", v, err, got)
+		}
+	}
+}
+
 func TestFunctionsDeadLettersClock(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{Durability: DurabilityNone})

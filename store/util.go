@@ -30,8 +30,17 @@ func parseJSONNumberSlow(b []byte) (float64, error) {
 	if !json.Valid(b) {
 		return 0, fmt.Errorf("not JSON: %q", truncate(b, 32))
 	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
+	// Decoded into an interface, not into a json.Number: Unmarshal into a
+	// json.Number also takes a string holding a number ("12"), and a JSON
+	// string is no JSON number.
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return 0, fmt.Errorf("not JSON: %q", truncate(b, 32))
+	}
+	n, ok := v.(json.Number)
+	if !ok {
 		return 0, fmt.Errorf("not a number: %q", truncate(b, 32))
 	}
 	return n.Float64()
