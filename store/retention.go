@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -50,7 +51,7 @@ func (s *Store) RunRetention(ctx context.Context) (int, error) {
 			return total, errors.Join(blobErr, err)
 		}
 		total += n
-		if n == 0 && !s.senderMore.Load() {
+		if n == 0 && !s.senderMore.Load() && !s.aheadMore.Load() {
 			return total, blobErr
 		}
 	}
@@ -65,6 +66,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 		return b.now - q.MaxAge.Milliseconds()
 	}
 	n := 0
+	b.s.aheadMore.Store(false)
 	for _, space := range []string{SpaceRecords, SpacePublishes, SpaceLogs, SpaceDeadLetters} {
 		qt := b.s.opts.quota(space)
 		if qt.MaxBytes <= 0 && qt.MaxAge <= 0 {
@@ -98,6 +100,12 @@ func (b *batch) trimAll(budget int) (int, error) {
 				}
 				ts := valueTime(v)
 				over = ts > 0 && ts < cut
+				if !over && ts > b.now {
+					var err error
+					if over, err = b.writtenBefore(space, []byte{spacePrefix[space]}, q.Head, cut); err != nil {
+						return n, err
+					}
+				}
 			}
 			if !over {
 				break
@@ -155,6 +163,12 @@ func (b *batch) trimAll(budget int) (int, error) {
 				}
 				ts := valueTime(v)
 				over = ts > 0 && ts < cut
+				if !over && ts > b.now {
+					var err error
+					if over, err = b.writtenBefore("outbox:"+t, namePrefix(pOutbox, t), q.Head, cut); err != nil {
+						return n, err
+					}
+				}
 			}
 			if !over {
 				break
@@ -167,6 +181,85 @@ func (b *batch) trimAll(budget int) (int, error) {
 		b.ctr.Outbox[t] = q
 	}
 	return n, nil
+}
+
+// aheadScan bounds the entries one retention request reads past a head
+// stamped in the future (writtenBefore); the next request of the same
+// pass goes on (Store.aheadMore), so that writes go in between.
+const aheadScan = 1024
+
+// aheadMark is what writtenBefore found behind the head of a queue: the
+// first entry after it stamped no later than the clock (seq, ts; seq 0:
+// none yet), or how far it looked (scanned, from the head from).
+type aheadMark struct {
+	seq           uint64
+	ts            int64
+	from, scanned uint64
+}
+
+// writtenBefore reports whether the entry at head, stamped later than now
+// (written while the clock was ahead), is older than cut all the same.
+// Entries are written in sequence order, so the head was written before
+// every later entry: before the first one stamped no later than now, whose
+// stamp is believable. When that stamp is before cut, the head is older
+// than cut. Without this the head stopped age retention until the clock
+// reached its stamp, and with it every entry written after it, however
+// old.
+//
+// keys is the prefix of the queue's keys (each the prefix and an 8-byte
+// sequence). The entry found is remembered (b.s.ahead) and checked with one
+// read at the next call, so a run of entries stamped in the future is read
+// once, not at every pass; a head that is not in the future (the normal
+// case) never comes here. At most aheadScan entries are read per call;
+// when it stops there, it sets b.s.aheadMore and RunRetention sends another
+// request.
+func (b *batch) writtenBefore(queue string, keys []byte, head uint64, cut int64) (bool, error) {
+	if b.s.ahead == nil {
+		b.s.ahead = map[string]aheadMark{}
+	}
+	m := b.s.ahead[queue]
+	if m.seq > head {
+		v, ok, err := b.get(append(keys[:len(keys):len(keys)], binary.BigEndian.AppendUint64(nil, m.seq)...))
+		if err != nil {
+			return false, err
+		}
+		if ok && valueTime(v) == m.ts {
+			return m.ts > 0 && m.ts < cut, nil
+		}
+	}
+	start := head + 1
+	if m.seq == 0 && m.from <= head && m.scanned > start {
+		start = m.scanned // go on where the previous call stopped
+	}
+	m = aheadMark{from: head, scanned: start}
+	txn := b.s.db.NewTransaction(false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: keys})
+	defer it.Close()
+	n := 0
+	for it.Seek(binary.BigEndian.AppendUint64(append([]byte(nil), keys...), start)); it.Valid() && n < aheadScan; it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) != len(keys)+8 {
+			continue
+		}
+		n++
+		seq := keySeq(k)
+		m.scanned = seq + 1
+		var ts int64
+		if err := item.Value(func(v []byte) error { ts = valueTime(v); return nil }); err != nil {
+			return false, fatal(err)
+		}
+		if ts > 0 && ts <= b.now {
+			m.seq, m.ts = seq, ts
+			break
+		}
+	}
+	if m.seq == 0 && n == aheadScan && it.Valid() {
+		b.s.aheadMore.Store(true)
+	}
+	b.s.ahead[queue] = m
+	return m.seq != 0 && m.ts < cut, nil
 }
 
 func (s *Store) retentionLoop() {

@@ -160,6 +160,13 @@ type Store struct {
 	// walk is under way, so that RunRetention goes on with it.
 	senderCursor []byte
 	senderMore   atomic.Bool
+	// ahead is, per queue (a space, or "outbox:" + target), what the
+	// retention pass found behind a head stamped in the future (see
+	// writtenBefore). Committer goroutine only.
+	ahead map[string]aheadMark
+	// aheadMore is set while a retention request stopped reading past such
+	// a head at aheadScan entries, so that RunRetention goes on.
+	aheadMore atomic.Bool
 
 	clockSynced atomic.Bool
 	full        atomic.Bool
