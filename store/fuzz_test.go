@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -122,6 +123,17 @@ func FuzzQueryCursor(f *testing.F) {
 	f.Add("", "d", true)
 	f.Add("Y2gBeHMAgAAAAAAAAAAAAAAAAAAAAQ", "s", false)
 	f.Add("@@", "s", true)
+	for _, k := range []string{"k1", "k2", "k3", "kk1"} {
+		if err := s.PutState(ctx, "f", k, []byte("1")); err != nil {
+			f.Fatal(err)
+		}
+	}
+	_, next, err = s.ListState(ctx, "f", "k", 1, "")
+	if err != nil || next == "" {
+		f.Fatal(next, err)
+	}
+	f.Add(next, "k", false)
+	f.Add(next, "kk", false)
 	f.Fuzz(func(t *testing.T, cursor, stream string, desc bool) {
 		recs, _, err := s.QueryRecords(ctx, Query{Stream: stream, Cursor: cursor, Desc: desc, Limit: 5})
 		if err != nil && !errors.Is(err, ErrBadCursor) && !errors.Is(err, ErrInvalid) {
@@ -132,9 +144,14 @@ func FuzzQueryCursor(f *testing.F) {
 				t.Fatalf("record of stream %q returned for %q", r.Stream, stream)
 			}
 		}
-		_, _, err = s.ListState(ctx, "f", stream, 5, cursor)
+		kvs, _, err := s.ListState(ctx, "f", stream, 5, cursor)
 		if err != nil && !errors.Is(err, ErrBadCursor) {
 			t.Fatalf("state cursor %q: %v", cursor, err)
+		}
+		for _, kv := range kvs {
+			if !strings.HasPrefix(kv.Key, stream) {
+				t.Fatalf("state key %q listed for the prefix %q", kv.Key, stream)
+			}
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"sort"
 	"time"
@@ -58,14 +59,21 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 	base := namePrefix(pState, function)
 	p := stateKey(function, prefix)
 	start := p
+	digest := stateCursorDigest(function, prefix)
 	if cursor != "" {
 		ck, err := base64.RawURLEncoding.DecodeString(cursor)
-		if err != nil || len(ck) < 1 || ck[0] != 's' {
+		if err != nil || len(ck) < 1 {
 			return nil, "", fmt.Errorf("%w: state cursor", ErrBadCursor)
 		}
-		k := append(append([]byte{}, base...), ck[1:]...)
-		if string(k) < string(p) || len(k) < len(p) || string(k[:len(p)]) != string(p) {
-			return nil, "", fmt.Errorf("%w: state cursor of another prefix", ErrBadCursor)
+		if ck[0] == 's' {
+			return nil, "", fmt.Errorf("%w: state cursor of an older release: list from the start again", ErrBadCursor)
+		}
+		if ck[0] != 'S' || len(ck) < 9 {
+			return nil, "", fmt.Errorf("%w: state cursor", ErrBadCursor)
+		}
+		k := append(append([]byte{}, base...), ck[9:]...)
+		if binary.BigEndian.Uint64(ck[1:]) != digest || len(k) < len(p) || string(k[:len(p)]) != string(p) {
+			return nil, "", fmt.Errorf("%w: state cursor of another function or prefix", ErrBadCursor)
 		}
 		start = append(k, 0)
 	}
@@ -79,7 +87,8 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 			item := it.Item()
 			key := string(item.Key()[len(base):])
 			if len(out) == limit || size >= MaxPageBytes {
-				next = base64.RawURLEncoding.EncodeToString(append([]byte{'s'}, out[len(out)-1].Key...))
+				c := binary.BigEndian.AppendUint64([]byte{'S'}, digest)
+				next = base64.RawURLEncoding.EncodeToString(append(c, out[len(out)-1].Key...))
 				return nil
 			}
 			v, err := item.ValueCopy(nil)
@@ -95,6 +104,20 @@ func (s *Store) ListState(ctx context.Context, function, prefix string, limit in
 		return nil, "", err
 	}
 	return out, next, nil
+}
+
+// stateCursorDigest identifies the function and prefix of a state
+// listing in its cursors ('S', the digest, then the last key of the page),
+// as Query.digest does for record cursors: a cursor is refused by another
+// listing (it was taken by one whose prefix it matched, such as "a" for a
+// cursor of "ab", which then silently started past the keys between). The
+// cursors of earlier releases ('s' and the key) are refused.
+func stateCursorDigest(function, prefix string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(function))
+	h.Write([]byte{0})
+	h.Write([]byte(prefix))
+	return h.Sum64()
 }
 
 // PutState durably sets function's state key to value (outside a processing

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math"
@@ -215,6 +216,44 @@ func TestStateAPI(t *testing.T) {
 	}
 	if _, _, err := s.GetState(ctx, "", "x"); !errors.Is(err, ErrInvalid) {
 		t.Fatal("empty function accepted")
+	}
+}
+
+// TestStateCursorOfAnotherListing: a state cursor is refused
+// (ErrBadCursor) by a listing of another function or prefix, as a record
+// cursor is by another query. Only a cursor whose key lay outside the
+// prefix was refused: a cursor of the prefix "ab" was taken for the
+// prefix "a" (and one of function f for function g), and the listing
+// silently started past it, leaving out "a1". A cursor of the earlier
+// format (a key only) is refused with a word on starting again.
+func TestStateCursorOfAnotherListing(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for _, k := range []string{"a1", "ab1", "ab2"} {
+		for _, fn := range []string{"f", "g"} {
+			if err := s.PutState(ctx, fn, k, []byte(`1`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, cur, err := s.ListState(ctx, "f", "ab", 1, "")
+	if err != nil || cur == "" {
+		t.Fatal(cur, err)
+	}
+	// The cursor goes on with its own listing.
+	kvs, next, err := s.ListState(ctx, "f", "ab", 1, cur)
+	if err != nil || len(kvs) != 1 || kvs[0].Key != "ab2" {
+		t.Fatalf("next page of its own listing: %v %q %v", kvs, next, err)
+	}
+	for _, c := range []struct{ fn, prefix string }{{"f", "a"}, {"g", "ab"}, {"f", ""}, {"g", "a"}} {
+		kvs, _, err := s.ListState(ctx, c.fn, c.prefix, 10, cur)
+		if !errors.Is(err, ErrBadCursor) {
+			t.Errorf("cursor of f/ab used by %s/%q: %v, err %v; want ErrBadCursor", c.fn, c.prefix, kvs, err)
+		}
+	}
+	old := base64.RawURLEncoding.EncodeToString([]byte("sab1")) // an earlier release's cursor of f/ab
+	if _, _, err := s.ListState(ctx, "f", "ab", 10, old); !errors.Is(err, ErrBadCursor) || !strings.Contains(err.Error(), "again") {
+		t.Errorf("cursor of the earlier format: err %v, want ErrBadCursor saying to start again", err)
 	}
 }
 
