@@ -375,7 +375,12 @@ func (b *batch) addUsage(u *Usage) error {
 	cur.WallMicros += u.WallMicros
 	cur.BytesIn += u.BytesIn
 	cur.BytesOut += u.BytesOut
-	b.set(k, encodeUsage(&cur))
+	nv := encodeUsage(&cur)
+	if !ok {
+		b.ctr.Usage.Count++
+	}
+	b.ctr.Usage.Bytes += int64(len(nv) - len(v))
+	b.set(k, nv)
 	return nil
 }
 

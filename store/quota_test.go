@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -777,6 +778,95 @@ func logTruth(t *testing.T, s *Store) map[string]int {
 		t.Fatal(err)
 	}
 	return per
+}
+
+// TestUsageDropsCounted: the usage meters dropped by age are counted
+// like every other drop (Stats().Spaces["usage"], so the daemon's
+// moongate_store_dropped_total{space="usage"}) and persisted with the
+// data; the meters' count and bytes are kept too, and added up once from
+// the keys when the counters of an earlier release have none. The
+// retention pass deleted them and counted them nowhere, although every
+// drop is documented as counted per key space.
+func TestUsageDropsCounted(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone, RetentionInterval: time.Hour, Quotas: map[string]Quota{SpaceUsage: {MaxAge: time.Hour}}})
+	now := time.Now().UnixMilli()
+	old := now - 48*time.Hour.Milliseconds()
+	meters := func() (n, size int64) {
+		t.Helper()
+		err := s.view(ctx, func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pUsage}})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				n++
+				size += it.Item().ValueSize()
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n, size
+	}
+	check := func(what string, drops int64) {
+		t.Helper()
+		st := s.Stats().Spaces[SpaceUsage]
+		n, size := meters()
+		if st.Count != n || st.Bytes != size || st.Drops != drops || (drops == 0) != (st.DropBytes == 0) {
+			t.Fatalf("%s: usage stats %+v; %d meters of %d bytes stored, %d dropped", what, st, n, size, drops)
+		}
+	}
+	for m := 0; m < 5; m++ {
+		for _, fn := range []string{"f", "g"} {
+			for i := 0; i < 3; i++ { // the same meter again: counted once
+				if _, err := s.Commit(ctx, &Commit{Usage: &Usage{Function: fn, TS: old + int64(m)*60_000, Invocations: 1, Steps: int64(1000 * i)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if _, err := s.Commit(ctx, &Commit{Usage: &Usage{Function: "f", TS: now, Invocations: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	check("written", 0)
+	n, err := s.RunRetention(ctx)
+	if err != nil || n != 10 {
+		t.Fatalf("retention dropped %d (%v), want 10", n, err)
+	}
+	check("after retention", 10)
+	before := s.Stats().Spaces[SpaceUsage]
+	s = reopen(t, s)
+	if after := s.Stats().Spaces[SpaceUsage]; after != before {
+		t.Fatalf("usage stats %+v before reopening, %+v after", before, after)
+	}
+
+	// Counters of an earlier release (no usage in them): the count and
+	// bytes are added up from the keys at open.
+	if err := s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyCounters)
+		if err != nil {
+			return err
+		}
+		var m map[string]json.RawMessage
+		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &m) }); err != nil {
+			return err
+		}
+		delete(m, "usage")
+		delete(m, "uc")
+		b, _ := json.Marshal(m)
+		return txn.Set(keyCounters, b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s)
+	check("counters of an earlier release", 0)
+	if _, err := s.Commit(ctx, &Commit{Usage: &Usage{Function: "h", TS: old, Invocations: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RunRetention(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("counters of an earlier release, after retention", 1)
 }
 
 // TestAgeRetentionRejectNewDropsOnlyExpired: a reject_new logs space over

@@ -387,8 +387,20 @@ func (b *batch) trimUsage(cut int64, budget int) (int, error) {
 			continue
 		}
 		if ts < cut {
-			b.del(it.Item().KeyCopy(nil))
+			k := it.Item().KeyCopy(nil)
+			// The value's length, not ValueSize: that of a meter the batch
+			// wrote is not known (Badger's item of a pending write).
+			v, ok, err := b.get(k)
+			if err != nil {
+				return n, err
+			}
+			b.del(k)
 			n++
+			if ok {
+				b.ctr.Usage.remove(int64(len(v)))
+				b.ctr.Usage.Drops++
+				b.ctr.Usage.DropBytes += int64(len(v))
+			}
 			it.Next()
 			continue
 		}

@@ -77,6 +77,12 @@ type counters struct {
 	Rejected map[string]int64 `json:"rejected,omitempty"`
 	Blobs    map[string]queue `json:"blobs,omitempty"`    // per bucket: Count and Bytes of its blobs
 	BlobSend uint64           `json:"blobsend,omitempty"` // sequence of the last blob send (BlobSend.ID)
+	// Usage holds the Count, Bytes, Drops and DropBytes of the usage
+	// meters (no sequences: they are keyed by function and minute).
+	// UsageCounted is false in counters written before they were kept:
+	// Open then adds Count and Bytes up from the keys, once.
+	Usage        queue `json:"usage"`
+	UsageCounted bool  `json:"uc,omitempty"`
 }
 
 func newCounters() counters {
@@ -309,6 +315,7 @@ func (s *Store) checkFormat(ctx context.Context) error {
 			return err
 		}
 		c := newCounters()
+		c.UsageCounted = true // no meter yet
 		b, _ := json.Marshal(&c)
 		return txn.Set(keyCounters, b)
 	})
@@ -337,6 +344,20 @@ func stateSizes(txn *badger.Txn) map[string]int64 {
 		m[string(k[1:1+i])] += int64(len(k)) + item.ValueSize()
 	}
 	return m
+}
+
+// usageSizes counts the usage meters and adds up their value bytes, for
+// counters written before those were kept (UsageCounted).
+func usageSizes(txn *badger.Txn) (count, size int64) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pUsage}})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if _, _, ok := usageKey(it.Item().Key()); ok {
+			count++
+			size += it.Item().ValueSize()
+		}
+	}
+	return count, size
 }
 
 // indexSizes adds up the bytes of each function's entries of a space with
@@ -409,6 +430,10 @@ func (s *Store) recover() error {
 		inboxDone, e1 = holes(txn, pInbox, &c.Inbox)
 		pubDone, e2 = holes(txn, pPublish, &c.Publish)
 		stateBytes = stateSizes(txn)
+		if !c.UsageCounted {
+			c.Usage.Count, c.Usage.Bytes = usageSizes(txn)
+			c.UsageCounted = true
+		}
 		var e3, e4 error
 		deadBytes, e3 = indexSizes(txn, pDeadIdx, pDead)
 		logBytes, e4 = indexSizes(txn, pLogIdx, pLog)
@@ -667,6 +692,7 @@ func (s *Store) Stats() Stats {
 			SpaceRecords:     sp(c.Records, SpaceRecords),
 			SpaceLogs:        sp(c.Logs, SpaceLogs),
 			SpaceDeadLetters: sp(c.Dead, SpaceDeadLetters),
+			SpaceUsage:       sp(c.Usage, SpaceUsage),
 		},
 		InboxLen: c.Inbox.Count, Consumed: c.Consumed,
 		Batches: s.batches.Load(), Transactions: s.txns.Load(), Writes: s.writes.Load(), MaxBatch: s.maxBatchSz.Load(), Syncs: s.syncs.Load(),
