@@ -20,7 +20,9 @@ import (
 
 // Query selects records. Stream, Function and Device filter when not empty;
 // From (inclusive) and To (exclusive) bound the record time in ms (EventTS
-// as received, or ProcessedTS when the event had none), 0 meaning open.
+// as received, or ProcessedTS when the event had none), 0 meaning open;
+// FromSet makes From a bound even when it is 0 (a from at the Unix epoch,
+// which then leaves out the records before it).
 // Results are in time order (ties by sequence), newest first when Desc.
 // Limit defaults to 100 (maximum 10000). Cursor is the opaque next value of
 // the previous page of the same query.
@@ -35,10 +37,14 @@ import (
 type Query struct {
 	Stream, Function, Device string
 	From, To                 int64
+	FromSet                  bool
 	Desc                     bool
 	Limit                    int
 	Cursor                   string
 }
+
+// hasFrom reports whether q has a lower bound.
+func (q *Query) hasFrom() bool { return q.From != 0 || q.FromSet }
 
 // MaxQueryLimit bounds Query.Limit.
 const MaxQueryLimit = 10000
@@ -235,7 +241,7 @@ func (s *Store) walkIndex(ctx context.Context, txn *badger.Txn, q *Query, limit 
 		}
 		cur = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, tsb), seq)
 	}
-	if q.From != 0 && q.To != 0 && q.To <= q.From {
+	if q.hasFrom() && q.To != 0 && q.To <= q.From {
 		return nil
 	}
 	ps, err := combos(ctx, txn, q)
@@ -254,7 +260,7 @@ func (s *Store) walkIndex(ctx context.Context, txn *badger.Txn, q *Query, limit 
 	}
 	for _, p := range ps {
 		src := &source{prefix: p, lo: p, hi: after(p), chunk: first, max: bound}
-		if q.From != 0 {
+		if q.hasFrom() {
 			src.lo = binary.BigEndian.AppendUint64(bytes.Clone(p), tsBits(q.From))
 		}
 		if q.To != 0 {
@@ -440,7 +446,7 @@ func (s *Store) Aggregate(ctx context.Context, q AggQuery) ([]AggBucket, error) 
 	q.Cursor = ""
 	path := strings.Split(q.Field, ".")
 	bms := q.Bucket.Milliseconds()
-	if q.MaxBuckets > 0 && q.From != 0 && q.To != 0 {
+	if q.MaxBuckets > 0 && q.hasFrom() && q.To != 0 {
 		if n := rangeBuckets(q.From, q.To, bms); n > int64(q.MaxBuckets) {
 			return nil, fmt.Errorf("%w: the range holds %d buckets of %v, more than %d: use a wider bucket or a shorter range",
 				ErrInvalid, n, q.Bucket, q.MaxBuckets)

@@ -219,6 +219,52 @@ func TestStateAPI(t *testing.T) {
 	}
 }
 
+// TestFromAtEpochIsABound: a From of 0 with FromSet is a bound at the
+// Unix epoch (records before it are left out); a From of 0 alone is no
+// bound, as before. A from at the epoch given over the API was read as
+// "no lower bound". (A record time is never 0 ms: an event time of 0 is
+// none, and the processing time is taken.)
+func TestFromAtEpochIsABound(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{Durability: DurabilityNone})
+	for _, ts := range []int64{-3_600_000, -1, 1, 1000} {
+		r := Record{Stream: "s", Device: "d", EventTS: ts, Data: []byte(`{"v":1}`)}
+		if _, err := s.Commit(ctx, &Commit{Records: []Record{r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		q    Query
+		want int
+	}{
+		{Query{Stream: "s"}, 4},
+		{Query{Stream: "s", FromSet: true}, 2},
+		{Query{Stream: "s", FromSet: true, Desc: true}, 2},
+		{Query{Stream: "s", FromSet: true, To: 1000}, 1},
+		{Query{Stream: "s", FromSet: true, Limit: 1}, 1},
+	} {
+		recs, _, err := s.QueryRecords(ctx, c.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != c.want {
+			t.Errorf("%+v: %d records, want %d", c.q, len(recs), c.want)
+		}
+		for _, r := range recs {
+			if c.q.FromSet && recordTS(&r) < 0 {
+				t.Errorf("%+v: record at %d, before from", c.q, recordTS(&r))
+			}
+		}
+	}
+	bs, err := s.Aggregate(ctx, AggQuery{Query: Query{Stream: "s", FromSet: true}, Field: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 1 || bs[0].Count != 2 || bs[0].Start != 0 || bs[0].Min != 1 {
+		t.Fatalf("aggregate from the epoch: %+v, want one bucket of 2", bs)
+	}
+}
+
 // TestStateCursorOfAnotherListing: a state cursor is refused
 // (ErrBadCursor) by a listing of another function or prefix, as a record
 // cursor is by another query. Only a cursor whose key lay outside the

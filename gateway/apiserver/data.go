@@ -31,13 +31,15 @@ func checkName(what, v string) error {
 	return nil
 }
 
-func recordQuery(stream, function, device string, from, to int64) (store.Query, error) {
+// recordQuery builds a store query; fromSet tells a from at the Unix
+// epoch (0 ms, a bound) from no from (open).
+func recordQuery(stream, function, device string, from, to int64, fromSet bool) (store.Query, error) {
 	for _, c := range [][2]string{{"stream", stream}, {"function", function}, {"device", device}} {
 		if err := checkName(c[0], c[1]); err != nil {
 			return store.Query{}, err
 		}
 	}
-	return store.Query{Stream: stream, Function: function, Device: device, From: from, To: to}, nil
+	return store.Query{Stream: stream, Function: function, Device: device, From: from, To: to, FromSet: fromSet}, nil
 }
 
 func limitOf(n int32) (int, error) {
@@ -52,7 +54,7 @@ func (r *recordService) QueryRecords(ctx context.Context, req *v1.QueryRecordsRe
 	if err != nil {
 		return nil, err
 	}
-	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to)
+	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to, req.From != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +101,7 @@ func (r *recordService) AggregateRecords(ctx context.Context, req *v1.AggregateR
 	if err != nil {
 		return nil, err
 	}
-	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to)
+	q, err := recordQuery(req.Stream, req.Function, req.Device, from, to, req.From != nil)
 	if err != nil {
 		return nil, err
 	}
