@@ -259,9 +259,11 @@ func TestPriorityStreams(t *testing.T) {
 	}
 }
 
-// TestDailyBudget: once the day's bytes are spent the target pauses; the
-// priority stream still flows.
-func TestDailyBudget(t *testing.T) {
+// pausedByBudget starts an http target "cloud" with a daily budget of
+// 5,000 bytes and the priority stream "alerts", commits 500 records and
+// returns once the budget has paused it.
+func pausedByBudget(t *testing.T) (*store.Store, *httpUpstream, *Manager) {
+	t.Helper()
 	st := openStore(t, "", store.DurabilityNone)
 	up := newHTTPUpstream(t)
 	tc := fastTarget("cloud", "http")
@@ -272,6 +274,13 @@ func TestDailyBudget(t *testing.T) {
 	m, _ := startManager(t, st, tc)
 	commitRecords(t, st, 500, 1, "cloud")
 	waitFor(t, 5*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+	return st, up, m
+}
+
+// TestDailyBudget: once the day's bytes are spent the target pauses; the
+// priority stream still flows.
+func TestDailyBudget(t *testing.T) {
+	st, up, m := pausedByBudget(t)
 	s := statusOf(m, "cloud")
 	if s.BudgetUsed > 5000 || s.BudgetUsed == 0 || s.Backlog == 0 || !s.Connected {
 		t.Fatalf("status %+v", s)
@@ -292,16 +301,7 @@ func TestDailyBudget(t *testing.T) {
 // outbox stays paused until the next UTC day. (Both set "connected".)
 func TestPausedStateSurvivesRetryAndReconnect(t *testing.T) {
 	t.Run("priority retry", func(t *testing.T) {
-		st := openStore(t, "", store.DurabilityNone)
-		up := newHTTPUpstream(t)
-		tc := fastTarget("cloud", "http")
-		tc.HTTP.URL = up.URL
-		tc.MaxRecords = 10
-		tc.DailyBudget = 5000
-		tc.PriorityStreams = []string{"alerts"}
-		m, _ := startManager(t, st, tc)
-		commitRecords(t, st, 500, 1, "cloud")
-		waitFor(t, 5*time.Second, "paused", func() bool { return statusOf(m, "cloud").State == StatePaused })
+		st, up, m := pausedByBudget(t)
 		up.setMode("503")
 		n := up.col.distinct()
 		if _, err := st.Commit(context.Background(), &store.Commit{Records: []store.Record{{Stream: "alerts", Data: []byte(`1`), Targets: m.Route("alerts", []string{"cloud"})}}}); err != nil {
@@ -314,7 +314,7 @@ func TestPausedStateSurvivesRetryAndReconnect(t *testing.T) {
 		waitFor(t, 5*time.Second, "state after the retry", func() bool { return statusOf(m, "cloud").State != StateDisconnected })
 		if s := statusOf(m, "cloud"); s.State != StatePaused || up.col.distinct() != n+1 {
 			t.Fatalf("state %q, %d records upstream (want %q, %d): the normal outbox is still paused for the day (backlog %d, budget used %d of %d)",
-				s.State, up.col.distinct(), StatePaused, n+1, s.Backlog, s.BudgetUsed, tc.DailyBudget)
+				s.State, up.col.distinct(), StatePaused, n+1, s.Backlog, s.BudgetUsed, 5000)
 		}
 	})
 	t.Run("idle reconnect", func(t *testing.T) {

@@ -115,16 +115,7 @@ func countField(b []byte, num protowire.Number) int {
 // records of small objects.
 func TestGRPCQueryRecordsMemoryBounded(t *testing.T) {
 	e := startDaemon(t, daemonConfig(t.TempDir(), ""))
-	e.mustCall(200, "POST", "/v1/functions", adminToken, obj{"name": "objs",
-		"source": `function handle(event, ctx)
-  local t = {}
-  for i = 1, 20000 do t[i] = {} end
-  for j = 1, 4 do emit("objs", {f = t}) end
-  return nil
-end`}, nil)
-	for i := 0; i < 4; i++ {
-		e.mustCall(200, "POST", "/v1/functions/objs:invoke", adminToken, obj{"dry_run": false}, nil)
-	}
+	bigRecords(t, e)
 	conn, _ := grpcConn(t, e)
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+readToken)
 	var recs, bytes atomic.Int64
