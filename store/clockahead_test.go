@@ -25,13 +25,31 @@ import (
 // The clock-ahead writes are simulated by rewriting the first entries'
 // values with a write time a year ahead (the store has no clock to inject).
 func TestAgeRetentionPastHeadStampedInFuture(t *testing.T) {
+	ageRetentionPastUnbelievableHead(t, time.Now().Add(365*24*time.Hour).UnixMilli())
+}
+
+// TestAgeRetentionKeepsEntriesWrittenBeforeNTP: a Pi without a clock
+// boots in 1970 and writes with that time until NTP sets the clock. At the
+// first retention pass after that, every entry written before it was
+// "older than MaxAge" and went: dead letters of that boot's failed events,
+// logs, and with an outbox max_age records not sent yet. Such a stamp
+// (before 2025) is not believed: the entry's age is bounded by the first
+// later entry with a believable stamp, as for entries from the future.
+func TestAgeRetentionKeepsEntriesWrittenBeforeNTP(t *testing.T) {
+	ageRetentionPastUnbelievableHead(t, (5 * time.Minute).Milliseconds()) // 1970-01-01 00:05 UTC
+}
+
+// ageRetentionPastUnbelievableHead checks age retention of records and
+// their outbox entries when the first three were written with the wall
+// time stamp (ms), not believable: kept while no entry after them has a
+// believable stamp older than MaxAge, dropped with the first ones that do.
+func ageRetentionPastUnbelievableHead(t *testing.T, stamp int64) {
 	ctx := context.Background()
 	const maxAge = 100 * time.Millisecond
 	s := openTest(t, Options{Durability: DurabilityNone, RetentionInterval: time.Hour, Quotas: map[string]Quota{
 		SpaceRecords: {MaxAge: maxAge},
 		SpaceOutbox:  {MaxAge: maxAge},
 	}})
-	future := time.Now().Add(365 * 24 * time.Hour).UnixMilli()
 	commit := func(n int) []Record {
 		t.Helper()
 		var out []Record
@@ -48,7 +66,7 @@ func TestAgeRetentionPastHeadStampedInFuture(t *testing.T) {
 		t.Helper()
 		if err := s.db.Update(func(txn *badger.Txn) error {
 			for i := range rs {
-				v := encodeRecord(&rs[i], future)
+				v := encodeRecord(&rs[i], stamp)
 				if err := txn.Set(seqKey(pRecord, rs[i].Seq), v); err != nil {
 					return err
 				}
@@ -82,7 +100,7 @@ func TestAgeRetentionPastHeadStampedInFuture(t *testing.T) {
 	time.Sleep(2 * maxAge)
 	retention()
 	if r, o := counts(); r != 3 || o != 3 {
-		t.Fatalf("with only entries stamped ahead: %d records, %d in the outbox kept, want 3 and 3", r, o)
+		t.Fatalf("with only entries stamped %s: %d records, %d in the outbox kept, want 3 and 3", time.UnixMilli(stamp).UTC(), r, o)
 	}
 	// Entries written after them, not yet expired: nothing goes.
 	commit(5)

@@ -100,7 +100,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 				}
 				ts := valueTime(v)
 				over = ts > 0 && ts < cut
-				if !over && ts > b.now {
+				if ts > 0 && !believable(ts, b.now) {
 					var err error
 					if over, err = b.writtenBefore(space, []byte{spacePrefix[space]}, q.Head, cut); err != nil {
 						return n, err
@@ -163,7 +163,7 @@ func (b *batch) trimAll(budget int) (int, error) {
 				}
 				ts := valueTime(v)
 				over = ts > 0 && ts < cut
-				if !over && ts > b.now {
+				if ts > 0 && !believable(ts, b.now) {
 					var err error
 					if over, err = b.writtenBefore("outbox:"+t, namePrefix(pOutbox, t), q.Head, cut); err != nil {
 						return n, err
@@ -183,6 +183,16 @@ func (b *batch) trimAll(budget int) (int, error) {
 	return n, nil
 }
 
+// believableSince is the earliest write time age retention believes:
+// 2025-01-01 UTC, before this software existed. A Pi without a clock
+// boots in 1970 (or at a fake-hwclock's last save) and writes with that
+// time until NTP sets it; such an entry's age is not its stamp's.
+var believableSince = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+
+// believable reports whether write time ts (ms) can be taken as the time
+// of the write: neither before believableSince nor later than now.
+func believable(ts, now int64) bool { return ts >= believableSince && ts <= now }
+
 // aheadScan bounds the entries one retention request reads past a head
 // stamped in the future (writtenBefore); the next request of the same
 // pass goes on (Store.aheadMore), so that writes go in between.
@@ -197,14 +207,17 @@ type aheadMark struct {
 	from, scanned uint64
 }
 
-// writtenBefore reports whether the entry at head, stamped later than now
-// (written while the clock was ahead), is older than cut all the same.
-// Entries are written in sequence order, so the head was written before
-// every later entry: before the first one stamped no later than now, whose
-// stamp is believable. When that stamp is before cut, the head is older
-// than cut. Without this the head stopped age retention until the clock
-// reached its stamp, and with it every entry written after it, however
-// old.
+// writtenBefore reports whether the entry at head, whose stamp is not
+// believable (later than now: written while the clock was ahead; before
+// believableSince: written before NTP set a clock that booted in 1970),
+// is older than cut. Entries are written in sequence order, so the head
+// was written before every later entry: before the first one whose stamp
+// is believable. When that stamp is before cut, the head is older than
+// cut. Without this a head from the future stopped age retention until
+// the clock reached its stamp, and with it every entry written after it,
+// however old; and everything written before NTP synced (dead letters,
+// unsent outbox entries with a max_age) was dropped at the first pass
+// after it, however new.
 //
 // keys is the prefix of the queue's keys (each the prefix and an 8-byte
 // sequence). The entry found is remembered (b.s.ahead) and checked with one
@@ -250,7 +263,7 @@ func (b *batch) writtenBefore(queue string, keys []byte, head uint64, cut int64)
 		if err := item.Value(func(v []byte) error { ts = valueTime(v); return nil }); err != nil {
 			return false, fatal(err)
 		}
-		if ts > 0 && ts <= b.now {
+		if believable(ts, b.now) {
 			m.seq, m.ts = seq, ts
 			break
 		}
