@@ -701,10 +701,9 @@ func (ls *LState) stackTrace(level int) string {
 			cf := dbg.frame
 			buf = append(buf, fmt.Sprintf("\t%v in %v", ls.Where(i), ls.formattedFrameFuncName(cf)))
 			if !cf.Fn.IsG && cf.TailCall > 0 {
-				for tc := cf.TailCall; tc > 0; tc-- {
-					buf = append(buf, "\t(tailcall): ?")
-					i++
-				}
+				// moongate: one line for a frame's tail calls (state.go).
+				buf = append(buf, fmt.Sprintf("\t(%d tail calls): ?", cf.TailCall))
+				i += cf.TailCall
 			}
 			i++
 		}

@@ -802,10 +802,13 @@ func (ls *LState) stackTrace(level int) string {
 			cf := dbg.frame
 			buf = append(buf, fmt.Sprintf("\t%v in %v", ls.Where(i), ls.formattedFrameFuncName(cf)))
 			if !cf.Fn.IsG && cf.TailCall > 0 {
-				for tc := cf.TailCall; tc > 0; tc-- {
-					buf = append(buf, "\t(tailcall): ?")
-					i++
-				}
+				// moongate: one line for a frame's tail calls, not one
+				// each: a function that tail-calls itself makes millions
+				// in one invocation, at one step each and no memory, and
+				// a trace of them (built for every error a protected call
+				// catches) took hundreds of MiB past every limit.
+				buf = append(buf, fmt.Sprintf("\t(%d tail calls): ?", cf.TailCall))
+				i += cf.TailCall
 			}
 			i++
 		}
