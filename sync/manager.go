@@ -699,13 +699,11 @@ func (w *worker) next(ctx context.Context) (*outbox, []store.OutboxEntry, error)
 			}
 			head, next := w.m.opts.Store.OutboxBounds(ob.name)
 			if ob.pending != nil {
-				// Entries the outbox quota dropped while the batch waited
-				// for its retry are gone (counted as dropped, a blob
-				// send's object given back): neither sent, nor
-				// dead-lettered, nor counted as delivered.
-				ob.pending = dropBelow(ob.pending, head)
-			}
-			if ob.pending != nil {
+				// As it was, even when the outbox quota dropped some of its
+				// entries meanwhile: an HTTP retry keeps its Idempotency-Key
+				// (records still in it are sent again; a blob send whose
+				// object was given back is refused by the target, and
+				// deadLetter leaves out what the quota dropped).
 				return ob, ob.pending, nil
 			}
 			if ob.wait != nil && (head > ob.wait[0].Seq || ob.wait[0].Seq <= ob.after) {
@@ -831,16 +829,6 @@ func (w *worker) idleConnect(ctx context.Context, c Connector) (tried bool, err 
 // that resets the backoff: backoff.max, so that a connection lost sooner
 // keeps the backoff growing up to its cap.
 func (w *worker) stableConn() time.Duration { return w.cfg.MaxBackoff }
-
-// dropBelow returns the entries of batch (in sequence order) from the
-// sequence head on; nil when none is left.
-func dropBelow(batch []store.OutboxEntry, head uint64) []store.OutboxEntry {
-	i := sort.Search(len(batch), func(i int) bool { return batch[i].Seq >= head })
-	if i == len(batch) {
-		return nil
-	}
-	return batch[i:]
-}
 
 func (w *worker) read(ctx context.Context, ob *outbox, after uint64) ([]store.OutboxEntry, error) {
 	return w.m.opts.Store.OutboxRead(ctx, ob.name, after, w.cfg.MaxRecords, w.cfg.MaxBytes)
