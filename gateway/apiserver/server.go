@@ -204,6 +204,10 @@ type Server struct {
 // restReadCalls bounds the REST reads (GET /v1/...) built at once.
 const restReadCalls = 4
 
+// aggregatePath is the one REST aggregate route (its exact path: a state
+// key may end in ":aggregate" too).
+const aggregatePath = "/v1/records:aggregate"
+
 // aggregateCalls bounds the records aggregates running at once (REST and
 // gRPC): each decodes every record it scans.
 const aggregateCalls = 2
@@ -544,7 +548,7 @@ func (s *Server) limitBody(h http.Handler) http.Handler {
 // is free again, whether or not the client reads it.
 func (s *Server) restReads(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || r.URL.Path == logsFollowPath || strings.HasSuffix(r.URL.Path, ":aggregate") {
+		if r.Method != http.MethodGet || r.URL.Path == logsFollowPath || r.URL.Path == aggregatePath {
 			h.ServeHTTP(w, r)
 			return
 		}
