@@ -2,8 +2,10 @@ package luavm
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Report is a JSON-friendly view of an invocation's outcome, used by
@@ -107,8 +109,30 @@ func NewReport(res *Result, err error, withCost bool) Report {
 	}
 	if withCost {
 		c := res.Cost
-		r.Cost = &ReportCost{Wall: strconv.FormatFloat(c.Wall.Seconds(), 'f', -1, 64) + "s", Steps: c.Steps, PeakMemory: c.PeakMemory,
+		r.Cost = &ReportCost{Wall: protoDuration(c.Wall), Steps: c.Steps, PeakMemory: c.PeakMemory,
 			BytesIn: c.BytesIn, BytesOut: c.BytesOut, Effects: c.Effects, Outcome: c.Outcome}
 	}
 	return r
+}
+
+// protoDuration writes d as protobuf's JSON writes a Duration: seconds
+// with 0, 3, 6 or 9 decimals and an "s" ("1.500s", "0.000078927s").
+func protoDuration(d time.Duration) string {
+	neg := d < 0
+	if neg {
+		d = -d
+	}
+	sec, ns := int64(d/time.Second), int64(d%time.Second)
+	out := strconv.FormatInt(sec, 10)
+	if neg {
+		out = "-" + out
+	}
+	if ns != 0 {
+		frac := fmt.Sprintf("%09d", ns)
+		for len(frac) > 3 && strings.HasSuffix(frac, "000") {
+			frac = frac[:len(frac)-3]
+		}
+		out += "." + frac
+	}
+	return out + "s"
 }
