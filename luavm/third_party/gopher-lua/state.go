@@ -794,35 +794,51 @@ func (ls *LState) where(level int, skipg bool) string {
 }
 
 func (ls *LState) stackTrace(level int) string {
-	buf := []string{}
-	header := "stack traceback:"
+	// moongate: the frames are listed first and only the lines kept (at
+	// most 15) are formatted: each line copies its function's name, and
+	// formatting all of up to 200 frames before the cut, built for every
+	// error a protected call catches, was hundreds of MiB outside every
+	// limit with long names (README.moongate.md, section 7). A frame's
+	// tail calls are one line (section 6).
+	type traceLine struct {
+		level int        // for Where
+		cf    *callFrame // nil: a tail-call line or the [G] line
+		tail  int        // tail calls of the frame before
+	}
+	lines := []traceLine{}
 	if ls.currentFrame != nil {
 		i := 0
 		for dbg, ok := ls.GetStack(i); ok; dbg, ok = ls.GetStack(i) {
 			cf := dbg.frame
-			buf = append(buf, fmt.Sprintf("\t%v in %v", ls.Where(i), ls.formattedFrameFuncName(cf)))
+			lines = append(lines, traceLine{level: i, cf: cf})
 			if !cf.Fn.IsG && cf.TailCall > 0 {
-				// moongate: one line for a frame's tail calls, not one
-				// each: a function that tail-calls itself makes millions
-				// in one invocation, at one step each and no memory, and
-				// a trace of them (built for every error a protected call
-				// catches) took hundreds of MiB past every limit.
-				buf = append(buf, fmt.Sprintf("\t(%d tail calls): ?", cf.TailCall))
+				lines = append(lines, traceLine{tail: cf.TailCall})
 				i += cf.TailCall
 			}
 			i++
 		}
 	}
-	buf = append(buf, fmt.Sprintf("\t%v: %v", "[G]", "?"))
-	buf = buf[intMax(0, intMin(level, len(buf))):len(buf)]
-	if len(buf) > 20 {
-		newbuf := make([]string, 0, 20)
-		newbuf = append(newbuf, buf[0:7]...)
-		newbuf = append(newbuf, "\t...")
-		newbuf = append(newbuf, buf[len(buf)-7:len(buf)]...)
-		buf = newbuf
+	lines = append(lines, traceLine{}) // [G]
+	lines = lines[intMax(0, intMin(level, len(lines))):len(lines)]
+	cut := len(lines) > 20
+	if cut {
+		lines = append(lines[0:7:7], lines[len(lines)-7:]...)
 	}
-	return fmt.Sprintf("%s\n%s", header, strings.Join(buf, "\n"))
+	buf := make([]string, 0, len(lines)+1)
+	for j, l := range lines {
+		if cut && j == 7 {
+			buf = append(buf, "\t...")
+		}
+		switch {
+		case l.cf != nil:
+			buf = append(buf, fmt.Sprintf("\t%v in %v", ls.Where(l.level), ls.formattedFrameFuncName(l.cf)))
+		case l.tail > 0:
+			buf = append(buf, fmt.Sprintf("\t(%d tail calls): ?", l.tail))
+		default:
+			buf = append(buf, fmt.Sprintf("\t%v: %v", "[G]", "?"))
+		}
+	}
+	return fmt.Sprintf("%s\n%s", "stack traceback:", strings.Join(buf, "\n"))
 }
 
 func (ls *LState) formattedFrameFuncName(fr *callFrame) string {
@@ -854,7 +870,7 @@ func (ls *LState) frameFuncName(fr *callFrame) (string, bool) {
 		pc := frame.Pc - 1
 		for _, call := range frame.Fn.Proto.DbgCalls {
 			if call.Pc == pc {
-				name := call.Name
+				name := errKey(call.Name) // moongate: a call site's name can be 250 KB
 				if (name == "?" || fr.TailCall > 0) && !fr.Fn.IsG {
 					name = fmt.Sprintf("<%v:%v>", fr.Fn.Proto.SourceName, fr.Fn.Proto.LineDefined)
 				}
