@@ -185,8 +185,9 @@ func (b *batch) trimAll(budget int) (int, error) {
 
 // believableSince is the earliest write time age retention believes:
 // 2025-01-01 UTC, before this software existed. A Pi without a clock
-// boots in 1970 (or at a fake-hwclock's last save) and writes with that
-// time until NTP sets it; such an entry's age is not its stamp's.
+// boots in 1970 and writes with that time until NTP sets it; such an
+// entry's age is not its stamp's. (A fake-hwclock restores the time of
+// its last save instead: stamps behind by the downtime, believed.)
 var believableSince = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 
 // believable reports whether write time ts (ms) can be taken as the time
