@@ -165,12 +165,17 @@ func (g *Gateway) functionTurns(function string) chan struct{} {
 }
 
 // fnSlots returns the turns of function's events: n (its max_concurrency;
-// 0: the runtime's default) at a time. A redeploy that changes n gives a
-// new set (the calls holding the old one give their turns back to it).
+// 0: the runtime's default) at a time, but at most Options.Workers - 1, so
+// that one of the gateway's turns stays for the other functions' events
+// (with the defaults, max_concurrency 4 and 2 workers on a one-core Pi, a
+// slow function took them all and every other function's events waited
+// behind its invocations). A redeploy that changes n gives a new set (the
+// calls holding the old one give their turns back to it).
 func (g *Gateway) fnSlots(function string, n int) chan struct{} {
 	if n <= 0 {
 		n = luavm.DefaultMaxConcurrency
 	}
+	n = min(n, max(1, g.opts.Workers-1))
 	g.slotsMu.Lock()
 	defer g.slotsMu.Unlock()
 	c := g.slots[function]

@@ -370,3 +370,31 @@ func TestWriteStateRacingResumeQueuedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowFunctionLeavesAGatewayTurn: a function's events take at most
+// pipeline.workers - 1 of the gateway's turns, so one turn stays for the
+// other functions. With the defaults (max_concurrency 4; workers 2 x CPUs:
+// 2 on a Pi Zero), a slow function took every turn and another function's
+// event waited behind its invocations (here after two of 300 ms).
+func TestSlowFunctionLeavesAGatewayTurn(t *testing.T) {
+	st := quietStore(t, store.Options{})
+	a := busyFunction("a", "a/{device}", 300, 10*time.Second)
+	a.Spec.MaxConcurrency = 4
+	b := &Function{Name: "b", Fingerprint: "v1", Patterns: []*trigger.Pattern{trigger.MustParsePattern("b/{device}")},
+		Spec: luavm.Spec{Source: []byte(`function handle(e) return {ok = true} end`)}}
+	g := runGateway(t, Options{Store: st, Workers: 2}, a, b)
+	devCtx := t.Context()
+	for i := range 6 {
+		go func() {
+			_ = g.handle(devCtx, &mqtt.Message{Topic: fmt.Sprintf("a/d%d", i), Payload: []byte(`{}`), QoS: 1, ClientID: fmt.Sprintf("d%d", i), PacketID: 1})
+		}()
+	}
+	waitFor(t, 10*time.Second, "a's events queued", func() bool { return g.FunctionBacklogs()["a"] >= 4 })
+	if err := g.handle(t.Context(), &mqtt.Message{Topic: "b/dev", Payload: []byte(`{}`), QoS: 1, ClientID: "bdev", PacketID: 1}); err != nil {
+		t.Fatalf("b's event not taken: %v", err)
+	}
+	waitFor(t, 30*time.Second, "b's record", func() bool { return len(allRecords(t, st, "b")) == 1 })
+	if n := len(allRecords(t, st, "a")); n > 1 {
+		t.Fatalf("b's event ran after %d of a's (300 ms each): a's events held every gateway turn", n)
+	}
+}
