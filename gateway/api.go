@@ -136,7 +136,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
-	g.pushChained(g.ownEntries(cr.Inbox))
+	// Its chained entries were queued by the store's committer (New).
 	return out, nil
 }
 
@@ -199,19 +199,18 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 	// Once submitted, the commit is not abandoned (see enqueue): one given
 	// up on may still be applied, and its chained entries would then wait
 	// in the inbox, unqueued, until the next start.
-	cr, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c)
-	if err != nil {
+	if _, err := g.opts.Store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		return chainRefusal(err)
 	}
 	g.signalCommit()
-	g.pushChained(g.ownEntries(cr.Inbox))
+	// Its chained entries were queued by the store's committer (New).
 	return nil
 }
 
-// ownEntries returns the inbox entries, committed outside the workers (an
-// API call, an upload, a timer tick), that their committer queues itself:
-// those from Run's resume bound on (while resuming too: they wait in the
-// chain queue for the resume to end). Entries below the bound are queued
+// ownEntries returns the chained inbox entries the gateway queues itself
+// (the store hands them over, New: SetChained; a timer tick queues its
+// own): those from Run's resume bound on (while resuming too: they wait in
+// the chain queue for the resume to end). Entries below the bound are queued
 // by the resume (queued by the committer as well, they would run twice,
 // once as a duplicate); before the bound is read, every entry is below it.
 // A stopping gateway leaves them all to the next start. The workers' own

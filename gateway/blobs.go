@@ -94,12 +94,13 @@ func (g *Gateway) PutBlob(ctx context.Context, bucket, name, contentType string,
 		ci := &g.funcs.Load().chain
 		return ci.uploadCount(bucket, name), func(bi store.BlobInfo) []store.InboxEntry { return g.uploadEntries(ci, &bi, 0, -1) }
 	}
-	bi, entries, err := bs.PutBlob(ctx, store.BlobPut{Bucket: bucket, Name: name, ContentType: contentType, Body: body, Staged: staged}, nil)
+	bi, _, err := bs.PutBlob(ctx, store.BlobPut{Bucket: bucket, Name: name, ContentType: contentType, Body: body, Staged: staged}, nil)
 	if err != nil {
 		return store.BlobInfo{}, err
 	}
 	g.signalCommit()
-	g.pushChained(g.ownEntries(entries))
+	// The entries of the functions it triggers were queued by the store's
+	// committer (New).
 	return bi, nil
 }
 

@@ -34,6 +34,9 @@ type Store interface {
 	GetState(ctx context.Context, function, key string) ([]byte, bool, error)
 	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
 	Redelivered(ctx context.Context, sender string, packetID uint16, fingerprint []byte) bool
+	// SetChained has the committer hand over each commit's chained
+	// entries, in sequence order (store.Store.SetChained).
+	SetChained(fn func([]store.InboxEntry))
 }
 
 // Runtime is what the gateway needs of the Lua runtime (*luavm.Runtime).
@@ -304,6 +307,12 @@ func New(opts Options) (*Gateway, error) {
 	g.direct = make(chan struct{}, opts.Workers)
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, int64(opts.FunctionBacklog), g.process)
 	g.disp.turn = g.functionTurns
+	// Chained entries reach the dispatcher from the store's committer, in
+	// the order they were written: handed over by each commit's caller
+	// after its Commit returned, two commits of one group commit feeding
+	// one lane (a state key, a stream without device) raced, and the
+	// later change could run first.
+	opts.Store.SetChained(func(entries []store.InboxEntry) { g.pushChained(g.ownEntries(entries)) })
 	return g, nil
 }
 

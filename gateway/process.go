@@ -127,7 +127,8 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
-	g.pushChained(cr.Inbox)
+	// cr.Inbox, the chained entries, were handed to the dispatcher by
+	// the store's committer (New: SetChained), in order.
 	return done, 0
 }
 

@@ -366,8 +366,9 @@ func (g *Gateway) enqueueTick(ctx context.Context, entry store.InboxEntry, key s
 	res, err := g.opts.Store.Commit(context.WithoutCancel(ctx), &store.Commit{
 		State: []store.StateChange{{Function: TimerStateFunction, Op: store.StateSet, Key: key,
 			Value: strconv.AppendInt(nil, tick.UnixMilli(), 10)}},
-		Chain:    func(store.Change) []store.InboxEntry { return []store.InboxEntry{entry} },
-		ChainMax: 1,
+		Chain:       func(store.Change) []store.InboxEntry { return []store.InboxEntry{entry} },
+		ChainMax:    1,
+		ChainQueued: true, // its job is admitted above and pushed below
 	})
 	if err != nil || len(res.Inbox) != 1 {
 		g.disp.release(j)

@@ -147,6 +147,10 @@ type Commit struct {
 	// ChainMax bounds the number of entries Chain may return in all (it
 	// sizes the write); more is an ErrInvalid and nothing is applied.
 	ChainMax int
+	// ChainQueued says the caller queues the entries Chain returned
+	// itself (from CommitResult.Inbox): they are not handed to the func
+	// of SetChained.
+	ChainQueued bool
 
 	// chainEst is what Commit reserved in the write for the chained
 	// entries: more is refused with ErrTooLarge (see chain).

@@ -29,6 +29,9 @@ type request struct {
 	// freed are the blob objects the request left without a reference:
 	// removed by submit once the write is durable.
 	freed [][32]byte
+	// chained are the inbox entries a Commit's Chain made, for the func
+	// of SetChained (nil: none, or Commit.ChainQueued).
+	chained []InboxEntry
 }
 
 type fatalError struct{ err error }
@@ -338,6 +341,7 @@ func (s *Store) process(reqs []*request) {
 			s.broken.Store(&berr)
 			s.log.Error("reload after failed commit: the store refuses writes until restarted", "err", rerr)
 		}
+		s.handChained(reqs[:committed])
 		for _, r := range reqs {
 			s.logAsync(r)
 			close(r.done)
@@ -440,6 +444,7 @@ func (s *Store) process(reqs []*request) {
 	if n := int64(len(reqs)); n > s.maxBatchSz.Load() {
 		s.maxBatchSz.Store(n)
 	}
+	s.handChained(reqs)
 	now := time.Now()
 	var waited time.Duration
 	for _, r := range reqs {
@@ -545,3 +550,35 @@ func (s *Store) syncFailed(err error) {
 // syncHook, when set (tests), sees the result of each interval sync and
 // returns the one the sync loop acts on.
 var syncHook func(error) error
+
+// SetChained sets the func the committer hands the chained inbox entries
+// of each Commit (Commit.Chain, unless Commit.ChainQueued) once the write
+// that made them is done, before the Commit returns: in sequence order,
+// one call per commit, commits in the order they were written. Two
+// commits of one group commit, each followed by its own caller, handed
+// their entries in whatever order their goroutines woke up: a downstream
+// lane (a state key, a stream without device) could run a later change
+// before an earlier one. fn runs in the committer: it must be quick, must
+// not block and must not call the Store. nil stops the calls. Safe for
+// concurrent use.
+func (s *Store) SetChained(fn func([]InboxEntry)) {
+	if fn == nil {
+		s.chainedFn.Store(nil)
+		return
+	}
+	s.chainedFn.Store(&fn)
+}
+
+// handChained calls the func of SetChained with the chained entries of the
+// requests written, in order.
+func (s *Store) handChained(reqs []*request) {
+	p := s.chainedFn.Load()
+	if p == nil {
+		return
+	}
+	for _, r := range reqs {
+		if r.err == nil && len(r.chained) > 0 {
+			(*p)(r.chained)
+		}
+	}
+}

@@ -297,9 +297,15 @@ func (s *Store) Commit(ctx context.Context, c *Commit) (CommitResult, error) {
 		// reference of a blob send).
 		est += maxDropsPerWrite * (2*entryEst(10+len(t), 0) + entryEst(33, 8))
 	}
-	err = s.submit(ctx, &request{est: est, grows: grows, fn: func(b *batch) error {
-		return s.applyCommit(b, c, &res)
-	}})
+	req := &request{est: est, grows: grows}
+	req.fn = func(b *batch) error {
+		err := s.applyCommit(b, c, &res)
+		if err == nil && !c.ChainQueued && len(res.Inbox) > 0 {
+			req.chained = res.Inbox
+		}
+		return err
+	}
+	err = s.submit(ctx, req)
 	if err != nil {
 		return CommitResult{}, err
 	}

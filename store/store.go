@@ -122,6 +122,8 @@ type Store struct {
 	// idPrefix starts the ids of the records and blob sends this Open
 	// commits (IDPrefix).
 	idPrefix string
+	// chainedFn is the func of SetChained, or nil.
+	chainedFn atomic.Pointer[func([]InboxEntry)]
 
 	closeMu sync.RWMutex // held for reading by every operation, for writing by Close
 	closed  bool
