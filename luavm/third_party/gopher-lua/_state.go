@@ -770,7 +770,9 @@ func (ls *LState) frameFuncName(fr *callFrame) (string, bool) {
 		for _, call := range frame.Fn.Proto.DbgCalls {
 			if call.Pc == pc {
 				name := errKey(call.Name) // moongate: a call site's name can be 250 KB
-				if (name == "?" || fr.TailCall > 0) && !fr.Fn.IsG {
+				// moongate: "" too (t[""]()): formattedFrameFuncName
+				// reads name[0], a panic inside PCall's recover.
+				if (name == "?" || name == "" || fr.TailCall > 0) && !fr.Fn.IsG {
 					name = fmt.Sprintf("<%v:%v>", fr.Fn.Proto.SourceName, fr.Fn.Proto.LineDefined)
 				}
 				return name, false
