@@ -136,7 +136,7 @@ func (g *Gateway) Invoke(ctx context.Context, name string, ev *luavm.Event, comm
 	if len(cr.Publishes) > 0 {
 		g.kickPublisher()
 	}
-	// Its chained entries were queued by the store's committer (New).
+	// Its chained entries were queued by the store's committer (Run: SetChained).
 	return out, nil
 }
 
@@ -203,18 +203,19 @@ func (g *Gateway) WriteState(ctx context.Context, ch store.StateChange) error {
 		return chainRefusal(err)
 	}
 	g.signalCommit()
-	// Its chained entries were queued by the store's committer (New).
+	// Its chained entries were queued by the store's committer (Run: SetChained).
 	return nil
 }
 
 // ownEntries returns the chained inbox entries the gateway queues itself
-// (the store hands them over, New: SetChained; a timer tick queues its
+// (the store hands them over, Run: SetChained; a timer tick queues its
 // own): those from Run's resume bound on (while resuming too: they wait in
 // the chain queue for the resume to end). Entries below the bound are queued
 // by the resume (queued by the committer as well, they would run twice,
 // once as a duplicate); before the bound is read, every entry is below it.
 // A stopping gateway leaves them all to the next start. The workers' own
-// commits come after the bound was read: they need no filter.
+// commits come after the bound was read: the filter keeps all of theirs
+// (but while stopping).
 func (g *Gateway) ownEntries(entries []store.InboxEntry) []store.InboxEntry {
 	if len(entries) == 0 {
 		return nil

@@ -100,7 +100,7 @@ func (g *Gateway) PutBlob(ctx context.Context, bucket, name, contentType string,
 	}
 	g.signalCommit()
 	// The entries of the functions it triggers were queued by the store's
-	// committer (New).
+	// committer (Run: SetChained).
 	return bi, nil
 }
 

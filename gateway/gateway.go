@@ -35,7 +35,8 @@ type Store interface {
 	ListState(ctx context.Context, function, prefix string, limit int, cursor string) ([]store.KV, string, error)
 	Redelivered(ctx context.Context, sender string, packetID uint16, fingerprint []byte) bool
 	// SetChained has the committer hand over each commit's chained
-	// entries, in sequence order (store.Store.SetChained).
+	// entries, in sequence order (store.Store.SetChained). Run sets it:
+	// one gateway runs on a store at a time.
 	SetChained(fn func([]store.InboxEntry))
 }
 
@@ -307,12 +308,6 @@ func New(opts Options) (*Gateway, error) {
 	g.direct = make(chan struct{}, opts.Workers)
 	g.disp = newDispatcher(opts.Workers, int64(opts.InboxLimit), opts.MaxBacklogBytes, int64(opts.FunctionBacklog), g.process)
 	g.disp.turn = g.functionTurns
-	// Chained entries reach the dispatcher from the store's committer, in
-	// the order they were written: handed over by each commit's caller
-	// after its Commit returned, two commits of one group commit feeding
-	// one lane (a state key, a stream without device) raced, and the
-	// later change could run first.
-	opts.Store.SetChained(func(entries []store.InboxEntry) { g.pushChained(g.ownEntries(entries)) })
 	return g, nil
 }
 
@@ -352,6 +347,15 @@ func (g *Gateway) FunctionBacklogs() map[string]int64 { return g.disp.functionBa
 // the ingest is started, which for an external broker waits until it is
 // reachable (Ready stays false until then).
 func (g *Gateway) Run(ctx context.Context) error {
+	// Chained entries reach the dispatcher from the store's committer, in
+	// the order they were written: handed over by each commit's caller
+	// after its Commit returned, two commits of one group commit feeding
+	// one lane (a state key, a stream without device) raced, and the
+	// later change could run first. One gateway runs on a store: the one
+	// running takes them (set here, not in New: a gateway made but not run
+	// took a running one's entries). Entries committed before this (the
+	// resume bound is not read yet) are queued by the resume.
+	g.opts.Store.SetChained(func(entries []store.InboxEntry) { g.pushChained(g.ownEntries(entries)) })
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 	g.timersMu.Lock()

@@ -128,7 +128,7 @@ func (g *Gateway) process(ctx context.Context, j *job) (outcome, time.Duration) 
 		g.kickPublisher()
 	}
 	// cr.Inbox, the chained entries, were handed to the dispatcher by
-	// the store's committer (New: SetChained), in order.
+	// the store's committer (Run: SetChained), in order.
 	return done, 0
 }
 
