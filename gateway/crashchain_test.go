@@ -394,15 +394,7 @@ func TestKillCommittedCallsSIGKILL(t *testing.T) {
 			}
 		}()
 	}
-	for k := range 3 {
-		at := int64(200*(k+1)) + rand.Int64N(200)
-		waitFor(t, 60*time.Second, fmt.Sprintf("%d answered calls", at), func() bool { return ok200.Load() >= at })
-		c.kill()
-		t.Logf("SIGKILL after %d calls answered 200", ok200.Load())
-		c = startChild(t, cfgPath)
-	}
-	at := ok200.Load() + 200
-	waitFor(t, 60*time.Second, "more answered calls", func() bool { return ok200.Load() >= at })
+	c = killDuringCalls(t, c, cfgPath, &ok200, 200, "calls")
 	close(stop)
 	wg.Wait()
 	c.term(t)
@@ -868,15 +860,7 @@ func TestKillStateWriteSIGKILL(t *testing.T) {
 			}
 		}()
 	}
-	for k := range 3 {
-		at := int64(150*(k+1)) + rand.Int64N(150)
-		waitFor(t, 60*time.Second, fmt.Sprintf("%d writes", at), func() bool { return ok200.Load() >= at })
-		c.kill()
-		t.Logf("SIGKILL after %d writes answered 200", ok200.Load())
-		c = startChild(t, cfgPath)
-	}
-	at := ok200.Load() + 100
-	waitFor(t, 60*time.Second, "more writes", func() bool { return ok200.Load() >= at })
+	c = killDuringCalls(t, c, cfgPath, &ok200, 150, "writes")
 	close(stop)
 	wg.Wait()
 	c.term(t)
@@ -913,4 +897,21 @@ func TestKillStateWriteSIGKILL(t *testing.T) {
 		t.Fatalf("%d writes answered 200 not watched exactly once, %d watched twice, %d unknown", lost, doubled, stray)
 	}
 	t.Logf("%d writes, %d answered 200, %d watcher runs", len(answered), ok200.Load(), len(ran))
+}
+
+// killDuringCalls SIGKILLs the child three times, after about every each
+// more calls answered 200 (ok200), restarting it each time, and waits for
+// each more answered by the last one, which it returns (running).
+func killDuringCalls(t *testing.T, c *child, cfgPath string, ok200 *atomic.Int64, each int64, what string) *child {
+	t.Helper()
+	for k := range 3 {
+		at := each*int64(k+1) + rand.Int64N(each)
+		waitFor(t, 60*time.Second, fmt.Sprintf("%d %s answered", at, what), func() bool { return ok200.Load() >= at })
+		c.kill()
+		t.Logf("SIGKILL after %d %s answered 200", ok200.Load(), what)
+		c = startChild(t, cfgPath)
+	}
+	at := ok200.Load() + each
+	waitFor(t, 60*time.Second, "more "+what+" answered", func() bool { return ok200.Load() >= at })
+	return c
 }

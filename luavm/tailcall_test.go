@@ -30,30 +30,14 @@ function handle(e) for i = 1, 100 do pcall(f, 4000000) end end`, 0},
 		t.Run(tc.name, func(t *testing.T) {
 			rt := newTestRuntime(t)
 			deploy(t, rt, "h", tc.src, func(s *Spec) { s.Limits.MaxSteps = tc.steps }) // default limits: 1 s, 10M steps, 16 MiB
-			runtime.GC()
-			var before runtime.MemStats
-			runtime.ReadMemStats(&before)
-			stop, done := make(chan struct{}), make(chan struct{})
-			var peak uint64
-			go func() {
-				defer close(done)
-				var m runtime.MemStats
-				for {
-					runtime.ReadMemStats(&m)
-					peak = max(peak, m.HeapAlloc)
-					select {
-					case <-stop:
-						return
-					case <-time.After(2 * time.Millisecond):
-					}
-				}
-			}()
-			start := time.Now()
-			res, err := rt.Invoke(context.Background(), "h", refEvent("1"), nil)
-			wall := time.Since(start)
-			close(stop)
-			<-done
-			growth := int64(peak) - int64(before.HeapAlloc)
+			var res *Result
+			var err error
+			var wall time.Duration
+			growth := heapGrowthDuring(func() {
+				start := time.Now()
+				res, err = rt.Invoke(context.Background(), "h", refEvent("1"), nil)
+				wall = time.Since(start)
+			})
 			t.Logf("outcome=%s steps=%d wall=%v err=%v; Go heap grew by %d MiB", res.Cost.Outcome, res.Cost.Steps, wall, err, growth>>20)
 			if err == nil || (res.Cost.Outcome != "budget" && res.Cost.Outcome != "timeout") {
 				t.Fatalf("outcome %q, err %v: want the step budget or the timeout", res.Cost.Outcome, err)
@@ -74,4 +58,31 @@ function handle(e) local ok, msg = pcall(f, 1000) return {ok = ok, msg = msg} en
 	if err != nil || !strings.Contains(string(res.Value), `"ok":false`) || !strings.Contains(string(res.Value), "deep") {
 		t.Fatalf("pcall of a tail-call chain: %s %v", res.Value, err)
 	}
+}
+
+// heapGrowthDuring runs f and returns how much the Go heap in use grew
+// over its start at most while f ran, sampled every 2 ms.
+func heapGrowthDuring(f func()) int64 {
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop, done := make(chan struct{}), make(chan struct{})
+	var peak uint64
+	go func() {
+		defer close(done)
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapAlloc)
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	f()
+	close(stop)
+	<-done
+	return int64(peak) - int64(before.HeapAlloc)
 }

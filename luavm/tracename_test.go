@@ -2,7 +2,6 @@ package luavm
 
 import (
 	"context"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,32 +37,17 @@ t[string.rep("a", ` + strconv.Itoa(n) + `)] = f
 function handle(e) ` + handle + ` end`
 	rt := newTestRuntime(t)
 	deploy(t, rt, "h", src)
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	stop, done := make(chan struct{}), make(chan struct{})
-	var peak uint64
-	go func() {
-		defer close(done)
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapAlloc)
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-		}
-	}()
-	a := totalAlloc()
-	start := time.Now()
-	res, err := rt.Invoke(context.Background(), "h", refEvent("1"), nil)
-	wall := time.Since(start)
-	allocated := totalAlloc() - a
-	close(stop)
-	<-done
-	growth := int64(peak) - int64(before.HeapAlloc)
+	var res *Result
+	var err error
+	var wall time.Duration
+	var allocated uint64
+	growth := heapGrowthDuring(func() {
+		a := totalAlloc()
+		start := time.Now()
+		res, err = rt.Invoke(context.Background(), "h", refEvent("1"), nil)
+		wall = time.Since(start)
+		allocated = totalAlloc() - a
+	})
 	t.Logf("outcome=%s steps=%d peakmem=%d wall=%v err=%v value=%s; Go heap grew by %d MiB, allocated %d MiB",
 		res.Cost.Outcome, res.Cost.Steps, res.Cost.PeakMemory, wall, err, res.Value, growth>>20, allocated>>20)
 	if growth > 48<<20 {
